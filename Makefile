@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-fast lint bench nodes install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24,<27"
+
+$(STAMP): pyproject.toml | $(PY)
+	@echo "==> installing kofo and its dev dependencies into $(VENV)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: the main job on the embedded chains (no node, no network needed)
+demo: $(STAMP)
+	$(VENV)/bin/kofo demo
+
+## nodes: build/install the pinned real nodes into .nodes/bin (geth, btcd, cometbft, litecoind)
+nodes:
+	bash scripts/install-nodes.sh
+
+## test: dev dependencies + real nodes, then the whole suite (real-node tests included)
+test: $(STAMP) nodes
+	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m pytest
+
+## test-fast: the suite without real nodes
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not realnode"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench.gas
+	$(PY) -m bench.btc_sizes
+
+clean:
+	rm -rf $(VENV) .nodes .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,251 @@
+"""The chain adaptation standard: one interface every chain implements.
+
+A swap never knows whether its chain is embedded (in-process) or a real node: both sit behind a
+:class:`ChainAdapter`. Adding a chain means writing one adapter under
+``kofo/settlement/chains/<name>/`` and nothing else.
+
+Transactions are *prepared* (built and signed) separately from being *broadcast*, so the swap
+engine can write every signed transaction to its journal before it leaves the process, and
+re-broadcast it idempotently after a crash.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from kofo.errors import InvalidInput
+
+PREIMAGE_SIZE = 32
+"""Every chain checks the preimage is exactly 32 bytes (Bitcoin: ``OP_SIZE 32``; Ethereum: the
+``bytes32`` argument), so a secret valid on one chain is valid on every other one."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class BlockHeight:
+    """An absolute expiry or chain time counted in blocks."""
+
+    value: int
+
+    def __post_init__(self) -> None:
+        _check_nonneg("block height", self.value)
+
+    def __str__(self) -> str:
+        return f"height {self.value}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class UnixTime:
+    """An absolute expiry or chain time in seconds since the epoch (block timestamp / MTP)."""
+
+    value: int
+
+    def __post_init__(self) -> None:
+        _check_nonneg("unix time", self.value)
+
+    def __str__(self) -> str:
+        return f"unix {self.value}"
+
+
+Expiry = BlockHeight | UnixTime
+"""When a refund becomes possible. Its unit is in its type: never compare across units."""
+
+
+def _check_nonneg(what: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput(f"{what} must be a non-negative integer, got {value!r}")
+
+
+def check_payment_hash(payment_hash: bytes) -> bytes:
+    if not isinstance(payment_hash, bytes) or len(payment_hash) != 32:
+        raise InvalidInput("payment_hash must be 32 bytes (sha256 of the preimage)")
+    return payment_hash
+
+
+def check_preimage(preimage: bytes) -> bytes:
+    # The value itself never goes into the message: it may still be secret.
+    if not isinstance(preimage, bytes) or len(preimage) != PREIMAGE_SIZE:
+        size = len(preimage) if isinstance(preimage, bytes) else type(preimage).__name__
+        raise InvalidInput(f"preimage must be exactly {PREIMAGE_SIZE} bytes, got {size}")
+    return preimage
+
+
+@dataclass(frozen=True, slots=True)
+class HtlcTerms:
+    """Everything that defines one HTLC leg on one chain.
+
+    Addresses are in the chain's own form: an Ethereum checksum address; on Bitcoin-like chains
+    the hex of a 33-byte compressed public key (the HTLC script pays to keys, not addresses).
+    ``token`` is ``None`` for the chain's native coin, else the token contract address.
+    """
+
+    chain: str
+    payment_hash: bytes
+    amount: int
+    sender: str
+    recipient: str
+    expiry: Expiry
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        check_payment_hash(self.payment_hash)
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
+            raise InvalidInput(f"amount must be an integer of base units, got {self.amount!r}")
+        if self.amount <= 0:
+            raise InvalidInput(f"amount must be positive, got {self.amount}")
+        if not self.sender:
+            raise InvalidInput("sender must not be empty")
+        if not self.recipient:
+            raise InvalidInput("recipient must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class HtlcRef:
+    """Where a locked HTLC lives.
+
+    ``locator`` is chain-specific: the contract's swap id (hex) on Ethereum, ``txid:vout`` of the
+    funding output on Bitcoin-like chains. ``terms`` travel along so redeem/refund can be built
+    from the reference alone.
+    """
+
+    terms: HtlcTerms
+    locator: str
+    lock_txid: str
+
+
+class TxKind(enum.StrEnum):
+    APPROVE = "approve"
+    LOCK = "lock"
+    REDEEM = "redeem"
+    REFUND = "refund"
+    TRANSFER = "transfer"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTx:
+    """A fully signed transaction, ready to broadcast (and to be journaled before that)."""
+
+    chain: str
+    kind: TxKind
+    txid: str
+    raw: bytes = field(repr=False)
+
+
+class HtlcState(enum.StrEnum):
+    ABSENT = "absent"  # not on chain (or only in a block that was reorganised away)
+    LOCKED = "locked"
+    REDEEMED = "redeemed"
+    REFUNDED = "refunded"
+
+
+@dataclass(frozen=True, slots=True)
+class HtlcStatus:
+    """What the chain says about an HTLC right now.
+
+    ``confirmations`` counts blocks on top of (and including) the block holding the lock;
+    0 means unconfirmed. ``spend_confirmations`` does the same for the redeem/refund.
+    ``preimage`` is set once a redeem is visible (it is public from then on).
+    """
+
+    state: HtlcState
+    confirmations: int = 0
+    spend_txid: str | None = None
+    spend_confirmations: int = 0
+    preimage: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInfo:
+    height: int
+    hash: str
+    time: int  # block timestamp, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class FeeEstimate:
+    """A fee level in the chain's own units.
+
+    Bitcoin-like: ``rate`` is sat/vB. Ethereum: ``rate`` is ``maxFeePerGas`` in wei and
+    ``priority`` is ``maxPriorityFeePerGas`` in wei.
+    """
+
+    rate: int
+    priority: int = 0
+
+
+@runtime_checkable
+class ChainAdapter(Protocol):
+    """The interface every chain implements (see module docstring)."""
+
+    chain: str
+    """Short chain name: ``"btc"``, ``"ltc"``, ``"eth"``."""
+
+    def expiry_now(self) -> Expiry:
+        """The chain's clock in the unit its HTLC expiries use (height or block time)."""
+        ...
+
+    def address(self) -> str:
+        """This node's own receiving identity on the chain, in the form ``HtlcTerms`` uses."""
+        ...
+
+    def balance(self, token: str | None = None) -> int:
+        """Confirmed balance of this node's wallet in base units."""
+        ...
+
+    def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> Sequence[SignedTx]:
+        """Build and sign what locks ``terms`` (an ERC-20 lock may need an approve first)."""
+        ...
+
+    def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
+        """The reference of the HTLC that ``lock_tx`` creates."""
+        ...
+
+    def prepare_redeem(
+        self, ref: HtlcRef, preimage: bytes, fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """Build and sign the redeem paying ``ref.terms.recipient``."""
+        ...
+
+    def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
+        """Build and sign the refund to ``ref.terms.sender`` (valid once the expiry passes)."""
+        ...
+
+    def broadcast(self, tx: SignedTx) -> str:
+        """Send ``tx``; idempotent (a tx the chain already has is not an error). Returns txid."""
+        ...
+
+    def status(self, ref: HtlcRef) -> HtlcStatus:
+        """The HTLC's on-chain state, confirmations and (once redeemed) the preimage."""
+        ...
+
+    def find_htlc(self, terms: HtlcTerms) -> HtlcRef | None:
+        """Look for a lock matching ``terms`` exactly (the counterparty's, when auditing)."""
+        ...
+
+    def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:
+        """Check the HTLC at ``ref`` on chain matches ``expected`` field by field and has at
+        least ``min_confirmations``. Raises :class:`kofo.errors.AuditFailed` naming the first
+        field that differs."""
+        ...
+
+    def tip(self) -> BlockInfo:
+        """The best block."""
+        ...
+
+    def block_at(self, height: int) -> BlockInfo:
+        """The block at ``height`` on the best chain (used to notice reorgs)."""
+        ...
+
+    def tx_confirmations(self, txid: str) -> int:
+        """Confirmations of ``txid`` on the best chain; 0 if in mempool or unknown."""
+        ...
+
+    def estimate_fee(self) -> FeeEstimate:
+        """A fee level likely to confirm within a few blocks; never below the relay minimum."""
+        ...
+
+    def lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> HtlcRef:
+        """Convenience for callers without a journal: prepare, broadcast, return the ref."""
+        ...

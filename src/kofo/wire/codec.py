@@ -1,0 +1,74 @@
+"""Canonical bytes for every KOFO protocol message.
+
+Encoding: deterministic CBOR (RFC 8949 §4.2.1 "core deterministic encoding": shortest integer
+forms, definite lengths, map keys sorted by their encoded bytes), produced by the maintained
+``cbor2`` library. The allowed value types are deliberately few — ``int``, ``bytes``, ``str``,
+``bool``, ``None``, ``list`` and ``dict`` with ``str`` keys — so that the same message always has
+one byte form in every language. Floats are refused: money is integers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from kofo.errors import KofoError
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""No protocol message needs more than 1 MiB; anything larger is refused before decoding so a
+peer cannot make us allocate unbounded memory."""
+
+MAX_DEPTH = 16
+"""Our schemas nest at most a few levels; a deeper structure is malformed or hostile."""
+
+
+class EncodingError(KofoError):
+    """A value cannot be put into (or read from) canonical KOFO bytes."""
+
+    code = "bad_encoding"
+
+
+WireValue = int | bytes | str | bool | None | list[Any] | dict[str, Any]
+
+
+def _check(value: object, path: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise EncodingError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool | int | bytes | str):
+        return
+    if isinstance(value, float):
+        raise EncodingError(f"{path}: floats are not allowed (money is integers)")
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodingError(f"{path}: map keys must be strings, got {type(key).__name__}")
+            _check(item, f"{path}.{key}", depth + 1)
+        return
+    raise EncodingError(f"{path}: type {type(value).__name__} cannot be encoded")
+
+
+def encode(value: WireValue) -> bytes:
+    """The canonical bytes of ``value`` (what gets signed and sent)."""
+    _check(value, "$", 0)
+    return cbor2.dumps(value, canonical=True)
+
+
+def decode(data: bytes) -> Any:
+    """Decode canonical bytes; refuses oversize input and any non-canonical encoding."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise EncodingError(f"message is {len(data)} bytes, more than {MAX_MESSAGE_BYTES}")
+    try:
+        value = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types for malformed input
+        raise EncodingError(f"not valid CBOR: {type(exc).__name__}") from None
+    _check(value, "$", 0)
+    # One message, one byte form: anything that does not re-encode identically is refused,
+    # otherwise two different byte strings could carry the same signed content.
+    if cbor2.dumps(value, canonical=True) != data:
+        raise EncodingError("message is not in canonical form")
+    return value

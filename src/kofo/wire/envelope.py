@@ -1,0 +1,171 @@
+"""The signed, versioned envelope every KOFO message travels in.
+
+An envelope is the map ``{"v", "type", "sender", "nonce", "ts", "body"}``; the signature is
+Ed25519 by ``sender`` over ``DOMAIN || canonical(envelope)``. The domain prefix keeps a KOFO
+signature from ever being valid as a signature of anything else the same key signs. On the wire a
+signed message is the canonical encoding of ``{"env": envelope, "sig": signature}``.
+
+Replay protection: ``nonce`` is 16 random bytes and ``ts`` the sender's unix time; a receiver
+keeps the nonces it has seen for the acceptance window (:class:`ReplayGuard`) and refuses
+duplicates and messages outside the window.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from kofo.errors import KofoError
+from kofo.wire.codec import decode, encode
+
+PROTOCOL_VERSION = 1
+DOMAIN = b"KOFO/msg/v1\x00"
+
+REPLAY_WINDOW_SECONDS = 600
+"""Ten minutes tolerates ordinary clock skew between nodes and slow links, and bounds how many
+nonces a receiver must remember (one per message seen in the window)."""
+
+
+class BadMessage(KofoError):
+    """A message is malformed, of an unknown version/type, or fails its schema."""
+
+    code = "bad_message"
+
+
+class BadSignature(KofoError):
+    code = "bad_signature"
+
+
+class ReplayedMessage(KofoError):
+    code = "replayed_message"
+
+
+def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    type: str
+    body: dict[str, Any]
+    sender: bytes
+    nonce: bytes
+    ts: int
+    v: int = PROTOCOL_VERSION
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "type": self.type,
+            "sender": self.sender,
+            "nonce": self.nonce,
+            "ts": self.ts,
+            "body": self.body,
+        }
+
+    def signing_bytes(self) -> bytes:
+        return DOMAIN + encode(self.as_map())
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    envelope: Envelope
+    signature: bytes
+
+    def to_bytes(self) -> bytes:
+        return encode({"env": self.envelope.as_map(), "sig": self.signature})
+
+
+def sign(
+    key: Ed25519PrivateKey,
+    msg_type: str,
+    body: dict[str, Any],
+    *,
+    ts: int | None = None,
+    nonce: bytes | None = None,
+) -> SignedMessage:
+    env = Envelope(
+        type=msg_type,
+        body=body,
+        sender=public_key_bytes(key),
+        nonce=os.urandom(16) if nonce is None else nonce,
+        ts=int(time.time()) if ts is None else ts,
+    )
+    return SignedMessage(env, key.sign(env.signing_bytes()))
+
+
+def _field(m: dict[str, Any], name: str, kind: type, size: int | None = None) -> Any:
+    if name not in m:
+        raise BadMessage(f"envelope field {name!r} is missing")
+    value = m[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadMessage(f"envelope field {name!r} must be {kind.__name__}")
+    if size is not None and len(value) != size:
+        raise BadMessage(f"envelope field {name!r} must be {size} bytes, got {len(value)}")
+    return value
+
+
+def open_message(data: bytes) -> SignedMessage:
+    """Parse and verify the signature of a signed message (not its freshness: see
+    :class:`ReplayGuard`). Raises :class:`BadMessage` or :class:`BadSignature`."""
+    outer = decode(data)
+    if not isinstance(outer, dict) or set(outer) != {"env", "sig"}:
+        raise BadMessage("a signed message is a map with exactly 'env' and 'sig'")
+    m = outer["env"]
+    if not isinstance(m, dict) or set(m) != {"v", "type", "sender", "nonce", "ts", "body"}:
+        raise BadMessage("envelope must have exactly v, type, sender, nonce, ts, body")
+    v = _field(m, "v", int)
+    if v != PROTOCOL_VERSION:
+        raise BadMessage(f"unsupported protocol version {v} (this node speaks {PROTOCOL_VERSION})")
+    env = Envelope(
+        type=_field(m, "type", str),
+        body=_field(m, "body", dict),
+        sender=_field(m, "sender", bytes, 32),
+        nonce=_field(m, "nonce", bytes, 16),
+        ts=_field(m, "ts", int),
+        v=v,
+    )
+    sig = outer["sig"]
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        raise BadMessage("signature must be 64 bytes")
+    try:
+        Ed25519PublicKey.from_public_bytes(env.sender).verify(sig, env.signing_bytes())
+    except (InvalidSignature, ValueError):
+        raise BadSignature(f"signature does not verify for sender {env.sender.hex()}") from None
+    return SignedMessage(env, sig)
+
+
+class ReplayGuard:
+    """Remembers (sender, nonce) pairs inside the acceptance window; thread-safe."""
+
+    def __init__(self, window: int = REPLAY_WINDOW_SECONDS, max_entries: int = 1_000_000) -> None:
+        self._window = window
+        self._max = max_entries
+        self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, env: Envelope, now: int | None = None) -> None:
+        now = int(time.time()) if now is None else now
+        if abs(now - env.ts) > self._window:
+            raise ReplayedMessage(
+                f"message time {env.ts} is outside the {self._window}s window around {now}"
+            )
+        key = (env.sender, env.nonce)
+        with self._lock:
+            while self._seen:
+                oldest_key, oldest_ts = next(iter(self._seen.items()))
+                if oldest_ts >= now - 2 * self._window and len(self._seen) < self._max:
+                    break
+                del self._seen[oldest_key]
+            if key in self._seen:
+                raise ReplayedMessage(f"nonce {env.nonce.hex()} from this sender was seen before")
+            self._seen[key] = now
