@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from web3 import Web3
+from web3.types import Wei
 
 from kofo.errors import KofoError
 from kofo.money import Amount, Asset
@@ -37,7 +38,9 @@ class _Party:
 
 def _fund(w3: Web3, to: str, wei: int) -> None:
     faucet = w3.eth.accounts[0]  # eth-tester's pre-funded, unlocked account
-    w3.eth.wait_for_transaction_receipt(w3.eth.send_transaction({"from": faucet, "to": to, "value": wei}))
+    w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_transaction({"from": faucet, "to": to, "value": Wei(wei)})
+    )
 
 
 def _advance(w3: Web3, seconds: int) -> None:
@@ -91,7 +94,9 @@ def run_demo(console: Console | None = None) -> None:
     alice, bob = parties
     minter = w3.eth.contract(address=token, abi=[_MINT_ABI])
     w3.eth.wait_for_transaction_receipt(
-        minter.functions.mint(alice.account.address, 1_000 * 10**6).transact({"from": w3.eth.accounts[0]})
+        minter.functions.mint(alice.account.address, 1_000 * 10**6).transact(
+            {"from": w3.eth.accounts[0]}
+        )
     )
     n.step("alice and bob have fresh keys (derived from random seeds), 5 ETH each; alice 1000 DUSD")
     before = {p.name: (p.adapter.balance(), p.adapter.balance(token)) for p in parties}
@@ -102,7 +107,9 @@ def run_demo(console: Console | None = None) -> None:
     payment_hash = hashlib.sha256(preimage).digest()
     n.step(f"alice draws a 32-byte secret; payment hash {payment_hash.hex()[:16]}…")
     expiry = UnixTime(alice.adapter.expiry_now().value + ONE_HOUR)
-    terms = HtlcTerms("eth", payment_hash, 10**18, alice.account.address, bob.account.address, expiry)
+    terms = HtlcTerms(
+        "eth", payment_hash, 10**18, alice.account.address, bob.account.address, expiry
+    )
     txs = alice.adapter.prepare_lock(terms)
     _send_all(n, alice, txs, f"locks {Amount(ETH, terms.amount).display()} for bob until {expiry}")
     ref = alice.adapter.htlc_ref(terms, txs[-1])
@@ -112,16 +119,22 @@ def run_demo(console: Console | None = None) -> None:
     tx = bob.adapter.prepare_redeem(ref, preimage)
     _send_all(n, bob, [tx], "redeems")
     seen = alice.adapter.status(ref)
-    n.step(f"the HTLC is {seen.state}; the secret is public in the Redeemed event: "
-           f"{'matches' if seen.preimage == preimage else 'MISMATCH'}")
+    n.step(
+        f"the HTLC is {seen.state}; the secret is public in the Redeemed event: "
+        f"{'matches' if seen.preimage == preimage else 'MISMATCH'}"
+    )
 
     # Scene 2: lock ETH, refund after expiry.
     console.rule("2. ETH: lock → refund after expiry")
     payment_hash2 = hashlib.sha256(os.urandom(32)).digest()
     expiry2 = UnixTime(alice.adapter.expiry_now().value + ONE_HOUR)
-    terms2 = HtlcTerms("eth", payment_hash2, 5 * 10**17, alice.account.address, bob.account.address, expiry2)
+    terms2 = HtlcTerms(
+        "eth", payment_hash2, 5 * 10**17, alice.account.address, bob.account.address, expiry2
+    )
     txs = alice.adapter.prepare_lock(terms2)
-    _send_all(n, alice, txs, f"locks {Amount(ETH, terms2.amount).display()} for bob until {expiry2}")
+    _send_all(
+        n, alice, txs, f"locks {Amount(ETH, terms2.amount).display()} for bob until {expiry2}"
+    )
     ref2 = alice.adapter.htlc_ref(terms2, txs[-1])
     try:
         alice.adapter.prepare_refund(ref2)
@@ -138,8 +151,13 @@ def run_demo(console: Console | None = None) -> None:
     preimage3 = os.urandom(32)
     expiry3 = UnixTime(alice.adapter.expiry_now().value + ONE_HOUR)
     terms3 = HtlcTerms(
-        "eth", hashlib.sha256(preimage3).digest(), 250 * 10**6,
-        alice.account.address, bob.account.address, expiry3, token=token,
+        "eth",
+        hashlib.sha256(preimage3).digest(),
+        250 * 10**6,
+        alice.account.address,
+        bob.account.address,
+        expiry3,
+        token=token,
     )
     txs = alice.adapter.prepare_lock(terms3)
     _send_all(n, alice, txs, f"locks {Amount(dusd, terms3.amount).display()} for bob")
@@ -154,12 +172,16 @@ def run_demo(console: Console | None = None) -> None:
         eth0, tok0 = before[p.name]
         table.add_row(
             p.name,
-            Amount(ETH, eth0).number(), Amount(ETH, p.adapter.balance()).number(),
-            Amount(dusd, tok0).number(), Amount(dusd, p.adapter.balance(token)).number(),
+            Amount(ETH, eth0).number(),
+            Amount(ETH, p.adapter.balance()).number(),
+            Amount(dusd, tok0).number(),
+            Amount(dusd, p.adapter.balance(token)).number(),
         )
     console.print(table)
-    console.print("[bold green]done:[/] 1 ETH and 250 DUSD moved alice → bob by secret; "
-                  "0.5 ETH went back to alice by refund.")
+    console.print(
+        "[bold green]done:[/] 1 ETH and 250 DUSD moved alice → bob by secret; "
+        "0.5 ETH went back to alice by refund."
+    )
 
 
 _MINT_ABI = {

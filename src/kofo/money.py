@@ -59,4 +59,5 @@ def parse_decimal(text: str, decimals: int) -> int:
     whole, _, frac = s.partition(".")
     if len(frac) > decimals:
         raise InvalidInput(f"{text!r} has more than {decimals} decimal places")
-    return int(whole or "0") * 10**decimals + int((frac or "0").ljust(decimals, "0"))
+    units: int = int(whole or "0") * 10**decimals + int((frac or "0").ljust(decimals, "0"))
+    return units

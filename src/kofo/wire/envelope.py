@@ -109,7 +109,7 @@ def _field(m: dict[str, Any], name: str, kind: type, size: int | None = None) ->
     value = m[name]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadMessage(f"envelope field {name!r} must be {kind.__name__}")
-    if size is not None and len(value) != size:
+    if size is not None and isinstance(value, bytes) and len(value) != size:
         raise BadMessage(f"envelope field {name!r} must be {size} bytes, got {len(value)}")
     return value
 

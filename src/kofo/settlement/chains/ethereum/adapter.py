@@ -12,9 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from eth_abi import encode as abi_encode
+from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
@@ -40,10 +41,16 @@ log = logging.getLogger(__name__)
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
-# Gas limits for transactions whose gas cannot be estimated yet (a token lock signed before its
-# approve is mined reverts in estimation). Each is ~2x what bench.gas measures for the
-# operation, so an unusual token implementation still fits; unused gas is not charged.
-_FALLBACK_GAS = {TxKind.APPROVE: 100_000, TxKind.LOCK: 200_000}
+LOCK_AFTER_APPROVE_GAS_FACTOR = 4
+"""A token lock signed before its approve is mined cannot be estimated (it would revert), so its
+gas limit is derived from the approve's estimate, which prices one fresh storage slot on the
+chain's current fork: the lock writes about three (the swap slot and two token balances) plus a
+log and two balance reads. Four times leaves a margin for unusual token implementations and for
+forks that price state growth differently (geth --dev's fork charges ~3x py-evm's Prague for new
+slots). Unused gas is not charged."""
+
+MIN_TOKEN_LOCK_GAS = 200_000
+"""Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
 
 _ERC20_ABI: list[dict[str, Any]] = [
     {
@@ -195,6 +202,12 @@ class EthereumAdapter:
     def _sign(
         self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
     ) -> SignedTx:
+        return self._sign_with_gas(kind, call, fee, value, gas)[0]
+
+    def _sign_with_gas(
+        self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
+    ) -> tuple[SignedTx, int]:
+        """Sign ``call``; returns the transaction and the gas limit it carries."""
         fee = fee or self.estimate_fee()
         params: dict[str, Any] = {
             "from": self.account.address,
@@ -203,6 +216,8 @@ class EthereumAdapter:
             "maxFeePerGas": fee.rate,
             "maxPriorityFeePerGas": min(fee.priority, fee.rate),
         }
+        if value and self.balance() < value:
+            raise InsufficientFunds(f"{kind} sends {value} wei, wallet has {self.balance()}")
         if not gas:
             try:
                 gas = int(call.estimate_gas(params) * 5 // 4)  # +25 %: state may shift a bit
@@ -218,7 +233,7 @@ class EthereumAdapter:
         params["nonce"] = self.nonces.allocate()
         tx = call.build_transaction(params)
         signed = self.account.sign_transaction(tx)
-        return SignedTx(self.chain, kind, _hex(signed.hash), bytes(signed.raw_transaction))
+        return SignedTx(self.chain, kind, _hex(signed.hash), bytes(signed.raw_transaction)), gas
 
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
         self._check_terms(terms)
@@ -245,8 +260,10 @@ class EthereumAdapter:
         if allowance < terms.amount:
             # Approve exactly the amount: an unlimited allowance would outlive this swap.
             approve = token.functions.approve(self.htlc.address, terms.amount)
-            txs.append(self._sign(TxKind.APPROVE, approve, fee))
-            txs.append(self._sign(TxKind.LOCK, lock, fee, gas=_FALLBACK_GAS[TxKind.LOCK]))
+            approve_tx, approve_gas = self._sign_with_gas(TxKind.APPROVE, approve, fee)
+            lock_gas = max(MIN_TOKEN_LOCK_GAS, LOCK_AFTER_APPROVE_GAS_FACTOR * approve_gas)
+            txs.append(approve_tx)
+            txs.append(self._sign(TxKind.LOCK, lock, fee, gas=lock_gas))
         else:
             txs.append(self._sign(TxKind.LOCK, lock, fee))
         return txs
@@ -329,7 +346,9 @@ class EthereumAdapter:
         locked = self._logs("Locked", sid)
         if not locked:
             return None
-        return HtlcRef(terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"]))
+        return HtlcRef(
+            terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
+        )
 
     def status(self, ref: HtlcRef) -> HtlcStatus:
         sid = bytes(HexBytes(ref.locator))
@@ -389,4 +408,3 @@ class EthereumAdapter:
                 code="audit_confirmations",
             )
         return status
-

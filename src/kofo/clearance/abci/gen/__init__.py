@@ -1,0 +1,1 @@
+"""Generated from CometBFT v0.38.17 protos."""

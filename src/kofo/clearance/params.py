@@ -1,0 +1,73 @@
+"""Ledger parameters: fixed at genesis, committed in the state (so in the app hash)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kofo.errors import InvalidInput
+
+FOUNDATION = b"\x00" * 32
+"""The foundation's account id: no Ed25519 key is all zeros, so no node can impersonate it."""
+
+
+def _default_volume_units() -> dict[str, int]:
+    # Base units that count as one unit of "settled volume" for importance: about the same
+    # value on each chain, so a node's volume can be summed across assets in integers.
+    return {"btc": 10_000, "ltc": 1_000_000, "eth": 10**14}
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerParams:
+    protocol_fee_bps: int = 10
+    """0.1 % of notional on routed trades: below typical CEX taker fees, above dust."""
+    foundation_bps: int = 1_000
+    """10 % of every protocol fee goes to the foundation account (the issue's rule)."""
+    relay_pool_bps: int = 3_000
+    """Relays share 30 % of the carriers' part: forwarding is cheap next to providing
+    liquidity, which locks capital for the whole expiry window and bears price risk."""
+    min_expiry_gap: int = 3_600
+    """Each leg must expire at least an hour (unix seconds) after the next one: time for the
+    next party to see the secret on one chain and get a redeem confirmed on the other — six
+    Bitcoin blocks on average, the slowest chain we route."""
+    min_paillier_bits: int = 2_048
+    """Paillier moduli below 2048 bits are factorable in reach of a determined adversary."""
+    min_bond: int = 0
+    bond_asset: str = "kofo"
+    early_tx_limit: int = 10_000_000
+    """Early-activity points are paid on the first ten million ledger transactions."""
+    early_points_per_tx: int = 1
+    liquidity_points_per_order: int = 10
+    """Per settled routed order, to each provider: liquidity is what the network lacks most."""
+    slash_bps_not_locked: int = 500
+    """5 % of bond for a leg not locked by its deadline: it froze everyone else's funds until
+    their expiries, so it costs more than a broken quote."""
+    penalty_points_not_locked: int = 100
+    slash_bps_quote: int = 200
+    """2 % of bond for a quote not honoured (a false order-book price)."""
+    penalty_points_quote: int = 50
+    honour_grace: int = 300
+    """A provider has five minutes (block time) after its quote's validity to get the order
+    committed before a take of it counts as not honoured: room for a few rounds of signing."""
+    importance_half_life: int = 100_000
+    """Settled volume halves in weight every 100k blocks (about a day at 1 s blocks)."""
+    penalty_weight: int = 10
+    """Importance lost per penalty point, in volume units."""
+    volume_units: dict[str, int] = field(default_factory=_default_volume_units)
+
+    def __post_init__(self) -> None:
+        for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):
+            v = getattr(self, name)
+            if not 0 <= v <= 10_000:
+                raise InvalidInput(f"{name} must be within 0..10000, got {v}")
+        if self.importance_half_life <= 0:
+            raise InvalidInput(
+                f"importance_half_life must be positive, got {self.importance_half_life}"
+            )
+
+    def as_map(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_map(cls, m: dict[str, Any]) -> LedgerParams:
+        return cls(**m)

@@ -1,0 +1,215 @@
+"""Build and sign the three HTLC transactions: funding (lock), claim (redeem) and refund.
+
+Serialization, sighashes and ECDSA come from python-bitcointx (libsecp256k1); this module only
+decides inputs, outputs, fees and witness layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bitcointx.core import (
+    CMutableTransaction,
+    COutPoint,
+    CTransaction,
+    CTxIn,
+    CTxInWitness,
+    CTxOut,
+    CTxWitness,
+    Hash160,
+    lx,
+)
+from bitcointx.core.key import CKey
+from bitcointx.core.script import (
+    SIGHASH_ALL,
+    SIGVERSION_WITNESS_V0,
+    CScript,
+    CScriptWitness,
+    SignatureHash,
+)
+
+from kofo.errors import InsufficientFunds, InvalidInput
+from kofo.settlement.chain import Expiry, check_preimage
+from kofo.settlement.chains.bitcoin.params import ChainParams
+from kofo.settlement.chains.bitcoin.script import expiry_to_locktime
+
+RBF_SEQUENCE = 0xFFFFFFFD
+"""BIP125 opt-in replace-by-fee, so a stuck lock/claim/refund can be fee-bumped. Being below
+0xFFFFFFFF it is also "non-final", which CLTV requires and which makes nLockTime count."""
+
+_MAX_DER_SIG = 72 + 1
+"""Largest ECDSA signature with its sighash byte: sizes are estimated with it so the fee rate
+actually paid is never below the one asked for (low-R signing usually makes it 71)."""
+
+_SPEND_INPUT_VBYTES = 67
+"""Bitcoin Core's dust rule charges a witness output the cost of spending it later:
+32 (txid) + 4 (vout) + 1 (script len) + 107/4 (witness) + 4 (sequence) = 67 vbytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Utxo:
+    """A spendable output of the wallet."""
+
+    txid: str
+    vout: int
+    amount: int
+    script_pubkey: bytes = b""
+
+
+KeyLookup = Callable[[bytes], CKey]
+"""scriptPubKey -> the wallet key that can spend it (raises when the wallet has none)."""
+
+
+def p2wpkh_script_pubkey(pubkey: bytes) -> bytes:
+    return b"\x00\x14" + Hash160(pubkey)
+
+
+def dust_limit(script_pubkey: bytes, params: ChainParams) -> int:
+    """Smallest output value the chain's nodes relay (Bitcoin Core's GetDustThreshold)."""
+    out_size = 8 + 1 + len(script_pubkey)
+    return (out_size + _SPEND_INPUT_VBYTES) * params.dust_relay_fee_rate
+
+
+def effective_fee_rate(fee_rate: int | None, params: ChainParams) -> int:
+    """The rate to pay: the caller's, else the fallback; never below the relay minimum."""
+    rate = params.fallback_fee_rate if fee_rate is None else fee_rate
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+        raise InvalidInput(f"fee rate must be a non-negative integer sat/vB, got {rate!r}")
+    return max(rate, params.min_relay_fee_rate)
+
+
+def vsize(tx: CTransaction | CMutableTransaction) -> int:
+    return int(tx.get_virtual_size())
+
+
+def _p2wpkh_sign(tx: CMutableTransaction, index: int, key: CKey, amount: int) -> None:
+    script_code = CScript(b"\x76\xa9\x14" + Hash160(key.pub) + b"\x88\xac")  # P2PKH of the key
+    sighash = SignatureHash(script_code, tx, index, SIGHASH_ALL, amount, SIGVERSION_WITNESS_V0)
+    sig = key.sign(sighash) + bytes([SIGHASH_ALL])
+    tx.wit.vtxinwit[index] = CTxInWitness(CScriptWitness([sig, key.pub]))
+
+
+def build_funding_tx(
+    utxos: Sequence[Utxo],
+    key_for: KeyLookup,
+    outputs: Sequence[tuple[bytes, int]],
+    change_script_pubkey: bytes,
+    fee_rate: int | None,
+    params: ChainParams,
+) -> CTransaction:
+    """Pay ``outputs`` (scriptPubKey, amount) from the wallet's P2WPKH ``utxos``.
+
+    Coin selection is largest-first (fewest inputs, so the lowest fee); change below the dust
+    limit goes to the fee instead of creating an output nobody can relay.
+    """
+    rate = effective_fee_rate(fee_rate, params)
+    for spk, amount in outputs:
+        if amount < dust_limit(spk, params):
+            raise InvalidInput(
+                f"amount {amount} is below the dust limit {dust_limit(spk, params)} for its output"
+            )
+    target = sum(amount for _, amount in outputs)
+    chosen: list[Utxo] = []
+    total = 0
+    for utxo in sorted(utxos, key=lambda u: (-u.amount, u.txid, u.vout)):
+        chosen.append(utxo)
+        total += utxo.amount
+        fee_with_change = rate * _estimate_funding_vsize(len(chosen), outputs, change_script_pubkey)
+        if total >= target + fee_with_change:
+            break
+    else:
+        fee = rate * _estimate_funding_vsize(max(len(chosen), 1), outputs, None)
+        raise InsufficientFunds(
+            f"wallet holds {total} in {len(chosen)} spendable outputs; "
+            f"amount {target} plus fee about {fee} is needed"
+        )
+    vins = [CTxIn(COutPoint(lx(u.txid), u.vout), nSequence=RBF_SEQUENCE) for u in chosen]
+    vouts = [CTxOut(amount, CScript(spk)) for spk, amount in outputs]
+    change = total - target - fee_with_change
+    if change >= dust_limit(change_script_pubkey, params):
+        vouts.append(CTxOut(change, CScript(change_script_pubkey)))
+    tx = CMutableTransaction(vins, vouts, nLockTime=0, nVersion=2)
+    tx.wit = CTxWitness([CTxInWitness() for _ in vins])
+    for index, utxo in enumerate(chosen):
+        _p2wpkh_sign(tx, index, key_for(utxo.script_pubkey), utxo.amount)
+    return CTransaction.from_tx(tx)
+
+
+def _estimate_funding_vsize(
+    n_inputs: int, outputs: Sequence[tuple[bytes, int]], change: bytes | None
+) -> int:
+    vouts = [CTxOut(amount, CScript(spk)) for spk, amount in outputs]
+    if change is not None:
+        vouts.append(CTxOut(0, CScript(change)))
+    vins = [CTxIn(COutPoint(b"\x00" * 32, 0), nSequence=RBF_SEQUENCE) for _ in range(n_inputs)]
+    tx = CMutableTransaction(vins, vouts, nVersion=2)
+    dummy = CScriptWitness([b"\x00" * _MAX_DER_SIG, b"\x02" * 33])
+    tx.wit = CTxWitness([CTxInWitness(dummy) for _ in vins])
+    return vsize(tx)
+
+
+def build_htlc_spend(
+    *,
+    txid: str,
+    vout: int,
+    amount: int,
+    witness_script: bytes,
+    key: CKey,
+    destination_script_pubkey: bytes,
+    fee_rate: int | None,
+    params: ChainParams,
+    preimage: bytes | None = None,
+    refund_expiry: Expiry | None = None,
+    lock_time: int = 0,
+) -> CTransaction:
+    """Spend the HTLC output ``txid:vout`` to ``destination_script_pubkey``.
+
+    A claim passes ``preimage`` (witness ``[sig, preimage, script]``); a refund passes
+    ``refund_expiry`` (witness ``[sig, script]``, ``nLockTime = expiry``). Exactly one of them.
+    """
+    if (preimage is None) == (refund_expiry is None):
+        raise InvalidInput("give exactly one of preimage (claim) or refund_expiry (refund)")
+    if preimage is not None:
+        check_preimage(preimage)
+        n_lock_time = lock_time
+        extra: list[bytes] = [preimage]
+    else:
+        assert refund_expiry is not None
+        n_lock_time = expiry_to_locktime(refund_expiry)
+        extra = []
+    rate = effective_fee_rate(fee_rate, params)
+    vin = CTxIn(COutPoint(lx(txid), vout), nSequence=RBF_SEQUENCE)
+    tx = CMutableTransaction(
+        [vin], [CTxOut(amount, CScript(destination_script_pubkey))], nLockTime=n_lock_time, nVersion=2
+    )
+    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x00" * _MAX_DER_SIG, *extra, witness_script]))])
+    fee = rate * vsize(tx)
+    value = amount - fee
+    limit = dust_limit(destination_script_pubkey, params)
+    if value < limit:
+        raise InsufficientFunds(
+            f"HTLC amount {amount} minus fee {fee} leaves {value}, below the dust limit {limit}"
+        )
+    tx.vout[0].nValue = value
+    sighash = SignatureHash(
+        CScript(witness_script), tx, 0, SIGHASH_ALL, amount, SIGVERSION_WITNESS_V0
+    )
+    sig = key.sign(sighash) + bytes([SIGHASH_ALL])
+    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig, *extra, witness_script]))])
+    return CTransaction.from_tx(tx)
+
+
+def extract_preimage(tx: CTransaction, txid: str, vout: int, witness_script: bytes) -> bytes | None:
+    """The preimage from an input of ``tx`` that claims ``txid:vout``, or ``None`` when ``tx``
+    does not spend it or spends it through the refund branch."""
+    for index, txin in enumerate(tx.vin):
+        if txin.prevout.hash != lx(txid) or txin.prevout.n != vout:
+            continue
+        if index >= len(tx.wit.vtxinwit):
+            return None
+        stack = list(tx.wit.vtxinwit[index].scriptWitness.stack)
+        if len(stack) == 3 and stack[2] == witness_script and len(stack[1]) == 32:
+            return bytes(stack[1])
+        return None
+    return None

@@ -1,0 +1,764 @@
+"""Wire types of the exchange layer: frames, offers, claims, fulfils and route orders.
+
+Every exchange message travels as one *frame* ``{"v": 1, "t": type, "b": body}`` in canonical
+CBOR (:mod:`kofo.wire.codec`). The link a frame arrives on is already authenticated (see
+``kofo.exchange.transport``), so frames themselves are not signed; what must be believed beyond
+one link carries its own Ed25519 signature inside the body:
+
+* an **offer** is a :class:`~kofo.wire.envelope.SignedMessage` by its maker's node key;
+* a **claim** is a signed message by the initiator's *per-claim ephemeral key* (position 0), and
+  carries a **path**: hop ``i`` appends ``(pub_i, sig_i)`` where ``sig_i`` is made by hop ``i``'s
+  own per-claim ephemeral key over ``(claim_id, i, sig_{i-1})``. Each signature covers the one
+  before it, so no hop can be removed, inserted or reordered, and no key in the path is linked to a
+  node identity;
+* a **fulfil** is a signed message by the filler's ephemeral key; on the way back each hop adds a
+  :class:`HopFee` signed by its ephemeral key for that claim.
+
+Only the parties of the chosen route reveal their node keys, inside a sealed *join* the initiator
+alone can open, and then co-sign a :class:`RouteOrder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from kofo.wire.codec import EncodingError, decode, encode
+from kofo.wire.envelope import BadMessage, BadSignature, SignedMessage, open_message, sign
+
+FRAME_VERSION = 1
+
+MAX_FRAME_BYTES = 256 * 1024
+"""The biggest exchange frame is a fulfil with a full path and fees (a few KiB) or a peer list;
+256 KiB leaves room for growth while bounding what one peer can make us buffer."""
+
+MAX_HOPS = 8
+"""A claim travels at most this many hops. Every hop adds one HTLC leg pair and one safety margin
+to the first leg's expiry, so routes longer than this lock funds for too long to be useful; the
+cap also bounds the path-verification work (one signature per hop) a claim can cost us."""
+
+MAX_CLAIM_HORIZON_MS = 30_000
+"""A claim's deadline may lie at most 30 s ahead: quotes are only good for moments, and a far
+deadline would make every hop keep routing state for a long time."""
+
+MAX_ASSET_LEN = 64
+MAX_PEERS_IN_LIST = 64
+
+PATH_DOMAIN = b"KOFO/path/v1\x00"
+FEE_DOMAIN = b"KOFO/fee/v1\x00"
+JOIN_DOMAIN = b"KOFO/join/v1\x00"
+ORDER_DOMAIN = b"KOFO/order/v1\x00"
+
+MSG_OFFER = "offer"
+MSG_CLAIM = "claim"
+MSG_FULFIL = "fulfil"
+MSG_ACCEPT = "accept"
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def _get(m: dict[str, Any], name: str, kind: type, *, where: str) -> Any:
+    if name not in m:
+        raise BadMessage(f"{where}: field {name!r} is missing")
+    value = m[name]
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadMessage(f"{where}: field {name!r} must be an integer, got {value!r:.40}")
+    elif not isinstance(value, kind):
+        raise BadMessage(f"{where}: field {name!r} must be {kind.__name__}")
+    return value
+
+
+def _bytes(m: dict[str, Any], name: str, size: int, *, where: str) -> bytes:
+    value: bytes = _get(m, name, bytes, where=where)
+    if len(value) != size:
+        raise BadMessage(f"{where}: field {name!r} must be {size} bytes, got {len(value)}")
+    return value
+
+
+def _nonneg(m: dict[str, Any], name: str, *, where: str, positive: bool = False) -> int:
+    value: int = _get(m, name, int, where=where)
+    if value < (1 if positive else 0):
+        raise BadMessage(f"{where}: field {name!r} must be {'>' if positive else '>='} 0: {value}")
+    return value
+
+
+def _asset(m: dict[str, Any], name: str, *, where: str) -> str:
+    value: str = _get(m, name, str, where=where)
+    if not value or len(value) > MAX_ASSET_LEN:
+        raise BadMessage(f"{where}: field {name!r} must be 1..{MAX_ASSET_LEN} chars: {value!r:.70}")
+    return value
+
+
+def _exact_keys(m: Any, keys: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise BadMessage(f"{where}: must be a map")
+    if set(m) != keys:
+        raise BadMessage(f"{where}: fields must be exactly {sorted(keys)}, got {sorted(m)}")
+    return m
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def verify_ed25519(pub: bytes, sig: bytes, data: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One unit on a link: a message type and its body."""
+
+    type: str
+    body: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        return encode({"v": FRAME_VERSION, "t": self.type, "b": self.body})
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Frame:
+        if len(data) > MAX_FRAME_BYTES:
+            raise BadMessage(f"frame is {len(data)} bytes, more than {MAX_FRAME_BYTES}")
+        try:
+            m = decode(data)
+        except EncodingError as exc:
+            raise BadMessage(f"frame: {exc}") from None
+        m = _exact_keys(m, {"v", "t", "b"}, "frame")
+        v = _get(m, "v", int, where="frame")
+        if v != FRAME_VERSION:
+            raise BadMessage(f"frame: unsupported version {v} (this node speaks {FRAME_VERSION})")
+        t: str = _get(m, "t", str, where="frame")
+        if not t or len(t) > 32:
+            raise BadMessage(f"frame: bad type {t!r:.40}")
+        return Frame(t, _get(m, "b", dict, where="frame"))
+
+
+# --------------------------------------------------------------------------- offers
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A maker's standing quote: it receives ``buy`` and pays ``sell``.
+
+    For an input of ``n`` base units of ``buy`` (``min_in <= n <= max_in``) the maker pays
+    ``n * price_num // price_den - fee`` base units of ``sell``. ``partial`` says whether the
+    maker fills a claim larger than ``max_in`` with ``max_in``. ``expiry_ms`` is absolute unix
+    time in milliseconds. A higher ``seq`` for the same ``(maker, offer_id)`` supersedes; an offer
+    with ``max_in == 0`` withdraws it.
+    """
+
+    offer_id: bytes
+    buy: str
+    sell: str
+    price_num: int
+    price_den: int
+    min_in: int
+    max_in: int
+    partial: bool
+    fee: int
+    expiry_ms: int
+    seq: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "offer_id": self.offer_id,
+            "buy": self.buy,
+            "sell": self.sell,
+            "price_num": self.price_num,
+            "price_den": self.price_den,
+            "min_in": self.min_in,
+            "max_in": self.max_in,
+            "partial": self.partial,
+            "fee": self.fee,
+            "expiry_ms": self.expiry_ms,
+            "seq": self.seq,
+        }
+
+    @staticmethod
+    def from_body(b: Any) -> Offer:
+        w = "offer"
+        b = _exact_keys(b, set(_OFFER_KEYS), w)
+        offer = Offer(
+            offer_id=_bytes(b, "offer_id", 16, where=w),
+            buy=_asset(b, "buy", where=w),
+            sell=_asset(b, "sell", where=w),
+            price_num=_nonneg(b, "price_num", where=w, positive=True),
+            price_den=_nonneg(b, "price_den", where=w, positive=True),
+            min_in=_nonneg(b, "min_in", where=w),
+            max_in=_nonneg(b, "max_in", where=w),
+            partial=_get(b, "partial", bool, where=w),
+            fee=_nonneg(b, "fee", where=w),
+            expiry_ms=_nonneg(b, "expiry_ms", where=w),
+            seq=_nonneg(b, "seq", where=w),
+        )
+        if offer.buy == offer.sell:
+            raise BadMessage(f"offer: buy and sell are the same asset {offer.buy!r}")
+        if offer.max_in and offer.min_in > offer.max_in:
+            raise BadMessage(f"offer: min_in {offer.min_in} > max_in {offer.max_in}")
+        return offer
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.max_in == 0
+
+    def fill(self, amount_in: int) -> tuple[int, int] | None:
+        """``(amount_in, amount_out)`` this offer gives for a claim of ``amount_in``, or None."""
+        if self.withdrawn or amount_in < self.min_in:
+            return None
+        if amount_in > self.max_in:
+            if not self.partial:
+                return None
+            amount_in = self.max_in
+        out = amount_in * self.price_num // self.price_den - self.fee
+        return (amount_in, out) if out > 0 else None
+
+
+_OFFER_KEYS = (
+    "offer_id buy sell price_num price_den min_in max_in partial fee expiry_ms seq".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedOffer:
+    """An offer with its maker's signature; ``raw`` is what is gossiped unchanged."""
+
+    maker: bytes
+    offer: Offer
+    raw: bytes
+
+    @property
+    def key(self) -> tuple[bytes, bytes]:
+        return (self.maker, self.offer.offer_id)
+
+
+def make_offer(key: Ed25519PrivateKey, offer: Offer) -> SignedOffer:
+    msg = sign(key, MSG_OFFER, offer.to_body())
+    return SignedOffer(msg.envelope.sender, offer, msg.to_bytes())
+
+
+def open_offer(raw: bytes) -> SignedOffer:
+    msg = open_message(raw)
+    if msg.envelope.type != MSG_OFFER:
+        raise BadMessage(f"offer: envelope type is {msg.envelope.type!r}")
+    return SignedOffer(msg.envelope.sender, Offer.from_body(msg.envelope.body), raw)
+
+
+# --------------------------------------------------------------------------- claims and paths
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A request for quote: "I have ``amount`` of ``have`` and want ``want``".
+
+    The limit price is the least acceptable ``delivered / amount`` as the rational
+    ``limit_num / limit_den``. ``max_hops`` is the TTL (a hop at position ``max_hops`` answers
+    but does not forward). ``reply_key`` is an X25519 public key only the initiator can use to
+    open the joins of the chosen route.
+    """
+
+    have: str
+    want: str
+    amount: int
+    limit_num: int
+    limit_den: int
+    deadline_ms: int
+    max_hops: int
+    reply_key: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "have": self.have,
+            "want": self.want,
+            "amount": self.amount,
+            "limit_num": self.limit_num,
+            "limit_den": self.limit_den,
+            "deadline_ms": self.deadline_ms,
+            "max_hops": self.max_hops,
+            "reply_key": self.reply_key,
+        }
+
+    @staticmethod
+    def from_body(b: Any) -> Claim:
+        w = "claim"
+        keys = "have want amount limit_num limit_den deadline_ms max_hops reply_key".split()
+        b = _exact_keys(b, set(keys), w)
+        claim = Claim(
+            have=_asset(b, "have", where=w),
+            want=_asset(b, "want", where=w),
+            amount=_nonneg(b, "amount", where=w, positive=True),
+            limit_num=_nonneg(b, "limit_num", where=w),
+            limit_den=_nonneg(b, "limit_den", where=w, positive=True),
+            deadline_ms=_nonneg(b, "deadline_ms", where=w),
+            max_hops=_nonneg(b, "max_hops", where=w, positive=True),
+            reply_key=_bytes(b, "reply_key", 32, where=w),
+        )
+        if claim.max_hops > MAX_HOPS:
+            raise BadMessage(f"claim: max_hops {claim.max_hops} exceeds {MAX_HOPS}")
+        if claim.have == claim.want:
+            raise BadMessage(f"claim: have and want are the same asset {claim.have!r}")
+        return claim
+
+    def accepts(self, amount_in: int, delivered: int) -> bool:
+        """Whether ``delivered`` for ``amount_in`` meets the limit price (exact rationals)."""
+        return delivered * self.limit_den >= amount_in * self.limit_num
+
+
+@dataclass(frozen=True, slots=True)
+class SignedClaim:
+    initiator_eph: bytes  # position-0 ephemeral key, never a node identity
+    claim: Claim
+    raw: bytes
+    signature: bytes
+    ts: int
+
+    @property
+    def claim_id(self) -> bytes:
+        return digest(self.raw)
+
+
+def make_claim(ephemeral: Ed25519PrivateKey, claim: Claim) -> SignedClaim:
+    msg = sign(ephemeral, MSG_CLAIM, claim.to_body())
+    return SignedClaim(msg.envelope.sender, claim, msg.to_bytes(), msg.signature, msg.envelope.ts)
+
+
+def open_claim(raw: bytes) -> SignedClaim:
+    msg: SignedMessage = open_message(raw)
+    if msg.envelope.type != MSG_CLAIM:
+        raise BadMessage(f"claim: envelope type is {msg.envelope.type!r}")
+    claim = Claim.from_body(msg.envelope.body)
+    return SignedClaim(msg.envelope.sender, claim, raw, msg.signature, msg.envelope.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class PathHop:
+    pub: bytes
+    sig: bytes
+
+    def to_wire(self) -> list[bytes]:
+        return [self.pub, self.sig]
+
+
+def _path_message(claim_id: bytes, position: int, prev_sig: bytes) -> bytes:
+    return PATH_DOMAIN + encode([claim_id, position, prev_sig])
+
+
+def sign_hop(
+    ephemeral: Ed25519PrivateKey, claim: SignedClaim, path: list[PathHop]
+) -> PathHop:
+    """The entry hop ``len(path) + 1`` appends before forwarding ``claim``."""
+    prev = path[-1].sig if path else claim.signature
+    sig = ephemeral.sign(_path_message(claim.claim_id, len(path) + 1, prev))
+    return PathHop(ephemeral.public_key().public_bytes_raw(), sig)
+
+
+def parse_path(value: Any) -> list[PathHop]:
+    if not isinstance(value, list) or len(value) > MAX_HOPS:
+        raise BadMessage(f"path: must be a list of at most {MAX_HOPS} hops")
+    hops = []
+    for i, item in enumerate(value):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], bytes)
+            or len(item[0]) != 32
+            or not isinstance(item[1], bytes)
+            or len(item[1]) != 64
+        ):
+            raise BadMessage(f"path[{i}]: must be [32-byte key, 64-byte signature]")
+        hops.append(PathHop(item[0], item[1]))
+    return hops
+
+
+def verify_path(claim: SignedClaim, path: list[PathHop]) -> None:
+    """Raise :class:`BadSignature` unless every hop signed its position after its predecessor,
+    and :class:`BadMessage` if a key repeats (a loop)."""
+    seen = {claim.initiator_eph}
+    prev = claim.signature
+    for i, hop in enumerate(path, start=1):
+        if hop.pub in seen:
+            raise BadMessage(f"path[{i - 1}]: key repeats (loop)")
+        seen.add(hop.pub)
+        if not verify_ed25519(hop.pub, hop.sig, _path_message(claim.claim_id, i, prev)):
+            raise BadSignature(f"path[{i - 1}]: signature for position {i} does not verify")
+        prev = hop.sig
+
+
+# --------------------------------------------------------------------------- fulfils
+
+
+@dataclass(frozen=True, slots=True)
+class Fulfil:
+    """A quote for a claim by the hop at ``position`` (its ephemeral key signs the fulfil).
+
+    ``path`` repeats the claim's path as the filler received it, so the initiator can check the
+    whole route. ``valid_until_ms`` bounds how long the filler holds the quote.
+    """
+
+    claim_id: bytes
+    position: int
+    amount_in: int
+    amount_out: int
+    valid_until_ms: int
+    path: list[PathHop]
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "claim_id": self.claim_id,
+            "position": self.position,
+            "amount_in": self.amount_in,
+            "amount_out": self.amount_out,
+            "valid_until_ms": self.valid_until_ms,
+            "path": [h.to_wire() for h in self.path],
+        }
+
+    @staticmethod
+    def from_body(b: Any) -> Fulfil:
+        w = "fulfil"
+        keys = "claim_id position amount_in amount_out valid_until_ms path".split()
+        b = _exact_keys(b, set(keys), w)
+        f = Fulfil(
+            claim_id=_bytes(b, "claim_id", 32, where=w),
+            position=_nonneg(b, "position", where=w, positive=True),
+            amount_in=_nonneg(b, "amount_in", where=w, positive=True),
+            amount_out=_nonneg(b, "amount_out", where=w, positive=True),
+            valid_until_ms=_nonneg(b, "valid_until_ms", where=w),
+            path=parse_path(b.get("path")),
+        )
+        if f.position != len(f.path) + 1:
+            raise BadMessage(f"fulfil: position {f.position} but path has {len(f.path)} hops")
+        return f
+
+
+@dataclass(frozen=True, slots=True)
+class SignedFulfil:
+    filler_eph: bytes
+    fulfil: Fulfil
+    raw: bytes
+
+    @property
+    def fulfil_id(self) -> bytes:
+        return digest(self.raw)
+
+
+def make_fulfil(ephemeral: Ed25519PrivateKey, fulfil: Fulfil) -> SignedFulfil:
+    msg = sign(ephemeral, MSG_FULFIL, fulfil.to_body())
+    return SignedFulfil(msg.envelope.sender, fulfil, msg.to_bytes())
+
+
+def open_fulfil(raw: bytes) -> SignedFulfil:
+    msg = open_message(raw)
+    if msg.envelope.type != MSG_FULFIL:
+        raise BadMessage(f"fulfil: envelope type is {msg.envelope.type!r}")
+    return SignedFulfil(msg.envelope.sender, Fulfil.from_body(msg.envelope.body), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class HopFee:
+    """The fee (in the claim's ``want`` asset) the hop at ``position`` keeps from the output."""
+
+    position: int
+    fee: int
+    sig: bytes
+
+    def to_wire(self) -> list[Any]:
+        return [self.position, self.fee, self.sig]
+
+
+def _fee_message(fulfil_id: bytes, position: int, fee: int) -> bytes:
+    return FEE_DOMAIN + encode([fulfil_id, position, fee])
+
+
+def sign_fee(ephemeral: Ed25519PrivateKey, fulfil_id: bytes, position: int, fee: int) -> HopFee:
+    return HopFee(position, fee, ephemeral.sign(_fee_message(fulfil_id, position, fee)))
+
+
+def parse_fees(value: Any) -> list[HopFee]:
+    if not isinstance(value, list) or len(value) > MAX_HOPS:
+        raise BadMessage(f"fees: must be a list of at most {MAX_HOPS} entries")
+    fees = []
+    for i, item in enumerate(value):
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or type(item[0]) is not int
+            or type(item[1]) is not int
+            or item[1] < 0
+            or not isinstance(item[2], bytes)
+            or len(item[2]) != 64
+        ):
+            raise BadMessage(f"fees[{i}]: must be [position, fee >= 0, 64-byte signature]")
+        fees.append(HopFee(item[0], item[1], item[2]))
+    return fees
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A fulfil as the initiator sees it once every signature checked out."""
+
+    claim_id: bytes
+    fulfil: SignedFulfil
+    fees: list[HopFee]
+    via: bytes  # the initiator's neighbour it arrived from (known to it anyway)
+    received_ms: int
+
+    @property
+    def fulfil_id(self) -> bytes:
+        return self.fulfil.fulfil_id
+
+    @property
+    def amount_in(self) -> int:
+        return self.fulfil.fulfil.amount_in
+
+    @property
+    def delivered(self) -> int:
+        """What reaches the initiator: the filler's output less every hop's fee."""
+        return self.fulfil.fulfil.amount_out - sum(f.fee for f in self.fees)
+
+    @property
+    def rate(self) -> Fraction:
+        return Fraction(self.delivered, self.amount_in)
+
+
+def verify_fulfil(claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee]) -> None:
+    """Check a fulfil arriving at the initiator: the path, the filler, and every hop fee."""
+    f = sf.fulfil
+    if f.claim_id != claim.claim_id:
+        raise BadMessage("fulfil: claim_id does not match")
+    verify_path(claim, f.path)
+    if sf.filler_eph == claim.initiator_eph or any(h.pub == sf.filler_eph for h in f.path):
+        raise BadMessage("fulfil: filler key repeats a path key")
+    positions = sorted(fee.position for fee in fees)
+    if positions != list(range(1, f.position)):
+        raise BadMessage(f"fulfil: fee positions {positions} do not cover 1..{f.position - 1}")
+    fid = sf.fulfil_id
+    for fee in fees:
+        pub = f.path[fee.position - 1].pub
+        if not verify_ed25519(pub, fee.sig, _fee_message(fid, fee.position, fee.fee)):
+            raise BadSignature(f"fees: signature for position {fee.position} does not verify")
+    if sum(fee.fee for fee in fees) >= f.amount_out:
+        raise BadMessage("fulfil: fees eat the whole output")
+
+
+# --------------------------------------------------------------------------- accept / join
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    claim_id: bytes
+    fulfil_id: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {"claim_id": self.claim_id, "fulfil_id": self.fulfil_id}
+
+    @staticmethod
+    def from_body(b: Any) -> Accept:
+        b = _exact_keys(b, {"claim_id", "fulfil_id"}, "accept")
+        return Accept(
+            _bytes(b, "claim_id", 32, where="accept"), _bytes(b, "fulfil_id", 32, where="accept")
+        )
+
+
+def open_accept(raw: bytes, initiator_eph: bytes) -> Accept:
+    """An accept must be signed by the claim's position-0 key: only the initiator can choose."""
+    msg = open_message(raw)
+    if msg.envelope.type != MSG_ACCEPT or msg.envelope.sender != initiator_eph:
+        raise BadSignature("accept: not signed by the claim's initiator key")
+    return Accept.from_body(msg.envelope.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """What a party of the chosen route reveals to the initiator (sealed to ``reply_key``).
+
+    ``eph_sig`` (by the party's ephemeral key) and ``node_sig`` (by its node key) both sign
+    :func:`join_message`, proving one holder controls the path key and the node identity.
+    """
+
+    position: int
+    node_id: bytes
+    eph_sig: bytes
+    node_sig: bytes
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "node_id": self.node_id,
+            "eph_sig": self.eph_sig,
+            "node_sig": self.node_sig,
+        }
+
+    @staticmethod
+    def from_body(b: Any) -> Join:
+        w = "join"
+        b = _exact_keys(b, {"position", "node_id", "eph_sig", "node_sig"}, w)
+        return Join(
+            _nonneg(b, "position", where=w, positive=True),
+            _bytes(b, "node_id", 32, where=w),
+            _bytes(b, "eph_sig", 64, where=w),
+            _bytes(b, "node_sig", 64, where=w),
+        )
+
+
+def join_message(claim_id: bytes, fulfil_id: bytes, position: int, eph: bytes, node: bytes) -> bytes:
+    return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node])
+
+
+# --------------------------------------------------------------------------- route order
+
+
+@dataclass(frozen=True, slots=True)
+class RouteLeg:
+    """One HTLC leg: ``payer`` locks ``amount`` of ``asset`` for ``payee`` until ``expiry_s``
+    (absolute unix seconds)."""
+
+    payer: bytes
+    payee: bytes
+    asset: str
+    amount: int
+    expiry_s: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "payer": self.payer,
+            "payee": self.payee,
+            "asset": self.asset,
+            "amount": self.amount,
+            "expiry_s": self.expiry_s,
+        }
+
+    @staticmethod
+    def from_wire(b: Any) -> RouteLeg:
+        w = "leg"
+        b = _exact_keys(b, {"payer", "payee", "asset", "amount", "expiry_s"}, w)
+        return RouteLeg(
+            _bytes(b, "payer", 32, where=w),
+            _bytes(b, "payee", 32, where=w),
+            _asset(b, "asset", where=w),
+            _nonneg(b, "amount", where=w, positive=True),
+            _nonneg(b, "expiry_s", where=w),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOrder:
+    """The route the initiator chose, as every party on it must sign it.
+
+    ``parties[0]`` is the initiator, ``parties[-1]`` the filler, those between are the hops in
+    path order. Legs run out along the route in ``have`` and back in ``want``; expiries strictly
+    decrease leg by leg (the last leg, paid to the initiator, expires first). ``fees[i]`` is what
+    ``parties[i]`` keeps (0 for the initiator and the filler).
+    """
+
+    claim_id: bytes
+    fulfil_id: bytes
+    payment_hash: bytes
+    parties: list[bytes]
+    legs: list[RouteLeg]
+    fees: list[int]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "claim_id": self.claim_id,
+            "fulfil_id": self.fulfil_id,
+            "payment_hash": self.payment_hash,
+            "parties": list(self.parties),
+            "legs": [leg.to_wire() for leg in self.legs],
+            "fees": list(self.fees),
+        }
+
+    @staticmethod
+    def from_wire(b: Any) -> RouteOrder:
+        w = "order"
+        b = _exact_keys(b, {"claim_id", "fulfil_id", "payment_hash", "parties", "legs", "fees"}, w)
+        parties = _get(b, "parties", list, where=w)
+        legs = _get(b, "legs", list, where=w)
+        fees = _get(b, "fees", list, where=w)
+        if not 2 <= len(parties) <= MAX_HOPS + 2 or len(fees) != len(parties):
+            raise BadMessage(f"order: {len(parties)} parties and {len(fees)} fees")
+        if len(legs) != 2 * (len(parties) - 1):
+            raise BadMessage(f"order: {len(legs)} legs for {len(parties)} parties")
+        for p in parties:
+            if not isinstance(p, bytes) or len(p) != 32:
+                raise BadMessage("order: every party is a 32-byte node id")
+        for fee in fees:
+            if type(fee) is not int or fee < 0:
+                raise BadMessage("order: every fee is an integer >= 0")
+        return RouteOrder(
+            claim_id=_bytes(b, "claim_id", 32, where=w),
+            fulfil_id=_bytes(b, "fulfil_id", 32, where=w),
+            payment_hash=_bytes(b, "payment_hash", 32, where=w),
+            parties=list(parties),
+            legs=[RouteLeg.from_wire(leg) for leg in legs],
+            fees=list(fees),
+        )
+
+    def signing_bytes(self) -> bytes:
+        return ORDER_DOMAIN + encode(self.to_wire())
+
+
+def build_route_order(
+    *,
+    claim: Claim,
+    quote: Quote,
+    parties: list[bytes],
+    payment_hash: bytes,
+    first_expiry_s: int,
+    expiry_step_s: int,
+) -> RouteOrder:
+    """Turn the chosen quote into legs: ``have`` flows initiator -> ... -> filler unchanged,
+    ``want`` flows filler -> ... -> initiator with each hop keeping its fee."""
+    f = quote.fulfil.fulfil
+    n = len(parties)
+    if n != f.position + 1:
+        raise BadMessage(f"order: {n} parties for a fulfil at position {f.position}")
+    fee_at = {fee.position: fee.fee for fee in quote.fees}
+    fees = [0] + [fee_at[i] for i in range(1, n - 1)] + [0]
+    legs: list[RouteLeg] = []
+    expiry = first_expiry_s
+    for i in range(n - 1):
+        legs.append(RouteLeg(parties[i], parties[i + 1], claim.have, f.amount_in, expiry))
+        expiry -= expiry_step_s
+    amount = f.amount_out
+    for i in range(n - 1, 0, -1):
+        if i < n - 1:
+            amount -= fees[i]
+        legs.append(RouteLeg(parties[i], parties[i - 1], claim.want, amount, expiry))
+        expiry -= expiry_step_s
+    return RouteOrder(
+        claim_id=quote.claim_id,
+        fulfil_id=quote.fulfil_id,
+        payment_hash=payment_hash,
+        parties=parties,
+        legs=legs,
+        fees=fees,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRouteOrder:
+    order: RouteOrder
+    signatures: dict[bytes, bytes]  # node id -> Ed25519 signature over order.signing_bytes()
+
+    def missing(self) -> list[bytes]:
+        return [p for p in self.order.parties if p not in self.signatures]
+
+    def verify(self) -> None:
+        data = self.order.signing_bytes()
+        for party in self.order.parties:
+            sig = self.signatures.get(party)
+            if sig is None or not verify_ed25519(party, sig, data):
+                raise BadSignature(f"order: party {party.hex()[:16]} has no valid signature")

@@ -1,0 +1,691 @@
+"""Settlement orders and clearance-ledger transactions: the wire types layer 2 speaks.
+
+Every ledger transaction is a signed envelope (:mod:`kofo.wire.envelope`) whose ``type`` is one
+of the ``TX_*`` names below and whose ``body`` is the ``as_map()`` of the matching dataclass. The
+exchange layer builds :class:`SettlementOrder` values, collects every party's signature over
+:meth:`SettlementOrder.signing_bytes` and submits a :data:`TX_COMMIT_ORDER`; the settlement layer
+reports leg outcomes and files evidence. Neither imports the ledger: they share these types.
+
+Node ids are raw 32-byte Ed25519 public keys. Money is integers (base units). Paillier values are
+big-endian unsigned integers in ``bytes``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from kofo.settlement.chain import BlockHeight, Expiry, UnixTime
+from kofo.wire.codec import encode
+from kofo.wire.envelope import BadMessage, BadSignature, SignedMessage, public_key_bytes, sign
+
+ORDER_DOMAIN = b"KOFO/order/v1\x00"
+"""Prefix of what every route party signs, so an order signature is never valid for anything
+else the same key signs (envelopes use ``KOFO/msg/v1``, quotes ``KOFO/quote/v1``)."""
+
+QUOTE_DOMAIN = b"KOFO/quote/v1\x00"
+TAKE_DOMAIN = b"KOFO/take/v1\x00"
+
+TX_REGISTER_NODE = "clearance.register_node"
+TX_COMMIT_ORDER = "clearance.commit_order"
+TX_REPORT_OUTCOME = "clearance.report_outcome"
+TX_FILE_EVIDENCE = "clearance.file_evidence"
+TX_WITHDRAW_FEES = "clearance.withdraw_fees"
+TX_TYPES = frozenset(
+    {TX_REGISTER_NODE, TX_COMMIT_ORDER, TX_REPORT_OUTCOME, TX_FILE_EVIDENCE, TX_WITHDRAW_FEES}
+)
+
+NODE_ID_SIZE = 32
+ORDER_ID_SIZE = 16
+QUOTE_ID_SIZE = 16
+MAX_LEGS = 8
+"""A route longer than eight legs would need expiries spread over many safety margins (days of
+lock-up for the first leg); no sensible route gets there, so longer ones are refused as hostile."""
+MAX_RELAYS = 16
+MAX_CIPHERTEXT_BYTES = 1024
+"""Big enough for Paillier with a 4096-bit modulus (ciphertexts live mod n^2)."""
+
+
+class OrderKind(enum.StrEnum):
+    DIRECT = "direct"  # two parties, no intermediary network involved: no protocol fee
+    ROUTED = "routed"  # found through the claim/fulfil network: pays the protocol fee
+
+
+class QuoteRole(enum.StrEnum):
+    RELAY = "relay"  # carried the claim (and the fulfil back)
+    PROVIDER = "provider"  # served the quote with its own liquidity (an intermediary on the route)
+
+
+class LegOutcome(enum.StrEnum):
+    LOCKED = "locked"
+    REDEEMED = "redeemed"
+    REFUNDED = "refunded"
+
+
+class EvidenceKind(enum.StrEnum):
+    LEG_NOT_LOCKED = "leg_not_locked"
+    QUOTE_NOT_HONOURED = "quote_not_honoured"
+
+
+# ---------------------------------------------------------------------------------------------
+# field readers: every message is parsed from a plain map, naming the field that is wrong
+
+
+def _get(m: Mapping[str, Any], name: str, where: str) -> Any:
+    if not isinstance(m, Mapping):
+        raise BadMessage(f"{where} must be a map")
+    if name not in m:
+        raise BadMessage(f"{where}.{name} is missing")
+    return m[name]
+
+
+def _int(m: Mapping[str, Any], name: str, where: str, *, minimum: int = 0) -> int:
+    v = _get(m, name, where)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadMessage(f"{where}.{name} must be an integer, got {type(v).__name__}")
+    if v < minimum:
+        raise BadMessage(f"{where}.{name} must be >= {minimum}, got {v}")
+    return v
+
+
+def _bytes(m: Mapping[str, Any], name: str, where: str, size: int | None = None) -> bytes:
+    v = _get(m, name, where)
+    if not isinstance(v, bytes):
+        raise BadMessage(f"{where}.{name} must be bytes, got {type(v).__name__}")
+    if size is not None and len(v) != size:
+        raise BadMessage(f"{where}.{name} must be {size} bytes, got {len(v)}")
+    return v
+
+
+def _str(m: Mapping[str, Any], name: str, where: str, *, max_len: int = 256) -> str:
+    v = _get(m, name, where)
+    if not isinstance(v, str) or not v or len(v) > max_len:
+        raise BadMessage(f"{where}.{name} must be a non-empty string of at most {max_len} chars")
+    return v
+
+
+def _opt_str(m: Mapping[str, Any], name: str, where: str) -> str | None:
+    if _get(m, name, where) is None:
+        return None
+    return _str(m, name, where)
+
+
+_E = TypeVar("_E", bound=enum.StrEnum)
+
+
+def _enum(m: Mapping[str, Any], name: str, where: str, kind: type[_E]) -> _E:
+    v = _get(m, name, where)
+    try:
+        return kind(v)
+    except ValueError:
+        raise BadMessage(f"{where}.{name} has unknown value {v!r}") from None
+
+
+def _list(m: Mapping[str, Any], name: str, where: str, max_len: int) -> list[Any]:
+    v = _get(m, name, where)
+    if not isinstance(v, list) or len(v) > max_len:
+        raise BadMessage(f"{where}.{name} must be a list of at most {max_len} items")
+    return v
+
+
+def _exact_keys(m: Mapping[str, Any], keys: set[str], where: str) -> None:
+    if not isinstance(m, Mapping) or set(m) != keys:
+        got = sorted(m) if isinstance(m, Mapping) else type(m).__name__
+        raise BadMessage(f"{where} must have exactly the fields {sorted(keys)}, got {got}")
+
+
+def expiry_to_map(e: Expiry) -> dict[str, Any]:
+    return {"unit": "height" if isinstance(e, BlockHeight) else "unix", "value": e.value}
+
+
+def expiry_from_map(m: Any, where: str) -> Expiry:
+    _exact_keys(m, {"unit", "value"}, where)
+    unit = m["unit"]
+    value = _int(m, "value", where)
+    if unit == "height":
+        return BlockHeight(value)
+    if unit == "unix":
+        return UnixTime(value)
+    raise BadMessage(f"{where}.unit must be 'height' or 'unix', got {unit!r}")
+
+
+def asset_key(chain: str, token: str | None) -> str:
+    """The ledger's name for an asset: ``btc``, ``eth``, ``eth:0xToken...``."""
+    return chain if token is None else f"{chain}:{token}"
+
+
+# ---------------------------------------------------------------------------------------------
+# settlement order
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One HTLC of a route: ``sender`` locks ``amount`` on ``chain`` payable to ``recipient``.
+
+    ``expiry`` is in the chain's own unit (what the HTLC uses). ``expiry_time`` is the unix time
+    by which every party agrees that expiry will have passed; it is what the ledger orders legs
+    by, because heights on different chains cannot be compared. ``lock_by`` is the ledger (block)
+    time by which the sender must have locked; missing it is penalised evidence.
+    """
+
+    chain: str
+    token: str | None
+    sender: bytes
+    recipient: bytes
+    sender_address: str
+    recipient_address: str
+    amount: int
+    expiry: Expiry
+    expiry_time: int
+    lock_by: int
+
+    @property
+    def asset(self) -> str:
+        return asset_key(self.chain, self.token)
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain,
+            "token": self.token,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "sender_address": self.sender_address,
+            "recipient_address": self.recipient_address,
+            "amount": self.amount,
+            "expiry": expiry_to_map(self.expiry),
+            "expiry_time": self.expiry_time,
+            "lock_by": self.lock_by,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "leg") -> Leg:
+        _exact_keys(m, set(_LEG_KEYS), where)
+        return cls(
+            chain=_str(m, "chain", where, max_len=16),
+            token=_opt_str(m, "token", where),
+            sender=_bytes(m, "sender", where, NODE_ID_SIZE),
+            recipient=_bytes(m, "recipient", where, NODE_ID_SIZE),
+            sender_address=_str(m, "sender_address", where),
+            recipient_address=_str(m, "recipient_address", where),
+            amount=_int(m, "amount", where, minimum=1),
+            expiry=expiry_from_map(m["expiry"], f"{where}.expiry"),
+            expiry_time=_int(m, "expiry_time", where),
+            lock_by=_int(m, "lock_by", where),
+        )
+
+
+_LEG_KEYS = (
+    "chain",
+    "token",
+    "sender",
+    "recipient",
+    "sender_address",
+    "recipient_address",
+    "amount",
+    "expiry",
+    "expiry_time",
+    "lock_by",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeeQuote:
+    """A carrier of the claim (relay) or server of the quote (provider) on a routed order.
+
+    ``quote_id`` names the fulfil the carrier signed in the exchange layer. ``fee_ct`` is the
+    carrier's own fee for this trade (a provider's spread, a relay's tip) as a Paillier
+    ciphertext under the carrier's key, encrypted by the carrier with its own randomness: the
+    ledger adds it to the carrier's private ``earned`` total and never learns it.
+    """
+
+    node: bytes
+    role: QuoteRole
+    quote_id: bytes
+    fee_ct: bytes | None = None
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "role": self.role.value,
+            "quote_id": self.quote_id,
+            "fee_ct": self.fee_ct,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "quote") -> FeeQuote:
+        _exact_keys(m, {"node", "role", "quote_id", "fee_ct"}, where)
+        fee_ct = m["fee_ct"]
+        if fee_ct is not None and (
+            not isinstance(fee_ct, bytes) or not 0 < len(fee_ct) <= MAX_CIPHERTEXT_BYTES
+        ):
+            raise BadMessage(f"{where}.fee_ct must be at most {MAX_CIPHERTEXT_BYTES} bytes")
+        return cls(
+            node=_bytes(m, "node", where, NODE_ID_SIZE),
+            role=_enum(m, "role", where, QuoteRole),
+            quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
+            fee_ct=fee_ct,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementOrder:
+    """A route everyone on it agreed to: legs, one payment hash, expiries and fees.
+
+    Leg ``i`` is paid by ``legs[i].sender`` to ``legs[i].recipient``; the route is a cycle
+    (each leg's recipient pays the next leg, the last leg pays the initiator back). The
+    ``notional`` is the first leg's amount, in the first leg's asset, and the protocol fee is
+    charged on it.
+    """
+
+    order_id: bytes
+    kind: OrderKind
+    payment_hash: bytes
+    legs: tuple[Leg, ...]
+    relays: tuple[bytes, ...] = ()
+    quotes: tuple[FeeQuote, ...] = ()
+    protocol_fee_bps: int = 0
+    protocol_fee: int = 0
+
+    @property
+    def initiator(self) -> bytes:
+        return self.legs[0].sender
+
+    @property
+    def notional(self) -> int:
+        return self.legs[0].amount
+
+    @property
+    def fee_asset(self) -> str:
+        return self.legs[0].asset
+
+    def intermediaries(self) -> list[bytes]:
+        """Every node on the route except the initiator, in route order."""
+        return [leg.recipient for leg in self.legs[:-1]]
+
+    def parties(self) -> list[bytes]:
+        """Everyone who must sign: the route's nodes and the relays, in a fixed order."""
+        seen: list[bytes] = []
+        for node in [self.initiator, *self.intermediaries(), *self.relays]:
+            if node not in seen:
+                seen.append(node)
+        return seen
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "kind": self.kind.value,
+            "payment_hash": self.payment_hash,
+            "legs": [leg.as_map() for leg in self.legs],
+            "relays": list(self.relays),
+            "quotes": [q.as_map() for q in self.quotes],
+            "protocol_fee_bps": self.protocol_fee_bps,
+            "protocol_fee": self.protocol_fee,
+        }
+
+    def signing_bytes(self) -> bytes:
+        return ORDER_DOMAIN + encode(self.as_map())
+
+    def sign(self, key: Ed25519PrivateKey) -> OrderSignature:
+        return OrderSignature(public_key_bytes(key), key.sign(self.signing_bytes()))
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "order") -> SettlementOrder:
+        _exact_keys(
+            m,
+            {
+                "order_id",
+                "kind",
+                "payment_hash",
+                "legs",
+                "relays",
+                "quotes",
+                "protocol_fee_bps",
+                "protocol_fee",
+            },
+            where,
+        )
+        legs = _list(m, "legs", where, MAX_LEGS)
+        relays = _list(m, "relays", where, MAX_RELAYS)
+        quotes = _list(m, "quotes", where, MAX_LEGS + MAX_RELAYS)
+        for i, r in enumerate(relays):
+            if not isinstance(r, bytes) or len(r) != NODE_ID_SIZE:
+                raise BadMessage(f"{where}.relays[{i}] must be a {NODE_ID_SIZE}-byte node id")
+        return cls(
+            order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
+            kind=_enum(m, "kind", where, OrderKind),
+            payment_hash=_bytes(m, "payment_hash", where, 32),
+            legs=tuple(Leg.from_map(x, f"{where}.legs[{i}]") for i, x in enumerate(legs)),
+            relays=tuple(relays),
+            quotes=tuple(
+                FeeQuote.from_map(x, f"{where}.quotes[{i}]") for i, x in enumerate(quotes)
+            ),
+            protocol_fee_bps=_int(m, "protocol_fee_bps", where),
+            protocol_fee=_int(m, "protocol_fee", where),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSignature:
+    signer: bytes
+    signature: bytes
+
+    def as_map(self) -> dict[str, Any]:
+        return {"signer": self.signer, "sig": self.signature}
+
+
+def verify_ed25519(signer: bytes, signature: bytes, message: bytes, what: str) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(signer).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise BadSignature(f"{what}: signature does not verify for {signer.hex()}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# ledger transaction bodies
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterNode:
+    """Registers the envelope's sender as a node.
+
+    ``paillier_n`` is the node's Paillier public modulus. ``balance_seed`` is an encryption of 0
+    under it, made by the node with fresh randomness: the ledger starts the node's fee balance
+    from it, so the stored ciphertext is never a trivial (randomness-1) encryption.
+    ``bond`` is in the ledger's bond unit (see ``LedgerParams.bond_asset``).
+    """
+
+    addresses: dict[str, str]
+    paillier_n: bytes
+    balance_seed: bytes
+    bond: int
+    monitor: bool = False
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "addresses": dict(self.addresses),
+            "paillier_n": self.paillier_n,
+            "balance_seed": self.balance_seed,
+            "bond": self.bond,
+            "monitor": self.monitor,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "register_node") -> RegisterNode:
+        _exact_keys(m, {"addresses", "paillier_n", "balance_seed", "bond", "monitor"}, where)
+        addrs = m["addresses"]
+        if not isinstance(addrs, dict) or len(addrs) > 16:
+            raise BadMessage(f"{where}.addresses must be a map of at most 16 chains")
+        for chain, addr in addrs.items():
+            if not isinstance(addr, str) or not addr or len(addr) > 256:
+                raise BadMessage(f"{where}.addresses.{chain} must be a non-empty string")
+        if not isinstance(m["monitor"], bool):
+            raise BadMessage(f"{where}.monitor must be a boolean")
+        return cls(
+            addresses=dict(addrs),
+            paillier_n=_ct_bytes(m, "paillier_n", where),
+            balance_seed=_ct_bytes(m, "balance_seed", where),
+            bond=_int(m, "bond", where),
+            monitor=m["monitor"],
+        )
+
+
+def _ct_bytes(m: Mapping[str, Any], name: str, where: str) -> bytes:
+    v = _bytes(m, name, where)
+    if not 0 < len(v) <= MAX_CIPHERTEXT_BYTES:
+        raise BadMessage(f"{where}.{name} must be 1..{MAX_CIPHERTEXT_BYTES} bytes, got {len(v)}")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOrder:
+    order: SettlementOrder
+    signatures: tuple[OrderSignature, ...]
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "order": self.order.as_map(),
+            "signatures": [s.as_map() for s in self.signatures],
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "commit_order") -> CommitOrder:
+        _exact_keys(m, {"order", "signatures"}, where)
+        sigs = []
+        for i, s in enumerate(_list(m, "signatures", where, MAX_LEGS + MAX_RELAYS)):
+            w = f"{where}.signatures[{i}]"
+            _exact_keys(s, {"signer", "sig"}, w)
+            sigs.append(
+                OrderSignature(_bytes(s, "signer", w, NODE_ID_SIZE), _bytes(s, "sig", w, 64))
+            )
+        return cls(SettlementOrder.from_map(m["order"], f"{where}.order"), tuple(sigs))
+
+    def verify_signatures(self) -> None:
+        """Every party signed, nobody else did, and every signature verifies."""
+        parties = self.order.parties()
+        signers = [s.signer for s in self.signatures]
+        if sorted(signers) != sorted(parties) or len(set(signers)) != len(signers):
+            missing = [p.hex() for p in parties if p not in signers]
+            raise BadSignature(
+                f"order signatures must be exactly the route's parties; missing {missing}"
+            )
+        msg = self.order.signing_bytes()
+        for s in self.signatures:
+            verify_ed25519(s.signer, s.signature, msg, "order")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOutcome:
+    order_id: bytes
+    leg: int
+    outcome: LegOutcome
+    txid: str
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "leg": self.leg,
+            "outcome": self.outcome.value,
+            "txid": self.txid,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "report_outcome") -> ReportOutcome:
+        _exact_keys(m, {"order_id", "leg", "outcome", "txid"}, where)
+        return cls(
+            order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
+            leg=_int(m, "leg", where),
+            outcome=_enum(m, "outcome", where, LegOutcome),
+            txid=_str(m, "txid", where, max_len=128),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """A provider's firm price, signed by it in the exchange layer: it will pay ``give_amount``
+    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix)."""
+
+    quote_id: bytes
+    provider: bytes
+    give_asset: str
+    give_amount: int
+    take_asset: str
+    take_amount: int
+    valid_until: int
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "quote_id": self.quote_id,
+            "provider": self.provider,
+            "give_asset": self.give_asset,
+            "give_amount": self.give_amount,
+            "take_asset": self.take_asset,
+            "take_amount": self.take_amount,
+            "valid_until": self.valid_until,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "quote") -> Quote:
+        _exact_keys(m, set(cls.__slots__), where)
+        return cls(
+            quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
+            provider=_bytes(m, "provider", where, NODE_ID_SIZE),
+            give_asset=_str(m, "give_asset", where),
+            give_amount=_int(m, "give_amount", where, minimum=1),
+            take_asset=_str(m, "take_asset", where),
+            take_amount=_int(m, "take_amount", where, minimum=1),
+            valid_until=_int(m, "valid_until", where),
+        )
+
+    def signing_bytes(self) -> bytes:
+        return QUOTE_DOMAIN + encode(self.as_map())
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """A taker's acceptance of a quote at its price, signed by the taker before it expired."""
+
+    quote_id: bytes
+    taker: bytes
+    ts: int
+
+    def as_map(self) -> dict[str, Any]:
+        return {"quote_id": self.quote_id, "taker": self.taker, "ts": self.ts}
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "take") -> Take:
+        _exact_keys(m, {"quote_id", "taker", "ts"}, where)
+        return cls(
+            quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
+            taker=_bytes(m, "taker", where, NODE_ID_SIZE),
+            ts=_int(m, "ts", where),
+        )
+
+    def signing_bytes(self) -> bytes:
+        return TAKE_DOMAIN + encode(self.as_map())
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvidence:
+    """Misbehaviour evidence from a monitor.
+
+    ``leg_not_locked``: ``order_id`` and ``leg`` are set; the ledger checks its own record (no
+    lock reported before the leg's ``lock_by``, and block time past it).
+    ``quote_not_honoured``: ``quote``/``quote_sig`` (by the provider) and ``take``/``take_sig``
+    (by the taker) are set; the ledger checks both signatures, that the take came in time, and
+    that no committed order used the quote by ``valid_until`` plus the honour grace.
+    """
+
+    kind: EvidenceKind
+    order_id: bytes | None = None
+    leg: int | None = None
+    quote: Quote | None = None
+    quote_sig: bytes | None = None
+    take: Take | None = None
+    take_sig: bytes | None = None
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "order_id": self.order_id,
+            "leg": self.leg,
+            "quote": None if self.quote is None else self.quote.as_map(),
+            "quote_sig": self.quote_sig,
+            "take": None if self.take is None else self.take.as_map(),
+            "take_sig": self.take_sig,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "file_evidence") -> FileEvidence:
+        _exact_keys(m, {"kind", "order_id", "leg", "quote", "quote_sig", "take", "take_sig"}, where)
+        kind = _enum(m, "kind", where, EvidenceKind)
+        if kind is EvidenceKind.LEG_NOT_LOCKED:
+            return cls(
+                kind,
+                order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
+                leg=_int(m, "leg", where),
+            )
+        return cls(
+            kind,
+            quote=Quote.from_map(m["quote"], f"{where}.quote"),
+            quote_sig=_bytes(m, "quote_sig", where, 64),
+            take=Take.from_map(m["take"], f"{where}.take"),
+            take_sig=_bytes(m, "take_sig", where, 64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawFees:
+    """Withdraw the whole accrued fee balance in ``asset``.
+
+    The node reveals the balance's plaintext ``amount`` and the ciphertext's randomness
+    ``randomness`` (recoverable with its private key); validators re-encrypt and compare.
+    ``new_seed`` is a fresh encryption of 0 that re-blinds the balance after the reveal.
+    """
+
+    asset: str
+    amount: int
+    randomness: bytes
+    new_seed: bytes
+    payout_address: str
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "asset": self.asset,
+            "amount": self.amount,
+            "randomness": self.randomness,
+            "new_seed": self.new_seed,
+            "payout_address": self.payout_address,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "withdraw_fees") -> WithdrawFees:
+        _exact_keys(m, {"asset", "amount", "randomness", "new_seed", "payout_address"}, where)
+        return cls(
+            asset=_str(m, "asset", where),
+            amount=_int(m, "amount", where, minimum=1),
+            randomness=_ct_bytes(m, "randomness", where),
+            new_seed=_ct_bytes(m, "new_seed", where),
+            payout_address=_str(m, "payout_address", where),
+        )
+
+
+TxBody = RegisterNode | CommitOrder | ReportOutcome | FileEvidence | WithdrawFees
+
+_PARSERS: dict[str, Any] = {
+    TX_REGISTER_NODE: RegisterNode.from_map,
+    TX_COMMIT_ORDER: CommitOrder.from_map,
+    TX_REPORT_OUTCOME: ReportOutcome.from_map,
+    TX_FILE_EVIDENCE: FileEvidence.from_map,
+    TX_WITHDRAW_FEES: WithdrawFees.from_map,
+}
+_TYPE_OF: dict[type, str] = {
+    RegisterNode: TX_REGISTER_NODE,
+    CommitOrder: TX_COMMIT_ORDER,
+    ReportOutcome: TX_REPORT_OUTCOME,
+    FileEvidence: TX_FILE_EVIDENCE,
+    WithdrawFees: TX_WITHDRAW_FEES,
+}
+
+
+def tx_type(body: TxBody) -> str:
+    return _TYPE_OF[type(body)]
+
+
+def parse_tx_body(msg_type: str, body: dict[str, Any]) -> TxBody:
+    """The typed body of a ledger transaction; :class:`BadMessage` names the bad field."""
+    parser = _PARSERS.get(msg_type)
+    if parser is None:
+        raise BadMessage(f"envelope type {msg_type!r} is not a clearance transaction")
+    result: TxBody = parser(body)
+    return result
+
+
+def sign_tx(key: Ed25519PrivateKey, body: TxBody, *, ts: int | None = None) -> bytes:
+    """The bytes of a ledger transaction: ``body`` in an envelope signed by ``key``."""
+    msg: SignedMessage = sign(key, tx_type(body), body.as_map(), ts=ts)
+    return msg.to_bytes()

@@ -1,0 +1,308 @@
+"""The Ethereum ChainAdapter against the embedded EVM and a real geth --dev node."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+import rlp
+from eth_account.hdaccount import seed_from_mnemonic
+
+from kofo.errors import AuditFailed, InsufficientFunds, InvalidInput, TxRejected
+from kofo.settlement.chain import (
+    BlockHeight,
+    ChainAdapter,
+    HtlcState,
+    HtlcTerms,
+    TxKind,
+    UnixTime,
+)
+from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_web3
+from kofo.settlement.chains.ethereum.contract import deploy
+from kofo.settlement.chains.ethereum.keys import account_from_seed
+
+ETHER = 10**18
+
+
+@pytest.fixture
+def env(eth_chain):
+    """A deployed HTLC + test token and two funded parties with adapters."""
+    deployer = eth_chain.new_account(ETHER)
+    htlc = deploy(eth_chain.w3, "HTLC", deployer)
+    token = deploy(eth_chain.w3, "TestToken", deployer, "Test", "TST", 6)
+    alice = eth_chain.new_account(5 * ETHER)
+    bob = eth_chain.new_account(5 * ETHER)
+
+    class Env:
+        pass
+
+    e = Env()
+    e.chain = eth_chain
+    e.w3 = eth_chain.w3
+    e.htlc = htlc
+    e.token = token
+    e.alice = EthereumAdapter(eth_chain.w3, alice, htlc)
+    e.bob = EthereumAdapter(eth_chain.w3, bob, htlc)
+    return e
+
+
+def _terms(e, amount=ETHER // 10, lifetime=3600, token=None, preimage=None):
+    preimage = preimage or os.urandom(32)
+    expiry = UnixTime(e.alice.expiry_now().value + lifetime)
+    terms = HtlcTerms(
+        "eth",
+        hashlib.sha256(preimage).digest(),
+        amount,
+        e.alice.address(),
+        e.bob.address(),
+        expiry,
+        token=token,
+    )
+    return terms, preimage
+
+
+def _mint(e, to, amount):
+    tok = e.w3.eth.contract(
+        address=e.token,
+        abi=[
+            {
+                "name": "mint",
+                "type": "function",
+                "stateMutability": "nonpayable",
+                "inputs": [
+                    {"name": "to", "type": "address"},
+                    {"name": "amount", "type": "uint256"},
+                ],
+                "outputs": [],
+            }
+        ],
+    )
+    e.chain.send(tok.functions.mint(to, amount), e.chain.new_account(ETHER // 10))
+
+
+def _gas_paid(w3, txid):
+    r = w3.eth.get_transaction_receipt(txid)
+    return r["gasUsed"] * r["effectiveGasPrice"]
+
+
+def test_adapter_satisfies_the_chain_adapter_protocol(env):
+    assert isinstance(env.alice, ChainAdapter)
+
+
+def test_eth_lock_then_redeem_pays_recipient_and_reveals_preimage(env):
+    terms, preimage = _terms(env)
+    bob_before = env.bob.balance()
+    ref = env.alice.lock(terms)
+    assert env.bob.audit(ref, terms, min_confirmations=1).state is HtlcState.LOCKED
+    redeem = env.bob.prepare_redeem(ref, preimage)
+    assert redeem.kind is TxKind.REDEEM
+    env.bob.broadcast(redeem)
+    env.bob.wait(redeem.txid)
+    assert env.bob.balance() == bob_before + terms.amount - _gas_paid(env.w3, redeem.txid)
+    status = env.alice.status(ref)
+    assert status.state is HtlcState.REDEEMED
+    assert status.preimage == preimage
+    assert status.spend_txid == redeem.txid
+    assert status.spend_confirmations >= 1
+
+
+def test_eth_refund_before_expiry_is_refused_then_succeeds_after(env):
+    terms, _ = _terms(env, lifetime=4)
+    ref = env.alice.lock(terms)
+    with pytest.raises(TxRejected) as err:
+        env.alice.prepare_refund(ref)
+    assert err.value.code == "tx_rejected"
+    env.chain.advance_time(5)
+    before = env.alice.balance()
+    tx = env.alice.prepare_refund(ref)
+    env.alice.broadcast(tx)
+    env.alice.wait(tx.txid)
+    assert env.alice.balance() == before + terms.amount - _gas_paid(env.w3, tx.txid)
+    assert env.bob.status(ref).state is HtlcState.REFUNDED
+
+
+def test_erc20_lock_approves_exactly_and_redeem_moves_tokens(env):
+    _mint(env, env.alice.address(), 1_000_000)
+    terms, preimage = _terms(env, amount=400_000, token=env.token)
+    txs = env.alice.prepare_lock(terms)
+    assert [t.kind for t in txs] == [TxKind.APPROVE, TxKind.LOCK]
+    for tx in txs:
+        env.alice.broadcast(tx)
+        env.alice.wait(tx.txid)
+    ref = env.alice.htlc_ref(terms, txs[-1])
+    assert env.alice.balance(env.token) == 600_000
+    assert env.alice.balance(env.token, owner=env.htlc) == 400_000
+    env.bob.audit(ref, terms, 1)
+    tx = env.bob.prepare_redeem(ref, preimage)
+    env.bob.broadcast(tx)
+    env.bob.wait(tx.txid)
+    assert env.bob.balance(env.token) == 400_000
+    assert env.alice.balance(env.token, owner=env.htlc) == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("amount", lambda t: {"amount": t.amount + 1}),
+        ("payment_hash", lambda t: {"payment_hash": hashlib.sha256(b"other").digest()}),
+        ("expiry", lambda t: {"expiry": UnixTime(t.expiry.value + 1)}),
+        ("recipient", lambda t: {"recipient": "0x" + "11" * 20}),
+    ],
+)
+def test_audit_names_the_field_that_differs(env, field, change):
+    terms, _ = _terms(env)
+    ref = env.alice.lock(terms)
+    expected = HtlcTerms(**{**{f: getattr(terms, f) for f in terms.__slots__}, **change(terms)})
+    with pytest.raises(AuditFailed) as err:
+        env.bob.audit(ref, expected, min_confirmations=1)
+    assert err.value.code == f"audit_{field}"
+
+
+def test_audit_requires_confirmations_and_a_live_lock(env):
+    terms, preimage = _terms(env)
+    ref = env.alice.lock(terms)
+    with pytest.raises(AuditFailed) as err:
+        env.bob.audit(ref, terms, min_confirmations=1000)
+    assert err.value.code == "audit_confirmations"
+    tx = env.bob.prepare_redeem(ref, preimage)
+    env.bob.broadcast(tx)
+    env.bob.wait(tx.txid)
+    with pytest.raises(AuditFailed) as err:
+        env.bob.audit(ref, terms, min_confirmations=1)
+    assert err.value.code == "audit_state"
+
+
+def test_find_htlc_locates_the_counterpartys_lock_by_terms(env):
+    terms, _ = _terms(env)
+    assert env.bob.find_htlc(terms) is None
+    ref = env.alice.lock(terms)
+    found = env.bob.find_htlc(terms)
+    assert found is not None
+    assert (found.locator, found.lock_txid) == (ref.locator, ref.lock_txid)
+
+
+def test_broadcast_is_idempotent(env):
+    terms, _ = _terms(env)
+    (tx,) = env.alice.prepare_lock(terms)
+    assert env.alice.broadcast(tx) == tx.txid
+    env.alice.wait(tx.txid)
+    assert env.alice.broadcast(tx) == tx.txid
+    assert env.alice.tx_confirmations(tx.txid) >= 1
+
+
+def test_bad_terms_are_refused_with_a_clear_error(env):
+    terms, _ = _terms(env)
+    with pytest.raises(InvalidInput, match="unix time"):
+        env.alice.prepare_lock(
+            HtlcTerms("eth", terms.payment_hash, 1, terms.sender, terms.recipient, BlockHeight(9))
+        )
+    with pytest.raises(InvalidInput, match="recipient"):
+        env.alice.prepare_lock(
+            HtlcTerms("eth", terms.payment_hash, 1, terms.sender, "bob", terms.expiry)
+        )
+    with pytest.raises(InvalidInput, match="not in the future"):
+        env.alice.prepare_lock(
+            HtlcTerms("eth", terms.payment_hash, 1, terms.sender, terms.recipient, UnixTime(1))
+        )
+    with pytest.raises(InvalidInput, match="preimage must be exactly 32 bytes, got 33"):
+        env.bob.prepare_redeem(env.alice.htlc_ref(terms, _fake_tx()), b"\x00" * 33)
+
+
+def _fake_tx():
+    from kofo.settlement.chain import SignedTx
+
+    return SignedTx("eth", TxKind.LOCK, "0x" + "00" * 32, b"")
+
+
+def test_lock_more_than_the_wallet_holds_is_insufficient_funds(env):
+    terms, _ = _terms(env, amount=10**30)
+    with pytest.raises(InsufficientFunds, match="wallet has"):
+        env.alice.prepare_lock(terms)
+    terms, _ = _terms(env, amount=5, token=env.token)
+    with pytest.raises(InsufficientFunds, match="token units"):
+        env.alice.prepare_lock(terms)
+
+
+def test_concurrent_locks_get_distinct_nonces_and_all_confirm(env):
+    results: list = []
+    errors: list = []
+
+    def worker():
+        try:
+            terms, _ = _terms(env, amount=1000)
+            results.extend(env.alice.prepare_lock(terms))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    nonces = sorted(_nonce(tx) for tx in results)
+    assert nonces == list(range(nonces[0], nonces[0] + 8))
+    for tx in sorted(results, key=_nonce):
+        env.alice.broadcast(tx)
+    for tx in results:
+        env.alice.wait(tx.txid)
+
+
+def _nonce(tx):
+    # An EIP-1559 transaction is 0x02 || rlp([chain_id, nonce, ...]).
+    assert tx.raw[0] == 2
+    return int.from_bytes(rlp.decode(tx.raw[1:])[1], "big")
+
+
+def test_nonces_survive_a_restart_without_reuse(tmp_path):
+    w3 = embedded_web3()
+    acct = account_from_seed(os.urandom(32))
+    w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": acct.address, "value": ETHER})
+    )
+    htlc = deploy(w3, "HTLC", acct)
+    db = tmp_path / "nonces.sqlite"
+    first = EthereumAdapter(w3, acct, htlc, nonce_db=db)
+    a = first.nonces.allocate()
+    b = first.nonces.allocate()  # signed, never broadcast: must not be reused after a crash
+    second = EthereumAdapter(w3, acct, htlc, nonce_db=db)
+    assert second.nonces.allocate() == b + 1 == a + 2
+
+
+def test_a_reorged_lock_loses_its_confirmations():
+    w3 = embedded_web3()
+    tester = w3.provider.ethereum_tester
+    alice, bob = (account_from_seed(os.urandom(32)) for _ in range(2))
+    for acct in (alice, bob):
+        w3.eth.wait_for_transaction_receipt(
+            w3.eth.send_transaction(
+                {"from": w3.eth.accounts[0], "to": acct.address, "value": ETHER}
+            )
+        )
+    htlc = deploy(w3, "HTLC", alice)
+    adapter = EthereumAdapter(w3, alice, htlc)
+    snapshot = tester.take_snapshot()
+    preimage = os.urandom(32)
+    terms = HtlcTerms(
+        "eth",
+        hashlib.sha256(preimage).digest(),
+        1000,
+        alice.address,
+        bob.address,
+        UnixTime(adapter.expiry_now().value + 3600),
+    )
+    ref = adapter.lock(terms)
+    assert adapter.status(ref).confirmations == 1
+    tester.revert_to_snapshot(snapshot)
+    tester.mine_blocks(3)
+    assert adapter.tx_confirmations(ref.lock_txid) == 0
+    assert adapter.status(ref).state is HtlcState.ABSENT
+
+
+def test_keys_follow_the_standard_bip44_path():
+    # The well-known development mnemonic: every Ethereum wallet derives this first address.
+    seed = seed_from_mnemonic("test test test test test test test test test test test junk", "")
+    assert account_from_seed(seed).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    assert account_from_seed(seed, 1).address == "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
