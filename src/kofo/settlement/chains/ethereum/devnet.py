@@ -1,0 +1,219 @@
+"""The embedded EVM served over Ethereum JSON-RPC on 127.0.0.1.
+
+One in-process py-evm chain (through eth-tester), reachable from other processes with any
+JSON-RPC client — so several KOFO nodes (and the demo, and crash tests that kill nodes) share one
+chain, and a node's code path is the same as against geth: ``Web3(HTTPProvider(url))``.
+
+Requests go through web3.py's own eth-tester request manager (which turns JSON-RPC parameters
+into eth-tester calls); results are turned back into JSON-RPC's wire form (hex quantities, hex
+data). Besides the standard ``eth_*``/``net_*``/``web3_*`` methods it answers a few development
+methods: ``evm_mine`` (mine N blocks), ``evm_setNextBlockTimestamp`` / ``evm_increaseTime``
+(move chain time, then mine one block), ``evm_snapshot`` / ``evm_revert`` (real reorgs for tests).
+``eth_sendTransaction`` works from the pre-funded unlocked accounts (``eth_accounts``): the
+faucet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from eth_abi.abi import encode as abi_encode
+from eth_tester import EthereumTester, PyEVMBackend
+from eth_tester.exceptions import TransactionFailed
+from hexbytes import HexBytes
+from web3 import EthereumTesterProvider, Web3
+from web3.exceptions import ContractLogicError
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 4 << 20
+"""Large enough for any contract deployment we make, small enough that a bad client cannot make
+the server buffer unbounded input."""
+
+_RENAMED = {"y_parity": "yParity", "state_root": "root"}
+_BLOOM_BYTES = 256
+
+
+def _to_wire(value: Any, key: str = "") -> Any:
+    """A web3.py result value in JSON-RPC wire form."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if key == "logsBloom":
+            return "0x" + value.to_bytes(_BLOOM_BYTES, "big").hex()
+        return hex(value)
+    if isinstance(value, HexBytes | bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            name = _RENAMED.get(str(k), str(k))
+            out[name] = _to_wire(v, name)
+        return out
+    if isinstance(value, list | tuple):
+        return [_to_wire(v, key) for v in value]
+    return value
+
+
+class EmbeddedEvm:
+    """The chain itself plus the development controls; thread-safe (one lock)."""
+
+    def __init__(self) -> None:
+        self.tester = EthereumTester(PyEVMBackend())
+        self.provider = EthereumTesterProvider(self.tester)
+        self.w3 = Web3(self.provider)
+        self._lock = threading.Lock()
+
+    def handle(self, method: str, params: list[Any]) -> Any:
+        with self._lock:
+            dev = _DEV_METHODS.get(method)
+            if dev is not None:
+                return dev(self, params)
+            return _to_wire(self.w3.manager.request_blocking(method, params))  # type: ignore[arg-type]
+
+    def _now(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def _mine(self, params: list[Any]) -> str:
+        count = int(params[0], 0) if params and isinstance(params[0], str) else 1
+        if params and isinstance(params[0], int):
+            count = params[0]
+        if not 1 <= count <= 10_000:
+            raise ValueError(f"evm_mine: block count must be 1..10000, got {count}")
+        self.tester.mine_blocks(count)
+        return hex(int(self.w3.eth.block_number))
+
+    def _set_timestamp(self, params: list[Any]) -> str:
+        target = int(params[0], 0) if isinstance(params[0], str) else int(params[0])
+        if target <= self._now():
+            raise ValueError(f"timestamp {target} is not after the latest block's {self._now()}")
+        self.tester.time_travel(target)  # eth-tester mines a block at exactly this time
+        return hex(target)
+
+    def _increase_time(self, params: list[Any]) -> str:
+        seconds = int(params[0], 0) if isinstance(params[0], str) else int(params[0])
+        if seconds <= 0:
+            raise ValueError(f"evm_increaseTime needs a positive number of seconds, got {seconds}")
+        return self._set_timestamp([self._now() + seconds])
+
+    def _snapshot(self, params: list[Any]) -> str:
+        return hex(int(self.tester.take_snapshot()))
+
+    def _revert(self, params: list[Any]) -> bool:
+        snapshot = int(params[0], 0) if isinstance(params[0], str) else int(params[0])
+        self.tester.revert_to_snapshot(snapshot)
+        return True
+
+
+_DEV_METHODS = {
+    "evm_mine": EmbeddedEvm._mine,
+    "evm_setNextBlockTimestamp": EmbeddedEvm._set_timestamp,
+    "evm_increaseTime": EmbeddedEvm._increase_time,
+    "evm_snapshot": EmbeddedEvm._snapshot,
+    "evm_revert": EmbeddedEvm._revert,
+}
+
+
+_ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string), Solidity's and Vyper's revert data
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, TransactionFailed):
+        reason = str(exc).removeprefix("execution reverted: ").removeprefix("execution reverted")
+        data = "0x" + (_ERROR_SELECTOR + abi_encode(["string"], [reason])).hex()
+        return {"code": 3, "message": f"execution reverted: {reason}", "data": data}
+    if isinstance(exc, ContractLogicError):
+        # Geth's shape for a revert: code 3, the ABI-encoded reason in data. web3.py clients
+        # turn it back into ContractLogicError with the contract's message.
+        return {"code": 3, "message": str(exc.message or exc), "data": exc.data or "0x"}
+    return {"code": -32000, "message": f"{type(exc).__name__}: {exc}"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("devnet %s", format % args)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REQUEST_BYTES:
+            self._reply(413, {"error": "request too large"})
+            return
+        try:
+            request = json.loads(self.rfile.read(length))
+        except ValueError:
+            self._reply(
+                200,
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},
+            )
+            return
+        if isinstance(request, list):
+            self._reply(200, [self._call(r) for r in request])
+        else:
+            self._reply(200, self._call(request))
+
+    def _call(self, request: Any) -> dict[str, Any]:
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32600, "message": "invalid request"},
+            }
+        rid = request.get("id")
+        params = request.get("params") or []
+        try:
+            result = self.server.evm.handle(request["method"], list(params))
+        except Exception as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(exc)}
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], evm: EmbeddedEvm) -> None:
+        super().__init__(address, _Handler)
+        self.evm = evm
+
+
+class DevnetServer:
+    """Serve an :class:`EmbeddedEvm` on ``127.0.0.1:port`` (0 = a free port) in a thread."""
+
+    def __init__(self, port: int = 0, evm: EmbeddedEvm | None = None) -> None:
+        self.evm = evm or EmbeddedEvm()
+        self._server = _Server(("127.0.0.1", port), self.evm)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> DevnetServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> DevnetServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
