@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 
 import bitcointx
 import coincurve
@@ -23,3 +24,20 @@ def ensure_secp256k1() -> None:
     if candidates:
         bitcointx.set_custom_secp256k1_path(candidates[0])
     _done = True
+
+
+_thread_state = threading.local()
+
+
+def ensure_thread_params() -> None:
+    """Select python-bitcointx's Bitcoin parameters in the calling thread.
+
+    python-bitcointx keeps its class dispatch (CScript -> CBitcoinScript, ...) in per-thread
+    context variables that only the importing thread gets; any other thread (the RPC server's,
+    a node's worker) must select them before building scripts or transactions. Litecoin uses
+    the same transaction and script format, so one selection serves both.
+    """
+    if getattr(_thread_state, "ready", False):
+        return
+    bitcointx.select_chain_params("bitcoin")
+    _thread_state.ready = True

@@ -14,13 +14,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bitcointx.core import (
-    CMutableTransaction,
-    COutPoint,
-    CTransaction,
-    CTxIn,
-    CTxInWitness,
-    CTxOut,
-    CTxWitness,
+    CBitcoinMutableTransaction as CMutableTransaction,
+)
+from bitcointx.core import (
+    CBitcoinOutPoint as COutPoint,
+)
+from bitcointx.core import (
+    CBitcoinTransaction as CTransaction,
+)
+from bitcointx.core import (
+    CBitcoinTxIn as CTxIn,
+)
+from bitcointx.core import (
+    CBitcoinTxInWitness as CTxInWitness,
+)
+from bitcointx.core import (
+    CBitcoinTxOut as CTxOut,
+)
+from bitcointx.core import (
+    CBitcoinTxWitness as CTxWitness,
 )
 from bitcointx.core.script import CScript, CScriptWitness
 from bitcointx.core.serialize import VarIntSerializer
@@ -106,4 +118,3 @@ def build_block(
         if int.from_bytes(sha256d(header), "little") <= target:
             return header + body
     raise AssertionError("no nonce meets the regtest target")  # pragma: no cover
-

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pbk
+from pbk.script import PrecomputedTransactionData
 
 from kofo.errors import ChainError, TxRejected
 
@@ -36,7 +37,7 @@ def verify_input(tx_raw: bytes, index: int, spent: Sequence[SpentOutput]) -> Non
     except Exception as exc:
         raise TxRejected(f"transaction does not parse: {exc}") from None
     outputs = [pbk.TransactionOutput(pbk.ScriptPubkey(s.script_pubkey), s.amount) for s in spent]
-    precomputed = pbk.PrecomputedTransactionData(tx, outputs)
+    precomputed = PrecomputedTransactionData(tx, outputs)
     target = spent[index]
     try:
         ok = pbk.ScriptPubkey(target.script_pubkey).verify(

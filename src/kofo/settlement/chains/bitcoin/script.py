@@ -111,7 +111,9 @@ def pubkey_from_hex(field: str, text: str) -> bytes:
     try:
         raw = bytes.fromhex(text)
     except (ValueError, TypeError):
-        raise InvalidInput(f"{field} must be hex of a compressed public key, got {text!r}") from None
+        raise InvalidInput(
+            f"{field} must be hex of a compressed public key, got {text!r}"
+        ) from None
     return check_pubkey(field, raw)
 
 

@@ -10,13 +10,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bitcointx.core import (
-    CMutableTransaction,
-    COutPoint,
-    CTransaction,
-    CTxIn,
-    CTxInWitness,
-    CTxOut,
-    CTxWitness,
+    CBitcoinMutableTransaction as CMutableTransaction,
+)
+from bitcointx.core import (
+    CBitcoinOutPoint as COutPoint,
+)
+from bitcointx.core import (
+    CBitcoinTransaction as CTransaction,
+)
+from bitcointx.core import (
+    CBitcoinTxIn as CTxIn,
+)
+from bitcointx.core import (
+    CBitcoinTxInWitness as CTxInWitness,
+)
+from bitcointx.core import (
+    CBitcoinTxOut as CTxOut,
+)
+from bitcointx.core import (
+    CBitcoinTxWitness as CTxWitness,
+)
+from bitcointx.core import (
     Hash160,
     lx,
 )
@@ -83,11 +97,11 @@ def vsize(tx: CTransaction | CMutableTransaction) -> int:
     return int(tx.get_virtual_size())
 
 
-def _p2wpkh_sign(tx: CMutableTransaction, index: int, key: CKey, amount: int) -> None:
+def _p2wpkh_witness(tx: CMutableTransaction, index: int, key: CKey, amount: int) -> CTxInWitness:
     script_code = CScript(b"\x76\xa9\x14" + Hash160(key.pub) + b"\x88\xac")  # P2PKH of the key
     sighash = SignatureHash(script_code, tx, index, SIGHASH_ALL, amount, SIGVERSION_WITNESS_V0)
     sig = key.sign(sighash) + bytes([SIGHASH_ALL])
-    tx.wit.vtxinwit[index] = CTxInWitness(CScriptWitness([sig, key.pub]))
+    return CTxInWitness(CScriptWitness([sig, bytes(key.pub)]))
 
 
 def build_funding_tx(
@@ -130,9 +144,12 @@ def build_funding_tx(
     if change >= dust_limit(change_script_pubkey, params):
         vouts.append(CTxOut(change, CScript(change_script_pubkey)))
     tx = CMutableTransaction(vins, vouts, nLockTime=0, nVersion=2)
-    tx.wit = CTxWitness([CTxInWitness() for _ in vins])
-    for index, utxo in enumerate(chosen):
-        _p2wpkh_sign(tx, index, key_for(utxo.script_pubkey), utxo.amount)
+    tx.wit = CTxWitness(
+        [
+            _p2wpkh_witness(tx, index, key_for(utxo.script_pubkey), utxo.amount)
+            for index, utxo in enumerate(chosen)
+        ]
+    )
     return CTransaction.from_tx(tx)
 
 
@@ -181,9 +198,14 @@ def build_htlc_spend(
     rate = effective_fee_rate(fee_rate, params)
     vin = CTxIn(COutPoint(lx(txid), vout), nSequence=RBF_SEQUENCE)
     tx = CMutableTransaction(
-        [vin], [CTxOut(amount, CScript(destination_script_pubkey))], nLockTime=n_lock_time, nVersion=2
+        [vin],
+        [CTxOut(amount, CScript(destination_script_pubkey))],
+        nLockTime=n_lock_time,
+        nVersion=2,
     )
-    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x00" * _MAX_DER_SIG, *extra, witness_script]))])
+    tx.wit = CTxWitness(
+        [CTxInWitness(CScriptWitness([b"\x00" * _MAX_DER_SIG, *extra, witness_script]))]
+    )
     fee = rate * vsize(tx)
     value = amount - fee
     limit = dust_limit(destination_script_pubkey, params)

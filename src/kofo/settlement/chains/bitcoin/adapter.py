@@ -1,0 +1,426 @@
+"""The :class:`~kofo.settlement.chain.ChainAdapter` for Bitcoin-like UTXO chains.
+
+One adapter serves Bitcoin and Litecoin (and btcd): only :class:`ChainParams` and the backend
+differ. It follows the chain itself (no wallet RPC: btcd has none) with :class:`ChainIndex`,
+which re-reads blocks from the first height whose hash changed -- so after a reorg a
+transaction in a block that left the best chain has 0 confirmations again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+
+from bitcointx.core import (
+    CBitcoinTransaction as CTransaction,
+)
+from bitcointx.core import (
+    b2lx,
+)
+
+from kofo.errors import AuditFailed, HtlcNotFound, InsufficientFunds, InvalidInput
+from kofo.settlement.chain import (
+    BlockHeight,
+    BlockInfo,
+    Expiry,
+    FeeEstimate,
+    HtlcRef,
+    HtlcState,
+    HtlcStatus,
+    HtlcTerms,
+    SignedTx,
+    TxKind,
+    UnixTime,
+    check_preimage,
+)
+from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
+from kofo.settlement.chains.bitcoin.backend import ChainBackend
+from kofo.settlement.chains.bitcoin.blocks import parse_block
+from kofo.settlement.chains.bitcoin.script import (
+    build_htlc_script,
+    p2wsh_script_pubkey,
+    parse_htlc_script,
+    pubkey_from_hex,
+)
+from kofo.settlement.chains.bitcoin.tx import (
+    Utxo,
+    build_funding_tx,
+    build_htlc_spend,
+    effective_fee_rate,
+    extract_preimage,
+)
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+
+
+@dataclass
+class _Confirmed:
+    tx: CTransaction
+    height: int
+
+
+@dataclass
+class ChainIndex:
+    """Every transaction since ``start_height`` on the best chain, with who spends what.
+
+    Kept in memory: right for regtest/test chains and a node's own recent history; a mainnet
+    node starts it at its wallet's birthday height.
+    """
+
+    backend: ChainBackend
+    start_height: int = 0
+    hashes: list[str] = field(default_factory=list)
+    txs: dict[str, _Confirmed] = field(default_factory=dict)
+    spends: dict[tuple[str, int], str] = field(default_factory=dict)
+    by_script: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
+    _per_height: dict[int, list[str]] = field(default_factory=dict)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def height(self) -> int:
+        return self.start_height + len(self.hashes) - 1
+
+    def sync(self) -> None:
+        ensure_thread_params()
+        with self._lock:
+            tip = self.backend.block_count()
+            # Walk back to the highest block we share with the node; everything above is undone.
+            while self.hashes:
+                top = self.height()
+                if top <= tip and self.backend.block_hash(top) == self.hashes[-1]:
+                    break
+                self._undo(top)
+            for height in range(self.height() + 1, tip + 1):
+                block_hash = self.backend.block_hash(height)
+                self._apply(height, block_hash, self.backend.block_raw(block_hash))
+
+    def _apply(self, height: int, block_hash: str, raw: bytes) -> None:
+        block = parse_block(raw)
+        ids: list[str] = []
+        for tx in block.txs:
+            txid = b2lx(tx.GetTxid())
+            ids.append(txid)
+            self.txs[txid] = _Confirmed(tx, height)
+            if not tx.is_coinbase():
+                for txin in tx.vin:
+                    self.spends[(b2lx(txin.prevout.hash), txin.prevout.n)] = txid
+            for n, out in enumerate(tx.vout):
+                self.by_script.setdefault(bytes(out.scriptPubKey), []).append((txid, n))
+        self._per_height[height] = ids
+        self.hashes.append(block_hash)
+
+    def _undo(self, height: int) -> None:
+        for txid in reversed(self._per_height.pop(height, [])):
+            confirmed = self.txs.pop(txid, None)
+            if confirmed is None:
+                continue
+            tx = confirmed.tx
+            if not tx.is_coinbase():
+                for txin in tx.vin:
+                    self.spends.pop((b2lx(txin.prevout.hash), txin.prevout.n), None)
+            for n, out in enumerate(tx.vout):
+                entries = self.by_script.get(bytes(out.scriptPubKey), [])
+                if (txid, n) in entries:
+                    entries.remove((txid, n))
+        self.hashes.pop()
+
+    def confirmations(self, txid: str) -> int:
+        found = self.txs.get(txid)
+        return 0 if found is None else self.height() - found.height + 1
+
+
+class BitcoinAdapter:
+    """ChainAdapter for a Bitcoin-like chain (``chain`` is ``"btc"`` or ``"ltc"``)."""
+
+    def __init__(
+        self,
+        backend: ChainBackend,
+        wallet: HdWallet,
+        *,
+        start_height: int = 0,
+        expiry_unit: type[BlockHeight] | type[UnixTime] = BlockHeight,
+    ) -> None:
+        self.backend = backend
+        self.wallet = wallet
+        self.params = wallet.params
+        self.chain = wallet.params.chain
+        self.expiry_unit = expiry_unit
+        self.index = ChainIndex(backend, start_height)
+
+    def __repr__(self) -> str:
+        return f"BitcoinAdapter({self.chain}/{self.params.network})"
+
+    # ---- identity, clock, fees ---------------------------------------------------------------
+
+    def address(self) -> str:
+        return self.wallet.identity.pubkey.hex()
+
+    def expiry_now(self) -> Expiry:
+        """Tip height, or (for time expiries) the tip's median time past -- the clock CLTV uses.
+        A height refund is valid once ``expiry_now() >= expiry``; a time refund once
+        ``expiry_now() > expiry`` (BIP113 needs the lock time strictly below the MTP)."""
+        if self.expiry_unit is UnixTime:
+            return UnixTime(self.backend.median_time_past())
+        return BlockHeight(self.backend.block_count())
+
+    def estimate_fee(self) -> FeeEstimate:
+        return FeeEstimate(rate=effective_fee_rate(self.backend.estimate_fee_rate(), self.params))
+
+    def _rate(self, fee: FeeEstimate | None) -> int:
+        if fee is None:
+            return self.estimate_fee().rate
+        return effective_fee_rate(fee.rate, self.params)
+
+    # ---- wallet ------------------------------------------------------------------------------
+
+    def spendable(self) -> list[Utxo]:
+        """Confirmed, mature wallet outputs not spent on chain or in the mempool."""
+        self.index.sync()
+        mempool_spent = {
+            (b2lx(txin.prevout.hash), txin.prevout.n)
+            for raw in self.backend.mempool_raw()
+            for txin in CTransaction.deserialize(raw).vin
+        }
+        tip = self.index.height()
+        out: list[Utxo] = []
+        for script in self.wallet.scripts():
+            for txid, n in self.index.by_script.get(script, []):
+                if (txid, n) in self.index.spends or (txid, n) in mempool_spent:
+                    continue
+                confirmed = self.index.txs[txid]
+                if (
+                    confirmed.tx.is_coinbase()
+                    and tip + 1 - confirmed.height < self.params.coinbase_maturity
+                ):
+                    continue
+                out.append(Utxo(txid, n, confirmed.tx.vout[n].nValue, script))
+        return out
+
+    def balance(self, token: str | None = None) -> int:
+        if token is not None:
+            raise InvalidInput(f"{self.chain} has no tokens, got token {token!r}")
+        return sum(u.amount for u in self.spendable())
+
+    # ---- HTLC --------------------------------------------------------------------------------
+
+    def _check_terms(self, terms: HtlcTerms) -> tuple[bytes, bytes]:
+        if terms.chain != self.chain:
+            raise InvalidInput(f"terms.chain is {terms.chain!r}, this adapter is {self.chain!r}")
+        if terms.token is not None:
+            raise InvalidInput(f"{self.chain} has no tokens, got token {terms.token!r}")
+        return pubkey_from_hex("sender", terms.sender), pubkey_from_hex(
+            "recipient", terms.recipient
+        )
+
+    def witness_script(self, terms: HtlcTerms) -> bytes:
+        ensure_thread_params()
+        sender, recipient = self._check_terms(terms)
+        return build_htlc_script(terms.payment_hash, recipient, sender, terms.expiry)
+
+    def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
+        script = self.witness_script(terms)
+        if terms.sender != self.address():
+            raise InvalidInput(f"sender {terms.sender} is not this wallet's key {self.address()}")
+        utxos = self.spendable()
+        tx = build_funding_tx(
+            utxos,
+            self.wallet.key_for_script,
+            [(p2wsh_script_pubkey(script), terms.amount)],
+            self.wallet.identity.script_pubkey,
+            self._rate(fee),
+            self.params,
+        )
+        return [SignedTx(self.chain, TxKind.LOCK, b2lx(tx.GetTxid()), tx.serialize())]
+
+    def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
+        spk = p2wsh_script_pubkey(self.witness_script(terms))
+        tx = CTransaction.deserialize(lock_tx.raw)
+        for n, out in enumerate(tx.vout):
+            if bytes(out.scriptPubKey) == spk and out.nValue == terms.amount:
+                return HtlcRef(terms, f"{lock_tx.txid}:{n}", lock_tx.txid)
+        raise HtlcNotFound(f"transaction {lock_tx.txid} has no output locking these terms")
+
+    def lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> HtlcRef:
+        txs = self.prepare_lock(terms, fee)
+        for tx in txs:
+            self.broadcast(tx)
+        return self.htlc_ref(terms, txs[-1])
+
+    def _outpoint(self, ref: HtlcRef) -> tuple[str, int]:
+        txid, _, vout = ref.locator.partition(":")
+        if len(txid) != 64 or not vout.isdigit():
+            raise InvalidInput(f"locator must be txid:vout, got {ref.locator!r}")
+        return txid, int(vout)
+
+    def _output_amount(self, ref: HtlcRef) -> int:
+        txid, vout = self._outpoint(ref)
+        self.index.sync()
+        found = self.index.txs.get(txid)
+        if found is not None and vout < len(found.tx.vout):
+            return int(found.tx.vout[vout].nValue)
+        for raw in self.backend.mempool_raw():
+            tx = CTransaction.deserialize(raw)
+            if b2lx(tx.GetTxid()) == txid and vout < len(tx.vout):
+                return int(tx.vout[vout].nValue)
+        raise HtlcNotFound(f"HTLC output {ref.locator} is not on chain or in the mempool")
+
+    def prepare_redeem(
+        self, ref: HtlcRef, preimage: bytes, fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        check_preimage(preimage)
+        if hashlib.sha256(preimage).digest() != ref.terms.payment_hash:
+            raise InvalidInput("preimage does not hash to the HTLC's payment_hash")
+        txid, vout = self._outpoint(ref)
+        _, recipient = self._check_terms(ref.terms)
+        tx = build_htlc_spend(
+            txid=txid,
+            vout=vout,
+            amount=self._output_amount(ref),
+            witness_script=self.witness_script(ref.terms),
+            key=self.wallet.key_for_pubkey(recipient),
+            destination_script_pubkey=self.wallet.identity.script_pubkey,
+            fee_rate=self._rate(fee),
+            params=self.params,
+            preimage=preimage,
+        )
+        return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
+
+    def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
+        txid, vout = self._outpoint(ref)
+        sender, _ = self._check_terms(ref.terms)
+        tx = build_htlc_spend(
+            txid=txid,
+            vout=vout,
+            amount=self._output_amount(ref),
+            witness_script=self.witness_script(ref.terms),
+            key=self.wallet.key_for_pubkey(sender),
+            destination_script_pubkey=self.wallet.identity.script_pubkey,
+            fee_rate=self._rate(fee),
+            params=self.params,
+            refund_expiry=ref.terms.expiry,
+        )
+        return SignedTx(self.chain, TxKind.REFUND, b2lx(tx.GetTxid()), tx.serialize())
+
+    def broadcast(self, tx: SignedTx) -> str:
+        return self.backend.send_raw(tx.raw)
+
+    def status(self, ref: HtlcRef) -> HtlcStatus:
+        txid, vout = self._outpoint(ref)
+        self.index.sync()
+        script = self.witness_script(ref.terms)
+        mempool = [CTransaction.deserialize(raw) for raw in self.backend.mempool_raw()]
+        lock_confs = self.index.confirmations(txid)
+        if lock_confs == 0 and not any(b2lx(t.GetTxid()) == txid for t in mempool):
+            return HtlcStatus(HtlcState.ABSENT)
+        spender: CTransaction | None = None
+        spend_id = self.index.spends.get((txid, vout))
+        if spend_id is not None:
+            spender = self.index.txs[spend_id].tx
+        else:
+            for tx in mempool:
+                if any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in tx.vin):
+                    spender = tx
+                    break
+        if spender is None:
+            return HtlcStatus(HtlcState.LOCKED, lock_confs)
+        spender_id = b2lx(spender.GetTxid())
+        preimage = extract_preimage(spender, txid, vout, script)
+        return HtlcStatus(
+            HtlcState.REDEEMED if preimage is not None else HtlcState.REFUNDED,
+            lock_confs,
+            spend_txid=spender_id,
+            spend_confirmations=self.index.confirmations(spender_id),
+            preimage=preimage,
+        )
+
+    def find_htlc(self, terms: HtlcTerms) -> HtlcRef | None:
+        spk = p2wsh_script_pubkey(self.witness_script(terms))
+        self.index.sync()
+        for txid, n in self.index.by_script.get(spk, []):
+            if self.index.txs[txid].tx.vout[n].nValue == terms.amount:
+                return HtlcRef(terms, f"{txid}:{n}", txid)
+        for raw in self.backend.mempool_raw():
+            tx = CTransaction.deserialize(raw)
+            for n, out in enumerate(tx.vout):
+                if bytes(out.scriptPubKey) == spk and out.nValue == terms.amount:
+                    txid = b2lx(tx.GetTxid())
+                    return HtlcRef(terms, f"{txid}:{n}", txid)
+        return None
+
+    def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:
+        """Check the output at ``ref`` pays the P2WSH of exactly ``expected``'s HTLC script.
+
+        The output commits to a hash of the script, so a mismatch in any script field shows
+        as ``script``; when the counterparty sent its witness script, :meth:`audit_script`
+        names the exact field.
+        """
+        if expected.chain != self.chain:
+            raise AuditFailed(f"chain: expected {expected.chain!r}, this is {self.chain!r}")
+        txid, vout = self._outpoint(ref)
+        self.index.sync()
+        found = self.index.txs.get(txid)
+        if found is None or vout >= len(found.tx.vout):
+            raise AuditFailed(
+                f"confirmations: {ref.locator} is not confirmed on the best chain "
+                f"(expected at least {max(min_confirmations, 1)})"
+            )
+        out = found.tx.vout[vout]
+        if out.nValue != expected.amount:
+            raise AuditFailed(f"amount: expected {expected.amount}, on chain {out.nValue}")
+        if bytes(out.scriptPubKey) != p2wsh_script_pubkey(self.witness_script(expected)):
+            raise AuditFailed(
+                "script: the output does not commit to the expected payment_hash, "
+                "recipient, sender and expiry"
+            )
+        status = self.status(ref)
+        if status.state is not HtlcState.LOCKED:
+            raise AuditFailed(f"state: expected locked, it is {status.state.value}")
+        if status.confirmations < min_confirmations:
+            raise AuditFailed(
+                f"confirmations: expected at least {min_confirmations}, has {status.confirmations}"
+            )
+        return status
+
+    def audit_script(self, ref: HtlcRef, witness_script: bytes, expected: HtlcTerms) -> None:
+        """Parse the counterparty's ``witness_script`` and name the first field that differs."""
+        txid, vout = self._outpoint(ref)
+        self.index.sync()
+        found = self.index.txs.get(txid)
+        if found is None or vout >= len(found.tx.vout):
+            raise AuditFailed(f"locator: {ref.locator} is not confirmed on the best chain")
+        try:
+            fields = parse_htlc_script(witness_script, bytes(found.tx.vout[vout].scriptPubKey))
+        except InvalidInput as exc:
+            raise AuditFailed(f"script: {exc}") from None
+        sender, recipient = self._check_terms(expected)
+        if not fields.matches_payment_hash(expected.payment_hash):
+            raise AuditFailed("payment_hash: the script locks to a different hash")
+        if fields.recipient_pubkey != recipient:
+            raise AuditFailed(
+                f"recipient: expected {expected.recipient}, script pays "
+                f"{fields.recipient_pubkey.hex()}"
+            )
+        if fields.refund_pubkey != sender:
+            raise AuditFailed(
+                f"sender: expected {expected.sender}, script refunds to "
+                f"{fields.refund_pubkey.hex()}"
+            )
+        if fields.expiry != expected.expiry:
+            raise AuditFailed(f"expiry: expected {expected.expiry}, script has {fields.expiry}")
+
+    # ---- following the chain -----------------------------------------------------------------
+
+    def tip(self) -> BlockInfo:
+        return self.block_at(self.backend.block_count())
+
+    def block_at(self, height: int) -> BlockInfo:
+        block_hash = self.backend.block_hash(height)
+        block = parse_block(self.backend.block_raw(block_hash)[:80] + b"\x00")
+        return BlockInfo(height=height, hash=block_hash, time=block.time)
+
+    def tx_confirmations(self, txid: str) -> int:
+        self.index.sync()
+        return self.index.confirmations(txid)
+
+    def require_funds(self, amount: int) -> None:
+        if self.balance() < amount:
+            raise InsufficientFunds(f"wallet balance {self.balance()} is below {amount}")

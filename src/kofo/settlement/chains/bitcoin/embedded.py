@@ -1,0 +1,388 @@
+"""An in-process Bitcoin regtest chain whose blocks are validated by Bitcoin Core's code.
+
+Blocks are built here and handed to the kernel (:mod:`.kernel`), which validates and connects
+them -- so what is on this chain obeys Core's consensus, not ours. The mempool is ours and
+deliberately strict: a transaction enters it only if every input exists unspent, coinbase inputs
+are mature, it is final for the next block, it pays the minimum relay fee, and every input's
+script verifies under Core's consensus script code. Reorganisations happen the way they do on a
+real node: a longer competing branch (see :meth:`EmbeddedChain.mine` with ``parent``) wins.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bitcointx.core import (
+    CBitcoinTransaction as CTransaction,
+)
+from bitcointx.core import (
+    CheckTransaction,
+    CheckTransactionError,
+    b2lx,
+)
+
+from kofo.errors import ChainError, TxRejected
+from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, build_block, parse_block
+from kofo.settlement.chains.bitcoin.kernel import KernelChainstate, SpentOutput, verify_input
+from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
+from kofo.settlement.chains.bitcoin.script import LOCKTIME_THRESHOLD
+
+_SEQUENCE_FINAL = 0xFFFFFFFF
+_BIP68_DISABLE = 1 << 31
+_BIP68_TYPE_TIME = 1 << 22
+_BIP68_MASK = 0xFFFF
+
+MTP_WINDOW = 11
+"""BIP113: time locks compare with the median of the last 11 block times, not the tip's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Coin:
+    amount: int
+    script_pubkey: bytes
+    height: int
+    coinbase: bool
+
+
+class MissingInputs(TxRejected):
+    """An input is unknown or already spent (Core: ``bad-txns-inputs-missingorspent``)."""
+
+    code = "tx_missing_inputs"
+
+
+class AlreadyInChain(TxRejected):
+    """The transaction is already confirmed (Core's RPC_VERIFY_ALREADY_IN_CHAIN)."""
+
+    code = "tx_already_in_chain"
+
+
+@dataclass(frozen=True, slots=True)
+class TxLocation:
+    tx: CTransaction
+    block_hash: str | None  # None while in the mempool
+    height: int | None
+
+
+class EmbeddedChain:
+    """A regtest chain in this process. Thread-safe (the RPC server calls it from threads)."""
+
+    def __init__(
+        self,
+        datadir: str | None = None,
+        *,
+        params: ChainParams | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.params = params or chain_params("btc", "regtest")
+        self._own_dir = datadir is None
+        self.datadir = datadir or tempfile.mkdtemp(prefix="kofo-regtest-")
+        self._clock = clock or (lambda: int(time.time()))
+        self._time_offset = 0
+        self._lock = threading.RLock()
+        self._kernel = KernelChainstate(self.datadir)
+        self._blocks: dict[str, ParsedBlock] = {}
+        self._heights: dict[str, int] = {}
+        self._tx_blocks: dict[str, list[str]] = {}
+        self._mempool: dict[str, CTransaction] = {}
+        self._utxo: dict[tuple[str, int], Coin] = {}
+        self._utxo_tip = ""
+        self._tag = 0
+        genesis = self._kernel.block_at(0)
+        self._remember(parse_block(self._kernel.block_raw(genesis.hash)), 0)
+        # Blocks already in a persistent datadir (a restart) are re-read from the kernel.
+        for height in range(1, self._kernel.height() + 1):
+            entry = self._kernel.block_at(height)
+            self._remember(parse_block(self._kernel.block_raw(entry.hash)), height)
+
+    def close(self) -> None:
+        if self._own_dir:
+            shutil.rmtree(self.datadir, ignore_errors=True)
+
+    # ---- clock -------------------------------------------------------------------------------
+
+    def now(self) -> int:
+        return self._clock() + self._time_offset
+
+    def advance_time(self, seconds: int) -> None:
+        """Move the chain's wall clock forward (new blocks get later timestamps)."""
+        with self._lock:
+            self._time_offset += seconds
+
+    # ---- reading the chain -------------------------------------------------------------------
+
+    def height(self) -> int:
+        return self._kernel.height()
+
+    def block_hash(self, height: int) -> str:
+        return self._kernel.block_at(height).hash
+
+    def block_raw(self, block_hash: str) -> bytes:
+        return self._kernel.block_raw(block_hash)
+
+    def block_height(self, block_hash: str) -> int:
+        try:
+            return self._heights[block_hash]
+        except KeyError:
+            raise ChainError(f"unknown block {block_hash}") from None
+
+    def block_time(self, block_hash: str) -> int:
+        return self._blocks[block_hash].time if block_hash in self._blocks else 0
+
+    def on_best_chain(self, block_hash: str) -> bool:
+        return self._kernel.contains(block_hash)
+
+    def median_time_past(self, block_hash: str | None = None) -> int:
+        with self._lock:
+            cursor = block_hash or self.block_hash(self.height())
+            times: list[int] = []
+            while cursor in self._blocks and len(times) < MTP_WINDOW:
+                block = self._blocks[cursor]
+                times.append(block.time)
+                cursor = block.prev_hash
+            # Core's GetMedianTimePast: the element at len/2 of the sorted times.
+            return sorted(times)[len(times) // 2]
+
+    def mempool_txids(self) -> list[str]:
+        with self._lock:
+            return list(self._mempool)
+
+    def find_tx(self, txid: str) -> TxLocation | None:
+        """Where ``txid`` is: a block on the best chain, the mempool, or nowhere (``None``)."""
+        with self._lock:
+            for block_hash in self._tx_blocks.get(txid, []):
+                if self._kernel.contains(block_hash):
+                    block = self._blocks[block_hash]
+                    tx = next(t for t in block.txs if b2lx(t.GetTxid()) == txid)
+                    return TxLocation(tx, block_hash, self._heights[block_hash])
+            if txid in self._mempool:
+                return TxLocation(self._mempool[txid], None, None)
+            return None
+
+    def utxo(self, txid: str, vout: int) -> Coin | None:
+        with self._lock:
+            return self._utxo_set().get((txid, vout))
+
+    # ---- mempool -----------------------------------------------------------------------------
+
+    def test_accept(self, raw: bytes) -> str:
+        """Check ``raw`` as :meth:`send_raw` would, without keeping it. Returns the txid."""
+        with self._lock:
+            tx = self._decode(raw)
+            self._check(tx, raw)
+            return b2lx(tx.GetTxid())
+
+    def send_raw(self, raw: bytes) -> str:
+        """Accept ``raw`` into the mempool (idempotent for a tx already there)."""
+        with self._lock:
+            tx = self._decode(raw)
+            txid = b2lx(tx.GetTxid())
+            if txid in self._mempool:
+                return txid
+            self._check(tx, raw)
+            self._mempool[txid] = tx
+            return txid
+
+    def _decode(self, raw: bytes) -> CTransaction:
+        try:
+            tx = CTransaction.deserialize(raw)
+        except Exception as exc:
+            raise TxRejected(f"transaction does not decode: {exc}") from None
+        try:
+            CheckTransaction(tx)
+        except CheckTransactionError as exc:
+            raise TxRejected(f"transaction is malformed: {exc}") from None
+        if tx.is_coinbase():
+            raise TxRejected("coinbase transactions cannot be broadcast (coinbase)")
+        return tx
+
+    def _check(self, tx: CTransaction, raw: bytes) -> None:
+        txid = b2lx(tx.GetTxid())
+        utxos = self._utxo_set()
+        found = self.find_tx(txid)
+        if found is not None and found.block_hash is not None:
+            raise AlreadyInChain(f"transaction {txid} is already in block {found.block_hash}")
+        mempool_outputs: dict[tuple[str, int], Coin] = {}
+        mempool_spent: dict[tuple[str, int], str] = {}
+        for other_id, other in self._mempool.items():
+            for n, out in enumerate(other.vout):
+                mempool_outputs[(other_id, n)] = Coin(
+                    out.nValue, bytes(out.scriptPubKey), self.height() + 1, False
+                )
+            for txin in other.vin:
+                mempool_spent[(b2lx(txin.prevout.hash), txin.prevout.n)] = other_id
+        next_height = self.height() + 1
+        spent: list[SpentOutput] = []
+        total_in = 0
+        for index, txin in enumerate(tx.vin):
+            outpoint = (b2lx(txin.prevout.hash), txin.prevout.n)
+            if outpoint in mempool_spent:
+                raise TxRejected(
+                    f"input {index} ({outpoint[0]}:{outpoint[1]}) is already spent by "
+                    f"{mempool_spent[outpoint]} in the mempool (txn-mempool-conflict)"
+                )
+            coin = utxos.get(outpoint) or mempool_outputs.get(outpoint)
+            if coin is None:
+                raise MissingInputs(
+                    f"input {index} ({outpoint[0]}:{outpoint[1]}) does not exist or is already "
+                    "spent (bad-txns-inputs-missingorspent)"
+                )
+            if coin.coinbase and next_height - coin.height < self.params.coinbase_maturity:
+                raise TxRejected(
+                    f"input {index} spends a coinbase at height {coin.height} before it matures "
+                    f"at {coin.height + self.params.coinbase_maturity} "
+                    "(bad-txns-premature-spend-of-coinbase)"
+                )
+            self._check_relative_lock(tx, index, coin, next_height)
+            spent.append(SpentOutput(coin.script_pubkey, coin.amount))
+            total_in += coin.amount
+        self._check_final(tx, next_height)
+        total_out = sum(out.nValue for out in tx.vout)
+        if total_out > total_in:
+            raise TxRejected(f"outputs {total_out} exceed inputs {total_in} (bad-txns-in-belowout)")
+        fee_floor = self.params.min_relay_fee_rate * int(tx.get_virtual_size())
+        if total_in - total_out < fee_floor:
+            raise TxRejected(
+                f"fee {total_in - total_out} is below the minimum relay fee {fee_floor} "
+                "(min relay fee not met)"
+            )
+        for index in range(len(tx.vin)):
+            verify_input(raw, index, spent)
+
+    def _check_final(self, tx: CTransaction, next_height: int) -> None:
+        # IsFinalTx with BIP113: a time lock compares with the tip's median time past.
+        if tx.nLockTime == 0 or all(txin.nSequence == _SEQUENCE_FINAL for txin in tx.vin):
+            return
+        if tx.nLockTime < LOCKTIME_THRESHOLD:
+            if tx.nLockTime < next_height:
+                return
+            raise TxRejected(
+                f"nLockTime {tx.nLockTime} is not final at height {next_height} (non-final)"
+            )
+        mtp = self.median_time_past()
+        if tx.nLockTime < mtp:
+            return
+        raise TxRejected(f"nLockTime {tx.nLockTime} is not final at median time {mtp} (non-final)")
+
+    def _check_relative_lock(self, tx: CTransaction, index: int, coin: Coin, height: int) -> None:
+        sequence = tx.vin[index].nSequence
+        if tx.nVersion < 2 or sequence & _BIP68_DISABLE:
+            return
+        if sequence & _BIP68_TYPE_TIME:
+            # KOFO never uses time-based relative locks; refuse rather than guess (the kernel
+            # would reject the block if we let a premature one through).
+            raise TxRejected(f"input {index} uses a time-based relative lock (non-BIP68-final)")
+        if coin.height + (sequence & _BIP68_MASK) > height:
+            raise TxRejected(f"input {index} relative lock not yet reached (non-BIP68-final)")
+
+    # ---- mining ------------------------------------------------------------------------------
+
+    def mine(self, count: int, script_pubkey: bytes, *, parent: str | None = None) -> list[str]:
+        """Mine ``count`` blocks paying ``script_pubkey``.
+
+        On the tip, blocks take the mempool. With ``parent`` (a block hash), the blocks build a
+        competing branch from there and carry no transactions; once that branch has more work
+        the kernel reorganises to it, as a real node would.
+        """
+        hashes: list[str] = []
+        with self._lock:
+            prev = parent or self.block_hash(self.height())
+            if prev not in self._blocks:
+                raise ChainError(f"unknown parent block {prev}")
+            for _ in range(count):
+                old_tip = self.block_hash(self.height())
+                on_tip = prev == old_tip
+                txs = list(self._mempool.values()) if on_tip else []
+                fees = self._fees(txs) if on_tip else 0
+                height = self._heights[prev] + 1
+                block_time = max(self.now(), self.median_time_past(prev) + 1)
+                self._tag += 1
+                raw = build_block(
+                    prev_hash=prev,
+                    height=height,
+                    time=block_time,
+                    coinbase_script_pubkey=script_pubkey,
+                    txs=txs,
+                    fees=fees,
+                    tag=self._tag.to_bytes(4, "little"),
+                )
+                self._kernel.process_block(raw)
+                block = parse_block(raw)
+                self._remember(block, height)
+                self._after_tip_change(old_tip)
+                hashes.append(block.hash)
+                prev = block.hash
+        return hashes
+
+    def _fees(self, txs: list[CTransaction]) -> int:
+        known: dict[tuple[str, int], int] = {k: c.amount for k, c in self._utxo_set().items()}
+        for tx in txs:
+            for n, out in enumerate(tx.vout):
+                known[(b2lx(tx.GetTxid()), n)] = out.nValue
+        total = 0
+        for tx in txs:
+            total += sum(known[(b2lx(i.prevout.hash), i.prevout.n)] for i in tx.vin)
+            total -= sum(out.nValue for out in tx.vout)
+        return total
+
+    def _remember(self, block: ParsedBlock, height: int) -> None:
+        self._blocks[block.hash] = block
+        self._heights[block.hash] = height
+        for tx in block.txs:
+            self._tx_blocks.setdefault(b2lx(tx.GetTxid()), []).append(block.hash)
+
+    def _after_tip_change(self, old_tip: str) -> None:
+        """Drop confirmed/conflicting txs from the mempool; on a reorg, give the disconnected
+        blocks' transactions back to it (as Core does)."""
+        returned: list[CTransaction] = []
+        cursor = old_tip
+        disconnected: list[ParsedBlock] = []
+        while cursor in self._blocks and not self._kernel.contains(cursor):
+            disconnected.append(self._blocks[cursor])
+            cursor = self._blocks[cursor].prev_hash
+        for block in reversed(disconnected):
+            returned.extend(block.txs[1:])
+        candidates = returned + list(self._mempool.values())
+        self._mempool.clear()
+        for tx in candidates:
+            txid = b2lx(tx.GetTxid())
+            if txid in self._mempool:
+                continue
+            try:
+                raw = tx.serialize()
+                self._check(tx, raw)
+            except TxRejected:
+                continue
+            self._mempool[txid] = tx
+
+    def _utxo_set(self) -> dict[tuple[str, int], Coin]:
+        tip = self.block_hash(self.height())
+        if tip == self._utxo_tip:
+            return self._utxo
+        tip_block = self._blocks[tip]
+        if tip_block.prev_hash != self._utxo_tip:
+            self._utxo = {}
+            for height in range(0, self.height()):
+                self._apply(self._blocks[self.block_hash(height)], height)
+        self._apply(tip_block, self.height())
+        self._utxo_tip = tip
+        return self._utxo
+
+    def _apply(self, block: ParsedBlock, height: int) -> None:
+        if height == 0:
+            return  # the genesis output is not in the UTXO set (a Bitcoin quirk Core keeps)
+        for tx in block.txs:
+            txid = b2lx(tx.GetTxid())
+            coinbase = tx.is_coinbase()
+            if not coinbase:
+                for txin in tx.vin:
+                    self._utxo.pop((b2lx(txin.prevout.hash), txin.prevout.n), None)
+            for n, out in enumerate(tx.vout):
+                spk = bytes(out.scriptPubKey)
+                if spk[:1] == b"\x6a":  # OP_RETURN outputs are provably unspendable
+                    continue
+                self._utxo[(txid, n)] = Coin(out.nValue, spk, height, coinbase)

@@ -1,0 +1,214 @@
+"""The adapter end to end on the embedded chain, reached over the Core JSON-RPC dialect."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from kofo.errors import AuditFailed, ConfigError, InsufficientFunds, InvalidInput, WalletError
+from kofo.settlement import keystore
+from kofo.settlement.chain import (
+    BlockHeight,
+    ChainAdapter,
+    HtlcState,
+    HtlcTerms,
+)
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
+from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend, RpcBackend
+from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpc import RpcClient
+from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+
+REGTEST = chain_params("btc", "regtest")
+
+
+@pytest.fixture(scope="module")
+def chain():
+    c = EmbeddedChain()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def server(chain):
+    with RegtestRpcServer(chain, "kofo", "secret-pw") as s:
+        yield s
+
+
+def _adapter(server, seed: bytes) -> BitcoinAdapter:
+    client = RpcClient(server.url, "kofo", "secret-pw")
+    return BitcoinAdapter(RpcBackend(client), HdWallet(seed, REGTEST))
+
+
+@pytest.fixture(scope="module")
+def alice(server):
+    a = _adapter(server, b"\x0a" * 32)
+    a.backend.mine(101, a.wallet.address())
+    return a
+
+
+@pytest.fixture(scope="module")
+def bob(server, alice):
+    b = _adapter(server, b"\x0b" * 32)
+    b.backend.mine(1, b.wallet.address())
+    alice.backend.mine(100, alice.wallet.address())  # matures bob's coinbase
+    return b
+
+
+def _terms(sender, recipient, expiry, amount=250_000, preimage=None):
+    preimage = preimage or os.urandom(32)
+    return (
+        HtlcTerms(
+            chain="btc",
+            payment_hash=hashlib.sha256(preimage).digest(),
+            amount=amount,
+            sender=sender.address(),
+            recipient=recipient.address(),
+            expiry=expiry,
+        ),
+        preimage,
+    )
+
+
+def test_adapter_satisfies_the_chain_adapter_protocol(alice):
+    assert isinstance(alice, ChainAdapter)
+
+
+def test_lock_audit_claim_and_extract_preimage(alice, bob):
+    terms, preimage = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    assert bob.status(ref).state is HtlcState.LOCKED
+    with pytest.raises(AuditFailed, match="confirmations"):
+        bob.audit(ref, terms, min_confirmations=1)
+    alice.backend.mine(1, alice.wallet.address())
+    assert bob.find_htlc(terms) == ref
+    assert bob.audit(ref, terms, min_confirmations=1).confirmations == 1
+    bob.audit_script(ref, bob.witness_script(terms), terms)
+    redeem = bob.prepare_redeem(ref, preimage)
+    assert bob.broadcast(redeem) == redeem.txid
+    assert bob.broadcast(redeem) == redeem.txid  # idempotent
+    seen = alice.status(ref)
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == preimage
+    alice.backend.mine(1, alice.wallet.address())
+    confirmed = alice.status(ref)
+    assert confirmed.spend_txid == redeem.txid and confirmed.spend_confirmations == 1
+    assert confirmed.preimage == preimage
+
+
+def test_lock_then_refund_after_expiry(alice, bob):
+    expiry = BlockHeight(alice.expiry_now().value + 3)
+    terms, _ = _terms(alice, bob, expiry)
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    refund = alice.prepare_refund(ref)
+    with pytest.raises(Exception, match="non-final"):
+        alice.broadcast(refund)
+    alice.backend.mine(expiry.value - alice.expiry_now().value, alice.wallet.address())
+    assert alice.expiry_now() >= expiry
+    alice.broadcast(refund)
+    alice.backend.mine(1, alice.wallet.address())
+    status = alice.status(ref)
+    assert status.state is HtlcState.REFUNDED and status.preimage is None
+    assert alice.tx_confirmations(refund.txid) == 1
+
+
+def test_audit_names_the_amount_that_differs(alice, bob):
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    wanted = HtlcTerms(**{**_fields(terms), "amount": terms.amount + 1})
+    with pytest.raises(AuditFailed, match="amount"):
+        bob.audit(ref, wanted, min_confirmations=1)
+
+
+def test_audit_script_names_the_expiry_that_differs(alice, bob):
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    wanted = HtlcTerms(**{**_fields(terms), "expiry": BlockHeight(terms.expiry.value + 1)})
+    with pytest.raises(AuditFailed, match="script"):
+        bob.audit(ref, wanted, min_confirmations=1)
+    with pytest.raises(AuditFailed, match="expiry"):
+        bob.audit_script(ref, bob.witness_script(terms), wanted)
+
+
+def test_redeem_with_a_wrong_preimage_is_refused_before_signing(alice, bob):
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    with pytest.raises(InvalidInput, match="payment_hash"):
+        bob.prepare_redeem(ref, os.urandom(32))
+
+
+def test_lock_larger_than_the_balance_raises_insufficient_funds(alice, bob):
+    terms, _ = _terms(alice, bob, BlockHeight(10_000), amount=alice.balance() + 1)
+    with pytest.raises(InsufficientFunds, match="wallet holds"):
+        alice.prepare_lock(terms)
+
+
+def test_tip_and_block_at_agree(alice):
+    tip = alice.tip()
+    assert alice.block_at(tip.height) == tip
+    assert tip.time > 0
+
+
+def test_fee_estimate_falls_back_and_respects_the_relay_minimum(alice):
+    assert alice.estimate_fee().rate >= REGTEST.min_relay_fee_rate
+
+
+def test_wrong_rpc_password_is_a_config_error(server):
+    client = RpcClient(server.url, "kofo", "wrong")
+    with pytest.raises(ConfigError, match="user/password"):
+        client.call("getblockcount")
+
+
+def test_reorg_drops_a_lock_to_zero_confirmations(chain, alice, bob):
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    fork_point = chain.block_hash(chain.height())
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    assert alice.tx_confirmations(ref.lock_txid) == 1
+    chain.mine(2, b"\x51", parent=fork_point)  # a longer competing branch without the lock
+    assert alice.tx_confirmations(ref.lock_txid) == 0
+    assert alice.status(ref).state is HtlcState.LOCKED  # back in the mempool
+    alice.backend.mine(1, alice.wallet.address())
+    assert alice.tx_confirmations(ref.lock_txid) == 1
+
+
+def test_in_process_backend_sees_the_same_chain(chain, alice):
+    direct = BitcoinAdapter(EmbeddedBackend(chain), HdWallet(b"\x0a" * 32, REGTEST))
+    assert direct.tip() == alice.tip()
+    assert direct.balance() == alice.balance()
+
+
+def test_keystore_round_trip_and_wrong_passphrase(tmp_path):
+    path = tmp_path / "seed.json"
+    seed = os.urandom(32)
+    keystore.save_secret(path, seed, "correct horse", n=2**10)
+    assert keystore.load_secret(path, "correct horse") == seed
+    assert seed.hex() not in path.read_text()
+    with pytest.raises(WalletError, match="wrong passphrase"):
+        keystore.load_secret(path, "wrong")
+    wallet = HdWallet.open(path, "correct horse", REGTEST)
+    assert wallet.identity.pubkey == HdWallet(seed, REGTEST).identity.pubkey
+    assert seed.hex() not in repr(wallet)
+
+
+def test_wallet_uses_bip84_test_network_paths():
+    wallet = HdWallet(b"\x01" * 32, REGTEST)
+    assert wallet.identity.path == "m/84'/1'/0'/0/0"
+    assert wallet.address().startswith("bcrt1q")
+
+
+def _fields(terms: HtlcTerms) -> dict[str, object]:
+    return {
+        "chain": terms.chain,
+        "payment_hash": terms.payment_hash,
+        "amount": terms.amount,
+        "sender": terms.sender,
+        "recipient": terms.recipient,
+        "expiry": terms.expiry,
+    }
