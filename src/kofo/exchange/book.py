@@ -53,9 +53,7 @@ class OrderBook:
         for k in stale:
             del self._offers[k]
         if len(self._latest_seq) > len(self._offers) + self._max // 2:
-            self._latest_seq = {
-                k: s for k, s in self._latest_seq.items() if k in self._offers
-            }
+            self._latest_seq = {k: s for k, s in self._latest_seq.items() if k in self._offers}
         return len(stale)
 
     def pair(self, buy: str, sell: str, now_ms: int) -> list[SignedOffer]:

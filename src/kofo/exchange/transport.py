@@ -255,7 +255,9 @@ async def handshake(
     """Run the in-band authentication; return the peer's (node id, listening port)."""
     me = node_id_of(key)
     nonce = os.urandom(32)
-    writer.write(encode_frame(Frame("hello", {"node": me, "port": own_port, "nonce": nonce}).to_bytes()))
+    writer.write(
+        encode_frame(Frame("hello", {"node": me, "port": own_port, "nonce": nonce}).to_bytes())
+    )
     hello = await _read_frame(reader)
     b = hello.body
     if hello.type != "hello" or set(b) != {"node", "port", "nonce"}:
@@ -280,6 +282,8 @@ async def handshake(
     peer_sig = auth.body.get("sig")
     if auth.type != "auth" or not isinstance(peer_sig, bytes) or len(peer_sig) != 64:
         raise LinkError("second frame must be auth")
-    if not verify_ed25519(peer, peer_sig, _auth_message(nonce, peer_nonce, server_id, client_id, binding)):
+    if not verify_ed25519(
+        peer, peer_sig, _auth_message(nonce, peer_nonce, server_id, client_id, binding)
+    ):
         raise LinkError("peer's link signature does not verify")
     return peer, port

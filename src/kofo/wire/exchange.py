@@ -15,7 +15,7 @@ one link carries its own Ed25519 signature inside the body:
   :class:`HopFee` signed by its ephemeral key for that claim.
 
 Only the parties of the chosen route reveal their node keys, inside a sealed *join* the initiator
-alone can open, and then co-sign a :class:`RouteOrder`.
+alone can open, and then co-sign a :class:`kofo.wire.orders.SettlementOrder`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ MAX_PEERS_IN_LIST = 64
 PATH_DOMAIN = b"KOFO/path/v1\x00"
 FEE_DOMAIN = b"KOFO/fee/v1\x00"
 JOIN_DOMAIN = b"KOFO/join/v1\x00"
-ORDER_DOMAIN = b"KOFO/order/v1\x00"
 
 MSG_OFFER = "offer"
 MSG_CLAIM = "claim"
@@ -356,9 +355,7 @@ def _path_message(claim_id: bytes, position: int, prev_sig: bytes) -> bytes:
     return PATH_DOMAIN + encode([claim_id, position, prev_sig])
 
 
-def sign_hop(
-    ephemeral: Ed25519PrivateKey, claim: SignedClaim, path: list[PathHop]
-) -> PathHop:
+def sign_hop(ephemeral: Ed25519PrivateKey, claim: SignedClaim, path: list[PathHop]) -> PathHop:
     """The entry hop ``len(path) + 1`` appends before forwarding ``claim``."""
     prev = path[-1].sig if path else claim.signature
     sig = ephemeral.sign(_path_message(claim.claim_id, len(path) + 1, prev))
@@ -590,6 +587,7 @@ class Join:
 
     position: int
     node_id: bytes
+    addresses: dict[str, str]  # chain -> this party's address there (what HTLC legs pay to)
     eph_sig: bytes
     node_sig: bytes
 
@@ -597,6 +595,7 @@ class Join:
         return {
             "position": self.position,
             "node_id": self.node_id,
+            "addresses": dict(self.addresses),
             "eph_sig": self.eph_sig,
             "node_sig": self.node_sig,
         }
@@ -604,161 +603,27 @@ class Join:
     @staticmethod
     def from_body(b: Any) -> Join:
         w = "join"
-        b = _exact_keys(b, {"position", "node_id", "eph_sig", "node_sig"}, w)
+        b = _exact_keys(b, {"position", "node_id", "addresses", "eph_sig", "node_sig"}, w)
+        addresses = _get(b, "addresses", dict, where=w)
+        if len(addresses) > 16 or not all(
+            isinstance(v, str) and 0 < len(v) <= 256 for v in addresses.values()
+        ):
+            raise BadMessage("join: addresses must map at most 16 chains to addresses")
         return Join(
             _nonneg(b, "position", where=w, positive=True),
             _bytes(b, "node_id", 32, where=w),
+            dict(addresses),
             _bytes(b, "eph_sig", 64, where=w),
             _bytes(b, "node_sig", 64, where=w),
         )
 
 
-def join_message(claim_id: bytes, fulfil_id: bytes, position: int, eph: bytes, node: bytes) -> bytes:
-    return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node])
-
-
-# --------------------------------------------------------------------------- route order
-
-
-@dataclass(frozen=True, slots=True)
-class RouteLeg:
-    """One HTLC leg: ``payer`` locks ``amount`` of ``asset`` for ``payee`` until ``expiry_s``
-    (absolute unix seconds)."""
-
-    payer: bytes
-    payee: bytes
-    asset: str
-    amount: int
-    expiry_s: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "payer": self.payer,
-            "payee": self.payee,
-            "asset": self.asset,
-            "amount": self.amount,
-            "expiry_s": self.expiry_s,
-        }
-
-    @staticmethod
-    def from_wire(b: Any) -> RouteLeg:
-        w = "leg"
-        b = _exact_keys(b, {"payer", "payee", "asset", "amount", "expiry_s"}, w)
-        return RouteLeg(
-            _bytes(b, "payer", 32, where=w),
-            _bytes(b, "payee", 32, where=w),
-            _asset(b, "asset", where=w),
-            _nonneg(b, "amount", where=w, positive=True),
-            _nonneg(b, "expiry_s", where=w),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RouteOrder:
-    """The route the initiator chose, as every party on it must sign it.
-
-    ``parties[0]`` is the initiator, ``parties[-1]`` the filler, those between are the hops in
-    path order. Legs run out along the route in ``have`` and back in ``want``; expiries strictly
-    decrease leg by leg (the last leg, paid to the initiator, expires first). ``fees[i]`` is what
-    ``parties[i]`` keeps (0 for the initiator and the filler).
-    """
-
-    claim_id: bytes
-    fulfil_id: bytes
-    payment_hash: bytes
-    parties: list[bytes]
-    legs: list[RouteLeg]
-    fees: list[int]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "claim_id": self.claim_id,
-            "fulfil_id": self.fulfil_id,
-            "payment_hash": self.payment_hash,
-            "parties": list(self.parties),
-            "legs": [leg.to_wire() for leg in self.legs],
-            "fees": list(self.fees),
-        }
-
-    @staticmethod
-    def from_wire(b: Any) -> RouteOrder:
-        w = "order"
-        b = _exact_keys(b, {"claim_id", "fulfil_id", "payment_hash", "parties", "legs", "fees"}, w)
-        parties = _get(b, "parties", list, where=w)
-        legs = _get(b, "legs", list, where=w)
-        fees = _get(b, "fees", list, where=w)
-        if not 2 <= len(parties) <= MAX_HOPS + 2 or len(fees) != len(parties):
-            raise BadMessage(f"order: {len(parties)} parties and {len(fees)} fees")
-        if len(legs) != 2 * (len(parties) - 1):
-            raise BadMessage(f"order: {len(legs)} legs for {len(parties)} parties")
-        for p in parties:
-            if not isinstance(p, bytes) or len(p) != 32:
-                raise BadMessage("order: every party is a 32-byte node id")
-        for fee in fees:
-            if type(fee) is not int or fee < 0:
-                raise BadMessage("order: every fee is an integer >= 0")
-        return RouteOrder(
-            claim_id=_bytes(b, "claim_id", 32, where=w),
-            fulfil_id=_bytes(b, "fulfil_id", 32, where=w),
-            payment_hash=_bytes(b, "payment_hash", 32, where=w),
-            parties=list(parties),
-            legs=[RouteLeg.from_wire(leg) for leg in legs],
-            fees=list(fees),
-        )
-
-    def signing_bytes(self) -> bytes:
-        return ORDER_DOMAIN + encode(self.to_wire())
-
-
-def build_route_order(
-    *,
-    claim: Claim,
-    quote: Quote,
-    parties: list[bytes],
-    payment_hash: bytes,
-    first_expiry_s: int,
-    expiry_step_s: int,
-) -> RouteOrder:
-    """Turn the chosen quote into legs: ``have`` flows initiator -> ... -> filler unchanged,
-    ``want`` flows filler -> ... -> initiator with each hop keeping its fee."""
-    f = quote.fulfil.fulfil
-    n = len(parties)
-    if n != f.position + 1:
-        raise BadMessage(f"order: {n} parties for a fulfil at position {f.position}")
-    fee_at = {fee.position: fee.fee for fee in quote.fees}
-    fees = [0] + [fee_at[i] for i in range(1, n - 1)] + [0]
-    legs: list[RouteLeg] = []
-    expiry = first_expiry_s
-    for i in range(n - 1):
-        legs.append(RouteLeg(parties[i], parties[i + 1], claim.have, f.amount_in, expiry))
-        expiry -= expiry_step_s
-    amount = f.amount_out
-    for i in range(n - 1, 0, -1):
-        if i < n - 1:
-            amount -= fees[i]
-        legs.append(RouteLeg(parties[i], parties[i - 1], claim.want, amount, expiry))
-        expiry -= expiry_step_s
-    return RouteOrder(
-        claim_id=quote.claim_id,
-        fulfil_id=quote.fulfil_id,
-        payment_hash=payment_hash,
-        parties=parties,
-        legs=legs,
-        fees=fees,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class SignedRouteOrder:
-    order: RouteOrder
-    signatures: dict[bytes, bytes]  # node id -> Ed25519 signature over order.signing_bytes()
-
-    def missing(self) -> list[bytes]:
-        return [p for p in self.order.parties if p not in self.signatures]
-
-    def verify(self) -> None:
-        data = self.order.signing_bytes()
-        for party in self.order.parties:
-            sig = self.signatures.get(party)
-            if sig is None or not verify_ed25519(party, sig, data):
-                raise BadSignature(f"order: party {party.hex()[:16]} has no valid signature")
+def join_message(
+    claim_id: bytes,
+    fulfil_id: bytes,
+    position: int,
+    eph: bytes,
+    node: bytes,
+    addresses: dict[str, str],
+) -> bytes:
+    return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node, addresses])

@@ -1,0 +1,176 @@
+"""From the chosen quote to the :class:`~kofo.wire.orders.SettlementOrder` its route co-signs.
+
+The filler of the quote is the route's provider: the initiator locks ``amount_in`` of ``have``
+for it, and it locks the delivered amount of ``want`` for the initiator (the two-leg cycle of
+the settlement layer). The hops that carried the claim and the fulfil hold no leg: they are the
+order's *relays*, paid by the ledger's protocol-fee split, and each is named with a
+:class:`~kofo.wire.orders.FeeQuote` that references the fulfil it carried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kofo.wire.envelope import BadMessage
+from kofo.wire.exchange import Claim, Quote, digest
+from kofo.wire.orders import (
+    FeeQuote,
+    Leg,
+    OrderKind,
+    QuoteRole,
+    SettlementOrder,
+    expiry_from_map,
+)
+
+LOCK_WINDOW_S = 600
+"""The initiator must lock within ten minutes of the order, the provider ten minutes after that:
+enough for a Bitcoin block on average plus propagation, short enough that a quote's price is
+still meaningful when the funds are locked."""
+
+LEG_EXPIRY_STEP_S = 3600
+"""The provider's leg (paid to the initiator) expires an hour before the initiator's leg: after
+the initiator redeems (revealing the preimage) the provider needs time to see it and get its own
+redeem confirmed on the other chain (Bitcoin: ~6 blocks) with margin."""
+
+FIRST_EXPIRY_MARGIN_S = 2 * LOCK_WINDOW_S + 3600
+"""The shortest expiry lies an hour beyond both lock deadlines, so the initiator has time to
+audit the provider's lock and redeem it."""
+
+
+def split_asset(asset: str) -> tuple[str, str | None]:
+    """``"btc"`` -> ``("btc", None)``; ``"eth:0xToken"`` -> ``("eth", "0xToken")``."""
+    chain, _, token = asset.partition(":")
+    return chain, token or None
+
+
+def order_id_for(claim_id: bytes, fulfil_id: bytes) -> bytes:
+    return digest(claim_id + fulfil_id)[:16]
+
+
+def quote_ref(fulfil_id: bytes) -> bytes:
+    """The 16-byte ``quote_id`` the ledger uses for a fulfil (a prefix of its hash)."""
+    return fulfil_id[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteParty:
+    node_id: bytes
+    addresses: dict[str, str]
+
+
+def build_settlement_order(
+    *,
+    claim: Claim,
+    quote: Quote,
+    initiator: RouteParty,
+    relays: list[bytes],
+    provider: RouteParty,
+    payment_hash: bytes,
+    now_s: int,
+    protocol_fee_bps: int = 0,
+) -> SettlementOrder:
+    have_chain, have_token = split_asset(claim.have)
+    want_chain, want_token = split_asset(claim.want)
+    for who, party, chain in (
+        ("initiator", initiator, have_chain),
+        ("initiator", initiator, want_chain),
+        ("provider", provider, have_chain),
+        ("provider", provider, want_chain),
+    ):
+        if chain not in party.addresses:
+            raise BadMessage(f"order: {who} has no address on chain {chain!r}")
+    short = now_s + FIRST_EXPIRY_MARGIN_S
+    long = short + LEG_EXPIRY_STEP_S
+    legs = (
+        Leg(
+            chain=have_chain,
+            token=have_token,
+            sender=initiator.node_id,
+            recipient=provider.node_id,
+            sender_address=initiator.addresses[have_chain],
+            recipient_address=provider.addresses[have_chain],
+            amount=quote.amount_in,
+            expiry=expiry_from_map({"unit": "unix", "value": long}, "leg.expiry"),
+            expiry_time=long,
+            lock_by=now_s + LOCK_WINDOW_S,
+        ),
+        Leg(
+            chain=want_chain,
+            token=want_token,
+            sender=provider.node_id,
+            recipient=initiator.node_id,
+            sender_address=provider.addresses[want_chain],
+            recipient_address=initiator.addresses[want_chain],
+            amount=quote.delivered,
+            expiry=expiry_from_map({"unit": "unix", "value": short}, "leg.expiry"),
+            expiry_time=short,
+            lock_by=now_s + 2 * LOCK_WINDOW_S,
+        ),
+    )
+    ref = quote_ref(quote.fulfil_id)
+    quotes = (
+        *(FeeQuote(r, QuoteRole.RELAY, ref) for r in relays),
+        FeeQuote(provider.node_id, QuoteRole.PROVIDER, ref),
+    )
+    return SettlementOrder(
+        order_id=order_id_for(quote.claim_id, quote.fulfil_id),
+        kind=OrderKind.ROUTED,
+        payment_hash=payment_hash,
+        legs=legs,
+        relays=tuple(relays),
+        quotes=quotes,
+        protocol_fee_bps=protocol_fee_bps,
+        protocol_fee=quote.amount_in * protocol_fee_bps // 10_000,
+    )
+
+
+def check_order(
+    order: SettlementOrder,
+    *,
+    me: bytes,
+    claim_id: bytes,
+    fulfil_id: bytes,
+    have: str,
+    want: str,
+    amount_in: int,
+    max_payout: int,
+    provider: bool,
+    now_s: int,
+    max_protocol_fee_bps: int,
+) -> None:
+    """What a party checks before co-signing: the order is for this claim and fulfil, this
+    node is in it in the right role, and (for the provider) the legs match its own quote."""
+    if order.order_id != order_id_for(claim_id, fulfil_id):
+        raise BadMessage("order: order_id does not belong to this claim and fulfil")
+    if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
+        raise BadMessage("order: a routed order from a claim has exactly two legs")
+    if order.protocol_fee_bps > max_protocol_fee_bps:
+        raise BadMessage(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
+    out, back = order.legs
+    if out.asset != have or back.asset != want:
+        raise BadMessage(f"order: legs move {out.asset}/{back.asset}, claim was {have}/{want}")
+    if out.sender != back.recipient or out.recipient != back.sender:
+        raise BadMessage("order: the two legs are not a cycle")
+    if not back.expiry_time < out.expiry_time or back.expiry_time < now_s + LEG_EXPIRY_STEP_S:
+        raise BadMessage("order: the provider's leg must expire first, and not too soon")
+    ref = quote_ref(fulfil_id)
+    if provider:
+        if out.recipient != me:
+            raise BadMessage("order: this node is not the provider")
+        if out.amount != amount_in or back.amount > max_payout:
+            raise BadMessage(
+                f"order: legs {out.amount}/{back.amount} differ from the quote "
+                f"{amount_in}/{max_payout}"
+            )
+        roles = [(q.node, q.role) for q in order.quotes if q.quote_id == ref]
+        if (me, QuoteRole.PROVIDER) not in roles:
+            raise BadMessage("order: the provider's quote is not referenced")
+    else:
+        if me not in order.relays:
+            raise BadMessage("order: this node is not among the relays")
+        if out.amount != amount_in:
+            raise BadMessage(f"order: leg amount {out.amount} differs from the fulfil {amount_in}")
+        if not any(
+            q.node == me and q.role is QuoteRole.RELAY and q.quote_id == ref for q in order.quotes
+        ):
+            raise BadMessage("order: this relay's fee quote is missing")

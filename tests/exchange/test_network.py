@@ -1,0 +1,186 @@
+"""Real exchange nodes in one process on loopback: gossip, routing, co-signing, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.exchange.frames import encode_frame
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.exchange.transport import LinkLimits
+from kofo.wire.exchange import Claim, Frame, make_claim
+
+from .helpers import line, link, start_nodes, stop_all, wait_until
+
+ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_claim_over_five_hops_yields_fee_netted_quote_and_order_signed_by_every_party():
+    async def go():
+        nodes = await line(6, relay_fee=7, addresses=ADDR)
+        try:
+            nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(nodes[0].book) == 1)
+            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=1, enough=1)
+            assert len(quotes) == 1
+            assert quotes[0].delivered == 30 * 10**6 - 4 * 7  # four relays, 7 each
+            commit = await nodes[0].settle(cid, quotes[0], os.urandom(32))
+            commit.verify_signatures()
+            order = commit.order
+            assert order.parties() == [n.node_id for n in (nodes[0], nodes[5], *nodes[1:5])]
+            assert order.legs[1].amount == quotes[0].delivered
+            assert order.legs[1].expiry_time < order.legs[0].expiry_time
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_initiator_picks_the_best_of_several_makers():
+    async def go():
+        nodes = await start_nodes(5, target_degree=0, addresses=ADDR)
+        try:
+            hub = nodes[0]
+            for n in nodes[1:]:
+                await link(hub, n)
+            for n, price in zip(nodes[1:], (20, 25, 22, 24), strict=True):
+                n.publish_offer("btc", "eth", (price, 1), max_in=10**8)
+            await wait_until(lambda: len(hub.book) == 4)
+            cid, quotes = await hub.request_quotes("btc", "eth", 1000, window_s=0.5)
+            assert [q.delivered for q in quotes] == [25_000, 24_000, 22_000, 20_000]
+            commit = await hub.settle(cid, quotes[0], os.urandom(32))
+            assert commit.order.legs[0].recipient == nodes[2].node_id
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_superseded_withdrawn_and_expired_offers_leave_every_book():
+    async def go():
+        nodes = await line(3)
+        try:
+            a, _, c = nodes
+            so = a.publish_offer("btc", "eth", (10, 1), max_in=100)
+            await wait_until(lambda: len(c.book) == 1)
+            a.publish_offer("btc", "eth", (11, 1), max_in=100, offer_id=so.offer.offer_id)
+            await wait_until(lambda: c.book.pair("btc", "eth", 0)[0].offer.price_num == 11)
+            a.withdraw_offer(so.offer.offer_id)
+            await wait_until(lambda: len(c.book) == 0)
+            a.publish_offer("btc", "eth", (12, 1), max_in=100, ttl_ms=300)
+            await wait_until(lambda: len(c.book) == 1)
+            await wait_until(lambda: len(c.book) == 0, timeout=3)
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_claim_beyond_its_ttl_is_not_forwarded():
+    async def go():
+        nodes = await line(5, addresses=ADDR)
+        try:
+            nodes[-1].publish_offer("btc", "eth", (3, 1), max_in=10**8)
+            await wait_until(lambda: len(nodes[0].book) == 1)
+            _, quotes = await nodes[0].request_quotes("btc", "eth", 100, window_s=0.3, max_hops=3)
+            assert quotes == []
+            assert nodes[4].stats.claims_seen == 0
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_bad_frames_are_rejected_scored_and_never_stop_the_node():
+    async def go():
+        nodes = await line(3, addresses=ADDR, ban_score=100)
+        try:
+            a, b, c = nodes
+            c.publish_offer("btc", "eth", (2, 1), max_in=10**8)
+            await wait_until(lambda: len(a.book) == 1)
+            bad = a.links[b.node_id]
+            # malformed CBOR, unknown type, bad claim signature, expired claim, TTL abuse
+            bad.send_raw(encode_frame(b"\xff\x00garbage"))
+            bad.send(Frame("nonsense", {}))
+            sc = make_claim(
+                Ed25519PrivateKey.generate(),
+                Claim("btc", "eth", 5, 0, 1, int(time.time() * 1000) - 1, 4, os.urandom(32)),
+            )
+            bad.send(Frame("claim", {"c": sc.raw, "path": []}))
+            forged = bytearray(sc.raw)
+            forged[-1] ^= 1
+            bad.send(Frame("claim", {"c": bytes(forged), "path": []}))
+            await wait_until(lambda: sum(b.stats.rejected.values()) >= 4)
+            reasons = " ".join(b.stats.rejected)
+            assert "not valid CBOR" in reasons or "frame" in reasons
+            assert "claim expired" in reasons
+            # b still serves honest traffic from the same peer
+            _, quotes = await a.request_quotes("btc", "eth", 10, window_s=0.5, enough=1)
+            assert quotes and quotes[0].delivered == 20
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_a_flooding_peer_is_banned_and_others_are_unaffected():
+    async def go():
+        nodes = await start_nodes(
+            3,
+            target_degree=0,
+            ban_score=50,
+            limits=LinkLimits(frames_per_s=100, burst=100),
+        )
+        try:
+            victim, flooder, honest = nodes
+            await link(flooder, victim)
+            await link(honest, victim)
+            lk = flooder.links[victim.node_id]
+            for _ in range(2_000):
+                lk.send(Frame("ping", {}))
+            await wait_until(lambda: flooder.node_id not in victim.links)
+            assert honest.node_id in victim.links
+            # A banned peer that dials again is cut off right after the handshake.
+            try:
+                await flooder.connect("127.0.0.1", victim.port)
+            except Exception:
+                pass
+            await asyncio.sleep(0.3)
+            assert flooder.node_id not in victim.links
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_bootstrap_and_peer_exchange_reach_the_target_degree_and_heal():
+    async def go():
+        seed = ExchangeNode(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=3))
+        await seed.start()
+        boot = [("127.0.0.1", seed.port)]
+        others = await start_nodes(5, bootstrap=boot, target_degree=3, maintain_s=0.05)
+        nodes = [seed, *others]
+        try:
+            await wait_until(lambda: all(len(n.links) >= 3 for n in others), timeout=10)
+            # Two peers leave; the rest re-dial known addresses back up to the target degree.
+            await stop_all(others[:2])
+            rest = others[2:]
+            await wait_until(
+                lambda: all(
+                    len(n.links) >= 2
+                    and not any(p in n.links for p in (others[0].node_id, others[1].node_id))
+                    for n in rest
+                ),
+                timeout=10,
+            )
+        finally:
+            await stop_all(nodes)
+
+    run(go())

@@ -1,0 +1,179 @@
+"""Codecs of the exchange wire types and the per-claim path signatures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kofo.exchange.sealed import open_sealed, seal
+from kofo.wire.codec import EncodingError
+from kofo.wire.envelope import BadMessage, BadSignature
+from kofo.wire.exchange import (
+    MAX_HOPS,
+    Claim,
+    Frame,
+    Fulfil,
+    Offer,
+    PathHop,
+    Quote,
+    make_claim,
+    make_fulfil,
+    make_offer,
+    open_claim,
+    open_fulfil,
+    open_offer,
+    parse_path,
+    sign_fee,
+    sign_hop,
+    verify_fulfil,
+    verify_path,
+)
+
+assets = st.sampled_from(["btc", "eth", "eth:0xA0b8", "ltc"])
+pos_int = st.integers(min_value=1, max_value=2**80)
+
+offers = st.builds(
+    Offer,
+    offer_id=st.binary(min_size=16, max_size=16),
+    buy=st.just("btc"),
+    sell=assets.filter(lambda a: a != "btc"),
+    price_num=pos_int,
+    price_den=pos_int,
+    min_in=st.integers(0, 10**6),
+    max_in=st.integers(10**6, 2**70),
+    partial=st.booleans(),
+    fee=st.integers(0, 10**9),
+    expiry_ms=st.integers(0, 2**48),
+    seq=st.integers(0, 2**32),
+)
+
+
+def _claim(max_hops: int = 6) -> Claim:
+    return Claim("btc", "eth", 10**6, 1, 1, 2**45, max_hops, os.urandom(32))
+
+
+@given(offers)
+def test_offer_roundtrips_through_its_signed_bytes(offer):
+    key = Ed25519PrivateKey.generate()
+    so = open_offer(make_offer(key, offer).raw)
+    assert so.offer == offer
+    assert so.maker == key.public_key().public_bytes_raw()
+
+
+@given(offers, st.integers(0, 200), st.integers(0, 255))
+def test_any_flipped_bit_in_a_signed_offer_is_rejected(offer, pos, bit):
+    raw = bytearray(make_offer(Ed25519PrivateKey.generate(), offer).raw)
+    raw[pos % len(raw)] ^= 1 << (bit % 8)
+    with pytest.raises((BadMessage, BadSignature, EncodingError)):
+        open_offer(bytes(raw))
+
+
+@given(
+    st.text(min_size=1, max_size=32),
+    st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.binary(max_size=40))),
+)
+def test_frame_roundtrip(t, body):
+    assert Frame.from_bytes(Frame(t, body).to_bytes()) == Frame(t, body)
+
+
+def test_claim_with_ttl_above_the_cap_is_rejected():
+    c = _claim()
+    body = c.to_body() | {"max_hops": MAX_HOPS + 1}
+    with pytest.raises(BadMessage, match="max_hops"):
+        Claim.from_body(body)
+
+
+def _path(sc, n: int) -> tuple[list[PathHop], list[Ed25519PrivateKey]]:
+    path: list[PathHop] = []
+    keys = []
+    for _ in range(n):
+        k = Ed25519PrivateKey.generate()
+        path.append(sign_hop(k, sc, path))
+        keys.append(k)
+    return path, keys
+
+
+@settings(max_examples=40)
+@given(st.integers(0, MAX_HOPS))
+def test_a_path_signed_hop_by_hop_verifies_and_survives_the_codec(n):
+    sc = make_claim(Ed25519PrivateKey.generate(), _claim())
+    path, _ = _path(sc, n)
+    again = parse_path([h.to_wire() for h in path])
+    verify_path(open_claim(sc.raw), again)
+
+
+@settings(max_examples=40)
+@given(st.integers(2, MAX_HOPS), st.data())
+def test_removing_reordering_or_forging_a_hop_breaks_the_path(n, data):
+    sc = make_claim(Ed25519PrivateKey.generate(), _claim())
+    path, _ = _path(sc, n)
+    i = data.draw(st.integers(0, n - 2))
+    tampered = [
+        path[:i] + path[i + 1 :],  # a hop removed
+        [*path[:i], path[i + 1], path[i], *path[i + 2 :]],  # two hops swapped
+        [*path[:i], PathHop(os.urandom(32), path[i].sig), *path[i + 1 :]],  # key replaced
+    ]
+    for bad in tampered:
+        with pytest.raises(BadSignature):
+            verify_path(sc, bad)
+
+
+def test_a_path_signed_for_another_claim_does_not_verify():
+    sc1 = make_claim(Ed25519PrivateKey.generate(), _claim())
+    sc2 = make_claim(Ed25519PrivateKey.generate(), _claim())
+    path, _ = _path(sc1, 3)
+    with pytest.raises(BadSignature):
+        verify_path(sc2, path)
+
+
+def test_a_repeated_hop_key_is_rejected_as_a_loop():
+    sc = make_claim(Ed25519PrivateKey.generate(), _claim())
+    k = Ed25519PrivateKey.generate()
+    p1 = [sign_hop(k, sc, [])]
+    p2 = [*p1, sign_hop(k, sc, p1)]
+    with pytest.raises(BadMessage, match="loop"):
+        verify_path(sc, p2)
+
+
+def test_path_keys_reveal_no_node_identity():
+    # Every hop key is fresh per claim: the same "node" (sequence of calls) produces unrelated
+    # keys for two claims, so hops cannot be linked across claims or to node ids.
+    sc1 = make_claim(Ed25519PrivateKey.generate(), _claim())
+    sc2 = make_claim(Ed25519PrivateKey.generate(), _claim())
+    p1, _ = _path(sc1, 3)
+    p2, _ = _path(sc2, 3)
+    assert not {h.pub for h in p1} & {h.pub for h in p2}
+
+
+def test_fulfil_with_hop_fees_verifies_and_nets_the_fees():
+    e0 = Ed25519PrivateKey.generate()
+    sc = make_claim(e0, _claim())
+    path, keys = _path(sc, 3)
+    filler = Ed25519PrivateKey.generate()
+    sf = make_fulfil(filler, Fulfil(sc.claim_id, 4, 10**6, 3 * 10**7, 2**45, path))
+    sf = open_fulfil(sf.raw)
+    fees = [sign_fee(keys[p - 1], sf.fulfil_id, p, 10 * p) for p in (3, 2, 1)]
+    verify_fulfil(sc, sf, fees)
+    q = Quote(sc.claim_id, sf, fees, b"x" * 32, 0)
+    assert q.delivered == 3 * 10**7 - 60
+    # A hop cannot raise another hop's fee: its signature covers the amount.
+    forged = [*fees[:2], type(fees[2])(1, 1_000, fees[2].sig)]
+    with pytest.raises(BadSignature):
+        verify_fulfil(sc, sf, forged)
+    with pytest.raises(BadMessage, match="fee positions"):
+        verify_fulfil(sc, sf, fees[:2])
+
+
+@given(st.binary(max_size=600))
+def test_sealed_box_opens_only_with_the_recipient_key(msg):
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    rk = X25519PrivateKey.generate()
+    box = seal(rk.public_key().public_bytes_raw(), msg)
+    assert open_sealed(rk, box) == msg
+    with pytest.raises(BadMessage):
+        open_sealed(X25519PrivateKey.generate(), box)
