@@ -42,7 +42,9 @@ def from_bytes(b: bytes) -> int:
 # -- node side (holds the private key) ---------------------------------------------------------
 
 
-def generate_keypair(bits: int = 2048) -> tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey]:
+def generate_keypair(
+    bits: int = 2048,
+) -> tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey]:
     pub, priv = paillier.generate_paillier_keypair(n_length=bits)
     return pub, priv
 

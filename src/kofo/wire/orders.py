@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -445,6 +446,8 @@ def _ct_bytes(m: Mapping[str, Any], name: str, where: str) -> bytes:
 class CommitOrder:
     order: SettlementOrder
     signatures: tuple[OrderSignature, ...]
+    signed_bytes: bytes | None = field(default=None, compare=False, repr=False)
+    """``order.signing_bytes()`` as received, when parsed from the wire (saves re-encoding)."""
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -462,7 +465,11 @@ class CommitOrder:
             sigs.append(
                 OrderSignature(_bytes(s, "signer", w, NODE_ID_SIZE), _bytes(s, "sig", w, 64))
             )
-        return cls(SettlementOrder.from_map(m["order"], f"{where}.order"), tuple(sigs))
+        order = SettlementOrder.from_map(m["order"], f"{where}.order")
+        # from_map accepted exactly the schema's fields with their exact types, so the received
+        # map re-encodes to what the parties signed; cbor2 directly avoids a second type walk.
+        signed = ORDER_DOMAIN + cbor2.dumps(m["order"], canonical=True)
+        return cls(order, tuple(sigs), signed)
 
     def verify_signatures(self) -> None:
         """Every party signed, nobody else did, and every signature verifies."""
@@ -473,7 +480,7 @@ class CommitOrder:
             raise BadSignature(
                 f"order signatures must be exactly the route's parties; missing {missing}"
             )
-        msg = self.order.signing_bytes()
+        msg = self.signed_bytes or self.order.signing_bytes()
         for s in self.signatures:
             verify_ed25519(s.signer, s.signature, msg, "order")
 

@@ -57,20 +57,27 @@ def generate(target: Path = GEN) -> None:
             origin = (gogo if rel.startswith("gogoproto/") else comet) / rel
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(origin, src / rel)
-        args = ["protoc", f"-I{src}", f"-I{include}", f"--python_out={out}", *PROTOS]
+        args = [
+            "protoc",
+            f"-I{src}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            *PROTOS,
+        ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         (target / "__init__.py").write_text('"""Generated from CometBFT v0.38.17 protos."""\n')
-        for py in sorted(out.rglob("*_pb2.py")):
-            rel = py.relative_to(out)
-            dest = target / rel
+        for py in sorted([*out.rglob("*_pb2.py"), *out.rglob("*_pb2.pyi")]):
+            gen_path = py.relative_to(out)
+            dest = target / gen_path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            for parent in rel.parents:
-                if str(parent) != ".":
-                    (target / parent / "__init__.py").touch()
+            for package in gen_path.parents:
+                if str(package) != ".":
+                    (target / package / "__init__.py").touch()
             text = re.sub(
                 r"^from (tendermint|gogoproto)([.\w]*) import",
                 rf"from {PACKAGE}.\1\2 import",

@@ -1,0 +1,239 @@
+"""The ledger app served to CometBFT v0.38 over the ABCI socket protocol.
+
+Wire format: each message is a protobuf ``tendermint.abci.Request``/``Response`` preceded by its
+length as an unsigned varint, over TCP. CometBFT opens four connections (consensus, mempool,
+query, snapshot); all are served by one asyncio loop, so the app sees one request at a time and
+needs no locks. The protobuf classes are generated from CometBFT's own .proto files (see
+``regenerate.py``).
+
+Run: ``python -m kofo.clearance.abci.server --db ledger.db --addr 127.0.0.1:26658``. Ledger params
+come from the genesis file's ``app_state`` (``{"params": {...}}``) at InitChain, so every
+validator starts from the same rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
+from kofo.clearance.app import Block, LedgerApp
+from kofo.clearance.params import LedgerParams
+from kofo.clearance.store import MerkleStore
+from kofo.errors import KofoError
+
+log = logging.getLogger("kofo.clearance.abci")
+
+MAX_REQUEST_BYTES = 64 << 20
+"""A FinalizeBlock carries a whole block; CometBFT's default max block is 21 MiB (plus framing),
+so 64 MiB refuses only a corrupted length prefix."""
+
+APP_VERSION = 1
+CODESPACE = "kofo"
+
+
+class ProtocolError(KofoError):
+    code = "abci_protocol"
+
+
+async def _read_uvarint(reader: asyncio.StreamReader) -> int:
+    shift = result = 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise ProtocolError("varint length prefix longer than 64 bits")
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _events(events: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> list[abci.Event]:
+    return [
+        abci.Event(
+            type=kind,
+            attributes=[abci.EventAttribute(key=k, value=v, index=True) for k, v in attrs],
+        )
+        for kind, attrs in events
+    ]
+
+
+class AbciApp:
+    """Maps ABCI requests onto :class:`LedgerApp`."""
+
+    def __init__(self, app: LedgerApp) -> None:
+        self.app = app
+        self._handlers: dict[str, Callable[[Any], abci.Response]] = {
+            "echo": lambda r: abci.Response(echo=abci.ResponseEcho(message=r.message)),
+            "flush": lambda r: abci.Response(flush=abci.ResponseFlush()),
+            "info": self.info,
+            "init_chain": self.init_chain,
+            "query": self.query,
+            "check_tx": self.check_tx,
+            "prepare_proposal": self.prepare_proposal,
+            "process_proposal": self.process_proposal,
+            "extend_vote": lambda r: abci.Response(extend_vote=abci.ResponseExtendVote()),
+            "verify_vote_extension": lambda r: abci.Response(
+                verify_vote_extension=abci.ResponseVerifyVoteExtension(
+                    status=abci.ResponseVerifyVoteExtension.ACCEPT
+                )
+            ),
+            "finalize_block": self.finalize_block,
+            "commit": self.commit,
+            "list_snapshots": lambda r: abci.Response(list_snapshots=abci.ResponseListSnapshots()),
+            "offer_snapshot": lambda r: abci.Response(offer_snapshot=abci.ResponseOfferSnapshot()),
+            "load_snapshot_chunk": lambda r: abci.Response(
+                load_snapshot_chunk=abci.ResponseLoadSnapshotChunk()
+            ),
+            "apply_snapshot_chunk": lambda r: abci.Response(
+                apply_snapshot_chunk=abci.ResponseApplySnapshotChunk()
+            ),
+        }
+
+    def handle(self, request: abci.Request) -> abci.Response:
+        kind = request.WhichOneof("value")
+        handler = self._handlers.get(kind or "")
+        if handler is None:
+            return abci.Response(exception=abci.ResponseException(error=f"unknown {kind}"))
+        return handler(getattr(request, kind or ""))
+
+    def info(self, req: abci.RequestInfo) -> abci.Response:
+        height = self.app.height
+        return abci.Response(
+            info=abci.ResponseInfo(
+                data="kofo-clearance",
+                version="1",
+                app_version=APP_VERSION,
+                last_block_height=height,
+                last_block_app_hash=self.app.app_hash if height > 0 else b"",
+            )
+        )
+
+    def init_chain(self, req: abci.RequestInitChain) -> abci.Response:
+        params = None
+        if req.app_state_bytes:
+            state = json.loads(req.app_state_bytes)
+            params = LedgerParams.from_map(state.get("params", {}))
+        app_hash = self.app.init_chain(params)
+        return abci.Response(init_chain=abci.ResponseInitChain(app_hash=app_hash))
+
+    def query(self, req: abci.RequestQuery) -> abci.Response:
+        try:
+            value = self.app.query(req.path, req.data)
+        except KofoError as exc:
+            return abci.Response(
+                query=abci.ResponseQuery(
+                    code=1, log=str(exc), codespace=CODESPACE, height=self.app.height
+                )
+            )
+        return abci.Response(query=abci.ResponseQuery(value=value, height=self.app.height))
+
+    def check_tx(self, req: abci.RequestCheckTx) -> abci.Response:
+        result = self.app.check_tx(req.tx)
+        return abci.Response(
+            check_tx=abci.ResponseCheckTx(
+                code=result.code, log=result.log, codespace=CODESPACE if result.code else ""
+            )
+        )
+
+    def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.Response:
+        # Keep CometBFT's mempool order; only respect the byte budget it gives us.
+        txs, size = [], 0
+        for tx in req.txs:
+            size += len(tx)
+            if size > req.max_tx_bytes:
+                break
+            txs.append(tx)
+        return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=txs))
+
+    def process_proposal(self, req: abci.RequestProcessProposal) -> abci.Response:
+        # Every tx is judged when the block is finalized (a bad one gets a non-zero code), so
+        # any proposal is acceptable; rejecting here would only cost rounds.
+        return abci.Response(
+            process_proposal=abci.ResponseProcessProposal(
+                status=abci.ResponseProcessProposal.ACCEPT
+            )
+        )
+
+    def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.Response:
+        block = Block(req.height, req.time.seconds, tuple(req.txs))
+        result = self.app.finalize_block(block)
+        return abci.Response(
+            finalize_block=abci.ResponseFinalizeBlock(
+                tx_results=[
+                    abci.ExecTxResult(
+                        code=r.code,
+                        log=r.log,
+                        codespace=CODESPACE if r.code else "",
+                        events=_events(r.events),
+                    )
+                    for r in result.results
+                ],
+                app_hash=result.app_hash,
+            )
+        )
+
+    def commit(self, req: abci.RequestCommit) -> abci.Response:
+        self.app.commit()
+        return abci.Response(commit=abci.ResponseCommit())
+
+
+class AbciServer:
+    def __init__(self, app: LedgerApp, host: str = "127.0.0.1", port: int = 26658) -> None:
+        self.abci = AbciApp(app)
+        self.host, self.port = host, port
+
+    async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                size = await _read_uvarint(reader)
+                if size > MAX_REQUEST_BYTES:
+                    raise ProtocolError(f"request of {size} bytes exceeds {MAX_REQUEST_BYTES}")
+                request = abci.Request.FromString(await reader.readexactly(size))
+                response = self.abci.handle(request).SerializeToString()
+                writer.write(_uvarint(len(response)) + response)
+                if request.WhichOneof("value") == "flush":
+                    await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass  # CometBFT closed the connection (shutdown or restart)
+        finally:
+            writer.close()
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        server = await asyncio.start_server(self._serve_conn, self.host, self.port)
+        log.info("ABCI server listening on %s:%d", self.host, self.port)
+        if ready is not None:
+            ready.set()
+        async with server:
+            await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="KOFO clearance ledger as a CometBFT ABCI app")
+    parser.add_argument("--db", required=True, help="SQLite file holding the ledger state")
+    parser.add_argument("--addr", default="127.0.0.1:26658", help="host:port to listen on")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    host, _, port = args.addr.rpartition(":")
+    app = LedgerApp(MerkleStore(args.db))
+    asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""How blocks reach the ledger app: ``solo`` (in-process producer) or CometBFT over ABCI."""

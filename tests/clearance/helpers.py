@@ -1,0 +1,160 @@
+"""Builders for clearance tests and the bench: nodes with real keys, signed orders and txs."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from phe import paillier
+
+from kofo.clearance import privacy
+from kofo.clearance.app import Block, LedgerApp
+from kofo.clearance.fees import protocol_fee
+from kofo.clearance.params import LedgerParams
+from kofo.clearance.store import MerkleStore
+from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.wire.envelope import public_key_bytes
+from kofo.wire.orders import (
+    CommitOrder,
+    FeeQuote,
+    Leg,
+    OrderKind,
+    QuoteRole,
+    RegisterNode,
+    SettlementOrder,
+    sign_tx,
+)
+
+PAILLIER_BITS = 1024
+"""Test keys only: 1024-bit keys generate in ~0.1 s; the ledger's default minimum is 2048."""
+
+T0 = 1_700_000_000
+"""Block time of the first test block; orders' deadlines are set relative to it."""
+
+
+def ledger_params(**overrides: object) -> LedgerParams:
+    base: dict[str, object] = {"min_paillier_bits": PAILLIER_BITS}
+    base.update(overrides)
+    return LedgerParams(**base)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _paillier(i: int) -> tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey]:
+    return privacy.generate_keypair(PAILLIER_BITS)
+
+
+@dataclass
+class Party:
+    key: Ed25519PrivateKey
+    paillier_pub: paillier.PaillierPublicKey
+    paillier_priv: paillier.PaillierPrivateKey = field(repr=False)
+    bond: int = 1_000_000
+    monitor: bool = False
+
+    @property
+    def id(self) -> bytes:
+        return public_key_bytes(self.key)
+
+    @classmethod
+    def make(cls, i: int, *, monitor: bool = False, bond: int = 1_000_000) -> Party:
+        # Deterministic Ed25519 keys so test failures are reproducible; Paillier keys are
+        # pooled (generating one per party would dominate test time).
+        seed = hashlib.sha256(b"kofo-test-party" + i.to_bytes(4, "big")).digest()
+        pub, priv = _paillier(i % 6)
+        return cls(Ed25519PrivateKey.from_private_bytes(seed), pub, priv, bond, monitor)
+
+    def register_tx(self, ts: int = T0) -> bytes:
+        body = RegisterNode(
+            addresses={"btc": "02" + self.id.hex()[:64], "eth": "0x" + self.id.hex()[:40]},
+            paillier_n=privacy.public_modulus(self.paillier_pub),
+            balance_seed=privacy.encrypt(self.paillier_pub, 0),
+            bond=self.bond,
+            monitor=self.monitor,
+        )
+        return sign_tx(self.key, body, ts=ts)
+
+
+def make_order(
+    route: list[Party],
+    *,
+    relays: list[Party] = (),  # type: ignore[assignment]
+    kind: OrderKind = OrderKind.ROUTED,
+    amount: int = 10_000_000,
+    order_id: bytes | None = None,
+    fee_bps: int = 10,
+    t0: int = T0,
+    expiry_gap: int = 3_600,
+    private_fee: int | None = None,
+) -> SettlementOrder:
+    """A cyclic route ``route[0] -> route[1] -> ... -> route[0]`` with valid expiries."""
+    n = len(route)
+    legs = []
+    chains = ["btc", "eth"]
+    for i in range(n):
+        expiry_time = t0 + 10_000 + (n - i) * expiry_gap
+        chain = chains[i % 2]
+        legs.append(
+            Leg(
+                chain=chain,
+                token=None,
+                sender=route[i].id,
+                recipient=route[(i + 1) % n].id,
+                sender_address=f"{chain}-addr-{i}",
+                recipient_address=f"{chain}-addr-{i + 1}",
+                amount=amount + i,
+                expiry=UnixTime(expiry_time) if chain == "eth" else BlockHeight(800_000 + n - i),
+                expiry_time=expiry_time,
+                lock_by=t0 + 600 + i * 60,
+            )
+        )
+    quotes: list[FeeQuote] = []
+    if kind is OrderKind.ROUTED:
+        for p in route[1:]:
+            fee_ct = None if private_fee is None else privacy.encrypt(p.paillier_pub, private_fee)
+            quotes.append(FeeQuote(p.id, QuoteRole.PROVIDER, os.urandom(16), fee_ct))
+        quotes += [FeeQuote(r.id, QuoteRole.RELAY, os.urandom(16)) for r in relays]
+    routed = kind is OrderKind.ROUTED
+    return SettlementOrder(
+        order_id=order_id or os.urandom(16),
+        kind=kind,
+        payment_hash=hashlib.sha256(os.urandom(32)).digest(),
+        legs=tuple(legs),
+        relays=tuple(r.id for r in relays),
+        quotes=tuple(quotes),
+        protocol_fee_bps=fee_bps if routed else 0,
+        protocol_fee=protocol_fee(amount, fee_bps) if routed else 0,
+    )
+
+
+def commit_tx(
+    order: SettlementOrder, signers: list[Party], submitter: Party, ts: int = T0
+) -> bytes:
+    sigs = tuple(order.sign(p.key) for p in signers)
+    return sign_tx(submitter.key, CommitOrder(order, sigs), ts=ts)
+
+
+def all_parties(route: list[Party], relays: list[Party] = ()) -> list[Party]:  # type: ignore[assignment]
+    return [*route, *relays]
+
+
+class Ledger:
+    """A ledger app plus a block counter: ``ledger.block(tx, ...)`` applies one block."""
+
+    def __init__(self, path: str | None = None, params: LedgerParams | None = None) -> None:
+        self.app = LedgerApp(MerkleStore(path), params or ledger_params())
+        self.app.init_chain()
+        self.time = T0
+
+    def block(self, *txs: bytes, time: int | None = None):
+        if time is not None:
+            self.time = time
+        blk = Block(self.app.height + 1, self.time, tuple(txs))
+        return self.app.apply_block(blk)
+
+    def ok(self, *txs: bytes, time: int | None = None) -> None:
+        result = self.block(*txs, time=time)
+        bad = [r.log for r in result.results if not r.ok]
+        assert not bad, bad
