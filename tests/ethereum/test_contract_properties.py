@@ -1,0 +1,264 @@
+"""Random lock/redeem/refund/time sequences against HTLC.vy on the embedded EVM.
+
+A plain Python model says what each call must do; after every step the chain must agree with
+it: the contract holds exactly the sum of live swaps (per asset), each swap is paid out at most
+once and to the right party, and no value appears or disappears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+from eth_abi import encode
+from eth_tester import EthereumTester, PyEVMBackend
+from eth_tester.exceptions import TransactionFailed
+from eth_utils import keccak
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    rule,
+)
+from web3 import EthereumTesterProvider, Web3
+from web3.contract import Contract
+
+from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
+
+ZERO_ADDRESS = "0x" + "00" * 20
+TOKEN_SUPPLY = 10**30
+
+FUTURE = 10**7
+"""Seconds (~4 months) each example's chain jumps ahead of the wall clock at start. From then on
+every block is stamped parent + 1 (or a travelled-to time), never by the wall clock, so a replayed
+example sees the same timestamps and hypothesis can shrink it."""
+
+
+@dataclass
+class ModelSwap:
+    preimage: bytes
+    payment_hash: bytes
+    token: str
+    sender: str
+    recipient: str
+    amount: int
+    expiry: int
+    state: str = "live"  # live -> redeemed | refunded
+
+    @property
+    def terms(self) -> tuple[str, str, str, int, int]:
+        return (self.token, self.sender, self.recipient, self.amount, self.expiry)
+
+    @property
+    def swap_id(self) -> bytes:
+        return keccak(
+            encode(
+                ["bytes32", "address", "address", "address", "uint256", "uint256"],
+                [self.payment_hash, *self.terms],
+            )
+        )
+
+
+@dataclass
+class Ledger:
+    """Expected balances of the parties that never send transactions (so pay no gas)."""
+
+    received: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, asset: str, who: str, amount: int) -> None:
+        self.received[asset, who] = self.received.get((asset, who), 0) + amount
+
+
+class HtlcMachine(RuleBasedStateMachine):
+    swaps = Bundle("swaps")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tester = EthereumTester(PyEVMBackend())
+        self.w3 = Web3(EthereumTesterProvider(self.tester))
+        self.tester.time_travel(int(self.w3.eth.get_block("pending")["timestamp"]) + FUTURE)
+        self.tester.mine_blocks(1)
+        accounts = self.w3.eth.accounts
+        deployer, self.watchtower = accounts[0], accounts[1]
+        self.senders = list(accounts[2:4])
+        self.htlc = self._contract("HTLC", deploy(self.w3, "HTLC", deployer))
+        self.tokens: dict[str, Contract] = {ZERO_ADDRESS: None}  # type: ignore[dict-item]
+        for name, args in (("TestToken", ("T", "T", 18)), ("NoBoolToken", ())):
+            token = self._contract(name, deploy(self.w3, name, deployer, *args))
+            for sender in self.senders:
+                token.functions.mint(sender, TOKEN_SUPPLY).transact({"from": sender})
+                token.functions.approve(self.htlc.address, TOKEN_SUPPLY).transact({"from": sender})
+            self.tokens[token.address] = token
+        # Recipients are fresh keys that never transact: their balances move only by payouts.
+        self.recipients = [Web3.to_checksum_address(keccak(os.urandom(32))[:20]) for _ in range(3)]
+        self.model: dict[bytes, ModelSwap] = {}
+        self.ledger = Ledger()
+
+    def _contract(self, name: str, address: str) -> Contract:
+        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+
+    def _next_timestamp(self) -> int:
+        # eth-tester mines the next transaction into the pending block, at its timestamp.
+        return int(self.w3.eth.get_block("pending")["timestamp"])
+
+    def _balance(self, asset: str, who: str) -> int:
+        if asset == ZERO_ADDRESS:
+            return self.w3.eth.get_balance(who)
+        return int(self.tokens[asset].functions.balanceOf(who).call())
+
+    def _transact(self, call, tx: dict) -> bool:
+        try:
+            call.transact(tx)
+        except TransactionFailed:
+            return False
+        return True
+
+    # --- rules -----------------------------------------------------------------------------
+
+    @rule(
+        target=swaps,
+        asset=st.integers(0, 2),
+        amount=st.integers(0, 10**18),
+        lifetime=st.integers(-3, 300),
+        sender=st.integers(0, 1),
+        recipient=st.integers(0, 2),
+        reuse_hash=st.booleans(),
+    )
+    def lock(self, asset, amount, lifetime, sender, recipient, reuse_hash):
+        token = list(self.tokens)[asset]
+        live = [s for s in self.model.values() if s.state == "live"]
+        if reuse_hash and live:
+            # A multi-leg route reuses one payment hash for several swaps.
+            preimage = live[0].preimage
+        else:
+            preimage = os.urandom(32)
+        swap = ModelSwap(
+            preimage=preimage,
+            payment_hash=hashlib.sha256(preimage).digest(),
+            token=token,
+            sender=self.senders[sender],
+            recipient=self.recipients[recipient],
+            amount=amount,
+            expiry=self._next_timestamp() + lifetime,
+        )
+        known = self.model.get(swap.swap_id)
+        expect_ok = (
+            amount > 0
+            and swap.expiry > self._next_timestamp()
+            and (known is None or known.state != "live")
+        )
+        if token == ZERO_ADDRESS:
+            call = self.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry)
+            ok = self._transact(call, {"from": swap.sender, "value": amount})
+        else:
+            call = self.htlc.functions.lock_token(
+                token, amount, swap.payment_hash, swap.recipient, swap.expiry
+            )
+            ok = self._transact(call, {"from": swap.sender})
+        assert ok == expect_ok
+        if not ok:
+            return multiple()
+        if known is not None:
+            # The same terms again, after the first swap settled: the slot is live once more.
+            known.state = "live"
+            return known
+        self.model[swap.swap_id] = swap
+        self._assert_live(swap)
+        return swap
+
+    @rule(swap=swaps)
+    def lock_again_with_same_terms(self, swap):
+        call = self.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry)
+        if swap.token != ZERO_ADDRESS:
+            call = self.htlc.functions.lock_token(
+                swap.token, swap.amount, swap.payment_hash, swap.recipient, swap.expiry
+            )
+        tx = {"from": swap.sender, "value": swap.amount if swap.token == ZERO_ADDRESS else 0}
+        ok = self._transact(call, tx)
+        expect_ok = swap.state != "live" and swap.expiry > self._next_timestamp()
+        assert ok == expect_ok
+        if ok:
+            swap.state = "live"
+        self._assert_live(swap)
+
+    @rule(swap=swaps, right_preimage=st.booleans())
+    def redeem(self, swap, right_preimage):
+        preimage = swap.preimage if right_preimage else os.urandom(32)
+        before = self._balance(swap.token, swap.recipient)
+        call = self.htlc.functions.redeem(preimage, *swap.terms)
+        ok = self._transact(call, {"from": self.watchtower})
+        # Redeem ignores expiry: it only needs the swap to be live and the right preimage.
+        assert ok == (swap.state == "live" and right_preimage)
+        if ok:
+            swap.state = "redeemed"
+            self.ledger.add(swap.token, swap.recipient, swap.amount)
+            assert self._balance(swap.token, swap.recipient) == before + swap.amount
+            self._assert_settled_for_good(swap)
+        self._assert_live(swap)
+
+    def _assert_settled_for_good(self, swap: ModelSwap) -> None:
+        """Right after a payout, neither a second redeem nor a refund may pay again."""
+        redeem = self.htlc.functions.redeem(swap.preimage, *swap.terms)
+        refund = self.htlc.functions.refund(swap.payment_hash, *swap.terms)
+        assert not self._transact(redeem, {"from": self.watchtower})
+        assert not self._transact(refund, {"from": self.watchtower})
+
+    @rule(swap=swaps)
+    def refund(self, swap):
+        before = self._balance(swap.token, swap.sender)
+        expired = self._next_timestamp() >= swap.expiry
+        call = self.htlc.functions.refund(swap.payment_hash, *swap.terms)
+        ok = self._transact(call, {"from": self.watchtower})
+        assert ok == (swap.state == "live" and expired)
+        if ok:
+            swap.state = "refunded"
+            # The sender paid no gas in this transaction: its balance moves by the amount alone.
+            assert self._balance(swap.token, swap.sender) == before + swap.amount
+            self._assert_settled_for_good(swap)
+        self._assert_live(swap)
+
+    @rule(seconds=st.integers(1, 400))
+    def advance_time(self, seconds):
+        self.tester.time_travel(self._next_timestamp() + seconds)
+        self.tester.mine_blocks(1)
+
+    # --- invariants ------------------------------------------------------------------------
+    # eth_call on py-evm costs milliseconds, so each step checks the contract's holdings and the
+    # rules check the parties they pay; everything else is checked once, at teardown.
+
+    def _live_total(self, asset: str) -> int:
+        return sum(s.amount for s in self.model.values() if s.state == "live" and s.token == asset)
+
+    @invariant()
+    def contract_holds_exactly_the_live_swaps(self):
+        for asset in self.tokens:
+            assert self._balance(asset, self.htlc.address) == self._live_total(asset)
+
+    def _assert_live(self, swap: ModelSwap) -> None:
+        assert self.htlc.functions.swaps(swap.swap_id).call() == (swap.state == "live")
+
+    def teardown(self) -> None:
+        for swap in self.model.values():
+            self._assert_live(swap)
+        for asset in self.tokens:
+            # Each recipient got each of its redeems exactly once...
+            received = [self._balance(asset, who) for who in self.recipients]
+            assert received == [self.ledger.received.get((asset, w), 0) for w in self.recipients]
+            if asset != ZERO_ADDRESS:
+                # ...and no token appeared or vanished.
+                held = sum(self._balance(asset, who) for who in self.senders)
+                total = held + self._live_total(asset) + sum(received)
+                assert total == TOKEN_SUPPLY * len(self.senders)
+
+
+HtlcMachine.TestCase.settings = settings(
+    max_examples=20,
+    stateful_step_count=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_htlc_state_machine = HtlcMachine.TestCase
