@@ -37,7 +37,7 @@ async def main(cfg: dict) -> None:
             port=cfg["port"],
             bootstrap=[tuple(b) for b in cfg["bootstrap"]],
             target_degree=cfg["target_degree"],
-            relay_fee=cfg.get("relay_fee", 0),
+            protocol_fee_bps=cfg.get("protocol_fee_bps", 0),
             addresses={"btc": f"btc-addr-{i}", "eth": f"eth-addr-{i}"},
         ),
     )

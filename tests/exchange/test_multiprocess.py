@@ -22,6 +22,7 @@ PROC = Path(__file__).with_name("node_proc.py")
 INITIATORS = [0, 1, 2]
 MAKERS = {5: 29, 8: 31, 11: 33, 14: 30, 17: 32}  # node index -> ETH base units per BTC unit
 AMOUNT = 1_000_000
+FEE_BPS = 10  # the ledger's default protocol fee: providers quote net of it
 
 
 def _free_ports(n: int) -> list[int]:
@@ -74,6 +75,7 @@ class Net:
                 "port": self.ports[i],
                 "bootstrap": [["127.0.0.1", self.ports[j]] for j in sorted(boot[i])],
                 "target_degree": 3,
+                "protocol_fee_bps": FEE_BPS,
                 "offers": offers,
                 "claims": [["btc", "eth", AMOUNT]] if i in INITIATORS else [],
                 "lifetime_s": 55,
@@ -139,7 +141,9 @@ class Net:
             provider = order.legs[0].recipient
             assert provider == self.ids[best], f"initiator {i} did not get the best maker"
             assert order.legs[0].amount == AMOUNT
-            assert order.legs[1].amount == AMOUNT * makers[best] == entry["delivered"]
+            net_in = AMOUNT - AMOUNT * FEE_BPS // 10_000
+            assert order.legs[1].amount == net_in * makers[best] == entry["delivered"]
+            assert order.protocol_fee == AMOUNT * FEE_BPS // 10_000
             assert set(order.relays) <= set(self.ids) - {self.ids[i], provider}
 
 

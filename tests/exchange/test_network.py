@@ -6,10 +6,13 @@ import asyncio
 import os
 import time
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kofo.clearance.fees import protocol_fee, split_fee
+from kofo.clearance.params import LedgerParams
 from kofo.exchange.frames import encode_frame
-from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed
 from kofo.exchange.transport import LinkLimits
 from kofo.wire.exchange import Claim, Frame, make_claim
 
@@ -22,21 +25,53 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 30))
 
 
-def test_claim_over_five_hops_yields_fee_netted_quote_and_order_signed_by_every_party():
+def test_claim_over_five_hops_yields_quote_net_of_protocol_fee_and_order_every_party_signs():
     async def go():
-        nodes = await line(6, relay_fee=7, addresses=ADDR)
+        nodes = await line(6, protocol_fee_bps=10, addresses=ADDR)
         try:
             nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
             await wait_until(lambda: len(nodes[0].book) == 1)
             cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=1, enough=1)
             assert len(quotes) == 1
-            assert quotes[0].delivered == 30 * 10**6 - 4 * 7  # four relays, 7 each
+            # The maker keeps 10**6 less the 0.1 % protocol fee and prices that; relays take
+            # nothing from the delivered amount.
+            assert quotes[0].delivered == 30 * (10**6 - 1_000)
             commit = await nodes[0].settle(cid, quotes[0], os.urandom(32))
             commit.verify_signatures()
             order = commit.order
             assert order.parties() == [n.node_id for n in (nodes[0], nodes[5], *nodes[1:5])]
             assert order.legs[1].amount == quotes[0].delivered
             assert order.legs[1].expiry_time < order.legs[0].expiry_time
+            # The ledger's rule pays the four relays out of the protocol fee the order records.
+            assert order.protocol_fee == protocol_fee(order.notional, 10) == 1_000
+            split = split_fee(
+                order.protocol_fee,
+                order.relays,
+                order.intermediaries(),
+                foundation_bps=LedgerParams().foundation_bps,
+                relay_pool_bps=LedgerParams().relay_pool_bps,
+            )
+            relay_shares = dict(split.shares[: len(order.relays)])
+            assert set(relay_shares) == {n.node_id for n in nodes[1:5]}
+            assert all(share > 0 for share in relay_shares.values())
+            assert split.total() == order.protocol_fee
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_provider_refuses_an_order_charging_more_protocol_fee_than_it_quoted(caplog):
+    async def go():
+        nodes = await line(3, protocol_fee_bps=10, settle_timeout_s=1.0, addresses=ADDR)
+        try:
+            nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(nodes[0].book) == 1)
+            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=1, enough=1)
+            nodes[0].config.protocol_fee_bps = 20
+            with pytest.raises(RouteFailed, match="signatures"):
+                await nodes[0].settle(cid, quotes[0], os.urandom(32))
+            assert "order: protocol_fee_bps 20 is above the limit" in caplog.text
         finally:
             await stop_all(nodes)
 

@@ -9,9 +9,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kofo.clearance.fees import protocol_fee as clearance_protocol_fee
+from kofo.exchange.book import OrderBook
+from kofo.exchange.route import net_of_protocol_fee
+from kofo.exchange.route import protocol_fee as route_protocol_fee
 from kofo.exchange.sealed import open_sealed, seal
-from kofo.wire.codec import EncodingError
-from kofo.wire.envelope import BadMessage, BadSignature
+from kofo.wire.codec import EncodingError, encode
+from kofo.wire.envelope import (
+    BadMessage,
+    BadSignature,
+    Envelope,
+    SignedMessage,
+    open_message,
+    sign,
+)
 from kofo.wire.exchange import (
     MAX_HOPS,
     Claim,
@@ -20,15 +31,20 @@ from kofo.wire.exchange import (
     Offer,
     PathHop,
     Quote,
+    SignedOffer,
+    check_signed,
     make_claim,
     make_fulfil,
     make_offer,
     open_claim,
     open_fulfil,
     open_offer,
+    open_signed,
     parse_path,
+    read_signed,
     sign_fee,
     sign_hop,
+    verify_ed25519,
     verify_fulfil,
     verify_path,
 )
@@ -149,23 +165,35 @@ def test_path_keys_reveal_no_node_identity():
     assert not {h.pub for h in p1} & {h.pub for h in p2}
 
 
-def test_fulfil_with_hop_fees_verifies_and_nets_the_fees():
+def test_fulfil_with_every_hop_acknowledgement_verifies_and_delivers_the_filler_output():
     e0 = Ed25519PrivateKey.generate()
     sc = make_claim(e0, _claim())
     path, keys = _path(sc, 3)
     filler = Ed25519PrivateKey.generate()
     sf = make_fulfil(filler, Fulfil(sc.claim_id, 4, 10**6, 3 * 10**7, 2**45, path))
     sf = open_fulfil(sf.raw)
-    fees = [sign_fee(keys[p - 1], sf.fulfil_id, p, 10 * p) for p in (3, 2, 1)]
-    verify_fulfil(sc, sf, fees)
-    q = Quote(sc.claim_id, sf, fees, b"x" * 32, 0)
-    assert q.delivered == 3 * 10**7 - 60
-    # A hop cannot raise another hop's fee: its signature covers the amount.
-    forged = [*fees[:2], type(fees[2])(1, 1_000, fees[2].sig)]
+    acks = [sign_fee(keys[p - 1], sf.fulfil_id, p, 0) for p in (3, 2, 1)]
+    verify_fulfil(sc, sf, acks)
+    q = Quote(sc.claim_id, sf, acks, b"x" * 32, 0)
+    assert q.delivered == 3 * 10**7
+    # One hop cannot stand in for another: each acknowledgement is signed for its position.
+    swapped = [*acks[:2], type(acks[2])(1, 0, acks[1].sig)]
     with pytest.raises(BadSignature):
-        verify_fulfil(sc, sf, forged)
+        verify_fulfil(sc, sf, swapped)
     with pytest.raises(BadMessage, match="fee positions"):
-        verify_fulfil(sc, sf, fees[:2])
+        verify_fulfil(sc, sf, acks[:2])
+
+
+@given(st.integers(1, 10**9), st.sampled_from([1, 2, 3]))
+def test_a_hop_fee_is_refused_because_no_leg_would_pay_the_relay(fee, position):
+    sc = make_claim(Ed25519PrivateKey.generate(), _claim())
+    path, keys = _path(sc, 3)
+    sf = make_fulfil(
+        Ed25519PrivateKey.generate(), Fulfil(sc.claim_id, 4, 10**6, 3 * 10**7, 2**45, path)
+    )
+    acks = [sign_fee(keys[p - 1], sf.fulfil_id, p, fee if p == position else 0) for p in (1, 2, 3)]
+    with pytest.raises(BadMessage, match="hop fees must be 0"):
+        verify_fulfil(sc, sf, acks)
 
 
 @given(st.binary(max_size=600))
@@ -177,3 +205,98 @@ def test_sealed_box_opens_only_with_the_recipient_key(msg):
     assert open_sealed(rk, box) == msg
     with pytest.raises(BadMessage):
         open_sealed(X25519PrivateKey.generate(), box)
+
+
+# ------------------------------------------------------------------ fast signed-message path
+
+_wire_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.binary(max_size=40)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_env_fields = ["v", "type", "sender", "nonce", "ts", "body"]
+
+
+def _outcome(fn, raw):
+    try:
+        return ("ok", fn(raw))
+    except (BadMessage, BadSignature, EncodingError) as exc:
+        return ("error", type(exc))
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(st.text(max_size=8), _wire_values, max_size=4),
+    st.sampled_from(["flip", "truncate", "replace_env", "replace_sig", "none"]),
+    st.integers(0, 10_000),
+    st.sampled_from(_env_fields),
+    _wire_values,
+)
+def test_fast_open_agrees_with_open_message_on_any_mutation(body, how, pos, field, value):
+    msg = sign(Ed25519PrivateKey.generate(), "offer", body)
+    raw = msg.to_bytes()
+    if how == "flip":
+        b = bytearray(raw)
+        b[pos % len(b)] ^= 1 << (pos % 8)
+        raw = bytes(b)
+    elif how == "truncate":
+        raw = raw[: pos % len(raw)]
+    elif how == "replace_env":
+        raw = encode({"env": {**msg.envelope.as_map(), field: value}, "sig": msg.signature})
+    elif how == "replace_sig":
+        raw = encode({"env": msg.envelope.as_map(), "sig": value})
+    assert _outcome(open_signed, raw) == _outcome(open_message, raw)
+
+
+def test_reading_a_message_checks_everything_but_the_signature():
+    msg = sign(Ed25519PrivateKey.generate(), "offer", {"a": 1})
+    raw = bytearray(msg.to_bytes())
+    raw[-1] ^= 1  # only the signature changes
+    assert read_signed(bytes(raw)) == SignedMessage(msg.envelope, bytes(raw[-64:]))
+    with pytest.raises(BadSignature):
+        check_signed(msg.envelope.sender, bytes(raw))
+
+
+def test_identity_key_universal_forgery_is_refused():
+    # The identity point as public key with R = identity and S = 0 satisfies the Ed25519
+    # equation for every message; OpenSSL accepts it, libsodium refuses small-order keys.
+    identity = bytes([1]) + bytes(31)
+    assert not verify_ed25519(identity, identity + bytes(32), b"any message")
+    env = Envelope("offer", {}, identity, bytes(16), 1)
+    raw = encode({"env": env.as_map(), "sig": identity + bytes(32)})
+    with pytest.raises(BadSignature):
+        open_signed(raw)
+
+
+@given(offers)
+def test_a_stale_offer_copy_is_refused_before_its_signature_is_needed(offer):
+    book = OrderBook()
+    now = 1
+    live = Offer(**{**{f: getattr(offer, f) for f in offer.__slots__}, "expiry_ms": now + 10**6})
+    key = Ed25519PrivateKey.generate()
+    so = make_offer(key, live)
+    assert book.precheck(so, now) is None
+    assert book.add(so, now).accepted
+    forged = SignedOffer(so.maker, so.offer, so.raw[:-1] + bytes([so.raw[-1] ^ 1]))
+    verdict = book.precheck(forged, now)
+    assert verdict is not None and not verdict.accepted and "not newer" in verdict.reason
+
+
+@given(st.integers(0, 2**80), st.integers(0, 10_000))
+def test_route_protocol_fee_is_the_ledgers_rule(notional, bps):
+    assert route_protocol_fee(notional, bps) == clearance_protocol_fee(notional, bps)
+
+
+@given(st.integers(1, 2**64), st.integers(1, 2**64), st.integers(0, 10_000))
+def test_provider_output_net_of_protocol_fee_never_beats_its_own_price(amount_in, out, bps):
+    net = net_of_protocol_fee(amount_in, out, bps)
+    kept = amount_in - clearance_protocol_fee(amount_in, bps)
+    assert 0 <= net <= out
+    # Exactly the provider's price applied to the input it keeps, floored.
+    assert net * amount_in <= out * kept < (net + 1) * amount_in

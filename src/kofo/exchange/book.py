@@ -28,7 +28,10 @@ class OrderBook:
         # circulating in the gossip cannot bring the offer back.
         self._latest_seq: dict[tuple[bytes, bytes], int] = {}
 
-    def add(self, so: SignedOffer, now_ms: int) -> BookVerdict:
+    def precheck(self, so: SignedOffer, now_ms: int) -> BookVerdict | None:
+        """The rejection :meth:`add` would give for reasons that need no signature (expired,
+        too far ahead, not newer than what we hold), or None. Lets a receiver skip verifying
+        the signature of an offer it would drop anyway."""
         o = so.offer
         if o.expiry_ms <= now_ms:
             return BookVerdict(False, f"offer expired at {o.expiry_ms}")
@@ -37,6 +40,15 @@ class OrderBook:
         seq = self._latest_seq.get(so.key)
         if seq is not None and o.seq <= seq:
             return BookVerdict(False, f"offer seq {o.seq} is not newer than {seq}")
+        return None
+
+    def add(self, so: SignedOffer, now_ms: int) -> BookVerdict:
+        """Take a *verified* offer into the book, or say why not."""
+        rejected = self.precheck(so, now_ms)
+        if rejected is not None:
+            return rejected
+        o = so.offer
+        seq = self._latest_seq.get(so.key)
         if seq is None and len(self._latest_seq) >= self._max:
             self.sweep(now_ms)
             if len(self._latest_seq) >= self._max:

@@ -24,7 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from kofo.errors import KofoError
 from kofo.exchange.book import OrderBook
 from kofo.exchange.frames import encode_frame
-from kofo.exchange.route import RouteParty, build_settlement_order, check_order
+from kofo.exchange.route import (
+    RouteParty,
+    build_settlement_order,
+    check_order,
+    net_of_protocol_fee,
+)
 from kofo.exchange.sealed import open_sealed, seal
 from kofo.exchange.transport import (
     HANDSHAKE_TIMEOUT_S,
@@ -52,6 +57,8 @@ from kofo.wire.exchange import (
     Quote,
     SignedClaim,
     SignedOffer,
+    check_offer,
+    digest,
     join_message,
     make_claim,
     make_fulfil,
@@ -59,9 +66,9 @@ from kofo.wire.exchange import (
     open_accept,
     open_claim,
     open_fulfil,
-    open_offer,
     parse_fees,
     parse_path,
+    read_offer,
     sign_fee,
     sign_hop,
     verify_ed25519,
@@ -95,7 +102,6 @@ class ExchangeConfig:
     target_degree: int = 4
     max_degree: int = 16
     claim_fanout: int = 8
-    relay_fee: int = 0  # fixed fee in the claim's ``want`` base units this node keeps as a hop
     quote_valid_ms: int = 10_000
     limits: LinkLimits = field(default_factory=LinkLimits)
     ban_score: int = 100
@@ -105,16 +111,17 @@ class ExchangeConfig:
     backoff_max_s: float = 5.0
     settle_timeout_s: float = 5.0
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> own address
-    protocol_fee_bps: int = 0  # set by the composer from the ledger's parameters
-    max_protocol_fee_bps: int = 100  # a party refuses to co-sign an order charging more
+    # The ledger's rate (the composer sets it from the ledger's parameters): initiators put it
+    # in orders, providers net it out of their quotes and refuse orders charging more.
+    protocol_fee_bps: int = 0
+    max_protocol_fee_bps: int = 100  # a relay refuses to co-sign an order charging more
 
 
 @dataclass(slots=True)
 class _Downstream:
     peer: bytes
     amount_in: int
-    amount_out_here: int  # the ``want`` amount the next party pays us
-    fee: int
+    amount_out_here: int  # the ``want`` amount the provider delivers through us
 
 
 @dataclass(slots=True)
@@ -291,7 +298,8 @@ class ExchangeNode:
                 del self.links[link.peer_id]
 
     def _abuse(self, link: Link, reason: str, penalty: int) -> None:
-        self.stats.rejected[reason.split(":")[0]] = self.stats.rejected.get(reason, 0) + 1
+        kind = reason.split(":")[0]
+        self.stats.rejected[kind] = self.stats.rejected.get(kind, 0) + 1
         log.warning("peer %s: %s (penalty %d)", link.peer_id.hex()[:12], reason, penalty)
         score = self._scores.get(link.peer_id, 0.0) + penalty
         self._scores[link.peer_id] = score
@@ -457,17 +465,25 @@ class ExchangeNode:
         )
 
     def _gossip_offer(self, so: SignedOffer, exclude: bytes | None) -> None:
+        targets = [link for peer, link in self.links.items() if peer != exclude]
+        if not targets:
+            return
         framed = encode_frame(Frame("offer", {"m": so.raw}).to_bytes())
-        for peer, link in self.links.items():
-            if peer != exclude:
-                link.send_raw(framed)
+        for link in targets:
+            link.send_raw(framed)
 
     def _h_offer(self, link: Link, body: dict[str, Any]) -> None:
         raw = body.get("m")
         if not isinstance(raw, bytes):
             raise BadMessage("offer frame: field 'm' must be bytes")
-        so = open_offer(raw)
-        verdict = self.book.add(so, now_ms())
+        # Schema and book checks come before the signature (the costly part): most gossip a
+        # node receives is copies of offers it already has, and those are dropped either way.
+        so = read_offer(raw)
+        now = now_ms()
+        verdict = self.book.precheck(so, now)
+        if verdict is None:
+            check_offer(so)
+            verdict = self.book.add(so, now)
         if not verdict.accepted:
             # Duplicates are the normal cost of gossip and not the sender's fault; an expired
             # offer is (a small) one.
@@ -485,11 +501,13 @@ class ExchangeNode:
         if not isinstance(raw, bytes):
             raise BadMessage("claim frame: field 'c' must be bytes")
         self.stats.claims_seen += 1
-        sc = open_claim(raw)
-        cid = sc.claim_id
+        # The claim id is the hash of its bytes, so copies are recognised before any
+        # signature is checked.
+        cid = digest(raw)
         if cid in self._relay or cid in self._pending:
             self.stats.claims_dup += 1  # a loop or a second path: drop quietly
             return
+        sc = open_claim(raw)
         claim = sc.claim
         now = now_ms()
         if claim.deadline_ms <= now:
@@ -534,6 +552,8 @@ class ExchangeNode:
             self.links[p].send_raw(framed)
 
     def _best_fill(self, claim: Claim) -> tuple[int, int] | None:
+        """``(amount_in, amount_out)`` this node quotes for ``claim``, the output net of the
+        protocol fee the provider owes on the input (see :mod:`kofo.exchange.route`)."""
         best: tuple[int, int] | None = None
         now = now_ms()
         candidates = [
@@ -549,7 +569,10 @@ class ExchangeNode:
             # Fuller fills first, then more output.
             if c is not None and (best is None or (c[0], c[1]) > best):
                 best = c
-        return best
+        if best is None:
+            return None
+        out = net_of_protocol_fee(best[0], best[1], self.config.protocol_fee_bps)
+        return (best[0], out) if out > 0 else None
 
     def _h_fulfil(self, link: Link, body: dict[str, Any]) -> None:
         raw = body.get("f")
@@ -578,15 +601,15 @@ class ExchangeNode:
             raise BadMessage("fulfil: path does not run through this hop")
         if sorted(fee.position for fee in fees) != list(range(me + 1, f.position)):
             raise BadMessage("fulfil: fee positions do not match the hops after this one")
-        out_here = f.amount_out - sum(fee.fee for fee in fees)
-        my_fee = self.config.relay_fee
-        if out_here - my_fee <= 0:
-            return
+        if any(fee.fee for fee in fees):
+            raise BadMessage("fulfil: hop fees must be 0 (relays are paid from the protocol fee)")
         upstream = self.links.get(st.upstream)
         if upstream is None:
             return
-        st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, out_here, my_fee)
-        fees.append(sign_fee(st.eph, sf.fulfil_id, me, my_fee))
+        st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out)
+        # The entry is this hop's signed acknowledgement that it carried the fulfil (the
+        # relay's FeeQuote in the order names it); the ledger pays the relay, not the route.
+        fees.append(sign_fee(st.eph, sf.fulfil_id, me, 0))
         upstream.send(Frame("fulfil", {"f": raw, "fees": [x.to_wire() for x in fees]}))
 
     # ------------------------------------------------------------------ claims (initiator)
@@ -825,7 +848,9 @@ class ExchangeNode:
             max_payout=payout,
             provider=is_provider,
             now_s=int(time.time()),
-            max_protocol_fee_bps=self.config.max_protocol_fee_bps,
+            max_protocol_fee_bps=(
+                self.config.protocol_fee_bps if is_provider else self.config.max_protocol_fee_bps
+            ),
         )
         sig = self._key.sign(data)
         link.send(Frame("osig", {"claim_id": cid, "position": st.position, "sig": sig}))

@@ -5,6 +5,12 @@ for it, and it locks the delivered amount of ``want`` for the initiator (the two
 the settlement layer). The hops that carried the claim and the fulfil hold no leg: they are the
 order's *relays*, paid by the ledger's protocol-fee split, and each is named with a
 :class:`~kofo.wire.orders.FeeQuote` that references the fulfil it carried.
+
+Fees follow the ledger's rule (docs/clearance.md, "Fees"): the protocol fee is
+``legs[0].amount * protocol_fee_bps // 10_000``, charged in the first leg, which the provider
+receives; the ledger shares it out (foundation, relays, providers). So relays take nothing from
+the delivered amount (a hop fee would have no leg to be paid on), and a provider quotes its
+output on the input it keeps after the fee: :func:`net_of_protocol_fee`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,22 @@ redeem confirmed on the other chain (Bitcoin: ~6 blocks) with margin."""
 FIRST_EXPIRY_MARGIN_S = 2 * LOCK_WINDOW_S + 3600
 """The shortest expiry lies an hour beyond both lock deadlines, so the initiator has time to
 audit the provider's lock and redeem it."""
+
+
+BPS = 10_000
+
+
+def protocol_fee(notional: int, fee_bps: int) -> int:
+    """The ledger's protocol fee on a routed order's notional (``kofo.clearance.fees``; the
+    layers share no code, a test keeps the two equal): floored, never above the rate."""
+    return notional * fee_bps // BPS
+
+
+def net_of_protocol_fee(amount_in: int, amount_out: int, fee_bps: int) -> int:
+    """What a provider can deliver for ``amount_in`` when it would deliver ``amount_out`` for
+    the whole of it but owes the protocol fee out of it: the output scaled by the share of the
+    input it keeps, floored (never more than the provider's own price)."""
+    return amount_out * (amount_in - protocol_fee(amount_in, fee_bps)) // amount_in
 
 
 def split_asset(asset: str) -> tuple[str, str | None]:
@@ -120,7 +142,7 @@ def build_settlement_order(
         relays=tuple(relays),
         quotes=quotes,
         protocol_fee_bps=protocol_fee_bps,
-        protocol_fee=quote.amount_in * protocol_fee_bps // 10_000,
+        protocol_fee=protocol_fee(quote.amount_in, protocol_fee_bps),
     )
 
 
@@ -139,7 +161,9 @@ def check_order(
     max_protocol_fee_bps: int,
 ) -> None:
     """What a party checks before co-signing: the order is for this claim and fulfil, this
-    node is in it in the right role, and (for the provider) the legs match its own quote."""
+    node is in it in the right role, its protocol fee follows the ledger's rule, and (for the
+    provider) the legs match its own quote. A provider passes the fee rate it quoted with as
+    ``max_protocol_fee_bps``: a higher rate would take more of its input than it priced in."""
     if order.order_id != order_id_for(claim_id, fulfil_id):
         raise BadMessage("order: order_id does not belong to this claim and fulfil")
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
@@ -147,6 +171,11 @@ def check_order(
     if order.protocol_fee_bps > max_protocol_fee_bps:
         raise BadMessage(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
     out, back = order.legs
+    if order.protocol_fee != protocol_fee(out.amount, order.protocol_fee_bps):
+        raise BadMessage(
+            f"order: protocol_fee {order.protocol_fee} does not follow the rule "
+            f"({out.amount} * {order.protocol_fee_bps} // {BPS})"
+        )
     if out.asset != have or back.asset != want:
         raise BadMessage(f"order: legs move {out.asset}/{back.asset}, claim was {have}/{want}")
     if out.sender != back.recipient or out.recipient != back.sender:
