@@ -43,7 +43,8 @@ from kofo.exchange.transport import (
     node_id_of,
     tls_identity,
 )
-from kofo.wire.exchange import Frame, verify_ed25519
+from kofo.wire.envelope import verify_ed25519
+from kofo.wire.exchange import Frame
 
 NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 PROLOGUE = b"KOFO/noise-bench/v1"

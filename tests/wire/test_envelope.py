@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kofo.wire.codec import EncodingError, decode, encode
 from kofo.wire.envelope import (
+    DOMAIN,
     BadMessage,
     BadSignature,
+    Envelope,
     ReplayedMessage,
     ReplayGuard,
+    SignedMessage,
+    check_signature,
     open_message,
+    read_message,
     sign,
+    verify_ed25519,
 )
 
 # A fixed key and nonce make the bytes reproducible: these are the test vectors in
@@ -120,3 +127,86 @@ EXPECTED_VECTOR_HEX = (
     "9588515e6e355991313a1234dcfa1660f38630f9f6d7443e9030e995e4b91e420c61446df7ca4f94fdacbce647"
     "76cd03157f56e767d30e"
 )
+
+
+def _reference_open(raw):
+    """The straightforward reading of the spec: decode, check the shape, re-encode the envelope,
+    verify with OpenSSL. open_message slices the signed bytes out of the message instead."""
+    outer = decode(raw)
+    if not isinstance(outer, dict) or set(outer) != {"env", "sig"}:
+        raise BadMessage("shape")
+    env = outer["env"]
+    if not isinstance(env, dict) or set(env) != {"v", "type", "sender", "nonce", "ts", "body"}:
+        raise BadMessage("shape")
+    kinds = {"v": int, "type": str, "sender": bytes, "nonce": bytes, "ts": int, "body": dict}
+    for name, kind in kinds.items():
+        if not isinstance(env[name], kind) or (kind is int and isinstance(env[name], bool)):
+            raise BadMessage(name)
+    if env["v"] != 1 or len(env["sender"]) != 32 or len(env["nonce"]) != 16:
+        raise BadMessage("field")
+    sig = outer["sig"]
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        raise BadMessage("sig")
+    try:
+        Ed25519PublicKey.from_public_bytes(env["sender"]).verify(sig, DOMAIN + encode(env))
+    except (InvalidSignature, ValueError):
+        raise BadSignature("sig") from None
+    return SignedMessage(
+        Envelope(env["type"], env["body"], env["sender"], env["nonce"], env["ts"], env["v"]), sig
+    )
+
+
+def _outcome(fn, raw):
+    try:
+        return ("ok", fn(raw))
+    except (BadMessage, BadSignature, EncodingError) as exc:
+        return ("error", type(exc))
+
+
+_ENV_FIELDS = ["v", "type", "sender", "nonce", "ts", "body"]
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(st.text(max_size=8), wire_values, max_size=4),
+    st.sampled_from(["flip", "truncate", "replace_env", "replace_sig", "none"]),
+    st.integers(0, 10_000),
+    st.sampled_from(_ENV_FIELDS),
+    wire_values,
+)
+def test_open_message_agrees_with_the_reference_reading_on_any_mutation(
+    body, how, pos, field, value
+):
+    msg = sign(Ed25519PrivateKey.generate(), "offer", body)
+    raw = msg.to_bytes()
+    if how == "flip":
+        b = bytearray(raw)
+        b[pos % len(b)] ^= 1 << (pos % 8)
+        raw = bytes(b)
+    elif how == "truncate":
+        raw = raw[: pos % len(raw)]
+    elif how == "replace_env":
+        raw = encode({"env": {**msg.envelope.as_map(), field: value}, "sig": msg.signature})
+    elif how == "replace_sig":
+        raw = encode({"env": msg.envelope.as_map(), "sig": value})
+    assert _outcome(open_message, raw) == _outcome(_reference_open, raw)
+
+
+def test_reading_a_message_checks_everything_but_the_signature():
+    msg = sign(Ed25519PrivateKey.generate(), "offer", {"a": 1})
+    raw = bytearray(msg.to_bytes())
+    raw[-1] ^= 1  # only the signature changes
+    assert read_message(bytes(raw)) == SignedMessage(msg.envelope, bytes(raw[-64:]))
+    with pytest.raises(BadSignature):
+        check_signature(msg.envelope.sender, bytes(raw))
+
+
+def test_identity_key_universal_forgery_is_refused():
+    # The identity point as public key with R = identity and S = 0 satisfies the Ed25519
+    # equation for every message; OpenSSL accepts it, libsodium refuses small-order keys.
+    identity = bytes([1]) + bytes(31)
+    assert not verify_ed25519(identity, identity + bytes(32), b"any message")
+    env = Envelope("offer", {}, identity, bytes(16), 1)
+    raw = encode({"env": env.as_map(), "sig": identity + bytes(32)})
+    with pytest.raises(BadSignature):
+        open_message(raw)

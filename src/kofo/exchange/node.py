@@ -41,7 +41,7 @@ from kofo.exchange.transport import (
     tls_identity,
 )
 from kofo.wire.codec import EncodingError, decode, encode
-from kofo.wire.envelope import BadMessage, BadSignature, sign
+from kofo.wire.envelope import BadMessage, BadSignature, sign, verify_ed25519
 from kofo.wire.exchange import (
     MAX_CLAIM_HORIZON_MS,
     MAX_HOPS,
@@ -71,7 +71,6 @@ from kofo.wire.exchange import (
     read_offer,
     sign_fee,
     sign_hop,
-    verify_ed25519,
     verify_fulfil,
     verify_path,
 )

@@ -39,8 +39,8 @@ from cryptography.x509.oid import NameOID
 from kofo.errors import KofoError
 from kofo.exchange.frames import FrameDecoder, FrameTooLarge, encode_frame
 from kofo.wire.codec import encode
-from kofo.wire.envelope import BadMessage
-from kofo.wire.exchange import Frame, verify_ed25519
+from kofo.wire.envelope import BadMessage, verify_ed25519
+from kofo.wire.exchange import Frame
 
 log = logging.getLogger("kofo.exchange.transport")
 

@@ -27,19 +27,17 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-import nacl.bindings
-import nacl.exceptions
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.wire.codec import EncodingError, decode, encode
 from kofo.wire.envelope import (
-    DOMAIN,
-    PROTOCOL_VERSION,
     BadMessage,
     BadSignature,
-    Envelope,
-    SignedMessage,
+    check_signature,
+    open_message,
+    read_message,
     sign,
+    verify_ed25519,
 )
 
 FRAME_VERSION = 1
@@ -116,88 +114,6 @@ def _exact_keys(m: Any, keys: set[str], where: str) -> dict[str, Any]:
 
 def digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def verify_ed25519(pub: bytes, sig: bytes, data: bytes) -> bool:
-    """Ed25519 verification by libsodium (PyNaCl).
-
-    Why not ``cryptography`` (OpenSSL), which signs everywhere else: on this machine OpenSSL's
-    Ed25519 verify takes ~110 us and libsodium's ~55 us, and verification is most of what an
-    exchange node does per offer, claim hop and fee (docs/exchange.md, "Receive path").
-    libsodium is the stricter of the two: besides the same cofactorless equation and the
-    ``S < L`` check it refuses small-order and non-canonical keys and ``R`` values, which no
-    honest signer produces, so whatever it accepts OpenSSL (the ledger) accepts as well.
-    """
-    # The binding takes raw pointers: wrong lengths must never reach it.
-    if len(pub) != 32 or len(sig) != 64:
-        return False
-    try:
-        nacl.bindings.crypto_sign_open(sig + data, pub)
-    except nacl.exceptions.BadSignatureError:
-        return False
-    return True
-
-
-# A signed message is the canonical CBOR map {"env": envelope, "sig": 64 bytes}. Canonical map
-# keys sort by their encoded bytes ("env" before "sig"), so the message is always
-# ``A2 63 'env' <envelope> 63 'sig' 58 40 <signature>`` and the envelope's canonical encoding,
-# which is what was signed, is a slice of it: no second encode to verify.
-_SIGNED_HEAD = b"\xa2cenv"
-_SIGNED_SIG = b"csig\x58\x40"
-_ENV_KEYS = frozenset({"v", "type", "sender", "nonce", "ts", "body"})
-
-
-def _env_field(m: dict[str, Any], name: str, kind: type, size: int | None = None) -> Any:
-    value = m[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadMessage(f"envelope field {name!r} must be {kind.__name__}")
-    if size is not None and isinstance(value, bytes) and len(value) != size:
-        raise BadMessage(f"envelope field {name!r} must be {size} bytes, got {len(value)}")
-    return value
-
-
-def read_signed(raw: bytes) -> SignedMessage:
-    """Parse a signed message with every check of :func:`kofo.wire.envelope.open_message`
-    except the signature (see :func:`check_signed`), so a receiver can drop stale or duplicate
-    messages before paying for a verification. Property-tested to agree with ``open_message``."""
-    outer = decode(raw)
-    if not isinstance(outer, dict) or set(outer) != {"env", "sig"}:
-        raise BadMessage("a signed message is a map with exactly 'env' and 'sig'")
-    m = outer["env"]
-    if not isinstance(m, dict) or set(m) != _ENV_KEYS:
-        raise BadMessage("envelope must have exactly v, type, sender, nonce, ts, body")
-    v = _env_field(m, "v", int)
-    if v != PROTOCOL_VERSION:
-        raise BadMessage(f"unsupported protocol version {v} (this node speaks {PROTOCOL_VERSION})")
-    env = Envelope(
-        type=_env_field(m, "type", str),
-        body=_env_field(m, "body", dict),
-        sender=_env_field(m, "sender", bytes, 32),
-        nonce=_env_field(m, "nonce", bytes, 16),
-        ts=_env_field(m, "ts", int),
-        v=v,
-    )
-    sig = outer["sig"]
-    if not isinstance(sig, bytes) or len(sig) != 64:
-        raise BadMessage("signature must be 64 bytes")
-    return SignedMessage(env, sig)
-
-
-def check_signed(sender: bytes, raw: bytes) -> None:
-    """Verify the signature of ``raw``, a message :func:`read_signed` accepted (so canonical),
-    against ``sender``; raise :class:`BadSignature` if it does not verify."""
-    if raw[:5] != _SIGNED_HEAD or raw[-70:-64] != _SIGNED_SIG:
-        # Unreachable for canonical input; refuse rather than verify the wrong bytes.
-        raise BadMessage("signed message is not in canonical layout")
-    if not verify_ed25519(sender, raw[-64:], DOMAIN + raw[5:-70]):
-        raise BadSignature(f"signature does not verify for sender {sender.hex()}")
-
-
-def open_signed(raw: bytes) -> SignedMessage:
-    """:func:`kofo.wire.envelope.open_message` with one decode and no re-encode."""
-    msg = read_signed(raw)
-    check_signed(msg.envelope.sender, raw)
-    return msg
 
 
 # --------------------------------------------------------------------------- frames
@@ -337,14 +253,14 @@ def make_offer(key: Ed25519PrivateKey, offer: Offer) -> SignedOffer:
 def read_offer(raw: bytes) -> SignedOffer:
     """Parse and schema-check an offer *without* its signature: only for deciding to drop it
     early; call :func:`check_offer` before believing it."""
-    msg = read_signed(raw)
+    msg = read_message(raw)
     if msg.envelope.type != MSG_OFFER:
         raise BadMessage(f"offer: envelope type is {msg.envelope.type!r}")
     return SignedOffer(msg.envelope.sender, Offer.from_body(msg.envelope.body), raw)
 
 
 def check_offer(so: SignedOffer) -> None:
-    check_signed(so.maker, so.raw)
+    check_signature(so.maker, so.raw)
 
 
 def open_offer(raw: bytes) -> SignedOffer:
@@ -432,7 +348,7 @@ def make_claim(ephemeral: Ed25519PrivateKey, claim: Claim) -> SignedClaim:
 
 
 def open_claim(raw: bytes) -> SignedClaim:
-    msg = open_signed(raw)
+    msg = open_message(raw)
     if msg.envelope.type != MSG_CLAIM:
         raise BadMessage(f"claim: envelope type is {msg.envelope.type!r}")
     claim = Claim.from_body(msg.envelope.body)
@@ -554,7 +470,7 @@ def make_fulfil(ephemeral: Ed25519PrivateKey, fulfil: Fulfil) -> SignedFulfil:
 
 
 def open_fulfil(raw: bytes) -> SignedFulfil:
-    msg = open_signed(raw)
+    msg = open_message(raw)
     if msg.envelope.type != MSG_FULFIL:
         raise BadMessage(f"fulfil: envelope type is {msg.envelope.type!r}")
     return SignedFulfil(msg.envelope.sender, Fulfil.from_body(msg.envelope.body), raw)
@@ -674,7 +590,7 @@ class Accept:
 
 def open_accept(raw: bytes, initiator_eph: bytes) -> Accept:
     """An accept must be signed by the claim's position-0 key: only the initiator can choose."""
-    msg = open_signed(raw)
+    msg = open_message(raw)
     if msg.envelope.type != MSG_ACCEPT or msg.envelope.sender != initiator_eph:
         raise BadSignature("accept: not signed by the claim's initiator key")
     return Accept.from_body(msg.envelope.body)
