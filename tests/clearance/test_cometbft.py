@@ -30,6 +30,12 @@ def _fresh_order(route, relays=()):
     return make_order(route, relays=list(relays), t0=_now())
 
 
+def _port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait(pred, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -46,21 +52,28 @@ def test_single_cometbft_node_commits_orders_and_check_tx_rejects_bad_ones(tmp_p
     genesis["app_state"] = {"params": ledger_params().as_map()}
     genesis_path.write_text(json.dumps(genesis))
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kofo.clearance.abci.server",
-            "--db",
-            str(tmp_path / "l.db"),
-            "--addr",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = tmp_path / "abci.log"
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kofo.clearance.abci.server",
+                "--db",
+                str(tmp_path / "l.db"),
+                "--addr",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def listening():
+        assert server.poll() is None, f"ABCI server exited:\n{log_path.read_text()[-2000:]}"
+        return _port_open(port)
+
     try:
-        _wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, what="abci server")
+        _wait(listening, what="abci server")
         with start_comet(home, f"tcp://127.0.0.1:{port}") as node:
             alice, m1, m2 = (Party.make(i) for i in range(3))
             for p in (alice, m1, m2):
@@ -76,7 +89,11 @@ def test_single_cometbft_node_commits_orders_and_check_tx_rejects_bad_ones(tmp_p
             assert "signature" in check["log"]
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def test_four_validators_commit_survive_a_crash_and_the_restarted_one_catches_up(tmp_path):

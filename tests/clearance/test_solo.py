@@ -62,3 +62,27 @@ def test_replaying_the_same_blocks_gives_the_same_app_hash(tmp_path):
     for b in blocks:
         different.apply_block(Block(b.height, b.time + 1, b.txs))
     assert different.app_hash != app.app_hash  # block time is part of the state
+
+
+def test_submit_many_admits_the_same_txs_in_order_and_reaches_the_same_state(tmp_path):
+    txs = _workload()
+    bad = [b"garbage", txs[5][:-1] + bytes([txs[5][-1] ^ 1])]  # undecodable; forged signature
+    batch = [*txs[:5], *bad, *txs[5:]]
+
+    def chain_at(path):
+        ticks = iter(range(T0, T0 + 1_000))
+        app = LedgerApp(MerkleStore(path), ledger_params())
+        return SoloChain(app, clock=lambda: next(ticks))
+
+    one = chain_at(tmp_path / "one.db")
+    one_results = [one.submit(tx) for tx in batch]
+    many = chain_at(tmp_path / "many.db")
+    many_results = many.submit_many(batch)
+    many.close()
+
+    assert [r.code for r in many_results] == [r.code for r in one_results]
+    assert [r.ok for r in many_results] == [True] * 5 + [False, False] + [True] * (len(txs) - 5)
+    assert many.pending == len(txs)
+    blocks_one, blocks_many = one.drain(), many.drain()
+    assert all(r.ok for b in blocks_many for r in b.results)
+    assert [b.app_hash for b in blocks_many] == [b.app_hash for b in blocks_one]

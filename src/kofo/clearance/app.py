@@ -14,6 +14,7 @@ it with a non-zero code) and changes nothing.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from kofo.settlement.chain import UnixTime
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.orders import (
+    ORDER_DOMAIN,
     CommitOrder,
     EvidenceKind,
     FileEvidence,
@@ -160,7 +162,30 @@ def _node_key(node: bytes) -> bytes:
 
 
 def _order_key(order_id: bytes) -> bytes:
+    # The order itself, as its canonical bytes: written once, never rewritten.
     return b"order/" + order_id
+
+
+def _order_state_key(order_id: bytes) -> bytes:
+    # What changes after commit (status, per-leg outcomes), kept apart so that an outcome
+    # report rewrites a hundred bytes, not the whole order.
+    return b"order_state/" + order_id
+
+
+def _order_bytes(tx: CommitOrder) -> bytes:
+    # The bytes the parties signed, minus the domain prefix, are the order's canonical CBOR;
+    # reusing them saves re-encoding a 1-2 KB map per order.
+    if tx.signed_bytes is not None:
+        return tx.signed_bytes[len(ORDER_DOMAIN) :]
+    return encode(tx.order.as_map())
+
+
+def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str, Any]]:
+    raw = view.get(_order_key(order_id))
+    state = view.get_map(_order_state_key(order_id))
+    if raw is None or state is None:
+        raise NotFound(f"order {order_id.hex()} is not committed")
+    return SettlementOrder.from_map(_dec(raw)), state
 
 
 def _bal_key(node: bytes, asset: str) -> bytes:
@@ -176,6 +201,11 @@ def _int_get(view: _View, key: bytes) -> int:
     return 0 if raw is None else int(_dec(raw))
 
 
+def _int_get_store(store: MerkleStore, key: bytes) -> int:
+    raw = store.get(key)
+    return 0 if raw is None else int(_dec(raw))
+
+
 def _int_add(view: _View, key: bytes, amount: int) -> None:
     view.set(key, _enc(_int_get(view, key) + amount))
 
@@ -186,6 +216,9 @@ class LedgerApp:
     def __init__(self, store: MerkleStore, params: LedgerParams | None = None) -> None:
         self.store = store
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody]] = OrderedDict()
+        # check_tx may run on several threads at once (the solo node's API, a pool verifying
+        # signatures while the GIL is released); only the cache is shared between them.
+        self._verified_lock = threading.Lock()
         self._pending_block: Block | None = None
         raw = store.get(_K_PARAMS)
         if raw is None:
@@ -239,8 +272,12 @@ class LedgerApp:
         return TxResult()
 
     def _decode_verified(self, raw: bytes) -> tuple[Envelope, TxBody]:
+        # Keyed by the hash of the exact bytes: the same bytes always decode and verify the
+        # same way, so a hit gives the result a fresh check would, and only txs that passed
+        # every stateless check (signatures included) are ever stored.
         digest = hashlib.sha256(raw).digest()
-        hit = self._verified.get(digest)
+        with self._verified_lock:
+            hit = self._verified.get(digest)
         if hit is not None:
             return hit
         msg = open_message(raw)
@@ -248,9 +285,10 @@ class LedgerApp:
         if isinstance(body, CommitOrder):
             body.verify_signatures()
         result = (msg.envelope, body)
-        self._verified[digest] = result
-        if len(self._verified) > _VERIFIED_CACHE:
-            self._verified.popitem(last=False)
+        with self._verified_lock:
+            self._verified[digest] = result
+            if len(self._verified) > _VERIFIED_CACHE:
+                self._verified.popitem(last=False)
         return result
 
     # -- blocks --------------------------------------------------------------------------------
@@ -263,9 +301,16 @@ class LedgerApp:
                 f"block height {block.height} does not follow committed height {self.store.height}",
                 code="config_error",
             )
+        # The successful-tx counter lives in state but is read and written once per block: the
+        # value after the block is the same as counting tx by tx, without a store write each.
+        count = before = _int_get_store(self.store, _K_TXCOUNT)
         results = []
         for raw in block.txs:
-            results.append(self._deliver(raw, block))
+            result = self._deliver(raw, block, count)
+            count += result.ok
+            results.append(result)
+        if count != before:
+            self.store.set(_K_TXCOUNT, _enc(count))
         last = {"height": block.height, "time": block.time}
         self.store.set(_K_LAST, _enc(last))
         self._pending_block = block
@@ -284,19 +329,18 @@ class LedgerApp:
         self.commit()
         return result
 
-    def _deliver(self, raw: bytes, block: Block) -> TxResult:
+    def _deliver(self, raw: bytes, block: Block, count: int) -> TxResult:
+        """Apply one tx; ``count`` is the number of successful txs before it."""
         ctx = _Ctx(block.height, block.time)
         view = _View(self.store)
         try:
             env, body = self._decode_verified(raw)
             self._apply(view, ctx, env.sender, body)
-            count = _int_get(view, _K_TXCOUNT)
             if count < self._params.early_tx_limit:
                 sender = view.get_map(_node_key(env.sender))
                 if sender is not None:
                     sender["points"] += self._params.early_points_per_tx
                     view.set_map(_node_key(env.sender), sender)
-            view.set(_K_TXCOUNT, _enc(count + 1))
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         view.flush()
@@ -365,14 +409,16 @@ class LedgerApp:
         if view.get(_order_key(order.order_id)) is not None:
             raise AlreadyExists(f"order {order.order_id.hex()} is already committed")
         self._check_route(order, ctx)
-        nodes = {p: self._node(view, p, "order party") for p in parties}
-        self._check_fees(view, order, nodes)
+        for p in parties:  # existence only: decoding four node records is wasted work here
+            if view.get(_node_key(p)) is None:
+                raise UnknownNode(f"order party {p.hex()} is not a registered node")
+        self._check_fees(view, order)
         for q in order.quotes:
             view.set(b"quote_used/" + q.quote_id, order.order_id)
+        view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
-            _order_key(order.order_id),
+            _order_state_key(order.order_id),
             {
-                "order": order.as_map(),
                 "status": "committed",
                 "height": ctx.height,
                 "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
@@ -422,9 +468,7 @@ class LedgerApp:
                 f"order {oid}: block time {ctx.time} is past legs[0].lock_by {legs[0].lock_by}"
             )
 
-    def _check_fees(
-        self, view: _View, order: SettlementOrder, nodes: dict[bytes, dict[str, Any]]
-    ) -> None:
+    def _check_fees(self, view: _View, order: SettlementOrder) -> None:
         oid = order.order_id.hex()
         if order.kind is OrderKind.DIRECT:
             if len(order.legs) != 2 or order.relays or order.quotes:
@@ -465,7 +509,8 @@ class LedgerApp:
             if view.get(b"quote_used/" + q.quote_id) is not None:
                 raise AlreadyExists(f"quote {q.quote_id.hex()} was already used by an order")
             if q.fee_ct is not None:
-                n = privacy.from_bytes(nodes[q.node]["paillier_n"])
+                node = self._node(view, q.node, "quote node")
+                n = privacy.from_bytes(node["paillier_n"])
                 privacy.check_ciphertext(n, q.fee_ct, f"quote {q.quote_id.hex()} fee_ct")
 
     # -- ReportLegOutcome ----------------------------------------------------------------------
@@ -478,10 +523,7 @@ class LedgerApp:
     }
 
     def _report(self, view: _View, ctx: _Ctx, sender: bytes, tx: ReportOutcome) -> None:
-        rec = view.get_map(_order_key(tx.order_id))
-        if rec is None:
-            raise NotFound(f"order {tx.order_id.hex()} is not committed")
-        order = SettlementOrder.from_map(rec["order"])
+        order, rec = _load_order(view, tx.order_id)
         if tx.leg >= len(order.legs):
             raise OutcomeInvalid(f"leg {tx.leg} does not exist (order has {len(order.legs)})")
         route = [order.initiator, *order.intermediaries()]
@@ -510,7 +552,7 @@ class LedgerApp:
             elif tx.outcome is LegOutcome.REFUNDED:
                 rec["status"] = "failed"
                 self._fail(view, ctx, order)
-        view.set_map(_order_key(tx.order_id), rec)
+        view.set_map(_order_state_key(tx.order_id), rec)
 
     def _bump_stats(
         self, view: _View, ctx: _Ctx, node: bytes, *, settled: bool, volume: int
@@ -574,10 +616,7 @@ class LedgerApp:
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
             assert tx.order_id is not None and tx.leg is not None  # guaranteed by the parser
             eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
-            rec = view.get_map(_order_key(tx.order_id))
-            if rec is None:
-                raise NotFound(f"order {tx.order_id.hex()} is not committed")
-            order = SettlementOrder.from_map(rec["order"])
+            order, rec = _load_order(view, tx.order_id)
             if tx.leg >= len(order.legs):
                 raise EvidenceInvalid(f"leg {tx.leg} does not exist")
             if not reporter["monitor"] and sender not in order.parties():
@@ -669,8 +708,12 @@ class LedgerApp:
         return None if raw is None else dict(decode(raw))
 
     def order(self, order_id: bytes) -> dict[str, Any] | None:
+        """``{"order": <the order's map>, "status", "height", "legs"}``, or None."""
         raw = self.store.get(_order_key(order_id))
-        return None if raw is None else dict(decode(raw))
+        state = self.store.get(_order_state_key(order_id))
+        if raw is None or state is None:
+            return None
+        return {"order": decode(raw), **decode(state)}
 
     def balance_ciphertext(self, node: bytes, asset: str) -> bytes | None:
         """The node's withdrawable fee balance in ``asset`` (Paillier, under its key)."""

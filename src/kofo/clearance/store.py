@@ -65,8 +65,8 @@ class MerkleStore:
         )
         self._data: dict[bytes, bytes] = {}
         self._buckets: list[dict[bytes, bytes]] = [{} for _ in range(_N_BUCKETS)]
-        self._dirty_keys: set[bytes] = set()
-        self._dirty_buckets: set[int] = set()
+        self._dirty_keys: set[bytes] = set()  # changed since the last commit (to persist)
+        self._unhashed: set[bytes] = set()  # changed since the last root() (to rehash)
         # levels[0] are bucket hashes, levels[-1] == [root]
         self._levels: list[list[bytes]] = []
         for key, value in self._db.execute("SELECT key, value FROM kv"):
@@ -110,23 +110,22 @@ class MerkleStore:
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
+    # Hashing waits for root(): a key written several times in a block (a node's record is
+    # touched by each of its orders) is hashed once, with its final value.
+
     def set(self, key: bytes, value: bytes) -> None:
         if self._data.get(key) == value:
             return
         self._data[key] = value
-        b = _bucket_of(key)
-        self._buckets[b][key] = _leaf_hash(key, value)
         self._dirty_keys.add(key)
-        self._dirty_buckets.add(b)
+        self._unhashed.add(key)
 
     def delete(self, key: bytes) -> None:
         if key not in self._data:
             return
         del self._data[key]
-        b = _bucket_of(key)
-        del self._buckets[b][key]
         self._dirty_keys.add(key)
-        self._dirty_buckets.add(b)
+        self._unhashed.add(key)
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) under ``prefix``, in key order (a full pass: for queries)."""
@@ -137,8 +136,17 @@ class MerkleStore:
 
     def root(self) -> bytes:
         """The app hash of the current contents (including writes not yet committed)."""
-        if self._dirty_buckets:
-            dirty = self._dirty_buckets
+        if self._unhashed:
+            dirty: set[int] = set()
+            for key in self._unhashed:
+                b = _bucket_of(key)
+                value = self._data.get(key)
+                if value is None:
+                    self._buckets[b].pop(key, None)
+                else:
+                    self._buckets[b][key] = _leaf_hash(key, value)
+                dirty.add(b)
+            self._unhashed = set()
             for b in dirty:
                 self._levels[0][b] = self._hash_bucket(b)
             for depth in range(1, len(self._levels)):
@@ -148,24 +156,27 @@ class MerkleStore:
                     self._levels[depth][i] = hashlib.sha256(
                         b"\x01" + below[2 * i] + below[2 * i + 1]
                     ).digest()
-            self._dirty_buckets = set()
         return self._levels[-1][0]
 
     def commit(self, height: int, block: bytes | None = None) -> bytes:
         """Persist every change since the last commit as block ``height``; returns the app
         hash. ``block`` (the encoded block) is kept for replays."""
         app_hash = self.root()
+        upserts: list[tuple[bytes, bytes]] = []
+        deletes: list[tuple[bytes]] = []
+        for key in self._dirty_keys:
+            value = self._data.get(key)
+            if value is None:
+                deletes.append((key,))
+            else:
+                upserts.append((key, value))
         with self._db:
-            for key in self._dirty_keys:
-                value = self._data.get(key)
-                if value is None:
-                    self._db.execute("DELETE FROM kv WHERE key=?", (key,))
-                else:
-                    self._db.execute(
-                        "INSERT INTO kv(key, value) VALUES(?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                        (key, value),
-                    )
+            self._db.executemany("DELETE FROM kv WHERE key=?", deletes)
+            self._db.executemany(
+                "INSERT INTO kv(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                upserts,
+            )
             self._db.execute(
                 "INSERT OR REPLACE INTO meta(name, value) VALUES('height', ?)",
                 (height.to_bytes(8, "big"),),

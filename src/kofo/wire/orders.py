@@ -78,7 +78,9 @@ class EvidenceKind(enum.StrEnum):
 
 
 def _get(m: Mapping[str, Any], name: str, where: str) -> Any:
-    if not isinstance(m, Mapping):
+    # ``type(m) is dict`` first: decoded CBOR maps are plain dicts, and the ABC check behind
+    # ``isinstance(m, Mapping)`` is the single costliest step of parsing an order.
+    if type(m) is not dict and not isinstance(m, Mapping):
         raise BadMessage(f"{where} must be a map")
     if name not in m:
         raise BadMessage(f"{where}.{name} is missing")
@@ -135,7 +137,7 @@ def _list(m: Mapping[str, Any], name: str, where: str, max_len: int) -> list[Any
 
 
 def _exact_keys(m: Mapping[str, Any], keys: set[str], where: str) -> None:
-    if not isinstance(m, Mapping) or set(m) != keys:
+    if (type(m) is not dict and not isinstance(m, Mapping)) or m.keys() != keys:
         got = sorted(m) if isinstance(m, Mapping) else type(m).__name__
         raise BadMessage(f"{where} must have exactly the fields {sorted(keys)}, got {got}")
 
