@@ -40,9 +40,9 @@ from kofo.clearance.importance import NodeStats, decay, rank_routes, score
 from kofo.clearance.params import FOUNDATION, LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
-from kofo.settlement.chain import UnixTime
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
+from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import (
     ORDER_DOMAIN,
     CommitOrder,

@@ -17,45 +17,29 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from kofo.errors import InvalidInput
+from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+
+__all__ = [
+    "PREIMAGE_SIZE",
+    "BlockHeight",
+    "BlockInfo",
+    "ChainAdapter",
+    "Expiry",
+    "FeeEstimate",
+    "HtlcRef",
+    "HtlcState",
+    "HtlcStatus",
+    "HtlcTerms",
+    "SignedTx",
+    "TxKind",
+    "UnixTime",
+    "check_payment_hash",
+    "check_preimage",
+]
 
 PREIMAGE_SIZE = 32
 """Every chain checks the preimage is exactly 32 bytes (Bitcoin: ``OP_SIZE 32``; Ethereum: the
 ``bytes32`` argument), so a secret valid on one chain is valid on every other one."""
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class BlockHeight:
-    """An absolute expiry or chain time counted in blocks."""
-
-    value: int
-
-    def __post_init__(self) -> None:
-        _check_nonneg("block height", self.value)
-
-    def __str__(self) -> str:
-        return f"height {self.value}"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class UnixTime:
-    """An absolute expiry or chain time in seconds since the epoch (block timestamp / MTP)."""
-
-    value: int
-
-    def __post_init__(self) -> None:
-        _check_nonneg("unix time", self.value)
-
-    def __str__(self) -> str:
-        return f"unix {self.value}"
-
-
-Expiry = BlockHeight | UnixTime
-"""When a refund becomes possible. Its unit is in its type: never compare across units."""
-
-
-def _check_nonneg(what: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(f"{what} must be a non-negative integer, got {value!r}")
 
 
 def check_payment_hash(payment_hash: bytes) -> bytes:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kofo.settlement.chain import BlockHeight, Expiry, UnixTime
+from kofo.wire import envelope
 from kofo.wire.codec import encode
 from kofo.wire.envelope import BadMessage, BadSignature, SignedMessage, public_key_bytes, sign
+from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 
 ORDER_DOMAIN = b"KOFO/order/v1\x00"
 """Prefix of what every route party signs, so an order signature is never valid for anything
@@ -382,10 +382,10 @@ class OrderSignature:
 
 
 def verify_ed25519(signer: bytes, signature: bytes, message: bytes, what: str) -> None:
-    try:
-        Ed25519PublicKey.from_public_bytes(signer).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        raise BadSignature(f"{what}: signature does not verify for {signer.hex()}") from None
+    """Raise :class:`BadSignature` unless ``signature`` verifies (strictly, see
+    :func:`kofo.wire.envelope.verify_ed25519`)."""
+    if not envelope.verify_ed25519(signer, signature, message):
+        raise BadSignature(f"{what}: signature does not verify for {signer.hex()}")
 
 
 # ---------------------------------------------------------------------------------------------
