@@ -14,6 +14,7 @@ from rich.table import Table
 
 from kofo import __version__
 from kofo.errors import KofoError
+from kofo.settlement.journal import Journal
 
 app = typer.Typer(help="KOFO: trustless cross-chain swaps.", no_args_is_help=True)
 console = Console()
@@ -101,3 +102,87 @@ def wallet_show(
     except KofoError as exc:
         raise _fail(exc) from None
     console.print(table)
+
+
+swap_app = typer.Typer(help="Swaps in this node's journal.", no_args_is_help=True)
+app.add_typer(swap_app, name="swap")
+
+_JOURNAL_OPTION = typer.Option(
+    None, "--journal", "-j", envvar="KOFO_JOURNAL", help="swap journal (SQLite file)"
+)
+
+
+def _open_journal(path: str | None) -> Journal:
+    from pathlib import Path
+
+    journal_path = Path(path) if path else Path.home() / ".kofo" / "swaps.sqlite"
+    if not journal_path.exists():
+        console.print(f"[bold red]error[/] no swap journal at {journal_path}")
+        raise typer.Exit(1)
+    return Journal(journal_path)
+
+
+@swap_app.command("list")
+def swap_list(journal: str | None = _JOURNAL_OPTION) -> None:
+    """Every swap with its role, legs and current state."""
+    from rich.table import Table
+
+    j = _open_journal(journal)
+    table = Table(title=f"swaps in {j.path}")
+    for col in ("id", "role", "state", "gives", "gets", "updated"):
+        table.add_column(col)
+    import time as _time
+
+    for s in j.swaps():
+        a, b = s.terms.initiator_leg, s.terms.participant_leg
+        give, get = (a, b) if s.role.value == "initiator" else (b, a)
+        table.add_row(
+            s.swap_id.hex()[:12],
+            s.role.value,
+            s.state.value,
+            f"{give.amount} {give.token or give.chain}",
+            f"{get.amount} {get.token or get.chain}",
+            _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(s.updated_at)),
+        )
+    console.print(table)
+
+
+@swap_app.command("show")
+def swap_show(swap_id: str, journal: str | None = _JOURNAL_OPTION) -> None:
+    """One swap: terms, deadlines, every event, its transactions and any evidence."""
+    import time as _time
+
+    from kofo.errors import KofoError as _KofoError
+
+    j = _open_journal(journal)
+    try:
+        s = j.find(swap_id)
+    except _KofoError as exc:
+        console.print(f"[bold red]error[/] {exc}")
+        raise typer.Exit(1) from None
+    t = s.terms
+    console.print(f"[bold]swap {s.swap_id.hex()}[/]  role {s.role.value}  state {s.state.value}")
+    console.print(f"payment hash {t.payment_hash.hex()}")
+    for name, leg in (("initiator leg", t.initiator_leg), ("participant leg", t.participant_leg)):
+        console.print(
+            f"{name}: {leg.amount} {leg.token or leg.chain} on {leg.chain}, "
+            f"{leg.sender} -> {leg.recipient}, refundable at {leg.expiry}, "
+            f"{leg.confirmations} confirmation(s)"
+        )
+    console.print(
+        f"deadlines: initiator_lock_by {t.initiator_lock_by}, participant_lock_by "
+        f"{t.participant_lock_by}, initiator_redeem_by {t.initiator_redeem_by}"
+    )
+    console.print("[bold]events[/]")
+    for e in j.events(s.swap_id):
+        when = _time.strftime("%H:%M:%S", _time.localtime(e.at))
+        txids = ", ".join(e.payload.get("txids", []))
+        console.print(
+            f"  {e.seq:>3} {when} {e.state.value:<16} {e.payload.get('reason', '')}"
+            + (f"  tx {txids}" if txids else "")
+        )
+    for kind, chain, txid, at in j.all_txs(s.swap_id):
+        sent = "sent" if at is not None else "not sent"
+        console.print(f"  tx {kind.value:<8} {chain} {txid} ({sent})")
+    for ev in j.evidence(s.swap_id):
+        console.print(f"  [yellow]evidence[/] {ev.kind} {ev.code} {ev.detail}")

@@ -41,10 +41,30 @@ PAYMENT_HASH = hashlib.sha256(PREIMAGE).digest()
 def _order() -> od.SettlementOrder:
     a, b = public_key_bytes(ALICE), public_key_bytes(BOB)
     legs = (
-        od.Leg("btc", None, a, b, "02" + "aa" * 32, "03" + "bb" * 32, 100_000,
-               BlockHeight(900_144), TS + 86_400, TS + 600),
-        od.Leg("eth", None, b, a, "0x" + "bb" * 20, "0x" + "aa" * 20, 30 * 10**15,
-               UnixTime(TS + 43_200), TS + 43_200, TS + 1_200),
+        od.Leg(
+            "btc",
+            None,
+            a,
+            b,
+            "02" + "aa" * 32,
+            "03" + "bb" * 32,
+            100_000,
+            BlockHeight(900_144),
+            TS + 86_400,
+            TS + 600,
+        ),
+        od.Leg(
+            "eth",
+            None,
+            b,
+            a,
+            "0x" + "bb" * 20,
+            "0x" + "aa" * 20,
+            30 * 10**15,
+            UnixTime(TS + 43_200),
+            TS + 43_200,
+            TS + 1_200,
+        ),
     )
     return od.SettlementOrder(bytes(range(16)), od.OrderKind.DIRECT, PAYMENT_HASH, legs)
 

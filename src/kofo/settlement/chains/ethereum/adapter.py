@@ -350,12 +350,23 @@ class EthereumAdapter:
             terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
         )
 
+    def _lock_block(self, ref: HtlcRef) -> int:
+        """The block holding ``ref``'s lock (0 if unknown): where its redeem/refund logs start."""
+        try:
+            receipt = self.w3.eth.get_transaction_receipt(HexBytes(ref.lock_txid))
+        except TransactionNotFound:
+            return 0
+        return int(receipt["blockNumber"]) if receipt and receipt.get("blockNumber") else 0
+
     def status(self, ref: HtlcRef) -> HtlcStatus:
         sid = bytes(HexBytes(ref.locator))
         lock_conf = self.tx_confirmations(ref.lock_txid)
         if self.htlc.functions.swaps(sid).call():
             return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
-        for entry in self._logs("Redeemed", sid):
+        # A payout can only come after the lock: scanning from the lock's block (not from
+        # genesis) keeps each status check proportional to the swap's age, not the chain's.
+        since = self._lock_block(ref) if lock_conf else 0
+        for entry in self._logs("Redeemed", sid, since):
             txid = _hex(entry["transactionHash"])
             conf = self.tx_confirmations(txid)
             if conf:
@@ -366,7 +377,7 @@ class EthereumAdapter:
                     spend_confirmations=conf,
                     preimage=bytes(entry["args"]["preimage"]),
                 )
-        for entry in self._logs("Refunded", sid):
+        for entry in self._logs("Refunded", sid, since):
             txid = _hex(entry["transactionHash"])
             conf = self.tx_confirmations(txid)
             if conf:

@@ -1,0 +1,515 @@
+"""The swap engine: the thin shell around :func:`kofo.settlement.swap.next_action`.
+
+For each unfinished swap the engine reads the chains (facts), asks the pure state machine what to
+do, does it, and journals it. It never decides anything itself. Order of effects (the durability
+rule): a signed transaction is stored before it is broadcast, a transition is journaled after the
+effect it names, and every effect is idempotent, so a crash between any two lines is repaired by
+running the same step again after restart.
+
+Fault injection: ``KOFO_CRASH_AT=<point>`` makes the process SIGKILL itself when it reaches
+``<point>`` (see :data:`CRASH_POINTS`); ``KOFO_CRASH_LOG=<file>`` appends every point reached, so
+a test can enumerate the points a run actually passes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.errors import AuditFailed, ChainError, InvalidInput, KofoError
+from kofo.settlement.chain import (
+    ChainAdapter,
+    Expiry,
+    HtlcRef,
+    HtlcState,
+    HtlcTerms,
+    SignedTx,
+    TxKind,
+)
+from kofo.settlement.journal import EvidenceRecord, Journal, StoredSwap
+from kofo.settlement.swap import (
+    TERMINAL,
+    Action,
+    ActionKind,
+    ChainFacts,
+    EvidenceKind,
+    LegFacts,
+    Role,
+    State,
+    SwapRecord,
+    next_action,
+)
+from kofo.settlement.terms import (
+    ACCEPT_WINDOW_SECONDS,
+    ChainPolicy,
+    Leg,
+    SwapTerms,
+    TermsRefused,
+    check_terms_as_initiator,
+    check_terms_as_participant,
+    propose_terms,
+)
+from kofo.wire.envelope import public_key_bytes
+from kofo.wire.swap import (
+    Accept,
+    Cancel,
+    Error,
+    Locked,
+    Propose,
+    Redeemed,
+    Refunded,
+    SwapBody,
+    htlc_to_wire,
+    terms_digest,
+)
+
+log = logging.getLogger(__name__)
+
+_SIGNED_KINDS = (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND)
+CRASH_POINTS: tuple[str, ...] = (
+    *(f"enter:{s.value}" for s in State if s not in (State.PROPOSED, State.REJECTED)),
+    *(f"stored:{k.value}" for k in _SIGNED_KINDS),
+    *(f"before_broadcast:{k.value}" for k in _SIGNED_KINDS),
+    *(f"after_broadcast:{k.value}" for k in _SIGNED_KINDS),
+)
+"""Every named point where a crash is injectable: after each state transition is journaled,
+after each step's signed transactions are stored, and before/after each broadcast."""
+
+
+class CrashHook:
+    """SIGKILLs this process at a named point (tests only; inert unless configured)."""
+
+    def __init__(self, target: str | None = None, log_path: str | None = None) -> None:
+        self.target = target
+        self.log_path = log_path
+
+    @classmethod
+    def from_env(cls) -> CrashHook:
+        return cls(os.environ.get("KOFO_CRASH_AT") or None, os.environ.get("KOFO_CRASH_LOG"))
+
+    def hit(self, point: str) -> None:
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(point + "\n")
+        if point == self.target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class SwapUpdate:
+    """One state change, as published to subscribers."""
+
+    swap_id: bytes
+    role: Role
+    state: State
+    reason: str
+    txid: str | None = None
+    at: float = 0.0
+
+
+class SwapEngine:
+    """Drives one node's swaps. Thread-safe: one step at a time per engine."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        adapters: Mapping[str, ChainAdapter],
+        policies: Mapping[str, ChainPolicy],
+        node_key: Ed25519PrivateKey,
+        *,
+        notify: Callable[[bytes, SwapBody], None] | None = None,
+        publish: Callable[[SwapUpdate], None] | None = None,
+        crash: CrashHook | None = None,
+    ) -> None:
+        self.journal = journal
+        self.adapters = dict(adapters)
+        self.policies = dict(policies)
+        self.node_key = node_key
+        self.node_id = public_key_bytes(node_key)
+        self._notify = notify
+        self._publish = publish
+        self.crash = crash or CrashHook.from_env()
+        self._lock = threading.RLock()
+        self._counter_refs: dict[bytes, HtlcRef] = {}
+
+    # -- starting swaps -----------------------------------------------------------------------
+
+    def now(self) -> dict[str, Expiry]:
+        return {name: a.expiry_now() for name, a in self.adapters.items()}
+
+    def propose(
+        self,
+        initiator_leg: Leg,
+        participant_leg: Leg,
+        *,
+        participant_node: bytes = b"\x00" * 32,
+        accept_window: int = ACCEPT_WINDOW_SECONDS,
+        peer: str = "",
+    ) -> SwapTerms:
+        """Draw a secret, lay out the terms, journal both (secret first), state PROPOSED."""
+        import hashlib
+
+        preimage = os.urandom(32)
+        terms = propose_terms(
+            swap_id=os.urandom(16),
+            payment_hash=hashlib.sha256(preimage).digest(),
+            initiator_leg=initiator_leg,
+            participant_leg=participant_leg,
+            policies=self.policies,
+            now=self.now(),
+            accept_window=accept_window,
+            initiator_node=self.node_id,
+            participant_node=participant_node,
+        )
+        check_terms_as_initiator(terms, self.policies, self.now())
+        self.journal.create_swap(
+            Role.INITIATOR,
+            terms,
+            State.PROPOSED,
+            preimage=preimage,
+            peer=peer,
+            payload={"reason": "proposed"},
+        )
+        self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
+        return terms
+
+    def accept(self, terms: SwapTerms, *, peer: str = "") -> Accept:
+        """The participant's answer to a proposal: check it is safe, journal it, ACCEPTED.
+        Raises :class:`TermsRefused` with the reason's code otherwise."""
+        if terms.participant_node != self.node_id:
+            raise TermsRefused("terms name another participant node", code="terms_node")
+        mine = {name: a.address() for name, a in self.adapters.items()}
+        for leg in (terms.initiator_leg, terms.participant_leg):
+            if leg.chain not in self.adapters:
+                raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+        check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
+        self.journal.create_swap(
+            Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
+        )
+        self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
+        return Accept(terms.swap_id, terms_digest(terms))
+
+    # -- messages from the counterparty -------------------------------------------------------
+
+    def handle(self, body: SwapBody, sender: bytes, *, peer: str = "") -> SwapBody | None:
+        """Apply a verified message from ``sender``; returns the reply to send, if any."""
+        if isinstance(body, Propose):
+            if sender != body.terms.initiator_node:
+                return Error(body.terms.swap_id, "wrong_sender", "sender is not initiator_node")
+            try:
+                return self.accept(body.terms, peer=peer)
+            except KofoError as exc:
+                return Error(body.terms.swap_id, exc.code, str(exc))
+        with self._lock:
+            try:
+                rec = self.journal.get(body.swap_id)
+            except KofoError as exc:
+                return Error(body.swap_id, exc.code, str(exc))
+            counter_node = (
+                rec.terms.participant_node
+                if rec.role is Role.INITIATOR
+                else rec.terms.initiator_node
+            )
+            if sender != counter_node:
+                return Error(body.swap_id, "wrong_sender", "sender is not the counterparty")
+            if isinstance(body, Accept):
+                if rec.role is not Role.INITIATOR or rec.state is not State.PROPOSED:
+                    return None
+                if body.terms_digest != terms_digest(rec.terms):
+                    return Error(body.swap_id, "terms_mismatch", "accept is for other terms")
+                self._transition(rec, State.ACCEPTED, "participant accepted")
+            elif isinstance(body, Locked):
+                self.journal.store_notice(rec.swap_id, "locked", htlc_to_wire(body.htlc))
+                self.journal.store_notice(
+                    rec.swap_id, "locked_at", {"locator": body.locator, "txid": body.txid}
+                )
+            elif isinstance(body, Cancel | Error):
+                # Only a swap in which nothing of ours is committed can be called off.
+                if rec.state in (State.PROPOSED, State.ACCEPTED) and not self.journal.txs(
+                    rec.swap_id, TxKind.LOCK
+                ):
+                    to = State.REJECTED if rec.state is State.PROPOSED else State.ABORTED
+                    reason = body.reason if isinstance(body, Cancel) else body.code
+                    self._transition(rec, to, f"counterparty called off: {reason}")
+            elif isinstance(body, Redeemed | Refunded):
+                self.journal.store_notice(rec.swap_id, type(body).__name__.lower(), {})
+        return None
+
+    # -- reading the chains -------------------------------------------------------------------
+
+    def _own_ref(self, rec: StoredSwap, htlc: HtlcTerms) -> HtlcRef | None:
+        txs = self.journal.txs(rec.swap_id, TxKind.LOCK)
+        if not txs:
+            return None
+        return self.adapters[htlc.chain].htlc_ref(htlc, txs[-1])
+
+    def _counter_ref(self, rec: StoredSwap, htlc: HtlcTerms) -> HtlcRef | None:
+        ref = self._counter_refs.get(rec.swap_id)
+        if ref is None:
+            ref = self.adapters[htlc.chain].find_htlc(htlc)
+            if ref is not None:
+                self._counter_refs[rec.swap_id] = ref
+        return ref
+
+    def forget_refs(self, chain: str | None = None) -> None:
+        """Drop cached counterparty HTLC references (after a reorg on ``chain``)."""
+        with self._lock:
+            if chain is None:
+                self._counter_refs.clear()
+            else:
+                self._counter_refs = {
+                    k: v for k, v in self._counter_refs.items() if v.terms.chain != chain
+                }
+
+    def _leg_facts(self, chain: str, ref: HtlcRef | None) -> LegFacts:
+        if ref is None:
+            return LegFacts()
+        st = self.adapters[chain].status(ref)
+        return LegFacts(st.state, st.confirmations, st.spend_confirmations, st.preimage)
+
+    def _audit_claim(self, rec: StoredSwap, expected: HtlcTerms) -> tuple[str, dict[str, str]]:
+        """If the counterparty told us it locked with other terms and that lock is on chain,
+        the first differing field's code (and where to see it); else ``("", {})``."""
+        claim = self.journal.notice(rec.swap_id, "locked")
+        if claim is None:
+            return "", {}
+        from kofo.wire.swap import htlc_from_wire
+
+        try:
+            claimed = htlc_from_wire(claim)
+        except KofoError:
+            return "", {}
+        if claimed == expected or claimed.chain != expected.chain:
+            return "", {}
+        adapter = self.adapters[expected.chain]
+        try:
+            ref = adapter.find_htlc(claimed)
+        except KofoError:
+            return "", {}
+        if ref is None:
+            return "", {}
+        try:
+            adapter.audit(ref, expected, 0)
+        except AuditFailed as exc:
+            return exc.code, {"lock_txid": ref.lock_txid, "locator": ref.locator}
+        return "", {}
+
+    def facts(
+        self, rec: StoredSwap
+    ) -> tuple[ChainFacts, HtlcRef | None, HtlcRef | None, dict[str, str]]:
+        view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
+        own_htlc = view.own_leg.htlc(rec.terms.payment_hash)
+        ctr_htlc = view.counter_leg.htlc(rec.terms.payment_hash)
+        own_ref = self._own_ref(rec, own_htlc)
+        ctr_ref = self._counter_ref(rec, ctr_htlc)
+        ctr = self._leg_facts(ctr_htlc.chain, ctr_ref)
+        audit_code, where = "", dict[str, str]()
+        if ctr.state is HtlcState.ABSENT:
+            audit_code, where = self._audit_claim(rec, ctr_htlc)
+            if ctr_ref is not None:
+                self._counter_refs.pop(rec.swap_id, None)  # re-find after a reorg
+        if audit_code:
+            ctr = LegFacts(audit_error=audit_code)
+        facts = ChainFacts(self._leg_facts(own_htlc.chain, own_ref), ctr)
+        return facts, own_ref, ctr_ref, {"audit": audit_code, **where}
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def _emit(self, swap_id: bytes, role: Role, state: State, reason: str, txid: str = "") -> None:
+        if self._publish is not None:
+            self._publish(SwapUpdate(swap_id, role, state, reason, txid or None, time.time()))
+
+    def _transition(
+        self, rec: StoredSwap, to: State, reason: str, txids: list[str] | None = None
+    ) -> StoredSwap:
+        payload: dict[str, object] = {"reason": reason}
+        if txids:
+            payload["txids"] = txids
+        self.journal.transition(rec.swap_id, to, payload)
+        self.crash.hit(f"enter:{to.value}")
+        log.info(
+            "swap %s %s: %s -> %s (%s)", rec.swap_id.hex()[:8], rec.role, rec.state, to, reason
+        )
+        self._emit(rec.swap_id, rec.role, to, reason, txids[-1] if txids else "")
+        return StoredSwap(
+            rec.swap_id, rec.role, rec.terms, to, rec.peer, rec.created_at, time.time()
+        )
+
+    def _send_notice(self, rec: StoredSwap, body: SwapBody) -> None:
+        if self._notify is None:
+            return
+        try:
+            self._notify(rec.swap_id, body)
+        except Exception as exc:  # the chain is the truth; a lost notice only costs latency
+            log.warning(
+                "notice %s for swap %s not delivered: %s",
+                type(body).__name__,
+                rec.swap_id.hex()[:8],
+                exc,
+            )
+
+    def _evidence(self, rec: StoredSwap, kind: EvidenceKind, detail: dict[str, str]) -> None:
+        view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
+        code = detail.get("audit") or kind.value
+        ctr = view.counter_leg
+        full = {
+            "counter_chain": ctr.chain,
+            "deadline": str(
+                rec.terms.participant_lock_by
+                if rec.role is Role.PARTICIPANT
+                else rec.terms.initiator_redeem_by
+            ),
+            **{k: v for k, v in detail.items() if k != "audit" and v},
+        }
+        if self.journal.add_evidence(EvidenceRecord(rec.swap_id, kind.value, code, full)):
+            log.warning(
+                "swap %s: counterparty misbehaved: %s %s", rec.swap_id.hex()[:8], kind.value, code
+            )
+
+    def _sign(
+        self,
+        rec: StoredSwap,
+        action: Action,
+        facts: ChainFacts,
+        own_ref: HtlcRef | None,
+        ctr_ref: HtlcRef | None,
+    ) -> list[SignedTx]:
+        view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
+        kind = {
+            ActionKind.SIGN_LOCK: TxKind.LOCK,
+            ActionKind.SIGN_REDEEM: TxKind.REDEEM,
+            ActionKind.SIGN_REFUND: TxKind.REFUND,
+        }[action.kind]
+        stored = self.journal.txs(rec.swap_id, kind)
+        if stored:  # signed before a crash: never sign a second, different transaction
+            return stored
+        if kind is TxKind.LOCK:
+            own_htlc = view.own_leg.htlc(rec.terms.payment_hash)
+            txs = list(self.adapters[own_htlc.chain].prepare_lock(own_htlc))
+        elif kind is TxKind.REDEEM:
+            preimage = self.journal.preimage(rec.swap_id)
+            if preimage is None:
+                preimage = facts.own.preimage
+                if preimage is None:
+                    raise InvalidInput("no preimage to redeem with")
+                # Stored before it is used: a restart must not depend on re-reading the chain.
+                self.journal.store_preimage(rec.swap_id, preimage)
+            assert ctr_ref is not None, "redeem decided without a counter lock"
+            txs = [self.adapters[ctr_ref.terms.chain].prepare_redeem(ctr_ref, preimage)]
+        else:
+            assert own_ref is not None, "refund decided without an own lock"
+            txs = [self.adapters[own_ref.terms.chain].prepare_refund(own_ref)]
+        self.journal.store_txs(rec.swap_id, kind, txs)
+        self.crash.hit(f"stored:{kind.value}")
+        return txs
+
+    def _broadcast(self, rec: StoredSwap, kind: TxKind) -> list[str]:
+        txs = self.journal.txs(rec.swap_id, kind)
+        if not txs:
+            raise InvalidInput(f"no stored {kind} transaction to broadcast")
+        self.crash.hit(f"before_broadcast:{kind.value}")
+        sent = []
+        for tx in txs:
+            self.adapters[tx.chain].broadcast(tx)
+            self.journal.mark_broadcast(rec.swap_id, tx.txid)
+            sent.append(tx.txid)
+        self.crash.hit(f"after_broadcast:{kind.value}")
+        return sent
+
+    def step(self, swap_id: bytes) -> bool:
+        """Take one decision for the swap and perform it; True if the swap's state moved or a
+        transaction was signed (call again), False if it waits or is finished."""
+        with self._lock:
+            rec = self.journal.get(swap_id)
+            if rec.state in TERMINAL:
+                return False
+            facts, own_ref, ctr_ref, detail = self.facts(rec)
+            view = SwapRecord(
+                rec.swap_id,
+                rec.role,
+                rec.terms,
+                rec.state,
+                self.journal.preimage(rec.swap_id) is not None,
+            )
+            action = next_action(view, facts, self.now())
+            if action.evidence is not None:
+                self._evidence(rec, action.evidence, detail)
+            if action.kind in (ActionKind.WAIT, ActionKind.DONE):
+                return False
+            assert action.to is not None
+            if action.kind is ActionKind.TRANSITION:
+                self._transition(rec, action.to, action.reason)
+                return True
+            if action.kind is ActionKind.BROADCAST:
+                assert action.tx_kind is not None
+                txids = self._broadcast(rec, action.tx_kind)
+                if action.to is rec.state:
+                    return False  # a re-send: wait for the chain to move
+                rec = self._transition(rec, action.to, action.reason, txids)
+                self._after_sent(rec, action.tx_kind, txids)
+                return True
+            txs = self._sign(rec, action, facts, own_ref, ctr_ref)
+            self._transition(rec, action.to, action.reason, [t.txid for t in txs])
+            return True
+
+    def _after_sent(self, rec: StoredSwap, kind: TxKind, txids: list[str]) -> None:
+        view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
+        if kind is TxKind.LOCK:
+            own = view.own_leg.htlc(rec.terms.payment_hash)
+            txs = self.journal.txs(rec.swap_id, TxKind.LOCK)
+            ref = self.adapters[own.chain].htlc_ref(own, txs[-1])
+            self._send_notice(rec, Locked(rec.swap_id, ref.locator, ref.lock_txid, own))
+        elif kind is TxKind.REDEEM:
+            self._send_notice(rec, Redeemed(rec.swap_id, view.counter_leg.chain, txids[-1]))
+        else:
+            self._send_notice(rec, Refunded(rec.swap_id, view.own_leg.chain, txids[-1]))
+
+    def drive(self, swap_id: bytes, max_steps: int = 64) -> State:
+        """Step the swap until it waits; a chain error leaves it for the next tick."""
+        for _ in range(max_steps):
+            try:
+                if not self.step(swap_id):
+                    break
+            except (ChainError, InvalidInput) as exc:
+                log.warning("swap %s: %s (will retry)", swap_id.hex()[:8], exc)
+                break
+        return self.journal.get(swap_id).state
+
+    def resume(self) -> None:
+        """At start: re-send every journaled transaction the machine wants sent *before* any new
+        signature, so no freshly signed transaction can take a stored one's nonce."""
+        for rec in self.journal.swaps(unfinished=True):
+            try:
+                facts, *_ = self.facts(rec)
+                view = SwapRecord(
+                    rec.swap_id,
+                    rec.role,
+                    rec.terms,
+                    rec.state,
+                    self.journal.preimage(rec.swap_id) is not None,
+                )
+                action = next_action(view, facts, self.now())
+                if action.kind is ActionKind.BROADCAST and action.tx_kind is not None:
+                    self._broadcast(rec, action.tx_kind)
+            except (ChainError, InvalidInput) as exc:
+                log.warning("swap %s: resume broadcast failed: %s", rec.swap_id.hex()[:8], exc)
+
+    def tick(self) -> int:
+        """Drive every unfinished swap once; returns how many are still unfinished."""
+        open_swaps = self.journal.swaps(unfinished=True)
+        for rec in open_swaps:
+            self.drive(rec.swap_id)
+        return len(self.journal.swaps(unfinished=True))
+
+    def unfinished(self) -> list[StoredSwap]:
+        return self.journal.swaps(unfinished=True)
+
+    def terms_of(self, swap_id: bytes) -> SwapTerms:
+        return self.journal.get(swap_id).terms

@@ -1,0 +1,350 @@
+"""The swap journal: SQLite in WAL mode with ``synchronous=FULL``, append-only events.
+
+Durability rule (DESIGN.md): what a restart must know is written *before* the side effect. The
+secret is stored with the swap, before any lock can be signed; every signed transaction is stored
+before it is broadcast; every state transition is an appended event. A row is on disk when a
+write method returns (each write is its own transaction, fsynced by ``synchronous=FULL``).
+
+Tables: ``swaps`` (terms and current state), ``events`` (``swap_id, seq, state, payload, at``),
+``txs`` (signed transactions by kind), ``secrets`` (preimages; never printed until public),
+``evidence`` (counterparty misbehaviour for the clearance ledger), ``notices`` (what the
+counterparty told us about its lock, to audit it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kofo.errors import KofoError
+from kofo.settlement.chain import SignedTx, TxKind
+from kofo.settlement.swap import TERMINAL, Role, State
+from kofo.settlement.terms import SwapTerms
+from kofo.wire.codec import decode, encode
+from kofo.wire.swap import terms_from_wire, terms_to_wire
+
+
+class JournalError(KofoError):
+    code = "journal_error"
+
+
+class UnknownSwap(JournalError):
+    code = "unknown_swap"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS swaps (
+    swap_id BLOB PRIMARY KEY,
+    role TEXT NOT NULL,
+    terms BLOB NOT NULL,
+    state TEXT NOT NULL,
+    peer TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    swap_id BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (swap_id, seq)
+);
+CREATE TABLE IF NOT EXISTS txs (
+    swap_id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    chain TEXT NOT NULL,
+    txid TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    broadcast_at REAL,
+    PRIMARY KEY (swap_id, kind, seq)
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    swap_id BLOB PRIMARY KEY,
+    preimage BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence (
+    swap_id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    code TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (swap_id, kind, code)
+);
+CREATE TABLE IF NOT EXISTS notices (
+    swap_id BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (swap_id, kind)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    state: State
+    payload: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSwap:
+    swap_id: bytes
+    role: Role
+    terms: SwapTerms
+    state: State
+    peer: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """Counterparty misbehaviour, in the form the clearance ledger's evidence filing takes."""
+
+    swap_id: bytes
+    kind: str
+    code: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+
+class Journal:
+    """One node's swap journal. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsynced before it returns, so "stored before broadcast" holds even
+        # across power loss, not only process crashes.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- swaps and events -------------------------------------------------------------------
+
+    def create_swap(
+        self,
+        role: Role,
+        terms: SwapTerms,
+        state: State,
+        *,
+        preimage: bytes | None = None,
+        peer: str = "",
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Store a new swap, its first event and (initiator) its secret in one transaction."""
+        now = time.time()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM swaps WHERE swap_id=?", (terms.swap_id,)).fetchone():
+                raise JournalError(f"swap {terms.swap_id.hex()} already exists", code="swap_exists")
+            db.execute(
+                "INSERT INTO swaps VALUES (?,?,?,?,?,?,?)",
+                (terms.swap_id, role.value, encode(terms_to_wire(terms)), state, peer, now, now),
+            )
+            if preimage is not None:
+                db.execute("INSERT INTO secrets VALUES (?,?)", (terms.swap_id, preimage))
+            db.execute(
+                "INSERT INTO events VALUES (?,?,?,?,?)",
+                (terms.swap_id, 0, state.value, json.dumps(payload or {}), now),
+            )
+
+    def transition(self, swap_id: bytes, to: State, payload: dict[str, Any] | None = None) -> int:
+        """Append an event moving the swap to ``to``; returns the event's sequence number."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT COALESCE(MAX(seq), -1) FROM events WHERE swap_id=?", (swap_id,)
+            ).fetchone()
+            seq = int(row[0]) + 1
+            db.execute(
+                "INSERT INTO events VALUES (?,?,?,?,?)",
+                (swap_id, seq, to.value, json.dumps(payload or {}), now),
+            )
+            db.execute(
+                "UPDATE swaps SET state=?, updated_at=? WHERE swap_id=?", (to.value, now, swap_id)
+            )
+            return seq
+
+    def _row_to_swap(self, row: tuple[Any, ...]) -> StoredSwap:
+        return StoredSwap(
+            swap_id=bytes(row[0]),
+            role=Role(row[1]),
+            terms=terms_from_wire(decode(bytes(row[2]))),
+            state=State(row[3]),
+            peer=str(row[4]),
+            created_at=float(row[5]),
+            updated_at=float(row[6]),
+        )
+
+    def get(self, swap_id: bytes) -> StoredSwap:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT swap_id, role, terms, state, peer, created_at, updated_at "
+                "FROM swaps WHERE swap_id=?",
+                (swap_id,),
+            ).fetchone()
+        if row is None:
+            raise UnknownSwap(f"no swap {swap_id.hex()} in the journal")
+        return self._row_to_swap(row)
+
+    def find(self, prefix_hex: str) -> StoredSwap:
+        """A swap by its id or a unique prefix of the hex id (for the CLI)."""
+        matches = [s for s in self.swaps() if s.swap_id.hex().startswith(prefix_hex.lower())]
+        if len(matches) != 1:
+            raise UnknownSwap(
+                f"swap id {prefix_hex!r} matches {len(matches)} swaps; give more digits"
+            )
+        return matches[0]
+
+    def swaps(self, *, unfinished: bool = False) -> list[StoredSwap]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT swap_id, role, terms, state, peer, created_at, updated_at "
+                "FROM swaps ORDER BY created_at"
+            ).fetchall()
+        swaps = [self._row_to_swap(r) for r in rows]
+        if unfinished:
+            swaps = [s for s in swaps if s.state not in TERMINAL]
+        return swaps
+
+    def events(self, swap_id: bytes) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, state, payload, at FROM events WHERE swap_id=? ORDER BY seq",
+                (swap_id,),
+            ).fetchall()
+        return [Event(int(r[0]), State(r[1]), json.loads(r[2]), float(r[3])) for r in rows]
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    def store_preimage(self, swap_id: bytes, preimage: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO secrets VALUES (?,?)", (swap_id, preimage))
+
+    def preimage(self, swap_id: bytes) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT preimage FROM secrets WHERE swap_id=?", (swap_id,)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    # -- signed transactions ----------------------------------------------------------------
+
+    def store_txs(self, swap_id: bytes, kind: TxKind, txs: list[SignedTx]) -> None:
+        """Store the signed transactions of one step (e.g. approve + lock) before any is sent.
+        A step is stored once: a second call for the same kind replaces nothing."""
+        with self._tx() as db:
+            if db.execute(
+                "SELECT 1 FROM txs WHERE swap_id=? AND kind=?", (swap_id, kind.value)
+            ).fetchone():
+                raise JournalError(
+                    f"{kind} transactions of swap {swap_id.hex()} are already stored",
+                    code="txs_exist",
+                )
+            for seq, tx in enumerate(txs):
+                db.execute(
+                    "INSERT INTO txs VALUES (?,?,?,?,?,?,NULL)",
+                    (swap_id, kind.value, seq, tx.chain, tx.txid, tx.raw),
+                )
+
+    def txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
+        """The stored transactions of a step, in broadcast order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT chain, txid, raw, seq FROM txs WHERE swap_id=? AND kind=? ORDER BY seq",
+                (swap_id, kind.value),
+            ).fetchall()
+        n = len(rows)
+        # The last transaction of a lock step is the lock; any before it prepare it (approve).
+        return [
+            SignedTx(
+                str(r[0]),
+                kind if i == n - 1 or kind is not TxKind.LOCK else TxKind.APPROVE,
+                str(r[1]),
+                bytes(r[2]),
+            )
+            for i, r in enumerate(rows)
+        ]
+
+    def all_txs(self, swap_id: bytes) -> list[tuple[TxKind, str, str, float | None]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, chain, txid, broadcast_at FROM txs WHERE swap_id=? ORDER BY rowid",
+                (swap_id,),
+            ).fetchall()
+        return [(TxKind(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
+
+    def mark_broadcast(self, swap_id: bytes, txid: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE txs SET broadcast_at=COALESCE(broadcast_at, ?) WHERE swap_id=? AND txid=?",
+                (time.time(), swap_id, txid),
+            )
+
+    # -- evidence and notices ---------------------------------------------------------------
+
+    def add_evidence(self, ev: EvidenceRecord) -> bool:
+        """Record misbehaviour once per (swap, kind, code); True if it was new."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO evidence VALUES (?,?,?,?,?)",
+                (ev.swap_id, ev.kind, ev.code, json.dumps(ev.detail, sort_keys=True), time.time()),
+            )
+            return cur.rowcount == 1
+
+    def evidence(self, swap_id: bytes | None = None) -> list[EvidenceRecord]:
+        q = "SELECT swap_id, kind, code, detail, at FROM evidence"
+        args: tuple[Any, ...] = ()
+        if swap_id is not None:
+            q += " WHERE swap_id=?"
+            args = (swap_id,)
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY at", args).fetchall()
+        return [
+            EvidenceRecord(bytes(r[0]), str(r[1]), str(r[2]), json.loads(r[3]), float(r[4]))
+            for r in rows
+        ]
+
+    def store_notice(self, swap_id: bytes, kind: str, body: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO notices VALUES (?,?,?)", (swap_id, kind, encode(body))
+            )
+
+    def notice(self, swap_id: bytes, kind: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT body FROM notices WHERE swap_id=? AND kind=?", (swap_id, kind)
+            ).fetchone()
+        if row is None:
+            return None
+        value: dict[str, Any] = decode(bytes(row[0]))
+        return value

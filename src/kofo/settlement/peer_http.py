@@ -1,0 +1,162 @@
+"""A simple authenticated HTTP channel carrying swap messages between two nodes.
+
+``POST /kofo/v1/swap`` with a signed swap message (canonical CBOR, ``application/cbor``). The
+server verifies the Ed25519 signature, refuses replays (:class:`~kofo.wire.envelope.ReplayGuard`)
+and, if configured, senders not on its allow list; then hands the message to the engine and
+answers ``200`` with the signed reply or ``204`` with none. Refusals are ``4xx`` with a JSON body
+``{"code", "message"}`` using the stable error codes. Authentication is the message signature
+itself: the transport is plain HTTP on 127.0.0.1 for now (the P2P issue brings encrypted links).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.errors import KofoError
+from kofo.wire.codec import MAX_MESSAGE_BYTES
+from kofo.wire.envelope import ReplayGuard, public_key_bytes
+from kofo.wire.swap import SwapBody, open_swap, sign_swap
+
+log = logging.getLogger(__name__)
+
+PATH = "/kofo/v1/swap"
+CONTENT_TYPE = "application/cbor"
+
+SEND_TIMEOUT = 10.0
+"""A peer on the same host or LAN answers in milliseconds; ten seconds covers a busy node
+without letting one dead peer stall the monitor for long (notices are best-effort anyway)."""
+
+_STATUS = {"bad_signature": 401, "replayed_message": 409, "unknown_peer": 403}
+
+
+class PeerError(KofoError):
+    code = "peer_error"
+
+
+Handler = Callable[[SwapBody, bytes], SwapBody | None]
+
+
+class PeerServer:
+    """Serves the swap endpoint for one node on 127.0.0.1."""
+
+    def __init__(
+        self,
+        key: Ed25519PrivateKey,
+        handler: Handler,
+        *,
+        port: int = 0,
+        allowed: set[bytes] | None = None,
+    ) -> None:
+        self._key = key
+        self._handler = handler
+        self._guard = ReplayGuard()
+        self.allowed = allowed
+        server = self
+
+        class _Req(BaseHTTPRequestHandler):
+            def log_message(self, fmt: str, *args: object) -> None:
+                log.debug("peer http: " + fmt, *args)
+
+            def _json(self, status: int, code: str, message: str) -> None:
+                data = json.dumps({"code": code, "message": message}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                if self.path != PATH:
+                    self._json(404, "not_found", f"no endpoint {self.path}")
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                if length <= 0 or length > MAX_MESSAGE_BYTES:
+                    self._json(413, "bad_message", f"body length {length} is not allowed")
+                    return
+                data = self.rfile.read(length)
+                try:
+                    body, sender = open_swap(data, server._guard)
+                    if server.allowed is not None and sender not in server.allowed:
+                        raise PeerError(
+                            f"node {sender.hex()} is not a known peer", code="unknown_peer"
+                        )
+                    reply = server._handler(body, sender)
+                except KofoError as exc:
+                    self._json(_STATUS.get(exc.code, 400), exc.code, str(exc))
+                    return
+                if reply is None:
+                    self.send_response(204)
+                    self.end_headers()
+                    return
+                out = sign_swap(server._key, reply).to_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", port), _Req)
+        self._http.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._http.server_address[:2]
+        return f"http://{host!s}:{port}{PATH}"
+
+    def start(self) -> PeerServer:
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class PeerClient:
+    """Sends signed swap messages to peers and verifies their signed replies."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.node_id = public_key_bytes(key)
+        self._guard = ReplayGuard()
+
+    def send_bytes(self, url: str, data: bytes) -> bytes | None:
+        req = urllib.request.Request(
+            url, data=data, method="POST", headers={"Content-Type": CONTENT_TYPE}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=SEND_TIMEOUT) as resp:
+                return resp.read() if resp.status == 200 else None
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())
+                code, message = str(err["code"]), str(err["message"])
+            except (ValueError, KeyError):
+                code, message = "peer_error", f"HTTP {exc.code}"
+            raise PeerError(f"peer refused the message: {message}", code=code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise PeerError(f"peer {url} unreachable: {exc}", code="peer_unreachable") from None
+
+    def send(
+        self, url: str, body: SwapBody, *, expect_sender: bytes | None = None
+    ) -> SwapBody | None:
+        """Sign and send ``body``; return the peer's verified reply (if any)."""
+        raw = self.send_bytes(url, sign_swap(self._key, body).to_bytes())
+        if raw is None:
+            return None
+        reply, sender = open_swap(raw, self._guard)
+        if expect_sender is not None and sender != expect_sender:
+            raise PeerError("reply signed by another node than the peer", code="wrong_sender")
+        return reply

@@ -1,0 +1,49 @@
+"""A swap node as its own process, for crash tests: runs one journal's swaps to the end.
+
+``run_node(config, crash_at, crash_log)`` connects to the shared devnet chain over JSON-RPC, opens
+the node's journal and runs the watchtower until every swap is finished. With ``crash_at`` it
+SIGKILLs itself at that point (see ``kofo.settlement.engine.CRASH_POINTS``).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from eth_account import Account
+from web3 import Web3
+
+from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
+from kofo.settlement.engine import CrashHook, SwapEngine
+from kofo.settlement.journal import Journal
+from kofo.settlement.monitor import Watchtower
+from kofo.settlement.terms import devnet_policy
+
+RUN_LIMIT_SECONDS = 60
+
+
+def build_engine(config: dict[str, Any], crash: CrashHook | None = None) -> SwapEngine:
+    w3 = Web3(Web3.HTTPProvider(config["rpc_url"], request_kwargs={"timeout": 30}))
+    account = Account.from_key(bytes.fromhex(config["eth_key"]))
+    adapter = EthereumAdapter(w3, account, config["htlc"], chain="eth")
+    return SwapEngine(
+        Journal(config["journal"]),
+        {"eth": adapter},
+        {"eth": devnet_policy("eth", height_clock=False)},
+        Ed25519PrivateKey.from_private_bytes(bytes.fromhex(config["node_key"])),
+        crash=crash or CrashHook(),
+    )
+
+
+def run_node(config: dict[str, Any], crash_at: str | None, crash_log: str | None) -> None:
+    engine = build_engine(config, CrashHook(crash_at, crash_log))
+    tower = Watchtower(engine, poll_interval=0.05)
+    stop = threading.Event()
+    timer = threading.Timer(RUN_LIMIT_SECONDS, stop.set)
+    timer.daemon = True
+    timer.start()
+    tower.run(stop, until_idle=True)
+    timer.cancel()
+    sys.exit(0 if not engine.unfinished() else 3)

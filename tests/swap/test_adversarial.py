@@ -1,0 +1,274 @@
+"""An honest node against a counterparty that cheats: it loses nothing beyond fees.
+
+The dishonest side is scripted with its chain adapter directly (it has the same keys and
+chain access a real cheater has); the honest side is the real engine, ticked as its monitor would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import pytest
+from eth_utils import to_checksum_address
+from hexbytes import HexBytes
+
+from kofo.errors import InvalidInput
+from kofo.settlement.chain import HtlcTerms, UnixTime
+from kofo.settlement.swap import State
+from kofo.settlement.terms import Leg, propose_terms
+from kofo.wire.swap import Error, Locked, Propose
+from tests.swap.helpers import ETHER, Evm, drive, link, make_node, start_swap
+
+TOKENS = 100 * 10**6
+
+
+@pytest.fixture
+def world(tmp_path):
+    evm = Evm()
+    alice = make_node("alice", tmp_path, {"eth": evm})
+    bob = make_node("bob", tmp_path, {"eth": evm})
+    return evm, alice, bob
+
+
+def _legs(evm, alice, bob):
+    return (
+        Leg("eth", ETHER, alice.address("eth"), bob.address("eth"), UnixTime(0)),
+        Leg("eth", TOKENS, bob.address("eth"), alice.address("eth"), UnixTime(0), evm.token),
+    )
+
+
+def _htlcs(node, sid):
+    t = node.engine.terms_of(sid)
+    return t.initiator_leg.htlc(t.payment_hash), t.participant_leg.htlc(t.payment_hash)
+
+
+def _lock(node, htlc):
+    ad = node.engine.adapters[htlc.chain]
+    txs = ad.prepare_lock(htlc)
+    for tx in txs:
+        ad.broadcast(tx)
+    return ad.htlc_ref(htlc, txs[-1])
+
+
+def _fees(evm, node):
+    """ETH this node's account paid in gas, from every receipt it signed."""
+    me = node.address("eth")
+    total = 0
+    for n in range(evm.w3.eth.block_number + 1):
+        for tx in evm.w3.eth.get_block(n, full_transactions=True)["transactions"]:
+            if tx["from"] == me:
+                r = evm.w3.eth.get_transaction_receipt(tx["hash"])
+                total += r["gasUsed"] * r["effectiveGasPrice"]
+    return total
+
+
+def _time_moves(evm, step=30):
+    return lambda _r: evm.advance(step)
+
+
+def test_initiator_that_never_locks_costs_the_participant_nothing(world):
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    before = bob.engine.adapters["eth"].balance(evm.token), bob.engine.adapters["eth"].balance()
+    states = drive([bob], sid, rounds=30, between=_time_moves(evm))
+    assert states["bob"] is State.ABORTED
+    after = bob.engine.adapters["eth"].balance(evm.token), bob.engine.adapters["eth"].balance()
+    assert after == before
+    (ev,) = bob.engine.journal.evidence(sid)
+    assert ev.kind == "no_lock"
+
+
+@pytest.mark.parametrize(
+    ("field", "code"),
+    [
+        ("amount", "audit_amount"),
+        ("payment_hash", "audit_payment_hash"),
+        ("recipient", "audit_recipient"),
+        ("expiry", "audit_expiry"),
+    ],
+)
+def test_initiator_lock_with_a_wrong_field_is_never_matched_and_is_reported(world, field, code):
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    good, _ = _htlcs(alice, sid)
+    wrong = {
+        "amount": good.amount - 1,
+        "payment_hash": hashlib.sha256(os.urandom(32)).digest(),
+        "recipient": to_checksum_address("0x" + "77" * 20),
+        "expiry": UnixTime(good.expiry.value - 4),  # shorter than agreed: eats bob's margin
+    }[field]
+    bad = replace(good, **{field: wrong})
+    ref = _lock(alice, bad)
+    bob.engine.handle(Locked(sid, ref.locator, ref.lock_txid, bad), alice.node_id)
+    token_before = bob.engine.adapters["eth"].balance(evm.token)
+    states = drive([bob], sid, rounds=30, between=_time_moves(evm))
+    assert states["bob"] is State.ABORTED  # bob never locked
+    assert bob.engine.adapters["eth"].balance(evm.token) == token_before
+    codes = {(e.kind, e.code) for e in bob.engine.journal.evidence(sid)}
+    assert ("bad_lock", code) in codes
+    (ev,) = [e for e in bob.engine.journal.evidence(sid) if e.code == code]
+    assert ev.detail["lock_txid"] == ref.lock_txid
+
+
+def test_participant_lock_with_a_wrong_amount_is_not_redeemed_and_the_initiator_refunds(world):
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    _, good = _htlcs(bob, sid)
+    eth_before = alice.engine.adapters["eth"].balance()
+    alice.engine.tick()  # alice locks
+    bad = replace(good, amount=good.amount // 2)
+    ref = _lock(bob, bad)
+    alice.engine.handle(Locked(sid, ref.locator, ref.lock_txid, bad), bob.node_id)
+    states = drive([alice], sid, rounds=60, between=_time_moves(evm))
+    assert states["alice"] is State.REFUNDED
+    assert alice.engine.adapters["eth"].balance() == eth_before - _fees(evm, alice)
+    assert ("bad_lock", "audit_amount") in {
+        (e.kind, e.code) for e in alice.engine.journal.evidence(sid)
+    }
+    assert alice.engine.journal.preimage(sid) not in _revealed_preimages(evm, alice)
+
+
+def _revealed_preimages(evm, node):
+    ad = node.engine.adapters["eth"]
+    ev = ad.htlc.events.Redeemed()
+    logs = ev.get_logs(from_block=0)
+    return [bytes(e["args"]["preimage"]) for e in logs]
+
+
+def test_participant_refuses_terms_with_too_small_a_margin(world):
+    evm, alice, bob = world
+    a_leg, b_leg = _legs(evm, alice, bob)
+    terms = alice.engine.propose(a_leg, b_leg, participant_node=bob.node_id)
+    squeezed = replace(
+        terms,
+        initiator_leg=replace(
+            terms.initiator_leg, expiry=UnixTime(terms.participant_leg.expiry.value + 1)
+        ),
+    )
+    reply = bob.engine.handle(Propose(squeezed), alice.node_id)
+    assert isinstance(reply, Error) and reply.code == "terms_margin_too_small"
+    assert bob.engine.journal.swaps() == []
+
+
+def test_participant_refuses_terms_that_hold_its_funds_hostage(world):
+    evm, alice, bob = world
+    a_leg, b_leg = _legs(evm, alice, bob)
+    terms = propose_terms(
+        swap_id=os.urandom(16),
+        payment_hash=os.urandom(32),
+        initiator_leg=a_leg,
+        participant_leg=b_leg,
+        policies=alice.engine.policies,
+        now=alice.engine.now(),
+        accept_window=30 * 24 * 3600,  # a month to lock: bob's tokens could sit for a month
+        initiator_node=alice.node_id,
+        participant_node=bob.node_id,
+    )
+    reply = bob.engine.handle(Propose(terms), alice.node_id)
+    assert isinstance(reply, Error) and reply.code == "terms_expiry_too_long"
+
+
+def test_participant_refuses_terms_from_a_sender_other_than_the_initiator(world):
+    evm, alice, bob = world
+    terms = alice.engine.propose(*_legs(evm, alice, bob), participant_node=bob.node_id)
+    reply = bob.engine.handle(Propose(terms), bob.node_id)
+    assert isinstance(reply, Error) and reply.code == "wrong_sender"
+
+
+def test_a_secret_revealed_just_before_the_participant_expiry_still_pays_the_participant(world):
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    a_htlc, b_htlc = _htlcs(alice, sid)
+    _lock(alice, a_htlc)
+    for _ in range(5):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    bob_eth = bob.engine.adapters["eth"].balance()
+    # Alice waits until one second before T_B, then reveals by redeeming bob's leg.
+    evm.advance_to(b_htlc.expiry.value - 2)
+    ad = alice.engine.adapters["eth"]
+    ref = ad.find_htlc(b_htlc)
+    ad.broadcast(ad.prepare_redeem(ref, alice.engine.journal.preimage(sid)))
+    assert evm.now() < b_htlc.expiry.value
+    states = drive([bob], sid, rounds=10)
+    assert states["bob"] is State.REDEEMED
+    assert evm.now() < a_htlc.expiry.value  # bob's redeem landed before alice could refund
+    fees_after_lock = bob.engine.adapters["eth"].balance() - bob_eth - ETHER
+    assert -(10**16) < fees_after_lock <= 0
+
+
+def test_a_33_byte_secret_cannot_redeem_and_the_participant_refunds(world):
+    evm, alice, bob = world
+    long_secret = os.urandom(33)
+    a_leg, b_leg = _legs(evm, alice, bob)
+    terms = propose_terms(
+        swap_id=os.urandom(16),
+        payment_hash=hashlib.sha256(long_secret).digest(),
+        initiator_leg=a_leg,
+        participant_leg=b_leg,
+        policies=alice.engine.policies,
+        now=alice.engine.now(),
+        initiator_node=alice.node_id,
+        participant_node=bob.node_id,
+    )
+    assert not isinstance(bob.engine.handle(Propose(terms), alice.node_id), Error)
+    sid = terms.swap_id
+    a_htlc = terms.initiator_leg.htlc(terms.payment_hash)
+    b_htlc = terms.participant_leg.htlc(terms.payment_hash)
+    _lock(alice, a_htlc)
+    for _ in range(5):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    token_before = bob.engine.adapters["eth"].balance(evm.token)
+    ad = alice.engine.adapters["eth"]
+    ref = ad.find_htlc(b_htlc)
+    with pytest.raises(InvalidInput):
+        ad.prepare_redeem(ref, long_secret)
+    # Forced through by hand: the contract reads a bytes32, so the 33rd byte is lost and the
+    # hash cannot match; the call reverts and the HTLC stays locked.
+    call = ad.htlc.functions.redeem(long_secret[:32], *ad._args(b_htlc))
+    with pytest.raises(Exception, match="no swap"):
+        call.estimate_gas({"from": alice.address("eth")})
+    states = drive([bob], sid, rounds=40, between=_time_moves(evm))
+    assert states["bob"] is State.REFUNDED
+    assert bob.engine.adapters["eth"].balance(evm.token) == token_before + TOKENS
+
+
+def test_initiator_that_disappears_after_both_locked_leaves_the_participant_refunded(world):
+    evm, alice, bob = world
+    link(alice, bob)
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    alice.engine.tick()
+    for _ in range(3):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    token_before = bob.engine.adapters["eth"].balance(evm.token)
+    states = drive([bob], sid, rounds=40, between=_time_moves(evm))  # alice is gone
+    assert states["bob"] is State.REFUNDED
+    assert bob.engine.adapters["eth"].balance(evm.token) == token_before + TOKENS
+
+
+def test_participant_that_disappears_after_locking_still_pays_the_initiator(world):
+    evm, alice, bob = world
+    link(alice, bob)
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    alice.engine.tick()
+    for _ in range(3):
+        bob.engine.tick()
+    tok = alice.engine.adapters["eth"].balance(evm.token)
+    states = drive([alice], sid, rounds=10)  # bob is gone
+    assert states["alice"] is State.REDEEMED
+    assert alice.engine.adapters["eth"].balance(evm.token) == tok + TOKENS
+
+
+def test_messages_from_someone_other_than_the_counterparty_change_nothing(world):
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    from kofo.wire.swap import Cancel
+
+    reply = alice.engine.handle(Cancel(sid, "not really bob"), b"\x09" * 32)
+    assert isinstance(reply, Error) and reply.code == "wrong_sender"
+    assert alice.engine.journal.get(sid).state is State.ACCEPTED
+    _ = HexBytes, HtlcTerms

@@ -1,0 +1,171 @@
+"""The pure swap state machine: safety for any state and facts, liveness on a chain model."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kofo.settlement.chain import BlockHeight, HtlcState, TxKind, UnixTime
+from kofo.settlement.swap import (
+    TERMINAL,
+    ActionKind,
+    ChainFacts,
+    EvidenceKind,
+    LegFacts,
+    Role,
+    State,
+    SwapRecord,
+    next_action,
+)
+from tests.swap.model import World
+
+WORLD = World()
+TERMS = WORLD.terms
+A_LEG, B_LEG = TERMS.initiator_leg, TERMS.participant_leg
+
+leg_facts = st.builds(
+    LegFacts,
+    state=st.sampled_from(HtlcState),
+    confirmations=st.integers(0, 3),
+    spend_confirmations=st.integers(0, 3),
+    preimage=st.sampled_from([None, b"\x07" * 32]),
+    audit_error=st.sampled_from([None, "audit_amount"]),
+)
+# Clocks around every deadline of the terms, so each comparison is exercised on both sides.
+c1_clock = st.integers(TERMS.initiator_lock_by.value - 3, A_LEG.expiry.value + 3)
+c2_clock = st.integers(TERMS.participant_lock_by.value - 3, B_LEG.expiry.value + 3)
+
+
+@st.composite
+def situations(draw):
+    role = draw(st.sampled_from(Role))
+    state = draw(st.sampled_from(State))
+    # The participant holds the preimage only once it has read it from a redeem on chain.
+    has_preimage = role is Role.INITIATOR or draw(st.booleans())
+    rec = SwapRecord(TERMS.swap_id, role, TERMS, state, has_preimage)
+    facts = ChainFacts(draw(leg_facts), draw(leg_facts))
+    now = {"c1": BlockHeight(draw(c1_clock)), "c2": UnixTime(draw(c2_clock))}
+    return rec, facts, now
+
+
+@settings(max_examples=3000, deadline=None)
+@given(situations())
+def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
+    rec, facts, now = situation
+    action = next_action(rec, facts, now)
+    own_leg, counter_leg = rec.own_leg, rec.counter_leg
+    own_now, counter_now = now[own_leg.chain].value, now[counter_leg.chain].value
+    secret_public = facts.own.state is HtlcState.REDEEMED
+    if action.kind is ActionKind.SIGN_LOCK or action.tx_kind is TxKind.LOCK:
+        assert own_now < rec.own_lock_by.value, "locks after its lock deadline"
+        assert rec.state not in TERMINAL
+    if action.kind is ActionKind.SIGN_LOCK and rec.role is Role.PARTICIPANT:
+        assert facts.counter.state is HtlcState.LOCKED
+        assert facts.counter.confirmations >= counter_leg.confirmations
+    if action.kind is ActionKind.SIGN_REFUND:
+        assert own_now >= own_leg.expiry.value, "refunds before expiry"
+        assert facts.own.state is HtlcState.LOCKED
+    reveals = action.kind is ActionKind.SIGN_REDEEM or action.tx_kind is TxKind.REDEEM
+    if reveals and rec.role is Role.INITIATOR and not secret_public:
+        assert counter_now < TERMS.initiator_redeem_by.value, "reveals the secret late"
+        assert facts.counter.state is HtlcState.LOCKED
+    if action.kind is ActionKind.SIGN_REDEEM and rec.role is Role.PARTICIPANT:
+        assert secret_public, "the participant redeems only with a secret read from the chain"
+    if action.kind is ActionKind.SIGN_REDEEM:
+        assert rec.has_preimage or facts.own.preimage is not None
+    if rec.state in TERMINAL:
+        assert action.kind is ActionKind.DONE
+    if action.kind is ActionKind.TRANSITION and action.to is State.REDEEMED:
+        assert facts.counter.state is HtlcState.REDEEMED
+
+
+def test_participant_aborts_with_no_lock_evidence_when_the_initiator_never_locks():
+    rec = SwapRecord(TERMS.swap_id, Role.PARTICIPANT, TERMS, State.ACCEPTED, False)
+    now = {"c1": BlockHeight(A_LEG.expiry.value - 1), "c2": TERMS.participant_lock_by}
+    action = next_action(rec, ChainFacts(), now)
+    assert action.to is State.ABORTED
+    assert action.evidence is EvidenceKind.NO_LOCK
+
+
+def test_initiator_does_not_reveal_a_secret_at_its_redeem_deadline():
+    rec = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.COUNTER_AUDITED, True)
+    facts = ChainFacts(LegFacts(HtlcState.LOCKED, 5), LegFacts(HtlcState.LOCKED, 5))
+    now = {"c1": BlockHeight(0), "c2": TERMS.initiator_redeem_by}
+    assert next_action(rec, facts, now).to is State.REFUND_WAIT
+
+
+def test_refund_before_expiry_is_not_signed():
+    rec = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.REFUND_WAIT, True)
+    facts = ChainFacts(LegFacts(HtlcState.LOCKED, 5))
+    now = {"c1": BlockHeight(A_LEG.expiry.value - 1), "c2": UnixTime(0)}
+    assert next_action(rec, facts, now).kind is ActionKind.WAIT
+    now["c1"] = A_LEG.expiry
+    assert next_action(rec, facts, now).kind is ActionKind.SIGN_REFUND
+
+
+def _settle(world: World, order: list[Role], absent: dict[Role, int], steps: list[int]) -> None:
+    """Each honest party acts until it only waits after every block (what the monitor does)."""
+    for role in order:
+        if absent.get(role, 10**9) <= len(world.actions):
+            continue
+        for _ in range(50):
+            if not world.step(role):
+                break
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    schedule=st.lists(st.sampled_from(["c1", "c2"]), min_size=0, max_size=60),
+    order=st.permutations([Role.INITIATOR, Role.PARTICIPANT]),
+    absent_role=st.sampled_from([None, Role.INITIATOR, Role.PARTICIPANT]),
+    absent_after=st.integers(0, 30),
+    late_start=st.integers(0, 12),
+    c1_height=st.booleans(),
+    c2_height=st.booleans(),
+)
+def test_honest_parties_always_finish_and_never_lose(
+    schedule, order, absent_role, absent_after, late_start, c1_height, c2_height
+):
+    world = World(c1_height, c2_height)
+    absent = {absent_role: absent_after} if absent_role else {}
+    for _ in range(late_start):  # the chains move before anyone acts
+        world.mine("c1")
+        world.mine("c2")
+    for chain in schedule:
+        _settle(world, order, absent, [])
+        world.mine(chain)
+    # Then both chains keep moving until well past every expiry.
+    for _ in range(200):
+        _settle(world, order, absent, [])
+        world.mine("c1")
+        world.mine("c2")
+    _settle(world, order, absent, [])
+    a, b = world.legs["A"], world.legs["B"]
+    for role, party in world.parties.items():
+        if role in absent:
+            continue
+        assert party.state in TERMINAL, f"{role} stuck in {party.state}"
+        assert party.state is not State.LOST
+    if Role.INITIATOR not in absent:  # never: our leg paid out while theirs was not
+        assert not (a.state is HtlcState.REDEEMED and b.state is not HtlcState.REDEEMED)
+    if Role.PARTICIPANT not in absent:
+        assert not (b.state is HtlcState.REDEEMED and a.state is not HtlcState.REDEEMED)
+    if not absent:
+        assert {a.state, b.state} in (
+            {HtlcState.REDEEMED},
+            {HtlcState.REFUNDED},
+            {HtlcState.REFUNDED, HtlcState.ABSENT},
+            {HtlcState.ABSENT},
+        )
+
+
+def test_honest_parties_on_prompt_chains_both_redeem():
+    world = World()
+    for _ in range(20):
+        for role in (Role.INITIATOR, Role.PARTICIPANT):
+            while world.step(role):
+                pass
+        world.mine("c1")
+        world.mine("c2")
+    assert world.parties[Role.INITIATOR].state is State.REDEEMED
+    assert world.parties[Role.PARTICIPANT].state is State.REDEEMED
