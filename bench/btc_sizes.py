@@ -22,8 +22,15 @@ from bitcointx.core.key import CKey
 import kofo.settlement.chains.bitcoin  # noqa: F401  (loads libsecp256k1)
 from kofo.settlement.chain import BlockHeight
 from kofo.settlement.chains.bitcoin.kernel import SpentOutput, verify_input
-from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.musig import MusigSigner, aggregate_signature
+from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
 from kofo.settlement.chains.bitcoin.script import build_htlc_script, p2wsh_script_pubkey
+from kofo.settlement.chains.bitcoin.taproot import (
+    TaprootHtlc,
+    build_taproot_htlc,
+    build_taproot_key_path_spend,
+    build_taproot_spend,
+)
 from kofo.settlement.chains.bitcoin.tx import build_htlc_spend, p2wpkh_script_pubkey
 
 EXPIRY = BlockHeight(900_000)
@@ -35,6 +42,60 @@ def _measure(spend: CTransaction, witness_script: bytes) -> dict[str, int]:
     verify_input(spend.serialize(), 0, [SpentOutput(p2wsh_script_pubkey(witness_script), AMOUNT)])
     witness = spend.wit.vtxinwit[0].scriptWitness.serialize()
     return {"vbytes": int(spend.get_virtual_size()), "witness_bytes": len(witness)}
+
+
+def _measure_p2tr(spend: CTransaction, htlc: TaprootHtlc) -> int:
+    verify_input(spend.serialize(), 0, [SpentOutput(htlc.script_pubkey, AMOUNT)])
+    return int(spend.get_virtual_size())
+
+
+def _taproot_sizes(params: ChainParams) -> dict[str, object]:
+    """Taproot spends are exact (64-byte Schnorr signatures), so one sample is the answer."""
+    recipient = CKey.from_secret_bytes(os.urandom(32))
+    refunder = CKey.from_secret_bytes(os.urandom(32))
+    preimage = os.urandom(32)
+    htlc = build_taproot_htlc(
+        hashlib.sha256(preimage).digest(), bytes(recipient.pub), bytes(refunder.pub), EXPIRY
+    )
+    common = {"htlc": htlc, "txid": os.urandom(32).hex(), "vout": 0, "amount": AMOUNT}
+    to_recipient = p2wpkh_script_pubkey(bytes(recipient.pub))
+    claim = build_taproot_spend(
+        **common,
+        key=recipient,
+        destination_script_pubkey=to_recipient,
+        fee_rate=1,
+        params=params,
+        preimage=preimage,
+    )
+    refund = build_taproot_spend(
+        **common,
+        key=refunder,
+        destination_script_pubkey=p2wpkh_script_pubkey(bytes(refunder.pub)),
+        fee_rate=1,
+        params=params,
+        refund=True,
+    )
+    pubkeys = [htlc.recipient_pubkey, htlc.refund_pubkey]
+
+    def cosign(msg: bytes) -> bytes:
+        signers = [MusigSigner(k.secret_bytes, pubkeys, htlc.tweak) for k in (recipient, refunder)]
+        nonces = [s.public_nonce(msg) for s in signers]
+        partials = [s.partial_sign(msg, nonces) for s in signers]
+        return aggregate_signature(pubkeys, msg, nonces, partials, htlc.tweak)
+
+    key_path = build_taproot_key_path_spend(
+        **common, destination_script_pubkey=to_recipient, fee_rate=1, params=params, sign=cosign
+    )
+    return {
+        "output": "p2tr (MuSig2 internal key + claim leaf + refund leaf)",
+        "claim_leaf_bytes": len(htlc.claim_leaf),
+        "refund_leaf_bytes": len(htlc.refund_leaf),
+        "funding_output_vbytes": 8 + 1 + len(htlc.script_pubkey),
+        "key_path_claim_vbytes": _measure_p2tr(key_path, htlc),
+        "script_path_claim_vbytes": _measure_p2tr(claim, htlc),
+        "script_path_refund_vbytes": _measure_p2tr(refund, htlc),
+        "targets": {"key_path_claim_vbytes": 99, "script_path_refund_vbytes": 126},
+    }
 
 
 def main() -> None:
@@ -100,6 +161,9 @@ def main() -> None:
                 "targets": peers,
                 "meets_targets": claim["vbytes"] <= peers["best_p2wsh_claim_vbytes"]
                 and refund["vbytes"] <= peers["best_p2wsh_refund_vbytes"],
+                "why_not": "a 103-byte script is needed for the claim target; "
+                "docs/bitcoin-htlc.md shows none exists with the 32-byte check",
+                "taproot": _taproot_sizes(params),
             },
             indent=1,
         )

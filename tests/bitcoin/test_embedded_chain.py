@@ -28,6 +28,8 @@ from kofo.settlement.chain import BlockHeight, UnixTime
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain, MissingInputs
 from kofo.settlement.chains.bitcoin.script import build_htlc_script, p2wsh_script_pubkey
 from kofo.settlement.chains.bitcoin.tx import (
+    Utxo,
+    _p2wpkh_witness,
     build_funding_tx,
     build_htlc_spend,
     extract_preimage,
@@ -269,3 +271,78 @@ def test_block_with_an_invalid_transaction_is_refused_by_the_kernel(chain, miner
     with pytest.raises(ChainError):
         chain._kernel.process_block(raw)
     assert chain.height() == height
+
+
+# ---- replace-by-fee (BIP125) ---------------------------------------------------------------------
+
+
+def _pay(chain, key, coin, fee_rate, *, to=None, sequence=None):
+    """Spend ``coin`` (owned by ``key``) to a fresh P2WPKH output, at ``fee_rate``."""
+    tx = build_funding_tx(
+        [coin],
+        lambda _spk: key,
+        [(p2wpkh_script_pubkey(pub(to or new_key())), coin.amount // 2)],
+        p2wpkh_script_pubkey(pub(key)),
+        fee_rate,
+        chain.params,
+    )
+    if sequence is None:
+        return tx
+    mutable = CMutableTransaction.from_tx(tx)
+    mutable.vin[0].nSequence = sequence
+    mutable.wit = CTxWitness([_p2wpkh_witness(mutable, 0, key, coin.amount)])
+    return CTransaction.from_tx(mutable)
+
+
+def test_replacement_paying_a_higher_fee_evicts_the_original(chain, miner, coin):
+    recipient = new_key()
+    txid, script, preimage = fund_htlc(
+        chain, miner, coin, recipient, BlockHeight(chain.height() + 50)
+    )
+    slow = _claim(chain, txid, script, recipient, preimage)
+    chain.send_raw(slow.serialize())
+    fast = build_htlc_spend(
+        txid=txid,
+        vout=0,
+        amount=1_000_000,
+        witness_script=script,
+        key=recipient,
+        destination_script_pubkey=p2wpkh_script_pubkey(pub(recipient)),
+        fee_rate=10,
+        params=chain.params,
+        preimage=preimage,
+    )
+    fast_id = chain.send_raw(fast.serialize())
+    assert chain.mempool_txids().count(fast_id) == 1
+    assert b2lx(slow.GetTxid()) not in chain.mempool_txids()
+    chain.mine(1, p2wpkh_script_pubkey(pub(miner)))
+    assert chain.find_tx(fast_id).block_hash is not None
+    assert chain.find_tx(b2lx(slow.GetTxid())) is None
+
+
+def test_replacement_with_a_lower_fee_rate_is_rejected(chain, miner, coin):
+    chain.send_raw(_pay(chain, miner, coin, 10).serialize())
+    with pytest.raises(TxRejected, match="insufficient fee"):
+        chain.send_raw(_pay(chain, miner, coin, 5).serialize())
+
+
+def test_replacement_of_a_transaction_that_does_not_signal_is_rejected(chain, miner, coin):
+    final = _pay(chain, miner, coin, 2, sequence=0xFFFFFFFF)
+    chain.send_raw(final.serialize())
+    with pytest.raises(TxRejected, match="does not signal BIP125"):
+        chain.send_raw(_pay(chain, miner, coin, 20).serialize())
+    assert b2lx(final.GetTxid()) in chain.mempool_txids()
+
+
+def test_replacement_evicts_the_descendants_it_outbids(chain, miner, coin):
+    middle = new_key()
+    parent = _pay(chain, miner, coin, 2, to=middle)
+    parent_id = chain.send_raw(parent.serialize())
+    child_coin = Utxo(parent_id, 0, parent.vout[0].nValue, bytes(parent.vout[0].scriptPubKey))
+    child_id = chain.send_raw(_pay(chain, middle, child_coin, 2).serialize())
+    # A higher fee rate than the parent alone, but less than parent + child pay in total.
+    with pytest.raises(TxRejected, match="insufficient fee"):
+        chain.send_raw(_pay(chain, miner, coin, 3).serialize())
+    replacement_id = chain.send_raw(_pay(chain, miner, coin, 10).serialize())
+    pool = chain.mempool_txids()
+    assert replacement_id in pool and parent_id not in pool and child_id not in pool

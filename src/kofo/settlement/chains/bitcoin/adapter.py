@@ -43,6 +43,13 @@ from kofo.settlement.chains.bitcoin.script import (
     parse_htlc_script,
     pubkey_from_hex,
 )
+from kofo.settlement.chains.bitcoin.taproot import (
+    TaprootHtlc,
+    build_taproot_htlc,
+    build_taproot_spend,
+    extract_taproot_preimage,
+    is_key_path_spend,
+)
 from kofo.settlement.chains.bitcoin.tx import (
     Utxo,
     build_funding_tx,
@@ -128,8 +135,18 @@ class ChainIndex:
         return 0 if found is None else self.height() - found.height + 1
 
 
+HTLC_KINDS = ("p2wsh", "p2tr")
+"""Output types the adapter can lock to. Both parties of a leg must use the same kind: the
+output commits to it, so an auditor expecting P2WSH refuses a P2TR lock of the same terms."""
+
+
 class BitcoinAdapter:
-    """ChainAdapter for a Bitcoin-like chain (``chain`` is ``"btc"`` or ``"ltc"``)."""
+    """ChainAdapter for a Bitcoin-like chain (``chain`` is ``"btc"`` or ``"ltc"``).
+
+    ``htlc_kind`` picks the output: ``"p2wsh"`` (default, :mod:`.script`) or ``"p2tr"``
+    (:mod:`.taproot`; this adapter spends it through its leaves -- the cooperative key path
+    needs both parties and goes through :func:`.taproot.build_taproot_key_path_spend`).
+    """
 
     def __init__(
         self,
@@ -138,7 +155,13 @@ class BitcoinAdapter:
         *,
         start_height: int = 0,
         expiry_unit: type[BlockHeight] | type[UnixTime] = BlockHeight,
+        htlc_kind: str = "p2wsh",
     ) -> None:
+        if htlc_kind not in HTLC_KINDS:
+            raise InvalidInput(
+                f"htlc_kind must be one of {', '.join(HTLC_KINDS)}, got {htlc_kind!r}"
+            )
+        self.htlc_kind = htlc_kind
         self.backend = backend
         self.wallet = wallet
         self.params = wallet.params
@@ -216,15 +239,26 @@ class BitcoinAdapter:
         sender, recipient = self._check_terms(terms)
         return build_htlc_script(terms.payment_hash, recipient, sender, terms.expiry)
 
+    def taproot_htlc(self, terms: HtlcTerms) -> TaprootHtlc:
+        ensure_thread_params()
+        sender, recipient = self._check_terms(terms)
+        return build_taproot_htlc(terms.payment_hash, recipient, sender, terms.expiry)
+
+    def output_script_pubkey(self, terms: HtlcTerms) -> bytes:
+        """The scriptPubKey of the HTLC output for ``terms`` (of this adapter's ``htlc_kind``)."""
+        if self.htlc_kind == "p2tr":
+            return self.taproot_htlc(terms).script_pubkey
+        return p2wsh_script_pubkey(self.witness_script(terms))
+
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
-        script = self.witness_script(terms)
+        spk = self.output_script_pubkey(terms)
         if terms.sender != self.address():
             raise InvalidInput(f"sender {terms.sender} is not this wallet's key {self.address()}")
         utxos = self.spendable()
         tx = build_funding_tx(
             utxos,
             self.wallet.key_for_script,
-            [(p2wsh_script_pubkey(script), terms.amount)],
+            [(spk, terms.amount)],
             self.wallet.identity.script_pubkey,
             self._rate(fee),
             self.params,
@@ -232,7 +266,7 @@ class BitcoinAdapter:
         return [SignedTx(self.chain, TxKind.LOCK, b2lx(tx.GetTxid()), tx.serialize())]
 
     def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
-        spk = p2wsh_script_pubkey(self.witness_script(terms))
+        spk = self.output_script_pubkey(terms)
         tx = CTransaction.deserialize(lock_tx.raw)
         for n, out in enumerate(tx.vout):
             if bytes(out.scriptPubKey) == spk and out.nValue == terms.amount:
@@ -271,6 +305,19 @@ class BitcoinAdapter:
             raise InvalidInput("preimage does not hash to the HTLC's payment_hash")
         txid, vout = self._outpoint(ref)
         _, recipient = self._check_terms(ref.terms)
+        if self.htlc_kind == "p2tr":
+            tx = build_taproot_spend(
+                htlc=self.taproot_htlc(ref.terms),
+                txid=txid,
+                vout=vout,
+                amount=self._output_amount(ref),
+                key=self.wallet.key_for_pubkey(recipient),
+                destination_script_pubkey=self.wallet.identity.script_pubkey,
+                fee_rate=self._rate(fee),
+                params=self.params,
+                preimage=preimage,
+            )
+            return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
         tx = build_htlc_spend(
             txid=txid,
             vout=vout,
@@ -287,6 +334,19 @@ class BitcoinAdapter:
     def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
         txid, vout = self._outpoint(ref)
         sender, _ = self._check_terms(ref.terms)
+        if self.htlc_kind == "p2tr":
+            tx = build_taproot_spend(
+                htlc=self.taproot_htlc(ref.terms),
+                txid=txid,
+                vout=vout,
+                amount=self._output_amount(ref),
+                key=self.wallet.key_for_pubkey(sender),
+                destination_script_pubkey=self.wallet.identity.script_pubkey,
+                fee_rate=self._rate(fee),
+                params=self.params,
+                refund=True,
+            )
+            return SignedTx(self.chain, TxKind.REFUND, b2lx(tx.GetTxid()), tx.serialize())
         tx = build_htlc_spend(
             txid=txid,
             vout=vout,
@@ -306,7 +366,6 @@ class BitcoinAdapter:
     def status(self, ref: HtlcRef) -> HtlcStatus:
         txid, vout = self._outpoint(ref)
         self.index.sync()
-        script = self.witness_script(ref.terms)
         mempool = [CTransaction.deserialize(raw) for raw in self.backend.mempool_raw()]
         lock_confs = self.index.confirmations(txid)
         if lock_confs == 0 and not any(b2lx(t.GetTxid()) == txid for t in mempool):
@@ -323,17 +382,31 @@ class BitcoinAdapter:
         if spender is None:
             return HtlcStatus(HtlcState.LOCKED, lock_confs)
         spender_id = b2lx(spender.GetTxid())
-        preimage = extract_preimage(spender, txid, vout, script)
+        redeemed, preimage = self._spend_outcome(spender, txid, vout, ref.terms)
         return HtlcStatus(
-            HtlcState.REDEEMED if preimage is not None else HtlcState.REFUNDED,
+            HtlcState.REDEEMED if redeemed else HtlcState.REFUNDED,
             lock_confs,
             spend_txid=spender_id,
             spend_confirmations=self.index.confirmations(spender_id),
             preimage=preimage,
         )
 
+    def _spend_outcome(
+        self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms
+    ) -> tuple[bool, bytes | None]:
+        """(redeemed?, preimage) for the transaction spending the HTLC output."""
+        if self.htlc_kind == "p2tr":
+            found = extract_taproot_preimage(spender, txid, vout, self.taproot_htlc(terms))
+            if found is None and is_key_path_spend(spender, txid, vout):
+                # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already
+                # holds the preimage), and the chain shows none, so preimage is None.
+                return True, None
+            return found is not None, found
+        found = extract_preimage(spender, txid, vout, self.witness_script(terms))
+        return found is not None, found
+
     def find_htlc(self, terms: HtlcTerms) -> HtlcRef | None:
-        spk = p2wsh_script_pubkey(self.witness_script(terms))
+        spk = self.output_script_pubkey(terms)
         self.index.sync()
         for txid, n in self.index.by_script.get(spk, []):
             if self.index.txs[txid].tx.vout[n].nValue == terms.amount:
@@ -366,7 +439,7 @@ class BitcoinAdapter:
         out = found.tx.vout[vout]
         if out.nValue != expected.amount:
             raise AuditFailed(f"amount: expected {expected.amount}, on chain {out.nValue}")
-        if bytes(out.scriptPubKey) != p2wsh_script_pubkey(self.witness_script(expected)):
+        if bytes(out.scriptPubKey) != self.output_script_pubkey(expected):
             raise AuditFailed(
                 "script: the output does not commit to the expected payment_hash, "
                 "recipient, sender and expiry"

@@ -4,7 +4,9 @@ Blocks are built here and handed to the kernel (:mod:`.kernel`), which validates
 them -- so what is on this chain obeys Core's consensus, not ours. The mempool is ours and
 deliberately strict: a transaction enters it only if every input exists unspent, coinbase inputs
 are mature, it is final for the next block, it pays the minimum relay fee, and every input's
-script verifies under Core's consensus script code. Reorganisations happen the way they do on a
+script verifies under Core's consensus script code. A transaction spending an input of a mempool
+transaction replaces it only under BIP125's rules (signalled, higher fee and fee rate).
+Reorganisations happen the way they do on a
 real node: a longer competing branch (see :meth:`EmbeddedChain.mine` with ``parent``) wins.
 """
 
@@ -36,6 +38,12 @@ _SEQUENCE_FINAL = 0xFFFFFFFF
 _BIP68_DISABLE = 1 << 31
 _BIP68_TYPE_TIME = 1 << 22
 _BIP68_MASK = 0xFFFF
+
+_SEQUENCE_NO_RBF = 0xFFFFFFFE
+"""BIP125: a transaction is replaceable if any input's nSequence is below this."""
+
+MAX_REPLACEMENT_EVICTIONS = 100
+"""BIP125 rule 5 (Core's MAX_REPLACEMENT_CANDIDATES): bounds the work one replacement causes."""
 
 MTP_WINDOW = 11
 """BIP113: time locks compare with the median of the last 11 block times, not the tip's."""
@@ -173,17 +181,20 @@ class EmbeddedChain:
         """Check ``raw`` as :meth:`send_raw` would, without keeping it. Returns the txid."""
         with self._lock:
             tx = self._decode(raw)
-            self._check(tx, raw)
+            self._check(tx, raw, allow_replace=True)
             return b2lx(tx.GetTxid())
 
     def send_raw(self, raw: bytes) -> str:
-        """Accept ``raw`` into the mempool (idempotent for a tx already there)."""
+        """Accept ``raw`` into the mempool (idempotent for a tx already there). A transaction
+        that spends an input of mempool transactions replaces them (and their descendants) if
+        it meets BIP125's rules (see :meth:`_replacement_check`)."""
         with self._lock:
             tx = self._decode(raw)
             txid = b2lx(tx.GetTxid())
             if txid in self._mempool:
                 return txid
-            self._check(tx, raw)
+            for evicted in self._check(tx, raw, allow_replace=True):
+                self._mempool.pop(evicted, None)
             self._mempool[txid] = tx
             return txid
 
@@ -200,7 +211,9 @@ class EmbeddedChain:
             raise TxRejected("coinbase transactions cannot be broadcast (coinbase)")
         return tx
 
-    def _check(self, tx: CTransaction, raw: bytes) -> None:
+    def _check(self, tx: CTransaction, raw: bytes, *, allow_replace: bool = False) -> set[str]:
+        """Raise :class:`TxRejected` unless ``tx`` may enter the mempool; return the mempool
+        txids it replaces (empty unless ``allow_replace`` and it conflicts)."""
         txid = b2lx(tx.GetTxid())
         utxos = self._utxo_set()
         found = self.find_tx(txid)
@@ -218,13 +231,16 @@ class EmbeddedChain:
         next_height = self.height() + 1
         spent: list[SpentOutput] = []
         total_in = 0
+        conflicts: dict[str, int] = {}  # mempool txid -> the first input of ``tx`` it spends
         for index, txin in enumerate(tx.vin):
             outpoint = (b2lx(txin.prevout.hash), txin.prevout.n)
             if outpoint in mempool_spent:
-                raise TxRejected(
-                    f"input {index} ({outpoint[0]}:{outpoint[1]}) is already spent by "
-                    f"{mempool_spent[outpoint]} in the mempool (txn-mempool-conflict)"
-                )
+                if not allow_replace:
+                    raise TxRejected(
+                        f"input {index} ({outpoint[0]}:{outpoint[1]}) is already spent by "
+                        f"{mempool_spent[outpoint]} in the mempool (txn-mempool-conflict)"
+                    )
+                conflicts.setdefault(mempool_spent[outpoint], index)
             coin = utxos.get(outpoint) or mempool_outputs.get(outpoint)
             if coin is None:
                 raise MissingInputs(
@@ -250,8 +266,105 @@ class EmbeddedChain:
                 f"fee {total_in - total_out} is below the minimum relay fee {fee_floor} "
                 "(min relay fee not met)"
             )
+        evicted: set[str] = set()
+        if conflicts:
+            evicted = self._replacement_check(tx, total_in - total_out, conflicts, utxos)
         for index in range(len(tx.vin)):
             verify_input(raw, index, spent)
+        return evicted
+
+    def _replacement_check(
+        self,
+        tx: CTransaction,
+        fee: int,
+        conflicts: dict[str, int],
+        utxos: dict[tuple[str, int], Coin],
+    ) -> set[str]:
+        """BIP125 (Bitcoin Core's policy/rbf.cpp, without the ancestor-package details):
+
+        1. every directly conflicting tx signals replaceability (an input nSequence below
+           0xfffffffe; KOFO's RBF_SEQUENCE);
+        2. the replacement spends no unconfirmed output it did not already depend on;
+        3. its absolute fee is at least the evicted transactions' total;
+        4. the extra fee pays the relay fee for its own size;
+        5. it evicts at most MAX_REPLACEMENT_EVICTIONS transactions;
+        6. its fee rate is higher than every directly conflicting tx's.
+
+        Returns the evicted txids (the conflicts and all their mempool descendants).
+        """
+        txid = b2lx(tx.GetTxid())
+        for other_id, index in conflicts.items():
+            other = self._mempool[other_id]
+            if all(txin.nSequence >= _SEQUENCE_NO_RBF for txin in other.vin):
+                raise TxRejected(
+                    f"input {index} conflicts with {other_id}, which does not signal BIP125 "
+                    "replaceability (txn-mempool-conflict)"
+                )
+        evicted = set(conflicts)
+        frontier = list(conflicts)
+        while frontier:
+            parent = frontier.pop()
+            for child_id, child in self._mempool.items():
+                if child_id not in evicted and any(
+                    b2lx(i.prevout.hash) == parent for i in child.vin
+                ):
+                    evicted.add(child_id)
+                    frontier.append(child_id)
+        if len(evicted) > MAX_REPLACEMENT_EVICTIONS:
+            raise TxRejected(
+                f"replacing {len(evicted)} transactions exceeds {MAX_REPLACEMENT_EVICTIONS} "
+                "(too many potential replacements)"
+            )
+        original_parents = {
+            b2lx(i.prevout.hash) for other_id in conflicts for i in self._mempool[other_id].vin
+        }
+        for index, txin in enumerate(tx.vin):
+            parent = b2lx(txin.prevout.hash)
+            if parent in evicted:
+                raise TxRejected(
+                    f"input {index} spends {parent}, which this transaction would replace "
+                    "(bad-txns-spends-conflicting-tx)"
+                )
+            if parent in self._mempool and parent not in original_parents:
+                raise TxRejected(
+                    f"input {index} spends the unconfirmed {parent} that the replaced "
+                    "transactions did not (replacement-adds-unconfirmed)"
+                )
+        vsize = int(tx.get_virtual_size())
+        for other_id in conflicts:
+            other = self._mempool[other_id]
+            other_fee = self._mempool_fee(other, utxos)
+            other_vsize = int(other.get_virtual_size())
+            # Compare fee rates without division: fee/vsize > other_fee/other_vsize.
+            if fee * other_vsize <= other_fee * vsize:
+                raise TxRejected(
+                    f"replacement {txid} fee rate {fee}/{vsize} vB is not above {other_id}'s "
+                    f"{other_fee}/{other_vsize} vB (insufficient fee, txn-mempool-conflict)"
+                )
+        evicted_fees = sum(self._mempool_fee(self._mempool[e], utxos) for e in evicted)
+        if fee < evicted_fees:
+            raise TxRejected(
+                f"replacement fee {fee} is below the {evicted_fees} paid by the transactions it "
+                "replaces (insufficient fee, txn-mempool-conflict)"
+            )
+        relay = self.params.min_relay_fee_rate * vsize
+        if fee - evicted_fees < relay:
+            raise TxRejected(
+                f"replacement adds {fee - evicted_fees} in fees, less than the relay fee {relay} "
+                "for its own size (insufficient fee, txn-mempool-conflict)"
+            )
+        return evicted
+
+    def _mempool_fee(self, tx: CTransaction, utxos: dict[tuple[str, int], Coin]) -> int:
+        total_in = 0
+        for txin in tx.vin:
+            outpoint = (b2lx(txin.prevout.hash), txin.prevout.n)
+            coin = utxos.get(outpoint)
+            if coin is not None:
+                total_in += coin.amount
+            else:
+                total_in += self._mempool[outpoint[0]].vout[outpoint[1]].nValue
+        return total_in - sum(out.nValue for out in tx.vout)
 
     def _check_final(self, tx: CTransaction, next_height: int) -> None:
         # IsFinalTx with BIP113: a time lock compares with the tip's median time past.
