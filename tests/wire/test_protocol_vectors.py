@@ -94,20 +94,85 @@ def _claim() -> bytes:
     return _signed(EPH, ex.MSG_CLAIM, claim.to_body())
 
 
+def _register_node() -> bytes:
+    # Paillier values are opaque bytes to the wire; the ledger checks their size and form.
+    body = od.RegisterNode(
+        {"btc": "02" + "aa" * 32, "eth": "0x" + "aa" * 20},
+        paillier_n=bytes([0xC5]) * 256,
+        balance_seed=bytes([0x3D]) * 512,
+        bond=1_000_000,
+    )
+    return _signed(ALICE, od.TX_REGISTER_NODE, body.as_map())
+
+
+def _file_evidence() -> bytes:
+    body = od.FileEvidence(od.EvidenceKind.LEG_NOT_LOCKED, order_id=bytes(range(16)), leg=1)
+    return _signed(ALICE, od.TX_FILE_EVIDENCE, body.as_map())
+
+
+def _withdraw_fees() -> bytes:
+    body = od.WithdrawFees(
+        asset="btc",
+        amount=6_320,
+        randomness=bytes([0x11]) * 256,
+        new_seed=bytes([0x22]) * 512,
+        payout_address="bcrt1q" + "q" * 38,
+    )
+    return _signed(BOB, od.TX_WITHDRAW_FEES, body.as_map())
+
+
+def _claim_message() -> ex.SignedClaim:
+    return ex.open_claim(_claim())
+
+
+def _fulfil() -> bytes:
+    claim = _claim_message()
+    hop = ex.sign_hop(_key("hop1"), claim, [])
+    fulfil = ex.Fulfil(claim.claim_id, 2, 100_000, 2_997_000, TS * 1000 + 4_000, [hop])
+    return _signed(_key("maker-ephemeral"), ex.MSG_FULFIL, fulfil.to_body())
+
+
+def _accept() -> bytes:
+    claim = _claim_message()
+    body = ex.Accept(claim.claim_id, hashlib.sha256(_fulfil()).digest())
+    return _signed(EPH, ex.MSG_ACCEPT, body.to_body())
+
+
+def _parse_tx(msg_type: str) -> Callable[[bytes], object]:
+    return lambda raw: od.parse_tx_body(msg_type, open_message(raw).envelope.body)
+
+
 # name -> (message type, builder, receiver's parser)
 VECTORS: dict[str, tuple[str, Callable[[], bytes], Callable[[bytes], object]]] = {
-    "clearance.commit_order": (
-        od.TX_COMMIT_ORDER,
-        _commit_order,
-        lambda raw: od.parse_tx_body(od.TX_COMMIT_ORDER, open_message(raw).envelope.body),
+    "clearance.register_node": (
+        od.TX_REGISTER_NODE,
+        _register_node,
+        _parse_tx(od.TX_REGISTER_NODE),
     ),
+    "clearance.commit_order": (od.TX_COMMIT_ORDER, _commit_order, _parse_tx(od.TX_COMMIT_ORDER)),
     "clearance.report_outcome": (
         od.TX_REPORT_OUTCOME,
         _report_outcome,
-        lambda raw: od.parse_tx_body(od.TX_REPORT_OUTCOME, open_message(raw).envelope.body),
+        _parse_tx(od.TX_REPORT_OUTCOME),
+    ),
+    "clearance.file_evidence": (
+        od.TX_FILE_EVIDENCE,
+        _file_evidence,
+        _parse_tx(od.TX_FILE_EVIDENCE),
+    ),
+    "clearance.withdraw_fees": (
+        od.TX_WITHDRAW_FEES,
+        _withdraw_fees,
+        _parse_tx(od.TX_WITHDRAW_FEES),
     ),
     "exchange offer": (ex.MSG_OFFER, _offer, ex.open_offer),
     "exchange claim": (ex.MSG_CLAIM, _claim, ex.open_claim),
+    "exchange fulfil": (ex.MSG_FULFIL, _fulfil, ex.open_fulfil),
+    "exchange accept": (
+        ex.MSG_ACCEPT,
+        _accept,
+        lambda raw: ex.open_accept(raw, public_key_bytes(EPH)),
+    ),
 }
 
 
@@ -139,7 +204,7 @@ def test_vector_bytes_match_the_document_and_parse_back(name):
 
 def test_every_ledger_and_exchange_message_type_has_a_vector():
     types = {t for t, _, _ in VECTORS.values()}
-    assert {od.TX_COMMIT_ORDER, od.TX_REPORT_OUTCOME, ex.MSG_OFFER, ex.MSG_CLAIM} <= types
+    assert od.TX_TYPES | {ex.MSG_OFFER, ex.MSG_CLAIM, ex.MSG_FULFIL, ex.MSG_ACCEPT} == types
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
