@@ -33,13 +33,16 @@ def version() -> None:
 
 @app.command()
 def demo() -> None:
-    """Run the main job on the embedded chains: HTLC lock → redeem and lock → refund."""
+    """The main job: two nodes swap BTC→ETH, ETH→BTC and BTC→ERC-20 on the embedded chains.
+    Exits non-zero unless every swap ends redeemed on both sides."""
     from kofo.demo import run_demo
 
     try:
-        run_demo(console)
+        result = run_demo(console)
     except KofoError as exc:
         raise _fail(exc) from None
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 wallet_app = typer.Typer(help="The node's keys: one seed, encrypted at rest.", no_args_is_help=True)

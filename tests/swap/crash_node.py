@@ -7,6 +7,7 @@ SIGKILLs itself at that point (see ``kofo.settlement.engine.CRASH_POINTS``).
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import Any
@@ -38,6 +39,12 @@ def build_engine(config: dict[str, Any], crash: CrashHook | None = None) -> Swap
 
 
 def run_node(config: dict[str, Any], crash_at: str | None, crash_log: str | None) -> None:
+    if config.get("log_file"):
+        logging.basicConfig(
+            filename=config["log_file"],
+            level=logging.INFO,
+            format=f"%(asctime)s {crash_at or '-'} %(name)s %(levelname)s %(message)s",
+        )
     engine = build_engine(config, CrashHook(crash_at, crash_log))
     tower = Watchtower(engine, poll_interval=0.05)
     stop = threading.Event()

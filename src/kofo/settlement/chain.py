@@ -19,6 +19,10 @@ from typing import Protocol, runtime_checkable
 from kofo.errors import InvalidInput
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 
+# The plain terms types are protocol data (messages carry them): defined in ``wire``, re-exported
+# here so every chain adapter keeps importing them from the chain standard.
+from kofo.wire.terms import HtlcTerms, check_payment_hash
+
 __all__ = [
     "PREIMAGE_SIZE",
     "BlockHeight",
@@ -42,47 +46,12 @@ PREIMAGE_SIZE = 32
 ``bytes32`` argument), so a secret valid on one chain is valid on every other one."""
 
 
-def check_payment_hash(payment_hash: bytes) -> bytes:
-    if not isinstance(payment_hash, bytes) or len(payment_hash) != 32:
-        raise InvalidInput("payment_hash must be 32 bytes (sha256 of the preimage)")
-    return payment_hash
-
-
 def check_preimage(preimage: bytes) -> bytes:
     # The value itself never goes into the message: it may still be secret.
     if not isinstance(preimage, bytes) or len(preimage) != PREIMAGE_SIZE:
         size = len(preimage) if isinstance(preimage, bytes) else type(preimage).__name__
         raise InvalidInput(f"preimage must be exactly {PREIMAGE_SIZE} bytes, got {size}")
     return preimage
-
-
-@dataclass(frozen=True, slots=True)
-class HtlcTerms:
-    """Everything that defines one HTLC leg on one chain.
-
-    Addresses are in the chain's own form: an Ethereum checksum address; on Bitcoin-like chains
-    the hex of a 33-byte compressed public key (the HTLC script pays to keys, not addresses).
-    ``token`` is ``None`` for the chain's native coin, else the token contract address.
-    """
-
-    chain: str
-    payment_hash: bytes
-    amount: int
-    sender: str
-    recipient: str
-    expiry: Expiry
-    token: str | None = None
-
-    def __post_init__(self) -> None:
-        check_payment_hash(self.payment_hash)
-        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
-            raise InvalidInput(f"amount must be an integer of base units, got {self.amount!r}")
-        if self.amount <= 0:
-            raise InvalidInput(f"amount must be positive, got {self.amount}")
-        if not self.sender:
-            raise InvalidInput("sender must not be empty")
-        if not self.recipient:
-            raise InvalidInput("recipient must not be empty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +173,12 @@ class ChainAdapter(Protocol):
         """The HTLC's on-chain state, confirmations and (once redeemed) the preimage."""
         ...
 
-    def find_htlc(self, terms: HtlcTerms) -> HtlcRef | None:
-        """Look for a lock matching ``terms`` exactly (the counterparty's, when auditing)."""
+    def find_htlc(self, terms: HtlcTerms, *, spent_since: int | None = None) -> HtlcRef | None:
+        """Look for a lock matching ``terms`` exactly (the counterparty's, when auditing).
+
+        A live (unspent) lock is always found. A lock already redeemed or refunded is found
+        when ``spent_since`` (a block height) is given and the lock is at or above it; without
+        it an adapter may skip that search, which can cost a scan of the chain's history."""
         ...
 
     def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:

@@ -72,6 +72,19 @@ from kofo.wire.swap import (
 
 log = logging.getLogger(__name__)
 
+_Facts = tuple[ChainFacts, HtlcRef | None, HtlcRef | None, dict[str, str]]
+"""What :meth:`SwapEngine.facts` returns: the facts, both legs' references, evidence detail."""
+
+_COUNTER_REF = "counter_ref"
+"""Journal notice kind under which the counterparty's lock reference is remembered."""
+_SCAN_FROM = "scan_from"
+"""Journal notice kind: per chain, the height from which a lock of the swap is searched."""
+
+SCAN_BACK_BLOCKS = 64
+"""A search for the counterparty's lock starts this far below the tip seen when the swap began:
+a reorganisation may move a later lock into a lower block. Ethereum finalises after 64 blocks
+(two epochs) and Bitcoin has seen no reorg deeper than a few blocks since 2013."""
+
 _SIGNED_KINDS = (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND)
 CRASH_POINTS: tuple[str, ...] = (
     *(f"enter:{s.value}" for s in State if s not in (State.PROPOSED, State.REJECTED)),
@@ -177,6 +190,7 @@ class SwapEngine:
             peer=peer,
             payload={"reason": "proposed"},
         )
+        self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
@@ -193,6 +207,7 @@ class SwapEngine:
         self.journal.create_swap(
             Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
         )
+        self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
 
@@ -251,12 +266,51 @@ class SwapEngine:
         return self.adapters[htlc.chain].htlc_ref(htlc, txs[-1])
 
     def _counter_ref(self, rec: StoredSwap, htlc: HtlcTerms) -> HtlcRef | None:
+        """Where the counterparty's lock is. Found once while it is live, then remembered in
+        the journal: after a restart its redeem or refund is read from the lock's block on,
+        with no search (and a lock spent while we were down is still known)."""
         ref = self._counter_refs.get(rec.swap_id)
         if ref is None:
-            ref = self.adapters[htlc.chain].find_htlc(htlc)
+            stored = self.journal.notice(rec.swap_id, _COUNTER_REF)
+            if stored is not None:
+                ref = HtlcRef(htlc, str(stored["locator"]), str(stored["lock_txid"]))
+            else:
+                ref = self.adapters[htlc.chain].find_htlc(htlc)
+                if ref is not None:
+                    self.journal.store_notice(
+                        rec.swap_id,
+                        _COUNTER_REF,
+                        {"locator": ref.locator, "lock_txid": ref.lock_txid},
+                    )
             if ref is not None:
                 self._counter_refs[rec.swap_id] = ref
         return ref
+
+    def _find_spent_counter(self, rec: StoredSwap) -> HtlcRef | None:
+        """Search the counter leg's chain since the swap began for a lock already spent."""
+        view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
+        htlc = view.counter_leg.htlc(rec.terms.payment_hash)
+        start = self.journal.notice(rec.swap_id, _SCAN_FROM) or {}
+        since = int(start.get(htlc.chain, 0))
+        ref = self.adapters[htlc.chain].find_htlc(htlc, spent_since=since)
+        if ref is not None:
+            self.journal.store_notice(
+                rec.swap_id, _COUNTER_REF, {"locator": ref.locator, "lock_txid": ref.lock_txid}
+            )
+            self._counter_refs[rec.swap_id] = ref
+        return ref
+
+    def _note_scan_from(self, terms: SwapTerms) -> None:
+        """Remember where on the counter leg's chain a lock of this swap could first appear (a
+        lock needs the fresh payment hash), so a later search for it never starts at genesis."""
+        heights = {}
+        for leg in (terms.initiator_leg, terms.participant_leg):
+            heights[leg.chain] = max(0, self.adapters[leg.chain].tip().height - SCAN_BACK_BLOCKS)
+        self.journal.store_notice(terms.swap_id, _SCAN_FROM, heights)
+
+    def _drop_counter_ref(self, swap_id: bytes) -> None:
+        self._counter_refs.pop(swap_id, None)
+        self.journal.drop_notice(swap_id, _COUNTER_REF)
 
     def forget_refs(self, chain: str | None = None) -> None:
         """Drop cached counterparty HTLC references (after a reorg on ``chain``)."""
@@ -314,7 +368,7 @@ class SwapEngine:
         if ctr.state is HtlcState.ABSENT:
             audit_code, where = self._audit_claim(rec, ctr_htlc)
             if ctr_ref is not None:
-                self._counter_refs.pop(rec.swap_id, None)  # re-find after a reorg
+                self._drop_counter_ref(rec.swap_id)  # re-find after a reorg
         if audit_code:
             ctr = LegFacts(audit_error=audit_code)
         facts = ChainFacts(self._leg_facts(own_htlc.chain, own_ref), ctr)
@@ -426,11 +480,17 @@ class SwapEngine:
     def step(self, swap_id: bytes) -> bool:
         """Take one decision for the swap and perform it; True if the swap's state moved or a
         transaction was signed (call again), False if it waits or is finished."""
+        return self._step(swap_id, None)[0]
+
+    def _step(self, swap_id: bytes, seen: _Facts | None) -> tuple[bool, _Facts | None]:
+        """:meth:`step`, reusing ``seen`` (the facts the previous step of this swap read) when
+        given. Returns whether to call again and, when this step did nothing on chain (a
+        transition or a signature), the facts it read, which still hold for the next step."""
         with self._lock:
             rec = self.journal.get(swap_id)
             if rec.state in TERMINAL:
-                return False
-            facts, own_ref, ctr_ref, detail = self.facts(rec)
+                return False, None
+            facts, own_ref, ctr_ref, detail = seen or self.facts(rec)
             view = SwapRecord(
                 rec.swap_id,
                 rec.role,
@@ -438,26 +498,36 @@ class SwapEngine:
                 rec.state,
                 self.journal.preimage(rec.swap_id) is not None,
             )
-            action = next_action(view, facts, self.now())
+            now = self.now()
+            action = next_action(view, facts, now)
+            if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
+                # Before blaming the counterparty, look for a lock it made and already spent
+                # (refunded while we were offline): that is a kept promise, not evidence.
+                if self._find_spent_counter(rec) is not None:
+                    facts, own_ref, ctr_ref, detail = self.facts(rec)
+                    action = next_action(view, facts, now)
             if action.evidence is not None:
                 self._evidence(rec, action.evidence, detail)
             if action.kind in (ActionKind.WAIT, ActionKind.DONE):
-                return False
+                return False, None
             assert action.to is not None
+            read = (facts, own_ref, ctr_ref, detail)
             if action.kind is ActionKind.TRANSITION:
                 self._transition(rec, action.to, action.reason)
-                return True
+                return True, read
             if action.kind is ActionKind.BROADCAST:
                 assert action.tx_kind is not None
                 txids = self._broadcast(rec, action.tx_kind)
                 if action.to is rec.state:
-                    return False  # a re-send: wait for the chain to move
+                    return False, None  # a re-send: wait for the chain to move
                 rec = self._transition(rec, action.to, action.reason, txids)
                 self._after_sent(rec, action.tx_kind, txids)
-                return True
+                return True, None  # the chain has changed: read it again
             txs = self._sign(rec, action, facts, own_ref, ctr_ref)
             self._transition(rec, action.to, action.reason, [t.txid for t in txs])
-            return True
+            # A signature is not on chain yet: the facts read before it still describe it (an
+            # unsent own lock is absent), and re-reading them would look up an unknown txid.
+            return True, read
 
     def _after_sent(self, rec: StoredSwap, kind: TxKind, txids: list[str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
@@ -473,9 +543,11 @@ class SwapEngine:
 
     def drive(self, swap_id: bytes, max_steps: int = 64) -> State:
         """Step the swap until it waits; a chain error leaves it for the next tick."""
+        seen: _Facts | None = None
         for _ in range(max_steps):
             try:
-                if not self.step(swap_id):
+                go_on, seen = self._step(swap_id, seen)
+                if not go_on:
                     break
             except (ChainError, InvalidInput) as exc:
                 log.warning("swap %s: %s (will retry)", swap_id.hex()[:8], exc)

@@ -339,6 +339,10 @@ class Journal:
                 "INSERT OR REPLACE INTO notices VALUES (?,?,?)", (swap_id, kind, encode(body))
             )
 
+    def drop_notice(self, swap_id: bytes, kind: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM notices WHERE swap_id=? AND kind=?", (swap_id, kind))
+
     def notice(self, swap_id: bytes, kind: str) -> dict[str, Any] | None:
         with self._lock:
             row = self._db.execute(

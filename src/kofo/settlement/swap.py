@@ -237,10 +237,13 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
             return _send(TxKind.LOCK, State.LOCK_SENT, "own lock left the best chain: re-send")
         if initiator:
             if _reached(counter_now, rec.terms.initiator_redeem_by):
+                # A counter leg seen locked (maybe refunded since, while we were offline) was
+                # the participant keeping its word: only a lock that never came is evidence.
+                missing = EvidenceKind.NO_LOCK if ctr.state is HtlcState.ABSENT else None
                 return _go(
                     State.REFUND_WAIT,
                     "no correct participant lock by initiator_redeem_by",
-                    bad or EvidenceKind.NO_LOCK,
+                    bad or missing,
                 )
             if counter_ok:
                 return _go(State.COUNTER_AUDITED, "participant lock matches terms and is buried")

@@ -40,10 +40,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from kofo.errors import KofoError
-from kofo.settlement.chain import BlockHeight, Expiry, HtlcTerms, UnixTime, check_payment_hash
+from kofo.settlement.chain import BlockHeight, Expiry, UnixTime
+from kofo.wire.terms import Leg, SwapTerms
+
+__all__ = [
+    "ACCEPT_WINDOW_SECONDS",
+    "BITCOIN",
+    "DEFAULT_POLICIES",
+    "ETHEREUM",
+    "LITECOIN",
+    "ChainPolicy",
+    "Leg",
+    "SwapTerms",
+    "TermsRefused",
+    "check_terms_as_initiator",
+    "check_terms_as_participant",
+    "devnet_policy",
+    "participant_margin",
+    "propose_terms",
+]
 
 
 class TermsRefused(KofoError):
@@ -153,56 +171,6 @@ def devnet_policy(chain: str, *, height_clock: bool) -> ChainPolicy:
 ACCEPT_WINDOW_SECONDS = 300
 """Time the participant has to answer a proposal and the initiator to sign its lock: a network
 round trip plus the participant's checks, with room for a restart of either node."""
-
-
-@dataclass(frozen=True, slots=True)
-class Leg:
-    """One side of a swap: ``sender`` locks ``amount`` of ``token`` on ``chain`` for ``recipient``,
-    refundable at ``expiry`` (in the chain's own unit)."""
-
-    chain: str
-    amount: int
-    sender: str
-    recipient: str
-    expiry: Expiry
-    token: str | None = None
-    confirmations: int = 1
-    """Blocks the lock and the spend of this leg must have before either side relies on them."""
-
-    def htlc(self, payment_hash: bytes) -> HtlcTerms:
-        return HtlcTerms(
-            chain=self.chain,
-            payment_hash=payment_hash,
-            amount=self.amount,
-            sender=self.sender,
-            recipient=self.recipient,
-            expiry=self.expiry,
-            token=self.token,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class SwapTerms:
-    """Everything both parties sign up to. Deadlines are absolute, each on its own chain:
-    ``initiator_lock_by`` on the initiator leg's chain, the other two on the participant leg's."""
-
-    swap_id: bytes
-    payment_hash: bytes
-    initiator_leg: Leg
-    participant_leg: Leg
-    initiator_lock_by: Expiry
-    participant_lock_by: Expiry
-    initiator_redeem_by: Expiry
-    initiator_node: bytes = field(default=b"")
-    participant_node: bytes = field(default=b"")
-
-    def __post_init__(self) -> None:
-        check_payment_hash(self.payment_hash)
-        if len(self.swap_id) != 16:
-            raise TermsRefused("swap_id must be 16 bytes", code="bad_terms")
-
-    def chains(self) -> tuple[str, str]:
-        return self.initiator_leg.chain, self.participant_leg.chain
 
 
 def _offset(now: Mapping[str, Expiry], chain: str, target: Expiry) -> int:

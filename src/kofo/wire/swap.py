@@ -25,10 +25,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.errors import KofoError
-from kofo.settlement.chain import BlockHeight, Expiry, HtlcTerms, UnixTime
-from kofo.settlement.terms import Leg, SwapTerms
 from kofo.wire.codec import encode
 from kofo.wire.envelope import BadMessage, ReplayGuard, SignedMessage, open_message, sign
+from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+from kofo.wire.terms import HtlcTerms, Leg, SwapTerms
 
 SCHEMA_VERSION = 1
 """Version of the swap body schemas; a body carries it as ``"sv"`` so the schemas can evolve

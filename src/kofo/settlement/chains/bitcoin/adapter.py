@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from bitcointx.core import (
     CBitcoinTransaction as CTransaction,
@@ -175,6 +176,7 @@ class BitcoinAdapter:
     # ---- identity, clock, fees ---------------------------------------------------------------
 
     def address(self) -> str:
+        ensure_thread_params()  # key derivation needs it too; callers run in any thread
         return self.wallet.identity.pubkey.hex()
 
     def expiry_now(self) -> Expiry:
@@ -405,7 +407,8 @@ class BitcoinAdapter:
         found = extract_preimage(spender, txid, vout, self.witness_script(terms))
         return found is not None, found
 
-    def find_htlc(self, terms: HtlcTerms) -> HtlcRef | None:
+    def find_htlc(self, terms: HtlcTerms, *, spent_since: int | None = None) -> HtlcRef | None:
+        # The index holds spent outputs too, so ``spent_since`` needs no extra search here.
         spk = self.output_script_pubkey(terms)
         self.index.sync()
         for txid, n in self.index.by_script.get(spk, []):
@@ -422,36 +425,73 @@ class BitcoinAdapter:
     def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:
         """Check the output at ``ref`` pays the P2WSH of exactly ``expected``'s HTLC script.
 
-        The output commits to a hash of the script, so a mismatch in any script field shows
-        as ``script``; when the counterparty sent its witness script, :meth:`audit_script`
-        names the exact field.
+        Errors carry ``audit_<field>`` codes (as the Ethereum adapter's do), so evidence names
+        the field. The output commits to a hash of the script; when ``ref.terms`` (the terms the
+        counterparty claims) produce that output, the first script field that differs from
+        ``expected`` is named, otherwise ``audit_script``. Fields are checked before
+        confirmations, so a wrong lock still in the mempool is reported for what is wrong with
+        it, not as merely unconfirmed.
         """
         if expected.chain != self.chain:
-            raise AuditFailed(f"chain: expected {expected.chain!r}, this is {self.chain!r}")
+            raise AuditFailed(
+                f"chain: expected {expected.chain!r}, this is {self.chain!r}", code="audit_chain"
+            )
         txid, vout = self._outpoint(ref)
         self.index.sync()
         found = self.index.txs.get(txid)
-        if found is None or vout >= len(found.tx.vout):
+        tx = found.tx if found is not None else None
+        if tx is None:
+            for raw in self.backend.mempool_raw():
+                candidate = CTransaction.deserialize(raw)
+                if b2lx(candidate.GetTxid()) == txid:
+                    tx = candidate
+                    break
+        if tx is None or vout >= len(tx.vout):
             raise AuditFailed(
                 f"confirmations: {ref.locator} is not confirmed on the best chain "
-                f"(expected at least {max(min_confirmations, 1)})"
+                f"(expected at least {max(min_confirmations, 1)})",
+                code="audit_confirmations",
             )
-        out = found.tx.vout[vout]
+        out = tx.vout[vout]
         if out.nValue != expected.amount:
-            raise AuditFailed(f"amount: expected {expected.amount}, on chain {out.nValue}")
-        if bytes(out.scriptPubKey) != self.output_script_pubkey(expected):
             raise AuditFailed(
-                "script: the output does not commit to the expected payment_hash, "
-                "recipient, sender and expiry"
+                f"amount: expected {expected.amount}, on chain {out.nValue}", code="audit_amount"
             )
+        spk = bytes(out.scriptPubKey)
+        if spk != self.output_script_pubkey(expected):
+            self._name_script_field(ref.terms, expected, spk)
         status = self.status(ref)
         if status.state is not HtlcState.LOCKED:
-            raise AuditFailed(f"state: expected locked, it is {status.state.value}")
+            raise AuditFailed(
+                f"state: expected locked, it is {status.state.value}", code="audit_state"
+            )
         if status.confirmations < min_confirmations:
             raise AuditFailed(
-                f"confirmations: expected at least {min_confirmations}, has {status.confirmations}"
+                f"confirmations: expected at least {min_confirmations}, has {status.confirmations}",
+                code="audit_confirmations",
             )
         return status
+
+    def _name_script_field(self, claimed: HtlcTerms, expected: HtlcTerms, spk: bytes) -> NoReturn:
+        """Raise for a script mismatch, naming the field when ``claimed`` explains ``spk``."""
+        try:
+            explained = claimed.chain == self.chain and self.output_script_pubkey(claimed) == spk
+        except InvalidInput:
+            explained = False
+        if explained:
+            for name in ("payment_hash", "recipient", "sender", "expiry"):
+                have, want = getattr(claimed, name), getattr(expected, name)
+                if have != want:
+                    shown = (have.hex(), want.hex()) if isinstance(have, bytes) else (have, want)
+                    raise AuditFailed(
+                        f"{name}: expected {shown[1]}, the script has {shown[0]}",
+                        code=f"audit_{name}",
+                    )
+        raise AuditFailed(
+            "script: the output does not commit to the expected payment_hash, "
+            "recipient, sender and expiry",
+            code="audit_script",
+        )
 
     def audit_script(self, ref: HtlcRef, witness_script: bytes, expected: HtlcTerms) -> None:
         """Parse the counterparty's ``witness_script`` and name the first field that differs."""

@@ -9,6 +9,7 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,13 @@ slots). Unused gas is not charged."""
 
 MIN_TOKEN_LOCK_GAS = 200_000
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
+
+FIND_FIRST_WINDOW = 8
+"""Blocks in the first window :meth:`EthereumAdapter.find_htlc` scans back from the tip; each
+further window doubles. A live lock is usually a few blocks old, and a log query's cost grows
+with the range it covers (on the embedded EVM quadratically), so the search starts small."""
+
+_HTLC_EVENTS = ("Locked", "Redeemed", "Refunded")
 
 _ERC20_ABI: list[dict[str, Any]] = [
     {
@@ -128,6 +136,15 @@ class EthereumAdapter:
         )
         if not w3.eth.get_code(self.htlc.address):
             raise ChainError(f"no contract code at HTLC address {self.htlc.address}")
+        # Built once: constructing web3 contract/event objects per call costs more than the
+        # calls themselves on a local chain.
+        self._events = {name: getattr(self.htlc.events, name)() for name in _HTLC_EVENTS}
+        self._topics = {
+            name: "0x" + keccak(text=ev.abi_element_identifier).hex()
+            for name, ev in self._events.items()
+        }
+        self._tokens: dict[str, Contract] = {}
+        self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
         self._chain_id = w3.eth.chain_id
         self.nonces = NonceManager(
             account.address,
@@ -141,7 +158,11 @@ class EthereumAdapter:
         return str(self.account.address)
 
     def _token(self, token: str) -> Contract:
-        return self.w3.eth.contract(address=to_checksum_address(token), abi=_ERC20_ABI)
+        contract = self._tokens.get(token)
+        if contract is None:
+            contract = self.w3.eth.contract(address=to_checksum_address(token), abi=_ERC20_ABI)
+            self._tokens[token] = contract
+        return contract
 
     def balance(self, token: str | None = None, owner: str | None = None) -> int:
         who = to_checksum_address(owner or self.account.address)
@@ -163,17 +184,22 @@ class EthereumAdapter:
         return BlockInfo(height=int(b["number"]), hash=_hex(b["hash"]), time=int(b["timestamp"]))
 
     def tx_confirmations(self, txid: str) -> int:
+        mined = self._mined_at(txid)
+        return 0 if mined is None else int(self.w3.eth.block_number) - mined + 1
+
+    def _mined_at(self, txid: str) -> int | None:
+        """The height of the best-chain block holding ``txid``; None if unmined or unknown."""
         try:
             receipt = self.w3.eth.get_transaction_receipt(HexBytes(txid))
         except TransactionNotFound:
-            return 0
+            return None
         if receipt is None or receipt.get("blockNumber") is None:
-            return 0
+            return None
         # A receipt from a block that was reorganised away must not count.
         block = self.w3.eth.get_block(receipt["blockNumber"])
         if bytes(block["hash"]) != bytes(receipt["blockHash"]):
-            return 0
-        return int(self.w3.eth.block_number) - int(receipt["blockNumber"]) + 1
+            return None
+        return int(receipt["blockNumber"])
 
     def estimate_fee(self) -> FeeEstimate:
         base = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
@@ -295,22 +321,24 @@ class EthereumAdapter:
         return self._sign(TxKind.REFUND, call, fee)
 
     def broadcast(self, tx: SignedTx) -> str:
-        try:
-            if self.w3.eth.get_transaction(HexBytes(tx.txid)) is not None:
-                return tx.txid  # already known: broadcasting is idempotent
-        except TransactionNotFound:
-            pass
+        # Send first and look the transaction up only if the node refuses it: a lookup of an
+        # unknown hash is a scan of the whole chain on some backends (eth-tester), and almost
+        # every broadcast is of a new transaction.
         try:
             sent = self.w3.eth.send_raw_transaction(tx.raw)
-        except (Web3RPCError, ValueError) as exc:
+        except Exception as exc:  # web3 errors, and eth-tester's own ValidationError types
             text = str(exc)
-            if "already known" in text or "known transaction" in text:
-                return tx.txid
+            if "already known" in text or "known transaction" in text or self._known(tx.txid):
+                return tx.txid  # already known: broadcasting is idempotent
             raise ChainError(f"broadcast of {tx.kind} {tx.txid} failed: {text}") from None
-        except Exception as exc:  # eth-tester raises its own ValidationError types
-            raise ChainError(f"broadcast of {tx.kind} {tx.txid} failed: {exc}") from None
         log.info("broadcast %s %s on %s", tx.kind, _hex(sent), self.chain)
         return _hex(sent)
+
+    def _known(self, txid: str) -> bool:
+        try:
+            return self.w3.eth.get_transaction(HexBytes(txid)) is not None
+        except TransactionNotFound:
+            return False
 
     def wait(self, txid: str, timeout: float = 60.0) -> None:
         """Block until ``txid`` is mined; raise :class:`TxRejected` if it reverted."""
@@ -327,67 +355,109 @@ class EthereumAdapter:
 
     # -- reading the chain --------------------------------------------------------------
 
-    def _logs(self, event: str, sid: bytes, from_block: int = 0) -> list[Any]:
-        ev = getattr(self.htlc.events, event)()
-        topic0 = "0x" + keccak(text=ev.abi_element_identifier).hex()
+    def _logs(
+        self, event: str, sid: bytes, from_block: int = 0, to_block: int | str = "latest"
+    ) -> list[Any]:
+        ev = self._events[event]
         raw = self.w3.eth.get_logs(
             {
                 "address": self.htlc.address,
-                "topics": [topic0, _hex(sid)],  # type: ignore[list-item]
+                "topics": [self._topics[event], _hex(sid)],  # type: ignore[list-item]
                 "fromBlock": from_block,
-                "toBlock": "latest",
+                "toBlock": to_block,  # type: ignore[typeddict-item]
             }
         )
         return [ev.process_log(entry) for entry in raw]
 
-    def find_htlc(self, terms: HtlcTerms) -> HtlcRef | None:
+    def find_htlc(self, terms: HtlcTerms, *, spent_since: int | None = None) -> HtlcRef | None:
+        """The HTLC of ``terms``: a live one always, a spent one only from ``spent_since`` on.
+
+        The contract's ``swaps`` map answers "is it live?" in one call, so a caller polling for
+        a counterparty's lock costs no log scan until the lock exists; then the lock's own
+        event is searched backwards from the tip in doubling windows (a live lock is recent).
+        A spent lock needs a scan of ``[spent_since, tip]``, done only when asked for.
+        """
         self._check_terms(terms)
         sid = swap_id(terms)
-        locked = self._logs("Locked", sid)
-        if not locked:
-            return None
-        return HtlcRef(
-            terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
-        )
-
-    def _lock_block(self, ref: HtlcRef) -> int:
-        """The block holding ``ref``'s lock (0 if unknown): where its redeem/refund logs start."""
-        try:
-            receipt = self.w3.eth.get_transaction_receipt(HexBytes(ref.lock_txid))
-        except TransactionNotFound:
-            return 0
-        return int(receipt["blockNumber"]) if receipt and receipt.get("blockNumber") else 0
+        if not self._live(sid):
+            if spent_since is None:
+                return None
+            locked = self._logs("Locked", sid, max(0, spent_since))
+            if not locked:
+                return None
+            return HtlcRef(
+                terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
+            )
+        hi = int(self.w3.eth.block_number)
+        size = FIND_FIRST_WINDOW
+        while hi >= 0:
+            lo = max(0, hi - size + 1)
+            locked = self._logs("Locked", sid, lo, hi)
+            if locked:
+                return HtlcRef(
+                    terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
+                )
+            hi, size = lo - 1, size * 2
+        return None
 
     def status(self, ref: HtlcRef) -> HtlcStatus:
         sid = bytes(HexBytes(ref.locator))
-        lock_conf = self.tx_confirmations(ref.lock_txid)
-        if self.htlc.functions.swaps(sid).call():
+        lock_block = self._mined_at(ref.lock_txid)
+        lock_conf = 0 if lock_block is None else int(self.w3.eth.block_number) - lock_block + 1
+        known = self._spends.get(sid)
+        if known is not None and lock_block is not None:
+            # A spend seen before: only its confirmations can have changed (0 after a reorg,
+            # then it is searched for again).
+            conf = self.tx_confirmations(known.spend_txid or "")
+            if conf:
+                return replace(known, confirmations=lock_conf, spend_confirmations=conf)
+            del self._spends[sid]
+        if self._live(sid):
             return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
-        # A payout can only come after the lock: scanning from the lock's block (not from
-        # genesis) keeps each status check proportional to the swap's age, not the chain's.
-        since = self._lock_block(ref) if lock_conf else 0
-        for entry in self._logs("Redeemed", sid, since):
-            txid = _hex(entry["transactionHash"])
-            conf = self.tx_confirmations(txid)
-            if conf:
-                return HtlcStatus(
-                    HtlcState.REDEEMED,
+        if lock_block is None:
+            # A payout comes after its lock on the same chain: with the lock not on the best
+            # chain there is no redeem or refund of it to look for.
+            return HtlcStatus(HtlcState.ABSENT)
+        # The spend came after the lock: search back from the tip in doubling windows, never
+        # below the lock's block, so a check costs the spend's age, not the chain's.
+        hi = int(self.w3.eth.block_number)
+        size = FIND_FIRST_WINDOW
+        while hi >= lock_block:
+            lo = max(lock_block, hi - size + 1)
+            for entry in reversed(self._spend_logs(sid, lo, hi)):
+                txid = _hex(entry["transactionHash"])
+                conf = self.tx_confirmations(txid)
+                if not conf:
+                    continue
+                redeemed = entry["event"] == "Redeemed"
+                found = HtlcStatus(
+                    HtlcState.REDEEMED if redeemed else HtlcState.REFUNDED,
                     confirmations=lock_conf,
                     spend_txid=txid,
                     spend_confirmations=conf,
-                    preimage=bytes(entry["args"]["preimage"]),
+                    preimage=bytes(entry["args"]["preimage"]) if redeemed else None,
                 )
-        for entry in self._logs("Refunded", sid, since):
-            txid = _hex(entry["transactionHash"])
-            conf = self.tx_confirmations(txid)
-            if conf:
-                return HtlcStatus(
-                    HtlcState.REFUNDED,
-                    confirmations=lock_conf,
-                    spend_txid=txid,
-                    spend_confirmations=conf,
-                )
+                self._spends[sid] = found
+                return found
+            hi, size = lo - 1, size * 2
         return HtlcStatus(HtlcState.ABSENT)
+
+    def _live(self, sid: bytes) -> bool:
+        # ``from`` given: web3's eth-tester provider otherwise lists its accounts to fill it in.
+        return bool(self.htlc.functions.swaps(sid).call({"from": self.account.address}))
+
+    def _spend_logs(self, sid: bytes, from_block: int, to_block: int) -> list[Any]:
+        """Redeemed and Refunded events of ``sid`` in one query (topic0 is either)."""
+        by_topic = {self._topics[name]: self._events[name] for name in ("Redeemed", "Refunded")}
+        raw = self.w3.eth.get_logs(
+            {
+                "address": self.htlc.address,
+                "topics": [list(by_topic), _hex(sid)],  # type: ignore[list-item]
+                "fromBlock": from_block,
+                "toBlock": to_block,
+            }
+        )
+        return [by_topic[_hex(entry["topics"][0])].process_log(entry) for entry in raw]
 
     def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:
         self._check_terms(expected)

@@ -39,6 +39,23 @@ _RENAMED = {"y_parity": "yParity", "state_root": "root"}
 _BLOOM_BYTES = 256
 
 
+def mine_at(tester: EthereumTester, timestamp: int) -> None:
+    """Mine one block stamped exactly ``timestamp`` (later than the latest block's).
+
+    Not ``EthereumTester.time_travel``: it stamps the block one second early (py-evm no longer
+    adds the second its comment expects), mines nothing when the target equals the pending
+    block's time, and rewrites the pending header with a copy read before mining, so a block
+    mined by another thread in between is replaced (a mined transaction disappears). Callers
+    must hold whatever lock serialises access to ``tester`` (eth-tester is not thread-safe).
+    """
+    latest = int(tester.get_block_by_number("latest")["timestamp"])
+    if timestamp <= latest:
+        raise ValueError(f"timestamp {timestamp} is not after the latest block's {latest}")
+    chain = tester.backend.chain
+    chain.set_header_timestamp(timestamp)  # py-evm MiningChain: the pending block's time
+    tester.mine_blocks(1)
+
+
 def _to_wire(value: Any, key: str = "") -> Any:
     """A web3.py result value in JSON-RPC wire form."""
     if isinstance(value, bool) or value is None:
@@ -90,9 +107,7 @@ class EmbeddedEvm:
 
     def _set_timestamp(self, params: list[Any]) -> str:
         target = int(params[0], 0) if isinstance(params[0], str) else int(params[0])
-        if target <= self._now():
-            raise ValueError(f"timestamp {target} is not after the latest block's {self._now()}")
-        self.tester.time_travel(target)  # eth-tester mines a block at exactly this time
+        mine_at(self.tester, target)  # under self._lock, as every chain access here
         return hex(target)
 
     def _increase_time(self, params: list[Any]) -> str:

@@ -1,0 +1,251 @@
+"""Two nodes swap Bitcoin-like legs against Ethereum legs through the engine, on embedded chains.
+
+Each Bitcoin-like chain is one :class:`EmbeddedChain` shared by both nodes; expiries there are
+block heights while the Ethereum leg's are block timestamps, so every swap here mixes the units.
+Time moves by mining Bitcoin blocks and by jumping the EVM's clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import pytest
+
+from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.settlement.swap import State
+from kofo.settlement.terms import Leg
+from kofo.wire.swap import Accept, Locked, Propose, open_swap, sign_swap
+from tests.swap.btc_helpers import Btc, addr, expected_after, fees_paid, holdings
+from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node
+
+BTC_AMOUNT = 1_500_000  # sats
+LTC_AMOUNT = 40_000_000  # litoshis
+TOKENS = 250 * 10**6  # 250 TUSD (6 decimals)
+ACCEPT_WINDOW = 30
+"""Short accept window (in seconds, i.e. 30 devnet blocks) so refund tests mine few blocks."""
+
+
+@dataclass
+class World:
+    chains: dict[str, Btc | Evm]
+    alice: Node
+    bob: Node
+
+    def btc_like(self) -> list[Btc]:
+        return [c for c in self.chains.values() if isinstance(c, Btc)]
+
+    def mine(self, _round: int = 0) -> None:
+        """One block on every Bitcoin-like chain (the EVM mines a block per transaction)."""
+        for c in self.btc_like():
+            c.mine(1)
+
+
+@pytest.fixture
+def world_factory(tmp_path) -> Iterator[Callable[[str], World]]:
+    made: list[Btc] = []
+
+    def factory(btc_chain: str) -> World:
+        btc = Btc(btc_chain)
+        made.append(btc)
+        chains: dict[str, Btc | Evm] = {btc_chain: btc, "eth": Evm()}
+        alice = make_node("alice", tmp_path, chains)  # type: ignore[arg-type]
+        bob = make_node("bob", tmp_path, chains)  # type: ignore[arg-type]
+        return World(chains, alice, bob)
+
+    yield factory
+    for btc in made:
+        btc.close()
+
+
+def _leg(w: World, payer: Node, payee: Node, chain: str, amount: int, token: bool = False) -> Leg:
+    evm = w.chains["eth"]
+    tok = evm.token if token and isinstance(evm, Evm) else None
+    unit = BlockHeight(0) if isinstance(w.chains[chain], Btc) else UnixTime(0)
+    return Leg(chain, amount, addr(payer, chain), addr(payee, chain), unit, tok)
+
+
+def _start(w: World, give: Leg, get: Leg) -> bytes:
+    """Alice proposes with a short accept window, Bob accepts; both over signed wire bytes."""
+    alice, bob = w.alice, w.bob
+    terms = alice.engine.propose(
+        give, get, participant_node=bob.node_id, accept_window=ACCEPT_WINDOW
+    )
+    body, sender = open_swap(sign_swap(alice.key, Propose(terms)).to_bytes(), bob.guard)
+    reply = bob.engine.handle(body, sender)
+    assert isinstance(reply, Accept)
+    body, sender = open_swap(sign_swap(bob.key, reply).to_bytes(), alice.guard)
+    assert alice.engine.handle(body, sender) is None
+    return terms.swap_id
+
+
+PAIRS = {
+    # name: (btc-like chain, initiator leg (chain, amount, token?), participant leg)
+    "btc_for_eth": ("btc", ("btc", BTC_AMOUNT, False), ("eth", 2 * ETHER, False)),
+    "eth_for_btc": ("btc", ("eth", ETHER, False), ("btc", BTC_AMOUNT, False)),
+    "btc_for_erc20": ("btc", ("btc", BTC_AMOUNT, False), ("eth", TOKENS, True)),
+    "ltc_for_eth": ("ltc", ("ltc", LTC_AMOUNT, False), ("eth", ETHER // 4, False)),
+}
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_swap_pays_both_sides_exactly_the_agreed_amounts(world_factory, pair):
+    btc_chain, (c1, a1, t1), (c2, a2, t2) = PAIRS[pair]
+    w = world_factory(btc_chain)
+    alice, bob = w.alice, w.bob
+    link(alice, bob)
+    give = _leg(w, alice, bob, c1, a1, t1)
+    get = _leg(w, bob, alice, c2, a2, t2)
+    assets = {(c1, None), (c2, None), (c1, give.token), (c2, get.token)}
+    before = {n.name: holdings(n, assets) for n in (alice, bob)}
+
+    sid = _start(w, give, get)
+    terms = alice.engine.terms_of(sid)
+    # Each deadline is in its own chain's unit: heights on Bitcoin-like chains, time on eth.
+    for leg in (terms.initiator_leg, terms.participant_leg):
+        unit = BlockHeight if leg.chain == btc_chain else UnixTime
+        assert type(leg.expiry) is unit
+    assert type(terms.initiator_lock_by) is type(terms.initiator_leg.expiry)
+    assert type(terms.initiator_redeem_by) is type(terms.participant_leg.expiry)
+
+    states = drive([alice, bob], sid, between=w.mine)
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    preimage = alice.engine.journal.preimage(sid)
+    assert preimage is not None and hashlib.sha256(preimage).digest() == terms.payment_hash
+    assert bob.engine.journal.preimage(sid) == preimage  # read off the chain alice redeemed on
+    assert holdings(alice, assets) == expected_after(
+        before["alice"], gives=give, gets=get, fees=fees_paid(alice, sid)
+    )
+    assert holdings(bob, assets) == expected_after(
+        before["bob"], gives=get, gets=give, fees=fees_paid(bob, sid)
+    )
+    assert alice.engine.journal.evidence(sid) == [] and bob.engine.journal.evidence(sid) == []
+
+
+def _initiator_gone_after_both_locks(w: World, *, saw_counter_lock: bool) -> bytes:
+    """Alice locks BTC, Bob locks ETH, Alice goes offline before redeeming (so the secret
+    never comes out); Bob refunds at T_B; then Alice comes back and refunds at T_A.
+    ``saw_counter_lock``: Alice audited Bob's lock before going offline."""
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    link(alice, bob)
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    get = _leg(w, bob, alice, "eth", 2 * ETHER)
+    assets = {("btc", None), ("eth", None)}
+    before = {n.name: holdings(n, assets) for n in (alice, bob)}
+    sid = _start(w, give, get)
+    terms = alice.engine.terms_of(sid)
+
+    for _ in range(5):
+        alice.engine.tick()
+        btc.mine(1)
+        if alice.engine.journal.get(sid).state is State.LOCKED:
+            break
+    assert alice.engine.journal.get(sid).state is State.LOCKED
+    for _ in range(5):
+        bob.engine.tick()
+        btc.mine(1)
+    assert bob.engine.journal.get(sid).state is State.LOCKED  # bob's ETH is in the HTLC
+    if saw_counter_lock:
+        assert alice.engine.step(sid)  # one decision: audit bob's lock, then she is gone
+        assert alice.engine.journal.get(sid).state is State.COUNTER_AUDITED
+
+    # T_B is a timestamp on eth: jump the EVM past it; bob refunds, alice is still offline.
+    evm.advance_to(terms.participant_leg.expiry.value + 1)
+    assert drive([bob], sid, rounds=10) == {"bob": State.REFUNDED}
+
+    # Alice comes back; T_A is a height on btc, reached only by mining.
+    assert btc.height() < terms.initiator_leg.expiry.value
+    states = drive([alice], sid, rounds=60, between=lambda _r: btc.mine(3))
+    assert states == {"alice": State.REFUNDED}
+    assert btc.height() >= terms.initiator_leg.expiry.value
+    for node in (alice, bob):
+        gives, gets = (give, get) if node is alice else (get, give)
+        assert holdings(node, assets) == expected_after(
+            before[node.name],
+            gives=gives,
+            gets=gets,
+            fees=fees_paid(node, sid),
+            refunded=True,
+        )
+    return sid
+
+
+def test_initiator_gone_after_both_locks_both_refund_at_their_own_expiries(world_factory):
+    w = world_factory("btc")
+    sid = _initiator_gone_after_both_locks(w, saw_counter_lock=True)
+    # Bob kept his word (he locked, then refunded at his expiry): no evidence against him.
+    assert w.alice.engine.journal.evidence(sid) == []
+
+
+def test_initiator_offline_for_the_counter_lock_records_no_evidence_against_an_honest_peer(
+    world_factory,
+):
+    w = world_factory("btc")
+    sid = _initiator_gone_after_both_locks(w, saw_counter_lock=False)
+    assert w.alice.engine.journal.evidence(sid) == []
+
+
+def test_participant_gone_after_the_first_lock_leaves_the_initiator_refunded_with_evidence(
+    world_factory,
+):
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    get = _leg(w, bob, alice, "eth", ETHER)
+    before = holdings(alice, {("btc", None)})
+    sid = _start(w, give, get)  # bob accepts, then is never heard of again
+    terms = alice.engine.terms_of(sid)
+    evm = w.chains["eth"]
+    assert isinstance(evm, Evm)
+
+    def time_passes(_r: int) -> None:
+        btc.mine(3)
+        evm.advance(5)
+
+    states = drive([alice], sid, rounds=40, between=time_passes)
+    assert states == {"alice": State.REFUNDED}
+    assert btc.height() >= terms.initiator_leg.expiry.value
+    assert holdings(alice, {("btc", None)}) == expected_after(
+        before, gives=give, gets=get, fees=fees_paid(alice, sid), refunded=True
+    )
+    (ev,) = alice.engine.journal.evidence(sid)
+    assert (ev.kind, ev.code, ev.detail["counter_chain"]) == ("no_lock", "no_lock", "eth")
+
+
+def test_btc_lock_with_a_wrong_amount_is_refused_and_reported_with_the_field(world_factory):
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    sid = _start(w, _leg(w, alice, bob, "btc", BTC_AMOUNT), _leg(w, bob, alice, "eth", ETHER))
+    terms = alice.engine.terms_of(sid)
+    good = terms.initiator_leg.htlc(terms.payment_hash)
+    bad = replace(good, amount=good.amount - 1_000)  # a cheater shaving the agreed amount
+    ad = alice.engine.adapters["btc"]
+    txs = ad.prepare_lock(bad)
+    for tx in txs:
+        ad.broadcast(tx)
+    ref = ad.htlc_ref(bad, txs[-1])
+    bob.engine.handle(Locked(sid, ref.locator, ref.lock_txid, bad), alice.node_id)
+    bob_eth = bob.engine.adapters["eth"].balance()
+
+    # Reported while the bad lock is still in the mempool: for its amount, not as unconfirmed.
+    bob.engine.tick()
+    assert [(e.kind, e.code) for e in bob.engine.journal.evidence(sid)] == [
+        ("bad_lock", "audit_amount")
+    ]
+    evm = w.chains["eth"]
+    assert isinstance(evm, Evm)
+    # participant_lock_by is a timestamp on eth (bob's chain): time moves there.
+    states = drive([bob], sid, rounds=40, between=lambda _r: (btc.mine(1), evm.advance(5)))
+    assert states == {"bob": State.ABORTED}  # bob never locked his ETH
+    assert evm.now() >= terms.participant_lock_by.value
+    assert bob.engine.journal.all_txs(sid) == []
+    assert bob.engine.adapters["eth"].balance() == bob_eth
+    (ev,) = bob.engine.journal.evidence(sid)
+    assert ev.detail["lock_txid"] == ref.lock_txid and ev.detail["locator"] == ref.locator

@@ -1,0 +1,141 @@
+"""The engine swaps a Bitcoin-like leg for ETH between two nodes on real nodes: btcd × geth and
+litecoind × geth. Same engine, same adapters as on the embedded chains; only the backends change.
+
+Coins come from a separate miner wallet by an ordinary payment, so blocks mined during the swap
+(to confirm it) never change the parties' balances: the balances must move exactly as agreed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from web3 import Web3
+
+from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
+from kofo.settlement.chains.bitcoin.backend import ChainBackend, RpcBackend
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpc import RpcClient
+from kofo.settlement.chains.bitcoin.tx import build_funding_tx
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.swap import State
+from kofo.settlement.terms import ChainPolicy, Leg, devnet_policy
+from tests.nodes import LITECOIN_REGTEST_BURN_ADDRESS as LITECOIN_BURN
+from tests.swap.btc_helpers import expected_after, fees_paid, holdings
+from tests.swap.helpers import ETHER, Evm, drive, link, make_node, start_swap
+
+pytestmark = [pytest.mark.realnode, pytest.mark.slow]
+
+CLTV_HEIGHT = 1351
+"""btcd's and litecoind's regtest enforce CLTV only from this height (see
+tests/bitcoin/test_real_nodes_btc.py); the swaps are mined past it so refunds would be real."""
+
+
+class RealBtc:
+    """A Bitcoin-like real node with the surface ``helpers.make_node`` expects."""
+
+    def __init__(self, name: str, backend: ChainBackend, mine: Callable[[int], Any]) -> None:
+        self.name = name
+        self.params = chain_params(name, "regtest")
+        self.backend = backend
+        self.mine = mine
+        self.start_height = backend.block_count()
+
+    def adapter(self, wallet: HdWallet) -> BitcoinAdapter:
+        # Only blocks from the funding on matter to the parties: skip indexing the long
+        # activation history (thousands of blocks over RPC).
+        return BitcoinAdapter(self.backend, wallet, start_height=self.start_height)
+
+    def policy(self) -> ChainPolicy:
+        return devnet_policy(self.name, height_clock=True)
+
+
+def _fund(chain: RealBtc, miner: BitcoinAdapter, wallet: HdWallet, amount: int) -> None:
+    tx = build_funding_tx(
+        miner.spendable(),
+        miner.wallet.key_for_script,
+        [(wallet.identity.script_pubkey, amount)],
+        miner.wallet.identity.script_pubkey,
+        None,
+        chain.params,
+    )
+    miner.backend.send_raw(tx.serialize())
+
+
+def _swap_btc_like_for_eth(chain: RealBtc, miner: BitcoinAdapter, geth_w3: Web3, tmp_path):
+    evm = Evm("eth", geth_w3)
+    alice_btc = HdWallet(os.urandom(32), chain.params)
+    _fund(chain, miner, alice_btc, 20_000_000)
+    chain.mine(1)
+    chains = {chain.name: chain, "eth": evm}
+    accounts = {
+        "alice": {chain.name: alice_btc, "eth": evm.account(wei=ETHER // 10)},
+        "bob": {chain.name: HdWallet(os.urandom(32), chain.params), "eth": evm.account()},
+    }
+    alice = make_node("alice", tmp_path, chains, accounts=accounts["alice"])  # type: ignore[arg-type]
+    bob = make_node("bob", tmp_path, chains, accounts=accounts["bob"])  # type: ignore[arg-type]
+    link(alice, bob)
+    a_ad, b_ad = alice.engine.adapters, bob.engine.adapters
+    give = Leg(
+        chain.name,
+        5_000_000,
+        a_ad[chain.name].address(),
+        b_ad[chain.name].address(),
+        BlockHeight(0),
+    )
+    get = Leg("eth", ETHER, b_ad["eth"].address(), a_ad["eth"].address(), UnixTime(0))
+    assets = {(chain.name, None), ("eth", None)}
+    before = {n.name: holdings(n, assets) for n in (alice, bob)}
+    assert before["alice"][(chain.name, None)] == 20_000_000
+
+    sid = start_swap(alice, bob, give, get)
+    states = drive([alice, bob], sid, rounds=40, between=lambda _r: chain.mine(1))
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    assert bob.engine.journal.preimage(sid) == alice.engine.journal.preimage(sid)
+    assert holdings(alice, assets) == expected_after(
+        before["alice"], gives=give, gets=get, fees=fees_paid(alice, sid)
+    )
+    assert holdings(bob, assets) == expected_after(
+        before["bob"], gives=get, gets=give, fees=fees_paid(bob, sid)
+    )
+
+
+def _geth_w3(geth) -> Web3:
+    return Web3(Web3.HTTPProvider(geth.rpc_url, request_kwargs={"timeout": 30}))
+
+
+def test_btcd_btc_for_geth_eth_pays_both_sides(btcd_factory, geth, tmp_path):
+    params = chain_params("btc", "regtest")
+    miner_wallet = HdWallet(os.urandom(32), params)
+    node = btcd_factory(miner_wallet.address())
+    while node.block_count() < CLTV_HEIGHT + 10:  # also past segwit's BIP9 activation
+        node.generate(200)
+    client = RpcClient(
+        node.rpc_url,
+        node.rpc_user,
+        node.rpc_password,
+        dialect="btcd",
+        cert_path=str(node.cert_path),
+    )
+    backend = RpcBackend(client)
+    # The miner indexes only its last ~150 coinbases (100 of them immature): enough coins.
+    miner = BitcoinAdapter(backend, miner_wallet, start_height=backend.block_count() - 150)
+    chain = RealBtc("btc", backend, node.generate)
+    _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path)
+
+
+def test_litecoind_ltc_for_geth_eth_pays_both_sides(litecoind, geth, tmp_path):
+    params = chain_params("ltc", "regtest")
+    miner_wallet = HdWallet(os.urandom(32), params)
+    client = RpcClient(litecoind.rpc_url, litecoind.rpc_user, litecoind.rpc_password)
+    backend = RpcBackend(client)
+    litecoind.activate_soft_forks()  # CLTV on, so the HTLC's refund branch is consensus
+    first = backend.block_count() + 1
+    litecoind.generate_to_address(5, miner_wallet.address())
+    litecoind.generate_to_address(100, LITECOIN_BURN)  # matures the miner's coinbases
+    miner = BitcoinAdapter(backend, miner_wallet, start_height=first)
+    chain = RealBtc("ltc", backend, lambda n: litecoind.generate_to_address(n, LITECOIN_BURN))
+    _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path)
