@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bitcointx.core import (
     CBitcoinTransaction as CTransaction,
@@ -305,62 +305,45 @@ class BitcoinAdapter:
         check_preimage(preimage)
         if hashlib.sha256(preimage).digest() != ref.terms.payment_hash:
             raise InvalidInput("preimage does not hash to the HTLC's payment_hash")
-        txid, vout = self._outpoint(ref)
         _, recipient = self._check_terms(ref.terms)
-        if self.htlc_kind == "p2tr":
-            tx = build_taproot_spend(
-                htlc=self.taproot_htlc(ref.terms),
-                txid=txid,
-                vout=vout,
-                amount=self._output_amount(ref),
-                key=self.wallet.key_for_pubkey(recipient),
-                destination_script_pubkey=self.wallet.identity.script_pubkey,
-                fee_rate=self._rate(fee),
-                params=self.params,
-                preimage=preimage,
-            )
-            return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
-        tx = build_htlc_spend(
-            txid=txid,
-            vout=vout,
-            amount=self._output_amount(ref),
-            witness_script=self.witness_script(ref.terms),
-            key=self.wallet.key_for_pubkey(recipient),
-            destination_script_pubkey=self.wallet.identity.script_pubkey,
-            fee_rate=self._rate(fee),
-            params=self.params,
-            preimage=preimage,
-        )
-        return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
+        return self._spend(ref, TxKind.REDEEM, recipient, fee, preimage=preimage)
 
     def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
-        txid, vout = self._outpoint(ref)
         sender, _ = self._check_terms(ref.terms)
+        return self._spend(ref, TxKind.REFUND, sender, fee, preimage=None)
+
+    def _spend(
+        self,
+        ref: HtlcRef,
+        kind: TxKind,
+        signer: bytes,
+        fee: FeeEstimate | None,
+        *,
+        preimage: bytes | None,
+    ) -> SignedTx:
+        """Sign the claim (with ``preimage``) or the refund (without) of the HTLC at ``ref``."""
+        txid, vout = self._outpoint(ref)
+        common: dict[str, Any] = {
+            "txid": txid,
+            "vout": vout,
+            "amount": self._output_amount(ref),
+            "key": self.wallet.key_for_pubkey(signer),
+            "destination_script_pubkey": self.wallet.identity.script_pubkey,
+            "fee_rate": self._rate(fee),
+            "params": self.params,
+            "preimage": preimage,
+        }
         if self.htlc_kind == "p2tr":
             tx = build_taproot_spend(
-                htlc=self.taproot_htlc(ref.terms),
-                txid=txid,
-                vout=vout,
-                amount=self._output_amount(ref),
-                key=self.wallet.key_for_pubkey(sender),
-                destination_script_pubkey=self.wallet.identity.script_pubkey,
-                fee_rate=self._rate(fee),
-                params=self.params,
-                refund=True,
+                htlc=self.taproot_htlc(ref.terms), refund=preimage is None, **common
             )
-            return SignedTx(self.chain, TxKind.REFUND, b2lx(tx.GetTxid()), tx.serialize())
-        tx = build_htlc_spend(
-            txid=txid,
-            vout=vout,
-            amount=self._output_amount(ref),
-            witness_script=self.witness_script(ref.terms),
-            key=self.wallet.key_for_pubkey(sender),
-            destination_script_pubkey=self.wallet.identity.script_pubkey,
-            fee_rate=self._rate(fee),
-            params=self.params,
-            refund_expiry=ref.terms.expiry,
-        )
-        return SignedTx(self.chain, TxKind.REFUND, b2lx(tx.GetTxid()), tx.serialize())
+        else:
+            tx = build_htlc_spend(
+                witness_script=self.witness_script(ref.terms),
+                refund_expiry=ref.terms.expiry if preimage is None else None,
+                **common,
+            )
+        return SignedTx(self.chain, kind, b2lx(tx.GetTxid()), tx.serialize())
 
     def broadcast(self, tx: SignedTx) -> str:
         return self.backend.send_raw(tx.raw)
