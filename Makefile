@@ -41,6 +41,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.gas
 	$(PY) -m bench.btc_sizes
+	$(PY) -m bench.swap
+	$(PY) -m bench.exchange
+	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m bench.clearance
 
 clean:
 	rm -rf $(VENV) .nodes .pytest_cache .mypy_cache .ruff_cache
