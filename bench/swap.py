@@ -17,19 +17,41 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tests.swap.helpers import ETHER, Evm, make_node, start_swap
 
 from kofo.settlement.chain import HtlcTerms, UnixTime
 from kofo.settlement.swap import TERMINAL, State
-from kofo.settlement.terms import Leg
+from kofo.settlement.terms import ChainPolicy, Leg
 
 TOKEN_AMOUNT = 10**6
 
+TXS_PER_SWAP = 5
+"""Chain transactions one swap makes: approve + lock of the token leg, the ETH lock, two redeems."""
+
+
+class BenchEvm(Evm):
+    """The embedded EVM with deadlines that stretch with the number of swaps in flight.
+
+    It mines one block per transaction and stamps each block at least one second after its
+    parent, so its clock runs about one second per transaction: a phase of N swaps moves it ~N
+    to 2N seconds, past the devnet policy's few-second margins once N is in the tens. Each
+    phase's notice is given room for every transaction of the whole batch.
+    """
+
+    def __init__(self, swaps: int) -> None:
+        self.swaps = swaps
+        super().__init__()
+
+    def policy(self) -> ChainPolicy:
+        base = super().policy()
+        return replace(base, notice_seconds=base.notice_seconds + TXS_PER_SWAP * self.swaps)
+
 
 def run_engine(n: int) -> dict[str, float]:
-    evm = Evm()
+    evm = BenchEvm(n)
     tmp = Path(tempfile.mkdtemp(prefix="kofo-bench-"))
     alice = make_node("alice", tmp, {"eth": evm}, tokens=0)
     bob = make_node("bob", tmp, {"eth": evm}, tokens=n * TOKEN_AMOUNT)

@@ -106,7 +106,9 @@ def embedded_web3() -> Web3:
     """A fresh in-process EVM (py-evm through eth-tester), mining one block per transaction."""
     from web3 import EthereumTesterProvider
 
-    return Web3(EthereumTesterProvider())
+    from kofo.settlement.chains.ethereum.devnet import indexed_tester
+
+    return Web3(EthereumTesterProvider(indexed_tester()))
 
 
 def _hex(data: bytes) -> str:

@@ -24,7 +24,12 @@ from typing import Any
 
 from eth_abi.abi import encode as abi_encode
 from eth_tester import EthereumTester, PyEVMBackend
-from eth_tester.exceptions import TransactionFailed
+from eth_tester.backends.pyevm.serializers import (
+    serialize_transaction,
+    serialize_transaction_receipt,
+)
+from eth_tester.exceptions import TransactionFailed, TransactionNotFound
+from eth_tester.utils.filters import check_if_log_matches
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 from web3.exceptions import ContractLogicError
@@ -37,6 +42,137 @@ the server buffer unbounded input."""
 
 _RENAMED = {"y_parity": "yParity", "state_root": "root"}
 _BLOOM_BYTES = 256
+
+
+class IndexedPyEVMBackend(PyEVMBackend):  # type: ignore[misc]
+    """py-evm's eth-tester backend with a transaction-hash index.
+
+    The stock backend finds a transaction (for its receipt, and for every transaction of every
+    block an ``eth_getLogs`` covers) by walking the chain back from the head, so a log query
+    costs (blocks covered) x (their age) and a node polling many swaps goes quadratic in chain
+    length. Here each canonical block is indexed once; the index is checked against the
+    canonical hashes on every lookup, so blocks dropped by ``evm_revert`` (or any other head
+    change, however it was made) are forgotten and their replacements indexed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._indexed: list[tuple[bytes, list[bytes]]] = []  # per height: block hash, tx hashes
+        self._tx_at: dict[bytes, tuple[int, int]] = {}  # tx hash -> (height, index in block)
+
+    def _sync_index(self, head: int) -> None:
+        """Make the index cover exactly the canonical blocks below ``head`` (the pending one)."""
+        chaindb = self.chain.chaindb
+        # A block whose hash still matches vouches for all its ancestors: drop from the top
+        # until one does.
+        while self._indexed and (
+            len(self._indexed) > head
+            or chaindb.get_canonical_block_hash(len(self._indexed) - 1) != self._indexed[-1][0]
+        ):
+            height = len(self._indexed) - 1
+            for tx_hash in self._indexed.pop()[1]:
+                if self._tx_at.get(tx_hash, (None,))[0] == height:
+                    del self._tx_at[tx_hash]
+        for height in range(len(self._indexed), head):
+            block = self.chain.get_canonical_block_by_number(height)
+            hashes = [tx.hash for tx in block.transactions]
+            for index, tx_hash in enumerate(hashes):
+                self._tx_at[tx_hash] = (height, index)
+            self._indexed.append((block.hash, hashes))
+
+    def _locate(self, transaction_hash: bytes) -> tuple[Any, Any, int]:
+        pending = self.chain.get_block()
+        for index, tx in enumerate(pending.transactions):
+            if tx.hash == transaction_hash:
+                return pending, tx, index
+        self._sync_index(pending.number)
+        hit = self._tx_at.get(transaction_hash)
+        if hit is None:
+            raise TransactionNotFound(
+                f"No transaction found for transaction hash: 0x{bytes(transaction_hash).hex()}"
+            )
+        block = self.chain.get_canonical_block_by_number(hit[0])
+        return block, block.transactions[hit[1]], hit[1]
+
+    def get_transaction_by_hash(self, transaction_hash: bytes) -> Any:
+        block, tx, index = self._locate(transaction_hash)
+        is_pending = block.number == self.chain.get_block().number
+        return serialize_transaction(block, tx, index, is_pending)
+
+    def get_transaction_receipt(self, transaction_hash: bytes) -> Any:
+        block, tx, index = self._locate(transaction_hash)
+        is_pending = block.number == self.chain.get_block().number
+        receipts = block.get_receipts(self.chain.chaindb)
+        return serialize_transaction_receipt(
+            block, receipts, tx, index, is_pending, self.chain.get_vm()
+        )
+
+
+class IndexedEthereumTester(EthereumTester):  # type: ignore[misc]
+    """eth-tester whose ``get_logs`` keeps each mined block's log entries, keyed by block hash.
+
+    The stock ``get_logs`` serialises every block in the range and every receipt in them on
+    each call; a node polling many swaps asks for the same recent blocks again and again. A
+    block's logs never change once it is mined, and a block replaced by a revert has another
+    hash, so the cache needs no invalidation.
+    """
+
+    def __init__(self, backend: IndexedPyEVMBackend) -> None:
+        super().__init__(backend)
+        self._block_logs: dict[bytes, tuple[Any, ...]] = {}
+
+    def _raw_logs(self, number: int) -> tuple[Any, ...]:
+        chain = self.backend.chain
+        if number >= chain.get_block().number:  # the pending block: still filling, no logs
+            self.get_block_by_number(number)  # raises BlockNotFound, as the stock query does
+        block_hash = chain.chaindb.get_canonical_block_hash(number)
+        entries = self._block_logs.get(block_hash)
+        if entries is None:
+            block = self.get_block_by_number(number)
+            entries = tuple(
+                self.normalizer.normalize_inbound_log_entry(log_entry)
+                for tx_hash in block["transactions"]
+                for log_entry in self.get_transaction_receipt(tx_hash)["logs"]
+            )
+            self._block_logs[block_hash] = entries
+        return entries
+
+    def get_logs(
+        self,
+        from_block: Any = None,
+        to_block: Any = None,
+        address: Any = None,
+        topics: Any = None,
+    ) -> tuple[Any, ...]:
+        self.validator.validate_inbound_filter_params(
+            from_block=from_block, to_block=to_block, address=address, topics=topics
+        )
+        raw_from, raw_to, raw_address, raw_topics = self.normalizer.normalize_inbound_filter_params(
+            from_block=from_block, to_block=to_block, address=address, topics=topics
+        )
+        lower = raw_from if isinstance(raw_from, int) else None
+        upper = raw_to if isinstance(raw_to, int) else None
+        if lower is None:
+            lower = self.get_block_by_number(raw_from or "latest")["number"]
+        if upper is None:
+            upper = self.get_block_by_number(raw_to or "latest")["number"]
+        out = []
+        for number in range(lower, upper + 1):
+            for entry in self._raw_logs(number):
+                if check_if_log_matches(
+                    entry,
+                    from_block=raw_from,
+                    to_block=raw_to,
+                    addresses=raw_address,
+                    topics=raw_topics,
+                ):
+                    out.append(self.normalizer.normalize_outbound_log_entry(entry))
+        return tuple(out)
+
+
+def indexed_tester() -> EthereumTester:
+    """A fresh in-process chain whose transaction, receipt and log lookups do not rescan it."""
+    return IndexedEthereumTester(IndexedPyEVMBackend())
 
 
 def mine_at(tester: EthereumTester, timestamp: int) -> None:
@@ -81,7 +217,7 @@ class EmbeddedEvm:
     """The chain itself plus the development controls; thread-safe (one lock)."""
 
     def __init__(self) -> None:
-        self.tester = EthereumTester(PyEVMBackend())
+        self.tester = indexed_tester()
         self.provider = EthereumTesterProvider(self.tester)
         self.w3 = Web3(self.provider)
         self._lock = threading.Lock()
