@@ -17,20 +17,12 @@ from kofo.settlement.chain import (
 )
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend, RpcBackend
-from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
 from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 
 REGTEST = chain_params("btc", "regtest")
-
-
-@pytest.fixture(scope="module")
-def chain():
-    c = EmbeddedChain()
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

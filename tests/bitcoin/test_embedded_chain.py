@@ -25,7 +25,7 @@ from bitcointx.core.script import CScriptWitness
 
 from kofo.errors import ChainError, TxRejected
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain, MissingInputs
+from kofo.settlement.chains.bitcoin.embedded import MissingInputs
 from kofo.settlement.chains.bitcoin.script import build_htlc_script, p2wsh_script_pubkey
 from kofo.settlement.chains.bitcoin.tx import (
     Utxo,
@@ -37,13 +37,6 @@ from kofo.settlement.chains.bitcoin.tx import (
 )
 
 from .helpers import coinbase_utxo, fund_htlc, new_key, pub
-
-
-@pytest.fixture(scope="module")
-def chain():
-    c = EmbeddedChain()
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

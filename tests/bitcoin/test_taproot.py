@@ -36,7 +36,6 @@ from kofo.errors import AuditFailed, InvalidInput, TxRejected
 from kofo.settlement.chain import BlockHeight, HtlcState, HtlcTerms
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
-from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.musig import (
     MusigError,
     MusigSigner,
@@ -56,13 +55,6 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from .helpers import coinbase_utxo, new_key, pub
 
 AMOUNT = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def chain():
-    c = EmbeddedChain()
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")
