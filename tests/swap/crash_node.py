@@ -1,8 +1,9 @@
 """A swap node as its own process, for crash tests: runs one journal's swaps to the end.
 
-``run_node(config, crash_at, crash_log)`` connects to the shared devnet chain over JSON-RPC, opens
-the node's journal and runs the watchtower until every swap is finished. With ``crash_at`` it
-SIGKILLs itself at that point (see ``kofo.settlement.engine.CRASH_POINTS``).
+``run_node(config, crash_at, crash_log)`` connects to the shared devnet chain over JSON-RPC (and,
+when the config names one, to the shared embedded Bitcoin regtest chain over its Core-dialect
+JSON-RPC), opens the node's journal and runs the watchtower until every swap is finished. With
+``crash_at`` it SIGKILLs itself at that point (see ``kofo.settlement.engine.CRASH_POINTS``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eth_account import Account
 from web3 import Web3
 
+from kofo.settlement.chain import ChainAdapter
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
+from kofo.settlement.chains.bitcoin.backend import RpcBackend
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpc import RpcClient
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.engine import CrashHook, SwapEngine
 from kofo.settlement.journal import Journal
 from kofo.settlement.monitor import Watchtower
-from kofo.settlement.terms import devnet_policy
+from kofo.settlement.terms import ChainPolicy, devnet_policy
 
 RUN_LIMIT_SECONDS = 60
 
@@ -28,11 +35,23 @@ RUN_LIMIT_SECONDS = 60
 def build_engine(config: dict[str, Any], crash: CrashHook | None = None) -> SwapEngine:
     w3 = Web3(Web3.HTTPProvider(config["rpc_url"], request_kwargs={"timeout": 30}))
     account = Account.from_key(bytes.fromhex(config["eth_key"]))
-    adapter = EthereumAdapter(w3, account, config["htlc"], chain="eth")
+    adapters: dict[str, ChainAdapter] = {
+        "eth": EthereumAdapter(w3, account, config["htlc"], chain="eth")
+    }
+    policies: dict[str, ChainPolicy] = {"eth": devnet_policy("eth", height_clock=False)}
+    if config.get("btc_rpc_url"):
+        client = RpcClient(
+            config["btc_rpc_url"], config["btc_rpc_user"], config["btc_rpc_password"]
+        )
+        wallet = HdWallet(bytes.fromhex(config["btc_seed"]), chain_params("btc", "regtest"))
+        adapters["btc"] = BitcoinAdapter(
+            RpcBackend(client), wallet, start_height=int(config["btc_start_height"])
+        )
+        policies["btc"] = devnet_policy("btc", height_clock=True)
     return SwapEngine(
         Journal(config["journal"]),
-        {"eth": adapter},
-        {"eth": devnet_policy("eth", height_clock=False)},
+        adapters,
+        policies,
         Ed25519PrivateKey.from_private_bytes(bytes.fromhex(config["node_key"])),
         crash=crash or CrashHook(),
     )

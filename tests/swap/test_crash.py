@@ -3,15 +3,18 @@ swap still ends with both redeemed (or both refunded), value conserved up to fee
 
 The injection points are not listed by hand: a clean run of each path records every point each
 role passes through (``KOFO_CRASH_LOG``), and the test then kills each role at each recorded
-point. Two paths:
+point. Two pairs: ETH for an ERC-20 token (both legs on the devnet EVM) and BTC for ETH (the
+initiator's leg on the embedded Bitcoin regtest chain, reached over its Core-dialect JSON-RPC:
+UTXO selection, stored raw transactions and mempool re-sends all cross the crash). Two paths:
 
 * **redeem**: both nodes stay up; the swap ends with both legs redeemed.
 * **refund**: the initiator disappears once the participant's lock is buried (it never reveals
   the secret) and comes back only after the participant refunded at ``T_B``; it then refunds
   at ``T_A``. Its points are the refund-path points the redeem path never reaches.
 
-Every node reaches the shared devnet over JSON-RPC; time moves only by the test's
-``evm_increaseTime`` calls (and one second per mined block), never by sleeping.
+Every node reaches the shared chains over JSON-RPC; time moves only by the test's
+``evm_increaseTime`` calls (and one second per mined block) and by the Bitcoin blocks it mines
+(one whenever a transaction waits in the mempool, or up to an expiry height), never by sleeping.
 """
 
 from __future__ import annotations
@@ -30,17 +33,29 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
-from kofo.settlement.chain import UnixTime
+from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
+from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
+from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
+from kofo.settlement.chains.bitcoin.tx import build_funding_tx
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.engine import CRASH_POINTS
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, SwapTerms
 from kofo.wire.swap import Propose
+from tests.swap.btc_helpers import Btc, btc_fee
 from tests.swap.crash_node import build_engine, run_node
 from tests.swap.helpers import ETHER, Evm
 
 TOKENS = 10**8
+SATS = 2_000_000
+FUNDER_COINBASES = 20
+"""50-coin coinbases the module's funder starts with: 1000 coins, room for 10,000 parties at
+0.1 coin each (the crash runs make about a hundred)."""
+BTC_RPC_USER, BTC_RPC_PASSWORD = "kofo-crash", "crash-test-pw"
 RUN_TIMEOUT = 30
 """Seconds one swap may take across all its kills and restarts (a clean one takes ~1.5 s)."""
 
@@ -52,13 +67,49 @@ _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["tests.swap.crash_node"])
 
 
+@dataclass
+class Chains:
+    """The shared chains of one test module: the devnet EVM (over JSON-RPC) and an embedded
+    Bitcoin regtest chain behind its Core-dialect RPC server (mined in-process by the test)."""
+
+    server: DevnetServer
+    evm: Evm
+    btc: Btc
+    btc_url: str
+    btc_funder: BitcoinAdapter
+
+    def fund_btc(self, script_pubkey: bytes, amount: int) -> None:
+        """Pay ``amount`` to ``script_pubkey`` from the funder and confirm it in one block (so
+        a party costs one block, not a coinbase and 100 blocks of maturity: the regtest
+        subsidy halves every 150 blocks and the crash runs mine thousands)."""
+        ensure_thread_params()
+        funder = self.btc_funder
+        tx = build_funding_tx(
+            funder.spendable(),
+            funder.wallet.key_for_script,
+            [(script_pubkey, amount)],
+            funder.wallet.identity.script_pubkey,
+            None,
+            funder.params,
+        )
+        funder.backend.send_raw(tx.serialize())
+        self.btc.mine(1)
+
+
 @pytest.fixture(scope="module")
-def devnet() -> Iterator[tuple[DevnetServer, Evm]]:
-    with DevnetServer() as server:
-        # The test reaches the chain over JSON-RPC like the nodes do, never through the
-        # server's in-process EVM: eth-tester is not thread-safe, and only the server's lock
-        # keeps the test's transactions and time jumps from racing the nodes' requests.
-        yield server, Evm("eth", Web3(Web3.HTTPProvider(server.url)))
+def devnet() -> Iterator[Chains]:
+    btc = Btc("btc")
+    ensure_thread_params()
+    funder = btc.adapter(btc.account(coins=FUNDER_COINBASES))
+    rpc = RegtestRpcServer(btc.chain, BTC_RPC_USER, BTC_RPC_PASSWORD)
+    with DevnetServer() as server, rpc as bs:
+        # The test reaches the EVM over JSON-RPC like the nodes do, never through the server's
+        # in-process EVM: eth-tester is not thread-safe, and only the server's lock keeps the
+        # test's transactions and time jumps from racing the nodes' requests. The Bitcoin
+        # chain locks itself, so the test mines it directly.
+        evm = Evm("eth", Web3(Web3.HTTPProvider(server.url)))
+        yield Chains(server, evm, btc, bs.url, funder)
+    btc.close()
 
 
 def _key_hex(key: Ed25519PrivateKey) -> str:
@@ -68,36 +119,56 @@ def _key_hex(key: Ed25519PrivateKey) -> str:
 @dataclass(eq=False)
 class Party:
     config: dict[str, Any]
-    address: str
+    address: str  # on the EVM
+    btc_address: str = ""  # the Bitcoin identity (compressed public key, hex), "btc" pair only
 
 
-def _party(devnet: tuple[DevnetServer, Evm], tmp: Path, name: str, tokens: int = 0) -> Party:
-    server, evm = devnet
+PAIRS = ("erc20", "btc")
+"""``erc20``: alice gives ETH for bob's ERC-20 tokens. ``btc``: alice gives BTC for bob's ETH."""
+
+
+def _party(chains: Chains, tmp: Path, name: str, pair: str, tokens: int = 0) -> Party:
     seed = os.urandom(32)
     acct = account_from_seed(seed)
-    evm.fund(acct.address, 5 * ETHER)
+    chains.evm.fund(acct.address, 5 * ETHER)
     if tokens:
-        evm.mint(acct.address, tokens)
-    config = {
-        "rpc_url": server.url,
+        chains.evm.mint(acct.address, tokens)
+    config: dict[str, Any] = {
+        "rpc_url": chains.server.url,
         "eth_key": bytes(acct.key).hex(),
-        "htlc": evm.htlc,
+        "htlc": chains.evm.htlc,
         "journal": str(tmp / f"{name}.sqlite"),
         "node_key": _key_hex(Ed25519PrivateKey.generate()),
         "log_file": str(tmp / f"{name}.log"),
     }
-    return Party(config, acct.address)
-
-
-def _setup_swap(devnet: tuple[DevnetServer, Evm], tmp: Path) -> tuple[Party, Party, SwapTerms]:
-    _, evm = devnet
-    alice, bob = _party(devnet, tmp, "alice"), _party(devnet, tmp, "bob", TOKENS)
-    ea, eb = build_engine(alice.config), build_engine(bob.config)
-    terms = ea.propose(
-        Leg("eth", ETHER, alice.address, bob.address, UnixTime(0)),
-        Leg("eth", TOKENS, bob.address, alice.address, UnixTime(0), evm.token),
-        participant_node=eb.node_id,
+    if pair != "btc":
+        return Party(config, acct.address)
+    ensure_thread_params()
+    btc_seed = os.urandom(32)
+    start = chains.btc.height()
+    wallet = HdWallet(btc_seed, chains.btc.params)
+    chains.fund_btc(wallet.identity.script_pubkey, 5 * SATS)
+    config.update(
+        btc_rpc_url=chains.btc_url,
+        btc_rpc_user=BTC_RPC_USER,
+        btc_rpc_password=BTC_RPC_PASSWORD,
+        btc_seed=btc_seed.hex(),
+        btc_start_height=start,
     )
+    return Party(config, acct.address, wallet.identity.pubkey.hex())
+
+
+def _setup_swap(chains: Chains, tmp: Path, pair: str) -> tuple[Party, Party, SwapTerms]:
+    alice = _party(chains, tmp, "alice", pair)
+    bob = _party(chains, tmp, "bob", pair, TOKENS if pair == "erc20" else 0)
+    ea, eb = build_engine(alice.config), build_engine(bob.config)
+    if pair == "btc":
+        gives = Leg("btc", SATS, alice.btc_address, bob.btc_address, BlockHeight(0))
+        gets = Leg("eth", ETHER, bob.address, alice.address, UnixTime(0))
+    else:
+        gives = Leg("eth", ETHER, alice.address, bob.address, UnixTime(0))
+        gets = Leg("eth", TOKENS, bob.address, alice.address, UnixTime(0), chains.evm.token)
+    terms = ea.propose(gives, gets, participant_node=eb.node_id)
     reply = eb.handle(Propose(terms), ea.node_id)
     assert reply is not None and ea.handle(reply, eb.node_id) is None
     ea.journal.close()
@@ -110,17 +181,18 @@ class Plan:
     """How one swap is run: the crash point of each successive life of each node."""
 
     path: str  # "redeem" or "refund"
+    pair: str = "erc20"  # see PAIRS
     crashes: dict[str, list[str]] = field(default_factory=dict)
     log: dict[str, str] = field(default_factory=dict)  # role -> file recording points reached
 
     @classmethod
-    def make(cls, path: str, role: str | None = None, point: str | None = None) -> Plan:
+    def make(cls, path: str, pair: str, role: str | None = None, point: str | None = None) -> Plan:
         crashes: dict[str, list[str]] = {"alice": [], "bob": []}
         if path == "refund":
             crashes["alice"].append(DISAPPEAR_AT)
         if role is not None and point is not None:
             crashes[role].append(point)
-        return cls(path, crashes)
+        return cls(path, pair, crashes)
 
 
 class Supervisor:
@@ -128,8 +200,11 @@ class Supervisor:
     refund path the initiator's first death is its disappearance: it stays down, chain time
     jumps to ``T_B`` so the participant refunds, and only then does it come back (at ``T_A``)."""
 
-    def __init__(self, rpc: Web3, configs: dict[str, dict[str, Any]], terms: SwapTerms, plan: Plan):
-        self.rpc, self.configs, self.terms, self.plan = rpc, configs, terms, plan
+    def __init__(
+        self, chains: Chains, configs: dict[str, dict[str, Any]], terms: SwapTerms, plan: Plan
+    ):
+        self.chains, self.configs, self.terms, self.plan = chains, configs, terms, plan
+        self.rpc = chains.evm.w3
         self.lives = dict.fromkeys(configs, 0)
         self.kills = 0
         self.procs: dict[str, Any] = {}
@@ -147,11 +222,23 @@ class Supervisor:
     def _chain_time(self) -> int:
         return int(self.rpc.eth.get_block("latest")["timestamp"])
 
-    def _advance_to(self, timestamp: int) -> None:
-        gap = timestamp - self._chain_time()
+    def _advance_to(self, leg: Leg) -> None:
+        """Move ``leg``'s chain to the leg's expiry (a Bitcoin height refund is valid once the
+        tip reaches it; an EVM time refund once a block is stamped at or after it)."""
+        if leg.chain == "btc":
+            ensure_thread_params()
+            self.chains.btc.mine_to(leg.expiry.value)
+            return
+        gap = leg.expiry.value - self._chain_time()
         if gap > 0:
             reply = self.rpc.provider.make_request("evm_increaseTime", [gap])  # type: ignore[arg-type]
             assert "error" not in reply, reply
+
+    def _mine_waiting(self) -> None:
+        """A Bitcoin block whenever a transaction waits in the mempool (the EVM mines its own)."""
+        if self.plan.pair == "btc" and self.chains.btc.chain.mempool_txids():
+            ensure_thread_params()
+            self.chains.btc.mine(1)
 
     def run(self) -> int:
         for name in self.configs:
@@ -178,14 +265,15 @@ class Supervisor:
                 if self.plan.path == "refund" and name == "alice" and self.lives[name] == 1:
                     # Disappeared before revealing: let the participant reach T_B and refund.
                     self.held = True
-                    self._advance_to(self.terms.participant_leg.expiry.value)
+                    self._advance_to(self.terms.participant_leg)
                     self.procs[name] = _Gone()
                 else:
                     self._start(name)
             if self.held and self.procs["bob"].exitcode == 0:
                 self.held = False
-                self._advance_to(self.terms.initiator_leg.expiry.value)
+                self._advance_to(self.terms.initiator_leg)
                 self._start("alice")
+            self._mine_waiting()
             time.sleep(0.05)
 
 
@@ -198,34 +286,63 @@ class _Gone:
         pass
 
 
-def _fees(w3: Web3, config: dict[str, Any]) -> int:
-    eng = build_engine(config)
-    total = 0
+Asset = tuple[str, str | None]  # (chain, token)
+
+
+def _btc_view(chains: Chains, party: Party) -> BitcoinAdapter:
+    """A read-only view of the party's Bitcoin wallet, straight on the embedded chain."""
+    ensure_thread_params()
+    wallet = HdWallet(bytes.fromhex(party.config["btc_seed"]), chains.btc.params)
+    start = int(party.config["btc_start_height"])
+    return BitcoinAdapter(EmbeddedBackend(chains.btc.chain), wallet, start_height=start)
+
+
+def _fees(chains: Chains, party: Party) -> dict[str, int]:
+    """Native-coin fees each chain charged the party for its journaled transactions."""
+    eng = build_engine(party.config)
+    btc = _btc_view(chains, party) if "btc_seed" in party.config else None
+    paid: dict[str, int] = {}
     for sw in eng.journal.swaps():
-        for _kind, _chain, txid, _at in eng.journal.all_txs(sw.swap_id):
-            try:
-                r = w3.eth.get_transaction_receipt(txid)
-            except TransactionNotFound:
-                continue  # signed, superseded before broadcast: never paid for
-            total += r["gasUsed"] * r["effectiveGasPrice"]
+        for _kind, chain, txid, _at in eng.journal.all_txs(sw.swap_id):
+            if chain == "btc":
+                assert btc is not None
+                btc.index.sync()
+                if txid not in btc.index.txs:
+                    continue  # signed, never mined: never paid for
+                fee = btc_fee(btc, txid)
+            else:
+                try:
+                    r = chains.evm.w3.eth.get_transaction_receipt(txid)
+                except TransactionNotFound:
+                    continue  # signed, superseded before broadcast: never paid for
+                fee = r["gasUsed"] * r["effectiveGasPrice"]
+            paid[chain] = paid.get(chain, 0) + fee
     eng.journal.close()
-    return total
+    return paid
 
 
-def _balances(evm: Evm, address: str) -> tuple[int, int]:
-    tok = evm.w3.eth.contract(
-        address=evm.token,
-        abi=[
-            {
-                "name": "balanceOf",
-                "type": "function",
-                "stateMutability": "view",
-                "inputs": [{"name": "o", "type": "address"}],
-                "outputs": [{"name": "", "type": "uint256"}],
-            }
-        ],
-    )
-    return evm.w3.eth.get_balance(address), tok.functions.balanceOf(address).call()
+_BALANCE_OF_ABI = [
+    {
+        "name": "balanceOf",
+        "type": "function",
+        "stateMutability": "view",
+        "inputs": [{"name": "o", "type": "address"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    }
+]
+
+
+def _holdings(chains: Chains, party: Party, assets: list[Asset]) -> dict[Asset, int]:
+    out: dict[Asset, int] = {}
+    for chain, token in assets:
+        if chain == "btc":
+            out[(chain, token)] = _btc_view(chains, party).balance()
+        elif token is None:
+            out[(chain, token)] = chains.evm.w3.eth.get_balance(party.address)  # type: ignore[arg-type]
+        else:
+            tok = chains.evm.w3.eth.contract(address=token, abi=_BALANCE_OF_ABI)  # type: ignore[arg-type]
+            out[(chain, token)] = tok.functions.balanceOf(party.address).call()
+    return out
 
 
 def _final_states(alice: Party, bob: Party, sid: bytes) -> tuple[State, State]:
@@ -236,31 +353,38 @@ def _final_states(alice: Party, bob: Party, sid: bytes) -> tuple[State, State]:
     return states
 
 
-def _swap(devnet: tuple[DevnetServer, Evm], tmp: Path, plan: Plan) -> int:
+def _swap(chains: Chains, tmp: Path, plan: Plan) -> int:
     """Run one swap under ``plan``; check its outcome and that value is conserved up to fees.
     Returns how many times a node was killed."""
-    _, evm = devnet
-    alice, bob, terms = _setup_swap(devnet, tmp)
-    before = {p: _balances(evm, p.address) for p in (alice, bob)}
+    alice, bob, terms = _setup_swap(chains, tmp, plan.pair)
+    gives, gets = terms.initiator_leg, terms.participant_leg  # alice's and bob's
+    assets = list(dict.fromkeys([(gives.chain, gives.token), (gets.chain, gets.token)]))
+    assets += [(c, None) for c in {gives.chain, gets.chain} if (c, None) not in assets]
+    before = {p: _holdings(chains, p, assets) for p in (alice, bob)}
     configs = {"alice": alice.config, "bob": bob.config}
-    kills = Supervisor(evm.w3, configs, terms, plan).run()
+    kills = Supervisor(chains, configs, terms, plan).run()
     states = _final_states(alice, bob, terms.swap_id)
-    after = {p: _balances(evm, p.address) for p in (alice, bob)}
-    fees = {p: _fees(evm.w3, p.config) for p in (alice, bob)}
-    if plan.path == "redeem":
-        assert states == (State.REDEEMED, State.REDEEMED), states
-        assert after[alice] == (before[alice][0] - ETHER - fees[alice], before[alice][1] + TOKENS)
-        assert after[bob] == (before[bob][0] + ETHER - fees[bob], before[bob][1] - TOKENS)
-    else:
-        assert states == (State.REFUNDED, State.REFUNDED), states
-        assert after[alice] == (before[alice][0] - fees[alice], before[alice][1])
-        assert after[bob] == (before[bob][0] - fees[bob], before[bob][1])
-    total_before = sum(b[0] for b in before.values())
-    assert sum(a[0] for a in after.values()) + sum(fees.values()) == total_before
+    after = {p: _holdings(chains, p, assets) for p in (alice, bob)}
+    fees = {p: _fees(chains, p) for p in (alice, bob)}
+    redeemed = plan.path == "redeem"
+    assert states == ((State.REDEEMED,) * 2 if redeemed else (State.REFUNDED,) * 2), states
+    for party, out, into in ((alice, gives, gets), (bob, gets, gives)):
+        want = dict(before[party])
+        if redeemed:
+            want[(out.chain, out.token)] -= out.amount
+            want[(into.chain, into.token)] += into.amount
+        for chain, fee in fees[party].items():
+            want[(chain, None)] -= fee
+        assert after[party] == want, (party.config["journal"], after[party], want)
+    for asset in assets:  # nothing created or lost between the two, beyond fees
+        paid = sum(fees[p].get(asset[0], 0) for p in (alice, bob)) if asset[1] is None else 0
+        assert sum(after[p][asset] for p in (alice, bob)) + paid == sum(
+            before[p][asset] for p in (alice, bob)
+        )
     return kills
 
 
-def _discover(devnet: tuple[DevnetServer, Evm], tmp: Path, path: str) -> dict[str, list[str]]:
+def _discover(chains: Chains, tmp: Path, path: str, pair: str) -> dict[str, list[str]]:
     """The injection points each role passes through on ``path``, in order, from one clean
     (uninjected) run per role."""
     points = {}
@@ -268,9 +392,9 @@ def _discover(devnet: tuple[DevnetServer, Evm], tmp: Path, path: str) -> dict[st
         sub = tmp / f"discover-{path}-{role}"
         sub.mkdir()
         log = sub / "points.log"
-        plan = Plan.make(path)
+        plan = Plan.make(path, pair)
         plan.log = {role: str(log)}
-        _swap(devnet, sub, plan)
+        _swap(chains, sub, plan)
         seen = list(dict.fromkeys(log.read_text().split()))
         assert set(seen) <= set(CRASH_POINTS), set(seen) - set(CRASH_POINTS)
         points[role] = seen
@@ -278,7 +402,7 @@ def _discover(devnet: tuple[DevnetServer, Evm], tmp: Path, path: str) -> dict[st
 
 
 def _kill_at_every_point(
-    devnet: tuple[DevnetServer, Evm], tmp: Path, path: str, points: dict[str, list[str]]
+    chains: Chains, tmp: Path, path: str, pair: str, points: dict[str, list[str]]
 ) -> int:
     base_kills = 1 if path == "refund" else 0  # the initiator's disappearance
     covered = 0
@@ -286,29 +410,34 @@ def _kill_at_every_point(
         for point in names:
             sub = tmp / f"{path}-{role}-{point.replace(':', '_')}"
             sub.mkdir()
-            kills = _swap(devnet, sub, Plan.make(path, role, point))
+            kills = _swap(chains, sub, Plan.make(path, pair, role, point))
             assert kills == base_kills + 1, f"{role} was not killed at {point} ({path} path)"
             covered += 1
     return covered
 
 
-def test_a_clean_multi_process_swap_redeems_both_legs(devnet, tmp_path):
-    assert _swap(devnet, tmp_path, Plan.make("redeem")) == 0
+@pytest.mark.parametrize("pair", PAIRS)
+def test_a_clean_multi_process_swap_redeems_both_legs(devnet, tmp_path, pair):
+    assert _swap(devnet, tmp_path, Plan.make("redeem", pair)) == 0
 
 
-def test_an_initiator_that_vanishes_before_revealing_ends_with_both_refunded(devnet, tmp_path):
-    assert _swap(devnet, tmp_path, Plan.make("refund")) == 1
+@pytest.mark.parametrize("pair", PAIRS)
+def test_an_initiator_that_vanishes_before_revealing_ends_with_both_refunded(
+    devnet, tmp_path, pair
+):
+    assert _swap(devnet, tmp_path, Plan.make("refund", pair)) == 1
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pair", PAIRS)
 def test_killing_either_node_at_every_redeem_path_point_still_ends_in_both_redeemed(
-    devnet, tmp_path
+    devnet, tmp_path, pair
 ):
-    points = _discover(devnet, tmp_path, "redeem")
+    points = _discover(devnet, tmp_path, "redeem", pair)
     discovered = sum(len(p) for p in points.values())
-    covered = _kill_at_every_point(devnet, tmp_path, "redeem", points)
+    covered = _kill_at_every_point(devnet, tmp_path, "redeem", pair, points)
     print(
-        f"redeem path: crash injection points covered: {covered} "
+        f"{pair} redeem path: crash injection points covered: {covered} "
         f"(alice {len(points['alice'])}, bob {len(points['bob'])})"
     )
     # Every point the clean run passed through, for both roles; a clean redeem passes at
@@ -317,17 +446,18 @@ def test_killing_either_node_at_every_redeem_path_point_still_ends_in_both_redee
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pair", PAIRS)
 def test_killing_either_node_at_every_refund_path_point_still_ends_in_both_refunded(
-    devnet, tmp_path
+    devnet, tmp_path, pair
 ):
-    redeem = _discover(devnet, tmp_path, "redeem")
-    refund = _discover(devnet, tmp_path, "refund")
+    redeem = _discover(devnet, tmp_path, "redeem", pair)
+    refund = _discover(devnet, tmp_path, "refund", pair)
     # Points the redeem path already kills at are not repeated; the rest are the refund path.
     points = {r: [p for p in refund[r] if p not in redeem[r]] for r in refund}
     discovered = sum(len(p) for p in points.values())
-    covered = _kill_at_every_point(devnet, tmp_path, "refund", points)
+    covered = _kill_at_every_point(devnet, tmp_path, "refund", pair, points)
     print(
-        f"refund path: crash injection points covered: {covered} "
+        f"{pair} refund path: crash injection points covered: {covered} "
         f"(alice {len(points['alice'])}: {points['alice']}, "
         f"bob {len(points['bob'])}: {points['bob']})"
     )
@@ -338,14 +468,17 @@ def test_killing_either_node_at_every_refund_path_point_still_ends_in_both_refun
 
 
 @pytest.mark.parametrize(
-    ("path", "role", "point"),
+    ("pair", "path", "role", "point"),
     [
-        ("redeem", "alice", "after_broadcast:redeem"),
-        ("redeem", "bob", "stored:lock"),
-        ("redeem", "bob", "enter:redeem_signed"),
-        ("refund", "alice", "stored:refund"),
-        ("refund", "bob", "before_broadcast:refund"),
+        ("erc20", "redeem", "alice", "after_broadcast:redeem"),
+        ("erc20", "redeem", "bob", "stored:lock"),
+        ("erc20", "redeem", "bob", "enter:redeem_signed"),
+        ("erc20", "refund", "alice", "stored:refund"),
+        ("erc20", "refund", "bob", "before_broadcast:refund"),
+        ("btc", "redeem", "alice", "before_broadcast:lock"),
+        ("btc", "refund", "alice", "after_broadcast:refund"),
     ],
 )
-def test_a_node_killed_mid_swap_finishes_after_restart(devnet, tmp_path, path, role, point):
-    assert _swap(devnet, tmp_path, Plan.make(path, role, point)) == (2 if path == "refund" else 1)
+def test_a_node_killed_mid_swap_finishes_after_restart(devnet, tmp_path, pair, path, role, point):
+    plan = Plan.make(path, pair, role, point)
+    assert _swap(devnet, tmp_path, plan) == (2 if path == "refund" else 1)

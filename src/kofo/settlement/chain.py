@@ -12,9 +12,11 @@ re-broadcast it idempotently after a crash.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from kofo.errors import InvalidInput
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
@@ -173,12 +175,20 @@ class ChainAdapter(Protocol):
         """The HTLC's on-chain state, confirmations and (once redeemed) the preimage."""
         ...
 
-    def find_htlc(self, terms: HtlcTerms, *, spent_since: int | None = None) -> HtlcRef | None:
+    def find_htlc(
+        self,
+        terms: HtlcTerms,
+        *,
+        spent_since: int | None = None,
+        not_before: int | None = None,
+    ) -> HtlcRef | None:
         """Look for a lock matching ``terms`` exactly (the counterparty's, when auditing).
 
         A live (unspent) lock is always found. A lock already redeemed or refunded is found
         when ``spent_since`` (a block height) is given and the lock is at or above it; without
-        it an adapter may skip that search, which can cost a scan of the chain's history."""
+        it an adapter may skip that search, which can cost a scan of the chain's history.
+        ``not_before`` (a block height) says no lock of these terms can be below it (its
+        payment hash did not exist yet): an adapter may then leave older history unread."""
         ...
 
     def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:
@@ -189,6 +199,13 @@ class ChainAdapter(Protocol):
 
     def tip(self) -> BlockInfo:
         """The best block."""
+        ...
+
+    def observe(self) -> AbstractContextManager[None]:
+        """A block within which chain reads (``status``, ``find_htlc``, ``audit``,
+        ``tx_confirmations``, ``expiry_now``) see one view of the chain, read once on entry:
+        a decision made from several reads sees a consistent chain and pays for one head
+        query. Re-entrant; per thread. Signing and broadcasting are not meant to run inside."""
         ...
 
     def block_at(self, height: int) -> BlockInfo:
@@ -206,3 +223,40 @@ class ChainAdapter(Protocol):
     def lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> HtlcRef:
         """Convenience for callers without a journal: prepare, broadcast, return the ref."""
         ...
+
+
+_T = TypeVar("_T")
+
+
+class HeadPin:
+    """How an adapter implements :meth:`ChainAdapter.observe`: a re-entrant, per-thread pin,
+    and values read at most once while it is held."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def held(self) -> bool:
+        return getattr(self._local, "depth", 0) > 0
+
+    @contextmanager
+    def hold(self, on_entry: Callable[[], object]) -> Iterator[None]:
+        """Hold the pin; the outermost entry runs ``on_entry`` (the adapter's one head read)."""
+        depth = getattr(self._local, "depth", 0)
+        if depth == 0:
+            self._local.cache = {}
+            on_entry()
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+
+    def cached(self, key: str, read: Callable[[], _T]) -> _T:
+        """``read()``, once per holding of the pin (every time when it is not held)."""
+        if not self.held:
+            return read()
+        cache: dict[str, Any] = self._local.cache
+        if key not in cache:
+            cache[key] = read()
+        return cache[key]  # type: ignore[no-any-return]

@@ -18,7 +18,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 
 _Facts = tuple[ChainFacts, HtlcRef | None, HtlcRef | None, dict[str, str]]
 """What :meth:`SwapEngine.facts` returns: the facts, both legs' references, evidence detail."""
+_Seen = tuple[_Facts, dict[str, Expiry]]
+"""Facts with the chain clocks read alongside them: both hold until a transaction is sent."""
 
 _COUNTER_REF = "counter_ref"
 """Journal notice kind under which the counterparty's lock reference is remembered."""
@@ -153,6 +156,14 @@ class SwapEngine:
         self._counter_refs: dict[bytes, HtlcRef] = {}
 
     # -- starting swaps -----------------------------------------------------------------------
+
+    @contextmanager
+    def _observing(self) -> Iterator[None]:
+        """Every chain read inside sees one view per chain (see ``ChainAdapter.observe``)."""
+        with ExitStack() as stack:
+            for adapter in self.adapters.values():
+                stack.enter_context(adapter.observe())
+            yield
 
     def now(self) -> dict[str, Expiry]:
         return {name: a.expiry_now() for name, a in self.adapters.items()}
@@ -275,7 +286,11 @@ class SwapEngine:
             if stored is not None:
                 ref = HtlcRef(htlc, str(stored["locator"]), str(stored["lock_txid"]))
             else:
-                ref = self.adapters[htlc.chain].find_htlc(htlc)
+                start = self.journal.notice(rec.swap_id, _SCAN_FROM) or {}
+                since = start.get(htlc.chain)
+                ref = self.adapters[htlc.chain].find_htlc(
+                    htlc, not_before=None if since is None else int(since)
+                )
                 if ref is not None:
                     self.journal.store_notice(
                         rec.swap_id,
@@ -482,15 +497,18 @@ class SwapEngine:
         transaction was signed (call again), False if it waits or is finished."""
         return self._step(swap_id, None)[0]
 
-    def _step(self, swap_id: bytes, seen: _Facts | None) -> tuple[bool, _Facts | None]:
-        """:meth:`step`, reusing ``seen`` (the facts the previous step of this swap read) when
-        given. Returns whether to call again and, when this step did nothing on chain (a
-        transition or a signature), the facts it read, which still hold for the next step."""
+    def _step(self, swap_id: bytes, seen: _Seen | None) -> tuple[bool, _Seen | None]:
+        """:meth:`step`, reusing ``seen`` (the facts and clocks the previous step of this swap
+        read) when given. Returns whether to call again and, when this step did nothing on
+        chain (a transition or a signature), what it read, which still holds for the next step."""
         with self._lock:
             rec = self.journal.get(swap_id)
             if rec.state in TERMINAL:
                 return False, None
-            facts, own_ref, ctr_ref, detail = seen or self.facts(rec)
+            if seen is None:
+                with self._observing():
+                    seen = (self.facts(rec), self.now())
+            (facts, own_ref, ctr_ref, detail), now = seen
             view = SwapRecord(
                 rec.swap_id,
                 rec.role,
@@ -498,7 +516,6 @@ class SwapEngine:
                 rec.state,
                 self.journal.preimage(rec.swap_id) is not None,
             )
-            now = self.now()
             action = next_action(view, facts, now)
             if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
                 # Before blaming the counterparty, look for a lock it made and already spent
@@ -511,7 +528,7 @@ class SwapEngine:
             if action.kind in (ActionKind.WAIT, ActionKind.DONE):
                 return False, None
             assert action.to is not None
-            read = (facts, own_ref, ctr_ref, detail)
+            read = ((facts, own_ref, ctr_ref, detail), now)
             if action.kind is ActionKind.TRANSITION:
                 self._transition(rec, action.to, action.reason)
                 return True, read
@@ -543,7 +560,7 @@ class SwapEngine:
 
     def drive(self, swap_id: bytes, max_steps: int = 64) -> State:
         """Step the swap until it waits; a chain error leaves it for the next tick."""
-        seen: _Facts | None = None
+        seen: _Seen | None = None
         for _ in range(max_steps):
             try:
                 go_on, seen = self._step(swap_id, seen)
@@ -559,7 +576,8 @@ class SwapEngine:
         signature, so no freshly signed transaction can take a stored one's nonce."""
         for rec in self.journal.swaps(unfinished=True):
             try:
-                facts, *_ = self.facts(rec)
+                with self._observing():
+                    facts, *_ = self.facts(rec)
                 view = SwapRecord(
                     rec.swap_id,
                     rec.role,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -26,6 +27,7 @@ from kofo.settlement.chain import (
     BlockInfo,
     Expiry,
     FeeEstimate,
+    HeadPin,
     HtlcRef,
     HtlcState,
     HtlcStatus,
@@ -169,6 +171,7 @@ class BitcoinAdapter:
         self.chain = wallet.params.chain
         self.expiry_unit = expiry_unit
         self.index = ChainIndex(backend, start_height)
+        self._pin = HeadPin()  # inside observe(), the index is not re-synced per read
 
     def __repr__(self) -> str:
         return f"BitcoinAdapter({self.chain}/{self.params.network})"
@@ -184,8 +187,20 @@ class BitcoinAdapter:
         A height refund is valid once ``expiry_now() >= expiry``; a time refund once
         ``expiry_now() > expiry`` (BIP113 needs the lock time strictly below the MTP)."""
         if self.expiry_unit is UnixTime:
-            return UnixTime(self.backend.median_time_past())
-        return BlockHeight(self.backend.block_count())
+            return UnixTime(self._pin.cached("mtp", self.backend.median_time_past))
+        return BlockHeight(self.index.height() if self._pin.held else self.backend.block_count())
+
+    def observe(self) -> AbstractContextManager[None]:
+        """Sync once; inside the block, the HTLC reads, the mempool and the clock see one view
+        of the chain (no re-sync per read)."""
+        return self._pin.hold(self.index.sync)
+
+    def _sync(self) -> None:
+        if not self._pin.held:
+            self.index.sync()
+
+    def _mempool_raw(self) -> list[bytes]:
+        return list(self._pin.cached("mempool", lambda: list(self.backend.mempool_raw())))
 
     def estimate_fee(self) -> FeeEstimate:
         return FeeEstimate(rate=effective_fee_rate(self.backend.estimate_fee_rate(), self.params))
@@ -289,11 +304,11 @@ class BitcoinAdapter:
 
     def _output_amount(self, ref: HtlcRef) -> int:
         txid, vout = self._outpoint(ref)
-        self.index.sync()
+        self._sync()
         found = self.index.txs.get(txid)
         if found is not None and vout < len(found.tx.vout):
             return int(found.tx.vout[vout].nValue)
-        for raw in self.backend.mempool_raw():
+        for raw in self._mempool_raw():
             tx = CTransaction.deserialize(raw)
             if b2lx(tx.GetTxid()) == txid and vout < len(tx.vout):
                 return int(tx.vout[vout].nValue)
@@ -350,8 +365,8 @@ class BitcoinAdapter:
 
     def status(self, ref: HtlcRef) -> HtlcStatus:
         txid, vout = self._outpoint(ref)
-        self.index.sync()
-        mempool = [CTransaction.deserialize(raw) for raw in self.backend.mempool_raw()]
+        self._sync()
+        mempool = [CTransaction.deserialize(raw) for raw in self._mempool_raw()]
         lock_confs = self.index.confirmations(txid)
         if lock_confs == 0 and not any(b2lx(t.GetTxid()) == txid for t in mempool):
             return HtlcStatus(HtlcState.ABSENT)
@@ -390,14 +405,21 @@ class BitcoinAdapter:
         found = extract_preimage(spender, txid, vout, self.witness_script(terms))
         return found is not None, found
 
-    def find_htlc(self, terms: HtlcTerms, *, spent_since: int | None = None) -> HtlcRef | None:
-        # The index holds spent outputs too, so ``spent_since`` needs no extra search here.
+    def find_htlc(
+        self,
+        terms: HtlcTerms,
+        *,
+        spent_since: int | None = None,
+        not_before: int | None = None,
+    ) -> HtlcRef | None:
+        # The index holds spent outputs too, so ``spent_since`` needs no extra search here, and
+        # it covers every block from its start, so ``not_before`` saves nothing either.
         spk = self.output_script_pubkey(terms)
-        self.index.sync()
+        self._sync()
         for txid, n in self.index.by_script.get(spk, []):
             if self.index.txs[txid].tx.vout[n].nValue == terms.amount:
                 return HtlcRef(terms, f"{txid}:{n}", txid)
-        for raw in self.backend.mempool_raw():
+        for raw in self._mempool_raw():
             tx = CTransaction.deserialize(raw)
             for n, out in enumerate(tx.vout):
                 if bytes(out.scriptPubKey) == spk and out.nValue == terms.amount:
@@ -420,11 +442,11 @@ class BitcoinAdapter:
                 f"chain: expected {expected.chain!r}, this is {self.chain!r}", code="audit_chain"
             )
         txid, vout = self._outpoint(ref)
-        self.index.sync()
+        self._sync()
         found = self.index.txs.get(txid)
         tx = found.tx if found is not None else None
         if tx is None:
-            for raw in self.backend.mempool_raw():
+            for raw in self._mempool_raw():
                 candidate = CTransaction.deserialize(raw)
                 if b2lx(candidate.GetTxid()) == txid:
                     tx = candidate
@@ -479,7 +501,7 @@ class BitcoinAdapter:
     def audit_script(self, ref: HtlcRef, witness_script: bytes, expected: HtlcTerms) -> None:
         """Parse the counterparty's ``witness_script`` and name the first field that differs."""
         txid, vout = self._outpoint(ref)
-        self.index.sync()
+        self._sync()
         found = self.index.txs.get(txid)
         if found is None or vout >= len(found.tx.vout):
             raise AuditFailed(f"locator: {ref.locator} is not confirmed on the best chain")
@@ -514,7 +536,7 @@ class BitcoinAdapter:
         return BlockInfo(height=height, hash=block_hash, time=block.time)
 
     def tx_confirmations(self, txid: str) -> int:
-        self.index.sync()
+        self._sync()
         return self.index.confirmations(txid)
 
     def require_funds(self, amount: int) -> None:

@@ -9,6 +9,7 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from kofo.errors import AuditFailed, ChainError, InsufficientFunds, InvalidInput
 from kofo.settlement.chain import (
     BlockInfo,
     FeeEstimate,
+    HeadPin,
     HtlcRef,
     HtlcState,
     HtlcStatus,
@@ -36,6 +38,7 @@ from kofo.settlement.chain import (
     check_preimage,
 )
 from kofo.settlement.chains.ethereum.contract import load_artifact
+from kofo.settlement.chains.ethereum.event_index import HtlcEvent, HtlcEventIndex
 from kofo.settlement.chains.ethereum.nonces import NonceManager
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,10 @@ class EthereumAdapter:
             name: "0x" + keccak(text=ev.abi_element_identifier).hex()
             for name, ev in self._events.items()
         }
+        self._index = HtlcEventIndex(
+            w3, self.htlc.address, {self._topics[n]: n for n in _HTLC_EVENTS}
+        )
+        self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
         self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
         self._chain_id = w3.eth.chain_id
@@ -173,7 +180,16 @@ class EthereumAdapter:
         return int(self._token(token).functions.balanceOf(who).call())
 
     def expiry_now(self) -> UnixTime:
-        return UnixTime(int(self.w3.eth.get_block("latest")["timestamp"]))
+        self._head()
+        return UnixTime(self._index.head_time)
+
+    def observe(self) -> AbstractContextManager[None]:
+        """Read the head once; inside the block, the HTLC reads and the clock all see it."""
+        return self._pin.hold(self._index.refresh)
+
+    def _head(self) -> int:
+        """The indexed tip height, brought up to date unless pinned by :meth:`observe`."""
+        return self._index.height if self._pin.held else self._index.refresh()
 
     def tip(self) -> BlockInfo:
         return self._block("latest")
@@ -371,8 +387,17 @@ class EthereumAdapter:
         )
         return [ev.process_log(entry) for entry in raw]
 
-    def find_htlc(self, terms: HtlcTerms, *, spent_since: int | None = None) -> HtlcRef | None:
+    def find_htlc(
+        self,
+        terms: HtlcTerms,
+        *,
+        spent_since: int | None = None,
+        not_before: int | None = None,
+    ) -> HtlcRef | None:
         """The HTLC of ``terms``: a live one always, a spent one only from ``spent_since`` on.
+
+        The event index answers first. When it covers every block from ``not_before`` (or
+        ``spent_since``) on, a lock it has not seen does not exist and the chain is not asked.
 
         The contract's ``swaps`` map answers "is it live?" in one call, so a caller polling for
         a counterparty's lock costs no log scan until the lock exists; then the lock's own
@@ -381,6 +406,18 @@ class EthereumAdapter:
         """
         self._check_terms(terms)
         sid = swap_id(terms)
+        self._head()
+        locks = [e for e in self._index.events(sid) if e.name == "Locked"]
+        if locks:  # the index saw it: no chain query needed
+            lock = locks[-1]
+            spent = self._spend_after(sid, lock) is not None
+            if not spent or (spent_since is not None and lock.block >= spent_since):
+                return HtlcRef(terms=terms, locator=_hex(sid), lock_txid=lock.txid)
+            return None
+        floor = max(x for x in (not_before, spent_since, -1) if x is not None)
+        start = self._index.start
+        if start is not None and 0 <= floor and start <= floor:
+            return None  # the index has every block a lock of these terms could be in
         if not self._live(sid):
             if spent_since is None:
                 return None
@@ -402,8 +439,39 @@ class EthereumAdapter:
             hi, size = lo - 1, size * 2
         return None
 
+    def _spend_after(self, sid: bytes, lock: HtlcEvent) -> HtlcEvent | None:
+        for event in self._index.events(sid):
+            if event.name != "Locked" and (event.block, event.log_index) > (
+                lock.block,
+                lock.log_index,
+            ):
+                return event
+        return None
+
     def status(self, ref: HtlcRef) -> HtlcStatus:
         sid = bytes(HexBytes(ref.locator))
+        tip = self._head()
+        lock_txid = "0x" + ref.lock_txid.lower().removeprefix("0x")
+        lock = next(
+            (e for e in self._index.events(sid) if e.name == "Locked" and e.txid == lock_txid),
+            None,
+        )
+        if lock is not None:  # answered from the index, which is current and reorg-checked
+            lock_conf = tip - lock.block + 1
+            spend = self._spend_after(sid, lock)
+            if spend is None:
+                return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
+            return HtlcStatus(
+                HtlcState.REDEEMED if spend.name == "Redeemed" else HtlcState.REFUNDED,
+                confirmations=lock_conf,
+                spend_txid=spend.txid,
+                spend_confirmations=tip - spend.block + 1,
+                preimage=spend.preimage,
+            )
+        return self._status_from_chain(sid, ref)
+
+    def _status_from_chain(self, sid: bytes, ref: HtlcRef) -> HtlcStatus:
+        """The status of a lock the index has not seen (older than the index, or pruned)."""
         lock_block = self._mined_at(ref.lock_txid)
         lock_conf = 0 if lock_block is None else int(self.w3.eth.block_number) - lock_block + 1
         known = self._spends.get(sid)

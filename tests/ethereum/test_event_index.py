@@ -1,0 +1,122 @@
+"""The adapter's contract-event index: answers from memory, follows reorgs of any depth."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from kofo.settlement.chain import HtlcState, HtlcTerms, UnixTime
+from kofo.settlement.chains.ethereum import event_index
+from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_web3
+from kofo.settlement.chains.ethereum.contract import deploy
+from kofo.settlement.chains.ethereum.keys import account_from_seed
+
+ETHER = 10**18
+
+
+class _World:
+    def __init__(self) -> None:
+        self.w3 = embedded_web3()
+        self.tester: Any = self.w3.provider.ethereum_tester  # type: ignore[attr-defined]
+        self.alice, self.bob = (account_from_seed(os.urandom(32)) for _ in range(2))
+        for acct in (self.alice, self.bob):
+            self.w3.eth.wait_for_transaction_receipt(
+                self.w3.eth.send_transaction(
+                    {"from": self.w3.eth.accounts[0], "to": acct.address, "value": ETHER}
+                )
+            )
+        htlc = deploy(self.w3, "HTLC", self.alice)
+        self.a = EthereumAdapter(self.w3, self.alice, htlc)
+        self.b = EthereumAdapter(self.w3, self.bob, htlc)
+
+    def terms(self, preimage: bytes, amount: int = 1000) -> HtlcTerms:
+        return HtlcTerms(
+            "eth",
+            hashlib.sha256(preimage).digest(),
+            amount,
+            self.alice.address,
+            self.bob.address,
+            UnixTime(self.a.expiry_now().value + 3600),
+        )
+
+
+def test_a_reorged_redeem_turns_back_into_a_live_lock_and_the_preimage_is_gone():
+    w = _World()
+    secret = os.urandom(32)
+    ref = w.a.lock(w.terms(secret))
+    snapshot = w.tester.take_snapshot()
+    w.b.broadcast(w.b.prepare_redeem(ref, secret))
+    seen = w.a.status(ref)
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
+    assert seen.spend_confirmations == 1
+    w.tester.revert_to_snapshot(snapshot)
+    w.tester.mine_blocks(2)  # the other branch grows past the redeem's height
+    again = w.a.status(ref)
+    assert again.state is HtlcState.LOCKED and again.preimage is None
+    assert again.confirmations == 3  # the lock's block and the two mined on top of it
+    assert w.b.find_htlc(ref.terms) == ref
+
+
+def test_a_reorg_deeper_than_every_remembered_tip_rebuilds_the_index():
+    w = _World()
+    secret = os.urandom(32)
+    snapshot = w.tester.take_snapshot()
+    ref = w.a.lock(w.terms(secret))
+    for _ in range(event_index.REMEMBERED_TIPS + 5):  # more indexed tips than it remembers
+        w.tester.mine_blocks(1)
+        assert w.a.status(ref).state is HtlcState.LOCKED
+    w.tester.revert_to_snapshot(snapshot)
+    w.tester.mine_blocks(event_index.REMEMBERED_TIPS + 10)
+    assert w.a.status(ref).state is HtlcState.ABSENT
+    assert w.b.find_htlc(ref.terms) is None
+
+
+def test_a_pass_over_many_swaps_costs_one_head_query_and_no_log_query(monkeypatch):
+    w = _World()
+    refs = [w.a.lock(w.terms(os.urandom(32), 1000 + i)) for i in range(20)]
+    w.a.status(refs[0])  # index everything mined so far
+    reads: list[tuple[int, int]] = []
+    heads: list[str] = []
+    real_read = event_index.HtlcEventIndex._read
+    real_get_block = w.w3.eth.get_block
+
+    def counting_read(self: event_index.HtlcEventIndex, first: int, last: int) -> Any:
+        reads.append((first, last))
+        return real_read(self, first, last)
+
+    def counting_get_block(ident: Any, *args: Any, **kwargs: Any) -> Any:
+        heads.append(str(ident))
+        return real_get_block(ident, *args, **kwargs)
+
+    monkeypatch.setattr(event_index.HtlcEventIndex, "_read", counting_read)
+    monkeypatch.setattr(w.w3.eth, "get_block", counting_get_block)
+    with w.a.observe():
+        states = [w.a.status(r).state for r in refs]
+        found = [w.a.find_htlc(r.terms) for r in refs]
+        now = w.a.expiry_now()
+    assert states == [HtlcState.LOCKED] * 20
+    assert found == refs
+    assert now.value > 0
+    assert heads == ["latest"] and reads == []
+
+
+def test_find_htlc_asks_the_chain_only_when_the_index_may_not_cover_the_lock(monkeypatch):
+    w = _World()
+    terms = w.terms(os.urandom(32))
+    tip = w.a.tip().height
+    asked: list[bytes] = []
+    real_live = EthereumAdapter._live
+
+    def counting_live(self: EthereumAdapter, sid: bytes) -> bool:
+        asked.append(sid)
+        return real_live(self, sid)
+
+    monkeypatch.setattr(EthereumAdapter, "_live", counting_live)
+    # The payment hash is new at ``tip``: the index (which starts below it) has every block a
+    # lock could be in, so an absent lock is answered without a contract call.
+    assert w.b.find_htlc(terms, not_before=tip) is None
+    assert asked == []
+    # Without that bound the lock could predate the index: the contract is asked.
+    assert w.b.find_htlc(terms) is None
+    assert len(asked) == 1
