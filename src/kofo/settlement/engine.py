@@ -181,27 +181,29 @@ class SwapEngine:
         import hashlib
 
         preimage = os.urandom(32)
-        terms = propose_terms(
-            swap_id=os.urandom(16),
-            payment_hash=hashlib.sha256(preimage).digest(),
-            initiator_leg=initiator_leg,
-            participant_leg=participant_leg,
-            policies=self.policies,
-            now=self.now(),
-            accept_window=accept_window,
-            initiator_node=self.node_id,
-            participant_node=participant_node,
-        )
-        check_terms_as_initiator(terms, self.policies, self.now())
-        self.journal.create_swap(
-            Role.INITIATOR,
-            terms,
-            State.PROPOSED,
-            preimage=preimage,
-            peer=peer,
-            payload={"reason": "proposed"},
-        )
-        self._note_scan_from(terms)
+        with self._observing():  # one view of each chain for the terms and the scan heights
+            now = self.now()
+            terms = propose_terms(
+                swap_id=os.urandom(16),
+                payment_hash=hashlib.sha256(preimage).digest(),
+                initiator_leg=initiator_leg,
+                participant_leg=participant_leg,
+                policies=self.policies,
+                now=now,
+                accept_window=accept_window,
+                initiator_node=self.node_id,
+                participant_node=participant_node,
+            )
+            check_terms_as_initiator(terms, self.policies, now)
+            self.journal.create_swap(
+                Role.INITIATOR,
+                terms,
+                State.PROPOSED,
+                preimage=preimage,
+                peer=peer,
+                payload={"reason": "proposed"},
+            )
+            self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
@@ -214,11 +216,12 @@ class SwapEngine:
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
-        check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
-        self.journal.create_swap(
-            Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
-        )
-        self._note_scan_from(terms)
+        with self._observing():
+            check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
+            self.journal.create_swap(
+                Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
+            )
+            self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
 

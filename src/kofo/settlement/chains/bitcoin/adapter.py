@@ -528,6 +528,8 @@ class BitcoinAdapter:
     # ---- following the chain -----------------------------------------------------------------
 
     def tip(self) -> BlockInfo:
+        if self._pin.held:
+            return self._pin.cached("tip", lambda: self.block_at(self.index.height()))
         return self.block_at(self.backend.block_count())
 
     def block_at(self, height: int) -> BlockInfo:

@@ -181,7 +181,7 @@ class EthereumAdapter:
 
     def expiry_now(self) -> UnixTime:
         self._head()
-        return UnixTime(self._index.head_time)
+        return UnixTime(self._index.head[2])
 
     def observe(self) -> AbstractContextManager[None]:
         """Read the head once; inside the block, the HTLC reads and the clock all see it."""
@@ -192,7 +192,9 @@ class EthereumAdapter:
         return self._index.height if self._pin.held else self._index.refresh()
 
     def tip(self) -> BlockInfo:
-        return self._block("latest")
+        self._head()
+        height, block_hash, time = self._index.head
+        return BlockInfo(height, _hex(block_hash), time)
 
     def block_at(self, height: int) -> BlockInfo:
         return self._block(height)

@@ -63,8 +63,8 @@ class HtlcEventIndex:
         self._by_swap: dict[bytes, list[HtlcEvent]] = {}
         self._refreshes = 0
         self._lock = threading.Lock()
-        self.head_time = 0
-        """Timestamp of the last indexed tip block."""
+        self.head: tuple[int, bytes, int] = (-1, b"", 0)
+        """The last head read: (height, hash, timestamp), replaced as one value."""
 
     @property
     def start(self) -> int | None:
@@ -89,7 +89,7 @@ class HtlcEventIndex:
     def _refresh(self) -> int:
         latest = self._w3.eth.get_block("latest")
         height, block_hash = int(latest["number"]), bytes(latest["hash"])
-        self.head_time = int(latest["timestamp"])
+        self.head = (height, block_hash, int(latest["timestamp"]))
         if self._tips and self._tips[-1] == (height, block_hash):
             return height
         if self._start is None:
