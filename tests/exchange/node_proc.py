@@ -1,7 +1,8 @@
 """One exchange node as its own process, driven through files (used by the multi-process test).
 
-Usage: ``python node_proc.py CONFIG.json``. The node writes ``status_<i>.json`` every 100 ms;
-for every ``go_<k>`` file that appears it runs its claims and writes ``result_<i>_<k>.json``.
+Usage: ``python node_proc.py CONFIG.json``. The node writes ``status_<i>.json`` (its links, the
+peers' node ids, the size of its book) every 100 ms; for every ``go_<k>`` file that appears it
+runs its claims and writes ``result_<i>_<k>.json``.
 It exits on a ``stop`` file or when its lifetime runs out, whichever comes first.
 """
 
@@ -37,6 +38,7 @@ async def main(cfg: dict) -> None:
             port=cfg["port"],
             bootstrap=[tuple(b) for b in cfg["bootstrap"]],
             target_degree=cfg["target_degree"],
+            feeler_s=cfg["feeler_s"],
             protocol_fee_bps=cfg.get("protocol_fee_bps", 0),
             addresses={"btc": f"btc-addr-{i}", "eth": f"eth-addr-{i}"},
         ),
@@ -49,7 +51,12 @@ async def main(cfg: dict) -> None:
     while time.monotonic() < end and not (d / "stop").exists():
         _write(
             d / f"status_{i}.json",
-            {"links": len(node.links), "book": len(node.book), "port": node.port},
+            {
+                "links": len(node.links),
+                "peers": [peer.hex() for peer in node.links],
+                "book": len(node.book),
+                "port": node.port,
+            },
         )
         for go in sorted(d.glob("go_*")):
             k = go.name[3:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -215,6 +216,61 @@ def test_bootstrap_and_peer_exchange_reach_the_target_degree_and_heal():
                 ),
                 timeout=10,
             )
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_feelers_join_a_split_network_whose_parts_each_have_their_target_degree():
+    async def go():
+        nodes = await start_nodes(7, target_degree=2, maintain_s=0.05, feeler_s=0)
+        left, right, bridge = nodes[:3], nodes[3:6], nodes[6]
+        try:
+            for side in (left, right):
+                await link(side[0], side[1])
+                await link(side[1], side[2])
+                await link(side[2], side[0])
+            await link(bridge, right[0])
+            await link(bridge, left[0])  # left[0] learns right[0] from the bridge's peer list
+            await stop_all([bridge])
+            await wait_until(lambda: all(bridge.node_id not in n.links for n in left + right))
+            # Every node still has its target degree, so none dials: the split stays.
+            right_ids = {n.node_id for n in right}
+            await asyncio.sleep(0.5)
+            assert not any(right_ids & set(n.links) for n in left)
+            for n in left + right:
+                n.config.feeler_s = 0.1
+            await wait_until(lambda: any(right_ids & set(n.links) for n in left))
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_a_feeler_finds_a_node_cut_off_and_drops_a_link_beyond_twice_the_target_degree(caplog):
+    caplog.set_level(logging.INFO, logger="kofo.exchange.node")
+
+    async def go():
+        nodes = await start_nodes(6, target_degree=1, maintain_s=0.05, feeler_s=0)
+        lone, hub, k, p1, p2, q = nodes
+        try:
+            await link(lone, hub)  # lone knows nobody else
+            await link(q, p1)
+            await link(k, hub)  # k learns lone from hub's peer list
+            await link(k, p1)  # ... and q from p1's
+            await link(k, p2)
+            await stop_all([hub])
+            await wait_until(lambda: not lone.links and hub.node_id not in k.links)
+            await asyncio.sleep(0.3)
+            assert not lone.links  # it only knows hub: alone for good without feelers
+            k.config.feeler_s = 0.05  # k has twice its target degree (p1, p2)
+            await wait_until(lambda: k.node_id in lone.links)
+            # q has a link of its own, so k's feeler to it closes again; lone has none: it stays.
+            closing = f"closing feeler to {q.node_id.hex()[:12]}"
+            await wait_until(lambda: any(closing in r.getMessage() for r in caplog.records))
+            await wait_until(lambda: q.node_id not in k.links)
+            assert lone.node_id in k.links
         finally:
             await stop_all(nodes)
 

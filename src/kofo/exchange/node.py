@@ -108,6 +108,12 @@ class ExchangeConfig:
     maintain_s: float = 0.25
     backoff_base_s: float = 0.2
     backoff_max_s: float = 5.0
+    # Feelers: at or above ``target_degree`` a node still dials, every ``feeler_s`` (jittered),
+    # the known address it has no link to and tried least recently, so a network split into
+    # parts that each have their degree (or a node whose known peers all died) joins up again.
+    # A feeler link is kept up to twice the target degree, beyond that only while the peer has
+    # fewer than ``target_degree`` other links. 0 turns feelers off (so does target_degree 0).
+    feeler_s: float = 2.0
     settle_timeout_s: float = 5.0
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> own address
     # The ledger's rate (the composer sets it from the ledger's parameters): initiators put it
@@ -179,6 +185,9 @@ class ExchangeNode:
         self._known: dict[tuple[str, int], bytes | None] = {}
         self._backoff: dict[tuple[str, int], tuple[int, float]] = {}
         self._dialing: set[tuple[str, int]] = set()
+        self._tried: dict[tuple[str, int], float] = {}  # address -> last dial (monotonic)
+        self._next_feeler = 0.0
+        self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
         self._scores: dict[bytes, float] = {}
         self._banned: dict[bytes, float] = {}
         self.book = OrderBook()
@@ -293,6 +302,7 @@ class ExchangeNode:
         try:
             await link.run(self._on_frame, self._abuse)
         finally:
+            self._feelers.discard(link)
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
 
@@ -307,10 +317,18 @@ class ExchangeNode:
             self._banned[link.peer_id] = time.monotonic() + self.config.ban_s
             link.close()
 
-    async def _dial(self, addr: tuple[str, int]) -> None:
+    async def _dial(self, addr: tuple[str, int], *, feeler: bool = False) -> None:
+        self._tried[addr] = time.monotonic()
         try:
-            await self.connect(*addr, expect=None)
+            peer = await self.connect(*addr, expect=None)
+            link = self.links.get(peer)
+            if feeler and link is not None and link.outbound and not link.closed:
+                # Marked before the link's first frame is read (no await since it was
+                # attached): the peer's answer to our peers_req decides whether it stays.
+                self._feelers.add(link)
         except Exception as exc:  # any dial failure only means: try again later
+            if feeler:
+                self._next_feeler = 0.0  # a dead address costs no feeler period: try the next
             attempts, _ = self._backoff.get(addr, (0, 0.0))
             delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempts)
             delay *= (
@@ -349,21 +367,46 @@ class ExchangeNode:
         linked = set(self.links)
         want = self.config.target_degree - len(self.links) - len(self._dialing)
         if want > 0:
-            candidates = [
-                addr
-                for addr, nid in self._known.items()
-                if addr not in self._dialing
-                and nid not in linked
-                and nid != self.node_id
-                and (nid is None or self._banned.get(nid, 0.0) <= mono)
-                and self._backoff.get(addr, (0, 0.0))[1] <= mono
-            ]
+            candidates = self._dial_candidates(mono, linked)
             self._rng.shuffle(candidates)
             for addr in candidates[:want]:
                 self._dialing.add(addr)
                 self._spawn(self._dial(addr))
             if self.links and tick % 4 == 0:
                 self._rng.choice(list(self.links.values())).send(Frame("peers_req", {}))
+        elif (
+            self.config.feeler_s > 0
+            and self.config.target_degree > 0
+            and mono >= self._next_feeler
+            and len(self.links) + len(self._dialing) < self.config.max_degree
+        ):
+            self._next_feeler = mono + self.config.feeler_s * (0.5 + self._rng.random())
+            self._feel(mono, linked)
+
+    def _dial_candidates(self, mono: float, linked: set[bytes]) -> list[tuple[str, int]]:
+        return [
+            addr
+            for addr, nid in self._known.items()
+            if addr not in self._dialing
+            and nid not in linked
+            and nid != self.node_id
+            and (nid is None or self._banned.get(nid, 0.0) <= mono)
+            and self._backoff.get(addr, (0, 0.0))[1] <= mono
+        ]
+
+    def _feel(self, mono: float, linked: set[bytes]) -> None:
+        """Dial one feeler: the known, unlinked address tried least recently (never tried
+        first), so every known address gets its turn. A split heals once a node on one side
+        links an address on the other: one it knew, or one it learned from the peer list of a
+        feeler from across (a feeler beyond twice the target degree may close again, but only
+        after both ends have exchanged peer lists)."""
+        candidates = self._dial_candidates(mono, linked)
+        if not candidates:
+            return
+        never = float("-inf")
+        addr = min(candidates, key=lambda a: (self._tried.get(a, never), self._rng.random()))
+        self._dialing.add(addr)
+        self._spawn(self._dial(addr, feeler=True))
 
     # ------------------------------------------------------------------ dispatch
 
@@ -415,6 +458,15 @@ class ExchangeNode:
                 # Only loopback/LAN peers are learned via the host the list came from: a peer
                 # cannot steer our dials to arbitrary hosts.
                 self._known.setdefault((host, item[1]), item[0])
+        if link in self._feelers:
+            self._feelers.discard(link)
+            # A feeler link beyond twice the target degree stays only where it is needed.
+            if (
+                len(self.links) > 2 * self.config.target_degree
+                and len(peers) >= self.config.target_degree
+            ):
+                log.info("closing feeler to %s: it has enough links", link.peer_id.hex()[:12])
+                link.close()
 
     # ------------------------------------------------------------------ offers
 
