@@ -1,7 +1,10 @@
 """The Bitcoin adapter against real nodes: litecoind -regtest and btcd --regtest.
 
 Each node: fund the wallet by mining, then lock -> claim (preimage extracted by the other side)
-and lock -> refund, plus rejections checked by the node's own consensus code.
+and lock -> refund, plus every rejection the embedded chain is tested for, checked by the node's
+own consensus and mempool code: wrong preimage, wrong key, a non-32-byte preimage, premature
+refund (nLockTime below the expiry, and the chain not there yet), double spend, immature
+coinbase spend.
 """
 
 from __future__ import annotations
@@ -10,14 +13,21 @@ import hashlib
 import os
 
 import pytest
+from bitcointx.core import CBitcoinMutableTransaction as CMutableTransaction
+from bitcointx.core import CBitcoinTransaction as CTx
+from bitcointx.core import CBitcoinTxInWitness as CTxInWitness
+from bitcointx.core import CBitcoinTxWitness as CTxWitness
+from bitcointx.core import b2lx
+from bitcointx.core.script import CScriptWitness
 
 from kofo.errors import InvalidInput, TxRejected
-from kofo.settlement.chain import BlockHeight, HtlcState, HtlcTerms
+from kofo.settlement.chain import BlockHeight, HtlcState, HtlcTerms, SignedTx, TxKind
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
+from kofo.settlement.chains.bitcoin.blocks import parse_block
 from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
-from kofo.settlement.chains.bitcoin.tx import build_htlc_spend
+from kofo.settlement.chains.bitcoin.tx import Utxo, build_funding_tx, build_htlc_spend
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
@@ -26,6 +36,16 @@ CLTV_HEIGHT = 1351
 """Both litecoin's and btcd's regtest only enforce BIP65 (CLTV) from this height (the old
 Bitcoin Core regtest value they inherited); below it a premature refund is not a consensus
 error, so the tests mine past it first."""
+
+
+# Reject reasons, as litecoind (Core's wording) | btcd word them: each check must fail for its
+# own reason, not for a fee or a malformed transaction.
+WRONG_PREIMAGE = r"(?i)EQUALVERIFY"
+WRONG_KEY = r"(?i)signature must be zero|signature not empty"
+LOCKTIME = r"(?i)locktime requirement not satisfied"  # also a 33-byte secret: the size check
+# sends it down the refund branch, whose CLTV a claim (nLockTime 0) cannot satisfy
+SPENT = r"missing-inputs"
+IMMATURE = r"premature-spend-of-coinbase|before required maturity"
 
 
 def _terms(chain, sender, recipient, expiry, amount=5_000_000):
@@ -48,7 +68,8 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     mine(1)
     assert bob.audit(ref, terms, min_confirmations=1).state is HtlcState.LOCKED
     signed = bob.prepare_redeem(ref, preimage)
-    with pytest.raises(TxRejected):  # same signed claim, another 32-byte "preimage"
+    # The same signed claim with another 32-byte "preimage":
+    with pytest.raises(TxRejected, match=WRONG_PREIMAGE):
         bob.backend.test_accept(_swap_witness_preimage(signed.raw, preimage, os.urandom(32)))
     redeem = bob.prepare_redeem(ref, preimage)
     bob.broadcast(redeem)
@@ -62,21 +83,6 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     terms, _ = _terms(alice.chain, alice, bob, expiry)
     ref = alice.lock(terms)
     mine(1)
-    txid, vout = ref.locator.split(":")
-    sender_key = alice.wallet.key_for_pubkey(bytes.fromhex(terms.sender))
-    early = build_htlc_spend(
-        txid=txid,
-        vout=int(vout),
-        amount=terms.amount,
-        witness_script=alice.witness_script(terms),
-        key=sender_key,
-        destination_script_pubkey=alice.wallet.identity.script_pubkey,
-        fee_rate=alice.estimate_fee().rate,
-        params=alice.params,
-        refund_expiry=BlockHeight(expiry.value - 1),  # nLockTime below the script's expiry
-    )
-    with pytest.raises(TxRejected):
-        alice.backend.test_accept(early.serialize())
     refund = alice.prepare_refund(ref)
     try:
         alice.broadcast(refund)  # litecoind refuses it (non-final)...
@@ -92,6 +98,117 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     assert alice.tx_confirmations(refund.txid) == 1
     with pytest.raises(InvalidInput):
         bob.prepare_redeem(ref, os.urandom(32))
+
+    _rejections(alice, bob, mine)
+
+
+def _claim(adapter: BitcoinAdapter, ref_locator: str, terms: HtlcTerms, key, preimage: bytes):
+    txid, vout = ref_locator.split(":")
+    return build_htlc_spend(
+        txid=txid,
+        vout=int(vout),
+        amount=terms.amount,
+        witness_script=adapter.witness_script(terms),
+        key=key,
+        destination_script_pubkey=adapter.wallet.identity.script_pubkey,
+        fee_rate=adapter.estimate_fee().rate,
+        params=adapter.params,
+        preimage=preimage,
+    )
+
+
+def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
+    """The rejections of the embedded chain's tests, asked of the real node."""
+    far = BlockHeight(alice.expiry_now().value + 100)
+    bob_key = bob.wallet.key_for_pubkey(bytes.fromhex(bob.address()))
+    alice_key = alice.wallet.key_for_pubkey(bytes.fromhex(alice.address()))
+
+    # A claim signed by the refunder's key, with the right preimage.
+    terms, preimage = _terms(alice.chain, alice, bob, far)
+    ref = alice.lock(terms)
+    mine(1)
+    with pytest.raises(TxRejected, match=WRONG_KEY):
+        alice.backend.test_accept(_claim(bob, ref.locator, terms, alice_key, preimage).serialize())
+
+    # A 33-byte secret whose sha256 is the payment hash opens the hash lock but could never
+    # open the Ethereum leg: the size check refuses it. The claim is signed with a 32-byte
+    # placeholder (a signature does not cover the witness) and the secret swapped in.
+    long_secret = os.urandom(33)
+    long_terms = HtlcTerms(
+        chain=alice.chain,
+        payment_hash=hashlib.sha256(long_secret).digest(),
+        amount=terms.amount,
+        sender=alice.address(),
+        recipient=bob.address(),
+        expiry=far,
+    )
+    long_ref = alice.lock(long_terms)
+    mine(1)
+    signed = _claim(bob, long_ref.locator, long_terms, bob_key, b"\x00" * 32)
+    tampered = CMutableTransaction.from_tx(signed)
+    sig = signed.wit.vtxinwit[0].scriptWitness.stack[0]
+    script = bob.witness_script(long_terms)
+    tampered.wit = CTxWitness([CTxInWitness(CScriptWitness([sig, long_secret, script]))])
+    with pytest.raises(TxRejected, match=LOCKTIME):
+        bob.backend.test_accept(CTx.from_tx(tampered).serialize())
+
+    # Double spend: the claim is mined, then another claim of the same output is refused.
+    first = _claim(bob, ref.locator, terms, bob_key, preimage)
+    bob.broadcast(SignedTx(bob.chain, TxKind.REDEEM, b2lx(first.GetTxid()), first.serialize()))
+    mine(1)
+    assert bob.tx_confirmations(b2lx(first.GetTxid())) == 1
+    second = build_htlc_spend(
+        txid=ref.locator.split(":")[0],
+        vout=int(ref.locator.split(":")[1]),
+        amount=terms.amount,
+        witness_script=bob.witness_script(terms),
+        key=bob_key,
+        destination_script_pubkey=alice.wallet.identity.script_pubkey,  # another payee
+        fee_rate=bob.estimate_fee().rate,
+        params=bob.params,
+        preimage=preimage,
+    )
+    with pytest.raises(TxRejected, match=SPENT):
+        bob.backend.test_accept(second.serialize())
+
+    # A refund whose nLockTime is below the script's expiry, once the chain is past both (so
+    # the transaction is final and CLTV itself must refuse it).
+    expiry = BlockHeight(alice.expiry_now().value + 2)
+    terms, _ = _terms(alice.chain, alice, bob, expiry)
+    ref = alice.lock(terms)
+    mine(expiry.value - alice.expiry_now().value + 2)
+    txid, vout = ref.locator.split(":")
+    early = build_htlc_spend(
+        txid=txid,
+        vout=int(vout),
+        amount=terms.amount,
+        witness_script=alice.witness_script(terms),
+        key=alice_key,
+        destination_script_pubkey=alice.wallet.identity.script_pubkey,
+        fee_rate=alice.estimate_fee().rate,
+        params=alice.params,
+        refund_expiry=BlockHeight(expiry.value - 1),
+    )
+    with pytest.raises(TxRejected, match=LOCKTIME):
+        alice.backend.test_accept(early.serialize())
+
+    # Immature coinbase: the output of the block just mined cannot be spent for 100 blocks.
+    mine(1)
+    tip_hash = alice.backend.block_hash(alice.backend.block_count())
+    coinbase = parse_block(alice.backend.block_raw(tip_hash)).txs[0]
+    out = coinbase.vout[0]
+    owner = next(a.wallet for a in (alice, bob) if bytes(out.scriptPubKey) in a.wallet.scripts())
+    young = Utxo(b2lx(coinbase.GetTxid()), 0, int(out.nValue), bytes(out.scriptPubKey))
+    spend = build_funding_tx(
+        [young],
+        owner.key_for_script,
+        [(bob.wallet.identity.script_pubkey, 100_000)],
+        owner.identity.script_pubkey,
+        alice.estimate_fee().rate,
+        alice.params,
+    )
+    with pytest.raises(TxRejected, match=IMMATURE):
+        alice.backend.test_accept(spend.serialize())
 
 
 def _swap_witness_preimage(raw: bytes, old: bytes, new: bytes) -> bytes:
