@@ -75,8 +75,9 @@ log = logging.getLogger(__name__)
 
 _Facts = tuple[ChainFacts, HtlcRef | None, HtlcRef | None, dict[str, str]]
 """What :meth:`SwapEngine.facts` returns: the facts, both legs' references, evidence detail."""
-_Seen = tuple[_Facts, dict[str, Expiry]]
-"""Facts with the chain clocks read alongside them: both hold until a transaction is sent."""
+_Seen = tuple[_Facts, dict[str, Expiry] | None]
+"""Facts with the chain clocks read alongside them. The facts hold until a transaction is sent;
+the clocks until something takes time (a signature: ``None`` then, read them again)."""
 
 _COUNTER_REF = "counter_ref"
 """Journal notice kind under which the counterparty's lock reference is remembered."""
@@ -511,7 +512,8 @@ class SwapEngine:
             if seen is None:
                 with self._observing():
                     seen = (self.facts(rec), self.now())
-            (facts, own_ref, ctr_ref, detail), now = seen
+            (facts, own_ref, ctr_ref, detail), clocks = seen
+            now = clocks if clocks is not None else self.now()
             view = SwapRecord(
                 rec.swap_id,
                 rec.role,
@@ -547,7 +549,9 @@ class SwapEngine:
             self._transition(rec, action.to, action.reason, [t.txid for t in txs])
             # A signature is not on chain yet: the facts read before it still describe it (an
             # unsent own lock is absent), and re-reading them would look up an unknown txid.
-            return True, read
+            # Signing took time, though (fee and gas estimates): the clocks are read again, so
+            # a deadline passed meanwhile stops the broadcast.
+            return True, (read[0], None)
 
     def _after_sent(self, rec: StoredSwap, kind: TxKind, txids: list[str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
