@@ -21,7 +21,7 @@ from bitcointx.core import b2lx
 from bitcointx.core.script import CScriptWitness
 
 from kofo.errors import InvalidInput, TxRejected
-from kofo.settlement.chain import BlockHeight, HtlcState, HtlcTerms, SignedTx, TxKind
+from kofo.settlement.chain import BlockHeight, HtlcRef, HtlcState, HtlcTerms, SignedTx, TxKind
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
 from kofo.settlement.chains.bitcoin.blocks import parse_block
@@ -102,18 +102,29 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     _rejections(alice, bob, mine)
 
 
-def _claim(adapter: BitcoinAdapter, ref_locator: str, terms: HtlcTerms, key, preimage: bytes):
-    txid, vout = ref_locator.split(":")
+def _spend(
+    adapter: BitcoinAdapter,
+    ref: HtlcRef,
+    key,
+    *,
+    preimage: bytes | None = None,
+    refund_expiry: BlockHeight | None = None,
+    pay_to: bytes | None = None,
+):
+    """A claim (``preimage``) or refund (``refund_expiry``) of ``ref`` signed by ``key``, built
+    directly so the test can sign what the adapter never would."""
+    txid, vout = ref.locator.split(":")
     return build_htlc_spend(
         txid=txid,
         vout=int(vout),
-        amount=terms.amount,
-        witness_script=adapter.witness_script(terms),
+        amount=ref.terms.amount,
+        witness_script=adapter.witness_script(ref.terms),
         key=key,
-        destination_script_pubkey=adapter.wallet.identity.script_pubkey,
+        destination_script_pubkey=pay_to or adapter.wallet.identity.script_pubkey,
         fee_rate=adapter.estimate_fee().rate,
         params=adapter.params,
         preimage=preimage,
+        refund_expiry=refund_expiry,
     )
 
 
@@ -128,7 +139,7 @@ def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     ref = alice.lock(terms)
     mine(1)
     with pytest.raises(TxRejected, match=WRONG_KEY):
-        alice.backend.test_accept(_claim(bob, ref.locator, terms, alice_key, preimage).serialize())
+        alice.backend.test_accept(_spend(bob, ref, alice_key, preimage=preimage).serialize())
 
     # A 33-byte secret whose sha256 is the payment hash opens the hash lock but could never
     # open the Ethereum leg: the size check refuses it. The claim is signed with a 32-byte
@@ -144,7 +155,7 @@ def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     )
     long_ref = alice.lock(long_terms)
     mine(1)
-    signed = _claim(bob, long_ref.locator, long_terms, bob_key, b"\x00" * 32)
+    signed = _spend(bob, long_ref, bob_key, preimage=b"\x00" * 32)
     tampered = CMutableTransaction.from_tx(signed)
     sig = signed.wit.vtxinwit[0].scriptWitness.stack[0]
     script = bob.witness_script(long_terms)
@@ -153,21 +164,12 @@ def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
         bob.backend.test_accept(CTx.from_tx(tampered).serialize())
 
     # Double spend: the claim is mined, then another claim of the same output is refused.
-    first = _claim(bob, ref.locator, terms, bob_key, preimage)
+    first = _spend(bob, ref, bob_key, preimage=preimage)
     bob.broadcast(SignedTx(bob.chain, TxKind.REDEEM, b2lx(first.GetTxid()), first.serialize()))
     mine(1)
     assert bob.tx_confirmations(b2lx(first.GetTxid())) == 1
-    second = build_htlc_spend(
-        txid=ref.locator.split(":")[0],
-        vout=int(ref.locator.split(":")[1]),
-        amount=terms.amount,
-        witness_script=bob.witness_script(terms),
-        key=bob_key,
-        destination_script_pubkey=alice.wallet.identity.script_pubkey,  # another payee
-        fee_rate=bob.estimate_fee().rate,
-        params=bob.params,
-        preimage=preimage,
-    )
+    another_payee = alice.wallet.identity.script_pubkey
+    second = _spend(bob, ref, bob_key, preimage=preimage, pay_to=another_payee)
     with pytest.raises(TxRejected, match=SPENT):
         bob.backend.test_accept(second.serialize())
 
@@ -177,18 +179,7 @@ def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     terms, _ = _terms(alice.chain, alice, bob, expiry)
     ref = alice.lock(terms)
     mine(expiry.value - alice.expiry_now().value + 2)
-    txid, vout = ref.locator.split(":")
-    early = build_htlc_spend(
-        txid=txid,
-        vout=int(vout),
-        amount=terms.amount,
-        witness_script=alice.witness_script(terms),
-        key=alice_key,
-        destination_script_pubkey=alice.wallet.identity.script_pubkey,
-        fee_rate=alice.estimate_fee().rate,
-        params=alice.params,
-        refund_expiry=BlockHeight(expiry.value - 1),
-    )
+    early = _spend(alice, ref, alice_key, refund_expiry=BlockHeight(expiry.value - 1))
     with pytest.raises(TxRejected, match=LOCKTIME):
         alice.backend.test_accept(early.serialize())
 

@@ -120,3 +120,15 @@ def test_find_htlc_asks_the_chain_only_when_the_index_may_not_cover_the_lock(mon
     # Without that bound the lock could predate the index: the contract is asked.
     assert w.b.find_htlc(terms) is None
     assert len(asked) == 1
+
+
+def test_a_live_lock_older_than_the_index_is_still_found_with_spent_since():
+    w = _World()
+    ref = w.a.lock(w.terms(os.urandom(32)))
+    w.tester.mine_blocks(event_index.START_BACK_BLOCKS + 10)
+    late = EthereumAdapter(w.w3, w.bob, w.a.htlc.address)  # its index starts above the lock
+    tip = late.tip().height
+    lock_block = w.w3.eth.get_transaction_receipt(ref.lock_txid)["blockNumber"]  # type: ignore[arg-type]
+    assert late._index.start is not None and late._index.start > lock_block
+    # spent_since bounds only the search for spent locks: a live one is always found.
+    assert late.find_htlc(ref.terms, spent_since=tip) == ref

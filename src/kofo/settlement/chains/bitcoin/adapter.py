@@ -200,7 +200,7 @@ class BitcoinAdapter:
             self.index.sync()
 
     def _mempool_raw(self) -> list[bytes]:
-        return list(self._pin.cached("mempool", lambda: list(self.backend.mempool_raw())))
+        return list(self._pin.cached("mempool", self.backend.mempool_raw))  # a copy to iterate
 
     def estimate_fee(self) -> FeeEstimate:
         return FeeEstimate(rate=effective_fee_rate(self.backend.estimate_fee_rate(), self.params))

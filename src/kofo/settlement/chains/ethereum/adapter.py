@@ -398,8 +398,9 @@ class EthereumAdapter:
     ) -> HtlcRef | None:
         """The HTLC of ``terms``: a live one always, a spent one only from ``spent_since`` on.
 
-        The event index answers first. When it covers every block from ``not_before`` (or
-        ``spent_since``) on, a lock it has not seen does not exist and the chain is not asked.
+        The event index answers first. When it covers every block from ``not_before`` on, a
+        lock it has not seen does not exist and the chain is not asked. (``spent_since`` alone
+        does not allow that: a live lock older than the index must still be found.)
 
         The contract's ``swaps`` map answers "is it live?" in one call, so a caller polling for
         a counterparty's lock costs no log scan until the lock exists; then the lock's own
@@ -416,9 +417,8 @@ class EthereumAdapter:
             if not spent or (spent_since is not None and lock.block >= spent_since):
                 return HtlcRef(terms=terms, locator=_hex(sid), lock_txid=lock.txid)
             return None
-        floor = max(x for x in (not_before, spent_since, -1) if x is not None)
         start = self._index.start
-        if start is not None and 0 <= floor and start <= floor:
+        if not_before is not None and start is not None and start <= not_before:
             return None  # the index has every block a lock of these terms could be in
         if not self._live(sid):
             if spent_since is None:
