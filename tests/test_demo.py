@@ -58,8 +58,12 @@ def test_demo_swaps_btc_eth_both_ways_and_an_erc20_and_balances_move_as_agreed()
 
     # Progress came from the engines' streams: every step of both nodes, with confirmations,
     # and the exact balances (no float rounding) in the final table.
-    for state in ("lock_sent", "locked", "counter_audited", "redeem_sent", "redeemed"):
+    for state in ("lock_sent", "counter_audited", "redeem_sent", "redeemed"):
         assert text.count(f" {state} ") >= 6, state
+    # A participant whose lock is redeemed before it sees the lock buried goes straight from
+    # lock_sent to redeeming (the secret is public): only the three initiators surely pass
+    # through "locked".
+    assert text.count(" locked ") >= 3
     assert "1 confirmation" in text
     assert Amount(ETH, after["alice"][ETH]).number() in text.replace("\n", "").replace(" ", "")
     assert "every swap redeemed on both sides" in text

@@ -9,6 +9,8 @@ import threading
 import pytest
 import rlp
 from eth_account.hdaccount import seed_from_mnemonic
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
+from hexbytes import HexBytes
 
 from kofo.errors import AuditFailed, InsufficientFunds, InvalidInput, TxRejected
 from kofo.settlement.chain import (
@@ -306,3 +308,25 @@ def test_keys_follow_the_standard_bip44_path():
     seed = seed_from_mnemonic("test test test test test test test test test test test junk", "")
     assert account_from_seed(seed).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
     assert account_from_seed(seed, 1).address == "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+def _fees(tx) -> tuple[int, int, int]:
+    fields = TypedTransaction.from_bytes(HexBytes(tx.raw)).as_dict()
+    return fields["nonce"], fields["maxFeePerGas"], fields["maxPriorityFeePerGas"]
+
+
+def test_a_redeem_replacement_keeps_the_nonce_and_call_and_raises_both_fees(env):
+    terms, preimage = _terms(env)
+    ref = env.alice.lock(terms)
+    first = env.bob.prepare_redeem(ref, preimage)
+    nonce, cap, tip = _fees(first)
+    bumped = env.bob.prepare_replacement(ref, first, preimage)
+    n2, cap2, tip2 = _fees(bumped)
+    assert n2 == nonce and bumped.txid != first.txid and bumped.kind is TxKind.REDEEM
+    assert cap2 >= cap * 5 // 4 and tip2 >= tip * 5 // 4 and tip2 > tip
+    with pytest.raises(InvalidInput, match="not the redeem of"):
+        env.bob.prepare_replacement(ref, first, os.urandom(32))  # another call's data
+    env.bob.broadcast(bumped)
+    env.bob.wait(bumped.txid)
+    status = env.alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.spend_txid == bumped.txid

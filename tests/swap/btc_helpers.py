@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from bitcointx.core import CBitcoinTransaction as CTransaction
 from bitcointx.core import b2lx
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 
 from kofo.settlement.chain import ChainAdapter
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
@@ -82,17 +83,22 @@ def btc_fee(adapter: BitcoinAdapter, txid: str) -> int:
 
 def fees_paid(node: Node, swap_id: bytes) -> dict[str, int]:
     """Native-coin fees each chain charged this node for the swap's journaled transactions
-    that were broadcast (the swap is over, so they are confirmed)."""
+    that confirmed (the swap is over; a version replaced by a fee bump never confirmed)."""
     out: dict[str, int] = {}
     for _kind, chain, txid, at in node.engine.journal.all_txs(swap_id):
         if at is None:
             continue
         adapter = node.engine.adapters[chain]
         if isinstance(adapter, BitcoinAdapter):
+            if adapter.tx_confirmations(txid) == 0:
+                continue
             paid = btc_fee(adapter, txid)
         else:
             w3: Web3 = adapter.w3  # type: ignore[attr-defined]
-            receipt = w3.eth.get_transaction_receipt(txid)  # type: ignore[arg-type]
+            try:
+                receipt = w3.eth.get_transaction_receipt(txid)  # type: ignore[arg-type]
+            except TransactionNotFound:
+                continue
             paid = receipt["gasUsed"] * receipt["effectiveGasPrice"]
         out[chain] = out.get(chain, 0) + paid
     return out

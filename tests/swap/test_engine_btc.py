@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import pytest
+from bitcointx.core import CBitcoinTransaction as CTransaction
 
-from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg
 from kofo.wire.swap import Accept, Locked, Propose, open_swap, sign_swap
-from tests.swap.btc_helpers import Btc, addr, expected_after, fees_paid, holdings
+from tests.swap.btc_helpers import Btc, addr, btc_fee, expected_after, fees_paid, holdings
 from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node
 
 BTC_AMOUNT = 1_500_000  # sats
@@ -80,6 +81,18 @@ def _start(w: World, give: Leg, get: Leg) -> bytes:
     return terms.swap_id
 
 
+def _start_btc_for_eth(w: World) -> tuple[Leg, Leg, set[tuple[str, str | None]], dict, bytes]:
+    """Link the nodes and start Alice's BTC for Bob's 2 ETH; returns both legs, the assets,
+    each node's holdings before, and the swap id."""
+    alice, bob = w.alice, w.bob
+    link(alice, bob)
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    get = _leg(w, bob, alice, "eth", 2 * ETHER)
+    assets = {("btc", None), ("eth", None)}
+    before = {n.name: holdings(n, assets) for n in (alice, bob)}
+    return give, get, assets, before, _start(w, give, get)
+
+
 PAIRS = {
     # name: (btc-like chain, initiator leg (chain, amount, token?), participant leg)
     "btc_for_eth": ("btc", ("btc", BTC_AMOUNT, False), ("eth", 2 * ETHER, False)),
@@ -130,12 +143,7 @@ def _initiator_gone_after_both_locks(w: World, *, saw_counter_lock: bool) -> byt
     alice, bob = w.alice, w.bob
     btc, evm = w.chains["btc"], w.chains["eth"]
     assert isinstance(btc, Btc) and isinstance(evm, Evm)
-    link(alice, bob)
-    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
-    get = _leg(w, bob, alice, "eth", 2 * ETHER)
-    assets = {("btc", None), ("eth", None)}
-    before = {n.name: holdings(n, assets) for n in (alice, bob)}
-    sid = _start(w, give, get)
+    give, get, assets, before, sid = _start_btc_for_eth(w)
     terms = alice.engine.terms_of(sid)
 
     for _ in range(5):
@@ -249,3 +257,43 @@ def test_btc_lock_with_a_wrong_amount_is_refused_and_reported_with_the_field(wor
     assert bob.engine.adapters["eth"].balance() == bob_eth
     (ev,) = bob.engine.journal.evidence(sid)
     assert ev.detail["lock_txid"] == ref.lock_txid and ev.detail["locator"] == ref.locator
+
+
+def test_a_redeem_stuck_by_a_fee_rise_is_replaced_and_the_swap_completes(world_factory):
+    """Bob's BTC redeem is sent at the fee of the moment; then the next blocks need 40 sat/vB
+    (fees rose). After one block without it (the devnet bump wait) his node replaces it at
+    the new estimate, and the replacement confirms."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    give, get, assets, before, sid = _start_btc_for_eth(w)
+    for _ in range(40):
+        for n in (alice, bob):
+            n.engine.tick()
+        if bob.engine.journal.get(sid).state is State.REDEEM_SENT:
+            break
+        btc.mine(1)
+    assert bob.engine.journal.get(sid).state is State.REDEEM_SENT
+    [(first, sent_at)] = bob.engine.journal.versions(sid, TxKind.REDEEM)
+    assert sent_at == btc.height()
+    btc.chain.set_block_min_fee_rate(40)
+
+    states = drive([alice, bob], sid, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    versions = bob.engine.journal.versions(sid, TxKind.REDEEM)
+    assert len(versions) == 2 and versions[0][0] == first
+    bumped = versions[1][0]
+    adapter = bob.engine.adapters["btc"]
+    assert adapter.tx_confirmations(bumped.txid) >= 1 and adapter.tx_confirmations(first.txid) == 0
+    assert (
+        btc_fee(adapter, bumped.txid)
+        >= 40 * CTransaction.deserialize(bumped.raw).get_virtual_size()
+    )
+    reasons = [e.payload.get("reason", "") for e in bob.engine.journal.events(sid)]
+    assert any("replace it at a higher fee" in r for r in reasons)
+    for node in (alice, bob):
+        gives, gets = (give, get) if node is alice else (get, give)
+        assert holdings(node, assets) == expected_after(
+            before[node.name], gives=gives, gets=gets, fees=fees_paid(node, sid)
+        )

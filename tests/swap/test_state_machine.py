@@ -30,6 +30,7 @@ leg_facts = st.builds(
     spend_confirmations=st.integers(0, 3),
     preimage=st.sampled_from([None, b"\x07" * 32]),
     audit_error=st.sampled_from([None, "audit_amount"]),
+    spend_stuck=st.booleans(),
 )
 # Clocks around every deadline of the terms, so each comparison is exercised on both sides.
 c1_clock = st.integers(TERMS.initiator_lock_by.value - 3, A_LEG.expiry.value + 3)
@@ -66,7 +67,9 @@ def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
         assert own_now >= own_leg.expiry.value, "refunds before expiry"
         assert facts.own.state is HtlcState.LOCKED
     reveals = action.kind is ActionKind.SIGN_REDEEM or action.tx_kind is TxKind.REDEEM
-    if reveals and rec.role is Role.INITIATOR and not secret_public:
+    # A bump of a redeem already visible on the counter chain reveals nothing new.
+    revealed = action.kind is ActionKind.BUMP and facts.counter.state is HtlcState.REDEEMED
+    if reveals and rec.role is Role.INITIATOR and not (secret_public or revealed):
         assert counter_now < TERMS.initiator_redeem_by.value, "reveals the secret late"
         assert facts.counter.state is HtlcState.LOCKED
     if action.kind is ActionKind.SIGN_REDEEM and rec.role is Role.PARTICIPANT:
@@ -75,6 +78,16 @@ def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
         assert rec.has_preimage or facts.own.preimage is not None
     if rec.state in TERMINAL:
         assert action.kind is ActionKind.DONE
+    if action.kind is ActionKind.BUMP:
+        # Only a sent spend that has not confirmed is replaced, and only where it is re-sent.
+        leg = facts.counter if action.tx_kind is TxKind.REDEEM else facts.own
+        assert leg.spend_stuck
+        assert leg.state is HtlcState.LOCKED or leg.spend_confirmations == 0
+        assert action.to in (State.REDEEM_SENT, State.REFUND_SENT)
+        if action.tx_kind is TxKind.REFUND:
+            assert rec.state in (State.REFUND_SIGNED, State.REFUND_SENT) or (
+                facts.own.state is HtlcState.REFUNDED
+            )
     if action.kind is ActionKind.TRANSITION and action.to is State.REDEEMED:
         assert facts.counter.state is HtlcState.REDEEMED
 
@@ -169,3 +182,45 @@ def test_honest_parties_on_prompt_chains_both_redeem():
         world.mine("c2")
     assert world.parties[Role.INITIATOR].state is State.REDEEMED
     assert world.parties[Role.PARTICIPANT].state is State.REDEEMED
+
+
+def _sent(role: Role, state: State) -> SwapRecord:
+    return SwapRecord(TERMS.swap_id, role, TERMS, state, True)
+
+
+def test_a_stuck_redeem_is_bumped_and_an_unstuck_one_waits():
+    rec = _sent(Role.PARTICIPANT, State.REDEEM_SENT)
+    now = {"c1": BlockHeight(0), "c2": UnixTime(0)}
+    pending = LegFacts(HtlcState.REDEEMED, 5, spend_confirmations=0)
+    own = LegFacts(HtlcState.REDEEMED, 5, 1, b"\x07" * 32)
+    assert next_action(rec, ChainFacts(own, pending), now).kind is ActionKind.WAIT
+    stuck = LegFacts(HtlcState.REDEEMED, 5, spend_confirmations=0, spend_stuck=True)
+    action = next_action(rec, ChainFacts(own, stuck), now)
+    assert (action.kind, action.tx_kind, action.to) == (
+        ActionKind.BUMP,
+        TxKind.REDEEM,
+        State.REDEEM_SENT,
+    )
+    # Evicted from mempools (the leg still looks locked): bumped instead of re-sent as it was.
+    evicted = LegFacts(HtlcState.LOCKED, 5, spend_stuck=True)
+    assert next_action(rec, ChainFacts(own, evicted), now).kind is ActionKind.BUMP
+
+
+def test_a_stuck_refund_is_bumped():
+    rec = _sent(Role.INITIATOR, State.REFUND_SENT)
+    now = {"c1": A_LEG.expiry, "c2": UnixTime(0)}
+    action = next_action(rec, ChainFacts(LegFacts(HtlcState.LOCKED, 9, spend_stuck=True)), now)
+    assert (action.kind, action.tx_kind) == (ActionKind.BUMP, TxKind.REFUND)
+    pending = LegFacts(HtlcState.REFUNDED, 9, 0, spend_stuck=True)
+    assert next_action(rec, ChainFacts(pending), now).kind is ActionKind.BUMP
+
+
+def test_the_initiator_never_bumps_an_unseen_redeem_after_its_redeem_deadline():
+    rec = _sent(Role.INITIATOR, State.REDEEM_SENT)
+    facts = ChainFacts(
+        LegFacts(HtlcState.LOCKED, 5), LegFacts(HtlcState.LOCKED, 5, spend_stuck=True)
+    )
+    before = {"c1": BlockHeight(0), "c2": UnixTime(TERMS.initiator_redeem_by.value - 1)}
+    assert next_action(rec, facts, before).kind is ActionKind.BUMP
+    at = {"c1": BlockHeight(0), "c2": TERMS.initiator_redeem_by}
+    assert next_action(rec, facts, at).to is State.REFUND_WAIT

@@ -167,6 +167,21 @@ class ChainAdapter(Protocol):
         """Build and sign the refund to ``ref.terms.sender`` (valid once the expiry passes)."""
         ...
 
+    def prepare_replacement(
+        self,
+        ref: HtlcRef,
+        old: SignedTx,
+        preimage: bytes | None = None,
+        fee: FeeEstimate | None = None,
+    ) -> SignedTx:
+        """A higher-fee replacement of ``old``, a redeem (``preimage`` given) or refund of
+        ``ref`` that is waiting unconfirmed: it spends the same HTLC (Bitcoin: the same
+        outpoint, under BIP125; Ethereum: the same nonce) and pays at least the chain's rules
+        for a replacement, and at least ``fee`` (default: the current estimate). Raises
+        :class:`kofo.errors.ChainError` when the chain's rules cannot be met (e.g. the fee
+        would eat more of the HTLC than this adapter allows)."""
+        ...
+
     def broadcast(self, tx: SignedTx) -> str:
         """Send ``tx``; idempotent (a tx the chain already has is not an error). Returns txid."""
         ...

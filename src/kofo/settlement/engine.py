@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -95,9 +95,11 @@ CRASH_POINTS: tuple[str, ...] = (
     *(f"stored:{k.value}" for k in _SIGNED_KINDS),
     *(f"before_broadcast:{k.value}" for k in _SIGNED_KINDS),
     *(f"after_broadcast:{k.value}" for k in _SIGNED_KINDS),
+    *(f"stored:bump_{k.value}" for k in (TxKind.REDEEM, TxKind.REFUND)),
 )
 """Every named point where a crash is injectable: after each state transition is journaled,
-after each step's signed transactions are stored, and before/after each broadcast."""
+after each step's signed transactions are stored (and each fee-bump replacement), and
+before/after each broadcast."""
 
 
 class CrashHook:
@@ -341,11 +343,62 @@ class SwapEngine:
                     k: v for k, v in self._counter_refs.items() if v.terms.chain != chain
                 }
 
-    def _leg_facts(self, chain: str, ref: HtlcRef | None) -> LegFacts:
+    def _leg_facts(
+        self, rec: StoredSwap, chain: str, ref: HtlcRef | None, spend: TxKind
+    ) -> LegFacts:
+        """What ``chain`` says about the HTLC at ``ref``; ``spend`` is the kind of our own
+        spend of it (the redeem of the counter leg, the refund of the own leg)."""
         if ref is None:
             return LegFacts()
         st = self.adapters[chain].status(ref)
-        return LegFacts(st.state, st.confirmations, st.spend_confirmations, st.preimage)
+        facts = LegFacts(st.state, st.confirmations, st.spend_confirmations, st.preimage)
+        if self._spend_stuck(rec, chain, spend, facts):
+            return replace(facts, spend_stuck=True)
+        return facts
+
+    def _bump_after(self, chain: str) -> int | None:
+        policy = self.policies.get(chain)
+        return None if policy is None else policy.bump_after_blocks
+
+    def _spend_stuck(self, rec: StoredSwap, chain: str, kind: TxKind, leg: LegFacts) -> bool:
+        """Whether our ``kind`` spend of this leg should be replaced at a higher fee."""
+        after = self._bump_after(chain)
+        if after is None:
+            return False
+        spent = HtlcState.REDEEMED if kind is TxKind.REDEEM else HtlcState.REFUNDED
+        unconfirmed = leg.state is HtlcState.LOCKED or (
+            leg.state is spent and leg.spend_confirmations == 0
+        )
+        if not unconfirmed:
+            return False
+        versions = self.journal.versions(rec.swap_id, kind)
+        sent = [height for _, height in versions if height is not None]
+        if not sent:
+            return False  # never sent: a first send, not a bump
+        if versions[-1][1] is None:
+            return True  # a replacement stored before a crash or a failed send: send it
+        return self.adapters[chain].tip().height - sent[-1] >= after
+
+    def _bump(
+        self, rec: StoredSwap, kind: TxKind, own_ref: HtlcRef | None, ctr_ref: HtlcRef | None
+    ) -> list[str]:
+        """Replace our stuck ``kind`` spend at a higher fee (store first, then send). A newest
+        version stored but not sent is sent as it is, unless it has waited twice the bump
+        wait; then (a node refusing it, say) it is replaced in turn."""
+        ref = ctr_ref if kind is TxKind.REDEEM else own_ref
+        assert ref is not None, f"{kind} bump decided without its HTLC"
+        chain = ref.terms.chain
+        adapter = self.adapters[chain]
+        versions = self.journal.versions(rec.swap_id, kind)
+        latest, latest_height = versions[-1]
+        after = self._bump_after(chain) or 0
+        last_sent = max(h for _, h in versions if h is not None)
+        if latest_height is not None or adapter.tip().height - last_sent >= 2 * after:
+            preimage = self.journal.preimage(rec.swap_id) if kind is TxKind.REDEEM else None
+            new = adapter.prepare_replacement(ref, latest, preimage)
+            self.journal.store_replacement(rec.swap_id, kind, new)
+            self.crash.hit(f"stored:bump_{kind.value}")
+        return self._broadcast(rec, kind)
 
     def _audit_claim(self, rec: StoredSwap, expected: HtlcTerms) -> tuple[str, dict[str, str]]:
         """If the counterparty told us it locked with other terms and that lock is on chain,
@@ -382,7 +435,7 @@ class SwapEngine:
         ctr_htlc = view.counter_leg.htlc(rec.terms.payment_hash)
         own_ref = self._own_ref(rec, own_htlc)
         ctr_ref = self._counter_ref(rec, ctr_htlc)
-        ctr = self._leg_facts(ctr_htlc.chain, ctr_ref)
+        ctr = self._leg_facts(rec, ctr_htlc.chain, ctr_ref, TxKind.REDEEM)
         audit_code, where = "", dict[str, str]()
         if ctr.state is HtlcState.ABSENT:
             audit_code, where = self._audit_claim(rec, ctr_htlc)
@@ -390,7 +443,7 @@ class SwapEngine:
                 self._drop_counter_ref(rec.swap_id)  # re-find after a reorg
         if audit_code:
             ctr = LegFacts(audit_error=audit_code)
-        facts = ChainFacts(self._leg_facts(own_htlc.chain, own_ref), ctr)
+        facts = ChainFacts(self._leg_facts(rec, own_htlc.chain, own_ref, TxKind.REFUND), ctr)
         return facts, own_ref, ctr_ref, {"audit": audit_code, **where}
 
     # -- acting -------------------------------------------------------------------------------
@@ -484,14 +537,20 @@ class SwapEngine:
         return txs
 
     def _broadcast(self, rec: StoredSwap, kind: TxKind) -> list[str]:
-        txs = self.journal.txs(rec.swap_id, kind)
+        txs = self.journal.current_txs(rec.swap_id, kind)
         if not txs:
             raise InvalidInput(f"no stored {kind} transaction to broadcast")
         self.crash.hit(f"before_broadcast:{kind.value}")
         sent = []
         for tx in txs:
-            self.adapters[tx.chain].broadcast(tx)
-            self.journal.mark_broadcast(rec.swap_id, tx.txid)
+            adapter = self.adapters[tx.chain]
+            adapter.broadcast(tx)
+            # The height a redeem/refund was first sent at dates it for fee bumps (only on a
+            # chain that bumps: elsewhere it would cost a head query per send).
+            bumps = kind is not TxKind.LOCK and self._bump_after(tx.chain) is not None
+            self.journal.mark_broadcast(
+                rec.swap_id, tx.txid, adapter.tip().height if bumps else None
+            )
             sent.append(tx.txid)
         self.crash.hit(f"after_broadcast:{kind.value}")
         return sent
@@ -537,6 +596,11 @@ class SwapEngine:
             if action.kind is ActionKind.TRANSITION:
                 self._transition(rec, action.to, action.reason)
                 return True, read
+            if action.kind is ActionKind.BUMP:
+                assert action.tx_kind is not None
+                txids = self._bump(rec, action.tx_kind, own_ref, ctr_ref)
+                self._transition(rec, action.to, action.reason, txids)
+                return True, None  # the chain has changed: read it again
             if action.kind is ActionKind.BROADCAST:
                 assert action.tx_kind is not None
                 txids = self._broadcast(rec, action.tx_kind)

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS txs (
     txid TEXT NOT NULL,
     raw BLOB NOT NULL,
     broadcast_at REAL,
+    sent_height INTEGER,
     PRIMARY KEY (swap_id, kind, seq)
 );
 CREATE TABLE IF NOT EXISTS secrets (
@@ -132,6 +133,9 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(txs)")}
+        if "sent_height" not in columns:  # a journal written before fee bumps existed
+            self._db.execute("ALTER TABLE txs ADD COLUMN sent_height INTEGER")
 
     def close(self) -> None:
         with self._lock:
@@ -271,12 +275,52 @@ class Journal:
                 )
             for seq, tx in enumerate(txs):
                 db.execute(
-                    "INSERT INTO txs VALUES (?,?,?,?,?,?,NULL)",
+                    "INSERT INTO txs VALUES (?,?,?,?,?,?,NULL,NULL)",
                     (swap_id, kind.value, seq, tx.chain, tx.txid, tx.raw),
                 )
 
+    def store_replacement(self, swap_id: bytes, kind: TxKind, tx: SignedTx) -> None:
+        """Store a higher-fee version of the stored redeem or refund, before it is sent. Every
+        version spends the same HTLC, so at most one of them can ever confirm; the newest is
+        the one (re-)sent from now on."""
+        if kind not in (TxKind.REDEEM, TxKind.REFUND):
+            raise JournalError(f"only a redeem or refund is replaced, not a {kind}")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT MAX(seq) FROM txs WHERE swap_id=? AND kind=?", (swap_id, kind.value)
+            ).fetchone()
+            if row[0] is None:
+                raise JournalError(
+                    f"no {kind} of swap {swap_id.hex()} is stored to replace", code="no_txs"
+                )
+            db.execute(
+                "INSERT INTO txs VALUES (?,?,?,?,?,?,NULL,NULL)",
+                (swap_id, kind.value, int(row[0]) + 1, tx.chain, tx.txid, tx.raw),
+            )
+
+    def versions(self, swap_id: bytes, kind: TxKind) -> list[tuple[SignedTx, int | None]]:
+        """Every stored version of a redeem or refund, oldest first, each with the chain height
+        at which it was first sent (None: never sent, or sent on a chain without fee bumps)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT chain, txid, raw, sent_height FROM txs "
+                "WHERE swap_id=? AND kind=? ORDER BY seq",
+                (swap_id, kind.value),
+            ).fetchall()
+        return [
+            (SignedTx(str(r[0]), kind, str(r[1]), bytes(r[2])), None if r[3] is None else int(r[3]))
+            for r in rows
+        ]
+
+    def current_txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
+        """What to (re-)send for a step: a lock step's transactions (approve + lock), or the
+        newest version of a redeem or refund."""
+        txs = self.txs(swap_id, kind)
+        return txs if kind is TxKind.LOCK else txs[-1:]
+
     def txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
-        """The stored transactions of a step, in broadcast order."""
+        """The stored transactions of a step, in broadcast order (a redeem or refund: every
+        version, oldest first; see :meth:`current_txs`)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT chain, txid, raw, seq FROM txs WHERE swap_id=? AND kind=? ORDER BY seq",
@@ -302,11 +346,13 @@ class Journal:
             ).fetchall()
         return [(TxKind(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
 
-    def mark_broadcast(self, swap_id: bytes, txid: str) -> None:
+    def mark_broadcast(self, swap_id: bytes, txid: str, height: int | None = None) -> None:
+        """Note the first time (and the chain height, when given) ``txid`` was sent."""
         with self._tx() as db:
             db.execute(
-                "UPDATE txs SET broadcast_at=COALESCE(broadcast_at, ?) WHERE swap_id=? AND txid=?",
-                (time.time(), swap_id, txid),
+                "UPDATE txs SET broadcast_at=COALESCE(broadcast_at, ?), "
+                "sent_height=COALESCE(sent_height, ?) WHERE swap_id=? AND txid=?",
+                (time.time(), height, swap_id, txid),
             )
 
     # -- evidence and notices ---------------------------------------------------------------

@@ -17,7 +17,9 @@ state and any facts):
 2. the participant locks only after the initiator's lock is on chain with its confirmations;
 3. the initiator reveals the secret (signs or broadcasts its redeem) only before
    ``initiator_redeem_by`` on the participant's chain, unless the secret is already public;
-4. a refund is signed only once the own chain's clock has reached the own leg's expiry.
+4. a refund is signed only once the own chain's clock has reached the own leg's expiry;
+5. a redeem or refund is replaced (fee bump) only where it would be (re-)sent, and only once
+   a version of it was sent: a bump never reveals the secret where a first send would not.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class ActionKind(enum.StrEnum):
     SIGN_REDEEM = "sign_redeem"
     SIGN_REFUND = "sign_refund"
     BROADCAST = "broadcast"  # (re-)send the journaled txs of ``tx_kind``
+    BUMP = "bump"  # replace the sent redeem/refund ``tx_kind`` at a higher fee, and send that
     DONE = "done"
 
 
@@ -94,6 +97,10 @@ class LegFacts:
     spend_confirmations: int = 0
     preimage: bytes | None = field(default=None, repr=False)
     audit_error: str | None = None
+    spend_stuck: bool = False
+    """Our own spend of this HTLC (the redeem of the counter leg, the refund of the own leg)
+    was sent but is still unconfirmed after this node's fee-bump wait, or its newest
+    higher-fee version is stored but not yet sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,15 @@ def _send(kind: TxKind, to: State, reason: str) -> Action:
     return Action(ActionKind.BROADCAST, to=to, reason=reason, tx_kind=kind)
 
 
+def _bump(kind: TxKind, to: State) -> Action:
+    return Action(
+        ActionKind.BUMP,
+        to=to,
+        reason=f"our {kind} is not confirming: replace it at a higher fee",
+        tx_kind=kind,
+    )
+
+
 def _reached(now: Expiry, deadline: Expiry) -> bool:
     if type(now) is not type(deadline):
         raise TypeError(f"cannot compare chain clock {now} with deadline {deadline}")
@@ -164,10 +180,14 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
     if ctr.state is HtlcState.REDEEMED:
         if ctr.spend_confirmations >= counter_leg.confirmations:
             return _go(State.REDEEMED, "the counter leg paid us and is buried")
+        if ctr.spend_stuck:
+            return _bump(TxKind.REDEEM, State.REDEEM_SENT)
         return _wait("the counter leg's redeem is waiting for confirmations")
     if own.state is HtlcState.REFUNDED:
         if own.spend_confirmations >= own_leg.confirmations:
             return _go(State.REFUNDED, "the own leg's refund is buried")
+        if own.spend_stuck:
+            return _bump(TxKind.REFUND, State.REFUND_SENT)
         return _wait("the own leg's refund is waiting for confirmations")
     if own.state is HtlcState.REDEEMED:
         # The secret is public: redeeming the counter leg can only help, at any time.
@@ -176,6 +196,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
         if ctr.state is HtlcState.ABSENT:
             return _wait("our leg was redeemed; the counter lock is not on the best chain")
         if s is State.REDEEM_SIGNED or s is State.REDEEM_SENT:
+            if ctr.spend_stuck:
+                return _bump(TxKind.REDEEM, State.REDEEM_SENT)
             return _send(TxKind.REDEEM, State.REDEEM_SENT, "the secret is public: redeem")
         if not (rec.has_preimage or own.preimage is not None):
             return _wait("our leg was redeemed; reading the secret from the chain")
@@ -259,6 +281,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
             return _wait("the counter lock is not on the best chain; waiting for it to return")
         if initiator and _reached(counter_now, rec.terms.initiator_redeem_by):
             return _go(State.REFUND_WAIT, "initiator_redeem_by passed: the secret is not sent")
+        if ctr.spend_stuck:
+            return _bump(TxKind.REDEEM, State.REDEEM_SENT)
         return _send(TxKind.REDEEM, State.REDEEM_SENT, "send the journaled redeem")
 
     if s is State.REFUND_WAIT:
@@ -271,6 +295,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
     if s is State.REFUND_SIGNED or s is State.REFUND_SENT:
         if own.state is HtlcState.ABSENT:
             return _wait("the own lock is not on the best chain; waiting for it to return")
+        if own.spend_stuck:
+            return _bump(TxKind.REFUND, State.REFUND_SENT)
         return _send(TxKind.REFUND, State.REFUND_SENT, "send the journaled refund")
 
     raise AssertionError(f"unhandled state {s}")  # pragma: no cover

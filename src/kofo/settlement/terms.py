@@ -85,6 +85,10 @@ class ChainPolicy:
     rate_tolerance_pct: int = 0
     max_lock_seconds: int = 7 * 24 * 3600
     """Longest this node lets its own funds sit in an HTLC (refuses a longer expiry: hostage)."""
+    bump_after_blocks: int | None = None
+    """Blocks our redeem or refund may wait unconfirmed before it is replaced at a higher fee
+    (and again after as many more); None: never replaced on this chain. Within
+    ``inclusion_blocks``, which is what the margins allow for inclusion, bumps included."""
 
     def settle_seconds(self) -> int:
         return (self.inclusion_blocks + self.confirmations) * self.block_interval
@@ -127,6 +131,7 @@ BITCOIN = ChainPolicy(
     confirmations=6,  # no Bitcoin reorg deeper than a few blocks since 2013; 6 is the custom
     notice_seconds=120,  # two polls of a minute each (one may straddle a block)
     inclusion_blocks=6,  # a fee estimate for "within 6 blocks", then one RBF bump
+    bump_after_blocks=3,  # the bump: half-way through the inclusion allowance
     # 12 blocks at 600 s arrive in under 60 % of the nominal time with probability ~2 %
     # (Poisson), so margins counted in blocks assume blocks 40 % faster or slower than nominal.
     rate_tolerance_pct=40,
@@ -148,6 +153,8 @@ ETHEREUM = ChainPolicy(
     inclusion_blocks=25,  # 5 minutes at our fee level; EIP-1559 base fee doubles in ~6 blocks
     clock_skew=15,  # consensus rejects blocks >15 s in the future; proposers may also lag
     max_lock_seconds=3 * 24 * 3600,
+    # No fee bumps (bump_after_blocks=None): maxFeePerGas is twice the base fee at signing,
+    # which stays includable through six full blocks of base-fee rises.
 )
 
 DEFAULT_POLICIES: dict[str, ChainPolicy] = {p.chain: p for p in (BITCOIN, LITECOIN, ETHEREUM)}
@@ -165,6 +172,7 @@ def devnet_policy(chain: str, *, height_clock: bool) -> ChainPolicy:
         notice_seconds=2,
         inclusion_blocks=2,
         max_lock_seconds=24 * 3600,
+        bump_after_blocks=1 if height_clock else None,
     )
 
 

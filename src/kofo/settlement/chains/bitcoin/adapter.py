@@ -21,7 +21,7 @@ from bitcointx.core import (
     b2lx,
 )
 
-from kofo.errors import AuditFailed, HtlcNotFound, InsufficientFunds, InvalidInput
+from kofo.errors import AuditFailed, ChainError, HtlcNotFound, InsufficientFunds, InvalidInput
 from kofo.settlement.chain import (
     BlockHeight,
     BlockInfo,
@@ -59,6 +59,7 @@ from kofo.settlement.chains.bitcoin.tx import (
     build_htlc_spend,
     effective_fee_rate,
     extract_preimage,
+    vsize,
 )
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 
@@ -141,6 +142,18 @@ class ChainIndex:
 HTLC_KINDS = ("p2wsh", "p2tr")
 """Output types the adapter can lock to. Both parties of a leg must use the same kind: the
 output commits to it, so an auditor expecting P2WSH refuses a P2TR lock of the same terms."""
+
+MAX_BUMP_FEE_PCT = 50
+"""A fee bump never spends more than this share of the HTLC amount on fees: past it, the
+swap's value is going to miners, and it is better to wait for fees to fall."""
+
+_BUMP_TRIES = 4
+
+
+class FeeBumpRefused(ChainError):
+    """No replacement could be built within the chain's rules and this adapter's fee cap."""
+
+    code = "fee_bump_refused"
 
 
 class BitcoinAdapter:
@@ -326,6 +339,51 @@ class BitcoinAdapter:
     def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
         sender, _ = self._check_terms(ref.terms)
         return self._spend(ref, TxKind.REFUND, sender, fee, preimage=None)
+
+    def prepare_replacement(
+        self,
+        ref: HtlcRef,
+        old: SignedTx,
+        preimage: bytes | None = None,
+        fee: FeeEstimate | None = None,
+    ) -> SignedTx:
+        """Re-sign the claim (``preimage``) or refund ``old`` of ``ref`` at a higher fee rate.
+
+        The new rate is the larger of ``fee`` (default: the node's estimate) and the old rate
+        plus a quarter (at least the relay minimum more). Core's BIP125 rules are then checked
+        on the result: the fee rate goes up, and the absolute fee pays the old fee plus the
+        relay fee for the replacement's own size. A replacement never spends more than
+        :data:`MAX_BUMP_FEE_PCT` of the HTLC amount on fees."""
+        txid, vout = self._outpoint(ref)
+        prev = CTransaction.deserialize(old.raw)
+        if not any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in prev.vin):
+            raise InvalidInput(f"transaction {old.txid} does not spend the HTLC {ref.locator}")
+        amount = self._output_amount(ref)
+        old_fee = amount - sum(int(o.nValue) for o in prev.vout)
+        old_vsize = vsize(prev)
+        old_rate = -(-old_fee // old_vsize)
+        step = max(self.params.min_relay_fee_rate, old_rate // 4)
+        rate = max(self._rate(fee), old_rate + step)
+        cap = amount * MAX_BUMP_FEE_PCT // 100
+        for _ in range(_BUMP_TRIES):
+            raised = FeeEstimate(rate)
+            signed = (
+                self.prepare_refund(ref, raised)
+                if preimage is None
+                else self.prepare_redeem(ref, preimage, raised)
+            )
+            tx = CTransaction.deserialize(signed.raw)
+            new_fee = amount - sum(int(o.nValue) for o in tx.vout)
+            if new_fee > cap:
+                raise FeeBumpRefused(
+                    f"replacing {old.txid} ({old_fee} sat) needs a fee of {new_fee} at "
+                    f"{rate} sat/vB, over {MAX_BUMP_FEE_PCT} % of the HTLC amount {amount}"
+                )
+            relay = self.params.min_relay_fee_rate * vsize(tx)
+            if new_fee >= old_fee + relay and new_fee * old_vsize > old_fee * vsize(tx):
+                return signed
+            rate += step
+        raise FeeBumpRefused(f"no replacement of {old.txid} met BIP125 in {_BUMP_TRIES} tries")
 
     def _spend(
         self,

@@ -83,7 +83,8 @@ class EmbeddedBackend:
         return out
 
     def estimate_fee_rate(self) -> int | None:
-        return None
+        # What the next block needs; with no fee market set, no estimate (like a fresh regtest).
+        return self.chain.block_min_fee_rate or None
 
     def mine(self, count: int, address: str) -> list[str]:
         from kofo.settlement.chains.bitcoin.rpcserver import address_to_script

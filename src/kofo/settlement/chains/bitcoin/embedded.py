@@ -6,7 +6,9 @@ deliberately strict: a transaction enters it only if every input exists unspent,
 are mature, it is final for the next block, it pays the minimum relay fee, and every input's
 script verifies under Core's consensus script code. A transaction spending an input of a mempool
 transaction replaces it only under BIP125's rules (signalled, higher fee and fee rate).
-Reorganisations happen the way they do on a
+A fee market can be set (:meth:`EmbeddedChain.set_block_min_fee_rate`, Core's ``-blockmintxfee``):
+blocks then leave cheaper transactions waiting in the mempool, and ``estimatesmartfee`` answers
+that rate. Reorganisations happen the way they do on a
 real node: a longer competing branch (see :meth:`EmbeddedChain.mine` with ``parent``) wins.
 """
 
@@ -28,7 +30,7 @@ from bitcointx.core import (
     b2lx,
 )
 
-from kofo.errors import ChainError, TxRejected
+from kofo.errors import ChainError, InvalidInput, TxRejected
 from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, build_block, parse_block
 from kofo.settlement.chains.bitcoin.kernel import KernelChainstate, SpentOutput, verify_input
 from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
@@ -100,6 +102,7 @@ class EmbeddedChain:
         self._utxo: dict[tuple[str, int], Coin] = {}
         self._utxo_tip = ""
         self._tag = 0
+        self._block_min_fee_rate = 0
         genesis = self._kernel.block_at(0)
         self._remember(parse_block(self._kernel.block_raw(genesis.hash)), 0)
         # Blocks already in a persistent datadir (a restart) are re-read from the kernel.
@@ -394,6 +397,34 @@ class EmbeddedChain:
 
     # ---- mining ------------------------------------------------------------------------------
 
+    @property
+    def block_min_fee_rate(self) -> int:
+        return self._block_min_fee_rate
+
+    def set_block_min_fee_rate(self, rate: int) -> None:
+        """Mine only transactions paying at least ``rate`` sat/vB (Core's ``-blockmintxfee``);
+        cheaper ones wait in the mempool until replaced or the rate falls. 0 mines everything."""
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+            raise InvalidInput(f"block min fee rate must be a non-negative integer, got {rate!r}")
+        with self._lock:
+            self._block_min_fee_rate = rate
+
+    def _block_template(self) -> list[CTransaction]:
+        """The mempool transactions that pay at least the block minimum fee rate, each after
+        its in-mempool parents (a child of a skipped parent is skipped too)."""
+        if self._block_min_fee_rate == 0:
+            return list(self._mempool.values())
+        utxos = self._utxo_set()
+        taken: set[str] = set()
+        out: list[CTransaction] = []
+        for txid, tx in self._mempool.items():  # arrival order: parents come first
+            parents = {b2lx(i.prevout.hash) for i in tx.vin} & self._mempool.keys()
+            fee = self._mempool_fee(tx, utxos)
+            if parents <= taken and fee >= self._block_min_fee_rate * int(tx.get_virtual_size()):
+                taken.add(txid)
+                out.append(tx)
+        return out
+
     def mine(self, count: int, script_pubkey: bytes, *, parent: str | None = None) -> list[str]:
         """Mine ``count`` blocks paying ``script_pubkey``.
 
@@ -409,7 +440,7 @@ class EmbeddedChain:
             for _ in range(count):
                 old_tip = self.block_hash(self.height())
                 on_tip = prev == old_tip
-                txs = list(self._mempool.values()) if on_tip else []
+                txs = self._block_template() if on_tip else []
                 fees = self._fees(txs) if on_tip else 0
                 height = self._heights[prev] + 1
                 block_time = max(self.now(), self.median_time_past(prev) + 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import re
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -88,7 +89,7 @@ class RegtestRpcServer:
                     body = server._dispatch(methods, request)
                 except json.JSONDecodeError:
                     body = {"result": None, "error": {"code": -32700, "message": "parse error"}}
-                data = json.dumps(body, default=_json_default).encode()
+                data = _dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -224,6 +225,10 @@ class RegtestRpcServer:
         return results
 
     def _estimatesmartfee(self, *_: Any) -> dict[str, Any]:
+        rate = self.chain.block_min_fee_rate
+        if rate:
+            # What the next block needs, in Core's unit (BTC/kvB, an exact decimal).
+            return {"feerate": Decimal(rate * 1000) / 100_000_000, "blocks": 2}
         # Like a fresh regtest bitcoind: no fee history, so no estimate.
         return {"errors": ["Insufficient data or no feerate found"], "blocks": 2}
 
@@ -235,7 +240,17 @@ class RegtestRpcServer:
         return self.chain.mine(int(nblocks), script)
 
 
+_DECIMAL_MARK = "\x00decimal:"
+_DECIMAL_TEXT = re.compile(r'"\\u0000decimal:(-?[0-9]+(?:\.[0-9]+)?)"')
+
+
 def _json_default(value: object) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return f"{_DECIMAL_MARK}{value:f}"
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _dumps(body: object) -> str:
+    """JSON with every Decimal written as a number with its exact digits, as Core writes
+    amounts (``json`` itself can only write a Decimal through a float or as a string)."""
+    return _DECIMAL_TEXT.sub(r"\1", json.dumps(body, default=_json_default))

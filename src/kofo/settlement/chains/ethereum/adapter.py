@@ -16,6 +16,7 @@ from typing import Any
 
 from eth_abi.abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
+from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
@@ -112,6 +113,11 @@ def embedded_web3() -> Web3:
     from kofo.settlement.chains.ethereum.devnet import indexed_tester
 
     return Web3(EthereumTesterProvider(indexed_tester()))
+
+
+def _raised(fee: int) -> int:
+    """A fee a quarter higher, rounded up, and at least 1 wei more."""
+    return max(fee + 1, -(-fee * 5 // 4))
 
 
 def _hex(data: bytes) -> str:
@@ -339,6 +345,45 @@ class EthereumAdapter:
             raise TxRejected(f"refund is possible from {ref.terms.expiry}; chain time is {now}")
         call = self.htlc.functions.refund(ref.terms.payment_hash, *self._args(ref.terms))
         return self._sign(TxKind.REFUND, call, fee)
+
+    def prepare_replacement(
+        self,
+        ref: HtlcRef,
+        old: SignedTx,
+        preimage: bytes | None = None,
+        fee: FeeEstimate | None = None,
+    ) -> SignedTx:
+        """The same call as ``old`` (a redeem or refund of ``ref``) with the same nonce, at fees
+        a quarter higher or at ``fee`` (default: the estimate), whichever is more: nodes take a
+        same-nonce replacement only with both the fee cap and the tip raised (geth: 10 %)."""
+        if old.kind not in (TxKind.REDEEM, TxKind.REFUND) or old.chain != self.chain:
+            raise InvalidInput(f"only a {self.chain} redeem or refund is replaced, not {old}")
+        fields = dict(TypedTransaction.from_bytes(HexBytes(old.raw)).as_dict())
+        for signature_part in ("v", "r", "s", "yParity"):
+            fields.pop(signature_part, None)
+        to = fields.get("to")
+        if to is None or to_checksum_address(bytes(to)) != self.htlc.address:
+            raise InvalidInput(f"transaction {old.txid} is not a call of the HTLC contract")
+        data = (
+            self.htlc.encode_abi("refund", [ref.terms.payment_hash, *self._args(ref.terms)])
+            if preimage is None
+            else self.htlc.encode_abi("redeem", [preimage, *self._args(ref.terms)])
+        )
+        if bytes(fields["data"]) != bytes(HexBytes(data)):
+            raise InvalidInput(f"transaction {old.txid} is not the {old.kind} of {ref.locator}")
+        now = fee or self.estimate_fee()
+        tip = max(now.priority, _raised(int(fields["maxPriorityFeePerGas"])))
+        cap = max(now.rate, _raised(int(fields["maxFeePerGas"])), tip)
+        needed = int(fields["gas"]) * cap
+        if self.balance() < needed:
+            raise InsufficientFunds(
+                f"replacing {old.kind} {old.txid} needs up to {needed} wei, "
+                f"wallet has {self.balance()}"
+            )
+        signed = self.account.sign_transaction(
+            {**fields, "maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
+        )
+        return SignedTx(self.chain, old.kind, _hex(signed.hash), bytes(signed.raw_transaction))
 
     def broadcast(self, tx: SignedTx) -> str:
         # Send first and look the transaction up only if the node refuses it: a lookup of an

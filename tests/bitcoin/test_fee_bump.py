@@ -1,0 +1,152 @@
+"""Fee bumps (BIP125 replacements) of HTLC claims and refunds, on the embedded chain with a fee
+market: blocks take only transactions paying the block minimum rate, as Core's
+``-blockmintxfee`` does, and ``estimatesmartfee`` answers that rate."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from bitcointx.core import CBitcoinTransaction as CTransaction
+
+from kofo.errors import InvalidInput
+from kofo.settlement.chain import BlockHeight, FeeEstimate, HtlcState, HtlcTerms, SignedTx
+from kofo.settlement.chains.bitcoin.adapter import (
+    MAX_BUMP_FEE_PCT,
+    BitcoinAdapter,
+    FeeBumpRefused,
+)
+from kofo.settlement.chains.bitcoin.backend import RpcBackend
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpc import RpcClient
+from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+
+REGTEST = chain_params("btc", "regtest")
+
+
+@pytest.fixture(scope="module")
+def server(chain):
+    with RegtestRpcServer(chain, "kofo", "pw") as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def no_fee_market(chain):
+    chain.set_block_min_fee_rate(0)
+    yield
+    chain.set_block_min_fee_rate(0)
+
+
+def _adapter(server, seed: bytes, kind: str = "p2wsh") -> BitcoinAdapter:
+    client = RpcClient(server.url, "kofo", "pw")
+    return BitcoinAdapter(RpcBackend(client), HdWallet(seed, REGTEST), htlc_kind=kind)
+
+
+@pytest.fixture(scope="module")
+def alice(server):
+    a = _adapter(server, b"\x1a" * 32)
+    a.backend.mine(101, a.wallet.address())
+    return a
+
+
+@pytest.fixture(scope="module")
+def bob(server, alice):
+    b = _adapter(server, b"\x1b" * 32)
+    b.backend.mine(1, b.wallet.address())
+    alice.backend.mine(100, alice.wallet.address())
+    return b
+
+
+def _locked(alice, bob, *, expiry_in: int = 30, amount: int = 200_000):
+    preimage = os.urandom(32)
+    terms = HtlcTerms(
+        chain="btc",
+        payment_hash=hashlib.sha256(preimage).digest(),
+        amount=amount,
+        sender=alice.address(),
+        recipient=bob.address(),
+        expiry=BlockHeight(alice.expiry_now().value + expiry_in),
+    )
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    return terms, ref, preimage
+
+
+def _fee_and_vsize(tx: SignedTx, amount: int) -> tuple[int, int]:
+    parsed = CTransaction.deserialize(tx.raw)
+    return amount - sum(o.nValue for o in parsed.vout), parsed.get_virtual_size()
+
+
+@pytest.mark.parametrize("kind", ["p2wsh", "p2tr"])
+def test_a_stuck_claim_is_replaced_at_the_new_estimate_and_confirms(server, chain, alice, kind):
+    a, b = _adapter(server, b"\x2a" * 32, kind), _adapter(server, b"\x2b" * 32, kind)
+    a.backend.mine(1, a.wallet.address())
+    alice.backend.mine(100, alice.wallet.address())
+    terms, ref, preimage = _locked(a, b)
+    amount = terms.amount
+    first = b.prepare_redeem(ref, preimage)  # no estimate yet: the 2 sat/vB fallback
+    b.broadcast(first)
+    chain.set_block_min_fee_rate(25)  # fees rise: the next blocks need 25 sat/vB
+    b.backend.mine(2, b.wallet.address())
+    stuck = b.status(ref)
+    assert stuck.state is HtlcState.REDEEMED and stuck.spend_confirmations == 0
+    assert b.estimate_fee().rate == 25
+
+    bumped = b.prepare_replacement(ref, first, preimage)
+    old_fee, _old_vsize = _fee_and_vsize(first, amount)
+    new_fee, new_vsize = _fee_and_vsize(bumped, amount)
+    assert bumped.txid != first.txid
+    assert new_fee >= 25 * new_vsize  # at the node's new estimate
+    assert new_fee >= old_fee + REGTEST.min_relay_fee_rate * new_vsize  # BIP125 rule 4
+    b.broadcast(bumped)  # the mempool's BIP125 check accepts it and evicts the first
+    b.backend.mine(1, b.wallet.address())
+    done = a.status(ref)
+    assert done.state is HtlcState.REDEEMED and done.spend_txid == bumped.txid
+    assert done.spend_confirmations == 1 and done.preimage == preimage
+    assert b.tx_confirmations(first.txid) == 0
+
+
+def test_a_stuck_refund_is_replaced_and_keeps_its_lock_time(chain, alice, bob):
+    terms, ref, _ = _locked(alice, bob, expiry_in=3)
+    alice.backend.mine(3, alice.wallet.address())
+    first = alice.prepare_refund(ref)
+    alice.broadcast(first)
+    chain.set_block_min_fee_rate(10)
+    alice.backend.mine(1, alice.wallet.address())
+    assert alice.status(ref).spend_confirmations == 0
+    bumped = alice.prepare_replacement(ref, first)
+    assert CTransaction.deserialize(bumped.raw).nLockTime == terms.expiry.value
+    alice.broadcast(bumped)
+    alice.backend.mine(1, alice.wallet.address())
+    done = alice.status(ref)
+    assert done.state is HtlcState.REFUNDED and done.spend_txid == bumped.txid
+
+
+def test_each_bump_raises_the_rate_by_at_least_a_quarter_even_without_a_new_estimate(alice, bob):
+    terms, ref, preimage = _locked(alice, bob)
+    first = bob.prepare_redeem(ref, preimage, FeeEstimate(40))
+    second = bob.prepare_replacement(ref, first, preimage)  # estimate: fallback 2 < 40
+    third = bob.prepare_replacement(ref, second, preimage)
+    rates = [
+        -(-f // v) for f, v in (_fee_and_vsize(t, terms.amount) for t in (first, second, third))
+    ]
+    assert rates[0] >= 40 and rates[1] >= rates[0] * 5 // 4 and rates[2] >= rates[1] * 5 // 4
+    bob.broadcast(first)
+    bob.broadcast(third)  # replaces first directly: BIP125 holds across skipped generations
+
+
+def test_a_bump_past_the_fee_cap_is_refused_with_the_numbers(alice, bob):
+    _terms, ref, preimage = _locked(alice, bob, amount=20_000)
+    first = bob.prepare_redeem(ref, preimage)
+    with pytest.raises(FeeBumpRefused, match=f"over {MAX_BUMP_FEE_PCT} % of the HTLC amount 20000"):
+        bob.prepare_replacement(ref, first, preimage, FeeEstimate(100))
+
+
+def test_replacing_a_transaction_that_does_not_spend_the_htlc_is_refused(alice, bob):
+    _, ref, preimage = _locked(alice, bob)
+    _, other, _ = _locked(alice, bob)
+    spend_of_other = alice.prepare_refund(other)
+    with pytest.raises(InvalidInput, match="does not spend the HTLC"):
+        bob.prepare_replacement(ref, spend_of_other, preimage)
