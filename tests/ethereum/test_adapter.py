@@ -11,6 +11,7 @@ import rlp
 from eth_account.hdaccount import seed_from_mnemonic
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
+from web3 import Web3
 
 from kofo.errors import AuditFailed, InsufficientFunds, InvalidInput, TxRejected
 from kofo.settlement.chain import (
@@ -18,6 +19,7 @@ from kofo.settlement.chain import (
     ChainAdapter,
     HtlcState,
     HtlcTerms,
+    SignedTx,
     TxKind,
     UnixTime,
 )
@@ -326,6 +328,31 @@ def test_a_redeem_replacement_keeps_the_nonce_and_call_and_raises_both_fees(env)
     assert cap2 >= cap * 5 // 4 and tip2 >= tip * 5 // 4 and tip2 > tip
     with pytest.raises(InvalidInput, match="not the redeem of"):
         env.bob.prepare_replacement(ref, first, os.urandom(32))  # another call's data
+    env.bob.broadcast(bumped)
+    env.bob.wait(bumped.txid)
+    status = env.alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.spend_txid == bumped.txid
+
+
+def test_a_redeem_priced_under_the_base_fee_waits_until_its_replacement_is_mined(env):
+    """A node keeps a transaction whose fee cap is under the base fee pending; the replacement
+    takes its nonce and is mined. eth-tester refuses such a transaction outright, so only a
+    real node can hold one pending."""
+    if env.chain.backend != "geth":
+        pytest.skip("eth-tester has no pending pool: it refuses a fee cap under the base fee")
+    terms, preimage = _terms(env)
+    ref = env.alice.lock(terms)
+    fields = TypedTransaction.from_bytes(HexBytes(env.bob.prepare_redeem(ref, preimage).raw))
+    unsigned = {k: v for k, v in fields.as_dict().items() if k not in ("v", "r", "s")}
+    # 1 wei: under any base fee (EIP-1559 never lets it fall below 7 wei once it is that low).
+    signed = env.bob.account.sign_transaction(
+        {**unsigned, "maxFeePerGas": 1, "maxPriorityFeePerGas": 1}
+    )
+    low = SignedTx("eth", TxKind.REDEEM, Web3.to_hex(signed.hash), bytes(signed.raw_transaction))
+    env.bob.broadcast(low)
+    env.chain.advance_time(1)  # blocks come; the redeem stays pending
+    assert env.alice.status(ref).state is HtlcState.LOCKED
+    bumped = env.bob.prepare_replacement(ref, low, preimage)
     env.bob.broadcast(bumped)
     env.bob.wait(bumped.txid)
     status = env.alice.status(ref)

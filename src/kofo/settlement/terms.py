@@ -153,8 +153,9 @@ ETHEREUM = ChainPolicy(
     inclusion_blocks=25,  # 5 minutes at our fee level; EIP-1559 base fee doubles in ~6 blocks
     clock_skew=15,  # consensus rejects blocks >15 s in the future; proposers may also lag
     max_lock_seconds=3 * 24 * 3600,
-    # No fee bumps (bump_after_blocks=None): maxFeePerGas is twice the base fee at signing,
-    # which stays includable through six full blocks of base-fee rises.
+    # maxFeePerGas is twice the base fee at signing, includable through six full blocks of
+    # base-fee rises; a spend still out after 10 blocks (2 minutes) is re-signed higher.
+    bump_after_blocks=10,
 )
 
 DEFAULT_POLICIES: dict[str, ChainPolicy] = {p.chain: p for p in (BITCOIN, LITECOIN, ETHEREUM)}

@@ -52,9 +52,45 @@ def _check(value: object, path: str, depth: int) -> None:
     raise EncodingError(f"{path}: type {type(value).__name__} cannot be encoded")
 
 
+_SCALARS = frozenset({type(None), bool, int, bytes, str})
+
+
+def _plain(value: object, depth: int) -> bool:
+    """True when ``value`` is built only of exactly the allowed types within ``MAX_DEPTH``.
+
+    The fast test for the common case: no path strings are built. Anything else (a subclass
+    such as an ``IntEnum``, or an error) goes to :func:`_check`, which alone decides and
+    names what is wrong, so the two together accept and refuse exactly what ``_check`` does."""
+    if depth > MAX_DEPTH:
+        return False
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    items: Any
+    if kind is dict:
+        assert isinstance(value, dict)
+        for key in value:
+            if type(key) is not str:
+                return False
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return False
+    for item in items:
+        if (type(item) not in _SCALARS or depth >= MAX_DEPTH) and not _plain(item, depth + 1):
+            return False
+    return True
+
+
+def _validate(value: object) -> None:
+    if not _plain(value, 0):
+        _check(value, "$", 0)
+
+
 def encode(value: WireValue) -> bytes:
     """The canonical bytes of ``value`` (what gets signed and sent)."""
-    _check(value, "$", 0)
+    _validate(value)
     return cbor2.dumps(value, canonical=True)
 
 
@@ -66,7 +102,7 @@ def decode(data: bytes) -> Any:
         value = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types for malformed input
         raise EncodingError(f"not valid CBOR: {type(exc).__name__}") from None
-    _check(value, "$", 0)
+    _validate(value)
     # One message, one byte form: anything that does not re-encode identically is refused,
     # otherwise two different byte strings could carry the same signed content.
     if cbor2.dumps(value, canonical=True) != data:

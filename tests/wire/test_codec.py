@@ -1,0 +1,67 @@
+"""The codec's fast type test agrees with the full one on every value, at the depth limit too."""
+
+from __future__ import annotations
+
+import enum
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kofo.wire.codec import MAX_DEPTH, EncodingError, _check, _validate
+
+
+class Kind(enum.IntEnum):
+    A = 1
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.binary(max_size=4),
+    st.text(max_size=4),
+    st.floats(allow_nan=False),
+    st.just(Kind.A),
+    st.builds(bytearray, st.binary(max_size=2)),
+    st.frozensets(st.integers(), max_size=2),
+)
+keys = st.one_of(st.text(max_size=3), st.integers(0, 3))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(keys, inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+def _verdict(check, value) -> str | None:
+    try:
+        check(value)
+    except EncodingError as exc:
+        return str(exc)
+    return None
+
+
+def _nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@settings(max_examples=2000, deadline=None)
+@given(values)
+def test_fast_and_full_type_checks_accept_and_refuse_the_same_values(value):
+    assert _verdict(_validate, value) == _verdict(lambda v: _check(v, "$", 0), value)
+
+
+def test_the_depth_limit_is_the_same_on_both_paths():
+    for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 2):
+        for leaf in (1, [], {"k": 1}):
+            value = _nested(depth, leaf)
+            assert _verdict(_validate, value) == _verdict(lambda v: _check(v, "$", 0), value)
+    assert _verdict(_validate, _nested(MAX_DEPTH, 1)) is None
+    assert "deeper" in (_verdict(_validate, _nested(MAX_DEPTH + 1, 1)) or "")
