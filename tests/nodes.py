@@ -548,6 +548,9 @@ def start_litecoind(datadir: Path) -> LitecoindNode:
         # MWEB activation on regtest makes mined blocks need an MWEB extension block, which
         # generatetoaddress cannot produce; -2 = never active.
         "-vbparams=mweb:-2:0",
+        # Litecoin Core relays no BIP125 replacement unless a node opts in (default 0); the
+        # fee-bump test checks the adapter's replacements against Core's rules, so opt in.
+        "-mempoolreplacement=1",
         "-printtoconsole=1",
     ]
     node = LitecoindNode(

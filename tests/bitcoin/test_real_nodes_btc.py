@@ -100,6 +100,27 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
         bob.prepare_redeem(ref, os.urandom(32))
 
     _rejections(alice, bob, mine)
+    _fee_bump(alice, bob, mine)
+
+
+def _fee_bump(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
+    """A claim waiting in the node's mempool is replaced by the adapter's fee bump under the
+    node's own BIP125 rules (incremental relay fee included); the bump confirms."""
+    terms, preimage = _terms(alice.chain, alice, bob, BlockHeight(alice.expiry_now().value + 30))
+    ref = alice.lock(terms)
+    mine(1)
+    first = bob.prepare_redeem(ref, preimage)
+    bob.broadcast(first)
+    bumped = bob.prepare_replacement(ref, first, preimage)
+    bob.broadcast(bumped)
+    pool = {b2lx(CTx.deserialize(raw).GetTxid()) for raw in bob.backend.mempool_raw()}
+    assert bumped.txid in pool and first.txid not in pool
+    again = bob.prepare_replacement(ref, bumped, preimage)  # and a second generation
+    bob.broadcast(again)
+    mine(1)
+    status = alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.spend_txid == again.txid
+    assert status.preimage == preimage and alice.tx_confirmations(first.txid) == 0
 
 
 def _spend(

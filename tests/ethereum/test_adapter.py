@@ -26,6 +26,7 @@ from kofo.settlement.chain import (
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_web3
 from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.chains.ethereum.keys import account_from_seed
+from tests.ethereum.conftest import GethChain
 
 ETHER = 10**18
 
@@ -33,6 +34,16 @@ ETHER = 10**18
 @pytest.fixture
 def env(eth_chain):
     """A deployed HTLC + test token and two funded parties with adapters."""
+    return _make_env(eth_chain)
+
+
+@pytest.fixture
+def geth_env(geth):
+    """``env`` on the geth --dev node only (for what only a node with a pending pool shows)."""
+    return _make_env(GethChain(geth.rpc_url, geth.dev_account))
+
+
+def _make_env(eth_chain):
     deployer = eth_chain.new_account(ETHER)
     htlc = deploy(eth_chain.w3, "HTLC", deployer)
     token = deploy(eth_chain.w3, "TestToken", deployer, "Test", "TST", 6)
@@ -334,12 +345,12 @@ def test_a_redeem_replacement_keeps_the_nonce_and_call_and_raises_both_fees(env)
     assert status.state is HtlcState.REDEEMED and status.spend_txid == bumped.txid
 
 
-def test_a_redeem_priced_under_the_base_fee_waits_until_its_replacement_is_mined(env):
+@pytest.mark.realnode
+def test_a_redeem_priced_under_the_base_fee_waits_until_its_replacement_is_mined(geth_env):
     """A node keeps a transaction whose fee cap is under the base fee pending; the replacement
-    takes its nonce and is mined. eth-tester refuses such a transaction outright, so only a
-    real node can hold one pending."""
-    if env.chain.backend != "geth":
-        pytest.skip("eth-tester has no pending pool: it refuses a fee cap under the base fee")
+    takes its nonce and is mined. eth-tester refuses such a transaction outright (it has no
+    pending pool), so this runs on geth only."""
+    env = geth_env
     terms, preimage = _terms(env)
     ref = env.alice.lock(terms)
     fields = TypedTransaction.from_bytes(HexBytes(env.bob.prepare_redeem(ref, preimage).raw))

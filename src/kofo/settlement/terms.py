@@ -143,6 +143,9 @@ LITECOIN = replace(
     block_interval=150,
     confirmations=12,  # 4x faster blocks, shallower work per block: same wall-clock depth x2
     notice_seconds=60,
+    # Litecoin Core relays no replacement unless the node sets -mempoolreplacement=1 (default
+    # 0), so a BIP125 bump would not reach miners: none by default.
+    bump_after_blocks=None,
 )
 ETHEREUM = ChainPolicy(
     chain="eth",
