@@ -11,6 +11,9 @@ UTXO selection, stored raw transactions and mempool re-sends all cross the crash
 * **refund**: the initiator disappears once the participant's lock is buried (it never reveals
   the secret) and comes back only after the participant refunded at ``T_B``; it then refunds
   at ``T_A``. Its points are the refund-path points the redeem path never reaches.
+* **bump** (BTC pair): as redeem, but fees rise (the embedded chain's block minimum fee rate,
+  and its estimate, go to ``BUMP_FEE_RATE``) the moment the participant's BTC redeem reaches
+  the mempool, so the redeem waits until the participant's node replaces it at a higher fee.
 
 Every node reaches the shared chains over JSON-RPC; time moves only by the test's
 ``evm_increaseTime`` calls (and one second per mined block) and by the Bitcoin blocks it mines
@@ -62,6 +65,9 @@ RUN_TIMEOUT = 30
 DISAPPEAR_AT = "enter:counter_audited"
 """Where the initiator vanishes on the refund path: the participant's lock is buried and the
 initiator is about to reveal the secret, so both legs are locked and neither is redeemed."""
+
+BUMP_FEE_RATE = 50
+"""sat/vB the next blocks need once fees rise on the bump path (the fallback rate is 2)."""
 
 _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["tests.swap.crash_node"])
@@ -180,7 +186,7 @@ def _setup_swap(chains: Chains, tmp: Path, pair: str) -> tuple[Party, Party, Swa
 class Plan:
     """How one swap is run: the crash point of each successive life of each node."""
 
-    path: str  # "redeem" or "refund"
+    path: str  # "redeem", "refund" or "bump"
     pair: str = "erc20"  # see PAIRS
     crashes: dict[str, list[str]] = field(default_factory=dict)
     log: dict[str, str] = field(default_factory=dict)  # role -> file recording points reached
@@ -209,6 +215,7 @@ class Supervisor:
         self.kills = 0
         self.procs: dict[str, Any] = {}
         self.held = False
+        self.btc_seen: set[str] = set()  # BTC transactions seen waiting (bump path)
 
     def _start(self, name: str) -> None:
         plan = self.plan.crashes.get(name, [])
@@ -235,10 +242,18 @@ class Supervisor:
             assert "error" not in reply, reply
 
     def _mine_waiting(self) -> None:
-        """A Bitcoin block whenever a transaction waits in the mempool (the EVM mines its own)."""
-        if self.plan.pair == "btc" and self.chains.btc.chain.mempool_txids():
-            ensure_thread_params()
-            self.chains.btc.mine(1)
+        """A Bitcoin block whenever a transaction waits in the mempool (the EVM mines its own).
+        On the bump path fees rise when a second transaction (the redeem, after the lock)
+        shows up, before the block that would have taken it."""
+        waiting = self.chains.btc.chain.mempool_txids() if self.plan.pair == "btc" else []
+        if not waiting:
+            return
+        if self.plan.path == "bump":
+            self.btc_seen.update(waiting)
+            if len(self.btc_seen) >= 2:
+                self.chains.btc.chain.set_block_min_fee_rate(BUMP_FEE_RATE)
+        ensure_thread_params()
+        self.chains.btc.mine(1)
 
     def run(self) -> int:
         for name in self.configs:
@@ -246,6 +261,7 @@ class Supervisor:
         try:
             self._supervise()
         finally:
+            self.chains.btc.chain.set_block_min_fee_rate(0)
             for p in self.procs.values():
                 if p.exitcode is None:
                     p.kill()
@@ -366,7 +382,7 @@ def _swap(chains: Chains, tmp: Path, plan: Plan) -> int:
     states = _final_states(alice, bob, terms.swap_id)
     after = {p: _holdings(chains, p, assets) for p in (alice, bob)}
     fees = {p: _fees(chains, p) for p in (alice, bob)}
-    redeemed = plan.path == "redeem"
+    redeemed = plan.path in ("redeem", "bump")
     assert states == ((State.REDEEMED,) * 2 if redeemed else (State.REFUNDED,) * 2), states
     for party, out, into in ((alice, gives, gets), (bob, gets, gives)):
         want = dict(before[party])
@@ -465,6 +481,25 @@ def test_killing_either_node_at_every_refund_path_point_still_ends_in_both_refun
     # Both roles sign, send and bury a refund: at least those points, each.
     for role in ("alice", "bob"):
         assert {"stored:refund", "before_broadcast:refund", "enter:refunded"} <= set(points[role])
+
+
+def test_a_redeem_stuck_by_a_fee_rise_is_bumped_across_the_process_boundary(devnet, tmp_path):
+    plan = Plan.make("bump", "btc")
+    plan.log = {"bob": str(tmp_path / "bob-points.log")}
+    assert _swap(devnet, tmp_path, plan) == 0
+    assert "stored:bump_redeem" in (tmp_path / "bob-points.log").read_text().split()
+
+
+@pytest.mark.slow
+def test_killing_either_node_at_every_bump_path_point_still_ends_in_both_redeemed(devnet, tmp_path):
+    redeem = _discover(devnet, tmp_path, "redeem", "btc")
+    bump = _discover(devnet, tmp_path, "bump", "btc")
+    points = {r: [p for p in bump[r] if p not in redeem[r]] for r in bump}
+    print(f"btc bump path: crash injection points covered: {points}")
+    assert "stored:bump_redeem" in points["bob"]  # the participant's BTC redeem was replaced
+    assert _kill_at_every_point(devnet, tmp_path, "bump", "btc", points) == sum(
+        len(p) for p in points.values()
+    )
 
 
 @pytest.mark.parametrize(
