@@ -137,11 +137,17 @@ def test_each_bump_raises_the_rate_by_at_least_a_quarter_even_without_a_new_esti
     bob.broadcast(third)  # replaces first directly: BIP125 holds across skipped generations
 
 
-def test_a_bump_past_the_fee_cap_is_refused_with_the_numbers(alice, bob):
-    _terms, ref, preimage = _locked(alice, bob, amount=20_000)
-    first = bob.prepare_redeem(ref, preimage)
+def test_a_bump_is_held_to_the_fee_cap_and_refused_when_none_fits_under_it(alice, bob):
+    terms, ref, preimage = _locked(alice, bob, amount=20_000)
+    cap = terms.amount * MAX_BUMP_FEE_PCT // 100
+    first = bob.prepare_redeem(ref, preimage)  # 2 sat/vB
+    clamped = bob.prepare_replacement(ref, first, preimage, FeeEstimate(100))
+    fee, size = _fee_and_vsize(clamped, terms.amount)
+    assert fee <= cap < 100 * size  # asked for 100 sat/vB, got what the cap allows
+    assert fee >= _fee_and_vsize(first, terms.amount)[0] + size  # still a valid BIP125 bump
+    pricey = bob.prepare_redeem(ref, preimage, FeeEstimate(60))  # the next bump needs 75+
     with pytest.raises(FeeBumpRefused, match=f"over {MAX_BUMP_FEE_PCT} % of the HTLC amount 20000"):
-        bob.prepare_replacement(ref, first, preimage, FeeEstimate(100))
+        bob.prepare_replacement(ref, pricey, preimage)
 
 
 def test_replacing_a_transaction_that_does_not_spend_the_htlc_is_refused(alice, bob):

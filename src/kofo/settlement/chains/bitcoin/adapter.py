@@ -353,7 +353,8 @@ class BitcoinAdapter:
         plus a quarter (at least the relay minimum more). Core's BIP125 rules are then checked
         on the result: the fee rate goes up, and the absolute fee pays the old fee plus the
         relay fee for the replacement's own size. A replacement never spends more than
-        :data:`MAX_BUMP_FEE_PCT` of the HTLC amount on fees."""
+        :data:`MAX_BUMP_FEE_PCT` of the HTLC amount on fees: a higher rate is lowered to that
+        cap when a bump still fits under it, else refused."""
         txid, vout = self._outpoint(ref)
         prev = CTransaction.deserialize(old.raw)
         if not any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in prev.vin):
@@ -375,6 +376,12 @@ class BitcoinAdapter:
             tx = CTransaction.deserialize(signed.raw)
             new_fee = amount - sum(int(o.nValue) for o in tx.vout)
             if new_fee > cap:
+                # The most the cap allows (sizes are estimated up to 1 vB high), if that is
+                # still a valid bump; otherwise no bump at all.
+                ceiling = cap // (vsize(tx) + 1)
+                if old_rate + step <= ceiling < rate:
+                    rate = ceiling
+                    continue
                 raise FeeBumpRefused(
                     f"replacing {old.txid} ({old_fee} sat) needs a fee of {new_fee} at "
                     f"{rate} sat/vB, over {MAX_BUMP_FEE_PCT} % of the HTLC amount {amount}"
