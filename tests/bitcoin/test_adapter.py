@@ -16,39 +16,10 @@ from kofo.settlement.chain import (
     HtlcTerms,
 )
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
-from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend, RpcBackend
-from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
-from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
-
-REGTEST = chain_params("btc", "regtest")
-
-
-@pytest.fixture(scope="module")
-def server(chain):
-    with RegtestRpcServer(chain, "kofo", "secret-pw") as s:
-        yield s
-
-
-def _adapter(server, seed: bytes) -> BitcoinAdapter:
-    client = RpcClient(server.url, "kofo", "secret-pw")
-    return BitcoinAdapter(RpcBackend(client), HdWallet(seed, REGTEST))
-
-
-@pytest.fixture(scope="module")
-def alice(server):
-    a = _adapter(server, b"\x0a" * 32)
-    a.backend.mine(101, a.wallet.address())
-    return a
-
-
-@pytest.fixture(scope="module")
-def bob(server, alice):
-    b = _adapter(server, b"\x0b" * 32)
-    b.backend.mine(1, b.wallet.address())
-    alice.backend.mine(100, alice.wallet.address())  # matures bob's coinbase
-    return b
+from tests.bitcoin.conftest import REGTEST
 
 
 def _terms(sender, recipient, expiry, amount=250_000, preimage=None):

@@ -14,22 +14,9 @@ from kofo.errors import InvalidInput
 from kofo.settlement.chain import BlockHeight, FeeEstimate, HtlcState, HtlcTerms, SignedTx
 from kofo.settlement.chains.bitcoin.adapter import (
     MAX_BUMP_FEE_PCT,
-    BitcoinAdapter,
     FeeBumpRefused,
 )
-from kofo.settlement.chains.bitcoin.backend import RpcBackend
-from kofo.settlement.chains.bitcoin.params import chain_params
-from kofo.settlement.chains.bitcoin.rpc import RpcClient
-from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
-from kofo.settlement.chains.bitcoin.wallet import HdWallet
-
-REGTEST = chain_params("btc", "regtest")
-
-
-@pytest.fixture(scope="module")
-def server(chain):
-    with RegtestRpcServer(chain, "kofo", "pw") as s:
-        yield s
+from tests.bitcoin.conftest import REGTEST, rpc_adapter
 
 
 @pytest.fixture(autouse=True)
@@ -37,26 +24,6 @@ def no_fee_market(chain):
     chain.set_block_min_fee_rate(0)
     yield
     chain.set_block_min_fee_rate(0)
-
-
-def _adapter(server, seed: bytes, kind: str = "p2wsh") -> BitcoinAdapter:
-    client = RpcClient(server.url, "kofo", "pw")
-    return BitcoinAdapter(RpcBackend(client), HdWallet(seed, REGTEST), htlc_kind=kind)
-
-
-@pytest.fixture(scope="module")
-def alice(server):
-    a = _adapter(server, b"\x1a" * 32)
-    a.backend.mine(101, a.wallet.address())
-    return a
-
-
-@pytest.fixture(scope="module")
-def bob(server, alice):
-    b = _adapter(server, b"\x1b" * 32)
-    b.backend.mine(1, b.wallet.address())
-    alice.backend.mine(100, alice.wallet.address())
-    return b
 
 
 def _locked(alice, bob, *, expiry_in: int = 30, amount: int = 200_000):
@@ -81,7 +48,7 @@ def _fee_and_vsize(tx: SignedTx, amount: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize("kind", ["p2wsh", "p2tr"])
 def test_a_stuck_claim_is_replaced_at_the_new_estimate_and_confirms(server, chain, alice, kind):
-    a, b = _adapter(server, b"\x2a" * 32, kind), _adapter(server, b"\x2b" * 32, kind)
+    a, b = rpc_adapter(server, b"\x2a" * 32, kind), rpc_adapter(server, b"\x2b" * 32, kind)
     a.backend.mine(1, a.wallet.address())
     alice.backend.mine(100, alice.wallet.address())
     terms, ref, preimage = _locked(a, b)

@@ -150,6 +150,10 @@ swap's value is going to miners, and it is better to wait for fees to fall."""
 _BUMP_TRIES = 4
 
 
+def _paid_out(tx: CTransaction) -> int:
+    return sum(int(out.nValue) for out in tx.vout)
+
+
 class FeeBumpRefused(ChainError):
     """No replacement could be built within the chain's rules and this adapter's fee cap."""
 
@@ -360,8 +364,7 @@ class BitcoinAdapter:
         if not any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in prev.vin):
             raise InvalidInput(f"transaction {old.txid} does not spend the HTLC {ref.locator}")
         amount = self._output_amount(ref)
-        old_fee = amount - sum(int(o.nValue) for o in prev.vout)
-        old_vsize = vsize(prev)
+        old_fee, old_vsize = amount - _paid_out(prev), vsize(prev)
         old_rate = -(-old_fee // old_vsize)
         step = max(self.params.min_relay_fee_rate, old_rate // 4)
         rate = max(self._rate(fee), old_rate + step)
@@ -374,11 +377,11 @@ class BitcoinAdapter:
                 else self.prepare_redeem(ref, preimage, raised)
             )
             tx = CTransaction.deserialize(signed.raw)
-            new_fee = amount - sum(int(o.nValue) for o in tx.vout)
+            new_fee, new_vsize = amount - _paid_out(tx), vsize(tx)
             if new_fee > cap:
                 # The most the cap allows (sizes are estimated up to 1 vB high), if that is
                 # still a valid bump; otherwise no bump at all.
-                ceiling = cap // (vsize(tx) + 1)
+                ceiling = cap // (new_vsize + 1)
                 if old_rate + step <= ceiling < rate:
                     rate = ceiling
                     continue
@@ -386,8 +389,8 @@ class BitcoinAdapter:
                     f"replacing {old.txid} ({old_fee} sat) needs a fee of {new_fee} at "
                     f"{rate} sat/vB, over {MAX_BUMP_FEE_PCT} % of the HTLC amount {amount}"
                 )
-            relay = self.params.min_relay_fee_rate * vsize(tx)
-            if new_fee >= old_fee + relay and new_fee * old_vsize > old_fee * vsize(tx):
+            relay = self.params.min_relay_fee_rate * new_vsize
+            if new_fee >= old_fee + relay and new_fee * old_vsize > old_fee * new_vsize:
                 return signed
             rate += step
         raise FeeBumpRefused(f"no replacement of {old.txid} met BIP125 in {_BUMP_TRIES} tries")

@@ -332,19 +332,25 @@ class EthereumAdapter:
     def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
         return HtlcRef(terms=terms, locator=_hex(swap_id(terms)), lock_txid=lock_tx.txid)
 
+    def _spend_call(self, ref: HtlcRef, preimage: bytes | None) -> tuple[str, list[Any]]:
+        """The contract function and arguments of the redeem (``preimage``) or refund of ``ref``."""
+        if preimage is None:
+            return "refund", [ref.terms.payment_hash, *self._args(ref.terms)]
+        return "redeem", [preimage, *self._args(ref.terms)]
+
     def prepare_redeem(
         self, ref: HtlcRef, preimage: bytes, fee: FeeEstimate | None = None
     ) -> SignedTx:
         check_preimage(preimage)
-        call = self.htlc.functions.redeem(preimage, *self._args(ref.terms))
-        return self._sign(TxKind.REDEEM, call, fee)
+        name, args = self._spend_call(ref, preimage)
+        return self._sign(TxKind.REDEEM, self.htlc.functions[name](*args), fee)
 
     def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
         now = self.expiry_now()
         if now.value < ref.terms.expiry.value:
             raise TxRejected(f"refund is possible from {ref.terms.expiry}; chain time is {now}")
-        call = self.htlc.functions.refund(ref.terms.payment_hash, *self._args(ref.terms))
-        return self._sign(TxKind.REFUND, call, fee)
+        name, args = self._spend_call(ref, None)
+        return self._sign(TxKind.REFUND, self.htlc.functions[name](*args), fee)
 
     def prepare_replacement(
         self,
@@ -364,21 +370,16 @@ class EthereumAdapter:
         to = fields.get("to")
         if to is None or to_checksum_address(bytes(to)) != self.htlc.address:
             raise InvalidInput(f"transaction {old.txid} is not a call of the HTLC contract")
-        data = (
-            self.htlc.encode_abi("refund", [ref.terms.payment_hash, *self._args(ref.terms)])
-            if preimage is None
-            else self.htlc.encode_abi("redeem", [preimage, *self._args(ref.terms)])
-        )
+        data = self.htlc.encode_abi(*self._spend_call(ref, preimage))
         if bytes(fields["data"]) != bytes(HexBytes(data)):
             raise InvalidInput(f"transaction {old.txid} is not the {old.kind} of {ref.locator}")
         now = fee or self.estimate_fee()
         tip = max(now.priority, _raised(int(fields["maxPriorityFeePerGas"])))
         cap = max(now.rate, _raised(int(fields["maxFeePerGas"])), tip)
-        needed = int(fields["gas"]) * cap
-        if self.balance() < needed:
+        needed, have = int(fields["gas"]) * cap, self.balance()
+        if have < needed:
             raise InsufficientFunds(
-                f"replacing {old.kind} {old.txid} needs up to {needed} wei, "
-                f"wallet has {self.balance()}"
+                f"replacing {old.kind} {old.txid} needs up to {needed} wei, wallet has {have}"
             )
         signed = self.account.sign_transaction(
             {**fields, "maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
