@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from kofo.settlement.chain import BlockHeight, HtlcRef, HtlcTerms
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
@@ -54,3 +57,26 @@ def bob(server: RegtestRpcServer, alice: BitcoinAdapter) -> BitcoinAdapter:
     b.backend.mine(1, b.wallet.address())
     alice.backend.mine(100, alice.wallet.address())  # matures bob's coinbase
     return b
+
+
+def locked_htlc(
+    sender: BitcoinAdapter,
+    recipient: BitcoinAdapter,
+    *,
+    expiry_in: int = 30,
+    amount: int = 200_000,
+) -> tuple[HtlcRef, bytes]:
+    """``sender`` locks ``amount`` to ``recipient`` for ``expiry_in`` blocks and mines the lock
+    into a block; returns the HTLC and its preimage."""
+    preimage = os.urandom(32)
+    terms = HtlcTerms(
+        chain=sender.chain,
+        payment_hash=hashlib.sha256(preimage).digest(),
+        amount=amount,
+        sender=sender.address(),
+        recipient=recipient.address(),
+        expiry=BlockHeight(sender.expiry_now().value + expiry_in),
+    )
+    ref = sender.lock(terms)
+    sender.backend.mine(1, sender.wallet.address())
+    return ref, preimage

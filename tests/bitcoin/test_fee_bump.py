@@ -4,19 +4,16 @@ market: blocks take only transactions paying the block minimum rate, as Core's
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
 
 from kofo.errors import InvalidInput
-from kofo.settlement.chain import BlockHeight, FeeEstimate, HtlcState, HtlcTerms, SignedTx
+from kofo.settlement.chain import FeeEstimate, HtlcState, SignedTx
 from kofo.settlement.chains.bitcoin.adapter import (
     MAX_BUMP_FEE_PCT,
     FeeBumpRefused,
 )
-from tests.bitcoin.conftest import REGTEST, rpc_adapter
+from tests.bitcoin.conftest import REGTEST, locked_htlc, rpc_adapter
 
 
 @pytest.fixture(autouse=True)
@@ -24,21 +21,6 @@ def no_fee_market(chain):
     chain.set_block_min_fee_rate(0)
     yield
     chain.set_block_min_fee_rate(0)
-
-
-def _locked(alice, bob, *, expiry_in: int = 30, amount: int = 200_000):
-    preimage = os.urandom(32)
-    terms = HtlcTerms(
-        chain="btc",
-        payment_hash=hashlib.sha256(preimage).digest(),
-        amount=amount,
-        sender=alice.address(),
-        recipient=bob.address(),
-        expiry=BlockHeight(alice.expiry_now().value + expiry_in),
-    )
-    ref = alice.lock(terms)
-    alice.backend.mine(1, alice.wallet.address())
-    return terms, ref, preimage
 
 
 def _fee_and_vsize(tx: SignedTx, amount: int) -> tuple[int, int]:
@@ -51,7 +33,8 @@ def test_a_stuck_claim_is_replaced_at_the_new_estimate_and_confirms(server, chai
     a, b = rpc_adapter(server, b"\x2a" * 32, kind), rpc_adapter(server, b"\x2b" * 32, kind)
     a.backend.mine(1, a.wallet.address())
     alice.backend.mine(100, alice.wallet.address())
-    terms, ref, preimage = _locked(a, b)
+    ref, preimage = locked_htlc(a, b)
+    terms = ref.terms
     amount = terms.amount
     first = b.prepare_redeem(ref, preimage)  # no estimate yet: the 2 sat/vB fallback
     b.broadcast(first)
@@ -76,7 +59,8 @@ def test_a_stuck_claim_is_replaced_at_the_new_estimate_and_confirms(server, chai
 
 
 def test_a_stuck_refund_is_replaced_and_keeps_its_lock_time(chain, alice, bob):
-    terms, ref, _ = _locked(alice, bob, expiry_in=3)
+    ref, _ = locked_htlc(alice, bob, expiry_in=3)
+    terms = ref.terms
     alice.backend.mine(3, alice.wallet.address())
     first = alice.prepare_refund(ref)
     alice.broadcast(first)
@@ -92,7 +76,8 @@ def test_a_stuck_refund_is_replaced_and_keeps_its_lock_time(chain, alice, bob):
 
 
 def test_each_bump_raises_the_rate_by_at_least_a_quarter_even_without_a_new_estimate(alice, bob):
-    terms, ref, preimage = _locked(alice, bob)
+    ref, preimage = locked_htlc(alice, bob)
+    terms = ref.terms
     first = bob.prepare_redeem(ref, preimage, FeeEstimate(40))
     second = bob.prepare_replacement(ref, first, preimage)  # estimate: fallback 2 < 40
     third = bob.prepare_replacement(ref, second, preimage)
@@ -105,7 +90,8 @@ def test_each_bump_raises_the_rate_by_at_least_a_quarter_even_without_a_new_esti
 
 
 def test_a_bump_is_held_to_the_fee_cap_and_refused_when_none_fits_under_it(alice, bob):
-    terms, ref, preimage = _locked(alice, bob, amount=20_000)
+    ref, preimage = locked_htlc(alice, bob, amount=20_000)
+    terms = ref.terms
     cap = terms.amount * MAX_BUMP_FEE_PCT // 100
     first = bob.prepare_redeem(ref, preimage)  # 2 sat/vB
     clamped = bob.prepare_replacement(ref, first, preimage, FeeEstimate(100))
@@ -118,8 +104,8 @@ def test_a_bump_is_held_to_the_fee_cap_and_refused_when_none_fits_under_it(alice
 
 
 def test_replacing_a_transaction_that_does_not_spend_the_htlc_is_refused(alice, bob):
-    _, ref, preimage = _locked(alice, bob)
-    _, other, _ = _locked(alice, bob)
+    ref, preimage = locked_htlc(alice, bob)
+    other, _ = locked_htlc(alice, bob)
     spend_of_other = alice.prepare_refund(other)
     with pytest.raises(InvalidInput, match="does not spend the HTLC"):
         bob.prepare_replacement(ref, spend_of_other, preimage)

@@ -101,6 +101,7 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
 
     _rejections(alice, bob, mine)
     _fee_bump(alice, bob, mine)
+    _child_pays_for_parent(alice, bob, mine)
 
 
 def _fee_bump(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
@@ -121,6 +122,38 @@ def _fee_bump(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     status = alice.status(ref)
     assert status.state is HtlcState.REDEEMED and status.spend_txid == again.txid
     assert status.preimage == preimage and alice.tx_confirmations(first.txid) == 0
+
+
+def _child_pays_for_parent(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
+    """A claim stuck in the node's mempool gets a child paying for both (the adapter's CPFP
+    bump), which the node relays, and its block assembler mines the two as one package.
+
+    On litecoind the claim is first made unminable alone: ``prioritisetransaction`` takes its
+    whole fee away in the node's eyes (as a fee rise would), a block is mined without it, and
+    only the child's fee brings the package over the block minimum rate. btcd has no
+    ``prioritisetransaction``; there the test shows it relays and mines the child's package."""
+    terms, preimage = _terms(alice.chain, alice, bob, BlockHeight(alice.expiry_now().value + 30))
+    ref = alice.lock(terms)
+    mine(1)
+    claim = bob.prepare_redeem(ref, preimage)
+    bob.broadcast(claim)
+    claim_fee = terms.amount - sum(o.nValue for o in CTx.deserialize(claim.raw).vout)
+    rpc = bob.backend.client  # type: ignore[attr-defined]
+    if rpc.dialect != "btcd":
+        assert rpc.call("prioritisetransaction", claim.txid, 0, -claim_fee) is True
+        mine(1)
+        assert alice.status(ref).spend_confirmations == 0  # waits: worth nothing alone
+    child = bob.prepare_child(ref, [claim])
+    assert child.kind is TxKind.CHILD
+    bob.broadcast(child)
+    if rpc.dialect != "btcd":
+        entry = rpc.call("getmempoolentry", child.txid)
+        assert entry["ancestorcount"] == 2  # the node sees claim + child as one package
+    mine(1)
+    status = alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.spend_txid == claim.txid
+    assert status.spend_confirmations == 1 and status.preimage == preimage
+    assert bob.tx_confirmations(child.txid) == 1
 
 
 def _spend(

@@ -81,14 +81,16 @@ def _start(w: World, give: Leg, get: Leg) -> bytes:
     return terms.swap_id
 
 
-def _start_btc_for_eth(w: World) -> tuple[Leg, Leg, set[tuple[str, str | None]], dict, bytes]:
-    """Link the nodes and start Alice's BTC for Bob's 2 ETH; returns both legs, the assets,
-    each node's holdings before, and the swap id."""
+def _start_btc_for_eth(
+    w: World, chain: str = "btc", amount: int = BTC_AMOUNT
+) -> tuple[Leg, Leg, set[tuple[str, str | None]], dict, bytes]:
+    """Link the nodes and start Alice's ``amount`` on ``chain`` (a Bitcoin-like one) for Bob's
+    2 ETH; returns both legs, the assets, each node's holdings before, and the swap id."""
     alice, bob = w.alice, w.bob
     link(alice, bob)
-    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    give = _leg(w, alice, bob, chain, amount)
     get = _leg(w, bob, alice, "eth", 2 * ETHER)
-    assets = {("btc", None), ("eth", None)}
+    assets = {(chain, None), ("eth", None)}
     before = {n.name: holdings(n, assets) for n in (alice, bob)}
     return give, get, assets, before, _start(w, give, get)
 
@@ -259,15 +261,23 @@ def test_btc_lock_with_a_wrong_amount_is_refused_and_reported_with_the_field(wor
     assert ev.detail["lock_txid"] == ref.lock_txid and ev.detail["locator"] == ref.locator
 
 
-def test_a_redeem_stuck_by_a_fee_rise_is_replaced_and_the_swap_completes(world_factory):
-    """Bob's BTC redeem is sent at the fee of the moment; then the next blocks need 40 sat/vB
-    (fees rose). After one block without it (the devnet bump wait) his node replaces it at
-    the new estimate, and the replacement confirms."""
-    w = world_factory("btc")
+@pytest.mark.parametrize(
+    ("chain", "amount", "block_min_rate"),
+    [("btc", BTC_AMOUNT, 40), ("ltc", LTC_AMOUNT, 80)],
+    ids=["btc_replacement", "ltc_child"],
+)
+def test_a_redeem_stuck_by_a_fee_rise_is_bumped_and_the_swap_completes(
+    world_factory, chain, amount, block_min_rate
+):
+    """Bob's redeem is sent at the fee of the moment; then the next blocks need a higher rate
+    (fees rose). After one block without it (the devnet bump wait) his node raises its fee:
+    on Bitcoin by a BIP125 replacement, which confirms instead; on Litecoin (whose nodes relay
+    no replacement) by a child spending its output, and the two confirm as one package."""
+    w = world_factory(chain)
     alice, bob = w.alice, w.bob
-    btc = w.chains["btc"]
+    btc = w.chains[chain]
     assert isinstance(btc, Btc)
-    give, get, assets, before, sid = _start_btc_for_eth(w)
+    give, get, assets, before, sid = _start_btc_for_eth(w, chain, amount)
     for _ in range(40):
         for n in (alice, bob):
             n.engine.tick()
@@ -277,21 +287,26 @@ def test_a_redeem_stuck_by_a_fee_rise_is_replaced_and_the_swap_completes(world_f
     assert bob.engine.journal.get(sid).state is State.REDEEM_SENT
     [(first, sent_at)] = bob.engine.journal.versions(sid, TxKind.REDEEM)
     assert sent_at == btc.height()
-    btc.chain.set_block_min_fee_rate(40)
+    btc.chain.set_block_min_fee_rate(block_min_rate)
 
     states = drive([alice, bob], sid, between=lambda _r: btc.mine(1))
     assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
-    versions = bob.engine.journal.versions(sid, TxKind.REDEEM)
-    assert len(versions) == 2 and versions[0][0] == first
-    bumped = versions[1][0]
-    adapter = bob.engine.adapters["btc"]
-    assert adapter.tx_confirmations(bumped.txid) >= 1 and adapter.tx_confirmations(first.txid) == 0
-    assert (
-        btc_fee(adapter, bumped.txid)
-        >= 40 * CTransaction.deserialize(bumped.raw).get_virtual_size()
-    )
+    versions = [tx for tx, _ in bob.engine.journal.versions(sid, TxKind.REDEEM)]
+    assert len(versions) == 2 and versions[0] == first
+    bump = versions[1]
+    adapter = bob.engine.adapters[chain]
+    assert adapter.tx_confirmations(bump.txid) >= 1
+    if chain == "btc":
+        assert bump.kind is TxKind.REDEEM and adapter.tx_confirmations(first.txid) == 0
+        confirmed = [bump]
+    else:
+        assert bump.kind is TxKind.CHILD and adapter.tx_confirmations(first.txid) >= 1
+        confirmed = [first, bump]
+    package_fee = sum(btc_fee(adapter, tx.txid) for tx in confirmed)
+    package_vsize = sum(CTransaction.deserialize(tx.raw).get_virtual_size() for tx in confirmed)
+    assert package_fee >= block_min_rate * package_vsize
     reasons = [e.payload.get("reason", "") for e in bob.engine.journal.events(sid)]
-    assert any("replace it at a higher fee" in r for r in reasons)
+    assert any("raise its fee" in r for r in reasons)
     for node in (alice, bob):
         gives, gets = (give, get) if node is alice else (get, give)
         assert holdings(node, assets) == expected_after(

@@ -76,6 +76,7 @@ class TxKind(enum.StrEnum):
     REDEEM = "redeem"
     REFUND = "refund"
     TRANSFER = "transfer"
+    CHILD = "child"  # spends our own output of a stuck redeem/refund to pay its fee (CPFP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,18 +168,24 @@ class ChainAdapter(Protocol):
         """Build and sign the refund to ``ref.terms.sender`` (valid once the expiry passes)."""
         ...
 
-    def prepare_replacement(
+    def prepare_bump(
         self,
         ref: HtlcRef,
-        old: SignedTx,
+        sent: Sequence[SignedTx],
         preimage: bytes | None = None,
         fee: FeeEstimate | None = None,
     ) -> SignedTx:
-        """A higher-fee replacement of ``old``, a redeem (``preimage`` given) or refund of
-        ``ref`` that is waiting unconfirmed: it spends the same HTLC (Bitcoin: the same
-        outpoint, under BIP125; Ethereum: the same nonce) and pays at least the chain's rules
-        for a replacement, and at least ``fee`` (default: the current estimate). Raises
-        :class:`kofo.errors.ChainError` when the chain's rules cannot be met (e.g. the fee
+        """Raise the fee of our redeem (``preimage`` given) or refund of ``ref`` that is waiting
+        unconfirmed. ``sent`` is what was sent for it: the newest version of the spend, then
+        any children already paying for it.
+
+        The chain decides how. A replacement (kind ``REDEEM``/``REFUND``) spends the same HTLC
+        (Bitcoin: the same outpoint, under BIP125; Ethereum: the same nonce), so it supersedes
+        ``sent``. A child (kind ``CHILD``; Bitcoin-like chains whose nodes relay no
+        replacement) spends the last transaction of ``sent`` back to our wallet, so the whole
+        package is mined at its combined fee rate and is sent after ``sent``. Either way the
+        new rate is at least ``fee`` (default: the current estimate) and the chain's rules for
+        a bump. Raises :class:`kofo.errors.ChainError` when they cannot be met (e.g. the fee
         would eat more of the HTLC than this adapter allows)."""
         ...
 

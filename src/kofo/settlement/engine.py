@@ -98,7 +98,7 @@ CRASH_POINTS: tuple[str, ...] = (
     *(f"stored:bump_{k.value}" for k in (TxKind.REDEEM, TxKind.REFUND)),
 )
 """Every named point where a crash is injectable: after each state transition is journaled,
-after each step's signed transactions are stored (and each fee-bump replacement), and
+after each step's signed transactions are stored (and each fee bump), and
 before/after each broadcast."""
 
 
@@ -376,27 +376,32 @@ class SwapEngine:
         if not sent:
             return False  # never sent: a first send, not a bump
         if versions[-1][1] is None:
-            return True  # a replacement stored before a crash or a failed send: send it
+            return True  # a bump stored before a crash or a failed send: send it
         return self.adapters[chain].tip().height - sent[-1] >= after
 
     def _bump(
         self, rec: StoredSwap, kind: TxKind, own_ref: HtlcRef | None, ctr_ref: HtlcRef | None
     ) -> list[str]:
-        """Replace our stuck ``kind`` spend at a higher fee (store first, then send). A newest
-        version stored but not sent is sent as it is, unless it has waited twice the bump
-        wait; then (a node refusing it, say) it is replaced in turn."""
+        """Raise the fee of our stuck ``kind`` spend (store first, then send): a replacement or
+        a child paying for it, as the chain does it. A newest bump stored but not sent is sent
+        as it is, unless it has waited twice the bump wait; then (a node refusing it, say) it
+        is bumped in turn (a replacement of it, or a child of what was sent)."""
         ref = ctr_ref if kind is TxKind.REDEEM else own_ref
         assert ref is not None, f"{kind} bump decided without its HTLC"
         chain = ref.terms.chain
         adapter = self.adapters[chain]
         versions = self.journal.versions(rec.swap_id, kind)
-        latest, latest_height = versions[-1]
+        latest_height = versions[-1][1]
         after = self._bump_after(chain) or 0
         last_sent = max(h for _, h in versions if h is not None)
         if latest_height is not None or adapter.tip().height - last_sent >= 2 * after:
+            newest = max(i for i, (tx, _) in enumerate(versions) if tx.kind is kind)
+            sent = [versions[newest][0]] + [
+                tx for tx, height in versions[newest + 1 :] if height is not None
+            ]
             preimage = self.journal.preimage(rec.swap_id) if kind is TxKind.REDEEM else None
-            new = adapter.prepare_replacement(ref, latest, preimage)
-            self.journal.store_replacement(rec.swap_id, kind, new)
+            bump = adapter.prepare_bump(ref, sent, preimage)
+            self.journal.store_bump(rec.swap_id, kind, bump)
             self.crash.hit(f"stored:bump_{kind.value}")
         return self._broadcast(rec, kind)
 

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS txs (
     raw BLOB NOT NULL,
     broadcast_at REAL,
     sent_height INTEGER,
+    role TEXT NOT NULL DEFAULT 'version',
     PRIMARY KEY (swap_id, kind, seq)
 );
 CREATE TABLE IF NOT EXISTS secrets (
@@ -119,6 +120,17 @@ class EvidenceRecord:
     at: float = 0.0
 
 
+def _row_kind(step: TxKind, role: str, last: bool) -> TxKind:
+    """The kind of one stored transaction of a ``step``: a fee-bump child (dropped or not) is
+    ``CHILD``; in a lock step the last transaction is the lock and any before it prepare it
+    (approve)."""
+    if role in ("child", "dropped"):
+        return TxKind.CHILD
+    if step is TxKind.LOCK and not last:
+        return TxKind.APPROVE
+    return step
+
+
 class Journal:
     """One node's swap journal. Thread-safe (one connection behind a lock)."""
 
@@ -136,6 +148,8 @@ class Journal:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(txs)")}
         if "sent_height" not in columns:  # a journal written before fee bumps existed
             self._db.execute("ALTER TABLE txs ADD COLUMN sent_height INTEGER")
+        if "role" not in columns:  # ... or before child-pays-for-parent bumps
+            self._db.execute("ALTER TABLE txs ADD COLUMN role TEXT NOT NULL DEFAULT 'version'")
 
     def close(self) -> None:
         with self._lock:
@@ -275,76 +289,98 @@ class Journal:
                 )
             for seq, tx in enumerate(txs):
                 db.execute(
-                    "INSERT INTO txs VALUES (?,?,?,?,?,?,NULL,NULL)",
+                    "INSERT INTO txs (swap_id, kind, seq, chain, txid, raw) VALUES (?,?,?,?,?,?)",
                     (swap_id, kind.value, seq, tx.chain, tx.txid, tx.raw),
                 )
 
-    def store_replacement(self, swap_id: bytes, kind: TxKind, tx: SignedTx) -> None:
-        """Store a higher-fee version of the stored redeem or refund, before it is sent. Every
-        version spends the same HTLC, so at most one of them can ever confirm; the newest is
-        the one (re-)sent from now on."""
+    def store_bump(self, swap_id: bytes, kind: TxKind, tx: SignedTx) -> None:
+        """Store a fee bump of the stored redeem or refund, before it is sent.
+
+        A replacement (``tx.kind`` is ``kind``) is a new version: every version spends the same
+        HTLC, so at most one can ever confirm, and the newest is the one (re-)sent from now on.
+        A child (``tx.kind`` is ``CHILD``) pays for the newest version and the children before
+        it and is sent after them. A child stored before it is replaces any child still never
+        sent (a node refused it, so none holds it): those rows are kept, marked dropped."""
         if kind not in (TxKind.REDEEM, TxKind.REFUND):
-            raise JournalError(f"only a redeem or refund is replaced, not a {kind}")
+            raise JournalError(f"only a redeem or refund is bumped, not a {kind}")
+        if tx.kind not in (kind, TxKind.CHILD):
+            raise JournalError(f"a bump of a {kind} is a {kind} or a child, not a {tx.kind}")
         with self._tx() as db:
             row = db.execute(
                 "SELECT MAX(seq) FROM txs WHERE swap_id=? AND kind=?", (swap_id, kind.value)
             ).fetchone()
             if row[0] is None:
                 raise JournalError(
-                    f"no {kind} of swap {swap_id.hex()} is stored to replace", code="no_txs"
+                    f"no {kind} of swap {swap_id.hex()} is stored to bump", code="no_txs"
+                )
+            role = "child" if tx.kind is TxKind.CHILD else "version"
+            if role == "child":
+                db.execute(
+                    "UPDATE txs SET role='dropped' WHERE swap_id=? AND kind=? AND role='child' "
+                    "AND broadcast_at IS NULL",
+                    (swap_id, kind.value),
                 )
             db.execute(
-                "INSERT INTO txs VALUES (?,?,?,?,?,?,NULL,NULL)",
-                (swap_id, kind.value, int(row[0]) + 1, tx.chain, tx.txid, tx.raw),
+                "INSERT INTO txs (swap_id, kind, seq, chain, txid, raw, role) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (swap_id, kind.value, int(row[0]) + 1, tx.chain, tx.txid, tx.raw, role),
             )
 
     def versions(self, swap_id: bytes, kind: TxKind) -> list[tuple[SignedTx, int | None]]:
-        """Every stored version of a redeem or refund, oldest first, each with the chain height
-        at which it was first sent (None: never sent, or sent on a chain without fee bumps)."""
+        """Every stored version of a redeem or refund and every child paying for one (kind
+        ``CHILD``; dropped ones left out), oldest first, each with the chain height at which it
+        was first sent (None: never sent, or sent on a chain without fee bumps)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT chain, txid, raw, sent_height FROM txs "
-                "WHERE swap_id=? AND kind=? ORDER BY seq",
+                "SELECT chain, txid, raw, sent_height, role FROM txs "
+                "WHERE swap_id=? AND kind=? AND role!='dropped' ORDER BY seq",
                 (swap_id, kind.value),
             ).fetchall()
         return [
-            (SignedTx(str(r[0]), kind, str(r[1]), bytes(r[2])), None if r[3] is None else int(r[3]))
+            (
+                SignedTx(
+                    str(r[0]), TxKind.CHILD if r[4] == "child" else kind, str(r[1]), bytes(r[2])
+                ),
+                None if r[3] is None else int(r[3]),
+            )
             for r in rows
         ]
 
     def current_txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
-        """What to (re-)send for a step: a lock step's transactions (approve + lock), or the
-        newest version of a redeem or refund."""
-        txs = self.txs(swap_id, kind)
-        return txs if kind is TxKind.LOCK else txs[-1:]
+        """What to (re-)send for a step, in order: a lock step's transactions (approve +
+        lock), or the newest version of a redeem or refund and the children paying for it."""
+        if kind is TxKind.LOCK:
+            return self.txs(swap_id, kind)
+        rows = [tx for tx, _ in self.versions(swap_id, kind)]
+        newest = max((i for i, tx in enumerate(rows) if tx.kind is kind), default=len(rows))
+        return rows[newest:]
 
     def txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
         """The stored transactions of a step, in broadcast order (a redeem or refund: every
-        version, oldest first; see :meth:`current_txs`)."""
+        version and child, dropped ones too, oldest first; see :meth:`current_txs`)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT chain, txid, raw, seq FROM txs WHERE swap_id=? AND kind=? ORDER BY seq",
+                "SELECT chain, txid, raw, role FROM txs WHERE swap_id=? AND kind=? ORDER BY seq",
                 (swap_id, kind.value),
             ).fetchall()
         n = len(rows)
-        # The last transaction of a lock step is the lock; any before it prepare it (approve).
         return [
-            SignedTx(
-                str(r[0]),
-                kind if i == n - 1 or kind is not TxKind.LOCK else TxKind.APPROVE,
-                str(r[1]),
-                bytes(r[2]),
-            )
+            SignedTx(str(r[0]), _row_kind(kind, str(r[3]), i == n - 1), str(r[1]), bytes(r[2]))
             for i, r in enumerate(rows)
         ]
 
     def all_txs(self, swap_id: bytes) -> list[tuple[TxKind, str, str, float | None]]:
+        """(kind, chain, txid, first sent at) of every stored transaction of the swap."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT kind, chain, txid, broadcast_at FROM txs WHERE swap_id=? ORDER BY rowid",
+                "SELECT kind, chain, txid, broadcast_at, role, "
+                "seq = MAX(seq) OVER (PARTITION BY kind) FROM txs WHERE swap_id=? ORDER BY rowid",
                 (swap_id,),
             ).fetchall()
-        return [(TxKind(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows]
+        return [
+            (_row_kind(TxKind(r[0]), str(r[4]), bool(r[5])), str(r[1]), str(r[2]), r[3])
+            for r in rows
+        ]
 
     def mark_broadcast(self, swap_id: bytes, txid: str, height: int | None = None) -> None:
         """Note the first time (and the chain height, when given) ``txid`` was sent."""

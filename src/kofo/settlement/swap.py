@@ -18,8 +18,9 @@ state and any facts):
 3. the initiator reveals the secret (signs or broadcasts its redeem) only before
    ``initiator_redeem_by`` on the participant's chain, unless the secret is already public;
 4. a refund is signed only once the own chain's clock has reached the own leg's expiry;
-5. a redeem or refund is replaced (fee bump) only where it would be (re-)sent, and only once
-   a version of it was sent: a bump never reveals the secret where a first send would not.
+5. a redeem or refund is fee-bumped (replaced, or paid for by a child) only where it would be
+   (re-)sent, and only once a version of it was sent: a bump never reveals the secret where a
+   first send would not.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class ActionKind(enum.StrEnum):
     SIGN_REDEEM = "sign_redeem"
     SIGN_REFUND = "sign_refund"
     BROADCAST = "broadcast"  # (re-)send the journaled txs of ``tx_kind``
-    BUMP = "bump"  # replace the sent redeem/refund ``tx_kind`` at a higher fee, and send that
+    BUMP = "bump"  # raise the fee of the sent redeem/refund ``tx_kind`` (replace or CPFP), send
     DONE = "done"
 
 
@@ -151,7 +152,7 @@ def _bump(kind: TxKind, to: State) -> Action:
     return Action(
         ActionKind.BUMP,
         to=to,
-        reason=f"our {kind} is not confirming: replace it at a higher fee",
+        reason=f"our {kind} is not confirming: raise its fee (replace it, or add a child)",
         tx_kind=kind,
     )
 

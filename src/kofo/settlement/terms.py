@@ -130,7 +130,7 @@ BITCOIN = ChainPolicy(
     block_interval=600,  # the protocol's target
     confirmations=6,  # no Bitcoin reorg deeper than a few blocks since 2013; 6 is the custom
     notice_seconds=120,  # two polls of a minute each (one may straddle a block)
-    inclusion_blocks=6,  # a fee estimate for "within 6 blocks", then one RBF bump
+    inclusion_blocks=6,  # a fee estimate for "within 6 blocks", then one fee bump
     bump_after_blocks=3,  # the bump: half-way through the inclusion allowance
     # 12 blocks at 600 s arrive in under 60 % of the nominal time with probability ~2 %
     # (Poisson), so margins counted in blocks assume blocks 40 % faster or slower than nominal.
@@ -143,9 +143,8 @@ LITECOIN = replace(
     block_interval=150,
     confirmations=12,  # 4x faster blocks, shallower work per block: same wall-clock depth x2
     notice_seconds=60,
-    # Litecoin Core relays no replacement unless the node sets -mempoolreplacement=1 (default
-    # 0), so a BIP125 bump would not reach miners: none by default.
-    bump_after_blocks=None,
+    # Same bump wait; Litecoin Core relays no replacement by default (-mempoolreplacement=0),
+    # so the adapter bumps with a child paying for the stuck spend (CPFP) instead.
 )
 ETHEREUM = ChainPolicy(
     chain="eth",

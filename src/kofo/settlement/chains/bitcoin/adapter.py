@@ -9,7 +9,9 @@ transaction in a block that left the best chain has 0 confirmations again.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -55,6 +57,7 @@ from kofo.settlement.chains.bitcoin.taproot import (
 )
 from kofo.settlement.chains.bitcoin.tx import (
     Utxo,
+    build_child_spend,
     build_funding_tx,
     build_htlc_spend,
     effective_fee_rate,
@@ -148,6 +151,10 @@ MAX_BUMP_FEE_PCT = 50
 swap's value is going to miners, and it is better to wait for fees to fall."""
 
 _BUMP_TRIES = 4
+
+MAX_PACKAGE = 25
+"""Bitcoin and Litecoin Core's default ``-limitancestorcount``: a child with more unconfirmed
+ancestors is not relayed, so a spend gets at most 24 children."""
 
 
 def _paid_out(tx: CTransaction) -> int:
@@ -343,6 +350,87 @@ class BitcoinAdapter:
     def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
         sender, _ = self._check_terms(ref.terms)
         return self._spend(ref, TxKind.REFUND, sender, fee, preimage=None)
+
+    def prepare_bump(
+        self,
+        ref: HtlcRef,
+        sent: Sequence[SignedTx],
+        preimage: bytes | None = None,
+        fee: FeeEstimate | None = None,
+    ) -> SignedTx:
+        """A BIP125 replacement of the newest version where the chain's nodes relay them
+        (:meth:`prepare_replacement`), else a child paying for the package
+        (:meth:`prepare_child`)."""
+        if not sent:
+            raise InvalidInput(f"no sent spend of the HTLC {ref.locator} to bump")
+        if self.params.replacement_relayed:
+            if len(sent) > 1:
+                raise InvalidInput(
+                    f"{self.chain} bumps by replacement; got a package of {len(sent)} transactions"
+                )
+            return self.prepare_replacement(ref, sent[0], preimage, fee)
+        return self.prepare_child(ref, sent, fee)
+
+    def prepare_child(
+        self, ref: HtlcRef, package: Sequence[SignedTx], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """Child pays for parent: spend the wallet output of the last transaction of
+        ``package`` (a claim or refund of ``ref``, then the children already paying for it,
+        each spending the one before) back to the wallet, with a fee that lifts the whole
+        package to the new rate: the larger of ``fee`` (default: the node's estimate) and the
+        package's rate plus a quarter (at least the relay minimum more). Miners take a
+        package at its combined rate; the child alone also pays the relay minimum. Fees of the
+        package never exceed :data:`MAX_BUMP_FEE_PCT` of the HTLC amount (a higher rate is
+        lowered to the cap when a bump still fits under it, else refused), and a package
+        never grows past the mempool's ancestor limit (:data:`MAX_PACKAGE`)."""
+        if not package:
+            raise InvalidInput(f"no sent spend of the HTLC {ref.locator} to pay for")
+        if len(package) >= MAX_PACKAGE:
+            raise FeeBumpRefused(
+                f"the spend of {ref.locator} already has {len(package) - 1} children; "
+                f"nodes keep at most {MAX_PACKAGE} unconfirmed transactions in a chain"
+            )
+        txid, vout = self._outpoint(ref)
+        txs = [CTransaction.deserialize(t.raw) for t in package]
+        if not any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in txs[0].vin):
+            raise InvalidInput(
+                f"transaction {package[0].txid} does not spend the HTLC {ref.locator}"
+            )
+        for (parent, child), signed in zip(itertools.pairwise(txs), package[1:], strict=True):
+            spent = [(b2lx(i.prevout.hash), i.prevout.n) for i in child.vin]
+            if spent != [(b2lx(parent.GetTxid()), 0)]:
+                raise InvalidInput(f"transaction {signed.txid} is not a child of the one before it")
+        amount = self._output_amount(ref)
+        paid = (
+            amount
+            - _paid_out(txs[0])
+            + sum(
+                int(parent.vout[0].nValue) - _paid_out(child)
+                for parent, child in itertools.pairwise(txs)
+            )
+        )
+        size = sum(vsize(tx) for tx in txs)
+        old_rate = -(-paid // size)
+        floor = old_rate + max(self.params.min_relay_fee_rate, old_rate // 4)
+        rate = max(self._rate(fee), floor)
+        cap = amount * MAX_BUMP_FEE_PCT // 100
+
+        def child_fee(child_vsize: int) -> int:
+            total = size + child_vsize
+            allowed = min(rate, cap // total)
+            if allowed < floor:
+                raise FeeBumpRefused(
+                    f"lifting the spend of {ref.locator} ({paid} sat in fees) to {floor} sat/vB "
+                    f"needs {floor * total} sat, over {MAX_BUMP_FEE_PCT} % of the HTLC amount "
+                    f"{amount}"
+                )
+            return allowed * total - paid
+
+        tail = txs[-1]
+        spk = bytes(tail.vout[0].scriptPubKey)
+        own = Utxo(b2lx(tail.GetTxid()), 0, int(tail.vout[0].nValue), spk)
+        child = build_child_spend(own, self.wallet.key_for_script(spk), child_fee, self.params)
+        return SignedTx(self.chain, TxKind.CHILD, b2lx(child.GetTxid()), child.serialize())
 
     def prepare_replacement(
         self,

@@ -410,20 +410,41 @@ class EmbeddedChain:
             self._block_min_fee_rate = rate
 
     def _block_template(self) -> list[CTransaction]:
-        """The mempool transactions that pay at least the block minimum fee rate, each after
-        its in-mempool parents (a child of a skipped parent is skipped too)."""
+        """The mempool transactions a block takes at the block minimum fee rate, chosen the
+        way Core's block assembler does: by *ancestor fee rate* (a transaction together with
+        its unconfirmed parents, the package a miner must take to take it), best package
+        first, each parent before its children. A parent below the rate is taken when a child
+        pays enough for both (child pays for parent, CPFP)."""
         if self._block_min_fee_rate == 0:
             return list(self._mempool.values())
         utxos = self._utxo_set()
-        taken: set[str] = set()
-        out: list[CTransaction] = []
-        for txid, tx in self._mempool.items():  # arrival order: parents come first
-            parents = {b2lx(i.prevout.hash) for i in tx.vin} & self._mempool.keys()
-            fee = self._mempool_fee(tx, utxos)
-            if parents <= taken and fee >= self._block_min_fee_rate * int(tx.get_virtual_size()):
-                taken.add(txid)
-                out.append(tx)
-        return out
+        fee = {txid: self._mempool_fee(tx, utxos) for txid, tx in self._mempool.items()}
+        size = {txid: int(tx.get_virtual_size()) for txid, tx in self._mempool.items()}
+        taken: dict[str, CTransaction] = {}  # insertion order is block order
+
+        def package(txid: str) -> list[str]:
+            """``txid`` and its untaken in-mempool ancestors, parents first."""
+            out: list[str] = []
+            for txin in self._mempool[txid].vin:
+                parent = b2lx(txin.prevout.hash)
+                if parent in self._mempool and parent not in taken:
+                    out += [p for p in package(parent) if p not in out]
+            return [*out, txid]
+
+        while True:
+            best: list[str] = []
+            best_fee, best_size = 0, 1
+            for txid in self._mempool:
+                if txid in taken:
+                    continue
+                pkg = package(txid)
+                pkg_fee, pkg_size = sum(fee[t] for t in pkg), sum(size[t] for t in pkg)
+                if pkg_fee * best_size > best_fee * pkg_size or not best:
+                    best, best_fee, best_size = pkg, pkg_fee, pkg_size
+            if not best or best_fee < self._block_min_fee_rate * best_size:
+                return list(taken.values())
+            for txid in best:
+                taken[txid] = self._mempool[txid]
 
     def mine(self, count: int, script_pubkey: bytes, *, parent: str | None = None) -> list[str]:
         """Mine ``count`` blocks paying ``script_pubkey``.

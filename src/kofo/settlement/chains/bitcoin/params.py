@@ -22,6 +22,10 @@ class ChainParams:
     dust_relay_fee_rate: int
     fallback_fee_rate: int
     coinbase_maturity: int = 100
+    replacement_relayed: bool = True
+    """Whether the chain's nodes relay BIP125 replacements by default. Where they do, a stuck
+    claim or refund is re-signed at a higher fee (RBF); where they do not, a child spending its
+    output pays for both (CPFP)."""
 
 
 _PARAMS: dict[tuple[str, str], ChainParams] = {}
@@ -43,9 +47,11 @@ _register(ChainParams("btc", "regtest", "bcrt", 1, 1, 3, 2))
 _register(ChainParams("btc", "simnet", "sb", 1, 1, 3, 2))
 # Litecoin Core: DEFAULT_MIN_RELAY_TX_FEE 10000 lit/kvB (10 lit/vB) and DUST_RELAY_TX_FEE
 # 30000 lit/kvB (30 lit/vB); SLIP-44 coin type 2. Fallback 20 lit/vB: twice the relay minimum.
-_register(ChainParams("ltc", "mainnet", "ltc", 2, 10, 30, 20))
-_register(ChainParams("ltc", "testnet", "tltc", 1, 10, 30, 20))
-_register(ChainParams("ltc", "regtest", "rltc", 1, 10, 30, 20))
+# Litecoin Core relays no replacement unless a node sets -mempoolreplacement=1 (default 0), so
+# its fee bumps are children (CPFP), which its block assembler scores by ancestor fee rate.
+_register(ChainParams("ltc", "mainnet", "ltc", 2, 10, 30, 20, replacement_relayed=False))
+_register(ChainParams("ltc", "testnet", "tltc", 1, 10, 30, 20, replacement_relayed=False))
+_register(ChainParams("ltc", "regtest", "rltc", 1, 10, 30, 20, replacement_relayed=False))
 
 
 def chain_params(chain: str, network: str) -> ChainParams:

@@ -1,4 +1,5 @@
-"""Build and sign the three HTLC transactions: funding (lock), claim (redeem) and refund.
+"""Build and sign the three HTLC transactions: funding (lock), claim (redeem) and refund, and
+the child that pays a stuck claim's or refund's fee (CPFP).
 
 Serialization, sighashes and ECDSA come from python-bitcointx (libsecp256k1); this module only
 decides inputs, outputs, fees and witness layout.
@@ -219,6 +220,29 @@ def build_htlc_spend(
     )
     sig = key.sign(sighash) + bytes([SIGHASH_ALL])
     tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig, *extra, witness_script]))])
+    return CTransaction.from_tx(tx)
+
+
+def build_child_spend(
+    parent: Utxo, key: CKey, fee_for_vsize: Callable[[int], int], params: ChainParams
+) -> CTransaction:
+    """Spend the wallet's unconfirmed output ``parent`` back to the same script, paying
+    ``fee_for_vsize(vsize)``: a child whose fee pays for its parents (CPFP).
+
+    The size is estimated with the largest signature, so the fee asked for is never short."""
+    vin = CTxIn(COutPoint(lx(parent.txid), parent.vout), nSequence=RBF_SEQUENCE)
+    tx = CMutableTransaction([vin], [CTxOut(0, CScript(parent.script_pubkey))], nVersion=2)
+    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x00" * _MAX_DER_SIG, key.pub]))])
+    fee = fee_for_vsize(vsize(tx))
+    value = parent.amount - fee
+    limit = dust_limit(parent.script_pubkey, params)
+    if value < limit:
+        raise InsufficientFunds(
+            f"output {parent.txid}:{parent.vout} of {parent.amount} minus a child fee of {fee} "
+            f"leaves {value}, below the dust limit {limit}"
+        )
+    tx.vout[0].nValue = value
+    tx.wit = CTxWitness([_p2wpkh_witness(tx, 0, key, parent.amount)])
     return CTransaction.from_tx(tx)
 
 

@@ -9,6 +9,7 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -351,6 +352,21 @@ class EthereumAdapter:
             raise TxRejected(f"refund is possible from {ref.terms.expiry}; chain time is {now}")
         name, args = self._spend_call(ref, None)
         return self._sign(TxKind.REFUND, self.htlc.functions[name](*args), fee)
+
+    def prepare_bump(
+        self,
+        ref: HtlcRef,
+        sent: Sequence[SignedTx],
+        preimage: bytes | None = None,
+        fee: FeeEstimate | None = None,
+    ) -> SignedTx:
+        """Ethereum bumps by replacement only: :meth:`prepare_replacement` of the newest
+        version."""
+        if len(sent) != 1:
+            raise InvalidInput(
+                f"{self.chain} bumps one sent transaction by replacement, got {len(sent)}"
+            )
+        return self.prepare_replacement(ref, sent[0], preimage, fee)
 
     def prepare_replacement(
         self,

@@ -1,0 +1,195 @@
+"""Child-pays-for-parent fee bumps of HTLC claims and refunds on a Litecoin-parameter chain (its
+nodes relay no replacement by default), on the embedded chain with a fee market: blocks take
+transactions by *ancestor* fee rate, as Core's block assembler does, and only packages paying
+the block minimum rate."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from bitcointx.core import CBitcoinTransaction as CTransaction
+from bitcointx.core import b2lx
+
+from kofo.errors import InvalidInput
+from kofo.settlement.chain import (
+    FeeEstimate,
+    HtlcState,
+    SignedTx,
+    TxKind,
+)
+from kofo.settlement.chains.bitcoin.adapter import (
+    MAX_BUMP_FEE_PCT,
+    MAX_PACKAGE,
+    BitcoinAdapter,
+    FeeBumpRefused,
+)
+from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
+from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from tests.bitcoin.conftest import locked_htlc
+
+LTC = chain_params("ltc", "regtest")
+
+
+@pytest.fixture(scope="module")
+def ltc() -> Iterator[EmbeddedChain]:
+    c = EmbeddedChain(params=LTC)
+    yield c
+    c.close()
+
+
+@pytest.fixture(autouse=True)
+def no_fee_market(ltc: EmbeddedChain) -> Iterator[None]:
+    ltc.set_block_min_fee_rate(0)
+    yield
+    ltc.set_block_min_fee_rate(0)
+
+
+def _adapter(chain: EmbeddedChain, seed: bytes) -> BitcoinAdapter:
+    return BitcoinAdapter(EmbeddedBackend(chain), HdWallet(seed, LTC))
+
+
+@pytest.fixture(scope="module")
+def alice(ltc: EmbeddedChain) -> BitcoinAdapter:
+    a = _adapter(ltc, b"\x1a" * 32)
+    a.backend.mine(110, a.wallet.address())  # ten mature coinbases
+    return a
+
+
+@pytest.fixture
+def bob(ltc: EmbeddedChain) -> BitcoinAdapter:
+    """A fresh, empty wallet: its balance is exactly what its claims bring in."""
+    return _adapter(ltc, os.urandom(32))
+
+
+def _fee(tx: SignedTx, spent: int) -> tuple[int, int]:
+    """(fee, vsize) of ``tx``, whose one input is worth ``spent``."""
+    parsed = CTransaction.deserialize(tx.raw)
+    return spent - sum(o.nValue for o in parsed.vout), parsed.get_virtual_size()
+
+
+def _value(tx: SignedTx) -> int:
+    return int(CTransaction.deserialize(tx.raw).vout[0].nValue)
+
+
+def test_a_stuck_claim_gets_a_child_and_the_package_confirms(ltc, alice, bob):
+    ref, preimage = locked_htlc(alice, bob)
+    claim = bob.prepare_redeem(ref, preimage)  # no estimate yet: the 20 lit/vB fallback
+    bob.broadcast(claim)
+    ltc.set_block_min_fee_rate(60)  # fees rise: the next blocks need 60 lit/vB
+    alice.backend.mine(2, alice.wallet.address())
+    assert bob.status(ref).spend_confirmations == 0  # the claim waits in the mempool
+
+    child = bob.prepare_bump(ref, [claim], preimage)
+    assert child.kind is TxKind.CHILD  # Litecoin's nodes would refuse a replacement
+    parsed = CTransaction.deserialize(child.raw)
+    assert [(b2lx(i.prevout.hash), i.prevout.n) for i in parsed.vin] == [(claim.txid, 0)]
+    assert parsed.vout[0].scriptPubKey == CTransaction.deserialize(claim.raw).vout[0].scriptPubKey
+    claim_fee, claim_size = _fee(claim, ref.terms.amount)
+    child_fee, child_size = _fee(child, _value(claim))
+    assert claim_fee + child_fee >= 60 * (claim_size + child_size)  # the package's rate
+    assert child_fee >= LTC.min_relay_fee_rate * child_size  # and the child relays alone
+    bob.broadcast(child)
+    alice.backend.mine(1, alice.wallet.address())
+    done = alice.status(ref)
+    assert done.state is HtlcState.REDEEMED and done.spend_txid == claim.txid
+    assert done.spend_confirmations == 1 and done.preimage == preimage
+    assert bob.tx_confirmations(child.txid) == 1
+    assert bob.balance() == ref.terms.amount - claim_fee - child_fee
+
+
+def test_a_child_too_cheap_for_the_package_leaves_both_waiting_and_a_grandchild_lifts_all(
+    ltc, alice, bob
+):
+    ref, preimage = locked_htlc(alice, bob)
+    claim = bob.prepare_redeem(ref, preimage)
+    bob.broadcast(claim)
+    ltc.set_block_min_fee_rate(80)
+    # Asked for 30 lit/vB: the floor (the claim's 20 + the 10 relay minimum), far under 80.
+    child = bob.prepare_child(ref, [claim], FeeEstimate(30))
+    bob.broadcast(child)
+    alice.backend.mine(1, alice.wallet.address())
+    assert bob.tx_confirmations(claim.txid) == 0 and bob.tx_confirmations(child.txid) == 0
+
+    grandchild = bob.prepare_bump(ref, [claim, child], preimage)  # at the estimate: 80
+    parsed = CTransaction.deserialize(grandchild.raw)
+    assert b2lx(parsed.vin[0].prevout.hash) == child.txid
+    fees = [
+        _fee(claim, ref.terms.amount),
+        _fee(child, _value(claim)),
+        _fee(grandchild, _value(child)),
+    ]
+    assert sum(f for f, _ in fees) >= 80 * sum(v for _, v in fees)
+    bob.broadcast(grandchild)
+    alice.backend.mine(1, alice.wallet.address())
+    assert [bob.tx_confirmations(t.txid) for t in (claim, child, grandchild)] == [1, 1, 1]
+    assert bob.balance() == ref.terms.amount - sum(f for f, _ in fees)
+
+
+def test_a_stuck_refund_gets_a_child(ltc, alice, bob):
+    ref, _ = locked_htlc(alice, bob, expiry_in=3)
+    alice.backend.mine(3, alice.wallet.address())
+    refund = alice.prepare_refund(ref)
+    alice.broadcast(refund)
+    ltc.set_block_min_fee_rate(50)
+    alice.backend.mine(1, bob.wallet.address())
+    assert alice.status(ref).spend_confirmations == 0
+    child = alice.prepare_bump(ref, [refund])
+    assert child.kind is TxKind.CHILD
+    alice.broadcast(child)
+    alice.backend.mine(1, bob.wallet.address())
+    done = alice.status(ref)
+    assert done.state is HtlcState.REFUNDED and done.spend_txid == refund.txid
+    assert done.spend_confirmations == 1 and alice.tx_confirmations(child.txid) == 1
+
+
+def test_a_child_is_held_to_the_fee_cap_and_refused_when_none_fits_under_it(alice, bob):
+    ref, preimage = locked_htlc(alice, bob, amount=40_000)
+    cap = ref.terms.amount * MAX_BUMP_FEE_PCT // 100
+    claim = bob.prepare_redeem(ref, preimage)  # 20 lit/vB
+    child = bob.prepare_child(ref, [claim], FeeEstimate(500))
+    fees = [_fee(claim, ref.terms.amount), _fee(child, _value(claim))]
+    total_fee, total_size = sum(f for f, _ in fees), sum(v for _, v in fees)
+    assert total_fee <= cap < 500 * total_size  # asked for 500 lit/vB, got what the cap allows
+    assert total_fee >= 30 * total_size  # still at least the floor: 20 + the relay minimum
+    pricey = bob.prepare_redeem(ref, preimage, FeeEstimate(100))  # the package needs 125+
+    with pytest.raises(FeeBumpRefused, match=f"over {MAX_BUMP_FEE_PCT} % of the HTLC amount 40000"):
+        bob.prepare_child(ref, [pricey])
+
+
+def test_a_package_that_is_not_a_spend_of_the_htlc_and_its_children_is_refused(alice, bob):
+    ref, preimage = locked_htlc(alice, bob)
+    other, _ = locked_htlc(alice, bob)
+    claim = bob.prepare_redeem(ref, preimage)
+    child = bob.prepare_child(ref, [claim])
+    with pytest.raises(InvalidInput, match="does not spend the HTLC"):
+        bob.prepare_child(ref, [alice.prepare_refund(other)])
+    with pytest.raises(InvalidInput, match="is not a child of the one before it"):
+        bob.prepare_child(ref, [claim, child, child])
+    with pytest.raises(InvalidInput, match="no sent spend"):
+        bob.prepare_bump(ref, [])
+    with pytest.raises(FeeBumpRefused, match=f"at most {MAX_PACKAGE} unconfirmed"):
+        bob.prepare_child(ref, [claim] + [child] * (MAX_PACKAGE - 1))
+
+
+def test_a_chain_that_relays_replacements_bumps_by_replacement():
+    """The same adapter code on Bitcoin parameters answers a replacement, and refuses a package
+    (there, a stuck spend never has children)."""
+    btc = EmbeddedChain()
+    try:
+        regtest = chain_params("btc", "regtest")
+        a, b = (
+            BitcoinAdapter(EmbeddedBackend(btc), HdWallet(os.urandom(32), regtest)) for _ in "ab"
+        )
+        a.backend.mine(101, a.wallet.address())
+        ref, preimage = locked_htlc(a, b)
+        claim = b.prepare_redeem(ref, preimage)
+        bump = b.prepare_bump(ref, [claim], preimage)
+        assert bump.kind is TxKind.REDEEM and bump.txid != claim.txid
+        with pytest.raises(InvalidInput, match="bumps by replacement"):
+            b.prepare_bump(ref, [claim, bump], preimage)
+    finally:
+        btc.close()

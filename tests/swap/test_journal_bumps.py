@@ -1,0 +1,104 @@
+"""The journal's record of fee bumps: replacement versions, children paying for a spend (CPFP),
+which of them are (re-)sent, and journals written before bumps existed."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from kofo.settlement.chain import SignedTx, TxKind
+from kofo.settlement.journal import Journal, JournalError
+
+SWAP = b"\x01" * 32
+
+
+def _tx(kind: TxKind, n: int) -> SignedTx:
+    return SignedTx("ltc", kind, f"{n:064x}", bytes([n]) * 10)
+
+
+@pytest.fixture
+def journal(tmp_path):
+    j = Journal(tmp_path / "journal.db")
+    yield j
+    j.close()
+
+
+def test_children_are_sent_after_the_newest_version_and_a_replacement_supersedes_them(journal):
+    redeem, child, grandchild = _tx(TxKind.REDEEM, 1), _tx(TxKind.CHILD, 2), _tx(TxKind.CHILD, 3)
+    journal.store_txs(SWAP, TxKind.REDEEM, [redeem])
+    journal.mark_broadcast(SWAP, redeem.txid, 100)
+    journal.store_bump(SWAP, TxKind.REDEEM, child)
+    journal.mark_broadcast(SWAP, child.txid, 103)
+    journal.store_bump(SWAP, TxKind.REDEEM, grandchild)
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, child, grandchild]
+    assert journal.versions(SWAP, TxKind.REDEEM) == [
+        (redeem, 100),
+        (child, 103),
+        (grandchild, None),
+    ]
+
+    replacement = _tx(TxKind.REDEEM, 4)
+    journal.store_bump(SWAP, TxKind.REDEEM, replacement)
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [replacement]
+    kinds = [k for k, *_ in journal.all_txs(SWAP)]
+    assert kinds == [TxKind.REDEEM, TxKind.CHILD, TxKind.CHILD, TxKind.REDEEM]
+
+
+def test_a_new_child_drops_a_child_never_sent_but_keeps_its_row(journal):
+    refund, refused, child = _tx(TxKind.REFUND, 1), _tx(TxKind.CHILD, 2), _tx(TxKind.CHILD, 3)
+    journal.store_txs(SWAP, TxKind.REFUND, [refund])
+    journal.mark_broadcast(SWAP, refund.txid, 100)
+    journal.store_bump(SWAP, TxKind.REFUND, refused)  # a node refused it: never marked sent
+    journal.store_bump(SWAP, TxKind.REFUND, child)
+    assert journal.current_txs(SWAP, TxKind.REFUND) == [refund, child]
+    assert [tx for tx, _ in journal.versions(SWAP, TxKind.REFUND)] == [refund, child]
+    assert journal.txs(SWAP, TxKind.REFUND) == [refund, refused, child]  # the record stays
+
+
+def test_a_sent_child_is_never_dropped(journal):
+    redeem, child, grandchild = _tx(TxKind.REDEEM, 1), _tx(TxKind.CHILD, 2), _tx(TxKind.CHILD, 3)
+    journal.store_txs(SWAP, TxKind.REDEEM, [redeem])
+    journal.store_bump(SWAP, TxKind.REDEEM, child)
+    journal.mark_broadcast(SWAP, child.txid)  # sent on a chain that records no height
+    journal.store_bump(SWAP, TxKind.REDEEM, grandchild)
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, child, grandchild]
+
+
+def test_bumps_that_make_no_sense_are_refused(journal):
+    with pytest.raises(JournalError, match=r"no redeem of swap \w+ is stored to bump"):
+        journal.store_bump(SWAP, TxKind.REDEEM, _tx(TxKind.CHILD, 1))
+    journal.store_txs(SWAP, TxKind.LOCK, [_tx(TxKind.LOCK, 1)])
+    with pytest.raises(JournalError, match="only a redeem or refund is bumped, not a lock"):
+        journal.store_bump(SWAP, TxKind.LOCK, _tx(TxKind.LOCK, 2))
+    journal.store_txs(SWAP, TxKind.REDEEM, [_tx(TxKind.REDEEM, 3)])
+    with pytest.raises(
+        JournalError, match="a bump of a redeem is a redeem or a child, not a refund"
+    ):
+        journal.store_bump(SWAP, TxKind.REDEEM, _tx(TxKind.REFUND, 4))
+
+
+def test_a_journal_written_before_fee_bumps_is_read_and_bumped(tmp_path):
+    """The txs table of the first releases had neither ``sent_height`` nor ``role``."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE txs (swap_id BLOB NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "chain TEXT NOT NULL, txid TEXT NOT NULL, raw BLOB NOT NULL, broadcast_at REAL, "
+        "PRIMARY KEY (swap_id, kind, seq))"
+    )
+    redeem = _tx(TxKind.REDEEM, 1)
+    db.execute(
+        "INSERT INTO txs VALUES (?,?,?,?,?,?,?)",
+        (SWAP, "redeem", 0, redeem.chain, redeem.txid, redeem.raw, 1.0),
+    )
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    try:
+        assert journal.versions(SWAP, TxKind.REDEEM) == [(redeem, None)]
+        child = _tx(TxKind.CHILD, 2)
+        journal.store_bump(SWAP, TxKind.REDEEM, child)
+        assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, child]
+    finally:
+        journal.close()
