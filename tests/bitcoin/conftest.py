@@ -65,9 +65,10 @@ def locked_htlc(
     *,
     expiry_in: int = 30,
     amount: int = 200_000,
+    mine: bool = True,
 ) -> tuple[HtlcRef, bytes]:
-    """``sender`` locks ``amount`` to ``recipient`` for ``expiry_in`` blocks and mines the lock
-    into a block; returns the HTLC and its preimage."""
+    """``sender`` locks ``amount`` to ``recipient`` for ``expiry_in`` blocks and (``mine``)
+    mines the lock into a block; returns the HTLC and its preimage."""
     preimage = os.urandom(32)
     terms = HtlcTerms(
         chain=sender.chain,
@@ -78,5 +79,6 @@ def locked_htlc(
         expiry=BlockHeight(sender.expiry_now().value + expiry_in),
     )
     ref = sender.lock(terms)
-    sender.backend.mine(1, sender.wallet.address())
+    if mine:
+        sender.backend.mine(1, sender.wallet.address())
     return ref, preimage

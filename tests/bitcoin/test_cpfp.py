@@ -15,6 +15,7 @@ from bitcointx.core import b2lx
 from kofo.errors import InvalidInput
 from kofo.settlement.chain import (
     FeeEstimate,
+    HtlcRef,
     HtlcState,
     SignedTx,
     TxKind,
@@ -160,16 +161,63 @@ def test_a_child_is_held_to_the_fee_cap_and_refused_when_none_fits_under_it(alic
         bob.prepare_child(ref, [pricey])
 
 
+def _lock_of(adapter: BitcoinAdapter, ref: HtlcRef) -> SignedTx:
+    """The lock of ``ref``, read from the mempool it waits in."""
+    raw = next(
+        r
+        for r in adapter.backend.mempool_raw()
+        if b2lx(CTransaction.deserialize(r).GetTxid()) == ref.lock_txid
+    )
+    return SignedTx(adapter.chain, TxKind.LOCK, ref.lock_txid, raw)
+
+
+@pytest.mark.parametrize("params", ["ltc", "btc"])
+def test_a_stuck_lock_gets_a_child_spending_its_change_and_the_htlc_stays_put(
+    ltc, alice, bob, params
+):
+    """A lock is bumped by a child on every Bitcoin-like chain (a replacement would move the
+    HTLC to another outpoint): the child spends the lock's change output."""
+    chain = ltc if params == "ltc" else EmbeddedChain()
+    try:
+        if params == "btc":
+            regtest = chain_params("btc", "regtest")
+            alice, bob = (
+                BitcoinAdapter(EmbeddedBackend(chain), HdWallet(os.urandom(32), regtest))
+                for _ in "ab"
+            )
+            alice.backend.mine(101, alice.wallet.address())
+        ref, _ = locked_htlc(alice, bob, amount=300_000, mine=False)  # at the fallback rate
+        chain.set_block_min_fee_rate(10 * alice.params.fallback_fee_rate)
+        alice.backend.mine(1, bob.wallet.address())
+        assert alice.status(ref).confirmations == 0
+        lock = _lock_of(alice, ref)
+
+        child = alice.prepare_bump(ref, [lock])
+        assert child.kind is TxKind.CHILD
+        parsed = CTransaction.deserialize(child.raw)
+        (spent,) = [(b2lx(i.prevout.hash), i.prevout.n) for i in parsed.vin]
+        assert spent[0] == ref.lock_txid and f"{spent[0]}:{spent[1]}" != ref.locator
+        with pytest.raises(FeeBumpRefused, match="has no change output"):
+            bob.prepare_bump(ref, [lock])  # the change is not bob's
+        alice.broadcast(child)
+        alice.backend.mine(1, bob.wallet.address())
+        assert alice.status(ref).confirmations == 1  # the same outpoint, now mined
+        assert alice.tx_confirmations(child.txid) == 1
+    finally:
+        if params == "btc":
+            chain.close()
+
+
 def test_a_package_that_is_not_a_spend_of_the_htlc_and_its_children_is_refused(alice, bob):
     ref, preimage = locked_htlc(alice, bob)
     other, _ = locked_htlc(alice, bob)
     claim = bob.prepare_redeem(ref, preimage)
     child = bob.prepare_child(ref, [claim])
-    with pytest.raises(InvalidInput, match="does not spend the HTLC"):
+    with pytest.raises(InvalidInput, match="is neither the lock nor a spend of the HTLC"):
         bob.prepare_child(ref, [alice.prepare_refund(other)])
     with pytest.raises(InvalidInput, match="is not a child of the one before it"):
         bob.prepare_child(ref, [claim, child, child])
-    with pytest.raises(InvalidInput, match="no sent spend"):
+    with pytest.raises(InvalidInput, match="nothing sent for the HTLC"):
         bob.prepare_bump(ref, [])
     with pytest.raises(FeeBumpRefused, match=f"at most {MAX_PACKAGE} unconfirmed"):
         bob.prepare_child(ref, [claim] + [child] * (MAX_PACKAGE - 1))
@@ -189,7 +237,7 @@ def test_a_chain_that_relays_replacements_bumps_by_replacement():
         claim = b.prepare_redeem(ref, preimage)
         bump = b.prepare_bump(ref, [claim], preimage)
         assert bump.kind is TxKind.REDEEM and bump.txid != claim.txid
-        with pytest.raises(InvalidInput, match="bumps by replacement"):
+        with pytest.raises(InvalidInput, match="bumps a spend by replacement"):
             b.prepare_bump(ref, [claim, bump], preimage)
     finally:
         btc.close()

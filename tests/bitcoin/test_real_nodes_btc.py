@@ -125,35 +125,52 @@ def _fee_bump(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
 
 
 def _child_pays_for_parent(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
-    """A claim stuck in the node's mempool gets a child paying for both (the adapter's CPFP
-    bump), which the node relays, and its block assembler mines the two as one package.
+    """A lock, then a claim, stuck in the node's mempool each get a child paying for both (the
+    adapter's CPFP bump; a lock's child spends its change), which the node relays, and its
+    block assembler mines each pair as one package.
 
-    On litecoind the claim is first made unminable alone: ``prioritisetransaction`` takes its
+    On litecoind each parent is first made unminable alone: ``prioritisetransaction`` takes its
     whole fee away in the node's eyes (as a fee rise would), a block is mined without it, and
     only the child's fee brings the package over the block minimum rate. btcd has no
-    ``prioritisetransaction``; there the test shows it relays and mines the child's package."""
+    ``prioritisetransaction``; there the test shows it relays and mines the children."""
+    rpc = bob.backend.client  # type: ignore[attr-defined]
+    demote = rpc.dialect != "btcd"
+
+    def stuck(adapter: BitcoinAdapter, parent: SignedTx, fee: int) -> None:
+        if demote:
+            assert rpc.call("prioritisetransaction", parent.txid, 0, -fee) is True
+            mine(1)
+            assert adapter.tx_confirmations(parent.txid) == 0  # waits: worth nothing alone
+
+    def paid_for(adapter: BitcoinAdapter, ref: HtlcRef, parent: SignedTx) -> SignedTx:
+        child = adapter.prepare_child(ref, [parent])
+        assert child.kind is TxKind.CHILD
+        adapter.broadcast(child)
+        if demote:  # the node sees parent + child as one package
+            assert rpc.call("getmempoolentry", child.txid)["ancestorcount"] == 2
+        mine(1)
+        assert adapter.tx_confirmations(parent.txid) == 1
+        assert adapter.tx_confirmations(child.txid) == 1
+        return child
+
     terms, preimage = _terms(alice.chain, alice, bob, BlockHeight(alice.expiry_now().value + 30))
-    ref = alice.lock(terms)
-    mine(1)
+    (lock,) = alice.prepare_lock(terms)
+    alice.broadcast(lock)
+    spent = sum(
+        alice.index.txs[b2lx(i.prevout.hash)].tx.vout[i.prevout.n].nValue
+        for i in CTx.deserialize(lock.raw).vin
+    )
+    stuck(alice, lock, spent - sum(o.nValue for o in CTx.deserialize(lock.raw).vout))
+    ref = alice.htlc_ref(terms, lock)
+    paid_for(alice, ref, lock)
+
     claim = bob.prepare_redeem(ref, preimage)
     bob.broadcast(claim)
-    claim_fee = terms.amount - sum(o.nValue for o in CTx.deserialize(claim.raw).vout)
-    rpc = bob.backend.client  # type: ignore[attr-defined]
-    if rpc.dialect != "btcd":
-        assert rpc.call("prioritisetransaction", claim.txid, 0, -claim_fee) is True
-        mine(1)
-        assert alice.status(ref).spend_confirmations == 0  # waits: worth nothing alone
-    child = bob.prepare_child(ref, [claim])
-    assert child.kind is TxKind.CHILD
-    bob.broadcast(child)
-    if rpc.dialect != "btcd":
-        entry = rpc.call("getmempoolentry", child.txid)
-        assert entry["ancestorcount"] == 2  # the node sees claim + child as one package
-    mine(1)
+    stuck(bob, claim, terms.amount - sum(o.nValue for o in CTx.deserialize(claim.raw).vout))
+    paid_for(bob, ref, claim)
     status = alice.status(ref)
     assert status.state is HtlcState.REDEEMED and status.spend_txid == claim.txid
-    assert status.spend_confirmations == 1 and status.preimage == preimage
-    assert bob.tx_confirmations(child.txid) == 1
+    assert status.preimage == preimage
 
 
 def _spend(

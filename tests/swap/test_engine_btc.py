@@ -95,6 +95,16 @@ def _start_btc_for_eth(
     return give, get, assets, before, _start(w, give, get)
 
 
+def _assert_exact_holdings(w: World, give: Leg, get: Leg, assets, before: dict, sid: bytes) -> None:
+    """Each node holds what it held before, minus what it gave, plus what it got, minus the
+    fees its confirmed transactions paid: nothing more, nothing less."""
+    for node in (w.alice, w.bob):
+        gives, gets = (give, get) if node is w.alice else (get, give)
+        assert holdings(node, assets) == expected_after(
+            before[node.name], gives=gives, gets=gets, fees=fees_paid(node, sid)
+        )
+
+
 PAIRS = {
     # name: (btc-like chain, initiator leg (chain, amount, token?), participant leg)
     "btc_for_eth": ("btc", ("btc", BTC_AMOUNT, False), ("eth", 2 * ETHER, False)),
@@ -129,12 +139,7 @@ def test_swap_pays_both_sides_exactly_the_agreed_amounts(world_factory, pair):
     preimage = alice.engine.journal.preimage(sid)
     assert preimage is not None and hashlib.sha256(preimage).digest() == terms.payment_hash
     assert bob.engine.journal.preimage(sid) == preimage  # read off the chain alice redeemed on
-    assert holdings(alice, assets) == expected_after(
-        before["alice"], gives=give, gets=get, fees=fees_paid(alice, sid)
-    )
-    assert holdings(bob, assets) == expected_after(
-        before["bob"], gives=get, gets=give, fees=fees_paid(bob, sid)
-    )
+    _assert_exact_holdings(w, give, get, assets, before, sid)
     assert alice.engine.journal.evidence(sid) == [] and bob.engine.journal.evidence(sid) == []
 
 
@@ -307,8 +312,37 @@ def test_a_redeem_stuck_by_a_fee_rise_is_bumped_and_the_swap_completes(
     assert package_fee >= block_min_rate * package_vsize
     reasons = [e.payload.get("reason", "") for e in bob.engine.journal.events(sid)]
     assert any("raise its fee" in r for r in reasons)
-    for node in (alice, bob):
-        gives, gets = (give, get) if node is alice else (get, give)
-        assert holdings(node, assets) == expected_after(
-            before[node.name], gives=gives, gets=gets, fees=fees_paid(node, sid)
-        )
+    _assert_exact_holdings(w, give, get, assets, before, sid)
+
+
+def test_a_lock_stuck_by_a_fee_rise_gets_a_child_and_the_swap_completes(world_factory):
+    """Alice's BTC lock is sent at the fee of the moment; then the next blocks need 40 sat/vB.
+    After one block without it her node adds a child spending the lock's change, the two
+    confirm together (the HTLC's outpoint never moved), and the swap completes."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    give, get, assets, before, sid = _start_btc_for_eth(w)
+    for _ in range(10):
+        alice.engine.tick()
+        if alice.engine.journal.get(sid).state is State.LOCK_SENT:
+            break
+    assert alice.engine.journal.get(sid).state is State.LOCK_SENT
+    [(lock, _)] = alice.engine.journal.versions(sid, TxKind.LOCK)
+    btc.chain.set_block_min_fee_rate(40)
+
+    states = drive([alice, bob], sid, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    steps = [tx for tx, _ in alice.engine.journal.versions(sid, TxKind.LOCK)]
+    assert steps[0] == lock and [t.kind for t in steps[1:]] == [TxKind.CHILD]
+    adapter = alice.engine.adapters["btc"]
+    package = [lock, steps[1]]
+    assert all(adapter.tx_confirmations(t.txid) >= 1 for t in package)
+    # mined in the same block: the lock alone paid too little for any block since the rise
+    assert len({adapter.tx_confirmations(t.txid) for t in package}) == 1
+    fee = sum(btc_fee(adapter, t.txid) for t in package)
+    assert fee >= 40 * sum(CTransaction.deserialize(t.raw).get_virtual_size() for t in package)
+    events = [e.payload.get("reason", "") for e in alice.engine.journal.events(sid)]
+    assert any("our lock is not confirming" in r for r in events)
+    _assert_exact_holdings(w, give, get, assets, before, sid)

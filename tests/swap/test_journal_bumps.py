@@ -68,14 +68,30 @@ def test_a_sent_child_is_never_dropped(journal):
 def test_bumps_that_make_no_sense_are_refused(journal):
     with pytest.raises(JournalError, match=r"no redeem of swap \w+ is stored to bump"):
         journal.store_bump(SWAP, TxKind.REDEEM, _tx(TxKind.CHILD, 1))
+    with pytest.raises(
+        JournalError, match="only a lock, redeem or refund is bumped, not a transfer"
+    ):
+        journal.store_bump(SWAP, TxKind.TRANSFER, _tx(TxKind.CHILD, 1))
     journal.store_txs(SWAP, TxKind.LOCK, [_tx(TxKind.LOCK, 1)])
-    with pytest.raises(JournalError, match="only a redeem or refund is bumped, not a lock"):
+    with pytest.raises(JournalError, match="a bump of a lock is a child, not a lock"):
         journal.store_bump(SWAP, TxKind.LOCK, _tx(TxKind.LOCK, 2))
     journal.store_txs(SWAP, TxKind.REDEEM, [_tx(TxKind.REDEEM, 3)])
     with pytest.raises(
         JournalError, match="a bump of a redeem is a redeem or a child, not a refund"
     ):
         journal.store_bump(SWAP, TxKind.REDEEM, _tx(TxKind.REFUND, 4))
+
+
+def test_a_lock_step_keeps_approve_then_lock_then_its_children(journal):
+    approve, lock, child = _tx(TxKind.APPROVE, 1), _tx(TxKind.LOCK, 2), _tx(TxKind.CHILD, 3)
+    journal.store_txs(SWAP, TxKind.LOCK, [approve, lock])
+    journal.mark_broadcast(SWAP, approve.txid, 50)
+    journal.mark_broadcast(SWAP, lock.txid, 50)
+    journal.store_bump(SWAP, TxKind.LOCK, child)
+    assert journal.current_txs(SWAP, TxKind.LOCK) == [approve, lock, child]
+    assert journal.txs(SWAP, TxKind.LOCK) == [approve, lock, child]
+    kinds = [k for k, *_ in journal.all_txs(SWAP)]
+    assert kinds == [TxKind.APPROVE, TxKind.LOCK, TxKind.CHILD]
 
 
 def test_a_journal_written_before_fee_bumps_is_read_and_bumped(tmp_path):

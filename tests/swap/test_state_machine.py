@@ -31,6 +31,7 @@ leg_facts = st.builds(
     preimage=st.sampled_from([None, b"\x07" * 32]),
     audit_error=st.sampled_from([None, "audit_amount"]),
     spend_stuck=st.booleans(),
+    lock_stuck=st.booleans(),
 )
 # Clocks around every deadline of the terms, so each comparison is exercised on both sides.
 c1_clock = st.integers(TERMS.initiator_lock_by.value - 3, A_LEG.expiry.value + 3)
@@ -78,7 +79,12 @@ def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
         assert rec.has_preimage or facts.own.preimage is not None
     if rec.state in TERMINAL:
         assert action.kind is ActionKind.DONE
-    if action.kind is ActionKind.BUMP:
+    if action.kind is ActionKind.BUMP and action.tx_kind is TxKind.LOCK:
+        # Only our own lock waiting unconfirmed in a mempool, before the lock deadline (above).
+        assert facts.own.lock_stuck
+        assert facts.own.state is HtlcState.LOCKED and facts.own.confirmations == 0
+        assert rec.state is State.LOCK_SENT and action.to is State.LOCK_SENT
+    elif action.kind is ActionKind.BUMP:
         # Only a sent spend that has not confirmed is replaced, and only where it is re-sent.
         leg = facts.counter if action.tx_kind is TxKind.REDEEM else facts.own
         assert leg.spend_stuck
@@ -224,3 +230,22 @@ def test_the_initiator_never_bumps_an_unseen_redeem_after_its_redeem_deadline():
     assert next_action(rec, facts, before).kind is ActionKind.BUMP
     at = {"c1": BlockHeight(0), "c2": TERMS.initiator_redeem_by}
     assert next_action(rec, facts, at).to is State.REFUND_WAIT
+
+
+def test_a_lock_waiting_unconfirmed_is_bumped_only_before_the_lock_deadline():
+    rec = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.LOCK_SENT, True)
+    before = {"c1": BlockHeight(TERMS.initiator_lock_by.value - 1), "c2": UnixTime(0)}
+    stuck = ChainFacts(LegFacts(HtlcState.LOCKED, 0, lock_stuck=True))
+    action = next_action(rec, stuck, before)
+    assert (action.kind, action.tx_kind, action.to) == (
+        ActionKind.BUMP,
+        TxKind.LOCK,
+        State.LOCK_SENT,
+    )
+    assert next_action(rec, ChainFacts(LegFacts(HtlcState.LOCKED, 0)), before).kind is (
+        ActionKind.WAIT
+    )
+    late = {**before, "c1": TERMS.initiator_lock_by}
+    assert next_action(rec, stuck, late).kind is ActionKind.WAIT
+    signed = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.LOCK_SIGNED, True)
+    assert next_action(signed, stuck, before).to is State.LOCK_SENT  # first: seen on chain

@@ -95,7 +95,7 @@ CRASH_POINTS: tuple[str, ...] = (
     *(f"stored:{k.value}" for k in _SIGNED_KINDS),
     *(f"before_broadcast:{k.value}" for k in _SIGNED_KINDS),
     *(f"after_broadcast:{k.value}" for k in _SIGNED_KINDS),
-    *(f"stored:bump_{k.value}" for k in (TxKind.REDEEM, TxKind.REFUND)),
+    *(f"stored:bump_{k.value}" for k in _SIGNED_KINDS),
 )
 """Every named point where a crash is injectable: after each state transition is journaled,
 after each step's signed transactions are stored (and each fee bump), and
@@ -277,10 +277,13 @@ class SwapEngine:
     # -- reading the chains -------------------------------------------------------------------
 
     def _own_ref(self, rec: StoredSwap, htlc: HtlcTerms) -> HtlcRef | None:
-        txs = self.journal.txs(rec.swap_id, TxKind.LOCK)
-        if not txs:
-            return None
-        return self.adapters[htlc.chain].htlc_ref(htlc, txs[-1])
+        lock = self._lock_tx(rec)
+        return None if lock is None else self.adapters[htlc.chain].htlc_ref(htlc, lock)
+
+    def _lock_tx(self, rec: StoredSwap) -> SignedTx | None:
+        """Our stored lock (after any approve, before any child paying for it)."""
+        locks = [tx for tx in self.journal.txs(rec.swap_id, TxKind.LOCK) if tx.kind is TxKind.LOCK]
+        return locks[-1] if locks else None
 
     def _counter_ref(self, rec: StoredSwap, htlc: HtlcTerms) -> HtlcRef | None:
         """Where the counterparty's lock is. Found once while it is live, then remembered in
@@ -353,7 +356,9 @@ class SwapEngine:
         st = self.adapters[chain].status(ref)
         facts = LegFacts(st.state, st.confirmations, st.spend_confirmations, st.preimage)
         if self._spend_stuck(rec, chain, spend, facts):
-            return replace(facts, spend_stuck=True)
+            facts = replace(facts, spend_stuck=True)
+        if spend is TxKind.REFUND and self._lock_stuck(rec, chain, facts):
+            facts = replace(facts, lock_stuck=True)
         return facts
 
     def _bump_after(self, chain: str) -> int | None:
@@ -361,15 +366,26 @@ class SwapEngine:
         return None if policy is None else policy.bump_after_blocks
 
     def _spend_stuck(self, rec: StoredSwap, chain: str, kind: TxKind, leg: LegFacts) -> bool:
-        """Whether our ``kind`` spend of this leg should be replaced at a higher fee."""
-        after = self._bump_after(chain)
-        if after is None:
-            return False
+        """Whether our ``kind`` spend of this leg should get a higher fee."""
         spent = HtlcState.REDEEMED if kind is TxKind.REDEEM else HtlcState.REFUNDED
         unconfirmed = leg.state is HtlcState.LOCKED or (
             leg.state is spent and leg.spend_confirmations == 0
         )
-        if not unconfirmed:
+        return unconfirmed and self._waited(rec, chain, kind)
+
+    def _lock_stuck(self, rec: StoredSwap, chain: str, own: LegFacts) -> bool:
+        """Whether our lock, waiting unconfirmed, should get a child paying for it."""
+        policy = self.policies.get(chain)
+        if policy is None or not policy.bump_locks:
+            return False
+        unconfirmed = own.state is HtlcState.LOCKED and own.confirmations == 0
+        return unconfirmed and self._waited(rec, chain, TxKind.LOCK)
+
+    def _waited(self, rec: StoredSwap, chain: str, kind: TxKind) -> bool:
+        """Whether the newest stored ``kind`` transaction was sent ``bump_after_blocks`` ago (or
+        is a bump stored but not sent yet); False before the step was first sent."""
+        after = self._bump_after(chain)
+        if after is None:
             return False
         versions = self.journal.versions(rec.swap_id, kind)
         sent = [height for _, height in versions if height is not None]
@@ -382,10 +398,11 @@ class SwapEngine:
     def _bump(
         self, rec: StoredSwap, kind: TxKind, own_ref: HtlcRef | None, ctr_ref: HtlcRef | None
     ) -> list[str]:
-        """Raise the fee of our stuck ``kind`` spend (store first, then send): a replacement or
-        a child paying for it, as the chain does it. A newest bump stored but not sent is sent
-        as it is, unless it has waited twice the bump wait; then (a node refusing it, say) it
-        is bumped in turn (a replacement of it, or a child of what was sent)."""
+        """Raise the fee of our stuck ``kind`` transaction (store first, then send): a
+        replacement or a child paying for it, as the chain does it (a lock: a child). A newest
+        bump stored but not sent is sent as it is, unless it has waited twice the bump wait;
+        then (a node refusing it, say) it is bumped in turn (a replacement of it, or a child of
+        what was sent)."""
         ref = ctr_ref if kind is TxKind.REDEEM else own_ref
         assert ref is not None, f"{kind} bump decided without its HTLC"
         chain = ref.terms.chain
@@ -552,7 +569,12 @@ class SwapEngine:
             adapter.broadcast(tx)
             # The height a redeem/refund was first sent at dates it for fee bumps (only on a
             # chain that bumps: elsewhere it would cost a head query per send).
-            bumps = kind is not TxKind.LOCK and self._bump_after(tx.chain) is not None
+            policy = self.policies.get(tx.chain)
+            bumps = (
+                policy is not None
+                and policy.bump_after_blocks is not None
+                and (kind is not TxKind.LOCK or policy.bump_locks)
+            )
             self.journal.mark_broadcast(
                 rec.swap_id, tx.txid, adapter.tip().height if bumps else None
             )
@@ -626,8 +648,9 @@ class SwapEngine:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
         if kind is TxKind.LOCK:
             own = view.own_leg.htlc(rec.terms.payment_hash)
-            txs = self.journal.txs(rec.swap_id, TxKind.LOCK)
-            ref = self.adapters[own.chain].htlc_ref(own, txs[-1])
+            lock = self._lock_tx(rec)
+            assert lock is not None, "a lock was sent, so it is stored"
+            ref = self.adapters[own.chain].htlc_ref(own, lock)
             self._send_notice(rec, Locked(rec.swap_id, ref.locator, ref.lock_txid, own))
         elif kind is TxKind.REDEEM:
             self._send_notice(rec, Redeemed(rec.swap_id, view.counter_leg.chain, txids[-1]))

@@ -294,17 +294,21 @@ class Journal:
                 )
 
     def store_bump(self, swap_id: bytes, kind: TxKind, tx: SignedTx) -> None:
-        """Store a fee bump of the stored redeem or refund, before it is sent.
+        """Store a fee bump of a stored step, before it is sent.
 
-        A replacement (``tx.kind`` is ``kind``) is a new version: every version spends the same
-        HTLC, so at most one can ever confirm, and the newest is the one (re-)sent from now on.
-        A child (``tx.kind`` is ``CHILD``) pays for the newest version and the children before
-        it and is sent after them. A child stored before it is replaces any child still never
-        sent (a node refused it, so none holds it): those rows are kept, marked dropped."""
-        if kind not in (TxKind.REDEEM, TxKind.REFUND):
-            raise JournalError(f"only a redeem or refund is bumped, not a {kind}")
-        if tx.kind not in (kind, TxKind.CHILD):
-            raise JournalError(f"a bump of a {kind} is a {kind} or a child, not a {tx.kind}")
+        A replacement (``tx.kind`` is ``kind``; a redeem or refund only) is a new version:
+        every version spends the same HTLC, so at most one can ever confirm, and the newest is
+        the one (re-)sent from now on. A child (``tx.kind`` is ``CHILD``; also of a lock) pays
+        for the newest version and the children before it and is sent after them. A child
+        stored replaces any child still never sent (a node refused it, so none holds it): those
+        rows are kept, marked dropped."""
+        if kind not in (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND):
+            raise JournalError(f"only a lock, redeem or refund is bumped, not a {kind}")
+        allowed = (TxKind.CHILD,) if kind is TxKind.LOCK else (kind, TxKind.CHILD)
+        if tx.kind not in allowed:
+            raise JournalError(
+                f"a bump of a {kind} is {' or '.join(f'a {k}' for k in allowed)}, not a {tx.kind}"
+            )
         with self._tx() as db:
             row = db.execute(
                 "SELECT MAX(seq) FROM txs WHERE swap_id=? AND kind=?", (swap_id, kind.value)
@@ -326,59 +330,62 @@ class Journal:
                 (swap_id, kind.value, int(row[0]) + 1, tx.chain, tx.txid, tx.raw, role),
             )
 
-    def versions(self, swap_id: bytes, kind: TxKind) -> list[tuple[SignedTx, int | None]]:
-        """Every stored version of a redeem or refund and every child paying for one (kind
-        ``CHILD``; dropped ones left out), oldest first, each with the chain height at which it
-        was first sent (None: never sent, or sent on a chain without fee bumps)."""
+    def _rows(self, swap_id: bytes, kind: TxKind) -> list[tuple[SignedTx, int | None, str]]:
+        """(transaction, first-sent height, role) of every stored transaction of a step, in
+        order, each with its own kind (see :func:`_row_kind`)."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT chain, txid, raw, sent_height, role FROM txs "
-                "WHERE swap_id=? AND kind=? AND role!='dropped' ORDER BY seq",
+                "WHERE swap_id=? AND kind=? ORDER BY seq",
                 (swap_id, kind.value),
             ).fetchall()
+        last = max((i for i, r in enumerate(rows) if r[4] == "version"), default=-1)
         return [
             (
-                SignedTx(
-                    str(r[0]), TxKind.CHILD if r[4] == "child" else kind, str(r[1]), bytes(r[2])
-                ),
+                SignedTx(str(r[0]), _row_kind(kind, str(r[4]), i == last), str(r[1]), bytes(r[2])),
                 None if r[3] is None else int(r[3]),
+                str(r[4]),
             )
-            for r in rows
+            for i, r in enumerate(rows)
         ]
+
+    def versions(self, swap_id: bytes, kind: TxKind) -> list[tuple[SignedTx, int | None]]:
+        """Every stored transaction of a step but dropped children, oldest first: a lock step's
+        (approve +) lock, every version of a redeem or refund, and every child paying for one
+        (kind ``CHILD``); each with the chain height at which it was first sent (None: never
+        sent, or sent on a chain without fee bumps)."""
+        return [(tx, height) for tx, height, role in self._rows(swap_id, kind) if role != "dropped"]
 
     def current_txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
         """What to (re-)send for a step, in order: a lock step's transactions (approve +
-        lock), or the newest version of a redeem or refund and the children paying for it."""
-        if kind is TxKind.LOCK:
-            return self.txs(swap_id, kind)
+        lock), or the newest version of a redeem or refund; then the children paying for it."""
         rows = [tx for tx, _ in self.versions(swap_id, kind)]
+        if kind is TxKind.LOCK:
+            return rows
         newest = max((i for i, tx in enumerate(rows) if tx.kind is kind), default=len(rows))
         return rows[newest:]
 
     def txs(self, swap_id: bytes, kind: TxKind) -> list[SignedTx]:
-        """The stored transactions of a step, in broadcast order (a redeem or refund: every
-        version and child, dropped ones too, oldest first; see :meth:`current_txs`)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT chain, txid, raw, role FROM txs WHERE swap_id=? AND kind=? ORDER BY seq",
-                (swap_id, kind.value),
-            ).fetchall()
-        n = len(rows)
-        return [
-            SignedTx(str(r[0]), _row_kind(kind, str(r[3]), i == n - 1), str(r[1]), bytes(r[2]))
-            for i, r in enumerate(rows)
-        ]
+        """The stored transactions of a step, in broadcast order (every version and child,
+        dropped ones too, oldest first; see :meth:`current_txs`)."""
+        return [tx for tx, _, _ in self._rows(swap_id, kind)]
 
     def all_txs(self, swap_id: bytes) -> list[tuple[TxKind, str, str, float | None]]:
         """(kind, chain, txid, first sent at) of every stored transaction of the swap."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT kind, chain, txid, broadcast_at, role, "
-                "seq = MAX(seq) OVER (PARTITION BY kind) FROM txs WHERE swap_id=? ORDER BY rowid",
+                "SELECT kind, chain, txid, broadcast_at, role, seq FROM txs WHERE swap_id=? "
+                "ORDER BY rowid",
                 (swap_id,),
             ).fetchall()
+        last = {str(r[0]): int(r[5]) for r in sorted(rows, key=lambda r: r[5]) if r[4] == "version"}
         return [
-            (_row_kind(TxKind(r[0]), str(r[4]), bool(r[5])), str(r[1]), str(r[2]), r[3])
+            (
+                _row_kind(TxKind(r[0]), str(r[4]), last.get(str(r[0])) == r[5]),
+                str(r[1]),
+                str(r[2]),
+                r[3],
+            )
             for r in rows
         ]
 

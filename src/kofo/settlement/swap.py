@@ -20,7 +20,8 @@ state and any facts):
 4. a refund is signed only once the own chain's clock has reached the own leg's expiry;
 5. a redeem or refund is fee-bumped (replaced, or paid for by a child) only where it would be
    (re-)sent, and only once a version of it was sent: a bump never reveals the secret where a
-   first send would not.
+   first send would not. A lock is bumped (a child paying for it) only while it waits
+   unconfirmed and before ``lock_by`` (rule 1).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class ActionKind(enum.StrEnum):
     SIGN_REDEEM = "sign_redeem"
     SIGN_REFUND = "sign_refund"
     BROADCAST = "broadcast"  # (re-)send the journaled txs of ``tx_kind``
-    BUMP = "bump"  # raise the fee of the sent redeem/refund ``tx_kind`` (replace or CPFP), send
+    BUMP = "bump"  # raise the fee of the sent ``tx_kind`` (replace or CPFP), then send
     DONE = "done"
 
 
@@ -102,6 +103,10 @@ class LegFacts:
     """Our own spend of this HTLC (the redeem of the counter leg, the refund of the own leg)
     was sent but is still unconfirmed after this node's fee-bump wait, or its newest
     higher-fee version is stored but not yet sent."""
+    lock_stuck: bool = False
+    """Own leg only: our lock was sent but is still unconfirmed after this node's fee-bump
+    wait (on a chain whose locks are bumped), or a child paying for it is stored but not yet
+    sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
                 return _go(State.LOCKED, "own lock is buried")
             if s is State.LOCK_SIGNED:
                 return _go(State.LOCK_SENT, "own lock is on chain")
+            if own.confirmations == 0 and own.lock_stuck and not lock_deadline_passed:
+                return _bump(TxKind.LOCK, State.LOCK_SENT)
             return _wait("own lock is waiting for confirmations")
         if lock_deadline_passed:
             # A lock signed in time but not seen on chain by the deadline is not sent (again);

@@ -86,9 +86,13 @@ class ChainPolicy:
     max_lock_seconds: int = 7 * 24 * 3600
     """Longest this node lets its own funds sit in an HTLC (refuses a longer expiry: hostage)."""
     bump_after_blocks: int | None = None
-    """Blocks our redeem or refund may wait unconfirmed before it is replaced at a higher fee
-    (and again after as many more); None: never replaced on this chain. Within
-    ``inclusion_blocks``, which is what the margins allow for inclusion, bumps included."""
+    """Blocks our redeem or refund may wait unconfirmed before its fee is raised (a replacement,
+    or a child paying for it; again after as many more); None: never bumped on this chain.
+    Within ``inclusion_blocks``, which is what the margins allow for inclusion, bumps
+    included."""
+    bump_locks: bool = False
+    """Whether our lock, too, gets a child paying for it after ``bump_after_blocks`` (Bitcoin-
+    like chains: the child spends the lock's change, so the HTLC's outpoint never changes)."""
 
     def settle_seconds(self) -> int:
         return (self.inclusion_blocks + self.confirmations) * self.block_interval
@@ -132,6 +136,7 @@ BITCOIN = ChainPolicy(
     notice_seconds=120,  # two polls of a minute each (one may straddle a block)
     inclusion_blocks=6,  # a fee estimate for "within 6 blocks", then one fee bump
     bump_after_blocks=3,  # the bump: half-way through the inclusion allowance
+    bump_locks=True,
     # 12 blocks at 600 s arrive in under 60 % of the nominal time with probability ~2 %
     # (Poisson), so margins counted in blocks assume blocks 40 % faster or slower than nominal.
     rate_tolerance_pct=40,
@@ -156,7 +161,9 @@ ETHEREUM = ChainPolicy(
     clock_skew=15,  # consensus rejects blocks >15 s in the future; proposers may also lag
     max_lock_seconds=3 * 24 * 3600,
     # maxFeePerGas is twice the base fee at signing, includable through six full blocks of
-    # base-fee rises; a spend still out after 10 blocks (2 minutes) is re-signed higher.
+    # base-fee rises; a spend still out after 10 blocks (2 minutes) is re-signed higher. A
+    # lock is not bumped: a replacement would change the lock's transaction (and an ERC-20
+    # lock waits behind its approve); a lock that misses its deadline only aborts the swap.
     bump_after_blocks=10,
 )
 
@@ -176,6 +183,7 @@ def devnet_policy(chain: str, *, height_clock: bool) -> ChainPolicy:
         inclusion_blocks=2,
         max_lock_seconds=24 * 3600,
         bump_after_blocks=1 if height_clock else None,
+        bump_locks=height_clock,
     )
 
 

@@ -358,15 +358,15 @@ class BitcoinAdapter:
         preimage: bytes | None = None,
         fee: FeeEstimate | None = None,
     ) -> SignedTx:
-        """A BIP125 replacement of the newest version where the chain's nodes relay them
-        (:meth:`prepare_replacement`), else a child paying for the package
-        (:meth:`prepare_child`)."""
+        """A lock gets a child (:meth:`prepare_child`; replacing it would move the HTLC). A
+        claim or refund gets a BIP125 replacement of the newest version where the chain's nodes
+        relay them (:meth:`prepare_replacement`), else a child paying for the package."""
         if not sent:
-            raise InvalidInput(f"no sent spend of the HTLC {ref.locator} to bump")
-        if self.params.replacement_relayed:
+            raise InvalidInput(f"nothing sent for the HTLC {ref.locator} to bump")
+        if sent[0].kind is not TxKind.LOCK and self.params.replacement_relayed:
             if len(sent) > 1:
                 raise InvalidInput(
-                    f"{self.chain} bumps by replacement; got a package of {len(sent)} transactions"
+                    f"{self.chain} bumps a spend by replacement; got a package of {len(sent)}"
                 )
             return self.prepare_replacement(ref, sent[0], preimage, fee)
         return self.prepare_child(ref, sent, fee)
@@ -374,41 +374,35 @@ class BitcoinAdapter:
     def prepare_child(
         self, ref: HtlcRef, package: Sequence[SignedTx], fee: FeeEstimate | None = None
     ) -> SignedTx:
-        """Child pays for parent: spend the wallet output of the last transaction of
-        ``package`` (a claim or refund of ``ref``, then the children already paying for it,
-        each spending the one before) back to the wallet, with a fee that lifts the whole
-        package to the new rate: the larger of ``fee`` (default: the node's estimate) and the
-        package's rate plus a quarter (at least the relay minimum more). Miners take a
-        package at its combined rate; the child alone also pays the relay minimum. Fees of the
-        package never exceed :data:`MAX_BUMP_FEE_PCT` of the HTLC amount (a higher rate is
-        lowered to the cap when a bump still fits under it, else refused), and a package
-        never grows past the mempool's ancestor limit (:data:`MAX_PACKAGE`)."""
+        """Child pays for parent. ``package`` starts with the lock of ``ref`` or a claim or
+        refund of it, then holds the children already paying for that, each spending the one
+        before. The new child spends the last one's wallet output (the lock's change, or output
+        0) back to the wallet, with a fee that lifts the whole package to the new rate: the
+        larger of ``fee`` (default: the node's estimate) and the package's rate plus a quarter
+        (at least the relay minimum more). Miners take a package at its combined rate; the
+        child alone also pays the relay minimum. Fees of the package never exceed
+        :data:`MAX_BUMP_FEE_PCT` of the HTLC amount (a higher rate is lowered to the cap when a
+        bump still fits under it, else refused), and a package never grows past the mempool's
+        ancestor limit (:data:`MAX_PACKAGE`)."""
         if not package:
-            raise InvalidInput(f"no sent spend of the HTLC {ref.locator} to pay for")
+            raise InvalidInput(f"nothing sent for the HTLC {ref.locator} to pay for")
         if len(package) >= MAX_PACKAGE:
             raise FeeBumpRefused(
-                f"the spend of {ref.locator} already has {len(package) - 1} children; "
+                f"{package[0].kind} {package[0].txid} already has {len(package) - 1} children; "
                 f"nodes keep at most {MAX_PACKAGE} unconfirmed transactions in a chain"
             )
-        txid, vout = self._outpoint(ref)
         txs = [CTransaction.deserialize(t.raw) for t in package]
-        if not any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in txs[0].vin):
-            raise InvalidInput(
-                f"transaction {package[0].txid} does not spend the HTLC {ref.locator}"
-            )
-        for (parent, child), signed in zip(itertools.pairwise(txs), package[1:], strict=True):
+        head_fee, head_out = self._package_head(ref, package[0], txs[0])
+        outs = [head_out] + [0] * (len(txs) - 1)  # the wallet output each one's child spends
+        pairs = list(zip(itertools.pairwise(txs), outs, strict=False))
+        for ((parent, child), n), signed in zip(pairs, package[1:], strict=True):
             spent = [(b2lx(i.prevout.hash), i.prevout.n) for i in child.vin]
-            if spent != [(b2lx(parent.GetTxid()), 0)]:
+            if spent != [(b2lx(parent.GetTxid()), n)]:
                 raise InvalidInput(f"transaction {signed.txid} is not a child of the one before it")
-        amount = self._output_amount(ref)
-        paid = (
-            amount
-            - _paid_out(txs[0])
-            + sum(
-                int(parent.vout[0].nValue) - _paid_out(child)
-                for parent, child in itertools.pairwise(txs)
-            )
+        paid = head_fee + sum(
+            int(parent.vout[n].nValue) - _paid_out(child) for (parent, child), n in pairs
         )
+        amount = ref.terms.amount
         size = sum(vsize(tx) for tx in txs)
         old_rate = -(-paid // size)
         floor = old_rate + max(self.params.min_relay_fee_rate, old_rate // 4)
@@ -420,17 +414,53 @@ class BitcoinAdapter:
             allowed = min(rate, cap // total)
             if allowed < floor:
                 raise FeeBumpRefused(
-                    f"lifting the spend of {ref.locator} ({paid} sat in fees) to {floor} sat/vB "
-                    f"needs {floor * total} sat, over {MAX_BUMP_FEE_PCT} % of the HTLC amount "
-                    f"{amount}"
+                    f"lifting {package[0].kind} {package[0].txid} ({paid} sat in fees) to "
+                    f"{floor} sat/vB needs {floor * total} sat, over {MAX_BUMP_FEE_PCT} % of the "
+                    f"HTLC amount {amount}"
                 )
             return allowed * total - paid
 
-        tail = txs[-1]
-        spk = bytes(tail.vout[0].scriptPubKey)
-        own = Utxo(b2lx(tail.GetTxid()), 0, int(tail.vout[0].nValue), spk)
+        tail, out = txs[-1], outs[-1]
+        spk = bytes(tail.vout[out].scriptPubKey)
+        own = Utxo(b2lx(tail.GetTxid()), out, int(tail.vout[out].nValue), spk)
         child = build_child_spend(own, self.wallet.key_for_script(spk), child_fee, self.params)
         return SignedTx(self.chain, TxKind.CHILD, b2lx(child.GetTxid()), child.serialize())
+
+    def _package_head(self, ref: HtlcRef, signed: SignedTx, tx: CTransaction) -> tuple[int, int]:
+        """(fee paid, index of the wallet output a child spends) of the first transaction of a
+        fee-bump package: the lock of ``ref`` (its change) or a claim or refund of it."""
+        txid, vout = self._outpoint(ref)
+        if signed.txid == txid:
+            change = [
+                n
+                for n, o in enumerate(tx.vout)
+                if n != vout and bytes(o.scriptPubKey) in self.wallet.scripts()
+            ]
+            if not change:
+                raise FeeBumpRefused(
+                    f"lock {txid} has no change output for a child to pay its fee from"
+                )
+            return self._inputs_value(tx) - _paid_out(tx), change[0]
+        if not any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in tx.vin):
+            raise InvalidInput(
+                f"transaction {signed.txid} is neither the lock nor a spend of the HTLC "
+                f"{ref.locator}"
+            )
+        return ref.terms.amount - _paid_out(tx), 0
+
+    def _inputs_value(self, tx: CTransaction) -> int:
+        """What ``tx``'s inputs are worth (each from a confirmed or a mempool transaction)."""
+        self._sync()
+        pool = {b2lx(t.GetTxid()): t for t in map(CTransaction.deserialize, self._mempool_raw())}
+        total = 0
+        for txin in tx.vin:
+            prev_id = b2lx(txin.prevout.hash)
+            found = self.index.txs.get(prev_id)
+            prev = found.tx if found is not None else pool.get(prev_id)
+            if prev is None:
+                raise HtlcNotFound(f"input {prev_id}:{txin.prevout.n} is not on chain or waiting")
+            total += int(prev.vout[txin.prevout.n].nValue)
+        return total
 
     def prepare_replacement(
         self,
