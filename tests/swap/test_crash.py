@@ -14,6 +14,8 @@ UTXO selection, stored raw transactions and mempool re-sends all cross the crash
 * **bump** (BTC pair): as redeem, but fees rise (the embedded chain's block minimum fee rate,
   and its estimate, go to ``BUMP_FEE_RATE``) the moment the participant's BTC redeem reaches
   the mempool, so the redeem waits until the participant's node replaces it at a higher fee.
+* **lock_bump** (BTC pair): as redeem, but fees rise the moment the initiator's BTC lock
+  reaches the mempool, so the lock waits until the initiator's node adds a child paying for it.
 
 Every node reaches the shared chains over JSON-RPC; time moves only by the test's
 ``evm_increaseTime`` calls (and one second per mined block) and by the Bitcoin blocks it mines
@@ -186,7 +188,7 @@ def _setup_swap(chains: Chains, tmp: Path, pair: str) -> tuple[Party, Party, Swa
 class Plan:
     """How one swap is run: the crash point of each successive life of each node."""
 
-    path: str  # "redeem", "refund" or "bump"
+    path: str  # "redeem", "refund", "bump" or "lock_bump"
     pair: str = "erc20"  # see PAIRS
     crashes: dict[str, list[str]] = field(default_factory=dict)
     log: dict[str, str] = field(default_factory=dict)  # role -> file recording points reached
@@ -244,13 +246,15 @@ class Supervisor:
     def _mine_waiting(self) -> None:
         """A Bitcoin block whenever a transaction waits in the mempool (the EVM mines its own).
         On the bump path fees rise when a second transaction (the redeem, after the lock)
-        shows up, before the block that would have taken it."""
+        shows up, on the lock_bump path when the first one (the lock) does, each time before
+        the block that would have taken it."""
         waiting = self.chains.btc.chain.mempool_txids() if self.plan.pair == "btc" else []
         if not waiting:
             return
-        if self.plan.path == "bump":
+        rise_at = {"bump": 2, "lock_bump": 1}.get(self.plan.path)
+        if rise_at is not None:
             self.btc_seen.update(waiting)
-            if len(self.btc_seen) >= 2:
+            if len(self.btc_seen) >= rise_at:
                 self.chains.btc.chain.set_block_min_fee_rate(BUMP_FEE_RATE)
         ensure_thread_params()
         self.chains.btc.mine(1)
@@ -382,7 +386,7 @@ def _swap(chains: Chains, tmp: Path, plan: Plan) -> int:
     states = _final_states(alice, bob, terms.swap_id)
     after = {p: _holdings(chains, p, assets) for p in (alice, bob)}
     fees = {p: _fees(chains, p) for p in (alice, bob)}
-    redeemed = plan.path in ("redeem", "bump")
+    redeemed = plan.path in ("redeem", "bump", "lock_bump")
     assert states == ((State.REDEEMED,) * 2 if redeemed else (State.REFUNDED,) * 2), states
     for party, out, into in ((alice, gives, gets), (bob, gets, gives)):
         want = dict(before[party])
@@ -490,14 +494,30 @@ def test_a_redeem_stuck_by_a_fee_rise_is_bumped_across_the_process_boundary(devn
     assert "stored:bump_redeem" in (tmp_path / "bob-points.log").read_text().split()
 
 
+def test_a_lock_stuck_by_a_fee_rise_gets_a_child_across_the_process_boundary(devnet, tmp_path):
+    plan = Plan.make("lock_bump", "btc")
+    plan.log = {"alice": str(tmp_path / "alice-points.log")}
+    assert _swap(devnet, tmp_path, plan) == 0
+    assert "stored:bump_lock" in (tmp_path / "alice-points.log").read_text().split()
+
+
 @pytest.mark.slow
-def test_killing_either_node_at_every_bump_path_point_still_ends_in_both_redeemed(devnet, tmp_path):
+@pytest.mark.parametrize(
+    ("path", "role", "point"),
+    [
+        ("bump", "bob", "stored:bump_redeem"),  # the participant's BTC redeem was replaced
+        ("lock_bump", "alice", "stored:bump_lock"),  # the initiator's BTC lock got a child
+    ],
+)
+def test_killing_either_node_at_every_bump_path_point_still_ends_in_both_redeemed(
+    devnet, tmp_path, path, role, point
+):
     redeem = _discover(devnet, tmp_path, "redeem", "btc")
-    bump = _discover(devnet, tmp_path, "bump", "btc")
+    bump = _discover(devnet, tmp_path, path, "btc")
     points = {r: [p for p in bump[r] if p not in redeem[r]] for r in bump}
-    print(f"btc bump path: crash injection points covered: {points}")
-    assert "stored:bump_redeem" in points["bob"]  # the participant's BTC redeem was replaced
-    assert _kill_at_every_point(devnet, tmp_path, "bump", "btc", points) == sum(
+    print(f"btc {path} path: crash injection points covered: {points}")
+    assert point in points[role]
+    assert _kill_at_every_point(devnet, tmp_path, path, "btc", points) == sum(
         len(p) for p in points.values()
     )
 

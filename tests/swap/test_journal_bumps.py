@@ -56,6 +56,27 @@ def test_a_new_child_drops_a_child_never_sent_but_keeps_its_row(journal):
     assert journal.txs(SWAP, TxKind.REFUND) == [refund, refused, child]  # the record stays
 
 
+def test_a_bump_rebuilt_the_same_is_stored_once(journal):
+    """Signing is deterministic: a child rebuilt after a crash from the same package, at the
+    same rate, is the same transaction; it stays one live row, not a dropped and a new one."""
+    redeem, child = _tx(TxKind.REDEEM, 1), _tx(TxKind.CHILD, 2)
+    journal.store_txs(SWAP, TxKind.REDEEM, [redeem])
+    journal.mark_broadcast(SWAP, redeem.txid, 100)
+    journal.store_bump(SWAP, TxKind.REDEEM, child)
+    journal.store_bump(SWAP, TxKind.REDEEM, child)
+    assert journal.txs(SWAP, TxKind.REDEEM) == [redeem, child]
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, child]
+    other = _tx(TxKind.CHILD, 3)  # child never sent: a second child drops it...
+    journal.store_bump(SWAP, TxKind.REDEEM, other)
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, other]
+    journal.store_bump(SWAP, TxKind.REDEEM, child)  # ...and it comes back when rebuilt
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, child]
+    replacement = _tx(TxKind.REDEEM, 4)
+    journal.store_bump(SWAP, TxKind.REDEEM, replacement)
+    journal.store_bump(SWAP, TxKind.REDEEM, replacement)
+    assert journal.txs(SWAP, TxKind.REDEEM) == [redeem, child, other, replacement]
+
+
 def test_a_sent_child_is_never_dropped(journal):
     redeem, child, grandchild = _tx(TxKind.REDEEM, 1), _tx(TxKind.CHILD, 2), _tx(TxKind.CHILD, 3)
     journal.store_txs(SWAP, TxKind.REDEEM, [redeem])

@@ -301,7 +301,9 @@ class Journal:
         the one (re-)sent from now on. A child (``tx.kind`` is ``CHILD``; also of a lock) pays
         for the newest version and the children before it and is sent after them. A child
         stored replaces any child still never sent (a node refused it, so none holds it): those
-        rows are kept, marked dropped."""
+        rows are kept, marked dropped. A transaction already stored for the step (signing is
+        deterministic, so a bump rebuilt from the same state is the same transaction) is kept
+        once, and live."""
         if kind not in (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND):
             raise JournalError(f"only a lock, redeem or refund is bumped, not a {kind}")
         allowed = (TxKind.CHILD,) if kind is TxKind.LOCK else (kind, TxKind.CHILD)
@@ -321,9 +323,15 @@ class Journal:
             if role == "child":
                 db.execute(
                     "UPDATE txs SET role='dropped' WHERE swap_id=? AND kind=? AND role='child' "
-                    "AND broadcast_at IS NULL",
-                    (swap_id, kind.value),
+                    "AND broadcast_at IS NULL AND txid!=?",
+                    (swap_id, kind.value, tx.txid),
                 )
+            again = db.execute(
+                "UPDATE txs SET role=? WHERE swap_id=? AND kind=? AND txid=?",
+                (role, swap_id, kind.value, tx.txid),
+            )
+            if again.rowcount:
+                return
             db.execute(
                 "INSERT INTO txs (swap_id, kind, seq, chain, txid, raw, role) "
                 "VALUES (?,?,?,?,?,?,?)",
