@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import ChainBackend, RpcBackend
 from kofo.settlement.chains.bitcoin.params import chain_params
@@ -25,7 +25,7 @@ from kofo.settlement.swap import State
 from kofo.settlement.terms import ChainPolicy, Leg, devnet_policy
 from tests.nodes import LITECOIN_REGTEST_BURN_ADDRESS as LITECOIN_BURN
 from tests.swap.btc_helpers import expected_after, fees_paid, holdings
-from tests.swap.helpers import ETHER, Evm, drive, link, make_node, start_swap
+from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node, start_swap
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
 
@@ -65,7 +65,15 @@ def _fund(chain: RealBtc, miner: BitcoinAdapter, wallet: HdWallet, amount: int) 
     miner.backend.send_raw(tx.serialize())
 
 
-def _swap_btc_like_for_eth(chain: RealBtc, miner: BitcoinAdapter, geth_w3: Web3, tmp_path):
+def _swap_btc_like_for_eth(
+    chain: RealBtc,
+    miner: BitcoinAdapter,
+    geth_w3: Web3,
+    tmp_path,
+    before_block: Callable[[], None] = lambda: None,
+) -> tuple[Node, Node, bytes]:
+    """One swap of 0.05 coin for 1 ETH, driven to the end with a block between rounds
+    (``before_block`` runs first); checks both end redeemed with exact balances."""
     evm = Evm("eth", geth_w3)
     alice_btc = HdWallet(os.urandom(32), chain.params)
     _fund(chain, miner, alice_btc, 20_000_000)
@@ -92,7 +100,12 @@ def _swap_btc_like_for_eth(chain: RealBtc, miner: BitcoinAdapter, geth_w3: Web3,
     assert before["alice"][(chain.name, None)] == 20_000_000
 
     sid = start_swap(alice, bob, give, get)
-    states = drive([alice, bob], sid, rounds=40, between=lambda _r: chain.mine(1))
+
+    def next_block(_round: int) -> None:
+        before_block()
+        chain.mine(1)
+
+    states = drive([alice, bob], sid, rounds=40, between=next_block)
     assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
     assert bob.engine.journal.preimage(sid) == alice.engine.journal.preimage(sid)
     assert holdings(alice, assets) == expected_after(
@@ -101,6 +114,7 @@ def _swap_btc_like_for_eth(chain: RealBtc, miner: BitcoinAdapter, geth_w3: Web3,
     assert holdings(bob, assets) == expected_after(
         before["bob"], gives=get, gets=give, fees=fees_paid(bob, sid)
     )
+    return alice, bob, sid
 
 
 def _geth_w3(geth) -> Web3:
@@ -127,7 +141,7 @@ def test_btcd_btc_for_geth_eth_pays_both_sides(btcd_factory, geth, tmp_path):
     _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path)
 
 
-def test_litecoind_ltc_for_geth_eth_pays_both_sides(litecoind, geth, tmp_path):
+def _litecoind_chain(litecoind) -> tuple[RealBtc, BitcoinAdapter]:
     params = chain_params("ltc", "regtest")
     miner_wallet = HdWallet(os.urandom(32), params)
     client = RpcClient(litecoind.rpc_url, litecoind.rpc_user, litecoind.rpc_password)
@@ -138,4 +152,42 @@ def test_litecoind_ltc_for_geth_eth_pays_both_sides(litecoind, geth, tmp_path):
     litecoind.generate_to_address(100, LITECOIN_BURN)  # matures the miner's coinbases
     miner = BitcoinAdapter(backend, miner_wallet, start_height=first)
     chain = RealBtc("ltc", backend, lambda n: litecoind.generate_to_address(n, LITECOIN_BURN))
+    return chain, miner
+
+
+def test_litecoind_ltc_for_geth_eth_pays_both_sides(litecoind, geth, tmp_path):
+    chain, miner = _litecoind_chain(litecoind)
     _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path)
+
+
+def test_litecoind_swap_completes_through_children_when_no_parent_pays_enough(
+    litecoind, geth, tmp_path
+):
+    """A fee rise on litecoind, as its own miner sees it: every transaction that enters the
+    mempool without an unconfirmed parent is made worth nothing to the node's block assembler
+    (``prioritisetransaction`` takes its whole fee off), so it stays out of every block. Only
+    a child paying for it gets it mined. Litecoin Core relays no replacement by default, so
+    the engine must pay with children: for Alice's LTC lock (a child of its change) and for
+    Bob's LTC redeem (a child of its output). The swap completes and the balances are exact,
+    children's fees included."""
+    chain, miner = _litecoind_chain(litecoind)
+    rpc = RpcClient(litecoind.rpc_url, litecoind.rpc_user, litecoind.rpc_password)
+    demoted: set[str] = set()
+
+    def fees_rise() -> None:
+        for txid in rpc.call("getrawmempool"):
+            if txid in demoted:
+                continue
+            demoted.add(txid)
+            entry = rpc.call("getmempoolentry", txid)
+            if entry["ancestorcount"] > 1:
+                continue  # a child: it pays for its parent
+            fee = int(entry["fees"]["base"] * 10**8)  # exact: the client parses Decimals
+            assert rpc.call("prioritisetransaction", txid, 0, -fee) is True
+
+    alice, bob, sid = _swap_btc_like_for_eth(
+        chain, miner, _geth_w3(geth), tmp_path, before_block=fees_rise
+    )
+    for node, kind in ((alice, TxKind.LOCK), (bob, TxKind.REDEEM)):
+        step = [tx.kind for tx, _ in node.engine.journal.versions(sid, kind)]
+        assert step[0] is kind and TxKind.CHILD in step[1:], (node.name, step)
