@@ -76,7 +76,7 @@ class TxKind(enum.StrEnum):
     REDEEM = "redeem"
     REFUND = "refund"
     TRANSFER = "transfer"
-    CHILD = "child"  # spends our own output of a stuck redeem/refund to pay its fee (CPFP)
+    CHILD = "child"  # spends our own output of a stuck lock/redeem/refund to pay its fee (CPFP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,17 +175,17 @@ class ChainAdapter(Protocol):
         preimage: bytes | None = None,
         fee: FeeEstimate | None = None,
     ) -> SignedTx:
-        """Raise the fee of our redeem (``preimage`` given) or refund of ``ref`` that is waiting
-        unconfirmed. ``sent`` is what was sent for it: the newest version of the spend, then
-        any children already paying for it.
+        """Raise the fee of our lock, redeem (``preimage`` given) or refund of ``ref`` that is
+        waiting unconfirmed. ``sent`` is what was sent for it: the lock or the newest version
+        of the spend, then any children already paying for it.
 
         The chain decides how. A replacement (kind ``REDEEM``/``REFUND``) spends the same HTLC
         (Bitcoin: the same outpoint, under BIP125; Ethereum: the same nonce), so it supersedes
-        ``sent``. A child (kind ``CHILD``; Bitcoin-like chains whose nodes relay no
-        replacement) spends the last transaction of ``sent`` back to our wallet, so the whole
-        package is mined at its combined fee rate and is sent after ``sent``. Either way the
-        new rate is at least ``fee`` (default: the current estimate) and the chain's rules for
-        a bump. Raises :class:`kofo.errors.ChainError` when they cannot be met (e.g. the fee
+        ``sent``. A child (kind ``CHILD``; a lock on a Bitcoin-like chain, or a spend where its
+        nodes relay no replacement) spends the last transaction of ``sent`` back to our wallet
+        (a lock: its change), so the whole package is mined at its combined fee rate and is
+        sent after ``sent``. Either way the new rate is at least ``fee`` (default: the current
+        estimate) and the chain's rules for a bump. Raises :class:`kofo.errors.ChainError` when they cannot be met (e.g. the fee
         would eat more of the HTLC than this adapter allows)."""
         ...
 

@@ -394,7 +394,7 @@ class BitcoinAdapter:
         txs = [CTransaction.deserialize(t.raw) for t in package]
         head_fee, head_out = self._package_head(ref, package[0], txs[0])
         outs = [head_out] + [0] * (len(txs) - 1)  # the wallet output each one's child spends
-        pairs = list(zip(itertools.pairwise(txs), outs, strict=False))
+        pairs = list(zip(itertools.pairwise(txs), outs[:-1], strict=True))
         for ((parent, child), n), signed in zip(pairs, package[1:], strict=True):
             spent = [(b2lx(i.prevout.hash), i.prevout.n) for i in child.vin]
             if spent != [(b2lx(parent.GetTxid()), n)]:
@@ -458,7 +458,10 @@ class BitcoinAdapter:
             found = self.index.txs.get(prev_id)
             prev = found.tx if found is not None else pool.get(prev_id)
             if prev is None:
-                raise HtlcNotFound(f"input {prev_id}:{txin.prevout.n} is not on chain or waiting")
+                raise ChainError(
+                    f"input {prev_id}:{txin.prevout.n} of {b2lx(tx.GetTxid())} is neither on "
+                    "chain nor in the mempool: its value, and so the fee paid, is unknown"
+                )
             total += int(prev.vout[txin.prevout.n].nValue)
         return total
 
