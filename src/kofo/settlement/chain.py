@@ -185,8 +185,8 @@ class ChainAdapter(Protocol):
         nodes relay no replacement) spends the last transaction of ``sent`` back to our wallet
         (a lock: its change), so the whole package is mined at its combined fee rate and is
         sent after ``sent``. Either way the new rate is at least ``fee`` (default: the current
-        estimate) and the chain's rules for a bump. Raises :class:`kofo.errors.ChainError` when they cannot be met (e.g. the fee
-        would eat more of the HTLC than this adapter allows)."""
+        estimate) and the chain's rules for a bump. Raises :class:`kofo.errors.ChainError` when
+        they cannot be met (e.g. the fee would eat more of the HTLC than this adapter allows)."""
         ...
 
     def broadcast(self, tx: SignedTx) -> str:
