@@ -1,5 +1,5 @@
 """Build and sign the three HTLC transactions: funding (lock), claim (redeem) and refund, and
-the child that pays a stuck claim's or refund's fee (CPFP).
+the child that pays a stuck lock's, claim's or refund's fee (CPFP).
 
 Serialization, sighashes and ECDSA come from python-bitcointx (libsecp256k1); this module only
 decides inputs, outputs, fees and witness layout.
