@@ -361,9 +361,14 @@ class SwapEngine:
             facts = replace(facts, lock_stuck=True)
         return facts
 
-    def _bump_after(self, chain: str) -> int | None:
+    def _bump_after(self, chain: str, kind: TxKind) -> int | None:
+        """Blocks our ``kind`` transaction on ``chain`` may wait unconfirmed before it is
+        bumped; None where it never is (no bumps on the chain, or a lock where locks are not
+        bumped)."""
         policy = self.policies.get(chain)
-        return None if policy is None else policy.bump_after_blocks
+        if policy is None or (kind is TxKind.LOCK and not policy.bump_locks):
+            return None
+        return policy.bump_after_blocks
 
     def _spend_stuck(self, rec: StoredSwap, chain: str, kind: TxKind, leg: LegFacts) -> bool:
         """Whether our ``kind`` spend of this leg should get a higher fee."""
@@ -375,16 +380,13 @@ class SwapEngine:
 
     def _lock_stuck(self, rec: StoredSwap, chain: str, own: LegFacts) -> bool:
         """Whether our lock, waiting unconfirmed, should get a child paying for it."""
-        policy = self.policies.get(chain)
-        if policy is None or not policy.bump_locks:
-            return False
         unconfirmed = own.state is HtlcState.LOCKED and own.confirmations == 0
         return unconfirmed and self._waited(rec, chain, TxKind.LOCK)
 
     def _waited(self, rec: StoredSwap, chain: str, kind: TxKind) -> bool:
         """Whether the newest stored ``kind`` transaction was sent ``bump_after_blocks`` ago (or
         is a bump stored but not sent yet); False before the step was first sent."""
-        after = self._bump_after(chain)
+        after = self._bump_after(chain, kind)
         if after is None:
             return False
         versions = self.journal.versions(rec.swap_id, kind)
@@ -409,7 +411,7 @@ class SwapEngine:
         adapter = self.adapters[chain]
         versions = self.journal.versions(rec.swap_id, kind)
         latest_height = versions[-1][1]
-        after = self._bump_after(chain) or 0
+        after = self._bump_after(chain, kind) or 0
         last_sent = max(h for _, h in versions if h is not None)
         if latest_height is not None or adapter.tip().height - last_sent >= 2 * after:
             newest = max(i for i, (tx, _) in enumerate(versions) if tx.kind is kind)
@@ -569,12 +571,7 @@ class SwapEngine:
             adapter.broadcast(tx)
             # The height a redeem/refund was first sent at dates it for fee bumps (only on a
             # chain that bumps: elsewhere it would cost a head query per send).
-            policy = self.policies.get(tx.chain)
-            bumps = (
-                policy is not None
-                and policy.bump_after_blocks is not None
-                and (kind is not TxKind.LOCK or policy.bump_locks)
-            )
+            bumps = self._bump_after(tx.chain, kind) is not None
             self.journal.mark_broadcast(
                 rec.swap_id, tx.txid, adapter.tip().height if bumps else None
             )
