@@ -12,11 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kofo.exchange.node import ExchangeConfig, ExchangeNode
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+async def wait_until(
+    cond: Callable[[], bool], timeout: float = 5.0, state: Callable[[], str] | None = None
+) -> None:
+    """Poll ``cond`` until it holds; on timeout fail with ``state()``, what the nodes looked
+    like, so a failure in CI can be read without a rerun."""
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"condition not met in {timeout}s: {state() if state else ''}")
         await asyncio.sleep(0.01)
 
 
@@ -39,6 +43,13 @@ async def line(n: int, **cfg: object) -> list[ExchangeNode]:
     for a, b in itertools.pairwise(nodes):
         await link(a, b)
     return nodes
+
+
+def degrees(nodes: list[ExchangeNode]) -> str:
+    """Each node's id prefix and the id prefixes of its links."""
+    return "; ".join(
+        f"{n.node_id.hex()[:6]}->[{','.join(p.hex()[:6] for p in n.links)}]" for n in nodes
+    )
 
 
 async def stop_all(nodes: list[ExchangeNode]) -> None:

@@ -14,10 +14,10 @@ from kofo.clearance.fees import protocol_fee, split_fee
 from kofo.clearance.params import LedgerParams
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed
-from kofo.exchange.transport import LinkLimits
+from kofo.exchange.transport import LinkError, LinkLimits, handshake, tls_identity
 from kofo.wire.exchange import Claim, Frame, make_claim
 
-from .helpers import line, link, start_nodes, stop_all, wait_until
+from .helpers import degrees, line, link, start_nodes, stop_all, wait_until
 
 ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
 
@@ -204,7 +204,9 @@ def test_bootstrap_and_peer_exchange_reach_the_target_degree_and_heal():
         others = await start_nodes(5, bootstrap=boot, target_degree=3, maintain_s=0.05)
         nodes = [seed, *others]
         try:
-            await wait_until(lambda: all(len(n.links) >= 3 for n in others), timeout=10)
+            await wait_until(
+                lambda: all(len(n.links) >= 3 for n in others), 10, lambda: degrees(nodes)
+            )
             # Two peers leave; the rest re-dial known addresses back up to the target degree.
             await stop_all(others[:2])
             rest = others[2:]
@@ -214,10 +216,33 @@ def test_bootstrap_and_peer_exchange_reach_the_target_degree_and_heal():
                     and not any(p in n.links for p in (others[0].node_id, others[1].node_id))
                     for n in rest
                 ),
-                timeout=10,
+                10,
+                lambda: "left: " + degrees(others[:2]) + "; stayed: " + degrees([seed, *rest]),
             )
         finally:
             await stop_all(nodes)
+
+    run(go())
+
+
+def test_a_stopped_node_attaches_no_link_from_a_handshake_in_flight_and_cannot_dial():
+    async def go():
+        node = ExchangeNode(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+        await node.start()
+        key = Ed25519PrivateKey.generate()
+        # TLS is up, the node's side of the KOFO handshake is waiting for our hello ...
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", node.port, ssl=tls_identity(key).client
+        )
+        await asyncio.sleep(0.05)
+        await node.stop()
+        # ... and the stop ends it: no link to a stopped node, and the dialer learns at once.
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError, LinkError)):
+            await asyncio.wait_for(handshake(reader, writer, key, 1, outbound=True), 2)
+        writer.close()
+        assert node.links == {}
+        with pytest.raises(LinkError, match="this node is stopped"):
+            await node.connect("127.0.0.1", 1)
 
     run(go())
 

@@ -197,6 +197,7 @@ class ExchangeNode:
         self.stats = NodeStats()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = False
         self.port = 0
         self._rng = random.Random()
         self.on_offer: Callable[[SignedOffer], None] | None = None
@@ -216,6 +217,9 @@ class ExchangeNode:
         self._spawn(self._maintain())
 
     async def stop(self) -> None:
+        # Set first: an inbound handshake still running (the server's close does not end it)
+        # or a dial completing during the stop must not attach a link to a stopped node.
+        self._stopped = True
         if self._server is not None:
             self._server.close()
         for link in list(self.links.values()):
@@ -238,6 +242,12 @@ class ExchangeNode:
     # ------------------------------------------------------------------ peers
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if self._stopped or task is None:
+            writer.close()
+            return
+        # Tracked so that stop() cancels a handshake still in progress.
+        self._tasks.add(task)
         try:
             peer, port = await asyncio.wait_for(
                 handshake(reader, writer, self._key, self.port, outbound=False),
@@ -247,6 +257,11 @@ class ExchangeNode:
             log.info("inbound handshake failed: %s", exc)
             writer.close()
             return
+        except asyncio.CancelledError:
+            writer.close()
+            raise
+        finally:
+            self._tasks.discard(task)
         host = (writer.get_extra_info("peername") or (self.config.host,))[0]
         if len(self.links) >= self.config.max_degree:
             log.info("refusing %s: at max degree %d", peer.hex()[:12], self.config.max_degree)
@@ -256,6 +271,8 @@ class ExchangeNode:
 
     async def connect(self, host: str, port: int, expect: bytes | None = None) -> bytes:
         """Dial a peer and keep the link; return its node id."""
+        if self._stopped:
+            raise LinkError(f"cannot dial {host}:{port}: this node is stopped")
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=self._tls.client, limit=1 << 20),
             HANDSHAKE_TIMEOUT_S,
@@ -273,6 +290,10 @@ class ExchangeNode:
 
     def _attach(self, link: Link, host: str) -> None:
         peer = link.peer_id
+        if self._stopped:
+            log.info("dropping link to %s: this node is stopped", peer.hex()[:12])
+            link.close()
+            return
         if self._banned.get(peer, 0.0) > time.monotonic():
             log.info("refusing banned peer %s", peer.hex()[:12])
             link.close()
