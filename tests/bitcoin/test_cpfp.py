@@ -12,11 +12,13 @@ import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
 from bitcointx.core import b2lx
 
-from kofo.errors import InvalidInput
+from kofo.errors import InsufficientFunds, InvalidInput
 from kofo.settlement.chain import (
+    BlockHeight,
     FeeEstimate,
     HtlcRef,
     HtlcState,
+    HtlcTerms,
     SignedTx,
     TxKind,
 )
@@ -29,6 +31,7 @@ from kofo.settlement.chains.bitcoin.adapter import (
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.tx import build_funding_tx, dust_limit
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from tests.bitcoin.conftest import locked_htlc
 
@@ -206,6 +209,86 @@ def test_a_stuck_lock_gets_a_child_spending_its_change_and_the_htlc_stays_put(
     finally:
         if params == "btc":
             chain.close()
+
+
+def _pay(payer: BitcoinAdapter, script_pubkey: bytes, amounts: list[int], rate: int) -> None:
+    """``payer`` sends ``amounts`` (one output each) to ``script_pubkey`` at ``rate``."""
+    tx = build_funding_tx(
+        payer.spendable(),
+        payer.wallet.key_for_script,
+        [(script_pubkey, a) for a in amounts],
+        payer.wallet.identity.script_pubkey,
+        rate,
+        payer.params,
+    )
+    payer.broadcast(SignedTx(payer.chain, TxKind.LOCK, b2lx(tx.GetTxid()), tx.serialize()))
+
+
+def _terms(sender: BitcoinAdapter, recipient: BitcoinAdapter, amount: int) -> HtlcTerms:
+    return HtlcTerms(
+        chain=sender.chain,
+        payment_hash=os.urandom(32),
+        amount=amount,
+        sender=sender.address(),
+        recipient=recipient.address(),
+        expiry=BlockHeight(sender.expiry_now().value + 30),
+    )
+
+
+def test_a_lock_whose_change_cannot_pay_gets_a_child_that_adds_a_wallet_coin(ltc, alice, bob):
+    """A lock that left only a small change: a child of that change alone would be dust, so it
+    is refused while the wallet has nothing else, and adds a confirmed wallet coin once it has
+    one. Lock and child then confirm together and the wallet is down by exactly the HTLC amount
+    and both fees."""
+    carol = _adapter(ltc, os.urandom(32))
+    _pay(alice, carol.wallet.identity.script_pubkey, [300_000], LTC.fallback_fee_rate)
+    alice.backend.mine(1, alice.wallet.address())
+    change_left = dust_limit(carol.wallet.identity.script_pubkey, LTC) + 1_000
+    # Size the lock so that its change is ``change_left``: a trial lock shows the fee.
+    trial = CTransaction.deserialize(carol.prepare_lock(_terms(carol, bob, 250_000))[0].raw)
+    (trial_change,) = [o.nValue for o in trial.vout if o.nValue != 250_000]
+    amount = 250_000 + trial_change - change_left
+    ref = carol.lock(_terms(carol, bob, amount))
+    lock = _lock_of(carol, ref)
+    assert sorted(o.nValue for o in CTransaction.deserialize(lock.raw).vout) == [
+        change_left,
+        amount,
+    ]
+    lock_fee = 300_000 - amount - change_left
+    ltc.set_block_min_fee_rate(5 * carol.params.fallback_fee_rate)
+    alice.backend.mine(1, alice.wallet.address())
+    assert carol.status(ref).confirmations == 0
+    with pytest.raises(InsufficientFunds, match=f"of {change_left} minus a child fee"):
+        carol.prepare_bump(ref, [lock])
+
+    # A coin arrives (paid at a rate the blocks take); the child now spends it too.
+    _pay(alice, carol.wallet.identity.script_pubkey, [500_000], 20 * carol.params.fallback_fee_rate)
+    alice.backend.mine(1, alice.wallet.address())
+    assert carol.status(ref).confirmations == 0 and carol.balance() == 500_000
+    child = carol.prepare_bump(ref, [lock])
+    parsed = CTransaction.deserialize(child.raw)
+    spent = [(b2lx(i.prevout.hash), i.prevout.n) for i in parsed.vin]
+    assert spent[0][0] == ref.lock_txid and len(spent) == 2
+    child_fee = change_left + 500_000 - _value(child)
+    package = CTransaction.deserialize(lock.raw).get_virtual_size() + parsed.get_virtual_size()
+    assert (lock_fee + child_fee) >= 5 * carol.params.fallback_fee_rate * package
+    carol.broadcast(child)
+    # Fees rise again before a block: the grandchild reads the two-input child's fee from
+    # the values of both its inputs, and lifts all three.
+    ltc.set_block_min_fee_rate(10 * carol.params.fallback_fee_rate)
+    alice.backend.mine(1, alice.wallet.address())
+    assert carol.status(ref).confirmations == 0
+    grandchild = carol.prepare_bump(ref, [lock, child])
+    (spent,) = [
+        (b2lx(i.prevout.hash), i.prevout.n) for i in CTransaction.deserialize(grandchild.raw).vin
+    ]
+    assert spent == (child.txid, 0)
+    grandchild_fee = _value(child) - _value(grandchild)
+    carol.broadcast(grandchild)
+    alice.backend.mine(1, alice.wallet.address())
+    assert carol.status(ref).confirmations == 1
+    assert carol.tx_confirmations(child.txid) == carol.tx_confirmations(grandchild.txid) == 1
+    assert carol.balance() == 300_000 + 500_000 - amount - lock_fee - child_fee - grandchild_fee
 
 
 def test_a_package_that_is_not_a_spend_of_the_htlc_and_its_children_is_refused(alice, bob):

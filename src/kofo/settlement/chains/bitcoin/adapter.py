@@ -383,7 +383,8 @@ class BitcoinAdapter:
         child alone also pays the relay minimum. Fees of the package never exceed
         :data:`MAX_BUMP_FEE_PCT` of the HTLC amount (a higher rate is lowered to the cap when a
         bump still fits under it, else refused), and a package never grows past the mempool's
-        ancestor limit (:data:`MAX_PACKAGE`)."""
+        ancestor limit (:data:`MAX_PACKAGE`). Where that output cannot pay the child's fee (a
+        lock's small change), the child adds confirmed wallet coins as inputs."""
         if not package:
             raise InvalidInput(f"nothing sent for the HTLC {ref.locator} to pay for")
         if len(package) >= MAX_PACKAGE:
@@ -396,11 +397,14 @@ class BitcoinAdapter:
         outs = [head_out] + [0] * (len(txs) - 1)  # the wallet output each one's child spends
         pairs = list(zip(itertools.pairwise(txs), outs[:-1], strict=True))
         for ((parent, child), n), signed in zip(pairs, package[1:], strict=True):
-            spent = [(b2lx(i.prevout.hash), i.prevout.n) for i in child.vin]
-            if spent != [(b2lx(parent.GetTxid()), n)]:
+            first = child.vin[0].prevout
+            if (b2lx(first.hash), first.n) != (b2lx(parent.GetTxid()), n):
                 raise InvalidInput(f"transaction {signed.txid} is not a child of the one before it")
         paid = head_fee + sum(
-            int(parent.vout[n].nValue) - _paid_out(child) for (parent, child), n in pairs
+            # A child that added wallet coins: their values are looked up on chain.
+            (int(parent.vout[n].nValue) if len(child.vin) == 1 else self._inputs_value(child))
+            - _paid_out(child)
+            for (parent, child), n in pairs
         )
         amount = ref.terms.amount
         size = sum(vsize(tx) for tx in txs)
@@ -423,7 +427,9 @@ class BitcoinAdapter:
         tail, out = txs[-1], outs[-1]
         spk = bytes(tail.vout[out].scriptPubKey)
         own = Utxo(b2lx(tail.GetTxid()), out, int(tail.vout[out].nValue), spk)
-        child = build_child_spend(own, self.wallet.key_for_script(spk), child_fee, self.params)
+        child = build_child_spend(
+            own, self.wallet.key_for_script, child_fee, self.params, self.spendable()
+        )
         return SignedTx(self.chain, TxKind.CHILD, b2lx(child.GetTxid()), child.serialize())
 
     def _package_head(self, ref: HtlcRef, signed: SignedTx, tx: CTransaction) -> tuple[int, int]:

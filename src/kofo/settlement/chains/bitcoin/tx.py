@@ -224,25 +224,46 @@ def build_htlc_spend(
 
 
 def build_child_spend(
-    parent: Utxo, key: CKey, fee_for_vsize: Callable[[int], int], params: ChainParams
+    parent: Utxo,
+    key_for: KeyLookup,
+    fee_for_vsize: Callable[[int], int],
+    params: ChainParams,
+    wallet_coins: Sequence[Utxo] = (),
 ) -> CTransaction:
     """Spend the wallet's unconfirmed output ``parent`` back to the same script, paying
     ``fee_for_vsize(vsize)``: a child whose fee pays for its parents (CPFP).
 
-    The size is estimated with the largest signature, so the fee asked for is never short."""
-    vin = CTxIn(COutPoint(lx(parent.txid), parent.vout), nSequence=RBF_SEQUENCE)
-    tx = CMutableTransaction([vin], [CTxOut(0, CScript(parent.script_pubkey))], nVersion=2)
-    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x00" * _MAX_DER_SIG, key.pub]))])
-    fee = fee_for_vsize(vsize(tx))
-    value = parent.amount - fee
+    ``parent`` is always the first input. When it alone cannot pay the fee and still leave an
+    output above the dust limit (a lock's small change, say), confirmed ``wallet_coins`` are
+    added, largest first, until it can. The size is estimated with the largest signature, so
+    the fee asked for is never short."""
     limit = dust_limit(parent.script_pubkey, params)
-    if value < limit:
-        raise InsufficientFunds(
-            f"output {parent.txid}:{parent.vout} of {parent.amount} minus a child fee of {fee} "
-            f"leaves {value}, below the dust limit {limit}"
-        )
+    spent = [parent]
+    spare = sorted(wallet_coins, key=lambda u: (-u.amount, u.txid, u.vout))
+    while True:
+        vins = [CTxIn(COutPoint(lx(u.txid), u.vout), nSequence=RBF_SEQUENCE) for u in spent]
+        tx = CMutableTransaction(vins, [CTxOut(0, CScript(parent.script_pubkey))], nVersion=2)
+        dummy = CScriptWitness([b"\x00" * _MAX_DER_SIG, b"\x02" * 33])
+        tx.wit = CTxWitness([CTxInWitness(dummy) for _ in spent])
+        fee = fee_for_vsize(vsize(tx))
+        value = sum(u.amount for u in spent) - fee
+        if value >= limit:
+            break
+        if not spare:
+            added = sum(u.amount for u in spent[1:])
+            coins = f" and {len(spent) - 1} wallet outputs worth {added}" if added else ""
+            raise InsufficientFunds(
+                f"output {parent.txid}:{parent.vout} of {parent.amount}{coins} minus a child fee "
+                f"of {fee} leaves {value}, below the dust limit {limit}"
+            )
+        spent.append(spare.pop(0))
     tx.vout[0].nValue = value
-    tx.wit = CTxWitness([_p2wpkh_witness(tx, 0, key, parent.amount)])
+    tx.wit = CTxWitness(
+        [
+            _p2wpkh_witness(tx, index, key_for(u.script_pubkey), u.amount)
+            for index, u in enumerate(spent)
+        ]
+    )
     return CTransaction.from_tx(tx)
 
 
