@@ -290,12 +290,20 @@ def test_a_feeler_finds_a_node_cut_off_and_drops_a_link_beyond_twice_the_target_
             await asyncio.sleep(0.3)
             assert not lone.links  # it only knows hub: alone for good without feelers
             k.config.feeler_s = 0.05  # k has twice its target degree (p1, p2)
-            await wait_until(lambda: k.node_id in lone.links)
+            # Both ends: lone (the server) finishes the handshake before k reads its last frame.
+            # lone's first two frames are its peers_req and its peer list, on which k decides.
+            await wait_until(
+                lambda: (
+                    k.node_id in lone.links
+                    and lone.node_id in k.links
+                    and k.links[lone.node_id].frames_in >= 2
+                )
+            )
             # q has a link of its own, so k's feeler to it closes again; lone has none: it stays.
             closing = f"closing feeler to {q.node_id.hex()[:12]}"
             await wait_until(lambda: any(closing in r.getMessage() for r in caplog.records))
             await wait_until(lambda: q.node_id not in k.links)
-            assert lone.node_id in k.links
+            assert lone.node_id in k.links and k.node_id in lone.links
         finally:
             await stop_all(nodes)
 
