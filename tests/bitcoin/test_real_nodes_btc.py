@@ -27,7 +27,7 @@ from kofo.settlement.chains.bitcoin.backend import RpcBackend
 from kofo.settlement.chains.bitcoin.blocks import parse_block
 from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
-from kofo.settlement.chains.bitcoin.tx import Utxo, build_funding_tx, build_htlc_spend
+from kofo.settlement.chains.bitcoin.tx import Utxo, build_funding_tx, build_htlc_spend, dust_limit
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
@@ -171,6 +171,37 @@ def _child_pays_for_parent(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> 
     status = alice.status(ref)
     assert status.state is HtlcState.REDEEMED and status.spend_txid == claim.txid
     assert status.preimage == preimage
+
+    # A lock whose change is too small to pay its child: the child adds a wallet coin, and
+    # the node takes the two-input child as paying for the lock.
+    carol = BitcoinAdapter(alice.backend, HdWallet(os.urandom(32), alice.params))
+    funding = build_funding_tx(
+        alice.spendable(),
+        alice.wallet.key_for_script,
+        [(carol.wallet.identity.script_pubkey, v) for v in (3_000_000, 1_000_000)],
+        alice.wallet.identity.script_pubkey,
+        None,
+        alice.params,
+    )
+    alice.broadcast(
+        SignedTx(alice.chain, TxKind.LOCK, b2lx(funding.GetTxid()), funding.serialize())
+    )
+    mine(1)
+    assert carol.balance() == 4_000_000
+    change_left = dust_limit(carol.wallet.identity.script_pubkey, carol.params) + 100
+    expiry = BlockHeight(carol.expiry_now().value + 30)
+    trial, _ = _terms(carol.chain, carol, bob, expiry, amount=2_000_000)
+    (trial_lock,) = carol.prepare_lock(trial)
+    trial_fee = 3_000_000 - sum(o.nValue for o in CTx.deserialize(trial_lock.raw).vout)
+    terms, _ = _terms(carol.chain, carol, bob, expiry, 3_000_000 - trial_fee - change_left)
+    (lock,) = carol.prepare_lock(terms)
+    assert sorted(o.nValue for o in CTx.deserialize(lock.raw).vout) == [change_left, terms.amount]
+    carol.broadcast(lock)
+    stuck(carol, lock, trial_fee)
+    ref = carol.htlc_ref(terms, lock)
+    child = paid_for(carol, ref, lock)
+    assert len(CTx.deserialize(child.raw).vin) == 2  # the change and the 1_000_000 coin
+    assert carol.status(ref).state is HtlcState.LOCKED
 
 
 def _spend(

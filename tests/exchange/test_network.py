@@ -32,7 +32,7 @@ def test_claim_over_five_hops_yields_quote_net_of_protocol_fee_and_order_every_p
         try:
             nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
             await wait_until(lambda: len(nodes[0].book) == 1)
-            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=1, enough=1)
+            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
             assert len(quotes) == 1
             # The maker keeps 10**6 less the 0.1 % protocol fee and prices that; relays take
             # nothing from the delivered amount.
@@ -68,7 +68,7 @@ def test_provider_refuses_an_order_charging_more_protocol_fee_than_it_quoted(cap
         try:
             nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
             await wait_until(lambda: len(nodes[0].book) == 1)
-            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=1, enough=1)
+            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
             nodes[0].config.protocol_fee_bps = 20
             with pytest.raises(RouteFailed, match="signatures"):
                 await nodes[0].settle(cid, quotes[0], os.urandom(32))
@@ -89,7 +89,7 @@ def test_initiator_picks_the_best_of_several_makers():
             for n, price in zip(nodes[1:], (20, 25, 22, 24), strict=True):
                 n.publish_offer("btc", "eth", (price, 1), max_in=10**8)
             await wait_until(lambda: len(hub.book) == 4)
-            cid, quotes = await hub.request_quotes("btc", "eth", 1000, window_s=0.5)
+            cid, quotes = await hub.request_quotes("btc", "eth", 1000, window_s=5, enough=4)
             assert [q.delivered for q in quotes] == [25_000, 24_000, 22_000, 20_000]
             commit = await hub.settle(cid, quotes[0], os.urandom(32))
             assert commit.order.legs[0].recipient == nodes[2].node_id
@@ -158,7 +158,7 @@ def test_bad_frames_are_rejected_scored_and_never_stop_the_node():
             assert "not valid CBOR" in reasons or "frame" in reasons
             assert "claim expired" in reasons
             # b still serves honest traffic from the same peer
-            _, quotes = await a.request_quotes("btc", "eth", 10, window_s=0.5, enough=1)
+            _, quotes = await a.request_quotes("btc", "eth", 10, window_s=5, enough=1)
             assert quotes and quotes[0].delivered == 20
         finally:
             await stop_all(nodes)
