@@ -340,7 +340,7 @@ def start_geth(datadir: Path, *, gas_limit: int | None = None) -> GethNode:
         "--http",
         "--http.addr", "127.0.0.1",
         "--http.port", str(http_port),
-        "--http.api", "eth,net,web3,debug,dev,txpool",
+        "--http.api", "eth,net,web3,debug,dev,txpool,miner",
         "--datadir", datadir / "geth-data",
         "--nodiscover",
         "--maxpeers", "0",

@@ -45,6 +45,13 @@ class TxRejected(ChainError):
     code = "tx_rejected"
 
 
+class FeeTooLow(TxRejected):
+    """A node refused a transaction for its fee alone (under the relay or mempool minimum, or
+    too little to replace another): the same spend at a higher fee may be taken."""
+
+    code = "fee_too_low"
+
+
 class InsufficientFunds(ChainError):
     """The wallet does not hold enough to pay the amount plus fees."""
 

@@ -12,7 +12,7 @@ import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
 from bitcointx.core import b2lx
 
-from kofo.errors import InsufficientFunds, InvalidInput
+from kofo.errors import FeeTooLow, InsufficientFunds, InvalidInput
 from kofo.settlement.chain import (
     BlockHeight,
     FeeEstimate,
@@ -48,8 +48,10 @@ def ltc() -> Iterator[EmbeddedChain]:
 @pytest.fixture(autouse=True)
 def no_fee_market(ltc: EmbeddedChain) -> Iterator[None]:
     ltc.set_block_min_fee_rate(0)
+    ltc.set_mempool_min_fee_rate(0)
     yield
     ltc.set_block_min_fee_rate(0)
+    ltc.set_mempool_min_fee_rate(0)
 
 
 def _adapter(chain: EmbeddedChain, seed: bytes) -> BitcoinAdapter:
@@ -291,6 +293,29 @@ def test_a_lock_whose_change_cannot_pay_gets_a_child_that_adds_a_wallet_coin(ltc
     assert carol.balance() == 300_000 + 500_000 - amount - lock_fee - child_fee - grandchild_fee
 
 
+def test_a_claim_no_mempool_took_is_re_signed_not_given_a_child(ltc, alice, bob):
+    """Litecoin relays no replacement, but a claim its node refused for its fee is in no
+    mempool: a child of it could not be relayed, and a new version replaces nothing. So the
+    bump is the claim re-signed at the higher rate, which the node takes."""
+    ref, preimage = locked_htlc(alice, bob)
+    first = bob.prepare_redeem(ref, preimage)
+    ltc.set_mempool_min_fee_rate(3 * LTC.fallback_fee_rate)
+    with pytest.raises(FeeTooLow, match="mempool min fee not met"):
+        bob.broadcast(first)
+    bumped = bob.prepare_bump(ref, [first], preimage)
+    assert bumped.kind is TxKind.REDEEM
+    fee, size = _fee(bumped, ref.terms.amount)
+    assert fee >= 3 * LTC.fallback_fee_rate * size
+    bob.broadcast(bumped)
+    alice.backend.mine(1, alice.wallet.address())
+    assert bob.tx_confirmations(bumped.txid) == 1
+    # Once the node holds a claim, a bump is a child again.
+    ref2, preimage2 = locked_htlc(alice, bob)
+    held = bob.prepare_redeem(ref2, preimage2)
+    bob.broadcast(held)
+    assert bob.prepare_bump(ref2, [held], preimage2).kind is TxKind.CHILD
+
+
 def test_a_package_that_is_not_a_spend_of_the_htlc_and_its_children_is_refused(alice, bob):
     ref, preimage = locked_htlc(alice, bob)
     other, _ = locked_htlc(alice, bob)
@@ -318,6 +343,7 @@ def test_a_chain_that_relays_replacements_bumps_by_replacement():
         a.backend.mine(101, a.wallet.address())
         ref, preimage = locked_htlc(a, b)
         claim = b.prepare_redeem(ref, preimage)
+        b.broadcast(claim)  # the node holds it
         bump = b.prepare_bump(ref, [claim], preimage)
         assert bump.kind is TxKind.REDEEM and bump.txid != claim.txid
         with pytest.raises(InvalidInput, match="bumps a spend by replacement"):

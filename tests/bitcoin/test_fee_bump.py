@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
 
-from kofo.errors import InvalidInput
-from kofo.settlement.chain import FeeEstimate, HtlcState, SignedTx
+from kofo.errors import FeeTooLow, InvalidInput, TxRejected
+from kofo.settlement.chain import FeeEstimate, HtlcState, SignedTx, TxKind
 from kofo.settlement.chains.bitcoin.adapter import (
     MAX_BUMP_FEE_PCT,
     FeeBumpRefused,
@@ -19,8 +19,10 @@ from tests.bitcoin.conftest import REGTEST, locked_htlc, rpc_adapter
 @pytest.fixture(autouse=True)
 def no_fee_market(chain):
     chain.set_block_min_fee_rate(0)
+    chain.set_mempool_min_fee_rate(0)
     yield
     chain.set_block_min_fee_rate(0)
+    chain.set_mempool_min_fee_rate(0)
 
 
 def _fee_and_vsize(tx: SignedTx, amount: int) -> tuple[int, int]:
@@ -109,3 +111,29 @@ def test_replacing_a_transaction_that_does_not_spend_the_htlc_is_refused(alice, 
     spend_of_other = alice.prepare_refund(other)
     with pytest.raises(InvalidInput, match="does not spend the HTLC"):
         bob.prepare_replacement(ref, spend_of_other, preimage)
+
+
+def test_a_claim_refused_for_its_fee_is_re_signed_at_the_floor_and_taken(chain, alice, bob):
+    """A full mempool's floor rises between signing and sending: the node refuses the claim
+    for its fee alone (``FeeTooLow``, told apart over JSON-RPC from any other refusal), the
+    estimate follows the floor, and the bump of a claim the node does not hold is a new
+    version at that rate, which it takes and mines."""
+    ref, preimage = locked_htlc(alice, bob)
+    first = bob.prepare_redeem(ref, preimage)  # at the 2 sat/vB fallback
+    chain.set_mempool_min_fee_rate(20)
+    with pytest.raises(FeeTooLow, match="mempool min fee not met"):
+        bob.broadcast(first)
+    assert bob.estimate_fee().rate == 20
+    bumped = bob.prepare_bump(ref, [first], preimage)
+    assert bumped.kind is TxKind.REDEEM and bumped.txid != first.txid
+    fee, size = _fee_and_vsize(bumped, ref.terms.amount)
+    assert fee >= 20 * size
+    bob.broadcast(bumped)
+    bob.backend.mine(1, bob.wallet.address())
+    status = alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.spend_txid == bumped.txid
+    # A refusal for another reason is no FeeTooLow (a fee bump would not help it): the first
+    # claim now spends an output spent on chain.
+    with pytest.raises(TxRejected) as refused:
+        bob.broadcast(first)
+    assert not isinstance(refused.value, FeeTooLow)

@@ -15,6 +15,8 @@ import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
 
 from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
+from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
+from kofo.settlement.engine import CrashHook
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg
 from kofo.wire.swap import Accept, Locked, Propose, open_swap, sign_swap
@@ -345,4 +347,49 @@ def test_a_lock_stuck_by_a_fee_rise_gets_a_child_and_the_swap_completes(world_fa
     assert fee >= 40 * sum(CTransaction.deserialize(t.raw).get_virtual_size() for t in package)
     events = [e.payload.get("reason", "") for e in alice.engine.journal.events(sid)]
     assert any("our lock is not confirming" in r for r in events)
+    _assert_exact_holdings(w, give, get, assets, before, sid)
+
+
+class _FeesRiseBeforeSend(CrashHook):
+    """The engine's named-point hook (the one crash tests kill at), used here to move the fee
+    market at an exact instant: the first time ``point`` is reached, the chain's mempool floor
+    rises to ``rate``, so the transaction just signed is refused for its fee."""
+
+    def __init__(self, chain: EmbeddedChain, point: str, rate: int) -> None:
+        super().__init__()
+        self.chain, self.point, self.rate = chain, point, rate
+        self.fired = False
+
+    def hit(self, point: str) -> None:
+        if point == self.point and not self.fired:
+            self.fired = True
+            self.chain.set_mempool_min_fee_rate(self.rate)
+
+
+@pytest.mark.parametrize(("chain", "amount"), [("btc", BTC_AMOUNT), ("ltc", LTC_AMOUNT)])
+def test_a_redeem_refused_for_its_fee_is_re_signed_and_the_swap_completes(
+    world_factory, chain, amount
+):
+    """Fees rise between Bob's signature of his redeem and its send: the node refuses it for
+    its fee, so it is in no mempool. His engine dates the refusal as a send; after the bump
+    wait it re-signs the redeem at the new rate (on Litecoin too, where a redeem the node holds
+    gets a child instead), the node takes it, and the swap completes with exact balances.
+    Without the dating the same redeem would be re-sent unchanged until Alice could refund."""
+    w = world_factory(chain)
+    alice, bob = w.alice, w.bob
+    btc = w.chains[chain]
+    assert isinstance(btc, Btc)
+    rate = 5 * btc.params.fallback_fee_rate
+    bob.engine.crash = _FeesRiseBeforeSend(btc.chain, "before_broadcast:redeem", rate)
+    give, get, assets, before, sid = _start_btc_for_eth(w, chain, amount)
+
+    states = drive([alice, bob], sid, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    versions = [tx for tx, _ in bob.engine.journal.versions(sid, TxKind.REDEEM)]
+    assert [v.kind for v in versions] == [TxKind.REDEEM, TxKind.REDEEM]
+    adapter = bob.engine.adapters[chain]
+    assert adapter.tx_confirmations(versions[0].txid) == 0  # never taken
+    assert adapter.tx_confirmations(versions[1].txid) >= 1
+    paid = btc_fee(adapter, versions[1].txid)
+    assert paid >= rate * CTransaction.deserialize(versions[1].raw).get_virtual_size()
     _assert_exact_holdings(w, give, get, assets, before, sid)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from eth_account.typed_transactions import TypedTransaction
+from hexbytes import HexBytes
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 
 from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
@@ -21,6 +25,7 @@ from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
 from kofo.settlement.chains.bitcoin.tx import build_funding_tx
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.engine import CrashHook
 from kofo.settlement.swap import State
 from kofo.settlement.terms import ChainPolicy, Leg, devnet_policy
 from tests.nodes import LITECOIN_REGTEST_BURN_ADDRESS as LITECOIN_BURN
@@ -71,9 +76,11 @@ def _swap_btc_like_for_eth(
     geth_w3: Web3,
     tmp_path,
     before_block: Callable[[], None] = lambda: None,
+    prepare: Callable[[Node, Node], None] = lambda alice, bob: None,
 ) -> tuple[Node, Node, bytes]:
     """One swap of 0.05 coin for 1 ETH, driven to the end with a block between rounds
-    (``before_block`` runs first); checks both end redeemed with exact balances."""
+    (``before_block`` runs first; ``prepare(alice, bob)`` before the swap is proposed); checks
+    both end redeemed with exact balances."""
     evm = Evm("eth", geth_w3)
     alice_btc = HdWallet(os.urandom(32), chain.params)
     _fund(chain, miner, alice_btc, 20_000_000)
@@ -86,6 +93,7 @@ def _swap_btc_like_for_eth(
     alice = make_node("alice", tmp_path, chains, accounts=accounts["alice"])  # type: ignore[arg-type]
     bob = make_node("bob", tmp_path, chains, accounts=accounts["bob"])  # type: ignore[arg-type]
     link(alice, bob)
+    prepare(alice, bob)
     a_ad, b_ad = alice.engine.adapters, bob.engine.adapters
     give = Leg(
         chain.name,
@@ -191,3 +199,54 @@ def test_litecoind_swap_completes_through_children_when_no_parent_pays_enough(
     for node, kind in ((alice, TxKind.LOCK), (bob, TxKind.REDEEM)):
         step = [tx.kind for tx, _ in node.engine.journal.versions(sid, kind)]
         assert step[0] is kind and TxKind.CHILD in step[1:], (node.name, step)
+
+
+def test_an_eth_redeem_refused_for_its_tip_is_replaced_and_the_swap_completes(
+    litecoind, geth, tmp_path
+):
+    """Between Alice's signature of her ETH redeem and its send, geth's miner raises its
+    minimum tip (``miner_setGasPrice``) above the redeem's: geth refuses it for its fee. Her
+    engine dates the refusal as a send; ``bump_after_blocks`` geth blocks later it re-signs the
+    redeem with the same nonce and fees a quarter higher, geth takes and mines it, Bob learns
+    the secret from it, and the swap completes with exact balances."""
+    chain, miner = _litecoind_chain(litecoind)
+    w3 = _geth_w3(geth)
+    dev = w3.eth.accounts[0]
+    floor = 1_200_000_000  # wei: over the adapter's 1 gwei tip, under a bump's 1.25 gwei
+
+    class MinerTipRises(CrashHook):
+        def hit(self, point: str) -> None:
+            if point == "before_broadcast:redeem":
+                reply = w3.provider.make_request("miner_setGasPrice", [hex(floor)])  # type: ignore[arg-type]
+                assert reply.get("result") is True, reply
+
+    def prepare(alice: Node, _bob: Node) -> None:
+        alice.engine.crash = MinerTipRises()
+        alice.engine.policies["eth"] = replace(alice.engine.policies["eth"], bump_after_blocks=2)
+
+    def next_eth_block() -> None:  # geth mines a block for any transaction it takes
+        tx = w3.eth.send_transaction(
+            {"from": dev, "to": dev, "value": 1, "maxPriorityFeePerGas": 2 * floor,
+             "maxFeePerGas": 100 * floor}
+        )  # fmt: skip
+        w3.eth.wait_for_transaction_receipt(tx, timeout=30)
+
+    try:
+        alice, _bob, sid = _swap_btc_like_for_eth(
+            chain, miner, w3, tmp_path, before_block=next_eth_block, prepare=prepare
+        )
+    finally:  # geth is shared by the session: back to --dev's 1 wei
+        w3.provider.make_request("miner_setGasPrice", [hex(1)])  # type: ignore[arg-type]
+    versions = [tx for tx, _ in alice.engine.journal.versions(sid, TxKind.REDEEM)]
+    assert [v.kind for v in versions] == [TxKind.REDEEM, TxKind.REDEEM]
+    first, bump = (TypedTransaction.from_bytes(HexBytes(v.raw)).as_dict() for v in versions)
+    assert first["nonce"] == bump["nonce"]
+    assert first["maxPriorityFeePerGas"] < floor <= bump["maxPriorityFeePerGas"]
+    assert not _mined(w3, versions[0].txid) and _mined(w3, versions[1].txid)
+
+
+def _mined(w3: Web3, txid: str) -> bool:
+    try:
+        return w3.eth.get_transaction_receipt(txid)["status"] == 1  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return False

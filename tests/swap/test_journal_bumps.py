@@ -139,3 +139,18 @@ def test_a_journal_written_before_fee_bumps_is_read_and_bumped(tmp_path):
         assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem, child]
     finally:
         journal.close()
+
+
+def test_a_spend_refused_for_its_fee_is_dated_but_stays_unsent(journal):
+    """``mark_refused`` starts the bump wait of a redeem no node took (its first date wins,
+    as a send's does) without marking it sent: it is re-sent until its bump is stored."""
+    redeem = _tx(TxKind.REDEEM, 1)
+    journal.store_txs(SWAP, TxKind.REDEEM, [redeem])
+    journal.mark_refused(SWAP, redeem.txid, 100)
+    journal.mark_refused(SWAP, redeem.txid, 104)
+    assert journal.versions(SWAP, TxKind.REDEEM) == [(redeem, 100)]
+    assert [at for *_, at in journal.all_txs(SWAP)] == [None]  # never broadcast
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [redeem]
+    bump = _tx(TxKind.REDEEM, 2)
+    journal.store_bump(SWAP, TxKind.REDEEM, bump)
+    assert journal.current_txs(SWAP, TxKind.REDEEM) == [bump]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kofo.errors import AuditFailed, ChainError, InvalidInput, KofoError
+from kofo.errors import AuditFailed, ChainError, FeeTooLow, InvalidInput, KofoError
 from kofo.settlement.chain import (
     ChainAdapter,
     Expiry,
@@ -568,10 +568,18 @@ class SwapEngine:
         sent = []
         for tx in txs:
             adapter = self.adapters[tx.chain]
-            adapter.broadcast(tx)
             # The height a redeem/refund was first sent at dates it for fee bumps (only on a
             # chain that bumps: elsewhere it would cost a head query per send).
             bumps = self._bump_after(tx.chain, kind) is not None
+            try:
+                adapter.broadcast(tx)
+            except FeeTooLow:
+                # Refused for its fee (a full mempool, fees risen since it was signed): date it
+                # as if sent, so that it is re-signed at a higher fee after the bump wait
+                # instead of being re-sent unchanged until its deadline passes.
+                if bumps and tx.kind is kind and kind is not TxKind.LOCK:
+                    self.journal.mark_refused(rec.swap_id, tx.txid, adapter.tip().height)
+                raise
             self.journal.mark_broadcast(
                 rec.swap_id, tx.txid, adapter.tip().height if bumps else None
             )

@@ -406,6 +406,16 @@ class Journal:
                 (time.time(), height, swap_id, txid),
             )
 
+    def mark_refused(self, swap_id: bytes, txid: str, height: int) -> None:
+        """Date ``txid``, which a node refused for its fee, at ``height`` as if it were sent
+        then (it stays unsent): the wait before a fee bump starts, so a spend that never got
+        into a mempool is re-signed at a higher fee instead of being retried as it is."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE txs SET sent_height=COALESCE(sent_height, ?) WHERE swap_id=? AND txid=?",
+                (height, swap_id, txid),
+            )
+
     # -- evidence and notices ---------------------------------------------------------------
 
     def add_evidence(self, ev: EvidenceRecord) -> bool:

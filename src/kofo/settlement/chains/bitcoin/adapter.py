@@ -360,16 +360,28 @@ class BitcoinAdapter:
     ) -> SignedTx:
         """A lock gets a child (:meth:`prepare_child`; replacing it would move the HTLC). A
         claim or refund gets a BIP125 replacement of the newest version where the chain's nodes
-        relay them (:meth:`prepare_replacement`), else a child paying for the package."""
+        relay them (:meth:`prepare_replacement`), else a child paying for the package. A claim
+        or refund the node does not hold (it refused it for its fee, or evicted it) is re-signed
+        at a higher fee on every chain: a child of it could not be relayed, and a new version
+        replaces nothing in that node's mempool."""
         if not sent:
             raise InvalidInput(f"nothing sent for the HTLC {ref.locator} to bump")
-        if sent[0].kind is not TxKind.LOCK and self.params.replacement_relayed:
-            if len(sent) > 1:
-                raise InvalidInput(
-                    f"{self.chain} bumps a spend by replacement; got a package of {len(sent)}"
-                )
-            return self.prepare_replacement(ref, sent[0], preimage, fee)
+        if sent[0].kind is not TxKind.LOCK:
+            if not self._held(sent[0].txid):
+                return self.prepare_replacement(ref, sent[0], preimage, fee)
+            if self.params.replacement_relayed:
+                if len(sent) > 1:
+                    raise InvalidInput(
+                        f"{self.chain} bumps a spend by replacement; got a package of {len(sent)}"
+                    )
+                return self.prepare_replacement(ref, sent[0], preimage, fee)
         return self.prepare_child(ref, sent, fee)
+
+    def _held(self, txid: str) -> bool:
+        """Whether the node has ``txid``: in its mempool or on the chain."""
+        if self.tx_confirmations(txid) > 0:
+            return True
+        return any(b2lx(CTransaction.deserialize(r).GetTxid()) == txid for r in self._mempool_raw())
 
     def prepare_child(
         self, ref: HtlcRef, package: Sequence[SignedTx], fee: FeeEstimate | None = None

@@ -16,7 +16,7 @@ from bitcointx.core import (
     b2lx,
 )
 
-from kofo.errors import ChainError, TxRejected
+from kofo.errors import ChainError, FeeTooLow, TxRejected
 from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain
 from kofo.settlement.chains.bitcoin.rpc import RpcClient, RpcError
 
@@ -84,7 +84,7 @@ class EmbeddedBackend:
 
     def estimate_fee_rate(self) -> int | None:
         # What the next block needs; with no fee market set, no estimate (like a fresh regtest).
-        return self.chain.block_min_fee_rate or None
+        return self.chain.fee_estimate_rate or None
 
     def mine(self, count: int, address: str) -> list[str]:
         from kofo.settlement.chains.bitcoin.rpcserver import address_to_script
@@ -94,6 +94,21 @@ class EmbeddedBackend:
 
 # Core's RPC error codes for "the node already has it": RPC_VERIFY_ALREADY_IN_CHAIN (-27) and,
 # on older nodes / btcd, RPC_TRANSACTION_ALREADY_IN_CHAIN / -25 with "already have".
+_FEE_REFUSALS = (
+    # Core and litecoind: under -minrelaytxfee, under a full mempool's floor, a BIP125
+    # replacement paying too little (also our embedded chain's wording).
+    "min relay fee not met",
+    "mempool min fee not met",
+    "insufficient fee",
+    # btcd (mempool.go): under the relay fee, a free transaction's priority or rate limit, a
+    # replacement's fee rate or absolute fee ("insufficient fee rate" matches above).
+    "under the required amount",
+    "insufficient priority",
+    "due to low fees",
+    "insufficient absolute fee",
+)
+"""Lower-cased fragments of a node's reason that name the fee alone as the refusal."""
+
 _ALREADY_KNOWN = (
     "already in block chain",
     "already in utxo set",
@@ -140,6 +155,10 @@ class RpcBackend:
             text = exc.message.lower()
             if exc.rpc_code == -27 or any(marker in text for marker in _ALREADY_KNOWN):
                 return _txid(raw)
+            if any(marker in text for marker in _FEE_REFUSALS):
+                raise FeeTooLow(
+                    f"node refused the transaction for its fee: {exc.message}"
+                ) from None
             raise TxRejected(f"node refused the transaction: {exc.message}") from None
 
     def test_accept(self, raw: bytes) -> None:

@@ -8,8 +8,11 @@ script verifies under Core's consensus script code. A transaction spending an in
 transaction replaces it only under BIP125's rules (signalled, higher fee and fee rate).
 A fee market can be set (:meth:`EmbeddedChain.set_block_min_fee_rate`, Core's ``-blockmintxfee``):
 blocks then leave cheaper transactions waiting in the mempool, and ``estimatesmartfee`` answers
-that rate. Reorganisations happen the way they do on a
-real node: a longer competing branch (see :meth:`EmbeddedChain.mine` with ``parent``) wins.
+that rate. A full mempool's floor can be set too (:meth:`EmbeddedChain.set_mempool_min_fee_rate`,
+Core's dynamic ``mempoolminfee``): cheaper transactions are then refused ("mempool min fee not
+met"), and the estimate is at least that floor, as Core's is. Reorganisations happen the way
+they do on a real node: a longer competing branch (see :meth:`EmbeddedChain.mine` with
+``parent``) wins.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from bitcointx.core import (
     b2lx,
 )
 
-from kofo.errors import ChainError, InvalidInput, TxRejected
+from kofo.errors import ChainError, FeeTooLow, InvalidInput, TxRejected
 from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, build_block, parse_block
 from kofo.settlement.chains.bitcoin.kernel import KernelChainstate, SpentOutput, verify_input
 from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
@@ -103,6 +106,7 @@ class EmbeddedChain:
         self._utxo_tip = ""
         self._tag = 0
         self._block_min_fee_rate = 0
+        self._mempool_min_fee_rate = 0
         genesis = self._kernel.block_at(0)
         self._remember(parse_block(self._kernel.block_raw(genesis.hash)), 0)
         # Blocks already in a persistent datadir (a restart) are re-read from the kernel.
@@ -265,9 +269,15 @@ class EmbeddedChain:
             raise TxRejected(f"outputs {total_out} exceed inputs {total_in} (bad-txns-in-belowout)")
         fee_floor = self.params.min_relay_fee_rate * int(tx.get_virtual_size())
         if total_in - total_out < fee_floor:
-            raise TxRejected(
+            raise FeeTooLow(
                 f"fee {total_in - total_out} is below the minimum relay fee {fee_floor} "
                 "(min relay fee not met)"
+            )
+        pool_floor = self._mempool_min_fee_rate * int(tx.get_virtual_size())
+        if total_in - total_out < pool_floor:
+            raise FeeTooLow(
+                f"fee {total_in - total_out} is below the mempool's minimum {pool_floor} at "
+                f"{self._mempool_min_fee_rate} sat/vB (mempool min fee not met)"
             )
         evicted: set[str] = set()
         if conflicts:
@@ -340,19 +350,19 @@ class EmbeddedChain:
             other_vsize = int(other.get_virtual_size())
             # Compare fee rates without division: fee/vsize > other_fee/other_vsize.
             if fee * other_vsize <= other_fee * vsize:
-                raise TxRejected(
+                raise FeeTooLow(
                     f"replacement {txid} fee rate {fee}/{vsize} vB is not above {other_id}'s "
                     f"{other_fee}/{other_vsize} vB (insufficient fee, txn-mempool-conflict)"
                 )
         evicted_fees = sum(self._mempool_fee(self._mempool[e], utxos) for e in evicted)
         if fee < evicted_fees:
-            raise TxRejected(
+            raise FeeTooLow(
                 f"replacement fee {fee} is below the {evicted_fees} paid by the transactions it "
                 "replaces (insufficient fee, txn-mempool-conflict)"
             )
         relay = self.params.min_relay_fee_rate * vsize
         if fee - evicted_fees < relay:
-            raise TxRejected(
+            raise FeeTooLow(
                 f"replacement adds {fee - evicted_fees} in fees, less than the relay fee {relay} "
                 "for its own size (insufficient fee, txn-mempool-conflict)"
             )
@@ -404,10 +414,26 @@ class EmbeddedChain:
     def set_block_min_fee_rate(self, rate: int) -> None:
         """Mine only transactions paying at least ``rate`` sat/vB (Core's ``-blockmintxfee``);
         cheaper ones wait in the mempool until replaced or the rate falls. 0 mines everything."""
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
-            raise InvalidInput(f"block min fee rate must be a non-negative integer, got {rate!r}")
+        rate = _fee_rate("block min fee rate", rate)
         with self._lock:
             self._block_min_fee_rate = rate
+
+    @property
+    def mempool_min_fee_rate(self) -> int:
+        return self._mempool_min_fee_rate
+
+    def set_mempool_min_fee_rate(self, rate: int) -> None:
+        """Refuse transactions paying under ``rate`` sat/vB (Core's floor for a full mempool,
+        ``mempoolminfee``); those already in the mempool stay. 0 lifts the floor."""
+        rate = _fee_rate("mempool min fee rate", rate)
+        with self._lock:
+            self._mempool_min_fee_rate = rate
+
+    @property
+    def fee_estimate_rate(self) -> int:
+        """What ``estimatesmartfee`` answers (sat/vB; 0: no estimate): the rate the next block
+        needs, and never under the mempool's floor."""
+        return max(self._block_min_fee_rate, self._mempool_min_fee_rate)
 
     def _block_template(self) -> list[CTransaction]:
         """The mempool transactions a block takes at the block minimum fee rate, chosen the
@@ -551,3 +577,10 @@ class EmbeddedChain:
                 if spk[:1] == b"\x6a":  # OP_RETURN outputs are provably unspendable
                     continue
                 self._utxo[(txid, n)] = Coin(out.nValue, spk, height, coinbase)
+
+
+def _fee_rate(name: str, rate: object) -> int:
+    """``rate`` (sat/vB) if it is a non-negative integer; else :class:`InvalidInput`."""
+    if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
+        raise InvalidInput(f"{name} must be a non-negative integer, got {rate!r}")
+    return rate

@@ -225,7 +225,7 @@ class RegtestRpcServer:
         return results
 
     def _estimatesmartfee(self, *_: Any) -> dict[str, Any]:
-        rate = self.chain.block_min_fee_rate
+        rate = self.chain.fee_estimate_rate
         if rate:
             # What the next block needs, in Core's unit (BTC/kvB, an exact decimal).
             return {"feerate": Decimal(rate * 1000) / 100_000_000, "blocks": 2}

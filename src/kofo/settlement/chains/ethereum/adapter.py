@@ -25,7 +25,14 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
-from kofo.errors import AuditFailed, ChainError, InsufficientFunds, InvalidInput, TxRejected
+from kofo.errors import (
+    AuditFailed,
+    ChainError,
+    FeeTooLow,
+    InsufficientFunds,
+    InvalidInput,
+    TxRejected,
+)
 from kofo.settlement.chain import (
     BlockInfo,
     FeeEstimate,
@@ -64,6 +71,15 @@ further window doubles. A live lock is usually a few blocks old, and a log query
 with the range it covers (on the embedded EVM quadratically), so the search starts small."""
 
 _HTLC_EVENTS = ("Locked", "Redeemed", "Refunded")
+_FEE_REFUSALS = (
+    # geth's txpool: under the pool's price floor or a full pool's cheapest ("transaction
+    # underpriced"), a same-nonce replacement without the bump ("replacement transaction
+    # underpriced"), a tip under --miner.gasprice ("gas price below minimum").
+    "underpriced",
+    "gas price below minimum",
+    "less than block base fee",
+)
+"""Lower-cased fragments of a node's refusal that name the fee alone."""
 
 _ERC20_ABI: list[dict[str, Any]] = [
     {
@@ -412,6 +428,8 @@ class EthereumAdapter:
             text = str(exc)
             if "already known" in text or "known transaction" in text or self._known(tx.txid):
                 return tx.txid  # already known: broadcasting is idempotent
+            if any(marker in text.lower() for marker in _FEE_REFUSALS):
+                raise FeeTooLow(f"node refused {tx.kind} {tx.txid} for its fee: {text}") from None
             raise ChainError(f"broadcast of {tx.kind} {tx.txid} failed: {text}") from None
         log.info("broadcast %s %s on %s", tx.kind, _hex(sent), self.chain)
         return _hex(sent)
