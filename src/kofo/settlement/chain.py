@@ -184,13 +184,17 @@ class ChainAdapter(Protocol):
         ``sent``. A child (kind ``CHILD``; a lock on a Bitcoin-like chain, or a spend where its
         nodes relay no replacement) spends the last transaction of ``sent`` back to our wallet
         (a lock: its change), so the whole package is mined at its combined fee rate and is
-        sent after ``sent``. Either way the new rate is at least ``fee`` (default: the current
-        estimate) and the chain's rules for a bump. Raises :class:`kofo.errors.ChainError` when
-        they cannot be met (e.g. the fee would eat more of the HTLC than this adapter allows)."""
+        sent after ``sent``. A spend the node does not hold (refused for its fee, evicted) gets
+        a replacement on every chain: a child of it could not be relayed. Either way the new
+        rate is at least ``fee`` (default: the current estimate) and the chain's rules for a
+        bump. Raises :class:`kofo.errors.ChainError` when they cannot be met (e.g. the fee
+        would eat more of the HTLC than this adapter allows)."""
         ...
 
     def broadcast(self, tx: SignedTx) -> str:
-        """Send ``tx``; idempotent (a tx the chain already has is not an error). Returns txid."""
+        """Send ``tx``; idempotent (a tx the chain already has is not an error). Returns txid.
+        A refusal for the fee alone raises :class:`kofo.errors.FeeTooLow` (the same spend at a
+        higher fee may be taken); any other refusal another :class:`kofo.errors.ChainError`."""
         ...
 
     def status(self, ref: HtlcRef) -> HtlcStatus:
