@@ -326,16 +326,23 @@ class BitcoinAdapter:
             raise InvalidInput(f"locator must be txid:vout, got {ref.locator!r}")
         return txid, int(vout)
 
-    def _output_amount(self, ref: HtlcRef) -> int:
-        txid, vout = self._outpoint(ref)
+    def _find_tx(self, txid: str) -> CTransaction | None:
+        """``txid`` from the best chain, else from the node's mempool; None if neither has it."""
         self._sync()
         found = self.index.txs.get(txid)
-        if found is not None and vout < len(found.tx.vout):
-            return int(found.tx.vout[vout].nValue)
+        if found is not None:
+            return found.tx
         for raw in self._mempool_raw():
             tx = CTransaction.deserialize(raw)
-            if b2lx(tx.GetTxid()) == txid and vout < len(tx.vout):
-                return int(tx.vout[vout].nValue)
+            if b2lx(tx.GetTxid()) == txid:
+                return tx
+        return None
+
+    def _output_amount(self, ref: HtlcRef) -> int:
+        txid, vout = self._outpoint(ref)
+        tx = self._find_tx(txid)
+        if tx is not None and vout < len(tx.vout):
+            return int(tx.vout[vout].nValue)
         raise HtlcNotFound(f"HTLC output {ref.locator} is not on chain or in the mempool")
 
     def prepare_redeem(
@@ -367,21 +374,14 @@ class BitcoinAdapter:
         if not sent:
             raise InvalidInput(f"nothing sent for the HTLC {ref.locator} to bump")
         if sent[0].kind is not TxKind.LOCK:
-            if not self._held(sent[0].txid):
-                return self.prepare_replacement(ref, sent[0], preimage, fee)
-            if self.params.replacement_relayed:
-                if len(sent) > 1:
+            held = self._find_tx(sent[0].txid) is not None
+            if not held or self.params.replacement_relayed:
+                if held and len(sent) > 1:
                     raise InvalidInput(
                         f"{self.chain} bumps a spend by replacement; got a package of {len(sent)}"
                     )
                 return self.prepare_replacement(ref, sent[0], preimage, fee)
         return self.prepare_child(ref, sent, fee)
-
-    def _held(self, txid: str) -> bool:
-        """Whether the node has ``txid``: in its mempool or on the chain."""
-        if self.tx_confirmations(txid) > 0:
-            return True
-        return any(b2lx(CTransaction.deserialize(r).GetTxid()) == txid for r in self._mempool_raw())
 
     def prepare_child(
         self, ref: HtlcRef, package: Sequence[SignedTx], fee: FeeEstimate | None = None
@@ -649,15 +649,7 @@ class BitcoinAdapter:
                 f"chain: expected {expected.chain!r}, this is {self.chain!r}", code="audit_chain"
             )
         txid, vout = self._outpoint(ref)
-        self._sync()
-        found = self.index.txs.get(txid)
-        tx = found.tx if found is not None else None
-        if tx is None:
-            for raw in self._mempool_raw():
-                candidate = CTransaction.deserialize(raw)
-                if b2lx(candidate.GetTxid()) == txid:
-                    tx = candidate
-                    break
+        tx = self._find_tx(txid)
         if tx is None or vout >= len(tx.vout):
             raise AuditFailed(
                 f"confirmations: {ref.locator} is not confirmed on the best chain "

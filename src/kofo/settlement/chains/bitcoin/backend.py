@@ -94,6 +94,15 @@ class EmbeddedBackend:
 
 # Core's RPC error codes for "the node already has it": RPC_VERIFY_ALREADY_IN_CHAIN (-27) and,
 # on older nodes / btcd, RPC_TRANSACTION_ALREADY_IN_CHAIN / -25 with "already have".
+_ALREADY_KNOWN = (
+    "already in block chain",
+    "already in utxo set",
+    "already have",
+    "already exists",
+    "txn-already-known",
+    "txn-already-in-mempool",
+)
+
 _FEE_REFUSALS = (
     # Core and litecoind: under -minrelaytxfee, under a full mempool's floor, a BIP125
     # replacement paying too little (also our embedded chain's wording).
@@ -108,15 +117,6 @@ _FEE_REFUSALS = (
     "insufficient absolute fee",
 )
 """Lower-cased fragments of a node's reason that name the fee alone as the refusal."""
-
-_ALREADY_KNOWN = (
-    "already in block chain",
-    "already in utxo set",
-    "already have",
-    "already exists",
-    "txn-already-known",
-    "txn-already-in-mempool",
-)
 
 
 def _txid(raw: bytes) -> str:

@@ -162,9 +162,15 @@ def _estimate_funding_vsize(
         vouts.append(CTxOut(0, CScript(change)))
     vins = [CTxIn(COutPoint(b"\x00" * 32, 0), nSequence=RBF_SEQUENCE) for _ in range(n_inputs)]
     tx = CMutableTransaction(vins, vouts, nVersion=2)
-    dummy = CScriptWitness([b"\x00" * _MAX_DER_SIG, b"\x02" * 33])
-    tx.wit = CTxWitness([CTxInWitness(dummy) for _ in vins])
+    tx.wit = _largest_p2wpkh_witnesses(n_inputs)
     return vsize(tx)
+
+
+def _largest_p2wpkh_witnesses(count: int) -> CTxWitness:
+    """Witnesses of ``count`` P2WPKH inputs at their largest (a 72-byte signature), to size a
+    transaction before it is signed."""
+    dummy = CScriptWitness([b"\x00" * _MAX_DER_SIG, b"\x02" * 33])
+    return CTxWitness([CTxInWitness(dummy) for _ in range(count)])
 
 
 def build_htlc_spend(
@@ -243,8 +249,7 @@ def build_child_spend(
     while True:
         vins = [CTxIn(COutPoint(lx(u.txid), u.vout), nSequence=RBF_SEQUENCE) for u in spent]
         tx = CMutableTransaction(vins, [CTxOut(0, CScript(parent.script_pubkey))], nVersion=2)
-        dummy = CScriptWitness([b"\x00" * _MAX_DER_SIG, b"\x02" * 33])
-        tx.wit = CTxWitness([CTxInWitness(dummy) for _ in spent])
+        tx.wit = _largest_p2wpkh_witnesses(len(spent))
         fee = fee_for_vsize(vsize(tx))
         value = sum(u.amount for u in spent) - fee
         if value >= limit:
