@@ -10,6 +10,7 @@ from bitcointx.core.key import CKey
 
 import kofo.settlement.chains.bitcoin  # noqa: F401  (loads libsecp256k1)
 from kofo.settlement.chain import Expiry
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.blocks import parse_block
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.script import build_htlc_script, p2wsh_script_pubkey
@@ -57,3 +58,19 @@ def fund_htlc(
     txid = chain.send_raw(tx.serialize())
     chain.mine(1, p2wpkh_script_pubkey(pub(funder)))
     return txid, script, preimage
+
+
+def pay(
+    payer: BitcoinAdapter, script_pubkey: bytes, amounts: list[int], rate: int | None = None
+) -> str:
+    """``payer``'s wallet sends ``amounts`` (one output each) to ``script_pubkey`` at ``rate``
+    (default: the node's estimate); returns the txid."""
+    tx = build_funding_tx(
+        payer.spendable(),
+        payer.wallet.key_for_script,
+        [(script_pubkey, a) for a in amounts],
+        payer.wallet.identity.script_pubkey,
+        rate,
+        payer.params,
+    )
+    return payer.backend.send_raw(tx.serialize())

@@ -31,9 +31,10 @@ from kofo.settlement.chains.bitcoin.adapter import (
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.params import chain_params
-from kofo.settlement.chains.bitcoin.tx import build_funding_tx, dust_limit
+from kofo.settlement.chains.bitcoin.tx import dust_limit
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from tests.bitcoin.conftest import locked_htlc
+from tests.bitcoin.helpers import pay
 
 LTC = chain_params("ltc", "regtest")
 
@@ -213,19 +214,6 @@ def test_a_stuck_lock_gets_a_child_spending_its_change_and_the_htlc_stays_put(
             chain.close()
 
 
-def _pay(payer: BitcoinAdapter, script_pubkey: bytes, amounts: list[int], rate: int) -> None:
-    """``payer`` sends ``amounts`` (one output each) to ``script_pubkey`` at ``rate``."""
-    tx = build_funding_tx(
-        payer.spendable(),
-        payer.wallet.key_for_script,
-        [(script_pubkey, a) for a in amounts],
-        payer.wallet.identity.script_pubkey,
-        rate,
-        payer.params,
-    )
-    payer.broadcast(SignedTx(payer.chain, TxKind.LOCK, b2lx(tx.GetTxid()), tx.serialize()))
-
-
 def _terms(sender: BitcoinAdapter, recipient: BitcoinAdapter, amount: int) -> HtlcTerms:
     return HtlcTerms(
         chain=sender.chain,
@@ -243,7 +231,7 @@ def test_a_lock_whose_change_cannot_pay_gets_a_child_that_adds_a_wallet_coin(ltc
     one. Lock and child then confirm together and the wallet is down by exactly the HTLC amount
     and both fees."""
     carol = _adapter(ltc, os.urandom(32))
-    _pay(alice, carol.wallet.identity.script_pubkey, [300_000], LTC.fallback_fee_rate)
+    pay(alice, carol.wallet.identity.script_pubkey, [300_000], LTC.fallback_fee_rate)
     alice.backend.mine(1, alice.wallet.address())
     change_left = dust_limit(carol.wallet.identity.script_pubkey, LTC) + 1_000
     # Size the lock so that its change is ``change_left``: a trial lock shows the fee.
@@ -264,7 +252,7 @@ def test_a_lock_whose_change_cannot_pay_gets_a_child_that_adds_a_wallet_coin(ltc
         carol.prepare_bump(ref, [lock])
 
     # A coin arrives (paid at a rate the blocks take); the child now spends it too.
-    _pay(alice, carol.wallet.identity.script_pubkey, [500_000], 20 * carol.params.fallback_fee_rate)
+    pay(alice, carol.wallet.identity.script_pubkey, [500_000], 20 * carol.params.fallback_fee_rate)
     alice.backend.mine(1, alice.wallet.address())
     assert carol.status(ref).confirmations == 0 and carol.balance() == 500_000
     child = carol.prepare_bump(ref, [lock])

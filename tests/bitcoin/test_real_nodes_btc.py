@@ -29,6 +29,7 @@ from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
 from kofo.settlement.chains.bitcoin.tx import Utxo, build_funding_tx, build_htlc_spend, dust_limit
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from tests.bitcoin.helpers import pay
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
 
@@ -175,17 +176,7 @@ def _child_pays_for_parent(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> 
     # A lock whose change is too small to pay its child: the child adds a wallet coin, and
     # the node takes the two-input child as paying for the lock.
     carol = BitcoinAdapter(alice.backend, HdWallet(os.urandom(32), alice.params))
-    funding = build_funding_tx(
-        alice.spendable(),
-        alice.wallet.key_for_script,
-        [(carol.wallet.identity.script_pubkey, v) for v in (3_000_000, 1_000_000)],
-        alice.wallet.identity.script_pubkey,
-        None,
-        alice.params,
-    )
-    alice.broadcast(
-        SignedTx(alice.chain, TxKind.LOCK, b2lx(funding.GetTxid()), funding.serialize())
-    )
+    pay(alice, carol.wallet.identity.script_pubkey, [3_000_000, 1_000_000])
     mine(1)
     assert carol.balance() == 4_000_000
     change_left = dust_limit(carol.wallet.identity.script_pubkey, carol.params) + 100

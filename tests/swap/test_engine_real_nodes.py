@@ -23,11 +23,11 @@ from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import ChainBackend, RpcBackend
 from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
-from kofo.settlement.chains.bitcoin.tx import build_funding_tx
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.engine import CrashHook
 from kofo.settlement.swap import State
 from kofo.settlement.terms import ChainPolicy, Leg, devnet_policy
+from tests.bitcoin.helpers import pay
 from tests.nodes import LITECOIN_REGTEST_BURN_ADDRESS as LITECOIN_BURN
 from tests.swap.btc_helpers import expected_after, fees_paid, holdings
 from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node, start_swap
@@ -58,18 +58,6 @@ class RealBtc:
         return devnet_policy(self.name, height_clock=True)
 
 
-def _fund(chain: RealBtc, miner: BitcoinAdapter, wallet: HdWallet, amount: int) -> None:
-    tx = build_funding_tx(
-        miner.spendable(),
-        miner.wallet.key_for_script,
-        [(wallet.identity.script_pubkey, amount)],
-        miner.wallet.identity.script_pubkey,
-        None,
-        chain.params,
-    )
-    miner.backend.send_raw(tx.serialize())
-
-
 def _swap_btc_like_for_eth(
     chain: RealBtc,
     miner: BitcoinAdapter,
@@ -83,7 +71,7 @@ def _swap_btc_like_for_eth(
     both end redeemed with exact balances."""
     evm = Evm("eth", geth_w3)
     alice_btc = HdWallet(os.urandom(32), chain.params)
-    _fund(chain, miner, alice_btc, 20_000_000)
+    pay(miner, alice_btc.identity.script_pubkey, [20_000_000])
     chain.mine(1)
     chains = {chain.name: chain, "eth": evm}
     accounts = {
