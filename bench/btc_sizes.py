@@ -21,15 +21,15 @@ from bitcointx.core.key import CKey
 
 import kofo.settlement.chains.bitcoin  # noqa: F401  (loads libsecp256k1)
 from kofo.settlement.chain import BlockHeight
+from kofo.settlement.chains.bitcoin.cooperative import begin_claim, cosign_claim, finish_claim
 from kofo.settlement.chains.bitcoin.kernel import SpentOutput, verify_input
-from kofo.settlement.chains.bitcoin.musig import MusigSigner, aggregate_signature
 from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
 from kofo.settlement.chains.bitcoin.script import build_htlc_script, p2wsh_script_pubkey
 from kofo.settlement.chains.bitcoin.taproot import (
     TaprootHtlc,
     build_taproot_htlc,
-    build_taproot_key_path_spend,
     build_taproot_spend,
+    unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import build_htlc_spend, p2wpkh_script_pubkey
 
@@ -75,17 +75,21 @@ def _taproot_sizes(params: ChainParams) -> dict[str, object]:
         params=params,
         refund=True,
     )
-    pubkeys = [htlc.recipient_pubkey, htlc.refund_pubkey]
-
-    def cosign(msg: bytes) -> bytes:
-        signers = [MusigSigner(k.secret_bytes, pubkeys, htlc.tweak) for k in (recipient, refunder)]
-        nonces = [s.public_nonce(msg) for s in signers]
-        partials = [s.partial_sign(msg, nonces) for s in signers]
-        return aggregate_signature(pubkeys, msg, nonces, partials, htlc.tweak)
-
-    key_path = build_taproot_key_path_spend(
-        **common, destination_script_pubkey=to_recipient, fee_rate=1, params=params, sign=cosign
+    # The key path as the swap makes it: the claimer's and the co-signer's halves of one MuSig2
+    # signature (kofo.settlement.chains.bitcoin.cooperative).
+    unsigned = unsigned_key_path_spend(
+        txid=common["txid"],
+        vout=0,
+        amount=AMOUNT,
+        destination_script_pubkey=to_recipient,
+        fee_rate=1,
+        params=params,
     )
+    session = begin_claim(htlc, unsigned, AMOUNT, recipient.secret_bytes)
+    nonce, partial = cosign_claim(
+        htlc, (common["txid"], 0), session.raw, AMOUNT, refunder.secret_bytes, session.nonce
+    )
+    key_path = finish_claim(session, nonce, partial)
     return {
         "output": "p2tr (MuSig2 internal key + claim leaf + refund leaf)",
         "claim_leaf_bytes": len(htlc.claim_leaf),

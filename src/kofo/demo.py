@@ -325,7 +325,15 @@ def _leg(amount: Amount, payer: _Node, payee: _Node) -> Leg:
     ad = payer.btc if chain == "btc" else payer.eth
     to = payee.btc if chain == "btc" else payee.eth
     unit: Expiry = BlockHeight(0) if chain == "btc" else UnixTime(0)
-    return Leg(chain, amount.base_units, ad.address(), to.address(), unit, amount.asset.token)
+    return Leg(
+        chain,
+        amount.base_units,
+        ad.address(),
+        to.address(),
+        unit,
+        amount.asset.token,
+        output=ad.leg_output(),
+    )
 
 
 def _propose(alice: _Node, bob: _Node, plan: SwapPlan) -> bytes:

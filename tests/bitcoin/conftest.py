@@ -77,6 +77,7 @@ def locked_htlc(
         sender=sender.address(),
         recipient=recipient.address(),
         expiry=BlockHeight(sender.expiry_now().value + expiry_in),
+        output=sender.leg_output(),
     )
     ref = sender.lock(terms)
     if mine:

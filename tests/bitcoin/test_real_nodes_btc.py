@@ -1,7 +1,8 @@
 """The Bitcoin adapter against real nodes: litecoind -regtest and btcd --regtest.
 
 Each node: fund the wallet by mining, then lock -> claim (preimage extracted by the other side)
-and lock -> refund, plus every rejection the embedded chain is tested for, checked by the node's
+and lock -> refund, the same for the Taproot HTLC (claim leaf, cooperative key path, refund
+leaf), plus every rejection the embedded chain is tested for, checked by the node's
 own consensus and mempool code: wrong preimage, wrong key, a non-32-byte preimage, premature
 refund (nLockTime below the expiry, and the chain not there yet), double spend, immature
 coinbase spend.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 
 import pytest
 from bitcointx.core import CBitcoinMutableTransaction as CMutableTransaction
@@ -20,7 +22,7 @@ from bitcointx.core import CBitcoinTxWitness as CTxWitness
 from bitcointx.core import b2lx
 from bitcointx.core.script import CScriptWitness
 
-from kofo.errors import InvalidInput, TxRejected
+from kofo.errors import AuditFailed, InvalidInput, TxRejected
 from kofo.settlement.chain import BlockHeight, HtlcRef, HtlcState, HtlcTerms, SignedTx, TxKind
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
@@ -101,8 +103,66 @@ def _swap_round_trip(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
         bob.prepare_redeem(ref, os.urandom(32))
 
     _rejections(alice, bob, mine)
+    _taproot(alice, bob, mine)
     _fee_bump(alice, bob, mine)
     _child_pays_for_parent(alice, bob, mine)
+
+
+def _taproot(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
+    """The Taproot HTLC on the node: claim leaf (a wrong secret refused), cooperative key-path
+    claim (99 vB, no secret on chain), refund leaf (refused before the expiry)."""
+
+    def p2tr_terms(expiry_in: int) -> tuple[HtlcTerms, bytes]:
+        terms, preimage = _terms(
+            alice.chain, alice, bob, BlockHeight(alice.expiry_now().value + expiry_in)
+        )
+        return replace(terms, output="p2tr"), preimage
+
+    terms, preimage = p2tr_terms(30)
+    ref = alice.lock(terms)
+    mine(1)
+    assert bob.audit(ref, terms, min_confirmations=1).state is HtlcState.LOCKED
+    with pytest.raises(AuditFailed, match="script"):  # the same fields as P2WSH: not this output
+        bob.audit(ref, replace(terms, output=None), min_confirmations=1)
+    claim = bob.prepare_redeem(ref, preimage)
+    with pytest.raises(TxRejected, match=r"(?i)EQUALVERIFY|script"):
+        bob.backend.test_accept(_swap_witness_preimage(claim.raw, preimage, os.urandom(32)))
+    bob.broadcast(claim)
+    mine(1)
+    status = alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.preimage == preimage
+    assert status.spend_confirmations == 1
+
+    terms, preimage = p2tr_terms(30)
+    ref = alice.lock(terms)
+    mine(1)
+    session = bob.begin_cooperative_claim(ref)
+    nonce, partial = alice.cosign_cooperative_claim(ref, session.raw, session.nonce)
+    key_path = bob.finish_cooperative_claim(session, nonce, partial)
+    assert CTx.deserialize(key_path.raw).get_virtual_size() == 99
+    assert preimage not in key_path.raw
+    bob.broadcast(key_path)
+    mine(1)
+    status = alice.status(ref)
+    assert status.state is HtlcState.REDEEMED and status.spend_txid == key_path.txid
+    assert status.spend_confirmations == 1 and status.preimage is None
+
+    expiry_in = 3
+    terms, _ = p2tr_terms(expiry_in)
+    ref = alice.lock(terms)
+    mine(1)
+    refund = alice.prepare_refund(ref)
+    try:
+        alice.broadcast(refund)  # litecoind refuses it (non-final); btcd's mempool may keep it
+    except TxRejected:
+        pass
+    mine(1)
+    assert alice.tx_confirmations(refund.txid) == 0
+    mine(terms.expiry.value - alice.expiry_now().value)
+    alice.broadcast(refund)
+    mine(1)
+    assert alice.status(ref).state is HtlcState.REFUNDED
+    assert alice.tx_confirmations(refund.txid) == 1
 
 
 def _fee_bump(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 
@@ -45,9 +46,10 @@ from kofo.settlement.chains.bitcoin.musig import (
 from kofo.settlement.chains.bitcoin.taproot import (
     TaprootHtlc,
     build_taproot_htlc,
-    build_taproot_key_path_spend,
     build_taproot_spend,
     extract_taproot_preimage,
+    sign_key_path_spend,
+    unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import build_funding_tx, p2wpkh_script_pubkey
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
@@ -235,18 +237,22 @@ def test_claim_witness_with_an_extra_item_is_rejected(chain, miner, coin):
         chain.send_raw(_with_witness(claim, [b"\x01", sig, preimage, leaf, control]))
 
 
-def test_cooperative_key_path_claim_confirms_without_revealing_the_preimage(chain, miner, coin):
-    recipient = new_key()
-    txid, htlc, _ = _fund(chain, miner, coin, recipient, BlockHeight(chain.height() + 50))
-    spend = build_taproot_key_path_spend(
-        htlc=htlc,
+def _key_path_claim(chain, txid: str, recipient: CKey):
+    return unsigned_key_path_spend(
         txid=txid,
         vout=0,
         amount=AMOUNT,
         destination_script_pubkey=p2wpkh_script_pubkey(pub(recipient)),
         fee_rate=2,
         params=chain.params,
-        sign=_cosign(htlc, recipient, miner),
+    )
+
+
+def test_cooperative_key_path_claim_confirms_without_revealing_the_preimage(chain, miner, coin):
+    recipient = new_key()
+    txid, htlc, _ = _fund(chain, miner, coin, recipient, BlockHeight(chain.height() + 50))
+    spend = sign_key_path_spend(
+        htlc, _key_path_claim(chain, txid, recipient), AMOUNT, _cosign(htlc, recipient, miner)
     )
     assert len(_stack(spend)) == 1 and len(_stack(spend)[0]) == 64
     chain.send_raw(spend.serialize())
@@ -259,15 +265,11 @@ def test_cooperative_key_path_claim_confirms_without_revealing_the_preimage(chai
 def test_key_path_signed_by_one_party_alone_is_rejected(chain, miner, coin):
     recipient = new_key()
     txid, htlc, _ = _fund(chain, miner, coin, recipient, BlockHeight(chain.height() + 50))
-    spend = build_taproot_key_path_spend(
-        htlc=htlc,
-        txid=txid,
-        vout=0,
-        amount=AMOUNT,
-        destination_script_pubkey=p2wpkh_script_pubkey(pub(recipient)),
-        fee_rate=2,
-        params=chain.params,
-        sign=lambda msg: recipient.sign_schnorr_no_tweak(msg),
+    spend = sign_key_path_spend(
+        htlc,
+        _key_path_claim(chain, txid, recipient),
+        AMOUNT,
+        lambda msg: recipient.sign_schnorr_no_tweak(msg),
     )
     with pytest.raises(TxRejected, match="script verification"):
         chain.send_raw(spend.serialize())
@@ -308,7 +310,7 @@ def test_taproot_htlc_refuses_the_same_key_on_both_sides():
         build_taproot_htlc(b"\x00" * 32, pub(key), pub(key), BlockHeight(100))
 
 
-# ---- the adapter with htlc_kind="p2tr" ----------------------------------------------------------
+# ---- the adapter with terms naming output="p2tr" -----------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +334,7 @@ def _terms(alice, bob, expiry):
             sender=alice.address(),
             recipient=bob.address(),
             expiry=expiry,
+            output="p2tr",
         ),
         secret,
     )
@@ -368,18 +371,25 @@ def test_adapter_p2tr_refund_after_expiry(parties):
     assert status.state is HtlcState.REFUNDED and status.preimage is None
 
 
-def test_p2wsh_auditor_refuses_a_p2tr_lock_of_the_same_terms(parties):
+def test_an_audit_of_p2wsh_terms_refuses_a_p2tr_lock_of_the_same_fields(parties):
     alice, bob = parties
     terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
     ref = alice.lock(terms)
     alice.backend.mine(1, alice.wallet.address())
-    p2wsh_bob = BitcoinAdapter(bob.backend, bob.wallet)
     with pytest.raises(AuditFailed, match="script"):
-        p2wsh_bob.audit(ref, terms, min_confirmations=1)
+        bob.audit(ref, dataclasses.replace(terms, output=None), min_confirmations=1)
+    # The form comes from the terms, not from the auditor's own htlc_kind.
+    p2wsh_bob = BitcoinAdapter(bob.backend, bob.wallet)
+    assert p2wsh_bob.audit(ref, terms, min_confirmations=1).confirmations == 1
 
 
-def test_adapter_rejects_an_unknown_htlc_kind(chain):
+def test_adapter_rejects_an_unknown_htlc_kind(chain, parties):
     with pytest.raises(InvalidInput, match="htlc_kind"):
         BitcoinAdapter(
             EmbeddedBackend(chain), HdWallet(b"\x1c" * 32, chain.params), htlc_kind="p2sh"
         )
+    alice, bob = parties
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    with pytest.raises(InvalidInput, match=r"terms\.output must be one of p2wsh, p2tr") as err:
+        alice.prepare_lock(dataclasses.replace(terms, output="p2sh"))
+    assert err.value.code == "bad_output"

@@ -129,19 +129,28 @@ def make_node(
     return Node(name, engine, key, accounts, updates)
 
 
-def link(a: Node, b: Node) -> None:
-    """Deliver each node's notices to the other as signed wire bytes (replay-checked)."""
+def link(a: Node, b: Node, *, requests: bool = True) -> None:
+    """Deliver each node's notices and requests to the other as signed wire bytes
+    (replay-checked), and a request's signed reply back. ``requests=False``: notices only
+    (as before cooperative claims: no node can ask the other to co-sign)."""
 
-    def deliver(src: Node, dst: Node) -> Callable[[bytes, SwapBody], None]:
-        def send(_swap_id: bytes, body: SwapBody) -> None:
+    def deliver(src: Node, dst: Node) -> Callable[[bytes, SwapBody], SwapBody | None]:
+        def send(_swap_id: bytes, body: SwapBody) -> SwapBody | None:
             data = sign_swap(src.key, body).to_bytes()
             parsed, sender = open_swap(data, dst.guard)
-            dst.engine.handle(parsed, sender)
+            reply = dst.engine.handle(parsed, sender)
+            if reply is None:
+                return None
+            answer, signer = open_swap(sign_swap(dst.key, reply).to_bytes(), src.guard)
+            assert signer == dst.node_id
+            return answer
 
         return send
 
     a.engine._notify = deliver(a, b)
     b.engine._notify = deliver(b, a)
+    a.engine._request = deliver(a, b) if requests else None
+    b.engine._request = deliver(b, a) if requests else None
 
 
 def start_swap(a: Node, b: Node, initiator_leg, participant_leg) -> bytes:

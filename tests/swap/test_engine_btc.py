@@ -17,9 +17,20 @@ from bitcointx.core import CBitcoinTransaction as CTransaction
 from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.engine import CrashHook
+from kofo.settlement.peer_http import PeerError
 from kofo.settlement.swap import State
-from kofo.settlement.terms import Leg
-from kofo.wire.swap import Accept, Locked, Propose, open_swap, sign_swap
+from kofo.settlement.terms import Leg, TermsRefused
+from kofo.wire.swap import (
+    Accept,
+    ClaimCosigned,
+    CosignClaim,
+    Error,
+    Locked,
+    Propose,
+    SwapBody,
+    open_swap,
+    sign_swap,
+)
 from tests.swap.btc_helpers import Btc, addr, btc_fee, expected_after, fees_paid, holdings
 from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node
 
@@ -143,6 +154,222 @@ def test_swap_pays_both_sides_exactly_the_agreed_amounts(world_factory, pair):
     assert bob.engine.journal.preimage(sid) == preimage  # read off the chain alice redeemed on
     _assert_exact_holdings(w, give, get, assets, before, sid)
     assert alice.engine.journal.evidence(sid) == [] and bob.engine.journal.evidence(sid) == []
+
+
+def _htlc_spend(node: Node, chain: str, sid: bytes, kind: TxKind) -> CTransaction:
+    """The confirmed transaction of ``kind`` that ``node`` journaled for swap ``sid``."""
+    adapter = node.engine.adapters[chain]
+    (txid,) = [
+        t
+        for k, c, t, at in node.engine.journal.all_txs(sid)
+        if k == kind.value and c == chain and at is not None and adapter.tx_confirmations(t)
+    ]
+    return adapter.index.txs[txid].tx  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize("cooperative", [True, False], ids=["key_path", "leaf"])
+@pytest.mark.parametrize("pair", ["btc_for_eth", "eth_for_btc", "ltc_for_eth"])
+def test_a_taproot_leg_is_claimed_by_the_key_path_when_both_sign_else_by_its_leaf(
+    world_factory, pair, cooperative
+):
+    btc_chain, (c1, a1, t1), (c2, a2, t2) = PAIRS[pair]
+    w = world_factory(btc_chain)
+    alice, bob = w.alice, w.bob
+    link(alice, bob, requests=cooperative)
+    give = _leg(w, alice, bob, c1, a1, t1)
+    get = _leg(w, bob, alice, c2, a2, t2)
+    give, get = (replace(g, output="p2tr") if g.chain == btc_chain else g for g in (give, get))
+    assets = {(c1, None), (c2, None)}
+    before = {n.name: holdings(n, assets) for n in (alice, bob)}
+
+    sid = _start(w, give, get)
+    terms = bob.engine.terms_of(sid)  # bob's copy came over the wire: the form travelled
+    btc_leg = terms.initiator_leg if c1 == btc_chain else terms.participant_leg
+    assert btc_leg.output == "p2tr"
+
+    states = drive([alice, bob], sid, between=w.mine)
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    _assert_exact_holdings(w, give, get, assets, before, sid)
+    secret = alice.engine.journal.preimage(sid)
+    assert secret is not None and bob.engine.journal.preimage(sid) == secret
+    assert alice.engine.journal.evidence(sid) == [] and bob.engine.journal.evidence(sid) == []
+    # On chain: the lock pays a v1 witness program (OP_1 <32 bytes>).
+    locker, claimer = (alice, bob) if c1 == btc_chain else (bob, alice)
+    lock_out = _htlc_spend(locker, btc_chain, sid, TxKind.LOCK).vout
+    assert any(bytes(o.scriptPubKey)[:2] == b"\x51\x20" for o in lock_out)
+    claim = _htlc_spend(claimer, btc_chain, sid, TxKind.REDEEM)
+    stack = list(claim.wit.vtxinwit[0].scriptWitness.stack)
+    if cooperative:
+        # One 64-byte signature of both keys: 99 vB, and no secret on this chain.
+        assert len(stack) == 1 and len(stack[0]) == 64
+        assert claim.get_virtual_size() == 99 and secret not in claim.serialize()
+    else:
+        # The claim leaf: signature, preimage, leaf script, control block.
+        assert len(stack) == 4 and stack[1] == secret
+        assert stack[3][0] & 0xFE == 0xC0
+
+
+def _taproot_swap(w: World, pair: str) -> tuple[Leg, Leg, set, dict, bytes]:
+    """Start ``pair`` (from :data:`PAIRS`) with its Bitcoin-like leg as a Taproot HTLC."""
+    btc_chain, (c1, a1, t1), (c2, a2, t2) = PAIRS[pair]
+    give = _leg(w, w.alice, w.bob, c1, a1, t1)
+    get = _leg(w, w.bob, w.alice, c2, a2, t2)
+    give, get = (replace(g, output="p2tr") if g.chain == btc_chain else g for g in (give, get))
+    assets = {(c1, None), (c2, None)}
+    before = {n.name: holdings(n, assets) for n in (w.alice, w.bob)}
+    return give, get, assets, before, _start(w, give, get)
+
+
+@pytest.mark.parametrize("failure", ["cheating_cosigner", "peer_unreachable", "refused"])
+@pytest.mark.parametrize("pair", ["btc_for_eth", "eth_for_btc"])
+def test_a_cooperative_claim_that_fails_falls_back_to_the_leaf_and_the_swap_completes(
+    world_factory, pair, failure
+):
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    link(alice, bob)
+    give, get, assets, before, sid = _taproot_swap(w, pair)
+    claimer = bob if pair == "btc_for_eth" else alice
+    honest = claimer.engine._request
+    assert honest is not None
+    asked: list[SwapBody] = []
+
+    def failing(swap_id: bytes, body: SwapBody) -> SwapBody | None:
+        asked.append(body)
+        if failure == "peer_unreachable":
+            raise PeerError("peer http://127.0.0.1:9 unreachable", code="peer_unreachable")
+        if failure == "refused":  # a secret that is not the swap's
+            body = replace(body, preimage=bytes(32))  # type: ignore[arg-type]
+        reply = honest(swap_id, body)
+        if failure == "cheating_cosigner":
+            assert isinstance(reply, ClaimCosigned)
+            return replace(reply, partial_sig=(1).to_bytes(32, "big"))
+        assert isinstance(reply, Error) and reply.code == "cosign_refused"
+        assert "does not hash to the swap's payment hash" in reply.message
+        return reply
+
+    claimer.engine._request = failing
+    states = drive([alice, bob], sid, between=w.mine)
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    assert len(asked) == 1 and isinstance(asked[0], CosignClaim)
+    _assert_exact_holdings(w, give, get, assets, before, sid)
+    claim = _htlc_spend(claimer, "btc", sid, TxKind.REDEEM)
+    assert len(claim.wit.vtxinwit[0].scriptWitness.stack) == 4  # the claim leaf
+
+
+def test_the_participant_co_signs_only_for_the_secret_and_then_redeems_at_once(world_factory):
+    """ETH for Taproot BTC, stepped by hand: Alice (initiator) asks Bob to co-sign her claim of
+    his BTC leg. Requests without the secret, for another output, or spending something else
+    are refused; the real one is answered, and Bob redeems Alice's ETH at once."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    link(alice, bob)
+    _give, _get, _assets, _before, sid = _taproot_swap(w, "eth_for_btc")
+    for _ in range(8):  # alice locks ETH; bob audits it and locks BTC; alice is not asked yet
+        alice.engine.tick() if alice.engine.journal.get(sid).state is not State.LOCKED else None
+        bob.engine.tick()
+        btc.mine(1)
+    assert alice.engine.journal.get(sid).state is State.LOCKED
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    terms = alice.engine.terms_of(sid)
+    secret = alice.engine.journal.preimage(sid)
+    assert secret is not None
+    ad = alice.engine.adapters["btc"]
+    ref = ad.find_htlc(terms.participant_leg.htlc(terms.payment_hash))
+    assert ref is not None
+    claim = ad.begin_cooperative_claim(ref)  # type: ignore[attr-defined]
+
+    def ask(body: CosignClaim) -> SwapBody | None:
+        data = sign_swap(alice.key, body).to_bytes()
+        return bob.engine.handle(*open_swap(data, bob.guard))
+
+    good = CosignClaim(sid, "btc", claim.raw, claim.nonce, secret)
+    for bad, why in (
+        (replace(good, preimage=bytes(32)), "does not hash to the swap's payment hash"),
+        (replace(good, chain="eth"), "our leg on eth is not a Taproot HTLC"),
+    ):
+        reply = ask(bad)
+        assert isinstance(reply, Error) and reply.code == "cosign_refused", bad
+        assert why in reply.message
+    assert bob.engine.journal.preimage(sid) is None  # no secret came with them
+    # A claim that would also spend another coin is refused, though its secret is kept.
+    reply = ask(replace(good, claim=_with_extra_input(claim.raw)))
+    assert isinstance(reply, Error) and "must have 1 input, it has 2" in reply.message
+
+    reply = ask(good)
+    assert isinstance(reply, ClaimCosigned)
+    assert bob.engine.journal.preimage(sid) == secret
+    signed = ad.finish_cooperative_claim(claim, reply.nonce, reply.partial_sig)  # type: ignore[attr-defined]
+    # Bob now holds the secret: he redeems alice's ETH before her claim is even broadcast
+    # (the embedded EVM mines each transaction at once, so he is paid in one tick).
+    bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.REDEEMED
+    ad.broadcast(signed)
+    states = drive([alice, bob], sid, between=w.mine)
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+
+
+def _with_extra_input(raw: bytes) -> bytes:
+    from bitcointx.core import (
+        CBitcoinMutableTransaction,
+        CBitcoinOutPoint,
+        CBitcoinTxIn,
+        CBitcoinTxInWitness,
+    )
+
+    tx = CBitcoinMutableTransaction.from_tx(CTransaction.deserialize(raw))
+    tx.vin.append(CBitcoinTxIn(CBitcoinOutPoint(b"\x11" * 32, 0)))
+    tx.wit.vtxinwit.append(CBitcoinTxInWitness())
+    return bytes(CTransaction.from_tx(tx).serialize())
+
+
+def test_a_taproot_initiator_leg_is_refunded_by_its_leaf_when_the_participant_vanishes(
+    world_factory,
+):
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    give = replace(_leg(w, alice, bob, "btc", BTC_AMOUNT), output="p2tr")
+    get = _leg(w, bob, alice, "eth", ETHER)
+    before = holdings(alice, {("btc", None)})
+    sid = _start(w, give, get)  # bob accepts, then is never heard of again
+
+    def time_passes(_r: int) -> None:
+        btc.mine(3)
+        evm.advance(5)
+
+    assert drive([alice], sid, rounds=40, between=time_passes) == {"alice": State.REFUNDED}
+    assert holdings(alice, {("btc", None)}) == expected_after(
+        before, gives=give, gets=get, fees=fees_paid(alice, sid), refunded=True
+    )
+    refund = _htlc_spend(alice, "btc", sid, TxKind.REFUND)
+    assert len(refund.wit.vtxinwit[0].scriptWitness.stack) == 3  # sig, leaf, control block
+    assert refund.nLockTime == alice.engine.terms_of(sid).initiator_leg.expiry.value
+
+
+def test_a_leg_naming_an_output_its_chain_does_not_build_is_refused_by_both_sides(
+    world_factory,
+):
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    eth_p2tr = replace(_leg(w, bob, alice, "eth", ETHER), output="p2tr")
+    with pytest.raises(TermsRefused, match="eth leg asks for a 'p2tr' HTLC") as err:
+        alice.engine.propose(give, eth_p2tr, participant_node=bob.node_id)
+    assert err.value.code == "terms_output"
+    # A proposer that skips its own check meets the participant's.
+    good = alice.engine.propose(
+        give, _leg(w, bob, alice, "eth", ETHER), participant_node=bob.node_id
+    )
+    odd = replace(good, initiator_leg=replace(good.initiator_leg, output="p2sh"))
+    with pytest.raises(
+        TermsRefused, match="btc leg asks for a 'p2sh' HTLC; this node builds p2wsh, p2tr"
+    ):
+        bob.engine.accept(odd)
+    assert bob.engine.unfinished() == []
 
 
 def _initiator_gone_after_both_locks(w: World, *, saw_counter_lock: bool) -> bytes:

@@ -65,10 +65,11 @@ def _swap_btc_like_for_eth(
     tmp_path,
     before_block: Callable[[], None] = lambda: None,
     prepare: Callable[[Node, Node], None] = lambda alice, bob: None,
+    output: str | None = None,
 ) -> tuple[Node, Node, bytes]:
-    """One swap of 0.05 coin for 1 ETH, driven to the end with a block between rounds
-    (``before_block`` runs first; ``prepare(alice, bob)`` before the swap is proposed); checks
-    both end redeemed with exact balances."""
+    """One swap of 0.05 coin (its HTLC of form ``output``) for 1 ETH, driven to the end with a
+    block between rounds (``before_block`` runs first; ``prepare(alice, bob)`` before the swap
+    is proposed); checks both end redeemed with exact balances."""
     evm = Evm("eth", geth_w3)
     alice_btc = HdWallet(os.urandom(32), chain.params)
     pay(miner, alice_btc.identity.script_pubkey, [20_000_000])
@@ -89,6 +90,7 @@ def _swap_btc_like_for_eth(
         a_ad[chain.name].address(),
         b_ad[chain.name].address(),
         BlockHeight(0),
+        output=output,
     )
     get = Leg("eth", ETHER, b_ad["eth"].address(), a_ad["eth"].address(), UnixTime(0))
     assets = {(chain.name, None), ("eth", None)}
@@ -137,6 +139,10 @@ def test_btcd_btc_for_geth_eth_pays_both_sides(btcd_factory, geth, tmp_path):
     _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path)
 
 
+MINER_NEEDS = 30_000_000
+"""What a litecoind test's miner pays out: 0.2 LTC to alice, plus fees and room for change."""
+
+
 def _litecoind_chain(litecoind) -> tuple[RealBtc, BitcoinAdapter]:
     params = chain_params("ltc", "regtest")
     miner_wallet = HdWallet(os.urandom(32), params)
@@ -144,9 +150,15 @@ def _litecoind_chain(litecoind) -> tuple[RealBtc, BitcoinAdapter]:
     backend = RpcBackend(client)
     litecoind.activate_soft_forks()  # CLTV on, so the HTLC's refund branch is consensus
     first = backend.block_count() + 1
-    litecoind.generate_to_address(5, miner_wallet.address())
-    litecoind.generate_to_address(100, LITECOIN_BURN)  # matures the miner's coinbases
     miner = BitcoinAdapter(backend, miner_wallet, start_height=first)
+    # Litecoin regtest halves the subsidy every 150 blocks and the session's chain is long by
+    # the time this runs: mine to the miner until it holds what a test pays out (bounded).
+    for _ in range(6):
+        litecoind.generate_to_address(10, miner_wallet.address())
+        litecoind.generate_to_address(100, LITECOIN_BURN)  # matures the miner's coinbases
+        if miner.balance() >= MINER_NEEDS:
+            break
+    assert miner.balance() >= MINER_NEEDS, f"the miner holds {miner.balance()}"
     chain = RealBtc("ltc", backend, lambda n: litecoind.generate_to_address(n, LITECOIN_BURN))
     return chain, miner
 
@@ -154,6 +166,21 @@ def _litecoind_chain(litecoind) -> tuple[RealBtc, BitcoinAdapter]:
 def test_litecoind_ltc_for_geth_eth_pays_both_sides(litecoind, geth, tmp_path):
     chain, miner = _litecoind_chain(litecoind)
     _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path)
+
+
+def test_litecoind_taproot_ltc_for_geth_eth_is_claimed_by_one_joint_signature(
+    litecoind, geth, tmp_path
+):
+    """The LTC leg is a Taproot HTLC; bob claims it by the key path, co-signed by alice over
+    the swap channel: litecoind mines a 99 vB claim that shows no secret."""
+    chain, miner = _litecoind_chain(litecoind)
+    _alice, bob, sid = _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path, output="p2tr")
+    ad = bob.engine.adapters["ltc"]
+    assert isinstance(ad, BitcoinAdapter)
+    (txid,) = [t for k, c, t, at in bob.engine.journal.all_txs(sid) if k == "redeem" and at]
+    claim = ad.index.txs[txid].tx
+    assert [len(item) for item in claim.wit.vtxinwit[0].scriptWitness.stack] == [64]
+    assert claim.get_virtual_size() == 99
 
 
 def test_litecoind_swap_completes_through_children_when_no_parent_pays_enough(

@@ -44,7 +44,9 @@ def situations(draw):
     state = draw(st.sampled_from(State))
     # The participant holds the preimage only once it has read it from a redeem on chain.
     has_preimage = role is Role.INITIATOR or draw(st.booleans())
-    rec = SwapRecord(TERMS.swap_id, role, TERMS, state, has_preimage)
+    # The secret is shared only by the initiator, or with a participant that stored it.
+    secret_shared = has_preimage and draw(st.booleans())
+    rec = SwapRecord(TERMS.swap_id, role, TERMS, state, has_preimage, secret_shared)
     facts = ChainFacts(draw(leg_facts), draw(leg_facts))
     now = {"c1": BlockHeight(draw(c1_clock)), "c2": UnixTime(draw(c2_clock))}
     return rec, facts, now
@@ -70,11 +72,17 @@ def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
     reveals = action.kind is ActionKind.SIGN_REDEEM or action.tx_kind is TxKind.REDEEM
     # A bump of a redeem already visible on the counter chain reveals nothing new.
     revealed = action.kind is ActionKind.BUMP and facts.counter.state is HtlcState.REDEEMED
-    if reveals and rec.role is Role.INITIATOR and not (secret_public or revealed):
+    # A secret shown to the participant for a cooperative claim was shown before the deadline.
+    shared = rec.secret_shared
+    if reveals and rec.role is Role.INITIATOR and not (secret_public or revealed or shared):
         assert counter_now < TERMS.initiator_redeem_by.value, "reveals the secret late"
         assert facts.counter.state is HtlcState.LOCKED
     if action.kind is ActionKind.SIGN_REDEEM and rec.role is Role.PARTICIPANT:
-        assert secret_public, "the participant redeems only with a secret read from the chain"
+        assert secret_public or (shared and rec.has_preimage), (
+            "the participant redeems only with a secret read from the chain or given to it"
+        )
+    if action.kind is ActionKind.SIGN_REDEEM and rec.role is Role.INITIATOR and shared:
+        assert facts.counter.state is HtlcState.LOCKED or secret_public
     if action.kind is ActionKind.SIGN_REDEEM:
         assert rec.has_preimage or facts.own.preimage is not None
     if rec.state in TERMINAL:
@@ -249,3 +257,34 @@ def test_a_lock_waiting_unconfirmed_is_bumped_only_before_the_lock_deadline():
     assert next_action(rec, stuck, late).kind is ActionKind.WAIT
     signed = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.LOCK_SIGNED, True)
     assert next_action(signed, stuck, before).to is State.LOCK_SENT  # first: seen on chain
+
+
+def test_an_initiator_that_shared_the_secret_redeems_after_its_reveal_deadline():
+    """The secret went to the participant for a co-signature before the deadline; a crash or a
+    slow step then lets the deadline pass. Holding the redeem back now would only help the
+    participant, so it is signed and sent; without the share it would not be."""
+    counter = LegFacts(HtlcState.LOCKED, 5)
+    facts = ChainFacts(LegFacts(HtlcState.LOCKED, 5), counter)
+    now = {"c1": BlockHeight(0), "c2": TERMS.initiator_redeem_by}
+    for state, kind in (
+        (State.COUNTER_AUDITED, ActionKind.SIGN_REDEEM),
+        (State.REDEEM_SIGNED, ActionKind.BROADCAST),
+        (State.REDEEM_SENT, ActionKind.BROADCAST),
+    ):
+        shared = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, state, True, True)
+        assert next_action(shared, facts, now).kind is kind, state
+        kept = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, state, True, False)
+        assert next_action(kept, facts, now).to is State.REFUND_WAIT, state
+    locked = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.LOCKED, True, True)
+    assert next_action(locked, facts, now).to is State.COUNTER_AUDITED
+
+
+def test_a_participant_given_the_secret_redeems_without_waiting_for_the_chain():
+    facts = ChainFacts(LegFacts(HtlcState.LOCKED, 5), LegFacts(HtlcState.LOCKED, 5))
+    now = {"c1": BlockHeight(A_LEG.expiry.value - 100), "c2": UnixTime(0)}
+    given = SwapRecord(TERMS.swap_id, Role.PARTICIPANT, TERMS, State.LOCKED, True, True)
+    assert next_action(given, facts, now).kind is ActionKind.SIGN_REDEEM
+    waiting = SwapRecord(TERMS.swap_id, Role.PARTICIPANT, TERMS, State.LOCKED, False, False)
+    assert next_action(waiting, facts, now).kind is ActionKind.WAIT
+    gone = ChainFacts(LegFacts(HtlcState.LOCKED, 5), LegFacts(HtlcState.ABSENT))
+    assert next_action(given, gone, now).kind is not ActionKind.SIGN_REDEEM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from kofo.wire.envelope import BadMessage, BadSignature, ReplayedMessage, Replay
 from kofo.wire.swap import (
     Accept,
     Cancel,
+    ClaimCosigned,
+    CosignClaim,
     Error,
     Locked,
     Propose,
@@ -73,6 +76,11 @@ def vector_bodies():
         "swap.refunded": Refunded(sid, "btc", "12" * 32),
         "swap.cancel": Cancel(sid, "changed my mind"),
         "swap.error": Error(sid, "terms_margin_too_small", "need 3720 s"),
+        # The wire carries the claim and the MuSig2 values as opaque bytes of fixed sizes.
+        "swap.cosign_claim": CosignClaim(
+            sid, "btc", bytes.fromhex("02" * 60), b"\x02" * 66, bytes(32)
+        ),
+        "swap.claim_cosigned": ClaimCosigned(sid, b"\x03" * 66, b"\x04" * 32),
     }
 
 
@@ -115,6 +123,80 @@ def test_a_replayed_message_is_refused():
     open_swap(data, guard)
     with pytest.raises(ReplayedMessage):
         open_swap(data, guard)
+
+
+def taproot_vector_terms() -> SwapTerms:
+    """The vector terms with a Taproot initiator leg (``output`` = "p2tr", schema version 2)."""
+    t = vector_terms()
+    return dataclasses.replace(t, initiator_leg=dataclasses.replace(t.initiator_leg, output="p2tr"))
+
+
+def test_the_taproot_propose_vector_matches_docs_and_says_schema_2():
+    body = Propose(taproot_vector_terms())
+    data = sign_swap(VECTOR_KEY, body, ts=VECTOR_TS, nonce=VECTOR_NONCE).to_bytes()
+    m = re.search(
+        r"`swap.propose` \(Taproot leg\) wire bytes:\n```\n([0-9a-f\n]+)```", DOCS.read_text()
+    )
+    assert m, "no Taproot propose vector in docs/swap.md"
+    assert m.group(1).replace("\n", "") == data.hex()
+    wire = decode(data)["env"]["body"]
+    assert wire["sv"] == 2 and wire["terms"]["initiator_leg"]["output"] == "p2tr"
+    assert "output" not in wire["terms"]["participant_leg"]  # the default form is not named
+    assert open_swap(data)[0] == body
+    # Without an output the same terms still travel as schema 1, byte for byte as before.
+    plain = decode(sign_swap(VECTOR_KEY, Propose(vector_terms())).to_bytes())["env"]["body"]
+    assert plain["sv"] == 1 and "output" not in plain["terms"]["initiator_leg"]
+
+
+def test_a_leg_output_under_schema_1_or_an_unknown_schema_is_refused():
+    from kofo.wire.envelope import sign
+    from kofo.wire.swap import body_to_wire
+
+    body = body_to_wire(Propose(taproot_vector_terms()))
+    with pytest.raises(BadMessage, match="needs schema version 2, it says 1"):
+        open_swap(sign(VECTOR_KEY, "swap.propose", body | {"sv": 1}).to_bytes())
+    with pytest.raises(BadMessage, match=r"schema version 3 is not one this node reads \(1..2\)"):
+        open_swap(sign(VECTOR_KEY, "swap.propose", body | {"sv": 3}).to_bytes())
+    empty = decode(encode(body))
+    empty["terms"]["initiator_leg"]["output"] = ""
+    with pytest.raises(BadMessage, match="'output' must not be empty"):
+        open_swap(sign(VECTOR_KEY, "swap.propose", empty).to_bytes())
+
+
+def test_a_leg_or_htlc_with_an_unknown_field_is_refused_not_ignored():
+    from kofo.wire.envelope import sign
+    from kofo.wire.swap import body_to_wire
+
+    body = body_to_wire(vector_bodies()["swap.propose"])
+    body["terms"]["participant_leg"]["script"] = "ff"
+    with pytest.raises(BadMessage, match=r"participant_leg: unknown fields \['script'\]"):
+        open_swap(sign(VECTOR_KEY, "swap.propose", body).to_bytes())
+    locked = body_to_wire(vector_bodies()["swap.locked"])
+    locked["htlc"]["kind"] = "p2tr"
+    with pytest.raises(BadMessage, match=r"htlc: unknown fields \['kind'\]"):
+        open_swap(sign(VECTOR_KEY, "swap.locked", locked).to_bytes())
+
+
+def test_cosign_messages_check_sizes_and_hide_the_secret():
+    from kofo.wire.envelope import sign
+    from kofo.wire.swap import body_to_wire
+
+    request = vector_bodies()["swap.cosign_claim"]
+    assert request.preimage.hex() not in repr(request)
+    wire = body_to_wire(request)
+    assert wire["sv"] == 2
+    for field_name, bad, match in (
+        ("nonce", b"\x02" * 65, "'nonce' must be 66 bytes"),
+        ("preimage", bytes(33), "'preimage' must be 32 bytes"),
+        ("claim", b"", "'claim' must be 1..1000 bytes"),
+        ("claim", bytes(1001), "'claim' must be 1..1000 bytes"),
+    ):
+        data = sign(VECTOR_KEY, "swap.cosign_claim", wire | {field_name: bad}).to_bytes()
+        with pytest.raises(BadMessage, match=match):
+            open_swap(data)
+    answer = body_to_wire(vector_bodies()["swap.claim_cosigned"]) | {"partial_sig": bytes(31)}
+    with pytest.raises(BadMessage, match="'partial_sig' must be 32 bytes"):
+        open_swap(sign(VECTOR_KEY, "swap.claim_cosigned", answer).to_bytes())
 
 
 def test_a_body_with_an_extra_field_is_refused():

@@ -138,6 +138,14 @@ class ChainAdapter(Protocol):
     chain: str
     """Short chain name: ``"btc"``, ``"ltc"``, ``"eth"``."""
 
+    outputs: tuple[str, ...]
+    """HTLC output forms (``HtlcTerms.output``) this adapter can lock, audit and spend besides
+    the chain's default (``None``); a leg naming another is refused (``terms_output``)."""
+
+    def leg_output(self) -> str | None:
+        """``Leg.output`` for a leg this node proposes on the chain: its configured form."""
+        ...
+
     def expiry_now(self) -> Expiry:
         """The chain's clock in the unit its HTLC expiries use (height or block time)."""
         ...
@@ -252,6 +260,46 @@ class ChainAdapter(Protocol):
 
 
 _T = TypeVar("_T")
+
+
+class CooperativeClaimSession(Protocol):
+    """The claimer's half of a cooperative claim, kept in memory between its two steps."""
+
+    @property
+    def raw(self) -> bytes:
+        """The unsigned claim, as the co-signer receives it."""
+        ...
+
+    @property
+    def nonce(self) -> bytes:
+        """The claimer's public MuSig2 nonce."""
+        ...
+
+
+@runtime_checkable
+class CooperativeClaims(Protocol):
+    """Optional, for chains whose HTLC both parties can spend with one signature (a Taproot
+    HTLC's key path): a claim that is smaller than the claim leaf and shows no preimage. The
+    sender co-signs only once the recipient could claim anyway (it holds the preimage); the
+    swap engine decides that, the adapter only builds and checks the transaction."""
+
+    def begin_cooperative_claim(
+        self, ref: HtlcRef, fee: FeeEstimate | None = None
+    ) -> CooperativeClaimSession:
+        """As the recipient: the unsigned claim of ``ref`` and our nonce."""
+        ...
+
+    def cosign_cooperative_claim(
+        self, ref: HtlcRef, unsigned_raw: bytes, claimer_nonce: bytes
+    ) -> tuple[bytes, bytes]:
+        """As the sender: (our nonce, our partial signature) for the recipient's claim."""
+        ...
+
+    def finish_cooperative_claim(
+        self, claim: Any, cosigner_nonce: bytes, partial: bytes
+    ) -> SignedTx:
+        """As the recipient: the signed claim, once the sender's part checks out."""
+        ...
 
 
 class HeadPin:

@@ -13,6 +13,7 @@ a test can enumerate the points a run actually passes through.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kofo.errors import AuditFailed, ChainError, FeeTooLow, InvalidInput, KofoError
 from kofo.settlement.chain import (
     ChainAdapter,
+    CooperativeClaims,
     Expiry,
     HtlcRef,
     HtlcState,
@@ -61,6 +63,8 @@ from kofo.wire.envelope import public_key_bytes
 from kofo.wire.swap import (
     Accept,
     Cancel,
+    ClaimCosigned,
+    CosignClaim,
     Error,
     Locked,
     Propose,
@@ -133,6 +137,16 @@ class SwapUpdate:
     at: float = 0.0
 
 
+SECRET_SHARED = "secret_shared"
+"""Journal notice: the secret went from the initiator to the participant off chain, in a
+request to co-sign a cooperative claim (see ``SwapRecord.secret_shared``)."""
+
+_REFUNDING = frozenset(
+    {State.REFUND_WAIT, State.REFUND_SIGNED, State.REFUND_SENT, State.REFUNDED, State.ABORTED}
+)
+"""States in which this node does not co-sign a claim of its leg: it is getting it back."""
+
+
 class SwapEngine:
     """Drives one node's swaps. Thread-safe: one step at a time per engine."""
 
@@ -144,15 +158,20 @@ class SwapEngine:
         node_key: Ed25519PrivateKey,
         *,
         notify: Callable[[bytes, SwapBody], None] | None = None,
+        request: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         publish: Callable[[SwapUpdate], None] | None = None,
         crash: CrashHook | None = None,
     ) -> None:
+        """``notify`` sends a notice to the swap's counterparty (best effort); ``request`` sends
+        a message and returns its verified reply (raising on a transport failure): with it, a
+        Taproot leg paying this node is claimed cooperatively (:meth:`_cooperative_redeem`)."""
         self.journal = journal
         self.adapters = dict(adapters)
         self.policies = dict(policies)
         self.node_key = node_key
         self.node_id = public_key_bytes(node_key)
         self._notify = notify
+        self._request = request
         self._publish = publish
         self.crash = crash or CrashHook.from_env()
         self._lock = threading.RLock()
@@ -198,6 +217,7 @@ class SwapEngine:
                 participant_node=participant_node,
             )
             check_terms_as_initiator(terms, self.policies, now)
+            self._check_outputs(terms)
             self.journal.create_swap(
                 Role.INITIATOR,
                 terms,
@@ -219,6 +239,7 @@ class SwapEngine:
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+        self._check_outputs(terms)
         with self._observing():
             check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
             self.journal.create_swap(
@@ -227,6 +248,18 @@ class SwapEngine:
             self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
+
+    def _check_outputs(self, terms: SwapTerms) -> None:
+        """Each leg's HTLC form must be one its chain's adapter can lock, audit and spend."""
+        for leg in (terms.initiator_leg, terms.participant_leg):
+            adapter = self.adapters.get(leg.chain)
+            known = () if adapter is None else adapter.outputs
+            if leg.output is not None and leg.output not in known:
+                raise TermsRefused(
+                    f"{leg.chain} leg asks for a {leg.output!r} HTLC; this node builds "
+                    + (", ".join(known) if known else "only the chain's default"),
+                    code="terms_output",
+                )
 
     # -- messages from the counterparty -------------------------------------------------------
 
@@ -272,7 +305,105 @@ class SwapEngine:
                     self._transition(rec, to, f"counterparty called off: {reason}")
             elif isinstance(body, Redeemed | Refunded):
                 self.journal.store_notice(rec.swap_id, type(body).__name__.lower(), {})
+            elif isinstance(body, CosignClaim):
+                return self._cosign(rec, body)
         return None
+
+    # -- the cooperative claim of a Taproot leg ------------------------------------------------
+
+    def _view(self, rec: StoredSwap) -> SwapRecord:
+        """What the state machine decides on: the stored swap and what this node knows of the
+        secret."""
+        return SwapRecord(
+            rec.swap_id,
+            rec.role,
+            rec.terms,
+            rec.state,
+            self.journal.preimage(rec.swap_id) is not None,
+            self.journal.notice(rec.swap_id, SECRET_SHARED) is not None,
+        )
+
+    def _cosign(self, rec: StoredSwap, body: CosignClaim) -> SwapBody:
+        """Co-sign the counterparty's key-path claim of our Taproot leg, or answer
+        ``cosign_refused``.
+
+        A co-signature costs us nothing the claimer could not take anyway: the request carries
+        the secret, and whoever holds it can claim our leg by the claim leaf, at any time. So we
+        co-sign any claim that comes with the secret, spends only our HTLC output (the adapter
+        checks) and meets our lock unspent and not being refunded; as participant, what we get
+        is the secret itself, early, stored before we answer so that we redeem the initiator's
+        leg at once."""
+
+        def refuse(why: str) -> Error:
+            log.info("swap %s: not co-signing a claim: %s", rec.swap_id.hex()[:8], why)
+            return Error(rec.swap_id, "cosign_refused", why)
+
+        leg = self._view(rec).own_leg
+        adapter = self.adapters[leg.chain]
+        if body.chain != leg.chain or leg.output != "p2tr":
+            return refuse(f"our leg on {body.chain} is not a Taproot HTLC")
+        if not isinstance(adapter, CooperativeClaims):
+            return refuse(f"the {leg.chain} adapter cannot co-sign")
+        if hashlib.sha256(body.preimage).digest() != rec.terms.payment_hash:
+            return refuse("the preimage does not hash to the swap's payment hash")
+        if rec.state in _REFUNDING:
+            return refuse(f"the swap is {rec.state}: our leg is being refunded")
+        own_ref = self._own_ref(rec, leg.htlc(rec.terms.payment_hash))
+        if own_ref is None:
+            return refuse("we have no lock of this swap")
+        with adapter.observe():
+            if adapter.status(own_ref).state is not HtlcState.LOCKED:
+                return refuse("our lock is not on chain unspent")
+        # Written before the answer leaves: a restart must know we hold the secret and that
+        # our leg may be claimed without it showing on chain.
+        self.journal.store_preimage(rec.swap_id, body.preimage)
+        if rec.role is Role.PARTICIPANT:
+            self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
+        try:
+            nonce, partial = adapter.cosign_cooperative_claim(own_ref, body.claim, body.nonce)
+        except KofoError as exc:
+            return refuse(str(exc))
+        log.info("swap %s: co-signed the counterparty's claim", rec.swap_id.hex()[:8])
+        return ClaimCosigned(rec.swap_id, nonce, partial)
+
+    def _cooperative_redeem(
+        self, rec: StoredSwap, ref: HtlcRef, preimage: bytes
+    ) -> SignedTx | None:
+        """Our key-path claim of the Taproot counter leg at ``ref``, co-signed by the
+        counterparty; ``None`` (claim by the leaf instead) if the leg is not Taproot, there is
+        no channel to ask on, or the counterparty refuses or does not answer."""
+        leg = self._view(rec).counter_leg
+        adapter = self.adapters[leg.chain]
+        if (
+            leg.output != "p2tr"
+            or self._request is None
+            or not isinstance(adapter, CooperativeClaims)
+        ):
+            return None
+        if rec.role is Role.INITIATOR:
+            # Showing the secret is revealing it: never after initiator_redeem_by (read again
+            # here, signing takes time), and recorded first so that, once shown, the redeem
+            # goes on whatever the clock says (swap rule 3).
+            clock = self.adapters[leg.chain].expiry_now()
+            if clock.value >= rec.terms.initiator_redeem_by.value:
+                return None
+            self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
+        sid = rec.swap_id.hex()[:8]
+        try:
+            claim = adapter.begin_cooperative_claim(ref)
+            reply = self._request(
+                rec.swap_id, CosignClaim(rec.swap_id, leg.chain, claim.raw, claim.nonce, preimage)
+            )
+            if not isinstance(reply, ClaimCosigned):
+                why = reply.message if isinstance(reply, Error) else f"answer {reply!r}"
+                log.info("swap %s: claim not co-signed (%s): by the leaf", sid, why)
+                return None
+            signed = adapter.finish_cooperative_claim(claim, reply.nonce, reply.partial_sig)
+        except KofoError as exc:
+            log.warning("swap %s: cooperative claim failed (%s): by the leaf", sid, exc)
+            return None
+        log.info("swap %s: claim co-signed: key path", sid)
+        return signed
 
     # -- reading the chains -------------------------------------------------------------------
 
@@ -552,7 +683,8 @@ class SwapEngine:
                 # Stored before it is used: a restart must not depend on re-reading the chain.
                 self.journal.store_preimage(rec.swap_id, preimage)
             assert ctr_ref is not None, "redeem decided without a counter lock"
-            txs = [self.adapters[ctr_ref.terms.chain].prepare_redeem(ctr_ref, preimage)]
+            coop = self._cooperative_redeem(rec, ctr_ref, preimage)
+            txs = [coop or self.adapters[ctr_ref.terms.chain].prepare_redeem(ctr_ref, preimage)]
         else:
             assert own_ref is not None, "refund decided without an own lock"
             txs = [self.adapters[own_ref.terms.chain].prepare_refund(own_ref)]
@@ -605,13 +737,7 @@ class SwapEngine:
                     seen = (self.facts(rec), self.now())
             (facts, own_ref, ctr_ref, detail), clocks = seen
             now = clocks if clocks is not None else self.now()
-            view = SwapRecord(
-                rec.swap_id,
-                rec.role,
-                rec.terms,
-                rec.state,
-                self.journal.preimage(rec.swap_id) is not None,
-            )
+            view = self._view(rec)
             action = next_action(view, facts, now)
             if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
                 # Before blaming the counterparty, look for a lock it made and already spent
@@ -682,14 +808,7 @@ class SwapEngine:
             try:
                 with self._observing():
                     facts, *_ = self.facts(rec)
-                view = SwapRecord(
-                    rec.swap_id,
-                    rec.role,
-                    rec.terms,
-                    rec.state,
-                    self.journal.preimage(rec.swap_id) is not None,
-                )
-                action = next_action(view, facts, self.now())
+                action = next_action(self._view(rec), facts, self.now())
                 if action.kind is ActionKind.BROADCAST and action.tx_kind is not None:
                     self._broadcast(rec, action.tx_kind)
             except (ChainError, InvalidInput) as exc:

@@ -15,8 +15,10 @@ state and any facts):
 
 1. no lock is signed or broadcast once the own chain's clock reaches this role's ``lock_by``;
 2. the participant locks only after the initiator's lock is on chain with its confirmations;
-3. the initiator reveals the secret (signs or broadcasts its redeem) only before
-   ``initiator_redeem_by`` on the participant's chain, unless the secret is already public;
+3. the initiator reveals the secret (signs or broadcasts its redeem, or shows it to the
+   participant to have a cooperative claim co-signed) only before ``initiator_redeem_by`` on the
+   participant's chain, unless the secret is already public -- or already shown
+   (``secret_shared``): then holding back its redeem would only help the participant;
 4. a refund is signed only once the own chain's clock has reached the own leg's expiry;
 5. a redeem or refund is fee-bumped (replaced, or paid for by a child) only where it would be
    (re-)sent, and only once a version of it was sent: a bump never reveals the secret where a
@@ -124,6 +126,10 @@ class SwapRecord:
     terms: SwapTerms
     state: State
     has_preimage: bool
+    secret_shared: bool = False
+    """The secret went from the initiator to the participant off chain, in a request to
+    co-sign a cooperative claim of the participant leg: the initiator sent it (before
+    ``initiator_redeem_by``), or the participant received it and co-signed."""
 
     @property
     def own_leg(self) -> Leg:
@@ -232,7 +238,7 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
 
     if s is State.COUNTER_AUDITED:
         if initiator:
-            if _reached(counter_now, rec.terms.initiator_redeem_by):
+            if _reached(counter_now, rec.terms.initiator_redeem_by) and not rec.secret_shared:
                 return _go(State.REFUND_WAIT, "initiator_redeem_by passed: never reveal late")
             if counter_ok:
                 return Action(
@@ -266,6 +272,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
                 return _go(State.REFUND_WAIT, "own lock left the chain after the lock deadline")
             return _send(TxKind.LOCK, State.LOCK_SENT, "own lock left the best chain: re-send")
         if initiator:
+            if counter_ok and rec.secret_shared:
+                return _go(State.COUNTER_AUDITED, "the secret is shared: redeem whatever the time")
             if _reached(counter_now, rec.terms.initiator_redeem_by):
                 # A counter leg seen locked (maybe refunded since, while we were offline) was
                 # the participant keeping its word: only a lock that never came is evidence.
@@ -278,6 +286,11 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
             if counter_ok:
                 return _go(State.COUNTER_AUDITED, "participant lock matches terms and is buried")
             return _wait("waiting for the participant's lock and its confirmations", bad)
+        if rec.secret_shared and rec.has_preimage and ctr.state is HtlcState.LOCKED:
+            # We co-signed the initiator's claim of our leg for the secret: take the other.
+            return Action(
+                ActionKind.SIGN_REDEEM, to=State.REDEEM_SIGNED, reason="the secret was shared"
+            )
         if _reached(own_now, own_leg.expiry):
             return Action(ActionKind.SIGN_REFUND, to=State.REFUND_SIGNED, reason="T_B reached")
         return _wait("waiting for the initiator to redeem (reveals the secret)")
@@ -287,7 +300,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
             return _go(State.REFUND_WAIT, "the counter leg was refunded before our redeem")
         if ctr.state is HtlcState.ABSENT:
             return _wait("the counter lock is not on the best chain; waiting for it to return")
-        if initiator and _reached(counter_now, rec.terms.initiator_redeem_by):
+        late = initiator and _reached(counter_now, rec.terms.initiator_redeem_by)
+        if late and not rec.secret_shared:
             return _go(State.REFUND_WAIT, "initiator_redeem_by passed: the secret is not sent")
         if ctr.spend_stuck:
             return _bump(TxKind.REDEEM, State.REDEEM_SENT)

@@ -1,4 +1,5 @@
-"""Swap protocol messages: propose, accept, locked, redeemed, refunded, cancel, error.
+"""Swap protocol messages: propose, accept, locked, redeemed, refunded, cancel, error, and the
+cooperative claim's cosign_claim / claim_cosigned.
 
 Each travels as a signed envelope (:mod:`kofo.wire.envelope`) of type ``swap.<name>`` whose body
 is the map below, in canonical CBOR (:mod:`kofo.wire.codec`). Schemas, with test vectors, are in
@@ -12,14 +13,19 @@ Terms on the wire::
      "initiator_lock_by": expiry, "participant_lock_by": expiry, "initiator_redeem_by": expiry,
      "initiator_node": bytes(32), "participant_node": bytes(32)}
     leg    = {"chain": text, "amount": uint, "sender": text, "recipient": text,
-              "expiry": expiry, "token": text | null, "confirmations": uint}
+              "expiry": expiry, "token": text | null, "confirmations": uint,
+              ? "output": text}
     expiry = {"unit": "height" | "time", "value": uint}
+
+``output`` (schema version 2) is present only when a leg's HTLC is not its chain's default form
+(``"p2tr"`` on Bitcoin-like chains); a body carries the lowest schema version that can hold it,
+so a version-1 node refuses a Taproot proposal by its version instead of misreading it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,9 +36,13 @@ from kofo.wire.envelope import BadMessage, ReplayGuard, SignedMessage, open_mess
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 from kofo.wire.terms import HtlcTerms, Leg, SwapTerms
 
-SCHEMA_VERSION = 1
-"""Version of the swap body schemas; a body carries it as ``"sv"`` so the schemas can evolve
-without a new envelope version."""
+SCHEMA_VERSION = 2
+"""Newest version of the swap body schemas; a body carries the lowest version that can hold it
+as ``"sv"`` (1: no leg names an ``output`` and it is not a cooperative-claim message), so the
+schemas evolve without a new envelope version and older nodes keep working for what they
+understand."""
+
+_LEG_FIELDS = frozenset({"chain", "amount", "sender", "recipient", "expiry", "token"})
 
 MAX_TEXT = 256
 """Addresses, chain names and reasons are short; a longer string is malformed or hostile."""
@@ -75,8 +85,36 @@ def expiry_from_wire(m: Any, where: str) -> Expiry:
     raise BadMessage(f"{where}: unit must be 'height' or 'time', got {unit!r}")
 
 
+def _with_output(m: dict[str, Any], output: str | None) -> dict[str, Any]:
+    if output is not None:
+        m["output"] = output
+    return m
+
+
+def _fields(m: Any, where: str, required: frozenset[str]) -> str | None:
+    """Check ``m`` holds exactly ``required`` (and maybe ``output``); return the output."""
+    if not isinstance(m, dict):
+        raise BadMessage(f"{where} must be a map")
+    extra = set(m) - required - {"output"}
+    if extra:
+        raise BadMessage(f"{where}: unknown fields {sorted(extra)}")
+    if "output" not in m:
+        return None
+    output: str = _get(m, "output", str, where)
+    if not output:
+        raise BadMessage(f"{where}: field 'output' must not be empty")
+    return output
+
+
+def _token(m: Any, where: str) -> str | None:
+    token = _get(m, "token", object, where)
+    if token is not None and not isinstance(token, str):
+        raise BadMessage(f"{where}: field 'token' must be text or null")
+    return token
+
+
 def _leg_to_wire(leg: Leg) -> dict[str, Any]:
-    return {
+    m = {
         "chain": leg.chain,
         "amount": leg.amount,
         "sender": leg.sender,
@@ -85,12 +123,12 @@ def _leg_to_wire(leg: Leg) -> dict[str, Any]:
         "token": leg.token,
         "confirmations": leg.confirmations,
     }
+    return _with_output(m, leg.output)
 
 
 def _leg_from_wire(m: Any, where: str) -> Leg:
-    token = _get(m, "token", object, where)
-    if token is not None and not isinstance(token, str):
-        raise BadMessage(f"{where}: field 'token' must be text or null")
+    output = _fields(m, where, _LEG_FIELDS | {"confirmations"})
+    token = _token(m, where)
     amount = _get(m, "amount", int, where)
     if amount == 0:
         raise BadMessage(f"{where}: field 'amount' must be positive")
@@ -102,6 +140,7 @@ def _leg_from_wire(m: Any, where: str) -> Leg:
         expiry=expiry_from_wire(_get(m, "expiry", dict, where), f"{where}.expiry"),
         token=token,
         confirmations=_get(m, "confirmations", int, where),
+        output=output,
     )
 
 
@@ -140,7 +179,7 @@ def terms_digest(t: SwapTerms) -> bytes:
 
 
 def htlc_to_wire(h: HtlcTerms) -> dict[str, Any]:
-    return {
+    m = {
         "chain": h.chain,
         "payment_hash": h.payment_hash,
         "amount": h.amount,
@@ -149,13 +188,13 @@ def htlc_to_wire(h: HtlcTerms) -> dict[str, Any]:
         "expiry": expiry_to_wire(h.expiry),
         "token": h.token,
     }
+    return _with_output(m, h.output)
 
 
 def htlc_from_wire(m: Any) -> HtlcTerms:
     w = "htlc"
-    token = _get(m, "token", object, w)
-    if token is not None and not isinstance(token, str):
-        raise BadMessage("htlc: field 'token' must be text or null")
+    output = _fields(m, w, _LEG_FIELDS | {"payment_hash"})
+    token = _token(m, w)
     try:
         return HtlcTerms(
             chain=_get(m, "chain", str, w),
@@ -165,6 +204,7 @@ def htlc_from_wire(m: Any) -> HtlcTerms:
             recipient=_get(m, "recipient", str, w),
             expiry=expiry_from_wire(_get(m, "expiry", dict, w), "htlc.expiry"),
             token=token,
+            output=output,
         )
     except KofoError as exc:
         raise BadMessage(f"htlc: {exc}") from None
@@ -221,7 +261,37 @@ class Error:
     message: str
 
 
-SwapBody = Propose | Accept | Locked | Redeemed | Refunded | Cancel | Error
+MAX_CLAIM_BYTES = 1_000
+"""A claim to co-sign spends one input to a few outputs (~150 bytes); more is not a claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class CosignClaim:
+    """The recipient of a Taproot leg asks its sender to co-sign a key-path claim of it.
+
+    ``claim`` is the unsigned transaction (64-byte placeholder witness), ``nonce`` the
+    claimer's 66-byte MuSig2 public nonce, ``preimage`` the swap's secret: the co-signer gives
+    up its refund only to someone who could claim by the leaf anyway (schema 2)."""
+
+    swap_id: bytes
+    chain: str
+    claim: bytes
+    nonce: bytes
+    preimage: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCosigned:
+    """The sender's answer to :class:`CosignClaim`: its nonce and partial signature."""
+
+    swap_id: bytes
+    nonce: bytes
+    partial_sig: bytes
+
+
+SwapBody = (
+    Propose | Accept | Locked | Redeemed | Refunded | Cancel | Error | CosignClaim | ClaimCosigned
+)
 
 _TYPES: dict[type, str] = {
     Propose: "swap.propose",
@@ -231,6 +301,8 @@ _TYPES: dict[type, str] = {
     Refunded: "swap.refunded",
     Cancel: "swap.cancel",
     Error: "swap.error",
+    CosignClaim: "swap.cosign_claim",
+    ClaimCosigned: "swap.claim_cosigned",
 }
 MESSAGE_TYPES = tuple(_TYPES.values())
 
@@ -252,16 +324,49 @@ def body_to_wire(body: SwapBody) -> dict[str, Any]:
         m = {"swap_id": body.swap_id, "chain": body.chain, "txid": body.txid}
     elif isinstance(body, Cancel):
         m = {"swap_id": body.swap_id, "reason": body.reason}
+    elif isinstance(body, CosignClaim):
+        m = {
+            "swap_id": body.swap_id,
+            "chain": body.chain,
+            "claim": body.claim,
+            "nonce": body.nonce,
+            "preimage": body.preimage,
+        }
+    elif isinstance(body, ClaimCosigned):
+        m = {"swap_id": body.swap_id, "nonce": body.nonce, "partial_sig": body.partial_sig}
     else:
         m = {"swap_id": body.swap_id, "code": body.code, "message": body.message}
-    m["sv"] = SCHEMA_VERSION
+    m["sv"] = _lowest_schema(body)
     return m
+
+
+def _lowest_schema(body: SwapBody) -> int:
+    """The lowest schema version that can carry ``body``: 2 once a leg names an ``output``."""
+    if isinstance(body, Propose):
+        legs = (body.terms.initiator_leg, body.terms.participant_leg)
+        return 2 if any(leg.output is not None for leg in legs) else 1
+    if isinstance(body, Locked):
+        return 2 if body.htlc.output is not None else 1
+    if isinstance(body, CosignClaim | ClaimCosigned):
+        return 2
+    return 1
 
 
 def body_from_wire(msg_type: str, m: dict[str, Any]) -> SwapBody:
     sv = _get(m, "sv", int, msg_type)
-    if sv != SCHEMA_VERSION:
-        raise BadMessage(f"{msg_type}: schema version {sv} is not {SCHEMA_VERSION}")
+    if not 1 <= sv <= SCHEMA_VERSION:
+        raise BadMessage(
+            f"{msg_type}: schema version {sv} is not one this node reads (1..{SCHEMA_VERSION})"
+        )
+    body = _body_from_wire(msg_type, m)
+    if sv < _lowest_schema(body):
+        raise BadMessage(
+            f"{msg_type}: this body needs schema version {_lowest_schema(body)}, it says {sv}"
+        )
+    return body
+
+
+def _body_from_wire(msg_type: str, m: dict[str, Any]) -> SwapBody:
     keys = set(m) - {"sv"}
 
     def exact(*names: str) -> None:
@@ -290,6 +395,23 @@ def body_from_wire(msg_type: str, m: dict[str, Any]) -> SwapBody:
     if msg_type == "swap.cancel":
         exact("swap_id", "reason")
         return Cancel(swap_id, _get(m, "reason", str, msg_type))
+    if msg_type == "swap.cosign_claim":
+        exact("swap_id", "chain", "claim", "nonce", "preimage")
+        claim: bytes = _get(m, "claim", bytes, msg_type)
+        if not 0 < len(claim) <= MAX_CLAIM_BYTES:
+            raise BadMessage(f"{msg_type}: field 'claim' must be 1..{MAX_CLAIM_BYTES} bytes")
+        return CosignClaim(
+            swap_id,
+            _get(m, "chain", str, msg_type),
+            claim,
+            _bytes(m, "nonce", 66, msg_type),
+            _bytes(m, "preimage", 32, msg_type),
+        )
+    if msg_type == "swap.claim_cosigned":
+        exact("swap_id", "nonce", "partial_sig")
+        return ClaimCosigned(
+            swap_id, _bytes(m, "nonce", 66, msg_type), _bytes(m, "partial_sig", 32, msg_type)
+        )
     if msg_type == "swap.error":
         exact("swap_id", "code", "message")
         return Error(swap_id, _get(m, "code", str, msg_type), _get(m, "message", str, msg_type))

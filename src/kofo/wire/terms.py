@@ -12,13 +12,21 @@ from dataclasses import dataclass, field
 from kofo.errors import InvalidInput
 from kofo.wire.expiry import Expiry
 
-__all__ = ["HtlcTerms", "Leg", "SwapTerms", "check_payment_hash"]
+__all__ = ["HtlcTerms", "Leg", "SwapTerms", "check_output", "check_payment_hash"]
 
 
 def check_payment_hash(payment_hash: bytes) -> bytes:
     if not isinstance(payment_hash, bytes) or len(payment_hash) != 32:
         raise InvalidInput("payment_hash must be 32 bytes (sha256 of the preimage)")
     return payment_hash
+
+
+def check_output(output: str | None) -> str | None:
+    """``None`` (the chain's default HTLC form) or a non-empty name such as ``"p2tr"``; which
+    names a chain knows is its adapter's business (``ChainAdapter.outputs``)."""
+    if output is not None and (not isinstance(output, str) or not output):
+        raise InvalidInput(f"output must be null or a non-empty name, got {output!r}")
+    return output
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +36,8 @@ class HtlcTerms:
     Addresses are in the chain's own form: an Ethereum checksum address; on Bitcoin-like chains
     the hex of a 33-byte compressed public key (the HTLC script pays to keys, not addresses).
     ``token`` is ``None`` for the chain's native coin, else the token contract address.
+    ``output`` is the form of the HTLC output when it is not the chain's default: ``"p2tr"``
+    (Taproot) on Bitcoin-like chains, whose default is P2WSH.
     """
 
     chain: str
@@ -37,9 +47,11 @@ class HtlcTerms:
     recipient: str
     expiry: Expiry
     token: str | None = None
+    output: str | None = None
 
     def __post_init__(self) -> None:
         check_payment_hash(self.payment_hash)
+        check_output(self.output)
         if isinstance(self.amount, bool) or not isinstance(self.amount, int):
             raise InvalidInput(f"amount must be an integer of base units, got {self.amount!r}")
         if self.amount <= 0:
@@ -63,6 +75,11 @@ class Leg:
     token: str | None = None
     confirmations: int = 1
     """Blocks the lock and the spend of this leg must have before either side relies on them."""
+    output: str | None = None
+    """The HTLC output's form when not the chain's default (see :class:`HtlcTerms`)."""
+
+    def __post_init__(self) -> None:
+        check_output(self.output)
 
     def htlc(self, payment_hash: bytes) -> HtlcTerms:
         return HtlcTerms(
@@ -73,6 +90,7 @@ class Leg:
             recipient=self.recipient,
             expiry=self.expiry,
             token=self.token,
+            output=self.output,
         )
 
 

@@ -42,6 +42,12 @@ from kofo.settlement.chain import (
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.backend import ChainBackend
 from kofo.settlement.chains.bitcoin.blocks import parse_block
+from kofo.settlement.chains.bitcoin.cooperative import (
+    CooperativeClaim,
+    begin_claim,
+    cosign_claim,
+    finish_claim,
+)
 from kofo.settlement.chains.bitcoin.script import (
     build_htlc_script,
     p2wsh_script_pubkey,
@@ -54,6 +60,7 @@ from kofo.settlement.chains.bitcoin.taproot import (
     build_taproot_spend,
     extract_taproot_preimage,
     is_key_path_spend,
+    unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import (
     Utxo,
@@ -143,8 +150,9 @@ class ChainIndex:
 
 
 HTLC_KINDS = ("p2wsh", "p2tr")
-"""Output types the adapter can lock to. Both parties of a leg must use the same kind: the
-output commits to it, so an auditor expecting P2WSH refuses a P2TR lock of the same terms."""
+"""HTLC output forms the adapter can lock, audit and spend; ``HtlcTerms.output`` names one
+(``None`` is P2WSH). Both parties build the leg from the same terms, so they agree on the form;
+an auditor refuses a P2TR lock of terms that say P2WSH, and the reverse."""
 
 MAX_BUMP_FEE_PCT = 50
 """A fee bump never spends more than this share of the HTLC amount on fees: past it, the
@@ -170,10 +178,14 @@ class FeeBumpRefused(ChainError):
 class BitcoinAdapter:
     """ChainAdapter for a Bitcoin-like chain (``chain`` is ``"btc"`` or ``"ltc"``).
 
-    ``htlc_kind`` picks the output: ``"p2wsh"`` (default, :mod:`.script`) or ``"p2tr"``
-    (:mod:`.taproot`; this adapter spends it through its leaves -- the cooperative key path
-    needs both parties and goes through :func:`.taproot.build_taproot_key_path_spend`).
+    Each HTLC's output form comes from its terms (``HtlcTerms.output``): P2WSH
+    (:mod:`.script`) by default, or ``"p2tr"`` (:mod:`.taproot`; this adapter spends it through
+    its leaves -- the cooperative key path needs both parties and goes through
+    :mod:`.cooperative`). ``htlc_kind`` is the form this node asks
+    for on the legs it proposes (:meth:`leg_output`).
     """
+
+    outputs: tuple[str, ...] = HTLC_KINDS
 
     def __init__(
         self,
@@ -184,11 +196,7 @@ class BitcoinAdapter:
         expiry_unit: type[BlockHeight] | type[UnixTime] = BlockHeight,
         htlc_kind: str = "p2wsh",
     ) -> None:
-        if htlc_kind not in HTLC_KINDS:
-            raise InvalidInput(
-                f"htlc_kind must be one of {', '.join(HTLC_KINDS)}, got {htlc_kind!r}"
-            )
-        self.htlc_kind = htlc_kind
+        self.htlc_kind = self._known_output(htlc_kind, "htlc_kind")
         self.backend = backend
         self.wallet = wallet
         self.params = wallet.params
@@ -266,11 +274,27 @@ class BitcoinAdapter:
 
     # ---- HTLC --------------------------------------------------------------------------------
 
+    @staticmethod
+    def _known_output(output: str, what: str) -> str:
+        if output not in HTLC_KINDS:
+            raise InvalidInput(
+                f"{what} must be one of {', '.join(HTLC_KINDS)}, got {output!r}", code="bad_output"
+            )
+        return output
+
+    def leg_output(self) -> str | None:
+        """``Leg.output`` for a leg this node proposes on this chain (``None``: P2WSH)."""
+        return None if self.htlc_kind == "p2wsh" else self.htlc_kind
+
+    def _kind(self, terms: HtlcTerms) -> str:
+        return self._known_output(terms.output or "p2wsh", "terms.output")
+
     def _check_terms(self, terms: HtlcTerms) -> tuple[bytes, bytes]:
         if terms.chain != self.chain:
             raise InvalidInput(f"terms.chain is {terms.chain!r}, this adapter is {self.chain!r}")
         if terms.token is not None:
             raise InvalidInput(f"{self.chain} has no tokens, got token {terms.token!r}")
+        self._kind(terms)
         return pubkey_from_hex("sender", terms.sender), pubkey_from_hex(
             "recipient", terms.recipient
         )
@@ -286,8 +310,8 @@ class BitcoinAdapter:
         return build_taproot_htlc(terms.payment_hash, recipient, sender, terms.expiry)
 
     def output_script_pubkey(self, terms: HtlcTerms) -> bytes:
-        """The scriptPubKey of the HTLC output for ``terms`` (of this adapter's ``htlc_kind``)."""
-        if self.htlc_kind == "p2tr":
+        """The scriptPubKey of the HTLC output for ``terms`` (in the form ``terms.output``)."""
+        if self._kind(terms) == "p2tr":
             return self.taproot_htlc(terms).script_pubkey
         return p2wsh_script_pubkey(self.witness_script(terms))
 
@@ -357,6 +381,61 @@ class BitcoinAdapter:
     def prepare_refund(self, ref: HtlcRef, fee: FeeEstimate | None = None) -> SignedTx:
         sender, _ = self._check_terms(ref.terms)
         return self._spend(ref, TxKind.REFUND, sender, fee, preimage=None)
+
+    # ---- the cooperative (key-path) claim of a Taproot HTLC (:mod:`.cooperative`) ------------
+
+    def _taproot_only(self, ref: HtlcRef) -> TaprootHtlc:
+        if self._kind(ref.terms) != "p2tr":
+            raise InvalidInput(
+                f"a cooperative claim needs a Taproot HTLC; {ref.locator} is "
+                f"{self._kind(ref.terms)}",
+                code="bad_output",
+            )
+        return self.taproot_htlc(ref.terms)
+
+    def begin_cooperative_claim(
+        self, ref: HtlcRef, fee: FeeEstimate | None = None
+    ) -> CooperativeClaim:
+        """Start a key-path claim of ``ref`` (this wallet is its recipient), paying this wallet
+        at ``fee`` (default: the node's estimate); send ``claim.raw`` and ``claim.nonce`` to the
+        sender, then :meth:`finish_cooperative_claim` with its answer."""
+        htlc = self._taproot_only(ref)
+        txid, vout = self._outpoint(ref)
+        amount = self._output_amount(ref)
+        unsigned = unsigned_key_path_spend(
+            txid=txid,
+            vout=vout,
+            amount=amount,
+            destination_script_pubkey=self.wallet.identity.script_pubkey,
+            fee_rate=self._rate(fee),
+            params=self.params,
+        )
+        key = self.wallet.key_for_pubkey(htlc.recipient_pubkey)
+        return begin_claim(htlc, unsigned, amount, key.secret_bytes)
+
+    def cosign_cooperative_claim(
+        self, ref: HtlcRef, unsigned_raw: bytes, claimer_nonce: bytes
+    ) -> tuple[bytes, bytes]:
+        """As the sender of ``ref``: (public nonce, partial signature) for the recipient's
+        key-path claim ``unsigned_raw``. The caller decides whether co-signing is safe (it
+        gives up this HTLC's refund); this checks the claim spends only the HTLC output."""
+        htlc = self._taproot_only(ref)
+        key = self.wallet.key_for_pubkey(htlc.refund_pubkey)
+        return cosign_claim(
+            htlc,
+            self._outpoint(ref),
+            unsigned_raw,
+            self._output_amount(ref),
+            key.secret_bytes,
+            claimer_nonce,
+        )
+
+    def finish_cooperative_claim(
+        self, claim: CooperativeClaim, cosigner_nonce: bytes, partial: bytes
+    ) -> SignedTx:
+        """The signed key-path claim, once the sender's ``partial`` signature checks out."""
+        tx = finish_claim(claim, cosigner_nonce, partial)
+        return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
 
     def prepare_bump(
         self,
@@ -555,7 +634,7 @@ class BitcoinAdapter:
             "params": self.params,
             "preimage": preimage,
         }
-        if self.htlc_kind == "p2tr":
+        if self._kind(ref.terms) == "p2tr":
             tx = build_taproot_spend(
                 htlc=self.taproot_htlc(ref.terms), refund=preimage is None, **common
             )
@@ -602,7 +681,7 @@ class BitcoinAdapter:
         self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms
     ) -> tuple[bool, bytes | None]:
         """(redeemed?, preimage) for the transaction spending the HTLC output."""
-        if self.htlc_kind == "p2tr":
+        if self._kind(terms) == "p2tr":
             found = extract_taproot_preimage(spender, txid, vout, self.taproot_htlc(terms))
             if found is None and is_key_path_spend(spender, txid, vout):
                 # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already

@@ -255,28 +255,40 @@ KeyPathSigner = Callable[[bytes], bytes]
 (both parties' partial signatures over it, with ``htlc.tweak``)."""
 
 
-def build_taproot_key_path_spend(
+def sign_key_path_spend(
+    htlc: TaprootHtlc, unsigned: CTransaction, amount: int, sign: KeyPathSigner
+) -> CTransaction:
+    """``unsigned`` (from :func:`unsigned_key_path_spend`) with the signature ``sign`` makes
+    over its key-path sighash: both parties' MuSig2 signature (see :mod:`.cooperative`)."""
+    return with_key_path_signature(unsigned, sign(key_path_sighash(htlc, unsigned, amount)))
+
+
+def unsigned_key_path_spend(
     *,
-    htlc: TaprootHtlc,
     txid: str,
     vout: int,
     amount: int,
     destination_script_pubkey: bytes,
     fee_rate: int | None,
     params: ChainParams,
-    sign: KeyPathSigner,
     lock_time: int = 0,
 ) -> CTransaction:
-    """The cooperative spend: one key-path signature from both parties (see :mod:`.musig`)."""
+    """The key-path spend of ``txid:vout`` before its signature: the witness holds a 64-byte
+    placeholder, so its size and fee are already final (a BIP340 signature is always 64 bytes)
+    and the co-signer can be sent exactly the transaction it signs."""
     tx = _unsigned_spend(txid, vout, amount, destination_script_pubkey, lock_time)
     tx.wit = CTxWitness([CTxInWitness(CScriptWitness([b"\x00" * SCHNORR_SIG_SIZE]))])
     _set_fee(tx, amount, fee_rate, params)
-    sighash = key_path_sighash(htlc, tx, amount)
-    sig = sign(sighash)
+    return CTransaction.from_tx(tx)
+
+
+def with_key_path_signature(tx: CTransaction | CMutableTransaction, sig: bytes) -> CTransaction:
+    """``tx`` (one input, spent by the key path) with ``sig`` as its witness."""
     if len(sig) != SCHNORR_SIG_SIZE:
         raise InvalidInput(f"key-path signature must be 64 bytes, got {len(sig)}")
-    tx.wit = CTxWitness([CTxInWitness(CScriptWitness([sig]))])
-    return CTransaction.from_tx(tx)
+    signed = CMutableTransaction.from_tx(tx)
+    signed.wit = CTxWitness([CTxInWitness(CScriptWitness([sig]))])
+    return CTransaction.from_tx(signed)
 
 
 def key_path_sighash(

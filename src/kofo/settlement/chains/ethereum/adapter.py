@@ -144,6 +144,12 @@ def _hex(data: bytes) -> str:
 class EthereumAdapter:
     """ETH/ERC-20 HTLC legs on one EVM chain, as the node's ``account``."""
 
+    outputs: tuple[str, ...] = ()
+    """Every HTLC here is an entry of the one contract: no other output form (``output``)."""
+
+    def leg_output(self) -> str | None:
+        return None
+
     def __init__(
         self,
         w3: Web3,
@@ -267,6 +273,12 @@ class EthereumAdapter:
                 raise InvalidInput(f"{name} is not an Ethereum address: {value!r}")
         if terms.token is not None and not Web3.is_address(terms.token):
             raise InvalidInput(f"token is not an Ethereum address: {terms.token!r}")
+        if terms.output is not None:
+            raise InvalidInput(
+                f"an Ethereum HTLC lives in the KOFO contract; output {terms.output!r} names "
+                "no other form here",
+                code="bad_output",
+            )
 
     def _sign(
         self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
