@@ -95,6 +95,9 @@ class SwapPlan:
     label: str
     gives: Amount
     gets: Amount
+    taproot: bool = False
+    """The Bitcoin leg is a Taproot HTLC: its recipient claims it with one signature of both
+    nodes (the key path, 99 vB) instead of the P2WSH script (136 vB)."""
 
 
 @dataclass(slots=True)
@@ -103,6 +106,8 @@ class SwapOutcome:
     swap_id: bytes
     states: dict[str, State]
     seconds: float
+    btc_claim: str = ""
+    """How the Bitcoin leg's claim looks on chain (set for Taproot swaps)."""
 
     @property
     def redeemed(self) -> bool:
@@ -162,6 +167,11 @@ class _Outbox:
 
     def __call__(self, _swap_id: bytes, body: SwapBody) -> None:
         self._queue.put(body)
+
+    def ask(self, _swap_id: bytes, body: SwapBody) -> SwapBody | None:
+        """Send ``body`` now and return the peer's verified answer (a co-signature request:
+        the engine waits for it, and claims by the leaf if it fails)."""
+        return self.client.send(self.url, body)
 
     def _run(self) -> None:
         while (body := self._queue.get()) is not None:
@@ -307,6 +317,7 @@ def _make_node(name: str, chains: _Chains, home: Path) -> _Node:
         },
         key,
         notify=outbox,
+        request=outbox.ask,
         publish=hub.publish,
     )
     server = PeerServer(key, engine.handle).start()
@@ -320,11 +331,12 @@ def _pair(alice: _Node, bob: _Node) -> None:
     alice.outbox.url, bob.outbox.url = bob.server.url, alice.server.url
 
 
-def _leg(amount: Amount, payer: _Node, payee: _Node) -> Leg:
+def _leg(amount: Amount, payer: _Node, payee: _Node, *, taproot: bool) -> Leg:
     chain = amount.asset.chain
     ad = payer.btc if chain == "btc" else payer.eth
     to = payee.btc if chain == "btc" else payee.eth
     unit: Expiry = BlockHeight(0) if chain == "btc" else UnixTime(0)
+    output = "p2tr" if taproot and chain == "btc" else ad.leg_output()
     return Leg(
         chain,
         amount.base_units,
@@ -332,7 +344,7 @@ def _leg(amount: Amount, payer: _Node, payee: _Node) -> Leg:
         to.address(),
         unit,
         amount.asset.token,
-        output=ad.leg_output(),
+        output=output,
     )
 
 
@@ -340,8 +352,8 @@ def _propose(alice: _Node, bob: _Node, plan: SwapPlan) -> bytes:
     """Alice proposes over the peer channel; bob's node checks the terms and answers."""
     ensure_thread_params()  # runs in a worker thread; the BTC adapter builds scripts here
     terms = alice.engine.propose(
-        _leg(plan.gives, alice, bob),
-        _leg(plan.gets, bob, alice),
+        _leg(plan.gives, alice, bob, taproot=plan.taproot),
+        _leg(plan.gets, bob, alice, taproot=plan.taproot),
         participant_node=bob.node_id,
         peer=bob.server.url,
     )
@@ -478,7 +490,8 @@ async def _run_swaps(
                     break
                 await asyncio.sleep(POLL_INTERVAL)
             await asyncio.sleep(0.05)  # let the last lines of the stream print
-            outcomes.append(SwapOutcome(plan, sid, states, time.monotonic() - started))
+            claim = _btc_claim([alice, bob], sid, chains) if plan.taproot else ""
+            outcomes.append(SwapOutcome(plan, sid, states, time.monotonic() - started, claim))
     finally:
         stop.set()
         for th in threads:
@@ -489,11 +502,31 @@ async def _run_swaps(
     return outcomes
 
 
+def _btc_claim(nodes: list[_Node], swap_id: bytes, chains: _Chains) -> str:
+    """How the swap's confirmed Bitcoin claim spent its HTLC, and its size."""
+    for n in nodes:
+        for kind, chain, txid, _sent in n.engine.journal.all_txs(swap_id):
+            found = chains.btc.find_tx(txid) if chain == "btc" and kind == "redeem" else None
+            if found is None or found.height is None:
+                continue
+            witness = found.tx.wit.vtxinwit[0].scriptWitness.stack
+            how = (
+                "by the key path (one signature of both nodes; no secret on this chain)"
+                if len(witness) == 1
+                else "by the claim leaf"
+            )
+            return f"{how}: {found.tx.get_virtual_size()} vB"
+    return "(no confirmed claim found)"
+
+
 def _plans(dusd: Asset) -> list[SwapPlan]:
     return [
         SwapPlan("1. BTC → ETH", Amount(BTC, 1_500_000), Amount(ETH, 5 * 10**17)),
         SwapPlan("2. ETH → BTC", Amount(ETH, 3 * 10**17), Amount(BTC, 1_000_000)),
         SwapPlan("3. BTC → DUSD (ERC-20)", Amount(BTC, 2_000_000), Amount(dusd, 250 * 10**6)),
+        SwapPlan(
+            "4. BTC (Taproot) → ETH", Amount(BTC, 1_200_000), Amount(ETH, 4 * 10**17), taproot=True
+        ),
     ]
 
 
@@ -536,7 +569,7 @@ def _table(result: DemoResult) -> Table:
 
 
 def run_demo(console: Console | None = None) -> DemoResult:
-    """Run the three swaps between two nodes on fresh embedded chains; print the progress and
+    """Run the four swaps between two nodes on fresh embedded chains; print the progress and
     a balance table; return what happened (``result.ok`` is the verdict)."""
     console = console or Console()
     started = time.monotonic()
@@ -582,6 +615,8 @@ def run_demo(console: Console | None = None) -> DemoResult:
         mark = "[green]✓[/]" if o.redeemed else "[red]✗[/]"
         ends = ", ".join(f"{p} {s.value}" for p, s in o.states.items())
         console.print(f"{mark} {o.plan.label}: {ends} ({o.seconds:.1f} s)")
+        if o.btc_claim:
+            console.print(f"  the BTC leg was claimed {o.btc_claim}")
     console.print(_table(result))
     if result.ok:
         console.print(

@@ -380,17 +380,17 @@ class SwapEngine:
             or not isinstance(adapter, CooperativeClaims)
         ):
             return None
-        if rec.role is Role.INITIATOR:
-            # Showing the secret is revealing it: never after initiator_redeem_by (read again
-            # here, signing takes time), and recorded first so that, once shown, the redeem
-            # goes on whatever the clock says (swap rule 3).
-            clock = self.adapters[leg.chain].expiry_now()
-            if clock.value >= rec.terms.initiator_redeem_by.value:
-                return None
-            self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
         sid = rec.swap_id.hex()[:8]
         try:
             claim = adapter.begin_cooperative_claim(ref)
+            if rec.role is Role.INITIATOR:
+                # Showing the secret is revealing it: never after initiator_redeem_by (read
+                # again here, signing takes time), and recorded first so that, once shown, the
+                # redeem goes on whatever the clock says (swap rule 3).
+                clock = self.adapters[leg.chain].expiry_now()
+                if clock.value >= rec.terms.initiator_redeem_by.value:
+                    return None
+                self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
             reply = self._request(
                 rec.swap_id, CosignClaim(rec.swap_id, leg.chain, claim.raw, claim.nonce, preimage)
             )

@@ -129,7 +129,7 @@ class SwapRecord:
     secret_shared: bool = False
     """The secret went from the initiator to the participant off chain, in a request to
     co-sign a cooperative claim of the participant leg: the initiator sent it (before
-    ``initiator_redeem_by``), or the participant received it and co-signed."""
+    ``initiator_redeem_by``), or the participant received it (and stored it) in one."""
 
     @property
     def own_leg(self) -> Leg:

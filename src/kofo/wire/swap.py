@@ -91,11 +91,12 @@ def _with_output(m: dict[str, Any], output: str | None) -> dict[str, Any]:
     return m
 
 
-def _fields(m: Any, where: str, required: frozenset[str]) -> str | None:
-    """Check ``m`` holds exactly ``required`` (and maybe ``output``); return the output."""
+def _fields(m: Any, where: str, known: frozenset[str]) -> str | None:
+    """Refuse a map ``m`` with fields beyond ``known`` and ``output`` (a field this node does not
+    know must not be silently dropped); return the ``output``, if present."""
     if not isinstance(m, dict):
         raise BadMessage(f"{where} must be a map")
-    extra = set(m) - required - {"output"}
+    extra = set(m) - known - {"output"}
     if extra:
         raise BadMessage(f"{where}: unknown fields {sorted(extra)}")
     if "output" not in m:
@@ -341,7 +342,8 @@ def body_to_wire(body: SwapBody) -> dict[str, Any]:
 
 
 def _lowest_schema(body: SwapBody) -> int:
-    """The lowest schema version that can carry ``body``: 2 once a leg names an ``output``."""
+    """The lowest schema version that can carry ``body``: 2 once a leg names an ``output``,
+    and for the cooperative-claim messages."""
     if isinstance(body, Propose):
         legs = (body.terms.initiator_leg, body.terms.participant_leg)
         return 2 if any(leg.output is not None for leg in legs) else 1

@@ -181,8 +181,8 @@ class BitcoinAdapter:
     Each HTLC's output form comes from its terms (``HtlcTerms.output``): P2WSH
     (:mod:`.script`) by default, or ``"p2tr"`` (:mod:`.taproot`; this adapter spends it through
     its leaves -- the cooperative key path needs both parties and goes through
-    :mod:`.cooperative`). ``htlc_kind`` is the form this node asks
-    for on the legs it proposes (:meth:`leg_output`).
+    :mod:`.cooperative`). ``htlc_kind`` is the form this node asks for on the legs it proposes
+    (:meth:`leg_output`).
     """
 
     outputs: tuple[str, ...] = HTLC_KINDS
