@@ -311,6 +311,46 @@ def test_the_participant_co_signs_only_for_the_secret_and_then_redeems_at_once(w
     assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
 
 
+class _Died(Exception):
+    """The process stops here (not a KofoError: nothing in the engine catches it)."""
+
+
+def test_an_initiator_that_died_after_sharing_the_secret_still_claims_after_its_deadline(
+    world_factory, tmp_path
+):
+    """ETH for Taproot BTC. Alice's node dies right after Bob co-signed her claim (so Bob holds
+    the secret) and before she stored it; she comes back after initiator_redeem_by, with Bob
+    silent. She must claim his BTC anyway -- by the leaf -- instead of waiting to refund: Bob
+    could take her ETH with the secret and refund his BTC at T_B."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    link(alice, bob)
+    _give, _get, _assets, _before, sid = _taproot_swap(w, "eth_for_btc")
+    honest = alice.engine._request
+    assert honest is not None
+
+    def dies_after_the_answer(swap_id: bytes, body: SwapBody) -> SwapBody | None:
+        honest(swap_id, body)
+        raise _Died
+
+    alice.engine._request = dies_after_the_answer
+    with pytest.raises(_Died):
+        drive([alice, bob], sid, between=w.mine)
+    assert alice.engine.journal.get(sid).state is State.COUNTER_AUDITED
+    assert alice.engine.journal.txs(sid, TxKind.REDEEM) == []
+    assert bob.engine.journal.preimage(sid) == alice.engine.journal.preimage(sid)
+
+    terms = alice.engine.terms_of(sid)
+    btc.mine_to(terms.initiator_redeem_by.value)  # alice is down past her reveal deadline
+    back = make_node("alice", tmp_path, w.chains, accounts=alice.accounts, key=alice.key)  # type: ignore[arg-type]
+    states = drive([back], sid, rounds=10, between=w.mine)
+    assert states == {"alice": State.REDEEMED}
+    claim = _htlc_spend(back, "btc", sid, TxKind.REDEEM)
+    assert len(claim.wit.vtxinwit[0].scriptWitness.stack) == 4  # the leaf: no co-signer asked
+
+
 def _with_extra_input(raw: bytes) -> bytes:
     from bitcointx.core import (
         CBitcoinMutableTransaction,
