@@ -21,6 +21,14 @@ class KofoError(Exception):
         return f"[{self.code}] {super().__str__()}"
 
 
+class NotDelivered(KofoError):
+    """A message certainly did not reach its peer (the connection failed before the whole
+    request was sent): nothing of it was processed there. Other transport failures may have
+    delivered it."""
+
+    code = "not_delivered"
+
+
 class InvalidInput(KofoError):
     """A caller passed a value that cannot be used; the message names the field."""
 

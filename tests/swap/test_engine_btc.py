@@ -16,8 +16,8 @@ from bitcointx.core import CBitcoinTransaction as CTransaction
 
 from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
-from kofo.settlement.engine import CrashHook
-from kofo.settlement.peer_http import PeerError
+from kofo.settlement.engine import SECRET_SHARED, CrashHook
+from kofo.settlement.peer_http import PeerError, PeerNotReached
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, TermsRefused
 from kofo.wire.swap import (
@@ -220,7 +220,10 @@ def _taproot_swap(w: World, pair: str) -> tuple[Leg, Leg, set, dict, bytes]:
     return give, get, assets, before, _start(w, give, get)
 
 
-@pytest.mark.parametrize("failure", ["cheating_cosigner", "peer_unreachable", "refused"])
+@pytest.mark.parametrize(
+    "failure",
+    ["cheating_cosigner", "peer_not_reached", "peer_unreachable", "broken_channel", "refused"],
+)
 @pytest.mark.parametrize("pair", ["btc_for_eth", "eth_for_btc"])
 def test_a_cooperative_claim_that_fails_falls_back_to_the_leaf_and_the_swap_completes(
     world_factory, pair, failure
@@ -236,8 +239,13 @@ def test_a_cooperative_claim_that_fails_falls_back_to_the_leaf_and_the_swap_comp
 
     def failing(swap_id: bytes, body: SwapBody) -> SwapBody | None:
         asked.append(body)
-        if failure == "peer_unreachable":
-            raise PeerError("peer http://127.0.0.1:9 unreachable", code="peer_unreachable")
+        if failure == "peer_not_reached":  # the request never left: the secret stays ours
+            raise PeerNotReached("peer http://127.0.0.1:9 not reached: refused")
+        if failure == "peer_unreachable":  # it left, no answer came: it may have arrived
+            honest(swap_id, body)
+            raise PeerError("peer http://127.0.0.1:9 did not answer", code="peer_unreachable")
+        if failure == "broken_channel":  # not a KofoError: still only a fallback
+            raise ConnectionResetError("reset by peer")
         if failure == "refused":  # a secret that is not the swap's
             body = replace(body, preimage=bytes(32))  # type: ignore[arg-type]
         reply = honest(swap_id, body)
@@ -252,27 +260,42 @@ def test_a_cooperative_claim_that_fails_falls_back_to_the_leaf_and_the_swap_comp
     states = drive([alice, bob], sid, between=w.mine)
     assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
     assert len(asked) == 1 and isinstance(asked[0], CosignClaim)
+    if claimer is alice:  # the initiator: her secret counts as shown unless it never left
+        shown = alice.engine.journal.notice(sid, SECRET_SHARED) is not None
+        assert shown is (failure != "peer_not_reached")
     _assert_exact_holdings(w, give, get, assets, before, sid)
     claim = _htlc_spend(claimer, "btc", sid, TxKind.REDEEM)
     assert len(claim.wit.vtxinwit[0].scriptWitness.stack) == 4  # the claim leaf
+
+
+def _eth_for_taproot_btc(world_factory: Callable[[str], World]) -> tuple[World, Btc, bytes]:
+    """Linked nodes; alice proposes her ETH for bob's BTC in a Taproot HTLC."""
+    w = world_factory("btc")
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    link(w.alice, w.bob)
+    *_, sid = _taproot_swap(w, "eth_for_btc")
+    return w, btc, sid
+
+
+def _lock_both(w: World, btc: Btc, sid: bytes) -> None:
+    """Alice locks ETH, bob audits it and locks BTC; alice does not look at bob's lock yet."""
+    alice, bob = w.alice, w.bob
+    for _ in range(8):
+        alice.engine.tick() if alice.engine.journal.get(sid).state is not State.LOCKED else None
+        bob.engine.tick()
+        btc.mine(1)
+    assert alice.engine.journal.get(sid).state is State.LOCKED
+    assert bob.engine.journal.get(sid).state is State.LOCKED
 
 
 def test_the_participant_co_signs_only_for_the_secret_and_then_redeems_at_once(world_factory):
     """ETH for Taproot BTC, stepped by hand: Alice (initiator) asks Bob to co-sign her claim of
     his BTC leg. Requests without the secret, for another output, or spending something else
     are refused; the real one is answered, and Bob redeems Alice's ETH at once."""
-    w = world_factory("btc")
+    w, btc, sid = _eth_for_taproot_btc(world_factory)
     alice, bob = w.alice, w.bob
-    btc, evm = w.chains["btc"], w.chains["eth"]
-    assert isinstance(btc, Btc) and isinstance(evm, Evm)
-    link(alice, bob)
-    _give, _get, _assets, _before, sid = _taproot_swap(w, "eth_for_btc")
-    for _ in range(8):  # alice locks ETH; bob audits it and locks BTC; alice is not asked yet
-        alice.engine.tick() if alice.engine.journal.get(sid).state is not State.LOCKED else None
-        bob.engine.tick()
-        btc.mine(1)
-    assert alice.engine.journal.get(sid).state is State.LOCKED
-    assert bob.engine.journal.get(sid).state is State.LOCKED
+    _lock_both(w, btc, sid)
     terms = alice.engine.terms_of(sid)
     secret = alice.engine.journal.preimage(sid)
     assert secret is not None
@@ -294,6 +317,13 @@ def test_the_participant_co_signs_only_for_the_secret_and_then_redeems_at_once(w
         assert isinstance(reply, Error) and reply.code == "cosign_refused", bad
         assert why in reply.message
     assert bob.engine.journal.preimage(sid) is None  # no secret came with them
+    # A node getting its leg back does not co-sign a claim of it.
+    for refunding in (State.REFUND_WAIT, State.REFUND_SIGNED):
+        bob.engine.journal.transition(sid, refunding, {"reason": "test"})
+        reply = ask(good)
+        assert isinstance(reply, Error) and "our leg is being refunded" in reply.message
+    bob.engine.journal.transition(sid, State.LOCKED, {"reason": "test"})
+    assert bob.engine.journal.preimage(sid) is None  # no secret came with them
     # A claim that would also spend another coin is refused, though its secret is kept.
     reply = ask(replace(good, claim=_with_extra_input(claim.raw)))
     assert isinstance(reply, Error) and "must have 1 input, it has 2" in reply.message
@@ -309,10 +339,35 @@ def test_the_participant_co_signs_only_for_the_secret_and_then_redeems_at_once(w
     ad.broadcast(signed)
     states = drive([alice, bob], sid, between=w.mine)
     assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    # Once the lock is spent there is nothing left to co-sign.
+    reply = ask(replace(good, nonce=ad.begin_cooperative_claim(ref).nonce))  # type: ignore[attr-defined]
+    assert isinstance(reply, Error) and "our lock is not on chain unspent" in reply.message
 
 
-class _Died(Exception):
-    """The process stops here (not a KofoError: nothing in the engine catches it)."""
+def test_the_initiator_does_not_ask_once_its_reveal_deadline_passed(world_factory):
+    """The decision to redeem was taken before initiator_redeem_by, the request would leave
+    after it (signing takes time): no request leaves, the secret is not marked shared, and the
+    redeem is the leaf claim, which the state machine then holds back."""
+    w, btc, sid = _eth_for_taproot_btc(world_factory)
+    alice = w.alice
+    _lock_both(w, btc, sid)
+    assert alice.engine.step(sid)
+    rec = alice.engine.journal.get(sid)
+    assert rec.state is State.COUNTER_AUDITED
+    asked: list[SwapBody] = []
+    alice.engine._request = lambda _sid, body: asked.append(body)  # type: ignore[func-returns-value]
+    terms = rec.terms
+    btc.mine_to(terms.initiator_redeem_by.value)
+    ref = alice.engine.adapters["btc"].find_htlc(terms.participant_leg.htlc(terms.payment_hash))
+    assert ref is not None
+    secret = alice.engine.journal.preimage(sid)
+    assert secret is not None
+    assert alice.engine._cooperative_redeem(rec, ref, secret) is None
+    assert asked == [] and alice.engine.journal.notice(sid, SECRET_SHARED) is None
+
+
+class _Died(BaseException):
+    """The process stops here (not an Exception: nothing in the engine catches it)."""
 
 
 def test_an_initiator_that_died_after_sharing_the_secret_still_claims_after_its_deadline(
@@ -322,12 +377,8 @@ def test_an_initiator_that_died_after_sharing_the_secret_still_claims_after_its_
     the secret) and before she stored it; she comes back after initiator_redeem_by, with Bob
     silent. She must claim his BTC anyway -- by the leaf -- instead of waiting to refund: Bob
     could take her ETH with the secret and refund his BTC at T_B."""
-    w = world_factory("btc")
+    w, btc, sid = _eth_for_taproot_btc(world_factory)
     alice, bob = w.alice, w.bob
-    btc = w.chains["btc"]
-    assert isinstance(btc, Btc)
-    link(alice, bob)
-    _give, _get, _assets, _before, sid = _taproot_swap(w, "eth_for_btc")
     honest = alice.engine._request
     assert honest is not None
 

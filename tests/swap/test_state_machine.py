@@ -83,6 +83,20 @@ def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
         )
     if action.kind is ActionKind.SIGN_REDEEM and rec.role is Role.INITIATOR and shared:
         assert facts.counter.state is HtlcState.LOCKED or secret_public
+    # Liveness once shared: the initiator gives up on the counter leg (goes to refund) only if
+    # it is refunded, at the own leg's expiry, or with its own lock gone from the chain --
+    # never while it could still redeem it.
+    after_locking = (State.LOCKED, State.COUNTER_AUDITED, State.REDEEM_SIGNED, State.REDEEM_SENT)
+    if rec.role is Role.INITIATOR and shared and rec.state in after_locking:
+        if action.to is State.REFUND_WAIT:
+            assert (
+                facts.counter.state is HtlcState.REFUNDED
+                or own_now >= own_leg.expiry.value
+                or facts.own.state is HtlcState.ABSENT
+            )
+    if rec.role is Role.INITIATOR and shared and rec.state is State.REFUND_WAIT:
+        if facts.counter.state is HtlcState.LOCKED and facts.own.state is HtlcState.LOCKED:
+            assert action.to is State.COUNTER_AUDITED
     if action.kind is ActionKind.SIGN_REDEEM:
         assert rec.has_preimage or facts.own.preimage is not None
     if rec.state in TERMINAL:

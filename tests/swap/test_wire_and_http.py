@@ -276,3 +276,49 @@ def test_htlc_terms_in_a_locked_notice_keep_every_field():
     )
     parsed, _ = open_swap(sign_swap(VECTOR_KEY, body).to_bytes())
     assert parsed == body
+
+
+def test_the_client_tells_a_message_that_never_left_from_one_that_got_no_answer():
+    """A refused connection: the peer got nothing (PeerNotReached, a NotDelivered). A peer that
+    reads the request and hangs up: it may have acted on it (peer_unreachable)."""
+    import socket
+    import threading
+
+    from kofo.errors import NotDelivered
+    from kofo.settlement.peer_http import PeerNotReached
+
+    client = PeerClient(VECTOR_KEY)
+    body = vector_bodies()["swap.cancel"]
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with pytest.raises(PeerNotReached) as err:
+        client.send(f"http://127.0.0.1:{closed_port}/kofo/v1/swap", body)
+    assert isinstance(err.value, NotDelivered) and err.value.code == "peer_not_reached"
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def read_then_hang_up() -> None:
+            conn, _ = server.accept()
+            with conn:  # read the whole request (headers, then Content-Length bytes), close
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+
+        thread = threading.Thread(target=read_then_hang_up, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/kofo/v1/swap"
+        with pytest.raises(PeerError) as err:
+            client.send(url, body)
+        thread.join(timeout=5)
+    assert err.value.code == "peer_unreachable" and not isinstance(err.value, NotDelivered)

@@ -25,7 +25,14 @@ from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kofo.errors import AuditFailed, ChainError, FeeTooLow, InvalidInput, KofoError
+from kofo.errors import (
+    AuditFailed,
+    ChainError,
+    FeeTooLow,
+    InvalidInput,
+    KofoError,
+    NotDelivered,
+)
 from kofo.settlement.chain import (
     ChainAdapter,
     CooperativeClaims,
@@ -381,12 +388,15 @@ class SwapEngine:
         ):
             return None
         sid = rec.swap_id.hex()[:8]
+        # Showing the secret is revealing it (the initiator's only: the participant claims
+        # with a secret that is out already): never after initiator_redeem_by (read again here,
+        # signing takes time), and recorded first so that, once shown, the redeem goes on
+        # whatever the clock says (swap rule 3). Shown before a restart, it stays shown.
+        shares = rec.role is Role.INITIATOR
+        shared_before = shares and self.journal.notice(rec.swap_id, SECRET_SHARED) is not None
         try:
             claim = adapter.begin_cooperative_claim(ref)
-            if rec.role is Role.INITIATOR:
-                # Showing the secret is revealing it: never after initiator_redeem_by (read
-                # again here, signing takes time), and recorded first so that, once shown, the
-                # redeem goes on whatever the clock says (swap rule 3).
+            if shares and not shared_before:
                 clock = self.adapters[leg.chain].expiry_now()
                 if clock.value >= rec.terms.initiator_redeem_by.value:
                     return None
@@ -399,7 +409,14 @@ class SwapEngine:
                 log.info("swap %s: claim not co-signed (%s): by the leaf", sid, why)
                 return None
             signed = adapter.finish_cooperative_claim(claim, reply.nonce, reply.partial_sig)
-        except KofoError as exc:
+        except NotDelivered as exc:
+            # This request certainly did not leave: unless an earlier one did, the secret is
+            # still ours and the reveal deadline holds again.
+            if shares and not shared_before:
+                self.journal.drop_notice(rec.swap_id, SECRET_SHARED)
+            log.warning("swap %s: co-signature not asked (%s): by the leaf", sid, exc)
+            return None
+        except Exception as exc:  # any failure of the channel or the peer: claim by the leaf
             log.warning("swap %s: cooperative claim failed (%s): by the leaf", sid, exc)
             return None
         log.info("swap %s: claim co-signed: key path", sid)

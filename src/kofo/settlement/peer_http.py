@@ -10,6 +10,7 @@ itself: the transport is plain HTTP on 127.0.0.1 for now (the P2P issue brings e
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kofo.errors import KofoError
+from kofo.errors import KofoError, NotDelivered
 from kofo.wire.codec import MAX_MESSAGE_BYTES
 from kofo.wire.envelope import ReplayGuard, public_key_bytes
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
@@ -39,6 +40,12 @@ _STATUS = {"bad_signature": 401, "replayed_message": 409, "unknown_peer": 403}
 
 class PeerError(KofoError):
     code = "peer_error"
+
+
+class PeerNotReached(PeerError, NotDelivered):
+    """The peer never got the message (see :class:`~kofo.errors.NotDelivered`)."""
+
+    code = "peer_not_reached"
 
 
 Handler = Callable[[SwapBody, bytes], SwapBody | None]
@@ -146,8 +153,16 @@ class PeerClient:
             except (ValueError, KeyError):
                 code, message = "peer_error", f"HTTP {exc.code}"
             raise PeerError(f"peer refused the message: {message}", code=code) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise PeerError(f"peer {url} unreachable: {exc}", code="peer_unreachable") from None
+        except urllib.error.URLError as exc:
+            # urllib raises URLError only while connecting and sending the request: the peer
+            # did not get the whole message, so it did not act on it.
+            raise PeerNotReached(f"peer {url} not reached: {exc.reason}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            # The request went out; its answer did not come (in time, or whole): it may have
+            # been acted on.
+            raise PeerError(
+                f"peer {url} did not answer: {exc!r}", code="peer_unreachable"
+            ) from None
 
     def send(
         self, url: str, body: SwapBody, *, expect_sender: bytes | None = None

@@ -238,7 +238,17 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
 
     if s is State.COUNTER_AUDITED:
         if initiator:
-            if _reached(counter_now, rec.terms.initiator_redeem_by) and not rec.secret_shared:
+            if rec.secret_shared:
+                # The participant holds the secret: redeem while its lock is there (buried or
+                # not, whatever the clock), or wait in LOCKED for it to come back.
+                if ctr.state is HtlcState.LOCKED:
+                    return Action(
+                        ActionKind.SIGN_REDEEM,
+                        to=State.REDEEM_SIGNED,
+                        reason="the secret is shared",
+                    )
+                return _go(State.LOCKED, "the counter lock left the best chain")
+            if _reached(counter_now, rec.terms.initiator_redeem_by):
                 return _go(State.REFUND_WAIT, "initiator_redeem_by passed: never reveal late")
             if counter_ok:
                 return Action(
@@ -272,8 +282,16 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
                 return _go(State.REFUND_WAIT, "own lock left the chain after the lock deadline")
             return _send(TxKind.LOCK, State.LOCK_SENT, "own lock left the best chain: re-send")
         if initiator:
-            if counter_ok and rec.secret_shared:
-                return _go(State.COUNTER_AUDITED, "the secret is shared: redeem whatever the time")
+            if rec.secret_shared:
+                # Giving up on the counter leg would leave ours to a participant that holds the
+                # secret: only once it is refunded, or at our own expiry (its lock gone).
+                if ctr.state is HtlcState.LOCKED:
+                    return _go(
+                        State.COUNTER_AUDITED, "the secret is shared: redeem the counter leg"
+                    )
+                if ctr.state is HtlcState.REFUNDED or _reached(own_now, own_leg.expiry):
+                    return _go(State.REFUND_WAIT, "the secret is shared and the counter leg gone")
+                return _wait("the secret is shared: waiting for the counter lock to return")
             if _reached(counter_now, rec.terms.initiator_redeem_by):
                 # A counter leg seen locked (maybe refunded since, while we were offline) was
                 # the participant keeping its word: only a lock that never came is evidence.
@@ -308,6 +326,8 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
         return _send(TxKind.REDEEM, State.REDEEM_SENT, "send the journaled redeem")
 
     if s is State.REFUND_WAIT:
+        if initiator and rec.secret_shared and ctr.state is HtlcState.LOCKED:
+            return _go(State.COUNTER_AUDITED, "the secret is shared and the counter lock is there")
         if not _reached(own_now, own_leg.expiry):
             return _wait("waiting for the own leg's expiry")
         if own.state is HtlcState.LOCKED:
