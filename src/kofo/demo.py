@@ -161,6 +161,7 @@ class _Outbox:
     def __init__(self, client: PeerClient) -> None:
         self.client = client
         self.url = ""
+        self.peer = b""  # the peer's node key: its answers must be signed by it
         self._queue: queue.Queue[SwapBody | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -171,7 +172,7 @@ class _Outbox:
     def ask(self, _swap_id: bytes, body: SwapBody) -> SwapBody | None:
         """Send ``body`` now and return the peer's verified answer (a co-signature request:
         the engine waits for it, and claims by the leaf if it fails)."""
-        return self.client.send(self.url, body)
+        return self.client.send(self.url, body, expect_sender=self.peer)
 
     def _run(self) -> None:
         while (body := self._queue.get()) is not None:
@@ -329,6 +330,7 @@ def _pair(alice: _Node, bob: _Node) -> None:
     """Each node accepts messages only from the other and sends its notices to it."""
     alice.server.allowed, bob.server.allowed = {bob.node_id}, {alice.node_id}
     alice.outbox.url, bob.outbox.url = bob.server.url, alice.server.url
+    alice.outbox.peer, bob.outbox.peer = bob.node_id, alice.node_id
 
 
 def _leg(amount: Amount, payer: _Node, payee: _Node, *, taproot: bool) -> Leg:
