@@ -30,6 +30,34 @@ def _fee_and_vsize(tx: SignedTx, amount: int) -> tuple[int, int]:
     return amount - sum(o.nValue for o in parsed.vout), parsed.get_virtual_size()
 
 
+def test_a_stuck_key_path_claim_is_replaced_by_the_leaf_claim_at_the_new_estimate(
+    server, chain, alice
+):
+    """A cooperative (key-path) claim needs no second signing session to be bumped: its
+    replacement is the claim leaf at the new rate, which the mempool takes under BIP125."""
+    a, b = rpc_adapter(server, b"\x3a" * 32, "p2tr"), rpc_adapter(server, b"\x3b" * 32, "p2tr")
+    a.backend.mine(1, a.wallet.address())
+    alice.backend.mine(100, alice.wallet.address())
+    ref, preimage = locked_htlc(a, b)
+    session = b.begin_cooperative_claim(ref, FeeEstimate(2))
+    key_path = b.finish_cooperative_claim(
+        session, *a.cosign_cooperative_claim(ref, session.raw, session.nonce)
+    )
+    b.broadcast(key_path)
+    chain.set_block_min_fee_rate(25)  # fees rise: the 2 sat/vB key-path claim is stuck
+    b.backend.mine(2, b.wallet.address())
+    assert b.status(ref).spend_confirmations == 0
+
+    bumped = b.prepare_replacement(ref, key_path, preimage)
+    new_fee, new_vsize = _fee_and_vsize(bumped, ref.terms.amount)
+    assert new_fee >= 25 * new_vsize and new_vsize > 99  # the leaf: bigger, at the new rate
+    b.broadcast(bumped)  # replaces the key-path claim in the mempool
+    b.backend.mine(1, b.wallet.address())
+    done = a.status(ref)
+    assert done.state is HtlcState.REDEEMED and done.spend_txid == bumped.txid
+    assert done.preimage == preimage and b.tx_confirmations(key_path.txid) == 0
+
+
 @pytest.mark.parametrize("kind", ["p2wsh", "p2tr"])
 def test_a_stuck_claim_is_replaced_at_the_new_estimate_and_confirms(server, chain, alice, kind):
     a, b = rpc_adapter(server, b"\x2a" * 32, kind), rpc_adapter(server, b"\x2b" * 32, kind)
