@@ -12,7 +12,7 @@ from bitcointx.core import b2lx
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
-from kofo.settlement.chain import ChainAdapter
+from kofo.settlement.chain import ChainAdapter, TxKind
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import ChainBackend, EmbeddedBackend
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
@@ -128,3 +128,16 @@ def expected_after(
     for chain, paid in fees.items():
         after[(chain, None)] -= paid
     return after
+
+
+def confirmed_tx(node: Node, chain: str, swap_id: bytes, kind: TxKind) -> CTransaction:
+    """The one confirmed transaction of ``kind`` on Bitcoin-like ``chain`` that ``node``
+    journaled for the swap, read through the node's own adapter (embedded or real node)."""
+    adapter = node.engine.adapters[chain]
+    assert isinstance(adapter, BitcoinAdapter)
+    (txid,) = [
+        t
+        for k, c, t, at in node.engine.journal.all_txs(swap_id)
+        if k == kind.value and c == chain and at is not None and adapter.tx_confirmations(t)
+    ]
+    return adapter.index.txs[txid].tx

@@ -31,7 +31,15 @@ from kofo.wire.swap import (
     open_swap,
     sign_swap,
 )
-from tests.swap.btc_helpers import Btc, addr, btc_fee, expected_after, fees_paid, holdings
+from tests.swap.btc_helpers import (
+    Btc,
+    addr,
+    btc_fee,
+    confirmed_tx,
+    expected_after,
+    fees_paid,
+    holdings,
+)
 from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node
 
 BTC_AMOUNT = 1_500_000  # sats
@@ -156,17 +164,6 @@ def test_swap_pays_both_sides_exactly_the_agreed_amounts(world_factory, pair):
     assert alice.engine.journal.evidence(sid) == [] and bob.engine.journal.evidence(sid) == []
 
 
-def _htlc_spend(node: Node, chain: str, sid: bytes, kind: TxKind) -> CTransaction:
-    """The confirmed transaction of ``kind`` that ``node`` journaled for swap ``sid``."""
-    adapter = node.engine.adapters[chain]
-    (txid,) = [
-        t
-        for k, c, t, at in node.engine.journal.all_txs(sid)
-        if k == kind.value and c == chain and at is not None and adapter.tx_confirmations(t)
-    ]
-    return adapter.index.txs[txid].tx  # type: ignore[attr-defined,no-any-return]
-
-
 @pytest.mark.parametrize("cooperative", [True, False], ids=["key_path", "leaf"])
 @pytest.mark.parametrize("pair", ["btc_for_eth", "eth_for_btc", "ltc_for_eth"])
 def test_a_taproot_leg_is_claimed_by_the_key_path_when_both_sign_else_by_its_leaf(
@@ -195,9 +192,9 @@ def test_a_taproot_leg_is_claimed_by_the_key_path_when_both_sign_else_by_its_lea
     assert alice.engine.journal.evidence(sid) == [] and bob.engine.journal.evidence(sid) == []
     # On chain: the lock pays a v1 witness program (OP_1 <32 bytes>).
     locker, claimer = (alice, bob) if c1 == btc_chain else (bob, alice)
-    lock_out = _htlc_spend(locker, btc_chain, sid, TxKind.LOCK).vout
+    lock_out = confirmed_tx(locker, btc_chain, sid, TxKind.LOCK).vout
     assert any(bytes(o.scriptPubKey)[:2] == b"\x51\x20" for o in lock_out)
-    claim = _htlc_spend(claimer, btc_chain, sid, TxKind.REDEEM)
+    claim = confirmed_tx(claimer, btc_chain, sid, TxKind.REDEEM)
     stack = list(claim.wit.vtxinwit[0].scriptWitness.stack)
     if cooperative:
         # One 64-byte signature of both keys: 99 vB, and no secret on this chain.
@@ -264,7 +261,7 @@ def test_a_cooperative_claim_that_fails_falls_back_to_the_leaf_and_the_swap_comp
         shown = alice.engine.journal.notice(sid, SECRET_SHARED) is not None
         assert shown is (failure != "peer_not_reached")
     _assert_exact_holdings(w, give, get, assets, before, sid)
-    claim = _htlc_spend(claimer, "btc", sid, TxKind.REDEEM)
+    claim = confirmed_tx(claimer, "btc", sid, TxKind.REDEEM)
     assert len(claim.wit.vtxinwit[0].scriptWitness.stack) == 4  # the claim leaf
 
 
@@ -398,7 +395,7 @@ def test_an_initiator_that_died_after_sharing_the_secret_still_claims_after_its_
     back = make_node("alice", tmp_path, w.chains, accounts=alice.accounts, key=alice.key)  # type: ignore[arg-type]
     states = drive([back], sid, rounds=10, between=w.mine)
     assert states == {"alice": State.REDEEMED}
-    claim = _htlc_spend(back, "btc", sid, TxKind.REDEEM)
+    claim = confirmed_tx(back, "btc", sid, TxKind.REDEEM)
     assert len(claim.wit.vtxinwit[0].scriptWitness.stack) == 4  # the leaf: no co-signer asked
 
 
@@ -436,7 +433,7 @@ def test_a_taproot_initiator_leg_is_refunded_by_its_leaf_when_the_participant_va
     assert holdings(alice, {("btc", None)}) == expected_after(
         before, gives=give, gets=get, fees=fees_paid(alice, sid), refunded=True
     )
-    refund = _htlc_spend(alice, "btc", sid, TxKind.REFUND)
+    refund = confirmed_tx(alice, "btc", sid, TxKind.REFUND)
     assert len(refund.wit.vtxinwit[0].scriptWitness.stack) == 3  # sig, leaf, control block
     assert refund.nLockTime == alice.engine.terms_of(sid).initiator_leg.expiry.value
 

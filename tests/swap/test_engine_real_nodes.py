@@ -29,7 +29,7 @@ from kofo.settlement.swap import State
 from kofo.settlement.terms import ChainPolicy, Leg, devnet_policy
 from tests.bitcoin.helpers import pay
 from tests.nodes import LITECOIN_REGTEST_BURN_ADDRESS as LITECOIN_BURN
-from tests.swap.btc_helpers import expected_after, fees_paid, holdings
+from tests.swap.btc_helpers import confirmed_tx, expected_after, fees_paid, holdings
 from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node, start_swap
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
@@ -175,10 +175,7 @@ def test_litecoind_taproot_ltc_for_geth_eth_is_claimed_by_one_joint_signature(
     the swap channel: litecoind mines a 99 vB claim that shows no secret."""
     chain, miner = _litecoind_chain(litecoind)
     _alice, bob, sid = _swap_btc_like_for_eth(chain, miner, _geth_w3(geth), tmp_path, output="p2tr")
-    ad = bob.engine.adapters["ltc"]
-    assert isinstance(ad, BitcoinAdapter)
-    (txid,) = [t for k, c, t, at in bob.engine.journal.all_txs(sid) if k == "redeem" and at]
-    claim = ad.index.txs[txid].tx
+    claim = confirmed_tx(bob, "ltc", sid, TxKind.REDEEM)
     assert [len(item) for item in claim.wit.vtxinwit[0].scriptWitness.stack] == [64]
     assert claim.get_virtual_size() == 99
 

@@ -379,7 +379,8 @@ class SwapEngine:
         """Our key-path claim of the Taproot counter leg at ``ref``, co-signed by the
         counterparty; ``None`` (claim by the leaf instead) if the leg is not Taproot, there is
         no channel to ask on, or the counterparty refuses or does not answer."""
-        leg = self._view(rec).counter_leg
+        view = self._view(rec)
+        leg = view.counter_leg
         adapter = self.adapters[leg.chain]
         if (
             leg.output != "p2tr"
@@ -393,7 +394,7 @@ class SwapEngine:
         # signing takes time), and recorded first so that, once shown, the redeem goes on
         # whatever the clock says (swap rule 3). Shown before a restart, it stays shown.
         shares = rec.role is Role.INITIATOR
-        shared_before = shares and self.journal.notice(rec.swap_id, SECRET_SHARED) is not None
+        shared_before = shares and view.secret_shared
         try:
             claim = adapter.begin_cooperative_claim(ref)
             if shares and not shared_before:
