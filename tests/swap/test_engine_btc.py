@@ -8,6 +8,7 @@ Time moves by mining Bitcoin blocks and by jumping the EVM's clock, never by sle
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -15,6 +16,7 @@ import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
 
 from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
+from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.engine import SECRET_SHARED, CrashHook
 from kofo.settlement.peer_http import PeerError, PeerNotReached
@@ -90,15 +92,19 @@ def _leg(w: World, payer: Node, payee: Node, chain: str, amount: int, token: boo
 
 def _start(w: World, give: Leg, get: Leg) -> bytes:
     """Alice proposes with a short accept window, Bob accepts; both over signed wire bytes."""
-    alice, bob = w.alice, w.bob
-    terms = alice.engine.propose(
-        give, get, participant_node=bob.node_id, accept_window=ACCEPT_WINDOW
+    return _propose(w.alice, w.bob, give, get)
+
+
+def _propose(initiator: Node, participant: Node, give: Leg, get: Leg) -> bytes:
+    """``initiator`` proposes, ``participant`` accepts; both over signed wire bytes."""
+    terms = initiator.engine.propose(
+        give, get, participant_node=participant.node_id, accept_window=ACCEPT_WINDOW
     )
-    body, sender = open_swap(sign_swap(alice.key, Propose(terms)).to_bytes(), bob.guard)
-    reply = bob.engine.handle(body, sender)
+    body, sender = open_swap(sign_swap(initiator.key, Propose(terms)).to_bytes(), participant.guard)
+    reply = participant.engine.handle(body, sender)
     assert isinstance(reply, Accept)
-    body, sender = open_swap(sign_swap(bob.key, reply).to_bytes(), alice.guard)
-    assert alice.engine.handle(body, sender) is None
+    body, sender = open_swap(sign_swap(participant.key, reply).to_bytes(), initiator.guard)
+    assert initiator.engine.handle(body, sender) is None
     return terms.swap_id
 
 
@@ -359,8 +365,102 @@ def test_the_initiator_does_not_ask_once_its_reveal_deadline_passed(world_factor
     assert ref is not None
     secret = alice.engine.journal.preimage(sid)
     assert secret is not None
-    assert alice.engine._cooperative_redeem(rec, ref, secret) is None
+    assert alice.engine._cosign_ask(rec, ref, secret) is None
     assert asked == [] and alice.engine.journal.notice(sid, SECRET_SHARED) is None
+
+
+ANSWER_WAIT = 10.0
+"""How long the overlapping channel below waits for an answer (the HTTP channel's SEND_TIMEOUT)."""
+
+
+def test_two_nodes_asking_each_other_to_co_sign_at_once_both_claim_by_the_key_path(
+    world_factory,
+):
+    """Two swaps between the same nodes, in opposite directions (each initiator's ETH for the
+    other's Taproot BTC), reach their redeem together: each node asks the other to co-sign
+    while the other is asking it. A node waiting for its co-signer holds no engine lock, so
+    each answers the other and both claims take the key path. (Were the request sent under
+    the lock, each would wait on the other until the channel's timeout and fall back to the
+    leaf.)"""
+    w = world_factory("btc")
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    alice, bob = w.alice, w.bob
+    link(alice, bob)
+    sids: dict[bytes, tuple[Node, Node]] = {}
+    for initiator, participant in ((alice, bob), (bob, alice)):
+        give = _leg(w, initiator, participant, "eth", 2 * ETHER)
+        get = replace(_leg(w, participant, initiator, "btc", BTC_AMOUNT), output="p2tr")
+        sids[_propose(initiator, participant, give, get)] = (initiator, participant)
+    # Both sides of both swaps lock; the initiators do not look at the BTC locks yet.
+    for _ in range(8):
+        for sid, (initiator, participant) in sids.items():
+            if initiator.engine.journal.get(sid).state is not State.LOCKED:
+                initiator.engine.drive(sid)
+            participant.engine.drive(sid)
+        btc.mine(1)
+    for sid in sids:
+        assert {n.engine.journal.get(sid).state for n in (alice, bob)} == {State.LOCKED}
+
+    # Each request waits until the other is out too, then is delivered; an answer that does
+    # not come within ANSWER_WAIT is a peer that did not answer, as over HTTP.
+    both_out = threading.Barrier(2, timeout=60)
+    first_out = threading.Event()
+    stuck: list[str] = []
+    answered: set[bytes] = set()
+
+    def overlapping(node: Node) -> None:
+        honest = node.engine._request
+        assert honest is not None
+
+        def send(swap_id: bytes, body: SwapBody) -> SwapBody | None:
+            first_out.set()
+            both_out.wait()
+            answer: list[SwapBody | None] = []
+
+            def deliver() -> None:
+                ensure_thread_params()
+                answer.append(honest(swap_id, body))
+
+            worker = threading.Thread(target=deliver, daemon=True)
+            worker.start()
+            worker.join(ANSWER_WAIT)
+            answered.add(swap_id)
+            if not answer:
+                stuck.append(node.name)
+                raise PeerError("peer did not answer", code="peer_unreachable")
+            return answer[0]
+
+        node.engine._request = send
+
+    overlapping(alice)
+    overlapping(bob)
+
+    def redeem_step(sid: bytes) -> None:
+        """Step the initiator until its co-signature request is answered (no broadcast)."""
+        ensure_thread_params()
+        engine = sids[sid][0].engine
+        for _ in range(4):
+            engine.step(sid)
+            if sid in answered:
+                return
+
+    one, two = (threading.Thread(target=redeem_step, args=(sid,)) for sid in sids)
+    one.start()
+    assert first_out.wait(60)  # the second starts once the first waits: no chain is read twice
+    two.start()
+    for t in (one, two):
+        t.join(2 * ANSWER_WAIT + 60)
+        assert not t.is_alive()
+    assert stuck == []
+
+    link(alice, bob)
+    for sid, (initiator, participant) in sids.items():
+        states = drive([initiator, participant], sid, between=w.mine)
+        assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+        claim = confirmed_tx(initiator, "btc", sid, TxKind.REDEEM)
+        assert len(claim.wit.vtxinwit[0].scriptWitness.stack) == 1  # the key path
+        assert claim.get_virtual_size() == 99
 
 
 class _Died(BaseException):

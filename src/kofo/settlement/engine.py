@@ -36,6 +36,7 @@ from kofo.errors import (
 from kofo.settlement.chain import (
     ChainAdapter,
     CooperativeClaims,
+    CooperativeClaimSession,
     Expiry,
     HtlcRef,
     HtlcState,
@@ -113,6 +114,19 @@ after each step's signed transactions are stored (and each fee bump), and
 before/after each broadcast."""
 
 
+@dataclass(frozen=True, slots=True)
+class _CosignAsk:
+    """A co-signature request ready to send: the claim it is for (the claimer's MuSig2 session,
+    in memory only) and whether sending it shows the secret for the first time."""
+
+    swap_id: bytes
+    ref: HtlcRef
+    adapter: CooperativeClaims
+    claim: CooperativeClaimSession
+    body: CosignClaim
+    shares: bool
+
+
 class CrashHook:
     """SIGKILLs this process at a named point (tests only; inert unless configured)."""
 
@@ -155,7 +169,9 @@ _REFUNDING = frozenset(
 
 
 class SwapEngine:
-    """Drives one node's swaps. Thread-safe: one step at a time per engine."""
+    """Drives one node's swaps. Thread-safe: one step at a time per engine (a co-signature
+    request waits for its answer outside the lock, so the engine meanwhile handles messages and
+    steps other swaps)."""
 
     def __init__(
         self,
@@ -171,7 +187,8 @@ class SwapEngine:
     ) -> None:
         """``notify`` sends a notice to the swap's counterparty (best effort); ``request`` sends
         a message and returns its verified reply (raising on a transport failure): with it, a
-        Taproot leg paying this node is claimed cooperatively (:meth:`_cooperative_redeem`)."""
+        Taproot leg paying this node is claimed cooperatively (:meth:`_cosign_ask`; the request
+        waits for its answer without the engine lock)."""
         self.journal = journal
         self.adapters = dict(adapters)
         self.policies = dict(policies)
@@ -183,6 +200,11 @@ class SwapEngine:
         self.crash = crash or CrashHook.from_env()
         self._lock = threading.RLock()
         self._counter_refs: dict[bytes, HtlcRef] = {}
+        self._cosigned: dict[bytes, tuple[HtlcRef, SignedTx | None]] = {}
+        """Per swap, the answer to its co-signature request, until the redeem step takes it:
+        the counter leg it was for and the co-signed claim (``None``: claim by the leaf)."""
+        self._asking: set[bytes] = set()
+        """Swaps whose co-signature request is out (sent without the engine lock)."""
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -373,12 +395,12 @@ class SwapEngine:
         log.info("swap %s: co-signed the counterparty's claim", rec.swap_id.hex()[:8])
         return ClaimCosigned(rec.swap_id, nonce, partial)
 
-    def _cooperative_redeem(
-        self, rec: StoredSwap, ref: HtlcRef, preimage: bytes
-    ) -> SignedTx | None:
-        """Our key-path claim of the Taproot counter leg at ``ref``, co-signed by the
-        counterparty; ``None`` (claim by the leaf instead) if the leg is not Taproot, there is
-        no channel to ask on, or the counterparty refuses or does not answer."""
+    def _cosign_ask(self, rec: StoredSwap, ref: HtlcRef, preimage: bytes) -> _CosignAsk | None:
+        """Under the engine lock: the co-signature request for our key-path claim of the
+        Taproot counter leg at ``ref``, or ``None`` when none is to be sent (the leg is not
+        Taproot, there is no channel, or the answer to an earlier request is waiting in
+        :attr:`_cosigned`). A request that cannot be prepared, or that the initiator may no
+        longer send, is answered at once with "by the leaf"."""
         view = self._view(rec)
         leg = view.counter_leg
         adapter = self.adapters[leg.chain]
@@ -386,42 +408,66 @@ class SwapEngine:
             leg.output != "p2tr"
             or self._request is None
             or not isinstance(adapter, CooperativeClaims)
+            or rec.swap_id in self._cosigned
         ):
             return None
-        sid = rec.swap_id.hex()[:8]
         # Showing the secret is revealing it (the initiator's only: the participant claims
         # with a secret that is out already): never after initiator_redeem_by (read again here,
         # signing takes time), and recorded first so that, once shown, the redeem goes on
         # whatever the clock says (swap rule 3). Shown before a restart, it stays shown.
-        shares = rec.role is Role.INITIATOR
-        shared_before = shares and view.secret_shared
+        shares = rec.role is Role.INITIATOR and not view.secret_shared
         try:
             claim = adapter.begin_cooperative_claim(ref)
-            if shares and not shared_before:
-                clock = self.adapters[leg.chain].expiry_now()
+            if shares:
+                clock = adapter.expiry_now()
                 if clock.value >= rec.terms.initiator_redeem_by.value:
+                    self._cosigned[rec.swap_id] = (ref, None)
                     return None
                 self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
-            reply = self._request(
-                rec.swap_id, CosignClaim(rec.swap_id, leg.chain, claim.raw, claim.nonce, preimage)
+        except Exception as exc:  # any failure here: claim by the leaf
+            log.warning(
+                "swap %s: cooperative claim not begun (%s): by the leaf", rec.swap_id.hex()[:8], exc
             )
+            self._cosigned[rec.swap_id] = (ref, None)
+            return None
+        body = CosignClaim(rec.swap_id, leg.chain, claim.raw, claim.nonce, preimage)
+        return _CosignAsk(rec.swap_id, ref, adapter, claim, body, shares)
+
+    def _ask_cosign(self, ask: _CosignAsk) -> tuple[SignedTx | None, bool]:
+        """Outside the engine lock (the counterparty may take up to the channel's timeout, and
+        it may be asking us at the same time): send the request, check the answer. Returns the
+        signed key-path claim (``None``: claim by the leaf) and whether the request certainly
+        never left."""
+        sid = ask.swap_id.hex()[:8]
+        assert self._request is not None, "asked without a channel"
+        try:
+            reply = self._request(ask.swap_id, ask.body)
             if not isinstance(reply, ClaimCosigned):
                 why = reply.message if isinstance(reply, Error) else f"answer {reply!r}"
                 log.info("swap %s: claim not co-signed (%s): by the leaf", sid, why)
-                return None
-            signed = adapter.finish_cooperative_claim(claim, reply.nonce, reply.partial_sig)
+                return None, False
+            signed = ask.adapter.finish_cooperative_claim(ask.claim, reply.nonce, reply.partial_sig)
         except NotDelivered as exc:
+            log.warning("swap %s: co-signature not asked (%s): by the leaf", sid, exc)
+            return None, True
+        except Exception as exc:  # any failure of the channel or the peer
+            log.warning("swap %s: cooperative claim failed (%s): by the leaf", sid, exc)
+            return None, False
+        log.info("swap %s: claim co-signed: key path", sid)
+        return signed, False
+
+    def _cosign_answered(self, ask: _CosignAsk, signed: SignedTx | None, unsent: bool) -> None:
+        """Under the engine lock again: keep the answer for the redeem step."""
+        if unsent and ask.shares:
             # This request certainly did not leave: unless an earlier one did, the secret is
             # still ours and the reveal deadline holds again.
-            if shares and not shared_before:
-                self.journal.drop_notice(rec.swap_id, SECRET_SHARED)
-            log.warning("swap %s: co-signature not asked (%s): by the leaf", sid, exc)
-            return None
-        except Exception as exc:  # any failure of the channel or the peer: claim by the leaf
-            log.warning("swap %s: cooperative claim failed (%s): by the leaf", sid, exc)
-            return None
-        log.info("swap %s: claim co-signed: key path", sid)
-        return signed
+            self.journal.drop_notice(ask.swap_id, SECRET_SHARED)
+        self._cosigned[ask.swap_id] = (ask.ref, signed)
+
+    def _cooperative_claim(self, rec: StoredSwap, ref: HtlcRef) -> SignedTx | None:
+        """The key-path claim co-signed for ``ref``, if the answer is here and is for it."""
+        answered, signed = self._cosigned.pop(rec.swap_id, (None, None))
+        return signed if answered == ref else None
 
     # -- reading the chains -------------------------------------------------------------------
 
@@ -693,15 +739,9 @@ class SwapEngine:
             own_htlc = view.own_leg.htlc(rec.terms.payment_hash)
             txs = list(self.adapters[own_htlc.chain].prepare_lock(own_htlc))
         elif kind is TxKind.REDEEM:
-            preimage = self.journal.preimage(rec.swap_id)
-            if preimage is None:
-                preimage = facts.own.preimage
-                if preimage is None:
-                    raise InvalidInput("no preimage to redeem with")
-                # Stored before it is used: a restart must not depend on re-reading the chain.
-                self.journal.store_preimage(rec.swap_id, preimage)
+            preimage = self._redeem_preimage(rec, facts)
             assert ctr_ref is not None, "redeem decided without a counter lock"
-            coop = self._cooperative_redeem(rec, ctr_ref, preimage)
+            coop = self._cooperative_claim(rec, ctr_ref)
             txs = [coop or self.adapters[ctr_ref.terms.chain].prepare_redeem(ctr_ref, preimage)]
         else:
             assert own_ref is not None, "refund decided without an own lock"
@@ -709,6 +749,17 @@ class SwapEngine:
         self.journal.store_txs(rec.swap_id, kind, txs)
         self.crash.hit(f"stored:{kind.value}")
         return txs
+
+    def _redeem_preimage(self, rec: StoredSwap, facts: ChainFacts) -> bytes:
+        """The secret to redeem with: ours, or the one read off our own leg's claim."""
+        preimage = self.journal.preimage(rec.swap_id)
+        if preimage is None:
+            preimage = facts.own.preimage
+            if preimage is None:
+                raise InvalidInput("no preimage to redeem with")
+            # Stored before it is used: a restart must not depend on re-reading the chain.
+            self.journal.store_preimage(rec.swap_id, preimage)
+        return preimage
 
     def _broadcast(self, rec: StoredSwap, kind: TxKind) -> list[str]:
         txs = self.journal.current_txs(rec.swap_id, kind)
@@ -745,53 +796,84 @@ class SwapEngine:
     def _step(self, swap_id: bytes, seen: _Seen | None) -> tuple[bool, _Seen | None]:
         """:meth:`step`, reusing ``seen`` (the facts and clocks the previous step of this swap
         read) when given. Returns whether to call again and, when this step did nothing on
-        chain (a transition or a signature), what it read, which still holds for the next step."""
+        chain (a transition or a signature), what it read, which still holds for the next step.
+
+        A co-signature request is the one effect sent without the engine lock: the step
+        prepares it under the lock, sends it without, and keeps the answer under the lock
+        again; the next step decides afresh and signs the redeem with it."""
         with self._lock:
-            rec = self.journal.get(swap_id)
-            if rec.state in TERMINAL:
-                return False, None
-            if seen is None:
-                with self._observing():
-                    seen = (self.facts(rec), self.now())
-            (facts, own_ref, ctr_ref, detail), clocks = seen
-            now = clocks if clocks is not None else self.now()
-            view = self._view(rec)
-            action = next_action(view, facts, now)
-            if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
-                # Before blaming the counterparty, look for a lock it made and already spent
-                # (refunded while we were offline): that is a kept promise, not evidence.
-                if self._find_spent_counter(rec) is not None:
-                    facts, own_ref, ctr_ref, detail = self.facts(rec)
-                    action = next_action(view, facts, now)
-            if action.evidence is not None:
-                self._evidence(rec, action.evidence, detail)
-            if action.kind in (ActionKind.WAIT, ActionKind.DONE):
-                return False, None
-            assert action.to is not None
-            read = ((facts, own_ref, ctr_ref, detail), now)
-            if action.kind is ActionKind.TRANSITION:
-                self._transition(rec, action.to, action.reason)
-                return True, read
-            if action.kind is ActionKind.BUMP:
-                assert action.tx_kind is not None
-                txids = self._bump(rec, action.tx_kind, own_ref, ctr_ref)
-                self._transition(rec, action.to, action.reason, txids)
-                return True, None  # the chain has changed: read it again
-            if action.kind is ActionKind.BROADCAST:
-                assert action.tx_kind is not None
-                txids = self._broadcast(rec, action.tx_kind)
-                if action.to is rec.state:
-                    return False, None  # a re-send: wait for the chain to move
-                rec = self._transition(rec, action.to, action.reason, txids)
-                self._after_sent(rec, action.tx_kind, txids)
-                return True, None  # the chain has changed: read it again
-            txs = self._sign(rec, action, facts, own_ref, ctr_ref)
-            self._transition(rec, action.to, action.reason, [t.txid for t in txs])
-            # A signature is not on chain yet: the facts read before it still describe it (an
-            # unsent own lock is absent), and re-reading them would look up an unknown txid.
-            # Signing took time, though (fee and gas estimates): the clocks are read again, so
-            # a deadline passed meanwhile stops the broadcast.
-            return True, (read[0], None)
+            if swap_id in self._asking:
+                return False, None  # another thread is waiting for this swap's co-signer
+            go_on, seen, ask = self._step_locked(swap_id, seen)
+            if ask is None:
+                return go_on, seen
+            self._asking.add(swap_id)
+        try:
+            signed, unsent = self._ask_cosign(ask)
+            with self._lock:
+                self._cosign_answered(ask, signed, unsent)
+        finally:
+            with self._lock:
+                self._asking.discard(swap_id)
+        return True, None  # time has passed: read the chains again
+
+    def _step_locked(
+        self, swap_id: bytes, seen: _Seen | None
+    ) -> tuple[bool, _Seen | None, _CosignAsk | None]:
+        """The step under the engine lock; a co-signature request to send, if one is due."""
+        rec = self.journal.get(swap_id)
+        if rec.state in TERMINAL:
+            self._cosigned.pop(swap_id, None)
+            return False, None, None
+        if seen is None:
+            with self._observing():
+                seen = (self.facts(rec), self.now())
+        (facts, own_ref, ctr_ref, detail), clocks = seen
+        now = clocks if clocks is not None else self.now()
+        view = self._view(rec)
+        action = next_action(view, facts, now)
+        if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
+            # Before blaming the counterparty, look for a lock it made and already spent
+            # (refunded while we were offline): that is a kept promise, not evidence.
+            if self._find_spent_counter(rec) is not None:
+                facts, own_ref, ctr_ref, detail = self.facts(rec)
+                action = next_action(view, facts, now)
+        if action.evidence is not None:
+            self._evidence(rec, action.evidence, detail)
+        if action.kind in (ActionKind.WAIT, ActionKind.DONE):
+            return False, None, None
+        assert action.to is not None
+        read = ((facts, own_ref, ctr_ref, detail), now)
+        if action.kind is ActionKind.TRANSITION:
+            self._transition(rec, action.to, action.reason)
+            return True, read, None
+        if action.kind is ActionKind.BUMP:
+            assert action.tx_kind is not None
+            txids = self._bump(rec, action.tx_kind, own_ref, ctr_ref)
+            self._transition(rec, action.to, action.reason, txids)
+            return True, None, None  # the chain has changed: read it again
+        if action.kind is ActionKind.BROADCAST:
+            assert action.tx_kind is not None
+            txids = self._broadcast(rec, action.tx_kind)
+            if action.to is rec.state:
+                return False, None, None  # a re-send: wait for the chain to move
+            rec = self._transition(rec, action.to, action.reason, txids)
+            self._after_sent(rec, action.tx_kind, txids)
+            return True, None, None  # the chain has changed: read it again
+        if action.kind is ActionKind.SIGN_REDEEM and not self.journal.txs(
+            rec.swap_id, TxKind.REDEEM
+        ):
+            assert ctr_ref is not None, "redeem decided without a counter lock"
+            ask = self._cosign_ask(rec, ctr_ref, self._redeem_preimage(rec, facts))
+            if ask is not None:
+                return True, None, ask
+        txs = self._sign(rec, action, facts, own_ref, ctr_ref)
+        self._transition(rec, action.to, action.reason, [t.txid for t in txs])
+        # A signature is not on chain yet: the facts read before it still describe it (an
+        # unsent own lock is absent), and re-reading them would look up an unknown txid.
+        # Signing took time, though (fee and gas estimates): the clocks are read again, so
+        # a deadline passed meanwhile stops the broadcast.
+        return True, (read[0], None), None
 
     def _after_sent(self, rec: StoredSwap, kind: TxKind, txids: list[str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
