@@ -141,6 +141,84 @@ def test_reorg_drops_a_lock_to_zero_confirmations(chain, alice, bob):
     assert alice.tx_confirmations(ref.lock_txid) == 1
 
 
+def test_a_lock_too_small_to_claim_or_refund_is_refused_by_name(alice, bob):
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20), amount=575)
+    with pytest.raises(InvalidInput, match="amount 575 is too small to lock") as err:
+        alice.prepare_lock(terms)
+    assert err.value.code == "amount_too_small"
+    assert alice.min_amount(terms) == 576  # 294 dust + 141 vB x 2 sat/vB
+    ok, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20), amount=576)
+    assert alice.prepare_lock(ok)
+
+
+def test_a_fee_estimate_above_the_ceiling_is_lowered_to_it(chain, alice):
+    chain.set_block_min_fee_rate(50_000)  # the node's estimate follows it
+    try:
+        assert alice.estimate_fee().rate == alice.params.max_fee_rate == 10_000
+    finally:
+        chain.set_block_min_fee_rate(0)
+    assert alice.estimate_fee().rate == 2
+
+
+def test_a_claim_whose_secret_is_not_the_payment_hash_in_full_yields_no_secret(
+    alice, bob, monkeypatch
+):
+    """HASH160 checks 160 bits of sha256(preimage): a claim with a colliding secret (stood in
+    for here, a RIPEMD160 collision costs ~2^80) is a claim, but its secret opens no other leg
+    and must not be handed to the swap as one."""
+    from kofo.settlement.chains.bitcoin import adapter as adapter_module
+
+    terms, preimage = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    bob.broadcast(bob.prepare_redeem(ref, preimage))
+    assert alice.status(ref).preimage == preimage
+    colliding = bytes(32)
+    monkeypatch.setattr(adapter_module, "extract_preimage", lambda *_a: colliding)
+    seen = alice.status(ref)
+    assert seen.state is HtlcState.REDEEMED and seen.preimage is None
+
+
+class _ReorgWhileRead:
+    """A backend whose chain reorganises at the moment the sync asks for the hash at ``at``:
+    the block count it read before is stale by then."""
+
+    def __init__(self, backend: EmbeddedBackend, chain, at: int, fork: str) -> None:
+        self.backend, self.chain, self.at, self.fork = backend, chain, at, fork
+        self.reorged = False
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def block_hash(self, height: int) -> str:
+        if height == self.at and not self.reorged:
+            self.reorged = True
+            self.chain.mine(3, b"\x51", parent=self.fork)
+        return self.backend.block_hash(height)
+
+
+def test_a_reorg_while_the_index_reads_new_blocks_leaves_no_stale_block(chain):
+    """The index is at the fork point; two blocks follow; while the sync reads the second, a
+    three-block branch from the fork point wins. Every block in the index must be the chain's
+    (a block off the best chain would keep confirming what it holds)."""
+    backend = EmbeddedBackend(chain)
+    adapter = BitcoinAdapter(backend, HdWallet(os.urandom(32), REGTEST))
+    adapter.index.sync()
+    fork = chain.block_hash(chain.height())
+    chain.mine(2, b"\x51")
+    racy = _ReorgWhileRead(backend, chain, chain.height(), fork)
+    adapter.index.backend = racy  # type: ignore[assignment]
+    adapter.index.sync()
+    assert racy.reorged
+    index = adapter.index
+    assert index.height() == chain.height()
+    stale = [
+        index.start_height + i
+        for i, h in enumerate(index.hashes)
+        if h != chain.block_hash(index.start_height + i)
+    ]
+    assert stale == []
+
+
 def test_in_process_backend_sees_the_same_chain(chain, alice):
     direct = BitcoinAdapter(EmbeddedBackend(chain), HdWallet(b"\x0a" * 32, REGTEST))
     assert direct.tip() == alice.tip()

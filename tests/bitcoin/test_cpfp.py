@@ -5,6 +5,7 @@ the block minimum rate."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -302,6 +303,28 @@ def test_a_claim_no_mempool_took_is_re_signed_not_given_a_child(ltc, alice, bob)
     held = bob.prepare_redeem(ref2, preimage2)
     bob.broadcast(held)
     assert bob.prepare_bump(ref2, [held], preimage2).kind is TxKind.CHILD
+
+
+def test_a_lock_no_mempool_took_gets_no_child_but_a_clear_refusal(ltc, alice, bob):
+    """A child of a lock the node refused could not be relayed (its parent is unknown): the
+    bump says so instead of signing one."""
+    preimage = os.urandom(32)
+    terms = HtlcTerms(
+        alice.chain,
+        hashlib.sha256(preimage).digest(),
+        500_000,
+        alice.address(),
+        bob.address(),
+        BlockHeight(alice.expiry_now().value + 20),
+    )
+    (lock,) = alice.prepare_lock(terms)
+    ltc.set_mempool_min_fee_rate(3 * LTC.fallback_fee_rate)
+    with pytest.raises(FeeTooLow):
+        alice.broadcast(lock)
+    ref = alice.htlc_ref(terms, lock)
+    with pytest.raises(InvalidInput, match=f"lock {lock.txid} is neither on chain") as err:
+        alice.prepare_bump(ref, [lock])
+    assert err.value.code == "lock_not_held"
 
 
 def test_a_package_that_is_not_a_spend_of_the_htlc_and_its_children_is_refused(alice, bob):

@@ -436,14 +436,21 @@ def test_two_nodes_asking_each_other_to_co_sign_at_once_both_claim_by_the_key_pa
     overlapping(alice)
     overlapping(bob)
 
+    failed: list[BaseException] = []
+
     def redeem_step(sid: bytes) -> None:
         """Step the initiator until its co-signature request is answered (no broadcast)."""
-        ensure_thread_params()
-        engine = sids[sid][0].engine
-        for _ in range(4):
-            engine.step(sid)
-            if sid in answered:
-                return
+        try:
+            ensure_thread_params()
+            engine = sids[sid][0].engine
+            for _ in range(4):
+                engine.step(sid)
+                if sid in answered:
+                    return
+        except BaseException as exc:  # re-raised in the test's thread below
+            failed.append(exc)
+            both_out.abort()
+            first_out.set()
 
     one, two = (threading.Thread(target=redeem_step, args=(sid,)) for sid in sids)
     one.start()
@@ -452,7 +459,9 @@ def test_two_nodes_asking_each_other_to_co_sign_at_once_both_claim_by_the_key_pa
     for t in (one, two):
         t.join(2 * ANSWER_WAIT + 60)
         assert not t.is_alive()
-    assert stuck == []
+    if failed:
+        raise failed[0]
+    assert answered == set(sids) and stuck == []
 
     link(alice, bob)
     for sid, (initiator, participant) in sids.items():
@@ -536,6 +545,35 @@ def test_a_taproot_initiator_leg_is_refunded_by_its_leaf_when_the_participant_va
     refund = confirmed_tx(alice, "btc", sid, TxKind.REFUND)
     assert len(refund.wit.vtxinwit[0].scriptWitness.stack) == 3  # sig, leaf, control block
     assert refund.nLockTime == alice.engine.terms_of(sid).initiator_leg.expiry.value
+
+
+def test_a_bitcoin_leg_too_small_to_claim_or_refund_is_refused_by_both_sides(world_factory):
+    """A lock whose claim (or refund) would leave dust at today's fees could be neither claimed
+    nor refunded: the proposer does not offer it, and a participant does not accept it."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    smallest = 294 + 2 * 141  # dust to P2WPKH + the largest spend (141 vB) at 2 sat/vB
+    get = _leg(w, bob, alice, "eth", ETHER)
+    with pytest.raises(TermsRefused, match=f"btc leg amount {smallest - 1} is below") as err:
+        alice.engine.propose(
+            _leg(w, alice, bob, "btc", smallest - 1), get, participant_node=bob.node_id
+        )
+    assert err.value.code == "terms_amount"
+    good = alice.engine.propose(
+        _leg(w, alice, bob, "btc", smallest), get, participant_node=bob.node_id
+    )
+    small = replace(good, initiator_leg=replace(good.initiator_leg, amount=smallest - 1))
+    with pytest.raises(TermsRefused, match="its claim or refund would pay out nothing"):
+        bob.engine.accept(small)
+    assert bob.engine.unfinished() == []
+    # Fees rise: the floor rises with them.
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    btc.chain.set_block_min_fee_rate(20)
+    leg = good.initiator_leg.htlc(good.payment_hash)
+    assert bob.engine.adapters["btc"].min_amount(leg) == 294 + 20 * 141
+    with pytest.raises(TermsRefused, match=f"btc leg amount {smallest} is below {294 + 20 * 141}"):
+        bob.engine.accept(good)
 
 
 def test_a_leg_naming_an_output_its_chain_does_not_build_is_refused_by_both_sides(

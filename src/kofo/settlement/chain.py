@@ -146,6 +146,12 @@ class ChainAdapter(Protocol):
         """``Leg.output`` for a leg this node proposes on the chain: its configured form."""
         ...
 
+    def min_amount(self, terms: HtlcTerms) -> int:
+        """The smallest amount an HTLC of ``terms``' form can lock so that its claim and its
+        refund, at the chain's fees now, still pay something out (below it a lock could be
+        neither claimed nor refunded); a leg asking for less is refused (``terms_amount``)."""
+        ...
+
     def expiry_now(self) -> Expiry:
         """The chain's clock in the unit its HTLC expiries use (height or block time)."""
         ...
@@ -298,7 +304,8 @@ class CooperativeClaims(Protocol):
     def finish_cooperative_claim(
         self, claim: Any, cosigner_nonce: bytes, partial: bytes
     ) -> SignedTx:
-        """As the recipient: the signed claim, once the sender's part checks out."""
+        """As the recipient: the signed claim, once the sender's part checks out. The swap
+        engine calls it outside its lock, so it must not touch shared state (pure crypto)."""
         ...
 
 

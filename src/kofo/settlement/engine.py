@@ -169,9 +169,10 @@ _REFUNDING = frozenset(
 
 
 class SwapEngine:
-    """Drives one node's swaps. Thread-safe: one step at a time per engine (a co-signature
-    request waits for its answer outside the lock, so the engine meanwhile handles messages and
-    steps other swaps)."""
+    """Drives one node's swaps. Thread-safe: one step at a time per engine. A co-signature
+    request waits for its answer outside the lock, so meanwhile the engine handles messages
+    (the counterparty's own request included) and other threads may step other swaps; the thread
+    that asked waits for the answer."""
 
     def __init__(
         self,
@@ -246,7 +247,7 @@ class SwapEngine:
                 participant_node=participant_node,
             )
             check_terms_as_initiator(terms, self.policies, now)
-            self._check_outputs(terms)
+            self._check_legs(terms)
             self.journal.create_swap(
                 Role.INITIATOR,
                 terms,
@@ -268,7 +269,7 @@ class SwapEngine:
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
-        self._check_outputs(terms)
+        self._check_legs(terms)
         with self._observing():
             check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
             self.journal.create_swap(
@@ -278,8 +279,9 @@ class SwapEngine:
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
 
-    def _check_outputs(self, terms: SwapTerms) -> None:
-        """Each leg's HTLC form must be one its chain's adapter can lock, audit and spend."""
+    def _check_legs(self, terms: SwapTerms) -> None:
+        """Each leg's HTLC form must be one its chain's adapter can lock, audit and spend, and
+        its amount at least what that chain's claim and refund need to pay anything out."""
         for leg in (terms.initiator_leg, terms.participant_leg):
             adapter = self.adapters.get(leg.chain)
             known = () if adapter is None else adapter.outputs
@@ -289,8 +291,15 @@ class SwapEngine:
                     + (", ".join(known) if known else "only the chain's default"),
                     code="terms_output",
                 )
-
-    # -- messages from the counterparty -------------------------------------------------------
+            if adapter is None:
+                continue
+            smallest = adapter.min_amount(leg.htlc(terms.payment_hash))
+            if leg.amount < smallest:
+                raise TermsRefused(
+                    f"{leg.chain} leg amount {leg.amount} is below {smallest}: at this chain's "
+                    "fees now its claim or refund would pay out nothing relayable",
+                    code="terms_amount",
+                )
 
     def handle(self, body: SwapBody, sender: bytes, *, peer: str = "") -> SwapBody | None:
         """Apply a verified message from ``sender``; returns the reply to send, if any."""
@@ -398,8 +407,8 @@ class SwapEngine:
     def _cosign_ask(self, rec: StoredSwap, ref: HtlcRef, preimage: bytes) -> _CosignAsk | None:
         """Under the engine lock: the co-signature request for our key-path claim of the
         Taproot counter leg at ``ref``, or ``None`` when none is to be sent (the leg is not
-        Taproot, there is no channel, or the answer to an earlier request is waiting in
-        :attr:`_cosigned`). A request that cannot be prepared, or that the initiator may no
+        Taproot, there is no channel, or the answer to an earlier request for ``ref`` is waiting
+        in :attr:`_cosigned`). A request that cannot be prepared, or that the initiator may no
         longer send, is answered at once with "by the leaf"."""
         view = self._view(rec)
         leg = view.counter_leg
@@ -408,9 +417,13 @@ class SwapEngine:
             leg.output != "p2tr"
             or self._request is None
             or not isinstance(adapter, CooperativeClaims)
-            or rec.swap_id in self._cosigned
         ):
             return None
+        answered = self._cosigned.get(rec.swap_id)
+        if answered is not None:
+            if answered[0] == ref:
+                return None  # the redeem step takes it
+            del self._cosigned[rec.swap_id]  # for a counter lock that a reorg replaced: ask anew
         # Showing the secret is revealing it (the initiator's only: the participant claims
         # with a secret that is out already): never after initiator_redeem_by (read again here,
         # signing takes time), and recorded first so that, once shown, the redeem goes on
@@ -789,8 +802,9 @@ class SwapEngine:
         return sent
 
     def step(self, swap_id: bytes) -> bool:
-        """Take one decision for the swap and perform it; True if the swap's state moved or a
-        transaction was signed (call again), False if it waits or is finished."""
+        """Take one decision for the swap and perform it; True if the swap's state moved, a
+        transaction was signed or a co-signature request was answered (call again), False if it
+        waits or is finished."""
         return self._step(swap_id, None)[0]
 
     def _step(self, swap_id: bytes, seen: _Seen | None) -> tuple[bool, _Seen | None]:
@@ -808,13 +822,14 @@ class SwapEngine:
             if ask is None:
                 return go_on, seen
             self._asking.add(swap_id)
+        answer: tuple[SignedTx | None, bool] | None = None
         try:
-            signed, unsent = self._ask_cosign(ask)
-            with self._lock:
-                self._cosign_answered(ask, signed, unsent)
+            answer = self._ask_cosign(ask)
         finally:
             with self._lock:
                 self._asking.discard(swap_id)
+                if answer is not None:
+                    self._cosign_answered(ask, *answer)
         return True, None  # time has passed: read the chains again
 
     def _step_locked(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -41,7 +42,7 @@ from kofo.settlement.chain import (
 )
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.backend import ChainBackend
-from kofo.settlement.chains.bitcoin.blocks import parse_block
+from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, parse_block
 from kofo.settlement.chains.bitcoin.cooperative import (
     CooperativeClaim,
     begin_claim,
@@ -63,21 +64,30 @@ from kofo.settlement.chains.bitcoin.taproot import (
     unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import (
+    MAX_SPEND_FEE_PCT,
     Utxo,
     build_child_spend,
     build_funding_tx,
     build_htlc_spend,
     effective_fee_rate,
     extract_preimage,
+    min_htlc_amount,
     vsize,
 )
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class _Confirmed:
     tx: CTransaction
     height: int
+
+
+SYNC_ROUNDS = 8
+"""How many times :meth:`ChainIndex.sync` walks back and reads forward again when the chain
+reorganises while it reads; past that the sync fails (a chain error: retried next tick)."""
 
 
 @dataclass
@@ -101,21 +111,40 @@ class ChainIndex:
         return self.start_height + len(self.hashes) - 1
 
     def sync(self) -> None:
+        """Follow the node's best chain: undo blocks it no longer has, apply the new ones.
+
+        Every applied block must link to the one below it: a reorganisation that lands while
+        the new blocks are being read (between ``getblockcount`` and ``getblockhash``) would
+        otherwise leave a block the chain no longer has in the index for good. A block that
+        does not link starts the walk again, at most :data:`SYNC_ROUNDS` times."""
         ensure_thread_params()
         with self._lock:
-            tip = self.backend.block_count()
-            # Walk back to the highest block we share with the node; everything above is undone.
-            while self.hashes:
-                top = self.height()
-                if top <= tip and self.backend.block_hash(top) == self.hashes[-1]:
-                    break
-                self._undo(top)
-            for height in range(self.height() + 1, tip + 1):
-                block_hash = self.backend.block_hash(height)
-                self._apply(height, block_hash, self.backend.block_raw(block_hash))
+            for _ in range(SYNC_ROUNDS):
+                if self._sync_round():
+                    return
+            raise ChainError(
+                f"{self.backend!r}: the chain kept reorganising while it was read "
+                f"({SYNC_ROUNDS} attempts); will retry"
+            )
 
-    def _apply(self, height: int, block_hash: str, raw: bytes) -> None:
-        block = parse_block(raw)
+    def _sync_round(self) -> bool:
+        tip = self.backend.block_count()
+        # Walk back to the highest block we share with the node; everything above is undone.
+        while self.hashes:
+            top = self.height()
+            if top <= tip and self.backend.block_hash(top) == self.hashes[-1]:
+                break
+            self._undo(top)
+        for height in range(self.height() + 1, tip + 1):
+            block_hash = self.backend.block_hash(height)
+            block = parse_block(self.backend.block_raw(block_hash))
+            below = self.hashes[-1] if self.hashes else None
+            if block.hash != block_hash or (below is not None and block.prev_hash != below):
+                return False  # the chain moved under us: walk back again
+            self._apply(height, block_hash, block)
+        return True
+
+    def _apply(self, height: int, block_hash: str, block: ParsedBlock) -> None:
         ids: list[str] = []
         for tx in block.txs:
             txid = b2lx(tx.GetTxid())
@@ -154,9 +183,10 @@ HTLC_KINDS = ("p2wsh", "p2tr")
 (``None`` is P2WSH). Both parties build the leg from the same terms, so they agree on the form;
 an auditor refuses a P2TR lock of terms that say P2WSH, and the reverse."""
 
-MAX_BUMP_FEE_PCT = 50
-"""A fee bump never spends more than this share of the HTLC amount on fees: past it, the
-swap's value is going to miners, and it is better to wait for fees to fall."""
+MAX_BUMP_FEE_PCT = MAX_SPEND_FEE_PCT
+"""A fee bump never spends more than this share of the HTLC amount on fees (nor does a first
+claim or refund): past it, the swap's value is going to miners, and it is better to wait for
+fees to fall."""
 
 _BUMP_TRIES = 4
 
@@ -235,7 +265,18 @@ class BitcoinAdapter:
         return list(self._pin.cached("mempool", self.backend.mempool_raw))  # a copy to iterate
 
     def estimate_fee(self) -> FeeEstimate:
-        return FeeEstimate(rate=effective_fee_rate(self.backend.estimate_fee_rate(), self.params))
+        """The node's estimate (the fallback without one), at least the relay minimum; one above
+        the chain's ceiling is lowered to it."""
+        rate = self.backend.estimate_fee_rate()
+        if rate is not None and rate > self.params.max_fee_rate:
+            log.warning(
+                "%s fee estimate %d sat/vB is above the ceiling %d: paying the ceiling",
+                self.chain,
+                rate,
+                self.params.max_fee_rate,
+            )
+            rate = self.params.max_fee_rate
+        return FeeEstimate(rate=effective_fee_rate(rate, self.params))
 
     def _rate(self, fee: FeeEstimate | None) -> int:
         if fee is None:
@@ -282,6 +323,12 @@ class BitcoinAdapter:
             )
         return output
 
+    def min_amount(self, terms: HtlcTerms) -> int:
+        """:func:`.tx.min_htlc_amount` at the node's fee estimate now (both forms priced at the
+        larger spend)."""
+        del terms
+        return min_htlc_amount(self.estimate_fee().rate, self.params)
+
     def leg_output(self) -> str | None:
         """``Leg.output`` for a leg this node proposes on this chain (``None``: P2WSH)."""
         return None if self.htlc_kind == "p2wsh" else self.htlc_kind
@@ -319,13 +366,21 @@ class BitcoinAdapter:
         spk = self.output_script_pubkey(terms)
         if terms.sender != self.address():
             raise InvalidInput(f"sender {terms.sender} is not this wallet's key {self.address()}")
+        rate = self._rate(fee)
+        smallest = min_htlc_amount(rate, self.params)
+        if terms.amount < smallest:
+            raise InvalidInput(
+                f"amount {terms.amount} is too small to lock: at {rate} sat/vB its claim or "
+                f"refund would leave dust (at least {smallest} is needed)",
+                code="amount_too_small",
+            )
         utxos = self.spendable()
         tx = build_funding_tx(
             utxos,
             self.wallet.key_for_script,
             [(spk, terms.amount)],
             self.wallet.identity.script_pubkey,
-            self._rate(fee),
+            rate,
             self.params,
         )
         return [SignedTx(self.chain, TxKind.LOCK, b2lx(tx.GetTxid()), tx.serialize())]
@@ -452,6 +507,12 @@ class BitcoinAdapter:
         replaces nothing in that node's mempool."""
         if not sent:
             raise InvalidInput(f"nothing sent for the HTLC {ref.locator} to bump")
+        if sent[0].kind is TxKind.LOCK and self._find_tx(sent[0].txid) is None:
+            raise InvalidInput(
+                f"lock {sent[0].txid} is neither on chain nor in the node's mempool (refused or "
+                "evicted): no node would relay a child of it; send it again when fees allow",
+                code="lock_not_held",
+            )
         if sent[0].kind is not TxKind.LOCK:
             held = self._find_tx(sent[0].txid) is not None
             if not held or self.params.replacement_relayed:
@@ -596,9 +657,10 @@ class BitcoinAdapter:
             )
             tx = CTransaction.deserialize(signed.raw)
             new_fee, new_vsize = amount - _paid_out(tx), vsize(tx)
-            if new_fee > cap:
-                # The most the cap allows (sizes are estimated up to 1 vB high), if that is
-                # still a valid bump; otherwise no bump at all.
+            if new_fee >= cap and rate * new_vsize > cap:
+                # The spend was held to the cap (:func:`.tx.htlc_spend_value`). Bump to the
+                # most the cap allows (sizes are estimated up to 1 vB high) if that is still a
+                # full step up; otherwise no bump at all.
                 ceiling = cap // (new_vsize + 1)
                 if old_rate + step <= ceiling < rate:
                     rate = ceiling
@@ -680,15 +742,30 @@ class BitcoinAdapter:
     def _spend_outcome(
         self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms
     ) -> tuple[bool, bytes | None]:
-        """(redeemed?, preimage) for the transaction spending the HTLC output."""
+        """(redeemed?, preimage) for the transaction spending the HTLC output.
+
+        The script checks ``HASH160(preimage)``, i.e. 160 bits of ``sha256(preimage)``: a claim
+        whose preimage does not hash to the payment hash in full (a RIPEMD160 collision, ~2^80
+        work for the secret's owner) opens this output but no other leg. It is reported as a
+        claim without a preimage, never as a secret to redeem with."""
         if self._kind(terms) == "p2tr":
             found = extract_taproot_preimage(spender, txid, vout, self.taproot_htlc(terms))
             if found is None and is_key_path_spend(spender, txid, vout):
                 # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already
                 # holds the preimage), and the chain shows none, so preimage is None.
                 return True, None
-            return found is not None, found
-        found = extract_preimage(spender, txid, vout, self.witness_script(terms))
+        else:
+            found = extract_preimage(spender, txid, vout, self.witness_script(terms))
+        if found is not None and hashlib.sha256(found).digest() != terms.payment_hash:
+            log.error(
+                "%s: %s claims HTLC %s:%d with a secret whose sha256 is not the payment hash "
+                "(a HASH160 collision): it opens no other leg",
+                self.chain,
+                b2lx(spender.GetTxid()),
+                txid,
+                vout,
+            )
+            return True, None
         return found is not None, found
 
     def find_htlc(

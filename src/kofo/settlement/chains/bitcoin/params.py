@@ -22,6 +22,10 @@ class ChainParams:
     dust_relay_fee_rate: int
     fallback_fee_rate: int
     coinbase_maturity: int = 100
+    max_fee_rate: int = 10_000
+    """The highest rate this node pays: Bitcoin and Litecoin Core's default ``-maxfeerate``
+    (0.10 coin/kvB). A rate asked for above it is refused; a node estimate above it is lowered to
+    it (a broken estimator must not hand the swap to miners, nor stop it)."""
     replacement_relayed: bool = True
     """Whether the chain's nodes relay BIP125 replacements by default. Where they do, a stuck
     claim or refund is re-signed at a higher fee (RBF); where they do not, a child spending its

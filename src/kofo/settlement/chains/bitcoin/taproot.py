@@ -66,7 +66,7 @@ from bitcointx.core.script import (
     TaprootScriptTree,
 )
 
-from kofo.errors import InsufficientFunds, InvalidInput
+from kofo.errors import InvalidInput
 from kofo.settlement.chain import PREIMAGE_SIZE, Expiry, check_preimage
 from kofo.settlement.chains.bitcoin.musig import aggregate_key
 from kofo.settlement.chains.bitcoin.params import ChainParams
@@ -75,11 +75,7 @@ from kofo.settlement.chains.bitcoin.script import (
     expiry_to_locktime,
     payment_hash_to_hash160,
 )
-from kofo.settlement.chains.bitcoin.tx import (
-    RBF_SEQUENCE,
-    dust_limit,
-    effective_fee_rate,
-)
+from kofo.settlement.chains.bitcoin.tx import RBF_SEQUENCE, htlc_spend_value
 
 SCHNORR_SIG_SIZE = 64
 """BIP340 signature with SIGHASH_DEFAULT (no sighash byte): always exactly 64 bytes, so fee
@@ -198,14 +194,9 @@ def _unsigned_spend(
 def _set_fee(
     tx: CMutableTransaction, amount: int, fee_rate: int | None, params: ChainParams
 ) -> None:
-    fee = effective_fee_rate(fee_rate, params) * int(tx.get_virtual_size())
-    value = amount - fee
-    limit = dust_limit(bytes(tx.vout[0].scriptPubKey), params)
-    if value < limit:
-        raise InsufficientFunds(
-            f"HTLC amount {amount} minus fee {fee} leaves {value}, below the dust limit {limit}"
-        )
-    tx.vout[0].nValue = value
+    tx.vout[0].nValue = htlc_spend_value(
+        amount, int(tx.get_virtual_size()), fee_rate, bytes(tx.vout[0].scriptPubKey), params
+    )
 
 
 def build_taproot_spend(

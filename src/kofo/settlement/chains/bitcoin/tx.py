@@ -80,6 +80,9 @@ def p2wpkh_script_pubkey(pubkey: bytes) -> bytes:
     return b"\x00\x14" + Hash160(pubkey)
 
 
+_P2WPKH_TEMPLATE = b"\x00\x14" + b"\x00" * 20
+
+
 def dust_limit(script_pubkey: bytes, params: ChainParams) -> int:
     """Smallest output value the chain's nodes relay (Bitcoin Core's GetDustThreshold)."""
     out_size = 8 + 1 + len(script_pubkey)
@@ -87,11 +90,57 @@ def dust_limit(script_pubkey: bytes, params: ChainParams) -> int:
 
 
 def effective_fee_rate(fee_rate: int | None, params: ChainParams) -> int:
-    """The rate to pay: the caller's, else the fallback; never below the relay minimum."""
+    """The rate to pay: the caller's, else the fallback; never below the relay minimum, and a
+    rate above the chain's ceiling (``params.max_fee_rate``, Core's ``-maxfeerate``) is refused:
+    it is a unit mistake (sat/kvB for sat/vB) or a broken estimate, not a fee."""
     rate = params.fallback_fee_rate if fee_rate is None else fee_rate
     if isinstance(rate, bool) or not isinstance(rate, int) or rate < 0:
         raise InvalidInput(f"fee rate must be a non-negative integer sat/vB, got {rate!r}")
+    if rate > params.max_fee_rate:
+        raise InvalidInput(
+            f"fee rate {rate} sat/vB is above this chain's ceiling of {params.max_fee_rate} "
+            "sat/vB (Core's -maxfeerate); refusing to sign",
+            code="fee_rate_too_high",
+        )
     return max(rate, params.min_relay_fee_rate)
+
+
+MAX_SPEND_FEE_PCT = 50
+"""A claim or refund never pays more than this share of the HTLC amount in fees (first
+signature or bump alike): past it the swap's value goes to miners; a higher rate is lowered."""
+
+MAX_HTLC_SPEND_VBYTES = 141
+"""The largest claim or refund of any HTLC form as the builders size it (1 input -> 1 P2WPKH
+output; a 73-byte ECDSA signature assumed): the P2WSH claim, 137 vB, and the Taproot claim leaf,
+140 vB. The smallest HTLC amount is priced with it (:func:`min_htlc_amount`)."""
+
+
+def htlc_spend_value(
+    amount: int,
+    size: int,
+    fee_rate: int | None,
+    destination_script_pubkey: bytes,
+    params: ChainParams,
+) -> int:
+    """What a claim or refund of ``size`` vbytes pays out of an HTLC worth ``amount``: the fee is
+    ``fee_rate`` x ``size``, at most :data:`MAX_SPEND_FEE_PCT` of the amount (never below the
+    relay minimum); raises :class:`InsufficientFunds` if what is left is dust."""
+    fee = effective_fee_rate(fee_rate, params) * size
+    fee = max(min(fee, amount * MAX_SPEND_FEE_PCT // 100), params.min_relay_fee_rate * size)
+    value = amount - fee
+    limit = dust_limit(destination_script_pubkey, params)
+    if value < limit:
+        raise InsufficientFunds(
+            f"HTLC amount {amount} minus fee {fee} leaves {value}, below the dust limit {limit}"
+        )
+    return value
+
+
+def min_htlc_amount(fee_rate: int, params: ChainParams) -> int:
+    """The smallest HTLC whose claim and refund, at ``fee_rate``, still pay a relayable output
+    to a P2WPKH address: below it a lock could be neither claimed nor refunded."""
+    rate = max(fee_rate, params.min_relay_fee_rate)
+    return dust_limit(_P2WPKH_TEMPLATE, params) + rate * MAX_HTLC_SPEND_VBYTES
 
 
 def vsize(tx: CTransaction | CMutableTransaction) -> int:
@@ -115,8 +164,9 @@ def build_funding_tx(
 ) -> CTransaction:
     """Pay ``outputs`` (scriptPubKey, amount) from the wallet's P2WPKH ``utxos``.
 
-    Coin selection is largest-first (fewest inputs, so the lowest fee); change below the dust
-    limit goes to the fee instead of creating an output nobody can relay.
+    Coin selection is largest-first (fewest inputs, so the lowest fee) and stops as soon as the
+    coins pay the outputs and the fee, with or without change; change below the dust limit goes
+    to the fee instead of creating an output nobody can relay.
     """
     rate = effective_fee_rate(fee_rate, params)
     for spk, amount in outputs:
@@ -127,11 +177,17 @@ def build_funding_tx(
     target = sum(amount for _, amount in outputs)
     chosen: list[Utxo] = []
     total = 0
+    change = 0
     for utxo in sorted(utxos, key=lambda u: (-u.amount, u.txid, u.vout)):
         chosen.append(utxo)
         total += utxo.amount
         fee_with_change = rate * _estimate_funding_vsize(len(chosen), outputs, change_script_pubkey)
         if total >= target + fee_with_change:
+            change = total - target - fee_with_change
+            break
+        # Enough without a change output: what is left (less than a change output would cost)
+        # goes to the fee.
+        if total >= target + rate * _estimate_funding_vsize(len(chosen), outputs, None):
             break
     else:
         fee = rate * _estimate_funding_vsize(max(len(chosen), 1), outputs, None)
@@ -141,7 +197,6 @@ def build_funding_tx(
         )
     vins = [CTxIn(COutPoint(lx(u.txid), u.vout), nSequence=RBF_SEQUENCE) for u in chosen]
     vouts = [CTxOut(amount, CScript(spk)) for spk, amount in outputs]
-    change = total - target - fee_with_change
     if change >= dust_limit(change_script_pubkey, params):
         vouts.append(CTxOut(change, CScript(change_script_pubkey)))
     tx = CMutableTransaction(vins, vouts, nLockTime=0, nVersion=2)
@@ -213,14 +268,7 @@ def build_htlc_spend(
     tx.wit = CTxWitness(
         [CTxInWitness(CScriptWitness([b"\x00" * _MAX_DER_SIG, *extra, witness_script]))]
     )
-    fee = rate * vsize(tx)
-    value = amount - fee
-    limit = dust_limit(destination_script_pubkey, params)
-    if value < limit:
-        raise InsufficientFunds(
-            f"HTLC amount {amount} minus fee {fee} leaves {value}, below the dust limit {limit}"
-        )
-    tx.vout[0].nValue = value
+    tx.vout[0].nValue = htlc_spend_value(amount, vsize(tx), rate, destination_script_pubkey, params)
     sighash = SignatureHash(
         CScript(witness_script), tx, 0, SIGHASH_ALL, amount, SIGVERSION_WITNESS_V0
     )

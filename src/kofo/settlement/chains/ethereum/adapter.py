@@ -150,6 +150,11 @@ class EthereumAdapter:
     def leg_output(self) -> str | None:
         return None
 
+    def min_amount(self, terms: HtlcTerms) -> int:
+        """Gas is paid by the caller, not out of the HTLC: any positive amount pays out whole."""
+        del terms
+        return 1
+
     def __init__(
         self,
         w3: Web3,
