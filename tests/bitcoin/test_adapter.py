@@ -17,6 +17,7 @@ from kofo.settlement.chain import (
 )
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
+from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from tests.bitcoin.conftest import REGTEST
@@ -242,6 +243,26 @@ def test_wallet_uses_bip84_test_network_paths():
     wallet = HdWallet(b"\x01" * 32, REGTEST)
     assert wallet.identity.path == "m/84'/1'/0'/0/0"
     assert wallet.address().startswith("bcrt1q")
+
+
+def test_wallet_derives_the_bip84_reference_vectors():
+    """BIP84's test vectors: mnemonic "abandon x 11, about", no passphrase (its BIP39 seed is
+    PBKDF2-HMAC-SHA512 over the mnemonic, salt "mnemonic", 2048 rounds)."""
+    mnemonic = " ".join(["abandon"] * 11 + ["about"])
+    seed = hashlib.pbkdf2_hmac("sha512", mnemonic.encode(), b"mnemonic", 2048)
+    wallet = HdWallet(seed, chain_params("btc", "mainnet"))
+    vectors = {
+        (0, 0): "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu",
+        (0, 1): "bc1qnjg0jd8228aq7egyzacy8cys3knf9xvrerkf9g",
+        (1, 0): "bc1q8c6fshw2dlwun7ekn9qwf37cu2rn755upcp6el",
+    }
+    for (branch, index), address in vectors.items():
+        key = wallet.key(branch, index)
+        assert key.path == f"m/84'/0'/0'/{branch}/{index}"
+        assert wallet.address(key.script_pubkey) == address
+    assert wallet.identity.pubkey.hex() == (
+        "0330d54fd0dd420a6e5f8d3624f5f3482cae350f79d5f0753bf5beef9c2d91af3c"
+    )
 
 
 def _fields(terms: HtlcTerms) -> dict[str, object]:

@@ -339,3 +339,70 @@ def test_replacement_evicts_the_descendants_it_outbids(chain, miner, coin):
     replacement_id = chain.send_raw(_pay(chain, miner, coin, 10).serialize())
     pool = chain.mempool_txids()
     assert replacement_id in pool and parent_id not in pool and child_id not in pool
+
+
+# ---- the kernel's own block rules (the mempool's checks bypassed) -------------------------------
+
+
+def _refused_in_a_block(chain, txs) -> None:
+    """A block on the tip carrying ``txs`` (no mempool involved) is refused by Bitcoin Core's
+    block validation, and the chain does not move."""
+    from kofo.settlement.chains.bitcoin.blocks import build_block
+
+    tip = chain.block_hash(chain.height())
+    raw = build_block(
+        prev_hash=tip,
+        height=chain.height() + 1,
+        time=max(chain.now(), chain.median_time_past() + 1),
+        coinbase_script_pubkey=b"\x51",
+        txs=txs,
+        fees=0,
+    )
+    height = chain.height()
+    with pytest.raises(ChainError):
+        chain._kernel.process_block(raw)
+    assert chain.height() == height and chain.block_hash(height) == tip
+
+
+def test_a_block_spending_an_immature_coinbase_is_refused_by_the_kernel(chain, miner):
+    young = coinbase_utxo(chain, chain.height())
+    to = p2wpkh_script_pubkey(pub(new_key()))
+    spend = build_funding_tx([young], lambda _spk: miner, [(to, 100_000)], to, 2, chain.params)
+    _refused_in_a_block(chain, [spend])
+
+
+def test_a_block_spending_one_coin_twice_is_refused_by_the_kernel(chain, miner, coin):
+    first, second = (
+        build_funding_tx(
+            [coin],
+            lambda _spk: miner,
+            [(p2wpkh_script_pubkey(pub(new_key())), 100_000)],
+            p2wpkh_script_pubkey(pub(miner)),
+            2,
+            chain.params,
+        )
+        for _ in range(2)
+    )
+    assert first.GetTxid() != second.GetTxid()
+    _refused_in_a_block(chain, [first, second])
+    chain.send_raw(first.serialize())  # either alone is valid
+    chain.mine(1, p2wpkh_script_pubkey(pub(miner)))
+    assert chain.find_tx(b2lx(first.GetTxid())).height == chain.height()
+
+
+def test_a_block_with_a_refund_before_its_expiry_is_refused_by_the_kernel(chain, miner, coin):
+    expiry = BlockHeight(chain.height() + 10)
+    txid, script, _ = fund_htlc(chain, miner, coin, new_key(), expiry)
+    _refused_in_a_block(chain, [_refund(chain, txid, script, miner, expiry)])
+
+
+def test_a_block_with_a_wrong_preimage_claim_is_refused_by_the_kernel(chain, miner, coin):
+    recipient = new_key()
+    txid, script, preimage = fund_htlc(
+        chain, miner, coin, recipient, BlockHeight(chain.height() + 50)
+    )
+    _refused_in_a_block(chain, [_claim(chain, txid, script, recipient, os.urandom(32))])
+    good = _claim(chain, txid, script, recipient, preimage)
+    chain.send_raw(good.serialize())
+    chain.mine(1, p2wpkh_script_pubkey(pub(miner)))
+    assert chain.find_tx(b2lx(good.GetTxid())).height == chain.height()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import replace
 
 import pytest
@@ -23,7 +24,15 @@ from bitcointx.core import b2lx
 from bitcointx.core.script import CScriptWitness
 
 from kofo.errors import AuditFailed, InvalidInput, TxRejected
-from kofo.settlement.chain import BlockHeight, HtlcRef, HtlcState, HtlcTerms, SignedTx, TxKind
+from kofo.settlement.chain import (
+    BlockHeight,
+    HtlcRef,
+    HtlcState,
+    HtlcTerms,
+    SignedTx,
+    TxKind,
+    UnixTime,
+)
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
 from kofo.settlement.chains.bitcoin.blocks import parse_block
@@ -381,6 +390,34 @@ def test_litecoind_lock_claim_and_lock_refund(litecoind):
         litecoind.generate_to_address(n, bob.wallet.address())
 
     _swap_round_trip(alice, bob, mine, node_refuses=True)
+    _time_expiry_refund(litecoind, alice, bob, mine)
+
+
+def _time_expiry_refund(litecoind, alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
+    """A time expiry (``UnixTime``): litecoind refuses the refund while the tip's median time
+    past is not past it (BIP113), and mines it once it is. The node's clock is moved two
+    minutes ahead (``setmocktime``) and eleven blocks carry the median past the expiry; the
+    clock is given back after."""
+    timed = BitcoinAdapter(alice.backend, alice.wallet, expiry_unit=UnixTime)
+    start = timed.expiry_now().value
+    expiry = UnixTime(start + 60)
+    terms, _ = _terms(timed.chain, timed, bob, expiry)
+    ref = timed.lock(terms)
+    mine(1)
+    refund = timed.prepare_refund(ref)
+    assert CTx.deserialize(refund.raw).nLockTime == expiry.value
+    with pytest.raises(TxRejected, match="non-final"):
+        timed.broadcast(refund)
+    try:
+        litecoind.rpc("setmocktime", max(start, int(time.time())) + 120)
+        mine(11)
+        assert timed.expiry_now().value > expiry.value
+        timed.broadcast(refund)
+        mine(1)
+    finally:
+        litecoind.rpc("setmocktime", 0)
+    status = timed.status(ref)
+    assert status.state is HtlcState.REFUNDED and status.spend_txid == refund.txid
 
 
 def test_btcd_lock_claim_and_lock_refund(btcd_factory):
