@@ -12,6 +12,7 @@ from kofo.settlement import keystore
 from kofo.settlement.chain import (
     BlockHeight,
     ChainAdapter,
+    HtlcRef,
     HtlcState,
     HtlcTerms,
 )
@@ -177,6 +178,13 @@ def test_a_claim_whose_secret_is_not_the_payment_hash_in_full_yields_no_secret(
     monkeypatch.setattr(adapter_module, "extract_preimage", lambda *_a: colliding)
     seen = alice.status(ref)
     assert seen.state is HtlcState.REDEEMED and seen.preimage is None
+
+
+@pytest.mark.parametrize("locator", ["ab" * 32 + ":\u00b2", "zz" * 32 + ":0", "ab" * 32 + ":"])
+def test_a_malformed_locator_is_refused_by_name(alice, locator):
+    terms, _ = _terms(alice, alice, BlockHeight(alice.expiry_now().value + 20))
+    with pytest.raises(InvalidInput, match="locator must be txid:vout"):
+        alice.status(HtlcRef(terms, locator, locator[:64]))
 
 
 class _ReorgWhileRead:

@@ -406,3 +406,17 @@ def test_a_block_with_a_wrong_preimage_claim_is_refused_by_the_kernel(chain, min
     chain.send_raw(good.serialize())
     chain.mine(1, p2wpkh_script_pubkey(pub(miner)))
     assert chain.find_tx(b2lx(good.GetTxid())).height == chain.height()
+
+
+def test_mining_with_the_clock_more_than_two_hours_ahead_fails_with_a_clear_error():
+    from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
+
+    ahead = EmbeddedChain()
+    try:
+        ahead.mine(1, b"\x51")
+        ahead.advance_time(3 * 60 * 60)
+        with pytest.raises(ChainError, match="time-too-new"):
+            ahead.mine(1, b"\x51")
+        assert ahead.height() == 1
+    finally:
+        ahead.close()

@@ -401,7 +401,8 @@ class BitcoinAdapter:
 
     def _outpoint(self, ref: HtlcRef) -> tuple[str, int]:
         txid, _, vout = ref.locator.partition(":")
-        if len(txid) != 64 or not vout.isdigit():
+        hex_txid = len(txid) == 64 and all(c in "0123456789abcdef" for c in txid)
+        if not hex_txid or not (vout.isascii() and vout.isdigit() and len(vout) <= 10):
             raise InvalidInput(f"locator must be txid:vout, got {ref.locator!r}")
         return txid, int(vout)
 

@@ -62,6 +62,10 @@ class Coin:
     coinbase: bool
 
 
+MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60
+"""Bitcoin Core refuses a block timestamped more than two hours after its own clock."""
+
+
 class MissingInputs(TxRejected):
     """An input is unknown or already spent (Core: ``bad-txns-inputs-missingorspent``)."""
 
@@ -491,6 +495,12 @@ class EmbeddedChain:
                 fees = self._fees(txs) if on_tip else 0
                 height = self._heights[prev] + 1
                 block_time = max(self.now(), self.median_time_past(prev) + 1)
+                if block_time > int(time.time()) + MAX_FUTURE_BLOCK_TIME:
+                    raise ChainError(
+                        f"block time {block_time} is more than {MAX_FUTURE_BLOCK_TIME} s ahead of "
+                        "this machine's clock: Bitcoin Core refuses it (time-too-new); the chain's "
+                        "clock was advanced too far (advance_time)"
+                    )
                 self._tag += 1
                 raw = build_block(
                     prev_hash=prev,
