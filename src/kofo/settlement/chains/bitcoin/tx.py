@@ -111,8 +111,8 @@ signature or bump alike): past it the swap's value goes to miners; a higher rate
 
 MAX_HTLC_SPEND_VBYTES = 141
 """The largest claim or refund of any HTLC form as the builders size it (1 input -> 1 P2WPKH
-output; a 73-byte ECDSA signature assumed): the P2WSH claim, 137 vB, and the Taproot claim leaf,
-140 vB. The smallest HTLC amount is priced with it (:func:`min_htlc_amount`)."""
+output; a 73-byte ECDSA signature assumed): the Taproot claim leaf, 140 vB (the P2WSH claim is
+136), plus one for rounding. :func:`min_htlc_amount` prices the smallest HTLC with it."""
 
 
 def htlc_spend_value(
