@@ -133,6 +133,15 @@ def test_a_bump_is_held_to_the_fee_cap_and_refused_when_none_fits_under_it(alice
         bob.prepare_replacement(ref, pricey, preimage)
 
 
+def test_a_bump_past_the_fee_ceiling_is_refused_as_a_bump(alice, bob):
+    """A claim at 9,000 sat/vB: its next step (+25 %) is over the 10,000 sat/vB ceiling, so the
+    bump is refused (``FeeBumpRefused``: the engine then sends the claim again as it is)."""
+    ref, preimage = locked_htlc(alice, bob, amount=5_000_000)
+    first = bob.prepare_redeem(ref, preimage, FeeEstimate(9_000))
+    with pytest.raises(FeeBumpRefused, match="above this chain's ceiling of 10000 sat/vB"):
+        bob.prepare_replacement(ref, first, preimage)
+
+
 def test_replacing_a_transaction_that_does_not_spend_the_htlc_is_refused(alice, bob):
     ref, preimage = locked_htlc(alice, bob)
     other, _ = locked_htlc(alice, bob)

@@ -20,7 +20,6 @@ from kofo.settlement.chains.bitcoin.script import build_htlc_script, p2wsh_scrip
 from kofo.settlement.chains.bitcoin.taproot import build_taproot_htlc, build_taproot_spend
 from kofo.settlement.chains.bitcoin.tx import (
     MAX_HTLC_SPEND_VBYTES,
-    MAX_SPEND_FEE_PCT,
     Utxo,
     build_funding_tx,
     build_htlc_spend,
@@ -128,21 +127,20 @@ def test_the_smallest_htlc_can_be_claimed_and_refunded_and_one_sat_less_may_not(
         out = int(tx.vout[0].nValue)
         assert out >= dust_limit(bytes(tx.vout[0].scriptPubKey), BTC), name
         verify_input(tx.serialize(), 0, [SpentOutput(spk, smallest)])
-    # The bound is tight for the largest spend where its full fee is paid (at high rates the
-    # 50 % fee cap binds first and leaves more): two vbytes' fee less and the Taproot claim
+    # The bound is tight for the largest spend: two vbytes' fee less and the Taproot claim
     # leaf would leave dust.
-    if rate * MAX_HTLC_SPEND_VBYTES < smallest * MAX_SPEND_FEE_PCT // 100:
-        with pytest.raises(InsufficientFunds, match="below the dust limit"):
-            _all_spends(smallest - rate * 2, rate)
+    with pytest.raises(InsufficientFunds, match="below the dust limit"):
+        _all_spends(smallest - rate * 2, rate)
 
 
-def test_a_claim_or_refund_never_pays_more_than_half_the_htlc_in_fees():
-    """An estimate of 3,000 sat/vB on a 500,000-sat HTLC would pay 408,000 sat (82 %): every
-    spend is held to 50 % and is still valid."""
+def test_a_claim_or_refund_pays_the_rate_asked_up_to_the_ceiling():
+    """No share-of-amount cap on a first claim or refund (a claim that does not confirm in time
+    loses the whole leg): at 3,000 sat/vB a 500,000-sat HTLC pays what the rate asks. Above
+    the ceiling nothing is signed."""
     amount = 500_000
     for name, (tx, spk) in _all_spends(amount, 3_000).items():
-        assert _fee(tx, amount) == amount * MAX_SPEND_FEE_PCT // 100, name
-        verify_input(tx.serialize(), 0, [SpentOutput(spk, amount)])
-    for name, (tx, _spk) in _all_spends(amount, 40).items():  # under the cap: the rate
         fee = _fee(tx, amount)
-        assert fee % 40 == 0 and 40 * vsize(tx) <= fee <= 40 * (vsize(tx) + 1), name
+        assert fee % 3_000 == 0 and 3_000 * vsize(tx) <= fee <= 3_000 * (vsize(tx) + 1), name
+        verify_input(tx.serialize(), 0, [SpentOutput(spk, amount)])
+    with pytest.raises(InvalidInput, match="above this chain's ceiling"):
+        _all_spends(10**8, BTC.max_fee_rate + 1)

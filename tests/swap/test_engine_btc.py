@@ -8,6 +8,7 @@ Time moves by mining Bitcoin blocks and by jumping the EVM's clock, never by sle
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -845,4 +846,40 @@ def test_a_redeem_refused_for_its_fee_is_re_signed_and_the_swap_completes(
     assert adapter.tx_confirmations(versions[1].txid) >= 1
     paid = btc_fee(adapter, versions[1].txid)
     assert paid >= rate * CTransaction.deserialize(versions[1].raw).get_virtual_size()
+    _assert_exact_holdings(w, give, get, assets, before, sid)
+
+
+def test_a_redeem_whose_bump_the_fee_cap_refuses_is_sent_again_once_fees_fall(
+    world_factory, caplog
+):
+    """A small BTC leg (20,000 sat): fees jump to 100 sat/vB between Bob's signature of his
+    redeem and its send, so the node refuses it. A bump would have to pay more than half the
+    leg (MAX_BUMP_FEE_PCT): the engine bumps once to what the cap allows, then, with no bump
+    left, sends the newest version again each time instead of giving up on it. Fees fall, the
+    node takes it, the swap completes -- Alice never gets to refund."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    amount = 20_000
+    bob.engine.crash = _FeesRiseBeforeSend(btc.chain, "before_broadcast:redeem", 100)
+    give, get, assets, before, sid = _start_btc_for_eth(w, "btc", amount)
+
+    def no_bump_left() -> bool:
+        return "sending the newest version again" in caplog.text
+
+    def time_passes(_r: int) -> None:
+        btc.mine(1)
+        if no_bump_left():
+            btc.chain.set_mempool_min_fee_rate(0)  # fees fall
+
+    with caplog.at_level(logging.WARNING, logger="kofo.settlement.engine"):
+        states = drive([alice, bob], sid, between=time_passes)
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    assert no_bump_left()
+    adapter = bob.engine.adapters["btc"]
+    versions = [tx for tx, _ in bob.engine.journal.versions(sid, TxKind.REDEEM)]
+    mined = [v for v in versions if adapter.tx_confirmations(v.txid) >= 1]
+    assert len(versions) >= 2 and len(mined) == 1
+    assert btc_fee(adapter, mined[0].txid) <= amount // 2
     _assert_exact_holdings(w, give, get, assets, before, sid)

@@ -627,9 +627,20 @@ class SwapEngine:
                 tx for tx, height in versions[newest + 1 :] if height is not None
             ]
             preimage = self.journal.preimage(rec.swap_id) if kind is TxKind.REDEEM else None
-            bump = adapter.prepare_bump(ref, sent, preimage)
-            self.journal.store_bump(rec.swap_id, kind, bump)
-            self.crash.hit(f"stored:bump_{kind.value}")
+            try:
+                bump = adapter.prepare_bump(ref, sent, preimage)
+            except (ChainError, InvalidInput) as exc:
+                # No bump within the chain's rules and our fee bounds (or none buildable now):
+                # the newest version goes out again, so it is taken as soon as fees allow.
+                log.warning(
+                    "swap %s: no %s bump (%s); sending the newest version again",
+                    rec.swap_id.hex()[:8],
+                    kind,
+                    exc,
+                )
+            else:
+                self.journal.store_bump(rec.swap_id, kind, bump)
+                self.crash.hit(f"stored:bump_{kind.value}")
         return self._broadcast(rec, kind)
 
     def _audit_claim(self, rec: StoredSwap, expected: HtlcTerms) -> tuple[str, dict[str, str]]:

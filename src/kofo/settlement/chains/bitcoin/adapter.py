@@ -64,7 +64,6 @@ from kofo.settlement.chains.bitcoin.taproot import (
     unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import (
-    MAX_SPEND_FEE_PCT,
     Utxo,
     build_child_spend,
     build_funding_tx,
@@ -183,10 +182,10 @@ HTLC_KINDS = ("p2wsh", "p2tr")
 (``None`` is P2WSH). Both parties build the leg from the same terms, so they agree on the form;
 an auditor refuses a P2TR lock of terms that say P2WSH, and the reverse."""
 
-MAX_BUMP_FEE_PCT = MAX_SPEND_FEE_PCT
-"""A fee bump never spends more than this share of the HTLC amount on fees (nor does a first
-claim or refund): past it, the swap's value is going to miners, and it is better to wait for
-fees to fall."""
+MAX_BUMP_FEE_PCT = 50
+"""A fee bump never spends more than this share of the HTLC amount on fees: past it, the
+swap's value is going to miners, and it is better to wait for fees to fall (the engine keeps
+sending the newest version meanwhile). A first claim or refund pays the rate asked."""
 
 _BUMP_TRIES = 4
 
@@ -366,14 +365,17 @@ class BitcoinAdapter:
         spk = self.output_script_pubkey(terms)
         if terms.sender != self.address():
             raise InvalidInput(f"sender {terms.sender} is not this wallet's key {self.address()}")
-        rate = self._rate(fee)
-        smallest = min_htlc_amount(rate, self.params)
+        # Even at the relay minimum its claim or refund would leave dust: no fee market can make
+        # such a lock spendable. (Whether it is worth locking at today's fees is decided on the
+        # terms, before anyone locks: ``min_amount`` / ``terms_amount``.)
+        smallest = min_htlc_amount(self.params.min_relay_fee_rate, self.params)
         if terms.amount < smallest:
             raise InvalidInput(
-                f"amount {terms.amount} is too small to lock: at {rate} sat/vB its claim or "
-                f"refund would leave dust (at least {smallest} is needed)",
+                f"amount {terms.amount} is too small to lock: even at the relay minimum its "
+                f"claim or refund would leave dust (at least {smallest} is needed)",
                 code="amount_too_small",
             )
+        rate = self._rate(fee)
         utxos = self.spendable()
         tx = build_funding_tx(
             utxos,
@@ -563,7 +565,12 @@ class BitcoinAdapter:
         size = sum(vsize(tx) for tx in txs)
         old_rate = -(-paid // size)
         floor = old_rate + max(self.params.min_relay_fee_rate, old_rate // 4)
-        rate = max(self._rate(fee), floor)
+        rate = min(max(self._rate(fee), floor), self.params.max_fee_rate)
+        if rate < floor:
+            raise FeeBumpRefused(
+                f"lifting {package[0].kind} {package[0].txid} needs {floor} sat/vB, above this "
+                f"chain's ceiling of {self.params.max_fee_rate} sat/vB"
+            )
         cap = amount * MAX_BUMP_FEE_PCT // 100
 
         def child_fee(child_vsize: int) -> int:
@@ -647,7 +654,12 @@ class BitcoinAdapter:
         old_fee, old_vsize = amount - _paid_out(prev), vsize(prev)
         old_rate = -(-old_fee // old_vsize)
         step = max(self.params.min_relay_fee_rate, old_rate // 4)
-        rate = max(self._rate(fee), old_rate + step)
+        rate = min(max(self._rate(fee), old_rate + step), self.params.max_fee_rate)
+        if rate < old_rate + step:
+            raise FeeBumpRefused(
+                f"replacing {old.txid} at {old_rate} sat/vB needs {old_rate + step}, above this "
+                f"chain's ceiling of {self.params.max_fee_rate} sat/vB"
+            )
         cap = amount * MAX_BUMP_FEE_PCT // 100
         for _ in range(_BUMP_TRIES):
             raised = FeeEstimate(rate)
@@ -658,10 +670,9 @@ class BitcoinAdapter:
             )
             tx = CTransaction.deserialize(signed.raw)
             new_fee, new_vsize = amount - _paid_out(tx), vsize(tx)
-            if new_fee >= cap and rate * new_vsize > cap:
-                # The spend was held to the cap (:func:`.tx.htlc_spend_value`). Bump to the
-                # most the cap allows (sizes are estimated up to 1 vB high) if that is still a
-                # full step up; otherwise no bump at all.
+            if new_fee > cap:
+                # The most the cap allows (sizes are estimated up to 1 vB high), if that is
+                # still a valid bump; otherwise no bump at all.
                 ceiling = cap // (new_vsize + 1)
                 if old_rate + step <= ceiling < rate:
                     rate = ceiling
@@ -674,6 +685,8 @@ class BitcoinAdapter:
             if new_fee >= old_fee + relay and new_fee * old_vsize > old_fee * new_vsize:
                 return signed
             rate += step
+            if rate > self.params.max_fee_rate:
+                break
         raise FeeBumpRefused(f"no replacement of {old.txid} met BIP125 in {_BUMP_TRIES} tries")
 
     def _spend(

@@ -105,10 +105,6 @@ def effective_fee_rate(fee_rate: int | None, params: ChainParams) -> int:
     return max(rate, params.min_relay_fee_rate)
 
 
-MAX_SPEND_FEE_PCT = 50
-"""A claim or refund never pays more than this share of the HTLC amount in fees (first
-signature or bump alike): past it the swap's value goes to miners; a higher rate is lowered."""
-
 MAX_HTLC_SPEND_VBYTES = 141
 """The largest claim or refund of any HTLC form as the builders size it (1 input -> 1 P2WPKH
 output; a 73-byte ECDSA signature assumed): the Taproot claim leaf, 140 vB (the P2WSH claim is
@@ -122,11 +118,13 @@ def htlc_spend_value(
     destination_script_pubkey: bytes,
     params: ChainParams,
 ) -> int:
-    """What a claim or refund of ``size`` vbytes pays out of an HTLC worth ``amount``: the fee is
-    ``fee_rate`` x ``size``, at most :data:`MAX_SPEND_FEE_PCT` of the amount (never below the
-    relay minimum); raises :class:`InsufficientFunds` if what is left is dust."""
+    """What a claim or refund of ``size`` vbytes pays out of an HTLC worth ``amount`` at
+    ``fee_rate`` (between the relay minimum and the chain's ceiling); raises
+    :class:`InsufficientFunds` if what is left is dust. The fee is not capped at a share of the
+    amount: a claim is all or nothing (one that does not confirm before the sender's refund
+    loses the whole leg), so it pays what the chain asks; the fee ceiling
+    (``params.max_fee_rate``) is what guards against a broken estimate."""
     fee = effective_fee_rate(fee_rate, params) * size
-    fee = max(min(fee, amount * MAX_SPEND_FEE_PCT // 100), params.min_relay_fee_rate * size)
     value = amount - fee
     limit = dust_limit(destination_script_pubkey, params)
     if value < limit:
