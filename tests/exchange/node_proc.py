@@ -64,9 +64,12 @@ async def main(cfg: dict) -> None:
                 continue
             done_rounds.add(k)
             results = []
+            enough = json.loads(go.read_text() or "{}").get("enough")
             for have, want, amount in cfg["claims"]:
                 t0 = time.monotonic()
-                cid, quotes = await node.request_quotes(have, want, amount, window_s=1.5)
+                cid, quotes = await node.request_quotes(
+                    have, want, amount, window_s=4.0, enough=enough
+                )
                 entry: dict[str, object] = {"quotes": len(quotes), "ms": 0}
                 if quotes:
                     try:
