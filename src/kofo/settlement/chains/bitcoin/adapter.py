@@ -42,7 +42,7 @@ from kofo.settlement.chain import (
 )
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.backend import ChainBackend
-from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, parse_block
+from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, parse_block, parse_header
 from kofo.settlement.chains.bitcoin.cooperative import (
     CooperativeClaim,
     begin_claim,
@@ -903,8 +903,8 @@ class BitcoinAdapter:
 
     def block_at(self, height: int) -> BlockInfo:
         block_hash = self.backend.block_hash(height)
-        block = parse_block(self.backend.block_raw(block_hash)[:80] + b"\x00")
-        return BlockInfo(height=height, hash=block_hash, time=block.time)
+        header = parse_header(self.backend.block_raw(block_hash))
+        return BlockInfo(height=height, hash=block_hash, time=header.time)
 
     def tx_confirmations(self, txid: str) -> int:
         self._sync()

@@ -49,6 +49,35 @@ def sha256d(data: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class Header:
+    """The fields of an 80-byte block header (hashes in display hex)."""
+
+    hash: str
+    version: int
+    prev_hash: str
+    merkle_root: str
+    time: int
+    bits: int
+    nonce: int
+
+
+def parse_header(raw: bytes) -> Header:
+    """The header at the start of ``raw`` (a header or a whole block)."""
+    header = raw[:80]
+    (version,) = struct.unpack_from("<i", header, 0)
+    time, bits, nonce = struct.unpack_from("<III", header, 68)
+    return Header(
+        hash=sha256d(header)[::-1].hex(),
+        version=version,
+        prev_hash=header[4:36][::-1].hex(),
+        merkle_root=header[36:68][::-1].hex(),
+        time=time,
+        bits=bits,
+        nonce=nonce,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedBlock:
     hash: str  # display hex
     prev_hash: str
@@ -57,17 +86,11 @@ class ParsedBlock:
 
 
 def parse_block(raw: bytes) -> ParsedBlock:
-    header = raw[:80]
+    header = parse_header(raw)
     stream = io.BytesIO(raw[80:])
     count = VarIntSerializer.stream_deserialize(stream)
     txs = tuple(CTransaction.stream_deserialize(stream) for _ in range(count))
-    (time,) = struct.unpack_from("<I", header, 68)
-    return ParsedBlock(
-        hash=sha256d(header)[::-1].hex(),
-        prev_hash=header[4:36][::-1].hex(),
-        time=time,
-        txs=txs,
-    )
+    return ParsedBlock(hash=header.hash, prev_hash=header.prev_hash, time=header.time, txs=txs)
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:

@@ -1,9 +1,10 @@
 """Bitcoin Core's JSON for chain data, for the embedded chain's RPC server (:mod:`.rpcserver`).
 
-What Core's ``core_write.cpp`` / ``blockchain.cpp`` compute and write: header fields, block proof
-and chain work from the compact ``bits``, difficulty, output script types (``Solver``), amounts
-as exact eight-place decimals (``ValueFromAmount``), and a JSON writer that writes those decimals
-as numbers with their exact digits. Pure functions; no chain access.
+What Core's ``core_write.cpp`` / ``blockchain.cpp`` compute and write (headers themselves are
+parsed by :func:`.blocks.parse_header`): block proof and chain work from the compact ``bits``,
+difficulty, output script types (``Solver``), amounts as exact eight-place decimals
+(``ValueFromAmount``), and a JSON writer that writes those decimals as numbers with their exact
+digits. Pure functions; no chain access.
 """
 
 from __future__ import annotations
@@ -11,35 +12,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import struct
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from bitcointx.core.script import CScript, CScriptInvalidError
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    version: int
-    prev_hash: str
-    merkle_root: str
-    time: int
-    bits: int
-    nonce: int
-
-
-def parse_header(raw: bytes) -> Header:
-    (version,) = struct.unpack_from("<i", raw, 0)
-    time, bits, nonce = struct.unpack_from("<III", raw, 68)
-    return Header(
-        version=version,
-        prev_hash=raw[4:36][::-1].hex(),
-        merkle_root=raw[36:68][::-1].hex(),
-        time=time,
-        bits=bits,
-        nonce=nonce,
-    )
 
 
 def _compact_target(bits: int) -> int | None:

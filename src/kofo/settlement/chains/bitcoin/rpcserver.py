@@ -49,13 +49,12 @@ from bitcointx.wallet import (
 
 from kofo.errors import InvalidInput, KofoError, TxRejected
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
-from kofo.settlement.chains.bitcoin.blocks import parse_block
+from kofo.settlement.chains.bitcoin.blocks import parse_block, parse_header
 from kofo.settlement.chains.bitcoin.corejson import (
     block_proof,
     coin_amount,
     dumps,
     output_type,
-    parse_header,
     target_fields,
 )
 from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain, MissingInputs
@@ -161,6 +160,8 @@ class RegtestRpcServer:
         self._expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._work: dict[str, int] = {}  # block hash -> chain work up to it (blocks never change)
         self._left_ibd = False  # Core latches initial block download off once it is over
+        # The genesis block's only transaction (its txid is the merkle root), never served.
+        self._genesis_coinbase = parse_header(chain.block_raw(chain.block_hash(0))).merkle_root
         num, string, flag = "number", "string", "bool"
         self._methods: dict[str, _Method] = {
             "getblockchaininfo": _Method(self._getblockchaininfo),
@@ -498,8 +499,7 @@ class RegtestRpcServer:
 
     def _getrawtransaction(self, txid: str, verbosity: Any, block_hash: str | None) -> Any:
         txid = _parse_hash(txid, "parameter 1")
-        genesis = parse_header(self.chain.block_raw(self.chain.block_hash(0)))
-        if txid == genesis.merkle_root:
+        if txid == self._genesis_coinbase:
             raise _RpcFailure(
                 RPC_INVALID_ADDRESS_OR_KEY,
                 "The genesis block coinbase is not considered an ordinary transaction and "
