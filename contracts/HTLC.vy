@@ -12,8 +12,9 @@
         and the recipient is paid. After expiry (a unix timestamp compared with
         block.timestamp) anyone may refund the sender, unless the swap was redeemed first.
 @dev    Fee-on-transfer and other tokens that deliver less than `amount` are rejected at lock
-        time: the contract must be able to pay out exactly what each swap id commits to, and a
-        short deposit would be made good from other swaps' funds. Rebasing tokens are not
+        time, and a payout that debits the contract by anything but `amount` is refused: the
+        contract must pay out exactly what each swap id commits to, and a short deposit or an
+        excess debit would be made good from other swaps' funds. Rebasing tokens are not
         supported either (their balance moves under the contract); do not lock them.
 """
 
@@ -107,7 +108,12 @@ def _pay(token: address, to: address, amount: uint256):
         # raw_call forwards all gas, so contract wallets with non-trivial receive hooks work.
         raw_call(to, b"", value=amount)
     else:
+        # A token may start charging a fee after the lock (or otherwise take more than `amount`
+        # from the payer): that excess would come out of other swaps' funds. Only an exact
+        # debit is accepted, so a bad token can stall its own swaps but never drain others.
+        before: uint256 = staticcall IERC20(token).balanceOf(self)
         assert extcall IERC20(token).transfer(to, amount, default_return_value=True), "transfer failed"
+        assert staticcall IERC20(token).balanceOf(self) + amount == before, "payout mismatch"
 
 
 @payable

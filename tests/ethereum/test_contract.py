@@ -473,6 +473,64 @@ def test_fee_on_transfer_token_is_rejected(env):
     assert fee_token.functions.balanceOf(env.alice.address).call() == 1000
 
 
+def test_a_fee_switched_on_after_the_lock_cannot_take_other_swaps_funds(env):
+    # Two users' swaps in one token; the token then charges a fee on top of every transfer,
+    # which would come out of the HTLC's balance, that is out of the other user's swap.
+    token = env.deploy("FeeOnTopToken")
+    dave = env.chain.new_account(ETHER)
+    mine = env.lock_token(token, amount=1000)
+    env.fund_token(token, dave, 1000)
+    preimage = os.urandom(32)
+    other = Swap(
+        preimage,
+        hashlib.sha256(preimage).digest(),
+        token.address,
+        dave.address,
+        env.carol.address,
+        1000,
+        env.chain.now() + LONG,
+    )
+    env.chain.send(
+        env.htlc.functions.lock_token(
+            token.address, 1000, other.payment_hash, other.recipient, other.expiry
+        ),
+        dave,
+    )
+    env.chain.send(token.functions.set_fee(300), env.carol)
+    # The payout would take 1,300 from the contract: refused, and the swap stays live.
+    receipt = env.chain.send(
+        env.htlc.functions.redeem(mine.preimage, *mine.terms), env.carol, gas=300_000
+    )
+    assert receipt["status"] == 0
+    assert env.live(mine) and env.live(other)
+    assert token.functions.balanceOf(env.htlc.address).call() == 2000
+    # Once the token stops charging, both swaps pay out in full.
+    env.chain.send(token.functions.set_fee(0), env.carol)
+    env.redeem(mine)
+    env.redeem(other)
+    assert token.functions.balanceOf(env.bob.address).call() == 1000
+    assert token.functions.balanceOf(env.carol.address).call() == 1000
+    assert token.functions.balanceOf(env.htlc.address).call() == 0
+
+
+def test_a_refund_is_refused_too_while_the_token_takes_a_fee_from_the_contract(env):
+    token = env.deploy("FeeOnTopToken")
+    kept = env.lock_token(token, amount=1000)
+    swap = env.lock_token(token, amount=1000, lifetime=SHORT)
+    env.chain.send(token.functions.set_fee(1), env.carol)
+    env.chain.advance_time(SHORT + 1)
+    receipt = env.chain.send(
+        env.htlc.functions.refund(swap.payment_hash, *swap.terms), env.carol, gas=300_000
+    )
+    assert receipt["status"] == 0 and env.live(swap)
+    assert token.functions.balanceOf(env.htlc.address).call() == 2000
+    env.chain.send(token.functions.set_fee(0), env.carol)
+    env.refund(swap)
+    env.redeem(kept)
+    assert token.functions.balanceOf(env.alice.address).call() == 1000
+    assert token.functions.balanceOf(env.bob.address).call() == 1000
+
+
 def test_token_and_eth_swaps_with_same_hash_are_distinct(env):
     eth_swap = env.lock_eth(amount=1000)
     env.fund_token(env.token, env.alice, 1000)

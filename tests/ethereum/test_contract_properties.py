@@ -87,12 +87,19 @@ class HtlcMachine(RuleBasedStateMachine):
         self.senders = list(accounts[2:4])
         self.htlc = self._contract("HTLC", deploy(self.w3, "HTLC", deployer))
         self.tokens: dict[str, Contract] = {ZERO_ADDRESS: None}  # type: ignore[dict-item]
-        for name, args in (("TestToken", ("T", "T", 18)), ("NoBoolToken", ())):
+        for name, args in (
+            ("TestToken", ("T", "T", 18)),
+            ("NoBoolToken", ()),
+            ("FeeOnTopToken", ()),
+        ):
             token = self._contract(name, deploy(self.w3, name, deployer, *args))
             for sender in self.senders:
                 token.functions.mint(sender, TOKEN_SUPPLY).transact({"from": sender})
                 token.functions.approve(self.htlc.address, TOKEN_SUPPLY).transact({"from": sender})
             self.tokens[token.address] = token
+        self.fee_token = token.address  # the last one: its fee is switched on and off
+        self.fee = 0
+        self.burnt = 0  # fees the fee token took from senders on lock
         # Recipients are fresh keys that never transact: their balances move only by payouts.
         self.recipients = [Web3.to_checksum_address(keccak(os.urandom(32))[:20]) for _ in range(3)]
         self.model: dict[bytes, ModelSwap] = {}
@@ -121,7 +128,7 @@ class HtlcMachine(RuleBasedStateMachine):
 
     @rule(
         target=swaps,
-        asset=st.integers(0, 2),
+        asset=st.integers(0, 3),
         amount=st.integers(0, 10**18),
         lifetime=st.integers(-3, 300),
         sender=st.integers(0, 1),
@@ -162,6 +169,8 @@ class HtlcMachine(RuleBasedStateMachine):
         assert ok == expect_ok
         if not ok:
             return multiple()
+        if token == self.fee_token:
+            self.burnt += self.fee  # on top of the amount, from the sender: the HTLC gets all
         if known is not None:
             # The same terms again, after the first swap settled: the slot is live once more.
             known.state = "live"
@@ -183,6 +192,8 @@ class HtlcMachine(RuleBasedStateMachine):
         assert ok == expect_ok
         if ok:
             swap.state = "live"
+            if swap.token == self.fee_token:
+                self.burnt += self.fee
         self._assert_live(swap)
 
     @rule(swap=swaps, right_preimage=st.booleans())
@@ -191,8 +202,9 @@ class HtlcMachine(RuleBasedStateMachine):
         before = self._balance(swap.token, swap.recipient)
         call = self.htlc.functions.redeem(preimage, *swap.terms)
         ok = self._transact(call, {"from": self.watchtower})
-        # Redeem ignores expiry: it only needs the swap to be live and the right preimage.
-        assert ok == (swap.state == "live" and right_preimage)
+        # Redeem ignores expiry: it only needs the swap to be live and the right preimage (and a
+        # token that takes no more than the amount from the contract).
+        assert ok == (swap.state == "live" and right_preimage and self._pays_exactly(swap))
         if ok:
             swap.state = "redeemed"
             self.ledger.add(swap.token, swap.recipient, swap.amount)
@@ -213,13 +225,22 @@ class HtlcMachine(RuleBasedStateMachine):
         expired = self._next_timestamp() >= swap.expiry
         call = self.htlc.functions.refund(swap.payment_hash, *swap.terms)
         ok = self._transact(call, {"from": self.watchtower})
-        assert ok == (swap.state == "live" and expired)
+        assert ok == (swap.state == "live" and expired and self._pays_exactly(swap))
         if ok:
             swap.state = "refunded"
             # The sender paid no gas in this transaction: its balance moves by the amount alone.
             assert self._balance(swap.token, swap.sender) == before + swap.amount
             self._assert_settled_for_good(swap)
         self._assert_live(swap)
+
+    def _pays_exactly(self, swap: ModelSwap) -> bool:
+        return swap.token != self.fee_token or self.fee == 0
+
+    @rule(fee=st.sampled_from([0, 0, 1, 10**6]))
+    def set_token_fee(self, fee):
+        """The fee token starts (or stops) charging a fee on top of each transfer."""
+        self.tokens[self.fee_token].functions.set_fee(fee).transact({"from": self.watchtower})
+        self.fee = fee
 
     @rule(seconds=st.integers(1, 400))
     def advance_time(self, seconds):
@@ -251,7 +272,8 @@ class HtlcMachine(RuleBasedStateMachine):
             if asset != ZERO_ADDRESS:
                 # ...and no token appeared or vanished.
                 held = sum(self._balance(asset, who) for who in self.senders)
-                total = held + self._live_total(asset) + sum(received)
+                burnt = self.burnt if asset == self.fee_token else 0
+                total = held + self._live_total(asset) + sum(received) + burnt
                 assert total == TOKEN_SUPPLY * len(self.senders)
 
 

@@ -36,6 +36,7 @@ SOURCES: dict[str, str] = {
     "TestToken": "contracts/test/TestToken.vy",
     "NoBoolToken": "contracts/test/NoBoolToken.vy",
     "FeeToken": "contracts/test/FeeToken.vy",
+    "FeeOnTopToken": "contracts/test/FeeOnTopToken.vy",
     "Reentrant": "contracts/test/Reentrant.vy",
 }
 """Every contract with a committed artifact, by name, with its source path from the repo root."""
