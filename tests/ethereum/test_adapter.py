@@ -17,6 +17,7 @@ from kofo.errors import AuditFailed, InsufficientFunds, InvalidInput, TxRejected
 from kofo.settlement.chain import (
     BlockHeight,
     ChainAdapter,
+    HtlcRef,
     HtlcState,
     HtlcTerms,
     SignedTx,
@@ -223,6 +224,45 @@ def test_bad_terms_are_refused_with_a_clear_error(env):
         )
     with pytest.raises(InvalidInput, match="preimage must be exactly 32 bytes, got 33"):
         env.bob.prepare_redeem(env.alice.htlc_ref(terms, _fake_tx()), b"\x00" * 33)
+
+
+def test_the_zero_address_is_refused_as_a_token(env):
+    # On chain an ETH swap is keyed by token = address(0): terms naming that "token" would
+    # share the ETH lock's id and be audited against it while claiming another asset.
+    terms, _ = _terms(env)
+    ref = env.alice.lock(terms)
+    zero = HtlcTerms(
+        **{**{f: getattr(terms, f) for f in terms.__slots__}, "token": "0x" + "00" * 20}
+    )
+    for call in (
+        lambda: env.bob.find_htlc(zero),
+        lambda: env.bob.audit(ref, zero, min_confirmations=0),
+        lambda: env.alice.prepare_lock(zero),
+    ):
+        with pytest.raises(InvalidInput, match="zero address") as err:
+            call()
+        assert err.value.code == "bad_token"
+
+
+def test_confirmations_come_from_the_transaction_that_emitted_the_lock(env):
+    # An old transaction (the funding of a party, deep in the chain) named as the lock's must
+    # not lend the fresh lock its depth.
+    old = env.w3.eth.get_block(1, full_transactions=False)["transactions"][0]
+    for _ in range(5):
+        env.chain.advance_time(1)
+    terms, _ = _terms(env)
+    ref = env.alice.lock(terms)
+    assert env.bob.status(ref).confirmations == 1
+    borrowed = HtlcRef(terms, ref.locator, "0x" + bytes(old).hex())
+    assert env.w3.eth.get_transaction_receipt(borrowed.lock_txid)["blockNumber"] == 1
+    bob = EthereumAdapter(env.w3, env.bob.account, env.htlc)  # a fresh index: the chain path
+    for adapter in (env.bob, bob):
+        status = adapter.status(borrowed)
+        assert status.state is HtlcState.LOCKED and status.confirmations == 0
+        with pytest.raises(AuditFailed) as err:
+            adapter.audit(borrowed, terms, min_confirmations=2)
+        assert err.value.code == "audit_lock_txid"
+        assert adapter.audit(ref, terms, min_confirmations=1).confirmations == 1
 
 
 def _fake_tx():

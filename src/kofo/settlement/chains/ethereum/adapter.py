@@ -276,8 +276,16 @@ class EthereumAdapter:
             value = getattr(terms, name)
             if not Web3.is_address(value):
                 raise InvalidInput(f"{name} is not an Ethereum address: {value!r}")
-        if terms.token is not None and not Web3.is_address(terms.token):
-            raise InvalidInput(f"token is not an Ethereum address: {terms.token!r}")
+        if terms.token is not None:
+            if not Web3.is_address(terms.token):
+                raise InvalidInput(f"token is not an Ethereum address: {terms.token!r}")
+            if int(terms.token, 16) == 0:
+                # The contract keys ETH swaps by token = address(0): terms naming it as a token
+                # would share the ETH swap's id (and its lock) while claiming another asset.
+                raise InvalidInput(
+                    f"token {terms.token} is the zero address; an ETH leg has no token",
+                    code="bad_token",
+                )
         if terms.output is not None:
             raise InvalidInput(
                 f"an Ethereum HTLC lives in the KOFO contract; output {terms.output!r} names "
@@ -571,7 +579,7 @@ class EthereumAdapter:
 
     def _status_from_chain(self, sid: bytes, ref: HtlcRef) -> HtlcStatus:
         """The status of a lock the index has not seen (older than the index, or pruned)."""
-        lock_block = self._mined_at(ref.lock_txid)
+        lock_block = self._lock_mined_at(sid, ref.lock_txid)
         lock_conf = 0 if lock_block is None else int(self.w3.eth.block_number) - lock_block + 1
         known = self._spends.get(sid)
         if known is not None and lock_block is not None:
@@ -610,6 +618,38 @@ class EthereumAdapter:
                 return found
             hi, size = lo - 1, size * 2
         return HtlcStatus(HtlcState.ABSENT)
+
+    def _lock_mined_at(self, sid: bytes, txid: str) -> int | None:
+        """The best-chain height of ``txid`` if it emitted this contract's ``Locked`` event of
+        ``sid``; None otherwise. Confirmations are the lock's own: a caller naming any other
+        transaction (an older one, deeper in the chain) gets none."""
+        try:
+            receipt = self.w3.eth.get_transaction_receipt(HexBytes(txid))
+        except TransactionNotFound:
+            return None
+        if receipt is None or receipt.get("blockNumber") is None or receipt["status"] != 1:
+            return None
+        locked = self._topics["Locked"]
+        if not any(
+            to_checksum_address(entry["address"]) == self.htlc.address
+            and len(entry["topics"]) >= 2
+            and _hex(entry["topics"][0]) == locked
+            and bytes(entry["topics"][1]) == sid
+            for entry in receipt["logs"]
+        ):
+            return None
+        block = self.w3.eth.get_block(receipt["blockNumber"])
+        if bytes(block["hash"]) != bytes(receipt["blockHash"]):
+            return None  # a receipt from a block that was reorganised away
+        return int(receipt["blockNumber"])
+
+    def _lock_emitted_by(self, sid: bytes, txid: str) -> bool:
+        """Whether ``txid`` emitted the ``Locked`` event of ``sid`` on the indexed chain (or,
+        for a lock the index has not seen, on the best chain)."""
+        wanted = "0x" + txid.lower().removeprefix("0x")
+        if any(e.name == "Locked" and e.txid == wanted for e in self._index.events(sid)):
+            return True
+        return self._lock_mined_at(sid, txid) is not None
 
     def _live(self, sid: bytes) -> bool:
         # ``from`` given: web3's eth-tester provider otherwise lists its accounts to fill it in.
@@ -651,6 +691,13 @@ class EthereumAdapter:
         status = self.status(ref)
         if status.state is not HtlcState.LOCKED:
             raise AuditFailed(f"the HTLC is {status.state}, not locked", code="audit_state")
+        if not self._lock_emitted_by(bytes(HexBytes(ref.locator)), ref.lock_txid):
+            # Confirmations are counted from the lock's own block: a reference naming another
+            # transaction could borrow an older one's depth.
+            raise AuditFailed(
+                f"transaction {ref.lock_txid} did not emit the lock {ref.locator}",
+                code="audit_lock_txid",
+            )
         if status.confirmations < min_confirmations:
             raise AuditFailed(
                 f"the lock has {status.confirmations} confirmations, "
