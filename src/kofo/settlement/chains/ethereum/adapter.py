@@ -193,6 +193,7 @@ class EthereumAdapter:
             account.address,
             lambda: w3.eth.get_transaction_count(account.address, "pending"),
             nonce_db,
+            chain_mined_count=lambda: w3.eth.get_transaction_count(account.address, "latest"),
         )
 
     # -- identity, balances, time -------------------------------------------------------
@@ -324,9 +325,13 @@ class EthereumAdapter:
             raise InsufficientFunds(
                 f"{kind} needs up to {needed} wei (value + max fee), wallet has {have}"
             )
-        params["nonce"] = self.nonces.allocate()
-        tx = call.build_transaction(params)
-        signed = self.account.sign_transaction(tx)
+        params["nonce"] = nonce = self.nonces.allocate()
+        try:
+            tx = call.build_transaction(params)
+            signed = self.account.sign_transaction(tx)
+        except BaseException:
+            self.nonces.release(nonce)  # nothing was signed with it
+            raise
         return SignedTx(self.chain, kind, _hex(signed.hash), bytes(signed.raw_transaction)), gas
 
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
