@@ -6,10 +6,15 @@ import hashlib
 import os
 from typing import Any
 
+import pytest
+from web3 import EthereumTesterProvider, Web3
+
+from kofo.errors import AuditFailed
 from kofo.settlement.chain import HtlcState, HtlcTerms, UnixTime
 from kofo.settlement.chains.ethereum import event_index
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_web3
 from kofo.settlement.chains.ethereum.contract import deploy
+from kofo.settlement.chains.ethereum.devnet import indexed_tester
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 
 ETHER = 10**18
@@ -132,3 +137,97 @@ def test_a_live_lock_older_than_the_index_is_still_found_with_spent_since():
     assert late._index.start is not None and late._index.start > lock_block
     # spent_since bounds only the search for spent locks: a live one is always found.
     assert late.find_htlc(ref.terms, spent_since=tip) == ref
+
+
+class _TwoViewProvider(EthereumTesterProvider):
+    """The real embedded chain behind a provider whose backends disagree: it records what one
+    branch answered to an ``eth_getLogs`` and, once, answers the same query with it after the
+    chain has moved to another branch (a load-balanced RPC whose backend is on another fork,
+    or a reorg that flips back and forth between the head read and the log query)."""
+
+    def __init__(self) -> None:
+        super().__init__(indexed_tester())
+        self.recording = False
+        self.recorded: dict[tuple[int, int], Any] = {}
+        self.replayed = 0
+
+    @staticmethod
+    def _range(params: Any) -> tuple[int, int] | None:
+        query = params[0] if params else {}
+        lo = query.get("from_block", query.get("fromBlock"))
+        hi = query.get("to_block", query.get("toBlock"))
+        if isinstance(lo, str):
+            lo, hi = int(lo, 16), int(str(hi), 16)
+        return None if lo is None or hi is None else (int(lo), int(hi))
+
+    def make_request(self, method: Any, params: Any) -> Any:
+        key = self._range(params) if method == "eth_getLogs" else None
+        if key is not None and not self.recording and key in self.recorded:
+            self.replayed += 1
+            return self.recorded.pop(key)  # answered once from the other branch
+        response = super().make_request(method, params)
+        if key is not None and self.recording:
+            self.recorded[key] = response
+        return response
+
+
+class _TwoViewWorld(_World):
+    def __init__(self) -> None:
+        self.provider = _TwoViewProvider()
+        self.w3 = Web3(self.provider)
+        self.tester = self.provider.ethereum_tester
+        self.alice, self.bob = (account_from_seed(os.urandom(32)) for _ in range(2))
+        for acct in (self.alice, self.bob):
+            self.w3.eth.wait_for_transaction_receipt(
+                self.w3.eth.send_transaction(
+                    {"from": self.w3.eth.accounts[0], "to": acct.address, "value": ETHER}
+                )
+            )
+        htlc = deploy(self.w3, "HTLC", self.alice)
+        self.a = EthereumAdapter(self.w3, self.alice, htlc)
+        self.b = EthereumAdapter(self.w3, self.bob, htlc)
+
+    def record_logs(self, adapter: EthereumAdapter, first: int, last: int) -> None:
+        """What a backend on the current branch answers to the index's query of the range."""
+        self.provider.recording = True
+        try:
+            adapter._index._read(first, last)
+        finally:
+            self.provider.recording = False
+
+
+def test_a_lock_on_a_branch_the_node_left_is_never_indexed_from_a_stale_log_answer():
+    w = _TwoViewWorld()
+    fork = w.b.tip().height  # bob's index is at the fork point
+    snapshot = w.tester.take_snapshot()
+    terms = w.terms(os.urandom(32))
+    ref = w.a.lock(terms)  # only on the branch the chain is about to leave
+    w.tester.mine_blocks(2)
+    w.record_logs(w.b, fork + 1, fork + 3)
+    w.tester.revert_to_snapshot(snapshot)
+    w.tester.mine_blocks(3)  # the best branch: no lock
+    assert w.b.tip().height == fork + 3
+    assert w.provider.replayed == 1  # the other branch's answer was given
+    assert w.b.find_htlc(terms) is None
+    assert w.b.status(ref).state is HtlcState.ABSENT
+    with pytest.raises(AuditFailed) as err:
+        w.b.audit(ref, terms, 1)
+    assert err.value.code == "audit_state"
+
+
+def test_a_redeem_is_not_lost_to_a_log_answer_from_another_branch():
+    w = _TwoViewWorld()
+    secret = os.urandom(32)
+    ref = w.a.lock(w.terms(secret))
+    assert w.a.status(ref).state is HtlcState.LOCKED  # alice's index is at the fork point
+    fork = w.a.tip().height
+    snapshot = w.tester.take_snapshot()
+    w.tester.mine_blocks(3)  # a branch without the redeem
+    w.record_logs(w.a, fork + 1, fork + 3)
+    w.tester.revert_to_snapshot(snapshot)
+    w.b.broadcast(w.b.prepare_redeem(ref, secret))  # the best branch: bob redeems
+    w.tester.mine_blocks(2)
+    seen = w.a.status(ref)
+    assert w.provider.replayed == 1
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
+    assert seen.spend_confirmations == 3
