@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from web3 import EthereumTesterProvider, Web3
+from web3.middleware import Web3Middleware
 
 from kofo.errors import AuditFailed
 from kofo.settlement.chain import HtlcState, HtlcTerms, UnixTime
@@ -231,3 +232,51 @@ def test_a_redeem_is_not_lost_to_a_log_answer_from_another_branch():
     assert w.provider.replayed == 1
     assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
     assert seen.spend_confirmations == 3
+
+
+def _lagging_log_backend(w3: Web3) -> list[int]:
+    """Make ``w3``'s node answer log queries by number with nothing, as many times as the
+    returned counter says (a backend that has not seen the latest blocks' logs yet)."""
+    drops = [0]
+
+    class _Lagging(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                response = make_request(method, params)
+                if method == "eth_getLogs" and "blockHash" not in params[0] and drops[0]:
+                    drops[0] -= 1
+                    return {**response, "result": []}
+                return response
+
+            return middleware
+
+    w3.middleware_onion.add(_Lagging)
+    return drops
+
+
+def test_a_redeem_left_out_of_a_log_answer_is_read_by_its_block_hash(eth_chain):
+    # On geth the block is re-read with eth_getLogs by blockHash, on the embedded chain (which
+    # lacks it) from the block's receipts.
+    alice, bob = eth_chain.new_account(ETHER), eth_chain.new_account(ETHER)
+    htlc = deploy(eth_chain.w3, "HTLC", alice)
+    a, b = EthereumAdapter(eth_chain.w3, alice, htlc), EthereumAdapter(eth_chain.w3, bob, htlc)
+    secret = os.urandom(32)
+    terms = HtlcTerms(
+        "eth",
+        hashlib.sha256(secret).digest(),
+        1000,
+        alice.address,
+        bob.address,
+        UnixTime(a.expiry_now().value + 3600),
+    )
+    ref = a.lock(terms)
+    assert a.status(ref).state is HtlcState.LOCKED
+    redeem = b.prepare_redeem(ref, secret)
+    b.broadcast(redeem)
+    b.wait(redeem.txid)
+    drops = _lagging_log_backend(eth_chain.w3)
+    drops[0] = 1
+    seen = a.status(ref)
+    assert drops == [0]  # the lagging answer was given
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
+    assert a._index._by_hash is (eth_chain.backend == "geth")  # the path each node allows
