@@ -10,7 +10,7 @@ import pytest
 from web3 import EthereumTesterProvider, Web3
 from web3.middleware import Web3Middleware
 
-from kofo.errors import AuditFailed
+from kofo.errors import AuditFailed, ChainError
 from kofo.settlement.chain import HtlcState, HtlcTerms, UnixTime
 from kofo.settlement.chains.ethereum import event_index
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_web3
@@ -280,3 +280,21 @@ def test_a_redeem_left_out_of_a_log_answer_is_read_by_its_block_hash(eth_chain):
     assert drops == [0]  # the lagging answer was given
     assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
     assert a._index._by_hash is (eth_chain.backend == "geth")  # the path each node allows
+
+
+def test_a_settled_lock_older_than_the_index_is_never_read_as_absent_for_a_missed_log():
+    w = _World()
+    secret = os.urandom(32)
+    ref = w.a.lock(w.terms(secret))
+    w.b.broadcast(w.b.prepare_redeem(ref, secret))
+    w.tester.mine_blocks(event_index.START_BACK_BLOCKS + 10)
+    late = EthereumAdapter(w.w3, w.alice, w.a.htlc.address)  # its index starts above both
+    late.tip()
+    drops = _lagging_log_backend(w.w3)
+    drops[0] = 1000  # every window of the search for the redeem is answered with nothing
+    with pytest.raises(ChainError) as err:
+        late.status(ref)  # before: ABSENT, and a sender at expiry gave up on the swap
+    assert err.value.code == "chain_inconsistent" and drops[0] < 1000
+    drops[0] = 0
+    seen = late.status(ref)
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == secret

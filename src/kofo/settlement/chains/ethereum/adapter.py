@@ -497,7 +497,20 @@ class EthereumAdapter:
                 "toBlock": to_block,  # type: ignore[typeddict-item]
             }
         )
-        return [ev.process_log(entry) for entry in raw]
+        return [ev.process_log(entry) for entry in self._on_best_chain(raw)]
+
+    def _on_best_chain(self, entries: Sequence[Any]) -> list[Any]:
+        """The log entries whose block is the best chain's block at their height: a log query
+        by number may be answered from another branch (see the event index)."""
+        hashes: dict[int, bytes] = {}
+        kept = []
+        for entry in entries:
+            number = int(entry["blockNumber"])
+            if number not in hashes:
+                hashes[number] = bytes(self.w3.eth.get_block(number)["hash"])
+            if bytes(entry["blockHash"]) == hashes[number]:
+                kept.append(entry)
+        return kept
 
     def find_htlc(
         self,
@@ -622,7 +635,14 @@ class EthereumAdapter:
                 self._spends[sid] = found
                 return found
             hi, size = lo - 1, size * 2
-        return HtlcStatus(HtlcState.ABSENT)
+        # The contract says the swap is settled, after a lock on the best chain, yet no payout
+        # was found: the node's log answer missed it. ABSENT here would lose a redeem (and its
+        # preimage), so the caller reads again later.
+        raise ChainError(
+            f"swap {ref.locator} is settled on chain but no Redeemed or Refunded log of it was "
+            "answered",
+            code="chain_inconsistent",
+        )
 
     def _lock_mined_at(self, sid: bytes, txid: str) -> int | None:
         """The best-chain height of ``txid`` if it emitted this contract's ``Locked`` event of
