@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import rlp
 from eth_account import Account
 from web3 import Web3
 
+from kofo.errors import InsufficientFunds
 from kofo.settlement.chain import HtlcTerms, SignedTx, UnixTime
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_web3
-from kofo.settlement.chains.ethereum.contract import deploy
+from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.chains.ethereum.nonces import NonceManager
@@ -129,18 +131,54 @@ def test_resync_keeps_the_nonce_of_a_signed_unsent_transaction(tmp_path):
         adapter.wait(tx.txid)
 
 
-def test_resync_reuses_a_released_nonce_and_forgets_mined_ones(tmp_path):
+def test_a_released_nonce_is_handed_out_again_and_mined_ones_are_forgotten(tmp_path):
     adapter = _adapter_with_store(tmp_path)
     (sent,) = adapter.prepare_lock(_terms(adapter))
     adapter.broadcast(sent)
     adapter.wait(sent.txid)
     (dropped,) = adapter.prepare_lock(_terms(adapter))
     adapter.nonces.release(_nonce(dropped))  # discarded unsent: its nonce may be used again
-    adapter.nonces.resync()
     (again,) = adapter.prepare_lock(_terms(adapter))
     assert _nonce(again) == _nonce(dropped) == _nonce(sent) + 1
     adapter.broadcast(again)
     adapter.wait(again.txid)
+    adapter.nonces.resync()
+    assert adapter.nonces.reserved() == []
+
+
+def test_an_approve_discarded_with_its_lock_leaves_no_nonce_gap(tmp_path, monkeypatch):
+    w3 = embedded_web3()
+    account = account_from_seed(os.urandom(32))
+    _fund(w3, account.address)
+    htlc = deploy(w3, "HTLC", account)
+    token = deploy(w3, "TestToken", account, "T", "T", 6)
+    adapter = EthereumAdapter(w3, account, htlc, nonce_db=tmp_path / "n.db")
+    tok = w3.eth.contract(address=token, abi=load_artifact("TestToken").abi)
+    w3.eth.wait_for_transaction_receipt(
+        tok.functions.mint(account.address, 1000).transact({"from": w3.eth.accounts[0]})
+    )
+    unused = w3.eth.get_transaction_count(account.address, "pending")
+    terms = replace(_terms(adapter), token=token)
+    # The approve is signed, then the wallet is found short of the lock's fee (spent meanwhile
+    # by another transaction): the approve is discarded with it.
+    real_balance = EthereumAdapter.balance
+    eth_reads = []
+
+    def spent_after_the_approve(self: Any, token: Any = None, owner: Any = None) -> int:
+        if token is None:
+            eth_reads.append(1)
+            if len(eth_reads) > 1:
+                return 0
+        return real_balance(self, token, owner)
+
+    monkeypatch.setattr(EthereumAdapter, "balance", spent_after_the_approve)
+    with pytest.raises(InsufficientFunds, match="lock needs"):
+        adapter.prepare_lock(terms)
+    monkeypatch.setattr(EthereumAdapter, "balance", real_balance)
+    (tx,) = adapter.prepare_lock(_terms(adapter))
+    assert _nonce(tx) == unused  # no gap left behind
+    adapter.broadcast(tx)
+    adapter.wait(tx.txid)
 
 
 def test_a_failed_signature_gives_its_nonce_back(tmp_path, monkeypatch):
@@ -155,7 +193,6 @@ def test_a_failed_signature_gives_its_nonce_back(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="signer unavailable"):
         adapter.prepare_lock(_terms(adapter))
     monkeypatch.setattr(adapter.account, "sign_transaction", real)
-    adapter.nonces.resync()
     (tx,) = adapter.prepare_lock(_terms(adapter))
     assert _nonce(tx) == unused
     adapter.broadcast(tx)

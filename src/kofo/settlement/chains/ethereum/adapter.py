@@ -137,6 +137,10 @@ def _raised(fee: int) -> int:
     return max(fee + 1, -(-fee * 5 // 4))
 
 
+def _nonce_of(tx: SignedTx) -> int:
+    return int(TypedTransaction.from_bytes(HexBytes(tx.raw)).as_dict()["nonce"])
+
+
 def _hex(data: bytes) -> str:
     return "0x" + bytes(data).hex()
 
@@ -362,7 +366,13 @@ class EthereumAdapter:
             approve_tx, approve_gas = self._sign_with_gas(TxKind.APPROVE, approve, fee)
             lock_gas = max(MIN_TOKEN_LOCK_GAS, LOCK_AFTER_APPROVE_GAS_FACTOR * approve_gas)
             txs.append(approve_tx)
-            txs.append(self._sign(TxKind.LOCK, lock, fee, gas=lock_gas))
+            try:
+                txs.append(self._sign(TxKind.LOCK, lock, fee, gas=lock_gas))
+            except BaseException:
+                # The approve is discarded with the lock: its nonce must not stay a gap that
+                # stalls every later transaction of this wallet.
+                self.nonces.release(_nonce_of(approve_tx))
+                raise
         else:
             txs.append(self._sign(TxKind.LOCK, lock, fee))
         return txs

@@ -1,20 +1,20 @@
 """Nonce allocation that is safe across threads, processes and restarts.
 
 Three rules keep a node from ever signing two different transactions with one nonce:
-1. every allocation is one SQLite write transaction (``BEGIN IMMEDIATE``): two processes sharing
-   the store (or two adapters in one process) are serialised by the database, not by a lock
-   only one of them holds, and nothing is cached outside it;
-2. the highest nonce handed out is written (``synchronous=FULL``) *before* the caller gets it,
-   so after a crash the next nonce is ``max(chain's pending count, stored next)``;
-3. every nonce handed out is remembered as *signed* until the chain has mined that nonce or the
-   caller :meth:`NonceManager.release`\\ s it (a transaction it will never send). A
-   :meth:`NonceManager.resync` never goes back below a remembered one: a signed transaction
-   waiting to be broadcast keeps its nonce.
+1. every nonce handed out is *reserved* in SQLite (``synchronous=FULL``) before the caller gets
+   it, and stays reserved until the chain has mined that nonce or the caller
+   :meth:`NonceManager.release`\\ s it (a transaction it will never send);
+2. every allocation is one write transaction (``BEGIN IMMEDIATE``): two processes sharing the
+   store (or two adapters in one process) are serialised by the database, not by a lock only
+   one of them holds, and nothing is cached outside it;
+3. the nonce handed out is the lowest one at or above the chain's pending count that is not
+   reserved. So a crash never reuses a signed transaction's nonce (its reservation survives),
+   and a released one (signing failed, or a transaction was discarded unsent) is handed out
+   again instead of leaving a gap that would stall every later transaction.
 
-A signed transaction that is never broadcast leaves a gap that stalls later ones; the swap
-journal re-broadcasts every stored transaction at start, which fills such gaps. A caller that
-discards a signed transaction releases its nonce, and a resync then hands it out again.
-Without a ``db_path`` the store is an in-memory database: the same rules within one process.
+A signed transaction that is never broadcast still leaves a gap; the swap journal re-broadcasts
+every stored transaction at start, which fills it. Without a ``db_path`` the store is an
+in-memory database: the same rules within one process.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ BUSY_TIMEOUT_S = 30.0
 two row writes and an fsync, so a wait this long means a stuck process, not contention)."""
 
 PRUNE_ABOVE = 64
-"""Signed-nonce rows kept before an allocation asks the chain which were mined and drops
-those: the table stays small without a chain query on every allocation."""
+"""Reservations kept before an allocation asks the chain which were mined and drops those: the
+table stays small without a chain query on every allocation."""
 
 
 class NonceManager:
@@ -44,7 +44,7 @@ class NonceManager:
     ) -> None:
         self._address = address
         self._chain_count = chain_pending_count
-        # Mined (not pending) is what makes a signed nonce safe to forget: a pending
+        # Mined (not pending) is what makes a reservation safe to forget: a pending
         # transaction can still be dropped from the pool and need its nonce kept.
         self._mined_count = chain_mined_count or chain_pending_count
         self._lock = threading.Lock()  # one connection, shared by this process's threads
@@ -60,27 +60,11 @@ class NonceManager:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
-                "CREATE TABLE IF NOT EXISTS eth_nonce (address TEXT PRIMARY KEY, next INTEGER)"
-            )
-            self._db.execute(
                 "CREATE TABLE IF NOT EXISTS eth_nonce_signed "
                 "(address TEXT, nonce INTEGER, PRIMARY KEY (address, nonce))"
             )
 
-    def _stored_next(self) -> int:
-        row = self._db.execute(
-            "SELECT next FROM eth_nonce WHERE address = ?", (self._address,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def _store_next(self, value: int) -> None:
-        self._db.execute(
-            "INSERT INTO eth_nonce(address, next) VALUES(?, ?) "
-            "ON CONFLICT(address) DO UPDATE SET next = excluded.next",
-            (self._address, value),
-        )
-
-    def _signed_count(self) -> int:
+    def _reserved_count(self) -> int:
         row = self._db.execute(
             "SELECT COUNT(*) FROM eth_nonce_signed WHERE address = ?", (self._address,)
         ).fetchone()
@@ -91,30 +75,45 @@ class NonceManager:
             "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce < ?", (self._address, mined)
         )
 
+    def reserved(self) -> list[int]:
+        """The nonces handed out and neither mined (as last seen) nor released, ascending."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT nonce FROM eth_nonce_signed WHERE address = ? ORDER BY nonce",
+                (self._address,),
+            ).fetchall()
+        return [int(r[0]) for r in rows]
+
     def allocate(self) -> int:
-        """The next unused nonce; persisted (and remembered as signed) before it is returned."""
-        # Read outside the write transaction: the chain's count only ever raises the result,
-        # and the database lock should not wait on the network.
+        """The lowest unreserved nonce at or above the chain's pending count; reserved (and
+        persisted) before it is returned."""
+        # Read outside the write transaction: the database lock should not wait on the
+        # network, and a count read a little early is only lower (reservations cover ours).
         chain = self._chain_count()
         with self._lock:
-            prune = self._signed_count() > PRUNE_ABOVE
+            prune = self._reserved_count() > PRUNE_ABOVE
         mined = self._mined_count() if prune else None
         with self._lock, _immediate(self._db):
-            # Another wallet using the same key (or another process on this store) may have
-            # moved on: the larger of the two wins.
-            nonce = max(chain, self._stored_next())
-            self._store_next(nonce + 1)
-            self._db.execute(
-                "INSERT OR IGNORE INTO eth_nonce_signed(address, nonce) VALUES(?, ?)",
-                (self._address, nonce),
-            )
             if mined is not None:
                 self._forget_mined(mined)
+            nonce = chain
+            for (taken,) in self._db.execute(
+                "SELECT nonce FROM eth_nonce_signed WHERE address = ? AND nonce >= ? "
+                "ORDER BY nonce",
+                (self._address, chain),
+            ):
+                if int(taken) != nonce:
+                    break  # a free nonce below the next reserved one
+                nonce += 1
+            self._db.execute(
+                "INSERT INTO eth_nonce_signed(address, nonce) VALUES(?, ?)",
+                (self._address, nonce),
+            )
             return nonce
 
     def release(self, nonce: int) -> None:
         """Say that no transaction signed with ``nonce`` will ever be broadcast (signing failed,
-        or the transaction was discarded unsent): a later :meth:`resync` may reuse it."""
+        or the transaction was discarded unsent): the next allocation may hand it out again."""
         with self._lock, _immediate(self._db):
             self._db.execute(
                 "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce = ?",
@@ -122,16 +121,11 @@ class NonceManager:
             )
 
     def resync(self) -> None:
-        """Follow the chain's pending count, down as well as up, but never below a nonce still
-        held by a signed transaction (see :meth:`release`)."""
-        pending, mined = self._chain_count(), self._mined_count()
+        """Forget the reservations of nonces the chain has mined. Allocation already follows
+        the chain's pending count, down as well as up, and never hands out a reserved nonce."""
+        mined = self._mined_count()
         with self._lock, _immediate(self._db):
             self._forget_mined(mined)
-            row = self._db.execute(
-                "SELECT MAX(nonce) FROM eth_nonce_signed WHERE address = ?", (self._address,)
-            ).fetchone()
-            held = -1 if row[0] is None else int(row[0])
-            self._store_next(max(pending, held + 1))
 
 
 class _immediate:
