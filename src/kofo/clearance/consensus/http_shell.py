@@ -1,0 +1,90 @@
+"""The HTTP part of the solo ledger's RPC server, kept apart so the stack can be swapped.
+
+A ``ThreadingHTTPServer`` bound to 127.0.0.1 only, with a read timeout per connection (a client
+that stops sending cannot hold a thread forever) and a cap on the request body. It knows nothing
+of JSON-RPC: each request is handed to ``handle(method, path, body) -> (status, body)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 10.0
+"""Seconds a connection may stay silent mid-request; a local client sends a request at once."""
+
+MAX_BODY = 8 << 20
+"""A broadcast carries one transaction (a routed order is a few KB); 8 MB is far above any."""
+
+Handler = Callable[[str, str, bytes], tuple[int, bytes]]
+
+
+class LoopbackHttpServer:
+    """``LoopbackHttpServer(handle, port=0).start().url``; ``stop()`` joins its thread."""
+
+    def __init__(self, handle: Handler, *, port: int = 0) -> None:
+        class _Request(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length < 0 or length > MAX_BODY:
+                    self._send(413, b'{"error":"request body too large"}')
+                    self.close_connection = True
+                    return
+                body = self.rfile.read(length) if length else b""
+                try:
+                    status, data = handle(method, self.path, body)
+                except Exception:
+                    _log.exception("ledger rpc request failed")
+                    status, data = 500, b'{"error":"internal error"}'
+                self._send(status, data)
+
+            def _send(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                _log.debug("ledger rpc %s", format % args)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _Request)
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> LoopbackHttpServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="kofo-ledger-rpc", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._httpd.server_close()
