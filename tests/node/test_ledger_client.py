@@ -229,3 +229,59 @@ def test_solo_rpc_answers_cometbft_uri_requests_and_rpc_errors(solo_url):
     req = urllib.request.Request(solo_url, body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert json.loads(r.read())["error"]["code"] == -32601
+
+
+def test_solo_rpc_commits_concurrent_broadcasts_each_exactly_once(solo_url):
+    client = LedgerClient(solo_url)
+    txs = [Party.make(10 + i).register_tx(ts=_now()) for i in range(24)]
+    results: list = []
+    errors: list = []
+
+    def send(chunk):
+        try:
+            results.extend(LedgerClient(solo_url).commit(tx, timeout=WAIT) for tx in chunk)
+        except Exception as exc:  # reported below; a thread must not swallow it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(txs[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=WAIT * 2)
+    assert not errors
+    assert sorted(r.hash for r in results) == sorted(tx_hash(t) for t in txs)
+    assert len({(r.height, r.index) for r in results}) == len(txs)
+    in_blocks = [tx for h in range(1, client.status().height + 1) for tx in client.block(h).txs]
+    assert sorted(in_blocks) == sorted(txs)  # each once, nothing else
+
+
+def test_solo_rpc_sheds_connections_past_its_bound_and_recovers(solo_url):
+    from kofo.clearance.consensus.http_shell import MAX_CONNECTIONS
+
+    port = int(solo_url.rsplit(":", 1)[1])
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # a request that never finishes
+            idle.append(s)
+        client = LedgerClient(solo_url, timeout=5)
+        deadline = time.monotonic() + WAIT
+        while True:  # the server accepts the idle ones in its own time; then it sheds
+            try:
+                client.status()
+            except LedgerUnreachable:
+                break
+            assert time.monotonic() < deadline, "the server never shed a connection"
+            time.sleep(0.05)
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            assert client.status().network == "kofo-solo"
+            break
+        except LedgerUnreachable:
+            assert time.monotonic() < deadline, "the server did not recover"
+            time.sleep(0.05)

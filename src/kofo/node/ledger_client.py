@@ -259,6 +259,11 @@ class LedgerClient:
         except LedgerRpcError as exc:
             if _NOT_FOUND.match(exc.data):
                 return None
+            if "indexing is disabled" in exc.data:
+                raise ConfigError(
+                    f'ledger at {self.url} keeps no tx index; set [tx_index] indexer = "kv" '
+                    "in its CometBFT config.toml (the node looks transactions up by hash)"
+                ) from None
             raise
         tr = result.get("tx_result") or {}
         events = tuple(

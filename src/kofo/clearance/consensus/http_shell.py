@@ -1,7 +1,8 @@
 """The HTTP part of the solo ledger's RPC server, kept apart so the stack can be swapped.
 
 A ``ThreadingHTTPServer`` bound to 127.0.0.1 only, with a read timeout per connection (a client
-that stops sending cannot hold a thread forever) and a cap on the request body. It knows nothing
+that stops sending cannot hold a thread forever), a cap on connections served at once and on
+the request body. It knows nothing
 of JSON-RPC: each request is handed to ``handle(method, path, body) -> (status, body)``.
 """
 
@@ -21,7 +22,35 @@ READ_TIMEOUT = 10.0
 MAX_BODY = 8 << 20
 """A broadcast carries one transaction (a routed order is a few KB); 8 MB is far above any."""
 
+MAX_CONNECTIONS = 64
+"""Connections served at once (a thread each). Local nodes keep one or two each; past the
+bound a new connection is closed at once, so a flood costs the flooder, not the ledger."""
+
 Handler = Callable[[str, str, bytes], tuple[int, bytes]]
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class LoopbackHttpServer:
@@ -62,8 +91,7 @@ class LoopbackHttpServer:
             def log_message(self, format: str, *args: Any) -> None:
                 _log.debug("ledger rpc %s", format % args)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _Request)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedServer(("127.0.0.1", port), _Request)
         self._thread: threading.Thread | None = None
 
     @property
