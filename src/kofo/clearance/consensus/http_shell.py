@@ -9,6 +9,7 @@ of JSON-RPC: each request is handed to ``handle(method, path, body) -> (status, 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,9 +33,14 @@ Handler = Callable[[str, str, bytes], tuple[int, bytes]]
 class _BoundedServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+    ) -> None:
         super().__init__(address, handler)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -46,6 +52,15 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-request (reset, broken pipe, read timeout) is routine;
+        # anything else is a bug worth its traceback in the log (never on stderr raw).
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            _log.debug("ledger rpc: client %s went away: %s", client_address, exc)
+        else:
+            _log.error("ledger rpc: request from %s failed", client_address, exc_info=exc)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -56,9 +71,16 @@ class _BoundedServer(ThreadingHTTPServer):
 class LoopbackHttpServer:
     """``LoopbackHttpServer(handle, port=0).start().url``; ``stop()`` joins its thread."""
 
-    def __init__(self, handle: Handler, *, port: int = 0) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        *,
+        port: int = 0,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
         class _Request(BaseHTTPRequestHandler):
-            timeout = READ_TIMEOUT
+            timeout = read_timeout
             protocol_version = "HTTP/1.1"
 
             def _serve(self, method: str) -> None:
@@ -91,7 +113,7 @@ class LoopbackHttpServer:
             def log_message(self, format: str, *args: Any) -> None:
                 _log.debug("ledger rpc %s", format % args)
 
-        self._httpd = _BoundedServer(("127.0.0.1", port), _Request)
+        self._httpd = _BoundedServer(("127.0.0.1", port), _Request, max_connections)
         self._thread: threading.Thread | None = None
 
     @property
