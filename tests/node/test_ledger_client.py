@@ -288,3 +288,14 @@ def test_the_ledger_http_server_sheds_connections_past_its_bound_and_recovers():
         for s in idle:
             s.close()
         server.stop()
+
+
+def test_solo_rpc_stop_commits_what_the_mempool_holds():
+    app = LedgerApp(MerkleStore(), ledger_params())
+    rpc = SoloLedgerRpc(SoloChain(app), block_interval=30).start()  # no block before stop
+    try:
+        raw = Party.make(3).register_tx(ts=_now())
+        LedgerClient(rpc.url).broadcast_tx_sync(raw)
+    finally:
+        rpc.stop()
+    assert app.height == 1 and app.node(Party.make(3).id) is not None

@@ -209,6 +209,8 @@ class SoloLedgerRpc:
                     self.produce_block()
                 except Exception:  # a bug in the app must not kill the producer silently
                     _log.exception("solo ledger: producing a block failed")
+                    if stopping:
+                        return  # never spin at shutdown on a block that cannot be made
                     time.sleep(self._interval)
             if stopping and self.chain.pending == 0:
                 return
