@@ -12,9 +12,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "kofo"
 # package -> kofo packages it must never import (directly)
 FORBIDDEN = {
     "wire": ("kofo.settlement", "kofo.clearance", "kofo.exchange", "kofo.node", "kofo.cli"),
-    "clearance": ("kofo.settlement", "kofo.exchange"),
-    "exchange": ("kofo.settlement", "kofo.clearance"),
-    "settlement": ("kofo.clearance", "kofo.exchange"),
+    "clearance": ("kofo.settlement", "kofo.exchange", "kofo.node", "kofo.cli"),
+    "exchange": ("kofo.settlement", "kofo.clearance", "kofo.node", "kofo.cli"),
+    "settlement": ("kofo.clearance", "kofo.exchange", "kofo.node", "kofo.cli"),
+    # The node composes the layers (it may import all of them); only the CLI sits above it.
+    "node": ("kofo.cli",),
 }
 
 

@@ -189,3 +189,9 @@ def swap_show(swap_id: str, journal: str | None = _JOURNAL_OPTION) -> None:
         console.print(f"  tx {kind.value:<8} {chain} {txid} ({sent})")
     for ev in j.evidence(s.swap_id):
         console.print(f"  [yellow]evidence[/] {ev.kind} {ev.code} {ev.detail}")
+
+
+# `kofo init`, `kofo node`, `kofo devnet`: their code lives in kofo.node.commands.
+from kofo.node.commands import register as _register_node_commands  # noqa: E402
+
+_register_node_commands(app)

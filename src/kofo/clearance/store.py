@@ -53,7 +53,12 @@ class MerkleStore:
     """Key/value state with an app hash. ``path=None`` keeps everything in memory."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._db = sqlite3.connect(":memory:" if path is None else str(path))
+        # The solo ledger's block producer commits from its own thread; every caller serialises
+        # its use of one store (the app is driven by one producer), so the connection may move
+        # between threads.
+        self._db = sqlite3.connect(
+            ":memory:" if path is None else str(path), check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(

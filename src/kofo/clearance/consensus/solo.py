@@ -41,6 +41,8 @@ class SoloChain:
         self._mempool: deque[bytes] = deque()
         self._lock = threading.Lock()
         self._last_time = 0
+        self.last_block: Block | None = None
+        """The block :meth:`produce_block` applied last (its txs and time, for the RPC face)."""
         self._pool: ThreadPoolExecutor | None = None
         app.init_chain()
 
@@ -82,7 +84,9 @@ class SoloChain:
             now = max(self._clock(), self._last_time)
             self._last_time = now
             block = Block(self.app.height + 1, now, txs)
-            return self.app.apply_block(block)
+            result = self.app.apply_block(block)
+            self.last_block = block
+            return result
 
     def drain(self) -> list[BlockResult]:
         """Produce blocks until the mempool is empty (at least one block)."""

@@ -1,0 +1,241 @@
+"""``kofo devnet``: the embedded chains and the solo ledger, served for local nodes.
+
+One process starts, on 127.0.0.1:
+
+- the embedded Bitcoin regtest chain over Bitcoin Core's JSON-RPC (basic auth, a fresh random
+  password each run), with a block every ``block_interval`` seconds so confirmations come;
+- the embedded EVM (py-evm) over Ethereum JSON-RPC, with the HTLC contract and a test ERC-20
+  (``DUSD``, 6 decimals) deployed;
+- the solo clearance ledger over CometBFT's RPC subset.
+
+It funds the addresses it is given (``bcrt1...`` a 50 BTC coinbase each, matured; ``0x...``
+ETH and DUSD) and prints what a node's ``config.toml`` needs: as TOML, or as one JSON line
+(``--json``) that ``kofo init --devnet FILE`` reads. It runs until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from web3 import Web3
+from web3.types import Wei
+
+from kofo.clearance.app import LedgerApp
+from kofo.clearance.consensus.solo import SoloChain
+from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
+from kofo.clearance.params import LedgerParams
+from kofo.clearance.store import MerkleStore
+from kofo.errors import InvalidInput, KofoError
+from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
+from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer, address_to_script
+from kofo.settlement.chains.bitcoin.tx import p2wpkh_script_pubkey
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.chains.ethereum.contract import deploy
+from kofo.settlement.chains.ethereum.devnet import DevnetServer
+
+log = logging.getLogger(__name__)
+
+BLOCK_INTERVAL = 1.0
+"""Seconds between regtest blocks: a confirmation a second keeps a local swap quick while each
+one is still its own block."""
+FUND_WEI = 100 * 10**18
+FUND_DUSD = 1_000_000 * 10**6
+COINBASE_MATURITY = 100
+"""Bitcoin's rule: a coinbase output is spendable 100 blocks after its own."""
+_REGTEST = chain_params("btc", "regtest")
+_MINT_ABI = [
+    {
+        "name": "mint",
+        "type": "function",
+        "stateMutability": "nonpayable",
+        "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}],
+        "outputs": [],
+    }
+]
+
+
+@dataclass
+class Devnet:
+    """The running servers; :meth:`describe` is what a node config needs."""
+
+    btc: EmbeddedChain
+    btc_server: RegtestRpcServer
+    btc_user: str
+    btc_password: str = field(repr=False)
+    eth_server: DevnetServer = field(repr=False)
+    ledger: SoloLedgerRpc = field(repr=False)
+    htlc: str = ""
+    dusd: str = ""
+    funded: list[dict[str, Any]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _miner: threading.Thread | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "ledger": {"url": self.ledger.url},
+            "chains": {
+                "btc": {
+                    "rpc_url": self.btc_server.url.rstrip("/"),
+                    "rpc_user": self.btc_user,
+                    "rpc_password": self.btc_password,
+                    "network": "regtest",
+                    "dialect": "core",
+                },
+                "eth": {
+                    "rpc_url": self.eth_server.url,
+                    "htlc_contract": self.htlc,
+                    "tokens": {"DUSD": self.dusd},
+                },
+            },
+            "funded": self.funded,
+        }
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._miner is not None:
+            self._miner.join()
+        self.ledger.stop()
+        self.eth_server.stop()
+        self.btc_server.stop()
+        self.btc.close()
+
+
+def _burn_script() -> bytes:
+    # Clock-only blocks pay a key nobody keeps, so no funded balance moves with them.
+    return p2wpkh_script_pubkey(HdWallet(os.urandom(32), _REGTEST).identity.pubkey)
+
+
+def start_devnet(
+    *,
+    btc_port: int = 0,
+    eth_port: int = 0,
+    ledger_port: int = 0,
+    fund: list[str] | None = None,
+    block_interval: float = BLOCK_INTERVAL,
+    ledger_params: LedgerParams | None = None,
+    progress: Callable[[str], None] = lambda _line: None,
+) -> Devnet:
+    """Start everything (ports 0 = free ones), fund ``fund``; the caller calls ``stop()``."""
+    if block_interval < 0:
+        raise InvalidInput(f"block_interval must be >= 0 seconds, got {block_interval}")
+    btc_targets, eth_targets = _split_fund(fund or [])
+    btc = EmbeddedChain(params=_REGTEST)
+    user, password = "kofo-devnet", secrets.token_hex(16)
+    started: list[Callable[[], None]] = [btc.close]
+    try:
+        btc_server = RegtestRpcServer(btc, user, password, port=btc_port).start()
+        started.append(btc_server.stop)
+        eth_server = DevnetServer(port=eth_port).start()
+        started.append(eth_server.stop)
+        app = LedgerApp(MerkleStore(), ledger_params)
+        ledger = SoloLedgerRpc(SoloChain(app), port=ledger_port).start()
+        started.append(ledger.stop)
+        net = Devnet(btc, btc_server, user, password, eth_server, ledger)
+        progress(f"bitcoin regtest (Core JSON-RPC) at {btc_server.url}")
+        progress(f"EVM (Ethereum JSON-RPC) at {eth_server.url}")
+        progress(f"solo ledger (CometBFT RPC) at {ledger.url}")
+
+        w3 = Web3(Web3.HTTPProvider(eth_server.url, request_kwargs={"timeout": 30}))
+        faucet = w3.eth.accounts[0]  # the devnet's pre-funded, unlocked account
+        net.htlc = deploy(w3, "HTLC", faucet)
+        net.dusd = deploy(w3, "TestToken", faucet, "Devnet USD", "DUSD", 6)
+        progress(f"deployed HTLC {net.htlc} and DUSD token {net.dusd}")
+        minter = w3.eth.contract(address=Web3.to_checksum_address(net.dusd), abi=_MINT_ABI)
+        for address in eth_targets:
+            to = Web3.to_checksum_address(address)
+            w3.eth.wait_for_transaction_receipt(
+                w3.eth.send_transaction({"from": faucet, "to": to, "value": Wei(FUND_WEI)})
+            )
+            w3.eth.wait_for_transaction_receipt(
+                minter.functions.mint(to, FUND_DUSD).transact({"from": faucet})
+            )
+            net.funded.append({"chain": "eth", "address": to, "wei": FUND_WEI})
+            net.funded.append({"chain": "eth", "token": "DUSD", "address": to, "units": FUND_DUSD})
+            progress(f"funded {to}: {FUND_WEI // 10**18} ETH, {FUND_DUSD // 10**6} DUSD")
+        burn = _burn_script()
+        for address, script in btc_targets:
+            btc.mine(1, script)
+            net.funded.append({"chain": "btc", "address": address, "sats": 50 * 10**8})
+        btc.mine(COINBASE_MATURITY, burn)  # coinbase outputs mature after 100 blocks
+        for address, _ in btc_targets:
+            progress(f"funded {address}: a 50 BTC coinbase (matured)")
+        if block_interval > 0:
+            net._miner = threading.Thread(
+                target=_mine_loop, args=(btc, burn, block_interval, net._stop), daemon=True
+            )
+            net._miner.start()
+        return net
+    except BaseException:
+        for stop in reversed(started):
+            stop()
+        raise
+
+
+def _mine_loop(chain: EmbeddedChain, script: bytes, interval: float, stop: threading.Event) -> None:
+    ensure_thread_params()  # python-bitcointx keeps its chain params per thread
+    while not stop.wait(interval):
+        try:
+            chain.mine(1, script)
+        except KofoError:
+            log.exception("devnet: mining a regtest block failed; trying again next interval")
+
+
+def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+    btc: list[tuple[str, bytes]] = []
+    eth: list[str] = []
+    for address in fund:
+        if address.startswith("0x"):
+            if not Web3.is_address(address):
+                raise InvalidInput(f"--fund {address!r} is not an Ethereum address")
+            eth.append(address)
+        elif address.lower().startswith(_REGTEST.bech32_hrp + "1"):
+            try:
+                btc.append((address, address_to_script(address, hrp=_REGTEST.bech32_hrp)))
+            except InvalidInput as exc:
+                raise InvalidInput(f"--fund {address!r}: {exc}") from None
+        else:
+            raise InvalidInput(
+                f"--fund {address!r}: give a regtest bech32 address (bcrt1...) or an "
+                "Ethereum address (0x...)"
+            )
+    return btc, eth
+
+
+def toml_snippet(desc: dict[str, Any]) -> str:
+    """The ``[ledger]`` and ``[chains.*]`` tables of a node config for this devnet."""
+    from kofo.node.config import render_config
+
+    full = render_config(name="kofo", ledger_url=desc["ledger"]["url"], chains=desc["chains"])
+    keep, on = [], False
+    for line in full.splitlines():
+        if line.startswith("["):
+            on = line.startswith(("[ledger]", "[chains."))
+        elif line.startswith("# Standing offers"):
+            on = False
+        if on:
+            keep.append(line)
+    return "\n".join(keep).strip() + "\n"
+
+
+def run_until_signal(net: Devnet) -> None:
+    """Block until SIGINT or SIGTERM, then stop ``net``."""
+    done = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda _s, _f: done.set())
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        done.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        net.stop()

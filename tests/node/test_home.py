@@ -1,0 +1,136 @@
+"""`kofo init` homes, config validation and the one-node-per-home lock (in process)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+
+import pytest
+
+from kofo.errors import ConfigError, WalletError
+from kofo.node.config import load_config, parse_config, render_config
+from kofo.node.home import HomeLock, NodeAlreadyRunning, init_home
+from kofo.wallet import NodeWallet
+
+PASS = "correct horse battery"
+
+DEVNET_CHAINS = {
+    "btc": {
+        "rpc_url": "http://127.0.0.1:18443",
+        "rpc_user": "kofo",
+        "rpc_password": "secret",
+        "network": "regtest",
+        "dialect": "core",
+    },
+    "eth": {
+        "rpc_url": "http://127.0.0.1:8545",
+        "htlc_contract": "0x" + "11" * 20,
+        "tokens": {"DUSD": "0x" + "22" * 20},
+    },
+}
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_init_writes_a_private_home_whose_config_loads(tmp_path):
+    home = tmp_path / "alice"
+    config, created = init_home(
+        home, PASS, name="alice", ledger_url="http://127.0.0.1:26657", chains=DEVNET_CHAINS
+    )
+    assert created
+    assert _mode(home) == 0o700
+    for f in ("config.toml", "wallet.json", "journal.sqlite"):
+        assert _mode(home / f) == 0o600, f
+    loaded = load_config(home)
+    assert loaded == config
+    assert loaded.name == "alice" and loaded.ledger.url == "http://127.0.0.1:26657"
+    assert loaded.chains["btc"].rpc_password == "secret"  # type: ignore[union-attr]
+    assert loaded.chains["eth"].tokens == {"DUSD": "0x" + "22" * 20}  # type: ignore[union-attr]
+    assert str(loaded.api) == "127.0.0.1:9731"
+    NodeWallet.open(loaded.wallet_path, PASS)
+    assert "secret" not in repr(loaded)  # a chain password never reaches a log line
+
+
+def test_init_refuses_an_existing_home_and_force_never_overwrites_the_wallet(tmp_path):
+    home = tmp_path / "h"
+    init_home(home, PASS)
+    address = NodeWallet.open(home / "wallet.json", PASS).eth_account().address
+    wallet_bytes = (home / "wallet.json").read_bytes()
+    with pytest.raises(ConfigError, match="not empty"):
+        init_home(home, PASS)
+    with pytest.raises(WalletError):  # --force with another passphrase: the wallet is not ours
+        init_home(home, "another passphrase", force=True)
+    _, created = init_home(home, PASS, name="renamed", force=True)
+    assert not created
+    assert (home / "wallet.json").read_bytes() == wallet_bytes
+    assert NodeWallet.open(home / "wallet.json", PASS).eth_account().address == address
+    assert load_config(home).name == "renamed"
+
+
+def _config(**tables):
+    raw = tomllib.loads(render_config(name="n", ledger_url="http://127.0.0.1:1"))
+    for table, values in tables.items():
+        raw.setdefault(table, {}).update(values)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ({"ledger": {"urll": "x"}}, r"unknown key\(s\) urll in \[ledger\]"),
+        ({"ledger": {"url": "ftp://x"}}, r"\[ledger\] url must be an http\(s\)://host:port URL"),
+        ({"ledger": {"timeout": "10"}}, r"\[ledger\] timeout must be an integer or a number"),
+        ({"ledger": {"timeout": 0}}, r"\[ledger\] timeout must be in \(0, 600\]"),
+        ({"api": {"bind": "0.0.0.0:9731"}}, r"\[api\] bind must be a loopback address"),
+        ({"p2p": {"listen": "127.0.0.1"}}, r"\[p2p\] listen must be host:port"),
+        ({"p2p": {"bootstrap": [7]}}, r"\[p2p\] bootstrap\[0\] must be a string"),
+        ({"node": {"log_level": "loud"}}, r"\[node\] log_level must be one of"),
+        ({"chains": {"doge": {}}}, r"\[chains.doge\] is not a chain KOFO settles"),
+        (
+            {"chains": {"btc": {"rpc_url": "http://127.0.0.1:1", "rpc_user": "u"}}},
+            r"\[chains.btc\] rpc_password is required",
+        ),
+        (
+            {"chains": {"eth": {"rpc_url": "http://127.0.0.1:1", "htlc_contract": "0x12"}}},
+            r"\[chains.eth\] htlc_contract must be a 0x-prefixed 20-byte address",
+        ),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_key(tmp_path, tables, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(tmp_path, _config(**tables))
+
+
+def test_offers_are_checked_against_the_configured_chains(tmp_path):
+    raw = _config(chains=DEVNET_CHAINS)
+    offer = {"buy": "btc", "sell": "eth", "price_num": 3, "price_den": 1}
+    raw["offers"] = [{**offer, "min_in": 10, "max_in": 100}]
+    assert parse_config(tmp_path, raw).offers[0].max_in == 100
+    raw["offers"] = [{**offer, "sell": "DUSD", "min_in": 10, "max_in": 100, "fee": -1}]
+    with pytest.raises(ConfigError, match=r"\[offers\[0\]\] fee must be >= 0"):
+        parse_config(tmp_path, raw)
+    raw["offers"] = [{**offer, "sell": "ltc", "min_in": 10, "max_in": 100}]
+    with pytest.raises(ConfigError, match=r"\[offers\[0\]\] sell is 'ltc', not an asset"):
+        parse_config(tmp_path, raw)
+    raw["offers"] = [{**offer, "min_in": 100, "max_in": 10}]
+    with pytest.raises(ConfigError, match=r"min_in \(100\) must not exceed max_in \(10\)"):
+        parse_config(tmp_path, raw)
+
+
+def test_a_missing_or_broken_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="kofo init"):
+        load_config(tmp_path)
+    (tmp_path / "config.toml").write_text("[ledger\nurl=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path)
+
+
+def test_a_second_holder_of_the_home_lock_is_refused_with_the_holders_pid(tmp_path):
+    with HomeLock(tmp_path):
+        with pytest.raises(NodeAlreadyRunning, match=rf"PID {os.getpid()}\b"):
+            HomeLock(tmp_path).acquire()
+    with HomeLock(tmp_path):  # released: the next node takes it
+        pass
