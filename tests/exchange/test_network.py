@@ -121,7 +121,7 @@ def test_superseded_withdrawn_and_expired_offers_leave_every_book():
 
 def test_claim_beyond_its_ttl_is_not_forwarded():
     async def go():
-        nodes = await line(5, addresses=ADDR)
+        nodes = await line(5, addresses=ADDR, dummy_hops=0)
         try:
             nodes[-1].publish_offer("btc", "eth", (3, 1), max_in=10**8)
             await wait_until(lambda: len(nodes[0].book) == 1)

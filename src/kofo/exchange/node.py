@@ -26,6 +26,7 @@ from kofo.exchange.book import OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
     RouteParty,
+    RouteView,
     build_settlement_order,
     check_order,
     net_of_protocol_fee,
@@ -36,6 +37,7 @@ from kofo.exchange.transport import (
     Link,
     LinkError,
     LinkLimits,
+    TokenBucket,
     handshake,
     node_id_of,
     tls_identity,
@@ -93,6 +95,12 @@ class RouteFailed(KofoError):
     code = "route_failed"
 
 
+class ClaimBudget(KofoError):
+    """A peer sent claims beyond its budget (see ``ExchangeConfig.claims_per_peer``)."""
+
+    code = "claim_budget"
+
+
 @dataclass(slots=True)
 class ExchangeConfig:
     host: str = "127.0.0.1"
@@ -107,7 +115,7 @@ class ExchangeConfig:
     ban_s: float = 30.0
     maintain_s: float = 0.25
     backoff_base_s: float = 0.2
-    backoff_max_s: float = 5.0
+    backoff_max_s: float = 300.0
     # Feelers: at or above ``target_degree`` a node still dials, every ``feeler_s`` (jittered),
     # the known address it has no link to and tried least recently, so a network split into
     # parts that each have their degree (or a node whose known peers all died) joins up again.
@@ -115,6 +123,26 @@ class ExchangeConfig:
     # fewer than ``target_degree`` other links. 0 turns feelers off (so does target_degree 0).
     feeler_s: float = 2.0
     settle_timeout_s: float = 5.0
+    # Claim budgets (per upstream peer): live relay states its claims may hold, and a token
+    # bucket of new claims per second; over budget a claim is dropped unforwarded and costs
+    # the peer score. The node holds at most ``max_relay_states`` in all.
+    claims_per_peer: int = 256
+    claim_rate: float = 100.0
+    claim_burst: float = 200.0
+    max_relay_states: int = 10_000
+    # Fulfils: a relay keeps at most this many per claim (per downstream link), an initiator
+    # takes at most this many quotes per claim through one neighbour and ``max_quotes`` in all.
+    max_fulfils_per_claim: int = 32
+    max_quotes: int = 256
+    # An initiator starts its claim with 0..dummy_hops hops of its own (uniformly), so the
+    # first hop cannot tell from the path that its link peer is the taker (docs/exchange.md).
+    dummy_hops: int = 2
+    # Address table: at most ``max_known`` addresses, at most ``max_known_per_source`` learned
+    # from one peer; an address learned from peers is forgotten after ``max_dial_failures``
+    # failed dials in a row (bootstrap addresses are kept, with the backoff at its cap).
+    max_known: int = 1024
+    max_known_per_source: int = 64
+    max_dial_failures: int = 6
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> own address
     # The ledger's rate (the composer sets it from the ledger's parameters): initiators put it
     # in orders, providers net it out of their quotes and refuse orders charging more.
@@ -127,6 +155,7 @@ class _Downstream:
     peer: bytes
     amount_in: int
     amount_out_here: int  # the ``want`` amount the provider delivers through us
+    keys: list[bytes]  # the fulfil's path keys by position, the filler's key last
 
 
 @dataclass(slots=True)
@@ -141,6 +170,13 @@ class _RelayState:
     expires_ms: int
     downstream: dict[bytes, _Downstream] = field(default_factory=dict)
     filled: tuple[bytes, int, int] | None = None  # (fulfil_id, amount_in, amount_out)
+    accepted: bytes | None = None  # the one fulfil id accepted for this claim
+    joins_up: int = 0  # joins relayed towards the initiator
+    # Once this node co-signed: the order's signed bytes and the node id at each position,
+    # to check the signatures of the parties after it before relaying them.
+    order_data: bytes | None = None
+    owners: list[bytes] = field(default_factory=list)
+    osigs_up: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -151,10 +187,15 @@ class _Pending:
     eph: Ed25519PrivateKey
     reply: X25519PrivateKey
     sent_ms: int
+    dummies: list[Ed25519PrivateKey] = field(default_factory=list)
+    dummy_path: list[PathHop] = field(default_factory=list)
     quotes: list[Quote] = field(default_factory=list)
+    per_via: dict[bytes, int] = field(default_factory=dict)
     joins: dict[int, Join] = field(default_factory=dict)
     osigs: dict[int, bytes] = field(default_factory=dict)
     chosen: Quote | None = None
+    order_data: bytes | None = None
+    owners: list[bytes] = field(default_factory=list)  # node id per position, once ordered
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -164,6 +205,7 @@ class NodeStats:
     rejected: dict[str, int] = field(default_factory=dict)
     claims_seen: int = 0
     claims_dup: int = 0
+    claims_refused: int = 0
 
 
 class ExchangeNode:
@@ -193,6 +235,8 @@ class ExchangeNode:
         self.book = OrderBook()
         self._own_offers: dict[bytes, SignedOffer] = {}
         self._relay: dict[bytes, _RelayState] = {}
+        self._claims_by_peer: dict[bytes, int] = {}  # live relay states per upstream peer
+        self._claim_buckets: dict[bytes, TokenBucket] = {}
         self._pending: dict[bytes, _Pending] = {}
         self.stats = NodeStats()
         self._server: asyncio.base_events.Server | None = None
@@ -326,6 +370,7 @@ class ExchangeNode:
             self._feelers.discard(link)
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
+                self._claim_buckets.pop(link.peer_id, None)
 
     def _abuse(self, link: Link, reason: str, penalty: int) -> None:
         kind = reason.split(":")[0]
@@ -372,8 +417,7 @@ class ExchangeNode:
         mono = time.monotonic()
         now = now_ms()
         self.book.sweep(now)
-        for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
-            del self._relay[cid]
+        self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
         horizon = MAX_CLAIM_HORIZON_MS + int(self.config.settle_timeout_s * 1000) * 2
         for cid in [c for c, pd in self._pending.items() if pd.sent_ms + horizon <= now]:
@@ -403,6 +447,15 @@ class ExchangeNode:
         ):
             self._next_feeler = mono + self.config.feeler_s * (0.5 + self._rng.random())
             self._feel(mono, linked)
+
+    def _sweep_relay(self, now: int) -> None:
+        for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
+            st = self._relay.pop(cid)
+            left = self._claims_by_peer.get(st.upstream, 1) - 1
+            if left > 0:
+                self._claims_by_peer[st.upstream] = left
+            else:
+                self._claims_by_peer.pop(st.upstream, None)
 
     def _dial_candidates(self, mono: float, linked: set[bytes]) -> list[tuple[str, int]]:
         return [
@@ -441,6 +494,8 @@ class ExchangeNode:
             handler(self, link, frame.body)
         except BadSignature as exc:
             self._abuse(link, str(exc), 25)
+        except ClaimBudget as exc:
+            self._abuse(link, str(exc), 2)
         except (BadMessage, EncodingError) as exc:
             self._abuse(link, str(exc), 10)
         except KofoError as exc:
@@ -579,6 +634,23 @@ class ExchangeNode:
         if cid in self._relay or cid in self._pending:
             self.stats.claims_dup += 1  # a loop or a second path: drop quietly
             return
+        peer = link.peer_id
+        # Budgets before any signature: a peer's claims hold at most ``claims_per_peer`` live
+        # states here and arrive at most at ``claim_rate``; the node holds a bounded total.
+        bucket = self._claim_buckets.get(peer)
+        if bucket is None:
+            bucket = TokenBucket(self.config.claim_rate, self.config.claim_burst)
+            self._claim_buckets[peer] = bucket
+        held = self._claims_by_peer.get(peer, 0)
+        if held >= self.config.claims_per_peer or not bucket.take():
+            self.stats.claims_refused += 1
+            raise ClaimBudget(f"claim budget exceeded: {held} live claims from this peer")
+        if len(self._relay) >= self.config.max_relay_states:
+            self._sweep_relay(now_ms())
+            if len(self._relay) >= self.config.max_relay_states:
+                self.stats.claims_refused += 1
+                log.info("claim %s dropped: relay state is full", cid.hex()[:12])
+                return
         sc = open_claim(raw)
         claim = sc.claim
         now = now_ms()
@@ -602,6 +674,7 @@ class ExchangeNode:
             expires_ms=claim.deadline_ms + self.config.quote_valid_ms,
         )
         self._relay[cid] = st
+        self._claims_by_peer[peer] = held + 1
         fill = self._best_fill(claim)
         if fill is not None:
             f = Fulfil(cid, st.position, fill[0], fill[1], now + self.config.quote_valid_ms, path)
@@ -676,9 +749,14 @@ class ExchangeNode:
         if any(fee.fee for fee in fees):
             raise BadMessage("fulfil: hop fees must be 0 (relays are paid from the protocol fee)")
         upstream = self.links.get(st.upstream)
-        if upstream is None:
+        if upstream is None or sf.fulfil_id in st.downstream:
             return
-        st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out)
+        if sum(d.peer == link.peer_id for d in st.downstream.values()) >= (
+            self.config.max_fulfils_per_claim
+        ):
+            raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
+        keys = [h.pub for h in f.path] + [sf.filler_eph]
+        st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out, keys)
         # The entry is this hop's signed acknowledgement that it carried the fulfil (the
         # relay's FeeQuote in the order names it); the ledger pays the relay, not the route.
         fees.append(sign_fee(st.eph, sf.fulfil_id, me, 0))
@@ -705,9 +783,17 @@ class ExchangeNode:
         """
         if not 0 < window_s * 1000 <= MAX_CLAIM_HORIZON_MS:
             raise KofoError(f"window_s {window_s} is out of range", code="invalid_input")
+        if not 0 < max_hops <= MAX_HOPS:
+            raise KofoError(f"max_hops {max_hops} is out of range", code="invalid_input")
         eph = Ed25519PrivateKey.generate()
         reply = X25519PrivateKey.generate()
         sent = now_ms()
+        # Dummy hops of our own (and as much extra reach) blunt what the first hop learns
+        # from the path: an empty path would tell it that its link peer is the taker.
+        # The hops left (max_hops - path length) vary too, else "remaining == the default"
+        # would give the taker's neighbour away.
+        d = self._rng.randint(0, min(self.config.dummy_hops, MAX_HOPS - max_hops))
+        extra = self._rng.randint(0, min(self.config.dummy_hops, MAX_HOPS - max_hops - d))
         claim = Claim(
             have=have,
             want=want,
@@ -715,14 +801,19 @@ class ExchangeNode:
             limit_num=limit[0],
             limit_den=limit[1],
             deadline_ms=sent + int(window_s * 1000),
-            max_hops=max_hops,
+            max_hops=max_hops + d + extra,
             reply_key=reply.public_key().public_bytes_raw(),
         )
         Claim.from_body(claim.to_body())
         sc = make_claim(eph, claim)
         pending = _Pending(sc, eph, reply, sent)
+        for _ in range(d):
+            key = Ed25519PrivateKey.generate()
+            pending.dummies.append(key)
+            pending.dummy_path.append(sign_hop(key, sc, pending.dummy_path))
         self._pending[sc.claim_id] = pending
-        self._fan_out(Frame("claim", {"c": sc.raw, "path": []}), exclude=None)
+        path = [h.to_wire() for h in pending.dummy_path]
+        self._fan_out(Frame("claim", {"c": sc.raw, "path": path}), exclude=None)
         deadline = time.monotonic() + window_s
         while enough is None or len(pending.quotes) < enough:
             left = deadline - time.monotonic()
@@ -735,15 +826,32 @@ class ExchangeNode:
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         imp = self._importance or (lambda _p: 0.0)
+        # At equal price the shorter route wins: a relay that pads a route with hops of its
+        # own loses the trade to any plain route to the same provider.
         return sorted(
             quotes,
-            key=lambda q: (q.amount_in == claim.amount, q.rate, imp(q.via), -q.received_ms),
+            key=lambda q: (
+                q.amount_in == claim.amount,
+                q.rate,
+                -q.fulfil.fulfil.position,
+                imp(q.via),
+                -q.received_ms,
+            ),
             reverse=True,
         )
 
     def _collect(self, pending: _Pending, link: Link, sf: Any, fees: list[Any]) -> None:
-        verify_fulfil(pending.sc, sf, fees)
-        q = Quote(pending.sc.claim_id, sf, fees, link.peer_id, now_ms())
+        via = link.peer_id
+        if pending.per_via.get(via, 0) >= self.config.max_fulfils_per_claim:
+            raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
+        if len(pending.quotes) >= self.config.max_quotes:
+            log.info("quote dropped: %d quotes held for this claim", len(pending.quotes))
+            return
+        if any(q.fulfil_id == sf.fulfil_id for q in pending.quotes):
+            return
+        verify_fulfil(pending.sc, sf, fees, pending.dummy_path)
+        pending.per_via[via] = pending.per_via.get(via, 0) + 1
+        q = Quote(pending.sc.claim_id, sf, fees, via, now_ms())
         claim = pending.sc.claim
         if q.amount_in > claim.amount or not claim.accepts(q.amount_in, q.delivered):
             log.info("quote below the limit price dropped")
@@ -755,36 +863,58 @@ class ExchangeNode:
 
     async def settle(self, claim_id: bytes, quote: Quote, payment_hash: bytes) -> CommitOrder:
         """Ask the chosen route's parties to reveal themselves and co-sign its settlement
-        order; return it with every party's signature (ready for the clearance ledger)."""
+        order; return it with every party's signature (ready for the clearance ledger).
+        One quote per claim: a claim is settled (or tried) once."""
         pending = self._pending.get(claim_id)
         if pending is None:
             raise RouteFailed(f"claim {claim_id.hex()[:16]} is not ours or has been closed")
+        if pending.chosen is not None:
+            raise RouteFailed(f"claim {claim_id.hex()[:16]} already has an accepted quote")
+        if all(q.fulfil_id != quote.fulfil_id for q in pending.quotes):
+            raise RouteFailed("the quote is not one this claim received")
         link = self.links.get(quote.via)
         if link is None:
             raise RouteFailed("the neighbour the quote came through is gone")
-        p = quote.fulfil.fulfil.position
+        f = quote.fulfil.fulfil
+        p = f.position
+        d = len(pending.dummies)
         pending.chosen = quote
-        pending.joins.clear()
-        pending.osigs.clear()
         accept = sign(pending.eph, MSG_ACCEPT, Accept(claim_id, quote.fulfil_id).to_body())
         link.send(Frame("accept", {"a": accept.to_bytes()}))
         deadline = time.monotonic() + self.config.settle_timeout_s
-        await self._wait(pending, lambda: len(pending.joins) >= p, deadline, "joins")
+        await self._wait(pending, lambda: len(pending.joins) >= p - d, deadline, "joins")
+        # Our own dummy hops are bound to our node id like any hop, so every party can check
+        # the whole path; they take no fee and hold no leg.
+        own_addresses = dict(self.config.addresses)
+        for i, key in enumerate(pending.dummies, start=1):
+            data = join_message(
+                claim_id, quote.fulfil_id, i, pending.dummy_path[i - 1].pub, self.node_id, {}
+            )
+            pending.joins[i] = Join(i, self.node_id, {}, key.sign(data), self._key.sign(data))
         joins = [pending.joins[i] for i in range(1, p + 1)]
-        ids = [self.node_id] + [j.node_id for j in joins]
-        if len(set(ids)) != len(ids):
+        route = [self.node_id] + [j.node_id for j in joins[d:]]
+        if len(set(route)) != len(route):
             raise RouteFailed("a node appears twice on the route")
+        if joins[d].node_id != quote.via:
+            self._abuse(link, "route: the first hop is not the neighbour the quote came by", 25)
+            raise RouteFailed("the first hop of the route is not the neighbour it came through")
         order = build_settlement_order(
             claim=pending.sc.claim,
-            quote=quote,
-            initiator=RouteParty(self.node_id, self.config.addresses),
-            relays=[j.node_id for j in joins[:-1]],
+            claim_id=claim_id,
+            fulfil_id=quote.fulfil_id,
+            amount_in=quote.amount_in,
+            delivered=quote.delivered,
+            initiator=RouteParty(self.node_id, own_addresses),
+            relays=[(i, joins[i - 1].node_id) for i in range(d + 1, p)],
             provider=RouteParty(joins[-1].node_id, joins[-1].addresses),
+            provider_position=p,
             payment_hash=payment_hash,
             now_s=int(time.time()),
             protocol_fee_bps=self.config.protocol_fee_bps,
         )
         my_sig = order.sign(self._key)
+        pending.order_data = order.signing_bytes()
+        pending.owners = [j.node_id for j in joins]
         link.send(
             Frame(
                 "order",
@@ -793,17 +923,15 @@ class ExchangeNode:
                     "fulfil_id": quote.fulfil_id,
                     "o": order.as_map(),
                     "sig": my_sig.signature,
+                    "joins": [j.to_body() for j in joins],
                 },
             )
         )
-        await self._wait(pending, lambda: len(pending.osigs) >= p, deadline, "signatures")
-        data = order.signing_bytes()
-        sigs = [my_sig]
-        for pos in range(1, p + 1):
-            signer = ids[pos]
-            if not verify_ed25519(signer, pending.osigs[pos], data):
-                raise RouteFailed(f"party at position {pos} signed something else")
-            sigs.append(OrderSignature(signer, pending.osigs[pos]))
+        await self._wait(pending, lambda: len(pending.osigs) >= p - d, deadline, "signatures")
+        sigs = [my_sig] + [
+            OrderSignature(pending.owners[pos - 1], pending.osigs[pos])
+            for pos in range(d + 1, p + 1)
+        ]
         by_signer = {s.signer: s for s in sigs}
         commit = CommitOrder(order, tuple(by_signer[nid] for nid in order.parties()))
         commit.verify_signatures()
@@ -840,6 +968,11 @@ class ExchangeNode:
         if link.peer_id != st.upstream:
             raise BadMessage("accept did not come from the claim's upstream")
         acc = open_accept(raw, st.sc.initiator_eph)
+        # One accept per claim: a taker that accepted every quote would learn every maker's
+        # and relay's identity (each node reveals itself for one route of a claim at most).
+        if st.accepted is not None:
+            raise BadMessage("accept: this claim already has an accepted quote")
+        st.accepted = acc.fulfil_id
         down = st.downstream.get(acc.fulfil_id)
         pos = st.position
         eph_pub = st.eph.public_key().public_bytes_raw()
@@ -857,15 +990,26 @@ class ExchangeNode:
             raise BadMessage("join frame: needs claim_id and a box of at most 2048 bytes")
         pending = self._pending.get(cid)
         if pending is None:
-            self._relay_up(cid, link, Frame("join", body))
+            st = self._up_state(cid, link, "join")
+            if st is None:
+                return
+            assert st.accepted is not None  # _up_state found the accepted fulfil's link
+            down = st.downstream[st.accepted]
+            if st.joins_up >= len(down.keys) - st.position:
+                raise BadMessage("join: more joins than parties after this hop")
+            st.joins_up += 1
+            self._send_up(st, Frame("join", body))
             return
-        join = Join.from_body(decode(open_sealed(pending.reply, box)))
         quote = pending.chosen
-        if quote is None:
-            return
+        if quote is None or link.peer_id != quote.via:
+            raise BadMessage("join: not from the neighbour of the chosen route")
+        join = Join.from_body(decode(open_sealed(pending.reply, box)))
         f = quote.fulfil.fulfil
-        if join.position > f.position:
-            raise BadMessage(f"join: position {join.position} beyond the route")
+        d = len(pending.dummies)
+        if not d < join.position <= f.position:
+            raise BadMessage(f"join: position {join.position} is not on the route")
+        if join.position in pending.joins:
+            raise BadMessage(f"join: position {join.position} already joined")
         eph = (
             quote.fulfil.filler_eph
             if join.position == f.position
@@ -879,13 +1023,19 @@ class ExchangeNode:
         pending.joins[join.position] = join
         pending.changed.set()
 
-    def _relay_up(self, cid: bytes, link: Link, frame: Frame) -> None:
+    def _up_state(self, cid: bytes, link: Link, what: str) -> _RelayState | None:
+        """The state of a claim for a frame travelling towards the initiator: it must come
+        from the link of the accepted fulfil (nobody else is on the route)."""
         st = self._relay.get(cid)
         if st is None:
-            log.info("%s for unknown claim %s dropped", frame.type, cid.hex()[:12])
-            return
-        if link.peer_id == st.upstream:
-            raise BadMessage(f"{frame.type} must travel towards the initiator")
+            log.info("%s for unknown claim %s dropped", what, cid.hex()[:12])
+            return None
+        down = st.downstream.get(st.accepted) if st.accepted is not None else None
+        if down is None or link.peer_id != down.peer:
+            raise BadMessage(f"{what}: not from the next hop of the accepted route")
+        return st
+
+    def _send_up(self, st: _RelayState, frame: Frame) -> None:
         up = self.links.get(st.upstream)
         if up is not None:
             up.send(frame)
@@ -894,38 +1044,56 @@ class ExchangeNode:
         cid, fid, isig = body.get("claim_id"), body.get("fulfil_id"), body.get("sig")
         if not isinstance(cid, bytes) or not isinstance(fid, bytes) or not isinstance(isig, bytes):
             raise BadMessage("order frame: needs claim_id, fulfil_id and sig")
+        raw_joins = body.get("joins")
+        if not isinstance(raw_joins, list) or not 0 < len(raw_joins) <= MAX_HOPS:
+            raise BadMessage(f"order frame: joins must be a list of 1..{MAX_HOPS}")
+        st = self._route_state(cid, fid)
+        if link.peer_id != st.upstream:
+            raise BadMessage("order did not come from the claim's upstream")
+        if st.accepted != fid:
+            raise BadMessage("order: not for the fulfil this claim accepted")
+        if st.order_data is not None:
+            raise BadMessage("order: this claim's order was already signed")
         order = SettlementOrder.from_map(body.get("o"))
         data = order.signing_bytes()
         if not verify_ed25519(order.initiator, isig, data):
             raise BadSignature("order: initiator signature does not verify")
-        st = self._route_state(cid, fid)
-        if link.peer_id != st.upstream:
-            raise BadMessage("order did not come from the claim's upstream")
+        joins = [Join.from_body(j) for j in raw_joins]
         down = st.downstream.get(fid)
-        is_provider = down is None
-        if is_provider:
+        me = st.position
+        own = st.eph.public_key().public_bytes_raw()
+        if down is None:
             assert st.filled is not None
-            amount_in, payout = st.filled[1], st.filled[2]
+            amount_in, amount_out = st.filled[1], st.filled[2]
+            keys = [h.pub for h in st.path] + [own]
         else:
-            assert down is not None
-            amount_in, payout = down.amount_in, down.amount_out_here
-        check_order(
-            order,
-            me=self.node_id,
+            amount_in, amount_out, keys = down.amount_in, down.amount_out_here, down.keys
+        view = RouteView(
+            claim=st.sc.claim,
             claim_id=cid,
             fulfil_id=fid,
-            have=st.sc.claim.have,
-            want=st.sc.claim.want,
             amount_in=amount_in,
-            max_payout=payout,
-            provider=is_provider,
+            amount_out=amount_out,
+            keys=keys,
+            position=me,
+            me=self.node_id,
+            upstream=st.upstream,
+            downstream=None if down is None else down.peer,
+        )
+        check_order(
+            order,
+            joins,
+            view,
+            provider_addresses=dict(self.config.addresses) if down is None else None,
             now_s=int(time.time()),
             max_protocol_fee_bps=(
-                self.config.protocol_fee_bps if is_provider else self.config.max_protocol_fee_bps
+                self.config.protocol_fee_bps if down is None else self.config.max_protocol_fee_bps
             ),
         )
+        st.order_data = data
+        st.owners = [j.node_id for j in joins]
         sig = self._key.sign(data)
-        link.send(Frame("osig", {"claim_id": cid, "position": st.position, "sig": sig}))
+        link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig}))
         if down is not None and down.peer in self.links:
             self.links[down.peer].send(Frame("order", body))
 
@@ -941,8 +1109,29 @@ class ExchangeNode:
             raise BadMessage("osig frame: needs claim_id, position and a 64-byte sig")
         pending = self._pending.get(cid)
         if pending is None:
-            self._relay_up(cid, link, Frame("osig", body))
+            st = self._up_state(cid, link, "osig")
+            if st is None:
+                return
+            # Only the signatures of the parties after this hop, each checked against the
+            # order this node signed, each relayed once.
+            if st.order_data is None or not st.position < pos <= len(st.owners):
+                raise BadMessage(f"osig: position {pos} is not after this hop on the route")
+            if pos in st.osigs_up:
+                raise BadMessage(f"osig: position {pos} was already relayed")
+            if not verify_ed25519(st.owners[pos - 1], sig, st.order_data):
+                raise BadSignature(f"osig: position {pos} did not sign the order")
+            st.osigs_up.add(pos)
+            self._send_up(st, Frame("osig", body))
             return
+        quote = pending.chosen
+        if quote is None or link.peer_id != quote.via:
+            raise BadMessage("osig: not from the neighbour of the chosen route")
+        if pending.order_data is None or not len(pending.dummies) < pos <= len(pending.owners):
+            raise BadMessage(f"osig: position {pos} is not a party of the order")
+        if pos in pending.osigs:
+            raise BadMessage(f"osig: position {pos} already signed")
+        if not verify_ed25519(pending.owners[pos - 1], sig, pending.order_data):
+            raise BadSignature(f"osig: position {pos} did not sign the order")
         pending.osigs[pos] = sig
         pending.changed.set()
 

@@ -23,6 +23,7 @@ alone can open, and then co-sign a :class:`kofo.wire.orders.SettlementOrder`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -40,7 +41,11 @@ from kofo.wire.envelope import (
     verify_ed25519,
 )
 
-FRAME_VERSION = 1
+FRAME_VERSION = 2
+"""Exchange link protocol version. 2 (this): an offer's ``seq`` is per maker (its signing
+time in ms, strictly increasing over all the maker's offers), a claim's path may start with the
+initiator's own dummy hops, and an ``order`` frame carries every position's join so each party
+checks who carried the claim. Version 1 nodes are refused (``frame: unsupported version``)."""
 
 MAX_FRAME_BYTES = 256 * 1024
 """The biggest exchange frame is a fulfil with a full path and fees (a few KiB) or a peer list;
@@ -547,17 +552,26 @@ class Quote:
         return Fraction(self.delivered, self.amount_in)
 
 
-def verify_fulfil(claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee]) -> None:
-    """Check a fulfil arriving at the initiator: the path, the filler, and every hop fee."""
+def verify_fulfil(
+    claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee], own_hops: Sequence[PathHop] = ()
+) -> None:
+    """Check a fulfil arriving at the initiator: the path, the filler, and every hop fee.
+    ``own_hops`` are the initiator's own dummy hops: the path must start with them, and they
+    carry no fee entry (nobody but the initiator holds their keys)."""
     f = sf.fulfil
     if f.claim_id != claim.claim_id:
         raise BadMessage("fulfil: claim_id does not match")
+    d = len(own_hops)
+    if f.position <= d or f.path[:d] != list(own_hops):
+        raise BadMessage("fulfil: the path does not start with the initiator's own hops")
     verify_path(claim, f.path)
     if sf.filler_eph == claim.initiator_eph or any(h.pub == sf.filler_eph for h in f.path):
         raise BadMessage("fulfil: filler key repeats a path key")
     positions = sorted(fee.position for fee in fees)
-    if positions != list(range(1, f.position)):
-        raise BadMessage(f"fulfil: fee positions {positions} do not cover 1..{f.position - 1}")
+    if positions != list(range(d + 1, f.position)):
+        raise BadMessage(
+            f"fulfil: fee positions {positions} do not cover {d + 1}..{f.position - 1}"
+        )
     fid = sf.fulfil_id
     if any(fee.fee for fee in fees):
         raise BadMessage("fulfil: hop fees must be 0 (relays are paid from the protocol fee)")
