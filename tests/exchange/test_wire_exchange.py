@@ -206,7 +206,9 @@ def test_sealed_box_opens_only_with_the_recipient_key(msg):
 def test_a_stale_offer_copy_is_refused_before_its_signature_is_needed(offer):
     book = OrderBook()
     now = 1
-    live = Offer(**{**{f: getattr(offer, f) for f in offer.__slots__}, "expiry_ms": now + 10**6})
+    live = Offer(
+        **{**{f: getattr(offer, f) for f in offer.__slots__}, "expiry_ms": now + 10**6, "seq": now}
+    )
     key = Ed25519PrivateKey.generate()
     so = make_offer(key, live)
     assert book.precheck(so, now) is None

@@ -143,6 +143,9 @@ class ExchangeConfig:
     max_known: int = 1024
     max_known_per_source: int = 64
     max_dial_failures: int = 6
+    # Order book: live offers in all and per maker (see kofo.exchange.book).
+    max_offers: int = 50_000
+    offers_per_maker: int = 64
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> own address
     # The ledger's rate (the composer sets it from the ledger's parameters): initiators put it
     # in orders, providers net it out of their quotes and refuse orders charging more.
@@ -232,7 +235,12 @@ class ExchangeNode:
         self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
         self._scores: dict[bytes, float] = {}
         self._banned: dict[bytes, float] = {}
-        self.book = OrderBook()
+        self.book = OrderBook(
+            self.config.max_offers,
+            per_maker=self.config.offers_per_maker,
+            standing=importance,
+        )
+        self._last_seq = 0
         self._own_offers: dict[bytes, SignedOffer] = {}
         self._relay: dict[bytes, _RelayState] = {}
         self._claims_by_peer: dict[bytes, int] = {}  # live relay states per upstream peer
@@ -561,7 +569,6 @@ class ExchangeNode:
     ) -> SignedOffer:
         """Sign and gossip an offer (a new ``seq`` supersedes an earlier one with the same id)."""
         oid = offer_id or os.urandom(16)
-        prev = self._own_offers.get(oid)
         offer = Offer(
             offer_id=oid,
             buy=buy,
@@ -573,10 +580,12 @@ class ExchangeNode:
             partial=partial,
             fee=fee,
             expiry_ms=now_ms() + ttl_ms,
-            seq=prev.offer.seq + 1 if prev else 1,
+            # Protocol v2: seq is the signing time in ms, increasing over all our offers.
+            seq=max(self._last_seq + 1, now_ms()),
         )
         Offer.from_body(offer.to_body())  # the same checks a receiver applies
         so = make_offer(self._key, offer)
+        self._last_seq = offer.seq
         self._own_offers[oid] = so
         self.book.add(so, now_ms())
         self._gossip_offer(so, exclude=None)
@@ -892,6 +901,7 @@ class ExchangeNode:
             )
             pending.joins[i] = Join(i, self.node_id, {}, key.sign(data), self._key.sign(data))
         joins = [pending.joins[i] for i in range(1, p + 1)]
+        self.book.mark_answered(joins[-1].node_id)
         route = [self.node_id] + [j.node_id for j in joins[d:]]
         if len(set(route)) != len(route):
             raise RouteFailed("a node appears twice on the route")

@@ -1,0 +1,202 @@
+"""Issue 18 (cases 5, 6, 8, 10) and issue 19.6: what a flooding peer can make a node hold,
+on real nodes over loopback. Every loop is bounded; every test fails on the code before."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, ClassVar
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.exchange.book import OrderBook
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.wire.exchange import (
+    Claim,
+    Frame,
+    Fulfil,
+    Offer,
+    make_claim,
+    make_fulfil,
+    make_offer,
+    open_claim,
+    parse_path,
+)
+
+from .helpers import link, start_nodes, stop_all, wait_until
+
+ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _offer(key: Ed25519PrivateKey, *, max_in: int = 10**6, oid: bytes | None = None, seq: int = 0):
+    t = now_ms()
+    o = Offer(oid or os.urandom(16), "btc", "eth", 2, 1, 1, max_in, True, 0, t + 60_000, seq or t)
+    return make_offer(key, o)
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_flood_is_bounded_per_peer_not_fanned_out_and_gets_the_flooder_banned():
+    """Case 5: 2,000 valid claims (a fresh key each) made 2,000 states on the victim, each
+    fanned out. Now a peer's claims hold a bounded number of states and arrive at a bounded
+    rate; past that they are dropped unforwarded and cost the peer score."""
+
+    async def go() -> None:
+        nodes = await start_nodes(3, target_degree=0)
+        flooder, victim, beyond = nodes
+        try:
+            await link(flooder, victim)
+            await link(victim, beyond)
+            lk = flooder.links[victim.node_id]
+            for i in range(2_000):
+                c = Claim("btc", "eth", 10 + i, 0, 1, now_ms() + 20_000, 4, os.urandom(32))
+                if not lk.send(
+                    Frame(
+                        "claim", {"c": make_claim(Ed25519PrivateKey.generate(), c).raw, "path": []}
+                    )
+                ):
+                    break
+                if i % 100 == 0:
+                    await asyncio.sleep(0)
+            await wait_until(
+                lambda: victim.stats.claims_seen >= 2_000 or flooder.node_id not in victim.links,
+                20,
+            )
+            held = sum(st.upstream == flooder.node_id for st in victim._relay.values())
+            assert held <= 256  # ExchangeConfig.claims_per_peer
+            assert beyond.stats.claims_seen <= 256
+            assert flooder.node_id in victim._banned or victim._scores.get(flooder.node_id, 0) > 0
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+@pytest.mark.timeout(60)
+def test_an_offer_flood_is_capped_per_maker_and_a_maker_that_answered_still_gets_in():
+    """Case 6: offers from a key that never answers filled the book and locked honest makers
+    out. Now a maker holds at most ``offers_per_maker``; when sybil makers fill the book, a
+    maker that answered a trade of ours evicts one of theirs."""
+
+    async def go() -> None:
+        nodes = await start_nodes(3, target_degree=0, addresses=ADDR)
+        victim, flooder, maker = nodes
+        victim.book = OrderBook(200)
+        try:
+            await link(maker, victim)
+            await link(flooder, victim)
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(victim.book) == 1)
+            cid, quotes = await victim.request_quotes("btc", "eth", 1000, window_s=5, enough=1)
+            await victim.settle(cid, quotes[0], os.urandom(32))  # the maker answered
+            for _ in range(1_000):  # one key, a thousand offers
+                flooder.publish_offer("btc", "eth", (1, 1), max_in=10)
+            lk = flooder.links[victim.node_id]
+            sybils = [Ed25519PrivateKey.generate() for _ in range(20)]
+            for key in sybils:
+                for _ in range(10):
+                    lk.send(Frame("offer", {"m": _offer(key).raw}))
+            await wait_until(lambda: victim.links[flooder.node_id].frames_in >= 1_200, 20)
+            ids = [so.maker for so in victim.book.all(now_ms())]
+            assert ids.count(flooder.node_id) <= 64  # ExchangeConfig.offers_per_maker
+            assert len(victim.book) == 200  # full of the flood
+            fresh = maker.publish_offer("btc", "eth", (31, 1), max_in=10**8)
+            await wait_until(lambda: fresh.key in {so.key for so in victim.book.all(now_ms())})
+            assert len(victim.book) == 200
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_withdrawn_offer_never_comes_back_after_junk_fills_the_book():
+    """Case 8: enough junk pushed a withdrawal out of memory and a replayed copy of the offer
+    came back. Tombstones are now kept per maker (junk from other keys cannot touch them) and
+    a dropped maker entry leaves its floor."""
+
+    async def go() -> None:
+        nodes = await start_nodes(3, target_degree=0)
+        victim, attacker, maker = nodes
+        victim.book = OrderBook(200)
+        try:
+            await link(maker, victim)
+            await link(attacker, victim)
+            so = maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(victim.book) == 1)
+            maker.withdraw_offer(so.offer.offer_id)
+            await wait_until(lambda: len(victim.book) == 0)
+            lk = attacker.links[victim.node_id]
+            for _ in range(600):  # junk makers: an offer and its withdrawal each
+                key, oid = Ed25519PrivateKey.generate(), os.urandom(16)
+                first = _offer(key, oid=oid)
+                lk.send(Frame("offer", {"m": first.raw}))
+                gone = _offer(key, oid=oid, max_in=0, seq=first.offer.seq + 1)
+                lk.send(Frame("offer", {"m": gone.raw}))
+            await wait_until(lambda: victim.links[attacker.node_id].frames_in >= 1_200, 20)
+            lk.send(Frame("offer", {"m": so.raw}))  # the withdrawn offer, replayed
+            await wait_until(lambda: victim.links[attacker.node_id].frames_in >= 1_201)
+            await asyncio.sleep(0.05)
+            assert so.key not in {o.key for o in victim.book.all(now_ms())}
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+class FulfilFlooder(ExchangeNode):
+    """Answers every claim with ``n`` valid fulfils, each under a fresh filler key."""
+
+    n = 500
+
+    def _h_claim(self, link: Any, body: dict[str, Any]) -> None:
+        sc = open_claim(body["c"])
+        path = parse_path(body["path"])
+        for i in range(self.n):
+            f = Fulfil(
+                sc.claim_id, len(path) + 1, sc.claim.amount, 1000 + i, now_ms() + 10_000, path
+            )
+            sf = make_fulfil(Ed25519PrivateKey.generate(), f)
+            link.send(Frame("fulfil", {"f": sf.raw, "fees": []}))
+
+    _handlers: ClassVar[dict[str, Any]] = {**ExchangeNode._handlers, "claim": _h_claim}
+
+
+@pytest.mark.timeout(60)
+def test_fulfils_to_a_taker_and_a_relays_state_are_capped():
+    """Case 10: a neighbour answering a claim with 500 valid fulfils made the taker hold 500
+    quotes and every relay 500 entries. Now both keep a bounded number per claim per link
+    and score the sender beyond it."""
+
+    async def go() -> None:
+        taker, relay = await start_nodes(2, target_degree=0, addresses=ADDR)
+        direct = FulfilFlooder(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+        behind = FulfilFlooder(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+        nodes = [taker, relay, direct, behind]
+        for n in (direct, behind):
+            await n.start()
+        try:
+            await link(taker, relay)
+            await link(relay, behind)
+            await link(taker, direct)
+            cid, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=3)
+            cap = 32  # ExchangeConfig.max_fulfils_per_claim
+            by_via = [q.via for q in quotes]
+            assert 0 < by_via.count(direct.node_id) <= cap
+            assert 0 < by_via.count(relay.node_id) <= cap
+            assert len(relay._relay[cid].downstream) <= cap
+            assert taker._scores.get(direct.node_id, 0) > 0 or direct.node_id in taker._banned
+            assert relay._scores.get(behind.node_id, 0) > 0 or behind.node_id in relay._banned
+        finally:
+            await stop_all(nodes)
+
+    run(go())
