@@ -200,3 +200,84 @@ def test_fulfils_to_a_taker_and_a_relays_state_are_capped():
             await stop_all(nodes)
 
     run(go())
+
+
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+def test_an_announced_dead_address_is_dialled_with_backoff_and_then_forgotten():
+    """Issue 19.6: an address a peer announced was re-dialled forever (136 dials to one dead
+    port in 11 minutes). Dials now back off exponentially up to a cap, and an announced
+    address that never answers is forgotten after ``max_dial_failures`` tries."""
+
+    async def go() -> None:
+        nodes = await start_nodes(
+            2, target_degree=4, maintain_s=0.02, backoff_base_s=0.01, feeler_s=0
+        )
+        victim, peer = nodes
+        try:
+            await link(peer, victim)
+            dead = ("127.0.0.1", _dead_port())
+            tries = []
+            real_dial = victim._dial
+
+            async def counting(addr, **kw):  # type: ignore[no-untyped-def]
+                if addr == dead:
+                    tries.append(time.monotonic())
+                await real_dial(addr, **kw)
+
+            victim._dial = counting  # type: ignore[method-assign]
+            fake = os.urandom(32)
+            peer.links[victim.node_id].send(Frame("peers", {"peers": [[fake, dead[1]]]}))
+            await wait_until(lambda: dead in victim._known)
+            await wait_until(lambda: dead not in victim._known, 20)
+            await asyncio.sleep(0.5)  # no dial after it is forgotten
+            assert len(tries) == 6  # ExchangeConfig.max_dial_failures
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+@pytest.mark.timeout(60)
+def test_address_table_poisoning_is_bounded_and_a_dial_reaching_another_id_drops_the_address():
+    """Case 7: made-up addresses filled the table, never pruned, and a dial never checked the
+    node id announced for the address. Now each peer can place a bounded number of addresses,
+    a dial expects the announced id, and an address answering with another id is dropped and
+    costs its announcer score."""
+
+    async def go() -> None:
+        nodes = await start_nodes(3, target_degree=0, maintain_s=0.02, feeler_s=0)
+        victim, attacker, other = nodes
+        try:
+            await link(attacker, victim)
+            lk = attacker.links[victim.node_id]
+            for i in range(100):  # 6,400 made-up addresses
+                entries = [[os.urandom(32), 1 + (i * 64 + j) % 65000] for j in range(64)]
+                lk.send(Frame("peers", {"peers": entries}))
+            await wait_until(lambda: victim.links[attacker.node_id].frames_in >= 100)
+            assert len(victim._known) <= 64 + 2  # ExchangeConfig.max_known_per_source
+            # The other node's real address, announced under a made-up id.
+            for addr in [a for a in victim._known if a[1] != attacker.port]:
+                victim._known.pop(addr)
+            getattr(victim, "_source", {}).clear()
+            wrong = os.urandom(32)
+            lk.send(Frame("peers", {"peers": [[wrong, other.port]]}))
+            target = ("127.0.0.1", other.port)
+            await wait_until(lambda: victim._known.get(target) == wrong)
+            victim.config.target_degree = 2
+            await wait_until(lambda: victim._known.get(target) != wrong, 10)
+            await asyncio.sleep(0.2)
+            assert other.node_id not in victim.links
+            assert target not in victim._known
+            assert victim._scores.get(attacker.node_id, 0) > 0
+        finally:
+            await stop_all(nodes)
+
+    run(go())

@@ -231,6 +231,10 @@ class ExchangeNode:
         self._backoff: dict[tuple[str, int], tuple[int, float]] = {}
         self._dialing: set[tuple[str, int]] = set()
         self._tried: dict[tuple[str, int], float] = {}  # address -> last dial (monotonic)
+        # Who announced each address (None: bootstrap, or a peer that linked to us itself),
+        # and the addresses where a handshake reached the node id announced for them.
+        self._source: dict[tuple[str, int], bytes | None] = {}
+        self._verified: set[tuple[str, int]] = set()
         self._next_feeler = 0.0
         self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
         self._scores: dict[bytes, float] = {}
@@ -363,8 +367,18 @@ class ExchangeNode:
             old.close()
         self.links[peer] = link
         if link.peer_port:
-            self._known[(host, link.peer_port)] = peer
-            self._backoff.pop((host, link.peer_port), None)
+            addr = (host, link.peer_port)
+            if link.outbound:
+                # We dialled it and the handshake proved the id: this binding is verified.
+                self._known[addr] = peer
+                self._source.setdefault(addr, None)
+                self._verified.add(addr)
+                self._backoff.pop(addr, None)
+            elif addr not in self._known and len(self._known) < self.config.max_known:
+                # An inbound peer's claimed port is only a hint: it never overwrites a
+                # binding, and a dial that reaches another id drops it.
+                self._known[addr] = peer
+                self._source[addr] = None
         self._spawn(self._run_link(link))
         link.send(Frame("peers_req", {}))
         now = now_ms()
@@ -391,10 +405,18 @@ class ExchangeNode:
             self._banned[link.peer_id] = time.monotonic() + self.config.ban_s
             link.close()
 
+    def _forget(self, addr: tuple[str, int]) -> None:
+        self._known.pop(addr, None)
+        self._source.pop(addr, None)
+        self._verified.discard(addr)
+        self._backoff.pop(addr, None)
+        self._tried.pop(addr, None)
+
     async def _dial(self, addr: tuple[str, int], *, feeler: bool = False) -> None:
         self._tried[addr] = time.monotonic()
+        expect = self._known.get(addr)
         try:
-            peer = await self.connect(*addr, expect=None)
+            peer = await self.connect(*addr, expect=expect)
             link = self.links.get(peer)
             if feeler and link is not None and link.outbound and not link.closed:
                 # Marked before the link's first frame is read (no await since it was
@@ -403,7 +425,25 @@ class ExchangeNode:
         except Exception as exc:  # any dial failure only means: try again later
             if feeler:
                 self._next_feeler = 0.0  # a dead address costs no feeler period: try the next
+            bootstrap = addr in self.config.bootstrap
+            if isinstance(exc, LinkError) and "expected peer" in str(exc) and not bootstrap:
+                # The address answers with another node id than announced for it: forget it,
+                # and the peer that announced it pays (a table poisoned with addresses of
+                # other nodes would steer our dials).
+                source = self._source.get(addr)
+                self._forget(addr)
+                log.info("dial %s:%d reached another node id; address dropped", *addr)
+                if source is not None and source in self.links:
+                    self._abuse(self.links[source], "peers: announced a wrong node id", 5)
+                return
             attempts, _ = self._backoff.get(addr, (0, 0.0))
+            if attempts + 1 >= self.config.max_dial_failures and not bootstrap:
+                source = self._source.get(addr)
+                self._forget(addr)
+                log.info("dial %s:%d failed %d times; address forgotten", *addr, attempts + 1)
+                if source is not None and source in self.links:
+                    self._abuse(self.links[source], "peers: announced an address that is dead", 2)
+                return
             delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempts)
             delay *= (
                 0.5 + self._rng.random()
@@ -455,6 +495,22 @@ class ExchangeNode:
         ):
             self._next_feeler = mono + self.config.feeler_s * (0.5 + self._rng.random())
             self._feel(mono, linked)
+
+    def _evict_address(self) -> bool:
+        """Make room in a full address table: drop an address never verified, announced by
+        the source with the most such addresses (bootstrap and verified ones stay)."""
+        counts: dict[bytes, int] = {}
+        for addr, src in self._source.items():
+            if src is not None and addr not in self._verified and addr not in self._dialing:
+                counts[src] = counts.get(src, 0) + 1
+        if not counts:
+            return False
+        worst = max(counts, key=counts.__getitem__)
+        for addr, src in self._source.items():
+            if src == worst and addr not in self._verified and addr not in self._dialing:
+                self._forget(addr)
+                return True
+        return False
 
     def _sweep_relay(self, now: int) -> None:
         for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
@@ -528,8 +584,10 @@ class ExchangeNode:
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_IN_LIST:
             raise BadMessage(f"peers: must be a list of at most {MAX_PEERS_IN_LIST}")
         host = (link.writer.get_extra_info("peername") or (self.config.host,))[0]
+        src = link.peer_id
+        mine = sum(1 for s in self._source.values() if s == src)
         for item in peers:
-            if (
+            if not (
                 isinstance(item, list)
                 and len(item) == 2
                 and isinstance(item[0], bytes)
@@ -537,11 +595,18 @@ class ExchangeNode:
                 and type(item[1]) is int
                 and 0 < item[1] < 65536
                 and item[0] != self.node_id
-                and len(self._known) < 4096
             ):
-                # Only loopback/LAN peers are learned via the host the list came from: a peer
-                # cannot steer our dials to arbitrary hosts.
-                self._known.setdefault((host, item[1]), item[0])
+                raise BadMessage("peers: each entry must be [32-byte node id, port]")
+            # Only loopback/LAN peers are learned via the host the list came from: a peer
+            # cannot steer our dials to arbitrary hosts.
+            addr = (host, item[1])
+            if addr in self._known or mine >= self.config.max_known_per_source:
+                continue  # a binding is never overwritten by an announcement
+            if len(self._known) >= self.config.max_known and not self._evict_address():
+                break
+            self._known[addr] = item[0]
+            self._source[addr] = src
+            mine += 1
         if link in self._feelers:
             self._feelers.discard(link)
             # A feeler link beyond twice the target degree stays only where it is needed.
