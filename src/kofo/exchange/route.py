@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kofo.wire.envelope import BadMessage, BadSignature, verify_ed25519
-from kofo.wire.exchange import Claim, Join, digest, join_message
+from kofo.wire.exchange import Claim, Join, digest, join_message, quote_id_for
 from kofo.wire.orders import (
     FeeQuote,
     Leg,
@@ -69,22 +69,10 @@ def order_id_for(claim_id: bytes, fulfil_id: bytes) -> bytes:
     return digest(claim_id + fulfil_id)[:16]
 
 
-QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
-
 ORDER_CLOCK_SKEW_S = 60
 """How far the time an order's deadlines are derived from may lie from a co-signer's clock:
 the initiator builds the order moments before the parties check it (the settle timeout is
 seconds), so a minute absorbs clock drift while a deadline moved by hours or days is refused."""
-
-
-def quote_id_for(fulfil_id: bytes, position: int, node: bytes, role: QuoteRole) -> bytes:
-    """The ledger's 16-byte ``quote_id`` of one route party's :class:`FeeQuote`: a hash of the
-    fulfil it carried or made, its position on the path, its node id and its role. Each party's
-    id differs (the ledger refuses an order whose quote ids repeat), and it is derived from what
-    the party signs, so nobody can occupy it first: an order using it needs that party's
-    signature over this very fulfil."""
-    data = QUOTE_ID_DOMAIN + fulfil_id + position.to_bytes(1, "big") + role.value.encode() + node
-    return digest(data)[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +144,13 @@ def build_settlement_order(
     )
     quotes = (
         *(
-            FeeQuote(r, QuoteRole.RELAY, quote_id_for(fulfil_id, pos, r, QuoteRole.RELAY))
+            FeeQuote(r, QuoteRole.RELAY, quote_id_for(fulfil_id, pos, r, QuoteRole.RELAY.value))
             for pos, r in relays
         ),
         FeeQuote(
             provider.node_id,
             QuoteRole.PROVIDER,
-            quote_id_for(fulfil_id, provider_position, provider.node_id, QuoteRole.PROVIDER),
+            quote_id_for(fulfil_id, provider_position, provider.node_id, QuoteRole.PROVIDER.value),
         ),
     )
     return SettlementOrder(

@@ -66,6 +66,7 @@ MAX_PEERS_IN_LIST = 64
 PATH_DOMAIN = b"KOFO/path/v1\x00"
 FEE_DOMAIN = b"KOFO/fee/v1\x00"
 JOIN_DOMAIN = b"KOFO/join/v1\x00"
+QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
 
 MSG_OFFER = "offer"
 MSG_CLAIM = "claim"
@@ -660,3 +661,14 @@ def join_message(
     addresses: dict[str, str],
 ) -> bytes:
     return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node, addresses])
+
+
+def quote_id_for(fulfil_id: bytes, position: int, node: bytes, role: str) -> bytes:
+    """The ledger's 16-byte ``quote_id`` of one route party's ``FeeQuote`` (``role`` is
+    ``"relay"`` or ``"provider"``): ``sha256(KOFO/quote-id/v1 0x00 || fulfil_id || position (1
+    byte) || role || node)[:16]``. Each party's id differs (the ledger refuses an order whose
+    quote ids repeat), and it is derived from what the party signs, so nobody can occupy it
+    first: an order using it needs that party's signature over this very fulfil."""
+    if not 0 < position <= MAX_HOPS:
+        raise BadMessage(f"quote id: position {position} is out of range")
+    return digest(QUOTE_ID_DOMAIN + fulfil_id + bytes([position]) + role.encode() + node)[:16]
