@@ -126,7 +126,7 @@ class OrderBook:
         seq = m.seq_of(o.offer_id)
         if seq is not None and o.seq <= seq:
             return BookVerdict(False, f"offer seq {o.seq} is not newer than {seq}")
-        if seq is None and not o.withdrawn and len(m.live) >= self._per_maker:
+        if o.offer_id not in m.live and not o.withdrawn and len(m.live) >= self._per_maker:
             return BookVerdict(False, f"maker holds {len(m.live)} offers, the cap")
         return None
 
@@ -211,7 +211,11 @@ class OrderBook:
         against would have to outlast that many dropped makers within a day."""
         if not self._idle:
             return False
-        maker, _ = self._idle.popitem(last=False)
+        # The longest idle maker that never answered; one that did only when none is left.
+        maker = next((k for k in self._idle if not self._makers[k].answered), None)
+        if maker is None:
+            maker = next(iter(self._idle))
+        del self._idle[maker]
         m = self._makers.pop(maker)
         floor = max([m.floor, *m.tombs.values()])
         if floor >= 0:
