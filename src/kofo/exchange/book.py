@@ -270,5 +270,12 @@ class OrderBook:
         m = self._makers.get(maker)
         return len(m.live) if m is not None else 0
 
+    def __contains__(self, key: object) -> bool:
+        """Whether ``(maker, offer_id)`` is live here."""
+        if not isinstance(key, tuple) or len(key) != 2:
+            return False
+        m = self._makers.get(key[0])
+        return m is not None and key[1] in m.live
+
     def __len__(self) -> int:
         return self._live
