@@ -34,19 +34,23 @@ def _register(node: ExchangeNode, i: int, ts: int) -> bytes:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("relays", [0, 1, 3])
-def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_relay(relays):
+# (relays, the seed of the taker's dummy-hop draw, the dummy hops it gives)
+@pytest.mark.parametrize(("relays", "seed", "dummies"), [(0, 1, 0), (1, 0, 1), (3, 5, 2)])
+def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_relay(
+    relays, seed, dummies
+):
     """Case 1 of issue 18: every relay's FeeQuote had the same quote_id, so the ledger refused
     every relayed order (``quote ids repeat``). Each party's quote id is now its own."""
 
     async def go():
         nodes = await line(relays + 2, protocol_fee_bps=BPS, addresses=ADDR)
-        # Seeded: some claims start with the initiator's dummy hops, which are not relays.
-        nodes[0]._rng = random.Random(relays)
+        # Seeded: the claim starts with 0, 1 or 2 of the taker's dummy hops (not relays).
+        nodes[0]._rng = random.Random(seed)
         try:
             nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
             await wait_until(lambda: len(nodes[0].book) == 1)
             cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            assert quotes[0].fulfil.fulfil.position == dummies + relays + 1
             commit = await nodes[0].settle(cid, quotes[0], os.urandom(32))
             return nodes, commit
         finally:
