@@ -95,6 +95,12 @@ class RouteFailed(KofoError):
     code = "route_failed"
 
 
+class SealedJoinBad(KofoError):
+    """A join that does not open or parse at the initiator (its relays could not check it)."""
+
+    code = "join_invalid"
+
+
 class ClaimBudget(KofoError):
     """A peer sent claims beyond its budget (see ``ExchangeConfig.claims_per_peer``)."""
 
@@ -558,7 +564,7 @@ class ExchangeNode:
             handler(self, link, frame.body)
         except BadSignature as exc:
             self._abuse(link, str(exc), 25)
-        except ClaimBudget as exc:
+        except (ClaimBudget, SealedJoinBad) as exc:
             self._abuse(link, str(exc), 2)
         except (BadMessage, EncodingError) as exc:
             self._abuse(link, str(exc), 10)
@@ -1078,13 +1084,23 @@ class ExchangeNode:
         quote = pending.chosen
         if quote is None or link.peer_id != quote.via:
             raise BadMessage("join: not from the neighbour of the chosen route")
+        try:
+            join = self._open_join(pending, quote, cid, box)
+        except (BadMessage, BadSignature, EncodingError) as exc:
+            # Sealed to us: the neighbour relaying it could not check it, so it pays little
+            # (a route party that sends a bad join only fails its own route).
+            raise SealedJoinBad(f"join: {exc}") from None
+        pending.joins[join.position] = join
+        pending.changed.set()
+
+    def _open_join(self, pending: _Pending, quote: Quote, cid: bytes, box: bytes) -> Join:
         join = Join.from_body(decode(open_sealed(pending.reply, box)))
         f = quote.fulfil.fulfil
         d = len(pending.dummies)
         if not d < join.position <= f.position:
-            raise BadMessage(f"join: position {join.position} is not on the route")
+            raise BadMessage(f"position {join.position} is not on the route")
         if join.position in pending.joins:
-            raise BadMessage(f"join: position {join.position} already joined")
+            raise BadMessage(f"position {join.position} already joined")
         eph = (
             quote.fulfil.filler_eph
             if join.position == f.position
@@ -1092,11 +1108,10 @@ class ExchangeNode:
         )
         data = join_message(cid, quote.fulfil_id, join.position, eph, join.node_id, join.addresses)
         if not verify_ed25519(eph, join.eph_sig, data):
-            raise BadSignature(f"join: path key at position {join.position} did not sign")
+            raise BadSignature(f"path key at position {join.position} did not sign")
         if not verify_ed25519(join.node_id, join.node_sig, data):
-            raise BadSignature(f"join: node key at position {join.position} did not sign")
-        pending.joins[join.position] = join
-        pending.changed.set()
+            raise BadSignature(f"node key at position {join.position} did not sign")
+        return join
 
     def _up_state(self, cid: bytes, link: Link, what: str) -> _RelayState | None:
         """The state of a claim for a frame travelling towards the initiator: it must come

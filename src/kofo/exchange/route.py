@@ -246,7 +246,8 @@ def check_order(
     if view.downstream is not None and owners[view.position] != view.downstream:
         raise BadMessage("order: the hop after this one is not the link the fulfil came from")
     out, back = order.legs
-    provider = RouteParty(owners[-1], provider_addresses or joins[-1].addresses)
+    addresses = joins[-1].addresses if provider_addresses is None else provider_addresses
+    provider = RouteParty(owners[-1], addresses)
     have_chain, _ = split_asset(view.claim.have)
     want_chain, _ = split_asset(view.claim.want)
     t = out.lock_by - LOCK_WINDOW_S
