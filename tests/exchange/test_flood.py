@@ -281,3 +281,48 @@ def test_address_table_poisoning_is_bounded_and_a_dial_reaching_another_id_drops
             await stop_all(nodes)
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_never_exceeds_its_neighbours_claim_budget_so_a_flood_cannot_get_it_banned():
+    """Attacker's pass over case 5: three flooders, each spending its own budget at an honest
+    relay, made the relay forward more than its neighbour's budget for it, and the neighbour
+    scored (and could ban) the honest relay. A node now sends each peer claims
+    only within the budget that peer gives it."""
+
+    async def go() -> None:
+        nodes = await start_nodes(5, target_degree=0)
+        *flooders, relay, victim = nodes
+        try:
+            for f in flooders:
+                await link(f, relay)
+            await link(relay, victim)
+            for f in flooders:
+                lk = f.links.get(relay.node_id)
+                for i in range(500 if lk is not None else 0):
+                    c = Claim("btc", "eth", 10 + i, 0, 1, now_ms() + 20_000, 4, os.urandom(32))
+                    raw = make_claim(Ed25519PrivateKey.generate(), c).raw
+                    if not lk.send(Frame("claim", {"c": raw, "path": []})):
+                        break
+                    if i % 100 == 0:
+                        await asyncio.sleep(0)
+            await wait_until(
+                lambda: (
+                    all(f.node_id not in relay.links for f in flooders)
+                    or relay.stats.claims_seen >= 1_500
+                ),
+                20,
+            )
+            await asyncio.sleep(0.3)
+            # Nobody that got the relay's claims (the victim, and the flooders' own nodes,
+            # which run the honest code) refused or scored any of them.
+            for n in (victim, *flooders):
+                assert n.stats.claims_refused == 0
+                assert n._scores.get(relay.node_id, 0) == 0
+                assert relay.node_id not in n._banned
+            assert relay.node_id in victim.links
+            assert 0 < victim.stats.claims_seen <= 256
+        finally:
+            await stop_all(nodes)
+
+    run(go())

@@ -255,6 +255,8 @@ class ExchangeNode:
         self._relay: dict[bytes, _RelayState] = {}
         self._claims_by_peer: dict[bytes, int] = {}  # live relay states per upstream peer
         self._claim_buckets: dict[bytes, TokenBucket] = {}
+        # Claims we sent each peer: expiry times still live there, and a token bucket.
+        self._fwd: dict[bytes, tuple[list[int], TokenBucket]] = {}
         self._pending: dict[bytes, _Pending] = {}
         self.stats = NodeStats()
         self._server: asyncio.base_events.Server | None = None
@@ -399,6 +401,7 @@ class ExchangeNode:
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
                 self._claim_buckets.pop(link.peer_id, None)
+                self._fwd.pop(link.peer_id, None)
 
     def _abuse(self, link: Link, reason: str, penalty: int) -> None:
         kind = reason.split(":")[0]
@@ -764,17 +767,36 @@ class ExchangeNode:
         if st.position < claim.max_hops:
             hop = sign_hop(eph, sc, path)
             out = Frame("claim", {"c": raw, "path": [h.to_wire() for h in [*path, hop]]})
-            self._fan_out(out, exclude=link.peer_id)
+            self._fan_out(out, exclude=link.peer_id, expires_ms=st.expires_ms)
 
-    def _fan_out(self, frame: Frame, exclude: bytes | None) -> None:
-        peers = [p for p in self.links if p != exclude]
+    def _fan_out(self, frame: Frame, exclude: bytes | None, expires_ms: int) -> None:
+        """Send a claim to up to ``claim_fanout`` peers, each only within the budget it gives
+        us (three quarters of ours, the same defaults): an honest relay never exceeds a
+        neighbour's claim budget, however hard its own upstream floods it, so a flood costs
+        only its origin score."""
+        now = now_ms()
+        peers = [p for p in self.links if p != exclude and self._fwd_room(p, now)]
         self._rng.shuffle(peers)
         if self._importance is not None:
             imp = self._importance
             peers.sort(key=lambda p: imp(p), reverse=True)
         framed = encode_frame(frame.to_bytes())
         for p in peers[: self.config.claim_fanout]:
-            self.links[p].send_raw(framed)
+            if self.links[p].send_raw(framed):
+                live, bucket = self._fwd[p]
+                bucket.take()
+                live.append(expires_ms)
+
+    def _fwd_room(self, peer: bytes, now: int) -> bool:
+        entry = self._fwd.get(peer)
+        if entry is None:
+            c = self.config
+            entry = ([], TokenBucket(c.claim_rate * 0.75, c.claim_burst * 0.75))
+            self._fwd[peer] = entry
+        live, bucket = entry
+        if live and live[0] <= now:
+            live[:] = [t for t in live if t > now]
+        return len(live) < self.config.claims_per_peer * 3 // 4 and bucket.peek() >= 1
 
     def _best_fill(self, claim: Claim) -> tuple[int, int] | None:
         """``(amount_in, amount_out)`` this node quotes for ``claim``, the output net of the
@@ -893,7 +915,8 @@ class ExchangeNode:
             pending.dummy_path.append(sign_hop(key, sc, pending.dummy_path))
         self._pending[sc.claim_id] = pending
         path = [h.to_wire() for h in pending.dummy_path]
-        self._fan_out(Frame("claim", {"c": sc.raw, "path": path}), exclude=None)
+        expires = claim.deadline_ms + self.config.quote_valid_ms
+        self._fan_out(Frame("claim", {"c": sc.raw, "path": path}), exclude=None, expires_ms=expires)
         deadline = time.monotonic() + window_s
         while enough is None or len(pending.quotes) < enough:
             left = deadline - time.monotonic()
