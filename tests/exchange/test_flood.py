@@ -88,26 +88,36 @@ def test_an_offer_flood_is_capped_per_maker_and_a_maker_that_answered_still_gets
     maker that answered a trade of ours evicts one of theirs."""
 
     async def go() -> None:
-        nodes = await start_nodes(3, target_degree=0, addresses=ADDR)
-        victim, flooder, maker = nodes
+        nodes = await start_nodes(4, target_degree=0, addresses=ADDR)
+        victim, flooder, maker, sybil_host = nodes
         victim.book = OrderBook(200)
         try:
             await link(maker, victim)
             await link(flooder, victim)
+            await link(sybil_host, victim)
             maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
             await wait_until(lambda: len(victim.book) == 1)
             cid, quotes = await victim.request_quotes("btc", "eth", 1000, window_s=5, enough=1)
             await victim.settle(cid, quotes[0], os.urandom(32))  # the maker answered
-            for _ in range(1_000):  # one key, a thousand offers
-                flooder.publish_offer("btc", "eth", (1, 1), max_in=10)
             lk = flooder.links[victim.node_id]
-            sybils = [Ed25519PrivateKey.generate() for _ in range(20)]
-            for key in sybils:
-                for _ in range(10):
-                    lk.send(Frame("offer", {"m": _offer(key).raw}))
-            await wait_until(lambda: victim.links[flooder.node_id].frames_in >= 1_200, 20)
+            for _ in range(1_000):  # its own key, a thousand offers (past its own node's cap)
+                if not lk.send(Frame("offer", {"m": _offer(flooder._key).raw})):
+                    break
+            await wait_until(
+                lambda: (
+                    flooder.node_id not in victim.links
+                    or victim.links[flooder.node_id].frames_in >= 1_000
+                ),
+                20,
+            )
             ids = [so.maker for so in victim.book.all(now_ms())]
             assert ids.count(flooder.node_id) <= 64  # ExchangeConfig.offers_per_maker
+            assert victim._scores.get(flooder.node_id, 0) > 0 or flooder.node_id in victim._banned
+            sk = sybil_host.links[victim.node_id]
+            for key in [Ed25519PrivateKey.generate() for _ in range(20)]:
+                for _ in range(10):
+                    sk.send(Frame("offer", {"m": _offer(key).raw}))
+            await wait_until(lambda: victim.links[sybil_host.node_id].frames_in >= 200, 20)
             assert len(victim.book) == 200  # full of the flood
             fresh = maker.publish_offer("btc", "eth", (31, 1), max_in=10**8)
             await wait_until(lambda: fresh.key in {so.key for so in victim.book.all(now_ms())})

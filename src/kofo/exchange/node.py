@@ -641,8 +641,21 @@ class ExchangeNode:
         ttl_ms: int = 600_000,
         offer_id: bytes | None = None,
     ) -> SignedOffer:
-        """Sign and gossip an offer (a new ``seq`` supersedes an earlier one with the same id)."""
+        """Sign and gossip an offer (a new ``seq`` supersedes an earlier one with the same id).
+        A maker holds at most ``offers_per_maker`` live offers (peers refuse more)."""
         oid = offer_id or os.urandom(16)
+        now = now_ms()
+        live = [
+            k
+            for k, so in self._own_offers.items()
+            if not so.offer.withdrawn and so.offer.expiry_ms > now
+        ]
+        if max_in and oid not in live and len(live) >= self.config.offers_per_maker:
+            raise KofoError(
+                f"a maker holds at most {self.config.offers_per_maker} live offers; "
+                "withdraw one or supersede it (same offer_id)",
+                code="invalid_input",
+            )
         offer = Offer(
             offer_id=oid,
             buy=buy,
@@ -697,7 +710,13 @@ class ExchangeNode:
         if not verdict.accepted:
             # Duplicates are the normal cost of gossip and not the sender's fault; an expired
             # offer is (a small) one.
-            if "expired" in verdict.reason or "ahead" in verdict.reason:
+            if (
+                "expired" in verdict.reason
+                or "ahead" in verdict.reason
+                or ("maker holds" in verdict.reason and so.maker == link.peer_id)
+            ):
+                # A maker past its own cap is at fault; a relay gossiping it is not (it only
+                # forwards offers its own book took).
                 self._abuse(link, f"offer rejected: {verdict.reason}", 2)
             return
         if self.on_offer is not None:
