@@ -23,6 +23,8 @@ from kofo.wire.exchange import (
     make_offer,
     open_claim,
     parse_path,
+    sign_fee,
+    sign_hop,
 )
 
 from .helpers import link, start_nodes, stop_all, wait_until
@@ -332,6 +334,59 @@ def test_a_relay_never_exceeds_its_neighbours_claim_budget_so_a_flood_cannot_get
                 assert relay.node_id not in n._banned
             assert relay.node_id in victim.links
             assert 0 < victim.stats.claims_seen <= 256
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+class DeepFulfilFlooder(ExchangeNode):
+    """Answers every claim with ``n`` fulfils as if relayed from fillers behind it (its own
+    hop in the path, a fresh filler key each): indistinguishable from honest relaying."""
+
+    n = 40
+
+    def _h_claim(self, link: Any, body: dict[str, Any]) -> None:
+        sc = open_claim(body["c"])
+        path = parse_path(body["path"])
+        eph = Ed25519PrivateKey.generate()
+        hop = sign_hop(eph, sc, path)
+        pos = len(path) + 1
+        for i in range(self.n):
+            f = Fulfil(
+                sc.claim_id, pos + 1, sc.claim.amount, 1000 + i, now_ms() + 10_000, [*path, hop]
+            )
+            sf = make_fulfil(Ed25519PrivateKey.generate(), f)
+            fee = sign_fee(eph, sf.fulfil_id, pos, 0)
+            link.send(Frame("fulfil", {"f": sf.raw, "fees": [fee.to_wire()]}))
+
+    _handlers: ClassVar[dict[str, Any]] = {**ExchangeNode._handlers, "claim": _h_claim}
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_never_forwards_more_fulfils_than_its_upstream_takes_so_it_is_never_blamed():
+    """Attacker's pass over case 10: three neighbours of an honest relay each sent it many
+    relayed-looking fulfils; the relay forwarded up to its per-link cap from each, more than
+    the taker takes from one neighbour, and the taker scored the honest relay. A relay now
+    forwards a bounded share per link and a total its upstream takes."""
+
+    async def go() -> None:
+        taker, relay = await start_nodes(2, target_degree=0, addresses=ADDR)
+        flooders = [
+            DeepFulfilFlooder(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+            for _ in range(3)
+        ]
+        nodes = [taker, relay, *flooders]
+        for n in flooders:
+            await n.start()
+        try:
+            await link(taker, relay)
+            for n in flooders:
+                await link(relay, n)
+            _, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=3)
+            assert 0 < len(quotes) <= 32  # ExchangeConfig.max_fulfils_per_claim
+            assert taker._scores.get(relay.node_id, 0) == 0
+            assert relay.node_id in taker.links
         finally:
             await stop_all(nodes)
 

@@ -872,10 +872,16 @@ class ExchangeNode:
         upstream = self.links.get(st.upstream)
         if upstream is None or sf.fulfil_id in st.downstream:
             return
-        if sum(d.peer == link.peer_id for d in st.downstream.values()) >= (
-            self.config.max_fulfils_per_claim
-        ):
-            raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
+        from_peer = [d for d in st.downstream.values() if d.peer == link.peer_id]
+        if f.position == me + 1 and any(len(d.keys) == me + 1 for d in from_peer):
+            # An honest node fills a claim once; more fills from one neighbour are a flood.
+            raise BadMessage("fulfil: a neighbour fills a claim at most once")
+        cap = self.config.max_fulfils_per_claim
+        if len(from_peer) >= max(1, cap // 4) or len(st.downstream) >= cap:
+            # Fulfils it relays from further away: a fair share per link, a total we never
+            # exceed towards our upstream (whose cap per neighbour is the same).
+            log.info("fulfil for claim %s dropped: relay share is full", cid.hex()[:12])
+            return
         keys = [h.pub for h in f.path] + [sf.filler_eph]
         st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out, keys)
         # The entry is this hop's signed acknowledgement that it carried the fulfil (the
@@ -964,7 +970,13 @@ class ExchangeNode:
 
     def _collect(self, pending: _Pending, link: Link, sf: Any, fees: list[Any]) -> None:
         via = link.peer_id
+        first = len(pending.dummies) + 1
+        if sf.fulfil.position == first and any(
+            q.via == via and q.fulfil.fulfil.position == first for q in pending.quotes
+        ):
+            raise BadMessage("fulfil: a neighbour fills a claim at most once")
         if pending.per_via.get(via, 0) >= self.config.max_fulfils_per_claim:
+            # An honest relay never sends more (it forwards at most this many per claim).
             raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
         if len(pending.quotes) >= self.config.max_quotes:
             log.info("quote dropped: %d quotes held for this claim", len(pending.quotes))
