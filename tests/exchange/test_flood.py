@@ -391,3 +391,35 @@ def test_a_relay_never_forwards_more_fulfils_than_its_upstream_takes_so_it_is_ne
             await stop_all(nodes)
 
     run(go())
+
+
+@pytest.mark.timeout(30)
+def test_a_claim_that_expired_in_transit_costs_the_relaying_neighbour_nothing():
+    """Attacker's pass: an honest relay forwarding a claim that expired on the way (the bench
+    showed it on a loaded machine) was scored 5 per claim and could be banned. A claim or
+    fulfil expired by at most TRANSIT_GRACE_MS is dropped unscored; older ones still cost."""
+
+    async def go() -> None:
+        nodes = await start_nodes(2, target_degree=0)
+        a, b = nodes
+        try:
+            await link(a, b)
+            lk = a.links[b.node_id]
+            for i in range(5):
+                c = Claim("btc", "eth", 1 + i, 0, 1, now_ms() - 300, 4, os.urandom(32))
+                lk.send(
+                    Frame(
+                        "claim", {"c": make_claim(Ed25519PrivateKey.generate(), c).raw, "path": []}
+                    )
+                )
+            await wait_until(lambda: b.stats.claims_seen >= 5)
+            assert b._scores.get(a.node_id, 0) == 0
+            c = Claim("btc", "eth", 9, 0, 1, now_ms() - 10_000, 4, os.urandom(32))
+            lk.send(
+                Frame("claim", {"c": make_claim(Ed25519PrivateKey.generate(), c).raw, "path": []})
+            )
+            await wait_until(lambda: b._scores.get(a.node_id, 0) > 0)
+        finally:
+            await stop_all(nodes)
+
+    run(go())

@@ -147,7 +147,7 @@ def test_bad_frames_are_rejected_scored_and_never_stop_the_node():
             bad.send(Frame("nonsense", {}))
             sc = make_claim(
                 Ed25519PrivateKey.generate(),
-                Claim("btc", "eth", 5, 0, 1, int(time.time() * 1000) - 1, 4, os.urandom(32)),
+                Claim("btc", "eth", 5, 0, 1, int(time.time() * 1000) - 5_000, 4, os.urandom(32)),
             )
             bad.send(Frame("claim", {"c": sc.raw, "path": []}))
             forged = bytearray(sc.raw)

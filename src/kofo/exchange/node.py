@@ -91,6 +91,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+TRANSIT_GRACE_MS = 2_000
+"""A claim or fulfil that expired at most this long ago may have expired on its way (latency,
+clock drift between honest nodes): dropped without scoring the neighbour that relayed it."""
+
+
 class RouteFailed(KofoError):
     code = "route_failed"
 
@@ -757,6 +762,10 @@ class ExchangeNode:
         claim = sc.claim
         now = now_ms()
         if claim.deadline_ms <= now:
+            if now - claim.deadline_ms <= TRANSIT_GRACE_MS:
+                # Expired in transit (latency, clocks): an honest relay's, not scored.
+                log.info("claim %s expired in transit dropped", cid.hex()[:12])
+                return
             raise KofoError(
                 f"claim expired: deadline_ms {claim.deadline_ms} < {now}", code="claim_expired"
             )
@@ -849,6 +858,8 @@ class ExchangeNode:
         f = sf.fulfil
         cid = f.claim_id
         if f.valid_until_ms <= now_ms():
+            if now_ms() - f.valid_until_ms <= TRANSIT_GRACE_MS:
+                return  # expired in transit: not the sender's fault
             raise KofoError("fulfil expired", code="fulfil_expired")
         pending = self._pending.get(cid)
         if pending is not None:
