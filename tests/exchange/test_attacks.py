@@ -339,3 +339,32 @@ def test_the_first_hop_cannot_tell_from_the_path_that_its_peer_is_the_taker():
             await stop_all(nodes)
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_at_equal_price_the_shorter_route_ranks_first_whatever_arrived_first():
+    """Case 3, the rank half: at an equal price a longer route never beats a shorter one
+    (before, equal prices were ordered by arrival, which a padding relay can race)."""
+
+    async def go() -> None:
+        nodes = await start_nodes(4, target_degree=0, addresses=ADDR)
+        taker, near, relay, far = nodes
+        try:
+            await link(taker, near)
+            await link(taker, relay)
+            await link(relay, far)
+            for m in (near, far):
+                m.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 2)
+            cid, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=5, enough=2)
+            by_len = sorted(quotes, key=lambda q: q.fulfil.fulfil.position)
+            short, long = by_len[0], by_len[-1]
+            assert short.fulfil.fulfil.position < long.fulfil.fulfil.position
+            assert short.rate == long.rate
+            long = dataclasses.replace(long, received_ms=short.received_ms - 1_000)
+            ranked = taker.rank(taker._pending[cid].sc.claim, [long, short])
+            assert ranked[0] is short
+        finally:
+            await stop_all(nodes)
+
+    run(go())
