@@ -966,7 +966,7 @@ class ExchangeNode:
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         imp = self._importance or (lambda _p: 0.0)
         # At equal price the shorter route wins: a relay that pads a route with hops of its
-        # own loses the trade to any plain route to the same provider.
+        # own loses the trade to any equally priced shorter route.
         return sorted(
             quotes,
             key=lambda q: (
