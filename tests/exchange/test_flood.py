@@ -427,3 +427,40 @@ def test_a_claim_that_expired_in_transit_costs_the_relaying_neighbour_nothing():
             await stop_all(nodes)
 
     run(go())
+
+
+@pytest.mark.timeout(30)
+def test_fulfils_for_claims_the_node_never_saw_cost_the_sender_and_no_signature_check(
+    monkeypatch,
+):
+    """Attacker's pass over case 10: validly signed fulfils for made-up claim ids cost one
+    signature check each and were dropped unscored. Now the claim is looked up first (no
+    verify) and the sender pays."""
+    from kofo.exchange import node as node_module
+
+    checked = []
+    real = getattr(node_module, "check_fulfil", None)
+    monkeypatch.setattr(
+        node_module,
+        "check_fulfil",
+        lambda sf: (checked.append(1), real and real(sf)),
+        raising=False,
+    )
+
+    async def go() -> None:
+        nodes = await start_nodes(2, target_degree=0)
+        attacker, victim = nodes
+        try:
+            await link(attacker, victim)
+            lk = attacker.links[victim.node_id]
+            for _ in range(300):
+                f = Fulfil(os.urandom(32), 1, 100, 100, now_ms() + 10_000, [])
+                sf = make_fulfil(Ed25519PrivateKey.generate(), f)
+                if not lk.send(Frame("fulfil", {"f": sf.raw, "fees": []})):
+                    break
+            await wait_until(lambda: attacker.node_id in victim._banned, 20)
+            assert checked == []
+        finally:
+            await stop_all(nodes)
+
+    run(go())

@@ -59,6 +59,7 @@ from kofo.wire.exchange import (
     Quote,
     SignedClaim,
     SignedOffer,
+    check_fulfil,
     check_offer,
     digest,
     join_message,
@@ -67,9 +68,9 @@ from kofo.wire.exchange import (
     make_offer,
     open_accept,
     open_claim,
-    open_fulfil,
     parse_fees,
     parse_path,
+    read_fulfil,
     read_offer,
     sign_fee,
     sign_hop,
@@ -104,6 +105,12 @@ class SealedJoinBad(KofoError):
     """A join that does not open or parse at the initiator (its relays could not check it)."""
 
     code = "join_invalid"
+
+
+class UnknownClaim(KofoError):
+    """A fulfil for a claim this node holds no state for (never saw it, or it expired)."""
+
+    code = "unknown_claim"
 
 
 class ClaimBudget(KofoError):
@@ -574,6 +581,8 @@ class ExchangeNode:
             self._abuse(link, str(exc), 25)
         except (ClaimBudget, SealedJoinBad) as exc:
             self._abuse(link, str(exc), 2)
+        except UnknownClaim as exc:
+            self._abuse(link, str(exc), 1)
         except (BadMessage, EncodingError) as exc:
             self._abuse(link, str(exc), 10)
         except KofoError as exc:
@@ -853,7 +862,9 @@ class ExchangeNode:
         raw = body.get("f")
         if not isinstance(raw, bytes):
             raise BadMessage("fulfil frame: field 'f' must be bytes")
-        sf = open_fulfil(raw)
+        # Everything that needs no signature first: a fulfil for a claim we do not hold, or
+        # over a cap, costs no verify (and the sender a little).
+        sf = read_fulfil(raw)
         fees = parse_fees(body.get("fees"))
         f = sf.fulfil
         cid = f.claim_id
@@ -867,8 +878,7 @@ class ExchangeNode:
             return
         st = self._relay.get(cid)
         if st is None:
-            log.info("fulfil for unknown or expired claim %s dropped", cid.hex()[:12])
-            return
+            raise UnknownClaim(f"fulfil for a claim this node does not hold: {cid.hex()[:12]}")
         me = st.position
         if (
             f.position <= me
@@ -893,6 +903,7 @@ class ExchangeNode:
             # exceed towards our upstream (whose cap per neighbour is the same).
             log.info("fulfil for claim %s dropped: relay share is full", cid.hex()[:12])
             return
+        check_fulfil(sf)
         keys = [h.pub for h in f.path] + [sf.filler_eph]
         st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out, keys)
         # The entry is this hop's signed acknowledgement that it carried the fulfil (the
@@ -994,6 +1005,7 @@ class ExchangeNode:
             return
         if any(q.fulfil_id == sf.fulfil_id for q in pending.quotes):
             return
+        check_fulfil(sf)
         verify_fulfil(pending.sc, sf, fees, pending.dummy_path)
         pending.per_via[via] = pending.per_via.get(via, 0) + 1
         q = Quote(pending.sc.claim_id, sf, fees, via, now_ms())

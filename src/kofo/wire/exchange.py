@@ -475,6 +475,19 @@ def make_fulfil(ephemeral: Ed25519PrivateKey, fulfil: Fulfil) -> SignedFulfil:
     return SignedFulfil(msg.envelope.sender, fulfil, msg.to_bytes())
 
 
+def read_fulfil(raw: bytes) -> SignedFulfil:
+    """Parse and schema-check a fulfil *without* its signature: only for deciding to drop it
+    early (unknown claim, over a cap); call :func:`check_fulfil` before believing it."""
+    msg = read_message(raw)
+    if msg.envelope.type != MSG_FULFIL:
+        raise BadMessage(f"fulfil: envelope type is {msg.envelope.type!r}")
+    return SignedFulfil(msg.envelope.sender, Fulfil.from_body(msg.envelope.body), raw)
+
+
+def check_fulfil(sf: SignedFulfil) -> None:
+    check_signature(sf.filler_eph, sf.raw)
+
+
 def open_fulfil(raw: bytes) -> SignedFulfil:
     msg = open_message(raw)
     if msg.envelope.type != MSG_FULFIL:
