@@ -25,6 +25,7 @@ from kofo.errors import KofoError
 from kofo.exchange.book import OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
+    OrderPolicy,
     RouteParty,
     RouteView,
     build_settlement_order,
@@ -1247,16 +1248,26 @@ class ExchangeNode:
             upstream=st.upstream,
             downstream=None if down is None else down.peer,
         )
-        check_order(
-            order,
-            joins,
-            view,
-            provider_addresses=dict(self.config.addresses) if down is None else None,
-            now_s=int(time.time()),
-            max_protocol_fee_bps=(
-                self.config.protocol_fee_bps if down is None else self.config.max_protocol_fee_bps
-            ),
-        )
+        try:
+            check_order(
+                order,
+                joins,
+                view,
+                provider_addresses=dict(self.config.addresses) if down is None else None,
+                now_s=int(time.time()),
+                max_protocol_fee_bps=(
+                    self.config.protocol_fee_bps
+                    if down is None
+                    else self.config.max_protocol_fee_bps
+                ),
+            )
+        except OrderPolicy as exc:
+            # Our own limit or clock: an honest relay before us may allow what we refuse (a
+            # taker could get it banned by us with such orders), so only the initiator pays.
+            if st.upstream == order.initiator:
+                raise
+            log.info("order for claim %s refused: %s", cid.hex()[:12], exc)
+            return
         st.order_data = data
         st.owners = [j.node_id for j in joins]
         sig = self._key.sign(data)

@@ -75,6 +75,12 @@ the initiator builds the order moments before the parties check it (the settle t
 seconds), so a minute absorbs clock drift while a deadline moved by hours or days is refused."""
 
 
+class OrderPolicy(BadMessage):
+    """An order breaks a limit of the refusing party's own (the fee rate it quoted with or
+    allows, the time its clock gives): an honest relay before it, with other limits or another
+    clock, may have allowed it, so only the initiator that wrote it is to blame."""
+
+
 @dataclass(frozen=True, slots=True)
 class RouteParty:
     node_id: bytes
@@ -227,7 +233,7 @@ def check_order(
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
         raise BadMessage("order: a routed order from a claim has exactly two legs")
     if order.protocol_fee_bps > max_protocol_fee_bps:
-        raise BadMessage(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
+        raise OrderPolicy(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
     owners = route_owners(view, joins)
     p = len(owners)
     if owners[view.position - 1] != view.me:
@@ -252,7 +258,7 @@ def check_order(
     want_chain, _ = split_asset(view.claim.want)
     t = out.lock_by - LOCK_WINDOW_S
     if abs(t - now_s) > ORDER_CLOCK_SKEW_S:
-        raise BadMessage(
+        raise OrderPolicy(
             f"order: deadlines derive from time {t}, {t - now_s:+d}s from this node's clock"
         )
     expected = build_settlement_order(
