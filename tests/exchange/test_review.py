@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from kofo.exchange.node import ExchangeNode
+from kofo.wire.exchange import Frame
 
-from .helpers import line, stop_all, wait_until
+from .helpers import line, link, start_nodes, stop_all, wait_until
 
 ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
 
@@ -63,5 +64,38 @@ def test_a_taker_cannot_get_an_honest_relay_scored_by_an_order_only_the_maker_re
             assert relay.node_id in maker.links
         finally:
             await stop_all(nodes)
+
+    run(go())
+
+
+@pytest.mark.timeout(90)
+def test_inbound_peers_claimed_ports_cannot_fill_the_address_table_for_good():
+    """Eclipse by inbound hints: each inbound peer's claimed port went into the address table
+    as a hint that no eviction could touch (only announced addresses were evictable), so a
+    flooder linking in with fresh keys (and fake ports) filled the table for good and no
+    address a peer announced afterwards was learned. Inbound hints now count as announced by
+    their host: at most ``max_known_per_source`` of them, evictable like any unverified one."""
+
+    async def go() -> None:
+        victim, honest = await start_nodes(2, target_degree=0, max_known=24, max_known_per_source=8)
+        sybils = await start_nodes(30, target_degree=0)
+        try:
+            for s in sybils:  # each links in with a fresh key, then leaves
+                await link(s, victim)
+                await s.stop()
+            await link(honest, victim)
+            announced = [[os.urandom(32), p] for p in range(40000, 40005)]
+            honest.links[victim.node_id].send(Frame("peers", {"peers": announced}))
+            learned = {("127.0.0.1", p) for _, p in announced}
+            await wait_until(
+                lambda: learned <= set(victim._known),
+                10,
+                lambda: (
+                    f"{len(victim._known)} known, of them announced: "
+                    f"{len(learned & set(victim._known))}"
+                ),
+            )
+        finally:
+            await stop_all([victim, honest, *sybils])
 
     run(go())

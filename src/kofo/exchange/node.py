@@ -98,6 +98,11 @@ TRANSIT_GRACE_MS = 2_000
 clock drift between honest nodes): dropped without scoring the neighbour that relayed it."""
 
 
+INBOUND_SOURCE = b"inbound:"
+"""The source recorded for an inbound peer's claimed address, followed by the host it linked
+from (never a node id: those are 32 bytes)."""
+
+
 class RouteFailed(KofoError):
     code = "route_failed"
 
@@ -250,8 +255,9 @@ class ExchangeNode:
         self._backoff: dict[tuple[str, int], tuple[int, float]] = {}
         self._dialing: set[tuple[str, int]] = set()
         self._tried: dict[tuple[str, int], float] = {}  # address -> last dial (monotonic)
-        # Who announced each address (None: bootstrap, or a peer that linked to us itself),
-        # and the addresses where a handshake reached the node id announced for them.
+        # Who announced each address (None: bootstrap or dialled; INBOUND_SOURCE + host: an
+        # inbound peer's claimed port), and the addresses where a handshake reached the node
+        # id announced for them.
         self._source: dict[tuple[str, int], bytes | None] = {}
         self._verified: set[tuple[str, int]] = set()
         self._next_feeler = 0.0
@@ -395,11 +401,18 @@ class ExchangeNode:
                 self._source.setdefault(addr, None)
                 self._verified.add(addr)
                 self._backoff.pop(addr, None)
-            elif addr not in self._known and len(self._known) < self.config.max_known:
+            elif addr not in self._known:
                 # An inbound peer's claimed port is only a hint: it never overwrites a
-                # binding, and a dial that reaches another id drops it.
-                self._known[addr] = peer
-                self._source[addr] = None
+                # binding, and a dial that reaches another id drops it. Hints count as
+                # announced by their host (peers with fresh keys could otherwise fill the
+                # table for good): capped per host and evictable like any unverified address.
+                src = INBOUND_SOURCE + host.encode()
+                mine = sum(1 for s in self._source.values() if s == src)
+                if mine < self.config.max_known_per_source and (
+                    len(self._known) < self.config.max_known or self._evict_address()
+                ):
+                    self._known[addr] = peer
+                    self._source[addr] = src
         self._spawn(self._run_link(link))
         link.send(Frame("peers_req", {}))
         now = now_ms()
