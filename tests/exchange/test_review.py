@@ -99,3 +99,37 @@ def test_inbound_peers_claimed_ports_cannot_fill_the_address_table_for_good():
             await stop_all([victim, honest, *sybils])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_offers_that_expire_on_their_way_cost_the_gossiping_relay_nothing():
+    """A maker publishes offers that expire a second out; its neighbour (an honest relay) takes
+    them while live and gossips them on over a slow link (1.5 s of latency), so they arrive
+    expired, and the next node scored the relay 2 each (enough of them get the relay banned).
+    Offers expired by at most ``TRANSIT_GRACE_MS`` (or that far past the seq window) are now
+    dropped unscored, like claims and fulfils."""
+
+    async def go() -> None:
+        maker, relay, far = await line(3)
+        blamed = _record_blame(far)
+        slow = relay.links[far.node_id]
+        fast_send = slow.send_raw
+        loop = asyncio.get_running_loop()
+
+        def send_late(framed: bytes) -> bool:  # the network between relay and far is slow
+            loop.call_later(1.5, fast_send, framed)
+            return True
+
+        slow.send_raw = send_late  # type: ignore[method-assign]
+        try:
+            for _ in range(10):
+                maker.publish_offer("btc", "eth", (30, 1), max_in=10**6, ttl_ms=1000)
+            marker = maker.publish_offer("btc", "eth", (31, 1), max_in=10**6)
+            oid = marker.offer.offer_id
+            await wait_until(lambda: any(so.offer.offer_id == oid for so in far.book.all(0)), 20)
+            assert blamed.get(relay.node_id) is None, "the honest relay was scored"
+            assert far.stats.offers_late == 10  # the attack happened: late offers reached it
+        finally:
+            await stop_all([maker, relay, far])
+
+    run(go())

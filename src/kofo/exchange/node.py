@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from kofo.errors import KofoError
-from kofo.exchange.book import OrderBook
+from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
     OrderPolicy,
@@ -233,6 +233,7 @@ class NodeStats:
     claims_seen: int = 0
     claims_dup: int = 0
     claims_refused: int = 0
+    offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
 
 
 class ExchangeNode:
@@ -737,12 +738,20 @@ class ExchangeNode:
             verdict = self.book.add(so, now)
         if not verdict.accepted:
             # Duplicates are the normal cost of gossip and not the sender's fault; an expired
-            # offer is (a small) one.
-            if (
-                "expired" in verdict.reason
-                or "ahead" in verdict.reason
-                or ("maker holds" in verdict.reason and so.maker == link.peer_id)
-            ):
+            # offer is (a small) one, unless it expired on its way (or its clock window was
+            # missed by as little as clocks drift): an honest relay took it while it was live,
+            # and a maker's short-lived offers would get that relay banned by its neighbours.
+            clock = "expired" in verdict.reason or "ahead" in verdict.reason
+            o = so.offer
+            missed_by = max(
+                now - o.expiry_ms,
+                o.seq - now - MAX_SEQ_AHEAD_MS,
+                o.expiry_ms - now - MAX_OFFER_LIFETIME_MS,
+            )
+            if clock and missed_by <= TRANSIT_GRACE_MS:
+                self.stats.offers_late += 1
+                return
+            if clock or ("maker holds" in verdict.reason and so.maker == link.peer_id):
                 # A maker past its own cap is at fault; a relay gossiping it is not (it only
                 # forwards offers its own book took).
                 self._abuse(link, f"offer rejected: {verdict.reason}", 2)
