@@ -249,6 +249,8 @@ def test_an_announced_dead_address_is_dialled_with_backoff_and_then_forgotten():
 
             victim._dial = counting  # type: ignore[method-assign]
             fake = os.urandom(32)
+            inbound = victim.links[peer.node_id]  # the victim asked; this is the answer
+            victim._asked[inbound] = victim._asked.get(inbound, 0) + 1
             peer.links[victim.node_id].send(Frame("peers", {"peers": [[fake, dead[1]]]}))
             await wait_until(lambda: dead in victim._known)
             await wait_until(lambda: dead not in victim._known, 20)
@@ -260,31 +262,49 @@ def test_an_announced_dead_address_is_dialled_with_backoff_and_then_forgotten():
     run(go())
 
 
+class AddressPoisoner(ExchangeNode):
+    """Answers every peers_req with the next list of made-up addresses it was given."""
+
+    lists: list[list[list[Any]]]
+
+    def _h_peers_req(self, link: Any, body: dict[str, Any]) -> None:
+        lists = self.__dict__.setdefault("lists", [])
+        link.send(Frame("peers", {"peers": lists.pop(0) if lists else []}))
+
+    _handlers: ClassVar[dict[str, Any]] = {**ExchangeNode._handlers, "peers_req": _h_peers_req}
+
+
 @pytest.mark.timeout(60)
 def test_address_table_poisoning_is_bounded_and_a_dial_reaching_another_id_drops_the_address():
     """Case 7: made-up addresses filled the table, never pruned, and a dial never checked the
     node id announced for the address. Now each peer can place a bounded number of addresses,
     a dial expects the announced id, and an address answering with another id is dropped and
-    costs its announcer score."""
+    costs its announcer score. (Peer lists are answers to the victim's requests: it asks.)"""
 
     async def go() -> None:
-        nodes = await start_nodes(3, target_degree=0, maintain_s=0.02, feeler_s=0)
-        victim, attacker, other = nodes
+        cfg = ExchangeConfig(target_degree=0, maintain_s=0.02, feeler_s=0)
+        victim, other = await start_nodes(2, target_degree=0, maintain_s=0.02, feeler_s=0)
+        attacker = AddressPoisoner(Ed25519PrivateKey.generate(), cfg)
+        await attacker.start()
+        nodes = [victim, other, attacker]
         try:
             await link(attacker, victim)
-            lk = attacker.links[victim.node_id]
-            base = victim.links[attacker.node_id].frames_in
-            for i in range(100):  # 6,400 made-up addresses
-                entries = [[os.urandom(32), 1 + (i * 64 + j) % 65000] for j in range(64)]
-                lk.send(Frame("peers", {"peers": entries}))
-            await wait_until(lambda: victim.links[attacker.node_id].frames_in >= base + 100)
+            attacker.lists = [
+                [[os.urandom(32), 1 + (i * 64 + j) % 65000] for j in range(64)] for i in range(100)
+            ]  # 6,400 made-up addresses
+            inbound = victim.links[attacker.node_id]
+            await wait_until(lambda: not victim._asked.get(inbound))
+            for _ in range(100):
+                victim._ask_peers(inbound)
+            await wait_until(lambda: not attacker.lists and not victim._asked.get(inbound))
             assert len(victim._known) <= 64 + 2  # ExchangeConfig.max_known_per_source
             # The other node's real address, announced under a made-up id.
             for addr in [a for a in victim._known if a[1] != attacker.port]:
                 victim._known.pop(addr)
-            getattr(victim, "_source", {}).clear()
+            victim._source.clear()
             wrong = os.urandom(32)
-            lk.send(Frame("peers", {"peers": [[wrong, other.port]]}))
+            attacker.lists = [[[wrong, other.port]]]
+            victim._ask_peers(inbound)
             target = ("127.0.0.1", other.port)
             await wait_until(lambda: victim._known.get(target) == wrong)
             victim.config.target_degree = 2

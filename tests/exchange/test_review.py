@@ -133,3 +133,35 @@ def test_offers_that_expire_on_their_way_cost_the_gossiping_relay_nothing():
             await stop_all([maker, relay, far])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_unsolicited_peer_lists_are_refused_and_scored():
+    """CPU exhaustion through the address table: anyone could send ``peers`` frames at the
+    link's frame rate, unasked and unscored; with the table full each one with 64 new entries
+    cost ~50 ms of the node's one thread (an eviction scan per entry), so ~20 frames a second
+    stalled the node. A ``peers`` frame is now taken only as the answer to a ``peers_req`` this
+    node sent on that link (one answer per request); anything else is scored and learns
+    nothing."""
+
+    async def go() -> None:
+        victim, attacker = await line(2)
+        blamed = _record_blame(victim)
+        lk = attacker.links[victim.node_id]
+        inbound = victim.links[attacker.node_id]
+        try:
+            # The victim asked once when the link came up: wait for that answer (the
+            # attacker's first two frames are its own peers_req and that answer).
+            await wait_until(lambda: inbound.frames_in >= 2, 10)
+            start = inbound.frames_in
+            for i in range(3):
+                fake = [[os.urandom(32), 41000 + 64 * i + j] for j in range(64)]
+                lk.send(Frame("peers", {"peers": fake}))
+            await wait_until(lambda: inbound.frames_in >= start + 3, 10)
+            learned = [a for a in victim._known if 41000 <= a[1] < 41000 + 3 * 64]
+            assert learned == [], f"{len(learned)} addresses learned from unasked peer lists"
+            assert blamed.get(attacker.node_id)
+        finally:
+            await stop_all([victim, attacker])
+
+    run(go())

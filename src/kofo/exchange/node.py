@@ -98,6 +98,9 @@ TRANSIT_GRACE_MS = 2_000
 clock drift between honest nodes): dropped without scoring the neighbour that relayed it."""
 
 
+PEERS_ANSWER_S = 0.5
+"""A node answers at most one ``peers_req`` per link this often (it asks at most once a second)."""
+
 INBOUND_SOURCE = b"inbound:"
 """The source recorded for an inbound peer's claimed address, followed by the host it linked
 from (never a node id: those are 32 bytes)."""
@@ -263,6 +266,10 @@ class ExchangeNode:
         self._verified: set[tuple[str, int]] = set()
         self._next_feeler = 0.0
         self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
+        # Per link: our peers_req still unanswered (a peers frame is taken only as an answer),
+        # and when we last answered theirs.
+        self._asked: dict[Link, int] = {}
+        self._answered: dict[Link, float] = {}
         self._scores: dict[bytes, float] = {}
         self._banned: dict[bytes, float] = {}
         self.book = OrderBook(
@@ -410,12 +417,12 @@ class ExchangeNode:
                 src = INBOUND_SOURCE + host.encode()
                 mine = sum(1 for s in self._source.values() if s == src)
                 if mine < self.config.max_known_per_source and (
-                    len(self._known) < self.config.max_known or self._evict_address()
+                    len(self._known) < self.config.max_known or self._evict_address(src)
                 ):
                     self._known[addr] = peer
                     self._source[addr] = src
         self._spawn(self._run_link(link))
-        link.send(Frame("peers_req", {}))
+        self._ask_peers(link)
         now = now_ms()
         for so in self.book.all(now):
             link.send(Frame("offer", {"m": so.raw}))
@@ -425,6 +432,8 @@ class ExchangeNode:
             await link.run(self._on_frame, self._abuse)
         finally:
             self._feelers.discard(link)
+            self._asked.pop(link, None)
+            self._answered.pop(link, None)
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
                 self._claim_buckets.pop(link.peer_id, None)
@@ -522,7 +531,7 @@ class ExchangeNode:
                 self._dialing.add(addr)
                 self._spawn(self._dial(addr))
             if self.links and tick % 4 == 0:
-                self._rng.choice(list(self.links.values())).send(Frame("peers_req", {}))
+                self._ask_peers(self._rng.choice(list(self.links.values())))
         elif (
             self.config.feeler_s > 0
             and self.config.target_degree > 0
@@ -532,9 +541,10 @@ class ExchangeNode:
             self._next_feeler = mono + self.config.feeler_s * (0.5 + self._rng.random())
             self._feel(mono, linked)
 
-    def _evict_address(self) -> bool:
+    def _evict_address(self, newcomer: bytes | None = None) -> bool:
         """Make room in a full address table: drop an address never verified, announced by
-        the source with the most such addresses (bootstrap and verified ones stay)."""
+        the source with the most such addresses (bootstrap and verified ones stay). Never one
+        of ``newcomer``'s own: a source replacing its own addresses is churn, not room."""
         counts: dict[bytes, int] = {}
         for addr, src in self._source.items():
             if src is not None and addr not in self._verified and addr not in self._dialing:
@@ -542,6 +552,8 @@ class ExchangeNode:
         if not counts:
             return False
         worst = max(counts, key=counts.__getitem__)
+        if worst == newcomer:
+            return False
         for addr, src in self._source.items():
             if src == worst and addr not in self._verified and addr not in self._dialing:
                 self._forget(addr)
@@ -608,7 +620,17 @@ class ExchangeNode:
     def _h_ping(self, link: Link, body: dict[str, Any]) -> None:
         return None
 
+    def _ask_peers(self, link: Link) -> None:
+        self._asked[link] = self._asked.get(link, 0) + 1
+        link.send(Frame("peers_req", {}))
+
     def _h_peers_req(self, link: Link, body: dict[str, Any]) -> None:
+        # At most one answer per link every PEERS_ANSWER_S (an honest node asks a link at
+        # most once a second); more requests are ignored.
+        mono = time.monotonic()
+        if mono - self._answered.get(link, -PEERS_ANSWER_S) < PEERS_ANSWER_S:
+            return
+        self._answered[link] = mono
         peers = [
             [lk.peer_id, lk.peer_port]
             for lk in self.links.values()
@@ -621,6 +643,15 @@ class ExchangeNode:
         peers = body.get("peers")
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_IN_LIST:
             raise BadMessage(f"peers: must be a list of at most {MAX_PEERS_IN_LIST}")
+        # Only an answer to our own request (a table scan per entry makes an unasked list
+        # costly: at the link's frame rate they would stall the node).
+        asked = self._asked.get(link, 0)
+        if asked <= 0:
+            raise BadMessage("peers: not an answer to a peers_req")
+        if asked == 1:
+            del self._asked[link]
+        else:
+            self._asked[link] = asked - 1
         host = (link.writer.get_extra_info("peername") or (self.config.host,))[0]
         src = link.peer_id
         mine = sum(1 for s in self._source.values() if s == src)
@@ -638,9 +669,11 @@ class ExchangeNode:
             # Only loopback/LAN peers are learned via the host the list came from: a peer
             # cannot steer our dials to arbitrary hosts.
             addr = (host, item[1])
-            if addr in self._known or mine >= self.config.max_known_per_source:
+            if mine >= self.config.max_known_per_source:
+                break
+            if addr in self._known:
                 continue  # a binding is never overwritten by an announcement
-            if len(self._known) >= self.config.max_known and not self._evict_address():
+            if len(self._known) >= self.config.max_known and not self._evict_address(src):
                 break
             self._known[addr] = item[0]
             self._source[addr] = src
