@@ -49,6 +49,15 @@ def test_a_taker_cannot_get_an_honest_relay_scored_by_an_order_only_the_maker_re
         nodes = await line(3, protocol_fee_bps=10, settle_timeout_s=30, addresses=ADDR)
         taker, relay, maker = nodes
         blamed = _record_blame(maker)
+        sent_orders: list[dict[str, Any]] = []
+        relay_send = relay.links[maker.node_id].send
+
+        def send(frame: Frame) -> bool:
+            if frame.type == "order":
+                sent_orders.append(frame.body)
+            return relay_send(frame)
+
+        relay.links[maker.node_id].send = send  # type: ignore[method-assign]
         try:
             maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
             await wait_until(lambda: len(taker.book) == 1)
@@ -62,6 +71,16 @@ def test_a_taker_cannot_get_an_honest_relay_scored_by_an_order_only_the_maker_re
             settling.cancel()
             assert blamed.get(relay.node_id) is None, "the honest relay was scored"
             assert relay.node_id in maker.links
+            # A relay repeating the refused order (unscored the first time) pays, and the
+            # maker checks no signature for it again.
+            lk = relay.links[maker.node_id]
+            start = maker.links[relay.node_id].frames_in
+            for _ in range(3):
+                lk.send(Frame("order", sent_orders[0]))
+            await wait_until(lambda: maker.links[relay.node_id].frames_in >= start + 3, 10)
+            again = "[bad_message] order: this claim already had its order"
+            assert blamed[relay.node_id] == [again] * 3
+            assert caplog.text.count("protocol_fee_bps 20 is above the limit") == 1
         finally:
             await stop_all(nodes)
 

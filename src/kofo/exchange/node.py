@@ -207,6 +207,7 @@ class _RelayState:
     order_data: bytes | None = None
     owners: list[bytes] = field(default_factory=list)
     osigs_up: set[int] = field(default_factory=set)
+    order_refused: bool = False  # its order failed our checks: a repeat is refused at once
 
 
 @dataclass(slots=True)
@@ -1275,8 +1276,9 @@ class ExchangeNode:
             raise BadMessage("order did not come from the claim's upstream")
         if st.accepted != fid:
             raise BadMessage("order: not for the fulfil this claim accepted")
-        if st.order_data is not None:
-            raise BadMessage("order: this claim's order was already signed")
+        if st.order_data is not None or st.order_refused:
+            # An honest upstream forwards one order per claim (the one it signed).
+            raise BadMessage("order: this claim already had its order")
         order = SettlementOrder.from_map(body.get("o"))
         data = order.signing_bytes()
         if not verify_ed25519(order.initiator, isig, data):
@@ -1319,10 +1321,14 @@ class ExchangeNode:
         except OrderPolicy as exc:
             # Our own limit or clock: an honest relay before us may allow what we refuse (a
             # taker could get it banned by us with such orders), so only the initiator pays.
+            st.order_refused = True  # a repeat costs no signature checks, and is scored
             if st.upstream == order.initiator:
                 raise
             log.info("order for claim %s refused: %s", cid.hex()[:12], exc)
             return
+        except KofoError:
+            st.order_refused = True
+            raise
         st.order_data = data
         st.owners = [j.node_id for j in joins]
         sig = self._key.sign(data)
