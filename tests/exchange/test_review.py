@@ -4,6 +4,7 @@ honest node scored or its table filled. Real nodes on loopback; every test faile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
@@ -182,5 +183,36 @@ def test_unsolicited_peer_lists_are_refused_and_scored():
             assert blamed.get(attacker.node_id)
         finally:
             await stop_all([victim, attacker])
+
+    run(go())
+
+
+@pytest.mark.timeout(60)
+def test_inbound_links_cannot_take_every_slot_and_stop_a_node_dialling():
+    """Eclipse by inbound links: inbound links counted towards the target degree and could take
+    every slot up to ``max_degree``, so peers linking in (fresh keys cost nothing) stopped the
+    node from dialling any address of its own choosing, and refused every other peer. Now
+    ``target_degree`` slots stay for links the node dials, and it keeps at least half its
+    target degree of them, however many peers linked in."""
+
+    async def go() -> None:
+        victim, honest = await start_nodes(2, target_degree=0, max_degree=4, maintain_s=0.05)
+        attackers = await start_nodes(4, target_degree=0)
+        try:
+            victim.config.target_degree = 2
+            for a in attackers:
+                with contextlib.suppress(Exception):
+                    await a.connect("127.0.0.1", victim.port)
+            await wait_until(lambda: sum(1 for a in attackers if a.node_id in victim.links) >= 2)
+            addr = ("127.0.0.1", honest.port)
+            victim.config.bootstrap.append(addr)
+            victim._known[addr] = None
+            await wait_until(
+                lambda: honest.node_id in victim.links,
+                10,
+                lambda: f"victim links: {len(victim.links)}, known {list(victim._known)}",
+            )
+        finally:
+            await stop_all([victim, honest, *attackers])
 
     run(go())

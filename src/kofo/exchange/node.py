@@ -355,8 +355,14 @@ class ExchangeNode:
         finally:
             self._tasks.discard(task)
         host = (writer.get_extra_info("peername") or (self.config.host,))[0]
-        if len(self.links) >= self.config.max_degree:
-            log.info("refusing %s: at max degree %d", peer.hex()[:12], self.config.max_degree)
+        # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
+        # nothing) must not take every slot and leave us no link of our own choosing.
+        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
+        if (
+            len(self.links) >= self.config.max_degree
+            or inbound >= self.config.max_degree - self.config.target_degree
+        ):
+            log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
         self._attach(Link(reader, writer, peer, port, False, self.config.limits), host)
@@ -525,6 +531,10 @@ class ExchangeNode:
                 del self._scores[peer]
         linked = set(self.links)
         want = self.config.target_degree - len(self.links) - len(self._dialing)
+        # However many peers linked in, keep half the target degree of links we dialled
+        # ourselves (from our own table): inbound links alone cannot eclipse us.
+        outbound = sum(1 for lk in self.links.values() if lk.outbound)
+        want = max(want, (self.config.target_degree + 1) // 2 - outbound - len(self._dialing))
         if want > 0:
             candidates = self._dial_candidates(mono, linked)
             self._rng.shuffle(candidates)
