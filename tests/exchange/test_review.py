@@ -216,3 +216,30 @@ def test_inbound_links_cannot_take_every_slot_and_stop_a_node_dialling():
             await stop_all([victim, honest, *attackers])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_dialled_peer_cannot_rebind_another_nodes_address_by_claiming_its_port():
+    """A node we dial tells us its listening port in the handshake; that claimed port (not
+    the one we dialled) was recorded as a *verified* binding, overwriting the binding of
+    whatever address it named. A peer on the same host claiming an honest node's port made
+    the victim expect the attacker's id there, so its next dial of the honest node failed the
+    id check and the honest address was forgotten. The binding a dial verifies is now the
+    address dialled."""
+
+    async def go() -> None:
+        victim, honest, attacker = await start_nodes(3, target_degree=0, feeler_s=0)
+        try:
+            honest_addr = ("127.0.0.1", honest.port)
+            victim._known[honest_addr] = honest.node_id
+            victim._source[honest_addr] = os.urandom(32)  # learned from some peer
+            real_port = attacker.port
+            attacker.port = honest.port  # the lie, in the attacker's hello
+            await victim.connect("127.0.0.1", real_port)
+            await wait_until(lambda: attacker.node_id in victim.links)
+            assert victim._known.get(honest_addr) == honest.node_id
+            assert victim._known.get(("127.0.0.1", real_port)) == attacker.node_id
+        finally:
+            await stop_all([victim, honest, attacker])
+
+    run(go())

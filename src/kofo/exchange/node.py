@@ -383,10 +383,10 @@ class ExchangeNode:
         except BaseException:
             writer.close()
             raise
-        self._attach(Link(reader, writer, peer, peer_port, True, self.config.limits), host)
+        self._attach(Link(reader, writer, peer, peer_port, True, self.config.limits), host, port)
         return peer
 
-    def _attach(self, link: Link, host: str) -> None:
+    def _attach(self, link: Link, host: str, dialled: int | None = None) -> None:
         peer = link.peer_id
         if self._stopped:
             log.info("dropping link to %s: this node is stopped", peer.hex()[:12])
@@ -408,26 +408,27 @@ class ExchangeNode:
                 return
             old.close()
         self.links[peer] = link
-        if link.peer_port:
+        if link.outbound and dialled:
+            # We dialled this address and the handshake proved the id: this binding is
+            # verified (the port the peer claims is not: it could name another node's).
+            addr = (host, dialled)
+            self._known[addr] = peer
+            self._source.setdefault(addr, None)
+            self._verified.add(addr)
+            self._backoff.pop(addr, None)
+        elif link.peer_port and not link.outbound and (host, link.peer_port) not in self._known:
+            # An inbound peer's claimed port is only a hint: it never overwrites a binding,
+            # and a dial that reaches another id drops it. Hints count as announced by their
+            # host (peers with fresh keys could otherwise fill the table for good): capped
+            # per host and evictable like any unverified address.
             addr = (host, link.peer_port)
-            if link.outbound:
-                # We dialled it and the handshake proved the id: this binding is verified.
+            src = INBOUND_SOURCE + host.encode()
+            mine = sum(1 for s in self._source.values() if s == src)
+            if mine < self.config.max_known_per_source and (
+                len(self._known) < self.config.max_known or self._evict_address(src)
+            ):
                 self._known[addr] = peer
-                self._source.setdefault(addr, None)
-                self._verified.add(addr)
-                self._backoff.pop(addr, None)
-            elif addr not in self._known:
-                # An inbound peer's claimed port is only a hint: it never overwrites a
-                # binding, and a dial that reaches another id drops it. Hints count as
-                # announced by their host (peers with fresh keys could otherwise fill the
-                # table for good): capped per host and evictable like any unverified address.
-                src = INBOUND_SOURCE + host.encode()
-                mine = sum(1 for s in self._source.values() if s == src)
-                if mine < self.config.max_known_per_source and (
-                    len(self._known) < self.config.max_known or self._evict_address(src)
-                ):
-                    self._known[addr] = peer
-                    self._source[addr] = src
+                self._source[addr] = src
         self._spawn(self._run_link(link))
         self._ask_peers(link)
         now = now_ms()
