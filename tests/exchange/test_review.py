@@ -243,3 +243,39 @@ def test_a_dialled_peer_cannot_rebind_another_nodes_address_by_claiming_its_port
             await stop_all([victim, honest, attacker])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_checks_what_it_forwards_so_a_bad_fee_signature_further_down_costs_its_sender():
+    """A relay forwarded fulfils without checking the path hops and fee signatures of the
+    parties after it; the taker checks them and scored its neighbour 25 per bad one. So a
+    malicious relay one hop further down (or any node after it) signing its fee entry with
+    garbage got the honest relay banned by the taker after four quotes. Each relay now checks
+    the hops, fees and filler key after it before forwarding, and scores the link it came from."""
+
+    async def go() -> None:
+        taker, honest, bad, maker = await line(4)
+        blamed_by_taker = _record_blame(taker)
+        blamed_by_honest = _record_blame(honest)
+        up = bad.links[honest.node_id]
+        real_send = up.send
+
+        def corrupt(frame: Frame) -> bool:  # the bad relay garbles its own fee signature
+            if frame.type == "fulfil" and frame.body["fees"]:
+                fees = [list(x) for x in frame.body["fees"]]
+                fees[-1][2] = bytes(64)
+                frame = Frame("fulfil", {"f": frame.body["f"], "fees": fees})
+            return real_send(frame)
+
+        up.send = corrupt  # type: ignore[method-assign]
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            await taker.request_quotes("btc", "eth", 10**6, window_s=2, enough=1)
+            await wait_until(lambda: bool(blamed_by_taker or blamed_by_honest), 10)
+            assert blamed_by_taker.get(honest.node_id) is None, blamed_by_taker
+            assert blamed_by_honest.get(bad.node_id)
+        finally:
+            await stop_all([taker, honest, bad, maker])
+
+    run(go())

@@ -76,6 +76,7 @@ from kofo.wire.exchange import (
     sign_fee,
     sign_hop,
     verify_fulfil,
+    verify_fulfil_after,
     verify_path,
 )
 from kofo.wire.orders import CommitOrder, OrderSignature, SettlementOrder
@@ -972,6 +973,9 @@ class ExchangeNode:
             log.info("fulfil for claim %s dropped: relay share is full", cid.hex()[:12])
             return
         check_fulfil(sf)
+        # The hops, filler and fees after us, as the initiator will check them: we never
+        # forward a bad one (the initiator would blame us for it), its sender pays here.
+        verify_fulfil_after(st.sc, sf, fees, me)
         keys = [h.pub for h in f.path] + [sf.filler_eph]
         st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out, keys)
         # The entry is this hop's signed acknowledgement that it carried the fulfil (the

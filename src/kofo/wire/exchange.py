@@ -399,16 +399,19 @@ def parse_path(value: Any) -> list[PathHop]:
     return hops
 
 
-def verify_path(claim: SignedClaim, path: list[PathHop]) -> None:
+def verify_path(claim: SignedClaim, path: list[PathHop], *, checked: int = 0) -> None:
     """Raise :class:`BadSignature` unless every hop signed its position after its predecessor,
-    and :class:`BadMessage` if a key repeats (a loop)."""
+    and :class:`BadMessage` if a key repeats (a loop). The signatures of the first ``checked``
+    hops are taken as verified already (the caller checked that prefix)."""
     seen = {claim.initiator_eph}
     prev = claim.signature
     for i, hop in enumerate(path, start=1):
         if hop.pub in seen:
             raise BadMessage(f"path[{i - 1}]: key repeats (loop)")
         seen.add(hop.pub)
-        if not verify_ed25519(hop.pub, hop.sig, _path_message(claim.claim_id, i, prev)):
+        if i > checked and not verify_ed25519(
+            hop.pub, hop.sig, _path_message(claim.claim_id, i, prev)
+        ):
             raise BadSignature(f"path[{i - 1}]: signature for position {i} does not verify")
         prev = hop.sig
 
@@ -595,6 +598,25 @@ def verify_fulfil(
             raise BadSignature(f"fees: signature for position {fee.position} does not verify")
     if sum(fee.fee for fee in fees) >= f.amount_out:
         raise BadMessage("fulfil: fees eat the whole output")
+
+
+def verify_fulfil_after(
+    claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee], position: int
+) -> None:
+    """What the relay at ``position`` checks before forwarding a fulfil towards the initiator:
+    the path hops, the filler key and the hop fees of the parties after it (the path up to it
+    is the one it verified and signed; the caller checks the fee positions and amounts). The
+    initiator checks the same; a relay that forwarded a bad one would be scored for it, so
+    each catches it at the first honest relay, which scores the link it came from."""
+    f = sf.fulfil
+    verify_path(claim, f.path, checked=position)
+    if sf.filler_eph == claim.initiator_eph or any(h.pub == sf.filler_eph for h in f.path):
+        raise BadMessage("fulfil: filler key repeats a path key")
+    fid = sf.fulfil_id
+    for fee in fees:
+        pub = f.path[fee.position - 1].pub
+        if not verify_ed25519(pub, fee.sig, _fee_message(fid, fee.position, fee.fee)):
+            raise BadSignature(f"fees: signature for position {fee.position} does not verify")
 
 
 # --------------------------------------------------------------------------- accept / join
