@@ -10,11 +10,13 @@ import os
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kofo.exchange.node import ExchangeNode
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
 from kofo.wire.exchange import Frame
 
 from .helpers import line, link, start_nodes, stop_all, wait_until
+from .test_flood import DeepFulfilFlooder
 
 ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
 
@@ -277,5 +279,37 @@ def test_a_relay_checks_what_it_forwards_so_a_bad_fee_signature_further_down_cos
             assert blamed_by_honest.get(bad.node_id)
         finally:
             await stop_all([taker, honest, bad, maker])
+
+    run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_relay_that_also_fills_never_sends_more_quotes_than_its_upstream_takes():
+    """A relay's cap on the fulfils it forwards per claim (``max_fulfils_per_claim``, what the
+    taker takes from one neighbour) left out its own fill: an honest relay that is also a maker,
+    with flooders behind it, sent the taker 33 and was scored 10 per claim. Its own fill now
+    counts towards the cap."""
+
+    async def go() -> None:
+        taker, relay = await start_nodes(2, target_degree=0, addresses=ADDR)
+        flooders = [
+            DeepFulfilFlooder(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+            for _ in range(5)
+        ]
+        for n in flooders:
+            await n.start()
+        blamed = _record_blame(taker)
+        try:
+            await link(taker, relay)
+            for n in flooders:
+                await link(relay, n)
+            relay.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            _, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=3, enough=33)
+            assert blamed.get(relay.node_id) is None, blamed
+            assert len(quotes) == 32  # ExchangeConfig.max_fulfils_per_claim, its own among them
+            assert any(q.fulfil.fulfil.amount_out > 10_000 for q in quotes)
+        finally:
+            await stop_all([taker, relay, *flooders])
 
     run(go())

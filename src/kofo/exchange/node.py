@@ -967,7 +967,8 @@ class ExchangeNode:
             # An honest node fills a claim once; more fills from one neighbour are a flood.
             raise BadMessage("fulfil: a neighbour fills a claim at most once")
         cap = self.config.max_fulfils_per_claim
-        if len(from_peer) >= max(1, cap // 4) or len(st.downstream) >= cap:
+        sent = len(st.downstream) + (st.filled is not None)  # our own fill went up too
+        if len(from_peer) >= max(1, cap // 4) or sent >= cap:
             # Fulfils it relays from further away: a fair share per link, a total we never
             # exceed towards our upstream (whose cap per neighbour is the same).
             log.info("fulfil for claim %s dropped: relay share is full", cid.hex()[:12])
