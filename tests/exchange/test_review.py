@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kofo.exchange import node as node_module
 from kofo.exchange.node import ExchangeConfig, ExchangeNode
-from kofo.wire.exchange import Frame
+from kofo.wire.exchange import MAX_CLAIM_HORIZON_MS, Claim, Frame, make_claim
 
 from .helpers import line, link, start_nodes, stop_all, wait_until
 from .test_flood import DeepFulfilFlooder
@@ -311,5 +312,56 @@ def test_a_relay_that_also_fills_never_sends_more_quotes_than_its_upstream_takes
             assert any(q.fulfil.fulfil.amount_out > 10_000 for q in quotes)
         finally:
             await stop_all([taker, relay, *flooders])
+
+    run(go())
+
+
+class AheadRelay(ExchangeNode):
+    """An honest relay whose clock runs a second ahead of its neighbours' (clocks drift)."""
+
+    skew: ClassVar[list[int]] = [0]
+
+    def _h_claim(self, link: Any, body: dict[str, Any]) -> None:
+        AheadRelay.skew[0] = 1000
+        try:
+            ExchangeNode._h_claim(self, link, body)
+        finally:
+            AheadRelay.skew[0] = 0
+
+    _handlers: ClassVar[dict[str, Any]] = {**ExchangeNode._handlers, "claim": _h_claim}
+
+
+@pytest.mark.timeout(60)
+def test_a_claim_at_the_edge_of_the_horizon_costs_an_honest_relay_with_a_fast_clock_nothing(
+    monkeypatch,
+):
+    """A taker sets its claim's deadline just past the horizon of the node after an honest
+    relay whose clock runs a second ahead: the relay takes it (within its horizon) and
+    forwards it, the next node refused it and scored the relay 10 (ten claims: banned). A
+    deadline beyond the horizon by at most ``TRANSIT_GRACE_MS`` is now dropped unscored, as
+    expired claims already were; further out it still costs."""
+    real_now = node_module.now_ms
+    monkeypatch.setattr(node_module, "now_ms", lambda: real_now() + AheadRelay.skew[0])
+
+    async def go() -> None:
+        taker, far = await start_nodes(2, target_degree=0)
+        relay = AheadRelay(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+        await relay.start()
+        blamed = _record_blame(far)
+        try:
+            await link(taker, relay)
+            await link(relay, far)
+            start = far.links[relay.node_id].frames_in
+            lk = taker.links[relay.node_id]
+            for _ in range(3):
+                deadline = real_now() + MAX_CLAIM_HORIZON_MS + 500
+                claim = Claim("btc", "eth", 10**6, 0, 1, deadline, 6, os.urandom(32))
+                sc = make_claim(Ed25519PrivateKey.generate(), claim)
+                lk.send(Frame("claim", {"c": sc.raw, "path": []}))
+            await wait_until(lambda: far.links[relay.node_id].frames_in >= start + 3, 10)
+            assert blamed.get(relay.node_id) is None, blamed
+            assert far.stats.claims_late == 3
+        finally:
+            await stop_all([taker, relay, far])
 
     run(go())

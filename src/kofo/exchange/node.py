@@ -238,6 +238,7 @@ class NodeStats:
     claims_seen: int = 0
     claims_dup: int = 0
     claims_refused: int = 0
+    claims_late: int = 0  # expired on their way or just beyond the horizon: unscored
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
 
 
@@ -842,12 +843,18 @@ class ExchangeNode:
         if claim.deadline_ms <= now:
             if now - claim.deadline_ms <= TRANSIT_GRACE_MS:
                 # Expired in transit (latency, clocks): an honest relay's, not scored.
+                self.stats.claims_late += 1
                 log.info("claim %s expired in transit dropped", cid.hex()[:12])
                 return
             raise KofoError(
                 f"claim expired: deadline_ms {claim.deadline_ms} < {now}", code="claim_expired"
             )
         if claim.deadline_ms > now + MAX_CLAIM_HORIZON_MS:
+            if claim.deadline_ms - now - MAX_CLAIM_HORIZON_MS <= TRANSIT_GRACE_MS:
+                # Within the horizon of a relay whose clock runs ahead of ours: not its fault.
+                self.stats.claims_late += 1
+                log.info("claim %s just beyond the horizon dropped", cid.hex()[:12])
+                return
             raise BadMessage(f"claim: deadline_ms {claim.deadline_ms} is beyond the horizon")
         path = parse_path(body.get("path"))
         if len(path) >= claim.max_hops:
