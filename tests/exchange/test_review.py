@@ -365,3 +365,34 @@ def test_a_claim_at_the_edge_of_the_horizon_costs_an_honest_relay_with_a_fast_cl
             await stop_all([taker, relay, far])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_silent_connections_hold_a_bounded_number_of_handshakes_and_honest_peers_get_in():
+    """Connections that never start their TLS handshake were each held for asyncio's TLS
+    handshake timeout (60 s) with no bound: an attacker opening them faster than that ran the
+    node out of file descriptors (no peer could link, no dial could open). At most
+    ``max_handshakes`` inbound handshakes are now in progress (TLS is started in the accept
+    handler, within the 5 s handshake timeout); a new one displaces the oldest (an honest
+    handshake takes milliseconds, a stalled one is the oldest)."""
+
+    async def go() -> None:
+        victim, honest = await start_nodes(2, target_degree=0)
+        with contextlib.suppress(AttributeError):  # (no such setting before the fix)
+            victim.config.max_handshakes = 16
+        silent = []
+        try:
+            for _ in range(100):
+                silent.append(await asyncio.open_connection("127.0.0.1", victim.port))
+            await wait_until(
+                lambda: sum(1 for r, _ in silent if r.at_eof()) >= 100 - 16,
+                10,
+                lambda: f"{sum(1 for r, _ in silent if r.at_eof())} of 100 silent ones closed",
+            )
+            await link(honest, victim)
+        finally:
+            for _, w in silent:
+                w.close()
+            await stop_all([victim, honest])
+
+    run(go())

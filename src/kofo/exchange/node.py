@@ -136,6 +136,7 @@ class ExchangeConfig:
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     target_degree: int = 4
     max_degree: int = 16
+    max_handshakes: int = 64  # inbound handshakes in progress at once (the oldest goes)
     claim_fanout: int = 8
     quote_valid_ms: int = 10_000
     limits: LinkLimits = field(default_factory=LinkLimits)
@@ -242,6 +243,19 @@ class NodeStats:
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
 
 
+class _Inbound(asyncio.Protocol):
+    """A fresh inbound TCP connection, reading paused until the node starts TLS on it (so no
+    byte of the peer's ClientHello is read before the TLS layer is in place)."""
+
+    def __init__(self, node: ExchangeNode) -> None:
+        self._node = node
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._node._inbound(transport)
+
+
 class ExchangeNode:
     def __init__(
         self,
@@ -269,6 +283,7 @@ class ExchangeNode:
         self._verified: set[tuple[str, int]] = set()
         self._next_feeler = 0.0
         self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
+        self._handshaking: dict[asyncio.Task[Any], None] = {}  # inbound, oldest first
         # Per link: our peers_req still unanswered (a peers frame is taken only as an answer),
         # and when we last answered theirs.
         self._asked: dict[Link, int] = {}
@@ -302,8 +317,11 @@ class ExchangeNode:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, ssl=self._tls.server, limit=1 << 20
+        # Plain TCP first, TLS in _accept: so a bounded number of connections is ever held
+        # before their handshake completes (the server's own TLS held each for 60 s, unbounded).
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Inbound(self), self.config.host, self.config.port
         )
         self.port = self._server.sockets[0].getsockname()[1]
         for addr in self.config.bootstrap:
@@ -335,27 +353,51 @@ class ExchangeNode:
 
     # ------------------------------------------------------------------ peers
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._stopped or task is None:
-            writer.close()
+    def _inbound(self, transport: asyncio.Transport) -> None:
+        """A new inbound TCP connection (reading paused): at most ``max_handshakes`` are in
+        progress at once, a new one displaces the oldest (an honest handshake takes
+        milliseconds; connections that never complete one must not hold sockets unbounded)."""
+        if self._stopped:
+            transport.close()
             return
-        # Tracked so that stop() cancels a handshake still in progress.
-        self._tasks.add(task)
+        if len(self._handshaking) >= self.config.max_handshakes:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            oldest.cancel()
+        task = self._spawn(self._accept(transport))
+        self._handshaking[task] = None
+        task.add_done_callback(lambda t: self._handshaking.pop(t, None))
+
+    async def _accept(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        made: list[asyncio.StreamWriter] = []
+
+        async def tls_then_hello() -> tuple[bytes, int]:
+            tls = await loop.start_tls(transport, protocol, self._tls.server, server_side=True)
+            if tls is None:
+                raise LinkError("TLS did not start")
+            protocol.connection_made(tls)
+            writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+            made.append(writer)
+            return await handshake(reader, writer, self._key, self.port, outbound=False)
+
+        def close() -> None:
+            (made[0] if made else transport).close()
+
         try:
-            peer, port = await asyncio.wait_for(
-                handshake(reader, writer, self._key, self.port, outbound=False),
-                HANDSHAKE_TIMEOUT_S,
-            )
+            peer, port = await asyncio.wait_for(tls_then_hello(), HANDSHAKE_TIMEOUT_S)
         except (LinkError, KofoError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.info("inbound handshake failed: %s", exc)
-            writer.close()
+            close()
             return
         except asyncio.CancelledError:
-            writer.close()
-            raise
-        finally:
-            self._tasks.discard(task)
+            close()
+            if self._stopped:
+                raise
+            return  # displaced by a newer handshake
+        writer = made[0]
         host = (writer.get_extra_info("peername") or (self.config.host,))[0]
         # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
         # nothing) must not take every slot and leave us no link of our own choosing.
