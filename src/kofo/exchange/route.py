@@ -232,8 +232,6 @@ def check_order(
         raise BadMessage("order: order_id does not belong to this claim and fulfil")
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
         raise BadMessage("order: a routed order from a claim has exactly two legs")
-    if order.protocol_fee_bps > max_protocol_fee_bps:
-        raise OrderPolicy(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
     owners = route_owners(view, joins)
     p = len(owners)
     if owners[view.position - 1] != view.me:
@@ -257,10 +255,6 @@ def check_order(
     have_chain, _ = split_asset(view.claim.have)
     want_chain, _ = split_asset(view.claim.want)
     t = out.lock_by - LOCK_WINDOW_S
-    if abs(t - now_s) > ORDER_CLOCK_SKEW_S:
-        raise OrderPolicy(
-            f"order: deadlines derive from time {t}, {t - now_s:+d}s from this node's clock"
-        )
     expected = build_settlement_order(
         claim=view.claim,
         claim_id=view.claim_id,
@@ -280,6 +274,14 @@ def check_order(
     if order != expected:
         diff = _first_difference(order, expected)
         raise BadMessage(f"order: {diff} differs from what this party quoted or carried")
+    # Policy last: a refusal on it does not score a relaying upstream (OrderPolicy), so
+    # everything an honest relay checks alike must have passed first.
+    if order.protocol_fee_bps > max_protocol_fee_bps:
+        raise OrderPolicy(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
+    if abs(t - now_s) > ORDER_CLOCK_SKEW_S:
+        raise OrderPolicy(
+            f"order: deadlines derive from time {t}, {t - now_s:+d}s from this node's clock"
+        )
 
 
 def _first_difference(order: SettlementOrder, expected: SettlementOrder) -> str:
