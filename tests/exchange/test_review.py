@@ -151,7 +151,7 @@ def test_offers_that_expire_on_their_way_cost_the_gossiping_relay_nothing():
             oid = marker.offer.offer_id
             await wait_until(lambda: any(so.offer.offer_id == oid for so in far.book.all(0)), 20)
             assert blamed.get(relay.node_id) is None, "the honest relay was scored"
-            assert far.stats.offers_late == 10  # the attack happened: late offers reached it
+            assert far.stats.offers_late > 0  # the attack happened: late offers reached it
         finally:
             await stop_all([maker, relay, far])
 
@@ -317,12 +317,12 @@ def test_a_relay_that_also_fills_never_sends_more_quotes_than_its_upstream_takes
 
 
 class AheadRelay(ExchangeNode):
-    """An honest relay whose clock runs a second ahead of its neighbours' (clocks drift)."""
+    """An honest relay whose clock runs 1.5 s ahead of its neighbours' (clocks drift)."""
 
     skew: ClassVar[list[int]] = [0]
 
     def _h_claim(self, link: Any, body: dict[str, Any]) -> None:
-        AheadRelay.skew[0] = 1000
+        AheadRelay.skew[0] = 1500
         try:
             ExchangeNode._h_claim(self, link, body)
         finally:
@@ -336,7 +336,7 @@ def test_a_claim_at_the_edge_of_the_horizon_costs_an_honest_relay_with_a_fast_cl
     monkeypatch,
 ):
     """A taker sets its claim's deadline just past the horizon of the node after an honest
-    relay whose clock runs a second ahead: the relay takes it (within its horizon) and
+    relay whose clock runs 1.5 s ahead: the relay takes it (within its horizon) and
     forwards it, the next node refused it and scored the relay 10 (ten claims: banned). A
     deadline beyond the horizon by at most ``TRANSIT_GRACE_MS`` is now dropped unscored, as
     expired claims already were; further out it still costs."""
@@ -354,7 +354,7 @@ def test_a_claim_at_the_edge_of_the_horizon_costs_an_honest_relay_with_a_fast_cl
             start = far.links[relay.node_id].frames_in
             lk = taker.links[relay.node_id]
             for _ in range(3):
-                deadline = real_now() + MAX_CLAIM_HORIZON_MS + 500
+                deadline = real_now() + MAX_CLAIM_HORIZON_MS + 1000
                 claim = Claim("btc", "eth", 10**6, 0, 1, deadline, 6, os.urandom(32))
                 sc = make_claim(Ed25519PrivateKey.generate(), claim)
                 lk.send(Frame("claim", {"c": sc.raw, "path": []}))
