@@ -396,3 +396,49 @@ def test_silent_connections_hold_a_bounded_number_of_handshakes_and_honest_peers
             await stop_all([victim, honest])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_repeated_accept_is_refused_before_its_signature_is_checked(monkeypatch):
+    """One accept per claim was enforced after the accept's signature was checked, so each
+    repeat cost the relay a verify before it was refused. The cheap refusal now comes first."""
+    verified: list[bytes] = []
+    real_open = node_module.open_accept
+
+    def counting(raw: bytes, key: bytes) -> Any:
+        verified.append(raw)
+        return real_open(raw, key)
+
+    monkeypatch.setattr(node_module, "open_accept", counting)
+
+    async def go() -> None:
+        nodes = await line(3, addresses=ADDR, settle_timeout_s=30)
+        taker, relay, maker = nodes
+        blamed = _record_blame(relay)
+        accepts: list[dict[str, Any]] = []
+        lk = taker.links[relay.node_id]
+        real_send = lk.send
+
+        def send(frame: Frame) -> bool:
+            if frame.type == "accept":
+                accepts.append(frame.body)
+            return real_send(frame)
+
+        lk.send = send  # type: ignore[method-assign]
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            settling = asyncio.ensure_future(taker.settle(cid, quotes[0], os.urandom(32)))
+            await wait_until(lambda: len(verified) >= 2 and bool(accepts))  # relay and maker
+            start = relay.links[taker.node_id].frames_in
+            for _ in range(2):
+                real_send(Frame("accept", accepts[0]))
+            await wait_until(lambda: relay.links[taker.node_id].frames_in >= start + 2)
+            assert len(blamed.get(taker.node_id, [])) == 2
+            assert len(verified) == 2, "a repeated accept cost a signature check"
+            await settling
+        finally:
+            await stop_all(nodes)
+
+    run(go())

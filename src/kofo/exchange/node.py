@@ -1247,11 +1247,12 @@ class ExchangeNode:
         st = self._route_state(acc0.claim_id, acc0.fulfil_id)
         if link.peer_id != st.upstream:
             raise BadMessage("accept did not come from the claim's upstream")
-        acc = open_accept(raw, st.sc.initiator_eph)
         # One accept per claim: a taker that accepted every quote would learn every maker's
         # and relay's identity (each node reveals itself for one route of a claim at most).
+        # Refused before the signature is checked: a repeat costs no verify.
         if st.accepted is not None:
             raise BadMessage("accept: this claim already has an accepted quote")
+        acc = open_accept(raw, st.sc.initiator_eph)
         st.accepted = acc.fulfil_id
         down = st.downstream.get(acc.fulfil_id)
         pos = st.position
