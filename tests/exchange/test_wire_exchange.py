@@ -255,3 +255,11 @@ def test_a_maker_cannot_exceed_its_cap_by_reviving_withdrawn_offer_ids():
         book.add(offer(oid, seq), now)
     assert book.maker_count(key.public_key().public_bytes_raw()) == 4
     assert len(book) == 4
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000])
+def test_offer_frame_bytes_equals_the_encoder(size):
+    from kofo.wire.exchange import offer_frame_bytes
+
+    raw = os.urandom(size)
+    assert offer_frame_bytes(raw) == Frame("offer", {"m": raw}).to_bytes()

@@ -35,6 +35,7 @@ from kofo.exchange.route import (
 from kofo.exchange.sealed import open_sealed, seal
 from kofo.exchange.transport import (
     HANDSHAKE_TIMEOUT_S,
+    WRITE_BUFFER_LIMIT,
     Link,
     LinkError,
     LinkLimits,
@@ -67,6 +68,7 @@ from kofo.wire.exchange import (
     make_claim,
     make_fulfil,
     make_offer,
+    offer_frame_bytes,
     open_accept,
     open_claim,
     parse_fees,
@@ -175,6 +177,9 @@ class ExchangeConfig:
     # Order book: live offers in all and per maker (see kofo.exchange.book).
     max_offers: int = 50_000
     offers_per_maker: int = 64
+    # Book dumps to new links, node-wide: a token bucket (see ExchangeNode._send_book).
+    book_dump_rate: float = 2.0
+    book_dump_burst: float = 16.0
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> own address
     # The ledger's rate (the composer sets it from the ledger's parameters): initiators put it
     # in orders, providers net it out of their quotes and refuse orders charging more.
@@ -240,6 +245,8 @@ class NodeStats:
     claims_dup: int = 0
     claims_refused: int = 0
     claims_late: int = 0  # expired on their way or just beyond the horizon: unscored
+    book_dumps: int = 0
+    book_dumps_skipped: int = 0
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
 
 
@@ -310,6 +317,10 @@ class ExchangeNode:
         self.port = 0
         self._rng = random.Random()
         self.on_offer: Callable[[SignedOffer], None] | None = None
+        self._dump_bucket = self._new_dump_bucket()
+
+    def _new_dump_bucket(self) -> TokenBucket:
+        return TokenBucket(self.config.book_dump_rate, self.config.book_dump_burst)
 
     def __repr__(self) -> str:
         return f"ExchangeNode({self.node_id.hex()[:12]}, port={self.port})"
@@ -475,9 +486,29 @@ class ExchangeNode:
                 self._source[addr] = src
         self._spawn(self._run_link(link))
         self._ask_peers(link)
-        now = now_ms()
-        for so in self.book.all(now):
-            link.send(Frame("offer", {"m": so.raw}))
+        self._send_book(link)
+
+    def _send_book(self, link: Link) -> None:
+        """Send a new link our book: built by concatenation, at most the link's write buffer,
+        and at most ``book_dump_burst`` dumps node-wide refilled at ``book_dump_rate``/s (a
+        peer linking in with fresh keys must not make us encode 50,000 offers each time; a
+        link beyond that learns offers from gossip)."""
+        offers = self.book.all(now_ms())
+        if not offers:
+            return
+        if not self._dump_bucket.take():
+            self.stats.book_dumps_skipped += 1
+            log.info("no book dump for %s: dump budget spent", link.peer_id.hex()[:12])
+            return
+        parts, size = [], 0
+        for so in offers:
+            framed = encode_frame(offer_frame_bytes(so.raw))
+            size += len(framed)
+            if size > WRITE_BUFFER_LIMIT:
+                break
+            parts.append(framed)
+        self.stats.book_dumps += 1
+        link.send_raw(b"".join(parts))
 
     async def _run_link(self, link: Link) -> None:
         try:
