@@ -83,9 +83,7 @@ async def graph_metrics(rng: random.Random) -> dict[str, object]:
             t0 = time.perf_counter()
             before = {id(n): len(n.book) for n in nodes}
             so = maker.publish_offer("btc", "eth", (rng.randint(2, 40), 1), max_in=10**9)
-            await wait_until(
-                lambda so=so: sum(1 for n in nodes if so.key in n.book._offers) >= 95, 10
-            )
+            await wait_until(lambda so=so: sum(1 for n in nodes if so.key in n.book) >= 95, 10)
             seen.append(time.perf_counter() - t0)
             prop.append(seen[0] * 1000)
             del before
@@ -132,9 +130,11 @@ async def frames_per_second(kind: str, count: int = 20_000) -> float:
 def _flood_frames(kind: str, count: int) -> list[bytes]:
     if kind == "ping":
         return [encode_frame(Frame("ping", {}).to_bytes())] * count
-    # Distinct offers from many makers, so nothing is a duplicate and every one costs a verify.
-    makers = [Ed25519PrivateKey.generate() for _ in range(50)]
-    expiry = int(time.time() * 1000) + 3_600_000
+    # Distinct offers from many makers, so nothing is a duplicate and every one costs a verify
+    # (at most 60 per maker: a node keeps 64 per maker). Protocol v2: seq is the signing time.
+    makers = [Ed25519PrivateKey.generate() for _ in range(max(50, count // 60 + 1))]
+    seq = int(time.time() * 1000)
+    expiry = seq + 3_600_000
     return [
         encode_frame(
             Frame(
@@ -142,7 +142,7 @@ def _flood_frames(kind: str, count: int) -> list[bytes]:
                 {
                     "m": make_offer(
                         makers[i % len(makers)],
-                        Offer(os.urandom(16), "btc", "eth", 3, 1, 1, 10, True, 0, expiry, 1),
+                        Offer(os.urandom(16), "btc", "eth", 3, 1, 1, 10, True, 0, expiry, seq),
                     ).raw
                 },
             ).to_bytes()

@@ -206,7 +206,9 @@ def test_sealed_box_opens_only_with_the_recipient_key(msg):
 def test_a_stale_offer_copy_is_refused_before_its_signature_is_needed(offer):
     book = OrderBook()
     now = 1
-    live = Offer(**{**{f: getattr(offer, f) for f in offer.__slots__}, "expiry_ms": now + 10**6})
+    live = Offer(
+        **{**{f: getattr(offer, f) for f in offer.__slots__}, "expiry_ms": now + 10**6, "seq": now}
+    )
     key = Ed25519PrivateKey.generate()
     so = make_offer(key, live)
     assert book.precheck(so, now) is None
@@ -228,3 +230,36 @@ def test_provider_output_net_of_protocol_fee_never_beats_its_own_price(amount_in
     assert 0 <= net <= out
     # Exactly the provider's price applied to the input it keeps, floored.
     assert net * amount_in <= out * kept < (net + 1) * amount_in
+
+
+def test_a_maker_cannot_exceed_its_cap_by_reviving_withdrawn_offer_ids():
+    """Attacker's pass: re-publishing withdrawn ids (newer seq) must not lift a maker past
+    ``per_maker`` live offers."""
+    book = OrderBook(1_000, per_maker=4)
+    key = Ed25519PrivateKey.generate()
+    now = 10**12
+    ids = [os.urandom(16) for _ in range(8)]
+
+    def offer(oid: bytes, seq: int, max_in: int = 100) -> SignedOffer:
+        o = Offer(oid, "btc", "eth", 2, 1, 1, max_in, True, 0, now + 60_000, seq)
+        return make_offer(key, o)
+
+    seq = now - 1000
+    for oid in ids:  # 8 offers, withdrawn at once: 8 tombstones
+        seq += 1
+        book.add(offer(oid, seq), now)
+        seq += 1
+        book.add(offer(oid, seq, max_in=0), now)
+    for oid in ids:
+        seq += 1
+        book.add(offer(oid, seq), now)
+    assert book.maker_count(key.public_key().public_bytes_raw()) == 4
+    assert len(book) == 4
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65535, 65536, 70000])
+def test_offer_frame_bytes_equals_the_encoder(size):
+    from kofo.wire.exchange import offer_frame_bytes
+
+    raw = os.urandom(size)
+    assert offer_frame_bytes(raw) == Frame("offer", {"m": raw}).to_bytes()

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.wire import exchange as ex
 from kofo.wire import orders as od
+from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import open_message, public_key_bytes, sign
 from kofo.wire.expiry import BlockHeight, UnixTime
 
@@ -85,7 +86,10 @@ def _report_outcome() -> bytes:
 
 
 def _offer() -> bytes:
-    offer = ex.Offer(bytes(16), "btc", "eth", 30, 1, 10_000, 10**8, True, 0, TS * 1000, 1)
+    # Exchange protocol v2: seq is the maker's signing time in ms (here 10 minutes before
+    # the offer expires).
+    seq = TS * 1000 - 600_000
+    offer = ex.Offer(bytes(16), "btc", "eth", 30, 1, 10_000, 10**8, True, 0, TS * 1000, seq)
     return _signed(ALICE, ex.MSG_OFFER, offer.to_body())
 
 
@@ -176,6 +180,63 @@ VECTORS: dict[str, tuple[str, Callable[[], bytes], Callable[[bytes], object]]] =
 }
 
 
+def _join() -> ex.Join:
+    """Bob joins at position 1 of the fulfil vector's route (path key ``hop1``)."""
+    claim = _claim_message()
+    fid = hashlib.sha256(_fulfil()).digest()
+    eph = _key("hop1")
+    pub, bob = public_key_bytes(eph), public_key_bytes(BOB)
+    addrs = {"btc": "03" + "bb" * 32, "eth": "0x" + "bb" * 20}
+    data = ex.join_message(claim.claim_id, fid, 1, pub, bob, addrs)
+    return ex.Join(1, bob, addrs, eph.sign(data), BOB.sign(data))
+
+
+def _join_signed_bytes() -> bytes:
+    j = _join()
+    fid = hashlib.sha256(_fulfil()).digest()
+    pub = public_key_bytes(_key("hop1"))
+    return ex.join_message(_claim_message().claim_id, fid, 1, pub, j.node_id, j.addresses)
+
+
+def _quote_ids() -> bytes:
+    fid = hashlib.sha256(_fulfil()).digest()
+    return ex.quote_id_for(fid, 1, public_key_bytes(BOB), "relay") + ex.quote_id_for(
+        fid, 2, public_key_bytes(_key("maker")), "provider"
+    )
+
+
+# Exchange v2 values that are not envelopes: what a join signs, the join body as it travels
+# (sealed to the initiator, then in the order frame), and the derived ledger quote ids.
+DERIVED: dict[str, Callable[[], bytes]] = {
+    "exchange join: signed bytes": _join_signed_bytes,
+    "exchange join: body": lambda: encode(_join().to_body()),
+    "exchange quote ids: relay at 1 (bob), provider at 2 (maker)": _quote_ids,
+}
+DBEGIN, DEND = "<!-- derived-vectors:begin -->", "<!-- derived-vectors:end -->"
+
+
+def _render_derived() -> str:
+    out = [DBEGIN, ""]
+    for name, build in DERIVED.items():
+        hexed = build().hex()
+        lines = [hexed[i : i + 96] for i in range(0, len(hexed), 96)]
+        out += [f"#### `{name}`", "", "```", *lines, "```", ""]
+    out.append(DEND)
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED))
+def test_derived_exchange_vectors_match_the_document(name):
+    text = DOC.read_text()
+    section = text[text.index(DBEGIN) : text.index(DEND)]
+    found = re.findall(r"#### `([^`]+)`\n\n```\n([0-9a-f\n]+)```", section)
+    documented = {n: body.replace("\n", "") for n, body in found}
+    assert documented.get(name) == DERIVED[name]().hex(), f"run: python -m {__name__} --write"
+    if name == "exchange join: body":
+        j = ex.Join.from_body(decode(DERIVED[name]()))
+        assert j == _join()
+
+
 def _render() -> str:
     out = [BEGIN, ""]
     for name, (_, build, _) in VECTORS.items():
@@ -213,5 +274,9 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
         text = text[: text.index(BEGIN)] + _render() + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip() + "\n\n" + _render() + "\n"
+    if DBEGIN in text:
+        text = text[: text.index(DBEGIN)] + _render_derived() + text[text.index(DEND) + len(DEND) :]
+    else:
+        text = text.rstrip() + "\n\n" + _render_derived() + "\n"
     DOC.write_text(text)
     print(f"wrote {len(VECTORS)} vectors to {DOC}")

@@ -22,10 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from kofo.errors import KofoError
-from kofo.exchange.book import OrderBook
+from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
+    OrderPolicy,
     RouteParty,
+    RouteView,
     build_settlement_order,
     check_order,
     net_of_protocol_fee,
@@ -33,9 +35,11 @@ from kofo.exchange.route import (
 from kofo.exchange.sealed import open_sealed, seal
 from kofo.exchange.transport import (
     HANDSHAKE_TIMEOUT_S,
+    WRITE_BUFFER_LIMIT,
     Link,
     LinkError,
     LinkLimits,
+    TokenBucket,
     handshake,
     node_id_of,
     tls_identity,
@@ -57,21 +61,24 @@ from kofo.wire.exchange import (
     Quote,
     SignedClaim,
     SignedOffer,
+    check_fulfil,
     check_offer,
     digest,
     join_message,
     make_claim,
     make_fulfil,
     make_offer,
+    offer_frame_bytes,
     open_accept,
     open_claim,
-    open_fulfil,
     parse_fees,
     parse_path,
+    read_fulfil,
     read_offer,
     sign_fee,
     sign_hop,
     verify_fulfil,
+    verify_fulfil_after,
     verify_path,
 )
 from kofo.wire.orders import CommitOrder, OrderSignature, SettlementOrder
@@ -89,8 +96,39 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+TRANSIT_GRACE_MS = 2_000
+"""A claim or fulfil that expired at most this long ago may have expired on its way (latency,
+clock drift between honest nodes): dropped without scoring the neighbour that relayed it."""
+
+
+PEERS_ANSWER_S = 0.5
+"""A node answers at most one ``peers_req`` per link this often (it asks at most once a second)."""
+
+INBOUND_SOURCE = b"inbound:"
+"""The source recorded for an inbound peer's claimed address, followed by the host it linked
+from (never a node id: those are 32 bytes)."""
+
+
 class RouteFailed(KofoError):
     code = "route_failed"
+
+
+class SealedJoinBad(KofoError):
+    """A join that does not open or parse at the initiator (its relays could not check it)."""
+
+    code = "join_invalid"
+
+
+class UnknownClaim(KofoError):
+    """A fulfil for a claim this node holds no state for (never saw it, or it expired)."""
+
+    code = "unknown_claim"
+
+
+class ClaimBudget(KofoError):
+    """A peer sent claims beyond its budget (see ``ExchangeConfig.claims_per_peer``)."""
+
+    code = "claim_budget"
 
 
 @dataclass(slots=True)
@@ -100,6 +138,7 @@ class ExchangeConfig:
     bootstrap: list[tuple[str, int]] = field(default_factory=list)
     target_degree: int = 4
     max_degree: int = 16
+    max_handshakes: int = 64  # inbound handshakes in progress at once (the oldest goes)
     claim_fanout: int = 8
     quote_valid_ms: int = 10_000
     limits: LinkLimits = field(default_factory=LinkLimits)
@@ -107,7 +146,7 @@ class ExchangeConfig:
     ban_s: float = 30.0
     maintain_s: float = 0.25
     backoff_base_s: float = 0.2
-    backoff_max_s: float = 5.0
+    backoff_max_s: float = 300.0
     # Feelers: at or above ``target_degree`` a node still dials, every ``feeler_s`` (jittered),
     # the known address it has no link to and tried least recently, so a network split into
     # parts that each have their degree (or a node whose known peers all died) joins up again.
@@ -115,6 +154,32 @@ class ExchangeConfig:
     # fewer than ``target_degree`` other links. 0 turns feelers off (so does target_degree 0).
     feeler_s: float = 2.0
     settle_timeout_s: float = 5.0
+    # Claim budgets (per upstream peer): live relay states its claims may hold, and a token
+    # bucket of new claims per second; over budget a claim is dropped unforwarded and costs
+    # the peer score. The node holds at most ``max_relay_states`` in all.
+    claims_per_peer: int = 256
+    claim_rate: float = 100.0
+    claim_burst: float = 200.0
+    max_relay_states: int = 10_000
+    # Fulfils: a relay keeps at most this many per claim (per downstream link), an initiator
+    # takes at most this many quotes per claim through one neighbour and ``max_quotes`` in all.
+    max_fulfils_per_claim: int = 32
+    max_quotes: int = 256
+    # An initiator starts its claim with 0..dummy_hops hops of its own (uniformly), so the
+    # first hop cannot tell from the path that its link peer is the taker (docs/exchange.md).
+    dummy_hops: int = 2
+    # Address table: at most ``max_known`` addresses, at most ``max_known_per_source`` learned
+    # from one peer; an address learned from peers is forgotten after ``max_dial_failures``
+    # failed dials in a row (bootstrap addresses are kept, with the backoff at its cap).
+    max_known: int = 1024
+    max_known_per_source: int = 64
+    max_dial_failures: int = 6
+    # Order book: live offers in all and per maker (see kofo.exchange.book).
+    max_offers: int = 50_000
+    offers_per_maker: int = 64
+    # Book dumps to new links, node-wide: a token bucket (see ExchangeNode._send_book).
+    book_dump_rate: float = 2.0
+    book_dump_burst: float = 16.0
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> own address
     # The ledger's rate (the composer sets it from the ledger's parameters): initiators put it
     # in orders, providers net it out of their quotes and refuse orders charging more.
@@ -127,6 +192,7 @@ class _Downstream:
     peer: bytes
     amount_in: int
     amount_out_here: int  # the ``want`` amount the provider delivers through us
+    keys: list[bytes]  # the fulfil's path keys by position, the filler's key last
 
 
 @dataclass(slots=True)
@@ -141,6 +207,14 @@ class _RelayState:
     expires_ms: int
     downstream: dict[bytes, _Downstream] = field(default_factory=dict)
     filled: tuple[bytes, int, int] | None = None  # (fulfil_id, amount_in, amount_out)
+    accepted: bytes | None = None  # the one fulfil id accepted for this claim
+    joins_up: int = 0  # joins relayed towards the initiator
+    # Once this node co-signed: the order's signed bytes and the node id at each position,
+    # to check the signatures of the parties after it before relaying them.
+    order_data: bytes | None = None
+    owners: list[bytes] = field(default_factory=list)
+    osigs_up: set[int] = field(default_factory=set)
+    order_refused: bool = False  # its order failed our checks: a repeat is refused at once
 
 
 @dataclass(slots=True)
@@ -151,10 +225,15 @@ class _Pending:
     eph: Ed25519PrivateKey
     reply: X25519PrivateKey
     sent_ms: int
+    dummies: list[Ed25519PrivateKey] = field(default_factory=list)
+    dummy_path: list[PathHop] = field(default_factory=list)
     quotes: list[Quote] = field(default_factory=list)
+    per_via: dict[bytes, int] = field(default_factory=dict)
     joins: dict[int, Join] = field(default_factory=dict)
     osigs: dict[int, bytes] = field(default_factory=dict)
     chosen: Quote | None = None
+    order_data: bytes | None = None
+    owners: list[bytes] = field(default_factory=list)  # node id per position, once ordered
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -164,6 +243,24 @@ class NodeStats:
     rejected: dict[str, int] = field(default_factory=dict)
     claims_seen: int = 0
     claims_dup: int = 0
+    claims_refused: int = 0
+    claims_late: int = 0  # expired on their way or just beyond the horizon: unscored
+    book_dumps: int = 0
+    book_dumps_skipped: int = 0
+    offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
+
+
+class _Inbound(asyncio.Protocol):
+    """A fresh inbound TCP connection, reading paused until the node starts TLS on it (so no
+    byte of the peer's ClientHello is read before the TLS layer is in place)."""
+
+    def __init__(self, node: ExchangeNode) -> None:
+        self._node = node
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._node._inbound(transport)
 
 
 class ExchangeNode:
@@ -186,13 +283,32 @@ class ExchangeNode:
         self._backoff: dict[tuple[str, int], tuple[int, float]] = {}
         self._dialing: set[tuple[str, int]] = set()
         self._tried: dict[tuple[str, int], float] = {}  # address -> last dial (monotonic)
+        # Who announced each address (None: bootstrap or dialled; INBOUND_SOURCE + host: an
+        # inbound peer's claimed port), and the addresses where a handshake reached the node
+        # id announced for them.
+        self._source: dict[tuple[str, int], bytes | None] = {}
+        self._verified: set[tuple[str, int]] = set()
         self._next_feeler = 0.0
         self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
+        self._handshaking: dict[asyncio.Task[Any], None] = {}  # inbound, oldest first
+        # Per link: our peers_req still unanswered (a peers frame is taken only as an answer),
+        # and when we last answered theirs.
+        self._asked: dict[Link, int] = {}
+        self._answered: dict[Link, float] = {}
         self._scores: dict[bytes, float] = {}
         self._banned: dict[bytes, float] = {}
-        self.book = OrderBook()
+        self.book = OrderBook(
+            self.config.max_offers,
+            per_maker=self.config.offers_per_maker,
+            standing=importance,
+        )
+        self._last_seq = 0
         self._own_offers: dict[bytes, SignedOffer] = {}
         self._relay: dict[bytes, _RelayState] = {}
+        self._claims_by_peer: dict[bytes, int] = {}  # live relay states per upstream peer
+        self._claim_buckets: dict[bytes, TokenBucket] = {}
+        # Claims we sent each peer: expiry times still live there, and a token bucket.
+        self._fwd: dict[bytes, tuple[list[int], TokenBucket]] = {}
         self._pending: dict[bytes, _Pending] = {}
         self.stats = NodeStats()
         self._server: asyncio.base_events.Server | None = None
@@ -201,6 +317,10 @@ class ExchangeNode:
         self.port = 0
         self._rng = random.Random()
         self.on_offer: Callable[[SignedOffer], None] | None = None
+        self._dump_bucket = self._new_dump_bucket()
+
+    def _new_dump_bucket(self) -> TokenBucket:
+        return TokenBucket(self.config.book_dump_rate, self.config.book_dump_burst)
 
     def __repr__(self) -> str:
         return f"ExchangeNode({self.node_id.hex()[:12]}, port={self.port})"
@@ -208,8 +328,11 @@ class ExchangeNode:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, ssl=self._tls.server, limit=1 << 20
+        # Plain TCP first, TLS in _accept: so a bounded number of connections is ever held
+        # before their handshake completes (the server's own TLS held each for 60 s, unbounded).
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Inbound(self), self.config.host, self.config.port
         )
         self.port = self._server.sockets[0].getsockname()[1]
         for addr in self.config.bootstrap:
@@ -241,30 +364,60 @@ class ExchangeNode:
 
     # ------------------------------------------------------------------ peers
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._stopped or task is None:
-            writer.close()
+    def _inbound(self, transport: asyncio.Transport) -> None:
+        """A new inbound TCP connection (reading paused): at most ``max_handshakes`` are in
+        progress at once, a new one displaces the oldest (an honest handshake takes
+        milliseconds; connections that never complete one must not hold sockets unbounded)."""
+        if self._stopped:
+            transport.close()
             return
-        # Tracked so that stop() cancels a handshake still in progress.
-        self._tasks.add(task)
+        if len(self._handshaking) >= self.config.max_handshakes:
+            oldest = next(iter(self._handshaking))
+            del self._handshaking[oldest]
+            oldest.cancel()
+        task = self._spawn(self._accept(transport))
+        self._handshaking[task] = None
+        task.add_done_callback(lambda t: self._handshaking.pop(t, None))
+
+    async def _accept(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        made: list[asyncio.StreamWriter] = []
+
+        async def tls_then_hello() -> tuple[bytes, int]:
+            tls = await loop.start_tls(transport, protocol, self._tls.server, server_side=True)
+            if tls is None:
+                raise LinkError("TLS did not start")
+            protocol.connection_made(tls)
+            writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+            made.append(writer)
+            return await handshake(reader, writer, self._key, self.port, outbound=False)
+
+        def close() -> None:
+            (made[0] if made else transport).close()
+
         try:
-            peer, port = await asyncio.wait_for(
-                handshake(reader, writer, self._key, self.port, outbound=False),
-                HANDSHAKE_TIMEOUT_S,
-            )
+            peer, port = await asyncio.wait_for(tls_then_hello(), HANDSHAKE_TIMEOUT_S)
         except (LinkError, KofoError, OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             log.info("inbound handshake failed: %s", exc)
-            writer.close()
+            close()
             return
         except asyncio.CancelledError:
-            writer.close()
-            raise
-        finally:
-            self._tasks.discard(task)
+            close()
+            if self._stopped:
+                raise
+            return  # displaced by a newer handshake
+        writer = made[0]
         host = (writer.get_extra_info("peername") or (self.config.host,))[0]
-        if len(self.links) >= self.config.max_degree:
-            log.info("refusing %s: at max degree %d", peer.hex()[:12], self.config.max_degree)
+        # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
+        # nothing) must not take every slot and leave us no link of our own choosing.
+        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
+        if (
+            len(self.links) >= self.config.max_degree
+            or inbound >= self.config.max_degree - self.config.target_degree
+        ):
+            log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
         self._attach(Link(reader, writer, peer, port, False, self.config.limits), host)
@@ -285,10 +438,10 @@ class ExchangeNode:
         except BaseException:
             writer.close()
             raise
-        self._attach(Link(reader, writer, peer, peer_port, True, self.config.limits), host)
+        self._attach(Link(reader, writer, peer, peer_port, True, self.config.limits), host, port)
         return peer
 
-    def _attach(self, link: Link, host: str) -> None:
+    def _attach(self, link: Link, host: str, dialled: int | None = None) -> None:
         peer = link.peer_id
         if self._stopped:
             log.info("dropping link to %s: this node is stopped", peer.hex()[:12])
@@ -310,22 +463,64 @@ class ExchangeNode:
                 return
             old.close()
         self.links[peer] = link
-        if link.peer_port:
-            self._known[(host, link.peer_port)] = peer
-            self._backoff.pop((host, link.peer_port), None)
+        if link.outbound and dialled:
+            # We dialled this address and the handshake proved the id: this binding is
+            # verified (the port the peer claims is not: it could name another node's).
+            addr = (host, dialled)
+            self._known[addr] = peer
+            self._source.setdefault(addr, None)
+            self._verified.add(addr)
+            self._backoff.pop(addr, None)
+        elif link.peer_port and not link.outbound and (host, link.peer_port) not in self._known:
+            # An inbound peer's claimed port is only a hint: it never overwrites a binding,
+            # and a dial that reaches another id drops it. Hints count as announced by their
+            # host (peers with fresh keys could otherwise fill the table for good): capped
+            # per host and evictable like any unverified address.
+            addr = (host, link.peer_port)
+            src = INBOUND_SOURCE + host.encode()
+            mine = sum(1 for s in self._source.values() if s == src)
+            if mine < self.config.max_known_per_source and (
+                len(self._known) < self.config.max_known or self._evict_address(src)
+            ):
+                self._known[addr] = peer
+                self._source[addr] = src
         self._spawn(self._run_link(link))
-        link.send(Frame("peers_req", {}))
-        now = now_ms()
-        for so in self.book.all(now):
-            link.send(Frame("offer", {"m": so.raw}))
+        self._ask_peers(link)
+        self._send_book(link)
+
+    def _send_book(self, link: Link) -> None:
+        """Send a new link our book: built by concatenation, at most the link's write buffer,
+        and at most ``book_dump_burst`` dumps node-wide refilled at ``book_dump_rate``/s (a
+        peer linking in with fresh keys must not make us encode 50,000 offers each time; a
+        link beyond that learns offers from gossip)."""
+        offers = self.book.all(now_ms())
+        if not offers:
+            return
+        if not self._dump_bucket.take():
+            self.stats.book_dumps_skipped += 1
+            log.info("no book dump for %s: dump budget spent", link.peer_id.hex()[:12])
+            return
+        parts, size = [], 0
+        for so in offers:
+            framed = encode_frame(offer_frame_bytes(so.raw))
+            size += len(framed)
+            if size > WRITE_BUFFER_LIMIT:
+                break
+            parts.append(framed)
+        self.stats.book_dumps += 1
+        link.send_raw(b"".join(parts))
 
     async def _run_link(self, link: Link) -> None:
         try:
             await link.run(self._on_frame, self._abuse)
         finally:
             self._feelers.discard(link)
+            self._asked.pop(link, None)
+            self._answered.pop(link, None)
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
+                self._claim_buckets.pop(link.peer_id, None)
+                self._fwd.pop(link.peer_id, None)
 
     def _abuse(self, link: Link, reason: str, penalty: int) -> None:
         kind = reason.split(":")[0]
@@ -338,10 +533,18 @@ class ExchangeNode:
             self._banned[link.peer_id] = time.monotonic() + self.config.ban_s
             link.close()
 
+    def _forget(self, addr: tuple[str, int]) -> None:
+        self._known.pop(addr, None)
+        self._source.pop(addr, None)
+        self._verified.discard(addr)
+        self._backoff.pop(addr, None)
+        self._tried.pop(addr, None)
+
     async def _dial(self, addr: tuple[str, int], *, feeler: bool = False) -> None:
         self._tried[addr] = time.monotonic()
+        expect = self._known.get(addr)
         try:
-            peer = await self.connect(*addr, expect=None)
+            peer = await self.connect(*addr, expect=expect)
             link = self.links.get(peer)
             if feeler and link is not None and link.outbound and not link.closed:
                 # Marked before the link's first frame is read (no await since it was
@@ -350,7 +553,25 @@ class ExchangeNode:
         except Exception as exc:  # any dial failure only means: try again later
             if feeler:
                 self._next_feeler = 0.0  # a dead address costs no feeler period: try the next
+            bootstrap = addr in self.config.bootstrap
+            if isinstance(exc, LinkError) and "expected peer" in str(exc) and not bootstrap:
+                # The address answers with another node id than announced for it: forget it,
+                # and the peer that announced it pays (a table poisoned with addresses of
+                # other nodes would steer our dials).
+                source = self._source.get(addr)
+                self._forget(addr)
+                log.info("dial %s:%d reached another node id; address dropped", *addr)
+                if source is not None and source in self.links:
+                    self._abuse(self.links[source], "peers: announced a wrong node id", 5)
+                return
             attempts, _ = self._backoff.get(addr, (0, 0.0))
+            if attempts + 1 >= self.config.max_dial_failures and not bootstrap:
+                source = self._source.get(addr)
+                self._forget(addr)
+                log.info("dial %s:%d failed %d times; address forgotten", *addr, attempts + 1)
+                if source is not None and source in self.links:
+                    self._abuse(self.links[source], "peers: announced an address that is dead", 2)
+                return
             delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempts)
             delay *= (
                 0.5 + self._rng.random()
@@ -372,8 +593,7 @@ class ExchangeNode:
         mono = time.monotonic()
         now = now_ms()
         self.book.sweep(now)
-        for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
-            del self._relay[cid]
+        self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
         horizon = MAX_CLAIM_HORIZON_MS + int(self.config.settle_timeout_s * 1000) * 2
         for cid in [c for c, pd in self._pending.items() if pd.sent_ms + horizon <= now]:
@@ -387,6 +607,10 @@ class ExchangeNode:
                 del self._scores[peer]
         linked = set(self.links)
         want = self.config.target_degree - len(self.links) - len(self._dialing)
+        # However many peers linked in, keep half the target degree of links we dialled
+        # ourselves (from our own table): inbound links alone cannot eclipse us.
+        outbound = sum(1 for lk in self.links.values() if lk.outbound)
+        want = max(want, (self.config.target_degree + 1) // 2 - outbound - len(self._dialing))
         if want > 0:
             candidates = self._dial_candidates(mono, linked)
             self._rng.shuffle(candidates)
@@ -394,7 +618,7 @@ class ExchangeNode:
                 self._dialing.add(addr)
                 self._spawn(self._dial(addr))
             if self.links and tick % 4 == 0:
-                self._rng.choice(list(self.links.values())).send(Frame("peers_req", {}))
+                self._ask_peers(self._rng.choice(list(self.links.values())))
         elif (
             self.config.feeler_s > 0
             and self.config.target_degree > 0
@@ -403,6 +627,34 @@ class ExchangeNode:
         ):
             self._next_feeler = mono + self.config.feeler_s * (0.5 + self._rng.random())
             self._feel(mono, linked)
+
+    def _evict_address(self, newcomer: bytes | None = None) -> bool:
+        """Make room in a full address table: drop an address never verified, announced by
+        the source with the most such addresses (bootstrap and verified ones stay). Never one
+        of ``newcomer``'s own: a source replacing its own addresses is churn, not room."""
+        counts: dict[bytes, int] = {}
+        for addr, src in self._source.items():
+            if src is not None and addr not in self._verified and addr not in self._dialing:
+                counts[src] = counts.get(src, 0) + 1
+        if not counts:
+            return False
+        worst = max(counts, key=counts.__getitem__)
+        if worst == newcomer:
+            return False
+        for addr, src in self._source.items():
+            if src == worst and addr not in self._verified and addr not in self._dialing:
+                self._forget(addr)
+                return True
+        return False
+
+    def _sweep_relay(self, now: int) -> None:
+        for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
+            st = self._relay.pop(cid)
+            left = self._claims_by_peer.get(st.upstream, 1) - 1
+            if left > 0:
+                self._claims_by_peer[st.upstream] = left
+            else:
+                self._claims_by_peer.pop(st.upstream, None)
 
     def _dial_candidates(self, mono: float, linked: set[bytes]) -> list[tuple[str, int]]:
         return [
@@ -441,6 +693,10 @@ class ExchangeNode:
             handler(self, link, frame.body)
         except BadSignature as exc:
             self._abuse(link, str(exc), 25)
+        except (ClaimBudget, SealedJoinBad) as exc:
+            self._abuse(link, str(exc), 2)
+        except UnknownClaim as exc:
+            self._abuse(link, str(exc), 1)
         except (BadMessage, EncodingError) as exc:
             self._abuse(link, str(exc), 10)
         except KofoError as exc:
@@ -451,7 +707,17 @@ class ExchangeNode:
     def _h_ping(self, link: Link, body: dict[str, Any]) -> None:
         return None
 
+    def _ask_peers(self, link: Link) -> None:
+        self._asked[link] = self._asked.get(link, 0) + 1
+        link.send(Frame("peers_req", {}))
+
     def _h_peers_req(self, link: Link, body: dict[str, Any]) -> None:
+        # At most one answer per link every PEERS_ANSWER_S (an honest node asks a link at
+        # most once a second); more requests are ignored.
+        mono = time.monotonic()
+        if mono - self._answered.get(link, -PEERS_ANSWER_S) < PEERS_ANSWER_S:
+            return
+        self._answered[link] = mono
         peers = [
             [lk.peer_id, lk.peer_port]
             for lk in self.links.values()
@@ -464,9 +730,20 @@ class ExchangeNode:
         peers = body.get("peers")
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_IN_LIST:
             raise BadMessage(f"peers: must be a list of at most {MAX_PEERS_IN_LIST}")
+        # Only an answer to our own request (a table scan per entry makes an unasked list
+        # costly: at the link's frame rate they would stall the node).
+        asked = self._asked.get(link, 0)
+        if asked <= 0:
+            raise BadMessage("peers: not an answer to a peers_req")
+        if asked == 1:
+            del self._asked[link]
+        else:
+            self._asked[link] = asked - 1
         host = (link.writer.get_extra_info("peername") or (self.config.host,))[0]
+        src = link.peer_id
+        mine = sum(1 for s in self._source.values() if s == src)
         for item in peers:
-            if (
+            if not (
                 isinstance(item, list)
                 and len(item) == 2
                 and isinstance(item[0], bytes)
@@ -474,11 +751,20 @@ class ExchangeNode:
                 and type(item[1]) is int
                 and 0 < item[1] < 65536
                 and item[0] != self.node_id
-                and len(self._known) < 4096
             ):
-                # Only loopback/LAN peers are learned via the host the list came from: a peer
-                # cannot steer our dials to arbitrary hosts.
-                self._known.setdefault((host, item[1]), item[0])
+                raise BadMessage("peers: each entry must be [32-byte node id, port]")
+            # Only loopback/LAN peers are learned via the host the list came from: a peer
+            # cannot steer our dials to arbitrary hosts.
+            addr = (host, item[1])
+            if mine >= self.config.max_known_per_source:
+                break
+            if addr in self._known:
+                continue  # a binding is never overwritten by an announcement
+            if len(self._known) >= self.config.max_known and not self._evict_address(src):
+                break
+            self._known[addr] = item[0]
+            self._source[addr] = src
+            mine += 1
         if link in self._feelers:
             self._feelers.discard(link)
             # A feeler link beyond twice the target degree stays only where it is needed.
@@ -504,9 +790,21 @@ class ExchangeNode:
         ttl_ms: int = 600_000,
         offer_id: bytes | None = None,
     ) -> SignedOffer:
-        """Sign and gossip an offer (a new ``seq`` supersedes an earlier one with the same id)."""
+        """Sign and gossip an offer (a new ``seq`` supersedes an earlier one with the same id).
+        A maker holds at most ``offers_per_maker`` live offers (peers refuse more)."""
         oid = offer_id or os.urandom(16)
-        prev = self._own_offers.get(oid)
+        now = now_ms()
+        live = [
+            k
+            for k, so in self._own_offers.items()
+            if not so.offer.withdrawn and so.offer.expiry_ms > now
+        ]
+        if max_in and oid not in live and len(live) >= self.config.offers_per_maker:
+            raise KofoError(
+                f"a maker holds at most {self.config.offers_per_maker} live offers; "
+                "withdraw one or supersede it (same offer_id)",
+                code="invalid_input",
+            )
         offer = Offer(
             offer_id=oid,
             buy=buy,
@@ -518,10 +816,12 @@ class ExchangeNode:
             partial=partial,
             fee=fee,
             expiry_ms=now_ms() + ttl_ms,
-            seq=prev.offer.seq + 1 if prev else 1,
+            # Protocol v2: seq is the signing time in ms, increasing over all our offers.
+            seq=max(self._last_seq + 1, now_ms()),
         )
         Offer.from_body(offer.to_body())  # the same checks a receiver applies
         so = make_offer(self._key, offer)
+        self._last_seq = offer.seq
         self._own_offers[oid] = so
         self.book.add(so, now_ms())
         self._gossip_offer(so, exclude=None)
@@ -558,8 +858,22 @@ class ExchangeNode:
             verdict = self.book.add(so, now)
         if not verdict.accepted:
             # Duplicates are the normal cost of gossip and not the sender's fault; an expired
-            # offer is (a small) one.
-            if "expired" in verdict.reason or "ahead" in verdict.reason:
+            # offer is (a small) one, unless it expired on its way (or its clock window was
+            # missed by as little as clocks drift): an honest relay took it while it was live,
+            # and a maker's short-lived offers would get that relay banned by its neighbours.
+            clock = "expired" in verdict.reason or "ahead" in verdict.reason
+            o = so.offer
+            missed_by = max(
+                now - o.expiry_ms,
+                o.seq - now - MAX_SEQ_AHEAD_MS,
+                o.expiry_ms - now - MAX_OFFER_LIFETIME_MS,
+            )
+            if clock and missed_by <= TRANSIT_GRACE_MS:
+                self.stats.offers_late += 1
+                return
+            if clock or ("maker holds" in verdict.reason and so.maker == link.peer_id):
+                # A maker past its own cap is at fault; a relay gossiping it is not (it only
+                # forwards offers its own book took).
                 self._abuse(link, f"offer rejected: {verdict.reason}", 2)
             return
         if self.on_offer is not None:
@@ -579,14 +893,41 @@ class ExchangeNode:
         if cid in self._relay or cid in self._pending:
             self.stats.claims_dup += 1  # a loop or a second path: drop quietly
             return
+        peer = link.peer_id
+        # Budgets before any signature: a peer's claims hold at most ``claims_per_peer`` live
+        # states here and arrive at most at ``claim_rate``; the node holds a bounded total.
+        bucket = self._claim_buckets.get(peer)
+        if bucket is None:
+            bucket = TokenBucket(self.config.claim_rate, self.config.claim_burst)
+            self._claim_buckets[peer] = bucket
+        held = self._claims_by_peer.get(peer, 0)
+        if held >= self.config.claims_per_peer or not bucket.take():
+            self.stats.claims_refused += 1
+            raise ClaimBudget(f"claim budget exceeded: {held} live claims from this peer")
+        if len(self._relay) >= self.config.max_relay_states:
+            self._sweep_relay(now_ms())
+            if len(self._relay) >= self.config.max_relay_states:
+                self.stats.claims_refused += 1
+                log.info("claim %s dropped: relay state is full", cid.hex()[:12])
+                return
         sc = open_claim(raw)
         claim = sc.claim
         now = now_ms()
         if claim.deadline_ms <= now:
+            if now - claim.deadline_ms <= TRANSIT_GRACE_MS:
+                # Expired in transit (latency, clocks): an honest relay's, not scored.
+                self.stats.claims_late += 1
+                log.info("claim %s expired in transit dropped", cid.hex()[:12])
+                return
             raise KofoError(
                 f"claim expired: deadline_ms {claim.deadline_ms} < {now}", code="claim_expired"
             )
         if claim.deadline_ms > now + MAX_CLAIM_HORIZON_MS:
+            if claim.deadline_ms - now - MAX_CLAIM_HORIZON_MS <= TRANSIT_GRACE_MS:
+                # Within the horizon of a relay whose clock runs ahead of ours: not its fault.
+                self.stats.claims_late += 1
+                log.info("claim %s just beyond the horizon dropped", cid.hex()[:12])
+                return
             raise BadMessage(f"claim: deadline_ms {claim.deadline_ms} is beyond the horizon")
         path = parse_path(body.get("path"))
         if len(path) >= claim.max_hops:
@@ -602,6 +943,7 @@ class ExchangeNode:
             expires_ms=claim.deadline_ms + self.config.quote_valid_ms,
         )
         self._relay[cid] = st
+        self._claims_by_peer[peer] = held + 1
         fill = self._best_fill(claim)
         if fill is not None:
             f = Fulfil(cid, st.position, fill[0], fill[1], now + self.config.quote_valid_ms, path)
@@ -611,17 +953,36 @@ class ExchangeNode:
         if st.position < claim.max_hops:
             hop = sign_hop(eph, sc, path)
             out = Frame("claim", {"c": raw, "path": [h.to_wire() for h in [*path, hop]]})
-            self._fan_out(out, exclude=link.peer_id)
+            self._fan_out(out, exclude=link.peer_id, expires_ms=st.expires_ms)
 
-    def _fan_out(self, frame: Frame, exclude: bytes | None) -> None:
-        peers = [p for p in self.links if p != exclude]
+    def _fan_out(self, frame: Frame, exclude: bytes | None, expires_ms: int) -> None:
+        """Send a claim to up to ``claim_fanout`` peers, each only within the budget it gives
+        us (three quarters of ours, the same defaults): an honest relay never exceeds a
+        neighbour's claim budget, however hard its own upstream floods it, so a flood costs
+        only its origin score."""
+        now = now_ms()
+        peers = [p for p in self.links if p != exclude and self._fwd_room(p, now)]
         self._rng.shuffle(peers)
         if self._importance is not None:
             imp = self._importance
             peers.sort(key=lambda p: imp(p), reverse=True)
         framed = encode_frame(frame.to_bytes())
         for p in peers[: self.config.claim_fanout]:
-            self.links[p].send_raw(framed)
+            if self.links[p].send_raw(framed):
+                live, bucket = self._fwd[p]
+                bucket.take()
+                live.append(expires_ms)
+
+    def _fwd_room(self, peer: bytes, now: int) -> bool:
+        entry = self._fwd.get(peer)
+        if entry is None:
+            c = self.config
+            entry = ([], TokenBucket(c.claim_rate * 0.75, c.claim_burst * 0.75))
+            self._fwd[peer] = entry
+        live, bucket = entry
+        if live and live[0] <= now:
+            live[:] = [t for t in live if t > now]
+        return len(live) < self.config.claims_per_peer * 3 // 4 and bucket.peek() >= 1
 
     def _best_fill(self, claim: Claim) -> tuple[int, int] | None:
         """``(amount_in, amount_out)`` this node quotes for ``claim``, the output net of the
@@ -650,11 +1011,15 @@ class ExchangeNode:
         raw = body.get("f")
         if not isinstance(raw, bytes):
             raise BadMessage("fulfil frame: field 'f' must be bytes")
-        sf = open_fulfil(raw)
+        # Everything that needs no signature first: a fulfil for a claim we do not hold, or
+        # over a cap, costs no verify (and the sender a little).
+        sf = read_fulfil(raw)
         fees = parse_fees(body.get("fees"))
         f = sf.fulfil
         cid = f.claim_id
         if f.valid_until_ms <= now_ms():
+            if now_ms() - f.valid_until_ms <= TRANSIT_GRACE_MS:
+                return  # expired in transit: not the sender's fault
             raise KofoError("fulfil expired", code="fulfil_expired")
         pending = self._pending.get(cid)
         if pending is not None:
@@ -662,8 +1027,7 @@ class ExchangeNode:
             return
         st = self._relay.get(cid)
         if st is None:
-            log.info("fulfil for unknown or expired claim %s dropped", cid.hex()[:12])
-            return
+            raise UnknownClaim(f"fulfil for a claim this node does not hold: {cid.hex()[:12]}")
         me = st.position
         if (
             f.position <= me
@@ -676,9 +1040,25 @@ class ExchangeNode:
         if any(fee.fee for fee in fees):
             raise BadMessage("fulfil: hop fees must be 0 (relays are paid from the protocol fee)")
         upstream = self.links.get(st.upstream)
-        if upstream is None:
+        if upstream is None or sf.fulfil_id in st.downstream:
             return
-        st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out)
+        from_peer = [d for d in st.downstream.values() if d.peer == link.peer_id]
+        if f.position == me + 1 and any(len(d.keys) == me + 1 for d in from_peer):
+            # An honest node fills a claim once; more fills from one neighbour are a flood.
+            raise BadMessage("fulfil: a neighbour fills a claim at most once")
+        cap = self.config.max_fulfils_per_claim
+        sent = len(st.downstream) + (st.filled is not None)  # our own fill went up too
+        if len(from_peer) >= max(1, cap // 4) or sent >= cap:
+            # Fulfils it relays from further away: a fair share per link, a total we never
+            # exceed towards our upstream (whose cap per neighbour is the same).
+            log.info("fulfil for claim %s dropped: relay share is full", cid.hex()[:12])
+            return
+        check_fulfil(sf)
+        # The hops, filler and fees after us, as the initiator will check them: we never
+        # forward a bad one (the initiator would blame us for it), its sender pays here.
+        verify_fulfil_after(st.sc, sf, fees, me)
+        keys = [h.pub for h in f.path] + [sf.filler_eph]
+        st.downstream[sf.fulfil_id] = _Downstream(link.peer_id, f.amount_in, f.amount_out, keys)
         # The entry is this hop's signed acknowledgement that it carried the fulfil (the
         # relay's FeeQuote in the order names it); the ledger pays the relay, not the route.
         fees.append(sign_fee(st.eph, sf.fulfil_id, me, 0))
@@ -705,9 +1085,17 @@ class ExchangeNode:
         """
         if not 0 < window_s * 1000 <= MAX_CLAIM_HORIZON_MS:
             raise KofoError(f"window_s {window_s} is out of range", code="invalid_input")
+        if not 0 < max_hops <= MAX_HOPS:
+            raise KofoError(f"max_hops {max_hops} is out of range", code="invalid_input")
         eph = Ed25519PrivateKey.generate()
         reply = X25519PrivateKey.generate()
         sent = now_ms()
+        # Dummy hops of our own (and as much extra reach) blunt what the first hop learns
+        # from the path: an empty path would tell it that its link peer is the taker.
+        # The hops left (max_hops - path length) vary too, else "remaining == the default"
+        # would give the taker's neighbour away.
+        d = self._rng.randint(0, min(self.config.dummy_hops, MAX_HOPS - max_hops))
+        extra = self._rng.randint(0, min(self.config.dummy_hops, MAX_HOPS - max_hops - d))
         claim = Claim(
             have=have,
             want=want,
@@ -715,14 +1103,20 @@ class ExchangeNode:
             limit_num=limit[0],
             limit_den=limit[1],
             deadline_ms=sent + int(window_s * 1000),
-            max_hops=max_hops,
+            max_hops=max_hops + d + extra,
             reply_key=reply.public_key().public_bytes_raw(),
         )
         Claim.from_body(claim.to_body())
         sc = make_claim(eph, claim)
         pending = _Pending(sc, eph, reply, sent)
+        for _ in range(d):
+            key = Ed25519PrivateKey.generate()
+            pending.dummies.append(key)
+            pending.dummy_path.append(sign_hop(key, sc, pending.dummy_path))
         self._pending[sc.claim_id] = pending
-        self._fan_out(Frame("claim", {"c": sc.raw, "path": []}), exclude=None)
+        path = [h.to_wire() for h in pending.dummy_path]
+        expires = claim.deadline_ms + self.config.quote_valid_ms
+        self._fan_out(Frame("claim", {"c": sc.raw, "path": path}), exclude=None, expires_ms=expires)
         deadline = time.monotonic() + window_s
         while enough is None or len(pending.quotes) < enough:
             left = deadline - time.monotonic()
@@ -735,15 +1129,39 @@ class ExchangeNode:
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         imp = self._importance or (lambda _p: 0.0)
+        # At equal price the shorter route wins: a relay that pads a route with hops of its
+        # own loses the trade to any equally priced shorter route.
         return sorted(
             quotes,
-            key=lambda q: (q.amount_in == claim.amount, q.rate, imp(q.via), -q.received_ms),
+            key=lambda q: (
+                q.amount_in == claim.amount,
+                q.rate,
+                -q.fulfil.fulfil.position,
+                imp(q.via),
+                -q.received_ms,
+            ),
             reverse=True,
         )
 
     def _collect(self, pending: _Pending, link: Link, sf: Any, fees: list[Any]) -> None:
-        verify_fulfil(pending.sc, sf, fees)
-        q = Quote(pending.sc.claim_id, sf, fees, link.peer_id, now_ms())
+        via = link.peer_id
+        first = len(pending.dummies) + 1
+        if sf.fulfil.position == first and any(
+            q.via == via and q.fulfil.fulfil.position == first for q in pending.quotes
+        ):
+            raise BadMessage("fulfil: a neighbour fills a claim at most once")
+        if pending.per_via.get(via, 0) >= self.config.max_fulfils_per_claim:
+            # An honest relay never sends more (it forwards at most this many per claim).
+            raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
+        if len(pending.quotes) >= self.config.max_quotes:
+            log.info("quote dropped: %d quotes held for this claim", len(pending.quotes))
+            return
+        if any(q.fulfil_id == sf.fulfil_id for q in pending.quotes):
+            return
+        check_fulfil(sf)
+        verify_fulfil(pending.sc, sf, fees, pending.dummy_path)
+        pending.per_via[via] = pending.per_via.get(via, 0) + 1
+        q = Quote(pending.sc.claim_id, sf, fees, via, now_ms())
         claim = pending.sc.claim
         if q.amount_in > claim.amount or not claim.accepts(q.amount_in, q.delivered):
             log.info("quote below the limit price dropped")
@@ -755,36 +1173,59 @@ class ExchangeNode:
 
     async def settle(self, claim_id: bytes, quote: Quote, payment_hash: bytes) -> CommitOrder:
         """Ask the chosen route's parties to reveal themselves and co-sign its settlement
-        order; return it with every party's signature (ready for the clearance ledger)."""
+        order; return it with every party's signature (ready for the clearance ledger).
+        One quote per claim: a claim is settled (or tried) once."""
         pending = self._pending.get(claim_id)
         if pending is None:
             raise RouteFailed(f"claim {claim_id.hex()[:16]} is not ours or has been closed")
+        if pending.chosen is not None:
+            raise RouteFailed(f"claim {claim_id.hex()[:16]} already has an accepted quote")
+        if all(q.fulfil_id != quote.fulfil_id for q in pending.quotes):
+            raise RouteFailed("the quote is not one this claim received")
         link = self.links.get(quote.via)
         if link is None:
             raise RouteFailed("the neighbour the quote came through is gone")
-        p = quote.fulfil.fulfil.position
+        f = quote.fulfil.fulfil
+        p = f.position
+        d = len(pending.dummies)
         pending.chosen = quote
-        pending.joins.clear()
-        pending.osigs.clear()
         accept = sign(pending.eph, MSG_ACCEPT, Accept(claim_id, quote.fulfil_id).to_body())
         link.send(Frame("accept", {"a": accept.to_bytes()}))
         deadline = time.monotonic() + self.config.settle_timeout_s
-        await self._wait(pending, lambda: len(pending.joins) >= p, deadline, "joins")
+        await self._wait(pending, lambda: len(pending.joins) >= p - d, deadline, "joins")
+        # Our own dummy hops are bound to our node id like any hop, so every party can check
+        # the whole path; they take no fee and hold no leg.
+        own_addresses = dict(self.config.addresses)
+        for i, key in enumerate(pending.dummies, start=1):
+            data = join_message(
+                claim_id, quote.fulfil_id, i, pending.dummy_path[i - 1].pub, self.node_id, {}
+            )
+            pending.joins[i] = Join(i, self.node_id, {}, key.sign(data), self._key.sign(data))
         joins = [pending.joins[i] for i in range(1, p + 1)]
-        ids = [self.node_id] + [j.node_id for j in joins]
-        if len(set(ids)) != len(ids):
+        self.book.mark_answered(joins[-1].node_id)
+        route = [self.node_id] + [j.node_id for j in joins[d:]]
+        if len(set(route)) != len(route):
             raise RouteFailed("a node appears twice on the route")
+        if joins[d].node_id != quote.via:
+            self._abuse(link, "route: the first hop is not the neighbour the quote came by", 25)
+            raise RouteFailed("the first hop of the route is not the neighbour it came through")
         order = build_settlement_order(
             claim=pending.sc.claim,
-            quote=quote,
-            initiator=RouteParty(self.node_id, self.config.addresses),
-            relays=[j.node_id for j in joins[:-1]],
+            claim_id=claim_id,
+            fulfil_id=quote.fulfil_id,
+            amount_in=quote.amount_in,
+            delivered=quote.delivered,
+            initiator=RouteParty(self.node_id, own_addresses),
+            relays=[(i, joins[i - 1].node_id) for i in range(d + 1, p)],
             provider=RouteParty(joins[-1].node_id, joins[-1].addresses),
+            provider_position=p,
             payment_hash=payment_hash,
             now_s=int(time.time()),
             protocol_fee_bps=self.config.protocol_fee_bps,
         )
         my_sig = order.sign(self._key)
+        pending.order_data = order.signing_bytes()
+        pending.owners = [j.node_id for j in joins]
         link.send(
             Frame(
                 "order",
@@ -793,17 +1234,15 @@ class ExchangeNode:
                     "fulfil_id": quote.fulfil_id,
                     "o": order.as_map(),
                     "sig": my_sig.signature,
+                    "joins": [j.to_body() for j in joins],
                 },
             )
         )
-        await self._wait(pending, lambda: len(pending.osigs) >= p, deadline, "signatures")
-        data = order.signing_bytes()
-        sigs = [my_sig]
-        for pos in range(1, p + 1):
-            signer = ids[pos]
-            if not verify_ed25519(signer, pending.osigs[pos], data):
-                raise RouteFailed(f"party at position {pos} signed something else")
-            sigs.append(OrderSignature(signer, pending.osigs[pos]))
+        await self._wait(pending, lambda: len(pending.osigs) >= p - d, deadline, "signatures")
+        sigs = [my_sig] + [
+            OrderSignature(pending.owners[pos - 1], pending.osigs[pos])
+            for pos in range(d + 1, p + 1)
+        ]
         by_signer = {s.signer: s for s in sigs}
         commit = CommitOrder(order, tuple(by_signer[nid] for nid in order.parties()))
         commit.verify_signatures()
@@ -839,7 +1278,13 @@ class ExchangeNode:
         st = self._route_state(acc0.claim_id, acc0.fulfil_id)
         if link.peer_id != st.upstream:
             raise BadMessage("accept did not come from the claim's upstream")
+        # One accept per claim: a taker that accepted every quote would learn every maker's
+        # and relay's identity (each node reveals itself for one route of a claim at most).
+        # Refused before the signature is checked: a repeat costs no verify.
+        if st.accepted is not None:
+            raise BadMessage("accept: this claim already has an accepted quote")
         acc = open_accept(raw, st.sc.initiator_eph)
+        st.accepted = acc.fulfil_id
         down = st.downstream.get(acc.fulfil_id)
         pos = st.position
         eph_pub = st.eph.public_key().public_bytes_raw()
@@ -857,15 +1302,36 @@ class ExchangeNode:
             raise BadMessage("join frame: needs claim_id and a box of at most 2048 bytes")
         pending = self._pending.get(cid)
         if pending is None:
-            self._relay_up(cid, link, Frame("join", body))
+            st = self._up_state(cid, link, "join")
+            if st is None:
+                return
+            assert st.accepted is not None  # _up_state found the accepted fulfil's link
+            down = st.downstream[st.accepted]
+            if st.joins_up >= len(down.keys) - st.position:
+                raise BadMessage("join: more joins than parties after this hop")
+            st.joins_up += 1
+            self._send_up(st, Frame("join", body))
             return
-        join = Join.from_body(decode(open_sealed(pending.reply, box)))
         quote = pending.chosen
-        if quote is None:
-            return
+        if quote is None or link.peer_id != quote.via:
+            raise BadMessage("join: not from the neighbour of the chosen route")
+        try:
+            join = self._open_join(pending, quote, cid, box)
+        except (BadMessage, BadSignature, EncodingError) as exc:
+            # Sealed to us: the neighbour relaying it could not check it, so it pays little
+            # (a route party that sends a bad join only fails its own route).
+            raise SealedJoinBad(f"join: {exc}") from None
+        pending.joins[join.position] = join
+        pending.changed.set()
+
+    def _open_join(self, pending: _Pending, quote: Quote, cid: bytes, box: bytes) -> Join:
+        join = Join.from_body(decode(open_sealed(pending.reply, box)))
         f = quote.fulfil.fulfil
-        if join.position > f.position:
-            raise BadMessage(f"join: position {join.position} beyond the route")
+        d = len(pending.dummies)
+        if not d < join.position <= f.position:
+            raise BadMessage(f"position {join.position} is not on the route")
+        if join.position in pending.joins:
+            raise BadMessage(f"position {join.position} already joined")
         eph = (
             quote.fulfil.filler_eph
             if join.position == f.position
@@ -873,19 +1339,24 @@ class ExchangeNode:
         )
         data = join_message(cid, quote.fulfil_id, join.position, eph, join.node_id, join.addresses)
         if not verify_ed25519(eph, join.eph_sig, data):
-            raise BadSignature(f"join: path key at position {join.position} did not sign")
+            raise BadSignature(f"path key at position {join.position} did not sign")
         if not verify_ed25519(join.node_id, join.node_sig, data):
-            raise BadSignature(f"join: node key at position {join.position} did not sign")
-        pending.joins[join.position] = join
-        pending.changed.set()
+            raise BadSignature(f"node key at position {join.position} did not sign")
+        return join
 
-    def _relay_up(self, cid: bytes, link: Link, frame: Frame) -> None:
+    def _up_state(self, cid: bytes, link: Link, what: str) -> _RelayState | None:
+        """The state of a claim for a frame travelling towards the initiator: it must come
+        from the link of the accepted fulfil (nobody else is on the route)."""
         st = self._relay.get(cid)
         if st is None:
-            log.info("%s for unknown claim %s dropped", frame.type, cid.hex()[:12])
-            return
-        if link.peer_id == st.upstream:
-            raise BadMessage(f"{frame.type} must travel towards the initiator")
+            log.info("%s for unknown claim %s dropped", what, cid.hex()[:12])
+            return None
+        down = st.downstream.get(st.accepted) if st.accepted is not None else None
+        if down is None or link.peer_id != down.peer:
+            raise BadMessage(f"{what}: not from the next hop of the accepted route")
+        return st
+
+    def _send_up(self, st: _RelayState, frame: Frame) -> None:
         up = self.links.get(st.upstream)
         if up is not None:
             up.send(frame)
@@ -894,38 +1365,71 @@ class ExchangeNode:
         cid, fid, isig = body.get("claim_id"), body.get("fulfil_id"), body.get("sig")
         if not isinstance(cid, bytes) or not isinstance(fid, bytes) or not isinstance(isig, bytes):
             raise BadMessage("order frame: needs claim_id, fulfil_id and sig")
+        raw_joins = body.get("joins")
+        if not isinstance(raw_joins, list) or not 0 < len(raw_joins) <= MAX_HOPS:
+            raise BadMessage(f"order frame: joins must be a list of 1..{MAX_HOPS}")
+        st = self._route_state(cid, fid)
+        if link.peer_id != st.upstream:
+            raise BadMessage("order did not come from the claim's upstream")
+        if st.accepted != fid:
+            raise BadMessage("order: not for the fulfil this claim accepted")
+        if st.order_data is not None or st.order_refused:
+            # An honest upstream forwards one order per claim (the one it signed).
+            raise BadMessage("order: this claim already had its order")
         order = SettlementOrder.from_map(body.get("o"))
         data = order.signing_bytes()
         if not verify_ed25519(order.initiator, isig, data):
             raise BadSignature("order: initiator signature does not verify")
-        st = self._route_state(cid, fid)
-        if link.peer_id != st.upstream:
-            raise BadMessage("order did not come from the claim's upstream")
+        joins = [Join.from_body(j) for j in raw_joins]
         down = st.downstream.get(fid)
-        is_provider = down is None
-        if is_provider:
+        me = st.position
+        own = st.eph.public_key().public_bytes_raw()
+        if down is None:
             assert st.filled is not None
-            amount_in, payout = st.filled[1], st.filled[2]
+            amount_in, amount_out = st.filled[1], st.filled[2]
+            keys = [h.pub for h in st.path] + [own]
         else:
-            assert down is not None
-            amount_in, payout = down.amount_in, down.amount_out_here
-        check_order(
-            order,
-            me=self.node_id,
+            amount_in, amount_out, keys = down.amount_in, down.amount_out_here, down.keys
+        view = RouteView(
+            claim=st.sc.claim,
             claim_id=cid,
             fulfil_id=fid,
-            have=st.sc.claim.have,
-            want=st.sc.claim.want,
             amount_in=amount_in,
-            max_payout=payout,
-            provider=is_provider,
-            now_s=int(time.time()),
-            max_protocol_fee_bps=(
-                self.config.protocol_fee_bps if is_provider else self.config.max_protocol_fee_bps
-            ),
+            amount_out=amount_out,
+            keys=keys,
+            position=me,
+            me=self.node_id,
+            upstream=st.upstream,
+            downstream=None if down is None else down.peer,
         )
+        try:
+            check_order(
+                order,
+                joins,
+                view,
+                provider_addresses=dict(self.config.addresses) if down is None else None,
+                now_s=int(time.time()),
+                max_protocol_fee_bps=(
+                    self.config.protocol_fee_bps
+                    if down is None
+                    else self.config.max_protocol_fee_bps
+                ),
+            )
+        except OrderPolicy as exc:
+            # Our own limit or clock: an honest relay before us may allow what we refuse (a
+            # taker could get it banned by us with such orders), so only the initiator pays.
+            st.order_refused = True  # a repeat costs no signature checks, and is scored
+            if st.upstream == order.initiator:
+                raise
+            log.info("order for claim %s refused: %s", cid.hex()[:12], exc)
+            return
+        except KofoError:
+            st.order_refused = True
+            raise
+        st.order_data = data
+        st.owners = [j.node_id for j in joins]
         sig = self._key.sign(data)
-        link.send(Frame("osig", {"claim_id": cid, "position": st.position, "sig": sig}))
+        link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig}))
         if down is not None and down.peer in self.links:
             self.links[down.peer].send(Frame("order", body))
 
@@ -941,8 +1445,29 @@ class ExchangeNode:
             raise BadMessage("osig frame: needs claim_id, position and a 64-byte sig")
         pending = self._pending.get(cid)
         if pending is None:
-            self._relay_up(cid, link, Frame("osig", body))
+            st = self._up_state(cid, link, "osig")
+            if st is None:
+                return
+            # Only the signatures of the parties after this hop, each checked against the
+            # order this node signed, each relayed once.
+            if st.order_data is None or not st.position < pos <= len(st.owners):
+                raise BadMessage(f"osig: position {pos} is not after this hop on the route")
+            if pos in st.osigs_up:
+                raise BadMessage(f"osig: position {pos} was already relayed")
+            if not verify_ed25519(st.owners[pos - 1], sig, st.order_data):
+                raise BadSignature(f"osig: position {pos} did not sign the order")
+            st.osigs_up.add(pos)
+            self._send_up(st, Frame("osig", body))
             return
+        quote = pending.chosen
+        if quote is None or link.peer_id != quote.via:
+            raise BadMessage("osig: not from the neighbour of the chosen route")
+        if pending.order_data is None or not len(pending.dummies) < pos <= len(pending.owners):
+            raise BadMessage(f"osig: position {pos} is not a party of the order")
+        if pos in pending.osigs:
+            raise BadMessage(f"osig: position {pos} already signed")
+        if not verify_ed25519(pending.owners[pos - 1], sig, pending.order_data):
+            raise BadSignature(f"osig: position {pos} did not sign the order")
         pending.osigs[pos] = sig
         pending.changed.set()
 

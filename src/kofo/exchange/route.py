@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kofo.wire.envelope import BadMessage
-from kofo.wire.exchange import Claim, Quote, digest
+from kofo.wire.envelope import BadMessage, BadSignature, verify_ed25519
+from kofo.wire.exchange import Claim, Join, digest, join_message, quote_id_for
 from kofo.wire.orders import (
     FeeQuote,
     Leg,
@@ -69,9 +69,16 @@ def order_id_for(claim_id: bytes, fulfil_id: bytes) -> bytes:
     return digest(claim_id + fulfil_id)[:16]
 
 
-def quote_ref(fulfil_id: bytes) -> bytes:
-    """The 16-byte ``quote_id`` the ledger uses for a fulfil (a prefix of its hash)."""
-    return fulfil_id[:16]
+ORDER_CLOCK_SKEW_S = 60
+"""How far the time an order's deadlines are derived from may lie from a co-signer's clock:
+the initiator builds the order moments before the parties check it (the settle timeout is
+seconds), so a minute absorbs clock drift while a deadline moved by hours or days is refused."""
+
+
+class OrderPolicy(BadMessage):
+    """An order breaks a limit of the refusing party's own (the fee rate it quoted with or
+    allows, the time its clock gives): an honest relay before it, with other limits or another
+    clock, may have allowed it, so only the initiator that wrote it is to blame."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +87,30 @@ class RouteParty:
     addresses: dict[str, str]
 
 
+def derived_times(now_s: int) -> tuple[int, int, int, int]:
+    """``(out lock_by, back lock_by, back expiry, out expiry)`` of an order built at
+    ``now_s``: the only deadlines the protocol derives, and so the only ones a party signs."""
+    short = now_s + FIRST_EXPIRY_MARGIN_S
+    return now_s + LOCK_WINDOW_S, now_s + 2 * LOCK_WINDOW_S, short, short + LEG_EXPIRY_STEP_S
+
+
 def build_settlement_order(
     *,
     claim: Claim,
-    quote: Quote,
+    claim_id: bytes,
+    fulfil_id: bytes,
+    amount_in: int,
+    delivered: int,
     initiator: RouteParty,
-    relays: list[bytes],
+    relays: list[tuple[int, bytes]],
     provider: RouteParty,
+    provider_position: int,
     payment_hash: bytes,
     now_s: int,
     protocol_fee_bps: int = 0,
 ) -> SettlementOrder:
+    """The one order the protocol derives for a chosen quote. ``relays`` are ``(position,
+    node id)`` of the hops that carried the claim (the initiator's own dummy hops excluded)."""
     have_chain, have_token = split_asset(claim.have)
     want_chain, want_token = split_asset(claim.want)
     for who, party, chain in (
@@ -101,8 +121,7 @@ def build_settlement_order(
     ):
         if chain not in party.addresses:
             raise BadMessage(f"order: {who} has no address on chain {chain!r}")
-    short = now_s + FIRST_EXPIRY_MARGIN_S
-    long = short + LEG_EXPIRY_STEP_S
+    out_lock, back_lock, short, long = derived_times(now_s)
     legs = (
         Leg(
             chain=have_chain,
@@ -111,10 +130,10 @@ def build_settlement_order(
             recipient=provider.node_id,
             sender_address=initiator.addresses[have_chain],
             recipient_address=provider.addresses[have_chain],
-            amount=quote.amount_in,
+            amount=amount_in,
             expiry=expiry_from_map({"unit": "unix", "value": long}, "leg.expiry"),
             expiry_time=long,
-            lock_by=now_s + LOCK_WINDOW_S,
+            lock_by=out_lock,
         ),
         Leg(
             chain=want_chain,
@@ -123,83 +142,156 @@ def build_settlement_order(
             recipient=initiator.node_id,
             sender_address=provider.addresses[want_chain],
             recipient_address=initiator.addresses[want_chain],
-            amount=quote.delivered,
+            amount=delivered,
             expiry=expiry_from_map({"unit": "unix", "value": short}, "leg.expiry"),
             expiry_time=short,
-            lock_by=now_s + 2 * LOCK_WINDOW_S,
+            lock_by=back_lock,
         ),
     )
-    ref = quote_ref(quote.fulfil_id)
     quotes = (
-        *(FeeQuote(r, QuoteRole.RELAY, ref) for r in relays),
-        FeeQuote(provider.node_id, QuoteRole.PROVIDER, ref),
+        *(
+            FeeQuote(r, QuoteRole.RELAY, quote_id_for(fulfil_id, pos, r, QuoteRole.RELAY.value))
+            for pos, r in relays
+        ),
+        FeeQuote(
+            provider.node_id,
+            QuoteRole.PROVIDER,
+            quote_id_for(fulfil_id, provider_position, provider.node_id, QuoteRole.PROVIDER.value),
+        ),
     )
     return SettlementOrder(
-        order_id=order_id_for(quote.claim_id, quote.fulfil_id),
+        order_id=order_id_for(claim_id, fulfil_id),
         kind=OrderKind.ROUTED,
         payment_hash=payment_hash,
         legs=legs,
-        relays=tuple(relays),
+        relays=tuple(r for _, r in relays),
         quotes=quotes,
         protocol_fee_bps=protocol_fee_bps,
-        protocol_fee=protocol_fee(quote.amount_in, protocol_fee_bps),
+        protocol_fee=protocol_fee(amount_in, protocol_fee_bps),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteView:
+    """What a co-signer knows of the route for itself: the claim, the fulfil it carried or
+    made (id, amounts, every path key by position, the filler's key last), its own position
+    and node id, and the node ids of its two link neighbours on the route."""
+
+    claim: Claim
+    claim_id: bytes
+    fulfil_id: bytes
+    amount_in: int
+    amount_out: int
+    keys: list[bytes]  # path key of positions 1..p (index 0 is position 1), p = the filler
+    position: int
+    me: bytes
+    upstream: bytes  # the link the claim came from: node at position - 1, or the initiator
+    downstream: bytes | None  # the link the fulfil came from (None for the provider)
+
+
+def route_owners(view: RouteView, joins: list[Join]) -> list[bytes]:
+    """The node id bound to each position 1..p by the joins the initiator forwarded (each
+    signed by the position's path key and by the node key): raises unless every position has
+    exactly one valid binding."""
+    p = len(view.keys)
+    if len(joins) != p:
+        raise BadMessage(f"order: {len(joins)} joins for a route of {p} positions")
+    owners = []
+    for i, j in enumerate(joins, start=1):
+        if j.position != i:
+            raise BadMessage(f"order: join {i} is for position {j.position}")
+        data = join_message(
+            view.claim_id, view.fulfil_id, i, view.keys[i - 1], j.node_id, j.addresses
+        )
+        if not verify_ed25519(view.keys[i - 1], j.eph_sig, data):
+            raise BadSignature(f"order: path key at position {i} did not sign its join")
+        if not verify_ed25519(j.node_id, j.node_sig, data):
+            raise BadSignature(f"order: node key at position {i} did not sign its join")
+        owners.append(j.node_id)
+    return owners
 
 
 def check_order(
     order: SettlementOrder,
+    joins: list[Join],
+    view: RouteView,
     *,
-    me: bytes,
-    claim_id: bytes,
-    fulfil_id: bytes,
-    have: str,
-    want: str,
-    amount_in: int,
-    max_payout: int,
-    provider: bool,
+    provider_addresses: dict[str, str] | None,
     now_s: int,
     max_protocol_fee_bps: int,
 ) -> None:
-    """What a party checks before co-signing: the order is for this claim and fulfil, this
-    node is in it in the right role, its protocol fee follows the ledger's rule, and (for the
-    provider) the legs match its own quote. A provider passes the fee rate it quoted with as
-    ``max_protocol_fee_bps``: a higher rate would take more of its input than it priced in."""
-    if order.order_id != order_id_for(claim_id, fulfil_id):
+    """What a party checks before co-signing: the order equals the one the protocol derives
+    from what this party quoted or carried. Only the initiator's own choices are free: the
+    payment hash and its addresses; the time the deadlines are derived from must lie within
+    :data:`ORDER_CLOCK_SKEW_S` of ours. Exactly the hops that carried the claim are the
+    relays, each bound to its path key by a join, and this party's link neighbours are the
+    nodes next to it on the route (so nobody can add, drop or swap a hop). The provider passes
+    its own addresses (the order must pay it there, and take from it only there) and the fee
+    rate it quoted with as ``max_protocol_fee_bps``."""
+    if order.order_id != order_id_for(view.claim_id, view.fulfil_id):
         raise BadMessage("order: order_id does not belong to this claim and fulfil")
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
         raise BadMessage("order: a routed order from a claim has exactly two legs")
-    if order.protocol_fee_bps > max_protocol_fee_bps:
-        raise BadMessage(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
+    owners = route_owners(view, joins)
+    p = len(owners)
+    if owners[view.position - 1] != view.me:
+        raise BadMessage(f"order: position {view.position} is not bound to this node")
+    initiator = order.legs[0].sender
+    # The initiator's own dummy hops (see ExchangeNode.request_quotes) lead the path.
+    dummies = 0
+    while dummies < p - 1 and owners[dummies] == initiator:
+        dummies += 1
+    route = [initiator, *owners[dummies:]]
+    if len(set(route)) != len(route):
+        raise BadMessage("order: a node appears twice on the route")
+    left = initiator if view.position == 1 else owners[view.position - 2]
+    if left != view.upstream:
+        raise BadMessage("order: the hop before this one is not the link the claim came from")
+    if view.downstream is not None and owners[view.position] != view.downstream:
+        raise BadMessage("order: the hop after this one is not the link the fulfil came from")
     out, back = order.legs
-    if order.protocol_fee != protocol_fee(out.amount, order.protocol_fee_bps):
-        raise BadMessage(
-            f"order: protocol_fee {order.protocol_fee} does not follow the rule "
-            f"({out.amount} * {order.protocol_fee_bps} // {BPS})"
+    addresses = joins[-1].addresses if provider_addresses is None else provider_addresses
+    provider = RouteParty(owners[-1], addresses)
+    have_chain, _ = split_asset(view.claim.have)
+    want_chain, _ = split_asset(view.claim.want)
+    t = out.lock_by - LOCK_WINDOW_S
+    expected = build_settlement_order(
+        claim=view.claim,
+        claim_id=view.claim_id,
+        fulfil_id=view.fulfil_id,
+        amount_in=view.amount_in,
+        delivered=view.amount_out,
+        initiator=RouteParty(
+            initiator, {have_chain: out.sender_address, want_chain: back.recipient_address}
+        ),
+        relays=[(i, owners[i - 1]) for i in range(dummies + 1, p)],
+        provider=provider,
+        provider_position=p,
+        payment_hash=order.payment_hash,
+        now_s=t,
+        protocol_fee_bps=order.protocol_fee_bps,
+    )
+    if order != expected:
+        diff = _first_difference(order, expected)
+        raise BadMessage(f"order: {diff} differs from what this party quoted or carried")
+    # Policy last: a refusal on it does not score a relaying upstream (OrderPolicy), so
+    # everything an honest relay checks alike must have passed first.
+    if order.protocol_fee_bps > max_protocol_fee_bps:
+        raise OrderPolicy(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
+    if abs(t - now_s) > ORDER_CLOCK_SKEW_S:
+        raise OrderPolicy(
+            f"order: deadlines derive from time {t}, {t - now_s:+d}s from this node's clock"
         )
-    if out.asset != have or back.asset != want:
-        raise BadMessage(f"order: legs move {out.asset}/{back.asset}, claim was {have}/{want}")
-    if out.sender != back.recipient or out.recipient != back.sender:
-        raise BadMessage("order: the two legs are not a cycle")
-    if not back.expiry_time < out.expiry_time or back.expiry_time < now_s + LEG_EXPIRY_STEP_S:
-        raise BadMessage("order: the provider's leg must expire first, and not too soon")
-    ref = quote_ref(fulfil_id)
-    if provider:
-        if out.recipient != me:
-            raise BadMessage("order: this node is not the provider")
-        if out.amount != amount_in or back.amount > max_payout:
-            raise BadMessage(
-                f"order: legs {out.amount}/{back.amount} differ from the quote "
-                f"{amount_in}/{max_payout}"
-            )
-        roles = [(q.node, q.role) for q in order.quotes if q.quote_id == ref]
-        if (me, QuoteRole.PROVIDER) not in roles:
-            raise BadMessage("order: the provider's quote is not referenced")
-    else:
-        if me not in order.relays:
-            raise BadMessage("order: this node is not among the relays")
-        if out.amount != amount_in:
-            raise BadMessage(f"order: leg amount {out.amount} differs from the fulfil {amount_in}")
-        if not any(
-            q.node == me and q.role is QuoteRole.RELAY and q.quote_id == ref for q in order.quotes
-        ):
-            raise BadMessage("order: this relay's fee quote is missing")
+
+
+def _first_difference(order: SettlementOrder, expected: SettlementOrder) -> str:
+    got, want = order.as_map(), expected.as_map()
+    for k in want:
+        if k == "legs":
+            for i, (a, b) in enumerate(zip(got[k], want[k], strict=False)):
+                for f in b:
+                    if a.get(f) != b[f]:
+                        return f"legs[{i}].{f}"
+        elif got.get(k) != want[k]:
+            return k
+    return "the order"

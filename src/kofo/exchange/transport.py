@@ -117,6 +117,13 @@ class TokenBucket:
         self._tokens = burst
         self._last = time.monotonic()
 
+    def peek(self) -> float:
+        """The tokens available now (refilled, none taken)."""
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        return self._tokens
+
     def take(self, n: float = 1.0) -> bool:
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)

@@ -23,6 +23,7 @@ alone can open, and then co-sign a :class:`kofo.wire.orders.SettlementOrder`.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -40,7 +41,11 @@ from kofo.wire.envelope import (
     verify_ed25519,
 )
 
-FRAME_VERSION = 1
+FRAME_VERSION = 2
+"""Exchange link protocol version. 2 (this): an offer's ``seq`` is per maker (its signing
+time in ms, strictly increasing over all the maker's offers), a claim's path may start with the
+initiator's own dummy hops, and an ``order`` frame carries every position's join so each party
+checks who carried the claim. Version 1 nodes are refused (``frame: unsupported version``)."""
 
 MAX_FRAME_BYTES = 256 * 1024
 """The biggest exchange frame is a fulfil with a full path and fees (a few KiB) or a peer list;
@@ -61,6 +66,7 @@ MAX_PEERS_IN_LIST = 64
 PATH_DOMAIN = b"KOFO/path/v1\x00"
 FEE_DOMAIN = b"KOFO/fee/v1\x00"
 JOIN_DOMAIN = b"KOFO/join/v1\x00"
+QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
 
 MSG_OFFER = "offer"
 MSG_CLAIM = "claim"
@@ -110,6 +116,26 @@ def _exact_keys(m: Any, keys: set[str], where: str) -> dict[str, Any]:
     if set(m) != keys:
         raise BadMessage(f"{where}: fields must be exactly {sorted(keys)}, got {sorted(m)}")
     return m
+
+
+def _cbor_bytes_header(n: int) -> bytes:
+    if n < 24:
+        return bytes([0x40 | n])
+    if n < 1 << 8:
+        return bytes([0x58, n])
+    if n < 1 << 16:
+        return b"\x59" + n.to_bytes(2, "big")
+    return b"\x5a" + n.to_bytes(4, "big")
+
+
+_OFFER_FRAME_HEAD = b"\xa3\x61b\xa1\x61m"
+_OFFER_FRAME_TAIL = b"\x61t\x65offer\x61v" + bytes([FRAME_VERSION])
+
+
+def offer_frame_bytes(raw: bytes) -> bytes:
+    """``Frame("offer", {"m": raw}).to_bytes()`` by concatenation (canonical CBOR: keys b, t,
+    v), for sending a whole book without an encoder call per offer; equal by a test."""
+    return _OFFER_FRAME_HEAD + _cbor_bytes_header(len(raw)) + raw + _OFFER_FRAME_TAIL
 
 
 def digest(data: bytes) -> bytes:
@@ -393,16 +419,19 @@ def parse_path(value: Any) -> list[PathHop]:
     return hops
 
 
-def verify_path(claim: SignedClaim, path: list[PathHop]) -> None:
+def verify_path(claim: SignedClaim, path: list[PathHop], *, checked: int = 0) -> None:
     """Raise :class:`BadSignature` unless every hop signed its position after its predecessor,
-    and :class:`BadMessage` if a key repeats (a loop)."""
+    and :class:`BadMessage` if a key repeats (a loop). The signatures of the first ``checked``
+    hops are taken as verified already (the caller checked that prefix)."""
     seen = {claim.initiator_eph}
     prev = claim.signature
     for i, hop in enumerate(path, start=1):
         if hop.pub in seen:
             raise BadMessage(f"path[{i - 1}]: key repeats (loop)")
         seen.add(hop.pub)
-        if not verify_ed25519(hop.pub, hop.sig, _path_message(claim.claim_id, i, prev)):
+        if i > checked and not verify_ed25519(
+            hop.pub, hop.sig, _path_message(claim.claim_id, i, prev)
+        ):
             raise BadSignature(f"path[{i - 1}]: signature for position {i} does not verify")
         prev = hop.sig
 
@@ -467,6 +496,19 @@ class SignedFulfil:
 def make_fulfil(ephemeral: Ed25519PrivateKey, fulfil: Fulfil) -> SignedFulfil:
     msg = sign(ephemeral, MSG_FULFIL, fulfil.to_body())
     return SignedFulfil(msg.envelope.sender, fulfil, msg.to_bytes())
+
+
+def read_fulfil(raw: bytes) -> SignedFulfil:
+    """Parse and schema-check a fulfil *without* its signature: only for deciding to drop it
+    early (unknown claim, over a cap); call :func:`check_fulfil` before believing it."""
+    msg = read_message(raw)
+    if msg.envelope.type != MSG_FULFIL:
+        raise BadMessage(f"fulfil: envelope type is {msg.envelope.type!r}")
+    return SignedFulfil(msg.envelope.sender, Fulfil.from_body(msg.envelope.body), raw)
+
+
+def check_fulfil(sf: SignedFulfil) -> None:
+    check_signature(sf.filler_eph, sf.raw)
 
 
 def open_fulfil(raw: bytes) -> SignedFulfil:
@@ -547,17 +589,26 @@ class Quote:
         return Fraction(self.delivered, self.amount_in)
 
 
-def verify_fulfil(claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee]) -> None:
-    """Check a fulfil arriving at the initiator: the path, the filler, and every hop fee."""
+def verify_fulfil(
+    claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee], own_hops: Sequence[PathHop] = ()
+) -> None:
+    """Check a fulfil arriving at the initiator: the path, the filler, and every hop fee.
+    ``own_hops`` are the initiator's own dummy hops: the path must start with them, and they
+    carry no fee entry (nobody but the initiator holds their keys)."""
     f = sf.fulfil
     if f.claim_id != claim.claim_id:
         raise BadMessage("fulfil: claim_id does not match")
+    d = len(own_hops)
+    if f.position <= d or f.path[:d] != list(own_hops):
+        raise BadMessage("fulfil: the path does not start with the initiator's own hops")
     verify_path(claim, f.path)
     if sf.filler_eph == claim.initiator_eph or any(h.pub == sf.filler_eph for h in f.path):
         raise BadMessage("fulfil: filler key repeats a path key")
     positions = sorted(fee.position for fee in fees)
-    if positions != list(range(1, f.position)):
-        raise BadMessage(f"fulfil: fee positions {positions} do not cover 1..{f.position - 1}")
+    if positions != list(range(d + 1, f.position)):
+        raise BadMessage(
+            f"fulfil: fee positions {positions} do not cover {d + 1}..{f.position - 1}"
+        )
     fid = sf.fulfil_id
     if any(fee.fee for fee in fees):
         raise BadMessage("fulfil: hop fees must be 0 (relays are paid from the protocol fee)")
@@ -567,6 +618,25 @@ def verify_fulfil(claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee]) -> N
             raise BadSignature(f"fees: signature for position {fee.position} does not verify")
     if sum(fee.fee for fee in fees) >= f.amount_out:
         raise BadMessage("fulfil: fees eat the whole output")
+
+
+def verify_fulfil_after(
+    claim: SignedClaim, sf: SignedFulfil, fees: list[HopFee], position: int
+) -> None:
+    """What the relay at ``position`` checks before forwarding a fulfil towards the initiator:
+    the path hops, the filler key and the hop fees of the parties after it (the path up to it
+    is the one it verified and signed; the caller checks the fee positions and amounts). The
+    initiator checks the same; a relay that forwarded a bad one would be scored for it, so
+    each catches it at the first honest relay, which scores the link it came from."""
+    f = sf.fulfil
+    verify_path(claim, f.path, checked=position)
+    if sf.filler_eph == claim.initiator_eph or any(h.pub == sf.filler_eph for h in f.path):
+        raise BadMessage("fulfil: filler key repeats a path key")
+    fid = sf.fulfil_id
+    for fee in fees:
+        pub = f.path[fee.position - 1].pub
+        if not verify_ed25519(pub, fee.sig, _fee_message(fid, fee.position, fee.fee)):
+            raise BadSignature(f"fees: signature for position {fee.position} does not verify")
 
 
 # --------------------------------------------------------------------------- accept / join
@@ -646,3 +716,14 @@ def join_message(
     addresses: dict[str, str],
 ) -> bytes:
     return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node, addresses])
+
+
+def quote_id_for(fulfil_id: bytes, position: int, node: bytes, role: str) -> bytes:
+    """The ledger's 16-byte ``quote_id`` of one route party's ``FeeQuote`` (``role`` is
+    ``"relay"`` or ``"provider"``): ``sha256(KOFO/quote-id/v1 0x00 || fulfil_id || position (1
+    byte) || role || node)[:16]``. Each party's id differs (the ledger refuses an order whose
+    quote ids repeat), and it is derived from what the party signs, so nobody can occupy it
+    first: an order using it needs that party's signature over this very fulfil."""
+    if not 0 < position <= MAX_HOPS:
+        raise BadMessage(f"quote id: position {position} is out of range")
+    return digest(QUOTE_ID_DOMAIN + fulfil_id + bytes([position]) + role.encode() + node)[:16]

@@ -1,0 +1,86 @@
+"""What the exchange builds, committed to the real clearance ledger app (in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+import pytest
+
+from kofo.clearance import privacy
+from kofo.clearance.fees import split_fee
+from kofo.clearance.params import LedgerParams
+from kofo.exchange.node import ExchangeNode
+from kofo.wire.orders import LegOutcome, RegisterNode, ReportOutcome, sign_tx
+
+from ..clearance.helpers import Ledger, _paillier, ledger_params
+from .helpers import line, stop_all, wait_until
+
+ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
+BPS = LedgerParams().protocol_fee_bps
+
+
+def _register(node: ExchangeNode, i: int, ts: int) -> bytes:
+    pub, _ = _paillier(i % 6)
+    body = RegisterNode(
+        addresses=dict(node.config.addresses),
+        paillier_n=privacy.public_modulus(pub),
+        balance_seed=privacy.encrypt(pub, 0),
+        bond=1_000_000,
+    )
+    return sign_tx(node._key, body, ts=ts)
+
+
+@pytest.mark.timeout(120)
+# (relays, the seed of the taker's dummy-hop draw, the dummy hops it gives)
+@pytest.mark.parametrize(("relays", "seed", "dummies"), [(0, 1, 0), (1, 0, 1), (3, 5, 2)])
+def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_relay(
+    relays, seed, dummies
+):
+    """Case 1 of issue 18: every relay's FeeQuote had the same quote_id, so the ledger refused
+    every relayed order (``quote ids repeat``). Each party's quote id is now its own."""
+
+    async def go():
+        nodes = await line(relays + 2, protocol_fee_bps=BPS, addresses=ADDR)
+        # Seeded: the claim starts with 0, 1 or 2 of the taker's dummy hops (not relays).
+        nodes[0]._rng = random.Random(seed)
+        try:
+            nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(nodes[0].book) == 1)
+            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            assert quotes[0].fulfil.fulfil.position == dummies + relays + 1
+            commit = await nodes[0].settle(cid, quotes[0], os.urandom(32))
+            return nodes, commit
+        finally:
+            await stop_all(nodes)
+
+    nodes, commit = asyncio.run(asyncio.wait_for(go(), 60))
+    order = commit.order
+    assert list(order.relays) == [n.node_id for n in nodes[1:-1]]
+    ledger = Ledger(params=ledger_params())
+    now = int(time.time())
+    ledger.ok(*(_register(n, i, now) for i, n in enumerate(nodes)), time=now)
+    submit = sign_tx(nodes[0]._key, commit, ts=now)
+    ledger.ok(submit, time=now + 1)
+    provider = nodes[-1]
+    for leg in (0, 1):
+        rep = ReportOutcome(order.order_id, leg, LegOutcome.LOCKED, f"lock{leg}")
+        ledger.ok(sign_tx(provider._key, rep, ts=now + 2), time=now + 2)
+    for leg in (1, 0):
+        rep = ReportOutcome(order.order_id, leg, LegOutcome.REDEEMED, f"redeem{leg}")
+        ledger.ok(sign_tx(provider._key, rep, ts=now + 3), time=now + 3)
+    assert ledger.app.order(order.order_id)["status"] == "settled"
+    split = split_fee(
+        order.protocol_fee,
+        list(order.relays),
+        order.intermediaries(),
+        foundation_bps=LedgerParams().foundation_bps,
+        relay_pool_bps=LedgerParams().relay_pool_bps,
+    )
+    shares = dict(split.shares)
+    for i, n in enumerate(nodes[1:], start=1):
+        _, priv = _paillier(i % 6)
+        ct = ledger.app.balance_ciphertext(n.node_id, order.fee_asset)
+        assert ct is not None and privacy.decrypt(priv, ct) == shares[n.node_id] > 0
