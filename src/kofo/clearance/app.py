@@ -14,6 +14,7 @@ it with a non-zero code) and changes nothing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from kofo.clearance.errors import (
     AlreadyExists,
     EvidenceInvalid,
     FeeRuleViolated,
+    InternalError,
     NotAuthorised,
     NotFound,
     OrderInvalid,
@@ -39,12 +41,15 @@ from kofo.clearance.fees import protocol_fee, split_fee
 from kofo.clearance.importance import NodeStats, decay, rank_routes, score
 from kofo.clearance.params import FOUNDATION, LedgerParams
 from kofo.clearance.store import MerkleStore
-from kofo.errors import KofoError
+from kofo.errors import InvalidInput, KofoError
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import (
+    MAX_LEGS,
+    NODE_ID_SIZE,
     ORDER_DOMAIN,
+    ORDER_ID_SIZE,
     CommitOrder,
     EvidenceKind,
     FileEvidence,
@@ -59,6 +64,8 @@ from kofo.wire.orders import (
     parse_tx_body,
     verify_ed25519,
 )
+
+log = logging.getLogger("kofo.clearance")
 
 _VERIFIED_CACHE = 200_000
 """Transactions CheckTx already verified (signatures included), kept by hash so FinalizeBlock
@@ -210,6 +217,14 @@ def _int_add(view: _View, key: bytes, amount: int) -> None:
     view.set(key, _enc(_int_get(view, key) + amount))
 
 
+def _internal_error(exc: Exception, where: str) -> TxResult:
+    # The log names only the exception type: its text could quote tx content, and a result's
+    # text must not depend on anything but the input.
+    log.error("%s: refused a tx after an internal error", where, exc_info=exc)
+    err = InternalError(f"internal error ({type(exc).__name__}); the tx is refused")
+    return TxResult(abci_code(err), str(err), err.code)
+
+
 class LedgerApp:
     """The clearance ledger over a :class:`MerkleStore` (see module docstring)."""
 
@@ -269,6 +284,8 @@ class LedgerApp:
             self._decode_verified(raw)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
+        except Exception as exc:  # a bug must refuse the tx, never take the validator down
+            return _internal_error(exc, "check_tx")
         return TxResult()
 
     def _decode_verified(self, raw: bytes) -> tuple[Envelope, TxBody]:
@@ -343,6 +360,10 @@ class LedgerApp:
                     view.set_map(_node_key(env.sender), sender)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
+        except Exception as exc:
+            # A bug hit by some input: the tx is refused and its writes dropped, the same way
+            # on every validator (same code, same state), so the chain neither halts nor splits.
+            return _internal_error(exc, "finalize_block")
         view.flush()
         return TxResult(events=tuple(ctx.events))
 
@@ -768,35 +789,71 @@ class LedgerApp:
 
     def query(self, path: str, data: bytes) -> bytes:
         """The ABCI query face: ``path`` names the query, ``data`` is its canonical-CBOR
-        argument; the answer is canonical CBOR. Raises :class:`NotFound`."""
+        argument; the answer is canonical CBOR. Raises :class:`NotFound` (unknown path or
+        nothing there) or :class:`InvalidInput` (an argument of the wrong shape, named)."""
         arg = decode(data) if data else None
-        if path == "/node" and isinstance(arg, bytes):
-            rec = self.node(arg)
+        if path == "/node":
+            node = _arg_bytes(arg, NODE_ID_SIZE, "/node: the node id")
+            rec = self.node(node)
             if rec is None:
-                raise NotFound(f"node {arg.hex()} is not registered")
+                raise NotFound(f"node {node.hex()} is not registered")
             rec["importance"] = self._score(rec)
             return encode(rec)
-        if path == "/order" and isinstance(arg, bytes):
-            order = self.order(arg)
+        if path == "/order":
+            order_id = _arg_bytes(arg, ORDER_ID_SIZE, "/order: the order id")
+            order = self.order(order_id)
             if order is None:
-                raise NotFound(f"order {arg.hex()} is not committed")
+                raise NotFound(f"order {order_id.hex()} is not committed")
             return encode(order)
         if path == "/importance":
-            limit = arg if isinstance(arg, int) else 100
+            limit = 100 if arg is None else arg
+            if type(limit) is not int or not 1 <= limit <= MAX_RANKED:
+                raise InvalidInput(f"/importance: the limit must be an integer 1..{MAX_RANKED}")
             return encode([[n, s] for n, s in self.ranked_nodes(limit)])
-        if path == "/rank_routes" and isinstance(arg, list):
-            return encode([[i, s] for i, s in self.rank_routes(arg)])
-        if path == "/balance" and isinstance(arg, dict):
-            node, asset = arg.get("node"), arg.get("asset")
-            if isinstance(node, bytes) and isinstance(asset, str):
-                return encode(
-                    {
-                        "balance": self.balance_ciphertext(node, asset),
-                        "earned": self.earned_ciphertext(node, asset),
-                    }
-                )
-        if path == "/foundation" and isinstance(arg, str):
-            return encode(self.foundation_balance(arg))
+        if path == "/rank_routes":
+            return encode([[i, s] for i, s in self.rank_routes(_arg_routes(arg))])
+        if path == "/balance":
+            if type(arg) is not dict or arg.keys() != {"node", "asset"}:
+                raise InvalidInput("/balance: the argument is a map {node, asset}")
+            node = _arg_bytes(arg["node"], NODE_ID_SIZE, "/balance: node")
+            asset = _arg_str(arg["asset"], "/balance: asset")
+            return encode(
+                {
+                    "balance": self.balance_ciphertext(node, asset),
+                    "earned": self.earned_ciphertext(node, asset),
+                }
+            )
+        if path == "/foundation":
+            return encode(self.foundation_balance(_arg_str(arg, "/foundation: the asset")))
         if path == "/params":
             return encode(self._params.as_map())
-        raise NotFound(f"unknown query {path!r} (or bad argument)")
+        raise NotFound(f"unknown query path {path[:64]!r}")
+
+
+MAX_RANKED = 1_000
+"""Most nodes one /importance query returns."""
+MAX_QUERY_ROUTES = 64
+"""Most routes one /rank_routes query ranks (each of at most ``MAX_LEGS`` nodes)."""
+
+
+def _arg_bytes(arg: object, size: int, what: str) -> bytes:
+    if type(arg) is not bytes or len(arg) != size:
+        raise InvalidInput(f"{what} must be {size} bytes")
+    return arg
+
+
+def _arg_str(arg: object, what: str) -> str:
+    if type(arg) is not str or not 0 < len(arg) <= 256:
+        raise InvalidInput(f"{what} must be a string of 1..256 characters")
+    return arg
+
+
+def _arg_routes(arg: object) -> list[list[bytes]]:
+    if type(arg) is not list or not 0 < len(arg) <= MAX_QUERY_ROUTES:
+        raise InvalidInput(f"/rank_routes: the argument is a list of 1..{MAX_QUERY_ROUTES} routes")
+    for i, route in enumerate(arg):
+        if type(route) is not list or not 0 < len(route) <= MAX_LEGS:
+            raise InvalidInput(f"/rank_routes: route {i} must be a list of 1..{MAX_LEGS} node ids")
+        for node in route:
+            _arg_bytes(node, NODE_ID_SIZE, f"/rank_routes: route {i}'s node ids")
+    return arg

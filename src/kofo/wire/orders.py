@@ -48,8 +48,16 @@ MAX_LEGS = 8
 """A route longer than eight legs would need expiries spread over many safety margins (days of
 lock-up for the first leg); no sensible route gets there, so longer ones are refused as hostile."""
 MAX_RELAYS = 16
-MAX_CIPHERTEXT_BYTES = 1024
-"""Big enough for Paillier with a 4096-bit modulus (ciphertexts live mod n^2)."""
+MAX_CIPHERTEXT_BYTES = 768
+"""Big enough for Paillier with a 3072-bit modulus, the largest the ledger accepts (ciphertexts
+live mod n^2: 6144 bits). Proof values are no larger."""
+
+MAX_U64 = (1 << 64) - 1
+"""Bound of every count, index, time and basis-point field: no such value needs more, and a
+bounded integer can never make a validator do big-number work or hit Python's int->str limit
+(``PYTHONINTMAXSTRDIGITS``), whatever its environment."""
+MAX_AMOUNT = (1 << 256) - 1
+"""Bound of every amount (base units): an EVM ``uint256`` is the widest any chain has."""
 
 
 class OrderKind(enum.StrEnum):
@@ -87,13 +95,26 @@ def _get(m: Mapping[str, Any], name: str, where: str) -> Any:
     return m[name]
 
 
-def _int(m: Mapping[str, Any], name: str, where: str, *, minimum: int = 0) -> int:
+def _int(
+    m: Mapping[str, Any], name: str, where: str, *, minimum: int = 0, maximum: int = MAX_U64
+) -> int:
+    """An integer field within ``[minimum, maximum]``. Every integer of every ledger message is
+    read here, so none is unbounded; the message quotes the bad value only when it is small
+    (formatting a huge int is itself the attack: slow, and refused past Python's digit limit)."""
     v = _get(m, name, where)
     if isinstance(v, bool) or not isinstance(v, int):
         raise BadMessage(f"{where}.{name} must be an integer, got {type(v).__name__}")
-    if v < minimum:
-        raise BadMessage(f"{where}.{name} must be >= {minimum}, got {v}")
+    if not minimum <= v <= maximum:
+        raise BadMessage(f"{where}.{name} must be within {minimum}..{maximum}, got {show_int(v)}")
     return v
+
+
+def show_int(v: int) -> str:
+    """``v`` for an error message: in full only when it has at most 80 bits (so formatting it
+    is cheap and no environment setting can change or refuse it)."""
+    if -(1 << 80) < v < 1 << 80:
+        return str(v)
+    return f"a {v.bit_length()}-bit integer"
 
 
 def _bytes(m: Mapping[str, Any], name: str, where: str, size: int | None = None) -> bytes:
@@ -129,10 +150,10 @@ def _enum(m: Mapping[str, Any], name: str, where: str, kind: type[_E]) -> _E:
         raise BadMessage(f"{where}.{name} has unknown value {v!r}") from None
 
 
-def _list(m: Mapping[str, Any], name: str, where: str, max_len: int) -> list[Any]:
+def _list(m: Mapping[str, Any], name: str, where: str, max_len: int, min_len: int = 0) -> list[Any]:
     v = _get(m, name, where)
-    if not isinstance(v, list) or len(v) > max_len:
-        raise BadMessage(f"{where}.{name} must be a list of at most {max_len} items")
+    if not isinstance(v, list) or not min_len <= len(v) <= max_len:
+        raise BadMessage(f"{where}.{name} must be a list of {min_len}..{max_len} items")
     return v
 
 
@@ -215,7 +236,7 @@ class Leg:
             recipient=_bytes(m, "recipient", where, NODE_ID_SIZE),
             sender_address=_str(m, "sender_address", where),
             recipient_address=_str(m, "recipient_address", where),
-            amount=_int(m, "amount", where, minimum=1),
+            amount=_int(m, "amount", where, minimum=1, maximum=MAX_AMOUNT),
             expiry=expiry_from_map(m["expiry"], f"{where}.expiry"),
             expiry_time=_int(m, "expiry_time", where),
             lock_by=_int(m, "lock_by", where),
@@ -352,7 +373,10 @@ class SettlementOrder:
             },
             where,
         )
-        legs = _list(m, "legs", where, MAX_LEGS)
+        # At least two legs: every rule and property (initiator, notional, parties) reads
+        # legs[0], so an empty route must not get past the schema (it once raised IndexError
+        # in CheckTx and took the validator down).
+        legs = _list(m, "legs", where, MAX_LEGS, min_len=2)
         relays = _list(m, "relays", where, MAX_RELAYS)
         quotes = _list(m, "quotes", where, MAX_LEGS + MAX_RELAYS)
         for i, r in enumerate(relays):
@@ -367,8 +391,8 @@ class SettlementOrder:
             quotes=tuple(
                 FeeQuote.from_map(x, f"{where}.quotes[{i}]") for i, x in enumerate(quotes)
             ),
-            protocol_fee_bps=_int(m, "protocol_fee_bps", where),
-            protocol_fee=_int(m, "protocol_fee", where),
+            protocol_fee_bps=_int(m, "protocol_fee_bps", where, maximum=10_000),
+            protocol_fee=_int(m, "protocol_fee", where, maximum=MAX_AMOUNT),
         )
 
 
@@ -432,7 +456,7 @@ class RegisterNode:
             addresses=dict(addrs),
             paillier_n=_ct_bytes(m, "paillier_n", where),
             balance_seed=_ct_bytes(m, "balance_seed", where),
-            bond=_int(m, "bond", where),
+            bond=_int(m, "bond", where, maximum=MAX_AMOUNT),
             monitor=m["monitor"],
         )
 
@@ -507,7 +531,7 @@ class ReportOutcome:
         _exact_keys(m, {"order_id", "leg", "outcome", "txid"}, where)
         return cls(
             order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
-            leg=_int(m, "leg", where),
+            leg=_int(m, "leg", where, maximum=MAX_LEGS - 1),
             outcome=_enum(m, "outcome", where, LegOutcome),
             txid=_str(m, "txid", where, max_len=128),
         )
@@ -544,9 +568,9 @@ class Quote:
             quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
             provider=_bytes(m, "provider", where, NODE_ID_SIZE),
             give_asset=_str(m, "give_asset", where),
-            give_amount=_int(m, "give_amount", where, minimum=1),
+            give_amount=_int(m, "give_amount", where, minimum=1, maximum=MAX_AMOUNT),
             take_asset=_str(m, "take_asset", where),
-            take_amount=_int(m, "take_amount", where, minimum=1),
+            take_amount=_int(m, "take_amount", where, minimum=1, maximum=MAX_AMOUNT),
             valid_until=_int(m, "valid_until", where),
         )
 
@@ -616,7 +640,7 @@ class FileEvidence:
             return cls(
                 kind,
                 order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
-                leg=_int(m, "leg", where),
+                leg=_int(m, "leg", where, maximum=MAX_LEGS - 1),
             )
         return cls(
             kind,

@@ -20,8 +20,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
 from kofo.clearance.app import Block, LedgerApp
+from kofo.clearance.errors import InternalError, abci_code
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
@@ -130,7 +133,7 @@ class AbciApp:
         """The serialized response; the hot, constant answers are serialized once."""
         kind = request.WhichOneof("value")
         if kind == "check_tx":
-            result = self.app.check_tx(request.check_tx.tx)
+            result = self.app.check_tx(request.check_tx.tx)  # never raises
             if result.ok:
                 return _CHECK_TX_OK
             refused: bytes = self.check_tx_response(result.code, result.log).SerializeToString()
@@ -145,7 +148,38 @@ class AbciApp:
         handler = self._handlers.get(kind or "")
         if handler is None:
             return abci.Response(exception=abci.ResponseException(error=f"unknown {kind}"))
-        return handler(getattr(request, kind or ""))
+        try:
+            return handler(getattr(request, kind or ""))
+        except Exception as exc:
+            return self._failed(kind or "", exc)
+
+    def _failed(self, kind: str, exc: Exception) -> abci.Response:
+        """The answer when a handler raised. For input-driven requests (a query, a CheckTx) that
+        is a refusal with a stable code: the request's sender gets ``internal_error`` and the
+        connection and the validator go on. For consensus requests (FinalizeBlock, Commit,
+        InitChain) no safe answer exists -- the app refuses every bad tx inside the block, so
+        this is a fault of the node itself (disk, memory, a corrupt store) -- and CometBFT is
+        told so with an exception response and stops rather than diverge."""
+        log.error("ABCI %s failed", kind, exc_info=exc)
+        err = InternalError(f"internal error ({type(exc).__name__})")
+        code = abci_code(err)
+        if kind == "query":
+            return abci.Response(
+                query=abci.ResponseQuery(
+                    code=code, log=str(err), codespace=CODESPACE, height=self.app.height
+                )
+            )
+        if kind == "check_tx":
+            return self.check_tx_response(code, str(err))
+        if kind == "process_proposal":
+            return abci.Response(
+                process_proposal=abci.ResponseProcessProposal(
+                    status=abci.ResponseProcessProposal.REJECT
+                )
+            )
+        if kind == "prepare_proposal":
+            return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=[]))
+        return abci.Response(exception=abci.ResponseException(error=str(err)))
 
     def info(self, req: abci.RequestInfo) -> abci.Response:
         height = self.app.height
@@ -173,7 +207,7 @@ class AbciApp:
         except KofoError as exc:
             return abci.Response(
                 query=abci.ResponseQuery(
-                    code=1, log=str(exc), codespace=CODESPACE, height=self.app.height
+                    code=abci_code(exc), log=str(exc), codespace=CODESPACE, height=self.app.height
                 )
             )
         return abci.Response(query=abci.ResponseQuery(value=value, height=self.app.height))
@@ -250,7 +284,10 @@ class AbciServer:
                 pos, out, flush = 0, [], False
                 while (frame := _next_frame(buf, pos)) is not None:
                     start, end = frame
-                    request = abci.Request.FromString(bytes(buf[start:end]))
+                    try:
+                        request = abci.Request.FromString(bytes(buf[start:end]))
+                    except DecodeError as exc:
+                        raise ProtocolError(f"undecodable ABCI request: {exc}") from None
                     pos = end
                     response = self.abci.handle_bytes(request)
                     out.append(_uvarint(len(response)))
