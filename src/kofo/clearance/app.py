@@ -311,6 +311,13 @@ class LedgerApp:
     # -- blocks --------------------------------------------------------------------------------
 
     def finalize_block(self, block: Block) -> BlockResult:
+        """Apply ``block`` on top of the committed state; its writes stay in memory until
+        :meth:`commit`. Finalizing again before the commit (CometBFT restarted, the app did not,
+        and replays the block) first drops the earlier finalization, so the same block always
+        gives the same app hash."""
+        if self._pending_block is not None:
+            self.store.rollback()
+            self._pending_block = None
         if self.store.get(_K_PARAMS) is None:
             self.init_chain()
         if block.height != self.store.height + 1:
@@ -722,38 +729,38 @@ class LedgerApp:
             )
         )
 
-    # -- queries (read committed + finalized state; never change it) ---------------------------
+    # -- queries (read the committed state only; never change it) -----------------------------
 
     def node(self, node: bytes) -> dict[str, Any] | None:
-        raw = self.store.get(_node_key(node))
+        raw = self.store.get_committed(_node_key(node))
         return None if raw is None else dict(decode(raw))
 
     def order(self, order_id: bytes) -> dict[str, Any] | None:
         """``{"order": <the order's map>, "status", "height", "legs"}``, or None."""
-        raw = self.store.get(_order_key(order_id))
-        state = self.store.get(_order_state_key(order_id))
+        raw = self.store.get_committed(_order_key(order_id))
+        state = self.store.get_committed(_order_state_key(order_id))
         if raw is None or state is None:
             return None
         return {"order": decode(raw), **decode(state)}
 
     def balance_ciphertext(self, node: bytes, asset: str) -> bytes | None:
         """The node's withdrawable fee balance in ``asset`` (Paillier, under its key)."""
-        return self.store.get(_bal_key(node, asset))
+        return self.store.get_committed(_bal_key(node, asset))
 
     def earned_ciphertext(self, node: bytes, asset: str) -> bytes | None:
         """The node's own (private) quote fees in ``asset``, summed."""
-        return self.store.get(_earned_key(node, asset))
+        return self.store.get_committed(_earned_key(node, asset))
 
     def foundation_balance(self, asset: str) -> int:
-        raw = self.store.get(b"foundation/" + asset.encode())
+        raw = self.store.get_committed(b"foundation/" + asset.encode())
         return 0 if raw is None else int(decode(raw))
 
     def fees_collected(self, asset: str) -> int:
-        raw = self.store.get(b"fees_collected/" + asset.encode())
+        raw = self.store.get_committed(b"fees_collected/" + asset.encode())
         return 0 if raw is None else int(decode(raw))
 
     def tx_count(self) -> int:
-        raw = self.store.get(_K_TXCOUNT)
+        raw = self.store.get_committed(_K_TXCOUNT)
         return 0 if raw is None else int(decode(raw))
 
     def importance(self, node: bytes) -> int:
