@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -25,6 +26,7 @@ from kofo.wire.orders import (
     QuoteRole,
     RegisterNode,
     SettlementOrder,
+    WithdrawFees,
     sign_tx,
 )
 
@@ -36,7 +38,7 @@ T0 = 1_700_000_000
 
 
 def ledger_params(**overrides: object) -> LedgerParams:
-    base: dict[str, object] = {"min_paillier_bits": PAILLIER_BITS}
+    base: dict[str, object] = {"paillier_bits": (PAILLIER_BITS,)}
     base.update(overrides)
     return LedgerParams(**base)  # type: ignore[arg-type]
 
@@ -67,14 +69,25 @@ class Party:
         return cls(Ed25519PrivateKey.from_private_bytes(seed), pub, priv, bond, monitor)
 
     def register_tx(self, ts: int = T0) -> bytes:
+        seed, proof = privacy.zero_seed(self.paillier_pub, privacy.register_context(self.id))
         body = RegisterNode(
             addresses={"btc": "02" + self.id.hex()[:64], "eth": "0x" + self.id.hex()[:40]},
             paillier_n=privacy.public_modulus(self.paillier_pub),
-            balance_seed=privacy.encrypt(self.paillier_pub, 0),
+            balance_seed=seed,
             bond=self.bond,
             monitor=self.monitor,
+            seed_proof=proof,
         )
         return sign_tx(self.key, body, ts=ts)
+
+    def withdraw(self, ct: bytes, asset: str, seq: int, **overrides: object) -> WithdrawFees:
+        """The withdrawal of the whole balance ``ct`` (revealed with this party's key)."""
+        amount, r = privacy.reveal(self.paillier_priv, ct)
+        seed, proof = privacy.zero_seed(
+            self.paillier_pub, privacy.withdraw_context(self.id, asset, seq)
+        )
+        body = WithdrawFees(asset, amount, r, seed, "bc1-payout", seq, proof)
+        return dataclasses.replace(body, **overrides)  # type: ignore[arg-type]
 
 
 def make_order(

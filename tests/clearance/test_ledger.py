@@ -14,7 +14,6 @@ from kofo.wire.orders import (
     Quote,
     ReportOutcome,
     Take,
-    WithdrawFees,
     sign_tx,
 )
 
@@ -54,7 +53,7 @@ def test_registering_twice_is_rejected(net):
 
 
 def test_paillier_key_below_the_minimum_is_rejected():
-    strict = Ledger(params=dataclasses.replace(Ledger().app.params, min_paillier_bits=2048))
+    strict = Ledger(params=dataclasses.replace(Ledger().app.params, paillier_bits=(2048,)))
     assert _codes(strict.block(Party.make(0).register_tx())) == ["bad_message"]
 
 
@@ -213,11 +212,11 @@ def test_withdrawal_reveals_the_balance_and_cannot_be_replayed(net):
     _settle(ledger, order, m1)
     asset = order.fee_asset
     ct = ledger.app.balance_ciphertext(m2.id, asset)
-    amount, r = privacy.reveal(m2.paillier_priv, ct)
-    seed = privacy.encrypt(m2.paillier_pub, 0)
-    lie = WithdrawFees(asset, amount + 1, r, seed, "bc1-payout")
+    honest = m2.withdraw(ct, asset, 0)
+    amount = honest.amount
+    lie = dataclasses.replace(honest, amount=amount - 1)
     assert _codes(ledger.block(sign_tx(m2.key, lie))) == ["withdrawal_invalid"]
-    tx = sign_tx(m2.key, WithdrawFees(asset, amount, r, seed, "bc1-payout"))
+    tx = sign_tx(m2.key, honest)
     result = ledger.block(tx)
     assert result.results[0].ok
     assert ("amount", str(amount)) in result.results[0].events[0][1]

@@ -101,6 +101,7 @@ def _register_node() -> bytes:
         paillier_n=bytes([0xC5]) * 256,
         balance_seed=bytes([0x3D]) * 512,
         bond=1_000_000,
+        seed_proof=bytes([0x5A]) * 768,
     )
     return _signed(ALICE, od.TX_REGISTER_NODE, body.as_map())
 
@@ -117,6 +118,8 @@ def _withdraw_fees() -> bytes:
         randomness=bytes([0x11]) * 256,
         new_seed=bytes([0x22]) * 512,
         payout_address="bcrt1q" + "q" * 38,
+        seq=3,
+        new_seed_proof=bytes([0x33]) * 768,
     )
     return _signed(BOB, od.TX_WITHDRAW_FEES, body.as_map())
 

@@ -62,6 +62,7 @@ from kofo.wire.orders import (
     TxBody,
     WithdrawFees,
     parse_tx_body,
+    show_int,
     verify_ed25519,
 )
 
@@ -201,6 +202,18 @@ def _bal_key(node: bytes, asset: str) -> bytes:
 
 def _earned_key(node: bytes, asset: str) -> bytes:
     return b"earned/" + node + b"/" + asset.encode()
+
+
+def _credited_key(node: bytes, asset: str) -> bytes:
+    return b"credited/" + node + b"/" + asset.encode()
+
+
+def _withdrawn_key(node: bytes, asset: str) -> bytes:
+    return b"withdrawn/" + node + b"/" + asset.encode()
+
+
+def _withdrawals_key(node: bytes, asset: str) -> bytes:
+    return b"withdrawals/" + node + b"/" + asset.encode()
 
 
 def _int_get(view: _View, key: bytes) -> int:
@@ -394,12 +407,21 @@ class LedgerApp:
         if view.get(_node_key(sender)) is not None:
             raise AlreadyExists(f"node {sender.hex()} is already registered")
         n = privacy.from_bytes(tx.paillier_n)
-        if n.bit_length() < self._params.min_paillier_bits or n % 2 == 0:
+        allowed = self._params.paillier_bits
+        # Exact sizes, minimal bytes: the modulus bounds every proof and reveal a validator will
+        # ever check for this node, so an outsized one must never get in.
+        if n.bit_length() not in allowed or len(tx.paillier_n) * 8 != n.bit_length() or n % 2 == 0:
             raise BadMessage(
-                f"register_node.paillier_n must be an odd modulus of at least "
-                f"{self._params.min_paillier_bits} bits, got {n.bit_length()} bits"
+                f"register_node.paillier_n must be an odd modulus of exactly "
+                f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
             )
-        privacy.check_ciphertext(n, tx.balance_seed, "register_node.balance_seed")
+        privacy.verify_zero(
+            n,
+            tx.balance_seed,
+            tx.seed_proof,
+            privacy.register_context(sender),
+            "register_node.balance_seed",
+        )
         if tx.bond < self._params.min_bond:
             raise OrderInvalid(f"register_node.bond {tx.bond} is below {self._params.min_bond}")
         view.set_map(
@@ -618,6 +640,8 @@ class LedgerApp:
             n = privacy.from_bytes(rec["paillier_n"])
             key = _bal_key(node, asset)
             view.set(key, privacy.add_plain(n, view.get(key) or rec["seed"], amount))
+            # The public twin of the encrypted balance: withdrawals can never exceed it.
+            _int_add(view, _credited_key(node, asset), amount)
         received = {leg.recipient: leg.asset for leg in order.legs}
         for q in order.quotes:
             if q.role is QuoteRole.PROVIDER:
@@ -701,22 +725,52 @@ class LedgerApp:
     # -- WithdrawFees --------------------------------------------------------------------------
 
     def _withdraw(self, view: _View, ctx: _Ctx, sender: bytes, tx: WithdrawFees) -> None:
+        """Pay out the node's whole fee balance in ``tx.asset``.
+
+        Money can come only from what the ledger itself credited: the reveal must re-encrypt the
+        recorded balance, the amount is below ``n`` (so ``m + k*n`` cannot pass for ``m``) and at
+        most the public credited total minus what was already paid, ``seq`` is the next
+        withdrawal number (no replay), and the new seed is proven to encrypt 0."""
         rec = self._node(view, sender, "withdrawing node")
         key = _bal_key(sender, tx.asset)
         ct = view.get(key)
         if ct is None:
             raise WithdrawalInvalid(f"no fee balance in {tx.asset!r} for {sender.hex()}")
+        seq_key = _withdrawals_key(sender, tx.asset)
+        done = _int_get(view, seq_key)
+        if tx.seq != done:
+            raise WithdrawalInvalid(
+                f"withdraw_fees.seq must be {done} (the withdrawals made in {tx.asset!r}), "
+                f"got {tx.seq}: a withdrawal is applied once"
+            )
         n = privacy.from_bytes(rec["paillier_n"])
+        available = _int_get(view, _credited_key(sender, tx.asset)) - _int_get(
+            view, _withdrawn_key(sender, tx.asset)
+        )
+        if tx.amount >= n or tx.amount > available:
+            raise WithdrawalInvalid(
+                f"withdraw_fees.amount {show_int(tx.amount)} exceeds the {available} the ledger "
+                f"credited to {sender.hex()} in {tx.asset!r} and has not paid out"
+            )
+        if tx.new_seed == ct:
+            raise WithdrawalInvalid("withdraw_fees.new_seed must be a fresh encryption of 0")
         if not privacy.verify_reveal(n, ct, tx.amount, tx.randomness):
             raise WithdrawalInvalid(
                 f"withdraw_fees.amount {tx.amount} with the given randomness does not "
                 "re-encrypt to the recorded balance"
             )
-        privacy.check_ciphertext(n, tx.new_seed, "withdraw_fees.new_seed")
+        privacy.verify_zero(
+            n,
+            tx.new_seed,
+            tx.new_seed_proof,
+            privacy.withdraw_context(sender, tx.asset, tx.seq),
+            "withdraw_fees.new_seed",
+        )
         view.set(key, tx.new_seed)
         rec["seed"] = tx.new_seed
         view.set_map(_node_key(sender), rec)
-        _int_add(view, b"withdrawn/" + sender + b"/" + tx.asset.encode(), tx.amount)
+        view.set(seq_key, _enc(done + 1))
+        _int_add(view, _withdrawn_key(sender, tx.asset), tx.amount)
         ctx.events.append(
             (
                 "payout",

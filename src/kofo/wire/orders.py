@@ -52,6 +52,14 @@ MAX_CIPHERTEXT_BYTES = 768
 """Big enough for Paillier with a 3072-bit modulus, the largest the ledger accepts (ciphertexts
 live mod n^2: 6144 bits). Proof values are no larger."""
 
+MAX_PROOF_BYTES = 3 * 384
+"""A zero proof under a 3072-bit modulus: ``a`` (mod n^2) and ``z`` (mod n), fixed width."""
+
+BALANCE_SCHEMA_VERSION = 2
+"""``sv`` of ``register_node`` and ``withdraw_fees`` bodies. Version 2 added the proof that a
+seed encrypts 0 and the withdrawal number; version 1 bodies are refused (they let a node seed
+its balance with any amount and replay a withdrawal)."""
+
 MAX_U64 = (1 << 64) - 1
 """Bound of every count, index, time and basis-point field: no such value needs more, and a
 bounded integer can never make a validator do big-number work or hit Python's int->str limit
@@ -423,7 +431,9 @@ class RegisterNode:
     ``paillier_n`` is the node's Paillier public modulus. ``balance_seed`` is an encryption of 0
     under it, made by the node with fresh randomness: the ledger starts the node's fee balance
     from it, so the stored ciphertext is never a trivial (randomness-1) encryption.
-    ``bond`` is in the ledger's bond unit (see ``LedgerParams.bond_asset``).
+    ``seed_proof`` proves that the seed encrypts 0 (``kofo.clearance.privacy.prove_zero``,
+    bound to the sender's id). ``bond`` is in the ledger's bond unit (see
+    ``LedgerParams.bond_asset``).
     """
 
     addresses: dict[str, str]
@@ -431,19 +441,27 @@ class RegisterNode:
     balance_seed: bytes
     bond: int
     monitor: bool = False
+    seed_proof: bytes = b""
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": BALANCE_SCHEMA_VERSION,
             "addresses": dict(self.addresses),
             "paillier_n": self.paillier_n,
             "balance_seed": self.balance_seed,
+            "seed_proof": self.seed_proof,
             "bond": self.bond,
             "monitor": self.monitor,
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "register_node") -> RegisterNode:
-        _exact_keys(m, {"addresses", "paillier_n", "balance_seed", "bond", "monitor"}, where)
+        _schema_version(m, where)
+        _exact_keys(
+            m,
+            {"sv", "addresses", "paillier_n", "balance_seed", "seed_proof", "bond", "monitor"},
+            where,
+        )
         addrs = m["addresses"]
         if not isinstance(addrs, dict) or len(addrs) > 16:
             raise BadMessage(f"{where}.addresses must be a map of at most 16 chains")
@@ -458,14 +476,25 @@ class RegisterNode:
             balance_seed=_ct_bytes(m, "balance_seed", where),
             bond=_int(m, "bond", where, maximum=MAX_AMOUNT),
             monitor=m["monitor"],
+            seed_proof=_ct_bytes(m, "seed_proof", where, MAX_PROOF_BYTES),
         )
 
 
-def _ct_bytes(m: Mapping[str, Any], name: str, where: str) -> bytes:
+def _ct_bytes(
+    m: Mapping[str, Any], name: str, where: str, max_len: int = MAX_CIPHERTEXT_BYTES
+) -> bytes:
     v = _bytes(m, name, where)
-    if not 0 < len(v) <= MAX_CIPHERTEXT_BYTES:
-        raise BadMessage(f"{where}.{name} must be 1..{MAX_CIPHERTEXT_BYTES} bytes, got {len(v)}")
+    if not 0 < len(v) <= max_len:
+        raise BadMessage(f"{where}.{name} must be 1..{max_len} bytes, got {len(v)}")
     return v
+
+
+def _schema_version(m: Any, where: str) -> None:
+    if type(m) is dict and m.get("sv") != BALANCE_SCHEMA_VERSION:
+        raise BadMessage(
+            f"{where}.sv must be {BALANCE_SCHEMA_VERSION} (version 1 bodies, without a proof that "
+            "the seed encrypts 0, are no longer accepted)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,7 +686,10 @@ class WithdrawFees:
 
     The node reveals the balance's plaintext ``amount`` and the ciphertext's randomness
     ``randomness`` (recoverable with its private key); validators re-encrypt and compare.
-    ``new_seed`` is a fresh encryption of 0 that re-blinds the balance after the reveal.
+    ``new_seed`` is a fresh encryption of 0 that re-blinds the balance after the reveal, and
+    ``new_seed_proof`` proves it encrypts 0 (bound to the sender, asset and ``seq``). ``seq`` is
+    the number of withdrawals the node made before in this asset: the ledger accepts only the
+    next one, so the same signed withdrawal can never be applied twice.
     """
 
     asset: str
@@ -665,25 +697,46 @@ class WithdrawFees:
     randomness: bytes
     new_seed: bytes
     payout_address: str
+    seq: int = 0
+    new_seed_proof: bytes = b""
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": BALANCE_SCHEMA_VERSION,
             "asset": self.asset,
             "amount": self.amount,
             "randomness": self.randomness,
             "new_seed": self.new_seed,
+            "new_seed_proof": self.new_seed_proof,
             "payout_address": self.payout_address,
+            "seq": self.seq,
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "withdraw_fees") -> WithdrawFees:
-        _exact_keys(m, {"asset", "amount", "randomness", "new_seed", "payout_address"}, where)
+        _schema_version(m, where)
+        _exact_keys(
+            m,
+            {
+                "sv",
+                "asset",
+                "amount",
+                "randomness",
+                "new_seed",
+                "new_seed_proof",
+                "payout_address",
+                "seq",
+            },
+            where,
+        )
         return cls(
             asset=_str(m, "asset", where),
-            amount=_int(m, "amount", where, minimum=1),
+            amount=_int(m, "amount", where, minimum=1, maximum=MAX_AMOUNT),
             randomness=_ct_bytes(m, "randomness", where),
             new_seed=_ct_bytes(m, "new_seed", where),
             payout_address=_str(m, "payout_address", where),
+            seq=_int(m, "seq", where),
+            new_seed_proof=_ct_bytes(m, "new_seed_proof", where, MAX_PROOF_BYTES),
         )
 
 
