@@ -17,13 +17,14 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cbor2
 
 from kofo.clearance import privacy
+from kofo.clearance.admission import BlockBudget, SenderRateLimit
 from kofo.clearance.errors import (
     AlreadyExists,
     EvidenceInvalid,
@@ -40,6 +41,7 @@ from kofo.clearance.errors import (
 from kofo.clearance.fees import protocol_fee, split_fee
 from kofo.clearance.importance import NodeStats, decay, rank_routes, score
 from kofo.clearance.params import FOUNDATION, LedgerParams
+from kofo.clearance.ranking import MAX_RANKED, Ranking
 from kofo.clearance.store import MerkleStore
 from kofo.errors import InvalidInput, KofoError
 from kofo.wire.codec import decode, encode
@@ -71,6 +73,12 @@ log = logging.getLogger("kofo.clearance")
 _VERIFIED_CACHE = 200_000
 """Transactions CheckTx already verified (signatures included), kept by hash so FinalizeBlock
 does not verify them twice; bounded so a flood of txs cannot grow memory without limit."""
+_VERIFIED_BYTES = 64 << 20
+"""...and bounded in bytes: at most 64 MiB of tx bytes (a decoded tx takes a few times its
+wire size in memory), whatever the size of the txs a spammer sends."""
+MAX_TX_BYTES = 64 << 10
+"""The largest ledger tx: an 8-leg order with every quote carrying a 3072-bit ciphertext is
+~30 KiB. Bigger ones are refused before they are even decoded."""
 
 
 def _enc(value: Any) -> bytes:
@@ -165,8 +173,22 @@ class _View:
                 self._store.set(key, value)
 
 
+_NODE_PREFIX = b"node/"
+
+
 def _node_key(node: bytes) -> bytes:
-    return b"node/" + node
+    return _NODE_PREFIX + node
+
+
+def _stats(rec: dict[str, Any]) -> NodeStats:
+    return NodeStats(
+        rec["volume"],
+        rec["volume_height"],
+        rec["settled"],
+        rec["failed"],
+        rec["bond"],
+        rec["penalty_points"],
+    )
 
 
 def _order_key(order_id: bytes) -> bytes:
@@ -241,13 +263,23 @@ def _internal_error(exc: Exception, where: str) -> TxResult:
 class LedgerApp:
     """The clearance ledger over a :class:`MerkleStore` (see module docstring)."""
 
-    def __init__(self, store: MerkleStore, params: LedgerParams | None = None) -> None:
+    def __init__(
+        self,
+        store: MerkleStore,
+        params: LedgerParams | None = None,
+        *,
+        rate_limit: SenderRateLimit | None = None,
+    ) -> None:
         self.store = store
-        self._verified: OrderedDict[bytes, tuple[Envelope, TxBody]] = OrderedDict()
+        self._verified: OrderedDict[bytes, tuple[Envelope, TxBody, int]] = OrderedDict()
         # check_tx may run on several threads at once (the solo node's API, a pool verifying
         # signatures while the GIL is released); only the cache is shared between them.
         self._verified_lock = threading.Lock()
+        self._verified_bytes = 0
+        self.rate_limit = rate_limit
+        """This node's per-sender CheckTx limit (None: none, e.g. the embedded solo ledger)."""
         self._pending_block: Block | None = None
+        self._rank: Ranking | None = None  # built on first use, then kept current at Commit
         raw = store.get(_K_PARAMS)
         if raw is None:
             self._params = params or LedgerParams()
@@ -290,18 +322,28 @@ class LedgerApp:
 
     # -- mempool admission ---------------------------------------------------------------------
 
-    def check_tx(self, raw: bytes) -> TxResult:
-        """Stateless admission: canonical encoding, envelope signature, schema and (for orders)
-        every party's signature. State-dependent rules are applied in the block."""
+    def check_tx(self, raw: bytes, *, recheck: bool = False) -> TxResult:
+        """Stateless admission: size, canonical encoding, envelope signature, schema, every
+        party's signature of an order and a registration's zero proof; then this node's
+        per-sender rate limit (new txs only: a recheck is free). State-dependent rules are
+        applied in the block."""
+        limit = None if recheck else self.rate_limit
         try:
-            self._decode_verified(raw)
+            self._decode_verified(
+                raw, None if limit is None else lambda env, _b: limit.charge(env.sender)
+            )
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         except Exception as exc:  # a bug must refuse the tx, never take the validator down
             return _internal_error(exc, "check_tx")
         return TxResult()
 
-    def _decode_verified(self, raw: bytes) -> tuple[Envelope, TxBody]:
+    def _decode_verified(
+        self, raw: bytes, gate: Callable[[Envelope, TxBody], None] | None = None
+    ) -> tuple[Envelope, TxBody]:
+        """The tx's envelope and body after every stateless check. ``gate`` (a rate limit or a
+        block budget) runs after the cheap checks and before the costly ones, and on a cache
+        hit too, so what it decides never depends on what this node happened to cache."""
         # Keyed by the hash of the exact bytes: the same bytes always decode and verify the
         # same way, so a hit gives the result a fresh check would, and only txs that passed
         # every stateless check (signatures included) are ever stored.
@@ -309,17 +351,45 @@ class LedgerApp:
         with self._verified_lock:
             hit = self._verified.get(digest)
         if hit is not None:
-            return hit
+            env, body, _ = hit
+            if gate is not None:
+                gate(env, body)
+            return env, body
+        if len(raw) > MAX_TX_BYTES:
+            raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
         msg = open_message(raw)
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
+        if gate is not None:
+            gate(msg.envelope, body)
         if isinstance(body, CommitOrder):
             body.verify_signatures()
-        result = (msg.envelope, body)
+        elif isinstance(body, RegisterNode):
+            self._check_registration_proof(msg.envelope.sender, body)
         with self._verified_lock:
-            self._verified[digest] = result
-            if len(self._verified) > _VERIFIED_CACHE:
-                self._verified.popitem(last=False)
-        return result
+            if digest not in self._verified:
+                self._verified[digest] = (msg.envelope, body, len(raw))
+                self._verified_bytes += len(raw)
+            while len(self._verified) > _VERIFIED_CACHE or self._verified_bytes > _VERIFIED_BYTES:
+                self._verified_bytes -= self._verified.popitem(last=False)[1][2]
+        return msg.envelope, body
+
+    def _check_registration_proof(self, sender: bytes, tx: RegisterNode) -> None:
+        n = privacy.from_bytes(tx.paillier_n)
+        allowed = self._params.paillier_bits
+        # Exact sizes, minimal bytes: the modulus bounds every proof and reveal a validator will
+        # ever check for this node, so an outsized one must never get in.
+        if n.bit_length() not in allowed or len(tx.paillier_n) * 8 != n.bit_length() or n % 2 == 0:
+            raise BadMessage(
+                f"register_node.paillier_n must be an odd modulus of exactly "
+                f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
+            )
+        privacy.verify_zero(
+            n,
+            tx.balance_seed,
+            tx.seed_proof,
+            privacy.register_context(sender),
+            "register_node.balance_seed",
+        )
 
     # -- blocks --------------------------------------------------------------------------------
 
@@ -342,8 +412,11 @@ class LedgerApp:
         # value after the block is the same as counting tx by tx, without a store write each.
         count = before = _int_get_store(self.store, _K_TXCOUNT)
         results = []
+        budget = BlockBudget(
+            self._params.max_txs_per_sender_per_block, self._params.max_registrations_per_block
+        )
         for raw in block.txs:
-            result = self._deliver(raw, block, count)
+            result = self._deliver(raw, block, count, budget)
             count += result.ok
             results.append(result)
         if count != before:
@@ -358,7 +431,15 @@ class LedgerApp:
         if block is None:
             return self.store.app_hash  # nothing finalized since the last commit
         self._pending_block = None
-        return self.store.commit(block.height, block.to_bytes())
+        changed = [k for k in self.store.uncommitted_keys() if k.startswith(_NODE_PREFIX)]
+        app_hash = self.store.commit(block.height, block.to_bytes())
+        if self._rank is not None:
+            for key in changed:
+                raw = self.store.get(key)
+                self._rank.update(
+                    key[len(_NODE_PREFIX) :], None if raw is None else _stats(_dec(raw))
+                )
+        return app_hash
 
     def apply_block(self, block: Block) -> BlockResult:
         """finalize + commit: what the solo producer and replays do."""
@@ -366,12 +447,12 @@ class LedgerApp:
         self.commit()
         return result
 
-    def _deliver(self, raw: bytes, block: Block, count: int) -> TxResult:
+    def _deliver(self, raw: bytes, block: Block, count: int, budget: BlockBudget) -> TxResult:
         """Apply one tx; ``count`` is the number of successful txs before it."""
         ctx = _Ctx(block.height, block.time)
         view = _View(self.store)
         try:
-            env, body = self._decode_verified(raw)
+            env, body = self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
             self._apply(view, ctx, env.sender, body)
             if count < self._params.early_tx_limit:
                 sender = view.get_map(_node_key(env.sender))
@@ -406,22 +487,8 @@ class LedgerApp:
             raise NotAuthorised("the foundation account id cannot be registered as a node")
         if view.get(_node_key(sender)) is not None:
             raise AlreadyExists(f"node {sender.hex()} is already registered")
-        n = privacy.from_bytes(tx.paillier_n)
-        allowed = self._params.paillier_bits
-        # Exact sizes, minimal bytes: the modulus bounds every proof and reveal a validator will
-        # ever check for this node, so an outsized one must never get in.
-        if n.bit_length() not in allowed or len(tx.paillier_n) * 8 != n.bit_length() or n % 2 == 0:
-            raise BadMessage(
-                f"register_node.paillier_n must be an odd modulus of exactly "
-                f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
-            )
-        privacy.verify_zero(
-            n,
-            tx.balance_seed,
-            tx.seed_proof,
-            privacy.register_context(sender),
-            "register_node.balance_seed",
-        )
+        # The modulus size and the seed's zero proof were checked with the tx's stateless checks
+        # (_check_registration_proof), in CheckTx and again here for a tx not seen before.
         if tx.bond < self._params.min_bond:
             raise OrderInvalid(f"register_node.bond {tx.bond} is below {self._params.min_bond}")
         view.set_map(
@@ -818,30 +885,32 @@ class LedgerApp:
         return 0 if raw is None else int(decode(raw))
 
     def importance(self, node: bytes) -> int:
-        rec = self.node(node)
-        return 0 if rec is None else self._score(rec)
+        return self._ranking().importance(node, self.store.height)
 
-    def _score(self, rec: dict[str, Any]) -> int:
-        stats = NodeStats(
-            rec["volume"],
-            rec["volume_height"],
-            rec["settled"],
-            rec["failed"],
-            rec["bond"],
-            rec["penalty_points"],
-        )
+    def _stats_score(self, stats: NodeStats, height: int) -> int:
         return score(
             stats,
-            self.store.height,
+            height,
             half_life=self._params.importance_half_life,
             penalty_weight=self._params.penalty_weight,
         )
 
+    def _score(self, rec: dict[str, Any]) -> int:
+        return self._stats_score(_stats(rec), self.store.height)
+
+    def _ranking(self) -> Ranking:
+        if self._rank is None:
+            self._rank = Ranking(self._stats_score)
+            self._rank.load(
+                (k[len(_NODE_PREFIX) :], _stats(_dec(v)))
+                for k, v in self.store.scan_committed(_NODE_PREFIX)
+            )
+        return self._rank
+
     def ranked_nodes(self, limit: int = 100) -> list[tuple[bytes, int]]:
-        """Nodes by importance, best first (ties by node id), at the committed height."""
-        scored = [(k[5:], self._score(decode(v))) for k, v in self.store.scan(b"node/")]
-        scored.sort(key=lambda t: (-t[1], t[0]))
-        return scored[:limit]
+        """Nodes by importance, best first (ties by node id), at the committed height; at
+        most :data:`MAX_RANKED` (see :mod:`kofo.clearance.ranking`)."""
+        return self._ranking().top(limit, self.store.height)
 
     def rank_routes(self, routes: Sequence[Sequence[bytes]]) -> list[tuple[int, int]]:
         """(route index, score) best first; a route scores as its weakest node."""
@@ -891,8 +960,6 @@ class LedgerApp:
         raise NotFound(f"unknown query path {path[:64]!r}")
 
 
-MAX_RANKED = 1_000
-"""Most nodes one /importance query returns."""
 MAX_QUERY_ROUTES = 64
 """Most routes one /rank_routes query ranks (each of at most ``MAX_LEGS`` nodes)."""
 

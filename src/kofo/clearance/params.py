@@ -57,6 +57,12 @@ class LedgerParams:
     penalty_weight: int = 10
     """Importance lost per penalty point, in volume units."""
     volume_units: dict[str, int] = field(default_factory=_default_volume_units)
+    max_txs_per_sender_per_block: int = 1_000
+    """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
+    few orders a second; a thousand per block is far above that and still bounds a spammer."""
+    max_registrations_per_block: int = 100
+    """Registrations carry a zero proof (~50 ms to verify at 3072 bits on one core) and new keys
+    cost nothing, so a block holds at most 100 (a few seconds of CPU in the worst case)."""
 
     def __post_init__(self) -> None:
         for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):

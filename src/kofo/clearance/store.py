@@ -139,6 +139,10 @@ class MerkleStore:
         del self._data[key]
         self._unhashed.add(key)
 
+    def uncommitted_keys(self) -> list[bytes]:
+        """The keys changed since the last commit."""
+        return list(self._undo)
+
     def rollback(self) -> None:
         """Drop every write since the last commit: the contents (and root) are the committed
         ones again. What the app does when a finalized block is finalized again before its
@@ -156,6 +160,15 @@ class MerkleStore:
         full pass: never on a path an outsider can trigger per request)."""
         for key in sorted(k for k in self._data if k.startswith(prefix)):
             yield key, self._data[key]
+
+    def scan_committed(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """:meth:`scan` of the committed contents (uncommitted writes left out)."""
+        keys = {k for k in self._data if k.startswith(prefix)}
+        keys.update(k for k in self._undo if k.startswith(prefix))
+        for key in sorted(keys):
+            value = self.get_committed(key)
+            if value is not None:
+                yield key, value
 
     # -- hashing and committing --------------------------------------------------------------
 

@@ -466,6 +466,8 @@ class RegisterNode:
         if not isinstance(addrs, dict) or len(addrs) > 16:
             raise BadMessage(f"{where}.addresses must be a map of at most 16 chains")
         for chain, addr in addrs.items():
+            if not 0 < len(chain) <= 16:
+                raise BadMessage(f"{where}.addresses keys must be chain names of 1..16 chars")
             if not isinstance(addr, str) or not addr or len(addr) > 256:
                 raise BadMessage(f"{where}.addresses.{chain} must be a non-empty string")
         if not isinstance(m["monitor"], bool):

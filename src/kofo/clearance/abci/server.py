@@ -23,6 +23,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
+from kofo.clearance.admission import SenderRateLimit
 from kofo.clearance.app import Block, LedgerApp
 from kofo.clearance.errors import InternalError, abci_code
 from kofo.clearance.params import LedgerParams
@@ -133,7 +134,8 @@ class AbciApp:
         """The serialized response; the hot, constant answers are serialized once."""
         kind = request.WhichOneof("value")
         if kind == "check_tx":
-            result = self.app.check_tx(request.check_tx.tx)  # never raises
+            req = request.check_tx
+            result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)  # never raises
             if result.ok:
                 return _CHECK_TX_OK
             refused: bytes = self.check_tx_response(result.code, result.log).SerializeToString()
@@ -215,7 +217,7 @@ class AbciApp:
     def check_tx(self, req: abci.RequestCheckTx) -> abci.Response:
         # A recheck (after every block, unless the node sets mempool.recheck=false) costs a
         # hash and a cache lookup: check_tx is stateless, so its answer never changes.
-        result = self.app.check_tx(req.tx)
+        result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)
         return self.check_tx_response(result.code, result.log)
 
     @staticmethod
@@ -321,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = args.addr.rpartition(":")
-    app = LedgerApp(MerkleStore(args.db))
+    # A validator's public RPC takes txs from anyone: each sender gets a bounded rate here.
+    app = LedgerApp(MerkleStore(args.db), rate_limit=SenderRateLimit())
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
 
 
