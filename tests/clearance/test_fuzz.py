@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kofo.clearance import privacy
-from kofo.clearance.app import Block
 from kofo.clearance.errors import ABCI_CODES
 from kofo.errors import KofoError
 from kofo.wire.codec import encode
