@@ -109,6 +109,7 @@ class LocalTestnet:
         app: str = "kofo",
         params: dict[str, Any] | None = None,
         timeout_commit: str = TIMEOUT_COMMIT,
+        app_env: dict[int, dict[str, str]] | None = None,
     ) -> None:
         if validators < 1:
             raise TestnetError(f"validators must be at least 1, got {validators}")
@@ -118,6 +119,9 @@ class LocalTestnet:
         self.app_kind = app
         self.params = params
         self.timeout_commit = timeout_commit
+        self.app_env = app_env or {}
+        """Extra environment per validator's ABCI app (e.g. a different int->str limit, to
+        show that no process setting changes a result)."""
         self.cometbft = find_cometbft()
         self.validators = [
             Validator(
@@ -201,6 +205,7 @@ class LocalTestnet:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent,
+                    env={**os.environ, **self.app_env.get(index, {})},
                 )
             app = v.app
 
