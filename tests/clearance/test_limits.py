@@ -300,3 +300,23 @@ def test_block_budget_is_the_same_whether_or_not_the_txs_were_cached():
         == ["not_found", "rate_limited"]
     )
     assert r1.app_hash == r2.app_hash
+
+
+def test_a_public_validator_admits_only_registrations_and_registered_senders():
+    app = LedgerApp(MerkleStore(), ledger_params(), require_registered=True)
+    app.init_chain()
+    a, b, c = (Party.make(i) for i in range(3))
+    order = make_order([a, b, c])
+    signed = commit_tx(order, [a, b, c], a)
+    assert app.check_tx(signed).error == "unknown_node"
+    assert app.check_tx(a.register_tx()).ok
+    app.apply_block(Block(1, T0, (a.register_tx(),)))
+    assert app.check_tx(signed).ok
+
+
+def test_withdrawals_per_block_are_capped():
+    ledger = Ledger(params=ledger_params(max_withdrawals_per_block=1))
+    a, b = Party.make(0), Party.make(1)
+    ledger.ok(a.register_tx(), b.register_tx())
+    w = [sign_tx(p.key, p.withdraw(privacy.encrypt(p.paillier_pub, 5), "btc", 0)) for p in (a, b)]
+    assert _codes(ledger.block(*w)) == ["withdrawal_invalid", "rate_limited"]

@@ -6,14 +6,18 @@ enforced at two places:
 
 * **In the block (consensus, deterministic):** :class:`BlockBudget` caps, per block, the txs
   one sender may have (``max_txs_per_sender_per_block``), the withdrawals one sender may make
-  (one: each costs a Paillier re-encryption), and the registrations of the whole block
-  (``max_registrations_per_block``: each carries a zero proof to verify, and sybil keys are
-  free). A tx over a cap is refused with ``rate_limited`` *before* its costly checks, the same
-  way on every validator. This binds a malicious proposer too, which CheckTx cannot.
+  (one: each costs a Paillier re-encryption) and all withdrawals (``max_withdrawals_per_block``),
+  and the registrations of the whole block (``max_registrations_per_block``: each carries a zero
+  proof to verify, and sybil keys are free). A tx over a cap is refused with ``rate_limited``
+  *before* its costly checks, the same way on every validator. This binds a malicious
+  proposer too, which CheckTx cannot.
 * **In CheckTx (each node's own mempool, not consensus):** :class:`SenderRateLimit`, a token
   bucket per sender id, so one sender cannot fill a validator's mempool or its CPU with
-  signature and proof checks. It reads a clock, which is fine there: CheckTx only decides what
-  this node gossips, never what a block means.
+  signature and proof checks; and (``LedgerApp(require_registered=True)``, as a public validator
+  runs) only a registered sender's txs, or a registration, are admitted at all, so fresh sybil
+  keys cannot spend a validator's CheckTx on order signatures: they must register first, and
+  registrations are capped per block. The bucket reads a clock, which is fine there: CheckTx
+  only decides what this node gossips, never what a block means.
 
 Every other cost is bounded by schema (sizes of every field, 64 KiB per tx, moduli of exactly
 2048 or 3072 bits), so the worst a sender can buy with its share is known in advance.
@@ -37,6 +41,7 @@ class BlockBudget:
 
     per_sender: int
     registrations: int
+    withdrawals: int
     _sent: dict[bytes, int] = field(default_factory=dict)
     _withdrew: set[bytes] = field(default_factory=set)
     _registered: int = 0
@@ -52,6 +57,8 @@ class BlockBudget:
             if sender in self._withdrew:
                 raise RateLimited(f"sender {sender.hex()} has another withdrawal in this block")
             self._withdrew.add(sender)
+            if len(self._withdrew) > self.withdrawals:
+                raise RateLimited(f"more than {self.withdrawals} withdrawals in one block")
         elif isinstance(body, RegisterNode):
             self._registered += 1
             if self._registered > self.registrations:

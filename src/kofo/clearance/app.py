@@ -73,9 +73,10 @@ log = logging.getLogger("kofo.clearance")
 _VERIFIED_CACHE = 200_000
 """Transactions CheckTx already verified (signatures included), kept by hash so FinalizeBlock
 does not verify them twice; bounded so a flood of txs cannot grow memory without limit."""
-_VERIFIED_BYTES = 64 << 20
-"""...and bounded in bytes: at most 64 MiB of tx bytes (a decoded tx takes a few times its
-wire size in memory), whatever the size of the txs a spammer sends."""
+_VERIFIED_BYTES = 32 << 20
+"""...and bounded in bytes: at most 32 MiB of tx bytes (a decoded tx takes a few times its
+wire size in memory; 32 MiB still holds ~16,000 orders, three full blocks), whatever the size
+of the txs a spammer sends."""
 MAX_TX_BYTES = 64 << 10
 """The largest ledger tx: an 8-leg order with every quote carrying a 3072-bit ciphertext is
 ~30 KiB. Bigger ones are refused before they are even decoded."""
@@ -269,6 +270,7 @@ class LedgerApp:
         params: LedgerParams | None = None,
         *,
         rate_limit: SenderRateLimit | None = None,
+        require_registered: bool = False,
     ) -> None:
         self.store = store
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody, int]] = OrderedDict()
@@ -278,6 +280,8 @@ class LedgerApp:
         self._verified_bytes = 0
         self.rate_limit = rate_limit
         """This node's per-sender CheckTx limit (None: none, e.g. the embedded solo ledger)."""
+        self.require_registered = require_registered
+        """CheckTx admits only registrations and txs from registered senders."""
         self._pending_block: Block | None = None
         self._rank: Ranking | None = None  # built on first use, then kept current at Commit
         raw = store.get(_K_PARAMS)
@@ -327,16 +331,24 @@ class LedgerApp:
         party's signature of an order and a registration's zero proof; then this node's
         per-sender rate limit (new txs only: a recheck is free). State-dependent rules are
         applied in the block."""
-        limit = None if recheck else self.rate_limit
         try:
-            self._decode_verified(
-                raw, None if limit is None else lambda env, _b: limit.charge(env.sender)
-            )
+            self._decode_verified(raw, None if recheck else self._admit)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         except Exception as exc:  # a bug must refuse the tx, never take the validator down
             return _internal_error(exc, "check_tx")
         return TxResult()
+
+    def _admit(self, env: Envelope, body: TxBody) -> None:
+        """This node's own mempool policy for a new tx (see :mod:`kofo.clearance.admission`)."""
+        if (
+            self.require_registered
+            and not isinstance(body, RegisterNode)
+            and self.store.get_committed(_node_key(env.sender)) is None
+        ):
+            raise UnknownNode(f"sender {env.sender.hex()} is not a registered node; register first")
+        if self.rate_limit is not None:
+            self.rate_limit.charge(env.sender)
 
     def _decode_verified(
         self, raw: bytes, gate: Callable[[Envelope, TxBody], None] | None = None
@@ -413,7 +425,9 @@ class LedgerApp:
         count = before = _int_get_store(self.store, _K_TXCOUNT)
         results = []
         budget = BlockBudget(
-            self._params.max_txs_per_sender_per_block, self._params.max_registrations_per_block
+            self._params.max_txs_per_sender_per_block,
+            self._params.max_registrations_per_block,
+            self._params.max_withdrawals_per_block,
         )
         for raw in block.txs:
             result = self._deliver(raw, block, count, budget)

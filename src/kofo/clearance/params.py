@@ -60,9 +60,13 @@ class LedgerParams:
     max_txs_per_sender_per_block: int = 1_000
     """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
     few orders a second; a thousand per block is far above that and still bounds a spammer."""
-    max_registrations_per_block: int = 100
-    """Registrations carry a zero proof (~50 ms to verify at 3072 bits on one core) and new keys
-    cost nothing, so a block holds at most 100 (a few seconds of CPU in the worst case)."""
+    max_registrations_per_block: int = 20
+    """Registrations carry a zero proof (one modular power mod n^2: ~35 ms at 3072 bits on one
+    core) and new keys cost nothing, so a block holds at most 20: under a second of CPU even
+    when a hostile proposer fills them with bad proofs."""
+    max_withdrawals_per_block: int = 50
+    """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
+    the ledger credited can get that far, at most one each per block, and 50 in all."""
 
     def __post_init__(self) -> None:
         for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):

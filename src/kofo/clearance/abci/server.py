@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = args.addr.rpartition(":")
     # A validator's public RPC takes txs from anyone: each sender gets a bounded rate here.
-    app = LedgerApp(MerkleStore(args.db), rate_limit=SenderRateLimit())
+    app = LedgerApp(MerkleStore(args.db), rate_limit=SenderRateLimit(), require_registered=True)
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
 
 
