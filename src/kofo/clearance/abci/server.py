@@ -320,11 +320,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="KOFO clearance ledger as a CometBFT ABCI app")
     parser.add_argument("--db", required=True, help="SQLite file holding the ledger state")
     parser.add_argument("--addr", default="127.0.0.1:26658", help="host:port to listen on")
+    parser.add_argument(
+        "--sender-rate",
+        type=float,
+        default=50.0,
+        help="CheckTx: new txs per second admitted per sender (0: no limit)",
+    )
+    parser.add_argument(
+        "--sender-burst", type=int, default=500, help="CheckTx: txs a sender may send at once"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = args.addr.rpartition(":")
     # A validator's public RPC takes txs from anyone: each sender gets a bounded rate here.
-    app = LedgerApp(MerkleStore(args.db), rate_limit=SenderRateLimit(), require_registered=True)
+    limit = SenderRateLimit(args.sender_rate, args.sender_burst) if args.sender_rate > 0 else None
+    app = LedgerApp(MerkleStore(args.db), rate_limit=limit, require_registered=True)
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
 
 
