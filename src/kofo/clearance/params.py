@@ -61,9 +61,10 @@ class LedgerParams:
     """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
     few orders a second; a thousand per block is far above that and still bounds a spammer."""
     max_registrations_per_block: int = 20
-    """Registrations carry a zero proof (one modular power mod n^2: ~35 ms at 3072 bits on one
-    core) and new keys cost nothing, so a block holds at most 20: under a second of CPU even
-    when a hostile proposer fills them with bad proofs."""
+    """Registrations carry a zero proof (one modular power mod n^2: ~55 ms of CPU at 3072 bits,
+    ~12 ms at 2048, measured on the project's machine) and new keys cost nothing, so a block
+    holds at most 20: about a second of CPU even when a hostile proposer fills them all with
+    3072-bit bad proofs."""
     max_withdrawals_per_block: int = 50
     """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
     the ledger credited can get that far, at most one each per block, and 50 in all."""

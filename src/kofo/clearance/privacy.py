@@ -33,6 +33,9 @@ withdrawal is also bounded by the protocol fees the ledger itself credited (see 
 
 Key generation, encryption and decryption use python-paillier (``phe``); the ledger side is the
 few modular operations above on plain integers, so it is deterministic and needs no key object.
+Modular powers go through GMP (``gmpy2.powmod``, exact like ``pow``, ~8x faster at these sizes:
+a 3072-bit zero proof verifies in ~55 ms of CPU instead of ~300 ms here), because every validator
+pays for every proof and reveal a sender can put in a block.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import hashlib
 import secrets
 from math import gcd
 
+import gmpy2
 from phe import paillier
 
 from kofo.errors import KofoError
@@ -104,7 +108,7 @@ def encrypt_zero(pub: paillier.PaillierPublicKey) -> tuple[bytes, int]:
     while True:
         r = secrets.randbelow(n)
         if r > 0 and gcd(r, n) == 1:
-            return to_bytes(pow(r, n, n * n)), r
+            return to_bytes(_powmod(r, n, n * n)), r
 
 
 def prove_zero(n: int, ct: bytes, r: int, context: bytes) -> bytes:
@@ -114,9 +118,9 @@ def prove_zero(n: int, ct: bytes, r: int, context: bytes) -> bytes:
         s = secrets.randbelow(n)
         if s > 0 and gcd(s, n) == 1:
             break
-    a = pow(s, n, nsq)
+    a = _powmod(s, n, nsq)
     e = _challenge(n, from_bytes(ct), a, context)
-    z = s * pow(r, e, n) % n
+    z = s * _powmod(r, e, n) % n
     size = _size(n)
     return a.to_bytes(2 * size, "big") + z.to_bytes(size, "big")
 
@@ -182,7 +186,7 @@ def verify_zero(n: int, ct: bytes, proof: bytes, context: bytes, what: str) -> N
     if not (0 < a < nsq and 0 < z < n and gcd(a, n) == 1 and gcd(z, n) == 1):
         raise BadCiphertext(f"{what}: the zero proof's values are out of range")
     e = _challenge(n, c, a, context)
-    if pow(z, n, nsq) != a * pow(c, e, nsq) % nsq:
+    if _powmod(z, n, nsq) != a * _powmod(c, e, nsq) % nsq:
         raise BadCiphertext(f"{what}: the proof that it encrypts 0 does not verify")
 
 
@@ -202,9 +206,13 @@ def add_plain(n: int, ct: bytes, amount: int) -> bytes:
     return to_bytes(from_bytes(ct) * ((1 + amount * n) % nsq) % nsq)
 
 
+def _powmod(base: int, exp: int, mod: int) -> int:
+    return int(gmpy2.powmod(base, exp, mod))
+
+
 def verify_reveal(n: int, ct: bytes, amount: int, randomness: bytes) -> bool:
     r = from_bytes(randomness)
     if not 0 < r < n:
         return False
     nsq = n * n
-    return (1 + amount * n) % nsq * pow(r, n, nsq) % nsq == from_bytes(ct)
+    return (1 + amount * n) % nsq * _powmod(r, n, nsq) % nsq == from_bytes(ct)
