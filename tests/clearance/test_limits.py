@@ -276,13 +276,13 @@ def test_check_tx_rate_limits_each_sender_and_rechecks_are_free():
     )
     app.init_chain()
     a, b = Party.make(0), Party.make(1)
-    txs = [sign_tx(a.key, ReportOutcome(bytes(16), i, LegOutcome.LOCKED, "t")) for i in range(4)]
-    assert [app.check_tx(tx).error for tx in txs] == ["", "", "", "rate_limited"]
+    txs = [sign_tx(a.key, ReportOutcome(bytes(16), i, LegOutcome.LOCKED, "t")) for i in range(5)]
+    assert [app.check_tx(tx).error for tx in txs[:4]] == ["", "", "", "rate_limited"]
     assert app.check_tx(txs[0], recheck=True).ok
     assert app.check_tx(b.register_tx()).ok  # another sender has its own bucket
     now[0] = 1.0
     assert app.check_tx(txs[3]).ok
-    assert app.check_tx(txs[3]).error == "rate_limited"
+    assert app.check_tx(txs[4]).error == "rate_limited"
 
 
 def test_block_budget_is_the_same_whether_or_not_the_txs_were_cached():
@@ -320,3 +320,24 @@ def test_withdrawals_per_block_are_capped():
     ledger.ok(a.register_tx(), b.register_tx())
     w = [sign_tx(p.key, p.withdraw(privacy.encrypt(p.paillier_pub, 5), "btc", 0)) for p in (a, b)]
     assert _codes(ledger.block(*w)) == ["withdrawal_invalid", "rate_limited"]
+
+
+def test_resending_a_checked_tx_does_not_spend_its_senders_budget():
+    now = [0.0]
+    limit = SenderRateLimit(1.0, 2, clock=lambda: now[0])
+    app = LedgerApp(MerkleStore(), ledger_params(), rate_limit=limit)
+    app.init_chain()
+    a = Party.make(0)
+    tx = sign_tx(a.key, ReportOutcome(bytes(16), 0, LegOutcome.LOCKED, "t"))
+    for _ in range(20):  # an attacker replays the victim's bytes to this node
+        assert app.check_tx(tx).ok
+    own = sign_tx(a.key, ReportOutcome(bytes(16), 1, LegOutcome.LOCKED, "t"))
+    assert app.check_tx(own).ok  # the victim's next tx still gets in
+
+
+def test_registrations_from_all_senders_share_one_checktx_bucket():
+    limit = SenderRateLimit(1.0, 2, clock=lambda: 0.0)
+    app = LedgerApp(MerkleStore(), ledger_params(), registration_limit=limit)
+    app.init_chain()
+    results = [app.check_tx(Party.make(i).register_tx()).error for i in range(3)]
+    assert results == ["", "", "rate_limited"]

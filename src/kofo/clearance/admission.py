@@ -16,8 +16,11 @@ enforced at two places:
   signature and proof checks; and (``LedgerApp(require_registered=True)``, as a public validator
   runs) only a registered sender's txs, or a registration, are admitted at all, so fresh sybil
   keys cannot spend a validator's CheckTx on order signatures: they must register first, and
-  registrations are capped per block. The bucket reads a clock, which is fine there: CheckTx
-  only decides what this node gossips, never what a block means.
+  registrations are capped per block; registrations from all senders together share one more
+  bucket (new keys are free). A tx the node already checked is not charged again (anyone can
+  resend a victim's tx bytes; that must not spend the victim's budget). The buckets read a
+  clock, which is fine there: CheckTx only decides what this node gossips, never what a block
+  means.
 
 Every other cost is bounded by schema (sizes of every field, 64 KiB per tx, moduli of exactly
 2048 or 3072 bits), so the worst a sender can buy with its share is known in advance.

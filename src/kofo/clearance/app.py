@@ -271,6 +271,7 @@ class LedgerApp:
         *,
         rate_limit: SenderRateLimit | None = None,
         require_registered: bool = False,
+        registration_limit: SenderRateLimit | None = None,
     ) -> None:
         self.store = store
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody, int]] = OrderedDict()
@@ -281,6 +282,8 @@ class LedgerApp:
         self.rate_limit = rate_limit
         """This node's per-sender CheckTx limit (None: none, e.g. the embedded solo ledger)."""
         self.require_registered = require_registered
+        self.registration_limit = registration_limit
+        """This node's CheckTx limit on registrations from all senders together."""
         """CheckTx admits only registrations and txs from registered senders."""
         self._pending_block: Block | None = None
         self._rank: Ranking | None = None  # built on first use, then kept current at Commit
@@ -332,7 +335,9 @@ class LedgerApp:
         per-sender rate limit (new txs only: a recheck is free). State-dependent rules are
         applied in the block."""
         try:
-            self._decode_verified(raw, None if recheck else self._admit)
+            # A tx this node already checked is not charged again: anyone can resend a victim's
+            # tx bytes, and that must not spend the victim's rate budget.
+            self._decode_verified(raw, None if recheck else self._admit, gate_on_hit=False)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         except Exception as exc:  # a bug must refuse the tx, never take the validator down
@@ -349,9 +354,16 @@ class LedgerApp:
             raise UnknownNode(f"sender {env.sender.hex()} is not a registered node; register first")
         if self.rate_limit is not None:
             self.rate_limit.charge(env.sender)
+        if self.registration_limit is not None and isinstance(body, RegisterNode):
+            # New keys are free, so a per-sender limit alone does not bound registrations.
+            self.registration_limit.charge(b"registrations")
 
     def _decode_verified(
-        self, raw: bytes, gate: Callable[[Envelope, TxBody], None] | None = None
+        self,
+        raw: bytes,
+        gate: Callable[[Envelope, TxBody], None] | None = None,
+        *,
+        gate_on_hit: bool = True,
     ) -> tuple[Envelope, TxBody]:
         """The tx's envelope and body after every stateless check. ``gate`` (a rate limit or a
         block budget) runs after the cheap checks and before the costly ones, and on a cache
@@ -364,7 +376,7 @@ class LedgerApp:
             hit = self._verified.get(digest)
         if hit is not None:
             env, body, _ = hit
-            if gate is not None:
+            if gate is not None and gate_on_hit:
                 gate(env, body)
             return env, body
         if len(raw) > MAX_TX_BYTES:

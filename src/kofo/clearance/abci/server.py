@@ -334,7 +334,14 @@ def main(argv: list[str] | None = None) -> None:
     host, _, port = args.addr.rpartition(":")
     # A validator's public RPC takes txs from anyone: each sender gets a bounded rate here.
     limit = SenderRateLimit(args.sender_rate, args.sender_burst) if args.sender_rate > 0 else None
-    app = LedgerApp(MerkleStore(args.db), rate_limit=limit, require_registered=True)
+    app = LedgerApp(
+        MerkleStore(args.db),
+        rate_limit=limit,
+        require_registered=True,
+        # A block takes at most 20 registrations (LedgerParams); admitting more than a few
+        # blocks' worth per second only spends CPU on proofs that cannot be committed soon.
+        registration_limit=SenderRateLimit(20.0, 100),
+    )
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
 
 
