@@ -105,3 +105,18 @@ def test_finalize_block_of_arbitrary_bytes_refuses_each_and_is_deterministic():
         assert all(not r.ok for r in result.results)
         hashes.add(result.app_hash)
     assert len(hashes) == 1
+
+
+def test_a_query_whose_answer_cannot_be_built_is_answered_with_a_refusal(monkeypatch):
+    from kofo.clearance.abci.server import AbciApp
+
+    ledger = Ledger()
+    abci_app = AbciApp(ledger.app)
+
+    def bad_query(path, data):
+        return "\udcff"  # a str where bytes belong: protobuf refuses it when serializing
+
+    monkeypatch.setattr(ledger.app, "query", bad_query)
+    req = abci.Request(query=abci.RequestQuery(path="/params"))
+    resp = abci.Response.FromString(abci_app.handle_bytes(req))
+    assert resp.query.code == ABCI_CODES["internal_error"]

@@ -133,17 +133,21 @@ class AbciApp:
     def handle_bytes(self, request: abci.Request) -> bytes:
         """The serialized response; the hot, constant answers are serialized once."""
         kind = request.WhichOneof("value")
-        if kind == "check_tx":
-            req = request.check_tx
-            result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)  # never raises
-            if result.ok:
-                return _CHECK_TX_OK
-            refused: bytes = self.check_tx_response(result.code, result.log).SerializeToString()
-            return refused
-        if kind == "flush":
-            return _FLUSH
-        answer: bytes = self.handle(request).SerializeToString()
-        return answer
+        try:
+            if kind == "check_tx":
+                req = request.check_tx
+                result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)
+                if result.ok:
+                    return _CHECK_TX_OK
+                refused: bytes = self.check_tx_response(result.code, result.log).SerializeToString()
+                return refused
+            if kind == "flush":
+                return _FLUSH
+            answer: bytes = self.handle(request).SerializeToString()
+            return answer
+        except Exception as exc:  # even a response that fails to serialize is answered
+            failed: bytes = self._failed(kind or "", exc).SerializeToString()
+            return failed
 
     def handle(self, request: abci.Request) -> abci.Response:
         kind = request.WhichOneof("value")
