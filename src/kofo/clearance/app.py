@@ -286,7 +286,7 @@ class LedgerApp:
         """This node's CheckTx limit on registrations from all senders together."""
         """CheckTx admits only registrations and txs from registered senders."""
         self._pending_block: Block | None = None
-        self._rank: Ranking | None = None  # built on first use, then kept current at Commit
+        self._rank: Ranking | None = None  # kept current at Commit
         raw = store.get(_K_PARAMS)
         if raw is None:
             self._params = params or LedgerParams()
@@ -297,6 +297,9 @@ class LedgerApp:
                     "the store was created with other ledger params; refusing to mix them",
                     code="config_error",
                 )
+        # One pass over the node records when the app opens its store, so that no query ever
+        # pays it on the block loop.
+        self._ranking()
 
     @property
     def params(self) -> LedgerParams:
