@@ -131,3 +131,40 @@ def test_four_validators_with_different_int_str_limits_refuse_alike_and_agree(tm
         for v in net.validators:
             assert v.app is not None and v.app.poll() is None
             assert v.comet is not None and v.comet.poll() is None
+
+
+def test_cometbft_only_restarts_keep_the_app_and_the_hashes_agree(tmp_path):
+    """CometBFT of one validator is killed (its app keeps running, possibly holding a finalized
+    but uncommitted block) and restarted, several times while orders flow; it replays what the
+    app lacks and ends on the app hash of the other three."""
+    require_binary("cometbft")
+    parties = [Party.make(i) for i in range(3)]
+    net = LocalTestnet(
+        tmp_path / "net", 4, base_port=free_base_port(4), params=ledger_params().as_map()
+    )
+    net.create()
+    with net:
+        net.start_all()
+        for i, p in enumerate(parties):
+            assert net.broadcast(i, p.register_tx(ts=_now()))["code"] == 0
+        _wait(lambda: net.query(0, "/node", encode(parties[-1].id))[0] == 0, what="registrations")
+        orders = []
+        for _ in range(4):  # bounded: four kill/restart rounds
+            for _ in range(3):
+                order = make_order(parties, t0=_now())
+                assert (
+                    net.broadcast(0, commit_tx(order, parties, parties[0], ts=_now()))["code"] == 0
+                )
+                orders.append(order)
+            net.kill_comet(3)
+            net.start_comet(3)
+            net.wait_for_height(3, net.height(0), timeout=60)
+        _wait(
+            lambda: all(net.query(3, "/order", encode(o.order_id))[0] == 0 for o in orders),
+            what="every order on the restarted validator",
+        )
+        target = net.height(0)
+        net.wait_for_height(3, target + 1, timeout=60)
+        assert len({net.app_hash_at(v, target) for v in range(4)}) == 1
+        app = net.validators[3].app
+        assert app is not None and app.poll() is None  # the same app process throughout

@@ -216,6 +216,11 @@ class LocalTestnet:
                 return _port_open(v.abci_port)
 
             self._wait(listening, f"ABCI app of validator {index}")
+        self.start_comet(index)
+
+    def start_comet(self, index: int) -> None:
+        """Start the validator's CometBFT (its app must be running)."""
+        v = self.validators[index]
         with open(v.home / "cometbft.log", "ab") as log:
             v.comet = subprocess.Popen(
                 [str(self.cometbft), "start", "--home", str(v.home)],
@@ -224,6 +229,15 @@ class LocalTestnet:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
+
+    def kill_comet(self, index: int) -> None:
+        """SIGKILL only the validator's CometBFT; its ABCI app keeps running (and keeps whatever
+        block it had finalized but not yet committed)."""
+        v = self.validators[index]
+        if v.comet is not None and v.comet.poll() is None:
+            v.comet.kill()
+            v.comet.wait()
+        v.comet = None
 
     def start_all(self, wait_height: int = 1) -> None:
         for v in self.validators:
