@@ -124,7 +124,13 @@ def test_four_validators_commit_survive_a_crash_and_the_restarted_one_catches_up
                 orders.append(order)
             return orders
 
-        _wait(lambda: net.query(0, "/node", encode(parties[-1].id))[0] == 0, what="registrations")
+        # A public validator admits a sender's txs once its registration is committed there.
+        _wait(
+            lambda: all(
+                net.query(v, "/node", encode(p.id))[0] == 0 for v in range(4) for p in parties
+            ),
+            what="registrations on every validator",
+        )
         before = submit_orders([0, 1, 2, 3], 8)
         _wait(lambda: all(committed(0, o) for o in before), what="orders before the crash")
 

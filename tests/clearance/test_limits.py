@@ -341,3 +341,14 @@ def test_registrations_from_all_senders_share_one_checktx_bucket():
     app.init_chain()
     results = [app.check_tx(Party.make(i).register_tx()).error for i in range(3)]
     assert results == ["", "", "rate_limited"]
+
+
+def test_an_honest_proposer_leaves_over_budget_txs_for_the_next_block():
+    ledger = Ledger(params=ledger_params(max_registrations_per_block=2))
+    regs = [Party.make(i).register_tx() for i in range(3)]
+    junk = b"\x00junk"
+    proposal = ledger.app.propose([regs[0], junk, regs[1], regs[2]], max_bytes=10**6)
+    assert proposal == regs[:2]
+    ledger.ok(*proposal)
+    assert ledger.app.propose([regs[2]], max_bytes=10**6) == [regs[2]]
+    assert ledger.app.propose(regs, max_bytes=len(regs[0]) + 1) == [regs[0]]

@@ -418,6 +418,33 @@ class LedgerApp:
             "register_node.balance_seed",
         )
 
+    def propose(self, txs: Sequence[bytes], max_bytes: int) -> list[bytes]:
+        """The txs an honest proposer puts in its block, in mempool order: within ``max_bytes``,
+        without txs that fail their stateless checks, and without those the block's budget
+        would refuse (:class:`BlockBudget`) -- those stay in the mempool for a later block
+        instead of being refused in this one. Not consensus: any proposal is judged at
+        FinalizeBlock alike."""
+        budget = self._budget()
+        out: list[bytes] = []
+        size = 0
+        for raw in txs:
+            if size + len(raw) > max_bytes:
+                break
+            try:
+                self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
+            except KofoError:
+                continue
+            out.append(raw)
+            size += len(raw)
+        return out
+
+    def _budget(self) -> BlockBudget:
+        return BlockBudget(
+            self._params.max_txs_per_sender_per_block,
+            self._params.max_registrations_per_block,
+            self._params.max_withdrawals_per_block,
+        )
+
     # -- blocks --------------------------------------------------------------------------------
 
     def finalize_block(self, block: Block) -> BlockResult:
@@ -439,11 +466,7 @@ class LedgerApp:
         # value after the block is the same as counting tx by tx, without a store write each.
         count = before = _int_get_store(self.store, _K_TXCOUNT)
         results = []
-        budget = BlockBudget(
-            self._params.max_txs_per_sender_per_block,
-            self._params.max_registrations_per_block,
-            self._params.max_withdrawals_per_block,
-        )
+        budget = self._budget()
         for raw in block.txs:
             result = self._deliver(raw, block, count, budget)
             count += result.ok

@@ -233,13 +233,9 @@ class AbciApp:
         )
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.Response:
-        # Keep CometBFT's mempool order; only respect the byte budget it gives us.
-        txs, size = [], 0
-        for tx in req.txs:
-            size += len(tx)
-            if size > req.max_tx_bytes:
-                break
-            txs.append(tx)
+        # CometBFT's mempool order, within its byte budget, leaving for a later block the txs
+        # this block's per-sender and per-kind budgets would refuse (LedgerApp.propose).
+        txs = self.app.propose(list(req.txs), req.max_tx_bytes)
         return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=txs))
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.Response:
