@@ -96,7 +96,9 @@ def test_one_node_refuses_each_attack_and_keeps_running(tmp_path):
             server.wait()
 
 
-def test_four_validators_with_different_int_str_limits_refuse_alike_and_agree(tmp_path):
+def test_four_validators_with_different_int_str_limits_and_hash_seeds_refuse_alike_and_agree(
+    tmp_path,
+):
     require_binary("cometbft")
     limits = {0: "0", 1: "640", 2: "4300", 3: "100000"}
     net = LocalTestnet(
@@ -104,7 +106,11 @@ def test_four_validators_with_different_int_str_limits_refuse_alike_and_agree(tm
         4,
         base_port=free_base_port(4),
         params=ledger_params().as_map(),
-        app_env={i: {"PYTHONINTMAXSTRDIGITS": v} for i, v in limits.items()},
+        # and different hash seeds: no set or dict order may reach a result
+        app_env={
+            i: {"PYTHONINTMAXSTRDIGITS": v, "PYTHONHASHSEED": str(17 * i)}
+            for i, v in limits.items()
+        },
     )
     net.create()
     with net:
