@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from kofo.clearance import privacy
+from kofo.clearance import attest, privacy
+from kofo.clearance.attest import Validator
 from kofo.clearance.errors import (
     AlreadyExists,
     EvidenceInvalid,
@@ -30,7 +31,6 @@ from kofo.clearance.errors import (
     NotAuthorised,
     NotFound,
     OrderInvalid,
-    OutcomeInvalid,
     UnknownNode,
     WithdrawalInvalid,
     abci_code,
@@ -40,6 +40,14 @@ from kofo.clearance.importance import NodeStats, decay, rank_routes, score
 from kofo.clearance.params import FOUNDATION, LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
+from kofo.wire.attest import (
+    MAX_OBSERVATIONS,
+    ChainObserver,
+    LegRef,
+    Observation,
+    decode_extension,
+    encode_extension,
+)
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.expiry import UnixTime
@@ -56,6 +64,8 @@ from kofo.wire.orders import (
     SettlementOrder,
     TxBody,
     WithdrawFees,
+    derive_order_id,
+    derive_quote_id,
     parse_tx_body,
     verify_ed25519,
 )
@@ -80,6 +90,11 @@ def _dec(raw: bytes) -> Any:
 _K_PARAMS = b"meta/params"
 _K_LAST = b"meta/last"
 _K_TXCOUNT = b"meta/txcount"
+_K_VALIDATORS = b"meta/validators"
+"""The validator set (Ed25519 consensus keys and powers) whose vote extensions count."""
+_K_CHAIN_ID = b"meta/chain_id"
+_K_VE_HEIGHT = b"meta/ve_height"
+"""CometBFT's vote_extensions_enable_height (0: disabled, solo mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,10 @@ def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str
     return SettlementOrder.from_map(_dec(raw)), state
 
 
+def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
+    return b"quote_used/" + node + quote_id
+
+
 def _bal_key(node: bytes, asset: str) -> bytes:
     return b"bal/" + node + b"/" + asset.encode()
 
@@ -213,8 +232,17 @@ def _int_add(view: _View, key: bytes, amount: int) -> None:
 class LedgerApp:
     """The clearance ledger over a :class:`MerkleStore` (see module docstring)."""
 
-    def __init__(self, store: MerkleStore, params: LedgerParams | None = None) -> None:
+    def __init__(
+        self,
+        store: MerkleStore,
+        params: LedgerParams | None = None,
+        *,
+        observer: ChainObserver | None = None,
+    ) -> None:
         self.store = store
+        self.observer = observer
+        """This validator's own view of the chains: what its vote extensions attest."""
+        self._pending_hint: set[bytes] | None = None
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody]] = OrderedDict()
         # check_tx may run on several threads at once (the solo node's API, a pool verifying
         # signatures while the GIL is released); only the cache is shared between them.
@@ -243,8 +271,16 @@ class LedgerApp:
     def app_hash(self) -> bytes:
         return self.store.app_hash
 
-    def init_chain(self, params: LedgerParams | None = None) -> bytes:
-        """Write genesis (the params) once; idempotent, so a restart before block 1 is fine.
+    def init_chain(
+        self,
+        params: LedgerParams | None = None,
+        *,
+        validators: Sequence[Validator] = (),
+        chain_id: str = "",
+        vote_extensions_height: int = 0,
+    ) -> bytes:
+        """Write genesis (the params, and under CometBFT the validator set whose vote
+        extensions attest leg outcomes) once; idempotent, so a restart before block 1 is fine.
 
         ``params`` (from the genesis file) replaces the constructor's before anything is
         written; on a store that already has params they must match."""
@@ -257,6 +293,14 @@ class LedgerApp:
             self._params = params
         if self.store.get(_K_PARAMS) is None:
             self.store.set(_K_PARAMS, encode(self._params.as_map()))
+            if validators:
+                if len(validators) > attest.MAX_VALIDATORS:
+                    raise KofoError(
+                        f"at most {attest.MAX_VALIDATORS} validators", code="config_error"
+                    )
+                self.store.set(_K_VALIDATORS, _enc(attest.validators_to_state(validators)))
+                self.store.set(_K_CHAIN_ID, _enc(chain_id))
+                self.store.set(_K_VE_HEIGHT, _enc(vote_extensions_height))
             self.store.commit(0)
         return self.store.app_hash
 
@@ -265,6 +309,12 @@ class LedgerApp:
     def check_tx(self, raw: bytes) -> TxResult:
         """Stateless admission: canonical encoding, envelope signature, schema and (for orders)
         every party's signature. State-dependent rules are applied in the block."""
+        if attest.is_attest_tx(raw):
+            return TxResult(
+                abci_code(NotAuthorised("")),
+                "attestation txs are placed by the block proposer, never through the mempool",
+                NotAuthorised.code,
+            )
         try:
             self._decode_verified(raw)
         except KofoError as exc:
@@ -307,7 +357,7 @@ class LedgerApp:
         results = []
         for raw in block.txs:
             result = self._deliver(raw, block, count)
-            count += result.ok
+            count += result.ok and not attest.is_attest_tx(raw)
             results.append(result)
         if count != before:
             self.store.set(_K_TXCOUNT, _enc(count))
@@ -333,6 +383,14 @@ class LedgerApp:
         """Apply one tx; ``count`` is the number of successful txs before it."""
         ctx = _Ctx(block.height, block.time)
         view = _View(self.store)
+        if attest.is_attest_tx(raw):
+            try:
+                self._attestations(view, ctx, raw, first=block.txs[0] == raw)
+            except KofoError as exc:
+                return TxResult(abci_code(exc), str(exc), exc.code)
+            view.flush()
+            self._note_events(ctx.events)
+            return TxResult(events=tuple(ctx.events))
         try:
             env, body = self._decode_verified(raw)
             self._apply(view, ctx, env.sender, body)
@@ -344,6 +402,7 @@ class LedgerApp:
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         view.flush()
+        self._note_events(ctx.events)
         return TxResult(events=tuple(ctx.events))
 
     def _apply(self, view: _View, ctx: _Ctx, sender: bytes, body: TxBody) -> None:
@@ -406,6 +465,11 @@ class LedgerApp:
         parties = order.parties()
         if sender not in parties:
             raise NotAuthorised(f"submitter {sender.hex()} is not a party of the order")
+        if order.order_id != derive_order_id(order):
+            raise OrderInvalid(
+                f"order_id {order.order_id.hex()} is not derived from the order's content "
+                f"(expected {derive_order_id(order).hex()})"
+            )
         if view.get(_order_key(order.order_id)) is not None:
             raise AlreadyExists(f"order {order.order_id.hex()} is already committed")
         self._check_route(order, ctx)
@@ -414,7 +478,7 @@ class LedgerApp:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
         self._check_fees(view, order)
         for q in order.quotes:
-            view.set(b"quote_used/" + q.quote_id, order.order_id)
+            view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
         view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
             _order_state_key(order.order_id),
@@ -491,8 +555,13 @@ class LedgerApp:
                 f"order {oid}: protocol_fee is {order.protocol_fee}, the rule gives {expected}"
             )
         hops = order.intermediaries()
-        if set(order.relays) & set(hops) or len(set(order.relays)) != len(order.relays):
-            raise FeeRuleViolated(f"order {oid}: relays must be distinct and hold no leg")
+        if set(order.relays) & {order.initiator, *hops} or len(set(order.relays)) != len(
+            order.relays
+        ):
+            raise FeeRuleViolated(
+                f"order {oid}: relays must be distinct and hold no leg (the initiator pays the "
+                "fee; it cannot relay its own order and take a share back)"
+            )
         wanted = {(h, QuoteRole.PROVIDER) for h in hops} | {
             (r, QuoteRole.RELAY) for r in order.relays
         }
@@ -502,12 +571,14 @@ class LedgerApp:
                 f"order {oid}: needs one provider quote per intermediary and one relay quote "
                 "per relay"
             )
-        ids = [q.quote_id for q in order.quotes]
-        if len(set(ids)) != len(ids):
-            raise FeeRuleViolated(f"order {oid}: quote ids repeat")
+        # Quote ids are the carrier's own (a fulfil's hash in the exchange layer), recorded per
+        # carrier: a stranger who copies one into its own order uses its own namespace and
+        # cannot block the honest order.
         for q in order.quotes:
-            if view.get(b"quote_used/" + q.quote_id) is not None:
-                raise AlreadyExists(f"quote {q.quote_id.hex()} was already used by an order")
+            if view.get(_quote_used_key(q.node, q.quote_id)) is not None:
+                raise AlreadyExists(
+                    f"quote {q.quote_id.hex()} of {q.node.hex()} was already used by an order"
+                )
             if q.fee_ct is not None:
                 node = self._node(view, q.node, "quote node")
                 n = privacy.from_bytes(node["paillier_n"])
@@ -523,36 +594,191 @@ class LedgerApp:
     }
 
     def _report(self, view: _View, ctx: _Ctx, sender: bytes, tx: ReportOutcome) -> None:
-        order, rec = _load_order(view, tx.order_id)
-        if tx.leg >= len(order.legs):
-            raise OutcomeInvalid(f"leg {tx.leg} does not exist (order has {len(order.legs)})")
-        route = [order.initiator, *order.intermediaries()]
-        if sender not in route:
-            reporter = view.get_map(_node_key(sender))
-            if reporter is None or not reporter["monitor"]:
-                raise NotAuthorised(
-                    f"reporter {sender.hex()} is neither on the route nor a registered monitor"
-                )
-        leg = rec["legs"][tx.leg]
-        if tx.outcome.value not in self._TRANSITIONS[leg["outcome"]]:
-            raise OutcomeInvalid(
-                f"leg {tx.leg} of order {tx.order_id.hex()} is {leg['outcome'] or 'open'}; "
-                f"it cannot become {tx.outcome.value}"
+        # Outcomes were once declared by route nodes and self-declared "monitors"; a declared
+        # outcome is worth nothing (a fake txid, a refund that never happened). They now come
+        # only from the validators' attestations (see _attestations).
+        raise NotAuthorised(
+            "report_outcome is no longer accepted: leg outcomes are attested by the validators' "
+            "own observation of the chains"
+        )
+
+    # -- attested outcomes -----------------------------------------------------------------------
+
+    def _attestations(self, view: _View, ctx: _Ctx, raw: bytes, *, first: bool) -> None:
+        """Apply the facts that validators with > 2/3 of the power attested at height - 1."""
+        if not first or view.get(b"meta/attested") == _enc(ctx.height):
+            raise NotAuthorised("an attestation tx must be the first tx of its block")
+        tx = attest.decode_attest_tx(raw)
+        vals_raw = view.get(_K_VALIDATORS)
+        if vals_raw is None:  # solo: the producer's own observation, one vote of power 1
+            if tx.height != ctx.height - 1 or [v.validator for v in tx.votes] != [
+                attest.SOLO_ADDRESS
+            ]:
+                raise NotAuthorised("a solo attestation is the producer's single vote")
+            votes = [(1, tx.votes[0].extension)]
+            total = 1
+        else:
+            validators = attest.validators_from_state(_dec(vals_raw))
+            attest.check_attest_tx(
+                tx,
+                expected_height=ctx.height - 1,
+                chain_id=str(_dec(view.get(_K_CHAIN_ID) or _enc(""))),
+                validators=validators,
             )
-        if leg["outcome"] is None or tx.outcome is LegOutcome.LOCKED:
+            votes = [(validators[v.validator].power, v.extension) for v in tx.votes]
+            total = sum(v.power for v in validators.values())
+        view.set(b"meta/attested", _enc(ctx.height))
+        for fact in attest.tally(votes, total):
+            self._set_outcome(view, ctx, fact)
+
+    def _set_outcome(self, view: _View, ctx: _Ctx, fact: Observation) -> None:
+        """One attested fact; one that no longer applies (order final, leg already there, a
+        transition the HTLC cannot make) changes nothing."""
+        try:
+            order, rec = _load_order(view, fact.order_id)
+        except NotFound:
+            return
+        if fact.leg >= len(order.legs) or rec["status"] != "committed":
+            return
+        leg = rec["legs"][fact.leg]
+        if fact.outcome.value not in self._TRANSITIONS[leg["outcome"]]:
+            return
+        if leg["outcome"] is None or fact.outcome is LegOutcome.LOCKED:
             leg["locked_at"] = ctx.time
-        leg["outcome"] = tx.outcome.value
-        leg["txid"] = tx.txid
+        leg["outcome"] = fact.outcome.value
+        leg["txid"] = fact.txid
         leg["at"] = ctx.time
+        leg["chain_height"] = fact.chain_height
+        ctx.events.append(
+            (
+                "leg_outcome",
+                (
+                    ("order_id", fact.order_id.hex()),
+                    ("leg", str(fact.leg)),
+                    ("outcome", fact.outcome.value),
+                    ("txid", fact.txid),
+                ),
+            )
+        )
         outcomes = [x["outcome"] for x in rec["legs"]]
-        if rec["status"] == "committed":
-            if all(o == "redeemed" for o in outcomes):
-                rec["status"] = "settled"
-                self._settle(view, ctx, order)
-            elif tx.outcome is LegOutcome.REFUNDED:
-                rec["status"] = "failed"
-                self._fail(view, ctx, order)
-        view.set_map(_order_state_key(tx.order_id), rec)
+        if all(o == "redeemed" for o in outcomes):
+            rec["status"] = "settled"
+            self._settle(view, ctx, order)
+        elif fact.outcome is LegOutcome.REFUNDED:
+            rec["status"] = "failed"
+            self._fail(view, ctx, order)
+        view.set_map(_order_state_key(fact.order_id), rec)
+
+    def _note_events(self, events: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
+        # The in-memory list of orders whose legs ExtendVote observes: a superset of the
+        # committed-and-open orders (extend_vote re-reads each one's committed state).
+        if self._pending_hint is None:
+            return
+        for kind, attrs in events:
+            if kind == "order_committed":
+                self._pending_hint.add(bytes.fromhex(attrs[0][1]))
+
+    def _pending_orders(self) -> list[bytes]:
+        if self._pending_hint is None:
+            self._pending_hint = {
+                k[len(b"order_state/") :]
+                for k, v in self.store.scan(b"order_state/")
+                if _dec(v)["status"] == "committed"
+            }
+        return sorted(self._pending_hint)
+
+    def pending_legs(self) -> list[LegRef]:
+        """Legs of committed, unfinished orders whose outcome can still change, by order id
+        (committed state: what ExtendVote observes)."""
+        refs = []
+        for oid in self._pending_orders():
+            raw = self.store.get(_order_key(oid))
+            state_raw = self.store.get(_order_state_key(oid))
+            if raw is None or state_raw is None:
+                continue  # finalized in a block not yet committed
+            state = _dec(state_raw)
+            if state["status"] != "committed":
+                assert self._pending_hint is not None
+                self._pending_hint.discard(oid)
+                continue
+            order = SettlementOrder.from_map(_dec(raw))
+            for i, leg in enumerate(order.legs):
+                if state["legs"][i]["outcome"] in (None, "locked"):
+                    refs.append(LegRef(oid, i, leg, order.payment_hash))
+        return refs
+
+    def extend_vote(self) -> bytes:
+        """This validator's vote extension: what its observer sees of pending legs that
+        differs from the ledger's record (at most ``MAX_OBSERVATIONS``, lowest order ids
+        first, so honest validators pick the same facts)."""
+        if self.observer is None:
+            return b""
+        seen: list[Observation] = []
+        for ref in self.pending_legs():
+            try:
+                obs = self.observer.observe(ref)
+            except Exception:  # an observer failing is "saw nothing", never a crash
+                obs = None
+            if obs is None or (obs.order_id, obs.leg) != (ref.order_id, ref.index):
+                continue
+            state = _dec(self.store.get(_order_state_key(ref.order_id)) or _enc({}))
+            if state.get("legs", [{}])[ref.index].get("outcome") == obs.outcome.value:
+                continue
+            seen.append(obs)
+            if len(seen) >= MAX_OBSERVATIONS:
+                break
+        return encode_extension(seen)
+
+    @staticmethod
+    def verify_vote_extension(raw: bytes) -> bool:
+        """Structure only (deterministic): an honest validator may see the chains differently
+        from this one; what counts is decided by the tally."""
+        try:
+            decode_extension(raw)
+        except KofoError:
+            return False
+        return True
+
+    def vote_extensions_enabled_at(self, height: int) -> bool:
+        """Whether block ``height`` must carry the extended commit of ``height - 1``."""
+        raw = self.store.get(_K_VE_HEIGHT)
+        ve = 0 if raw is None else int(_dec(raw))
+        return ve > 0 and height - 1 >= ve
+
+    def solo_attestation(self, height: int) -> bytes:
+        """Solo mode: the attestation tx of the producer's own observation, for block
+        ``height`` (facts seen on the state committed at ``height - 1``)."""
+        vote = attest.Vote(attest.SOLO_ADDRESS, self.extend_vote(), b"")
+        return attest.encode_attest_tx(attest.AttestTx(height - 1, 0, (vote,)))
+
+    def check_proposal(self, height: int, txs: Sequence[bytes]) -> str | None:
+        """ProcessProposal: why the proposal must be rejected, or None. A block past the vote
+        extensions' first height must start with a valid attestation tx, and no other tx may
+        be one; every ordinary tx is judged when the block is finalized."""
+        if any(attest.is_attest_tx(t) for t in txs[1:]):
+            return "an attestation tx after the first position"
+        if not self.vote_extensions_enabled_at(height):
+            return (
+                "an attestation tx before vote extensions"
+                if txs and attest.is_attest_tx(txs[0])
+                else None
+            )
+        if not txs or not attest.is_attest_tx(txs[0]):
+            return "the block lacks the previous height's attestations"
+        vals_raw = self.store.get(_K_VALIDATORS)
+        if vals_raw is None:
+            return "no validator set"
+        try:
+            tx = attest.decode_attest_tx(txs[0])
+            attest.check_attest_tx(
+                tx,
+                expected_height=height - 1,
+                chain_id=str(_dec(self.store.get(_K_CHAIN_ID) or _enc(""))),
+                validators=attest.validators_from_state(_dec(vals_raw)),
+            )
+        except KofoError as exc:
+            return str(exc)
+        return None
 
     def _bump_stats(
         self, view: _View, ctx: _Ctx, node: bytes, *, settled: bool, volume: int
@@ -611,16 +837,17 @@ class LedgerApp:
     # -- FileEvidence --------------------------------------------------------------------------
 
     def _evidence(self, view: _View, ctx: _Ctx, sender: bytes, tx: FileEvidence) -> None:
-        reporter = self._node(view, sender, "evidence reporter")
+        # Evidence is judged against facts the ledger itself holds: leg outcomes attested by
+        # the validators, takes recorded in a block before the quote expired. Who files it
+        # only matters for takes (the taker's own); the "monitor" flag carries no power.
+        self._node(view, sender, "evidence reporter")
         p = self._params
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
             assert tx.order_id is not None and tx.leg is not None  # guaranteed by the parser
-            eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             order, rec = _load_order(view, tx.order_id)
             if tx.leg >= len(order.legs):
                 raise EvidenceInvalid(f"leg {tx.leg} does not exist")
-            if not reporter["monitor"] and sender not in order.parties():
-                raise NotAuthorised(f"{sender.hex()} is neither a monitor nor a party")
+            eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             leg = order.legs[tx.leg]
             if ctx.time <= leg.lock_by:
                 raise EvidenceInvalid(
@@ -628,18 +855,28 @@ class LedgerApp:
                 )
             locked_at = rec["legs"][tx.leg].get("locked_at")
             if locked_at is not None and locked_at <= leg.lock_by:
-                raise EvidenceInvalid(f"legs[{tx.leg}] was reported locked at {locked_at}")
+                raise EvidenceInvalid(f"legs[{tx.leg}] was attested locked at {locked_at}")
+            for j in range(tx.leg):
+                before = rec["legs"][j].get("locked_at")
+                if before is None or before > order.legs[j].lock_by:
+                    raise EvidenceInvalid(
+                        f"legs[{j}] was not attested locked by its lock_by "
+                        f"{order.legs[j].lock_by}: legs[{tx.leg}]'s sender was right not to lock"
+                    )
             offender = leg.sender
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
             assert tx.quote is not None and tx.take is not None
             assert tx.quote_sig is not None and tx.take_sig is not None
-            if not reporter["monitor"]:
-                raise NotAuthorised(f"{sender.hex()} is not a registered monitor")
             quote, take = tx.quote, tx.take
-            eid = b"evidence/qnh/" + quote.quote_id
+            if quote.quote_id != derive_quote_id(quote):
+                raise EvidenceInvalid("quote.quote_id is not derived from the quote's content")
             verify_ed25519(quote.provider, tx.quote_sig, quote.signing_bytes(), "quote")
             verify_ed25519(take.taker, tx.take_sig, take.signing_bytes(), "take")
+            if sender != take.taker:
+                raise NotAuthorised("only the taker itself may file its take of a quote")
+            if take.taker == quote.provider:
+                raise EvidenceInvalid("a provider cannot take its own quote")
             self._node(view, take.taker, "taker")
             if take.quote_id != quote.quote_id:
                 raise EvidenceInvalid("the take is for another quote")
@@ -647,12 +884,38 @@ class LedgerApp:
                 raise EvidenceInvalid(
                     f"take at {take.ts} came after the quote expired at {quote.valid_until}"
                 )
+            take_key = b"take/" + quote.provider + quote.quote_id
+            recorded = view.get_map(take_key)
+            if ctx.time <= quote.valid_until:
+                # The take's time is the block's, never the taker's word: recorded now, judged
+                # after the honour grace (so a back-dated take of an expired quote is refused).
+                if recorded is not None:
+                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+                view.set_map(take_key, {"taker": take.taker, "at": ctx.time})
+                ctx.events.append(
+                    (
+                        "take_recorded",
+                        (("provider", quote.provider.hex()), ("quote_id", quote.quote_id.hex())),
+                    )
+                )
+                return
+            if recorded is None or recorded["taker"] != take.taker:
+                raise EvidenceInvalid(
+                    "no take of this quote by this taker was recorded on the ledger before "
+                    f"the quote expired at {quote.valid_until}"
+                )
             if ctx.time <= quote.valid_until + p.honour_grace:
                 raise EvidenceInvalid(
                     f"the provider has until {quote.valid_until + p.honour_grace} to honour it"
                 )
-            if view.get(b"quote_used/" + quote.quote_id) is not None:
-                raise EvidenceInvalid(f"quote {quote.quote_id.hex()} was honoured by an order")
+            used = view.get(_quote_used_key(quote.provider, quote.quote_id))
+            if used is not None:
+                honoured, _ = _load_order(view, used)
+                if take.taker in honoured.parties():
+                    raise EvidenceInvalid(
+                        f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
+                    )
+            eid = b"evidence/qnh/" + quote.provider + quote.quote_id
             offender = quote.provider
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
         if view.get(eid) is not None:

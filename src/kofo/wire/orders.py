@@ -12,7 +12,9 @@ big-endian unsigned integers in ``bytes``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,6 +32,8 @@ ORDER_DOMAIN = b"KOFO/order/v1\x00"
 else the same key signs (envelopes use ``KOFO/msg/v1``, quotes ``KOFO/quote/v1``)."""
 
 QUOTE_DOMAIN = b"KOFO/quote/v1\x00"
+ORDER_ID_DOMAIN = b"KOFO/order-id/v1\x00"
+QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
 TAKE_DOMAIN = b"KOFO/take/v1\x00"
 
 TX_REGISTER_NODE = "clearance.register_node"
@@ -698,3 +702,28 @@ def sign_tx(key: Ed25519PrivateKey, body: TxBody, *, ts: int | None = None) -> b
     """The bytes of a ledger transaction: ``body`` in an envelope signed by ``key``."""
     msg: SignedMessage = sign(key, tx_type(body), body.as_map(), ts=ts)
     return msg.to_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# content-derived ids: a stranger who copies an id from the mempool cannot reuse it for other
+# content, because the ledger recomputes the id from what the parties signed
+
+
+def derive_order_id(order: SettlementOrder) -> bytes:
+    """``sha256(ORDER_ID_DOMAIN || canonical order map with order_id = 16 zero bytes)[:16]``."""
+    m = order.as_map()
+    m["order_id"] = bytes(ORDER_ID_SIZE)
+    return hashlib.sha256(ORDER_ID_DOMAIN + encode(m)).digest()[:ORDER_ID_SIZE]
+
+
+def with_derived_id(order: SettlementOrder) -> SettlementOrder:
+    """``order`` with its ``order_id`` set to :func:`derive_order_id` (what the ledger requires)."""
+    return dataclasses.replace(order, order_id=derive_order_id(order))
+
+
+def derive_quote_id(quote: Quote) -> bytes:
+    """``sha256(QUOTE_ID_DOMAIN || canonical quote map with quote_id = 16 zero bytes)[:16]``:
+    the provider cannot give two different quotes the same id."""
+    m = quote.as_map()
+    m["quote_id"] = bytes(QUOTE_ID_SIZE)
+    return hashlib.sha256(QUOTE_ID_DOMAIN + encode(m)).digest()[:QUOTE_ID_SIZE]

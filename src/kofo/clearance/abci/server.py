@@ -20,8 +20,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kofo.clearance import attest
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
 from kofo.clearance.app import Block, LedgerApp
+from kofo.clearance.attest import Validator
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
@@ -31,6 +33,9 @@ log = logging.getLogger("kofo.clearance.abci")
 MAX_REQUEST_BYTES = 64 << 20
 """A FinalizeBlock carries a whole block; CometBFT's default max block is 21 MiB (plus framing),
 so 64 MiB refuses only a corrupted length prefix."""
+
+BLOCK_ID_FLAG_COMMIT = 2
+"""``tendermint.types.BlockIDFlag.BLOCK_ID_FLAG_COMMIT``: the vote carries an extension."""
 
 APP_VERSION = 1
 CODESPACE = "kofo"
@@ -108,12 +113,8 @@ class AbciApp:
             "check_tx": self.check_tx,
             "prepare_proposal": self.prepare_proposal,
             "process_proposal": self.process_proposal,
-            "extend_vote": lambda r: abci.Response(extend_vote=abci.ResponseExtendVote()),
-            "verify_vote_extension": lambda r: abci.Response(
-                verify_vote_extension=abci.ResponseVerifyVoteExtension(
-                    status=abci.ResponseVerifyVoteExtension.ACCEPT
-                )
-            ),
+            "extend_vote": self.extend_vote,
+            "verify_vote_extension": self.verify_vote_extension,
             "finalize_block": self.finalize_block,
             "commit": self.commit,
             "list_snapshots": lambda r: abci.Response(list_snapshots=abci.ResponseListSnapshots()),
@@ -164,7 +165,17 @@ class AbciApp:
         if req.app_state_bytes:
             state = json.loads(req.app_state_bytes)
             params = LedgerParams.from_map(state.get("params", {}))
-        app_hash = self.app.init_chain(params)
+        validators = [
+            Validator(v.pub_key.ed25519, v.power)
+            for v in req.validators
+            if v.pub_key.WhichOneof("sum") == "ed25519"
+        ]
+        app_hash = self.app.init_chain(
+            params,
+            validators=validators,
+            chain_id=req.chain_id,
+            vote_extensions_height=req.consensus_params.abci.vote_extensions_enable_height,
+        )
         return abci.Response(init_chain=abci.ResponseInitChain(app_hash=app_hash))
 
     def query(self, req: abci.RequestQuery) -> abci.Response:
@@ -193,9 +204,28 @@ class AbciApp:
         )
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.Response:
-        # Keep CometBFT's mempool order; only respect the byte budget it gives us.
-        txs, size = [], 0
+        # First the previous height's extended commit (the validators' signed attestations of
+        # leg outcomes, see kofo.clearance.attest), then CometBFT's mempool order within the
+        # byte budget; an attestation tx arriving from the mempool is dropped.
+        txs: list[bytes] = []
+        size = 0
+        if self.app.vote_extensions_enabled_at(req.height):
+            votes = sorted(
+                (
+                    attest.Vote(v.validator.address, v.vote_extension, v.extension_signature)
+                    for v in req.local_last_commit.votes
+                    if v.block_id_flag == BLOCK_ID_FLAG_COMMIT
+                ),
+                key=lambda v: v.validator,
+            )
+            tx = attest.encode_attest_tx(
+                attest.AttestTx(req.height - 1, req.local_last_commit.round, tuple(votes))
+            )
+            txs.append(tx)
+            size = len(tx)
         for tx in req.txs:
+            if attest.is_attest_tx(tx):
+                continue
             size += len(tx)
             if size > req.max_tx_bytes:
                 break
@@ -203,13 +233,32 @@ class AbciApp:
         return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=txs))
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.Response:
-        # Every tx is judged when the block is finalized (a bad one gets a non-zero code), so
-        # any proposal is acceptable; rejecting here would only cost rounds.
-        return abci.Response(
-            process_proposal=abci.ResponseProcessProposal(
-                status=abci.ResponseProcessProposal.ACCEPT
-            )
+        # Ordinary txs are judged when the block is finalized (a bad one gets a non-zero code);
+        # the attestation tx must be there and every signature in it valid, or the proposal is
+        # rejected (a proposer cannot invent or drop more than a third of the attestations).
+        why = self.app.check_proposal(req.height, req.txs)
+        if why is not None:
+            log.warning("rejecting the proposal for height %d: %s", req.height, why)
+        status = (
+            abci.ResponseProcessProposal.ACCEPT
+            if why is None
+            else abci.ResponseProcessProposal.REJECT
         )
+        return abci.Response(process_proposal=abci.ResponseProcessProposal(status=status))
+
+    def extend_vote(self, req: abci.RequestExtendVote) -> abci.Response:
+        return abci.Response(
+            extend_vote=abci.ResponseExtendVote(vote_extension=self.app.extend_vote())
+        )
+
+    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.Response:
+        ok = self.app.verify_vote_extension(req.vote_extension)
+        status = (
+            abci.ResponseVerifyVoteExtension.ACCEPT
+            if ok
+            else abci.ResponseVerifyVoteExtension.REJECT
+        )
+        return abci.Response(verify_vote_extension=abci.ResponseVerifyVoteExtension(status=status))
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.Response:
         block = Block(req.height, req.time.seconds, tuple(req.txs))
