@@ -224,3 +224,19 @@ def test_an_attestation_tx_cannot_come_from_the_mempool_or_mid_block(net):
     # Ledger.block puts the producer's own (empty) attestation first: the forged one is second
     assert _codes(ledger.block(forged)) == ["not_authorised"]
     assert ledger.app.order(order.order_id)["status"] == "committed"
+
+
+def test_many_open_orders_are_observed_in_a_bounded_rotating_window(net, monkeypatch):
+    import kofo.clearance.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_OBSERVED_ORDERS", 2)
+    ledger, alice, m1, m2, *_ = net
+    orders = [make_order([alice, m1, m2], amount=10_000 + i) for i in range(5)]
+    ledger.ok(*(commit_tx(o, [alice, m1, m2], alice) for o in orders))
+    for o in orders:
+        ledger.chains.see(o, 0, LegOutcome.LOCKED)
+    for _ in range(3):  # 5 orders, 2 per height: every one seen within 3 heights
+        ledger.chains.asked.clear()
+        ledger.attested()
+        assert len({ref.order_id for ref in ledger.chains.asked}) <= 2
+    assert all(ledger.app.order(o.order_id)["legs"][0]["outcome"] == "locked" for o in orders)

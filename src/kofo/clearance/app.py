@@ -75,6 +75,11 @@ _VERIFIED_CACHE = 200_000
 does not verify them twice; bounded so a flood of txs cannot grow memory without limit."""
 
 
+MAX_OBSERVED_ORDERS = 1_024
+"""Open orders one ExtendVote asks the observer about (at most 8 legs each): bounds the work per
+height however many orders are open; with more, a window rotates over them height by height."""
+
+
 def _enc(value: Any) -> bytes:
     # State values are built here from already-validated messages, so the codec's type walk
     # (the costliest part of encoding a 2 KB order) is skipped; the bytes are the same
@@ -688,18 +693,29 @@ class LedgerApp:
         return sorted(self._pending_hint)
 
     def pending_legs(self) -> list[LegRef]:
-        """Legs of committed, unfinished orders whose outcome can still change, by order id
-        (committed state: what ExtendVote observes)."""
-        refs = []
+        """Legs whose outcome can still change, of committed unfinished orders (committed
+        state: what ExtendVote observes). At most ``MAX_OBSERVED_ORDERS`` orders per height: a
+        window over the open orders by id, rotating with the committed height, so every honest
+        validator derives the same window from the same state and their facts agree, and the
+        work per height is bounded however many orders are open."""
+        open_orders: list[tuple[bytes, dict[str, Any]]] = []
         for oid in self._pending_orders():
-            raw = self.store.get(_order_key(oid))
             state_raw = self.store.get(_order_state_key(oid))
-            if raw is None or state_raw is None:
-                continue  # finalized in a block not yet committed
+            if state_raw is None:
+                continue
             state = _dec(state_raw)
             if state["status"] != "committed":
                 assert self._pending_hint is not None
                 self._pending_hint.discard(oid)
+                continue
+            open_orders.append((oid, state))
+        if len(open_orders) > MAX_OBSERVED_ORDERS:
+            start = self.store.height * MAX_OBSERVED_ORDERS % len(open_orders)
+            open_orders = (open_orders[start:] + open_orders[:start])[:MAX_OBSERVED_ORDERS]
+        refs = []
+        for oid, state in open_orders:
+            raw = self.store.get(_order_key(oid))
+            if raw is None:
                 continue
             order = SettlementOrder.from_map(_dec(raw))
             for i, leg in enumerate(order.legs):
@@ -709,8 +725,8 @@ class LedgerApp:
 
     def extend_vote(self) -> bytes:
         """This validator's vote extension: what its observer sees of pending legs that
-        differs from the ledger's record (at most ``MAX_OBSERVATIONS``, lowest order ids
-        first, so honest validators pick the same facts)."""
+        differs from the ledger's record (at most ``MAX_OBSERVATIONS``, in order-id order, so
+        honest validators pick the same facts)."""
         if self.observer is None:
             return b""
         seen: list[Observation] = []
