@@ -16,7 +16,7 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.wire.attest import LegRef, Observation
+from kofo.wire.attest import BondObservation, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.orders import (
     CommitOrder,
@@ -155,6 +155,14 @@ class SeenChains:
     def __init__(self) -> None:
         self.facts: dict[tuple[bytes, int], Observation] = {}
         self.asked: list[LegRef] = []
+        self.bonds: dict[bytes, BondObservation] = {}
+
+    def see_bond(self, node: bytes, amount: int, height: int = 1) -> None:
+        """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""
+        self.bonds[node] = BondObservation(node, amount, height)
+
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        return self.bonds.get(node)
 
     def see(
         self,
@@ -205,6 +213,14 @@ class Ledger:
     def attested(self, time: int | None = None) -> None:
         """One empty block: what the chains show now gets attested."""
         self.ok(time=time)
+
+    def bonded(self, *parties: Party) -> None:
+        """Each party's bond seen locked in the vault, and attested."""
+        for p in parties:
+            self.chains.see_bond(p.id, p.bond)
+        self.attested()
+        for p in parties:
+            assert self.app.bond(p.id) == p.bond
 
     def ok(self, *txs: bytes, time: int | None = None) -> None:
         result = self.block(*txs, time=time)

@@ -29,6 +29,7 @@ def net():
     alice, m1, m2, relay, mon = (Party.make(i) for i in range(5))
     mon.monitor = True
     ledger.ok(*(p.register_tx() for p in (alice, m1, m2, relay, mon)))
+    ledger.bonded(alice, m1, m2, relay, mon)
     return ledger, alice, m1, m2, relay, mon
 
 
@@ -250,7 +251,7 @@ def test_leg_not_locked_by_deadline_slashes_the_sender_once(net):
     late = order.legs[1].lock_by + 1
     assert _codes(ledger.block(ev, time=late)) == [""]
     node = ledger.app.node(m1.id)
-    assert node["bond"] == m1.bond - m1.bond * 500 // 10_000
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 500 // 10_000
     assert node["penalty_points"] == 100
     assert _codes(ledger.block(ev)) == ["already_exists"]
     ev0 = sign_tx(mon.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 0))
@@ -279,7 +280,7 @@ def test_quote_not_honoured_after_grace_slashes_the_provider(net):
     assert _codes(ledger.block(ev, time=quote.valid_until - 5)) == [""]  # the take, recorded
     assert _codes(ledger.block(ev, time=quote.valid_until + 10)) == ["evidence_invalid"]
     assert _codes(ledger.block(ev, time=quote.valid_until + 301)) == [""]
-    assert ledger.app.node(m1.id)["bond"] == m1.bond - m1.bond * 200 // 10_000
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 200 // 10_000
 
 
 def test_quote_evidence_with_forged_provider_signature_is_rejected(net):

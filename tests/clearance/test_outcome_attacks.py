@@ -33,6 +33,7 @@ def net():
     alice, m1, m2, relay, mon, sybil, sybil2 = (Party.make(i) for i in range(7))
     mon.monitor = True  # the self-declared flag the attacks used
     ledger.ok(*(p.register_tx() for p in (alice, m1, m2, relay, mon, sybil, sybil2)))
+    ledger.bonded(alice, m1, m2, relay, mon, sybil, sybil2)
     return ledger, alice, m1, m2, relay, mon, sybil, sybil2
 
 
@@ -79,11 +80,11 @@ def test_an_initiator_that_never_locked_cannot_blame_the_next_leg(net):
     result = ledger.block(ev, time=order.legs[1].lock_by + 1)
     assert _codes(result) == ["evidence_invalid"]
     assert "legs[0] was not attested locked" in result.results[0].log
-    assert ledger.app.node(m1.id)["bond"] == m1.bond
+    assert ledger.app.bond(m1.id) == m1.bond
     # the one who did not lock in time is the one blamed, whoever files it
     ev0 = sign_tx(m1.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 0))
     assert _codes(ledger.block(ev0)) == [""]
-    assert ledger.app.node(alice.id)["bond"] < alice.bond
+    assert ledger.app.bond(alice.id) < alice.bond
 
 
 def test_a_sender_cannot_escape_with_a_fake_locked_txid(net):
@@ -96,7 +97,7 @@ def test_a_sender_cannot_escape_with_a_fake_locked_txid(net):
     assert _codes(ledger.block(_report(m1, order, 1, LegOutcome.LOCKED))) == ["not_authorised"]
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
     assert _codes(ledger.block(ev, time=order.legs[1].lock_by + 1)) == [""]
-    assert ledger.app.node(m1.id)["bond"] == m1.bond - m1.bond * 500 // 10_000
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 500 // 10_000
 
 
 def test_a_lock_attested_after_the_deadline_does_not_clear_the_sender(net):
@@ -140,7 +141,7 @@ def test_back_dated_takes_from_a_sybil_cannot_drain_a_providers_bond(net):
         assert _codes(ledger.block(ev, time=T0 + 1_000 + i)) == ["evidence_invalid"]
         by_monitor = _take_evidence(quote, m1, sybil, filer=mon)
         assert _codes(ledger.block(by_monitor)) == ["not_authorised"]
-    assert ledger.app.node(m1.id)["bond"] == m1.bond
+    assert ledger.app.bond(m1.id) == m1.bond
     assert ledger.app.node(m1.id)["penalty_points"] == 0
 
 
@@ -153,7 +154,7 @@ def test_a_take_recorded_in_time_and_not_honoured_is_slashed_once(net):
     assert _codes(ledger.block(ev, time=quote.valid_until + 300)) == ["evidence_invalid"]
     assert _codes(ledger.block(ev, time=quote.valid_until + 301)) == [""]
     assert _codes(ledger.block(ev)) == ["already_exists"]
-    assert ledger.app.node(m1.id)["bond"] == m1.bond - m1.bond * 200 // 10_000
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 200 // 10_000
 
 
 def test_a_provider_cannot_escape_quote_evidence_by_using_the_quote_in_a_sybil_order(net):

@@ -30,7 +30,8 @@ ACCEPT = abci.ResponseProcessProposal.ACCEPT
 
 
 class Validators:
-    def __init__(self, powers=(10, 10, 10, 10)):
+    def __init__(self, powers=(10, 10, 10, 10), params=None):
+        params = params or ledger_params()
         self.keys = [
             Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"val%d" % i).digest())
             for i in range(len(powers))
@@ -38,9 +39,7 @@ class Validators:
         self.powers = list(powers)
         self.pubs = [public_key_bytes(k) for k in self.keys]
         self.chains = [SeenChains() for _ in powers]
-        self.apps = [
-            AbciApp(LedgerApp(MerkleStore(), ledger_params(), observer=c)) for c in self.chains
-        ]
+        self.apps = [AbciApp(LedgerApp(MerkleStore(), params, observer=c)) for c in self.chains]
         init = abci.RequestInitChain(
             chain_id=CHAIN_ID,
             validators=[
@@ -50,7 +49,7 @@ class Validators:
             consensus_params=params_pb2.ConsensusParams(
                 abci=params_pb2.ABCIParams(vote_extensions_enable_height=1)
             ),
-            app_state_bytes=json.dumps({"params": ledger_params().as_map()}).encode(),
+            app_state_bytes=json.dumps({"params": params.as_map()}).encode(),
         )
         for a in self.apps:
             a.init_chain(init)

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import cbor2
 
-from kofo.clearance import attest, privacy
+from kofo.clearance import attest, bonds, privacy
 from kofo.clearance.attest import Validator
 from kofo.clearance.errors import (
     AlreadyExists,
@@ -42,6 +42,7 @@ from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
 from kofo.wire.attest import (
     MAX_OBSERVATIONS,
+    BondObservation,
     ChainObserver,
     LegRef,
     Observation,
@@ -60,6 +61,7 @@ from kofo.wire.orders import (
     OrderKind,
     QuoteRole,
     RegisterNode,
+    RegisterValidatorKey,
     ReportOutcome,
     SettlementOrder,
     TxBody,
@@ -208,6 +210,12 @@ def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str
     return SettlementOrder.from_map(_dec(raw)), state
 
 
+def _effective_bond(rec: dict[str, Any]) -> int:
+    """The bond importance and slashing count: attested locked in the vault, less slashes
+    decided but not yet executed there. The ``bond`` a node declares counts for nothing."""
+    return max(0, int(rec.get("bond_locked", 0)) - int(rec.get("slash_pending", 0)))
+
+
 def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
     return b"quote_used/" + node + quote_id
 
@@ -248,6 +256,7 @@ class LedgerApp:
         self.observer = observer
         """This validator's own view of the chains: what its vote extensions attest."""
         self._pending_hint: set[bytes] | None = None
+        self._node_ids: set[bytes] | None = None
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody]] = OrderedDict()
         # check_tx may run on several threads at once (the solo node's API, a pool verifying
         # signatures while the GIL is released); only the cache is shared between them.
@@ -419,6 +428,8 @@ class LedgerApp:
             self._report(view, ctx, sender, body)
         elif isinstance(body, FileEvidence):
             self._evidence(view, ctx, sender, body)
+        elif isinstance(body, RegisterValidatorKey):
+            self._register_validator_key(view, body)
         else:
             self._withdraw(view, ctx, sender, body)
 
@@ -456,6 +467,7 @@ class LedgerApp:
                 "slashed": 0,
             },
         )
+        ctx.events.append(("node_registered", (("node", sender.hex()),)))
 
     def _node(self, view: _View, node: bytes, what: str) -> dict[str, Any]:
         rec = view.get_map(_node_key(node))
@@ -633,8 +645,69 @@ class LedgerApp:
             votes = [(validators[v.validator].power, v.extension) for v in tx.votes]
             total = sum(v.power for v in validators.values())
         view.set(b"meta/attested", _enc(ctx.height))
-        for fact in attest.tally(votes, total):
+        facts, bond_facts = attest.tally(votes, total)
+        for fact in facts:
             self._set_outcome(view, ctx, fact)
+        for bond in bond_facts:
+            self._set_bond(view, ctx, bond)
+
+    def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
+        """An attested bond-vault balance: the only bond importance counts. A balance lower
+        than the last one (a slash or release executed on the vault) first pays off the
+        slashes the ledger decided but the vault had not executed yet."""
+        rec = view.get_map(_node_key(fact.node))
+        if rec is None or fact.chain_height < rec.get("bond_height", 0):
+            return  # unknown node, or a view older than the one already counted
+        prev = rec.get("bond_locked", 0)
+        if fact.amount < prev:
+            rec["slash_pending"] = max(0, rec.get("slash_pending", 0) - (prev - fact.amount))
+        rec["bond_locked"] = fact.amount
+        rec["bond_height"] = fact.chain_height
+        view.set_map(_node_key(fact.node), rec)
+        ctx.events.append(
+            ("bond_attested", (("node", fact.node.hex()), ("amount", str(fact.amount))))
+        )
+
+    # -- validator keys and bond decisions -----------------------------------------------------
+
+    def _register_validator_key(self, view: _View, tx: RegisterValidatorKey) -> None:
+        vals_raw = view.get(_K_VALIDATORS)
+        validators = {} if vals_raw is None else attest.validators_from_state(_dec(vals_raw))
+        addr = attest.validator_address(tx.consensus_key)
+        if addr not in validators or validators[addr].pub_key != tx.consensus_key:
+            raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
+        if view.get(b"valkey/" + addr) is not None:
+            raise AlreadyExists(f"validator {addr.hex()} already registered its key")
+        verify_ed25519(
+            tx.consensus_key,
+            tx.consensus_sig,
+            bonds.valkey_consensus_message(tx.eth_address),
+            "register_validator_key.consensus_sig",
+        )
+        if bonds.recover_address(tx.eth_sig, bonds.valkey_eth_digest(tx.consensus_key)) != (
+            tx.eth_address
+        ):
+            raise NotAuthorised("register_validator_key.eth_sig is not by eth_address's key")
+        view.set(b"valkey/" + addr, tx.eth_address)
+
+    def _decide_slash(
+        self, view: _View, ctx: _Ctx, evidence_id: bytes, node: bytes, amount: int
+    ) -> None:
+        """Record a slash for the validators to sign and a relayer to execute on the vault."""
+        did = bonds.decision_id(evidence_id)
+        view.set_map(
+            b"decision/" + did,
+            {
+                "kind": "slash",
+                "node": node,
+                "amount": amount,
+                "recipient": self._params.slash_recipient,
+                "height": ctx.height,
+            },
+        )
+        ctx.events.append(
+            ("bond_decision", (("id", did.hex()), ("node", node.hex()), ("amount", str(amount))))
+        )
 
     def _set_outcome(self, view: _View, ctx: _Ctx, fact: Observation) -> None:
         """One attested fact; one that no longer applies (order final, leg already there, a
@@ -677,11 +750,13 @@ class LedgerApp:
     def _note_events(self, events: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
         # The in-memory list of orders whose legs ExtendVote observes: a superset of the
         # committed-and-open orders (extend_vote re-reads each one's committed state).
-        if self._pending_hint is None:
+        if self._pending_hint is None and self._node_ids is None:
             return
         for kind, attrs in events:
-            if kind == "order_committed":
+            if kind == "order_committed" and self._pending_hint is not None:
                 self._pending_hint.add(bytes.fromhex(attrs[0][1]))
+            elif kind == "node_registered" and self._node_ids is not None:
+                self._node_ids.add(bytes.fromhex(attrs[0][1]))
 
     def _pending_orders(self) -> list[bytes]:
         if self._pending_hint is None:
@@ -743,7 +818,40 @@ class LedgerApp:
             seen.append(obs)
             if len(seen) >= MAX_OBSERVATIONS:
                 break
-        return encode_extension(seen)
+        return encode_extension(seen, self._bond_observations())
+
+    def _bond_observations(self) -> list[BondObservation]:
+        """Vault balances that differ from the ledger's attested record, for a window of
+        registered nodes rotating with the height (same window on every honest validator)."""
+        if self._node_ids is None:
+            self._node_ids = {k[len(b"node/") :] for k, _ in self.store.scan(b"node/")}
+        nodes = sorted(self._node_ids)
+        if len(nodes) > MAX_OBSERVED_ORDERS:
+            start = self.store.height * MAX_OBSERVED_ORDERS % len(nodes)
+            nodes = (nodes[start:] + nodes[:start])[:MAX_OBSERVED_ORDERS]
+        out: list[BondObservation] = []
+        observe = getattr(self.observer, "observe_bond", None)
+        if observe is None:
+            return out
+        for node in nodes:
+            raw = self.store.get(_node_key(node))
+            if raw is None:
+                continue
+            try:
+                seen = observe(node)
+            except Exception:  # an observer failing is "saw nothing", never a crash
+                seen = None
+            if not isinstance(seen, BondObservation) or seen.node != node:
+                continue
+            rec = _dec(raw)
+            if seen.amount == rec.get("bond_locked", 0) or seen.chain_height < rec.get(
+                "bond_height", 0
+            ):
+                continue
+            out.append(seen)
+            if len(out) >= MAX_OBSERVATIONS:
+                break
+        return out
 
     @staticmethod
     def verify_vote_extension(raw: bytes) -> bool:
@@ -938,9 +1046,13 @@ class LedgerApp:
             raise AlreadyExists("this evidence was already filed")
         view.set(eid, encode({"height": ctx.height, "reporter": sender}))
         rec = self._node(view, offender, "offender")
-        slash = rec["bond"] * slash_bps // 10_000
-        rec["bond"] -= slash
+        # The bond is what validators attested locked in the vault, less slashes already
+        # decided; the slash becomes a decision executed on the vault by their signatures.
+        slash = _effective_bond(rec) * slash_bps // 10_000
+        rec["slash_pending"] = rec.get("slash_pending", 0) + slash
         rec["slashed"] += slash
+        if slash:
+            self._decide_slash(view, ctx, eid, offender, slash)
         rec["penalty_points"] += points
         rec["points"] = max(0, rec["points"] - points)
         view.set_map(_node_key(offender), rec)
@@ -1002,6 +1114,24 @@ class LedgerApp:
         """The node's own (private) quote fees in ``asset``, summed."""
         return self.store.get(_earned_key(node, asset))
 
+    def decision(self, decision_id: bytes) -> dict[str, Any]:
+        """A bond decision and, when the vault is configured, the digest validators sign."""
+        raw = self.store.get(b"decision/" + decision_id)
+        if raw is None:
+            raise NotFound(f"decision {decision_id.hex()} does not exist")
+        rec = dict(decode(raw))
+        vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
+        if vault is not None and rec["recipient"]:
+            recipient = bytes.fromhex(rec["recipient"].removeprefix("0x"))
+            rec["digest"] = bonds.slash_digest(
+                vault, rec["node"], rec["amount"], recipient, decision_id
+            )
+        return rec
+
+    def validator_keys(self) -> dict[bytes, bytes]:
+        """Registered secp256k1 keys: validator address -> Ethereum address."""
+        return {k[len(b"valkey/") :]: v for k, v in self.store.scan(b"valkey/")}
+
     def foundation_balance(self, asset: str) -> int:
         raw = self.store.get(b"foundation/" + asset.encode())
         return 0 if raw is None else int(decode(raw))
@@ -1014,6 +1144,12 @@ class LedgerApp:
         raw = self.store.get(_K_TXCOUNT)
         return 0 if raw is None else int(decode(raw))
 
+    def bond(self, node: bytes) -> int:
+        """The node's bond as the ledger counts it: attested locked in the vault, less
+        slashes decided and not yet executed there (0 for an unknown node)."""
+        rec = self.node(node)
+        return 0 if rec is None else _effective_bond(rec)
+
     def importance(self, node: bytes) -> int:
         rec = self.node(node)
         return 0 if rec is None else self._score(rec)
@@ -1024,7 +1160,7 @@ class LedgerApp:
             rec["volume_height"],
             rec["settled"],
             rec["failed"],
-            rec["bond"],
+            _effective_bond(rec),
             rec["penalty_points"],
         )
         return score(
@@ -1078,4 +1214,8 @@ class LedgerApp:
             return encode(self.foundation_balance(arg))
         if path == "/params":
             return encode(self._params.as_map())
+        if path == "/decision" and isinstance(arg, bytes):
+            return encode(self.decision(arg))
+        if path == "/validator_keys":
+            return encode([[a, e] for a, e in self.validator_keys().items()])
         raise NotFound(f"unknown query {path!r} (or bad argument)")

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kofo.wire import envelope
-from kofo.wire.attest import MAX_EXTENSION_BYTES, Observation, decode_extension
+from kofo.wire.attest import (
+    MAX_EXTENSION_BYTES,
+    BondObservation,
+    Observation,
+    decode_extension_full,
+)
 from kofo.wire.codec import EncodingError, decode, encode
 from kofo.wire.envelope import BadMessage
 
@@ -168,20 +173,29 @@ def check_attest_tx(
         )
 
 
-def tally(votes: Iterable[tuple[int, bytes]], total_power: int) -> list[Observation]:
-    """The facts attested by more than two thirds of ``total_power``, sorted.
+def tally(
+    votes: Iterable[tuple[int, bytes]], total_power: int
+) -> tuple[list[Observation], list[BondObservation]]:
+    """The facts attested by more than two thirds of ``total_power``, sorted: leg outcomes and
+    bond balances.
 
     ``votes`` are ``(power, extension)``; a malformed extension counts for nothing (an honest
-    validator's never is: :func:`decode_extension` is what VerifyVoteExtension applies)."""
+    validator's never is: its structure is what VerifyVoteExtension checks)."""
     weight: dict[Observation, int] = {}
+    bond_weight: dict[BondObservation, int] = {}
     for power, ext in votes:
         try:
-            obs = decode_extension(ext)
+            obs, bonds = decode_extension_full(ext)
         except (BadMessage, EncodingError):
             continue
         for o in obs:
             weight[o] = weight.get(o, 0) + power
-    return sorted(o for o, w in weight.items() if 3 * w > 2 * total_power)
+        for b in bonds:
+            bond_weight[b] = bond_weight.get(b, 0) + power
+    return (
+        sorted(o for o, w in weight.items() if 3 * w > 2 * total_power),
+        sorted(b for b, w in bond_weight.items() if 3 * w > 2 * total_power),
+    )
 
 
 def validators_to_state(vals: Sequence[Validator]) -> list[list[Any]]:

@@ -54,6 +54,12 @@ class LedgerParams:
     penalty_weight: int = 10
     """Importance lost per penalty point, in volume units."""
     volume_units: dict[str, int] = field(default_factory=_default_volume_units)
+    bond_vault_chain_id: int = 0
+    """EVM chain id of the bond vault (contracts/BondVault.vy) whose balances are the bonds."""
+    bond_vault_address: str = ""
+    """0x-hex address of the bond vault; empty: decisions are recorded without a vault digest."""
+    slash_recipient: str = ""
+    """0x-hex address slashed bonds are paid to on the vault (the foundation's)."""
 
     def __post_init__(self) -> None:
         for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):

@@ -41,8 +41,16 @@ TX_COMMIT_ORDER = "clearance.commit_order"
 TX_REPORT_OUTCOME = "clearance.report_outcome"
 TX_FILE_EVIDENCE = "clearance.file_evidence"
 TX_WITHDRAW_FEES = "clearance.withdraw_fees"
+TX_REGISTER_VALIDATOR_KEY = "clearance.register_validator_key"
 TX_TYPES = frozenset(
-    {TX_REGISTER_NODE, TX_COMMIT_ORDER, TX_REPORT_OUTCOME, TX_FILE_EVIDENCE, TX_WITHDRAW_FEES}
+    {
+        TX_REGISTER_NODE,
+        TX_COMMIT_ORDER,
+        TX_REPORT_OUTCOME,
+        TX_FILE_EVIDENCE,
+        TX_WITHDRAW_FEES,
+        TX_REGISTER_VALIDATOR_KEY,
+    }
 )
 
 NODE_ID_SIZE = 32
@@ -667,7 +675,41 @@ class WithdrawFees:
         )
 
 
-TxBody = RegisterNode | CommitOrder | ReportOutcome | FileEvidence | WithdrawFees
+@dataclass(frozen=True, slots=True)
+class RegisterValidatorKey:
+    """Binds a validator's CometBFT consensus key (Ed25519) to the secp256k1 key (Ethereum
+    address) it signs bond-vault decisions with. Two proofs of possession:
+    ``consensus_sig`` by the consensus key over ``KOFO/validator-key/v1\0 || eth_address``, and
+    ``eth_sig`` (65 bytes r || s || v) by the secp256k1 key over
+    ``keccak256(KOFO/validator-key/v1\0 || consensus_key)``."""
+
+    consensus_key: bytes
+    eth_address: bytes
+    consensus_sig: bytes
+    eth_sig: bytes
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "consensus_key": self.consensus_key,
+            "eth_address": self.eth_address,
+            "consensus_sig": self.consensus_sig,
+            "eth_sig": self.eth_sig,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "register_validator_key") -> RegisterValidatorKey:
+        _exact_keys(m, {"consensus_key", "eth_address", "consensus_sig", "eth_sig"}, where)
+        return cls(
+            consensus_key=_bytes(m, "consensus_key", where, 32),
+            eth_address=_bytes(m, "eth_address", where, 20),
+            consensus_sig=_bytes(m, "consensus_sig", where, 64),
+            eth_sig=_bytes(m, "eth_sig", where, 65),
+        )
+
+
+TxBody = (
+    RegisterNode | CommitOrder | ReportOutcome | FileEvidence | WithdrawFees | RegisterValidatorKey
+)
 
 _PARSERS: dict[str, Any] = {
     TX_REGISTER_NODE: RegisterNode.from_map,
@@ -675,6 +717,7 @@ _PARSERS: dict[str, Any] = {
     TX_REPORT_OUTCOME: ReportOutcome.from_map,
     TX_FILE_EVIDENCE: FileEvidence.from_map,
     TX_WITHDRAW_FEES: WithdrawFees.from_map,
+    TX_REGISTER_VALIDATOR_KEY: RegisterValidatorKey.from_map,
 }
 _TYPE_OF: dict[type, str] = {
     RegisterNode: TX_REGISTER_NODE,
@@ -682,6 +725,7 @@ _TYPE_OF: dict[type, str] = {
     ReportOutcome: TX_REPORT_OUTCOME,
     FileEvidence: TX_FILE_EVIDENCE,
     WithdrawFees: TX_WITHDRAW_FEES,
+    RegisterValidatorKey: TX_REGISTER_VALIDATOR_KEY,
 }
 
 

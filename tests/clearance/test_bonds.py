@@ -1,0 +1,169 @@
+"""Issue 17 section 3: a bond is collateral in the bond vault, counted only as validators attest
+it, slashed only through a ledger decision that > 2/3 of the validators sign for the vault."""
+
+import hashlib
+
+import coincurve
+import pytest
+from web3 import Web3
+
+from kofo.clearance import bonds
+from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
+from kofo.wire.attest import BondObservation, encode_extension
+from kofo.wire.orders import EvidenceKind, FileEvidence, LegOutcome, RegisterValidatorKey, sign_tx
+from tests.ethereum.conftest import EmbeddedChain
+
+from .helpers import Ledger, Party, commit_tx, ledger_params, make_order
+from .test_vote_extensions import Validators
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _codes(result):
+    return [r.error for r in result.results]
+
+
+def test_a_declared_bond_counts_for_nothing_only_the_attested_vault_balance_does():
+    ledger = Ledger()
+    whale, plain = Party.make(0, bond=10**60), Party.make(1, bond=0)
+    ledger.ok(whale.register_tx(), plain.register_tx())
+    assert ledger.app.bond(whale.id) == 0
+    assert ledger.app.importance(whale.id) == ledger.app.importance(plain.id)
+    ledger.chains.see_bond(whale.id, 10**18)
+    ledger.attested()
+    assert ledger.app.bond(whale.id) == 10**18
+    assert ledger.app.importance(whale.id) == 10**9 // 2  # isqrt(bond) at a 50 % success rate
+
+
+def test_an_older_view_of_the_vault_does_not_override_a_newer_one():
+    ledger = Ledger()
+    p = Party.make(0)
+    ledger.ok(p.register_tx())
+    ledger.chains.see_bond(p.id, 500, height=20)
+    ledger.attested()
+    ledger.chains.see_bond(p.id, 10**18, height=10)
+    ledger.attested()
+    assert ledger.app.bond(p.id) == 500
+
+
+def test_a_minority_of_validators_cannot_attest_a_bond():
+    vals = Validators()
+    p = Party.make(0)
+    vals.step(p.register_tx())
+    vals.lies[0] = encode_extension([], [BondObservation(p.id, 10**30, 5)])
+    vals.step()
+    vals.step()
+    assert vals.apps[1].app.bond(p.id) == 0
+    for c in vals.chains[1:]:
+        c.see_bond(p.id, 7 * 10**17, 6)
+    vals.step()
+    vals.step()
+    assert {a.app.bond(p.id) for a in vals.apps} == {7 * 10**17}
+
+
+def _secp(i):
+    return hashlib.sha256(b"validator-secp-%d" % i).digest()
+
+
+def _eth(key):
+    return bonds.eth_address(coincurve.PrivateKey(key).public_key)
+
+
+def _valkey_tx(vals, i, submitter, secp=None):
+    secp = secp or _secp(i)
+    eth = _eth(_secp(i))
+    body = RegisterValidatorKey(
+        consensus_key=vals.pubs[i],
+        eth_address=eth,
+        consensus_sig=vals.keys[i].sign(bonds.valkey_consensus_message(eth)),
+        eth_sig=bonds.sign_digest(secp, bonds.valkey_eth_digest(vals.pubs[i])),
+    )
+    return sign_tx(submitter.key, body)
+
+
+def test_validator_keys_need_both_proofs_of_possession_and_a_validator():
+    vals = Validators()
+    p = Party.make(0)
+    vals.step(p.register_tx())
+    res = vals.step(_valkey_tx(vals, 0, p, secp=_secp(77)), _valkey_tx(vals, 1, p))
+    assert [r.code for r in res.tx_results] == [0, 10, 0]  # attestation, bad eth sig, ok
+    res = vals.step(_valkey_tx(vals, 1, p))
+    assert [r.code for r in res.tx_results] == [0, 6]  # already registered
+    stranger = Party.make(9)
+    body = RegisterValidatorKey(
+        stranger.id,
+        _eth(_secp(9)),
+        stranger.key.sign(bonds.valkey_consensus_message(_eth(_secp(9)))),
+        bonds.sign_digest(_secp(9), bonds.valkey_eth_digest(stranger.id)),
+    )
+    res = vals.step(sign_tx(p.key, body))
+    assert [r.code for r in res.tx_results] == [0, 10]  # not a validator
+    assert vals.apps[0].app.validator_keys() == {vals.address(1): _eth(_secp(1))}
+
+
+def test_evidence_slashes_the_vault_through_a_decision_signed_by_the_validators():
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    eth_vals = sorted(_eth(_secp(i)) for i in range(4))
+    vault_addr = deploy(
+        w3,
+        "BondVault",
+        w3.eth.accounts[0],
+        [Web3.to_checksum_address(a) for a in eth_vals],
+        [10, 10, 10, 10],
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    foundation = "0x" + "ee" * 20
+    params = ledger_params(
+        bond_vault_chain_id=w3.eth.chain_id,
+        bond_vault_address=vault_addr,
+        slash_recipient=foundation,
+    )
+    vals = Validators(params=params)
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    vals.step(
+        *(p.register_tx() for p in (alice, m1, m2)), *(_valkey_tx(vals, i, alice) for i in range(4))
+    )
+    # m1 locks a real bond in the vault; every validator's watcher sees it
+    owner = chain.new_account(10**19)
+    chain.send(vault.functions.lock(m1.id), owner, value=10**18)
+    for c in vals.chains:
+        c.see_bond(m1.id, vault.functions.bonds(m1.id).call(), w3.eth.block_number)
+    order = make_order([alice, m1, m2], t0=vals.time)
+    vals.step(commit_tx(order, [alice, m1, m2], alice))
+    vals.step()
+    assert vals.apps[0].app.bond(m1.id) == 10**18
+    for c in vals.chains:  # alice locked leg 0; m1 never locks leg 1
+        c.see(order, 0, LegOutcome.LOCKED)
+    vals.step()
+    vals.step()
+    ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
+    res = vals.step(ev, time=order.legs[1].lock_by + 1)
+    assert [r.code for r in res.tx_results] == [0, 0]
+    slash = 10**18 * 500 // 10_000
+    events = [e for e in res.tx_results[1].events if e.type == "bond_decision"]
+    did = bytes.fromhex(dict((a.key, a.value) for a in events[0].attributes)["id"])
+    decision = vals.apps[0].app.decision(did)
+    assert (decision["node"], decision["amount"]) == (m1.id, slash)
+    assert vals.apps[0].app.bond(m1.id) == 10**18 - slash  # counted at once, paid on execution
+    # each validator checks the decision on its own ledger and signs its digest
+    expected = vault.functions.slash_digest(
+        m1.id, slash, Web3.to_checksum_address(foundation), did
+    ).call()
+    assert decision["digest"] == expected
+    signed = {_eth(_secp(i)): bonds.sign_digest(_secp(i), decision["digest"]) for i in range(3)}
+    v, r, s = bonds.signature_slots(eth_vals, signed)
+    relayer = chain.new_account(10**18)
+    chain.send(
+        vault.functions.slash(m1.id, slash, Web3.to_checksum_address(foundation), did, v, r, s),
+        relayer,
+    )
+    assert w3.eth.get_balance(Web3.to_checksum_address(foundation)) == slash
+    # the watchers now see the lower balance: the pending slash is paid off, not counted twice
+    for c in vals.chains:
+        c.see_bond(m1.id, vault.functions.bonds(m1.id).call(), w3.eth.block_number)
+    vals.step()
+    vals.step()
+    rec = vals.apps[0].app.node(m1.id)
+    assert (rec["bond_locked"], rec["slash_pending"]) == (10**18 - slash, 0)
+    assert vals.apps[0].app.bond(m1.id) == 10**18 - slash
