@@ -10,6 +10,7 @@ from web3 import Web3
 from kofo.clearance import bonds
 from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
 from kofo.wire.attest import BondObservation, encode_extension
+from kofo.wire.envelope import open_message
 from kofo.wire.orders import EvidenceKind, FileEvidence, LegOutcome, RegisterValidatorKey, sign_tx
 from tests.ethereum.conftest import EmbeddedChain
 
@@ -75,7 +76,7 @@ def _valkey_tx(vals, i, submitter, secp=None):
     body = RegisterValidatorKey(
         consensus_key=vals.pubs[i],
         eth_address=eth,
-        consensus_sig=vals.keys[i].sign(bonds.valkey_consensus_message(eth)),
+        consensus_sig=vals.keys[i].sign(bonds.valkey_consensus_message(eth, submitter.id)),
         eth_sig=bonds.sign_digest(secp, bonds.valkey_eth_digest(vals.pubs[i])),
     )
     return sign_tx(submitter.key, body)
@@ -93,7 +94,7 @@ def test_validator_keys_need_both_proofs_of_possession_and_a_validator():
     body = RegisterValidatorKey(
         stranger.id,
         _eth(_secp(9)),
-        stranger.key.sign(bonds.valkey_consensus_message(_eth(_secp(9)))),
+        stranger.key.sign(bonds.valkey_consensus_message(_eth(_secp(9)), p.id)),
         bonds.sign_digest(_secp(9), bonds.valkey_eth_digest(stranger.id)),
     )
     res = vals.step(sign_tx(p.key, body))
@@ -167,3 +168,39 @@ def test_evidence_slashes_the_vault_through_a_decision_signed_by_the_validators(
     rec = vals.apps[0].app.node(m1.id)
     assert (rec["bond_locked"], rec["slash_pending"]) == (10**18 - slash, 0)
     assert vals.apps[0].app.bond(m1.id) == 10**18 - slash
+
+
+def test_voting_power_follows_the_attested_bond_of_the_validators_node():
+    vals = Validators()
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    res = vals.step(_valkey_tx(vals, 0, node))
+    # bound to a node with no attested bond: its power drops to 0 (from height + 2)
+    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 0)]
+    decision = vals.apps[0].app.valset_decision(1)
+    assert decision["powers"] == [] and decision["validators"] == []  # no other keys yet
+    for c in vals.chains:
+        c.see_bond(node.id, 25 * 10**15, 3)  # 0.025 ETH at 10^15 wei per unit: power 25
+    vals.step()
+    res = vals.step()
+    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 25)]
+    assert vals.apps[0].app.valset_decision(2) == {
+        "nonce": 2,
+        "height": vals.height,
+        "validators": [_eth(_secp(0))],
+        "powers": [25],
+    }
+    # the ledger keeps verifying attestations with the set that signed them, block after block
+    for _ in range(3):
+        vals.step()
+    assert len({a.app.app_hash for a in vals.apps}) == 1
+
+
+def test_a_validator_cannot_be_bound_to_another_node_than_the_one_it_signed_for():
+    vals = Validators()
+    mine, thief = Party.make(5), Party.make(6)
+    vals.step(mine.register_tx(), thief.register_tx())
+    tx = _valkey_tx(vals, 0, mine)  # signed for `mine`, resubmitted by `thief` as its own
+    body = RegisterValidatorKey.from_map(open_message(tx).envelope.body)
+    res = vals.step(sign_tx(thief.key, body))
+    assert [r.code for r in res.tx_results] == [0, 4]  # bad_signature

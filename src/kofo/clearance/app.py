@@ -98,7 +98,12 @@ _K_PARAMS = b"meta/params"
 _K_LAST = b"meta/last"
 _K_TXCOUNT = b"meta/txcount"
 _K_VALIDATORS = b"meta/validators"
-"""The validator set (Ed25519 consensus keys and powers) whose vote extensions count."""
+"""The validator sets (Ed25519 consensus keys and powers) whose vote extensions count, as
+``[[first height it signs, set], ...]`` (CometBFT applies an update made at H from H + 2)."""
+_K_VALSET_NONCE = b"meta/valset_nonce"
+_K_GENESIS_VALIDATORS = b"meta/genesis_validators"
+"""Every validator that may hold power: the genesis set (one that lost its power to a missing
+bond regains it when its bond is attested)."""
 _K_CHAIN_ID = b"meta/chain_id"
 _K_VE_HEIGHT = b"meta/ve_height"
 """CometBFT's vote_extensions_enable_height (0: disabled, solo mode)."""
@@ -138,6 +143,8 @@ class BlockResult:
     height: int
     app_hash: bytes
     results: tuple[TxResult, ...]
+    validator_updates: tuple[tuple[bytes, int], ...] = ()
+    """(Ed25519 consensus key, new power) for CometBFT; power 0 removes the validator."""
 
 
 @dataclass(slots=True)
@@ -208,6 +215,21 @@ def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str
     if raw is None or state is None:
         raise NotFound(f"order {order_id.hex()} is not committed")
     return SettlementOrder.from_map(_dec(raw)), state
+
+
+def _validators_at(raw: bytes | None, height: int) -> dict[bytes, Validator] | None:
+    """The validator set that signed at ``height`` (None: solo mode, no set)."""
+    if raw is None:
+        return None
+    chosen = None
+    for first, state in _dec(raw):
+        if first <= height:
+            chosen = state
+    return attest.validators_from_state(chosen if chosen is not None else _dec(raw)[0][1])
+
+
+MAX_POWER = 2**50
+"""Per validator: CometBFT caps the total at 2^63 / 8; 128 validators at 2^50 stay below it."""
 
 
 def _effective_bond(rec: dict[str, Any]) -> int:
@@ -312,7 +334,9 @@ class LedgerApp:
                     raise KofoError(
                         f"at most {attest.MAX_VALIDATORS} validators", code="config_error"
                     )
-                self.store.set(_K_VALIDATORS, _enc(attest.validators_to_state(validators)))
+                genesis = attest.validators_to_state(validators)
+                self.store.set(_K_VALIDATORS, _enc([[0, genesis]]))
+                self.store.set(_K_GENESIS_VALIDATORS, _enc(genesis))
                 self.store.set(_K_CHAIN_ID, _enc(chain_id))
                 self.store.set(_K_VE_HEIGHT, _enc(vote_extensions_height))
             self.store.commit(0)
@@ -375,10 +399,64 @@ class LedgerApp:
             results.append(result)
         if count != before:
             self.store.set(_K_TXCOUNT, _enc(count))
+        updates = self._update_validators(block.height)
         last = {"height": block.height, "time": block.time}
         self.store.set(_K_LAST, _enc(last))
         self._pending_block = block
-        return BlockResult(block.height, self.store.root(), tuple(results))
+        return BlockResult(block.height, self.store.root(), tuple(results), updates)
+
+    def _update_validators(self, height: int) -> tuple[tuple[bytes, int], ...]:
+        """Voting power from attested bonds: a validator bound to a node (by
+        ``register_validator_key``) votes with its node's effective bond // ``power_unit``;
+        an unbound one keeps its genesis power until ``validator_bond_deadline`` (0: always),
+        then has none. Changes go to CometBFT (effective at ``height + 2``), into the ledger's
+        own set history, and into a vault valset decision for the validators to sign."""
+        view = _View(self.store)
+        raw = view.get(_K_VALIDATORS)
+        if raw is None:
+            return ()
+        sets = _dec(raw)
+        latest = attest.validators_from_state(sets[-1][1])
+        genesis = attest.validators_from_state(_dec(view.get(_K_GENESIS_VALIDATORS) or _enc([])))
+        p = self._params
+        new: dict[bytes, int] = {}
+        current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in genesis.items()}
+        for addr, val in genesis.items():
+            node = view.get(b"valnode/" + addr)
+            if node is not None:
+                rec = view.get_map(_node_key(node))
+                power = 0 if rec is None else _effective_bond(rec) // p.power_unit
+            elif p.validator_bond_deadline and height >= p.validator_bond_deadline:
+                power = 0
+            else:
+                power = val.power
+            new[addr] = min(power, MAX_POWER)
+        if all(new[a] == v.power for a, v in current.items()) or not any(new.values()):
+            return ()  # unchanged, or it would leave no validator at all
+        updates = tuple(
+            (current[a].pub_key, new[a]) for a in sorted(new) if new[a] != current[a].power
+        )
+        kept = [Validator(current[a].pub_key, new[a]) for a in sorted(new) if new[a] > 0]
+        # Keep the sets that may still sign an attestation this ledger verifies (CometBFT
+        # applies this one from height + 2; the previous ones sign until then).
+        sets = [*sets, [height + 2, attest.validators_to_state(kept)]][-4:]
+        view.set(_K_VALIDATORS, _enc(sets))
+        nonce = _int_get(view, _K_VALSET_NONCE) + 1
+        view.set(_K_VALSET_NONCE, _enc(nonce))
+        eth = sorted(
+            (key, v.power) for v in kept if (key := view.get(b"valkey/" + v.address)) is not None
+        )
+        view.set_map(
+            b"valset_decision/" + nonce.to_bytes(8, "big"),
+            {
+                "nonce": nonce,
+                "height": height,
+                "validators": [e for e, _ in eth],
+                "powers": [w for _, w in eth],
+            },
+        )
+        view.flush()
+        return updates
 
     def commit(self) -> bytes:
         block = self._pending_block
@@ -429,7 +507,7 @@ class LedgerApp:
         elif isinstance(body, FileEvidence):
             self._evidence(view, ctx, sender, body)
         elif isinstance(body, RegisterValidatorKey):
-            self._register_validator_key(view, body)
+            self._register_validator_key(view, ctx, sender, body)
         else:
             self._withdraw(view, ctx, sender, body)
 
@@ -626,8 +704,8 @@ class LedgerApp:
         if not first or view.get(b"meta/attested") == _enc(ctx.height):
             raise NotAuthorised("an attestation tx must be the first tx of its block")
         tx = attest.decode_attest_tx(raw)
-        vals_raw = view.get(_K_VALIDATORS)
-        if vals_raw is None:  # solo: the producer's own observation, one vote of power 1
+        validators = _validators_at(view.get(_K_VALIDATORS), ctx.height - 1)
+        if validators is None:  # solo: the producer's own observation, one vote of power 1
             if tx.height != ctx.height - 1 or [v.validator for v in tx.votes] != [
                 attest.SOLO_ADDRESS
             ]:
@@ -635,7 +713,6 @@ class LedgerApp:
             votes = [(1, tx.votes[0].extension)]
             total = 1
         else:
-            validators = attest.validators_from_state(_dec(vals_raw))
             attest.check_attest_tx(
                 tx,
                 expected_height=ctx.height - 1,
@@ -670,18 +747,20 @@ class LedgerApp:
 
     # -- validator keys and bond decisions -----------------------------------------------------
 
-    def _register_validator_key(self, view: _View, tx: RegisterValidatorKey) -> None:
-        vals_raw = view.get(_K_VALIDATORS)
-        validators = {} if vals_raw is None else attest.validators_from_state(_dec(vals_raw))
+    def _register_validator_key(
+        self, view: _View, ctx: _Ctx, sender: bytes, tx: RegisterValidatorKey
+    ) -> None:
+        validators = _validators_at(view.get(_K_VALIDATORS), ctx.height + 2) or {}
+        self._node(view, sender, "validator's node")
         addr = attest.validator_address(tx.consensus_key)
-        if addr not in validators or validators[addr].pub_key != tx.consensus_key:
-            raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
         if view.get(b"valkey/" + addr) is not None:
             raise AlreadyExists(f"validator {addr.hex()} already registered its key")
+        if addr not in validators or validators[addr].pub_key != tx.consensus_key:
+            raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
         verify_ed25519(
             tx.consensus_key,
             tx.consensus_sig,
-            bonds.valkey_consensus_message(tx.eth_address),
+            bonds.valkey_consensus_message(tx.eth_address, sender),
             "register_validator_key.consensus_sig",
         )
         if bonds.recover_address(tx.eth_sig, bonds.valkey_eth_digest(tx.consensus_key)) != (
@@ -689,6 +768,7 @@ class LedgerApp:
         ):
             raise NotAuthorised("register_validator_key.eth_sig is not by eth_address's key")
         view.set(b"valkey/" + addr, tx.eth_address)
+        view.set(b"valnode/" + addr, sender)
 
     def _decide_slash(
         self, view: _View, ctx: _Ctx, evidence_id: bytes, node: bytes, amount: int
@@ -889,8 +969,8 @@ class LedgerApp:
             )
         if not txs or not attest.is_attest_tx(txs[0]):
             return "the block lacks the previous height's attestations"
-        vals_raw = self.store.get(_K_VALIDATORS)
-        if vals_raw is None:
+        validators = _validators_at(self.store.get(_K_VALIDATORS), height - 1)
+        if validators is None:
             return "no validator set"
         try:
             tx = attest.decode_attest_tx(txs[0])
@@ -898,7 +978,7 @@ class LedgerApp:
                 tx,
                 expected_height=height - 1,
                 chain_id=str(_dec(self.store.get(_K_CHAIN_ID) or _enc(""))),
-                validators=attest.validators_from_state(_dec(vals_raw)),
+                validators=validators,
             )
         except KofoError as exc:
             return str(exc)
@@ -1127,6 +1207,17 @@ class LedgerApp:
                 vault, rec["node"], rec["amount"], recipient, decision_id
             )
         return rec
+
+    def validators_at(self, height: int) -> dict[bytes, Validator]:
+        """The validator set (by address) whose votes at ``height`` this ledger counts."""
+        return _validators_at(self.store.get(_K_VALIDATORS), height) or {}
+
+    def valset_decision(self, nonce: int) -> dict[str, Any]:
+        """The validator set the vault should move to (``update_valset``), by nonce."""
+        raw = self.store.get(b"valset_decision/" + nonce.to_bytes(8, "big"))
+        if raw is None:
+            raise NotFound(f"valset decision {nonce} does not exist")
+        return dict(decode(raw))
 
     def validator_keys(self) -> dict[bytes, bytes]:
         """Registered secp256k1 keys: validator address -> Ethereum address."""

@@ -172,8 +172,10 @@ def decision_id(evidence_id: bytes) -> bytes:
     return hashlib.sha256(DECISION_DOMAIN + evidence_id).digest()
 
 
-def valkey_consensus_message(eth_addr: bytes) -> bytes:
-    return VALKEY_DOMAIN + eth_addr
+def valkey_consensus_message(eth_addr: bytes, node: bytes) -> bytes:
+    """What the consensus key signs: the Ethereum address and the node whose bond is its power
+    (so nobody else can bind a validator to another node)."""
+    return VALKEY_DOMAIN + eth_addr + node
 
 
 def valkey_eth_digest(consensus_key: bytes) -> bytes:

@@ -60,6 +60,11 @@ class LedgerParams:
     """0x-hex address of the bond vault; empty: decisions are recorded without a vault digest."""
     slash_recipient: str = ""
     """0x-hex address slashed bonds are paid to on the vault (the foundation's)."""
+    power_unit: int = 10**15
+    """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
+    validator_bond_deadline: int = 0
+    """Height from which a validator that bound no bonded node has no voting power (0: genesis
+    powers stand for validators that never bind; set it so that a chain bootstraps first)."""
 
     def __post_init__(self) -> None:
         for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):

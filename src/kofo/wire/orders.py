@@ -679,7 +679,9 @@ class WithdrawFees:
 class RegisterValidatorKey:
     """Binds a validator's CometBFT consensus key (Ed25519) to the secp256k1 key (Ethereum
     address) it signs bond-vault decisions with. Two proofs of possession:
-    ``consensus_sig`` by the consensus key over ``KOFO/validator-key/v1\0 || eth_address``, and
+    ``consensus_sig`` by the consensus key over ``KOFO/validator-key/v1\0 || eth_address ||
+    sender`` (the envelope's sender: the node whose attested bond becomes the validator's
+    voting power), and
     ``eth_sig`` (65 bytes r || s || v) by the secp256k1 key over
     ``keccak256(KOFO/validator-key/v1\0 || consensus_key)``."""
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from kofo.clearance import attest
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
+from kofo.clearance.abci.gen.tendermint.crypto import keys_pb2
 from kofo.clearance.app import Block, LedgerApp
 from kofo.clearance.attest import Validator
 from kofo.clearance.params import LedgerParams
@@ -275,6 +276,10 @@ class AbciApp:
                     for r in result.results
                 ],
                 app_hash=result.app_hash,
+                validator_updates=[
+                    abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=pk), power=power)
+                    for pk, power in result.validator_updates
+                ],
             )
         )
 
