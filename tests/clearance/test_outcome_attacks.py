@@ -241,3 +241,13 @@ def test_many_open_orders_are_observed_in_a_bounded_rotating_window(net, monkeyp
         ledger.attested()
         assert len({ref.order_id for ref in ledger.chains.asked}) <= 2
     assert all(ledger.app.order(o.order_id)["legs"][0]["outcome"] == "locked" for o in orders)
+
+
+def test_a_quote_given_to_one_taker_cannot_be_taken_by_a_stranger(net):
+    ledger, alice, m1, _, _, _, sybil, _ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    result = ledger.block(_take_evidence(quote, m1, sybil))
+    assert _codes(result) == ["evidence_invalid"]
+    assert "not the taker" in result.results[0].log
+    ledger.ok(_take_evidence(quote, m1, alice))

@@ -1081,6 +1081,8 @@ class LedgerApp:
                 raise NotAuthorised("only the taker itself may file its take of a quote")
             if take.taker == quote.provider:
                 raise EvidenceInvalid("a provider cannot take its own quote")
+            if quote.taker not in (bytes(32), take.taker):
+                raise EvidenceInvalid(f"the quote was given to {quote.taker.hex()}, not the taker")
             self._node(view, take.taker, "taker")
             if take.quote_id != quote.quote_id:
                 raise EvidenceInvalid("the take is for another quote")

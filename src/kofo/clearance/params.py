@@ -71,6 +71,12 @@ class LedgerParams:
             v = getattr(self, name)
             if not 0 <= v <= 10_000:
                 raise InvalidInput(f"{name} must be within 0..10000, got {v}")
+        if self.power_unit <= 0:
+            raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
+        if self.bond_vault_address and len(self.bond_vault_address.removeprefix("0x")) != 40:
+            raise InvalidInput(
+                f"bond_vault_address must be 0x + 40 hex, got {self.bond_vault_address!r}"
+            )
         if self.importance_half_life <= 0:
             raise InvalidInput(
                 f"importance_half_life must be positive, got {self.importance_half_life}"

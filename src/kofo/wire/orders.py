@@ -528,7 +528,9 @@ class ReportOutcome:
 @dataclass(frozen=True, slots=True)
 class Quote:
     """A provider's firm price, signed by it in the exchange layer: it will pay ``give_amount``
-    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix)."""
+    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix), to
+    ``taker`` (the node it answers; 32 zero bytes: anyone). Naming the taker keeps a stranger
+    who copies the quote from recording the take first and never co-signing."""
 
     quote_id: bytes
     provider: bytes
@@ -537,6 +539,7 @@ class Quote:
     take_asset: str
     take_amount: int
     valid_until: int
+    taker: bytes = bytes(NODE_ID_SIZE)
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -547,6 +550,7 @@ class Quote:
             "take_asset": self.take_asset,
             "take_amount": self.take_amount,
             "valid_until": self.valid_until,
+            "taker": self.taker,
         }
 
     @classmethod
@@ -560,6 +564,7 @@ class Quote:
             take_asset=_str(m, "take_asset", where),
             take_amount=_int(m, "take_amount", where, minimum=1),
             valid_until=_int(m, "valid_until", where),
+            taker=_bytes(m, "taker", where, NODE_ID_SIZE),
         )
 
     def signing_bytes(self) -> bytes:
