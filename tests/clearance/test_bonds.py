@@ -204,3 +204,11 @@ def test_a_validator_cannot_be_bound_to_another_node_than_the_one_it_signed_for(
     body = RegisterValidatorKey.from_map(open_message(tx).envelope.body)
     res = vals.step(sign_tx(thief.key, body))
     assert [r.code for r in res.tx_results] == [0, 4]  # bad_signature
+
+
+def test_one_bond_cannot_back_two_validators():
+    vals = Validators()
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    res = vals.step(_valkey_tx(vals, 0, node), _valkey_tx(vals, 1, node))
+    assert [r.code for r in res.tx_results] == [0, 0, 6]  # the second: already_exists

@@ -713,6 +713,8 @@ class LedgerApp:
             votes = [(1, tx.votes[0].extension)]
             total = 1
         else:
+            if not self.vote_extensions_enabled_at(ctx.height):
+                raise NotAuthorised("vote extensions are not enabled at this height")
             attest.check_attest_tx(
                 tx,
                 expected_height=ctx.height - 1,
@@ -757,6 +759,9 @@ class LedgerApp:
             raise AlreadyExists(f"validator {addr.hex()} already registered its key")
         if addr not in validators or validators[addr].pub_key != tx.consensus_key:
             raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
+        if view.get(b"nodeval/" + sender) is not None:
+            # one bond backs one validator: two validators on one node would count it twice
+            raise AlreadyExists(f"node {sender.hex()} already backs a validator")
         verify_ed25519(
             tx.consensus_key,
             tx.consensus_sig,
@@ -769,6 +774,7 @@ class LedgerApp:
             raise NotAuthorised("register_validator_key.eth_sig is not by eth_address's key")
         view.set(b"valkey/" + addr, tx.eth_address)
         view.set(b"valnode/" + addr, sender)
+        view.set(b"nodeval/" + sender, addr)
 
     def _decide_slash(
         self, view: _View, ctx: _Ctx, evidence_id: bytes, node: bytes, amount: int
