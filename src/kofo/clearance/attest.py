@@ -26,6 +26,7 @@ from kofo.wire import envelope
 from kofo.wire.attest import (
     MAX_EXTENSION_BYTES,
     BondObservation,
+    LegRef,
     Observation,
     decode_extension_full,
 )
@@ -205,3 +206,56 @@ def validators_to_state(vals: Sequence[Validator]) -> list[list[Any]]:
 def validators_from_state(raw: Any) -> dict[bytes, Validator]:
     vals = [Validator(bytes(k), int(p)) for k, p in raw]
     return {v.address: v for v in vals}
+
+
+class FileObserver:
+    """A validator's view of the chains read from a JSON file (re-read when it changes): for
+    testnets and tests, where the test decides what each validator sees. Production nodes
+    inject the settlement layer's chain watchers instead (clearance never imports them).
+
+    ``{"legs": [[order_id hex, leg, outcome, txid, chain_height], ...],
+    "bonds": [[node hex, amount, chain_height], ...]}``; a missing or unreadable file is an
+    observer that sees nothing."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._legs: dict[tuple[bytes, int], Observation] = {}
+        self._bonds: dict[bytes, BondObservation] = {}
+
+    def _load(self) -> None:
+        import json
+        import os
+
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            self._legs, self._bonds, self._stamp = {}, {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            with open(self._path, encoding="utf-8") as f:
+                data = json.load(f)
+            legs = {}
+            for oid, leg, outcome, txid, height in data.get("legs", []):
+                obs = Observation.from_list(
+                    [bytes.fromhex(oid), leg, outcome, txid, height], "observed leg"
+                )
+                legs[(obs.order_id, obs.leg)] = obs
+            bonds = {}
+            for node, amount, height in data.get("bonds", []):
+                b = BondObservation.from_list([bytes.fromhex(node), amount, height], "bond")
+                bonds[b.node] = b
+        except (OSError, ValueError, TypeError, BadMessage):
+            return  # a half-written file: keep the last good view
+        self._legs, self._bonds, self._stamp = legs, bonds, stamp
+
+    def observe(self, ref: LegRef) -> Observation | None:
+        self._load()
+        return self._legs.get((ref.order_id, ref.index))
+
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        self._load()
+        return self._bonds.get(node)

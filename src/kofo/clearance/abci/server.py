@@ -335,10 +335,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="KOFO clearance ledger as a CometBFT ABCI app")
     parser.add_argument("--db", required=True, help="SQLite file holding the ledger state")
     parser.add_argument("--addr", default="127.0.0.1:26658", help="host:port to listen on")
+    parser.add_argument(
+        "--observe",
+        help="JSON file of what this validator sees on the chains (testnets; see "
+        "kofo.clearance.attest.FileObserver)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = args.addr.rpartition(":")
-    app = LedgerApp(MerkleStore(args.db))
+    observer = attest.FileObserver(args.observe) if args.observe else None
+    app = LedgerApp(MerkleStore(args.db), observer=observer)
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
 
 

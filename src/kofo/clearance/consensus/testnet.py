@@ -109,7 +109,12 @@ class LocalTestnet:
         app: str = "kofo",
         params: dict[str, Any] | None = None,
         timeout_commit: str = TIMEOUT_COMMIT,
+        vote_extensions_height: int = 0,
+        observe: bool = False,
     ) -> None:
+        """``vote_extensions_height`` > 0 turns on CometBFT's vote extensions from that height
+        (the ledger's leg and bond attestations); ``observe`` gives each validator's app a
+        :class:`~kofo.clearance.attest.FileObserver` over ``observed_path(i)``."""
         if validators < 1:
             raise TestnetError(f"validators must be at least 1, got {validators}")
         if app not in ("kofo", "kvstore"):
@@ -118,6 +123,8 @@ class LocalTestnet:
         self.app_kind = app
         self.params = params
         self.timeout_commit = timeout_commit
+        self.vote_extensions_height = vote_extensions_height
+        self.observe = observe
         self.cometbft = find_cometbft()
         self.validators = [
             Validator(
@@ -129,6 +136,10 @@ class LocalTestnet:
             )
             for i in range(validators)
         ]
+
+    def observed_path(self, index: int) -> Path:
+        """The JSON file validator ``index``'s app reads what it sees on the chains from."""
+        return self.validators[index].home / "observed.json"
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -152,6 +163,10 @@ class LocalTestnet:
         genesis = json.loads((self.validators[0].home / "config" / "genesis.json").read_text())
         if self.app_kind == "kofo" and self.params is not None:
             genesis["app_state"] = {"params": self.params}
+        if self.vote_extensions_height:
+            genesis["consensus_params"]["abci"] = {
+                "vote_extensions_enable_height": str(self.vote_extensions_height)
+            }
         genesis_text = json.dumps(genesis, indent=2)
         for v in self.validators:
             peers = ",".join(
@@ -196,6 +211,7 @@ class LocalTestnet:
                         str(v.home / "ledger.db"),
                         "--addr",
                         f"127.0.0.1:{v.abci_port}",
+                        *(["--observe", str(self.observed_path(index))] if self.observe else []),
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
