@@ -11,7 +11,14 @@ from kofo.clearance import bonds
 from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
 from kofo.wire.attest import BondObservation, encode_extension
 from kofo.wire.envelope import open_message
-from kofo.wire.orders import EvidenceKind, FileEvidence, LegOutcome, RegisterValidatorKey, sign_tx
+from kofo.wire.orders import (
+    EvidenceKind,
+    FileEvidence,
+    LegOutcome,
+    RegisterValidatorKey,
+    Unbond,
+    sign_tx,
+)
 from tests.ethereum.conftest import EmbeddedChain
 
 from .helpers import Ledger, Party, commit_tx, ledger_params, make_order
@@ -212,3 +219,53 @@ def test_one_bond_cannot_back_two_validators():
     vals.step(node.register_tx())
     res = vals.step(_valkey_tx(vals, 0, node), _valkey_tx(vals, 1, node))
     assert [r.code for r in res.tx_results] == [0, 0, 6]  # the second: already_exists
+
+
+def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_the_vault():
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    eth_vals = sorted(_eth(_secp(i)) for i in range(4))
+    vault_addr = deploy(
+        w3,
+        "BondVault",
+        w3.eth.accounts[0],
+        [Web3.to_checksum_address(a) for a in eth_vals],
+        [10, 10, 10, 10],
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    ledger = Ledger(
+        params=ledger_params(
+            bond_vault_chain_id=w3.eth.chain_id, bond_vault_address=vault_addr, unbond_delay=1_000
+        )
+    )
+    node = Party.make(3)
+    ledger.ok(node.register_tx())
+    owner = chain.new_account(10**19)
+    chain.send(vault.functions.lock(node.id), owner, value=10**18)
+    ledger.chains.see_bond(node.id, 10**18, w3.eth.block_number)
+    ledger.attested()
+    unbond = sign_tx(node.key, Unbond(4 * 10**17))
+    too_much = sign_tx(node.key, Unbond(10**18 + 1))
+    assert _codes(ledger.block(too_much)) == ["order_invalid"]
+    start = ledger.time
+    assert _codes(ledger.block(unbond)) == [""]
+    assert ledger.app.bond(node.id) == 6 * 10**17  # importance and power stop counting it
+    assert _codes(ledger.block(unbond, time=start + 999)) == ["order_invalid"]  # too early
+    res = ledger.block(unbond, time=start + 1_000)
+    assert _codes(res) == [""]
+    event = next(e for e in res.results[0].events if e[0] == "bond_decision")
+    did = bytes.fromhex(dict(event[1])["id"])
+    decision = ledger.app.decision(did)
+    assert (decision["kind"], decision["amount"]) == ("release", 4 * 10**17)
+    assert decision["digest"] == vault.functions.release_digest(node.id, 4 * 10**17, did).call()
+    signed = {_eth(_secp(i)): bonds.sign_digest(_secp(i), decision["digest"]) for i in (0, 2, 3)}
+    v, r, s = bonds.signature_slots(eth_vals, signed)
+    before = w3.eth.get_balance(owner.address)
+    chain.send(
+        vault.functions.release(node.id, 4 * 10**17, did, v, r, s), chain.new_account(10**18)
+    )
+    assert w3.eth.get_balance(owner.address) == before + 4 * 10**17
+    ledger.chains.see_bond(node.id, vault.functions.bonds(node.id).call(), w3.eth.block_number)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 6 * 10**17
+    assert ledger.app.node(node.id)["slash_pending"] == 0

@@ -133,6 +133,10 @@ def _register_validator_key() -> bytes:
     return _signed(ALICE, od.TX_REGISTER_VALIDATOR_KEY, body.as_map())
 
 
+def _unbond() -> bytes:
+    return _signed(ALICE, od.TX_UNBOND, od.Unbond(4 * 10**17).as_map())
+
+
 def _claim_message() -> ex.SignedClaim:
     return ex.open_claim(_claim())
 
@@ -182,6 +186,7 @@ VECTORS: dict[str, tuple[str, Callable[[], bytes], Callable[[bytes], object]]] =
         _register_validator_key,
         _parse_tx(od.TX_REGISTER_VALIDATOR_KEY),
     ),
+    "clearance.unbond": (od.TX_UNBOND, _unbond, _parse_tx(od.TX_UNBOND)),
     "exchange offer": (ex.MSG_OFFER, _offer, ex.open_offer),
     "exchange claim": (ex.MSG_CLAIM, _claim, ex.open_claim),
     "exchange fulfil": (ex.MSG_FULFIL, _fulfil, ex.open_fulfil),

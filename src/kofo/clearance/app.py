@@ -65,6 +65,7 @@ from kofo.wire.orders import (
     ReportOutcome,
     SettlementOrder,
     TxBody,
+    Unbond,
     WithdrawFees,
     derive_order_id,
     derive_quote_id,
@@ -178,6 +179,9 @@ class _View:
     def set_map(self, key: bytes, value: dict[str, Any]) -> None:
         self._writes[key] = _enc(value)
 
+    def delete(self, key: bytes) -> None:
+        self._writes[key] = None
+
     def flush(self) -> None:
         for key, value in self._writes.items():
             if value is None:
@@ -232,10 +236,15 @@ MAX_POWER = 2**50
 """Per validator: CometBFT caps the total at 2^63 / 8; 128 validators at 2^50 stay below it."""
 
 
-def _effective_bond(rec: dict[str, Any]) -> int:
-    """The bond importance and slashing count: attested locked in the vault, less slashes
-    decided but not yet executed there. The ``bond`` a node declares counts for nothing."""
+def _slashable_bond(rec: dict[str, Any]) -> int:
+    """Attested locked in the vault, less outflows (slashes, releases) decided but not yet
+    executed there: what a slash can still take. A declared ``bond`` counts for nothing."""
     return max(0, int(rec.get("bond_locked", 0)) - int(rec.get("slash_pending", 0)))
+
+
+def _effective_bond(rec: dict[str, Any]) -> int:
+    """The bond importance and voting power count: the slashable bond less what is unbonding."""
+    return max(0, _slashable_bond(rec) - int(rec.get("unbonding", 0)))
 
 
 def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
@@ -508,6 +517,8 @@ class LedgerApp:
             self._evidence(view, ctx, sender, body)
         elif isinstance(body, RegisterValidatorKey):
             self._register_validator_key(view, ctx, sender, body)
+        elif isinstance(body, Unbond):
+            self._unbond(view, ctx, sender, body)
         else:
             self._withdraw(view, ctx, sender, body)
 
@@ -775,6 +786,43 @@ class LedgerApp:
         view.set(b"valkey/" + addr, tx.eth_address)
         view.set(b"valnode/" + addr, sender)
         view.set(b"nodeval/" + sender, addr)
+
+    def _unbond(self, view: _View, ctx: _Ctx, sender: bytes, tx: Unbond) -> None:
+        rec = self._node(view, sender, "unbonding node")
+        key = b"unbond/" + sender
+        pending = view.get_map(key)
+        if pending is None:
+            if tx.amount > _effective_bond(rec):
+                raise OrderInvalid(
+                    f"unbond.amount {tx.amount} exceeds the attested bond {_effective_bond(rec)}"
+                )
+            view.set_map(key, {"amount": tx.amount, "at": ctx.time})
+            rec["unbonding"] = tx.amount
+            view.set_map(_node_key(sender), rec)
+            ctx.events.append(("unbonding", (("node", sender.hex()), ("amount", str(tx.amount)))))
+            return
+        ready = pending["at"] + self._params.unbond_delay
+        if tx.amount != pending["amount"]:
+            raise OrderInvalid(f"an unbond of {pending['amount']} is already pending")
+        if ctx.time < ready:
+            raise OrderInvalid(f"the unbond of {tx.amount} can be released from {ready}")
+        amount = min(tx.amount, _slashable_bond(rec))  # slashes in the meantime come first
+        rec["unbonding"] = 0
+        rec["slash_pending"] = rec.get("slash_pending", 0) + amount
+        view.set_map(_node_key(sender), rec)
+        view.delete(key)
+        if amount:
+            did = bonds.decision_id(b"release/" + sender + _enc(ctx.height))
+            view.set_map(
+                b"decision/" + did,
+                {"kind": "release", "node": sender, "amount": amount, "height": ctx.height},
+            )
+            ctx.events.append(
+                (
+                    "bond_decision",
+                    (("id", did.hex()), ("node", sender.hex()), ("amount", str(amount))),
+                )
+            )
 
     def _decide_slash(
         self, view: _View, ctx: _Ctx, evidence_id: bytes, node: bytes, amount: int
@@ -1136,7 +1184,7 @@ class LedgerApp:
         rec = self._node(view, offender, "offender")
         # The bond is what validators attested locked in the vault, less slashes already
         # decided; the slash becomes a decision executed on the vault by their signatures.
-        slash = _effective_bond(rec) * slash_bps // 10_000
+        slash = _slashable_bond(rec) * slash_bps // 10_000
         rec["slash_pending"] = rec.get("slash_pending", 0) + slash
         rec["slashed"] += slash
         if slash:
@@ -1209,7 +1257,9 @@ class LedgerApp:
             raise NotFound(f"decision {decision_id.hex()} does not exist")
         rec = dict(decode(raw))
         vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
-        if vault is not None and rec["recipient"]:
+        if vault is not None and rec["kind"] == "release":
+            rec["digest"] = bonds.release_digest(vault, rec["node"], rec["amount"], decision_id)
+        elif vault is not None and rec["recipient"]:
             recipient = bytes.fromhex(rec["recipient"].removeprefix("0x"))
             rec["digest"] = bonds.slash_digest(
                 vault, rec["node"], rec["amount"], recipient, decision_id

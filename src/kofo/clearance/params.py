@@ -60,6 +60,9 @@ class LedgerParams:
     """0x-hex address of the bond vault; empty: decisions are recorded without a vault digest."""
     slash_recipient: str = ""
     """0x-hex address slashed bonds are paid to on the vault (the foundation's)."""
+    unbond_delay: int = 604_800
+    """Seconds (block time) between an unbond request and its release decision: a week for
+    evidence of what the node did before to be filed and slash the bond it is taking back."""
     power_unit: int = 10**15
     """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
     validator_bond_deadline: int = 0

@@ -42,6 +42,7 @@ TX_REPORT_OUTCOME = "clearance.report_outcome"
 TX_FILE_EVIDENCE = "clearance.file_evidence"
 TX_WITHDRAW_FEES = "clearance.withdraw_fees"
 TX_REGISTER_VALIDATOR_KEY = "clearance.register_validator_key"
+TX_UNBOND = "clearance.unbond"
 TX_TYPES = frozenset(
     {
         TX_REGISTER_NODE,
@@ -50,6 +51,7 @@ TX_TYPES = frozenset(
         TX_FILE_EVIDENCE,
         TX_WITHDRAW_FEES,
         TX_REGISTER_VALIDATOR_KEY,
+        TX_UNBOND,
     }
 )
 
@@ -714,8 +716,31 @@ class RegisterValidatorKey:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Unbond:
+    """Asks for ``amount`` (wei) of the sender's vault bond back. The first one starts the
+    unbonding delay (the amount stops counting for importance and power at once, and stays
+    slashable); the same tx after the delay records the release decision for the vault."""
+
+    amount: int
+
+    def as_map(self) -> dict[str, Any]:
+        return {"amount": self.amount}
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "unbond") -> Unbond:
+        _exact_keys(m, {"amount"}, where)
+        return cls(amount=_int(m, "amount", where, minimum=1))
+
+
 TxBody = (
-    RegisterNode | CommitOrder | ReportOutcome | FileEvidence | WithdrawFees | RegisterValidatorKey
+    RegisterNode
+    | CommitOrder
+    | ReportOutcome
+    | FileEvidence
+    | WithdrawFees
+    | RegisterValidatorKey
+    | Unbond
 )
 
 _PARSERS: dict[str, Any] = {
@@ -725,6 +750,7 @@ _PARSERS: dict[str, Any] = {
     TX_FILE_EVIDENCE: FileEvidence.from_map,
     TX_WITHDRAW_FEES: WithdrawFees.from_map,
     TX_REGISTER_VALIDATOR_KEY: RegisterValidatorKey.from_map,
+    TX_UNBOND: Unbond.from_map,
 }
 _TYPE_OF: dict[type, str] = {
     RegisterNode: TX_REGISTER_NODE,
@@ -733,6 +759,7 @@ _TYPE_OF: dict[type, str] = {
     FileEvidence: TX_FILE_EVIDENCE,
     WithdrawFees: TX_WITHDRAW_FEES,
     RegisterValidatorKey: TX_REGISTER_VALIDATOR_KEY,
+    Unbond: TX_UNBOND,
 }
 
 
