@@ -244,8 +244,8 @@ def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_t
     chain.send(vault.functions.lock(node.id), owner, value=10**18)
     ledger.chains.see_bond(node.id, 10**18, w3.eth.block_number)
     ledger.attested()
-    unbond = sign_tx(node.key, Unbond(4 * 10**17))
-    too_much = sign_tx(node.key, Unbond(10**18 + 1))
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0))
+    too_much = sign_tx(node.key, Unbond(10**18 + 1, 0))
     assert _codes(ledger.block(too_much)) == ["order_invalid"]
     start = ledger.time
     assert _codes(ledger.block(unbond)) == [""]
@@ -269,3 +269,6 @@ def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_t
     ledger.attested()
     assert ledger.app.bond(node.id) == 6 * 10**17
     assert ledger.app.node(node.id)["slash_pending"] == 0
+    # the old request, replayed by anyone, does not start another unbonding
+    assert _codes(ledger.block(unbond)) == ["order_invalid"]
+    assert ledger.app.bond(node.id) == 6 * 10**17

@@ -791,6 +791,8 @@ class LedgerApp:
         rec = self._node(view, sender, "unbonding node")
         key = b"unbond/" + sender
         pending = view.get_map(key)
+        if tx.seq != rec.get("unbonds", 0):
+            raise OrderInvalid(f"unbond.seq must be {rec.get('unbonds', 0)}, got {tx.seq}")
         if pending is None:
             if tx.amount > _effective_bond(rec):
                 raise OrderInvalid(
@@ -808,6 +810,7 @@ class LedgerApp:
             raise OrderInvalid(f"the unbond of {tx.amount} can be released from {ready}")
         amount = min(tx.amount, _slashable_bond(rec))  # slashes in the meantime come first
         rec["unbonding"] = 0
+        rec["unbonds"] = rec.get("unbonds", 0) + 1
         rec["slash_pending"] = rec.get("slash_pending", 0) + amount
         view.set_map(_node_key(sender), rec)
         view.delete(key)

@@ -720,17 +720,20 @@ class RegisterValidatorKey:
 class Unbond:
     """Asks for ``amount`` (wei) of the sender's vault bond back. The first one starts the
     unbonding delay (the amount stops counting for importance and power at once, and stays
-    slashable); the same tx after the delay records the release decision for the vault."""
+    slashable); the same tx after the delay records the release decision for the vault.
+    ``seq`` is the node's count of completed unbonds: a replayed old unbond never starts a new
+    one."""
 
     amount: int
+    seq: int
 
     def as_map(self) -> dict[str, Any]:
-        return {"amount": self.amount}
+        return {"amount": self.amount, "seq": self.seq}
 
     @classmethod
     def from_map(cls, m: Any, where: str = "unbond") -> Unbond:
-        _exact_keys(m, {"amount"}, where)
-        return cls(amount=_int(m, "amount", where, minimum=1))
+        _exact_keys(m, {"amount", "seq"}, where)
+        return cls(amount=_int(m, "amount", where, minimum=1), seq=_int(m, "seq", where))
 
 
 TxBody = (
