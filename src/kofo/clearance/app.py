@@ -773,6 +773,10 @@ class LedgerApp:
         if view.get(b"nodeval/" + sender) is not None:
             # one bond backs one validator: two validators on one node would count it twice
             raise AlreadyExists(f"node {sender.hex()} already backs a validator")
+        if view.get(b"valeth/" + tx.eth_address) is not None:
+            # one Ethereum key per validator: a key shared by two would sign with both powers,
+            # and a vault set listing an address twice is refused by update_valset for good
+            raise AlreadyExists(f"{tx.eth_address.hex()} is already another validator's key")
         verify_ed25519(
             tx.consensus_key,
             tx.consensus_sig,
@@ -786,6 +790,7 @@ class LedgerApp:
         view.set(b"valkey/" + addr, tx.eth_address)
         view.set(b"valnode/" + addr, sender)
         view.set(b"nodeval/" + sender, addr)
+        view.set(b"valeth/" + tx.eth_address, addr)
 
     def _unbond(self, view: _View, ctx: _Ctx, sender: bytes, tx: Unbond) -> None:
         rec = self._node(view, sender, "unbonding node")
