@@ -102,6 +102,8 @@ _K_VALIDATORS = b"meta/validators"
 """The validator sets (Ed25519 consensus keys and powers) whose vote extensions count, as
 ``[[first height it signs, set], ...]`` (CometBFT applies an update made at H from H + 2)."""
 _K_VALSET_NONCE = b"meta/valset_nonce"
+_K_VAULT_SET = b"meta/vault_set"
+"""The last validator set (Ethereum keys, powers) recorded for the vault."""
 _K_GENESIS_VALIDATORS = b"meta/genesis_validators"
 """Every validator that may hold power: the genesis set (one that lost its power to a missing
 bond regains it when its bond is attested)."""
@@ -419,7 +421,7 @@ class LedgerApp:
         ``register_validator_key``) votes with its node's effective bond // ``power_unit``;
         an unbound one keeps its genesis power until ``validator_bond_deadline`` (0: always),
         then has none. Changes go to CometBFT (effective at ``height + 2``), into the ledger's
-        own set history, and into a vault valset decision for the validators to sign."""
+        own set history, and (see :meth:`_record_vault_set`) into a vault valset decision."""
         view = _View(self.store)
         raw = view.get(_K_VALIDATORS)
         if raw is None:
@@ -440,21 +442,44 @@ class LedgerApp:
             else:
                 power = val.power
             new[addr] = min(power, MAX_POWER)
-        if all(new[a] == v.power for a, v in current.items()) or not any(new.values()):
-            return ()  # unchanged, or it would leave no validator at all
-        updates = tuple(
-            (current[a].pub_key, new[a]) for a in sorted(new) if new[a] != current[a].power
-        )
-        kept = [Validator(current[a].pub_key, new[a]) for a in sorted(new) if new[a] > 0]
-        # Keep the sets that may still sign an attestation this ledger verifies (CometBFT
-        # applies this one from height + 2; the previous ones sign until then).
-        sets = [*sets, [height + 2, attest.validators_to_state(kept)]][-4:]
-        view.set(_K_VALIDATORS, _enc(sets))
+        updates: tuple[tuple[bytes, int], ...] = ()
+        # unchanged, or it would leave no validator at all: no update
+        if not (all(new[a] == v.power for a, v in current.items()) or not any(new.values())):
+            updates = tuple(
+                (current[a].pub_key, new[a]) for a in sorted(new) if new[a] != current[a].power
+            )
+            kept = [Validator(current[a].pub_key, new[a]) for a in sorted(new) if new[a] > 0]
+            # Keep the sets that may still sign an attestation this ledger verifies (CometBFT
+            # applies this one from height + 2; the previous ones sign until then).
+            sets = [*sets, [height + 2, attest.validators_to_state(kept)]][-4:]
+            view.set(_K_VALIDATORS, _enc(sets))
+            latest = {v.address: v for v in kept}
+        self._record_vault_set(view, height, latest)
+        view.flush()
+        return updates
+
+    def _record_vault_set(self, view: _View, height: int, latest: dict[bytes, Validator]) -> None:
+        """A vault valset decision when the set the vault should hold (each validator's
+        Ethereum key and power) changed, and only when **every** validator with power has
+        registered a key: the vault weighs signatures against the powers it is given, so a set
+        without the unkeyed validators would hand their share of the power to the keyed ones
+        (one keyed validator of four would be all of the vault). Until then the vault keeps
+        the set it has."""
+        eth = []
+        for addr, val in latest.items():
+            if val.power <= 0:
+                continue
+            key = view.get(b"valkey/" + addr)
+            if key is None:
+                return
+            eth.append((key, val.power))
+        eth.sort()
+        vault_set = _enc([[e for e, _ in eth], [w for _, w in eth]])
+        if not eth or view.get(_K_VAULT_SET) == vault_set:
+            return
+        view.set(_K_VAULT_SET, vault_set)
         nonce = _int_get(view, _K_VALSET_NONCE) + 1
         view.set(_K_VALSET_NONCE, _enc(nonce))
-        eth = sorted(
-            (key, v.power) for v in kept if (key := view.get(b"valkey/" + v.address)) is not None
-        )
         view.set_map(
             b"valset_decision/" + nonce.to_bytes(8, "big"),
             {
@@ -464,8 +489,6 @@ class LedgerApp:
                 "powers": [w for _, w in eth],
             },
         )
-        view.flush()
-        return updates
 
     def commit(self) -> bytes:
         block = self._pending_block
