@@ -2,11 +2,13 @@
 # pragma evm-version cancun
 """
 @title KOFO bond vault: node bonds as collateral, governed by the ledger's validators
-@notice A node locks ETH as its bond under its 32-byte ledger node id. Nothing leaves the vault
-        except by a ledger decision signed by validators holding more than two thirds of the
-        voting power of the validator set the vault currently knows: `slash` (pay part of a
-        bond to the recipient the decision names) and `release` (pay part back to the bond's
-        owner). The validator set itself changes only by an update signed the same way by the
+@notice ETH is locked as a node's bond under its 32-byte ledger node id (by anyone: the vault
+        keeps no owner, so nobody can squat a node id by locking under it first; what is
+        locked belongs to the node's bond). Nothing leaves the vault except by a ledger
+        decision signed by validators holding more than two thirds of the voting power of the
+        validator set the vault currently knows: `slash` (pay part of a bond to the recipient
+        the decision names) and `release` (pay part back to the address the node named in its
+        signed unbond request on the ledger). The validator set itself changes only by an update signed the same way by the
         current set (`update_valset`), as Gravity Bridge's valset updates do.
 @dev    Validators sign with secp256k1 keys registered on the ledger; the digest is
         keccak256(abi_encode(DOMAIN, chain.id, this vault, tag, ...)) with no Ethereum message
@@ -26,7 +28,7 @@ VALSET: constant(bytes32) = keccak256("valset")
 
 event BondLocked:
     node: indexed(bytes32)
-    owner: indexed(address)
+    sender: indexed(address)
     amount: uint256
     total: uint256
 
@@ -40,7 +42,7 @@ event BondReleased:
     node: indexed(bytes32)
     decision: indexed(bytes32)
     amount: uint256
-    owner: address
+    recipient: address
 
 event ValsetUpdated:
     nonce: indexed(uint256)
@@ -52,7 +54,6 @@ powers: public(DynArray[uint256, MAX_VALIDATORS])
 total_power: public(uint256)
 valset_nonce: public(uint256)
 bonds: public(HashMap[bytes32, uint256])
-owners: public(HashMap[bytes32, address])
 executed: public(HashMap[bytes32, bool])
 
 
@@ -108,16 +109,12 @@ def _check_signatures(
 @external
 @payable
 def lock(node: bytes32):
-    """Add msg.value to `node`'s bond; the first locker owns it (releases are paid there)."""
+    """Add msg.value to `node`'s bond. It leaves only by a ledger decision: a release pays the
+    address the node itself named on the ledger, never the locker as such."""
     assert msg.value > 0, "nothing to lock"
-    owner: address = self.owners[node]
-    if owner == empty(address):
-        self.owners[node] = msg.sender
-    else:
-        assert owner == msg.sender, "bond owned by another address"
     total: uint256 = self.bonds[node] + msg.value
     self.bonds[node] = total
-    log BondLocked(node=node, owner=msg.sender, amount=msg.value, total=total)
+    log BondLocked(node=node, sender=msg.sender, amount=msg.value, total=total)
 
 
 @external
@@ -130,8 +127,12 @@ def slash_digest(node: bytes32, amount: uint256, recipient: address, decision: b
 
 @external
 @view
-def release_digest(node: bytes32, amount: uint256, decision: bytes32) -> bytes32:
-    return keccak256(abi_encode(DOMAIN, chain.id, self, RELEASE, node, amount, decision))
+def release_digest(
+    node: bytes32, amount: uint256, recipient: address, decision: bytes32
+) -> bytes32:
+    return keccak256(
+        abi_encode(DOMAIN, chain.id, self, RELEASE, node, amount, recipient, decision)
+    )
 
 
 @external
@@ -175,21 +176,25 @@ def slash(
 def release(
     node: bytes32,
     amount: uint256,
+    recipient: address,
     decision: bytes32,
     v: DynArray[uint8, MAX_VALIDATORS],
     r: DynArray[bytes32, MAX_VALIDATORS],
     s: DynArray[bytes32, MAX_VALIDATORS],
 ):
     assert not self.executed[decision], "decision already executed"
+    assert recipient != empty(address), "zero recipient"
     self._check_signatures(
-        keccak256(abi_encode(DOMAIN, chain.id, self, RELEASE, node, amount, decision)), v, r, s
+        keccak256(abi_encode(DOMAIN, chain.id, self, RELEASE, node, amount, recipient, decision)),
+        v,
+        r,
+        s,
     )
     assert amount > 0 and amount <= self.bonds[node], "amount exceeds the bond"
-    owner: address = self.owners[node]
     self.executed[decision] = True
     self.bonds[node] -= amount
-    log BondReleased(node=node, decision=decision, amount=amount, owner=owner)
-    send(owner, amount)
+    log BondReleased(node=node, decision=decision, amount=amount, recipient=recipient)
+    send(recipient, amount)
 
 
 @external

@@ -76,9 +76,9 @@ def test_digests_match_the_contract(vault):
     assert vault.c.functions.slash_digest(
         NODE, 5, Web3.to_checksum_address(RECIPIENT), d
     ).call() == (bonds.slash_digest(vault.ref, NODE, 5, RECIPIENT, d))
-    assert vault.c.functions.release_digest(NODE, 5, d).call() == bonds.release_digest(
-        vault.ref, NODE, 5, d
-    )
+    assert vault.c.functions.release_digest(
+        NODE, 5, Web3.to_checksum_address(RECIPIENT), d
+    ).call() == bonds.release_digest(vault.ref, NODE, 5, RECIPIENT, d)
     vals = [Web3.to_checksum_address(a) for a in vault.addrs]
     assert vault.c.functions.valset_digest(3, vals, [1, 2, 3, 4]).call() == bonds.valset_digest(
         vault.ref, 3, vault.addrs, [1, 2, 3, 4]
@@ -97,12 +97,13 @@ def test_a_slash_signed_by_three_of_four_pays_the_recipient_once(vault):
 def test_half_the_power_cannot_slash_or_release(vault):
     with vault.chain.reverts("2/3 of the power or less"):
         vault.slash(10**17, RECIPIENT, b"\x03" * 32, vault.addrs[:2])
-    digest = bonds.release_digest(vault.ref, NODE, 10**18, b"\x04" * 32)
+    digest = bonds.release_digest(vault.ref, NODE, 10**18, RECIPIENT, b"\x04" * 32)
     v, r, s = vault.sigs(digest, vault.addrs[:2])
+    fn = vault.c.functions.release(
+        NODE, 10**18, Web3.to_checksum_address(RECIPIENT), b"\x04" * 32, v, r, s
+    )
     with vault.chain.reverts("2/3 of the power or less"):
-        vault.chain.send(
-            vault.c.functions.release(NODE, 10**18, b"\x04" * 32, v, r, s), vault.owner
-        )
+        vault.chain.send(fn, vault.owner)
     assert vault.c.functions.bonds(NODE).call() == 10**18
 
 
@@ -136,15 +137,43 @@ def test_signatures_over_another_decision_or_by_strangers_are_refused(vault):
         vault.chain.send(fn, vault.owner)
 
 
-def test_release_pays_the_owner_and_only_the_owner_adds_to_a_bond(vault):
-    digest = bonds.release_digest(vault.ref, NODE, 4 * 10**17, b"\x07" * 32)
+def test_release_pays_the_recipient_the_decision_names_and_no_other(vault):
+    payout = bytes.fromhex("00" * 19 + "cd")
+    d = b"\x07" * 32
+    digest = bonds.release_digest(vault.ref, NODE, 4 * 10**17, payout, d)
     v, r, s = vault.sigs(digest, vault.addrs[1:])
-    before = vault.balance(bytes.fromhex(vault.owner.address[2:]))
     stranger = vault.chain.new_account(10**18)
-    vault.chain.send(vault.c.functions.release(NODE, 4 * 10**17, b"\x07" * 32, v, r, s), stranger)
-    assert vault.balance(bytes.fromhex(vault.owner.address[2:])) == before + 4 * 10**17
-    with vault.chain.reverts("bond owned by another address"):
-        vault.chain.send(vault.c.functions.lock(NODE), stranger, value=1)
+    # the relayer cannot redirect the signed release to itself
+    fn = vault.c.functions.release(
+        NODE, 4 * 10**17, Web3.to_checksum_address(stranger.address), d, v, r, s
+    )
+    with vault.chain.reverts("bad signature"):
+        vault.chain.send(fn, stranger)
+    fn = vault.c.functions.release(NODE, 4 * 10**17, Web3.to_checksum_address(payout), d, v, r, s)
+    vault.chain.send(fn, stranger)
+    assert vault.balance(payout) == 4 * 10**17
+    assert vault.c.functions.bonds(NODE).call() == 6 * 10**17
+
+
+def test_a_stranger_locking_first_under_a_node_id_neither_blocks_its_bond_nor_gets_its_release(
+    vault,
+):
+    """Review attack: the vault made the first locker the bond's owner. A stranger watching the
+    Ethereum mempool locked 1 wei under a node's id first: every lock by the node itself was
+    then refused ("bond owned by another address") and releases paid the stranger."""
+    node = hashlib.sha256(b"honest node").digest()
+    squatter, honest = vault.chain.new_account(10**18), vault.chain.new_account(10**19)
+    vault.chain.send(vault.c.functions.lock(node), squatter, value=1)
+    vault.chain.send(vault.c.functions.lock(node), honest, value=10**18)
+    assert vault.c.functions.bonds(node).call() == 10**18 + 1
+    payout = bytes.fromhex(honest.address[2:])  # the node's own choice, signed on the ledger
+    d = b"\x09" * 32
+    digest = bonds.release_digest(vault.ref, node, 10**18, payout, d)
+    v, r, s = vault.sigs(digest, vault.addrs[:3])
+    before = vault.balance(payout)
+    fn = vault.c.functions.release(node, 10**18, honest.address, d, v, r, s)
+    vault.chain.send(fn, squatter)
+    assert vault.balance(payout) == before + 10**18
 
 
 def test_the_validator_set_changes_only_by_the_current_sets_signatures(vault):

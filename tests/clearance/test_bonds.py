@@ -241,27 +241,35 @@ def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_t
     chain.send(vault.functions.lock(node.id), owner, value=10**18)
     ledger.chains.see_bond(node.id, 10**18, w3.eth.block_number)
     ledger.attested()
-    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0))
-    too_much = sign_tx(node.key, Unbond(10**18 + 1, 0))
+    payout = bytes.fromhex("00" * 19 + "cd")
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0, payout))
+    too_much = sign_tx(node.key, Unbond(10**18 + 1, 0, payout))
     assert _codes(ledger.block(too_much)) == ["order_invalid"]
     start = ledger.time
     assert _codes(ledger.block(unbond)) == [""]
     assert ledger.app.bond(node.id) == 6 * 10**17  # importance and power stop counting it
     assert _codes(ledger.block(unbond, time=start + 999)) == ["order_invalid"]  # too early
+    elsewhere = sign_tx(node.key, Unbond(4 * 10**17, 0, bytes.fromhex("00" * 19 + "ef")))
+    assert _codes(ledger.block(elsewhere, time=start + 1_000)) == ["order_invalid"]  # payout
     res = ledger.block(unbond, time=start + 1_000)
     assert _codes(res) == [""]
     event = next(e for e in res.results[0].events if e[0] == "bond_decision")
     did = bytes.fromhex(dict(event[1])["id"])
     decision = ledger.app.decision(did)
     assert (decision["kind"], decision["amount"]) == ("release", 4 * 10**17)
-    assert decision["digest"] == vault.functions.release_digest(node.id, 4 * 10**17, did).call()
+    checksum = Web3.to_checksum_address(payout)
+    assert decision["recipient"] == "0x" + payout.hex()
+    assert (
+        decision["digest"]
+        == vault.functions.release_digest(node.id, 4 * 10**17, checksum, did).call()
+    )
     signed = {_eth(_secp(i)): bonds.sign_digest(_secp(i), decision["digest"]) for i in (0, 2, 3)}
     v, r, s = bonds.signature_slots(eth_vals, signed)
-    before = w3.eth.get_balance(owner.address)
     chain.send(
-        vault.functions.release(node.id, 4 * 10**17, did, v, r, s), chain.new_account(10**18)
+        vault.functions.release(node.id, 4 * 10**17, checksum, did, v, r, s),
+        chain.new_account(10**18),
     )
-    assert w3.eth.get_balance(owner.address) == before + 4 * 10**17
+    assert w3.eth.get_balance(checksum) == 4 * 10**17
     ledger.chains.see_bond(node.id, vault.functions.bonds(node.id).call(), w3.eth.block_number)
     ledger.attested()
     assert ledger.app.bond(node.id) == 6 * 10**17

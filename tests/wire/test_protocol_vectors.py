@@ -134,7 +134,7 @@ def _register_validator_key() -> bytes:
 
 
 def _unbond() -> bytes:
-    return _signed(ALICE, od.TX_UNBOND, od.Unbond(4 * 10**17, 0).as_map())
+    return _signed(ALICE, od.TX_UNBOND, od.Unbond(4 * 10**17, 0, bytes.fromhex("cd" * 20)).as_map())
 
 
 def _claim_message() -> ex.SignedClaim:

@@ -826,14 +826,17 @@ class LedgerApp:
                 raise OrderInvalid(
                     f"unbond.amount {tx.amount} exceeds the attested bond {_effective_bond(rec)}"
                 )
-            view.set_map(key, {"amount": tx.amount, "at": ctx.time})
+            view.set_map(key, {"amount": tx.amount, "at": ctx.time, "payout": tx.payout})
             rec["unbonding"] = tx.amount
             view.set_map(_node_key(sender), rec)
             ctx.events.append(("unbonding", (("node", sender.hex()), ("amount", str(tx.amount)))))
             return
         ready = pending["at"] + self._params.unbond_delay
-        if tx.amount != pending["amount"]:
-            raise OrderInvalid(f"an unbond of {pending['amount']} is already pending")
+        if tx.amount != pending["amount"] or tx.payout != pending["payout"]:
+            raise OrderInvalid(
+                f"an unbond of {pending['amount']} to 0x{pending['payout'].hex()} is already "
+                "pending"
+            )
         if ctx.time < ready:
             raise OrderInvalid(f"the unbond of {tx.amount} can be released from {ready}")
         amount = min(tx.amount, _slashable_bond(rec))  # slashes in the meantime come first
@@ -846,7 +849,13 @@ class LedgerApp:
             did = bonds.decision_id(b"release/" + sender + _enc(ctx.height))
             view.set_map(
                 b"decision/" + did,
-                {"kind": "release", "node": sender, "amount": amount, "height": ctx.height},
+                {
+                    "kind": "release",
+                    "node": sender,
+                    "amount": amount,
+                    "recipient": "0x" + tx.payout.hex(),
+                    "height": ctx.height,
+                },
             )
             ctx.events.append(
                 (
@@ -1288,13 +1297,10 @@ class LedgerApp:
             raise NotFound(f"decision {decision_id.hex()} does not exist")
         rec = dict(decode(raw))
         vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
-        if vault is not None and rec["kind"] == "release":
-            rec["digest"] = bonds.release_digest(vault, rec["node"], rec["amount"], decision_id)
-        elif vault is not None and rec["recipient"]:
+        if vault is not None and rec["recipient"]:
             recipient = bytes.fromhex(rec["recipient"].removeprefix("0x"))
-            rec["digest"] = bonds.slash_digest(
-                vault, rec["node"], rec["amount"], recipient, decision_id
-            )
+            digest = bonds.release_digest if rec["kind"] == "release" else bonds.slash_digest
+            rec["digest"] = digest(vault, rec["node"], rec["amount"], recipient, decision_id)
         return rec
 
     def validators_at(self, height: int) -> dict[bytes, Validator]:

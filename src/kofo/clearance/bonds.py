@@ -90,11 +90,31 @@ def slash_digest(
     )
 
 
-def release_digest(vault: Vault, node: bytes, amount: int, decision: bytes) -> bytes:
+def release_digest(
+    vault: Vault, node: bytes, amount: int, recipient: bytes, decision: bytes
+) -> bytes:
     return keccak(
         abi_encode(
-            ["bytes32", "uint256", "address", "bytes32", "bytes32", "uint256", "bytes32"],
-            [DOMAIN, vault.chain_id, _addr(vault.address), RELEASE, node, amount, decision],
+            [
+                "bytes32",
+                "uint256",
+                "address",
+                "bytes32",
+                "bytes32",
+                "uint256",
+                "address",
+                "bytes32",
+            ],
+            [
+                DOMAIN,
+                vault.chain_id,
+                _addr(vault.address),
+                RELEASE,
+                node,
+                amount,
+                _addr(recipient),
+                decision,
+            ],
         )
     )
 

@@ -722,18 +722,25 @@ class Unbond:
     unbonding delay (the amount stops counting for importance and power at once, and stays
     slashable); the same tx after the delay records the release decision for the vault.
     ``seq`` is the node's count of completed unbonds: a replayed old unbond never starts a new
-    one."""
+    one. ``payout`` is the 20-byte Ethereum address the vault pays the release to (the node's
+    own word, signed here: the vault keeps no owner a stranger could claim first)."""
 
     amount: int
     seq: int
+    payout: bytes
 
     def as_map(self) -> dict[str, Any]:
-        return {"amount": self.amount, "seq": self.seq}
+        return {"amount": self.amount, "seq": self.seq, "payout": self.payout}
 
     @classmethod
     def from_map(cls, m: Any, where: str = "unbond") -> Unbond:
-        _exact_keys(m, {"amount", "seq"}, where)
-        return cls(amount=_int(m, "amount", where, minimum=1), seq=_int(m, "seq", where))
+        _exact_keys(m, {"amount", "seq", "payout"}, where)
+        payout = _bytes(m, "payout", where, 20)
+        if payout == bytes(20):
+            raise BadMessage(f"{where}.payout must not be the zero address")
+        return cls(
+            amount=_int(m, "amount", where, minimum=1), seq=_int(m, "seq", where), payout=payout
+        )
 
 
 TxBody = (
