@@ -8,23 +8,32 @@ Properties: CheckTx and queries never raise and answer with a stable code; no in
 results and app hash on a validator that had checked the txs (cache warm) and on one that had
 not. Bounded by ``max_examples`` so it runs in CI in seconds."""
 
+import dataclasses
+import hashlib
+
 import cbor2
+import coincurve
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kofo.clearance import privacy
+from kofo.clearance import attest, bonds, privacy
+from kofo.clearance.app import Block
 from kofo.clearance.errors import ABCI_CODES
 from kofo.errors import KofoError
 from kofo.wire.codec import encode
-from kofo.wire.envelope import DOMAIN
+from kofo.wire.envelope import DOMAIN, public_key_bytes
 from kofo.wire.orders import (
     EvidenceKind,
     FileEvidence,
     LegOutcome,
     Quote,
+    RegisterValidatorKey,
     ReportOutcome,
     Take,
+    Unbond,
+    derive_quote_id,
     sign_tx,
 )
 
@@ -34,12 +43,23 @@ pytestmark = pytest.mark.timeout(300)
 
 PARTIES = [Party.make(i) for i in range(5)]
 ALICE, M1, M2, RELAY, MON = PARTIES
-ORDER = make_order([ALICE, M1, M2], relays=[RELAY], order_id=b"\x42" * 16)
+ORDER = make_order([ALICE, M1, M2], relays=[RELAY])
+VALIDATOR = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"fuzz-validator").digest())
+SECP = hashlib.sha256(b"fuzz-secp").digest()
 
 
 def _seed_txs() -> list[bytes]:
-    quote = Quote(b"q" * 16, M1.id, "btc", 1_000, "eth", 50_000, T0 + 100)
+    quote = Quote(bytes(16), M1.id, "btc", 1_000, "eth", 50_000, T0 + 100, ALICE.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
     take = Take(quote.quote_id, ALICE.id, T0 + 90)
+    consensus_key = public_key_bytes(VALIDATOR)
+    eth = bonds.eth_address(coincurve.PrivateKey(SECP).public_key)
+    valkey = RegisterValidatorKey(
+        consensus_key=consensus_key,
+        eth_address=eth,
+        consensus_sig=VALIDATOR.sign(bonds.valkey_consensus_message(eth, M1.id)),
+        eth_sig=bonds.sign_digest(SECP, bonds.valkey_eth_digest(consensus_key)),
+    )
     return [
         PARTIES[0].register_tx(),
         commit_tx(ORDER, [ALICE, M1, M2, RELAY], ALICE),
@@ -56,7 +76,28 @@ def _seed_txs() -> list[bytes]:
             ),
         ),
         sign_tx(M2.key, M2.withdraw(privacy.encrypt(M2.paillier_pub, 7), "btc", 0)),
+        sign_tx(M1.key, valkey),
+        sign_tx(M1.key, Unbond(10**15, 0, b"\x11" * 20)),
+        _attest_tx(5, _attest_map(5)),
     ]
+
+
+def _extension_map() -> dict:
+    # What a validator attests: a leg of ORDER and a vault balance of M1 (valid as they stand).
+    return {
+        "v": 1,
+        "obs": [[ORDER.order_id, 0, "locked", "ab" * 32, 100]],
+        "bonds": [[M1.id, 10**18, 5]],
+    }
+
+
+def _attest_map(height: int, extension: bytes | None = None) -> dict:
+    ext = encode(_extension_map()) if extension is None else extension
+    return {"height": height - 1, "round": 0, "votes": [[attest.SOLO_ADDRESS, ext, b""]]}
+
+
+def _attest_tx(height: int, m: dict) -> bytes:
+    return attest.ATTEST_TX_PREFIX + cbor2.dumps(m, canonical=True)
 
 
 SEEDS = _seed_txs()
@@ -138,12 +179,51 @@ def fuzzed_txs(draw):
             else:
                 data[i:i] = draw(st.binary(min_size=1, max_size=9))
         return bytes(data)
+    if attest.is_attest_tx(raw):  # not an envelope: its CBOR after the prefix
+        m = cbor2.loads(raw[len(attest.ATTEST_TX_PREFIX) :])
+        path = draw(st.sampled_from(list(_paths(m))[1:]))
+        op = draw(st.sampled_from(["replace", "delete", "add"]))
+        mutated = _mutate(m, path, op, draw(values))
+        return attest.ATTEST_TX_PREFIX + cbor2.dumps(mutated, canonical=True)
     env = cbor2.loads(raw)["env"]
     paths = list(_paths(env))
     path = draw(st.sampled_from(paths[1:]))
     op = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
     mutated = _mutate(env, path, op, draw(values))
     return _resign(mutated) if isinstance(mutated, dict) else cbor2.dumps(mutated)
+
+
+@st.composite
+def fuzzed_attestations(draw):
+    """A function of the block height giving a mutated attestation tx for that block: the
+    extension's structure, the tx's structure, or its bytes mutated (or none: a valid one)."""
+    kind = draw(st.sampled_from(["seed", "extension", "extension", "outer", "bytes"]))
+    ext_map = _extension_map()
+    ext = encode(ext_map)
+    if kind == "extension":
+        path = draw(st.sampled_from(list(_paths(ext_map))[1:]))
+        mutated = _mutate(
+            ext_map, path, draw(st.sampled_from(["replace", "delete", "add"])), draw(values)
+        )
+        ext = cbor2.dumps(mutated, canonical=True)
+    outer_op = None
+    if kind == "outer":
+        path = draw(st.sampled_from(list(_paths(_attest_map(2)))[1:]))
+        outer_op = (path, draw(st.sampled_from(["replace", "delete", "add"])), draw(values))
+    flips = []
+    if kind == "bytes":
+        flips = [(draw(st.integers(0, 10_000)), draw(st.integers(1, 255))) for _ in range(3)]
+
+    def make(height: int) -> bytes:
+        m = _attest_map(height, ext)
+        if outer_op is not None:
+            m = _mutate(m, *outer_op)
+        raw = bytearray(_attest_tx(height, m))
+        for i, x in flips:  # past the prefix: the bytes stay an attestation tx
+            raw[len(attest.ATTEST_TX_PREFIX) + i % (len(raw) - len(attest.ATTEST_TX_PREFIX))] ^= x
+        return bytes(raw)
+
+    return make
 
 
 _BASE = [
@@ -160,6 +240,7 @@ def _base_ledger() -> Ledger:
 
 
 WARM, COLD = _base_ledger(), _base_ledger()
+AWARM, ACOLD = _base_ledger(), _base_ledger()
 STABLE = set(ABCI_CODES.values()) | {0}
 
 
@@ -181,6 +262,39 @@ def test_fuzzed_txs_are_refused_with_stable_codes_and_blocks_stay_deterministic(
     assert r_warm.app_hash == r_cold.app_hash
 
 
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    make=fuzzed_attestations(),
+    txs=st.lists(fuzzed_txs(), max_size=2),
+    dt=st.integers(0, 20_000),
+)
+def test_fuzzed_attestation_txs_are_refused_or_applied_alike_and_never_halt(make, txs, dt):
+    """The proposer-placed attestation tx (first in the block) mutated: FinalizeBlock refuses
+    it with a stable code or applies it, never an internal error, alike on a warm and a cold
+    validator; CheckTx refuses it from the mempool."""
+    height = AWARM.app.height + 1
+    raw = make(height)
+    assert AWARM.app.check_tx(raw).error == "not_authorised"
+    time = T0 + dt if dt > AWARM.time - T0 else AWARM.time
+    results = []
+    for ledger in (AWARM, ACOLD):
+        for tx in txs:
+            if ledger is AWARM:
+                ledger.app.check_tx(tx)
+        ledger.time = time
+        results.append(ledger.app.apply_block(Block(height, time, (raw, *txs))))
+    r_warm, r_cold = results
+    assert [r.code for r in r_warm.results] == [r.code for r in r_cold.results]
+    assert all(r.code in STABLE and r.error != "internal_error" for r in r_warm.results), (
+        r_warm.results
+    )
+    assert r_warm.app_hash == r_cold.app_hash
+
+
 QUERY_SEEDS = [
     ("/node", encode(ALICE.id)),
     ("/order", encode(ORDER.order_id)),
@@ -190,6 +304,8 @@ QUERY_SEEDS = [
     ("/balance", encode({"node": M2.id, "asset": "btc"})),
     ("/foundation", encode("btc")),
     ("/params", b""),
+    ("/decision", encode(bonds.decision_id(b"e" * 32))),
+    ("/validator_keys", b""),
 ]
 
 

@@ -120,3 +120,42 @@ def test_a_query_whose_answer_cannot_be_built_is_answered_with_a_refusal(monkeyp
     req = abci.Request(query=abci.RequestQuery(path="/params"))
     resp = abci.Response.FromString(abci_app.handle_bytes(req))
     assert resp.query.code == ABCI_CODES["internal_error"]
+
+
+def test_an_attestation_tx_that_hits_a_bug_is_refused_and_the_block_goes_on(monkeypatch):
+    ledger = Ledger()
+    alice, bob = Party.make(0), Party.make(1)
+    ledger.ok(alice.register_tx())
+
+    def buggy(view, ctx, raw, *, first):
+        view.set(b"meta/junk", b"x")  # a write the refusal must drop
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(ledger.app, "_attestations", buggy)
+    blk = Block(2, ledger.time, (ledger.app.solo_attestation(2), bob.register_tx()))
+    result = ledger.app.apply_block(blk)
+    assert [r.error for r in result.results] == ["internal_error", ""]
+    assert ledger.app.store.get(b"meta/junk") is None
+    assert ledger.app.node(bob.id) is not None
+
+
+def test_vote_extension_handlers_that_fail_answer_instead_of_dropping_the_connection(
+    monkeypatch,
+):
+    from kofo.clearance.abci.server import AbciApp
+
+    ledger = Ledger()
+    abci_app = AbciApp(ledger.app)
+
+    def boom(*args, **kwargs):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(ledger.app, "extend_vote", boom)
+    monkeypatch.setattr(ledger.app, "verify_vote_extension", boom)
+    resp = abci.Response.FromString(
+        abci_app.handle_bytes(abci.Request(extend_vote=abci.RequestExtendVote(height=2)))
+    )
+    assert resp.WhichOneof("value") == "extend_vote" and resp.extend_vote.vote_extension == b""
+    req = abci.Request(verify_vote_extension=abci.RequestVerifyVoteExtension(height=2))
+    resp = abci.Response.FromString(abci_app.handle_bytes(req))
+    assert resp.verify_vote_extension.status == abci.ResponseVerifyVoteExtension.REJECT

@@ -18,19 +18,21 @@ from kofo.clearance import privacy
 from kofo.clearance.admission import SenderRateLimit
 from kofo.clearance.app import Block, LedgerApp
 from kofo.clearance.store import MerkleStore
-from kofo.wire.envelope import DOMAIN
+from kofo.wire.envelope import DOMAIN, BadMessage
 from kofo.wire.orders import (
     MAX_AMOUNT,
     MAX_U64,
     TX_FILE_EVIDENCE,
     TX_REGISTER_NODE,
     TX_REPORT_OUTCOME,
+    TX_UNBOND,
     TX_WITHDRAW_FEES,
     EvidenceKind,
     FileEvidence,
     LegOutcome,
     RegisterNode,
     ReportOutcome,
+    Unbond,
     parse_tx_body,
     sign_tx,
 )
@@ -72,7 +74,10 @@ def _huge_int_txs() -> list[bytes]:
     report = ReportOutcome(b"\x00" * 16, 0, LegOutcome.LOCKED, "tx").as_map()
     evidence = FileEvidence(EvidenceKind.LEG_NOT_LOCKED, b"\x00" * 16, 0).as_map()
     withdraw = Party.make(1)
+    unbond = Unbond(10**18, 0, b"\x11" * 20).as_map()
     return [
+        _raw(p, TX_UNBOND, {**unbond, "amount": huge}),
+        _raw(p, TX_UNBOND, {**unbond, "seq": -huge}),
         _raw(p, TX_REGISTER_NODE, {**reg_body, "bond": huge}),
         _raw(p, TX_REGISTER_NODE, {**reg_body, "bond": -huge}),
         _raw(p, TX_REPORT_OUTCOME, {**report, "leg": huge}),
@@ -114,6 +119,7 @@ def _valid_bodies() -> dict[str, dict]:
     report = ReportOutcome(order.order_id, 1, LegOutcome.LOCKED, "tx").as_map()
     evidence = FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1).as_map()
     return {
+        "clearance.unbond": Unbond(10**18, 0, b"\x11" * 20).as_map(),
         "clearance.commit_order": commit,
         "clearance.register_node": reg,
         "clearance.withdraw_fees": withdraw,
@@ -220,7 +226,9 @@ def test_importance_queries_rank_once_per_height_and_match_a_full_scan(monkeypat
     for _ in range(50):
         assert ledger.app.query("/importance", b"") == first
     assert len(calls) == after_first <= len(parties)  # one pass at this height, then cached
-    ledger.ok(sign_tx(parties[1].key, ReportOutcome(order.order_id, 0, LegOutcome.LOCKED, "t")))
+    ledger.chains.see_bond(parties[1].id, 10**18)  # a block changes a node's record
+    ledger.attested()
+    assert ledger.app.bond(parties[1].id) == 10**18
     ranked = ledger.app.ranked_nodes(100)
     full = sorted(
         ((n, real(app_module._stats(ledger.app.node(n)), ledger.app.height)) for n, _ in ranked),
@@ -258,7 +266,7 @@ def test_a_block_gives_each_sender_a_bounded_share():
     noise = [
         sign_tx(a.key, ReportOutcome(order.order_id, i, LegOutcome.LOCKED, "t")) for i in (0, 1, 2)
     ]
-    assert _codes(ledger.block(*noise)) == ["not_found", "not_found", "rate_limited"]
+    assert _codes(ledger.block(*noise)) == ["not_authorised", "not_authorised", "rate_limited"]
 
 
 def test_one_withdrawal_per_sender_per_block():
@@ -297,7 +305,7 @@ def test_block_budget_is_the_same_whether_or_not_the_txs_were_cached():
     assert (
         [r.error for r in r1.results]
         == [r.error for r in r2.results]
-        == ["not_found", "rate_limited"]
+        == ["not_authorised", "rate_limited"]
     )
     assert r1.app_hash == r2.app_hash
 
@@ -352,3 +360,11 @@ def test_an_honest_proposer_leaves_over_budget_txs_for_the_next_block():
     ledger.ok(*proposal)
     assert ledger.app.propose([regs[2]], max_bytes=10**6) == [regs[2]]
     assert ledger.app.propose(regs, max_bytes=len(regs[0]) + 1) == [regs[0]]
+
+
+def test_an_unbond_amount_is_a_uint256_of_wei_not_a_u64():
+    # a bond of 20 ETH is past 2^64 wei: it must be possible to take it back in one unbond
+    body = Unbond(20 * 10**18, 0, b"\x11" * 20).as_map()
+    assert parse_tx_body(TX_UNBOND, body).amount == 20 * 10**18
+    with pytest.raises(BadMessage):
+        parse_tx_body(TX_UNBOND, {**body, "amount": MAX_AMOUNT + 1})

@@ -18,11 +18,13 @@ PARTIES = [Party.make(i) for i in range(4)]
 
 def _txs() -> list[bytes]:
     alice, m1, m2, _ = PARTIES
-    order = make_order([alice, m1, m2], order_id=b"\x07" * 16)
+    order = make_order([alice, m1, m2])
     return [
         *(p.register_tx() for p in PARTIES),
         commit_tx(order, [alice, m1, m2], alice),
-        sign_tx(m1.key, ReportOutcome(order.order_id, 0, LegOutcome.LOCKED, "tx0"), ts=T0),
+        sign_tx(
+            m1.key, ReportOutcome(order.order_id, 0, LegOutcome.LOCKED, "tx0"), ts=T0
+        ),  # refused
         alice.register_tx(),  # refused: already registered in this block
     ]
 

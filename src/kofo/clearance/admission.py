@@ -10,7 +10,11 @@ enforced at two places:
   and the registrations of the whole block (``max_registrations_per_block``: each carries a zero
   proof to verify, and sybil keys are free). A tx over a cap is refused with ``rate_limited``
   *before* its costly checks, the same way on every validator. This binds a malicious
-  proposer too, which CheckTx cannot.
+  proposer too, which CheckTx cannot. The bond txs (``register_validator_key``, ``unbond``)
+  count against the per-sender cap; they need no cap of their own: an unbond costs no check
+  beyond its envelope, and a validator-key registration reaches its secp256k1 recovery only
+  after a signature by a validator's own consensus key. The attestation tx has no sender: it
+  is one per block, first, and its signatures are bounded by the validator set.
 * **In CheckTx (each node's own mempool, not consensus):** :class:`SenderRateLimit`, a token
   bucket per sender id, so one sender cannot fill a validator's mempool or its CPU with
   signature and proof checks; and (``LedgerApp(require_registered=True)``, as a public validator

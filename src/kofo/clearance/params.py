@@ -68,6 +68,20 @@ class LedgerParams:
     max_withdrawals_per_block: int = 50
     """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
     the ledger credited can get that far, at most one each per block, and 50 in all."""
+    bond_vault_chain_id: int = 0
+    """EVM chain id of the bond vault (contracts/BondVault.vy) whose balances are the bonds."""
+    bond_vault_address: str = ""
+    """0x-hex address of the bond vault; empty: decisions are recorded without a vault digest."""
+    slash_recipient: str = ""
+    """0x-hex address slashed bonds are paid to on the vault (the foundation's)."""
+    unbond_delay: int = 604_800
+    """Seconds (block time) between an unbond request and its release decision: a week for
+    evidence of what the node did before to be filed and slash the bond it is taking back."""
+    power_unit: int = 10**15
+    """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
+    validator_bond_deadline: int = 0
+    """Height from which a validator that bound no bonded node has no voting power (0: genesis
+    powers stand for validators that never bind; set it so that a chain bootstraps first)."""
 
     def __post_init__(self) -> None:
         for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):
@@ -79,6 +93,12 @@ class LedgerParams:
         ):
             raise InvalidInput(
                 f"paillier_bits must be whole-byte sizes within 512..3072, got {self.paillier_bits}"
+            )
+        if self.power_unit <= 0:
+            raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
+        if self.bond_vault_address and len(self.bond_vault_address.removeprefix("0x")) != 40:
+            raise InvalidInput(
+                f"bond_vault_address must be 0x + 40 hex, got {self.bond_vault_address!r}"
             )
         if self.importance_half_life <= 0:
             raise InvalidInput(

@@ -912,7 +912,6 @@ class ExchangeNode:
         check_order(
             order,
             me=self.node_id,
-            claim_id=cid,
             fulfil_id=fid,
             have=st.sc.claim.have,
             want=st.sc.claim.want,

@@ -18,14 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kofo.wire.envelope import BadMessage
-from kofo.wire.exchange import Claim, Quote, digest
+from kofo.wire.exchange import Claim, Quote
 from kofo.wire.orders import (
     FeeQuote,
     Leg,
     OrderKind,
     QuoteRole,
     SettlementOrder,
+    derive_order_id,
     expiry_from_map,
+    with_derived_id,
 )
 
 LOCK_WINDOW_S = 600
@@ -63,10 +65,6 @@ def split_asset(asset: str) -> tuple[str, str | None]:
     """``"btc"`` -> ``("btc", None)``; ``"eth:0xToken"`` -> ``("eth", "0xToken")``."""
     chain, _, token = asset.partition(":")
     return chain, token or None
-
-
-def order_id_for(claim_id: bytes, fulfil_id: bytes) -> bytes:
-    return digest(claim_id + fulfil_id)[:16]
 
 
 def quote_ref(fulfil_id: bytes) -> bytes:
@@ -134,15 +132,19 @@ def build_settlement_order(
         *(FeeQuote(r, QuoteRole.RELAY, ref) for r in relays),
         FeeQuote(provider.node_id, QuoteRole.PROVIDER, ref),
     )
-    return SettlementOrder(
-        order_id=order_id_for(quote.claim_id, quote.fulfil_id),
-        kind=OrderKind.ROUTED,
-        payment_hash=payment_hash,
-        legs=legs,
-        relays=tuple(relays),
-        quotes=quotes,
-        protocol_fee_bps=protocol_fee_bps,
-        protocol_fee=protocol_fee(quote.amount_in, protocol_fee_bps),
+    # The ledger requires the id derived from the order's content (a copied id cannot be
+    # squatted by another order); the claim and fulfil are bound through the quote refs.
+    return with_derived_id(
+        SettlementOrder(
+            order_id=bytes(16),
+            kind=OrderKind.ROUTED,
+            payment_hash=payment_hash,
+            legs=legs,
+            relays=tuple(relays),
+            quotes=quotes,
+            protocol_fee_bps=protocol_fee_bps,
+            protocol_fee=protocol_fee(quote.amount_in, protocol_fee_bps),
+        )
     )
 
 
@@ -150,7 +152,6 @@ def check_order(
     order: SettlementOrder,
     *,
     me: bytes,
-    claim_id: bytes,
     fulfil_id: bytes,
     have: str,
     want: str,
@@ -164,8 +165,8 @@ def check_order(
     node is in it in the right role, its protocol fee follows the ledger's rule, and (for the
     provider) the legs match its own quote. A provider passes the fee rate it quoted with as
     ``max_protocol_fee_bps``: a higher rate would take more of its input than it priced in."""
-    if order.order_id != order_id_for(claim_id, fulfil_id):
-        raise BadMessage("order: order_id does not belong to this claim and fulfil")
+    if order.order_id != derive_order_id(order):
+        raise BadMessage("order: order_id is not derived from the order's content")
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
         raise BadMessage("order: a routed order from a claim has exactly two legs")
     if order.protocol_fee_bps > max_protocol_fee_bps:

@@ -12,7 +12,9 @@ big-endian unsigned integers in ``bytes``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,6 +32,8 @@ ORDER_DOMAIN = b"KOFO/order/v1\x00"
 else the same key signs (envelopes use ``KOFO/msg/v1``, quotes ``KOFO/quote/v1``)."""
 
 QUOTE_DOMAIN = b"KOFO/quote/v1\x00"
+ORDER_ID_DOMAIN = b"KOFO/order-id/v1\x00"
+QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
 TAKE_DOMAIN = b"KOFO/take/v1\x00"
 
 TX_REGISTER_NODE = "clearance.register_node"
@@ -37,8 +41,18 @@ TX_COMMIT_ORDER = "clearance.commit_order"
 TX_REPORT_OUTCOME = "clearance.report_outcome"
 TX_FILE_EVIDENCE = "clearance.file_evidence"
 TX_WITHDRAW_FEES = "clearance.withdraw_fees"
+TX_REGISTER_VALIDATOR_KEY = "clearance.register_validator_key"
+TX_UNBOND = "clearance.unbond"
 TX_TYPES = frozenset(
-    {TX_REGISTER_NODE, TX_COMMIT_ORDER, TX_REPORT_OUTCOME, TX_FILE_EVIDENCE, TX_WITHDRAW_FEES}
+    {
+        TX_REGISTER_NODE,
+        TX_COMMIT_ORDER,
+        TX_REPORT_OUTCOME,
+        TX_FILE_EVIDENCE,
+        TX_WITHDRAW_FEES,
+        TX_REGISTER_VALIDATOR_KEY,
+        TX_UNBOND,
+    }
 )
 
 NODE_ID_SIZE = 32
@@ -571,7 +585,9 @@ class ReportOutcome:
 @dataclass(frozen=True, slots=True)
 class Quote:
     """A provider's firm price, signed by it in the exchange layer: it will pay ``give_amount``
-    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix)."""
+    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix), to
+    ``taker`` (the node it answers; 32 zero bytes: anyone). Naming the taker keeps a stranger
+    who copies the quote from recording the take first and never co-signing."""
 
     quote_id: bytes
     provider: bytes
@@ -580,6 +596,7 @@ class Quote:
     take_asset: str
     take_amount: int
     valid_until: int
+    taker: bytes = bytes(NODE_ID_SIZE)
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -590,6 +607,7 @@ class Quote:
             "take_asset": self.take_asset,
             "take_amount": self.take_amount,
             "valid_until": self.valid_until,
+            "taker": self.taker,
         }
 
     @classmethod
@@ -603,6 +621,7 @@ class Quote:
             take_asset=_str(m, "take_asset", where),
             take_amount=_int(m, "take_amount", where, minimum=1, maximum=MAX_AMOUNT),
             valid_until=_int(m, "valid_until", where),
+            taker=_bytes(m, "taker", where, NODE_ID_SIZE),
         )
 
     def signing_bytes(self) -> bytes:
@@ -742,7 +761,78 @@ class WithdrawFees:
         )
 
 
-TxBody = RegisterNode | CommitOrder | ReportOutcome | FileEvidence | WithdrawFees
+@dataclass(frozen=True, slots=True)
+class RegisterValidatorKey:
+    """Binds a validator's CometBFT consensus key (Ed25519) to the secp256k1 key (Ethereum
+    address) it signs bond-vault decisions with. Two proofs of possession:
+    ``consensus_sig`` by the consensus key over ``KOFO/validator-key/v1\0 || eth_address ||
+    sender`` (the envelope's sender: the node whose attested bond becomes the validator's
+    voting power), and
+    ``eth_sig`` (65 bytes r || s || v) by the secp256k1 key over
+    ``keccak256(KOFO/validator-key/v1\0 || consensus_key)``."""
+
+    consensus_key: bytes
+    eth_address: bytes
+    consensus_sig: bytes
+    eth_sig: bytes
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "consensus_key": self.consensus_key,
+            "eth_address": self.eth_address,
+            "consensus_sig": self.consensus_sig,
+            "eth_sig": self.eth_sig,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "register_validator_key") -> RegisterValidatorKey:
+        _exact_keys(m, {"consensus_key", "eth_address", "consensus_sig", "eth_sig"}, where)
+        return cls(
+            consensus_key=_bytes(m, "consensus_key", where, 32),
+            eth_address=_bytes(m, "eth_address", where, 20),
+            consensus_sig=_bytes(m, "consensus_sig", where, 64),
+            eth_sig=_bytes(m, "eth_sig", where, 65),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unbond:
+    """Asks for ``amount`` (wei) of the sender's vault bond back. The first one starts the
+    unbonding delay (the amount stops counting for importance and power at once, and stays
+    slashable); the same tx after the delay records the release decision for the vault.
+    ``seq`` is the node's count of completed unbonds: a replayed old unbond never starts a new
+    one. ``payout`` is the 20-byte Ethereum address the vault pays the release to (the node's
+    own word, signed here: the vault keeps no owner a stranger could claim first)."""
+
+    amount: int
+    seq: int
+    payout: bytes
+
+    def as_map(self) -> dict[str, Any]:
+        return {"amount": self.amount, "seq": self.seq, "payout": self.payout}
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "unbond") -> Unbond:
+        _exact_keys(m, {"amount", "seq", "payout"}, where)
+        payout = _bytes(m, "payout", where, 20)
+        if payout == bytes(20):
+            raise BadMessage(f"{where}.payout must not be the zero address")
+        return cls(
+            amount=_int(m, "amount", where, minimum=1, maximum=MAX_AMOUNT),
+            seq=_int(m, "seq", where),
+            payout=payout,
+        )
+
+
+TxBody = (
+    RegisterNode
+    | CommitOrder
+    | ReportOutcome
+    | FileEvidence
+    | WithdrawFees
+    | RegisterValidatorKey
+    | Unbond
+)
 
 _PARSERS: dict[str, Any] = {
     TX_REGISTER_NODE: RegisterNode.from_map,
@@ -750,6 +840,8 @@ _PARSERS: dict[str, Any] = {
     TX_REPORT_OUTCOME: ReportOutcome.from_map,
     TX_FILE_EVIDENCE: FileEvidence.from_map,
     TX_WITHDRAW_FEES: WithdrawFees.from_map,
+    TX_REGISTER_VALIDATOR_KEY: RegisterValidatorKey.from_map,
+    TX_UNBOND: Unbond.from_map,
 }
 _TYPE_OF: dict[type, str] = {
     RegisterNode: TX_REGISTER_NODE,
@@ -757,6 +849,8 @@ _TYPE_OF: dict[type, str] = {
     ReportOutcome: TX_REPORT_OUTCOME,
     FileEvidence: TX_FILE_EVIDENCE,
     WithdrawFees: TX_WITHDRAW_FEES,
+    RegisterValidatorKey: TX_REGISTER_VALIDATOR_KEY,
+    Unbond: TX_UNBOND,
 }
 
 
@@ -777,3 +871,28 @@ def sign_tx(key: Ed25519PrivateKey, body: TxBody, *, ts: int | None = None) -> b
     """The bytes of a ledger transaction: ``body`` in an envelope signed by ``key``."""
     msg: SignedMessage = sign(key, tx_type(body), body.as_map(), ts=ts)
     return msg.to_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# content-derived ids: a stranger who copies an id from the mempool cannot reuse it for other
+# content, because the ledger recomputes the id from what the parties signed
+
+
+def derive_order_id(order: SettlementOrder) -> bytes:
+    """``sha256(ORDER_ID_DOMAIN || canonical order map with order_id = 16 zero bytes)[:16]``."""
+    m = order.as_map()
+    m["order_id"] = bytes(ORDER_ID_SIZE)
+    return hashlib.sha256(ORDER_ID_DOMAIN + encode(m)).digest()[:ORDER_ID_SIZE]
+
+
+def with_derived_id(order: SettlementOrder) -> SettlementOrder:
+    """``order`` with its ``order_id`` set to :func:`derive_order_id` (what the ledger requires)."""
+    return dataclasses.replace(order, order_id=derive_order_id(order))
+
+
+def derive_quote_id(quote: Quote) -> bytes:
+    """``sha256(QUOTE_ID_DOMAIN || canonical quote map with quote_id = 16 zero bytes)[:16]``:
+    the provider cannot give two different quotes the same id."""
+    m = quote.as_map()
+    m["quote_id"] = bytes(QUOTE_ID_SIZE)
+    return hashlib.sha256(QUOTE_ID_DOMAIN + encode(m)).digest()[:QUOTE_ID_SIZE]

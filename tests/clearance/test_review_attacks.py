@@ -1,0 +1,89 @@
+"""Attacker-briefed review of issue 17 sections 2 and 3 (bond vault, validator keys, voting
+power): each test is an attack that worked on the first implementation and is now refused."""
+
+import hashlib
+
+import pytest
+
+from kofo.clearance import bonds
+from kofo.errors import KofoError
+from kofo.wire.orders import RegisterValidatorKey, sign_tx
+
+from .helpers import Party
+from .test_bonds import _eth, _secp, _valkey_tx
+from .test_vote_extensions import Validators
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _valkey_with(vals, i, node, secp):
+    """Validator ``i`` bound to ``node`` with the Ethereum key ``secp`` (both proofs valid)."""
+    eth = _eth(secp)
+    body = RegisterValidatorKey(
+        consensus_key=vals.pubs[i],
+        eth_address=eth,
+        consensus_sig=vals.keys[i].sign(bonds.valkey_consensus_message(eth, node.id)),
+        eth_sig=bonds.sign_digest(secp, bonds.valkey_eth_digest(vals.pubs[i])),
+    )
+    return sign_tx(node.key, body)
+
+
+def test_two_validators_cannot_register_one_ethereum_address():
+    """Two colluding validators (a minority) register the same Ethereum key: the ledger's
+    valset decisions would then list that address twice, which the vault's update_valset
+    refuses for good ("validators not sorted"), freezing the vault on its old validator set
+    (and a shared key would sign with both validators' power)."""
+    vals = Validators()
+    a, b = Party.make(5), Party.make(6)
+    vals.step(a.register_tx(), b.register_tx())
+    shared = hashlib.sha256(b"colluders' key").digest()
+    res = vals.step(_valkey_with(vals, 0, a, shared), _valkey_with(vals, 1, b, shared))
+    assert [r.code for r in res.tx_results] == [0, 0, 6]  # already_exists
+    assert list(vals.apps[0].app.validator_keys().values()) == [_eth(shared)]
+
+
+def _vault_sets(app):
+    out, nonce = [], 1
+    while True:
+        try:
+            out.append(app.valset_decision(nonce))
+        except KofoError:
+            return out
+        nonce += 1
+
+
+def test_a_keyed_minority_never_becomes_the_whole_vault_validator_set():
+    """One validator of four (25 % of the power) binds its key and bond; the other three keep
+    their genesis power without an Ethereum key. The first implementation recorded a vault
+    valset decision listing only the keyed validator, with all of the vault's power: once the
+    current vault set signed it (it is a ledger decision), that one validator alone could sign
+    every slash and release, and every later valset update (take every bond out)."""
+    vals = Validators()
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    vals.step(_valkey_tx(vals, 0, node))
+    for c in vals.chains:
+        c.see_bond(node.id, 10 * 10**15, 3)  # power 10, as the other three
+    vals.step()
+    vals.step()
+    assert vals.apps[0].app.validators_at(vals.height + 2)[vals.address(0)].power == 10
+    for decision in _vault_sets(vals.apps[0].app):
+        # the vault set may never let validators with 2/3 of the ledger's power or less sign
+        keyed = sum(decision["powers"])
+        assert (
+            keyed == 0
+            or sum(v.power for v in vals.apps[0].app.validators_at(decision["height"] + 2).values())
+            == keyed
+        ), decision
+    # once every validator with power holds a key, the vault set is the ledger's, in full
+    others = [Party.make(6 + i) for i in range(3)]
+    vals.step(*(p.register_tx() for p in others))
+    for i, p in enumerate(others, start=1):
+        for c in vals.chains:
+            c.see_bond(p.id, (10 + i) * 10**15, 4)
+    vals.step()
+    vals.step(*(_valkey_tx(vals, i, p) for i, p in enumerate(others, start=1)))
+    (decision,) = _vault_sets(vals.apps[0].app)
+    assert sorted(zip(decision["validators"], decision["powers"], strict=True)) == sorted(
+        (_eth(_secp(i)), 10 + i) for i in range(4)
+    )
