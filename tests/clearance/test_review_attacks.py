@@ -7,9 +7,15 @@ import pytest
 
 from kofo.clearance import bonds
 from kofo.errors import KofoError
-from kofo.wire.orders import RegisterValidatorKey, sign_tx
+from kofo.wire.orders import (
+    EvidenceKind,
+    FileEvidence,
+    LegOutcome,
+    RegisterValidatorKey,
+    sign_tx,
+)
 
-from .helpers import Party
+from .helpers import Ledger, Party, commit_tx, make_order
 from .test_bonds import _eth, _secp, _valkey_tx
 from .test_vote_extensions import Validators
 
@@ -87,3 +93,27 @@ def test_a_keyed_minority_never_becomes_the_whole_vault_validator_set():
     assert sorted(zip(decision["validators"], decision["powers"], strict=True)) == sorted(
         (_eth(_secp(i)), 10 + i) for i in range(4)
     )
+
+
+def test_a_lock_made_before_lock_by_and_attested_just_after_it_is_not_slashed():
+    """The sender of leg 1 locks before its lock_by; the validators can only attest the lock
+    in the next block (its confirmations, then a height), whose time is past lock_by. The
+    initiator files leg_not_locked in that very block: the first implementation judged the
+    lock by its attestation time and slashed the honest sender (and a flood of open orders
+    slowing the observation window made the gap as wide as the attacker liked)."""
+    ledger = Ledger()
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    ledger.ok(*(p.register_tx() for p in (alice, m1, m2)))
+    ledger.bonded(alice, m1, m2)
+    order = make_order([alice, m1, m2], t0=ledger.time)
+    ledger.ok(commit_tx(order, [alice, m1, m2], alice))
+    ledger.chains.see(order, 0, LegOutcome.LOCKED)
+    ledger.attested()
+    ledger.chains.see(order, 1, LegOutcome.LOCKED)  # on its chain before lock_by
+    ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
+    res = ledger.block(ev, time=order.legs[1].lock_by + 1)  # attested here, evidence too
+    assert [r.error for r in res.results] == ["evidence_invalid"]
+    late = order.legs[1].lock_by + ledger.app.params.attest_grace + 1
+    assert [r.error for r in ledger.block(ev, time=late).results] == ["evidence_invalid"]
+    assert ledger.app.bond(m1.id) == m1.bond
+    assert ledger.app.node(m1.id)["penalty_points"] == 0

@@ -1147,19 +1147,25 @@ class LedgerApp:
                 raise EvidenceInvalid(f"leg {tx.leg} does not exist")
             eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             leg = order.legs[tx.leg]
-            if ctx.time <= leg.lock_by:
+            # A lock is "in time" if the validators attested it by lock_by + attest_grace: the
+            # ledger sees a lock only after its confirmations and a height, so judging by
+            # lock_by itself would slash a sender who locked just before it.
+            grace = p.attest_grace
+            if ctx.time <= leg.lock_by + grace:
                 raise EvidenceInvalid(
-                    f"legs[{tx.leg}].lock_by {leg.lock_by} has not passed (block time {ctx.time})"
+                    f"legs[{tx.leg}] is judged after lock_by {leg.lock_by} + attest_grace "
+                    f"{grace} (block time {ctx.time})"
                 )
             locked_at = rec["legs"][tx.leg].get("locked_at")
-            if locked_at is not None and locked_at <= leg.lock_by:
+            if locked_at is not None and locked_at <= leg.lock_by + grace:
                 raise EvidenceInvalid(f"legs[{tx.leg}] was attested locked at {locked_at}")
             for j in range(tx.leg):
                 before = rec["legs"][j].get("locked_at")
-                if before is None or before > order.legs[j].lock_by:
+                if before is None or before > order.legs[j].lock_by + grace:
                     raise EvidenceInvalid(
                         f"legs[{j}] was not attested locked by its lock_by "
-                        f"{order.legs[j].lock_by}: legs[{tx.leg}]'s sender was right not to lock"
+                        f"{order.legs[j].lock_by} + attest_grace {grace}: legs[{tx.leg}]'s "
+                        "sender was right not to lock"
                     )
             offender = leg.sender
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
