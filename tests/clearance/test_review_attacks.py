@@ -117,3 +117,48 @@ def test_a_lock_made_before_lock_by_and_attested_just_after_it_is_not_slashed():
     assert [r.error for r in ledger.block(ev, time=late).results] == ["evidence_invalid"]
     assert ledger.app.bond(m1.id) == m1.bond
     assert ledger.app.node(m1.id)["penalty_points"] == 0
+
+
+def test_extend_vote_reads_only_its_window_however_many_orders_are_open(monkeypatch):
+    """ExtendVote observed at most MAX_OBSERVED_ORDERS orders per height, but first read and
+    decoded the state of every open order (and sorted every registered node): sybil orders
+    that never lock stay open for good, so a free flood made each validator's ExtendVote, on
+    the consensus path, as slow as the attacker liked. Now it reads only its window."""
+    import kofo.clearance.app as app_module
+    from kofo.clearance.store import MerkleStore
+
+    monkeypatch.setattr(app_module, "MAX_OBSERVED_ORDERS", 2)
+    ledger = Ledger()
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    ledger.ok(*(p.register_tx() for p in (alice, m1, m2)))
+    orders = [make_order([alice, m1, m2], amount=10_000 + i, t0=ledger.time) for i in range(40)]
+    ledger.ok(*(commit_tx(o, [alice, m1, m2], alice) for o in orders))
+    ledger.app.extend_vote()  # builds the in-memory index from the state once
+    reads: list[bytes] = []
+    get = MerkleStore.get
+
+    def counting_get(self, key):
+        reads.append(key)
+        return get(self, key)
+
+    monkeypatch.setattr(MerkleStore, "get", counting_get)
+    ledger.app.extend_vote()
+    order_reads = [k for k in reads if k.startswith((b"order/", b"order_state/"))]
+    assert len(order_reads) <= 4, len(order_reads)  # two orders: state and terms each
+    # the window still rotates over every open order, and a settled one leaves it
+    monkeypatch.setattr(MerkleStore, "get", get)
+    seen = set()
+    for _ in range(20):
+        ledger.chains.asked.clear()
+        ledger.attested()
+        seen |= {ref.order_id for ref in ledger.chains.asked}
+    assert seen == {o.order_id for o in orders}
+    for leg in range(3):
+        ledger.chains.see(orders[0], leg, LegOutcome.REDEEMED)
+    for _ in range(20):
+        ledger.attested()
+    assert ledger.app.order(orders[0].order_id)["status"] == "settled"
+    ledger.chains.asked.clear()
+    for _ in range(20):
+        ledger.attested()
+    assert orders[0].order_id not in {ref.order_id for ref in ledger.chains.asked}

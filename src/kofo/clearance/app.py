@@ -13,6 +13,7 @@ it with a non-zero code) and changes nothing.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import threading
 from collections import OrderedDict
@@ -81,6 +82,29 @@ does not verify them twice; bounded so a flood of txs cannot grow memory without
 MAX_OBSERVED_ORDERS = 1_024
 """Open orders one ExtendVote asks the observer about (at most 8 legs each): bounds the work per
 height however many orders are open; with more, a window rotates over them height by height."""
+
+
+def _window(ids: list[bytes], height: int) -> list[bytes]:
+    """``MAX_OBSERVED_ORDERS`` of the sorted ``ids`` from a start rotating with ``height``:
+    O(window), the same on every validator with the same state."""
+    n = len(ids)
+    if n <= MAX_OBSERVED_ORDERS:
+        return list(ids)
+    start = height * MAX_OBSERVED_ORDERS % n
+    out = ids[start : start + MAX_OBSERVED_ORDERS]
+    return out + ids[: MAX_OBSERVED_ORDERS - len(out)]
+
+
+def _insort(ids: list[bytes], item: bytes) -> None:
+    i = bisect.bisect_left(ids, item)
+    if i == len(ids) or ids[i] != item:
+        ids.insert(i, item)
+
+
+def _remove_sorted(ids: list[bytes], item: bytes) -> None:
+    i = bisect.bisect_left(ids, item)
+    if i < len(ids) and ids[i] == item:
+        del ids[i]
 
 
 def _enc(value: Any) -> bytes:
@@ -288,8 +312,10 @@ class LedgerApp:
         self.store = store
         self.observer = observer
         """This validator's own view of the chains: what its vote extensions attest."""
-        self._pending_hint: set[bytes] | None = None
-        self._node_ids: set[bytes] | None = None
+        self._open: list[bytes] | None = None
+        """Open order ids, sorted (built from the state once, then kept by events)."""
+        self._nodes: list[bytes] | None = None
+        """Registered node ids, sorted (likewise)."""
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody]] = OrderedDict()
         # check_tx may run on several threads at once (the solo node's API, a pool verifying
         # signatures while the GIL is released); only the cache is shared between them.
@@ -922,45 +948,41 @@ class LedgerApp:
         view.set_map(_order_state_key(fact.order_id), rec)
 
     def _note_events(self, events: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
-        # The in-memory list of orders whose legs ExtendVote observes: a superset of the
-        # committed-and-open orders (extend_vote re-reads each one's committed state).
-        if self._pending_hint is None and self._node_ids is None:
+        # The in-memory sorted lists ExtendVote windows over, kept exact by the events of each
+        # finalized tx: the open (committed, unfinished) orders and the registered nodes.
+        if self._open is None and self._nodes is None:
             return
         for kind, attrs in events:
-            if kind == "order_committed" and self._pending_hint is not None:
-                self._pending_hint.add(bytes.fromhex(attrs[0][1]))
-            elif kind == "node_registered" and self._node_ids is not None:
-                self._node_ids.add(bytes.fromhex(attrs[0][1]))
+            if kind == "order_committed" and self._open is not None:
+                _insort(self._open, bytes.fromhex(attrs[0][1]))
+            elif kind in ("order_settled", "order_failed") and self._open is not None:
+                _remove_sorted(self._open, bytes.fromhex(attrs[0][1]))
+            elif kind == "node_registered" and self._nodes is not None:
+                _insort(self._nodes, bytes.fromhex(attrs[0][1]))
 
-    def _pending_orders(self) -> list[bytes]:
-        if self._pending_hint is None:
-            self._pending_hint = {
+    def _open_orders(self) -> list[bytes]:
+        if self._open is None:
+            self._open = sorted(
                 k[len(b"order_state/") :]
                 for k, v in self.store.scan(b"order_state/")
                 if _dec(v)["status"] == "committed"
-            }
-        return sorted(self._pending_hint)
+            )
+        return self._open
 
     def pending_legs(self) -> list[LegRef]:
         """Legs whose outcome can still change, of committed unfinished orders (committed
         state: what ExtendVote observes). At most ``MAX_OBSERVED_ORDERS`` orders per height: a
         window over the open orders by id, rotating with the committed height, so every honest
-        validator derives the same window from the same state and their facts agree, and the
-        work per height is bounded however many orders are open."""
+        validator derives the same window from the same state and their facts agree. Only the
+        window's orders are read: the work per height is bounded however many are open."""
         open_orders: list[tuple[bytes, dict[str, Any]]] = []
-        for oid in self._pending_orders():
+        for oid in _window(self._open_orders(), self.store.height):
             state_raw = self.store.get(_order_state_key(oid))
             if state_raw is None:
                 continue
             state = _dec(state_raw)
-            if state["status"] != "committed":
-                assert self._pending_hint is not None
-                self._pending_hint.discard(oid)
-                continue
-            open_orders.append((oid, state))
-        if len(open_orders) > MAX_OBSERVED_ORDERS:
-            start = self.store.height * MAX_OBSERVED_ORDERS % len(open_orders)
-            open_orders = (open_orders[start:] + open_orders[:start])[:MAX_OBSERVED_ORDERS]
+            if state["status"] == "committed":
+                open_orders.append((oid, state))
         refs = []
         for oid, state in open_orders:
             raw = self.store.get(_order_key(oid))
@@ -997,12 +1019,9 @@ class LedgerApp:
     def _bond_observations(self) -> list[BondObservation]:
         """Vault balances that differ from the ledger's attested record, for a window of
         registered nodes rotating with the height (same window on every honest validator)."""
-        if self._node_ids is None:
-            self._node_ids = {k[len(b"node/") :] for k, _ in self.store.scan(b"node/")}
-        nodes = sorted(self._node_ids)
-        if len(nodes) > MAX_OBSERVED_ORDERS:
-            start = self.store.height * MAX_OBSERVED_ORDERS % len(nodes)
-            nodes = (nodes[start:] + nodes[:start])[:MAX_OBSERVED_ORDERS]
+        if self._nodes is None:
+            self._nodes = [k[len(b"node/") :] for k, _ in self.store.scan(b"node/")]
+        nodes = _window(self._nodes, self.store.height)
         out: list[BondObservation] = []
         observe = getattr(self.observer, "observe_bond", None)
         if observe is None:
