@@ -162,3 +162,78 @@ def test_extend_vote_reads_only_its_window_however_many_orders_are_open(monkeypa
     for _ in range(20):
         ledger.attested()
     assert orders[0].order_id not in {ref.order_id for ref in ledger.chains.asked}
+
+
+def test_sybils_cannot_copy_an_honest_orders_legs_to_be_settled_by_its_htlcs():
+    """The validators' observer finds a leg's HTLC by its chain terms (payment hash, amount,
+    addresses, expiry), which say nothing of the ledger's node ids. Two sybils copied an honest
+    order from the mempool with their own node ids as the route parties and committed it too:
+    the honest swap's real locks and redeems were then attested for the copy as well, which
+    settled with the honest order's volume (settled count, importance; a routed copy would
+    also be credited fee shares nobody paid). A payment hash now serves one order, ever."""
+    from kofo.settlement.chain import HtlcTerms
+    from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
+    from kofo.settlement.chains.ethereum.contract import deploy
+    from kofo.settlement.observer import AdapterObserver
+    from kofo.wire.expiry import UnixTime
+    from kofo.wire.orders import Leg, OrderKind, SettlementOrder, with_derived_id
+    from tests.ethereum.conftest import EmbeddedChain
+
+    chain = EmbeddedChain()
+    htlc = deploy(chain.w3, "HTLC", chain.new_account(10**18))
+    a = EthereumAdapter(chain.w3, chain.new_account(5 * 10**18), htlc)
+    b = EthereumAdapter(chain.w3, chain.new_account(5 * 10**18), htlc)
+    alice, bob, s1, s2 = (Party.make(i) for i in (0, 1, 7, 8))
+    now = a.expiry_now().value
+    preimage = hashlib.sha256(b"alice's secret").digest()
+    payment_hash = hashlib.sha256(preimage).digest()
+
+    def leg(sender, recipient, s_adapter, r_adapter, amount, expiry, lock_by):
+        return Leg(
+            "eth",
+            None,
+            sender.id,
+            recipient.id,
+            s_adapter.address(),
+            r_adapter.address(),
+            amount,
+            UnixTime(expiry),
+            expiry,
+            lock_by,
+        )
+
+    def order_of(x, y):
+        return with_derived_id(
+            SettlementOrder(
+                order_id=bytes(16),
+                kind=OrderKind.DIRECT,
+                payment_hash=payment_hash,
+                legs=(
+                    leg(x, y, a, b, 10**17, now + 7_200, now + 600),
+                    leg(y, x, b, a, 2 * 10**17, now + 3_600, now + 660),
+                ),
+            )
+        )
+
+    honest, copy = order_of(alice, bob), order_of(s1, s2)
+    ledger = Ledger(chains=AdapterObserver({"eth": a}))
+    ledger.time = now
+    ledger.ok(*(p.register_tx() for p in (alice, bob, s1, s2)))
+    ledger.ok(commit_tx(honest, [alice, bob], alice))
+    res = ledger.block(commit_tx(copy, [s1, s2], s1))
+    assert [r.error for r in res.results] == ["already_exists"]
+    # the honest swap runs on the chain; only the honest order is settled by it
+    refs = []
+    for adapter, lg in ((a, honest.legs[0]), (b, honest.legs[1])):
+        terms = HtlcTerms(
+            "eth", payment_hash, lg.amount, lg.sender_address, lg.recipient_address, lg.expiry
+        )
+        refs.append(adapter.lock(terms))
+    ledger.attested()
+    for adapter, ref in ((a, refs[1]), (b, refs[0])):
+        tx = adapter.prepare_redeem(ref, preimage)
+        adapter.broadcast(tx)
+        adapter.wait(tx.txid)
+    ledger.attested()
+    assert ledger.app.order(honest.order_id)["status"] == "settled"
+    assert ledger.app.node(s1.id)["settled"] == ledger.app.node(s2.id)["settled"] == 0

@@ -627,6 +627,14 @@ class LedgerApp:
             )
         if view.get(_order_key(order.order_id)) is not None:
             raise AlreadyExists(f"order {order.order_id.hex()} is already committed")
+        # Validators find a leg's HTLC by its chain terms, which name no ledger node: a copy of
+        # an honest order's legs under other node ids would be settled by the honest swap's
+        # locks and redeems (volume, importance and fee shares for nobody's money). One order
+        # per payment hash, ever (an honest swap never reuses one: its preimage is public).
+        if view.get(b"payhash/" + order.payment_hash) is not None:
+            raise AlreadyExists(
+                f"payment hash {order.payment_hash.hex()} is already used by another order"
+            )
         self._check_route(order, ctx)
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
@@ -634,6 +642,7 @@ class LedgerApp:
         self._check_fees(view, order)
         for q in order.quotes:
             view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
+        view.set(b"payhash/" + order.payment_hash, order.order_id)
         view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
             _order_state_key(order.order_id),
