@@ -73,23 +73,34 @@ def test_a_keyed_minority_never_becomes_the_whole_vault_validator_set():
     vals.step()
     vals.step()
     assert vals.apps[0].app.validators_at(vals.height + 2)[vals.address(0)].power == 10
-    for decision in _vault_sets(vals.apps[0].app):
-        # the vault set may never let validators with 2/3 of the ledger's power or less sign
+    app = vals.apps[0].app
+
+    def check(decision):
+        # the vault's total is the ledger's whole power: the keyed validators sign with their
+        # own share only, and the unkeyed power counts against them
+        ledger_total = sum(v.power for v in app.validators_at(decision["height"] + 2).values())
         keyed = sum(decision["powers"])
-        assert (
-            keyed == 0
-            or sum(v.power for v in vals.apps[0].app.validators_at(decision["height"] + 2).values())
-            == keyed
-        ), decision
-    # once every validator with power holds a key, the vault set is the ledger's, in full
+        assert keyed + decision.get("unkeyed_power", 0) == ledger_total, decision
+        assert 3 * keyed > 2 * ledger_total, decision
+
+    for decision in _vault_sets(app):
+        check(decision)
+    assert _vault_sets(app) == []  # 25 % keyed: the vault keeps its set
+    # three of four keyed: the vault set counts the fourth's power, unsigned
     others = [Party.make(6 + i) for i in range(3)]
     vals.step(*(p.register_tx() for p in others))
     for i, p in enumerate(others, start=1):
         for c in vals.chains:
             c.see_bond(p.id, (10 + i) * 10**15, 4)
     vals.step()
-    vals.step(*(_valkey_tx(vals, i, p) for i, p in enumerate(others, start=1)))
-    (decision,) = _vault_sets(vals.apps[0].app)
+    vals.step(*(_valkey_tx(vals, i, p) for i, p in enumerate(others[:2], start=1)))
+    (decision,) = _vault_sets(app)
+    check(decision)
+    assert decision["unkeyed_power"] == 10
+    vals.step(_valkey_tx(vals, 3, others[2]))
+    _, decision = _vault_sets(app)
+    check(decision)
+    assert decision["unkeyed_power"] == 0
     assert sorted(zip(decision["validators"], decision["powers"], strict=True)) == sorted(
         (_eth(_secp(i)), 10 + i) for i in range(4)
     )

@@ -485,23 +485,29 @@ class LedgerApp:
         return updates
 
     def _record_vault_set(self, view: _View, height: int, latest: dict[bytes, Validator]) -> None:
-        """A vault valset decision when the set the vault should hold (each validator's
-        Ethereum key and power) changed, and only when **every** validator with power has
-        registered a key: the vault weighs signatures against the powers it is given, so a set
-        without the unkeyed validators would hand their share of the power to the keyed ones
-        (one keyed validator of four would be all of the vault). Until then the vault keeps
-        the set it has."""
+        """A vault valset decision when the set the vault should hold changed: each keyed
+        validator's Ethereum address and power, plus ``unkeyed_power``, the power of validators
+        with no registered key, which the vault counts in its total but which never signs (so
+        its threshold stays 2/3 of the ledger's whole power: a set of the keyed validators
+        alone would hand the others' share to them, one keyed validator of four becoming all
+        of the vault). Recorded only while the keyed validators hold more than 2/3 of the power
+        (the vault refuses a set it could never change again); until then it keeps its set."""
         eth = []
+        unkeyed = 0
         for addr, val in latest.items():
             if val.power <= 0:
                 continue
             key = view.get(b"valkey/" + addr)
             if key is None:
-                return
-            eth.append((key, val.power))
+                unkeyed += val.power
+            else:
+                eth.append((key, val.power))
         eth.sort()
-        vault_set = _enc([[e for e, _ in eth], [w for _, w in eth]])
-        if not eth or view.get(_K_VAULT_SET) == vault_set:
+        keyed = sum(w for _, w in eth)
+        if 3 * keyed <= 2 * (keyed + unkeyed):
+            return
+        vault_set = _enc([[e for e, _ in eth], [w for _, w in eth], unkeyed])
+        if view.get(_K_VAULT_SET) == vault_set:
             return
         view.set(_K_VAULT_SET, vault_set)
         nonce = _int_get(view, _K_VALSET_NONCE) + 1
@@ -513,6 +519,7 @@ class LedgerApp:
                 "height": height,
                 "validators": [e for e, _ in eth],
                 "powers": [w for _, w in eth],
+                "unkeyed_power": unkeyed,
             },
         )
 
@@ -1346,7 +1353,13 @@ class LedgerApp:
         raw = self.store.get(b"valset_decision/" + nonce.to_bytes(8, "big"))
         if raw is None:
             raise NotFound(f"valset decision {nonce} does not exist")
-        return dict(decode(raw))
+        rec = dict(decode(raw))
+        vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
+        if vault is not None:
+            rec["digest"] = bonds.valset_digest(
+                vault, nonce, rec["validators"], rec["powers"], rec["unkeyed_power"]
+            )
+        return rec
 
     def validator_keys(self) -> dict[bytes, bytes]:
         """Registered secp256k1 keys: validator address -> Ethereum address."""
