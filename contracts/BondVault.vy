@@ -9,7 +9,9 @@
         validator set the vault currently knows: `slash` (pay part of a bond to the recipient
         the decision names) and `release` (pay part back to the address the node named in its
         signed unbond request on the ledger). The validator set itself changes only by an update signed the same way by the
-        current set (`update_valset`), as Gravity Bridge's valset updates do.
+        current set (`update_valset`), as Gravity Bridge's valset updates do; the power of
+        ledger validators with no key here counts in the total (`unkeyed_power`), so the
+        threshold is always more than two thirds of the ledger's whole voting power.
 @dev    Validators sign with secp256k1 keys registered on the ledger; the digest is
         keccak256(abi_encode(DOMAIN, chain.id, this vault, tag, ...)) with no Ethereum message
         prefix (kofo.clearance.bonds builds the same bytes). Signatures are aligned with the
@@ -48,10 +50,14 @@ event ValsetUpdated:
     nonce: indexed(uint256)
     validators: DynArray[address, MAX_VALIDATORS]
     powers: DynArray[uint256, MAX_VALIDATORS]
+    unkeyed_power: uint256
 
 validators: public(DynArray[address, MAX_VALIDATORS])
 powers: public(DynArray[uint256, MAX_VALIDATORS])
 total_power: public(uint256)
+unkeyed_power: public(uint256)
+# Ledger voting power of validators with no key here: counted in the total, never signing, so
+# the threshold stays two thirds of the ledger's whole power.
 valset_nonce: public(uint256)
 bonds: public(HashMap[bytes32, uint256])
 executed: public(HashMap[bytes32, bool])
@@ -61,15 +67,17 @@ executed: public(HashMap[bytes32, bool])
 def __init__(
     validators: DynArray[address, MAX_VALIDATORS], powers: DynArray[uint256, MAX_VALIDATORS]
 ):
-    self._set_valset(validators, powers)
+    self._set_valset(validators, powers, 0)
 
 
 @internal
 def _set_valset(
-    validators: DynArray[address, MAX_VALIDATORS], powers: DynArray[uint256, MAX_VALIDATORS]
+    validators: DynArray[address, MAX_VALIDATORS],
+    powers: DynArray[uint256, MAX_VALIDATORS],
+    unkeyed_power: uint256,
 ):
     assert len(validators) > 0 and len(validators) == len(powers), "bad validator set"
-    total: uint256 = 0
+    total: uint256 = unkeyed_power
     for i: uint256 in range(len(validators), bound=MAX_VALIDATORS):
         assert powers[i] > 0, "zero power"
         if i > 0:
@@ -80,9 +88,12 @@ def _set_valset(
         else:
             assert validators[i] != empty(address), "zero address"
         total += powers[i]
+    # a set whose keyed validators cannot reach the threshold could never be changed again
+    assert (total - unkeyed_power) * 3 > total * 2, "keyed validators hold 2/3 or less"
     self.validators = validators
     self.powers = powers
     self.total_power = total
+    self.unkeyed_power = unkeyed_power
 
 
 @internal
@@ -141,8 +152,11 @@ def valset_digest(
     nonce: uint256,
     validators: DynArray[address, MAX_VALIDATORS],
     powers: DynArray[uint256, MAX_VALIDATORS],
+    unkeyed_power: uint256,
 ) -> bytes32:
-    return keccak256(abi_encode(DOMAIN, chain.id, self, VALSET, nonce, validators, powers))
+    return keccak256(
+        abi_encode(DOMAIN, chain.id, self, VALSET, nonce, validators, powers, unkeyed_power)
+    )
 
 
 @external
@@ -202,15 +216,24 @@ def update_valset(
     nonce: uint256,
     validators: DynArray[address, MAX_VALIDATORS],
     powers: DynArray[uint256, MAX_VALIDATORS],
+    unkeyed_power: uint256,
     v: DynArray[uint8, MAX_VALIDATORS],
     r: DynArray[bytes32, MAX_VALIDATORS],
     s: DynArray[bytes32, MAX_VALIDATORS],
 ):
-    """Replace the validator set; signed by more than 2/3 of the power of the current one."""
+    """Replace the validator set; signed by more than 2/3 of the power of the current one.
+    `unkeyed_power` is the ledger power of validators with no key: it counts in the total."""
     assert nonce > self.valset_nonce, "stale validator set nonce"
     self._check_signatures(
-        keccak256(abi_encode(DOMAIN, chain.id, self, VALSET, nonce, validators, powers)), v, r, s
+        keccak256(
+            abi_encode(DOMAIN, chain.id, self, VALSET, nonce, validators, powers, unkeyed_power)
+        ),
+        v,
+        r,
+        s,
     )
-    self._set_valset(validators, powers)
+    self._set_valset(validators, powers, unkeyed_power)
     self.valset_nonce = nonce
-    log ValsetUpdated(nonce=nonce, validators=validators, powers=powers)
+    log ValsetUpdated(
+        nonce=nonce, validators=validators, powers=powers, unkeyed_power=unkeyed_power
+    )

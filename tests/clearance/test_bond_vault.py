@@ -80,8 +80,8 @@ def test_digests_match_the_contract(vault):
         NODE, 5, Web3.to_checksum_address(RECIPIENT), d
     ).call() == bonds.release_digest(vault.ref, NODE, 5, RECIPIENT, d)
     vals = [Web3.to_checksum_address(a) for a in vault.addrs]
-    assert vault.c.functions.valset_digest(3, vals, [1, 2, 3, 4]).call() == bonds.valset_digest(
-        vault.ref, 3, vault.addrs, [1, 2, 3, 4]
+    assert vault.c.functions.valset_digest(3, vals, [1, 2, 3, 4], 5).call() == bonds.valset_digest(
+        vault.ref, 3, vault.addrs, [1, 2, 3, 4], 5
     )
 
 
@@ -180,15 +180,15 @@ def test_the_validator_set_changes_only_by_the_current_sets_signatures(vault):
     new_keys = [_key(10 + i) for i in range(3)]
     new = sorted(_addr(k) for k in new_keys)
     powers = [5, 5, 5]
-    digest = bonds.valset_digest(vault.ref, 1, new, powers)
+    digest = bonds.valset_digest(vault.ref, 1, new, powers, 0)
     vals = [Web3.to_checksum_address(a) for a in new]
     v, r, s = vault.sigs(digest, vault.addrs[:2])
     with vault.chain.reverts("2/3 of the power or less"):
-        vault.chain.send(vault.c.functions.update_valset(1, vals, powers, v, r, s), vault.owner)
+        vault.chain.send(vault.c.functions.update_valset(1, vals, powers, 0, v, r, s), vault.owner)
     v, r, s = vault.sigs(digest, vault.addrs[:3])
-    vault.chain.send(vault.c.functions.update_valset(1, vals, powers, v, r, s), vault.owner)
+    vault.chain.send(vault.c.functions.update_valset(1, vals, powers, 0, v, r, s), vault.owner)
     with vault.chain.reverts("stale validator set nonce"):
-        vault.chain.send(vault.c.functions.update_valset(1, vals, powers, v, r, s), vault.owner)
+        vault.chain.send(vault.c.functions.update_valset(1, vals, powers, 0, v, r, s), vault.owner)
     # the old set can no longer slash; the new one can
     old = dict(vault.keys)
     vault.addrs, vault.powers = new, powers
@@ -201,4 +201,31 @@ def test_the_validator_set_changes_only_by_the_current_sets_signatures(vault):
     with vault.chain.reverts("2/3 of the power or less"):
         vault.chain.send(fn, vault.owner)
     vault.slash(1, RECIPIENT, d, new)
+    assert vault.balance(RECIPIENT) == 1
+
+
+def test_unkeyed_ledger_power_counts_in_the_vaults_total_and_never_signs(vault):
+    """The ledger's validators without an Ethereum key keep their share of the total: three
+    keyed validators of power 10 and 10 unkeyed need all three signatures (30 of 40), as on
+    the ledger; a set whose keyed validators hold 2/3 or less is refused (it could never be
+    changed again)."""
+    keys = [_key(20 + i) for i in range(3)]
+    new = sorted(_addr(k) for k in keys)
+    vals = [Web3.to_checksum_address(a) for a in new]
+    too_weak = bonds.valset_digest(vault.ref, 1, new, [10, 10, 10], 15)
+    v, r, s = vault.sigs(too_weak, vault.addrs)
+    with vault.chain.reverts("keyed validators hold 2/3 or less"):
+        fn = vault.c.functions.update_valset(1, vals, [10, 10, 10], 15, v, r, s)
+        vault.chain.send(fn, vault.owner)
+    digest = bonds.valset_digest(vault.ref, 1, new, [10, 10, 10], 10)
+    v, r, s = vault.sigs(digest, vault.addrs)
+    vault.chain.send(
+        vault.c.functions.update_valset(1, vals, [10, 10, 10], 10, v, r, s), vault.owner
+    )
+    assert vault.c.functions.total_power().call() == 40
+    vault.addrs, vault.powers = new, [10, 10, 10]
+    vault.keys = {_addr(k): k for k in keys}
+    with vault.chain.reverts("2/3 of the power or less"):
+        vault.slash(1, RECIPIENT, b"\x0a" * 32, new[:2])  # 20 of 40
+    vault.slash(1, RECIPIENT, b"\x0a" * 32, new)  # 30 of 40
     assert vault.balance(RECIPIENT) == 1

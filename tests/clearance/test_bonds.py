@@ -147,7 +147,7 @@ def test_evidence_slashes_the_vault_through_a_decision_signed_by_the_validators(
     vals.step()
     vals.step()
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
-    res = vals.step(ev, time=order.legs[1].lock_by + 1)
+    res = vals.step(ev, time=order.legs[1].lock_by + params.attest_grace + 1)
     assert [r.code for r in res.tx_results] == [0, 0]
     slash = 10**18 * 500 // 10_000
     events = [e for e in res.tx_results[1].events if e.type == "bond_decision"]

@@ -89,7 +89,9 @@ def test_real_locks_and_redeems_are_attested_and_a_mismatched_lock_is_not():
     assert legs[1]["outcome"] is None
     # the short lock does not clear bob of not locking
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
-    assert [r.error for r in ledger.block(ev, time=now + 661).results] == [""]
+    assert [
+        r.error for r in ledger.block(ev, time=now + 661 + ledger.app.params.attest_grace).results
+    ] == [""]
 
     ref1 = b.lock(_terms(order.legs[1], payment_hash))
     ledger.attested()

@@ -247,8 +247,9 @@ def test_leg_not_locked_by_deadline_slashes_the_sender_once(net):
     ledger.attested()
     ev = sign_tx(mon.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
     assert _codes(ledger.block(ev)) == ["evidence_invalid"]  # deadline not passed yet
-    late = order.legs[1].lock_by + 1
-    assert _codes(ledger.block(ev, time=late)) == [""]
+    late = order.legs[1].lock_by + ledger.app.params.attest_grace
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]  # the attest grace
+    assert _codes(ledger.block(ev, time=late + 1)) == [""]
     node = ledger.app.node(m1.id)
     assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 500 // 10_000
     assert node["penalty_points"] == 100

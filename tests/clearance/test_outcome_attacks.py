@@ -77,7 +77,7 @@ def test_an_initiator_that_never_locked_cannot_blame_the_next_leg(net):
     order = make_order([alice, m1, m2])
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
-    result = ledger.block(ev, time=order.legs[1].lock_by + 1)
+    result = ledger.block(ev, time=order.legs[1].lock_by + ledger.app.params.attest_grace + 1)
     assert _codes(result) == ["evidence_invalid"]
     assert "legs[0] was not attested locked" in result.results[0].log
     assert ledger.app.bond(m1.id) == m1.bond
@@ -96,7 +96,8 @@ def test_a_sender_cannot_escape_with_a_fake_locked_txid(net):
     # m1 never locks leg 1 and declares a txid nobody can find on the chain
     assert _codes(ledger.block(_report(m1, order, 1, LegOutcome.LOCKED))) == ["not_authorised"]
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
-    assert _codes(ledger.block(ev, time=order.legs[1].lock_by + 1)) == [""]
+    late = order.legs[1].lock_by + ledger.app.params.attest_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == [""]
     assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 500 // 10_000
 
 
@@ -107,7 +108,7 @@ def test_a_lock_attested_after_the_deadline_does_not_clear_the_sender(net):
     ledger.chains.see(order, 0, LegOutcome.LOCKED)
     ledger.attested()
     ledger.chains.see(order, 1, LegOutcome.LOCKED)
-    ledger.attested(time=order.legs[1].lock_by + 5)
+    ledger.attested(time=order.legs[1].lock_by + ledger.app.params.attest_grace + 5)
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
     assert _codes(ledger.block(ev)) == [""]
 

@@ -13,6 +13,7 @@ it with a non-zero code) and changes nothing.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import threading
@@ -98,6 +99,29 @@ MAX_TX_BYTES = 64 << 10
 MAX_OBSERVED_ORDERS = 1_024
 """Open orders one ExtendVote asks the observer about (at most 8 legs each): bounds the work per
 height however many orders are open; with more, a window rotates over them height by height."""
+
+
+def _window(ids: list[bytes], height: int) -> list[bytes]:
+    """``MAX_OBSERVED_ORDERS`` of the sorted ``ids`` from a start rotating with ``height``:
+    O(window), the same on every validator with the same state."""
+    n = len(ids)
+    if n <= MAX_OBSERVED_ORDERS:
+        return list(ids)
+    start = height * MAX_OBSERVED_ORDERS % n
+    out = ids[start : start + MAX_OBSERVED_ORDERS]
+    return out + ids[: MAX_OBSERVED_ORDERS - len(out)]
+
+
+def _insort(ids: list[bytes], item: bytes) -> None:
+    i = bisect.bisect_left(ids, item)
+    if i == len(ids) or ids[i] != item:
+        ids.insert(i, item)
+
+
+def _remove_sorted(ids: list[bytes], item: bytes) -> None:
+    i = bisect.bisect_left(ids, item)
+    if i < len(ids) and ids[i] == item:
+        del ids[i]
 
 
 def _enc(value: Any) -> bytes:
@@ -344,8 +368,10 @@ class LedgerApp:
         """This validator's own view of the chains: what its vote extensions attest."""
         # In-memory indexes of committed state for ExtendVote; a finalized block's events reach
         # them only at its Commit (a re-finalized block must not leave ids behind).
-        self._pending_hint: set[bytes] | None = None
-        self._node_ids: set[bytes] | None = None
+        self._open: list[bytes] | None = None
+        """Open order ids, sorted (built from the committed state once, then kept by events)."""
+        self._nodes: list[bytes] | None = None
+        """Registered node ids, sorted (likewise)."""
         self._block_events: list[tuple[str, tuple[tuple[str, str], ...]]] = []
         self._verified: OrderedDict[bytes, tuple[Envelope, TxBody, int]] = OrderedDict()
         # check_tx may run on several threads at once (the solo node's API, a pool verifying
@@ -620,23 +646,29 @@ class LedgerApp:
         return updates
 
     def _record_vault_set(self, view: _View, height: int, latest: dict[bytes, Validator]) -> None:
-        """A vault valset decision when the set the vault should hold (each validator's
-        Ethereum key and power) changed, and only when **every** validator with power has
-        registered a key: the vault weighs signatures against the powers it is given, so a set
-        without the unkeyed validators would hand their share of the power to the keyed ones
-        (one keyed validator of four would be all of the vault). Until then the vault keeps
-        the set it has."""
+        """A vault valset decision when the set the vault should hold changed: each keyed
+        validator's Ethereum address and power, plus ``unkeyed_power``, the power of validators
+        with no registered key, which the vault counts in its total but which never signs (so
+        its threshold stays 2/3 of the ledger's whole power: a set of the keyed validators
+        alone would hand the others' share to them, one keyed validator of four becoming all
+        of the vault). Recorded only while the keyed validators hold more than 2/3 of the power
+        (the vault refuses a set it could never change again); until then it keeps its set."""
         eth = []
+        unkeyed = 0
         for addr, val in latest.items():
             if val.power <= 0:
                 continue
             key = view.get(b"valkey/" + addr)
             if key is None:
-                return
-            eth.append((key, val.power))
+                unkeyed += val.power
+            else:
+                eth.append((key, val.power))
         eth.sort()
-        vault_set = _enc([[e for e, _ in eth], [w for _, w in eth]])
-        if not eth or view.get(_K_VAULT_SET) == vault_set:
+        keyed = sum(w for _, w in eth)
+        if 3 * keyed <= 2 * (keyed + unkeyed):
+            return
+        vault_set = _enc([[e for e, _ in eth], [w for _, w in eth], unkeyed])
+        if view.get(_K_VAULT_SET) == vault_set:
             return
         view.set(_K_VAULT_SET, vault_set)
         nonce = _int_get(view, _K_VALSET_NONCE) + 1
@@ -648,6 +680,7 @@ class LedgerApp:
                 "height": height,
                 "validators": [e for e, _ in eth],
                 "powers": [w for _, w in eth],
+                "unkeyed_power": unkeyed,
             },
         )
 
@@ -772,6 +805,14 @@ class LedgerApp:
             )
         if view.get(_order_key(order.order_id)) is not None:
             raise AlreadyExists(f"order {order.order_id.hex()} is already committed")
+        # Validators find a leg's HTLC by its chain terms, which name no ledger node: a copy of
+        # an honest order's legs under other node ids would be settled by the honest swap's
+        # locks and redeems (volume, importance and fee shares for nobody's money). One order
+        # per payment hash, ever (an honest swap never reuses one: its preimage is public).
+        if view.get(b"payhash/" + order.payment_hash) is not None:
+            raise AlreadyExists(
+                f"payment hash {order.payment_hash.hex()} is already used by another order"
+            )
         self._check_route(order, ctx)
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
@@ -779,6 +820,7 @@ class LedgerApp:
         self._check_fees(view, order)
         for q in order.quotes:
             view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
+        view.set(b"payhash/" + order.payment_hash, order.order_id)
         view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
             _order_state_key(order.order_id),
@@ -1097,46 +1139,42 @@ class LedgerApp:
         self._block_events += events
 
     def _index_committed(self) -> None:
-        # The in-memory list of orders whose legs ExtendVote observes: a superset of the
-        # committed-and-open orders (extend_vote re-reads each one's committed state).
+        # The in-memory sorted lists ExtendVote windows over, kept exact by the events of each
+        # committed block's txs: the open (committed, unfinished) orders and the registered nodes.
         events, self._block_events = self._block_events, []
-        if self._pending_hint is None and self._node_ids is None:
+        if self._open is None and self._nodes is None:
             return
         for kind, attrs in events:
-            if kind == "order_committed" and self._pending_hint is not None:
-                self._pending_hint.add(bytes.fromhex(attrs[0][1]))
-            elif kind == "node_registered" and self._node_ids is not None:
-                self._node_ids.add(bytes.fromhex(attrs[0][1]))
+            if kind == "order_committed" and self._open is not None:
+                _insort(self._open, bytes.fromhex(attrs[0][1]))
+            elif kind in ("order_settled", "order_failed") and self._open is not None:
+                _remove_sorted(self._open, bytes.fromhex(attrs[0][1]))
+            elif kind == "node_registered" and self._nodes is not None:
+                _insort(self._nodes, bytes.fromhex(attrs[0][1]))
 
-    def _pending_orders(self) -> list[bytes]:
-        if self._pending_hint is None:
-            self._pending_hint = {
+    def _open_orders(self) -> list[bytes]:
+        if self._open is None:
+            self._open = sorted(
                 k[len(b"order_state/") :]
                 for k, v in self.store.scan_committed(b"order_state/")
                 if _dec(v)["status"] == "committed"
-            }
-        return sorted(self._pending_hint)
+            )
+        return self._open
 
     def pending_legs(self) -> list[LegRef]:
         """Legs whose outcome can still change, of committed unfinished orders (committed
         state: what ExtendVote observes). At most ``MAX_OBSERVED_ORDERS`` orders per height: a
         window over the open orders by id, rotating with the committed height, so every honest
-        validator derives the same window from the same state and their facts agree, and the
-        work per height is bounded however many orders are open."""
+        validator derives the same window from the same state and their facts agree. Only the
+        window's orders are read: the work per height is bounded however many are open."""
         open_orders: list[tuple[bytes, dict[str, Any]]] = []
-        for oid in self._pending_orders():
+        for oid in _window(self._open_orders(), self.store.height):
             state_raw = self.store.get_committed(_order_state_key(oid))
             if state_raw is None:
                 continue
             state = _dec(state_raw)
-            if state["status"] != "committed":
-                assert self._pending_hint is not None
-                self._pending_hint.discard(oid)
-                continue
-            open_orders.append((oid, state))
-        if len(open_orders) > MAX_OBSERVED_ORDERS:
-            start = self.store.height * MAX_OBSERVED_ORDERS % len(open_orders)
-            open_orders = (open_orders[start:] + open_orders[:start])[:MAX_OBSERVED_ORDERS]
+            if state["status"] == "committed":
+                open_orders.append((oid, state))
         refs = []
         for oid, state in open_orders:
             raw = self.store.get_committed(_order_key(oid))
@@ -1173,12 +1211,9 @@ class LedgerApp:
     def _bond_observations(self) -> list[BondObservation]:
         """Vault balances that differ from the ledger's attested record, for a window of
         registered nodes rotating with the height (same window on every honest validator)."""
-        if self._node_ids is None:
-            self._node_ids = {k[len(b"node/") :] for k, _ in self.store.scan_committed(b"node/")}
-        nodes = sorted(self._node_ids)
-        if len(nodes) > MAX_OBSERVED_ORDERS:
-            start = self.store.height * MAX_OBSERVED_ORDERS % len(nodes)
-            nodes = (nodes[start:] + nodes[:start])[:MAX_OBSERVED_ORDERS]
+        if self._nodes is None:
+            self._nodes = [k[len(b"node/") :] for k, _ in self.store.scan_committed(b"node/")]
+        nodes = _window(self._nodes, self.store.height)
         out: list[BondObservation] = []
         observe = getattr(self.observer, "observe_bond", None)
         if observe is None:
@@ -1325,19 +1360,25 @@ class LedgerApp:
                 raise EvidenceInvalid(f"leg {tx.leg} does not exist")
             eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             leg = order.legs[tx.leg]
-            if ctx.time <= leg.lock_by:
+            # A lock is "in time" if the validators attested it by lock_by + attest_grace: the
+            # ledger sees a lock only after its confirmations and a height, so judging by
+            # lock_by itself would slash a sender who locked just before it.
+            grace = p.attest_grace
+            if ctx.time <= leg.lock_by + grace:
                 raise EvidenceInvalid(
-                    f"legs[{tx.leg}].lock_by {leg.lock_by} has not passed (block time {ctx.time})"
+                    f"legs[{tx.leg}] is judged after lock_by {leg.lock_by} + attest_grace "
+                    f"{grace} (block time {ctx.time})"
                 )
             locked_at = rec["legs"][tx.leg].get("locked_at")
-            if locked_at is not None and locked_at <= leg.lock_by:
+            if locked_at is not None and locked_at <= leg.lock_by + grace:
                 raise EvidenceInvalid(f"legs[{tx.leg}] was attested locked at {locked_at}")
             for j in range(tx.leg):
                 before = rec["legs"][j].get("locked_at")
-                if before is None or before > order.legs[j].lock_by:
+                if before is None or before > order.legs[j].lock_by + grace:
                     raise EvidenceInvalid(
                         f"legs[{j}] was not attested locked by its lock_by "
-                        f"{order.legs[j].lock_by}: legs[{tx.leg}]'s sender was right not to lock"
+                        f"{order.legs[j].lock_by} + attest_grace {grace}: legs[{tx.leg}]'s "
+                        "sender was right not to lock"
                     )
             offender = leg.sender
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
@@ -1520,7 +1561,13 @@ class LedgerApp:
         raw = self.store.get_committed(b"valset_decision/" + nonce.to_bytes(8, "big"))
         if raw is None:
             raise NotFound(f"valset decision {nonce} does not exist")
-        return dict(decode(raw))
+        rec = dict(decode(raw))
+        vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
+        if vault is not None:
+            rec["digest"] = bonds.valset_digest(
+                vault, nonce, rec["validators"], rec["powers"], rec["unkeyed_power"]
+            )
+        return rec
 
     def validator_keys(self) -> dict[bytes, bytes]:
         """Registered secp256k1 keys: validator address -> Ethereum address."""

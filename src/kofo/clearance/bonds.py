@@ -120,11 +120,24 @@ def release_digest(
 
 
 def valset_digest(
-    vault: Vault, nonce: int, validators: Sequence[bytes], powers: Sequence[int]
+    vault: Vault,
+    nonce: int,
+    validators: Sequence[bytes],
+    powers: Sequence[int],
+    unkeyed_power: int = 0,
 ) -> bytes:
     return keccak(
         abi_encode(
-            ["bytes32", "uint256", "address", "bytes32", "uint256", "address[]", "uint256[]"],
+            [
+                "bytes32",
+                "uint256",
+                "address",
+                "bytes32",
+                "uint256",
+                "address[]",
+                "uint256[]",
+                "uint256",
+            ],
             [
                 DOMAIN,
                 vault.chain_id,
@@ -133,6 +146,7 @@ def valset_digest(
                 nonce,
                 [_addr(v) for v in validators],
                 list(powers),
+                unkeyed_power,
             ],
         )
     )

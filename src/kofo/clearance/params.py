@@ -49,6 +49,13 @@ class LedgerParams:
     slash_bps_quote: int = 200
     """2 % of bond for a quote not honoured (a false order-book price)."""
     penalty_points_quote: int = 50
+    attest_grace: int = 1_800
+    """Seconds (block time) after a leg's ``lock_by`` for its lock to be confirmed on its chain
+    and attested by the validators (a height or two): ``leg_not_locked`` is judged only after
+    ``lock_by + attest_grace``, and a lock attested by then counts as in time. Without it an
+    honest sender who locked just before ``lock_by`` was slashed by evidence filed in the first
+    block after it, before its lock could be attested. Set it above the slowest routed chain's
+    confirmation time plus a few ledger heights."""
     honour_grace: int = 300
     """A provider has five minutes (block time) after its quote's validity to get the order
     committed before a take of it counts as not honoured: room for a few rounds of signing."""
@@ -94,6 +101,9 @@ class LedgerParams:
             raise InvalidInput(
                 f"paillier_bits must be whole-byte sizes within 512..3072, got {self.paillier_bits}"
             )
+        for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name} must not be negative, got {getattr(self, name)}")
         if self.power_unit <= 0:
             raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
         if self.bond_vault_address and len(self.bond_vault_address.removeprefix("0x")) != 40:
