@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -16,16 +17,20 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
+from kofo.wire.attest import BondObservation, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.orders import (
     CommitOrder,
     FeeQuote,
     Leg,
+    LegOutcome,
     OrderKind,
     QuoteRole,
     RegisterNode,
     SettlementOrder,
+    WithdrawFees,
     sign_tx,
+    with_derived_id,
 )
 
 PAILLIER_BITS = 1024
@@ -36,7 +41,7 @@ T0 = 1_700_000_000
 
 
 def ledger_params(**overrides: object) -> LedgerParams:
-    base: dict[str, object] = {"min_paillier_bits": PAILLIER_BITS}
+    base: dict[str, object] = {"paillier_bits": (PAILLIER_BITS,)}
     base.update(overrides)
     return LedgerParams(**base)  # type: ignore[arg-type]
 
@@ -67,14 +72,25 @@ class Party:
         return cls(Ed25519PrivateKey.from_private_bytes(seed), pub, priv, bond, monitor)
 
     def register_tx(self, ts: int = T0) -> bytes:
+        seed, proof = privacy.zero_seed(self.paillier_pub, privacy.register_context(self.id))
         body = RegisterNode(
             addresses={"btc": "02" + self.id.hex()[:64], "eth": "0x" + self.id.hex()[:40]},
             paillier_n=privacy.public_modulus(self.paillier_pub),
-            balance_seed=privacy.encrypt(self.paillier_pub, 0),
+            balance_seed=seed,
             bond=self.bond,
             monitor=self.monitor,
+            seed_proof=proof,
         )
         return sign_tx(self.key, body, ts=ts)
+
+    def withdraw(self, ct: bytes, asset: str, seq: int, **overrides: object) -> WithdrawFees:
+        """The withdrawal of the whole balance ``ct`` (revealed with this party's key)."""
+        amount, r = privacy.reveal(self.paillier_priv, ct)
+        seed, proof = privacy.zero_seed(
+            self.paillier_pub, privacy.withdraw_context(self.id, asset, seq)
+        )
+        body = WithdrawFees(asset, amount, r, seed, "bc1-payout", seq, proof)
+        return dataclasses.replace(body, **overrides)  # type: ignore[arg-type]
 
 
 def make_order(
@@ -117,8 +133,8 @@ def make_order(
             quotes.append(FeeQuote(p.id, QuoteRole.PROVIDER, os.urandom(16), fee_ct))
         quotes += [FeeQuote(r.id, QuoteRole.RELAY, os.urandom(16)) for r in relays]
     routed = kind is OrderKind.ROUTED
-    return SettlementOrder(
-        order_id=order_id or os.urandom(16),
+    order = SettlementOrder(
+        order_id=order_id or bytes(16),
         kind=kind,
         payment_hash=hashlib.sha256(os.urandom(32)).digest(),
         legs=tuple(legs),
@@ -127,6 +143,9 @@ def make_order(
         protocol_fee_bps=fee_bps if routed else 0,
         protocol_fee=protocol_fee(amount, fee_bps) if routed else 0,
     )
+    # The ledger requires the id derived from the content; an explicit ``order_id`` is kept
+    # as given (to test that the ledger refuses it).
+    return order if order_id is not None else with_derived_id(order)
 
 
 def commit_tx(
@@ -140,19 +159,81 @@ def all_parties(route: list[Party], relays: list[Party] = ()) -> list[Party]:  #
     return [*route, *relays]
 
 
-class Ledger:
-    """A ledger app plus a block counter: ``ledger.block(tx, ...)`` applies one block."""
+class SeenChains:
+    """One validator's view of the chains (what its chain watchers report), set by the test:
+    the ledger's :class:`~kofo.wire.attest.ChainObserver` interface over a table. Tests of the
+    settlement watchers themselves run against the embedded chains (tests/swap, tests/bitcoin,
+    tests/ethereum); here what matters is what the ledger does with what validators saw."""
 
-    def __init__(self, path: str | None = None, params: LedgerParams | None = None) -> None:
-        self.app = LedgerApp(MerkleStore(path), params or ledger_params())
+    def __init__(self) -> None:
+        self.facts: dict[tuple[bytes, int], Observation] = {}
+        self.asked: list[LegRef] = []
+        self.bonds: dict[bytes, BondObservation] = {}
+
+    def see_bond(self, node: bytes, amount: int, height: int = 1) -> None:
+        """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""
+        self.bonds[node] = BondObservation(node, amount, height)
+
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        return self.bonds.get(node)
+
+    def see(
+        self,
+        order: SettlementOrder,
+        leg: int,
+        outcome: LegOutcome,
+        txid: str | None = None,
+        height: int = 100,
+    ) -> None:
+        txid = txid or hashlib.sha256(order.order_id + bytes([leg]) + outcome.encode()).hexdigest()
+        self.facts[(order.order_id, leg)] = Observation(order.order_id, leg, outcome, txid, height)
+
+    def observe(self, ref: LegRef) -> Observation | None:
+        self.asked.append(ref)
+        return self.facts.get((ref.order_id, ref.index))
+
+
+class Ledger:
+    """A ledger app plus a block counter: ``ledger.block(tx, ...)`` applies one block.
+
+    As in solo mode, each block after the first starts with the attestation of what
+    ``chains`` (this single validator's observer) sees of the pending legs."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        params: LedgerParams | None = None,
+        chains: SeenChains | None = None,
+    ) -> None:
+        self.chains = chains if chains is not None else SeenChains()
+        self.app = LedgerApp(MerkleStore(path), params or ledger_params(), observer=self.chains)
         self.app.init_chain()
         self.time = T0
 
     def block(self, *txs: bytes, time: int | None = None):
         if time is not None:
             self.time = time
-        blk = Block(self.app.height + 1, self.time, tuple(txs))
-        return self.app.apply_block(blk)
+        height = self.app.height + 1
+        if height > 1:
+            txs = (self.app.solo_attestation(height), *txs)
+        blk = Block(height, self.time, tuple(txs))
+        result = self.app.apply_block(blk)
+        if height > 1:  # the callers look at their own txs' results
+            assert result.results[0].ok, result.results[0].log
+            result = type(result)(result.height, result.app_hash, result.results[1:])
+        return result
+
+    def attested(self, time: int | None = None) -> None:
+        """One empty block: what the chains show now gets attested."""
+        self.ok(time=time)
+
+    def bonded(self, *parties: Party) -> None:
+        """Each party's bond seen locked in the vault, and attested."""
+        for p in parties:
+            self.chains.see_bond(p.id, p.bond)
+        self.attested()
+        for p in parties:
+            assert self.app.bond(p.id) == p.bond
 
     def ok(self, *txs: bytes, time: int | None = None) -> None:
         result = self.block(*txs, time=time)

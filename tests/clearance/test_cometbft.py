@@ -10,6 +10,7 @@ import time
 import pytest
 
 from kofo.clearance.app import Block, LedgerApp
+from kofo.clearance.attest import Validator
 from kofo.clearance.consensus.testnet import LocalTestnet, free_base_port
 from kofo.clearance.store import MerkleStore
 from kofo.wire.codec import decode, encode
@@ -96,6 +97,22 @@ def test_single_cometbft_node_commits_orders_and_check_tx_rejects_bad_ones(tmp_p
             server.wait()
 
 
+def _genesis_args(path):
+    """What InitChain gives the app from a genesis file: the validator set (its vote extensions
+    attest outcomes), the chain id and the vote extensions' first height."""
+    genesis = json.loads(path.read_text())
+    validators = [
+        Validator(base64.b64decode(v["pub_key"]["value"]), int(v["power"]))
+        for v in genesis["validators"]
+    ]
+    abci_params = genesis.get("consensus_params", {}).get("abci") or {}
+    return {
+        "validators": validators,
+        "chain_id": genesis["chain_id"],
+        "vote_extensions_height": int(abci_params.get("vote_extensions_enable_height", 0)),
+    }
+
+
 def test_four_validators_commit_survive_a_crash_and_the_restarted_one_catches_up(tmp_path):
     require_binary("cometbft")
     parties = [Party.make(i) for i in range(6)]
@@ -124,7 +141,13 @@ def test_four_validators_commit_survive_a_crash_and_the_restarted_one_catches_up
                 orders.append(order)
             return orders
 
-        _wait(lambda: net.query(0, "/node", encode(parties[-1].id))[0] == 0, what="registrations")
+        # A public validator admits a sender's txs once its registration is committed there.
+        _wait(
+            lambda: all(
+                net.query(v, "/node", encode(p.id))[0] == 0 for v in range(4) for p in parties
+            ),
+            what="registrations on every validator",
+        )
         before = submit_orders([0, 1, 2, 3], 8)
         _wait(lambda: all(committed(0, o) for o in before), what="orders before the crash")
 
@@ -145,7 +168,7 @@ def test_four_validators_commit_survive_a_crash_and_the_restarted_one_catches_up
     # the validator's own block log replays, from genesis, to the app hash the network agreed on
     app = LedgerApp(MerkleStore(net.validators[0].home / "ledger.db"))
     replica = LedgerApp(MerkleStore(), ledger_params())
-    replica.init_chain()
+    replica.init_chain(**_genesis_args(net.validators[0].home / "config" / "genesis.json"))
     for height, raw in app.store.blocks():
         if height < target:
             replica.apply_block(Block.from_bytes(raw))

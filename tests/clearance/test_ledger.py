@@ -14,8 +14,9 @@ from kofo.wire.orders import (
     Quote,
     ReportOutcome,
     Take,
-    WithdrawFees,
+    derive_quote_id,
     sign_tx,
+    with_derived_id,
 )
 
 from .helpers import T0, Ledger, Party, commit_tx, make_order
@@ -27,6 +28,7 @@ def net():
     alice, m1, m2, relay, mon = (Party.make(i) for i in range(5))
     mon.monitor = True
     ledger.ok(*(p.register_tx() for p in (alice, m1, m2, relay, mon)))
+    ledger.bonded(alice, m1, m2, relay, mon)
     return ledger, alice, m1, m2, relay, mon
 
 
@@ -38,11 +40,14 @@ def _report(party, order, leg, outcome):
     return sign_tx(party.key, ReportOutcome(order.order_id, leg, outcome, f"tx{leg}{outcome}"))
 
 
-def _settle(ledger, order, reporter):
+def _settle(ledger, order):
+    """The chains show every leg locked, then redeemed; the validator attests each step."""
     for i in range(len(order.legs)):
-        ledger.ok(_report(reporter, order, i, LegOutcome.LOCKED))
+        ledger.chains.see(order, i, LegOutcome.LOCKED)
+    ledger.attested()
     for i in reversed(range(len(order.legs))):
-        ledger.ok(_report(reporter, order, i, LegOutcome.REDEEMED))
+        ledger.chains.see(order, i, LegOutcome.REDEEMED)
+    ledger.attested()
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -54,7 +59,7 @@ def test_registering_twice_is_rejected(net):
 
 
 def test_paillier_key_below_the_minimum_is_rejected():
-    strict = Ledger(params=dataclasses.replace(Ledger().app.params, min_paillier_bits=2048))
+    strict = Ledger(params=dataclasses.replace(Ledger().app.params, paillier_bits=(2048,)))
     assert _codes(strict.block(Party.make(0).register_tx())) == ["bad_message"]
 
 
@@ -75,7 +80,8 @@ def test_duplicate_order_id_is_rejected_and_the_first_stays_unchanged(net):
     order = make_order([alice, m1, m2])
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
     other = make_order([alice, m1, m2], amount=99_000_000, order_id=order.order_id)
-    assert _codes(ledger.block(commit_tx(other, [alice, m1, m2], m1))) == ["already_exists"]
+    assert _codes(ledger.block(commit_tx(other, [alice, m1, m2], m1))) == ["order_invalid"]
+    assert _codes(ledger.block(commit_tx(order, [alice, m1, m2], m1))) == ["already_exists"]
     assert ledger.app.order(order.order_id)["order"] == order.as_map()
 
 
@@ -107,7 +113,7 @@ def test_expiries_not_decreasing_by_the_gap_are_rejected(net):
 def test_wrong_protocol_fee_is_rejected(net):
     ledger, alice, m1, m2, _, _ = net
     order = make_order([alice, m1, m2])
-    order = dataclasses.replace(order, protocol_fee=order.protocol_fee - 1)
+    order = with_derived_id(dataclasses.replace(order, protocol_fee=order.protocol_fee - 1))
     assert _codes(ledger.block(commit_tx(order, [alice, m1, m2], alice))) == ["fee_rule_violated"]
     other_rate = make_order([alice, m1, m2], fee_bps=5)
     codes = _codes(ledger.block(commit_tx(other_rate, [alice, m1, m2], alice)))
@@ -117,7 +123,7 @@ def test_wrong_protocol_fee_is_rejected(net):
 def test_direct_swap_with_a_protocol_fee_is_rejected(net):
     ledger, alice, m1, *_ = net
     order = make_order([alice, m1], kind=OrderKind.DIRECT)
-    order = dataclasses.replace(order, protocol_fee_bps=10, protocol_fee=10_000)
+    order = with_derived_id(dataclasses.replace(order, protocol_fee_bps=10, protocol_fee=10_000))
     assert _codes(ledger.block(commit_tx(order, [alice, m1], alice))) == ["fee_rule_violated"]
 
 
@@ -157,7 +163,7 @@ def test_settled_routed_order_pays_foundation_and_encrypted_shares_by_the_rule(n
     ledger, alice, m1, m2, relay, _ = net
     order = make_order([alice, m1, m2], relays=[relay], amount=123_456_789, private_fee=777)
     ledger.ok(commit_tx(order, [alice, m1, m2, relay], alice))
-    _settle(ledger, order, m1)
+    _settle(ledger, order)
     assert ledger.app.order(order.order_id)["status"] == "settled"
     split = split_fee(
         order.protocol_fee,
@@ -182,7 +188,7 @@ def test_direct_swap_pays_no_fee_and_credits_nobody(net):
     ledger, alice, m1, *_ = net
     order = make_order([alice, m1], kind=OrderKind.DIRECT)
     ledger.ok(commit_tx(order, [alice, m1], alice))
-    _settle(ledger, order, alice)
+    _settle(ledger, order)
     assert ledger.app.foundation_balance(order.fee_asset) == 0
     assert ledger.app.balance_ciphertext(m1.id, order.fee_asset) is None
 
@@ -191,33 +197,38 @@ def test_refunded_leg_fails_the_order_and_later_redeem_is_rejected(net):
     ledger, alice, m1, m2, _, _ = net
     order = make_order([alice, m1, m2])
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
-    ledger.ok(_report(alice, order, 0, LegOutcome.LOCKED))
-    ledger.ok(_report(alice, order, 0, LegOutcome.REFUNDED))
+    ledger.chains.see(order, 0, LegOutcome.LOCKED)
+    ledger.attested()
+    ledger.chains.see(order, 0, LegOutcome.REFUNDED)
+    ledger.attested()
     assert ledger.app.order(order.order_id)["status"] == "failed"
-    assert _codes(ledger.block(_report(m1, order, 0, LegOutcome.REDEEMED))) == ["outcome_invalid"]
+    ledger.chains.see(order, 0, LegOutcome.REDEEMED)  # a watcher gone wrong: changes nothing
+    ledger.attested()
+    assert ledger.app.order(order.order_id)["legs"][0]["outcome"] == "refunded"
     assert ledger.app.node(m1.id)["failed"] == 1
 
 
-def test_outcome_from_someone_neither_on_route_nor_monitor_is_rejected(net):
+def test_declared_outcomes_are_refused_from_everyone(net):
     ledger, alice, m1, m2, relay, mon = net
     order = make_order([alice, m1, m2])
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
-    assert _codes(ledger.block(_report(relay, order, 0, LegOutcome.LOCKED))) == ["not_authorised"]
-    ledger.ok(_report(mon, order, 0, LegOutcome.LOCKED))
+    for who in (relay, mon, alice, m1):
+        assert _codes(ledger.block(_report(who, order, 0, LegOutcome.LOCKED))) == ["not_authorised"]
+    assert ledger.app.order(order.order_id)["legs"][0]["outcome"] is None
 
 
 def test_withdrawal_reveals_the_balance_and_cannot_be_replayed(net):
     ledger, alice, m1, m2, relay, _ = net
     order = make_order([alice, m1, m2], relays=[relay])
     ledger.ok(commit_tx(order, [alice, m1, m2, relay], alice))
-    _settle(ledger, order, m1)
+    _settle(ledger, order)
     asset = order.fee_asset
     ct = ledger.app.balance_ciphertext(m2.id, asset)
-    amount, r = privacy.reveal(m2.paillier_priv, ct)
-    seed = privacy.encrypt(m2.paillier_pub, 0)
-    lie = WithdrawFees(asset, amount + 1, r, seed, "bc1-payout")
+    honest = m2.withdraw(ct, asset, 0)
+    amount = honest.amount
+    lie = dataclasses.replace(honest, amount=amount - 1)
     assert _codes(ledger.block(sign_tx(m2.key, lie))) == ["withdrawal_invalid"]
-    tx = sign_tx(m2.key, WithdrawFees(asset, amount, r, seed, "bc1-payout"))
+    tx = sign_tx(m2.key, honest)
     result = ledger.block(tx)
     assert result.results[0].ok
     assert ("amount", str(amount)) in result.results[0].events[0][1]
@@ -232,24 +243,27 @@ def test_leg_not_locked_by_deadline_slashes_the_sender_once(net):
     ledger, alice, m1, m2, _, mon = net
     order = make_order([alice, m1, m2])
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
-    ledger.ok(_report(alice, order, 0, LegOutcome.LOCKED))
+    ledger.chains.see(order, 0, LegOutcome.LOCKED)
+    ledger.attested()
     ev = sign_tx(mon.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
     assert _codes(ledger.block(ev)) == ["evidence_invalid"]  # deadline not passed yet
-    late = order.legs[1].lock_by + 1
-    assert _codes(ledger.block(ev, time=late)) == [""]
+    late = order.legs[1].lock_by + ledger.app.params.attest_grace
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]  # the attest grace
+    assert _codes(ledger.block(ev, time=late + 1)) == [""]
     node = ledger.app.node(m1.id)
-    assert node["bond"] == m1.bond - m1.bond * 500 // 10_000
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 500 // 10_000
     assert node["penalty_points"] == 100
     assert _codes(ledger.block(ev)) == ["already_exists"]
     ev0 = sign_tx(mon.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 0))
     assert _codes(ledger.block(ev0)) == ["evidence_invalid"]  # leg 0 was locked in time
 
 
-def _quote_evidence(provider, taker, mon, valid_until=T0 + 100):
-    quote = Quote(b"q" * 16, provider.id, "btc", 1_000, "eth", 50_000, valid_until)
+def _quote_evidence(provider, taker, valid_until=T0 + 100):
+    quote = Quote(bytes(16), provider.id, "btc", 1_000, "eth", 50_000, valid_until)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
     take = Take(quote.quote_id, taker.id, valid_until - 10)
     return quote, sign_tx(
-        mon.key,
+        taker.key,
         FileEvidence(
             EvidenceKind.QUOTE_NOT_HONOURED,
             quote=quote,
@@ -261,16 +275,17 @@ def _quote_evidence(provider, taker, mon, valid_until=T0 + 100):
 
 
 def test_quote_not_honoured_after_grace_slashes_the_provider(net):
-    ledger, alice, m1, _, _, mon = net
-    quote, ev = _quote_evidence(m1, alice, mon)
+    ledger, alice, m1, _, _, _mon = net
+    quote, ev = _quote_evidence(m1, alice)
+    assert _codes(ledger.block(ev, time=quote.valid_until - 5)) == [""]  # the take, recorded
     assert _codes(ledger.block(ev, time=quote.valid_until + 10)) == ["evidence_invalid"]
     assert _codes(ledger.block(ev, time=quote.valid_until + 301)) == [""]
-    assert ledger.app.node(m1.id)["bond"] == m1.bond - m1.bond * 200 // 10_000
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 200 // 10_000
 
 
 def test_quote_evidence_with_forged_provider_signature_is_rejected(net):
-    ledger, alice, m1, m2, _, mon = net
-    quote, _ = _quote_evidence(m1, alice, mon)
+    ledger, alice, m1, m2, _, _mon = net
+    quote, _ = _quote_evidence(m1, alice)
     take = Take(quote.quote_id, alice.id, T0)
     forged = FileEvidence(
         EvidenceKind.QUOTE_NOT_HONOURED,
@@ -279,7 +294,7 @@ def test_quote_evidence_with_forged_provider_signature_is_rejected(net):
         take=take,
         take_sig=alice.key.sign(take.signing_bytes()),
     )
-    assert _codes(ledger.block(sign_tx(mon.key, forged), time=T0 + 1_000)) == ["bad_signature"]
+    assert _codes(ledger.block(sign_tx(alice.key, forged), time=T0 + 50)) == ["bad_signature"]
 
 
 def test_points_reward_early_activity_and_liquidity_and_penalties_remove_them(net):
@@ -287,10 +302,10 @@ def test_points_reward_early_activity_and_liquidity_and_penalties_remove_them(ne
     assert ledger.app.node(alice.id)["points"] == 1  # its own registration
     order = make_order([alice, m1, m2])
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
-    _settle(ledger, order, m2)
+    _settle(ledger, order)
     assert ledger.app.node(alice.id)["points"] == 2
     assert ledger.app.node(m1.id)["points"] == 1 + 10
-    assert ledger.app.node(m2.id)["points"] == 1 + 10 + 6
+    assert ledger.app.node(m2.id)["points"] == 1 + 10  # outcomes are attested, not reported
 
 
 def test_early_points_stop_after_the_limit():
@@ -302,17 +317,18 @@ def test_early_points_stop_after_the_limit():
 
 
 def test_importance_rises_with_settled_volume_and_falls_with_penalties(net):
-    ledger, alice, m1, m2, relay, mon = net
+    ledger, alice, m1, m2, relay, _mon = net
     base = ledger.app.importance(m1.id)
     order = make_order([alice, m1, m2], amount=10**8)
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
-    _settle(ledger, order, m1)
+    _settle(ledger, order)
     after = ledger.app.importance(m1.id)
     assert after > base
     ranked = [n for n, _ in ledger.app.ranked_nodes()]
     assert set(ranked[:3]) == {alice.id, m1.id, m2.id}
-    _, ev = _quote_evidence(m2, alice, mon)
-    ledger.ok(ev, time=T0 + 10_000)
+    quote, ev = _quote_evidence(m2, alice, valid_until=ledger.time + 100)
+    ledger.ok(ev)
+    ledger.ok(ev, time=quote.valid_until + 1_000)
     assert ledger.app.importance(m2.id) < ledger.app.importance(m1.id)
     ranking = ledger.app.rank_routes([[relay.id], [m2.id], [m1.id]])
     assert [i for i, _ in ranking] == [2, 1, 0]

@@ -1,12 +1,14 @@
 from kofo.clearance.app import Block, LedgerApp
 from kofo.clearance.consensus.solo import SoloChain
 from kofo.clearance.store import MerkleStore
-from kofo.wire.orders import LegOutcome, ReportOutcome, sign_tx
+from kofo.wire.orders import LegOutcome
 
-from .helpers import T0, Party, commit_tx, ledger_params, make_order
+from .helpers import T0, Party, SeenChains, commit_tx, ledger_params, make_order
 
 
-def _workload():
+def _workload(chains: SeenChains | None = None):
+    """Registrations and five orders; ``chains`` (the producer's observer) sees the legs of
+    the first three redeemed."""
     parties = [Party.make(i) for i in range(4)]
     txs = [p.register_tx() for p in parties]
     orders = []
@@ -16,41 +18,46 @@ def _workload():
         txs.append(commit_tx(order, parties, parties[0]))
     for order in orders[:3]:
         for leg in range(3):
-            txs.append(
-                sign_tx(
-                    parties[1].key, ReportOutcome(order.order_id, leg, LegOutcome.REDEEMED, "t")
-                )
-            )
-    return txs
+            if chains is not None:
+                chains.see(order, leg, LegOutcome.REDEEMED)
+    return txs, orders
 
 
 def test_solo_chain_commits_submitted_txs_and_survives_restart(tmp_path):
     path = tmp_path / "ledger.db"
     ticks = iter(range(T0, T0 + 1_000))
-    chain = SoloChain(LedgerApp(MerkleStore(path), ledger_params()), clock=lambda: next(ticks))
-    txs = _workload()
+    chains = SeenChains()
+    app = LedgerApp(MerkleStore(path), ledger_params(), observer=chains)
+    chain = SoloChain(app, clock=lambda: next(ticks))
+    txs, orders = _workload(chains)
     for tx in txs:
         assert chain.submit(tx).ok
     assert not chain.submit(b"garbage").ok
     results = chain.drain()
+    results.append(chain.produce_block())  # attests what the producer's observer saw
     assert all(r.ok for b in results for r in b.results)
+    assert [app.order(o.order_id)["status"] for o in orders] == ["settled"] * 3 + ["committed"] * 2
     height, app_hash = chain.app.height, chain.app.app_hash
     chain.app.store.close()
 
     reopened = LedgerApp(MerkleStore(path))
     assert (reopened.height, reopened.app_hash) == (height, app_hash)
-    assert reopened.tx_count() == len(txs)
+    assert reopened.tx_count() == len(txs)  # attestations are not counted as ledger txs
 
 
 def test_replaying_the_same_blocks_gives_the_same_app_hash(tmp_path):
     path = tmp_path / "ledger.db"
-    app = LedgerApp(MerkleStore(path), ledger_params())
+    chains = SeenChains()
+    app = LedgerApp(MerkleStore(path), ledger_params(), observer=chains)
     app.init_chain()
-    txs = _workload()
-    for i in range(0, len(txs), 4):
-        app.apply_block(Block(app.height + 1, T0 + i, tuple(txs[i : i + 4])))
+    txs, orders = _workload(chains)
+    for i in range(0, len(txs) + 4, 4):
+        att = (app.solo_attestation(app.height + 1),) if app.height else ()
+        app.apply_block(Block(app.height + 1, T0 + i, (*att, *txs[i : i + 4])))
+    assert app.order(orders[0].order_id)["status"] == "settled"
     blocks = [Block.from_bytes(raw) for _, raw in app.store.blocks()]
 
+    # the replica has no observer: the attestations are in the blocks
     replica = LedgerApp(MerkleStore(tmp_path / "replica.db"), ledger_params())
     replica.init_chain()
     hashes = [replica.apply_block(b).app_hash for b in blocks]
@@ -65,7 +72,7 @@ def test_replaying_the_same_blocks_gives_the_same_app_hash(tmp_path):
 
 
 def test_submit_many_admits_the_same_txs_in_order_and_reaches_the_same_state(tmp_path):
-    txs = _workload()
+    txs, _ = _workload()
     bad = [b"garbage", txs[5][:-1] + bytes([txs[5][-1] ^ 1])]  # undecodable; forged signature
     batch = [*txs[:5], *bad, *txs[5:]]
 

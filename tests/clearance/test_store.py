@@ -101,3 +101,18 @@ def test_hashing_deferred_to_root_matches_a_store_built_from_the_final_contents(
     reopened = MerkleStore(path)
     assert reopened.app_hash == committed  # reopening re-derives the same tree
     reopened.close()
+
+
+def test_rollback_restores_the_committed_contents_and_root():
+    s = MerkleStore()
+    s.set(b"a", b"1")
+    s.set(b"b", b"2")
+    committed = s.commit(1)
+    s.set(b"a", b"changed")
+    s.delete(b"b")
+    s.set(b"c", b"new")
+    assert s.get_committed(b"a") == b"1" and s.get_committed(b"c") is None
+    assert s.root() != committed
+    s.rollback()
+    assert (s.get(b"a"), s.get(b"b"), s.get(b"c")) == (b"1", b"2", None)
+    assert s.root() == committed

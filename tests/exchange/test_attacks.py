@@ -33,7 +33,7 @@ from kofo.wire.exchange import (
     sign_hop,
 )
 from kofo.wire.expiry import UnixTime
-from kofo.wire.orders import FeeQuote, QuoteRole, SettlementOrder
+from kofo.wire.orders import FeeQuote, QuoteRole, SettlementOrder, with_derived_id
 
 from .helpers import line, link, start_nodes, stop_all, wait_until
 
@@ -84,7 +84,8 @@ def test_no_party_co_signs_an_order_that_differs_from_its_quote(what, monkeypatc
     real_build = node_module.build_settlement_order
 
     def tampered(**kw: Any) -> SettlementOrder:
-        return TAMPERINGS[what](real_build(**kw))
+        # The attacker re-derives the order id, so the content check itself must refuse.
+        return with_derived_id(TAMPERINGS[what](real_build(**kw)))
 
     monkeypatch.setattr(node_module, "build_settlement_order", tampered)
 

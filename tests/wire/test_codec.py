@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,3 +66,16 @@ def test_the_depth_limit_is_the_same_on_both_paths():
             assert _verdict(_validate, value) == _verdict(lambda v: _check(v, "$", 0), value)
     assert _verdict(_validate, _nested(MAX_DEPTH, 1)) is None
     assert "deeper" in (_verdict(_validate, _nested(MAX_DEPTH + 1, 1)) or "")
+
+
+def test_integers_beyond_256_bits_are_refused_on_both_paths_and_at_decode():
+    import cbor2
+
+    from kofo.wire.codec import MAX_INT, decode
+
+    for value in (MAX_INT + 1, -MAX_INT - 1, 10**5000, [1, {"k": 1 << 300}]):
+        assert _verdict(_validate, value) == _verdict(lambda v: _check(v, "$", 0), value)
+        assert "256 bits" in (_verdict(_validate, value) or "")
+        with pytest.raises(EncodingError, match="256 bits"):
+            decode(cbor2.dumps(value, canonical=True))
+    assert decode(cbor2.dumps([MAX_INT, -MAX_INT], canonical=True)) == [MAX_INT, -MAX_INT]

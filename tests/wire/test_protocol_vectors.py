@@ -105,6 +105,7 @@ def _register_node() -> bytes:
         paillier_n=bytes([0xC5]) * 256,
         balance_seed=bytes([0x3D]) * 512,
         bond=1_000_000,
+        seed_proof=bytes([0x5A]) * 768,
     )
     return _signed(ALICE, od.TX_REGISTER_NODE, body.as_map())
 
@@ -121,8 +122,26 @@ def _withdraw_fees() -> bytes:
         randomness=bytes([0x11]) * 256,
         new_seed=bytes([0x22]) * 512,
         payout_address="bcrt1q" + "q" * 38,
+        seq=3,
+        new_seed_proof=bytes([0x33]) * 768,
     )
     return _signed(BOB, od.TX_WITHDRAW_FEES, body.as_map())
+
+
+def _register_validator_key() -> bytes:
+    # Fixed stand-ins for the two signatures: the vector shows the layout; the ledger's checks
+    # of both proofs of possession are tested in tests/clearance/test_bonds.py.
+    body = od.RegisterValidatorKey(
+        consensus_key=public_key_bytes(BOB),
+        eth_address=bytes([0xAB]) * 20,
+        consensus_sig=bytes([0x5C]) * 64,
+        eth_sig=bytes([0xE5]) * 64 + bytes([27]),
+    )
+    return _signed(ALICE, od.TX_REGISTER_VALIDATOR_KEY, body.as_map())
+
+
+def _unbond() -> bytes:
+    return _signed(ALICE, od.TX_UNBOND, od.Unbond(4 * 10**17, 0, bytes.fromhex("cd" * 20)).as_map())
 
 
 def _claim_message() -> ex.SignedClaim:
@@ -169,6 +188,12 @@ VECTORS: dict[str, tuple[str, Callable[[], bytes], Callable[[bytes], object]]] =
         _withdraw_fees,
         _parse_tx(od.TX_WITHDRAW_FEES),
     ),
+    "clearance.register_validator_key": (
+        od.TX_REGISTER_VALIDATOR_KEY,
+        _register_validator_key,
+        _parse_tx(od.TX_REGISTER_VALIDATOR_KEY),
+    ),
+    "clearance.unbond": (od.TX_UNBOND, _unbond, _parse_tx(od.TX_UNBOND)),
     "exchange offer": (ex.MSG_OFFER, _offer, ex.open_offer),
     "exchange claim": (ex.MSG_CLAIM, _claim, ex.open_claim),
     "exchange fulfil": (ex.MSG_FULFIL, _fulfil, ex.open_fulfil),

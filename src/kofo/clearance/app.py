@@ -13,24 +13,28 @@ it with a non-zero code) and changes nothing.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cbor2
 
-from kofo.clearance import privacy
+from kofo.clearance import attest, bonds, privacy
+from kofo.clearance.admission import BlockBudget, SenderRateLimit
+from kofo.clearance.attest import Validator
 from kofo.clearance.errors import (
     AlreadyExists,
     EvidenceInvalid,
     FeeRuleViolated,
+    InternalError,
     NotAuthorised,
     NotFound,
     OrderInvalid,
-    OutcomeInvalid,
     UnknownNode,
     WithdrawalInvalid,
     abci_code,
@@ -38,13 +42,26 @@ from kofo.clearance.errors import (
 from kofo.clearance.fees import protocol_fee, split_fee
 from kofo.clearance.importance import NodeStats, decay, rank_routes, score
 from kofo.clearance.params import FOUNDATION, LedgerParams
+from kofo.clearance.ranking import MAX_RANKED, Ranking
 from kofo.clearance.store import MerkleStore
-from kofo.errors import KofoError
+from kofo.errors import InvalidInput, KofoError
+from kofo.wire.attest import (
+    MAX_OBSERVATIONS,
+    BondObservation,
+    ChainObserver,
+    LegRef,
+    Observation,
+    decode_extension,
+    encode_extension,
+)
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import (
+    MAX_LEGS,
+    NODE_ID_SIZE,
     ORDER_DOMAIN,
+    ORDER_ID_SIZE,
     CommitOrder,
     EvidenceKind,
     FileEvidence,
@@ -52,17 +69,59 @@ from kofo.wire.orders import (
     OrderKind,
     QuoteRole,
     RegisterNode,
+    RegisterValidatorKey,
     ReportOutcome,
     SettlementOrder,
     TxBody,
+    Unbond,
     WithdrawFees,
+    derive_order_id,
+    derive_quote_id,
     parse_tx_body,
+    show_int,
     verify_ed25519,
 )
+
+log = logging.getLogger("kofo.clearance")
 
 _VERIFIED_CACHE = 200_000
 """Transactions CheckTx already verified (signatures included), kept by hash so FinalizeBlock
 does not verify them twice; bounded so a flood of txs cannot grow memory without limit."""
+_VERIFIED_BYTES = 32 << 20
+"""...and bounded in bytes: at most 32 MiB of tx bytes (a decoded tx takes a few times its
+wire size in memory; 32 MiB still holds ~16,000 orders, three full blocks), whatever the size
+of the txs a spammer sends."""
+MAX_TX_BYTES = 64 << 10
+"""The largest ledger tx: an 8-leg order with every quote carrying a 3072-bit ciphertext is
+~30 KiB. Bigger ones are refused before they are even decoded."""
+
+
+MAX_OBSERVED_ORDERS = 1_024
+"""Open orders one ExtendVote asks the observer about (at most 8 legs each): bounds the work per
+height however many orders are open; with more, a window rotates over them height by height."""
+
+
+def _window(ids: list[bytes], height: int) -> list[bytes]:
+    """``MAX_OBSERVED_ORDERS`` of the sorted ``ids`` from a start rotating with ``height``:
+    O(window), the same on every validator with the same state."""
+    n = len(ids)
+    if n <= MAX_OBSERVED_ORDERS:
+        return list(ids)
+    start = height * MAX_OBSERVED_ORDERS % n
+    out = ids[start : start + MAX_OBSERVED_ORDERS]
+    return out + ids[: MAX_OBSERVED_ORDERS - len(out)]
+
+
+def _insort(ids: list[bytes], item: bytes) -> None:
+    i = bisect.bisect_left(ids, item)
+    if i == len(ids) or ids[i] != item:
+        ids.insert(i, item)
+
+
+def _remove_sorted(ids: list[bytes], item: bytes) -> None:
+    i = bisect.bisect_left(ids, item)
+    if i < len(ids) and ids[i] == item:
+        del ids[i]
 
 
 def _enc(value: Any) -> bytes:
@@ -80,6 +139,18 @@ def _dec(raw: bytes) -> Any:
 _K_PARAMS = b"meta/params"
 _K_LAST = b"meta/last"
 _K_TXCOUNT = b"meta/txcount"
+_K_VALIDATORS = b"meta/validators"
+"""The validator sets (Ed25519 consensus keys and powers) whose vote extensions count, as
+``[[first height it signs, set], ...]`` (CometBFT applies an update made at H from H + 2)."""
+_K_VALSET_NONCE = b"meta/valset_nonce"
+_K_VAULT_SET = b"meta/vault_set"
+"""The last validator set (Ethereum keys, powers) recorded for the vault."""
+_K_GENESIS_VALIDATORS = b"meta/genesis_validators"
+"""Every validator that may hold power: the genesis set (one that lost its power to a missing
+bond regains it when its bond is attested)."""
+_K_CHAIN_ID = b"meta/chain_id"
+_K_VE_HEIGHT = b"meta/ve_height"
+"""CometBFT's vote_extensions_enable_height (0: disabled, solo mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +187,8 @@ class BlockResult:
     height: int
     app_hash: bytes
     results: tuple[TxResult, ...]
+    validator_updates: tuple[tuple[bytes, int], ...] = ()
+    """(Ed25519 consensus key, new power) for CometBFT; power 0 removes the validator."""
 
 
 @dataclass(slots=True)
@@ -149,6 +222,9 @@ class _View:
     def set_map(self, key: bytes, value: dict[str, Any]) -> None:
         self._writes[key] = _enc(value)
 
+    def delete(self, key: bytes) -> None:
+        self._writes[key] = None
+
     def flush(self) -> None:
         for key, value in self._writes.items():
             if value is None:
@@ -157,8 +233,22 @@ class _View:
                 self._store.set(key, value)
 
 
+_NODE_PREFIX = b"node/"
+
+
 def _node_key(node: bytes) -> bytes:
-    return b"node/" + node
+    return _NODE_PREFIX + node
+
+
+def _stats(rec: dict[str, Any]) -> NodeStats:
+    return NodeStats(
+        rec["volume"],
+        rec["volume_height"],
+        rec["settled"],
+        rec["failed"],
+        _effective_bond(rec),
+        rec["penalty_points"],
+    )
 
 
 def _order_key(order_id: bytes) -> bytes:
@@ -188,12 +278,54 @@ def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str
     return SettlementOrder.from_map(_dec(raw)), state
 
 
+def _validators_at(raw: bytes | None, height: int) -> dict[bytes, Validator] | None:
+    """The validator set that signed at ``height`` (None: solo mode, no set)."""
+    if raw is None:
+        return None
+    chosen = None
+    for first, state in _dec(raw):
+        if first <= height:
+            chosen = state
+    return attest.validators_from_state(chosen if chosen is not None else _dec(raw)[0][1])
+
+
+MAX_POWER = 2**50
+"""Per validator: CometBFT caps the total at 2^63 / 8; 128 validators at 2^50 stay below it."""
+
+
+def _slashable_bond(rec: dict[str, Any]) -> int:
+    """Attested locked in the vault, less outflows (slashes, releases) decided but not yet
+    executed there: what a slash can still take. A declared ``bond`` counts for nothing."""
+    return max(0, int(rec.get("bond_locked", 0)) - int(rec.get("slash_pending", 0)))
+
+
+def _effective_bond(rec: dict[str, Any]) -> int:
+    """The bond importance and voting power count: the slashable bond less what is unbonding."""
+    return max(0, _slashable_bond(rec) - int(rec.get("unbonding", 0)))
+
+
+def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
+    return b"quote_used/" + node + quote_id
+
+
 def _bal_key(node: bytes, asset: str) -> bytes:
     return b"bal/" + node + b"/" + asset.encode()
 
 
 def _earned_key(node: bytes, asset: str) -> bytes:
     return b"earned/" + node + b"/" + asset.encode()
+
+
+def _credited_key(node: bytes, asset: str) -> bytes:
+    return b"credited/" + node + b"/" + asset.encode()
+
+
+def _withdrawn_key(node: bytes, asset: str) -> bytes:
+    return b"withdrawn/" + node + b"/" + asset.encode()
+
+
+def _withdrawals_key(node: bytes, asset: str) -> bytes:
+    return b"withdrawals/" + node + b"/" + asset.encode()
 
 
 def _int_get(view: _View, key: bytes) -> int:
@@ -210,16 +342,50 @@ def _int_add(view: _View, key: bytes, amount: int) -> None:
     view.set(key, _enc(_int_get(view, key) + amount))
 
 
+def _internal_error(exc: Exception, where: str) -> TxResult:
+    # The log names only the exception type: its text could quote tx content, and a result's
+    # text must not depend on anything but the input.
+    log.error("%s: refused a tx after an internal error", where, exc_info=exc)
+    err = InternalError(f"internal error ({type(exc).__name__}); the tx is refused")
+    return TxResult(abci_code(err), str(err), err.code)
+
+
 class LedgerApp:
     """The clearance ledger over a :class:`MerkleStore` (see module docstring)."""
 
-    def __init__(self, store: MerkleStore, params: LedgerParams | None = None) -> None:
+    def __init__(
+        self,
+        store: MerkleStore,
+        params: LedgerParams | None = None,
+        *,
+        rate_limit: SenderRateLimit | None = None,
+        require_registered: bool = False,
+        registration_limit: SenderRateLimit | None = None,
+        observer: ChainObserver | None = None,
+    ) -> None:
         self.store = store
-        self._verified: OrderedDict[bytes, tuple[Envelope, TxBody]] = OrderedDict()
+        self.observer = observer
+        """This validator's own view of the chains: what its vote extensions attest."""
+        # In-memory indexes of committed state for ExtendVote; a finalized block's events reach
+        # them only at its Commit (a re-finalized block must not leave ids behind).
+        self._open: list[bytes] | None = None
+        """Open order ids, sorted (built from the committed state once, then kept by events)."""
+        self._nodes: list[bytes] | None = None
+        """Registered node ids, sorted (likewise)."""
+        self._block_events: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        self._verified: OrderedDict[bytes, tuple[Envelope, TxBody, int]] = OrderedDict()
         # check_tx may run on several threads at once (the solo node's API, a pool verifying
         # signatures while the GIL is released); only the cache is shared between them.
         self._verified_lock = threading.Lock()
+        self._verified_bytes = 0
+        self.rate_limit = rate_limit
+        """This node's per-sender CheckTx limit (None: none, e.g. the embedded solo ledger)."""
+        self.require_registered = require_registered
+        """CheckTx admits only registrations and txs from registered senders."""
+        self.registration_limit = registration_limit
+        """This node's CheckTx limit on registrations from all senders together."""
         self._pending_block: Block | None = None
+        self._rank: Ranking | None = None  # kept current at Commit
         raw = store.get(_K_PARAMS)
         if raw is None:
             self._params = params or LedgerParams()
@@ -230,6 +396,9 @@ class LedgerApp:
                     "the store was created with other ledger params; refusing to mix them",
                     code="config_error",
                 )
+        # One pass over the node records when the app opens its store, so that no query ever
+        # pays it on the block loop.
+        self._ranking()
 
     @property
     def params(self) -> LedgerParams:
@@ -243,8 +412,16 @@ class LedgerApp:
     def app_hash(self) -> bytes:
         return self.store.app_hash
 
-    def init_chain(self, params: LedgerParams | None = None) -> bytes:
-        """Write genesis (the params) once; idempotent, so a restart before block 1 is fine.
+    def init_chain(
+        self,
+        params: LedgerParams | None = None,
+        *,
+        validators: Sequence[Validator] = (),
+        chain_id: str = "",
+        vote_extensions_height: int = 0,
+    ) -> bytes:
+        """Write genesis (the params, and under CometBFT the validator set whose vote
+        extensions attest leg outcomes) once; idempotent, so a restart before block 1 is fine.
 
         ``params`` (from the genesis file) replaces the constructor's before anything is
         written; on a store that already has params they must match."""
@@ -257,21 +434,66 @@ class LedgerApp:
             self._params = params
         if self.store.get(_K_PARAMS) is None:
             self.store.set(_K_PARAMS, encode(self._params.as_map()))
+            if validators:
+                if len(validators) > attest.MAX_VALIDATORS:
+                    raise KofoError(
+                        f"at most {attest.MAX_VALIDATORS} validators", code="config_error"
+                    )
+                genesis = attest.validators_to_state(validators)
+                self.store.set(_K_VALIDATORS, _enc([[0, genesis]]))
+                self.store.set(_K_GENESIS_VALIDATORS, _enc(genesis))
+                self.store.set(_K_CHAIN_ID, _enc(chain_id))
+                self.store.set(_K_VE_HEIGHT, _enc(vote_extensions_height))
             self.store.commit(0)
         return self.store.app_hash
 
     # -- mempool admission ---------------------------------------------------------------------
 
-    def check_tx(self, raw: bytes) -> TxResult:
-        """Stateless admission: canonical encoding, envelope signature, schema and (for orders)
-        every party's signature. State-dependent rules are applied in the block."""
+    def check_tx(self, raw: bytes, *, recheck: bool = False) -> TxResult:
+        """Stateless admission: size, canonical encoding, envelope signature, schema, every
+        party's signature of an order and a registration's zero proof; then this node's
+        per-sender rate limit (new txs only: a recheck is free). State-dependent rules are
+        applied in the block."""
+        if attest.is_attest_tx(raw):
+            return TxResult(
+                abci_code(NotAuthorised("")),
+                "attestation txs are placed by the block proposer, never through the mempool",
+                NotAuthorised.code,
+            )
         try:
-            self._decode_verified(raw)
+            # A tx this node already checked is not charged again: anyone can resend a victim's
+            # tx bytes, and that must not spend the victim's rate budget.
+            self._decode_verified(raw, None if recheck else self._admit, gate_on_hit=False)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
+        except Exception as exc:  # a bug must refuse the tx, never take the validator down
+            return _internal_error(exc, "check_tx")
         return TxResult()
 
-    def _decode_verified(self, raw: bytes) -> tuple[Envelope, TxBody]:
+    def _admit(self, env: Envelope, body: TxBody) -> None:
+        """This node's own mempool policy for a new tx (see :mod:`kofo.clearance.admission`)."""
+        if (
+            self.require_registered
+            and not isinstance(body, RegisterNode)
+            and self.store.get_committed(_node_key(env.sender)) is None
+        ):
+            raise UnknownNode(f"sender {env.sender.hex()} is not a registered node; register first")
+        if self.rate_limit is not None:
+            self.rate_limit.charge(env.sender)
+        if self.registration_limit is not None and isinstance(body, RegisterNode):
+            # New keys are free, so a per-sender limit alone does not bound registrations.
+            self.registration_limit.charge(b"registrations")
+
+    def _decode_verified(
+        self,
+        raw: bytes,
+        gate: Callable[[Envelope, TxBody], None] | None = None,
+        *,
+        gate_on_hit: bool = True,
+    ) -> tuple[Envelope, TxBody]:
+        """The tx's envelope and body after every stateless check. ``gate`` (a rate limit or a
+        block budget) runs after the cheap checks and before the costly ones, and on a cache
+        hit too, so what it decides never depends on what this node happened to cache."""
         # Keyed by the hash of the exact bytes: the same bytes always decode and verify the
         # same way, so a hit gives the result a fresh check would, and only txs that passed
         # every stateless check (signatures included) are ever stored.
@@ -279,21 +501,84 @@ class LedgerApp:
         with self._verified_lock:
             hit = self._verified.get(digest)
         if hit is not None:
-            return hit
+            env, body, _ = hit
+            if gate is not None and gate_on_hit:
+                gate(env, body)
+            return env, body
+        if len(raw) > MAX_TX_BYTES:
+            raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
         msg = open_message(raw)
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
+        if gate is not None:
+            gate(msg.envelope, body)
         if isinstance(body, CommitOrder):
             body.verify_signatures()
-        result = (msg.envelope, body)
+        elif isinstance(body, RegisterNode):
+            self._check_registration_proof(msg.envelope.sender, body)
         with self._verified_lock:
-            self._verified[digest] = result
-            if len(self._verified) > _VERIFIED_CACHE:
-                self._verified.popitem(last=False)
-        return result
+            if digest not in self._verified:
+                self._verified[digest] = (msg.envelope, body, len(raw))
+                self._verified_bytes += len(raw)
+            while len(self._verified) > _VERIFIED_CACHE or self._verified_bytes > _VERIFIED_BYTES:
+                self._verified_bytes -= self._verified.popitem(last=False)[1][2]
+        return msg.envelope, body
+
+    def _check_registration_proof(self, sender: bytes, tx: RegisterNode) -> None:
+        n = privacy.from_bytes(tx.paillier_n)
+        allowed = self._params.paillier_bits
+        # Exact sizes, minimal bytes: the modulus bounds every proof and reveal a validator will
+        # ever check for this node, so an outsized one must never get in.
+        if n.bit_length() not in allowed or len(tx.paillier_n) * 8 != n.bit_length() or n % 2 == 0:
+            raise BadMessage(
+                f"register_node.paillier_n must be an odd modulus of exactly "
+                f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
+            )
+        privacy.verify_zero(
+            n,
+            tx.balance_seed,
+            tx.seed_proof,
+            privacy.register_context(sender),
+            "register_node.balance_seed",
+        )
+
+    def propose(self, txs: Sequence[bytes], max_bytes: int) -> list[bytes]:
+        """The txs an honest proposer puts in its block, in mempool order: within ``max_bytes``,
+        without txs that fail their stateless checks, and without those the block's budget
+        would refuse (:class:`BlockBudget`) -- those stay in the mempool for a later block
+        instead of being refused in this one. Not consensus: any proposal is judged at
+        FinalizeBlock alike."""
+        budget = self._budget()
+        out: list[bytes] = []
+        size = 0
+        for raw in txs:
+            if size + len(raw) > max_bytes:
+                break
+            try:
+                self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
+            except KofoError:
+                continue
+            out.append(raw)
+            size += len(raw)
+        return out
+
+    def _budget(self) -> BlockBudget:
+        return BlockBudget(
+            self._params.max_txs_per_sender_per_block,
+            self._params.max_registrations_per_block,
+            self._params.max_withdrawals_per_block,
+        )
 
     # -- blocks --------------------------------------------------------------------------------
 
     def finalize_block(self, block: Block) -> BlockResult:
+        """Apply ``block`` on top of the committed state; its writes stay in memory until
+        :meth:`commit`. Finalizing again before the commit (CometBFT restarted, the app did not,
+        and replays the block) first drops the earlier finalization, so the same block always
+        gives the same app hash."""
+        if self._pending_block is not None:
+            self.store.rollback()
+            self._pending_block = None
+        self._block_events = []
         if self.store.get(_K_PARAMS) is None:
             self.init_chain()
         if block.height != self.store.height + 1:
@@ -305,23 +590,115 @@ class LedgerApp:
         # value after the block is the same as counting tx by tx, without a store write each.
         count = before = _int_get_store(self.store, _K_TXCOUNT)
         results = []
+        budget = self._budget()
         for raw in block.txs:
-            result = self._deliver(raw, block, count)
-            count += result.ok
+            result = self._deliver(raw, block, count, budget)
+            count += result.ok and not attest.is_attest_tx(raw)
             results.append(result)
         if count != before:
             self.store.set(_K_TXCOUNT, _enc(count))
+        updates = self._update_validators(block.height)
         last = {"height": block.height, "time": block.time}
         self.store.set(_K_LAST, _enc(last))
         self._pending_block = block
-        return BlockResult(block.height, self.store.root(), tuple(results))
+        return BlockResult(block.height, self.store.root(), tuple(results), updates)
+
+    def _update_validators(self, height: int) -> tuple[tuple[bytes, int], ...]:
+        """Voting power from attested bonds: a validator bound to a node (by
+        ``register_validator_key``) votes with its node's effective bond // ``power_unit``;
+        an unbound one keeps its genesis power until ``validator_bond_deadline`` (0: always),
+        then has none. Changes go to CometBFT (effective at ``height + 2``), into the ledger's
+        own set history, and (see :meth:`_record_vault_set`) into a vault valset decision."""
+        view = _View(self.store)
+        raw = view.get(_K_VALIDATORS)
+        if raw is None:
+            return ()
+        sets = _dec(raw)
+        latest = attest.validators_from_state(sets[-1][1])
+        genesis = attest.validators_from_state(_dec(view.get(_K_GENESIS_VALIDATORS) or _enc([])))
+        p = self._params
+        new: dict[bytes, int] = {}
+        current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in genesis.items()}
+        for addr, val in genesis.items():
+            node = view.get(b"valnode/" + addr)
+            if node is not None:
+                rec = view.get_map(_node_key(node))
+                power = 0 if rec is None else _effective_bond(rec) // p.power_unit
+            elif p.validator_bond_deadline and height >= p.validator_bond_deadline:
+                power = 0
+            else:
+                power = val.power
+            new[addr] = min(power, MAX_POWER)
+        updates: tuple[tuple[bytes, int], ...] = ()
+        # unchanged, or it would leave no validator at all: no update
+        if not (all(new[a] == v.power for a, v in current.items()) or not any(new.values())):
+            updates = tuple(
+                (current[a].pub_key, new[a]) for a in sorted(new) if new[a] != current[a].power
+            )
+            kept = [Validator(current[a].pub_key, new[a]) for a in sorted(new) if new[a] > 0]
+            # Keep the sets that may still sign an attestation this ledger verifies (CometBFT
+            # applies this one from height + 2; the previous ones sign until then).
+            sets = [*sets, [height + 2, attest.validators_to_state(kept)]][-4:]
+            view.set(_K_VALIDATORS, _enc(sets))
+            latest = {v.address: v for v in kept}
+        self._record_vault_set(view, height, latest)
+        view.flush()
+        return updates
+
+    def _record_vault_set(self, view: _View, height: int, latest: dict[bytes, Validator]) -> None:
+        """A vault valset decision when the set the vault should hold changed: each keyed
+        validator's Ethereum address and power, plus ``unkeyed_power``, the power of validators
+        with no registered key, which the vault counts in its total but which never signs (so
+        its threshold stays 2/3 of the ledger's whole power: a set of the keyed validators
+        alone would hand the others' share to them, one keyed validator of four becoming all
+        of the vault). Recorded only while the keyed validators hold more than 2/3 of the power
+        (the vault refuses a set it could never change again); until then it keeps its set."""
+        eth = []
+        unkeyed = 0
+        for addr, val in latest.items():
+            if val.power <= 0:
+                continue
+            key = view.get(b"valkey/" + addr)
+            if key is None:
+                unkeyed += val.power
+            else:
+                eth.append((key, val.power))
+        eth.sort()
+        keyed = sum(w for _, w in eth)
+        if 3 * keyed <= 2 * (keyed + unkeyed):
+            return
+        vault_set = _enc([[e for e, _ in eth], [w for _, w in eth], unkeyed])
+        if view.get(_K_VAULT_SET) == vault_set:
+            return
+        view.set(_K_VAULT_SET, vault_set)
+        nonce = _int_get(view, _K_VALSET_NONCE) + 1
+        view.set(_K_VALSET_NONCE, _enc(nonce))
+        view.set_map(
+            b"valset_decision/" + nonce.to_bytes(8, "big"),
+            {
+                "nonce": nonce,
+                "height": height,
+                "validators": [e for e, _ in eth],
+                "powers": [w for _, w in eth],
+                "unkeyed_power": unkeyed,
+            },
+        )
 
     def commit(self) -> bytes:
         block = self._pending_block
         if block is None:
             return self.store.app_hash  # nothing finalized since the last commit
         self._pending_block = None
-        return self.store.commit(block.height, block.to_bytes())
+        changed = [k for k in self.store.uncommitted_keys() if k.startswith(_NODE_PREFIX)]
+        app_hash = self.store.commit(block.height, block.to_bytes())
+        self._index_committed()
+        if self._rank is not None:
+            for key in changed:
+                raw = self.store.get(key)
+                self._rank.update(
+                    key[len(_NODE_PREFIX) :], None if raw is None else _stats(_dec(raw))
+                )
+        return app_hash
 
     def apply_block(self, block: Block) -> BlockResult:
         """finalize + commit: what the solo producer and replays do."""
@@ -329,12 +706,22 @@ class LedgerApp:
         self.commit()
         return result
 
-    def _deliver(self, raw: bytes, block: Block, count: int) -> TxResult:
+    def _deliver(self, raw: bytes, block: Block, count: int, budget: BlockBudget) -> TxResult:
         """Apply one tx; ``count`` is the number of successful txs before it."""
         ctx = _Ctx(block.height, block.time)
         view = _View(self.store)
+        if attest.is_attest_tx(raw):
+            try:
+                self._attestations(view, ctx, raw, first=block.txs[0] == raw)
+            except KofoError as exc:
+                return TxResult(abci_code(exc), str(exc), exc.code)
+            except Exception as exc:  # refused like any tx: writes dropped, same everywhere
+                return _internal_error(exc, "finalize_block")
+            view.flush()
+            self._note_events(ctx.events)
+            return TxResult(events=tuple(ctx.events))
         try:
-            env, body = self._decode_verified(raw)
+            env, body = self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
             self._apply(view, ctx, env.sender, body)
             if count < self._params.early_tx_limit:
                 sender = view.get_map(_node_key(env.sender))
@@ -343,7 +730,12 @@ class LedgerApp:
                     view.set_map(_node_key(env.sender), sender)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
+        except Exception as exc:
+            # A bug hit by some input: the tx is refused and its writes dropped, the same way
+            # on every validator (same code, same state), so the chain neither halts nor splits.
+            return _internal_error(exc, "finalize_block")
         view.flush()
+        self._note_events(ctx.events)
         return TxResult(events=tuple(ctx.events))
 
     def _apply(self, view: _View, ctx: _Ctx, sender: bytes, body: TxBody) -> None:
@@ -355,6 +747,10 @@ class LedgerApp:
             self._report(view, ctx, sender, body)
         elif isinstance(body, FileEvidence):
             self._evidence(view, ctx, sender, body)
+        elif isinstance(body, RegisterValidatorKey):
+            self._register_validator_key(view, ctx, sender, body)
+        elif isinstance(body, Unbond):
+            self._unbond(view, ctx, sender, body)
         else:
             self._withdraw(view, ctx, sender, body)
 
@@ -365,13 +761,8 @@ class LedgerApp:
             raise NotAuthorised("the foundation account id cannot be registered as a node")
         if view.get(_node_key(sender)) is not None:
             raise AlreadyExists(f"node {sender.hex()} is already registered")
-        n = privacy.from_bytes(tx.paillier_n)
-        if n.bit_length() < self._params.min_paillier_bits or n % 2 == 0:
-            raise BadMessage(
-                f"register_node.paillier_n must be an odd modulus of at least "
-                f"{self._params.min_paillier_bits} bits, got {n.bit_length()} bits"
-            )
-        privacy.check_ciphertext(n, tx.balance_seed, "register_node.balance_seed")
+        # The modulus size and the seed's zero proof were checked with the tx's stateless checks
+        # (_check_registration_proof), in CheckTx and again here for a tx not seen before.
         if tx.bond < self._params.min_bond:
             raise OrderInvalid(f"register_node.bond {tx.bond} is below {self._params.min_bond}")
         view.set_map(
@@ -392,6 +783,7 @@ class LedgerApp:
                 "slashed": 0,
             },
         )
+        ctx.events.append(("node_registered", (("node", sender.hex()),)))
 
     def _node(self, view: _View, node: bytes, what: str) -> dict[str, Any]:
         rec = view.get_map(_node_key(node))
@@ -406,15 +798,29 @@ class LedgerApp:
         parties = order.parties()
         if sender not in parties:
             raise NotAuthorised(f"submitter {sender.hex()} is not a party of the order")
+        if order.order_id != derive_order_id(order):
+            raise OrderInvalid(
+                f"order_id {order.order_id.hex()} is not derived from the order's content "
+                f"(expected {derive_order_id(order).hex()})"
+            )
         if view.get(_order_key(order.order_id)) is not None:
             raise AlreadyExists(f"order {order.order_id.hex()} is already committed")
+        # Validators find a leg's HTLC by its chain terms, which name no ledger node: a copy of
+        # an honest order's legs under other node ids would be settled by the honest swap's
+        # locks and redeems (volume, importance and fee shares for nobody's money). One order
+        # per payment hash, ever (an honest swap never reuses one: its preimage is public).
+        if view.get(b"payhash/" + order.payment_hash) is not None:
+            raise AlreadyExists(
+                f"payment hash {order.payment_hash.hex()} is already used by another order"
+            )
         self._check_route(order, ctx)
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
         self._check_fees(view, order)
         for q in order.quotes:
-            view.set(b"quote_used/" + q.quote_id, order.order_id)
+            view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
+        view.set(b"payhash/" + order.payment_hash, order.order_id)
         view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
             _order_state_key(order.order_id),
@@ -491,8 +897,13 @@ class LedgerApp:
                 f"order {oid}: protocol_fee is {order.protocol_fee}, the rule gives {expected}"
             )
         hops = order.intermediaries()
-        if set(order.relays) & set(hops) or len(set(order.relays)) != len(order.relays):
-            raise FeeRuleViolated(f"order {oid}: relays must be distinct and hold no leg")
+        if set(order.relays) & {order.initiator, *hops} or len(set(order.relays)) != len(
+            order.relays
+        ):
+            raise FeeRuleViolated(
+                f"order {oid}: relays must be distinct and hold no leg (the initiator pays the "
+                "fee; it cannot relay its own order and take a share back)"
+            )
         wanted = {(h, QuoteRole.PROVIDER) for h in hops} | {
             (r, QuoteRole.RELAY) for r in order.relays
         }
@@ -502,12 +913,14 @@ class LedgerApp:
                 f"order {oid}: needs one provider quote per intermediary and one relay quote "
                 "per relay"
             )
-        ids = [q.quote_id for q in order.quotes]
-        if len(set(ids)) != len(ids):
-            raise FeeRuleViolated(f"order {oid}: quote ids repeat")
+        # Quote ids are the carrier's own (a fulfil's hash in the exchange layer), recorded per
+        # carrier: a stranger who copies one into its own order uses its own namespace and
+        # cannot block the honest order.
         for q in order.quotes:
-            if view.get(b"quote_used/" + q.quote_id) is not None:
-                raise AlreadyExists(f"quote {q.quote_id.hex()} was already used by an order")
+            if view.get(_quote_used_key(q.node, q.quote_id)) is not None:
+                raise AlreadyExists(
+                    f"quote {q.quote_id.hex()} of {q.node.hex()} was already used by an order"
+                )
             if q.fee_ct is not None:
                 node = self._node(view, q.node, "quote node")
                 n = privacy.from_bytes(node["paillier_n"])
@@ -523,36 +936,358 @@ class LedgerApp:
     }
 
     def _report(self, view: _View, ctx: _Ctx, sender: bytes, tx: ReportOutcome) -> None:
-        order, rec = _load_order(view, tx.order_id)
-        if tx.leg >= len(order.legs):
-            raise OutcomeInvalid(f"leg {tx.leg} does not exist (order has {len(order.legs)})")
-        route = [order.initiator, *order.intermediaries()]
-        if sender not in route:
-            reporter = view.get_map(_node_key(sender))
-            if reporter is None or not reporter["monitor"]:
-                raise NotAuthorised(
-                    f"reporter {sender.hex()} is neither on the route nor a registered monitor"
-                )
-        leg = rec["legs"][tx.leg]
-        if tx.outcome.value not in self._TRANSITIONS[leg["outcome"]]:
-            raise OutcomeInvalid(
-                f"leg {tx.leg} of order {tx.order_id.hex()} is {leg['outcome'] or 'open'}; "
-                f"it cannot become {tx.outcome.value}"
+        # Outcomes were once declared by route nodes and self-declared "monitors"; a declared
+        # outcome is worth nothing (a fake txid, a refund that never happened). They now come
+        # only from the validators' attestations (see _attestations).
+        raise NotAuthorised(
+            "report_outcome is no longer accepted: leg outcomes are attested by the validators' "
+            "own observation of the chains"
+        )
+
+    # -- attested outcomes -----------------------------------------------------------------------
+
+    def _attestations(self, view: _View, ctx: _Ctx, raw: bytes, *, first: bool) -> None:
+        """Apply the facts that validators with > 2/3 of the power attested at height - 1."""
+        if not first or view.get(b"meta/attested") == _enc(ctx.height):
+            raise NotAuthorised("an attestation tx must be the first tx of its block")
+        tx = attest.decode_attest_tx(raw)
+        validators = _validators_at(view.get(_K_VALIDATORS), ctx.height - 1)
+        if validators is None:  # solo: the producer's own observation, one vote of power 1
+            if tx.height != ctx.height - 1 or [v.validator for v in tx.votes] != [
+                attest.SOLO_ADDRESS
+            ]:
+                raise NotAuthorised("a solo attestation is the producer's single vote")
+            votes = [(1, tx.votes[0].extension)]
+            total = 1
+        else:
+            if not self.vote_extensions_enabled_at(ctx.height):
+                raise NotAuthorised("vote extensions are not enabled at this height")
+            attest.check_attest_tx(
+                tx,
+                expected_height=ctx.height - 1,
+                chain_id=str(_dec(view.get(_K_CHAIN_ID) or _enc(""))),
+                validators=validators,
             )
-        if leg["outcome"] is None or tx.outcome is LegOutcome.LOCKED:
+            votes = [(validators[v.validator].power, v.extension) for v in tx.votes]
+            total = sum(v.power for v in validators.values())
+        view.set(b"meta/attested", _enc(ctx.height))
+        facts, bond_facts = attest.tally(votes, total)
+        for fact in facts:
+            self._set_outcome(view, ctx, fact)
+        for bond in bond_facts:
+            self._set_bond(view, ctx, bond)
+
+    def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
+        """An attested bond-vault balance: the only bond importance counts. A balance lower
+        than the last one (a slash or release executed on the vault) first pays off the
+        slashes the ledger decided but the vault had not executed yet."""
+        rec = view.get_map(_node_key(fact.node))
+        if rec is None or fact.chain_height < rec.get("bond_height", 0):
+            return  # unknown node, or a view older than the one already counted
+        prev = rec.get("bond_locked", 0)
+        if fact.amount < prev:
+            rec["slash_pending"] = max(0, rec.get("slash_pending", 0) - (prev - fact.amount))
+        rec["bond_locked"] = fact.amount
+        rec["bond_height"] = fact.chain_height
+        view.set_map(_node_key(fact.node), rec)
+        ctx.events.append(
+            ("bond_attested", (("node", fact.node.hex()), ("amount", str(fact.amount))))
+        )
+
+    # -- validator keys and bond decisions -----------------------------------------------------
+
+    def _register_validator_key(
+        self, view: _View, ctx: _Ctx, sender: bytes, tx: RegisterValidatorKey
+    ) -> None:
+        validators = _validators_at(view.get(_K_VALIDATORS), ctx.height + 2) or {}
+        self._node(view, sender, "validator's node")
+        addr = attest.validator_address(tx.consensus_key)
+        if view.get(b"valkey/" + addr) is not None:
+            raise AlreadyExists(f"validator {addr.hex()} already registered its key")
+        if addr not in validators or validators[addr].pub_key != tx.consensus_key:
+            raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
+        if view.get(b"nodeval/" + sender) is not None:
+            # one bond backs one validator: two validators on one node would count it twice
+            raise AlreadyExists(f"node {sender.hex()} already backs a validator")
+        if view.get(b"valeth/" + tx.eth_address) is not None:
+            # one Ethereum key per validator: a key shared by two would sign with both powers,
+            # and a vault set listing an address twice is refused by update_valset for good
+            raise AlreadyExists(f"{tx.eth_address.hex()} is already another validator's key")
+        verify_ed25519(
+            tx.consensus_key,
+            tx.consensus_sig,
+            bonds.valkey_consensus_message(tx.eth_address, sender),
+            "register_validator_key.consensus_sig",
+        )
+        if bonds.recover_address(tx.eth_sig, bonds.valkey_eth_digest(tx.consensus_key)) != (
+            tx.eth_address
+        ):
+            raise NotAuthorised("register_validator_key.eth_sig is not by eth_address's key")
+        view.set(b"valkey/" + addr, tx.eth_address)
+        view.set(b"valnode/" + addr, sender)
+        view.set(b"nodeval/" + sender, addr)
+        view.set(b"valeth/" + tx.eth_address, addr)
+
+    def _unbond(self, view: _View, ctx: _Ctx, sender: bytes, tx: Unbond) -> None:
+        rec = self._node(view, sender, "unbonding node")
+        key = b"unbond/" + sender
+        pending = view.get_map(key)
+        if tx.seq != rec.get("unbonds", 0):
+            raise OrderInvalid(f"unbond.seq must be {rec.get('unbonds', 0)}, got {tx.seq}")
+        if pending is None:
+            if tx.amount > _effective_bond(rec):
+                raise OrderInvalid(
+                    f"unbond.amount {tx.amount} exceeds the attested bond {_effective_bond(rec)}"
+                )
+            view.set_map(key, {"amount": tx.amount, "at": ctx.time, "payout": tx.payout})
+            rec["unbonding"] = tx.amount
+            view.set_map(_node_key(sender), rec)
+            ctx.events.append(("unbonding", (("node", sender.hex()), ("amount", str(tx.amount)))))
+            return
+        ready = pending["at"] + self._params.unbond_delay
+        if tx.amount != pending["amount"] or tx.payout != pending["payout"]:
+            raise OrderInvalid(
+                f"an unbond of {pending['amount']} to 0x{pending['payout'].hex()} is already "
+                "pending"
+            )
+        if ctx.time < ready:
+            raise OrderInvalid(f"the unbond of {tx.amount} can be released from {ready}")
+        amount = min(tx.amount, _slashable_bond(rec))  # slashes in the meantime come first
+        rec["unbonding"] = 0
+        rec["unbonds"] = rec.get("unbonds", 0) + 1
+        rec["slash_pending"] = rec.get("slash_pending", 0) + amount
+        view.set_map(_node_key(sender), rec)
+        view.delete(key)
+        if amount:
+            did = bonds.decision_id(b"release/" + sender + _enc(ctx.height))
+            view.set_map(
+                b"decision/" + did,
+                {
+                    "kind": "release",
+                    "node": sender,
+                    "amount": amount,
+                    "recipient": "0x" + tx.payout.hex(),
+                    "height": ctx.height,
+                },
+            )
+            ctx.events.append(
+                (
+                    "bond_decision",
+                    (("id", did.hex()), ("node", sender.hex()), ("amount", str(amount))),
+                )
+            )
+
+    def _decide_slash(
+        self, view: _View, ctx: _Ctx, evidence_id: bytes, node: bytes, amount: int
+    ) -> None:
+        """Record a slash for the validators to sign and a relayer to execute on the vault."""
+        did = bonds.decision_id(evidence_id)
+        view.set_map(
+            b"decision/" + did,
+            {
+                "kind": "slash",
+                "node": node,
+                "amount": amount,
+                "recipient": self._params.slash_recipient,
+                "height": ctx.height,
+            },
+        )
+        ctx.events.append(
+            ("bond_decision", (("id", did.hex()), ("node", node.hex()), ("amount", str(amount))))
+        )
+
+    def _set_outcome(self, view: _View, ctx: _Ctx, fact: Observation) -> None:
+        """One attested fact; one that no longer applies (order final, leg already there, a
+        transition the HTLC cannot make) changes nothing."""
+        try:
+            order, rec = _load_order(view, fact.order_id)
+        except NotFound:
+            return
+        if fact.leg >= len(order.legs) or rec["status"] != "committed":
+            return
+        leg = rec["legs"][fact.leg]
+        if fact.outcome.value not in self._TRANSITIONS[leg["outcome"]]:
+            return
+        if leg["outcome"] is None or fact.outcome is LegOutcome.LOCKED:
             leg["locked_at"] = ctx.time
-        leg["outcome"] = tx.outcome.value
-        leg["txid"] = tx.txid
+        leg["outcome"] = fact.outcome.value
+        leg["txid"] = fact.txid
         leg["at"] = ctx.time
+        leg["chain_height"] = fact.chain_height
+        ctx.events.append(
+            (
+                "leg_outcome",
+                (
+                    ("order_id", fact.order_id.hex()),
+                    ("leg", str(fact.leg)),
+                    ("outcome", fact.outcome.value),
+                    ("txid", fact.txid),
+                ),
+            )
+        )
         outcomes = [x["outcome"] for x in rec["legs"]]
-        if rec["status"] == "committed":
-            if all(o == "redeemed" for o in outcomes):
-                rec["status"] = "settled"
-                self._settle(view, ctx, order)
-            elif tx.outcome is LegOutcome.REFUNDED:
-                rec["status"] = "failed"
-                self._fail(view, ctx, order)
-        view.set_map(_order_state_key(tx.order_id), rec)
+        if all(o == "redeemed" for o in outcomes):
+            rec["status"] = "settled"
+            self._settle(view, ctx, order)
+        elif fact.outcome is LegOutcome.REFUNDED:
+            rec["status"] = "failed"
+            self._fail(view, ctx, order)
+        view.set_map(_order_state_key(fact.order_id), rec)
+
+    def _note_events(self, events: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
+        # Kept until the block's Commit (dropped with a rolled-back finalization).
+        self._block_events += events
+
+    def _index_committed(self) -> None:
+        # The in-memory sorted lists ExtendVote windows over, kept exact by the events of each
+        # committed block's txs: the open (committed, unfinished) orders and the registered nodes.
+        events, self._block_events = self._block_events, []
+        if self._open is None and self._nodes is None:
+            return
+        for kind, attrs in events:
+            if kind == "order_committed" and self._open is not None:
+                _insort(self._open, bytes.fromhex(attrs[0][1]))
+            elif kind in ("order_settled", "order_failed") and self._open is not None:
+                _remove_sorted(self._open, bytes.fromhex(attrs[0][1]))
+            elif kind == "node_registered" and self._nodes is not None:
+                _insort(self._nodes, bytes.fromhex(attrs[0][1]))
+
+    def _open_orders(self) -> list[bytes]:
+        if self._open is None:
+            self._open = sorted(
+                k[len(b"order_state/") :]
+                for k, v in self.store.scan_committed(b"order_state/")
+                if _dec(v)["status"] == "committed"
+            )
+        return self._open
+
+    def pending_legs(self) -> list[LegRef]:
+        """Legs whose outcome can still change, of committed unfinished orders (committed
+        state: what ExtendVote observes). At most ``MAX_OBSERVED_ORDERS`` orders per height: a
+        window over the open orders by id, rotating with the committed height, so every honest
+        validator derives the same window from the same state and their facts agree. Only the
+        window's orders are read: the work per height is bounded however many are open."""
+        open_orders: list[tuple[bytes, dict[str, Any]]] = []
+        for oid in _window(self._open_orders(), self.store.height):
+            state_raw = self.store.get_committed(_order_state_key(oid))
+            if state_raw is None:
+                continue
+            state = _dec(state_raw)
+            if state["status"] == "committed":
+                open_orders.append((oid, state))
+        refs = []
+        for oid, state in open_orders:
+            raw = self.store.get_committed(_order_key(oid))
+            if raw is None:
+                continue
+            order = SettlementOrder.from_map(_dec(raw))
+            for i, leg in enumerate(order.legs):
+                if state["legs"][i]["outcome"] in (None, "locked"):
+                    refs.append(LegRef(oid, i, leg, order.payment_hash))
+        return refs
+
+    def extend_vote(self) -> bytes:
+        """This validator's vote extension: what its observer sees of pending legs that
+        differs from the ledger's record (at most ``MAX_OBSERVATIONS``, in order-id order, so
+        honest validators pick the same facts)."""
+        if self.observer is None:
+            return b""
+        seen: list[Observation] = []
+        for ref in self.pending_legs():
+            try:
+                obs = self.observer.observe(ref)
+            except Exception:  # an observer failing is "saw nothing", never a crash
+                obs = None
+            if obs is None or (obs.order_id, obs.leg) != (ref.order_id, ref.index):
+                continue
+            state = _dec(self.store.get_committed(_order_state_key(ref.order_id)) or _enc({}))
+            if state.get("legs", [{}])[ref.index].get("outcome") == obs.outcome.value:
+                continue
+            seen.append(obs)
+            if len(seen) >= MAX_OBSERVATIONS:
+                break
+        return encode_extension(seen, self._bond_observations())
+
+    def _bond_observations(self) -> list[BondObservation]:
+        """Vault balances that differ from the ledger's attested record, for a window of
+        registered nodes rotating with the height (same window on every honest validator)."""
+        if self._nodes is None:
+            self._nodes = [k[len(b"node/") :] for k, _ in self.store.scan_committed(b"node/")]
+        nodes = _window(self._nodes, self.store.height)
+        out: list[BondObservation] = []
+        observe = getattr(self.observer, "observe_bond", None)
+        if observe is None:
+            return out
+        for node in nodes:
+            raw = self.store.get_committed(_node_key(node))
+            if raw is None:
+                continue
+            try:
+                seen = observe(node)
+            except Exception:  # an observer failing is "saw nothing", never a crash
+                seen = None
+            if not isinstance(seen, BondObservation) or seen.node != node:
+                continue
+            rec = _dec(raw)
+            if seen.amount == rec.get("bond_locked", 0) or seen.chain_height < rec.get(
+                "bond_height", 0
+            ):
+                continue
+            out.append(seen)
+            if len(out) >= MAX_OBSERVATIONS:
+                break
+        return out
+
+    @staticmethod
+    def verify_vote_extension(raw: bytes) -> bool:
+        """Structure only (deterministic): an honest validator may see the chains differently
+        from this one; what counts is decided by the tally."""
+        try:
+            decode_extension(raw)
+        except KofoError:
+            return False
+        return True
+
+    def vote_extensions_enabled_at(self, height: int) -> bool:
+        """Whether block ``height`` must carry the extended commit of ``height - 1``."""
+        raw = self.store.get_committed(_K_VE_HEIGHT)
+        ve = 0 if raw is None else int(_dec(raw))
+        return ve > 0 and height - 1 >= ve
+
+    def solo_attestation(self, height: int) -> bytes:
+        """Solo mode: the attestation tx of the producer's own observation, for block
+        ``height`` (facts seen on the state committed at ``height - 1``)."""
+        vote = attest.Vote(attest.SOLO_ADDRESS, self.extend_vote(), b"")
+        return attest.encode_attest_tx(attest.AttestTx(height - 1, 0, (vote,)))
+
+    def check_proposal(self, height: int, txs: Sequence[bytes]) -> str | None:
+        """ProcessProposal: why the proposal must be rejected, or None. A block past the vote
+        extensions' first height must start with a valid attestation tx, and no other tx may
+        be one; every ordinary tx is judged when the block is finalized."""
+        if any(attest.is_attest_tx(t) for t in txs[1:]):
+            return "an attestation tx after the first position"
+        if not self.vote_extensions_enabled_at(height):
+            return (
+                "an attestation tx before vote extensions"
+                if txs and attest.is_attest_tx(txs[0])
+                else None
+            )
+        if not txs or not attest.is_attest_tx(txs[0]):
+            return "the block lacks the previous height's attestations"
+        validators = _validators_at(self.store.get_committed(_K_VALIDATORS), height - 1)
+        if validators is None:
+            return "no validator set"
+        try:
+            tx = attest.decode_attest_tx(txs[0])
+            attest.check_attest_tx(
+                tx,
+                expected_height=height - 1,
+                chain_id=str(_dec(self.store.get_committed(_K_CHAIN_ID) or _enc(""))),
+                validators=validators,
+            )
+        except KofoError as exc:
+            return str(exc)
+        return None
 
     def _bump_stats(
         self, view: _View, ctx: _Ctx, node: bytes, *, settled: bool, volume: int
@@ -590,6 +1325,8 @@ class LedgerApp:
             n = privacy.from_bytes(rec["paillier_n"])
             key = _bal_key(node, asset)
             view.set(key, privacy.add_plain(n, view.get(key) or rec["seed"], amount))
+            # The public twin of the encrypted balance: withdrawals can never exceed it.
+            _int_add(view, _credited_key(node, asset), amount)
         received = {leg.recipient: leg.asset for leg in order.legs}
         for q in order.quotes:
             if q.role is QuoteRole.PROVIDER:
@@ -611,35 +1348,54 @@ class LedgerApp:
     # -- FileEvidence --------------------------------------------------------------------------
 
     def _evidence(self, view: _View, ctx: _Ctx, sender: bytes, tx: FileEvidence) -> None:
-        reporter = self._node(view, sender, "evidence reporter")
+        # Evidence is judged against facts the ledger itself holds: leg outcomes attested by
+        # the validators, takes recorded in a block before the quote expired. Who files it
+        # only matters for takes (the taker's own); the "monitor" flag carries no power.
+        self._node(view, sender, "evidence reporter")
         p = self._params
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
             assert tx.order_id is not None and tx.leg is not None  # guaranteed by the parser
-            eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             order, rec = _load_order(view, tx.order_id)
             if tx.leg >= len(order.legs):
                 raise EvidenceInvalid(f"leg {tx.leg} does not exist")
-            if not reporter["monitor"] and sender not in order.parties():
-                raise NotAuthorised(f"{sender.hex()} is neither a monitor nor a party")
+            eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             leg = order.legs[tx.leg]
-            if ctx.time <= leg.lock_by:
+            # A lock is "in time" if the validators attested it by lock_by + attest_grace: the
+            # ledger sees a lock only after its confirmations and a height, so judging by
+            # lock_by itself would slash a sender who locked just before it.
+            grace = p.attest_grace
+            if ctx.time <= leg.lock_by + grace:
                 raise EvidenceInvalid(
-                    f"legs[{tx.leg}].lock_by {leg.lock_by} has not passed (block time {ctx.time})"
+                    f"legs[{tx.leg}] is judged after lock_by {leg.lock_by} + attest_grace "
+                    f"{grace} (block time {ctx.time})"
                 )
             locked_at = rec["legs"][tx.leg].get("locked_at")
-            if locked_at is not None and locked_at <= leg.lock_by:
-                raise EvidenceInvalid(f"legs[{tx.leg}] was reported locked at {locked_at}")
+            if locked_at is not None and locked_at <= leg.lock_by + grace:
+                raise EvidenceInvalid(f"legs[{tx.leg}] was attested locked at {locked_at}")
+            for j in range(tx.leg):
+                before = rec["legs"][j].get("locked_at")
+                if before is None or before > order.legs[j].lock_by + grace:
+                    raise EvidenceInvalid(
+                        f"legs[{j}] was not attested locked by its lock_by "
+                        f"{order.legs[j].lock_by} + attest_grace {grace}: legs[{tx.leg}]'s "
+                        "sender was right not to lock"
+                    )
             offender = leg.sender
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
             assert tx.quote is not None and tx.take is not None
             assert tx.quote_sig is not None and tx.take_sig is not None
-            if not reporter["monitor"]:
-                raise NotAuthorised(f"{sender.hex()} is not a registered monitor")
             quote, take = tx.quote, tx.take
-            eid = b"evidence/qnh/" + quote.quote_id
+            if quote.quote_id != derive_quote_id(quote):
+                raise EvidenceInvalid("quote.quote_id is not derived from the quote's content")
             verify_ed25519(quote.provider, tx.quote_sig, quote.signing_bytes(), "quote")
             verify_ed25519(take.taker, tx.take_sig, take.signing_bytes(), "take")
+            if sender != take.taker:
+                raise NotAuthorised("only the taker itself may file its take of a quote")
+            if take.taker == quote.provider:
+                raise EvidenceInvalid("a provider cannot take its own quote")
+            if quote.taker not in (bytes(32), take.taker):
+                raise EvidenceInvalid(f"the quote was given to {quote.taker.hex()}, not the taker")
             self._node(view, take.taker, "taker")
             if take.quote_id != quote.quote_id:
                 raise EvidenceInvalid("the take is for another quote")
@@ -647,21 +1403,51 @@ class LedgerApp:
                 raise EvidenceInvalid(
                     f"take at {take.ts} came after the quote expired at {quote.valid_until}"
                 )
+            take_key = b"take/" + quote.provider + quote.quote_id
+            recorded = view.get_map(take_key)
+            if ctx.time <= quote.valid_until:
+                # The take's time is the block's, never the taker's word: recorded now, judged
+                # after the honour grace (so a back-dated take of an expired quote is refused).
+                if recorded is not None:
+                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+                view.set_map(take_key, {"taker": take.taker, "at": ctx.time})
+                ctx.events.append(
+                    (
+                        "take_recorded",
+                        (("provider", quote.provider.hex()), ("quote_id", quote.quote_id.hex())),
+                    )
+                )
+                return
+            if recorded is None or recorded["taker"] != take.taker:
+                raise EvidenceInvalid(
+                    "no take of this quote by this taker was recorded on the ledger before "
+                    f"the quote expired at {quote.valid_until}"
+                )
             if ctx.time <= quote.valid_until + p.honour_grace:
                 raise EvidenceInvalid(
                     f"the provider has until {quote.valid_until + p.honour_grace} to honour it"
                 )
-            if view.get(b"quote_used/" + quote.quote_id) is not None:
-                raise EvidenceInvalid(f"quote {quote.quote_id.hex()} was honoured by an order")
+            used = view.get(_quote_used_key(quote.provider, quote.quote_id))
+            if used is not None:
+                honoured, _ = _load_order(view, used)
+                if take.taker in honoured.parties():
+                    raise EvidenceInvalid(
+                        f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
+                    )
+            eid = b"evidence/qnh/" + quote.provider + quote.quote_id
             offender = quote.provider
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
         if view.get(eid) is not None:
             raise AlreadyExists("this evidence was already filed")
         view.set(eid, encode({"height": ctx.height, "reporter": sender}))
         rec = self._node(view, offender, "offender")
-        slash = rec["bond"] * slash_bps // 10_000
-        rec["bond"] -= slash
+        # The bond is what validators attested locked in the vault, less slashes already
+        # decided; the slash becomes a decision executed on the vault by their signatures.
+        slash = _slashable_bond(rec) * slash_bps // 10_000
+        rec["slash_pending"] = rec.get("slash_pending", 0) + slash
         rec["slashed"] += slash
+        if slash:
+            self._decide_slash(view, ctx, eid, offender, slash)
         rec["penalty_points"] += points
         rec["points"] = max(0, rec["points"] - points)
         view.set_map(_node_key(offender), rec)
@@ -673,22 +1459,52 @@ class LedgerApp:
     # -- WithdrawFees --------------------------------------------------------------------------
 
     def _withdraw(self, view: _View, ctx: _Ctx, sender: bytes, tx: WithdrawFees) -> None:
+        """Pay out the node's whole fee balance in ``tx.asset``.
+
+        Money can come only from what the ledger itself credited: the reveal must re-encrypt the
+        recorded balance, the amount is below ``n`` (so ``m + k*n`` cannot pass for ``m``) and at
+        most the public credited total minus what was already paid, ``seq`` is the next
+        withdrawal number (no replay), and the new seed is proven to encrypt 0."""
         rec = self._node(view, sender, "withdrawing node")
         key = _bal_key(sender, tx.asset)
         ct = view.get(key)
         if ct is None:
             raise WithdrawalInvalid(f"no fee balance in {tx.asset!r} for {sender.hex()}")
+        seq_key = _withdrawals_key(sender, tx.asset)
+        done = _int_get(view, seq_key)
+        if tx.seq != done:
+            raise WithdrawalInvalid(
+                f"withdraw_fees.seq must be {done} (the withdrawals made in {tx.asset!r}), "
+                f"got {tx.seq}: a withdrawal is applied once"
+            )
         n = privacy.from_bytes(rec["paillier_n"])
+        available = _int_get(view, _credited_key(sender, tx.asset)) - _int_get(
+            view, _withdrawn_key(sender, tx.asset)
+        )
+        if tx.amount >= n or tx.amount > available:
+            raise WithdrawalInvalid(
+                f"withdraw_fees.amount {show_int(tx.amount)} exceeds the {available} the ledger "
+                f"credited to {sender.hex()} in {tx.asset!r} and has not paid out"
+            )
+        if tx.new_seed == ct:
+            raise WithdrawalInvalid("withdraw_fees.new_seed must be a fresh encryption of 0")
         if not privacy.verify_reveal(n, ct, tx.amount, tx.randomness):
             raise WithdrawalInvalid(
                 f"withdraw_fees.amount {tx.amount} with the given randomness does not "
                 "re-encrypt to the recorded balance"
             )
-        privacy.check_ciphertext(n, tx.new_seed, "withdraw_fees.new_seed")
+        privacy.verify_zero(
+            n,
+            tx.new_seed,
+            tx.new_seed_proof,
+            privacy.withdraw_context(sender, tx.asset, tx.seq),
+            "withdraw_fees.new_seed",
+        )
         view.set(key, tx.new_seed)
         rec["seed"] = tx.new_seed
         view.set_map(_node_key(sender), rec)
-        _int_add(view, b"withdrawn/" + sender + b"/" + tx.asset.encode(), tx.amount)
+        view.set(seq_key, _enc(done + 1))
+        _int_add(view, _withdrawn_key(sender, tx.asset), tx.amount)
         ctx.events.append(
             (
                 "payout",
@@ -701,65 +1517,107 @@ class LedgerApp:
             )
         )
 
-    # -- queries (read committed + finalized state; never change it) ---------------------------
+    # -- queries (read the committed state only; never change it) -----------------------------
 
     def node(self, node: bytes) -> dict[str, Any] | None:
-        raw = self.store.get(_node_key(node))
+        raw = self.store.get_committed(_node_key(node))
         return None if raw is None else dict(decode(raw))
 
     def order(self, order_id: bytes) -> dict[str, Any] | None:
         """``{"order": <the order's map>, "status", "height", "legs"}``, or None."""
-        raw = self.store.get(_order_key(order_id))
-        state = self.store.get(_order_state_key(order_id))
+        raw = self.store.get_committed(_order_key(order_id))
+        state = self.store.get_committed(_order_state_key(order_id))
         if raw is None or state is None:
             return None
         return {"order": decode(raw), **decode(state)}
 
     def balance_ciphertext(self, node: bytes, asset: str) -> bytes | None:
         """The node's withdrawable fee balance in ``asset`` (Paillier, under its key)."""
-        return self.store.get(_bal_key(node, asset))
+        return self.store.get_committed(_bal_key(node, asset))
 
     def earned_ciphertext(self, node: bytes, asset: str) -> bytes | None:
         """The node's own (private) quote fees in ``asset``, summed."""
-        return self.store.get(_earned_key(node, asset))
+        return self.store.get_committed(_earned_key(node, asset))
+
+    def decision(self, decision_id: bytes) -> dict[str, Any]:
+        """A bond decision and, when the vault is configured, the digest validators sign."""
+        raw = self.store.get_committed(b"decision/" + decision_id)
+        if raw is None:
+            raise NotFound(f"decision {decision_id.hex()} does not exist")
+        rec = dict(decode(raw))
+        vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
+        if vault is not None and rec["recipient"]:
+            recipient = bytes.fromhex(rec["recipient"].removeprefix("0x"))
+            digest = bonds.release_digest if rec["kind"] == "release" else bonds.slash_digest
+            rec["digest"] = digest(vault, rec["node"], rec["amount"], recipient, decision_id)
+        return rec
+
+    def validators_at(self, height: int) -> dict[bytes, Validator]:
+        """The validator set (by address) whose votes at ``height`` this ledger counts."""
+        return _validators_at(self.store.get_committed(_K_VALIDATORS), height) or {}
+
+    def valset_decision(self, nonce: int) -> dict[str, Any]:
+        """The validator set the vault should move to (``update_valset``), by nonce."""
+        raw = self.store.get_committed(b"valset_decision/" + nonce.to_bytes(8, "big"))
+        if raw is None:
+            raise NotFound(f"valset decision {nonce} does not exist")
+        rec = dict(decode(raw))
+        vault = bonds.Vault.parse(self._params.bond_vault_chain_id, self._params.bond_vault_address)
+        if vault is not None:
+            rec["digest"] = bonds.valset_digest(
+                vault, nonce, rec["validators"], rec["powers"], rec["unkeyed_power"]
+            )
+        return rec
+
+    def validator_keys(self) -> dict[bytes, bytes]:
+        """Registered secp256k1 keys: validator address -> Ethereum address."""
+        return {k[len(b"valkey/") :]: v for k, v in self.store.scan_committed(b"valkey/")}
 
     def foundation_balance(self, asset: str) -> int:
-        raw = self.store.get(b"foundation/" + asset.encode())
+        raw = self.store.get_committed(b"foundation/" + asset.encode())
         return 0 if raw is None else int(decode(raw))
 
     def fees_collected(self, asset: str) -> int:
-        raw = self.store.get(b"fees_collected/" + asset.encode())
+        raw = self.store.get_committed(b"fees_collected/" + asset.encode())
         return 0 if raw is None else int(decode(raw))
 
     def tx_count(self) -> int:
-        raw = self.store.get(_K_TXCOUNT)
+        raw = self.store.get_committed(_K_TXCOUNT)
         return 0 if raw is None else int(decode(raw))
 
-    def importance(self, node: bytes) -> int:
+    def bond(self, node: bytes) -> int:
+        """The node's bond as the ledger counts it: attested locked in the vault, less
+        slashes decided and not yet executed there (0 for an unknown node)."""
         rec = self.node(node)
-        return 0 if rec is None else self._score(rec)
+        return 0 if rec is None else _effective_bond(rec)
 
-    def _score(self, rec: dict[str, Any]) -> int:
-        stats = NodeStats(
-            rec["volume"],
-            rec["volume_height"],
-            rec["settled"],
-            rec["failed"],
-            rec["bond"],
-            rec["penalty_points"],
-        )
+    def importance(self, node: bytes) -> int:
+        return self._ranking().importance(node, self.store.height)
+
+    def _stats_score(self, stats: NodeStats, height: int) -> int:
         return score(
             stats,
-            self.store.height,
+            height,
             half_life=self._params.importance_half_life,
             penalty_weight=self._params.penalty_weight,
         )
 
+    def _score(self, rec: dict[str, Any]) -> int:
+        return self._stats_score(_stats(rec), self.store.height)
+
+    def _ranking(self) -> Ranking:
+        if self._rank is None:
+            self._rank = Ranking(self._stats_score)
+            self._rank.load(
+                (k[len(_NODE_PREFIX) :], _stats(_dec(v)))
+                for k, v in self.store.scan_committed(_NODE_PREFIX)
+            )
+        return self._rank
+
     def ranked_nodes(self, limit: int = 100) -> list[tuple[bytes, int]]:
-        """Nodes by importance, best first (ties by node id), at the committed height."""
-        scored = [(k[5:], self._score(decode(v))) for k, v in self.store.scan(b"node/")]
-        scored.sort(key=lambda t: (-t[1], t[0]))
-        return scored[:limit]
+        """Nodes by importance, best first (ties by node id), at the committed height; at
+        most :data:`MAX_RANKED` (see :mod:`kofo.clearance.ranking`)."""
+        return self._ranking().top(limit, self.store.height)
 
     def rank_routes(self, routes: Sequence[Sequence[bytes]]) -> list[tuple[int, int]]:
         """(route index, score) best first; a route scores as its weakest node."""
@@ -768,35 +1626,75 @@ class LedgerApp:
 
     def query(self, path: str, data: bytes) -> bytes:
         """The ABCI query face: ``path`` names the query, ``data`` is its canonical-CBOR
-        argument; the answer is canonical CBOR. Raises :class:`NotFound`."""
+        argument; the answer is canonical CBOR. Raises :class:`NotFound` (unknown path or
+        nothing there) or :class:`InvalidInput` (an argument of the wrong shape, named)."""
         arg = decode(data) if data else None
-        if path == "/node" and isinstance(arg, bytes):
-            rec = self.node(arg)
+        if path == "/node":
+            node = _arg_bytes(arg, NODE_ID_SIZE, "/node: the node id")
+            rec = self.node(node)
             if rec is None:
-                raise NotFound(f"node {arg.hex()} is not registered")
+                raise NotFound(f"node {node.hex()} is not registered")
             rec["importance"] = self._score(rec)
             return encode(rec)
-        if path == "/order" and isinstance(arg, bytes):
-            order = self.order(arg)
+        if path == "/order":
+            order_id = _arg_bytes(arg, ORDER_ID_SIZE, "/order: the order id")
+            order = self.order(order_id)
             if order is None:
-                raise NotFound(f"order {arg.hex()} is not committed")
+                raise NotFound(f"order {order_id.hex()} is not committed")
             return encode(order)
         if path == "/importance":
-            limit = arg if isinstance(arg, int) else 100
+            limit = 100 if arg is None else arg
+            if type(limit) is not int or not 1 <= limit <= MAX_RANKED:
+                raise InvalidInput(f"/importance: the limit must be an integer 1..{MAX_RANKED}")
             return encode([[n, s] for n, s in self.ranked_nodes(limit)])
-        if path == "/rank_routes" and isinstance(arg, list):
-            return encode([[i, s] for i, s in self.rank_routes(arg)])
-        if path == "/balance" and isinstance(arg, dict):
-            node, asset = arg.get("node"), arg.get("asset")
-            if isinstance(node, bytes) and isinstance(asset, str):
-                return encode(
-                    {
-                        "balance": self.balance_ciphertext(node, asset),
-                        "earned": self.earned_ciphertext(node, asset),
-                    }
-                )
-        if path == "/foundation" and isinstance(arg, str):
-            return encode(self.foundation_balance(arg))
+        if path == "/rank_routes":
+            return encode([[i, s] for i, s in self.rank_routes(_arg_routes(arg))])
+        if path == "/balance":
+            if type(arg) is not dict or arg.keys() != {"node", "asset"}:
+                raise InvalidInput("/balance: the argument is a map {node, asset}")
+            node = _arg_bytes(arg["node"], NODE_ID_SIZE, "/balance: node")
+            asset = _arg_str(arg["asset"], "/balance: asset")
+            return encode(
+                {
+                    "balance": self.balance_ciphertext(node, asset),
+                    "earned": self.earned_ciphertext(node, asset),
+                }
+            )
+        if path == "/foundation":
+            return encode(self.foundation_balance(_arg_str(arg, "/foundation: the asset")))
         if path == "/params":
             return encode(self._params.as_map())
-        raise NotFound(f"unknown query {path!r} (or bad argument)")
+        if path == "/decision":
+            return encode(self.decision(_arg_bytes(arg, 32, "/decision: the decision id")))
+        if path == "/validator_keys":
+            if arg is not None:
+                raise InvalidInput("/validator_keys takes no argument")
+            return encode([[a, e] for a, e in self.validator_keys().items()])
+        raise NotFound(f"unknown query path {path[:64]!r}")
+
+
+MAX_QUERY_ROUTES = 64
+"""Most routes one /rank_routes query ranks (each of at most ``MAX_LEGS`` nodes)."""
+
+
+def _arg_bytes(arg: object, size: int, what: str) -> bytes:
+    if type(arg) is not bytes or len(arg) != size:
+        raise InvalidInput(f"{what} must be {size} bytes")
+    return arg
+
+
+def _arg_str(arg: object, what: str) -> str:
+    if type(arg) is not str or not 0 < len(arg) <= 256:
+        raise InvalidInput(f"{what} must be a string of 1..256 characters")
+    return arg
+
+
+def _arg_routes(arg: object) -> list[list[bytes]]:
+    if type(arg) is not list or not 0 < len(arg) <= MAX_QUERY_ROUTES:
+        raise InvalidInput(f"/rank_routes: the argument is a list of 1..{MAX_QUERY_ROUTES} routes")
+    for i, route in enumerate(arg):
+        if type(route) is not list or not 0 < len(route) <= MAX_LEGS:
+            raise InvalidInput(f"/rank_routes: route {i} must be a list of 1..{MAX_LEGS} node ids")
+        for node in route:
+            _arg_bytes(node, NODE_ID_SIZE, f"/rank_routes: route {i}'s node ids")
+    return arg

@@ -54,6 +54,18 @@ class WithdrawalInvalid(LedgerRejected):
     code = "withdrawal_invalid"
 
 
+class InternalError(LedgerRejected):
+    """An input hit a bug in the app: the tx (or query) is refused, the validator keeps going."""
+
+    code = "internal_error"
+
+
+class RateLimited(LedgerRejected):
+    """The sender sent more txs than its share (per block, or this node's mempool budget)."""
+
+    code = "rate_limited"
+
+
 ABCI_CODES: dict[str, int] = {
     "bad_encoding": 2,
     "bad_message": 3,
@@ -69,6 +81,8 @@ ABCI_CODES: dict[str, int] = {
     "withdrawal_invalid": 13,
     "bad_ciphertext": 14,
     "invalid_input": 15,
+    "internal_error": 16,
+    "rate_limited": 17,
     "ledger_rejected": 1,
 }
 """ABCI result code per error code; 0 is success. Never renumber: results are in the chain."""

@@ -30,8 +30,11 @@ class LedgerParams:
     """Each leg must expire at least an hour (unix seconds) after the next one: time for the
     next party to see the secret on one chain and get a redeem confirmed on the other — six
     Bitcoin blocks on average, the slowest chain we route."""
-    min_paillier_bits: int = 2_048
-    """Paillier moduli below 2048 bits are factorable in reach of a determined adversary."""
+    paillier_bits: tuple[int, ...] = (2_048, 3_072)
+    """The Paillier modulus sizes a node may register, exactly. Below 2048 bits a modulus is
+    factorable in reach of a determined adversary; above 3072 each proof and reveal a validator
+    checks costs more (a 8192-bit modulus made one refused withdrawal cost ~5.6 s of CPU) for no
+    security anyone needs before 2030 (NIST SP 800-57: 3072 bits is good past it)."""
     min_bond: int = 0
     bond_asset: str = "kofo"
     early_tx_limit: int = 10_000_000
@@ -46,6 +49,13 @@ class LedgerParams:
     slash_bps_quote: int = 200
     """2 % of bond for a quote not honoured (a false order-book price)."""
     penalty_points_quote: int = 50
+    attest_grace: int = 1_800
+    """Seconds (block time) after a leg's ``lock_by`` for its lock to be confirmed on its chain
+    and attested by the validators (a height or two): ``leg_not_locked`` is judged only after
+    ``lock_by + attest_grace``, and a lock attested by then counts as in time. Without it an
+    honest sender who locked just before ``lock_by`` was slashed by evidence filed in the first
+    block after it, before its lock could be attested. Set it above the slowest routed chain's
+    confirmation time plus a few ledger heights."""
     honour_grace: int = 300
     """A provider has five minutes (block time) after its quote's validity to get the order
     committed before a take of it counts as not honoured: room for a few rounds of signing."""
@@ -54,12 +64,52 @@ class LedgerParams:
     penalty_weight: int = 10
     """Importance lost per penalty point, in volume units."""
     volume_units: dict[str, int] = field(default_factory=_default_volume_units)
+    max_txs_per_sender_per_block: int = 1_000
+    """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
+    few orders a second; a thousand per block is far above that and still bounds a spammer."""
+    max_registrations_per_block: int = 20
+    """Registrations carry a zero proof (one modular power mod n^2: ~55 ms of CPU at 3072 bits,
+    ~12 ms at 2048, measured on the project's machine) and new keys cost nothing, so a block
+    holds at most 20: about a second of CPU even when a hostile proposer fills them all with
+    3072-bit bad proofs."""
+    max_withdrawals_per_block: int = 50
+    """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
+    the ledger credited can get that far, at most one each per block, and 50 in all."""
+    bond_vault_chain_id: int = 0
+    """EVM chain id of the bond vault (contracts/BondVault.vy) whose balances are the bonds."""
+    bond_vault_address: str = ""
+    """0x-hex address of the bond vault; empty: decisions are recorded without a vault digest."""
+    slash_recipient: str = ""
+    """0x-hex address slashed bonds are paid to on the vault (the foundation's)."""
+    unbond_delay: int = 604_800
+    """Seconds (block time) between an unbond request and its release decision: a week for
+    evidence of what the node did before to be filed and slash the bond it is taking back."""
+    power_unit: int = 10**15
+    """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
+    validator_bond_deadline: int = 0
+    """Height from which a validator that bound no bonded node has no voting power (0: genesis
+    powers stand for validators that never bind; set it so that a chain bootstraps first)."""
 
     def __post_init__(self) -> None:
         for name in ("protocol_fee_bps", "foundation_bps", "relay_pool_bps"):
             v = getattr(self, name)
             if not 0 <= v <= 10_000:
                 raise InvalidInput(f"{name} must be within 0..10000, got {v}")
+        if not self.paillier_bits or any(
+            type(b) is not int or not 512 <= b <= 3_072 or b % 8 for b in self.paillier_bits
+        ):
+            raise InvalidInput(
+                f"paillier_bits must be whole-byte sizes within 512..3072, got {self.paillier_bits}"
+            )
+        for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.power_unit <= 0:
+            raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
+        if self.bond_vault_address and len(self.bond_vault_address.removeprefix("0x")) != 40:
+            raise InvalidInput(
+                f"bond_vault_address must be 0x + 40 hex, got {self.bond_vault_address!r}"
+            )
         if self.importance_half_life <= 0:
             raise InvalidInput(
                 f"importance_half_life must be positive, got {self.importance_half_life}"
@@ -70,4 +120,7 @@ class LedgerParams:
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> LedgerParams:
+        m = dict(m)
+        if isinstance(m.get("paillier_bits"), list):  # CBOR and JSON have lists, not tuples
+            m["paillier_bits"] = tuple(m["paillier_bits"])
         return cls(**m)

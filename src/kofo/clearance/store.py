@@ -70,7 +70,9 @@ class MerkleStore:
         )
         self._data: dict[bytes, bytes] = {}
         self._buckets: list[dict[bytes, bytes]] = [{} for _ in range(_N_BUCKETS)]
-        self._dirty_keys: set[bytes] = set()  # changed since the last commit (to persist)
+        # Every key changed since the last commit, with its committed value (None: absent):
+        # what commit() persists, what rollback() restores and what get_committed() reads.
+        self._undo: dict[bytes, bytes | None] = {}
         self._unhashed: set[bytes] = set()  # changed since the last root() (to rehash)
         # levels[0] are bucket hashes, levels[-1] == [root]
         self._levels: list[list[bytes]] = []
@@ -113,29 +115,65 @@ class MerkleStore:
     # -- reads and writes -------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
+        """The current value, including writes not yet committed."""
+        return self._data.get(key)
+
+    def get_committed(self, key: bytes) -> bytes | None:
+        """The value as of the last commit (what queries answer from)."""
+        if key in self._undo:
+            return self._undo[key]
         return self._data.get(key)
 
     # Hashing waits for root(): a key written several times in a block (a node's record is
     # touched by each of its orders) is hashed once, with its final value.
 
     def set(self, key: bytes, value: bytes) -> None:
-        if self._data.get(key) == value:
+        old = self._data.get(key)
+        if old == value:
             return
+        if key not in self._undo:
+            self._undo[key] = old
         self._data[key] = value
-        self._dirty_keys.add(key)
         self._unhashed.add(key)
 
     def delete(self, key: bytes) -> None:
         if key not in self._data:
             return
+        if key not in self._undo:
+            self._undo[key] = self._data[key]
         del self._data[key]
-        self._dirty_keys.add(key)
         self._unhashed.add(key)
 
+    def uncommitted_keys(self) -> list[bytes]:
+        """The keys changed since the last commit."""
+        return list(self._undo)
+
+    def rollback(self) -> None:
+        """Drop every write since the last commit: the contents (and root) are the committed
+        ones again. What the app does when a finalized block is finalized again before its
+        commit (CometBFT restarted without the app)."""
+        for key, old in self._undo.items():
+            if old is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = old
+            self._unhashed.add(key)
+        self._undo = {}
+
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) under ``prefix``, in key order (a full pass: for queries)."""
+        """Every (key, value) under ``prefix``, in key order, including uncommitted writes (a
+        full pass: never on a path an outsider can trigger per request)."""
         for key in sorted(k for k in self._data if k.startswith(prefix)):
             yield key, self._data[key]
+
+    def scan_committed(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """:meth:`scan` of the committed contents (uncommitted writes left out)."""
+        keys = {k for k in self._data if k.startswith(prefix)}
+        keys.update(k for k in self._undo if k.startswith(prefix))
+        for key in sorted(keys):
+            value = self.get_committed(key)
+            if value is not None:
+                yield key, value
 
     # -- hashing and committing --------------------------------------------------------------
 
@@ -169,7 +207,7 @@ class MerkleStore:
         app_hash = self.root()
         upserts: list[tuple[bytes, bytes]] = []
         deletes: list[tuple[bytes]] = []
-        for key in self._dirty_keys:
+        for key in self._undo:
             value = self._data.get(key)
             if value is None:
                 deletes.append((key,))
@@ -193,7 +231,7 @@ class MerkleStore:
                 self._db.execute(
                     "INSERT OR REPLACE INTO blocks(height, block) VALUES(?, ?)", (height, block)
                 )
-        self._dirty_keys = set()
+        self._undo = {}
         self.height = height
         self.app_hash = app_hash
         return app_hash

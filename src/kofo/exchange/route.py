@@ -18,14 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kofo.wire.envelope import BadMessage, BadSignature, verify_ed25519
-from kofo.wire.exchange import Claim, Join, digest, join_message, quote_id_for
+from kofo.wire.exchange import Claim, Join, join_message, quote_id_for
 from kofo.wire.orders import (
     FeeQuote,
     Leg,
     OrderKind,
     QuoteRole,
     SettlementOrder,
+    derive_order_id,
     expiry_from_map,
+    with_derived_id,
 )
 
 LOCK_WINDOW_S = 600
@@ -63,10 +65,6 @@ def split_asset(asset: str) -> tuple[str, str | None]:
     """``"btc"`` -> ``("btc", None)``; ``"eth:0xToken"`` -> ``("eth", "0xToken")``."""
     chain, _, token = asset.partition(":")
     return chain, token or None
-
-
-def order_id_for(claim_id: bytes, fulfil_id: bytes) -> bytes:
-    return digest(claim_id + fulfil_id)[:16]
 
 
 ORDER_CLOCK_SKEW_S = 60
@@ -159,15 +157,19 @@ def build_settlement_order(
             quote_id_for(fulfil_id, provider_position, provider.node_id, QuoteRole.PROVIDER.value),
         ),
     )
-    return SettlementOrder(
-        order_id=order_id_for(claim_id, fulfil_id),
-        kind=OrderKind.ROUTED,
-        payment_hash=payment_hash,
-        legs=legs,
-        relays=tuple(r for _, r in relays),
-        quotes=quotes,
-        protocol_fee_bps=protocol_fee_bps,
-        protocol_fee=protocol_fee(amount_in, protocol_fee_bps),
+    # The ledger requires the id derived from the order's content (a copied id cannot be
+    # squatted by another order); claim and fulfil are bound through the derived quote ids.
+    return with_derived_id(
+        SettlementOrder(
+            order_id=bytes(16),
+            kind=OrderKind.ROUTED,
+            payment_hash=payment_hash,
+            legs=legs,
+            relays=tuple(r for _, r in relays),
+            quotes=quotes,
+            protocol_fee_bps=protocol_fee_bps,
+            protocol_fee=protocol_fee(amount_in, protocol_fee_bps),
+        )
     )
 
 
@@ -228,8 +230,8 @@ def check_order(
     nodes next to it on the route (so nobody can add, drop or swap a hop). The provider passes
     its own addresses (the order must pay it there, and take from it only there) and the fee
     rate it quoted with as ``max_protocol_fee_bps``."""
-    if order.order_id != order_id_for(view.claim_id, view.fulfil_id):
-        raise BadMessage("order: order_id does not belong to this claim and fulfil")
+    if order.order_id != derive_order_id(order):
+        raise BadMessage("order: order_id is not derived from the order's content")
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
         raise BadMessage("order: a routed order from a claim has exactly two legs")
     owners = route_owners(view, joins)

@@ -22,6 +22,13 @@ peer cannot make us allocate unbounded memory."""
 MAX_DEPTH = 16
 """Our schemas nest at most a few levels; a deeper structure is malformed or hostile."""
 
+MAX_INT = (1 << 256) - 1
+"""No integer of any KOFO message exceeds 256 bits in magnitude (the widest amount is an EVM
+``uint256``; big numbers such as Paillier values travel as bytes). A larger one (a CBOR bignum)
+is refused at decode, before any schema sees it: arithmetic on it would be slow, and formatting
+it fails past Python's ``PYTHONINTMAXSTRDIGITS``, so a process's environment could change the
+result. Schemas bound each field more tightly."""
+
 
 class EncodingError(KofoError):
     """A value cannot be put into (or read from) canonical KOFO bytes."""
@@ -35,6 +42,8 @@ WireValue = int | bytes | str | bool | None | list[Any] | dict[str, Any]
 def _check(value: object, path: str, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise EncodingError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+        raise EncodingError(f"{path}: a {value.bit_length()}-bit integer exceeds 256 bits")
     if value is None or isinstance(value, bool | int | bytes | str):
         return
     if isinstance(value, float):
@@ -52,7 +61,7 @@ def _check(value: object, path: str, depth: int) -> None:
     raise EncodingError(f"{path}: type {type(value).__name__} cannot be encoded")
 
 
-_SCALARS = frozenset({type(None), bool, int, bytes, str})
+_SCALARS = frozenset({type(None), bool, bytes, str})
 
 
 def _plain(value: object, depth: int) -> bool:
@@ -66,6 +75,8 @@ def _plain(value: object, depth: int) -> bool:
     kind = type(value)
     if kind in _SCALARS:
         return True
+    if kind is int:
+        return -MAX_INT <= value <= MAX_INT  # type: ignore[operator]
     items: Any
     if kind is dict:
         assert isinstance(value, dict)
@@ -78,7 +89,11 @@ def _plain(value: object, depth: int) -> bool:
     else:
         return False
     for item in items:
-        if (type(item) not in _SCALARS or depth >= MAX_DEPTH) and not _plain(item, depth + 1):
+        t = type(item)
+        if t is int and depth < MAX_DEPTH:
+            if not -MAX_INT <= item <= MAX_INT:
+                return False
+        elif (t not in _SCALARS or depth >= MAX_DEPTH) and not _plain(item, depth + 1):
             return False
     return True
 

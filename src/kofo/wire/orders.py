@@ -12,7 +12,9 @@ big-endian unsigned integers in ``bytes``.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,6 +32,8 @@ ORDER_DOMAIN = b"KOFO/order/v1\x00"
 else the same key signs (envelopes use ``KOFO/msg/v1``, quotes ``KOFO/quote/v1``)."""
 
 QUOTE_DOMAIN = b"KOFO/quote/v1\x00"
+ORDER_ID_DOMAIN = b"KOFO/order-id/v1\x00"
+QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
 TAKE_DOMAIN = b"KOFO/take/v1\x00"
 
 TX_REGISTER_NODE = "clearance.register_node"
@@ -37,8 +41,18 @@ TX_COMMIT_ORDER = "clearance.commit_order"
 TX_REPORT_OUTCOME = "clearance.report_outcome"
 TX_FILE_EVIDENCE = "clearance.file_evidence"
 TX_WITHDRAW_FEES = "clearance.withdraw_fees"
+TX_REGISTER_VALIDATOR_KEY = "clearance.register_validator_key"
+TX_UNBOND = "clearance.unbond"
 TX_TYPES = frozenset(
-    {TX_REGISTER_NODE, TX_COMMIT_ORDER, TX_REPORT_OUTCOME, TX_FILE_EVIDENCE, TX_WITHDRAW_FEES}
+    {
+        TX_REGISTER_NODE,
+        TX_COMMIT_ORDER,
+        TX_REPORT_OUTCOME,
+        TX_FILE_EVIDENCE,
+        TX_WITHDRAW_FEES,
+        TX_REGISTER_VALIDATOR_KEY,
+        TX_UNBOND,
+    }
 )
 
 NODE_ID_SIZE = 32
@@ -48,8 +62,24 @@ MAX_LEGS = 8
 """A route longer than eight legs would need expiries spread over many safety margins (days of
 lock-up for the first leg); no sensible route gets there, so longer ones are refused as hostile."""
 MAX_RELAYS = 16
-MAX_CIPHERTEXT_BYTES = 1024
-"""Big enough for Paillier with a 4096-bit modulus (ciphertexts live mod n^2)."""
+MAX_CIPHERTEXT_BYTES = 768
+"""Big enough for Paillier with a 3072-bit modulus, the largest the ledger accepts (ciphertexts
+live mod n^2: 6144 bits). Proof values are no larger."""
+
+MAX_PROOF_BYTES = 3 * 384
+"""A zero proof under a 3072-bit modulus: ``a`` (mod n^2) and ``z`` (mod n), fixed width."""
+
+BALANCE_SCHEMA_VERSION = 2
+"""``sv`` of ``register_node`` and ``withdraw_fees`` bodies. Version 2 added the proof that a
+seed encrypts 0 and the withdrawal number; version 1 bodies are refused (they let a node seed
+its balance with any amount and replay a withdrawal)."""
+
+MAX_U64 = (1 << 64) - 1
+"""Bound of every count, index, time and basis-point field: no such value needs more, and a
+bounded integer can never make a validator do big-number work or hit Python's int->str limit
+(``PYTHONINTMAXSTRDIGITS``), whatever its environment."""
+MAX_AMOUNT = (1 << 256) - 1
+"""Bound of every amount (base units): an EVM ``uint256`` is the widest any chain has."""
 
 
 class OrderKind(enum.StrEnum):
@@ -87,13 +117,26 @@ def _get(m: Mapping[str, Any], name: str, where: str) -> Any:
     return m[name]
 
 
-def _int(m: Mapping[str, Any], name: str, where: str, *, minimum: int = 0) -> int:
+def _int(
+    m: Mapping[str, Any], name: str, where: str, *, minimum: int = 0, maximum: int = MAX_U64
+) -> int:
+    """An integer field within ``[minimum, maximum]``. Every integer of every ledger message is
+    read here, so none is unbounded; the message quotes the bad value only when it is small
+    (formatting a huge int is itself the attack: slow, and refused past Python's digit limit)."""
     v = _get(m, name, where)
     if isinstance(v, bool) or not isinstance(v, int):
         raise BadMessage(f"{where}.{name} must be an integer, got {type(v).__name__}")
-    if v < minimum:
-        raise BadMessage(f"{where}.{name} must be >= {minimum}, got {v}")
+    if not minimum <= v <= maximum:
+        raise BadMessage(f"{where}.{name} must be within {minimum}..{maximum}, got {show_int(v)}")
     return v
+
+
+def show_int(v: int) -> str:
+    """``v`` for an error message: in full only when it has at most 80 bits (so formatting it
+    is cheap and no environment setting can change or refuse it)."""
+    if -(1 << 80) < v < 1 << 80:
+        return str(v)
+    return f"a {v.bit_length()}-bit integer"
 
 
 def _bytes(m: Mapping[str, Any], name: str, where: str, size: int | None = None) -> bytes:
@@ -129,10 +172,10 @@ def _enum(m: Mapping[str, Any], name: str, where: str, kind: type[_E]) -> _E:
         raise BadMessage(f"{where}.{name} has unknown value {v!r}") from None
 
 
-def _list(m: Mapping[str, Any], name: str, where: str, max_len: int) -> list[Any]:
+def _list(m: Mapping[str, Any], name: str, where: str, max_len: int, min_len: int = 0) -> list[Any]:
     v = _get(m, name, where)
-    if not isinstance(v, list) or len(v) > max_len:
-        raise BadMessage(f"{where}.{name} must be a list of at most {max_len} items")
+    if not isinstance(v, list) or not min_len <= len(v) <= max_len:
+        raise BadMessage(f"{where}.{name} must be a list of {min_len}..{max_len} items")
     return v
 
 
@@ -215,7 +258,7 @@ class Leg:
             recipient=_bytes(m, "recipient", where, NODE_ID_SIZE),
             sender_address=_str(m, "sender_address", where),
             recipient_address=_str(m, "recipient_address", where),
-            amount=_int(m, "amount", where, minimum=1),
+            amount=_int(m, "amount", where, minimum=1, maximum=MAX_AMOUNT),
             expiry=expiry_from_map(m["expiry"], f"{where}.expiry"),
             expiry_time=_int(m, "expiry_time", where),
             lock_by=_int(m, "lock_by", where),
@@ -352,7 +395,10 @@ class SettlementOrder:
             },
             where,
         )
-        legs = _list(m, "legs", where, MAX_LEGS)
+        # At least two legs: every rule and property (initiator, notional, parties) reads
+        # legs[0], so an empty route must not get past the schema (it once raised IndexError
+        # in CheckTx and took the validator down).
+        legs = _list(m, "legs", where, MAX_LEGS, min_len=2)
         relays = _list(m, "relays", where, MAX_RELAYS)
         quotes = _list(m, "quotes", where, MAX_LEGS + MAX_RELAYS)
         for i, r in enumerate(relays):
@@ -367,8 +413,8 @@ class SettlementOrder:
             quotes=tuple(
                 FeeQuote.from_map(x, f"{where}.quotes[{i}]") for i, x in enumerate(quotes)
             ),
-            protocol_fee_bps=_int(m, "protocol_fee_bps", where),
-            protocol_fee=_int(m, "protocol_fee", where),
+            protocol_fee_bps=_int(m, "protocol_fee_bps", where, maximum=10_000),
+            protocol_fee=_int(m, "protocol_fee", where, maximum=MAX_AMOUNT),
         )
 
 
@@ -399,7 +445,9 @@ class RegisterNode:
     ``paillier_n`` is the node's Paillier public modulus. ``balance_seed`` is an encryption of 0
     under it, made by the node with fresh randomness: the ledger starts the node's fee balance
     from it, so the stored ciphertext is never a trivial (randomness-1) encryption.
-    ``bond`` is in the ledger's bond unit (see ``LedgerParams.bond_asset``).
+    ``seed_proof`` proves that the seed encrypts 0 (``kofo.clearance.privacy.prove_zero``,
+    bound to the sender's id). ``bond`` is in the ledger's bond unit (see
+    ``LedgerParams.bond_asset``).
     """
 
     addresses: dict[str, str]
@@ -407,23 +455,33 @@ class RegisterNode:
     balance_seed: bytes
     bond: int
     monitor: bool = False
+    seed_proof: bytes = b""
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": BALANCE_SCHEMA_VERSION,
             "addresses": dict(self.addresses),
             "paillier_n": self.paillier_n,
             "balance_seed": self.balance_seed,
+            "seed_proof": self.seed_proof,
             "bond": self.bond,
             "monitor": self.monitor,
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "register_node") -> RegisterNode:
-        _exact_keys(m, {"addresses", "paillier_n", "balance_seed", "bond", "monitor"}, where)
+        _schema_version(m, where)
+        _exact_keys(
+            m,
+            {"sv", "addresses", "paillier_n", "balance_seed", "seed_proof", "bond", "monitor"},
+            where,
+        )
         addrs = m["addresses"]
         if not isinstance(addrs, dict) or len(addrs) > 16:
             raise BadMessage(f"{where}.addresses must be a map of at most 16 chains")
         for chain, addr in addrs.items():
+            if not 0 < len(chain) <= 16:
+                raise BadMessage(f"{where}.addresses keys must be chain names of 1..16 chars")
             if not isinstance(addr, str) or not addr or len(addr) > 256:
                 raise BadMessage(f"{where}.addresses.{chain} must be a non-empty string")
         if not isinstance(m["monitor"], bool):
@@ -432,16 +490,27 @@ class RegisterNode:
             addresses=dict(addrs),
             paillier_n=_ct_bytes(m, "paillier_n", where),
             balance_seed=_ct_bytes(m, "balance_seed", where),
-            bond=_int(m, "bond", where),
+            bond=_int(m, "bond", where, maximum=MAX_AMOUNT),
             monitor=m["monitor"],
+            seed_proof=_ct_bytes(m, "seed_proof", where, MAX_PROOF_BYTES),
         )
 
 
-def _ct_bytes(m: Mapping[str, Any], name: str, where: str) -> bytes:
+def _ct_bytes(
+    m: Mapping[str, Any], name: str, where: str, max_len: int = MAX_CIPHERTEXT_BYTES
+) -> bytes:
     v = _bytes(m, name, where)
-    if not 0 < len(v) <= MAX_CIPHERTEXT_BYTES:
-        raise BadMessage(f"{where}.{name} must be 1..{MAX_CIPHERTEXT_BYTES} bytes, got {len(v)}")
+    if not 0 < len(v) <= max_len:
+        raise BadMessage(f"{where}.{name} must be 1..{max_len} bytes, got {len(v)}")
     return v
+
+
+def _schema_version(m: Any, where: str) -> None:
+    if type(m) is dict and m.get("sv") != BALANCE_SCHEMA_VERSION:
+        raise BadMessage(
+            f"{where}.sv must be {BALANCE_SCHEMA_VERSION} (version 1 bodies, without a proof that "
+            "the seed encrypts 0, are no longer accepted)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,7 +576,7 @@ class ReportOutcome:
         _exact_keys(m, {"order_id", "leg", "outcome", "txid"}, where)
         return cls(
             order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
-            leg=_int(m, "leg", where),
+            leg=_int(m, "leg", where, maximum=MAX_LEGS - 1),
             outcome=_enum(m, "outcome", where, LegOutcome),
             txid=_str(m, "txid", where, max_len=128),
         )
@@ -516,7 +585,9 @@ class ReportOutcome:
 @dataclass(frozen=True, slots=True)
 class Quote:
     """A provider's firm price, signed by it in the exchange layer: it will pay ``give_amount``
-    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix)."""
+    of ``give_asset`` for ``take_amount`` of ``take_asset`` until ``valid_until`` (unix), to
+    ``taker`` (the node it answers; 32 zero bytes: anyone). Naming the taker keeps a stranger
+    who copies the quote from recording the take first and never co-signing."""
 
     quote_id: bytes
     provider: bytes
@@ -525,6 +596,7 @@ class Quote:
     take_asset: str
     take_amount: int
     valid_until: int
+    taker: bytes = bytes(NODE_ID_SIZE)
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -535,6 +607,7 @@ class Quote:
             "take_asset": self.take_asset,
             "take_amount": self.take_amount,
             "valid_until": self.valid_until,
+            "taker": self.taker,
         }
 
     @classmethod
@@ -544,10 +617,11 @@ class Quote:
             quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
             provider=_bytes(m, "provider", where, NODE_ID_SIZE),
             give_asset=_str(m, "give_asset", where),
-            give_amount=_int(m, "give_amount", where, minimum=1),
+            give_amount=_int(m, "give_amount", where, minimum=1, maximum=MAX_AMOUNT),
             take_asset=_str(m, "take_asset", where),
-            take_amount=_int(m, "take_amount", where, minimum=1),
+            take_amount=_int(m, "take_amount", where, minimum=1, maximum=MAX_AMOUNT),
             valid_until=_int(m, "valid_until", where),
+            taker=_bytes(m, "taker", where, NODE_ID_SIZE),
         )
 
     def signing_bytes(self) -> bytes:
@@ -616,7 +690,7 @@ class FileEvidence:
             return cls(
                 kind,
                 order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
-                leg=_int(m, "leg", where),
+                leg=_int(m, "leg", where, maximum=MAX_LEGS - 1),
             )
         return cls(
             kind,
@@ -633,7 +707,10 @@ class WithdrawFees:
 
     The node reveals the balance's plaintext ``amount`` and the ciphertext's randomness
     ``randomness`` (recoverable with its private key); validators re-encrypt and compare.
-    ``new_seed`` is a fresh encryption of 0 that re-blinds the balance after the reveal.
+    ``new_seed`` is a fresh encryption of 0 that re-blinds the balance after the reveal, and
+    ``new_seed_proof`` proves it encrypts 0 (bound to the sender, asset and ``seq``). ``seq`` is
+    the number of withdrawals the node made before in this asset: the ledger accepts only the
+    next one, so the same signed withdrawal can never be applied twice.
     """
 
     asset: str
@@ -641,29 +718,121 @@ class WithdrawFees:
     randomness: bytes
     new_seed: bytes
     payout_address: str
+    seq: int = 0
+    new_seed_proof: bytes = b""
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": BALANCE_SCHEMA_VERSION,
             "asset": self.asset,
             "amount": self.amount,
             "randomness": self.randomness,
             "new_seed": self.new_seed,
+            "new_seed_proof": self.new_seed_proof,
             "payout_address": self.payout_address,
+            "seq": self.seq,
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "withdraw_fees") -> WithdrawFees:
-        _exact_keys(m, {"asset", "amount", "randomness", "new_seed", "payout_address"}, where)
+        _schema_version(m, where)
+        _exact_keys(
+            m,
+            {
+                "sv",
+                "asset",
+                "amount",
+                "randomness",
+                "new_seed",
+                "new_seed_proof",
+                "payout_address",
+                "seq",
+            },
+            where,
+        )
         return cls(
             asset=_str(m, "asset", where),
-            amount=_int(m, "amount", where, minimum=1),
+            amount=_int(m, "amount", where, minimum=1, maximum=MAX_AMOUNT),
             randomness=_ct_bytes(m, "randomness", where),
             new_seed=_ct_bytes(m, "new_seed", where),
             payout_address=_str(m, "payout_address", where),
+            seq=_int(m, "seq", where),
+            new_seed_proof=_ct_bytes(m, "new_seed_proof", where, MAX_PROOF_BYTES),
         )
 
 
-TxBody = RegisterNode | CommitOrder | ReportOutcome | FileEvidence | WithdrawFees
+@dataclass(frozen=True, slots=True)
+class RegisterValidatorKey:
+    """Binds a validator's CometBFT consensus key (Ed25519) to the secp256k1 key (Ethereum
+    address) it signs bond-vault decisions with. Two proofs of possession:
+    ``consensus_sig`` by the consensus key over ``KOFO/validator-key/v1\0 || eth_address ||
+    sender`` (the envelope's sender: the node whose attested bond becomes the validator's
+    voting power), and
+    ``eth_sig`` (65 bytes r || s || v) by the secp256k1 key over
+    ``keccak256(KOFO/validator-key/v1\0 || consensus_key)``."""
+
+    consensus_key: bytes
+    eth_address: bytes
+    consensus_sig: bytes
+    eth_sig: bytes
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "consensus_key": self.consensus_key,
+            "eth_address": self.eth_address,
+            "consensus_sig": self.consensus_sig,
+            "eth_sig": self.eth_sig,
+        }
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "register_validator_key") -> RegisterValidatorKey:
+        _exact_keys(m, {"consensus_key", "eth_address", "consensus_sig", "eth_sig"}, where)
+        return cls(
+            consensus_key=_bytes(m, "consensus_key", where, 32),
+            eth_address=_bytes(m, "eth_address", where, 20),
+            consensus_sig=_bytes(m, "consensus_sig", where, 64),
+            eth_sig=_bytes(m, "eth_sig", where, 65),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unbond:
+    """Asks for ``amount`` (wei) of the sender's vault bond back. The first one starts the
+    unbonding delay (the amount stops counting for importance and power at once, and stays
+    slashable); the same tx after the delay records the release decision for the vault.
+    ``seq`` is the node's count of completed unbonds: a replayed old unbond never starts a new
+    one. ``payout`` is the 20-byte Ethereum address the vault pays the release to (the node's
+    own word, signed here: the vault keeps no owner a stranger could claim first)."""
+
+    amount: int
+    seq: int
+    payout: bytes
+
+    def as_map(self) -> dict[str, Any]:
+        return {"amount": self.amount, "seq": self.seq, "payout": self.payout}
+
+    @classmethod
+    def from_map(cls, m: Any, where: str = "unbond") -> Unbond:
+        _exact_keys(m, {"amount", "seq", "payout"}, where)
+        payout = _bytes(m, "payout", where, 20)
+        if payout == bytes(20):
+            raise BadMessage(f"{where}.payout must not be the zero address")
+        return cls(
+            amount=_int(m, "amount", where, minimum=1, maximum=MAX_AMOUNT),
+            seq=_int(m, "seq", where),
+            payout=payout,
+        )
+
+
+TxBody = (
+    RegisterNode
+    | CommitOrder
+    | ReportOutcome
+    | FileEvidence
+    | WithdrawFees
+    | RegisterValidatorKey
+    | Unbond
+)
 
 _PARSERS: dict[str, Any] = {
     TX_REGISTER_NODE: RegisterNode.from_map,
@@ -671,6 +840,8 @@ _PARSERS: dict[str, Any] = {
     TX_REPORT_OUTCOME: ReportOutcome.from_map,
     TX_FILE_EVIDENCE: FileEvidence.from_map,
     TX_WITHDRAW_FEES: WithdrawFees.from_map,
+    TX_REGISTER_VALIDATOR_KEY: RegisterValidatorKey.from_map,
+    TX_UNBOND: Unbond.from_map,
 }
 _TYPE_OF: dict[type, str] = {
     RegisterNode: TX_REGISTER_NODE,
@@ -678,6 +849,8 @@ _TYPE_OF: dict[type, str] = {
     ReportOutcome: TX_REPORT_OUTCOME,
     FileEvidence: TX_FILE_EVIDENCE,
     WithdrawFees: TX_WITHDRAW_FEES,
+    RegisterValidatorKey: TX_REGISTER_VALIDATOR_KEY,
+    Unbond: TX_UNBOND,
 }
 
 
@@ -698,3 +871,28 @@ def sign_tx(key: Ed25519PrivateKey, body: TxBody, *, ts: int | None = None) -> b
     """The bytes of a ledger transaction: ``body`` in an envelope signed by ``key``."""
     msg: SignedMessage = sign(key, tx_type(body), body.as_map(), ts=ts)
     return msg.to_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# content-derived ids: a stranger who copies an id from the mempool cannot reuse it for other
+# content, because the ledger recomputes the id from what the parties signed
+
+
+def derive_order_id(order: SettlementOrder) -> bytes:
+    """``sha256(ORDER_ID_DOMAIN || canonical order map with order_id = 16 zero bytes)[:16]``."""
+    m = order.as_map()
+    m["order_id"] = bytes(ORDER_ID_SIZE)
+    return hashlib.sha256(ORDER_ID_DOMAIN + encode(m)).digest()[:ORDER_ID_SIZE]
+
+
+def with_derived_id(order: SettlementOrder) -> SettlementOrder:
+    """``order`` with its ``order_id`` set to :func:`derive_order_id` (what the ledger requires)."""
+    return dataclasses.replace(order, order_id=derive_order_id(order))
+
+
+def derive_quote_id(quote: Quote) -> bytes:
+    """``sha256(QUOTE_ID_DOMAIN || canonical quote map with quote_id = 16 zero bytes)[:16]``:
+    the provider cannot give two different quotes the same id."""
+    m = quote.as_map()
+    m["quote_id"] = bytes(QUOTE_ID_SIZE)
+    return hashlib.sha256(QUOTE_ID_DOMAIN + encode(m)).digest()[:QUOTE_ID_SIZE]

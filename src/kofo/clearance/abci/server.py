@@ -20,8 +20,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from kofo.clearance import attest
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
+from kofo.clearance.abci.gen.tendermint.crypto import keys_pb2
+from kofo.clearance.admission import SenderRateLimit
 from kofo.clearance.app import Block, LedgerApp
+from kofo.clearance.attest import Validator
+from kofo.clearance.errors import InternalError, abci_code
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
@@ -31,6 +38,9 @@ log = logging.getLogger("kofo.clearance.abci")
 MAX_REQUEST_BYTES = 64 << 20
 """A FinalizeBlock carries a whole block; CometBFT's default max block is 21 MiB (plus framing),
 so 64 MiB refuses only a corrupted length prefix."""
+
+BLOCK_ID_FLAG_COMMIT = 2
+"""``tendermint.types.BlockIDFlag.BLOCK_ID_FLAG_COMMIT``: the vote carries an extension."""
 
 APP_VERSION = 1
 CODESPACE = "kofo"
@@ -108,12 +118,8 @@ class AbciApp:
             "check_tx": self.check_tx,
             "prepare_proposal": self.prepare_proposal,
             "process_proposal": self.process_proposal,
-            "extend_vote": lambda r: abci.Response(extend_vote=abci.ResponseExtendVote()),
-            "verify_vote_extension": lambda r: abci.Response(
-                verify_vote_extension=abci.ResponseVerifyVoteExtension(
-                    status=abci.ResponseVerifyVoteExtension.ACCEPT
-                )
-            ),
+            "extend_vote": self.extend_vote,
+            "verify_vote_extension": self.verify_vote_extension,
             "finalize_block": self.finalize_block,
             "commit": self.commit,
             "list_snapshots": lambda r: abci.Response(list_snapshots=abci.ResponseListSnapshots()),
@@ -129,23 +135,67 @@ class AbciApp:
     def handle_bytes(self, request: abci.Request) -> bytes:
         """The serialized response; the hot, constant answers are serialized once."""
         kind = request.WhichOneof("value")
-        if kind == "check_tx":
-            result = self.app.check_tx(request.check_tx.tx)
-            if result.ok:
-                return _CHECK_TX_OK
-            refused: bytes = self.check_tx_response(result.code, result.log).SerializeToString()
-            return refused
-        if kind == "flush":
-            return _FLUSH
-        answer: bytes = self.handle(request).SerializeToString()
-        return answer
+        try:
+            if kind == "check_tx":
+                req = request.check_tx
+                result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)
+                if result.ok:
+                    return _CHECK_TX_OK
+                refused: bytes = self.check_tx_response(result.code, result.log).SerializeToString()
+                return refused
+            if kind == "flush":
+                return _FLUSH
+            answer: bytes = self.handle(request).SerializeToString()
+            return answer
+        except Exception as exc:  # even a response that fails to serialize is answered
+            failed: bytes = self._failed(kind or "", exc).SerializeToString()
+            return failed
 
     def handle(self, request: abci.Request) -> abci.Response:
         kind = request.WhichOneof("value")
         handler = self._handlers.get(kind or "")
         if handler is None:
             return abci.Response(exception=abci.ResponseException(error=f"unknown {kind}"))
-        return handler(getattr(request, kind or ""))
+        try:
+            return handler(getattr(request, kind or ""))
+        except Exception as exc:
+            return self._failed(kind or "", exc)
+
+    def _failed(self, kind: str, exc: Exception) -> abci.Response:
+        """The answer when a handler raised. For input-driven requests (a query, a CheckTx) that
+        is a refusal with a stable code: the request's sender gets ``internal_error`` and the
+        connection and the validator go on. For consensus requests (FinalizeBlock, Commit,
+        InitChain) no safe answer exists -- the app refuses every bad tx inside the block, so
+        this is a fault of the node itself (disk, memory, a corrupt store) -- and CometBFT is
+        told so with an exception response and stops rather than diverge."""
+        log.error("ABCI %s failed", kind, exc_info=exc)
+        err = InternalError(f"internal error ({type(exc).__name__})")
+        code = abci_code(err)
+        if kind == "query":
+            return abci.Response(
+                query=abci.ResponseQuery(
+                    code=code, log=str(err), codespace=CODESPACE, height=self.app.height
+                )
+            )
+        if kind == "check_tx":
+            return self.check_tx_response(code, str(err))
+        if kind == "process_proposal":
+            return abci.Response(
+                process_proposal=abci.ResponseProcessProposal(
+                    status=abci.ResponseProcessProposal.REJECT
+                )
+            )
+        if kind == "prepare_proposal":
+            return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=[]))
+        if kind == "extend_vote":  # attests nothing this height
+            return abci.Response(extend_vote=abci.ResponseExtendVote(vote_extension=b""))
+        if kind == "verify_vote_extension":
+            return abci.Response(
+                verify_vote_extension=abci.ResponseVerifyVoteExtension(
+                    status=abci.ResponseVerifyVoteExtension.REJECT
+                )
+            )
+        return abci.Response(exception=abci.ResponseException(error=str(err)))
 
     def info(self, req: abci.RequestInfo) -> abci.Response:
         height = self.app.height
@@ -164,7 +214,17 @@ class AbciApp:
         if req.app_state_bytes:
             state = json.loads(req.app_state_bytes)
             params = LedgerParams.from_map(state.get("params", {}))
-        app_hash = self.app.init_chain(params)
+        validators = [
+            Validator(v.pub_key.ed25519, v.power)
+            for v in req.validators
+            if v.pub_key.WhichOneof("sum") == "ed25519"
+        ]
+        app_hash = self.app.init_chain(
+            params,
+            validators=validators,
+            chain_id=req.chain_id,
+            vote_extensions_height=req.consensus_params.abci.vote_extensions_enable_height,
+        )
         return abci.Response(init_chain=abci.ResponseInitChain(app_hash=app_hash))
 
     def query(self, req: abci.RequestQuery) -> abci.Response:
@@ -173,7 +233,7 @@ class AbciApp:
         except KofoError as exc:
             return abci.Response(
                 query=abci.ResponseQuery(
-                    code=1, log=str(exc), codespace=CODESPACE, height=self.app.height
+                    code=abci_code(exc), log=str(exc), codespace=CODESPACE, height=self.app.height
                 )
             )
         return abci.Response(query=abci.ResponseQuery(value=value, height=self.app.height))
@@ -181,7 +241,7 @@ class AbciApp:
     def check_tx(self, req: abci.RequestCheckTx) -> abci.Response:
         # A recheck (after every block, unless the node sets mempool.recheck=false) costs a
         # hash and a cache lookup: check_tx is stateless, so its answer never changes.
-        result = self.app.check_tx(req.tx)
+        result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)
         return self.check_tx_response(result.code, result.log)
 
     @staticmethod
@@ -193,23 +253,58 @@ class AbciApp:
         )
 
     def prepare_proposal(self, req: abci.RequestPrepareProposal) -> abci.Response:
-        # Keep CometBFT's mempool order; only respect the byte budget it gives us.
-        txs, size = [], 0
-        for tx in req.txs:
-            size += len(tx)
-            if size > req.max_tx_bytes:
-                break
+        # First the previous height's extended commit (the validators' signed attestations of
+        # leg outcomes, see kofo.clearance.attest), then CometBFT's mempool order within the
+        # rest of the byte budget, leaving for a later block the txs this block's per-sender and
+        # per-kind budgets would refuse (LedgerApp.propose); an attestation tx arriving from the
+        # mempool is dropped.
+        txs: list[bytes] = []
+        size = 0
+        if self.app.vote_extensions_enabled_at(req.height):
+            votes = sorted(
+                (
+                    attest.Vote(v.validator.address, v.vote_extension, v.extension_signature)
+                    for v in req.local_last_commit.votes
+                    if v.block_id_flag == BLOCK_ID_FLAG_COMMIT
+                ),
+                key=lambda v: v.validator,
+            )
+            tx = attest.encode_attest_tx(
+                attest.AttestTx(req.height - 1, req.local_last_commit.round, tuple(votes))
+            )
             txs.append(tx)
+            size = len(tx)
+        mempool = [tx for tx in req.txs if not attest.is_attest_tx(tx)]
+        txs += self.app.propose(mempool, req.max_tx_bytes - size)
         return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=txs))
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.Response:
-        # Every tx is judged when the block is finalized (a bad one gets a non-zero code), so
-        # any proposal is acceptable; rejecting here would only cost rounds.
-        return abci.Response(
-            process_proposal=abci.ResponseProcessProposal(
-                status=abci.ResponseProcessProposal.ACCEPT
-            )
+        # Ordinary txs are judged when the block is finalized (a bad one gets a non-zero code);
+        # the attestation tx must be there and every signature in it valid, or the proposal is
+        # rejected (a proposer cannot invent or drop more than a third of the attestations).
+        why = self.app.check_proposal(req.height, req.txs)
+        if why is not None:
+            log.warning("rejecting the proposal for height %d: %s", req.height, why)
+        status = (
+            abci.ResponseProcessProposal.ACCEPT
+            if why is None
+            else abci.ResponseProcessProposal.REJECT
         )
+        return abci.Response(process_proposal=abci.ResponseProcessProposal(status=status))
+
+    def extend_vote(self, req: abci.RequestExtendVote) -> abci.Response:
+        return abci.Response(
+            extend_vote=abci.ResponseExtendVote(vote_extension=self.app.extend_vote())
+        )
+
+    def verify_vote_extension(self, req: abci.RequestVerifyVoteExtension) -> abci.Response:
+        ok = self.app.verify_vote_extension(req.vote_extension)
+        status = (
+            abci.ResponseVerifyVoteExtension.ACCEPT
+            if ok
+            else abci.ResponseVerifyVoteExtension.REJECT
+        )
+        return abci.Response(verify_vote_extension=abci.ResponseVerifyVoteExtension(status=status))
 
     def finalize_block(self, req: abci.RequestFinalizeBlock) -> abci.Response:
         block = Block(req.height, req.time.seconds, tuple(req.txs))
@@ -226,6 +321,10 @@ class AbciApp:
                     for r in result.results
                 ],
                 app_hash=result.app_hash,
+                validator_updates=[
+                    abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=pk), power=power)
+                    for pk, power in result.validator_updates
+                ],
             )
         )
 
@@ -250,7 +349,10 @@ class AbciServer:
                 pos, out, flush = 0, [], False
                 while (frame := _next_frame(buf, pos)) is not None:
                     start, end = frame
-                    request = abci.Request.FromString(bytes(buf[start:end]))
+                    try:
+                        request = abci.Request.FromString(bytes(buf[start:end]))
+                    except DecodeError as exc:
+                        raise ProtocolError(f"undecodable ABCI request: {exc}") from None
                     pos = end
                     response = self.abci.handle_bytes(request)
                     out.append(_uvarint(len(response)))
@@ -281,10 +383,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="KOFO clearance ledger as a CometBFT ABCI app")
     parser.add_argument("--db", required=True, help="SQLite file holding the ledger state")
     parser.add_argument("--addr", default="127.0.0.1:26658", help="host:port to listen on")
+    parser.add_argument(
+        "--sender-rate",
+        type=float,
+        default=50.0,
+        help="CheckTx: new txs per second admitted per sender (0: no limit)",
+    )
+    parser.add_argument(
+        "--sender-burst", type=int, default=500, help="CheckTx: txs a sender may send at once"
+    )
+    parser.add_argument(
+        "--observe",
+        help="JSON file of what this validator sees on the chains (testnets; see "
+        "kofo.clearance.attest.FileObserver)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = args.addr.rpartition(":")
-    app = LedgerApp(MerkleStore(args.db))
+    # A validator's public RPC takes txs from anyone: each sender gets a bounded rate here.
+    limit = SenderRateLimit(args.sender_rate, args.sender_burst) if args.sender_rate > 0 else None
+    app = LedgerApp(
+        MerkleStore(args.db),
+        rate_limit=limit,
+        require_registered=True,
+        # A block takes at most 20 registrations (LedgerParams); admitting more than a few
+        # blocks' worth per second only spends CPU on proofs that cannot be committed soon.
+        registration_limit=SenderRateLimit(20.0, 100),
+        observer=attest.FileObserver(args.observe) if args.observe else None,
+    )
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
 
 

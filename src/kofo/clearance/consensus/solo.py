@@ -83,7 +83,12 @@ class SoloChain:
             txs = tuple(self._mempool.popleft() for _ in range(take))
             now = max(self._clock(), self._last_time)
             self._last_time = now
-            block = Block(self.app.height + 1, now, txs)
+            height = self.app.height + 1
+            if self.app.observer is not None and height > 1:
+                # The producer is the only validator: its own observation of the chains is
+                # the attestation (the app refuses one from anywhere but the first position).
+                txs = (self.app.solo_attestation(height), *txs)
+            block = Block(height, now, txs)
             result = self.app.apply_block(block)
             self.last_block = block
             return result

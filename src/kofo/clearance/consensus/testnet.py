@@ -109,7 +109,13 @@ class LocalTestnet:
         app: str = "kofo",
         params: dict[str, Any] | None = None,
         timeout_commit: str = TIMEOUT_COMMIT,
+        app_env: dict[int, dict[str, str]] | None = None,
+        vote_extensions_height: int = 0,
+        observe: bool = False,
     ) -> None:
+        """``vote_extensions_height`` > 0 turns on CometBFT's vote extensions from that height
+        (the ledger's leg and bond attestations); ``observe`` gives each validator's app a
+        :class:`~kofo.clearance.attest.FileObserver` over ``observed_path(i)``."""
         if validators < 1:
             raise TestnetError(f"validators must be at least 1, got {validators}")
         if app not in ("kofo", "kvstore"):
@@ -118,6 +124,11 @@ class LocalTestnet:
         self.app_kind = app
         self.params = params
         self.timeout_commit = timeout_commit
+        self.app_env = app_env or {}
+        """Extra environment per validator's ABCI app (e.g. a different int->str limit, to
+        show that no process setting changes a result)."""
+        self.vote_extensions_height = vote_extensions_height
+        self.observe = observe
         self.cometbft = find_cometbft()
         self.validators = [
             Validator(
@@ -129,6 +140,10 @@ class LocalTestnet:
             )
             for i in range(validators)
         ]
+
+    def observed_path(self, index: int) -> Path:
+        """The JSON file validator ``index``'s app reads what it sees on the chains from."""
+        return self.validators[index].home / "observed.json"
 
     # -- setup -----------------------------------------------------------------------------------
 
@@ -152,6 +167,10 @@ class LocalTestnet:
         genesis = json.loads((self.validators[0].home / "config" / "genesis.json").read_text())
         if self.app_kind == "kofo" and self.params is not None:
             genesis["app_state"] = {"params": self.params}
+        if self.vote_extensions_height:
+            genesis["consensus_params"]["abci"] = {
+                "vote_extensions_enable_height": str(self.vote_extensions_height)
+            }
         genesis_text = json.dumps(genesis, indent=2)
         for v in self.validators:
             peers = ",".join(
@@ -196,11 +215,13 @@ class LocalTestnet:
                         str(v.home / "ledger.db"),
                         "--addr",
                         f"127.0.0.1:{v.abci_port}",
+                        *(["--observe", str(self.observed_path(index))] if self.observe else []),
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent,
+                    env={**os.environ, **self.app_env.get(index, {})},
                 )
             app = v.app
 
@@ -211,6 +232,11 @@ class LocalTestnet:
                 return _port_open(v.abci_port)
 
             self._wait(listening, f"ABCI app of validator {index}")
+        self.start_comet(index)
+
+    def start_comet(self, index: int) -> None:
+        """Start the validator's CometBFT (its app must be running)."""
+        v = self.validators[index]
         with open(v.home / "cometbft.log", "ab") as log:
             v.comet = subprocess.Popen(
                 [str(self.cometbft), "start", "--home", str(v.home)],
@@ -219,6 +245,15 @@ class LocalTestnet:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
+
+    def kill_comet(self, index: int) -> None:
+        """SIGKILL only the validator's CometBFT; its ABCI app keeps running (and keeps whatever
+        block it had finalized but not yet committed)."""
+        v = self.validators[index]
+        if v.comet is not None and v.comet.poll() is None:
+            v.comet.kill()
+            v.comet.wait()
+        v.comet = None
 
     def start_all(self, wait_height: int = 1) -> None:
         for v in self.validators:

@@ -33,6 +33,7 @@ CONTRACTS_DIR = REPO_ROOT / "contracts"
 
 SOURCES: dict[str, str] = {
     "HTLC": "contracts/HTLC.vy",
+    "BondVault": "contracts/BondVault.vy",
     "TestToken": "contracts/test/TestToken.vy",
     "NoBoolToken": "contracts/test/NoBoolToken.vy",
     "FeeToken": "contracts/test/FeeToken.vy",

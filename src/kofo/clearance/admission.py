@@ -1,0 +1,106 @@
+"""What a ledger transaction costs its sender: the limits that keep spam from being free.
+
+The ledger has no native coin to charge a fee in, and a bond is collateral for misbehaviour,
+not a price per transaction, so the cost of a transaction is **a share of bounded capacity**,
+enforced at two places:
+
+* **In the block (consensus, deterministic):** :class:`BlockBudget` caps, per block, the txs
+  one sender may have (``max_txs_per_sender_per_block``), the withdrawals one sender may make
+  (one: each costs a Paillier re-encryption) and all withdrawals (``max_withdrawals_per_block``),
+  and the registrations of the whole block (``max_registrations_per_block``: each carries a zero
+  proof to verify, and sybil keys are free). A tx over a cap is refused with ``rate_limited``
+  *before* its costly checks, the same way on every validator. This binds a malicious
+  proposer too, which CheckTx cannot. The bond txs (``register_validator_key``, ``unbond``)
+  count against the per-sender cap; they need no cap of their own: an unbond costs no check
+  beyond its envelope, and a validator-key registration reaches its secp256k1 recovery only
+  after a signature by a validator's own consensus key. The attestation tx has no sender: it
+  is one per block, first, and its signatures are bounded by the validator set.
+* **In CheckTx (each node's own mempool, not consensus):** :class:`SenderRateLimit`, a token
+  bucket per sender id, so one sender cannot fill a validator's mempool or its CPU with
+  signature and proof checks; and (``LedgerApp(require_registered=True)``, as a public validator
+  runs) only a registered sender's txs, or a registration, are admitted at all, so fresh sybil
+  keys cannot spend a validator's CheckTx on order signatures: they must register first, and
+  registrations are capped per block; registrations from all senders together share one more
+  bucket (new keys are free). A tx the node already checked is not charged again (anyone can
+  resend a victim's tx bytes; that must not spend the victim's budget). The buckets read a
+  clock, which is fine there: CheckTx only decides what this node gossips, never what a block
+  means.
+
+Every other cost is bounded by schema (sizes of every field, 64 KiB per tx, moduli of exactly
+2048 or 3072 bits), so the worst a sender can buy with its share is known in advance.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kofo.clearance.errors import RateLimited
+from kofo.wire.orders import RegisterNode, TxBody, WithdrawFees
+
+
+@dataclass(slots=True)
+class BlockBudget:
+    """Per-block caps (see module doc); one instance per FinalizeBlock."""
+
+    per_sender: int
+    registrations: int
+    withdrawals: int
+    _sent: dict[bytes, int] = field(default_factory=dict)
+    _withdrew: set[bytes] = field(default_factory=set)
+    _registered: int = 0
+
+    def charge(self, sender: bytes, body: TxBody) -> None:
+        sent = self._sent.get(sender, 0) + 1
+        self._sent[sender] = sent
+        if sent > self.per_sender:
+            raise RateLimited(
+                f"sender {sender.hex()} has more than {self.per_sender} txs in a block"
+            )
+        if isinstance(body, WithdrawFees):
+            if sender in self._withdrew:
+                raise RateLimited(f"sender {sender.hex()} has another withdrawal in this block")
+            self._withdrew.add(sender)
+            if len(self._withdrew) > self.withdrawals:
+                raise RateLimited(f"more than {self.withdrawals} withdrawals in one block")
+        elif isinstance(body, RegisterNode):
+            self._registered += 1
+            if self._registered > self.registrations:
+                raise RateLimited(f"more than {self.registrations} registrations in one block")
+
+
+class SenderRateLimit:
+    """Token bucket per sender: ``rate`` txs per second, up to ``burst`` at once. Remembers at
+    most ``max_senders`` senders (least recently seen forgotten first), so the table is bounded
+    however many keys a spammer makes; a forgotten sender starts with a full bucket, which is no
+    more than a new key would get."""
+
+    def __init__(
+        self,
+        rate: float = 50.0,
+        burst: int = 500,
+        *,
+        max_senders: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rate, self._burst, self._max = rate, burst, max_senders
+        self._clock = clock
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def charge(self, sender: bytes) -> None:
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.pop(sender, (float(self._burst), now))
+            tokens = min(float(self._burst), tokens + (now - last) * self._rate)
+            if tokens < 1.0:
+                self._buckets[sender] = (tokens, now)
+                raise RateLimited(
+                    f"sender {sender.hex()} is over {self._rate:g} txs/s at this node; retry later"
+                )
+            self._buckets[sender] = (tokens - 1.0, now)
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)

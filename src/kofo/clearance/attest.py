@@ -1,0 +1,261 @@
+"""Leg outcomes by validator attestation (CometBFT 0.38 vote extensions).
+
+Each validator's app holds a :class:`~kofo.wire.attest.ChainObserver`. At ``ExtendVote`` for
+height ``h`` it observes the pending legs of committed orders (state as of ``h - 1``) and puts
+the facts that differ from the ledger's record into its vote extension. CometBFT signs the
+extension with the validator's consensus key; at ``h + 1`` the proposer puts the extended
+commit of ``h`` into its block as the first transaction (an *attestation tx*, see
+:func:`encode_attest_tx`), ``ProcessProposal`` on every validator checks each signature against
+the validator set the ledger recorded at genesis, and ``FinalizeBlock`` counts a fact once
+validators with more than two thirds of the total voting power attested exactly it (order,
+leg, outcome, txid and chain height). Nothing else can set a leg's outcome.
+
+Solo mode has no validator set: the producer's own observation is the single vote (power 1 of
+1), placed by the producer; ``check_tx`` refuses anything that starts like an attestation tx,
+so nobody can slip one into the mempool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kofo.wire import envelope
+from kofo.wire.attest import (
+    MAX_EXTENSION_BYTES,
+    BondObservation,
+    LegRef,
+    Observation,
+    decode_extension_full,
+)
+from kofo.wire.codec import EncodingError, decode, encode
+from kofo.wire.envelope import BadMessage
+
+ATTEST_TX_PREFIX = b"KOFO/attest/v1\x00"
+"""Marks the attestation tx; not valid CBOR of an envelope, so no user tx can look like one."""
+VALIDATOR_ADDRESS_SIZE = 20
+MAX_VALIDATORS = 128
+SOLO_ADDRESS = b""
+"""The single vote of solo mode (no consensus keys)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Validator:
+    pub_key: bytes  # Ed25519, 32 bytes
+    power: int
+
+    @property
+    def address(self) -> bytes:
+        return validator_address(self.pub_key)
+
+
+def validator_address(pub_key: bytes) -> bytes:
+    """CometBFT's address of an Ed25519 validator key: the first 20 bytes of its SHA-256."""
+    return hashlib.sha256(pub_key).digest()[:VALIDATOR_ADDRESS_SIZE]
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    validator: bytes
+    extension: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AttestTx:
+    height: int
+    """The height whose precommits carried these extensions (the block's height minus one)."""
+    round: int
+    votes: tuple[Vote, ...]
+
+
+def _sfixed64(field_no: int, value: int) -> bytes:
+    if value == 0:
+        return b""
+    return bytes([field_no << 3 | 1]) + (value & (2**64 - 1)).to_bytes(8, "little")
+
+
+def _len_field(field_no: int, data: bytes) -> bytes:
+    if not data:
+        return b""
+    return bytes([field_no << 3 | 2]) + _uvarint(len(data)) + data
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def extension_sign_bytes(chain_id: str, height: int, round_: int, extension: bytes) -> bytes:
+    """What CometBFT signs for a vote extension: the length-delimited protobuf
+    ``tendermint.types.CanonicalVoteExtension{extension=1, height=2 (sfixed64),
+    round=3 (sfixed64), chain_id=4}`` (proto3: zero values are omitted)."""
+    body = (
+        _len_field(1, extension)
+        + _sfixed64(2, height)
+        + _sfixed64(3, round_)
+        + _len_field(4, chain_id.encode())
+    )
+    return _uvarint(len(body)) + body
+
+
+def encode_attest_tx(tx: AttestTx) -> bytes:
+    votes = [[v.validator, v.extension, v.signature] for v in tx.votes]
+    return ATTEST_TX_PREFIX + encode({"height": tx.height, "round": tx.round, "votes": votes})
+
+
+def is_attest_tx(raw: bytes) -> bool:
+    return raw.startswith(ATTEST_TX_PREFIX)
+
+
+def decode_attest_tx(raw: bytes) -> AttestTx:
+    if not is_attest_tx(raw):
+        raise BadMessage("not an attestation tx")
+    m = decode(raw[len(ATTEST_TX_PREFIX) :])
+    if not isinstance(m, dict) or set(m) != {"height", "round", "votes"}:
+        raise BadMessage("attestation tx must be {'height', 'round', 'votes'}")
+    height, round_, votes = m["height"], m["round"], m["votes"]
+    for name, n in (("height", height), ("round", round_)):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**62:
+            raise BadMessage(f"attestation tx {name} must be an integer in 0..2^62")
+    if not isinstance(votes, list) or len(votes) > MAX_VALIDATORS:
+        raise BadMessage(f"attestation tx votes must be a list of at most {MAX_VALIDATORS}")
+    out = []
+    for i, v in enumerate(votes):
+        if (
+            not isinstance(v, list)
+            or len(v) != 3
+            or not all(isinstance(x, bytes) for x in v)
+            or len(v[1]) > MAX_EXTENSION_BYTES
+            or len(v[2]) > 64
+        ):
+            raise BadMessage(f"attestation tx votes[{i}] must be [address, extension, signature]")
+        out.append(Vote(v[0], v[1], v[2]))
+    addrs = [v.validator for v in out]
+    if addrs != sorted(set(addrs)):
+        raise BadMessage("attestation tx votes must be sorted by validator, one each")
+    return AttestTx(height, round_, tuple(out))
+
+
+def check_attest_tx(
+    tx: AttestTx,
+    *,
+    expected_height: int,
+    chain_id: str,
+    validators: Mapping[bytes, Validator],
+) -> None:
+    """Raise :class:`BadMessage` unless every vote is by a known validator, signed by its key
+    over its extension, and the votes hold more than two thirds of the voting power (so a
+    proposer can leave out less than a third of the attestations, never fabricate one)."""
+    if tx.height != expected_height:
+        raise BadMessage(f"attestation tx is for height {tx.height}, expected {expected_height}")
+    total = sum(v.power for v in validators.values())
+    present = 0
+    for vote in tx.votes:
+        val = validators.get(vote.validator)
+        if val is None:
+            raise BadMessage(f"attestation by unknown validator {vote.validator.hex()}")
+        msg = extension_sign_bytes(chain_id, tx.height, tx.round, vote.extension)
+        if not envelope.verify_ed25519(val.pub_key, vote.signature, msg):
+            raise BadMessage(f"attestation by {vote.validator.hex()}: bad extension signature")
+        present += val.power
+    if 3 * present <= 2 * total:
+        raise BadMessage(
+            f"attestation tx carries {present} of {total} voting power; more than 2/3 needed"
+        )
+
+
+def tally(
+    votes: Iterable[tuple[int, bytes]], total_power: int
+) -> tuple[list[Observation], list[BondObservation]]:
+    """The facts attested by more than two thirds of ``total_power``, sorted: leg outcomes and
+    bond balances.
+
+    ``votes`` are ``(power, extension)``; a malformed extension counts for nothing (an honest
+    validator's never is: its structure is what VerifyVoteExtension checks)."""
+    weight: dict[Observation, int] = {}
+    bond_weight: dict[BondObservation, int] = {}
+    for power, ext in votes:
+        try:
+            obs, bonds = decode_extension_full(ext)
+        except (BadMessage, EncodingError):
+            continue
+        for o in obs:
+            weight[o] = weight.get(o, 0) + power
+        for b in bonds:
+            bond_weight[b] = bond_weight.get(b, 0) + power
+    return (
+        sorted(o for o, w in weight.items() if 3 * w > 2 * total_power),
+        sorted(b for b, w in bond_weight.items() if 3 * w > 2 * total_power),
+    )
+
+
+def validators_to_state(vals: Sequence[Validator]) -> list[list[Any]]:
+    return [[v.pub_key, v.power] for v in sorted(vals, key=lambda v: v.address)]
+
+
+def validators_from_state(raw: Any) -> dict[bytes, Validator]:
+    vals = [Validator(bytes(k), int(p)) for k, p in raw]
+    return {v.address: v for v in vals}
+
+
+class FileObserver:
+    """A validator's view of the chains read from a JSON file (re-read when it changes): for
+    testnets and tests, where the test decides what each validator sees. Production nodes
+    inject the settlement layer's chain watchers instead (clearance never imports them).
+
+    ``{"legs": [[order_id hex, leg, outcome, txid, chain_height], ...],
+    "bonds": [[node hex, amount, chain_height], ...]}``; a missing or unreadable file is an
+    observer that sees nothing."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._legs: dict[tuple[bytes, int], Observation] = {}
+        self._bonds: dict[bytes, BondObservation] = {}
+
+    def _load(self) -> None:
+        import json
+        import os
+
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            self._legs, self._bonds, self._stamp = {}, {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            with open(self._path, encoding="utf-8") as f:
+                data = json.load(f)
+            legs = {}
+            for oid, leg, outcome, txid, height in data.get("legs", []):
+                obs = Observation.from_list(
+                    [bytes.fromhex(oid), leg, outcome, txid, height], "observed leg"
+                )
+                legs[(obs.order_id, obs.leg)] = obs
+            bonds = {}
+            for node, amount, height in data.get("bonds", []):
+                b = BondObservation.from_list([bytes.fromhex(node), amount, height], "bond")
+                bonds[b.node] = b
+        except (OSError, ValueError, TypeError, BadMessage):
+            return  # a half-written file: keep the last good view
+        self._legs, self._bonds, self._stamp = legs, bonds, stamp
+
+    def observe(self, ref: LegRef) -> Observation | None:
+        self._load()
+        return self._legs.get((ref.order_id, ref.index))
+
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        self._load()
+        return self._bonds.get(node)

@@ -1,0 +1,87 @@
+"""The clearance ledger's chain observer over this layer's chain adapters.
+
+A ledger validator attests leg outcomes from its own view of the chains (see
+:mod:`kofo.wire.attest`); this is that view, built on the same :class:`ChainAdapter` the swap
+engine uses. A leg is looked up by its **full** terms (chain, token, payment hash, amount,
+sender and recipient addresses, expiry), so a lock that differs in anything (a smaller amount,
+another recipient, an earlier expiry) is not the leg and is never reported; only facts with the
+chain's safe number of confirmations are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from kofo.errors import KofoError
+from kofo.settlement.chain import ChainAdapter, HtlcState, HtlcTerms
+from kofo.wire.attest import LegRef, Observation
+from kofo.wire.orders import LegOutcome
+
+log = logging.getLogger("kofo.settlement.observer")
+
+_OUTCOME = {
+    HtlcState.LOCKED: LegOutcome.LOCKED,
+    HtlcState.REDEEMED: LegOutcome.REDEEMED,
+    HtlcState.REFUNDED: LegOutcome.REFUNDED,
+}
+
+
+class AdapterObserver:
+    """``observe(leg)`` for the ledger: the leg's HTLC state on its chain, once confirmed.
+
+    ``confirmations`` per chain (default 1); ``spent_since`` per chain: the lowest block height
+    a routed lock can be in (the ledger's orders are newer), so a spent lock is found without
+    scanning the chain's whole history."""
+
+    def __init__(
+        self,
+        adapters: Mapping[str, ChainAdapter],
+        *,
+        confirmations: Mapping[str, int] | None = None,
+        spent_since: Mapping[str, int] | None = None,
+    ) -> None:
+        self.adapters = dict(adapters)
+        self.confirmations = dict(confirmations or {})
+        self.spent_since = dict(spent_since or {})
+
+    def observe(self, ref: LegRef) -> Observation | None:
+        leg = ref.leg
+        adapter = self.adapters.get(leg.chain)
+        if adapter is None:
+            return None
+        try:
+            terms = HtlcTerms(
+                chain=leg.chain,
+                payment_hash=ref.payment_hash,
+                amount=leg.amount,
+                sender=leg.sender_address,
+                recipient=leg.recipient_address,
+                expiry=leg.expiry,
+                token=leg.token,
+            )
+            found = adapter.find_htlc(terms, spent_since=self.spent_since.get(leg.chain, 0))
+            if found is None:
+                return None
+            status = adapter.status(found)
+            tip = adapter.tip().height
+        except KofoError as exc:  # a node down or lagging: nothing seen this time
+            log.info("observing %s leg %d: %s", ref.order_id.hex(), ref.index, exc)
+            return None
+        need = max(1, self.confirmations.get(leg.chain, 1))
+        outcome = _OUTCOME.get(status.state)
+        if outcome is None or status.confirmations < need:
+            return None
+        if outcome is LegOutcome.LOCKED:
+            txid, confs = found.lock_txid, status.confirmations
+        else:
+            if status.spend_txid is None or status.spend_confirmations < need:
+                # spent, but not deep enough yet: the lock is what is safely known
+                txid, confs, outcome = found.lock_txid, status.confirmations, LegOutcome.LOCKED
+            else:
+                txid, confs = status.spend_txid, status.spend_confirmations
+        return Observation(ref.order_id, ref.index, outcome, txid, tip - confs + 1)
+
+    def observe_bond(self, node: bytes) -> None:
+        """Bond balances are read from the bond vault by its own watcher; none here."""
+        return None

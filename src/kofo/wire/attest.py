@@ -1,0 +1,179 @@
+"""Leg observations: what a ledger validator saw of a settlement leg on its chain.
+
+The clearance ledger accepts a leg's outcome (locked, redeemed, refunded) only when validators
+holding at least two thirds of the voting power attested the same fact from their own view of
+the chain, in their CometBFT vote extensions (see docs/clearance.md, "Outcomes by attestation").
+The settlement layer implements :class:`ChainObserver` over its chain watchers; the node (or a
+test) hands one to the ledger app. Neither layer imports the other: they share these types.
+
+Vote-extension bytes are canonical CBOR ``{"v": 1, "obs": [[order_id, leg, outcome, txid,
+chain_height], ...]}``, at most :data:`MAX_OBSERVATIONS` entries, sorted and without repeats,
+plus, when the validator saw bond balances differ from the ledger's record, ``"bonds":
+[[node_id, amount, chain_height], ...]`` (the bond vault's balance per node, same limits).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kofo.wire.codec import decode, encode
+from kofo.wire.envelope import BadMessage
+from kofo.wire.orders import NODE_ID_SIZE, ORDER_ID_SIZE, Leg, LegOutcome
+
+EXTENSION_VERSION = 1
+MAX_OBSERVATIONS = 64
+"""Leg facts one validator may attest per height: bounds the vote extension (~7 KB) and the
+tally work per block; more pending changes simply wait for the next heights (every honest
+validator picks the same first ones: the lowest order ids)."""
+MAX_EXTENSION_BYTES = 7_680
+"""64 observations with 128-character txids fit; 128 validators' extensions fit one 1 MiB
+attestation tx."""
+MAX_TXID_LEN = 128
+MAX_CHAIN_HEIGHT = 2**63 - 1
+MAX_LEG_INDEX = 255
+MAX_BOND = 2**128 - 1
+"""Wei; far above all the ether there is, far below anything that costs to print or compare."""
+
+
+@dataclass(frozen=True, slots=True)
+class LegRef:
+    """A leg the ledger wants watched: the committed order's id, the leg's index and terms."""
+
+    order_id: bytes
+    index: int
+    leg: Leg
+    payment_hash: bytes
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Observation:
+    """``outcome`` of leg ``leg`` of ``order_id``, seen in transaction ``txid`` at
+    ``chain_height`` of the leg's chain (the lock for ``locked``, the spend otherwise)."""
+
+    order_id: bytes
+    leg: int
+    outcome: LegOutcome
+    txid: str
+    chain_height: int
+
+    def as_list(self) -> list[Any]:
+        return [self.order_id, self.leg, self.outcome.value, self.txid, self.chain_height]
+
+    @classmethod
+    def from_list(cls, v: Any, where: str) -> Observation:
+        if not isinstance(v, list) or len(v) != 5:
+            raise BadMessage(f"{where} must be a list of 5 items")
+        order_id, leg, outcome, txid, height = v
+        if not isinstance(order_id, bytes) or len(order_id) != ORDER_ID_SIZE:
+            raise BadMessage(f"{where}[0] (order_id) must be {ORDER_ID_SIZE} bytes")
+        bounds = (("leg", leg, MAX_LEG_INDEX), ("chain_height", height, MAX_CHAIN_HEIGHT))
+        for name, n, hi in bounds:
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= hi:
+                raise BadMessage(f"{where} {name} must be an integer in 0..{hi}")
+        try:
+            kind = LegOutcome(outcome)
+        except ValueError:
+            raise BadMessage(f"{where}[2] has unknown outcome {outcome!r}") from None
+        if not isinstance(txid, str) or not 0 < len(txid) <= MAX_TXID_LEN:
+            raise BadMessage(f"{where}[3] (txid) must be a string of 1..{MAX_TXID_LEN} chars")
+        return cls(order_id, leg, kind, txid, height)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class BondObservation:
+    """The bond vault holds ``amount`` (wei) for ``node`` as of ``chain_height`` (confirmed)."""
+
+    node: bytes
+    amount: int
+    chain_height: int
+
+    def as_list(self) -> list[Any]:
+        return [self.node, self.amount, self.chain_height]
+
+    @classmethod
+    def from_list(cls, v: Any, where: str) -> BondObservation:
+        if not isinstance(v, list) or len(v) != 3:
+            raise BadMessage(f"{where} must be a list of 3 items")
+        node, amount, height = v
+        if not isinstance(node, bytes) or len(node) != NODE_ID_SIZE:
+            raise BadMessage(f"{where}[0] (node) must be {NODE_ID_SIZE} bytes")
+        for name, n, hi in (
+            ("amount", amount, MAX_BOND),
+            ("chain_height", height, MAX_CHAIN_HEIGHT),
+        ):
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= hi:
+                raise BadMessage(f"{where} {name} must be an integer in 0..{hi}")
+        return cls(node, amount, height)
+
+
+class ChainObserver(Protocol):
+    """A validator's own view of the chains (implemented over the settlement watchers).
+
+    ``observe`` returns the leg's current state on its chain, or None when no HTLC matching the
+    leg's terms (chain, token, payment hash, amount, recipient, expiry) is confirmed. It must
+    only answer with confirmed facts (the chain's safe depth), and must never raise for a leg
+    it cannot see: an unknown chain is None.
+    """
+
+    def observe(self, ref: LegRef) -> Observation | None: ...
+
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        """The bond vault's confirmed balance for ``node``; None if no vault is watched."""
+        ...
+
+
+def encode_extension(
+    observations: list[Observation],
+    bond_observations: list[BondObservation] = (),  # type: ignore[assignment]
+) -> bytes:
+    obs = sorted(set(observations))[:MAX_OBSERVATIONS]
+    body: dict[str, Any] = {"v": EXTENSION_VERSION, "obs": [o.as_list() for o in obs]}
+    if bond_observations:
+        bonds = sorted(set(bond_observations))[:MAX_OBSERVATIONS]
+        body["bonds"] = [b.as_list() for b in bonds]
+    return encode(body)
+
+
+def decode_extension(raw: bytes) -> list[Observation]:
+    """The leg observations of a vote extension (see :func:`decode_extension_full`)."""
+    return decode_extension_full(raw)[0]
+
+
+def decode_extension_full(raw: bytes) -> tuple[list[Observation], list[BondObservation]]:
+    """The observations of a vote extension; :class:`BadMessage` for anything but the
+    canonical, bounded, sorted form (an empty extension means "nothing to report")."""
+    if not raw:
+        return [], []
+    if len(raw) > MAX_EXTENSION_BYTES:
+        raise BadMessage(f"vote extension is {len(raw)} bytes, more than {MAX_EXTENSION_BYTES}")
+    m = decode(raw)
+    if (
+        not isinstance(m, dict)
+        or set(m) - {"bonds"} != {"v", "obs"}
+        or m["v"] != EXTENSION_VERSION
+        or m.get("bonds", 1) == []
+    ):
+        raise BadMessage(
+            f"vote extension must be {{'v': {EXTENSION_VERSION}, 'obs': [...]}} and, if any, "
+            "a non-empty 'bonds': [...]"
+        )
+    items = m["obs"]
+    if not isinstance(items, list) or len(items) > MAX_OBSERVATIONS:
+        raise BadMessage(f"vote extension obs must be a list of at most {MAX_OBSERVATIONS}")
+    obs = [Observation.from_list(x, f"vote extension obs[{i}]") for i, x in enumerate(items)]
+    if any(a >= b for a, b in itertools.pairwise(obs)):
+        raise BadMessage("vote extension obs must be sorted without repeats")
+    keys = [(o.order_id, o.leg) for o in obs]
+    if len(set(keys)) != len(keys):
+        raise BadMessage("vote extension names a leg twice")
+    raw_bonds = m.get("bonds", [])
+    if not isinstance(raw_bonds, list) or len(raw_bonds) > MAX_OBSERVATIONS:
+        raise BadMessage(f"vote extension bonds must be a list of at most {MAX_OBSERVATIONS}")
+    bonds = [
+        BondObservation.from_list(x, f"vote extension bonds[{i}]") for i, x in enumerate(raw_bonds)
+    ]
+    if any(a.node >= b.node for a, b in itertools.pairwise(bonds)):
+        raise BadMessage("vote extension bonds must be sorted by node, one each")
+    return obs, bonds

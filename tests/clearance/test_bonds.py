@@ -1,0 +1,279 @@
+"""Issue 17 section 3: a bond is collateral in the bond vault, counted only as validators attest
+it, slashed only through a ledger decision that > 2/3 of the validators sign for the vault."""
+
+import hashlib
+
+import coincurve
+import pytest
+from web3 import Web3
+
+from kofo.clearance import bonds
+from kofo.clearance.errors import NotFound
+from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
+from kofo.wire.attest import BondObservation, encode_extension
+from kofo.wire.envelope import open_message
+from kofo.wire.orders import (
+    EvidenceKind,
+    FileEvidence,
+    LegOutcome,
+    RegisterValidatorKey,
+    Unbond,
+    sign_tx,
+)
+from tests.ethereum.conftest import EmbeddedChain
+
+from .helpers import Ledger, Party, commit_tx, ledger_params, make_order
+from .test_vote_extensions import Validators
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _codes(result):
+    return [r.error for r in result.results]
+
+
+def test_a_declared_bond_counts_for_nothing_only_the_attested_vault_balance_does():
+    ledger = Ledger()
+    whale, plain = Party.make(0, bond=10**60), Party.make(1, bond=0)
+    ledger.ok(whale.register_tx(), plain.register_tx())
+    assert ledger.app.bond(whale.id) == 0
+    assert ledger.app.importance(whale.id) == ledger.app.importance(plain.id)
+    ledger.chains.see_bond(whale.id, 10**18)
+    ledger.attested()
+    assert ledger.app.bond(whale.id) == 10**18
+    assert ledger.app.importance(whale.id) == 10**9 // 2  # isqrt(bond) at a 50 % success rate
+
+
+def test_an_older_view_of_the_vault_does_not_override_a_newer_one():
+    ledger = Ledger()
+    p = Party.make(0)
+    ledger.ok(p.register_tx())
+    ledger.chains.see_bond(p.id, 500, height=20)
+    ledger.attested()
+    ledger.chains.see_bond(p.id, 10**18, height=10)
+    ledger.attested()
+    assert ledger.app.bond(p.id) == 500
+
+
+def test_a_minority_of_validators_cannot_attest_a_bond():
+    vals = Validators()
+    p = Party.make(0)
+    vals.step(p.register_tx())
+    vals.lies[0] = encode_extension([], [BondObservation(p.id, 10**30, 5)])
+    vals.step()
+    vals.step()
+    assert vals.apps[1].app.bond(p.id) == 0
+    for c in vals.chains[1:]:
+        c.see_bond(p.id, 7 * 10**17, 6)
+    vals.step()
+    vals.step()
+    assert {a.app.bond(p.id) for a in vals.apps} == {7 * 10**17}
+
+
+def _secp(i):
+    return hashlib.sha256(b"validator-secp-%d" % i).digest()
+
+
+def _eth(key):
+    return bonds.eth_address(coincurve.PrivateKey(key).public_key)
+
+
+def _valkey_tx(vals, i, submitter, secp=None):
+    secp = secp or _secp(i)
+    eth = _eth(_secp(i))
+    body = RegisterValidatorKey(
+        consensus_key=vals.pubs[i],
+        eth_address=eth,
+        consensus_sig=vals.keys[i].sign(bonds.valkey_consensus_message(eth, submitter.id)),
+        eth_sig=bonds.sign_digest(secp, bonds.valkey_eth_digest(vals.pubs[i])),
+    )
+    return sign_tx(submitter.key, body)
+
+
+def test_validator_keys_need_both_proofs_of_possession_and_a_validator():
+    vals = Validators()
+    p = Party.make(0)
+    vals.step(p.register_tx())
+    res = vals.step(_valkey_tx(vals, 0, p, secp=_secp(77)), _valkey_tx(vals, 1, p))
+    assert [r.code for r in res.tx_results] == [0, 10, 0]  # attestation, bad eth sig, ok
+    res = vals.step(_valkey_tx(vals, 1, p))
+    assert [r.code for r in res.tx_results] == [0, 6]  # already registered
+    stranger = Party.make(9)
+    body = RegisterValidatorKey(
+        stranger.id,
+        _eth(_secp(9)),
+        stranger.key.sign(bonds.valkey_consensus_message(_eth(_secp(9)), p.id)),
+        bonds.sign_digest(_secp(9), bonds.valkey_eth_digest(stranger.id)),
+    )
+    res = vals.step(sign_tx(p.key, body))
+    assert [r.code for r in res.tx_results] == [0, 10]  # not a validator
+    assert vals.apps[0].app.validator_keys() == {vals.address(1): _eth(_secp(1))}
+
+
+def test_evidence_slashes_the_vault_through_a_decision_signed_by_the_validators():
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    eth_vals = sorted(_eth(_secp(i)) for i in range(4))
+    vault_addr = deploy(
+        w3,
+        "BondVault",
+        w3.eth.accounts[0],
+        [Web3.to_checksum_address(a) for a in eth_vals],
+        [10, 10, 10, 10],
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    foundation = "0x" + "ee" * 20
+    params = ledger_params(
+        bond_vault_chain_id=w3.eth.chain_id,
+        bond_vault_address=vault_addr,
+        slash_recipient=foundation,
+    )
+    vals = Validators(params=params)
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    vals.step(
+        *(p.register_tx() for p in (alice, m1, m2)), *(_valkey_tx(vals, i, alice) for i in range(4))
+    )
+    # m1 locks a real bond in the vault; every validator's watcher sees it
+    owner = chain.new_account(10**19)
+    chain.send(vault.functions.lock(m1.id), owner, value=10**18)
+    for c in vals.chains:
+        c.see_bond(m1.id, vault.functions.bonds(m1.id).call(), w3.eth.block_number)
+    order = make_order([alice, m1, m2], t0=vals.time)
+    vals.step(commit_tx(order, [alice, m1, m2], alice))
+    vals.step()
+    assert vals.apps[0].app.bond(m1.id) == 10**18
+    for c in vals.chains:  # alice locked leg 0; m1 never locks leg 1
+        c.see(order, 0, LegOutcome.LOCKED)
+    vals.step()
+    vals.step()
+    ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
+    res = vals.step(ev, time=order.legs[1].lock_by + params.attest_grace + 1)
+    assert [r.code for r in res.tx_results] == [0, 0]
+    slash = 10**18 * 500 // 10_000
+    events = [e for e in res.tx_results[1].events if e.type == "bond_decision"]
+    did = bytes.fromhex(dict((a.key, a.value) for a in events[0].attributes)["id"])
+    decision = vals.apps[0].app.decision(did)
+    assert (decision["node"], decision["amount"]) == (m1.id, slash)
+    assert vals.apps[0].app.bond(m1.id) == 10**18 - slash  # counted at once, paid on execution
+    # each validator checks the decision on its own ledger and signs its digest
+    expected = vault.functions.slash_digest(
+        m1.id, slash, Web3.to_checksum_address(foundation), did
+    ).call()
+    assert decision["digest"] == expected
+    signed = {_eth(_secp(i)): bonds.sign_digest(_secp(i), decision["digest"]) for i in range(3)}
+    v, r, s = bonds.signature_slots(eth_vals, signed)
+    relayer = chain.new_account(10**18)
+    chain.send(
+        vault.functions.slash(m1.id, slash, Web3.to_checksum_address(foundation), did, v, r, s),
+        relayer,
+    )
+    assert w3.eth.get_balance(Web3.to_checksum_address(foundation)) == slash
+    # the watchers now see the lower balance: the pending slash is paid off, not counted twice
+    for c in vals.chains:
+        c.see_bond(m1.id, vault.functions.bonds(m1.id).call(), w3.eth.block_number)
+    vals.step()
+    vals.step()
+    rec = vals.apps[0].app.node(m1.id)
+    assert (rec["bond_locked"], rec["slash_pending"]) == (10**18 - slash, 0)
+    assert vals.apps[0].app.bond(m1.id) == 10**18 - slash
+
+
+def test_voting_power_follows_the_attested_bond_of_the_validators_node():
+    vals = Validators()
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    res = vals.step(_valkey_tx(vals, 0, node))
+    # bound to a node with no attested bond: its power drops to 0 (from height + 2)
+    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 0)]
+    with pytest.raises(NotFound):  # no vault set while validators with power have no key
+        vals.apps[0].app.valset_decision(1)
+    for c in vals.chains:
+        c.see_bond(node.id, 25 * 10**15, 3)  # 0.025 ETH at 10^15 wei per unit: power 25
+    vals.step()
+    res = vals.step()
+    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 25)]
+    with pytest.raises(NotFound):  # the other three still have no key
+        vals.apps[0].app.valset_decision(1)
+    # the ledger keeps verifying attestations with the set that signed them, block after block
+    for _ in range(3):
+        vals.step()
+    assert len({a.app.app_hash for a in vals.apps}) == 1
+
+
+def test_a_validator_cannot_be_bound_to_another_node_than_the_one_it_signed_for():
+    vals = Validators()
+    mine, thief = Party.make(5), Party.make(6)
+    vals.step(mine.register_tx(), thief.register_tx())
+    tx = _valkey_tx(vals, 0, mine)  # signed for `mine`, resubmitted by `thief` as its own
+    body = RegisterValidatorKey.from_map(open_message(tx).envelope.body)
+    res = vals.step(sign_tx(thief.key, body))
+    assert [r.code for r in res.tx_results] == [0, 4]  # bad_signature
+
+
+def test_one_bond_cannot_back_two_validators():
+    vals = Validators()
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    res = vals.step(_valkey_tx(vals, 0, node), _valkey_tx(vals, 1, node))
+    assert [r.code for r in res.tx_results] == [0, 0, 6]  # the second: already_exists
+
+
+def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_the_vault():
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    eth_vals = sorted(_eth(_secp(i)) for i in range(4))
+    vault_addr = deploy(
+        w3,
+        "BondVault",
+        w3.eth.accounts[0],
+        [Web3.to_checksum_address(a) for a in eth_vals],
+        [10, 10, 10, 10],
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    ledger = Ledger(
+        params=ledger_params(
+            bond_vault_chain_id=w3.eth.chain_id, bond_vault_address=vault_addr, unbond_delay=1_000
+        )
+    )
+    node = Party.make(3)
+    ledger.ok(node.register_tx())
+    owner = chain.new_account(10**19)
+    chain.send(vault.functions.lock(node.id), owner, value=10**18)
+    ledger.chains.see_bond(node.id, 10**18, w3.eth.block_number)
+    ledger.attested()
+    payout = bytes.fromhex("00" * 19 + "cd")
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0, payout))
+    too_much = sign_tx(node.key, Unbond(10**18 + 1, 0, payout))
+    assert _codes(ledger.block(too_much)) == ["order_invalid"]
+    start = ledger.time
+    assert _codes(ledger.block(unbond)) == [""]
+    assert ledger.app.bond(node.id) == 6 * 10**17  # importance and power stop counting it
+    assert _codes(ledger.block(unbond, time=start + 999)) == ["order_invalid"]  # too early
+    elsewhere = sign_tx(node.key, Unbond(4 * 10**17, 0, bytes.fromhex("00" * 19 + "ef")))
+    assert _codes(ledger.block(elsewhere, time=start + 1_000)) == ["order_invalid"]  # payout
+    res = ledger.block(unbond, time=start + 1_000)
+    assert _codes(res) == [""]
+    event = next(e for e in res.results[0].events if e[0] == "bond_decision")
+    did = bytes.fromhex(dict(event[1])["id"])
+    decision = ledger.app.decision(did)
+    assert (decision["kind"], decision["amount"]) == ("release", 4 * 10**17)
+    checksum = Web3.to_checksum_address(payout)
+    assert decision["recipient"] == "0x" + payout.hex()
+    assert (
+        decision["digest"]
+        == vault.functions.release_digest(node.id, 4 * 10**17, checksum, did).call()
+    )
+    signed = {_eth(_secp(i)): bonds.sign_digest(_secp(i), decision["digest"]) for i in (0, 2, 3)}
+    v, r, s = bonds.signature_slots(eth_vals, signed)
+    chain.send(
+        vault.functions.release(node.id, 4 * 10**17, checksum, did, v, r, s),
+        chain.new_account(10**18),
+    )
+    assert w3.eth.get_balance(checksum) == 4 * 10**17
+    ledger.chains.see_bond(node.id, vault.functions.bonds(node.id).call(), w3.eth.block_number)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 6 * 10**17
+    assert ledger.app.node(node.id)["slash_pending"] == 0
+    # the old request, replayed by anyone, does not start another unbonding
+    assert _codes(ledger.block(unbond)) == ["order_invalid"]
+    assert ledger.app.bond(node.id) == 6 * 10**17

@@ -1,0 +1,75 @@
+"""Leg outcomes by vote extension on a real 4-validator CometBFT v0.38 network: each validator's
+app reads what it "sees" on the chains from its own file (FileObserver); three honest validators
+see a leg locked, the fourth lies that it was refunded, and the network records it locked."""
+
+import json
+import os
+import time
+
+import pytest
+
+from kofo.clearance.consensus.testnet import LocalTestnet, free_base_port
+from kofo.wire.codec import decode, encode
+from tests.conftest import require_binary
+
+from .helpers import Party, commit_tx, ledger_params, make_order
+
+pytestmark = [pytest.mark.realnode, pytest.mark.timeout(240)]
+
+
+def _wait(pred, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _see(net, index, legs):
+    path = net.observed_path(index)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"legs": legs}))
+    os.replace(tmp, path)
+
+
+def test_four_cometbft_validators_attest_a_lock_and_outvote_a_liar(tmp_path):
+    require_binary("cometbft")
+    net = LocalTestnet(
+        tmp_path / "net",
+        4,
+        base_port=free_base_port(4),
+        params=ledger_params().as_map(),
+        vote_extensions_height=1,
+        observe=True,
+    )
+    net.create()
+    with net:
+        net.start_all(wait_height=2)  # past the first height that carries attestations
+        parties = [Party.make(i) for i in range(3)]
+        for i, p in enumerate(parties):
+            assert net.broadcast(i, p.register_tx(ts=int(time.time())))["code"] == 0
+        _wait(lambda: net.query(0, "/node", encode(parties[-1].id))[0] == 0, what="registrations")
+        order = make_order(parties, t0=int(time.time()))
+        assert net.broadcast(1, commit_tx(order, parties, parties[0]))["code"] == 0
+
+        def record(v):
+            code, value = net.query(v, "/order", encode(order.order_id))
+            return decode(value) if code == 0 else None
+
+        _wait(lambda: record(0) is not None, what="the order committed")
+        oid = order.order_id.hex()
+        for v in range(3):
+            _see(net, v, [[oid, 0, "locked", "aa" * 32, 100]])
+        _see(net, 3, [[oid, 0, "refunded", "bb" * 32, 100], [oid, 1, "redeemed", "cc" * 32, 9]])
+        _wait(
+            lambda: all((record(v) or {}).get("legs", [{}])[0].get("outcome") for v in range(4)),
+            what="the attested lock on every validator",
+        )
+        for v in range(4):
+            rec = record(v)
+            assert rec["status"] == "committed"
+            assert [(x["outcome"], x["txid"]) for x in rec["legs"]][:2] == [
+                ("locked", "aa" * 32),
+                (None, None),
+            ]
+        height = min(net.height(v) for v in range(4)) - 1  # its app hash is in height + 1
+        assert len({net.app_hash_at(v, height) for v in range(4)}) == 1
