@@ -59,18 +59,19 @@ from kofo.settlement.chains.bitcoin.taproot import (
     TaprootHtlc,
     build_taproot_htlc,
     build_taproot_spend,
-    extract_taproot_preimage,
-    is_key_path_spend,
+    read_taproot_spend,
     unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import (
+    SpendPath,
+    UnrecognisedSpend,
     Utxo,
     build_child_spend,
     build_funding_tx,
     build_htlc_spend,
     effective_fee_rate,
-    extract_preimage,
     min_htlc_amount,
+    read_htlc_spend,
     vsize,
 )
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
@@ -756,20 +757,33 @@ class BitcoinAdapter:
     def _spend_outcome(
         self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms
     ) -> tuple[bool, bytes | None]:
-        """(redeemed?, preimage) for the transaction spending the HTLC output.
+        """(redeemed?, preimage) for the transaction spending the HTLC output, read by what its
+        witness proves (:func:`.tx.read_htlc_spend`, :func:`.taproot.read_taproot_spend`): only
+        a proven refund is a refund, and a spend proving neither branch raises
+        :class:`UnrecognisedSpend` (an alarm; the swap's state is not moved by it).
 
         The script checks ``HASH160(preimage)``, i.e. 160 bits of ``sha256(preimage)``: a claim
         whose preimage does not hash to the payment hash in full (a RIPEMD160 collision, ~2^80
         work for the secret's owner) opens this output but no other leg. It is reported as a
         claim without a preimage, never as a secret to redeem with."""
-        if self._kind(terms) == "p2tr":
-            found = extract_taproot_preimage(spender, txid, vout, self.taproot_htlc(terms))
-            if found is None and is_key_path_spend(spender, txid, vout):
-                # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already
-                # holds the preimage), and the chain shows none, so preimage is None.
-                return True, None
-        else:
-            found = extract_preimage(spender, txid, vout, self.witness_script(terms))
+        try:
+            if self._kind(terms) == "p2tr":
+                spend = read_taproot_spend(spender, txid, vout, self.taproot_htlc(terms))
+            else:
+                spend = read_htlc_spend(spender, txid, vout, self.witness_script(terms))
+        except UnrecognisedSpend as exc:
+            log.error("%s: ALARM %s", self.chain, exc)
+            raise
+        if spend is None:  # the index or the mempool named a transaction that does not spend it
+            raise UnrecognisedSpend(
+                f"{b2lx(spender.GetTxid())} is reported as spending HTLC {txid}:{vout} but has "
+                "no input spending it"
+            )
+        if spend.path is SpendPath.REFUND:
+            return False, None
+        # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already holds
+        # the preimage), and the chain shows none, so preimage is None.
+        found = spend.preimage
         if found is not None and hashlib.sha256(found).digest() != terms.payment_hash:
             log.error(
                 "%s: %s claims HTLC %s:%d with a secret whose sha256 is not the payment hash "
@@ -780,7 +794,7 @@ class BitcoinAdapter:
                 vout,
             )
             return True, None
-        return found is not None, found
+        return True, found
 
     def find_htlc(
         self,
