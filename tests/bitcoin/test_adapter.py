@@ -220,7 +220,9 @@ class _MempoolWith:
         return [*self.backend.mempool_raw(), self.extra]
 
 
-@pytest.mark.parametrize("forged", ["other-script", "wrong-secret", "no-witness", "no-arguments"])
+@pytest.mark.parametrize(
+    "forged", ["other-script", "wrong-secret", "no-witness", "no-arguments", "unsigned-refund"]
+)
 def test_a_spend_that_proves_neither_branch_is_an_alarm_not_a_refund(alice, bob, forged):
     """A node showing a spend of the HTLC that no valid transaction could be (here: in its
     mempool) must not end the swap as refunded: the adapter raises UnrecognisedSpend."""
@@ -235,6 +237,8 @@ def test_a_spend_that_proves_neither_branch_is_an_alarm_not_a_refund(alice, bob,
         "wrong-secret": [sig, bytes(32), script],
         "no-witness": [],
         "no-arguments": [script],
+        # Refund-shaped, but no key signed it: only Core's script interpreter tells.
+        "unsigned-refund": [bytes(71), script],
     }[forged]
     liar = BitcoinAdapter(_MempoolWith(bob.backend, _restacked(claim, stack)), bob.wallet)
     with pytest.raises(UnrecognisedSpend) as err:

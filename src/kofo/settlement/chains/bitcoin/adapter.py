@@ -25,7 +25,14 @@ from bitcointx.core import (
     b2lx,
 )
 
-from kofo.errors import AuditFailed, ChainError, HtlcNotFound, InsufficientFunds, InvalidInput
+from kofo.errors import (
+    AuditFailed,
+    ChainError,
+    HtlcNotFound,
+    InsufficientFunds,
+    InvalidInput,
+    TxRejected,
+)
 from kofo.settlement.chain import (
     BlockHeight,
     BlockInfo,
@@ -58,6 +65,7 @@ from kofo.settlement.chains.bitcoin.cooperative import (
     cosign_claim,
     finish_claim,
 )
+from kofo.settlement.chains.bitcoin.kernel import SpentOutput, verify_input
 from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
 from kofo.settlement.chains.bitcoin.script import (
     build_htlc_script,
@@ -855,6 +863,8 @@ class BitcoinAdapter:
                 spend = read_taproot_spend(spender, txid, vout, self.taproot_htlc(terms))
             else:
                 spend = read_htlc_spend(spender, txid, vout, self.witness_script(terms))
+            if spend is not None:
+                self._verify_spend(spender, txid, vout)
         except UnrecognisedSpend as exc:
             log.error("%s: ALARM %s", self.chain, exc)
             raise
@@ -879,6 +889,41 @@ class BitcoinAdapter:
             )
             return True, None
         return True, found
+
+    def _verify_spend(self, spender: CTransaction, txid: str, vout: int) -> None:
+        """Run Bitcoin Core's script interpreter (:func:`.kernel.verify_input`, every consensus
+        flag) on the input of ``spender`` that opens ``txid:vout``: a claim or refund is only
+        believed when its signature and script pass, so a node cannot show a spend that no one
+        could have signed (in its mempool, where no proof of work backs it). The check needs
+        every output ``spender`` spends (Taproot signatures commit to all of them); when one is
+        neither on the followed chain nor in the mempool it is skipped, and the witness is read
+        as it stands (a confirmed spend is backed by the block checks)."""
+        spent: list[SpentOutput] = []
+        pool: dict[str, CTransaction] | None = None
+        index = -1
+        for n, txin in enumerate(spender.vin):
+            prev_id, out = b2lx(txin.prevout.hash), txin.prevout.n
+            found = self.index.txs.get(prev_id)
+            prev = found.tx if found is not None else None
+            if prev is None:
+                if pool is None:
+                    pool = {b2lx(t.GetTxid()): t for t in self._mempool()}
+                prev = pool.get(prev_id)
+            if prev is None or out >= len(prev.vout):
+                log.debug("%s: cannot see every input of %s", self.chain, b2lx(spender.GetTxid()))
+                return
+            if (prev_id, out) == (txid, vout):
+                index = n
+            spent.append(
+                SpentOutput(bytes(prev.vout[out].scriptPubKey), int(prev.vout[out].nValue))
+            )
+        try:
+            verify_input(spender.serialize(), index, spent)
+        except TxRejected as exc:
+            raise UnrecognisedSpend(
+                f"{b2lx(spender.GetTxid())} spends HTLC {txid}:{vout} with a witness that fails "
+                f"Bitcoin's script rules ({exc})"
+            ) from None
 
     def find_htlc(
         self,
