@@ -42,7 +42,7 @@ from bitcointx.core.script import CScript, CScriptWitness
 from bitcointx.core.serialize import VarIntSerializer
 
 from kofo.errors import AuditFailed, InvalidInput
-from kofo.settlement.chain import BlockHeight, HtlcRef, HtlcState, HtlcTerms
+from kofo.settlement.chain import BlockHeight, HtlcRef, HtlcState, HtlcTerms, UnixTime
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter, ChainIndex
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
 from kofo.settlement.chains.bitcoin.blocks import (
@@ -272,3 +272,19 @@ def test_an_audit_of_a_real_lock_is_unaffected_by_a_forged_one(chain, parties):
     terms, _ = _terms(alice, bob)
     with pytest.raises(AuditFailed):
         bob.audit(HtlcRef(terms, "ab" * 32 + ":0", "ab" * 32), terms, min_confirmations=1)
+
+
+class _LyingClock(ForgingBackend):
+    def median_time_past(self) -> int:
+        return 4_000_000_000  # year 2096: every time lock "expired"
+
+
+def test_the_time_lock_clock_comes_from_the_checked_headers_not_the_nodes_word(chain, parties):
+    """A node claiming a later median time past would make time-locked refunds look due (and
+    a claim look too late to send); the adapter computes BIP113's clock from the headers it
+    checked."""
+    liar = _LyingClock(EmbeddedBackend(chain))
+    adapter = BitcoinAdapter(liar, HdWallet(b"\x4d" * 32, REGTEST), expiry_unit=UnixTime)
+    assert adapter.expiry_now() == UnixTime(chain.median_time_past())
+    with adapter.observe():
+        assert adapter.expiry_now() == UnixTime(chain.median_time_past())

@@ -180,6 +180,9 @@ READ_LIES: dict[str, tuple[str, Answer, Callable[[BitcoinAdapter], object]]] = {
     "json-list": ("getblockcount", body("[1, 2]"), lambda a: a.tip()),
     "json-nan": ("getblockcount", body("NaN"), lambda a: a.tip()),
     "json-deep": ("getblockcount", body("[" * 100_000 + "]" * 100_000), lambda a: a.tip()),
+    # Deep enough to overflow the C stack under a raised recursion limit (it crashed a run).
+    "json-deeper": ("getblockcount", body("[" * 2_000_000), lambda a: a.tip()),
+    "json-many": ("getblockcount", body("[" + "[]," * 5000 + "[]]"), lambda a: a.tip()),
     "json-huge-int": ("getblockcount", body("9" * 5000), lambda a: a.tip()),
     "error-string": (
         "getblockcount",

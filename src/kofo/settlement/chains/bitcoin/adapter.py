@@ -103,6 +103,10 @@ class _Confirmed:
     height: int
 
 
+MTP_WINDOW = 11
+"""BIP113: the median of this many block times (the tip's and the ten below) is the clock
+time locks are judged by."""
+
 SYNC_ROUNDS = 8
 """How many times :meth:`ChainIndex.sync` walks back and reads forward again when the chain
 reorganises while it reads; past that the sync fails (a chain error: retried next tick)."""
@@ -125,6 +129,7 @@ class ChainIndex:
     by_script: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
     _per_height: dict[int, list[str]] = field(default_factory=dict)
     _bits: dict[int, int] = field(default_factory=dict)
+    _times: dict[int, int] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def height(self) -> int:
@@ -162,6 +167,7 @@ class ChainIndex:
                 break
             self._undo(top)
             self._bits.pop(top, None)
+            self._times.pop(top, None)
         for height in range(self.height() + 1, tip + 1):
             block_hash = self.backend.block_hash(height)
             raw = self.backend.block_raw(block_hash)
@@ -176,6 +182,7 @@ class ChainIndex:
                 self._check_bits(height, header)
             self._apply(height, block_hash, parse_block(raw))
             self._bits[height] = header.bits
+            self._times[height] = header.time
         return True
 
     def _check_bits(self, height: int, header: Header) -> None:
@@ -232,6 +239,25 @@ class ChainIndex:
                 if (txid, n) in entries:
                     entries.remove((txid, n))
         self.hashes.pop()
+
+    def median_time_past(self) -> int | None:
+        """BIP113's clock from the checked headers: the median time of the tip and the ten
+        blocks below it (fewer near genesis, as Core does). ``None`` while the index, started
+        above genesis, holds fewer than eleven blocks."""
+        tip = self.height()
+        low = max(0, tip - MTP_WINDOW + 1)
+        if low < self.start_height or tip < self.start_height:
+            return None
+        times = sorted(self._times[h] for h in range(low, tip + 1))
+        return times[len(times) // 2]
+
+    def block(self, height: int) -> BlockInfo | None:
+        """The checked block at ``height``, if the index holds it."""
+        with self._lock:
+            offset = height - self.start_height
+            if not 0 <= offset < len(self.hashes):
+                return None
+            return BlockInfo(height=height, hash=self.hashes[offset], time=self._times[height])
 
     def confirmations(self, txid: str) -> int:
         found = self.txs.get(txid)
@@ -315,9 +341,15 @@ class BitcoinAdapter:
         """Tip height, or (for time expiries) the tip's median time past -- the clock CLTV uses.
         A height refund is valid once ``expiry_now() >= expiry``; a time refund once
         ``expiry_now() > expiry`` (BIP113 needs the lock time strictly below the MTP)."""
+        self._sync()  # both clocks come from the checked blocks, not from the node's word
         if self.expiry_unit is UnixTime:
-            return UnixTime(self._pin.cached("mtp", self.backend.median_time_past))
-        return BlockHeight(self.index.height() if self._pin.held else self.backend.block_count())
+            return UnixTime(self._pin.cached("mtp", self._median_time_past))
+        return BlockHeight(self.index.height())
+
+    def _median_time_past(self) -> int:
+        mtp = self.index.median_time_past()
+        # An index started above genesis has no eleven checked headers yet: the node's word.
+        return self.backend.median_time_past() if mtp is None else mtp
 
     def observe(self) -> AbstractContextManager[None]:
         """Sync once; inside the block, the HTLC reads, the mempool and the clock see one view
@@ -1039,11 +1071,16 @@ class BitcoinAdapter:
     # ---- following the chain -----------------------------------------------------------------
 
     def tip(self) -> BlockInfo:
-        if self._pin.held:
-            return self._pin.cached("tip", lambda: self.block_at(self.index.height()))
-        return self.block_at(self.backend.block_count())
+        """The tip of the checked index (synced first outside :meth:`observe`)."""
+        self._sync()
+        return self.block_at(self.index.height())
 
     def block_at(self, height: int) -> BlockInfo:
+        """A block of the checked index; one below its start is read from the node (its hash
+        checked against its header, nothing more: a block the index never followed)."""
+        known = self.index.block(height)
+        if known is not None:
+            return known
         block_hash = self.backend.block_hash(height)
         header = parse_header(self.backend.block_raw(block_hash))
         if header.hash != block_hash:

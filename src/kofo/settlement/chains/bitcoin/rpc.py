@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import re
 import socket
 import ssl
 import threading
@@ -114,6 +115,10 @@ class RpcClient:
             raise ConfigError(f"node at {self.url} refused the rpc user/password")
         if len(data) > MAX_ANSWER_BYTES:
             raise BadRpcAnswer(method, f"an answer over {MAX_ANSWER_BYTES} bytes")
+        if _containers(data) > MAX_CONTAINERS:
+            # json's C scanner recurses per nesting level: a deep enough answer overflows the
+            # C stack (a segfault, not a RecursionError, where the recursion limit is raised).
+            raise BadRpcAnswer(method, f"JSON with over {MAX_CONTAINERS} arrays and objects")
         try:
             answer = json.loads(data, parse_float=Decimal, parse_constant=_no_constant)
         except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, NaN, deep nesting
@@ -137,6 +142,23 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """The largest answer read: a block at verbosity 0 is at most 8 MB of hex (4 MWU), the txids of
 a full default mempool (300 MB) under 20 MB. A node sending more is not believed, nor buffered
 without end."""
+
+
+MAX_CONTAINERS = 1000
+"""The most arrays and objects an answer may hold: every call the adapter makes answers with a
+handful (``getblock`` is read raw, as one hex string)."""
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _containers(data: bytes) -> int:
+    """How many arrays and objects the JSON text ``data`` opens (brackets inside strings do not
+    count), found at C speed without parsing."""
+    total = data.count(b"[") + data.count(b"{")
+    if total <= MAX_CONTAINERS:  # the usual case (hex and numbers hold no brackets): no scan
+        return total
+    bare = _JSON_STRING.sub(b"", data)
+    return bare.count(b"[") + bare.count(b"{")
 
 
 class BadRpcAnswer(ChainError):
