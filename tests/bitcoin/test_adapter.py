@@ -6,6 +6,11 @@ import hashlib
 import os
 
 import pytest
+from bitcointx.core import CBitcoinMutableTransaction as CMutableTransaction
+from bitcointx.core import CBitcoinTransaction as CTransaction
+from bitcointx.core import CBitcoinTxInWitness as CTxInWitness
+from bitcointx.core import CBitcoinTxWitness as CTxWitness
+from bitcointx.core.script import CScriptWitness
 
 from kofo.errors import AuditFailed, ConfigError, InsufficientFunds, InvalidInput, WalletError
 from kofo.settlement import keystore
@@ -20,6 +25,7 @@ from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import EmbeddedBackend
 from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.rpc import RpcClient
+from kofo.settlement.chains.bitcoin.tx import HtlcSpend, SpendPath, UnrecognisedSpend
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from tests.bitcoin.conftest import REGTEST
 
@@ -177,7 +183,9 @@ def test_a_claim_whose_secret_is_not_the_payment_hash_in_full_yields_no_secret(
     bob.broadcast(bob.prepare_redeem(ref, preimage))
     assert alice.status(ref).preimage == preimage
     colliding = bytes(32)
-    monkeypatch.setattr(adapter_module, "extract_preimage", lambda *_a: colliding)
+    monkeypatch.setattr(
+        adapter_module, "read_htlc_spend", lambda *_a: HtlcSpend(SpendPath.CLAIM, colliding)
+    )
     seen = alice.status(ref)
     assert seen.state is HtlcState.REDEEMED and seen.preimage is None
 
@@ -187,6 +195,56 @@ def test_a_malformed_locator_is_refused_by_name(alice, locator):
     terms, _ = _terms(alice, alice, BlockHeight(alice.expiry_now().value + 20))
     with pytest.raises(InvalidInput, match="locator must be txid:vout"):
         alice.status(HtlcRef(terms, locator, locator[:64]))
+
+
+def _restacked(raw: bytes, stack: list[bytes]) -> bytes:
+    tx = CMutableTransaction.from_tx(CTransaction.deserialize(raw))
+    tx.wit = CTxWitness([CTxInWitness(CScriptWitness(stack))])
+    return CTransaction.from_tx(tx).serialize()
+
+
+def _witness(raw: bytes) -> list[bytes]:
+    return [bytes(i) for i in CTransaction.deserialize(raw).wit.vtxinwit[0].scriptWitness.stack]
+
+
+class _MempoolWith:
+    """A lying backend: its mempool also holds ``extra`` (a transaction no node would take)."""
+
+    def __init__(self, backend, extra: bytes) -> None:
+        self.backend, self.extra = backend, extra
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def mempool_raw(self) -> list[bytes]:
+        return [*self.backend.mempool_raw(), self.extra]
+
+
+@pytest.mark.parametrize(
+    "forged", ["other-script", "wrong-secret", "no-witness", "no-arguments", "unsigned-refund"]
+)
+def test_a_spend_that_proves_neither_branch_is_an_alarm_not_a_refund(alice, bob, forged):
+    """A node showing a spend of the HTLC that no valid transaction could be (here: in its
+    mempool) must not end the swap as refunded: the adapter raises UnrecognisedSpend."""
+    terms, preimage = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    claim = bob.prepare_redeem(ref, preimage).raw
+    sig, _, script = _witness(claim)
+    other = bob.witness_script(_terms(alice, bob, terms.expiry)[0])
+    stack = {
+        "other-script": [sig, other],
+        "wrong-secret": [sig, bytes(32), script],
+        "no-witness": [],
+        "no-arguments": [script],
+        # Refund-shaped, but no key signed it: only Core's script interpreter tells.
+        "unsigned-refund": [bytes(71), script],
+    }[forged]
+    liar = BitcoinAdapter(_MempoolWith(bob.backend, _restacked(claim, stack)), bob.wallet)
+    with pytest.raises(UnrecognisedSpend) as err:
+        liar.status(ref)
+    assert err.value.code == "htlc_spend_unrecognised"
+    assert preimage.hex() not in str(err.value)
 
 
 class _ReorgWhileRead:

@@ -11,7 +11,13 @@ from bitcointx.core import (
     CBitcoinMutableTransaction as CMutableTransaction,
 )
 from bitcointx.core import (
+    CBitcoinOutPoint as COutPoint,
+)
+from bitcointx.core import (
     CBitcoinTransaction as CTransaction,
+)
+from bitcointx.core import (
+    CBitcoinTxIn as CTxIn,
 )
 from bitcointx.core import (
     CBitcoinTxInWitness as CTxInWitness,
@@ -24,6 +30,7 @@ from bitcointx.core import (
 )
 from bitcointx.core import (
     b2lx,
+    lx,
 )
 from bitcointx.core.key import CKey
 from bitcointx.core.script import (
@@ -48,13 +55,19 @@ from kofo.settlement.chains.bitcoin.taproot import (
     build_taproot_htlc,
     build_taproot_spend,
     extract_taproot_preimage,
+    read_taproot_spend,
     sign_key_path_spend,
     unsigned_key_path_spend,
 )
-from kofo.settlement.chains.bitcoin.tx import build_funding_tx, p2wpkh_script_pubkey
+from kofo.settlement.chains.bitcoin.tx import (
+    SpendPath,
+    UnrecognisedSpend,
+    build_funding_tx,
+    p2wpkh_script_pubkey,
+)
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 
-from .helpers import coinbase_utxo, new_key, pub
+from .helpers import coinbase_utxo, new_key, pub, tapscript_sighash
 
 AMOUNT = 1_000_000
 
@@ -393,3 +406,98 @@ def test_adapter_rejects_an_unknown_htlc_kind(chain, parties):
     with pytest.raises(InvalidInput, match=r"terms\.output must be one of p2wsh, p2tr") as err:
         alice.prepare_lock(dataclasses.replace(terms, output="p2sh"))
     assert err.value.code == "bad_output"
+
+
+# ---- a spend is read by what it proves (issue 16, case 11) -------------------------------
+
+
+def _claim_with_annex(
+    htlc: TaprootHtlc, claim: CTransaction, amount: int, key: CKey, annex: bytes
+) -> bytes:
+    """``claim`` (through the claim leaf) with a BIP341 annex appended, signed over it."""
+    _, preimage, leaf, control = _stack(claim)
+    spk, leaf_hash = htlc.script_pubkey, htlc.leaf_hash("claim")
+    # The hand-written sighash matches the library's where the library is right (no annex).
+    plain = SignatureHashSchnorr(
+        claim,
+        0,
+        [CTxOut(amount, CScript(spk))],
+        sigversion=SIGVERSION_TAPSCRIPT,
+        tapleaf_hash=leaf_hash,
+    )
+    assert tapscript_sighash(claim, amount, spk, leaf_hash) == plain
+    signed = key.sign_schnorr_no_tweak(tapscript_sighash(claim, amount, spk, leaf_hash, annex))
+    return _with_witness(claim, [signed, preimage, leaf, control, annex])
+
+
+def test_a_claim_with_an_annex_is_read_as_a_claim_and_yields_the_secret(parties):
+    """The claim leaf spent with ``[sig, preimage, leaf, control, annex]`` is valid under
+    consensus (Bitcoin Core's kernel mines it); it was read as a refund with no secret, so the
+    participant never learnt the preimage and lost its counter leg."""
+    alice, bob = parties
+    terms, secret = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    claim = CTransaction.deserialize(bob.prepare_redeem(ref, secret).raw)
+    htlc = bob.taproot_htlc(terms)
+    key = bob.wallet.key_for_pubkey(htlc.recipient_pubkey)
+    raw = _claim_with_annex(htlc, claim, terms.amount, key, b"\x50" + os.urandom(20))
+    alice.backend.chain.send_raw(raw)  # the embedded mempool checks consensus, not relay policy
+    alice.backend.mine(1, alice.wallet.address())
+    mined = CTransaction.deserialize(raw)
+    assert alice.tx_confirmations(b2lx(mined.GetTxid())) == 1
+    status = alice.status(ref)
+    assert status.state is HtlcState.REDEEMED
+    assert status.preimage == secret
+
+
+def test_taproot_spends_are_read_by_leaf_and_control_block_not_by_size():
+    """Each witness is read as BIP341 reads it; an annex changes nothing, and a spend that is
+    none of the HTLC's own paths is an alarm, never a refund."""
+    recipient, refunder, secret = new_key(), new_key(), os.urandom(32)
+    htlc = build_taproot_htlc(
+        hashlib.sha256(secret).digest(), pub(recipient), pub(refunder), BlockHeight(500)
+    )
+    other = build_taproot_htlc(bytes(32), pub(recipient), pub(refunder), BlockHeight(500))
+    txid = "ab" * 32
+    spend = _spend_stub(txid)
+    sig, annex = bytes(64), b"\x50\x00"
+    claim = [sig, secret, htlc.claim_leaf, htlc.control_block("claim")]
+    refund = [sig, htlc.refund_leaf, htlc.control_block("refund")]
+
+    def read(stack):
+        return read_taproot_spend(
+            CTransaction.deserialize(_with_witness(spend, stack)), txid, 0, htlc
+        )
+
+    for stack in (claim, [*claim, annex]):
+        found = read(stack)
+        assert found.path is SpendPath.CLAIM and found.preimage == secret
+    for stack in (refund, [*refund, annex]):
+        assert read(stack).path is SpendPath.REFUND
+    for stack in ([sig], [sig, annex], [sig + b"\x01"]):
+        assert read(stack).path is SpendPath.KEY_PATH
+    forged = [
+        [sig, secret, htlc.claim_leaf, htlc.control_block("refund")],  # wrong control block
+        [sig, other.refund_leaf, other.control_block("refund")],  # another HTLC's leaf
+        [sig, bytes(32), htlc.claim_leaf, htlc.control_block("claim")],  # secret does not open
+        [sig, htlc.refund_leaf, htlc.control_block("refund")[:-1]],  # truncated control
+        [bytes(63)],  # no key-path signature has 63 bytes
+        [annex, annex],  # an annex and nothing it annexes
+    ]
+    for stack in forged:
+        with pytest.raises(UnrecognisedSpend):
+            read(stack)
+    assert (
+        read_taproot_spend(
+            CTransaction.deserialize(_with_witness(spend, claim)), "cd" * 32, 0, htlc
+        )
+        is None
+    )
+
+
+def _spend_stub(txid: str) -> CTransaction:
+    tx = CMutableTransaction(
+        [CTxIn(COutPoint(lx(txid), 0))], [CTxOut(1000, CScript(b"\x51"))], nVersion=2
+    )
+    return CTransaction.from_tx(tx)

@@ -8,6 +8,7 @@ transaction in a block that left the best chain has 0 confirmations again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -24,7 +25,14 @@ from bitcointx.core import (
     b2lx,
 )
 
-from kofo.errors import AuditFailed, ChainError, HtlcNotFound, InsufficientFunds, InvalidInput
+from kofo.errors import (
+    AuditFailed,
+    ChainError,
+    HtlcNotFound,
+    InsufficientFunds,
+    InvalidInput,
+    TxRejected,
+)
 from kofo.settlement.chain import (
     BlockHeight,
     BlockInfo,
@@ -41,14 +49,24 @@ from kofo.settlement.chain import (
     check_preimage,
 )
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
-from kofo.settlement.chains.bitcoin.backend import ChainBackend
-from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, parse_block, parse_header
+from kofo.settlement.chains.bitcoin.backend import BadRpcAnswer, ChainBackend
+from kofo.settlement.chains.bitcoin.blocks import (
+    BadBlock,
+    Header,
+    ParsedBlock,
+    check_block,
+    compact_target,
+    parse_block,
+    parse_header,
+)
 from kofo.settlement.chains.bitcoin.cooperative import (
     CooperativeClaim,
     begin_claim,
     cosign_claim,
     finish_claim,
 )
+from kofo.settlement.chains.bitcoin.kernel import SpentOutput, verify_input
+from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
 from kofo.settlement.chains.bitcoin.script import (
     build_htlc_script,
     p2wsh_script_pubkey,
@@ -59,18 +77,19 @@ from kofo.settlement.chains.bitcoin.taproot import (
     TaprootHtlc,
     build_taproot_htlc,
     build_taproot_spend,
-    extract_taproot_preimage,
-    is_key_path_spend,
+    read_taproot_spend,
     unsigned_key_path_spend,
 )
 from kofo.settlement.chains.bitcoin.tx import (
+    SpendPath,
+    UnrecognisedSpend,
     Utxo,
     build_child_spend,
     build_funding_tx,
     build_htlc_spend,
     effective_fee_rate,
-    extract_preimage,
     min_htlc_amount,
+    read_htlc_spend,
     vsize,
 )
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
@@ -83,6 +102,10 @@ class _Confirmed:
     tx: CTransaction
     height: int
 
+
+MTP_WINDOW = 11
+"""BIP113: the median of this many block times (the tip's and the ten below) is the clock
+time locks are judged by."""
 
 SYNC_ROUNDS = 8
 """How many times :meth:`ChainIndex.sync` walks back and reads forward again when the chain
@@ -99,11 +122,14 @@ class ChainIndex:
 
     backend: ChainBackend
     start_height: int = 0
+    params: ChainParams = field(default_factory=lambda: chain_params("btc", "regtest"))
     hashes: list[str] = field(default_factory=list)
     txs: dict[str, _Confirmed] = field(default_factory=dict)
     spends: dict[tuple[str, int], str] = field(default_factory=dict)
     by_script: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)
     _per_height: dict[int, list[str]] = field(default_factory=dict)
+    _bits: dict[int, int] = field(default_factory=dict)
+    _times: dict[int, int] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def height(self) -> int:
@@ -115,7 +141,13 @@ class ChainIndex:
         Every applied block must link to the one below it: a reorganisation that lands while
         the new blocks are being read (between ``getblockcount`` and ``getblockhash``) would
         otherwise leave a block the chain no longer has in the index for good. A block that
-        does not link starts the walk again, at most :data:`SYNC_ROUNDS` times."""
+        does not link starts the walk again, at most :data:`SYNC_ROUNDS` times.
+
+        Every block is checked before anything in it is believed (:func:`.blocks.check_block`:
+        Core's context-free checks, merkle root, witness commitment, proof of work against
+        ``bits`` and the network's limit, ``params.min_block_work``), and its ``bits`` must
+        follow its parent's where the network retargets (:meth:`_check_bits`). A block that
+        fails raises :class:`.blocks.BadBlock` and the index keeps what it had."""
         ensure_thread_params()
         with self._lock:
             for _ in range(SYNC_ROUNDS):
@@ -134,14 +166,50 @@ class ChainIndex:
             if top <= tip and self.backend.block_hash(top) == self.hashes[-1]:
                 break
             self._undo(top)
+            self._bits.pop(top, None)
+            self._times.pop(top, None)
         for height in range(self.height() + 1, tip + 1):
             block_hash = self.backend.block_hash(height)
-            block = parse_block(self.backend.block_raw(block_hash))
+            raw = self.backend.block_raw(block_hash)
+            header = parse_header(raw)
             below = self.hashes[-1] if self.hashes else None
-            if block.hash != block_hash or (below is not None and block.prev_hash != below):
+            if header.hash != block_hash:
+                raise BadBlock(f"the node's block {block_hash} at {height} hashes to {header.hash}")
+            if below is not None and header.prev_hash != below:
                 return False  # the chain moved under us: walk back again
-            self._apply(height, block_hash, block)
+            if height > 0:  # the genesis block is the chain's given, not proven by work
+                check_block(raw, self.params)
+                self._check_bits(height, header)
+            self._apply(height, block_hash, parse_block(raw))
+            self._bits[height] = header.bits
+            self._times[height] = header.time
         return True
+
+    def _check_bits(self, height: int, header: Header) -> None:
+        """Where the network retargets every ``params.retarget_interval`` blocks, a block's
+        ``bits`` equal its parent's inside a period and change by at most a factor of 4 at a
+        boundary (Core's GetNextWorkRequired clamps the timespan to [T/4, 4T]). So a lying node
+        cannot drop the difficulty to fake blocks cheaply: from the index's first block on, each
+        fake block costs what a real one does. (The first block is the anchor: its bits are
+        checked against ``min_block_work`` and the limit only.)"""
+        interval = self.params.retarget_interval
+        parent = self._bits.get(height - 1)
+        if interval is None or parent is None:
+            return
+        if height % interval:
+            if header.bits != parent:
+                raise BadBlock(
+                    f"block {header.hash} at {height}: bits {header.bits:#010x} differ from its "
+                    f"parent's {parent:#010x} inside a difficulty period"
+                )
+            return
+        old, new = compact_target(parent), compact_target(header.bits)
+        # Compact bits keep 23 bits of mantissa: the quarter may round down by 2^-15.
+        if new > old * 4 or new * 4 * (1 << 14) < old * ((1 << 14) - 1):
+            raise BadBlock(
+                f"block {header.hash} at {height}: bits {header.bits:#010x} move the target "
+                f"more than 4x from {parent:#010x}"
+            )
 
     def _apply(self, height: int, block_hash: str, block: ParsedBlock) -> None:
         ids: list[str] = []
@@ -171,6 +239,25 @@ class ChainIndex:
                 if (txid, n) in entries:
                     entries.remove((txid, n))
         self.hashes.pop()
+
+    def median_time_past(self) -> int | None:
+        """BIP113's clock from the checked headers: the median time of the tip and the ten
+        blocks below it (fewer near genesis, as Core does). ``None`` while the index, started
+        above genesis, holds fewer than eleven blocks."""
+        tip = self.height()
+        low = max(0, tip - MTP_WINDOW + 1)
+        if low < self.start_height or tip < self.start_height:
+            return None
+        times = sorted(self._times[h] for h in range(low, tip + 1))
+        return times[len(times) // 2]
+
+    def block(self, height: int) -> BlockInfo | None:
+        """The checked block at ``height``, if the index holds it."""
+        with self._lock:
+            offset = height - self.start_height
+            if not 0 <= offset < len(self.hashes):
+                return None
+            return BlockInfo(height=height, hash=self.hashes[offset], time=self._times[height])
 
     def confirmations(self, txid: str) -> int:
         found = self.txs.get(txid)
@@ -224,6 +311,7 @@ class BitcoinAdapter:
         start_height: int = 0,
         expiry_unit: type[BlockHeight] | type[UnixTime] = BlockHeight,
         htlc_kind: str = "p2wsh",
+        min_block_work: int | None = None,
     ) -> None:
         self.htlc_kind = self._known_output(htlc_kind, "htlc_kind")
         self.backend = backend
@@ -231,7 +319,13 @@ class BitcoinAdapter:
         self.params = wallet.params
         self.chain = wallet.params.chain
         self.expiry_unit = expiry_unit
-        self.index = ChainIndex(backend, start_height)
+        if min_block_work is not None:
+            if isinstance(min_block_work, bool) or not isinstance(min_block_work, int):
+                raise InvalidInput(f"min_block_work must be an integer, got {min_block_work!r}")
+            if min_block_work < 0:
+                raise InvalidInput(f"min_block_work must not be negative, got {min_block_work}")
+            self.params = dataclasses.replace(self.params, min_block_work=min_block_work)
+        self.index = ChainIndex(backend, start_height, self.params)
         self._pin = HeadPin()  # inside observe(), the index is not re-synced per read
 
     def __repr__(self) -> str:
@@ -247,9 +341,15 @@ class BitcoinAdapter:
         """Tip height, or (for time expiries) the tip's median time past -- the clock CLTV uses.
         A height refund is valid once ``expiry_now() >= expiry``; a time refund once
         ``expiry_now() > expiry`` (BIP113 needs the lock time strictly below the MTP)."""
+        self._sync()  # both clocks come from the checked blocks, not from the node's word
         if self.expiry_unit is UnixTime:
-            return UnixTime(self._pin.cached("mtp", self.backend.median_time_past))
-        return BlockHeight(self.index.height() if self._pin.held else self.backend.block_count())
+            return UnixTime(self._pin.cached("mtp", self._median_time_past))
+        return BlockHeight(self.index.height())
+
+    def _median_time_past(self) -> int:
+        mtp = self.index.median_time_past()
+        # An index started above genesis has no eleven checked headers yet: the node's word.
+        return self.backend.median_time_past() if mtp is None else mtp
 
     def observe(self) -> AbstractContextManager[None]:
         """Sync once; inside the block, the HTLC reads, the mempool and the clock see one view
@@ -260,13 +360,39 @@ class BitcoinAdapter:
         if not self._pin.held:
             self.index.sync()
 
-    def _mempool_raw(self) -> list[bytes]:
-        return list(self._pin.cached("mempool", self.backend.mempool_raw))  # a copy to iterate
+    def _mempool(self) -> list[CTransaction]:
+        return list(self._pin.cached("mempool", self._read_mempool))  # a copy to iterate
+
+    def _read_mempool(self) -> list[CTransaction]:
+        """The node's mempool, decoded. A transaction that does not decode is left out (and
+        logged): unconfirmed transactions are only ever a hint here -- a node can hide them
+        anyway -- and one bad entry must not stop every read of this chain."""
+        out = []
+        for raw in self.backend.mempool_raw():
+            try:
+                out.append(CTransaction.deserialize(raw))
+            except Exception as exc:  # bitcointx raises several types for bad bytes
+                log.warning(
+                    "%s: the node's mempool holds %d bytes that are no transaction (%s); ignored",
+                    self.chain,
+                    len(raw),
+                    type(exc).__name__,
+                )
+        return out
 
     def estimate_fee(self) -> FeeEstimate:
         """The node's estimate (the fallback without one), at least the relay minimum; one above
-        the chain's ceiling is lowered to it."""
-        rate = self.backend.estimate_fee_rate()
+        the chain's ceiling is lowered to it. An answer that is no fee rate (NaN, a string, a
+        negative number: :class:`BadRpcAnswer`) is logged and treated as no estimate: a claim
+        or refund at the fallback rate, bumped later, beats none at all while a deadline runs."""
+        try:
+            rate = self.backend.estimate_fee_rate()
+        except BadRpcAnswer as exc:
+            log.error("%s: %s; paying the fallback fee rate", self.chain, exc)
+            rate = None
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int) or rate < 0):
+            log.error("%s: fee estimate %r is no rate; paying the fallback", self.chain, rate)
+            rate = None
         if rate is not None and rate > self.params.max_fee_rate:
             log.warning(
                 "%s fee estimate %d sat/vB is above the ceiling %d: paying the ceiling",
@@ -289,8 +415,8 @@ class BitcoinAdapter:
         self.index.sync()
         mempool_spent = {
             (b2lx(txin.prevout.hash), txin.prevout.n)
-            for raw in self.backend.mempool_raw()
-            for txin in CTransaction.deserialize(raw).vin
+            for tx in self._read_mempool()
+            for txin in tx.vin
         }
         tip = self.index.height()
         out: list[Utxo] = []
@@ -414,8 +540,7 @@ class BitcoinAdapter:
         found = self.index.txs.get(txid)
         if found is not None:
             return found.tx
-        for raw in self._mempool_raw():
-            tx = CTransaction.deserialize(raw)
+        for tx in self._mempool():
             if b2lx(tx.GetTxid()) == txid:
                 return tx
         return None
@@ -617,7 +742,7 @@ class BitcoinAdapter:
     def _inputs_value(self, tx: CTransaction) -> int:
         """What ``tx``'s inputs are worth (each from a confirmed or a mempool transaction)."""
         self._sync()
-        pool = {b2lx(t.GetTxid()): t for t in map(CTransaction.deserialize, self._mempool_raw())}
+        pool = {b2lx(t.GetTxid()): t for t in self._mempool()}
         total = 0
         for txin in tx.vin:
             prev_id = b2lx(txin.prevout.hash)
@@ -728,7 +853,7 @@ class BitcoinAdapter:
     def status(self, ref: HtlcRef) -> HtlcStatus:
         txid, vout = self._outpoint(ref)
         self._sync()
-        mempool = [CTransaction.deserialize(raw) for raw in self._mempool_raw()]
+        mempool = self._mempool()
         lock_confs = self.index.confirmations(txid)
         if lock_confs == 0 and not any(b2lx(t.GetTxid()) == txid for t in mempool):
             return HtlcStatus(HtlcState.ABSENT)
@@ -756,20 +881,35 @@ class BitcoinAdapter:
     def _spend_outcome(
         self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms
     ) -> tuple[bool, bytes | None]:
-        """(redeemed?, preimage) for the transaction spending the HTLC output.
+        """(redeemed?, preimage) for the transaction spending the HTLC output, read by what its
+        witness proves (:func:`.tx.read_htlc_spend`, :func:`.taproot.read_taproot_spend`): only
+        a proven refund is a refund, and a spend proving neither branch raises
+        :class:`UnrecognisedSpend` (an alarm; the swap's state is not moved by it).
 
         The script checks ``HASH160(preimage)``, i.e. 160 bits of ``sha256(preimage)``: a claim
         whose preimage does not hash to the payment hash in full (a RIPEMD160 collision, ~2^80
         work for the secret's owner) opens this output but no other leg. It is reported as a
         claim without a preimage, never as a secret to redeem with."""
-        if self._kind(terms) == "p2tr":
-            found = extract_taproot_preimage(spender, txid, vout, self.taproot_htlc(terms))
-            if found is None and is_key_path_spend(spender, txid, vout):
-                # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already
-                # holds the preimage), and the chain shows none, so preimage is None.
-                return True, None
-        else:
-            found = extract_preimage(spender, txid, vout, self.witness_script(terms))
+        try:
+            if self._kind(terms) == "p2tr":
+                spend = read_taproot_spend(spender, txid, vout, self.taproot_htlc(terms))
+            else:
+                spend = read_htlc_spend(spender, txid, vout, self.witness_script(terms))
+            if spend is not None:
+                self._verify_spend(spender, txid, vout)
+        except UnrecognisedSpend as exc:
+            log.error("%s: ALARM %s", self.chain, exc)
+            raise
+        if spend is None:  # the index or the mempool named a transaction that does not spend it
+            raise UnrecognisedSpend(
+                f"{b2lx(spender.GetTxid())} is reported as spending HTLC {txid}:{vout} but has "
+                "no input spending it"
+            )
+        if spend.path is SpendPath.REFUND:
+            return False, None
+        # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already holds
+        # the preimage), and the chain shows none, so preimage is None.
+        found = spend.preimage
         if found is not None and hashlib.sha256(found).digest() != terms.payment_hash:
             log.error(
                 "%s: %s claims HTLC %s:%d with a secret whose sha256 is not the payment hash "
@@ -780,7 +920,42 @@ class BitcoinAdapter:
                 vout,
             )
             return True, None
-        return found is not None, found
+        return True, found
+
+    def _verify_spend(self, spender: CTransaction, txid: str, vout: int) -> None:
+        """Run Bitcoin Core's script interpreter (:func:`.kernel.verify_input`, every consensus
+        flag) on the input of ``spender`` that opens ``txid:vout``: a claim or refund is only
+        believed when its signature and script pass, so a node cannot show a spend that no one
+        could have signed (in its mempool, where no proof of work backs it). The check needs
+        every output ``spender`` spends (Taproot signatures commit to all of them); when one is
+        neither on the followed chain nor in the mempool it is skipped, and the witness is read
+        as it stands (a confirmed spend is backed by the block checks)."""
+        spent: list[SpentOutput] = []
+        pool: dict[str, CTransaction] | None = None
+        index = -1
+        for n, txin in enumerate(spender.vin):
+            prev_id, out = b2lx(txin.prevout.hash), txin.prevout.n
+            found = self.index.txs.get(prev_id)
+            prev = found.tx if found is not None else None
+            if prev is None:
+                if pool is None:
+                    pool = {b2lx(t.GetTxid()): t for t in self._mempool()}
+                prev = pool.get(prev_id)
+            if prev is None or out >= len(prev.vout):
+                log.debug("%s: cannot see every input of %s", self.chain, b2lx(spender.GetTxid()))
+                return
+            if (prev_id, out) == (txid, vout):
+                index = n
+            spent.append(
+                SpentOutput(bytes(prev.vout[out].scriptPubKey), int(prev.vout[out].nValue))
+            )
+        try:
+            verify_input(spender.serialize(), index, spent)
+        except TxRejected as exc:
+            raise UnrecognisedSpend(
+                f"{b2lx(spender.GetTxid())} spends HTLC {txid}:{vout} with a witness that fails "
+                f"Bitcoin's script rules ({exc})"
+            ) from None
 
     def find_htlc(
         self,
@@ -796,8 +971,7 @@ class BitcoinAdapter:
         for txid, n in self.index.by_script.get(spk, []):
             if self.index.txs[txid].tx.vout[n].nValue == terms.amount:
                 return HtlcRef(terms, f"{txid}:{n}", txid)
-        for raw in self._mempool_raw():
-            tx = CTransaction.deserialize(raw)
+        for tx in self._mempool():
             for n, out in enumerate(tx.vout):
                 if bytes(out.scriptPubKey) == spk and out.nValue == terms.amount:
                     txid = b2lx(tx.GetTxid())
@@ -897,13 +1071,20 @@ class BitcoinAdapter:
     # ---- following the chain -----------------------------------------------------------------
 
     def tip(self) -> BlockInfo:
-        if self._pin.held:
-            return self._pin.cached("tip", lambda: self.block_at(self.index.height()))
-        return self.block_at(self.backend.block_count())
+        """The tip of the checked index (synced first outside :meth:`observe`)."""
+        self._sync()
+        return self.block_at(self.index.height())
 
     def block_at(self, height: int) -> BlockInfo:
+        """A block of the checked index; one below its start is read from the node (its hash
+        checked against its header, nothing more: a block the index never followed)."""
+        known = self.index.block(height)
+        if known is not None:
+            return known
         block_hash = self.backend.block_hash(height)
         header = parse_header(self.backend.block_raw(block_hash))
+        if header.hash != block_hash:
+            raise BadBlock(f"the node's block {block_hash} at {height} hashes to {header.hash}")
         return BlockInfo(height=height, hash=block_hash, time=header.time)
 
     def tx_confirmations(self, txid: str) -> int:

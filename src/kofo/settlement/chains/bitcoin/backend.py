@@ -7,6 +7,9 @@ The adapter only ever sees :class:`ChainBackend`.
 
 from __future__ import annotations
 
+import math
+import string
+from decimal import Decimal
 from typing import Protocol
 
 from bitcointx.core import (
@@ -18,7 +21,7 @@ from bitcointx.core import (
 
 from kofo.errors import ChainError, FeeTooLow, TxRejected
 from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain
-from kofo.settlement.chains.bitcoin.rpc import RpcClient, RpcError
+from kofo.settlement.chains.bitcoin.rpc import BadRpcAnswer, RpcClient, RpcError
 
 
 class ChainBackend(Protocol):
@@ -124,17 +127,24 @@ def _txid(raw: bytes) -> str:
 
 
 class RpcBackend:
+    """:class:`ChainBackend` over JSON-RPC. Every answer is checked for the shape and range its
+    call returns before it is used (a lying or broken node gets :class:`BadRpcAnswer`, never a
+    Python error out of the adapter); amounts in coins are converted exactly (Decimal)."""
+
     def __init__(self, client: RpcClient) -> None:
         self.client = client
 
+    def __repr__(self) -> str:
+        return f"RpcBackend({self.client!r})"
+
     def block_count(self) -> int:
-        return int(self.client.call("getblockcount"))
+        return _count("getblockcount", self.client.call("getblockcount"))
 
     def block_hash(self, height: int) -> str:
-        return str(self.client.call("getblockhash", height))
+        return _hash("getblockhash", self.client.call("getblockhash", height))
 
     def block_raw(self, block_hash: str) -> bytes:
-        return bytes.fromhex(self.client.call("getblock", block_hash, 0))
+        return _hex("getblock", self.client.call("getblock", block_hash, 0))
 
     def median_time_past(self) -> int:
         if self.client.dialect == "btcd":
@@ -144,22 +154,27 @@ class RpcBackend:
             times = []
             for height in range(max(0, tip - 10), tip + 1):
                 header = self.client.call("getblockheader", self.block_hash(height), True)
-                times.append(int(header["time"]))
+                times.append(_count("getblockheader", _field("getblockheader", header, "time")))
             return sorted(times)[len(times) // 2]
-        return int(self.client.call("getblockchaininfo")["mediantime"])
+        info = self.client.call("getblockchaininfo")
+        return _count("getblockchaininfo", _field("getblockchaininfo", info, "mediantime"))
 
     def send_raw(self, raw: bytes) -> str:
+        txid = _txid(raw)
         try:
-            return str(self.client.call("sendrawtransaction", raw.hex()))
+            answer = self.client.call("sendrawtransaction", raw.hex())
         except RpcError as exc:
             text = exc.message.lower()
             if exc.rpc_code == -27 or any(marker in text for marker in _ALREADY_KNOWN):
-                return _txid(raw)
+                return txid
             if any(marker in text for marker in _FEE_REFUSALS):
                 raise FeeTooLow(
                     f"node refused the transaction for its fee: {exc.message}"
                 ) from None
             raise TxRejected(f"node refused the transaction: {exc.message}") from None
+        if _hash("sendrawtransaction", answer) != txid:
+            raise BadRpcAnswer("sendrawtransaction", f"txid {answer}, not the sent {txid}")
+        return txid
 
     def test_accept(self, raw: bytes) -> None:
         if self.client.dialect == "btcd":
@@ -167,17 +182,26 @@ class RpcBackend:
             result = self.client.call("testmempoolaccept", [raw.hex()], 0)
         else:
             result = self.client.call("testmempoolaccept", [raw.hex()])
-        if not result or not result[0].get("allowed"):
-            reason = result[0].get("reject-reason", "rejected") if result else "no answer"
+        if not isinstance(result, list) or len(result) != 1 or not isinstance(result[0], dict):
+            raise BadRpcAnswer("testmempoolaccept", f"{_shown(result)}, not one result object")
+        allowed = result[0].get("allowed")
+        if not isinstance(allowed, bool):
+            raise BadRpcAnswer("testmempoolaccept", f"allowed={_shown(allowed)}")
+        if not allowed:
+            reason = str(result[0].get("reject-reason", "rejected"))[:200]
             raise TxRejected(f"node would refuse the transaction: {reason}")
 
     def mempool_raw(self) -> list[bytes]:
+        txids = self.client.call("getrawmempool")
+        if not isinstance(txids, list):
+            raise BadRpcAnswer("getrawmempool", f"{_shown(txids)}, not a list of txids")
         out = []
-        for txid in self.client.call("getrawmempool"):
+        for txid in txids:
             try:
-                out.append(bytes.fromhex(self.client.call("getrawtransaction", txid)))
+                raw = self.client.call("getrawtransaction", _hash("getrawmempool", txid))
             except RpcError:
                 continue  # mined or evicted between the two calls
+            out.append(_hex("getrawtransaction", raw))
         return out
 
     def estimate_fee_rate(self) -> int | None:
@@ -187,19 +211,77 @@ class RpcBackend:
             answer = self.client.call("estimatesmartfee", 3)
         except RpcError:
             return None
+        if not isinstance(answer, dict):
+            raise BadRpcAnswer("estimatesmartfee", f"{_shown(answer)}, not an object")
         rate = answer.get("feerate")
         if rate is None:
-            return None
-        # BTC/kvB as an exact decimal (the client parses JSON numbers as Decimal) -> sat/vB,
-        # rounded up so the estimate is never undercut.
-        sat_per_kvb = int(rate * 100_000_000)
-        return -(-sat_per_kvb // 1000)
+            return None  # Core leaves it out (with "errors") while it has too little data
+        # BTC/kvB, exactly -> sat/vB (x 1e8 / 1000), rounded up so the estimate is never undercut.
+        return math.ceil(_coins("estimatesmartfee feerate", rate) * 100_000)
 
     def mine(self, count: int, address: str) -> list[str]:
         if self.client.dialect == "btcd":
             # btcd mines to its --miningaddr with the `generate` RPC; it has no generatetoaddress.
-            return [str(h) for h in self.client.call("generate", count)]
-        return [str(h) for h in self.client.call("generatetoaddress", count, address)]
+            hashes = self.client.call("generate", count)
+        else:
+            hashes = self.client.call("generatetoaddress", count, address)
+        if not isinstance(hashes, list):
+            raise BadRpcAnswer("generate", f"{_shown(hashes)}, not a list of block hashes")
+        return [_hash("generate", h) for h in hashes]
 
 
-__all__ = ["ChainBackend", "ChainError", "EmbeddedBackend", "RpcBackend"]
+MAX_COINS = 21_000_000
+"""No amount in coins a node reports (a fee rate per kvB included) can exceed every coin there
+is; a larger number is a lying node, and is refused before any arithmetic on it."""
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _count(method: str, value: object) -> int:
+    """A non-negative JSON integer (a height, a time); not a bool, string or fraction."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 1 << 63:
+        raise BadRpcAnswer(method, f"{_shown(value)}, not a non-negative integer")
+    return value
+
+
+def _hash(method: str, value: object) -> str:
+    """A block hash or txid: 64 hex digits (returned lower-case, as the index keeps them)."""
+    if (
+        not isinstance(value, str)
+        or len(value) != 64
+        or not all(c in string.hexdigits for c in value)
+    ):
+        raise BadRpcAnswer(method, f"{_shown(value)}, not a 64-digit hex hash")
+    return value.lower()
+
+
+def _hex(method: str, value: object) -> bytes:
+    if not isinstance(value, str):
+        raise BadRpcAnswer(method, f"{_shown(value)}, not hex data")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise BadRpcAnswer(method, f"{_shown(value)}, not hex data") from None
+
+
+def _field(method: str, answer: object, name: str) -> object:
+    if not isinstance(answer, dict) or name not in answer:
+        raise BadRpcAnswer(method, f"{_shown(answer)}, an object without {name!r}")
+    return answer[name]
+
+
+def _coins(what: str, value: object) -> Decimal:
+    """A non-negative amount in coins, exactly: JSON numbers arrive as Decimal (a float is
+    read through its shortest repr, the number the JSON held); never NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise BadRpcAnswer(what, f"{_shown(value)}, not a number")
+    exact = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not exact.is_finite() or not 0 <= exact <= MAX_COINS:
+        raise BadRpcAnswer(what, f"{_shown(value)}, not an amount between 0 and {MAX_COINS}")
+    return exact
+
+
+__all__ = ["BadRpcAnswer", "ChainBackend", "ChainError", "EmbeddedBackend", "RpcBackend"]

@@ -144,3 +144,38 @@ def _kernel_block(entry: pbk.BlockTreeEntry) -> KernelBlock:
         hash=str(entry.block_hash),
         time=int(header.timestamp.timestamp()),
     )
+
+
+_CHECK_CHAINS = {
+    "mainnet": pbk.ChainType.MAINNET,
+    "testnet": pbk.ChainType.TESTNET,
+    "signet": pbk.ChainType.SIGNET,
+    "regtest": pbk.ChainType.REGTEST,
+}
+_check_params: dict[str, pbk.ChainParameters] = {}
+
+
+def check_block(raw: bytes, network: str, *, proof_of_work: bool) -> str | None:
+    """Core's context-free ``CheckBlock`` on ``raw`` under ``network``'s Bitcoin consensus
+    parameters: size limits, coinbase placement, each transaction's own checks, sigops, the
+    merkle root (a mutated block included) and, with ``proof_of_work``, the header's hash
+    against its ``bits`` and the network's ``powLimit``. Returns why it fails, ``None`` if it
+    passes. A network Core does not know (btcd's simnet, Litecoin) is checked under regtest's
+    parameters, whose ``powLimit`` accepts any target: their own limit is the caller's check."""
+    with _GLOBAL_LOCK:
+        chain = _check_params.get(network)
+        if chain is None:
+            chain = pbk.ChainParameters(_CHECK_CHAINS.get(network, pbk.ChainType.REGTEST))
+            _check_params[network] = chain
+    try:
+        block = pbk.Block(raw)
+    except Exception:  # the binding raises RuntimeError for bytes that are no block
+        return "does not parse as a block"
+    flags = pbk.BlockCheckFlags.ALL if proof_of_work else pbk.BlockCheckFlags.MERKLE
+    state = block.check(chain.consensus_params, flags)
+    if state.validation_mode == pbk.ValidationMode.VALID:
+        return None
+    return str(state.block_validation_result.name).lower()
+
+
+_GLOBAL_LOCK = threading.Lock()

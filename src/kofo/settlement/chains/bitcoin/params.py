@@ -30,6 +30,24 @@ class ChainParams:
     """Whether the chain's nodes relay BIP125 replacements by default. Where they do, a stuck
     claim or refund is re-signed at a higher fee (RBF); where they do not, a child spending its
     output pays for both (CPFP)."""
+    pow_limit_bits: int = 0x207FFFFF
+    """The consensus ``powLimit`` as compact bits: no block's target may be above it (the
+    regtest value, about every other hash, unless a network says otherwise)."""
+    pow_hash: str = "sha256d"
+    """The header hash proof of work is judged by: ``sha256d`` (Bitcoin), ``scrypt`` (Litecoin:
+    scrypt N=1024, r=1, p=1 over the header, salted with itself; its block hash stays
+    sha256d)."""
+    retarget_interval: int | None = None
+    """Blocks between difficulty adjustments where a block's ``bits`` must follow its parent's
+    (the same bits inside a period, at most a factor of 4 at its boundary); ``None`` on networks
+    whose rules allow minimum-difficulty blocks at any height (testnet, regtest)."""
+    min_block_work: int = 0
+    """The least work (Core's block proof, ``2**256 / (target + 1)``) every block the adapter
+    follows must carry: with it a node that lies about a confirmation must spend at least that
+    much hashing per fake block. 0 where work is trivial (regtest); a node operator sets it to a
+    recent difficulty for mainnet (``BitcoinAdapter(..., min_block_work=...)``). A node starts
+    following a chain at a birthday height, so it cannot sum work from genesis as Core's
+    ``nMinimumChainWork`` does; a per-block floor is the equivalent it can check."""
 
 
 _PARAMS: dict[tuple[str, str], ChainParams] = {}
@@ -43,9 +61,20 @@ def _register(p: ChainParams) -> None:
 # (3 sat/vB). The fallback (used when the node has no estimate yet, as on a fresh regtest) is 2
 # sat/vB: above the relay minimum so a fee bump is never needed just to enter the mempool.
 # BIP44 coin type 1 is every test network's (SLIP-44).
-_register(ChainParams("btc", "mainnet", "bc", 0, 1, 3, 2))
-_register(ChainParams("btc", "testnet", "tb", 1, 1, 3, 2))
-_register(ChainParams("btc", "signet", "tb", 1, 1, 3, 2))
+# Proof-of-work limits and retargeting: Core's chainparams.cpp (powLimit 0x1d00ffff on mainnet
+# and testnet3, 0x1e0377ae on the default signet; 2016-block periods; testnet allows
+# minimum-difficulty blocks after 20 minutes, so its bits are not followed from block to block).
+_register(
+    ChainParams(
+        "btc", "mainnet", "bc", 0, 1, 3, 2, pow_limit_bits=0x1D00FFFF, retarget_interval=2016
+    )
+)
+_register(ChainParams("btc", "testnet", "tb", 1, 1, 3, 2, pow_limit_bits=0x1D00FFFF))
+_register(
+    ChainParams(
+        "btc", "signet", "tb", 1, 1, 3, 2, pow_limit_bits=0x1E0377AE, retarget_interval=2016
+    )
+)
 _register(ChainParams("btc", "regtest", "bcrt", 1, 1, 3, 2))
 # btcd's simnet uses its own bech32 prefix and the same relay policy (1000 sat/kB).
 _register(ChainParams("btc", "simnet", "sb", 1, 1, 3, 2))
@@ -53,9 +82,28 @@ _register(ChainParams("btc", "simnet", "sb", 1, 1, 3, 2))
 # 30000 lit/kvB (30 lit/vB); SLIP-44 coin type 2. Fallback 20 lit/vB: twice the relay minimum.
 # Litecoin Core relays no replacement unless a node sets -mempoolreplacement=1 (default 0), so
 # its fee bumps are children (CPFP), which its block assembler scores by ancestor fee rate.
-_register(ChainParams("ltc", "mainnet", "ltc", 2, 10, 30, 20, replacement_relayed=False))
-_register(ChainParams("ltc", "testnet", "tltc", 1, 10, 30, 20, replacement_relayed=False))
-_register(ChainParams("ltc", "regtest", "rltc", 1, 10, 30, 20, replacement_relayed=False))
+# Litecoin Core's chainparams.cpp: scrypt proof of work, powLimit 0x1e0fffff on mainnet and
+# testnet, 2016-block periods (3.5 days of 2.5-minute blocks); testnet allows min-difficulty.
+for _network, _hrp, _coin_type, _limit, _interval in (
+    ("mainnet", "ltc", 2, 0x1E0FFFFF, 2016),
+    ("testnet", "tltc", 1, 0x1E0FFFFF, None),
+    ("regtest", "rltc", 1, 0x207FFFFF, None),
+):
+    _register(
+        ChainParams(
+            "ltc",
+            _network,
+            _hrp,
+            _coin_type,
+            10,
+            30,
+            20,
+            replacement_relayed=False,
+            pow_limit_bits=_limit,
+            pow_hash="scrypt",
+            retarget_interval=_interval,
+        )
+    )
 
 
 def chain_params(chain: str, network: str) -> ChainParams:

@@ -17,7 +17,8 @@ Leaves (tapscript, leaf version 0xc0)::
   A key-path spend does not reveal the preimage on chain; the co-signer must already have it.
 
 Witnesses: claim ``[sig, preimage, claim_leaf, control]``; refund ``[sig, refund_leaf, control]``
-(``nLockTime = expiry``, non-final ``nSequence``); key path ``[sig]``.
+(``nLockTime = expiry``, non-final ``nSequence``); key path ``[sig]``. Each may end with a BIP341
+annex; spends are read by what they prove (:func:`read_taproot_spend`), not by their size.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from bitcointx.core import (
 )
 from bitcointx.core import (
     CoreCoinParams,
+    Hash160,
+    b2lx,
     lx,
 )
 from bitcointx.core.key import CKey, XOnlyPubKey, compute_tap_tweak_hash
@@ -75,7 +78,14 @@ from kofo.settlement.chains.bitcoin.script import (
     expiry_to_locktime,
     payment_hash_to_hash160,
 )
-from kofo.settlement.chains.bitcoin.tx import RBF_SEQUENCE, htlc_spend_value
+from kofo.settlement.chains.bitcoin.tx import (
+    RBF_SEQUENCE,
+    HtlcSpend,
+    SpendPath,
+    UnrecognisedSpend,
+    htlc_input_witness,
+    htlc_spend_value,
+)
 
 SCHNORR_SIG_SIZE = 64
 """BIP340 signature with SIGHASH_DEFAULT (no sighash byte): always exactly 64 bytes, so fee
@@ -294,28 +304,61 @@ def key_path_sighash(
     )
 
 
+ANNEX_TAG = 0x50
+"""BIP341: with two or more witness items, a last item starting with this byte is the annex.
+Consensus ignores it (beyond committing to it in the signature); Core does not relay it by
+default, but a miner may mine it, so a reader strips it before looking at the spend."""
+
+
+def read_taproot_spend(
+    tx: CTransaction, txid: str, vout: int, htlc: TaprootHtlc
+) -> HtlcSpend | None:
+    """How ``tx`` spends the Taproot HTLC ``txid:vout`` (``None``: it does not spend it).
+
+    Read as BIP341 reads it, never by witness size: the annex is dropped first; one item left is
+    a key-path signature (64 bytes, or 65 with a sighash type); otherwise the last item is the
+    control block and the one before it the leaf script. A leaf counts only when both the script
+    and the control block are this HTLC's own: with two leaves, the control block (leaf version
+    and output-key parity, internal key, the other leaf's hash) is the only one that commits
+    that script to this output key, so an equal control block is that commitment checked. The
+    claim leaf's secret is the top item of its stack (whatever lies below it) and must open the
+    hash lock. Anything else raises :class:`UnrecognisedSpend`."""
+    stack = htlc_input_witness(tx, txid, vout)
+    if stack is None:
+        return None
+    spender = b2lx(tx.GetTxid())
+    if len(stack) >= 2 and stack[-1][:1] == bytes([ANNEX_TAG]):
+        stack = stack[:-1]
+    if len(stack) == 1:
+        if len(stack[0]) in (SCHNORR_SIG_SIZE, SCHNORR_SIG_SIZE + 1):
+            return HtlcSpend(SpendPath.KEY_PATH)
+        raise UnrecognisedSpend(
+            f"{spender} spends Taproot HTLC {txid}:{vout} by the key path with a "
+            f"{len(stack[0])}-byte signature"
+        )
+    if len(stack) < 2:
+        raise UnrecognisedSpend(f"{spender} spends Taproot HTLC {txid}:{vout} with no witness")
+    control, script, args = stack[-1], stack[-2], stack[:-2]
+    if script == htlc.claim_leaf and control == htlc.control_block(_CLAIM):
+        if args and len(args[-1]) == PREIMAGE_SIZE and Hash160(args[-1]) == htlc.hash160:
+            return HtlcSpend(SpendPath.CLAIM, args[-1])
+        raise UnrecognisedSpend(
+            f"{spender} spends Taproot HTLC {txid}:{vout} through its claim leaf without a "
+            "secret that opens its hash lock"
+        )
+    if script == htlc.refund_leaf and control == htlc.control_block(_REFUND):
+        return HtlcSpend(SpendPath.REFUND)
+    raise UnrecognisedSpend(
+        f"{spender} spends Taproot HTLC {txid}:{vout} through a script path that is neither of "
+        "its leaves under its output key"
+    )
+
+
 def extract_taproot_preimage(
     tx: CTransaction, txid: str, vout: int, htlc: TaprootHtlc
 ) -> bytes | None:
     """The preimage from an input of ``tx`` that claims ``txid:vout`` through the claim leaf;
-    ``None`` for a refund, a key-path spend (which reveals nothing) or another transaction."""
-    for index, txin in enumerate(tx.vin):
-        if txin.prevout.hash != lx(txid) or txin.prevout.n != vout:
-            continue
-        if index >= len(tx.wit.vtxinwit):
-            return None
-        stack = list(tx.wit.vtxinwit[index].scriptWitness.stack)
-        if len(stack) == 4 and stack[2] == htlc.claim_leaf and len(stack[1]) == PREIMAGE_SIZE:
-            return bytes(stack[1])
-        return None
-    return None
-
-
-def is_key_path_spend(tx: CTransaction, txid: str, vout: int) -> bool:
-    """Whether ``tx`` spends ``txid:vout`` with a bare key-path signature (cooperative)."""
-    for index, txin in enumerate(tx.vin):
-        if txin.prevout.hash == lx(txid) and txin.prevout.n == vout:
-            if index >= len(tx.wit.vtxinwit):
-                return False
-            return len(tx.wit.vtxinwit[index].scriptWitness.stack) == 1
-    return False
+    ``None`` for a refund, a key-path spend (which reveals nothing) or another transaction
+    (:func:`read_taproot_spend`)."""
+    found = read_taproot_spend(tx, txid, vout, htlc)
+    return None if found is None else found.preimage

@@ -7,8 +7,9 @@ decides inputs, outputs, fees and witness layout.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bitcointx.core import (
     CBitcoinMutableTransaction as CMutableTransaction,
@@ -33,6 +34,7 @@ from bitcointx.core import (
 )
 from bitcointx.core import (
     Hash160,
+    b2lx,
     lx,
 )
 from bitcointx.core.key import CKey
@@ -44,10 +46,10 @@ from bitcointx.core.script import (
     SignatureHash,
 )
 
-from kofo.errors import InsufficientFunds, InvalidInput
-from kofo.settlement.chain import Expiry, check_preimage
+from kofo.errors import ChainError, InsufficientFunds, InvalidInput
+from kofo.settlement.chain import PREIMAGE_SIZE, Expiry, check_preimage
 from kofo.settlement.chains.bitcoin.params import ChainParams
-from kofo.settlement.chains.bitcoin.script import expiry_to_locktime
+from kofo.settlement.chains.bitcoin.script import expiry_to_locktime, parse_htlc_script
 
 RBF_SEQUENCE = 0xFFFFFFFD
 """BIP125 opt-in replace-by-fee, so a stuck lock/claim/refund can be fee-bumped. Being below
@@ -318,16 +320,81 @@ def build_child_spend(
     return CTransaction.from_tx(tx)
 
 
-def extract_preimage(tx: CTransaction, txid: str, vout: int, witness_script: bytes) -> bytes | None:
-    """The preimage from an input of ``tx`` that claims ``txid:vout``, or ``None`` when ``tx``
-    does not spend it or spends it through the refund branch."""
+class SpendPath(enum.Enum):
+    """Which way an input opened an HTLC output, as its witness proves it."""
+
+    CLAIM = "claim"  # the hash-lock branch / claim leaf, with the preimage
+    REFUND = "refund"  # the timelock branch / refund leaf
+    KEY_PATH = "key_path"  # a Taproot key-path signature (both parties, cooperative)
+
+
+@dataclass(frozen=True, slots=True)
+class HtlcSpend:
+    """How one transaction spent an HTLC output; ``preimage`` is set for a claim that shows
+    it (its ``HASH160`` already checked against the output's hash lock)."""
+
+    path: SpendPath
+    preimage: bytes | None = field(default=None, repr=False)
+
+
+class UnrecognisedSpend(ChainError):
+    """A transaction the node reports as spending an HTLC output proves neither its claim nor
+    its refund (nor, for Taproot, the key path). No valid Bitcoin spend looks like that, so the
+    node (or whoever fed it) is lying, or the output is not the HTLC it should be: an alarm,
+    never read as a refund."""
+
+    code = "htlc_spend_unrecognised"
+
+
+def htlc_input_witness(tx: CTransaction, txid: str, vout: int) -> list[bytes] | None:
+    """The witness stack of the input of ``tx`` spending ``txid:vout``; ``None`` when no input
+    spends it. An input with no witness has an empty stack."""
     for index, txin in enumerate(tx.vin):
         if txin.prevout.hash != lx(txid) or txin.prevout.n != vout:
             continue
         if index >= len(tx.wit.vtxinwit):
-            return None
-        stack = list(tx.wit.vtxinwit[index].scriptWitness.stack)
-        if len(stack) == 3 and stack[2] == witness_script and len(stack[1]) == 32:
-            return bytes(stack[1])
-        return None
+            return []
+        return [bytes(item) for item in tx.wit.vtxinwit[index].scriptWitness.stack]
     return None
+
+
+def read_htlc_spend(
+    tx: CTransaction, txid: str, vout: int, witness_script: bytes
+) -> HtlcSpend | None:
+    """How ``tx`` spends the P2WSH HTLC ``txid:vout`` (``None``: it does not spend it).
+
+    Read by what the witness proves under the script, never by its length: the last item must
+    be the witness script (consensus checks it against the output); the script's branch is
+    chosen by ``OP_SIZE <32> OP_EQUAL`` on the top stack item, so a 32-byte top item runs the
+    claim branch -- which only passes when its ``HASH160`` is the hash lock -- and anything else
+    the refund branch. (Segwit v0 demands a clean stack, so a valid claim is exactly ``[sig,
+    preimage, script]`` and a valid refund ``[sig, script]``; the reader relies on the script's
+    own selector rather than on those sizes.) A witness that proves neither -- which only a
+    lying node can show -- raises :class:`UnrecognisedSpend`."""
+    stack = htlc_input_witness(tx, txid, vout)
+    if stack is None:
+        return None
+    spender = b2lx(tx.GetTxid())
+    if not stack or stack[-1] != witness_script:
+        raise UnrecognisedSpend(
+            f"{spender} spends HTLC {txid}:{vout} without revealing its witness script"
+        )
+    args = stack[:-1]
+    if not args:
+        raise UnrecognisedSpend(f"{spender} spends HTLC {txid}:{vout} with no script arguments")
+    top = args[-1]
+    if len(top) != PREIMAGE_SIZE:
+        return HtlcSpend(SpendPath.REFUND)
+    if Hash160(top) != parse_htlc_script(witness_script).hash160:
+        raise UnrecognisedSpend(
+            f"{spender} spends HTLC {txid}:{vout} through its claim branch with a secret that "
+            "does not open its hash lock"
+        )
+    return HtlcSpend(SpendPath.CLAIM, top)
+
+
+def extract_preimage(tx: CTransaction, txid: str, vout: int, witness_script: bytes) -> bytes | None:
+    """The preimage from an input of ``tx`` that claims ``txid:vout``, or ``None`` when ``tx``
+    does not spend it or spends it through the refund branch (:func:`read_htlc_spend`)."""
+    found = read_htlc_spend(tx, txid, vout, witness_script)
+    return None if found is None else found.preimage
