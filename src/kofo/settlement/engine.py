@@ -210,15 +210,27 @@ class SwapEngine:
     # -- starting swaps -----------------------------------------------------------------------
 
     @contextmanager
-    def _observing(self) -> Iterator[None]:
-        """Every chain read inside sees one view per chain (see ``ChainAdapter.observe``)."""
+    def _observing(self, chains: tuple[str, ...] | None = None) -> Iterator[None]:
+        """Every chain read inside sees one view per chain (see ``ChainAdapter.observe``):
+        of ``chains`` (default: all), so a swap reads only its own two chains and a chain
+        that fails stops no swap that does not touch it."""
         with ExitStack() as stack:
-            for adapter in self.adapters.values():
-                stack.enter_context(adapter.observe())
+            for name, adapter in self.adapters.items():
+                if chains is None or name in chains:
+                    stack.enter_context(adapter.observe())
             yield
 
-    def now(self) -> dict[str, Expiry]:
-        return {name: a.expiry_now() for name, a in self.adapters.items()}
+    def now(self, chains: tuple[str, ...] | None = None) -> dict[str, Expiry]:
+        """Each chain's clock (of ``chains``; default: all)."""
+        return {
+            name: a.expiry_now()
+            for name, a in self.adapters.items()
+            if chains is None or name in chains
+        }
+
+    @staticmethod
+    def _chains(terms: SwapTerms) -> tuple[str, ...]:
+        return (terms.initiator_leg.chain, terms.participant_leg.chain)
 
     def propose(
         self,
@@ -233,8 +245,9 @@ class SwapEngine:
         import hashlib
 
         preimage = os.urandom(32)
-        with self._observing():  # one view of each chain for the terms and the scan heights
-            now = self.now()
+        chains = (initiator_leg.chain, participant_leg.chain)
+        with self._observing(chains):  # one view of each chain for the terms and scan heights
+            now = self.now(chains)
             terms = propose_terms(
                 swap_id=os.urandom(16),
                 payment_hash=hashlib.sha256(preimage).digest(),
@@ -265,13 +278,16 @@ class SwapEngine:
         Raises :class:`TermsRefused` with the reason's code otherwise."""
         if terms.participant_node != self.node_id:
             raise TermsRefused("terms name another participant node", code="terms_node")
-        mine = {name: a.address() for name, a in self.adapters.items()}
+        mine = {
+            name: a.address() for name, a in self.adapters.items() if name in self._chains(terms)
+        }
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
         self._check_legs(terms)
-        with self._observing():
-            check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
+        chains = self._chains(terms)
+        with self._observing(chains):
+            check_terms_as_participant(terms, self.policies, self.now(chains), my_address=mine)
             self.journal.create_swap(
                 Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
             )
@@ -300,6 +316,23 @@ class SwapEngine:
                     "fees now its claim or refund would pay out nothing relayable",
                     code="terms_amount",
                 )
+            self._build_leg(adapter, leg, terms)
+
+    @staticmethod
+    def _build_leg(adapter: ChainAdapter, leg: Leg, terms: SwapTerms) -> None:
+        """Build the leg's HTLC (its script, or its contract call) now, at accept time: terms
+        this node's adapter cannot build (a Bitcoin expiry of 600,000,000 as a block height,
+        an address that is no address) would otherwise pass every check on numbers and then
+        fail at every later step. The build is the adapter's own search for the lock
+        (``find_htlc``): it derives the script or the contract's key from the terms exactly as
+        the lock, the audit and the spends do; searching from the tip on, it reads little."""
+        try:
+            adapter.find_htlc(leg.htlc(terms.payment_hash), not_before=adapter.tip().height)
+        except Exception as exc:  # whatever the builder raises, the leg is not buildable here
+            raise TermsRefused(
+                f"{leg.chain} leg cannot be built by this node: {type(exc).__name__}: {exc}",
+                code="terms_unbuildable",
+            ) from None
 
     def handle(self, body: SwapBody, sender: bytes, *, peer: str = "") -> SwapBody | None:
         """Apply a verified message from ``sender``; returns the reply to send, if any."""
@@ -852,10 +885,16 @@ class SwapEngine:
             self._cosigned.pop(swap_id, None)
             return False, None, None
         if seen is None:
-            with self._observing():
-                seen = (self.facts(rec), self.now())
+            try:
+                chains = self._chains(rec.terms)
+                with self._observing(chains):
+                    seen = (self.facts(rec), self.now(chains))
+            except Exception as exc:
+                if self._abort_unread(rec, exc):
+                    return True, None, None
+                raise
         (facts, own_ref, ctr_ref, detail), clocks = seen
-        now = clocks if clocks is not None else self.now()
+        now = clocks if clocks is not None else self.now(self._chains(rec.terms))
         view = self._view(rec)
         action = next_action(view, facts, now)
         if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
@@ -901,6 +940,32 @@ class SwapEngine:
         # a deadline passed meanwhile stops the broadcast.
         return True, (read[0], None), None
 
+    def _abort_unread(self, rec: StoredSwap, exc: Exception) -> bool:
+        """The chains could not be read for ``rec`` (``exc``). A swap in which nothing of ours
+        is committed (no lock of ours signed) is aborted once its own lock deadline has passed
+        on the own chain's clock, whatever else fails to read: the deadline abort must not
+        depend on reading (or building) the counterparty's HTLC. Returns whether it aborted.
+        No evidence is recorded: the counterparty's lock could not be looked at."""
+        if rec.state not in (State.PROPOSED, State.ACCEPTED, State.COUNTER_AUDITED):
+            return False
+        if self.journal.txs(rec.swap_id, TxKind.LOCK):
+            return False
+        view = self._view(rec)
+        try:
+            clock = self.adapters[view.own_leg.chain].expiry_now()
+        except Exception:  # the own chain's clock is unreadable too: nothing to decide on
+            return False
+        deadline = view.own_lock_by
+        if type(clock) is not type(deadline) or clock.value < deadline.value:
+            return False
+        self._transition(
+            rec,
+            State.ABORTED,
+            f"own lock deadline {deadline} passed with the chains unreadable "
+            f"({type(exc).__name__}); nothing of ours was locked",
+        )
+        return True
+
     def _after_sent(self, rec: StoredSwap, kind: TxKind, txids: list[str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
         if kind is TxKind.LOCK:
@@ -915,33 +980,56 @@ class SwapEngine:
             self._send_notice(rec, Refunded(rec.swap_id, view.own_leg.chain, txids[-1]))
 
     def drive(self, swap_id: bytes, max_steps: int = 64) -> State:
-        """Step the swap until it waits; a chain error leaves it for the next tick."""
+        """Step the swap until it waits; any failure (a chain error, a malformed answer from a
+        node, a bug) leaves it for the next tick and never reaches the caller, which drives the
+        other swaps (a swap's failure must not stop the watchtower for the others)."""
+        return self._drive(swap_id, max_steps)[0]
+
+    def _drive(self, swap_id: bytes, max_steps: int = 64) -> tuple[State, bool]:
+        """:meth:`drive`; also whether the swap ended waiting (not failing, not out of steps)."""
         seen: _Seen | None = None
+        waits = False
         for _ in range(max_steps):
             try:
                 go_on, seen = self._step(swap_id, seen)
                 if not go_on:
+                    waits = True
                     break
-            except (ChainError, InvalidInput) as exc:
-                log.warning("swap %s: %s (will retry)", swap_id.hex()[:8], exc)
+            except Exception as exc:
+                # Not only KOFO's errors: a node answering NaN or a string where a number was
+                # due raises whatever the parser raises. The message names the failure; no
+                # exception raised here carries a secret (errors.py), so it is safe to log.
+                log.warning(
+                    "swap %s: %s: %s (will retry)", swap_id.hex()[:8], type(exc).__name__, exc
+                )
                 break
-        return self.journal.get(swap_id).state
+        try:
+            return self.journal.get(swap_id).state, waits
+        except KofoError:
+            return State.REJECTED, False
 
     def resume(self) -> None:
         """At start: re-send every journaled transaction the machine wants sent *before* any new
         signature, so no freshly signed transaction can take a stored one's nonce."""
         for rec in self.journal.swaps(unfinished=True):
             try:
-                with self._observing():
+                chains = self._chains(rec.terms)
+                with self._observing(chains):
                     facts, *_ = self.facts(rec)
-                action = next_action(self._view(rec), facts, self.now())
+                action = next_action(self._view(rec), facts, self.now(chains))
                 if action.kind is ActionKind.BROADCAST and action.tx_kind is not None:
                     self._broadcast(rec, action.tx_kind)
-            except (ChainError, InvalidInput) as exc:
-                log.warning("swap %s: resume broadcast failed: %s", rec.swap_id.hex()[:8], exc)
+            except Exception as exc:  # one swap's failure never stops the others' resume
+                log.warning(
+                    "swap %s: resume broadcast failed: %s: %s",
+                    rec.swap_id.hex()[:8],
+                    type(exc).__name__,
+                    exc,
+                )
 
     def tick(self) -> int:
-        """Drive every unfinished swap once; returns how many are still unfinished."""
+        """Drive every unfinished swap once; returns how many are still unfinished. A swap
+        failing (any exception) is logged by :meth:`drive` and the others are still driven."""
         open_swaps = self.journal.swaps(unfinished=True)
         for rec in open_swaps:
             self.drive(rec.swap_id)
