@@ -163,3 +163,144 @@ def test_one_chain_failing_never_stops_the_monitor_for_the_others(tmp_path):
     assert bob.engine.journal.get(sid).state is State.REDEEMED
     assert alice.engine.tick() == 0
     _ = HtlcState, threading
+
+
+# -- case 1: one lock, two swaps -------------------------------------------------------------
+
+
+def _world(kind: str, evm_world, btc_world_factory):
+    """(``between`` that moves every chain one step, alice, bob, give, get) for ``kind``:
+    ``"eth"`` pays ETH for ERC-20 tokens on one EVM, ``"btc"`` pays BTC for ETH."""
+    if kind == "eth":
+        evm, alice, bob = evm_world
+        return (lambda _r: evm.advance(10)), alice, bob, *_eth_for_tokens(evm, alice, bob)
+    btc, evm, alice, bob = btc_world_factory()
+
+    def between(_r: int) -> None:
+        btc.mine(1)
+        evm.advance(10)
+
+    return between, alice, bob, *_btc_for_eth(alice, bob)
+
+
+@pytest.fixture
+def btc_world_factory(tmp_path):
+    made: list[Btc] = []
+
+    def factory():
+        btc, evm = Btc("btc"), Evm()
+        made.append(btc)
+        chains = {"btc": btc, "eth": evm}
+        alice = make_node("alice", tmp_path, chains)  # type: ignore[arg-type]
+        bob = make_node("bob", tmp_path, chains)  # type: ignore[arg-type]
+        return btc, evm, alice, bob
+
+    yield factory
+    for btc in made:
+        btc.close()
+
+
+def _twin_terms(alice: Node, bob: Node, give: Leg, get: Leg) -> tuple[bytes, SwapTerms, SwapTerms]:
+    """The attack's two proposals: identical initiator legs (hash, amount, addresses,
+    expiry), participant legs one base unit apart."""
+    import hashlib
+
+    secret = os.urandom(32)
+    one = _terms(alice, bob, give, get, hashlib.sha256(secret).digest())
+    two = replace(
+        one,
+        swap_id=os.urandom(16),
+        participant_leg=replace(one.participant_leg, amount=one.participant_leg.amount - 1),
+    )
+    return secret, one, two
+
+
+def _own_lock_count(node: Node, sid: bytes) -> int:
+    from kofo.settlement.chain import TxKind
+
+    return sum(1 for tx in node.engine.journal.txs(sid, TxKind.LOCK) if tx.kind is TxKind.LOCK)
+
+
+def _redeem_as_attacker(alice: Node, terms: SwapTerms, secret: bytes) -> None:
+    htlc = terms.participant_leg.htlc(terms.payment_hash)
+    ad = alice.engine.adapters[htlc.chain]
+    ref = ad.find_htlc(htlc)
+    assert ref is not None
+    ad.broadcast(ad.prepare_redeem(ref, secret))
+
+
+@pytest.mark.parametrize("kind", ["eth", "btc"])
+def test_a_payment_hash_the_journal_knows_is_refused_for_a_new_swap(
+    kind, evm_world, btc_world_factory
+):
+    between, alice, bob, give, get = _world(kind, evm_world, btc_world_factory)
+    secret, one, two = _twin_terms(alice, bob, give, get)
+    pays = bob.engine.adapters[get.chain]
+    before = pays.balance(get.token)
+    assert isinstance(_offer(alice, bob, one), Accept)
+    reply = _offer(alice, bob, two)
+    assert isinstance(reply, Error) and reply.code == "terms_payment_hash_known", reply
+    assert [s.swap_id for s in bob.engine.journal.swaps()] == [one.swap_id]
+    # The one lock pays the one swap: bob locks once, is paid once.
+    _lock(alice, one.initiator_leg.htlc(one.payment_hash))
+    for r in range(12):
+        bob.engine.tick()
+        if bob.engine.journal.get(one.swap_id).state is State.LOCKED:
+            break
+        between(r)
+    assert bob.engine.journal.get(one.swap_id).state is State.LOCKED
+    _redeem_as_attacker(alice, one, secret)
+    states = drive([bob], one.swap_id, rounds=12, between=between)
+    assert states["bob"] is State.REDEEMED
+    spent = before - pays.balance(get.token)
+    if get.token is None:  # ETH: the lock plus gas
+        assert one.participant_leg.amount <= spent < one.participant_leg.amount + ETHER // 100
+    else:
+        assert spent == one.participant_leg.amount
+
+
+def test_a_payment_hash_of_our_own_proposal_is_refused_when_offered_back(evm_world):
+    """As initiator we hold the secret of our hash; a swap offered to us under the same hash
+    (anyone saw it in our proposal) is refused too, in either role."""
+    evm, alice, bob = evm_world
+    ours = alice.engine.propose(*_eth_for_tokens(evm, alice, bob), participant_node=bob.node_id)
+    a_leg, b_leg = _eth_for_tokens(evm, bob, alice)
+    back = _terms(bob, alice, a_leg, b_leg, ours.payment_hash)
+    reply = alice.engine.handle(Propose(back), bob.node_id)
+    assert isinstance(reply, Error) and reply.code == "terms_payment_hash_known", reply
+
+
+@pytest.mark.parametrize("kind", ["eth", "btc"])
+def test_one_lock_is_bound_to_one_swap_even_in_a_journal_holding_two_under_its_hash(
+    kind, evm_world, btc_world_factory
+):
+    """A journal written before hashes were checked holds both twin swaps. Alice locks her
+    leg once; the lock is bound to the first swap that audits it, the second never counts it
+    and aborts at its deadline: bob locks once."""
+    from kofo.settlement.swap import Role
+    from kofo.wire.codec import encode
+    from kofo.wire.swap import terms_to_wire
+
+    between, alice, bob, give, get = _world(kind, evm_world, btc_world_factory)
+    _secret, one, two = _twin_terms(alice, bob, give, get)
+    assert isinstance(_offer(alice, bob, one), Accept)
+    journal = bob.engine.journal
+    journal.create_swap(Role.PARTICIPANT, replace(two, payment_hash=os.urandom(32)), State.ACCEPTED)
+    with journal._lock:
+        db = journal._db
+        db.execute(
+            "UPDATE swaps SET terms=? WHERE swap_id=?", (encode(terms_to_wire(two)), two.swap_id)
+        )
+        if "payment_hash" in {row[1] for row in db.execute("PRAGMA table_info(swaps)")}:
+            db.execute(
+                "UPDATE swaps SET payment_hash=? WHERE swap_id=?", (two.payment_hash, two.swap_id)
+            )
+    _lock(alice, one.initiator_leg.htlc(one.payment_hash))
+    for r in range(40):
+        bob.engine.tick()
+        if journal.get(two.swap_id).state is State.ABORTED:
+            break
+        between(r)
+    assert journal.get(two.swap_id).state is State.ABORTED
+    assert _own_lock_count(bob, one.swap_id) == 1
+    assert _own_lock_count(bob, two.swap_id) == 0

@@ -260,6 +260,7 @@ class SwapEngine:
                 participant_node=participant_node,
             )
             check_terms_as_initiator(terms, self.policies, now)
+            self._check_new_hash(terms)
             self._check_legs(terms)
             self.journal.create_swap(
                 Role.INITIATOR,
@@ -284,6 +285,7 @@ class SwapEngine:
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+        self._check_new_hash(terms)
         self._check_legs(terms)
         chains = self._chains(terms)
         with self._observing(chains):
@@ -294,6 +296,16 @@ class SwapEngine:
             self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
+
+    def _check_new_hash(self, terms: SwapTerms) -> None:
+        """A payment hash this journal already knows (any swap, any role, finished or not) is
+        never used again: two swaps under one hash could be paid by one lock, and a hash
+        whose secret we hold or learned is no secret to bind a new swap to."""
+        if self.journal.knows_payment_hash(terms.payment_hash):
+            raise TermsRefused(
+                f"payment hash {terms.payment_hash.hex()} is already used by a swap here",
+                code="terms_payment_hash_known",
+            )
 
     def _check_legs(self, terms: SwapTerms) -> None:
         """Each leg's HTLC form must be one its chain's adapter can lock, audit and spend, and
@@ -534,12 +546,17 @@ class SwapEngine:
         if ref is None:
             stored = self.journal.notice(rec.swap_id, _COUNTER_REF)
             if stored is not None:
-                ref = HtlcRef(htlc, str(stored["locator"]), str(stored["lock_txid"]))
+                ref = self._bound(
+                    rec, HtlcRef(htlc, str(stored["locator"]), str(stored["lock_txid"]))
+                )
             else:
                 start = self.journal.notice(rec.swap_id, _SCAN_FROM) or {}
                 since = start.get(htlc.chain)
-                ref = self.adapters[htlc.chain].find_htlc(
-                    htlc, not_before=None if since is None else int(since)
+                ref = self._bound(
+                    rec,
+                    self.adapters[htlc.chain].find_htlc(
+                        htlc, not_before=None if since is None else int(since)
+                    ),
                 )
                 if ref is not None:
                     self.journal.store_notice(
@@ -551,13 +568,28 @@ class SwapEngine:
                 self._counter_refs[rec.swap_id] = ref
         return ref
 
+    def _bound(self, rec: StoredSwap, ref: HtlcRef | None) -> HtlcRef | None:
+        """``ref`` if the counterparty's lock it names is this swap's alone: the journal binds
+        each lock to the first swap that audits it, and no other swap may count it (one lock,
+        two swaps: paying twice for one payment)."""
+        if ref is None:
+            return None
+        if self.journal.claim_fact(rec.swap_id, ref.terms.chain, ref.locator):
+            return ref
+        log.warning(
+            "swap %s: the lock %s is bound to another swap; not counted for this one",
+            rec.swap_id.hex()[:8],
+            ref.locator,
+        )
+        return None
+
     def _find_spent_counter(self, rec: StoredSwap) -> HtlcRef | None:
         """Search the counter leg's chain since the swap began for a lock already spent."""
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
         htlc = view.counter_leg.htlc(rec.terms.payment_hash)
         start = self.journal.notice(rec.swap_id, _SCAN_FROM) or {}
         since = int(start.get(htlc.chain, 0))
-        ref = self.adapters[htlc.chain].find_htlc(htlc, spent_since=since)
+        ref = self._bound(rec, self.adapters[htlc.chain].find_htlc(htlc, spent_since=since))
         if ref is not None:
             self.journal.store_notice(
                 rec.swap_id, _COUNTER_REF, {"locator": ref.locator, "lock_txid": ref.lock_txid}
