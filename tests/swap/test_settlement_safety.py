@@ -304,3 +304,172 @@ def test_one_lock_is_bound_to_one_swap_even_in_a_journal_holding_two_under_its_h
     assert journal.get(two.swap_id).state is State.ABORTED
     assert _own_lock_count(bob, one.swap_id) == 1
     assert _own_lock_count(bob, two.swap_id) == 0
+
+
+# -- cases 2 and 3: a co-signer that stalls ----------------------------------------------------
+
+STALL = 30.0
+"""How long the stalling co-signer holds a request before it acts as if time had passed. A
+fixed engine waits at most its ``cosign_wait`` (1 s here) and is done long before; the old
+engine waited for the answer, so the attack went on."""
+
+
+def _start_short(alice: Node, bob: Node, give: Leg, get: Leg) -> bytes:
+    """Alice proposes with a 30 s accept window (30 devnet blocks), bob accepts."""
+    terms = alice.engine.propose(give, get, participant_node=bob.node_id, accept_window=30)
+    reply = bob.engine.handle(Propose(terms), alice.node_id)
+    assert isinstance(reply, Accept), reply
+    assert alice.engine.handle(reply, bob.node_id) is None
+    return terms.swap_id
+
+
+def _lock_both(btc: Btc, alice: Node, bob: Node, sid: bytes) -> None:
+    """Both lock; alice (the initiator) does not look at bob's lock yet."""
+    for _ in range(12):
+        if alice.engine.journal.get(sid).state is not State.LOCKED:
+            alice.engine.tick()
+        if bob.engine.journal.get(sid).state is not State.LOCKED:
+            bob.engine.tick()
+        if {n.engine.journal.get(sid).state for n in (alice, bob)} == {State.LOCKED}:
+            return
+        btc.mine(1)
+    raise AssertionError("the locks did not both confirm")
+
+
+def _spend_by_hand(node: Node, terms: SwapTerms, leg: Leg, preimage: bytes | None) -> None:
+    """The attacker's own redeem (``preimage``) or refund of ``leg``, through its adapter."""
+    from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
+
+    ensure_thread_params()
+    ad = node.engine.adapters[leg.chain]
+    ref = ad.find_htlc(leg.htlc(terms.payment_hash))
+    assert ref is not None
+    tx = ad.prepare_refund(ref) if preimage is None else ad.prepare_redeem(ref, preimage)
+    ad.broadcast(tx)
+
+
+def test_a_co_signer_that_reads_the_secret_and_stalls_cannot_steal_from_the_initiator(btc_world):
+    """Case 3. Alice (initiator) gives ETH for bob's Taproot BTC and asks bob to co-sign her
+    claim: the request carries the secret. Bob reads it and stalls; were alice to wait, he
+    would refund his BTC at T_B and redeem her ETH with the secret. Alice waits no longer than
+    her rule allows (the wait ends before initiator_redeem_by) and claims by the leaf."""
+    btc, _evm, alice, bob = btc_world
+    link(alice, bob)
+    alice.engine.cosign_wait = 1.0
+    give = Leg("eth", ETHER, alice.address("eth"), bob.address("eth"), UnixTime(0))
+    get = Leg(
+        "btc", BTC_AMOUNT, addr(bob, "btc"), addr(alice, "btc"), BlockHeight(0), output="p2tr"
+    )
+    sid = _start_short(alice, bob, give, get)
+    _lock_both(btc, alice, bob, sid)
+    terms = alice.engine.terms_of(sid)
+    btc_before = alice.engine.adapters["btc"].balance()
+    released = threading.Event()
+    stolen: list[bytes] = []
+
+    def stall(_sid: bytes, body: SwapBody) -> SwapBody | None:
+        stolen.append(body.preimage)  # type: ignore[union-attr]
+        if not released.wait(STALL):  # alice is still waiting: the clock runs on
+            btc.mine_to(terms.participant_leg.expiry.value)
+            _spend_by_hand(bob, terms, terms.participant_leg, None)  # refund his BTC at T_B
+            btc.mine(1)
+            _spend_by_hand(bob, terms, terms.initiator_leg, body.preimage)  # type: ignore[union-attr]
+        return Error(_sid, "cosign_refused", "stalled")
+
+    alice.engine._request = stall
+    try:
+        states = drive([alice], sid, rounds=20, between=lambda _r: btc.mine(1))
+    finally:
+        released.set()
+    assert stolen == [alice.engine.journal.preimage(sid)]  # the attack did get the secret
+    assert states["alice"] is State.REDEEMED
+    got = alice.engine.adapters["btc"].balance() - btc_before
+    assert BTC_AMOUNT - 10_000 < got <= BTC_AMOUNT  # the leaf claim, minus its fee
+    # Bob takes her ETH with the secret: that is the swap, and alice is whole.
+    _spend_by_hand(bob, terms, terms.initiator_leg, stolen[0])
+
+
+def test_a_co_signer_that_stalls_cannot_strand_the_participant(btc_world):
+    """Case 2. Alice (initiator) gives Taproot BTC for bob's ETH. She redeems bob's ETH (the
+    secret is public) and stalls bob's request to co-sign his claim of her BTC; were bob to
+    wait, she would refund her BTC at T_A. Bob waits no longer than his deadline allows and
+    claims by the leaf."""
+    btc, _evm, alice, bob = btc_world
+    link(alice, bob)
+    bob.engine.cosign_wait = 1.0
+    give = Leg(
+        "btc", BTC_AMOUNT, addr(alice, "btc"), addr(bob, "btc"), BlockHeight(0), output="p2tr"
+    )
+    get = Leg("eth", ETHER, bob.address("eth"), alice.address("eth"), UnixTime(0))
+    sid = _start_short(alice, bob, give, get)
+    _lock_both(btc, alice, bob, sid)
+    terms = alice.engine.terms_of(sid)
+    secret = alice.engine.journal.preimage(sid)
+    assert secret is not None
+    _spend_by_hand(alice, terms, terms.participant_leg, secret)  # she takes bob's ETH
+    btc_before = bob.engine.adapters["btc"].balance()
+    released = threading.Event()
+    asked: list[SwapBody] = []
+
+    def stall(_sid: bytes, body: SwapBody) -> SwapBody | None:
+        asked.append(body)
+        if not released.wait(STALL):  # bob is still waiting: the clock runs on
+            btc.mine_to(terms.initiator_leg.expiry.value)
+            _spend_by_hand(alice, terms, terms.initiator_leg, None)  # refund her BTC at T_A
+            btc.mine(1)
+        return Error(_sid, "cosign_refused", "stalled")
+
+    bob.engine._request = stall
+    try:
+        states = drive([bob], sid, rounds=20, between=lambda _r: btc.mine(1))
+    finally:
+        released.set()
+    assert len(asked) == 1  # he did ask
+    assert states["bob"] is State.REDEEMED
+    got = bob.engine.adapters["btc"].balance() - btc_before
+    assert BTC_AMOUNT - 10_000 < got <= BTC_AMOUNT
+
+
+def test_a_peer_answering_one_byte_at_a_time_is_cut_off_at_the_total_deadline(monkeypatch):
+    """The HTTP channel's timeout is for the whole exchange, not per socket read: a peer that
+    dribbles a valid answer a byte every 50 ms is cut off at SEND_TIMEOUT."""
+    import socket
+
+    from kofo.settlement import peer_http
+
+    monkeypatch.setattr(peer_http, "SEND_TIMEOUT", 0.5)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(30)
+    stop = threading.Event()
+
+    def dribble() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+            for byte in answer:  # bounded: at most ~7 s, and ends once the client hangs up
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    worker = threading.Thread(target=dribble, daemon=True)
+    worker.start()
+    client = peer_http.PeerClient(
+        __import__(
+            "cryptography.hazmat.primitives.asymmetric.ed25519", fromlist=["Ed25519PrivateKey"]
+        ).Ed25519PrivateKey.generate()
+    )
+    host, port = server.getsockname()
+    try:
+        with pytest.raises(peer_http.PeerError) as caught:
+            client.send_bytes(f"http://{host}:{port}{peer_http.PATH}", b"request")
+        assert caught.value.code == "peer_unreachable"
+    finally:
+        stop.set()
+        worker.join(10)
+        server.close()

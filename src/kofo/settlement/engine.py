@@ -125,6 +125,15 @@ class _CosignAsk:
     claim: CooperativeClaimSession
     body: CosignClaim
     shares: bool
+    wait: float
+    """Seconds the claimer waits for the answer, at most (see :meth:`SwapEngine._cosign_wait`);
+    then it claims by the leaf, whatever comes later."""
+
+
+COSIGN_WAIT = 10.0
+"""The longest a claimer waits for a co-signature, in seconds, in total (not per socket
+read): a peer on the same host or LAN answers in milliseconds, and ten seconds covers a busy
+node. The swap's own deadline may allow less (:meth:`SwapEngine._cosign_wait`)."""
 
 
 class CrashHook:
@@ -172,7 +181,8 @@ class SwapEngine:
     """Drives one node's swaps. Thread-safe: one step at a time per engine. A co-signature
     request waits for its answer outside the lock, so meanwhile the engine handles messages
     (the counterparty's own request included) and other threads may step other swaps; the thread
-    that asked waits for the answer."""
+    that asked waits for the answer, at most the request's own deadline (``_CosignAsk.wait``),
+    and then claims by the leaf."""
 
     def __init__(
         self,
@@ -185,6 +195,7 @@ class SwapEngine:
         request: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         publish: Callable[[SwapUpdate], None] | None = None,
         crash: CrashHook | None = None,
+        cosign_wait: float = COSIGN_WAIT,
     ) -> None:
         """``notify`` sends a notice to the swap's counterparty (best effort); ``request`` sends
         a message and returns its verified reply (raising on a transport failure): with it, a
@@ -206,6 +217,7 @@ class SwapEngine:
         the counter leg it was for and the co-signed claim (``None``: claim by the leaf)."""
         self._asking: set[bytes] = set()
         """Swaps whose co-signature request is out (sent without the engine lock)."""
+        self.cosign_wait = cosign_wait
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -476,11 +488,15 @@ class SwapEngine:
         shares = rec.role is Role.INITIATOR and not view.secret_shared
         try:
             claim = adapter.begin_cooperative_claim(ref)
+            wait = self._cosign_wait(rec, adapter.expiry_now(), shares=shares)
+            if wait <= 0:
+                log.info(
+                    "swap %s: too little time left to wait for a co-signer: by the leaf",
+                    rec.swap_id.hex()[:8],
+                )
+                self._cosigned[rec.swap_id] = (ref, None)
+                return None
             if shares:
-                clock = adapter.expiry_now()
-                if clock.value >= rec.terms.initiator_redeem_by.value:
-                    self._cosigned[rec.swap_id] = (ref, None)
-                    return None
                 self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
         except Exception as exc:  # any failure here: claim by the leaf
             log.warning(
@@ -489,7 +505,34 @@ class SwapEngine:
             self._cosigned[rec.swap_id] = (ref, None)
             return None
         body = CosignClaim(rec.swap_id, leg.chain, claim.raw, claim.nonce, preimage)
-        return _CosignAsk(rec.swap_id, ref, adapter, claim, body, shares)
+        return _CosignAsk(rec.swap_id, ref, adapter, claim, body, shares, wait)
+
+    def _cosign_wait(self, rec: StoredSwap, clock: Expiry, *, shares: bool) -> float:
+        """How long, in seconds, a co-signature request for our claim of the counter leg may
+        be waited for, given the counter chain's clock now; 0 or less: do not ask, claim by
+        the leaf at once.
+
+        The rule (docs/swap.md, "Attacks considered"): once the wait is over, the claim by
+        the leaf must still be buried before the counter leg's expiry (``T_B`` for the
+        initiator, ``T_A`` for the participant), counting the chain's clock as fast as it can
+        run: ``wait <= early(expiry - now) - settle``. A request that shows the secret for the
+        first time (the initiator's) must moreover be over before ``initiator_redeem_by``:
+        ``wait <= early(initiator_redeem_by - now)``; a leaf claim sent then is buried by
+        ``T_B`` (the initiator's own check of the terms). So a co-signer that reads the
+        secret and stalls cannot keep the initiator from its claim, and one that stalls the
+        participant cannot keep it from claiming before ``T_A``. Never more than
+        :attr:`cosign_wait`."""
+        view = self._view(rec)
+        leg = view.counter_leg
+        policy = self.policies[leg.chain]
+        if type(clock) is not type(leg.expiry):
+            return 0.0
+        room = policy.early_seconds(leg.expiry.value - clock.value) - policy.settle_seconds()
+        if shares:
+            room = min(
+                room, policy.early_seconds(rec.terms.initiator_redeem_by.value - clock.value)
+            )
+        return float(min(self.cosign_wait, room))
 
     def _ask_cosign(self, ask: _CosignAsk) -> tuple[SignedTx | None, bool]:
         """Outside the engine lock (the counterparty may take up to the channel's timeout, and
@@ -497,9 +540,35 @@ class SwapEngine:
         signed key-path claim (``None``: claim by the leaf) and whether the request certainly
         never left."""
         sid = ask.swap_id.hex()[:8]
-        assert self._request is not None, "asked without a channel"
+        request = self._request
+        assert request is not None, "asked without a channel"
+        # The request runs in a thread of its own and is waited for ask.wait seconds in
+        # total, whatever the channel does (a peer answering one byte at a time resets no
+        # timer here); a late answer is dropped, and the claim goes by the leaf.
+        answer: list[SwapBody | None] = []
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def send() -> None:
+            try:
+                answer.append(request(ask.swap_id, ask.body))
+            except BaseException as exc:  # handed to the waiting thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name=f"cosign-{sid}", daemon=True).start()
+        if not done.wait(ask.wait):
+            log.warning(
+                "swap %s: no co-signature within %.1f s: by the leaf (the request stays shown)",
+                sid,
+                ask.wait,
+            )
+            return None, False
         try:
-            reply = self._request(ask.swap_id, ask.body)
+            if failure:
+                raise failure[0]
+            reply = answer[0]
             if not isinstance(reply, ClaimCosigned):
                 why = reply.message if isinstance(reply, Error) else f"answer {reply!r}"
                 log.info("swap %s: claim not co-signed (%s): by the leaf", sid, why)
