@@ -473,3 +473,73 @@ def test_a_peer_answering_one_byte_at_a_time_is_cut_off_at_the_total_deadline(mo
         stop.set()
         worker.join(10)
         server.close()
+
+
+# -- case 4: the accept policy and the funds a node commits ------------------------------------
+
+
+def test_an_engine_without_an_accept_policy_refuses_every_proposal(evm_world, tmp_path):
+    from kofo.settlement.engine import SwapEngine
+    from kofo.settlement.journal import Journal
+
+    evm, alice, bob = evm_world
+    plain = SwapEngine(
+        Journal(tmp_path / "plain.sqlite"),
+        bob.engine.adapters,
+        bob.engine.policies,
+        bob.key,
+    )
+    terms = alice.engine.propose(*_eth_for_tokens(evm, alice, bob), participant_node=bob.node_id)
+    reply = plain.handle(Propose(terms), alice.node_id)
+    assert isinstance(reply, Error) and reply.code == "terms_not_offered", reply
+    assert plain.journal.swaps() == []
+
+
+def test_the_offer_policy_allows_only_the_offered_asset_amount_and_price(tmp_path):
+    from kofo.settlement.terms import Offer, accept_offers
+
+    evm = Evm()
+    alice = make_node("alice", tmp_path, {"eth": evm})
+    # Bob sells up to 200 TUSD at >= 0.01 ETH per TUSD (10**16 wei per 10**6 base units).
+    offer = Offer(("eth", evm.token), ("eth", None), 200 * 10**6, 10**16, 10**6)
+    bob = make_node("bob", tmp_path, {"eth": evm}, accept_policy=accept_offers(offer))
+
+    def offer_of(eth: int, tusd: int, token: str | None = evm.token) -> SwapBody | None:
+        give = Leg("eth", eth, alice.address("eth"), bob.address("eth"), UnixTime(0))
+        get = Leg("eth", tusd, bob.address("eth"), alice.address("eth"), UnixTime(0), token)
+        terms = alice.engine.propose(give, get, participant_node=bob.node_id)
+        return bob.engine.handle(Propose(terms), alice.node_id)
+
+    assert isinstance(offer_of(ETHER // 10, 10 * 10**6), Accept)  # 0.01 ETH per TUSD
+    for eth, tusd, token in (
+        (ETHER // 10 - 1, 10 * 10**6, evm.token),  # a wei short of the price
+        (3 * ETHER, 300 * 10**6, evm.token),  # more than offered
+        (ETHER // 10, 10**16, None),  # bob's ETH instead of his tokens
+    ):
+        reply = offer_of(eth, tusd, token)
+        assert isinstance(reply, Error) and reply.code == "terms_not_offered", (eth, tusd, reply)
+
+
+def test_a_node_cannot_be_made_to_commit_more_than_it_holds(evm_world):
+    """Bob holds 5 ETH. Proposals asking 2 ETH of him each: two are accepted, the third
+    would commit 6: refused. When a swap ends its reservation is released."""
+    evm, alice, bob = evm_world
+    held = bob.engine.adapters["eth"].balance()
+    assert 4 * ETHER < held < 6 * ETHER
+
+    def ask_two_eth() -> SwapBody | None:
+        give = Leg("eth", TOKENS, alice.address("eth"), bob.address("eth"), UnixTime(0), evm.token)
+        get = Leg("eth", 2 * ETHER, bob.address("eth"), alice.address("eth"), UnixTime(0))
+        terms = alice.engine.propose(give, get, participant_node=bob.node_id)
+        return bob.engine.handle(Propose(terms), alice.node_id)
+
+    first, second = ask_two_eth(), ask_two_eth()
+    assert isinstance(first, Accept) and isinstance(second, Accept)
+    assert bob.engine.reserved("eth") == 4 * ETHER
+    reply = ask_two_eth()
+    assert isinstance(reply, Error) and reply.code == "terms_funds", reply
+    assert len(bob.engine.journal.swaps()) == 2
+    # Alice never locks the first: it aborts at its deadline and frees its 2 ETH.
+    drive([bob], first.swap_id, rounds=30, between=lambda _r: evm.advance(30))
+    assert bob.engine.journal.get(first.swap_id).state is State.ABORTED
+    assert isinstance(ask_two_eth(), Accept)

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -59,12 +60,14 @@ from kofo.settlement.swap import (
 )
 from kofo.settlement.terms import (
     ACCEPT_WINDOW_SECONDS,
+    AcceptPolicy,
     ChainPolicy,
     Leg,
     SwapTerms,
     TermsRefused,
     check_terms_as_initiator,
     check_terms_as_participant,
+    deny_all,
     propose_terms,
 )
 from kofo.wire.envelope import public_key_bytes
@@ -129,6 +132,34 @@ class _CosignAsk:
     """Seconds the claimer waits for the answer, at most (see :meth:`SwapEngine._cosign_wait`);
     then it claims by the leaf, whatever comes later."""
 
+
+@dataclass(frozen=True, slots=True)
+class PeerLimits:
+    """What proposing nodes can make this node do (DESIGN.md: every budget is per peer).
+
+    A proposal costs chain reads (dust, the build of each leg); an accepted one costs a chain
+    read on every tick until the proposer locks or the deadline aborts it (the accept window,
+    minutes). The rate bounds the first, the open-swap counts the second."""
+
+    proposal_burst: int = 20
+    """Proposals one node may send at once."""
+    proposals_per_minute: int = 60
+    """... and then per minute: a market maker's quote refresh, not a flood."""
+    open_swaps_per_peer: int = 16
+    """Unfinished swaps with one node: a busy counterparty's concurrent trades."""
+    open_swaps: int = 256
+    """Unfinished swaps in all: what one tick may have to read (node ids are free to make,
+    so the per-node limits alone bound nothing)."""
+
+
+MAX_TRACKED_PEERS = 4096
+"""Proposal-rate buckets kept (least recently seen forgotten first): bounded memory."""
+
+_UNLOCKED = frozenset(
+    {State.PROPOSED, State.ACCEPTED, State.COUNTER_AUDITED, State.LOCK_SIGNED, State.LOCK_SENT}
+)
+"""States in which the own leg's funds are committed but may still be in the wallet: they are
+reserved (:meth:`SwapEngine.reserved`). From ``locked`` on they sit in the HTLC."""
 
 COSIGN_WAIT = 10.0
 """The longest a claimer waits for a co-signature, in seconds, in total (not per socket
@@ -196,11 +227,17 @@ class SwapEngine:
         publish: Callable[[SwapUpdate], None] | None = None,
         crash: CrashHook | None = None,
         cosign_wait: float = COSIGN_WAIT,
+        accept_policy: AcceptPolicy = deny_all,
+        limits: PeerLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``notify`` sends a notice to the swap's counterparty (best effort); ``request`` sends
         a message and returns its verified reply (raising on a transport failure): with it, a
         Taproot leg paying this node is claimed cooperatively (:meth:`_cosign_ask`; the request
-        waits for its answer without the engine lock)."""
+        waits for its answer without the engine lock). ``accept_policy`` decides which
+        proposals this node accepts (default: none, :func:`~kofo.settlement.terms.deny_all`);
+        ``limits`` bound what one proposing node, and all of them, can open
+        (:class:`PeerLimits`); ``clock`` (monotonic seconds) paces the proposal rate."""
         self.journal = journal
         self.adapters = dict(adapters)
         self.policies = dict(policies)
@@ -218,6 +255,11 @@ class SwapEngine:
         self._asking: set[bytes] = set()
         """Swaps whose co-signature request is out (sent without the engine lock)."""
         self.cosign_wait = cosign_wait
+        self.accept_policy = accept_policy
+        self.limits = limits or PeerLimits()
+        self._clock = clock
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        """Per proposing node: its proposal tokens left and when they were counted."""
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -274,40 +316,128 @@ class SwapEngine:
             check_terms_as_initiator(terms, self.policies, now)
             self._check_new_hash(terms)
             self._check_legs(terms)
-            self.journal.create_swap(
-                Role.INITIATOR,
-                terms,
-                State.PROPOSED,
-                preimage=preimage,
-                peer=peer,
-                payload={"reason": "proposed"},
-            )
+            with self._lock:  # the funds check and the swap that commits them, as one
+                self._check_funds(terms.initiator_leg)
+                self.journal.create_swap(
+                    Role.INITIATOR,
+                    terms,
+                    State.PROPOSED,
+                    preimage=preimage,
+                    peer=peer,
+                    payload={"reason": "proposed"},
+                )
             self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
     def accept(self, terms: SwapTerms, *, peer: str = "") -> Accept:
-        """The participant's answer to a proposal: check it is safe, journal it, ACCEPTED.
-        Raises :class:`TermsRefused` with the reason's code otherwise."""
+        """The participant's answer to a proposal: check it is safe, allowed and funded,
+        journal it, ACCEPTED. Raises :class:`TermsRefused` with the reason's code otherwise.
+
+        Cheapest first, so a flood costs little: the proposer's rate (per node), the payment
+        hash, the accept policy (pure); then what reads the chains (dust, the build of each
+        leg, the margins); last, under the engine lock, the open-swap limits and the funds
+        this swap commits, checked together with the journal entry that commits them."""
         if terms.participant_node != self.node_id:
             raise TermsRefused("terms name another participant node", code="terms_node")
-        mine = {
-            name: a.address() for name, a in self.adapters.items() if name in self._chains(terms)
-        }
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+        self._take_proposal_token(terms.initiator_node)
         self._check_new_hash(terms)
-        self._check_legs(terms)
+        self.accept_policy(terms)
         chains = self._chains(terms)
+        mine = {name: self.adapters[name].address() for name in chains}
+        # The margins first among the chain reads: they shrink as the clocks run on from the
+        # proposal, and the deadlines they check are absolute, so later checks cost nothing.
         with self._observing(chains):
             check_terms_as_participant(terms, self.policies, self.now(chains), my_address=mine)
+        self._check_legs(terms)
+        with self._lock:
+            self._check_open_limits(terms.initiator_node)
+            self._check_funds(terms.participant_leg)
             self.journal.create_swap(
                 Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
             )
+        with self._observing(chains):
             self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
+
+    # -- what a node commits, and to whom ------------------------------------------------------
+
+    def reserved(self, chain: str, token: str | None = None) -> int:
+        """Base units of (``chain``, ``token``) this node has committed to lock and not yet
+        locked: the own leg of every unfinished swap whose lock has not left the wallet for
+        sure (before ``locked``). Released when the swap ends or its lock is buried."""
+        total = 0
+        for rec in self.journal.swaps(unfinished=True):
+            if rec.state not in _UNLOCKED:
+                continue
+            own = self._view_plain(rec).own_leg
+            if own.chain == chain and own.token == token:
+                total += own.amount
+        return total
+
+    def _check_funds(self, leg: Leg) -> None:
+        """Refuse a swap that would commit more of ``leg``'s asset than the wallet holds beyond
+        what other swaps already reserve (a node holding 5 ETH cannot commit 300,000).
+        Call under the engine lock, with the journal entry that commits the funds."""
+        held = self.adapters[leg.chain].balance(leg.token)
+        need = self.reserved(leg.chain, leg.token) + leg.amount
+        if held < need:
+            raise TermsRefused(
+                f"{leg.chain} leg amount {leg.amount} of {leg.token or 'the native coin'} would "
+                f"commit {need} in all; this node holds {held}",
+                code="terms_funds",
+            )
+
+    def _take_proposal_token(self, peer: bytes) -> None:
+        """Per proposing node, a token bucket: ``proposal_burst`` proposals at once, then
+        ``proposals_per_minute``. Buckets of the least recently seen nodes are forgotten
+        beyond :data:`MAX_TRACKED_PEERS` (a forgotten node starts full again; the open-swap
+        limits still bound what it can commit us to)."""
+        lim = self.limits
+        now = self._clock()
+        tokens, last = self._buckets.pop(peer, (float(lim.proposal_burst), now))
+        tokens = min(
+            float(lim.proposal_burst), tokens + (now - last) * lim.proposals_per_minute / 60
+        )
+        if tokens < 1:
+            self._buckets[peer] = (tokens, now)
+            raise TermsRefused(
+                f"node {peer.hex()[:16]} sent more than {lim.proposal_burst} proposals at once "
+                f"or {lim.proposals_per_minute} a minute",
+                code="peer_rate_limited",
+            )
+        self._buckets[peer] = (tokens - 1, now)
+        while len(self._buckets) > MAX_TRACKED_PEERS:
+            self._buckets.pop(next(iter(self._buckets)))
+
+    def _check_open_limits(self, peer: bytes) -> None:
+        """At most ``open_swaps_per_peer`` unfinished swaps with one node, ``open_swaps`` in
+        all: what a flood of accepted proposals can make this node watch is bounded."""
+        lim = self.limits
+        open_swaps = self.journal.swaps(unfinished=True)
+        if len(open_swaps) >= lim.open_swaps:
+            raise TermsRefused(
+                f"this node has {len(open_swaps)} open swaps, its limit", code="node_busy"
+            )
+        with_peer = sum(1 for rec in open_swaps if self._counter_node(rec) == peer)
+        if with_peer >= lim.open_swaps_per_peer:
+            raise TermsRefused(
+                f"node {peer.hex()[:16]} has {with_peer} open swaps with this node, the limit",
+                code="peer_limit",
+            )
+
+    @staticmethod
+    def _counter_node(rec: StoredSwap) -> bytes:
+        t = rec.terms
+        return t.participant_node if rec.role is Role.INITIATOR else t.initiator_node
+
+    @staticmethod
+    def _view_plain(rec: StoredSwap) -> SwapRecord:
+        return SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
 
     def _check_new_hash(self, terms: SwapTerms) -> None:
         """A payment hash this journal already knows (any swap, any role, finished or not) is

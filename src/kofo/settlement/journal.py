@@ -303,15 +303,19 @@ class Journal:
         return matches[0]
 
     def swaps(self, *, unfinished: bool = False) -> list[StoredSwap]:
+        """Every swap, oldest first; ``unfinished``: only those not in a terminal state (the
+        filter is in the query: finished swaps cost a tick nothing, however many there are)."""
+        where, args = "", tuple[str, ...]()
+        if unfinished:
+            done = sorted(s.value for s in TERMINAL)
+            where, args = f"WHERE state NOT IN ({','.join('?' * len(done))}) ", tuple(done)
         with self._lock:
             rows = self._db.execute(
                 "SELECT swap_id, role, terms, state, peer, created_at, updated_at "
-                "FROM swaps ORDER BY created_at"
+                f"FROM swaps {where}ORDER BY created_at",
+                args,
             ).fetchall()
-        swaps = [self._row_to_swap(r) for r in rows]
-        if unfinished:
-            swaps = [s for s in swaps if s.state not in TERMINAL]
-        return swaps
+        return [self._row_to_swap(r) for r in rows]
 
     def events(self, swap_id: bytes) -> list[Event]:
         with self._lock:
