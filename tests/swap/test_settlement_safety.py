@@ -543,3 +543,78 @@ def test_a_node_cannot_be_made_to_commit_more_than_it_holds(evm_world):
     drive([bob], first.swap_id, rounds=30, between=lambda _r: evm.advance(30))
     assert bob.engine.journal.get(first.swap_id).state is State.ABORTED
     assert isinstance(ask_two_eth(), Accept)
+
+
+# -- case 5: proposal floods -------------------------------------------------------------------
+
+
+def _junk(evm: Evm, alice: Node, bob: Node) -> SwapBody | None:
+    """A proposal for one token unit that alice will never lock."""
+    give = Leg("eth", 1, alice.address("eth"), bob.address("eth"), UnixTime(0))
+    get = Leg("eth", 1, bob.address("eth"), alice.address("eth"), UnixTime(0), evm.token)
+    return bob.engine.handle(
+        Propose(alice.engine.propose(give, get, participant_node=bob.node_id)), alice.node_id
+    )
+
+
+def test_one_peer_cannot_open_more_than_its_share_of_swaps(evm_world):
+    from kofo.settlement.engine import PeerLimits
+
+    evm, alice, bob = evm_world
+    per_peer = PeerLimits().open_swaps_per_peer
+    bob.engine._clock = lambda: 0.0  # no refill: the burst alone would stop at 20
+    for _ in range(per_peer):
+        assert isinstance(_junk(evm, alice, bob), Accept)
+    reply = _junk(evm, alice, bob)
+    assert isinstance(reply, Error) and reply.code == "peer_limit", reply
+    assert len(bob.engine.journal.swaps(unfinished=True)) == per_peer
+
+
+def test_one_peer_cannot_send_proposals_faster_than_its_rate(evm_world):
+    from kofo.settlement.engine import PeerLimits
+
+    evm, alice, bob = evm_world
+    now = [0.0]
+    bob.engine._clock = lambda: now[0]
+    bob.engine.limits = PeerLimits(proposal_burst=3, proposals_per_minute=6)
+    for _ in range(3):
+        assert isinstance(_junk(evm, alice, bob), Accept)
+    reply = _junk(evm, alice, bob)
+    assert isinstance(reply, Error) and reply.code == "peer_rate_limited", reply
+    now[0] += 10.0  # one proposal's worth at 6 a minute
+    assert isinstance(_junk(evm, alice, bob), Accept)
+    reply = _junk(evm, alice, bob)
+    assert isinstance(reply, Error) and reply.code == "peer_rate_limited", reply
+
+
+def test_open_junk_swaps_cost_a_tick_nothing_until_their_chain_moves(evm_world):
+    """Five accepted proposals alice never locks. While no block comes and no message, a
+    tick reads nothing for them; a new block makes each be looked at once."""
+    evm, alice, bob = evm_world
+    for _ in range(5):
+        assert isinstance(_junk(evm, alice, bob), Accept)
+    ad = bob.engine.adapters["eth"]
+    real_find = ad.find_htlc
+    searches: list[bytes] = []
+
+    def counting(terms, **kw):
+        searches.append(terms.payment_hash)
+        return real_find(terms, **kw)
+
+    ad.find_htlc = counting  # type: ignore[method-assign]
+    bob.engine.tick()
+    assert len(searches) == 5
+    for _ in range(3):
+        assert bob.engine.tick() == 5
+    assert len(searches) == 5  # nothing new on chain: nothing read
+    evm.advance(1)
+    bob.engine.tick()
+    assert len(searches) == 10
+    # A message for one of them (its lock notice, say) has it looked at again, alone.
+    from kofo.wire.swap import Locked
+
+    rec = bob.engine.journal.swaps(unfinished=True)[0]
+    htlc = rec.terms.initiator_leg.htlc(rec.terms.payment_hash)
+    bob.engine.handle(Locked(rec.swap_id, "0x" + "00" * 32, "0x" + "00" * 32, htlc), alice.node_id)
+    bob.engine.tick()
+    assert searches[10:] == [rec.terms.payment_hash]

@@ -258,6 +258,10 @@ class SwapEngine:
         self.accept_policy = accept_policy
         self.limits = limits or PeerLimits()
         self._clock = clock
+        self._idle: dict[bytes, tuple[object, ...]] = {}
+        """Per swap skipped by :meth:`tick`: what it was waiting on when last driven."""
+        self._touched: dict[bytes, int] = {}
+        """Per swap, how many messages came for it (any message may be what it waits on)."""
         self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         """Per proposing node: its proposal tokens left and when they were counted."""
 
@@ -502,6 +506,8 @@ class SwapEngine:
                 rec = self.journal.get(body.swap_id)
             except KofoError as exc:
                 return Error(body.swap_id, exc.code, str(exc))
+            # Any message may be what the swap waits on (tick forgets finished swaps' counts).
+            self._touched[body.swap_id] = self._touched.get(body.swap_id, 0) + 1
             counter_node = (
                 rec.terms.participant_node
                 if rec.role is Role.INITIATOR
@@ -1260,11 +1266,52 @@ class SwapEngine:
 
     def tick(self) -> int:
         """Drive every unfinished swap once; returns how many are still unfinished. A swap
-        failing (any exception) is logged by :meth:`drive` and the others are still driven."""
+        failing (any exception) is logged by :meth:`drive` and the others are still driven.
+
+        A swap waiting for its counterparty before anything of ours is locked (an accept, or
+        the initiator's lock) is skipped while neither of its chains has a new block and no
+        message came for it: nothing it waits for can have happened, so the proposals a peer
+        leaves open cost a tick one head read per chain, not a search each."""
         open_swaps = self.journal.swaps(unfinished=True)
+        tips: dict[str, str] = {}
+        for name in {c for rec in open_swaps for c in self._chains(rec.terms)}:
+            try:
+                tips[name] = self.adapters[name].tip().hash
+            except Exception as exc:  # its swaps are driven (and fail) as usual
+                log.warning("chain %s: head not read: %s: %s", name, type(exc).__name__, exc)
         for rec in open_swaps:
-            self.drive(rec.swap_id)
-        return len(self.journal.swaps(unfinished=True))
+            touched = self._touched.get(rec.swap_id, 0)  # before the drive: a message that
+            key = self._idle_key(rec, rec.state, touched, tips)  # comes during it counts
+            if key is not None and self._idle.get(rec.swap_id) == key:
+                continue
+            state, waits = self._drive(rec.swap_id)
+            after = self._idle_key(rec, state, touched, tips) if waits else None
+            if after is None:
+                self._idle.pop(rec.swap_id, None)
+            else:
+                self._idle[rec.swap_id] = after
+        live = {rec.swap_id for rec in self.journal.swaps(unfinished=True)}
+        for table in (self._idle, self._touched):
+            for sid in [sid for sid in table if sid not in live]:
+                table.pop(sid, None)
+        return len(live)
+
+    @staticmethod
+    def _idle_key(
+        rec: StoredSwap, state: State, touched: int, tips: Mapping[str, str]
+    ) -> tuple[object, ...] | None:
+        """What must change before a swap in ``state`` waiting on its counterparty can have
+        something to do (see :meth:`tick`); ``None`` for a swap never skipped: one with
+        anything of ours at stake, or whose awaited lock may count unconfirmed."""
+        waits_on_peer = state is State.PROPOSED or (
+            state is State.ACCEPTED
+            and rec.role is Role.PARTICIPANT
+            and rec.terms.initiator_leg.confirmations >= 1
+        )
+        chains = SwapEngine._chains(rec.terms)
+        if not waits_on_peer or any(c not in tips for c in chains):
+            return None
+        return (state, touched, *(tips[c] for c in chains))
 
     def unfinished(self) -> list[StoredSwap]:
         return self.journal.swaps(unfinished=True)
