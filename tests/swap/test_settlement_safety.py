@@ -18,7 +18,7 @@ from kofo.settlement.chain import BlockHeight, HtlcState, UnixTime
 from kofo.settlement.monitor import Watchtower
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, SwapTerms, propose_terms
-from kofo.wire.swap import Accept, Error, Propose, SwapBody
+from kofo.wire.swap import Accept, Cancel, Error, Propose, SwapBody
 from tests.swap.btc_helpers import Btc, addr
 from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node, start_swap
 
@@ -618,3 +618,42 @@ def test_open_junk_swaps_cost_a_tick_nothing_until_their_chain_moves(evm_world):
     bob.engine.handle(Locked(rec.swap_id, "0x" + "00" * 32, "0x" + "00" * 32, htlc), alice.node_id)
     bob.engine.tick()
     assert searches[10:] == [rec.terms.payment_hash]
+
+
+# -- siblings found on the attacker's pass -----------------------------------------------------
+
+
+def test_a_peer_slow_to_take_a_notice_does_not_hold_the_engine(evm_world):
+    """Alice's lock notice goes to a bob that takes it as slowly as it likes (a dribbling
+    HTTP peer). Meanwhile alice's engine still answers messages: the notice is sent after
+    the engine lock is released (old: sent under it, so every message and swap waited)."""
+    evm, alice, bob = evm_world
+    sid = start_swap(alice, bob, *_eth_for_tokens(evm, alice, bob))
+    entered, released = threading.Event(), threading.Event()
+
+    def slow_notice(_sid: bytes, _body: SwapBody) -> None:
+        entered.set()
+        released.wait(STALL)
+
+    alice.engine._notify = slow_notice
+    driver = threading.Thread(target=alice.engine.drive, args=(sid,), daemon=True)
+    driver.start()
+    try:
+        assert entered.wait(60)  # alice locked and is handing bob the notice
+        answered: list[SwapBody | None] = []
+        other = alice.engine.propose(
+            *_eth_for_tokens(evm, alice, bob), participant_node=bob.node_id
+        )
+        asker = threading.Thread(
+            target=lambda: answered.append(
+                alice.engine.handle(Cancel(other.swap_id, "no"), bob.node_id)
+            ),
+            daemon=True,
+        )
+        asker.start()
+        asker.join(STALL / 2)
+        assert not released.is_set() and answered == [None]
+        assert alice.engine.journal.get(other.swap_id).state is State.REJECTED
+    finally:
+        released.set()
+        driver.join(60)

@@ -258,6 +258,8 @@ class SwapEngine:
         self.accept_policy = accept_policy
         self.limits = limits or PeerLimits()
         self._clock = clock
+        self._outbox: list[tuple[bytes, SwapBody]] = []
+        """Notices queued under the lock, sent after it (:meth:`_flush_notices`)."""
         self._idle: dict[bytes, tuple[object, ...]] = {}
         """Per swap skipped by :meth:`tick`: what it was waiting on when last driven."""
         self._touched: dict[bytes, int] = {}
@@ -982,17 +984,31 @@ class SwapEngine:
         )
 
     def _send_notice(self, rec: StoredSwap, body: SwapBody) -> None:
+        """Queue a notice for the counterparty; :meth:`_step` sends it once it has let go of
+        the engine lock: a peer slow to take it (up to the channel's deadline) then delays
+        this thread only, never the engine's other swaps or its answers to messages."""
         if self._notify is None:
             return
-        try:
-            self._notify(rec.swap_id, body)
-        except Exception as exc:  # the chain is the truth; a lost notice only costs latency
-            log.warning(
-                "notice %s for swap %s not delivered: %s",
-                type(body).__name__,
-                rec.swap_id.hex()[:8],
-                exc,
-            )
+        with self._lock:
+            self._outbox.append((rec.swap_id, body))
+
+    def _flush_notices(self) -> None:
+        """Send the queued notices (best effort), outside the engine lock."""
+        notify = self._notify
+        with self._lock:
+            pending, self._outbox = self._outbox, []
+        for swap_id, body in pending:
+            if notify is None:
+                return
+            try:
+                notify(swap_id, body)
+            except Exception as exc:  # the chain is the truth; a lost notice only costs latency
+                log.warning(
+                    "notice %s for swap %s not delivered: %s",
+                    type(body).__name__,
+                    swap_id.hex()[:8],
+                    exc,
+                )
 
     def _evidence(self, rec: StoredSwap, kind: EvidenceKind, detail: dict[str, str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
@@ -1095,7 +1111,14 @@ class SwapEngine:
 
         A co-signature request is the one effect sent without the engine lock: the step
         prepares it under the lock, sends it without, and keeps the answer under the lock
-        again; the next step decides afresh and signs the redeem with it."""
+        again; the next step decides afresh and signs the redeem with it. Notices for the
+        counterparty go out after the lock is released, too (:meth:`_send_notice`)."""
+        try:
+            return self._step_unlocked(swap_id, seen)
+        finally:
+            self._flush_notices()
+
+    def _step_unlocked(self, swap_id: bytes, seen: _Seen | None) -> tuple[bool, _Seen | None]:
         with self._lock:
             if swap_id in self._asking:
                 return False, None  # another thread is waiting for this swap's co-signer
