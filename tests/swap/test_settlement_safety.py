@@ -657,3 +657,18 @@ def test_a_peer_slow_to_take_a_notice_does_not_hold_the_engine(evm_world):
     finally:
         released.set()
         driver.join(60)
+
+
+def test_a_proposal_checked_against_a_node_answering_garbage_is_refused_not_raised(evm_world):
+    """The fee read behind the dust check answers NaN (a malformed RPC answer): the proposal
+    gets a refusal; nothing escapes to the channel's server thread, nothing is journaled."""
+    evm, alice, bob = evm_world
+
+    def nan_fees(*_a, **_k):
+        raise _Malformed("estimatesmartfee answered NaN")
+
+    bob.engine.adapters["eth"].min_amount = nan_fees  # type: ignore[method-assign]
+    terms = alice.engine.propose(*_eth_for_tokens(evm, alice, bob), participant_node=bob.node_id)
+    reply = bob.engine.handle(Propose(terms), alice.node_id)
+    assert isinstance(reply, Error) and reply.code == "terms_unchecked", reply
+    assert bob.engine.journal.swaps() == []

@@ -503,6 +503,13 @@ class SwapEngine:
                 return self.accept(body.terms, peer=peer)
             except KofoError as exc:
                 return Error(body.terms.swap_id, exc.code, str(exc))
+            except Exception as exc:  # a chain read failing oddly (a malformed answer)
+                log.warning("proposal not checked: %s: %s", type(exc).__name__, exc)
+                return Error(
+                    body.terms.swap_id,
+                    "terms_unchecked",
+                    f"the terms could not be checked now ({type(exc).__name__}); not accepted",
+                )
         with self._lock:
             try:
                 rec = self.journal.get(body.swap_id)
