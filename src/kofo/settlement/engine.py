@@ -306,10 +306,11 @@ class SwapEngine:
 
         preimage = os.urandom(32)
         chains = (initiator_leg.chain, participant_leg.chain)
-        with self._observing(chains):  # one view of each chain for the terms and scan heights
+
+        def lay_out() -> SwapTerms:
             now = self.now(chains)
             terms = propose_terms(
-                swap_id=os.urandom(16),
+                swap_id=swap_id,
                 payment_hash=hashlib.sha256(preimage).digest(),
                 initiator_leg=initiator_leg,
                 participant_leg=participant_leg,
@@ -320,10 +321,20 @@ class SwapEngine:
                 participant_node=participant_node,
             )
             check_terms_as_initiator(terms, self.policies, now)
-            self._check_new_hash(terms)
-            self._check_legs(terms)
-            with self._lock:  # the funds check and the swap that commits them, as one
-                self._check_funds(terms.initiator_leg)
+            return terms
+
+        swap_id = os.urandom(16)
+        # The slow checks (chain reads: dust, the build of each leg, the balance) on a first
+        # layout; the terms sent are laid out again from the clocks after them, because the
+        # participant's margin check counts from its own clocks when the proposal arrives.
+        with self._observing(chains):
+            draft = lay_out()
+        self._check_new_hash(draft)
+        self._check_legs(draft)
+        with self._lock:  # the funds check and the swap that commits them, as one
+            self._check_funds(initiator_leg)
+            with self._observing(chains):  # one view for the terms and the scan heights
+                terms = lay_out()
                 self.journal.create_swap(
                     Role.INITIATOR,
                     terms,
@@ -332,7 +343,7 @@ class SwapEngine:
                     peer=peer,
                     payload={"reason": "proposed"},
                 )
-            self._note_scan_from(terms)
+                self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
