@@ -672,3 +672,33 @@ def test_a_proposal_checked_against_a_node_answering_garbage_is_refused_not_rais
     reply = bob.engine.handle(Propose(terms), alice.node_id)
     assert isinstance(reply, Error) and reply.code == "terms_unchecked", reply
     assert bob.engine.journal.swaps() == []
+
+
+def test_a_counterparty_cannot_make_the_engine_co_sign_without_end(btc_world):
+    """Each co-signature request costs the sender a chain read and a MuSig2 signature under
+    its engine lock; one swap's counterparty gets a bounded number of them."""
+    from kofo.settlement import engine
+    from kofo.wire.swap import ClaimCosigned, CosignClaim
+
+    limit = getattr(engine, "COSIGN_ANSWERS_PER_SWAP", 8)  # (the old engine had no limit)
+
+    btc, _evm, alice, bob = btc_world
+    give = Leg("eth", ETHER, alice.address("eth"), bob.address("eth"), UnixTime(0))
+    get = Leg(
+        "btc", BTC_AMOUNT, addr(bob, "btc"), addr(alice, "btc"), BlockHeight(0), output="p2tr"
+    )
+    sid = _start_short(alice, bob, give, get)
+    _lock_both(btc, alice, bob, sid)
+    terms = alice.engine.terms_of(sid)
+    secret = alice.engine.journal.preimage(sid)
+    ad = alice.engine.adapters["btc"]
+    ref = ad.find_htlc(terms.participant_leg.htlc(terms.payment_hash))
+    assert ref is not None and secret is not None
+    replies = []
+    for _ in range(limit + 1):
+        claim = ad.begin_cooperative_claim(ref)  # type: ignore[attr-defined]
+        body = CosignClaim(sid, "btc", claim.raw, claim.nonce, secret)
+        replies.append(bob.engine.handle(body, alice.node_id))
+    assert all(isinstance(r, ClaimCosigned) for r in replies[:-1])
+    assert isinstance(replies[-1], Error) and replies[-1].code == "cosign_refused"
+    assert "times already" in replies[-1].message

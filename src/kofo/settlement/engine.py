@@ -161,6 +161,12 @@ _UNLOCKED = frozenset(
 """States in which the own leg's funds are committed but may still be in the wallet: they are
 reserved (:meth:`SwapEngine.reserved`). From ``locked`` on they sit in the HTLC."""
 
+COSIGN_ANSWERS_PER_SWAP = 8
+"""Co-signature requests one swap's counterparty may make (an honest claimer asks once per
+start of its node, and again after a reorg): more are refused, so a counterparty cannot make
+the engine sign (and read the chain, under its lock) without end. Counted in memory; a
+restart starts again."""
+
 COSIGN_WAIT = 10.0
 """The longest a claimer waits for a co-signature, in seconds, in total (not per socket
 read): a peer on the same host or LAN answers in milliseconds, and ten seconds covers a busy
@@ -258,6 +264,9 @@ class SwapEngine:
         self.accept_policy = accept_policy
         self.limits = limits or PeerLimits()
         self._clock = clock
+        self._cosign_asked: dict[bytes, int] = {}
+        """Per swap, co-signature requests received (each costs a chain read and a MuSig2
+        signature under the engine lock): at most :data:`COSIGN_ANSWERS_PER_SWAP`."""
         self._outbox: list[tuple[bytes, SwapBody]] = []
         """Notices queued under the lock, sent after it (:meth:`_flush_notices`)."""
         self._idle: dict[bytes, tuple[object, ...]] = {}
@@ -589,6 +598,10 @@ class SwapEngine:
             log.info("swap %s: not co-signing a claim: %s", rec.swap_id.hex()[:8], why)
             return Error(rec.swap_id, "cosign_refused", why)
 
+        asked = self._cosign_asked.get(rec.swap_id, 0)
+        if asked >= COSIGN_ANSWERS_PER_SWAP:
+            return refuse(f"asked {asked} times already for this swap")
+        self._cosign_asked[rec.swap_id] = asked + 1
         leg = self._view(rec).own_leg
         adapter = self.adapters[leg.chain]
         if body.chain != leg.chain or leg.output != "p2tr":
@@ -1161,6 +1174,7 @@ class SwapEngine:
         rec = self.journal.get(swap_id)
         if rec.state in TERMINAL:
             self._cosigned.pop(swap_id, None)
+            self._cosign_asked.pop(swap_id, None)
             return False, None, None
         if seen is None:
             try:
