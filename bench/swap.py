@@ -25,6 +25,7 @@ from pathlib import Path
 from tests.swap.helpers import ETHER, Evm, make_node, start_swap
 
 from kofo.settlement.chain import HtlcTerms, UnixTime
+from kofo.settlement.engine import PeerLimits
 from kofo.settlement.swap import TERMINAL, State
 from kofo.settlement.terms import ChainPolicy, Leg
 
@@ -56,7 +57,9 @@ def run_engine(n: int) -> dict[str, float]:
     evm = BenchEvm(n)
     tmp = Path(tempfile.mkdtemp(prefix="kofo-bench-"))
     alice = make_node("alice", tmp, {"eth": evm}, tokens=0)
-    bob = make_node("bob", tmp, {"eth": evm}, tokens=n * TOKEN_AMOUNT)
+    # One counterparty opening n swaps at once: lift the per-peer limits a node keeps by default.
+    limits = PeerLimits(proposal_burst=n, open_swaps_per_peer=n, open_swaps=max(256, n))
+    bob = make_node("bob", tmp, {"eth": evm}, tokens=n * TOKEN_AMOUNT, limits=limits)
     evm.fund(alice.address("eth"), n * ETHER)
     t0 = time.perf_counter()
     ids = [

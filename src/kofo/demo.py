@@ -54,7 +54,7 @@ from kofo.settlement.journal import Journal
 from kofo.settlement.monitor import EventHub, Watchtower
 from kofo.settlement.peer_http import SEND_TIMEOUT, PeerClient, PeerServer
 from kofo.settlement.swap import TERMINAL, State
-from kofo.settlement.terms import Leg, devnet_policy
+from kofo.settlement.terms import AcceptPolicy, Leg, Offer, accept_offers, devnet_policy
 from kofo.wire.swap import Accept, Error, Propose, SwapBody
 
 log = logging.getLogger(__name__)
@@ -320,6 +320,7 @@ def _make_node(name: str, chains: _Chains, home: Path) -> _Node:
         notify=outbox,
         request=outbox.ask,
         publish=hub.publish,
+        accept_policy=_offers(_plans(chains.dusd)),
     )
     server = PeerServer(key, engine.handle).start()
     tower = Watchtower(engine, poll_interval=POLL_INTERVAL)
@@ -519,6 +520,24 @@ def _btc_claim(nodes: list[_Node], swap_id: bytes, chains: _Chains) -> str:
             )
             return f"{how}: {found.tx.get_virtual_size()} vB"
     return "(no confirmed claim found)"
+
+
+def _offers(plans: list[SwapPlan]) -> AcceptPolicy:
+    """The accept policy each demo node installs (an engine accepts nothing without one): as
+    participant, exactly the swaps the demo plans -- at most the planned amount of what it
+    gives, for at least the planned price in what it gets."""
+    return accept_offers(
+        *(
+            Offer(
+                gives=(p.gets.asset.chain, p.gets.asset.token),
+                gets=(p.gives.asset.chain, p.gives.asset.token),
+                max_gives=p.gets.base_units,
+                price_num=p.gives.base_units,
+                price_den=p.gets.base_units,
+            )
+            for p in plans
+        )
+    )
 
 
 def _plans(dusd: Asset) -> list[SwapPlan]:

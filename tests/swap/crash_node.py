@@ -27,9 +27,14 @@ from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.engine import CrashHook, SwapEngine
 from kofo.settlement.journal import Journal
 from kofo.settlement.monitor import Watchtower
-from kofo.settlement.terms import ChainPolicy, devnet_policy
+from kofo.settlement.terms import ChainPolicy, SwapTerms, devnet_policy
 
 RUN_LIMIT_SECONDS = 60
+
+
+def accept_any(terms: SwapTerms) -> None:
+    """The crash tests' accept policy (explicit; the engine's default accepts nothing)."""
+    del terms
 
 
 def build_engine(config: dict[str, Any], crash: CrashHook | None = None) -> SwapEngine:
@@ -54,6 +59,7 @@ def build_engine(config: dict[str, Any], crash: CrashHook | None = None) -> Swap
         policies,
         Ed25519PrivateKey.from_private_bytes(bytes.fromhex(config["node_key"])),
         crash=crash or CrashHook(),
+        accept_policy=accept_any,
     )
 
 

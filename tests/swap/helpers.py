@@ -15,10 +15,10 @@ from kofo.settlement.chains.ethereum.adapter import EthereumAdapter, embedded_we
 from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.chains.ethereum.devnet import mine_at
 from kofo.settlement.chains.ethereum.keys import account_from_seed
-from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
+from kofo.settlement.engine import CrashHook, PeerLimits, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal
 from kofo.settlement.swap import TERMINAL, State
-from kofo.settlement.terms import ChainPolicy, devnet_policy
+from kofo.settlement.terms import AcceptPolicy, ChainPolicy, SwapTerms, devnet_policy
 from kofo.wire.envelope import ReplayGuard
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
 
@@ -105,6 +105,13 @@ class Node:
         return str(self.accounts[chain].address)
 
 
+def accept_any(terms: SwapTerms) -> None:
+    """The tests' accept policy, installed explicitly (an engine's default accepts nothing):
+    every proposal that passes the engine's own checks (margins, dust, build, funds, limits)
+    is accepted, whatever its assets and price."""
+    del terms
+
+
 def make_node(
     name: str,
     tmp_path: Path,
@@ -114,6 +121,9 @@ def make_node(
     crash: CrashHook | None = None,
     accounts: dict[str, LocalAccount] | None = None,
     key: Ed25519PrivateKey | None = None,
+    accept_policy: AcceptPolicy = accept_any,
+    limits: PeerLimits | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Node:
     accounts = accounts or {c: evm.account(tokens=tokens) for c, evm in chains.items()}
     key = key or Ed25519PrivateKey.generate()
@@ -125,6 +135,9 @@ def make_node(
         key,
         publish=updates.append,
         crash=crash or CrashHook(),
+        accept_policy=accept_policy,
+        limits=limits,
+        **({"clock": clock} if clock is not None else {}),
     )
     return Node(name, engine, key, accounts, updates)
 

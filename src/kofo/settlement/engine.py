@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -59,12 +60,14 @@ from kofo.settlement.swap import (
 )
 from kofo.settlement.terms import (
     ACCEPT_WINDOW_SECONDS,
+    AcceptPolicy,
     ChainPolicy,
     Leg,
     SwapTerms,
     TermsRefused,
     check_terms_as_initiator,
     check_terms_as_participant,
+    deny_all,
     propose_terms,
 )
 from kofo.wire.envelope import public_key_bytes
@@ -125,6 +128,49 @@ class _CosignAsk:
     claim: CooperativeClaimSession
     body: CosignClaim
     shares: bool
+    wait: float
+    """Seconds the claimer waits for the answer, at most (see :meth:`SwapEngine._cosign_wait`);
+    then it claims by the leaf, whatever comes later."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLimits:
+    """What proposing nodes can make this node do (DESIGN.md: every budget is per peer).
+
+    A proposal costs chain reads (dust, the build of each leg); an accepted one costs a chain
+    read on every tick until the proposer locks or the deadline aborts it (the accept window,
+    minutes). The rate bounds the first, the open-swap counts the second."""
+
+    proposal_burst: int = 20
+    """Proposals one node may send at once."""
+    proposals_per_minute: int = 60
+    """... and then per minute: a market maker's quote refresh, not a flood."""
+    open_swaps_per_peer: int = 16
+    """Unfinished swaps with one node: a busy counterparty's concurrent trades."""
+    open_swaps: int = 256
+    """Unfinished swaps in all: what one tick may have to read (node ids are free to make,
+    so the per-node limits alone bound nothing)."""
+
+
+MAX_TRACKED_PEERS = 4096
+"""Proposal-rate buckets kept (least recently seen forgotten first): bounded memory."""
+
+_UNLOCKED = frozenset(
+    {State.PROPOSED, State.ACCEPTED, State.COUNTER_AUDITED, State.LOCK_SIGNED, State.LOCK_SENT}
+)
+"""States in which the own leg's funds are committed but may still be in the wallet: they are
+reserved (:meth:`SwapEngine.reserved`). From ``locked`` on they sit in the HTLC."""
+
+COSIGN_ANSWERS_PER_SWAP = 8
+"""Co-signature requests one swap's counterparty may make (an honest claimer asks once per
+start of its node, and again after a reorg): more are refused, so a counterparty cannot make
+the engine sign (and read the chain, under its lock) without end. Counted in memory; a
+restart starts again."""
+
+COSIGN_WAIT = 10.0
+"""The longest a claimer waits for a co-signature, in seconds, in total (not per socket
+read): a peer on the same host or LAN answers in milliseconds, and ten seconds covers a busy
+node. The swap's own deadline may allow less (:meth:`SwapEngine._cosign_wait`)."""
 
 
 class CrashHook:
@@ -172,7 +218,8 @@ class SwapEngine:
     """Drives one node's swaps. Thread-safe: one step at a time per engine. A co-signature
     request waits for its answer outside the lock, so meanwhile the engine handles messages
     (the counterparty's own request included) and other threads may step other swaps; the thread
-    that asked waits for the answer."""
+    that asked waits for the answer, at most the request's own deadline (``_CosignAsk.wait``),
+    and then claims by the leaf."""
 
     def __init__(
         self,
@@ -185,11 +232,18 @@ class SwapEngine:
         request: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         publish: Callable[[SwapUpdate], None] | None = None,
         crash: CrashHook | None = None,
+        cosign_wait: float = COSIGN_WAIT,
+        accept_policy: AcceptPolicy = deny_all,
+        limits: PeerLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``notify`` sends a notice to the swap's counterparty (best effort); ``request`` sends
         a message and returns its verified reply (raising on a transport failure): with it, a
         Taproot leg paying this node is claimed cooperatively (:meth:`_cosign_ask`; the request
-        waits for its answer without the engine lock)."""
+        waits for its answer without the engine lock). ``accept_policy`` decides which
+        proposals this node accepts (default: none, :func:`~kofo.settlement.terms.deny_all`);
+        ``limits`` bound what one proposing node, and all of them, can open
+        (:class:`PeerLimits`); ``clock`` (monotonic seconds) paces the proposal rate."""
         self.journal = journal
         self.adapters = dict(adapters)
         self.policies = dict(policies)
@@ -206,19 +260,46 @@ class SwapEngine:
         the counter leg it was for and the co-signed claim (``None``: claim by the leaf)."""
         self._asking: set[bytes] = set()
         """Swaps whose co-signature request is out (sent without the engine lock)."""
+        self.cosign_wait = cosign_wait
+        self.accept_policy = accept_policy
+        self.limits = limits or PeerLimits()
+        self._clock = clock
+        self._cosign_asked: dict[bytes, int] = {}
+        """Per swap, co-signature requests received (each costs a chain read and a MuSig2
+        signature under the engine lock): at most :data:`COSIGN_ANSWERS_PER_SWAP`."""
+        self._outbox: list[tuple[bytes, SwapBody]] = []
+        """Notices queued under the lock, sent after it (:meth:`_flush_notices`)."""
+        self._idle: dict[bytes, tuple[object, ...]] = {}
+        """Per swap skipped by :meth:`tick`: what it was waiting on when last driven."""
+        self._touched: dict[bytes, int] = {}
+        """Per swap, how many messages came for it (any message may be what it waits on)."""
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        """Per proposing node: its proposal tokens left and when they were counted."""
 
     # -- starting swaps -----------------------------------------------------------------------
 
     @contextmanager
-    def _observing(self) -> Iterator[None]:
-        """Every chain read inside sees one view per chain (see ``ChainAdapter.observe``)."""
+    def _observing(self, chains: tuple[str, ...] | None = None) -> Iterator[None]:
+        """Every chain read inside sees one view per chain (see ``ChainAdapter.observe``):
+        of ``chains`` (default: all), so a swap reads only its own two chains and a chain
+        that fails stops no swap that does not touch it."""
         with ExitStack() as stack:
-            for adapter in self.adapters.values():
-                stack.enter_context(adapter.observe())
+            for name, adapter in self.adapters.items():
+                if chains is None or name in chains:
+                    stack.enter_context(adapter.observe())
             yield
 
-    def now(self) -> dict[str, Expiry]:
-        return {name: a.expiry_now() for name, a in self.adapters.items()}
+    def now(self, chains: tuple[str, ...] | None = None) -> dict[str, Expiry]:
+        """Each chain's clock (of ``chains``; default: all)."""
+        return {
+            name: a.expiry_now()
+            for name, a in self.adapters.items()
+            if chains is None or name in chains
+        }
+
+    @staticmethod
+    def _chains(terms: SwapTerms) -> tuple[str, ...]:
+        return (terms.initiator_leg.chain, terms.participant_leg.chain)
 
     def propose(
         self,
@@ -233,10 +314,12 @@ class SwapEngine:
         import hashlib
 
         preimage = os.urandom(32)
-        with self._observing():  # one view of each chain for the terms and the scan heights
-            now = self.now()
+        chains = (initiator_leg.chain, participant_leg.chain)
+
+        def lay_out() -> SwapTerms:
+            now = self.now(chains)
             terms = propose_terms(
-                swap_id=os.urandom(16),
+                swap_id=swap_id,
                 payment_hash=hashlib.sha256(preimage).digest(),
                 initiator_leg=initiator_leg,
                 participant_leg=participant_leg,
@@ -247,37 +330,150 @@ class SwapEngine:
                 participant_node=participant_node,
             )
             check_terms_as_initiator(terms, self.policies, now)
-            self._check_legs(terms)
-            self.journal.create_swap(
-                Role.INITIATOR,
-                terms,
-                State.PROPOSED,
-                preimage=preimage,
-                peer=peer,
-                payload={"reason": "proposed"},
-            )
-            self._note_scan_from(terms)
+            return terms
+
+        swap_id = os.urandom(16)
+        # The slow checks (chain reads: dust, the build of each leg, the balance) on a first
+        # layout; the terms sent are laid out again from the clocks after them, because the
+        # participant's margin check counts from its own clocks when the proposal arrives.
+        with self._observing(chains):
+            draft = lay_out()
+        self._check_new_hash(draft)
+        self._check_legs(draft)
+        with self._lock:  # the funds check and the swap that commits them, as one
+            self._check_funds(initiator_leg)
+            with self._observing(chains):  # one view for the terms and the scan heights
+                terms = lay_out()
+                self.journal.create_swap(
+                    Role.INITIATOR,
+                    terms,
+                    State.PROPOSED,
+                    preimage=preimage,
+                    peer=peer,
+                    payload={"reason": "proposed"},
+                )
+                self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
     def accept(self, terms: SwapTerms, *, peer: str = "") -> Accept:
-        """The participant's answer to a proposal: check it is safe, journal it, ACCEPTED.
-        Raises :class:`TermsRefused` with the reason's code otherwise."""
+        """The participant's answer to a proposal: check it is safe, allowed and funded,
+        journal it, ACCEPTED. Raises :class:`TermsRefused` with the reason's code otherwise.
+
+        Cheapest first, so a flood costs little: the proposer's rate (per node), the payment
+        hash, the accept policy (pure); then what reads the chains (dust, the build of each
+        leg, the margins); last, under the engine lock, the open-swap limits and the funds
+        this swap commits, checked together with the journal entry that commits them."""
         if terms.participant_node != self.node_id:
             raise TermsRefused("terms name another participant node", code="terms_node")
-        mine = {name: a.address() for name, a in self.adapters.items()}
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+        self._take_proposal_token(terms.initiator_node)
+        self._check_new_hash(terms)
+        self.accept_policy(terms)
+        chains = self._chains(terms)
+        mine = {name: self.adapters[name].address() for name in chains}
+        # The margins first among the chain reads: they shrink as the clocks run on from the
+        # proposal, and the deadlines they check are absolute, so later checks cost nothing.
+        with self._observing(chains):
+            check_terms_as_participant(terms, self.policies, self.now(chains), my_address=mine)
         self._check_legs(terms)
-        with self._observing():
-            check_terms_as_participant(terms, self.policies, self.now(), my_address=mine)
+        with self._lock:
+            self._check_open_limits(terms.initiator_node)
+            self._check_funds(terms.participant_leg)
             self.journal.create_swap(
                 Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
             )
+        with self._observing(chains):
             self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
+
+    # -- what a node commits, and to whom ------------------------------------------------------
+
+    def reserved(self, chain: str, token: str | None = None) -> int:
+        """Base units of (``chain``, ``token``) this node has committed to lock and not yet
+        locked: the own leg of every unfinished swap whose lock has not left the wallet for
+        sure (before ``locked``). Released when the swap ends or its lock is buried."""
+        total = 0
+        for rec in self.journal.swaps(unfinished=True):
+            if rec.state not in _UNLOCKED:
+                continue
+            own = self._view_plain(rec).own_leg
+            if own.chain == chain and own.token == token:
+                total += own.amount
+        return total
+
+    def _check_funds(self, leg: Leg) -> None:
+        """Refuse a swap that would commit more of ``leg``'s asset than the wallet holds beyond
+        what other swaps already reserve (a node holding 5 ETH cannot commit 300,000).
+        Call under the engine lock, with the journal entry that commits the funds."""
+        held = self.adapters[leg.chain].balance(leg.token)
+        need = self.reserved(leg.chain, leg.token) + leg.amount
+        if held < need:
+            raise TermsRefused(
+                f"{leg.chain} leg amount {leg.amount} of {leg.token or 'the native coin'} would "
+                f"commit {need} in all; this node holds {held}",
+                code="terms_funds",
+            )
+
+    def _take_proposal_token(self, peer: bytes) -> None:
+        """Per proposing node, a token bucket: ``proposal_burst`` proposals at once, then
+        ``proposals_per_minute``. Buckets of the least recently seen nodes are forgotten
+        beyond :data:`MAX_TRACKED_PEERS` (a forgotten node starts full again; the open-swap
+        limits still bound what it can commit us to)."""
+        lim = self.limits
+        now = self._clock()
+        tokens, last = self._buckets.pop(peer, (float(lim.proposal_burst), now))
+        tokens = min(
+            float(lim.proposal_burst), tokens + (now - last) * lim.proposals_per_minute / 60
+        )
+        if tokens < 1:
+            self._buckets[peer] = (tokens, now)
+            raise TermsRefused(
+                f"node {peer.hex()[:16]} sent more than {lim.proposal_burst} proposals at once "
+                f"or {lim.proposals_per_minute} a minute",
+                code="peer_rate_limited",
+            )
+        self._buckets[peer] = (tokens - 1, now)
+        while len(self._buckets) > MAX_TRACKED_PEERS:
+            self._buckets.pop(next(iter(self._buckets)))
+
+    def _check_open_limits(self, peer: bytes) -> None:
+        """At most ``open_swaps_per_peer`` unfinished swaps with one node, ``open_swaps`` in
+        all: what a flood of accepted proposals can make this node watch is bounded."""
+        lim = self.limits
+        open_swaps = self.journal.swaps(unfinished=True)
+        if len(open_swaps) >= lim.open_swaps:
+            raise TermsRefused(
+                f"this node has {len(open_swaps)} open swaps, its limit", code="node_busy"
+            )
+        with_peer = sum(1 for rec in open_swaps if self._counter_node(rec) == peer)
+        if with_peer >= lim.open_swaps_per_peer:
+            raise TermsRefused(
+                f"node {peer.hex()[:16]} has {with_peer} open swaps with this node, the limit",
+                code="peer_limit",
+            )
+
+    @staticmethod
+    def _counter_node(rec: StoredSwap) -> bytes:
+        t = rec.terms
+        return t.participant_node if rec.role is Role.INITIATOR else t.initiator_node
+
+    @staticmethod
+    def _view_plain(rec: StoredSwap) -> SwapRecord:
+        return SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
+
+    def _check_new_hash(self, terms: SwapTerms) -> None:
+        """A payment hash this journal already knows (any swap, any role, finished or not) is
+        never used again: two swaps under one hash could be paid by one lock, and a hash
+        whose secret we hold or learned is no secret to bind a new swap to."""
+        if self.journal.knows_payment_hash(terms.payment_hash):
+            raise TermsRefused(
+                f"payment hash {terms.payment_hash.hex()} is already used by a swap here",
+                code="terms_payment_hash_known",
+            )
 
     def _check_legs(self, terms: SwapTerms) -> None:
         """Each leg's HTLC form must be one its chain's adapter can lock, audit and spend, and
@@ -300,6 +496,23 @@ class SwapEngine:
                     "fees now its claim or refund would pay out nothing relayable",
                     code="terms_amount",
                 )
+            self._build_leg(adapter, leg, terms)
+
+    @staticmethod
+    def _build_leg(adapter: ChainAdapter, leg: Leg, terms: SwapTerms) -> None:
+        """Build the leg's HTLC (its script, or its contract call) now, at accept time: terms
+        this node's adapter cannot build (a Bitcoin expiry of 600,000,000 as a block height,
+        an address that is no address) would otherwise pass every check on numbers and then
+        fail at every later step. The build is the adapter's own search for the lock
+        (``find_htlc``): it derives the script or the contract's key from the terms exactly as
+        the lock, the audit and the spends do; searching from the tip on, it reads little."""
+        try:
+            adapter.find_htlc(leg.htlc(terms.payment_hash), not_before=adapter.tip().height)
+        except Exception as exc:  # whatever the builder raises, the leg is not buildable here
+            raise TermsRefused(
+                f"{leg.chain} leg cannot be built by this node: {type(exc).__name__}: {exc}",
+                code="terms_unbuildable",
+            ) from None
 
     def handle(self, body: SwapBody, sender: bytes, *, peer: str = "") -> SwapBody | None:
         """Apply a verified message from ``sender``; returns the reply to send, if any."""
@@ -310,11 +523,20 @@ class SwapEngine:
                 return self.accept(body.terms, peer=peer)
             except KofoError as exc:
                 return Error(body.terms.swap_id, exc.code, str(exc))
+            except Exception as exc:  # a chain read failing oddly (a malformed answer)
+                log.warning("proposal not checked: %s: %s", type(exc).__name__, exc)
+                return Error(
+                    body.terms.swap_id,
+                    "terms_unchecked",
+                    f"the terms could not be checked now ({type(exc).__name__}); not accepted",
+                )
         with self._lock:
             try:
                 rec = self.journal.get(body.swap_id)
             except KofoError as exc:
                 return Error(body.swap_id, exc.code, str(exc))
+            # Any message may be what the swap waits on (tick forgets finished swaps' counts).
+            self._touched[body.swap_id] = self._touched.get(body.swap_id, 0) + 1
             counter_node = (
                 rec.terms.participant_node
                 if rec.role is Role.INITIATOR
@@ -376,6 +598,10 @@ class SwapEngine:
             log.info("swap %s: not co-signing a claim: %s", rec.swap_id.hex()[:8], why)
             return Error(rec.swap_id, "cosign_refused", why)
 
+        asked = self._cosign_asked.get(rec.swap_id, 0)
+        if asked >= COSIGN_ANSWERS_PER_SWAP:
+            return refuse(f"asked {asked} times already for this swap")
+        self._cosign_asked[rec.swap_id] = asked + 1
         leg = self._view(rec).own_leg
         adapter = self.adapters[leg.chain]
         if body.chain != leg.chain or leg.output != "p2tr":
@@ -431,11 +657,15 @@ class SwapEngine:
         shares = rec.role is Role.INITIATOR and not view.secret_shared
         try:
             claim = adapter.begin_cooperative_claim(ref)
+            wait = self._cosign_wait(rec, adapter.expiry_now(), shares=shares)
+            if wait <= 0:
+                log.info(
+                    "swap %s: too little time left to wait for a co-signer: by the leaf",
+                    rec.swap_id.hex()[:8],
+                )
+                self._cosigned[rec.swap_id] = (ref, None)
+                return None
             if shares:
-                clock = adapter.expiry_now()
-                if clock.value >= rec.terms.initiator_redeem_by.value:
-                    self._cosigned[rec.swap_id] = (ref, None)
-                    return None
                 self.journal.store_notice(rec.swap_id, SECRET_SHARED, {"by": "initiator"})
         except Exception as exc:  # any failure here: claim by the leaf
             log.warning(
@@ -444,7 +674,34 @@ class SwapEngine:
             self._cosigned[rec.swap_id] = (ref, None)
             return None
         body = CosignClaim(rec.swap_id, leg.chain, claim.raw, claim.nonce, preimage)
-        return _CosignAsk(rec.swap_id, ref, adapter, claim, body, shares)
+        return _CosignAsk(rec.swap_id, ref, adapter, claim, body, shares, wait)
+
+    def _cosign_wait(self, rec: StoredSwap, clock: Expiry, *, shares: bool) -> float:
+        """How long, in seconds, a co-signature request for our claim of the counter leg may
+        be waited for, given the counter chain's clock now; 0 or less: do not ask, claim by
+        the leaf at once.
+
+        The rule (docs/swap.md, "Attacks considered"): once the wait is over, the claim by
+        the leaf must still be buried before the counter leg's expiry (``T_B`` for the
+        initiator, ``T_A`` for the participant), counting the chain's clock as fast as it can
+        run: ``wait <= early(expiry - now) - settle``. A request that shows the secret for the
+        first time (the initiator's) must moreover be over before ``initiator_redeem_by``:
+        ``wait <= early(initiator_redeem_by - now)``; a leaf claim sent then is buried by
+        ``T_B`` (the initiator's own check of the terms). So a co-signer that reads the
+        secret and stalls cannot keep the initiator from its claim, and one that stalls the
+        participant cannot keep it from claiming before ``T_A``. Never more than
+        :attr:`cosign_wait`."""
+        view = self._view(rec)
+        leg = view.counter_leg
+        policy = self.policies[leg.chain]
+        if type(clock) is not type(leg.expiry):
+            return 0.0
+        room = policy.early_seconds(leg.expiry.value - clock.value) - policy.settle_seconds()
+        if shares:
+            room = min(
+                room, policy.early_seconds(rec.terms.initiator_redeem_by.value - clock.value)
+            )
+        return float(min(self.cosign_wait, room))
 
     def _ask_cosign(self, ask: _CosignAsk) -> tuple[SignedTx | None, bool]:
         """Outside the engine lock (the counterparty may take up to the channel's timeout, and
@@ -452,9 +709,35 @@ class SwapEngine:
         signed key-path claim (``None``: claim by the leaf) and whether the request certainly
         never left."""
         sid = ask.swap_id.hex()[:8]
-        assert self._request is not None, "asked without a channel"
+        request = self._request
+        assert request is not None, "asked without a channel"
+        # The request runs in a thread of its own and is waited for ask.wait seconds in
+        # total, whatever the channel does (a peer answering one byte at a time resets no
+        # timer here); a late answer is dropped, and the claim goes by the leaf.
+        answer: list[SwapBody | None] = []
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def send() -> None:
+            try:
+                answer.append(request(ask.swap_id, ask.body))
+            except BaseException as exc:  # handed to the waiting thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name=f"cosign-{sid}", daemon=True).start()
+        if not done.wait(ask.wait):
+            log.warning(
+                "swap %s: no co-signature within %.1f s: by the leaf (the request stays shown)",
+                sid,
+                ask.wait,
+            )
+            return None, False
         try:
-            reply = self._request(ask.swap_id, ask.body)
+            if failure:
+                raise failure[0]
+            reply = answer[0]
             if not isinstance(reply, ClaimCosigned):
                 why = reply.message if isinstance(reply, Error) else f"answer {reply!r}"
                 log.info("swap %s: claim not co-signed (%s): by the leaf", sid, why)
@@ -501,12 +784,17 @@ class SwapEngine:
         if ref is None:
             stored = self.journal.notice(rec.swap_id, _COUNTER_REF)
             if stored is not None:
-                ref = HtlcRef(htlc, str(stored["locator"]), str(stored["lock_txid"]))
+                ref = self._bound(
+                    rec, HtlcRef(htlc, str(stored["locator"]), str(stored["lock_txid"]))
+                )
             else:
                 start = self.journal.notice(rec.swap_id, _SCAN_FROM) or {}
                 since = start.get(htlc.chain)
-                ref = self.adapters[htlc.chain].find_htlc(
-                    htlc, not_before=None if since is None else int(since)
+                ref = self._bound(
+                    rec,
+                    self.adapters[htlc.chain].find_htlc(
+                        htlc, not_before=None if since is None else int(since)
+                    ),
                 )
                 if ref is not None:
                     self.journal.store_notice(
@@ -518,13 +806,28 @@ class SwapEngine:
                 self._counter_refs[rec.swap_id] = ref
         return ref
 
+    def _bound(self, rec: StoredSwap, ref: HtlcRef | None) -> HtlcRef | None:
+        """``ref`` if the counterparty's lock it names is this swap's alone: the journal binds
+        each lock to the first swap that audits it, and no other swap may count it (one lock,
+        two swaps: paying twice for one payment)."""
+        if ref is None:
+            return None
+        if self.journal.claim_fact(rec.swap_id, ref.terms.chain, ref.locator):
+            return ref
+        log.warning(
+            "swap %s: the lock %s is bound to another swap; not counted for this one",
+            rec.swap_id.hex()[:8],
+            ref.locator,
+        )
+        return None
+
     def _find_spent_counter(self, rec: StoredSwap) -> HtlcRef | None:
         """Search the counter leg's chain since the swap began for a lock already spent."""
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
         htlc = view.counter_leg.htlc(rec.terms.payment_hash)
         start = self.journal.notice(rec.swap_id, _SCAN_FROM) or {}
         since = int(start.get(htlc.chain, 0))
-        ref = self.adapters[htlc.chain].find_htlc(htlc, spent_since=since)
+        ref = self._bound(rec, self.adapters[htlc.chain].find_htlc(htlc, spent_since=since))
         if ref is not None:
             self.journal.store_notice(
                 rec.swap_id, _COUNTER_REF, {"locator": ref.locator, "lock_txid": ref.lock_txid}
@@ -712,17 +1015,31 @@ class SwapEngine:
         )
 
     def _send_notice(self, rec: StoredSwap, body: SwapBody) -> None:
+        """Queue a notice for the counterparty; :meth:`_step` sends it once it has let go of
+        the engine lock: a peer slow to take it (up to the channel's deadline) then delays
+        this thread only, never the engine's other swaps or its answers to messages."""
         if self._notify is None:
             return
-        try:
-            self._notify(rec.swap_id, body)
-        except Exception as exc:  # the chain is the truth; a lost notice only costs latency
-            log.warning(
-                "notice %s for swap %s not delivered: %s",
-                type(body).__name__,
-                rec.swap_id.hex()[:8],
-                exc,
-            )
+        with self._lock:
+            self._outbox.append((rec.swap_id, body))
+
+    def _flush_notices(self) -> None:
+        """Send the queued notices (best effort), outside the engine lock."""
+        notify = self._notify
+        with self._lock:
+            pending, self._outbox = self._outbox, []
+        for swap_id, body in pending:
+            if notify is None:
+                return
+            try:
+                notify(swap_id, body)
+            except Exception as exc:  # the chain is the truth; a lost notice only costs latency
+                log.warning(
+                    "notice %s for swap %s not delivered: %s",
+                    type(body).__name__,
+                    swap_id.hex()[:8],
+                    exc,
+                )
 
     def _evidence(self, rec: StoredSwap, kind: EvidenceKind, detail: dict[str, str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
@@ -825,7 +1142,14 @@ class SwapEngine:
 
         A co-signature request is the one effect sent without the engine lock: the step
         prepares it under the lock, sends it without, and keeps the answer under the lock
-        again; the next step decides afresh and signs the redeem with it."""
+        again; the next step decides afresh and signs the redeem with it. Notices for the
+        counterparty go out after the lock is released, too (:meth:`_send_notice`)."""
+        try:
+            return self._step_unlocked(swap_id, seen)
+        finally:
+            self._flush_notices()
+
+    def _step_unlocked(self, swap_id: bytes, seen: _Seen | None) -> tuple[bool, _Seen | None]:
         with self._lock:
             if swap_id in self._asking:
                 return False, None  # another thread is waiting for this swap's co-signer
@@ -850,12 +1174,19 @@ class SwapEngine:
         rec = self.journal.get(swap_id)
         if rec.state in TERMINAL:
             self._cosigned.pop(swap_id, None)
+            self._cosign_asked.pop(swap_id, None)
             return False, None, None
         if seen is None:
-            with self._observing():
-                seen = (self.facts(rec), self.now())
+            try:
+                chains = self._chains(rec.terms)
+                with self._observing(chains):
+                    seen = (self.facts(rec), self.now(chains))
+            except Exception as exc:
+                if self._abort_unread(rec, exc):
+                    return True, None, None
+                raise
         (facts, own_ref, ctr_ref, detail), clocks = seen
-        now = clocks if clocks is not None else self.now()
+        now = clocks if clocks is not None else self.now(self._chains(rec.terms))
         view = self._view(rec)
         action = next_action(view, facts, now)
         if action.evidence is EvidenceKind.NO_LOCK and ctr_ref is None:
@@ -901,6 +1232,32 @@ class SwapEngine:
         # a deadline passed meanwhile stops the broadcast.
         return True, (read[0], None), None
 
+    def _abort_unread(self, rec: StoredSwap, exc: Exception) -> bool:
+        """The chains could not be read for ``rec`` (``exc``). A swap in which nothing of ours
+        is committed (no lock of ours signed) is aborted once its own lock deadline has passed
+        on the own chain's clock, whatever else fails to read: the deadline abort must not
+        depend on reading (or building) the counterparty's HTLC. Returns whether it aborted.
+        No evidence is recorded: the counterparty's lock could not be looked at."""
+        if rec.state not in (State.PROPOSED, State.ACCEPTED, State.COUNTER_AUDITED):
+            return False
+        if self.journal.txs(rec.swap_id, TxKind.LOCK):
+            return False
+        view = self._view(rec)
+        try:
+            clock = self.adapters[view.own_leg.chain].expiry_now()
+        except Exception:  # the own chain's clock is unreadable too: nothing to decide on
+            return False
+        deadline = view.own_lock_by
+        if type(clock) is not type(deadline) or clock.value < deadline.value:
+            return False
+        self._transition(
+            rec,
+            State.ABORTED,
+            f"own lock deadline {deadline} passed with the chains unreadable "
+            f"({type(exc).__name__}); nothing of ours was locked",
+        )
+        return True
+
     def _after_sent(self, rec: StoredSwap, kind: TxKind, txids: list[str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
         if kind is TxKind.LOCK:
@@ -915,37 +1272,101 @@ class SwapEngine:
             self._send_notice(rec, Refunded(rec.swap_id, view.own_leg.chain, txids[-1]))
 
     def drive(self, swap_id: bytes, max_steps: int = 64) -> State:
-        """Step the swap until it waits; a chain error leaves it for the next tick."""
+        """Step the swap until it waits; any failure (a chain error, a malformed answer from a
+        node, a bug) leaves it for the next tick and never reaches the caller, which drives the
+        other swaps (a swap's failure must not stop the watchtower for the others)."""
+        return self._drive(swap_id, max_steps)[0]
+
+    def _drive(self, swap_id: bytes, max_steps: int = 64) -> tuple[State, bool]:
+        """:meth:`drive`; also whether the swap ended waiting (not failing, not out of steps)."""
         seen: _Seen | None = None
+        waits = False
         for _ in range(max_steps):
             try:
                 go_on, seen = self._step(swap_id, seen)
                 if not go_on:
+                    waits = True
                     break
-            except (ChainError, InvalidInput) as exc:
-                log.warning("swap %s: %s (will retry)", swap_id.hex()[:8], exc)
+            except Exception as exc:
+                # Not only KOFO's errors: a node answering NaN or a string where a number was
+                # due raises whatever the parser raises. The message names the failure; no
+                # exception raised here carries a secret (errors.py), so it is safe to log.
+                log.warning(
+                    "swap %s: %s: %s (will retry)", swap_id.hex()[:8], type(exc).__name__, exc
+                )
                 break
-        return self.journal.get(swap_id).state
+        try:
+            return self.journal.get(swap_id).state, waits
+        except KofoError:
+            return State.REJECTED, False
 
     def resume(self) -> None:
         """At start: re-send every journaled transaction the machine wants sent *before* any new
         signature, so no freshly signed transaction can take a stored one's nonce."""
         for rec in self.journal.swaps(unfinished=True):
             try:
-                with self._observing():
+                chains = self._chains(rec.terms)
+                with self._observing(chains):
                     facts, *_ = self.facts(rec)
-                action = next_action(self._view(rec), facts, self.now())
+                action = next_action(self._view(rec), facts, self.now(chains))
                 if action.kind is ActionKind.BROADCAST and action.tx_kind is not None:
                     self._broadcast(rec, action.tx_kind)
-            except (ChainError, InvalidInput) as exc:
-                log.warning("swap %s: resume broadcast failed: %s", rec.swap_id.hex()[:8], exc)
+            except Exception as exc:  # one swap's failure never stops the others' resume
+                log.warning(
+                    "swap %s: resume broadcast failed: %s: %s",
+                    rec.swap_id.hex()[:8],
+                    type(exc).__name__,
+                    exc,
+                )
 
     def tick(self) -> int:
-        """Drive every unfinished swap once; returns how many are still unfinished."""
+        """Drive every unfinished swap once; returns how many are still unfinished. A swap
+        failing (any exception) is logged by :meth:`drive` and the others are still driven.
+
+        A swap waiting for its counterparty before anything of ours is locked (an accept, or
+        the initiator's lock) is skipped while neither of its chains has a new block and no
+        message came for it: nothing it waits for can have happened, so the proposals a peer
+        leaves open cost a tick one head read per chain, not a search each."""
         open_swaps = self.journal.swaps(unfinished=True)
+        tips: dict[str, str] = {}
+        for name in {c for rec in open_swaps for c in self._chains(rec.terms)}:
+            try:
+                tips[name] = self.adapters[name].tip().hash
+            except Exception as exc:  # its swaps are driven (and fail) as usual
+                log.warning("chain %s: head not read: %s: %s", name, type(exc).__name__, exc)
         for rec in open_swaps:
-            self.drive(rec.swap_id)
-        return len(self.journal.swaps(unfinished=True))
+            touched = self._touched.get(rec.swap_id, 0)  # before the drive: a message that
+            key = self._idle_key(rec, rec.state, touched, tips)  # comes during it counts
+            if key is not None and self._idle.get(rec.swap_id) == key:
+                continue
+            state, waits = self._drive(rec.swap_id)
+            after = self._idle_key(rec, state, touched, tips) if waits else None
+            if after is None:
+                self._idle.pop(rec.swap_id, None)
+            else:
+                self._idle[rec.swap_id] = after
+        live = {rec.swap_id for rec in self.journal.swaps(unfinished=True)}
+        for table in (self._idle, self._touched):
+            for sid in [sid for sid in table if sid not in live]:
+                table.pop(sid, None)
+        return len(live)
+
+    @staticmethod
+    def _idle_key(
+        rec: StoredSwap, state: State, touched: int, tips: Mapping[str, str]
+    ) -> tuple[object, ...] | None:
+        """What must change before a swap in ``state`` waiting on its counterparty can have
+        something to do (see :meth:`tick`); ``None`` for a swap never skipped: one with
+        anything of ours at stake, or whose awaited lock may count unconfirmed."""
+        waits_on_peer = state is State.PROPOSED or (
+            state is State.ACCEPTED
+            and rec.role is Role.PARTICIPANT
+            and rec.terms.initiator_leg.confirmations >= 1
+        )
+        chains = SwapEngine._chains(rec.terms)
+        if not waits_on_peer or any(c not in tips for c in chains):
+            return None
+        return (state, touched, *(tips[c] for c in chains))
 
     def unfinished(self) -> list[StoredSwap]:
         return self.journal.swaps(unfinished=True)

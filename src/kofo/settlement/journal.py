@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS notices (
     body BLOB NOT NULL,
     PRIMARY KEY (swap_id, kind)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    chain TEXT NOT NULL,
+    fact TEXT NOT NULL,
+    swap_id BLOB NOT NULL,
+    PRIMARY KEY (chain, fact)
+);
 """
 
 
@@ -150,6 +156,7 @@ class Journal:
             self._db.execute("ALTER TABLE txs ADD COLUMN sent_height INTEGER")
         if "role" not in columns:  # ... or before child-pays-for-parent bumps
             self._db.execute("ALTER TABLE txs ADD COLUMN role TEXT NOT NULL DEFAULT 'version'")
+        self._index_payment_hashes()
 
     def close(self) -> None:
         with self._lock:
@@ -166,7 +173,40 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
 
+    def _index_payment_hashes(self) -> None:
+        """Each swap's payment hash in a column of its own, indexed, so a new swap can be
+        checked against every hash the journal knows (a journal written before: filled in)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(swaps)")}
+        with self._tx() as db:
+            if "payment_hash" not in columns:
+                db.execute("ALTER TABLE swaps ADD COLUMN payment_hash BLOB")
+            for swap_id, terms in db.execute(
+                "SELECT swap_id, terms FROM swaps WHERE payment_hash IS NULL"
+            ).fetchall():
+                hash_ = terms_from_wire(decode(bytes(terms))).payment_hash
+                db.execute("UPDATE swaps SET payment_hash=? WHERE swap_id=?", (hash_, swap_id))
+            db.execute("CREATE INDEX IF NOT EXISTS swaps_payment_hash ON swaps (payment_hash)")
+
     # -- swaps and events -------------------------------------------------------------------
+
+    def knows_payment_hash(self, payment_hash: bytes) -> bool:
+        """Whether any swap in the journal (finished or not, either role) has this hash."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM swaps WHERE payment_hash=? LIMIT 1", (payment_hash,)
+            ).fetchone()
+        return row is not None
+
+    def claim_fact(self, swap_id: bytes, chain: str, fact: str) -> bool:
+        """Bind a chain fact (a lock's locator, say) to ``swap_id``: True if it is now, or
+        already was, this swap's; False if another swap holds it. A fact is claimed by at most
+        one swap, for ever: one lock can never pay (or be audited for) two swaps."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO claims VALUES (?,?,?)", (chain, fact, swap_id))
+            row = db.execute(
+                "SELECT swap_id FROM claims WHERE chain=? AND fact=?", (chain, fact)
+            ).fetchone()
+        return bytes(row[0]) == swap_id
 
     def create_swap(
         self,
@@ -183,9 +223,29 @@ class Journal:
         with self._tx() as db:
             if db.execute("SELECT 1 FROM swaps WHERE swap_id=?", (terms.swap_id,)).fetchone():
                 raise JournalError(f"swap {terms.swap_id.hex()} already exists", code="swap_exists")
+            # Checked in the same transaction as the insert: two proposals with one hash that
+            # arrive together cannot both get in.
+            if db.execute(
+                "SELECT 1 FROM swaps WHERE payment_hash=?", (terms.payment_hash,)
+            ).fetchone():
+                raise JournalError(
+                    f"payment hash {terms.payment_hash.hex()} belongs to another swap "
+                    "in this journal",
+                    code="terms_payment_hash_known",
+                )
             db.execute(
-                "INSERT INTO swaps VALUES (?,?,?,?,?,?,?)",
-                (terms.swap_id, role.value, encode(terms_to_wire(terms)), state, peer, now, now),
+                "INSERT INTO swaps (swap_id, role, terms, state, peer, created_at, updated_at, "
+                "payment_hash) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    terms.swap_id,
+                    role.value,
+                    encode(terms_to_wire(terms)),
+                    state,
+                    peer,
+                    now,
+                    now,
+                    terms.payment_hash,
+                ),
             )
             if preimage is not None:
                 db.execute("INSERT INTO secrets VALUES (?,?)", (terms.swap_id, preimage))
@@ -243,15 +303,19 @@ class Journal:
         return matches[0]
 
     def swaps(self, *, unfinished: bool = False) -> list[StoredSwap]:
+        """Every swap, oldest first; ``unfinished``: only those not in a terminal state (the
+        filter is in the query: finished swaps cost a tick nothing, however many there are)."""
+        where, args = "", tuple[str, ...]()
+        if unfinished:
+            done = sorted(s.value for s in TERMINAL)
+            where, args = f"WHERE state NOT IN ({','.join('?' * len(done))}) ", tuple(done)
         with self._lock:
             rows = self._db.execute(
                 "SELECT swap_id, role, terms, state, peer, created_at, updated_at "
-                "FROM swaps ORDER BY created_at"
+                f"FROM swaps {where}ORDER BY created_at",
+                args,
             ).fetchall()
-        swaps = [self._row_to_swap(r) for r in rows]
-        if unfinished:
-            swaps = [s for s in swaps if s.state not in TERMINAL]
-        return swaps
+        return [self._row_to_swap(r) for r in rows]
 
     def events(self, swap_id: bytes) -> list[Event]:
         with self._lock:

@@ -17,7 +17,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 
-from kofo.errors import KofoError
 from kofo.settlement.engine import SwapEngine, SwapUpdate
 from kofo.settlement.follow import BlockFollower, Reorg
 
@@ -108,8 +107,9 @@ class Watchtower:
         for name, follower in self._followers.items():
             try:
                 events = follower.poll()
-            except KofoError as exc:
-                log.warning("following %s failed: %s", name, exc)
+            except Exception as exc:  # one chain's failure (a malformed answer too) never
+                # stops following the others or driving their swaps
+                log.warning("following %s failed: %s: %s", name, type(exc).__name__, exc)
                 continue
             if events:
                 moved = True
@@ -123,15 +123,24 @@ class Watchtower:
     def run(self, stop: threading.Event, *, until_idle: bool = False) -> None:
         """Poll until ``stop`` is set (or, with ``until_idle``, no swap is unfinished)."""
         while not stop.is_set():
-            remaining = self.poll_once(force=True)
+            remaining = self._poll_safely()
             if until_idle and remaining == 0:
                 return
             stop.wait(self.poll_interval)
 
+    def _poll_safely(self) -> int | None:
+        """:meth:`poll_once`, logging instead of raising: the loop outlives any one failure
+        (the journal unreadable for a moment, say). ``None`` when it failed."""
+        try:
+            return self.poll_once(force=True)
+        except Exception as exc:
+            log.warning("watchtower poll failed: %s: %s", type(exc).__name__, exc)
+            return None
+
     async def run_async(self, stop: asyncio.Event) -> None:
         """The same loop for an asyncio node: polls in a worker thread."""
         while not stop.is_set():
-            await asyncio.to_thread(self.poll_once, force=True)
+            await asyncio.to_thread(self._poll_safely)
             try:
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
             except TimeoutError:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import threading
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -139,30 +139,72 @@ class PeerClient:
         self.node_id = public_key_bytes(key)
         self._guard = ReplayGuard()
 
-    def send_bytes(self, url: str, data: bytes) -> bytes | None:
-        req = urllib.request.Request(
-            url, data=data, method="POST", headers={"Content-Type": CONTENT_TYPE}
-        )
+    def send_bytes(self, url: str, data: bytes, *, timeout: float | None = None) -> bytes | None:
+        """POST ``data`` to ``url``; the reply's bytes (``None``: 204, no reply).
+
+        ``timeout`` (default :data:`SEND_TIMEOUT`) bounds the whole exchange -- connecting,
+        sending, and reading the answer -- not each socket read: a peer that answers one byte
+        at a time is cut off when it runs out, because a timer shuts the socket down. The
+        answer is read up to :data:`~kofo.wire.codec.MAX_MESSAGE_BYTES` and no further."""
+        total = SEND_TIMEOUT if timeout is None else timeout
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise PeerNotReached(f"peer URL {url!r} is not an http:// URL")
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=total)
+        expired = threading.Event()
+
+        def cut_off() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(total, cut_off)
+        timer.daemon = True
+        timer.start()
         try:
-            with urllib.request.urlopen(req, timeout=SEND_TIMEOUT) as resp:
-                return resp.read() if resp.status == 200 else None
-        except urllib.error.HTTPError as exc:
             try:
-                err = json.loads(exc.read())
-                code, message = str(err["code"]), str(err["message"])
-            except (ValueError, KeyError):
-                code, message = "peer_error", f"HTTP {exc.code}"
-            raise PeerError(f"peer refused the message: {message}", code=code) from None
-        except urllib.error.URLError as exc:
-            # urllib raises URLError only while connecting and sending the request: the peer
-            # did not get the whole message, so it did not act on it.
-            raise PeerNotReached(f"peer {url} not reached: {exc.reason}") from None
-        except (OSError, http.client.HTTPException) as exc:
-            # The request went out; its answer did not come (in time, or whole): it may have
-            # been acted on.
-            raise PeerError(
-                f"peer {url} did not answer: {exc!r}", code="peer_unreachable"
-            ) from None
+                conn.request(
+                    "POST", parts.path or "/", body=data, headers={"Content-Type": CONTENT_TYPE}
+                )
+            except (OSError, http.client.HTTPException) as exc:
+                # Connecting or sending failed: the peer did not get the whole message (it
+                # acts only on a body of the announced length), so it did not act on it.
+                raise PeerNotReached(f"peer {url} not reached: {exc!r}") from None
+            try:
+                resp = conn.getresponse()
+                body = resp.read(MAX_MESSAGE_BYTES + 1)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # The request went out; its answer did not come (in time, or whole): it may
+                # have been acted on.
+                why = f"no whole answer within {total} s" if expired.is_set() else repr(exc)
+                raise PeerError(
+                    f"peer {url} did not answer: {why}", code="peer_unreachable"
+                ) from None
+            if expired.is_set():
+                raise PeerError(
+                    f"peer {url} did not answer within {total} s", code="peer_unreachable"
+                )
+            if len(body) > MAX_MESSAGE_BYTES:
+                raise PeerError(
+                    f"peer {url} answered more than {MAX_MESSAGE_BYTES} bytes", code="bad_message"
+                )
+        finally:
+            timer.cancel()
+            conn.close()
+        if resp.status == 200:
+            return body
+        if 200 <= resp.status < 300:
+            return None
+        try:
+            err = json.loads(body)
+            code, message = str(err["code"]), str(err["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = "peer_error", f"HTTP {resp.status}"
+        raise PeerError(f"peer refused the message: {message}", code=code)
 
     def send(
         self, url: str, body: SwapBody, *, expect_sender: bytes | None = None

@@ -39,7 +39,7 @@ T_A                   ``+ notice(c2) + settle(c1)``: the participant sees a reve
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from kofo.errors import KofoError
@@ -52,12 +52,17 @@ __all__ = [
     "DEFAULT_POLICIES",
     "ETHEREUM",
     "LITECOIN",
+    "AcceptPolicy",
+    "Asset",
     "ChainPolicy",
     "Leg",
+    "Offer",
     "SwapTerms",
     "TermsRefused",
+    "accept_offers",
     "check_terms_as_initiator",
     "check_terms_as_participant",
+    "deny_all",
     "devnet_policy",
     "participant_margin",
     "propose_terms",
@@ -348,3 +353,73 @@ def check_terms_as_initiator(
             f"participant_leg.expiry {b.expiry}; a redeem needs {p2.settle_seconds()} s to bury",
             code="terms_margin_too_small",
         )
+
+
+AcceptPolicy = Callable[[SwapTerms], None]
+"""Decides whether this node accepts a proposal it received: returns if it does, raises
+:class:`TermsRefused` (with a code) if not. The engine asks it after its own safety checks
+(margins, deadlines, dust) and before it reserves funds; the node answers proposals from its
+own quotes, so a policy compares the terms with what the node offered. The default,
+:func:`deny_all`, accepts nothing: an engine refuses every proposal until a policy is
+installed."""
+
+
+def deny_all(terms: SwapTerms) -> None:
+    """The default accept policy: nothing was offered, so nothing is accepted."""
+    raise TermsRefused(
+        f"swap {terms.swap_id.hex()}: this node offered nothing; no accept policy is installed",
+        code="terms_not_offered",
+    )
+
+
+Asset = tuple[str, str | None]
+"""(chain, token): a chain's native coin when the token is ``None``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What this node is willing to lock in one swap and what it wants for it.
+
+    It gives up to ``max_gives`` base units of ``gives`` (the participant leg's asset) per swap,
+    for at least ``price_num / price_den`` base units of ``gets`` (the initiator leg's asset)
+    per base unit given; integers only, so a price is compared exactly:
+    ``gets_amount * price_den >= gives_amount * price_num``."""
+
+    gives: Asset
+    gets: Asset
+    max_gives: int
+    price_num: int
+    price_den: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_gives <= 0 or self.price_num < 0 or self.price_den <= 0:
+            raise ValueError(
+                f"offer needs max_gives > 0, price_num >= 0, price_den > 0; got {self.max_gives}, "
+                f"{self.price_num}, {self.price_den}"
+            )
+
+    def allows(self, terms: SwapTerms) -> bool:
+        give, get = terms.participant_leg, terms.initiator_leg
+        return (
+            (give.chain, give.token) == self.gives
+            and (get.chain, get.token) == self.gets
+            and 0 < give.amount <= self.max_gives
+            and get.amount * self.price_den >= give.amount * self.price_num
+        )
+
+
+def accept_offers(*offers: Offer) -> AcceptPolicy:
+    """An accept policy allowing exactly the terms one of ``offers`` allows: the asset pair,
+    at most the offered amount, at least the offered price."""
+
+    def policy(terms: SwapTerms) -> None:
+        if any(offer.allows(terms) for offer in offers):
+            return
+        give, get = terms.participant_leg, terms.initiator_leg
+        raise TermsRefused(
+            f"no offer of this node gives {give.amount} of {give.chain}:{give.token or 'native'} "
+            f"for {get.amount} of {get.chain}:{get.token or 'native'}",
+            code="terms_not_offered",
+        )
+
+    return policy
