@@ -84,6 +84,20 @@ def wallet_init(
     )
 
 
+@wallet_app.command("upgrade")
+def wallet_upgrade(
+    path: Annotated[Path, typer.Option(help="the encrypted seed file")] = _DEFAULT_WALLET,
+) -> None:
+    """Rewrite an old wallet file with today's encryption (same seed, same passphrase)."""
+    from kofo.wallet import NodeWallet
+
+    try:
+        changed = NodeWallet.upgrade(path, _passphrase(confirm=False))
+    except KofoError as exc:
+        raise _fail(exc) from None
+    console.print(f"upgraded {path}" if changed else f"{path} is already current")
+
+
 @wallet_app.command("show")
 def wallet_show(
     path: Annotated[Path, typer.Option(help="the encrypted seed file")] = _DEFAULT_WALLET,
