@@ -6,9 +6,10 @@ the wallet's. So, as ssh does with its keys:
 
 * everything is *created* private -- directories 0700, files 0600, the mode given at creation
   (``os.open(..., 0o600)``), never set after the data is in;
-* everything is *checked* before it is used: a file or directory that group or other users can
-  reach, or that another user owns, is refused with an error naming the path and the fix (the
-  secret may already have been read: the operator must decide, not the node);
+* everything is *checked* before it is used: a file that group or other users can reach, a
+  directory they can write (or, where asked, enter), anything another user owns, is refused
+  with an error naming the path and the fix (the secret may already have been read: the
+  operator must decide, not the node);
 * a file is replaced whole or not at all (:func:`write_private_file`): a unique temp name opened
   with ``O_EXCL | O_NOFOLLOW`` (a planted file or symlink is never followed), every byte written
   and read back, fsynced, renamed over the target, and the directory fsynced so the rename
@@ -66,8 +67,9 @@ def check_private_dir(path: Path, *, readable: bool = False) -> None:
         )
     mode = stat.S_IMODE(st.st_mode)
     if mode & (0o022 if readable else 0o077):
+        what = "writable" if mode & 0o022 else "accessible"
         raise ConfigError(
-            f"directory {path} is accessible by group/other users (mode {mode:04o}); it holds "
+            f"directory {path} is {what} by group/other users (mode {mode:04o}); it holds "
             f"swap secrets and keys: run `chmod 700 {path}`",
             code=UNSAFE,
         )
@@ -125,6 +127,9 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # a filesystem that cannot sync directories: nothing to do
+            raise
     finally:
         os.close(fd)
 
@@ -190,7 +195,13 @@ def write_private_file(
             )
         if verify is not None:
             verify(back)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. a directory planted at ``path``
+            raise KofoError(
+                f"cannot replace {path}: {exc.strerror}; the previous file is unchanged",
+                code="write_failed",
+            ) from None
         renamed = True
         fsync_dir(directory)
     finally:

@@ -64,10 +64,11 @@ def test_a_journal_file_others_can_read_is_refused_at_start_naming_it_and_the_fi
     journal.close()
 
 
-def test_a_journal_in_a_directory_others_can_enter_is_refused(tmp_path):
+@pytest.mark.parametrize("mode", [0o775, 0o757, 0o777])
+def test_a_journal_in_a_directory_others_can_write_is_refused(tmp_path, mode):
     home = tmp_path / "shared"
-    home.mkdir(mode=0o755)
-    os.chmod(home, 0o755)
+    home.mkdir()
+    os.chmod(home, mode)
     with pytest.raises(ConfigError, match=f"chmod 700 {home}"):
         Journal(home / "swaps.sqlite")
     assert not (home / "swaps.sqlite").exists()

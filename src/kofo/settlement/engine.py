@@ -265,7 +265,16 @@ class SwapEngine:
         Raises :class:`TermsRefused` with the reason's code otherwise."""
         if terms.participant_node != self.node_id:
             raise TermsRefused("terms name another participant node", code="terms_node")
-        mine = {name: a.address() for name, a in self.adapters.items()}
+        # Our side's keys in the terms: the ones this node handed out for the swap (fresh per
+        # swap on Bitcoin-like chains), so "ours" is what our wallet owns, not one address.
+        mine = {
+            leg.chain: address
+            for leg, address in (
+                (terms.initiator_leg, terms.initiator_leg.recipient),
+                (terms.participant_leg, terms.participant_leg.sender),
+            )
+            if leg.chain in self.adapters and self.adapters[leg.chain].owns(address)
+        }
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")

@@ -139,15 +139,16 @@ until a checkpoint."""
 
 
 def _open_private(path: Path) -> None:
-    """The journal holds live swap secrets: its directory must be private (made 0700 when
-    missing), the journal and its SQLite side files 0600, owned by this user and regular files
-    (a file others can read is refused, naming it and the fix). A new journal file is created
-    0600 before SQLite opens it; SQLite gives its side files the journal's mode."""
-    ensure_private_dir(path.parent)
+    """The journal holds live swap secrets: its directory is made 0700 when missing and must not
+    be writable by others (ssh's rule: nobody may plant or swap files in it), the journal and
+    its SQLite side files must be 0600, owned by this user and regular files (a file others can
+    read is refused, naming it and the fix). A new journal file is created 0600 before SQLite
+    opens it; SQLite gives its side files the journal's mode."""
+    ensure_private_dir(path.parent, readable=True)
     for p in (path, *(path.with_name(path.name + s) for s in _SIDECARS)):
         check_private_file(p)
     if not path.exists():
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never truncates
         os.close(os.open(path, flags, 0o600))
         fsync_dir(path.parent)
 
