@@ -253,3 +253,12 @@ def test_the_wallet_is_created_private_and_refused_when_others_can_read_it(tmp_p
     os.chmod(home, 0o777)
     with pytest.raises(KofoError, match="chmod 700"):
         NodeWallet.create(home / "other.json", "a long passphrase")
+
+
+def test_the_node_wallet_keeps_bitcoin_key_indexes_in_its_home(tmp_path):
+    path = tmp_path / "wallet.json"
+    wallet = NodeWallet.create(path, "a long passphrase")
+    given = wallet.bitcoin("btc", home=tmp_path).next_key(2).pubkey
+    again = wallet.bitcoin("btc", home=tmp_path).next_key(2).pubkey
+    assert given != again
+    assert (tmp_path / "keys-btc-regtest.json").stat().st_mode & 0o077 == 0

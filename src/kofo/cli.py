@@ -111,7 +111,7 @@ def wallet_show(
         table = Table(title=f"wallet {path}")
         table.add_column("chain")
         table.add_column("address")
-        table.add_column("HTLC key (compressed pubkey)")
+        table.add_column("funding key (HTLCs use a new key per swap)")
         table.add_row("eth", wallet.eth_account().address, "-")
         for chain in ("btc", "ltc"):
             hd = wallet.bitcoin(chain, network)

@@ -18,7 +18,7 @@ from kofo.errors import WalletError
 from kofo.private_files import ensure_private_dir, read_private_file, write_private_file
 from kofo.settlement import keystore
 from kofo.settlement.chains.bitcoin.params import chain_params
-from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.chains.bitcoin.wallet import HdWallet, KeyIndexFile
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 
 SEED_BYTES = 32
@@ -102,5 +102,11 @@ class NodeWallet:
     def eth_account(self, index: int = 0) -> LocalAccount:
         return account_from_seed(self._seed, index)
 
-    def bitcoin(self, chain: str = "btc", network: str = "regtest") -> HdWallet:
-        return HdWallet(self._seed, chain_params(chain, network))
+    def bitcoin(
+        self, chain: str = "btc", network: str = "regtest", *, home: Path | None = None
+    ) -> HdWallet:
+        """The chain's keys. ``home`` (the node's home) keeps the per-swap key indexes in
+        ``keys-<chain>-<network>.json`` there, so a restart never hands out a key twice; a node
+        must pass it (without, keys are still found again, but may be reused)."""
+        index = None if home is None else KeyIndexFile(home / f"keys-{chain}-{network}.json")
+        return HdWallet(self._seed, chain_params(chain, network), index_file=index)
