@@ -253,6 +253,8 @@ def test_the_wallet_is_created_private_and_refused_when_others_can_read_it(tmp_p
     os.chmod(home, 0o777)
     with pytest.raises(KofoError, match="chmod 700"):
         NodeWallet.create(home / "other.json", "a long passphrase")
+    with pytest.raises(WalletError, match="chmod 700"):  # others could swap the wallet
+        NodeWallet.open(path, "a long passphrase")
 
 
 def test_the_node_wallet_keeps_bitcoin_key_indexes_in_its_home(tmp_path):

@@ -14,8 +14,13 @@ from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
 
-from kofo.errors import WalletError
-from kofo.private_files import ensure_private_dir, read_private_file, write_private_file
+from kofo.errors import KofoError, WalletError
+from kofo.private_files import (
+    check_private_dir,
+    ensure_private_dir,
+    read_private_file,
+    write_private_file,
+)
 from kofo.settlement import keystore
 from kofo.settlement.chains.bitcoin.params import chain_params
 from kofo.settlement.chains.bitcoin.wallet import HdWallet, KeyIndexFile
@@ -81,6 +86,10 @@ class NodeWallet:
     def open(cls, path: Path, passphrase: str) -> NodeWallet:
         if not path.exists() and not path.is_symlink():
             raise WalletError(f"no wallet at {path}; create one with `kofo wallet init`")
+        try:  # others able to write its directory could swap the wallet for theirs
+            check_private_dir(path.parent, readable=True)
+        except KofoError as exc:
+            raise WalletError(exc.args[0], code=exc.code) from None
         document = keystore.read_document(path)
         wallet = cls(keystore.decrypt_secret(document, passphrase))
         if keystore.needs_upgrade(document):
