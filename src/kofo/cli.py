@@ -84,6 +84,20 @@ def wallet_init(
     )
 
 
+@wallet_app.command("upgrade")
+def wallet_upgrade(
+    path: Annotated[Path, typer.Option(help="the encrypted seed file")] = _DEFAULT_WALLET,
+) -> None:
+    """Rewrite an old wallet file with today's encryption (same seed, same passphrase)."""
+    from kofo.wallet import NodeWallet
+
+    try:
+        changed = NodeWallet.upgrade(path, _passphrase(confirm=False))
+    except KofoError as exc:
+        raise _fail(exc) from None
+    console.print(f"upgraded {path}" if changed else f"{path} is already current")
+
+
 @wallet_app.command("show")
 def wallet_show(
     path: Annotated[Path, typer.Option(help="the encrypted seed file")] = _DEFAULT_WALLET,
@@ -97,7 +111,7 @@ def wallet_show(
         table = Table(title=f"wallet {path}")
         table.add_column("chain")
         table.add_column("address")
-        table.add_column("HTLC key (compressed pubkey)")
+        table.add_column("funding key (HTLCs use a new key per swap)")
         table.add_row("eth", wallet.eth_account().address, "-")
         for chain in ("btc", "ltc"):
             hd = wallet.bitcoin(chain, network)

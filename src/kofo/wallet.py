@@ -7,16 +7,23 @@ seed file is the versioned scrypt + AES-256-GCM format of :mod:`kofo.settlement.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
 
-from kofo.errors import WalletError
+from kofo.errors import KofoError, WalletError
+from kofo.private_files import (
+    check_private_dir,
+    ensure_private_dir,
+    read_private_file,
+    write_private_file,
+)
 from kofo.settlement import keystore
 from kofo.settlement.chains.bitcoin.params import chain_params
-from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.chains.bitcoin.wallet import HdWallet, KeyIndexFile
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 
 SEED_BYTES = 32
@@ -24,6 +31,8 @@ SEED_BYTES = 32
 more seed adds nothing, less would be the weakest link)."""
 
 PASSPHRASE_ENV = "KOFO_PASSPHRASE"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,24 +43,79 @@ class NodeWallet:
         return "NodeWallet(<seed hidden>)"
 
     @classmethod
-    def create(cls, path: Path, passphrase: str, *, overwrite: bool = False) -> NodeWallet:
-        if path.exists() and not overwrite:
-            raise WalletError(f"a wallet already exists at {path}; refusing to overwrite it")
+    def create(
+        cls, path: Path, passphrase: str, *, replace_passphrase: str | None = None
+    ) -> NodeWallet:
+        """A new seed, stored encrypted at ``path`` (directory 0700, file 0600).
+
+        An existing wallet is never lost: it is refused, unless ``replace_passphrase`` (its
+        passphrase) is given; it is then first copied to a backup next to it, and the backup
+        must decrypt with that passphrase before the new wallet replaces it."""
         if len(passphrase) < 8:
             raise WalletError("the passphrase must have at least 8 characters")
+        # The file is encrypted: a directory others may list is tolerated, one they may write
+        # (replace the wallet, plant a symlink) is not.
+        ensure_private_dir(path.parent, readable=True)
+        backup: Path | None = None
+        if path.exists() or path.is_symlink():
+            if replace_passphrase is None:
+                raise WalletError(f"a wallet already exists at {path}; refusing to overwrite it")
+            backup = cls._backup(path, replace_passphrase)
         seed = os.urandom(SEED_BYTES)
-        path.parent.mkdir(parents=True, exist_ok=True)
         keystore.save_secret(path, seed, passphrase)
+        if backup is not None:
+            log.warning("replaced the wallet at %s; the previous one is kept at %s", path, backup)
         return cls(seed)
+
+    @staticmethod
+    def _backup(path: Path, passphrase: str) -> Path:
+        """Copy the wallet at ``path`` to a new ``<name>.<n>.bak`` and check the copy opens."""
+        data = read_private_file(path, max_size=keystore.MAX_FILE_BYTES)
+        keystore.decrypt_secret(keystore.read_document(path), passphrase)  # the original opens
+        for n in range(1, 1000):
+            backup = path.with_name(f"{path.name}.{n}.bak")
+            if not backup.exists() and not backup.is_symlink():
+                break
+        else:
+            raise WalletError(f"too many backups of {path}; move some away first")
+        write_private_file(backup, data)
+        keystore.load_secret(backup, passphrase)  # ... and so does its copy, read from disk
+        return backup
 
     @classmethod
     def open(cls, path: Path, passphrase: str) -> NodeWallet:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise WalletError(f"no wallet at {path}; create one with `kofo wallet init`")
-        return cls(keystore.load_secret(path, passphrase))
+        try:  # others able to write its directory could swap the wallet for theirs
+            check_private_dir(path.parent, readable=True)
+        except KofoError as exc:
+            raise WalletError(exc.args[0], code=exc.code) from None
+        document = keystore.read_document(path)
+        wallet = cls(keystore.decrypt_secret(document, passphrase))
+        if keystore.needs_upgrade(document):
+            log.warning(
+                "the wallet at %s uses an older, weaker encryption (key store version %s); "
+                "run `kofo wallet upgrade` to rewrite it",
+                path,
+                document.get("version"),
+            )
+        return wallet
+
+    @staticmethod
+    def upgrade(path: Path, passphrase: str) -> bool:
+        """Rewrite the wallet at ``path`` with today's key store version and KDF cost (the old
+        file is replaced only once the new one is written whole and decrypts); False when it
+        already is current."""
+        return keystore.upgrade_file(path, passphrase)
 
     def eth_account(self, index: int = 0) -> LocalAccount:
         return account_from_seed(self._seed, index)
 
-    def bitcoin(self, chain: str = "btc", network: str = "regtest") -> HdWallet:
-        return HdWallet(self._seed, chain_params(chain, network))
+    def bitcoin(
+        self, chain: str = "btc", network: str = "regtest", *, home: Path | None = None
+    ) -> HdWallet:
+        """The chain's keys. ``home`` (the node's home) keeps the per-swap key indexes in
+        ``keys-<chain>-<network>.json`` there, so a restart never hands out a key twice; a node
+        must pass it (without, keys are still found again, but may be reused)."""
+        index = None if home is None else KeyIndexFile(home / f"keys-{chain}-{network}.json")
+        return HdWallet(self._seed, chain_params(chain, network), index_file=index)

@@ -297,7 +297,7 @@ def test_in_process_backend_sees_the_same_chain(chain, alice):
 def test_keystore_round_trip_and_wrong_passphrase(tmp_path):
     path = tmp_path / "seed.json"
     seed = os.urandom(32)
-    keystore.save_secret(path, seed, "correct horse", n=2**10)
+    keystore.save_secret(path, seed, "correct horse", n=2**17)
     assert keystore.load_secret(path, "correct horse") == seed
     assert seed.hex() not in path.read_text()
     with pytest.raises(WalletError, match="wrong passphrase"):

@@ -131,6 +131,7 @@ def test_a_journal_written_before_fee_bumps_is_read_and_bumped(tmp_path):
     )
     db.commit()
     db.close()
+    path.chmod(0o600)  # a journal others can read is refused at start (its secrets may leak)
     journal = Journal(path)
     try:
         assert journal.versions(SWAP, TxKind.REDEEM) == [(redeem, None)]

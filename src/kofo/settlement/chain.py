@@ -157,7 +157,15 @@ class ChainAdapter(Protocol):
         ...
 
     def address(self) -> str:
-        """This node's own receiving identity on the chain, in the form ``HtlcTerms`` uses."""
+        """A key or address of this node for one leg of a new swap, in the form ``HtlcTerms``
+        uses (its sender or recipient). Where the chain allows, every call gives a new one,
+        derived from the node's seed and recorded before it is returned, so swaps are not
+        linkable through it (Bitcoin-like chains); Ethereum gives the node's one account."""
+        ...
+
+    def owns(self, address: str) -> bool:
+        """Whether ``address`` (a sender or recipient in terms) is this node's: one that
+        :meth:`address` handed out. Cheap and derivation-free (asked for every proposal)."""
         ...
 
     def balance(self, token: str | None = None) -> int:

@@ -373,7 +373,16 @@ class SwapEngine:
         self._check_new_hash(terms)
         self.accept_policy(terms)
         chains = self._chains(terms)
-        mine = {name: self.adapters[name].address() for name in chains}
+        # Our side's keys in the terms: the ones this node handed out for the swap (fresh per
+        # swap on Bitcoin-like chains), so "ours" is what our wallet owns, not one address.
+        mine = {
+            leg.chain: address
+            for leg, address in (
+                (terms.initiator_leg, terms.initiator_leg.recipient),
+                (terms.participant_leg, terms.participant_leg.sender),
+            )
+            if self.adapters[leg.chain].owns(address)
+        }
         # The margins first among the chain reads: they shrink as the clocks run on from the
         # proposal, and the deadlines they check are absolute, so later checks cost nothing.
         with self._observing(chains):

@@ -14,6 +14,7 @@ counterparty told us about its lock, to audit it).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kofo.errors import KofoError
+from kofo.private_files import check_private_file, ensure_private_dir, fsync_dir
 from kofo.settlement.chain import SignedTx, TxKind
 from kofo.settlement.swap import TERMINAL, Role, State
 from kofo.settlement.terms import SwapTerms
@@ -137,12 +139,41 @@ def _row_kind(step: TxKind, role: str, last: bool) -> TxKind:
     return step
 
 
+_SIDECARS = ("-wal", "-shm", "-journal")
+"""SQLite's files next to the journal: the WAL holds every recent write (a live preimage too)
+until a checkpoint."""
+
+
+def _open_private(path: Path) -> None:
+    """The journal holds live swap secrets: its directory is made 0700 when missing and must not
+    be writable by others (ssh's rule: nobody may plant or swap files in it), the journal and
+    its SQLite side files must be 0600, owned by this user and regular files (a file others can
+    read is refused, naming it and the fix). A new journal file is created 0600 before SQLite
+    opens it; SQLite gives its side files the journal's mode."""
+    ensure_private_dir(path.parent, readable=True)
+    for p in (path, *(path.with_name(path.name + s) for s in _SIDECARS)):
+        check_private_file(p)
+    if not path.exists():
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # never truncates
+        os.close(os.open(path, flags, 0o600))
+        fsync_dir(path.parent)
+
+
+def _private_sidecars(path: Path) -> None:
+    """Side files SQLite made are 0600 (tightened if a filesystem ignored the journal's mode),
+    then checked like the journal."""
+    for p in (path.with_name(path.name + s) for s in _SIDECARS):
+        if p.exists() and not p.is_symlink():
+            os.chmod(p, 0o600)
+        check_private_file(p)
+
+
 class Journal:
     """One node's swap journal. Thread-safe (one connection behind a lock)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _open_private(self.path)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,6 +188,7 @@ class Journal:
         if "role" not in columns:  # ... or before child-pays-for-parent bumps
             self._db.execute("ALTER TABLE txs ADD COLUMN role TEXT NOT NULL DEFAULT 'version'")
         self._index_payment_hashes()
+        _private_sidecars(self.path)
 
     def close(self) -> None:
         with self._lock:

@@ -92,7 +92,7 @@ from kofo.settlement.chains.bitcoin.tx import (
     read_htlc_spend,
     vsize,
 )
-from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.chains.bitcoin.wallet import CHANGE, HTLC, RECEIVE, HdWallet
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +334,19 @@ class BitcoinAdapter:
     # ---- identity, clock, fees ---------------------------------------------------------------
 
     def address(self) -> str:
+        """A new HTLC key (compressed public key, hex) for one leg of one swap: every call
+        gives another (:meth:`HdWallet.next_key`, recorded before it is returned), so no two
+        swaps share a key on chain."""
         ensure_thread_params()  # key derivation needs it too; callers run in any thread
-        return self.wallet.identity.pubkey.hex()
+        return self.wallet.next_key(HTLC).pubkey.hex()
+
+    def owns(self, address: str) -> bool:
+        """Whether ``address`` (an HTLC key in terms) is a key this wallet handed out."""
+        try:
+            pubkey = bytes.fromhex(address)
+        except ValueError:
+            return False
+        return self.wallet.owns_pubkey(pubkey)
 
     def expiry_now(self) -> Expiry:
         """Tip height, or (for time expiries) the tip's median time past -- the clock CLTV uses.
@@ -420,7 +431,12 @@ class BitcoinAdapter:
         }
         tip = self.index.height()
         out: list[Utxo] = []
-        for script in self.wallet.scripts():
+        scripts = self.wallet.scripts()
+        # The gap limit: an output paid near the end of what is derived derives further, and
+        # the new keys are looked up too (a wallet restored from its seed alone).
+        while any(self.wallet.extend_past(s) for s in scripts if s in self.index.by_script):
+            scripts = self.wallet.scripts()
+        for script in scripts:
             for txid, n in self.index.by_script.get(script, []):
                 if (txid, n) in self.index.spends or (txid, n) in mempool_spent:
                     continue
@@ -489,8 +505,8 @@ class BitcoinAdapter:
 
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
         spk = self.output_script_pubkey(terms)
-        if terms.sender != self.address():
-            raise InvalidInput(f"sender {terms.sender} is not this wallet's key {self.address()}")
+        if not self.owns(terms.sender):
+            raise InvalidInput(f"sender {terms.sender} is not a key of this wallet")
         # Even at the relay minimum its claim or refund would leave dust: no fee market can make
         # such a lock spendable. (Whether it is worth locking at today's fees is decided on the
         # terms, before anyone locks: ``min_amount`` / ``terms_amount``.)
@@ -507,7 +523,7 @@ class BitcoinAdapter:
             utxos,
             self.wallet.key_for_script,
             [(spk, terms.amount)],
-            self.wallet.identity.script_pubkey,
+            self.wallet.next_key(CHANGE).script_pubkey,  # a new change address per lock
             rate,
             self.params,
         )
@@ -589,7 +605,7 @@ class BitcoinAdapter:
             txid=txid,
             vout=vout,
             amount=amount,
-            destination_script_pubkey=self.wallet.identity.script_pubkey,
+            destination_script_pubkey=self.wallet.next_key(RECEIVE).script_pubkey,
             fee_rate=self._rate(fee),
             params=self.params,
         )
@@ -830,7 +846,7 @@ class BitcoinAdapter:
             "vout": vout,
             "amount": self._output_amount(ref),
             "key": self.wallet.key_for_pubkey(signer),
-            "destination_script_pubkey": self.wallet.identity.script_pubkey,
+            "destination_script_pubkey": self.wallet.next_key(RECEIVE).script_pubkey,
             "fee_rate": self._rate(fee),
             "params": self.params,
             "preimage": preimage,

@@ -205,6 +205,10 @@ class EthereumAdapter:
     def address(self) -> str:
         return str(self.account.address)
 
+    def owns(self, address: str) -> bool:
+        # One account per node: see docs/swap.md, "Keys and secrets at rest", for why.
+        return address == self.account.address
+
     def _token(self, token: str) -> Contract:
         contract = self._tokens.get(token)
         if contract is None:
