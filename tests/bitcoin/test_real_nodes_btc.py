@@ -60,14 +60,17 @@ SPENT = r"missing-inputs"
 IMMATURE = r"premature-spend-of-coinbase|before required maturity"
 
 
-def _terms(chain, sender, recipient, expiry, amount=5_000_000):
+def _terms(chain, sender, recipient, expiry, amount=5_000_000, keys=None):
+    """HTLC terms with fresh keys of both adapters (each ``address()`` hands out a new key), or
+    the ``keys`` (sender, recipient) given, to sign with keys derived once."""
     preimage = os.urandom(32)
+    sender_key, recipient_key = keys or (sender.address(), recipient.address())
     terms = HtlcTerms(
         chain=chain,
         payment_hash=hashlib.sha256(preimage).digest(),
         amount=amount,
-        sender=sender.address(),
-        recipient=recipient.address(),
+        sender=sender_key,
+        recipient=recipient_key,
         expiry=expiry,
     )
     return terms, preimage
@@ -300,11 +303,12 @@ def _spend(
 def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     """The rejections of the embedded chain's tests, asked of the real node."""
     far = BlockHeight(alice.expiry_now().value + 100)
-    bob_key = bob.wallet.key_for_pubkey(bytes.fromhex(bob.address()))
-    alice_key = alice.wallet.key_for_pubkey(bytes.fromhex(alice.address()))
+    keys = (alice.address(), bob.address())  # one key each, for every HTLC below
+    alice_key = alice.wallet.key_for_pubkey(bytes.fromhex(keys[0]))
+    bob_key = bob.wallet.key_for_pubkey(bytes.fromhex(keys[1]))
 
     # A claim signed by the refunder's key, with the right preimage.
-    terms, preimage = _terms(alice.chain, alice, bob, far)
+    terms, preimage = _terms(alice.chain, alice, bob, far, keys=keys)
     ref = alice.lock(terms)
     mine(1)
     with pytest.raises(TxRejected, match=WRONG_KEY):
@@ -318,8 +322,8 @@ def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
         chain=alice.chain,
         payment_hash=hashlib.sha256(long_secret).digest(),
         amount=terms.amount,
-        sender=alice.address(),
-        recipient=bob.address(),
+        sender=keys[0],
+        recipient=keys[1],
         expiry=far,
     )
     long_ref = alice.lock(long_terms)
@@ -345,7 +349,7 @@ def _rejections(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> None:
     # A refund whose nLockTime is below the script's expiry, once the chain is past both (so
     # the transaction is final and CLTV itself must refuse it).
     expiry = BlockHeight(alice.expiry_now().value + 2)
-    terms, _ = _terms(alice.chain, alice, bob, expiry)
+    terms, _ = _terms(alice.chain, alice, bob, expiry, keys=keys)
     ref = alice.lock(terms)
     mine(expiry.value - alice.expiry_now().value + 2)
     early = _spend(alice, ref, alice_key, refund_expiry=BlockHeight(expiry.value - 1))

@@ -185,10 +185,12 @@ class RpcBackend:
         if not isinstance(result, list) or len(result) != 1 or not isinstance(result[0], dict):
             raise BadRpcAnswer("testmempoolaccept", f"{_shown(result)}, not one result object")
         allowed = result[0].get("allowed")
+        if allowed is None and isinstance(result[0].get("reject-reason"), str):
+            allowed = False  # btcd's result omits a false "allowed" (Go's omitempty)
         if not isinstance(allowed, bool):
             raise BadRpcAnswer("testmempoolaccept", f"allowed={_shown(allowed)}")
         if not allowed:
-            reason = str(result[0].get("reject-reason", "rejected"))[:200]
+            reason = str(result[0].get("reject-reason", "rejected"))[:1000]
             raise TxRejected(f"node would refuse the transaction: {reason}")
 
     def mempool_raw(self) -> list[bytes]:
