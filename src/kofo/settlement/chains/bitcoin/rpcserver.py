@@ -34,7 +34,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bitcointx.core import CBitcoinTransaction as CTransaction
@@ -58,6 +57,7 @@ from kofo.settlement.chains.bitcoin.corejson import (
     target_fields,
 )
 from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain, MissingInputs
+from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ RPC_DESERIALIZATION_ERROR = -22
 RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
+
+LIMITS = Limits(max_body=8 << 20)
+"""8 MiB: twice the hex of the largest transaction a block can hold (4 MB), with room for the
+JSON around it. Core's own cap is 32 MiB (``MAX_SIZE``); a smaller one bounds what this
+server buffers per connection (``max_connections`` of them at most)."""
 
 _TX_DECODE_HINT = "Make sure the tx has at least one input."
 _NO_WALLET_HINT = "Use gettransaction for wallet transactions."
@@ -155,7 +160,15 @@ def address_to_script(address: str, *, hrp: str | None = None) -> bytes:
 class RegtestRpcServer:
     """``with RegtestRpcServer(chain, user, password) as server: server.url``."""
 
-    def __init__(self, chain: EmbeddedChain, user: str, password: str, *, port: int = 0) -> None:
+    def __init__(
+        self,
+        chain: EmbeddedChain,
+        user: str,
+        password: str,
+        *,
+        port: int = 0,
+        limits: Limits | None = None,
+    ) -> None:
         self.chain = chain
         self._expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._work: dict[str, int] = {}  # block hash -> chain work up to it (blocks never change)
@@ -207,44 +220,28 @@ class RegtestRpcServer:
         }
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+        class Handler(HardenedHandler):
+            methods = frozenset({"POST", "GET"})
+
+            def respond(self, method: str, body: bytes) -> Reply:
+                if method != "POST":
+                    return Reply(405, b"JSONRPC server handles only POST requests")
                 ensure_thread_params()
                 if not hmac.compare_digest(self.headers.get("Authorization", ""), server._expected):
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="jsonrpc"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length", "0"))
-                    body = self.rfile.read(length) if length > 0 else b""
-                    status, reply = server._handle(body)
-                    data = b"" if reply is None else dumps(reply).encode()
-                except Exception:
-                    _log.exception("rpc request failed")
-                    status = 500
-                    error = {"code": RPC_INTERNAL_ERROR, "message": "Internal error"}
-                    data = json.dumps({"result": None, "error": error, "id": None}).encode()
-                self.send_response(status)
-                if data:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    return Reply(401, headers={"WWW-Authenticate": 'Basic realm="jsonrpc"'})
+                status, reply = server._handle(body)
+                data = b"" if reply is None else dumps(reply).encode()
+                return Reply(status, data, "application/json" if data else None)
 
-            def do_GET(self) -> None:
-                data = b"JSONRPC server handles only POST requests"
-                self.send_response(405)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            def error_reply(self, status: int, message: str) -> Reply:
+                return Reply(status, message.encode(), "text/plain; charset=utf-8")
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # requests are not worth a log line each
+            def internal_error(self) -> Reply:
+                error = {"code": RPC_INTERNAL_ERROR, "message": "Internal error"}
+                data = json.dumps({"result": None, "error": error, "id": None}).encode()
+                return Reply(500, data, "application/json")
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = HardenedHTTPServer(("127.0.0.1", port), Handler, limits or LIMITS)
         self._thread: threading.Thread | None = None
 
     @property
@@ -253,8 +250,7 @@ class RegtestRpcServer:
         return f"http://{host!s}:{port}/"
 
     def start(self) -> RegtestRpcServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve(self._httpd, "core-rpc")
         return self
 
     def stop(self) -> None:

@@ -19,7 +19,6 @@ import json
 import logging
 import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from eth_abi.abi import encode as abi_encode
@@ -34,11 +33,15 @@ from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 from web3.exceptions import ContractLogicError
 
+from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4 << 20
 """Large enough for any contract deployment we make, small enough that a bad client cannot make
-the server buffer unbounded input."""
+the server buffer unbounded input (geth's own cap is 5 MB)."""
+
+LIMITS = Limits(max_body=MAX_REQUEST_BYTES)
 
 _RENAMED = {"y_parity": "yParity", "state_root": "root"}
 _BLOOM_BYTES = 256
@@ -285,29 +288,24 @@ def _error(exc: Exception) -> dict[str, Any]:
     return {"code": -32000, "message": f"{type(exc).__name__}: {exc}"}
 
 
-class _Handler(BaseHTTPRequestHandler):
+def _parse_error() -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
+
+
+class _Handler(HardenedHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("devnet %s", format % args)
+    def error_reply(self, status: int, message: str) -> Reply:
+        return Reply(status, message.encode(), "text/plain; charset=utf-8")
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self._reply(413, {"error": "request too large"})
-            return
+    def respond(self, method: str, body: bytes) -> Reply:
         try:
-            request = json.loads(self.rfile.read(length))
-        except ValueError:
-            self._reply(
-                200,
-                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},
-            )
-            return
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            return _json_reply(_parse_error())
         if isinstance(request, list):
-            self._reply(200, [self._call(r) for r in request])
-        else:
-            self._reply(200, self._call(request))
+            return _json_reply([self._call(r) for r in request])
+        return _json_reply(self._call(request))
 
     def _call(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
@@ -324,30 +322,26 @@ class _Handler(BaseHTTPRequestHandler):
             return {"jsonrpc": "2.0", "id": rid, "error": _error(exc)}
         return {"jsonrpc": "2.0", "id": rid, "result": result}
 
-    def _reply(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+
+def _json_reply(body: Any) -> Reply:
+    return Reply(200, json.dumps(body).encode(), "application/json")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], evm: EmbeddedEvm) -> None:
-        super().__init__(address, _Handler)
+class _Server(HardenedHTTPServer):
+    def __init__(self, address: tuple[str, int], evm: EmbeddedEvm, limits: Limits) -> None:
+        super().__init__(address, _Handler, limits)
         self.evm = evm
 
 
 class DevnetServer:
     """Serve an :class:`EmbeddedEvm` on ``127.0.0.1:port`` (0 = a free port) in a thread."""
 
-    def __init__(self, port: int = 0, evm: EmbeddedEvm | None = None) -> None:
+    def __init__(
+        self, port: int = 0, evm: EmbeddedEvm | None = None, *, limits: Limits | None = None
+    ) -> None:
         self.evm = evm or EmbeddedEvm()
-        self._server = _Server(("127.0.0.1", port), self.evm)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = _Server(("127.0.0.1", port), self.evm, limits or LIMITS)
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -355,13 +349,14 @@ class DevnetServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> DevnetServer:
-        self._thread.start()
+        self._thread = serve(self._server, "evm-devnet")
         return self
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
 
     def __enter__(self) -> DevnetServer:
         return self.start()
