@@ -56,7 +56,12 @@ from kofo.settlement.chains.bitcoin.corejson import (
     output_type,
     target_fields,
 )
-from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain, MissingInputs
+from kofo.settlement.chains.bitcoin.embedded import (
+    AlreadyInChain,
+    EmbeddedChain,
+    MaxFeeExceeded,
+    MissingInputs,
+)
 from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
 
 _log = logging.getLogger(__name__)
@@ -645,13 +650,29 @@ class RegtestRpcServer:
             )
         return self.chain.mempool_txids()
 
-    def _sendrawtransaction(self, hexstring: str, _maxfeerate: Any, _maxburn: Any) -> str:
+    def _sendrawtransaction(self, hexstring: str, maxfeerate: Any, maxburnamount: Any) -> str:
         raw = _decode_hex_tx(hexstring)
         if raw is None:
             raise _RpcFailure(RPC_DESERIALIZATION_ERROR, f"TX decode failed. {_TX_DECODE_HINT}")
-        return self.chain.send_raw(raw)
+        fee_rate = _max_fee_rate(maxfeerate)
+        max_burn = 0 if maxburnamount is None else _amount_from_value(maxburnamount)
+        tx = CTransaction.deserialize(raw)
+        for out in tx.vout:
+            script = bytes(out.scriptPubKey)
+            if (script[:1] == b"\x6a" or len(script) > 10_000) and out.nValue > max_burn:
+                raise _RpcFailure(
+                    RPC_VERIFY_ERROR,
+                    "Unspendable output exceeds maximum configured by user (maxburnamount)",
+                )
+        try:
+            return self.chain.send_raw(raw, max_fee_rate=fee_rate)
+        except MaxFeeExceeded:
+            raise _RpcFailure(
+                RPC_VERIFY_ERROR,
+                "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)",
+            ) from None
 
-    def _testmempoolaccept(self, rawtxs: list[Any], _maxfeerate: Any) -> list[dict[str, Any]]:
+    def _testmempoolaccept(self, rawtxs: list[Any], maxfeerate: Any) -> list[dict[str, Any]]:
         if not 1 <= len(rawtxs) <= _MAX_PACKAGE_COUNT:
             raise _RpcFailure(
                 RPC_INVALID_PARAMETER,
@@ -671,9 +692,10 @@ class RegtestRpcServer:
                     f"TX decode failed for tx {index}. {_TX_DECODE_HINT}",
                 )
             decoded.append(raw)
-        return [self._test_accept(raw) for raw in decoded]
+        fee_rate = _max_fee_rate(maxfeerate)
+        return [self._test_accept(raw, fee_rate) for raw in decoded]
 
-    def _test_accept(self, raw: bytes) -> dict[str, Any]:
+    def _test_accept(self, raw: bytes, max_fee_rate: int) -> dict[str, Any]:
         """One testmempoolaccept result, in Core's shape (rpc/mempool.cpp)."""
         tx = CTransaction.deserialize(raw)
         txid = b2lx(tx.GetTxid())
@@ -686,7 +708,9 @@ class RegtestRpcServer:
             reason = "txn-already-in-mempool" if same else "txn-same-nonwitness-data-in-mempool"
         else:
             try:
-                self.chain.test_accept(raw)
+                self.chain.test_accept(raw, max_fee_rate=max_fee_rate)
+            except MaxFeeExceeded:
+                reason = "max-fee-exceeded"
             except AlreadyInChain:
                 # Core finds the inputs spent; "already known" while an output is unspent.
                 unspent = any(self.chain.utxo(txid, n) for n in range(len(tx.vout)))
@@ -831,6 +855,32 @@ def _type_problem(spec: _Arg, value: Any) -> str:
     if found == spec.kind:
         return ""
     return f"JSON value of type {found} is not of expected type {spec.kind}"
+
+
+DEFAULT_MAX_FEE_RATE = 10_000_000
+"""Core's ``DEFAULT_MAX_RAW_TX_FEE_RATE``: 0.10 coin per kvB, in base units per kvB."""
+
+
+def _amount_from_value(value: Any) -> int:
+    """Core's AmountFromValue: a number or numeric string of coins, at most 8 decimals, in
+    range; in base units."""
+    try:
+        amount = Decimal(value) if isinstance(value, str) else Decimal(str(value))
+    except ArithmeticError:
+        raise _RpcFailure(RPC_TYPE_ERROR, "Invalid amount") from None
+    if not amount.is_finite():
+        raise _RpcFailure(RPC_TYPE_ERROR, "Invalid amount")
+    units = amount * 100_000_000
+    if units != units.to_integral_value():
+        raise _RpcFailure(RPC_TYPE_ERROR, "Invalid amount")
+    if not 0 <= units <= 21_000_000 * 100_000_000:
+        raise _RpcFailure(RPC_TYPE_ERROR, "Amount out of range")
+    return int(units)
+
+
+def _max_fee_rate(value: Any) -> int:
+    """``maxfeerate`` (coins per kvB, default 0.10, 0 for none) in base units per kvB."""
+    return DEFAULT_MAX_FEE_RATE if value is None else _amount_from_value(value)
 
 
 def _integer(value: Any) -> int:
