@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -27,11 +28,12 @@ from eth_tester.backends.pyevm.serializers import (
     serialize_transaction,
     serialize_transaction_receipt,
 )
-from eth_tester.exceptions import TransactionFailed, TransactionNotFound
+from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound
+from eth_tester.exceptions import ValidationError as TesterValidationError
 from eth_tester.utils.filters import check_if_log_matches
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, MethodUnavailable, Web3ValidationError
 
 from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
 
@@ -230,7 +232,39 @@ class EmbeddedEvm:
             dev = _DEV_METHODS.get(method)
             if dev is not None:
                 return dev(self, params)
-            return _to_wire(self.w3.manager.request_blocking(method, params))  # type: ignore[arg-type]
+            if method in _FIXED:
+                return _FIXED[method]
+            if method.split("_", 1)[0] not in _MODULES:
+                raise _RpcError(-32601, f"the method {method} does not exist/is not available")
+            if method in ("eth_getLogs", "eth_newFilter") and params:
+                params = [self._log_filter(params[0]), *params[1:]]
+            if method in ("eth_call", "eth_estimateGas") and params and isinstance(params[0], dict):
+                # geth skips the nonce check for calls and estimates (SkipNonceChecks)
+                params = [{k: v for k, v in params[0].items() if k != "nonce"}, *params[1:]]
+            result = _to_wire(self.w3.manager.request_blocking(method, params))  # type: ignore[arg-type]
+            return _geth_shape(method, result)
+
+    def _log_filter(self, query: Any) -> dict[str, Any]:
+        """A log filter as geth reads it: ``address`` one string or a list, ``blockHash``
+        instead of a block range (an unknown hash is geth's "unknown block")."""
+        if not isinstance(query, dict):
+            raise _RpcError(-32602, "invalid argument 0: filter must be an object")
+        out: dict[str, Any] = dict(query)
+        if isinstance(out.get("address"), str):
+            out["address"] = [out["address"]]
+        block_hash = out.pop("blockHash", None)
+        if block_hash is not None:
+            if "fromBlock" in out or "toBlock" in out:
+                raise _RpcError(
+                    -32602,
+                    "invalid argument 0: cannot specify both BlockHash and FromBlock/ToBlock",
+                )
+            try:
+                number = self.w3.eth.get_block(block_hash)["number"]
+            except Exception:
+                raise _RpcError(-32000, "unknown block") from None
+            out["fromBlock"] = out["toBlock"] = hex(number)
+        return out
 
     def _now(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
@@ -264,6 +298,62 @@ class EmbeddedEvm:
         return True
 
 
+class _RpcError(Exception):
+    """A JSON-RPC error with geth's code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_MODULES = {"eth": "1.0", "net": "1.0", "web3": "1.0", "evm": "1.0"}
+_FIXED: dict[str, Any] = {"rpc_modules": _MODULES}
+"""``rpc_modules`` is the first call of ``geth attach``: it lists what the console may use."""
+
+_EMPTY_BLOOM = "0x" + "00" * _BLOOM_BYTES
+
+
+def _geth_shape(method: str, result: Any) -> Any:
+    """eth-tester's objects as geth writes them: a contract creation's ``to`` is null (not
+    ""), a receipt has ``logsBloom`` and no pre-Byzantium ``root``, a log says ``removed``."""
+    if method == "eth_getTransactionReceipt" and isinstance(result, dict):
+        result.pop("root", None)
+        result.setdefault("logsBloom", _EMPTY_BLOOM)
+        if result.get("to") == "":
+            result["to"] = None
+        for entry in result.get("logs") or []:
+            _log_shape(entry)
+    elif method in (
+        "eth_getTransactionByHash",
+        "eth_getTransactionByBlockNumberAndIndex",
+        "eth_getTransactionByBlockHashAndIndex",
+    ) and isinstance(result, dict):
+        _tx_shape(result)
+    elif method in ("eth_getBlockByNumber", "eth_getBlockByHash") and isinstance(result, dict):
+        for index, tx in enumerate(result.get("transactions") or []):
+            if isinstance(tx, dict):
+                _tx_shape(tx)
+                tx.setdefault("blockHash", result.get("hash"))
+                tx.setdefault("blockNumber", result.get("number"))
+                tx.setdefault("transactionIndex", hex(index))
+    elif method in ("eth_getLogs", "eth_getFilterLogs", "eth_getFilterChanges"):
+        for entry in result or []:
+            if isinstance(entry, dict):
+                _log_shape(entry)
+    return result
+
+
+def _tx_shape(tx: dict[str, Any]) -> None:
+    if tx.get("to") == "":
+        tx["to"] = None
+
+
+def _log_shape(entry: dict[str, Any]) -> None:
+    entry.setdefault("removed", False)
+    entry.pop("type", None)
+
+
 _DEV_METHODS = {
     "evm_mine": EmbeddedEvm._mine,
     "evm_setNextBlockTimestamp": EmbeddedEvm._set_timestamp,
@@ -276,7 +366,15 @@ _DEV_METHODS = {
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string), Solidity's and Vyper's revert data
 
 
-def _error(exc: Exception) -> dict[str, Any]:
+_NONCE = re.compile(r"Invalid transaction nonce: Expected (\d+), but got (\d+)")
+_AFFORD = re.compile(r"cannot afford txn gas (\d+) with account balance (\d+)")
+
+
+def _error(exc: Exception, method: str = "") -> dict[str, Any]:
+    """The JSON-RPC error geth gives for the same failure (code and wording, which clients
+    such as ethers classify by), never Python's exception text."""
+    if isinstance(exc, _RpcError):
+        return {"code": exc.code, "message": exc.message}
     if isinstance(exc, TransactionFailed):
         reason = str(exc).removeprefix("execution reverted: ").removeprefix("execution reverted")
         data = "0x" + (_ERROR_SELECTOR + abi_encode(["string"], [reason])).hex()
@@ -285,7 +383,31 @@ def _error(exc: Exception) -> dict[str, Any]:
         # Geth's shape for a revert: code 3, the ABI-encoded reason in data. web3.py clients
         # turn it back into ContractLogicError with the contract's message.
         return {"code": 3, "message": str(exc.message or exc), "data": exc.data or "0x"}
-    return {"code": -32000, "message": f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, MethodUnavailable | NotImplementedError):
+        return {"code": -32601, "message": f"the method {method} does not exist/is not available"}
+    text = str(exc)
+    nonce = _NONCE.search(text)
+    if nonce is not None:
+        expected, got = int(nonce[1]), int(nonce[2])
+        word = "low" if got < expected else "high"
+        return {
+            "code": -32000,
+            "message": f"nonce too {word}: next nonce {expected}, tx nonce {got}",
+        }
+    afford = _AFFORD.search(text)
+    if afford is not None or "not have enough balance" in text or "insufficient funds" in text:
+        return {"code": -32000, "message": "insufficient funds for gas * price + value"}
+    if isinstance(exc, TesterValidationError | Web3ValidationError | TypeError | ValueError):
+        return {"code": -32602, "message": f"invalid argument: {_plain(text)}"}
+    if isinstance(exc, TransactionNotFound | BlockNotFound):
+        return {"code": -32000, "message": "not found"}
+    log.warning("devnet: %s failed", method, exc_info=exc)
+    return {"code": -32000, "message": _plain(text) or "internal error"}
+
+
+def _plain(text: str) -> str:
+    """An exception's text without Python reprs of bytes (what a client can read)."""
+    return re.sub(r"b'(?:[^'\\]|\\.)*'", "<bytes>", text)[:300]
 
 
 def _parse_error() -> dict[str, Any]:
@@ -319,7 +441,7 @@ class _Handler(HardenedHandler):
         try:
             result = self.server.evm.handle(request["method"], list(params))
         except Exception as exc:
-            return {"jsonrpc": "2.0", "id": rid, "error": _error(exc)}
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(exc, request["method"])}
         return {"jsonrpc": "2.0", "id": rid, "result": result}
 
 
