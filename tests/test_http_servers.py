@@ -254,3 +254,19 @@ def test_the_servers_still_answer_after_every_attack(make: Factory) -> None:
     with socket.create_connection(target.address, timeout=30) as sock:
         sock.sendall(target.request())
         assert _status(sock) < 500
+
+
+@pytest.mark.timeout(60)
+def test_a_deeply_nested_body_is_refused_and_does_not_kill_the_process(make: Factory) -> None:
+    # py-evm (imported here, as in every node) raises Python's recursion limit to 100,000: a
+    # JSON decoder following 200,000 brackets overflowed the handler thread's C stack and the
+    # whole process died (SIGSEGV).
+    target = make(None)
+    target.start()
+    deep = b"\x81" * 100_000 + b"\x00" if target.path != "/" else b"[" * 100_000
+    with socket.create_connection(target.address, timeout=30) as sock:
+        sock.sendall(target.request(deep))
+        assert _status(sock) < 600  # an answer (an error), not a dead server
+    with socket.create_connection(target.address, timeout=30) as sock:
+        sock.sendall(target.request())
+        assert _status(sock) < 500

@@ -158,3 +158,23 @@ def test_geth_attach_s_first_call_and_geth_s_object_shapes(devnet):
     assert by_hash["result"] == []
     both = _rpc(devnet.url, "eth_getLogs", [{"blockHash": block["hash"], "fromBlock": "0x0"}])
     assert both["error"]["code"] == -32602
+
+
+def _post_raw(url, body: bytes):
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_hostile_requests_get_errors_and_the_server_keeps_serving(devnet):
+    call = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+    too_many = _post_raw(devnet.url, json.dumps([call] * 1001).encode())
+    assert too_many["error"] == {"code": -32600, "message": "batch too large"}
+    assert len(_post_raw(devnet.url, json.dumps([call] * 1000).encode())) == 1000
+    assert _post_raw(devnet.url, b"[]")["error"]["code"] == -32600
+    for params in (5, "abc", {"a": 1}):
+        reply = _rpc(devnet.url, "eth_getBalance", params)
+        assert reply["error"]["code"] == -32602, (params, reply)
+    assert _rpc(devnet.url, "evm_setNextBlockTimestamp", [])["error"]["code"] == -32602
+    assert _post_raw(devnet.url, b"[" * 100_000)["error"]["code"] == -32700  # too deep
+    assert _rpc(devnet.url, "eth_blockNumber", [])["result"].startswith("0x")

@@ -318,6 +318,31 @@ class HardenedHandler(BaseHTTPRequestHandler):
             pass
 
 
+MAX_JSON_DEPTH = 512
+"""Bitcoin Core's UniValue limit. The JSON decoder recurses once per level in C; py-evm raises
+Python's recursion limit to 100,000 on import, so a few hundred kB of ``[`` would overflow a
+handler thread's C stack and kill the process (found by the attacker's pass over these
+servers) instead of raising RecursionError. The depth is checked before parsing."""
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``body`` (JSON text) nests arrays and objects deeper than ``limit``."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False  # the common case, at C speed
+    depth = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+        if match[0] in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def serve(server: HardenedHTTPServer, name: str) -> threading.Thread:
     """Run ``server`` in a daemon thread."""
     thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)

@@ -62,7 +62,14 @@ from kofo.settlement.chains.bitcoin.embedded import (
     MaxFeeExceeded,
     MissingInputs,
 )
-from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
+from kofo.settlement.httpd import (
+    HardenedHandler,
+    HardenedHTTPServer,
+    Limits,
+    Reply,
+    json_too_deep,
+    serve,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -274,6 +281,8 @@ class RegtestRpcServer:
 
     def _handle(self, body: bytes) -> tuple[int, Any]:
         """(HTTP status, reply or ``None`` for no body) for one HTTP request body."""
+        if json_too_deep(body):
+            return 500, _reply(None, _error(RPC_PARSE_ERROR, "Parse error"), None, v2=False)
         try:
             request = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
         except (ValueError, RecursionError):

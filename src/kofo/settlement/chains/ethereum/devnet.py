@@ -35,7 +35,14 @@ from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 from web3.exceptions import ContractLogicError, MethodUnavailable, Web3ValidationError
 
-from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
+from kofo.settlement.httpd import (
+    HardenedHandler,
+    HardenedHTTPServer,
+    Limits,
+    Reply,
+    json_too_deep,
+    serve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,10 @@ MAX_REQUEST_BYTES = 4 << 20
 the server buffer unbounded input (geth's own cap is 5 MB)."""
 
 LIMITS = Limits(max_body=MAX_REQUEST_BYTES)
+
+MAX_BATCH = 1000
+"""geth's ``BatchRequestLimit``: one request cannot queue unbounded work behind the chain's
+lock."""
 
 _RENAMED = {"y_parity": "yParity", "state_root": "root"}
 _BLOOM_BYTES = 256
@@ -397,7 +408,9 @@ def _error(exc: Exception, method: str = "") -> dict[str, Any]:
     afford = _AFFORD.search(text)
     if afford is not None or "not have enough balance" in text or "insufficient funds" in text:
         return {"code": -32000, "message": "insufficient funds for gas * price + value"}
-    if isinstance(exc, TesterValidationError | Web3ValidationError | TypeError | ValueError):
+    if isinstance(
+        exc, TesterValidationError | Web3ValidationError | TypeError | ValueError | IndexError
+    ):
         return {"code": -32602, "message": f"invalid argument: {_plain(text)}"}
     if isinstance(exc, TransactionNotFound | BlockNotFound):
         return {"code": -32000, "message": "not found"}
@@ -421,11 +434,17 @@ class _Handler(HardenedHandler):
         return Reply(status, message.encode(), "text/plain; charset=utf-8")
 
     def respond(self, method: str, body: bytes) -> Reply:
+        if json_too_deep(body):
+            return _json_reply(_parse_error())
         try:
             request = json.loads(body)
         except (ValueError, RecursionError):
             return _json_reply(_parse_error())
         if isinstance(request, list):
+            if not request:
+                return _json_reply(_invalid("empty batch"))
+            if len(request) > MAX_BATCH:
+                return _json_reply(_invalid("batch too large"))
             return _json_reply([self._call(r) for r in request])
         return _json_reply(self._call(request))
 
@@ -437,12 +456,24 @@ class _Handler(HardenedHandler):
                 "error": {"code": -32600, "message": "invalid request"},
             }
         rid = request.get("id")
-        params = request.get("params") or []
+        params = request.get("params")
+        if params is None:
+            params = []
+        if not isinstance(params, list):
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": -32602, "message": "non-array args"},
+            }
         try:
             result = self.server.evm.handle(request["method"], list(params))
         except Exception as exc:
             return {"jsonrpc": "2.0", "id": rid, "error": _error(exc, request["method"])}
         return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+
+def _invalid(message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
 
 
 def _json_reply(body: Any) -> Reply:
