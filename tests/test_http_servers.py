@@ -26,7 +26,9 @@ from kofo.settlement.httpd import Limits
 from kofo.settlement.peer_http import PeerServer
 
 AUTH = "Basic " + base64.b64encode(b"u:p").decode()
-SHORT = Limits(max_body=1 << 16, request_timeout=0.5, write_timeout=0.5)
+SHORT = Limits(max_body=1 << 16, request_timeout=2.0, write_timeout=2.0)
+"""Short enough for a test to see a stalled connection dropped, long enough that a normal request
+sent at once is never cut off on a loaded machine."""
 
 
 class Target:
