@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from kofo import __version__
-from kofo.errors import KofoError
-from kofo.settlement.journal import Journal
+from kofo.errors import KofoError, WalletError
+from kofo.settlement.journal import Journal, JournalError
 
 app = typer.Typer(help="KOFO: trustless cross-chain swaps.", no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True)
 
 
 @app.callback()
@@ -57,13 +62,35 @@ def _passphrase(confirm: bool) -> str:
     env = os.environ.get(PASSPHRASE_ENV)
     if env is not None:
         return env
+    if not sys.stdin.isatty():
+        raise WalletError(
+            f"no passphrase: set {PASSPHRASE_ENV} or run this command on a terminal",
+            code="passphrase_required",
+        )
     value: str = typer.prompt("wallet passphrase", hide_input=True, confirmation_prompt=confirm)
     return value
 
 
 def _fail(exc: KofoError) -> typer.Exit:
-    console.print(f"[bold red]error[/] {escape(str(exc))}")
+    """One ``error [code] message`` line (on stderr) and exit status 1."""
+    err_console.print(f"[bold red]error[/] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(1)
+
+
+@contextmanager
+def _reading(what: str, path: Path) -> Iterator[None]:
+    """Turn a file that cannot be read or decoded into a KOFO error naming it (never a
+    traceback): a directory, a missing permission, bytes that are not text."""
+    try:
+        yield
+    except IsADirectoryError:
+        raise WalletError(f"the {what} {path} is a directory", code="unreadable_file") from None
+    except OSError as exc:
+        raise WalletError(
+            f"cannot read the {what} {path}: {exc.strerror or exc}", code="unreadable_file"
+        ) from None
+    except UnicodeDecodeError:
+        raise WalletError(f"the {what} {path} is not a KOFO key store (not text)") from None
 
 
 @wallet_app.command("init")
@@ -74,7 +101,8 @@ def wallet_init(
     from kofo.wallet import NodeWallet
 
     try:
-        NodeWallet.create(path, _passphrase(confirm=True))
+        with _reading("wallet", path):
+            NodeWallet.create(path, _passphrase(confirm=True))
     except KofoError as exc:
         raise _fail(exc) from None
     console.print(f"created an encrypted wallet at {path}")
@@ -107,7 +135,8 @@ def wallet_show(
     from kofo.wallet import NodeWallet
 
     try:
-        wallet = NodeWallet.open(path, _passphrase(confirm=False))
+        with _reading("wallet", path):
+            wallet = NodeWallet.open(path, _passphrase(confirm=False))
         table = Table(title=f"wallet {path}")
         table.add_column("chain")
         table.add_column("address")
@@ -130,13 +159,24 @@ _JOURNAL_OPTION = typer.Option(
 
 
 def _open_journal(path: str | None) -> Journal:
-    from pathlib import Path
-
+    """The journal, opened read-only: these commands only read it."""
     journal_path = Path(path) if path else Path.home() / ".kofo" / "swaps.sqlite"
-    if not journal_path.exists():
-        console.print(f"[bold red]error[/] no swap journal at {journal_path}")
-        raise typer.Exit(1)
-    return Journal(journal_path)
+    try:
+        if not journal_path.exists():
+            raise JournalError(f"no swap journal at {journal_path}", code="no_journal")
+        if not journal_path.is_file():
+            raise JournalError(f"{journal_path} is not a file", code="journal_unreadable")
+        return Journal(journal_path, read_only=True)
+    except KofoError as exc:
+        raise _fail(exc) from None
+
+
+def _unreadable(j: Journal, exc: Exception) -> KofoError:
+    if isinstance(exc, KofoError):
+        return exc
+    return JournalError(
+        f"the swap journal {j.path} is damaged: {type(exc).__name__}", code="journal_unreadable"
+    )
 
 
 @swap_app.command("list")
@@ -150,7 +190,13 @@ def swap_list(journal: str | None = _JOURNAL_OPTION) -> None:
         table.add_column(col)
     import time as _time
 
-    for s in j.swaps():
+    try:
+        swaps = j.swaps()
+    except (KofoError, sqlite3.Error, ValueError) as exc:
+        raise _fail(_unreadable(j, exc)) from None
+    finally:
+        j.close()
+    for s in swaps:
         a, b = s.terms.initiator_leg, s.terms.participant_leg
         give, get = (a, b) if s.role.value == "initiator" else (b, a)
         table.add_row(
@@ -175,8 +221,9 @@ def swap_show(swap_id: str, journal: str | None = _JOURNAL_OPTION) -> None:
     try:
         s = j.find(swap_id)
     except _KofoError as exc:
-        console.print(f"[bold red]error[/] {exc}")
-        raise typer.Exit(1) from None
+        raise _fail(exc) from None
+    except (sqlite3.Error, ValueError) as exc:
+        raise _fail(_unreadable(j, exc)) from None
     t = s.terms
     console.print(f"[bold]swap {s.swap_id.hex()}[/]  role {s.role.value}  state {s.state.value}")
     console.print(f"payment hash {t.payment_hash.hex()}")

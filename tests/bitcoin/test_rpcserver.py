@@ -126,13 +126,15 @@ def _spend(
     key: CKey = KEY,
     sequence: int = RBF,
     locktime: int = 0,
+    version: int = 2,
 ) -> CTransaction:
-    """A version-2 transaction spending P2WPKH ``inputs`` of KEY, signed by ``key``."""
+    """A transaction (version 2 unless told) spending P2WPKH ``inputs`` of KEY, signed by
+    ``key``."""
     tx = CMutableTransaction(
         [CMutableTxIn(COutPoint(lx(txid), n), nSequence=sequence) for txid, n, _ in inputs],
         [CMutableTxOut(value, CScript(spk)) for spk, value in outputs],
         nLockTime=locktime,
-        nVersion=2,
+        nVersion=version,
     )
     code = CScript([OP_DUP, OP_HASH160, Hash160(PUB), OP_EQUALVERIFY, OP_CHECKSIG])
     witnesses = []
@@ -193,7 +195,7 @@ def test_getrawtransaction_verbose_decodes_as_bitcointx_does(chain, server, coin
     coin = next(coins)
     p2pkh = bytes(P2PKHBitcoinRegtestAddress.from_bytes(b"\x07" * 20).to_scriptPubKey())
     tx = _spend(_coin(coin), [(P2WPKH, 12_345_678), (p2pkh, 10_000_000)], locktime=1)
-    txid = _client(server).call("sendrawtransaction", tx.serialize().hex())
+    txid = _client(server).call("sendrawtransaction", tx.serialize().hex(), 0)
 
     status, reply, text = _post(server, {"method": "getrawtransaction", "params": [txid, True]})
     assert status == 200
@@ -223,7 +225,7 @@ def test_getrawtransaction_verbose_decodes_as_bitcointx_does(chain, server, coin
 def test_getrawtransaction_verbosity_2_adds_fee_and_prevouts(chain, server, coins):
     coin = next(coins)
     tx = _spend(_coin(coin), [(P2WPKH, coin[2] - 5_000)])
-    txid = _client(server).call("sendrawtransaction", tx.serialize().hex())
+    txid = _client(server).call("sendrawtransaction", tx.serialize().hex(), 0)
     in_pool = _client(server).call("getrawtransaction", txid, 2)
     assert "fee" not in in_pool and "prevout" not in in_pool["vin"][0]  # Core: no undo yet
 
@@ -248,7 +250,7 @@ def test_getrawtransaction_verbosity_2_adds_fee_and_prevouts(chain, server, coin
 def test_getrawtransaction_in_a_given_block(chain, server, coins):
     coin = next(coins)
     tx = _spend(_coin(coin), [(P2WPKH, coin[2] - 1_000)])
-    txid = _client(server).call("sendrawtransaction", tx.serialize().hex())
+    txid = _client(server).call("sendrawtransaction", tx.serialize().hex(), 0)
     (block_hash,) = chain.mine(1, P2WPKH)
     found = _client(server).call("getrawtransaction", txid, True, block_hash)
     assert next(iter(found)) == "in_active_chain" and found["in_active_chain"] is True
@@ -289,7 +291,11 @@ def test_output_scripts_are_typed_and_addressed_as_core_does(chain, server, coin
         "nonstandard": (bytes([0, 16]) + b"\x44" * 16, None),  # v0, neither 20 nor 32 bytes
     }
     tx = _spend(_coin(coin), [(spk, 1_000) for spk, _ in outputs.values()])
-    txid = _client(server).call("sendrawtransaction", tx.serialize().hex())
+    chain.require_standard = False  # as Core with -acceptnonstdtxn: one of each type
+    try:
+        txid = _client(server).call("sendrawtransaction", tx.serialize().hex(), 0, 1)
+    finally:
+        chain.require_standard = True
     decoded = _client(server).call("getrawtransaction", txid, True)
     _assert_tx_matches(decoded, tx, chain)
     for (kind, (spk, bitcointx_knows)), entry in zip(outputs.items(), decoded["vout"], strict=True):
@@ -310,7 +316,7 @@ def test_output_scripts_are_typed_and_addressed_as_core_does(chain, server, coin
 def test_getblock_verbosity_1_2_3_describe_the_block(chain, server, coins):
     coin = next(coins)
     tx = _spend(_coin(coin), [(P2WPKH, coin[2] - 2_000)])
-    txid = _client(server).call("sendrawtransaction", tx.serialize().hex())
+    txid = _client(server).call("sendrawtransaction", tx.serialize().hex(), 0)
     (block_hash,) = chain.mine(1, P2WPKH)
     raw = chain.block_raw(block_hash)
     block = parse_block(raw)
@@ -414,7 +420,7 @@ def test_undecodable_transaction_hex_is_a_deserialization_error(server, coins):
 
 
 def _accept(server: RegtestRpcServer, tx: CTransaction) -> dict[str, Any]:
-    (result,) = _client(server).call("testmempoolaccept", [tx.serialize().hex()])
+    (result,) = _client(server).call("testmempoolaccept", [tx.serialize().hex()], 0)
     assert result["txid"] == b2lx(tx.GetTxid())
     assert result["wtxid"] == b2lx(tx.GetHash())
     for value in result.values():
@@ -448,14 +454,14 @@ def test_testmempoolaccept_answers_core_reject_reasons(chain, server, coins):
     young = _spend([immature], [(P2WPKH, immature[2] - 1_000)])
     assert _accept(server, young)["reject-reason"] == "bad-txns-premature-spend-of-coinbase"
 
-    client.call("sendrawtransaction", first.serialize().hex())
+    client.call("sendrawtransaction", first.serialize().hex(), 0)
     assert _accept(server, first)["reject-reason"] == "txn-already-in-mempool"
     # Replacing `first` (it signals BIP125) at the same fee rate: not enough.
     same_fee = _spend(_coin(a), [(b"\x51\x20" + b"\x01" * 32, a[2] - 1_000)])
     result = _accept(server, same_fee)
     assert result["reject-reason"] == "insufficient fee"
     held = _spend(_coin(c), [(P2WPKH, c[2] - 1_000)], sequence=NO_RBF)
-    client.call("sendrawtransaction", held.serialize().hex())
+    client.call("sendrawtransaction", held.serialize().hex(), 0)
     rival = _spend(_coin(c), [(P2WPKH, c[2] - 50_000)])
     assert _accept(server, rival)["reject-reason"] == "txn-mempool-conflict"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -35,6 +36,12 @@ from kofo.wire.swap import terms_from_wire, terms_to_wire
 
 class JournalError(KofoError):
     code = "journal_error"
+
+
+class NotAJournal(JournalError):
+    """The file is not a KOFO journal (another application's database, or an older schema)."""
+
+    code = "not_a_journal"
 
 
 class UnknownSwap(JournalError):
@@ -168,27 +175,84 @@ def _private_sidecars(path: Path) -> None:
         check_private_file(p)
 
 
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
 class Journal:
     """One node's swap journal. Thread-safe (one connection behind a lock)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open (or create) the journal at ``path``; ``read_only`` opens an existing one without
+        ever writing to it (SQLite ``mode=ro``: no schema, no WAL switch, no upgrade). Either way
+        a database that is not a KOFO journal is refused, never turned into one."""
         self.path = Path(path)
-        _open_private(self.path)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is fsynced before it returns, so "stored before broadcast" holds even
-        # across power loss, not only process crashes.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(txs)")}
-        if "sent_height" not in columns:  # a journal written before fee bumps existed
-            self._db.execute("ALTER TABLE txs ADD COLUMN sent_height INTEGER")
-        if "role" not in columns:  # ... or before child-pays-for-parent bumps
-            self._db.execute("ALTER TABLE txs ADD COLUMN role TEXT NOT NULL DEFAULT 'version'")
-        self._index_payment_hashes()
+        try:
+            if read_only:
+                for p in (self.path, *(self.path.with_name(self.path.name + s) for s in _SIDECARS)):
+                    check_private_file(p)
+                uri = self.path.resolve().as_uri() + "?mode=ro"
+                self._db = sqlite3.connect(
+                    uri, uri=True, check_same_thread=False, isolation_level=None
+                )
+                self._check_kind(require_all=True)
+                return
+            _open_private(self.path)
+            self._db = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None
+            )
+            self._check_kind(require_all=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is fsynced before it returns, so "stored before broadcast" holds
+            # even across power loss, not only process crashes.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(txs)")}
+            if "sent_height" not in columns:  # a journal written before fee bumps existed
+                self._db.execute("ALTER TABLE txs ADD COLUMN sent_height INTEGER")
+            if "role" not in columns:  # ... or before child-pays-for-parent bumps
+                self._db.execute("ALTER TABLE txs ADD COLUMN role TEXT NOT NULL DEFAULT 'version'")
+            self._index_payment_hashes()
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"cannot open the swap journal {self.path}: {exc}", code="journal_unreadable"
+            ) from None
         _private_sidecars(self.path)
+
+    def _check_kind(self, *, require_all: bool) -> None:
+        """Refuse a database with a table KOFO's schema does not have (read-only: also one
+        without every table of the schema): KOFO's tables are never added to someone else's
+        database."""
+        tables = {
+            row[0]
+            for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not row[0].startswith("sqlite_")
+        }
+        if not tables and not require_all:
+            return  # a new, empty file: the schema is created next
+        swaps = {row[1] for row in self._db.execute("PRAGMA table_info(swaps)")}
+        if not tables <= _TABLES or (
+            require_all and (not {"swap_id", "role", "terms", "state"} <= swaps)
+        ):
+            self._db.close()
+            raise NotAJournal(f"{self.path} is a SQLite database but not a KOFO swap journal")
+        if require_all and not _TABLES <= tables:
+            self._db.close()
+            raise NotAJournal(
+                f"{self.path} is a journal of an older KOFO: open it with the node once to "
+                "upgrade it",
+                code="journal_too_old",
+            )
+        if require_all:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(txs)")}
+            if not {"sent_height", "role"} <= columns:
+                self._db.close()
+                raise NotAJournal(
+                    f"{self.path} is a journal of an older KOFO: open it with the node once to "
+                    "upgrade it",
+                    code="journal_too_old",
+                )
 
     def close(self) -> None:
         with self._lock:

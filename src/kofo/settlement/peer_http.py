@@ -17,11 +17,11 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.errors import KofoError, NotDelivered
+from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
 from kofo.wire.codec import MAX_MESSAGE_BYTES
 from kofo.wire.envelope import ReplayGuard, public_key_bytes
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
@@ -50,6 +50,15 @@ class PeerNotReached(PeerError, NotDelivered):
 
 Handler = Callable[[SwapBody, bytes], SwapBody | None]
 
+LIMITS = Limits(max_body=MAX_MESSAGE_BYTES, request_timeout=10.0, write_timeout=10.0)
+"""A swap message is small and a peer sends it at once: ten seconds (the client's own
+``SEND_TIMEOUT``) bounds how long a stalled connection holds a server thread (issue 16 case 7)."""
+
+
+def _json(status: int, code: str, message: str) -> Reply:
+    data = json.dumps({"code": code, "message": message}).encode()
+    return Reply(status, data, "application/json")
+
 
 class PeerServer:
     """Serves the swap endpoint for one node on 127.0.0.1."""
@@ -61,6 +70,7 @@ class PeerServer:
         *,
         port: int = 0,
         allowed: set[bytes] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._key = key
         self._handler = handler
@@ -68,50 +78,32 @@ class PeerServer:
         self.allowed = allowed
         server = self
 
-        class _Req(BaseHTTPRequestHandler):
-            def log_message(self, fmt: str, *args: object) -> None:
-                log.debug("peer http: " + fmt, *args)
+        class _Req(HardenedHandler):
+            def error_reply(self, status: int, message: str) -> Reply:
+                return _json(status, "bad_request" if status < 500 else "server_error", message)
 
-            def _json(self, status: int, code: str, message: str) -> None:
-                data = json.dumps({"code": code, "message": message}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            def internal_error(self) -> Reply:
+                return _json(500, "internal_error", "internal error")
 
-            def do_POST(self) -> None:
+            def respond(self, method: str, body: bytes) -> Reply:
                 if self.path != PATH:
-                    self._json(404, "not_found", f"no endpoint {self.path}")
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length <= 0 or length > MAX_MESSAGE_BYTES:
-                    self._json(413, "bad_message", f"body length {length} is not allowed")
-                    return
-                data = self.rfile.read(length)
+                    return _json(404, "not_found", f"no endpoint {self.path[:100]}")
+                if not body:
+                    return _json(400, "bad_message", "empty body")
                 try:
-                    body, sender = open_swap(data, server._guard)
+                    swap, sender = open_swap(body, server._guard)
                     if server.allowed is not None and sender not in server.allowed:
                         raise PeerError(
                             f"node {sender.hex()} is not a known peer", code="unknown_peer"
                         )
-                    reply = server._handler(body, sender)
+                    reply = server._handler(swap, sender)
                 except KofoError as exc:
-                    self._json(_STATUS.get(exc.code, 400), exc.code, str(exc))
-                    return
+                    return _json(_STATUS.get(exc.code, 400), exc.code, str(exc))
                 if reply is None:
-                    self.send_response(204)
-                    self.end_headers()
-                    return
-                out = sign_swap(server._key, reply).to_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                    return Reply(204)
+                return Reply(200, sign_swap(server._key, reply).to_bytes(), CONTENT_TYPE)
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", port), _Req)
-        self._http.daemon_threads = True
+        self._http = HardenedHTTPServer(("127.0.0.1", port), _Req, limits or LIMITS)
         self._thread: threading.Thread | None = None
 
     @property
@@ -120,8 +112,7 @@ class PeerServer:
         return f"http://{host!s}:{port}{PATH}"
 
     def start(self) -> PeerServer:
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve(self._http, "peer-http")
         return self
 
     def stop(self) -> None:

@@ -37,6 +37,7 @@ from kofo.errors import ChainError, FeeTooLow, InvalidInput, TxRejected
 from kofo.settlement.chains.bitcoin.blocks import ParsedBlock, build_block, parse_block
 from kofo.settlement.chains.bitcoin.kernel import KernelChainstate, SpentOutput, verify_input
 from kofo.settlement.chains.bitcoin.params import ChainParams, chain_params
+from kofo.settlement.chains.bitcoin.policy import check_standard_inputs, check_standard_tx
 from kofo.settlement.chains.bitcoin.script import LOCKTIME_THRESHOLD
 
 _SEQUENCE_FINAL = 0xFFFFFFFF
@@ -72,6 +73,12 @@ class MissingInputs(TxRejected):
     code = "tx_missing_inputs"
 
 
+class MaxFeeExceeded(TxRejected):
+    """The fee is over the ceiling the sender set (``maxfeerate``): almost surely a mistake."""
+
+    code = "max_fee_exceeded"
+
+
 class AlreadyInChain(TxRejected):
     """The transaction is already confirmed (Core's RPC_VERIFY_ALREADY_IN_CHAIN)."""
 
@@ -94,8 +101,12 @@ class EmbeddedChain:
         *,
         params: ChainParams | None = None,
         clock: Callable[[], int] | None = None,
+        require_standard: bool = True,
     ) -> None:
         self.params = params or chain_params("btc", "regtest")
+        self.require_standard = require_standard
+        """Apply Core's relay policy (:mod:`.policy`) as a regtest node does by default
+        (``-acceptnonstdtxn=0``); off only for a test that needs a non-standard transaction."""
         self._own_dir = datadir is None
         self.datadir = datadir or tempfile.mkdtemp(prefix="kofo-regtest-")
         self._clock = clock or (lambda: int(time.time()))
@@ -188,23 +199,25 @@ class EmbeddedChain:
 
     # ---- mempool -----------------------------------------------------------------------------
 
-    def test_accept(self, raw: bytes) -> str:
+    def test_accept(self, raw: bytes, *, max_fee_rate: int = 0) -> str:
         """Check ``raw`` as :meth:`send_raw` would, without keeping it. Returns the txid."""
         with self._lock:
             tx = self._decode(raw)
-            self._check(tx, raw, allow_replace=True)
+            self._check(tx, raw, allow_replace=True, max_fee_rate=max_fee_rate)
             return b2lx(tx.GetTxid())
 
-    def send_raw(self, raw: bytes) -> str:
+    def send_raw(self, raw: bytes, *, max_fee_rate: int = 0) -> str:
         """Accept ``raw`` into the mempool (idempotent for a tx already there). A transaction
         that spends an input of mempool transactions replaces them (and their descendants) if
-        it meets BIP125's rules (see :meth:`_replacement_check`)."""
+        it meets BIP125's rules (see :meth:`_replacement_check`). ``max_fee_rate`` (base units
+        per 1000 vbytes, 0 for none) refuses a fee above it, as ``sendrawtransaction``'s
+        ``maxfeerate`` does (``max-fee-exceeded``)."""
         with self._lock:
             tx = self._decode(raw)
             txid = b2lx(tx.GetTxid())
             if txid in self._mempool:
                 return txid
-            for evicted in self._check(tx, raw, allow_replace=True):
+            for evicted in self._check(tx, raw, allow_replace=True, max_fee_rate=max_fee_rate):
                 self._mempool.pop(evicted, None)
             self._mempool[txid] = tx
             return txid
@@ -222,7 +235,9 @@ class EmbeddedChain:
             raise TxRejected("coinbase transactions cannot be broadcast (coinbase)")
         return tx
 
-    def _check(self, tx: CTransaction, raw: bytes, *, allow_replace: bool = False) -> set[str]:
+    def _check(
+        self, tx: CTransaction, raw: bytes, *, allow_replace: bool = False, max_fee_rate: int = 0
+    ) -> set[str]:
         """Raise :class:`TxRejected` unless ``tx`` may enter the mempool; return the mempool
         txids it replaces (empty unless ``allow_replace`` and it conflicts)."""
         txid = b2lx(tx.GetTxid())
@@ -230,6 +245,8 @@ class EmbeddedChain:
         found = self.find_tx(txid)
         if found is not None and found.block_hash is not None:
             raise AlreadyInChain(f"transaction {txid} is already in block {found.block_hash}")
+        if self.require_standard:
+            check_standard_tx(tx, self.params)
         mempool_outputs: dict[tuple[str, int], Coin] = {}
         mempool_spent: dict[tuple[str, int], str] = {}
         for other_id, other in self._mempool.items():
@@ -268,6 +285,8 @@ class EmbeddedChain:
             spent.append(SpentOutput(coin.script_pubkey, coin.amount))
             total_in += coin.amount
         self._check_final(tx, next_height)
+        if self.require_standard:
+            check_standard_inputs(tx, [coin.script_pubkey for coin in spent])
         total_out = sum(out.nValue for out in tx.vout)
         if total_out > total_in:
             raise TxRejected(f"outputs {total_out} exceed inputs {total_in} (bad-txns-in-belowout)")
@@ -288,6 +307,12 @@ class EmbeddedChain:
             evicted = self._replacement_check(tx, total_in - total_out, conflicts, utxos)
         for index in range(len(tx.vin)):
             verify_input(raw, index, spent)
+        max_fee = max_fee_rate * int(tx.get_virtual_size()) // 1000
+        if max_fee_rate and total_in - total_out > max_fee:
+            raise MaxFeeExceeded(
+                f"fee {total_in - total_out} is over the maximum {max_fee} at {max_fee_rate} "
+                "per kvB (max-fee-exceeded)"
+            )
         return evicted
 
     def _replacement_check(

@@ -34,7 +34,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bitcointx.core import CBitcoinTransaction as CTransaction
@@ -57,7 +56,20 @@ from kofo.settlement.chains.bitcoin.corejson import (
     output_type,
     target_fields,
 )
-from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain, MissingInputs
+from kofo.settlement.chains.bitcoin.embedded import (
+    AlreadyInChain,
+    EmbeddedChain,
+    MaxFeeExceeded,
+    MissingInputs,
+)
+from kofo.settlement.httpd import (
+    HardenedHandler,
+    HardenedHTTPServer,
+    Limits,
+    Reply,
+    json_too_deep,
+    serve,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -75,6 +87,11 @@ RPC_DESERIALIZATION_ERROR = -22
 RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
+
+LIMITS = Limits(max_body=8 << 20)
+"""8 MiB: twice the hex of the largest transaction a block can hold (4 MB), with room for the
+JSON around it. Core's own cap is 32 MiB (``MAX_SIZE``); a smaller one bounds what this
+server buffers per connection (``max_connections`` of them at most)."""
 
 _TX_DECODE_HINT = "Make sure the tx has at least one input."
 _NO_WALLET_HINT = "Use gettransaction for wallet transactions."
@@ -155,7 +172,15 @@ def address_to_script(address: str, *, hrp: str | None = None) -> bytes:
 class RegtestRpcServer:
     """``with RegtestRpcServer(chain, user, password) as server: server.url``."""
 
-    def __init__(self, chain: EmbeddedChain, user: str, password: str, *, port: int = 0) -> None:
+    def __init__(
+        self,
+        chain: EmbeddedChain,
+        user: str,
+        password: str,
+        *,
+        port: int = 0,
+        limits: Limits | None = None,
+    ) -> None:
         self.chain = chain
         self._expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._work: dict[str, int] = {}  # block hash -> chain work up to it (blocks never change)
@@ -207,44 +232,28 @@ class RegtestRpcServer:
         }
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+        class Handler(HardenedHandler):
+            methods = frozenset({"POST", "GET"})
+
+            def respond(self, method: str, body: bytes) -> Reply:
+                if method != "POST":
+                    return Reply(405, b"JSONRPC server handles only POST requests")
                 ensure_thread_params()
                 if not hmac.compare_digest(self.headers.get("Authorization", ""), server._expected):
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="jsonrpc"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                try:
-                    length = int(self.headers.get("Content-Length", "0"))
-                    body = self.rfile.read(length) if length > 0 else b""
-                    status, reply = server._handle(body)
-                    data = b"" if reply is None else dumps(reply).encode()
-                except Exception:
-                    _log.exception("rpc request failed")
-                    status = 500
-                    error = {"code": RPC_INTERNAL_ERROR, "message": "Internal error"}
-                    data = json.dumps({"result": None, "error": error, "id": None}).encode()
-                self.send_response(status)
-                if data:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    return Reply(401, headers={"WWW-Authenticate": 'Basic realm="jsonrpc"'})
+                status, reply = server._handle(body)
+                data = b"" if reply is None else dumps(reply).encode()
+                return Reply(status, data, "application/json" if data else None)
 
-            def do_GET(self) -> None:
-                data = b"JSONRPC server handles only POST requests"
-                self.send_response(405)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+            def error_reply(self, status: int, message: str) -> Reply:
+                return Reply(status, message.encode(), "text/plain; charset=utf-8")
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # requests are not worth a log line each
+            def internal_error(self) -> Reply:
+                error = {"code": RPC_INTERNAL_ERROR, "message": "Internal error"}
+                data = json.dumps({"result": None, "error": error, "id": None}).encode()
+                return Reply(500, data, "application/json")
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = HardenedHTTPServer(("127.0.0.1", port), Handler, limits or LIMITS)
         self._thread: threading.Thread | None = None
 
     @property
@@ -253,8 +262,7 @@ class RegtestRpcServer:
         return f"http://{host!s}:{port}/"
 
     def start(self) -> RegtestRpcServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve(self._httpd, "core-rpc")
         return self
 
     def stop(self) -> None:
@@ -273,6 +281,8 @@ class RegtestRpcServer:
 
     def _handle(self, body: bytes) -> tuple[int, Any]:
         """(HTTP status, reply or ``None`` for no body) for one HTTP request body."""
+        if json_too_deep(body):
+            return 500, _reply(None, _error(RPC_PARSE_ERROR, "Parse error"), None, v2=False)
         try:
             request = json.loads(body, parse_float=Decimal, parse_constant=_no_constant)
         except (ValueError, RecursionError):
@@ -649,13 +659,29 @@ class RegtestRpcServer:
             )
         return self.chain.mempool_txids()
 
-    def _sendrawtransaction(self, hexstring: str, _maxfeerate: Any, _maxburn: Any) -> str:
+    def _sendrawtransaction(self, hexstring: str, maxfeerate: Any, maxburnamount: Any) -> str:
         raw = _decode_hex_tx(hexstring)
         if raw is None:
             raise _RpcFailure(RPC_DESERIALIZATION_ERROR, f"TX decode failed. {_TX_DECODE_HINT}")
-        return self.chain.send_raw(raw)
+        fee_rate = _max_fee_rate(maxfeerate)
+        max_burn = 0 if maxburnamount is None else _amount_from_value(maxburnamount)
+        tx = CTransaction.deserialize(raw)
+        for out in tx.vout:
+            script = bytes(out.scriptPubKey)
+            if (script[:1] == b"\x6a" or len(script) > 10_000) and out.nValue > max_burn:
+                raise _RpcFailure(
+                    RPC_VERIFY_ERROR,
+                    "Unspendable output exceeds maximum configured by user (maxburnamount)",
+                )
+        try:
+            return self.chain.send_raw(raw, max_fee_rate=fee_rate)
+        except MaxFeeExceeded:
+            raise _RpcFailure(
+                RPC_VERIFY_ERROR,
+                "Fee exceeds maximum configured by user (e.g. -maxtxfee, maxfeerate)",
+            ) from None
 
-    def _testmempoolaccept(self, rawtxs: list[Any], _maxfeerate: Any) -> list[dict[str, Any]]:
+    def _testmempoolaccept(self, rawtxs: list[Any], maxfeerate: Any) -> list[dict[str, Any]]:
         if not 1 <= len(rawtxs) <= _MAX_PACKAGE_COUNT:
             raise _RpcFailure(
                 RPC_INVALID_PARAMETER,
@@ -675,9 +701,10 @@ class RegtestRpcServer:
                     f"TX decode failed for tx {index}. {_TX_DECODE_HINT}",
                 )
             decoded.append(raw)
-        return [self._test_accept(raw) for raw in decoded]
+        fee_rate = _max_fee_rate(maxfeerate)
+        return [self._test_accept(raw, fee_rate) for raw in decoded]
 
-    def _test_accept(self, raw: bytes) -> dict[str, Any]:
+    def _test_accept(self, raw: bytes, max_fee_rate: int) -> dict[str, Any]:
         """One testmempoolaccept result, in Core's shape (rpc/mempool.cpp)."""
         tx = CTransaction.deserialize(raw)
         txid = b2lx(tx.GetTxid())
@@ -690,7 +717,9 @@ class RegtestRpcServer:
             reason = "txn-already-in-mempool" if same else "txn-same-nonwitness-data-in-mempool"
         else:
             try:
-                self.chain.test_accept(raw)
+                self.chain.test_accept(raw, max_fee_rate=max_fee_rate)
+            except MaxFeeExceeded:
+                reason = "max-fee-exceeded"
             except AlreadyInChain:
                 # Core finds the inputs spent; "already known" while an output is unspent.
                 unspent = any(self.chain.utxo(txid, n) for n in range(len(tx.vout)))
@@ -835,6 +864,32 @@ def _type_problem(spec: _Arg, value: Any) -> str:
     if found == spec.kind:
         return ""
     return f"JSON value of type {found} is not of expected type {spec.kind}"
+
+
+DEFAULT_MAX_FEE_RATE = 10_000_000
+"""Core's ``DEFAULT_MAX_RAW_TX_FEE_RATE``: 0.10 coin per kvB, in base units per kvB."""
+
+
+def _amount_from_value(value: Any) -> int:
+    """Core's AmountFromValue: a number or numeric string of coins, at most 8 decimals, in
+    range; in base units."""
+    try:
+        amount = Decimal(value) if isinstance(value, str) else Decimal(str(value))
+    except ArithmeticError:
+        raise _RpcFailure(RPC_TYPE_ERROR, "Invalid amount") from None
+    if not amount.is_finite():
+        raise _RpcFailure(RPC_TYPE_ERROR, "Invalid amount")
+    units = amount * 100_000_000
+    if units != units.to_integral_value():
+        raise _RpcFailure(RPC_TYPE_ERROR, "Invalid amount")
+    if not 0 <= units <= 21_000_000 * 100_000_000:
+        raise _RpcFailure(RPC_TYPE_ERROR, "Amount out of range")
+    return int(units)
+
+
+def _max_fee_rate(value: Any) -> int:
+    """``maxfeerate`` (coins per kvB, default 0.10, 0 for none) in base units per kvB."""
+    return DEFAULT_MAX_FEE_RATE if value is None else _amount_from_value(value)
 
 
 def _integer(value: Any) -> int:

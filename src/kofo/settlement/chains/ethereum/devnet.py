@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from eth_abi.abi import encode as abi_encode
@@ -28,17 +28,33 @@ from eth_tester.backends.pyevm.serializers import (
     serialize_transaction,
     serialize_transaction_receipt,
 )
-from eth_tester.exceptions import TransactionFailed, TransactionNotFound
+from eth_tester.exceptions import BlockNotFound, TransactionFailed, TransactionNotFound
+from eth_tester.exceptions import ValidationError as TesterValidationError
 from eth_tester.utils.filters import check_if_log_matches
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, MethodUnavailable, Web3ValidationError
+
+from kofo.settlement.httpd import (
+    HardenedHandler,
+    HardenedHTTPServer,
+    Limits,
+    Reply,
+    json_too_deep,
+    serve,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4 << 20
 """Large enough for any contract deployment we make, small enough that a bad client cannot make
-the server buffer unbounded input."""
+the server buffer unbounded input (geth's own cap is 5 MB)."""
+
+LIMITS = Limits(max_body=MAX_REQUEST_BYTES)
+
+MAX_BATCH = 1000
+"""geth's ``BatchRequestLimit``: one request cannot queue unbounded work behind the chain's
+lock."""
 
 _RENAMED = {"y_parity": "yParity", "state_root": "root"}
 _BLOOM_BYTES = 256
@@ -227,7 +243,39 @@ class EmbeddedEvm:
             dev = _DEV_METHODS.get(method)
             if dev is not None:
                 return dev(self, params)
-            return _to_wire(self.w3.manager.request_blocking(method, params))  # type: ignore[arg-type]
+            if method in _FIXED:
+                return _FIXED[method]
+            if method.split("_", 1)[0] not in _MODULES:
+                raise _RpcError(-32601, f"the method {method} does not exist/is not available")
+            if method in ("eth_getLogs", "eth_newFilter") and params:
+                params = [self._log_filter(params[0]), *params[1:]]
+            if method in ("eth_call", "eth_estimateGas") and params and isinstance(params[0], dict):
+                # geth skips the nonce check for calls and estimates (SkipNonceChecks)
+                params = [{k: v for k, v in params[0].items() if k != "nonce"}, *params[1:]]
+            result = _to_wire(self.w3.manager.request_blocking(method, params))  # type: ignore[arg-type]
+            return _geth_shape(method, result)
+
+    def _log_filter(self, query: Any) -> dict[str, Any]:
+        """A log filter as geth reads it: ``address`` one string or a list, ``blockHash``
+        instead of a block range (an unknown hash is geth's "unknown block")."""
+        if not isinstance(query, dict):
+            raise _RpcError(-32602, "invalid argument 0: filter must be an object")
+        out: dict[str, Any] = dict(query)
+        if isinstance(out.get("address"), str):
+            out["address"] = [out["address"]]
+        block_hash = out.pop("blockHash", None)
+        if block_hash is not None:
+            if "fromBlock" in out or "toBlock" in out:
+                raise _RpcError(
+                    -32602,
+                    "invalid argument 0: cannot specify both BlockHash and FromBlock/ToBlock",
+                )
+            try:
+                number = self.w3.eth.get_block(block_hash)["number"]
+            except Exception:
+                raise _RpcError(-32000, "unknown block") from None
+            out["fromBlock"] = out["toBlock"] = hex(number)
+        return out
 
     def _now(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
@@ -261,6 +309,62 @@ class EmbeddedEvm:
         return True
 
 
+class _RpcError(Exception):
+    """A JSON-RPC error with geth's code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_MODULES = {"eth": "1.0", "net": "1.0", "web3": "1.0", "evm": "1.0"}
+_FIXED: dict[str, Any] = {"rpc_modules": _MODULES}
+"""``rpc_modules`` is the first call of ``geth attach``: it lists what the console may use."""
+
+_EMPTY_BLOOM = "0x" + "00" * _BLOOM_BYTES
+
+
+def _geth_shape(method: str, result: Any) -> Any:
+    """eth-tester's objects as geth writes them: a contract creation's ``to`` is null (not
+    ""), a receipt has ``logsBloom`` and no pre-Byzantium ``root``, a log says ``removed``."""
+    if method == "eth_getTransactionReceipt" and isinstance(result, dict):
+        result.pop("root", None)
+        result.setdefault("logsBloom", _EMPTY_BLOOM)
+        if result.get("to") == "":
+            result["to"] = None
+        for entry in result.get("logs") or []:
+            _log_shape(entry)
+    elif method in (
+        "eth_getTransactionByHash",
+        "eth_getTransactionByBlockNumberAndIndex",
+        "eth_getTransactionByBlockHashAndIndex",
+    ) and isinstance(result, dict):
+        _tx_shape(result)
+    elif method in ("eth_getBlockByNumber", "eth_getBlockByHash") and isinstance(result, dict):
+        for index, tx in enumerate(result.get("transactions") or []):
+            if isinstance(tx, dict):
+                _tx_shape(tx)
+                tx.setdefault("blockHash", result.get("hash"))
+                tx.setdefault("blockNumber", result.get("number"))
+                tx.setdefault("transactionIndex", hex(index))
+    elif method in ("eth_getLogs", "eth_getFilterLogs", "eth_getFilterChanges"):
+        for entry in result or []:
+            if isinstance(entry, dict):
+                _log_shape(entry)
+    return result
+
+
+def _tx_shape(tx: dict[str, Any]) -> None:
+    if tx.get("to") == "":
+        tx["to"] = None
+
+
+def _log_shape(entry: dict[str, Any]) -> None:
+    entry.setdefault("removed", False)
+    entry.pop("type", None)
+
+
 _DEV_METHODS = {
     "evm_mine": EmbeddedEvm._mine,
     "evm_setNextBlockTimestamp": EmbeddedEvm._set_timestamp,
@@ -273,7 +377,15 @@ _DEV_METHODS = {
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string), Solidity's and Vyper's revert data
 
 
-def _error(exc: Exception) -> dict[str, Any]:
+_NONCE = re.compile(r"Invalid transaction nonce: Expected (\d+), but got (\d+)")
+_AFFORD = re.compile(r"cannot afford txn gas (\d+) with account balance (\d+)")
+
+
+def _error(exc: Exception, method: str = "") -> dict[str, Any]:
+    """The JSON-RPC error geth gives for the same failure (code and wording, which clients
+    such as ethers classify by), never Python's exception text."""
+    if isinstance(exc, _RpcError):
+        return {"code": exc.code, "message": exc.message}
     if isinstance(exc, TransactionFailed):
         reason = str(exc).removeprefix("execution reverted: ").removeprefix("execution reverted")
         data = "0x" + (_ERROR_SELECTOR + abi_encode(["string"], [reason])).hex()
@@ -282,32 +394,59 @@ def _error(exc: Exception) -> dict[str, Any]:
         # Geth's shape for a revert: code 3, the ABI-encoded reason in data. web3.py clients
         # turn it back into ContractLogicError with the contract's message.
         return {"code": 3, "message": str(exc.message or exc), "data": exc.data or "0x"}
-    return {"code": -32000, "message": f"{type(exc).__name__}: {exc}"}
+    if isinstance(exc, MethodUnavailable | NotImplementedError):
+        return {"code": -32601, "message": f"the method {method} does not exist/is not available"}
+    text = str(exc)
+    nonce = _NONCE.search(text)
+    if nonce is not None:
+        expected, got = int(nonce[1]), int(nonce[2])
+        word = "low" if got < expected else "high"
+        return {
+            "code": -32000,
+            "message": f"nonce too {word}: next nonce {expected}, tx nonce {got}",
+        }
+    afford = _AFFORD.search(text)
+    if afford is not None or "not have enough balance" in text or "insufficient funds" in text:
+        return {"code": -32000, "message": "insufficient funds for gas * price + value"}
+    if isinstance(
+        exc, TesterValidationError | Web3ValidationError | TypeError | ValueError | IndexError
+    ):
+        return {"code": -32602, "message": f"invalid argument: {_plain(text)}"}
+    if isinstance(exc, TransactionNotFound | BlockNotFound):
+        return {"code": -32000, "message": "not found"}
+    log.warning("devnet: %s failed", method, exc_info=exc)
+    return {"code": -32000, "message": _plain(text) or "internal error"}
 
 
-class _Handler(BaseHTTPRequestHandler):
+def _plain(text: str) -> str:
+    """An exception's text without Python reprs of bytes (what a client can read)."""
+    return re.sub(r"b'(?:[^'\\]|\\.)*'", "<bytes>", text)[:300]
+
+
+def _parse_error() -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
+
+
+class _Handler(HardenedHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("devnet %s", format % args)
+    def error_reply(self, status: int, message: str) -> Reply:
+        return Reply(status, message.encode(), "text/plain; charset=utf-8")
 
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            self._reply(413, {"error": "request too large"})
-            return
+    def respond(self, method: str, body: bytes) -> Reply:
+        if json_too_deep(body):
+            return _json_reply(_parse_error())
         try:
-            request = json.loads(self.rfile.read(length))
-        except ValueError:
-            self._reply(
-                200,
-                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}},
-            )
-            return
+            request = json.loads(body)
+        except (ValueError, RecursionError):
+            return _json_reply(_parse_error())
         if isinstance(request, list):
-            self._reply(200, [self._call(r) for r in request])
-        else:
-            self._reply(200, self._call(request))
+            if not request:
+                return _json_reply(_invalid("empty batch"))
+            if len(request) > MAX_BATCH:
+                return _json_reply(_invalid("batch too large"))
+            return _json_reply([self._call(r) for r in request])
+        return _json_reply(self._call(request))
 
     def _call(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
@@ -317,37 +456,45 @@ class _Handler(BaseHTTPRequestHandler):
                 "error": {"code": -32600, "message": "invalid request"},
             }
         rid = request.get("id")
-        params = request.get("params") or []
+        params = request.get("params")
+        if params is None:
+            params = []
+        if not isinstance(params, list):
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": -32602, "message": "non-array args"},
+            }
         try:
             result = self.server.evm.handle(request["method"], list(params))
         except Exception as exc:
-            return {"jsonrpc": "2.0", "id": rid, "error": _error(exc)}
+            return {"jsonrpc": "2.0", "id": rid, "error": _error(exc, request["method"])}
         return {"jsonrpc": "2.0", "id": rid, "result": result}
 
-    def _reply(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+
+def _invalid(message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+def _json_reply(body: Any) -> Reply:
+    return Reply(200, json.dumps(body).encode(), "application/json")
 
-    def __init__(self, address: tuple[str, int], evm: EmbeddedEvm) -> None:
-        super().__init__(address, _Handler)
+
+class _Server(HardenedHTTPServer):
+    def __init__(self, address: tuple[str, int], evm: EmbeddedEvm, limits: Limits) -> None:
+        super().__init__(address, _Handler, limits)
         self.evm = evm
 
 
 class DevnetServer:
     """Serve an :class:`EmbeddedEvm` on ``127.0.0.1:port`` (0 = a free port) in a thread."""
 
-    def __init__(self, port: int = 0, evm: EmbeddedEvm | None = None) -> None:
+    def __init__(
+        self, port: int = 0, evm: EmbeddedEvm | None = None, *, limits: Limits | None = None
+    ) -> None:
         self.evm = evm or EmbeddedEvm()
-        self._server = _Server(("127.0.0.1", port), self.evm)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = _Server(("127.0.0.1", port), self.evm, limits or LIMITS)
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -355,13 +502,14 @@ class DevnetServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> DevnetServer:
-        self._thread.start()
+        self._thread = serve(self._server, "evm-devnet")
         return self
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(5)
+        if self._thread is not None:
+            self._thread.join(5)
 
     def __enter__(self) -> DevnetServer:
         return self.start()
