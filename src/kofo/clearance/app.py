@@ -463,7 +463,12 @@ class LedgerApp:
         try:
             # A tx this node already checked is not charged again: anyone can resend a victim's
             # tx bytes, and that must not spend the victim's rate budget.
-            self._decode_verified(raw, None if recheck else self._admit, gate_on_hit=False)
+            env, body = self._decode_verified(
+                raw, None if recheck else self._admit, gate_on_hit=False
+            )
+            # Every time, cache hit or recheck included: a tx applied meanwhile (or an old one
+            # resent by anyone) can never apply again and leaves the mempool.
+            self._refuse_replay(self.store.get_committed, env.sender, body, None)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         except Exception as exc:  # a bug must refuse the tx, never take the validator down
@@ -472,6 +477,8 @@ class LedgerApp:
 
     def _admit(self, env: Envelope, body: TxBody) -> None:
         """This node's own mempool policy for a new tx (see :mod:`kofo.clearance.admission`)."""
+        # A replay is refused before it is charged: it must not spend its sender's budget.
+        self._refuse_replay(self.store.get_committed, env.sender, body, None)
         if (
             self.require_registered
             and not isinstance(body, RegisterNode)
@@ -554,12 +561,82 @@ class LedgerApp:
             if size + len(raw) > max_bytes:
                 break
             try:
-                self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
+                self._decode_verified(raw, lambda e, b: self._gate(self.store.get, budget, e, b))
             except KofoError:
                 continue
             out.append(raw)
             size += len(raw)
         return out
+
+    def _gate(
+        self,
+        get: Callable[[bytes], bytes | None],
+        budget: BlockBudget,
+        env: Envelope,
+        body: TxBody,
+        time: int | None = None,
+    ) -> None:
+        """The block's gate before a tx's costly checks: a replay is refused uncharged, then
+        the sender's share of the block is charged."""
+        self._refuse_replay(get, env.sender, body, time)
+        budget.charge(env.sender, body)
+
+    @staticmethod
+    def _refuse_replay(
+        get: Callable[[bytes], bytes | None], sender: bytes, body: TxBody, time: int | None
+    ) -> None:
+        """Raise the tx's own refusal if the state already shows it can never apply: its
+        one-shot key is taken (an old tx resent, by anyone: its bytes are public in a block).
+
+        Such a tx passes every stateless check, so without this it reached the block and was
+        charged to its sender's share there (a resent old withdrawal took the sender's one
+        withdrawal of the block, a few resent old txs its whole per-sender cap), an honest
+        proposer kept it and left the sender's real tx out, block after block. Only state
+        lookups here (at most one node record decoded), so it can run before the budget."""
+        if isinstance(body, RegisterNode):
+            if get(_node_key(sender)) is not None:
+                raise AlreadyExists(f"node {sender.hex()} is already registered")
+        elif isinstance(body, WithdrawFees):
+            done = get(_withdrawals_key(sender, body.asset))
+            if done is not None and body.seq < _dec(done):
+                raise WithdrawalInvalid(
+                    f"withdraw_fees.seq {body.seq} was already used in {body.asset!r}: "
+                    "a withdrawal is applied once"
+                )
+        elif isinstance(body, Unbond):
+            raw = get(_node_key(sender))
+            unbonds = 0 if raw is None else _dec(raw).get("unbonds", 0)
+            if body.seq < unbonds:
+                raise OrderInvalid(f"unbond.seq {body.seq} was already used (now {unbonds})")
+        elif isinstance(body, CommitOrder):
+            # (a committed order's replay: its id is derived from its content, payment hash
+            # included, and a payment hash serves one order ever)
+            if get(b"payhash/" + body.order.payment_hash) is not None:
+                raise AlreadyExists(
+                    f"payment hash {body.order.payment_hash.hex()} is already used by another order"
+                )
+        elif isinstance(body, RegisterValidatorKey):
+            addr = attest.validator_address(body.consensus_key)
+            if get(b"valkey/" + addr) is not None:
+                raise AlreadyExists(f"validator {addr.hex()} already registered its key")
+        elif isinstance(body, ReportOutcome):
+            raise NotAuthorised(
+                "report_outcome is no longer accepted: leg outcomes are attested by the "
+                "validators' own observation of the chains"
+            )
+        elif isinstance(body, FileEvidence):
+            if body.kind is EvidenceKind.LEG_NOT_LOCKED:
+                assert body.order_id is not None and body.leg is not None
+                eid = b"evidence/lnl/" + body.order_id + body.leg.to_bytes(1, "big")
+            else:
+                assert body.quote is not None
+                quote = body.quote
+                eid = b"evidence/qnh/" + quote.provider + quote.quote_id
+                taken = get(b"take/" + quote.provider + quote.quote_id)
+                if taken is not None and time is not None and time <= quote.valid_until:
+                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+            if get(eid) is not None:
+                raise AlreadyExists("this evidence was already filed")
 
     def _budget(self) -> BlockBudget:
         return BlockBudget(
@@ -721,7 +798,9 @@ class LedgerApp:
             self._note_events(ctx.events)
             return TxResult(events=tuple(ctx.events))
         try:
-            env, body = self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
+            env, body = self._decode_verified(
+                raw, lambda e, b: self._gate(view.get, budget, e, b, block.time)
+            )
             self._apply(view, ctx, env.sender, body)
             if count < self._params.early_tx_limit:
                 sender = view.get_map(_node_key(env.sender))
