@@ -3,10 +3,13 @@ attack that worked on the merged implementation and is now refused."""
 
 import pytest
 
+from kofo.clearance import attest
+from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
 from kofo.wire.orders import Unbond, sign_tx
 
 from .helpers import Ledger, Party, ledger_params
 from .test_money import _settled_order
+from .test_vote_extensions import Validators
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,3 +53,25 @@ def test_replayed_old_txs_do_not_fill_their_senders_share_of_a_block():
     # CheckTx does not admit a tx that can never apply again either
     assert ledger.app.check_tx(reg).error == "already_exists"
     assert ledger.app.check_tx(a.register_tx()).error == "already_exists"
+
+
+def test_a_full_mempool_never_makes_a_proposal_cometbft_refuses_to_build():
+    """CometBFT counts a proposal's txs by their protobuf size (each tx 1 tag byte, a length
+    varint, the bytes: ``types.Txs.Validate``) and refuses to build a block over
+    ``max_tx_bytes`` ("unable to create proposal block": no proposal in the round). The app
+    counted raw tx lengths, and added its attestation tx on top of a reaped mempool that already
+    filled the budget: with a full mempool (anyone's spam, or just load) every proposer's block
+    was over the limit, so no block could be proposed while the mempool stayed full."""
+    vals = Validators()
+    a = Party.make(0)
+    vals.step(a.register_tx())
+    txs = [sign_tx(a.key, Unbond(10**30 + i, 0, b"\x11" * 20)) for i in range(200)]
+    # what CometBFT reaps: as many txs as fit max_tx_bytes by their protobuf size
+    limit = abci.ResponsePrepareProposal(txs=txs).ByteSize()
+    req = abci.RequestPrepareProposal(
+        max_tx_bytes=limit, txs=txs, height=vals.height + 1, local_last_commit=vals.last_commit
+    )
+    out = vals.apps[0].prepare_proposal(req).prepare_proposal
+    assert attest.is_attest_tx(out.txs[0]) and len(out.txs) > 150
+    assert out.ByteSize() <= limit  # what CometBFT's CreateProposalBlock checks
+    assert list(out.txs[1:]) == txs[: len(out.txs) - 1]

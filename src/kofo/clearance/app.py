@@ -548,24 +548,32 @@ class LedgerApp:
             "register_node.balance_seed",
         )
 
-    def propose(self, txs: Sequence[bytes], max_bytes: int) -> list[bytes]:
-        """The txs an honest proposer puts in its block, in mempool order: within ``max_bytes``,
-        without txs that fail their stateless checks, and without those the block's budget
-        would refuse (:class:`BlockBudget`) -- those stay in the mempool for a later block
-        instead of being refused in this one. Not consensus: any proposal is judged at
+    def propose(
+        self,
+        txs: Sequence[bytes],
+        max_bytes: int,
+        *,
+        tx_size: Callable[[bytes], int] = len,
+    ) -> list[bytes]:
+        """The txs an honest proposer puts in its block, in mempool order: within ``max_bytes``
+        (each tx counted as ``tx_size`` says: under CometBFT its protobuf size, framing
+        included, as CometBFT checks the proposal), without txs that fail their stateless
+        checks, and without those the block's budget would refuse (:class:`BlockBudget`) --
+        those stay in the mempool for a later block instead of being refused in this one, and
+        so does a replay of an applied tx. Not consensus: any proposal is judged at
         FinalizeBlock alike."""
         budget = self._budget()
         out: list[bytes] = []
         size = 0
         for raw in txs:
-            if size + len(raw) > max_bytes:
+            if size + tx_size(raw) > max_bytes:
                 break
             try:
                 self._decode_verified(raw, lambda e, b: self._gate(self.store.get, budget, e, b))
             except KofoError:
                 continue
             out.append(raw)
-            size += len(raw)
+            size += tx_size(raw)
         return out
 
     def _gate(
