@@ -5,6 +5,8 @@ import pytest
 
 from kofo.clearance import attest
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
+from kofo.clearance.importance import NodeStats, score
+from kofo.clearance.ranking import MAX_RANKED, Ranking
 from kofo.wire.orders import Unbond, sign_tx
 
 from .helpers import Ledger, Party, ledger_params
@@ -75,3 +77,40 @@ def test_a_full_mempool_never_makes_a_proposal_cometbft_refuses_to_build():
     assert attest.is_attest_tx(out.txs[0]) and len(out.txs) > 150
     assert out.ByteSize() <= limit  # what CometBFT's CreateProposalBlock checks
     assert list(out.txs[1:]) == txs[: len(out.txs) - 1]
+
+
+def test_idle_sybil_nodes_cost_the_per_height_ranking_nothing():
+    """Registrations are free (20 a block, for good) and each new height's first /importance
+    query ranked every registered node, on the ABCI loop that also runs consensus: sybils
+    that never bond nor trade made that pass as long as the attacker liked (~0.1 s per 200,000
+    nodes, every height, forced by any public query). Nodes with neither volume nor bond
+    score 0 at every height; the ranking now keeps them apart, in id order, and never scores
+    them, with the same answers."""
+    calls = []
+
+    def counting(stats, height):
+        calls.append(1)
+        return score(stats, height, half_life=1_000, penalty_weight=10)
+
+    idle = NodeStats(0, 1, 0, 0, 0, 0)
+    nodes = [(bytes([i % 256, i // 256]) * 16, idle) for i in range(1, 3_001)]
+    active = {
+        b"\xff" * 32: NodeStats(0, 1, 1, 0, 10**6, 0),
+        b"\x00" * 32: NodeStats(500, 1, 3, 1, 0, 0),
+        b"\x10" * 32: NodeStats(0, 1, 0, 5, 4, 100),  # scored, but 0 after its penalties
+    }
+    ranking = Ranking(counting)
+    ranking.load([*nodes, *active.items()])
+    top = ranking.top(MAX_RANKED, 50)
+    assert len(calls) <= len(active)  # old code: a score for each of the 3,003 nodes
+    everyone = [*nodes, *active.items()]
+    full = sorted(((n, counting(s, 50)) for n, s in everyone), key=lambda t: (-t[1], t[0]))
+    assert top == full[:MAX_RANKED]
+    # a node that bonds leaves the idle set, one that loses everything goes back
+    ranking.update(nodes[7][0], NodeStats(0, 1, 0, 0, 9, 0))
+    ranking.update(b"\xff" * 32, idle)
+    assert ranking.importance(nodes[7][0], 51) == 1 and ranking.importance(b"\xff" * 32, 51) == 0
+    everyone = [(n, NodeStats(0, 1, 0, 0, 9, 0) if n == nodes[7][0] else s) for n, s in nodes]
+    everyone += [(b"\xff" * 32, idle), *list(active.items())[1:]]
+    full = sorted(((n, counting(s, 51)) for n, s in everyone), key=lambda t: (-t[1], t[0]))
+    assert ranking.top(MAX_RANKED, 51) == full[:MAX_RANKED]
