@@ -7,9 +7,11 @@ from kofo.clearance import attest
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
 from kofo.clearance.importance import NodeStats, score
 from kofo.clearance.ranking import MAX_RANKED, Ranking
+from kofo.wire.codec import decode
 from kofo.wire.orders import Unbond, sign_tx
 
 from .helpers import Ledger, Party, ledger_params
+from .test_bonds import _eth, _secp, _valkey_tx
 from .test_money import _settled_order
 from .test_vote_extensions import Validators
 
@@ -114,3 +116,30 @@ def test_idle_sybil_nodes_cost_the_per_height_ranking_nothing():
     everyone += [(b"\xff" * 32, idle), *list(active.items())[1:]]
     full = sorted(((n, counting(s, 51)) for n, s in everyone), key=lambda t: (-t[1], t[0]))
     assert ranking.top(MAX_RANKED, 51) == full[:MAX_RANKED]
+
+
+class _CountingDict(dict):
+    """The store's key/value dict, counting the passes over all of it."""
+
+    passes = 0
+
+    def __iter__(self):
+        type(self).passes += 1
+        return super().__iter__()
+
+
+def test_the_validator_keys_query_does_not_scan_the_whole_state():
+    """``/validator_keys`` (a public query, no argument) scanned every key of the state for the
+    ``valkey/`` prefix, on the ABCI loop that also runs consensus: ~0.09 s a query at a million
+    keys and growing with every order, so a client repeating it stalled the validator. Only
+    genesis validators can register a key, so it reads one key per genesis validator."""
+    vals = Validators()
+    a = Party.make(0)
+    vals.step(a.register_tx())
+    vals.step(_valkey_tx(vals, 1, a))
+    app = vals.apps[0].app
+    expected = {vals.address(1): _eth(_secp(1))}
+    app.store._data = _CountingDict(app.store._data)
+    assert app.validator_keys() == expected
+    assert decode(app.query("/validator_keys", b"")) == [[vals.address(1), _eth(_secp(1))]]
+    assert _CountingDict.passes == 0

@@ -1657,8 +1657,17 @@ class LedgerApp:
         return rec
 
     def validator_keys(self) -> dict[bytes, bytes]:
-        """Registered secp256k1 keys: validator address -> Ethereum address."""
-        return {k[len(b"valkey/") :]: v for k, v in self.store.scan_committed(b"valkey/")}
+        """Registered secp256k1 keys: validator address -> Ethereum address, by address.
+
+        One read per genesis validator (only they can register a key), never a scan of the
+        state: this answers a public query on the loop that also runs consensus."""
+        raw = self.store.get_committed(_K_GENESIS_VALIDATORS)
+        out = {}
+        for addr in sorted(attest.validators_from_state(_dec(raw)) if raw is not None else ()):
+            eth = self.store.get_committed(b"valkey/" + addr)
+            if eth is not None:
+                out[addr] = eth
+        return out
 
     def foundation_balance(self, asset: str) -> int:
         raw = self.store.get_committed(b"foundation/" + asset.encode())
