@@ -452,8 +452,9 @@ class LedgerApp:
     def check_tx(self, raw: bytes, *, recheck: bool = False) -> TxResult:
         """Stateless admission: size, canonical encoding, envelope signature, schema, every
         party's signature of an order and a registration's zero proof; then this node's
-        per-sender rate limit (new txs only: a recheck is free). State-dependent rules are
-        applied in the block."""
+        per-sender rate limit (new txs only: a recheck is free). Of the state-dependent rules
+        only the replay lookups run here (:meth:`_refuse_replay`, before the rate limit and on
+        rechecks too); the others are applied in the block."""
         if attest.is_attest_tx(raw):
             return TxResult(
                 abci_code(NotAuthorised("")),

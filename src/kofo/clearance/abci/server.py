@@ -246,7 +246,8 @@ class AbciApp:
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.Response:
         # A recheck (after every block, unless the node sets mempool.recheck=false) costs a
-        # hash and a cache lookup: check_tx is stateless, so its answer never changes.
+        # hash, a cache lookup and the replay lookups: a tx the block just applied (or an old
+        # one resent) leaves the mempool; the stateless checks' answer never changes.
         result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)
         return self.check_tx_response(result.code, result.log)
 
