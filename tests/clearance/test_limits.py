@@ -273,11 +273,29 @@ def test_a_block_gives_each_sender_a_bounded_share():
     assert _codes(ledger.block(*noise)) == ["order_invalid", "order_invalid", "rate_limited"]
 
 
+def _earners(ledger: Ledger) -> tuple[Party, Party, str]:
+    """Two nodes with a fee balance (the hops of a settled order) and its asset."""
+    from .test_money import _settled_order
+
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    ledger.ok(*(p.register_tx() for p in (alice, m1, m2)))
+    order = _settled_order(ledger, [alice, m1, m2])
+    return m1, m2, order.fee_asset
+
+
+def _withdrawal(ledger: Ledger, p: Party, asset: str, *, bad_reveal: bool = False) -> bytes:
+    """``p``'s next withdrawal; ``bad_reveal``: one the state rules pass and the reveal refuses
+    (it is charged to the block's budgets, then refused)."""
+    body = p.withdraw(ledger.app.balance_ciphertext(p.id, asset), asset, 0)
+    if bad_reveal:
+        body = dataclasses.replace(body, amount=body.amount - 1)
+    return sign_tx(p.key, body)
+
+
 def test_one_withdrawal_per_sender_per_block():
     ledger = Ledger()
-    a = Party.make(0)
-    ledger.ok(a.register_tx())
-    w = [sign_tx(a.key, a.withdraw(privacy.encrypt(a.paillier_pub, 5), "btc", s)) for s in (0, 1)]
+    _, m2, asset = _earners(ledger)
+    w = [_withdrawal(ledger, m2, asset, bad_reveal=True), _withdrawal(ledger, m2, asset)]
     assert _codes(ledger.block(*w)) == ["withdrawal_invalid", "rate_limited"]
 
 
@@ -328,9 +346,8 @@ def test_a_public_validator_admits_only_registrations_and_registered_senders():
 
 def test_withdrawals_per_block_are_capped():
     ledger = Ledger(params=ledger_params(max_withdrawals_per_block=1))
-    a, b = Party.make(0), Party.make(1)
-    ledger.ok(a.register_tx(), b.register_tx())
-    w = [sign_tx(p.key, p.withdraw(privacy.encrypt(p.paillier_pub, 5), "btc", 0)) for p in (a, b)]
+    m1, m2, asset = _earners(ledger)
+    w = [_withdrawal(ledger, m1, asset, bad_reveal=True), _withdrawal(ledger, m2, asset)]
     assert _codes(ledger.block(*w)) == ["withdrawal_invalid", "rate_limited"]
 
 

@@ -3,7 +3,7 @@ attack that worked on the merged implementation and is now refused."""
 
 import pytest
 
-from kofo.clearance import attest
+from kofo.clearance import attest, privacy
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
 from kofo.clearance.importance import NodeStats, score
 from kofo.clearance.ranking import MAX_RANKED, Ranking
@@ -143,3 +143,25 @@ def test_the_validator_keys_query_does_not_scan_the_whole_state():
     assert app.validator_keys() == expected
     assert decode(app.query("/validator_keys", b"")) == [[vals.address(1), _eth(_secp(1))]]
     assert _CountingDict.passes == 0
+
+
+def test_sybil_withdrawals_without_a_balance_do_not_fill_the_blocks_withdrawal_cap():
+    """A block takes at most max_withdrawals_per_block withdrawals from all senders, charged
+    before the withdrawal was judged: free sybil registrations sending withdrawals of fees
+    they never earned (no balance at all) filled the cap, so every honest withdrawal was
+    refused (rate_limited) or left out by an honest proposer, block after block. A withdrawal
+    that the state already refuses (no balance, not the next seq, more than credited) is now
+    refused before the cap is charged."""
+    ledger = Ledger(params=ledger_params(max_withdrawals_per_block=2))
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    sybils = [Party.make(i) for i in (3, 4)]
+    ledger.ok(*(p.register_tx() for p in (alice, m1, m2, *sybils)))
+    order = _settled_order(ledger, [alice, m1, m2])
+    asset = order.fee_asset
+    ct = ledger.app.balance_ciphertext(m2.id, asset)
+    bogus = [
+        sign_tx(s.key, s.withdraw(privacy.encrypt(s.paillier_pub, 5), asset, 0)) for s in sybils
+    ]
+    honest = sign_tx(m2.key, m2.withdraw(ct, asset, 0))
+    assert ledger.app.propose([*bogus, honest], max_bytes=10**6) == [honest]
+    assert _codes(ledger.block(*bogus, honest)) == ["withdrawal_invalid"] * 2 + [""]

@@ -342,6 +342,36 @@ def _int_add(view: _View, key: bytes, amount: int) -> None:
     view.set(key, _enc(_int_get(view, key) + amount))
 
 
+def _withdrawal_applies(
+    get: Callable[[bytes], bytes | None], sender: bytes, tx: WithdrawFees
+) -> None:
+    """The cheap state rules of a withdrawal (see ``LedgerApp._withdraw``, which applies them
+    again with the same refusals): the sender is a node with a balance in the asset, ``seq``
+    is its next withdrawal number, the amount at most what the ledger credited and has not
+    paid out."""
+    if get(_node_key(sender)) is None:
+        raise UnknownNode(f"withdrawing node {sender.hex()} is not a registered node")
+    if get(_bal_key(sender, tx.asset)) is None:
+        raise WithdrawalInvalid(f"no fee balance in {tx.asset!r} for {sender.hex()}")
+
+    def num(key: bytes) -> int:
+        raw = get(key)
+        return 0 if raw is None else int(_dec(raw))
+
+    done = num(_withdrawals_key(sender, tx.asset))
+    if tx.seq != done:
+        raise WithdrawalInvalid(
+            f"withdraw_fees.seq must be {done} (the withdrawals made in {tx.asset!r}), "
+            f"got {tx.seq}: a withdrawal is applied once"
+        )
+    available = num(_credited_key(sender, tx.asset)) - num(_withdrawn_key(sender, tx.asset))
+    if tx.amount > available:
+        raise WithdrawalInvalid(
+            f"withdraw_fees.amount {show_int(tx.amount)} exceeds the {available} the ledger "
+            f"credited to {sender.hex()} in {tx.asset!r} and has not paid out"
+        )
+
+
 def _internal_error(exc: Exception, where: str) -> TxResult:
     # The log names only the exception type: its text could quote tx content, and a result's
     # text must not depend on anything but the input.
@@ -585,9 +615,17 @@ class LedgerApp:
         body: TxBody,
         time: int | None = None,
     ) -> None:
-        """The block's gate before a tx's costly checks: a replay is refused uncharged, then
-        the sender's share of the block is charged."""
+        """The block's gate before a tx's costly checks: a replay, or a withdrawal the state
+        already refuses, is refused uncharged; then the sender's share of the block is charged.
+
+        Withdrawals share a cap over all senders (``max_withdrawals_per_block``), so one that
+        cannot apply must not take a slot: free sybil registrations sending withdrawals of
+        fees never earned filled it and shut every honest withdrawal out. Judged here exactly
+        (balance, next ``seq``, credited bound: lookups only); the proof and the reveal come
+        after the charge, and cost their sender's own budget."""
         self._refuse_replay(get, env.sender, body, time)
+        if isinstance(body, WithdrawFees):
+            _withdrawal_applies(get, env.sender, body)
         budget.charge(env.sender, body)
 
     @staticmethod
