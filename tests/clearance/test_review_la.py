@@ -5,10 +5,18 @@ import pytest
 
 from kofo.clearance import attest, privacy
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
+from kofo.clearance.app import LedgerApp
 from kofo.clearance.importance import NodeStats, score
 from kofo.clearance.ranking import MAX_RANKED, Ranking
+from kofo.wire.attest import (
+    MAX_EXTENSION_BYTES,
+    BondObservation,
+    Observation,
+    decode_extension_full,
+    encode_extension,
+)
 from kofo.wire.codec import decode
-from kofo.wire.orders import Unbond, sign_tx
+from kofo.wire.orders import LegOutcome, Unbond, sign_tx
 
 from .helpers import Ledger, Party, ledger_params
 from .test_bonds import _eth, _secp, _valkey_tx
@@ -165,3 +173,28 @@ def test_sybil_withdrawals_without_a_balance_do_not_fill_the_blocks_withdrawal_c
     honest = sign_tx(m2.key, m2.withdraw(ct, asset, 0))
     assert ledger.app.propose([*bogus, honest], max_bytes=10**6) == [honest]
     assert _codes(ledger.block(*bogus, honest)) == ["withdrawal_invalid"] * 2 + [""]
+
+
+def test_an_honest_vote_extension_always_fits_the_size_every_validator_accepts():
+    """ExtendVote reports up to 64 leg facts and (since the bond vault) up to 64 bond facts,
+    but VerifyVoteExtension refuses extensions over MAX_EXTENSION_BYTES: 64 ordinary leg facts
+    and 64 bond changes (anyone may add a wei to any node's bond in the vault) made a 9.5 KB
+    extension that every validator refused, so no precommit counted and the chain stopped for
+    as long as those facts stayed pending. The encoder now keeps to the limit: leg facts first,
+    then bonds, dropping from the end (the same on every honest validator)."""
+    legs = [
+        Observation(bytes([i]) * 16, i % 8, LegOutcome.REDEEMED, f"{i:064x}", 900_000 + i)
+        for i in range(64)
+    ]
+    bonds = [BondObservation(bytes([i]) * 32, 10**18 + i, 20_000_000 + i) for i in range(64)]
+    worst = [
+        Observation(bytes([i]) * 16, 255, LegOutcome.REDEEMED, "f" * 128, 2**63 - 1)
+        for i in range(64)
+    ]
+    for o, b in ((legs, bonds), (worst, bonds), (legs[:10], bonds), ([], bonds)):
+        raw = encode_extension(o, b)
+        assert len(raw) <= MAX_EXTENSION_BYTES and LedgerApp.verify_vote_extension(raw)
+        got_legs, got_bonds = decode_extension_full(raw)
+        assert got_legs == sorted(o)[: len(got_legs)] and got_bonds == sorted(b)[: len(got_bonds)]
+        assert len(got_legs) == len(o) or not got_bonds  # bonds give way to legs
+    assert decode_extension_full(encode_extension(legs[:10], bonds)) == (legs[:10], bonds)
