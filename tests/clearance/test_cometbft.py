@@ -84,7 +84,9 @@ def test_single_cometbft_node_commits_orders_and_check_tx_rejects_bad_ones(tmp_p
             rec = decode(node.abci_query(encode(order.order_id), path="/order"))
             assert rec["order"] == order.as_map()
 
-            bad = commit_tx(order, [alice, m1], m1, ts=_now())  # a signature missing
+            # a signature missing (on a new order: a copy of the committed one is a replay,
+            # refused as such before any signature is checked)
+            bad = commit_tx(_fresh_order([alice, m1, m2]), [alice, m1], m1, ts=_now())
             check = node.rpc("broadcast_tx_sync", tx=base64.b64encode(bad).decode())
             assert int(check["code"]) != 0
             assert "signature" in check["log"]

@@ -182,7 +182,8 @@ def test_cometbft_only_restarts_keep_the_app_and_the_hashes_agree(tmp_path):
             what="every order on the restarted validator",
         )
         target = net.height(0)
-        net.wait_for_height(3, target + 1, timeout=60)
+        for v in range(4):  # app_hash_at(v, target) reads block target + 1 on validator v
+            net.wait_for_height(v, target + 1, timeout=60)
         assert len({net.app_hash_at(v, target) for v in range(4)}) == 1
         app = net.validators[3].app
         assert app is not None and app.poll() is None  # the same app process throughout

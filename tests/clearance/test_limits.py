@@ -256,24 +256,46 @@ def test_oversized_txs_are_refused_and_the_checked_cache_is_bounded_in_bytes(mon
     assert sum(size for *_, size in ledger.app._verified.values()) == ledger.app._verified_bytes
 
 
+def _noise(party: Party, i: int) -> bytes:
+    """A signed tx that passes CheckTx and is refused in the block (an unbond of more than any
+    bond): charged to its sender like any tx. (Declared outcomes are no longer noise: they are
+    refused before any budget, see test_review_la.py.)"""
+    return sign_tx(party.key, Unbond(10**30 + i, 0, b"\x11" * 20))
+
+
 def test_a_block_gives_each_sender_a_bounded_share():
     params = ledger_params(max_txs_per_sender_per_block=2, max_registrations_per_block=2)
     ledger = Ledger(params=params)
     a, b, c = (Party.make(i) for i in range(3))
     result = ledger.block(a.register_tx(), b.register_tx(), c.register_tx())
     assert _codes(result) == ["", "", "rate_limited"]
-    order = make_order([a, b, Party.make(3)])
-    noise = [
-        sign_tx(a.key, ReportOutcome(order.order_id, i, LegOutcome.LOCKED, "t")) for i in (0, 1, 2)
-    ]
-    assert _codes(ledger.block(*noise)) == ["not_authorised", "not_authorised", "rate_limited"]
+    noise = [_noise(a, i) for i in (0, 1, 2)]
+    assert _codes(ledger.block(*noise)) == ["order_invalid", "order_invalid", "rate_limited"]
+
+
+def _earners(ledger: Ledger) -> tuple[Party, Party, str]:
+    """Two nodes with a fee balance (the hops of a settled order) and its asset."""
+    from .test_money import _settled_order
+
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    ledger.ok(*(p.register_tx() for p in (alice, m1, m2)))
+    order = _settled_order(ledger, [alice, m1, m2])
+    return m1, m2, order.fee_asset
+
+
+def _withdrawal(ledger: Ledger, p: Party, asset: str, *, bad_reveal: bool = False) -> bytes:
+    """``p``'s next withdrawal; ``bad_reveal``: one the state rules pass and the reveal refuses
+    (it is charged to the block's budgets, then refused)."""
+    body = p.withdraw(ledger.app.balance_ciphertext(p.id, asset), asset, 0)
+    if bad_reveal:
+        body = dataclasses.replace(body, amount=body.amount - 1)
+    return sign_tx(p.key, body)
 
 
 def test_one_withdrawal_per_sender_per_block():
     ledger = Ledger()
-    a = Party.make(0)
-    ledger.ok(a.register_tx())
-    w = [sign_tx(a.key, a.withdraw(privacy.encrypt(a.paillier_pub, 5), "btc", s)) for s in (0, 1)]
+    _, m2, asset = _earners(ledger)
+    w = [_withdrawal(ledger, m2, asset, bad_reveal=True), _withdrawal(ledger, m2, asset)]
     assert _codes(ledger.block(*w)) == ["withdrawal_invalid", "rate_limited"]
 
 
@@ -284,7 +306,7 @@ def test_check_tx_rate_limits_each_sender_and_rechecks_are_free():
     )
     app.init_chain()
     a, b = Party.make(0), Party.make(1)
-    txs = [sign_tx(a.key, ReportOutcome(bytes(16), i, LegOutcome.LOCKED, "t")) for i in range(5)]
+    txs = [_noise(a, i) for i in range(5)]
     assert [app.check_tx(tx).error for tx in txs[:4]] == ["", "", "", "rate_limited"]
     assert app.check_tx(txs[0], recheck=True).ok
     assert app.check_tx(b.register_tx()).ok  # another sender has its own bucket
@@ -296,7 +318,7 @@ def test_check_tx_rate_limits_each_sender_and_rechecks_are_free():
 def test_block_budget_is_the_same_whether_or_not_the_txs_were_cached():
     params = ledger_params(max_txs_per_sender_per_block=1)
     a = Party.make(0)
-    txs = [sign_tx(a.key, ReportOutcome(bytes(16), i, LegOutcome.LOCKED, "t")) for i in range(2)]
+    txs = [_noise(a, i) for i in range(2)]
     cold, warm = Ledger(params=params), Ledger(params=params)
     for tx in txs:
         warm.app.check_tx(tx)
@@ -305,7 +327,7 @@ def test_block_budget_is_the_same_whether_or_not_the_txs_were_cached():
     assert (
         [r.error for r in r1.results]
         == [r.error for r in r2.results]
-        == ["not_authorised", "rate_limited"]
+        == ["unknown_node", "rate_limited"]
     )
     assert r1.app_hash == r2.app_hash
 
@@ -324,9 +346,8 @@ def test_a_public_validator_admits_only_registrations_and_registered_senders():
 
 def test_withdrawals_per_block_are_capped():
     ledger = Ledger(params=ledger_params(max_withdrawals_per_block=1))
-    a, b = Party.make(0), Party.make(1)
-    ledger.ok(a.register_tx(), b.register_tx())
-    w = [sign_tx(p.key, p.withdraw(privacy.encrypt(p.paillier_pub, 5), "btc", 0)) for p in (a, b)]
+    m1, m2, asset = _earners(ledger)
+    w = [_withdrawal(ledger, m1, asset, bad_reveal=True), _withdrawal(ledger, m2, asset)]
     assert _codes(ledger.block(*w)) == ["withdrawal_invalid", "rate_limited"]
 
 
@@ -336,10 +357,10 @@ def test_resending_a_checked_tx_does_not_spend_its_senders_budget():
     app = LedgerApp(MerkleStore(), ledger_params(), rate_limit=limit)
     app.init_chain()
     a = Party.make(0)
-    tx = sign_tx(a.key, ReportOutcome(bytes(16), 0, LegOutcome.LOCKED, "t"))
+    tx = _noise(a, 0)
     for _ in range(20):  # an attacker replays the victim's bytes to this node
         assert app.check_tx(tx).ok
-    own = sign_tx(a.key, ReportOutcome(bytes(16), 1, LegOutcome.LOCKED, "t"))
+    own = _noise(a, 1)
     assert app.check_tx(own).ok  # the victim's next tx still gets in
 
 
@@ -359,7 +380,9 @@ def test_an_honest_proposer_leaves_over_budget_txs_for_the_next_block():
     assert proposal == regs[:2]
     ledger.ok(*proposal)
     assert ledger.app.propose([regs[2]], max_bytes=10**6) == [regs[2]]
-    assert ledger.app.propose(regs, max_bytes=len(regs[0]) + 1) == [regs[0]]
+    more = [Party.make(i).register_tx() for i in (3, 4)]
+    assert ledger.app.propose(more, max_bytes=len(more[0]) + 1) == [more[0]]
+    assert ledger.app.propose(regs, max_bytes=10**6) == [regs[2]]  # applied ones left out
 
 
 def test_an_unbond_amount_is_a_uint256_of_wei_not_a_u64():

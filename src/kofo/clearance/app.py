@@ -342,6 +342,36 @@ def _int_add(view: _View, key: bytes, amount: int) -> None:
     view.set(key, _enc(_int_get(view, key) + amount))
 
 
+def _withdrawal_applies(
+    get: Callable[[bytes], bytes | None], sender: bytes, tx: WithdrawFees
+) -> None:
+    """The cheap state rules of a withdrawal (see ``LedgerApp._withdraw``, which applies them
+    again with the same refusals): the sender is a node with a balance in the asset, ``seq``
+    is its next withdrawal number, the amount at most what the ledger credited and has not
+    paid out."""
+    if get(_node_key(sender)) is None:
+        raise UnknownNode(f"withdrawing node {sender.hex()} is not a registered node")
+    if get(_bal_key(sender, tx.asset)) is None:
+        raise WithdrawalInvalid(f"no fee balance in {tx.asset!r} for {sender.hex()}")
+
+    def num(key: bytes) -> int:
+        raw = get(key)
+        return 0 if raw is None else int(_dec(raw))
+
+    done = num(_withdrawals_key(sender, tx.asset))
+    if tx.seq != done:
+        raise WithdrawalInvalid(
+            f"withdraw_fees.seq must be {done} (the withdrawals made in {tx.asset!r}), "
+            f"got {tx.seq}: a withdrawal is applied once"
+        )
+    available = num(_credited_key(sender, tx.asset)) - num(_withdrawn_key(sender, tx.asset))
+    if tx.amount > available:
+        raise WithdrawalInvalid(
+            f"withdraw_fees.amount {show_int(tx.amount)} exceeds the {available} the ledger "
+            f"credited to {sender.hex()} in {tx.asset!r} and has not paid out"
+        )
+
+
 def _internal_error(exc: Exception, where: str) -> TxResult:
     # The log names only the exception type: its text could quote tx content, and a result's
     # text must not depend on anything but the input.
@@ -452,8 +482,9 @@ class LedgerApp:
     def check_tx(self, raw: bytes, *, recheck: bool = False) -> TxResult:
         """Stateless admission: size, canonical encoding, envelope signature, schema, every
         party's signature of an order and a registration's zero proof; then this node's
-        per-sender rate limit (new txs only: a recheck is free). State-dependent rules are
-        applied in the block."""
+        per-sender rate limit (new txs only: a recheck is free). Of the state-dependent rules
+        only the replay lookups run here (:meth:`_refuse_replay`, before the rate limit and on
+        rechecks too); the others are applied in the block."""
         if attest.is_attest_tx(raw):
             return TxResult(
                 abci_code(NotAuthorised("")),
@@ -463,7 +494,12 @@ class LedgerApp:
         try:
             # A tx this node already checked is not charged again: anyone can resend a victim's
             # tx bytes, and that must not spend the victim's rate budget.
-            self._decode_verified(raw, None if recheck else self._admit, gate_on_hit=False)
+            env, body = self._decode_verified(
+                raw, None if recheck else self._admit, gate_on_hit=False
+            )
+            # Every time, cache hit or recheck included: a tx applied meanwhile (or an old one
+            # resent by anyone) can never apply again and leaves the mempool.
+            self._refuse_replay(self.store.get_committed, env.sender, body, None)
         except KofoError as exc:
             return TxResult(abci_code(exc), str(exc), exc.code)
         except Exception as exc:  # a bug must refuse the tx, never take the validator down
@@ -472,6 +508,8 @@ class LedgerApp:
 
     def _admit(self, env: Envelope, body: TxBody) -> None:
         """This node's own mempool policy for a new tx (see :mod:`kofo.clearance.admission`)."""
+        # A replay is refused before it is charged: it must not spend its sender's budget.
+        self._refuse_replay(self.store.get_committed, env.sender, body, None)
         if (
             self.require_registered
             and not isinstance(body, RegisterNode)
@@ -541,25 +579,111 @@ class LedgerApp:
             "register_node.balance_seed",
         )
 
-    def propose(self, txs: Sequence[bytes], max_bytes: int) -> list[bytes]:
-        """The txs an honest proposer puts in its block, in mempool order: within ``max_bytes``,
-        without txs that fail their stateless checks, and without those the block's budget
-        would refuse (:class:`BlockBudget`) -- those stay in the mempool for a later block
-        instead of being refused in this one. Not consensus: any proposal is judged at
+    def propose(
+        self,
+        txs: Sequence[bytes],
+        max_bytes: int,
+        *,
+        tx_size: Callable[[bytes], int] = len,
+    ) -> list[bytes]:
+        """The txs an honest proposer puts in its block, in mempool order: within ``max_bytes``
+        (each tx counted as ``tx_size`` says: under CometBFT its protobuf size, framing
+        included, as CometBFT checks the proposal), without txs that fail their stateless
+        checks, and without those the block's budget would refuse (:class:`BlockBudget`) --
+        those stay in the mempool for a later block instead of being refused in this one, and
+        so does a replay of an applied tx. Not consensus: any proposal is judged at
         FinalizeBlock alike."""
         budget = self._budget()
         out: list[bytes] = []
         size = 0
         for raw in txs:
-            if size + len(raw) > max_bytes:
+            if size + tx_size(raw) > max_bytes:
                 break
             try:
-                self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
+                self._decode_verified(raw, lambda e, b: self._gate(self.store.get, budget, e, b))
             except KofoError:
                 continue
             out.append(raw)
-            size += len(raw)
+            size += tx_size(raw)
         return out
+
+    def _gate(
+        self,
+        get: Callable[[bytes], bytes | None],
+        budget: BlockBudget,
+        env: Envelope,
+        body: TxBody,
+        time: int | None = None,
+    ) -> None:
+        """The block's gate before a tx's costly checks: a replay, or a withdrawal the state
+        already refuses, is refused uncharged; then the sender's share of the block is charged.
+
+        Withdrawals share a cap over all senders (``max_withdrawals_per_block``), so one that
+        cannot apply must not take a slot: free sybil registrations sending withdrawals of
+        fees never earned filled it and shut every honest withdrawal out. Judged here exactly
+        (balance, next ``seq``, credited bound: lookups only); the proof and the reveal come
+        after the charge, and cost their sender's own budget."""
+        self._refuse_replay(get, env.sender, body, time)
+        if isinstance(body, WithdrawFees):
+            _withdrawal_applies(get, env.sender, body)
+        budget.charge(env.sender, body)
+
+    @staticmethod
+    def _refuse_replay(
+        get: Callable[[bytes], bytes | None], sender: bytes, body: TxBody, time: int | None
+    ) -> None:
+        """Raise the tx's own refusal if the state already shows it can never apply: its
+        one-shot key is taken (an old tx resent, by anyone: its bytes are public in a block).
+
+        Such a tx passes every stateless check, so without this it reached the block and was
+        charged to its sender's share there (a resent old withdrawal took the sender's one
+        withdrawal of the block, a few resent old txs its whole per-sender cap), an honest
+        proposer kept it and left the sender's real tx out, block after block. Only state
+        lookups here (at most one node record decoded), so it can run before the budget."""
+        if isinstance(body, RegisterNode):
+            if get(_node_key(sender)) is not None:
+                raise AlreadyExists(f"node {sender.hex()} is already registered")
+        elif isinstance(body, WithdrawFees):
+            done = get(_withdrawals_key(sender, body.asset))
+            if done is not None and body.seq < _dec(done):
+                raise WithdrawalInvalid(
+                    f"withdraw_fees.seq {body.seq} was already used in {body.asset!r}: "
+                    "a withdrawal is applied once"
+                )
+        elif isinstance(body, Unbond):
+            raw = get(_node_key(sender))
+            unbonds = 0 if raw is None else _dec(raw).get("unbonds", 0)
+            if body.seq < unbonds:
+                raise OrderInvalid(f"unbond.seq {body.seq} was already used (now {unbonds})")
+        elif isinstance(body, CommitOrder):
+            # (a committed order's replay: its id is derived from its content, payment hash
+            # included, and a payment hash serves one order ever)
+            if get(b"payhash/" + body.order.payment_hash) is not None:
+                raise AlreadyExists(
+                    f"payment hash {body.order.payment_hash.hex()} is already used by another order"
+                )
+        elif isinstance(body, RegisterValidatorKey):
+            addr = attest.validator_address(body.consensus_key)
+            if get(b"valkey/" + addr) is not None:
+                raise AlreadyExists(f"validator {addr.hex()} already registered its key")
+        elif isinstance(body, ReportOutcome):
+            raise NotAuthorised(
+                "report_outcome is no longer accepted: leg outcomes are attested by the "
+                "validators' own observation of the chains"
+            )
+        elif isinstance(body, FileEvidence):
+            if body.kind is EvidenceKind.LEG_NOT_LOCKED:
+                assert body.order_id is not None and body.leg is not None
+                eid = b"evidence/lnl/" + body.order_id + body.leg.to_bytes(1, "big")
+            else:
+                assert body.quote is not None
+                quote = body.quote
+                eid = b"evidence/qnh/" + quote.provider + quote.quote_id
+                taken = get(b"take/" + quote.provider + quote.quote_id)
+                if taken is not None and time is not None and time <= quote.valid_until:
+                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+            if get(eid) is not None:
+                raise AlreadyExists("this evidence was already filed")
 
     def _budget(self) -> BlockBudget:
         return BlockBudget(
@@ -721,7 +845,9 @@ class LedgerApp:
             self._note_events(ctx.events)
             return TxResult(events=tuple(ctx.events))
         try:
-            env, body = self._decode_verified(raw, lambda e, b: budget.charge(e.sender, b))
+            env, body = self._decode_verified(
+                raw, lambda e, b: self._gate(view.get, budget, e, b, block.time)
+            )
             self._apply(view, ctx, env.sender, body)
             if count < self._params.early_tx_limit:
                 sender = view.get_map(_node_key(env.sender))
@@ -1570,8 +1696,17 @@ class LedgerApp:
         return rec
 
     def validator_keys(self) -> dict[bytes, bytes]:
-        """Registered secp256k1 keys: validator address -> Ethereum address."""
-        return {k[len(b"valkey/") :]: v for k, v in self.store.scan_committed(b"valkey/")}
+        """Registered secp256k1 keys: validator address -> Ethereum address, by address.
+
+        One read per genesis validator (only they can register a key), never a scan of the
+        state: this answers a public query on the loop that also runs consensus."""
+        raw = self.store.get_committed(_K_GENESIS_VALIDATORS)
+        out = {}
+        for addr in sorted(attest.validators_from_state(_dec(raw)) if raw is not None else ()):
+            eth = self.store.get_committed(b"valkey/" + addr)
+            if eth is not None:
+                out[addr] = eth
+        return out
 
     def foundation_balance(self, asset: str) -> int:
         raw = self.store.get_committed(b"foundation/" + asset.encode())

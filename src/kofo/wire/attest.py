@@ -129,11 +129,26 @@ def encode_extension(
     bond_observations: list[BondObservation] = (),  # type: ignore[assignment]
 ) -> bytes:
     obs = sorted(set(observations))[:MAX_OBSERVATIONS]
-    body: dict[str, Any] = {"v": EXTENSION_VERSION, "obs": [o.as_list() for o in obs]}
-    if bond_observations:
-        bonds = sorted(set(bond_observations))[:MAX_OBSERVATIONS]
-        body["bonds"] = [b.as_list() for b in bonds]
-    return encode(body)
+    bonds = sorted(set(bond_observations))[:MAX_OBSERVATIONS]
+    # Within MAX_EXTENSION_BYTES, which every validator's VerifyVoteExtension enforces: 64 leg
+    # facts and 64 bond facts can take ~9.5 KB, and an extension every validator refuses
+    # counts no precommit, so the chain would stop while those facts stay pending. Leg facts
+    # first, then bonds; the rest waits for later heights (dropped from the end, so every
+    # honest validator that sees the same facts keeps the same ones).
+    while True:
+        body: dict[str, Any] = {"v": EXTENSION_VERSION, "obs": [o.as_list() for o in obs]}
+        if bonds:
+            body["bonds"] = [b.as_list() for b in bonds]
+        raw = encode(body)
+        if len(raw) <= MAX_EXTENSION_BYTES:
+            return raw
+        # drop no more entries than the excess needs (an encoded bond fact is at most ~62
+        # bytes, a leg fact ~170), at least one, bonds first
+        excess = len(raw) - MAX_EXTENSION_BYTES
+        if bonds:
+            bonds = bonds[: max(0, len(bonds) - max(1, excess // 64))]
+        else:
+            obs = obs[: max(0, len(obs) - max(1, excess // 180))]
 
 
 def decode_extension(raw: bytes) -> list[Observation]:

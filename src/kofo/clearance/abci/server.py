@@ -90,6 +90,12 @@ def _uvarint(n: int) -> bytes:
             return bytes(out)
 
 
+def _proto_tx_size(tx: bytes) -> int:
+    """A tx's size in a block's protobuf ``Data`` (tag, length varint, bytes): what CometBFT
+    counts against ``max_tx_bytes`` (``types.ComputeProtoSizeForTxs``)."""
+    return 1 + len(_uvarint(len(tx))) + len(tx)
+
+
 def _events(events: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> list[abci.Event]:
     return [
         abci.Event(
@@ -240,7 +246,8 @@ class AbciApp:
 
     def check_tx(self, req: abci.RequestCheckTx) -> abci.Response:
         # A recheck (after every block, unless the node sets mempool.recheck=false) costs a
-        # hash and a cache lookup: check_tx is stateless, so its answer never changes.
+        # hash, a cache lookup and the replay lookups: a tx the block just applied (or an old
+        # one resent) leaves the mempool; the stateless checks' answer never changes.
         result = self.app.check_tx(req.tx, recheck=req.type == abci.RECHECK)
         return self.check_tx_response(result.code, result.log)
 
@@ -273,9 +280,13 @@ class AbciApp:
                 attest.AttestTx(req.height - 1, req.local_last_commit.round, tuple(votes))
             )
             txs.append(tx)
-            size = len(tx)
+            size = _proto_tx_size(tx)
         mempool = [tx for tx in req.txs if not attest.is_attest_tx(tx)]
-        txs += self.app.propose(mempool, req.max_tx_bytes - size)
+        # Sizes as CometBFT counts them (types.Txs.Validate): over max_tx_bytes, it refuses to
+        # build the block and the round has no proposal. CometBFT reaped the mempool up to the
+        # limit; the attestation tx comes on top, so the tail waits for the next block.
+        if size <= req.max_tx_bytes:
+            txs += self.app.propose(mempool, req.max_tx_bytes - size, tx_size=_proto_tx_size)
         return abci.Response(prepare_proposal=abci.ResponsePrepareProposal(txs=txs))
 
     def process_proposal(self, req: abci.RequestProcessProposal) -> abci.Response:
