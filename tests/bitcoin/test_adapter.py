@@ -377,3 +377,21 @@ def test_a_forged_refund_with_an_input_nobody_can_see_is_not_believed(alice, bob
     liar = BitcoinAdapter(_MempoolWith(bob.backend, revealing), bob.wallet)
     seen = liar.status(ref)
     assert seen.state is HtlcState.REDEEMED and seen.preimage == preimage
+
+
+def test_a_signed_refund_shown_before_its_expiry_is_not_believed(alice, bob):
+    """Review (a counterparty and a lying node together): the script interpreter checks the
+    refund's nLockTime against the script's expiry, not against the chain, so a refund the
+    sender signed early passes it. A node that shows it in its mempool long before the expiry
+    (no honest mempool holds a transaction the next block could not include) made the HTLC
+    look refunded, and the recipient's engine give up its redeem. A mempool spend that is not
+    final for the next block is not believed."""
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    early = alice.prepare_refund(ref).raw  # signed by the sender, 19 blocks early
+    liar = BitcoinAdapter(_MempoolWith(bob.backend, early), bob.wallet)
+    seen = liar.status(ref)
+    assert seen.state is HtlcState.LOCKED and seen.spend_txid is None
+    alice.backend.mine(19, alice.wallet.address())  # the next block may hold it now
+    assert liar.status(ref).state is HtlcState.REFUNDED

@@ -891,9 +891,10 @@ class BitcoinAdapter:
         :class:`UnrecognisedSpend` (an alarm; the swap's state is not moved by it).
 
         None for a spend that is not ``confirmed`` (only a node's mempool shows it) and that the
-        script interpreter could not check (an input on no chain the index follows): a node can
-        add an input of a made-up transaction to a refund nobody signed. Such a spend is
-        believed only when it proves itself: a claim whose secret hashes to the payment hash.
+        script interpreter could not check (an input on no chain the index follows: a node can
+        add an input of a made-up transaction to a refund nobody signed), or that the next block
+        could not hold (a refund signed before its expiry). Such a spend is believed only when
+        it proves itself: a claim whose secret hashes to the payment hash.
 
         The script checks ``HASH160(preimage)``, i.e. 160 bits of ``sha256(preimage)``: a claim
         whose preimage does not hash to the payment hash in full (a RIPEMD160 collision, ~2^80
@@ -918,16 +919,23 @@ class BitcoinAdapter:
             and spend.preimage is not None
             and hashlib.sha256(spend.preimage).digest() == terms.payment_hash
         )
-        if not (confirmed or checked or proves_itself):
-            log.warning(
-                "%s: %s (only in the node's mempool) spends HTLC %s:%d but cannot be checked "
-                "(an input on no chain followed): not believed until it is mined",
-                self.chain,
-                b2lx(spender.GetTxid()),
-                txid,
-                vout,
-            )
-            return None
+        if not (confirmed or proves_itself):
+            why = None
+            if not checked:
+                why = "cannot be checked (an input on no chain followed)"
+            elif not self._final_next_block(spender):
+                why = "could not be in the next block (its lock time is not reached)"
+            if why is not None:
+                log.warning(
+                    "%s: %s (only in the node's mempool) spends HTLC %s:%d but %s: not "
+                    "believed until it is mined",
+                    self.chain,
+                    b2lx(spender.GetTxid()),
+                    txid,
+                    vout,
+                    why,
+                )
+                return None
         if spend.path is SpendPath.REFUND:
             return False, None
         # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already holds
@@ -944,6 +952,16 @@ class BitcoinAdapter:
             )
             return True, None
         return True, found
+
+    def _final_next_block(self, tx: CTransaction) -> bool:
+        """Whether ``tx`` is final for the block after the index's tip (Core's IsFinalTx with
+        BIP113): the script interpreter checks a refund's nLockTime against the script's
+        expiry, not against the chain, so a refund signed early passes it."""
+        if tx.nLockTime == 0 or all(txin.nSequence == 0xFFFFFFFF for txin in tx.vin):
+            return True
+        if tx.nLockTime < 500_000_000:
+            return bool(tx.nLockTime < self.index.height() + 1)
+        return bool(tx.nLockTime < self._pin.cached("mtp", self._median_time_past))
 
     def _verify_spend(self, spender: CTransaction, txid: str, vout: int) -> bool:
         """Run Bitcoin Core's script interpreter (:func:`.kernel.verify_input`, every consensus
