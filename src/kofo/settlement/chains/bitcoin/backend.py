@@ -197,11 +197,13 @@ class RpcBackend:
             result = self.client.call("testmempoolaccept", [raw.hex()])
         if not isinstance(result, list) or len(result) != 1 or not isinstance(result[0], dict):
             raise BadRpcAnswer("testmempoolaccept", f"{_shown(result)}, not one result object")
-        allowed = result[0].get("allowed")
+        # btcd leaves "allowed" out when it is false (Go's omitempty) and gives the reason.
+        refused = isinstance(result[0].get("reject-reason"), str)
+        allowed = result[0].get("allowed", False if refused else None)
         if not isinstance(allowed, bool):
             raise BadRpcAnswer("testmempoolaccept", f"allowed={_shown(allowed)}")
         if not allowed:
-            reason = str(result[0].get("reject-reason", "rejected"))[:200]
+            reason = str(result[0].get("reject-reason", "rejected"))[:1000]  # btcd names the input
             raise TxRejected(f"node would refuse the transaction: {reason}")
 
     def mempool_raw(self) -> list[bytes]:
