@@ -342,3 +342,56 @@ def _fields(terms: HtlcTerms) -> dict[str, object]:
         "recipient": terms.recipient,
         "expiry": terms.expiry,
     }
+
+
+def _with_unseen_input(raw: bytes, stack: list[bytes]) -> bytes:
+    """``raw`` with the HTLC input's witness set to ``stack`` and a second input spending an
+    output no chain or mempool holds (so no script interpreter can run on the spend)."""
+    from bitcointx.core import COutPoint, CTxIn
+
+    tx = CMutableTransaction.from_tx(CTransaction.deserialize(raw))
+    tx.vin.append(CTxIn(COutPoint(os.urandom(32), 0)))
+    tx.wit = CTxWitness(
+        [CTxInWitness(CScriptWitness(stack)), CTxInWitness(CScriptWitness([bytes(72)]))]
+    )
+    return CTransaction.from_tx(tx).serialize()
+
+
+def test_a_forged_refund_with_an_input_nobody_can_see_is_not_believed(alice, bob):
+    """Review (lying node): the interpreter check of a mempool spend was skipped when one of the
+    spend's inputs was on no chain the adapter follows, and the witness was then read by its
+    shape. A node that adds an input of a made-up transaction to an unsigned refund made the
+    HTLC look refunded (the engine then gives up its redeem). A spend seen only in a mempool
+    that cannot be checked proves nothing: the HTLC still reads as locked."""
+    terms, preimage = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    claim = bob.prepare_redeem(ref, preimage).raw
+    _, _, script = _witness(claim)
+    forged = _with_unseen_input(claim, [bytes(71), script])
+    liar = BitcoinAdapter(_MempoolWith(bob.backend, forged), bob.wallet)
+    seen = liar.status(ref)
+    assert seen.state is HtlcState.LOCKED and seen.spend_txid is None
+    # A real claim that cannot be checked either still yields its secret (it proves itself).
+    revealing = _with_unseen_input(claim, _witness(claim))
+    liar = BitcoinAdapter(_MempoolWith(bob.backend, revealing), bob.wallet)
+    seen = liar.status(ref)
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == preimage
+
+
+def test_a_signed_refund_shown_before_its_expiry_is_not_believed(alice, bob):
+    """Review (a counterparty and a lying node together): the script interpreter checks the
+    refund's nLockTime against the script's expiry, not against the chain, so a refund the
+    sender signed early passes it. A node that shows it in its mempool long before the expiry
+    (no honest mempool holds a transaction the next block could not include) made the HTLC
+    look refunded, and the recipient's engine give up its redeem. A mempool spend that is not
+    final for the next block is not believed."""
+    terms, _ = _terms(alice, bob, BlockHeight(alice.expiry_now().value + 20))
+    ref = alice.lock(terms)
+    alice.backend.mine(1, alice.wallet.address())
+    early = alice.prepare_refund(ref).raw  # signed by the sender, 19 blocks early
+    liar = BitcoinAdapter(_MempoolWith(bob.backend, early), bob.wallet)
+    seen = liar.status(ref)
+    assert seen.state is HtlcState.LOCKED and seen.spend_txid is None
+    alice.backend.mine(19, alice.wallet.address())  # the next block may hold it now
+    assert liar.status(ref).state is HtlcState.REFUNDED

@@ -229,3 +229,32 @@ def test_a_node_that_trickles_its_answer_is_cut_off_at_the_call_deadline(liar, m
     liar.trickle["getblockcount"] = 0.2
     with pytest.raises(ChainError, match="deadline passed"):
         _adapter(liar, timeout=1.0).backend.block_count()
+
+
+def test_a_mempool_of_made_up_txids_costs_a_bounded_number_of_calls_per_read(liar, mined):
+    """Review (huge answers): every read of the mempool (each tick, per chain) asked the node
+    for every listed transaction, so a node listing a million made-up txids (or a busy mainnet
+    node's 100,000 real ones) held the watchtower for that many calls on every tick. Each read
+    now fetches at most MEMPOOL_FETCHES_PER_READ txids not read before; what was read is kept
+    while the node lists it."""
+    from kofo.settlement.chains.bitcoin.backend import MEMPOOL_FETCHES_PER_READ
+
+    listed = [f"{n:064x}" for n in range(1, 2 * MEMPOOL_FETCHES_PER_READ + 501)]
+    asked: list[str] = []
+
+    def getrawtransaction(rid: int) -> bytes:
+        asked.append("")
+        if len(asked) == 8:  # the 8th txid listed is a transaction (read in listed order)
+            return f'{{"result": "c0ffee", "error": null, "id": {rid}}}'.encode()
+        error = '{"code": -5, "message": "No such mempool or blockchain transaction"}'
+        return f'{{"result": null, "error": {error}, "id": {rid}}}'.encode()
+
+    liar.lies["getrawmempool"] = result(json.dumps(listed))
+    liar.lies["getrawtransaction"] = getrawtransaction
+    backend = _adapter(liar).backend
+    reads = []
+    for _ in range(4):  # bounded: the listing takes three reads, the fourth asks nothing
+        before = len(asked)
+        reads.append((backend.mempool_raw(), len(asked) - before))
+    assert [calls for _, calls in reads] == [1000, 1000, 500, 0]
+    assert all(raws == [bytes.fromhex("c0ffee")] for raws, _ in reads)

@@ -874,18 +874,22 @@ class BitcoinAdapter:
         if lock_confs == 0 and not any(b2lx(t.GetTxid()) == txid for t in mempool):
             return HtlcStatus(HtlcState.ABSENT)
         spender: CTransaction | None = None
+        outcome: tuple[bool, bytes | None] | None = None
         spend_id = self.index.spends.get((txid, vout))
         if spend_id is not None:
             spender = self.index.txs[spend_id].tx
+            outcome = self._spend_outcome(spender, txid, vout, ref.terms, confirmed=True)
         else:
             for tx in mempool:
                 if any(b2lx(i.prevout.hash) == txid and i.prevout.n == vout for i in tx.vin):
-                    spender = tx
-                    break
-        if spender is None:
+                    outcome = self._spend_outcome(tx, txid, vout, ref.terms, confirmed=False)
+                    if outcome is not None:
+                        spender = tx
+                        break
+        if spender is None or outcome is None:
             return HtlcStatus(HtlcState.LOCKED, lock_confs)
         spender_id = b2lx(spender.GetTxid())
-        redeemed, preimage = self._spend_outcome(spender, txid, vout, ref.terms)
+        redeemed, preimage = outcome
         return HtlcStatus(
             HtlcState.REDEEMED if redeemed else HtlcState.REFUNDED,
             lock_confs,
@@ -895,12 +899,18 @@ class BitcoinAdapter:
         )
 
     def _spend_outcome(
-        self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms
-    ) -> tuple[bool, bytes | None]:
+        self, spender: CTransaction, txid: str, vout: int, terms: HtlcTerms, *, confirmed: bool
+    ) -> tuple[bool, bytes | None] | None:
         """(redeemed?, preimage) for the transaction spending the HTLC output, read by what its
         witness proves (:func:`.tx.read_htlc_spend`, :func:`.taproot.read_taproot_spend`): only
         a proven refund is a refund, and a spend proving neither branch raises
         :class:`UnrecognisedSpend` (an alarm; the swap's state is not moved by it).
+
+        None for a spend that is not ``confirmed`` (only a node's mempool shows it) and that the
+        script interpreter could not check (an input on no chain the index follows: a node can
+        add an input of a made-up transaction to a refund nobody signed), or that the next block
+        could not hold (a refund signed before its expiry). Such a spend is believed only when
+        it proves itself: a claim whose secret hashes to the payment hash.
 
         The script checks ``HASH160(preimage)``, i.e. 160 bits of ``sha256(preimage)``: a claim
         whose preimage does not hash to the payment hash in full (a RIPEMD160 collision, ~2^80
@@ -911,8 +921,7 @@ class BitcoinAdapter:
                 spend = read_taproot_spend(spender, txid, vout, self.taproot_htlc(terms))
             else:
                 spend = read_htlc_spend(spender, txid, vout, self.witness_script(terms))
-            if spend is not None:
-                self._verify_spend(spender, txid, vout)
+            checked = spend is not None and self._verify_spend(spender, txid, vout)
         except UnrecognisedSpend as exc:
             log.error("%s: ALARM %s", self.chain, exc)
             raise
@@ -921,6 +930,28 @@ class BitcoinAdapter:
                 f"{b2lx(spender.GetTxid())} is reported as spending HTLC {txid}:{vout} but has "
                 "no input spending it"
             )
+        proves_itself = (
+            spend.path is SpendPath.CLAIM
+            and spend.preimage is not None
+            and hashlib.sha256(spend.preimage).digest() == terms.payment_hash
+        )
+        if not (confirmed or proves_itself):
+            why = None
+            if not checked:
+                why = "cannot be checked (an input on no chain followed)"
+            elif not self._final_next_block(spender):
+                why = "could not be in the next block (its lock time is not reached)"
+            if why is not None:
+                log.warning(
+                    "%s: %s (only in the node's mempool) spends HTLC %s:%d but %s: not "
+                    "believed until it is mined",
+                    self.chain,
+                    b2lx(spender.GetTxid()),
+                    txid,
+                    vout,
+                    why,
+                )
+                return None
         if spend.path is SpendPath.REFUND:
             return False, None
         # Cooperative key-path spend: KOFO co-signs only claims (the co-signer already holds
@@ -938,14 +969,25 @@ class BitcoinAdapter:
             return True, None
         return True, found
 
-    def _verify_spend(self, spender: CTransaction, txid: str, vout: int) -> None:
+    def _final_next_block(self, tx: CTransaction) -> bool:
+        """Whether ``tx`` is final for the block after the index's tip (Core's IsFinalTx with
+        BIP113): the script interpreter checks a refund's nLockTime against the script's
+        expiry, not against the chain, so a refund signed early passes it."""
+        if tx.nLockTime == 0 or all(txin.nSequence == 0xFFFFFFFF for txin in tx.vin):
+            return True
+        if tx.nLockTime < 500_000_000:
+            return bool(tx.nLockTime < self.index.height() + 1)
+        return bool(tx.nLockTime < self._pin.cached("mtp", self._median_time_past))
+
+    def _verify_spend(self, spender: CTransaction, txid: str, vout: int) -> bool:
         """Run Bitcoin Core's script interpreter (:func:`.kernel.verify_input`, every consensus
         flag) on the input of ``spender`` that opens ``txid:vout``: a claim or refund is only
         believed when its signature and script pass, so a node cannot show a spend that no one
         could have signed (in its mempool, where no proof of work backs it). The check needs
         every output ``spender`` spends (Taproot signatures commit to all of them); when one is
-        neither on the followed chain nor in the mempool it is skipped, and the witness is read
-        as it stands (a confirmed spend is backed by the block checks)."""
+        neither on the followed chain nor in the mempool it is skipped and False returned: a
+        confirmed spend is then read as it stands (backed by the block checks), an unconfirmed
+        one only if it proves itself (:meth:`_spend_outcome`). True when the input passed."""
         spent: list[SpentOutput] = []
         pool: dict[str, CTransaction] | None = None
         index = -1
@@ -959,7 +1001,7 @@ class BitcoinAdapter:
                 prev = pool.get(prev_id)
             if prev is None or out >= len(prev.vout):
                 log.debug("%s: cannot see every input of %s", self.chain, b2lx(spender.GetTxid()))
-                return
+                return False
             if (prev_id, out) == (txid, vout):
                 index = n
             spent.append(
@@ -972,6 +1014,7 @@ class BitcoinAdapter:
                 f"{b2lx(spender.GetTxid())} spends HTLC {txid}:{vout} with a witness that fails "
                 f"Bitcoin's script rules ({exc})"
             ) from None
+        return True
 
     def find_htlc(
         self,

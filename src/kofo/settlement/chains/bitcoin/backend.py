@@ -7,8 +7,10 @@ The adapter only ever sees :class:`ChainBackend`.
 
 from __future__ import annotations
 
+import logging
 import math
 import string
+import threading
 from decimal import Decimal
 from typing import Protocol
 
@@ -22,6 +24,14 @@ from bitcointx.core import (
 from kofo.errors import ChainError, FeeTooLow, TxRejected
 from kofo.settlement.chains.bitcoin.embedded import AlreadyInChain, EmbeddedChain
 from kofo.settlement.chains.bitcoin.rpc import BadRpcAnswer, RpcClient, RpcError
+
+log = logging.getLogger(__name__)
+
+MEMPOOL_FETCHES_PER_READ = 1_000
+"""At most this many ``getrawtransaction`` calls per read of the node's mempool: what was
+fetched is kept by txid (Core refuses a second transaction with a txid already in its mempool),
+so each read fetches only what is new; a listing with more new txids (a busy mainnet node's
+first read, or a lying node listing a million made-up txids) is read over several reads."""
 
 
 class ChainBackend(Protocol):
@@ -133,6 +143,9 @@ class RpcBackend:
 
     def __init__(self, client: RpcClient) -> None:
         self.client = client
+        self._mempool_lock = threading.Lock()
+        # txid -> raw transaction, or None for a listed txid the node then did not return.
+        self._mempool_seen: dict[str, bytes | None] = {}
 
     def __repr__(self) -> str:
         return f"RpcBackend({self.client!r})"
@@ -197,14 +210,25 @@ class RpcBackend:
         txids = self.client.call("getrawmempool")
         if not isinstance(txids, list):
             raise BadRpcAnswer("getrawmempool", f"{_shown(txids)}, not a list of txids")
-        out = []
-        for txid in txids:
-            try:
-                raw = self.client.call("getrawtransaction", _hash("getrawmempool", txid))
-            except RpcError:
-                continue  # mined or evicted between the two calls
-            out.append(_hex("getrawtransaction", raw))
-        return out
+        listed = [_hash("getrawmempool", txid) for txid in txids]
+        with self._mempool_lock:
+            seen = {t: self._mempool_seen[t] for t in listed if t in self._mempool_seen}
+            new = [t for t in dict.fromkeys(listed) if t not in seen]
+            if len(new) > MEMPOOL_FETCHES_PER_READ:
+                log.warning(
+                    "the node's mempool lists %d transactions not read yet; reading %d now",
+                    len(new),
+                    MEMPOOL_FETCHES_PER_READ,
+                )
+            for txid in new[:MEMPOOL_FETCHES_PER_READ]:
+                try:
+                    seen[txid] = _hex(
+                        "getrawtransaction", self.client.call("getrawtransaction", txid)
+                    )
+                except RpcError:
+                    seen[txid] = None  # mined or evicted between the two calls
+            self._mempool_seen = seen
+            return [raw for raw in seen.values() if raw is not None]
 
     def estimate_fee_rate(self) -> int | None:
         if self.client.dialect == "btcd":
