@@ -66,6 +66,12 @@ MIN_TOKEN_LOCK_GAS = 200_000
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
 
 FIND_FIRST_WINDOW = 8
+
+DEFAULT_MAX_FEE_PER_GAS = 1_000 * 10**9
+"""The highest ``maxFeePerGas`` (and so tip) this node signs, in wei: 1,000 gwei, several times
+any sustained mainnet base fee. The node's fee answers are not trusted beyond it: an estimate
+above it is lowered to it, a fee asked for above it is refused, so a lying or broken RPC node
+cannot hand a swap's value to miners (about 0.05 ETH at most for a redeem)."""
 """Blocks in the first window :meth:`EthereumAdapter.find_htlc` scans back from the tip; each
 further window doubles. A live lock is usually a few blocks old, and a log query's cost grows
 with the range it covers (on the embedded EVM quadratically), so the search starts small."""
@@ -168,8 +174,15 @@ class EthereumAdapter:
         chain: str = "eth",
         nonce_db: Path | None = None,
         min_priority_fee: int = 1_000_000_000,
+        max_fee_per_gas: int = DEFAULT_MAX_FEE_PER_GAS,
     ) -> None:
+        if not 0 < min_priority_fee <= max_fee_per_gas:
+            raise InvalidInput(
+                f"min_priority_fee {min_priority_fee} must be positive and at most "
+                f"max_fee_per_gas {max_fee_per_gas}"
+            )
         self.chain = chain
+        self.max_fee_per_gas = max_fee_per_gas
         self.w3 = w3
         self.account = account
         self._min_priority = min_priority_fee
@@ -261,14 +274,41 @@ class EthereumAdapter:
         return int(receipt["blockNumber"])
 
     def estimate_fee(self) -> FeeEstimate:
-        base = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+        """Twice the latest base fee plus the node's tip (at least ``min_priority_fee``), both
+        lowered to ``max_fee_per_gas``. A tip answer that is no number gives the minimum tip; a
+        base fee that is no number is a :class:`ChainError` (``bad_rpc_answer``)."""
         try:
-            priority = max(int(self.w3.eth.max_priority_fee), self._min_priority)
-        except (Web3RPCError, ValueError, NotImplementedError):
-            priority = self._min_priority
+            base: Any = self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        except (Web3RPCError, ValueError, TypeError, AttributeError) as exc:
+            raise ChainError(
+                f"{self.chain}: the latest block could not be read: {exc}", code="bad_rpc_answer"
+            ) from None
+        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+            raise ChainError(
+                f"{self.chain}: the node's base fee {base!r} is no fee", code="bad_rpc_answer"
+            )
+        try:
+            answer: Any = self.w3.eth.max_priority_fee
+        except (Web3RPCError, ValueError, TypeError, AttributeError, NotImplementedError):
+            answer = None
+        if isinstance(answer, bool) or not isinstance(answer, int) or answer < 0:
+            if answer is not None:
+                log.error("%s: tip estimate %r is no fee; paying the minimum", self.chain, answer)
+            answer = 0
+        priority = max(answer, self._min_priority)
         # Twice the base fee survives six consecutive full blocks (+12.5 % each) before the
         # transaction stops being includable; the unused part is never charged under EIP-1559.
-        return FeeEstimate(rate=2 * base + priority, priority=priority)
+        rate = 2 * base + priority
+        if rate > self.max_fee_per_gas:
+            log.warning(
+                "%s fee estimate %d wei/gas (tip %d) is above the ceiling %d: paying the ceiling",
+                self.chain,
+                rate,
+                priority,
+                self.max_fee_per_gas,
+            )
+            rate = self.max_fee_per_gas
+        return FeeEstimate(rate=rate, priority=min(priority, rate))
 
     # -- building and signing -----------------------------------------------------------
 
@@ -308,6 +348,12 @@ class EthereumAdapter:
     ) -> tuple[SignedTx, int]:
         """Sign ``call``; returns the transaction and the gas limit it carries."""
         fee = fee or self.estimate_fee()
+        if not 0 < fee.rate <= self.max_fee_per_gas or fee.priority < 0:
+            raise InvalidInput(
+                f"{kind} fee {fee.rate} wei/gas (tip {fee.priority}) is outside (0, "
+                f"{self.max_fee_per_gas}], this node's ceiling (max_fee_per_gas)",
+                code="bad_fee",
+            )
         params: dict[str, Any] = {
             "from": self.account.address,
             "value": value,
@@ -319,7 +365,11 @@ class EthereumAdapter:
             raise InsufficientFunds(f"{kind} sends {value} wei, wallet has {self.balance()}")
         if not gas:
             try:
-                gas = int(call.estimate_gas(params) * 5 // 4)  # +25 %: state may shift a bit
+                # Estimated without the fee fields: the gas a call uses does not depend on them,
+                # and a node may otherwise refuse an estimate at a high cap the wallet could
+                # not pay for the block's whole gas limit (eth-tester does).
+                probe = {"from": self.account.address, "value": value}
+                gas = int(call.estimate_gas(probe) * 5 // 4)  # +25 %: state may shift a bit
             except ContractLogicError as exc:
                 raise TxRejected(f"{kind} would revert: {exc.message or exc}") from None
         params["gas"] = gas
@@ -446,8 +496,19 @@ class EthereumAdapter:
         if bytes(fields["data"]) != bytes(HexBytes(data)):
             raise InvalidInput(f"transaction {old.txid} is not the {old.kind} of {ref.locator}")
         now = fee or self.estimate_fee()
-        tip = max(now.priority, _raised(int(fields["maxPriorityFeePerGas"])))
-        cap = max(now.rate, _raised(int(fields["maxFeePerGas"])), tip)
+        old_tip, old_cap = int(fields["maxPriorityFeePerGas"]), int(fields["maxFeePerGas"])
+        tip = max(now.priority, _raised(old_tip))
+        cap = max(now.rate, _raised(old_cap), tip)
+        # Never above the ceiling, and then only if nodes still take it as a replacement (both
+        # fees up by at least a tenth); each bump a quarter up would otherwise grow unbounded.
+        cap = min(cap, self.max_fee_per_gas)
+        tip = min(tip, cap)
+        if cap * 10 < old_cap * 11 or tip * 10 < old_tip * 11 or tip <= old_tip:
+            raise ChainError(
+                f"replacing {old.kind} {old.txid} at {old_cap} wei/gas (tip {old_tip}) needs "
+                f"more than this node's ceiling of {self.max_fee_per_gas} (max_fee_per_gas)",
+                code="fee_ceiling",
+            )
         needed, have = int(fields["gas"]) * cap, self.balance()
         if have < needed:
             raise InsufficientFunds(
