@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from eth_utils import to_checksum_address
+from eth_account import Account
+from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
+from web3.middleware import Web3Middleware
 
 from kofo.errors import InvalidInput
 from kofo.settlement.chain import HtlcTerms, UnixTime
@@ -272,3 +275,55 @@ def test_messages_from_someone_other_than_the_counterparty_change_nothing(world)
     assert isinstance(reply, Error) and reply.code == "wrong_sender"
     assert alice.engine.journal.get(sid).state is State.ACCEPTED
     _ = HexBytes, HtlcTerms
+
+
+def _swallow_sends_of(w3, address: str) -> list[bytes]:
+    """Make ``w3``'s node answer every raw transaction signed by ``address`` as accepted and
+    drop it (a flaky or lying node, a pool that evicts it, a censoring miner); returns the list
+    of what it dropped. Remove with ``w3.middleware_onion.remove("swallow")``."""
+    dropped: list[bytes] = []
+
+    class _Swallow(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                if method == "eth_sendRawTransaction":
+                    raw = HexBytes(params[0])
+                    if Account.recover_transaction(raw) == address:
+                        dropped.append(bytes(raw))
+                        return {"jsonrpc": "2.0", "id": 0, "result": "0x" + keccak(raw).hex()}
+                return make_request(method, params)
+
+            return middleware
+
+    w3.middleware_onion.add(_Swallow, "swallow")
+    return dropped
+
+
+def test_a_refund_dropped_then_made_obsolete_by_a_late_redeem_never_stalls_the_wallet(world):
+    """Review attack (a flaky or lying node, or censorship until expiry): bob's refund at T_B
+    was dropped unmined; alice then redeemed bob's leg, revealing the secret. Bob's engine gave
+    the refund up (it would revert) and signed the redeem of alice's leg with the next nonce,
+    which could never be mined behind the refund's: alice refunded her leg at T_A and bob lost
+    both. The adapter now keeps each reserved nonce's signed transaction and sends it again
+    before a later one (the obsolete refund is mined and reverts), so the redeem goes through."""
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    a_htlc, b_htlc = _htlcs(alice, sid)
+    _lock(alice, a_htlc)
+    for _ in range(5):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    evm.advance_to(b_htlc.expiry.value + 1)
+    dropped = _swallow_sends_of(evm.w3, bob.address("eth"))
+    for _ in range(4):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.REFUND_SENT and dropped
+    ad = alice.engine.adapters["eth"]
+    redeem = ad.prepare_redeem(ad.find_htlc(b_htlc), alice.engine.journal.preimage(sid))
+    ad.broadcast(redeem)
+    ad.wait(redeem.txid)
+    evm.w3.middleware_onion.remove("swallow")
+    bob_eth = bob.engine.adapters["eth"].balance()
+    states = drive([bob], sid, rounds=30, between=_time_moves(evm, 5))
+    assert states["bob"] is State.REDEEMED  # before: redeem_signed for good (nonce gap)
+    assert bob.engine.adapters["eth"].balance() > bob_eth + ETHER - 10**16

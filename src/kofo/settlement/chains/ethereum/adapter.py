@@ -386,6 +386,7 @@ class EthereumAdapter:
         except BaseException:
             self.nonces.release(nonce)  # nothing was signed with it
             raise
+        self.nonces.record(nonce, bytes(signed.raw_transaction))
         return SignedTx(self.chain, kind, _hex(signed.hash), bytes(signed.raw_transaction)), gas
 
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
@@ -517,9 +518,11 @@ class EthereumAdapter:
         signed = self.account.sign_transaction(
             {**fields, "maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
         )
+        self.nonces.record(int(fields["nonce"]), bytes(signed.raw_transaction))
         return SignedTx(self.chain, old.kind, _hex(signed.hash), bytes(signed.raw_transaction))
 
     def broadcast(self, tx: SignedTx) -> str:
+        self._fill_nonce_gap(tx)
         # Send first and look the transaction up only if the node refuses it: a lookup of an
         # unknown hash is a scan of the whole chain on some backends (eth-tester), and almost
         # every broadcast is of a new transaction.
@@ -534,6 +537,24 @@ class EthereumAdapter:
             raise ChainError(f"broadcast of {tx.kind} {tx.txid} failed: {text}") from None
         log.info("broadcast %s %s on %s", tx.kind, _hex(sent), self.chain)
         return _hex(sent)
+
+    def _fill_nonce_gap(self, tx: SignedTx) -> None:
+        """Send again this wallet's signed transactions whose nonces lie between the chain's
+        pending count and ``tx``'s: one that never reached the chain (dropped by the node or its
+        pool, or given up by its caller, like a refund made obsolete by a redeem) would
+        otherwise hold back ``tx`` and every later transaction of the wallet for good."""
+        try:
+            nonce = _nonce_of(tx)
+        except Exception:  # not a typed transaction of ours: nothing to fill
+            return
+        pending = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+        for missing, raw in self.nonces.signed_between(pending, nonce):
+            try:
+                sent = self.w3.eth.send_raw_transaction(raw)
+            except Exception as exc:  # known already, or refused: tx's own send tells the rest
+                log.info("%s: nonce %d not re-sent: %s", self.chain, missing, exc)
+            else:
+                log.warning("%s: re-sent %s to fill nonce %d", self.chain, _hex(sent), missing)
 
     def _known(self, txid: str) -> bool:
         try:
