@@ -702,9 +702,19 @@ class EthereumAdapter:
         if self._live(sid):
             return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
         if lock_block is None:
-            # A payout comes after its lock on the same chain: with the lock not on the best
-            # chain there is no redeem or refund of it to look for.
-            return HtlcStatus(HtlcState.ABSENT)
+            # The contract says the swap is not live and the lock's receipt was not answered:
+            # either the lock is not on the best chain (ABSENT), or the node has no receipt
+            # for it (beyond its transaction index, a backend that lags) while the swap was
+            # paid out. ABSENT for the latter ends a swap without its secret, so a payout the
+            # index saw, or a lock transaction the node places in a best-chain block, comes
+            # first.
+            spent = self._indexed_spend(sid)
+            if spent is not None:
+                return spent
+            lock_block = self._tx_block(ref.lock_txid)
+            if lock_block is None:
+                return HtlcStatus(HtlcState.ABSENT)
+            lock_conf = int(self.w3.eth.block_number) - lock_block + 1
         # The spend came after the lock: search back from the tip in doubling windows, never
         # below the lock's block, so a check costs the spend's age, not the chain's.
         hi = int(self.w3.eth.block_number)
@@ -735,6 +745,34 @@ class EthereumAdapter:
             "answered",
             code="chain_inconsistent",
         )
+
+    def _indexed_spend(self, sid: bytes) -> HtlcStatus | None:
+        """The newest redeem or refund of ``sid`` in the event index (reorg-checked), if any."""
+        tip = self._index.height
+        for event in reversed(self._index.events(sid)):
+            if event.name != "Locked":
+                conf = tip - event.block + 1
+                return HtlcStatus(
+                    HtlcState.REDEEMED if event.name == "Redeemed" else HtlcState.REFUNDED,
+                    confirmations=conf,  # the lock came before its payout: at least as deep
+                    spend_txid=event.txid,
+                    spend_confirmations=conf,
+                    preimage=event.preimage,
+                )
+        return None
+
+    def _tx_block(self, txid: str) -> int | None:
+        """The best-chain height the node gives for transaction ``txid``, if any."""
+        try:
+            tx = self.w3.eth.get_transaction(HexBytes(txid))
+        except TransactionNotFound:
+            return None
+        if tx is None or tx.get("blockNumber") is None or tx.get("blockHash") is None:
+            return None
+        block = self.w3.eth.get_block(tx["blockNumber"])
+        if bytes(block["hash"]) != bytes(tx["blockHash"]):
+            return None
+        return int(tx["blockNumber"])
 
     def _lock_mined_at(self, sid: bytes, txid: str) -> int | None:
         """The best-chain height of ``txid`` if it emitted this contract's ``Locked`` event of
