@@ -481,3 +481,22 @@ def test_a_fee_answer_that_is_no_number_leaves_the_adapter_usable(env, priority,
     redeem = env.bob.prepare_redeem(ref, preimage, estimate)
     env.bob.broadcast(redeem)
     env.bob.wait(redeem.txid)
+
+
+def test_an_earlier_transaction_priced_under_the_base_fee_is_repriced_to_fill_its_nonce(env):
+    """Review (nonce gap, follow-up): a transaction of this wallet that never reached the chain
+    and is priced under the base fee (signed when fees were lower) was sent again as it was and
+    refused, so the gap stayed and every later transaction waited behind it. It is now signed
+    again with the same call and nonce at the current estimate before the later one goes out."""
+    t1, s1 = _terms(env)
+    t2, s2 = _terms(env)
+    r1, r2 = env.alice.lock(t1), env.alice.lock(t2)
+    base = int(env.w3.eth.get_block("latest")["baseFeePerGas"])
+    assert base > 1
+    cheap = env.bob.prepare_redeem(r1, s1, FeeEstimate(rate=base // 2, priority=1))  # unsent
+    later = env.bob.prepare_redeem(r2, s2)
+    env.bob.broadcast(later)  # before: refused, nonce gap (the cheap one re-sent and refused)
+    env.bob.wait(later.txid)
+    assert env.alice.status(r2).state is HtlcState.REDEEMED
+    assert env.alice.status(r1).state is HtlcState.REDEEMED  # by the repriced version
+    assert env.alice.status(r1).spend_txid != cheap.txid

@@ -539,20 +539,40 @@ class EthereumAdapter:
         return _hex(sent)
 
     def _fill_nonce_gap(self, tx: SignedTx) -> None:
-        """Send again this wallet's signed transactions whose nonces lie between the chain's
-        pending count and ``tx``'s: one that never reached the chain (dropped by the node or its
-        pool, or given up by its caller, like a refund made obsolete by a redeem) would
-        otherwise hold back ``tx`` and every later transaction of the wallet for good."""
+        """Send again this wallet's signed, unmined transactions whose nonces come before
+        ``tx``'s: one that never reached the chain (dropped by the node or its pool, or given up
+        by its caller, like a refund made obsolete by a redeem), or one priced under today's
+        base fee, would otherwise hold back ``tx`` and every later transaction of the wallet.
+        One under the base fee is first signed again with the same call and nonce at the
+        current estimate (at least a quarter above its old fees, never above the ceiling)."""
         try:
             nonce = _nonce_of(tx)
         except Exception:  # not a typed transaction of ours: nothing to fill
             return
-        pending = int(self.w3.eth.get_transaction_count(self.account.address, "pending"))
-        for missing, raw in self.nonces.signed_between(pending, nonce):
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        earlier = self.nonces.signed_between(mined, nonce)
+        if not earlier:
+            return
+        base = self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        for missing, raw in earlier:
+            fields = dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+            old_cap, old_tip = int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"])
+            if isinstance(base, int) and old_cap < base:
+                now = self.estimate_fee()
+                cap = min(max(now.rate, _raised(old_cap)), self.max_fee_per_gas)
+                tip = min(max(now.priority, _raised(old_tip)), cap)
+                if cap > old_cap and tip > old_tip:
+                    for signature_part in ("v", "r", "s", "yParity"):
+                        fields.pop(signature_part, None)
+                    signed = self.account.sign_transaction(
+                        {**fields, "maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
+                    )
+                    raw = bytes(signed.raw_transaction)
+                    self.nonces.record(missing, raw)
             try:
                 sent = self.w3.eth.send_raw_transaction(raw)
             except Exception as exc:  # known already, or refused: tx's own send tells the rest
-                log.info("%s: nonce %d not re-sent: %s", self.chain, missing, exc)
+                log.debug("%s: nonce %d not re-sent: %s", self.chain, missing, exc)
             else:
                 log.warning("%s: re-sent %s to fill nonce %d", self.chain, _hex(sent), missing)
 
