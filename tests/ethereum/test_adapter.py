@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from typing import Any
 
 import pytest
 import rlp
@@ -12,11 +13,13 @@ from eth_account.hdaccount import seed_from_mnemonic
 from eth_account.typed_transactions.typed_transaction import TypedTransaction
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.middleware import Web3Middleware
 
-from kofo.errors import AuditFailed, InsufficientFunds, InvalidInput, TxRejected
+from kofo.errors import AuditFailed, ChainError, InsufficientFunds, InvalidInput, TxRejected
 from kofo.settlement.chain import (
     BlockHeight,
     ChainAdapter,
+    FeeEstimate,
     HtlcRef,
     HtlcState,
     HtlcTerms,
@@ -408,3 +411,116 @@ def test_a_redeem_priced_under_the_base_fee_waits_until_its_replacement_is_mined
     env.bob.wait(bumped.txid)
     status = env.alice.status(ref)
     assert status.state is HtlcState.REDEEMED and status.spend_txid == bumped.txid
+
+
+def _fee_answers(w3: Web3, priority: Any, base: Any = None) -> None:
+    """Make ``w3``'s node answer ``eth_maxPriorityFeePerGas`` with ``priority`` (and, unless
+    None, every block's ``baseFeePerGas`` with ``base``): a lying or broken RPC node."""
+
+    class _LyingFees(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                response = make_request(method, params)
+                if method == "eth_maxPriorityFeePerGas":
+                    return {**response, "result": priority}
+                if (
+                    base is not None
+                    and method.startswith("eth_getBlockBy")
+                    and response.get("result")
+                ):
+                    return {**response, "result": {**response["result"], "baseFeePerGas": base}}
+                return response
+
+            return middleware
+
+    w3.middleware_onion.add(_LyingFees)
+
+
+def test_a_node_answering_a_huge_fee_cannot_make_a_redeem_pay_it_to_miners(env):
+    """Review attack (lying RPC node): the fee estimate was taken as the node gave it, so a node
+    answering eth_maxPriorityFeePerGas with 20,000 gwei had a 0.1 ETH redeem carry ~1.1 ETH of
+    tip, all of it the miner's, and every replacement raised it by a quarter again. The estimate
+    is now lowered to the adapter's ceiling (max_fee_per_gas) and no transaction is signed above
+    it; a replacement that cannot rise within it is refused (the engine resends the newest)."""
+    terms, preimage = _terms(env)
+    ref = env.alice.lock(terms)
+    _fee_answers(env.w3, hex(20_000 * 10**9))
+    redeem = env.bob.prepare_redeem(ref, preimage)
+    _, cap, tip = _fees(redeem)
+    ceiling = 1_000 * 10**9  # the default ceiling: 1,000 gwei
+    assert cap <= ceiling and tip <= ceiling  # before: 20,000 gwei of tip
+    assert env.bob.max_fee_per_gas == ceiling
+    estimate = env.bob.estimate_fee()
+    assert estimate.rate <= ceiling and estimate.priority <= estimate.rate
+    with pytest.raises(ChainError, match="ceiling"):
+        env.bob.prepare_replacement(ref, redeem, preimage)  # already at the ceiling
+    with pytest.raises(InvalidInput, match="ceiling"):
+        env.bob.prepare_redeem(ref, preimage, FeeEstimate(rate=ceiling + 1, priority=1))
+    env.bob.broadcast(redeem)
+    env.bob.wait(redeem.txid)
+    assert env.alice.status(ref).state is HtlcState.REDEEMED
+
+
+@pytest.mark.parametrize(
+    "priority, base",
+    [("NaN", None), ("0xzz", None), ({"fee": 1}, None), (hex(10**9), "NaN"), (-1, None)],
+)
+def test_a_fee_answer_that_is_no_number_leaves_the_adapter_usable(env, priority, base):
+    """Review (broken RPC node): a fee answer that is no number escaped estimate_fee as whatever
+    web3 raised (TypeError, a formatter's error), which no caller expects from a chain: it is
+    now a ChainError for the base fee and the minimum tip for the tip."""
+    terms, preimage = _terms(env)
+    ref = env.alice.lock(terms)
+    _fee_answers(env.w3, priority, base)
+    try:
+        estimate = env.bob.estimate_fee()
+    except ChainError:
+        assert base is not None  # no base fee: nothing sensible to sign with
+        return
+    assert 0 < estimate.priority <= estimate.rate <= env.bob.max_fee_per_gas
+    redeem = env.bob.prepare_redeem(ref, preimage, estimate)
+    env.bob.broadcast(redeem)
+    env.bob.wait(redeem.txid)
+
+
+def test_an_earlier_transaction_priced_under_the_base_fee_is_repriced_to_fill_its_nonce(env):
+    """Review (nonce gap, follow-up): a transaction of this wallet that never reached the chain
+    and is priced under the base fee (signed when fees were lower) was sent again as it was and
+    refused, so the gap stayed and every later transaction waited behind it. It is now signed
+    again with the same call and nonce at the current estimate before the later one goes out."""
+    t1, s1 = _terms(env)
+    t2, s2 = _terms(env)
+    r1, r2 = env.alice.lock(t1), env.alice.lock(t2)
+    base = int(env.w3.eth.get_block("latest")["baseFeePerGas"])
+    assert base > 1
+    cheap = env.bob.prepare_redeem(r1, s1, FeeEstimate(rate=base // 2, priority=1))  # unsent
+    later = env.bob.prepare_redeem(r2, s2)
+    env.bob.broadcast(later)  # before: refused, nonce gap (the cheap one re-sent and refused)
+    env.bob.wait(later.txid)
+    assert env.alice.status(r2).state is HtlcState.REDEEMED
+    assert env.alice.status(r1).state is HtlcState.REDEEMED  # by the repriced version
+    assert env.alice.status(r1).spend_txid != cheap.txid
+
+
+def test_a_token_lock_prepared_while_another_is_in_flight_never_reverts_for_allowance(env):
+    """Review (allowance race): the adapter skipped the approve when the chain's allowance
+    covered the amount, but that allowance could be one already spoken for by an earlier lock
+    not yet mined (its approve mined, its lock dropped or still pending): both locks went out
+    and the second reverted ('transfer failed'), its swap aborted and its gas spent. A token
+    lock now approves exactly its amount whenever one of the wallet's transactions is in
+    flight, and token locks are prepared one at a time, so each approve is followed by its own
+    lock among the wallet's token transactions."""
+    _mint(env, env.alice.address(), 1_000_000)
+    t1, _ = _terms(env, amount=400_000, token=env.token)
+    t2, _ = _terms(env, amount=300_000, token=env.token)
+    approve1, lock1 = env.alice.prepare_lock(t1)
+    env.alice.broadcast(approve1)
+    env.alice.wait(approve1.txid)  # mined; lock1 not sent yet (dropped, or waiting)
+    txs2 = env.alice.prepare_lock(t2)
+    assert [t.kind for t in txs2] == [TxKind.APPROVE, TxKind.LOCK]  # before: only a lock
+    for tx in (lock1, *txs2):
+        env.alice.broadcast(tx)
+        env.alice.wait(tx.txid)  # before: the second lock reverted
+    assert env.alice.balance(env.token, owner=env.htlc) == 700_000
+    for t, tx in ((t1, lock1), (t2, txs2[-1])):
+        assert env.alice.status(env.alice.htlc_ref(t, tx)).state is HtlcState.LOCKED

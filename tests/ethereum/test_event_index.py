@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -298,3 +299,34 @@ def test_a_settled_lock_older_than_the_index_is_never_read_as_absent_for_a_misse
     drops[0] = 0
     seen = late.status(ref)
     assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
+
+
+def test_a_settled_lock_whose_receipt_is_not_answered_is_never_read_as_absent():
+    """Review (a node without the lock's receipt: beyond its transaction index, or a lagging
+    backend): a lock older than the index, redeemed, read as ABSENT because its receipt was
+    null, so its sender gave the swap up without the preimage. The payout is now found from
+    the index, or after the node places the lock transaction in a best-chain block."""
+    w = _World()
+    secret = os.urandom(32)
+    ref = w.a.lock(w.terms(secret))
+    w.b.broadcast(w.b.prepare_redeem(ref, secret))
+    w.tester.mine_blocks(event_index.START_BACK_BLOCKS + 10)
+    late = EthereumAdapter(w.w3, w.alice, w.a.htlc.address)  # its index starts above both
+    late.tip()
+
+    class _NoReceipt(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                response = make_request(method, params)
+                if method == "eth_getTransactionReceipt" and params[0] == ref.lock_txid:
+                    return {**response, "result": None}
+                return response
+
+            return middleware
+
+    w.w3.middleware_onion.add(_NoReceipt)
+    seen = late.status(ref)  # before: ABSENT
+    assert seen.state is HtlcState.REDEEMED and seen.preimage == secret
+    assert seen.confirmations == event_index.START_BACK_BLOCKS + 12
+    never = replace(ref, lock_txid="0x" + "11" * 32)  # a lock that never was: still ABSENT
+    assert late.status(never).state is HtlcState.ABSENT

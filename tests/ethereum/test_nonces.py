@@ -197,3 +197,21 @@ def test_a_failed_signature_gives_its_nonce_back(tmp_path, monkeypatch):
     assert _nonce(tx) == unused
     adapter.broadcast(tx)
     adapter.wait(tx.txid)
+
+
+def test_a_store_from_before_raw_transactions_opens_and_keeps_its_reservations(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "nonces.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE eth_nonce_signed (address TEXT, nonce INTEGER, PRIMARY KEY (address, nonce))"
+    )
+    old.execute("INSERT INTO eth_nonce_signed VALUES ('0xa', 4)")
+    old.commit()
+    old.close()
+    store = NonceManager("0xa", lambda: 4, path)
+    assert store.reserved() == [4] and store.allocate() == 5
+    store.record(5, b"signed five")
+    assert store.signed_between(0, 9) == [(5, b"signed five")]  # 4 has no raw transaction
+    assert store.signed_between(0, 5) == []

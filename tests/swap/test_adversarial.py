@@ -9,13 +9,17 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from eth_utils import to_checksum_address
+from eth_account import Account
+from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
+from web3.middleware import Web3Middleware
 
 from kofo.errors import InvalidInput
 from kofo.settlement.chain import HtlcTerms, UnixTime
+from kofo.settlement.chains.ethereum import event_index
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, propose_terms
 from kofo.wire.swap import Error, Locked, Propose
@@ -272,3 +276,102 @@ def test_messages_from_someone_other_than_the_counterparty_change_nothing(world)
     assert isinstance(reply, Error) and reply.code == "wrong_sender"
     assert alice.engine.journal.get(sid).state is State.ACCEPTED
     _ = HexBytes, HtlcTerms
+
+
+def _swallow_sends_of(w3, address: str) -> list[bytes]:
+    """Make ``w3``'s node answer every raw transaction signed by ``address`` as accepted and
+    drop it (a flaky or lying node, a pool that evicts it, a censoring miner); returns the list
+    of what it dropped. Remove with ``w3.middleware_onion.remove("swallow")``."""
+    dropped: list[bytes] = []
+
+    class _Swallow(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                if method == "eth_sendRawTransaction":
+                    raw = HexBytes(params[0])
+                    if Account.recover_transaction(raw) == address:
+                        dropped.append(bytes(raw))
+                        return {"jsonrpc": "2.0", "id": 0, "result": "0x" + keccak(raw).hex()}
+                return make_request(method, params)
+
+            return middleware
+
+    w3.middleware_onion.add(_Swallow, "swallow")
+    return dropped
+
+
+def test_a_refund_dropped_then_made_obsolete_by_a_late_redeem_never_stalls_the_wallet(world):
+    """Review attack (a flaky or lying node, or censorship until expiry): bob's refund at T_B
+    was dropped unmined; alice then redeemed bob's leg, revealing the secret. Bob's engine gave
+    the refund up (it would revert) and signed the redeem of alice's leg with the next nonce,
+    which could never be mined behind the refund's: alice refunded her leg at T_A and bob lost
+    both. The adapter now keeps each reserved nonce's signed transaction and sends it again
+    before a later one (the obsolete refund is mined and reverts), so the redeem goes through."""
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    a_htlc, b_htlc = _htlcs(alice, sid)
+    _lock(alice, a_htlc)
+    for _ in range(5):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    evm.advance_to(b_htlc.expiry.value + 1)
+    dropped = _swallow_sends_of(evm.w3, bob.address("eth"))
+    for _ in range(4):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.REFUND_SENT and dropped
+    ad = alice.engine.adapters["eth"]
+    redeem = ad.prepare_redeem(ad.find_htlc(b_htlc), alice.engine.journal.preimage(sid))
+    ad.broadcast(redeem)
+    ad.wait(redeem.txid)
+    evm.w3.middleware_onion.remove("swallow")
+    bob_eth = bob.engine.adapters["eth"].balance()
+    states = drive([bob], sid, rounds=30, between=_time_moves(evm, 5))
+    assert states["bob"] is State.REDEEMED  # before: redeem_signed for good (nonce gap)
+    assert bob.engine.adapters["eth"].balance() > bob_eth + ETHER - 10**16
+
+
+def _receipts_withheld(w3, txids: set[str]) -> None:
+    """Make ``w3``'s node answer ``eth_getTransactionReceipt`` of ``txids`` with null, as a
+    node does for a transaction beyond its transaction index (geth's history.transactions, or
+    while it is still indexing) or a backend that has not seen it."""
+    wanted = {t.lower() for t in txids}
+
+    class _Withheld(Web3Middleware):
+        def wrap_make_request(self, make_request: Any) -> Any:
+            def middleware(method: Any, params: Any) -> Any:
+                response = make_request(method, params)
+                if method == "eth_getTransactionReceipt" and str(params[0]).lower() in wanted:
+                    return {**response, "result": None}
+                return response
+
+            return middleware
+
+    w3.middleware_onion.add(_Withheld, "withheld")
+
+
+def test_a_redeemed_leg_whose_lock_receipt_is_not_answered_is_not_read_as_absent(world, tmp_path):
+    """Review attack (a node without the lock's receipt, after a restart): bob's lock was older
+    than his new event index, the node answered its receipt with null, and the contract said
+    the swap was settled (alice had redeemed it): status answered ABSENT, bob's engine went to
+    refund_wait and ended aborted at T_B without reading the secret, while alice kept bob's
+    leg and could refund her own at T_A. A settled swap whose lock receipt is missing is now
+    read from its payout log."""
+    evm, alice, bob = world
+    sid = start_swap(alice, bob, *_legs(evm, alice, bob))
+    a_htlc, b_htlc = _htlcs(alice, sid)
+    _lock(alice, a_htlc)
+    for _ in range(5):
+        bob.engine.tick()
+    assert bob.engine.journal.get(sid).state is State.LOCKED
+    bob_lock = bob.engine.adapters["eth"].find_htlc(b_htlc)
+    assert bob_lock is not None
+    evm.tester.mine_blocks(event_index.START_BACK_BLOCKS + 10)
+    bob.engine.journal.close()
+    bob = make_node("bob", tmp_path, {"eth": evm}, accounts=bob.accounts, key=bob.key)
+    _receipts_withheld(evm.w3, {bob_lock.lock_txid})
+    ad = alice.engine.adapters["eth"]
+    ad.broadcast(ad.prepare_redeem(ad.find_htlc(b_htlc), alice.engine.journal.preimage(sid)))
+    bob_eth = bob.engine.adapters["eth"].balance()
+    states = drive([bob], sid, rounds=40, between=_time_moves(evm))
+    assert states["bob"] is State.REDEEMED  # before: aborted, the secret never read
+    assert bob.engine.adapters["eth"].balance() > bob_eth + ETHER - 10**16

@@ -9,6 +9,7 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -63,9 +64,19 @@ forks that price state growth differently (geth --dev's fork charges ~3x py-evm'
 slots). Unused gas is not charged."""
 
 MIN_TOKEN_LOCK_GAS = 200_000
+
+APPROVE_FROM_ZERO_GAS = 20_000
+"""Added to an approve estimated while the allowance is not zero: it may run after an earlier
+lock spent that allowance, and setting a zero slot costs 20,000 instead of 2,900."""
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
 
 FIND_FIRST_WINDOW = 8
+
+DEFAULT_MAX_FEE_PER_GAS = 1_000 * 10**9
+"""The highest ``maxFeePerGas`` (and so tip) this node signs, in wei: 1,000 gwei, several times
+any sustained mainnet base fee. The node's fee answers are not trusted beyond it: an estimate
+above it is lowered to it, a fee asked for above it is refused, so a lying or broken RPC node
+cannot hand a swap's value to miners (about 0.05 ETH at most for a redeem)."""
 """Blocks in the first window :meth:`EthereumAdapter.find_htlc` scans back from the tip; each
 further window doubles. A live lock is usually a few blocks old, and a log query's cost grows
 with the range it covers (on the embedded EVM quadratically), so the search starts small."""
@@ -168,8 +179,15 @@ class EthereumAdapter:
         chain: str = "eth",
         nonce_db: Path | None = None,
         min_priority_fee: int = 1_000_000_000,
+        max_fee_per_gas: int = DEFAULT_MAX_FEE_PER_GAS,
     ) -> None:
+        if not 0 < min_priority_fee <= max_fee_per_gas:
+            raise InvalidInput(
+                f"min_priority_fee {min_priority_fee} must be positive and at most "
+                f"max_fee_per_gas {max_fee_per_gas}"
+            )
         self.chain = chain
+        self.max_fee_per_gas = max_fee_per_gas
         self.w3 = w3
         self.account = account
         self._min_priority = min_priority_fee
@@ -189,6 +207,7 @@ class EthereumAdapter:
         self._index = HtlcEventIndex(
             w3, self.htlc.address, {self._topics[n]: n for n in _HTLC_EVENTS}
         )
+        self._token_locks = threading.Lock()
         self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
         self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
@@ -265,14 +284,41 @@ class EthereumAdapter:
         return int(receipt["blockNumber"])
 
     def estimate_fee(self) -> FeeEstimate:
-        base = int(self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+        """Twice the latest base fee plus the node's tip (at least ``min_priority_fee``), both
+        lowered to ``max_fee_per_gas``. A tip answer that is no number gives the minimum tip; a
+        base fee that is no number is a :class:`ChainError` (``bad_rpc_answer``)."""
         try:
-            priority = max(int(self.w3.eth.max_priority_fee), self._min_priority)
-        except (Web3RPCError, ValueError, NotImplementedError):
-            priority = self._min_priority
+            base: Any = self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        except (Web3RPCError, ValueError, TypeError, AttributeError) as exc:
+            raise ChainError(
+                f"{self.chain}: the latest block could not be read: {exc}", code="bad_rpc_answer"
+            ) from None
+        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+            raise ChainError(
+                f"{self.chain}: the node's base fee {base!r} is no fee", code="bad_rpc_answer"
+            )
+        try:
+            answer: Any = self.w3.eth.max_priority_fee
+        except (Web3RPCError, ValueError, TypeError, AttributeError, NotImplementedError):
+            answer = None
+        if isinstance(answer, bool) or not isinstance(answer, int) or answer < 0:
+            if answer is not None:
+                log.error("%s: tip estimate %r is no fee; paying the minimum", self.chain, answer)
+            answer = 0
+        priority = max(answer, self._min_priority)
         # Twice the base fee survives six consecutive full blocks (+12.5 % each) before the
         # transaction stops being includable; the unused part is never charged under EIP-1559.
-        return FeeEstimate(rate=2 * base + priority, priority=priority)
+        rate = 2 * base + priority
+        if rate > self.max_fee_per_gas:
+            log.warning(
+                "%s fee estimate %d wei/gas (tip %d) is above the ceiling %d: paying the ceiling",
+                self.chain,
+                rate,
+                priority,
+                self.max_fee_per_gas,
+            )
+            rate = self.max_fee_per_gas
+        return FeeEstimate(rate=rate, priority=min(priority, rate))
 
     # -- building and signing -----------------------------------------------------------
 
@@ -308,10 +354,22 @@ class EthereumAdapter:
         return self._sign_with_gas(kind, call, fee, value, gas)[0]
 
     def _sign_with_gas(
-        self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
+        self,
+        kind: TxKind,
+        call: Any,
+        fee: FeeEstimate | None,
+        value: int = 0,
+        gas: int = 0,
+        extra_gas: int = 0,
     ) -> tuple[SignedTx, int]:
         """Sign ``call``; returns the transaction and the gas limit it carries."""
         fee = fee or self.estimate_fee()
+        if not 0 < fee.rate <= self.max_fee_per_gas or fee.priority < 0:
+            raise InvalidInput(
+                f"{kind} fee {fee.rate} wei/gas (tip {fee.priority}) is outside (0, "
+                f"{self.max_fee_per_gas}], this node's ceiling (max_fee_per_gas)",
+                code="bad_fee",
+            )
         params: dict[str, Any] = {
             "from": self.account.address,
             "value": value,
@@ -323,7 +381,11 @@ class EthereumAdapter:
             raise InsufficientFunds(f"{kind} sends {value} wei, wallet has {self.balance()}")
         if not gas:
             try:
-                gas = int(call.estimate_gas(params) * 5 // 4)  # +25 %: state may shift a bit
+                # Estimated without the fee fields: the gas a call uses does not depend on them,
+                # and a node may otherwise refuse an estimate at a high cap the wallet could
+                # not pay for the block's whole gas limit (eth-tester does).
+                probe = {"from": self.account.address, "value": value}
+                gas = int(call.estimate_gas(probe) * 5 // 4) + extra_gas  # +25 %: state moves
             except ContractLogicError as exc:
                 raise TxRejected(f"{kind} would revert: {exc.message or exc}") from None
         params["gas"] = gas
@@ -340,6 +402,7 @@ class EthereumAdapter:
         except BaseException:
             self.nonces.release(nonce)  # nothing was signed with it
             raise
+        self.nonces.record(nonce, bytes(signed.raw_transaction))
         return SignedTx(self.chain, kind, _hex(signed.hash), bytes(signed.raw_transaction)), gas
 
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
@@ -355,6 +418,13 @@ class EthereumAdapter:
         if terms.token is None:
             call = self.htlc.functions.lock(terms.payment_hash, recipient, expiry)
             return [self._sign(TxKind.LOCK, call, fee, value=terms.amount)]
+        with self._token_locks:  # approve then lock, never interleaved with another token lock's
+            return self._prepare_token_lock(terms, recipient, expiry, fee)
+
+    def _prepare_token_lock(
+        self, terms: HtlcTerms, recipient: str, expiry: int, fee: FeeEstimate | None
+    ) -> list[SignedTx]:
+        assert terms.token is not None
         token = self._token(terms.token)
         have = self.balance(terms.token)
         if have < terms.amount:
@@ -363,11 +433,21 @@ class EthereumAdapter:
         lock = self.htlc.functions.lock_token(
             to_checksum_address(terms.token), terms.amount, terms.payment_hash, recipient, expiry
         )
+        # The chain's allowance is spoken for while any transaction of this wallet is unmined:
+        # an earlier lock whose approve is mined but whose lock is not would take it first, and
+        # this lock would revert. Then this lock approves its own amount (set, not added, right
+        # before it in nonce order).
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        in_flight = bool(self.nonces.signed_between(mined, 2**62))
         allowance = token.functions.allowance(self.account.address, self.htlc.address).call()
-        if allowance < terms.amount:
+        if in_flight or allowance < terms.amount:
             # Approve exactly the amount: an unlimited allowance would outlive this swap.
             approve = token.functions.approve(self.htlc.address, terms.amount)
-            approve_tx, approve_gas = self._sign_with_gas(TxKind.APPROVE, approve, fee)
+            # Estimated over a non-zero allowance (one an earlier lock will spend first), the
+            # approve would run short when it finds zero: a fresh storage slot costs 17,100 more.
+            approve_tx, approve_gas = self._sign_with_gas(
+                TxKind.APPROVE, approve, fee, extra_gas=APPROVE_FROM_ZERO_GAS if allowance else 0
+            )
             lock_gas = max(MIN_TOKEN_LOCK_GAS, LOCK_AFTER_APPROVE_GAS_FACTOR * approve_gas)
             txs.append(approve_tx)
             try:
@@ -450,8 +530,19 @@ class EthereumAdapter:
         if bytes(fields["data"]) != bytes(HexBytes(data)):
             raise InvalidInput(f"transaction {old.txid} is not the {old.kind} of {ref.locator}")
         now = fee or self.estimate_fee()
-        tip = max(now.priority, _raised(int(fields["maxPriorityFeePerGas"])))
-        cap = max(now.rate, _raised(int(fields["maxFeePerGas"])), tip)
+        old_tip, old_cap = int(fields["maxPriorityFeePerGas"]), int(fields["maxFeePerGas"])
+        tip = max(now.priority, _raised(old_tip))
+        cap = max(now.rate, _raised(old_cap), tip)
+        # Never above the ceiling, and then only if nodes still take it as a replacement (both
+        # fees up by at least a tenth); each bump a quarter up would otherwise grow unbounded.
+        cap = min(cap, self.max_fee_per_gas)
+        tip = min(tip, cap)
+        if cap * 10 < old_cap * 11 or tip * 10 < old_tip * 11 or tip <= old_tip:
+            raise ChainError(
+                f"replacing {old.kind} {old.txid} at {old_cap} wei/gas (tip {old_tip}) needs "
+                f"more than this node's ceiling of {self.max_fee_per_gas} (max_fee_per_gas)",
+                code="fee_ceiling",
+            )
         needed, have = int(fields["gas"]) * cap, self.balance()
         if have < needed:
             raise InsufficientFunds(
@@ -460,9 +551,11 @@ class EthereumAdapter:
         signed = self.account.sign_transaction(
             {**fields, "maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
         )
+        self.nonces.record(int(fields["nonce"]), bytes(signed.raw_transaction))
         return SignedTx(self.chain, old.kind, _hex(signed.hash), bytes(signed.raw_transaction))
 
     def broadcast(self, tx: SignedTx) -> str:
+        self._fill_nonce_gap(tx)
         # Send first and look the transaction up only if the node refuses it: a lookup of an
         # unknown hash is a scan of the whole chain on some backends (eth-tester), and almost
         # every broadcast is of a new transaction.
@@ -477,6 +570,44 @@ class EthereumAdapter:
             raise ChainError(f"broadcast of {tx.kind} {tx.txid} failed: {text}") from None
         log.info("broadcast %s %s on %s", tx.kind, _hex(sent), self.chain)
         return _hex(sent)
+
+    def _fill_nonce_gap(self, tx: SignedTx) -> None:
+        """Send again this wallet's signed, unmined transactions whose nonces come before
+        ``tx``'s: one that never reached the chain (dropped by the node or its pool, or given up
+        by its caller, like a refund made obsolete by a redeem), or one priced under today's
+        base fee, would otherwise hold back ``tx`` and every later transaction of the wallet.
+        One under the base fee is first signed again with the same call and nonce at the
+        current estimate (at least a quarter above its old fees, never above the ceiling)."""
+        try:
+            nonce = _nonce_of(tx)
+        except Exception:  # not a typed transaction of ours: nothing to fill
+            return
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        earlier = self.nonces.signed_between(mined, nonce)
+        if not earlier:
+            return
+        base = self.w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
+        for missing, raw in earlier:
+            fields = dict(TypedTransaction.from_bytes(HexBytes(raw)).as_dict())
+            old_cap, old_tip = int(fields["maxFeePerGas"]), int(fields["maxPriorityFeePerGas"])
+            if isinstance(base, int) and old_cap < base:
+                now = self.estimate_fee()
+                cap = min(max(now.rate, _raised(old_cap)), self.max_fee_per_gas)
+                tip = min(max(now.priority, _raised(old_tip)), cap)
+                if cap > old_cap and tip > old_tip:
+                    for signature_part in ("v", "r", "s", "yParity"):
+                        fields.pop(signature_part, None)
+                    signed = self.account.sign_transaction(
+                        {**fields, "maxFeePerGas": cap, "maxPriorityFeePerGas": tip}
+                    )
+                    raw = bytes(signed.raw_transaction)
+                    self.nonces.record(missing, raw)
+            try:
+                sent = self.w3.eth.send_raw_transaction(raw)
+            except Exception as exc:  # known already, or refused: tx's own send tells the rest
+                log.debug("%s: nonce %d not re-sent: %s", self.chain, missing, exc)
+            else:
+                log.warning("%s: re-sent %s to fill nonce %d", self.chain, _hex(sent), missing)
 
     def _known(self, txid: str) -> bool:
         try:
@@ -624,9 +755,19 @@ class EthereumAdapter:
         if self._live(sid):
             return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
         if lock_block is None:
-            # A payout comes after its lock on the same chain: with the lock not on the best
-            # chain there is no redeem or refund of it to look for.
-            return HtlcStatus(HtlcState.ABSENT)
+            # The contract says the swap is not live and the lock's receipt was not answered:
+            # either the lock is not on the best chain (ABSENT), or the node has no receipt
+            # for it (beyond its transaction index, a backend that lags) while the swap was
+            # paid out. ABSENT for the latter ends a swap without its secret, so a payout the
+            # index saw, or a lock transaction the node places in a best-chain block, comes
+            # first.
+            spent = self._indexed_spend(sid)
+            if spent is not None:
+                return spent
+            lock_block = self._tx_block(ref.lock_txid)
+            if lock_block is None:
+                return HtlcStatus(HtlcState.ABSENT)
+            lock_conf = int(self.w3.eth.block_number) - lock_block + 1
         # The spend came after the lock: search back from the tip in doubling windows, never
         # below the lock's block, so a check costs the spend's age, not the chain's.
         hi = int(self.w3.eth.block_number)
@@ -657,6 +798,34 @@ class EthereumAdapter:
             "answered",
             code="chain_inconsistent",
         )
+
+    def _indexed_spend(self, sid: bytes) -> HtlcStatus | None:
+        """The newest redeem or refund of ``sid`` in the event index (reorg-checked), if any."""
+        tip = self._index.height
+        for event in reversed(self._index.events(sid)):
+            if event.name != "Locked":
+                conf = tip - event.block + 1
+                return HtlcStatus(
+                    HtlcState.REDEEMED if event.name == "Redeemed" else HtlcState.REFUNDED,
+                    confirmations=conf,  # the lock came before its payout: at least as deep
+                    spend_txid=event.txid,
+                    spend_confirmations=conf,
+                    preimage=event.preimage,
+                )
+        return None
+
+    def _tx_block(self, txid: str) -> int | None:
+        """The best-chain height the node gives for transaction ``txid``, if any."""
+        try:
+            tx = self.w3.eth.get_transaction(HexBytes(txid))
+        except TransactionNotFound:
+            return None
+        if tx is None or tx.get("blockNumber") is None or tx.get("blockHash") is None:
+            return None
+        block = self.w3.eth.get_block(tx["blockNumber"])
+        if bytes(block["hash"]) != bytes(tx["blockHash"]):
+            return None
+        return int(tx["blockNumber"])
 
     def _lock_mined_at(self, sid: bytes, txid: str) -> int | None:
         """The best-chain height of ``txid`` if it emitted this contract's ``Locked`` event of

@@ -12,8 +12,13 @@ Three rules keep a node from ever signing two different transactions with one no
    and a released one (signing failed, or a transaction was discarded unsent) is handed out
    again instead of leaving a gap that would stall every later transaction.
 
-A signed transaction that is never broadcast still leaves a gap; the swap journal re-broadcasts
-every stored transaction at start, which fills it. Without a ``db_path`` the store is an
+A signed transaction that never reaches the chain (never broadcast, dropped by its node, evicted
+from the pool) still leaves a gap, even after its caller gave it up (a refund made obsolete by
+the counterparty's redeem is never sent again). So the store also keeps the newest signed raw
+transaction of each reserved nonce (:meth:`NonceManager.record`), and the adapter sends those
+below a transaction's nonce again before it (:meth:`NonceManager.signed_between`): the gap is
+filled by what was signed for it (an obsolete one reverts, costing its gas), never by anything
+else. Without a ``db_path`` the store is an
 in-memory database: the same rules within one process.
 """
 
@@ -61,8 +66,11 @@ class NonceManager:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS eth_nonce_signed "
-                "(address TEXT, nonce INTEGER, PRIMARY KEY (address, nonce))"
+                "(address TEXT, nonce INTEGER, raw BLOB, PRIMARY KEY (address, nonce))"
             )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(eth_nonce_signed)")}
+            if "raw" not in columns:  # a store from before raw transactions were kept
+                self._db.execute("ALTER TABLE eth_nonce_signed ADD COLUMN raw BLOB")
 
     def _reserved_count(self) -> int:
         row = self._db.execute(
@@ -110,6 +118,25 @@ class NonceManager:
                 (self._address, nonce),
             )
             return nonce
+
+    def record(self, nonce: int, raw: bytes) -> None:
+        """Keep ``raw``, a transaction signed with the reserved ``nonce`` (the newest version,
+        e.g. a fee replacement), to fill the nonce with it if it never reaches the chain."""
+        with self._lock, _immediate(self._db):
+            self._db.execute(
+                "UPDATE eth_nonce_signed SET raw = ? WHERE address = ? AND nonce = ?",
+                (raw, self._address, nonce),
+            )
+
+    def signed_between(self, low: int, high: int) -> list[tuple[int, bytes]]:
+        """The reserved nonces in ``[low, high)`` with their recorded raw transactions."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT nonce, raw FROM eth_nonce_signed WHERE address = ? AND nonce >= ? "
+                "AND nonce < ? AND raw IS NOT NULL ORDER BY nonce",
+                (self._address, low, high),
+            ).fetchall()
+        return [(int(n), bytes(raw)) for n, raw in rows]
 
     def release(self, nonce: int) -> None:
         """Say that no transaction signed with ``nonce`` will ever be broadcast (signing failed,
