@@ -21,6 +21,7 @@ order this node co-signed), ``submitted`` (the commit tx's hash), ``committed`` 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -35,6 +36,7 @@ from kofo.errors import KofoError
 from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
 from kofo.private_files import check_private_file
 from kofo.settlement.engine import SwapEngine
+from kofo.settlement.swap import State
 from kofo.settlement.terms import ChainPolicy, SwapTerms, TermsRefused
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import public_key_bytes, read_message
@@ -280,12 +282,14 @@ class TradePipeline:
 
     # -- the taker --------------------------------------------------------------------------------
 
-    def submit(self, commit_tx: bytes) -> int:
+    def submit(self, commit_tx: bytes, *, preimage: bytes | None = None) -> int:
         """Commit the co-signed order (a signed ``commit_order`` tx); returns its height.
 
         Journals ``submitted`` (the tx hash) before the broadcast; ``LedgerClient.commit``
         looks the hash up first, so calling this again (a retry, a restart) never sends twice.
-        A refusal by the ledger raises :class:`TradeRefused` and starts nothing."""
+        A refusal by the ledger raises :class:`TradeRefused` and starts nothing. The taker
+        passes its ``preimage``: it is kept in the swap journal (with the engine's other
+        secrets) before the order is sent, so a restart after the commit can start the swap."""
         env = read_message(commit_tx).envelope
         body = parse_tx_body(env.type, env.body)
         if not isinstance(body, CommitOrder):
@@ -296,6 +300,10 @@ class TradePipeline:
         done = self.phases.phase(order.order_id, "committed")
         if done is not None:
             return int(str(done["height"]))
+        if preimage is not None:
+            if hashlib.sha256(preimage).digest() != order.payment_hash:
+                raise TradeRefused(f"order {order.order_id.hex()}: the preimage is not its hash's")
+            self.engine.journal.store_preimage(order.order_id, preimage)
         digest = tx_hash(commit_tx)
         self.phases.record(order.order_id, "submitted", {"tx": digest})
         try:
@@ -309,9 +317,14 @@ class TradePipeline:
         log.info("order %s committed at height %d", order.order_id.hex(), included.height)
         return included.height
 
-    def start_as_taker(self, order_id: bytes, preimage: bytes) -> SwapTerms:
+    def start_as_taker(self, order_id: bytes, preimage: bytes | None = None) -> SwapTerms:
         """After the commit: read the committed order back, start the engine as initiator
-        from its legs, propose to the maker and record its accept."""
+        from its legs, propose to the maker and record its accept. The secret is the one
+        journaled by :meth:`submit` unless given."""
+        if preimage is None:
+            preimage = self.engine.journal.preimage(order_id)
+            if preimage is None:
+                raise TradeRefused(f"order {order_id.hex()}: no secret journaled for it")
         com = self.committed(order_id)
         role = self._check_against_signed(com.order)
         if role != "taker":
@@ -326,7 +339,8 @@ class TradePipeline:
             participant_node=com.order.legs[1].sender,
         )
         self.phases.record(order_id, "swap_started")
-        if self.send is not None:
+        state = self.engine.journal.get(order_id).state
+        if self.send is not None and state is State.PROPOSED:
             reply = self.send(order_id, Propose(terms))
             if isinstance(reply, Accept):
                 self.engine.handle(reply, com.order.legs[1].sender)

@@ -439,11 +439,16 @@ class SwapEngine:
             self._check_funds(initiator_leg)
             with self._observing(chains):
                 terms = lay_out()
+                # The caller may have journaled the secret already (before the order it
+                # hashes was committed, so a restart can still start the swap).
+                kept = self.journal.preimage(swap_id)
+                if kept is not None and kept != preimage:
+                    raise InvalidInput(f"swap {swap_id.hex()}: another secret is journaled")
                 self.journal.create_swap(
                     Role.INITIATOR,
                     terms,
                     State.PROPOSED,
-                    preimage=preimage,
+                    preimage=None if kept is not None else preimage,
                     peer=peer,
                     payload={"reason": "proposed from fixed legs"},
                 )
