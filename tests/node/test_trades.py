@@ -253,6 +253,8 @@ def test_committed_order_is_settled_by_both_pipelines(net: Net, tmp_path: Path) 
     rec = net.app.order(oid)
     assert rec is not None and [x["outcome"] for x in rec["legs"]] == ["redeemed", "redeemed"]
     assert committed.order == order
+    with pytest.raises(TradeRefused, match="settled on the ledger"):
+        maker.pipe.watch_commit(oid)  # a settled order starts nothing again
 
     with net.lock:
         for p, gives, gets in ((taker, a, b), (maker, b, a)):
@@ -308,7 +310,7 @@ def test_refused_order_starts_nothing_and_differing_terms_are_refused(
     # committed properly; then the taker proposes terms that differ from the order (a
     # larger participant amount): the maker refuses, says why in its log, reserves nothing
     taker.pipe.submit(_commit_tx(order, taker, maker))
-    maker.pipe.watch_commit(oid)
+    # (the maker's watcher has not seen the commit: its policy asks the ledger itself)
     with net.lock:
         a, b = engine_legs(order, taker.node.engine.policies)
         terms = _probe_terms(taker, maker, oid, order, a, b)

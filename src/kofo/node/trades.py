@@ -327,6 +327,8 @@ class TradePipeline:
                 raise TradeRefused(f"order {order_id.hex()}: no secret journaled for it")
         com = self.committed(order_id)
         role = self._check_against_signed(com.order)
+        if com.status != "committed" and self.phases.phase(order_id, "swap_started") is None:
+            raise TradeRefused(f"order {order_id.hex()} is {com.status} on the ledger: no swap")
         if role != "taker":
             raise TradeRefused(f"order {order_id.hex()}: this node is not its taker")
         self.phases.record(order_id, "committed", {"height": com.height})
@@ -362,6 +364,8 @@ class TradePipeline:
         accepts the taker's proposal for it."""
         com = self.committed(order_id)
         role = self._check_against_signed(com.order)
+        if com.status != "committed":
+            raise TradeRefused(f"order {order_id.hex()} is {com.status} on the ledger: no swap")
         if role != "maker":
             raise TradeRefused(f"order {order_id.hex()}: this node is not its maker")
         self.phases.record(order_id, "committed", {"height": com.height})
@@ -380,9 +384,14 @@ class TradePipeline:
     def _check_proposal(self, terms: SwapTerms) -> None:
         oid = terms.swap_id
         if self.phases.phase(oid, "committed") is None:
-            raise TermsRefused(
-                f"order {oid.hex()}: not seen committed on the ledger", code="terms_not_offered"
-            )
+            # not yet seen committed: ask the ledger now (the proposal may beat our watcher)
+            try:
+                self.watch_commit(oid)
+            except KofoError as exc:
+                raise TermsRefused(
+                    f"order {oid.hex()}: not seen committed on the ledger ({exc})",
+                    code="terms_not_offered",
+                ) from exc
         mine = self.phases.order(oid)
         if mine is None or mine[0] != "maker":
             raise TermsRefused(
