@@ -39,8 +39,10 @@ from kofo.node.trades import (
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.observer import AdapterObserver
 from kofo.settlement.swap import State
+from kofo.settlement.terms import TermsRefused
 from kofo.wire.attest import BondObservation, LegRef, Observation
 from kofo.wire.exchange import Claim
+from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import CommitOrder, sign_tx, with_derived_id
 from kofo.wire.swap import Propose
 from tests.clearance.helpers import ledger_params
@@ -329,3 +331,28 @@ def test_refused_order_starts_nothing_and_differing_terms_are_refused(
         reply = maker.node.engine.handle(Propose(other), taker.node.node_id)
     assert reply is not None and "payment_hash" in getattr(reply, "message", "")
     assert maker.node.engine.unfinished() == []
+
+
+def test_order_expiries_that_do_not_fit_the_engine_margins_are_refused(
+    net: Net, tmp_path: Path
+) -> None:
+    """The ledger accepts an order whose Ethereum leg expires minutes after its lock_by, but the
+    taker's engine could not redeem it safely before it expires: the swap is refused, clearly,
+    before anything locks."""
+    taker, maker = _party("taker", tmp_path, net), _party("maker", tmp_path, net)
+    link(taker.node, maker.node)
+    taker.pipe.send = taker.node.engine._request
+    preimage = os.urandom(32)
+    order = _order(taker, maker, net, payment_hash=hashlib.sha256(preimage).digest())
+    now = int(time.time())
+    out, back = order.legs
+    back = replace(back, expiry=UnixTime(now + 200), expiry_time=now + 200, lock_by=now + 100)
+    out = replace(out, expiry_time=now + 200 + 3_600, lock_by=now + 60)
+    order = with_derived_id(replace(order, legs=(out, back)))
+    maker.pipe.expect(order)
+    taker.pipe.submit(_commit_tx(order, taker, maker), preimage=preimage)
+    with net.lock, pytest.raises(TermsRefused) as refused:
+        taker.pipe.start_as_taker(order.order_id)
+    assert refused.value.code == "terms_margin_too_small"
+    assert taker.node.engine.unfinished() == [] and maker.node.engine.unfinished() == []
+    assert "swap_started" not in taker.phases.phases(order.order_id)
