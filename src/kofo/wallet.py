@@ -12,6 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_account.signers.local import LocalAccount
 
 from kofo.errors import KofoError, WalletError
@@ -107,6 +110,14 @@ class NodeWallet:
         file is replaced only once the new one is written whole and decrypts); False when it
         already is current."""
         return keystore.upgrade_file(path, passphrase)
+
+    def node_key(self) -> Ed25519PrivateKey:
+        """The node's Ed25519 identity on the ledger and the network (HKDF-SHA256 of the seed,
+        its own domain: no chain key derives the same bytes)."""
+        raw = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"kofo node key v1"
+        ).derive(self._seed)
+        return Ed25519PrivateKey.from_private_bytes(raw)
 
     def eth_account(self, index: int = 0) -> LocalAccount:
         return account_from_seed(self._seed, index)

@@ -34,13 +34,19 @@ from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import InvalidInput, KofoError
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
+from kofo.settlement.chains.bitcoin.backend import RpcBackend
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpc import RpcClient
 from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer, address_to_script
 from kofo.settlement.chains.bitcoin.tx import p2wpkh_script_pubkey
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
+from kofo.settlement.chains.ethereum.keys import account_from_seed
+from kofo.settlement.observer import AdapterObserver
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,21 @@ class Devnet:
         self.btc.close()
 
 
+def _observer(net: Devnet, eth_url: str) -> AdapterObserver:
+    """The solo validator's chain watchers: read-only adapters over the devnet's RPC servers
+    (throwaway keys: they never sign), searching for spent locks from today's tips."""
+    btc = BitcoinAdapter(
+        RpcBackend(RpcClient(net.btc_server.url, net.btc_user, net.btc_password)),
+        HdWallet(os.urandom(32), _REGTEST),
+    )
+    w3 = Web3(Web3.HTTPProvider(eth_url, request_kwargs={"timeout": 10}))
+    eth = EthereumAdapter(w3, account_from_seed(os.urandom(32)), net.htlc)
+    return AdapterObserver(
+        {"btc": btc, "eth": eth},
+        spent_since={"btc": net.btc.height(), "eth": int(w3.eth.block_number)},
+    )
+
+
 def _burn_script() -> bytes:
     # Clock-only blocks pay a key nobody keeps, so no funded balance moves with them.
     return p2wpkh_script_pubkey(HdWallet(os.urandom(32), _REGTEST).identity.pubkey)
@@ -161,6 +182,9 @@ def start_devnet(
             net.funded.append({"chain": "eth", "address": to, "wei": FUND_WEI})
             net.funded.append({"chain": "eth", "token": "DUSD", "address": to, "units": FUND_DUSD})
             progress(f"funded {to}: {FUND_WEI // 10**18} ETH, {FUND_DUSD // 10**6} DUSD")
+        # The solo ledger is its own validator: it attests leg outcomes from its own view of
+        # the chains, read over the same RPC a node uses (docs/clearance.md).
+        app.observer = _observer(net, eth_server.url)
         burn = _burn_script()
         for address, script in btc_targets:
             btc.mine(1, script)

@@ -356,6 +356,106 @@ class SwapEngine:
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
+    def propose_fixed(
+        self,
+        initiator_leg: Leg,
+        participant_leg: Leg,
+        *,
+        swap_id: bytes,
+        preimage: bytes,
+        participant_node: bytes,
+        accept_window: int = ACCEPT_WINDOW_SECONDS,
+        peer: str = "",
+    ) -> SwapTerms:
+        """Start an initiator swap whose legs were fixed elsewhere (a settlement order
+        committed on the ledger: its id, payment hash, amounts, addresses and expiries are
+        kept as given); only the lock and redeem deadlines are laid out from this engine's
+        margins and clocks, as :meth:`propose` does. Refuses (:class:`TermsRefused`) legs
+        whose expiries are not in the chains' units or leave less than this node's margins.
+        Idempotent: a swap already journaled under ``swap_id`` with these legs is returned."""
+        payment_hash = hashlib.sha256(preimage).digest()
+        try:
+            old = self.journal.get(swap_id)
+        except KofoError:
+            old = None
+        if old is not None:
+            if (
+                old.terms.payment_hash != payment_hash
+                or replace(old.terms.initiator_leg, confirmations=1)
+                != replace(initiator_leg, confirmations=1)
+                or replace(old.terms.participant_leg, confirmations=1)
+                != replace(participant_leg, confirmations=1)
+            ):
+                raise InvalidInput(f"swap {swap_id.hex()} exists with other terms")
+            return old.terms
+        chains = (initiator_leg.chain, participant_leg.chain)
+
+        def lay_out() -> SwapTerms:
+            now = self.now(chains)
+            laid = propose_terms(
+                swap_id=swap_id,
+                payment_hash=payment_hash,
+                initiator_leg=initiator_leg,
+                participant_leg=participant_leg,
+                policies=self.policies,
+                now=now,
+                accept_window=accept_window,
+                initiator_node=self.node_id,
+                participant_node=participant_node,
+            )
+            terms = replace(
+                laid,
+                initiator_leg=replace(laid.initiator_leg, expiry=initiator_leg.expiry),
+                participant_leg=replace(laid.participant_leg, expiry=participant_leg.expiry),
+            )
+            for leg in (terms.initiator_leg, terms.participant_leg):
+                if type(leg.expiry) is not type(now[leg.chain]):
+                    raise TermsRefused(
+                        f"{leg.chain} leg expiry {leg.expiry} is not in the chain's unit "
+                        f"({now[leg.chain]})",
+                        code="terms_expiry_unit",
+                    )
+            check_terms_as_initiator(terms, self.policies, now)
+            # The fixed expiries must also leave the participant its margin (it checks the
+            # same), and the initiator's own lock deadline must come before its leg expires.
+            if not terms.initiator_lock_by.value < terms.initiator_leg.expiry.value or not (
+                terms.participant_lock_by.value
+                <= terms.initiator_redeem_by.value
+                < terms.participant_leg.expiry.value
+            ):
+                raise TermsRefused(
+                    "the fixed expiries come before this node's lock and redeem deadlines "
+                    f"(initiator leg {terms.initiator_leg.expiry}, participant leg "
+                    f"{terms.participant_leg.expiry})",
+                    code="terms_margin_too_small",
+                )
+            return terms
+
+        with self._observing(chains):
+            draft = lay_out()
+        self._check_new_hash(draft)
+        self._check_legs(draft)
+        with self._lock:
+            self._check_funds(initiator_leg)
+            with self._observing(chains):
+                terms = lay_out()
+                # The caller may have journaled the secret already (before the order it
+                # hashes was committed, so a restart can still start the swap).
+                kept = self.journal.preimage(swap_id)
+                if kept is not None and kept != preimage:
+                    raise InvalidInput(f"swap {swap_id.hex()}: another secret is journaled")
+                self.journal.create_swap(
+                    Role.INITIATOR,
+                    terms,
+                    State.PROPOSED,
+                    preimage=None if kept is not None else preimage,
+                    peer=peer,
+                    payload={"reason": "proposed from fixed legs"},
+                )
+                self._note_scan_from(terms)
+        self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
+        return terms
+
     def accept(self, terms: SwapTerms, *, peer: str = "") -> Accept:
         """The participant's answer to a proposal: check it is safe, allowed and funded,
         journal it, ACCEPTED. Raises :class:`TermsRefused` with the reason's code otherwise.

@@ -194,17 +194,31 @@ class SoloLedgerRpc:
 
     # -- blocks ------------------------------------------------------------------------------
 
+    def _attest_due(self) -> bool:
+        """Whether a block is due without any tx: the producer observes the chains (solo
+        attestation) and committed orders have legs whose outcome can still change. Like
+        CometBFT (``create_empty_blocks``), the ledger then keeps making blocks, so an outcome
+        seen on a chain is attested on an idle ledger too."""
+        if self.chain.app.observer is None:
+            return False
+        with self._lock:
+            return bool(self.chain.app.pending_legs())
+
     def _produce(self) -> None:
+        observing = self.chain.app.observer is not None
         while True:
+            due = self._attest_due()  # read outside the condition (it takes the app lock)
             with self._wake:
-                while not self._stopping and self.chain.pending == 0:
-                    self._wake.wait()
+                if not self._stopping and self.chain.pending == 0 and not due:
+                    # with an observer, look again each interval for legs to attest
+                    self._wake.wait(self._interval if observing else None)
+                    continue
                 stopping = self._stopping
                 if not stopping:
                     # Let a batch gather: one block per interval, not one per transaction.
                     self._wake.wait(self._interval)
                     stopping = self._stopping
-            if self.chain.pending:
+            if self.chain.pending or (due and not stopping):
                 try:
                     self.produce_block()
                 except Exception:  # a bug in the app must not kill the producer silently

@@ -1,0 +1,426 @@
+"""The trade pipeline core: a co-signed settlement order -> committed on the ledger -> swap.
+
+The node composes the layers here (DESIGN.md section 4); it holds no protocol logic of its own:
+
+1. the taker submits ``commit_order`` through :class:`~kofo.node.ledger_client.LedgerClient`
+   (``commit`` looks the tx up by hash first, so a retry never sends it twice) and waits until
+   it is in a block (height);
+2. each party reads the **committed** order back from the ledger (``/order``): the order on the
+   ledger is the single source of truth for amounts, payment hash, addresses and expiries;
+3. the taker (the first leg's sender, holder of the secret) starts the swap engine as
+   initiator from the order's legs (:meth:`SwapEngine.propose_fixed`: the order's expiries are
+   kept, the lock/redeem deadlines laid out from the engine's margins); the maker is the
+   participant, and its engine's accept policy (:meth:`TradePipeline.accept_policy`) accepts
+   exactly the terms derived from a committed order it is party to and that equals the order it
+   co-signed (what it quoted). Nothing locks before the commit is seen.
+
+Each phase is journaled in ``trades.sqlite`` (0600) before its side effect: ``signed`` (the
+order this node co-signed), ``submitted`` (the commit tx's hash), ``committed`` (height),
+``swap_started``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.errors import KofoError
+from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
+from kofo.private_files import check_private_file
+from kofo.settlement.engine import SwapEngine
+from kofo.settlement.swap import State
+from kofo.settlement.terms import ChainPolicy, SwapTerms, TermsRefused
+from kofo.wire.codec import decode, encode
+from kofo.wire.envelope import public_key_bytes, read_message
+from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+from kofo.wire.orders import CommitOrder, Leg, SettlementOrder, parse_tx_body
+from kofo.wire.swap import Accept, Error, Propose, SwapBody
+from kofo.wire.terms import Leg as EngineLeg
+
+log = logging.getLogger("kofo.node.trades")
+
+PHASES = ("signed", "submitted", "committed", "swap_started")
+
+
+class TradeRefused(KofoError):
+    """This node will not act on an order (not party to it, not what it quoted, refused by the
+    ledger, expiries that do not fit the chains): nothing was locked."""
+
+    code = "trade_refused"
+
+
+class OrderUnfit(TradeRefused):
+    """An order leg's expiry is not in its chain's unit (Bitcoin-like chains: block heights;
+    Ethereum: unix time): the engine cannot lock it as written."""
+
+    code = "order_unfit"
+
+
+# -- the phase journal ---------------------------------------------------------------------------
+
+
+class PhaseJournal:
+    """One SQLite file (0600): per order, this node's role, the order it co-signed and each
+    phase reached, written before the phase's side effect (idempotent: a phase is recorded
+    once, with its first detail)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            self.path.touch(mode=0o600)
+        check_private_file(self.path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS orders (order_id BLOB PRIMARY KEY, role TEXT NOT NULL, "
+            "order_cbor BLOB NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS phases (order_id BLOB NOT NULL, phase TEXT NOT NULL, "
+            "detail BLOB NOT NULL, at REAL NOT NULL, PRIMARY KEY (order_id, phase))"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record_order(self, order: SettlementOrder, role: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO orders VALUES (?,?,?)",
+                (order.order_id, role, encode(order.as_map())),
+            )
+
+    def order(self, order_id: bytes) -> tuple[str, SettlementOrder] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT role, order_cbor FROM orders WHERE order_id=?", (order_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return str(row[0]), SettlementOrder.from_map(decode(bytes(row[1])))
+
+    def record(self, order_id: bytes, phase: str, detail: dict[str, object] | None = None) -> None:
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO phases VALUES (?,?,?,?)",
+                (order_id, phase, encode(detail or {}), time.time()),
+            )
+
+    def phase(self, order_id: bytes, phase: str) -> dict[str, object] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT detail FROM phases WHERE order_id=? AND phase=?", (order_id, phase)
+            ).fetchone()
+        return None if row is None else dict(decode(bytes(row[0])))
+
+    def phases(self, order_id: bytes) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT phase FROM phases WHERE order_id=? ORDER BY at", (order_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+
+# -- order legs -> engine legs --------------------------------------------------------------------
+
+
+def fit_expiries(
+    order: SettlementOrder,
+    policies: Mapping[str, ChainPolicy],
+    now: Mapping[str, Expiry],
+    wall_now: int,
+) -> tuple[Leg, ...]:
+    """The composer's step (issue 14 item 7): each leg's ``expiry`` in its chain's own unit.
+
+    A Bitcoin-like leg whose expiry is unix time gets the block height that surely comes no
+    earlier than its ``expiry_time`` (``policy.to_units`` counts blocks at the fast end of the
+    policy's rate tolerance); ``expiry_time`` stays the unix estimate the ledger orders legs by.
+    The caller re-derives the order id (the id covers the content)."""
+    legs = []
+    for i, leg in enumerate(order.legs):
+        policy = policies.get(leg.chain)
+        if policy is None or leg.chain not in now:
+            raise OrderUnfit(f"order legs[{i}]: chain {leg.chain!r} is not served here")
+        if policy.height_clock and isinstance(leg.expiry, UnixTime):
+            height = now[leg.chain].value + policy.to_units(leg.expiry_time - wall_now)
+            leg = _replace_leg(leg, expiry=BlockHeight(height))
+        legs.append(leg)
+    return tuple(legs)
+
+
+def _replace_leg(leg: Leg, **changes: object) -> Leg:
+    from dataclasses import replace
+
+    return replace(leg, **changes)  # type: ignore[arg-type]
+
+
+def engine_legs(
+    order: SettlementOrder, policies: Mapping[str, ChainPolicy]
+) -> tuple[EngineLeg, EngineLeg]:
+    """The order's two legs as the engine's (initiator leg, participant leg): the first leg's
+    sender is the initiator. Raises :class:`OrderUnfit` for a leg whose expiry is not in its
+    chain's unit, and :class:`TradeRefused` for an order that is not a two-leg cycle."""
+    if len(order.legs) != 2:
+        raise TradeRefused(f"order {order.order_id.hex()}: {len(order.legs)} legs; only two-leg")
+    out, back = order.legs
+    if out.sender != back.recipient or out.recipient != back.sender:
+        raise TradeRefused(f"order {order.order_id.hex()}: the two legs are not one cycle")
+    legs = []
+    for i, leg in enumerate(order.legs):
+        policy = policies.get(leg.chain)
+        if policy is None:
+            raise OrderUnfit(f"order legs[{i}]: chain {leg.chain!r} is not served here")
+        want = BlockHeight if policy.height_clock else UnixTime
+        if not isinstance(leg.expiry, want):
+            raise OrderUnfit(
+                f"order legs[{i}] ({leg.chain}): expiry {leg.expiry} is not in the chain's "
+                f"unit ({want.__name__}); the order's expiries must be derived per chain"
+            )
+        legs.append(
+            EngineLeg(
+                chain=leg.chain,
+                amount=leg.amount,
+                sender=leg.sender_address,
+                recipient=leg.recipient_address,
+                expiry=leg.expiry,
+                token=leg.token,
+            )
+        )
+    return legs[0], legs[1]
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    order: SettlementOrder
+    height: int
+    status: str
+
+
+class TradePipeline:
+    """One node's trades from co-signed order to swap (see the module docstring).
+
+    ``send(swap_id, body)`` delivers a swap message to the counterparty and returns its reply
+    (the engine's ``request`` transport)."""
+
+    def __init__(
+        self,
+        *,
+        ledger: LedgerClient,
+        engine: SwapEngine,
+        node_key: Ed25519PrivateKey,
+        phases: PhaseJournal,
+        send: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
+        commit_timeout: float = 30.0,
+    ) -> None:
+        self.ledger = ledger
+        self.engine = engine
+        self.node_id = public_key_bytes(node_key)
+        self.phases = phases
+        self.send = send
+        self.commit_timeout = commit_timeout
+
+    # -- both roles ------------------------------------------------------------------------------
+
+    def expect(self, order: SettlementOrder) -> None:
+        """Record the order this node co-signed (what it quoted or proposed), before the
+        signature leaves: the committed order must equal it."""
+        role = self._role(order)
+        self.phases.record_order(order, role)
+        self.phases.record(order.order_id, "signed")
+
+    def committed(self, order_id: bytes) -> Committed:
+        """The order as the ledger committed it; :class:`TradeRefused` if it is not there."""
+        try:
+            raw = self.ledger.abci_query("/order", encode(order_id))
+        except LedgerRefused as exc:
+            raise TradeRefused(
+                f"order {order_id.hex()} is not committed on the ledger: {exc.log}"
+            ) from exc
+        rec = decode(raw)
+        order = SettlementOrder.from_map(rec["order"])
+        if order.order_id != order_id:
+            raise TradeRefused(
+                f"the ledger answered order {order.order_id.hex()} for {order_id.hex()}"
+            )
+        return Committed(order, int(rec.get("height", 0)), str(rec.get("status", "")))
+
+    def _role(self, order: SettlementOrder) -> str:
+        if len(order.legs) != 2:
+            raise TradeRefused(f"order {order.order_id.hex()}: only two-leg orders are traded")
+        if order.legs[0].sender == self.node_id:
+            return "taker"
+        if order.legs[1].sender == self.node_id:
+            return "maker"
+        raise TradeRefused(f"order {order.order_id.hex()}: this node sends no leg of it")
+
+    def _check_against_signed(self, committed: SettlementOrder) -> str:
+        mine = self.phases.order(committed.order_id)
+        if mine is None:
+            raise TradeRefused(
+                f"order {committed.order_id.hex()} is committed but this node never co-signed it"
+            )
+        role, signed = mine
+        if committed != signed:
+            raise TradeRefused(
+                f"committed order {committed.order_id.hex()} differs from what this node signed"
+            )
+        return role
+
+    # -- the taker --------------------------------------------------------------------------------
+
+    def submit(self, commit_tx: bytes, *, preimage: bytes | None = None) -> int:
+        """Commit the co-signed order (a signed ``commit_order`` tx); returns its height.
+
+        Journals ``submitted`` (the tx hash) before the broadcast; ``LedgerClient.commit``
+        looks the hash up first, so calling this again (a retry, a restart) never sends twice.
+        A refusal by the ledger raises :class:`TradeRefused` and starts nothing. The taker
+        passes its ``preimage``: it is kept in the swap journal (with the engine's other
+        secrets) before the order is sent, so a restart after the commit can start the swap."""
+        env = read_message(commit_tx).envelope
+        body = parse_tx_body(env.type, env.body)
+        if not isinstance(body, CommitOrder):
+            raise TradeRefused(f"a {env.type} tx is not a commit_order")
+        order = body.order
+        if self.phases.order(order.order_id) is None:
+            self.expect(order)
+        done = self.phases.phase(order.order_id, "committed")
+        if done is not None:
+            return int(str(done["height"]))
+        if preimage is not None:
+            if hashlib.sha256(preimage).digest() != order.payment_hash:
+                raise TradeRefused(f"order {order.order_id.hex()}: the preimage is not its hash's")
+            self.engine.journal.store_preimage(order.order_id, preimage)
+        digest = tx_hash(commit_tx)
+        self.phases.record(order.order_id, "submitted", {"tx": digest})
+        try:
+            included = self.ledger.commit(commit_tx, timeout=self.commit_timeout)
+        except LedgerRefused as exc:
+            log.warning("order %s refused by the ledger: %s", order.order_id.hex(), exc.log)
+            raise TradeRefused(
+                f"order {order.order_id.hex()} refused by the ledger ({exc.code}): {exc.log}"
+            ) from exc
+        self.phases.record(order.order_id, "committed", {"height": included.height})
+        log.info("order %s committed at height %d", order.order_id.hex(), included.height)
+        return included.height
+
+    def start_as_taker(self, order_id: bytes, preimage: bytes | None = None) -> SwapTerms:
+        """After the commit: read the committed order back, start the engine as initiator
+        from its legs, propose to the maker and record its accept. The secret is the one
+        journaled by :meth:`submit` unless given."""
+        if preimage is None:
+            preimage = self.engine.journal.preimage(order_id)
+            if preimage is None:
+                raise TradeRefused(f"order {order_id.hex()}: no secret journaled for it")
+        com = self.committed(order_id)
+        role = self._check_against_signed(com.order)
+        if com.status != "committed" and self.phases.phase(order_id, "swap_started") is None:
+            raise TradeRefused(f"order {order_id.hex()} is {com.status} on the ledger: no swap")
+        if role != "taker":
+            raise TradeRefused(f"order {order_id.hex()}: this node is not its taker")
+        self.phases.record(order_id, "committed", {"height": com.height})
+        a, b = engine_legs(com.order, self.engine.policies)
+        terms = self.engine.propose_fixed(
+            a,
+            b,
+            swap_id=order_id,
+            preimage=preimage,
+            participant_node=com.order.legs[1].sender,
+        )
+        self.phases.record(order_id, "swap_started")
+        state = self.engine.journal.get(order_id).state
+        if self.send is not None and state is State.PROPOSED:
+            reply = self.send(order_id, Propose(terms))
+            if isinstance(reply, Accept):
+                self.engine.handle(reply, com.order.legs[1].sender)
+            elif isinstance(reply, Error):
+                log.warning(
+                    "order %s: the maker refused: %s %s", order_id.hex(), reply.code, reply.message
+                )
+                self.engine.handle(reply, com.order.legs[1].sender)
+                raise TradeRefused(
+                    f"order {order_id.hex()}: the maker refused ({reply.code}): {reply.message}"
+                )
+        return terms
+
+    # -- the maker --------------------------------------------------------------------------------
+
+    def watch_commit(self, order_id: bytes) -> Committed:
+        """The maker's step once the order is committed: read it back from the ledger and check
+        it equals what this node co-signed. From then on (and only then) the accept policy
+        accepts the taker's proposal for it."""
+        com = self.committed(order_id)
+        role = self._check_against_signed(com.order)
+        if com.status != "committed":
+            raise TradeRefused(f"order {order_id.hex()} is {com.status} on the ledger: no swap")
+        if role != "maker":
+            raise TradeRefused(f"order {order_id.hex()}: this node is not its maker")
+        self.phases.record(order_id, "committed", {"height": com.height})
+        return com
+
+    def accept_policy(self, terms: SwapTerms) -> None:
+        """The maker's engine policy: accept exactly the terms derived from a committed order
+        this node is the maker of and that equals the order it co-signed. Every refusal is
+        logged with its reason."""
+        try:
+            self._check_proposal(terms)
+        except TermsRefused as exc:
+            log.warning("swap %s refused: %s", terms.swap_id.hex(), exc)
+            raise
+
+    def _check_proposal(self, terms: SwapTerms) -> None:
+        oid = terms.swap_id
+        if self.phases.phase(oid, "committed") is None:
+            # not yet seen committed: ask the ledger now (the proposal may beat our watcher)
+            try:
+                self.watch_commit(oid)
+            except KofoError as exc:
+                raise TermsRefused(
+                    f"order {oid.hex()}: not seen committed on the ledger ({exc})",
+                    code="terms_not_offered",
+                ) from exc
+        mine = self.phases.order(oid)
+        if mine is None or mine[0] != "maker":
+            raise TermsRefused(
+                f"order {oid.hex()}: this node is not its maker", code="terms_not_offered"
+            )
+        order = mine[1]
+        try:
+            a, b = engine_legs(order, self.engine.policies)
+        except TradeRefused as exc:
+            raise TermsRefused(str(exc), code="terms_not_offered") from exc
+        checks = (
+            ("payment_hash", terms.payment_hash, order.payment_hash),
+            ("initiator_node", terms.initiator_node, order.legs[0].sender),
+            ("participant_node", terms.participant_node, self.node_id),
+        )
+        for name, got, want in checks:
+            if got != want:
+                raise TermsRefused(
+                    f"order {oid.hex()}: {name} differs from the committed order",
+                    code="terms_not_offered",
+                )
+        for name, got_leg, want_leg in (
+            ("initiator_leg", terms.initiator_leg, a),
+            ("participant_leg", terms.participant_leg, b),
+        ):
+            for field in ("chain", "token", "amount", "sender", "recipient", "expiry", "output"):
+                if getattr(got_leg, field) != getattr(want_leg, field):
+                    raise TermsRefused(
+                        f"order {oid.hex()}: {name}.{field} {getattr(got_leg, field)!r} differs "
+                        f"from the committed order's {getattr(want_leg, field)!r}",
+                        code="terms_not_offered",
+                    )
