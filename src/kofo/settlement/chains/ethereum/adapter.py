@@ -9,7 +9,6 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -64,10 +63,6 @@ forks that price state growth differently (geth --dev's fork charges ~3x py-evm'
 slots). Unused gas is not charged."""
 
 MIN_TOKEN_LOCK_GAS = 200_000
-
-APPROVE_FROM_ZERO_GAS = 20_000
-"""Added to an approve estimated while the allowance is not zero: it may run after an earlier
-lock spent that allowance, and setting a zero slot costs 20,000 instead of 2,900."""
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
 
 FIND_FIRST_WINDOW = 8
@@ -207,7 +202,6 @@ class EthereumAdapter:
         self._index = HtlcEventIndex(
             w3, self.htlc.address, {self._topics[n]: n for n in _HTLC_EVENTS}
         )
-        self._token_locks = threading.Lock()
         self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
         self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
@@ -354,13 +348,7 @@ class EthereumAdapter:
         return self._sign_with_gas(kind, call, fee, value, gas)[0]
 
     def _sign_with_gas(
-        self,
-        kind: TxKind,
-        call: Any,
-        fee: FeeEstimate | None,
-        value: int = 0,
-        gas: int = 0,
-        extra_gas: int = 0,
+        self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
     ) -> tuple[SignedTx, int]:
         """Sign ``call``; returns the transaction and the gas limit it carries."""
         fee = fee or self.estimate_fee()
@@ -385,7 +373,7 @@ class EthereumAdapter:
                 # and a node may otherwise refuse an estimate at a high cap the wallet could
                 # not pay for the block's whole gas limit (eth-tester does).
                 probe = {"from": self.account.address, "value": value}
-                gas = int(call.estimate_gas(probe) * 5 // 4) + extra_gas  # +25 %: state moves
+                gas = int(call.estimate_gas(probe) * 5 // 4)  # +25 %: state may shift a bit
             except ContractLogicError as exc:
                 raise TxRejected(f"{kind} would revert: {exc.message or exc}") from None
         params["gas"] = gas
@@ -418,13 +406,6 @@ class EthereumAdapter:
         if terms.token is None:
             call = self.htlc.functions.lock(terms.payment_hash, recipient, expiry)
             return [self._sign(TxKind.LOCK, call, fee, value=terms.amount)]
-        with self._token_locks:  # approve then lock, never interleaved with another token lock's
-            return self._prepare_token_lock(terms, recipient, expiry, fee)
-
-    def _prepare_token_lock(
-        self, terms: HtlcTerms, recipient: str, expiry: int, fee: FeeEstimate | None
-    ) -> list[SignedTx]:
-        assert terms.token is not None
         token = self._token(terms.token)
         have = self.balance(terms.token)
         if have < terms.amount:
@@ -433,21 +414,11 @@ class EthereumAdapter:
         lock = self.htlc.functions.lock_token(
             to_checksum_address(terms.token), terms.amount, terms.payment_hash, recipient, expiry
         )
-        # The chain's allowance is spoken for while any transaction of this wallet is unmined:
-        # an earlier lock whose approve is mined but whose lock is not would take it first, and
-        # this lock would revert. Then this lock approves its own amount (set, not added, right
-        # before it in nonce order).
-        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
-        in_flight = bool(self.nonces.signed_between(mined, 2**62))
         allowance = token.functions.allowance(self.account.address, self.htlc.address).call()
-        if in_flight or allowance < terms.amount:
+        if allowance < terms.amount:
             # Approve exactly the amount: an unlimited allowance would outlive this swap.
             approve = token.functions.approve(self.htlc.address, terms.amount)
-            # Estimated over a non-zero allowance (one an earlier lock will spend first), the
-            # approve would run short when it finds zero: a fresh storage slot costs 17,100 more.
-            approve_tx, approve_gas = self._sign_with_gas(
-                TxKind.APPROVE, approve, fee, extra_gas=APPROVE_FROM_ZERO_GAS if allowance else 0
-            )
+            approve_tx, approve_gas = self._sign_with_gas(TxKind.APPROVE, approve, fee)
             lock_gas = max(MIN_TOKEN_LOCK_GAS, LOCK_AFTER_APPROVE_GAS_FACTOR * approve_gas)
             txs.append(approve_tx)
             try:
