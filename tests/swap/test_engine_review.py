@@ -1,0 +1,116 @@
+"""An attacker-briefed review of the swap engine (issue 16, "look for siblings"): a malicious
+counterparty against the real engine on the embedded chains. Each test fails on the engine
+before the fix it names (see docs/swap.md, section 6)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import pytest
+
+from kofo.settlement.chain import UnixTime
+from kofo.settlement.swap import State
+from kofo.settlement.terms import Leg, SwapTerms, propose_terms
+from kofo.wire.swap import Accept, Error, Propose
+from tests.swap.helpers import ETHER, Evm, Node, make_node
+
+TOKENS = 100 * 10**6
+
+
+@pytest.fixture
+def evm_world(tmp_path):
+    evm = Evm()
+    alice = make_node("alice", tmp_path, {"eth": evm})
+    bob = make_node("bob", tmp_path, {"eth": evm})
+    return evm, alice, bob
+
+
+def _legs(evm: Evm, alice: Node, bob: Node) -> tuple[Leg, Leg]:
+    return (
+        Leg("eth", ETHER, alice.address("eth"), bob.address("eth"), UnixTime(0)),
+        Leg("eth", TOKENS, bob.address("eth"), alice.address("eth"), UnixTime(0), evm.token),
+    )
+
+
+def _terms(alice: Node, bob: Node, give: Leg, get: Leg, payment_hash: bytes) -> SwapTerms:
+    """Terms as a (possibly malicious) initiator lays them out, with a hash of its choosing."""
+    return propose_terms(
+        swap_id=os.urandom(16),
+        payment_hash=payment_hash,
+        initiator_leg=give,
+        participant_leg=get,
+        policies=alice.engine.policies,
+        now=alice.engine.now(),
+        initiator_node=alice.node_id,
+        participant_node=bob.node_id,
+    )
+
+
+def _by_hand(node: Node, terms: SwapTerms, leg: Leg, preimage: bytes | None) -> bool:
+    """The attacker's own redeem (``preimage``) or refund of ``leg``; False if the chain
+    refuses it."""
+    ad = node.engine.adapters[leg.chain]
+    ref = ad.find_htlc(leg.htlc(terms.payment_hash))
+    if ref is None:  # not there to spend (spent already)
+        return False
+    try:
+        tx = ad.prepare_refund(ref) if preimage is None else ad.prepare_redeem(ref, preimage)
+        ad.broadcast(tx)
+    except Exception:
+        return False
+    return True
+
+
+def _lock(node: Node, htlc) -> None:
+    ad = node.engine.adapters[htlc.chain]
+    for tx in ad.prepare_lock(htlc):
+        ad.broadcast(tx)
+
+
+# -- confirmations the attacker asks of the participant's own lock ------------------------------
+
+
+def test_a_participant_lock_short_of_its_confirmations_is_refunded_at_its_expiry(evm_world):
+    """The initiator asks the participant's lock to be buried 5 deep (more than the
+    participant's policy, so accepted) and never mines the chain that far. The participant's
+    lock waits in lock_sent, short of its depth; the old state machine refunded only from
+    locked, so at T_B it kept waiting, and after T_A the initiator refunded its own leg and
+    redeemed the participant's with its secret: the participant ended lost."""
+    evm, alice, bob = evm_world
+    secret = os.urandom(32)
+    terms = _terms(alice, bob, *_legs(evm, alice, bob), hashlib.sha256(secret).digest())
+    terms = replace(terms, participant_leg=replace(terms.participant_leg, confirmations=5))
+    assert isinstance(bob.engine.handle(Propose(terms), alice.node_id), Accept)
+    _lock(alice, terms.initiator_leg.htlc(terms.payment_hash))
+    bob.engine.tick()
+    assert bob.engine.journal.get(terms.swap_id).state is State.LOCK_SENT
+    before = bob.engine.adapters["eth"].balance(evm.token)
+    evm.advance_to(terms.participant_leg.expiry.value)  # T_B: one block
+    for _ in range(4):
+        bob.engine.tick()
+    evm.advance_to(terms.initiator_leg.expiry.value)  # T_A: the attacker takes what it can
+    assert _by_hand(alice, terms, terms.initiator_leg, None)
+    stole = _by_hand(alice, terms, terms.participant_leg, secret)
+    for _ in range(8):  # the refund is buried as deep as the terms ask
+        bob.engine.tick()
+        evm.advance(1)
+    state = bob.engine.journal.get(terms.swap_id).state
+    assert not stole and state is State.REFUNDED, state
+    assert bob.engine.adapters["eth"].balance(evm.token) == before + TOKENS
+    assert bob.engine.reserved("eth", evm.token) == 0
+
+
+@pytest.mark.parametrize("leg", ["initiator_leg", "participant_leg"])
+def test_a_depth_the_deadlines_cannot_reach_is_refused(evm_world, leg):
+    """A leg asking for a million confirmations: the participant's own lock could never count
+    as buried (it never reached locked, so it never refunded), or the initiator's lock, or the
+    redeem of it, could never count (the swap stays open for ever, holding a slot of the
+    open-swap limits)."""
+    evm, alice, bob = evm_world
+    terms = _terms(alice, bob, *_legs(evm, alice, bob), os.urandom(32))
+    terms = replace(terms, **{leg: replace(getattr(terms, leg), confirmations=10**6)})
+    reply = bob.engine.handle(Propose(terms), alice.node_id)
+    assert isinstance(reply, Error) and reply.code == "terms_confirmations", reply
+    assert bob.engine.journal.swaps() == []
