@@ -114,3 +114,49 @@ def test_a_depth_the_deadlines_cannot_reach_is_refused(evm_world, leg):
     reply = bob.engine.handle(Propose(terms), alice.node_id)
     assert isinstance(reply, Error) and reply.code == "terms_confirmations", reply
     assert bob.engine.journal.swaps() == []
+
+
+# -- a leg the node cannot spend: no coin for the gas of its redeem ----------------------------
+
+
+def test_a_node_without_gas_for_its_redeem_refuses_the_swap(tmp_path):
+    """Bob gives ETH on one EVM chain for ETH on another where his account holds nothing (a
+    node quoting one chain's coin for another's). The old engine accepted: the initiator
+    locked, bob locked, the initiator redeemed bob's leg (the secret is out), and bob's
+    redeem of the leg paying him could never pay its gas; after T_A the initiator refunded
+    it and bob ended lost. A node now refuses a swap whose spends it cannot pay for: per
+    swap, on each chain where the caller pays the fee, the gas of the spend it may need
+    (the refund of its own leg, the redeem of the other) is kept aside like the lock's
+    funds (terms_funds)."""
+    one, two = Evm("eth"), Evm("eth2")
+    chains = {"eth": one, "eth2": two}
+    alice = make_node("alice", tmp_path, chains)  # type: ignore[arg-type]
+    bob = make_node(
+        "bob",
+        tmp_path,
+        chains,  # type: ignore[arg-type]
+        accounts={"eth": one.account(wei=0), "eth2": two.account()},
+    )
+    give = Leg("eth", ETHER, alice.address("eth"), bob.address("eth"), UnixTime(0))
+    get = Leg("eth2", ETHER, bob.address("eth2"), alice.address("eth2"), UnixTime(0))
+    secret = os.urandom(32)
+    terms = _terms(alice, bob, give, get, hashlib.sha256(secret).digest())
+    reply = bob.engine.handle(Propose(terms), alice.node_id)
+    if isinstance(reply, Error):
+        assert reply.code == "terms_funds", reply
+        assert "] eth: " in reply.message and bob.engine.journal.swaps() == []
+        return
+    # The old engine's path: the attack runs to its end.
+    _lock(alice, terms.initiator_leg.htlc(terms.payment_hash))
+    for _ in range(4):
+        bob.engine.tick()
+    assert bob.engine.journal.get(terms.swap_id).state is State.LOCKED
+    assert _by_hand(alice, terms, terms.participant_leg, secret)
+    for _ in range(4):
+        bob.engine.tick()
+    one.advance_to(terms.initiator_leg.expiry.value)
+    assert _by_hand(alice, terms, terms.initiator_leg, None)
+    for _ in range(4):
+        bob.engine.tick()
+    state = bob.engine.journal.get(terms.swap_id).state
+    assert state is not State.LOST, "bob paid and was not paid"

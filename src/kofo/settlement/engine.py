@@ -341,7 +341,7 @@ class SwapEngine:
         self._check_new_hash(draft)
         self._check_legs(draft)
         with self._lock:  # the funds check and the swap that commits them, as one
-            self._check_funds(initiator_leg)
+            self._check_funds(draft, Role.INITIATOR)
             with self._observing(chains):  # one view for the terms and the scan heights
                 terms = lay_out()
                 self.journal.create_swap(
@@ -390,7 +390,7 @@ class SwapEngine:
         self._check_legs(terms)
         with self._lock:
             self._check_open_limits(terms.initiator_node)
-            self._check_funds(terms.participant_leg)
+            self._check_funds(terms, Role.PARTICIPANT)
             self.journal.create_swap(
                 Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
             )
@@ -414,18 +414,44 @@ class SwapEngine:
                 total += own.amount
         return total
 
-    def _check_funds(self, leg: Leg) -> None:
-        """Refuse a swap that would commit more of ``leg``'s asset than the wallet holds beyond
-        what other swaps already reserve (a node holding 5 ETH cannot commit 300,000).
-        Call under the engine lock, with the journal entry that commits the funds."""
-        held = self.adapters[leg.chain].balance(leg.token)
-        need = self.reserved(leg.chain, leg.token) + leg.amount
-        if held < need:
-            raise TermsRefused(
-                f"{leg.chain} leg amount {leg.amount} of {leg.token or 'the native coin'} would "
-                f"commit {need} in all; this node holds {held}",
-                code="terms_funds",
-            )
+    def _open_spends(self, chain: str) -> int:
+        """HTLC spends on ``chain`` the unfinished swaps may still need from this node: the
+        refund of each own leg and the redeem of each counter leg there."""
+        total = 0
+        for rec in self.journal.swaps(unfinished=True):
+            view = self._view_plain(rec)
+            total += (view.own_leg.chain == chain) + (view.counter_leg.chain == chain)
+        return total
+
+    def _check_funds(self, terms: SwapTerms, role: Role) -> None:
+        """Refuse a swap that would commit more of its own leg's asset than the wallet holds
+        beyond what other swaps already reserve (a node holding 5 ETH cannot commit 300,000),
+        or whose spends it could not pay for: on a chain where the spender pays the fee from
+        its wallet (Ethereum), each unfinished swap keeps aside the fee of the spends it may
+        need there (the refund of its own leg, the redeem of the other; a redeem that cannot
+        pay its gas loses the leg paid for). Call under the engine lock, with the journal
+        entry that commits the funds."""
+        view = SwapRecord(terms.swap_id, role, terms, State.PROPOSED, False)
+        own, ctr = view.own_leg, view.counter_leg
+        needs: dict[tuple[str, str | None], int] = {(own.chain, own.token): own.amount}
+        spends: dict[str, int] = {}  # this swap's: the refund of ours, the redeem of theirs
+        for leg in (own, ctr):
+            spends[leg.chain] = spends.get(leg.chain, 0) + 1
+        for chain, count in spends.items():
+            unit = self.adapters[chain].spend_fee_reserve()
+            if unit > 0:
+                key = (chain, None)
+                needs[key] = needs.get(key, 0) + unit * (count + self._open_spends(chain))
+        for (chain, token), amount in needs.items():
+            held = self.adapters[chain].balance(token)
+            need = self.reserved(chain, token) + amount
+            if held < need:
+                raise TermsRefused(
+                    f"{chain}: this swap would commit {need} of {token or 'the native coin'} "
+                    f"in all (locks, and the fees of the redeems and refunds this node may "
+                    f"have to pay there); this node holds {held}",
+                    code="terms_funds",
+                )
 
     def _take_proposal_token(self, peer: bytes) -> None:
         """Per proposing node, a token bucket: ``proposal_burst`` proposals at once, then
