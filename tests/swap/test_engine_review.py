@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 
-from kofo.settlement.chain import UnixTime
+from kofo.settlement.chain import BlockHeight, UnixTime
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, SwapTerms, propose_terms
-from kofo.wire.swap import Accept, Error, Propose
-from tests.swap.helpers import ETHER, Evm, Node, make_node
+from kofo.wire.swap import Accept, Error, Propose, SwapBody
+from tests.swap.btc_helpers import Btc, addr
+from tests.swap.helpers import ETHER, Evm, Node, drive, link, make_node
+from tests.swap.test_settlement_safety import (
+    BTC_AMOUNT,
+    STALL,
+    _spend_by_hand,
+    _start_short,
+)
 
 TOKENS = 100 * 10**6
 
@@ -25,6 +34,16 @@ def evm_world(tmp_path):
     alice = make_node("alice", tmp_path, {"eth": evm})
     bob = make_node("bob", tmp_path, {"eth": evm})
     return evm, alice, bob
+
+
+@pytest.fixture
+def btc_world(tmp_path) -> Iterator[tuple[Btc, Evm, Node, Node]]:
+    btc, evm = Btc("btc"), Evm()
+    chains = {"btc": btc, "eth": evm}
+    alice = make_node("alice", tmp_path, chains)  # type: ignore[arg-type]
+    bob = make_node("bob", tmp_path, chains)  # type: ignore[arg-type]
+    yield btc, evm, alice, bob
+    btc.close()
 
 
 def _legs(evm: Evm, alice: Node, bob: Node) -> tuple[Leg, Leg]:
@@ -160,3 +179,60 @@ def test_a_node_without_gas_for_its_redeem_refuses_the_swap(tmp_path):
         bob.engine.tick()
     state = bob.engine.journal.get(terms.swap_id).state
     assert state is not State.LOST, "bob paid and was not paid"
+
+
+# -- peers that stall the watchtower -------------------------------------------------------------
+
+
+def test_stalling_co_signers_do_not_hold_the_watchtower(btc_world):
+    """Alice gives Taproot BTC for bob's ETH in two swaps, redeems both ETH legs and stalls
+    both of bob's co-sign requests. The old tick waited out each request in turn (up to
+    cosign_wait each, for every swap so stalled: with 256 open swaps, far longer than the
+    notice time the margins allow for, so every other swap's deadline was at risk). Now one
+    tick waits on peers at most peer_wait_per_tick in all; the rest of a request's wait goes
+    on in the background and a later step takes its answer (or claims by the leaf)."""
+    btc, _evm, alice, bob = btc_world
+    link(alice, bob)
+    bob.engine.cosign_wait = STALL
+    bob.engine.peer_wait_per_tick = 0.0  # type: ignore[attr-defined]
+    sids = []
+    for _ in range(2):
+        give = Leg(
+            "btc", BTC_AMOUNT, addr(alice, "btc"), addr(bob, "btc"), BlockHeight(0), output="p2tr"
+        )
+        get = Leg("eth", ETHER, bob.address("eth"), alice.address("eth"), UnixTime(0))
+        sids.append(_start_short(alice, bob, give, get))
+    for node in (alice, bob):  # alice locks both, then bob both (she never sees his locks)
+        for _ in range(16):
+            if all(node.engine.journal.get(sid).state is State.LOCKED for sid in sids):
+                break
+            node.engine.tick()
+            btc.mine(1)
+    assert {n.engine.journal.get(sid).state for n in (alice, bob) for sid in sids} == {State.LOCKED}
+    for sid in sids:
+        terms = alice.engine.terms_of(sid)
+        _spend_by_hand(alice, terms, terms.participant_leg, alice.engine.journal.preimage(sid))
+    released, entered = threading.Event(), threading.Semaphore(0)
+    asked: list[bytes] = []
+
+    def stall(sid: bytes, _body: SwapBody) -> SwapBody | None:
+        asked.append(sid)
+        entered.release()
+        released.wait(STALL)
+        return Error(sid, "cosign_refused", "stalled")
+
+    bob.engine._request = stall
+    ticker = threading.Thread(target=bob.engine.tick, daemon=True)
+    try:
+        ticker.start()
+        assert entered.acquire(timeout=STALL / 2)
+        assert entered.acquire(timeout=STALL / 2)
+        assert sorted(asked) == sorted(sids)  # both asked while neither was answered
+        ticker.join(STALL / 2)
+        assert not ticker.is_alive(), "the tick is waiting on a co-signer"
+    finally:
+        released.set()
+        ticker.join(60)
+    for sid in sids:  # the refusals come; bob claims both by the leaf
+        states = drive([bob], sid, rounds=20, between=lambda _r: btc.mine(1))
+        assert states["bob"] is State.REDEEMED

@@ -638,6 +638,7 @@ class BitcoinAdapter:
         self, claim: CooperativeClaim, cosigner_nonce: bytes, partial: bytes
     ) -> SignedTx:
         """The signed key-path claim, once the sender's ``partial`` signature checks out."""
+        ensure_thread_params()  # the engine may finish a claim in a thread of its own
         tx = finish_claim(claim, cosigner_nonce, partial)
         return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
 
