@@ -427,12 +427,14 @@ class SwapEngine:
         return total
 
     def _open_spends(self, chain: str) -> int:
-        """HTLC spends on ``chain`` the unfinished swaps may still need from this node: the
-        refund of each own leg and the redeem of each counter leg there."""
+        """Transactions on ``chain`` the unfinished swaps may still need from this node, each
+        counted at :meth:`~kofo.settlement.chain.ChainAdapter.spend_fee_reserve`: per own leg
+        there its lock (whose gas would otherwise come out of what is kept for the spends)
+        and its refund, per counter leg there its redeem."""
         total = 0
         for rec in self.journal.swaps(unfinished=True):
             view = self._view_plain(rec)
-            total += (view.own_leg.chain == chain) + (view.counter_leg.chain == chain)
+            total += 2 * (view.own_leg.chain == chain) + (view.counter_leg.chain == chain)
         return total
 
     def _check_funds(self, terms: SwapTerms, role: Role) -> None:
@@ -446,9 +448,9 @@ class SwapEngine:
         view = SwapRecord(terms.swap_id, role, terms, State.PROPOSED, False)
         own, ctr = view.own_leg, view.counter_leg
         needs: dict[tuple[str, str | None], int] = {(own.chain, own.token): own.amount}
-        spends: dict[str, int] = {}  # this swap's: the refund of ours, the redeem of theirs
-        for leg in (own, ctr):
-            spends[leg.chain] = spends.get(leg.chain, 0) + 1
+        # This swap's transactions: the lock and refund of ours, the redeem of theirs.
+        spends = {own.chain: 2}
+        spends[ctr.chain] = spends.get(ctr.chain, 0) + 1
         for chain, count in spends.items():
             unit = self.adapters[chain].spend_fee_reserve()
             if unit > 0:
