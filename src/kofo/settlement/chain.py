@@ -152,6 +152,13 @@ class ChainAdapter(Protocol):
         neither claimed nor refunded); a leg asking for less is refused (``terms_amount``)."""
         ...
 
+    def spend_fee_reserve(self) -> int:
+        """Native base units this node's wallet keeps aside, per HTLC spend (redeem or refund)
+        it may have to send, for that spend's fee paid from outside the HTLC, at the chain's
+        fees now with room for a rise; 0 where a spend pays its fee out of the HTLC itself
+        (Bitcoin-like chains). A node that cannot pay its redeem or refund loses the leg."""
+        ...
+
     def expiry_now(self) -> Expiry:
         """The chain's clock in the unit its HTLC expiries use (height or block time)."""
         ...

@@ -173,6 +173,14 @@ read): a peer on the same host or LAN answers in milliseconds, and ten seconds c
 node. The swap's own deadline may allow less (:meth:`SwapEngine._cosign_wait`)."""
 
 
+PEER_WAIT_PER_TICK = 10.0
+"""The longest one :meth:`SwapEngine.tick` waits on peers in all (co-signers, notice takers),
+in seconds: what is still out then goes on in the background, and later steps take its
+answer. Without it every peer that stalls added its own wait to the tick, so enough of them
+(open swaps with many node ids) kept the watchtower from every other swap for longer than the
+notice time the margins allow for."""
+
+
 class CrashHook:
     """SIGKILLs this process at a named point (tests only; inert unless configured)."""
 
@@ -275,6 +283,10 @@ class SwapEngine:
         """Per swap, how many messages came for it (any message may be what it waits on)."""
         self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         """Per proposing node: its proposal tokens left and when they were counted."""
+        self.peer_wait_per_tick = PEER_WAIT_PER_TICK
+        self._tick_budget = threading.local()
+        """Per thread, inside :meth:`tick`: the monotonic time until which it may still wait
+        on peers (:meth:`_peer_wait`)."""
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -341,7 +353,7 @@ class SwapEngine:
         self._check_new_hash(draft)
         self._check_legs(draft)
         with self._lock:  # the funds check and the swap that commits them, as one
-            self._check_funds(initiator_leg)
+            self._check_funds(draft, Role.INITIATOR)
             with self._observing(chains):  # one view for the terms and the scan heights
                 terms = lay_out()
                 self.journal.create_swap(
@@ -490,7 +502,7 @@ class SwapEngine:
         self._check_legs(terms)
         with self._lock:
             self._check_open_limits(terms.initiator_node)
-            self._check_funds(terms.participant_leg)
+            self._check_funds(terms, Role.PARTICIPANT)
             self.journal.create_swap(
                 Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
             )
@@ -514,18 +526,46 @@ class SwapEngine:
                 total += own.amount
         return total
 
-    def _check_funds(self, leg: Leg) -> None:
-        """Refuse a swap that would commit more of ``leg``'s asset than the wallet holds beyond
-        what other swaps already reserve (a node holding 5 ETH cannot commit 300,000).
-        Call under the engine lock, with the journal entry that commits the funds."""
-        held = self.adapters[leg.chain].balance(leg.token)
-        need = self.reserved(leg.chain, leg.token) + leg.amount
-        if held < need:
-            raise TermsRefused(
-                f"{leg.chain} leg amount {leg.amount} of {leg.token or 'the native coin'} would "
-                f"commit {need} in all; this node holds {held}",
-                code="terms_funds",
-            )
+    def _open_spends(self, chain: str) -> int:
+        """Transactions on ``chain`` the unfinished swaps may still need from this node, each
+        counted at :meth:`~kofo.settlement.chain.ChainAdapter.spend_fee_reserve`: per own leg
+        there its lock (whose gas would otherwise come out of what is kept for the spends)
+        and its refund, per counter leg there its redeem."""
+        total = 0
+        for rec in self.journal.swaps(unfinished=True):
+            view = self._view_plain(rec)
+            total += 2 * (view.own_leg.chain == chain) + (view.counter_leg.chain == chain)
+        return total
+
+    def _check_funds(self, terms: SwapTerms, role: Role) -> None:
+        """Refuse a swap that would commit more of its own leg's asset than the wallet holds
+        beyond what other swaps already reserve (a node holding 5 ETH cannot commit 300,000),
+        or whose spends it could not pay for: on a chain where the spender pays the fee from
+        its wallet (Ethereum), each unfinished swap keeps aside the fee of the spends it may
+        need there (the refund of its own leg, the redeem of the other; a redeem that cannot
+        pay its gas loses the leg paid for). Call under the engine lock, with the journal
+        entry that commits the funds."""
+        view = SwapRecord(terms.swap_id, role, terms, State.PROPOSED, False)
+        own, ctr = view.own_leg, view.counter_leg
+        needs: dict[tuple[str, str | None], int] = {(own.chain, own.token): own.amount}
+        # This swap's transactions: the lock and refund of ours, the redeem of theirs.
+        spends = {own.chain: 2}
+        spends[ctr.chain] = spends.get(ctr.chain, 0) + 1
+        for chain, count in spends.items():
+            unit = self.adapters[chain].spend_fee_reserve()
+            if unit > 0:
+                key = (chain, None)
+                needs[key] = needs.get(key, 0) + unit * (count + self._open_spends(chain))
+        for (chain, token), amount in needs.items():
+            held = self.adapters[chain].balance(token)
+            need = self.reserved(chain, token) + amount
+            if held < need:
+                raise TermsRefused(
+                    f"{chain}: this swap would commit {need} of {token or 'the native coin'} "
+                    f"in all (locks, and the fees of the redeems and refunds this node may "
+                    f"have to pay there); this node holds {held}",
+                    code="terms_funds",
+                )
 
     def _take_proposal_token(self, peer: bytes) -> None:
         """Per proposing node, a token bucket: ``proposal_burst`` proposals at once, then
@@ -1132,23 +1172,62 @@ class SwapEngine:
         with self._lock:
             self._outbox.append((rec.swap_id, body))
 
+    def _peer_wait(self, wait: float | None) -> float | None:
+        """How long this thread may wait on a peer for something worth ``wait`` seconds
+        (``None``: until it is done): all of it outside :meth:`tick`; inside, no more than
+        what is left of the tick's :attr:`peer_wait_per_tick`."""
+        until: float | None = getattr(self._tick_budget, "until", None)
+        if until is None:
+            return wait
+        left = max(0.0, until - time.monotonic())
+        return left if wait is None else min(wait, left)
+
+    def _in_background(self, name: str, work: Callable[[], None], wait: float | None) -> bool:
+        """Run ``work`` in a thread of its own and wait for it :meth:`_peer_wait` of ``wait``
+        seconds; True if it finished meanwhile (else it goes on alone). What stops a thread
+        rather than fails a call (a ``BaseException`` that is no ``Exception``: an interrupt,
+        an exit) is raised here again when the work ended while we waited."""
+        done = threading.Event()
+        stopped: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                work()
+            except Exception:
+                raise
+            except BaseException as exc:
+                stopped.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+        finished = done.wait(self._peer_wait(wait))
+        if finished and stopped:
+            raise stopped[0]
+        return finished
+
     def _flush_notices(self) -> None:
-        """Send the queued notices (best effort), outside the engine lock."""
+        """Send the queued notices (best effort), outside the engine lock, and in a thread
+        of their own: a peer slow to take one holds neither the engine nor the tick."""
         notify = self._notify
         with self._lock:
             pending, self._outbox = self._outbox, []
-        for swap_id, body in pending:
-            if notify is None:
-                return
-            try:
-                notify(swap_id, body)
-            except Exception as exc:  # the chain is the truth; a lost notice only costs latency
-                log.warning(
-                    "notice %s for swap %s not delivered: %s",
-                    type(body).__name__,
-                    swap_id.hex()[:8],
-                    exc,
-                )
+        if notify is None or not pending:
+            return
+
+        def send_all() -> None:
+            for swap_id, body in pending:
+                try:
+                    notify(swap_id, body)
+                except Exception as exc:  # the chain is the truth; a lost notice costs latency
+                    log.warning(
+                        "notice %s for swap %s not delivered: %s",
+                        type(body).__name__,
+                        swap_id.hex()[:8],
+                        exc,
+                    )
+
+        self._in_background("notices", send_all, None)  # the channel's timeout bounds it
 
     def _evidence(self, rec: StoredSwap, kind: EvidenceKind, detail: dict[str, str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
@@ -1266,15 +1345,22 @@ class SwapEngine:
             if ask is None:
                 return go_on, seen
             self._asking.add(swap_id)
-        answer: tuple[SignedTx | None, bool] | None = None
-        try:
-            answer = self._ask_cosign(ask)
-        finally:
-            with self._lock:
-                self._asking.discard(swap_id)
-                if answer is not None:
-                    self._cosign_answered(ask, *answer)
-        return True, None  # time has passed: read the chains again
+
+        def ask_and_keep() -> None:
+            answer: tuple[SignedTx | None, bool] | None = None
+            try:
+                answer = self._ask_cosign(ask)
+            finally:
+                with self._lock:
+                    self._asking.discard(swap_id)
+                    if answer is not None:
+                        self._cosign_answered(ask, *answer)
+
+        # Waited for here no longer than the tick allows; beyond that the request's own
+        # wait goes on alone, and a later step takes the answer (or claims by the leaf).
+        if self._in_background(f"cosign-{swap_id.hex()[:8]}", ask_and_keep, ask.wait + 1):
+            return True, None  # time has passed: read the chains again
+        return False, None
 
     def _step_locked(
         self, swap_id: bytes, seen: _Seen | None
@@ -1436,6 +1522,13 @@ class SwapEngine:
         the initiator's lock) is skipped while neither of its chains has a new block and no
         message came for it: nothing it waits for can have happened, so the proposals a peer
         leaves open cost a tick one head read per chain, not a search each."""
+        self._tick_budget.until = time.monotonic() + self.peer_wait_per_tick
+        try:
+            return self._tick()
+        finally:
+            self._tick_budget.until = None
+
+    def _tick(self) -> int:
         open_swaps = self.journal.swaps(unfinished=True)
         tips: dict[str, str] = {}
         for name in {c for rec in open_swaps for c in self._chains(rec.terms)}:

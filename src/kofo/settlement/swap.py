@@ -267,6 +267,13 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
                 return _go(State.LOCKED, "own lock is buried")
             if s is State.LOCK_SIGNED:
                 return _go(State.LOCK_SENT, "own lock is on chain")
+            # Short of the depth the terms ask (a counterparty may ask more than the chain
+            # gives in time): from our expiry on, or once we hold a secret shared with us, the
+            # lock is acted on as locked (refund, or redeem the counter leg) instead of waiting.
+            if _reached(own_now, own_leg.expiry) or (
+                not initiator and rec.secret_shared and rec.has_preimage
+            ):
+                return _go(State.LOCKED, "own lock is on chain, short of its depth: act on it")
             if own.confirmations == 0 and own.lock_stuck and not lock_deadline_passed:
                 return _bump(TxKind.LOCK, State.LOCK_SENT)
             return _wait("own lock is waiting for confirmations")

@@ -315,6 +315,19 @@ def check_terms_as_participant(
             "participant_lock_by <= initiator_redeem_by <= T_B",
             code="terms_deadline_order",
         )
+    # Each depth asked must be reachable before the deadline that counts on it: a lock that
+    # can never count as buried leaves the swap open for ever (and, for our own lock, kept
+    # it from ever counting as locked).
+    for leg, policy, span, by in (
+        (a, p1, p2.early_seconds(off_lock_b), "participant_lock_by"),
+        (b, p2, p2.early_seconds(off_redeem_a - off_lock_b), "initiator_redeem_by"),
+    ):
+        if leg.confirmations * policy.block_interval > span:
+            raise TermsRefused(
+                f"{leg.chain} leg asks {leg.confirmations} confirmations; at most {span} s "
+                f"({span // policy.block_interval} blocks) are left for them before {by}",
+                code="terms_confirmations",
+            )
     if p2.late_seconds(off_tb) > p2.max_lock_seconds:
         raise TermsRefused(
             f"participant_leg.expiry {b.expiry} would hold this node's funds for up to "

@@ -470,6 +470,11 @@ class BitcoinAdapter:
         del terms
         return min_htlc_amount(self.estimate_fee().rate, self.params)
 
+    def spend_fee_reserve(self) -> int:
+        """0: a claim or refund pays its fee out of the HTLC (:meth:`min_amount` sees that it
+        can)."""
+        return 0
+
     def leg_output(self) -> str | None:
         """``Leg.output`` for a leg this node proposes on this chain (``None``: P2WSH)."""
         return None if self.htlc_kind == "p2wsh" else self.htlc_kind
@@ -633,6 +638,7 @@ class BitcoinAdapter:
         self, claim: CooperativeClaim, cosigner_nonce: bytes, partial: bytes
     ) -> SignedTx:
         """The signed key-path claim, once the sender's ``partial`` signature checks out."""
+        ensure_thread_params()  # the engine may finish a claim in a thread of its own
         tx = finish_claim(claim, cosigner_nonce, partial)
         return SignedTx(self.chain, TxKind.REDEEM, b2lx(tx.GetTxid()), tx.serialize())
 

@@ -62,6 +62,11 @@ log and two balance reads. Four times leaves a margin for unusual token implemen
 forks that price state growth differently (geth --dev's fork charges ~3x py-evm's Prague for new
 slots). Unused gas is not charged."""
 
+SPEND_GAS_RESERVE = 100_000
+"""Gas kept aside per redeem or refund a swap may need (:meth:`EthereumAdapter.
+spend_fee_reserve`): bench.gas measures an ERC-20 redeem at ~42k and a refund at ~42k, signed
+with a limit 25 % above the estimate; twice that leaves room for unusual tokens."""
+
 MIN_TOKEN_LOCK_GAS = 200_000
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
 
@@ -164,6 +169,11 @@ class EthereumAdapter:
         """Gas is paid by the caller, not out of the HTLC: any positive amount pays out whole."""
         del terms
         return 1
+
+    def spend_fee_reserve(self) -> int:
+        """:data:`SPEND_GAS_RESERVE` gas at the fee this adapter signs with now (twice the base
+        fee plus the tip: six full blocks of base-fee rises)."""
+        return SPEND_GAS_RESERVE * self.estimate_fee().rate
 
     def __init__(
         self,
