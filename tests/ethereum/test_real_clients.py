@@ -41,13 +41,18 @@ ATTACH = (
 pytestmark = [pytest.mark.realnode, pytest.mark.timeout(300)]
 
 
+CACHE = str(JS / ".npm-cache")
+
+
 def _ethers() -> Path:
     modules = JS / "node_modules"
     if not (modules / "ethers" / "package.json").exists():
         npm = shutil.which("npm")
         assert npm is not None, "npm is needed to install ethers v6 for this test"
         subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(JS)],
+            # npm's download cache stays in the repo (git-ignored): CI caches nothing outside
+            # the repository but Go's and pip's own caches.
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(JS), "--cache", CACHE],
             check=True,
             capture_output=True,
             timeout=240,

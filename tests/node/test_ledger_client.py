@@ -123,20 +123,21 @@ def test_one_client_registers_commits_queries_and_reports_refusals(ledger_url):
     again = client.commit(commit, timeout=WAIT)
     assert (again.height, again.index) == (done.height, done.index)
 
-    # CheckTx refuses: a party's signature is missing
-    bad = commit_tx(order, [alice, m1], m1, ts=_now())
+    # CheckTx refuses: a party's signature is missing (on a new order: a copy of the committed
+    # one is refused first, as a replay of its payment hash)
+    bad = commit_tx(make_order([alice, m1, m2], t0=_now()), [alice, m1], m1, ts=_now())
     with pytest.raises(LedgerRefused) as refused:
         client.broadcast_tx_sync(bad)
     assert refused.value.abci_code != 0 and "signature" in refused.value.log
     assert client.tx(tx_hash(bad)) is None
 
-    # the block refuses: the same order id submitted again (new envelope, so new tx bytes)
+    # the same order again in a new envelope (new tx bytes): refused as a replay of its payment
+    # hash before it reaches a block
     dup = commit_tx(order, [alice, m1, m2], alice, ts=_now() + 1)
-    with pytest.raises(LedgerRefused) as in_block:
+    with pytest.raises(LedgerRefused) as replay:
         client.commit(dup, timeout=WAIT)
-    assert in_block.value.code == "already_exists"
-    refused_tx = client.tx(tx_hash(dup))
-    assert refused_tx is not None and not refused_tx.result.ok
+    assert replay.value.code == "already_exists"
+    assert client.tx(tx_hash(dup)) is None
 
     # a query with no answer
     with pytest.raises(LedgerRefused) as missing:
@@ -144,7 +145,7 @@ def test_one_client_registers_commits_queries_and_reports_refusals(ledger_url):
     assert missing.value.code == "not_found"
 
     # app hashes: block H+1 carries the state after block H, as under CometBFT
-    h = refused_tx.height
+    h = done.height
     assert client.block(h).app_hash == client.app_hash_after(h - 1)
     assert client.block().height >= h
     assert client.status().height >= h
