@@ -448,7 +448,7 @@ class SwapEngine:
         self._check_new_hash(draft)
         self._check_legs(draft)
         with self._lock:
-            self._check_funds(initiator_leg)
+            self._check_funds(draft, Role.INITIATOR)
             with self._observing(chains):
                 terms = lay_out()
                 # The caller may have journaled the secret already (before the order it
