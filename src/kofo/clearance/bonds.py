@@ -61,9 +61,11 @@ def _addr(a: bytes) -> str:
     return "0x" + a.hex()
 
 
-def slash_digest(
-    vault: Vault, node: bytes, amount: int, recipient: bytes, decision: bytes
+def _payout_digest(
+    kind: bytes, vault: Vault, node: bytes, amount: int, recipient: bytes, decision: bytes
 ) -> bytes:
+    """The digest validators sign for a payout of ``kind`` (SLASH or RELEASE) out of ``node``'s
+    bond: the same encoding the vault rebuilds on chain."""
     return keccak(
         abi_encode(
             [
@@ -80,7 +82,7 @@ def slash_digest(
                 DOMAIN,
                 vault.chain_id,
                 _addr(vault.address),
-                SLASH,
+                kind,
                 node,
                 amount,
                 _addr(recipient),
@@ -88,35 +90,18 @@ def slash_digest(
             ],
         )
     )
+
+
+def slash_digest(
+    vault: Vault, node: bytes, amount: int, recipient: bytes, decision: bytes
+) -> bytes:
+    return _payout_digest(SLASH, vault, node, amount, recipient, decision)
 
 
 def release_digest(
     vault: Vault, node: bytes, amount: int, recipient: bytes, decision: bytes
 ) -> bytes:
-    return keccak(
-        abi_encode(
-            [
-                "bytes32",
-                "uint256",
-                "address",
-                "bytes32",
-                "bytes32",
-                "uint256",
-                "address",
-                "bytes32",
-            ],
-            [
-                DOMAIN,
-                vault.chain_id,
-                _addr(vault.address),
-                RELEASE,
-                node,
-                amount,
-                _addr(recipient),
-                decision,
-            ],
-        )
-    )
+    return _payout_digest(RELEASE, vault, node, amount, recipient, decision)
 
 
 def valset_digest(
