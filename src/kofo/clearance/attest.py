@@ -80,10 +80,11 @@ def _sfixed64(field_no: int, value: int) -> bytes:
 def _len_field(field_no: int, data: bytes) -> bytes:
     if not data:
         return b""
-    return bytes([field_no << 3 | 2]) + _uvarint(len(data)) + data
+    return bytes([field_no << 3 | 2]) + uvarint(len(data)) + data
 
 
-def _uvarint(n: int) -> bytes:
+def uvarint(n: int) -> bytes:
+    """Protobuf's unsigned varint (also the ABCI socket's length prefix)."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -105,7 +106,7 @@ def extension_sign_bytes(chain_id: str, height: int, round_: int, extension: byt
         + _sfixed64(3, round_)
         + _len_field(4, chain_id.encode())
     )
-    return _uvarint(len(body)) + body
+    return uvarint(len(body)) + body
 
 
 def encode_attest_tx(tx: AttestTx) -> bytes:

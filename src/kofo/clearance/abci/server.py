@@ -27,7 +27,7 @@ from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
 from kofo.clearance.abci.gen.tendermint.crypto import keys_pb2
 from kofo.clearance.admission import SenderRateLimit
 from kofo.clearance.app import Block, LedgerApp
-from kofo.clearance.attest import Validator
+from kofo.clearance.attest import Validator, uvarint
 from kofo.clearance.errors import InternalError, abci_code
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
@@ -78,22 +78,10 @@ def _next_frame(buf: bytearray, pos: int) -> tuple[int, int] | None:
     return i, i + size
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _proto_tx_size(tx: bytes) -> int:
     """A tx's size in a block's protobuf ``Data`` (tag, length varint, bytes): what CometBFT
     counts against ``max_tx_bytes`` (``types.ComputeProtoSizeForTxs``)."""
-    return 1 + len(_uvarint(len(tx))) + len(tx)
+    return 1 + len(uvarint(len(tx))) + len(tx)
 
 
 def _events(events: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> list[abci.Event]:
@@ -366,7 +354,7 @@ class AbciServer:
                         raise ProtocolError(f"undecodable ABCI request: {exc}") from None
                     pos = end
                     response = self.abci.handle_bytes(request)
-                    out.append(_uvarint(len(response)))
+                    out.append(uvarint(len(response)))
                     out.append(response)
                     flush = flush or request.WhichOneof("value") == "flush"
                 del buf[:pos]
