@@ -5,7 +5,7 @@ import pytest
 
 from kofo.clearance.abci import regenerate
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
-from kofo.clearance.abci.server import _uvarint
+from kofo.clearance.attest import uvarint
 
 
 def test_committed_protobuf_modules_match_a_fresh_generation(tmp_path):
@@ -33,6 +33,6 @@ def test_finalize_block_request_round_trips_with_cometbft_field_layout():
 
 
 def test_length_prefix_is_an_unsigned_varint():
-    assert _uvarint(0) == b"\x00"
-    assert _uvarint(127) == b"\x7f"
-    assert _uvarint(300) == b"\xac\x02"
+    assert uvarint(0) == b"\x00"
+    assert uvarint(127) == b"\x7f"
+    assert uvarint(300) == b"\xac\x02"

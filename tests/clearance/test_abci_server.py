@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from kofo.clearance.abci.gen.tendermint.abci import types_pb2 as abci
-from kofo.clearance.abci.server import MAX_REQUEST_BYTES, AbciServer, _uvarint
+from kofo.clearance.abci.server import MAX_REQUEST_BYTES, AbciServer
 from kofo.clearance.app import LedgerApp
+from kofo.clearance.attest import uvarint
 from kofo.clearance.errors import abci_code
 from kofo.clearance.store import MerkleStore
 from kofo.wire.envelope import BadSignature
@@ -52,7 +53,7 @@ def server() -> Iterator[tuple[int, LedgerApp]]:
 
 def _frame(req: abci.Request) -> bytes:
     data = req.SerializeToString()
-    return _uvarint(len(data)) + data
+    return uvarint(len(data)) + data
 
 
 def _read_responses(sock: socket.socket, count: int) -> list[abci.Response]:
@@ -129,5 +130,5 @@ def test_requests_split_anywhere_across_writes_are_reassembled(server):
 def test_oversize_length_prefix_closes_the_connection(server):
     port, _ = server
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(_uvarint(MAX_REQUEST_BYTES + 1))
+        sock.sendall(uvarint(MAX_REQUEST_BYTES + 1))
         assert sock.recv(1) == b""  # closed without an answer
