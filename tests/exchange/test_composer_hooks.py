@@ -307,3 +307,84 @@ def test_config_refuses_a_bad_contact_or_clock_unit():
         ExchangeNode(Ed25519PrivateKey.generate(), ExchangeConfig(contact="no-port"))
     with pytest.raises(InvalidInput, match="chain_clocks"):
         ExchangeNode(Ed25519PrivateKey.generate(), ExchangeConfig(chain_clocks={"btc": "blocks"}))
+
+
+def test_importance_is_read_at_each_use_and_a_failing_lookup_counts_as_none():
+    # Equal quotes through two neighbours rank by the neighbour's ledger importance as the
+    # composer's callable gives it now. A lookup that raises (ledger unreachable) counts as 0;
+    # on old code it raised out of request_quotes (and, at a relay, scored the sender).
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .helpers import link
+
+    async def go():
+        scores: dict[bytes, float] = {}
+        down: set[bytes] = set()
+
+        def importance(node_id: bytes) -> float:
+            if node_id in down:
+                raise ConnectionError("ledger unreachable")
+            return scores.get(node_id, 0.0)
+
+        hub = ExchangeNode(
+            Ed25519PrivateKey.generate(),
+            ExchangeConfig(target_degree=0, addresses=ADDR, dummy_hops=0),
+            importance=importance,
+        )
+        await hub.start()
+        makers = await line(1, addresses=ADDR) + await line(1, addresses=ADDR)
+        nodes = [hub, *makers]
+        try:
+            for m in makers:
+                await link(hub, m)
+                m.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(hub.book) == 2)
+            for top in makers:
+                scores.clear()
+                scores[top.node_id] = 5.0
+                _, quotes = await hub.request_quotes("btc", "eth", 1000, window_s=5, enough=2)
+                assert quotes[0].via == top.node_id
+            down.add(makers[0].node_id)
+            scores[makers[1].node_id] = 1.0
+            _, quotes = await hub.request_quotes("btc", "eth", 1000, window_s=5, enough=2)
+            assert [q.via for q in quotes] == [makers[1].node_id, makers[0].node_id]
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+def test_composer_callbacks_that_fail_refuse_quietly_and_never_score_a_peer(caplog):
+    caplog.set_level(logging.INFO, logger="kofo.exchange.node")
+
+    async def go():
+        nodes = await line(3, addresses=ADDR, settle_timeout_s=1.5, dummy_hops=0)
+        taker, relay, maker = nodes
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+
+            def broken(*_a: object) -> int:
+                raise RuntimeError("wallet offline")
+
+            for hook in ("liquidity", "on_fill"):
+                setattr(maker.config, hook, broken)
+                _, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=0.5)
+                assert quotes == []
+                setattr(maker.config, hook, None)
+            assert "liquidity('eth') failed: wallet offline" in caplog.text
+            assert "on_fill failed: wallet offline" in caplog.text
+            maker.config.order_guard = broken
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            with pytest.raises(RouteFailed, match="signatures"):
+                await taker.settle(cid, quotes[0], os.urandom(32))
+            assert "refused by this node: wallet offline" in caplog.text
+            taker.config.expiry_fit = broken
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            with pytest.raises(RouteFailed, match="could not be built: wallet offline"):
+                await taker.settle(cid, quotes[0], os.urandom(32))
+            assert not maker._scores and not relay._scores and not taker._scores
+        finally:
+            await stop_all(nodes)
+
+    run(go())

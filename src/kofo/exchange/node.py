@@ -349,7 +349,7 @@ class ExchangeNode:
         bad = {c: u for c, u in self.config.chain_clocks.items() if u not in ("height", "unix")}
         if bad:
             raise InvalidInput(f"ExchangeConfig.chain_clocks: units must be height or unix: {bad}")
-        self._importance = importance
+        self._importance = None if importance is None else _guarded_importance(importance)
         self._liquidity = liquidity
         self._tls = tls_identity(key)
         self.links: dict[bytes, Link] = {}
@@ -374,7 +374,7 @@ class ExchangeNode:
         self.book = OrderBook(
             self.config.max_offers,
             per_maker=self.config.offers_per_maker,
-            standing=importance,
+            standing=self._importance,
         )
         self._last_seq = 0
         self._own_offers: dict[bytes, SignedOffer] = {}
@@ -1034,15 +1034,19 @@ class ExchangeNode:
         self._relay[cid] = st
         self._claims_by_peer[peer] = held + 1
         fill = self._best_fill(claim)
+        valid_until = now + self.config.quote_valid_ms
+        if fill is not None and self.config.on_fill is not None:
+            # Before the fulfil exists: the composer reserves the amount until the quote
+            # lapses or its order is signed; if it cannot, there is no fill.
+            try:
+                self.config.on_fill(claim.want, fill[1], valid_until)
+            except Exception as exc:  # the composer's, never the peer's fault
+                log.warning("no fill for claim %s: on_fill failed: %s", cid.hex()[:12], exc)
+                fill = None
         if fill is not None:
-            valid_until = now + self.config.quote_valid_ms
             f = Fulfil(cid, st.position, fill[0], fill[1], valid_until, path)
             sf = make_fulfil(eph, f)
             st.filled = (sf.fulfil_id, fill[0], fill[1])
-            if self.config.on_fill is not None:
-                # Before the fulfil leaves: the composer reserves the amount until the quote
-                # lapses or its order is signed.
-                self.config.on_fill(claim.want, fill[1], valid_until)
             link.send(Frame("fulfil", {"f": sf.raw, "fees": []}))
         if st.position < claim.max_hops:
             hop = sign_hop(eph, sc, path)
@@ -1083,9 +1087,15 @@ class ExchangeNode:
         protocol fee the provider owes on the input (see :mod:`kofo.exchange.route`)."""
         best: tuple[int, int] | None = None
         now = now_ms()
-        cap = None if self.config.liquidity is None else self.config.liquidity(claim.want)
-        if cap is not None and cap <= 0:
-            return None
+        cap = None
+        if self.config.liquidity is not None:
+            try:
+                cap = self.config.liquidity(claim.want)
+            except Exception as exc:  # the composer's fault: quote nothing
+                log.warning("no fill: liquidity(%r) failed: %s", claim.want, exc)
+                return None
+            if cap <= 0:
+                return None
         candidates = [
             _capped_offer_fill(so.offer, claim.amount, cap)
             for so in self._own_offers.values()
@@ -1327,7 +1337,7 @@ class ExchangeNode:
                 protocol_fee_bps=self.config.protocol_fee_bps,
                 expiry_fit=self.config.expiry_fit,
             )
-        except KofoError as exc:
+        except Exception as exc:  # the composer's expiry fit (or a chain it cannot fit)
             raise RouteFailed(f"the order could not be built: {exc}") from None
         if joins[-1].contact:
             self._learn_contact(joins[-1].node_id, joins[-1].contact)
@@ -1554,7 +1564,7 @@ class ExchangeNode:
             # order this node signs. Its refusal is this node's own policy: never scored.
             try:
                 guard(order, "provider" if down is None else "relay")
-            except KofoError as exc:
+            except Exception as exc:  # a composer bug refuses too: never sign unguarded
                 st.order_refused = True
                 log.info("order for claim %s refused by this node: %s", cid.hex()[:12], exc)
                 return
@@ -1768,3 +1778,18 @@ def _capped_offer_fill(offer: Offer, amount_in: int, cap: int | None) -> tuple[i
     if most_in < offer.min_in or (most_in < amount_in and not offer.partial):
         return None
     return offer.fill(most_in)
+
+
+def _guarded_importance(importance: Importance) -> Importance:
+    """The composer's importance lookup, read at each use (so it follows the ledger); a lookup
+    that fails counts as no importance rather than failing the frame (which would score the
+    peer that sent it)."""
+
+    def imp(node_id: bytes) -> float:
+        try:
+            return float(importance(node_id))
+        except Exception as exc:
+            log.debug("importance of %s unavailable: %s", node_id.hex()[:12], exc)
+            return 0.0
+
+    return imp

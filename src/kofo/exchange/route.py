@@ -360,7 +360,7 @@ def check_order(
                 expiry_check(chain, height, expiry_time, now_s)
             except OrderPolicy:
                 raise
-            except KofoError as exc:
+            except Exception as exc:  # the composer's refusal (or its failure): never signed
                 raise OrderPolicy(f"order: {chain} expiry {height}: {exc}") from None
 
 
