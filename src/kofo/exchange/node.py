@@ -85,7 +85,7 @@ from kofo.wire.exchange import (
     verify_fulfil_after,
     verify_path,
 )
-from kofo.wire.expiry import BlockHeight
+from kofo.wire.expiry import BlockHeight, Expiry
 from kofo.wire.orders import CommitOrder, OrderSignature, SettlementOrder
 
 log = logging.getLogger("kofo.exchange.node")
@@ -1544,8 +1544,11 @@ class ExchangeNode:
                     else self.config.max_protocol_fee_bps
                 ),
                 chain_clock=self._chain_clock,
-                # Only the provider holds a leg of the route: it judges the heights.
-                expiry_check=self.config.expiry_check if down is None else None,
+                # Only the provider holds a leg of the route: it judges the heights, and
+                # without a view of its own it signs none (it would sign any).
+                expiry_check=(self.config.expiry_check or _no_height_view)
+                if down is None
+                else None,
             )
         except OrderPolicy as exc:
             # Our own limit or clock: an honest relay before us may allow what we refuse (a
@@ -1778,6 +1781,15 @@ def _capped_offer_fill(offer: Offer, amount_in: int, cap: int | None) -> tuple[i
     if most_in < offer.min_in or (most_in < amount_in and not offer.partial):
         return None
     return offer.fill(most_in)
+
+
+def _no_height_view(chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
+    """The provider's check when the composer gave none: a block height it cannot judge is
+    refused (a taker could write one that expires at once, before the provider can redeem)."""
+    raise OrderPolicy(
+        f"order: {chain} expiry {expiry} is a block height and this node has no expiry_check "
+        "to judge it"
+    )
 
 
 def _guarded_importance(importance: Importance) -> Importance:
