@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from kofo.exchange.node import RouteFailed
+from kofo.exchange.node import DirectBusy, DirectTimeout, RouteFailed
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 
 from .helpers import line, stop_all, wait_until
@@ -51,3 +51,54 @@ def test_a_provider_that_cannot_judge_a_height_does_not_sign_it(caplog, clocks):
             await stop_all(nodes)
 
     run(go())
+
+
+def test_a_sender_that_gave_up_waiting_is_not_scored_for_the_handlers_slowness():
+    # The sender's timeout (10 s default) is shorter than the receiver's handler budget (30 s):
+    # before the fix the sender forgot a timed-out request at once, sent more, and the
+    # receiver, still handling 16, refused the next with a score of 2 (an honest trader
+    # retrying a slow maker was banned after 50); the late replies then cost the receiver 1
+    # each at the sender. Now a request the sender gave up on still counts as outstanding
+    # (its reply, when it comes, is dropped quietly) until the receiver's handler budget
+    # has passed.
+    async def go():
+        a, b = await line(2)
+        release = asyncio.Event()
+        handled = 0
+
+        async def slow(sender: bytes, payload: bytes) -> bytes | None:
+            nonlocal handled
+            handled += 1
+            await release.wait()
+            return b"late"
+
+        b.config.on_direct = slow
+        try:
+            n = a.config.dm_outstanding
+            for i in range(n):
+                with pytest.raises(DirectTimeout):
+                    await a.direct(b.node_id, b"m%d" % i, timeout=0.05)
+            await wait_until(lambda: handled == n)
+            # More would be refused by the receiver: the sender knows and does not send.
+            for _ in range(3):
+                with pytest.raises(DirectBusy):
+                    await a.direct(b.node_id, b"more", timeout=0.05)
+            assert handled == n and not b._scores
+            release.set()
+            await wait_until(lambda: not b._dm_in.get(_link(b, a), 0))
+            # The late replies free the slots and cost nobody anything.
+            b.config.on_direct = echo
+            assert await a.direct(b.node_id, b"x") == b"re:x"
+            assert not a._scores and not b._scores
+        finally:
+            await stop_all([a, b])
+
+    run(go())
+
+
+def _link(node, peer):
+    return node.links[peer.node_id]
+
+
+async def echo(sender: bytes, payload: bytes) -> bytes | None:
+    return b"re:" + payload

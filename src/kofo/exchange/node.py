@@ -119,6 +119,11 @@ MAX_DM_BYTES = min(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES - 1024)
 swap messages it carries are a few KiB; the frame limit (256 KiB) is kept, not raised to the
 swap layer's 1 MiB cap, so one peer still makes us buffer at most one such frame per link."""
 
+DM_REPLY_GRACE_S = 5.0
+"""After a ``direct()`` timeout the request still counts as outstanding on the link for the
+handler budget (``dm_handler_s``, the peer's being the protocol's default) and this grace: the
+peer replies within it and counts the request until then."""
+
 MAX_CONTACTS = 1024
 """Contacts learned from route joins, newest kept (one per provider the node traded with)."""
 
@@ -400,6 +405,10 @@ class ExchangeNode:
         self._dm_out: dict[Link, dict[int, asyncio.Future[bytes | None]]] = {}
         self._dm_in: dict[Link, int] = {}
         self._dm_buckets: dict[Link, TokenBucket] = {}
+        # Our requests we stopped waiting for, with when the peer must have answered them
+        # (its handler budget): they still count as outstanding until then, since the peer
+        # still counts them (else an honest sender retrying a slow peer is refused, scored).
+        self._dm_gave_up: dict[Link, dict[int, float]] = {}
 
     def _new_dump_bucket(self) -> TokenBucket:
         return TokenBucket(self.config.book_dump_rate, self.config.book_dump_burst)
@@ -601,6 +610,7 @@ class ExchangeNode:
             self._answered.pop(link, None)
             self._dm_in.pop(link, None)
             self._dm_buckets.pop(link, None)
+            self._dm_gave_up.pop(link, None)
             for fut in self._dm_out.pop(link, {}).values():
                 if not fut.done():
                     fut.set_exception(
@@ -1652,9 +1662,14 @@ class ExchangeNode:
         if link is None or link.closed:
             link = await self._dial_direct(node_id, contact)
         out = self._dm_out.setdefault(link, {})
-        if len(out) >= self.config.dm_outstanding:
+        gave_up = self._dm_gave_up.setdefault(link, {})
+        now = time.monotonic()
+        for old in [r for r, until in gave_up.items() if until <= now]:
+            del gave_up[old]
+        if len(out) + len(gave_up) >= self.config.dm_outstanding:
             raise DirectBusy(
-                f"direct message: {len(out)} already outstanding to {node_id.hex()[:16]}"
+                f"direct message: {len(out) + len(gave_up)} already outstanding to "
+                f"{node_id.hex()[:16]}"
             )
         self._dm_seq += 1
         rid = self._dm_seq
@@ -1665,6 +1680,8 @@ class ExchangeNode:
                 raise PeerNotReached(f"link to {node_id.hex()[:16]} did not take the message")
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
+            # The peer may still be handling it (up to its handler budget): keep counting it.
+            gave_up[rid] = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
             raise DirectTimeout(f"no reply from {node_id.hex()[:16]} within {timeout}s") from None
         finally:
             out.pop(rid, None)
@@ -1748,6 +1765,8 @@ class ExchangeNode:
         if payload is not None and len(payload) > MAX_DM_BYTES:
             raise BadMessage(f"dm_reply: payload of {len(payload)} bytes, more than {MAX_DM_BYTES}")
         fut = self._dm_out.get(link, {}).get(rid)
+        if fut is None and self._dm_gave_up.get(link, {}).pop(rid, None) is not None:
+            return  # the late reply of a request we gave up on: the peer was honest
         if fut is None:
             # Late (we gave up waiting) or never asked: costs little, as a late one is honest.
             raise UnknownRequest(f"dm_reply: no direct message {rid} outstanding on this link")
