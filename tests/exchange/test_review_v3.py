@@ -13,7 +13,7 @@ import pytest
 from kofo.exchange.node import DirectBusy, DirectTimeout, RouteFailed
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 
-from .helpers import line, stop_all, wait_until
+from .helpers import line, link, start_nodes, stop_all, wait_until
 
 ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
 
@@ -102,3 +102,37 @@ def _link(node, peer):
 
 async def echo(sender: bytes, payload: bytes) -> bytes | None:
     return b"re:" + payload
+
+
+def test_strangers_filling_the_makers_inbound_slots_do_not_keep_the_taker_from_it():
+    # Fresh keys cost nothing: before the fix strangers linked in until the maker had no
+    # inbound slot, and the taker, dialling the contact of the maker it had just settled a
+    # route with, was refused (PeerNotReached): the swap messages of a committed order could
+    # not be delivered. The maker now admits the initiator of an order it co-signed beyond
+    # its inbound slots (at most ``direct_slots`` such links).
+    async def go():
+        nodes = await line(3, addresses=ADDR, dummy_hops=0)
+        taker, _relay, maker = nodes
+        strangers = await start_nodes(2, target_degree=0)
+        maker.config.contact = f"127.0.0.1:{maker.port}"
+        maker.config.on_direct = echo
+        maker.config.max_degree = 3  # the relay's link and two strangers' fill it
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            await taker.settle(cid, quotes[0], os.urandom(32))
+            for s in strangers:
+                await link(s, maker)
+            assert len(maker.links) == 3
+            assert await taker.direct(maker.node_id, b"propose") == b"re:propose"
+            # Any other newcomer is still refused: the extra slot is the order's initiator's.
+            late = (await start_nodes(1, target_degree=0))[0]
+            strangers.append(late)
+            await late.connect("127.0.0.1", maker.port)
+            await wait_until(lambda: maker.node_id not in late.links)
+            assert late.node_id not in maker.links
+        finally:
+            await stop_all(nodes + strangers)
+
+    run(go())

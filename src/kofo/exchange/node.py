@@ -124,6 +124,9 @@ DM_REPLY_GRACE_S = 5.0
 handler budget (``dm_handler_s``, the peer's being the protocol's default) and this grace: the
 peer replies within it and counts the request until then."""
 
+MAX_DIRECT_PEER_S = 7 * 24 * 3600.0
+"""Longest an order's initiator keeps a direct slot (an order's legs expire within hours)."""
+
 MAX_CONTACTS = 1024
 """Contacts learned from route joins, newest kept (one per provider the node traded with)."""
 
@@ -257,6 +260,10 @@ class ExchangeConfig:
     dm_rate: float = 50.0
     dm_burst: float = 100.0
     dm_handler_s: float = 30.0
+    # Links beyond ``max_degree`` (and the inbound share) kept for the initiators of orders
+    # this node co-signed as provider, until the order's last expiry: strangers filling the
+    # inbound slots must not keep a taker from delivering its swap messages.
+    direct_slots: int = 8
 
 
 @dataclass(slots=True)
@@ -409,6 +416,9 @@ class ExchangeNode:
         # (its handler budget): they still count as outstanding until then, since the peer
         # still counts them (else an honest sender retrying a slow peer is refused, scored).
         self._dm_gave_up: dict[Link, dict[int, float]] = {}
+        # Initiators of orders this node co-signed as provider -> until when (monotonic) they
+        # may link in beyond the inbound slots (``direct_slots``), newest kept.
+        self._direct_peers: dict[bytes, float] = {}
 
     def _new_dump_bucket(self) -> TokenBucket:
         return TokenBucket(self.config.book_dump_rate, self.config.book_dump_burst)
@@ -507,7 +517,7 @@ class ExchangeNode:
         if (
             len(self.links) >= self.config.max_degree
             or inbound >= self.config.max_degree - self.config.target_degree
-        ):
+        ) and not self._direct_slot_for(peer):
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
@@ -1583,6 +1593,8 @@ class ExchangeNode:
                 return
         st.order_data = data
         st.owners = [j.node_id for j in joins]
+        if down is None:
+            self._expect_direct(order.initiator, max(leg.expiry_time for leg in order.legs))
         sig = self._key.sign(data)
         link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig}))
         if down is not None and down.peer in self.links:
@@ -1625,6 +1637,26 @@ class ExchangeNode:
             raise BadSignature(f"osig: position {pos} did not sign the order")
         pending.osigs[pos] = sig
         pending.changed.set()
+
+    def _expect_direct(self, node_id: bytes, until_unix: int) -> None:
+        """The initiator of an order we co-signed as provider will message us directly (its
+        swap engine's proposal, notices) until the order's last expiry."""
+        left = min(max(until_unix - time.time(), 0.0), MAX_DIRECT_PEER_S)
+        self._direct_peers.pop(node_id, None)
+        self._direct_peers[node_id] = time.monotonic() + left
+        while len(self._direct_peers) > MAX_CONTACTS:
+            del self._direct_peers[next(iter(self._direct_peers))]
+
+    def _direct_slot_for(self, peer: bytes) -> bool:
+        """Whether ``peer`` may link in beyond the inbound slots: it is the initiator of an
+        order we co-signed (still running) and fewer than ``direct_slots`` links are extra."""
+        until = self._direct_peers.get(peer)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._direct_peers[peer]
+            return False
+        return len(self.links) < self.config.max_degree + self.config.direct_slots
 
     def _chain_clock(self, chain: str, expiry_time: int, now_s: int) -> bool | None:
         """Whether ``chain``'s HTLCs expire by block height (None: unknown here)."""
