@@ -85,7 +85,7 @@ def test_a_sender_that_gave_up_waiting_is_not_scored_for_the_handlers_slowness()
                     await a.direct(b.node_id, b"more", timeout=0.05)
             assert handled == n and not b._scores
             release.set()
-            await wait_until(lambda: not b._dm_in.get(_link(b, a), 0))
+            await wait_until(lambda: not b._dm_in.get(a.node_id, 0))
             # The late replies free the slots and cost nobody anything.
             b.config.on_direct = echo
             assert await a.direct(b.node_id, b"x") == b"re:x"
@@ -134,5 +134,78 @@ def test_strangers_filling_the_makers_inbound_slots_do_not_keep_the_taker_from_i
             assert late.node_id not in maker.links
         finally:
             await stop_all(nodes + strangers)
+
+    run(go())
+
+
+def test_relinking_does_not_reset_the_budget_of_direct_messages_being_handled():
+    # Before the fix the count of a peer's requests in the handler was kept per link object
+    # and dropped when the link closed, while the handlers ran on (up to dm_handler_s): a
+    # peer that relinked got a fresh 16 each time, so handler tasks (each holding a payload of
+    # up to 255 KiB) grew without bound. Now the count is per node id, and requests a sender
+    # lost with its link still count on its side until the peer must have answered.
+    async def go():
+        a, b = await line(2)
+        release = asyncio.Event()
+        handled = 0
+
+        async def slow(sender: bytes, payload: bytes) -> bytes | None:
+            nonlocal handled
+            handled += 1
+            await release.wait()
+            return b"late"
+
+        b.config.on_direct = slow
+        n = a.config.dm_outstanding
+        try:
+            for _round in range(3):
+                for i in range(n):
+                    with pytest.raises((DirectTimeout, DirectBusy)):
+                        await a.direct(b.node_id, b"m%d" % i, timeout=0.05)
+                await wait_until(lambda: handled >= n)
+                # Relink: the attacker's way to a fresh budget.
+                _link(a, b).close()
+                await wait_until(lambda: b.node_id not in a.links and a.node_id not in b.links)
+                await link(a, b)
+            assert handled == n
+            # The honest sender kept counting its lost requests: it sent none over budget.
+            assert not b._scores
+            release.set()
+        finally:
+            await stop_all([a, b])
+
+    run(go())
+
+
+def test_a_node_bounds_direct_messages_in_its_handler_over_all_peers():
+    # Fresh keys are free: many peers each within their own budget must not hold an
+    # unbounded number of handler tasks (and payloads) between them.
+    async def go():
+        nodes = await start_nodes(4, target_degree=0, dm_outstanding=4, dm_inflight_max=6)
+        b, peers = nodes[0], nodes[1:]
+        release = asyncio.Event()
+        handled = 0
+
+        async def slow(sender: bytes, payload: bytes) -> bytes | None:
+            nonlocal handled
+            handled += 1
+            await release.wait()
+            return b"late"
+
+        b.config.on_direct = slow
+        try:
+            replies = []
+            for p in peers:
+                await link(p, b)
+                for _ in range(4):
+                    replies.append(asyncio.ensure_future(p.direct(b.node_id, b"x", timeout=30)))
+            await wait_until(lambda: sum(f.done() for f in replies) == len(replies) - 6)
+            assert handled == 6
+            assert all(f.result() is None for f in replies if f.done())
+            assert not b._scores  # each peer stayed within its own budget
+            release.set()
+            assert sorted(await asyncio.gather(*replies), key=bool).count(b"late") == 6
+        finally:
+            await stop_all(nodes)
 
     run(go())

@@ -260,6 +260,9 @@ class ExchangeConfig:
     dm_rate: float = 50.0
     dm_burst: float = 100.0
     dm_handler_s: float = 30.0
+    # Inbound direct messages in the handler at once over all peers (each holds its payload):
+    # beyond it a dm gets a null reply, unscored (the peer kept within its own budget).
+    dm_inflight_max: int = 128
     # Links beyond ``max_degree`` (and the inbound share) kept for the initiators of orders
     # this node co-signed as provider, until the order's last expiry: strangers filling the
     # inbound slots must not keep a taker from delivering its swap messages.
@@ -410,12 +413,16 @@ class ExchangeNode:
         # being handled, and the peer's rate.
         self._dm_seq = 0
         self._dm_out: dict[Link, dict[int, asyncio.Future[bytes | None]]] = {}
-        self._dm_in: dict[Link, int] = {}
+        # Per peer node id (not per link: a peer that relinks must not get a fresh budget
+        # while its earlier requests are still being handled), and over all peers.
+        self._dm_in: dict[bytes, int] = {}
+        self._dm_in_total = 0
         self._dm_buckets: dict[Link, TokenBucket] = {}
         # Our requests we stopped waiting for, with when the peer must have answered them
         # (its handler budget): they still count as outstanding until then, since the peer
         # still counts them (else an honest sender retrying a slow peer is refused, scored).
-        self._dm_gave_up: dict[Link, dict[int, float]] = {}
+        # Per peer node id, so a lost link does not forget them either.
+        self._dm_gave_up: dict[bytes, dict[int, float]] = {}
         # Initiators of orders this node co-signed as provider -> until when (monotonic) they
         # may link in beyond the inbound slots (``direct_slots``), newest kept.
         self._direct_peers: dict[bytes, float] = {}
@@ -618,10 +625,14 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
-            self._dm_in.pop(link, None)
             self._dm_buckets.pop(link, None)
-            self._dm_gave_up.pop(link, None)
-            for fut in self._dm_out.pop(link, {}).values():
+            lost = self._dm_out.pop(link, {})
+            if lost:
+                # The peer may still be handling them: they count until it must have answered.
+                until = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
+                gave_up = self._dm_gave_up.setdefault(link.peer_id, {})
+                gave_up.update(dict.fromkeys(lost, until))
+            for fut in lost.values():
                 if not fut.done():
                     fut.set_exception(
                         PeerNotReached(f"link to {link.peer_id.hex()[:16]} closed before a reply")
@@ -1694,10 +1705,14 @@ class ExchangeNode:
         if link is None or link.closed:
             link = await self._dial_direct(node_id, contact)
         out = self._dm_out.setdefault(link, {})
-        gave_up = self._dm_gave_up.setdefault(link, {})
         now = time.monotonic()
-        for old in [r for r, until in gave_up.items() if until <= now]:
-            del gave_up[old]
+        for peer in list(self._dm_gave_up):
+            left = {r: u for r, u in self._dm_gave_up[peer].items() if u > now}
+            if left:
+                self._dm_gave_up[peer] = left
+            else:
+                del self._dm_gave_up[peer]
+        gave_up = self._dm_gave_up.setdefault(node_id, {})
         if len(out) + len(gave_up) >= self.config.dm_outstanding:
             raise DirectBusy(
                 f"direct message: {len(out) + len(gave_up)} already outstanding to "
@@ -1747,7 +1762,7 @@ class ExchangeNode:
         if bucket is None:
             bucket = TokenBucket(self.config.dm_rate, self.config.dm_burst)
             self._dm_buckets[link] = bucket
-        busy = self._dm_in.get(link, 0)
+        busy = self._dm_in.get(link.peer_id, 0)
         if busy >= self.config.dm_outstanding or not bucket.take():
             link.send(Frame("dm_reply", {"id": rid, "payload": None}))
             raise DirectBusy(f"dm: over the direct-message budget ({busy} being handled)")
@@ -1755,7 +1770,17 @@ class ExchangeNode:
         if handler is None:
             link.send(Frame("dm_reply", {"id": rid, "payload": None}))
             return
-        self._dm_in[link] = busy + 1
+        if self._dm_in_total >= self.config.dm_inflight_max:
+            # Every peer within its own budget, together too many: not this peer's fault.
+            log.info(
+                "dm from %s refused: %d being handled in all",
+                link.peer_id.hex()[:12],
+                self._dm_in_total,
+            )
+            link.send(Frame("dm_reply", {"id": rid, "payload": None}))
+            return
+        self._dm_in[link.peer_id] = busy + 1
+        self._dm_in_total += 1
         self._spawn(self._serve_dm(link, rid, payload, handler))
 
     async def _serve_dm(
@@ -1786,9 +1811,17 @@ class ExchangeNode:
             )
             reply = None
         finally:
-            if link in self._dm_in:
-                self._dm_in[link] -= 1
-        link.send(Frame("dm_reply", {"id": rid, "payload": reply}))
+            left = self._dm_in.get(link.peer_id, 1) - 1
+            if left > 0:
+                self._dm_in[link.peer_id] = left
+            else:
+                self._dm_in.pop(link.peer_id, None)
+            self._dm_in_total -= 1
+        # On the peer's current link if it relinked meanwhile: it still counts the request.
+        current = self.links.get(link.peer_id)
+        (link if current is None or current.closed else current).send(
+            Frame("dm_reply", {"id": rid, "payload": reply})
+        )
 
     def _h_dm_reply(self, link: Link, body: dict[str, Any]) -> None:
         rid, payload = body.get("id"), body.get("payload")
@@ -1797,7 +1830,7 @@ class ExchangeNode:
         if payload is not None and len(payload) > MAX_DM_BYTES:
             raise BadMessage(f"dm_reply: payload of {len(payload)} bytes, more than {MAX_DM_BYTES}")
         fut = self._dm_out.get(link, {}).get(rid)
-        if fut is None and self._dm_gave_up.get(link, {}).pop(rid, None) is not None:
+        if fut is None and self._dm_gave_up.get(link.peer_id, {}).pop(rid, None) is not None:
             return  # the late reply of a request we gave up on: the peer was honest
         if fut is None:
             # Late (we gave up waiting) or never asked: costs little, as a late one is honest.
