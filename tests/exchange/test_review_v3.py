@@ -209,3 +209,34 @@ def test_a_node_bounds_direct_messages_in_its_handler_over_all_peers():
             await stop_all(nodes)
 
     run(go())
+
+
+def test_a_contact_that_stalls_the_handshake_does_not_hold_direct_past_its_timeout(monkeypatch):
+    # Before the fix the dial was outside ``timeout``: a maker's contact that accepted and
+    # never spoke held the caller for the handshake timeouts (2 x 5 s) on top of its own.
+    # Here the handshake timeout is made huge: the call must still end at its own timeout.
+    import kofo.exchange.node as node_mod
+
+    monkeypatch.setattr(node_mod, "HANDSHAKE_TIMEOUT_S", 600.0)
+
+    async def go():
+        held: list[asyncio.StreamWriter] = []
+
+        async def tarpit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)  # accept, never answer
+
+        server = await asyncio.start_server(tarpit, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        (a,) = await start_nodes(1, target_degree=0)
+        try:
+            with pytest.raises(DirectTimeout):
+                await asyncio.wait_for(
+                    a.direct(os.urandom(32), b"x", contact=f"127.0.0.1:{port}", timeout=0.5), 30
+                )
+        finally:
+            for w in held:
+                w.close()
+            server.close()
+            await stop_all([a])
+
+    run(go())

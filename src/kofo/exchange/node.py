@@ -1701,9 +1701,18 @@ class ExchangeNode:
             raise InvalidInput(f"direct message: payload must be bytes of at most {MAX_DM_BYTES}")
         if node_id == self.node_id:
             raise InvalidInput("direct message: to this node itself")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         link = self.links.get(node_id)
         if link is None or link.closed:
-            link = await self._dial_direct(node_id, contact)
+            # The dial counts against ``timeout`` too: a contact that accepts and then stalls
+            # the handshake must not hold the caller past its deadline.
+            try:
+                link = await asyncio.wait_for(self._dial_direct(node_id, contact), timeout)
+            except TimeoutError:
+                raise DirectTimeout(
+                    f"node {node_id.hex()[:16]} not reached within {timeout}s"
+                ) from None
         out = self._dm_out.setdefault(link, {})
         now = time.monotonic()
         for peer in list(self._dm_gave_up):
@@ -1725,7 +1734,7 @@ class ExchangeNode:
         try:
             if not link.send(Frame("dm", {"id": rid, "payload": payload})):
                 raise PeerNotReached(f"link to {node_id.hex()[:16]} did not take the message")
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
         except TimeoutError:
             # The peer may still be handling it (up to its handler budget): keep counting it.
             gave_up[rid] = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
