@@ -111,8 +111,10 @@ def test_oversize_payloads_are_refused_at_the_sender_and_scored_at_the_receiver(
 
 def test_direct_messages_beyond_a_links_rate_get_a_null_reply_and_cost_score():
     async def go():
-        # A burst of 3 and (practically) no refill: the 4th and later are over the rate.
-        a, b = await start_nodes(2, target_degree=0, dm_rate=0.0001, dm_burst=3.0)
+        # A burst of 3 and (practically) no refill at b: the 4th and later are over the rate
+        # (a, with the default rate, does not hold itself to b's: a sender that ignores it).
+        (a,) = await start_nodes(1, target_degree=0)
+        (b,) = await start_nodes(1, target_degree=0, dm_rate=0.0001, dm_burst=3.0)
         b.config.on_direct = echo
         try:
             await link(a, b)

@@ -240,3 +240,21 @@ def test_a_contact_that_stalls_the_handshake_does_not_hold_direct_past_its_timeo
             await stop_all([a])
 
     run(go())
+
+
+def test_an_honest_sender_keeps_within_the_receivers_direct_message_rate():
+    # Before the fix nothing held a sender to the receiver's rate (50/s, burst 100): a trader
+    # with many swaps to one maker sent its messages as fast as replies came, and each past the
+    # burst got a null reply and a score of 2 (banned after 50 more). Now direct() waits for
+    # its own token bucket, a little below the receiver's.
+    async def go():
+        a, b = await line(2, dm_rate=20.0, dm_burst=10.0)
+        b.config.on_direct = echo
+        try:
+            for i in range(30):
+                assert await a.direct(b.node_id, b"%d" % i) == b"re:%d" % i
+            assert not b._scores and not a._scores
+        finally:
+            await stop_all([a, b])
+
+    run(go())

@@ -124,6 +124,11 @@ DM_REPLY_GRACE_S = 5.0
 handler budget (``dm_handler_s``, the peer's being the protocol's default) and this grace: the
 peer replies within it and counts the request until then."""
 
+DM_SEND_SHARE = 0.8
+"""A sender keeps to this share of the receiver's direct-message rate and burst (the protocol's
+defaults, ``dm_rate``/``dm_burst``): arrivals bunch on the way, and a dm over the receiver's
+rate costs the sender 2."""
+
 MAX_DIRECT_PEER_S = 7 * 24 * 3600.0
 """Longest an order's initiator keeps a direct slot (an order's legs expire within hours)."""
 
@@ -423,6 +428,8 @@ class ExchangeNode:
         # still counts them (else an honest sender retrying a slow peer is refused, scored).
         # Per peer node id, so a lost link does not forget them either.
         self._dm_gave_up: dict[bytes, dict[int, float]] = {}
+        # Our own sending rate per peer node id (below the rate the peer scores beyond).
+        self._dm_send_buckets: dict[bytes, TokenBucket] = {}
         # Initiators of orders this node co-signed as provider -> until when (monotonic) they
         # may link in beyond the inbound slots (``direct_slots``), newest kept.
         self._direct_peers: dict[bytes, float] = {}
@@ -1713,6 +1720,22 @@ class ExchangeNode:
                 raise DirectTimeout(
                     f"node {node_id.hex()[:16]} not reached within {timeout}s"
                 ) from None
+        bucket = self._dm_send_buckets.get(node_id)
+        if bucket is None:
+            share = DM_SEND_SHARE
+            bucket = TokenBucket(
+                self.config.dm_rate * share, max(1.0, self.config.dm_burst * share)
+            )
+            self._dm_send_buckets[node_id] = bucket
+            while len(self._dm_send_buckets) > MAX_CONTACTS:
+                del self._dm_send_buckets[next(iter(self._dm_send_buckets))]
+        while not bucket.take():
+            wait = (1.0 - bucket.peek()) / (self.config.dm_rate * DM_SEND_SHARE)
+            if loop.time() + wait > deadline:
+                raise DirectTimeout(
+                    f"direct message: over the rate to {node_id.hex()[:16]} until the timeout"
+                )
+            await asyncio.sleep(wait)
         out = self._dm_out.setdefault(link, {})
         now = time.monotonic()
         for peer in list(self._dm_gave_up):
