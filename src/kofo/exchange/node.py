@@ -85,7 +85,7 @@ from kofo.wire.exchange import (
     verify_fulfil_after,
     verify_path,
 )
-from kofo.wire.expiry import BlockHeight
+from kofo.wire.expiry import BlockHeight, Expiry
 from kofo.wire.orders import CommitOrder, OrderSignature, SettlementOrder
 
 log = logging.getLogger("kofo.exchange.node")
@@ -118,6 +118,19 @@ MAX_DM_BYTES = min(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES - 1024)
 """A direct message's payload (and its reply) must fit one link frame with its envelope: the
 swap messages it carries are a few KiB; the frame limit (256 KiB) is kept, not raised to the
 swap layer's 1 MiB cap, so one peer still makes us buffer at most one such frame per link."""
+
+DM_REPLY_GRACE_S = 5.0
+"""After a ``direct()`` timeout the request still counts as outstanding on the link for the
+handler budget (``dm_handler_s``, the peer's being the protocol's default) and this grace: the
+peer replies within it and counts the request until then."""
+
+DM_SEND_SHARE = 0.8
+"""A sender keeps to this share of the receiver's direct-message rate and burst (the protocol's
+defaults, ``dm_rate``/``dm_burst``): arrivals bunch on the way, and a dm over the receiver's
+rate costs the sender 2."""
+
+MAX_DIRECT_PEER_S = 7 * 24 * 3600.0
+"""Longest an order's initiator keeps a direct slot (an order's legs expire within hours)."""
 
 MAX_CONTACTS = 1024
 """Contacts learned from route joins, newest kept (one per provider the node traded with)."""
@@ -252,6 +265,13 @@ class ExchangeConfig:
     dm_rate: float = 50.0
     dm_burst: float = 100.0
     dm_handler_s: float = 30.0
+    # Inbound direct messages in the handler at once over all peers (each holds its payload):
+    # beyond it a dm gets a null reply, unscored (the peer kept within its own budget).
+    dm_inflight_max: int = 128
+    # Links beyond ``max_degree`` (and the inbound share) kept for the initiators of orders
+    # this node co-signed as provider, until the order's last expiry: strangers filling the
+    # inbound slots must not keep a taker from delivering its swap messages.
+    direct_slots: int = 8
 
 
 @dataclass(slots=True)
@@ -398,8 +418,21 @@ class ExchangeNode:
         # being handled, and the peer's rate.
         self._dm_seq = 0
         self._dm_out: dict[Link, dict[int, asyncio.Future[bytes | None]]] = {}
-        self._dm_in: dict[Link, int] = {}
+        # Per peer node id (not per link: a peer that relinks must not get a fresh budget
+        # while its earlier requests are still being handled), and over all peers.
+        self._dm_in: dict[bytes, int] = {}
+        self._dm_in_total = 0
         self._dm_buckets: dict[Link, TokenBucket] = {}
+        # Our requests we stopped waiting for, with when the peer must have answered them
+        # (its handler budget): they still count as outstanding until then, since the peer
+        # still counts them (else an honest sender retrying a slow peer is refused, scored).
+        # Per peer node id, so a lost link does not forget them either.
+        self._dm_gave_up: dict[bytes, dict[int, float]] = {}
+        # Our own sending rate per peer node id (below the rate the peer scores beyond).
+        self._dm_send_buckets: dict[bytes, TokenBucket] = {}
+        # Initiators of orders this node co-signed as provider -> until when (monotonic) they
+        # may link in beyond the inbound slots (``direct_slots``), newest kept.
+        self._direct_peers: dict[bytes, float] = {}
 
     def _new_dump_bucket(self) -> TokenBucket:
         return TokenBucket(self.config.book_dump_rate, self.config.book_dump_burst)
@@ -498,7 +531,7 @@ class ExchangeNode:
         if (
             len(self.links) >= self.config.max_degree
             or inbound >= self.config.max_degree - self.config.target_degree
-        ):
+        ) and not self._direct_slot_for(peer):
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
@@ -599,9 +632,14 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
-            self._dm_in.pop(link, None)
             self._dm_buckets.pop(link, None)
-            for fut in self._dm_out.pop(link, {}).values():
+            lost = self._dm_out.pop(link, {})
+            if lost:
+                # The peer may still be handling them: they count until it must have answered.
+                until = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
+                gave_up = self._dm_gave_up.setdefault(link.peer_id, {})
+                gave_up.update(dict.fromkeys(lost, until))
+            for fut in lost.values():
                 if not fut.done():
                     fut.set_exception(
                         PeerNotReached(f"link to {link.peer_id.hex()[:16]} closed before a reply")
@@ -1544,8 +1582,11 @@ class ExchangeNode:
                     else self.config.max_protocol_fee_bps
                 ),
                 chain_clock=self._chain_clock,
-                # Only the provider holds a leg of the route: it judges the heights.
-                expiry_check=self.config.expiry_check if down is None else None,
+                # Only the provider holds a leg of the route: it judges the heights, and
+                # without a view of its own it signs none (it would sign any).
+                expiry_check=(self.config.expiry_check or _no_height_view)
+                if down is None
+                else None,
             )
         except OrderPolicy as exc:
             # Our own limit or clock: an honest relay before us may allow what we refuse (a
@@ -1570,6 +1611,8 @@ class ExchangeNode:
                 return
         st.order_data = data
         st.owners = [j.node_id for j in joins]
+        if down is None:
+            self._expect_direct(order.initiator, max(leg.expiry_time for leg in order.legs))
         sig = self._key.sign(data)
         link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig}))
         if down is not None and down.peer in self.links:
@@ -1613,6 +1656,26 @@ class ExchangeNode:
         pending.osigs[pos] = sig
         pending.changed.set()
 
+    def _expect_direct(self, node_id: bytes, until_unix: int) -> None:
+        """The initiator of an order we co-signed as provider will message us directly (its
+        swap engine's proposal, notices) until the order's last expiry."""
+        left = min(max(until_unix - time.time(), 0.0), MAX_DIRECT_PEER_S)
+        self._direct_peers.pop(node_id, None)
+        self._direct_peers[node_id] = time.monotonic() + left
+        while len(self._direct_peers) > MAX_CONTACTS:
+            del self._direct_peers[next(iter(self._direct_peers))]
+
+    def _direct_slot_for(self, peer: bytes) -> bool:
+        """Whether ``peer`` may link in beyond the inbound slots: it is the initiator of an
+        order we co-signed (still running) and fewer than ``direct_slots`` links are extra."""
+        until = self._direct_peers.get(peer)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._direct_peers[peer]
+            return False
+        return len(self.links) < self.config.max_degree + self.config.direct_slots
+
     def _chain_clock(self, chain: str, expiry_time: int, now_s: int) -> bool | None:
         """Whether ``chain``'s HTLCs expire by block height (None: unknown here)."""
         unit = self.config.chain_clocks.get(chain)
@@ -1645,13 +1708,47 @@ class ExchangeNode:
             raise InvalidInput(f"direct message: payload must be bytes of at most {MAX_DM_BYTES}")
         if node_id == self.node_id:
             raise InvalidInput("direct message: to this node itself")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         link = self.links.get(node_id)
         if link is None or link.closed:
-            link = await self._dial_direct(node_id, contact)
+            # The dial counts against ``timeout`` too: a contact that accepts and then stalls
+            # the handshake must not hold the caller past its deadline.
+            try:
+                link = await asyncio.wait_for(self._dial_direct(node_id, contact), timeout)
+            except TimeoutError:
+                raise DirectTimeout(
+                    f"node {node_id.hex()[:16]} not reached within {timeout}s"
+                ) from None
+        bucket = self._dm_send_buckets.get(node_id)
+        if bucket is None:
+            share = DM_SEND_SHARE
+            bucket = TokenBucket(
+                self.config.dm_rate * share, max(1.0, self.config.dm_burst * share)
+            )
+            self._dm_send_buckets[node_id] = bucket
+            while len(self._dm_send_buckets) > MAX_CONTACTS:
+                del self._dm_send_buckets[next(iter(self._dm_send_buckets))]
+        while not bucket.take():
+            wait = (1.0 - bucket.peek()) / (self.config.dm_rate * DM_SEND_SHARE)
+            if loop.time() + wait > deadline:
+                raise DirectTimeout(
+                    f"direct message: over the rate to {node_id.hex()[:16]} until the timeout"
+                )
+            await asyncio.sleep(wait)
         out = self._dm_out.setdefault(link, {})
-        if len(out) >= self.config.dm_outstanding:
+        now = time.monotonic()
+        for peer in list(self._dm_gave_up):
+            left = {r: u for r, u in self._dm_gave_up[peer].items() if u > now}
+            if left:
+                self._dm_gave_up[peer] = left
+            else:
+                del self._dm_gave_up[peer]
+        gave_up = self._dm_gave_up.setdefault(node_id, {})
+        if len(out) + len(gave_up) >= self.config.dm_outstanding:
             raise DirectBusy(
-                f"direct message: {len(out)} already outstanding to {node_id.hex()[:16]}"
+                f"direct message: {len(out) + len(gave_up)} already outstanding to "
+                f"{node_id.hex()[:16]}"
             )
         self._dm_seq += 1
         rid = self._dm_seq
@@ -1660,8 +1757,10 @@ class ExchangeNode:
         try:
             if not link.send(Frame("dm", {"id": rid, "payload": payload})):
                 raise PeerNotReached(f"link to {node_id.hex()[:16]} did not take the message")
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
         except TimeoutError:
+            # The peer may still be handling it (up to its handler budget): keep counting it.
+            gave_up[rid] = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
             raise DirectTimeout(f"no reply from {node_id.hex()[:16]} within {timeout}s") from None
         finally:
             out.pop(rid, None)
@@ -1695,7 +1794,7 @@ class ExchangeNode:
         if bucket is None:
             bucket = TokenBucket(self.config.dm_rate, self.config.dm_burst)
             self._dm_buckets[link] = bucket
-        busy = self._dm_in.get(link, 0)
+        busy = self._dm_in.get(link.peer_id, 0)
         if busy >= self.config.dm_outstanding or not bucket.take():
             link.send(Frame("dm_reply", {"id": rid, "payload": None}))
             raise DirectBusy(f"dm: over the direct-message budget ({busy} being handled)")
@@ -1703,7 +1802,17 @@ class ExchangeNode:
         if handler is None:
             link.send(Frame("dm_reply", {"id": rid, "payload": None}))
             return
-        self._dm_in[link] = busy + 1
+        if self._dm_in_total >= self.config.dm_inflight_max:
+            # Every peer within its own budget, together too many: not this peer's fault.
+            log.info(
+                "dm from %s refused: %d being handled in all",
+                link.peer_id.hex()[:12],
+                self._dm_in_total,
+            )
+            link.send(Frame("dm_reply", {"id": rid, "payload": None}))
+            return
+        self._dm_in[link.peer_id] = busy + 1
+        self._dm_in_total += 1
         self._spawn(self._serve_dm(link, rid, payload, handler))
 
     async def _serve_dm(
@@ -1734,9 +1843,17 @@ class ExchangeNode:
             )
             reply = None
         finally:
-            if link in self._dm_in:
-                self._dm_in[link] -= 1
-        link.send(Frame("dm_reply", {"id": rid, "payload": reply}))
+            left = self._dm_in.get(link.peer_id, 1) - 1
+            if left > 0:
+                self._dm_in[link.peer_id] = left
+            else:
+                self._dm_in.pop(link.peer_id, None)
+            self._dm_in_total -= 1
+        # On the peer's current link if it relinked meanwhile: it still counts the request.
+        current = self.links.get(link.peer_id)
+        (link if current is None or current.closed else current).send(
+            Frame("dm_reply", {"id": rid, "payload": reply})
+        )
 
     def _h_dm_reply(self, link: Link, body: dict[str, Any]) -> None:
         rid, payload = body.get("id"), body.get("payload")
@@ -1745,6 +1862,8 @@ class ExchangeNode:
         if payload is not None and len(payload) > MAX_DM_BYTES:
             raise BadMessage(f"dm_reply: payload of {len(payload)} bytes, more than {MAX_DM_BYTES}")
         fut = self._dm_out.get(link, {}).get(rid)
+        if fut is None and self._dm_gave_up.get(link.peer_id, {}).pop(rid, None) is not None:
+            return  # the late reply of a request we gave up on: the peer was honest
         if fut is None:
             # Late (we gave up waiting) or never asked: costs little, as a late one is honest.
             raise UnknownRequest(f"dm_reply: no direct message {rid} outstanding on this link")
@@ -1778,6 +1897,15 @@ def _capped_offer_fill(offer: Offer, amount_in: int, cap: int | None) -> tuple[i
     if most_in < offer.min_in or (most_in < amount_in and not offer.partial):
         return None
     return offer.fill(most_in)
+
+
+def _no_height_view(chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
+    """The provider's check when the composer gave none: a block height it cannot judge is
+    refused (a taker could write one that expires at once, before the provider can redeem)."""
+    raise OrderPolicy(
+        f"order: {chain} expiry {expiry} is a block height and this node has no expiry_check "
+        "to judge it"
+    )
 
 
 def _guarded_importance(importance: Importance) -> Importance:
