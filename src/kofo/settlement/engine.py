@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -363,8 +364,8 @@ class SwapEngine:
                     preimage=preimage,
                     peer=peer,
                     payload={"reason": "proposed"},
+                    notices=self._scan_from(terms),
                 )
-                self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
@@ -463,8 +464,8 @@ class SwapEngine:
                     preimage=None if kept is not None else preimage,
                     peer=peer,
                     payload={"reason": "proposed from fixed legs"},
+                    notices=self._scan_from(terms),
                 )
-                self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
@@ -500,14 +501,21 @@ class SwapEngine:
         with self._observing(chains):
             check_terms_as_participant(terms, self.policies, self.now(chains), my_address=mine)
         self._check_legs(terms)
+        with self._observing(chains):
+            scan_from = self._scan_from(terms)
         with self._lock:
             self._check_open_limits(terms.initiator_node)
             self._check_funds(terms, Role.PARTICIPANT)
+            # The scan start in the swap's own first transaction: a crash after the accept
+            # never leaves a swap without it (a search of the counter leg from genesis).
             self.journal.create_swap(
-                Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
+                Role.PARTICIPANT,
+                terms,
+                State.ACCEPTED,
+                peer=peer,
+                payload={"reason": "accepted"},
+                notices=scan_from,
             )
-        with self._observing(chains):
-            self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
 
@@ -984,13 +992,14 @@ class SwapEngine:
             self._counter_refs[rec.swap_id] = ref
         return ref
 
-    def _note_scan_from(self, terms: SwapTerms) -> None:
-        """Remember where on the counter leg's chain a lock of this swap could first appear (a
-        lock needs the fresh payment hash), so a later search for it never starts at genesis."""
+    def _scan_from(self, terms: SwapTerms) -> dict[str, dict[str, Any]]:
+        """Where on each leg's chain a lock of this swap could first appear (a lock needs the
+        fresh payment hash), so a later search for it never starts at genesis: the notice the
+        swap is created with (:meth:`Journal.create_swap`, one transaction)."""
         heights = {}
         for leg in (terms.initiator_leg, terms.participant_leg):
             heights[leg.chain] = max(0, self.adapters[leg.chain].tip().height - SCAN_BACK_BLOCKS)
-        self.journal.store_notice(terms.swap_id, _SCAN_FROM, heights)
+        return {_SCAN_FROM: heights}
 
     def _drop_counter_ref(self, swap_id: bytes) -> None:
         self._counter_refs.pop(swap_id, None)
