@@ -51,7 +51,7 @@ def test_the_words_are_the_seed_and_give_it_back():
     "change, why",
     [
         (lambda w: w[:-1], "24 words, 23 were given"),
-        (lambda w: w[:3] + ["notaword"] + w[4:], "word 4 of the backup is not in"),
+        (lambda w: [*w[:3], "notaword", *w[4:]], "word 4 of the backup is not in"),
         (lambda w: w[1:2] + w[0:1] + w[2:], "checksum"),
     ],
 )
@@ -67,9 +67,7 @@ def test_a_wrong_backup_is_refused_naming_what_is_wrong_but_never_a_word(change,
     assert not any(w in str(refused.value).split() for w in bad if len(w) > 3)
 
 
-def test_an_existing_wallet_shows_its_words_and_they_restore_the_same_wallet(
-    tmp_path, monkeypatch
-):
+def test_an_existing_wallet_shows_its_words_and_they_restore_the_same_wallet(tmp_path, monkeypatch):
     monkeypatch.setenv("KOFO_PASSPHRASE", PASS)
     old = NodeWallet.create(tmp_path / "old.json", PASS)  # made as before the words existed
     runner = CliRunner()
@@ -122,9 +120,9 @@ def test_wallet_show_prints_every_address_whole_at_80_columns(tmp_path):
     path = tmp_path / "w.json"
     wallet = NodeWallet.create(path, PASS)
     env = {**os.environ, "KOFO_PASSPHRASE": PASS, "COLUMNS": "80", "LINES": "24"}
+    command = [sys.executable, "-c", "from kofo.cli import app; app()"]
     shown = subprocess.run(
-        [sys.executable, "-c", "from kofo.cli import app; app()", "wallet", "show"]
-        + ["--path", str(path)],
+        [*command, "wallet", "show", "--path", str(path)],
         env=env,
         capture_output=True,
         text=True,
