@@ -26,6 +26,7 @@ from web3 import Web3
 
 from kofo.errors import ChainError
 from kofo.settlement.chain import HtlcState, HtlcTerms, SignedTx, UnixTime
+from kofo.settlement.chains.ethereum import nonces
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
@@ -255,3 +256,53 @@ def test_a_pending_count_lying_low_never_hands_out_a_nonce_proven_mined(world, t
     (next_lock,) = adapter.prepare_lock(world.terms(adapter))
     assert _nonce(next_lock) == _nonce(sent[-1]) + 1  # old code: 0 (refused: nonce too low)
     world.send_honestly(next_lock)
+
+
+@pytest.mark.timeout(120)
+def test_a_prune_forgets_only_what_receipts_prove_mined(world, tmp_path, monkeypatch):
+    adapter = world.adapter(tmp_path)
+    mined = []
+    for _ in range(3):
+        (tx,) = adapter.prepare_lock(world.terms(adapter))
+        adapter.broadcast(tx)
+        adapter.wait(tx.txid)
+        mined.append(_nonce(tx))
+    (held,) = adapter.prepare_lock(world.terms(adapter))  # signed, not sent
+    assert adapter.nonces.reserved() == [*mined, _nonce(held)]
+    monkeypatch.setattr(nonces, "PRUNE_ABOVE", 2)  # the next allocation prunes
+    world.liar.lies["eth_getTransactionCount"] = count_lie("latest", lambda c: c + 1)
+    (after,) = adapter.prepare_lock(world.terms(adapter))  # the node says held is mined
+    assert _nonce(after) == _nonce(held) + 1
+    assert adapter.nonces.reserved() == [_nonce(held), _nonce(after)]  # the mined ones went
+    assert adapter.nonces.marks()[0] == mined[-1] + 1
+    del world.liar.lies["eth_getTransactionCount"]
+    adapter.broadcast(after)  # held is re-sent first: no gap
+    adapter.wait(held.txid)
+    adapter.wait(after.txid)
+
+
+@pytest.mark.timeout(120)
+def test_nonces_the_chain_mined_from_another_user_of_the_key_are_followed(world, tmp_path):
+    adapter = world.adapter(tmp_path)
+    (first,) = adapter.prepare_lock(world.terms(adapter))
+    adapter.broadcast(first)
+    adapter.wait(first.txid)
+    # The same key used elsewhere (a restored wallet, say): two transactions mined.
+    for _ in range(2):
+        signed = world.account.sign_transaction(
+            {
+                "to": world.account.address,
+                "value": 1,
+                "gas": 21_000,
+                "maxFeePerGas": 10**10,
+                "maxPriorityFeePerGas": 10**9,
+                "nonce": world.honest.eth.get_transaction_count(world.account.address),
+                "chainId": world.chain_id,
+            }
+        )
+        world.honest.eth.wait_for_transaction_receipt(
+            world.honest.eth.send_raw_transaction(signed.raw_transaction)
+        )
+    (second,) = adapter.prepare_lock(world.terms(adapter))
+    assert _nonce(second) == _nonce(first) + 3
+    world.send_honestly(second)
