@@ -110,6 +110,10 @@ def test_kofo_init_shows_the_words_once_and_init_restore_gives_the_same_node(
         app, ["init", "--home", str(tmp_path / "a"), "--force", "--restore"], input=words
     )
     assert over.exit_code == 1 and "already holds a wallet" in over.output
+    monkeypatch.delenv("KOFO_PASSPHRASE")
+    unasked = runner.invoke(app, ["init", "--home", str(tmp_path / "c"), "--restore"], input=words)
+    assert unasked.exit_code == 1 and "passphrase_required" in unasked.output
+    monkeypatch.setenv("KOFO_PASSPHRASE", PASS)
     wrong = runner.invoke(app, ["init", "--home", str(tmp_path / "c"), "--restore"], input="a b")
     assert wrong.exit_code == 1 and "bad_mnemonic" in wrong.output
     assert not (tmp_path / "c" / WALLET_FILE).exists()

@@ -89,10 +89,17 @@ def init_command(
     The wallet's passphrase comes from $KOFO_PASSPHRASE or a prompt; with --restore its seed
     comes from its 24 backup words (stdin or a prompt), giving back the same node id and
     addresses."""
+    from kofo.errors import WalletError
     from kofo.node.home import init_home
-    from kofo.wallet import SEED_BYTES, seed_to_words, words_to_seed
+    from kofo.wallet import PASSPHRASE_ENV, SEED_BYTES, seed_to_words, words_to_seed
 
     try:
+        if restore and not sys.stdin.isatty() and PASSPHRASE_ENV not in os.environ:
+            raise WalletError(
+                f"--restore reads the words from stdin: the passphrase must then come from "
+                f"${PASSPHRASE_ENV}",
+                code="passphrase_required",
+            )
         seed = words_to_seed(read_backup_words()) if restore else os.urandom(SEED_BYTES)
         chains: dict[str, dict[str, Any]] | None = None
         if devnet is not None:
