@@ -77,6 +77,10 @@ class EthereumChainConfig:
     confirmations: int = 1
     tokens: dict[str, str] = field(default_factory=dict)
     """ERC-20 symbol -> contract address, for offers in tokens."""
+    chain_id: int | None = None
+    """The chain id (EIP-155) the node must serve: the Ethereum adapter refuses a node on any
+    other chain and signs for this one only (``EthereumAdapter(chain_id=...)``). Unset: the
+    node's answer at start is taken (devnets)."""
 
 
 ChainConfig = BitcoinChainConfig | EthereumChainConfig
@@ -258,7 +262,12 @@ def _chain(t: _Table, name: str) -> ChainConfig:
                 raise tokens_t.fail(symbol, f"must be a 0x-prefixed 20-byte address: {address!r}")
             tokens[symbol] = address
         tokens_t.done()
-        return EthereumChainConfig(name, _url(t, "rpc_url"), contract, confirmations, tokens)
+        chain_id = t.get("chain_id", int, None)
+        if chain_id is not None and not 0 < chain_id < 2**64:
+            raise t.fail("chain_id", f"must be a positive chain id (EIP-155), got {chain_id}")
+        return EthereumChainConfig(
+            name, _url(t, "rpc_url"), contract, confirmations, tokens, chain_id
+        )
     raise ConfigError(f"{t.path}: [chains.{name}] is not a chain KOFO settles (btc, ltc, eth)")
 
 
@@ -451,6 +460,7 @@ def render_config(
             "# [chains.eth]",
             '# rpc_url = "http://127.0.0.1:8545"',
             '# htlc_contract = "0x..."   # the deployed contracts/HTLC',
+            "# chain_id = 1              # EIP-155; a node on another chain is refused",
             "# confirmations = 1",
             "# [chains.eth.tokens]",
             '# DUSD = "0x..."            # ERC-20 symbol = contract address',
