@@ -229,6 +229,10 @@ def test_bad_query_params_name_the_field(served: Served) -> None:
     assert "query.before" in str(out["detail"])
     out = problem(get(served, "/v1/events?after=-1"), 422, "invalid_input")
     assert "query.after" in str(out["detail"])
+    out = problem(get(served, "/v1/trades?limt=5"), 422, "invalid_input")  # a typo is an error
+    assert out["errors"][0]["field"] == "query.limt"  # type: ignore[index]
+    out = problem(get(served, "/v1/trades?before=1&before=9e99"), 422, "invalid_input")
+    assert out["errors"][0]["field"] == "query.before"  # type: ignore[index]
 
 
 def test_huge_body_is_413(served: Served) -> None:

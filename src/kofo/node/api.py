@@ -798,6 +798,20 @@ def create_app(
             )
         if role == "readonly" and request.method not in _READ_METHODS:
             raise ApiProblem(403, "forbidden", "the read-only token may only GET")
+        route = request.scope.get("route")
+        if route is not None:  # a misspelt parameter is an error, not silently ignored
+            known = {f.alias for f in route.dependant.query_params}
+            unknown = sorted(set(request.query_params) - known)
+            if unknown:
+                name = unknown[0][:40]
+                raise _invalid(
+                    f"query.{name}",
+                    f"unknown parameter; {request.url.path} takes "
+                    + (", ".join(sorted(known)) or "none"),
+                )
+            for name in sorted(known):  # every parameter here is one value
+                if len(request.query_params.getlist(name)) > 1:
+                    raise _invalid(f"query.{name}", "given more than once")
         return role
 
     app = FastAPI(
