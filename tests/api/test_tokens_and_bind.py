@@ -39,7 +39,7 @@ def test_a_token_others_can_read_is_refused(tmp_path: Path) -> None:
     home = tmp_path / "h"
     init_home(home, PASS)
     os.chmod(home / TOKEN_FILE, 0o644)
-    with pytest.raises(ConfigError, match="api.token"):
+    with pytest.raises(ConfigError, match=r"api\.token"):
         load_tokens(home)
 
 
@@ -63,7 +63,7 @@ def _config(tmp_path: Path, api: dict[str, str]):  # type: ignore[no-untyped-def
 
 
 def test_non_loopback_bind_needs_tls(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="loopback.*tls_cert"):
+    with pytest.raises(ConfigError, match=r"loopback.*tls_cert"):
         _config(tmp_path, {"bind": "0.0.0.0:9731"})
     with pytest.raises(ConfigError, match="tls_key"):
         _config(tmp_path, {"bind": "0.0.0.0:9731", "tls_cert": "c.pem"})
