@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import httpx
@@ -384,3 +385,31 @@ def test_every_operation_has_summary_description_and_example() -> None:
             if ok[0] is op["responses"].get("204"):
                 continue
             assert content["application/json"].get("example") is not None, where
+
+
+def test_dashboard_mount_is_public_and_v1_still_needs_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create_app calls kofo.node.dashboard.mount(app) when that module exists (it ships on
+    another branch); its static files are public, the /v1 routes keep their token."""
+    import importlib.machinery
+    import types
+
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    module = types.ModuleType("kofo.node.dashboard")
+    module.__spec__ = importlib.machinery.ModuleSpec("kofo.node.dashboard", None)
+
+    def mount(app: FastAPI) -> None:
+        app.add_api_route("/", lambda: HTMLResponse("<h1>KOFO</h1>"), include_in_schema=False)
+
+    module.mount = mount  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kofo.node.dashboard", module)
+    s, thread = serve(tmp_path)
+    try:
+        assert HTTP.get(s.url + "/").text == "<h1>KOFO</h1>"
+        problem(HTTP.get(s.url + "/v1/info"), 401, "unauthorized")
+    finally:
+        thread.stop()
+        s.service.events_log.close()

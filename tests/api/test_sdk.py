@@ -148,3 +148,17 @@ def test_async_client(served: Served) -> None:
                 await node.swap("x")
 
     asyncio.run(main())
+
+
+def test_the_ten_lines_in_docs_api_md_trade(served: Served, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tests.api.test_cli_api import drive
+
+    doc = (Path(__file__).parents[2] / "docs" / "api.md").read_text()
+    code = doc.split("## The SDK in ten lines", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert len([line for line in code.strip().splitlines() if line.strip()]) <= 12
+    home = make_home(tmp_path, served.url, served.token, served.readonly)
+    served.service.add_foreign_offer(OfferSpec("btc", "eth", 150_000_000_000, 1, 1, 10**9))
+    thread = drive(served, [("committed", {"height": 9}), ("redeemed", {"receive": 15 * 10**16})])
+    exec(compile(code.replace('"~/.kofo"', repr(str(home))), "docs/api.md", "exec"), {})
+    thread.join(10)
+    assert capsys.readouterr().out.strip() == f"redeemed {15 * 10**16}"

@@ -278,13 +278,14 @@ def _ssl_context(cafile: Path | None) -> ssl.SSLContext | bool:
     return ssl.create_default_context(cafile=str(cafile))
 
 
-def home_endpoint(home: Path) -> tuple[str, str, Path | None]:
+def home_endpoint(home: Path | str) -> tuple[str, str, Path | None]:
     """The base URL, the full token and the TLS certificate (to trust) of a node home."""
     from kofo.node.api_tokens import load_tokens
     from kofo.node.config import load_config
 
-    config = load_config(Path(home))
-    tokens = load_tokens(Path(home))
+    home = Path(home).expanduser()
+    config = load_config(home)
+    tokens = load_tokens(home)
     host = config.api.host
     if host in ("0.0.0.0", "::", ""):  # bound to every address: reach it on loopback
         host = "127.0.0.1"
@@ -318,7 +319,7 @@ class Client:
         )
 
     @classmethod
-    def from_home(cls, home: Path, **kwargs: Any) -> Client:
+    def from_home(cls, home: Path | str, **kwargs: Any) -> Client:
         url, token, cert = home_endpoint(home)
         return cls(url, token, verify=_ssl_context(cert), **kwargs)
 
@@ -477,7 +478,7 @@ class AsyncClient:
         )
 
     @classmethod
-    def from_home(cls, home: Path, **kwargs: Any) -> AsyncClient:
+    def from_home(cls, home: Path | str, **kwargs: Any) -> AsyncClient:
         url, token, cert = home_endpoint(home)
         return cls(url, token, verify=_ssl_context(cert), **kwargs)
 
