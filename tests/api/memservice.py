@@ -62,6 +62,7 @@ class MemService:
         self.clock = itertools.count(1_795_000_000)
         self.fail_next: Exception | None = None  # raised by the next call (error-path tests)
         self.ledger_up = True
+        self.balance_reads = 0
 
     def _check(self) -> None:
         if self.fail_next is not None:
@@ -91,6 +92,7 @@ class MemService:
 
     async def balances(self) -> list[BalanceView]:
         self._check()
+        self.balance_reads += 1
         return list(self.assets.values())
 
     # -- offers ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kofo.node.api import RateLimit, create_app
 from kofo.sdk import AsyncClient, InvalidRequest, Unauthorized
-from tests.api.conftest import READONLY, TOKEN, Served, ServerThread
+from tests.api.conftest import READONLY, TOKEN, Served, ServerThread, serve
 from tests.api.memservice import MemService
 
 pytestmark = pytest.mark.timeout(90)
@@ -178,3 +178,20 @@ def test_sdk_raises_on_refusal(served: Served) -> None:
         asyncio.run(consume("ee" * 32))
     with pytest.raises(InvalidRequest):
         asyncio.run(consume(served.token, ("bogus",)))
+
+
+def test_open_streams_are_capped(tmp_path: Path) -> None:
+    s, thread = serve(tmp_path, max_streams=1)
+
+    async def main() -> int | None:
+        async with connect(ws_url(s), additional_headers=s.headers()):
+            async with connect(ws_url(s), additional_headers=s.headers()) as second:
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(second.recv(), 10)
+                return second.close_code
+
+    try:
+        assert asyncio.run(main()) == 4429
+    finally:
+        thread.stop()
+        s.service.events_log.close()

@@ -183,6 +183,12 @@ def test_unknown_asset_is_422_naming_the_field(served: Served) -> None:
     assert "query.sell" in str(out["detail"])
 
 
+def test_made_up_asset_names_do_not_each_cost_a_balance_read(served: Served) -> None:
+    for i in range(20):
+        problem(get(served, f"/v1/book?buy=X{i}&sell=ETH"), 422, "invalid_input")
+    assert served.service.balance_reads <= 2
+
+
 def test_too_many_decimals_is_422_naming_the_field(served: Served) -> None:
     out = problem(
         post(served, "/v1/trades", {"sell": "BTC", "amount": "0.000000001", "buy": "ETH"}),

@@ -107,6 +107,9 @@ MAX_BODY = 64 * 1024
 keeps a client from making the node buffer megabytes."""
 
 MAX_PAGE = 1_000
+MAX_STREAMS = 256
+"""Event-stream WebSockets open at once; each holds a task and a socket, so past this a new
+one is refused (4429) rather than letting connections exhaust the node."""
 MAX_AMOUNT = 2**256 - 1
 """The largest amount any chain KOFO supports can hold (an EVM uint256)."""
 
@@ -436,6 +439,8 @@ class _Assets:
     a balance read may touch every chain."""
 
     TTL = 30.0
+    MISS_RELOAD = 2.0  # an unknown name reloads at most this often: a flood of made-up names
+    # must not turn into a flood of balance reads
 
     def __init__(self, service: NodeService) -> None:
         self.service = service
@@ -451,7 +456,8 @@ class _Assets:
 
     async def resolve(self, field: str, name: str) -> BalanceView:
         key = name.strip().lower()
-        if time.monotonic() - self._at > self.TTL or key not in self._table:
+        age = time.monotonic() - self._at
+        if age > self.TTL or (key not in self._table and age > self.MISS_RELOAD):
             await self._load()
         found = self._table.get(key)
         if found is None:
@@ -761,12 +767,15 @@ def create_app(
     rate_limit: RateLimit | None = None,
     max_body: int = MAX_BODY,
     event_wait: float = 5.0,
+    max_streams: int = MAX_STREAMS,
 ) -> FastAPI:
     """The node's API app. ``token`` may do everything, ``readonly_token`` only read (GET).
-    ``event_wait`` is how long the WebSocket waits for events before checking its client."""
+    ``event_wait`` is how long the WebSocket waits for events before checking its client;
+    ``max_streams`` caps the event streams open at once."""
     if not token or not readonly_token or token == readonly_token:
         raise ConfigError("the API needs two different, non-empty tokens")
     limiter = _Limiter(rate_limit or RateLimit())
+    open_streams = 0
     assets = _Assets(service)
     tokens = {token.encode(): "full", readonly_token.encode(): "readonly"}
 
@@ -1248,6 +1257,7 @@ def create_app(
 
     @app.websocket("/v1/events")
     async def events_ws(websocket: WebSocket) -> None:
+        nonlocal open_streams
         params = websocket.query_params
         presented, subprotocol = None, None
         header = websocket.headers.get("authorization", "")
@@ -1272,12 +1282,15 @@ def create_app(
             refusal = (4422, "invalid_input: after must be an event seq >= 0")
         elif unknown:
             refusal = (4422, f"invalid_input: unknown kinds {','.join(sorted(unknown))}"[:120])
+        elif open_streams >= max_streams:
+            refusal = (4429, f"rate_limited: {max_streams} event streams are open; retry later")
         # Accept, then close with a code the client can read (4000 + the HTTP status): a
         # refusal before the handshake reaches a client as a bare HTTP 403, for any reason.
         await websocket.accept(subprotocol=subprotocol)
         if refusal is not None:
             await websocket.close(*refusal)
             return
+        open_streams += 1
         gone = asyncio.ensure_future(_until_disconnect(websocket))
         try:
             while not gone.done():
@@ -1305,6 +1318,7 @@ def create_app(
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away mid-send; it resumes from its last seq
         finally:
+            open_streams -= 1
             gone.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await gone
