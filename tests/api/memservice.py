@@ -194,6 +194,18 @@ class MemService:
         self.events_log.append("trade", {"trade_id": trade_id, "phase": state, **detail})
         return new
 
+    def phase(self, trade_id: str, phase: str, **detail: object) -> TradeView:
+        """A finer step (the daemon's claim_sent, quotes, swap ...): a phase and its event,
+        the trade's state unchanged."""
+        old = self.trades_by_id[trade_id]
+        now = float(next(self.clock))
+        new = dataclasses.replace(
+            old, updated_at=now, phases=(*old.phases, PhaseView(phase, now, dict(detail)))
+        )
+        self.trades_by_id[trade_id] = new
+        self.events_log.append("trade", {"trade_id": trade_id, "phase": phase, **detail})
+        return new
+
     async def trades(self, *, limit: int = 50, before: float | None = None) -> list[TradeView]:
         self._check()
         items = sorted(self.trades_by_id.values(), key=lambda t: -t.created_at)

@@ -118,7 +118,10 @@ def drive(served: Served, steps: list[tuple[str, dict[str, object]]]) -> threadi
             time.sleep(0.02)
         (trade_id,) = served.service.trades_by_id
         for state, changes in steps:
-            served.service.advance(trade_id, state, **changes)
+            if state.startswith("phase:"):
+                served.service.phase(trade_id, state[6:], **changes)
+            else:
+                served.service.advance(trade_id, state, **changes)
 
     thread = threading.Thread(target=run_steps, daemon=True)
     thread.start()
@@ -131,10 +134,14 @@ def test_trade_follows_to_redeemed(served: Served, home: Path) -> None:
     thread = drive(
         served,
         [
+            ("phase:claim_sent", {"sell": "btc", "amount": 1_000_000}),
+            ("phase:quotes", {"count": 3, "best": 15 * 10**16}),
             ("ordering", {"receive": 15 * 10**16, "hops": 2}),
             ("submitted", {"order_id": order_id}),
             ("committed", {"height": 1204}),
+            ("phase:swap_started", {"order_id": order_id}),
             ("settling", {}),
+            ("phase:swap", {"state": "locked", "txid": "ab" * 32}),
             ("redeemed", {}),
         ],
     )
@@ -143,8 +150,16 @@ def test_trade_follows_to_redeemed(served: Served, home: Path) -> None:
     )
     thread.join(10)
     assert code == 0, out + err
-    for text in ("claim sent", "order committed at height 1204", "both legs redeemed"):
-        assert text in out
+    for text in (
+        "claim sent",
+        "3 quote(s) in, best 0.15 ETH",
+        "receive 0.15 ETH over 2 hop(s)",
+        "order committed at height 1204",
+        "swap locked",
+        "both legs redeemed",
+    ):
+        assert text in out, text
+    assert "ab" * 32 in out  # a txid, whole at 80 columns
     assert order_id in out  # the phase detail, whole
     assert "received 0.15 ETH" in out
     (trade,) = served.service.trades_by_id.values()

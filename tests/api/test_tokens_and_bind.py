@@ -88,3 +88,15 @@ def test_the_app_refuses_equal_or_empty_tokens() -> None:
         create_app(object(), token="a" * 64, readonly_token="a" * 64)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         create_app(object(), token="", readonly_token="b" * 64)  # type: ignore[arg-type]
+
+
+def test_app_for_home_creates_the_tokens_of_an_older_home(tmp_path: Path) -> None:
+    from kofo.node.api import app_for_home
+
+    home = tmp_path / "h"
+    init_home(home, PASS)
+    for name in (TOKEN_FILE, READONLY_TOKEN_FILE):
+        (home / name).unlink()  # a home made before the API
+    app_for_home(object(), load_config(home))  # type: ignore[arg-type]
+    tokens = load_tokens(home)
+    assert tokens.token != tokens.readonly_token

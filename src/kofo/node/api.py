@@ -1342,8 +1342,9 @@ async def _until_disconnect(websocket: WebSocket) -> None:
 
 
 def app_for_home(service: NodeService, config: NodeConfig, **kwargs: Any) -> FastAPI:
-    """:func:`create_app` with the home's tokens (:func:`load_tokens`)."""
-    tokens = load_tokens(config.home)
+    """:func:`create_app` with the home's tokens, created if the home predates them
+    (:func:`ensure_tokens`: 0600, in the 0700 home)."""
+    tokens = ensure_tokens(config.home)
     return create_app(service, token=tokens.token, readonly_token=tokens.readonly_token, **kwargs)
 
 

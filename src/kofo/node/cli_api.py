@@ -49,6 +49,7 @@ _DEFAULT_HOME = Path.home() / ".kofo"
 
 FAILED_STATES = ("refunded", "failed", "cancelled")
 _PHASE_TEXT = {
+    # trade states
     "quoting": "claim sent, collecting quotes",
     "ordering": "quote chosen, the route is co-signing the order",
     "submitted": "order sent to the ledger",
@@ -58,6 +59,14 @@ _PHASE_TEXT = {
     "refunded": "refunded: this node's funds are back",
     "failed": "failed",
     "cancelled": "cancelled",
+    # the daemon's finer steps
+    "claim_sent": "claim sent to the network",
+    "quotes": "quotes in",
+    "swap_started": "swap started from the committed order",
+    "swap": "swap step",
+    "evidence": "evidence filed against the counterparty",
+    "evidence_committed": "evidence committed",
+    "evidence_refused": "evidence refused by the ledger",
 }
 
 
@@ -575,6 +584,38 @@ async def _follow(
             await pumper
 
 
+def _phase_line(phase: PhaseView, t: TradeView, units: _Units) -> tuple[str, str]:
+    """One progress line for a trade phase: the words, then the rest of its detail (whole)."""
+    d = dict(phase.detail)
+    text = _PHASE_TEXT.get(phase.phase, phase.phase)
+    if phase.phase == "committed":
+        height = d.pop("height", t.height)
+        if height is not None:
+            text += f" at height {height}"
+    elif phase.phase == "quotes":
+        count, best = d.pop("count", None), d.pop("best", None)
+        text = f"{count} quote(s) in" if count is not None else text
+        if isinstance(best, int):
+            text += f", best {units.show(best, t.buy)}"
+    elif phase.phase == "ordering":
+        receive = d.pop("receive", t.receive)
+        if isinstance(receive, int):
+            text += f": receive {units.show(receive, t.buy)}"
+        if "hops" in d:
+            text += f" over {d.pop('hops')} hop(s)"
+    elif phase.phase == "swap" and "state" in d:
+        text = f"swap {d.pop('state')}"
+    elif phase.phase in ("redeemed", "refunded"):
+        for key in ("received", "refunded"):
+            asset = d.pop(f"{key}_asset", None)
+            amount = d.pop(key, None)
+            if isinstance(amount, int) and isinstance(asset, str):
+                text += f": {key} {units.show(amount, asset)}"
+    elif phase.phase == "failed" and "reason" in d:
+        text += f": {d.pop('reason')}"
+    return text, _detail(d)
+
+
 def trade_command(
     sell: Annotated[str, typer.Option(help="what to pay, ASSET:AMOUNT (BTC:0.01)")],
     buy: Annotated[str, typer.Option(help="what to receive: an asset (ETH)")],
@@ -622,12 +663,7 @@ def trade_command(
         def on_phase(phase: PhaseView, t: TradeView) -> None:
             if as_json:
                 return
-            text = _PHASE_TEXT.get(phase.phase, phase.phase)
-            if phase.phase == "committed" and t.height is not None:
-                text += f" at height {t.height}"
-            if phase.phase == "ordering" and t.receive is not None:
-                text += f": receive {units.show(t.receive, t.buy)}"
-            extra = _detail(phase.detail)
+            text, extra = _phase_line(phase, t, units)
             style = "red" if phase.phase in FAILED_STATES else "green"
             console.print(
                 Text.assemble(
