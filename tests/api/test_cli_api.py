@@ -182,12 +182,3 @@ def test_trade_no_wait_json(served: Served, home: Path) -> None:
     trade = json.loads(out)
     assert trade["state"] == "quoting" and trade["amount"] == 15 * 10**17
     assert trade["buy"] == "eth:0x" + "11" * 20
-
-
-def test_dashboard_prints_the_url_with_the_token_in_the_fragment(
-    served: Served, home: Path
-) -> None:
-    code, out, _ = run("dashboard", "--home", str(home))
-    assert code == 0 and out.strip() == f"{served.url}/#token={served.token}"
-    code, out, _ = run("dashboard", "--home", str(home), "--readonly")
-    assert out.strip() == f"{served.url}/#token={served.readonly}"

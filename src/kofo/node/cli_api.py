@@ -1,8 +1,8 @@
 """The ``kofo`` commands that talk to a running node through its API (the SDK), as ``lncli``
 talks to ``lnd``: ``kofo trade``, ``kofo offer add|list|withdraw``, ``kofo balances``,
 ``kofo trades``, ``kofo swaps [ID]``, ``kofo ledger orders|order|fees|importance``,
-``kofo peers``, ``kofo info``, ``kofo dashboard``. Each takes ``--home`` (where the node's
-config and API token are) and ``--json`` (machine output).
+``kofo peers``, ``kofo info``. Each takes ``--home`` (where the node's config and API token
+are) and ``--json`` (machine output). (``kofo dashboard`` lives with the dashboard.)
 
 Every value a person may copy (ids, txids, addresses, keys) is printed whole on its own line,
 never cut to the terminal's width: records are ``key value`` lines printed with soft wrap (the
@@ -710,32 +710,6 @@ def trade_command(
         raise typer.Exit(1)
 
 
-def dashboard_command(
-    home: HomeOption = _DEFAULT_HOME,
-    readonly: Annotated[
-        bool, typer.Option("--readonly", help="with the read-only token (view, no trading)")
-    ] = False,
-    open_browser: Annotated[bool, typer.Option("--open", help="open it in a browser")] = False,
-) -> None:
-    """Print the dashboard's URL with the API token in its fragment (#token=...: a fragment
-    never leaves the browser, so the token is not sent in the request or logged)."""
-    from kofo.node.api_tokens import load_tokens
-    from kofo.sdk.client import home_endpoint
-
-    try:
-        url, _, _ = home_endpoint(home)
-        tokens = load_tokens(home.expanduser())
-    except KofoError as exc:
-        raise _fail(exc) from None
-    token = tokens.readonly_token if readonly else tokens.token
-    link = f"{url}/#token={token}"
-    typer.echo(link)
-    if open_browser:
-        import webbrowser
-
-        webbrowser.open(link)
-
-
 def register(app: typer.Typer) -> None:
     app.command("trade")(trade_command)
     app.add_typer(offer_app, name="offer")
@@ -745,7 +719,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(ledger_app, name="ledger")
     app.command("peers")(peers_command)
     app.command("info")(info_command)
-    app.command("dashboard")(dashboard_command)
 
 
 __all__ = ["register"]
