@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m bench.btc_sizes
 	$(PY) -m bench.swap
 	$(PY) -m bench.exchange
+	$(PY) -m bench.api
 	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m bench.clearance
 
 clean:

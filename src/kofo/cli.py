@@ -289,3 +289,8 @@ def swap_show(swap_id: str, journal: str | None = _JOURNAL_OPTION) -> None:
 from kofo.node.commands import register as _register_node_commands  # noqa: E402
 
 _register_node_commands(app)
+
+# `kofo trade`, `kofo offer`, `kofo balances`, ...: clients of a running node's API (the SDK).
+from kofo.node.cli_api import register as _register_api_commands  # noqa: E402
+
+_register_api_commands(app)

@@ -126,6 +126,7 @@ def init_command(
     wallet_note = "new" if created else "kept, never overwritten"
     typer.echo(f"  wallet  {config.wallet_path} ({wallet_note})")
     typer.echo(f"  journal {config.journal_path}")
+    typer.echo(f"  api     {config.home / 'api.token'} (and api.readonly.token: GET only)")
     if created and restore:
         typer.echo("restored the wallet from its backup words")
     elif created:

@@ -8,6 +8,8 @@ lives elsewhere::
       wallet.json    0600  the encrypted seed (scrypt + AES-256-GCM, kofo.wallet)
       journal.sqlite 0600  the swap journal (settlement.journal), phases to come
       node.lock      0600  held (flock) by the running `kofo node`; holds its PID
+      api.token      0600  the API's bearer token (full access; `kofo init` writes it)
+      api.readonly.token 0600  the API's read-only bearer token (GET only)
 
 Every key is checked when the file is read: an unknown key, a wrong type or a bad value is a
 :class:`~kofo.errors.ConfigError` naming the file, the table and the key.
@@ -87,6 +89,15 @@ ChainConfig = BitcoinChainConfig | EthereumChainConfig
 
 
 @dataclass(frozen=True, slots=True)
+class ApiTlsConfig:
+    """The API's TLS certificate and key (PEM files). Required to bind the API beyond
+    loopback: its bearer token must never cross a network in clear."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
 class OfferConfig:
     """A standing offer (the exchange's ``Offer``): for ``n`` base units of ``buy`` the maker
     pays ``n * price_num // price_den - fee`` base units of ``sell``."""
@@ -114,6 +125,7 @@ class NodeConfig:
     api: Endpoint
     chains: dict[str, ChainConfig]
     offers: tuple[OfferConfig, ...]
+    api_tls: ApiTlsConfig | None = None
 
     @property
     def config_path(self) -> Path:
@@ -214,8 +226,17 @@ def _endpoint(t: _Table, key: str, default: str, *, loopback: bool) -> Endpoint:
     except ConfigError:
         raise t.fail(key, f"must be host:port with a port 1-65535, got {text!r}") from None
     if loopback and not _is_loopback(ep.host):
-        raise t.fail(key, f"must be a loopback address (127.0.0.1, ::1, localhost), got {text!r}")
+        raise t.fail(
+            key,
+            f"must be a loopback address (127.0.0.1, ::1, localhost), got {text!r}"
+            + (" (or set tls_cert and tls_key to serve TLS)" if key == "bind" else ""),
+        )
     return ep
+
+
+def _home_path(home: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else home / path
 
 
 def _is_loopback(host: str) -> bool:
@@ -350,7 +371,13 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
     p2p.done()
 
     api_t = top.sub("api")
-    api = _endpoint(api_t, "bind", f"127.0.0.1:{DEFAULT_API_PORT}", loopback=True)
+    tls_cert, tls_key = api_t.get("tls_cert", str, ""), api_t.get("tls_key", str, "")
+    if bool(tls_cert) != bool(tls_key):
+        raise api_t.fail("tls_cert" if not tls_cert else "tls_key", "is required with the other")
+    api_tls = None
+    if tls_cert:
+        api_tls = ApiTlsConfig(_home_path(home, tls_cert), _home_path(home, tls_key))
+    api = _endpoint(api_t, "bind", f"127.0.0.1:{DEFAULT_API_PORT}", loopback=api_tls is None)
     api_t.done()
 
     chains_t = top.sub("chains")
@@ -383,6 +410,7 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         api=api,
         chains=chains,
         offers=offers,
+        api_tls=api_tls,
     )
 
 
@@ -425,8 +453,12 @@ def render_config(
         "bootstrap = []",
         "",
         "[api]",
-        "# The local API (REST + WebSocket, to come); loopback addresses only.",
+        "# The node's REST + WebSocket API (docs/api.md). Clients authenticate with the",
+        "# bearer tokens in this home (api.token; api.readonly.token may only read).",
+        "# A non-loopback bind needs TLS: set tls_cert and tls_key (PEM files).",
         f"bind = {_toml_str(api_bind)}",
+        '# tls_cert = "api-cert.pem"',
+        '# tls_key = "api-key.pem"',
         "",
         "# One table per chain this node settles on: btc, ltc (Bitcoin Core or btcd RPC), eth.",
     ]

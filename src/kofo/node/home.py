@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kofo.errors import ConfigError, KofoError
+from kofo.node.api_tokens import ensure_tokens
 from kofo.node.config import (
     CONFIG_FILE,
     JOURNAL_FILE,
@@ -93,6 +94,7 @@ def init_home(
     finally:
         os.umask(old_umask)
     os.chmod(home / JOURNAL_FILE, 0o600)
+    ensure_tokens(home)  # the API's bearer tokens; existing ones are kept
     return config, created
 
 
