@@ -1,0 +1,385 @@
+"""The dashboard in a real browser: Debian's chromium, driven by Selenium through chromedriver.
+
+The page is served by a FastAPI app on 127.0.0.1 (the real ``kofo.node.dashboard.mount`` and
+a minimal /v1 surface over an in-memory node, ``tests/api/dashboard_fixture.py``). The test
+opens every view, places a trade from the form, and watches the swap timeline reach
+"redeemed" on both legs as the node's events arrive on the WebSocket. Screenshots of each
+view, desktop (1280x800) and phone (390x844), light and dark, go to ``tests/artifacts/``.
+
+Install the browser with ``scripts/install-nodes.sh chromium``; without it the test skips
+(and fails in CI, like every real-binary test).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TOKEN = "7f" * 32
+WAIT = 30  # seconds any one thing may take to show up in the page (a bound, not a goal)
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    reason = "chromium/chromedriver not installed (scripts/install-nodes.sh chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+uvicorn = pytest.importorskip("uvicorn")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+from tests.api.dashboard_fixture import BTC, ETH, MY_BTC, FixtureNode, fixture_app  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(300)]
+
+
+class _Server:
+    """uvicorn serving ``app`` on a loopback socket, in a thread, stopped at exit."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + WAIT
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT)
+        self.sock.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[FixtureNode]:
+    n = FixtureNode(tmp_path)
+    yield n
+    n.log.close()
+
+
+@pytest.fixture
+def server(node: FixtureNode) -> Iterator[_Server]:
+    with _Server(fixture_app(node, TOKEN)) as s:
+        yield s
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,800",
+        "--force-device-scale-factor=1",
+        "--lang=en-US",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def wait_for(driver: Any, what: str, predicate: Any) -> Any:
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: predicate(d))
+    except TimeoutException:
+        shot(driver, f"FAILED-{what}")
+        raise AssertionError(f"the page never showed {what}") from None
+
+
+def text(driver: Any, css: str) -> str:
+    """The rendered text of every match, read in one step (the page re-renders live)."""
+    return str(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => e.innerText.trim()).join(' ')",
+            css,
+        )
+    )
+
+
+def shot(driver: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"dashboard-{name}.png"
+    # the whole page, not only the viewport: set the window to the document's height
+    driver.save_screenshot(str(path))
+    return path
+
+
+def viewport(driver: Any, width: int, height: int, *, mobile: bool, dark: bool = False) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {
+            "width": width,
+            "height": height,
+            "deviceScaleFactor": 1,
+            "mobile": mobile,
+        },
+    )
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {
+            "features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}],
+        },
+    )
+
+
+def go(driver: Any, view: str, ready_css: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'#tabs a[data-view="{view}"]').click()
+    wait_for(driver, f"the {view} view", lambda d: d.find_elements(By.CSS_SELECTOR, ready_css))
+    wait_for(
+        driver,
+        f"the {view} view loaded",
+        lambda d: not d.find_elements(By.CSS_SELECTOR, ".loading"),
+    )
+
+
+def no_horizontal_overflow(driver: Any) -> bool:
+    return bool(
+        driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
+    )
+
+
+def leg_states(driver: Any) -> list[str]:
+    return list(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll('.leg')).map(e => e.dataset.legState)"
+        )
+    )
+
+
+def severe_console_errors(driver: Any) -> list[str]:
+    """Script errors the page logged (answers with a 4xx the test provoked are not errors of
+    the page: it shows them)."""
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browser, server, node):
+    d = browser
+    base = f"http://127.0.0.1:{server.port}"
+    viewport(d, 1280, 800, mobile=False)
+
+    # The CLI's link: / redirects to the page, the token rides in the fragment and is then
+    # removed from the address bar.
+    d.get(f"{base}/#token={TOKEN}")
+    wait_for(d, "the node's name", lambda d: text(d, "#node-name") == "alice")
+    assert TOKEN not in d.current_url
+    assert d.current_url.startswith(f"{base}/dashboard/")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+
+    # Node: identity whole, balances in units, addresses whole.
+    go(d, "node", "dl.facts")
+    wait_for(d, "balances", lambda d: "5.25" in text(d, "#view-node"))
+    page = text(d, "#view-node")
+    assert node_id_whole(page)
+    assert MY_BTC in page, "an address must be shown whole"
+    assert "1.2" in page and "BTC" in page
+    shot(d, "desktop-node")
+
+    # Order book: both sides and a drawn depth chart.
+    go(d, "book", "canvas#depth")
+    wait_for(
+        d,
+        "bids and asks",
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#view-book tbody tr")) == 5,
+    )
+    assert text(d, ".stat.good strong") == "31.23456789", "the best bid, ETH per BTC"
+    assert text(d, ".stat.bad strong") == "31.4", "the best ask: 1 / the maker's BTC per ETH"
+    assert "31.65" in text(d, "#view-book"), "the second ask"
+    painted = d.execute_script(
+        "const c = document.getElementById('depth');"
+        "const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;"
+    )
+    assert painted > 5_000, f"the depth chart drew only {painted} pixels"
+    shot(d, "desktop-book")
+
+    # Trade: an amount with too many decimals is refused in the form, naming the field.
+    go(d, "trade", "#trade-form")
+    Select(d.find_element(By.ID, "trade-sell")).select_by_value(BTC)
+    Select(d.find_element(By.ID, "trade-buy")).select_by_value(ETH)
+    amount = d.find_element(By.ID, "trade-amount")
+    amount.send_keys("0.123456789")
+    wait_for(
+        d, "the precision error", lambda d: "at most 8 decimal places" in text(d, ".form-error")
+    )
+    # More than the balance: the node's problem+json detail is shown as it is.
+    amount.clear()
+    amount.send_keys("7")
+    wait_for(
+        d, "the node's refusal", lambda d: "exceeds the 120000000 available" in text(d, "#quotes")
+    )
+    assert "insufficient_funds" in text(d, "#quotes")
+    # A good amount: live quotes, the chosen route, then the trade.
+    amount.clear()
+    amount.send_keys("0.01")
+    wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    # 312345678901234567 wei: beyond 2^53, shown to the last wei
+    assert "0.312345678901234567 ETH" in text(d, "#chosen-quote")
+    assert text(d, "#chosen-hops") == "direct · 1 hop"
+    assert "2" in text(d, "#quotes tbody"), "the two-hop route is listed too"
+    shot(d, "desktop-trade-quotes")
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
+    place.click()
+    wait_for(d, "the new trade", lambda d: "quoting" in text(d, "#current-trade").lower())
+    assert "/trade/" in d.current_url
+
+    # The trade moves on as the node publishes events; the page follows without reloading.
+    marker = d.execute_script("window.__same_page = 1; return 1;")
+    for expected in ("ordering", "submitted", "committed"):
+        assert node.advance() == expected
+        wait_for(
+            d,
+            f"the trade {expected}",
+            lambda d, e=expected: e in text(d, "#current-trade .badge").lower(),
+        )
+    assert "committed at ledger height 8813" in text(d, "#current-trade")
+    assert "1 hop" in text(d, "#current-trade")
+    shot(d, "desktop-trade")
+
+    assert node.advance() == "settling"
+    go(d, "swaps", "article.swap")
+    assert leg_states(d) == ["pending", "pending"]
+    assert node.advance() == "own_lock"
+    wait_for(d, "our leg locked", lambda d: leg_states(d) == ["locked", "pending"])
+    assert node.advance() == "counter_lock"
+    wait_for(d, "both legs locked", lambda d: leg_states(d) == ["locked", "locked"])
+    swap_text = text(d, "article.swap")
+    assert "2 confirmations" in swap_text
+    assert "blocks to go" in swap_text and "refundable in" in swap_text, "both deadlines shown"
+    lock_txids = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".leg .timeline li.done code")]
+    assert len(lock_txids) == 2 and all(len(t) == 64 for t in lock_txids), "txids whole"
+    shot(d, "desktop-swaps-locked")
+    assert node.advance() == "redeem_counter"
+    wait_for(d, "the counter leg redeemed", lambda d: leg_states(d) == ["locked", "redeemed"])
+    assert node.advance() == "done"
+    wait_for(d, "both legs redeemed", lambda d: leg_states(d) == ["redeemed", "redeemed"])
+    wait_for(
+        d,
+        "the swap redeemed",
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, "article.swap").get_attribute("data-swap-state")
+            == "redeemed"
+        ),
+    )
+    assert d.execute_script("return window.__same_page") == marker, "the page was reloaded"
+    shot(d, "desktop-swaps")
+
+    # Ledger: the committed order with its outcomes, fee shares (beyond 2^53: exact), ranking.
+    go(d, "ledger", "#view-ledger table")
+    wait_for(d, "the order's outcomes", lambda d: "redeemed" in text(d, "#view-ledger").lower())
+    ledger = text(d, "#view-ledger").lower()
+    assert "1.234567890123456789 eth" in ledger
+    assert "you" in ledger and "late lock" in ledger
+    shot(d, "desktop-ledger")
+
+    # Peers: a peer-chosen string is text, not markup.
+    go(d, "peers", "#view-peers table")
+    assert "<img src=x onerror=alert(1)>:9743" in text(d, "#view-peers")
+    assert not d.find_elements(By.CSS_SELECTOR, "#view-peers img")
+    shot(d, "desktop-peers")
+
+    # Nothing came from anywhere but the node, and the page logged no error.
+    foreign = d.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => !n.startsWith(location.origin) && !n.startsWith('ws://' + location.host))"
+    )
+    assert foreign == []
+    assert severe_console_errors(d) == []
+
+    # Phone width (390x844), light and dark: every view fits without sideways scrolling.
+    for dark in (False, True):
+        viewport(d, 390, 844, mobile=True, dark=dark)
+        for view, ready in (
+            ("node", "dl.facts"),
+            ("book", "canvas#depth"),
+            ("trade", "#trade-form"),
+            ("swaps", "article.swap"),
+            ("ledger", "#view-ledger table"),
+            ("peers", "#view-peers table"),
+        ):
+            go(d, view, ready)
+            time.sleep(0.2)  # let the depth chart redraw at the new size before the picture
+            assert no_horizontal_overflow(d), f"{view} scrolls sideways at phone width"
+            shot(d, f"phone-{'dark' if dark else 'light'}-{view}")
+    viewport(d, 1280, 800, mobile=False, dark=True)
+    for view, ready in (("book", "canvas#depth"), ("swaps", "article.swap")):
+        go(d, view, ready)
+        time.sleep(0.2)
+        shot(d, f"desktop-dark-{view}")
+    assert severe_console_errors(d) == []
+
+
+def node_id_whole(page: str) -> bool:
+    from tests.api.dashboard_fixture import ME
+
+    return ME in page
+
+
+def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser, server):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={'00' * 32}")
+    wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
+    wait_for(d, "the refusal", lambda d: "missing or wrong bearer token" in text(d, "#banner"))
+    d.find_element(By.ID, "token-input").send_keys(TOKEN)
+    d.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait_for(d, "the node after login", lambda d: text(d, "#node-name") == "alice")
+    assert not d.find_element(By.ID, "login").is_displayed()
+
+
+def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(server):
+    base = f"http://127.0.0.1:{server.port}"
+    with urllib.request.urlopen(f"{base}/dashboard/") as r:
+        csp = r.headers["content-security-policy"]
+        body = r.read().decode()
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "http" not in body.replace('lang="en"', ""), "the page references no other origin"
+    with urllib.request.urlopen(f"{base}/") as r:  # the root redirects to the page
+        assert r.url == f"{base}/dashboard/"
+    req = urllib.request.Request(f"{base}/v1/info")
+    with pytest.raises(urllib.error.HTTPError) as err:  # data needs the token; the page does not
+        urllib.request.urlopen(req)
+    assert err.value.code == 401
