@@ -256,3 +256,8 @@ def swap_show(swap_id: str, journal: str | None = _JOURNAL_OPTION) -> None:
 from kofo.node.commands import register as _register_node_commands  # noqa: E402
 
 _register_node_commands(app)
+
+# `kofo dashboard`: the link to the node's web page (kofo.node.cli_dashboard).
+from kofo.node.cli_dashboard import register as _register_dashboard_command  # noqa: E402
+
+_register_dashboard_command(app)

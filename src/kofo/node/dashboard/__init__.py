@@ -23,7 +23,14 @@ from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["MOUNT_PATH", "STATIC_DIR", "SUBPROTOCOL", "mount"]
+__all__ = [
+    "MOUNT_PATH",
+    "STATIC_DIR",
+    "SUBPROTOCOL",
+    "SUBPROTOCOL_TOKEN_PREFIX",
+    "dashboard_url",
+    "mount",
+]
 
 MOUNT_PATH = "/dashboard"
 STATIC_DIR = Path(str(files(__name__).joinpath("static")))
@@ -59,6 +66,15 @@ class _DashboardFiles(StaticFiles):
             await send(message)
 
         await super().__call__(scope, receive, send_with_headers)  # type: ignore[arg-type]
+
+
+def dashboard_url(host: str, port: int, token: str, *, tls: bool = False) -> str:
+    """The link ``kofo dashboard`` prints: the page, with the token in the fragment (which the
+    browser never sends to any server, and the page strips from the address bar)."""
+    if ":" in host and not host.startswith("["):  # an IPv6 literal
+        host = f"[{host}]"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{host}:{port}{MOUNT_PATH}/#token={token}"
 
 
 def mount(app: Starlette) -> None:

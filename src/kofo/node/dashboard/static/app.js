@@ -240,7 +240,7 @@ function bookView(root) {
   const canvas = h("canvas", { class: "depth", id: "depth", role: "img",
     "aria-label": "Depth chart" });
   const summary = h("div", { class: "book-summary" });
-  const tables = h("div", { class: "grid two" });
+  const tables = h("div");
   root.append(
     section("Order book", "standing offers this node knows, from every maker it hears",
       h("div", { class: "pair" }, h("label", {}, "Base", baseSel), flip,
@@ -347,7 +347,7 @@ function tradeView(root, tradeId) {
   const tradeBtn = h("button", { type: "submit", id: "place-trade", disabled: true }, "Place trade");
   const form = h("form", { class: "trade-form", id: "trade-form", novalidate: true },
     h("div", { class: "field" }, h("label", { for: "trade-sell" }, "You pay"),
-      h("div", { class: "row" }, amountIn, sell), availHint),
+      h("div", { class: "row keep" }, amountIn, sell), availHint),
     h("div", { class: "field" }, h("label", { for: "trade-buy" }, "You receive"), buy),
     h("div", { class: "row" },
       h("div", { class: "field" }, h("label", { for: "trade-min" }, "Receive at least"), minRecv),
@@ -664,9 +664,8 @@ function ledgerView(root) {
   const ev = h("div");
   root.append(
     section("Committed orders", "settlement orders this node is part of, as the ledger holds them", orders),
-    h("div", { class: "grid two" },
-      section("Your fee shares", "decrypted with this node's Paillier key", fees),
-      section("Importance", "the ledger's ranking of nodes", imp)),
+    section("Importance", "the ledger's ranking of nodes", imp),
+    section("Your fee shares", "decrypted with this node's Paillier key", fees),
     section("Evidence", "misbehaviour the ledger recorded", ev));
   const render = () => {
     fill(orders, async () => table(["Order id", "Status", "Height", "Legs", "Outcomes"],

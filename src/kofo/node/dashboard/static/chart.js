@@ -66,8 +66,9 @@ export function drawDepth(canvas, { bids, asks, base, quote }) {
     if (i) g.fillText(price(v), R + 6, yy + 4);
   }
   g.textAlign = "center";
-  for (let i = 0; i <= 4; i += 1) {
-    const p = lo + ((hi - lo) / 4) * i;
+  const ticks = w < 520 ? 2 : 4; // labels about 60 px wide: fewer on a phone
+  for (let i = 0; i <= ticks; i += 1) {
+    const p = lo + ((hi - lo) / ticks) * i;
     g.fillText(price(p), Math.min(Math.max(x(p), 30), R - 30), hgt - 8);
   }
 
