@@ -448,8 +448,8 @@ class FixtureNode:
 def _json(value: Any, status: int = 200) -> JSONResponse:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
-    elif isinstance(value, list):
-        value = [dataclasses.asdict(v) for v in value]
+    elif isinstance(value, list):  # a page, as kofo.node.api answers lists
+        value = {"items": [dataclasses.asdict(v) for v in value]}
     return JSONResponse(value, status_code=status)
 
 
@@ -557,17 +557,24 @@ def fixture_app(node: FixtureNode, token: str) -> FastAPI:
     async def peers() -> JSONResponse:
         return _json(await node.peers())
 
+    @app.get("/v1/events/last")
+    async def last() -> JSONResponse:
+        return JSONResponse({"seq": node.log.last_seq()})
+
     @app.get("/v1/events")
     async def events(after: int = 0, limit: int = 100) -> JSONResponse:
         return _json(await node.events(after=after, limit=limit))
 
     @app.websocket("/v1/events")
     async def stream(ws: WebSocket, after: int = 0) -> None:
+        # as kofo.node.api does: the token as a subprotocol, echoed; a refusal is a close
+        # with 4000 + the HTTP status after the handshake
+        expected = dashboard.WS_TOKEN_PREFIX + token
         offered = ws.scope.get("subprotocols", [])
-        if dashboard.SUBPROTOCOL_TOKEN_PREFIX + token not in offered:
-            await ws.close(code=4401)
+        await ws.accept(subprotocol=expected if expected in offered else None)
+        if expected not in offered:
+            await ws.close(code=4401, reason="unauthorized: missing or wrong bearer token")
             return
-        await ws.accept(subprotocol=dashboard.SUBPROTOCOL)
         # Watch for the client leaving while waiting for events, so the handler ends with it.
         receiver = asyncio.ensure_future(ws.receive())
         try:

@@ -37,12 +37,15 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
 
 uvicorn = pytest.importorskip("uvicorn")
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-from tests.api.dashboard_fixture import BTC, ETH, MY_BTC, FixtureNode, fixture_app  # noqa: E402
+from tests.api.dashboard_fixture import BTC, ETH, ME, MY_BTC, FixtureNode, fixture_app  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -113,7 +116,10 @@ def browser() -> Iterator[Any]:
 
 def wait_for(driver: Any, what: str, predicate: Any) -> Any:
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: predicate(d))
+        # the page re-renders live: an element read while replaced is read again next poll
+        return WebDriverWait(
+            driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(lambda d: predicate(d))
     except TimeoutException:
         shot(driver, f"FAILED-{what}")
         raise AssertionError(f"the page never showed {what}") from None
@@ -210,11 +216,8 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
 
     # Node: identity whole, balances in units, addresses whole.
     go(d, "node", "dl.facts")
-    wait_for(d, "balances", lambda d: "5.25" in text(d, "#view-node"))
-    page = text(d, "#view-node")
-    assert node_id_whole(page)
-    assert MY_BTC in page, "an address must be shown whole"
-    assert "1.2" in page and "BTC" in page
+    wanted = (ME, MY_BTC, "5.25", "1.2", "BTC")  # the node id and an address whole
+    wait_for(d, "identity and balances", lambda d: all(w in text(d, "#view-node") for w in wanted))
     shot(d, "desktop-node")
 
     # Order book: both sides and a drawn depth chart.
@@ -289,8 +292,9 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     swap_text = text(d, "article.swap")
     assert "2 confirmations" in swap_text
     assert "blocks to go" in swap_text and "refundable in" in swap_text, "both deadlines shown"
-    lock_txids = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".leg .timeline li.done code")]
+    lock_txids = text(d, ".leg .timeline li.done code").split()
     assert len(lock_txids) == 2 and all(len(t) == 64 for t in lock_txids), "txids whole"
+    d.find_element(By.CSS_SELECTOR, "details.history summary").click()  # open the history
     shot(d, "desktop-swaps-locked")
     assert node.advance() == "redeem_counter"
     wait_for(d, "the counter leg redeemed", lambda d: leg_states(d) == ["locked", "redeemed"])
@@ -305,14 +309,22 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
         ),
     )
     assert d.execute_script("return window.__same_page") == marker, "the page was reloaded"
+    wait_for(d, "the whole history", lambda d: "(5 events)" in text(d, "details.history summary"))
+    assert d.find_element(By.CSS_SELECTOR, "details.history").get_attribute("open") is not None, (
+        "a fold the user opened stays open through live updates"
+    )
+    assert "both buried" in text(d, "details.history")
     shot(d, "desktop-swaps")
 
     # Ledger: the committed order with its outcomes, fee shares (beyond 2^53: exact), ranking.
     go(d, "ledger", "#view-ledger table")
-    wait_for(d, "the order's outcomes", lambda d: "redeemed" in text(d, "#view-ledger").lower())
-    ledger = text(d, "#view-ledger").lower()
-    assert "1.234567890123456789 eth" in ledger
-    assert "you" in ledger and "late lock" in ledger
+    wanted = (
+        "redeemed",  # the order's outcomes
+        "1.234567890123456789 eth",  # a fee share beyond 2^53, exact
+        "you",  # this node in the ranking
+        "late lock",  # the evidence
+    )
+    wait_for(d, "the ledger", lambda d: all(w in text(d, "#view-ledger").lower() for w in wanted))
     shot(d, "desktop-ledger")
 
     # Peers: a peer-chosen string is text, not markup.
@@ -350,12 +362,6 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
         time.sleep(0.2)
         shot(d, f"desktop-dark-{view}")
     assert severe_console_errors(d) == []
-
-
-def node_id_whole(page: str) -> bool:
-    from tests.api.dashboard_fixture import ME
-
-    return ME in page
 
 
 def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser, server):

@@ -3,11 +3,12 @@
 Plain HTML, CSS and ES modules shipped in this package (``static/``); nothing loads from
 elsewhere at run time, and the page's Content-Security-Policy says so to the browser. The page
 is a client of the ``/v1`` API like any other: it sends ``Authorization: Bearer <token>`` on
-every request and authenticates its event WebSocket with the token as a subprotocol (browsers
-cannot set headers on a WebSocket). The token is typed once into the page (kept in the tab's
-``sessionStorage``, never in ``localStorage`` or a cookie) or handed over as ``#token=...`` in
-the URL ``kofo dashboard`` prints: a fragment never leaves the browser, and the page removes it
-from the address bar at once.
+every request and authenticates its event WebSocket with the subprotocol
+``kofo.bearer.<token>`` (browsers cannot set headers on a WebSocket; the node echoes it).
+The token is typed once into the page (kept in the tab's ``sessionStorage``, never in
+``localStorage`` or a cookie) or handed over as ``#token=...`` in the URL ``kofo dashboard``
+prints: a fragment never leaves the browser, and the page removes it from the address bar at
+once.
 
 The static files are public (they hold no data); every byte of node data comes from ``/v1``,
 which checks the token.
@@ -26,19 +27,16 @@ from starlette.types import Receive, Scope, Send
 __all__ = [
     "MOUNT_PATH",
     "STATIC_DIR",
-    "SUBPROTOCOL",
-    "SUBPROTOCOL_TOKEN_PREFIX",
+    "WS_TOKEN_PREFIX",
     "dashboard_url",
     "mount",
 ]
 
 MOUNT_PATH = "/dashboard"
 STATIC_DIR = Path(str(files(__name__).joinpath("static")))
-# The WebSocket subprotocols the page offers: ``SUBPROTOCOL`` (the server echoes it back) and
-# ``SUBPROTOCOL_TOKEN_PREFIX + token`` (the bearer token; a 64-hex token is a valid protocol
-# name). The same pattern as Kubernetes' ``base64url.bearer.authorization.k8s.io.<token>``.
-SUBPROTOCOL = "kofo.events.v1"
-SUBPROTOCOL_TOKEN_PREFIX = "kofo.token."
+# The WebSocket subprotocol the page offers: this prefix + the bearer token (a 64-hex token is
+# a valid protocol name; Kubernetes does the same). Must equal kofo.node.api's.
+WS_TOKEN_PREFIX = "kofo.bearer."
 
 # Everything from this origin, nothing inline, nothing from elsewhere: an injected string
 # (a peer's name, an offer's asset) can neither run script nor load anything.

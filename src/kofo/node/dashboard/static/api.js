@@ -3,8 +3,9 @@
 
 const TOKEN_KEY = "kofo.token";
 const SEQ_KEY = "kofo.lastSeq";
-export const SUBPROTOCOL = "kofo.events.v1";
-const TOKEN_PROTOCOL_PREFIX = "kofo.token.";
+// Browsers cannot set headers on a WebSocket: the token goes as the subprotocol
+// "kofo.bearer.<token>" (never in the URL, which lands in access logs); the node echoes it.
+const TOKEN_PROTOCOL_PREFIX = "kofo.bearer.";
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -157,7 +158,14 @@ export class EventStream {
 
   async skipToTail() {
     // A fresh page shows the current state from REST; it only needs events from now on.
-    for (let page = 0; page < 50; page += 1) {
+    try {
+      const last = await api("/events/last");
+      this.lastSeq = Math.max(this.lastSeq, Number(last.seq) || 0);
+      return;
+    } catch (err) {
+      if (err.status !== 404) throw err;
+    }
+    for (let page = 0; page < 50; page += 1) { // a node without /events/last: page through
       const batch = items(await api(`/events?after=${this.lastSeq}&limit=1000`));
       if (!batch.length) return;
       this.accept(batch, false);
@@ -181,7 +189,7 @@ export class EventStream {
     let opened = false;
     let ws;
     try {
-      ws = new WebSocket(url, [SUBPROTOCOL, TOKEN_PROTOCOL_PREFIX + getToken()]);
+      ws = new WebSocket(url, [TOKEN_PROTOCOL_PREFIX + getToken()]);
     } catch {
       this.fallBack();
       return;
@@ -204,7 +212,9 @@ export class EventStream {
       const batch = Array.isArray(data) ? data : items(data).length ? items(data) : [data];
       this.accept(batch.filter((e) => e && e.seq !== undefined));
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
+      // 4401/4403: the node refused the token (4000 + the HTTP status); 4429: too many.
+      if (ev.code === 4401 || ev.code === 4403) this.onStatus("auth");
       if (this.ws === ws) this.ws = null;
       if (this.stopped) return;
       if (!opened) this.failures += 1;

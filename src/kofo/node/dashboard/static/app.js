@@ -614,7 +614,8 @@ function swapCard(s) {
         step(leg.spend_txid ? spendLabel : "Redeem or refund", Boolean(leg.spend_txid), leg.spend_txid,
           null)),
       h("div", { class: "leg-foot small" }, deadlineOf(leg, ls)),
-      h("details", { class: "addresses" }, h("summary", {}, "Addresses"),
+      h("details", { class: "addresses", "data-key": `${s.swap_id}/${i}` },
+        h("summary", {}, "Addresses"),
         h("div", { class: "kv" }, h("span", { class: "muted" }, "From"), copyable(leg.sender, "sender")),
         h("div", { class: "kv" }, h("span", { class: "muted" }, "To"), copyable(leg.recipient, "recipient"))));
   });
@@ -625,7 +626,8 @@ function swapCard(s) {
       h("span", { class: "muted small" }, `updated ${ago(s.updated_at)}`)),
     h("div", { class: "kv" }, h("span", { class: "muted" }, "Swap id"), copyable(s.swap_id, "swap id")),
     h("div", { class: "legs" }, legs),
-    h("details", { class: "history" }, h("summary", {}, `History (${events.length} events)`),
+    h("details", { class: "history", "data-key": s.swap_id },
+      h("summary", {}, `History (${events.length} events)`),
       h("ol", { class: "feed" }, events.map((e) => h("li", {}, badge(e.state),
         h("span", {}, e.reason), e.txid ? h("code", { class: "hex small" }, e.txid) : null,
         h("span", { class: "muted small" }, when(e.at)))))));
@@ -636,7 +638,20 @@ function swapsView(root, swapId) {
   root.append(h("div", { class: "view-head" }, h("h1", {}, "Swaps"),
     h("p", { class: "muted" }, "Each swap's legs on their chains: lock, confirmations, redeem or refund, "
       + "and the time left before a lock can be refunded. Updates live.")), slot);
-  const render = () => fill(slot, async () => {
+  // Re-rendered on every event: keep the folds the user opened (addresses, history) open.
+  // Tracked as the user toggles them ("toggle" does not bubble: listen while capturing), so a
+  // render already on its way when the user clicked still honours the click.
+  const open = new Set();
+  slot.addEventListener("toggle", (ev) => {
+    const key = ev.target.dataset && ev.target.dataset.key;
+    if (key && ev.target.open) open.add(key);
+    else if (key) open.delete(key);
+  }, true);
+  const render = async () => {
+    await load();
+    for (const el of slot.querySelectorAll("details")) if (open.has(el.dataset.key)) el.open = true;
+  };
+  const load = () => fill(slot, async () => {
     const swaps = swapId ? [await api(`/swaps/${encodeURIComponent(swapId)}`)]
       : items(await api("/swaps?limit=50"));
     if (!swaps.length) {
