@@ -470,14 +470,20 @@ def _problem(status: int, code: str, detail: str) -> JSONResponse:
 _STATUS = {"not_found": 404, "conflict": 409, "invalid_input": 422, "unavailable": 503}
 
 
-def fixture_app(node: FixtureNode, token: str) -> FastAPI:
+def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
     app = FastAPI()
 
     @app.middleware("http")
     async def auth(request: Request, call_next: Any) -> Any:
         if request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization") != f"Bearer {token}":
-                return _problem(401, "unauthorized", "missing or wrong bearer token")
+            presented = request.headers.get("authorization", "")
+            if presented == f"Bearer {readonly_token}":
+                if request.method != "GET":
+                    return _problem(403, "forbidden", "the read-only token may only GET")
+            elif presented != f"Bearer {token}":
+                return _problem(
+                    401, "unauthorized", "wrong bearer token (Authorization: Bearer <api.token>)"
+                )
         return await call_next(request)
 
     @app.exception_handler(KofoError)
@@ -569,11 +575,11 @@ def fixture_app(node: FixtureNode, token: str) -> FastAPI:
     async def stream(ws: WebSocket, after: int = 0) -> None:
         # as kofo.node.api does: the token as a subprotocol, echoed; a refusal is a close
         # with 4000 + the HTTP status after the handshake
-        expected = dashboard.WS_TOKEN_PREFIX + token
-        offered = ws.scope.get("subprotocols", [])
-        await ws.accept(subprotocol=expected if expected in offered else None)
-        if expected not in offered:
-            await ws.close(code=4401, reason="unauthorized: missing or wrong bearer token")
+        offered = [p for p in ws.scope.get("subprotocols", []) if p.startswith("kofo.bearer.")]
+        ok = {dashboard.WS_TOKEN_PREFIX + t for t in (token, readonly_token)}
+        await ws.accept(subprotocol=offered[0] if offered else None)
+        if not offered or offered[0] not in ok:
+            await ws.close(code=4401, reason="unauthorized: wrong bearer token")
             return
         # Watch for the client leaving while waiting for events, so the handler ends with it.
         receiver = asyncio.ensure_future(ws.receive())

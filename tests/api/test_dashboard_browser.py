@@ -27,6 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TOKEN = "7f" * 32
+READONLY_TOKEN = "3c" * 32
 WAIT = 30  # seconds any one thing may take to show up in the page (a bound, not a goal)
 
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
@@ -84,7 +85,7 @@ def node(tmp_path: Path) -> Iterator[FixtureNode]:
 
 @pytest.fixture
 def server(node: FixtureNode) -> Iterator[_Server]:
-    with _Server(fixture_app(node, TOKEN)) as s:
+    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as s:
         yield s
 
 
@@ -368,11 +369,22 @@ def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser
     d = browser
     d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={'00' * 32}")
     wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
-    wait_for(d, "the refusal", lambda d: "missing or wrong bearer token" in text(d, "#banner"))
+    wait_for(d, "the refusal", lambda d: "wrong bearer token" in text(d, "#banner"))
     d.find_element(By.ID, "token-input").send_keys(TOKEN)
     d.find_element(By.CSS_SELECTOR, "#login-form button").click()
     wait_for(d, "the node after login", lambda d: text(d, "#node-name") == "alice")
     assert not d.find_element(By.ID, "login").is_displayed()
+
+
+def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/#token={READONLY_TOKEN}")
+    wait_for(d, "the node", lambda d: text(d, "#node-name") == "alice")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "trade", "#trade-form")
+    d.find_element(By.ID, "trade-amount").send_keys("0.01")
+    wait_for(d, "the refusal", lambda d: "the read-only token may only GET" in text(d, "#quotes"))
+    assert not d.find_element(By.ID, "place-trade").is_enabled()
 
 
 def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(server):
