@@ -66,6 +66,30 @@ BOB_BTC = "bcrt1qbob00000000000000000000000000000000000000000000000000000000"
 BOB_ETH = "0xb0b0000000000000000000000000000000000b0b"
 
 
+OLD_SWAP = hexid("old-swap")
+
+
+def _old_refunded_swap() -> SwapView:
+    """Yesterday's swap: our ETH leg locked, the maker never locked, our refund is out (the
+    swap is not terminal yet). Its legs carry no ``state``: the page must read "refund, not
+    redeem" from the swap's history, since a spend alone does not say which."""
+    t = time.time() - 86_400
+    lock, refund = hexid("old-lock"), hexid("old-refund")
+    legs = (
+        SwapLegView("eth", None, 2 * 10**17, MY_ETH, BOB_ETH, {"unit": "unix", "value": int(t)},
+                    lock, refund, 12),
+        SwapLegView("btc", None, 640_000, BOB_BTC, MY_BTC, {"unit": "height", "value": 300},
+                    "", "", None),
+    )  # fmt: skip
+    events = (
+        SwapEventView("accepted", "terms agreed", "", t - 7_200),
+        SwapEventView("lock_sent", "own lock broadcast", lock, t - 7_100),
+        SwapEventView("refund_wait", "the counter leg never appeared", "", t - 3_600),
+        SwapEventView("refund_sent", "refund broadcast, waiting to bury it", refund, t),
+    )
+    return SwapView(OLD_SWAP, "participant", "refund_sent", legs, events, t)
+
+
 def _offer(
     n: int, maker: str, buy: str, sell: str, num: int, den: int, mn: int, mx: int
 ) -> OfferView:
@@ -99,7 +123,8 @@ class FixtureNode:
             _offer(5, MAKERS[2], ETH, BTC, 1, 316_500_000_000, 10**16, 25 * 10**18),
         ]
         self.trades_: dict[str, TradeView] = {}
-        self.swaps_: dict[str, SwapView] = {}
+        self.swaps_: dict[str, SwapView] = {OLD_SWAP: _old_refunded_swap()}
+        self.last_swap_id = ""
         self.orders_: dict[str, LedgerOrderView] = {}
         self.fees_: list[FeeShareView] = [
             FeeShareView(hexid("old-order"), "relay", ETH, 1_234_567_890_123_456_789),
@@ -311,7 +336,7 @@ class FixtureNode:
     def _set_swap(
         self,
         swap_id: str,
-        state: str,
+        swap_state: str,
         reason: str,
         leg: int = -1,
         txid: str = "",
@@ -325,12 +350,12 @@ class FixtureNode:
                 legs[leg] = dataclasses.replace(legs[leg], **leg_changes)
             self.swaps_[swap_id] = dataclasses.replace(
                 s,
-                state=state,
+                state=swap_state,
                 legs=tuple(legs),
                 updated_at=now,
-                events=(*s.events, SwapEventView(state, reason, txid, now)),
+                events=(*s.events, SwapEventView(swap_state, reason, txid, now)),
             )
-        self.log.append("swap", {"swap_id": swap_id, "state": state})
+        self.log.append("swap", {"swap_id": swap_id, "state": swap_state})
 
     def _script(self, trade_id: str, q: QuoteView) -> list[Any]:
         order_id = hexid(f"order-{trade_id}")
@@ -377,12 +402,20 @@ class FixtureNode:
             now = time.time()
             with self._lock:
                 self.swaps_[swap_id] = SwapView(swap_id, "initiator", "accepted", legs, (), now)
+                self.last_swap_id = swap_id
             self._set_trade(trade_id, "settling")
             self._set_swap(swap_id, "accepted", "terms agreed with the maker")
 
         def own_lock() -> None:
             self._set_swap(
-                swap_id, "locked", "own lock buried", 0, txs[0], lock_txid=txs[0], confirmations=1
+                swap_id,
+                "locked",
+                "own lock buried",
+                0,
+                txs[0],
+                lock_txid=txs[0],
+                confirmations=1,
+                state="locked",
             )
 
         def counter_lock() -> None:
@@ -394,6 +427,7 @@ class FixtureNode:
                 txs[1],
                 lock_txid=txs[1],
                 confirmations=2,
+                state="locked",
             )
 
         def redeem_counter() -> None:
@@ -405,6 +439,7 @@ class FixtureNode:
                 txs[2],
                 spend_txid=txs[2],
                 confirmations=3,
+                state="redeemed",
             )
 
         def done() -> None:
@@ -416,6 +451,7 @@ class FixtureNode:
                 txs[3],
                 spend_txid=txs[3],
                 confirmations=4,
+                state="redeemed",
             )
             with self._lock:
                 o = self.orders_[order_id]

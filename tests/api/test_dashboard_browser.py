@@ -46,7 +46,15 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-from tests.api.dashboard_fixture import BTC, ETH, ME, MY_BTC, FixtureNode, fixture_app  # noqa: E402
+from tests.api.dashboard_fixture import (  # noqa: E402
+    BTC,
+    ETH,
+    ME,
+    MY_BTC,
+    OLD_SWAP,
+    FixtureNode,
+    fixture_app,
+)
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -181,10 +189,12 @@ def no_horizontal_overflow(driver: Any) -> bool:
     )
 
 
-def leg_states(driver: Any) -> list[str]:
+def leg_states(driver: Any, swap_id: str) -> list[str]:
     return list(
         driver.execute_script(
-            "return Array.from(document.querySelectorAll('.leg')).map(e => e.dataset.legState)"
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => e.dataset.legState)",
+            f"#swap-{swap_id} .leg",
         )
     )
 
@@ -285,36 +295,42 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
 
     assert node.advance() == "settling"
     go(d, "swaps", "article.swap")
-    assert leg_states(d) == ["pending", "pending"]
+    sid = node.last_swap_id
+    card = f"#swap-{sid}"
+    # yesterday's swap: our leg refunded (read from its history: the legs carry no state)
+    assert leg_states(d, OLD_SWAP) == ["refunded", "pending"]
+    assert "Refunded" in text(d, f"#swap-{OLD_SWAP} .leg .timeline")
+    assert leg_states(d, sid) == ["pending", "pending"]
     assert node.advance() == "own_lock"
-    wait_for(d, "our leg locked", lambda d: leg_states(d) == ["locked", "pending"])
+    wait_for(d, "our leg locked", lambda d: leg_states(d, sid) == ["locked", "pending"])
     assert node.advance() == "counter_lock"
-    wait_for(d, "both legs locked", lambda d: leg_states(d) == ["locked", "locked"])
-    swap_text = text(d, "article.swap")
+    wait_for(d, "both legs locked", lambda d: leg_states(d, sid) == ["locked", "locked"])
+    swap_text = text(d, card)
     assert "2 confirmations" in swap_text
     assert "blocks to go" in swap_text and "refundable in" in swap_text, "both deadlines shown"
-    lock_txids = text(d, ".leg .timeline li.done code").split()
+    lock_txids = text(d, f"{card} .leg .timeline li.done code").split()
     assert len(lock_txids) == 2 and all(len(t) == 64 for t in lock_txids), "txids whole"
-    d.find_element(By.CSS_SELECTOR, "details.history summary").click()  # open the history
+    d.find_element(By.CSS_SELECTOR, f"{card} details.history summary").click()  # open the history
     shot(d, "desktop-swaps-locked")
     assert node.advance() == "redeem_counter"
-    wait_for(d, "the counter leg redeemed", lambda d: leg_states(d) == ["locked", "redeemed"])
+    wait_for(d, "the counter leg redeemed", lambda d: leg_states(d, sid) == ["locked", "redeemed"])
     assert node.advance() == "done"
-    wait_for(d, "both legs redeemed", lambda d: leg_states(d) == ["redeemed", "redeemed"])
+    wait_for(d, "both legs redeemed", lambda d: leg_states(d, sid) == ["redeemed", "redeemed"])
     wait_for(
         d,
         "the swap redeemed",
         lambda d: (
-            d.find_element(By.CSS_SELECTOR, "article.swap").get_attribute("data-swap-state")
-            == "redeemed"
+            d.find_element(By.CSS_SELECTOR, card).get_attribute("data-swap-state") == "redeemed"
         ),
     )
     assert d.execute_script("return window.__same_page") == marker, "the page was reloaded"
-    wait_for(d, "the whole history", lambda d: "(5 events)" in text(d, "details.history summary"))
-    assert d.find_element(By.CSS_SELECTOR, "details.history").get_attribute("open") is not None, (
-        "a fold the user opened stays open through live updates"
+    wait_for(
+        d, "the whole history", lambda d: "(5 events)" in text(d, f"{card} details.history summary")
     )
-    assert "both buried" in text(d, "details.history")
+    assert (
+        d.find_element(By.CSS_SELECTOR, f"{card} details.history").get_attribute("open") is not None
+    ), "a fold the user opened stays open through live updates"
+    assert "both buried" in text(d, f"{card} details.history")
     shot(d, "desktop-swaps")
 
     # Ledger: the committed order with its outcomes, fee shares (beyond 2^53: exact), ranking.

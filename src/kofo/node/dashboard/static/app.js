@@ -554,9 +554,16 @@ function tradeView(root, tradeId) {
 
 // -- Swaps ------------------------------------------------------------------------------
 
+// The leg's HTLC state: the node's word when it gives one; else read from the swap's own
+// history (the event that recorded the spend says redeem or refund); else from the txids.
 function legState(leg, swap) {
-  if (leg.state) return leg.state;
-  if (leg.spend_txid) return swap.state === "refunded" ? "refunded" : "redeemed";
+  if (leg.state && leg.state !== "absent") return leg.state;
+  if (leg.spend_txid) {
+    const ev = (swap.events || []).find((e) => e.txid && e.txid === leg.spend_txid);
+    if (ev && /refund/.test(ev.state)) return "refunded";
+    if (ev && /redeem/.test(ev.state)) return "redeemed";
+    return swap.state === "refunded" ? "refunded" : "redeemed";
+  }
   if (leg.lock_txid) return "locked";
   return "pending";
 }
