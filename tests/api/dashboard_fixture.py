@@ -130,6 +130,17 @@ class FixtureNode:
             FeeShareView(hexid("old-order"), "relay", ETH, 1_234_567_890_123_456_789),
         ]
         self.steps: list[Any] = []
+        # the event WebSockets open now (to drop them: kick()), and whether new ones are refused
+        self.sockets: set[tuple[asyncio.AbstractEventLoop, WebSocket]] = set()
+        self.refuse_sockets = False
+
+    def kick(self) -> int:
+        """Close every event WebSocket from the server side (from the test's thread), as a
+        restart or a network drop would; returns how many were open."""
+        found = list(self.sockets)
+        for loop, ws in found:
+            asyncio.run_coroutine_threadsafe(ws.close(code=1012), loop).result(10)
+        return len(found)
 
     # -- views ------------------------------------------------------------------------------
 
@@ -611,6 +622,9 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
     async def stream(ws: WebSocket, after: int = 0) -> None:
         # as kofo.node.api does: the token as a subprotocol, echoed; a refusal is a close
         # with 4000 + the HTTP status after the handshake
+        if node.refuse_sockets:  # a proxy that does not pass WebSockets: the handshake fails
+            await ws.close()
+            return
         offered = [p for p in ws.scope.get("subprotocols", []) if p.startswith("kofo.bearer.")]
         ok = {dashboard.WS_TOKEN_PREFIX + t for t in (token, readonly_token)}
         await ws.accept(subprotocol=offered[0] if offered else None)
@@ -619,6 +633,8 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
             return
         # Watch for the client leaving while waiting for events, so the handler ends with it.
         receiver = asyncio.ensure_future(ws.receive())
+        entry = (asyncio.get_running_loop(), ws)
+        node.sockets.add(entry)
         try:
             while True:
                 waiter = asyncio.ensure_future(node.wait_events(after=after, timeout=5.0))
@@ -635,6 +651,7 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
         except (WebSocketDisconnect, RuntimeError):
             return
         finally:
+            node.sockets.discard(entry)
             receiver.cancel()
 
     dashboard.mount(app)

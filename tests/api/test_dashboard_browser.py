@@ -200,12 +200,14 @@ def leg_states(driver: Any, swap_id: str) -> list[str]:
 
 
 def severe_console_errors(driver: Any) -> list[str]:
-    """Script errors the page logged (answers with a 4xx the test provoked are not errors of
-    the page: it shows them)."""
+    """Script errors the page logged (the browser's own network lines, for a 4xx or a refused
+    WebSocket the test provoked, are not errors of the page: it shows them)."""
     return [
         e["message"]
         for e in driver.get_log("browser")
-        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+        if e["level"] == "SEVERE"
+        and "Failed to load resource" not in e["message"]
+        and "WebSocket connection to" not in e["message"]
     ]
 
 
@@ -390,6 +392,44 @@ def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser
     d.find_element(By.CSS_SELECTOR, "#login-form button").click()
     wait_for(d, "the node after login", lambda d: text(d, "#node-name") == "alice")
     assert not d.find_element(By.ID, "login").is_displayed()
+
+
+def feed_ids(driver: Any) -> list[str]:
+    """The offer ids in the Node view's activity feed, oldest first."""
+    return [i for i in text(driver, "#view-node ol.feed li code").split()][::-1]
+
+
+def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_polling(
+    browser, server, node
+):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "node", "dl.facts")
+    node.log.append("offer", {"offer_id": "o1", "state": "added"})
+    wait_for(d, "the first event", lambda d: feed_ids(d) == ["o1"])
+
+    # The node drops the socket; events appended meanwhile arrive once the page is back
+    # (polling while the socket is down, then the socket again with after=<last seq>).
+    assert node.kick() == 1
+    for i in (2, 3, 4):
+        node.log.append("offer", {"offer_id": f"o{i}", "state": "added"})
+    wait_for(d, "the events sent while down", lambda d: feed_ids(d) == ["o1", "o2", "o3", "o4"])
+    wait_for(d, "the socket back", lambda d: text(d, "#live") == "live" and node.sockets)
+    node.log.append("offer", {"offer_id": "o5", "state": "added"})
+    wait_for(d, "the next event", lambda d: feed_ids(d) == ["o1", "o2", "o3", "o4", "o5"])
+
+    # A node behind something that refuses WebSockets: the page polls, says so, and still
+    # gets every event once.
+    node.refuse_sockets = True
+    assert node.kick() == 1
+    wait_for(d, "the polling state", lambda d: text(d, "#live") == "polling")
+    for i in (6, 7):
+        node.log.append("offer", {"offer_id": f"o{i}", "state": "added"})
+    expected = [f"o{i}" for i in range(1, 8)]
+    wait_for(d, "the polled events", lambda d: feed_ids(d) == expected)
+    assert text(d, "#live") == "polling" and not node.sockets
+    assert severe_console_errors(d) == []
 
 
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):
