@@ -43,6 +43,7 @@ from selenium.common.exceptions import (  # noqa: E402
     TimeoutException,
 )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -250,6 +251,9 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     )
     assert painted > 5_000, f"the depth chart drew only {painted} pixels"
     shot(d, "desktop-book")
+    # the crosshair: price and depth under the pointer (left of the middle: the bid side)
+    ActionChains(d).move_to_element_with_offset(d.find_element(By.ID, "depth"), -300, 0).perform()
+    shot(d, "desktop-book-hover")
 
     # Trade: an amount with too many decimals is refused in the form, naming the field.
     go(d, "trade", "#trade-form")

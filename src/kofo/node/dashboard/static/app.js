@@ -261,8 +261,18 @@ function bookView(root) {
     onPair();
   });
 
-  const draw = () => last && drawDepth(canvas, last);
+  let hover = null;
+  const draw = () => last && drawDepth(canvas, last, hover);
   const onResize = () => draw();
+  // A crosshair with the price and the depth there, following the pointer (or a tap).
+  canvas.addEventListener("pointermove", (ev) => {
+    hover = { x: ev.clientX - canvas.getBoundingClientRect().left };
+    draw();
+  });
+  canvas.addEventListener("pointerleave", () => {
+    hover = null;
+    draw();
+  });
   window.addEventListener("resize", onResize);
 
   async function render() {

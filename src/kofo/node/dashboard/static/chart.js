@@ -13,8 +13,17 @@ function cumulate(levels, descending) {
   return sorted.map((l) => ({ price: l.price, total: (total += l.amount) }));
 }
 
-// bids/asks: [{price: number (quote per base), amount: number (base units, human)}]
-export function drawDepth(canvas, { bids, asks, base, quote }) {
+// The depth at a price: on the bid side, what makers pay at that price or better (higher);
+// on the ask side, what they sell at that price or better (lower).
+function depthAt(points, p, bid) {
+  let total = 0;
+  for (const pt of points) if (bid ? pt.price >= p : pt.price <= p) total = Math.max(total, pt.total);
+  return total;
+}
+
+// bids/asks: [{price: number (quote per base), amount: number (base units, human)}];
+// hover: {x} in CSS pixels to draw a crosshair with the price and depth there.
+export function drawDepth(canvas, { bids, asks, base, quote }, hover = null) {
   const box = canvas.getBoundingClientRect();
   const dpr = window.devicePixelRatio || 1;
   const w = Math.max(200, box.width);
@@ -96,6 +105,35 @@ export function drawDepth(canvas, { bids, asks, base, quote }) {
   };
   side(b, css("--good"), true);
   side(a, css("--bad"), false);
+
+  if (hover && hover.x >= L && hover.x <= R) {
+    const p = lo + ((hover.x - L) / (R - L)) * (hi - lo);
+    const bestBid = b.length ? b[0].price : -Infinity;
+    const bestAsk = a.length ? a[0].price : Infinity;
+    const side = p <= bestBid ? "bid" : p >= bestAsk ? "ask" : "";
+    const depth = side === "bid" ? depthAt(b, p, true) : side === "ask" ? depthAt(a, p, false) : 0;
+    g.strokeStyle = muted;
+    g.setLineDash([4, 4]);
+    g.beginPath();
+    g.moveTo(Math.round(hover.x) + 0.5, T);
+    g.lineTo(Math.round(hover.x) + 0.5, B);
+    g.stroke();
+    g.setLineDash([]);
+    const label = side
+      ? `${price(p)} ${quote}/${base} · ${price(depth)} ${base} ${side === "bid" ? "wanted" : "offered"}`
+      : `${price(p)} ${quote}/${base} · inside the spread`;
+    g.font = `600 12px ${font}`;
+    const tw = g.measureText(label).width + 12;
+    const tx = Math.min(Math.max(hover.x - tw / 2, L), R - tw);
+    g.fillStyle = css("--panel");
+    g.strokeStyle = line;
+    g.fillRect(tx, T + 14, tw, 20);
+    g.strokeRect(tx + 0.5, T + 14.5, tw - 1, 19);
+    g.fillStyle = css("--ink");
+    g.textAlign = "left";
+    g.fillText(label, tx + 6, T + 28);
+    g.font = `12px ${font}`;
+  }
 
   g.textAlign = "left";
   g.fillStyle = muted;
