@@ -47,6 +47,7 @@ from kofo.node.service import (
     SwapView,
     TradeRequest,
     TradeView,
+    Unavailable,
 )
 
 BTC = "btc"
@@ -133,6 +134,7 @@ class FixtureNode:
         # the event WebSockets open now (to drop them: kick()), and whether new ones are refused
         self.sockets: set[tuple[asyncio.AbstractEventLoop, WebSocket]] = set()
         self.refuse_sockets = False
+        self.info_fails = False
 
     def kick(self) -> int:
         """Close every event WebSocket from the server side (from the test's thread), as a
@@ -145,6 +147,8 @@ class FixtureNode:
     # -- views ------------------------------------------------------------------------------
 
     async def info(self) -> NodeInfo:
+        if self.info_fails:
+            raise Unavailable("the ledger at http://127.0.0.1:26657 does not answer")
         with self._lock:
             chains = tuple(ChainView(c, h) for c, h in self.heights.items())
         return NodeInfo(

@@ -63,9 +63,10 @@ pytestmark = [pytest.mark.timeout(300)]
 class _Server:
     """uvicorn serving ``app`` on a loopback socket, in a thread, stopped at exit."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart, same port
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="off")
         self.server = uvicorn.Server(config)
@@ -115,6 +116,7 @@ def browser() -> Iterator[Any]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(WAIT)
+    viewport(driver, 1280, 800, mobile=False)
     try:
         yield driver
     finally:
@@ -434,6 +436,38 @@ def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_pollin
     wait_for(d, "the polled events", lambda d: feed_ids(d) == expected)
     assert text(d, "#live") == "polling" and not node.sockets
     assert severe_console_errors(d) == []
+
+
+def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(browser, node):
+    d = browser
+    app = fixture_app(node, TOKEN, READONLY_TOKEN)
+    with _Server(app) as first:
+        port = first.port
+        d.get(f"http://127.0.0.1:{port}/#token={TOKEN}")
+        wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+        go(d, "node", "dl.facts")
+    wait_for(d, "the node offline", lambda d: text(d, "#live") == "offline")
+    node.log.append("offer", {"offer_id": "o1", "state": "added"})  # while the API is down
+    with _Server(app, port=port):
+        wait_for(d, "the event from the downtime", lambda d: feed_ids(d) == ["o1"])
+        wait_for(d, "the stream back", lambda d: text(d, "#live") in ("live", "polling"))
+        assert not d.find_element(By.ID, "banner").is_displayed()
+        assert "alice" in text(d, "#view-node")
+
+
+def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, server, node):
+    d = browser
+    node.info_fails = True
+    d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+    wanted = "the ledger at http://127.0.0.1:26657 does not answer (unavailable)"
+    wait_for(d, "the node's reason", lambda d: wanted in text(d, "#banner"))
+    wait_for(d, "the reason in the view", lambda d: "does not answer" in text(d, "#view-node"))
+    wait_for(d, "the balances all the same", lambda d: "5.25" in text(d, "#view-node"))
+    shot(d, "desktop-node-unavailable")
+    node.info_fails = False
+    wait_for(d, "the node after recovery", lambda d: text(d, "#node-name") == "alice")
+    wait_for(d, "the banner gone", lambda d: not d.find_element(By.ID, "banner").is_displayed())
+    wait_for(d, "the view recovered", lambda d: ME in text(d, "#view-node"))
 
 
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):

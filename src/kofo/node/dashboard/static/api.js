@@ -144,7 +144,11 @@ export class EventStream {
 
   async start() {
     this.stopped = false;
-    if (!this.lastSeq) await this.skipToTail();
+    try {
+      if (!this.lastSeq) await this.skipToTail();
+    } catch {
+      // the node is not answering yet: stream from where we are; polling retries until it does
+    }
     this.connect();
   }
 

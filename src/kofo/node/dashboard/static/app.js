@@ -3,7 +3,7 @@
 import { ApiError, EventStream, api, clearToken, getToken, items, setToken,
   takeTokenFromFragment } from "./api.js";
 import { drawDepth } from "./chart.js";
-import { ago, amount, assets, badge, big, copyable, decimalsOf, duration, h, parseUnits,
+import { ago, amount, badge, big, copyable, decimalsOf, duration, h, parseUnits,
   price, ratio, setAssets, symbolOf, table, units, when } from "./fmt.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -41,6 +41,38 @@ function setLive(status) {
   }[status];
 }
 
+const ALL_KINDS = new Set(["node", "offer", "trade", "swap", "order", "ledger"]);
+let basicsTimer = null;
+
+function retryBasics() {
+  clearTimeout(basicsTimer);
+  basicsTimer = setTimeout(async () => {
+    if (!getToken()) return;
+    try {
+      await loadBasics();
+    } catch (err) {
+      showBanner(`${err.message}${err.code ? ` (${err.code})` : ""}`);
+      retryBasics();
+      return;
+    }
+    showBanner("");
+    if (state.view && state.view.refresh) state.view.refresh(ALL_KINDS, []);
+  }, 3000);
+}
+
+// Back from offline (the node restarted, the network returned): reload what the page shows,
+// since events may have been missed by nobody but the views may show an error.
+function onStatus(status) {
+  const was = $("#live").dataset.state;
+  setLive(status);
+  if (was === "off" && (status === "live" || status === "polling")) {
+    loadBasics().then(() => {
+      showBanner("");
+      if (state.view && state.view.refresh) state.view.refresh(ALL_KINDS, []);
+    }, () => {});
+  }
+}
+
 function needLogin(message) {
   if (state.stream) state.stream.stop();
   state.stream = null;
@@ -54,13 +86,19 @@ function needLogin(message) {
 }
 
 async function loadBasics() {
-  const [info, balances] = await Promise.all([api("/info"), api("/balances")]);
-  state.info = info;
-  state.balances = items(balances);
-  setAssets(state.balances);
-  $("#node-name").textContent = info.name || "";
-  document.title = `KOFO · ${info.name || "node"}`;
-  $("#foot-info").textContent = `kofo ${info.version || ""} · node ${String(info.node_id || "").slice(0, 16)}…`;
+  // Each on its own: a node that cannot say its chain heights can still say its balances.
+  const [info, balances] = await Promise.allSettled([api("/info"), api("/balances")]);
+  if (balances.status === "fulfilled") {
+    state.balances = items(balances.value);
+    setAssets(state.balances);
+  }
+  if (info.status === "rejected") throw info.reason;
+  if (balances.status === "rejected") throw balances.reason;
+  state.info = info.value;
+  const i = state.info;
+  $("#node-name").textContent = i.name || "";
+  document.title = `KOFO · ${i.name || "node"}`;
+  $("#foot-info").textContent = `kofo ${i.version || ""} · node ${String(i.node_id || "").slice(0, 16)}…`;
 }
 
 async function start() {
@@ -69,16 +107,18 @@ async function start() {
   $("#tabs").classList.remove("disabled");
   try {
     await loadBasics();
+    showBanner("");
   } catch (err) {
     if (err.status === 401 || err.status === 403) {
       clearToken();
       needLogin(`The node refused this token: ${err.message}`);
       return;
     }
-    showBanner(`${err.message}`);
+    // The node is up but failing (or down): say why, show what we can, and keep asking.
+    showBanner(`${err.message}${err.code ? ` (${err.code})` : ""}`);
+    retryBasics();
   }
-  showBanner("");
-  state.stream = new EventStream({ onEvents, onStatus: setLive });
+  state.stream = new EventStream({ onEvents, onStatus });
   state.stream.start().catch((err) => showBanner(err.message));
   route();
 }
@@ -189,7 +229,7 @@ function nodeView(root) {
       ];
     });
     fill(balSlot, async () => table(["Asset", "Available", "Reserved", "Total"],
-      state.balances.map((b) => [
+      items(await api("/balances")).map((b) => [
         h("strong", {}, b.symbol),
         h("span", { class: "num", title: `${b.available} base units` }, units(b.available, b.decimals)),
         h("span", { class: "num muted", title: `${b.reserved} base units` }, units(b.reserved, b.decimals)),
@@ -772,4 +812,3 @@ window.addEventListener("hashchange", () => {
 takeTokenFromFragment();
 if (getToken()) start();
 else needLogin();
-void assets;
