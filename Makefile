@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kofo demo
 
-## nodes: build/install the pinned real nodes into .nodes/bin (geth, btcd, cometbft, litecoind)
+## nodes: build/install the pinned real nodes into .nodes/bin (geth, btcd, cometbft, litecoind, chromium)
 nodes:
 	bash scripts/install-nodes.sh
 

@@ -294,3 +294,8 @@ _register_node_commands(app)
 from kofo.node.cli_api import register as _register_api_commands  # noqa: E402
 
 _register_api_commands(app)
+
+# `kofo dashboard`: the link to the node's web page (kofo.node.cli_dashboard).
+from kofo.node.cli_dashboard import register as _register_dashboard_command  # noqa: E402
+
+_register_dashboard_command(app)
