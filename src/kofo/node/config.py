@@ -77,6 +77,8 @@ class EthereumChainConfig:
     confirmations: int = 1
     tokens: dict[str, str] = field(default_factory=dict)
     """ERC-20 symbol -> contract address, for offers in tokens."""
+    chain_id: int | None = None
+    """The chain id the RPC must serve (checked at start); None: not checked."""
 
 
 ChainConfig = BitcoinChainConfig | EthereumChainConfig
@@ -258,7 +260,12 @@ def _chain(t: _Table, name: str) -> ChainConfig:
                 raise tokens_t.fail(symbol, f"must be a 0x-prefixed 20-byte address: {address!r}")
             tokens[symbol] = address
         tokens_t.done()
-        return EthereumChainConfig(name, _url(t, "rpc_url"), contract, confirmations, tokens)
+        chain_id = t.get("chain_id", int, None)
+        if chain_id is not None and chain_id <= 0:
+            raise t.fail("chain_id", f"must be > 0, got {chain_id}")
+        return EthereumChainConfig(
+            name, _url(t, "rpc_url"), contract, confirmations, tokens, chain_id
+        )
     raise ConfigError(f"{t.path}: [chains.{name}] is not a chain KOFO settles (btc, ltc, eth)")
 
 
@@ -451,6 +458,7 @@ def render_config(
             "# [chains.eth]",
             '# rpc_url = "http://127.0.0.1:8545"',
             '# htlc_contract = "0x..."   # the deployed contracts/HTLC',
+            "# chain_id = 1              # optional: the node refuses another chain",
             "# confirmations = 1",
             "# [chains.eth.tokens]",
             '# DUSD = "0x..."            # ERC-20 symbol = contract address',

