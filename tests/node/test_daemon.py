@@ -23,8 +23,10 @@ from kofo.node.daemon import Node
 from kofo.node.devnet import Devnet, start_devnet
 from kofo.node.home import init_home
 from kofo.node.service import TradeRequest
+from kofo.node.trades import engine_legs
 from kofo.wallet import NodeWallet
 from tests.clearance.helpers import ledger_params
+from tests.swap.btc_helpers import expected_after, fees_paid, holdings
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -130,7 +132,8 @@ async def _routed_trade_on(net: Net) -> None:
         lambda: taker.exchange is not None and len(taker.exchange.book.pair("btc", "eth", 0)),
         "the maker's offer at the taker",
     )
-    before_t = {b.asset: b for b in await taker.balances()}
+    assets = [("btc", None), ("eth", None)]
+    before = {n: await asyncio.to_thread(holdings, node, assets) for n, node in net.nodes.items()}
     view = await taker.create_trade(
         TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
     )
@@ -148,7 +151,22 @@ async def _routed_trade_on(net: Net) -> None:
     assert m.state == "redeemed"
     order = await until(lambda: _settled(taker, done.order_id), "the order settled on the ledger")
     assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
-    del before_t
+    # exact balances: each side gave its leg, got the other's, paid its own chain fees; the
+    # relay's wallet did not move (it holds no leg)
+    oid = bytes.fromhex(done.order_id)
+    found = taker.phases.order(oid)
+    assert found is not None
+    a, b = engine_legs(found[1], taker.chains.policies)  # type: ignore[union-attr]
+    for node, gives, gets in ((taker, a, b), (maker, b, a)):
+        after = await asyncio.to_thread(holdings, node, assets)
+        fees = await asyncio.to_thread(fees_paid, node, oid)  # type: ignore[arg-type]
+        name = node.config.name
+        assert after == expected_after(before[name], gives=gives, gets=gets, fees=fees), name
+    relay = net.nodes["relay"]
+    assert await asyncio.to_thread(holdings, relay, assets) == before["relay"]
+    # the trade is in the event stream, and survives in the trade rows
+    kinds = [e.data.get("phase") for e in await taker.events(limit=1000) if e.kind == "trade"]
+    assert "committed" in kinds and "redeemed" in kinds
 
 
 def _by_order(node: Node, order_id: str | None):

@@ -218,6 +218,9 @@ class Node:
         await self.check_ledger()  # the ledger's params (protocol fee) if it is up
         self.exchange = ExchangeNode(self.key, self._exchange_config())
         await self.exchange.start()
+        if not self.config.p2p_listen.port and hasattr(self.exchange.config, "contact"):
+            # listening on a free port (tests): the contact is known now
+            self.exchange.config.contact = f"{self.config.p2p_listen.host}:{self.exchange.port}"
         await asyncio.to_thread(self.engine.resume)
         for offer in self.config.offers:
             self._publish(_spec_of(offer))
@@ -323,8 +326,12 @@ class Node:
             "order_guard": self._order_guard,
             "liquidity": self.liquidity,
             "on_fill": self._on_fill,
-            "contact": str(self.config.p2p_listen),
+            "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
             "on_direct": self._on_direct,
+            "chain_clocks": {
+                name: "height" if p.height_clock else "unix"
+                for name, p in (self.chains.policies.items() if self.chains else ())
+            },
         }
         names = {f.name for f in fields(cfg)}
         missing = sorted(set(hooks) - names)
