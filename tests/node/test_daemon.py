@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -18,13 +21,17 @@ from typing import Any
 
 import pytest
 
+from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order
 from kofo.node.config import Endpoint, OfferConfig, load_config
-from kofo.node.daemon import Node
+from kofo.node.daemon import HEIGHT_TOLERANCE, Node
 from kofo.node.devnet import Devnet, start_devnet
 from kofo.node.home import init_home
-from kofo.node.service import TradeRequest
-from kofo.node.trades import engine_legs
+from kofo.node.service import OfferSpec, TradeRequest
+from kofo.node.trades import TradeRefused, engine_legs
 from kofo.wallet import NodeWallet
+from kofo.wire.exchange import Claim
+from kofo.wire.expiry import BlockHeight
+from kofo.wire.orders import SettlementOrder, with_derived_id
 from tests.clearance.helpers import ledger_params
 from tests.swap.btc_helpers import expected_after, fees_paid, holdings
 
@@ -184,3 +191,100 @@ async def _settled(node: Node, order_id: str | None):
     assert order_id is not None
     view = await node.ledger_order(order_id)
     return view if view.status == "settled" else None
+
+
+BIG_PRICE = 2 * 10**12  # wei per satoshi: 1 BTC -> 200 ETH, more than the maker's 100 ETH
+
+
+def test_maker_quotes_within_its_liquidity_and_refuses_orders_beyond_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(_liquidity(tmp_path, caplog))
+
+
+async def _liquidity(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    offer = OfferConfig(
+        buy="btc", sell="eth", price_num=BIG_PRICE, price_den=1, min_in=10_000, max_in=10**8
+    )
+    devnet, nodes = await _make_nodes(tmp_path, ["taker", "maker"], {"maker": [offer]})
+    taker, maker = nodes["taker"], nodes["maker"]
+    try:
+        await _line([taker, maker])
+        for node in nodes.values():
+            await until(lambda node=node: node.state.registered, "registration")
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        free = maker.liquidity("eth")
+        assert 0 < free < 10**8 * BIG_PRICE
+        want = TradeRequest(sell="btc", amount=10**8, buy="eth")
+        quotes = await taker.quotes(want)
+        # a partial fill scaled down to what the maker's wallet can lock, never more
+        assert quotes, "no quote"
+        assert quotes[0].amount_in < 10**8 and quotes[0].receive <= free
+        assert quotes[0].hops == 1
+
+        # an all-or-nothing offer it cannot cover: no quote at all
+        (own,) = await maker.offers(own_only=True)
+        await maker.withdraw_offer(own.offer_id)
+        await maker.add_offer(
+            OfferSpec("btc", "eth", BIG_PRICE, 1, 10**8, 10**8, partial=False, ttl=600)
+        )
+        await until(
+            lambda: all(
+                so.offer.partial is False
+                for so in taker.exchange.book.pair("btc", "eth", 0)  # type: ignore[union-attr]
+            ),
+            "the new offer at the taker",
+        )
+        assert await taker.quotes(want) == []
+
+        # an order whose maker leg is beyond the liquidity is refused before it is signed:
+        # a logged reason, nothing journaled, nothing locked
+        order = _order_for(taker, maker, delivered=free + 1)
+        with caplog.at_level(logging.WARNING, logger="kofo.node"):
+            with pytest.raises(TradeRefused, match="free"):
+                maker._order_guard(order, "provider")
+        assert any("refused to co-sign" in r.getMessage() for r in caplog.records)
+        assert maker.phases.order(order.order_id) is None
+        # a leg height far from the maker's own view of the chain is refused too
+        ok = _order_for(taker, maker, delivered=free // 2)
+        out = ok.legs[0]
+        assert isinstance(out.expiry, BlockHeight)
+        far = replace(out, expiry=BlockHeight(out.expiry.value + HEIGHT_TOLERANCE + 5))
+        bad = with_derived_id(replace(ok, legs=(far, ok.legs[1])))
+        with pytest.raises(OrderPolicy, match="not within"):
+            maker._order_guard(bad, "provider")
+        assert maker.phases.order(bad.order_id) is None
+        # the fitting one is journaled (what the maker co-signs) and its amount held
+        maker._order_guard(ok, "provider")
+        assert maker.phases.order(ok.order_id) is not None
+        assert maker.liquidity("eth") <= free - ok.legs[1].amount
+        assert maker.engine is not None and maker.engine.unfinished() == []
+    finally:
+        for node in nodes.values():
+            await node.stop()
+        await asyncio.to_thread(devnet.stop)
+
+
+def _order_for(taker: Node, maker: Node, *, delivered: int) -> SettlementOrder:
+    """The exchange's order for a BTC -> ETH quote between the two, expiries fitted by the
+    taker's hook (as ``settle()`` does)."""
+    now_s = int(time.time())
+    order = build_settlement_order(
+        claim=Claim("btc", "eth", SATS, 0, 1, (now_s + 60) * 1000, 3, os.urandom(32)),
+        claim_id=os.urandom(32),
+        fulfil_id=os.urandom(32),
+        amount_in=SATS,
+        delivered=delivered,
+        initiator=RouteParty(taker.node_id, taker._fresh_addresses()),
+        relays=[],
+        provider=RouteParty(maker.node_id, maker._fresh_addresses()),
+        provider_position=1,
+        payment_hash=hashlib.sha256(os.urandom(32)).digest(),
+        now_s=now_s,
+        protocol_fee_bps=0,
+    )
+    legs = tuple(
+        replace(leg, expiry=taker._expiry_fit(leg.chain, leg.expiry_time, now_s))
+        for leg in order.legs
+    )
+    return with_derived_id(replace(order, legs=legs))

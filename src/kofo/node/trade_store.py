@@ -1,6 +1,6 @@
 """The node's trade rows: a ``trades`` table in ``trades.sqlite`` beside the phase journal.
 
-One row per trade this node takes part in (a taker's ``create_trade``, a maker's signed order),
+Amounts are stored as decimal text (wei overflow SQLite's 64-bit integers). One row per trade this node takes part in (a taker's ``create_trade``, a maker's signed order),
 with its state (:data:`~kofo.node.service.TRADE_STATES`), the chosen quote's figures, the
 order id and height once known, and for a taker the signed ``commit_order`` tx (so a restart
 re-submits the same bytes) and the ``leg_not_locked`` evidence tx once built (journaled before
@@ -51,10 +51,10 @@ class TradeStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS trades (trade_id TEXT PRIMARY KEY, role TEXT NOT NULL, "
-            "state TEXT NOT NULL, sell TEXT NOT NULL, amount INTEGER NOT NULL, buy TEXT NOT NULL, "
-            "receive INTEGER, order_id TEXT, height INTEGER, hops INTEGER, "
+            "state TEXT NOT NULL, sell TEXT NOT NULL, amount TEXT NOT NULL, buy TEXT NOT NULL, "
+            "receive TEXT, order_id TEXT, height INTEGER, hops INTEGER, "
             "error TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL, "
-            "min_receive INTEGER NOT NULL DEFAULT 0, commit_tx BLOB, evidence_tx BLOB)"
+            "min_receive TEXT NOT NULL DEFAULT '0', commit_tx BLOB, evidence_tx BLOB)"
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS trade_phases (trade_id TEXT NOT NULL, "
@@ -75,7 +75,7 @@ class TradeStore:
             self._db.execute(
                 "INSERT INTO trades (trade_id, role, state, sell, amount, buy, created_at, "
                 "updated_at, min_receive) VALUES (?,?,?,?,?,?,?,?,?)",
-                (trade_id, role, "quoting", sell, amount, buy, now, now, min_receive),
+                (trade_id, role, "quoting", sell, str(amount), buy, now, now, str(min_receive)),
             )
         return self.get(trade_id)
 
@@ -85,6 +85,8 @@ class TradeStore:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown trade fields {sorted(unknown)}")
+        if fields.get("receive") is not None:
+            fields["receive"] = str(fields["receive"])  # amounts as decimal text: wei > 2^63
         sets = ", ".join(f"{k}=?" for k in fields)
         with self._lock:
             self._db.execute(
