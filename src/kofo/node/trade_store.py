@@ -1,11 +1,12 @@
 """The node's trade rows: a ``trades`` table in ``trades.sqlite`` beside the phase journal.
 
-Amounts are stored as decimal text (wei overflow SQLite's 64-bit integers). One row per trade this node takes part in (a taker's ``create_trade``, a maker's signed order),
+One row per trade this node takes part in (a taker's ``create_trade``, a maker's signed order),
 with its state (:data:`~kofo.node.service.TRADE_STATES`), the chosen quote's figures, the
 order id and height once known, and for a taker the signed ``commit_order`` tx (so a restart
 re-submits the same bytes) and the ``leg_not_locked`` evidence tx once built (journaled before
 it is sent: filed once). A row's phases (each with its detail) are in ``trade_phases``. No
-secret is stored here: the taker's preimage lives in the swap journal.
+secret is stored here: the taker's preimage lives in the swap journal. Amounts are decimal text
+(wei overflow SQLite's 64-bit integers).
 """
 
 from __future__ import annotations
