@@ -223,6 +223,18 @@ def _join_signed_bytes() -> bytes:
     return ex.join_message(_claim_message().claim_id, fid, 1, pub, j.node_id, j.addresses)
 
 
+def _provider_join() -> ex.Join:
+    """The maker joins at position 2 (the fulfil vector's filler, key ``ephemeral``) with its
+    contact (protocol v3: signed in the join)."""
+    claim = _claim_message()
+    fid = hashlib.sha256(_fulfil()).digest()
+    pub, maker = public_key_bytes(EPH), public_key_bytes(_key("maker"))
+    addrs = {"btc": "03" + "cc" * 32, "eth": "0x" + "cc" * 20}
+    contact = "127.0.0.1:9735"
+    data = ex.join_message(claim.claim_id, fid, 2, pub, maker, addrs, contact)
+    return ex.Join(2, maker, addrs, EPH.sign(data), _key("maker").sign(data), contact)
+
+
 def _quote_ids() -> bytes:
     fid = hashlib.sha256(_fulfil()).digest()
     return ex.quote_id_for(fid, 1, public_key_bytes(BOB), "relay") + ex.quote_id_for(
@@ -235,6 +247,7 @@ def _quote_ids() -> bytes:
 DERIVED: dict[str, Callable[[], bytes]] = {
     "exchange join: signed bytes": _join_signed_bytes,
     "exchange join: body": lambda: encode(_join().to_body()),
+    "exchange join: provider body with contact (v3)": lambda: encode(_provider_join().to_body()),
     "exchange quote ids: relay at 1 (bob), provider at 2 (maker)": _quote_ids,
 }
 DBEGIN, DEND = "<!-- derived-vectors:begin -->", "<!-- derived-vectors:end -->"
@@ -260,6 +273,9 @@ def test_derived_exchange_vectors_match_the_document(name):
     if name == "exchange join: body":
         j = ex.Join.from_body(decode(DERIVED[name]()))
         assert j == _join()
+    if name == "exchange join: provider body with contact (v3)":
+        j = ex.Join.from_body(decode(DERIVED[name]()))
+        assert j == _provider_join() and j.contact == "127.0.0.1:9735"
 
 
 def _render() -> str:

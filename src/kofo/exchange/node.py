@@ -14,17 +14,19 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from kofo.errors import KofoError
+from kofo.errors import InvalidInput, KofoError, NotDelivered
 from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
+    ExpiryCheck,
+    ExpiryFit,
     OrderPolicy,
     RouteParty,
     RouteView,
@@ -44,10 +46,11 @@ from kofo.exchange.transport import (
     node_id_of,
     tls_identity,
 )
-from kofo.wire.codec import EncodingError, decode, encode
+from kofo.wire.codec import MAX_MESSAGE_BYTES, EncodingError, decode, encode
 from kofo.wire.envelope import BadMessage, BadSignature, sign, verify_ed25519
 from kofo.wire.exchange import (
     MAX_CLAIM_HORIZON_MS,
+    MAX_FRAME_BYTES,
     MAX_HOPS,
     MAX_PEERS_IN_LIST,
     MSG_ACCEPT,
@@ -71,6 +74,7 @@ from kofo.wire.exchange import (
     offer_frame_bytes,
     open_accept,
     open_claim,
+    parse_contact,
     parse_fees,
     parse_path,
     read_fulfil,
@@ -81,6 +85,7 @@ from kofo.wire.exchange import (
     verify_fulfil_after,
     verify_path,
 )
+from kofo.wire.expiry import BlockHeight, Expiry
 from kofo.wire.orders import CommitOrder, OrderSignature, SettlementOrder
 
 log = logging.getLogger("kofo.exchange.node")
@@ -109,8 +114,56 @@ INBOUND_SOURCE = b"inbound:"
 from (never a node id: those are 32 bytes)."""
 
 
+MAX_DM_BYTES = min(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES - 1024)
+"""A direct message's payload (and its reply) must fit one link frame with its envelope: the
+swap messages it carries are a few KiB; the frame limit (256 KiB) is kept, not raised to the
+swap layer's 1 MiB cap, so one peer still makes us buffer at most one such frame per link."""
+
+DM_REPLY_GRACE_S = 5.0
+"""After a ``direct()`` timeout the request still counts as outstanding on the link for the
+handler budget (``dm_handler_s``, the peer's being the protocol's default) and this grace: the
+peer replies within it and counts the request until then."""
+
+DM_SEND_SHARE = 0.8
+"""A sender keeps to this share of the receiver's direct-message rate and burst (the protocol's
+defaults, ``dm_rate``/``dm_burst``): arrivals bunch on the way, and a dm over the receiver's
+rate costs the sender 2."""
+
+MAX_DIRECT_PEER_S = 7 * 24 * 3600.0
+"""Longest an order's initiator keeps a direct slot (an order's legs expire within hours)."""
+
+MAX_CONTACTS = 1024
+"""Contacts learned from route joins, newest kept (one per provider the node traded with)."""
+
+
 class RouteFailed(KofoError):
     code = "route_failed"
+
+
+class PeerNotReached(NotDelivered):
+    """No link to the node could be used or made for a direct message (no contact known, the
+    dial failed or reached another node id, or the link closed before the reply)."""
+
+    code = "peer_not_reached"
+
+
+class DirectTimeout(NotDelivered):
+    """A direct message got no reply in time (it may or may not have been handled)."""
+
+    code = "direct_timeout"
+
+
+class DirectBusy(KofoError):
+    """Too many direct messages outstanding on one link (``ExchangeConfig.dm_outstanding``),
+    or a peer sending beyond its direct-message rate (``dm_rate``)."""
+
+    code = "direct_busy"
+
+
+class UnknownRequest(KofoError):
+    """A ``dm_reply`` for no direct message outstanding on that link (late, or never sent)."""
+
+    code = "unknown_request"
 
 
 class SealedJoinBad(KofoError):
@@ -185,6 +238,40 @@ class ExchangeConfig:
     # in orders, providers net it out of their quotes and refuse orders charging more.
     protocol_fee_bps: int = 0
     max_protocol_fee_bps: int = 100  # a relay refuses to co-sign an order charging more
+    # ---- hooks for the composer (the node daemon); None: off (docs/exchange.md, "Composer
+    # hooks"). Per-chain expiries: the initiator fits each leg's expiry to its chain's unit
+    # (``(chain, expiry_time, now_s) -> Expiry``); the provider judges each block-height leg
+    # with its own chain view (``(chain, expiry, expiry_time, now_s)``, raises to refuse).
+    expiry_fit: ExpiryFit | None = None
+    expiry_check: ExpiryCheck | None = None
+    # chain -> "height" | "unix": the HTLC clock of chains this node knows (a chain missing
+    # here is judged by what ``expiry_fit`` gives for it, else not at all).
+    chain_clocks: dict[str, str] = field(default_factory=dict)
+    # Called by the provider ("provider") and each relay ("relay") just before it co-signs an
+    # order, once per signed order; raising a KofoError refuses (logged, not scored).
+    order_guard: Callable[[SettlementOrder, str], None] | None = None
+    # asset -> base units this node can pay out now: a fill never offers more out.
+    liquidity: Callable[[str], int] | None = None
+    # (asset, amount_out, valid_until_ms) of each fill this node issues as provider.
+    on_fill: Callable[[str, int, int], None] | None = None
+    # "host:port" where this node accepts links, signed in its joins as provider ("": none).
+    contact: str = ""
+    # Direct messages: the handler of inbound ``dm`` frames ``(sender node id, payload) ->
+    # reply`` (None: every dm gets a null reply); per link at most ``dm_outstanding``
+    # requests each way and ``dm_rate``/s (burst ``dm_burst``) inbound; a handler gets
+    # ``dm_handler_s`` to answer.
+    on_direct: Callable[[bytes, bytes], Awaitable[bytes | None]] | None = None
+    dm_outstanding: int = 16
+    dm_rate: float = 50.0
+    dm_burst: float = 100.0
+    dm_handler_s: float = 30.0
+    # Inbound direct messages in the handler at once over all peers (each holds its payload):
+    # beyond it a dm gets a null reply, unscored (the peer kept within its own budget).
+    dm_inflight_max: int = 128
+    # Links beyond ``max_degree`` (and the inbound share) kept for the initiators of orders
+    # this node co-signed as provider, until the order's last expiry: strangers filling the
+    # inbound slots must not keep a taker from delivering its swap messages.
+    direct_slots: int = 8
 
 
 @dataclass(slots=True)
@@ -275,7 +362,14 @@ class ExchangeNode:
         self._key = key
         self.node_id = node_id_of(key)
         self.config = config or ExchangeConfig()
-        self._importance = importance
+        try:
+            parse_contact(self.config.contact)
+        except BadMessage as exc:
+            raise InvalidInput(f"ExchangeConfig.contact: {exc}") from None
+        bad = {c: u for c, u in self.config.chain_clocks.items() if u not in ("height", "unix")}
+        if bad:
+            raise InvalidInput(f"ExchangeConfig.chain_clocks: units must be height or unix: {bad}")
+        self._importance = None if importance is None else _guarded_importance(importance)
         self._liquidity = liquidity
         self._tls = tls_identity(key)
         self.links: dict[bytes, Link] = {}
@@ -300,7 +394,7 @@ class ExchangeNode:
         self.book = OrderBook(
             self.config.max_offers,
             per_maker=self.config.offers_per_maker,
-            standing=importance,
+            standing=self._importance,
         )
         self._last_seq = 0
         self._own_offers: dict[bytes, SignedOffer] = {}
@@ -318,6 +412,27 @@ class ExchangeNode:
         self._rng = random.Random()
         self.on_offer: Callable[[SignedOffer], None] | None = None
         self._dump_bucket = self._new_dump_bucket()
+        # Contacts of providers learned from the joins of routes this node settled.
+        self.contacts: dict[bytes, str] = {}
+        # Direct messages, per link: our requests awaiting a reply, the peer's requests
+        # being handled, and the peer's rate.
+        self._dm_seq = 0
+        self._dm_out: dict[Link, dict[int, asyncio.Future[bytes | None]]] = {}
+        # Per peer node id (not per link: a peer that relinks must not get a fresh budget
+        # while its earlier requests are still being handled), and over all peers.
+        self._dm_in: dict[bytes, int] = {}
+        self._dm_in_total = 0
+        self._dm_buckets: dict[Link, TokenBucket] = {}
+        # Our requests we stopped waiting for, with when the peer must have answered them
+        # (its handler budget): they still count as outstanding until then, since the peer
+        # still counts them (else an honest sender retrying a slow peer is refused, scored).
+        # Per peer node id, so a lost link does not forget them either.
+        self._dm_gave_up: dict[bytes, dict[int, float]] = {}
+        # Our own sending rate per peer node id (below the rate the peer scores beyond).
+        self._dm_send_buckets: dict[bytes, TokenBucket] = {}
+        # Initiators of orders this node co-signed as provider -> until when (monotonic) they
+        # may link in beyond the inbound slots (``direct_slots``), newest kept.
+        self._direct_peers: dict[bytes, float] = {}
 
     def _new_dump_bucket(self) -> TokenBucket:
         return TokenBucket(self.config.book_dump_rate, self.config.book_dump_burst)
@@ -416,7 +531,7 @@ class ExchangeNode:
         if (
             len(self.links) >= self.config.max_degree
             or inbound >= self.config.max_degree - self.config.target_degree
-        ):
+        ) and not self._direct_slot_for(peer):
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
@@ -517,6 +632,18 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
+            self._dm_buckets.pop(link, None)
+            lost = self._dm_out.pop(link, {})
+            if lost:
+                # The peer may still be handling them: they count until it must have answered.
+                until = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
+                gave_up = self._dm_gave_up.setdefault(link.peer_id, {})
+                gave_up.update(dict.fromkeys(lost, until))
+            for fut in lost.values():
+                if not fut.done():
+                    fut.set_exception(
+                        PeerNotReached(f"link to {link.peer_id.hex()[:16]} closed before a reply")
+                    )
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
                 self._claim_buckets.pop(link.peer_id, None)
@@ -693,9 +820,9 @@ class ExchangeNode:
             handler(self, link, frame.body)
         except BadSignature as exc:
             self._abuse(link, str(exc), 25)
-        except (ClaimBudget, SealedJoinBad) as exc:
+        except (ClaimBudget, SealedJoinBad, DirectBusy) as exc:
             self._abuse(link, str(exc), 2)
-        except UnknownClaim as exc:
+        except (UnknownClaim, UnknownRequest) as exc:
             self._abuse(link, str(exc), 1)
         except (BadMessage, EncodingError) as exc:
             self._abuse(link, str(exc), 10)
@@ -945,8 +1072,17 @@ class ExchangeNode:
         self._relay[cid] = st
         self._claims_by_peer[peer] = held + 1
         fill = self._best_fill(claim)
+        valid_until = now + self.config.quote_valid_ms
+        if fill is not None and self.config.on_fill is not None:
+            # Before the fulfil exists: the composer reserves the amount until the quote
+            # lapses or its order is signed; if it cannot, there is no fill.
+            try:
+                self.config.on_fill(claim.want, fill[1], valid_until)
+            except Exception as exc:  # the composer's, never the peer's fault
+                log.warning("no fill for claim %s: on_fill failed: %s", cid.hex()[:12], exc)
+                fill = None
         if fill is not None:
-            f = Fulfil(cid, st.position, fill[0], fill[1], now + self.config.quote_valid_ms, path)
+            f = Fulfil(cid, st.position, fill[0], fill[1], valid_until, path)
             sf = make_fulfil(eph, f)
             st.filled = (sf.fulfil_id, fill[0], fill[1])
             link.send(Frame("fulfil", {"f": sf.raw, "fees": []}))
@@ -989,15 +1125,29 @@ class ExchangeNode:
         protocol fee the provider owes on the input (see :mod:`kofo.exchange.route`)."""
         best: tuple[int, int] | None = None
         now = now_ms()
+        cap = None
+        if self.config.liquidity is not None:
+            try:
+                cap = self.config.liquidity(claim.want)
+            except Exception as exc:  # the composer's fault: quote nothing
+                log.warning("no fill: liquidity(%r) failed: %s", claim.want, exc)
+                return None
+            if cap <= 0:
+                return None
         candidates = [
-            so.offer.fill(claim.amount)
+            _capped_offer_fill(so.offer, claim.amount, cap)
             for so in self._own_offers.values()
             if so.offer.buy == claim.have
             and so.offer.sell == claim.want
             and so.offer.expiry_ms > now
         ]
         if self._liquidity is not None:
-            candidates.append(self._liquidity(claim))
+            extra = self._liquidity(claim)
+            if extra is not None and cap is not None and extra[1] > cap:
+                # Scaled down at the same price (floored: never more out than the cap).
+                scaled_in = extra[0] * cap // extra[1]
+                extra = (scaled_in, extra[1] * scaled_in // extra[0]) if scaled_in > 0 else None
+            candidates.append(extra)
         for c in candidates:
             # Fuller fills first, then more output.
             if c is not None and (best is None or (c[0], c[1]) > best):
@@ -1198,7 +1348,7 @@ class ExchangeNode:
         own_addresses = dict(self.config.addresses)
         for i, key in enumerate(pending.dummies, start=1):
             data = join_message(
-                claim_id, quote.fulfil_id, i, pending.dummy_path[i - 1].pub, self.node_id, {}
+                claim_id, quote.fulfil_id, i, pending.dummy_path[i - 1].pub, self.node_id, {}, ""
             )
             pending.joins[i] = Join(i, self.node_id, {}, key.sign(data), self._key.sign(data))
         joins = [pending.joins[i] for i in range(1, p + 1)]
@@ -1209,20 +1359,26 @@ class ExchangeNode:
         if joins[d].node_id != quote.via:
             self._abuse(link, "route: the first hop is not the neighbour the quote came by", 25)
             raise RouteFailed("the first hop of the route is not the neighbour it came through")
-        order = build_settlement_order(
-            claim=pending.sc.claim,
-            claim_id=claim_id,
-            fulfil_id=quote.fulfil_id,
-            amount_in=quote.amount_in,
-            delivered=quote.delivered,
-            initiator=RouteParty(self.node_id, own_addresses),
-            relays=[(i, joins[i - 1].node_id) for i in range(d + 1, p)],
-            provider=RouteParty(joins[-1].node_id, joins[-1].addresses),
-            provider_position=p,
-            payment_hash=payment_hash,
-            now_s=int(time.time()),
-            protocol_fee_bps=self.config.protocol_fee_bps,
-        )
+        try:
+            order = build_settlement_order(
+                claim=pending.sc.claim,
+                claim_id=claim_id,
+                fulfil_id=quote.fulfil_id,
+                amount_in=quote.amount_in,
+                delivered=quote.delivered,
+                initiator=RouteParty(self.node_id, own_addresses),
+                relays=[(i, joins[i - 1].node_id) for i in range(d + 1, p)],
+                provider=RouteParty(joins[-1].node_id, joins[-1].addresses),
+                provider_position=p,
+                payment_hash=payment_hash,
+                now_s=int(time.time()),
+                protocol_fee_bps=self.config.protocol_fee_bps,
+                expiry_fit=self.config.expiry_fit,
+            )
+        except Exception as exc:  # the composer's expiry fit (or a chain it cannot fit)
+            raise RouteFailed(f"the order could not be built: {exc}") from None
+        if joins[-1].contact:
+            self._learn_contact(joins[-1].node_id, joins[-1].contact)
         my_sig = order.sign(self._key)
         pending.order_data = order.signing_bytes()
         pending.owners = [j.node_id for j in joins]
@@ -1248,6 +1404,12 @@ class ExchangeNode:
         commit.verify_signatures()
         del self._pending[claim_id]
         return commit
+
+    def _learn_contact(self, node_id: bytes, contact: str) -> None:
+        self.contacts.pop(node_id, None)
+        self.contacts[node_id] = contact
+        while len(self.contacts) > MAX_CONTACTS:
+            del self.contacts[next(iter(self.contacts))]
 
     async def _wait(
         self, pending: _Pending, done: Callable[[], bool], deadline: float, what: str
@@ -1289,8 +1451,11 @@ class ExchangeNode:
         pos = st.position
         eph_pub = st.eph.public_key().public_bytes_raw()
         addrs = dict(self.config.addresses)
-        data = join_message(acc.claim_id, acc.fulfil_id, pos, eph_pub, self.node_id, addrs)
-        join = Join(pos, self.node_id, addrs, st.eph.sign(data), self._key.sign(data))
+        # Only the provider gives its contact: the taker messages it directly (relays hold no
+        # leg and stay unreachable beyond their links).
+        contact = self.config.contact if down is None else ""
+        data = join_message(acc.claim_id, acc.fulfil_id, pos, eph_pub, self.node_id, addrs, contact)
+        join = Join(pos, self.node_id, addrs, st.eph.sign(data), self._key.sign(data), contact)
         box = seal(st.sc.claim.reply_key, encode(join.to_body()))
         link.send(Frame("join", {"claim_id": acc.claim_id, "box": box}))
         if down is not None and down.peer in self.links:
@@ -1337,7 +1502,9 @@ class ExchangeNode:
             if join.position == f.position
             else f.path[join.position - 1].pub
         )
-        data = join_message(cid, quote.fulfil_id, join.position, eph, join.node_id, join.addresses)
+        data = join_message(
+            cid, quote.fulfil_id, join.position, eph, join.node_id, join.addresses, join.contact
+        )
         if not verify_ed25519(eph, join.eph_sig, data):
             raise BadSignature(f"path key at position {join.position} did not sign")
         if not verify_ed25519(join.node_id, join.node_sig, data):
@@ -1414,6 +1581,12 @@ class ExchangeNode:
                     if down is None
                     else self.config.max_protocol_fee_bps
                 ),
+                chain_clock=self._chain_clock,
+                # Only the provider holds a leg of the route: it judges the heights, and
+                # without a view of its own it signs none (it would sign any).
+                expiry_check=(self.config.expiry_check or _no_height_view)
+                if down is None
+                else None,
             )
         except OrderPolicy as exc:
             # Our own limit or clock: an honest relay before us may allow what we refuse (a
@@ -1426,8 +1599,20 @@ class ExchangeNode:
         except KofoError:
             st.order_refused = True
             raise
+        guard = self.config.order_guard
+        if guard is not None:
+            # The composer's last word (journal what we co-sign, reserve liquidity), once per
+            # order this node signs. Its refusal is this node's own policy: never scored.
+            try:
+                guard(order, "provider" if down is None else "relay")
+            except Exception as exc:  # a composer bug refuses too: never sign unguarded
+                st.order_refused = True
+                log.info("order for claim %s refused by this node: %s", cid.hex()[:12], exc)
+                return
         st.order_data = data
         st.owners = [j.node_id for j in joins]
+        if down is None:
+            self._expect_direct(order.initiator, max(leg.expiry_time for leg in order.legs))
         sig = self._key.sign(data)
         link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig}))
         if down is not None and down.peer in self.links:
@@ -1471,6 +1656,220 @@ class ExchangeNode:
         pending.osigs[pos] = sig
         pending.changed.set()
 
+    def _expect_direct(self, node_id: bytes, until_unix: int) -> None:
+        """The initiator of an order we co-signed as provider will message us directly (its
+        swap engine's proposal, notices) until the order's last expiry."""
+        left = min(max(until_unix - time.time(), 0.0), MAX_DIRECT_PEER_S)
+        self._direct_peers.pop(node_id, None)
+        self._direct_peers[node_id] = time.monotonic() + left
+        while len(self._direct_peers) > MAX_CONTACTS:
+            del self._direct_peers[next(iter(self._direct_peers))]
+
+    def _direct_slot_for(self, peer: bytes) -> bool:
+        """Whether ``peer`` may link in beyond the inbound slots: it is the initiator of an
+        order we co-signed (still running) and fewer than ``direct_slots`` links are extra."""
+        until = self._direct_peers.get(peer)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._direct_peers[peer]
+            return False
+        return len(self.links) < self.config.max_degree + self.config.direct_slots
+
+    def _chain_clock(self, chain: str, expiry_time: int, now_s: int) -> bool | None:
+        """Whether ``chain``'s HTLCs expire by block height (None: unknown here)."""
+        unit = self.config.chain_clocks.get(chain)
+        if unit is not None:
+            return unit == "height"
+        fit = self.config.expiry_fit
+        if fit is None:
+            return None
+        try:
+            return isinstance(fit(chain, expiry_time, now_s), BlockHeight)
+        except Exception:  # the composer serves no such chain: unknown here
+            return None
+
+    # ------------------------------------------------------------------ direct messages
+
+    async def direct(
+        self,
+        node_id: bytes,
+        payload: bytes,
+        *,
+        contact: str | None = None,
+        timeout: float = 10.0,
+    ) -> bytes | None:
+        """Send ``payload`` to the node ``node_id`` over a link to it and return its reply
+        (None: it had none). An existing link is used; else ``contact`` (or the contact its
+        join gave when this node settled a route with it) is dialled, expecting that node id.
+        Raises :class:`PeerNotReached` when no link can be made or it closes before the
+        reply, :class:`DirectTimeout` after ``timeout`` seconds."""
+        if not isinstance(payload, bytes) or len(payload) > MAX_DM_BYTES:
+            raise InvalidInput(f"direct message: payload must be bytes of at most {MAX_DM_BYTES}")
+        if node_id == self.node_id:
+            raise InvalidInput("direct message: to this node itself")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        link = self.links.get(node_id)
+        if link is None or link.closed:
+            # The dial counts against ``timeout`` too: a contact that accepts and then stalls
+            # the handshake must not hold the caller past its deadline.
+            try:
+                link = await asyncio.wait_for(self._dial_direct(node_id, contact), timeout)
+            except TimeoutError:
+                raise DirectTimeout(
+                    f"node {node_id.hex()[:16]} not reached within {timeout}s"
+                ) from None
+        bucket = self._dm_send_buckets.get(node_id)
+        if bucket is None:
+            share = DM_SEND_SHARE
+            bucket = TokenBucket(
+                self.config.dm_rate * share, max(1.0, self.config.dm_burst * share)
+            )
+            self._dm_send_buckets[node_id] = bucket
+            while len(self._dm_send_buckets) > MAX_CONTACTS:
+                del self._dm_send_buckets[next(iter(self._dm_send_buckets))]
+        while not bucket.take():
+            wait = (1.0 - bucket.peek()) / (self.config.dm_rate * DM_SEND_SHARE)
+            if loop.time() + wait > deadline:
+                raise DirectTimeout(
+                    f"direct message: over the rate to {node_id.hex()[:16]} until the timeout"
+                )
+            await asyncio.sleep(wait)
+        out = self._dm_out.setdefault(link, {})
+        now = time.monotonic()
+        for peer in list(self._dm_gave_up):
+            left = {r: u for r, u in self._dm_gave_up[peer].items() if u > now}
+            if left:
+                self._dm_gave_up[peer] = left
+            else:
+                del self._dm_gave_up[peer]
+        gave_up = self._dm_gave_up.setdefault(node_id, {})
+        if len(out) + len(gave_up) >= self.config.dm_outstanding:
+            raise DirectBusy(
+                f"direct message: {len(out) + len(gave_up)} already outstanding to "
+                f"{node_id.hex()[:16]}"
+            )
+        self._dm_seq += 1
+        rid = self._dm_seq
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        out[rid] = fut
+        try:
+            if not link.send(Frame("dm", {"id": rid, "payload": payload})):
+                raise PeerNotReached(f"link to {node_id.hex()[:16]} did not take the message")
+            return await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            # The peer may still be handling it (up to its handler budget): keep counting it.
+            gave_up[rid] = time.monotonic() + self.config.dm_handler_s + DM_REPLY_GRACE_S
+            raise DirectTimeout(f"no reply from {node_id.hex()[:16]} within {timeout}s") from None
+        finally:
+            out.pop(rid, None)
+
+    async def _dial_direct(self, node_id: bytes, contact: str | None) -> Link:
+        where = self.contacts.get(node_id, "") if contact is None else contact
+        try:
+            addr = parse_contact(where)
+        except BadMessage as exc:
+            raise PeerNotReached(f"node {node_id.hex()[:16]}: {exc}") from None
+        if addr is None:
+            raise PeerNotReached(f"no link to node {node_id.hex()[:16]} and no contact for it")
+        try:
+            await self.connect(*addr, expect=node_id)
+        except Exception as exc:
+            raise PeerNotReached(
+                f"node {node_id.hex()[:16]} not reached at {where}: {type(exc).__name__}: {exc}"
+            ) from None
+        link = self.links.get(node_id)
+        if link is None or link.closed:
+            raise PeerNotReached(f"node {node_id.hex()[:16]} at {where} did not keep the link")
+        return link
+
+    def _h_dm(self, link: Link, body: dict[str, Any]) -> None:
+        rid, payload = body.get("id"), body.get("payload")
+        if type(rid) is not int or not 0 <= rid < 1 << 63 or not isinstance(payload, bytes):
+            raise BadMessage("dm frame: needs id (integer) and payload (bytes)")
+        if len(payload) > MAX_DM_BYTES:
+            raise BadMessage(f"dm: payload of {len(payload)} bytes, more than {MAX_DM_BYTES}")
+        bucket = self._dm_buckets.get(link)
+        if bucket is None:
+            bucket = TokenBucket(self.config.dm_rate, self.config.dm_burst)
+            self._dm_buckets[link] = bucket
+        busy = self._dm_in.get(link.peer_id, 0)
+        if busy >= self.config.dm_outstanding or not bucket.take():
+            link.send(Frame("dm_reply", {"id": rid, "payload": None}))
+            raise DirectBusy(f"dm: over the direct-message budget ({busy} being handled)")
+        handler = self.config.on_direct
+        if handler is None:
+            link.send(Frame("dm_reply", {"id": rid, "payload": None}))
+            return
+        if self._dm_in_total >= self.config.dm_inflight_max:
+            # Every peer within its own budget, together too many: not this peer's fault.
+            log.info(
+                "dm from %s refused: %d being handled in all",
+                link.peer_id.hex()[:12],
+                self._dm_in_total,
+            )
+            link.send(Frame("dm_reply", {"id": rid, "payload": None}))
+            return
+        self._dm_in[link.peer_id] = busy + 1
+        self._dm_in_total += 1
+        self._spawn(self._serve_dm(link, rid, payload, handler))
+
+    async def _serve_dm(
+        self,
+        link: Link,
+        rid: int,
+        payload: bytes,
+        handler: Callable[[bytes, bytes], Awaitable[bytes | None]],
+    ) -> None:
+        reply: bytes | None = None
+        try:
+            reply = await asyncio.wait_for(handler(link.peer_id, payload), self.config.dm_handler_s)
+            if reply is not None and (not isinstance(reply, bytes) or len(reply) > MAX_DM_BYTES):
+                log.warning(
+                    "direct message from %s: the handler's reply is not bytes of at most %d",
+                    link.peer_id.hex()[:12],
+                    MAX_DM_BYTES,
+                )
+                reply = None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the handler's fault, never the link's
+            log.warning(
+                "direct message from %s: handler failed: %s: %s",
+                link.peer_id.hex()[:12],
+                type(exc).__name__,
+                exc,
+            )
+            reply = None
+        finally:
+            left = self._dm_in.get(link.peer_id, 1) - 1
+            if left > 0:
+                self._dm_in[link.peer_id] = left
+            else:
+                self._dm_in.pop(link.peer_id, None)
+            self._dm_in_total -= 1
+        # On the peer's current link if it relinked meanwhile: it still counts the request.
+        current = self.links.get(link.peer_id)
+        (link if current is None or current.closed else current).send(
+            Frame("dm_reply", {"id": rid, "payload": reply})
+        )
+
+    def _h_dm_reply(self, link: Link, body: dict[str, Any]) -> None:
+        rid, payload = body.get("id"), body.get("payload")
+        if type(rid) is not int or not (payload is None or isinstance(payload, bytes)):
+            raise BadMessage("dm_reply frame: needs id (integer) and payload (bytes or null)")
+        if payload is not None and len(payload) > MAX_DM_BYTES:
+            raise BadMessage(f"dm_reply: payload of {len(payload)} bytes, more than {MAX_DM_BYTES}")
+        fut = self._dm_out.get(link, {}).get(rid)
+        if fut is None and self._dm_gave_up.get(link.peer_id, {}).pop(rid, None) is not None:
+            return  # the late reply of a request we gave up on: the peer was honest
+        if fut is None:
+            # Late (we gave up waiting) or never asked: costs little, as a late one is honest.
+            raise UnknownRequest(f"dm_reply: no direct message {rid} outstanding on this link")
+        if not fut.done():
+            fut.set_result(payload)
+
     _handlers: ClassVar[dict[str, Callable[[ExchangeNode, Link, dict[str, Any]], None]]] = {
         "ping": _h_ping,
         "peers_req": _h_peers_req,
@@ -1482,4 +1881,43 @@ class ExchangeNode:
         "join": _h_join,
         "order": _h_order,
         "osig": _h_osig,
+        "dm": _h_dm,
+        "dm_reply": _h_dm_reply,
     }
+
+
+def _capped_offer_fill(offer: Offer, amount_in: int, cap: int | None) -> tuple[int, int] | None:
+    """The offer's fill for a claim of ``amount_in``, scaled down (a partial fill, within the
+    offer's limits) so that it pays out at most ``cap`` (None: no cap)."""
+    fill = offer.fill(amount_in)
+    if fill is None or cap is None or fill[1] <= cap:
+        return fill
+    # The largest input whose output is at most the cap: in * num // den - fee <= cap.
+    most_in = ((cap + offer.fee + 1) * offer.price_den - 1) // offer.price_num
+    if most_in < offer.min_in or (most_in < amount_in and not offer.partial):
+        return None
+    return offer.fill(most_in)
+
+
+def _no_height_view(chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
+    """The provider's check when the composer gave none: a block height it cannot judge is
+    refused (a taker could write one that expires at once, before the provider can redeem)."""
+    raise OrderPolicy(
+        f"order: {chain} expiry {expiry} is a block height and this node has no expiry_check "
+        "to judge it"
+    )
+
+
+def _guarded_importance(importance: Importance) -> Importance:
+    """The composer's importance lookup, read at each use (so it follows the ledger); a lookup
+    that fails counts as no importance rather than failing the frame (which would score the
+    peer that sent it)."""
+
+    def imp(node_id: bytes) -> float:
+        try:
+            return float(importance(node_id))
+        except Exception as exc:
+            log.debug("importance of %s unavailable: %s", node_id.hex()[:12], exc)
+            return 0.0
+
+    return imp

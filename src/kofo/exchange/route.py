@@ -15,10 +15,13 @@ output on the input it keeps after the fee: :func:`net_of_protocol_fee`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+from kofo.errors import KofoError
 from kofo.wire.envelope import BadMessage, BadSignature, verify_ed25519
 from kofo.wire.exchange import Claim, Join, join_message, quote_id_for
+from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 from kofo.wire.orders import (
     FeeQuote,
     Leg,
@@ -26,9 +29,22 @@ from kofo.wire.orders import (
     QuoteRole,
     SettlementOrder,
     derive_order_id,
-    expiry_from_map,
     with_derived_id,
 )
+
+ExpiryFit = Callable[[str, int, int], Expiry]
+"""``(chain, expiry_time, now_s) -> expiry`` in the chain's own unit (a block height for a
+Bitcoin-like chain; for a unix-clocked chain ``UnixTime(expiry_time)``): the composer's view
+of each chain, applied by the initiator to each leg of the order it builds."""
+
+ExpiryCheck = Callable[[str, Expiry, int, int], None]
+"""``(chain, expiry, expiry_time, now_s)``: raises (:class:`OrderPolicy` or another
+:class:`~kofo.errors.KofoError`) when a leg's block height is not acceptable to this node's view
+of the chain; the provider calls it on each block-height leg before co-signing."""
+
+ChainClock = Callable[[str, int, int], bool | None]
+"""``(chain, expiry_time, now_s) ->`` True when the chain's HTLCs expire by block height, False
+when by unix time, None when this node does not know the chain."""
 
 LOCK_WINDOW_S = 600
 """The initiator must lock within ten minutes of the order, the provider ten minutes after that:
@@ -106,9 +122,15 @@ def build_settlement_order(
     payment_hash: bytes,
     now_s: int,
     protocol_fee_bps: int = 0,
+    expiry_fit: ExpiryFit | None = None,
 ) -> SettlementOrder:
     """The one order the protocol derives for a chosen quote. ``relays`` are ``(position,
-    node id)`` of the hops that carried the claim (the initiator's own dummy hops excluded)."""
+    node id)`` of the hops that carried the claim (the initiator's own dummy hops excluded).
+
+    Each leg's ``expiry_time`` (unix) is derived from ``now_s``; its ``expiry`` is that unix
+    time, or with ``expiry_fit`` what the fit gives in the chain's unit (a block height on a
+    Bitcoin-like chain). Only a block height is free of the derivation: a unix ``expiry`` must
+    equal ``expiry_time``."""
     have_chain, have_token = split_asset(claim.have)
     want_chain, want_token = split_asset(claim.want)
     for who, party, chain in (
@@ -120,6 +142,19 @@ def build_settlement_order(
         if chain not in party.addresses:
             raise BadMessage(f"order: {who} has no address on chain {chain!r}")
     out_lock, back_lock, short, long = derived_times(now_s)
+
+    def expiry(chain: str, expiry_time: int) -> Expiry:
+        if expiry_fit is None:
+            return UnixTime(expiry_time)
+        got = expiry_fit(chain, expiry_time, now_s)
+        if isinstance(got, BlockHeight) or got == UnixTime(expiry_time):
+            return got
+        raise KofoError(
+            f"order: the expiry fit gave {got!r} for chain {chain!r}; expected a block height "
+            f"or unix {expiry_time}",
+            code="invalid_input",
+        )
+
     legs = (
         Leg(
             chain=have_chain,
@@ -129,7 +164,7 @@ def build_settlement_order(
             sender_address=initiator.addresses[have_chain],
             recipient_address=provider.addresses[have_chain],
             amount=amount_in,
-            expiry=expiry_from_map({"unit": "unix", "value": long}, "leg.expiry"),
+            expiry=expiry(have_chain, long),
             expiry_time=long,
             lock_by=out_lock,
         ),
@@ -141,7 +176,7 @@ def build_settlement_order(
             sender_address=provider.addresses[want_chain],
             recipient_address=initiator.addresses[want_chain],
             amount=delivered,
-            expiry=expiry_from_map({"unit": "unix", "value": short}, "leg.expiry"),
+            expiry=expiry(want_chain, short),
             expiry_time=short,
             lock_by=back_lock,
         ),
@@ -203,7 +238,7 @@ def route_owners(view: RouteView, joins: list[Join]) -> list[bytes]:
         if j.position != i:
             raise BadMessage(f"order: join {i} is for position {j.position}")
         data = join_message(
-            view.claim_id, view.fulfil_id, i, view.keys[i - 1], j.node_id, j.addresses
+            view.claim_id, view.fulfil_id, i, view.keys[i - 1], j.node_id, j.addresses, j.contact
         )
         if not verify_ed25519(view.keys[i - 1], j.eph_sig, data):
             raise BadSignature(f"order: path key at position {i} did not sign its join")
@@ -221,6 +256,8 @@ def check_order(
     provider_addresses: dict[str, str] | None,
     now_s: int,
     max_protocol_fee_bps: int,
+    chain_clock: ChainClock | None = None,
+    expiry_check: ExpiryCheck | None = None,
 ) -> None:
     """What a party checks before co-signing: the order equals the one the protocol derives
     from what this party quoted or carried. Only the initiator's own choices are free: the
@@ -229,7 +266,16 @@ def check_order(
     relays, each bound to its path key by a join, and this party's link neighbours are the
     nodes next to it on the route (so nobody can add, drop or swap a hop). The provider passes
     its own addresses (the order must pay it there, and take from it only there) and the fee
-    rate it quoted with as ``max_protocol_fee_bps``."""
+    rate it quoted with as ``max_protocol_fee_bps``.
+
+    Per-chain expiries (protocol v3): a leg whose ``expiry`` is unix time must equal the
+    derivation; a leg whose ``expiry`` is a block height is compared on everything else
+    (``expiry_time``, ``lock_by``, ...), its height being the initiator's fit of
+    ``expiry_time`` to its view of the chain. ``chain_clock`` tells which unit a chain uses
+    where this node knows (a height on a unix-clocked chain, or unix time on a height-clocked
+    one, is refused); ``expiry_check`` (the provider's) judges each height with this node's
+    own view of the chain. A relay without a view accepts any height: it holds no leg, the
+    two parties that do each check theirs, and the ledger orders legs by ``expiry_time``."""
     if order.order_id != derive_order_id(order):
         raise BadMessage("order: order_id is not derived from the order's content")
     if order.kind is not OrderKind.ROUTED or len(order.legs) != 2:
@@ -252,6 +298,28 @@ def check_order(
     if view.downstream is not None and owners[view.position] != view.downstream:
         raise BadMessage("order: the hop after this one is not the link the fulfil came from")
     out, back = order.legs
+    # Heights are the initiator's fit (checked below against this node's clocks and view):
+    # compare the rest of the order with the derivation, as if every expiry were unix time.
+    unit_problems: list[str] = []
+    heights: list[tuple[str, BlockHeight, int]] = []
+    plain = []
+    for i, leg in enumerate(order.legs):
+        height_clock = (
+            None if chain_clock is None else chain_clock(leg.chain, leg.expiry_time, now_s)
+        )
+        if isinstance(leg.expiry, BlockHeight):
+            if height_clock is False:
+                unit_problems.append(
+                    f"legs[{i}].expiry is {leg.expiry} but chain {leg.chain!r} expires by unix time"
+                )
+            heights.append((leg.chain, leg.expiry, leg.expiry_time))
+            leg = replace(leg, expiry=UnixTime(leg.expiry_time))
+        elif height_clock:
+            unit_problems.append(
+                f"legs[{i}].expiry is {leg.expiry} but chain {leg.chain!r} expires by block height"
+            )
+        plain.append(leg)
+    compared = with_derived_id(replace(order, legs=tuple(plain))) if heights else order
     addresses = joins[-1].addresses if provider_addresses is None else provider_addresses
     provider = RouteParty(owners[-1], addresses)
     have_chain, _ = split_asset(view.claim.have)
@@ -273,8 +341,8 @@ def check_order(
         now_s=t,
         protocol_fee_bps=order.protocol_fee_bps,
     )
-    if order != expected:
-        diff = _first_difference(order, expected)
+    if compared != expected:
+        diff = _first_difference(compared, expected)
         raise BadMessage(f"order: {diff} differs from what this party quoted or carried")
     # Policy last: a refusal on it does not score a relaying upstream (OrderPolicy), so
     # everything an honest relay checks alike must have passed first.
@@ -284,6 +352,16 @@ def check_order(
         raise OrderPolicy(
             f"order: deadlines derive from time {t}, {t - now_s:+d}s from this node's clock"
         )
+    if unit_problems:
+        raise OrderPolicy(f"order: {unit_problems[0]}")
+    if expiry_check is not None:
+        for chain, height, expiry_time in heights:
+            try:
+                expiry_check(chain, height, expiry_time, now_s)
+            except OrderPolicy:
+                raise
+            except Exception as exc:  # the composer's refusal (or its failure): never signed
+                raise OrderPolicy(f"order: {chain} expiry {height}: {exc}") from None
 
 
 def _first_difference(order: SettlementOrder, expected: SettlementOrder) -> str:

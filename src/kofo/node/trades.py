@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,7 +37,13 @@ from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
 from kofo.private_files import check_private_file
 from kofo.settlement.engine import SwapEngine
 from kofo.settlement.swap import State
-from kofo.settlement.terms import ChainPolicy, SwapTerms, TermsRefused
+from kofo.settlement.terms import (
+    ChainPolicy,
+    SwapTerms,
+    TermsRefused,
+    check_terms_as_participant,
+    propose_terms,
+)
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import public_key_bytes, read_message
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
@@ -160,8 +166,6 @@ def fit_expiries(
 
 
 def _replace_leg(leg: Leg, **changes: object) -> Leg:
-    from dataclasses import replace
-
     return replace(leg, **changes)  # type: ignore[arg-type]
 
 
@@ -198,6 +202,52 @@ def engine_legs(
             )
         )
     return legs[0], legs[1]
+
+
+def check_order_as_maker(
+    order: SettlementOrder,
+    policies: Mapping[str, ChainPolicy],
+    now: Mapping[str, Expiry],
+    *,
+    maker_node: bytes,
+) -> None:
+    """The maker's check before it co-signs a routed order (the exchange's ``order_guard``,
+    role ``"provider"``): the swap its engine will be asked to accept for this order is safe
+    for it. Raises :class:`TermsRefused` (the engine's code) or :class:`TradeRefused`.
+
+    The exchange's per-leg ``expiry_check`` judges each height alone, within a tolerance of
+    the maker's own fit; it cannot see the gap between the two legs, which is what keeps the
+    maker whole (its leg must expire, at the slowest, its margin before the taker's leg can,
+    at the fastest). A height within tolerance on each leg can break that gap, and an order
+    the maker signs but its engine refuses still binds it on the ledger (``leg_not_locked``
+    once the taker locks). So the maker lays out the terms the taker's engine proposes for
+    the order (``propose_fixed``: the order's expiries, lock and redeem deadlines from the
+    policies) and runs the engine's own participant check on them, from ``now`` (cached chain
+    tips: the hook must answer from memory)."""
+    a, b = engine_legs(order, policies)
+    if order.legs[1].sender != maker_node:
+        raise TradeRefused(f"order {order.order_id.hex()}: this node is not its maker")
+    for leg in (a, b):
+        if leg.chain not in now:
+            raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+    laid = propose_terms(
+        swap_id=order.order_id,
+        payment_hash=order.payment_hash,
+        initiator_leg=a,
+        participant_leg=b,
+        policies=policies,
+        now=now,
+        initiator_node=order.legs[0].sender,
+        participant_node=maker_node,
+    )
+    terms = replace(
+        laid,
+        initiator_leg=replace(laid.initiator_leg, expiry=a.expiry),
+        participant_leg=replace(laid.participant_leg, expiry=b.expiry),
+    )
+    check_terms_as_participant(
+        terms, policies, now, my_address={a.chain: a.recipient, b.chain: b.sender}
+    )
 
 
 # -- the pipeline -------------------------------------------------------------------------------

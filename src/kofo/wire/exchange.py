@@ -41,11 +41,15 @@ from kofo.wire.envelope import (
     verify_ed25519,
 )
 
-FRAME_VERSION = 2
-"""Exchange link protocol version. 2 (this): an offer's ``seq`` is per maker (its signing
-time in ms, strictly increasing over all the maker's offers), a claim's path may start with the
-initiator's own dummy hops, and an ``order`` frame carries every position's join so each party
-checks who carried the claim. Version 1 nodes are refused (``frame: unsupported version``)."""
+FRAME_VERSION = 3
+"""Exchange link protocol version. 3 (this): a join carries the party's signed ``contact``
+(``"host:port"`` where it accepts links, or ``""``; signed under ``KOFO/join/v2``), an order's
+leg expiry may be a block height (``expiry_time`` stays the unix estimate), and the ``dm`` /
+``dm_reply`` frames carry direct messages between two nodes. 2: an offer's ``seq`` is per maker
+(its signing time in ms, strictly increasing over all the maker's offers), a claim's path may
+start with the initiator's own dummy hops, and an ``order`` frame carries every position's join
+so each party checks who carried the claim. Older nodes are refused at the handshake
+(``frame: unsupported link protocol version``)."""
 
 MAX_FRAME_BYTES = 256 * 1024
 """The biggest exchange frame is a fulfil with a full path and fees (a few KiB) or a peer list;
@@ -65,7 +69,11 @@ MAX_PEERS_IN_LIST = 64
 
 PATH_DOMAIN = b"KOFO/path/v1\x00"
 FEE_DOMAIN = b"KOFO/fee/v1\x00"
-JOIN_DOMAIN = b"KOFO/join/v1\x00"
+JOIN_DOMAIN = b"KOFO/join/v2\x00"
+
+MAX_CONTACT_LEN = 262
+"""A contact is ``host:port``: a DNS name (at most 253 characters) or an IP address, a colon,
+and a port."""
 QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
 
 MSG_OFFER = "offer"
@@ -166,7 +174,10 @@ class Frame:
         m = _exact_keys(m, {"v", "t", "b"}, "frame")
         v = _get(m, "v", int, where="frame")
         if v != FRAME_VERSION:
-            raise BadMessage(f"frame: unsupported version {v} (this node speaks {FRAME_VERSION})")
+            raise BadMessage(
+                f"frame: unsupported link protocol version {v} (this node speaks "
+                f"{FRAME_VERSION}; both ends must run the same exchange protocol)"
+            )
         t: str = _get(m, "t", str, where="frame")
         if not t or len(t) > 32:
             raise BadMessage(f"frame: bad type {t!r:.40}")
@@ -666,12 +677,36 @@ def open_accept(raw: bytes, initiator_eph: bytes) -> Accept:
     return Accept.from_body(msg.envelope.body)
 
 
+def parse_contact(contact: str) -> tuple[str, int] | None:
+    """``"host:port"`` -> ``(host, port)``; ``""`` -> None (the party takes no links). The host
+    may be a bracketed IPv6 address. Raises :class:`BadMessage` naming what is wrong."""
+    if not isinstance(contact, str) or len(contact) > MAX_CONTACT_LEN:
+        raise BadMessage(f"contact: must be a string of at most {MAX_CONTACT_LEN} characters")
+    if contact == "":
+        return None
+    host, sep, port = contact.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (
+        not sep
+        or not host
+        or not port.isascii()
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or any(c.isspace() or c in "/@[]" for c in host)
+    ):
+        raise BadMessage(f"contact: {contact!r:.80} is not host:port")
+    return host, int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class Join:
     """What a party of the chosen route reveals to the initiator (sealed to ``reply_key``).
 
     ``eph_sig`` (by the party's ephemeral key) and ``node_sig`` (by its node key) both sign
     :func:`join_message`, proving one holder controls the path key and the node identity.
+    ``contact`` (v3) is where the party accepts links (``"host:port"``), so the initiator can
+    reach the provider directly; relays and dummy hops give ``""``.
     """
 
     position: int
@@ -679,12 +714,14 @@ class Join:
     addresses: dict[str, str]  # chain -> this party's address there (what HTLC legs pay to)
     eph_sig: bytes
     node_sig: bytes
+    contact: str = ""
 
     def to_body(self) -> dict[str, Any]:
         return {
             "position": self.position,
             "node_id": self.node_id,
             "addresses": dict(self.addresses),
+            "contact": self.contact,
             "eph_sig": self.eph_sig,
             "node_sig": self.node_sig,
         }
@@ -692,18 +729,22 @@ class Join:
     @staticmethod
     def from_body(b: Any) -> Join:
         w = "join"
-        b = _exact_keys(b, {"position", "node_id", "addresses", "eph_sig", "node_sig"}, w)
+        keys = {"position", "node_id", "addresses", "contact", "eph_sig", "node_sig"}
+        b = _exact_keys(b, keys, w)
         addresses = _get(b, "addresses", dict, where=w)
         if len(addresses) > 16 or not all(
             isinstance(v, str) and 0 < len(v) <= 256 for v in addresses.values()
         ):
             raise BadMessage("join: addresses must map at most 16 chains to addresses")
+        contact: str = _get(b, "contact", str, where=w)
+        parse_contact(contact)
         return Join(
             _nonneg(b, "position", where=w, positive=True),
             _bytes(b, "node_id", 32, where=w),
             dict(addresses),
             _bytes(b, "eph_sig", 64, where=w),
             _bytes(b, "node_sig", 64, where=w),
+            contact,
         )
 
 
@@ -714,8 +755,11 @@ def join_message(
     eph: bytes,
     node: bytes,
     addresses: dict[str, str],
+    contact: str = "",
 ) -> bytes:
-    return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node, addresses])
+    """What a join's two signatures cover (v2 domain: the contact is signed too, so nobody on
+    the way can redirect the initiator's direct messages)."""
+    return JOIN_DOMAIN + encode([claim_id, fulfil_id, position, eph, node, addresses, contact])
 
 
 def quote_id_for(fulfil_id: bytes, position: int, node: bytes, role: str) -> bytes:
