@@ -249,7 +249,7 @@ async def _liquidity(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         ok = _order_for(taker, maker, delivered=free // 2)
         out = ok.legs[0]
         assert isinstance(out.expiry, BlockHeight)
-        far = replace(out, expiry=BlockHeight(out.expiry.value + HEIGHT_TOLERANCE + 5))
+        far = replace(out, expiry=BlockHeight(out.expiry.value + HEIGHT_TOLERANCE + 100))
         bad = with_derived_id(replace(ok, legs=(far, ok.legs[1])))
         with pytest.raises(OrderPolicy, match="not within"):
             maker._order_guard(bad, "provider")

@@ -69,7 +69,7 @@ from kofo.node.service import (
 )
 from kofo.node.service import Event as ServiceEvent
 from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
-from kofo.node.trades import PhaseJournal, TradePipeline, TradeRefused
+from kofo.node.trades import PhaseJournal, TradePipeline, TradeRefused, check_order_as_maker
 from kofo.settlement.engine import SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import State
@@ -105,6 +105,9 @@ DIRECT_TIMEOUT = 10.0
 HEIGHT_TOLERANCE = 3
 """Blocks a Bitcoin-like leg's height may differ from what this node derives for its
 expiry_time: the parties' tips differ by a block or two at the moment of the order."""
+TIP_STALENESS_S = 10
+"""Seconds the tips the hooks read may lag (refreshed every :data:`REFRESH_INTERVAL`, on each
+side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLERANCE`."""
 EVENTS_FILE = "events.sqlite"
 TRADES_FILE = "trades.sqlite"
 TRADE_STATE_OF_SWAP = {
@@ -368,13 +371,16 @@ class Node:
 
     def _expiry_check(self, chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
         """Refuse a leg whose expiry is not in its chain's unit, or whose height is more than
-        :data:`HEIGHT_TOLERANCE` blocks from what this node derives for ``expiry_time``."""
+        :data:`HEIGHT_TOLERANCE` blocks (plus those of :data:`TIP_STALENESS_S`) from what this
+        node derives for ``expiry_time``."""
         want = self._expiry_fit(chain, expiry_time, now_s)
         if type(want) is not type(expiry):
             raise OrderPolicy(f"chain {chain}: expiry {expiry} is not in the chain's unit")
-        if isinstance(want, BlockHeight) and abs(want.value - expiry.value) > HEIGHT_TOLERANCE:
+        assert self.chains is not None
+        slack = HEIGHT_TOLERANCE + self.chains.policies[chain].to_units(TIP_STALENESS_S)
+        if isinstance(want, BlockHeight) and abs(want.value - expiry.value) > slack:
             raise OrderPolicy(
-                f"chain {chain}: expiry height {expiry.value} is not within {HEIGHT_TOLERANCE} "
+                f"chain {chain}: expiry height {expiry.value} is not within {slack} "
                 f"blocks of {want.value} (this node's view for expiry_time {expiry_time})"
             )
 
@@ -411,6 +417,10 @@ class Node:
         now_s = int(time.time())
         for leg in order.legs:
             self._expiry_check(leg.chain, leg.expiry, leg.expiry_time, now_s)
+        assert self.chains is not None
+        # the swap the taker's engine will propose for this order must pass this node's
+        # participant check (the gap between the legs), before the signature binds it
+        check_order_as_maker(order, self.chains.policies, self.state.tips, maker_node=self.node_id)
         with self._holds_lock:
             # the fill's quote hold becomes this order's hold (same amount, until lock_by)
             quote = next(
