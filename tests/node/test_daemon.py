@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 
 from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order
-from kofo.node.config import Endpoint, OfferConfig, load_config
+from kofo.node.config import Endpoint, NodeConfig, OfferConfig, load_config
 from kofo.node.daemon import HEIGHT_TOLERANCE, Node
 from kofo.node.devnet import Devnet, start_devnet
 from kofo.node.home import init_home
 from kofo.node.service import OfferSpec, TradeRequest
 from kofo.node.trades import TradeRefused, engine_legs
+from kofo.settlement.engine import CrashHook
 from kofo.wallet import NodeWallet
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import BlockHeight
@@ -69,7 +70,10 @@ def _wallet(home: Path) -> NodeWallet:
 
 
 async def _make_nodes(
-    tmp_path: Path, names: list[str], offers: dict[str, list[OfferConfig]]
+    tmp_path: Path,
+    names: list[str],
+    offers: dict[str, list[OfferConfig]],
+    crash: dict[str, CrashHook] | None = None,
 ) -> tuple[Devnet, dict[str, Node]]:
     wallets = {n: _wallet(tmp_path / n) for n in names}
     fund = []
@@ -88,16 +92,21 @@ async def _make_nodes(
         )
         cfg = load_config(home)
         cfg = replace(cfg, p2p_listen=Endpoint("127.0.0.1", 0), offers=tuple(offers.get(n, [])))
-        nodes[n] = Node(
-            cfg,
-            wallets[n],
-            passphrase=PASS,
-            paillier_bits=1024,
-            exchange_options={"target_degree": 0},
-        )
+        nodes[n] = _node(cfg, wallets[n], (crash or {}).get(n))
     for node in nodes.values():
         await node.start()
     return devnet, nodes
+
+
+def _node(cfg: NodeConfig, wallet: NodeWallet, crash: CrashHook | None = None) -> Node:
+    return Node(
+        cfg,
+        wallet,
+        passphrase=PASS,
+        paillier_bits=1024,
+        exchange_options={"target_degree": 0},
+        crash=crash or CrashHook(),
+    )
 
 
 async def _line(nodes: list[Node]) -> None:
@@ -108,11 +117,13 @@ async def _line(nodes: list[Node]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def network(tmp_path: Path) -> AsyncIterator[Net]:
+async def network(tmp_path: Path, crash: dict[str, CrashHook] | None = None) -> AsyncIterator[Net]:
     offer = OfferConfig(
         buy="btc", sell="eth", price_num=PRICE, price_den=1, min_in=10_000, max_in=10 * SATS
     )
-    devnet, nodes = await _make_nodes(tmp_path, ["taker", "relay", "maker"], {"maker": [offer]})
+    devnet, nodes = await _make_nodes(
+        tmp_path, ["taker", "relay", "maker"], {"maker": [offer]}, crash
+    )
     try:
         await _line([nodes["taker"], nodes["relay"], nodes["maker"]])
         for node in nodes.values():
@@ -288,3 +299,50 @@ def _order_for(taker: Node, maker: Node, *, delivered: int) -> SettlementOrder:
         for leg in order.legs
     )
     return with_derived_id(replace(order, legs=legs))
+
+
+class Crash(Exception):
+    pass
+
+
+class StopAt(CrashHook):
+    """In-process stand-in for a SIGKILL at a phase boundary: the trade's task dies there, its
+    memory lost; the journals keep what was written before."""
+
+    def hit(self, point: str) -> None:
+        if point == self.target:
+            raise Crash(point)
+
+
+def test_taker_killed_after_the_commit_finishes_the_trade_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_restart(tmp_path))
+
+
+async def _restart(tmp_path: Path) -> None:
+    async with network(tmp_path, {"taker": StopAt("trade_committed")}) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        await until(lambda: view.trade_id not in taker._trade_tasks, "the trade task to die")
+        dead = taker.store.get(view.trade_id)
+        assert dead.state == "committed" and dead.order_id, (dead.state, dead.error)
+        oid = bytes.fromhex(dead.order_id)
+        assert taker.phases.phase(oid, "swap_started") is None
+        assert maker.engine is not None and maker.engine.unfinished() == []
+        await taker.stop()
+        # the restart: same home, a new process's worth of state
+        taker = _node(taker.config, taker.wallet)
+        net.nodes["taker"] = taker
+        await taker.start()
+        done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 180)
+        assert done.state == "redeemed", (done.error, [p.phase for p in done.phases])
+        m = await until(lambda: _by_order(maker, done.order_id), "the maker's trade row")
+        m = await until(lambda: _ended(maker, m.trade_id), "the maker's trade to end")
+        assert m.state == "redeemed"
+        order = await until(lambda: _settled(taker, done.order_id), "the order settled")
+        assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+        # one trade, one order, committed once at the first height
+        assert [t.trade_id for t in await taker.trades()] == [view.trade_id]
+        assert order.height == dead.height

@@ -23,13 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,7 +72,7 @@ from kofo.node.service import (
 from kofo.node.service import Event as ServiceEvent
 from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
 from kofo.node.trades import PhaseJournal, TradePipeline, TradeRefused, check_order_as_maker
-from kofo.settlement.engine import SwapEngine, SwapUpdate
+from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import State
 from kofo.settlement.terms import TermsRefused
@@ -108,6 +110,8 @@ expiry_time: the parties' tips differ by a block or two at the moment of the ord
 TIP_STALENESS_S = 10
 """Seconds the tips the hooks read may lag (refreshed every :data:`REFRESH_INTERVAL`, on each
 side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLERANCE`."""
+STOP_WAIT = 60.0
+"""Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
 EVENTS_FILE = "events.sqlite"
 TRADES_FILE = "trades.sqlite"
 TRADE_STATE_OF_SWAP = {
@@ -160,6 +164,7 @@ class Node:
         chains: Chains | None = None,
         paillier_bits: int | None = None,
         exchange_options: dict[str, Any] | None = None,
+        crash: CrashHook | None = None,
     ) -> None:
         self.config = config
         self.wallet = wallet
@@ -171,6 +176,9 @@ class Node:
         self.chains = chains
         self._paillier_bits = paillier_bits
         self._exchange_options = dict(exchange_options or {})
+        self.crash = crash or CrashHook.from_env()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kofo-node")
+        self._inflight: set[Future[Any]] = set()
         self._paillier: Any = None
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -187,6 +195,7 @@ class Node:
         self.event_log = EventLog(config.home / EVENTS_FILE)
         self.phases = PhaseJournal(config.home / TRADES_FILE)
         self.store = TradeStore(config.home / TRADES_FILE)
+        self._contacts.update(self.store.contacts())
         self.engine: SwapEngine | None = None
         self.pipeline: TradePipeline | None = None
         self.exchange: ExchangeNode | None = None
@@ -208,6 +217,7 @@ class Node:
             notify=self._notify,
             request=self._request,
             publish=self._on_swap_update,
+            crash=self.crash,
         )
         self.pipeline = TradePipeline(
             ledger=self.ledger,
@@ -258,6 +268,10 @@ class Node:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # work already handed to a thread (a submit, a swap start, a message) ends by itself
+        # (each is bounded by its timeouts): wait for it before the journals close
+        await asyncio.to_thread(wait_futures, list(self._inflight), STOP_WAIT)
+        self._pool.shutdown(wait=False)
         await asyncio.to_thread(self._ticking.acquire)  # the engine's step in progress ends
         try:
             if self.engine is not None:
@@ -282,35 +296,41 @@ class Node:
             await self.stop()
 
     async def _serve_api(self) -> None:
-        """Serve the API on ``[api] bind`` (when the API module is installed) until stopped."""
+        """Serve the API (``kofo.node.api``: ``app_for_home`` + ``uvicorn_config``, the home's
+        tokens, TLS when configured) on ``[api] bind`` until stopped. Without the API module
+        the node runs headless (logged)."""
         try:
             import uvicorn
 
-            from kofo.node import api  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            log.warning("the API module is not available: serving no API")
+            api: Any = importlib.import_module("kofo.node.api")
+            app = api.app_for_home(self, self.config)
+            server = uvicorn.Server(api.uvicorn_config(app, self.config))
+        except (ImportError, AttributeError) as exc:
+            log.warning("the API is not available (%s): serving no API", exc)
             await self._stop.wait()
             return
-        app = api.create_app(self)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=self.config.api.host,
-                port=self.config.api.port,
-                log_level="warning",
-                lifespan="off",
-            )
-        )
-        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # ours
         serving = asyncio.ensure_future(server.serve())
         log.info("API on http://%s", self.config.api)
-        await self._stop.wait()
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done() and not self._stop.is_set():
+            log.error("the API server ended: %s", serving.exception() or "(no error)")
+            await self._stop.wait()
         server.should_exit = True
+        stopped.cancel()
         with contextlib.suppress(Exception):
             await serving
 
     def stop_soon(self) -> None:
         self._stop.set()
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (ledger, chains, the engine) off the loop; a stop waits for it."""
+        cf = self._pool.submit(fn, *args)
+        self._inflight.add(cf)
+        cf.add_done_callback(self._inflight.discard)
+        return await asyncio.wrap_future(cf)
 
     # -- the exchange's hooks ---------------------------------------------------------------------
 
@@ -460,7 +480,7 @@ class Node:
         if signer != sender:
             raise InvalidInput("a swap message signed by another node than the link's")
         assert self.engine is not None
-        reply = await asyncio.to_thread(self.engine.handle, body, signer)
+        reply = await self._thread(self.engine.handle, body, signer)
         return None if reply is None else sign_swap(self.key, reply).to_bytes()
 
     # -- the engine's transports (called from engine threads) -----------------------------------
@@ -700,7 +720,7 @@ class Node:
     async def _watch_signed(self, trade: TradeView, order: SettlementOrder) -> None:
         assert self.pipeline is not None
         try:
-            com = await asyncio.to_thread(self.pipeline.watch_commit, order.order_id)
+            com = await self._thread(self.pipeline.watch_commit, order.order_id)
         except TradeRefused as exc:
             if time.time() > order.legs[0].lock_by:
                 with self._holds_lock:
@@ -822,28 +842,37 @@ class Node:
         commit: CommitOrder = await self.exchange.settle(claim_id, best, payment_hash)
         order = commit.order
         oid = order.order_id
+        maker = order.legs[1].sender
+        contact = _contact_of(self.exchange, maker)
+        if contact:
+            self._contacts[maker] = contact
+            self.store.save_contact(maker, contact)
         self.pipeline.expect(order)
         self.engine.journal.store_preimage(oid, preimage)
         tx = sign_tx(self.key, commit)
         self.store.update(trade_id, state="submitted", order_id=oid.hex(), commit_tx=tx)
         self._trade_event(trade_id, "submitted", {"order_id": oid.hex(), "tx": tx_hash(tx)})
+        self.crash.hit("trade_signed")
         await self._commit_and_start(trade_id, tx, oid)
 
     async def _commit_and_start(self, trade_id: str, tx: bytes, oid: bytes) -> None:
         assert self.pipeline is not None
         while True:
             try:
-                height = await asyncio.to_thread(self.pipeline.submit, tx)
+                height = await self._thread(self.pipeline.submit, tx)
                 break
             except LedgerError as exc:  # unreachable or slow: wait it out, never re-sign
                 if isinstance(exc, LedgerRefused):
                     raise
                 log.warning("trade %s: ledger not reached (%s); retrying", trade_id, exc)
+                if self._stop.is_set():
+                    return  # the restart's recovery submits the same bytes again
                 await asyncio.sleep(HEALTH_INTERVAL)
         self.store.update(trade_id, state="committed", height=height)
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
+        self.crash.hit("trade_committed")
         try:
-            await asyncio.to_thread(self.pipeline.start_as_taker, oid)
+            await self._thread(self.pipeline.start_as_taker, oid)
         except (TradeRefused, TermsRefused) as exc:
             assert self.engine is not None
             if self._unlocked(oid):
@@ -857,6 +886,7 @@ class Node:
         if view.state not in TERMINAL_TRADE_STATES:
             self.store.update(trade_id, state="settling")
             self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()})
+        self.crash.hit("trade_swap_started")
 
     def _unlocked(self, oid: bytes) -> bool:
         assert self.engine is not None

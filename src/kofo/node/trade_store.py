@@ -63,6 +63,9 @@ class TradeStore:
             "PRIMARY KEY (trade_id, seq))"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS trades_order ON trades (order_id)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS contacts (node_id BLOB PRIMARY KEY, contact TEXT NOT NULL)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -111,6 +114,17 @@ class TradeStore:
                     json.dumps(detail or {}, sort_keys=True),
                 ),
             )
+
+    def save_contact(self, node_id: bytes, contact: str) -> None:
+        """Where a counterparty accepts links (its signed join's contact): a restarted taker
+        dials it again for the swap's messages."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO contacts VALUES (?,?)", (node_id, contact))
+
+    def contacts(self) -> dict[bytes, str]:
+        with self._lock:
+            rows = self._db.execute("SELECT node_id, contact FROM contacts").fetchall()
+        return {bytes(r[0]): str(r[1]) for r in rows}
 
     def raw(self, trade_id: str, column: str) -> Any:
         if column not in ("commit_tx", "evidence_tx", "min_receive"):
