@@ -737,6 +737,8 @@ class Node:
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
         attest grace -> ``file_evidence(leg_not_locked)``, once (journaled before the send)."""
+        if any(p.phase in ("evidence_committed", "evidence_refused") for p in trade.phases):
+            return  # filed once
         grace = int(self.state.params.get("attest_grace", 1_800))
         leg = order.legs[1]
         if time.time() < leg.lock_by + grace:
@@ -758,8 +760,6 @@ class Node:
             self._trade_event(trade.trade_id, "evidence_refused", {"reason": exc.log[:200]})
         except LedgerError:
             return
-        # filed once: clear the marker so the watcher stops (the tx stays in the row)
-        self.store.update(trade.trade_id, state="settling", evidence_tx=tx)
 
     # -- the maker's offers -----------------------------------------------------------------------
 
