@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order
+from kofo.node.chains import ChainMismatch, build_chains
 from kofo.node.config import Endpoint, NodeConfig, OfferConfig, load_config
 from kofo.node.daemon import HEIGHT_TOLERANCE, Node
 from kofo.node.devnet import Devnet, start_devnet
@@ -270,6 +271,17 @@ async def _liquidity(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
         assert maker.phases.order(ok.order_id) is not None
         assert maker.liquidity("eth") <= free - ok.legs[1].amount
         assert maker.engine is not None and maker.engine.unfinished() == []
+
+        # a chain whose RPC serves another network than the config names is refused at
+        # start, naming both
+        cfg = maker.config
+        btc, eth = cfg.chains["btc"], cfg.chains["eth"]
+        wrong = replace(cfg, chains={"btc": replace(btc, network="testnet"), "eth": eth})
+        with pytest.raises(ChainMismatch, match=r"network is 'testnet' but .* serves 'regtest'"):
+            await asyncio.to_thread(build_chains, wrong, maker.wallet)
+        wrong = replace(cfg, chains={"btc": btc, "eth": replace(eth, chain_id=1)})
+        with pytest.raises(ChainMismatch, match=r"chain_id is 1 but .* serves chain id \d+"):
+            await asyncio.to_thread(build_chains, wrong, maker.wallet)
     finally:
         for node in nodes.values():
             await node.stop()
