@@ -1,63 +1,596 @@
-"""``kofo node --home DIR``: the daemon's skeleton.
+"""``kofo node --home DIR``: the daemon. One asyncio process composes the three layers.
 
-What runs today: the home is locked (one node per home), the config and the wallet are loaded,
-and a health loop watches the ledger through :class:`~kofo.node.ledger_client.LedgerClient`,
-logging when it becomes reachable or unreachable (a ledger outage is waited out, never fatal).
-SIGINT and SIGTERM stop it cleanly. It does NOT trade yet: the exchange node, the swap engine,
-the watchtower and the phase journal are composed here in a later step (issue 14); until
-then the node says so at start instead of pretending.
+- the ledger client, a health loop, and registration at start (idempotent, retried while the
+  ledger is down, never fatal);
+- one adapter and policy per configured chain (:mod:`kofo.node.chains`);
+- the swap engine (journal in the home), ticked off the event loop (``asyncio.to_thread``);
+  its updates go to the persisted event stream (kind ``swap``);
+- the trade pipeline (:class:`~kofo.node.trades.TradePipeline`, phases in ``trades.sqlite``)
+  and the trade rows (:class:`~kofo.node.trade_store.TradeStore`);
+- the exchange node (P2P listen and bootstrap), whose hooks make this node a maker
+  (offers, liquidity, ``order_guard``) and a taker (``expiry_fit``), and whose direct
+  messages carry the swap messages between the two traders;
+- :class:`~kofo.node.service.NodeService`, every method real, for the API.
+
+Nothing locks before the ledger committed the order (the pipeline's rule); every phase is
+journaled before its side effect, so a restart resumes each trade where it stood
+(:meth:`Node._recover`). SIGINT/SIGTERM stop it cleanly: the exchange first, then the engine
+finishes its step, then the journals close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import importlib
 import logging
+import os
 import signal
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, TypeVar
 
-from kofo.node.config import BitcoinChainConfig, NodeConfig, load_config
+from kofo import __version__
+from kofo.clearance import privacy
+from kofo.errors import InvalidInput, KofoError
+from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed, now_ms
+from kofo.exchange.route import OrderPolicy
+from kofo.node.chains import Chains, build_chains
+from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_config
+from kofo.node.events import EventLog
 from kofo.node.home import HomeLock
-from kofo.node.ledger_client import LedgerClient, LedgerError, Status
+from kofo.node.ledger_client import LedgerClient, LedgerError, LedgerRefused, Status, tx_hash
+from kofo.node.registration import ensure_registered, load_or_create_paillier
+from kofo.node.service import (
+    BalanceView,
+    BookView,
+    ChainView,
+    Conflict,
+    EvidenceView,
+    FeeShareView,
+    ImportanceView,
+    LedgerOrderView,
+    NodeInfo,
+    NotFound,
+    OfferSpec,
+    OfferView,
+    PeerView,
+    QuoteView,
+    SwapEventView,
+    SwapLegView,
+    SwapView,
+    TradeRequest,
+    TradeView,
+    Unavailable,
+)
+from kofo.node.service import Event as ServiceEvent
+from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
+from kofo.node.trades import PhaseJournal, TradePipeline, TradeRefused, check_order_as_maker
+from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
+from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
+from kofo.settlement.swap import State
+from kofo.settlement.terms import TermsRefused
 from kofo.wallet import NodeWallet
+from kofo.wire.codec import decode, encode
+from kofo.wire.envelope import ReplayGuard
+from kofo.wire.exchange import Quote, SignedOffer
+from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+from kofo.wire.orders import (
+    CommitOrder,
+    EvidenceKind,
+    FileEvidence,
+    SettlementOrder,
+    sign_tx,
+)
+from kofo.wire.swap import SwapBody, open_swap, sign_swap
 
 log = logging.getLogger("kofo.node")
 
+T = TypeVar("T")
+
 HEALTH_INTERVAL = 5.0
-"""Seconds between ledger checks: an outage is noticed within one interval, and a check is
-one small RPC, nothing a ledger notices."""
+"""Seconds between ledger checks while all is well; an outage is noticed within one."""
+TICK_INTERVAL = 0.5
+"""Seconds between engine ticks: a swap step waits at most this for its turn."""
+REFRESH_INTERVAL = 1.0
+"""Seconds between chain reads (tips, balances) that the synchronous exchange hooks use."""
+WATCH_INTERVAL = 1.0
+"""Seconds between looks at the ledger for signed-but-uncommitted orders and lock deadlines."""
+DIRECT_TIMEOUT = 10.0
+"""Seconds a swap message to the counterparty may take (the engine's request transport)."""
+HEIGHT_TOLERANCE = 3
+"""Blocks a Bitcoin-like leg's height may differ from what this node derives for its
+expiry_time: the parties' tips differ by a block or two at the moment of the order."""
+TIP_STALENESS_S = 10
+"""Seconds the tips the hooks read may lag (refreshed every :data:`REFRESH_INTERVAL`, on each
+side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLERANCE`."""
+STOP_WAIT = 60.0
+"""Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
+EVENTS_FILE = "events.sqlite"
+TRADES_FILE = "trades.sqlite"
+TRADE_STATE_OF_SWAP = {
+    State.REDEEMED: "redeemed",
+    State.REFUNDED: "refunded",
+    State.ABORTED: "failed",
+}
 
 
 @dataclass
 class NodeState:
-    """What the node knows now; the API will expose it."""
+    """What the node knows now (shown by :meth:`Node.info`)."""
 
     ledger: Status | None = None
     ledger_error: str = ""
+    registered: bool = False
+    tips: dict[str, Expiry] = field(default_factory=dict)
+    chain_errors: dict[str, str] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)  # asset -> wallet balance
+    fee_reserve: dict[str, int] = field(default_factory=dict)  # asset -> kept for spends
+    params: dict[str, Any] = field(default_factory=dict)  # the ledger's /params
+
+
+@dataclass
+class _Hold:
+    """Base units of an asset held for a quote or a signed order, until ``until`` (unix s)."""
+
+    asset: str
+    amount: int
+    until: float
+    order_id: bytes | None = None
+
+
+@dataclass
+class _OwnOffer:
+    spec: OfferSpec
+    signed: SignedOffer
 
 
 class Node:
-    def __init__(self, config: NodeConfig, wallet: NodeWallet) -> None:
+    """One participant's daemon. ``chains`` may be given (tests); otherwise built from the
+    config at :meth:`start` (which checks each chain's network)."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        wallet: NodeWallet,
+        *,
+        passphrase: str,
+        chains: Chains | None = None,
+        paillier_bits: int | None = None,
+        exchange_options: dict[str, Any] | None = None,
+        crash: CrashHook | None = None,
+    ) -> None:
         self.config = config
         self.wallet = wallet
+        self._passphrase = passphrase
+        self.key = wallet.node_key()
+        self.node_id = self.key.public_key().public_bytes_raw()
         self.ledger = LedgerClient(config.ledger.url, timeout=config.ledger.timeout)
         self.state = NodeState()
+        self.chains = chains
+        self._paillier_bits = paillier_bits
+        self._exchange_options = dict(exchange_options or {})
+        self.crash = crash or CrashHook.from_env()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kofo-node")
+        self._inflight: set[Future[Any]] = set()
+        self._paillier: Any = None
         self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._trade_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._guard = ReplayGuard()
+        self._holds: list[_Hold] = []
+        self._holds_lock = threading.Lock()
+        self._own_offers: dict[bytes, _OwnOffer] = {}
+        self._contacts: dict[bytes, str] = {}
+        self._started_at = int(time.time())
+        self._reserved: dict[str, int] = {}
+        self._ticking = threading.Lock()
+        self.event_log = EventLog(config.home / EVENTS_FILE)
+        self.phases = PhaseJournal(config.home / TRADES_FILE)
+        self.store = TradeStore(config.home / TRADES_FILE)
+        self._contacts.update(self.store.contacts())
+        self.engine: SwapEngine | None = None
+        self.pipeline: TradePipeline | None = None
+        self.exchange: ExchangeNode | None = None
 
-    def identity_lines(self) -> list[str]:
-        lines = [f"eth address {self.wallet.eth_account().address}"]
-        for chain in self.config.chains.values():
-            if isinstance(chain, BitcoinChainConfig):
-                hd = self.wallet.bitcoin(chain.chain, chain.network)
-                lines.append(f"{chain.chain} ({chain.network}) address {hd.address()}")
-        return lines
+    # -- lifecycle --------------------------------------------------------------------------------
 
-    def stop(self) -> None:
+    async def start(self) -> None:
+        """Build and start everything; returns once the node serves (trades may still wait
+        for the ledger: registration is retried in the background)."""
+        self._loop = asyncio.get_running_loop()
+        if self.chains is None:
+            self.chains = await asyncio.to_thread(build_chains, self.config, self.wallet)
+        chains = self.chains
+        self.engine = SwapEngine(
+            Journal(self.config.journal_path),
+            chains.adapters,
+            chains.policies,
+            self.key,
+            notify=self._notify,
+            request=self._request,
+            publish=self._on_swap_update,
+            crash=self.crash,
+        )
+        self.pipeline = TradePipeline(
+            ledger=self.ledger,
+            engine=self.engine,
+            node_key=self.key,
+            phases=self.phases,
+            send=self._request,
+        )
+        self.engine.accept_policy = self.pipeline.accept_policy
+        await self._refresh_chains()
+        await self.check_ledger()  # the ledger's params (protocol fee) if it is up
+        self.exchange = ExchangeNode(self.key, self._exchange_config())
+        await self.exchange.start()
+        if not self.config.p2p_listen.port and hasattr(self.exchange.config, "contact"):
+            # listening on a free port (tests): the contact is known now
+            self.exchange.config.contact = f"{self.config.p2p_listen.host}:{self.exchange.port}"
+        await asyncio.to_thread(self.engine.resume)
+        for offer in self.config.offers:
+            self._publish(_spec_of(offer))
+        self._tasks = [
+            asyncio.ensure_future(self._health_loop()),
+            asyncio.ensure_future(self._register_loop()),
+            asyncio.ensure_future(self._tick_loop()),
+            asyncio.ensure_future(self._refresh_loop()),
+            asyncio.ensure_future(self._watch_loop()),
+            asyncio.ensure_future(self._offer_loop()),
+        ]
+        self._recover()
+        self.event_log.append("node", {"event": "started", "node_id": self.node_id.hex()})
+        log.info(
+            "node %r started (home %s), node id %s, p2p %s:%d",
+            self.config.name,
+            self.config.home,
+            self.node_id.hex()[:16],
+            self.config.p2p_listen.host,
+            self.exchange.port,
+        )
+
+    async def stop(self) -> None:
+        """Stop the exchange (no new quotes or orders), the trade tasks and loops (the engine
+        finishes the step it is in), then close the journals."""
         self._stop.set()
+        if self.exchange is not None:
+            await self.exchange.stop()
+        tasks = list(self._trade_tasks.values()) + self._tasks
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # work already handed to a thread (a submit, a swap start, a message) ends by itself
+        # (each is bounded by its timeouts): wait for it before the journals close
+        await asyncio.to_thread(wait_futures, list(self._inflight), STOP_WAIT)
+        self._pool.shutdown(wait=False)
+        await asyncio.to_thread(self._ticking.acquire)  # the engine's step in progress ends
+        try:
+            if self.engine is not None:
+                self.engine.journal.close()
+            self.phases.close()
+            self.store.close()
+            self.event_log.close()
+        finally:
+            self._ticking.release()
+        log.info("node %r stopped", self.config.name)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.start()
+            await self._serve_api()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    async def _serve_api(self) -> None:
+        """Serve the API (``kofo.node.api``: ``app_for_home`` + ``uvicorn_config``, the home's
+        tokens, TLS when configured) on ``[api] bind`` until stopped. Without the API module
+        the node runs headless (logged)."""
+        try:
+            import uvicorn
+
+            api: Any = importlib.import_module("kofo.node.api")
+            app = api.app_for_home(self, self.config)
+            server = uvicorn.Server(api.uvicorn_config(app, self.config))
+        except (ImportError, AttributeError) as exc:
+            log.warning("the API is not available (%s): serving no API", exc)
+            await self._stop.wait()
+            return
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # ours
+        serving = asyncio.ensure_future(server.serve())
+        log.info("API on http://%s", self.config.api)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done() and not self._stop.is_set():
+            log.error("the API server ended: %s", serving.exception() or "(no error)")
+            await self._stop.wait()
+        server.should_exit = True
+        stopped.cancel()
+        with contextlib.suppress(Exception):
+            await serving
+
+    def stop_soon(self) -> None:
+        self._stop.set()
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work (ledger, chains, the engine) off the loop; a stop waits for it."""
+        cf = self._pool.submit(fn, *args)
+        self._inflight.add(cf)
+        cf.add_done_callback(self._inflight.discard)
+        return await asyncio.wrap_future(cf)
+
+    # -- the exchange's hooks ---------------------------------------------------------------------
+
+    def _exchange_config(self) -> ExchangeConfig:
+        cfg = ExchangeConfig(
+            host=self.config.p2p_listen.host,
+            port=self.config.p2p_listen.port,
+            bootstrap=[(e.host, e.port) for e in self.config.bootstrap],
+            addresses=self._fresh_addresses(),
+            protocol_fee_bps=int(self.state.params.get("protocol_fee_bps", 0)),
+            **self._exchange_options,
+        )
+        hooks: dict[str, Any] = {
+            "expiry_fit": self._expiry_fit,
+            "expiry_check": self._expiry_check,
+            "order_guard": self._order_guard,
+            "liquidity": self.liquidity,
+            "on_fill": self._on_fill,
+            "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
+            "on_direct": self._on_direct,
+            "chain_clocks": {
+                name: "height" if p.height_clock else "unix"
+                for name, p in (self.chains.policies.items() if self.chains else ())
+            },
+        }
+        names = {f.name for f in fields(cfg)}
+        missing = sorted(set(hooks) - names)
+        if missing:
+            log.warning("the exchange layer lacks hooks %s: this node cannot trade", missing)
+        for name, value in hooks.items():
+            if name in names:
+                setattr(cfg, name, value)
+        return cfg
+
+    def _fresh_addresses(self) -> dict[str, str]:
+        """This node's address per chain for the next order: a fresh HTLC key on Bitcoin-like
+        chains (no two swaps share a key), the account on Ethereum."""
+        assert self.chains is not None
+        return {name: a.address() for name, a in self.chains.adapters.items()}
+
+    def _rotate_addresses(self) -> None:
+        if self.exchange is not None:
+            self.exchange.config.addresses = self._fresh_addresses()
+
+    def _expiry_fit(self, chain: str, expiry_time: int, now_s: int) -> Expiry:
+        """A leg's expiry in its chain's unit: on a height-clocked chain the first height that
+        surely comes no earlier than ``expiry_time`` (``fit_expiries``' arithmetic)."""
+        assert self.chains is not None
+        policy = self.chains.policies.get(chain)
+        if policy is None:
+            raise OrderPolicy(f"chain {chain!r} is not served by this node")
+        if not policy.height_clock:
+            return UnixTime(expiry_time)
+        tip = self.state.tips.get(chain)
+        if not isinstance(tip, BlockHeight):
+            raise OrderPolicy(f"chain {chain}: no tip known yet")
+        return BlockHeight(tip.value + policy.to_units(expiry_time - now_s))
+
+    def _expiry_check(self, chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
+        """Refuse a leg whose expiry is not in its chain's unit, or whose height is more than
+        :data:`HEIGHT_TOLERANCE` blocks (plus those of :data:`TIP_STALENESS_S`) from what this
+        node derives for ``expiry_time``."""
+        want = self._expiry_fit(chain, expiry_time, now_s)
+        if type(want) is not type(expiry):
+            raise OrderPolicy(f"chain {chain}: expiry {expiry} is not in the chain's unit")
+        assert self.chains is not None
+        slack = HEIGHT_TOLERANCE + self.chains.policies[chain].to_units(TIP_STALENESS_S)
+        if isinstance(want, BlockHeight) and abs(want.value - expiry.value) > slack:
+            raise OrderPolicy(
+                f"chain {chain}: expiry height {expiry.value} is not within {slack} "
+                f"blocks of {want.value} (this node's view for expiry_time {expiry_time})"
+            )
+
+    def liquidity(self, asset: str) -> int:
+        """Base units of ``asset`` this node can still promise: the spendable wallet balance
+        less the engine's open swaps (``reserved``), the fee reserve for their spends, and
+        the holds of open quotes and signed orders not yet swaps. Read from the last refresh
+        (no chain read here: the exchange calls this on its event loop)."""
+        assert self.engine is not None
+        balance = self.state.balances.get(asset, 0)
+        reserved = self._reserved.get(asset, 0)
+        fee = self.state.fee_reserve.get(asset, 0)
+        now = time.time()
+        with self._holds_lock:
+            held = sum(h.amount for h in self._holds if h.asset == asset and h.until > now)
+        return max(0, balance - reserved - fee - held)
+
+    def _on_fill(self, asset: str, amount_out: int, valid_until_ms: int) -> None:
+        with self._holds_lock:
+            self._holds.append(_Hold(asset, amount_out, valid_until_ms / 1000))
+
+    def _order_guard(self, order: SettlementOrder, role: str) -> None:
+        """Before this node co-signs an order. A relay signs what the exchange checked; the
+        provider (maker) checks its own leg fits its liquidity and the legs' heights, then
+        journals the order (``TradePipeline.expect``) before its signature leaves."""
+        if role != "provider":
+            log.info("co-signing order %s as a relay", order.order_id.hex()[:16])
+            return
+        assert self.pipeline is not None
+        if len(order.legs) != 2 or order.legs[1].sender != self.node_id:
+            raise TradeRefused(f"order {order.order_id.hex()}: this node sends no second leg")
+        mine = order.legs[1]
+        asset = mine.chain if mine.token is None else f"{mine.chain}:{mine.token}"
+        now_s = int(time.time())
+        for leg in order.legs:
+            self._expiry_check(leg.chain, leg.expiry, leg.expiry_time, now_s)
+        assert self.chains is not None
+        # the swap the taker's engine will propose for this order must pass this node's
+        # participant check (the gap between the legs), before the signature binds it
+        check_order_as_maker(order, self.chains.policies, self.state.tips, maker_node=self.node_id)
+        with self._holds_lock:
+            # the fill's quote hold becomes this order's hold (same amount, until lock_by)
+            quote = next(
+                (
+                    h
+                    for h in self._holds
+                    if h.order_id is None and h.asset == asset and h.amount >= mine.amount
+                ),
+                None,
+            )
+            if quote is not None:
+                self._holds.remove(quote)
+        free = self.liquidity(asset)
+        if mine.amount > free:
+            if quote is not None:
+                with self._holds_lock:
+                    self._holds.append(quote)
+            reason = f"order {order.order_id.hex()}: leg of {mine.amount} {asset} > {free} free"
+            log.warning("refused to co-sign: %s", reason)
+            raise TradeRefused(reason)
+        self.pipeline.expect(order)
+        with self._holds_lock:
+            self._holds.append(
+                _Hold(asset, mine.amount, float(order.legs[0].lock_by), order.order_id)
+            )
+        oid = order.order_id.hex()
+        if self.store.find(oid) is None:
+            self.store.create(oid, "maker", asset, mine.amount, _asset(order.legs[0]))
+            self.store.update(oid, state="ordering", order_id=oid, receive=order.legs[0].amount)
+        self._trade_event(oid, "order_signed", {"order_id": oid, "amount": mine.amount})
+        self._rotate_addresses()
+
+    async def _on_direct(self, sender: bytes, payload: bytes) -> bytes | None:
+        """A swap message from a counterparty over the P2P link: verified, replay-checked,
+        handled by the engine in a thread; the signed reply goes back."""
+        body, signer = open_swap(payload, self._guard)
+        if signer != sender:
+            raise InvalidInput("a swap message signed by another node than the link's")
+        assert self.engine is not None
+        reply = await self._thread(self.engine.handle, body, signer)
+        return None if reply is None else sign_swap(self.key, reply).to_bytes()
+
+    # -- the engine's transports (called from engine threads) -----------------------------------
+
+    def _counterparty(self, swap_id: bytes) -> bytes:
+        found = self.phases.order(swap_id)
+        if found is None:
+            raise KofoError(f"swap {swap_id.hex()[:16]}: no order journaled", code="no_route")
+        role, order = found
+        return order.legs[1].sender if role == "taker" else order.legs[0].sender
+
+    def _request(self, swap_id: bytes, body: SwapBody) -> SwapBody | None:
+        assert self.exchange is not None and self._loop is not None
+        peer = self._counterparty(swap_id)
+        data = sign_swap(self.key, body).to_bytes()
+        contact = self._contacts.get(peer) or _contact_of(self.exchange, peer)
+        fut: Future[bytes | None] = asyncio.run_coroutine_threadsafe(
+            self.exchange.direct(peer, data, contact=contact, timeout=DIRECT_TIMEOUT),  # type: ignore[attr-defined]
+            self._loop,
+        )
+        raw = fut.result(DIRECT_TIMEOUT + 5)
+        if raw is None:
+            return None
+        reply, signer = open_swap(raw, self._guard)
+        if signer != peer:
+            raise InvalidInput("a swap reply signed by another node than the counterparty")
+        return reply
+
+    def _notify(self, swap_id: bytes, body: SwapBody) -> None:
+        try:
+            self._request(swap_id, body)
+        except Exception as exc:  # best effort: the chains carry what matters
+            log.info("swap %s: notice not delivered: %s", swap_id.hex()[:8], exc)
+
+    def _on_swap_update(self, u: SwapUpdate) -> None:
+        oid = u.swap_id.hex()
+        data: dict[str, Any] = {
+            "swap_id": oid,
+            "role": u.role.value,
+            "state": u.state.value,
+            "reason": u.reason,
+        }
+        if u.txid:
+            data["txid"] = u.txid
+        self.event_log.append("swap", data)
+        trade = self.store.by_order(oid)
+        if trade is None or trade.state in TERMINAL_TRADE_STATES:
+            return
+        end = TRADE_STATE_OF_SWAP.get(u.state)
+        detail = {k: v for k, v in data.items() if k in ("state", "txid", "reason")}
+        if end is not None:
+            detail.update(self._amounts(u.swap_id, u.state))
+            self.store.update(trade.trade_id, state=end)
+            self._trade_event(trade.trade_id, end, detail)
+            with self._holds_lock:
+                self._holds = [h for h in self._holds if h.order_id != u.swap_id]
+        else:
+            if trade.state != "settling":
+                self.store.update(trade.trade_id, state="settling")
+            self._trade_event(trade.trade_id, "swap", detail)
+
+    def _amounts(self, swap_id: bytes, state: State) -> dict[str, Any]:
+        assert self.engine is not None
+        try:
+            terms = self.engine.terms_of(swap_id)
+        except UnknownSwap:
+            return {}
+        rec = self.engine.journal.get(swap_id)
+        from kofo.settlement.swap import Role
+
+        own, counter = (
+            (terms.initiator_leg, terms.participant_leg)
+            if rec.role is Role.INITIATOR
+            else (terms.participant_leg, terms.initiator_leg)
+        )
+        if state is State.REDEEMED:
+            return {"received": counter.amount, "received_asset": _asset_of(counter)}
+        if state is State.REFUNDED:
+            return {"refunded": own.amount, "refunded_asset": _asset_of(own)}
+        return {}
+
+    def _trade_event(self, trade_id: str, phase: str, detail: dict[str, Any]) -> None:
+        self.store.phase(trade_id, phase, detail)
+        self.event_log.append("trade", {"trade_id": trade_id, "phase": phase, **detail})
+
+    # -- background loops -------------------------------------------------------------------------
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        while not self._stop.is_set():
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; trying again", getattr(step, "__name__", step))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def _health_loop(self) -> None:
+        await self._every(HEALTH_INTERVAL, self.check_ledger)
 
     async def check_ledger(self) -> None:
         try:
             status = await asyncio.to_thread(self.ledger.status)
+            if not self.state.params:
+                raw = await asyncio.to_thread(self.ledger.abci_query, "/params")
+                self.state.params = dict(decode(raw))
+                if self.exchange is not None:
+                    fee = int(self.state.params.get("protocol_fee_bps", 0))
+                    self.exchange.config.protocol_fee_bps = fee
         except LedgerError as exc:
             if self.state.ledger_error != str(exc):
                 log.warning("ledger unreachable, retrying every %gs: %s", HEALTH_INTERVAL, exc)
@@ -72,28 +605,708 @@ class Node:
             )
         self.state.ledger, self.state.ledger_error = status, ""
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        log.info("node %r started (home %s)", self.config.name, self.config.home)
-        for line in self.identity_lines():
-            log.info("%s", line)
-        log.warning(
-            "this node does not trade yet: it holds its home, loads its wallet and watches "
-            "the ledger; offers, quotes and swaps come with the rest of issue 14"
-        )
-        try:
-            while not self._stop.is_set():
-                await self.check_ledger()
-                try:
+    async def _register_loop(self) -> None:
+        """Register once (idempotent); retried every health interval while the ledger is down
+        or refuses, never fatal."""
+        while not self._stop.is_set() and not self.state.registered:
+            try:
+                await asyncio.to_thread(self._register)
+                self.state.registered = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("registration not done yet (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), HEALTH_INTERVAL)
-                except TimeoutError:
-                    pass
+
+    def _register(self) -> None:
+        assert self.chains is not None
+        bits = self._paillier_bits
+        if bits is None:
+            allowed = decode(self.ledger.abci_query("/params")).get("paillier_bits") or [2048]
+            bits = int(allowed[0])
+        pub, priv = load_or_create_paillier(self.config.home, self._passphrase, bits=bits)
+        self._paillier = priv
+        addresses = {}
+        for name, adapter in self.chains.adapters.items():
+            cfg = self.config.chains.get(name)
+            if isinstance(cfg, BitcoinChainConfig):
+                hd = self.wallet.bitcoin(cfg.chain, cfg.network, home=self.config.home)
+                addresses[name] = hd.address()
+            else:
+                addresses[name] = adapter.address()
+        height = ensure_registered(
+            home=self.config.home,
+            ledger=self.ledger,
+            node_key=self.key,
+            paillier_pub=pub,
+            addresses=addresses,
+            timeout=max(30.0, self.config.ledger.timeout),
+        )
+        self.event_log.append("ledger", {"event": "registered", "height": height})
+
+    async def _tick_loop(self) -> None:
+        await self._every(TICK_INTERVAL, self._tick)
+
+    async def _tick(self) -> None:
+        def step() -> None:
+            with self._ticking:
+                if not self._stop.is_set():
+                    assert self.engine is not None
+                    self.engine.tick()
+
+        await asyncio.to_thread(step)
+
+    async def _refresh_loop(self) -> None:
+        await self._every(REFRESH_INTERVAL, self._refresh_chains)
+
+    async def _refresh_chains(self) -> None:
+        await asyncio.to_thread(self._refresh_sync)
+
+    def _refresh_sync(self) -> None:
+        assert self.chains is not None and self.engine is not None
+        reserved: dict[str, int] = {}
+        for asset in self.chains.assets.values():
+            adapter = self.chains.adapters[asset.chain]
+            try:
+                if asset.token is None:
+                    self.state.tips[asset.chain] = adapter.expiry_now()
+                self.state.balances[asset.asset] = adapter.balance(asset.token)
+                self.state.chain_errors.pop(asset.chain, None)
+            except Exception as exc:
+                self.state.chain_errors[asset.chain] = f"{type(exc).__name__}: {exc}"
+                continue
+            reserved[asset.asset] = self.engine.reserved(asset.chain, asset.token)
+            if asset.token is None:
+                spends = self.engine._open_spends(asset.chain)
+                self.state.fee_reserve[asset.asset] = spends * adapter.spend_fee_reserve()
+        self._reserved = reserved
+        now = time.time()
+        with self._holds_lock:
+            self._holds = [h for h in self._holds if h.until > now]
+
+    async def _offer_loop(self) -> None:
+        """Re-announce own offers before their ttl lapses (at half of it)."""
+
+        async def step() -> None:
+            now = now_ms()
+            for oid, own in list(self._own_offers.items()):
+                left = own.signed.offer.expiry_ms - now
+                if left < own.spec.ttl * 500:
+                    self._publish(own.spec, offer_id=oid)
+
+        await self._every(1.0, step)
+
+    async def _watch_loop(self) -> None:
+        await self._every(WATCH_INTERVAL, self._watch)
+
+    async def _watch(self) -> None:
+        """The maker's signed orders until committed (or their first lock_by passes: the
+        hold is released); the taker's legs against their lock deadlines (evidence)."""
+        assert self.pipeline is not None
+        for trade in self.store.unfinished():
+            if trade.order_id is None:
+                continue
+            oid = bytes.fromhex(trade.order_id)
+            found = self.phases.order(oid)
+            if found is None:
+                continue
+            role, order = found
+            if role == "maker" and self.phases.phase(oid, "committed") is None:
+                await self._watch_signed(trade, order)
+            elif role == "taker" and trade.state in ("settling", "committed"):
+                await self._check_lock_deadline(trade, order)
+
+    async def _watch_signed(self, trade: TradeView, order: SettlementOrder) -> None:
+        assert self.pipeline is not None
+        try:
+            com = await self._thread(self.pipeline.watch_commit, order.order_id)
+        except TradeRefused as exc:
+            if time.time() > order.legs[0].lock_by:
+                with self._holds_lock:
+                    self._holds = [h for h in self._holds if h.order_id != order.order_id]
+                log.info("order %s never committed: hold released", order.order_id.hex()[:16])
+                self.store.update(trade.trade_id, state="failed", error=str(exc)[:500])
+                self._trade_event(trade.trade_id, "failed", {"reason": "not committed"})
+            return
+        except LedgerError:
+            return
+        self.store.update(trade.trade_id, state="committed", height=com.height)
+        self._trade_event(trade.trade_id, "committed", {"height": com.height})
+
+    async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
+        """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
+        attest grace -> ``file_evidence(leg_not_locked)``, once (journaled before the send)."""
+        if any(p.phase in ("evidence_committed", "evidence_refused") for p in trade.phases):
+            return  # filed once
+        grace = int(self.state.params.get("attest_grace", 1_800))
+        leg = order.legs[1]
+        if time.time() < leg.lock_by + grace:
+            return
+        tx = self.store.raw(trade.trade_id, "evidence_tx")
+        if tx is None:
+            rec = await asyncio.to_thread(self._ledger_order_raw, order.order_id)
+            outcome = str(rec["legs"][1].get("outcome", "")) if rec else ""
+            if outcome in ("locked", "redeemed", "refunded"):
+                return
+            tx = sign_tx(self.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
+            self.store.update(trade.trade_id, evidence_tx=tx)
+            self._trade_event(trade.trade_id, "evidence", {"kind": "leg_not_locked", "leg": 1})
+        try:
+            included = await asyncio.to_thread(self.ledger.commit, bytes(tx), timeout=30.0)
+            self._trade_event(trade.trade_id, "evidence_committed", {"height": included.height})
+        except LedgerRefused as exc:
+            log.info("evidence for %s refused: %s", order.order_id.hex()[:16], exc.log)
+            self._trade_event(trade.trade_id, "evidence_refused", {"reason": exc.log[:200]})
+        except LedgerError:
+            return
+
+    # -- the maker's offers -----------------------------------------------------------------------
+
+    def _publish(self, spec: OfferSpec, offer_id: bytes | None = None) -> SignedOffer:
+        assert self.exchange is not None and self.chains is not None
+        buy = self.chains.asset(spec.buy).asset
+        sell = self.chains.asset(spec.sell).asset
+        so = self.exchange.publish_offer(
+            buy,
+            sell,
+            (spec.price_num, spec.price_den),
+            min_in=spec.min_in,
+            max_in=spec.max_in,
+            partial=spec.partial,
+            fee=spec.fee,
+            ttl_ms=spec.ttl * 1000,
+            offer_id=offer_id,
+        )
+        self._own_offers[so.offer.offer_id] = _OwnOffer(spec, so)
+        return so
+
+    # -- the taker --------------------------------------------------------------------------------
+
+    async def _run_trade(self, trade_id: str, request: TradeRequest) -> None:
+        try:
+            await asyncio.wait_for(self._take(trade_id, request), request.deadline_s)
+        except asyncio.CancelledError:
+            view = self.store.find(trade_id)
+            if view is not None and view.state in ("quoting", "ordering"):
+                self.store.update(trade_id, state="cancelled")
+                self._trade_event(trade_id, "cancelled", {})
+            raise
+        except TimeoutError:
+            self._fail(trade_id, f"no commit within the deadline of {request.deadline_s}s")
+        except KofoError as exc:
+            self._fail(trade_id, f"{exc.code}: {exc}")
+        except Exception as exc:
+            log.exception("trade %s failed", trade_id)
+            self._fail(trade_id, f"{type(exc).__name__}: {exc}")
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        log.info("node %r stopped", self.config.name)
+            self._trade_tasks.pop(trade_id, None)
+
+    def _fail(self, trade_id: str, reason: str) -> None:
+        view = self.store.find(trade_id)
+        if view is None or view.state in TERMINAL_TRADE_STATES:
+            return
+        if view.state in ("submitted", "committed", "settling"):
+            # past the submit: the order may be on the ledger; the swap (or the restart's
+            # recovery) decides the end, never this error
+            log.warning("trade %s: %s (kept: it may be committed)", trade_id, reason)
+            self.store.update(trade_id, error=reason[:500])
+            return
+        self.store.update(trade_id, state="failed", error=reason[:500])
+        self._trade_event(trade_id, "failed", {"reason": reason[:500]})
+
+    async def _take(self, trade_id: str, request: TradeRequest) -> None:
+        assert self.exchange is not None and self.pipeline is not None and self.engine is not None
+        if not self.state.registered:
+            raise Unavailable("this node is not registered on the ledger yet")
+        quotes, claim_id = await self._quotes(request)
+        self._trade_event(
+            trade_id,
+            "quotes",
+            {"count": len(quotes), "best": quotes[0].delivered if quotes else None},
+        )
+        if not quotes:
+            raise TradeRefused(
+                f"no quote delivers at least {request.min_receive} {request.buy} "
+                f"for {request.amount} {request.sell}"
+            )
+        best = quotes[0]
+        hops = len(best.fees) + 1
+        self.store.update(trade_id, state="ordering", receive=best.delivered, hops=hops)
+        self._trade_event(trade_id, "ordering", {"receive": best.delivered, "hops": hops})
+        preimage = os.urandom(32)
+        payment_hash = hashlib.sha256(preimage).digest()
+        # the secret is journaled before its hash leaves this node
+        self.engine.journal.store_preimage(claim_id, preimage)
+        self._rotate_addresses()
+        commit: CommitOrder = await self.exchange.settle(claim_id, best, payment_hash)
+        order = commit.order
+        oid = order.order_id
+        maker = order.legs[1].sender
+        contact = _contact_of(self.exchange, maker)
+        if contact:
+            self._contacts[maker] = contact
+            self.store.save_contact(maker, contact)
+        self.pipeline.expect(order)
+        self.engine.journal.store_preimage(oid, preimage)
+        tx = sign_tx(self.key, commit)
+        self.store.update(trade_id, state="submitted", order_id=oid.hex(), commit_tx=tx)
+        self._trade_event(trade_id, "submitted", {"order_id": oid.hex(), "tx": tx_hash(tx)})
+        self.crash.hit("trade_signed")
+        await self._commit_and_start(trade_id, tx, oid)
+
+    async def _commit_and_start(self, trade_id: str, tx: bytes, oid: bytes) -> None:
+        assert self.pipeline is not None
+        while True:
+            try:
+                height = await self._thread(self.pipeline.submit, tx)
+                break
+            except LedgerError as exc:  # unreachable or slow: wait it out, never re-sign
+                if isinstance(exc, LedgerRefused):
+                    raise
+                log.warning("trade %s: ledger not reached (%s); retrying", trade_id, exc)
+                if self._stop.is_set():
+                    return  # the restart's recovery submits the same bytes again
+                await asyncio.sleep(HEALTH_INTERVAL)
+        self.store.update(trade_id, state="committed", height=height)
+        self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
+        self.crash.hit("trade_committed")
+        try:
+            await self._thread(self.pipeline.start_as_taker, oid)
+        except (TradeRefused, TermsRefused) as exc:
+            assert self.engine is not None
+            if self._unlocked(oid):
+                # committed, but the swap cannot start (or the maker refused it): nothing of
+                # ours is locked, so the trade ends here; the ledger lets the order lapse
+                self.store.update(trade_id, state="failed", error=f"{exc.code}: {exc}"[:500])
+                self._trade_event(trade_id, "failed", {"reason": f"{exc.code}: {exc}"[:500]})
+                return
+            raise
+        view = self.store.get(trade_id)
+        if view.state not in TERMINAL_TRADE_STATES:
+            self.store.update(trade_id, state="settling")
+            self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()})
+        self.crash.hit("trade_swap_started")
+
+    def _unlocked(self, oid: bytes) -> bool:
+        assert self.engine is not None
+        try:
+            rec = self.engine.journal.get(oid)
+        except UnknownSwap:
+            return True
+        return rec.state in (State.PROPOSED, State.ABORTED)
+
+    async def _quotes(self, request: TradeRequest) -> tuple[list[Quote], bytes]:
+        assert self.exchange is not None and self.chains is not None
+        sell = self.chains.asset(request.sell).asset
+        buy = self.chains.asset(request.buy).asset
+        if request.amount <= 0:
+            raise InvalidInput(f"amount must be > 0 base units, got {request.amount}")
+        limit = (request.min_receive, request.amount) if request.min_receive > 0 else (0, 1)
+        claim_id, quotes = await self.exchange.request_quotes(
+            sell, buy, request.amount, limit=limit, window_s=request.window_s
+        )
+        ok = [q for q in quotes if q.delivered >= request.min_receive]
+        for q in quotes:
+            if q.delivered < request.min_receive:
+                log.info("quote of %d %s below min_receive: dropped", q.delivered, buy)
+        return ok, claim_id
+
+    # -- restart ----------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """After a restart: a taker's trade submitted but not committed is re-submitted (the
+        same bytes: ``commit`` looks the hash up first), one committed without a swap is
+        started; a maker's signed orders are watched again (by :meth:`_watch`)."""
+        for trade in self.store.unfinished():
+            if trade.role != "taker":
+                continue
+            tx = self.store.raw(trade.trade_id, "commit_tx")
+            if trade.order_id is None or tx is None:
+                self._fail(trade.trade_id, "interrupted before the order was signed")
+                continue
+            oid = bytes.fromhex(trade.order_id)
+            if self.phases.phase(oid, "swap_started") is not None:
+                continue  # the engine drives it (resume)
+            log.info("trade %s: resuming after a restart", trade.trade_id)
+            self._trade_tasks[trade.trade_id] = asyncio.ensure_future(
+                self._resume_trade(trade.trade_id, bytes(tx), oid)
+            )
+
+    async def _resume_trade(self, trade_id: str, tx: bytes, oid: bytes) -> None:
+        try:
+            await self._commit_and_start(trade_id, tx, oid)
+        except asyncio.CancelledError:
+            raise
+        except KofoError as exc:
+            view = self.store.get(trade_id)
+            if view.state == "submitted":
+                self.store.update(trade_id, state="failed", error=str(exc)[:500])
+                self._trade_event(trade_id, "failed", {"reason": str(exc)[:500]})
+            else:
+                self._fail(trade_id, f"{exc.code}: {exc}")
+        finally:
+            self._trade_tasks.pop(trade_id, None)
+
+    # -- NodeService ------------------------------------------------------------------------------
+
+    async def info(self) -> NodeInfo:
+        assert self.chains is not None
+        chains = tuple(
+            ChainView(
+                name,
+                _tip_value(self.state.tips.get(name)),
+                self.state.chain_errors.get(name, ""),
+            )
+            for name in self.chains.adapters
+        )
+        ledger = self.state.ledger
+        return NodeInfo(
+            name=self.config.name,
+            node_id=self.node_id.hex(),
+            version=__version__,
+            p2p=f"{self.config.p2p_listen.host}:{self.exchange.port if self.exchange else 0}",
+            ledger_url=self.config.ledger.url,
+            ledger_height=None if ledger is None else ledger.height,
+            ledger_error=self.state.ledger_error,
+            chains=chains,
+            peers=0 if self.exchange is None else len(self.exchange.links),
+            started_at=self._started_at,
+            addresses={
+                name: addr
+                for name, addr in (self.exchange.config.addresses if self.exchange else {}).items()
+            },
+        )
+
+    async def balances(self) -> list[BalanceView]:
+        assert self.chains is not None
+        await self._refresh_chains()
+        out = []
+        for asset in self.chains.assets.values():
+            free = self.liquidity(asset.asset)
+            total = self.state.balances.get(asset.asset, 0)
+            out.append(
+                BalanceView(asset.asset, asset.symbol, asset.decimals, free, max(0, total - free))
+            )
+        return out
+
+    def _offer_view(self, so: SignedOffer, spec: OfferSpec | None = None) -> OfferView:
+        o = so.offer
+        spec = spec or OfferSpec(
+            o.buy, o.sell, o.price_num, o.price_den, o.min_in, o.max_in, o.fee, o.partial
+        )
+        return OfferView(
+            o.offer_id.hex(), so.maker.hex(), spec, o.expiry_ms // 1000, so.maker == self.node_id
+        )
+
+    async def offers(self, *, own_only: bool = False) -> list[OfferView]:
+        assert self.exchange is not None
+        own = [self._offer_view(o.signed, o.spec) for o in self._own_offers.values()]
+        if own_only:
+            return own
+        others = [
+            self._offer_view(so)
+            for so in self.exchange.book.all(now_ms())
+            if so.maker != self.node_id and so.offer.max_in > 0
+        ]
+        return own + others
+
+    async def add_offer(self, spec: OfferSpec) -> OfferView:
+        assert self.chains is not None
+        try:
+            self.chains.asset(spec.buy)
+            self.chains.asset(spec.sell)
+        except KofoError as exc:
+            raise InvalidInput(str(exc)) from None
+        if spec.buy == spec.sell or spec.min_in > spec.max_in or spec.min_in <= 0:
+            raise InvalidInput("an offer needs buy != sell and 0 < min_in <= max_in")
+        if spec.price_num <= 0 or spec.price_den <= 0 or spec.fee < 0 or spec.ttl <= 0:
+            raise InvalidInput("price_num, price_den and ttl must be > 0, fee >= 0")
+        so = self._publish(spec)
+        self.event_log.append("offer", {"event": "added", "offer_id": so.offer.offer_id.hex()})
+        return self._offer_view(so, spec)
+
+    async def withdraw_offer(self, offer_id: str) -> None:
+        assert self.exchange is not None
+        try:
+            oid = bytes.fromhex(offer_id)
+        except ValueError:
+            raise InvalidInput(f"offer id {offer_id!r} is not hex") from None
+        if oid not in self._own_offers:
+            raise NotFound(f"no own offer {offer_id}")
+        self._own_offers.pop(oid)
+        self.exchange.withdraw_offer(oid)
+        self.event_log.append("offer", {"event": "withdrawn", "offer_id": offer_id})
+
+    async def book(self, buy: str, sell: str) -> BookView:
+        assert self.exchange is not None and self.chains is not None
+        b, s = self.chains.asset(buy).asset, self.chains.asset(sell).asset
+        offers = [
+            self._offer_view(so)
+            for so in self.exchange.book.pair(b, s, now_ms())
+            if so.offer.max_in > 0
+        ]
+        offers.sort(key=lambda v: v.spec.price_num / v.spec.price_den, reverse=True)
+        return BookView(b, s, tuple(offers))
+
+    async def quotes(self, request: TradeRequest) -> list[QuoteView]:
+        quotes, _ = await self._quotes(request)
+        return [
+            QuoteView(
+                q.fulfil_id.hex(),
+                request.sell,
+                q.amount_in,
+                request.buy,
+                q.delivered,
+                len(q.fees) + 1,
+                q.received_ms + (self.exchange.config.quote_valid_ms if self.exchange else 0),
+            )
+            for q in quotes
+        ]
+
+    async def create_trade(self, request: TradeRequest) -> TradeView:
+        assert self.chains is not None
+        try:
+            sell = self.chains.asset(request.sell).asset
+            buy = self.chains.asset(request.buy).asset
+        except KofoError as exc:
+            raise InvalidInput(str(exc)) from None
+        if request.amount <= 0 or request.min_receive < 0 or request.deadline_s <= 0:
+            raise InvalidInput("amount and deadline_s must be > 0, min_receive >= 0")
+        trade_id = os.urandom(16).hex()
+        view = self.store.create(
+            trade_id, "taker", sell, request.amount, buy, min_receive=request.min_receive
+        )
+        self._trade_event(trade_id, "claim_sent", {"sell": sell, "amount": request.amount})
+        self._trade_tasks[trade_id] = asyncio.ensure_future(self._run_trade(trade_id, request))
+        return view
+
+    async def trades(self, *, limit: int = 50, before: float | None = None) -> list[TradeView]:
+        return self.store.recent(limit=limit, before=before)
+
+    async def trade(self, trade_id: str) -> TradeView:
+        view = self.store.find(trade_id)
+        if view is None:
+            raise NotFound(f"no trade {trade_id}")
+        return view
+
+    async def cancel_trade(self, trade_id: str) -> TradeView:
+        view = await self.trade(trade_id)
+        if view.state not in ("quoting", "ordering"):
+            raise Conflict(f"trade {trade_id} is {view.state}: only before the submit")
+        task = self._trade_tasks.get(trade_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        view = self.store.get(trade_id)
+        if view.state not in TERMINAL_TRADE_STATES:
+            self.store.update(trade_id, state="cancelled")
+            self._trade_event(trade_id, "cancelled", {})
+        return self.store.get(trade_id)
+
+    def _swap_view(self, rec: StoredSwap) -> SwapView:
+        assert self.engine is not None
+        legs = []
+        for leg in (rec.terms.initiator_leg, rec.terms.participant_leg):
+            legs.append(
+                SwapLegView(
+                    chain=leg.chain,
+                    token=leg.token,
+                    amount=leg.amount,
+                    sender=leg.sender,
+                    recipient=leg.recipient,
+                    expiry={
+                        "unit": "height" if isinstance(leg.expiry, BlockHeight) else "unix",
+                        "value": leg.expiry.value,
+                    },
+                    lock_txid="",
+                    spend_txid="",
+                    confirmations=None,
+                )
+            )
+        events = tuple(
+            SwapEventView(
+                e.state.value if hasattr(e.state, "value") else str(e.state),
+                str(getattr(e, "reason", "")),
+                str(getattr(e, "txid", "") or ""),
+                float(e.at),
+            )
+            for e in self.engine.journal.events(rec.swap_id)
+        )
+        return SwapView(
+            rec.swap_id.hex(), rec.role.value, rec.state.value, tuple(legs), events, rec.updated_at
+        )
+
+    async def swaps(self, *, limit: int = 50, before: float | None = None) -> list[SwapView]:
+        assert self.engine is not None
+        recs = [r for r in self.engine.journal.swaps() if before is None or r.updated_at < before]
+        recs.sort(key=lambda r: r.updated_at, reverse=True)
+        return [self._swap_view(r) for r in recs[: max(1, limit)]]
+
+    async def swap(self, swap_id: str) -> SwapView:
+        assert self.engine is not None
+        try:
+            return self._swap_view(self.engine.journal.get(bytes.fromhex(swap_id)))
+        except (UnknownSwap, ValueError):
+            raise NotFound(f"no swap {swap_id}") from None
+
+    def _ledger_order_raw(self, order_id: bytes) -> dict[str, Any] | None:
+        try:
+            return dict(decode(self.ledger.abci_query("/order", encode(order_id))))
+        except LedgerRefused:
+            return None
+
+    def _ledger_view(self, order_id: bytes, rec: dict[str, Any]) -> LedgerOrderView:
+        order = rec.get("order", {})
+        legs = tuple(_jsonable(x) for x in order.get("legs", []))
+        outcomes = {
+            str(i): str(x.get("outcome", ""))
+            for i, x in enumerate(rec.get("legs", []))
+            if isinstance(x, dict) and x.get("outcome")
+        }
+        return LedgerOrderView(
+            order_id.hex(), str(rec.get("status", "")), int(rec.get("height", 0)), legs, outcomes
+        )
+
+    async def ledger_orders(self, *, limit: int = 50) -> list[LedgerOrderView]:
+        ids = [bytes.fromhex(t.order_id) for t in self.store.recent(limit=limit) if t.order_id]
+        out = []
+        for oid in ids:
+            rec = await self._ledger_call(self._ledger_order_raw, oid)
+            if rec is not None:
+                out.append(self._ledger_view(oid, rec))
+        return out
+
+    async def ledger_order(self, order_id: str) -> LedgerOrderView:
+        try:
+            oid = bytes.fromhex(order_id)
+        except ValueError:
+            raise InvalidInput(f"order id {order_id!r} is not hex") from None
+        rec = await self._ledger_call(self._ledger_order_raw, oid)
+        if rec is None:
+            raise NotFound(f"order {order_id} is not on the ledger")
+        return self._ledger_view(oid, rec)
+
+    async def _ledger_call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except LedgerError as exc:
+            if isinstance(exc, LedgerRefused):
+                raise
+            raise Unavailable(f"the ledger is unreachable: {exc}") from exc
+
+    async def fee_shares(self) -> list[FeeShareView]:
+        """This node's fee balance per asset, decrypted with its Paillier key (the ledger
+        keeps one encrypted balance per asset; ``order_id`` is empty: shares add up)."""
+        assert self.chains is not None
+        if self._paillier is None:
+            raise Unavailable("this node is not registered yet")
+        out = []
+        for asset in self.chains.assets:
+            arg = encode({"node": self.node_id, "asset": asset})
+            try:
+                raw = await self._ledger_call(self.ledger.abci_query, "/balance", arg)
+            except LedgerRefused:
+                continue
+            rec = decode(raw)
+            earned = privacy.decrypt(self._paillier, rec["balance"]) if rec.get("balance") else 0
+            if earned:
+                out.append(FeeShareView("", "fees", asset, earned))
+        return out
+
+    async def importance(self, *, limit: int = 50) -> list[ImportanceView]:
+        raw = await self._ledger_call(self.ledger.abci_query, "/importance", encode(limit))
+        out = []
+        for node, score in decode(raw):
+            try:
+                rec = decode(await self._ledger_call(self.ledger.abci_query, "/node", encode(node)))
+            except LedgerRefused:
+                rec = {}
+            out.append(
+                ImportanceView(
+                    bytes(node).hex(),
+                    int(score),
+                    int(rec.get("points", 0)),
+                    int(rec.get("penalties", 0)),
+                    int(rec.get("bond", 0)),
+                )
+            )
+        return out
+
+    async def evidence(self, *, limit: int = 50) -> list[EvidenceView]:
+        out = []
+        for t in self.store.recent(limit=limit):
+            if t.order_id is None or self.store.raw(t.trade_id, "evidence_tx") is None:
+                continue
+            phase = next((p for p in t.phases if p.phase == "evidence_committed"), None)
+            out.append(
+                EvidenceView(
+                    t.order_id,
+                    "leg_not_locked",
+                    "",
+                    int(phase.detail.get("height", 0)) if phase else 0,
+                    {"committed": phase is not None},
+                )
+            )
+        return out
+
+    async def peers(self) -> list[PeerView]:
+        assert self.exchange is not None
+        out = []
+        for peer, link in self.exchange.links.items():
+            addr = getattr(link, "addr", None) or getattr(link, "peer_addr", None)
+            out.append(
+                PeerView(
+                    peer.hex(),
+                    f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr or ""),
+                    bool(getattr(link, "inbound", False)),
+                    int(self.exchange._scores.get(peer, 0)),
+                )
+            )
+        return out
+
+    async def events(self, *, after: int = 0, limit: int = 100) -> list[ServiceEvent]:
+        return self.event_log.after(after, limit)
+
+    async def wait_events(self, *, after: int, timeout: float) -> list[ServiceEvent]:
+        return await self.event_log.wait(after, timeout)
+
+
+def _contact_of(exchange: ExchangeNode, peer: bytes) -> str | None:
+    contacts = getattr(exchange, "contacts", None)
+    if isinstance(contacts, dict):
+        value = contacts.get(peer)
+        return value if isinstance(value, str) and value else None
+    return None
+
+
+def _asset(leg: Any) -> str:
+    return str(leg.chain) if leg.token is None else f"{leg.chain}:{leg.token}"
+
+
+def _asset_of(leg: Any) -> str:
+    return _asset(leg)
+
+
+def _tip_value(tip: Expiry | None) -> int | None:
+    return None if tip is None else tip.value
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, bytes):
+        return x.hex()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _spec_of(o: OfferConfig) -> OfferSpec:
+    return OfferSpec(
+        o.buy, o.sell, o.price_num, o.price_den, o.min_in, o.max_in, o.fee, o.partial, o.ttl
+    )
 
 
 def run_node(home: Path, passphrase: str) -> None:
@@ -108,4 +1321,7 @@ def run_node(home: Path, passphrase: str) -> None:
     )
     with HomeLock(home):
         wallet = NodeWallet.open(config.wallet_path, passphrase)
-        asyncio.run(Node(config, wallet).run())
+        asyncio.run(Node(config, wallet, passphrase=passphrase).run())
+
+
+__all__ = ["Node", "NodeState", "RouteFailed", "run_node"]

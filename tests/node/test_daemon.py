@@ -1,0 +1,360 @@
+"""The node daemon in-process: ``kofo devnet``'s servers and three :class:`Node` daemons in
+one event loop (taker, relay, maker) on 127.0.0.1, each with its own home, wallet, chains
+over RPC, swap engine, phase journal and exchange node. A routed BTC -> ETH trade ends
+``redeemed`` on both sides with exact balances and the order settled on the ledger; an order
+the maker did not quote is refused with a logged reason and nothing locked; a maker whose
+liquidity is short quotes less, or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order
+from kofo.node.chains import ChainMismatch, build_chains
+from kofo.node.config import Endpoint, NodeConfig, OfferConfig, load_config
+from kofo.node.daemon import HEIGHT_TOLERANCE, Node
+from kofo.node.devnet import Devnet, start_devnet
+from kofo.node.home import init_home
+from kofo.node.service import OfferSpec, TradeRequest
+from kofo.node.trades import TradeRefused, engine_legs
+from kofo.settlement.engine import CrashHook
+from kofo.wallet import NodeWallet
+from kofo.wire.exchange import Claim
+from kofo.wire.expiry import BlockHeight
+from kofo.wire.orders import SettlementOrder, with_derived_id
+from tests.clearance.helpers import ledger_params
+from tests.swap.btc_helpers import expected_after, fees_paid, holdings
+
+pytestmark = [pytest.mark.timeout(300)]
+
+PASS = "daemon test passphrase"
+SATS = 1_000_000
+PRICE = 10**10  # wei per satoshi: 1 BTC = 10^18 wei... 0.01 BTC -> 0.01 ETH
+WAIT = 90.0
+
+
+async def until(pred: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll (bounded) until ``pred()`` is truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Net:
+    devnet: Devnet
+    nodes: dict[str, Node]
+
+
+def _wallet(home: Path) -> NodeWallet:
+    home.mkdir(mode=0o700)
+    return NodeWallet.create(home / "wallet.json", PASS)
+
+
+async def _make_nodes(
+    tmp_path: Path,
+    names: list[str],
+    offers: dict[str, list[OfferConfig]],
+    crash: dict[str, CrashHook] | None = None,
+) -> tuple[Devnet, dict[str, Node]]:
+    wallets = {n: _wallet(tmp_path / n) for n in names}
+    fund = []
+    for n, w in wallets.items():
+        fund.append(w.bitcoin("btc", "regtest", home=tmp_path / n).address())
+        fund.append(w.eth_account().address)
+    devnet = await asyncio.to_thread(
+        start_devnet, fund=fund, block_interval=0.2, ledger_params=ledger_params()
+    )
+    desc = devnet.describe()
+    nodes: dict[str, Node] = {}
+    for n in names:
+        home = tmp_path / n
+        init_home(
+            home, PASS, name=n, ledger_url=desc["ledger"]["url"], chains=desc["chains"], force=True
+        )
+        cfg = load_config(home)
+        cfg = replace(cfg, p2p_listen=Endpoint("127.0.0.1", 0), offers=tuple(offers.get(n, [])))
+        nodes[n] = _node(cfg, wallets[n], (crash or {}).get(n))
+    for node in nodes.values():
+        await node.start()
+    return devnet, nodes
+
+
+def _node(cfg: NodeConfig, wallet: NodeWallet, crash: CrashHook | None = None) -> Node:
+    return Node(
+        cfg,
+        wallet,
+        passphrase=PASS,
+        paillier_bits=1024,
+        exchange_options={"target_degree": 0},
+        crash=crash or CrashHook(),
+    )
+
+
+async def _line(nodes: list[Node]) -> None:
+    for a, b in itertools.pairwise(nodes):
+        assert a.exchange is not None and b.exchange is not None
+        await a.exchange.connect("127.0.0.1", b.exchange.port)
+        await until(lambda a=a, b=b: b.node_id in a.exchange.links, "link")  # type: ignore[union-attr]
+
+
+@contextlib.asynccontextmanager
+async def network(tmp_path: Path, crash: dict[str, CrashHook] | None = None) -> AsyncIterator[Net]:
+    offer = OfferConfig(
+        buy="btc", sell="eth", price_num=PRICE, price_den=1, min_in=10_000, max_in=10 * SATS
+    )
+    devnet, nodes = await _make_nodes(
+        tmp_path, ["taker", "relay", "maker"], {"maker": [offer]}, crash
+    )
+    try:
+        await _line([nodes["taker"], nodes["relay"], nodes["maker"]])
+        for node in nodes.values():
+            await until(lambda node=node: node.state.registered, "registration")
+        yield Net(devnet, nodes)
+    finally:
+        for node in nodes.values():
+            await node.stop()
+        await asyncio.to_thread(devnet.stop)
+
+
+def test_routed_btc_to_eth_trade_is_redeemed_on_both_sides(tmp_path: Path) -> None:
+    asyncio.run(_routed_trade(tmp_path))
+
+
+async def _routed_trade(tmp_path: Path) -> None:
+    async with network(tmp_path) as net:
+        await _routed_trade_on(net)
+
+
+async def _routed_trade_on(net: Net) -> None:
+    taker, maker = net.nodes["taker"], net.nodes["maker"]
+    await until(
+        lambda: taker.exchange is not None and len(taker.exchange.book.pair("btc", "eth", 0)),
+        "the maker's offer at the taker",
+    )
+    assets = [("btc", None), ("eth", None)]
+    before = {n: await asyncio.to_thread(holdings, node, assets) for n, node in net.nodes.items()}
+    view = await taker.create_trade(
+        TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+    )
+    assert view.state == "quoting"
+    done = await until(
+        lambda: _ended(taker, view.trade_id), f"trade {view.trade_id} to end", timeout=180
+    )
+    assert done.state == "redeemed", (done.error, [p.phase for p in done.phases])
+    assert done.hops == 2 and done.height and done.order_id
+    phases = [p.phase for p in done.phases]
+    for want in ("claim_sent", "quotes", "ordering", "submitted", "committed", "redeemed"):
+        assert want in phases, phases
+    m = await until(lambda: _by_order(maker, done.order_id), "the maker's trade row")
+    m = await until(lambda: _ended(maker, m.trade_id), "the maker's trade to end")
+    assert m.state == "redeemed"
+    order = await until(lambda: _settled(taker, done.order_id), "the order settled on the ledger")
+    assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+    # exact balances: each side gave its leg, got the other's, paid its own chain fees; the
+    # relay's wallet did not move (it holds no leg)
+    oid = bytes.fromhex(done.order_id)
+    found = taker.phases.order(oid)
+    assert found is not None
+    a, b = engine_legs(found[1], taker.chains.policies)  # type: ignore[union-attr]
+    for node, gives, gets in ((taker, a, b), (maker, b, a)):
+        after = await asyncio.to_thread(holdings, node, assets)
+        fees = await asyncio.to_thread(fees_paid, node, oid)  # type: ignore[arg-type]
+        name = node.config.name
+        assert after == expected_after(before[name], gives=gives, gets=gets, fees=fees), name
+    relay = net.nodes["relay"]
+    assert await asyncio.to_thread(holdings, relay, assets) == before["relay"]
+    # the trade is in the event stream, and survives in the trade rows
+    kinds = [e.data.get("phase") for e in await taker.events(limit=1000) if e.kind == "trade"]
+    assert "committed" in kinds and "redeemed" in kinds
+
+
+def _by_order(node: Node, order_id: str | None):
+    return None if order_id is None else node.store.by_order(order_id)
+
+
+def _ended(node: Node, trade_id: str):
+    view = node.store.find(trade_id)
+    if view is not None and view.state in ("redeemed", "refunded", "failed", "cancelled"):
+        return view
+    return None
+
+
+async def _settled(node: Node, order_id: str | None):
+    assert order_id is not None
+    view = await node.ledger_order(order_id)
+    return view if view.status == "settled" else None
+
+
+BIG_PRICE = 2 * 10**12  # wei per satoshi: 1 BTC -> 200 ETH, more than the maker's 100 ETH
+
+
+def test_maker_quotes_within_its_liquidity_and_refuses_orders_beyond_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    asyncio.run(_liquidity(tmp_path, caplog))
+
+
+async def _liquidity(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    offer = OfferConfig(
+        buy="btc", sell="eth", price_num=BIG_PRICE, price_den=1, min_in=10_000, max_in=10**8
+    )
+    devnet, nodes = await _make_nodes(tmp_path, ["taker", "maker"], {"maker": [offer]})
+    taker, maker = nodes["taker"], nodes["maker"]
+    try:
+        await _line([taker, maker])
+        for node in nodes.values():
+            await until(lambda node=node: node.state.registered, "registration")
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        free = maker.liquidity("eth")
+        assert 0 < free < 10**8 * BIG_PRICE
+        want = TradeRequest(sell="btc", amount=10**8, buy="eth")
+        quotes = await taker.quotes(want)
+        # a partial fill scaled down to what the maker's wallet can lock, never more
+        assert quotes, "no quote"
+        assert quotes[0].amount_in < 10**8 and quotes[0].receive <= free
+        assert quotes[0].hops == 1
+
+        # an all-or-nothing offer it cannot cover: no quote at all
+        (own,) = await maker.offers(own_only=True)
+        await maker.withdraw_offer(own.offer_id)
+        await maker.add_offer(
+            OfferSpec("btc", "eth", BIG_PRICE, 1, 10**8, 10**8, partial=False, ttl=600)
+        )
+        await until(
+            lambda: all(
+                so.offer.partial is False
+                for so in taker.exchange.book.pair("btc", "eth", 0)  # type: ignore[union-attr]
+            ),
+            "the new offer at the taker",
+        )
+        assert await taker.quotes(want) == []
+
+        # an order whose maker leg is beyond the liquidity is refused before it is signed:
+        # a logged reason, nothing journaled, nothing locked
+        order = _order_for(taker, maker, delivered=free + 1)
+        with caplog.at_level(logging.WARNING, logger="kofo.node"):
+            with pytest.raises(TradeRefused, match="free"):
+                maker._order_guard(order, "provider")
+        assert any("refused to co-sign" in r.getMessage() for r in caplog.records)
+        assert maker.phases.order(order.order_id) is None
+        # a leg height far from the maker's own view of the chain is refused too
+        ok = _order_for(taker, maker, delivered=free // 2)
+        out = ok.legs[0]
+        assert isinstance(out.expiry, BlockHeight)
+        far = replace(out, expiry=BlockHeight(out.expiry.value + HEIGHT_TOLERANCE + 100))
+        bad = with_derived_id(replace(ok, legs=(far, ok.legs[1])))
+        with pytest.raises(OrderPolicy, match="not within"):
+            maker._order_guard(bad, "provider")
+        assert maker.phases.order(bad.order_id) is None
+        # the fitting one is journaled (what the maker co-signs) and its amount held
+        maker._order_guard(ok, "provider")
+        assert maker.phases.order(ok.order_id) is not None
+        assert maker.liquidity("eth") <= free - ok.legs[1].amount
+        assert maker.engine is not None and maker.engine.unfinished() == []
+
+        # a chain whose RPC serves another network than the config names is refused at
+        # start, naming both
+        cfg = maker.config
+        btc, eth = cfg.chains["btc"], cfg.chains["eth"]
+        wrong = replace(cfg, chains={"btc": replace(btc, network="testnet"), "eth": eth})
+        with pytest.raises(ChainMismatch, match=r"network is 'testnet' but .* serves 'regtest'"):
+            await asyncio.to_thread(build_chains, wrong, maker.wallet)
+        wrong = replace(cfg, chains={"btc": btc, "eth": replace(eth, chain_id=1)})
+        with pytest.raises(ChainMismatch, match=r"chain_id is 1 but .* serves chain id \d+"):
+            await asyncio.to_thread(build_chains, wrong, maker.wallet)
+    finally:
+        for node in nodes.values():
+            await node.stop()
+        await asyncio.to_thread(devnet.stop)
+
+
+def _order_for(taker: Node, maker: Node, *, delivered: int) -> SettlementOrder:
+    """The exchange's order for a BTC -> ETH quote between the two, expiries fitted by the
+    taker's hook (as ``settle()`` does)."""
+    now_s = int(time.time())
+    order = build_settlement_order(
+        claim=Claim("btc", "eth", SATS, 0, 1, (now_s + 60) * 1000, 3, os.urandom(32)),
+        claim_id=os.urandom(32),
+        fulfil_id=os.urandom(32),
+        amount_in=SATS,
+        delivered=delivered,
+        initiator=RouteParty(taker.node_id, taker._fresh_addresses()),
+        relays=[],
+        provider=RouteParty(maker.node_id, maker._fresh_addresses()),
+        provider_position=1,
+        payment_hash=hashlib.sha256(os.urandom(32)).digest(),
+        now_s=now_s,
+        protocol_fee_bps=0,
+    )
+    legs = tuple(
+        replace(leg, expiry=taker._expiry_fit(leg.chain, leg.expiry_time, now_s))
+        for leg in order.legs
+    )
+    return with_derived_id(replace(order, legs=legs))
+
+
+class Crash(Exception):
+    pass
+
+
+class StopAt(CrashHook):
+    """In-process stand-in for a SIGKILL at a phase boundary: the trade's task dies there, its
+    memory lost; the journals keep what was written before."""
+
+    def hit(self, point: str) -> None:
+        if point == self.target:
+            raise Crash(point)
+
+
+def test_taker_killed_after_the_commit_finishes_the_trade_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_restart(tmp_path))
+
+
+async def _restart(tmp_path: Path) -> None:
+    async with network(tmp_path, {"taker": StopAt("trade_committed")}) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        await until(lambda: view.trade_id not in taker._trade_tasks, "the trade task to die")
+        dead = taker.store.get(view.trade_id)
+        assert dead.state == "committed" and dead.order_id, (dead.state, dead.error)
+        oid = bytes.fromhex(dead.order_id)
+        assert taker.phases.phase(oid, "swap_started") is None
+        assert maker.engine is not None and maker.engine.unfinished() == []
+        await taker.stop()
+        # the restart: same home, a new process's worth of state
+        taker = _node(taker.config, taker.wallet)
+        net.nodes["taker"] = taker
+        await taker.start()
+        done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 180)
+        assert done.state == "redeemed", (done.error, [p.phase for p in done.phases])
+        m = await until(lambda: _by_order(maker, done.order_id), "the maker's trade row")
+        m = await until(lambda: _ended(maker, m.trade_id), "the maker's trade to end")
+        assert m.state == "redeemed"
+        order = await until(lambda: _settled(taker, done.order_id), "the order settled")
+        assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+        # one trade, one order, committed once at the first height
+        assert [t.trade_id for t in await taker.trades()] == [view.trade_id]
+        assert order.height == dead.height
