@@ -33,6 +33,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.errors import KofoError
+from kofo.exchange.route import LEG_EXPIRY_STEP_S, LOCK_WINDOW_S, OrderTimes
 from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
 from kofo.private_files import check_private_file
 from kofo.settlement.engine import SwapEngine
@@ -204,6 +205,49 @@ def engine_legs(
     return legs[0], legs[1]
 
 
+def plan_order_times(
+    policies: Mapping[str, ChainPolicy], have_chain: str, want_chain: str, now_s: int
+) -> OrderTimes:
+    """The taker's plan of a routed order's deadlines for the chain pair (the exchange's
+    ``plan_times``; link protocol v4), in unix seconds: the layout :func:`propose_terms` gives
+    the swap, from the order's time instead of the proposal's, so the maker's engine (and its
+    guard, :func:`check_order_as_maker`) finds its margins in the order once each leg is
+    fitted to its chain (``expiry_fit``). Chain 1 is ``have`` (the taker's leg), chain 2
+    ``want`` (the maker's):
+
+    * ``legs[0].lock_by``: the order's time + ``LOCK_WINDOW_S`` (the engine's accept window
+      fits in it, the rest is slack for the ledger commit before the proposal);
+    * ``legs[1].lock_by``: + ``settle(c1) + notice(c1)``: the maker locks once the taker's
+      lock is buried and seen;
+    * ``T_B`` (``legs[1]``): + ``settle(c2) + notice(c2)`` (the taker's last reveal) +
+      ``settle(c2)`` (that redeem buried), counted in chain 2's units as the engine counts them;
+    * ``T_A`` (``legs[0]``): ``T_B`` at its slowest + the maker's margin (``notice(c2) +
+      settle(c1)``), counted so that chain 1's units reach it at their fastest; at least
+      ``LEG_EXPIRY_STEP_S`` after ``T_B`` (the ledger's default ``min_expiry_gap``)."""
+    for chain in (have_chain, want_chain):
+        if chain not in policies:
+            raise OrderUnfit(f"chain {chain!r} is not served here: no plan for it")
+    p1, p2 = policies[have_chain], policies[want_chain]
+
+    def units(p: ChainPolicy, seconds: int) -> int:
+        """The chain units the fit gives for ``seconds`` from now (``fit_expiries``)."""
+        return p.to_units(seconds) if p.height_clock else seconds
+
+    out_lock = LOCK_WINDOW_S
+    back_lock = out_lock + p1.settle_seconds() + p1.notice_seconds
+    redeem = back_lock + p2.settle_seconds() + p2.notice_seconds
+    t_b = redeem + p2.settle_seconds()
+    # The engine lays T_B at ``to_units(t_b)``; a unix leg's fit is the seconds themselves.
+    if not p2.height_clock:
+        t_b = p2.to_units(t_b)
+    need = p2.late_seconds(units(p2, t_b)) + p2.notice_seconds + p1.settle_seconds()
+    t_a = need if p1.height_clock else p1.to_units(need)
+    while p1.early_seconds(units(p1, t_a)) < need:
+        t_a += 1
+    t_a = max(t_a, t_b + LEG_EXPIRY_STEP_S)
+    return now_s + out_lock, now_s + back_lock, now_s + t_b, now_s + t_a
+
+
 def check_order_as_maker(
     order: SettlementOrder,
     policies: Mapping[str, ChainPolicy],
@@ -230,6 +274,18 @@ def check_order_as_maker(
     for leg in (a, b):
         if leg.chain not in now:
             raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+    # The ledger's deadline for the maker's lock: it locks only once the taker's lock is
+    # buried and seen, so a taker planning it sooner would get the maker penalised.
+    out, back = order.legs
+    p1 = policies[a.chain]
+    wait = p1.settle_seconds() + p1.notice_seconds
+    if back.lock_by - out.lock_by < wait:
+        raise TermsRefused(
+            f"order legs[1].lock_by {back.lock_by} leaves {back.lock_by - out.lock_by} s after "
+            f"legs[0].lock_by; this node locks only after the {a.chain} lock is buried and seen "
+            f"({wait} s)",
+            code="terms_deadline_order",
+        )
     laid = propose_terms(
         swap_id=order.order_id,
         payment_hash=order.payment_hash,
