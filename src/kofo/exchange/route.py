@@ -318,8 +318,8 @@ def check_order(
     its own addresses (the order must pay it there, and take from it only there) and the fee
     rate it quoted with as ``max_protocol_fee_bps``.
 
-    Per-chain expiries (protocol v3): a leg whose ``expiry`` is unix time must equal the
-    derivation; a leg whose ``expiry`` is a block height is compared on everything else
+    Per-chain expiries (protocol v3): a leg whose ``expiry`` is unix time must equal its
+    ``expiry_time``; a leg whose ``expiry`` is a block height is compared on everything else
     (``expiry_time``, ``lock_by``, ...), its height being the initiator's fit of
     ``expiry_time`` to its view of the chain. ``chain_clock`` tells which unit a chain uses
     where this node knows (a height on a unix-clocked chain, or unix time on a height-clocked
