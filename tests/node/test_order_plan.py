@@ -96,6 +96,22 @@ def test_a_planned_and_fitted_order_passes_the_makers_guard_and_the_protocol_bou
     check_order_as_maker(order, policies, chain_now(policies, NOW_S), maker_node=MAKER)
 
 
+@pytest.mark.parametrize("policies", [DEFAULT_POLICIES, DEVNET], ids=["production", "devnet"])
+@pytest.mark.parametrize(("have", "want"), PAIRS)
+def test_the_plan_still_holds_when_the_taker_proposes_at_its_lock_deadline(policies, have, want):
+    # The maker's engine checks the taker's proposal after the ledger commit: until the taker's
+    # lock deadline, each chain may have advanced by what the policy allows in that time
+    # (blocks at their fastest). The margins must still be in the order then.
+    order = planned_order(policies, have, want)
+    later = {
+        c: BlockHeight(TIPS[c] + p.to_units(LOCK_WINDOW_S))
+        if p.height_clock
+        else UnixTime(NOW_S + p.to_units(LOCK_WINDOW_S))
+        for c, p in policies.items()
+    }
+    check_order_as_maker(order, policies, later, maker_node=MAKER)
+
+
 @pytest.mark.parametrize(("have", "want"), PAIRS)
 def test_a_plan_short_of_the_makers_margin_is_refused_by_its_guard(have, want):
     policies = DEFAULT_POLICIES
