@@ -481,6 +481,61 @@ def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, serv
     assert not d.find_element(By.ID, "place-trade").is_enabled()
 
 
+def test_amounts_beyond_two_to_the_53_survive_parsing_formatting_and_sending(browser, server):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/dashboard/")
+    wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
+    got = d.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const text = arguments[0];
+        Promise.all([import("./api.js"), import("./fmt.js")]).then(([api, fmt]) => {
+          const out = {};
+          for (const [name, parse] of [["source", api.parseJson],
+                                       ["quoting", api.parseJsonQuoting]]) {
+            const v = parse(text);
+            out[name] = {
+              wei: typeof v.wei + ":" + String(v.wei), small: typeof v.small, f: v.f,
+              neg: String(v.neg), s: v.s, frac: typeof v.frac, max: String(v.list[0]),
+              two: typeof v.list[1],
+            };
+          }
+          out.eth = fmt.amount(api.parseJson(text).wei, "eth");
+          out.units = fmt.units(10n ** 30n + 1n, 18);
+          out.parsed = String(fmt.parseUnits("0.312345678901234567", 18, "amount"));
+          try {
+            fmt.parseUnits("0.1234567891", 8, "You pay");
+          } catch (e) {
+            out.refused = e.message;
+          }
+          const big = fmt.parseUnits("1000000000000.000000000000000001", 18, "a");
+          out.sent = api.toJson({ amount: big, n: 3, s: "x" });
+          done(out);
+        }).catch((e) => done({ error: String(e) }));
+        """,
+        '{"wei": 312345678901234567, "small": 5, "f": 1.5, "neg": -12345678901234567890, '
+        '"s": "12345678901234567890 \\" 98765432109876543210", "frac": 0.12345678901234567, '
+        '"list": [18446744073709551615, 2]}',
+    )
+    assert "error" not in got, got["error"]
+    for mode in ("source", "quoting"):
+        assert got[mode] == {
+            "wei": "bigint:312345678901234567",
+            "small": "number",
+            "f": 1.5,
+            "neg": "-12345678901234567890",
+            "s": '12345678901234567890 " 98765432109876543210',
+            "frac": "number",
+            "max": "18446744073709551615",
+            "two": "number",
+        }, mode
+    assert got["eth"] == "0.312345678901234567 ETH"
+    assert got["units"] == "1,000,000,000,000.000000000000000001"
+    assert got["parsed"] == "312345678901234567"
+    assert got["refused"] == "You pay: at most 8 decimal places (10 given)"
+    assert got["sent"] == '{"amount":1000000000000000000000000000001,"n":3,"s":"x"}'
+
+
 def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(server):
     base = f"http://127.0.0.1:{server.port}"
     with urllib.request.urlopen(f"{base}/dashboard/") as r:

@@ -67,8 +67,15 @@ export function parseJson(text) {
       typeof v === "number" && Number.isInteger(v) && !Number.isSafeInteger(v) && ctx
         && /^-?\d+$/.test(ctx.source) ? BigInt(ctx.source) : v);
   }
-  const marked = text.replace(/("(?:[^"\\]|\\.)*")|(-?\d{16,})(?![.\deE])/g,
-    (m, str, num) => (str ? str : `"\u0000big${num}"`));
+  return parseJsonQuoting(text);
+}
+
+// For browsers without the reviver's source: integer literals of 16+ digits outside strings
+// become BigInt (a few safe ones among them too; amounts go through big() either way).
+export function parseJsonQuoting(text) {
+  // JSON cannot hold a raw NUL: the marker is written as the escape, and decodes to one.
+  const marked = text.replace(/("(?:[^"\\]|\\.)*")|(?<![\d.])(-?\d{16,})(?![.\deE])/g,
+    (m, str, num) => (str ? str : `"\\u0000big${num}"`));
   return JSON.parse(marked, (_k, v) =>
     typeof v === "string" && v.startsWith("\u0000big") ? BigInt(v.slice(4)) : v);
 }
