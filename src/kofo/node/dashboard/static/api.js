@@ -249,9 +249,12 @@ export class EventStream {
       return;
     }
     try {
-      this.accept(items(await api(`/events?after=${this.lastSeq}&limit=500`)));
-      this.onStatus("polling");
+      const batch = items(await api(`/events?after=${this.lastSeq}&limit=500`));
+      if (this.stopped) return; // stopped while the request was out
+      this.accept(batch);
+      if (this.ws?.readyState !== WebSocket.OPEN) this.onStatus("polling");
     } catch (err) {
+      if (this.stopped) return;
       this.onStatus(err.status === 401 || err.status === 403 ? "auth" : "off");
     }
     this.pollTimer = setTimeout(() => this.poll(), 1500);

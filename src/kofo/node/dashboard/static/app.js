@@ -102,6 +102,8 @@ async function loadBasics() {
 }
 
 async function start() {
+  if (state.stream) state.stream.stop(); // a new token (login, a #token= link): one stream only
+  state.stream = null;
   $("#login").hidden = true;
   $("#logout").hidden = false;
   $("#tabs").classList.remove("disabled");
