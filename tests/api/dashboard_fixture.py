@@ -273,9 +273,16 @@ class FixtureNode:
 
     async def cancel_trade(self, trade_id: str) -> TradeView:
         t = await self.trade(trade_id)
-        raise Conflict(
-            f"trade {trade_id} is {t.state}: only a trade before commit can be cancelled"
-        )
+        if t.state not in ("quoting", "ordering"):
+            raise Conflict(
+                f"trade {trade_id} is {t.state}: only a trade before commit can be cancelled"
+            )
+        with self._lock:
+            self.balances_[t.sell][0] += t.amount
+            self.balances_[t.sell][1] -= t.amount
+        self.steps = []
+        self._set_trade(trade_id, "cancelled", error="cancelled by the user before commit")
+        return await self.trade(trade_id)
 
     async def swaps(self, *, limit: int = 50, before: float | None = None) -> list[SwapView]:
         with self._lock:

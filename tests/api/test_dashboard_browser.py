@@ -318,7 +318,10 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     assert "blocks to go" in swap_text and "refundable in" in swap_text, "both deadlines shown"
     lock_txids = text(d, f"{card} .leg .timeline li.done code").split()
     assert len(lock_txids) == 2 and all(len(t) == 64 for t in lock_txids), "txids whole"
-    d.find_element(By.CSS_SELECTOR, f"{card} details.history summary").click()  # open the history
+    # open the history (in one step: the card re-renders on each event)
+    d.execute_script(
+        "document.querySelector(arguments[0]).click()", f"{card} details.history summary"
+    )
     shot(d, "desktop-swaps-locked")
     assert node.advance() == "redeem_counter"
     wait_for(d, "the counter leg redeemed", lambda d: leg_states(d, sid) == ["locked", "redeemed"])
@@ -468,6 +471,29 @@ def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, se
     wait_for(d, "the node after recovery", lambda d: text(d, "#node-name") == "alice")
     wait_for(d, "the banner gone", lambda d: not d.find_element(By.ID, "banner").is_displayed())
     wait_for(d, "the view recovered", lambda d: ME in text(d, "#view-node"))
+
+
+def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, server, node):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "trade", "#trade-form")
+    d.find_element(By.ID, "trade-amount").send_keys("0.5")
+    wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
+    place.click()
+    wait_for(d, "the new trade", lambda d: "quoting" in text(d, "#current-trade").lower())
+    wait_for(d, "the reserve", lambda d: "Available: 0.7 BTC" in text(d, "#trade-available"))
+    # the panel re-renders on each event: click whatever button is there now, in one step
+    d.execute_script("document.querySelector('#current-trade button.danger').click()")
+    wait_for(
+        d, "the trade cancelled", lambda d: "cancelled" in text(d, "#current-trade .badge").lower()
+    )
+    assert "cancelled by the user before commit" in text(d, "#current-trade")
+    assert not d.find_elements(By.CSS_SELECTOR, "#current-trade button.danger")
+    wait_for(d, "the funds back", lambda d: "Available: 1.2 BTC" in text(d, "#trade-available"))
+    assert node.balances_["btc"] == [120_000_000, 0]
 
 
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):

@@ -591,6 +591,7 @@ function tradeView(root, tradeId) {
   renderList();
   return {
     refresh: (kinds) => {
+      showAvailable(); // the balances were re-read: a trade reserves and frees funds
       if (kinds.has("trade") || kinds.has("swap") || kinds.has("order")) {
         loadCurrent();
         renderList();
