@@ -68,6 +68,33 @@ BOB_ETH = "0xb0b0000000000000000000000000000000000b0b"
 
 
 OLD_SWAP = hexid("old-swap")
+JOURNAL_SWAP = hexid("journal-swap")
+
+
+def _journal_only_swap() -> SwapView:
+    """A swap as a daemon that fills no leg txids shows it: only the engine's journal, each
+    step with its txid. We were the participant and redeemed: the counter (initiator's) leg by
+    our redeem, our own leg by the initiator before (that is how we learned the secret)."""
+    t = time.time() - 7_200
+    lock, redeem = hexid("journal-lock"), hexid("journal-redeem")
+    legs = (
+        SwapLegView("btc", None, 1_500_000, BOB_BTC, MY_BTC, {"unit": "height", "value": 390},
+                    "", "", None),
+        SwapLegView("eth", None, 46 * 10**16, MY_ETH, BOB_ETH, {"unit": "unix", "value": int(t)},
+                    "", "", None),
+    )  # fmt: skip
+    steps = [
+        ("accepted", "", ""),
+        ("counter_audited", "the counter leg matches the terms", ""),
+        ("lock_signed", "", lock),
+        ("lock_sent", "", lock),
+        ("locked", "own lock buried", lock),
+        ("redeem_signed", "", redeem),
+        ("redeem_sent", "", redeem),
+        ("redeemed", "the counter leg paid us, buried", redeem),
+    ]
+    events = tuple(SwapEventView(st, r, tx, t + n) for n, (st, r, tx) in enumerate(steps))
+    return SwapView(JOURNAL_SWAP, "participant", "redeemed", legs, events, t + len(steps))
 
 
 def _old_refunded_swap() -> SwapView:
@@ -88,7 +115,7 @@ def _old_refunded_swap() -> SwapView:
         SwapEventView("refund_wait", "the counter leg never appeared", "", t - 3_600),
         SwapEventView("refund_sent", "refund broadcast, waiting to bury it", refund, t),
     )
-    return SwapView(OLD_SWAP, "participant", "refund_sent", legs, events, t)
+    return SwapView(OLD_SWAP, "initiator", "refund_sent", legs, events, t)
 
 
 def _offer(
@@ -124,7 +151,10 @@ class FixtureNode:
             _offer(5, MAKERS[2], ETH, BTC, 1, 316_500_000_000, 10**16, 25 * 10**18),
         ]
         self.trades_: dict[str, TradeView] = {}
-        self.swaps_: dict[str, SwapView] = {OLD_SWAP: _old_refunded_swap()}
+        self.swaps_: dict[str, SwapView] = {
+            OLD_SWAP: _old_refunded_swap(),
+            JOURNAL_SWAP: _journal_only_swap(),
+        }
         self.last_swap_id = ""
         self.orders_: dict[str, LedgerOrderView] = {}
         self.fees_: list[FeeShareView] = [

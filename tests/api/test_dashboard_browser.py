@@ -51,11 +51,13 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from tests.api.dashboard_fixture import (  # noqa: E402
     BTC,
     ETH,
+    JOURNAL_SWAP,
     ME,
     MY_BTC,
     OLD_SWAP,
     FixtureNode,
     fixture_app,
+    hexid,
 )
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -323,6 +325,11 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     # yesterday's swap: our leg refunded (read from its history: the legs carry no state)
     assert leg_states(d, OLD_SWAP) == ["refunded", "pending"]
     assert "Refunded" in text(d, f"#swap-{OLD_SWAP} .leg .timeline")
+    # a swap whose legs carry no txids (only the engine's journal): read from its history
+    assert leg_states(d, JOURNAL_SWAP) == ["redeemed", "redeemed"]
+    journal_card = text(d, f"#swap-{JOURNAL_SWAP}")
+    assert hexid("journal-redeem") in journal_card and hexid("journal-lock") in journal_card
+    assert "by the counterparty" in journal_card
     assert leg_states(d, sid) == ["pending", "pending"]
     assert node.advance() == "own_lock"
     wait_for(d, "our leg locked", lambda d: leg_states(d, sid) == ["locked", "pending"])

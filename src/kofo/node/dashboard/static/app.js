@@ -607,9 +607,43 @@ function tradeView(root, tradeId) {
 
 // -- Swaps ------------------------------------------------------------------------------
 
-// The leg's HTLC state: the node's word when it gives one; else read from the swap's own
-// history (the event that recorded the spend says redeem or refund); else from the txids.
-function legState(leg, swap) {
+// The legs as the page shows them: the node's txids and states where it gives them; else
+// read from the swap's own history (the engine journals each step with its txid). The own leg
+// is the initiator's for the initiator, the participant's for the participant.
+//   own leg:     lock_sent / locked (txid: the lock) -> locked; refund_* (txid) -> refunded
+//   counter leg: counter_audited -> locked; redeem_* / redeemed (txid: our redeem) -> redeemed
+// A participant that redeemed learned the secret from its own leg's redeem: that leg is
+// redeemed too (by the initiator, whose txid the journal may not hold).
+function deriveLegs(s) {
+  const legs = (s.legs || []).map((l) => ({ ...l }));
+  if (legs.length !== 2) return legs.map((l) => ({ ...l, state: simpleState(l, s) }));
+  const events = s.events || [];
+  const own = s.role === "participant" ? 1 : 0;
+  const ctr = 1 - own;
+  const last = (names) => [...events].reverse().find((e) => names.includes(e.state));
+  const txOf = (names) =>
+    ([...events].reverse().find((e) => names.includes(e.state) && e.txid) || {}).txid || "";
+  const lockEv = last(["lock_sent", "locked"]);
+  const refundEv = last(["refund_sent", "refunded"]);
+  const auditEv = last(["counter_audited"]);
+  const redeemEv = last(["redeem_sent", "redeemed"]);
+  if (!legs[own].lock_txid && lockEv) legs[own].lock_txid = txOf(["lock_sent", "locked"]);
+  if (!legs[own].spend_txid && refundEv) legs[own].spend_txid = txOf(["refund_sent", "refunded"]);
+  if (!legs[ctr].spend_txid && redeemEv) legs[ctr].spend_txid = txOf(["redeem_sent", "redeemed"]);
+  for (const [i, seenLock, spend] of [
+    [own, Boolean(lockEv), refundEv ? "refunded" : s.role === "participant" && redeemEv ? "redeemed" : ""],
+    [ctr, Boolean(auditEv), redeemEv ? "redeemed" : ""],
+  ]) {
+    const leg = legs[i];
+    if (leg.state && leg.state !== "absent") continue;
+    leg.state = spend || (leg.spend_txid ? simpleState(leg, s)
+      : leg.lock_txid || seenLock ? "locked" : "pending");
+  }
+  return legs;
+}
+
+// One leg alone: a spend is a redeem or a refund as the history's event for that txid says.
+function simpleState(leg, swap) {
   if (leg.state && leg.state !== "absent") return leg.state;
   if (leg.spend_txid) {
     const ev = (swap.events || []).find((e) => e.txid && e.txid === leg.spend_txid);
@@ -650,15 +684,15 @@ function deadlineOf(leg, ls) {
 }
 
 function swapCard(s) {
-  const legs = (s.legs || []).map((leg, i) => {
-    const ls = legState(leg, s);
+  const legs = deriveLegs(s).map((leg, i) => {
+    const ls = leg.state;
     const receiving = ownAddress(leg.recipient);
     const paying = ownAddress(leg.sender);
     const asset = leg.token ? `${leg.chain}:${leg.token}` : leg.chain;
     const step = (label, done, txid, extra) => h("li", { class: done ? "done" : "todo" },
       h("div", { class: "step-head" }, h("strong", {}, label), extra),
-      txid ? copyable(txid, `${label} txid`) : h("span", { class: "muted small" },
-        done ? "" : "waiting"));
+      txid ? copyable(txid, `${label} txid`) : done ? null
+        : h("span", { class: "muted small" }, "waiting"));
     const spendLabel = ls === "refunded" ? "Refunded" : "Redeemed";
     return h("div", { class: "leg", "data-leg": i, "data-leg-state": ls },
       h("div", { class: "leg-head" },
@@ -667,12 +701,14 @@ function swapCard(s) {
         h("span", { class: "muted small" }, receiving ? "you receive" : paying ? "you pay" : `leg ${i + 1}`),
         h("span", { class: "leg-state" }, badge(ls))),
       h("ol", { class: "timeline" },
-        step("Locked", Boolean(leg.lock_txid), leg.lock_txid,
+        step("Locked", ls !== "pending", leg.lock_txid,
           leg.lock_txid && leg.confirmations !== null && leg.confirmations !== undefined
             ? h("span", { class: "conf" }, `${leg.confirmations} confirmation${Number(leg.confirmations) === 1 ? "" : "s"}`)
             : null),
-        step(leg.spend_txid ? spendLabel : "Redeem or refund", Boolean(leg.spend_txid), leg.spend_txid,
-          null)),
+        step(ls === "redeemed" || ls === "refunded" ? spendLabel : "Redeem or refund",
+          ls === "redeemed" || ls === "refunded", leg.spend_txid,
+          ls === "redeemed" && !leg.spend_txid
+            ? h("span", { class: "muted small" }, "by the counterparty") : null)),
       h("div", { class: "leg-foot small" }, deadlineOf(leg, ls)),
       h("details", { class: "addresses", "data-key": `${s.swap_id}/${i}` },
         h("summary", {}, "Addresses"),
