@@ -165,6 +165,7 @@ class FixtureNode:
         self.sockets: set[tuple[asyncio.AbstractEventLoop, WebSocket]] = set()
         self.refuse_sockets = False
         self.info_fails = False
+        self.page_size = 50
 
     def kick(self) -> int:
         """Close every event WebSocket from the server side (from the test's thread), as a
@@ -317,7 +318,7 @@ class FixtureNode:
     async def swaps(self, *, limit: int = 50, before: float | None = None) -> list[SwapView]:
         with self._lock:
             ss = sorted(self.swaps_.values(), key=lambda s: s.updated_at, reverse=True)
-        return ss[:limit]
+        return [s for s in ss if before is None or s.updated_at < before][:limit]
 
     async def swap(self, swap_id: str) -> SwapView:
         with self._lock:
@@ -624,8 +625,18 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
         return _json(await node.cancel_trade(trade_id))
 
     @app.get("/v1/swaps")
-    async def swaps(limit: int = 50) -> JSONResponse:
-        return _json(await node.swaps(limit=limit))
+    async def swaps(limit: int = 50, before: float | None = None) -> JSONResponse:
+        # a page as the API gives it: `next` (pass as `before`) while older ones remain; the
+        # node may serve fewer than asked (page_size)
+        found = await node.swaps(limit=min(limit, node.page_size) + 1, before=before)
+        page = found[: min(limit, node.page_size)]
+        more = len(found) > len(page)
+        return JSONResponse(
+            {
+                "items": [dataclasses.asdict(s) for s in page],
+                "next": page[-1].updated_at if more else None,
+            }
+        )
 
     @app.get("/v1/swaps/{swap_id}")
     async def swap(swap_id: str) -> JSONResponse:

@@ -521,6 +521,34 @@ def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, 
     assert node.balances_["btc"] == [120_000_000, 0]
 
 
+def test_older_swaps_page_in_on_demand(browser, node):
+    d = browser
+    node.page_size = 1  # one swap per page: the two the node holds take two pages
+    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
+        d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={TOKEN}&view=swaps")
+        wait_for(
+            d,
+            "the first page",
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 1,
+        )
+        assert d.find_elements(By.CSS_SELECTOR, f"#swap-{JOURNAL_SWAP}")
+        d.find_element(By.ID, "older-swaps").click()
+        wait_for(
+            d, "the older page", lambda d: d.find_elements(By.CSS_SELECTOR, f"#swap-{OLD_SWAP}")
+        )
+        assert len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 2
+        wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-swaps"))
+        # a live re-render (the cards replaced) keeps the older page it fetched
+        d.execute_script("document.querySelector('article.swap').__before = 1")
+        node.log.append("swap", {"swap_id": JOURNAL_SWAP, "state": "redeemed"})
+        wait_for(
+            d,
+            "the re-render",
+            lambda d: d.execute_script("return !document.querySelector('article.swap').__before"),
+        )
+        assert len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 2
+
+
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):
     d = browser
     d.get(f"http://127.0.0.1:{server.port}/#token={READONLY_TOKEN}")

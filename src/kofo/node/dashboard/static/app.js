@@ -747,14 +747,41 @@ function swapsView(root, swapId) {
     await load();
     for (const el of slot.querySelectorAll("details")) if (open.has(el.dataset.key)) el.open = true;
   };
+  // The newest page re-read on each event; older pages the user asked for kept below it.
+  let older = [];
+  let next = null;
+  const moreBtn = h("button", { type: "button", class: "ghost more", id: "older-swaps" },
+    "Show older swaps");
   const load = () => fill(slot, async () => {
-    const swaps = swapId ? [await api(`/swaps/${encodeURIComponent(swapId)}`)]
-      : items(await api("/swaps?limit=50"));
+    let swaps;
+    if (swapId) {
+      swaps = [await api(`/swaps/${encodeURIComponent(swapId)}`)];
+    } else {
+      const page = await api("/swaps?limit=50");
+      swaps = items(page);
+      if (!older.length) next = page && page.next !== undefined ? page.next : null;
+      const ids = new Set(swaps.map((x) => x.swap_id));
+      swaps = swaps.concat(older.filter((x) => !ids.has(x.swap_id)));
+    }
     if (!swaps.length) {
       return h("p", { class: "empty card" }, "No swaps yet. A trade's swap legs appear here once its "
         + "order is committed on the ledger.");
     }
-    return swaps.map(swapCard);
+    return [...swaps.map(swapCard), next !== null && next !== undefined ? moreBtn : null]
+      .filter(Boolean);
+  });
+  moreBtn.addEventListener("click", async () => {
+    moreBtn.disabled = true;
+    try {
+      const page = await api(`/swaps?limit=50&before=${encodeURIComponent(next)}`);
+      older = older.concat(items(page));
+      next = page && page.next !== undefined ? page.next : null;
+    } catch (err) {
+      slot.append(errorBox(err));
+    } finally {
+      moreBtn.disabled = false;
+    }
+    render();
   });
   render();
   return { refresh: (kinds) => { if (kinds.has("swap") || kinds.has("trade")) render(); } };
