@@ -613,8 +613,16 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
         return _json(await node.create_trade(await trade_request(request)), 201)
 
     @app.get("/v1/trades")
-    async def trades(limit: int = 50) -> JSONResponse:
-        return _json(await node.trades(limit=limit))
+    async def trades(limit: int = 50, before: float | None = None) -> JSONResponse:
+        found = await node.trades(limit=min(limit, node.page_size) + 1, before=before)
+        page = found[: min(limit, node.page_size)]
+        more = len(found) > len(page)
+        return JSONResponse(
+            {
+                "items": [dataclasses.asdict(t) for t in page],
+                "next": page[-1].created_at if more else None,
+            }
+        )
 
     @app.get("/v1/trades/{trade_id}")
     async def trade(trade_id: str) -> JSONResponse:

@@ -521,7 +521,7 @@ def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, 
     assert node.balances_["btc"] == [120_000_000, 0]
 
 
-def test_older_swaps_page_in_on_demand(browser, node):
+def test_older_swaps_and_trades_page_in_on_demand(browser, node):
     d = browser
     node.page_size = 1  # one swap per page: the two the node holds take two pages
     with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
@@ -547,6 +547,30 @@ def test_older_swaps_page_in_on_demand(browser, node):
             lambda d: d.execute_script("return !document.querySelector('article.swap').__before"),
         )
         assert len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 2
+
+        # the same for trades: two trades (one cancelled), one per page
+        go(d, "trade", "#trade-form")
+        for _ in range(2):
+            d.find_element(By.ID, "trade-amount").clear()
+            d.find_element(By.ID, "trade-amount").send_keys("0.01")
+            wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+            place = d.find_element(By.ID, "place-trade")
+            wait_for(d, "the trade button enabled", lambda d, p=place: p.is_enabled())
+            place.click()
+            wait_for(
+                d,
+                "the new trade",
+                lambda d: text(d, "#current-trade .badge").lower() == "quoting",
+            )
+            d.execute_script("document.querySelector('#current-trade button.danger').click()")
+            wait_for(
+                d, "cancelled", lambda d: "cancelled" in text(d, "#current-trade .badge").lower()
+            )
+        rows = "#trades tbody tr"
+        wait_for(d, "one trade a page", lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 1)
+        d.find_element(By.ID, "older-trades").click()
+        wait_for(d, "the older trade", lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 2)
+        wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-trades"))
 
 
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):

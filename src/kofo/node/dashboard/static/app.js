@@ -573,17 +573,41 @@ function tradeView(root, tradeId) {
     }
   }
 
+  // The newest page re-read on each event; older pages the user asked for kept below it.
+  let olderTrades = [];
+  let nextTrades = null;
+  const moreTrades = h("button", { type: "button", class: "ghost more", id: "older-trades" },
+    "Show older trades");
+  moreTrades.addEventListener("click", async () => {
+    moreTrades.disabled = true;
+    try {
+      const page = await api(`/trades?limit=20&before=${encodeURIComponent(nextTrades)}`);
+      olderTrades = olderTrades.concat(items(page));
+      nextTrades = page && page.next !== undefined ? page.next : null;
+    } catch (err) {
+      listSlot.append(errorBox(err));
+    } finally {
+      moreTrades.disabled = false;
+    }
+    renderList();
+  });
+
   function renderList() {
     return fill(listSlot, async () => {
-      const trades = items(await api("/trades?limit=20"));
-      return table(["When", "State", "Pay", "Receive", "Hops", "Trade id"], trades.map((t) => [
+      const page = await api("/trades?limit=20");
+      let trades = items(page);
+      if (!olderTrades.length) nextTrades = page && page.next !== undefined ? page.next : null;
+      const ids = new Set(trades.map((t) => t.trade_id));
+      trades = trades.concat(olderTrades.filter((t) => !ids.has(t.trade_id)));
+      const more = nextTrades !== null && nextTrades !== undefined ? moreTrades : null;
+      return [table(["When", "State", "Pay", "Receive", "Hops", "Trade id"], trades.map((t) => [
         h("span", { class: "small" }, ago(t.created_at)),
         badge(t.state),
         amount(t.amount, t.sell),
         t.receive !== null && t.receive !== undefined ? amount(t.receive, t.buy) : symbolOf(t.buy),
         t.hops ?? "–",
         h("a", { href: `#/trade/${encodeURIComponent(t.trade_id)}`, class: "hex small" }, t.trade_id),
-      ]), "No trades yet. Fill the form above to make your first one.");
+      ]), "No trades yet. Fill the form above to make your first one."), more].filter(Boolean);
     });
   }
 
