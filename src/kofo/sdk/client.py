@@ -11,6 +11,7 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -45,9 +46,26 @@ from kofo.sdk.errors import (
 )
 
 T = TypeVar("T")
-Amount = int | str
-"""An amount: an ``int`` is base units (satoshi, wei); a ``str`` is a decimal in the asset's
-unit (``"0.01"`` BTC), checked by the node against the asset's decimals."""
+Amount = int | str | Decimal
+"""An amount: an ``int`` is base units (satoshi, wei); a ``str`` or a ``Decimal`` is a decimal
+in the asset's unit (``"0.01"`` BTC), checked by the node against the asset's decimals. Never a
+float (refused: a float cannot hold most decimal amounts exactly)."""
+
+
+def _amount(field: str, value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        raise InvalidRequest(
+            f"{field}: an amount is an int (base units), a str or a Decimal, "
+            f"got {type(value).__name__}",
+            status=0,
+            problem={"errors": [{"field": f"body.{field}", "message": "not an amount"}]},
+        )
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value < 0:
+            raise InvalidRequest(f"{field}: {value} is not an amount", status=0)
+        return format(value, "f")
+    return value
+
 
 EVENT_KINDS = ("trade", "swap", "order", "offer", "ledger", "node")
 TERMINAL_TRADE_STATES = ("redeemed", "refunded", "failed", "cancelled")
@@ -130,9 +148,9 @@ def _trade_body(
 ) -> dict[str, Any]:
     return {
         "sell": sell,
-        "amount": amount,
+        "amount": _amount("amount", amount),
         "buy": buy,
-        "min_receive": min_receive,
+        "min_receive": _amount("min_receive", min_receive),
         "deadline_s": deadline_s,
         "window_s": window_s,
     }
@@ -246,9 +264,9 @@ def _offer_body(
         "sell": sell,
         "price_num": price_num,
         "price_den": price_den,
-        "min_in": min_in,
-        "max_in": max_in,
-        "fee": fee,
+        "min_in": _amount("min_in", min_in),
+        "max_in": _amount("max_in", max_in),
+        "fee": _amount("fee", fee),
         "partial": partial,
         "ttl": ttl,
     }
