@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cbor2
+import coincurve
 
 from kofo.clearance import attest, bonds, privacy
 from kofo.clearance.admission import BlockBudget, SenderRateLimit
@@ -144,6 +145,10 @@ _K_VALIDATORS = b"meta/validators"
 ``[[first height it signs, set], ...]`` (CometBFT applies an update made at H from H + 2)."""
 _K_VALSET_NONCE = b"meta/valset_nonce"
 _K_VAULT_SET = b"meta/vault_set"
+_K_DECISIONS = b"meta/decisions"
+"""How many bond decisions were recorded; ``decision_seq/<u64>`` holds each one's id, in order,
+so a relayer pages through them (query ``/decisions``) without a scan of the state."""
+MAX_DECISIONS_PAGE = 256
 """The last validator set (Ethereum keys, powers) recorded for the vault."""
 _K_GENESIS_VALIDATORS = b"meta/genesis_validators"
 """Every validator that may hold power: the genesis set (one that lost its power to a missing
@@ -372,6 +377,14 @@ def _withdrawal_applies(
         )
 
 
+def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:
+    """Store a bond decision and append its id to the ordered list relayers page through."""
+    seq = _int_get(view, _K_DECISIONS)
+    view.set(_K_DECISIONS, _enc(seq + 1))
+    view.set(b"decision_seq/" + seq.to_bytes(8, "big"), did)
+    view.set_map(b"decision/" + did, rec)
+
+
 def _internal_error(exc: Exception, where: str) -> TxResult:
     # The log names only the exception type: its text could quote tx content, and a result's
     # text must not depend on anything but the input.
@@ -392,10 +405,15 @@ class LedgerApp:
         require_registered: bool = False,
         registration_limit: SenderRateLimit | None = None,
         observer: ChainObserver | None = None,
+        vault_signer: bytes | None = None,
     ) -> None:
         self.store = store
         self.observer = observer
         """This validator's own view of the chains: what its vote extensions attest."""
+        self.vault_signer = vault_signer
+        """This validator's registered secp256k1 key (32 bytes), if it signs bond decisions:
+        ``/decision`` (and :meth:`valset_decision`) then carry its signature of the vault digest of
+        what its own committed state decided (a relayer collects them from the validators)."""
         # In-memory indexes of committed state for ExtendVote; a finalized block's events reach
         # them only at its Commit (a re-finalized block must not leave ids behind).
         self._open: list[bytes] | None = None
@@ -1186,8 +1204,9 @@ class LedgerApp:
         view.delete(key)
         if amount:
             did = bonds.decision_id(b"release/" + sender + _enc(ctx.height))
-            view.set_map(
-                b"decision/" + did,
+            _record_decision(
+                view,
+                did,
                 {
                     "kind": "release",
                     "node": sender,
@@ -1208,8 +1227,9 @@ class LedgerApp:
     ) -> None:
         """Record a slash for the validators to sign and a relayer to execute on the vault."""
         did = bonds.decision_id(evidence_id)
-        view.set_map(
-            b"decision/" + did,
+        _record_decision(
+            view,
+            did,
             {
                 "kind": "slash",
                 "node": node,
@@ -1333,6 +1353,11 @@ class LedgerApp:
             if len(seen) >= MAX_OBSERVATIONS:
                 break
         return encode_extension(seen, self._bond_observations())
+
+    def bonds_to_attest(self) -> bool:
+        """Whether this validator's observer sees a vault balance the ledger does not hold
+        (what the next vote extension would attest)."""
+        return bool(self._bond_observations())
 
     def _bond_observations(self) -> list[BondObservation]:
         """Vault balances that differ from the ledger's attested record, for a window of
@@ -1676,7 +1701,26 @@ class LedgerApp:
             recipient = bytes.fromhex(rec["recipient"].removeprefix("0x"))
             digest = bonds.release_digest if rec["kind"] == "release" else bonds.slash_digest
             rec["digest"] = digest(vault, rec["node"], rec["amount"], recipient, decision_id)
+            self._sign(rec)
         return rec
+
+    def _sign(self, rec: dict[str, Any]) -> None:
+        """This validator's signature of ``rec["digest"]``, when it holds a vault key."""
+        if self.vault_signer is not None:
+            rec["signer"] = bonds.eth_address(coincurve.PrivateKey(self.vault_signer).public_key)
+            rec["signature"] = bonds.sign_digest(self.vault_signer, rec["digest"])
+
+    def decisions(self, start: int, limit: int = MAX_DECISIONS_PAGE) -> list[tuple[int, bytes]]:
+        """Bond decision ids in the order they were decided, from number ``start``: at most
+        ``limit`` point reads (no scan)."""
+        raw = self.store.get_committed(_K_DECISIONS)
+        count = 0 if raw is None else int(_dec(raw))
+        out = []
+        for seq in range(start, min(count, start + min(limit, MAX_DECISIONS_PAGE))):
+            did = self.store.get_committed(b"decision_seq/" + seq.to_bytes(8, "big"))
+            if did is not None:
+                out.append((seq, did))
+        return out
 
     def validators_at(self, height: int) -> dict[bytes, Validator]:
         """The validator set (by address) whose votes at ``height`` this ledger counts."""
@@ -1693,6 +1737,7 @@ class LedgerApp:
             rec["digest"] = bonds.valset_digest(
                 vault, nonce, rec["validators"], rec["powers"], rec["unkeyed_power"]
             )
+            self._sign(rec)
         return rec
 
     def validator_keys(self) -> dict[bytes, bytes]:
@@ -1801,6 +1846,11 @@ class LedgerApp:
             return encode(self._params.as_map())
         if path == "/decision":
             return encode(self.decision(_arg_bytes(arg, 32, "/decision: the decision id")))
+        if path == "/decisions":
+            start = 0 if arg is None else arg
+            if type(start) is not int or not 0 <= start < 2**63:
+                raise InvalidInput("/decisions: the argument is the first decision number, >= 0")
+            return encode([[seq, did] for seq, did in self.decisions(start)])
         if path == "/validator_keys":
             if arg is not None:
                 raise InvalidInput("/validator_keys takes no argument")

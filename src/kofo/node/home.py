@@ -52,6 +52,7 @@ def init_home(
     name: str = "kofo",
     ledger_url: str = "http://127.0.0.1:26657",
     chains: dict[str, dict[str, Any]] | None = None,
+    bond: dict[str, Any] | None = None,
     force: bool = False,
 ) -> tuple[NodeConfig, bool]:
     """Write a node home; returns its config and whether a new wallet was created.
@@ -68,7 +69,7 @@ def init_home(
             f"{home} is not empty (a node home already?); pass --force to rewrite its "
             "config.toml (an existing wallet is kept, never overwritten)"
         )
-    text = render_config(name=name, ledger_url=ledger_url, chains=chains)
+    text = render_config(name=name, ledger_url=ledger_url, chains=chains, bond=bond)
     config = parse_config(home, tomllib.loads(text), config_path)  # what we write must load
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)

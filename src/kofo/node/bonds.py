@@ -1,0 +1,252 @@
+"""A node's bond in the bond vault, and the relayer of the ledger's bond decisions.
+
+``ensure_bond`` locks a maker's configured bond (``[bond] amount`` wei) in the vault
+(``contracts/BondVault.vy``) under its node id. It is idempotent: it reads the vault first and
+sends nothing when the bond is already there; otherwise it signs the ``lock`` transaction,
+writes the signed bytes to the home (``bond.tx``, 0600) **before** sending them, and a restart
+sends those same bytes again (one intent is never two deposits: the same nonce and hash). The
+ledger then counts the bond once its validators' observers see it in the vault and attest it
+(docs/clearance.md, Bonds); nobody declares it.
+
+``relay_decisions`` executes the ledger's slash and release decisions on the vault. Anyone may:
+the vault checks that validators holding more than two thirds of its power signed the
+decision's digest. The relayer pages through the decisions (query ``/decisions``), asks each
+validator for its own signature of each one (``/decision``: a validator signs only what its own
+committed state decided), checks each signature locally, and sends ``slash`` / ``release``
+with the aligned signatures once they reach the vault's threshold. A decision the vault has
+executed is skipped (``executed(id)``), so running it again sends nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from eth_utils.crypto import keccak
+from web3 import Web3
+from web3.exceptions import TransactionNotFound
+
+from kofo.clearance import bonds as vault_digests
+from kofo.errors import ChainError, InvalidInput, KofoError
+from kofo.node.ledger_client import LedgerClient, LedgerError
+from kofo.private_files import read_private_file, write_private_file
+from kofo.settlement.chains.ethereum.contract import load_artifact
+from kofo.wire.codec import decode, encode
+
+log = logging.getLogger("kofo.node.bonds")
+
+BOND_TX_FILE = "bond.tx"
+MAX_TX_BYTES = 1 << 16
+LOCK_GAS = 100_000
+"""Gas for ``lock`` (one storage write and an event: ~50k), with room to spare; unused gas is
+not charged."""
+DECISIONS_PAGE = 256
+"""Decision ids per ``/decisions`` answer (the ledger's page size)."""
+RELAY_GAS = 1_000_000
+"""Gas for ``slash`` / ``release``: an ecrecover per signing validator (≤ 128) and a payment."""
+
+
+class BondError(KofoError):
+    code = "bond_failed"
+
+
+def _vault(w3: Web3, address: str) -> Any:
+    if not Web3.is_address(address):
+        raise InvalidInput(f"bond vault address {address!r} is not an Ethereum address")
+    return w3.eth.contract(
+        address=Web3.to_checksum_address(address), abi=load_artifact("BondVault").abi
+    )
+
+
+def _send_raw(w3: Web3, raw: bytes, timeout: float) -> str:
+    """Send signed bytes (again, after a restart) and wait for their receipt; a tx the node
+    already knows or mined is not an error."""
+    tx_hash = "0x" + keccak(raw).hex()
+    try:
+        w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        mined = True
+    except TransactionNotFound:
+        mined = False
+    if not mined:
+        try:
+            w3.eth.send_raw_transaction(raw)
+        except ValueError as exc:  # "already known" or its nonce spent meanwhile
+            log.info("resending bond tx %s: %s", tx_hash, exc)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)  # type: ignore[arg-type]
+    if receipt["status"] != 1:
+        raise BondError(f"bond vault tx {tx_hash} reverted")
+    return tx_hash
+
+
+def ensure_bond(
+    *,
+    home: Path,
+    w3: Web3,
+    account: LocalAccount,
+    vault: str,
+    node_id: bytes,
+    amount: int,
+    timeout: float = 120.0,
+) -> str | None:
+    """Make the vault hold at least ``amount`` wei under ``node_id``; returns the hash of the
+    deposit this call sent (or re-sent), None when the vault already held enough."""
+    if amount < 0 or len(node_id) != 32:
+        raise InvalidInput("a bond is a non-negative amount under a 32-byte node id")
+    contract = _vault(w3, vault)
+    path = home / BOND_TX_FILE
+    locked = int(contract.functions.bonds(node_id).call())
+    if locked >= amount:
+        path.unlink(missing_ok=True)  # an old intent already carried out
+        return None
+    if path.exists():  # an intent journaled by an earlier run: the same bytes again
+        raw = read_private_file(path, max_size=MAX_TX_BYTES)
+        try:
+            tx_hash = _send_raw(w3, raw, timeout)
+        except (BondError, ValueError, ChainError) as exc:
+            # reverted, or never mined (its nonce taken by another tx): dropped; build anew
+            log.warning("the journaled bond deposit did not go through (%s); sending anew", exc)
+            path.unlink(missing_ok=True)
+            return ensure_bond(
+                home=home,
+                w3=w3,
+                account=account,
+                vault=vault,
+                node_id=node_id,
+                amount=amount,
+                timeout=timeout,
+            )
+        path.unlink(missing_ok=True)
+        return tx_hash
+    tx = contract.functions.lock(node_id).build_transaction(
+        {
+            "from": account.address,
+            "value": amount - locked,  # type: ignore[typeddict-item]
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "chainId": w3.eth.chain_id,
+            "gas": LOCK_GAS,
+        }
+    )
+    raw = bytes(account.sign_transaction(tx).raw_transaction)
+    write_private_file(path, raw)  # the intent, before its side effect
+    tx_hash = _send_raw(w3, raw, timeout)
+    path.unlink(missing_ok=True)
+    log.info(
+        "bond: locked %d wei under node %s (tx %s)", amount - locked, node_id.hex()[:16], tx_hash
+    )
+    return tx_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    decision: bytes
+    kind: str
+    amount: int
+    tx_hash: str
+
+
+def relay_decisions(
+    *,
+    validators: Sequence[LedgerClient],
+    w3: Web3,
+    account: LocalAccount,
+    vault: str,
+    start: int = 0,
+    timeout: float = 120.0,
+) -> tuple[list[Relayed], int]:
+    """Execute on the vault every bond decision from number ``start`` that the vault has not
+    executed and that enough validators signed. Returns what was sent and the number to start
+    from next time (the first decision still waiting for signatures, or the end)."""
+    if not validators:
+        raise InvalidInput("relay_decisions needs at least one validator's RPC")
+    contract = _vault(w3, vault)
+    vault_vals = [bytes.fromhex(a[2:]) for a in _valset(contract)]
+    powers = [int(contract.functions.powers(i).call()) for i in range(len(vault_vals))]
+    total = int(contract.functions.total_power().call())
+    sent: list[Relayed] = []
+    nxt, first_waiting = start, None
+    while True:
+        page = decode(validators[0].abci_query("/decisions", encode(nxt)))
+        for seq, did in page:
+            nxt = seq + 1
+            if contract.functions.executed(did).call():
+                continue
+            relayed = _relay_one(
+                validators, w3, account, contract, did, vault_vals, powers, total, timeout
+            )
+            if relayed is not None:
+                sent.append(relayed)
+            elif first_waiting is None:
+                first_waiting = seq  # not signed enough yet: start there next time
+        if len(page) < DECISIONS_PAGE:
+            break
+    return sent, nxt if first_waiting is None else first_waiting
+
+
+def _valset(contract: Any) -> list[str]:
+    out: list[str] = []
+    for i in range(128):  # the vault's MAX_VALIDATORS
+        try:
+            out.append(str(contract.functions.validators(i).call()))
+        except Exception:  # past the end of the dynamic array: the call reverts
+            break
+    return [a.lower() for a in out]
+
+
+def _relay_one(
+    validators: Sequence[LedgerClient],
+    w3: Web3,
+    account: LocalAccount,
+    contract: Any,
+    did: bytes,
+    vault_vals: list[bytes],
+    powers: list[int],
+    total: int,
+    timeout: float,
+) -> Relayed | None:
+    signatures: dict[bytes, bytes] = {}
+    rec: dict[str, Any] | None = None
+    for client in validators:
+        try:
+            answer = dict(decode(client.abci_query("/decision", encode(did))))
+        except LedgerError as exc:
+            log.info("decision %s from %s: %s", did.hex()[:16], client.url, exc)
+            continue
+        if "digest" not in answer or "signature" not in answer:
+            continue
+        if rec is None:
+            rec = answer
+        # every validator must describe the same decision; a signature is checked here so a
+        # bad one never costs a reverted transaction
+        same = all(answer[k] == rec[k] for k in ("kind", "node", "amount", "recipient", "digest"))
+        signer = vault_digests.recover_address(answer["signature"], rec["digest"])
+        if same and signer is not None and signer == answer["signer"] and signer in vault_vals:
+            signatures[signer] = answer["signature"]
+    if rec is None:
+        return None
+    signed = sum(p for v, p in zip(vault_vals, powers, strict=True) if v in signatures)
+    if 3 * signed <= 2 * total:
+        log.info("decision %s: signatures of %d/%d power so far", did.hex()[:16], signed, total)
+        return None
+    v, r, s = vault_digests.signature_slots(vault_vals, signatures)
+    node, amount = rec["node"], int(rec["amount"])
+    if int(contract.functions.bonds(node).call()) < amount:
+        log.warning("decision %s: the vault holds less than %d for the node", did.hex(), amount)
+        return None
+    recipient = Web3.to_checksum_address(rec["recipient"])
+    fn = contract.functions.release if rec["kind"] == "release" else contract.functions.slash
+    tx = fn(node, amount, recipient, did, v, r, s).build_transaction(
+        {
+            "from": account.address,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "chainId": w3.eth.chain_id,
+            "gas": RELAY_GAS,
+        }
+    )
+    raw = bytes(account.sign_transaction(tx).raw_transaction)
+    tx_hash = _send_raw(w3, raw, timeout)
+    log.info("relayed %s decision %s (%d wei) in %s", rec["kind"], did.hex()[:16], amount, tx_hash)
+    return Relayed(did, str(rec["kind"]), amount, tx_hash)
