@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from phe import paillier
 
-from kofo.clearance import privacy
+from kofo.clearance import admission, privacy
 from kofo.clearance.app import Block, LedgerApp
 from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
@@ -40,8 +40,34 @@ T0 = 1_700_000_000
 """Block time of the first test block; orders' deadlines are set relative to it."""
 
 
+TEST_WORK_BITS = 2
+"""Registration work in tests: a few scrypt tries, not the default's ~4,000."""
+
+
+@functools.cache
+def registration_work(node: bytes, n: bytes, bits: int = TEST_WORK_BITS) -> int:
+    return admission.solve_registration_work(node, n, bits)
+
+
+@functools.cache
+def _modulus_proof(p: int, q: int, node: bytes) -> bytes:
+    pub = paillier.PaillierPublicKey(p * q)
+    return privacy.prove_modulus(
+        paillier.PaillierPrivateKey(pub, p, q), privacy.modulus_context(node)
+    )
+
+
+def modulus_proof(priv: paillier.PaillierPrivateKey, node: bytes) -> bytes:
+    """The modulus certificate of ``priv``'s modulus for ``node`` (cached: tests reuse keys)."""
+    return _modulus_proof(priv.p, priv.q, node)
+
+
 def ledger_params(**overrides: object) -> LedgerParams:
-    base: dict[str, object] = {"paillier_bits": (PAILLIER_BITS,)}
+    base: dict[str, object] = {
+        "paillier_bits": (PAILLIER_BITS,),
+        "registration_work_bits": TEST_WORK_BITS,
+        "max_registrations_per_block": 20,  # tests register many parties in one block
+    }
     base.update(overrides)
     return LedgerParams(**base)  # type: ignore[arg-type]
 
@@ -73,13 +99,16 @@ class Party:
 
     def register_tx(self, ts: int = T0) -> bytes:
         seed, proof = privacy.zero_seed(self.paillier_pub, privacy.register_context(self.id))
+        n = privacy.public_modulus(self.paillier_pub)
         body = RegisterNode(
             addresses={"btc": "02" + self.id.hex()[:64], "eth": "0x" + self.id.hex()[:40]},
-            paillier_n=privacy.public_modulus(self.paillier_pub),
+            paillier_n=n,
             balance_seed=seed,
             bond=self.bond,
             monitor=self.monitor,
             seed_proof=proof,
+            modulus_proof=modulus_proof(self.paillier_priv, self.id),
+            pow_nonce=registration_work(self.id, n),
         )
         return sign_tx(self.key, body, ts=ts)
 

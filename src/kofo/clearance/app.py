@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import cbor2
 import coincurve
 
-from kofo.clearance import attest, bonds, privacy
+from kofo.clearance import admission, attest, bonds, privacy
 from kofo.clearance.admission import BlockBudget, SenderRateLimit
 from kofo.clearance.attest import Validator
 from kofo.clearance.errors import (
@@ -565,6 +565,10 @@ class LedgerApp:
             raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
         msg = open_message(raw)
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
+        if isinstance(body, RegisterNode):
+            # before the block's registration slots are charged: a registration without its
+            # work must not take the slot of one with it
+            self._check_registration_work(msg.envelope.sender, body)
         if gate is not None:
             gate(msg.envelope, body)
         if isinstance(body, CommitOrder):
@@ -579,6 +583,15 @@ class LedgerApp:
                 self._verified_bytes -= self._verified.popitem(last=False)[1][2]
         return msg.envelope, body
 
+    def _check_registration_work(self, sender: bytes, tx: RegisterNode) -> None:
+        """One scrypt evaluation: cheap enough to run before the block's registration slots
+        are charged, so that registrations without their work cannot fill them."""
+        bits = self._params.registration_work_bits
+        if not admission.check_registration_work(sender, tx.paillier_n, tx.pow_nonce, bits):
+            raise BadMessage(
+                f"register_node.pow_nonce is not work of {bits} bits for this sender and modulus"
+            )
+
     def _check_registration_proof(self, sender: bytes, tx: RegisterNode) -> None:
         n = privacy.from_bytes(tx.paillier_n)
         allowed = self._params.paillier_bits
@@ -589,6 +602,12 @@ class LedgerApp:
                 f"register_node.paillier_n must be an odd modulus of exactly "
                 f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
             )
+        # The work was checked first (_check_registration_work); then the modulus (a gcd and
+        # four powers mod n), and only on a certified modulus the zero proof (eight powers
+        # mod n^2).
+        privacy.check_modulus(
+            n, tx.modulus_proof, privacy.modulus_context(sender), "register_node.paillier_n"
+        )
         privacy.verify_zero(
             n,
             tx.balance_seed,

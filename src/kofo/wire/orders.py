@@ -66,13 +66,18 @@ MAX_CIPHERTEXT_BYTES = 768
 """Big enough for Paillier with a 3072-bit modulus, the largest the ledger accepts (ciphertexts
 live mod n^2: 6144 bits). Proof values are no larger."""
 
-MAX_PROOF_BYTES = 3 * 384
-"""A zero proof under a 3072-bit modulus: ``a`` (mod n^2) and ``z`` (mod n), fixed width."""
+MAX_PROOF_BYTES = 4 * 3 * 384
+"""A zero proof under a 3072-bit modulus: four rounds of ``a`` (mod n^2) and ``z`` (mod n),
+fixed width (``kofo.clearance.privacy``)."""
+MAX_MODULUS_PROOF_BYTES = 4 * 384
+"""A modulus certificate under a 3072-bit modulus: four n-th roots mod n."""
 
-BALANCE_SCHEMA_VERSION = 2
+BALANCE_SCHEMA_VERSION = 3
 """``sv`` of ``register_node`` and ``withdraw_fees`` bodies. Version 2 added the proof that a
-seed encrypts 0 and the withdrawal number; version 1 bodies are refused (they let a node seed
-its balance with any amount and replay a withdrawal)."""
+seed encrypts 0 and the withdrawal number; version 3 made the zero proof four rounds of 20-bit
+challenges and added the registration's modulus certificate and work proof. Older bodies are
+refused (version 1 let a node seed its balance with any amount and replay a withdrawal; a
+version 2 zero proof was forgeable under a modulus with a small factor)."""
 
 MAX_U64 = (1 << 64) - 1
 """Bound of every count, index, time and basis-point field: no such value needs more, and a
@@ -446,8 +451,11 @@ class RegisterNode:
     under it, made by the node with fresh randomness: the ledger starts the node's fee balance
     from it, so the stored ciphertext is never a trivial (randomness-1) encryption.
     ``seed_proof`` proves that the seed encrypts 0 (``kofo.clearance.privacy.prove_zero``,
-    bound to the sender's id). ``bond`` is in the ledger's bond unit (see
-    ``LedgerParams.bond_asset``).
+    bound to the sender's id). ``modulus_proof`` certifies ``paillier_n`` (no prime factor
+    below 2^20, square-free, prime to phi(n): ``privacy.prove_modulus``), without which the
+    zero proof means nothing. ``pow_nonce`` is the registration's work
+    (``kofo.clearance.admission.solve_registration_work``): what a registration costs. ``bond``
+    is informational (bonds are attested from the vault, never declared).
     """
 
     addresses: dict[str, str]
@@ -456,6 +464,8 @@ class RegisterNode:
     bond: int
     monitor: bool = False
     seed_proof: bytes = b""
+    modulus_proof: bytes = b""
+    pow_nonce: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -464,6 +474,8 @@ class RegisterNode:
             "paillier_n": self.paillier_n,
             "balance_seed": self.balance_seed,
             "seed_proof": self.seed_proof,
+            "modulus_proof": self.modulus_proof,
+            "pow_nonce": self.pow_nonce,
             "bond": self.bond,
             "monitor": self.monitor,
         }
@@ -473,7 +485,17 @@ class RegisterNode:
         _schema_version(m, where)
         _exact_keys(
             m,
-            {"sv", "addresses", "paillier_n", "balance_seed", "seed_proof", "bond", "monitor"},
+            {
+                "sv",
+                "addresses",
+                "paillier_n",
+                "balance_seed",
+                "seed_proof",
+                "modulus_proof",
+                "pow_nonce",
+                "bond",
+                "monitor",
+            },
             where,
         )
         addrs = m["addresses"]
@@ -493,6 +515,8 @@ class RegisterNode:
             bond=_int(m, "bond", where, maximum=MAX_AMOUNT),
             monitor=m["monitor"],
             seed_proof=_ct_bytes(m, "seed_proof", where, MAX_PROOF_BYTES),
+            modulus_proof=_ct_bytes(m, "modulus_proof", where, MAX_MODULUS_PROOF_BYTES),
+            pow_nonce=_int(m, "pow_nonce", where),
         )
 
 
@@ -508,8 +532,8 @@ def _ct_bytes(
 def _schema_version(m: Any, where: str) -> None:
     if type(m) is dict and m.get("sv") != BALANCE_SCHEMA_VERSION:
         raise BadMessage(
-            f"{where}.sv must be {BALANCE_SCHEMA_VERSION} (version 1 bodies, without a proof that "
-            "the seed encrypts 0, are no longer accepted)"
+            f"{where}.sv must be {BALANCE_SCHEMA_VERSION} (older bodies, without a sound proof "
+            "that the seed encrypts 0, are no longer accepted)"
         )
 
 
