@@ -21,13 +21,17 @@ from kofo.wire.attest import BondObservation, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.orders import (
     CommitOrder,
+    EvidenceKind,
     FeeQuote,
+    FileEvidence,
     Leg,
     LegOutcome,
     OrderKind,
+    Quote,
     QuoteRole,
     RegisterNode,
     SettlementOrder,
+    Take,
     WithdrawFees,
     sign_tx,
     with_derived_id,
@@ -268,3 +272,55 @@ class Ledger:
         result = self.block(*txs, time=time)
         bad = [r.log for r in result.results if not r.ok]
         assert not bad, bad
+
+
+def take_order(
+    quote: Quote,
+    provider: Party,
+    taker: Party,
+    *,
+    route: list[Party] | None = None,
+    t0: int = T0,
+) -> CommitOrder:
+    """The order a taker commits to when it takes ``quote`` (a direct trade with the provider
+    unless ``route`` says otherwise), signed by every party but the provider."""
+    route = route or [taker, provider]
+    order = make_order(route, amount=1_000, t0=t0)
+    quotes = tuple(
+        FeeQuote(q.node, q.role, quote.quote_id, q.fee_ct) if q.node == provider.id else q
+        for q in order.quotes
+    )
+    if not any(q.node == provider.id for q in quotes):
+        quotes += (FeeQuote(provider.id, QuoteRole.PROVIDER, quote.quote_id),)
+    order = with_derived_id(dataclasses.replace(order, quotes=quotes))
+    return CommitOrder(order, tuple(order.sign(p.key) for p in route if p is not provider))
+
+
+def take_evidence(
+    quote: Quote,
+    provider: Party,
+    taker: Party,
+    *,
+    filer: Party | None = None,
+    ts: int | None = None,
+    order: CommitOrder | None = None,
+) -> bytes:
+    """``quote_not_honoured`` evidence: ``taker``'s take of ``quote`` with its order."""
+    order = order or take_order(quote, provider, taker)
+    take = Take(
+        quote.quote_id,
+        taker.id,
+        quote.valid_until - 10 if ts is None else ts,
+        order.order.order_id,
+    )
+    return sign_tx(
+        (filer or taker).key,
+        FileEvidence(
+            EvidenceKind.QUOTE_NOT_HONOURED,
+            quote=quote,
+            quote_sig=provider.key.sign(quote.signing_bytes()),
+            take=take,
+            take_sig=taker.key.sign(take.signing_bytes()),
+            order=order,
+        ),
+    )

@@ -68,11 +68,13 @@ from kofo.wire.orders import (
     FileEvidence,
     LegOutcome,
     OrderKind,
+    Quote,
     QuoteRole,
     RegisterNode,
     RegisterValidatorKey,
     ReportOutcome,
     SettlementOrder,
+    Take,
     TxBody,
     Unbond,
     WithdrawFees,
@@ -958,9 +960,26 @@ class LedgerApp:
 
     def _commit_order(self, view: _View, ctx: _Ctx, sender: bytes, tx: CommitOrder) -> None:
         order = tx.order
-        parties = order.parties()
-        if sender not in parties:
+        if sender not in order.parties():
             raise NotAuthorised(f"submitter {sender.hex()} is not a party of the order")
+        self._check_committable(view, ctx, order)
+        for q in order.quotes:
+            view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
+        view.set(b"payhash/" + order.payment_hash, order.order_id)
+        view.set(_order_key(order.order_id), _order_bytes(tx))
+        view.set_map(
+            _order_state_key(order.order_id),
+            {
+                "status": "committed",
+                "height": ctx.height,
+                "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
+            },
+        )
+        ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
+
+    def _check_committable(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
+        """Every state check of ``commit_order`` on ``order`` (its signatures aside)."""
+        parties = order.parties()
         if order.order_id != derive_order_id(order):
             raise OrderInvalid(
                 f"order_id {order.order_id.hex()} is not derived from the order's content "
@@ -981,19 +1000,6 @@ class LedgerApp:
             if view.get(_node_key(p)) is None:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
         self._check_fees(view, order)
-        for q in order.quotes:
-            view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
-        view.set(b"payhash/" + order.payment_hash, order.order_id)
-        view.set(_order_key(order.order_id), _order_bytes(tx))
-        view.set_map(
-            _order_state_key(order.order_id),
-            {
-                "status": "committed",
-                "height": ctx.height,
-                "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
-            },
-        )
-        ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
 
     def _check_route(self, order: SettlementOrder, ctx: _Ctx) -> None:
         legs = order.legs
@@ -1580,7 +1586,10 @@ class LedgerApp:
                 # after the honour grace (so a back-dated take of an expired quote is refused).
                 if recorded is not None:
                     raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
-                view.set_map(take_key, {"taker": take.taker, "at": ctx.time})
+                self._check_take_order(view, ctx, quote, take, tx.order)
+                view.set_map(
+                    take_key, {"taker": take.taker, "at": ctx.time, "order_id": take.order_id}
+                )
                 ctx.events.append(
                     (
                         "take_recorded",
@@ -1625,6 +1634,33 @@ class LedgerApp:
         ctx.events.append(
             ("penalty", (("node", offender.hex()), ("kind", tx.kind.value), ("slash", str(slash))))
         )
+
+    def _check_take_order(
+        self, view: _View, ctx: _Ctx, quote: Quote, take: Take, commit: CommitOrder | None
+    ) -> None:
+        """A take counts only with the order the taker committed to for the quote, signed by
+        every party but the provider and committable now: then the provider can always commit
+        it alone, and a taker that never co-signs cannot cause a slash."""
+        if commit is None:
+            raise EvidenceInvalid("a take must carry the order the taker signed")
+        order = commit.order
+        if order.order_id != take.order_id:
+            raise EvidenceInvalid("the take names another order than the one it carries")
+        parties = order.parties()
+        if take.taker not in parties or quote.provider not in parties:
+            raise EvidenceInvalid("the taker and the provider must both be parties of the order")
+        if not any(q.node == quote.provider and q.quote_id == quote.quote_id for q in order.quotes):
+            raise EvidenceInvalid("the order does not use the provider's quote")
+        signers = [sig.signer for sig in commit.signatures]
+        wanted = [p for p in parties if p != quote.provider]
+        if sorted(signers) != sorted(wanted) or len(set(signers)) != len(signers):
+            raise EvidenceInvalid(
+                "the order must be signed by every party but the provider, the taker included"
+            )
+        msg = commit.signed_bytes or order.signing_bytes()
+        for sig in commit.signatures:
+            verify_ed25519(sig.signer, sig.signature, msg, "take order")
+        self._check_committable(view, ctx, order)
 
     # -- WithdrawFees --------------------------------------------------------------------------
 

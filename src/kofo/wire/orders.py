@@ -654,37 +654,57 @@ class Quote:
 
 @dataclass(frozen=True, slots=True)
 class Take:
-    """A taker's acceptance of a quote at its price, signed by the taker before it expired."""
+    """A taker's acceptance of a quote at its price, signed by the taker before it expired.
+
+    ``order_id`` is the order the taker committed to for this quote: the evidence that records
+    the take carries that order with the signatures of every party but the provider (the
+    taker's included), so the provider can always commit it alone, and a taker that never
+    co-signs can never record a take (version 2 of the evidence, issue 17)."""
 
     quote_id: bytes
     taker: bytes
     ts: int
+    order_id: bytes = bytes(ORDER_ID_SIZE)
 
     def as_map(self) -> dict[str, Any]:
-        return {"quote_id": self.quote_id, "taker": self.taker, "ts": self.ts}
+        return {
+            "quote_id": self.quote_id,
+            "taker": self.taker,
+            "ts": self.ts,
+            "order_id": self.order_id,
+        }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "take") -> Take:
-        _exact_keys(m, {"quote_id", "taker", "ts"}, where)
+        _exact_keys(m, {"quote_id", "taker", "ts", "order_id"}, where)
         return cls(
             quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
             taker=_bytes(m, "taker", where, NODE_ID_SIZE),
             ts=_int(m, "ts", where),
+            order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
         )
 
     def signing_bytes(self) -> bytes:
         return TAKE_DOMAIN + encode(self.as_map())
 
 
+EVIDENCE_SCHEMA_VERSION = 2
+"""``sv`` of ``file_evidence`` bodies. Version 2: a quote's take names the order the taker
+committed to, and the evidence carries that order signed by every party but the provider.
+Version 1 bodies are refused (a named taker could record a take and never co-sign)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileEvidence:
-    """Misbehaviour evidence from a monitor.
+    """Misbehaviour evidence.
 
     ``leg_not_locked``: ``order_id`` and ``leg`` are set; the ledger checks its own record (no
-    lock reported before the leg's ``lock_by``, and block time past it).
-    ``quote_not_honoured``: ``quote``/``quote_sig`` (by the provider) and ``take``/``take_sig``
-    (by the taker) are set; the ledger checks both signatures, that the take came in time, and
-    that no committed order used the quote by ``valid_until`` plus the honour grace.
+    lock attested by the leg's ``lock_by`` plus the grace, every earlier leg locked in time).
+    ``quote_not_honoured``: ``quote``/``quote_sig`` (by the provider), ``take``/``take_sig``
+    (by the taker) and ``order`` (the order ``take.order_id``, with the signatures of every
+    party but the provider) are set; the ledger checks every signature, that the order uses
+    the quote and could be committed, that the take came in time, and that no committed order
+    with the taker used the quote by ``valid_until`` plus the honour grace.
     """
 
     kind: EvidenceKind
@@ -694,9 +714,11 @@ class FileEvidence:
     quote_sig: bytes | None = None
     take: Take | None = None
     take_sig: bytes | None = None
+    order: CommitOrder | None = None
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": EVIDENCE_SCHEMA_VERSION,
             "kind": self.kind.value,
             "order_id": self.order_id,
             "leg": self.leg,
@@ -704,11 +726,20 @@ class FileEvidence:
             "quote_sig": self.quote_sig,
             "take": None if self.take is None else self.take.as_map(),
             "take_sig": self.take_sig,
+            "order": None if self.order is None else self.order.as_map(),
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "file_evidence") -> FileEvidence:
-        _exact_keys(m, {"kind", "order_id", "leg", "quote", "quote_sig", "take", "take_sig"}, where)
+        _exact_keys(
+            m,
+            {"sv", "kind", "order_id", "leg", "quote", "quote_sig", "take", "take_sig", "order"},
+            where,
+        )
+        if m["sv"] != EVIDENCE_SCHEMA_VERSION:
+            raise BadMessage(
+                f"{where}.sv must be {EVIDENCE_SCHEMA_VERSION} (version 1 takes named no order)"
+            )
         kind = _enum(m, "kind", where, EvidenceKind)
         if kind is EvidenceKind.LEG_NOT_LOCKED:
             return cls(
@@ -722,6 +753,7 @@ class FileEvidence:
             quote_sig=_bytes(m, "quote_sig", where, 64),
             take=Take.from_map(m["take"], f"{where}.take"),
             take_sig=_bytes(m, "take_sig", where, 64),
+            order=CommitOrder.from_map(m["order"], f"{where}.order"),
         )
 
 
