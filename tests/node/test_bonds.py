@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from web3 import Web3
 
+from kofo.clearance import bonds
 from kofo.node.bonds import BOND_TX_FILE, ensure_bond, relay_decisions
 from kofo.node.devnet import Devnet, start_devnet
-from kofo.node.ledger_client import LedgerClient
+from kofo.node.ledger_client import LedgerClient, LedgerUnreachable
 from kofo.private_files import write_private_file
 from kofo.settlement.chain import HtlcTerms
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
@@ -272,3 +273,97 @@ def test_a_bonded_maker_that_does_not_lock_is_slashed_and_the_relayer_moves_its_
         assert _node(n.client, maker.id)["bond_locked"] == BOND - slash
     finally:
         n.net.stop()
+
+
+class _Validator:
+    """One validator's query face, in process: honest, down, or answering a bad signature."""
+
+    def __init__(self, app: Any, url: str) -> None:
+        self.app, self.url = app, url
+        self.down = False
+        self.lie = False
+        self.other = False
+
+    def abci_query(self, path: str, data: bytes = b"") -> bytes:
+        if self.down:
+            raise LedgerUnreachable(f"{self.url} is down")
+        answer = decode(self.app.query(path, data))
+        if self.lie and path == "/decision":
+            answer["signature"] = answer["signature"][:40] + bytes(24) + answer["signature"][64:]
+        if self.other and path == "/decision":  # another decision, well signed by its key
+            answer["amount"] *= 2
+            vault = bonds.Vault(
+                self.app.params.bond_vault_chain_id,
+                bytes.fromhex(self.app.params.bond_vault_address[2:]),
+            )
+            digest = bonds.slash_digest(
+                vault,
+                answer["node"],
+                answer["amount"],
+                bytes.fromhex(answer["recipient"][2:]),
+                data and decode(data),
+            )
+            answer["signature"] = bonds.sign_digest(self.app.vault_signer, digest)
+        return encode(answer)
+
+
+def test_the_relayer_needs_two_thirds_of_the_vaults_power_and_ignores_a_bad_signature() -> None:
+    from kofo.settlement.chains.ethereum.contract import deploy
+    from kofo.wire.orders import LegOutcome
+    from tests.clearance.helpers import make_order
+    from tests.clearance.test_bonds import _eth, _secp, _valkey_tx
+    from tests.clearance.test_vote_extensions import Validators
+    from tests.ethereum.conftest import EmbeddedChain
+
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    eth_vals = sorted(_eth(_secp(i)) for i in range(4))
+    vault_addr = deploy(
+        w3,
+        "BondVault",
+        w3.eth.accounts[0],
+        [Web3.to_checksum_address(a) for a in eth_vals],
+        [10, 10, 10, 10],
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    foundation = "0x" + "ee" * 20
+    params = ledger_params(
+        bond_vault_chain_id=w3.eth.chain_id,
+        bond_vault_address=vault_addr,
+        slash_recipient=foundation,
+    )
+    vals = Validators(params=params)
+    for i, a in enumerate(vals.apps):
+        a.app.vault_signer = _secp(i)  # each validator signs with its own registered key
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    vals.step(
+        *(p.register_tx() for p in (alice, m1, m2)), *(_valkey_tx(vals, i, alice) for i in range(4))
+    )
+    chain.send(vault.functions.lock(m1.id), chain.new_account(10**19), value=BOND)
+    for c in vals.chains:
+        c.see_bond(m1.id, BOND, w3.eth.block_number)
+    order = make_order([alice, m1, m2], t0=vals.time)
+    vals.step(commit_tx(order, [alice, m1, m2], alice))
+    vals.step()
+    for c in vals.chains:
+        c.see(order, 0, LegOutcome.LOCKED)
+    vals.step()
+    vals.step()
+    ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
+    vals.step(ev, time=order.legs[1].lock_by + params.attest_grace + 1)
+    slash = BOND * 500 // 10_000
+    clients = [_Validator(a.app, f"validator-{i}") for i, a in enumerate(vals.apps)]
+    relayer = chain.new_account(10**18)
+    clients[2].down, clients[3].lie = True, True  # 20 of 40: not enough
+    sent, nxt = relay_decisions(validators=clients, w3=w3, account=relayer, vault=vault_addr)
+    assert (sent, nxt) == ([], 0)
+    assert vault.functions.bonds(m1.id).call() == BOND
+    # the first validator asked describes another amount (well signed): its vote alone is lost
+    clients[0].other = True
+    assert relay_decisions(validators=clients, w3=w3, account=relayer, vault=vault_addr) == ([], 0)
+    # 30 of 40 honest (1, 2 and 3; 0's other decision is left out): > 2/3
+    clients[2].down, clients[3].lie = False, False
+    sent, nxt = relay_decisions(validators=clients, w3=w3, account=relayer, vault=vault_addr)
+    assert [(r.kind, r.amount) for r in sent] == [("slash", slash)] and nxt == 1
+    assert vault.functions.bonds(m1.id).call() == BOND - slash
+    assert w3.eth.get_balance(Web3.to_checksum_address(foundation)) == slash

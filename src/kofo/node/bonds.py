@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
@@ -32,7 +32,7 @@ from web3.exceptions import TransactionNotFound
 
 from kofo.clearance import bonds as vault_digests
 from kofo.errors import ChainError, InvalidInput, KofoError
-from kofo.node.ledger_client import LedgerClient, LedgerError
+from kofo.node.ledger_client import LedgerError
 from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.chains.ethereum.contract import load_artifact
 from kofo.wire.codec import decode, encode
@@ -52,6 +52,14 @@ RELAY_GAS = 1_000_000
 
 class BondError(KofoError):
     code = "bond_failed"
+
+
+class ValidatorQuery(Protocol):
+    """What the relayer needs of a validator: its ABCI query (a :class:`LedgerClient`)."""
+
+    url: str
+
+    def abci_query(self, path: str, data: bytes = b"") -> bytes: ...
 
 
 def _vault(w3: Web3, address: str) -> Any:
@@ -150,7 +158,7 @@ class Relayed:
 
 def relay_decisions(
     *,
-    validators: Sequence[LedgerClient],
+    validators: Sequence[ValidatorQuery],
     w3: Web3,
     account: LocalAccount,
     vault: str,
@@ -197,7 +205,7 @@ def _valset(contract: Any) -> list[str]:
 
 
 def _relay_one(
-    validators: Sequence[LedgerClient],
+    validators: Sequence[ValidatorQuery],
     w3: Web3,
     account: LocalAccount,
     contract: Any,
@@ -207,37 +215,45 @@ def _relay_one(
     total: int,
     timeout: float,
 ) -> Relayed | None:
-    signatures: dict[bytes, bytes] = {}
-    rec: dict[str, Any] | None = None
+    # Each answer's digest is rebuilt here from its own fields (the vault rebuilds it the same
+    # way), and signatures are grouped by what they sign: a validator that describes another
+    # decision, or signs badly, only loses its own vote (and never costs a reverted tx).
+    vault = vault_digests.Vault(int(w3.eth.chain_id), bytes.fromhex(contract.address[2:]))
+    groups: dict[tuple[str, bytes, int, str], dict[bytes, bytes]] = {}
     for client in validators:
         try:
             answer = dict(decode(client.abci_query("/decision", encode(did))))
-        except LedgerError as exc:
+            kind, node, amount = str(answer["kind"]), bytes(answer["node"]), int(answer["amount"])
+            recipient, sig = str(answer["recipient"]), bytes(answer["signature"])
+            build = (
+                vault_digests.release_digest if kind == "release" else vault_digests.slash_digest
+            )
+            digest = build(vault, node, amount, bytes.fromhex(recipient.removeprefix("0x")), did)
+            signer = vault_digests.recover_address(sig, digest)
+        except (LedgerError, KeyError, TypeError, ValueError, KofoError) as exc:
             log.info("decision %s from %s: %s", did.hex()[:16], client.url, exc)
             continue
-        if "digest" not in answer or "signature" not in answer:
-            continue
-        if rec is None:
-            rec = answer
-        # every validator must describe the same decision; a signature is checked here so a
-        # bad one never costs a reverted transaction
-        same = all(answer[k] == rec[k] for k in ("kind", "node", "amount", "recipient", "digest"))
-        signer = vault_digests.recover_address(answer["signature"], rec["digest"])
-        if same and signer is not None and signer == answer["signer"] and signer in vault_vals:
-            signatures[signer] = answer["signature"]
-    if rec is None:
+        if signer is not None and signer in vault_vals:
+            groups.setdefault((kind, node, amount, recipient), {})[signer] = sig
+    if not groups:
         return None
-    signed = sum(p for v, p in zip(vault_vals, powers, strict=True) if v in signatures)
+
+    def power(sigs: dict[bytes, bytes]) -> int:
+        return sum(p for v, p in zip(vault_vals, powers, strict=True) if v in sigs)
+
+    (kind, node, amount, recipient_hex), signatures = max(
+        groups.items(), key=lambda kv: power(kv[1])
+    )
+    signed = power(signatures)
     if 3 * signed <= 2 * total:
         log.info("decision %s: signatures of %d/%d power so far", did.hex()[:16], signed, total)
         return None
     v, r, s = vault_digests.signature_slots(vault_vals, signatures)
-    node, amount = rec["node"], int(rec["amount"])
     if int(contract.functions.bonds(node).call()) < amount:
         log.warning("decision %s: the vault holds less than %d for the node", did.hex(), amount)
         return None
-    recipient = Web3.to_checksum_address(rec["recipient"])
-    fn = contract.functions.release if rec["kind"] == "release" else contract.functions.slash
+    recipient = Web3.to_checksum_address(recipient_hex)
+    fn = contract.functions.release if kind == "release" else contract.functions.slash
     tx = fn(node, amount, recipient, did, v, r, s).build_transaction(
         {
             "from": account.address,
@@ -248,5 +264,5 @@ def _relay_one(
     )
     raw = bytes(account.sign_transaction(tx).raw_transaction)
     tx_hash = _send_raw(w3, raw, timeout)
-    log.info("relayed %s decision %s (%d wei) in %s", rec["kind"], did.hex()[:16], amount, tx_hash)
-    return Relayed(did, str(rec["kind"]), amount, tx_hash)
+    log.info("relayed %s decision %s (%d wei) in %s", kind, did.hex()[:16], amount, tx_hash)
+    return Relayed(did, kind, amount, tx_hash)
