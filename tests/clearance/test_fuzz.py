@@ -307,6 +307,9 @@ QUERY_SEEDS = [
     ("/foundation", encode("btc")),
     ("/params", b""),
     ("/decision", encode(bonds.decision_id(b"e" * 32))),
+    ("/decisions", encode(0)),
+    ("/decisions", b""),
+    ("/valset_decision", encode(1)),
     ("/validator_keys", b""),
 ]
 

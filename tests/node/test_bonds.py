@@ -17,7 +17,7 @@ import pytest
 from web3 import Web3
 
 from kofo.clearance import bonds
-from kofo.node.bonds import BOND_TX_FILE, ensure_bond, relay_decisions
+from kofo.node.bonds import BOND_TX_FILE, ensure_bond, relay_decisions, relay_valsets
 from kofo.node.devnet import Devnet, start_devnet
 from kofo.node.ledger_client import LedgerClient, LedgerUnreachable
 from kofo.private_files import write_private_file
@@ -367,3 +367,58 @@ def test_the_relayer_needs_two_thirds_of_the_vaults_power_and_ignores_a_bad_sign
     assert [(r.kind, r.amount) for r in sent] == [("slash", slash)] and nxt == 1
     assert vault.functions.bonds(m1.id).call() == BOND - slash
     assert w3.eth.get_balance(Web3.to_checksum_address(foundation)) == slash
+
+
+def test_the_relayer_moves_the_vault_to_the_ledgers_new_validator_set_then_relays() -> None:
+    from kofo.settlement.chains.ethereum.contract import deploy
+    from tests.clearance.test_bonds import _eth, _secp, _valkey_tx
+    from tests.clearance.test_vote_extensions import Validators
+    from tests.ethereum.conftest import EmbeddedChain
+
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    eth_vals = sorted(_eth(_secp(i)) for i in range(4))
+    vault_addr = deploy(
+        w3,
+        "BondVault",
+        w3.eth.accounts[0],
+        [Web3.to_checksum_address(a) for a in eth_vals],
+        [10, 10, 10, 10],
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    params = ledger_params(bond_vault_chain_id=w3.eth.chain_id, bond_vault_address=vault_addr)
+    vals = Validators(params=params)
+    for i, a in enumerate(vals.apps):
+        a.app.vault_signer = _secp(i)
+    nodes = [Party.make(20 + i) for i in range(4)]
+    vals.step(*(p.register_tx() for p in nodes))
+    for i, p in enumerate(nodes):  # each validator bonded through its own node
+        for c in vals.chains:
+            c.see_bond(p.id, (20 + i) * 10**15, 5)
+    vals.step(*(_valkey_tx(vals, i, nodes[i]) for i in range(4)))
+    for _ in range(4):
+        vals.step()
+    app = vals.apps[0].app
+    latest = 0
+    while True:
+        try:
+            app.valset_decision(latest + 1)
+        except Exception:
+            break
+        latest += 1
+    assert latest >= 1
+    decided = app.valset_decision(latest)
+    clients = [_Validator(a.app, f"validator-{i}") for i, a in enumerate(vals.apps)]
+    relayer = chain.new_account(10**18)
+    clients[1].down = clients[2].down = True  # the set the vault holds: 20 of 40 sign
+    assert relay_valsets(validators=clients, w3=w3, account=relayer, vault=vault_addr) == []
+    assert vault.functions.valset_nonce().call() == 0
+    clients[1].down = clients[2].down = False
+    sent = relay_valsets(validators=clients, w3=w3, account=relayer, vault=vault_addr)
+    assert sent and sent[-1] == latest
+    assert vault.functions.valset_nonce().call() == latest
+    held = [vault.functions.powers(i).call() for i in range(len(decided["powers"]))]
+    assert held == decided["powers"] and sorted(held) == [20, 21, 22, 23]
+    assert vault.functions.validators(0).call().lower() == "0x" + decided["validators"][0].hex()
+    # again: nothing new, nothing sent
+    assert relay_valsets(validators=clients, w3=w3, account=relayer, vault=vault_addr) == []

@@ -1901,6 +1901,10 @@ class LedgerApp:
             return encode(self._params.as_map())
         if path == "/decision":
             return encode(self.decision(_arg_bytes(arg, 32, "/decision: the decision id")))
+        if path == "/valset_decision":
+            if type(arg) is not int or not 1 <= arg < 2**63:
+                raise InvalidInput("/valset_decision: the argument is the nonce, >= 1")
+            return encode(self.valset_decision(arg))
         if path == "/decisions":
             start = 0 if arg is None else arg
             if type(start) is not int or not 0 <= start < 2**63:

@@ -14,7 +14,9 @@ decision's digest. The relayer pages through the decisions (query ``/decisions``
 validator for its own signature of each one (``/decision``: a validator signs only what its own
 committed state decided), checks each signature locally, and sends ``slash`` / ``release``
 with the aligned signatures once they reach the vault's threshold. A decision the vault has
-executed is skipped (``executed(id)``), so running it again sends nothing new.
+executed is skipped (``executed(id)``), so running it again sends nothing new. Before the
+decisions it moves the vault to the validator sets the ledger decided since
+(``relay_valsets``: ``/valset_decision`` nonce by nonce, each signed by the set the vault holds).
 """
 
 from __future__ import annotations
@@ -170,6 +172,8 @@ def relay_decisions(
     from next time (the first decision still waiting for signatures, or the end)."""
     if not validators:
         raise InvalidInput("relay_decisions needs at least one validator's RPC")
+    # the vault's set first: decisions are signed by the ledger's current validators
+    relay_valsets(validators=validators, w3=w3, account=account, vault=vault, timeout=timeout)
     contract = _vault(w3, vault)
     vault_vals = [bytes.fromhex(a[2:]) for a in _valset(contract)]
     powers = [int(contract.functions.powers(i).call()) for i in range(len(vault_vals))]
@@ -192,6 +196,66 @@ def relay_decisions(
         if len(page) < DECISIONS_PAGE:
             break
     return sent, nxt if first_waiting is None else first_waiting
+
+
+def relay_valsets(
+    *,
+    validators: Sequence[ValidatorQuery],
+    w3: Web3,
+    account: LocalAccount,
+    vault: str,
+    timeout: float = 120.0,
+) -> list[int]:
+    """Move the vault to every validator set the ledger decided after the one it holds
+    (``update_valset``, nonce by nonce), each signed by > 2/3 of the power of the set the vault
+    holds then. Returns the nonces sent; stops at the first one short of signatures."""
+    contract = _vault(w3, vault)
+    chain = vault_digests.Vault(int(w3.eth.chain_id), bytes.fromhex(contract.address[2:]))
+    sent: list[int] = []
+    while True:
+        nonce = int(contract.functions.valset_nonce().call()) + 1
+        vault_vals = [bytes.fromhex(a[2:]) for a in _valset(contract)]
+        powers = [int(contract.functions.powers(i).call()) for i in range(len(vault_vals))]
+        total = int(contract.functions.total_power().call())
+        groups: dict[tuple[tuple[bytes, ...], tuple[int, ...], int], dict[bytes, bytes]] = {}
+        for client in validators:
+            try:
+                answer = dict(decode(client.abci_query("/valset_decision", encode(nonce))))
+                vals = tuple(bytes(v) for v in answer["validators"])
+                pows = tuple(int(p) for p in answer["powers"])
+                unkeyed = int(answer["unkeyed_power"])
+                digest = vault_digests.valset_digest(chain, nonce, vals, pows, unkeyed)
+                signer = vault_digests.recover_address(bytes(answer["signature"]), digest)
+            except (LedgerError, KeyError, TypeError, ValueError, KofoError) as exc:
+                log.info("valset %d from %s: %s", nonce, client.url, exc)
+                continue
+            if signer is not None and signer in vault_vals:
+                groups.setdefault((vals, pows, unkeyed), {})[signer] = bytes(answer["signature"])
+        if not groups:
+            return sent
+
+        weight = dict(zip(vault_vals, powers, strict=True))
+        (vals, pows, unkeyed), signatures = max(
+            groups.items(), key=lambda kv: sum(weight[a] for a in kv[1])
+        )
+        signed = sum(weight[a] for a in signatures)
+        if 3 * signed <= 2 * total:
+            log.info("valset %d: signatures of %d/%d power so far", nonce, signed, total)
+            return sent
+        v, r, s = vault_digests.signature_slots(vault_vals, signatures)
+        tx = contract.functions.update_valset(
+            nonce, [Web3.to_checksum_address(a) for a in vals], list(pows), unkeyed, v, r, s
+        ).build_transaction(
+            {
+                "from": account.address,
+                "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+                "chainId": w3.eth.chain_id,
+                "gas": RELAY_GAS,
+            }
+        )
+        _send_raw(w3, bytes(account.sign_transaction(tx).raw_transaction), timeout)
+        log.info("relayed validator set %d to the vault", nonce)
+        sent.append(nonce)
 
 
 def _valset(contract: Any) -> list[str]:
