@@ -133,7 +133,7 @@ def test_a_journaled_deposit_is_resent_as_the_same_bytes_never_a_second_deposit(
             }
         )
         raw = bytes(acct.sign_transaction(tx).raw_transaction)
-        write_private_file(tmp_path / BOND_TX_FILE, raw)
+        write_private_file(tmp_path / BOND_TX_FILE, tx["nonce"].to_bytes(8, "big") + raw)
         n.w3.eth.send_raw_transaction(raw)  # ... and it was in fact sent before the crash
         sent = ensure_bond(
             home=tmp_path, w3=n.w3, account=acct, vault=n.net.vault, node_id=node, amount=BOND
@@ -143,12 +143,41 @@ def test_a_journaled_deposit_is_resent_as_the_same_bytes_never_a_second_deposit(
         # journaled but never sent: the same bytes go out, once
         tx["nonce"] = n.w3.eth.get_transaction_count(acct.address)
         raw = bytes(acct.sign_transaction(tx).raw_transaction)
-        write_private_file(tmp_path / BOND_TX_FILE, raw)
+        write_private_file(tmp_path / BOND_TX_FILE, tx["nonce"].to_bytes(8, "big") + raw)
         sent = ensure_bond(
             home=tmp_path, w3=n.w3, account=acct, vault=n.net.vault, node_id=node, amount=2 * BOND
         )
         assert sent == "0x" + Web3.keccak(raw).hex().removeprefix("0x")
         assert n.vault.functions.bonds(node).call() == 2 * BOND
+        # journaled, but its nonce was spent by another tx before it went out: it can never be
+        # mined, so the deposit is built anew, once
+        tx["nonce"] = n.w3.eth.get_transaction_count(acct.address)
+        raw = bytes(acct.sign_transaction(tx).raw_transaction)
+        write_private_file(tmp_path / BOND_TX_FILE, tx["nonce"].to_bytes(8, "big") + raw)
+        other = acct.sign_transaction(
+            {
+                "to": acct.address,
+                "value": 1,
+                "nonce": tx["nonce"],
+                "chainId": n.w3.eth.chain_id,
+                "gas": 21_000,
+                "maxFeePerGas": tx["maxFeePerGas"],
+                "maxPriorityFeePerGas": tx["maxPriorityFeePerGas"],
+            }
+        )
+        n.w3.eth.wait_for_transaction_receipt(n.w3.eth.send_raw_transaction(other.raw_transaction))
+        sent = ensure_bond(
+            home=tmp_path,
+            w3=n.w3,
+            account=acct,
+            vault=n.net.vault,
+            node_id=node,
+            amount=3 * BOND,
+            timeout=2,
+        )
+        assert sent is not None and sent != "0x" + Web3.keccak(raw).hex().removeprefix("0x")
+        assert n.vault.functions.bonds(node).call() == 3 * BOND
+        assert not (tmp_path / BOND_TX_FILE).exists()
     finally:
         n.net.stop()
 

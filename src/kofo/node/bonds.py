@@ -3,8 +3,10 @@
 ``ensure_bond`` locks a maker's configured bond (``[bond] amount`` wei) in the vault
 (``contracts/BondVault.vy``) under its node id. It is idempotent: it reads the vault first and
 sends nothing when the bond is already there; otherwise it signs the ``lock`` transaction,
-writes the signed bytes to the home (``bond.tx``, 0600) **before** sending them, and a restart
-sends those same bytes again (one intent is never two deposits: the same nonce and hash). The
+writes its nonce and signed bytes to the home (``bond.tx``, 0600) **before** sending them, and a
+restart sends those same bytes again (one intent is never two deposits: the same nonce and
+hash). A journaled deposit is replaced only once it reverted or its nonce was spent by another
+transaction; while it may still be pending, nothing else is sent. The
 ledger then counts the bond once its validators' observers see it in the vault and attest it
 (docs/clearance.md, Bonds); nobody declares it.
 
@@ -30,7 +32,7 @@ from typing import Any, Protocol
 from eth_account.signers.local import LocalAccount
 from eth_utils.crypto import keccak
 from web3 import Web3
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import TimeExhausted, TransactionNotFound, Web3Exception
 
 from kofo.clearance import bonds as vault_digests
 from kofo.errors import ChainError, InvalidInput, KofoError
@@ -84,9 +86,12 @@ def _send_raw(w3: Web3, raw: bytes, timeout: float) -> str:
     if not mined:
         try:
             w3.eth.send_raw_transaction(raw)
-        except ValueError as exc:  # "already known" or its nonce spent meanwhile
+        except (ValueError, Web3Exception) as exc:  # "already known", or its nonce spent
             log.info("resending bond tx %s: %s", tx_hash, exc)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)  # type: ignore[arg-type]
+    try:
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)  # type: ignore[arg-type]
+    except TimeExhausted:
+        raise BondError(f"bond vault tx {tx_hash} was not mined within {timeout:g} s") from None
     if receipt["status"] != 1:
         raise BondError(f"bond vault tx {tx_hash} reverted")
     return tx_hash
@@ -113,11 +118,18 @@ def ensure_bond(
         path.unlink(missing_ok=True)  # an old intent already carried out
         return None
     if path.exists():  # an intent journaled by an earlier run: the same bytes again
-        raw = read_private_file(path, max_size=MAX_TX_BYTES)
+        journal = read_private_file(path, max_size=MAX_TX_BYTES)
+        nonce, raw = int.from_bytes(journal[:8], "big"), journal[8:]
         try:
             tx_hash = _send_raw(w3, raw, timeout)
         except (BondError, ValueError, ChainError) as exc:
-            # reverted, or never mined (its nonce taken by another tx): dropped; build anew
+            mined = _receipt(w3, raw)
+            if mined is None and w3.eth.get_transaction_count(account.address) <= nonce:
+                # maybe still pending: sending another deposit now could pay twice
+                raise BondError(
+                    f"the journaled bond deposit is not mined yet ({exc}); try again later"
+                ) from None
+            # reverted, or dropped for good (its nonce taken by another tx): build anew
             log.warning("the journaled bond deposit did not go through (%s); sending anew", exc)
             path.unlink(missing_ok=True)
             return ensure_bond(
@@ -131,23 +143,31 @@ def ensure_bond(
             )
         path.unlink(missing_ok=True)
         return tx_hash
+    nonce = w3.eth.get_transaction_count(account.address, "pending")
     tx = contract.functions.lock(node_id).build_transaction(
         {
             "from": account.address,
             "value": amount - locked,  # type: ignore[typeddict-item]
-            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+            "nonce": nonce,
             "chainId": w3.eth.chain_id,
             "gas": LOCK_GAS,
         }
     )
     raw = bytes(account.sign_transaction(tx).raw_transaction)
-    write_private_file(path, raw)  # the intent, before its side effect
+    write_private_file(path, nonce.to_bytes(8, "big") + raw)  # the intent, before its effect
     tx_hash = _send_raw(w3, raw, timeout)
     path.unlink(missing_ok=True)
     log.info(
         "bond: locked %d wei under node %s (tx %s)", amount - locked, node_id.hex()[:16], tx_hash
     )
     return tx_hash
+
+
+def _receipt(w3: Web3, raw: bytes) -> Any:
+    try:
+        return w3.eth.get_transaction_receipt("0x" + keccak(raw).hex())  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
