@@ -1588,7 +1588,13 @@ class LedgerApp:
                     raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
                 self._check_take_order(view, ctx, quote, take, tx.order)
                 view.set_map(
-                    take_key, {"taker": take.taker, "at": ctx.time, "order_id": take.order_id}
+                    take_key,
+                    {
+                        "taker": take.taker,
+                        "at": ctx.time,
+                        "order_id": take.order_id,
+                        "payment_hash": tx.order.order.payment_hash if tx.order else b"",
+                    },
                 )
                 ctx.events.append(
                     (
@@ -1613,6 +1619,17 @@ class LedgerApp:
                     raise EvidenceInvalid(
                         f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
                     )
+            # The taker could make its own take's order uncommittable by committing another
+            # order with the same payment hash first: then the provider failed nobody.
+            taken_hash = recorded.get("payment_hash", b"")
+            if taken_hash and view.get(b"payhash/" + taken_hash) not in (
+                None,
+                recorded["order_id"],
+            ):
+                raise EvidenceInvalid(
+                    "the take's payment hash was used by another order: the provider could "
+                    "not commit the taken order"
+                )
             eid = b"evidence/qnh/" + quote.provider + quote.quote_id
             offender = quote.provider
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
