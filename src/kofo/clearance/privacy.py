@@ -130,12 +130,17 @@ def encrypt_zero(pub: paillier.PaillierPublicKey) -> tuple[bytes, int]:
 
 def prove_zero(n: int, ct: bytes, r: int, context: bytes) -> bytes:
     """The proof that ``ct = r^n mod n^2`` encrypts 0, bound to ``context`` (see module doc)."""
-    nsq = n * n
     s_values: list[int] = []
     while len(s_values) < ZERO_PROOF_REPS:
         s = secrets.randbelow(n)
         if s > 0 and gcd(s, n) == 1:
             s_values.append(s)
+    return prove_zero_with(n, ct, r, context, s_values)
+
+
+def prove_zero_with(n: int, ct: bytes, r: int, context: bytes, s_values: list[int]) -> bytes:
+    """:func:`prove_zero` with the prover's nonces given (test vectors; never reuse them)."""
+    nsq = n * n
     a_values = [_powmod(s, n, nsq) for s in s_values]
     challenges = _challenges(n, from_bytes(ct), a_values, context)
     size = _size(n)
