@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 BLOCK_INTERVAL = 1.0
 """Seconds between regtest blocks: a confirmation a second keeps a local swap quick while each
 one is still its own block."""
+DEVNET_WORK_BITS = 4
+"""Registration work on the devnet (default params): 16 scrypt tries, not ~4,000 -- a local
+network of several nodes registers in well under a second; the work is a price for sybils on a
+public ledger, not here."""
 FUND_WEI = 100 * 10**18
 FUND_DUSD = 1_000_000 * 10**6
 COINBASE_MATURITY = 100
@@ -184,7 +188,7 @@ def start_devnet(
         vault = deploy(w3, "BondVault", faucet, [signer_addr], [1])
         foundation = Web3.to_checksum_address(keccak(b"KOFO devnet foundation")[12:])
         params = replace(
-            ledger_params or LedgerParams(),
+            ledger_params or LedgerParams(registration_work_bits=DEVNET_WORK_BITS),
             bond_vault_chain_id=int(w3.eth.chain_id),
             bond_vault_address=vault,
             slash_recipient=foundation,
