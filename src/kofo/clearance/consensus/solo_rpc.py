@@ -203,7 +203,11 @@ class SoloLedgerRpc:
         if self.chain.app.observer is None:
             return False
         with self._lock:
-            return bool(self.chain.app.pending_legs()) or self.chain.app.bonds_to_attest()
+            if self.chain.app.pending_legs():
+                return True
+        # Outside the lock: the vault is read over the network, and a slow Ethereum node must
+        # not hold up the RPC. Only this thread commits blocks, so the state it reads is still.
+        return self.chain.app.bonds_to_attest()
 
     def _produce(self) -> None:
         while True:
