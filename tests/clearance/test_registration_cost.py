@@ -7,7 +7,10 @@ import dataclasses
 import pytest
 
 from kofo.clearance import admission, privacy
+from kofo.clearance.admission import SenderRateLimit
+from kofo.clearance.app import LedgerApp
 from kofo.clearance.params import LedgerParams
+from kofo.clearance.store import MerkleStore
 from kofo.wire.codec import decode
 from kofo.wire.envelope import open_message
 from kofo.wire.orders import RegisterNode, sign_tx
@@ -68,3 +71,16 @@ def test_the_default_difficulty_is_in_the_params_and_bounded():
     assert admission.registration_work(b"x" * 32, n, 7) == admission.registration_work(
         b"x" * 32, n, 7
     )
+
+
+def test_check_tx_charges_its_rate_limits_before_checking_the_work():
+    # A flood of registrations with bad work must still spend the registration bucket at
+    # CheckTx: otherwise each costs a validator an uncharged scrypt evaluation.
+    app = LedgerApp(
+        MerkleStore(),
+        ledger_params(registration_work_bits=BITS),
+        registration_limit=SenderRateLimit(0.0001, 3, clock=lambda: 0.0),
+    )
+    sybils = [Party.make(200 + i) for i in range(5)]
+    errors = [app.check_tx(_unworked(s.register_tx(), s)).error for s in sybils]
+    assert errors == ["bad_message"] * 3 + ["rate_limited"] * 2

@@ -567,10 +567,6 @@ class LedgerApp:
             raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
         msg = open_message(raw)
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
-        if isinstance(body, RegisterNode):
-            # before the block's registration slots are charged: a registration without its
-            # work must not take the slot of one with it
-            self._check_registration_work(msg.envelope.sender, body)
         if gate is not None:
             gate(msg.envelope, body)
         if isinstance(body, CommitOrder):
@@ -604,9 +600,10 @@ class LedgerApp:
                 f"register_node.paillier_n must be an odd modulus of exactly "
                 f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
             )
-        # The work was checked first (_check_registration_work); then the modulus (a gcd and
-        # four powers mod n), and only on a certified modulus the zero proof (eight powers
-        # mod n^2).
+        # Cheapest first: the work (one scrypt; a block checks it before charging its slots
+        # too, see _gate), then the modulus (a gcd and four powers mod n), and only on a
+        # certified modulus the zero proof (eight powers mod n^2).
+        self._check_registration_work(sender, tx)
         privacy.check_modulus(
             n, tx.modulus_proof, privacy.modulus_context(sender), "register_node.paillier_n"
         )
@@ -665,6 +662,11 @@ class LedgerApp:
         self._refuse_replay(get, env.sender, body, time)
         if isinstance(body, WithdrawFees):
             _withdrawal_applies(get, env.sender, body)
+        if isinstance(body, RegisterNode):
+            # Before the block's registration slots are charged: a registration without its
+            # work must not take the slot of one with it. (CheckTx charges its rate limits
+            # first instead: there the work check is what a flood would make it pay for.)
+            self._check_registration_work(env.sender, body)
         budget.charge(env.sender, body)
 
     @staticmethod
