@@ -15,7 +15,7 @@ from kofo.wire.codec import decode
 from kofo.wire.envelope import open_message
 from kofo.wire.orders import RegisterNode, sign_tx
 
-from .helpers import Ledger, Party, ledger_params
+from .helpers import T0, Ledger, Party, ledger_params
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,3 +84,19 @@ def test_check_tx_charges_its_rate_limits_before_checking_the_work():
     sybils = [Party.make(200 + i) for i in range(5)]
     errors = [app.check_tx(_unworked(s.register_tx(), s)).error for s in sybils]
     assert errors == ["bad_message"] * 3 + ["rate_limited"] * 2
+
+
+def test_the_solo_producer_defers_registrations_over_the_blocks_cap_instead_of_refusing():
+    # Seven nodes of a local network start at once; a block takes five registrations. The
+    # producer leaves the other two for the next block (as CometBFT's honest proposer does):
+    # every node registers, none is refused rate_limited.
+    from kofo.clearance.consensus.solo import SoloChain
+
+    params = ledger_params(max_registrations_per_block=5)
+    chain = SoloChain(LedgerApp(MerkleStore(), params), clock=lambda: T0)
+    parties = [Party.make(300 + i) for i in range(7)]
+    assert all(chain.submit(p.register_tx()).ok for p in parties)
+    results = chain.drain()
+    assert [len(r.results) for r in results] == [5, 2]
+    assert all(r.ok for res in results for r in res.results)
+    assert all(chain.app.node(p.id) is not None for p in parties)

@@ -36,6 +36,7 @@ from kofo.clearance.errors import (
     NotAuthorised,
     NotFound,
     OrderInvalid,
+    RateLimited,
     UnknownNode,
     WithdrawalInvalid,
     abci_code,
@@ -642,6 +643,25 @@ class LedgerApp:
             out.append(raw)
             size += tx_size(raw)
         return out
+
+    def defer_over_budget(self, txs: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """The solo producer's split of its mempool batch: ``(this block's txs, later)``.
+        Txs the block's budget would refuse (``rate_limited``: a sixth registration, a second
+        withdrawal of a sender) wait for the next block, as CometBFT's honest proposer leaves
+        them in the mempool (:meth:`propose`); every other tx goes in and gets its result."""
+        budget = self._budget()
+        keep: list[bytes] = []
+        later: list[bytes] = []
+        for raw in txs:
+            try:
+                self._decode_verified(raw, lambda e, b: self._gate(self.store.get, budget, e, b))
+            except RateLimited:
+                later.append(raw)
+                continue
+            except KofoError:
+                pass
+            keep.append(raw)
+        return keep, later
 
     def _gate(
         self,
