@@ -19,8 +19,8 @@ import pytest
 
 from kofo.clearance.app import LedgerApp
 from kofo.clearance.consensus.solo import SoloChain
-from kofo.clearance.consensus.testnet import LocalTestnet, free_base_port
 from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
+from kofo.clearance.consensus.testnet import LocalTestnet, free_base_port
 from kofo.clearance.store import MerkleStore
 from kofo.node.ledger_client import (
     LedgerClient,
