@@ -48,6 +48,7 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.engine import CRASH_POINTS
+from kofo.settlement.journal import Journal
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, SwapTerms
 from kofo.wire.swap import Propose
@@ -129,6 +130,7 @@ class Party:
     config: dict[str, Any]
     address: str  # on the EVM
     btc_address: str = ""  # the Bitcoin identity (compressed public key, hex), "btc" pair only
+    btc_view: BitcoinAdapter | None = None  # see _btc_view
 
 
 PAIRS = ("erc20", "btc")
@@ -310,20 +312,26 @@ Asset = tuple[str, str | None]  # (chain, token)
 
 
 def _btc_view(chains: Chains, party: Party) -> BitcoinAdapter:
-    """A read-only view of the party's Bitcoin wallet, straight on the embedded chain."""
+    """A read-only view of the party's Bitcoin wallet, straight on the embedded chain. One per
+    party, kept: its index follows the chain from where it last synced, so the balance reads
+    before and after the swap and the fee reads check each block once, not once per read."""
     ensure_thread_params()
-    wallet = HdWallet(bytes.fromhex(party.config["btc_seed"]), chains.btc.params)
-    start = int(party.config["btc_start_height"])
-    return BitcoinAdapter(EmbeddedBackend(chains.btc.chain), wallet, start_height=start)
+    if party.btc_view is None:
+        wallet = HdWallet(bytes.fromhex(party.config["btc_seed"]), chains.btc.params)
+        start = int(party.config["btc_start_height"])
+        party.btc_view = BitcoinAdapter(
+            EmbeddedBackend(chains.btc.chain), wallet, start_height=start
+        )
+    return party.btc_view
 
 
 def _fees(chains: Chains, party: Party) -> dict[str, int]:
     """Native-coin fees each chain charged the party for its journaled transactions."""
-    eng = build_engine(party.config)
+    journal = Journal(party.config["journal"])
     btc = _btc_view(chains, party) if "btc_seed" in party.config else None
     paid: dict[str, int] = {}
-    for sw in eng.journal.swaps():
-        for _kind, chain, txid, _at in eng.journal.all_txs(sw.swap_id):
+    for sw in journal.swaps():
+        for _kind, chain, txid, _at in journal.all_txs(sw.swap_id):
             if chain == "btc":
                 assert btc is not None
                 btc.index.sync()
@@ -337,7 +345,7 @@ def _fees(chains: Chains, party: Party) -> dict[str, int]:
                     continue  # signed, superseded before broadcast: never paid for
                 fee = r["gasUsed"] * r["effectiveGasPrice"]
             paid[chain] = paid.get(chain, 0) + fee
-    eng.journal.close()
+    journal.close()
     return paid
 
 
@@ -366,10 +374,10 @@ def _holdings(chains: Chains, party: Party, assets: list[Asset]) -> dict[Asset, 
 
 
 def _final_states(alice: Party, bob: Party, sid: bytes) -> tuple[State, State]:
-    ea, eb = build_engine(alice.config), build_engine(bob.config)
-    states = ea.journal.get(sid).state, eb.journal.get(sid).state
-    ea.journal.close()
-    eb.journal.close()
+    ja, jb = Journal(alice.config["journal"]), Journal(bob.config["journal"])
+    states = ja.get(sid).state, jb.get(sid).state
+    ja.close()
+    jb.close()
     return states
 
 
