@@ -62,8 +62,10 @@ FUNDER_COINBASES = 20
 """50-coin coinbases the module's funder starts with: 1000 coins, room for 10,000 parties at
 0.1 coin each (the crash runs make about a hundred)."""
 BTC_RPC_USER, BTC_RPC_PASSWORD = "kofo-crash", "crash-test-pw"
-RUN_TIMEOUT = 30
-"""Seconds one swap may take across all its kills and restarts (a clean one takes ~1.5 s)."""
+RUN_TIMEOUT = 300
+"""Seconds one swap may take across all its kills and restarts before it counts as hung. A
+bound, not a timing goal: a clean swap takes a few seconds, but on a shared 2-core CI machine
+one BTC refund swap (hundreds of blocks mined and read) took 30 s of wall time."""
 
 DISAPPEAR_AT = "enter:counter_audited"
 """Where the initiator vanishes on the refund path: the participant's lock is buried and the
@@ -71,6 +73,11 @@ initiator is about to reveal the secret, so both legs are locked and neither is 
 
 BUMP_FEE_RATE = 50
 """sat/vB the next blocks need once fees rise on the bump path (the fallback rate is 2)."""
+
+pytestmark = pytest.mark.timeout(600)
+"""Per test: a few swaps, each bounded by ``RUN_TIMEOUT``; the kill-at-every-point tests (marked
+``slow``: tens of swaps) get more below. Hang bounds, generous for a loaded machine."""
+SLOW_TIMEOUT = pytest.mark.timeout(3600)
 
 _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["tests.swap.crash_node"])
@@ -457,6 +464,7 @@ def test_an_initiator_that_vanishes_before_revealing_ends_with_both_refunded(
 
 
 @pytest.mark.slow
+@SLOW_TIMEOUT
 @pytest.mark.parametrize("pair", PAIRS)
 def test_killing_either_node_at_every_redeem_path_point_still_ends_in_both_redeemed(
     devnet, tmp_path, pair
@@ -474,6 +482,7 @@ def test_killing_either_node_at_every_redeem_path_point_still_ends_in_both_redee
 
 
 @pytest.mark.slow
+@SLOW_TIMEOUT
 @pytest.mark.parametrize("pair", PAIRS)
 def test_killing_either_node_at_every_refund_path_point_still_ends_in_both_refunded(
     devnet, tmp_path, pair
@@ -510,6 +519,7 @@ def test_a_lock_stuck_by_a_fee_rise_gets_a_child_across_the_process_boundary(dev
 
 
 @pytest.mark.slow
+@SLOW_TIMEOUT
 @pytest.mark.parametrize(
     ("path", "role", "point"),
     [
