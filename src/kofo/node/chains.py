@@ -155,7 +155,12 @@ def build_chains(config: NodeConfig, wallet: NodeWallet) -> Chains:
                 assets[key] = Asset(key, name, token, symbol, _decimals(eth.w3, token))
                 symbols[symbol] = key
         symbols[name] = name
-        log.info("chain %s: %s, policy %s", name, adapters[name], _policy_line(policies[name]))
+        log.info(
+            "chain %s: %s, policy %s",
+            name,
+            type(adapters[name]).__name__,
+            _policy_line(policies[name]),
+        )
     return Chains(adapters, policies, assets, symbols)
 
 

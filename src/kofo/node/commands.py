@@ -80,8 +80,8 @@ def init_command(
 def node_command(
     home: Annotated[Path, typer.Option("--home", help="the node home (`kofo init`)")],
 ) -> None:
-    """Run the node daemon on HOME until SIGINT/SIGTERM. Today it locks the home, loads the
-    config and wallet and watches the ledger; it does not trade yet."""
+    """Run the node daemon on HOME until SIGINT/SIGTERM: offers, quotes, trades and swaps on
+    the configured chains, cleared on the ledger (docs/node.md)."""
     from kofo.node.daemon import run_node
 
     try:

@@ -246,6 +246,8 @@ class Node:
             asyncio.ensure_future(self._offer_loop()),
         ]
         self._recover()
+        for line in self.identity_lines():
+            log.info("%s", line)
         self.event_log.append("node", {"event": "started", "node_id": self.node_id.hex()})
         log.info(
             "node %r started (home %s), node id %s, p2p %s:%d",
@@ -255,6 +257,15 @@ class Node:
             self.config.p2p_listen.host,
             self.exchange.port,
         )
+
+    def identity_lines(self) -> list[str]:
+        """The node's addresses for the log (never a key)."""
+        lines = [f"eth address {self.wallet.eth_account().address}"]
+        for chain in self.config.chains.values():
+            if isinstance(chain, BitcoinChainConfig):
+                hd = self.wallet.bitcoin(chain.chain, chain.network, home=self.config.home)
+                lines.append(f"{chain.chain} ({chain.network}) address {hd.address()}")
+        return lines
 
     async def stop(self) -> None:
         """Stop the exchange (no new quotes or orders), the trade tasks and loops (the engine
