@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kofo demo
 
-## nodes: build/install the pinned real nodes into .nodes/bin (geth, btcd, cometbft, litecoind)
+## nodes: build/install the pinned real nodes into .nodes/bin (geth, btcd, cometbft, litecoind, chromium)
 nodes:
 	bash scripts/install-nodes.sh
 
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) -m bench.btc_sizes
 	$(PY) -m bench.swap
 	$(PY) -m bench.exchange
+	$(PY) -m bench.api
 	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m bench.clearance
 
 clean:

@@ -2,7 +2,7 @@
 # Install the real node binaries that KOFO's real-node tests (pytest -m realnode) run against,
 # into <repo>/.nodes/bin (git-ignored).
 #
-#   scripts/install-nodes.sh              # all of: geth btcd cometbft litecoind
+#   scripts/install-nodes.sh              # all of: geth btcd cometbft litecoind chromium
 #   scripts/install-nodes.sh geth btcd    # only those
 #
 # Idempotent: a binary already present at the pinned version is left alone, so a second run
@@ -10,6 +10,8 @@
 # Go binaries are built with `go install` (GOBIN points at .nodes/bin; GOPATH, GOMODCACHE and
 # GOCACHE stay at Go's defaults so CI can cache them with the usual Go cache keys).
 # litecoind comes from the Debian package and is symlinked into .nodes/bin.
+# chromium (with chromium-driver, for the dashboard's real-browser test) comes from Debian too:
+# /usr/bin/chromium and /usr/bin/chromedriver, symlinked into .nodes/bin.
 set -euo pipefail
 
 # Pinned versions. Tests rely on these exact behaviours (flags, RPC dialects), so a bump is a
@@ -18,6 +20,10 @@ readonly GETH_VERSION="1.17.10"
 readonly BTCD_VERSION="0.26.0"
 readonly COMETBFT_VERSION="0.38.17"
 readonly LITECOIND_VERSION="0.21.2.1"
+# Debian bookworm-security's build; chromium-driver is always the same version as chromium.
+# When the security archive moves on (it keeps only the newest build), bump both lines.
+readonly CHROMIUM_VERSION="156.0.8078.129"
+readonly CHROMIUM_DEB_VERSION="${CHROMIUM_VERSION}-1~deb12u1"
 
 readonly GETH_PKG="github.com/ethereum/go-ethereum/cmd/geth@v${GETH_VERSION}"
 readonly BTCD_PKG="github.com/btcsuite/btcd@v${BTCD_VERSION}"
@@ -48,6 +54,12 @@ installed_version() {
         btcd) out="$("${exe}" --version 2>/dev/null | sed -n 's/^btcd version \([0-9.]*\).*/\1/p' || true)" ;;
         cometbft) out="$("${exe}" version 2>/dev/null | sed -n 's/^v\{0,1\}\([0-9.]*\).*/\1/p' || true)" ;;
         litecoind) out="$(litecoind_version "${exe}")" ;;
+        # "Chromium 156.0.8078.129 built on Debian ..."; the driver must report the same.
+        chromium)
+            out="$("${exe}" --version 2>/dev/null | sed -n 's/^Chromium \([0-9.]*\).*/\1/p' || true)"
+            [[ -x "${BIN}/chromedriver" ]] || out=""
+            [[ "$("${BIN}/chromedriver" --version 2>/dev/null | sed -n 's/^ChromeDriver \([0-9.]*\).*/\1/p' || true)" == "${out}" ]] || out=""
+            ;;
         *) die "unknown node '${name}'" ;;
     esac
     printf '%s' "${out}" || true
@@ -59,7 +71,8 @@ pinned_version() {
         btcd) printf '%s' "${BTCD_VERSION}" ;;
         cometbft) printf '%s' "${COMETBFT_VERSION}" ;;
         litecoind) printf '%s' "${LITECOIND_VERSION}" ;;
-        *) die "unknown node '$1' (expected one of: geth btcd cometbft litecoind)" ;;
+        chromium) printf '%s' "${CHROMIUM_VERSION}" ;;
+        *) die "unknown node '$1' (expected one of: geth btcd cometbft litecoind chromium)" ;;
     esac
 }
 
@@ -119,6 +132,31 @@ install_litecoind() {
     fi
 }
 
+install_chromium() {
+    command -v apt-get >/dev/null 2>&1 ||
+        die "chromium: apt-get not found; install chromium and chromedriver ${CHROMIUM_VERSION} yourself and symlink them into ${BIN}"
+    local pkgs=("chromium=${CHROMIUM_DEB_VERSION}" "chromium-driver=${CHROMIUM_DEB_VERSION}")
+    log "chromium: apt-get install ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! as_root apt-get install -y --no-install-recommends "${pkgs[@]}"; then
+        log "chromium: install failed with the current package lists; running apt-get update"
+        as_root apt-get update || die "chromium: apt-get update failed"
+        as_root apt-get install -y --no-install-recommends "${pkgs[@]}" ||
+            die "chromium: apt-get install ${pkgs[*]} failed (is bookworm-security enabled? has it moved past ${CHROMIUM_DEB_VERSION}? then bump CHROMIUM_VERSION)"
+    fi
+}
+
+link_chromium_binaries() {
+    local tool
+    for tool in chromium chromedriver; do
+        [[ -x "/usr/bin/${tool}" ]] || die "chromium: /usr/bin/${tool} missing after install"
+        if [[ "$(readlink "${BIN}/${tool}" 2>/dev/null)" != "/usr/bin/${tool}" ]]; then
+            ln -sfn "/usr/bin/${tool}" "${BIN}/${tool}"
+            log "chromium: linked ${BIN}/${tool} -> /usr/bin/${tool}"
+        fi
+    done
+}
+
 # Debian's /usr/bin/litecoind is a shell wrapper that writes ~/.litecoin/litecoin.conf (a random
 # rpcpassword) before exec'ing the real daemon in /usr/lib/litecoin. Tests always pass -datadir
 # and their own credentials, so link the real binary and leave the user's home untouched.
@@ -154,6 +192,7 @@ ensure() {
     if [[ "${have}" == "${want}" ]]; then
         # An older run may have linked Debian's wrapper; re-point it (a no-op when right).
         [[ "${name}" != litecoind ]] || link_litecoin_binaries
+        [[ "${name}" != chromium ]] || link_chromium_binaries
         log "${name} ${want}: already installed"
         return
     fi
@@ -171,6 +210,10 @@ ensure() {
             fi
             link_litecoin_binaries
             ;;
+        chromium)
+            install_chromium
+            link_chromium_binaries
+            ;;
         *) install_go_binary "${name}" ;;
     esac
     check_version "${name}"
@@ -179,7 +222,7 @@ ensure() {
 
 main() {
     local nodes=("$@") name
-    [[ ${#nodes[@]} -gt 0 ]] || nodes=(geth btcd cometbft litecoind)
+    [[ ${#nodes[@]} -gt 0 ]] || nodes=(geth btcd cometbft litecoind chromium)
     for name in "${nodes[@]}"; do
         pinned_version "${name}" >/dev/null
     done

@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from kofo import __version__
 from kofo.errors import KofoError, WalletError
@@ -96,20 +95,50 @@ def _reading(what: str, path: Path) -> Iterator[None]:
 @wallet_app.command("init")
 def wallet_init(
     path: Annotated[Path, typer.Option(help="where to write the encrypted seed")] = _DEFAULT_WALLET,
+    show_mnemonic: Annotated[
+        bool, typer.Option("--show-mnemonic", help="print the new seed's 24-word paper backup")
+    ] = False,
+    restore: Annotated[
+        bool,
+        typer.Option("--restore", help="the seed from its 24 words (stdin or a hidden prompt)"),
+    ] = False,
 ) -> None:
-    """Create a new seed and store it encrypted (passphrase from $KOFO_PASSPHRASE or a prompt)."""
+    """Create a new seed and store it encrypted (passphrase from $KOFO_PASSPHRASE or a prompt);
+    with --restore, the seed of a paper backup (its words from stdin or a prompt, never argv)."""
+    from kofo.node.commands import offer_backup_words, read_backup_words
+    from kofo.wallet import NodeWallet, words_to_seed
+
+    try:
+        with _reading("wallet", path):
+            passphrase = _passphrase(confirm=True)
+            seed = words_to_seed(read_backup_words()) if restore else None
+            wallet = NodeWallet.create(path, passphrase, seed=seed)
+    except KofoError as exc:
+        raise _fail(exc) from None
+    console.print(f"{'restored' if restore else 'created'} an encrypted wallet at {path}")
+    if not restore:
+        console.print(
+            "[yellow]back up this file and remember the passphrase, or keep the paper "
+            "backup: without either the funds its keys hold cannot be recovered[/]"
+        )
+        offer_backup_words(wallet.mnemonic(), show_mnemonic)
+
+
+@wallet_app.command("mnemonic")
+def wallet_mnemonic(
+    path: Annotated[Path, typer.Option(help="the encrypted seed file")] = _DEFAULT_WALLET,
+) -> None:
+    """Print the wallet's 24-word paper backup (after its passphrase). Works for every wallet,
+    those made before the words existed included: the words encode the seed itself."""
+    from kofo.node.commands import show_backup_words
     from kofo.wallet import NodeWallet
 
     try:
         with _reading("wallet", path):
-            NodeWallet.create(path, _passphrase(confirm=True))
+            wallet = NodeWallet.open(path, _passphrase(confirm=False))
     except KofoError as exc:
         raise _fail(exc) from None
-    console.print(f"created an encrypted wallet at {path}")
-    console.print(
-        "[yellow]back up this file and remember the passphrase: without both the "
-        "funds its keys hold cannot be recovered[/]"
-    )
+    show_backup_words(wallet.mnemonic())
 
 
 @wallet_app.command("upgrade")
@@ -137,17 +166,21 @@ def wallet_show(
     try:
         with _reading("wallet", path):
             wallet = NodeWallet.open(path, _passphrase(confirm=False))
-        table = Table(title=f"wallet {path}")
-        table.add_column("chain")
-        table.add_column("address")
-        table.add_column("funding key (HTLCs use a new key per swap)")
-        table.add_row("eth", wallet.eth_account().address, "-")
+        rows: list[tuple[str, str, str]] = [("eth", str(wallet.eth_account().address), "")]
         for chain in ("btc", "ltc"):
             hd = wallet.bitcoin(chain, network)
-            table.add_row(f"{chain} ({network})", hd.address(), hd.identity.pubkey.hex())
+            rows.append((f"{chain} ({network})", hd.address(), hd.identity.pubkey.hex()))
     except KofoError as exc:
         raise _fail(exc) from None
-    console.print(table)
+    # One value a line, never a table cell: a terminal of any width shows each address and key
+    # whole (a table cut them at 80 columns), and a copy takes the line as it is.
+    console.print(f"wallet {escape(str(path))}", soft_wrap=True)
+    for chain, address, key in rows:
+        console.print(f"{chain}", soft_wrap=True)
+        console.print(f"  address      {address}", soft_wrap=True)
+        if key:
+            console.print(f"  funding key  {key}", soft_wrap=True)
+    console.print("(HTLCs use a new key per swap)", soft_wrap=True)
 
 
 swap_app = typer.Typer(help="Swaps in this node's journal.", no_args_is_help=True)
@@ -256,3 +289,13 @@ def swap_show(swap_id: str, journal: str | None = _JOURNAL_OPTION) -> None:
 from kofo.node.commands import register as _register_node_commands  # noqa: E402
 
 _register_node_commands(app)
+
+# `kofo trade`, `kofo offer`, `kofo balances`, ...: clients of a running node's API (the SDK).
+from kofo.node.cli_api import register as _register_api_commands  # noqa: E402
+
+_register_api_commands(app)
+
+# `kofo dashboard`: the link to the node's web page (kofo.node.cli_dashboard).
+from kofo.node.cli_dashboard import register as _register_dashboard_command  # noqa: E402
+
+_register_dashboard_command(app)

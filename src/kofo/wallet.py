@@ -3,6 +3,14 @@
 Ethereum keys follow BIP44 (``m/44'/60'/0'/0/i``), Bitcoin-like chains BIP84
 (``m/84'/<coin>'/0'/...``), so the same seed restores the same addresses in other wallets. The
 seed file is the versioned scrypt + AES-256-GCM format of :mod:`kofo.settlement.keystore`.
+
+The paper backup: the 32-byte seed written as 24 BIP39 English words, the seed being the
+words' *entropy* (:func:`seed_to_words`, :func:`words_to_seed`; the 24th word carries the
+BIP39 checksum). Every wallet, old ones included, has its words, and the words give back the
+same seed: the same node id and addresses. They are not the BIP39 *seed* of the words (the
+PBKDF2 of the sentence) that other BIP39 wallets derive from: typed into such a wallet they
+give other keys; restore them with ``kofo init --restore`` (or ``kofo wallet init
+--restore``).
 """
 
 from __future__ import annotations
@@ -35,7 +43,49 @@ more seed adds nothing, less would be the weakest link)."""
 
 PASSPHRASE_ENV = "KOFO_PASSPHRASE"
 
+MNEMONIC_WORDS = 24
+"""BIP39 words for :data:`SEED_BYTES` of entropy (256 bits + an 8-bit checksum, 11 bits a word)."""
+
 log = logging.getLogger(__name__)
+
+
+def seed_to_words(seed: bytes) -> str:
+    """The seed's paper backup: 24 BIP39 English words whose entropy is ``seed``."""
+    from mnemonic import Mnemonic
+
+    if len(seed) != SEED_BYTES:
+        raise WalletError(f"a seed of {len(seed)} bytes has no {MNEMONIC_WORDS}-word backup")
+    return str(Mnemonic("english").to_mnemonic(seed))
+
+
+def words_to_seed(words: str) -> bytes:
+    """The seed a paper backup encodes (see the module doc). Raises :class:`WalletError`
+    (``bad_mnemonic``) naming what is wrong, never the words themselves: a word count other
+    than 24, the position of a word not in the English list, or a failed checksum."""
+    from mnemonic import Mnemonic
+
+    m = Mnemonic("english")
+    given = Mnemonic.normalize_string(words).lower().split()
+    if len(given) != MNEMONIC_WORDS:
+        raise WalletError(
+            f"a wallet backup has {MNEMONIC_WORDS} words, {len(given)} were given",
+            code="bad_mnemonic",
+        )
+    known = set(m.wordlist)
+    for position, word in enumerate(given, 1):
+        if word not in known:
+            raise WalletError(
+                f"word {position} of the backup is not in the BIP39 English word list",
+                code="bad_mnemonic",
+            )
+    try:
+        seed = bytes(m.to_entropy(given))
+    except ValueError:
+        raise WalletError(
+            "the backup's checksum does not match: a word is wrong or two are swapped",
+            code="bad_mnemonic",
+        ) from None
+    return seed
 
 
 @dataclass(frozen=True)
@@ -47,9 +97,15 @@ class NodeWallet:
 
     @classmethod
     def create(
-        cls, path: Path, passphrase: str, *, replace_passphrase: str | None = None
+        cls,
+        path: Path,
+        passphrase: str,
+        *,
+        replace_passphrase: str | None = None,
+        seed: bytes | None = None,
     ) -> NodeWallet:
-        """A new seed, stored encrypted at ``path`` (directory 0700, file 0600).
+        """A new seed (or ``seed``: one restored from its words, :func:`words_to_seed`),
+        stored encrypted at ``path`` (directory 0700, file 0600).
 
         An existing wallet is never lost: it is refused, unless ``replace_passphrase`` (its
         passphrase) is given; it is then first copied to a backup next to it, and the backup
@@ -64,7 +120,10 @@ class NodeWallet:
             if replace_passphrase is None:
                 raise WalletError(f"a wallet already exists at {path}; refusing to overwrite it")
             backup = cls._backup(path, replace_passphrase)
-        seed = os.urandom(SEED_BYTES)
+        if seed is None:
+            seed = os.urandom(SEED_BYTES)
+        elif len(seed) != SEED_BYTES:
+            raise WalletError(f"a wallet seed has {SEED_BYTES} bytes, not {len(seed)}")
         keystore.save_secret(path, seed, passphrase)
         if backup is not None:
             log.warning("replaced the wallet at %s; the previous one is kept at %s", path, backup)
@@ -110,6 +169,11 @@ class NodeWallet:
         file is replaced only once the new one is written whole and decrypts); False when it
         already is current."""
         return keystore.upgrade_file(path, passphrase)
+
+    def mnemonic(self) -> str:
+        """The 24 words of this wallet's seed (its paper backup): show them only to the
+        operator who asked, never log them."""
+        return seed_to_words(self._seed)
 
     def node_key(self) -> Ed25519PrivateKey:
         """The node's Ed25519 identity on the ledger and the network (HKDF-SHA256 of the seed,

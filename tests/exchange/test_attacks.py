@@ -113,7 +113,13 @@ def test_no_party_co_signs_an_order_that_differs_from_its_quote(what, monkeypatc
                 await stop_all(nodes)
 
     run(go())
-    assert caplog.text.count("differs from what this party quoted or carried") == 2
+    # The deadlines are the taker's plan (link protocol v4): co-signers check their order and
+    # bounds (route.order_times_problem); the maker's guard, its own margins.
+    refusal = {
+        "maker's expiry 10 years out": "horizon",
+        "maker's lock_by 30 days out": "deadlines out of order",
+    }.get(what, "differs from what this party quoted or carried")
+    assert caplog.text.count(refusal) == 2
 
 
 class Inflater(ExchangeNode):

@@ -12,8 +12,8 @@ import os
 import pytest
 
 from kofo.exchange.node import RouteFailed
-from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order, derived_times
-from kofo.node.trades import TradeRefused, check_order_as_maker
+from kofo.exchange.route import LOCK_WINDOW_S, OrderPolicy, RouteParty, build_settlement_order
+from kofo.node.trades import TradeRefused, check_order_as_maker, plan_order_times
 from kofo.settlement.terms import DEFAULT_POLICIES, ChainPolicy, TermsRefused
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
@@ -21,9 +21,9 @@ from tests.exchange.helpers import line, stop_all, wait_until
 
 ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
 TIP = 800_000
-# Policies under which the exchange's derived deadlines (T_B = now + 4800 s, T_A = T_B + 3600
-# s) leave the maker its margin when the heights are fitted honestly: 3600 s of gap, the
-# maker needs notice(eth) 60 + settle(btc) (2 + 2) * 600 = 2460 s.
+# Small policies; the taker plans the order's deadlines from them (plan_order_times): T_A is
+# T_B at its slowest plus the maker's margin, notice(eth) 60 + settle(btc) (2 + 2) * 600 =
+# 2460 s, at least the ledger's 3600 s (so a few blocks shaved off T_A break the margin).
 POLICIES = {
     "btc": ChainPolicy("btc", True, 600, 2, 60, 2),
     "eth": ChainPolicy("eth", False, 12, 2, 60, 2),
@@ -61,14 +61,14 @@ def within(blocks: int, policies: dict[str, ChainPolicy]):
 def guard(maker_id: bytes, policies: dict[str, ChainPolicy]):
     def g(order, role: str) -> None:
         if role == "provider":
-            now_s = order.legs[1].expiry_time - derived_times(0)[2]
+            now_s = order.legs[0].lock_by - LOCK_WINDOW_S
             now = {"btc": BlockHeight(TIP), "eth": UnixTime(now_s)}
             check_order_as_maker(order, policies, now, maker_node=maker_id)
 
     return g
 
 
-def _order(policies, shave: int, now_s: int = 1_800_000_000, pair=("btc", "eth")):
+def _order(policies, shave: int, now_s: int = 1_800_000_000, pair=("btc", "eth"), derived=False):
     claim = Claim(pair[0], pair[1], 10**6, 1, 1, (now_s + 60) * 1000, 3, b"\x03" * 32)
     return build_settlement_order(
         claim=claim,
@@ -83,6 +83,7 @@ def _order(policies, shave: int, now_s: int = 1_800_000_000, pair=("btc", "eth")
         payment_hash=b"\x08" * 32,
         now_s=now_s,
         expiry_fit=fit(policies, shave),
+        times=None if derived else plan_order_times(policies, pair[0], pair[1], now_s),
     ), {"btc": BlockHeight(TIP), "eth": UnixTime(now_s)}
 
 
@@ -92,7 +93,7 @@ def test_an_honest_fit_passes_and_a_shaved_height_within_tolerance_is_refused():
     shaved, now = _order(POLICIES, 3)
     # Three blocks are within a per-leg tolerance of a few blocks, yet leave 1800 s of gap.
     out = shaved.legs[0]
-    within(3, POLICIES)("btc", out.expiry, out.expiry_time, out.expiry_time - 8400)
+    within(3, POLICIES)("btc", out.expiry, out.expiry_time, out.lock_by - LOCK_WINDOW_S)
     with pytest.raises(TermsRefused) as exc:
         check_order_as_maker(shaved, POLICIES, now, maker_node=b"\x07" * 32)
     assert exc.value.code == "terms_margin_too_small"
@@ -107,7 +108,7 @@ def test_with_production_policies_the_derived_deadlines_are_refused_on_btc(pair)
     # more: the maker's own engine would refuse the swap after the order is committed. The
     # maker's guard refuses to co-sign it instead (docs/exchange.md, per-chain expiries).
     policies = dict(DEFAULT_POLICIES)
-    order, now = _order(policies, 0, pair=pair)
+    order, now = _order(policies, 0, pair=pair, derived=True)
     with pytest.raises(TermsRefused):
         check_order_as_maker(order, policies, now, maker_node=b"\x07" * 32)
 
@@ -121,6 +122,9 @@ def test_a_maker_guarded_by_its_engines_check_does_not_cosign_a_shaved_height(ca
         nodes = await line(3, addresses=ADDR, settle_timeout_s=1.5, dummy_hops=0)
         taker, _relay, maker = nodes
         taker.config.expiry_fit = fit(POLICIES, shave=3)
+        taker.config.plan_times = lambda have, want, now_s: plan_order_times(
+            POLICIES, have, want, now_s
+        )
         maker.config.expiry_check = within(3, POLICIES)
         maker.config.order_guard = guard(maker.node_id, POLICIES)
         try:

@@ -28,11 +28,13 @@ from kofo.exchange.route import (
     ExpiryCheck,
     ExpiryFit,
     OrderPolicy,
+    PlanTimes,
     RouteParty,
     RouteView,
     build_settlement_order,
     check_order,
     net_of_protocol_fee,
+    split_asset,
 )
 from kofo.exchange.sealed import open_sealed, seal
 from kofo.exchange.transport import (
@@ -244,6 +246,11 @@ class ExchangeConfig:
     # with its own chain view (``(chain, expiry, expiry_time, now_s)``, raises to refuse).
     expiry_fit: ExpiryFit | None = None
     expiry_check: ExpiryCheck | None = None
+    # The initiator's plan of an order's four deadlines per chain pair from its own engine's
+    # margins (``(have_chain, want_chain, now_s) -> (out lock_by, back lock_by, back expiry,
+    # out expiry)``, link protocol v4; the daemon passes ``kofo.node.trades.plan_order_times``
+    # of its policies). None: ``route.derived_times`` (embedded chains, tests).
+    plan_times: PlanTimes | None = None
     # chain -> "height" | "unix": the HTLC clock of chains this node knows (a chain missing
     # here is judged by what ``expiry_fit`` gives for it, else not at all).
     chain_clocks: dict[str, str] = field(default_factory=dict)
@@ -1360,6 +1367,17 @@ class ExchangeNode:
             self._abuse(link, "route: the first hop is not the neighbour the quote came by", 25)
             raise RouteFailed("the first hop of the route is not the neighbour it came through")
         try:
+            now_s = int(time.time())
+            plan = self.config.plan_times
+            times = (
+                None
+                if plan is None
+                else plan(
+                    split_asset(pending.sc.claim.have)[0],
+                    split_asset(pending.sc.claim.want)[0],
+                    now_s,
+                )
+            )
             order = build_settlement_order(
                 claim=pending.sc.claim,
                 claim_id=claim_id,
@@ -1371,11 +1389,12 @@ class ExchangeNode:
                 provider=RouteParty(joins[-1].node_id, joins[-1].addresses),
                 provider_position=p,
                 payment_hash=payment_hash,
-                now_s=int(time.time()),
+                now_s=now_s,
                 protocol_fee_bps=self.config.protocol_fee_bps,
                 expiry_fit=self.config.expiry_fit,
+                times=times,
             )
-        except Exception as exc:  # the composer's expiry fit (or a chain it cannot fit)
+        except Exception as exc:  # the composer's plan or fit (or a chain it cannot fit)
             raise RouteFailed(f"the order could not be built: {exc}") from None
         if joins[-1].contact:
             self._learn_contact(joins[-1].node_id, joins[-1].contact)

@@ -42,6 +42,16 @@ ExpiryCheck = Callable[[str, Expiry, int, int], None]
 :class:`~kofo.errors.KofoError`) when a leg's block height is not acceptable to this node's view
 of the chain; the provider calls it on each block-height leg before co-signing."""
 
+OrderTimes = tuple[int, int, int, int]
+"""``(out lock_by, back lock_by, back expiry_time, out expiry_time)`` of a routed order, unix
+seconds: the initiator's lock deadline, the provider's, the provider's leg's expiry (T_B) and
+the initiator's leg's expiry (T_A)."""
+
+PlanTimes = Callable[[str, str, int], OrderTimes]
+"""``(have_chain, want_chain, now_s) -> OrderTimes``: the initiator's plan of an order's
+deadlines from its own engine's margins for the chain pair (``kofo.node.trades.
+plan_order_times``); the first must be ``now_s + LOCK_WINDOW_S``."""
+
 ChainClock = Callable[[str, int, int], bool | None]
 """``(chain, expiry_time, now_s) ->`` True when the chain's HTLCs expire by block height, False
 when by unix time, None when this node does not know the chain."""
@@ -83,6 +93,11 @@ def split_asset(asset: str) -> tuple[str, str | None]:
     return chain, token or None
 
 
+MAX_ORDER_HORIZON_S = 3 * 24 * 3600
+"""No leg of a routed order may expire more than this after the time it is planned from (the
+engines' ``max_lock_seconds``): a co-signer's relay state, its noted contacts and the
+provider's liquidity are never held hostage longer, whatever deadlines the initiator plans."""
+
 ORDER_CLOCK_SKEW_S = 60
 """How far the time an order's deadlines are derived from may lie from a co-signer's clock:
 the initiator builds the order moments before the parties check it (the settle timeout is
@@ -101,11 +116,36 @@ class RouteParty:
     addresses: dict[str, str]
 
 
-def derived_times(now_s: int) -> tuple[int, int, int, int]:
+def derived_times(now_s: int) -> OrderTimes:
     """``(out lock_by, back lock_by, back expiry, out expiry)`` of an order built at
-    ``now_s``: the only deadlines the protocol derives, and so the only ones a party signs."""
+    ``now_s`` when the initiator plans nothing of its own (``ExchangeConfig.plan_times`` is
+    None: embedded chains and tests). Too short for production Bitcoin-like margins: a node on
+    real chains plans per chain pair (``kofo.node.trades.plan_order_times``)."""
     short = now_s + FIRST_EXPIRY_MARGIN_S
     return now_s + LOCK_WINDOW_S, now_s + 2 * LOCK_WINDOW_S, short, short + LEG_EXPIRY_STEP_S
+
+
+def order_times_problem(times: OrderTimes, t: int) -> str | None:
+    """What is wrong with an order's deadlines planned from time ``t`` (None: nothing). The
+    protocol's only rules on them (link protocol v4), the same for every co-signer: the
+    initiator locks within :data:`LOCK_WINDOW_S` of ``t``, the provider after it, its leg
+    expires before the initiator's, and nothing expires beyond :data:`MAX_ORDER_HORIZON_S`.
+    Whether the gaps are safe for the provider is the provider's own judgement
+    (``ExchangeConfig.order_guard``)."""
+    out_lock, back_lock, back_expiry, out_expiry = times
+    if out_lock != t + LOCK_WINDOW_S:
+        return f"legs[0].lock_by {out_lock} is not {LOCK_WINDOW_S}s after the order's time {t}"
+    if not out_lock < back_lock < back_expiry < out_expiry:
+        return (
+            f"deadlines out of order: need legs[0].lock_by {out_lock} < legs[1].lock_by "
+            f"{back_lock} < legs[1].expiry_time {back_expiry} < legs[0].expiry_time {out_expiry}"
+        )
+    if out_expiry - t > MAX_ORDER_HORIZON_S:
+        return (
+            f"legs[0].expiry_time {out_expiry} is {out_expiry - t}s after the order's time, "
+            f"beyond the {MAX_ORDER_HORIZON_S}s horizon"
+        )
+    return None
 
 
 def build_settlement_order(
@@ -123,14 +163,16 @@ def build_settlement_order(
     now_s: int,
     protocol_fee_bps: int = 0,
     expiry_fit: ExpiryFit | None = None,
+    times: OrderTimes | None = None,
 ) -> SettlementOrder:
-    """The one order the protocol derives for a chosen quote. ``relays`` are ``(position,
+    """The order for a chosen quote. ``relays`` are ``(position,
     node id)`` of the hops that carried the claim (the initiator's own dummy hops excluded).
 
-    Each leg's ``expiry_time`` (unix) is derived from ``now_s``; its ``expiry`` is that unix
-    time, or with ``expiry_fit`` what the fit gives in the chain's unit (a block height on a
-    Bitcoin-like chain). Only a block height is free of the derivation: a unix ``expiry`` must
-    equal ``expiry_time``."""
+    The deadlines are ``times`` (the initiator's plan for the chain pair, checked by
+    :func:`order_times_problem`), else :func:`derived_times` of ``now_s``. Each leg's
+    ``expiry`` is its ``expiry_time``, or with ``expiry_fit`` what the fit gives in the chain's
+    unit (a block height on a Bitcoin-like chain); a unix ``expiry`` must equal
+    ``expiry_time``."""
     have_chain, have_token = split_asset(claim.have)
     want_chain, want_token = split_asset(claim.want)
     for who, party, chain in (
@@ -141,7 +183,12 @@ def build_settlement_order(
     ):
         if chain not in party.addresses:
             raise BadMessage(f"order: {who} has no address on chain {chain!r}")
-    out_lock, back_lock, short, long = derived_times(now_s)
+    if times is None:
+        times = derived_times(now_s)
+    problem = order_times_problem(times, now_s)
+    if problem is not None:
+        raise KofoError(f"order: {problem}", code="invalid_input")
+    out_lock, back_lock, short, long = times
 
     def expiry(chain: str, expiry_time: int) -> Expiry:
         if expiry_fit is None:
@@ -261,15 +308,18 @@ def check_order(
 ) -> None:
     """What a party checks before co-signing: the order equals the one the protocol derives
     from what this party quoted or carried. Only the initiator's own choices are free: the
-    payment hash and its addresses; the time the deadlines are derived from must lie within
-    :data:`ORDER_CLOCK_SKEW_S` of ours. Exactly the hops that carried the claim are the
+    payment hash, its addresses and (link protocol v4) the deadlines it planned for the chain
+    pair, which must only keep the protocol's order and bounds (:func:`order_times_problem`);
+    the time they are planned from (``legs[0].lock_by - LOCK_WINDOW_S``) must lie within
+    :data:`ORDER_CLOCK_SKEW_S` of ours. Whether the gaps are safe is the provider's judgement
+    (its ``order_guard``); a relay holds no leg. Exactly the hops that carried the claim are the
     relays, each bound to its path key by a join, and this party's link neighbours are the
     nodes next to it on the route (so nobody can add, drop or swap a hop). The provider passes
     its own addresses (the order must pay it there, and take from it only there) and the fee
     rate it quoted with as ``max_protocol_fee_bps``.
 
-    Per-chain expiries (protocol v3): a leg whose ``expiry`` is unix time must equal the
-    derivation; a leg whose ``expiry`` is a block height is compared on everything else
+    Per-chain expiries (protocol v3): a leg whose ``expiry`` is unix time must equal its
+    ``expiry_time``; a leg whose ``expiry`` is a block height is compared on everything else
     (``expiry_time``, ``lock_by``, ...), its height being the initiator's fit of
     ``expiry_time`` to its view of the chain. ``chain_clock`` tells which unit a chain uses
     where this node knows (a height on a unix-clocked chain, or unix time on a height-clocked
@@ -325,6 +375,10 @@ def check_order(
     have_chain, _ = split_asset(view.claim.have)
     want_chain, _ = split_asset(view.claim.want)
     t = out.lock_by - LOCK_WINDOW_S
+    times = (out.lock_by, back.lock_by, back.expiry_time, out.expiry_time)
+    problem = order_times_problem(times, t)
+    if problem is not None:  # the same for every co-signer: the upstream forwarded it
+        raise BadMessage(f"order: {problem}")
     expected = build_settlement_order(
         claim=view.claim,
         claim_id=view.claim_id,
@@ -340,6 +394,7 @@ def check_order(
         payment_hash=order.payment_hash,
         now_s=t,
         protocol_fee_bps=order.protocol_fee_bps,
+        times=times,
     )
     if compared != expected:
         diff = _first_difference(compared, expected)
@@ -350,7 +405,7 @@ def check_order(
         raise OrderPolicy(f"order: protocol_fee_bps {order.protocol_fee_bps} is above the limit")
     if abs(t - now_s) > ORDER_CLOCK_SKEW_S:
         raise OrderPolicy(
-            f"order: deadlines derive from time {t}, {t - now_s:+d}s from this node's clock"
+            f"order: deadlines are planned from time {t}, {t - now_s:+d}s from this node's clock"
         )
     if unit_problems:
         raise OrderPolicy(f"order: {unit_problems[0]}")

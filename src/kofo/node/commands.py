@@ -29,6 +29,37 @@ def _passphrase(confirm: bool) -> str:
     return value
 
 
+def read_backup_words() -> str:
+    """The 24 words of a wallet backup: from a hidden prompt on a terminal, else all of
+    stdin (never from the command line, which other users and shell histories see)."""
+    if sys.stdin.isatty():
+        value: str = typer.prompt("the wallet's 24 backup words", hide_input=True)
+        return value
+    return sys.stdin.read()
+
+
+def show_backup_words(words: str) -> None:
+    """Print a paper backup once, to stdout only (never a log)."""
+    typer.echo("paper backup of the wallet's seed (24 words; anyone who reads them holds the")
+    typer.echo("funds: write them down, keep them offline; restore with `kofo init --restore`):")
+    parts = words.split()
+    for row in range(0, len(parts), 6):
+        typer.echo(
+            "  " + "  ".join(f"{row + i + 1:>2}. {w}" for i, w in enumerate(parts[row : row + 6]))
+        )
+
+
+def offer_backup_words(words: str, show: bool) -> None:
+    """At creation: show the words if asked (``--show-mnemonic``), or if the operator at a
+    terminal says so; else say how to see them later."""
+    if show or (
+        sys.stdin.isatty() and typer.confirm("show the wallet's 24-word paper backup now?")
+    ):
+        show_backup_words(words)
+    else:
+        typer.echo("write down the wallet's paper backup: `kofo wallet mnemonic` shows its words")
+
+
 def init_command(
     home: Annotated[Path, typer.Option("--home", help="the node home to create")],
     name: Annotated[str, typer.Option(help="the node's name in logs")] = "kofo",
@@ -42,12 +73,34 @@ def init_command(
     force: Annotated[
         bool, typer.Option("--force", help="rewrite the config of an existing home")
     ] = False,
+    show_mnemonic: Annotated[
+        bool,
+        typer.Option("--show-mnemonic", help="print the new wallet's 24-word paper backup"),
+    ] = False,
+    restore: Annotated[
+        bool,
+        typer.Option(
+            "--restore",
+            help="restore the wallet from its 24 words (read from stdin or a hidden prompt)",
+        ),
+    ] = False,
 ) -> None:
     """Create a node home: commented config.toml, encrypted wallet, journal (0700/0600).
-    The wallet's passphrase comes from $KOFO_PASSPHRASE or a prompt."""
+    The wallet's passphrase comes from $KOFO_PASSPHRASE or a prompt; with --restore its seed
+    comes from its 24 backup words (stdin or a prompt), giving back the same node id and
+    addresses."""
+    from kofo.errors import WalletError
     from kofo.node.home import init_home
+    from kofo.wallet import PASSPHRASE_ENV, SEED_BYTES, seed_to_words, words_to_seed
 
     try:
+        if restore and not sys.stdin.isatty() and PASSPHRASE_ENV not in os.environ:
+            raise WalletError(
+                f"--restore reads the words from stdin: the passphrase must then come from "
+                f"${PASSPHRASE_ENV}",
+                code="passphrase_required",
+            )
+        seed = words_to_seed(read_backup_words()) if restore else os.urandom(SEED_BYTES)
         chains: dict[str, dict[str, Any]] | None = None
         if devnet is not None:
             try:
@@ -64,6 +117,7 @@ def init_command(
             ledger_url=ledger_url,
             chains=chains,
             force=force,
+            seed=seed,
         )
     except KofoError as exc:
         raise _fail(exc) from None
@@ -72,9 +126,13 @@ def init_command(
     wallet_note = "new" if created else "kept, never overwritten"
     typer.echo(f"  wallet  {config.wallet_path} ({wallet_note})")
     typer.echo(f"  journal {config.journal_path}")
-    if created:
-        typer.echo("back up the wallet file and remember the passphrase: without both, funds")
-        typer.echo("its keys hold cannot be recovered")
+    typer.echo(f"  api     {config.home / 'api.token'} (and api.readonly.token: GET only)")
+    if created and restore:
+        typer.echo("restored the wallet from its backup words")
+    elif created:
+        typer.echo("back up the wallet file and remember the passphrase, or keep the wallet's")
+        typer.echo("paper backup: without either, funds its keys hold cannot be recovered")
+        offer_backup_words(seed_to_words(seed), show_mnemonic)
 
 
 def node_command(

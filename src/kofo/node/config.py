@@ -8,6 +8,8 @@ lives elsewhere::
       wallet.json    0600  the encrypted seed (scrypt + AES-256-GCM, kofo.wallet)
       journal.sqlite 0600  the swap journal (settlement.journal), phases to come
       node.lock      0600  held (flock) by the running `kofo node`; holds its PID
+      api.token      0600  the API's bearer token (full access; `kofo init` writes it)
+      api.readonly.token 0600  the API's read-only bearer token (GET only)
 
 Every key is checked when the file is read: an unknown key, a wrong type or a bad value is a
 :class:`~kofo.errors.ConfigError` naming the file, the table and the key.
@@ -78,10 +80,21 @@ class EthereumChainConfig:
     tokens: dict[str, str] = field(default_factory=dict)
     """ERC-20 symbol -> contract address, for offers in tokens."""
     chain_id: int | None = None
-    """The chain id the RPC must serve (checked at start); None: not checked."""
+    """The chain id (EIP-155) the node must serve: the Ethereum adapter refuses a node on any
+    other chain and signs for this one only (``EthereumAdapter(chain_id=...)``). Unset: the
+    node's answer at start is taken (devnets)."""
 
 
 ChainConfig = BitcoinChainConfig | EthereumChainConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTlsConfig:
+    """The API's TLS certificate and key (PEM files). Required to bind the API beyond
+    loopback: its bearer token must never cross a network in clear."""
+
+    cert: Path
+    key: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +125,7 @@ class NodeConfig:
     api: Endpoint
     chains: dict[str, ChainConfig]
     offers: tuple[OfferConfig, ...]
+    api_tls: ApiTlsConfig | None = None
 
     @property
     def config_path(self) -> Path:
@@ -212,8 +226,17 @@ def _endpoint(t: _Table, key: str, default: str, *, loopback: bool) -> Endpoint:
     except ConfigError:
         raise t.fail(key, f"must be host:port with a port 1-65535, got {text!r}") from None
     if loopback and not _is_loopback(ep.host):
-        raise t.fail(key, f"must be a loopback address (127.0.0.1, ::1, localhost), got {text!r}")
+        raise t.fail(
+            key,
+            f"must be a loopback address (127.0.0.1, ::1, localhost), got {text!r}"
+            + (" (or set tls_cert and tls_key to serve TLS)" if key == "bind" else ""),
+        )
     return ep
+
+
+def _home_path(home: Path, text: str) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else home / path
 
 
 def _is_loopback(host: str) -> bool:
@@ -261,8 +284,8 @@ def _chain(t: _Table, name: str) -> ChainConfig:
             tokens[symbol] = address
         tokens_t.done()
         chain_id = t.get("chain_id", int, None)
-        if chain_id is not None and chain_id <= 0:
-            raise t.fail("chain_id", f"must be > 0, got {chain_id}")
+        if chain_id is not None and not 0 < chain_id < 2**64:
+            raise t.fail("chain_id", f"must be a positive chain id (EIP-155), got {chain_id}")
         return EthereumChainConfig(
             name, _url(t, "rpc_url"), contract, confirmations, tokens, chain_id
         )
@@ -348,7 +371,13 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
     p2p.done()
 
     api_t = top.sub("api")
-    api = _endpoint(api_t, "bind", f"127.0.0.1:{DEFAULT_API_PORT}", loopback=True)
+    tls_cert, tls_key = api_t.get("tls_cert", str, ""), api_t.get("tls_key", str, "")
+    if bool(tls_cert) != bool(tls_key):
+        raise api_t.fail("tls_cert" if not tls_cert else "tls_key", "is required with the other")
+    api_tls = None
+    if tls_cert:
+        api_tls = ApiTlsConfig(_home_path(home, tls_cert), _home_path(home, tls_key))
+    api = _endpoint(api_t, "bind", f"127.0.0.1:{DEFAULT_API_PORT}", loopback=api_tls is None)
     api_t.done()
 
     chains_t = top.sub("chains")
@@ -381,6 +410,7 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         api=api,
         chains=chains,
         offers=offers,
+        api_tls=api_tls,
     )
 
 
@@ -423,8 +453,12 @@ def render_config(
         "bootstrap = []",
         "",
         "[api]",
-        "# The local API (REST + WebSocket, to come); loopback addresses only.",
+        "# The node's REST + WebSocket API (docs/api.md). Clients authenticate with the",
+        "# bearer tokens in this home (api.token; api.readonly.token may only read).",
+        "# A non-loopback bind needs TLS: set tls_cert and tls_key (PEM files).",
         f"bind = {_toml_str(api_bind)}",
+        '# tls_cert = "api-cert.pem"',
+        '# tls_key = "api-key.pem"',
         "",
         "# One table per chain this node settles on: btc, ltc (Bitcoin Core or btcd RPC), eth.",
     ]
@@ -458,7 +492,7 @@ def render_config(
             "# [chains.eth]",
             '# rpc_url = "http://127.0.0.1:8545"',
             '# htlc_contract = "0x..."   # the deployed contracts/HTLC',
-            "# chain_id = 1              # optional: the node refuses another chain",
+            "# chain_id = 1              # EIP-155; a node on another chain is refused",
             "# confirmations = 1",
             "# [chains.eth.tokens]",
             '# DUSD = "0x..."            # ERC-20 symbol = contract address',

@@ -99,6 +99,7 @@ class Devnet:
                 "eth": {
                     "rpc_url": self.eth_server.url,
                     "htlc_contract": self.htlc,
+                    "chain_id": int(self.eth_server.evm.w3.eth.chain_id),
                     "tokens": {"DUSD": self.dusd},
                 },
             },

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kofo.errors import ConfigError, KofoError
+from kofo.node.api_tokens import ensure_tokens
 from kofo.node.config import (
     CONFIG_FILE,
     JOURNAL_FILE,
@@ -53,12 +54,14 @@ def init_home(
     ledger_url: str = "http://127.0.0.1:26657",
     chains: dict[str, dict[str, Any]] | None = None,
     force: bool = False,
+    seed: bytes | None = None,
 ) -> tuple[NodeConfig, bool]:
     """Write a node home; returns its config and whether a new wallet was created.
 
     An existing home is refused unless ``force``; with ``force`` the config is rewritten and
     an existing wallet is kept (and must open with ``passphrase``): a wallet is never
-    overwritten, its seed may hold funds."""
+    overwritten, its seed may hold funds. ``seed``: the new wallet's seed (restored from its
+    words); a home that already holds a wallet is then refused."""
     home = home.expanduser().absolute()
     config_path, wallet_path = home / CONFIG_FILE, home / WALLET_FILE
     if home.exists() and not home.is_dir():
@@ -68,6 +71,11 @@ def init_home(
             f"{home} is not empty (a node home already?); pass --force to rewrite its "
             "config.toml (an existing wallet is kept, never overwritten)"
         )
+    if seed is not None and (wallet_path.exists() or wallet_path.is_symlink()):
+        raise ConfigError(
+            f"{wallet_path} already holds a wallet; restore into a new home (a wallet is "
+            "never overwritten)"
+        )
     text = render_config(name=name, ledger_url=ledger_url, chains=chains)
     config = parse_config(home, tomllib.loads(text), config_path)  # what we write must load
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -76,7 +84,7 @@ def init_home(
         NodeWallet.open(wallet_path, passphrase)  # the kept wallet must be this operator's
         created = False
     else:
-        NodeWallet.create(wallet_path, passphrase)
+        NodeWallet.create(wallet_path, passphrase, seed=seed)
         created = True
     os.chmod(wallet_path, 0o600)
     _write_private(config_path, text)
@@ -86,6 +94,7 @@ def init_home(
     finally:
         os.umask(old_umask)
     os.chmod(home / JOURNAL_FILE, 0o600)
+    ensure_tokens(home)  # the API's bearer tokens; existing ones are kept
     return config, created
 
 

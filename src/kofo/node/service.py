@@ -191,6 +191,9 @@ class SwapLegView:
     lock_txid: str
     spend_txid: str
     confirmations: int | None
+    # the HTLC on its chain (kofo.settlement.chain.HtlcState): "absent", "locked", "redeemed",
+    # "refunded"; "" when not known. A spend alone does not say which (a refund spends too).
+    state: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,11 +33,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.errors import KofoError
+from kofo.exchange.route import LEG_EXPIRY_STEP_S, LOCK_WINDOW_S, OrderTimes
 from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
 from kofo.private_files import check_private_file
 from kofo.settlement.engine import SwapEngine
 from kofo.settlement.swap import State
 from kofo.settlement.terms import (
+    ACCEPT_WINDOW_SECONDS,
     ChainPolicy,
     SwapTerms,
     TermsRefused,
@@ -204,6 +206,72 @@ def engine_legs(
     return legs[0], legs[1]
 
 
+def plan_order_times(
+    policies: Mapping[str, ChainPolicy], have_chain: str, want_chain: str, now_s: int
+) -> OrderTimes:
+    """The taker's plan of a routed order's deadlines for the chain pair (the exchange's
+    ``plan_times``; link protocol v4), in unix seconds from the order's time ``t``: the
+    layout :func:`propose_terms` gives the swap, made to hold for a proposal made any time
+    before the taker's lock deadline, so the maker's engine (and its guard,
+    :func:`check_order_as_maker`) finds its margins in the order once each leg is fitted to
+    its chain (``expiry_fit``). Chain 1 is ``have`` (the taker's leg), chain 2 ``want`` (the
+    maker's):
+
+    * ``legs[0].lock_by``: ``t + LOCK_WINDOW_S``; the proposal comes before it (after the
+      ledger commit), and each chain may advance by ``to_units(LOCK_WINDOW_S)`` meanwhile;
+    * ``legs[1].lock_by``: + the taker's lock buried, blocks at their slowest, and seen: the
+      maker locks only then, and the ledger would penalise it for a later lock;
+    * ``T_B`` (``legs[1]``): chain 2's progress before the proposal + the engine's layout from
+      the proposal (accept window, chain 1 settle + notice, chain 2 settle + notice, chain 2
+      settle), and at least ``legs[1].lock_by`` + chain 2's settle + notice + settle, in chain
+      2's units as the engine counts them;
+    * ``T_A`` (``legs[0]``): ``T_B`` at its slowest + the maker's margin (``notice(c2) +
+      settle(c1)``) reached by chain 1's units at their fastest, plus chain 1's progress before
+      the proposal; at least ``LEG_EXPIRY_STEP_S`` after ``T_B`` (the ledger's default
+      ``min_expiry_gap``)."""
+    for chain in (have_chain, want_chain):
+        if chain not in policies:
+            raise OrderUnfit(f"chain {chain!r} is not served here: no plan for it")
+    p1, p2 = policies[have_chain], policies[want_chain]
+
+    def units(p: ChainPolicy, seconds: int) -> int:
+        """The chain units the fit gives for ``seconds`` from now (``fit_expiries``)."""
+        return p.to_units(seconds) if p.height_clock else seconds
+
+    def seconds_for(p: ChainPolicy, want_units: int) -> int:
+        """The fewest seconds from now the fit turns into at least ``want_units``."""
+        if not p.height_clock:
+            return want_units
+        s = p.early_seconds(want_units)
+        while units(p, s) < want_units:
+            s += 1
+        return s
+
+    out_lock = LOCK_WINDOW_S
+    blocks1 = p1.inclusion_blocks + p1.confirmations
+    buried1 = p1.late_seconds(blocks1) if p1.height_clock else p1.late_seconds(p1.settle_seconds())
+    back_lock = out_lock + max(buried1, p1.settle_seconds()) + p1.notice_seconds
+    layout = (
+        ACCEPT_WINDOW_SECONDS
+        + p1.settle_seconds()
+        + p1.notice_seconds
+        + 2 * p2.settle_seconds()
+        + p2.notice_seconds
+    )
+    # ... and from the maker's lock deadline on the ledger: the taker's reveal and its redeem
+    # buried on chain 2 still fit before T_B after a maker lock at that deadline.
+    after_lock = back_lock + 2 * p2.settle_seconds() + p2.notice_seconds
+    units_b = max(p2.to_units(LOCK_WINDOW_S) + p2.to_units(layout), p2.to_units(after_lock))
+    t_b = seconds_for(p2, units_b)
+    need = p2.late_seconds(units(p2, t_b)) + p2.notice_seconds + p1.settle_seconds()
+    units_a = p1.to_units(need)
+    while p1.early_seconds(units_a) < need:
+        units_a += 1
+    t_a = seconds_for(p1, units_a + p1.to_units(LOCK_WINDOW_S))
+    t_a = max(t_a, t_b + LEG_EXPIRY_STEP_S)
+    return now_s + out_lock, now_s + back_lock, now_s + t_b, now_s + t_a
+
+
 def check_order_as_maker(
     order: SettlementOrder,
     policies: Mapping[str, ChainPolicy],
@@ -230,6 +298,18 @@ def check_order_as_maker(
     for leg in (a, b):
         if leg.chain not in now:
             raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
+    # The ledger's deadline for the maker's lock: it locks only once the taker's lock is
+    # buried and seen, so a taker planning it sooner would get the maker penalised.
+    out, back = order.legs
+    p1 = policies[a.chain]
+    wait = p1.settle_seconds() + p1.notice_seconds
+    if back.lock_by - out.lock_by < wait:
+        raise TermsRefused(
+            f"order legs[1].lock_by {back.lock_by} leaves {back.lock_by - out.lock_by} s after "
+            f"legs[0].lock_by; this node locks only after the {a.chain} lock is buried and seen "
+            f"({wait} s)",
+            code="terms_deadline_order",
+        )
     laid = propose_terms(
         swap_id=order.order_id,
         payment_hash=order.payment_hash,

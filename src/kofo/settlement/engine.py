@@ -19,10 +19,11 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -181,6 +182,85 @@ answer. Without it every peer that stalls added its own wait to the tick, so eno
 notice time the margins allow for."""
 
 
+NOTICE_THREADS = 8
+"""Threads sending notices at most, for the whole engine: a peer that never takes one holds at
+most one of them (:class:`_NoticeSender`), never one per notice."""
+
+NOTICES_PER_PEER = 64
+"""Notices queued for one counterparty at most; beyond, the oldest is dropped (a notice is a
+hint: the chain is the truth, a lost one costs latency)."""
+
+
+class _NoticeSender:
+    """Sends notices with at most ``threads`` threads in all, one notice at a time per
+    counterparty, and at most ``per_peer`` queued per counterparty. A thread runs only while
+    there is a notice to send to a counterparty not already being sent to, so a counterparty
+    that stalls holds one thread (until its channel's timeout), and honest ones keep theirs."""
+
+    def __init__(
+        self, send: Callable[[bytes, SwapBody], None], threads: int, per_peer: int
+    ) -> None:
+        self._send = send
+        self.threads = threads
+        self.per_peer = per_peer
+        self._lock = threading.Lock()
+        self._queues: dict[bytes, deque[tuple[bytes, SwapBody, threading.Event]]] = {}
+        self._busy: set[bytes] = set()
+        self.running = 0
+        """Sender threads alive now (at most :attr:`threads`)."""
+
+    def submit(self, peer: bytes, swap_id: bytes, body: SwapBody) -> threading.Event:
+        """Queue one notice; the event is set once it was sent, failed or dropped."""
+        done = threading.Event()
+        with self._lock:
+            queue = self._queues.setdefault(peer, deque())
+            if len(queue) >= self.per_peer:
+                old_id, old_body, old_done = queue.popleft()
+                old_done.set()
+                log.warning(
+                    "notice %s for swap %s dropped: %d notices already queued for its peer",
+                    type(old_body).__name__,
+                    old_id.hex()[:8],
+                    self.per_peer,
+                )
+            queue.append((swap_id, body, done))
+            start = self.running < self.threads and peer not in self._busy
+            if start:
+                self.running += 1
+        if start:
+            threading.Thread(target=self._run, name="notices", daemon=True).start()
+        return done
+
+    def _next(self) -> tuple[bytes, bytes, SwapBody, threading.Event] | None:
+        with self._lock:
+            for peer, queue in self._queues.items():
+                if peer not in self._busy and queue:
+                    self._busy.add(peer)
+                    swap_id, body, done = queue.popleft()
+                    return peer, swap_id, body, done
+            self.running -= 1
+            return None
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            peer, swap_id, body, done = item
+            try:
+                self._send(swap_id, body)
+            except Exception as exc:  # the chain is the truth; a lost notice costs latency
+                log.warning(
+                    "notice %s for swap %s not delivered: %s",
+                    type(body).__name__,
+                    swap_id.hex()[:8],
+                    exc,
+                )
+            finally:
+                done.set()
+                with self._lock:
+                    self._busy.discard(peer)
+                    if not self._queues.get(peer):
+                        self._queues.pop(peer, None)
+
+
 class CrashHook:
     """SIGKILLs this process at a named point (tests only; inert unless configured)."""
 
@@ -275,8 +355,10 @@ class SwapEngine:
         self._cosign_asked: dict[bytes, int] = {}
         """Per swap, co-signature requests received (each costs a chain read and a MuSig2
         signature under the engine lock): at most :data:`COSIGN_ANSWERS_PER_SWAP`."""
-        self._outbox: list[tuple[bytes, SwapBody]] = []
-        """Notices queued under the lock, sent after it (:meth:`_flush_notices`)."""
+        self._outbox: list[tuple[bytes, bytes, SwapBody]] = []
+        """Notices (counterparty, swap, body) queued under the lock, sent after it
+        (:meth:`_flush_notices`)."""
+        self._notices = _NoticeSender(self._deliver_notice, NOTICE_THREADS, NOTICES_PER_PEER)
         self._idle: dict[bytes, tuple[object, ...]] = {}
         """Per swap skipped by :meth:`tick`: what it was waiting on when last driven."""
         self._touched: dict[bytes, int] = {}
@@ -363,8 +445,8 @@ class SwapEngine:
                     preimage=preimage,
                     peer=peer,
                     payload={"reason": "proposed"},
+                    notices=self._scan_from(terms),
                 )
-                self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
@@ -463,8 +545,8 @@ class SwapEngine:
                     preimage=None if kept is not None else preimage,
                     peer=peer,
                     payload={"reason": "proposed from fixed legs"},
+                    notices=self._scan_from(terms),
                 )
-                self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
@@ -500,14 +582,21 @@ class SwapEngine:
         with self._observing(chains):
             check_terms_as_participant(terms, self.policies, self.now(chains), my_address=mine)
         self._check_legs(terms)
+        with self._observing(chains):
+            scan_from = self._scan_from(terms)
         with self._lock:
             self._check_open_limits(terms.initiator_node)
             self._check_funds(terms, Role.PARTICIPANT)
+            # The scan start in the swap's own first transaction: a crash after the accept
+            # never leaves a swap without it (a search of the counter leg from genesis).
             self.journal.create_swap(
-                Role.PARTICIPANT, terms, State.ACCEPTED, peer=peer, payload={"reason": "accepted"}
+                Role.PARTICIPANT,
+                terms,
+                State.ACCEPTED,
+                peer=peer,
+                payload={"reason": "accepted"},
+                notices=scan_from,
             )
-        with self._observing(chains):
-            self._note_scan_from(terms)
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))
 
@@ -984,13 +1073,14 @@ class SwapEngine:
             self._counter_refs[rec.swap_id] = ref
         return ref
 
-    def _note_scan_from(self, terms: SwapTerms) -> None:
-        """Remember where on the counter leg's chain a lock of this swap could first appear (a
-        lock needs the fresh payment hash), so a later search for it never starts at genesis."""
+    def _scan_from(self, terms: SwapTerms) -> dict[str, dict[str, Any]]:
+        """Where on each leg's chain a lock of this swap could first appear (a lock needs the
+        fresh payment hash), so a later search for it never starts at genesis: the notice the
+        swap is created with (:meth:`Journal.create_swap`, one transaction)."""
         heights = {}
         for leg in (terms.initiator_leg, terms.participant_leg):
             heights[leg.chain] = max(0, self.adapters[leg.chain].tip().height - SCAN_BACK_BLOCKS)
-        self.journal.store_notice(terms.swap_id, _SCAN_FROM, heights)
+        return {_SCAN_FROM: heights}
 
     def _drop_counter_ref(self, swap_id: bytes) -> None:
         self._counter_refs.pop(swap_id, None)
@@ -1170,7 +1260,12 @@ class SwapEngine:
         if self._notify is None:
             return
         with self._lock:
-            self._outbox.append((rec.swap_id, body))
+            self._outbox.append((self._counter_node(rec), rec.swap_id, body))
+
+    def _deliver_notice(self, swap_id: bytes, body: SwapBody) -> None:
+        notify = self._notify
+        if notify is not None:
+            notify(swap_id, body)
 
     def _peer_wait(self, wait: float | None) -> float | None:
         """How long this thread may wait on a peer for something worth ``wait`` seconds
@@ -1207,27 +1302,21 @@ class SwapEngine:
         return finished
 
     def _flush_notices(self) -> None:
-        """Send the queued notices (best effort), outside the engine lock, and in a thread
-        of their own: a peer slow to take one holds neither the engine nor the tick."""
-        notify = self._notify
+        """Send the queued notices (best effort), outside the engine lock, through the
+        engine's notice senders (:class:`_NoticeSender`: a bounded number of threads, one
+        per counterparty at a time): a peer slow to take one holds neither the engine, nor the
+        tick beyond its peer budget, nor more than one thread. Waited for as
+        :meth:`_peer_wait` allows (outside a tick: until sent)."""
         with self._lock:
             pending, self._outbox = self._outbox, []
-        if notify is None or not pending:
+        if self._notify is None or not pending:
             return
-
-        def send_all() -> None:
-            for swap_id, body in pending:
-                try:
-                    notify(swap_id, body)
-                except Exception as exc:  # the chain is the truth; a lost notice costs latency
-                    log.warning(
-                        "notice %s for swap %s not delivered: %s",
-                        type(body).__name__,
-                        swap_id.hex()[:8],
-                        exc,
-                    )
-
-        self._in_background("notices", send_all, None)  # the channel's timeout bounds it
+        sent = [self._notices.submit(peer, sid, body) for peer, sid, body in pending]
+        wait = self._peer_wait(None)
+        until = None if wait is None else time.monotonic() + wait
+        for done in sent:
+            if not done.wait(None if until is None else max(0.0, until - time.monotonic())):
+                return  # the rest goes on in the background
 
     def _evidence(self, rec: StoredSwap, kind: EvidenceKind, detail: dict[str, str]) -> None:
         view = SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)

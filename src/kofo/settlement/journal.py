@@ -313,8 +313,10 @@ class Journal:
         preimage: bytes | None = None,
         peer: str = "",
         payload: dict[str, Any] | None = None,
+        notices: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Store a new swap, its first event and (initiator) its secret in one transaction."""
+        """Store a new swap, its first event, (initiator) its secret and its first ``notices``
+        (kind -> body, as :meth:`store_notice`) in one transaction: a crash leaves all or none."""
         now = time.time()
         with self._tx() as db:
             if db.execute("SELECT 1 FROM swaps WHERE swap_id=?", (terms.swap_id,)).fetchone():
@@ -349,6 +351,11 @@ class Journal:
                 "INSERT INTO events VALUES (?,?,?,?,?)",
                 (terms.swap_id, 0, state.value, json.dumps(payload or {}), now),
             )
+            for kind, body in (notices or {}).items():
+                db.execute(
+                    "INSERT OR REPLACE INTO notices VALUES (?,?,?)",
+                    (terms.swap_id, kind, encode(body)),
+                )
 
     def transition(self, swap_id: bytes, to: State, payload: dict[str, Any] | None = None) -> int:
         """Append an event moving the swap to ``to``; returns the event's sequence number."""

@@ -41,8 +41,10 @@ from kofo.wire.envelope import (
     verify_ed25519,
 )
 
-FRAME_VERSION = 3
-"""Exchange link protocol version. 3 (this): a join carries the party's signed ``contact``
+FRAME_VERSION = 4
+"""Exchange link protocol version. 4 (this): an order's four deadlines are the initiator's plan
+for the chain pair (co-signers check only their order and bounds, the provider its own margins),
+no longer one fixed derivation. 3: a join carries the party's signed ``contact``
 (``"host:port"`` where it accepts links, or ``""``; signed under ``KOFO/join/v2``), an order's
 leg expiry may be a block height (``expiry_time`` stays the unix estimate), and the ``dm`` /
 ``dm_reply`` frames carry direct messages between two nodes. 2: an offer's ``seq`` is per maker

@@ -325,11 +325,29 @@ class BitcoinAdapter:
             if min_block_work < 0:
                 raise InvalidInput(f"min_block_work must not be negative, got {min_block_work}")
             self.params = dataclasses.replace(self.params, min_block_work=min_block_work)
+        self._check_network()
         self.index = ChainIndex(backend, start_height, self.params)
         self._pin = HeadPin()  # inside observe(), the index is not re-synced per read
 
     def __repr__(self) -> str:
         return f"BitcoinAdapter({self.chain}/{self.params.network})"
+
+    def _check_network(self) -> None:
+        """Refuse a node on another network than the configured one (its block 0 is not the
+        network's genesis): a Bitcoin transaction names no chain, so nothing else would tell a
+        mainnet adapter that it audits locks on a chain where coins are free. Local networks
+        (regtest) have no fixed genesis here."""
+        expected = self.params.genesis_hash
+        if expected is None:
+            return
+        served = self.backend.block_hash(0)
+        if served.lower() != expected:
+            raise ChainError(
+                f"{self.chain}: the node's block 0 is {served}, not the genesis of "
+                f"{self.params.network} ({expected}): it serves another network; nothing is "
+                "read or signed through it",
+                code="wrong_chain",
+            )
 
     # ---- identity, clock, fees ---------------------------------------------------------------
 

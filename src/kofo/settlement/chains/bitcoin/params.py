@@ -48,6 +48,11 @@ class ChainParams:
     recent difficulty for mainnet (``BitcoinAdapter(..., min_block_work=...)``). A node starts
     following a chain at a birthday height, so it cannot sum work from genesis as Core's
     ``nMinimumChainWork`` does; a per-block floor is the equivalent it can check."""
+    genesis_hash: str | None = None
+    """The network's block 0 (hex, as RPC shows it). The adapter refuses a node whose block 0
+    is another (``wrong_chain``): configured for mainnet, it must never audit locks on a chain
+    where coins are free. ``None`` on local networks (regtest, simnet), whose genesis a node or
+    an embedded chain may choose."""
 
 
 _PARAMS: dict[tuple[str, str], ChainParams] = {}
@@ -64,15 +69,46 @@ def _register(p: ChainParams) -> None:
 # Proof-of-work limits and retargeting: Core's chainparams.cpp (powLimit 0x1d00ffff on mainnet
 # and testnet3, 0x1e0377ae on the default signet; 2016-block periods; testnet allows
 # minimum-difficulty blocks after 20 minutes, so its bits are not followed from block to block).
+# Genesis hashes: Core's chainparams.cpp (mainnet, testnet3, the default signet).
 _register(
     ChainParams(
-        "btc", "mainnet", "bc", 0, 1, 3, 2, pow_limit_bits=0x1D00FFFF, retarget_interval=2016
+        "btc",
+        "mainnet",
+        "bc",
+        0,
+        1,
+        3,
+        2,
+        pow_limit_bits=0x1D00FFFF,
+        retarget_interval=2016,
+        genesis_hash="000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
     )
 )
-_register(ChainParams("btc", "testnet", "tb", 1, 1, 3, 2, pow_limit_bits=0x1D00FFFF))
 _register(
     ChainParams(
-        "btc", "signet", "tb", 1, 1, 3, 2, pow_limit_bits=0x1E0377AE, retarget_interval=2016
+        "btc",
+        "testnet",
+        "tb",
+        1,
+        1,
+        3,
+        2,
+        pow_limit_bits=0x1D00FFFF,
+        genesis_hash="000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943",
+    )
+)
+_register(
+    ChainParams(
+        "btc",
+        "signet",
+        "tb",
+        1,
+        1,
+        3,
+        2,
+        pow_limit_bits=0x1E0377AE,
+        retarget_interval=2016,
+        genesis_hash="00000008819873e925422c1ff0f99f7cc9bbb232af63a077a480a3633bee1ef6",
     )
 )
 _register(ChainParams("btc", "regtest", "bcrt", 1, 1, 3, 2))
@@ -84,10 +120,25 @@ _register(ChainParams("btc", "simnet", "sb", 1, 1, 3, 2))
 # its fee bumps are children (CPFP), which its block assembler scores by ancestor fee rate.
 # Litecoin Core's chainparams.cpp: scrypt proof of work, powLimit 0x1e0fffff on mainnet and
 # testnet, 2016-block periods (3.5 days of 2.5-minute blocks); testnet allows min-difficulty.
-for _network, _hrp, _coin_type, _limit, _interval in (
-    ("mainnet", "ltc", 2, 0x1E0FFFFF, 2016),
-    ("testnet", "tltc", 1, 0x1E0FFFFF, None),
-    ("regtest", "rltc", 1, 0x207FFFFF, None),
+# Genesis: Litecoin Core's chainparams.cpp (mainnet, testnet4).
+for _network, _hrp, _coin_type, _limit, _interval, _genesis in (
+    (
+        "mainnet",
+        "ltc",
+        2,
+        0x1E0FFFFF,
+        2016,
+        "12a765e31ffd4059bada1e25190f6e98c99d9714d334efa41a195a7e7e04bfe2",
+    ),
+    (
+        "testnet",
+        "tltc",
+        1,
+        0x1E0FFFFF,
+        None,
+        "4966625a4b2851d9fdee139e56211a0d88575f59ed816ff5e6a63deb4e3e29a0",
+    ),
+    ("regtest", "rltc", 1, 0x207FFFFF, None, None),
 ):
     _register(
         ChainParams(
@@ -102,6 +153,7 @@ for _network, _hrp, _coin_type, _limit, _interval in (
             pow_limit_bits=_limit,
             pow_hash="scrypt",
             retarget_interval=_interval,
+            genesis_hash=_genesis,
         )
     )
 

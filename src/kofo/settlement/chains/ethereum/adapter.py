@@ -185,7 +185,13 @@ class EthereumAdapter:
         nonce_db: Path | None = None,
         min_priority_fee: int = 1_000_000_000,
         max_fee_per_gas: int = DEFAULT_MAX_FEE_PER_GAS,
+        chain_id: int | None = None,
     ) -> None:
+        """``chain_id`` is the chain this adapter is configured for (EIP-155): the node must
+        serve it at start and at every new head it reports, or the adapter refuses to read or
+        sign (:class:`ChainError` ``wrong_chain``), and every transaction is signed for it,
+        whatever the node says later. Without it the node's answer at start is taken as the
+        configuration (tests and devnets) and held to the same way from then on."""
         if not 0 < min_priority_fee <= max_fee_per_gas:
             raise InvalidInput(
                 f"min_priority_fee {min_priority_fee} must be positive and at most "
@@ -196,6 +202,11 @@ class EthereumAdapter:
         self.w3 = w3
         self.account = account
         self._min_priority = min_priority_fee
+        if chain_id is not None and (isinstance(chain_id, bool) or chain_id <= 0):
+            raise InvalidInput(f"chain_id {chain_id!r} is no chain id (a positive integer)")
+        served = self._served_chain_id()
+        self._chain_id = served if chain_id is None else chain_id
+        self._check_chain_id(served)
         artifact = load_artifact("HTLC")
         self.htlc: Contract = w3.eth.contract(
             address=to_checksum_address(htlc_address), abi=artifact.abi
@@ -210,20 +221,55 @@ class EthereumAdapter:
             for name, ev in self._events.items()
         }
         self._index = HtlcEventIndex(
-            w3, self.htlc.address, {self._topics[n]: n for n in _HTLC_EVENTS}
+            w3,
+            self.htlc.address,
+            {self._topics[n]: n for n in _HTLC_EVENTS},
+            on_new_head=self._check_chain_id,
         )
         self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
         self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
-        self._chain_id = w3.eth.chain_id
         self.nonces = NonceManager(
             account.address,
             lambda: w3.eth.get_transaction_count(account.address, "pending"),
             nonce_db,
             chain_mined_count=lambda: w3.eth.get_transaction_count(account.address, "latest"),
+            tx_mined=lambda txid: self._mined_at(_hex(txid)) is not None,
         )
 
     # -- identity, balances, time -------------------------------------------------------
+
+    @property
+    def chain_id(self) -> int:
+        """The configured chain id: the one every transaction is signed for (EIP-155)."""
+        return self._chain_id
+
+    def _served_chain_id(self) -> int:
+        try:
+            served: Any = self.w3.eth.chain_id
+        except (Web3RPCError, ValueError, TypeError, AttributeError, OSError) as exc:
+            raise ChainError(
+                f"{self.chain}: the node's chain id could not be read: {exc}",
+                code="bad_rpc_answer",
+            ) from None
+        if isinstance(served, bool) or not isinstance(served, int) or served <= 0:
+            raise ChainError(
+                f"{self.chain}: the node answered {served!r} as its chain id",
+                code="bad_rpc_answer",
+            )
+        return served
+
+    def _check_chain_id(self, served: int | None = None) -> None:
+        """Refuse a node that serves another chain than the configured one: its HTLCs are not
+        ours to read, and nothing is signed for it (each transaction names the configured id,
+        so a chain that serves another id would not take it anyway)."""
+        served = self._served_chain_id() if served is None else served
+        if served != self._chain_id:
+            raise ChainError(
+                f"{self.chain}: the node serves chain id {served}, this adapter is configured "
+                f"for {self._chain_id}: nothing is read or signed through it",
+                code="wrong_chain",
+            )
 
     def address(self) -> str:
         return str(self.account.address)
@@ -361,6 +407,7 @@ class EthereumAdapter:
         self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
     ) -> tuple[SignedTx, int]:
         """Sign ``call``; returns the transaction and the gas limit it carries."""
+        self._check_chain_id()
         fee = fee or self.estimate_fee()
         if not 0 < fee.rate <= self.max_fee_per_gas or fee.priority < 0:
             raise InvalidInput(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,8 +88,13 @@ class HtlcEventIndex:
         names_by_topic: Mapping[str, str],
         *,
         start: int | None = None,
+        on_new_head: Callable[[], None] | None = None,
     ) -> None:
+        """``on_new_head`` runs whenever a refresh finds a head it has not indexed, before any
+        of its logs are read: what raises there leaves the index unchanged (the adapter checks
+        the node still serves the configured chain)."""
         self._w3 = w3
+        self._on_new_head = on_new_head
         self._address = address
         self._address_bytes = bytes.fromhex(address.removeprefix("0x"))
         self._names = {bytes.fromhex(t.removeprefix("0x")): n for t, n in names_by_topic.items()}
@@ -141,6 +146,8 @@ class HtlcEventIndex:
         if self._tips and self._tips[-1] == (height, block_hash):
             self.head = (height, block_hash, int(latest["timestamp"]))
             return height
+        if self._on_new_head is not None:
+            self._on_new_head()
         if self._start is None:
             self._start = max(0, height - START_BACK_BLOCKS)
         walked, linked = self._walk(latest)

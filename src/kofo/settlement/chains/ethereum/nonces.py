@@ -20,14 +20,33 @@ below a transaction's nonce again before it (:meth:`NonceManager.signed_between`
 filled by what was signed for it (an obsolete one reverts, costing its gas), never by anything
 else. Without a ``db_path`` the store is an
 in-memory database: the same rules within one process.
+
+The node's two counts are checked against what the store knows, because a lying or broken node
+(issue 16) could otherwise turn them against the wallet:
+
+- a reservation is forgotten only once a receipt proves its nonce mined (its own recorded
+  transaction, or a later one: nonces mine in order), never on the mined count alone. A count
+  that lies high would otherwise drop the reservation of a signed, unmined lock, and the next
+  allocation would sign another transaction with its nonce (overwriting our own pending lock
+  or redeem) and lose the raw transaction that fills the gap;
+- the proven height is kept (``floor``) and no nonce below it is handed out: a pending count that
+  lies low would otherwise have every new transaction refused as ``nonce too low``;
+- the highest nonce handed out is kept (``issued``); a pending count above it claims pending
+  transactions this store never signed. The mined count tells whether the chain mined them
+  (another user of the key: the count is followed, with a warning); if not, the nonce handed
+  out is the first after what is mined or ours, not after the claimed gap, and the gap is
+  logged as an error: a transaction signed after a gap that never fills would never mine.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+from eth_utils.crypto import keccak
 
 BUSY_TIMEOUT_S = 30.0
 """How long an allocation waits for another process's write transaction (each lasts one or
@@ -36,6 +55,12 @@ two row writes and an fsync, so a wait this long means a stuck process, not cont
 PRUNE_ABOVE = 64
 """Reservations kept before an allocation asks the chain which were mined and drops those: the
 table stays small without a chain query on every allocation."""
+
+PROOF_LOOKUPS = 16
+"""Receipts looked up at most per prune or resync to prove reservations mined (newest first:
+one is enough when the node is honest)."""
+
+log = logging.getLogger(__name__)
 
 
 class NonceManager:
@@ -46,8 +71,13 @@ class NonceManager:
         db_path: Path | None = None,
         *,
         chain_mined_count: Callable[[], int] | None = None,
+        tx_mined: Callable[[bytes], bool] | None = None,
     ) -> None:
+        """``tx_mined(txid)`` says whether the chain has mined a transaction: with it, a
+        reservation is forgotten only once proven mined (see the module doc); without it
+        (tests of the store alone), the mined count is taken as the proof."""
         self._address = address
+        self._tx_mined = tx_mined
         self._chain_count = chain_pending_count
         # Mined (not pending) is what makes a reservation safe to forget: a pending
         # transaction can still be dropped from the pool and need its nonce kept.
@@ -71,6 +101,32 @@ class NonceManager:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(eth_nonce_signed)")}
             if "raw" not in columns:  # a store from before raw transactions were kept
                 self._db.execute("ALTER TABLE eth_nonce_signed ADD COLUMN raw BLOB")
+            # Per address: the nonces proven mined (floor) and the highest handed out + 1
+            # (issued). A store from before them has no row: the chain is trusted once.
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS eth_nonce_mark "
+                "(address TEXT PRIMARY KEY, floor INTEGER NOT NULL, issued INTEGER NOT NULL)"
+            )
+
+    def _mark(self) -> tuple[int, int] | None:
+        row = self._db.execute(
+            "SELECT floor, issued FROM eth_nonce_mark WHERE address = ?", (self._address,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def _set_mark(self, floor: int, issued: int) -> None:
+        self._db.execute(
+            "INSERT INTO eth_nonce_mark(address, floor, issued) VALUES(?, ?, ?) "
+            "ON CONFLICT(address) DO UPDATE SET floor = MAX(floor, excluded.floor), "
+            "issued = MAX(issued, excluded.issued)",
+            (self._address, floor, issued),
+        )
+
+    def marks(self) -> tuple[int, int]:
+        """(floor, issued): no nonce below ``floor`` is handed out (proven mined), and
+        ``issued`` is one above the highest ever handed out (0, 0 for a new store)."""
+        with self._lock:
+            return self._mark() or (0, 0)
 
     def _reserved_count(self) -> int:
         row = self._db.execute(
@@ -78,9 +134,35 @@ class NonceManager:
         ).fetchone()
         return int(row[0])
 
-    def _forget_mined(self, mined: int) -> None:
+    def _proven_below(self, mined: int) -> int | None:
+        """The highest reserved nonce under the chain's ``mined`` count whose recorded
+        transaction has a receipt (so it and every nonce before it are mined), or None. Read
+        outside the write transaction: receipts are network reads."""
+        if self._tx_mined is None:
+            return mined - 1 if mined > 0 else None
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT nonce, raw FROM eth_nonce_signed WHERE address = ? AND nonce < ? "
+                "AND raw IS NOT NULL ORDER BY nonce DESC LIMIT ?",
+                (self._address, mined, PROOF_LOOKUPS),
+            ).fetchall()
+        for nonce, raw in rows:
+            if self._tx_mined(keccak(bytes(raw))):
+                return int(nonce)
+        return None
+
+    def _forget_mined(self, mined: int, proven: int | None) -> None:
+        """Drop the reservations proven mined (at or below ``proven``), and those under the
+        chain's ``mined`` count with nothing signed recorded (nothing to fill a gap with)."""
+        if proven is not None:
+            self._db.execute(
+                "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce <= ?",
+                (self._address, proven),
+            )
+            self._set_mark(proven + 1, proven + 1)
         self._db.execute(
-            "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce < ?", (self._address, mined)
+            "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce < ? AND raw IS NULL",
+            (self._address, mined),
         )
 
     def reserved(self) -> list[int]:
@@ -100,15 +182,52 @@ class NonceManager:
         chain = self._chain_count()
         with self._lock:
             prune = self._reserved_count() > PRUNE_ABOVE
-        mined = self._mined_count() if prune else None
+            mark = self._mark()
+        # A pending count above every nonce handed out claims transactions never signed here:
+        # the mined count says whether they exist (read only then: it costs a query).
+        claims_gap = mark is not None and chain > max(mark)
+        mined = self._mined_count() if prune or claims_gap else None
+        proven = self._proven_below(mined) if prune and mined is not None else None
         with self._lock, _immediate(self._db):
-            if mined is not None:
-                self._forget_mined(mined)
-            nonce = chain
+            if prune and mined is not None:
+                self._forget_mined(mined, proven)
+            floor, issued = self._mark() or (0, 0)
+            start = chain
+            if chain < floor:
+                log.warning(
+                    "eth nonces of %s: the node's pending count %d is below %d, proven "
+                    "mined: a lying or reorganised node; not going below %d",
+                    self._address,
+                    chain,
+                    floor,
+                    floor,
+                )
+                start = floor
+            elif claims_gap and mined is not None:
+                if mined >= chain:
+                    log.warning(
+                        "eth nonces of %s: the chain mined nonces up to %d that this store "
+                        "never handed out (another user of the key?)",
+                        self._address,
+                        mined - 1,
+                    )
+                else:
+                    start = max(floor, issued, mined)
+                    log.error(
+                        "eth nonces of %s: the node counts %d pending transactions, but only "
+                        "%d are mined and this store signed none after nonce %d: a lying "
+                        "node or another user of the key; signing at %d, not after the gap",
+                        self._address,
+                        chain,
+                        mined,
+                        issued - 1,
+                        start,
+                    )
+            nonce = start
             for (taken,) in self._db.execute(
                 "SELECT nonce FROM eth_nonce_signed WHERE address = ? AND nonce >= ? "
                 "ORDER BY nonce",
-                (self._address, chain),
+                (self._address, start),
             ):
                 if int(taken) != nonce:
                     break  # a free nonce below the next reserved one
@@ -117,6 +236,7 @@ class NonceManager:
                 "INSERT INTO eth_nonce_signed(address, nonce) VALUES(?, ?)",
                 (self._address, nonce),
             )
+            self._set_mark(floor, nonce + 1)
             return nonce
 
     def record(self, nonce: int, raw: bytes) -> None:
@@ -148,11 +268,14 @@ class NonceManager:
             )
 
     def resync(self) -> None:
-        """Forget the reservations of nonces the chain has mined. Allocation already follows
-        the chain's pending count, down as well as up, and never hands out a reserved nonce."""
+        """Forget the reservations of nonces proven mined (a receipt of theirs or of a later
+        one: the chain's mined count alone is no proof). Allocation already follows the chain's
+        pending count, down as well as up (never below the proven floor), and never hands out
+        a reserved nonce."""
         mined = self._mined_count()
+        proven = self._proven_below(mined)
         with self._lock, _immediate(self._db):
-            self._forget_mined(mined)
+            self._forget_mined(mined, proven)
 
 
 class _immediate:

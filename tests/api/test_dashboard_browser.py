@@ -1,0 +1,497 @@
+"""The dashboard in a real browser: Debian's chromium, driven by Selenium through chromedriver.
+
+The page is served by a FastAPI app on 127.0.0.1 (the real ``kofo.node.dashboard.mount`` and
+a minimal /v1 surface over an in-memory node, ``tests/api/dashboard_fixture.py``). The test
+opens every view, places a trade from the form, and watches the swap timeline reach
+"redeemed" on both legs as the node's events arrive on the WebSocket. Screenshots of each
+view, desktop (1280x800) and phone (390x844), light and dark, go to ``tests/artifacts/``.
+
+Install the browser with ``scripts/install-nodes.sh chromium``; without it the test skips
+(and fails in CI, like every real-binary test).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+TOKEN = "7f" * 32
+READONLY_TOKEN = "3c" * 32
+WAIT = 30  # seconds any one thing may take to show up in the page (a bound, not a goal)
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    reason = "chromium/chromedriver not installed (scripts/install-nodes.sh chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+uvicorn = pytest.importorskip("uvicorn")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    TimeoutException,
+)
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+from tests.api.dashboard_fixture import (  # noqa: E402
+    BTC,
+    ETH,
+    ME,
+    MY_BTC,
+    OLD_SWAP,
+    FixtureNode,
+    fixture_app,
+)
+
+pytestmark = [pytest.mark.timeout(300)]
+
+
+class _Server:
+    """uvicorn serving ``app`` on a loopback socket, in a thread, stopped at exit."""
+
+    def __init__(self, app: Any, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart, same port
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.monotonic() + WAIT
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT)
+        self.sock.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[FixtureNode]:
+    n = FixtureNode(tmp_path)
+    yield n
+    n.log.close()
+
+
+@pytest.fixture
+def server(node: FixtureNode) -> Iterator[_Server]:
+    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as s:
+        yield s
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,800",
+        "--force-device-scale-factor=1",
+        "--lang=en-US",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(WAIT)
+    viewport(driver, 1280, 800, mobile=False)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def wait_for(driver: Any, what: str, predicate: Any) -> Any:
+    try:
+        # the page re-renders live: an element read while replaced is read again next poll
+        return WebDriverWait(
+            driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(lambda d: predicate(d))
+    except TimeoutException:
+        shot(driver, f"FAILED-{what}")
+        raise AssertionError(f"the page never showed {what}") from None
+
+
+def text(driver: Any, css: str) -> str:
+    """The rendered text of every match, read in one step (the page re-renders live)."""
+    return str(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => e.innerText.trim()).join(' ')",
+            css,
+        )
+    )
+
+
+def shot(driver: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"dashboard-{name}.png"
+    # the whole page, not only the viewport: set the window to the document's height
+    driver.save_screenshot(str(path))
+    return path
+
+
+def viewport(driver: Any, width: int, height: int, *, mobile: bool, dark: bool = False) -> None:
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {
+            "width": width,
+            "height": height,
+            "deviceScaleFactor": 1,
+            "mobile": mobile,
+        },
+    )
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {
+            "features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}],
+        },
+    )
+
+
+def go(driver: Any, view: str, ready_css: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f'#tabs a[data-view="{view}"]').click()
+    wait_for(driver, f"the {view} view", lambda d: d.find_elements(By.CSS_SELECTOR, ready_css))
+    wait_for(
+        driver,
+        f"the {view} view loaded",
+        lambda d: not d.find_elements(By.CSS_SELECTOR, ".loading"),
+    )
+
+
+def no_horizontal_overflow(driver: Any) -> bool:
+    return bool(
+        driver.execute_script(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1"
+        )
+    )
+
+
+def leg_states(driver: Any, swap_id: str) -> list[str]:
+    return list(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => e.dataset.legState)",
+            f"#swap-{swap_id} .leg",
+        )
+    )
+
+
+def severe_console_errors(driver: Any) -> list[str]:
+    """Script errors the page logged (the browser's own network lines, for a 4xx or a refused
+    WebSocket the test provoked, are not errors of the page: it shows them)."""
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE"
+        and "Failed to load resource" not in e["message"]
+        and "WebSocket connection to" not in e["message"]
+    ]
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browser, server, node):
+    d = browser
+    base = f"http://127.0.0.1:{server.port}"
+    viewport(d, 1280, 800, mobile=False)
+
+    # The CLI's link: / redirects to the page, the token rides in the fragment and is then
+    # removed from the address bar.
+    d.get(f"{base}/#token={TOKEN}")
+    wait_for(d, "the node's name", lambda d: text(d, "#node-name") == "alice")
+    assert TOKEN not in d.current_url
+    assert d.current_url.startswith(f"{base}/dashboard/")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+
+    # Node: identity whole, balances in units, addresses whole.
+    go(d, "node", "dl.facts")
+    wanted = (ME, MY_BTC, "5.25", "1.2", "BTC")  # the node id and an address whole
+    wait_for(d, "identity and balances", lambda d: all(w in text(d, "#view-node") for w in wanted))
+    shot(d, "desktop-node")
+
+    # Order book: both sides and a drawn depth chart.
+    go(d, "book", "canvas#depth")
+    wait_for(
+        d,
+        "bids and asks",
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#view-book tbody tr")) == 5,
+    )
+    assert text(d, ".stat.good strong") == "31.23456789", "the best bid, ETH per BTC"
+    assert text(d, ".stat.bad strong") == "31.4", "the best ask: 1 / the maker's BTC per ETH"
+    assert "31.65" in text(d, "#view-book"), "the second ask"
+    painted = d.execute_script(
+        "const c = document.getElementById('depth');"
+        "const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;"
+    )
+    assert painted > 5_000, f"the depth chart drew only {painted} pixels"
+    shot(d, "desktop-book")
+    # the crosshair: price and depth under the pointer (left of the middle: the bid side)
+    ActionChains(d).move_to_element_with_offset(d.find_element(By.ID, "depth"), -300, 0).perform()
+    shot(d, "desktop-book-hover")
+
+    # Trade: an amount with too many decimals is refused in the form, naming the field.
+    go(d, "trade", "#trade-form")
+    Select(d.find_element(By.ID, "trade-sell")).select_by_value(BTC)
+    Select(d.find_element(By.ID, "trade-buy")).select_by_value(ETH)
+    amount = d.find_element(By.ID, "trade-amount")
+    amount.send_keys("0.123456789")
+    wait_for(
+        d, "the precision error", lambda d: "at most 8 decimal places" in text(d, ".form-error")
+    )
+    # More than the balance: the node's problem+json detail is shown as it is.
+    amount.clear()
+    amount.send_keys("7")
+    wait_for(
+        d, "the node's refusal", lambda d: "exceeds the 120000000 available" in text(d, "#quotes")
+    )
+    assert "insufficient_funds" in text(d, "#quotes")
+    # A good amount: live quotes, the chosen route, then the trade.
+    amount.clear()
+    amount.send_keys("0.01")
+    wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    # 312345678901234567 wei: beyond 2^53, shown to the last wei
+    assert "0.312345678901234567 ETH" in text(d, "#chosen-quote")
+    assert text(d, "#chosen-hops") == "direct · 1 hop"
+    assert "2" in text(d, "#quotes tbody"), "the two-hop route is listed too"
+    shot(d, "desktop-trade-quotes")
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
+    place.click()
+    wait_for(d, "the new trade", lambda d: "quoting" in text(d, "#current-trade").lower())
+    assert "/trade/" in d.current_url
+
+    # The trade moves on as the node publishes events; the page follows without reloading.
+    marker = d.execute_script("window.__same_page = 1; return 1;")
+    for expected in ("ordering", "submitted", "committed"):
+        assert node.advance() == expected
+        wait_for(
+            d,
+            f"the trade {expected}",
+            lambda d, e=expected: e in text(d, "#current-trade .badge").lower(),
+        )
+    assert "committed at ledger height 8813" in text(d, "#current-trade")
+    assert "1 hop" in text(d, "#current-trade")
+    shot(d, "desktop-trade")
+
+    assert node.advance() == "settling"
+    go(d, "swaps", "article.swap")
+    sid = node.last_swap_id
+    card = f"#swap-{sid}"
+    # yesterday's swap: our leg refunded (read from its history: the legs carry no state)
+    assert leg_states(d, OLD_SWAP) == ["refunded", "pending"]
+    assert "Refunded" in text(d, f"#swap-{OLD_SWAP} .leg .timeline")
+    assert leg_states(d, sid) == ["pending", "pending"]
+    assert node.advance() == "own_lock"
+    wait_for(d, "our leg locked", lambda d: leg_states(d, sid) == ["locked", "pending"])
+    assert node.advance() == "counter_lock"
+    wait_for(d, "both legs locked", lambda d: leg_states(d, sid) == ["locked", "locked"])
+    swap_text = text(d, card)
+    assert "2 confirmations" in swap_text
+    assert "blocks to go" in swap_text and "refundable in" in swap_text, "both deadlines shown"
+    lock_txids = text(d, f"{card} .leg .timeline li.done code").split()
+    assert len(lock_txids) == 2 and all(len(t) == 64 for t in lock_txids), "txids whole"
+    d.find_element(By.CSS_SELECTOR, f"{card} details.history summary").click()  # open the history
+    shot(d, "desktop-swaps-locked")
+    assert node.advance() == "redeem_counter"
+    wait_for(d, "the counter leg redeemed", lambda d: leg_states(d, sid) == ["locked", "redeemed"])
+    assert node.advance() == "done"
+    wait_for(d, "both legs redeemed", lambda d: leg_states(d, sid) == ["redeemed", "redeemed"])
+    wait_for(
+        d,
+        "the swap redeemed",
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, card).get_attribute("data-swap-state") == "redeemed"
+        ),
+    )
+    assert d.execute_script("return window.__same_page") == marker, "the page was reloaded"
+    wait_for(
+        d, "the whole history", lambda d: "(5 events)" in text(d, f"{card} details.history summary")
+    )
+    assert (
+        d.find_element(By.CSS_SELECTOR, f"{card} details.history").get_attribute("open") is not None
+    ), "a fold the user opened stays open through live updates"
+    assert "both buried" in text(d, f"{card} details.history")
+    shot(d, "desktop-swaps")
+
+    # Ledger: the committed order with its outcomes, fee shares (beyond 2^53: exact), ranking.
+    go(d, "ledger", "#view-ledger table")
+    wanted = (
+        "redeemed",  # the order's outcomes
+        "1.234567890123456789 eth",  # a fee share beyond 2^53, exact
+        "you",  # this node in the ranking
+        "late lock",  # the evidence
+    )
+    wait_for(d, "the ledger", lambda d: all(w in text(d, "#view-ledger").lower() for w in wanted))
+    shot(d, "desktop-ledger")
+
+    # Peers: a peer-chosen string is text, not markup.
+    go(d, "peers", "#view-peers table")
+    assert "<img src=x onerror=alert(1)>:9743" in text(d, "#view-peers")
+    assert not d.find_elements(By.CSS_SELECTOR, "#view-peers img")
+    shot(d, "desktop-peers")
+
+    # Nothing came from anywhere but the node, and the page logged no error.
+    foreign = d.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => !n.startsWith(location.origin) && !n.startsWith('ws://' + location.host))"
+    )
+    assert foreign == []
+    assert severe_console_errors(d) == []
+
+    # Phone width (390x844), light and dark: every view fits without sideways scrolling.
+    for dark in (False, True):
+        viewport(d, 390, 844, mobile=True, dark=dark)
+        for view, ready in (
+            ("node", "dl.facts"),
+            ("book", "canvas#depth"),
+            ("trade", "#trade-form"),
+            ("swaps", "article.swap"),
+            ("ledger", "#view-ledger table"),
+            ("peers", "#view-peers table"),
+        ):
+            go(d, view, ready)
+            time.sleep(0.2)  # let the depth chart redraw at the new size before the picture
+            assert no_horizontal_overflow(d), f"{view} scrolls sideways at phone width"
+            shot(d, f"phone-{'dark' if dark else 'light'}-{view}")
+    viewport(d, 1280, 800, mobile=False, dark=True)
+    for view, ready in (("book", "canvas#depth"), ("swaps", "article.swap")):
+        go(d, view, ready)
+        time.sleep(0.2)
+        shot(d, f"desktop-dark-{view}")
+    assert severe_console_errors(d) == []
+
+
+def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser, server):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={'00' * 32}")
+    wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
+    wait_for(d, "the refusal", lambda d: "wrong bearer token" in text(d, "#banner"))
+    d.find_element(By.ID, "token-input").send_keys(TOKEN)
+    d.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait_for(d, "the node after login", lambda d: text(d, "#node-name") == "alice")
+    assert not d.find_element(By.ID, "login").is_displayed()
+
+
+def feed_ids(driver: Any) -> list[str]:
+    """The offer ids in the Node view's activity feed, oldest first."""
+    return [i for i in text(driver, "#view-node ol.feed li code").split()][::-1]
+
+
+def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_polling(
+    browser, server, node
+):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "node", "dl.facts")
+    node.log.append("offer", {"offer_id": "o1", "state": "added"})
+    wait_for(d, "the first event", lambda d: feed_ids(d) == ["o1"])
+
+    # The node drops the socket; events appended meanwhile arrive once the page is back
+    # (polling while the socket is down, then the socket again with after=<last seq>).
+    assert node.kick() == 1
+    for i in (2, 3, 4):
+        node.log.append("offer", {"offer_id": f"o{i}", "state": "added"})
+    wait_for(d, "the events sent while down", lambda d: feed_ids(d) == ["o1", "o2", "o3", "o4"])
+    wait_for(d, "the socket back", lambda d: text(d, "#live") == "live" and node.sockets)
+    node.log.append("offer", {"offer_id": "o5", "state": "added"})
+    wait_for(d, "the next event", lambda d: feed_ids(d) == ["o1", "o2", "o3", "o4", "o5"])
+
+    # A node behind something that refuses WebSockets: the page polls, says so, and still
+    # gets every event once.
+    node.refuse_sockets = True
+    assert node.kick() == 1
+    wait_for(d, "the polling state", lambda d: text(d, "#live") == "polling")
+    for i in (6, 7):
+        node.log.append("offer", {"offer_id": f"o{i}", "state": "added"})
+    expected = [f"o{i}" for i in range(1, 8)]
+    wait_for(d, "the polled events", lambda d: feed_ids(d) == expected)
+    assert text(d, "#live") == "polling" and not node.sockets
+    assert severe_console_errors(d) == []
+
+
+def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(browser, node):
+    d = browser
+    app = fixture_app(node, TOKEN, READONLY_TOKEN)
+    with _Server(app) as first:
+        port = first.port
+        d.get(f"http://127.0.0.1:{port}/#token={TOKEN}")
+        wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+        go(d, "node", "dl.facts")
+    wait_for(d, "the node offline", lambda d: text(d, "#live") == "offline")
+    node.log.append("offer", {"offer_id": "o1", "state": "added"})  # while the API is down
+    with _Server(app, port=port):
+        wait_for(d, "the event from the downtime", lambda d: feed_ids(d) == ["o1"])
+        wait_for(d, "the stream back", lambda d: text(d, "#live") in ("live", "polling"))
+        assert not d.find_element(By.ID, "banner").is_displayed()
+        assert "alice" in text(d, "#view-node")
+
+
+def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, server, node):
+    d = browser
+    node.info_fails = True
+    d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+    wanted = "the ledger at http://127.0.0.1:26657 does not answer (unavailable)"
+    wait_for(d, "the node's reason", lambda d: wanted in text(d, "#banner"))
+    wait_for(d, "the reason in the view", lambda d: "does not answer" in text(d, "#view-node"))
+    wait_for(d, "the balances all the same", lambda d: "5.25" in text(d, "#view-node"))
+    shot(d, "desktop-node-unavailable")
+    node.info_fails = False
+    wait_for(d, "the node after recovery", lambda d: text(d, "#node-name") == "alice")
+    wait_for(d, "the banner gone", lambda d: not d.find_element(By.ID, "banner").is_displayed())
+    wait_for(d, "the view recovered", lambda d: ME in text(d, "#view-node"))
+
+
+def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/#token={READONLY_TOKEN}")
+    wait_for(d, "the node", lambda d: text(d, "#node-name") == "alice")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "trade", "#trade-form")
+    d.find_element(By.ID, "trade-amount").send_keys("0.01")
+    wait_for(d, "the refusal", lambda d: "the read-only token may only GET" in text(d, "#quotes"))
+    assert not d.find_element(By.ID, "place-trade").is_enabled()
+
+
+def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(server):
+    base = f"http://127.0.0.1:{server.port}"
+    with urllib.request.urlopen(f"{base}/dashboard/") as r:
+        csp = r.headers["content-security-policy"]
+        body = r.read().decode()
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "http" not in body.replace('lang="en"', ""), "the page references no other origin"
+    with urllib.request.urlopen(f"{base}/") as r:  # the root redirects to the page
+        assert r.url == f"{base}/dashboard/"
+    req = urllib.request.Request(f"{base}/v1/info")
+    with pytest.raises(urllib.error.HTTPError) as err:  # data needs the token; the page does not
+        urllib.request.urlopen(req)
+    assert err.value.code == 401
