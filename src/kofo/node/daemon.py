@@ -40,7 +40,7 @@ from kofo import __version__
 from kofo.clearance import privacy
 from kofo.errors import InvalidInput, KofoError
 from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed, now_ms
-from kofo.exchange.route import OrderPolicy
+from kofo.exchange.route import OrderPolicy, OrderTimes
 from kofo.node.chains import Chains, build_chains
 from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_config
 from kofo.node.events import EventLog
@@ -71,7 +71,13 @@ from kofo.node.service import (
 )
 from kofo.node.service import Event as ServiceEvent
 from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
-from kofo.node.trades import PhaseJournal, TradePipeline, TradeRefused, check_order_as_maker
+from kofo.node.trades import (
+    PhaseJournal,
+    TradePipeline,
+    TradeRefused,
+    check_order_as_maker,
+    plan_order_times,
+)
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import State
@@ -362,6 +368,7 @@ class Node:
             "on_fill": self._on_fill,
             "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
             "on_direct": self._on_direct,
+            "plan_times": self._plan_times,
             "chain_clocks": {
                 name: "height" if p.height_clock else "unix"
                 for name, p in (self.chains.policies.items() if self.chains else ())
@@ -399,6 +406,11 @@ class Node:
         if not isinstance(tip, BlockHeight):
             raise OrderPolicy(f"chain {chain}: no tip known yet")
         return BlockHeight(tip.value + policy.to_units(expiry_time - now_s))
+
+    def _plan_times(self, have_chain: str, want_chain: str, now_s: int) -> OrderTimes:
+        """The taker's plan of an order's deadlines from its engine's margins (link v4)."""
+        assert self.chains is not None
+        return plan_order_times(self.chains.policies, have_chain, want_chain, now_s)
 
     def _expiry_check(self, chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
         """Refuse a leg whose expiry is not in its chain's unit, or whose height is more than
