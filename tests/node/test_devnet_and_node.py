@@ -38,8 +38,8 @@ class Proc:
     """A `kofo` subprocess whose output lines are read by threads, so a test waits for a
     line with a deadline instead of blocking on a pipe."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(SRC), "KOFO_PASSPHRASE": PASS}
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(SRC), "KOFO_PASSPHRASE": PASS, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from kofo.cli import app; app()", *args],
             stdout=subprocess.PIPE,
