@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
+import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -78,6 +80,7 @@ from kofo.node.trades import (
     check_order_as_maker,
     plan_order_times,
 )
+from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import State
@@ -92,6 +95,7 @@ from kofo.wire.orders import (
     EvidenceKind,
     FileEvidence,
     SettlementOrder,
+    WithdrawFees,
     sign_tx,
 )
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
@@ -118,6 +122,8 @@ TIP_STALENESS_S = 10
 side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLERANCE`."""
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
+WITHDRAWALS_FILE = "withdrawals.json"
+"""Per asset, the ``seq`` of this node's next fee withdrawal (the ledger's count, kept)."""
 EVENTS_FILE = "events.sqlite"
 TRADES_FILE = "trades.sqlite"
 TRADE_STATE_OF_SWAP = {
@@ -1237,6 +1243,63 @@ class Node:
             if earned:
                 out.append(FeeShareView("", "fees", asset, earned))
         return out
+
+    async def withdraw_fees(self, asset: str, payout_address: str) -> int:
+        """Withdraw this node's whole fee balance in ``asset`` (a ``withdraw_fees`` tx: the
+        balance revealed with its randomness, a fresh zero seed and its proof, the next
+        ``seq``); returns the amount. The ledger applies a given ``seq`` once, so a retry of
+        the same withdrawal is refused rather than paid twice."""
+        if self._paillier is None:
+            raise Unavailable("this node is not registered yet")
+        if not payout_address or len(payout_address) > 256:
+            raise InvalidInput("payout_address must be 1..256 characters")
+        arg = encode({"node": self.node_id, "asset": asset})
+        rec = decode(await self._ledger_call(self.ledger.abci_query, "/balance", arg))
+        ct = rec.get("balance")
+        amount, randomness = privacy.reveal(self._paillier, ct) if ct else (0, b"")
+        if amount <= 0:
+            raise Conflict(f"no fee balance in {asset!r} to withdraw")
+        seq = self._withdrawals().get(asset, 0)
+        for _ in range(2):
+            seed, proof = privacy.zero_seed(
+                self._paillier.public_key, privacy.withdraw_context(self.node_id, asset, seq)
+            )
+            body = WithdrawFees(asset, amount, randomness, seed, payout_address, seq, proof)
+            try:
+                tx = sign_tx(self.key, body)
+                included = await self._ledger_call(lambda tx=tx: self.ledger.commit(tx, timeout=30))
+            except LedgerRefused as exc:
+                found = re.search(r"seq must be (\d+)", exc.log)
+                if found is None or int(found.group(1)) == seq:
+                    raise
+                seq = int(found.group(1))  # our count was behind the ledger's: use its
+                continue
+            self._save_withdrawal(asset, seq + 1)
+            self.event_log.append(
+                "ledger",
+                {
+                    "event": "fees_withdrawn",
+                    "asset": asset,
+                    "amount": amount,
+                    "height": included.height,
+                },
+            )
+            return amount
+        raise Conflict(f"withdrawal of {asset!r} not accepted at seq {seq}")
+
+    def _withdrawals(self) -> dict[str, int]:
+        path = self.config.home / WITHDRAWALS_FILE
+        if not path.exists():
+            return {}
+        data = json.loads(read_private_file(path, max_size=1 << 20))
+        return {str(k): int(v) for k, v in data.items()}
+
+    def _save_withdrawal(self, asset: str, next_seq: int) -> None:
+        data = self._withdrawals()
+        data[asset] = next_seq
+        write_private_file(
+            self.config.home / WITHDRAWALS_FILE, json.dumps(data, sort_keys=True).encode()
+        )
 
     async def importance(self, *, limit: int = 50) -> list[ImportanceView]:
         raw = await self._ledger_call(self.ledger.abci_query, "/importance", encode(limit))
