@@ -84,7 +84,7 @@ from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import State
-from kofo.settlement.terms import TermsRefused
+from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, TermsRefused
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import ReplayGuard
@@ -120,6 +120,11 @@ expiry_time: the parties' tips differ by a block or two at the moment of the ord
 TIP_STALENESS_S = 10
 """Seconds the tips the hooks read may lag (refreshed every :data:`REFRESH_INTERVAL`, on each
 side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLERANCE`."""
+PROPOSE_RETRY_S = ACCEPT_WINDOW_SECONDS - 60
+"""Seconds a taker keeps re-sending its proposal to a maker it cannot reach (or that did not
+answer) after the commit: within the engine's accept window, so the swap ends aborted (nothing
+locked) if the maker never comes back."""
+PROPOSE_RETRY_INTERVAL = 5.0
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
 WITHDRAWALS_FILE = "withdrawals.json"
@@ -562,8 +567,8 @@ class Node:
         detail = {k: v for k, v in data.items() if k in ("state", "txid", "reason")}
         if end is not None:
             detail.update(self._amounts(u.swap_id, u.state))
-            self.store.update(trade.trade_id, state=end)
-            self._trade_event(trade.trade_id, end, detail)
+            self._trade_event(trade.trade_id, end, detail)  # the phase before the state:
+            self.store.update(trade.trade_id, state=end)  # a reader of the end sees it
             with self._holds_lock:
                 self._holds = [h for h in self._holds if h.order_id != u.swap_id]
         else:
@@ -755,8 +760,8 @@ class Node:
                 with self._holds_lock:
                     self._holds = [h for h in self._holds if h.order_id != order.order_id]
                 log.info("order %s never committed: hold released", order.order_id.hex()[:16])
-                self.store.update(trade.trade_id, state="failed", error=str(exc)[:500])
                 self._trade_event(trade.trade_id, "failed", {"reason": "not committed"})
+                self.store.update(trade.trade_id, state="failed", error=str(exc)[:500])
             return
         except LedgerError:
             return
@@ -818,8 +823,8 @@ class Node:
         except asyncio.CancelledError:
             view = self.store.find(trade_id)
             if view is not None and view.state in ("quoting", "ordering"):
-                self.store.update(trade_id, state="cancelled")
                 self._trade_event(trade_id, "cancelled", {})
+                self.store.update(trade_id, state="cancelled")
             raise
         except TimeoutError:
             self._fail(trade_id, f"no commit within the deadline of {request.deadline_s}s")
@@ -841,8 +846,8 @@ class Node:
             log.warning("trade %s: %s (kept: it may be committed)", trade_id, reason)
             self.store.update(trade_id, error=reason[:500])
             return
-        self.store.update(trade_id, state="failed", error=reason[:500])
         self._trade_event(trade_id, "failed", {"reason": reason[:500]})
+        self.store.update(trade_id, state="failed", error=reason[:500])
 
     async def _take(self, trade_id: str, request: TradeRequest) -> None:
         assert self.exchange is not None and self.pipeline is not None and self.engine is not None
@@ -900,22 +905,41 @@ class Node:
         self.store.update(trade_id, state="committed", height=height)
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
         self.crash.hit("trade_committed")
-        try:
-            await self._thread(self.pipeline.start_as_taker, oid)
-        except (TradeRefused, TermsRefused) as exc:
-            assert self.engine is not None
-            if self._unlocked(oid):
-                # committed, but the swap cannot start (or the maker refused it): nothing of
-                # ours is locked, so the trade ends here; the ledger lets the order lapse
-                self.store.update(trade_id, state="failed", error=f"{exc.code}: {exc}"[:500])
-                self._trade_event(trade_id, "failed", {"reason": f"{exc.code}: {exc}"[:500]})
-                return
-            raise
+        deadline = time.monotonic() + PROPOSE_RETRY_S
+        while True:
+            try:
+                await self._thread(self.pipeline.start_as_taker, oid)
+            except (TradeRefused, TermsRefused) as exc:
+                if self._unlocked(oid):
+                    # committed, but the swap cannot start (or the maker refused it): nothing
+                    # of ours is locked, so the trade ends here; the order lapses on the ledger
+                    reason = f"{exc.code}: {exc}"[:500]
+                    self._trade_event(trade_id, "failed", {"reason": reason})
+                    self.store.update(trade_id, state="failed", error=reason)
+                    return
+                raise
+            except KofoError as exc:  # the maker not reached (down, restarting): ask again
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.info("trade %s: proposal not delivered (%s); retrying", trade_id, exc)
+                await asyncio.sleep(PROPOSE_RETRY_INTERVAL)
+                continue
+            if not self._proposed(oid) or time.monotonic() > deadline or self._stop.is_set():
+                break
+            await asyncio.sleep(PROPOSE_RETRY_INTERVAL)  # no answer yet: propose again
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
             self.store.update(trade_id, state="settling")
             self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()})
         self.crash.hit("trade_swap_started")
+
+    def _proposed(self, oid: bytes) -> bool:
+        """The swap is proposed and the maker's accept not in (it may not have got it)."""
+        assert self.engine is not None
+        try:
+            return self.engine.journal.get(oid).state is State.PROPOSED
+        except UnknownSwap:
+            return False
 
     def _unlocked(self, oid: bytes) -> bool:
         assert self.engine is not None
@@ -955,8 +979,8 @@ class Node:
                 self._fail(trade.trade_id, "interrupted before the order was signed")
                 continue
             oid = bytes.fromhex(trade.order_id)
-            if self.phases.phase(oid, "swap_started") is not None:
-                continue  # the engine drives it (resume)
+            if self.phases.phase(oid, "swap_started") is not None and not self._proposed(oid):
+                continue  # the engine drives it (resume); a proposal not accepted is re-sent
             log.info("trade %s: resuming after a restart", trade.trade_id)
             self._trade_tasks[trade.trade_id] = asyncio.ensure_future(
                 self._resume_trade(trade.trade_id, bytes(tx), oid)
@@ -970,8 +994,8 @@ class Node:
         except KofoError as exc:
             view = self.store.get(trade_id)
             if view.state == "submitted":
-                self.store.update(trade_id, state="failed", error=str(exc)[:500])
                 self._trade_event(trade_id, "failed", {"reason": str(exc)[:500]})
+                self.store.update(trade_id, state="failed", error=str(exc)[:500])
             else:
                 self._fail(trade_id, f"{exc.code}: {exc}")
         finally:
@@ -1130,8 +1154,8 @@ class Node:
                 await task
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
-            self.store.update(trade_id, state="cancelled")
             self._trade_event(trade_id, "cancelled", {})
+            self.store.update(trade_id, state="cancelled")
         return self.store.get(trade_id)
 
     def _swap_view(self, rec: StoredSwap) -> SwapView:
