@@ -120,6 +120,7 @@ def _ethereum(cfg: EthereumChainConfig, wallet: NodeWallet, home: Path) -> Ether
         cfg.htlc_contract,
         chain=cfg.chain,
         nonce_db=home / f"nonces-{cfg.chain}.sqlite",
+        chain_id=cfg.chain_id,  # it signs for this chain only and re-checks on new heads
     )
 
 
