@@ -20,6 +20,12 @@ below a transaction's nonce again before it (:meth:`NonceManager.signed_between`
 filled by what was signed for it (an obsolete one reverts, costing its gas), never by anything
 else. Without a ``db_path`` the store is an
 in-memory database: the same rules within one process.
+
+The store also holds the HTLC storage slots taken by this wallet's unmined locks
+(:meth:`NonceManager.claim_slot`): a lock names one of its sender's reusable slots in the
+contract, and two locks in flight (two threads, two processes, a lock signed but not yet
+mined) must not name the same one, or the second reverts (``slot busy``). A claim lasts until
+the lock's nonce is mined (the contract's slot then says whether it is busy) or is released.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ class NonceManager:
                 "CREATE TABLE IF NOT EXISTS eth_nonce_signed "
                 "(address TEXT, nonce INTEGER, raw BLOB, PRIMARY KEY (address, nonce))"
             )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS eth_lock_slot "
+                "(address TEXT, slot INTEGER, nonce INTEGER, PRIMARY KEY (address, slot))"
+            )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(eth_nonce_signed)")}
             if "raw" not in columns:  # a store from before raw transactions were kept
                 self._db.execute("ALTER TABLE eth_nonce_signed ADD COLUMN raw BLOB")
@@ -82,6 +92,52 @@ class NonceManager:
         self._db.execute(
             "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce < ?", (self._address, mined)
         )
+        self._db.execute(
+            "DELETE FROM eth_lock_slot WHERE address = ? AND nonce < ?", (self._address, mined)
+        )
+
+    def claimed_slots(self) -> set[int]:
+        """HTLC slots claimed by locks of this wallet that are not known to be mined; claims
+        of mined locks are dropped first (the contract's slot is then the authority)."""
+        mined = self._mined_count()
+        with self._lock, _immediate(self._db):
+            self._db.execute(
+                "DELETE FROM eth_lock_slot WHERE address = ? AND nonce < ?", (self._address, mined)
+            )
+            rows = self._db.execute(
+                "SELECT slot FROM eth_lock_slot WHERE address = ?", (self._address,)
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def claim_slot(self, slot: int) -> bool:
+        """Claim ``slot`` for a lock about to be signed; False if another lock holds it."""
+        with self._lock, _immediate(self._db):
+            taken = self._db.execute(
+                "SELECT 1 FROM eth_lock_slot WHERE address = ? AND slot = ?", (self._address, slot)
+            ).fetchone()
+            if taken:
+                return False
+            self._db.execute(
+                "INSERT INTO eth_lock_slot(address, slot, nonce) VALUES(?, ?, NULL)",
+                (self._address, slot),
+            )
+            return True
+
+    def bind_slot(self, slot: int, nonce: int) -> None:
+        """The lock that claimed ``slot`` was signed with ``nonce``: the claim ends once it is
+        mined."""
+        with self._lock, _immediate(self._db):
+            self._db.execute(
+                "UPDATE eth_lock_slot SET nonce = ? WHERE address = ? AND slot = ?",
+                (nonce, self._address, slot),
+            )
+
+    def release_slot(self, slot: int) -> None:
+        """No lock will be sent for the claim on ``slot`` (signing failed, or it was given up)."""
+        with self._lock, _immediate(self._db):
+            self._db.execute(
+                "DELETE FROM eth_lock_slot WHERE address = ? AND slot = ?", (self._address, slot)
+            )
 
     def reserved(self) -> list[int]:
         """The nonces handed out and neither mined (as last seen) nor released, ascending."""
