@@ -9,6 +9,8 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -227,6 +229,7 @@ class EthereumAdapter:
             raise ChainError(f"no contract code at HTLC address {self.htlc.address}")
         self._index = HtlcEventIndex(w3, self.htlc.address)
         self._slots: dict[bytes, int] = {}  # swap id -> its slot, once read from its lock
+        self._token_locks = threading.Lock()
         self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
         self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
@@ -373,7 +376,13 @@ class EthereumAdapter:
         return self._sign_with_gas(kind, call, fee, value, gas)[0]
 
     def _sign_with_gas(
-        self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
+        self,
+        kind: TxKind,
+        call: Any,
+        fee: FeeEstimate | None,
+        value: int = 0,
+        gas: int = 0,
+        min_gas: int = 0,
     ) -> tuple[SignedTx, int]:
         """Sign ``call``; returns the transaction and the gas limit it carries."""
         fee = fee or self.estimate_fee()
@@ -401,6 +410,7 @@ class EthereumAdapter:
                 gas = int(call.estimate_gas(probe) * 5 // 4)  # +25 %: state may shift a bit
             except ContractLogicError as exc:
                 raise TxRejected(f"{kind} would revert: {exc.message or exc}") from None
+            gas = max(gas, min_gas)
         params["gas"] = gas
         needed = gas * fee.rate + value
         have = self.balance()
@@ -443,6 +453,13 @@ class EthereumAdapter:
         if terms.token is None:
             call = self.htlc.functions.lock(terms.payment_hash, word)
             return [self._sign(TxKind.LOCK, call, fee, value=terms.amount)]
+        with self._token_locks:  # approve then lock, never interleaved with another's
+            return self._prepare_token_lock(terms, fee, word)
+
+    def _prepare_token_lock(
+        self, terms: HtlcTerms, fee: FeeEstimate | None, word: int
+    ) -> list[SignedTx]:
+        assert terms.token is not None
         token = self._token(terms.token)
         have = self.balance(terms.token)
         if have < terms.amount:
@@ -451,11 +468,29 @@ class EthereumAdapter:
         lock = self.htlc.functions.lock_token(
             to_checksum_address(terms.token), terms.amount, terms.payment_hash, word
         )
+        # The chain's allowance is spoken for while any transaction of this wallet is unmined:
+        # an earlier lock whose approve is mined but whose lock is not would take it first, and
+        # this lock would revert. Then this lock approves its own amount (set, not added, right
+        # before it in nonce order: token locks are prepared one at a time).
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        in_flight = bool(self.nonces.signed_between(mined, 2**62))
         allowance = token.functions.allowance(self.account.address, self.htlc.address).call()
-        if allowance < terms.amount:
+        if in_flight or allowance < terms.amount:
             # Approve exactly the amount: an unlimited allowance would outlive this swap.
             approve = token.functions.approve(self.htlc.address, terms.amount)
-            approve_tx, approve_gas = self._sign_with_gas(TxKind.APPROVE, approve, fee)
+            # Its gas must cover a zero allowance: an earlier lock in flight empties the slot
+            # before this approve runs, and a new storage slot's price depends on the fork
+            # (20,000 on Prague, ~117,000 on geth --dev's). An approve to a fresh address (a
+            # zero allowance on any fork) is estimated, and the larger estimate signed.
+            fresh = to_checksum_address("0x" + os.urandom(20).hex())  # an allowance of zero
+            from_zero = token.functions.approve(fresh, terms.amount)
+            try:
+                floor = int(from_zero.estimate_gas({"from": self.account.address}) * 5 // 4)
+            except ContractLogicError as exc:
+                raise TxRejected(f"approve would revert: {exc.message or exc}") from None
+            approve_tx, approve_gas = self._sign_with_gas(
+                TxKind.APPROVE, approve, fee, min_gas=floor
+            )
             lock_gas = max(MIN_TOKEN_LOCK_GAS, LOCK_AFTER_APPROVE_GAS_FACTOR * approve_gas)
             txs.append(approve_tx)
             try:
