@@ -8,6 +8,7 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -71,6 +72,9 @@ with a limit 25 % above the estimate; twice that leaves room for unusual tokens.
 
 MIN_TOKEN_LOCK_GAS = 200_000
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
+
+MAX_BATCH = 64
+"""Swaps per redeem_many/refund_many (the contract's bound)."""
 
 FIND_FIRST_WINDOW = 8
 
@@ -600,6 +604,49 @@ class EthereumAdapter:
         name, args = self._spend_call(ref, None)
         return self._sign(TxKind.REFUND, self.htlc.functions[name](*args), fee)
 
+    def prepare_redeem_many(
+        self, items: Sequence[tuple[HtlcRef, bytes]], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """One ``redeem_many`` of every ``(ref, preimage)``: each recipient is paid; a swap
+        settled before it is mined is skipped by the contract (see docs/ethereum-htlc.md)."""
+        if not 0 < len(items) <= MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} swaps, got {len(items)}")
+        rows = []
+        for ref, preimage in items:
+            check_preimage(preimage)
+            if hashlib.sha256(preimage).digest() != ref.terms.payment_hash:
+                raise InvalidInput(f"the preimage given for {ref.locator} is not its secret")
+            rows.append((preimage, *self._args(ref)))
+        return self._sign(TxKind.REDEEM, self.htlc.functions.redeem_many(rows), fee)
+
+    def prepare_refund_many(
+        self, refs: Sequence[HtlcRef], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """One ``refund_many`` of ``refs``, all past their expiry: each sender is refunded."""
+        if not 0 < len(refs) <= MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} swaps, got {len(refs)}")
+        now = self.expiry_now()
+        for ref in refs:
+            if now.value < ref.terms.expiry.value:
+                raise TxRejected(
+                    f"refund of {ref.locator} is possible from {ref.terms.expiry}; chain time "
+                    f"is {now}"
+                )
+        rows = [(ref.terms.payment_hash, *self._args(ref)) for ref in refs]
+        return self._sign(TxKind.REFUND, self.htlc.functions.refund_many(rows), fee)
+
+    def _batch_holds(self, data: bytes, ref: HtlcRef, preimage: bytes | None) -> bool:
+        """Whether ``data`` is a ``redeem_many`` (``refund_many``) holding ``ref``'s item."""
+        try:
+            function, args = self.htlc.decode_function_input(data)
+        except ValueError:
+            return False
+        name = "refund_many" if preimage is None else "redeem_many"
+        if function.fn_name != name:
+            return False
+        _, want = self._spend_call(ref, preimage)
+        return any(list(row) == want for row in args["items"])
+
     def prepare_bump(
         self,
         ref: HtlcRef,
@@ -634,7 +681,9 @@ class EthereumAdapter:
         if to is None or to_checksum_address(bytes(to)) != self.htlc.address:
             raise InvalidInput(f"transaction {old.txid} is not a call of the HTLC contract")
         data = self.htlc.encode_abi(*self._spend_call(ref, preimage))
-        if bytes(fields["data"]) != bytes(HexBytes(data)):
+        if bytes(fields["data"]) != bytes(HexBytes(data)) and not self._batch_holds(
+            bytes(fields["data"]), ref, preimage
+        ):
             raise InvalidInput(f"transaction {old.txid} is not the {old.kind} of {ref.locator}")
         now = fee or self.estimate_fee()
         old_tip, old_cap = int(fields["maxPriorityFeePerGas"]), int(fields["maxFeePerGas"])
