@@ -1640,6 +1640,12 @@ class SwapEngine:
             return False
         if not isinstance(self.adapters[ref.terms.chain], BatchSettlement):
             return False
+        if ref.terms.token is not None:
+            # A token's payout can fail (a token paused or blocklisted by its owner, who may be
+            # this swap's counterparty), and a failing payout reverts the whole batch: it would
+            # hold back the other swaps' redeems until their counterparties could refund. An
+            # ETH payout to this node's own account cannot fail, so only those are batched.
+            return False
         if self.journal.txs(rec.swap_id, kind):
             return False
         preimage = self._redeem_preimage(rec, facts) if kind is TxKind.REDEEM else b""
