@@ -232,7 +232,7 @@ class EthereumAdapter:
         if not w3.eth.get_code(self.htlc.address):
             raise ChainError(f"no contract code at HTLC address {self.htlc.address}")
         self._index = HtlcEventIndex(w3, self.htlc.address)
-        self._slots: dict[bytes, int] = {}  # swap id -> its slot, once read from its lock
+        self._slots: dict[tuple[bytes, str], int] = {}  # (swap id, lock txid) -> its slot
         self._token_locks = threading.Lock()
         self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
@@ -554,12 +554,12 @@ class EthereumAdapter:
     def slot_of(self, ref: HtlcRef) -> int:
         """The storage slot of ``ref``'s lock, from its log (the index, else its receipt)."""
         sid = bytes(HexBytes(ref.locator))
-        slot = self._slots.get(sid)
+        wanted = "0x" + ref.lock_txid.lower().removeprefix("0x")
+        slot = self._slots.get((sid, wanted))
         if slot is not None:
             return slot
         # Any lock log of the swap id names a slot that held it; the contract's word there
         # says whether it still does. The lock's own transaction first, then any other.
-        wanted = "0x" + ref.lock_txid.lower().removeprefix("0x")
         locks = [e for e in self._index.events(sid) if e.name == "Locked" and e.slot is not None]
         mine = [e.slot for e in locks if e.txid == wanted]
         slot = mine[-1] if mine else (locks[-1].slot if locks else None)
@@ -578,7 +578,7 @@ class EthereumAdapter:
                 f"no lock log of {ref.locator} was found: its slot is unknown",
                 code="htlc_not_found",
             )
-        self._slots[sid] = slot
+        self._slots[sid, wanted] = slot
         return slot
 
     def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
@@ -868,7 +868,7 @@ class EthereumAdapter:
                 ref = HtlcRef(terms=terms, locator=_hex(sid), lock_txid=lock_log.txid)
                 live = self._slot_value(lock_log.slot, terms.sender) == sid
                 if live or (spent_since is not None and lock_log.block >= spent_since):
-                    self._slots[sid] = lock_log.slot
+                    self._slots[sid, lock_log.txid] = lock_log.slot
                     return ref
                 return None
             hi, size = lo - 1, size * 2
