@@ -645,7 +645,8 @@ class EthereumAdapter:
         if function.fn_name != name:
             return False
         _, want = self._spend_call(ref, preimage)
-        return any(list(row) == want for row in args["items"])
+        rows = [list(r.values()) if isinstance(r, dict) else list(r) for r in args["items"]]
+        return want in rows
 
     def prepare_bump(
         self,
