@@ -97,8 +97,9 @@ class _Inconsistent(Exception):
 
 
 def _may_hold(block: Mapping[str, Any], items: tuple[bytes, ...]) -> bool:
-    """Whether ``block``'s logs bloom may hold a log with every one of ``items`` (address, one
-    topic). A bloom has false positives, never false negatives."""
+    """Whether ``block``'s logs bloom may hold a log with every one of ``items`` (the
+    contract's address: its logs have no fixed topic). A bloom has false positives, never
+    false negatives."""
     bloom = BloomFilter(int.from_bytes(bytes(block.get("logsBloom") or b""), "big"))
     return all(item in bloom for item in items)
 
