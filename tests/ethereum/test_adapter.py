@@ -500,3 +500,43 @@ def test_an_earlier_transaction_priced_under_the_base_fee_is_repriced_to_fill_it
     assert env.alice.status(r2).state is HtlcState.REDEEMED
     assert env.alice.status(r1).state is HtlcState.REDEEMED  # by the repriced version
     assert env.alice.status(r1).spend_txid != cheap.txid
+
+
+@pytest.mark.timeout(300)
+def test_a_token_lock_prepared_while_another_is_in_flight_never_reverts_for_allowance(env):
+    """Issue 16 (allowance race): the adapter skipped the approve when the chain's allowance
+    covered the amount, but that allowance could be one already spoken for by an earlier lock
+    not yet mined (its approve mined, its lock pending or not sent yet): both locks went out
+    and the second reverted, its swap aborted and its gas spent. A token lock now approves
+    exactly its amount whenever one of the wallet's transactions is in flight (set, not added,
+    right before its own lock in nonce order), and the approve's gas covers a zero allowance:
+    the earlier lock empties the slot first, and a new storage slot costs 20,000 on Prague but
+    ~98,000 more than a rewrite on geth --dev's fork (the first fix ran out of gas there)."""
+    _mint(env, env.alice.address(), 1_000_000)
+    t1, _ = _terms(env, amount=400_000, token=env.token)
+    t2, _ = _terms(env, amount=300_000, token=env.token)
+    approve1, lock1 = env.alice.prepare_lock(t1)
+    env.alice.broadcast(approve1)
+    env.alice.wait(approve1.txid)  # mined; lock1 not sent yet (dropped, or waiting)
+    txs2 = env.alice.prepare_lock(t2)
+    assert [t.kind for t in txs2] == [TxKind.APPROVE, TxKind.LOCK]  # before: only a lock
+    for tx in (lock1, *txs2):
+        env.alice.broadcast(tx)
+        env.alice.wait(tx.txid)  # before: the second lock reverted
+    assert env.alice.balance(env.token, owner=env.htlc) == 700_000
+    for t, tx in ((t1, lock1), (t2, txs2[-1])):
+        assert env.alice.status(env.alice.htlc_ref(t, tx)).state is HtlcState.LOCKED
+    # Nothing is left approved: each approve was exactly its own lock's amount.
+    token = env.w3.eth.contract(address=env.token, abi=_ALLOWANCE_ABI)
+    assert token.functions.allowance(env.alice.address(), env.htlc).call() == 0
+
+
+_ALLOWANCE_ABI = [
+    {
+        "name": "allowance",
+        "type": "function",
+        "stateMutability": "view",
+        "inputs": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+    }
+]

@@ -1,5 +1,8 @@
 """HTLC.vy rules, each positive and negative, on the embedded EVM and on geth --dev."""
 
+# The contract's log format (anonymous logs told apart by shape) is decoded with the event
+# index's own decoder, so these tests also pin what a monitor reads.
+
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +18,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
+from kofo.settlement.chains.ethereum.event_index import decode_log
 
 ETHER = 10**18
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -23,6 +27,22 @@ LONG = 3600
 SHORT = 10
 """Lifetime (s) of swaps a test refunds: short because geth moves chain time by mining blocks,
 long enough that a few transactions after the lock still land before expiry."""
+FREE = (1).to_bytes(32, "big")
+ONE_SHOT = 2**31
+
+
+def word(party: str, expiry: int, slot: int) -> int:
+    """The contract's packed argument: party << 96 | expiry << 32 | slot."""
+    return int(party, 16) << 96 | expiry << 32 | slot
+
+
+def logs_of(env: Any, receipt: Any) -> list[tuple[bytes, str, int | None, bytes | None]]:
+    """The HTLC's logs in ``receipt``, decoded: (swap id, name, slot, preimage)."""
+    return [
+        decode_log([bytes(t) for t in entry["topics"]], bytes(entry["data"]))
+        for entry in receipt["logs"]
+        if entry["address"] == env.htlc.address
+    ]
 
 
 @dataclass(frozen=True)
@@ -34,18 +54,30 @@ class Swap:
     recipient: str
     amount: int
     expiry: int
+    slot: int = 0
 
     @property
-    def terms(self) -> tuple[str, str, str, int, int]:
+    def terms(self) -> tuple[str, int, int, str]:
         """The arguments redeem and refund take after the preimage / payment hash."""
-        return (self.token, self.sender, self.recipient, self.amount, self.expiry)
+        return (self.token, self.amount, word(self.sender, self.expiry, self.slot), self.recipient)
+
+    @property
+    def lock_word(self) -> int:
+        return word(self.recipient, self.expiry, self.slot)
 
     @property
     def swap_id(self) -> bytes:
         return keccak(
             encode(
                 ["bytes32", "address", "address", "address", "uint256", "uint256"],
-                [self.payment_hash, *self.terms],
+                [
+                    self.payment_hash,
+                    self.token,
+                    self.sender,
+                    self.recipient,
+                    self.amount,
+                    self.expiry,
+                ],
             )
         )
 
@@ -63,6 +95,12 @@ class Env:
         self.alice = chain.new_account(10 * ETHER)  # sender
         self.bob = chain.new_account(ETHER)  # recipient
         self.carol = chain.new_account(ETHER)  # anyone else: a watchtower, an attacker
+        self._slots: dict[str, int] = {}
+
+    def next_slot(self, sender: str) -> int:
+        """A slot of ``sender``'s never used before in this test."""
+        self._slots[sender] = self._slots.get(sender, -1) + 1
+        return self._slots[sender]
 
     def contract(self, name: str, address: str) -> Contract:
         return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
@@ -80,6 +118,7 @@ class Env:
         sender: LocalAccount | None = None,
         recipient: str | None = None,
         payment_hash: bytes | None = None,
+        slot: int | None = None,
     ) -> Swap:
         sender = sender or self.alice
         preimage = os.urandom(32)
@@ -91,11 +130,10 @@ class Env:
             recipient=recipient or self.bob.address,
             amount=amount,
             expiry=self.chain.now() + lifetime,
+            slot=self.next_slot(sender.address) if slot is None else slot,
         )
         receipt = self.chain.send(
-            self.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry),
-            sender,
-            value=amount,
+            self.htlc.functions.lock(swap.payment_hash, swap.lock_word), sender, value=amount
         )
         assert receipt["status"] == 1
         return swap
@@ -118,10 +156,11 @@ class Env:
             self.bob.address,
             amount,
             self.chain.now() + lifetime,
+            self.next_slot(self.alice.address),
         )
         receipt = self.chain.send(
             self.htlc.functions.lock_token(
-                token.address, amount, swap.payment_hash, swap.recipient, swap.expiry
+                token.address, amount, swap.payment_hash, swap.lock_word
             ),
             self.alice,
         )
@@ -137,7 +176,8 @@ class Env:
         return self.chain.send(call, by or self.carol)
 
     def live(self, swap: Swap) -> bool:
-        return bool(self.htlc.functions.swaps(swap.swap_id).call())
+        key = int(swap.sender, 16) << 96 | swap.slot
+        return bytes(self.htlc.functions.slots(key).call()) == swap.swap_id
 
 
 @pytest.fixture
@@ -148,41 +188,51 @@ def env(eth_chain) -> Env:
 # --- lock (ETH) --------------------------------------------------------------------------------
 
 
-def test_lock_eth_holds_value_and_emits_all_terms(env):
-    swap = env.lock_eth(amount=12345)
+def test_lock_eth_holds_value_and_logs_its_id_and_slot(env):
+    swap = env.lock_eth(amount=12345, slot=7)
     assert env.live(swap)
     assert env.eth(env.htlc.address) == 12345
-    (event,) = env.htlc.events.Locked().get_logs(
-        from_block=0, argument_filters={"payment_hash": swap.payment_hash}
-    )
-    assert event.args.swap_id == swap.swap_id
-    assert event.args.token == ZERO_ADDRESS
-    assert event.args.sender == env.alice.address
-    assert event.args.recipient == env.bob.address
-    assert (event.args.amount, event.args.expiry) == (12345, swap.expiry)
+    raw = env.w3.eth.get_logs({"address": env.htlc.address, "fromBlock": 0})
+    (entry,) = raw
+    # One topic (the swap id: what a monitor filters on) and the slot as 4 bytes: nothing else.
+    assert [bytes(t) for t in entry["topics"]] == [swap.swap_id]
+    assert bytes(entry["data"]) == (7).to_bytes(4, "big")
+    assert decode_log([swap.swap_id], bytes(entry["data"])) == (swap.swap_id, "Locked", 7, None)
 
 
-def test_locked_event_is_filterable_by_recipient(env):
+def test_lock_logs_are_filterable_by_swap_id(env):
     other = env.chain.new_account(0)
     mine = env.lock_eth(recipient=env.bob.address)
     env.lock_eth(recipient=other.address)
-    events = env.htlc.events.Locked().get_logs(
-        from_block=0, argument_filters={"recipient": env.bob.address}
+    events = env.w3.eth.get_logs(
+        {"address": env.htlc.address, "fromBlock": 0, "topics": ["0x" + mine.swap_id.hex()]}
     )
-    assert [e.args.swap_id for e in events] == [mine.swap_id]
+    assert [bytes(e["topics"][0]) for e in events] == [mine.swap_id]
 
 
-def test_lock_returns_the_swap_id_of_its_terms(env):
-    preimage = os.urandom(32)
-    payment_hash = hashlib.sha256(preimage).digest()
-    expiry = env.chain.now() + LONG
-    returned = env.htlc.functions.lock(payment_hash, env.bob.address, expiry).call(
-        {"from": env.alice.address, "value": 7}
-    )
-    expected = Swap(
-        preimage, payment_hash, ZERO_ADDRESS, env.alice.address, env.bob.address, 7, expiry
-    )
-    assert returned == expected.swap_id
+def test_a_settled_kept_slot_is_free_and_takes_the_next_lock(env):
+    first = env.lock_eth(slot=3)
+    env.redeem(first)
+    key = int(env.alice.address, 16) << 96 | 3
+    assert bytes(env.htlc.functions.slots(key).call()) == FREE
+    second = env.lock_eth(slot=3)
+    assert env.live(second)
+    env.redeem(second)
+
+
+def test_a_one_shot_slot_is_cleared_on_payout(env):
+    swap = env.lock_eth(slot=ONE_SHOT + 5)
+    env.redeem(swap)
+    key = int(env.alice.address, 16) << 96 | (ONE_SHOT + 5)
+    assert bytes(env.htlc.functions.slots(key).call()) == bytes(32)
+    assert env.live(env.lock_eth(slot=ONE_SHOT + 5))
+
+
+def test_slots_are_per_sender(env):
+    # Carol's slot 0 is another word than Alice's: she cannot overwrite (or block) Alice's swap.
+    alices = env.lock_eth(slot=0)
+    carols = env.lock_eth(slot=0, sender=env.carol)
+    assert env.live(alices) and env.live(carols)
 
 
 def test_lock_with_zero_amount_is_rejected(env):
@@ -213,12 +263,15 @@ def test_lock_without_recipient_is_rejected(env):
         env.lock_eth(recipient=ZERO_ADDRESS)
 
 
-def test_lock_with_terms_of_a_live_swap_is_rejected(env):
+def test_lock_into_a_live_slot_is_rejected(env):
     swap = env.lock_eth()
-    call = env.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry)
-    with env.chain.reverts("exists"):
-        env.chain.send(call, env.alice, value=swap.amount)
+    # The same terms, or any others, in a slot that holds a live swap.
+    for payment_hash in (swap.payment_hash, os.urandom(32)):
+        call = env.htlc.functions.lock(payment_hash, swap.lock_word)
+        with env.chain.reverts("slot busy"):
+            env.chain.send(call, env.alice, value=swap.amount)
     assert env.eth(env.htlc.address) == swap.amount
+    assert env.live(swap)
 
 
 # --- redeem ------------------------------------------------------------------------------------
@@ -232,8 +285,7 @@ def test_redeem_pays_recipient_and_publishes_preimage(env):
     assert env.eth(env.bob.address) == before + swap.amount - fee
     assert env.eth(env.htlc.address) == 0
     assert not env.live(swap)
-    (event,) = env.htlc.events.Redeemed().process_receipt(receipt)
-    assert (event.args.swap_id, event.args.preimage) == (swap.swap_id, swap.preimage)
+    assert logs_of(env, receipt) == [(swap.swap_id, "Redeemed", None, swap.preimage)]
 
 
 def test_redeem_by_anyone_pays_the_recipient_not_the_caller(env):
@@ -331,8 +383,7 @@ def test_refund_at_expiry_by_anyone_pays_the_sender(env):
     assert env.eth(env.alice.address) == before + swap.amount
     assert env.eth(env.htlc.address) == 0
     assert not env.live(swap)
-    (event,) = env.htlc.events.Refunded().process_receipt(receipt)
-    assert event.args.swap_id == swap.swap_id
+    assert logs_of(env, receipt) == [(swap.swap_id, "Refunded", None, None)]
 
 
 # Only the embedded chain can stamp a block at an exact second.
@@ -377,7 +428,7 @@ def test_refund_of_unknown_swap_is_rejected(env):
 def test_same_terms_can_be_locked_again_once_settled(env):
     swap = env.lock_eth()
     env.redeem(swap)
-    call = env.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry)
+    call = env.htlc.functions.lock(swap.payment_hash, swap.lock_word)
     env.chain.send(call, env.alice, value=swap.amount)
     assert env.live(swap)
 
@@ -394,10 +445,9 @@ def test_lock_token_pulls_exactly_amount(env, token):
     swap = env.lock_token(token, amount=500)
     assert token.functions.balanceOf(env.htlc.address).call() == 500
     assert token.functions.balanceOf(env.alice.address).call() == 0
-    (event,) = env.htlc.events.Locked().get_logs(
-        from_block=0, argument_filters={"swap_id": swap.swap_id}
-    )
-    assert event.args.token == token.address
+    # The swap id commits to the token: the same terms with another token are another swap.
+    assert env.live(swap)
+    assert not env.live(Swap(**{**swap.__dict__, "token": ZERO_ADDRESS}))
 
 
 def test_redeem_token_pays_recipient(env, token):
@@ -434,7 +484,7 @@ def test_lock_token_with_zero_amount_is_rejected(env):
 
 def test_lock_token_without_token_address_is_rejected(env):
     call = env.htlc.functions.lock_token(
-        ZERO_ADDRESS, 1, os.urandom(32), env.bob.address, env.chain.now() + LONG
+        ZERO_ADDRESS, 1, os.urandom(32), word(env.bob.address, env.chain.now() + LONG, 0)
     )
     with env.chain.reverts("no token"):
         env.chain.send(call, env.alice)
@@ -442,7 +492,7 @@ def test_lock_token_without_token_address_is_rejected(env):
 
 def test_lock_token_with_an_account_that_is_not_a_token_is_rejected(env):
     call = env.htlc.functions.lock_token(
-        env.carol.address, 1, os.urandom(32), env.bob.address, env.chain.now() + LONG
+        env.carol.address, 1, os.urandom(32), word(env.bob.address, env.chain.now() + LONG, 0)
     )
     with env.chain.reverts(None):
         env.chain.send(call, env.alice)
@@ -451,7 +501,7 @@ def test_lock_token_with_an_account_that_is_not_a_token_is_rejected(env):
 def test_lock_token_refuses_ether(env):
     env.fund_token(env.token, env.alice, 10)
     call = env.htlc.functions.lock_token(
-        env.token.address, 10, os.urandom(32), env.bob.address, env.chain.now() + LONG
+        env.token.address, 10, os.urandom(32), word(env.bob.address, env.chain.now() + LONG, 0)
     )
     # Built by hand: web3 itself refuses a value for a non-payable function.
     tx = call.build_transaction({"from": env.alice.address, "gas": 200_000, "value": 0})
@@ -491,9 +541,7 @@ def test_a_fee_switched_on_after_the_lock_cannot_take_other_swaps_funds(env):
         env.chain.now() + LONG,
     )
     env.chain.send(
-        env.htlc.functions.lock_token(
-            token.address, 1000, other.payment_hash, other.recipient, other.expiry
-        ),
+        env.htlc.functions.lock_token(token.address, 1000, other.payment_hash, other.lock_word),
         dave,
     )
     env.chain.send(token.functions.set_fee(300), env.carol)
@@ -534,12 +582,12 @@ def test_a_refund_is_refused_too_while_the_token_takes_a_fee_from_the_contract(e
 def test_token_and_eth_swaps_with_same_hash_are_distinct(env):
     eth_swap = env.lock_eth(amount=1000)
     env.fund_token(env.token, env.alice, 1000)
+    token_swap = Swap(**{**eth_swap.__dict__, "token": env.token.address, "slot": 99})
     call = env.htlc.functions.lock_token(
-        env.token.address, 1000, eth_swap.payment_hash, eth_swap.recipient, eth_swap.expiry
+        env.token.address, 1000, eth_swap.payment_hash, token_swap.lock_word
     )
     env.chain.send(call, env.alice)
     env.redeem(eth_swap)
-    token_swap = Swap(**{**eth_swap.__dict__, "token": env.token.address})
     assert env.live(token_swap)
     assert env.eth(env.htlc.address) == 0
     env.redeem(token_swap)
@@ -587,9 +635,10 @@ def _lock_with_permit(env, amount: int, v: int, r: bytes, s: bytes, deadline: in
         env.bob.address,
         amount,
         env.chain.now() + LONG,
+        env.next_slot(env.alice.address),
     )
     call = env.htlc.functions.lock_token_with_permit(
-        env.token.address, amount, swap.payment_hash, swap.recipient, swap.expiry, deadline, v, r, s
+        env.token.address, amount, swap.payment_hash, swap.lock_word, deadline, v, r, s
     )
     env.chain.send(call, env.alice)
     return swap
@@ -683,7 +732,7 @@ def test_sender_reentering_refund_gets_nothing(env, attacker):
     env.chain.transfer(env.alice, attacker.address, 2 * amount)
     expiry = env.chain.now() + SHORT
     payment_hash = os.urandom(32)
-    lock = env.htlc.functions.lock(payment_hash, env.bob.address, expiry)
+    lock = env.htlc.functions.lock(payment_hash, word(env.bob.address, expiry, 0))
     lock_data = bytes.fromhex(lock._encode_transaction_data()[2:])
     env.chain.send(attacker.functions.execute(env.htlc.address, lock_data, amount), env.carol)
     env.lock_eth(amount=amount)  # another swap's funds sit in the contract
@@ -713,3 +762,129 @@ def test_malicious_token_cannot_reenter_during_lock_or_payout(env, attacker):
     assert not attacker.functions.reentry_succeeded().call()
     assert env.live(victim)
     assert env.eth(env.htlc.address) == victim.amount
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def _batch_terms(env, n: int, token: str = ZERO_ADDRESS, lifetime: int = LONG) -> list[Swap]:
+    recipients = [env.bob.address, env.carol.address]
+    out = []
+    for i in range(n):
+        preimage = os.urandom(32)
+        out.append(
+            Swap(
+                preimage,
+                hashlib.sha256(preimage).digest(),
+                token,
+                env.alice.address,
+                recipients[i % 2],
+                1000 + i,
+                env.chain.now() + lifetime,
+                env.next_slot(env.alice.address),
+            )
+        )
+    return out
+
+
+def _lock_rows(swaps: list[Swap]) -> list[tuple]:
+    return [(s.payment_hash, s.token, s.amount, s.lock_word) for s in swaps]
+
+
+def _spend_rows(swaps: list[Swap], refund: bool = False) -> list[tuple]:
+    return [((s.payment_hash if refund else s.preimage), *s.terms) for s in swaps]
+
+
+def test_lock_many_locks_eth_and_token_swaps_in_one_transaction(env):
+    eth = _batch_terms(env, 3)
+    tokens = _batch_terms(env, 2, env.token.address)
+    env.fund_token(env.token, env.alice, sum(s.amount for s in tokens))
+    value = sum(s.amount for s in eth)
+    receipt = env.chain.send(
+        env.htlc.functions.lock_many(_lock_rows(eth + tokens)), env.alice, value=value
+    )
+    assert [entry[:3] for entry in logs_of(env, receipt)] == [
+        (s.swap_id, "Locked", s.slot) for s in eth + tokens
+    ]
+    assert all(env.live(s) for s in eth + tokens)
+    assert env.eth(env.htlc.address) == value
+    assert env.token.functions.balanceOf(env.htlc.address).call() == 2001
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_lock_many_needs_exactly_the_eth_it_locks(env, delta):
+    swaps = _batch_terms(env, 2)
+    call = env.htlc.functions.lock_many(_lock_rows(swaps))
+    with env.chain.reverts("value mismatch"):
+        env.chain.send(call, env.alice, value=sum(s.amount for s in swaps) + delta)
+    assert not any(env.live(s) for s in swaps)
+
+
+def test_lock_many_applies_every_single_lock_rule(env):
+    swaps = _batch_terms(env, 2)
+    bad = Swap(**{**swaps[1].__dict__, "slot": swaps[0].slot})  # the same slot twice
+    call = env.htlc.functions.lock_many(_lock_rows([swaps[0], bad]))
+    with env.chain.reverts("slot busy"):
+        env.chain.send(call, env.alice, value=swaps[0].amount + bad.amount)
+    past = Swap(**{**swaps[1].__dict__, "expiry": env.chain.now() - 1})
+    call = env.htlc.functions.lock_many(_lock_rows([swaps[0], past]))
+    with env.chain.reverts("expiry past"):
+        env.chain.send(call, env.alice, value=swaps[0].amount + past.amount)
+
+
+def test_redeem_many_by_anyone_pays_each_recipient(env):
+    swaps = _batch_terms(env, 4)
+    env.chain.send(
+        env.htlc.functions.lock_many(_lock_rows(swaps)),
+        env.alice,
+        value=sum(s.amount for s in swaps),
+    )
+    dave = env.chain.new_account(ETHER)  # a watchtower: not a party
+    bob, carol = env.eth(env.bob.address), env.eth(env.carol.address)
+    receipt = env.chain.send(env.htlc.functions.redeem_many(_spend_rows(swaps)), dave)
+    assert logs_of(env, receipt) == [(s.swap_id, "Redeemed", None, s.preimage) for s in swaps]
+    assert env.eth(env.bob.address) == bob + swaps[0].amount + swaps[2].amount
+    assert env.eth(env.carol.address) == carol + swaps[1].amount + swaps[3].amount
+    assert env.eth(env.htlc.address) == 0
+    assert not any(env.live(s) for s in swaps)
+
+
+def test_redeem_many_skips_a_swap_settled_meanwhile_and_a_wrong_preimage(env):
+    swaps = _batch_terms(env, 3)
+    env.chain.send(
+        env.htlc.functions.lock_many(_lock_rows(swaps)),
+        env.alice,
+        value=sum(s.amount for s in swaps),
+    )
+    env.redeem(swaps[0])  # redeemed on its own first
+    wrong = Swap(**{**swaps[1].__dict__, "preimage": os.urandom(32)})
+    receipt = env.chain.send(
+        env.htlc.functions.redeem_many(_spend_rows([swaps[0], wrong, swaps[2]])), env.carol
+    )
+    assert logs_of(env, receipt) == [(swaps[2].swap_id, "Redeemed", None, swaps[2].preimage)]
+    assert env.live(swaps[1]) and not env.live(swaps[2])
+    assert env.eth(env.htlc.address) == swaps[1].amount
+
+
+def test_refund_many_after_expiry_pays_each_sender(env, eth_chain):
+    tokens = _batch_terms(env, 2, env.token.address, lifetime=SHORT)
+    env.fund_token(env.token, env.alice, sum(s.amount for s in tokens))
+    env.chain.send(env.htlc.functions.lock_many(_lock_rows(tokens)), env.alice)
+    call = env.htlc.functions.refund_many(_spend_rows(tokens, refund=True))
+    with env.chain.reverts("not expired"):
+        env.chain.send(call, env.carol)
+    env.chain.advance_time(SHORT)
+    receipt = env.chain.send(call, env.carol)
+    assert logs_of(env, receipt) == [(s.swap_id, "Refunded", None, None) for s in tokens]
+    assert env.token.functions.balanceOf(env.alice.address).call() == 2001
+    assert env.token.functions.balanceOf(env.htlc.address).call() == 0
+    # Settled: a second batch skips both and moves nothing.
+    assert logs_of(env, env.chain.send(call, env.carol)) == []
+
+
+def test_a_batch_cannot_redeem_another_senders_slot_with_forged_terms(env):
+    victim = env.lock_eth(amount=5000)
+    forged = Swap(**{**victim.__dict__, "recipient": env.carol.address})
+    receipt = env.chain.send(env.htlc.functions.redeem_many(_spend_rows([forged])), env.carol)
+    assert logs_of(env, receipt) == []
+    assert env.live(victim) and env.eth(env.htlc.address) == 5000

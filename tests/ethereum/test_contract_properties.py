@@ -2,7 +2,8 @@
 
 A plain Python model says what each call must do; after every step the chain must agree with
 it: the contract holds exactly the sum of live swaps (per asset), each swap is paid out at most
-once and to the right party, and no value appears or disappears.
+once and to the right party, a sender's slot holds at most one live swap, and no value appears
+or disappears. Batches (lock_many, redeem_many, refund_many) run against the same model.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from kofo.settlement.chains.ethereum.contract import deploy, load_artifact
 
 ZERO_ADDRESS = "0x" + "00" * 20
 TOKEN_SUPPLY = 10**30
+ONE_SHOT = 2**31
+SLOTS = (0, 1, 2, ONE_SHOT)
+"""Slots the senders lock into: three kept ones and a one-shot one, so slots are reused, busy
+and freed again within an example."""
 
 FUTURE = 10**7
 """Seconds (~4 months) each example's chain jumps ahead of the wall clock at start. From then on
@@ -48,18 +53,35 @@ class ModelSwap:
     recipient: str
     amount: int
     expiry: int
+    slot: int
     state: str = "live"  # live -> redeemed | refunded
 
     @property
-    def terms(self) -> tuple[str, str, str, int, int]:
-        return (self.token, self.sender, self.recipient, self.amount, self.expiry)
+    def terms(self) -> tuple[str, int, int, str]:
+        word = int(self.sender, 16) << 96 | self.expiry << 32 | self.slot
+        return (self.token, self.amount, word, self.recipient)
+
+    @property
+    def lock_word(self) -> int:
+        return int(self.recipient, 16) << 96 | self.expiry << 32 | self.slot
+
+    @property
+    def key(self) -> tuple[bytes, int]:
+        return (self.swap_id, self.slot)
 
     @property
     def swap_id(self) -> bytes:
         return keccak(
             encode(
                 ["bytes32", "address", "address", "address", "uint256", "uint256"],
-                [self.payment_hash, *self.terms],
+                [
+                    self.payment_hash,
+                    self.token,
+                    self.sender,
+                    self.recipient,
+                    self.amount,
+                    self.expiry,
+                ],
             )
         )
 
@@ -103,7 +125,8 @@ class HtlcMachine(RuleBasedStateMachine):
         self.burnt = 0  # fees the fee token took from senders on lock
         # Recipients are fresh keys that never transact: their balances move only by payouts.
         self.recipients = [Web3.to_checksum_address(keccak(os.urandom(32))[:20]) for _ in range(3)]
-        self.model: dict[bytes, ModelSwap] = {}
+        self.model: dict[tuple[bytes, int], ModelSwap] = {}
+        self.holder: dict[tuple[str, int], ModelSwap] = {}  # (sender, slot) -> its live swap
         self.ledger = Ledger()
 
     def _contract(self, name: str, address: str) -> Contract:
@@ -135,8 +158,9 @@ class HtlcMachine(RuleBasedStateMachine):
         sender=st.integers(0, 1),
         recipient=st.integers(0, 2),
         reuse_hash=st.booleans(),
+        slot=st.sampled_from(SLOTS),
     )
-    def lock(self, asset, amount, lifetime, sender, recipient, reuse_hash):
+    def lock(self, asset, amount, lifetime, sender, recipient, reuse_hash, slot):
         token = list(self.tokens)[asset]
         live = [s for s in self.model.values() if s.state == "live"]
         if reuse_hash and live:
@@ -152,20 +176,19 @@ class HtlcMachine(RuleBasedStateMachine):
             recipient=self.recipients[recipient],
             amount=amount,
             expiry=self._next_timestamp() + lifetime,
+            slot=slot,
         )
-        known = self.model.get(swap.swap_id)
+        known = self.model.get(swap.key)
         expect_ok = (
             amount > 0
             and swap.expiry > self._next_timestamp()
-            and (known is None or known.state != "live")
+            and (swap.sender, slot) not in self.holder
         )
         if token == ZERO_ADDRESS:
-            call = self.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry)
+            call = self.htlc.functions.lock(swap.payment_hash, swap.lock_word)
             ok = self._transact(call, {"from": swap.sender, "value": amount})
         else:
-            call = self.htlc.functions.lock_token(
-                token, amount, swap.payment_hash, swap.recipient, swap.expiry
-            )
+            call = self.htlc.functions.lock_token(token, amount, swap.payment_hash, swap.lock_word)
             ok = self._transact(call, {"from": swap.sender})
         assert ok == expect_ok
         if not ok:
@@ -174,25 +197,36 @@ class HtlcMachine(RuleBasedStateMachine):
             self.burnt += self.fee  # on top of the amount, from the sender: the HTLC gets all
         if known is not None:
             # The same terms again, after the first swap settled: the slot is live once more.
-            known.state = "live"
-            return known
-        self.model[swap.swap_id] = swap
-        self._assert_live(swap)
+            swap = known
+        self._opened(swap)
         return swap
+
+    def _opened(self, swap: ModelSwap) -> None:
+        swap.state = "live"
+        self.model[swap.key] = swap
+        self.holder[swap.sender, swap.slot] = swap
+        self._assert_live(swap)
+
+    def _settled(self, swap: ModelSwap, state: str) -> None:
+        swap.state = state
+        del self.holder[swap.sender, swap.slot]
 
     @rule(swap=swaps)
     def lock_again_with_same_terms(self, swap):
-        call = self.htlc.functions.lock(swap.payment_hash, swap.recipient, swap.expiry)
+        call = self.htlc.functions.lock(swap.payment_hash, swap.lock_word)
         if swap.token != ZERO_ADDRESS:
             call = self.htlc.functions.lock_token(
-                swap.token, swap.amount, swap.payment_hash, swap.recipient, swap.expiry
+                swap.token, swap.amount, swap.payment_hash, swap.lock_word
             )
         tx = {"from": swap.sender, "value": swap.amount if swap.token == ZERO_ADDRESS else 0}
         ok = self._transact(call, tx)
-        expect_ok = swap.state != "live" and swap.expiry > self._next_timestamp()
+        expect_ok = (
+            swap.sender,
+            swap.slot,
+        ) not in self.holder and swap.expiry > self._next_timestamp()
         assert ok == expect_ok
         if ok:
-            swap.state = "live"
+            self._opened(swap)
             if swap.token == self.fee_token:
                 self.burnt += self.fee
         self._assert_live(swap)
@@ -207,7 +241,7 @@ class HtlcMachine(RuleBasedStateMachine):
         # token that takes no more than the amount from the contract).
         assert ok == (swap.state == "live" and right_preimage and self._pays_exactly(swap))
         if ok:
-            swap.state = "redeemed"
+            self._settled(swap, "redeemed")
             self.ledger.add(swap.token, swap.recipient, swap.amount)
             assert self._balance(swap.token, swap.recipient) == before + swap.amount
             self._assert_settled_for_good(swap)
@@ -228,7 +262,7 @@ class HtlcMachine(RuleBasedStateMachine):
         ok = self._transact(call, {"from": self.watchtower})
         assert ok == (swap.state == "live" and expired and self._pays_exactly(swap))
         if ok:
-            swap.state = "refunded"
+            self._settled(swap, "refunded")
             # The sender paid no gas in this transaction: its balance moves by the amount alone.
             assert self._balance(swap.token, swap.sender) == before + swap.amount
             self._assert_settled_for_good(swap)
@@ -236,6 +270,73 @@ class HtlcMachine(RuleBasedStateMachine):
 
     def _pays_exactly(self, swap: ModelSwap) -> bool:
         return swap.token != self.fee_token or self.fee == 0
+
+    @rule(batch=st.lists(swaps, min_size=1, max_size=4), refund=st.booleans())
+    def settle_many(self, batch, refund):
+        """redeem_many / refund_many by a watchtower: a swap no longer live is skipped (also a
+        second copy of one in the same batch); any other failure reverts the whole batch."""
+        now = self._next_timestamp()
+        live = []
+        for swap in batch:
+            if swap.state == "live" and swap not in live:
+                live.append(swap)
+        expect_ok = all(self._pays_exactly(s) and (not refund or now >= s.expiry) for s in live)
+        before = {s.key: self._balance(s.token, s.sender if refund else s.recipient) for s in live}
+        rows = [((s.payment_hash if refund else s.preimage), *s.terms) for s in batch]
+        fn = self.htlc.functions.refund_many if refund else self.htlc.functions.redeem_many
+        ok = self._transact(fn(rows), {"from": self.watchtower})
+        assert ok == expect_ok
+        if ok:
+            for swap in live:
+                self._settled(swap, "refunded" if refund else "redeemed")
+                if not refund:
+                    self.ledger.add(swap.token, swap.recipient, swap.amount)
+            for swap in live:  # a party may be paid twice in one batch: sum per party
+                who = swap.sender if refund else swap.recipient
+                paid = sum(
+                    s.amount
+                    for s in live
+                    if s.token == swap.token and (s.sender if refund else s.recipient) == who
+                )
+                assert self._balance(swap.token, who) == before[swap.key] + paid
+        for swap in batch:
+            self._assert_live(swap)
+
+    @rule(
+        target=swaps,
+        amounts=st.lists(st.integers(1, 10**18), min_size=1, max_size=3),
+        sender=st.integers(0, 1),
+        extra=st.sampled_from([0, 0, 1]),
+    )
+    def lock_many(self, amounts, sender, extra):
+        """Several new ETH and token swaps in one transaction, into the sender's free slots;
+        ``extra`` wei more than the ETH swaps need reverts the batch."""
+        who = self.senders[sender]
+        free = [slot for slot in range(3, 40) if (who, slot) not in self.holder]
+        new = []
+        for i, amount in enumerate(amounts):
+            preimage = os.urandom(32)
+            new.append(
+                ModelSwap(
+                    preimage=preimage,
+                    payment_hash=hashlib.sha256(preimage).digest(),
+                    token=list(self.tokens)[i % 2],  # ETH and TestToken
+                    sender=who,
+                    recipient=self.recipients[i % len(self.recipients)],
+                    amount=amount,
+                    expiry=self._next_timestamp() + 100,
+                    slot=free[i],
+                )
+            )
+        value = sum(s.amount for s in new if s.token == ZERO_ADDRESS) + extra
+        rows = [(s.payment_hash, s.token, s.amount, s.lock_word) for s in new]
+        ok = self._transact(self.htlc.functions.lock_many(rows), {"from": who, "value": value})
+        assert ok == (extra == 0)
+        if not ok:
+            return multiple()
+        for swap in new:
+            self._opened(swap)
+        return multiple(*new)
 
     @rule(fee=st.sampled_from([0, 0, 1, 10**6]))
     def set_token_fee(self, fee):
@@ -261,7 +362,14 @@ class HtlcMachine(RuleBasedStateMachine):
             assert self._balance(asset, self.htlc.address) == self._live_total(asset)
 
     def _assert_live(self, swap: ModelSwap) -> None:
-        assert self.htlc.functions.swaps(swap.swap_id).call() == (swap.state == "live")
+        word = bytes(self.htlc.functions.slots(int(swap.sender, 16) << 96 | swap.slot).call())
+        if swap.state == "live":
+            assert word == swap.swap_id
+        else:
+            assert word != swap.swap_id or self.holder.get((swap.sender, swap.slot)) not in (
+                None,
+                swap,
+            )
 
     def teardown(self) -> None:
         for swap in self.model.values():

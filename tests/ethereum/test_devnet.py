@@ -78,9 +78,7 @@ def test_reverts_come_back_with_the_contracts_reason(devnet):
     )
     htlc = w3.eth.contract(address=deploy(w3, "HTLC", alice), abi=_htlc_abi())
     with pytest.raises(Exception, match="no swap"):
-        htlc.functions.refund(
-            b"\x00" * 32, alice.address, alice.address, alice.address, 1, 1
-        ).call()
+        htlc.functions.refund(b"\x00" * 32, alice.address, 1, 1, alice.address).call()
 
 
 def _htlc_abi():

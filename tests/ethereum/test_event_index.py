@@ -113,20 +113,20 @@ def test_find_htlc_asks_the_chain_only_when_the_index_may_not_cover_the_lock(mon
     terms = w.terms(os.urandom(32))
     tip = w.a.tip().height
     asked: list[bytes] = []
-    real_live = EthereumAdapter._live
+    real_logs = EthereumAdapter._swap_logs
 
-    def counting_live(self: EthereumAdapter, sid: bytes) -> bool:
+    def counting_logs(self: EthereumAdapter, sid: bytes, lo: int, hi: int) -> list:
         asked.append(sid)
-        return real_live(self, sid)
+        return real_logs(self, sid, lo, hi)
 
-    monkeypatch.setattr(EthereumAdapter, "_live", counting_live)
+    monkeypatch.setattr(EthereumAdapter, "_swap_logs", counting_logs)
     # The payment hash is new at ``tip``: the index (which starts below it) has every block a
     # lock could be in, so an absent lock is answered without a contract call.
     assert w.b.find_htlc(terms, not_before=tip) is None
     assert asked == []
-    # Without that bound the lock could predate the index: the contract is asked.
+    # Without that bound the lock could predate the index: the chain's logs are searched.
     assert w.b.find_htlc(terms) is None
-    assert len(asked) == 1
+    assert asked and set(asked) == {asked[0]}
 
 
 def test_a_live_lock_older_than_the_index_is_still_found_with_spent_since():
@@ -330,3 +330,43 @@ def test_a_settled_lock_whose_receipt_is_not_answered_is_never_read_as_absent():
     assert seen.confirmations == event_index.START_BACK_BLOCKS + 12
     never = replace(ref, lock_txid="0x" + "11" * 32)  # a lock that never was: still ABSENT
     assert late.status(never).state is HtlcState.ABSENT
+
+
+def test_a_batch_redeem_and_refund_are_each_indexed_per_swap_with_their_preimages():
+    """Issue 20: one redeem_many (refund_many) emits one log per swap; the index files each
+    under its swap id, with its own preimage, and an adapter without that index (a log search)
+    reads the same. A fee replacement of a batch re-signs the same batch."""
+    w = _World()
+    secrets = [os.urandom(32) for _ in range(3)]
+    refs = [w.a.lock(w.terms(s, 1000 + i)) for i, s in enumerate(secrets)]
+    assert len({w.a.slot_of(r) for r in refs}) == 3  # three slots of Alice's, all taken
+    batch = w.b.prepare_redeem_many(list(zip(refs[:2], secrets[:2], strict=True)))
+    replacement = w.b.prepare_replacement(refs[1], batch, secrets[1])  # the same batch, fees up
+    w.b.broadcast(replacement)
+    w.b.wait(replacement.txid)
+    for ref, secret in zip(refs[:2], secrets[:2], strict=True):
+        status = w.a.status(ref)
+        assert status.state is HtlcState.REDEEMED and status.preimage == secret
+        assert status.spend_txid == replacement.txid
+    assert w.a.status(refs[2]).state is HtlcState.LOCKED
+    w.tester.time_travel(w.a.expiry_now().value + 3601)
+    w.tester.mine_blocks(1)
+    refund = w.a.prepare_refund_many([refs[2]])
+    w.a.broadcast(refund)
+    w.a.wait(refund.txid)
+    late = EthereumAdapter(w.w3, w.bob, w.a.htlc.address)
+    late._index = event_index.HtlcEventIndex(w.w3, w.a.htlc.address, start=10**9)  # sees none
+    states = [late.status(r).state for r in refs]
+    assert states == [HtlcState.REDEEMED, HtlcState.REDEEMED, HtlcState.REFUNDED]
+    assert late.status(refs[0]).preimage == secrets[0]
+    # Alice's slots are FREE again: her next lock reuses the first.
+    assert w.a._choose_slot() == w.a.slot_of(refs[0])
+
+
+def test_a_replacement_must_be_of_a_batch_holding_the_swap():
+    w = _World()
+    secrets = [os.urandom(32) for _ in range(2)]
+    refs = [w.a.lock(w.terms(s, 1000 + i)) for i, s in enumerate(secrets)]
+    batch = w.b.prepare_redeem_many([(refs[0], secrets[0])])
+    with pytest.raises(Exception, match="is not the redeem"):
+        w.b.prepare_replacement(refs[1], batch, secrets[1])

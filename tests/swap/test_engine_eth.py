@@ -6,7 +6,7 @@ import asyncio
 
 from kofo.settlement.chain import HtlcState, TxKind, UnixTime
 from kofo.settlement.monitor import EventHub, Watchtower
-from kofo.settlement.swap import State
+from kofo.settlement.swap import TERMINAL, State
 from kofo.settlement.terms import Leg
 from tests.swap.helpers import ETHER, Evm, drive, link, make_node, start_swap
 
@@ -203,3 +203,89 @@ def test_a_restarted_engine_finishes_the_swap_from_its_journal(tmp_path):
     assert ref is not None
     assert alice2.engine.adapters["eth"].status(ref).state is HtlcState.LOCKED
     assert drive([alice2, bob], sid) == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+
+
+def _drive_all(nodes, sids, rounds=40, between=None):
+    for r in range(rounds):
+        for n in nodes:
+            n.engine.tick()
+        if all(n.engine.journal.get(s).state in TERMINAL for n in nodes for s in sids):
+            break
+        if between is not None:
+            between(r)
+    return {(n.name, s): n.engine.journal.get(s).state for n in nodes for s in sids}
+
+
+def _spend_txids(node, sids, kind):
+    return {tx.txid for s in sids for tx in node.engine.journal.txs(s, kind)}
+
+
+def test_redeems_falling_due_together_go_out_in_one_transaction(tmp_path):
+    """Issue 20: the engine batches the redeems that fall due in one tick on a chain whose
+    adapter offers BatchSettlement: one redeem_many pays each swap's recipient."""
+    evm = Evm()
+    alice = make_node("alice", tmp_path, {"eth": evm})
+    bob = make_node("bob", tmp_path, {"eth": evm})
+    link(alice, bob)
+    ad_a, ad_b = alice.engine.adapters["eth"], bob.engine.adapters["eth"]
+    before_tok, before_eth = ad_a.balance(evm.token), ad_b.balance()
+    sids = [
+        start_swap(
+            alice,
+            bob,
+            Leg("eth", ETHER // 4, alice.address("eth"), bob.address("eth"), UnixTime(0)),
+            Leg(
+                "eth", TOKENS + i, bob.address("eth"), alice.address("eth"), UnixTime(0), evm.token
+            ),
+        )
+        for i in range(3)
+    ]
+    states = _drive_all([alice, bob], sids)
+    assert set(states.values()) == {State.REDEEMED}
+    # Bob's three redeems (of Alice's ETH legs) fall due in the same tick: one transaction,
+    # each swap storing it as its own. Alice's (of Bob's token legs) go out one by one: a token
+    # payout can fail (a token its owner pauses) and would hold back the whole batch.
+    assert len(_spend_txids(bob, sids, TxKind.REDEEM)) == 1
+    assert len(_spend_txids(alice, sids, TxKind.REDEEM)) == 3
+    assert ad_a.balance(evm.token) == before_tok + 3 * TOKENS + 3
+    gas_b = _gas_spent(evm, bob, {t for s in sids for t in _txids(bob, s, "eth")})
+    assert ad_b.balance() == before_eth + 3 * (ETHER // 4) - gas_b
+    # Each swap's own HTLC shows its redeem (with the secret) in that one transaction (the
+    # swaps after the first may find it mined already: signed, then redeemed).
+    (txid,) = _spend_txids(bob, sids, TxKind.REDEEM)
+    for sid in sids:
+        history = [e.state for e in bob.engine.journal.events(sid)]
+        assert State.REDEEM_SIGNED in history and history[-1] is State.REDEEMED
+        ref = bob.engine.adapters["eth"].find_htlc(
+            bob.engine.terms_of(sid).initiator_leg.htlc(bob.engine.terms_of(sid).payment_hash),
+            spent_since=0,
+        )
+        assert ref is not None
+        status = ad_b.status(ref)
+        assert status.state is HtlcState.REDEEMED and status.spend_txid == txid
+
+
+def test_refunds_falling_due_together_go_out_in_one_transaction(tmp_path):
+    evm = Evm()
+    alice = make_node("alice", tmp_path, {"eth": evm})
+    bob = make_node("bob", tmp_path, {"eth": evm})
+    sids = [
+        start_swap(
+            alice,
+            bob,
+            Leg("eth", ETHER // 4 + i, alice.address("eth"), bob.address("eth"), UnixTime(0)),
+            Leg("eth", TOKENS, bob.address("eth"), alice.address("eth"), UnixTime(0), evm.token),
+        )
+        for i in range(2)
+    ]
+    before = alice.engine.adapters["eth"].balance()
+
+    def move(r: int) -> None:
+        evm.advance(60)
+
+    # Bob vanishes after accepting: Alice locks both and refunds both at T_A, in one go.
+    states = _drive_all([alice], sids, rounds=80, between=move)
+    assert set(states.values()) == {State.REFUNDED}
+    assert len(_spend_txids(alice, sids, TxKind.REFUND)) == 1
+    fees = _gas_spent(evm, alice, {t for s in sids for t in _txids(alice, s, "eth")})
+    assert alice.engine.adapters["eth"].balance() == before - fees

@@ -298,6 +298,27 @@ class CooperativeClaimSession(Protocol):
 
 
 @runtime_checkable
+class BatchSettlement(Protocol):
+    """Optional, for chains where one transaction can redeem or refund several HTLCs (the
+    Ethereum contract's ``redeem_many``/``refund_many``). The swap engine uses it for the redeems
+    (and the refunds) that fall due together on one chain; each swap stores the one transaction
+    as its own and reads its outcome from the chain as for a single one. Every payout still goes
+    only to each HTLC's recipient (redeem) or sender (refund)."""
+
+    def prepare_redeem_many(
+        self, items: Sequence[tuple[HtlcRef, bytes]], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """One transaction redeeming each ``(ref, preimage)``."""
+        ...
+
+    def prepare_refund_many(
+        self, refs: Sequence[HtlcRef], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """One transaction refunding each of ``refs`` (all past their expiry)."""
+        ...
+
+
+@runtime_checkable
 class CooperativeClaims(Protocol):
     """Optional, for chains whose HTLC both parties can spend with one signature (a Taproot
     HTLC's key path): a claim that is smaller than the claim leaf and shows no preimage. The

@@ -36,6 +36,7 @@ from kofo.errors import (
     NotDelivered,
 )
 from kofo.settlement.chain import (
+    BatchSettlement,
     ChainAdapter,
     CooperativeClaims,
     CooperativeClaimSession,
@@ -116,6 +117,17 @@ CRASH_POINTS: tuple[str, ...] = (
 """Every named point where a crash is injectable: after each state transition is journaled,
 after each step's signed transactions are stored (and each fee bump), and
 before/after each broadcast."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A redeem (refund) due in this tick, kept to be signed in one batch (see tick)."""
+
+    swap_id: bytes
+    to: State
+    reason: str
+    ref: HtlcRef
+    preimage: bytes  # b"" for a refund
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +359,7 @@ class SwapEngine:
         """Per swap, the answer to its co-signature request, until the redeem step takes it:
         the counter leg it was for and the co-signed claim (``None``: claim by the leaf)."""
         self._asking: set[bytes] = set()
+        self._due: dict[tuple[str, TxKind], list[_Due]] | None = None  # set during a tick
         """Swaps whose co-signature request is out (sent without the engine lock)."""
         self.cosign_wait = cosign_wait
         self.accept_policy = accept_policy
@@ -1508,6 +1521,8 @@ class SwapEngine:
             ask = self._cosign_ask(rec, ctr_ref, self._redeem_preimage(rec, facts))
             if ask is not None:
                 return True, None, ask
+        if self._defer_to_batch(rec, action, facts, own_ref, ctr_ref):
+            return False, None, None  # signed with the others due on its chain, after the tick
         txs = self._sign(rec, action, facts, own_ref, ctr_ref)
         self._transition(rec, action.to, action.reason, [t.txid for t in txs])
         # A signature is not on chain yet: the facts read before it still describe it (an
@@ -1625,6 +1640,25 @@ class SwapEngine:
                 tips[name] = self.adapters[name].tip().hash
             except Exception as exc:  # its swaps are driven (and fail) as usual
                 log.warning("chain %s: head not read: %s: %s", name, type(exc).__name__, exc)
+        self._due = {}  # redeems and refunds due on chains that batch (_defer_to_batch)
+        try:
+            self._drive_open(open_swaps, tips)
+        finally:
+            due, self._due = self._due, None
+        try:
+            self._sign_batches(due)
+        except Exception as exc:  # each swap then signs alone in its drive below
+            log.warning("batches not signed: %s: %s", type(exc).__name__, exc)
+        for items in due.values():
+            for d in items:
+                self._drive(d.swap_id)  # broadcast the batch, or sign alone
+        live = {rec.swap_id for rec in self.journal.swaps(unfinished=True)}
+        for table in (self._idle, self._touched):
+            for sid in [sid for sid in table if sid not in live]:
+                table.pop(sid, None)
+        return len(live)
+
+    def _drive_open(self, open_swaps: list[StoredSwap], tips: Mapping[str, str]) -> None:
         for rec in open_swaps:
             touched = self._touched.get(rec.swap_id, 0)  # before the drive: a message that
             key = self._idle_key(rec, rec.state, touched, tips)  # comes during it counts
@@ -1636,11 +1670,78 @@ class SwapEngine:
                 self._idle.pop(rec.swap_id, None)
             else:
                 self._idle[rec.swap_id] = after
-        live = {rec.swap_id for rec in self.journal.swaps(unfinished=True)}
-        for table in (self._idle, self._touched):
-            for sid in [sid for sid in table if sid not in live]:
-                table.pop(sid, None)
-        return len(live)
+
+    def _sign_batches(self, due: dict[tuple[str, TxKind], list[_Due]]) -> None:
+        """Sign one transaction for each group of redeems (refunds) that fell due in this tick
+        on one chain whose adapter settles several HTLCs at once (:class:`BatchSettlement`).
+
+        Each swap of a batch stores the one transaction as its own redeem (refund) and moves to
+        its signed state as if it had signed it alone: its next step broadcasts it (a re-send
+        of a known transaction is a no-op) and reads its outcome from its own HTLC, as for a
+        single transaction; a replacement re-signs the same batch at a higher fee. A group of
+        one, or a batch that cannot be signed, is signed by each swap's own step."""
+        for (chain, kind), items in due.items():
+            if len(items) < 2:
+                continue
+            adapter = self.adapters[chain]
+            assert isinstance(adapter, BatchSettlement)
+            with self._lock:
+                try:
+                    if kind is TxKind.REDEEM:
+                        tx = adapter.prepare_redeem_many([(d.ref, d.preimage) for d in items])
+                    else:
+                        tx = adapter.prepare_refund_many([d.ref for d in items])
+                except Exception as exc:
+                    log.warning(
+                        "%s: batch of %d %ss not signed (%s: %s); each signs alone",
+                        chain,
+                        len(items),
+                        kind.value,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    continue
+                for d in items:
+                    rec = self.journal.get(d.swap_id)
+                    self.journal.store_txs(d.swap_id, kind, [tx])
+                    self._transition(
+                        rec, d.to, f"{d.reason} (in a batch of {len(items)})", [tx.txid]
+                    )
+            log.info("%s: %s of %d swaps in one transaction %s", chain, kind, len(items), tx.txid)
+
+    def _defer_to_batch(
+        self,
+        rec: StoredSwap,
+        action: Action,
+        facts: ChainFacts,
+        own_ref: HtlcRef | None,
+        ctr_ref: HtlcRef | None,
+    ) -> bool:
+        """Inside a tick: keep a redeem (refund) due on a chain that batches for
+        :meth:`_sign_batches` instead of signing it now. True if deferred."""
+        if self._due is None or action.to is None:
+            return False
+        if action.kind is ActionKind.SIGN_REDEEM and ctr_ref is not None:
+            kind, ref = TxKind.REDEEM, ctr_ref
+        elif action.kind is ActionKind.SIGN_REFUND and own_ref is not None:
+            kind, ref = TxKind.REFUND, own_ref
+        else:
+            return False
+        if not isinstance(self.adapters[ref.terms.chain], BatchSettlement):
+            return False
+        if ref.terms.token is not None:
+            # A token's payout can fail (a token paused or blocklisted by its owner, who may be
+            # this swap's counterparty), and a failing payout reverts the whole batch: it would
+            # hold back the other swaps' redeems until their counterparties could refund. An
+            # ETH payout to this node's own account cannot fail, so only those are batched.
+            return False
+        if self.journal.txs(rec.swap_id, kind):
+            return False
+        preimage = self._redeem_preimage(rec, facts) if kind is TxKind.REDEEM else b""
+        self._due.setdefault((ref.terms.chain, kind), []).append(
+            _Due(rec.swap_id, action.to, action.reason, ref, preimage)
+        )
+        return True
 
     @staticmethod
     def _idle_key(

@@ -8,10 +8,13 @@ Transactions are signed locally (EIP-1559) with the node's key; the node never h
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,7 @@ from kofo.settlement.chain import (
     check_preimage,
 )
 from kofo.settlement.chains.ethereum.contract import load_artifact
-from kofo.settlement.chains.ethereum.event_index import HtlcEvent, HtlcEventIndex
+from kofo.settlement.chains.ethereum.event_index import HtlcEvent, HtlcEventIndex, decode_log
 from kofo.settlement.chains.ethereum.nonces import NonceManager
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,9 @@ with a limit 25 % above the estimate; twice that leaves room for unusual tokens.
 MIN_TOKEN_LOCK_GAS = 200_000
 """Floor for the derived limit: bench.gas measures a token lock at ~83k gas on Prague."""
 
+MAX_BATCH = 64
+"""Swaps per redeem_many/refund_many (the contract's bound)."""
+
 FIND_FIRST_WINDOW = 8
 
 DEFAULT_MAX_FEE_PER_GAS = 1_000 * 10**9
@@ -81,7 +87,14 @@ cannot hand a swap's value to miners (about 0.05 ETH at most for a redeem)."""
 further window doubles. A live lock is usually a few blocks old, and a log query's cost grows
 with the range it covers (on the embedded EVM quadratically), so the search starts small."""
 
-_HTLC_EVENTS = ("Locked", "Redeemed", "Refunded")
+FREE = (1).to_bytes(32, "big")
+"""A settled reusable slot (contracts/HTLC.vy): the next lock there rewrites a non-zero word."""
+
+ONE_SHOT = 2**31
+"""Slots from here up are cleared on payout (contracts/HTLC.vy); below it, they are kept."""
+
+SLOT_SCAN = 512
+"""Kept slots read at most per lock before the pool is grown past them."""
 _FEE_REFUSALS = (
     # geth's txpool: under the pool's price floor or a full pool's cheapest ("transaction
     # underpriced"), a same-nonce replacement without the bump ("replacement transaction
@@ -115,6 +128,22 @@ _ERC20_ABI: list[dict[str, Any]] = [
         "outputs": [{"name": "", "type": "uint256"}],
     },
 ]
+
+
+@dataclass(frozen=True)
+class _Log:
+    """One decoded log of the contract (see :func:`event_index.decode_log`)."""
+
+    name: str
+    txid: str
+    block: int
+    slot: int | None
+    preimage: bytes | None
+
+
+def _word(party: str, expiry: int, slot: int) -> int:
+    """The contract's packed argument: ``party << 96 | expiry << 32 | slot``."""
+    return int(party, 16) << 96 | expiry << 32 | slot
 
 
 def swap_id(terms: HtlcTerms) -> bytes:
@@ -213,19 +242,9 @@ class EthereumAdapter:
         )
         if not w3.eth.get_code(self.htlc.address):
             raise ChainError(f"no contract code at HTLC address {self.htlc.address}")
-        # Built once: constructing web3 contract/event objects per call costs more than the
-        # calls themselves on a local chain.
-        self._events = {name: getattr(self.htlc.events, name)() for name in _HTLC_EVENTS}
-        self._topics = {
-            name: "0x" + keccak(text=ev.abi_element_identifier).hex()
-            for name, ev in self._events.items()
-        }
-        self._index = HtlcEventIndex(
-            w3,
-            self.htlc.address,
-            {self._topics[n]: n for n in _HTLC_EVENTS},
-            on_new_head=self._check_chain_id,
-        )
+        self._index = HtlcEventIndex(w3, self.htlc.address, on_new_head=self._check_chain_id)
+        self._slots: dict[tuple[bytes, str], int] = {}  # (swap id, lock txid) -> its slot
+        self._token_locks = threading.Lock()
         self._pin = HeadPin()  # inside observe(), the head is not re-read per call
         self._tokens: dict[str, Contract] = {}
         self._spends: dict[bytes, HtlcStatus] = {}  # swap id -> its redeem/refund, once seen
@@ -404,7 +423,13 @@ class EthereumAdapter:
         return self._sign_with_gas(kind, call, fee, value, gas)[0]
 
     def _sign_with_gas(
-        self, kind: TxKind, call: Any, fee: FeeEstimate | None, value: int = 0, gas: int = 0
+        self,
+        kind: TxKind,
+        call: Any,
+        fee: FeeEstimate | None,
+        value: int = 0,
+        gas: int = 0,
+        min_gas: int = 0,
     ) -> tuple[SignedTx, int]:
         """Sign ``call``; returns the transaction and the gas limit it carries."""
         self._check_chain_id()
@@ -433,6 +458,7 @@ class EthereumAdapter:
                 gas = int(call.estimate_gas(probe) * 5 // 4)  # +25 %: state may shift a bit
             except ContractLogicError as exc:
                 raise TxRejected(f"{kind} would revert: {exc.message or exc}") from None
+            gas = max(gas, min_gas)
         params["gas"] = gas
         needed = gas * fee.rate + value
         have = self.balance()
@@ -460,22 +486,59 @@ class EthereumAdapter:
         recipient = to_checksum_address(terms.recipient)
         if expiry <= self.expiry_now().value:
             raise InvalidInput(f"expiry {terms.expiry} is not in the future")
+        if expiry >= 2**64:
+            raise InvalidInput(f"expiry {terms.expiry} does not fit the contract's 64 bits")
+        slot = self._choose_slot()  # claimed in the nonce store until the lock is mined
+        try:
+            txs = self._prepare_lock(terms, fee, _word(recipient, expiry, slot))
+        except BaseException:
+            self.nonces.release_slot(slot)
+            raise
+        self.nonces.bind_slot(slot, _nonce_of(txs[-1]))
+        return txs
+
+    def _prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None, word: int) -> list[SignedTx]:
         if terms.token is None:
-            call = self.htlc.functions.lock(terms.payment_hash, recipient, expiry)
+            call = self.htlc.functions.lock(terms.payment_hash, word)
             return [self._sign(TxKind.LOCK, call, fee, value=terms.amount)]
+        with self._token_locks:  # approve then lock, never interleaved with another's
+            return self._prepare_token_lock(terms, fee, word)
+
+    def _prepare_token_lock(
+        self, terms: HtlcTerms, fee: FeeEstimate | None, word: int
+    ) -> list[SignedTx]:
+        assert terms.token is not None
         token = self._token(terms.token)
         have = self.balance(terms.token)
         if have < terms.amount:
             raise InsufficientFunds(f"lock needs {terms.amount} token units, wallet has {have}")
         txs: list[SignedTx] = []
         lock = self.htlc.functions.lock_token(
-            to_checksum_address(terms.token), terms.amount, terms.payment_hash, recipient, expiry
+            to_checksum_address(terms.token), terms.amount, terms.payment_hash, word
         )
+        # The chain's allowance is spoken for while any transaction of this wallet is unmined:
+        # an earlier lock whose approve is mined but whose lock is not would take it first, and
+        # this lock would revert. Then this lock approves its own amount (set, not added, right
+        # before it in nonce order: token locks are prepared one at a time).
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        in_flight = bool(self.nonces.signed_between(mined, 2**62))
         allowance = token.functions.allowance(self.account.address, self.htlc.address).call()
-        if allowance < terms.amount:
+        if in_flight or allowance < terms.amount:
             # Approve exactly the amount: an unlimited allowance would outlive this swap.
             approve = token.functions.approve(self.htlc.address, terms.amount)
-            approve_tx, approve_gas = self._sign_with_gas(TxKind.APPROVE, approve, fee)
+            # Its gas must cover a zero allowance: an earlier lock in flight empties the slot
+            # before this approve runs, and a new storage slot's price depends on the fork
+            # (20,000 on Prague, ~117,000 on geth --dev's). An approve to a fresh address (a
+            # zero allowance on any fork) is estimated, and the larger estimate signed.
+            fresh = to_checksum_address("0x" + os.urandom(20).hex())  # an allowance of zero
+            from_zero = token.functions.approve(fresh, terms.amount)
+            try:
+                floor = int(from_zero.estimate_gas({"from": self.account.address}) * 5 // 4)
+            except ContractLogicError as exc:
+                raise TxRejected(f"approve would revert: {exc.message or exc}") from None
+            approve_tx, approve_gas = self._sign_with_gas(
+                TxKind.APPROVE, approve, fee, min_gas=floor
+            )
             lock_gas = max(MIN_TOKEN_LOCK_GAS, LOCK_AFTER_APPROVE_GAS_FACTOR * approve_gas)
             txs.append(approve_tx)
             try:
@@ -489,14 +552,78 @@ class EthereumAdapter:
             txs.append(self._sign(TxKind.LOCK, lock, fee))
         return txs
 
-    def _args(self, terms: HtlcTerms) -> tuple[str, str, str, int, int]:
+    def _slot_value(self, slot: int, owner: str | None = None) -> bytes:
+        """The contract's word in ``owner``'s (default: this wallet's) storage slot ``slot``."""
+        key = int(owner or self.account.address, 16) << 96 | slot
+        return bytes(self.htlc.functions.slots(key).call({"from": self.account.address}))
+
+    def _choose_slot(self) -> int:
+        """A storage slot of this wallet for its next lock (see docs/ethereum-htlc.md).
+
+        A kept slot that is FREE (settled) and not claimed by a signed, unmined lock of this
+        wallet (the nonce store's claims, shared by every process using it) comes first: the
+        lock then rewrites a non-zero word. Failing one, the pool of kept slots grows by the
+        next empty one, except for a wallet that has never sent a transaction: its first lock
+        takes a one-shot slot (cleared on payout, so the storage refund is not given up for a
+        slot it may never reuse). The slot returned is claimed.
+        """
+        claimed = self.nonces.claimed_slots()
+        first = not self.w3.eth.get_transaction_count(self.account.address, "pending")
+        for slot in range(SLOT_SCAN):
+            if slot in claimed:
+                continue
+            value = self._slot_value(slot)
+            if value == bytes(32) and slot == 0 and first:
+                break
+            if value in (FREE, bytes(32)) and self.nonces.claim_slot(slot):
+                return slot
+        slot = ONE_SHOT
+        while True:
+            if slot not in claimed and self._slot_value(slot) == bytes(32):
+                if self.nonces.claim_slot(slot):
+                    return slot
+            slot += 1
+
+    def _args(self, ref: HtlcRef) -> tuple[str, int, int, str]:
+        """Redeem and refund arguments after the secret: token, amount, the packed word
+        (sender, expiry, slot) and recipient."""
+        terms = ref.terms
         return (
             to_checksum_address(terms.token or ZERO_ADDRESS),
-            to_checksum_address(terms.sender),
-            to_checksum_address(terms.recipient),
             terms.amount,
-            terms.expiry.value,
+            _word(terms.sender, terms.expiry.value, self.slot_of(ref)),
+            to_checksum_address(terms.recipient),
         )
+
+    def slot_of(self, ref: HtlcRef) -> int:
+        """The storage slot of ``ref``'s lock, from its log (the index, else its receipt)."""
+        sid = bytes(HexBytes(ref.locator))
+        wanted = "0x" + ref.lock_txid.lower().removeprefix("0x")
+        slot = self._slots.get((sid, wanted))
+        if slot is not None:
+            return slot
+        # Any lock log of the swap id names a slot that held it; the contract's word there
+        # says whether it still does. The lock's own transaction first, then any other.
+        locks = [e for e in self._index.events(sid) if e.name == "Locked" and e.slot is not None]
+        mine = [e.slot for e in locks if e.txid == wanted]
+        slot = mine[-1] if mine else (locks[-1].slot if locks else None)
+        if slot is None:
+            found = self._lock_in_receipt(sid, ref.lock_txid)
+            slot = None if found is None else found[1]
+        if slot is None:
+            hi, size = int(self.w3.eth.block_number), FIND_FIRST_WINDOW
+            while hi >= 0 and slot is None:
+                lo = max(0, hi - size + 1)
+                logged = [e.slot for e in self._swap_logs(sid, lo, hi) if e.name == "Locked"]
+                slot = logged[-1] if logged else None
+                hi, size = lo - 1, size * 2
+        if slot is None:
+            raise ChainError(
+                f"no lock log of {ref.locator} was found: its slot is unknown",
+                code="htlc_not_found",
+            )
+        self._slots[sid, wanted] = slot
+        return slot
 
     def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
         return HtlcRef(terms=terms, locator=_hex(swap_id(terms)), lock_txid=lock_tx.txid)
@@ -504,8 +631,8 @@ class EthereumAdapter:
     def _spend_call(self, ref: HtlcRef, preimage: bytes | None) -> tuple[str, list[Any]]:
         """The contract function and arguments of the redeem (``preimage``) or refund of ``ref``."""
         if preimage is None:
-            return "refund", [ref.terms.payment_hash, *self._args(ref.terms)]
-        return "redeem", [preimage, *self._args(ref.terms)]
+            return "refund", [ref.terms.payment_hash, *self._args(ref)]
+        return "redeem", [preimage, *self._args(ref)]
 
     def prepare_redeem(
         self, ref: HtlcRef, preimage: bytes, fee: FeeEstimate | None = None
@@ -520,6 +647,50 @@ class EthereumAdapter:
             raise TxRejected(f"refund is possible from {ref.terms.expiry}; chain time is {now}")
         name, args = self._spend_call(ref, None)
         return self._sign(TxKind.REFUND, self.htlc.functions[name](*args), fee)
+
+    def prepare_redeem_many(
+        self, items: Sequence[tuple[HtlcRef, bytes]], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """One ``redeem_many`` of every ``(ref, preimage)``: each recipient is paid; a swap
+        settled before it is mined is skipped by the contract (see docs/ethereum-htlc.md)."""
+        if not 0 < len(items) <= MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} swaps, got {len(items)}")
+        rows = []
+        for ref, preimage in items:
+            check_preimage(preimage)
+            if hashlib.sha256(preimage).digest() != ref.terms.payment_hash:
+                raise InvalidInput(f"the preimage given for {ref.locator} is not its secret")
+            rows.append((preimage, *self._args(ref)))
+        return self._sign(TxKind.REDEEM, self.htlc.functions.redeem_many(rows), fee)
+
+    def prepare_refund_many(
+        self, refs: Sequence[HtlcRef], fee: FeeEstimate | None = None
+    ) -> SignedTx:
+        """One ``refund_many`` of ``refs``, all past their expiry: each sender is refunded."""
+        if not 0 < len(refs) <= MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} swaps, got {len(refs)}")
+        now = self.expiry_now()
+        for ref in refs:
+            if now.value < ref.terms.expiry.value:
+                raise TxRejected(
+                    f"refund of {ref.locator} is possible from {ref.terms.expiry}; chain time "
+                    f"is {now}"
+                )
+        rows = [(ref.terms.payment_hash, *self._args(ref)) for ref in refs]
+        return self._sign(TxKind.REFUND, self.htlc.functions.refund_many(rows), fee)
+
+    def _batch_holds(self, data: bytes, ref: HtlcRef, preimage: bytes | None) -> bool:
+        """Whether ``data`` is a ``redeem_many`` (``refund_many``) holding ``ref``'s item."""
+        try:
+            function, args = self.htlc.decode_function_input(data)
+        except ValueError:
+            return False
+        name = "refund_many" if preimage is None else "redeem_many"
+        if function.fn_name != name:
+            return False
+        _, want = self._spend_call(ref, preimage)
+        rows = [list(r.values()) if isinstance(r, dict) else list(r) for r in args["items"]]
+        return want in rows
 
     def prepare_bump(
         self,
@@ -555,7 +726,9 @@ class EthereumAdapter:
         if to is None or to_checksum_address(bytes(to)) != self.htlc.address:
             raise InvalidInput(f"transaction {old.txid} is not a call of the HTLC contract")
         data = self.htlc.encode_abi(*self._spend_call(ref, preimage))
-        if bytes(fields["data"]) != bytes(HexBytes(data)):
+        if bytes(fields["data"]) != bytes(HexBytes(data)) and not self._batch_holds(
+            bytes(fields["data"]), ref, preimage
+        ):
             raise InvalidInput(f"transaction {old.txid} is not the {old.kind} of {ref.locator}")
         now = fee or self.estimate_fee()
         old_tip, old_cap = int(fields["maxPriorityFeePerGas"]), int(fields["maxFeePerGas"])
@@ -658,19 +831,31 @@ class EthereumAdapter:
 
     # -- reading the chain --------------------------------------------------------------
 
-    def _logs(
-        self, event: str, sid: bytes, from_block: int = 0, to_block: int | str = "latest"
-    ) -> list[Any]:
-        ev = self._events[event]
+    def _swap_logs(self, sid: bytes, from_block: int, to_block: int) -> list[_Log]:
+        """The contract's logs of swap ``sid`` in ``[from_block, to_block]`` on the best chain,
+        decoded (one query: every log of the contract has the swap id as its only topic)."""
         raw = self.w3.eth.get_logs(
             {
                 "address": self.htlc.address,
-                "topics": [self._topics[event], _hex(sid)],  # type: ignore[list-item]
+                "topics": [_hex(sid)],  # type: ignore[list-item]
                 "fromBlock": from_block,
-                "toBlock": to_block,  # type: ignore[typeddict-item]
+                "toBlock": to_block,
             }
         )
-        return [ev.process_log(entry) for entry in self._on_best_chain(raw)]
+        out = []
+        for entry in self._on_best_chain(raw):
+            try:
+                _, name, slot, preimage = decode_log(
+                    [bytes(t) for t in entry["topics"]], bytes(entry["data"])
+                )
+            except ChainError:
+                continue
+            out.append(
+                _Log(
+                    name, _hex(entry["transactionHash"]), int(entry["blockNumber"]), slot, preimage
+                )
+            )
+        return out
 
     def _on_best_chain(self, entries: Sequence[Any]) -> list[Any]:
         """The log entries whose block is the best chain's block at their height: a log query
@@ -698,10 +883,8 @@ class EthereumAdapter:
         lock it has not seen does not exist and the chain is not asked. (``spent_since`` alone
         does not allow that: a live lock older than the index must still be found.)
 
-        The contract's ``swaps`` map answers "is it live?" in one call, so a caller polling for
-        a counterparty's lock costs no log scan until the lock exists; then the lock's own
-        event is searched backwards from the tip in doubling windows (a live lock is recent).
-        A spent lock needs a scan of ``[spent_since, tip]``, done only when asked for.
+        Otherwise the lock's log is searched backwards from the tip in doubling windows (a
+        live lock is recent) and the contract's slot it names says whether it is live.
         """
         self._check_terms(terms)
         sid = swap_id(terms)
@@ -716,24 +899,23 @@ class EthereumAdapter:
         start = self._index.start
         if not_before is not None and start is not None and start <= not_before:
             return None  # the index has every block a lock of these terms could be in
-        if not self._live(sid):
-            if spent_since is None:
-                return None
-            locked = self._logs("Locked", sid, max(0, spent_since))
-            if not locked:
-                return None
-            return HtlcRef(
-                terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
-            )
+        # Searched backwards from the tip in doubling windows (a live lock is recent), never
+        # below ``not_before``; the newest lock found decides.
+        floor = max(0, not_before or 0)
         hi = int(self.w3.eth.block_number)
         size = FIND_FIRST_WINDOW
-        while hi >= 0:
-            lo = max(0, hi - size + 1)
-            locked = self._logs("Locked", sid, lo, hi)
-            if locked:
-                return HtlcRef(
-                    terms=terms, locator=_hex(sid), lock_txid=_hex(locked[-1]["transactionHash"])
-                )
+        while hi >= floor:
+            lo = max(floor, hi - size + 1)
+            found = [entry for entry in self._swap_logs(sid, lo, hi) if entry.name == "Locked"]
+            if found:
+                lock_log = found[-1]
+                assert lock_log.slot is not None
+                ref = HtlcRef(terms=terms, locator=_hex(sid), lock_txid=lock_log.txid)
+                live = self._slot_value(lock_log.slot, terms.sender) == sid
+                if live or (spent_since is not None and lock_log.block >= spent_since):
+                    self._slots[sid, lock_log.txid] = lock_log.slot
+                    return ref
+                return None
             hi, size = lo - 1, size * 2
         return None
 
@@ -780,7 +962,7 @@ class EthereumAdapter:
             if conf:
                 return replace(known, confirmations=lock_conf, spend_confirmations=conf)
             del self._spends[sid]
-        if self._live(sid):
+        if self._live(sid, ref):
             return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
         if lock_block is None:
             # The contract says the swap is not live and the lock's receipt was not answered:
@@ -802,18 +984,20 @@ class EthereumAdapter:
         size = FIND_FIRST_WINDOW
         while hi >= lock_block:
             lo = max(lock_block, hi - size + 1)
-            for entry in reversed(self._spend_logs(sid, lo, hi)):
-                txid = _hex(entry["transactionHash"])
+            for entry in reversed(self._swap_logs(sid, lo, hi)):
+                if entry.name == "Locked":
+                    continue
+                txid = entry.txid
                 conf = self.tx_confirmations(txid)
                 if not conf:
                     continue
-                redeemed = entry["event"] == "Redeemed"
+                redeemed = entry.name == "Redeemed"
                 found = HtlcStatus(
                     HtlcState.REDEEMED if redeemed else HtlcState.REFUNDED,
                     confirmations=lock_conf,
                     spend_txid=txid,
                     spend_confirmations=conf,
-                    preimage=bytes(entry["args"]["preimage"]) if redeemed else None,
+                    preimage=entry.preimage if redeemed else None,
                 )
                 self._spends[sid] = found
                 return found
@@ -856,28 +1040,38 @@ class EthereumAdapter:
         return int(tx["blockNumber"])
 
     def _lock_mined_at(self, sid: bytes, txid: str) -> int | None:
-        """The best-chain height of ``txid`` if it emitted this contract's ``Locked`` event of
-        ``sid``; None otherwise. Confirmations are the lock's own: a caller naming any other
+        """The best-chain height of ``txid`` if it emitted this contract's lock log of ``sid``;
+        None otherwise. Confirmations are the lock's own: a caller naming any other
         transaction (an older one, deeper in the chain) gets none."""
+        found = self._lock_in_receipt(sid, txid)
+        return None if found is None else found[0]
+
+    def _lock_in_receipt(self, sid: bytes, txid: str) -> tuple[int, int] | None:
+        """(best-chain height, slot) of the lock of ``sid`` that ``txid`` emitted, if it did."""
         try:
             receipt = self.w3.eth.get_transaction_receipt(HexBytes(txid))
         except TransactionNotFound:
             return None
         if receipt is None or receipt.get("blockNumber") is None or receipt["status"] != 1:
             return None
-        locked = self._topics["Locked"]
-        if not any(
-            to_checksum_address(entry["address"]) == self.htlc.address
-            and len(entry["topics"]) >= 2
-            and _hex(entry["topics"][0]) == locked
-            and bytes(entry["topics"][1]) == sid
-            for entry in receipt["logs"]
-        ):
+        slot = None
+        for entry in receipt["logs"]:
+            if to_checksum_address(entry["address"]) != self.htlc.address:
+                continue
+            try:
+                logged, name, logged_slot, _ = decode_log(
+                    [bytes(t) for t in entry["topics"]], bytes(entry["data"])
+                )
+            except ChainError:
+                continue
+            if logged == sid and name == "Locked":
+                slot = logged_slot
+        if slot is None:
             return None
         block = self.w3.eth.get_block(receipt["blockNumber"])
         if bytes(block["hash"]) != bytes(receipt["blockHash"]):
             return None  # a receipt from a block that was reorganised away
-        return int(receipt["blockNumber"])
+        return int(receipt["blockNumber"]), slot
 
     def _lock_emitted_by(self, sid: bytes, txid: str) -> bool:
         """Whether ``txid`` emitted the ``Locked`` event of ``sid`` on the indexed chain (or,
@@ -887,22 +1081,16 @@ class EthereumAdapter:
             return True
         return self._lock_mined_at(sid, txid) is not None
 
-    def _live(self, sid: bytes) -> bool:
-        # ``from`` given: web3's eth-tester provider otherwise lists its accounts to fill it in.
-        return bool(self.htlc.functions.swaps(sid).call({"from": self.account.address}))
-
-    def _spend_logs(self, sid: bytes, from_block: int, to_block: int) -> list[Any]:
-        """Redeemed and Refunded events of ``sid`` in one query (topic0 is either)."""
-        by_topic = {self._topics[name]: self._events[name] for name in ("Redeemed", "Refunded")}
-        raw = self.w3.eth.get_logs(
-            {
-                "address": self.htlc.address,
-                "topics": [list(by_topic), _hex(sid)],  # type: ignore[list-item]
-                "fromBlock": from_block,
-                "toBlock": to_block,
-            }
-        )
-        return [by_topic[_hex(entry["topics"][0])].process_log(entry) for entry in raw]
+    def _live(self, sid: bytes, ref: HtlcRef) -> bool:
+        """Whether the contract's slot of ``ref``'s lock still holds ``sid`` (False when no
+        lock log of it is found at all)."""
+        try:
+            slot = self.slot_of(ref)
+        except ChainError as exc:
+            if exc.code != "htlc_not_found":
+                raise
+            return False
+        return self._slot_value(slot, ref.terms.sender) == sid
 
     def audit(self, ref: HtlcRef, expected: HtlcTerms, min_confirmations: int) -> HtlcStatus:
         self._check_terms(expected)

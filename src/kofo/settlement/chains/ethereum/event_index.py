@@ -56,6 +56,10 @@ KEEP_BLOCKS = 20_000
 a pruned swap is answered from the chain, as an unknown one is."""
 
 
+LOCK_DATA = 4
+"""Bytes of data in a lock's log: the slot, big-endian (see contracts/HTLC.vy)."""
+
+
 @dataclass(frozen=True)
 class HtlcEvent:
     """One event of the HTLC contract: ``Locked``, ``Redeemed`` or ``Refunded``."""
@@ -65,6 +69,27 @@ class HtlcEvent:
     block: int
     log_index: int
     preimage: bytes | None = None  # only on Redeemed
+    slot: int | None = None  # only on Locked
+
+
+def decode_log(topics: list[bytes], data: bytes) -> tuple[bytes, str, int | None, bytes | None]:
+    """(swap id, event name, slot, preimage) of one of the HTLC contract's logs.
+
+    The contract's logs are anonymous (no signature topic) and told apart by their shape: one
+    topic, the swap id, and 4 bytes of data (a lock: the slot), 32 bytes (a redeem: the
+    preimage) or none (a refund). Anything else is no log of this contract's and raises
+    :class:`ChainError` (``bad_log``).
+    """
+    if len(topics) == 1 and len(topics[0]) == 32:
+        if len(data) == LOCK_DATA:
+            return topics[0], "Locked", int.from_bytes(data, "big"), None
+        if len(data) == 32:
+            return topics[0], "Redeemed", None, data
+        if not data:
+            return topics[0], "Refunded", None, None
+    raise ChainError(
+        f"a log of {len(topics)} topics and {len(data)} bytes is not an HTLC log", code="bad_log"
+    )
 
 
 class _Inconsistent(Exception):
@@ -72,8 +97,9 @@ class _Inconsistent(Exception):
 
 
 def _may_hold(block: Mapping[str, Any], items: tuple[bytes, ...]) -> bool:
-    """Whether ``block``'s logs bloom may hold a log with every one of ``items`` (address, one
-    topic). A bloom has false positives, never false negatives."""
+    """Whether ``block``'s logs bloom may hold a log with every one of ``items`` (the
+    contract's address: its logs have no fixed topic). A bloom has false positives, never
+    false negatives."""
     bloom = BloomFilter(int.from_bytes(bytes(block.get("logsBloom") or b""), "big"))
     return all(item in bloom for item in items)
 
@@ -85,7 +111,6 @@ class HtlcEventIndex:
         self,
         w3: Web3,
         address: str,
-        names_by_topic: Mapping[str, str],
         *,
         start: int | None = None,
         on_new_head: Callable[[], None] | None = None,
@@ -97,7 +122,6 @@ class HtlcEventIndex:
         self._on_new_head = on_new_head
         self._address = address
         self._address_bytes = bytes.fromhex(address.removeprefix("0x"))
-        self._names = {bytes.fromhex(t.removeprefix("0x")): n for t, n in names_by_topic.items()}
         self._start = start
         self._tips: deque[tuple[int, bytes]] = deque(maxlen=REMEMBERED_TIPS)
         self._by_swap: dict[bytes, list[HtlcEvent]] = {}
@@ -235,9 +259,7 @@ class HtlcEventIndex:
                 continue
             by_block[number].append(entry)
         for number, block in blocks.items():
-            if not by_block[number] and any(
-                _may_hold(block, (self._address_bytes, topic)) for topic in self._names
-            ):
+            if not by_block[number] and _may_hold(block, (self._address_bytes,)):
                 suspect.add(number)  # the block says it holds our logs; the answer had none
         for number in suspect:
             by_block[number] = self._read_block(blocks[number])
@@ -253,7 +275,6 @@ class HtlcEventIndex:
                     self._w3.eth.get_logs(
                         {
                             "address": self._address,  # type: ignore[typeddict-item]
-                            "topics": [["0x" + t.hex() for t in self._names]],  # type: ignore[list-item]
                             "blockHash": block_hash,  # type: ignore[typeddict-item]
                         }
                     )
@@ -285,7 +306,6 @@ class HtlcEventIndex:
             self._w3.eth.get_logs(
                 {
                     "address": self._address,  # type: ignore[typeddict-item]
-                    "topics": [["0x" + t.hex() for t in self._names]],  # type: ignore[list-item]
                     "fromBlock": first,
                     "toBlock": last,
                 }
@@ -293,23 +313,23 @@ class HtlcEventIndex:
         )
 
     def _add(self, entries: list[Any]) -> None:
-        # Decoded by hand: every event's first indexed field is the swap id (topic 1), and the
-        # only data field read is Redeemed's preimage (one bytes32 word), so the layout is
-        # fixed by contracts/HTLC.vy; web3's generic ABI decoding costs more than the query.
+        # Decoded by shape (decode_log): the contract emits only these three anonymous logs.
         for entry in entries:
-            topics = [bytes(t) for t in entry["topics"]]
-            name = self._names.get(topics[0]) if topics else None
-            if name is None or len(topics) < 2:
-                continue  # not one of ours (the query filters on topic 0; a node may not)
-            data = bytes(entry["data"])
+            try:
+                sid, name, slot, preimage = decode_log(
+                    [bytes(t) for t in entry["topics"]], bytes(entry["data"])
+                )
+            except ChainError:
+                continue  # the contract emits no other log; a node answering one is ignored
             event = HtlcEvent(
                 name=name,
                 txid="0x" + bytes(entry["transactionHash"]).hex(),
                 block=int(entry["blockNumber"]),
                 log_index=int(entry["logIndex"]),
-                preimage=data[:32] if name == "Redeemed" and len(data) >= 32 else None,
+                preimage=preimage,
+                slot=slot,
             )
-            self._by_swap.setdefault(topics[1], []).append(event)
+            self._by_swap.setdefault(sid, []).append(event)
 
     def _drop_above(self, height: int) -> None:
         for sid in list(self._by_swap):

@@ -36,6 +36,12 @@ The node's two counts are checked against what the store knows, because a lying 
   (another user of the key: the count is followed, with a warning); if not, the nonce handed
   out is the first after what is mined or ours, not after the claimed gap, and the gap is
   logged as an error: a transaction signed after a gap that never fills would never mine.
+
+The store also holds the HTLC storage slots taken by this wallet's unmined locks
+(:meth:`NonceManager.claim_slot`): a lock names one of its sender's reusable slots in the
+contract, and two locks in flight (two threads, two processes, a lock signed but not yet
+mined) must not name the same one, or the second reverts (``slot busy``). A claim lasts until
+the lock's nonce is mined (the contract's slot then says whether it is busy) or is released.
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ class NonceManager:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS eth_nonce_signed "
                 "(address TEXT, nonce INTEGER, raw BLOB, PRIMARY KEY (address, nonce))"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS eth_lock_slot "
+                "(address TEXT, slot INTEGER, nonce INTEGER, PRIMARY KEY (address, slot))"
             )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(eth_nonce_signed)")}
             if "raw" not in columns:  # a store from before raw transactions were kept
@@ -164,6 +174,61 @@ class NonceManager:
             "DELETE FROM eth_nonce_signed WHERE address = ? AND nonce < ? AND raw IS NULL",
             (self._address, mined),
         )
+        self._drop_mined_slots(mined, proven)
+
+    def _drop_mined_slots(self, mined: int, proven: int | None) -> None:
+        # A claim ends once its lock is proven mined: under the chain's mined count AND either
+        # at or below ``proven`` (a receipt of it or of a later nonce) or no longer reserved (a
+        # reservation is forgotten only once proven mined, or when nothing was signed for it).
+        # The mined count alone may lie high (issue 16): it would free the slot of a pending
+        # lock, and the next lock would name it and revert.
+        self._db.execute(
+            "DELETE FROM eth_lock_slot WHERE address = ? AND nonce < ? AND (nonce <= ? OR "
+            "nonce NOT IN (SELECT nonce FROM eth_nonce_signed WHERE address = ?))",
+            (self._address, mined, -1 if proven is None else proven, self._address),
+        )
+
+    def claimed_slots(self) -> set[int]:
+        """HTLC slots claimed by locks of this wallet that are not known to be mined; claims
+        of mined locks are dropped first (the contract's slot is then the authority)."""
+        mined = self._mined_count()
+        proven = self._proven_below(mined)
+        with self._lock, _immediate(self._db):
+            self._drop_mined_slots(mined, proven)
+            rows = self._db.execute(
+                "SELECT slot FROM eth_lock_slot WHERE address = ?", (self._address,)
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def claim_slot(self, slot: int) -> bool:
+        """Claim ``slot`` for a lock about to be signed; False if another lock holds it."""
+        with self._lock, _immediate(self._db):
+            taken = self._db.execute(
+                "SELECT 1 FROM eth_lock_slot WHERE address = ? AND slot = ?", (self._address, slot)
+            ).fetchone()
+            if taken:
+                return False
+            self._db.execute(
+                "INSERT INTO eth_lock_slot(address, slot, nonce) VALUES(?, ?, NULL)",
+                (self._address, slot),
+            )
+            return True
+
+    def bind_slot(self, slot: int, nonce: int) -> None:
+        """The lock that claimed ``slot`` was signed with ``nonce``: the claim ends once it is
+        mined."""
+        with self._lock, _immediate(self._db):
+            self._db.execute(
+                "UPDATE eth_lock_slot SET nonce = ? WHERE address = ? AND slot = ?",
+                (nonce, self._address, slot),
+            )
+
+    def release_slot(self, slot: int) -> None:
+        """No lock will be sent for the claim on ``slot`` (signing failed, or it was given up)."""
+        with self._lock, _immediate(self._db):
+            self._db.execute(
+                "DELETE FROM eth_lock_slot WHERE address = ? AND slot = ?", (self._address, slot)
+            )
 
     def reserved(self) -> list[int]:
         """The nonces handed out and neither mined (as last seen) nor released, ascending."""
