@@ -106,7 +106,6 @@ async def _network(root: Path, makers: int) -> tuple[Any, dict[str, Node]]:
             cfg,
             wallets[n],
             passphrase=PASS,
-            paillier_bits=1024,
             exchange_options={"target_degree": 0},
             crash=CrashHook(),
         )

@@ -38,7 +38,7 @@ def test_kofo_demo_runs_the_network_and_every_check_holds() -> None:
     # two quotes, route lengths only (never a relay's identity in a quote line)
     quotes = [line for line in out.splitlines() if "quote:" in line]
     assert len(quotes) >= 2 and all("hops" in q for q in quotes)
-    assert "ordering     hops=3" in out
+    assert re.search(r"ordering +hops=[34]", out)
     # committed at a height with the app hash, each settlement step, the ledger's outcome
     assert re.search(r"committed at ledger height \d+", out)
     assert "app hash after that block" in out
