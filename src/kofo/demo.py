@@ -181,24 +181,22 @@ class Network:
         self.console.print(f"6 nodes serving [{time.monotonic() - _T0[0]:.0f} s]")
 
     def _configure(self, n: str) -> None:
-        from kofo.node.home import init_home
+        """The node's config.toml for this devnet (as ``kofo init --devnet --force`` writes it,
+        without opening the wallet again), then its links, ports and offers."""
+        from kofo.node.config import load_config, render_config
 
         home = self.homes[n]
-        init_home(
-            home,
-            PASSPHRASE,
+        path = home / "config.toml"
+        text = render_config(
             name=n,
             ledger_url=self.desc["ledger"]["url"],
             chains=self.desc["chains"],
-            force=True,
+            p2p_listen=f"127.0.0.1:{self.p2p[n]}",
+            api_bind=f"127.0.0.1:{_free_port()}",
         )
-        path = home / "config.toml"
-        text = path.read_text()
         peers = ", ".join(f'"127.0.0.1:{self.p2p[p]}"' for p in LINKS.get(n, ()))
-        text = text.replace('listen = "127.0.0.1:9730"', f'listen = "127.0.0.1:{self.p2p[n]}"')
         text = text.replace("bootstrap = []", f"bootstrap = [{peers}]")
         text = text.replace("discover = true ", "discover = false")
-        text = text.replace('bind = "127.0.0.1:9731"', f'bind = "127.0.0.1:{_free_port()}"')
         text = text.replace('log_level = "info"', 'log_level = "warning"')
         price = {"maker_a": PRICE_A, "maker_b": PRICE_B}.get(n)
         if price is not None:
@@ -208,7 +206,8 @@ class Network:
                 f"price_num = {price}\nprice_den = 1\n"
                 f"min_in = 10000\nmax_in = {10 * SELL_SATS}\n"
             )
-        path.write_text(text)
+        path.write_text(text)  # 0600 from kofo init, kept
+        load_config(home)  # what the node will read must load
 
     def _spawn(self, n: str, env: dict[str, str] | None = None) -> None:
         log = self.root / f"{n}.log"
@@ -290,6 +289,17 @@ class Network:
         if not receipt:
             return None
         return int(receipt["gasUsed"], 16) * int(receipt["effectiveGasPrice"], 16)
+
+    def confirmations(self, chain: str, txid: str) -> int:
+        """The transaction's confirmations now (0: not in a block)."""
+        if chain == "btc":
+            tx = self.btc_rpc("getrawtransaction", _norm(txid), 1)
+            return int(tx.get("confirmations") or 0)
+        receipt = self.eth_rpc("eth_getTransactionReceipt", _hex0x(txid))
+        if not receipt or receipt.get("blockNumber") is None:
+            return 0
+        tip = int(self.eth_rpc("eth_blockNumber"), 16)
+        return tip - int(receipt["blockNumber"], 16) + 1
 
     # -- stop -------------------------------------------------------------------------------------
 
@@ -464,10 +474,19 @@ def _trade(net: Network, console: Console, result: DemoResult) -> None:
         console.print(f"  quote: {_amount('eth', q.receive)} for 0.01 BTC over {q.hops} hops")
     _check(result, console, "two quotes (one per maker)", len(quotes) >= 2, str(len(quotes)))
     best = max(q.receive for q in quotes) if quotes else 0
-    seq = taker.last_event_seq()
+    seqs = {n: net.client(n).last_event_seq() for n in FOLLOWED}
     view = taker.create_trade(sell="btc", amount=SELL_SATS, buy="eth")
     console.print(f"  trade {view.trade_id[:16]} created (state {view.state})")
-    done = _follow(net, "taker", view.trade_id, seq, console)
+    seen: set[str] = set()
+    done = _follow(net, view.trade_id, seqs, console, seen)
+    steps = [f"{n} {st}" for n in ("taker", "maker_a") for st in ("lock_sent", "redeem_sent")]
+    _check(
+        result,
+        console,
+        "both parties' locks and redeems were seen",
+        all(x in seen for x in steps),
+        str(sorted(seen)),
+    )
     result.order_id = done.order_id or ""
     _check(result, console, "the taker's trade redeemed", done.state == "redeemed", done.error)
     _check(result, console, "the best quote was taken", done.receive == best, f"{done.receive}")
@@ -511,28 +530,65 @@ def _trade(net: Network, console: Console, result: DemoResult) -> None:
     _balance_table(net, console, result, before, after, oid, done.receive or 0)
 
 
-def _follow(net: Network, n: str, trade_id: str, seq: int, console: Console) -> Any:
-    """Print the trade's events and its swap's steps as they come; return the ended trade."""
+FOLLOWED = ("taker", "maker_a", "maker_b")
+
+STEP_CHAIN = {
+    ("initiator", "lock"): "btc",
+    ("initiator", "redeem"): "eth",
+    ("initiator", "refund"): "btc",
+    ("participant", "lock"): "eth",
+    ("participant", "redeem"): "btc",
+    ("participant", "refund"): "eth",
+}
+"""The chain of each party's own transactions in a BTC -> ETH trade (the taker, initiator,
+locks BTC and redeems ETH; the maker the reverse)."""
+
+
+def _follow(
+    net: Network, trade_id: str, seqs: dict[str, int], console: Console, seen: set[str]
+) -> Any:
+    """Print the taker's trade phases and both parties' swap steps (chain, txid, confirmations)
+    as they come; return the ended trade."""
     from kofo.sdk import TERMINAL_TRADE_STATES
 
-    client = net.client(n)
+    taker = net.client("taker")
     order_id = ""
+    last_tx: dict[tuple[str, str], str] = {}
     deadline = time.monotonic() + WAIT
     t0 = time.monotonic()
     while time.monotonic() < deadline:
-        for e in client.events_page(after=seq, limit=200):
-            seq = e.seq
-            d = e.data
-            if e.kind == "trade" and d.get("trade_id") == trade_id:
-                order_id = d.get("order_id") or order_id
-                console.print(f"  t+{time.monotonic() - t0:4.1f} s  {_describe(d)}")
-            elif e.kind == "swap" and order_id and d.get("swap_id") == order_id:
-                pass  # the trade's own "swap" phase events carry the same steps
-        view = client.trade(trade_id)
+        for n in FOLLOWED:
+            for e in net.client(n).events_page(after=seqs[n], limit=200):
+                seqs[n] = e.seq
+                d = e.data
+                at = f"  t+{time.monotonic() - t0:4.1f} s"
+                if n == "taker" and e.kind == "trade" and d.get("trade_id") == trade_id:
+                    order_id = d.get("order_id") or order_id
+                    if d.get("phase") != "swap":
+                        console.print(f"{at}  {_describe(d)}")
+                elif e.kind == "swap" and order_id and d.get("swap_id") == order_id:
+                    seen.add(f"{n} {d.get('state')}")
+                    console.print(f"{at}  {_step(net, n, d, last_tx)}")
+        view = taker.trade(trade_id)
         if view.state in TERMINAL_TRADE_STATES:
             return view
         time.sleep(0.1)
     raise DemoFailed(f"trade {trade_id} did not end within {WAIT:.0f} s")
+
+
+def _step(net: Network, n: str, d: dict[str, Any], last_tx: dict[tuple[str, str], str]) -> str:
+    state, role = str(d.get("state", "")), str(d.get("role", ""))
+    kind = next((k for k in ("lock", "redeem", "refund") if state.startswith(k)), "")
+    chain = STEP_CHAIN.get((role, kind), "")
+    text = f"{n:<8} {state:<16}"
+    txid = str(d.get("txid") or "")
+    if txid and chain:
+        last_tx[(n, kind)] = txid
+        text += f" {chain} tx {_norm(txid)[:16]}..."
+    elif state in ("locked", "redeemed", "refunded") and (n, kind) in last_tx and chain:
+        confs = net.confirmations(chain, last_tx[(n, kind)])
+        text += f" {chain}, {confs} confirmation{'s' if confs != 1 else ''}"
+    return text
 
 
 def _describe(d: dict[str, Any]) -> str:
