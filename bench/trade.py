@@ -1,13 +1,16 @@
 """Routed trades end to end on the embedded devnet: what routing + clearance add to a swap.
 
-    python -m bench.trade [--n 1 20] [--makers 3]
+    python -m bench.trade [--n 1 20] [--makers 3] [--takers 2]
 
 ``kofo devnet``'s servers (embedded Bitcoin regtest over Core RPC, the EVM over Ethereum
 JSON-RPC, the solo ledger over CometBFT RPC) and in-process daemons (:class:`kofo.node.daemon.Node`,
-one event loop): a taker, a relay and ``--makers`` makers, each maker linked to the relay only,
-so every route has a relay (taker -- relay -- maker). For each N the taker starts N BTC -> ETH
-trades at once (``create_trade``) and the bench waits (bounded) until each has ended on both
-sides. Per trade, from its phase timestamps:
+one event loop): ``--takers`` takers, a relay and ``--makers`` makers at slightly different
+prices, every taker and maker linked to the relay only, so every route has a relay (taker --
+relay -- maker). For each N the takers start N BTC -> ETH trades at once (``create_trade``,
+round robin) and the bench waits (bounded) until each has ended on both sides. Two takers by
+default: a maker's engine keeps at most 16 open swaps with one counterparty
+(``PeerLimits.open_swaps_per_peer``), and the best price takes every trade.
+Per trade, from its phase timestamps:
 
 * ``quote``: ``claim_sent`` -> ``quotes`` (the claim's round trip, the quote window),
 * ``commit``: ``quotes`` -> ``committed`` (route co-signing, ``commit_order`` in a block),
@@ -32,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kofo.node.config import Endpoint, OfferConfig, load_config
+from kofo.node.config import Endpoint, LedgerConfig, OfferConfig, load_config
 from kofo.node.daemon import Node
 from kofo.node.devnet import start_devnet
 from kofo.node.home import init_home
@@ -70,8 +73,12 @@ def _pct(values: list[float], q: float) -> float:
     return round(ordered[k], 3)
 
 
-async def _network(root: Path, makers: int) -> tuple[Any, dict[str, Node]]:
-    names = ["taker", "relay", *[f"maker{i}" for i in range(makers)]]
+async def _network(root: Path, makers: int, takers: int) -> tuple[Any, dict[str, Node]]:
+    names = [
+        *[f"taker{i}" for i in range(takers)],
+        "relay",
+        *[f"maker{i}" for i in range(makers)],
+    ]
     wallets = {}
     fund = []
     for n in names:
@@ -101,7 +108,13 @@ async def _network(root: Path, makers: int) -> tuple[Any, dict[str, Node]]:
                     max_in=100 * SATS,
                 ),
             )
-        cfg = replace(cfg, p2p_listen=Endpoint("127.0.0.1", 0), offers=offers)
+        # a generous ledger timeout: the devnet's servers share this process (and its GIL)
+        cfg = replace(
+            cfg,
+            p2p_listen=Endpoint("127.0.0.1", 0),
+            offers=offers,
+            ledger=LedgerConfig(cfg.ledger.url, 60.0),
+        )
         nodes[n] = Node(
             cfg,
             wallets[n],
@@ -119,13 +132,15 @@ async def _network(root: Path, makers: int) -> tuple[Any, dict[str, Node]]:
             await node.exchange.connect("127.0.0.1", relay.exchange.port)
     for node in nodes.values():
         await _until(lambda node=node: node.state.registered, "registration")
-    taker = nodes["taker"]
-    await _until(
-        lambda: (
-            taker.exchange is not None and len(taker.exchange.book.pair("btc", "eth", 0)) >= makers
-        ),
-        "every maker's offer at the taker",
-    )
+    for name, taker in nodes.items():
+        if name.startswith("taker"):
+            await _until(
+                lambda taker=taker: (
+                    taker.exchange is not None
+                    and len(taker.exchange.book.pair("btc", "eth", 0)) >= makers
+                ),
+                "every maker's offer at each taker",
+            )
     return devnet, nodes
 
 
@@ -134,19 +149,21 @@ def _phase_at(view: TradeView, phase: str) -> float | None:
 
 
 async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
-    taker = nodes["taker"]
+    takers = [node for name, node in nodes.items() if name.startswith("taker")]
     makers = [node for name, node in nodes.items() if name.startswith("maker")]
     t0 = time.time()
-    views = [
-        await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth", deadline_s=300))
-        for _ in range(n)
-    ]
+    views = []
+    for i in range(n):
+        taker = takers[i % len(takers)]
+        req = TradeRequest(sell="btc", amount=SATS, buy="eth", deadline_s=300)
+        views.append((taker, await taker.create_trade(req)))
 
-    def ended(tid: str) -> TradeView | None:
+    def ended(taker: Node, tid: str) -> TradeView | None:
         v = taker.store.find(tid)
         return v if v is not None and v.state in TERMINAL else None
 
-    done = [await _until(lambda v=v: ended(v.trade_id), "a trade to end") for v in views]
+    done = [await _until(lambda t=t, v=v: ended(t, v.trade_id), "a trade to end") for t, v in views]
+    served: dict[str, int] = {}
     phases: dict[str, list[float]] = {"quote": [], "commit": [], "settle": [], "total": []}
     ratios: list[float] = []
     failed = [d for d in done if d.state != "redeemed"]
@@ -163,6 +180,8 @@ async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
             return None
 
         m = await _until(maker_row, "the maker's side to end")
+        who = next(mk.config.name for mk in makers if mk.store.by_order(oid) is not None)
+        served[who] = served.get(who, 0) + 1
         claim, quotes, committed = (_phase_at(d, p) for p in ("claim_sent", "quotes", "committed"))
         end = max(
             _phase_at(d, "redeemed") or d.updated_at, _phase_at(m, "redeemed") or m.updated_at
@@ -179,7 +198,9 @@ async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "bench": "trade",
         "concurrent_trades": n,
+        "takers": len(takers),
         "makers": len(makers),
+        "served_by": served,
         "redeemed": n - len(failed),
         "failed": [f"{d.state}: {d.error[:120]}" for d in failed],
         "wall_s": round(wall, 3),
@@ -195,9 +216,9 @@ async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
     return out
 
 
-async def _run(sizes: list[int], makers: int) -> None:
+async def _run(sizes: list[int], makers: int, takers: int) -> None:
     with tempfile.TemporaryDirectory(prefix="kofo-bench-trade-") as tmp:
-        devnet, nodes = await _network(Path(tmp), makers)
+        devnet, nodes = await _network(Path(tmp), makers, takers)
         try:
             for n in sizes:
                 print(json.dumps(await _batch(nodes, n)), flush=True)
@@ -211,10 +232,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, nargs="+", default=[1, 20])
     parser.add_argument("--makers", type=int, default=3)
+    parser.add_argument("--takers", type=int, default=2)
     args = parser.parse_args()
     if any(n < 1 or n > 200 for n in args.n) or not 1 <= args.makers <= 10:
         parser.error("--n must be within 1..200 and --makers within 1..10")
-    asyncio.run(_run(args.n, args.makers))
+    if not 1 <= args.takers <= 10:
+        parser.error("--takers must be within 1..10")
+    asyncio.run(_run(args.n, args.makers, args.takers))
 
 
 if __name__ == "__main__":
