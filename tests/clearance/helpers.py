@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from phe import paillier
 
-from kofo.clearance import privacy
+from kofo.clearance import admission, privacy
 from kofo.clearance.app import Block, LedgerApp
 from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
@@ -21,13 +21,17 @@ from kofo.wire.attest import BondObservation, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.orders import (
     CommitOrder,
+    EvidenceKind,
     FeeQuote,
+    FileEvidence,
     Leg,
     LegOutcome,
     OrderKind,
+    Quote,
     QuoteRole,
     RegisterNode,
     SettlementOrder,
+    Take,
     WithdrawFees,
     sign_tx,
     with_derived_id,
@@ -40,8 +44,34 @@ T0 = 1_700_000_000
 """Block time of the first test block; orders' deadlines are set relative to it."""
 
 
+TEST_WORK_BITS = 2
+"""Registration work in tests: a few scrypt tries, not the default's ~4,000."""
+
+
+@functools.cache
+def registration_work(node: bytes, n: bytes, bits: int = TEST_WORK_BITS) -> int:
+    return admission.solve_registration_work(node, n, bits)
+
+
+@functools.cache
+def _modulus_proof(p: int, q: int, node: bytes) -> bytes:
+    pub = paillier.PaillierPublicKey(p * q)
+    return privacy.prove_modulus(
+        paillier.PaillierPrivateKey(pub, p, q), privacy.modulus_context(node)
+    )
+
+
+def modulus_proof(priv: paillier.PaillierPrivateKey, node: bytes) -> bytes:
+    """The modulus certificate of ``priv``'s modulus for ``node`` (cached: tests reuse keys)."""
+    return _modulus_proof(priv.p, priv.q, node)
+
+
 def ledger_params(**overrides: object) -> LedgerParams:
-    base: dict[str, object] = {"paillier_bits": (PAILLIER_BITS,)}
+    base: dict[str, object] = {
+        "paillier_bits": (PAILLIER_BITS,),
+        "registration_work_bits": TEST_WORK_BITS,
+        "max_registrations_per_block": 20,  # tests register many parties in one block
+    }
     base.update(overrides)
     return LedgerParams(**base)  # type: ignore[arg-type]
 
@@ -73,13 +103,16 @@ class Party:
 
     def register_tx(self, ts: int = T0) -> bytes:
         seed, proof = privacy.zero_seed(self.paillier_pub, privacy.register_context(self.id))
+        n = privacy.public_modulus(self.paillier_pub)
         body = RegisterNode(
             addresses={"btc": "02" + self.id.hex()[:64], "eth": "0x" + self.id.hex()[:40]},
-            paillier_n=privacy.public_modulus(self.paillier_pub),
+            paillier_n=n,
             balance_seed=seed,
             bond=self.bond,
             monitor=self.monitor,
             seed_proof=proof,
+            modulus_proof=modulus_proof(self.paillier_priv, self.id),
+            pow_nonce=registration_work(self.id, n),
         )
         return sign_tx(self.key, body, ts=ts)
 
@@ -239,3 +272,55 @@ class Ledger:
         result = self.block(*txs, time=time)
         bad = [r.log for r in result.results if not r.ok]
         assert not bad, bad
+
+
+def take_order(
+    quote: Quote,
+    provider: Party,
+    taker: Party,
+    *,
+    route: list[Party] | None = None,
+    t0: int = T0,
+) -> CommitOrder:
+    """The order a taker commits to when it takes ``quote`` (a direct trade with the provider
+    unless ``route`` says otherwise), signed by every party but the provider."""
+    route = route or [taker, provider]
+    order = make_order(route, amount=1_000, t0=t0)
+    quotes = tuple(
+        FeeQuote(q.node, q.role, quote.quote_id, q.fee_ct) if q.node == provider.id else q
+        for q in order.quotes
+    )
+    if not any(q.node == provider.id for q in quotes):
+        quotes += (FeeQuote(provider.id, QuoteRole.PROVIDER, quote.quote_id),)
+    order = with_derived_id(dataclasses.replace(order, quotes=quotes))
+    return CommitOrder(order, tuple(order.sign(p.key) for p in route if p is not provider))
+
+
+def take_evidence(
+    quote: Quote,
+    provider: Party,
+    taker: Party,
+    *,
+    filer: Party | None = None,
+    ts: int | None = None,
+    order: CommitOrder | None = None,
+) -> bytes:
+    """``quote_not_honoured`` evidence: ``taker``'s take of ``quote`` with its order."""
+    order = order or take_order(quote, provider, taker)
+    take = Take(
+        quote.quote_id,
+        taker.id,
+        quote.valid_until - 10 if ts is None else ts,
+        order.order.order_id,
+    )
+    return sign_tx(
+        (filer or taker).key,
+        FileEvidence(
+            EvidenceKind.QUOTE_NOT_HONOURED,
+            quote=quote,
+            quote_sig=provider.key.sign(quote.signing_bytes()),
+            take=take,
+            take_sig=taker.key.sign(take.signing_bytes()),
+            order=order,
+        ),
+    )

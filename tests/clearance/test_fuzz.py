@@ -37,7 +37,7 @@ from kofo.wire.orders import (
     sign_tx,
 )
 
-from .helpers import T0, Ledger, Party, commit_tx, make_order
+from .helpers import T0, Ledger, Party, commit_tx, make_order, take_order
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,7 +51,8 @@ SECP = hashlib.sha256(b"fuzz-secp").digest()
 def _seed_txs() -> list[bytes]:
     quote = Quote(bytes(16), M1.id, "btc", 1_000, "eth", 50_000, T0 + 100, ALICE.id)
     quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
-    take = Take(quote.quote_id, ALICE.id, T0 + 90)
+    take_commit = take_order(quote, M1, ALICE)
+    take = Take(quote.quote_id, ALICE.id, T0 + 90, take_commit.order.order_id)
     consensus_key = public_key_bytes(VALIDATOR)
     eth = bonds.eth_address(coincurve.PrivateKey(SECP).public_key)
     valkey = RegisterValidatorKey(
@@ -73,6 +74,7 @@ def _seed_txs() -> list[bytes]:
                 quote_sig=M1.key.sign(quote.signing_bytes()),
                 take=take,
                 take_sig=ALICE.key.sign(take.signing_bytes()),
+                order=take_commit,
             ),
         ),
         sign_tx(M2.key, M2.withdraw(privacy.encrypt(M2.paillier_pub, 7), "btc", 0)),
@@ -305,6 +307,9 @@ QUERY_SEEDS = [
     ("/foundation", encode("btc")),
     ("/params", b""),
     ("/decision", encode(bonds.decision_id(b"e" * 32))),
+    ("/decisions", encode(0)),
+    ("/decisions", b""),
+    ("/valset_decision", encode(1)),
     ("/validator_keys", b""),
 ]
 

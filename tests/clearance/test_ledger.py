@@ -19,7 +19,7 @@ from kofo.wire.orders import (
     with_derived_id,
 )
 
-from .helpers import T0, Ledger, Party, commit_tx, make_order
+from .helpers import T0, Ledger, Party, commit_tx, make_order, take_evidence, take_order
 
 
 @pytest.fixture
@@ -261,17 +261,7 @@ def test_leg_not_locked_by_deadline_slashes_the_sender_once(net):
 def _quote_evidence(provider, taker, valid_until=T0 + 100):
     quote = Quote(bytes(16), provider.id, "btc", 1_000, "eth", 50_000, valid_until)
     quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
-    take = Take(quote.quote_id, taker.id, valid_until - 10)
-    return quote, sign_tx(
-        taker.key,
-        FileEvidence(
-            EvidenceKind.QUOTE_NOT_HONOURED,
-            quote=quote,
-            quote_sig=provider.key.sign(quote.signing_bytes()),
-            take=take,
-            take_sig=taker.key.sign(take.signing_bytes()),
-        ),
-    )
+    return quote, take_evidence(quote, provider, taker)
 
 
 def test_quote_not_honoured_after_grace_slashes_the_provider(net):
@@ -286,13 +276,15 @@ def test_quote_not_honoured_after_grace_slashes_the_provider(net):
 def test_quote_evidence_with_forged_provider_signature_is_rejected(net):
     ledger, alice, m1, m2, _, _mon = net
     quote, _ = _quote_evidence(m1, alice)
-    take = Take(quote.quote_id, alice.id, T0)
+    order = take_order(quote, m1, alice)
+    take = Take(quote.quote_id, alice.id, T0, order.order.order_id)
     forged = FileEvidence(
         EvidenceKind.QUOTE_NOT_HONOURED,
         quote=quote,
         quote_sig=m2.key.sign(quote.signing_bytes()),
         take=take,
         take_sig=alice.key.sign(take.signing_bytes()),
+        order=order,
     )
     assert _codes(ledger.block(sign_tx(alice.key, forged), time=T0 + 50)) == ["bad_signature"]
 

@@ -183,10 +183,13 @@ def test_every_decoded_integer_is_within_its_schema_bound(field, value):
 
 def _u64_fields(parsed):
     m = parsed.as_map()
-    out = [m.get("leg") or 0, m.get("seq") or 0]
-    if "order" in m:
-        out += [leg["lock_by"] for leg in m["order"]["legs"]]
-        out += [leg["expiry_time"] for leg in m["order"]["legs"]]
+    out = [m.get("leg") or 0, m.get("seq") or 0, m.get("pow_nonce") or 0]
+    order = m.get("order")
+    if isinstance(order, dict) and "legs" not in order:  # evidence: the take's commit_order
+        order = order.get("order")
+    if isinstance(order, dict):
+        out += [leg["lock_by"] for leg in order["legs"]]
+        out += [leg["expiry_time"] for leg in order["legs"]]
     return out
 
 

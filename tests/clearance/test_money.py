@@ -2,8 +2,11 @@
 itself credited, never on what a node declares."""
 
 import dataclasses
+import math
+import random
 
 import cbor2
+import gmpy2
 import pytest
 
 from kofo.clearance import privacy
@@ -17,7 +20,15 @@ from kofo.wire.orders import (
     sign_tx,
 )
 
-from .helpers import PAILLIER_BITS, Ledger, Party, commit_tx, make_order
+from .helpers import (
+    PAILLIER_BITS,
+    Ledger,
+    Party,
+    commit_tx,
+    make_order,
+    modulus_proof,
+    registration_work,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,12 +51,15 @@ def _settled_order(ledger, route, relays=()):
 
 
 def _register_with_seed(party: Party, seed: bytes, proof: bytes) -> bytes:
+    n = privacy.public_modulus(party.paillier_pub)
     body = RegisterNode(
         {"btc": "02" + "aa" * 32},
-        privacy.public_modulus(party.paillier_pub),
+        n,
         seed,
         1_000_000,
         seed_proof=proof,
+        modulus_proof=modulus_proof(party.paillier_priv, party.id),
+        pow_nonce=registration_work(party.id, n),
     )
     return sign_tx(party.key, body)
 
@@ -78,7 +92,16 @@ def test_a_version_1_registration_without_a_seed_proof_is_refused():
 
 def _body_of(p: Party) -> RegisterNode:
     seed, proof = privacy.zero_seed(p.paillier_pub, privacy.register_context(p.id))
-    return RegisterNode({}, privacy.public_modulus(p.paillier_pub), seed, 1, seed_proof=proof)
+    n = privacy.public_modulus(p.paillier_pub)
+    return RegisterNode(
+        {},
+        n,
+        seed,
+        1,
+        seed_proof=proof,
+        modulus_proof=modulus_proof(p.paillier_priv, p.id),
+        pow_nonce=registration_work(p.id, n),
+    )
 
 
 def test_withdrawals_never_exceed_what_the_ledger_credited_even_with_a_forged_seed(monkeypatch):
@@ -183,3 +206,104 @@ def test_paillier_moduli_outside_the_allowed_sizes_are_refused():
     )
     assert _codes(ledger.block(sign_tx(p.key, padded))) == ["bad_message"]
     assert decode(encode(1)) == 1
+
+
+def _three_p_q(bits: int) -> int:
+    """The reviewer's malformed modulus: ``3 p q`` of exactly ``bits`` bits."""
+    rng = random.Random(3)
+    while True:
+        p = int(gmpy2.next_prime(rng.getrandbits(bits // 2 - 1) | 1 << (bits // 2 - 2)))
+        q = int(gmpy2.next_prime(rng.getrandbits(bits // 2 - 1) | 1 << (bits // 2 - 2)))
+        if (3 * p * q).bit_length() == bits:
+            return 3 * p * q
+
+
+def _forged_zero_proof(n: int, seed: bytes, r: int, context: bytes) -> bytes:
+    """A proof that passes verify_zero for a seed encrypting ``n/3`` (not 0) when 3 divides n:
+    ``c^e`` is an n-th residue whenever 3 divides ``e``, so retry until every challenge is a
+    multiple of 3 (about 3^4 tries)."""
+    nsq, size = n * n, (n.bit_length() + 7) // 8
+    for _ in range(10_000):
+        s = [random.randrange(2, n) for _ in range(privacy.ZERO_PROOF_REPS)]
+        if any(math.gcd(x, n) != 1 for x in s):
+            continue
+        a = [pow(x, n, nsq) for x in s]
+        es = privacy._challenges(n, privacy.from_bytes(seed), a, context)
+        if all(e % 3 == 0 for e in es):
+            z = [x * pow(r, e, n) % n for x, e in zip(s, es, strict=True)]
+            return b"".join(v.to_bytes(2 * size, "big") for v in a) + b"".join(
+                v.to_bytes(size, "big") for v in z
+            )
+    raise AssertionError("no forgery found")
+
+
+def test_a_modulus_with_a_small_factor_is_refused_though_its_forged_zero_proof_verifies():
+    # Issue 17: the ledger checked only that n was odd and of the right size; under n = 3 p q a
+    # proof that a seed encrypting n/3 "encrypts 0" is forged in a few tries.
+    ledger = Ledger()
+    thief = Party.make(9)
+    n = _three_p_q(PAILLIER_BITS)
+    r = 2**61 - 1  # a prime: prime to n
+    seed = privacy.to_bytes((1 + (n // 3) * n) * pow(r, n, n * n) % (n * n))  # Enc(n/3)
+    context = privacy.register_context(thief.id)
+    proof = _forged_zero_proof(n, seed, r, context)
+    privacy.verify_zero(n, seed, proof, context, "seed")  # the zero proof alone is fooled
+    n_bytes = privacy.to_bytes(n)
+    for certificate in (
+        b"\x01" * privacy.modulus_proof_size(n),
+        bytes(privacy.modulus_proof_size(n)),
+    ):
+        body = RegisterNode(
+            {},
+            n_bytes,
+            seed,
+            1,
+            seed_proof=proof,
+            modulus_proof=certificate,
+            pow_nonce=registration_work(thief.id, n_bytes),
+        )
+        result = ledger.block(sign_tx(thief.key, body))
+        assert _codes(result) == ["bad_ciphertext"]
+        assert "prime factor below" in result.results[0].log
+    assert ledger.app.node(thief.id) is None
+
+
+def test_a_registration_needs_the_certificate_of_its_own_modulus():
+    ledger = Ledger()
+    p, other = Party.make(0), Party.make(1)
+    good = _body_of(p)
+    for bad in (
+        dataclasses.replace(good, modulus_proof=modulus_proof(p.paillier_priv, other.id)),
+        dataclasses.replace(good, modulus_proof=modulus_proof(other.paillier_priv, p.id)),
+        dataclasses.replace(good, modulus_proof=good.modulus_proof[:-1] + b"\x00"),
+    ):
+        result = ledger.block(sign_tx(p.key, bad))
+        assert _codes(result) == ["bad_ciphertext"], result.results[0].log
+    result = ledger.block(sign_tx(p.key, dataclasses.replace(good, modulus_proof=b"")))
+    assert _codes(result) == ["bad_message"]
+    ledger.ok(sign_tx(p.key, good))
+
+
+def test_a_modulus_that_is_not_prime_to_its_totient_has_no_certificate():
+    # n = p q r with r | p - 1 (every factor above the sieve): x -> x^n is not a permutation,
+    # so the hashed values have n-th roots with probability 1/r each; the honest prover's
+    # exponent n^-1 mod phi(n) does not exist.
+    rng = random.Random(5)
+    r = int(gmpy2.next_prime(privacy.SIEVE_BOUND + rng.getrandbits(16)))
+    while True:
+        p = 2 * r * rng.getrandbits(300) + 1
+        if gmpy2.is_prime(p):
+            break
+    q = int(gmpy2.next_prime(rng.getrandbits(400)))
+    n = p * q * r
+    assert math.gcd(n, (p - 1) * (q - 1) * (r - 1)) == r
+    with pytest.raises(ValueError):
+        pow(n, -1, (p - 1) * (q - 1) * (r - 1))
+    rho = [privacy._rho(n, b"ctx", i) for i in range(privacy.MODULUS_CHALLENGES)]
+    phi = (p - 1) * (q - 1) * (r - 1)
+    # the best a prover can do: a root of each value that is an n-th power (most are not)
+    d = pow(n // r, -1, phi // r)
+    sigmas = [pow(x, d, n) for x in rho]
+    proof = b"".join(s.to_bytes((n.bit_length() + 7) // 8, "big") for s in sigmas)
+    with pytest.raises(privacy.BadCiphertext, match="does not verify"):
+        privacy.check_modulus(n, proof, b"ctx", "n")

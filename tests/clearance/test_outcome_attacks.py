@@ -10,11 +10,13 @@ import dataclasses
 import pytest
 
 from kofo.wire.orders import (
+    CommitOrder,
     EvidenceKind,
     FeeQuote,
     FileEvidence,
     LegOutcome,
     OrderKind,
+    OrderSignature,
     Quote,
     QuoteRole,
     ReportOutcome,
@@ -24,7 +26,7 @@ from kofo.wire.orders import (
     with_derived_id,
 )
 
-from .helpers import T0, Ledger, Party, commit_tx, make_order
+from .helpers import T0, Ledger, Party, commit_tx, make_order, take_evidence, take_order
 
 
 @pytest.fixture
@@ -119,17 +121,7 @@ def _signed_quote(provider, valid_until, give=1_000):
 
 
 def _take_evidence(quote, provider, taker, filer=None, ts=None):
-    take = Take(quote.quote_id, taker.id, quote.valid_until - 10 if ts is None else ts)
-    return sign_tx(
-        (filer or taker).key,
-        FileEvidence(
-            EvidenceKind.QUOTE_NOT_HONOURED,
-            quote=quote,
-            quote_sig=provider.key.sign(quote.signing_bytes()),
-            take=take,
-            take_sig=taker.key.sign(take.signing_bytes()),
-        ),
-    )
+    return take_evidence(quote, provider, taker, filer=filer, ts=ts)
 
 
 def test_back_dated_takes_from_a_sybil_cannot_drain_a_providers_bond(net):
@@ -252,3 +244,85 @@ def test_a_quote_given_to_one_taker_cannot_be_taken_by_a_stranger(net):
     assert _codes(result) == ["evidence_invalid"]
     assert "not the taker" in result.results[0].log
     ledger.ok(_take_evidence(quote, m1, alice))
+
+
+def test_a_named_taker_that_never_co_signs_cannot_record_a_take(net):
+    # Issue 17 (quote griefing): a taker recorded a take of a quote named to it, never co-signed
+    # the order, and the provider was slashed 2 % each time. A take now carries the order the
+    # taker signed (every party but the provider): without it, or with a signature missing or
+    # forged, nothing is recorded and nothing can be slashed.
+    ledger, alice, m1, m2, *_ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    good = take_order(quote, m1, alice)
+    unsigned = CommitOrder(good.order, ())
+    wrong_signer = CommitOrder(good.order, (good.order.sign(m2.key),))
+    forged = CommitOrder(
+        good.order, (OrderSignature(alice.id, m2.key.sign(good.order.signing_bytes())),)
+    )
+    other = take_order(quote, m1, alice, t0=T0 + 1)  # signed, but not the order the take names
+    for order, code in (
+        (unsigned, "evidence_invalid"),
+        (wrong_signer, "evidence_invalid"),
+        (forged, "bad_signature"),
+    ):
+        ev = take_evidence(quote, m1, alice, order=order)
+        assert _codes(ledger.block(ev)) == [code]
+    take = Take(quote.quote_id, alice.id, quote.valid_until - 10, good.order.order_id)
+    mismatched = sign_tx(
+        alice.key,
+        FileEvidence(
+            EvidenceKind.QUOTE_NOT_HONOURED,
+            quote=quote,
+            quote_sig=m1.key.sign(quote.signing_bytes()),
+            take=take,
+            take_sig=alice.key.sign(take.signing_bytes()),
+            order=other,
+        ),
+    )
+    assert _codes(ledger.block(mismatched)) == ["evidence_invalid"]
+    # an order that does not use the quote cannot carry a take of it
+    plain = make_order([alice, m1], amount=1_000)
+    ev = take_evidence(quote, m1, alice, order=CommitOrder(plain, (plain.sign(alice.key),)))
+    assert _codes(ledger.block(ev)) == ["evidence_invalid"]
+    # after the window none of them is evidence: no take was recorded
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(take_evidence(quote, m1, alice), time=late)) == ["evidence_invalid"]
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+    assert ledger.app.bond(m1.id) == m1.bond
+
+
+def test_a_recorded_take_lets_the_provider_commit_the_order_alone_and_escape_the_slash(net):
+    ledger, alice, m1, *_ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice)
+    ev = take_evidence(quote, m1, alice, order=commit)
+    ledger.ok(ev)
+    # the taker goes silent; the provider adds its own signature to what the take carried
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    ledger.ok(sign_tx(m1.key, full))
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+
+
+def test_a_taker_that_blocks_its_own_takes_order_cannot_have_the_provider_slashed(net):
+    # After recording its take, the taker commits another order with the taken order's payment
+    # hash (with a sybil): the provider can no longer commit the taken order.
+    ledger, alice, m1, _, _, _, sybil, _ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice)
+    ev = take_evidence(quote, m1, alice, order=commit)
+    ledger.ok(ev)
+    blocker = make_order([alice, sybil], amount=777)
+    blocker = with_derived_id(dataclasses.replace(blocker, payment_hash=commit.order.payment_hash))
+    ledger.ok(commit_tx(blocker, [alice, sybil], alice))
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    assert _codes(ledger.block(sign_tx(m1.key, full))) == ["already_exists"]
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    result = ledger.block(ev, time=late)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "payment hash" in result.results[0].log
+    assert ledger.app.node(m1.id)["penalty_points"] == 0

@@ -15,7 +15,13 @@ from kofo.clearance.params import LedgerParams
 from kofo.exchange.node import ExchangeNode
 from kofo.wire.orders import LegOutcome, RegisterNode, sign_tx
 
-from ..clearance.helpers import Ledger, _paillier, ledger_params
+from ..clearance.helpers import (
+    Ledger,
+    _paillier,
+    ledger_params,
+    modulus_proof,
+    registration_work,
+)
 from .helpers import line, stop_all, wait_until
 
 ADDR = {"btc": "btc-addr", "eth": "eth-addr"}
@@ -23,14 +29,17 @@ BPS = LedgerParams().protocol_fee_bps
 
 
 def _register(node: ExchangeNode, i: int, ts: int) -> bytes:
-    pub, _ = _paillier(i % 6)
+    pub, priv = _paillier(i % 6)
     seed, proof = privacy.zero_seed(pub, privacy.register_context(node.node_id))
+    n = privacy.public_modulus(pub)
     body = RegisterNode(
         addresses=dict(node.config.addresses),
-        paillier_n=privacy.public_modulus(pub),
+        paillier_n=n,
         balance_seed=seed,
         bond=1_000_000,
         seed_proof=proof,
+        modulus_proof=modulus_proof(priv, node.node_id),
+        pow_nonce=registration_work(node.node_id, n),
     )
     return sign_tx(node._key, body, ts=ts)
 

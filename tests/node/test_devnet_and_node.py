@@ -151,6 +151,9 @@ def test_devnet_serves_funded_chains_and_a_ledger_and_a_node_runs_on_it(tmp_path
         config = load_config(home)
         assert config.ledger.url == desc["ledger"]["url"]
         assert config.chains["eth"].htlc_contract == e["htlc_contract"]  # type: ignore[union-attr]
+        # the devnet's bond vault is in the config; no bond unless the maker sets an amount
+        assert Web3.is_address(desc["bond"]["vault"])
+        assert (config.bond.vault, config.bond.amount) == (desc["bond"]["vault"], 0)
         again = Proc("init", "--home", str(home), cwd=tmp_path)
         assert again.proc.wait(timeout=WAIT) == 1
         assert "not empty" in again.rest()

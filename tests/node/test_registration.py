@@ -50,7 +50,13 @@ def test_registers_once_across_a_lost_answer_and_a_restart(tmp_path: Path) -> No
             key = Ed25519PrivateKey.generate()
             node_id = public_key_bytes(key)
             addresses = {"eth": "0x" + "11" * 20}
-            args = {"home": home, "node_key": key, "paillier_pub": pub, "addresses": addresses}
+            args = {
+                "home": home,
+                "node_key": key,
+                "paillier_pub": pub,
+                "paillier_priv": priv,
+                "addresses": addresses,
+            }
             (home / REGISTER_TX_FILE).unlink(missing_ok=True)
             # the first run journals the signed intent, then dies before (or after) sending it
             with pytest.raises(LedgerUnreachable):

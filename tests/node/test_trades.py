@@ -119,15 +119,25 @@ def _party(name: str, tmp_path: Path, net: Net) -> Party:
     node.engine.accept_policy = pipe.accept_policy
     home = tmp_path / f"{name}-home"
     home.mkdir(mode=0o700)
-    pub, _priv = load_or_create_paillier(home, PASSPHRASE, bits=1024, scrypt_n=2**17)
+    pub, priv = load_or_create_paillier(home, PASSPHRASE, bits=1024, scrypt_n=2**17)
     addresses = {"btc": node.engine.adapters["btc"].address(), "eth": node.address("eth")}
     assert ensure_registered(
-        home=home, ledger=net.client, node_key=node.key, paillier_pub=pub, addresses=addresses
+        home=home,
+        ledger=net.client,
+        node_key=node.key,
+        paillier_pub=pub,
+        paillier_priv=priv,
+        addresses=addresses,
     )
     # idempotent: a restart asks the ledger first and sends nothing
     assert (
         ensure_registered(
-            home=home, ledger=net.client, node_key=node.key, paillier_pub=pub, addresses=addresses
+            home=home,
+            ledger=net.client,
+            node_key=node.key,
+            paillier_pub=pub,
+            paillier_priv=priv,
+            addresses=addresses,
         )
         is None
     )

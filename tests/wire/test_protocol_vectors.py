@@ -105,7 +105,9 @@ def _register_node() -> bytes:
         paillier_n=bytes([0xC5]) * 256,
         balance_seed=bytes([0x3D]) * 512,
         bond=1_000_000,
-        seed_proof=bytes([0x5A]) * 768,
+        seed_proof=bytes([0x5A]) * 3072,
+        modulus_proof=bytes([0x6B]) * 1024,
+        pow_nonce=4242,
     )
     return _signed(ALICE, od.TX_REGISTER_NODE, body.as_map())
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import cbor2
+import coincurve
 
-from kofo.clearance import attest, bonds, privacy
+from kofo.clearance import admission, attest, bonds, privacy
 from kofo.clearance.admission import BlockBudget, SenderRateLimit
 from kofo.clearance.attest import Validator
 from kofo.clearance.errors import (
@@ -35,6 +36,7 @@ from kofo.clearance.errors import (
     NotAuthorised,
     NotFound,
     OrderInvalid,
+    RateLimited,
     UnknownNode,
     WithdrawalInvalid,
     abci_code,
@@ -67,11 +69,13 @@ from kofo.wire.orders import (
     FileEvidence,
     LegOutcome,
     OrderKind,
+    Quote,
     QuoteRole,
     RegisterNode,
     RegisterValidatorKey,
     ReportOutcome,
     SettlementOrder,
+    Take,
     TxBody,
     Unbond,
     WithdrawFees,
@@ -144,6 +148,10 @@ _K_VALIDATORS = b"meta/validators"
 ``[[first height it signs, set], ...]`` (CometBFT applies an update made at H from H + 2)."""
 _K_VALSET_NONCE = b"meta/valset_nonce"
 _K_VAULT_SET = b"meta/vault_set"
+_K_DECISIONS = b"meta/decisions"
+"""How many bond decisions were recorded; ``decision_seq/<u64>`` holds each one's id, in order,
+so a relayer pages through them (query ``/decisions``) without a scan of the state."""
+MAX_DECISIONS_PAGE = 256
 """The last validator set (Ethereum keys, powers) recorded for the vault."""
 _K_GENESIS_VALIDATORS = b"meta/genesis_validators"
 """Every validator that may hold power: the genesis set (one that lost its power to a missing
@@ -372,6 +380,14 @@ def _withdrawal_applies(
         )
 
 
+def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:
+    """Store a bond decision and append its id to the ordered list relayers page through."""
+    seq = _int_get(view, _K_DECISIONS)
+    view.set(_K_DECISIONS, _enc(seq + 1))
+    view.set(b"decision_seq/" + seq.to_bytes(8, "big"), did)
+    view.set_map(b"decision/" + did, rec)
+
+
 def _internal_error(exc: Exception, where: str) -> TxResult:
     # The log names only the exception type: its text could quote tx content, and a result's
     # text must not depend on anything but the input.
@@ -392,10 +408,15 @@ class LedgerApp:
         require_registered: bool = False,
         registration_limit: SenderRateLimit | None = None,
         observer: ChainObserver | None = None,
+        vault_signer: bytes | None = None,
     ) -> None:
         self.store = store
         self.observer = observer
         """This validator's own view of the chains: what its vote extensions attest."""
+        self.vault_signer = vault_signer
+        """This validator's registered secp256k1 key (32 bytes), if it signs bond decisions:
+        ``/decision`` (and :meth:`valset_decision`) then carry its signature of the vault digest of
+        what its own committed state decided (a relayer collects them from the validators)."""
         # In-memory indexes of committed state for ExtendVote; a finalized block's events reach
         # them only at its Commit (a re-finalized block must not leave ids behind).
         self._open: list[bytes] | None = None
@@ -561,6 +582,15 @@ class LedgerApp:
                 self._verified_bytes -= self._verified.popitem(last=False)[1][2]
         return msg.envelope, body
 
+    def _check_registration_work(self, sender: bytes, tx: RegisterNode) -> None:
+        """One scrypt evaluation: cheap enough to run before the block's registration slots
+        are charged, so that registrations without their work cannot fill them."""
+        bits = self._params.registration_work_bits
+        if not admission.check_registration_work(sender, tx.paillier_n, tx.pow_nonce, bits):
+            raise BadMessage(
+                f"register_node.pow_nonce is not work of {bits} bits for this sender and modulus"
+            )
+
     def _check_registration_proof(self, sender: bytes, tx: RegisterNode) -> None:
         n = privacy.from_bytes(tx.paillier_n)
         allowed = self._params.paillier_bits
@@ -571,6 +601,13 @@ class LedgerApp:
                 f"register_node.paillier_n must be an odd modulus of exactly "
                 f"{' or '.join(map(str, allowed))} bits, got {n.bit_length()} bits"
             )
+        # Cheapest first: the work (one scrypt; a block checks it before charging its slots
+        # too, see _gate), then the modulus (a gcd and four powers mod n), and only on a
+        # certified modulus the zero proof (eight powers mod n^2).
+        self._check_registration_work(sender, tx)
+        privacy.check_modulus(
+            n, tx.modulus_proof, privacy.modulus_context(sender), "register_node.paillier_n"
+        )
         privacy.verify_zero(
             n,
             tx.balance_seed,
@@ -607,6 +644,25 @@ class LedgerApp:
             size += tx_size(raw)
         return out
 
+    def defer_over_budget(self, txs: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """The solo producer's split of its mempool batch: ``(this block's txs, later)``.
+        Txs the block's budget would refuse (``rate_limited``: a sixth registration, a second
+        withdrawal of a sender) wait for the next block, as CometBFT's honest proposer leaves
+        them in the mempool (:meth:`propose`); every other tx goes in and gets its result."""
+        budget = self._budget()
+        keep: list[bytes] = []
+        later: list[bytes] = []
+        for raw in txs:
+            try:
+                self._decode_verified(raw, lambda e, b: self._gate(self.store.get, budget, e, b))
+            except RateLimited:
+                later.append(raw)
+                continue
+            except KofoError:
+                pass
+            keep.append(raw)
+        return keep, later
+
     def _gate(
         self,
         get: Callable[[bytes], bytes | None],
@@ -626,6 +682,11 @@ class LedgerApp:
         self._refuse_replay(get, env.sender, body, time)
         if isinstance(body, WithdrawFees):
             _withdrawal_applies(get, env.sender, body)
+        if isinstance(body, RegisterNode):
+            # Before the block's registration slots are charged: a registration without its
+            # work must not take the slot of one with it. (CheckTx charges its rate limits
+            # first instead: there the work check is what a flood would make it pay for.)
+            self._check_registration_work(env.sender, body)
         budget.charge(env.sender, body)
 
     @staticmethod
@@ -921,9 +982,26 @@ class LedgerApp:
 
     def _commit_order(self, view: _View, ctx: _Ctx, sender: bytes, tx: CommitOrder) -> None:
         order = tx.order
-        parties = order.parties()
-        if sender not in parties:
+        if sender not in order.parties():
             raise NotAuthorised(f"submitter {sender.hex()} is not a party of the order")
+        self._check_committable(view, ctx, order)
+        for q in order.quotes:
+            view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
+        view.set(b"payhash/" + order.payment_hash, order.order_id)
+        view.set(_order_key(order.order_id), _order_bytes(tx))
+        view.set_map(
+            _order_state_key(order.order_id),
+            {
+                "status": "committed",
+                "height": ctx.height,
+                "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
+            },
+        )
+        ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
+
+    def _check_committable(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
+        """Every state check of ``commit_order`` on ``order`` (its signatures aside)."""
+        parties = order.parties()
         if order.order_id != derive_order_id(order):
             raise OrderInvalid(
                 f"order_id {order.order_id.hex()} is not derived from the order's content "
@@ -944,19 +1022,6 @@ class LedgerApp:
             if view.get(_node_key(p)) is None:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
         self._check_fees(view, order)
-        for q in order.quotes:
-            view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
-        view.set(b"payhash/" + order.payment_hash, order.order_id)
-        view.set(_order_key(order.order_id), _order_bytes(tx))
-        view.set_map(
-            _order_state_key(order.order_id),
-            {
-                "status": "committed",
-                "height": ctx.height,
-                "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
-            },
-        )
-        ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
 
     def _check_route(self, order: SettlementOrder, ctx: _Ctx) -> None:
         legs = order.legs
@@ -1186,8 +1251,9 @@ class LedgerApp:
         view.delete(key)
         if amount:
             did = bonds.decision_id(b"release/" + sender + _enc(ctx.height))
-            view.set_map(
-                b"decision/" + did,
+            _record_decision(
+                view,
+                did,
                 {
                     "kind": "release",
                     "node": sender,
@@ -1208,8 +1274,9 @@ class LedgerApp:
     ) -> None:
         """Record a slash for the validators to sign and a relayer to execute on the vault."""
         did = bonds.decision_id(evidence_id)
-        view.set_map(
-            b"decision/" + did,
+        _record_decision(
+            view,
+            did,
             {
                 "kind": "slash",
                 "node": node,
@@ -1333,6 +1400,11 @@ class LedgerApp:
             if len(seen) >= MAX_OBSERVATIONS:
                 break
         return encode_extension(seen, self._bond_observations())
+
+    def bonds_to_attest(self) -> bool:
+        """Whether this validator's observer sees a vault balance the ledger does not hold
+        (what the next vote extension would attest)."""
+        return bool(self._bond_observations())
 
     def _bond_observations(self) -> list[BondObservation]:
         """Vault balances that differ from the ledger's attested record, for a window of
@@ -1536,7 +1608,16 @@ class LedgerApp:
                 # after the honour grace (so a back-dated take of an expired quote is refused).
                 if recorded is not None:
                     raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
-                view.set_map(take_key, {"taker": take.taker, "at": ctx.time})
+                self._check_take_order(view, ctx, quote, take, tx.order)
+                view.set_map(
+                    take_key,
+                    {
+                        "taker": take.taker,
+                        "at": ctx.time,
+                        "order_id": take.order_id,
+                        "payment_hash": tx.order.order.payment_hash if tx.order else b"",
+                    },
+                )
                 ctx.events.append(
                     (
                         "take_recorded",
@@ -1560,6 +1641,17 @@ class LedgerApp:
                     raise EvidenceInvalid(
                         f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
                     )
+            # The taker could make its own take's order uncommittable by committing another
+            # order with the same payment hash first: then the provider failed nobody.
+            taken_hash = recorded.get("payment_hash", b"")
+            if taken_hash and view.get(b"payhash/" + taken_hash) not in (
+                None,
+                recorded["order_id"],
+            ):
+                raise EvidenceInvalid(
+                    "the take's payment hash was used by another order: the provider could "
+                    "not commit the taken order"
+                )
             eid = b"evidence/qnh/" + quote.provider + quote.quote_id
             offender = quote.provider
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
@@ -1581,6 +1673,33 @@ class LedgerApp:
         ctx.events.append(
             ("penalty", (("node", offender.hex()), ("kind", tx.kind.value), ("slash", str(slash))))
         )
+
+    def _check_take_order(
+        self, view: _View, ctx: _Ctx, quote: Quote, take: Take, commit: CommitOrder | None
+    ) -> None:
+        """A take counts only with the order the taker committed to for the quote, signed by
+        every party but the provider and committable now: then the provider can always commit
+        it alone, and a taker that never co-signs cannot cause a slash."""
+        if commit is None:
+            raise EvidenceInvalid("a take must carry the order the taker signed")
+        order = commit.order
+        if order.order_id != take.order_id:
+            raise EvidenceInvalid("the take names another order than the one it carries")
+        parties = order.parties()
+        if take.taker not in parties or quote.provider not in parties:
+            raise EvidenceInvalid("the taker and the provider must both be parties of the order")
+        if not any(q.node == quote.provider and q.quote_id == quote.quote_id for q in order.quotes):
+            raise EvidenceInvalid("the order does not use the provider's quote")
+        signers = [sig.signer for sig in commit.signatures]
+        wanted = [p for p in parties if p != quote.provider]
+        if sorted(signers) != sorted(wanted) or len(set(signers)) != len(signers):
+            raise EvidenceInvalid(
+                "the order must be signed by every party but the provider, the taker included"
+            )
+        msg = commit.signed_bytes or order.signing_bytes()
+        for sig in commit.signatures:
+            verify_ed25519(sig.signer, sig.signature, msg, "take order")
+        self._check_committable(view, ctx, order)
 
     # -- WithdrawFees --------------------------------------------------------------------------
 
@@ -1676,7 +1795,26 @@ class LedgerApp:
             recipient = bytes.fromhex(rec["recipient"].removeprefix("0x"))
             digest = bonds.release_digest if rec["kind"] == "release" else bonds.slash_digest
             rec["digest"] = digest(vault, rec["node"], rec["amount"], recipient, decision_id)
+            self._sign(rec)
         return rec
+
+    def _sign(self, rec: dict[str, Any]) -> None:
+        """This validator's signature of ``rec["digest"]``, when it holds a vault key."""
+        if self.vault_signer is not None:
+            rec["signer"] = bonds.eth_address(coincurve.PrivateKey(self.vault_signer).public_key)
+            rec["signature"] = bonds.sign_digest(self.vault_signer, rec["digest"])
+
+    def decisions(self, start: int, limit: int = MAX_DECISIONS_PAGE) -> list[tuple[int, bytes]]:
+        """Bond decision ids in the order they were decided, from number ``start``: at most
+        ``limit`` point reads (no scan)."""
+        raw = self.store.get_committed(_K_DECISIONS)
+        count = 0 if raw is None else int(_dec(raw))
+        out = []
+        for seq in range(start, min(count, start + min(limit, MAX_DECISIONS_PAGE))):
+            did = self.store.get_committed(b"decision_seq/" + seq.to_bytes(8, "big"))
+            if did is not None:
+                out.append((seq, did))
+        return out
 
     def validators_at(self, height: int) -> dict[bytes, Validator]:
         """The validator set (by address) whose votes at ``height`` this ledger counts."""
@@ -1693,6 +1831,7 @@ class LedgerApp:
             rec["digest"] = bonds.valset_digest(
                 vault, nonce, rec["validators"], rec["powers"], rec["unkeyed_power"]
             )
+            self._sign(rec)
         return rec
 
     def validator_keys(self) -> dict[bytes, bytes]:
@@ -1801,6 +1940,15 @@ class LedgerApp:
             return encode(self._params.as_map())
         if path == "/decision":
             return encode(self.decision(_arg_bytes(arg, 32, "/decision: the decision id")))
+        if path == "/valset_decision":
+            if type(arg) is not int or not 1 <= arg < 2**63:
+                raise InvalidInput("/valset_decision: the argument is the nonce, >= 1")
+            return encode(self.valset_decision(arg))
+        if path == "/decisions":
+            start = 0 if arg is None else arg
+            if type(start) is not int or not 0 <= start < 2**63:
+                raise InvalidInput("/decisions: the argument is the first decision number, >= 0")
+            return encode([[seq, did] for seq, did in self.decisions(start)])
         if path == "/validator_keys":
             if arg is not None:
                 raise InvalidInput("/validator_keys takes no argument")

@@ -67,11 +67,16 @@ class LedgerParams:
     max_txs_per_sender_per_block: int = 1_000
     """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
     few orders a second; a thousand per block is far above that and still bounds a spammer."""
-    max_registrations_per_block: int = 20
-    """Registrations carry a zero proof (one modular power mod n^2: ~55 ms of CPU at 3072 bits,
-    ~12 ms at 2048, measured on the project's machine) and new keys cost nothing, so a block
-    holds at most 20: about a second of CPU even when a hostile proposer fills them all with
-    3072-bit bad proofs."""
+    max_registrations_per_block: int = 5
+    """A registration's checks cost ~60 ms of CPU at 2048 bits and ~210 ms at 3072 (the modulus
+    certificate and the four-round zero proof, measured on the project's machine; its work is
+    one ~2 ms scrypt, checked first), so a block holds at most 5: about a second of CPU even
+    when a hostile proposer fills them all with 3072-bit registrations whose proofs fail -- and
+    each of those cost its sender the registration's work (~10 s of a core). Honest nodes
+    register once: 5 a second is plenty."""
+    registration_work_bits: int = 12
+    """Leading zero bits of a registration's memory-hard work (``kofo.clearance.admission``):
+    ~4,000 scrypt tries (~10 s of one core) per registration, one try (~2 ms) to check."""
     max_withdrawals_per_block: int = 50
     """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
     the ledger credited can get that far, at most one each per block, and 50 in all."""
@@ -100,6 +105,10 @@ class LedgerParams:
         ):
             raise InvalidInput(
                 f"paillier_bits must be whole-byte sizes within 512..3072, got {self.paillier_bits}"
+            )
+        if not 0 <= self.registration_work_bits <= 32:
+            raise InvalidInput(
+                f"registration_work_bits must be within 0..32, got {self.registration_work_bits}"
             )
         for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
             if getattr(self, name) < 0:

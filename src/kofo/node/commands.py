@@ -68,7 +68,7 @@ def init_command(
     ] = "http://127.0.0.1:26657",
     devnet: Annotated[
         Path | None,
-        typer.Option(help="JSON from `kofo devnet --json`: fills [ledger] and [chains.*]"),
+        typer.Option(help="JSON from `kofo devnet --json`: fills [ledger], [chains.*] and [bond]"),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="rewrite the config of an existing home")
@@ -102,10 +102,12 @@ def init_command(
             )
         seed = words_to_seed(read_backup_words()) if restore else os.urandom(SEED_BYTES)
         chains: dict[str, dict[str, Any]] | None = None
+        bond: dict[str, Any] | None = None
         if devnet is not None:
             try:
                 desc = json.loads(devnet.read_text())
                 ledger_url, chains = desc["ledger"]["url"], desc["chains"]
+                bond = desc.get("bond")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"--devnet {devnet}: not `kofo devnet --json` output: {exc}"
@@ -116,6 +118,7 @@ def init_command(
             name=name,
             ledger_url=ledger_url,
             chains=chains,
+            bond=bond,
             force=force,
             seed=seed,
         )

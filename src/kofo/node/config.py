@@ -115,6 +115,16 @@ class OfferConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BondConfig:
+    """The maker's bond (``[bond]``): ``amount`` wei locked in the bond vault
+    (``contracts/BondVault.vy`` at ``vault`` on chain ``chain``) under the node id; 0: none."""
+
+    chain: str = "eth"
+    vault: str = ""
+    amount: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     home: Path
     name: str
@@ -125,6 +135,7 @@ class NodeConfig:
     api: Endpoint
     chains: dict[str, ChainConfig]
     offers: tuple[OfferConfig, ...]
+    bond: BondConfig = field(default_factory=BondConfig)
     api_tls: ApiTlsConfig | None = None
     discover: bool = True
     """``[p2p] discover``: learn peers from peers and keep a target degree (the default);
@@ -392,6 +403,22 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         sub.done()
     chains_t.done()
 
+    bond_t = top.sub("bond")
+    bond = BondConfig(
+        chain=bond_t.get("chain", str, "eth"),
+        vault=bond_t.get("vault", str, ""),
+        amount=_positive_int(bond_t, "amount", 0, zero=True),
+    )
+    if bond.vault and not _is_address(bond.vault):
+        raise bond_t.fail("vault", f"must be a 0x-prefixed 20-byte address, got {bond.vault!r}")
+    if bond.amount and not bond.vault:
+        raise bond_t.fail("amount", "needs the bond vault's address in bond.vault")
+    if bond.amount and not isinstance(chains.get(bond.chain), EthereumChainConfig):
+        raise bond_t.fail("chain", f"must name a configured Ethereum chain, got {bond.chain!r}")
+    if bond.amount >= 2**256:
+        raise bond_t.fail("amount", "must be below 2^256 wei")
+    bond_t.done()
+
     assets = set(chains)
     for c in chains.values():
         if isinstance(c, EthereumChainConfig):
@@ -416,6 +443,7 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         chains=chains,
         offers=offers,
         api_tls=api_tls,
+        bond=bond,
     )
 
 
@@ -431,6 +459,7 @@ def render_config(
     name: str,
     ledger_url: str,
     chains: dict[str, dict[str, Any]] | None = None,
+    bond: dict[str, Any] | None = None,
     p2p_listen: str = f"127.0.0.1:{DEFAULT_P2P_PORT}",
     api_bind: str = f"127.0.0.1:{DEFAULT_API_PORT}",
 ) -> str:
@@ -503,6 +532,16 @@ def render_config(
             "# [chains.eth.tokens]",
             '# DUSD = "0x..."            # ERC-20 symbol = contract address',
         ]
+    bond = bond or {}
+    lines += [
+        "",
+        "[bond]",
+        "# A maker's bond: wei locked in the bond vault under this node's id at start (once;",
+        "# the ledger counts it when its validators see it in the vault). 0: no bond.",
+        f"chain = {_toml_str(str(bond.get('chain', 'eth')))}",
+        f"vault = {_toml_str(str(bond.get('vault', '')))}",
+        f"amount = {int(bond.get('amount', 0))}",
+    ]
     lines += [
         "",
         "# Standing offers (maker). For n base units of `buy` the node pays",

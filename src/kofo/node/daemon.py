@@ -645,6 +645,7 @@ class Node:
             ledger=self.ledger,
             node_key=self.key,
             paillier_pub=pub,
+            paillier_priv=priv,
             addresses=addresses,
             timeout=max(30.0, self.config.ledger.timeout),
         )

@@ -6,7 +6,11 @@ One process starts, on 127.0.0.1:
   password each run), with a block every ``block_interval`` seconds so confirmations come;
 - the embedded EVM (py-evm) over Ethereum JSON-RPC, with the HTLC contract and a test ERC-20
   (``DUSD``, 6 decimals) deployed;
-- the solo clearance ledger over CometBFT's RPC subset.
+- the solo clearance ledger over CometBFT's RPC subset, with the bond vault
+  (``contracts/BondVault.vy``) deployed on the EVM under the solo validator's secp256k1 key as
+  its one signer, as the real design has the validators' keys: the ledger attests bonds from
+  the vault (nobody declares one) and signs its slash and release decisions for a relayer
+  (:func:`kofo.node.bonds.relay_decisions`) to execute on the vault.
 
 It funds the addresses it is given (``bcrt1...`` a 50 BTC coinbase each, matured; ``0x...``
 ETH and DUSD) and prints what a node's ``config.toml`` needs: as TOML, or as one JSON line
@@ -21,12 +25,15 @@ import secrets
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import coincurve
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.types import Wei
 
+from kofo.clearance import bonds
 from kofo.clearance.app import LedgerApp
 from kofo.clearance.consensus.solo import SoloChain
 from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
@@ -46,13 +53,17 @@ from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
 from kofo.settlement.chains.ethereum.keys import account_from_seed
-from kofo.settlement.observer import AdapterObserver
+from kofo.settlement.observer import AdapterObserver, VaultWatcher
 
 log = logging.getLogger(__name__)
 
 BLOCK_INTERVAL = 1.0
 """Seconds between regtest blocks: a confirmation a second keeps a local swap quick while each
 one is still its own block."""
+DEVNET_WORK_BITS = 4
+"""Registration work on the devnet (default params): 16 scrypt tries, not ~4,000 -- a local
+network of several nodes registers in well under a second; the work is a price for sybils on a
+public ledger, not here."""
 FUND_WEI = 100 * 10**18
 FUND_DUSD = 1_000_000 * 10**6
 COINBASE_MATURITY = 100
@@ -81,6 +92,12 @@ class Devnet:
     ledger: SoloLedgerRpc = field(repr=False)
     htlc: str = ""
     dusd: str = ""
+    vault: str = ""
+    """The bond vault's address on the devnet EVM."""
+    foundation: str = ""
+    """Where slashed bonds are paid (an address nobody holds a key for, on the devnet)."""
+    vault_signer: bytes = field(default=b"", repr=False)
+    """The solo validator's secp256k1 key: the vault's one signer."""
     funded: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _miner: threading.Thread | None = None
@@ -103,6 +120,7 @@ class Devnet:
                     "tokens": {"DUSD": self.dusd},
                 },
             },
+            "bond": {"chain": "eth", "vault": self.vault, "amount": 0},
             "funded": self.funded,
         }
 
@@ -128,6 +146,7 @@ def _observer(net: Devnet, eth_url: str) -> AdapterObserver:
     return AdapterObserver(
         {"btc": btc, "eth": eth},
         spent_since={"btc": net.btc.height(), "eth": int(w3.eth.block_number)},
+        vault=VaultWatcher(w3, net.vault),
     )
 
 
@@ -144,9 +163,11 @@ def start_devnet(
     fund: list[str] | None = None,
     block_interval: float = BLOCK_INTERVAL,
     ledger_params: LedgerParams | None = None,
+    ledger_clock: Callable[[], int] | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Devnet:
-    """Start everything (ports 0 = free ones), fund ``fund``; the caller calls ``stop()``."""
+    """Start everything (ports 0 = free ones), fund ``fund``; the caller calls ``stop()``.
+    ``ledger_clock`` gives the solo ledger's block times (unix seconds; tests move it)."""
     if block_interval < 0:
         raise InvalidInput(f"block_interval must be >= 0 seconds, got {block_interval}")
     btc_targets, eth_targets = _split_fund(fund or [])
@@ -158,19 +179,33 @@ def start_devnet(
         started.append(btc_server.stop)
         eth_server = DevnetServer(port=eth_port).start()
         started.append(eth_server.stop)
-        app = LedgerApp(MerkleStore(), ledger_params)
-        ledger = SoloLedgerRpc(SoloChain(app), port=ledger_port).start()
+        w3 = Web3(Web3.HTTPProvider(eth_server.url, request_kwargs={"timeout": 30}))
+        faucet = w3.eth.accounts[0]  # the devnet's pre-funded, unlocked account
+        # The solo validator's vault key: a fresh one each run, like the RPC password.
+        signer = secrets.token_bytes(32)
+        signer_addr = Web3.to_checksum_address(
+            bonds.eth_address(coincurve.PrivateKey(signer).public_key)
+        )
+        vault = deploy(w3, "BondVault", faucet, [signer_addr], [1])
+        foundation = Web3.to_checksum_address(keccak(b"KOFO devnet foundation")[12:])
+        params = replace(
+            ledger_params or LedgerParams(registration_work_bits=DEVNET_WORK_BITS),
+            bond_vault_chain_id=int(w3.eth.chain_id),
+            bond_vault_address=vault,
+            slash_recipient=foundation,
+        )
+        app = LedgerApp(MerkleStore(), params, vault_signer=signer)
+        ledger = SoloLedgerRpc(SoloChain(app, clock=ledger_clock), port=ledger_port).start()
         started.append(ledger.stop)
         net = Devnet(btc, btc_server, user, password, eth_server, ledger)
+        net.vault, net.foundation, net.vault_signer = vault, foundation, signer
         progress(f"bitcoin regtest (Core JSON-RPC) at {btc_server.url}")
         progress(f"EVM (Ethereum JSON-RPC) at {eth_server.url}")
         progress(f"solo ledger (CometBFT RPC) at {ledger.url}")
 
-        w3 = Web3(Web3.HTTPProvider(eth_server.url, request_kwargs={"timeout": 30}))
-        faucet = w3.eth.accounts[0]  # the devnet's pre-funded, unlocked account
         net.htlc = deploy(w3, "HTLC", faucet)
         net.dusd = deploy(w3, "TestToken", faucet, "Devnet USD", "DUSD", 6)
-        progress(f"deployed HTLC {net.htlc} and DUSD token {net.dusd}")
+        progress(f"deployed HTLC {net.htlc}, DUSD token {net.dusd}, bond vault {vault}")
         minter = w3.eth.contract(address=Web3.to_checksum_address(net.dusd), abi=_MINT_ABI)
         for address in eth_targets:
             to = Web3.to_checksum_address(address)
@@ -236,14 +271,16 @@ def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
 
 
 def toml_snippet(desc: dict[str, Any]) -> str:
-    """The ``[ledger]`` and ``[chains.*]`` tables of a node config for this devnet."""
+    """The ``[ledger]``, ``[chains.*]`` and ``[bond]`` tables of a node config for this devnet."""
     from kofo.node.config import render_config
 
-    full = render_config(name="kofo", ledger_url=desc["ledger"]["url"], chains=desc["chains"])
+    full = render_config(
+        name="kofo", ledger_url=desc["ledger"]["url"], chains=desc["chains"], bond=desc["bond"]
+    )
     keep, on = [], False
     for line in full.splitlines():
         if line.startswith("["):
-            on = line.startswith(("[ledger]", "[chains."))
+            on = line.startswith(("[ledger]", "[chains.", "[bond]"))
         elif line.startswith("# Standing offers"):
             on = False
         if on:

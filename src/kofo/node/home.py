@@ -53,6 +53,7 @@ def init_home(
     name: str = "kofo",
     ledger_url: str = "http://127.0.0.1:26657",
     chains: dict[str, dict[str, Any]] | None = None,
+    bond: dict[str, Any] | None = None,
     force: bool = False,
     seed: bytes | None = None,
 ) -> tuple[NodeConfig, bool]:
@@ -76,7 +77,7 @@ def init_home(
             f"{wallet_path} already holds a wallet; restore into a new home (a wallet is "
             "never overwritten)"
         )
-    text = render_config(name=name, ledger_url=ledger_url, chains=chains)
+    text = render_config(name=name, ledger_url=ledger_url, chains=chains, bond=bond)
     config = parse_config(home, tomllib.loads(text), config_path)  # what we write must load
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)

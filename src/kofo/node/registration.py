@@ -8,9 +8,12 @@ balances are encrypted under its Paillier key, whose private half is kept in the
 ``ensure_registered`` asks the ledger first (``/node``): a registered node sends nothing. Else
 the signed ``register_node`` tx is written to the home (``register.tx``, 0600) **before** it is
 broadcast, and a restart re-sends those same bytes (``LedgerClient.commit`` looks the hash up
-first), so one intent is never two transactions. The bond is 0: bonds are not declared but
-attested (validators observe the bond vault on its chain, docs/clearance.md), so a maker's bond
-is locked in the vault by a separate step (not built yet).
+first), so one intent is never two transactions. A registration carries the seed's zero
+proof, the certificate of the Paillier modulus and the registration's memory-hard work at the
+difficulty the ledger's params set (``/params``: ``registration_work_bits``; ~10 s of one core
+at the default, paid once: the journaled tx keeps it). The bond is 0: bonds are not declared
+but attested (validators observe the bond vault on its chain, docs/clearance.md); a maker's
+bond is locked in the vault by :func:`kofo.node.bonds.ensure_bond`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from phe import paillier
 
-from kofo.clearance import privacy
+from kofo.clearance import admission, privacy
 from kofo.errors import KofoError
 from kofo.node.ledger_client import LedgerClient, LedgerRefused
 from kofo.private_files import read_private_file, write_private_file
@@ -88,12 +91,36 @@ def registered(ledger: LedgerClient, node_id: bytes) -> dict[str, object] | None
         raise
 
 
+def registration_body(
+    node_id: bytes,
+    paillier_priv: paillier.PaillierPrivateKey,
+    addresses: Mapping[str, str],
+    *,
+    work_bits: int,
+) -> RegisterNode:
+    """A complete ``register_node`` body: a fresh zero seed and its proof, the modulus
+    certificate and the work, all bound to ``node_id``."""
+    pub = paillier_priv.public_key
+    seed, proof = privacy.zero_seed(pub, privacy.register_context(node_id))
+    n_bytes = privacy.public_modulus(pub)
+    return RegisterNode(
+        addresses=dict(addresses),
+        paillier_n=n_bytes,
+        balance_seed=seed,
+        bond=0,
+        seed_proof=proof,
+        modulus_proof=privacy.prove_modulus(paillier_priv, privacy.modulus_context(node_id)),
+        pow_nonce=admission.solve_registration_work(node_id, n_bytes, work_bits),
+    )
+
+
 def ensure_registered(
     *,
     home: Path,
     ledger: LedgerClient,
     node_key: Ed25519PrivateKey,
     paillier_pub: paillier.PaillierPublicKey,
+    paillier_priv: paillier.PaillierPrivateKey,
     addresses: Mapping[str, str],
     timeout: float = 30.0,
 ) -> int | None:
@@ -107,13 +134,12 @@ def ensure_registered(
     if path.exists():  # an intent journaled by an earlier run: the same bytes again
         tx = read_private_file(path, max_size=MAX_TX_BYTES)
     else:
-        seed, proof = privacy.zero_seed(paillier_pub, privacy.register_context(node_id))
-        body = RegisterNode(
-            addresses=dict(addresses),
-            paillier_n=privacy.public_modulus(paillier_pub),
-            balance_seed=seed,
-            bond=0,
-            seed_proof=proof,
+        params = dict(decode(ledger.abci_query("/params")))
+        body = registration_body(
+            node_id,
+            paillier_priv,
+            addresses,
+            work_bits=int(params.get("registration_work_bits", 0)),
         )
         tx = sign_tx(node_key, body)
         write_private_file(path, tx)

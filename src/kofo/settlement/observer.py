@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
+
+from web3 import Web3
 
 from kofo.errors import KofoError
 from kofo.settlement.chain import ChainAdapter, HtlcState, HtlcTerms
-from kofo.wire.attest import LegRef, Observation
+from kofo.settlement.chains.ethereum.contract import load_artifact
+from kofo.wire.attest import BondObservation, LegRef, Observation
 from kofo.wire.orders import LegOutcome
 
 log = logging.getLogger("kofo.settlement.observer")
@@ -40,10 +44,12 @@ class AdapterObserver:
         *,
         confirmations: Mapping[str, int] | None = None,
         spent_since: Mapping[str, int] | None = None,
+        vault: VaultWatcher | None = None,
     ) -> None:
         self.adapters = dict(adapters)
         self.confirmations = dict(confirmations or {})
         self.spent_since = dict(spent_since or {})
+        self.vault = vault
 
     def observe(self, ref: LegRef) -> Observation | None:
         leg = ref.leg
@@ -82,6 +88,30 @@ class AdapterObserver:
                 txid, confs = status.spend_txid, status.spend_confirmations
         return Observation(ref.order_id, ref.index, outcome, txid, tip - confs + 1)
 
-    def observe_bond(self, node: bytes) -> None:
-        """Bond balances are read from the bond vault by its own watcher; none here."""
-        return None
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        """The bond vault's confirmed balance for ``node`` (None without a vault or when the
+        vault's chain cannot be read now)."""
+        return None if self.vault is None else self.vault.observe_bond(node)
+
+
+class VaultWatcher:
+    """A validator's read-only view of the bond vault over Ethereum JSON-RPC."""
+
+    def __init__(self, w3: Web3, address: str, *, confirmations: int = 1) -> None:
+        self.w3 = w3
+        self.address = Web3.to_checksum_address(address)
+        self.confirmations = max(1, confirmations)
+        self._contract: Any = w3.eth.contract(
+            address=self.address, abi=load_artifact("BondVault").abi
+        )
+
+    def observe_bond(self, node: bytes) -> BondObservation | None:
+        try:
+            height = int(self.w3.eth.block_number) - self.confirmations + 1
+            if height < 0:
+                return None
+            amount = int(self._contract.functions.bonds(node).call(block_identifier=height))
+        except Exception as exc:  # a node down or lagging: nothing seen this time
+            log.info("observing the bond of %s: %s", node.hex()[:16], exc)
+            return None
+        return BondObservation(node, amount, height)

@@ -66,13 +66,18 @@ MAX_CIPHERTEXT_BYTES = 768
 """Big enough for Paillier with a 3072-bit modulus, the largest the ledger accepts (ciphertexts
 live mod n^2: 6144 bits). Proof values are no larger."""
 
-MAX_PROOF_BYTES = 3 * 384
-"""A zero proof under a 3072-bit modulus: ``a`` (mod n^2) and ``z`` (mod n), fixed width."""
+MAX_PROOF_BYTES = 4 * 3 * 384
+"""A zero proof under a 3072-bit modulus: four rounds of ``a`` (mod n^2) and ``z`` (mod n),
+fixed width (``kofo.clearance.privacy``)."""
+MAX_MODULUS_PROOF_BYTES = 4 * 384
+"""A modulus certificate under a 3072-bit modulus: four n-th roots mod n."""
 
-BALANCE_SCHEMA_VERSION = 2
+BALANCE_SCHEMA_VERSION = 3
 """``sv`` of ``register_node`` and ``withdraw_fees`` bodies. Version 2 added the proof that a
-seed encrypts 0 and the withdrawal number; version 1 bodies are refused (they let a node seed
-its balance with any amount and replay a withdrawal)."""
+seed encrypts 0 and the withdrawal number; version 3 made the zero proof four rounds of 20-bit
+challenges and added the registration's modulus certificate and work proof. Older bodies are
+refused (version 1 let a node seed its balance with any amount and replay a withdrawal; a
+version 2 zero proof was forgeable under a modulus with a small factor)."""
 
 MAX_U64 = (1 << 64) - 1
 """Bound of every count, index, time and basis-point field: no such value needs more, and a
@@ -446,8 +451,11 @@ class RegisterNode:
     under it, made by the node with fresh randomness: the ledger starts the node's fee balance
     from it, so the stored ciphertext is never a trivial (randomness-1) encryption.
     ``seed_proof`` proves that the seed encrypts 0 (``kofo.clearance.privacy.prove_zero``,
-    bound to the sender's id). ``bond`` is in the ledger's bond unit (see
-    ``LedgerParams.bond_asset``).
+    bound to the sender's id). ``modulus_proof`` certifies ``paillier_n`` (no prime factor
+    below 2^20, square-free, prime to phi(n): ``privacy.prove_modulus``), without which the
+    zero proof means nothing. ``pow_nonce`` is the registration's work
+    (``kofo.clearance.admission.solve_registration_work``): what a registration costs. ``bond``
+    is informational (bonds are attested from the vault, never declared).
     """
 
     addresses: dict[str, str]
@@ -456,6 +464,8 @@ class RegisterNode:
     bond: int
     monitor: bool = False
     seed_proof: bytes = b""
+    modulus_proof: bytes = b""
+    pow_nonce: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -464,6 +474,8 @@ class RegisterNode:
             "paillier_n": self.paillier_n,
             "balance_seed": self.balance_seed,
             "seed_proof": self.seed_proof,
+            "modulus_proof": self.modulus_proof,
+            "pow_nonce": self.pow_nonce,
             "bond": self.bond,
             "monitor": self.monitor,
         }
@@ -473,7 +485,17 @@ class RegisterNode:
         _schema_version(m, where)
         _exact_keys(
             m,
-            {"sv", "addresses", "paillier_n", "balance_seed", "seed_proof", "bond", "monitor"},
+            {
+                "sv",
+                "addresses",
+                "paillier_n",
+                "balance_seed",
+                "seed_proof",
+                "modulus_proof",
+                "pow_nonce",
+                "bond",
+                "monitor",
+            },
             where,
         )
         addrs = m["addresses"]
@@ -493,6 +515,8 @@ class RegisterNode:
             bond=_int(m, "bond", where, maximum=MAX_AMOUNT),
             monitor=m["monitor"],
             seed_proof=_ct_bytes(m, "seed_proof", where, MAX_PROOF_BYTES),
+            modulus_proof=_ct_bytes(m, "modulus_proof", where, MAX_MODULUS_PROOF_BYTES),
+            pow_nonce=_int(m, "pow_nonce", where),
         )
 
 
@@ -508,8 +532,8 @@ def _ct_bytes(
 def _schema_version(m: Any, where: str) -> None:
     if type(m) is dict and m.get("sv") != BALANCE_SCHEMA_VERSION:
         raise BadMessage(
-            f"{where}.sv must be {BALANCE_SCHEMA_VERSION} (version 1 bodies, without a proof that "
-            "the seed encrypts 0, are no longer accepted)"
+            f"{where}.sv must be {BALANCE_SCHEMA_VERSION} (older bodies, without a sound proof "
+            "that the seed encrypts 0, are no longer accepted)"
         )
 
 
@@ -630,37 +654,57 @@ class Quote:
 
 @dataclass(frozen=True, slots=True)
 class Take:
-    """A taker's acceptance of a quote at its price, signed by the taker before it expired."""
+    """A taker's acceptance of a quote at its price, signed by the taker before it expired.
+
+    ``order_id`` is the order the taker committed to for this quote: the evidence that records
+    the take carries that order with the signatures of every party but the provider (the
+    taker's included), so the provider can always commit it alone, and a taker that never
+    co-signs can never record a take (version 2 of the evidence, issue 17)."""
 
     quote_id: bytes
     taker: bytes
     ts: int
+    order_id: bytes = bytes(ORDER_ID_SIZE)
 
     def as_map(self) -> dict[str, Any]:
-        return {"quote_id": self.quote_id, "taker": self.taker, "ts": self.ts}
+        return {
+            "quote_id": self.quote_id,
+            "taker": self.taker,
+            "ts": self.ts,
+            "order_id": self.order_id,
+        }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "take") -> Take:
-        _exact_keys(m, {"quote_id", "taker", "ts"}, where)
+        _exact_keys(m, {"quote_id", "taker", "ts", "order_id"}, where)
         return cls(
             quote_id=_bytes(m, "quote_id", where, QUOTE_ID_SIZE),
             taker=_bytes(m, "taker", where, NODE_ID_SIZE),
             ts=_int(m, "ts", where),
+            order_id=_bytes(m, "order_id", where, ORDER_ID_SIZE),
         )
 
     def signing_bytes(self) -> bytes:
         return TAKE_DOMAIN + encode(self.as_map())
 
 
+EVIDENCE_SCHEMA_VERSION = 2
+"""``sv`` of ``file_evidence`` bodies. Version 2: a quote's take names the order the taker
+committed to, and the evidence carries that order signed by every party but the provider.
+Version 1 bodies are refused (a named taker could record a take and never co-sign)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FileEvidence:
-    """Misbehaviour evidence from a monitor.
+    """Misbehaviour evidence.
 
     ``leg_not_locked``: ``order_id`` and ``leg`` are set; the ledger checks its own record (no
-    lock reported before the leg's ``lock_by``, and block time past it).
-    ``quote_not_honoured``: ``quote``/``quote_sig`` (by the provider) and ``take``/``take_sig``
-    (by the taker) are set; the ledger checks both signatures, that the take came in time, and
-    that no committed order used the quote by ``valid_until`` plus the honour grace.
+    lock attested by the leg's ``lock_by`` plus the grace, every earlier leg locked in time).
+    ``quote_not_honoured``: ``quote``/``quote_sig`` (by the provider), ``take``/``take_sig``
+    (by the taker) and ``order`` (the order ``take.order_id``, with the signatures of every
+    party but the provider) are set; the ledger checks every signature, that the order uses
+    the quote and could be committed, that the take came in time, and that no committed order
+    with the taker used the quote by ``valid_until`` plus the honour grace.
     """
 
     kind: EvidenceKind
@@ -670,9 +714,11 @@ class FileEvidence:
     quote_sig: bytes | None = None
     take: Take | None = None
     take_sig: bytes | None = None
+    order: CommitOrder | None = None
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": EVIDENCE_SCHEMA_VERSION,
             "kind": self.kind.value,
             "order_id": self.order_id,
             "leg": self.leg,
@@ -680,11 +726,20 @@ class FileEvidence:
             "quote_sig": self.quote_sig,
             "take": None if self.take is None else self.take.as_map(),
             "take_sig": self.take_sig,
+            "order": None if self.order is None else self.order.as_map(),
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "file_evidence") -> FileEvidence:
-        _exact_keys(m, {"kind", "order_id", "leg", "quote", "quote_sig", "take", "take_sig"}, where)
+        _exact_keys(
+            m,
+            {"sv", "kind", "order_id", "leg", "quote", "quote_sig", "take", "take_sig", "order"},
+            where,
+        )
+        if m["sv"] != EVIDENCE_SCHEMA_VERSION:
+            raise BadMessage(
+                f"{where}.sv must be {EVIDENCE_SCHEMA_VERSION} (version 1 takes named no order)"
+            )
         kind = _enum(m, "kind", where, EvidenceKind)
         if kind is EvidenceKind.LEG_NOT_LOCKED:
             return cls(
@@ -698,6 +753,7 @@ class FileEvidence:
             quote_sig=_bytes(m, "quote_sig", where, 64),
             take=Take.from_map(m["take"], f"{where}.take"),
             take_sig=_bytes(m, "take_sig", where, 64),
+            order=CommitOrder.from_map(m["order"], f"{where}.order"),
         )
 
 

@@ -32,6 +32,7 @@ from kofo.clearance.errors import InternalError, abci_code
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import KofoError
+from kofo.wire.attest import ChainObserver
 
 log = logging.getLogger("kofo.clearance.abci")
 
@@ -378,7 +379,7 @@ class AbciServer:
             await server.serve_forever()
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="KOFO clearance ledger as a CometBFT ABCI app")
     parser.add_argument("--db", required=True, help="SQLite file holding the ledger state")
     parser.add_argument("--addr", default="127.0.0.1:26658", help="host:port to listen on")
@@ -394,23 +395,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--observe",
         help="JSON file of what this validator sees on the chains (testnets; see "
-        "kofo.clearance.attest.FileObserver)",
+        "kofo.clearance.attest.FileObserver). A validator watching real chains runs "
+        "`python -m kofo.node.validator --config FILE` instead: the same server with the "
+        "chain observer built from the config's chain RPC URLs",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def serve(
+    args: argparse.Namespace,
+    *,
+    observer: ChainObserver | None = None,
+    vault_signer: bytes | None = None,
+) -> None:
+    """Run the ABCI server for parsed ``args`` (see :func:`build_parser`); ``observer`` (the
+    validator's chain watchers) defaults to ``--observe``'s file, or none."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host, _, port = args.addr.rpartition(":")
     # A validator's public RPC takes txs from anyone: each sender gets a bounded rate here.
     limit = SenderRateLimit(args.sender_rate, args.sender_burst) if args.sender_rate > 0 else None
+    if observer is None and args.observe:
+        observer = attest.FileObserver(args.observe)
     app = LedgerApp(
         MerkleStore(args.db),
         rate_limit=limit,
         require_registered=True,
-        # A block takes at most 20 registrations (LedgerParams); admitting more than a few
+        # A block takes at most a few registrations (LedgerParams); admitting more than a few
         # blocks' worth per second only spends CPU on proofs that cannot be committed soon.
         registration_limit=SenderRateLimit(20.0, 100),
-        observer=attest.FileObserver(args.observe) if args.observe else None,
+        observer=observer,
+        vault_signer=vault_signer,
     )
     asyncio.run(AbciServer(app, host or "127.0.0.1", int(port)).serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    serve(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

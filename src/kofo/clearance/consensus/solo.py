@@ -80,7 +80,10 @@ class SoloChain:
         """Take up to ``max_block_txs`` from the mempool, apply and commit them as one block."""
         with self._lock:
             take = min(self._max, len(self._mempool))
-            txs = tuple(self._mempool.popleft() for _ in range(take))
+            batch = [self._mempool.popleft() for _ in range(take)]
+            keep, later = self.app.defer_over_budget(batch)
+            self._mempool.extendleft(reversed(later))  # first in line for the next block
+            txs = tuple(keep)
             now = max(self._clock(), self._last_time)
             self._last_time = now
             height = self.app.height + 1

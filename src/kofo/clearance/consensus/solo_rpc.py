@@ -196,17 +196,24 @@ class SoloLedgerRpc:
 
     def _attest_due(self) -> bool:
         """Whether a block is due without any tx: the producer observes the chains (solo
-        attestation) and committed orders have legs whose outcome can still change. Like
-        CometBFT (``create_empty_blocks``), the ledger then keeps making blocks, so an outcome
+        attestation) and committed orders have legs whose outcome can still change, or the
+        observer sees a bond in the vault that the ledger does not hold yet. Like CometBFT
+        (``create_empty_blocks``), the ledger then keeps making blocks, so an outcome or a bond
         seen on a chain is attested on an idle ledger too."""
         if self.chain.app.observer is None:
             return False
         with self._lock:
-            return bool(self.chain.app.pending_legs())
+            if self.chain.app.pending_legs():
+                return True
+        # Outside the lock: the vault is read over the network, and a slow Ethereum node must
+        # not hold up the RPC. Only this thread commits blocks, so the state it reads is still.
+        return self.chain.app.bonds_to_attest()
 
     def _produce(self) -> None:
-        observing = self.chain.app.observer is not None
         while True:
+            # read each time: an observer may be attached after the server started (the devnet
+            # attaches it once its contracts are deployed)
+            observing = self.chain.app.observer is not None
             due = self._attest_due()  # read outside the condition (it takes the app lock)
             with self._wake:
                 if not self._stopping and self.chain.pending == 0 and not due:

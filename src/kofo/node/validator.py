@@ -1,0 +1,175 @@
+"""``python -m kofo.node.validator --config FILE --db DB``: a validator's ABCI app, watching the
+chains its config names.
+
+This is ``python -m kofo.clearance.abci.server`` (same flags) with the validator's chain
+observer wired **by default whenever the config names chain RPC URLs**: leg outcomes from its
+own view of the chains (:class:`~kofo.settlement.observer.AdapterObserver`, one read-only
+adapter per chain, throwaway keys that never sign) and bonds from the bond vault
+(:class:`~kofo.settlement.observer.VaultWatcher`). The clearance layer cannot build these
+itself (it never imports the settlement layer: tests/test_layering.py), so the composition
+lives here, in the node package. ``--no-observe`` runs without; ``--observe FILE`` (testnets)
+still takes facts from a file instead.
+
+The config is TOML::
+
+    [chains.btc]            # any number of chains, the same keys as a node's [chains.*]
+    rpc_url = "http://127.0.0.1:18443"
+    rpc_user = "..."
+    rpc_password = "..."
+    network = "regtest"
+    confirmations = 6       # the depth this validator attests at
+
+    [chains.eth]
+    rpc_url = "http://127.0.0.1:8545"
+    htlc_contract = "0x..."
+    confirmations = 12
+
+    [bond]
+    vault = "0x..."         # the bond vault (on [chains.eth]) whose balances are the bonds
+
+    [validator]
+    vault_key = "vault.key" # 0600 file: the hex secp256k1 key registered with
+                            # clearance.register_validator_key; it signs bond decisions
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from web3 import Web3
+
+from kofo.clearance.abci import server
+from kofo.errors import ConfigError, KofoError
+from kofo.node.config import (
+    BitcoinChainConfig,
+    ChainConfig,
+    EthereumChainConfig,
+    _chain,
+    _is_address,
+    _Table,
+)
+from kofo.private_files import read_private_file
+from kofo.settlement.chain import ChainAdapter
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
+from kofo.settlement.chains.bitcoin.backend import RpcBackend
+from kofo.settlement.chains.bitcoin.params import chain_params
+from kofo.settlement.chains.bitcoin.rpc import RpcClient
+from kofo.settlement.chains.bitcoin.wallet import HdWallet
+from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
+from kofo.settlement.chains.ethereum.keys import account_from_seed
+from kofo.settlement.observer import AdapterObserver, VaultWatcher
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatorConfig:
+    chains: dict[str, ChainConfig] = field(default_factory=dict)
+    vault: str = ""
+    vault_key: Path | None = None
+
+
+def load_validator_config(path: Path) -> ValidatorConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the validator config {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    top = _Table(path, "", raw)
+    chains_t = top.sub("chains")
+    chains: dict[str, ChainConfig] = {}
+    for name in list(chains_t.data):
+        sub = chains_t.sub(name)
+        chains[name] = _chain(sub, name)
+        sub.done()
+    chains_t.done()
+    bond_t = top.sub("bond")
+    vault = bond_t.get("vault", str, "")
+    if vault and not _is_address(vault):
+        raise bond_t.fail("vault", f"must be a 0x-prefixed 20-byte address, got {vault!r}")
+    if vault and not isinstance(chains.get("eth"), EthereumChainConfig):
+        raise bond_t.fail("vault", "needs [chains.eth]: the vault is read over its RPC")
+    bond_t.done()
+    val_t = top.sub("validator")
+    key = val_t.get("vault_key", str, "")
+    val_t.done()
+    top.done()
+    key_path = None if not key else (path.parent / key).resolve()
+    return ValidatorConfig(chains, vault, key_path)
+
+
+def build_observer(config: ValidatorConfig) -> AdapterObserver | None:
+    """The validator's chain watchers for every chain the config names (None: none named)."""
+    if not config.chains:
+        return None
+    adapters: dict[str, ChainAdapter] = {}
+    confirmations: dict[str, int] = {}
+    since: dict[str, int] = {}
+    vault = None
+    for name, chain in config.chains.items():
+        confirmations[name] = chain.confirmations
+        if isinstance(chain, BitcoinChainConfig):
+            client = RpcClient(
+                chain.rpc_url,
+                chain.rpc_user,
+                chain.rpc_password,
+                dialect=chain.dialect,  # type: ignore[arg-type]
+                cert_path=chain.cert_path,
+            )
+            params = chain_params(chain.chain, chain.network)
+            btc = BitcoinAdapter(RpcBackend(client), HdWallet(os.urandom(32), params))
+            adapters[name] = btc
+        else:
+            w3 = Web3(Web3.HTTPProvider(chain.rpc_url, request_kwargs={"timeout": 10}))
+            adapters[name] = EthereumAdapter(
+                w3, account_from_seed(os.urandom(32)), chain.htlc_contract
+            )
+            if config.vault and name == "eth":
+                vault = VaultWatcher(w3, config.vault, confirmations=chain.confirmations)
+        try:  # locks of orders committed from now on are newer than today's tip
+            since[name] = adapters[name].tip().height
+        except KofoError:
+            since[name] = 0  # a node down at start: search from genesis, slower but complete
+    return AdapterObserver(adapters, confirmations=confirmations, spent_since=since, vault=vault)
+
+
+def vault_signer(config: ValidatorConfig) -> bytes | None:
+    if config.vault_key is None:
+        return None
+    text = read_private_file(config.vault_key, max_size=256).decode().strip()
+    try:
+        key = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise ConfigError(f"{config.vault_key}: not a hex secp256k1 key") from None
+    if len(key) != 32:
+        raise ConfigError(f"{config.vault_key}: a secp256k1 key is 32 bytes, got {len(key)}")
+    return key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = server.build_parser()
+    parser.description = "KOFO clearance ledger (ABCI) with this validator's chain observer"
+    parser.add_argument("--config", type=Path, help="validator TOML: chain RPC URLs, bond vault")
+    parser.add_argument(
+        "--no-observe",
+        action="store_true",
+        help="do not watch the chains even though the config names them",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    config = load_validator_config(args.config) if args.config else ValidatorConfig()
+    observer = None
+    if not args.no_observe and not args.observe:
+        observer = build_observer(config)  # by default whenever chains are named
+    server.serve(args, observer=observer, vault_signer=vault_signer(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Issue 17: sybils filled the registration slots of every block for free. A registration now
+carries memory-hard work at the difficulty the ledger's params set; a flood without it is
+refused before any proof is checked, and an honest node that did the work still registers."""
+
+import dataclasses
+
+import pytest
+
+from kofo.clearance import admission, privacy
+from kofo.clearance.admission import SenderRateLimit
+from kofo.clearance.app import LedgerApp
+from kofo.clearance.params import LedgerParams
+from kofo.clearance.store import MerkleStore
+from kofo.wire.codec import decode
+from kofo.wire.envelope import open_message
+from kofo.wire.orders import RegisterNode, sign_tx
+
+from .helpers import T0, Ledger, Party, ledger_params
+
+pytestmark = pytest.mark.timeout(120)
+
+BITS = 8
+
+
+def _unworked(tx: bytes, party: Party) -> bytes:
+    """The same registration with a nonce that is not work of ``BITS`` bits."""
+    body = RegisterNode.from_map(open_message(tx).envelope.body)
+    nonce = 0
+    while admission.check_registration_work(party.id, body.paillier_n, nonce, BITS):
+        nonce += 1
+    return sign_tx(party.key, dataclasses.replace(body, pow_nonce=nonce))
+
+
+def test_a_registration_flood_without_work_is_refused_and_an_honest_node_registers():
+    ledger = Ledger(params=ledger_params(registration_work_bits=BITS))
+    sybils = [Party.make(100 + i) for i in range(30)]
+    flood = [_unworked(s.register_tx(), s) for s in sybils]
+    for tx in flood[:3]:  # refused at CheckTx already: the mempool never holds them
+        res = ledger.app.check_tx(tx)
+        assert res.error == "bad_message" and "pow_nonce" in res.log
+    honest = Party.make(1)
+    body = RegisterNode.from_map(open_message(honest.register_tx()).envelope.body)
+    work = admission.solve_registration_work(honest.id, body.paillier_n, BITS)
+    honest_tx = sign_tx(honest.key, dataclasses.replace(body, pow_nonce=work))
+    result = ledger.block(*flood, honest_tx)
+    assert [r.error for r in result.results] == ["bad_message"] * 30 + [""]
+    assert ledger.app.node(honest.id) is not None
+    assert all(ledger.app.node(s.id) is None for s in sybils)
+
+
+def test_work_is_bound_to_the_sender_and_the_modulus():
+    ledger = Ledger(params=ledger_params(registration_work_bits=BITS))
+    a, b = Party.make(1), Party.make(2)
+    body = RegisterNode.from_map(open_message(a.register_tx()).envelope.body)
+    work = admission.solve_registration_work(a.id, body.paillier_n, BITS)
+    # b reuses a's work for its own registration: refused (the digest names the sender)
+    b_body = RegisterNode.from_map(open_message(b.register_tx()).envelope.body)
+    if not admission.check_registration_work(b.id, b_body.paillier_n, work, BITS):
+        res = ledger.block(sign_tx(b.key, dataclasses.replace(b_body, pow_nonce=work)))
+        assert [r.error for r in res.results] == ["bad_message"]
+    ledger.ok(sign_tx(a.key, dataclasses.replace(body, pow_nonce=work)))
+
+
+def test_the_default_difficulty_is_in_the_params_and_bounded():
+    assert LedgerParams().registration_work_bits == 12
+    assert decode(Ledger().app.query("/params", b""))["registration_work_bits"] >= 0
+    with pytest.raises(Exception, match="registration_work_bits"):
+        LedgerParams(registration_work_bits=33)
+    # one check is one scrypt evaluation (deterministic: the same digest on every validator)
+    n = privacy.to_bytes(Party.make(0).paillier_pub.n)
+    assert admission.registration_work(b"x" * 32, n, 7) == admission.registration_work(
+        b"x" * 32, n, 7
+    )
+
+
+def test_check_tx_charges_its_rate_limits_before_checking_the_work():
+    # A flood of registrations with bad work must still spend the registration bucket at
+    # CheckTx: otherwise each costs a validator an uncharged scrypt evaluation.
+    app = LedgerApp(
+        MerkleStore(),
+        ledger_params(registration_work_bits=BITS),
+        registration_limit=SenderRateLimit(0.0001, 3, clock=lambda: 0.0),
+    )
+    sybils = [Party.make(200 + i) for i in range(5)]
+    errors = [app.check_tx(_unworked(s.register_tx(), s)).error for s in sybils]
+    assert errors == ["bad_message"] * 3 + ["rate_limited"] * 2
+
+
+def test_the_solo_producer_defers_registrations_over_the_blocks_cap_instead_of_refusing():
+    # Seven nodes of a local network start at once; a block takes five registrations. The
+    # producer leaves the other two for the next block (as CometBFT's honest proposer does):
+    # every node registers, none is refused rate_limited.
+    from kofo.clearance.consensus.solo import SoloChain
+
+    params = ledger_params(max_registrations_per_block=5)
+    chain = SoloChain(LedgerApp(MerkleStore(), params), clock=lambda: T0)
+    parties = [Party.make(300 + i) for i in range(7)]
+    assert all(chain.submit(p.register_tx()).ok for p in parties)
+    results = chain.drain()
+    assert [len(r.results) for r in results] == [5, 2]
+    assert all(r.ok for res in results for r in res.results)
+    assert all(chain.app.node(p.id) is not None for p in parties)

@@ -1,0 +1,89 @@
+"""`python -m kofo.node.validator`: the ABCI server with the validator's chain observer wired by
+default whenever its config names chain RPC URLs (issue 17 item: no `--observe` needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web3 import Web3
+
+from kofo.clearance.abci import server
+from kofo.errors import ConfigError
+from kofo.node import validator
+from kofo.node.bonds import ensure_bond
+from kofo.node.devnet import start_devnet
+from kofo.private_files import write_private_file
+from kofo.settlement.chains.ethereum.keys import account_from_seed
+from kofo.settlement.observer import AdapterObserver
+from tests.clearance.helpers import ledger_params
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _config(tmp_path: Path, desc: dict[str, Any], *, vault: bool = True) -> Path:
+    btc, eth = desc["chains"]["btc"], desc["chains"]["eth"]
+    lines = [
+        "[chains.btc]",
+        f'rpc_url = "{btc["rpc_url"]}"',
+        f'rpc_user = "{btc["rpc_user"]}"',
+        f'rpc_password = "{btc["rpc_password"]}"',
+        'network = "regtest"',
+        "[chains.eth]",
+        f'rpc_url = "{eth["rpc_url"]}"',
+        f'htlc_contract = "{eth["htlc_contract"]}"',
+    ]
+    if vault:
+        lines += ["[bond]", f'vault = "{desc["bond"]["vault"]}"']
+        lines += ["[validator]", 'vault_key = "vault.key"']
+        write_private_file(tmp_path / "vault.key", (b"11" * 32))
+    path = tmp_path / "validator.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_config_names_chains_so_the_observer_is_wired_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = account_from_seed(os.urandom(32))
+    net = start_devnet(fund=[key.address], block_interval=0, ledger_params=ledger_params())
+    try:
+        path = _config(tmp_path, net.describe())
+        seen: dict[str, Any] = {}
+
+        def fake_serve(args: Any, *, observer: Any = None, vault_signer: Any = None) -> None:
+            seen.update(args=args, observer=observer, signer=vault_signer)
+
+        monkeypatch.setattr(server, "serve", fake_serve)
+        validator.main(["--db", str(tmp_path / "l.db"), "--config", str(path)])
+        observer = seen["observer"]
+        assert isinstance(observer, AdapterObserver)
+        assert set(observer.adapters) == {"btc", "eth"}
+        assert seen["signer"] == bytes.fromhex("11" * 32)
+        # the observer reads the real vault: a deposit is seen, at its confirmed height
+        node = os.urandom(32)
+        w3 = Web3(Web3.HTTPProvider(net.eth_server.url))
+        ensure_bond(home=tmp_path, w3=w3, account=key, vault=net.vault, node_id=node, amount=10**17)
+        seen_bond = observer.observe_bond(node)
+        assert seen_bond is not None and seen_bond.amount == 10**17
+        # --no-observe: nothing wired; no chains in the config: nothing either
+        validator.main(["--db", str(tmp_path / "l.db"), "--config", str(path), "--no-observe"])
+        assert seen["observer"] is None
+        empty = tmp_path / "empty.toml"
+        empty.write_text("")
+        validator.main(["--db", str(tmp_path / "l.db"), "--config", str(empty)])
+        assert seen["observer"] is None and seen["signer"] is None
+    finally:
+        net.stop()
+
+
+def test_a_bad_validator_config_is_refused_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "v.toml"
+    path.write_text('[bond]\nvault = "0x1234"\n')
+    with pytest.raises(ConfigError, match="vault"):
+        validator.load_validator_config(path)
+    path.write_text('[chains.eth]\nrpc_url = "http://127.0.0.1:1"\nhtlc_contract = "nope"\n')
+    with pytest.raises(ConfigError, match="htlc_contract"):
+        validator.load_validator_config(path)
