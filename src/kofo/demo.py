@@ -544,6 +544,10 @@ STEP_CHAIN = {
 locks BTC and redeems ETH; the maker the reverse)."""
 
 
+SIDE_END = ("redeemed", "refunded", "aborted")
+"""A maker's swap states that end its side."""
+
+
 def _follow(
     net: Network, trade_id: str, seqs: dict[str, int], console: Console, seen: set[str]
 ) -> Any:
@@ -553,6 +557,7 @@ def _follow(
 
     taker = net.client("taker")
     order_id = ""
+    ended: Any = None
     last_tx: dict[tuple[str, str], str] = {}
     deadline = time.monotonic() + WAIT
     t0 = time.monotonic()
@@ -569,11 +574,16 @@ def _follow(
                 elif e.kind == "swap" and order_id and d.get("swap_id") == order_id:
                     seen.add(f"{n} {d.get('state')}")
                     console.print(f"{at}  {_step(net, n, d, last_tx)}")
-        view = taker.trade(trade_id)
-        if view.state in TERMINAL_TRADE_STATES:
-            return view
+        maker_end = any(f"{n} {st}" in seen for n in FOLLOWED[1:] for st in SIDE_END)
+        if ended is not None and (maker_end or ended.state not in ("redeemed", "refunded")):
+            return ended  # the taker's trade and the maker's side both ended, all printed
+        if ended is None:
+            view = taker.trade(trade_id)
+            if view.state in TERMINAL_TRADE_STATES:
+                ended = view  # drain the streams once more, until the maker's side ends too
+                continue
         time.sleep(0.1)
-    raise DemoFailed(f"trade {trade_id} did not end within {WAIT:.0f} s")
+    raise DemoFailed(f"trade {trade_id} did not end on both sides within {WAIT:.0f} s")
 
 
 def _step(net: Network, n: str, d: dict[str, Any], last_tx: dict[tuple[str, str], str]) -> str:
