@@ -27,10 +27,11 @@ from kofo.node.config import Endpoint, NodeConfig, OfferConfig, load_config
 from kofo.node.daemon import HEIGHT_TOLERANCE, Node
 from kofo.node.devnet import Devnet, start_devnet
 from kofo.node.home import init_home
-from kofo.node.service import OfferSpec, TradeRequest
+from kofo.node.service import Conflict, OfferSpec, TradeRequest
 from kofo.node.trades import TradeRefused, engine_legs
 from kofo.settlement.engine import CrashHook
 from kofo.wallet import NodeWallet
+from kofo.wire.codec import decode, encode
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import BlockHeight
 from kofo.wire.orders import SettlementOrder, with_derived_id
@@ -183,6 +184,23 @@ async def _routed_trade_on(net: Net) -> None:
         assert after == expected_after(before[name], gives=gives, gets=gets, fees=fees), name
     relay = net.nodes["relay"]
     assert await asyncio.to_thread(holdings, relay, assets) == before["relay"]
+    # fees: the relay's and the maker's shares, decrypted with their own Paillier keys, and
+    # the foundation's public balance add up to the order's protocol fee, in the notional's
+    # asset; the maker withdraws its share once (a second withdrawal finds nothing)
+    notional = found[1].legs[0]
+    shares = {}
+    for name in ("relay", "maker"):
+        views = await net.nodes[name].fee_shares()
+        shares[name] = sum(v.amount for v in views if v.asset == notional.chain)
+    foundation = decode(
+        await asyncio.to_thread(taker.ledger.abci_query, "/foundation", encode(notional.chain))
+    )
+    assert shares["relay"] > 0 and shares["maker"] > 0
+    assert shares["relay"] + shares["maker"] + int(foundation) == found[1].protocol_fee
+    assert await maker.withdraw_fees(notional.chain, "payout-address") == shares["maker"]
+    assert [v for v in await maker.fee_shares() if v.asset == notional.chain] == []
+    with pytest.raises(Conflict):
+        await maker.withdraw_fees(notional.chain, "payout-address")
     # the trade is in the event stream, and survives in the trade rows
     kinds = [e.data.get("phase") for e in await taker.events(limit=1000) if e.kind == "trade"]
     assert "committed" in kinds and "redeemed" in kinds

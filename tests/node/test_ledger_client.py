@@ -1,5 +1,7 @@
-"""One LedgerClient, two ledgers: the solo ledger served over CometBFT's RPC, and a real
-single-node CometBFT running the ledger app. The same test body runs against both."""
+"""One LedgerClient, three ledgers: the solo ledger served over CometBFT's RPC, a real
+single-node CometBFT running the ledger app, and a 4-validator CometBFT testnet (started with
+its tx index kept, ``LocalTestnet(tx_index=True)``; the client talks to a validator other than
+the first). The same test body runs against all three."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from kofo.clearance.app import LedgerApp
 from kofo.clearance.consensus.solo import SoloChain
 from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
+from kofo.clearance.consensus.testnet import LocalTestnet, free_base_port
 from kofo.clearance.store import MerkleStore
 from kofo.node.ledger_client import (
     LedgerClient,
@@ -91,8 +94,46 @@ def cometbft_url(tmp_path) -> Iterator[str]:
             server.wait()
 
 
+@pytest.fixture
+def testnet4_url(tmp_path) -> Iterator[str]:
+    """Validator 2 of a 4-validator testnet running the ledger app, with the tx index on."""
+    require_binary("cometbft")
+    net = LocalTestnet(
+        tmp_path / "net",
+        4,
+        base_port=free_base_port(4),
+        params=ledger_params().as_map(),
+        tx_index=True,
+    )
+    net.create()
+    with net:
+        net.start_all()
+        yield net.validators[2].rpc_url
+
+
+def test_a_testnet_keeps_no_tx_index_unless_asked(tmp_path):
+    """The benchmark's default is unchanged: CometBFT's indexer off (``tx`` then fails, and
+    the client names the setting); ``tx_index=True`` keeps the ``kv`` indexer."""
+    require_binary("cometbft")
+    indexers = {}
+    for keep in (False, True):
+        net = LocalTestnet(tmp_path / f"net-{keep}", 4, base_port=free_base_port(4), tx_index=keep)
+        net.create()
+        for v in net.validators:
+            config = (v.home / "config" / "config.toml").read_text()
+            section = config.split("[tx_index]", 1)[1].split("\n[", 1)[0]
+            indexers.setdefault(keep, set()).add(
+                next(ln for ln in section.splitlines() if ln.startswith("indexer")).strip()
+            )
+    assert indexers == {False: {'indexer = "null"'}, True: {'indexer = "kv"'}}
+
+
 @pytest.fixture(
-    params=["solo", pytest.param("cometbft", marks=pytest.mark.realnode)],
+    params=[
+        "solo",
+        pytest.param("cometbft", marks=pytest.mark.realnode),
+        pytest.param("testnet4", marks=[pytest.mark.realnode, pytest.mark.slow]),
+    ],
 )
 def ledger_url(request) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))

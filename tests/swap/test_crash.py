@@ -48,6 +48,7 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.engine import CRASH_POINTS
+from kofo.settlement.journal import Journal
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg, SwapTerms
 from kofo.wire.swap import Propose
@@ -61,8 +62,10 @@ FUNDER_COINBASES = 20
 """50-coin coinbases the module's funder starts with: 1000 coins, room for 10,000 parties at
 0.1 coin each (the crash runs make about a hundred)."""
 BTC_RPC_USER, BTC_RPC_PASSWORD = "kofo-crash", "crash-test-pw"
-RUN_TIMEOUT = 30
-"""Seconds one swap may take across all its kills and restarts (a clean one takes ~1.5 s)."""
+RUN_TIMEOUT = 300
+"""Seconds one swap may take across all its kills and restarts before it counts as hung. A
+bound, not a timing goal: a clean swap takes a few seconds, but on a shared 2-core CI machine
+one BTC refund swap (hundreds of blocks mined and read) took 30 s of wall time."""
 
 DISAPPEAR_AT = "enter:counter_audited"
 """Where the initiator vanishes on the refund path: the participant's lock is buried and the
@@ -70,6 +73,11 @@ initiator is about to reveal the secret, so both legs are locked and neither is 
 
 BUMP_FEE_RATE = 50
 """sat/vB the next blocks need once fees rise on the bump path (the fallback rate is 2)."""
+
+pytestmark = pytest.mark.timeout(600)
+"""Per test: a few swaps, each bounded by ``RUN_TIMEOUT``; the kill-at-every-point tests (marked
+``slow``: tens of swaps) get more below. Hang bounds, generous for a loaded machine."""
+SLOW_TIMEOUT = pytest.mark.timeout(3600)
 
 _ctx = multiprocessing.get_context("forkserver")
 _ctx.set_forkserver_preload(["tests.swap.crash_node"])
@@ -129,6 +137,7 @@ class Party:
     config: dict[str, Any]
     address: str  # on the EVM
     btc_address: str = ""  # the Bitcoin identity (compressed public key, hex), "btc" pair only
+    btc_view: BitcoinAdapter | None = None  # see _btc_view
 
 
 PAIRS = ("erc20", "btc")
@@ -310,20 +319,26 @@ Asset = tuple[str, str | None]  # (chain, token)
 
 
 def _btc_view(chains: Chains, party: Party) -> BitcoinAdapter:
-    """A read-only view of the party's Bitcoin wallet, straight on the embedded chain."""
+    """A read-only view of the party's Bitcoin wallet, straight on the embedded chain. One per
+    party, kept: its index follows the chain from where it last synced, so the balance reads
+    before and after the swap and the fee reads check each block once, not once per read."""
     ensure_thread_params()
-    wallet = HdWallet(bytes.fromhex(party.config["btc_seed"]), chains.btc.params)
-    start = int(party.config["btc_start_height"])
-    return BitcoinAdapter(EmbeddedBackend(chains.btc.chain), wallet, start_height=start)
+    if party.btc_view is None:
+        wallet = HdWallet(bytes.fromhex(party.config["btc_seed"]), chains.btc.params)
+        start = int(party.config["btc_start_height"])
+        party.btc_view = BitcoinAdapter(
+            EmbeddedBackend(chains.btc.chain), wallet, start_height=start
+        )
+    return party.btc_view
 
 
 def _fees(chains: Chains, party: Party) -> dict[str, int]:
     """Native-coin fees each chain charged the party for its journaled transactions."""
-    eng = build_engine(party.config)
+    journal = Journal(party.config["journal"])
     btc = _btc_view(chains, party) if "btc_seed" in party.config else None
     paid: dict[str, int] = {}
-    for sw in eng.journal.swaps():
-        for _kind, chain, txid, _at in eng.journal.all_txs(sw.swap_id):
+    for sw in journal.swaps():
+        for _kind, chain, txid, _at in journal.all_txs(sw.swap_id):
             if chain == "btc":
                 assert btc is not None
                 btc.index.sync()
@@ -337,7 +352,7 @@ def _fees(chains: Chains, party: Party) -> dict[str, int]:
                     continue  # signed, superseded before broadcast: never paid for
                 fee = r["gasUsed"] * r["effectiveGasPrice"]
             paid[chain] = paid.get(chain, 0) + fee
-    eng.journal.close()
+    journal.close()
     return paid
 
 
@@ -366,10 +381,10 @@ def _holdings(chains: Chains, party: Party, assets: list[Asset]) -> dict[Asset, 
 
 
 def _final_states(alice: Party, bob: Party, sid: bytes) -> tuple[State, State]:
-    ea, eb = build_engine(alice.config), build_engine(bob.config)
-    states = ea.journal.get(sid).state, eb.journal.get(sid).state
-    ea.journal.close()
-    eb.journal.close()
+    ja, jb = Journal(alice.config["journal"]), Journal(bob.config["journal"])
+    states = ja.get(sid).state, jb.get(sid).state
+    ja.close()
+    jb.close()
     return states
 
 
@@ -449,6 +464,7 @@ def test_an_initiator_that_vanishes_before_revealing_ends_with_both_refunded(
 
 
 @pytest.mark.slow
+@SLOW_TIMEOUT
 @pytest.mark.parametrize("pair", PAIRS)
 def test_killing_either_node_at_every_redeem_path_point_still_ends_in_both_redeemed(
     devnet, tmp_path, pair
@@ -466,6 +482,7 @@ def test_killing_either_node_at_every_redeem_path_point_still_ends_in_both_redee
 
 
 @pytest.mark.slow
+@SLOW_TIMEOUT
 @pytest.mark.parametrize("pair", PAIRS)
 def test_killing_either_node_at_every_refund_path_point_still_ends_in_both_refunded(
     devnet, tmp_path, pair
@@ -502,6 +519,7 @@ def test_a_lock_stuck_by_a_fee_rise_gets_a_child_across_the_process_boundary(dev
 
 
 @pytest.mark.slow
+@SLOW_TIMEOUT
 @pytest.mark.parametrize(
     ("path", "role", "point"),
     [

@@ -120,6 +120,7 @@ def _ethereum(cfg: EthereumChainConfig, wallet: NodeWallet, home: Path) -> Ether
         cfg.htlc_contract,
         chain=cfg.chain,
         nonce_db=home / f"nonces-{cfg.chain}.sqlite",
+        chain_id=cfg.chain_id,  # it signs for this chain only and re-checks on new heads
     )
 
 
@@ -155,7 +156,12 @@ def build_chains(config: NodeConfig, wallet: NodeWallet) -> Chains:
                 assets[key] = Asset(key, name, token, symbol, _decimals(eth.w3, token))
                 symbols[symbol] = key
         symbols[name] = name
-        log.info("chain %s: %s, policy %s", name, adapters[name], _policy_line(policies[name]))
+        log.info(
+            "chain %s: %s, policy %s",
+            name,
+            type(adapters[name]).__name__,
+            _policy_line(policies[name]),
+        )
     return Chains(adapters, policies, assets, symbols)
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from kofo.errors import ConfigError, KofoError
+from kofo.node.config import WALLET_FILE
 
 
 def _fail(exc: KofoError) -> typer.Exit:
@@ -101,6 +102,9 @@ def init_command(
                 code="passphrase_required",
             )
         seed = words_to_seed(read_backup_words()) if restore else os.urandom(SEED_BYTES)
+        # --force on a home with a wallet keeps that wallet (a fresh seed is for a new one
+        # only; a restore into a home with a wallet is still refused by init_home)
+        keep = force and not restore and (home.expanduser() / WALLET_FILE).exists()
         chains: dict[str, dict[str, Any]] | None = None
         bond: dict[str, Any] | None = None
         if devnet is not None:
@@ -120,7 +124,7 @@ def init_command(
             chains=chains,
             bond=bond,
             force=force,
-            seed=seed,
+            seed=None if keep else seed,
         )
     except KofoError as exc:
         raise _fail(exc) from None
@@ -141,8 +145,8 @@ def init_command(
 def node_command(
     home: Annotated[Path, typer.Option("--home", help="the node home (`kofo init`)")],
 ) -> None:
-    """Run the node daemon on HOME until SIGINT/SIGTERM. Today it locks the home, loads the
-    config and wallet and watches the ledger; it does not trade yet."""
+    """Run the node daemon on HOME until SIGINT/SIGTERM: offers, quotes, trades and swaps on
+    the configured chains, cleared on the ledger (docs/node.md)."""
     from kofo.node.daemon import run_node
 
     try:

@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
+import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -40,7 +42,7 @@ from kofo import __version__
 from kofo.clearance import privacy
 from kofo.errors import InvalidInput, KofoError
 from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed, now_ms
-from kofo.exchange.route import OrderPolicy
+from kofo.exchange.route import OrderPolicy, OrderTimes
 from kofo.node.chains import Chains, build_chains
 from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_config
 from kofo.node.events import EventLog
@@ -71,11 +73,18 @@ from kofo.node.service import (
 )
 from kofo.node.service import Event as ServiceEvent
 from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
-from kofo.node.trades import PhaseJournal, TradePipeline, TradeRefused, check_order_as_maker
+from kofo.node.trades import (
+    PhaseJournal,
+    TradePipeline,
+    TradeRefused,
+    check_order_as_maker,
+    plan_order_times,
+)
+from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import State
-from kofo.settlement.terms import TermsRefused
+from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, TermsRefused
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import ReplayGuard
@@ -86,6 +95,7 @@ from kofo.wire.orders import (
     EvidenceKind,
     FileEvidence,
     SettlementOrder,
+    WithdrawFees,
     sign_tx,
 )
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
@@ -110,8 +120,15 @@ expiry_time: the parties' tips differ by a block or two at the moment of the ord
 TIP_STALENESS_S = 10
 """Seconds the tips the hooks read may lag (refreshed every :data:`REFRESH_INTERVAL`, on each
 side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLERANCE`."""
+PROPOSE_RETRY_S = ACCEPT_WINDOW_SECONDS - 60
+"""Seconds a taker keeps re-sending its proposal to a maker it cannot reach (or that did not
+answer) after the commit: within the engine's accept window, so the swap ends aborted (nothing
+locked) if the maker never comes back."""
+PROPOSE_RETRY_INTERVAL = 5.0
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
+WITHDRAWALS_FILE = "withdrawals.json"
+"""Per asset, the ``seq`` of this node's next fee withdrawal (the ledger's count, kept)."""
 EVENTS_FILE = "events.sqlite"
 TRADES_FILE = "trades.sqlite"
 TRADE_STATE_OF_SWAP = {
@@ -246,6 +263,8 @@ class Node:
             asyncio.ensure_future(self._offer_loop()),
         ]
         self._recover()
+        for line in self.identity_lines():
+            log.info("%s", line)
         self.event_log.append("node", {"event": "started", "node_id": self.node_id.hex()})
         log.info(
             "node %r started (home %s), node id %s, p2p %s:%d",
@@ -255,6 +274,15 @@ class Node:
             self.config.p2p_listen.host,
             self.exchange.port,
         )
+
+    def identity_lines(self) -> list[str]:
+        """The node's addresses for the log (never a key)."""
+        lines = [f"eth address {self.wallet.eth_account().address}"]
+        for chain in self.config.chains.values():
+            if isinstance(chain, BitcoinChainConfig):
+                hd = self.wallet.bitcoin(chain.chain, chain.network, home=self.config.home)
+                lines.append(f"{chain.chain} ({chain.network}) address {hd.address()}")
+        return lines
 
     async def stop(self) -> None:
         """Stop the exchange (no new quotes or orders), the trade tasks and loops (the engine
@@ -356,6 +384,7 @@ class Node:
             "on_fill": self._on_fill,
             "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
             "on_direct": self._on_direct,
+            "plan_times": self._plan_times,
             "chain_clocks": {
                 name: "height" if p.height_clock else "unix"
                 for name, p in (self.chains.policies.items() if self.chains else ())
@@ -393,6 +422,11 @@ class Node:
         if not isinstance(tip, BlockHeight):
             raise OrderPolicy(f"chain {chain}: no tip known yet")
         return BlockHeight(tip.value + policy.to_units(expiry_time - now_s))
+
+    def _plan_times(self, have_chain: str, want_chain: str, now_s: int) -> OrderTimes:
+        """The taker's plan of an order's deadlines from its engine's margins (link v4)."""
+        assert self.chains is not None
+        return plan_order_times(self.chains.policies, have_chain, want_chain, now_s)
 
     def _expiry_check(self, chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
         """Refuse a leg whose expiry is not in its chain's unit, or whose height is more than
@@ -538,8 +572,8 @@ class Node:
         detail = {k: v for k, v in data.items() if k in ("state", "txid", "reason")}
         if end is not None:
             detail.update(self._amounts(u.swap_id, u.state))
-            self.store.update(trade.trade_id, state=end)
-            self._trade_event(trade.trade_id, end, detail)
+            self._trade_event(trade.trade_id, end, detail)  # the phase before the state:
+            self.store.update(trade.trade_id, state=end)  # a reader of the end sees it
             with self._holds_lock:
                 self._holds = [h for h in self._holds if h.order_id != u.swap_id]
         else:
@@ -732,8 +766,8 @@ class Node:
                 with self._holds_lock:
                     self._holds = [h for h in self._holds if h.order_id != order.order_id]
                 log.info("order %s never committed: hold released", order.order_id.hex()[:16])
-                self.store.update(trade.trade_id, state="failed", error=str(exc)[:500])
                 self._trade_event(trade.trade_id, "failed", {"reason": "not committed"})
+                self.store.update(trade.trade_id, state="failed", error=str(exc)[:500])
             return
         except LedgerError:
             return
@@ -795,8 +829,8 @@ class Node:
         except asyncio.CancelledError:
             view = self.store.find(trade_id)
             if view is not None and view.state in ("quoting", "ordering"):
-                self.store.update(trade_id, state="cancelled")
                 self._trade_event(trade_id, "cancelled", {})
+                self.store.update(trade_id, state="cancelled")
             raise
         except TimeoutError:
             self._fail(trade_id, f"no commit within the deadline of {request.deadline_s}s")
@@ -818,8 +852,8 @@ class Node:
             log.warning("trade %s: %s (kept: it may be committed)", trade_id, reason)
             self.store.update(trade_id, error=reason[:500])
             return
-        self.store.update(trade_id, state="failed", error=reason[:500])
         self._trade_event(trade_id, "failed", {"reason": reason[:500]})
+        self.store.update(trade_id, state="failed", error=reason[:500])
 
     async def _take(self, trade_id: str, request: TradeRequest) -> None:
         assert self.exchange is not None and self.pipeline is not None and self.engine is not None
@@ -877,22 +911,41 @@ class Node:
         self.store.update(trade_id, state="committed", height=height)
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
         self.crash.hit("trade_committed")
-        try:
-            await self._thread(self.pipeline.start_as_taker, oid)
-        except (TradeRefused, TermsRefused) as exc:
-            assert self.engine is not None
-            if self._unlocked(oid):
-                # committed, but the swap cannot start (or the maker refused it): nothing of
-                # ours is locked, so the trade ends here; the ledger lets the order lapse
-                self.store.update(trade_id, state="failed", error=f"{exc.code}: {exc}"[:500])
-                self._trade_event(trade_id, "failed", {"reason": f"{exc.code}: {exc}"[:500]})
-                return
-            raise
+        deadline = time.monotonic() + PROPOSE_RETRY_S
+        while True:
+            try:
+                await self._thread(self.pipeline.start_as_taker, oid)
+            except (TradeRefused, TermsRefused) as exc:
+                if self._unlocked(oid):
+                    # committed, but the swap cannot start (or the maker refused it): nothing
+                    # of ours is locked, so the trade ends here; the order lapses on the ledger
+                    reason = f"{exc.code}: {exc}"[:500]
+                    self._trade_event(trade_id, "failed", {"reason": reason})
+                    self.store.update(trade_id, state="failed", error=reason)
+                    return
+                raise
+            except KofoError as exc:  # the maker not reached (down, restarting): ask again
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise
+                log.info("trade %s: proposal not delivered (%s); retrying", trade_id, exc)
+                await asyncio.sleep(PROPOSE_RETRY_INTERVAL)
+                continue
+            if not self._proposed(oid) or time.monotonic() > deadline or self._stop.is_set():
+                break
+            await asyncio.sleep(PROPOSE_RETRY_INTERVAL)  # no answer yet: propose again
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
             self.store.update(trade_id, state="settling")
             self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()})
         self.crash.hit("trade_swap_started")
+
+    def _proposed(self, oid: bytes) -> bool:
+        """The swap is proposed and the maker's accept not in (it may not have got it)."""
+        assert self.engine is not None
+        try:
+            return self.engine.journal.get(oid).state is State.PROPOSED
+        except UnknownSwap:
+            return False
 
     def _unlocked(self, oid: bytes) -> bool:
         assert self.engine is not None
@@ -932,8 +985,8 @@ class Node:
                 self._fail(trade.trade_id, "interrupted before the order was signed")
                 continue
             oid = bytes.fromhex(trade.order_id)
-            if self.phases.phase(oid, "swap_started") is not None:
-                continue  # the engine drives it (resume)
+            if self.phases.phase(oid, "swap_started") is not None and not self._proposed(oid):
+                continue  # the engine drives it (resume); a proposal not accepted is re-sent
             log.info("trade %s: resuming after a restart", trade.trade_id)
             self._trade_tasks[trade.trade_id] = asyncio.ensure_future(
                 self._resume_trade(trade.trade_id, bytes(tx), oid)
@@ -947,8 +1000,8 @@ class Node:
         except KofoError as exc:
             view = self.store.get(trade_id)
             if view.state == "submitted":
-                self.store.update(trade_id, state="failed", error=str(exc)[:500])
                 self._trade_event(trade_id, "failed", {"reason": str(exc)[:500]})
+                self.store.update(trade_id, state="failed", error=str(exc)[:500])
             else:
                 self._fail(trade_id, f"{exc.code}: {exc}")
         finally:
@@ -1107,8 +1160,8 @@ class Node:
                 await task
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
-            self.store.update(trade_id, state="cancelled")
             self._trade_event(trade_id, "cancelled", {})
+            self.store.update(trade_id, state="cancelled")
         return self.store.get(trade_id)
 
     def _swap_view(self, rec: StoredSwap) -> SwapView:
@@ -1220,6 +1273,63 @@ class Node:
             if earned:
                 out.append(FeeShareView("", "fees", asset, earned))
         return out
+
+    async def withdraw_fees(self, asset: str, payout_address: str) -> int:
+        """Withdraw this node's whole fee balance in ``asset`` (a ``withdraw_fees`` tx: the
+        balance revealed with its randomness, a fresh zero seed and its proof, the next
+        ``seq``); returns the amount. The ledger applies a given ``seq`` once, so a retry of
+        the same withdrawal is refused rather than paid twice."""
+        if self._paillier is None:
+            raise Unavailable("this node is not registered yet")
+        if not payout_address or len(payout_address) > 256:
+            raise InvalidInput("payout_address must be 1..256 characters")
+        arg = encode({"node": self.node_id, "asset": asset})
+        rec = decode(await self._ledger_call(self.ledger.abci_query, "/balance", arg))
+        ct = rec.get("balance")
+        amount, randomness = privacy.reveal(self._paillier, ct) if ct else (0, b"")
+        if amount <= 0:
+            raise Conflict(f"no fee balance in {asset!r} to withdraw")
+        seq = self._withdrawals().get(asset, 0)
+        for _ in range(2):
+            seed, proof = privacy.zero_seed(
+                self._paillier.public_key, privacy.withdraw_context(self.node_id, asset, seq)
+            )
+            body = WithdrawFees(asset, amount, randomness, seed, payout_address, seq, proof)
+            try:
+                tx = sign_tx(self.key, body)
+                included = await self._ledger_call(lambda tx=tx: self.ledger.commit(tx, timeout=30))
+            except LedgerRefused as exc:
+                found = re.search(r"seq must be (\d+)", exc.log)
+                if found is None or int(found.group(1)) == seq:
+                    raise
+                seq = int(found.group(1))  # our count was behind the ledger's: use its
+                continue
+            self._save_withdrawal(asset, seq + 1)
+            self.event_log.append(
+                "ledger",
+                {
+                    "event": "fees_withdrawn",
+                    "asset": asset,
+                    "amount": amount,
+                    "height": included.height,
+                },
+            )
+            return amount
+        raise Conflict(f"withdrawal of {asset!r} not accepted at seq {seq}")
+
+    def _withdrawals(self) -> dict[str, int]:
+        path = self.config.home / WITHDRAWALS_FILE
+        if not path.exists():
+            return {}
+        data = json.loads(read_private_file(path, max_size=1 << 20))
+        return {str(k): int(v) for k, v in data.items()}
+
+    def _save_withdrawal(self, asset: str, next_seq: int) -> None:
+        data = self._withdrawals()
+        data[asset] = next_seq
+        write_private_file(
+            self.config.home / WITHDRAWALS_FILE, json.dumps(data, sort_keys=True).encode()
+        )
 
     async def importance(self, *, limit: int = 50) -> list[ImportanceView]:
         raw = await self._ledger_call(self.ledger.abci_query, "/importance", encode(limit))

@@ -112,10 +112,14 @@ class LocalTestnet:
         app_env: dict[int, dict[str, str]] | None = None,
         vote_extensions_height: int = 0,
         observe: bool = False,
+        tx_index: bool = False,
     ) -> None:
         """``vote_extensions_height`` > 0 turns on CometBFT's vote extensions from that height
         (the ledger's leg and bond attestations); ``observe`` gives each validator's app a
-        :class:`~kofo.clearance.attest.FileObserver` over ``observed_path(i)``."""
+        :class:`~kofo.clearance.attest.FileObserver` over ``observed_path(i)``; ``tx_index``
+        keeps CometBFT's ``kv`` transaction index, so the RPC's ``tx`` (and ``tx_search``)
+        answer -- what the node's ledger client looks a committed transaction up with. Off by
+        default: the benchmark measures the chain without the indexer's work."""
         if validators < 1:
             raise TestnetError(f"validators must be at least 1, got {validators}")
         if app not in ("kofo", "kvstore"):
@@ -129,6 +133,7 @@ class LocalTestnet:
         show that no process setting changes a result)."""
         self.vote_extensions_height = vote_extensions_height
         self.observe = observe
+        self.tx_index = tx_index
         self.cometbft = find_cometbft()
         self.validators = [
             Validator(
@@ -191,7 +196,7 @@ class LocalTestnet:
                     ("p2p", "allow_duplicate_ip"): "true",
                     ("consensus", "timeout_commit"): json.dumps(self.timeout_commit),
                     ("consensus", "timeout_propose"): json.dumps("1s"),
-                    ("tx_index", "indexer"): json.dumps("null"),
+                    ("tx_index", "indexer"): json.dumps("kv" if self.tx_index else "null"),
                     # CheckTx is stateless in both apps (ours: encoding, schema, signatures;
                     # kvstore: the key=value form), so re-running it on every pending tx after
                     # each block can never evict anything; production nodes set this too.

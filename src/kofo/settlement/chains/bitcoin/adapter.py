@@ -54,7 +54,7 @@ from kofo.settlement.chains.bitcoin.blocks import (
     BadBlock,
     Header,
     ParsedBlock,
-    check_block,
+    checked_block,
     compact_target,
     parse_block,
     parse_header,
@@ -178,9 +178,11 @@ class ChainIndex:
             if below is not None and header.prev_hash != below:
                 return False  # the chain moved under us: walk back again
             if height > 0:  # the genesis block is the chain's given, not proven by work
-                check_block(raw, self.params)
+                block = checked_block(raw, self.params)[1]
                 self._check_bits(height, header)
-            self._apply(height, block_hash, parse_block(raw))
+            else:
+                block = parse_block(raw)
+            self._apply(height, block_hash, block)
             self._bits[height] = header.bits
             self._times[height] = header.time
         return True

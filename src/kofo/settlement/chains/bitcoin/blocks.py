@@ -143,7 +143,8 @@ def pow_hash(header: bytes, algorithm: str) -> int:
 
 
 def check_block(raw: bytes, params: ChainParams) -> Header:
-    """Check that ``raw`` proves what the adapter will read from it; return its header.
+    """Check that ``raw`` proves what the adapter will read from it; return its header
+    (:func:`checked_block` also returns the decoded block).
 
     * Bitcoin Core's own context-free ``CheckBlock`` (:func:`.kernel.check_block`): the merkle
       root commits to exactly these transactions (a CVE-2012-2459 mutated list refused), sizes,
@@ -156,6 +157,12 @@ def check_block(raw: bytes, params: ChainParams) -> Header:
     What a single block cannot show -- that its ``bits`` follow the chain's difficulty, and that
     it is on the chain with the most work -- is for :class:`.adapter.ChainIndex` (bits from its
     parent) and the backend (which branch is best)."""
+    return checked_block(raw, params)[0]
+
+
+def checked_block(raw: bytes, params: ChainParams) -> tuple[Header, ParsedBlock]:
+    """:func:`check_block`, returning the header and the block decoded once (decoding the
+    transactions is most of the cost of reading a block; the index needs them too)."""
     header = parse_header(raw)
     kernel_pow = params.pow_hash == "sha256d"
     problem = kernel_check_block(raw, params.network, proof_of_work=kernel_pow)
@@ -174,8 +181,9 @@ def check_block(raw: bytes, params: ChainParams) -> Header:
             f"block {header.hash}: work {block_work(header.bits)} is below the minimum "
             f"{params.min_block_work} this node follows"
         )
-    _check_witness_commitment(header.hash, parse_block(raw).txs)
-    return header
+    block = parse_block(raw)
+    _check_witness_commitment(header.hash, block.txs)
+    return header, block
 
 
 def _check_witness_commitment(block_hash: str, txs: Sequence[CTransaction]) -> None:
