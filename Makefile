@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-## demo: the main job on the embedded chains (no node, no network needed)
+## demo: the KOFO network on embedded chains: kofo devnet + six kofo node processes, a routed trade
 demo: $(STAMP)
 	$(VENV)/bin/kofo demo
 
@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m bench.swap
 	$(PY) -m bench.exchange
 	$(PY) -m bench.api
+	$(PY) -m bench.trade
 	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m bench.clearance
 
 clean:

@@ -37,8 +37,9 @@ def version() -> None:
 
 @app.command()
 def demo() -> None:
-    """The main job: two nodes swap BTC→ETH, ETH→BTC and BTC→ERC-20 on the embedded chains.
-    Exits non-zero unless every swap ends redeemed on both sides."""
+    """The network on this machine: `kofo devnet` and six `kofo node` processes (two makers,
+    three relays, a taker); a routed BTC→ETH trade driven through the nodes' APIs, cleared on
+    the ledger and settled on both chains. Exits non-zero unless every check holds."""
     from kofo.demo import run_demo
 
     try:

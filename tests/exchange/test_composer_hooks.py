@@ -388,3 +388,33 @@ def test_composer_callbacks_that_fail_refuse_quietly_and_never_score_a_peer(capl
             await stop_all(nodes)
 
     run(go())
+
+
+def test_a_provider_whose_addresses_rotate_after_its_join_still_signs_the_order(monkeypatch):
+    """A maker's composer rotates its addresses for every order (a fresh HTLC key per swap),
+    so with trades running at once they change between this claim's join and its order. The
+    provider checks the order against the addresses it put in its join. Old code compared them
+    with its current addresses: ``legs[0].recipient_address differs`` and the route failed
+    (found by bench.trade at 20 concurrent trades)."""
+
+    async def go():
+        nodes = await line(3, addresses=dict(ADDR), settle_timeout_s=5.0)
+        taker, _relay, maker = nodes
+        original = ExchangeNode._handlers["accept"]
+
+        def accept_then_rotate(node, link, body):
+            original(node, link, body)
+            if node is maker:  # another claim's order took these addresses meanwhile
+                node.config.addresses = {"btc": "btc-addr-next", "eth": "eth-addr"}
+
+        monkeypatch.setitem(ExchangeNode._handlers, "accept", accept_then_rotate)
+        try:
+            cid, quote = await quoted(nodes)
+            commit = await taker.settle(cid, quote, os.urandom(32))
+            commit.verify_signatures()
+            assert commit.order.legs[0].recipient_address == "btc-addr"
+            assert maker.config.addresses["btc"] == "btc-addr-next"
+        finally:
+            await stop_all(nodes)
+
+    run(go())

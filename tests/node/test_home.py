@@ -87,6 +87,7 @@ def _config(**tables):
         ({"api": {"bind": "0.0.0.0:9731"}}, r"\[api\] bind must be a loopback address"),
         ({"p2p": {"listen": "127.0.0.1"}}, r"\[p2p\] listen must be host:port"),
         ({"p2p": {"bootstrap": [7]}}, r"\[p2p\] bootstrap\[0\] must be a string"),
+        ({"p2p": {"discover": "no"}}, r"\[p2p\] discover must be"),
         ({"node": {"log_level": "loud"}}, r"\[node\] log_level must be one of"),
         ({"chains": {"doge": {}}}, r"\[chains.doge\] is not a chain KOFO settles"),
         (
@@ -102,6 +103,30 @@ def _config(**tables):
 def test_a_bad_config_is_refused_naming_the_key(tmp_path, tables, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(tmp_path, _config(**tables))
+
+
+def test_p2p_discover_false_dials_only_the_bootstrap_peers(tmp_path):
+    """``[p2p] discover = false`` (a fixed topology, ``make demo``'s): the exchange keeps as
+    many links as there are bootstrap peers and sends no feelers to learned addresses."""
+    from kofo.node.daemon import Node
+
+    assert parse_config(tmp_path, _config()).discover is True
+    peers = ["127.0.0.1:7001", "127.0.0.1:7002"]
+    home = tmp_path / "h"
+    init_home(home, PASS, name="n")
+    cfg = parse_config(home, _config(p2p={"bootstrap": peers, "discover": False}))
+    assert cfg.discover is False
+    node = Node(cfg, NodeWallet.open(home / "wallet.json", PASS), passphrase=PASS)
+    node._fresh_addresses = dict  # no chains in this test: the addresses do not matter
+    ex = node._exchange_config()
+    assert ex.target_degree == 2 and ex.feeler_s == 0
+    assert ex.bootstrap == [("127.0.0.1", 7001), ("127.0.0.1", 7002)]
+    other = Node(
+        parse_config(home, _config(p2p={"bootstrap": peers})), node.wallet, passphrase=PASS
+    )
+    other._fresh_addresses = dict
+    default = other._exchange_config()
+    assert default.target_degree == 4 and default.feeler_s > 0
 
 
 def test_offers_are_checked_against_the_configured_chains(tmp_path):

@@ -302,6 +302,9 @@ class _RelayState:
     downstream: dict[bytes, _Downstream] = field(default_factory=dict)
     filled: tuple[bytes, int, int] | None = None  # (fulfil_id, amount_in, amount_out)
     accepted: bytes | None = None  # the one fulfil id accepted for this claim
+    # The addresses this node put in its join: the order must pay exactly these (the node's
+    # current addresses may have rotated since, for another claim's order).
+    join_addresses: dict[str, str] = field(default_factory=dict)
     joins_up: int = 0  # joins relayed towards the initiator
     # Once this node co-signed: the order's signed bytes and the node id at each position,
     # to check the signatures of the parties after it before relaying them.
@@ -1470,6 +1473,7 @@ class ExchangeNode:
         pos = st.position
         eph_pub = st.eph.public_key().public_bytes_raw()
         addrs = dict(self.config.addresses)
+        st.join_addresses = addrs
         # Only the provider gives its contact: the taker messages it directly (relays hold no
         # leg and stay unreachable beyond their links).
         contact = self.config.contact if down is None else ""
@@ -1593,7 +1597,7 @@ class ExchangeNode:
                 order,
                 joins,
                 view,
-                provider_addresses=dict(self.config.addresses) if down is None else None,
+                provider_addresses=dict(st.join_addresses) if down is None else None,
                 now_s=int(time.time()),
                 max_protocol_fee_bps=(
                     self.config.protocol_fee_bps

@@ -137,6 +137,9 @@ class NodeConfig:
     offers: tuple[OfferConfig, ...]
     bond: BondConfig = field(default_factory=BondConfig)
     api_tls: ApiTlsConfig | None = None
+    discover: bool = True
+    """``[p2p] discover``: learn peers from peers and keep a target degree (the default);
+    false links only the ``bootstrap`` peers and those that dial in (a fixed topology)."""
 
     @property
     def config_path(self) -> Path:
@@ -379,6 +382,7 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
             bootstrap.append(parse_endpoint(peer, ""))
         except ConfigError:
             raise p2p.fail(f"bootstrap[{i}]", f"must be host:port, got {peer!r}") from None
+    discover: bool = p2p.get("discover", bool, True)
     p2p.done()
 
     api_t = top.sub("api")
@@ -434,6 +438,7 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         ledger=ledger,
         p2p_listen=listen,
         bootstrap=tuple(bootstrap),
+        discover=discover,
         api=api,
         chains=chains,
         offers=offers,
@@ -480,6 +485,7 @@ def render_config(
         "# Where this node accepts peers, and the peers it dials first (host:port).",
         f"listen = {_toml_str(p2p_listen)}",
         "bootstrap = []",
+        "discover = true     # false: link only the bootstrap peers (a fixed topology)",
         "",
         "[api]",
         "# The node's REST + WebSocket API (docs/api.md). Clients authenticate with the",

@@ -363,13 +363,18 @@ class Node:
     # -- the exchange's hooks ---------------------------------------------------------------------
 
     def _exchange_config(self) -> ExchangeConfig:
+        options = dict(self._exchange_options)
+        if not self.config.discover:
+            # a fixed topology: dial the bootstrap peers only, no feelers to learned addresses
+            options.setdefault("target_degree", len(self.config.bootstrap))
+            options.setdefault("feeler_s", 0.0)
         cfg = ExchangeConfig(
             host=self.config.p2p_listen.host,
             port=self.config.p2p_listen.port,
             bootstrap=[(e.host, e.port) for e in self.config.bootstrap],
             addresses=self._fresh_addresses(),
             protocol_fee_bps=int(self.state.params.get("protocol_fee_bps", 0)),
-            **self._exchange_options,
+            **options,
         )
         hooks: dict[str, Any] = {
             "expiry_fit": self._expiry_fit,
