@@ -326,3 +326,35 @@ def test_a_taker_that_blocks_its_own_takes_order_cannot_have_the_provider_slashe
     assert _codes(result) == ["evidence_invalid"]
     assert "payment hash" in result.results[0].log
     assert ledger.app.node(m1.id)["penalty_points"] == 0
+
+
+def test_a_taker_cannot_record_a_take_whose_order_expires_before_the_honour_window(net):
+    # The taker signs an order whose first leg must be locked by the very block that records
+    # the take: committable then (so the take was recorded), never again after it. The provider
+    # could not honour it, and the taker filed the evidence after the grace to have it slashed.
+    ledger, alice, m1, *_ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice, t0=ledger.time - 600)  # legs[0].lock_by = now
+    assert commit.order.legs[0].lock_by == ledger.time
+    ev = take_evidence(quote, m1, alice, order=commit)
+    result = ledger.block(ev)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "lock_by" in result.results[0].log
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+    assert ledger.app.bond(m1.id) == m1.bond
+
+
+def test_a_take_whose_order_stays_committable_through_the_honour_window_is_recorded(net):
+    ledger, alice, m1, *_ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    t0 = quote.valid_until + ledger.app.params.honour_grace - 600
+    commit = take_order(quote, m1, alice, t0=t0)  # legs[0].lock_by = end of the honour window
+    assert _codes(ledger.block(take_evidence(quote, m1, alice, order=commit))) == [""]
+    # the provider can still commit it at the last second of its window
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    end = quote.valid_until + ledger.app.params.honour_grace
+    assert _codes(ledger.block(sign_tx(m1.key, full), time=end)) == [""]

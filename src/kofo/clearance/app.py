@@ -1700,6 +1700,18 @@ class LedgerApp:
         for sig in commit.signatures:
             verify_ed25519(sig.signer, sig.signature, msg, "take order")
         self._check_committable(view, ctx, order)
+        # Committable now is not enough: an order is refused once block time passes its first
+        # leg's lock_by, so a taker could sign one due in the take's own block and have the
+        # provider slashed for an order nobody could commit after it. The taken order must
+        # stay committable (as far as time goes) through the whole window the provider is
+        # judged on.
+        honour_end = quote.valid_until + self._params.honour_grace
+        if order.legs[0].lock_by < honour_end:
+            raise EvidenceInvalid(
+                f"the taken order's legs[0].lock_by {order.legs[0].lock_by} is before the end "
+                f"of the provider's honour window {honour_end} (quote valid_until + "
+                "honour_grace): the provider could not commit it in time"
+            )
 
     # -- WithdrawFees --------------------------------------------------------------------------
 
