@@ -686,6 +686,9 @@ class LedgerApp:
             # Before the block's registration slots are charged: a registration without its
             # work must not take the slot of one with it. (CheckTx charges its rate limits
             # first instead: there the work check is what a flood would make it pay for.)
+            # The checks themselves are capped per block: only a hostile proposer includes
+            # registrations without work, and each costs every validator one scrypt.
+            budget.charge_work_check()
             self._check_registration_work(env.sender, body)
         budget.charge(env.sender, body)
 
