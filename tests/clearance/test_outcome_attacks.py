@@ -358,3 +358,29 @@ def test_a_take_whose_order_stays_committable_through_the_honour_window_is_recor
     full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
     end = quote.valid_until + ledger.app.params.honour_grace
     assert _codes(ledger.block(sign_tx(m1.key, full), time=end)) == [""]
+
+
+def test_a_taker_that_spends_another_partys_quote_of_its_take_cannot_have_the_provider_slashed(
+    net,
+):
+    # The taken order routes through the taker's sybil, whose own quote it carries. After the
+    # take, the taker and the sybil commit another order with that quote: the taken order can
+    # no longer be committed (the sybil's quote is used), and the provider was slashed for it.
+    ledger, alice, m1, _, _, _, sybil, _ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice, route=[alice, sybil, m1])
+    ev = take_evidence(quote, m1, alice, order=commit)
+    ledger.ok(ev)
+    sybil_quote = next(q for q in commit.order.quotes if q.node == sybil.id)
+    blocker = make_order([alice, sybil], amount=777)
+    blocker = with_derived_id(dataclasses.replace(blocker, quotes=(sybil_quote,)))
+    ledger.ok(commit_tx(blocker, [alice, sybil], alice))
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    assert _codes(ledger.block(sign_tx(m1.key, full))) == ["already_exists"]
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    result = ledger.block(ev, time=late)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "quote" in result.results[0].log
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+    assert ledger.app.bond(m1.id) == m1.bond

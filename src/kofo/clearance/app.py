@@ -1619,6 +1619,12 @@ class LedgerApp:
                         "at": ctx.time,
                         "order_id": take.order_id,
                         "payment_hash": tx.order.order.payment_hash if tx.order else b"",
+                        # the other parties' quotes it uses: spent elsewhere, they block it too
+                        "quotes": [
+                            [q.node, q.quote_id]
+                            for q in (tx.order.order.quotes if tx.order else ())
+                            if q.node != quote.provider
+                        ],
                     },
                 )
                 ctx.events.append(
@@ -1644,8 +1650,11 @@ class LedgerApp:
                     raise EvidenceInvalid(
                         f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
                     )
-            # The taker could make its own take's order uncommittable by committing another
-            # order with the same payment hash first: then the provider failed nobody.
+            # The taker (or another party of the taken order, its sybil) could make the taken
+            # order uncommittable by committing another order first with its payment hash or
+            # with a quote of a party other than the provider: then the provider failed nobody.
+            # (Time cannot block it: its legs[0].lock_by is past the window, see
+            # _check_take_order; parties are never deregistered.)
             taken_hash = recorded.get("payment_hash", b"")
             if taken_hash and view.get(b"payhash/" + taken_hash) not in (
                 None,
@@ -1655,6 +1664,12 @@ class LedgerApp:
                     "the take's payment hash was used by another order: the provider could "
                     "not commit the taken order"
                 )
+            for node, quote_id in recorded.get("quotes", []):
+                if view.get(_quote_used_key(node, quote_id)) not in (None, recorded["order_id"]):
+                    raise EvidenceInvalid(
+                        f"quote {bytes(quote_id).hex()} of {bytes(node).hex()} in the taken order "
+                        "was used by another order: the provider could not commit the taken order"
+                    )
             eid = b"evidence/qnh/" + quote.provider + quote.quote_id
             offender = quote.provider
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
