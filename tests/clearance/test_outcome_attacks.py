@@ -384,3 +384,28 @@ def test_a_taker_that_spends_another_partys_quote_of_its_take_cannot_have_the_pr
     assert "quote" in result.results[0].log
     assert ledger.app.node(m1.id)["penalty_points"] == 0
     assert ledger.app.bond(m1.id) == m1.bond
+
+
+def test_evidence_with_a_bad_signature_is_refused_at_check_tx_and_left_out_of_blocks(net):
+    # A take's evidence carries up to 26 signatures (the quote's, the take's, the order's).
+    # They were verified only in FinalizeBlock: CheckTx admitted evidence whose last signature
+    # was bad, an honest proposer put it in its block, and every validator paid for it there.
+    ledger, alice, m1, _, _, _, sybil, _ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice, route=[alice, sybil, m1])
+    forged = commit.signatures[-1]
+    bad_sig = bytes([forged.signature[0] ^ 1]) + forged.signature[1:]
+    bad = CommitOrder(
+        commit.order,
+        (*commit.signatures[:-1], OrderSignature(forged.signer, bad_sig)),
+    )
+    bad_ev = take_evidence(quote, m1, alice, order=bad)
+    res = ledger.app.check_tx(bad_ev)
+    assert res.error == "bad_signature", res.log
+    assert ledger.app.propose([bad_ev], 1 << 20) == []
+    # in a hostile proposer's block it is refused as before; the good evidence still records
+    assert _codes(ledger.block(bad_ev)) == ["bad_signature"]
+    good_ev = take_evidence(quote, m1, alice, order=commit)
+    assert ledger.app.check_tx(good_ev).ok
+    assert _codes(ledger.block(good_ev)) == [""]
