@@ -280,11 +280,14 @@ def take_order(
     taker: Party,
     *,
     route: list[Party] | None = None,
-    t0: int = T0,
+    t0: int | None = None,
 ) -> CommitOrder:
     """The order a taker commits to when it takes ``quote`` (a direct trade with the provider
-    unless ``route`` says otherwise), signed by every party but the provider."""
+    unless ``route`` says otherwise), signed by every party but the provider. By default its
+    first leg's ``lock_by`` is 600 s after the quote's ``valid_until``: past the provider's
+    honour window, as the ledger requires of a taken order."""
     route = route or [taker, provider]
+    t0 = quote.valid_until if t0 is None else t0
     order = make_order(route, amount=1_000, t0=t0)
     quotes = tuple(
         FeeQuote(q.node, q.role, quote.quote_id, q.fee_ct) if q.node == provider.id else q

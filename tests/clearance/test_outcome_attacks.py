@@ -326,3 +326,86 @@ def test_a_taker_that_blocks_its_own_takes_order_cannot_have_the_provider_slashe
     assert _codes(result) == ["evidence_invalid"]
     assert "payment hash" in result.results[0].log
     assert ledger.app.node(m1.id)["penalty_points"] == 0
+
+
+def test_a_taker_cannot_record_a_take_whose_order_expires_before_the_honour_window(net):
+    # The taker signs an order whose first leg must be locked by the very block that records
+    # the take: committable then (so the take was recorded), never again after it. The provider
+    # could not honour it, and the taker filed the evidence after the grace to have it slashed.
+    ledger, alice, m1, *_ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice, t0=ledger.time - 600)  # legs[0].lock_by = now
+    assert commit.order.legs[0].lock_by == ledger.time
+    ev = take_evidence(quote, m1, alice, order=commit)
+    result = ledger.block(ev)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "lock_by" in result.results[0].log
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+    assert ledger.app.bond(m1.id) == m1.bond
+
+
+def test_a_take_whose_order_stays_committable_through_the_honour_window_is_recorded(net):
+    ledger, alice, m1, *_ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    t0 = quote.valid_until + ledger.app.params.honour_grace - 600
+    commit = take_order(quote, m1, alice, t0=t0)  # legs[0].lock_by = end of the honour window
+    assert _codes(ledger.block(take_evidence(quote, m1, alice, order=commit))) == [""]
+    # the provider can still commit it at the last second of its window
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    end = quote.valid_until + ledger.app.params.honour_grace
+    assert _codes(ledger.block(sign_tx(m1.key, full), time=end)) == [""]
+
+
+def test_a_taker_that_spends_another_partys_quote_of_its_take_cannot_have_the_provider_slashed(
+    net,
+):
+    # The taken order routes through the taker's sybil, whose own quote it carries. After the
+    # take, the taker and the sybil commit another order with that quote: the taken order can
+    # no longer be committed (the sybil's quote is used), and the provider was slashed for it.
+    ledger, alice, m1, _, _, _, sybil, _ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice, route=[alice, sybil, m1])
+    ev = take_evidence(quote, m1, alice, order=commit)
+    ledger.ok(ev)
+    sybil_quote = next(q for q in commit.order.quotes if q.node == sybil.id)
+    blocker = make_order([alice, sybil], amount=777)
+    blocker = with_derived_id(dataclasses.replace(blocker, quotes=(sybil_quote,)))
+    ledger.ok(commit_tx(blocker, [alice, sybil], alice))
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    assert _codes(ledger.block(sign_tx(m1.key, full))) == ["already_exists"]
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    result = ledger.block(ev, time=late)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "quote" in result.results[0].log
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+    assert ledger.app.bond(m1.id) == m1.bond
+
+
+def test_evidence_with_a_bad_signature_is_refused_at_check_tx_and_left_out_of_blocks(net):
+    # A take's evidence carries up to 26 signatures (the quote's, the take's, the order's).
+    # They were verified only in FinalizeBlock: CheckTx admitted evidence whose last signature
+    # was bad, an honest proposer put it in its block, and every validator paid for it there.
+    ledger, alice, m1, _, _, _, sybil, _ = net
+    quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
+    quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+    commit = take_order(quote, m1, alice, route=[alice, sybil, m1])
+    forged = commit.signatures[-1]
+    bad_sig = bytes([forged.signature[0] ^ 1]) + forged.signature[1:]
+    bad = CommitOrder(
+        commit.order,
+        (*commit.signatures[:-1], OrderSignature(forged.signer, bad_sig)),
+    )
+    bad_ev = take_evidence(quote, m1, alice, order=bad)
+    res = ledger.app.check_tx(bad_ev)
+    assert res.error == "bad_signature", res.log
+    assert ledger.app.propose([bad_ev], 1 << 20) == []
+    # in a hostile proposer's block it is refused as before; the good evidence still records
+    assert _codes(ledger.block(bad_ev)) == ["bad_signature"]
+    good_ev = take_evidence(quote, m1, alice, order=commit)
+    assert ledger.app.check_tx(good_ev).ok
+    assert _codes(ledger.block(good_ev)) == [""]

@@ -100,3 +100,40 @@ def test_the_solo_producer_defers_registrations_over_the_blocks_cap_instead_of_r
     assert [len(r.results) for r in results] == [5, 2]
     assert all(r.ok for res in results for r in res.results)
     assert all(chain.app.node(p.id) is not None for p in parties)
+
+
+def test_a_hostile_proposers_block_of_unworked_registrations_costs_a_bounded_number_of_scrypts(
+    monkeypatch,
+):
+    # CheckTx refuses registrations without their work, but a hostile proposer puts what it
+    # likes in its block: every validator evaluated one scrypt (~2-10 ms, 1 MiB) per such
+    # registration at FinalizeBlock, uncharged, and a ~300-byte tx repeated to CometBFT's
+    # block size was minutes of every validator's CPU. Work checks per block are now capped
+    # (a multiple of the registration slots); past the cap a registration is refused
+    # rate_limited without evaluating anything.
+    ledger = Ledger(
+        params=ledger_params(registration_work_bits=BITS, max_registrations_per_block=5)
+    )
+    cap = 5 * 4  # WORK_CHECKS_PER_REGISTRATION_SLOT checks per registration slot
+    sybils = [Party.make(400 + i) for i in range(cap + 40)]
+    flood = [_unworked(s.register_tx(), s) for s in sybils]
+    evaluations = 0
+    real = admission.registration_work
+
+    def counted(sender: bytes, n: bytes, nonce: int) -> bytes:
+        nonlocal evaluations
+        evaluations += 1
+        return real(sender, n, nonce)
+
+    monkeypatch.setattr(admission, "registration_work", counted)
+    result = ledger.block(*flood)
+    codes = [r.error for r in result.results]
+    assert codes == ["bad_message"] * cap + ["rate_limited"] * 40
+    assert evaluations == cap
+    assert all(ledger.app.node(s.id) is None for s in sybils)
+    # the next block (an honest proposer's) registers an honest node as before
+    honest = Party.make(1)
+    body = RegisterNode.from_map(open_message(honest.register_tx()).envelope.body)
+    work = admission.solve_registration_work(honest.id, body.paillier_n, BITS)
+    ledger.ok(sign_tx(honest.key, dataclasses.replace(body, pow_nonce=work)))
+    assert ledger.app.node(honest.id) is not None

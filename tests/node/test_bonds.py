@@ -312,10 +312,13 @@ class _Validator:
         self.down = False
         self.lie = False
         self.other = False
+        self.hide: list[list[Any]] | None = None
 
     def abci_query(self, path: str, data: bytes = b"") -> bytes:
         if self.down:
             raise LedgerUnreachable(f"{self.url} is down")
+        if self.hide is not None and path == "/decisions":
+            return encode(self.hide)  # its own list of decisions
         answer = decode(self.app.query(path, data))
         if self.lie and path == "/decision":
             answer["signature"] = answer["signature"][:40] + bytes(24) + answer["signature"][64:]
@@ -390,8 +393,15 @@ def test_the_relayer_needs_two_thirds_of_the_vaults_power_and_ignores_a_bad_sign
     # the first validator asked describes another amount (well signed): its vote alone is lost
     clients[0].other = True
     assert relay_decisions(validators=clients, w3=w3, account=relayer, vault=vault_addr) == ([], 0)
+    # the first validator asked lists no decision, or others than the ledger's: the relayer
+    # took its list alone, skipped the slash and stored a start past it (the bond stayed)
+    for hidden in ([], [[10**9, b"\xff" * 32]], [[0, b"\xff" * 32], [7, b"\xee" * 32]]):
+        clients[0].hide = hidden
+        got = relay_decisions(validators=clients, w3=w3, account=relayer, vault=vault_addr)
+        assert got == ([], 0), hidden  # still waiting at the slash, nothing skipped
     # 30 of 40 honest (1, 2 and 3; 0's other decision is left out): > 2/3
     clients[2].down, clients[3].lie = False, False
+    clients[0].hide = []  # and it still hides every decision: the others list the slash
     sent, nxt = relay_decisions(validators=clients, w3=w3, account=relayer, vault=vault_addr)
     assert [(r.kind, r.amount) for r in sent] == [("slash", slash)] and nxt == 1
     assert vault.functions.bonds(m1.id).call() == BOND - slash

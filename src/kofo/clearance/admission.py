@@ -53,6 +53,9 @@ from dataclasses import dataclass, field
 from kofo.clearance.errors import RateLimited
 from kofo.wire.orders import RegisterNode, TxBody, WithdrawFees
 
+WORK_CHECKS_PER_REGISTRATION_SLOT = 4
+"""Registration work checks a block may cost per registration slot (:class:`BlockBudget`)."""
+
 
 @dataclass(slots=True)
 class BlockBudget:
@@ -64,6 +67,18 @@ class BlockBudget:
     _sent: dict[bytes, int] = field(default_factory=dict)
     _withdrew: set[bytes] = field(default_factory=set)
     _registered: int = 0
+    _work_checks: int = 0
+
+    def charge_work_check(self) -> None:
+        """Count one evaluation of a registration's work (one scrypt, 1 MiB, ~2-10 ms) before
+        it is made. A block holds at most ``WORK_CHECKS_PER_REGISTRATION_SLOT`` times its
+        registration slots of them: CheckTx refuses registrations without their work, so only
+        a hostile proposer's block holds more, and without this cap each one (a ~300-byte tx,
+        a fresh key each) cost every validator a scrypt at FinalizeBlock, uncharged."""
+        self._work_checks += 1
+        cap = self.registrations * WORK_CHECKS_PER_REGISTRATION_SLOT
+        if self._work_checks > cap:
+            raise RateLimited(f"more than {cap} registration work checks in one block")
 
     def charge(self, sender: bytes, body: TxBody) -> None:
         sent = self._sent.get(sender, 0) + 1

@@ -380,6 +380,24 @@ def _withdrawal_applies(
         )
 
 
+def _verify_evidence_signatures(tx: FileEvidence) -> None:
+    """Every signature a ``quote_not_honoured`` evidence carries (the provider's quote, the
+    taker's take, up to 24 on the taken order) verifies: stateless, so checked at CheckTx with
+    the envelope and cached for the block like an order's. Judged only in FinalizeBlock, a
+    registered sender's share of a block (a thousand such txs, the last signature bad) cost
+    every validator ~25 verifications each there, and an honest proposer included them."""
+    if tx.kind is not EvidenceKind.QUOTE_NOT_HONOURED:
+        return
+    assert tx.quote is not None and tx.take is not None  # guaranteed by the parser
+    assert tx.quote_sig is not None and tx.take_sig is not None
+    verify_ed25519(tx.quote.provider, tx.quote_sig, tx.quote.signing_bytes(), "quote")
+    verify_ed25519(tx.take.taker, tx.take_sig, tx.take.signing_bytes(), "take")
+    if tx.order is not None:
+        msg = tx.order.signed_bytes or tx.order.order.signing_bytes()
+        for sig in tx.order.signatures:
+            verify_ed25519(sig.signer, sig.signature, msg, "take order")
+
+
 def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:
     """Store a bond decision and append its id to the ordered list relayers page through."""
     seq = _int_get(view, _K_DECISIONS)
@@ -574,6 +592,8 @@ class LedgerApp:
             body.verify_signatures()
         elif isinstance(body, RegisterNode):
             self._check_registration_proof(msg.envelope.sender, body)
+        elif isinstance(body, FileEvidence):
+            _verify_evidence_signatures(body)
         with self._verified_lock:
             if digest not in self._verified:
                 self._verified[digest] = (msg.envelope, body, len(raw))
@@ -686,6 +706,9 @@ class LedgerApp:
             # Before the block's registration slots are charged: a registration without its
             # work must not take the slot of one with it. (CheckTx charges its rate limits
             # first instead: there the work check is what a flood would make it pay for.)
+            # The checks themselves are capped per block: only a hostile proposer includes
+            # registrations without work, and each costs every validator one scrypt.
+            budget.charge_work_check()
             self._check_registration_work(env.sender, body)
         budget.charge(env.sender, body)
 
@@ -1586,8 +1609,8 @@ class LedgerApp:
             quote, take = tx.quote, tx.take
             if quote.quote_id != derive_quote_id(quote):
                 raise EvidenceInvalid("quote.quote_id is not derived from the quote's content")
-            verify_ed25519(quote.provider, tx.quote_sig, quote.signing_bytes(), "quote")
-            verify_ed25519(take.taker, tx.take_sig, take.signing_bytes(), "take")
+            # quote_sig, take_sig and the order's signatures were verified with the tx's
+            # stateless checks (_verify_evidence_signatures: at CheckTx, cached for the block)
             if sender != take.taker:
                 raise NotAuthorised("only the taker itself may file its take of a quote")
             if take.taker == quote.provider:
@@ -1616,6 +1639,12 @@ class LedgerApp:
                         "at": ctx.time,
                         "order_id": take.order_id,
                         "payment_hash": tx.order.order.payment_hash if tx.order else b"",
+                        # the other parties' quotes it uses: spent elsewhere, they block it too
+                        "quotes": [
+                            [q.node, q.quote_id]
+                            for q in (tx.order.order.quotes if tx.order else ())
+                            if q.node != quote.provider
+                        ],
                     },
                 )
                 ctx.events.append(
@@ -1641,8 +1670,11 @@ class LedgerApp:
                     raise EvidenceInvalid(
                         f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
                     )
-            # The taker could make its own take's order uncommittable by committing another
-            # order with the same payment hash first: then the provider failed nobody.
+            # The taker (or another party of the taken order, its sybil) could make the taken
+            # order uncommittable by committing another order first with its payment hash or
+            # with a quote of a party other than the provider: then the provider failed nobody.
+            # (Time cannot block it: its legs[0].lock_by is past the window, see
+            # _check_take_order; parties are never deregistered.)
             taken_hash = recorded.get("payment_hash", b"")
             if taken_hash and view.get(b"payhash/" + taken_hash) not in (
                 None,
@@ -1652,6 +1684,12 @@ class LedgerApp:
                     "the take's payment hash was used by another order: the provider could "
                     "not commit the taken order"
                 )
+            for node, quote_id in recorded.get("quotes", []):
+                if view.get(_quote_used_key(node, quote_id)) not in (None, recorded["order_id"]):
+                    raise EvidenceInvalid(
+                        f"quote {bytes(quote_id).hex()} of {bytes(node).hex()} in the taken order "
+                        "was used by another order: the provider could not commit the taken order"
+                    )
             eid = b"evidence/qnh/" + quote.provider + quote.quote_id
             offender = quote.provider
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
@@ -1696,10 +1734,20 @@ class LedgerApp:
             raise EvidenceInvalid(
                 "the order must be signed by every party but the provider, the taker included"
             )
-        msg = commit.signed_bytes or order.signing_bytes()
-        for sig in commit.signatures:
-            verify_ed25519(sig.signer, sig.signature, msg, "take order")
+        # (each signature was verified with the tx's stateless checks)
         self._check_committable(view, ctx, order)
+        # Committable now is not enough: an order is refused once block time passes its first
+        # leg's lock_by, so a taker could sign one due in the take's own block and have the
+        # provider slashed for an order nobody could commit after it. The taken order must
+        # stay committable (as far as time goes) through the whole window the provider is
+        # judged on.
+        honour_end = quote.valid_until + self._params.honour_grace
+        if order.legs[0].lock_by < honour_end:
+            raise EvidenceInvalid(
+                f"the taken order's legs[0].lock_by {order.legs[0].lock_by} is before the end "
+                f"of the provider's honour window {honour_end} (quote valid_until + "
+                "honour_grace): the provider could not commit it in time"
+            )
 
     # -- WithdrawFees --------------------------------------------------------------------------
 

@@ -200,22 +200,67 @@ def relay_decisions(
     total = int(contract.functions.total_power().call())
     sent: list[Relayed] = []
     nxt, first_waiting = start, None
-    while True:
-        page = decode(validators[0].abci_query("/decisions", encode(nxt)))
-        for seq, did in page:
-            nxt = seq + 1
-            if contract.functions.executed(did).call():
-                continue
-            relayed = _relay_one(
-                validators, w3, account, contract, did, vault_vals, powers, total, timeout
-            )
-            if relayed is not None:
-                sent.append(relayed)
-            elif first_waiting is None:
+    for _ in range(MAX_DECISION_PAGES):
+        candidates, full = _decision_page(validators, nxt)
+        for seq in sorted(candidates):
+            done = False
+            for did in candidates[seq]:
+                if contract.functions.executed(did).call():
+                    done = True
+                    continue
+                relayed = _relay_one(
+                    validators, w3, account, contract, did, vault_vals, powers, total, timeout
+                )
+                if relayed is not None:
+                    sent.append(relayed)
+                    done = True
+            if not done and first_waiting is None:
                 first_waiting = seq  # not signed enough yet: start there next time
-        if len(page) < DECISIONS_PAGE:
+        if not candidates:
+            break
+        nxt = max(candidates) + 1
+        if not full:
             break
     return sent, nxt if first_waiting is None else first_waiting
+
+
+MAX_DECISION_PAGES = 16
+"""Pages of ``/decisions`` one :func:`relay_decisions` call walks (4,096 decisions); the next
+call continues from the number it returns, so a validator answering full pages forever cannot
+keep the relayer in one call."""
+
+
+def _decision_page(
+    validators: Sequence[ValidatorQuery], start: int
+) -> tuple[dict[int, list[bytes]], bool]:
+    """Decision ids from number ``start`` as every validator lists them: ``{seq: [ids]}`` and
+    whether any list was a full page. The list is consensus state, yet one validator's answer
+    is never taken alone: a hostile or stale one that lists nothing, numbers past the ledger's
+    or ids of its own must not make the relayer skip a decision (a slash whose bond then stays
+    in the vault). A list that is not numbered ``start, start + 1, ...`` is ignored; an id no
+    validator signed only costs its queries (it is never sent)."""
+    candidates: dict[int, list[bytes]] = {}
+    full = False
+    for client in validators:
+        try:
+            page = [
+                (int(seq), bytes(did))
+                for seq, did in decode(client.abci_query("/decisions", encode(start)))
+            ]
+        except (LedgerError, KeyError, TypeError, ValueError, KofoError) as exc:
+            log.info("decisions from %s: %s", client.url, exc)
+            continue
+        if len(page) > DECISIONS_PAGE or any(
+            seq != start + i or len(did) != 32 for i, (seq, did) in enumerate(page)
+        ):
+            log.warning("decisions from %s: not the ledger's numbering, ignored", client.url)
+            continue
+        full = full or len(page) == DECISIONS_PAGE
+        for seq, did in page:
+            ids = candidates.setdefault(seq, [])
+            if did not in ids:
+                ids.append(did)
+    return candidates, full
 
 
 def relay_valsets(
