@@ -161,3 +161,18 @@ def test_the_redactor_masks_each_credential_of_an_endpoint_url() -> None:
     assert redact("at http://bob:hunter22@10.0.0.1/") == "at http://***@10.0.0.1/"
     assert public_url(url) == "https://eth.example:8545/***"
     assert public_url("http://127.0.0.1:26657") == "http://127.0.0.1:26657"
+
+
+def test_ledger_client_errors_name_the_host_not_the_credential() -> None:
+    import socket
+
+    from kofo.node.ledger_client import LedgerClient, LedgerError
+
+    with socket.socket() as s:  # a port nobody listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        client = LedgerClient(f"http://127.0.0.1:{port}/v3/{KEY}", timeout=2)
+        with pytest.raises(LedgerError) as info:
+            client.status()
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert KEY not in str(info.value) and KEY not in repr(client)
