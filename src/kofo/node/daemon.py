@@ -1096,6 +1096,13 @@ class Node:
             raise InvalidInput(str(exc)) from None
         if request.amount <= 0 or request.min_receive < 0 or request.deadline_s <= 0:
             raise InvalidInput("amount and deadline_s must be > 0, min_receive >= 0")
+        if request.min_receive == 0:
+            # the trade takes the best quote: without a floor, a maker alone on the pair (or
+            # its sybils) sets the price, down to 1 base unit for everything sold
+            raise InvalidInput(
+                "min_receive: a trade needs the least it accepts to receive (> 0); "
+                "POST /v1/quotes shows what the network offers"
+            )
         trade_id = os.urandom(16).hex()
         view = self.store.create(
             trade_id, "taker", sell, request.amount, buy, min_receive=request.min_receive
