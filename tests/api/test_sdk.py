@@ -176,3 +176,70 @@ def test_amounts_as_decimal_and_never_float(served: Served) -> None:
         with pytest.raises(InvalidRequest):
             node.create_trade(sell="BTC", amount=True, buy="ETH")
     assert len(served.service.trades_by_id) == 1  # the refused ones never left the client
+
+
+class _Recorder:
+    """A TCP listener standing for an HTTP proxy named in the environment: records what
+    reaches it, answers nothing."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.got: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.got.append(conn.recv(65536))
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def test_the_sdk_never_hands_the_token_to_an_environment_proxy(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY / ALL_PROXY in the environment (a desk's corporate proxy, or set by a
+    hostile script): the SDK and CLI used to send every request, bearer token included, to
+    that proxy. The node's API is reached directly, always."""
+    proxy = _Recorder()
+    try:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with Client(served.url, served.token) as client:
+            assert client.info().name
+        info = asyncio.run(_async_info(served))
+        assert info
+    finally:
+        proxy.close()
+    assert not any(served.token.encode() in got for got in proxy.got), "token sent to the proxy"
+    assert proxy.got == []
+
+
+async def _async_info(served: Served) -> str:
+    async with AsyncClient(served.url, served.token) as client:
+        return (await client.info()).name

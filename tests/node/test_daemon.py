@@ -354,7 +354,9 @@ async def _restart(tmp_path: Path) -> None:
     async with network(tmp_path, {"taker": StopAt("trade_committed")}) as net:
         taker, maker = net.nodes["taker"], net.nodes["maker"]
         await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
-        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        view = await taker.create_trade(
+            TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+        )
         await until(lambda: view.trade_id not in taker._trade_tasks, "the trade task to die")
         dead = taker.store.get(view.trade_id)
         assert dead.state == "committed" and dead.order_id, (dead.state, dead.error)

@@ -29,6 +29,7 @@ from web3 import Web3
 
 from kofo.errors import ConfigError
 from kofo.node.config import BitcoinChainConfig, EthereumChainConfig, NodeConfig
+from kofo.node.redact import public_url
 from kofo.settlement.chain import ChainAdapter
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
@@ -99,7 +100,7 @@ def _bitcoin(cfg: BitcoinChainConfig, wallet: NodeWallet, home: Path) -> Bitcoin
     served = BITCOIN_NETWORK_NAMES.get(str(info.get("chain", "")) if isinstance(info, dict) else "")
     if served != cfg.network:
         raise ChainMismatch(
-            f"[chains.{cfg.chain}] network is {cfg.network!r} but {cfg.rpc_url} serves "
+            f"[chains.{cfg.chain}] network is {cfg.network!r} but {public_url(cfg.rpc_url)} serves "
             f"{info.get('chain') if isinstance(info, dict) else info!r}"
         )
     hd = wallet.bitcoin(cfg.chain, cfg.network, home=home)
@@ -111,7 +112,7 @@ def _ethereum(cfg: EthereumChainConfig, wallet: NodeWallet, home: Path) -> Ether
     chain_id = int(w3.eth.chain_id)
     if cfg.chain_id is not None and chain_id != cfg.chain_id:
         raise ChainMismatch(
-            f"[chains.{cfg.chain}] chain_id is {cfg.chain_id} but {cfg.rpc_url} serves "
+            f"[chains.{cfg.chain}] chain_id is {cfg.chain_id} but {public_url(cfg.rpc_url)} serves "
             f"chain id {chain_id}"
         )
     return EthereumAdapter(

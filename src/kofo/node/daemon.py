@@ -31,6 +31,7 @@ import re
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -48,6 +49,7 @@ from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_c
 from kofo.node.events import EventLog
 from kofo.node.home import HomeLock
 from kofo.node.ledger_client import LedgerClient, LedgerError, LedgerRefused, Status, tx_hash
+from kofo.node.redact import Redactor, public_url
 from kofo.node.registration import ensure_registered, load_or_create_paillier
 from kofo.node.service import (
     BalanceView,
@@ -189,6 +191,12 @@ class Node:
         self.key = wallet.node_key()
         self.node_id = self.key.public_key().public_bytes_raw()
         self.ledger = LedgerClient(config.ledger.url, timeout=config.ledger.timeout)
+        # credentials in the endpoint URLs (an API key in the path, user:pass@): errors quote
+        # the URL, and every error text this node shows or logs passes through this
+        self._redact = Redactor.for_urls(
+            [c.rpc_url for c in config.chains.values()] + [config.ledger.url],
+            [c.rpc_password for c in config.chains.values() if isinstance(c, BitcoinChainConfig)],
+        )
         self.state = NodeState()
         self.chains = chains
         self._paillier_bits = paillier_bits
@@ -602,6 +610,7 @@ class Node:
         return {}
 
     def _trade_event(self, trade_id: str, phase: str, detail: dict[str, Any]) -> None:
+        detail = self._redact.deep(detail)
         self.store.phase(trade_id, phase, detail)
         self.event_log.append("trade", {"trade_id": trade_id, "phase": phase, **detail})
 
@@ -631,14 +640,15 @@ class Node:
                     fee = int(self.state.params.get("protocol_fee_bps", 0))
                     self.exchange.config.protocol_fee_bps = fee
         except LedgerError as exc:
-            if self.state.ledger_error != str(exc):
-                log.warning("ledger unreachable, retrying every %gs: %s", HEALTH_INTERVAL, exc)
-            self.state.ledger_error = str(exc)
+            error = self._redact(str(exc))
+            if self.state.ledger_error != error:
+                log.warning("ledger unreachable, retrying every %gs: %s", HEALTH_INTERVAL, error)
+            self.state.ledger_error = error
             return
         if self.state.ledger is None or self.state.ledger_error:
             log.info(
                 "ledger reachable: %s, network %s, height %d",
-                self.config.ledger.url,
+                public_url(self.config.ledger.url),
                 status.network,
                 status.height,
             )
@@ -714,7 +724,7 @@ class Node:
                 self.state.balances[asset.asset] = adapter.balance(asset.token)
                 self.state.chain_errors.pop(asset.chain, None)
             except Exception as exc:
-                self.state.chain_errors[asset.chain] = f"{type(exc).__name__}: {exc}"
+                self.state.chain_errors[asset.chain] = self._redact(f"{type(exc).__name__}: {exc}")
                 continue
             reserved[asset.asset] = self.engine.reserved(asset.chain, asset.token)
             if asset.token is None:
@@ -767,7 +777,8 @@ class Node:
                     self._holds = [h for h in self._holds if h.order_id != order.order_id]
                 log.info("order %s never committed: hold released", order.order_id.hex()[:16])
                 self._trade_event(trade.trade_id, "failed", {"reason": "not committed"})
-                self.store.update(trade.trade_id, state="failed", error=str(exc)[:500])
+                error = self._redact(str(exc))[:500]
+                self.store.update(trade.trade_id, state="failed", error=error)
             return
         except LedgerError:
             return
@@ -837,12 +848,21 @@ class Node:
         except KofoError as exc:
             self._fail(trade_id, f"{exc.code}: {exc}")
         except Exception as exc:
-            log.exception("trade %s failed", trade_id)
+            # the type, place and redacted message: the message may quote an endpoint URL
+            where = traceback.extract_tb(exc.__traceback__)[-1:]
+            place = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+            log.error(
+                "trade %s failed%s: %s",
+                trade_id,
+                place,
+                self._redact(f"{type(exc).__name__}: {exc}"),
+            )
             self._fail(trade_id, f"{type(exc).__name__}: {exc}")
         finally:
             self._trade_tasks.pop(trade_id, None)
 
     def _fail(self, trade_id: str, reason: str) -> None:
+        reason = self._redact(reason)
         view = self.store.find(trade_id)
         if view is None or view.state in TERMINAL_TRADE_STATES:
             return
@@ -919,7 +939,7 @@ class Node:
                 if self._unlocked(oid):
                     # committed, but the swap cannot start (or the maker refused it): nothing
                     # of ours is locked, so the trade ends here; the order lapses on the ledger
-                    reason = f"{exc.code}: {exc}"[:500]
+                    reason = self._redact(f"{exc.code}: {exc}")[:500]
                     self._trade_event(trade_id, "failed", {"reason": reason})
                     self.store.update(trade_id, state="failed", error=reason)
                     return
@@ -1000,8 +1020,9 @@ class Node:
         except KofoError as exc:
             view = self.store.get(trade_id)
             if view.state == "submitted":
-                self._trade_event(trade_id, "failed", {"reason": str(exc)[:500]})
-                self.store.update(trade_id, state="failed", error=str(exc)[:500])
+                error = self._redact(str(exc))[:500]
+                self._trade_event(trade_id, "failed", {"reason": error})
+                self.store.update(trade_id, state="failed", error=error)
             else:
                 self._fail(trade_id, f"{exc.code}: {exc}")
         finally:
@@ -1025,7 +1046,7 @@ class Node:
             node_id=self.node_id.hex(),
             version=__version__,
             p2p=f"{self.config.p2p_listen.host}:{self.exchange.port if self.exchange else 0}",
-            ledger_url=self.config.ledger.url,
+            ledger_url=public_url(self.config.ledger.url),
             ledger_height=None if ledger is None else ledger.height,
             ledger_error=self.state.ledger_error,
             chains=chains,
@@ -1132,6 +1153,13 @@ class Node:
             raise InvalidInput(str(exc)) from None
         if request.amount <= 0 or request.min_receive < 0 or request.deadline_s <= 0:
             raise InvalidInput("amount and deadline_s must be > 0, min_receive >= 0")
+        if request.min_receive == 0:
+            # the trade takes the best quote: without a floor, a maker alone on the pair (or
+            # its sybils) sets the price, down to 1 base unit for everything sold
+            raise InvalidInput(
+                "min_receive: a trade needs the least it accepts to receive (> 0); "
+                "POST /v1/quotes shows what the network offers"
+            )
         trade_id = os.urandom(16).hex()
         view = self.store.create(
             trade_id, "taker", sell, request.amount, buy, min_receive=request.min_receive
@@ -1253,7 +1281,7 @@ class Node:
         except LedgerError as exc:
             if isinstance(exc, LedgerRefused):
                 raise
-            raise Unavailable(f"the ledger is unreachable: {exc}") from exc
+            raise Unavailable(f"the ledger is unreachable: {self._redact(str(exc))}") from None
 
     async def fee_shares(self) -> list[FeeShareView]:
         """This node's fee balance per asset, decrypted with its Paillier key (the ledger

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kofo.errors import ConfigError, KofoError
+from kofo.node.redact import public_url
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds per RPC call. A healthy ledger answers in milliseconds; ten seconds covers a node
@@ -174,12 +175,13 @@ class LedgerClient:
         if not 0 < timeout <= 600:
             raise ConfigError(f"ledger timeout must be in (0, 600] seconds, got {timeout}")
         self.url = url
+        self.shown = public_url(url)  # in errors and logs: no credential in a path
         self.timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._ids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"LedgerClient({self.url!r})"
+        return f"LedgerClient({self.shown!r})"
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -261,7 +263,7 @@ class LedgerClient:
                 return None
             if "indexing is disabled" in exc.data:
                 raise ConfigError(
-                    f'ledger at {self.url} keeps no tx index; set [tx_index] indexer = "kv" '
+                    f'ledger at {self.shown} keeps no tx index; set [tx_index] indexer = "kv" '
                     "in its CometBFT config.toml (the node looks transactions up by hash)"
                 ) from None
             raise
@@ -351,20 +353,24 @@ class LedgerClient:
             payload = exc.read(MAX_REPLY_BYTES + 1)
             if not payload:
                 raise LedgerUnreachable(
-                    f"{method}: ledger at {self.url} answered HTTP {exc.code}"
+                    f"{method}: ledger at {self.shown} answered HTTP {exc.code}"
                 ) from None
         except (OSError, ValueError) as exc:  # URLError, timeouts, resets are OSErrors
-            raise LedgerUnreachable(f"{method}: cannot reach ledger at {self.url}: {exc}") from None
+            raise LedgerUnreachable(
+                f"{method}: cannot reach ledger at {self.shown}: {exc}"
+            ) from None
         if len(payload) > MAX_REPLY_BYTES:
-            raise LedgerUnreachable(f"{method}: reply from {self.url} exceeds {MAX_REPLY_BYTES} B")
+            raise LedgerUnreachable(
+                f"{method}: reply from {self.shown} exceeds {MAX_REPLY_BYTES} B"
+            )
         try:
             answer = json.loads(payload)
         except ValueError:
             raise LedgerUnreachable(
-                f"{method}: ledger at {self.url} answered with non-JSON: {payload[:80]!r}"
+                f"{method}: ledger at {self.shown} answered with non-JSON: {payload[:80]!r}"
             ) from None
         if not isinstance(answer, dict):
-            raise LedgerUnreachable(f"{method}: ledger at {self.url} answered {type(answer)}")
+            raise LedgerUnreachable(f"{method}: ledger at {self.shown} answered {type(answer)}")
         error = answer.get("error")
         if error:
             if not isinstance(error, dict):
@@ -377,7 +383,7 @@ class LedgerClient:
             )
         result = answer.get("result")
         if not isinstance(result, dict):
-            raise LedgerUnreachable(f"{method}: ledger at {self.url} sent no result object")
+            raise LedgerUnreachable(f"{method}: ledger at {self.shown} sent no result object")
         return result
 
 

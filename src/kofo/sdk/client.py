@@ -337,6 +337,9 @@ class Client:
             timeout=timeout,
             verify=verify,
             transport=transport,
+            # straight to the node: an HTTP(S)_PROXY from the environment would be handed
+            # the bearer token with every request (the event stream passes proxy=None too)
+            trust_env=False,
         )
 
     @classmethod
@@ -523,6 +526,9 @@ class AsyncClient:
             timeout=timeout,
             verify=verify,
             transport=transport,
+            # straight to the node: an HTTP(S)_PROXY from the environment would be handed
+            # the bearer token with every request (the event stream passes proxy=None too)
+            trust_env=False,
         )
 
     @classmethod
