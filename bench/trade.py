@@ -155,7 +155,7 @@ async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
     views = []
     for i in range(n):
         taker = takers[i % len(takers)]
-        req = TradeRequest(sell="btc", amount=SATS, buy="eth", deadline_s=300)
+        req = TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=1, deadline_s=300)
         views.append((taker, await taker.create_trade(req)))
 
     def ended(taker: Node, tid: str) -> TradeView | None:

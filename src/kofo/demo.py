@@ -475,7 +475,7 @@ def _trade(net: Network, console: Console, result: DemoResult) -> None:
     _check(result, console, "two quotes (one per maker)", len(quotes) >= 2, str(len(quotes)))
     best = max(q.receive for q in quotes) if quotes else 0
     seqs = {n: net.client(n).last_event_seq() for n in FOLLOWED}
-    view = taker.create_trade(sell="btc", amount=SELL_SATS, buy="eth")
+    view = taker.create_trade(sell="btc", amount=SELL_SATS, buy="eth", min_receive=best)
     console.print(f"  trade {view.trade_id[:16]} created (state {view.state})")
     seen: set[str] = set()
     done = _follow(net, view.trade_id, seqs, console, seen)

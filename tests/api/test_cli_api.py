@@ -168,15 +168,38 @@ def test_trade_follows_to_redeemed(served: Served, home: Path) -> None:
 
 def test_trade_that_fails_exits_non_zero(served: Served, home: Path) -> None:
     thread = drive(served, [("failed", {"error": "no quote"})])
-    code, out, _ = run("trade", "--sell", "BTC:0.01", "--buy", "ETH", "--home", str(home))
+    code, out, _ = run(
+        "trade", "--sell", "BTC:0.01", "--buy", "ETH", "--min-receive", "0.1", "--home", str(home)
+    )
     thread.join(10)
     assert code == 1
     assert "trade ended failed: no quote" in out
 
 
+def test_trade_without_a_floor_and_without_quotes_says_so_and_starts_nothing(
+    served: Served, home: Path
+) -> None:
+    # The node refuses a trade without a price floor; the CLI takes the best quote less the
+    # slippage, and with no quote at all it says so before creating anything.
+    code, _, err = run("trade", "--sell", "BTC:0.01", "--buy", "ETH", "--home", str(home))
+    assert code == 1
+    assert "no_quote" in err and "--min-receive" in err
+    assert not served.service.trades_by_id
+
+
 def test_trade_no_wait_json(served: Served, home: Path) -> None:
     code, out, _ = run(
-        "trade", "--sell", "ETH:1.5", "--buy", "DUSD", "--no-wait", "--json", "--home", str(home)
+        "trade",
+        "--sell",
+        "ETH:1.5",
+        "--buy",
+        "DUSD",
+        "--min-receive",
+        "1",
+        "--no-wait",
+        "--json",
+        "--home",
+        str(home),
     )
     assert code == 0
     trade = json.loads(out)

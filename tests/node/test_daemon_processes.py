@@ -124,7 +124,8 @@ def test_kofo_trade_between_node_processes_and_a_taker_killed_after_the_commit(
         tc = Client.from_home(taker)
         _until(lambda: any(not o.own for o in tc.offers()), "the offer after the restart")
         view = _until(
-            lambda: tc.create_trade(sell="BTC", amount=SATS, buy="ETH"), "a trade accepted"
+            lambda: tc.create_trade(sell="BTC", amount=SATS, buy="ETH", min_receive=1),
+            "a trade accepted",
         )
         try:
             code = t.proc.wait(timeout=WAIT)

@@ -650,6 +650,15 @@ def trade_command(
     min_receive: Annotated[
         str | None, typer.Option(help="refuse quotes below this, in the buy asset (decimal)")
     ] = None,
+    slippage_bps: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=5_000,
+            help="without --min-receive: accept down to the best quote less this many basis "
+            "points (100 = 1 %)",
+        ),
+    ] = 100,
     deadline: Annotated[
         int, typer.Option(min=1, help="seconds to get the order committed, else give up")
     ] = 60,
@@ -669,12 +678,38 @@ def trade_command(
 
     async def run(client: AsyncClient) -> TradeView:
         units = _Units(await client.balances())
+        floor: str | int | None = min_receive
+        if floor is None:
+            # No floor given: the node refuses a trade without one (a lone maker could quote
+            # one base unit), so take the best quote now less the slippage, and say so.
+            quotes = await client.quotes(sell=sell_asset, amount=amount, buy=buy)
+            if not quotes:
+                raise KofoError(
+                    f"no quote for {sell} -> {buy}: no maker answered (try a smaller amount, "
+                    "or give --min-receive)",
+                    code="no_quote",
+                )
+            best = max(q.receive for q in quotes)
+            floor = best * (10_000 - slippage_bps) // 10_000
+            if floor <= 0:
+                raise KofoError(
+                    f"the best quote ({units.show(best, quotes[0].buy)}) less "
+                    f"{slippage_bps} bps leaves nothing: give --min-receive",
+                    code="invalid_input",
+                )
+            if not as_json:
+                console.print(
+                    Text(
+                        f"  no --min-receive: accepting at least {units.show(floor, quotes[0].buy)}"
+                        f" (best quote {units.show(best, quotes[0].buy)} less {slippage_bps} bps)"
+                    )
+                )
         after = await client.last_event_seq()
         trade = await client.create_trade(
             sell=sell_asset,
             amount=amount,
             buy=buy,
-            min_receive=min_receive or 0,
+            min_receive=floor,
             deadline_s=deadline,
         )
         if not as_json:

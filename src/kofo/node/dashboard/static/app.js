@@ -390,7 +390,7 @@ function tradeView(root, tradeId) {
   const amountIn = h("input", { id: "trade-amount", name: "amount", inputmode: "decimal",
     autocomplete: "off", placeholder: "0.0", required: true });
   const minRecv = h("input", { id: "trade-min", name: "min_receive", inputmode: "decimal",
-    autocomplete: "off", placeholder: "optional" });
+    autocomplete: "off", placeholder: "best quote less 1 %" });
   const deadline = h("input", { id: "trade-deadline", name: "deadline_s", type: "number",
     min: 5, max: 3600, value: 60 });
   const availHint = h("span", { class: "hint", id: "trade-available" });
@@ -418,6 +418,7 @@ function tradeView(root, tradeId) {
   section("Your trades", "newest first", listSlot));
 
   let request = null;
+  let bestReceive = 0n; // the best live quote: an empty "Receive at least" takes it less 1 %
   let quoteTimer = null;
   let quoteSeq = 0;
   let current = tradeId || "";
@@ -459,6 +460,7 @@ function tradeView(root, tradeId) {
       const quotes = items(await api("/quotes", { method: "POST", body: request }))
         .sort((a, b) => (big(b.receive) > big(a.receive) ? 1 : big(b.receive) < big(a.receive) ? -1 : 0));
       if (mine !== quoteSeq) return;
+      bestReceive = quotes.length ? big(quotes[0].receive) : 0n;
       quotesSlot.replaceChildren(...[renderQuotes(quotes, request)].flat());
       tradeBtn.disabled = !quotes.length;
     } catch (err) {
@@ -514,6 +516,11 @@ function tradeView(root, tradeId) {
     let req;
     try {
       req = readForm();
+      if (req.min_receive === 0n) {
+        // The node refuses a trade without a price floor (a lone maker could quote 1 unit).
+        if (bestReceive <= 0n) throw new Error("Receive at least: ask for quotes first, or set it");
+        req.min_receive = (bestReceive * 99n) / 100n;
+      }
     } catch (err) {
       formError.textContent = err.message;
       return;
