@@ -444,6 +444,7 @@ class EthereumAdapter:
             raise InvalidInput(f"expiry {terms.expiry} is not in the future")
         if expiry >= 2**64:
             raise InvalidInput(f"expiry {terms.expiry} does not fit the contract's 64 bits")
+        self._refuse_second_lock(terms, recipient, expiry)
         slot = self._choose_slot()  # claimed in the nonce store until the lock is mined
         try:
             txs = self._prepare_lock(terms, fee, _word(recipient, expiry, slot))
@@ -452,6 +453,59 @@ class EthereumAdapter:
             raise
         self.nonces.bind_slot(slot, _nonce_of(txs[-1]))
         return txs
+
+    def _refuse_second_lock(self, terms: HtlcTerms, recipient: str, expiry: int) -> None:
+        """Refuse to lock ``terms`` again while a lock of them is live or signed and unmined.
+
+        v1's contract refused a second lock of the same terms ("exists"); v2 keeps no record per
+        swap id, so two of the sender's slots could hold one id. A redeem or refund log names
+        the id, not the slot, so one payout would read as settling both: the second deposit
+        would never be refunded, and anyone holding the then public preimage could pay it to
+        the recipient as well. A lock signed but not journaled (a crash in between) is found in
+        the nonce store, whose gap filling would otherwise broadcast it beside a new one.
+        """
+        token = to_checksum_address(terms.token or ZERO_ADDRESS)
+        wanted = (bytes(terms.payment_hash), token, terms.amount, int(recipient, 16) << 64 | expiry)
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        for _, raw in self.nonces.signed_between(mined, 2**63 - 1):
+            if wanted in self._signed_locks(raw):
+                raise InvalidInput(
+                    f"these terms are already locked by a signed, unmined transaction of this "
+                    f"wallet (swap {_hex(swap_id(terms))}): a second lock is never signed"
+                )
+        if self.find_htlc(terms) is not None:
+            raise InvalidInput(
+                f"these terms are already locked (swap {_hex(swap_id(terms))} is live): a "
+                "second lock of the same terms is never signed"
+            )
+
+    def _signed_locks(self, raw: bytes) -> list[tuple[bytes, str, int, int]]:
+        """The locks in signed transaction ``raw``, if it calls the HTLC: (payment hash, token,
+        amount, recipient << 64 | expiry) each."""
+        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        to = fields.get("to")
+        if not to or to_checksum_address(bytes(to)) != self.htlc.address:
+            return []
+        try:
+            function, args = self.htlc.decode_function_input(bytes(fields["data"]))
+        except ValueError:
+            return []
+        if function.fn_name == "lock":
+            return [
+                (
+                    bytes(args["payment_hash"]),
+                    ZERO_ADDRESS,
+                    int(fields["value"]),
+                    args["word"] >> 32,
+                )
+            ]
+        if function.fn_name in ("lock_token", "lock_token_with_permit"):
+            token = to_checksum_address(args["token"])
+            return [(bytes(args["payment_hash"]), token, args["amount"], args["word"] >> 32)]
+        if function.fn_name != "lock_many":
+            return []
+        rows = [list(r.values()) if isinstance(r, dict) else list(r) for r in args["items"]]
+        return [(bytes(h), to_checksum_address(t), a, w >> 32) for h, t, a, w in rows]
 
     def _prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None, word: int) -> list[SignedTx]:
         if terms.token is None:

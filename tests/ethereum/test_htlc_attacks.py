@@ -1,0 +1,31 @@
+"""HTLC v2 attacked: the same terms locked twice, batches, packed words (embedded EVM, geth)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kofo.errors import InvalidInput
+from kofo.settlement.chain import HtlcState
+from tests.ethereum.test_adapter import _terms, env  # noqa: F401 (the fixture)
+
+
+def test_the_same_terms_are_never_locked_twice_while_live(env):  # noqa: F811
+    # v1's contract refused a second lock of the same terms ("exists"); v2 keeps no record per
+    # id, so two slots can hold one id, and one Redeemed log (which names no slot) settles both
+    # in every monitor's eyes: the sender would never refund the second deposit, and anyone
+    # holding the now public preimage pays it to the recipient a second time.
+    terms, _ = _terms(env)
+    ref = env.alice.lock(terms)
+    with pytest.raises(InvalidInput, match="already locked"):
+        env.alice.prepare_lock(terms)
+    assert env.alice.status(ref).state is HtlcState.LOCKED
+
+
+def test_a_lock_signed_before_a_crash_is_not_signed_again(env):  # noqa: F811
+    # The engine journals a lock after prepare_lock returns: a crash in between leaves the
+    # signed lock in the nonce store only, and the next broadcast fills the nonce gap with it.
+    # A second prepare_lock of the same terms would then put both on chain.
+    terms, _ = _terms(env)
+    env.alice.prepare_lock(terms)  # signed, never journaled (the crash)
+    with pytest.raises(InvalidInput, match="already locked"):
+        env.alice.prepare_lock(terms)
