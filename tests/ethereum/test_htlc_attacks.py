@@ -6,7 +6,7 @@ import pytest
 
 from kofo.errors import InvalidInput
 from kofo.settlement.chain import HtlcState
-from tests.ethereum.test_adapter import _terms, env  # noqa: F401 (the fixture)
+from tests.ethereum.test_adapter import _mint, _terms, env  # noqa: F401 (the fixture)
 
 
 def test_the_same_terms_are_never_locked_twice_while_live(env):  # noqa: F811
@@ -24,8 +24,17 @@ def test_the_same_terms_are_never_locked_twice_while_live(env):  # noqa: F811
 def test_a_lock_signed_before_a_crash_is_not_signed_again(env):  # noqa: F811
     # The engine journals a lock after prepare_lock returns: a crash in between leaves the
     # signed lock in the nonce store only, and the next broadcast fills the nonce gap with it.
-    # A second prepare_lock of the same terms would then put both on chain.
-    terms, _ = _terms(env)
-    env.alice.prepare_lock(terms)  # signed, never journaled (the crash)
-    with pytest.raises(InvalidInput, match="already locked"):
-        env.alice.prepare_lock(terms)
+    # A second prepare_lock of the same terms signed a second lock, and both went on chain.
+    for token in (None, env.token):
+        if token is not None:
+            _mint(env, env.alice.address(), 10**6)
+        terms, _ = _terms(env, amount=1000, token=token)
+        first = env.alice.prepare_lock(terms)[-1]  # signed, never journaled (the crash)
+        again = env.alice.prepare_lock(terms)
+        assert [tx.txid for tx in again] == [first.txid]
+        env.alice.broadcast(again[-1])
+        env.alice.wait(again[-1].txid)
+        ref = env.alice.htlc_ref(terms, again[-1])
+        assert env.alice.status(ref).state is HtlcState.LOCKED
+        with pytest.raises(InvalidInput, match="already locked"):
+            env.alice.prepare_lock(terms)

@@ -444,7 +444,9 @@ class EthereumAdapter:
             raise InvalidInput(f"expiry {terms.expiry} is not in the future")
         if expiry >= 2**64:
             raise InvalidInput(f"expiry {terms.expiry} does not fit the contract's 64 bits")
-        self._refuse_second_lock(terms, recipient, expiry)
+        signed = self._check_second_lock(terms, recipient, expiry)
+        if signed is not None:
+            return [signed]
         slot = self._choose_slot()  # claimed in the nonce store until the lock is mined
         try:
             txs = self._prepare_lock(terms, fee, _word(recipient, expiry, slot))
@@ -454,30 +456,31 @@ class EthereumAdapter:
         self.nonces.bind_slot(slot, _nonce_of(txs[-1]))
         return txs
 
-    def _refuse_second_lock(self, terms: HtlcTerms, recipient: str, expiry: int) -> None:
-        """Refuse to lock ``terms`` again while a lock of them is live or signed and unmined.
+    def _check_second_lock(self, terms: HtlcTerms, recipient: str, expiry: int) -> SignedTx | None:
+        """The signed, unmined lock of ``terms`` this wallet already holds, if any (returned
+        again: preparing a lock is idempotent); :class:`InvalidInput` if ``terms`` are live.
 
         v1's contract refused a second lock of the same terms ("exists"); v2 keeps no record per
         swap id, so two of the sender's slots could hold one id. A redeem or refund log names
         the id, not the slot, so one payout would read as settling both: the second deposit
         would never be refunded, and anyone holding the then public preimage could pay it to
         the recipient as well. A lock signed but not journaled (a crash in between) is found in
-        the nonce store, whose gap filling would otherwise broadcast it beside a new one.
+        the nonce store, whose gap filling would otherwise broadcast it beside a new one. (A
+        token lock's approve has the nonce before it: broadcasting the lock sends it first.)
         """
         token = to_checksum_address(terms.token or ZERO_ADDRESS)
         wanted = (bytes(terms.payment_hash), token, terms.amount, int(recipient, 16) << 64 | expiry)
         mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
         for _, raw in self.nonces.signed_between(mined, 2**63 - 1):
             if wanted in self._signed_locks(raw):
-                raise InvalidInput(
-                    f"these terms are already locked by a signed, unmined transaction of this "
-                    f"wallet (swap {_hex(swap_id(terms))}): a second lock is never signed"
-                )
+                txid = _hex(keccak(raw))
+                return SignedTx(self.chain, TxKind.LOCK, txid, raw)
         if self.find_htlc(terms) is not None:
             raise InvalidInput(
                 f"these terms are already locked (swap {_hex(swap_id(terms))} is live): a "
                 "second lock of the same terms is never signed"
             )
+        return None
 
     def _signed_locks(self, raw: bytes) -> list[tuple[bytes, str, int, int]]:
         """The locks in signed transaction ``raw``, if it calls the HTLC: (payment hash, token,
