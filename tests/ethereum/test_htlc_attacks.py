@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kofo.errors import InvalidInput
-from kofo.settlement.chain import HtlcState
+from kofo.settlement.chain import HtlcRef, HtlcState
+from kofo.settlement.chains.ethereum.adapter import _word
 from tests.ethereum.test_adapter import _mint, _terms, env  # noqa: F401 (the fixture)
 
 
@@ -38,3 +39,31 @@ def test_a_lock_signed_before_a_crash_is_not_signed_again(env):  # noqa: F811
         assert env.alice.status(ref).state is HtlcState.LOCKED
         with pytest.raises(InvalidInput, match="already locked"):
             env.alice.prepare_lock(terms)
+
+
+def test_a_payout_of_one_lock_does_not_read_as_the_payout_of_the_same_terms_in_another_slot(
+    env,  # noqa: F811
+):
+    # A sender (another wallet with the same key, or a hostile one) locks the same terms in two
+    # slots. Redeem and refund logs name the swap id, not the slot: the redeem of the first
+    # read as the redeem of the second, whose deposit the sender then never refunded.
+    terms, preimage = _terms(env, lifetime=20)
+    first = env.alice.lock(terms)
+    sender = env.alice.account
+    call = env.alice.htlc.functions.lock(
+        terms.payment_hash, _word(terms.recipient, terms.expiry.value, 7)
+    )
+    second_txid = env.chain.send(call, sender, value=terms.amount)["transactionHash"]
+    second = HtlcRef(terms=terms, locator=first.locator, lock_txid="0x" + bytes(second_txid).hex())
+    redeem = env.bob.prepare_redeem(first, preimage)
+    env.bob.broadcast(redeem)
+    env.bob.wait(redeem.txid)
+    assert env.alice.status(first).state is HtlcState.REDEEMED
+    assert env.alice.status(second).state is HtlcState.LOCKED
+    env.chain.advance_time(21)
+    before = env.w3.eth.get_balance(env.alice.htlc.address)
+    refund = env.alice.prepare_refund(second)
+    env.alice.broadcast(refund)
+    env.alice.wait(refund.txid)
+    assert env.w3.eth.get_balance(env.alice.htlc.address) == before - terms.amount
+    assert env.alice.status(second).state is HtlcState.REFUNDED

@@ -932,6 +932,55 @@ class EthereumAdapter:
             hi, size = lo - 1, size * 2
         return None
 
+    def _twin_locks(self, sid: bytes, lock: HtlcEvent) -> bool:
+        """Whether ``sid`` was also locked in a slot other than ``lock``'s: the same terms
+        locked twice (the sender's doing; this adapter never signs that). A payout log names
+        the id, not the slot, so which lock it paid is then read from its transaction."""
+        locks = [e for e in self._index.events(sid) if e.name == "Locked"]
+        return lock.slot is not None and any(e.slot != lock.slot for e in locks)
+
+    def _spend_of_slot(self, sid: bytes, lock: HtlcEvent, sender: str) -> HtlcEvent | None:
+        """The payout of ``sid`` after ``lock`` made from ``lock``'s own slot, if any: the
+        first payout log whose transaction names that slot for this sender, before any later
+        lock into that slot."""
+        later_lock = min(
+            (
+                (e.block, e.log_index)
+                for e in self._index.events(sid)
+                if e.name == "Locked"
+                and e.slot == lock.slot
+                and (e.block, e.log_index) > (lock.block, lock.log_index)
+            ),
+            default=None,
+        )
+        for event in self._index.events(sid):
+            position = (event.block, event.log_index)
+            if event.name == "Locked" or position <= (lock.block, lock.log_index):
+                continue
+            if later_lock is not None and position > later_lock:
+                return None
+            if lock.slot in self._slots_paid(event.txid, sender):
+                return event
+        return None
+
+    def _slots_paid(self, txid: str, sender: str) -> set[int]:
+        """The slots of ``sender`` that transaction ``txid`` (a redeem or refund, single or
+        batch) names."""
+        data = bytes(HexBytes(self.w3.eth.get_transaction(HexBytes(txid))["input"]))
+        try:
+            function, args = self.htlc.decode_function_input(data)
+        except ValueError:
+            return set()
+        if function.fn_name in ("redeem", "refund"):
+            words = [args["word"]]
+        elif function.fn_name in ("redeem_many", "refund_many"):
+            rows = [list(r.values()) if isinstance(r, dict) else list(r) for r in args["items"]]
+            words = [row[3] for row in rows]
+        else:
+            return set()
+        owner = int(sender, 16)
+        return {w & 0xFFFFFFFF for w in words if w >> 96 == owner}
+
     def _spend_after(self, sid: bytes, lock: HtlcEvent) -> HtlcEvent | None:
         for event in self._index.events(sid):
             if event.name != "Locked" and (event.block, event.log_index) > (
@@ -952,6 +1001,13 @@ class EthereumAdapter:
         if lock is not None:  # answered from the index, which is current and reorg-checked
             lock_conf = tip - lock.block + 1
             spend = self._spend_after(sid, lock)
+            if spend is not None and self._twin_locks(sid, lock):
+                assert lock.slot is not None
+                # A payout sent through another contract names no slot in its input: the
+                # slot's word then decides (still the id: live; else the first payout).
+                own = self._spend_of_slot(sid, lock, ref.terms.sender)
+                held = self._slot_value(lock.slot, ref.terms.sender) == sid
+                spend = own or (None if held else spend)
             if spend is None:
                 return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
             return HtlcStatus(
