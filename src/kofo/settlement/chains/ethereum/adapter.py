@@ -966,11 +966,11 @@ class EthereumAdapter:
     def _slots_paid(self, txid: str, sender: str) -> set[int]:
         """The slots of ``sender`` that transaction ``txid`` (a redeem or refund, single or
         batch) names."""
-        data = bytes(HexBytes(self.w3.eth.get_transaction(HexBytes(txid))["input"]))
         try:
+            data = bytes(HexBytes(self.w3.eth.get_transaction(HexBytes(txid))["input"]))
             function, args = self.htlc.decode_function_input(data)
-        except ValueError:
-            return set()
+        except (TransactionNotFound, ValueError, KeyError):
+            return set()  # not answered, or not a call of ours: the slot's word decides
         if function.fn_name in ("redeem", "refund"):
             words = [args["word"]]
         elif function.fn_name in ("redeem_many", "refund_many"):
