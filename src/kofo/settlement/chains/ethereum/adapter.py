@@ -458,7 +458,8 @@ class EthereumAdapter:
 
     def _check_second_lock(self, terms: HtlcTerms, recipient: str, expiry: int) -> SignedTx | None:
         """The signed, unmined lock of ``terms`` this wallet already holds, if any (returned
-        again: preparing a lock is idempotent); :class:`InvalidInput` if ``terms`` are live.
+        again: preparing a lock is idempotent); :class:`InvalidInput` if the event index saw a
+        lock of ``terms`` whose slot still holds it.
 
         v1's contract refused a second lock of the same terms ("exists"); v2 keeps no record per
         swap id, so two of the sender's slots could hold one id. A redeem or refund log names
@@ -475,7 +476,15 @@ class EthereumAdapter:
             if wanted in self._signed_locks(raw):
                 txid = _hex(keccak(raw))
                 return SignedTx(self.chain, TxKind.LOCK, txid, raw)
-        if self.find_htlc(terms) is not None:
+        # The event index only (brought to the head): a search of the whole chain by logs
+        # would be a long, range-limited query on a real node, for every lock. The window
+        # this guards (a crash between signing and journaling) is recent.
+        sid = swap_id(terms)
+        self._head()
+        slots = {
+            e.slot for e in self._index.events(sid) if e.name == "Locked" and e.slot is not None
+        }
+        if any(self._slot_value(slot) == sid for slot in slots):
             raise InvalidInput(
                 f"these terms are already locked (swap {_hex(swap_id(terms))} is live): a "
                 "second lock of the same terms is never signed"
