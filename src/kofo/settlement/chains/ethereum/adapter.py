@@ -488,6 +488,9 @@ class EthereumAdapter:
             raise InvalidInput(f"expiry {terms.expiry} is not in the future")
         if expiry >= 2**64:
             raise InvalidInput(f"expiry {terms.expiry} does not fit the contract's 64 bits")
+        signed = self._check_second_lock(terms, recipient, expiry)
+        if signed is not None:
+            return [signed]
         slot = self._choose_slot()  # claimed in the nonce store until the lock is mined
         try:
             txs = self._prepare_lock(terms, fee, _word(recipient, expiry, slot))
@@ -496,6 +499,69 @@ class EthereumAdapter:
             raise
         self.nonces.bind_slot(slot, _nonce_of(txs[-1]))
         return txs
+
+    def _check_second_lock(self, terms: HtlcTerms, recipient: str, expiry: int) -> SignedTx | None:
+        """The signed, unmined lock of ``terms`` this wallet already holds, if any (returned
+        again: preparing a lock is idempotent); :class:`InvalidInput` if the event index saw a
+        lock of ``terms`` whose slot still holds it.
+
+        v1's contract refused a second lock of the same terms ("exists"); v2 keeps no record per
+        swap id, so two of the sender's slots could hold one id. A redeem or refund log names
+        the id, not the slot, so one payout would read as settling both: the second deposit
+        would never be refunded, and anyone holding the then public preimage could pay it to
+        the recipient as well. A lock signed but not journaled (a crash in between) is found in
+        the nonce store, whose gap filling would otherwise broadcast it beside a new one. (A
+        token lock's approve has the nonce before it: broadcasting the lock sends it first.)
+        """
+        token = to_checksum_address(terms.token or ZERO_ADDRESS)
+        wanted = (bytes(terms.payment_hash), token, terms.amount, int(recipient, 16) << 64 | expiry)
+        mined = int(self.w3.eth.get_transaction_count(self.account.address, "latest"))
+        for _, raw in self.nonces.signed_between(mined, 2**63 - 1):
+            if wanted in self._signed_locks(raw):
+                txid = _hex(keccak(raw))
+                return SignedTx(self.chain, TxKind.LOCK, txid, raw)
+        # The event index only (brought to the head): a search of the whole chain by logs
+        # would be a long, range-limited query on a real node, for every lock. The window
+        # this guards (a crash between signing and journaling) is recent.
+        sid = swap_id(terms)
+        self._head()
+        slots = {
+            e.slot for e in self._index.events(sid) if e.name == "Locked" and e.slot is not None
+        }
+        if any(self._slot_value(slot) == sid for slot in slots):
+            raise InvalidInput(
+                f"these terms are already locked (swap {_hex(swap_id(terms))} is live): a "
+                "second lock of the same terms is never signed"
+            )
+        return None
+
+    def _signed_locks(self, raw: bytes) -> list[tuple[bytes, str, int, int]]:
+        """The locks in signed transaction ``raw``, if it calls the HTLC: (payment hash, token,
+        amount, recipient << 64 | expiry) each."""
+        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        to = fields.get("to")
+        if not to or to_checksum_address(bytes(to)) != self.htlc.address:
+            return []
+        try:
+            function, args = self.htlc.decode_function_input(bytes(fields["data"]))
+        except ValueError:
+            return []
+        if function.fn_name == "lock":
+            return [
+                (
+                    bytes(args["payment_hash"]),
+                    ZERO_ADDRESS,
+                    int(fields["value"]),
+                    args["word"] >> 32,
+                )
+            ]
+        if function.fn_name in ("lock_token", "lock_token_with_permit"):
+            token = to_checksum_address(args["token"])
+            return [(bytes(args["payment_hash"]), token, args["amount"], args["word"] >> 32)]
+        if function.fn_name != "lock_many":
+            return []
+        rows = [list(r.values()) if isinstance(r, dict) else list(r) for r in args["items"]]
+        return [(bytes(h), to_checksum_address(t), a, w >> 32) for h, t, a, w in rows]
 
     def _prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None, word: int) -> list[SignedTx]:
         if terms.token is None:
@@ -919,6 +985,55 @@ class EthereumAdapter:
             hi, size = lo - 1, size * 2
         return None
 
+    def _twin_locks(self, sid: bytes, lock: HtlcEvent) -> bool:
+        """Whether ``sid`` was also locked in a slot other than ``lock``'s: the same terms
+        locked twice (the sender's doing; this adapter never signs that). A payout log names
+        the id, not the slot, so which lock it paid is then read from its transaction."""
+        locks = [e for e in self._index.events(sid) if e.name == "Locked"]
+        return lock.slot is not None and any(e.slot != lock.slot for e in locks)
+
+    def _spend_of_slot(self, sid: bytes, lock: HtlcEvent, sender: str) -> HtlcEvent | None:
+        """The payout of ``sid`` after ``lock`` made from ``lock``'s own slot, if any: the
+        first payout log whose transaction names that slot for this sender, before any later
+        lock into that slot."""
+        later_lock = min(
+            (
+                (e.block, e.log_index)
+                for e in self._index.events(sid)
+                if e.name == "Locked"
+                and e.slot == lock.slot
+                and (e.block, e.log_index) > (lock.block, lock.log_index)
+            ),
+            default=None,
+        )
+        for event in self._index.events(sid):
+            position = (event.block, event.log_index)
+            if event.name == "Locked" or position <= (lock.block, lock.log_index):
+                continue
+            if later_lock is not None and position > later_lock:
+                return None
+            if lock.slot in self._slots_paid(event.txid, sender):
+                return event
+        return None
+
+    def _slots_paid(self, txid: str, sender: str) -> set[int]:
+        """The slots of ``sender`` that transaction ``txid`` (a redeem or refund, single or
+        batch) names."""
+        try:
+            data = bytes(HexBytes(self.w3.eth.get_transaction(HexBytes(txid))["input"]))
+            function, args = self.htlc.decode_function_input(data)
+        except (TransactionNotFound, ValueError, KeyError):
+            return set()  # not answered, or not a call of ours: the slot's word decides
+        if function.fn_name in ("redeem", "refund"):
+            words = [args["word"]]
+        elif function.fn_name in ("redeem_many", "refund_many"):
+            rows = [list(r.values()) if isinstance(r, dict) else list(r) for r in args["items"]]
+            words = [row[3] for row in rows]
+        else:
+            return set()
+        owner = int(sender, 16)
+        return {w & 0xFFFFFFFF for w in words if w >> 96 == owner}
+
     def _spend_after(self, sid: bytes, lock: HtlcEvent) -> HtlcEvent | None:
         for event in self._index.events(sid):
             if event.name != "Locked" and (event.block, event.log_index) > (
@@ -939,6 +1054,13 @@ class EthereumAdapter:
         if lock is not None:  # answered from the index, which is current and reorg-checked
             lock_conf = tip - lock.block + 1
             spend = self._spend_after(sid, lock)
+            if spend is not None and self._twin_locks(sid, lock):
+                assert lock.slot is not None
+                # A payout sent through another contract names no slot in its input: the
+                # slot's word then decides (still the id: live; else the first payout).
+                own = self._spend_of_slot(sid, lock, ref.terms.sender)
+                held = self._slot_value(lock.slot, ref.terms.sender) == sid
+                spend = own or (None if held else spend)
             if spend is None:
                 return HtlcStatus(HtlcState.LOCKED, confirmations=lock_conf)
             return HtlcStatus(
