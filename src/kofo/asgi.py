@@ -76,7 +76,7 @@ class Limits:
     write_timeout: float = 30.0
     """A stalled write of one answer (a client that stops reading it is dropped)."""
     max_connections: int = 256
-    """Open connections; a request arriving past it is answered ``503`` (uvicorn's
+    """Open connections served; a request on one more is answered ``503`` (uvicorn's
     ``limit_concurrency``)."""
 
 
@@ -326,7 +326,8 @@ class AsgiServer:
             server_header=False,
             date_header=False,
             backlog=LISTEN_BACKLOG,
-            limit_concurrency=limits.max_connections,
+            # uvicorn counts the asking connection too: +1 serves exactly max_connections.
+            limit_concurrency=limits.max_connections + 1,
             timeout_keep_alive=max(1, int(limits.request_timeout)),
             timeout_graceful_shutdown=1,
             h11_max_incomplete_event_size=MAX_HEAD,
