@@ -53,7 +53,7 @@ Handler = Callable[[SwapBody, bytes], SwapBody | None]
 
 LIMITS = Limits(max_body=MAX_MESSAGE_BYTES, request_timeout=10.0, write_timeout=10.0)
 """A swap message is small and a peer sends it at once: ten seconds (the client's own
-``SEND_TIMEOUT``) bounds how long a stalled connection holds a server thread (issue 16 case 7)."""
+``SEND_TIMEOUT``) bounds how long a stalled connection is held (issue 16 case 7)."""
 
 
 def _json(status: int, code: str, message: str) -> Reply:
