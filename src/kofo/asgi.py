@@ -254,6 +254,10 @@ class _DeadlineProtocol(H11Protocol):
         if cycle is not None and not cycle.more_body and not cycle.response_complete:
             self._disarm_read()  # the whole request is in: the handler's turn
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._disarm_read()  # the connection is a WebSocket's from here (its own pings)
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
@@ -276,6 +280,13 @@ class _DeadlineProtocol(H11Protocol):
             self._write_deadline.cancel()
             self._write_deadline = None
         super().connection_lost(exc)
+
+
+def deadline_protocol(limits: Limits) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with ``limits``' request and write deadlines, for a
+    ``uvicorn.Config(http=...)`` KOFO does not run through :class:`AsgiServer` (the daemon's
+    API, served on the daemon's own event loop)."""
+    return type("_Protocol", (_DeadlineProtocol,), {"limits": limits})
 
 
 class AsgiServer:
@@ -301,7 +312,7 @@ class AsgiServer:
         self.limits = limits
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
         asgi = _App(app, limits, self._pool) if isinstance(app, Handler) else app
-        protocol = type("_Protocol", (_DeadlineProtocol,), {"limits": limits})
+        protocol = deadline_protocol(limits)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so; without it
         # the answer's head and body (two writes) wait on the client's delayed ACK (~40 ms).
