@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kofo.asgi import Limits
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.chains.bitcoin.rpcserver import RegtestRpcServer
 from kofo.settlement.chains.ethereum.devnet import DevnetServer
-from kofo.settlement.httpd import Limits
 from kofo.settlement.peer_http import PeerServer
 
 AUTH = "Basic " + base64.b64encode(b"u:p").decode()

@@ -59,6 +59,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
 from kofo import __version__
+from kofo.asgi import MAX_HEAD, Limits, deadline_protocol
 from kofo.errors import ConfigError, KofoError
 from kofo.money import parse_decimal
 from kofo.node.api_tokens import (
@@ -105,6 +106,11 @@ log = logging.getLogger("kofo.api")
 MAX_BODY = 64 * 1024
 """Bytes of a request body. The largest honest body (an offer) is a few hundred bytes; the cap
 keeps a client from making the node buffer megabytes."""
+
+API_LIMITS = Limits(max_body=MAX_BODY, request_timeout=30.0, write_timeout=30.0)
+"""The deadlines :func:`uvicorn_config` serves with (``kofo.asgi``): a request (idle wait, head
+and body) within 30 s, a stalled write of an answer within 30 s. The body cap is the app's own
+(:data:`MAX_BODY`, a 413 problem); a WebSocket is exempt once upgraded."""
 
 MAX_PAGE = 1_000
 MAX_STREAMS = 256
@@ -1367,6 +1373,9 @@ def uvicorn_config(app: FastAPI, config: NodeConfig, **kwargs: Any) -> uvicorn.C
         "access_log": False,
         "log_level": "warning",
         "server_header": False,
+        # kofo.asgi's deadlines: uvicorn alone never drops a request trickled in (slowloris).
+        "http": deadline_protocol(API_LIMITS),
+        "h11_max_incomplete_event_size": MAX_HEAD,
     }
     if config.api_tls is not None:
         options["ssl_certfile"] = str(config.api_tls.cert)

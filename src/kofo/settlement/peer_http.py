@@ -20,8 +20,9 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kofo.asgi import AsgiServer, Limits, Reply, Request
+from kofo.asgi import Handler as HttpHandler
 from kofo.errors import KofoError, NotDelivered
-from kofo.settlement.httpd import HardenedHandler, HardenedHTTPServer, Limits, Reply, serve
 from kofo.wire.codec import MAX_MESSAGE_BYTES
 from kofo.wire.envelope import ReplayGuard, public_key_bytes
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
@@ -52,7 +53,7 @@ Handler = Callable[[SwapBody, bytes], SwapBody | None]
 
 LIMITS = Limits(max_body=MAX_MESSAGE_BYTES, request_timeout=10.0, write_timeout=10.0)
 """A swap message is small and a peer sends it at once: ten seconds (the client's own
-``SEND_TIMEOUT``) bounds how long a stalled connection holds a server thread (issue 16 case 7)."""
+``SEND_TIMEOUT``) bounds how long a stalled connection is held (issue 16 case 7)."""
 
 
 def _json(status: int, code: str, message: str) -> Reply:
@@ -78,16 +79,17 @@ class PeerServer:
         self.allowed = allowed
         server = self
 
-        class _Req(HardenedHandler):
+        class _Req(HttpHandler):
             def error_reply(self, status: int, message: str) -> Reply:
                 return _json(status, "bad_request" if status < 500 else "server_error", message)
 
             def internal_error(self) -> Reply:
                 return _json(500, "internal_error", "internal error")
 
-            def respond(self, method: str, body: bytes) -> Reply:
-                if self.path != PATH:
-                    return _json(404, "not_found", f"no endpoint {self.path[:100]}")
+            def respond(self, request: Request) -> Reply:
+                body = request.body
+                if request.path != PATH:
+                    return _json(404, "not_found", f"no endpoint {request.path[:100]}")
                 if not body:
                     return _json(400, "bad_message", "empty body")
                 try:
@@ -103,8 +105,7 @@ class PeerServer:
                     return Reply(204)
                 return Reply(200, sign_swap(server._key, reply).to_bytes(), CONTENT_TYPE)
 
-        self._http = HardenedHTTPServer(("127.0.0.1", port), _Req, limits or LIMITS)
-        self._thread: threading.Thread | None = None
+        self._http = AsgiServer(_Req(), limits or LIMITS, name="peer-http", port=port)
 
     @property
     def url(self) -> str:
@@ -112,14 +113,11 @@ class PeerServer:
         return f"http://{host!s}:{port}{PATH}"
 
     def start(self) -> PeerServer:
-        self._thread = serve(self._http, "peer-http")
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._http.stop()
 
 
 class PeerClient:

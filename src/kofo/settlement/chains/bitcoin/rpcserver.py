@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -46,6 +45,14 @@ from bitcointx.wallet import (
     P2SHBitcoinRegtestAddress,
 )
 
+from kofo.asgi import (
+    AsgiServer,
+    Handler,
+    Limits,
+    Reply,
+    Request,
+    json_too_deep,
+)
 from kofo.errors import InvalidInput, KofoError, TxRejected
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.blocks import parse_block, parse_header
@@ -61,14 +68,6 @@ from kofo.settlement.chains.bitcoin.embedded import (
     EmbeddedChain,
     MaxFeeExceeded,
     MissingInputs,
-)
-from kofo.settlement.httpd import (
-    HardenedHandler,
-    HardenedHTTPServer,
-    Limits,
-    Reply,
-    json_too_deep,
-    serve,
 )
 
 _log = logging.getLogger(__name__)
@@ -232,16 +231,17 @@ class RegtestRpcServer:
         }
         server = self
 
-        class Handler(HardenedHandler):
+        class _Handler(Handler):
             methods = frozenset({"POST", "GET"})
 
-            def respond(self, method: str, body: bytes) -> Reply:
-                if method != "POST":
+            def respond(self, request: Request) -> Reply:
+                if request.method != "POST":
                     return Reply(405, b"JSONRPC server handles only POST requests")
                 ensure_thread_params()
-                if not hmac.compare_digest(self.headers.get("Authorization", ""), server._expected):
+                auth = request.headers.get("authorization", "")
+                if not hmac.compare_digest(auth.encode("latin-1"), server._expected.encode()):
                     return Reply(401, headers={"WWW-Authenticate": 'Basic realm="jsonrpc"'})
-                status, reply = server._handle(body)
+                status, reply = server._handle(request.body)
                 data = b"" if reply is None else dumps(reply).encode()
                 return Reply(status, data, "application/json" if data else None)
 
@@ -253,8 +253,7 @@ class RegtestRpcServer:
                 data = json.dumps({"result": None, "error": error, "id": None}).encode()
                 return Reply(500, data, "application/json")
 
-        self._httpd = HardenedHTTPServer(("127.0.0.1", port), Handler, limits or LIMITS)
-        self._thread: threading.Thread | None = None
+        self._httpd = AsgiServer(_Handler(), limits or LIMITS, name="core-rpc", port=port)
 
     @property
     def url(self) -> str:
@@ -262,14 +261,11 @@ class RegtestRpcServer:
         return f"http://{host!s}:{port}/"
 
     def start(self) -> RegtestRpcServer:
-        self._thread = serve(self._httpd, "core-rpc")
+        self._httpd.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join()
+        self._httpd.stop()
 
     def __enter__(self) -> RegtestRpcServer:
         return self.start()

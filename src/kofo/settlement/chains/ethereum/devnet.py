@@ -35,14 +35,7 @@ from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, Web3
 from web3.exceptions import ContractLogicError, MethodUnavailable, Web3ValidationError
 
-from kofo.settlement.httpd import (
-    HardenedHandler,
-    HardenedHTTPServer,
-    Limits,
-    Reply,
-    json_too_deep,
-    serve,
-)
+from kofo.asgi import AsgiServer, Handler, Limits, Reply, Request, json_too_deep
 
 log = logging.getLogger(__name__)
 
@@ -427,26 +420,28 @@ def _parse_error() -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}}
 
 
-class _Handler(HardenedHandler):
-    server: _Server
+class _Handler(Handler):
+    def __init__(self, evm: EmbeddedEvm) -> None:
+        self.evm = evm
 
     def error_reply(self, status: int, message: str) -> Reply:
         return Reply(status, message.encode(), "text/plain; charset=utf-8")
 
-    def respond(self, method: str, body: bytes) -> Reply:
+    def respond(self, request: Request) -> Reply:
+        body = request.body
         if json_too_deep(body):
             return _json_reply(_parse_error())
         try:
-            request = json.loads(body)
+            call = json.loads(body)
         except (ValueError, RecursionError):
             return _json_reply(_parse_error())
-        if isinstance(request, list):
-            if not request:
+        if isinstance(call, list):
+            if not call:
                 return _json_reply(_invalid("empty batch"))
-            if len(request) > MAX_BATCH:
+            if len(call) > MAX_BATCH:
                 return _json_reply(_invalid("batch too large"))
-            return _json_reply([self._call(r) for r in request])
-        return _json_reply(self._call(request))
+            return _json_reply([self._call(r) for r in call])
+        return _json_reply(self._call(call))
 
     def _call(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("method"), str):
@@ -466,7 +461,7 @@ class _Handler(HardenedHandler):
                 "error": {"code": -32602, "message": "non-array args"},
             }
         try:
-            result = self.server.evm.handle(request["method"], list(params))
+            result = self.evm.handle(request["method"], list(params))
         except Exception as exc:
             return {"jsonrpc": "2.0", "id": rid, "error": _error(exc, request["method"])}
         return {"jsonrpc": "2.0", "id": rid, "result": result}
@@ -480,12 +475,6 @@ def _json_reply(body: Any) -> Reply:
     return Reply(200, json.dumps(body).encode(), "application/json")
 
 
-class _Server(HardenedHTTPServer):
-    def __init__(self, address: tuple[str, int], evm: EmbeddedEvm, limits: Limits) -> None:
-        super().__init__(address, _Handler, limits)
-        self.evm = evm
-
-
 class DevnetServer:
     """Serve an :class:`EmbeddedEvm` on ``127.0.0.1:port`` (0 = a free port) in a thread."""
 
@@ -493,8 +482,9 @@ class DevnetServer:
         self, port: int = 0, evm: EmbeddedEvm | None = None, *, limits: Limits | None = None
     ) -> None:
         self.evm = evm or EmbeddedEvm()
-        self._server = _Server(("127.0.0.1", port), self.evm, limits or LIMITS)
-        self._thread: threading.Thread | None = None
+        self._server = AsgiServer(
+            _Handler(self.evm), limits or LIMITS, name="evm-devnet", port=port
+        )
 
     @property
     def url(self) -> str:
@@ -502,14 +492,11 @@ class DevnetServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> DevnetServer:
-        self._thread = serve(self._server, "evm-devnet")
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._server.stop()
 
     def __enter__(self) -> DevnetServer:
         return self.start()
