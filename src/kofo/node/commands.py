@@ -138,8 +138,8 @@ def init_command(
 def node_command(
     home: Annotated[Path, typer.Option("--home", help="the node home (`kofo init`)")],
 ) -> None:
-    """Run the node daemon on HOME until SIGINT/SIGTERM. Today it locks the home, loads the
-    config and wallet and watches the ledger; it does not trade yet."""
+    """Run the node daemon on HOME until SIGINT/SIGTERM: the exchange node, the ledger
+    client, the swap engine and the API (docs/node.md)."""
     from kofo.node.daemon import run_node
 
     try:
@@ -164,7 +164,8 @@ def devnet_command(
     ] = False,
 ) -> None:
     """Start the embedded chains and the solo ledger on 127.0.0.1, fund --fund addresses,
-    print what a node config needs; run until Ctrl-C."""
+    print what a node config needs; run until Ctrl-C. SIGUSR1 pauses the ledger (an outage:
+    its RPC refuses connections, no blocks), SIGUSR2 resumes it."""
     from kofo.node.devnet import run_until_signal, start_devnet, toml_snippet
 
     def progress(line: str) -> None:
@@ -191,7 +192,7 @@ def devnet_command(
         typer.echo(toml_snippet(desc))
     typer.echo("devnet running; Ctrl-C stops it", err=True)
     sys.stdout.flush()
-    run_until_signal(net)
+    run_until_signal(net, progress)
     typer.echo("devnet stopped", err=True)
 
 

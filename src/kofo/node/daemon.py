@@ -225,6 +225,7 @@ class Node:
             node_key=self.key,
             phases=self.phases,
             send=self._request,
+            crash=self.crash.hit,
         )
         self.engine.accept_policy = self.pipeline.accept_policy
         await self._refresh_chains()
@@ -341,7 +342,11 @@ class Node:
             bootstrap=[(e.host, e.port) for e in self.config.bootstrap],
             addresses=self._fresh_addresses(),
             protocol_fee_bps=int(self.state.params.get("protocol_fee_bps", 0)),
-            **self._exchange_options,
+            **{
+                "target_degree": self.config.target_degree,
+                "feeler_s": self.config.feeler_s,
+                **self._exchange_options,
+            },
         )
         hooks: dict[str, Any] = {
             "expiry_fit": self._expiry_fit,
@@ -428,6 +433,7 @@ class Node:
         journals the order (``TradePipeline.expect``) before its signature leaves."""
         if role != "provider":
             log.info("co-signing order %s as a relay", order.order_id.hex()[:16])
+            self.crash.hit("relay_signed")
             return
         assert self.pipeline is not None
         if len(order.legs) != 2 or order.legs[1].sender != self.node_id:
@@ -470,6 +476,7 @@ class Node:
         if self.store.find(oid) is None:
             self.store.create(oid, "maker", asset, mine.amount, _asset(order.legs[0]))
             self.store.update(oid, state="ordering", order_id=oid, receive=order.legs[0].amount)
+        self.crash.hit("maker_signed")
         self._trade_event(oid, "order_signed", {"order_id": oid, "amount": mine.amount})
         self._rotate_addresses()
 
@@ -733,6 +740,7 @@ class Node:
             return
         self.store.update(trade.trade_id, state="committed", height=com.height)
         self._trade_event(trade.trade_id, "committed", {"height": com.height})
+        self.crash.hit("maker_committed")
 
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
