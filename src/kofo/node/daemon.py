@@ -879,8 +879,25 @@ class Node:
         self.store.update(trade_id, state="committed", height=height)
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
         self.crash.hit("trade_committed")
+        waited = False
         try:
-            await self._thread(self.pipeline.start_as_taker, oid)
+            while True:
+                try:
+                    await self._thread(self.pipeline.start_as_taker, oid)
+                    if waited:
+                        self.store.update(trade_id, error="")
+                    break
+                except LedgerError as exc:
+                    waited = True
+                    # the committed order could not be read back (the ledger's only call,
+                    # before any side effect): wait the outage out, as for the submit
+                    if isinstance(exc, LedgerRefused):
+                        raise
+                    log.warning("trade %s: ledger not reached (%s); retrying", trade_id, exc)
+                    self.store.update(trade_id, error=f"waiting for the ledger: {exc}"[:500])
+                    if self._stop.is_set():
+                        return  # the restart's recovery starts the swap
+                    await asyncio.sleep(HEALTH_INTERVAL)
         except (TradeRefused, TermsRefused) as exc:
             assert self.engine is not None
             if self._unlocked(oid):
