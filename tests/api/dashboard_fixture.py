@@ -68,6 +68,33 @@ BOB_ETH = "0xb0b0000000000000000000000000000000000b0b"
 
 
 OLD_SWAP = hexid("old-swap")
+JOURNAL_SWAP = hexid("journal-swap")
+
+
+def _journal_only_swap() -> SwapView:
+    """A swap as a daemon that fills no leg txids shows it: only the engine's journal, each
+    step with its txid. We were the participant and redeemed: the counter (initiator's) leg by
+    our redeem, our own leg by the initiator before (that is how we learned the secret)."""
+    t = time.time() - 7_200
+    lock, redeem = hexid("journal-lock"), hexid("journal-redeem")
+    legs = (
+        SwapLegView("btc", None, 1_500_000, BOB_BTC, MY_BTC, {"unit": "height", "value": 390},
+                    "", "", None),
+        SwapLegView("eth", None, 46 * 10**16, MY_ETH, BOB_ETH, {"unit": "unix", "value": int(t)},
+                    "", "", None),
+    )  # fmt: skip
+    steps = [
+        ("accepted", "", ""),
+        ("counter_audited", "the counter leg matches the terms", ""),
+        ("lock_signed", "", lock),
+        ("lock_sent", "", lock),
+        ("locked", "own lock buried", lock),
+        ("redeem_signed", "", redeem),
+        ("redeem_sent", "", redeem),
+        ("redeemed", "the counter leg paid us, buried", redeem),
+    ]
+    events = tuple(SwapEventView(st, r, tx, t + n) for n, (st, r, tx) in enumerate(steps))
+    return SwapView(JOURNAL_SWAP, "participant", "redeemed", legs, events, t + len(steps))
 
 
 def _old_refunded_swap() -> SwapView:
@@ -88,7 +115,7 @@ def _old_refunded_swap() -> SwapView:
         SwapEventView("refund_wait", "the counter leg never appeared", "", t - 3_600),
         SwapEventView("refund_sent", "refund broadcast, waiting to bury it", refund, t),
     )
-    return SwapView(OLD_SWAP, "participant", "refund_sent", legs, events, t)
+    return SwapView(OLD_SWAP, "initiator", "refund_sent", legs, events, t)
 
 
 def _offer(
@@ -124,7 +151,10 @@ class FixtureNode:
             _offer(5, MAKERS[2], ETH, BTC, 1, 316_500_000_000, 10**16, 25 * 10**18),
         ]
         self.trades_: dict[str, TradeView] = {}
-        self.swaps_: dict[str, SwapView] = {OLD_SWAP: _old_refunded_swap()}
+        self.swaps_: dict[str, SwapView] = {
+            OLD_SWAP: _old_refunded_swap(),
+            JOURNAL_SWAP: _journal_only_swap(),
+        }
         self.last_swap_id = ""
         self.orders_: dict[str, LedgerOrderView] = {}
         self.fees_: list[FeeShareView] = [
@@ -135,6 +165,7 @@ class FixtureNode:
         self.sockets: set[tuple[asyncio.AbstractEventLoop, WebSocket]] = set()
         self.refuse_sockets = False
         self.info_fails = False
+        self.page_size = 50
 
     def kick(self) -> int:
         """Close every event WebSocket from the server side (from the test's thread), as a
@@ -273,14 +304,21 @@ class FixtureNode:
 
     async def cancel_trade(self, trade_id: str) -> TradeView:
         t = await self.trade(trade_id)
-        raise Conflict(
-            f"trade {trade_id} is {t.state}: only a trade before commit can be cancelled"
-        )
+        if t.state not in ("quoting", "ordering"):
+            raise Conflict(
+                f"trade {trade_id} is {t.state}: only a trade before commit can be cancelled"
+            )
+        with self._lock:
+            self.balances_[t.sell][0] += t.amount
+            self.balances_[t.sell][1] -= t.amount
+        self.steps = []
+        self._set_trade(trade_id, "cancelled", error="cancelled by the user before commit")
+        return await self.trade(trade_id)
 
     async def swaps(self, *, limit: int = 50, before: float | None = None) -> list[SwapView]:
         with self._lock:
             ss = sorted(self.swaps_.values(), key=lambda s: s.updated_at, reverse=True)
-        return ss[:limit]
+        return [s for s in ss if before is None or s.updated_at < before][:limit]
 
     async def swap(self, swap_id: str) -> SwapView:
         with self._lock:
@@ -575,8 +613,16 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
         return _json(await node.create_trade(await trade_request(request)), 201)
 
     @app.get("/v1/trades")
-    async def trades(limit: int = 50) -> JSONResponse:
-        return _json(await node.trades(limit=limit))
+    async def trades(limit: int = 50, before: float | None = None) -> JSONResponse:
+        found = await node.trades(limit=min(limit, node.page_size) + 1, before=before)
+        page = found[: min(limit, node.page_size)]
+        more = len(found) > len(page)
+        return JSONResponse(
+            {
+                "items": [dataclasses.asdict(t) for t in page],
+                "next": page[-1].created_at if more else None,
+            }
+        )
 
     @app.get("/v1/trades/{trade_id}")
     async def trade(trade_id: str) -> JSONResponse:
@@ -587,8 +633,18 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
         return _json(await node.cancel_trade(trade_id))
 
     @app.get("/v1/swaps")
-    async def swaps(limit: int = 50) -> JSONResponse:
-        return _json(await node.swaps(limit=limit))
+    async def swaps(limit: int = 50, before: float | None = None) -> JSONResponse:
+        # a page as the API gives it: `next` (pass as `before`) while older ones remain; the
+        # node may serve fewer than asked (page_size)
+        found = await node.swaps(limit=min(limit, node.page_size) + 1, before=before)
+        page = found[: min(limit, node.page_size)]
+        more = len(found) > len(page)
+        return JSONResponse(
+            {
+                "items": [dataclasses.asdict(s) for s in page],
+                "next": page[-1].updated_at if more else None,
+            }
+        )
 
     @app.get("/v1/swaps/{swap_id}")
     async def swap(swap_id: str) -> JSONResponse:

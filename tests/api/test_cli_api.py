@@ -141,7 +141,7 @@ def test_trade_follows_to_redeemed(served: Served, home: Path) -> None:
             ("committed", {"height": 1204}),
             ("phase:swap_started", {"order_id": order_id}),
             ("settling", {}),
-            ("phase:swap", {"state": "locked", "txid": "ab" * 32}),
+            ("phase:swap", {"state": "locked", "reason": "own lock is buried", "txid": "ab" * 32}),
             ("redeemed", {}),
         ],
     )
@@ -155,7 +155,7 @@ def test_trade_follows_to_redeemed(served: Served, home: Path) -> None:
         "3 quote(s) in, best 0.15 ETH",
         "receive 0.15 ETH over 2 hop(s)",
         "order committed at height 1204",
-        "swap locked",
+        "swap locked: own lock is buried",
         "both legs redeemed",
     ):
         assert text in out, text
@@ -182,3 +182,38 @@ def test_trade_no_wait_json(served: Served, home: Path) -> None:
     trade = json.loads(out)
     assert trade["state"] == "quoting" and trade["amount"] == 15 * 10**17
     assert trade["buy"] == "eth:0x" + "11" * 20
+
+
+def test_ledger_order_prints_each_leg_with_addresses_whole(served: Served, home: Path) -> None:
+    from kofo.node.service import LedgerOrderView
+
+    order_id = "ae" * 16
+    leg = {  # the shape the daemon serves (the ledger's Leg.as_map)
+        "chain": "btc",
+        "token": None,
+        "amount": 1_000_000,
+        "expiry": {"unit": "height", "value": 8619},
+        "sender": "9e" * 32,
+        "recipient": "6b" * 32,
+        "sender_address": BTC_ADDRESS,
+        "recipient_address": BTC_ADDRESS[::-1],
+        "lock_by": 1796613430,
+        "expiry_time": 1796621230,
+    }
+    served.service.orders[order_id] = LedgerOrderView(
+        order_id, "settled", 4, (leg,), {"0": "redeemed"}
+    )
+    code, out, _ = run("ledger", "order", order_id, "--home", str(home))
+    assert code == 0, out
+    for text in (
+        f"order {order_id}",
+        "0.01 BTC on btc",
+        BTC_ADDRESS,
+        BTC_ADDRESS[::-1],
+        "9e" * 32,
+        "height 8619",
+        "redeemed",
+    ):
+        assert text in out, text
+    code, out, _ = run("ledger", "orders", "--home", str(home), "--json")
+    assert json.loads(out)[0]["legs"][0]["sender_address"] == BTC_ADDRESS

@@ -12,6 +12,7 @@ Install the browser with ``scripts/install-nodes.sh chromium``; without it the t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import threading
@@ -50,11 +51,13 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from tests.api.dashboard_fixture import (  # noqa: E402
     BTC,
     ETH,
+    JOURNAL_SWAP,
     ME,
     MY_BTC,
     OLD_SWAP,
     FixtureNode,
     fixture_app,
+    hexid,
 )
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -86,6 +89,20 @@ class _Server:
         self.sock.close()
 
 
+# The page against the test's minimal /v1 app and, where the node's API is in the tree, against
+# kofo.node.api itself over the same in-memory node: what the dashboard relies on, the API serves.
+APPS = ["fixture"] + (["api"] if importlib.util.find_spec("kofo.node.api") else [])
+
+
+@pytest.fixture(params=APPS)
+def app(request: pytest.FixtureRequest, node: FixtureNode) -> Any:
+    if request.param == "api":
+        from kofo.node.api import create_app
+
+        return create_app(node, token=TOKEN, readonly_token=READONLY_TOKEN)
+    return fixture_app(node, TOKEN, READONLY_TOKEN)
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[FixtureNode]:
     n = FixtureNode(tmp_path)
@@ -94,8 +111,8 @@ def node(tmp_path: Path) -> Iterator[FixtureNode]:
 
 
 @pytest.fixture
-def server(node: FixtureNode) -> Iterator[_Server]:
-    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as s:
+def server(app: Any) -> Iterator[_Server]:
+    with _Server(app) as s:
         yield s
 
 
@@ -308,6 +325,11 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     # yesterday's swap: our leg refunded (read from its history: the legs carry no state)
     assert leg_states(d, OLD_SWAP) == ["refunded", "pending"]
     assert "Refunded" in text(d, f"#swap-{OLD_SWAP} .leg .timeline")
+    # a swap whose legs carry no txids (only the engine's journal): read from its history
+    assert leg_states(d, JOURNAL_SWAP) == ["redeemed", "redeemed"]
+    journal_card = text(d, f"#swap-{JOURNAL_SWAP}")
+    assert hexid("journal-redeem") in journal_card and hexid("journal-lock") in journal_card
+    assert "by the counterparty" in journal_card
     assert leg_states(d, sid) == ["pending", "pending"]
     assert node.advance() == "own_lock"
     wait_for(d, "our leg locked", lambda d: leg_states(d, sid) == ["locked", "pending"])
@@ -318,7 +340,10 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     assert "blocks to go" in swap_text and "refundable in" in swap_text, "both deadlines shown"
     lock_txids = text(d, f"{card} .leg .timeline li.done code").split()
     assert len(lock_txids) == 2 and all(len(t) == 64 for t in lock_txids), "txids whole"
-    d.find_element(By.CSS_SELECTOR, f"{card} details.history summary").click()  # open the history
+    # open the history (in one step: the card re-renders on each event)
+    d.execute_script(
+        "document.querySelector(arguments[0]).click()", f"{card} details.history summary"
+    )
     shot(d, "desktop-swaps-locked")
     assert node.advance() == "redeem_counter"
     wait_for(d, "the counter leg redeemed", lambda d: leg_states(d, sid) == ["locked", "redeemed"])
@@ -405,9 +430,13 @@ def feed_ids(driver: Any) -> list[str]:
     return [i for i in text(driver, "#view-node ol.feed li code").split()][::-1]
 
 
-def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_polling(
-    browser, server, node
-):
+def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_polling(browser, node):
+    # the fixture app: its WebSocket can be dropped (kick) and refused on demand
+    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
+        _drop_and_poll(browser, server, node)
+
+
+def _drop_and_poll(browser: Any, server: _Server, node: FixtureNode) -> None:
     d = browser
     d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
     wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
@@ -438,9 +467,8 @@ def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_pollin
     assert severe_console_errors(d) == []
 
 
-def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(browser, node):
+def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(browser, node, app):
     d = browser
-    app = fixture_app(node, TOKEN, READONLY_TOKEN)
     with _Server(app) as first:
         port = first.port
         d.get(f"http://127.0.0.1:{port}/#token={TOKEN}")
@@ -470,6 +498,81 @@ def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, se
     wait_for(d, "the view recovered", lambda d: ME in text(d, "#view-node"))
 
 
+def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, server, node):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "trade", "#trade-form")
+    d.find_element(By.ID, "trade-amount").send_keys("0.5")
+    wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
+    place.click()
+    wait_for(d, "the new trade", lambda d: "quoting" in text(d, "#current-trade").lower())
+    wait_for(d, "the reserve", lambda d: "Available: 0.7 BTC" in text(d, "#trade-available"))
+    # the panel re-renders on each event: click whatever button is there now, in one step
+    d.execute_script("document.querySelector('#current-trade button.danger').click()")
+    wait_for(
+        d, "the trade cancelled", lambda d: "cancelled" in text(d, "#current-trade .badge").lower()
+    )
+    assert "cancelled by the user before commit" in text(d, "#current-trade")
+    assert not d.find_elements(By.CSS_SELECTOR, "#current-trade button.danger")
+    wait_for(d, "the funds back", lambda d: "Available: 1.2 BTC" in text(d, "#trade-available"))
+    assert node.balances_["btc"] == [120_000_000, 0]
+
+
+def test_older_swaps_and_trades_page_in_on_demand(browser, node):
+    d = browser
+    node.page_size = 1  # one swap per page: the two the node holds take two pages
+    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
+        d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={TOKEN}&view=swaps")
+        wait_for(
+            d,
+            "the first page",
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 1,
+        )
+        assert d.find_elements(By.CSS_SELECTOR, f"#swap-{JOURNAL_SWAP}")
+        d.find_element(By.ID, "older-swaps").click()
+        wait_for(
+            d, "the older page", lambda d: d.find_elements(By.CSS_SELECTOR, f"#swap-{OLD_SWAP}")
+        )
+        assert len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 2
+        wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-swaps"))
+        # a live re-render (the cards replaced) keeps the older page it fetched
+        d.execute_script("document.querySelector('article.swap').__before = 1")
+        node.log.append("swap", {"swap_id": JOURNAL_SWAP, "state": "redeemed"})
+        wait_for(
+            d,
+            "the re-render",
+            lambda d: d.execute_script("return !document.querySelector('article.swap').__before"),
+        )
+        assert len(d.find_elements(By.CSS_SELECTOR, "article.swap")) == 2
+
+        # the same for trades: two trades (one cancelled), one per page
+        go(d, "trade", "#trade-form")
+        for _ in range(2):
+            d.find_element(By.ID, "trade-amount").clear()
+            d.find_element(By.ID, "trade-amount").send_keys("0.01")
+            wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+            place = d.find_element(By.ID, "place-trade")
+            wait_for(d, "the trade button enabled", lambda d, p=place: p.is_enabled())
+            place.click()
+            wait_for(
+                d,
+                "the new trade",
+                lambda d: text(d, "#current-trade .badge").lower() == "quoting",
+            )
+            d.execute_script("document.querySelector('#current-trade button.danger').click()")
+            wait_for(
+                d, "cancelled", lambda d: "cancelled" in text(d, "#current-trade .badge").lower()
+            )
+        rows = "#trades tbody tr"
+        wait_for(d, "one trade a page", lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 1)
+        d.find_element(By.ID, "older-trades").click()
+        wait_for(d, "the older trade", lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 2)
+        wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-trades"))
+
+
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):
     d = browser
     d.get(f"http://127.0.0.1:{server.port}/#token={READONLY_TOKEN}")
@@ -479,6 +582,61 @@ def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, serv
     d.find_element(By.ID, "trade-amount").send_keys("0.01")
     wait_for(d, "the refusal", lambda d: "the read-only token may only GET" in text(d, "#quotes"))
     assert not d.find_element(By.ID, "place-trade").is_enabled()
+
+
+def test_amounts_beyond_two_to_the_53_survive_parsing_formatting_and_sending(browser, server):
+    d = browser
+    d.get(f"http://127.0.0.1:{server.port}/dashboard/")
+    wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
+    got = d.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        const text = arguments[0];
+        Promise.all([import("./api.js"), import("./fmt.js")]).then(([api, fmt]) => {
+          const out = {};
+          for (const [name, parse] of [["source", api.parseJson],
+                                       ["quoting", api.parseJsonQuoting]]) {
+            const v = parse(text);
+            out[name] = {
+              wei: typeof v.wei + ":" + String(v.wei), small: typeof v.small, f: v.f,
+              neg: String(v.neg), s: v.s, frac: typeof v.frac, max: String(v.list[0]),
+              two: typeof v.list[1],
+            };
+          }
+          out.eth = fmt.amount(api.parseJson(text).wei, "eth");
+          out.units = fmt.units(10n ** 30n + 1n, 18);
+          out.parsed = String(fmt.parseUnits("0.312345678901234567", 18, "amount"));
+          try {
+            fmt.parseUnits("0.1234567891", 8, "You pay");
+          } catch (e) {
+            out.refused = e.message;
+          }
+          const big = fmt.parseUnits("1000000000000.000000000000000001", 18, "a");
+          out.sent = api.toJson({ amount: big, n: 3, s: "x" });
+          done(out);
+        }).catch((e) => done({ error: String(e) }));
+        """,
+        '{"wei": 312345678901234567, "small": 5, "f": 1.5, "neg": -12345678901234567890, '
+        '"s": "12345678901234567890 \\" 98765432109876543210", "frac": 0.12345678901234567, '
+        '"list": [18446744073709551615, 2]}',
+    )
+    assert "error" not in got, got["error"]
+    for mode in ("source", "quoting"):
+        assert got[mode] == {
+            "wei": "bigint:312345678901234567",
+            "small": "number",
+            "f": 1.5,
+            "neg": "-12345678901234567890",
+            "s": '12345678901234567890 " 98765432109876543210',
+            "frac": "number",
+            "max": "18446744073709551615",
+            "two": "number",
+        }, mode
+    assert got["eth"] == "0.312345678901234567 ETH"
+    assert got["units"] == "1,000,000,000,000.000000000000000001"
+    assert got["parsed"] == "312345678901234567"
+    assert got["refused"] == "You pay: at most 8 decimal places (10 given)"
+    assert got["sent"] == '{"amount":1000000000000000000000000000001,"n":3,"s":"x"}'
 
 
 def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(server):

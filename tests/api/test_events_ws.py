@@ -195,3 +195,43 @@ def test_open_streams_are_capped(tmp_path: Path) -> None:
     finally:
         thread.stop()
         s.service.events_log.close()
+
+
+def test_sync_client_events_resume_after_the_server_drops_them(tmp_path: Path) -> None:
+    from kofo.sdk import Client
+
+    s, thread = serve(tmp_path)
+    for i in range(5):
+        s.service.events_log.append("order", {"i": i})
+    port = int(s.url.rsplit(":", 1)[1])
+    second: ServerThread | None = None
+    got: list[int] = []
+    try:
+        with Client(s.url, s.token) as node:
+            stream = node.events(after=2, max_retries=50, retry_delay=0.05)
+            for event in stream:
+                got.append(event.seq)
+                if event.seq == 4:  # the node restarts between two events
+                    thread.stop()
+                    for i in range(5, 9):
+                        s.service.events_log.append("order", {"i": i})
+                    second = ServerThread(
+                        create_app(
+                            s.service,  # type: ignore[arg-type]
+                            token=TOKEN,
+                            readonly_token=READONLY,
+                            rate_limit=RateLimit(10_000, 10_000),
+                            event_wait=0.5,
+                        ),
+                        port,
+                    )
+                    second.start()
+                if event.seq == 9:
+                    break
+            stream.close()  # type: ignore[attr-defined]
+    finally:
+        thread.stop()
+        if second is not None:
+            second.stop()
+        s.service.events_log.close()
+    assert got == [3, 4, 5, 6, 7, 8, 9]

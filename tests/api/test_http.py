@@ -13,6 +13,7 @@ import pytest
 
 from kofo.errors import InvalidInput
 from kofo.node.api import OPENAPI_PATH, RateLimit, openapi_document
+from kofo.node.ledger_client import LedgerTimeout, LedgerUnreachable
 from kofo.node.service import Conflict, NotFound, OfferSpec, Unavailable
 from tests.api.conftest import Served, serve
 
@@ -95,6 +96,8 @@ def test_full_token_writes(served: Served) -> None:
         (InvalidInput("amount too small"), 422, "invalid_input"),
         (Unavailable("the ledger is unreachable"), 503, "unavailable"),
         (InvalidInput("liquidity", code="insufficient_liquidity"), 400, "insufficient_liquidity"),
+        (LedgerUnreachable("ledger down: connection refused"), 503, "ledger_unreachable"),
+        (LedgerTimeout("not in a block yet"), 503, "ledger_timeout"),
     ],
 )
 def test_service_errors_map_to_status_and_code(

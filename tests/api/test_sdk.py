@@ -162,3 +162,17 @@ def test_the_ten_lines_in_docs_api_md_trade(served: Served, tmp_path: Path, caps
     exec(compile(code.replace('"~/.kofo"', repr(str(home))), "docs/api.md", "exec"), {})
     thread.join(10)
     assert capsys.readouterr().out.strip() == f"redeemed {15 * 10**16}"
+
+
+def test_amounts_as_decimal_and_never_float(served: Served) -> None:
+    from decimal import Decimal
+
+    with Client(served.url, served.token) as node:
+        t = node.create_trade(sell="BTC", amount=Decimal("0.0100"), buy="ETH")
+        assert t.amount == 1_000_000
+        with pytest.raises(InvalidRequest) as bad:
+            node.create_trade(sell="BTC", amount=0.01, buy="ETH")  # type: ignore[arg-type]
+        assert bad.value.fields == ["body.amount"]
+        with pytest.raises(InvalidRequest):
+            node.create_trade(sell="BTC", amount=True, buy="ETH")
+    assert len(served.service.trades_by_id) == 1  # the refused ones never left the client

@@ -125,7 +125,10 @@ _DECIMAL = re.compile(r"[0-9]{1,80}(\.[0-9]{1,80})?", re.ASCII)
 
 _STATUS_OF_CODE = {
     "not_found": 404,
+    "unknown_swap": 404,
+    "unknown_claim": 404,
     "conflict": 409,
+    "already_exists": 409,
     "invalid_input": 422,
     "unavailable": 503,
     "unauthorized": 401,
@@ -191,9 +194,10 @@ def _kofo_detail(exc: KofoError) -> str:
     return str(exc.args[0]) if exc.args else exc.code
 
 
-def status_of(code: str) -> int:
-    """The HTTP status a KOFO error code is answered with."""
-    return _STATUS_OF_CODE.get(code, 400)
+def status_of(code: str, *, retryable: bool = False) -> int:
+    """The HTTP status a KOFO error is answered with: by its code, else 503 when it says
+    retrying may work (a ledger or chain that is down, a timeout), else 400."""
+    return _STATUS_OF_CODE.get(code, 503 if retryable else 400)
 
 
 class Problem(BaseModel):
@@ -850,7 +854,8 @@ def create_app(
 
     @app.exception_handler(KofoError)
     async def _on_kofo(request: Request, exc: KofoError) -> Response:
-        return _problem(status_of(exc.code), exc.code, _kofo_detail(exc))
+        retryable = bool(getattr(exc, "retryable", False))
+        return _problem(status_of(exc.code, retryable=retryable), exc.code, _kofo_detail(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, exc: RequestValidationError) -> Response:

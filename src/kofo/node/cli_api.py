@@ -444,10 +444,31 @@ def offer_withdraw(
 ledger_app = typer.Typer(help="The clearance ledger, as this node sees it.", no_args_is_help=True)
 
 
-def _order_rows(o: LedgerOrderView) -> list[tuple[str, Any]]:
+def _order_rows(o: LedgerOrderView, units: _Units) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [("status", o.status), ("height", o.height)]
-    for i, leg in enumerate(o.legs):
-        rows.append((f"leg {i}", "  ".join(f"{k}={v}" for k, v in leg.items())))
+    for i, raw in enumerate(o.legs):
+        leg = dict(raw)
+        chain, token, amount = (
+            leg.pop("chain", "?"),
+            leg.pop("token", None),
+            leg.pop("amount", None),
+        )
+        asset = str(chain) if not token else f"{chain}:{token}"
+        shown = units.show(amount, asset) if isinstance(amount, int) else str(amount)
+        rows.append((f"leg {i}", f"{shown} on {chain}"))
+        for key, label in (
+            ("sender_address", "from"),
+            ("recipient_address", "to"),
+            ("sender", "sender node"),
+            ("recipient", "recipient node"),
+        ):
+            if key in leg:
+                rows.append((f"leg {i} {label}", leg.pop(key)))
+        expiry = leg.pop("expiry", None)
+        if isinstance(expiry, dict):
+            rows.append((f"leg {i} expiry", f"{expiry.get('unit')} {expiry.get('value')}"))
+        for key, value in leg.items():
+            rows.append((f"leg {i} {key}", value))
         if str(i) in o.outcomes:
             rows.append((f"leg {i} outcome", o.outcomes[str(i)]))
     return rows
@@ -462,6 +483,7 @@ def ledger_orders(
     """Settlement orders this node is a party to, newest first."""
     with _client(home) as client:
         orders = client.ledger_orders(limit=limit)
+        units = _units(client) if not as_json else _Units([])
     if as_json:
         _print_json(orders)
         return
@@ -469,7 +491,7 @@ def ledger_orders(
     if not orders:
         console.print("no orders")
     for o in orders:
-        _record(console, f"order {o.order_id}", _order_rows(o))
+        _record(console, f"order {o.order_id}", _order_rows(o, units))
 
 
 @ledger_app.command("order")
@@ -481,10 +503,11 @@ def ledger_order(
     """One settlement order: legs, status, each leg's outcome."""
     with _client(home) as client:
         order = client.ledger_order(order_id)
+        units = _units(client) if not as_json else _Units([])
     if as_json:
         _print_json(order)
         return
-    _record(_console(), f"order {order.order_id}", _order_rows(order))
+    _record(_console(), f"order {order.order_id}", _order_rows(order, units))
 
 
 @ledger_app.command("fees")
@@ -604,13 +627,18 @@ def _phase_line(phase: PhaseView, t: TradeView, units: _Units) -> tuple[str, str
         if "hops" in d:
             text += f" over {d.pop('hops')} hop(s)"
     elif phase.phase == "swap" and "state" in d:
-        text = f"swap {d.pop('state')}"
+        state, reason = d.pop("state"), d.pop("reason", "")
+        text = f"swap {state}" + (f": {reason}" if reason and reason != state else "")
     elif phase.phase in ("redeemed", "refunded"):
+        d.pop("state", None)
+        reason = d.pop("reason", "")
         for key in ("received", "refunded"):
             asset = d.pop(f"{key}_asset", None)
             amount = d.pop(key, None)
             if isinstance(amount, int) and isinstance(asset, str):
                 text += f": {key} {units.show(amount, asset)}"
+        if reason:
+            text += f" ({reason})"
     elif phase.phase == "failed" and "reason" in d:
         text += f": {d.pop('reason')}"
     return text, _detail(d)

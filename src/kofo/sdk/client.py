@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -19,6 +21,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+from websockets.sync.client import connect as ws_sync_connect
 
 from kofo.node.service import (
     BalanceView,
@@ -45,9 +48,26 @@ from kofo.sdk.errors import (
 )
 
 T = TypeVar("T")
-Amount = int | str
-"""An amount: an ``int`` is base units (satoshi, wei); a ``str`` is a decimal in the asset's
-unit (``"0.01"`` BTC), checked by the node against the asset's decimals."""
+Amount = int | str | Decimal
+"""An amount: an ``int`` is base units (satoshi, wei); a ``str`` or a ``Decimal`` is a decimal
+in the asset's unit (``"0.01"`` BTC), checked by the node against the asset's decimals. Never a
+float (refused: a float cannot hold most decimal amounts exactly)."""
+
+
+def _amount(field: str, value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
+        raise InvalidRequest(
+            f"{field}: an amount is an int (base units), a str or a Decimal, "
+            f"got {type(value).__name__}",
+            status=0,
+            problem={"errors": [{"field": f"body.{field}", "message": "not an amount"}]},
+        )
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value < 0:
+            raise InvalidRequest(f"{field}: {value} is not an amount", status=0)
+        return format(value, "f")
+    return value
+
 
 EVENT_KINDS = ("trade", "swap", "order", "offer", "ledger", "node")
 TERMINAL_TRADE_STATES = ("redeemed", "refunded", "failed", "cancelled")
@@ -130,9 +150,9 @@ def _trade_body(
 ) -> dict[str, Any]:
     return {
         "sell": sell,
-        "amount": amount,
+        "amount": _amount("amount", amount),
         "buy": buy,
-        "min_receive": min_receive,
+        "min_receive": _amount("min_receive", min_receive),
         "deadline_s": deadline_s,
         "window_s": window_s,
     }
@@ -246,9 +266,9 @@ def _offer_body(
         "sell": sell,
         "price_num": price_num,
         "price_den": price_den,
-        "min_in": min_in,
-        "max_in": max_in,
-        "fee": fee,
+        "min_in": _amount("min_in", min_in),
+        "max_in": _amount("max_in", max_in),
+        "fee": _amount("fee", fee),
         "partial": partial,
         "ttl": ttl,
     }
@@ -310,6 +330,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._token, self._verify = token, verify
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
@@ -442,6 +463,33 @@ class Client:
 
     def last_event_seq(self) -> int:
         return self._do(_Calls.last_event_seq())
+
+    def events(
+        self,
+        *,
+        after: int = 0,
+        kinds: Sequence[str] = (),
+        max_retries: int | None = None,
+        retry_delay: float = 0.2,
+    ) -> Iterator[Event]:
+        """As :meth:`AsyncClient.events`, blocking: every event after ``after``, then live
+        ones, resuming by itself from the last seq yielded after a disconnect."""
+        stream = _Stream(self.base_url, self._token, self._verify, kinds, max_retries)
+        while True:
+            try:
+                with ws_sync_connect(stream.url(after), **stream.options()) as ws:
+                    stream.connected()
+                    try:
+                        for raw in ws:
+                            event = _parse(Event, json.loads(raw))
+                            after = event.seq
+                            yield event
+                    except ConnectionClosed:
+                        pass
+                    stream.closed(ws.close_code, ws.close_reason)
+            except (InvalidStatus, OSError, TimeoutError, ConnectionClosed, InvalidURI) as exc:
+                stream.failed(exc)
+            time.sleep(stream.delay(retry_delay))
 
 
 # WebSocket close codes the node uses to refuse a subscription (4000 + the HTTP status).
@@ -599,13 +647,6 @@ class AsyncClient:
     async def last_event_seq(self) -> int:
         return await self._do(_Calls.last_event_seq())
 
-    def _ws_url(self, after: int, kinds: Sequence[str]) -> str:
-        base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
-        query = {"after": str(after)}
-        if kinds:
-            query["kinds"] = ",".join(kinds)
-        return f"{base}/v1/events?{urllib.parse.urlencode(query)}"
-
     async def events(
         self,
         *,
@@ -619,33 +660,11 @@ class AsyncClient:
         lost or repeated. After ``max_retries`` failed reconnects in a row (default: never give
         up) it raises :class:`Unavailable`; a refused subscription (bad token, bad kinds)
         raises at once."""
-        unknown = set(kinds) - set(EVENT_KINDS)
-        if unknown:
-            raise InvalidRequest(
-                f"kinds: unknown event kind(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(EVENT_KINDS)}",
-                status=422,
-            )
-        ssl_arg: ssl.SSLContext | None = None
-        if self.base_url.startswith("https://"):
-            ssl_arg = (
-                self._verify
-                if isinstance(self._verify, ssl.SSLContext)
-                else ssl.create_default_context()
-            )
-        failures = 0
+        stream = _Stream(self.base_url, self._token, self._verify, kinds, max_retries)
         while True:
             try:
-                async with ws_connect(
-                    self._ws_url(after, kinds),
-                    additional_headers={"Authorization": f"Bearer {self._token}"},
-                    open_timeout=10,
-                    close_timeout=2,  # leaving mid-stream: don't wait long for the close reply
-                    proxy=None,
-                    ssl=ssl_arg,
-                    max_size=4 * 1024 * 1024,
-                ) as ws:
-                    failures = 0
+                async with ws_connect(stream.url(after), **stream.options()) as ws:
+                    stream.connected()
                     try:
                         async for raw in ws:
                             event = _parse(Event, json.loads(raw))
@@ -653,22 +672,78 @@ class AsyncClient:
                             yield event
                     except ConnectionClosed:
                         pass
-                    refused = _WS_REFUSALS.get(ws.close_code or 0)
-                    if refused is not None:
-                        raise refused(ws.close_reason or "refused", status=ws.close_code or 0)
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in (401, 403):
-                    raise Unauthorized(
-                        "the node refused the event stream's token", status=status
-                    ) from None
-                failures += 1
-                last: Exception = ServerError(f"event stream: HTTP {status}", status=status)
-            except (OSError, TimeoutError, ConnectionClosed, InvalidURI) as exc:
-                failures += 1
-                last = exc
-            if max_retries is not None and failures > max_retries:
-                raise Unavailable(
-                    f"event stream at {self.base_url} lost: {type(last).__name__}: {last}"
-                )
-            await asyncio.sleep(min(retry_delay * 2 ** max(0, failures - 1), 5.0))
+                    stream.closed(ws.close_code, ws.close_reason)
+            except (InvalidStatus, OSError, TimeoutError, ConnectionClosed, InvalidURI) as exc:
+                stream.failed(exc)
+            await asyncio.sleep(stream.delay(retry_delay))
+
+
+class _Stream:
+    """What the sync and async event streams share: the URL, the connection options, and what
+    a close or a failure means (raise now, or reconnect after a delay)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        verify: ssl.SSLContext | bool,
+        kinds: Sequence[str],
+        max_retries: int | None,
+    ) -> None:
+        unknown = set(kinds) - set(EVENT_KINDS)
+        if unknown:
+            raise InvalidRequest(
+                f"kinds: unknown event kind(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(EVENT_KINDS)}",
+                status=422,
+            )
+        self.base_url, self.token, self.kinds = base_url, token, tuple(kinds)
+        self.max_retries = max_retries
+        self.ssl: ssl.SSLContext | None = None
+        if base_url.startswith("https://"):
+            self.ssl = (
+                verify if isinstance(verify, ssl.SSLContext) else ssl.create_default_context()
+            )
+        self.failures = 0
+
+    def url(self, after: int) -> str:
+        base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        query = {"after": str(after)}
+        if self.kinds:
+            query["kinds"] = ",".join(self.kinds)
+        return f"{base}/v1/events?{urllib.parse.urlencode(query)}"
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "additional_headers": {"Authorization": f"Bearer {self.token}"},
+            "open_timeout": 10,
+            "close_timeout": 2,  # leaving mid-stream: don't wait long for the close reply
+            "proxy": None,
+            "ssl": self.ssl,
+            "max_size": 4 * 1024 * 1024,
+        }
+
+    def connected(self) -> None:
+        self.failures = 0
+
+    def closed(self, code: int | None, reason: str | None) -> None:
+        refused = _WS_REFUSALS.get(code or 0)
+        if refused is not None:
+            raise refused(reason or "refused", status=code or 0)
+
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise Unauthorized(
+                    "the node refused the event stream's token", status=status
+                ) from None
+            exc = ServerError(f"event stream: HTTP {status}", status=status)
+        self.failures += 1
+        if self.max_retries is not None and self.failures > self.max_retries:
+            raise Unavailable(
+                f"event stream at {self.base_url} lost: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def delay(self, retry_delay: float) -> float:
+        return min(retry_delay * 2.0 ** max(0, self.failures - 1), 5.0)

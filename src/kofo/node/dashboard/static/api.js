@@ -67,8 +67,15 @@ export function parseJson(text) {
       typeof v === "number" && Number.isInteger(v) && !Number.isSafeInteger(v) && ctx
         && /^-?\d+$/.test(ctx.source) ? BigInt(ctx.source) : v);
   }
-  const marked = text.replace(/("(?:[^"\\]|\\.)*")|(-?\d{16,})(?![.\deE])/g,
-    (m, str, num) => (str ? str : `"\u0000big${num}"`));
+  return parseJsonQuoting(text);
+}
+
+// For browsers without the reviver's source: integer literals of 16+ digits outside strings
+// become BigInt (a few safe ones among them too; amounts go through big() either way).
+export function parseJsonQuoting(text) {
+  // JSON cannot hold a raw NUL: the marker is written as the escape, and decodes to one.
+  const marked = text.replace(/("(?:[^"\\]|\\.)*")|(?<![\d.])(-?\d{16,})(?![.\deE])/g,
+    (m, str, num) => (str ? str : `"\\u0000big${num}"`));
   return JSON.parse(marked, (_k, v) =>
     typeof v === "string" && v.startsWith("\u0000big") ? BigInt(v.slice(4)) : v);
 }
@@ -242,9 +249,12 @@ export class EventStream {
       return;
     }
     try {
-      this.accept(items(await api(`/events?after=${this.lastSeq}&limit=500`)));
-      this.onStatus("polling");
+      const batch = items(await api(`/events?after=${this.lastSeq}&limit=500`));
+      if (this.stopped) return; // stopped while the request was out
+      this.accept(batch);
+      if (this.ws?.readyState !== WebSocket.OPEN) this.onStatus("polling");
     } catch (err) {
+      if (this.stopped) return;
       this.onStatus(err.status === 401 || err.status === 403 ? "auth" : "off");
     }
     this.pollTimer = setTimeout(() => this.poll(), 1500);

@@ -102,6 +102,8 @@ async function loadBasics() {
 }
 
 async function start() {
+  if (state.stream) state.stream.stop(); // a new token (login, a #token= link): one stream only
+  state.stream = null;
   $("#login").hidden = true;
   $("#logout").hidden = false;
   $("#tabs").classList.remove("disabled");
@@ -571,17 +573,41 @@ function tradeView(root, tradeId) {
     }
   }
 
+  // The newest page re-read on each event; older pages the user asked for kept below it.
+  let olderTrades = [];
+  let nextTrades = null;
+  const moreTrades = h("button", { type: "button", class: "ghost more", id: "older-trades" },
+    "Show older trades");
+  moreTrades.addEventListener("click", async () => {
+    moreTrades.disabled = true;
+    try {
+      const page = await api(`/trades?limit=20&before=${encodeURIComponent(nextTrades)}`);
+      olderTrades = olderTrades.concat(items(page));
+      nextTrades = page && page.next !== undefined ? page.next : null;
+    } catch (err) {
+      listSlot.append(errorBox(err));
+    } finally {
+      moreTrades.disabled = false;
+    }
+    renderList();
+  });
+
   function renderList() {
     return fill(listSlot, async () => {
-      const trades = items(await api("/trades?limit=20"));
-      return table(["When", "State", "Pay", "Receive", "Hops", "Trade id"], trades.map((t) => [
+      const page = await api("/trades?limit=20");
+      let trades = items(page);
+      if (!olderTrades.length) nextTrades = page && page.next !== undefined ? page.next : null;
+      const ids = new Set(trades.map((t) => t.trade_id));
+      trades = trades.concat(olderTrades.filter((t) => !ids.has(t.trade_id)));
+      const more = nextTrades !== null && nextTrades !== undefined ? moreTrades : null;
+      return [table(["When", "State", "Pay", "Receive", "Hops", "Trade id"], trades.map((t) => [
         h("span", { class: "small" }, ago(t.created_at)),
         badge(t.state),
         amount(t.amount, t.sell),
         t.receive !== null && t.receive !== undefined ? amount(t.receive, t.buy) : symbolOf(t.buy),
         t.hops ?? "–",
         h("a", { href: `#/trade/${encodeURIComponent(t.trade_id)}`, class: "hex small" }, t.trade_id),
-      ]), "No trades yet. Fill the form above to make your first one.");
+      ]), "No trades yet. Fill the form above to make your first one."), more].filter(Boolean);
     });
   }
 
@@ -589,6 +615,7 @@ function tradeView(root, tradeId) {
   renderList();
   return {
     refresh: (kinds) => {
+      showAvailable(); // the balances were re-read: a trade reserves and frees funds
       if (kinds.has("trade") || kinds.has("swap") || kinds.has("order")) {
         loadCurrent();
         renderList();
@@ -604,9 +631,43 @@ function tradeView(root, tradeId) {
 
 // -- Swaps ------------------------------------------------------------------------------
 
-// The leg's HTLC state: the node's word when it gives one; else read from the swap's own
-// history (the event that recorded the spend says redeem or refund); else from the txids.
-function legState(leg, swap) {
+// The legs as the page shows them: the node's txids and states where it gives them; else
+// read from the swap's own history (the engine journals each step with its txid). The own leg
+// is the initiator's for the initiator, the participant's for the participant.
+//   own leg:     lock_sent / locked (txid: the lock) -> locked; refund_* (txid) -> refunded
+//   counter leg: counter_audited -> locked; redeem_* / redeemed (txid: our redeem) -> redeemed
+// A participant that redeemed learned the secret from its own leg's redeem: that leg is
+// redeemed too (by the initiator, whose txid the journal may not hold).
+function deriveLegs(s) {
+  const legs = (s.legs || []).map((l) => ({ ...l }));
+  if (legs.length !== 2) return legs.map((l) => ({ ...l, state: simpleState(l, s) }));
+  const events = s.events || [];
+  const own = s.role === "participant" ? 1 : 0;
+  const ctr = 1 - own;
+  const last = (names) => [...events].reverse().find((e) => names.includes(e.state));
+  const txOf = (names) =>
+    ([...events].reverse().find((e) => names.includes(e.state) && e.txid) || {}).txid || "";
+  const lockEv = last(["lock_sent", "locked"]);
+  const refundEv = last(["refund_sent", "refunded"]);
+  const auditEv = last(["counter_audited"]);
+  const redeemEv = last(["redeem_sent", "redeemed"]);
+  if (!legs[own].lock_txid && lockEv) legs[own].lock_txid = txOf(["lock_sent", "locked"]);
+  if (!legs[own].spend_txid && refundEv) legs[own].spend_txid = txOf(["refund_sent", "refunded"]);
+  if (!legs[ctr].spend_txid && redeemEv) legs[ctr].spend_txid = txOf(["redeem_sent", "redeemed"]);
+  for (const [i, seenLock, spend] of [
+    [own, Boolean(lockEv), refundEv ? "refunded" : s.role === "participant" && redeemEv ? "redeemed" : ""],
+    [ctr, Boolean(auditEv), redeemEv ? "redeemed" : ""],
+  ]) {
+    const leg = legs[i];
+    if (leg.state && leg.state !== "absent") continue;
+    leg.state = spend || (leg.spend_txid ? simpleState(leg, s)
+      : leg.lock_txid || seenLock ? "locked" : "pending");
+  }
+  return legs;
+}
+
+// One leg alone: a spend is a redeem or a refund as the history's event for that txid says.
+function simpleState(leg, swap) {
   if (leg.state && leg.state !== "absent") return leg.state;
   if (leg.spend_txid) {
     const ev = (swap.events || []).find((e) => e.txid && e.txid === leg.spend_txid);
@@ -647,15 +708,15 @@ function deadlineOf(leg, ls) {
 }
 
 function swapCard(s) {
-  const legs = (s.legs || []).map((leg, i) => {
-    const ls = legState(leg, s);
+  const legs = deriveLegs(s).map((leg, i) => {
+    const ls = leg.state;
     const receiving = ownAddress(leg.recipient);
     const paying = ownAddress(leg.sender);
     const asset = leg.token ? `${leg.chain}:${leg.token}` : leg.chain;
     const step = (label, done, txid, extra) => h("li", { class: done ? "done" : "todo" },
       h("div", { class: "step-head" }, h("strong", {}, label), extra),
-      txid ? copyable(txid, `${label} txid`) : h("span", { class: "muted small" },
-        done ? "" : "waiting"));
+      txid ? copyable(txid, `${label} txid`) : done ? null
+        : h("span", { class: "muted small" }, "waiting"));
     const spendLabel = ls === "refunded" ? "Refunded" : "Redeemed";
     return h("div", { class: "leg", "data-leg": i, "data-leg-state": ls },
       h("div", { class: "leg-head" },
@@ -664,12 +725,14 @@ function swapCard(s) {
         h("span", { class: "muted small" }, receiving ? "you receive" : paying ? "you pay" : `leg ${i + 1}`),
         h("span", { class: "leg-state" }, badge(ls))),
       h("ol", { class: "timeline" },
-        step("Locked", Boolean(leg.lock_txid), leg.lock_txid,
+        step("Locked", ls !== "pending", leg.lock_txid,
           leg.lock_txid && leg.confirmations !== null && leg.confirmations !== undefined
             ? h("span", { class: "conf" }, `${leg.confirmations} confirmation${Number(leg.confirmations) === 1 ? "" : "s"}`)
             : null),
-        step(leg.spend_txid ? spendLabel : "Redeem or refund", Boolean(leg.spend_txid), leg.spend_txid,
-          null)),
+        step(ls === "redeemed" || ls === "refunded" ? spendLabel : "Redeem or refund",
+          ls === "redeemed" || ls === "refunded", leg.spend_txid,
+          ls === "redeemed" && !leg.spend_txid
+            ? h("span", { class: "muted small" }, "by the counterparty") : null)),
       h("div", { class: "leg-foot small" }, deadlineOf(leg, ls)),
       h("details", { class: "addresses", "data-key": `${s.swap_id}/${i}` },
         h("summary", {}, "Addresses"),
@@ -708,14 +771,41 @@ function swapsView(root, swapId) {
     await load();
     for (const el of slot.querySelectorAll("details")) if (open.has(el.dataset.key)) el.open = true;
   };
+  // The newest page re-read on each event; older pages the user asked for kept below it.
+  let older = [];
+  let next = null;
+  const moreBtn = h("button", { type: "button", class: "ghost more", id: "older-swaps" },
+    "Show older swaps");
   const load = () => fill(slot, async () => {
-    const swaps = swapId ? [await api(`/swaps/${encodeURIComponent(swapId)}`)]
-      : items(await api("/swaps?limit=50"));
+    let swaps;
+    if (swapId) {
+      swaps = [await api(`/swaps/${encodeURIComponent(swapId)}`)];
+    } else {
+      const page = await api("/swaps?limit=50");
+      swaps = items(page);
+      if (!older.length) next = page && page.next !== undefined ? page.next : null;
+      const ids = new Set(swaps.map((x) => x.swap_id));
+      swaps = swaps.concat(older.filter((x) => !ids.has(x.swap_id)));
+    }
     if (!swaps.length) {
       return h("p", { class: "empty card" }, "No swaps yet. A trade's swap legs appear here once its "
         + "order is committed on the ledger.");
     }
-    return swaps.map(swapCard);
+    return [...swaps.map(swapCard), next !== null && next !== undefined ? moreBtn : null]
+      .filter(Boolean);
+  });
+  moreBtn.addEventListener("click", async () => {
+    moreBtn.disabled = true;
+    try {
+      const page = await api(`/swaps?limit=50&before=${encodeURIComponent(next)}`);
+      older = older.concat(items(page));
+      next = page && page.next !== undefined ? page.next : null;
+    } catch (err) {
+      slot.append(errorBox(err));
+    } finally {
+      moreBtn.disabled = false;
+    }
+    render();
   });
   render();
   return { refresh: (kinds) => { if (kinds.has("swap") || kinds.has("trade")) render(); } };

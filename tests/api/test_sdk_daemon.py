@@ -1,0 +1,130 @@
+"""A full trade through the SDK and through `kofo trade`, against the real daemon's API: the
+devnet and three in-process daemons (taker, relay, maker) from the daemon's tests, the
+taker's app served by uvicorn on 127.0.0.1. Every other route answers the daemon's real views.
+
+Needs the daemon (h/daemon: kofo.node.daemon.Node implementing NodeService, and its
+tests.node.test_daemon harness); skipped until that branch is merged with this one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from kofo.node.api import app_for_home, load_tokens
+from kofo.sdk import TERMINAL_TRADE_STATES, AsyncClient
+
+harness = pytest.importorskip(
+    "tests.node.test_daemon", reason="needs the node daemon (h/daemon) merged"
+)
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+
+def test_trades_through_the_sdk_and_the_cli_end_redeemed(tmp_path: Path) -> None:
+    asyncio.run(_main(tmp_path))
+
+
+async def _main(tmp_path: Path) -> None:
+    async with harness.network(tmp_path) as net:
+        taker = net.nodes["taker"]
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app_for_home(taker, taker.config),
+                host="127.0.0.1",
+                port=0,
+                log_level="warning",
+                lifespan="off",
+                ws="websockets-sansio",
+            )
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await harness.until(lambda: server.started, "the API to listen")
+            port = server.servers[0].sockets[0].getsockname()[1]
+            await _sdk_trade(taker, f"http://127.0.0.1:{port}")
+            await _cli_trade(taker.config.home, port)
+        finally:
+            server.should_exit = True
+            await serving
+
+
+async def _sdk_trade(taker: object, url: str) -> None:
+    token = load_tokens(taker.config.home).token  # type: ignore[attr-defined]
+    async with AsyncClient(url, token, timeout=60) as node:
+        book = await harness.until(
+            lambda: _nonempty(node.book("BTC", "ETH")), "the maker's offer in the book"
+        )
+        assert book.depth[0].cum_in == book.offers[0].spec.max_in
+        quotes = await node.quotes(sell="BTC", amount="0.01", buy="ETH")
+        assert quotes and quotes[0].hops >= 1
+        after = await node.last_event_seq()
+        trade = await node.create_trade(
+            sell="BTC", amount="0.01", buy="ETH", min_receive=harness.SATS * harness.PRICE // 2
+        )
+        stream = node.events(after=after, max_retries=5)
+        seqs = []
+        async for event in stream:
+            seqs.append(event.seq)
+            trade = await node.trade(trade.trade_id)
+            if trade.state in TERMINAL_TRADE_STATES:
+                break
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert trade.state == "redeemed", (trade.error, [p.phase for p in trade.phases])
+        assert seqs == list(range(after + 1, after + 1 + len(seqs)))  # none lost or repeated
+        assert trade.order_id and trade.height
+        swap = await node.swap(trade.order_id)
+        assert swap.state == "redeemed" and len(swap.legs) == 2
+        order = await node.ledger_order(trade.order_id)
+        assert order.order_id == trade.order_id
+        for call in (
+            node.info,
+            node.health,
+            node.balances,
+            node.offers,
+            node.trades,
+            node.swaps,
+            node.ledger_orders,
+            node.fee_shares,
+            node.importance,
+            node.evidence,
+            node.peers,
+        ):
+            await call()  # a view the API cannot serve would be a 500 (ServerError)
+
+
+async def _nonempty(book_call):  # type: ignore[no-untyped-def]
+    book = await book_call
+    return book if book.offers else None
+
+
+async def _cli_trade(home: Path, port: int) -> None:
+    config = home / "config.toml"
+    text = config.read_text()
+    config.write_text(text.replace('bind = "127.0.0.1:9731"', f'bind = "127.0.0.1:{port}"'))
+    from kofo.cli import app
+
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        [
+            "trade",
+            "--sell",
+            "BTC:0.01",
+            "--buy",
+            "ETH",
+            "--min-receive",
+            "0.005",
+            "--home",
+            str(home),
+        ],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    for text in ("claim sent", "quote(s) in", "order committed at height", "both legs redeemed"):
+        assert text in result.stdout, (text, result.stdout)
+    assert "\nreceived " in result.stdout and " ETH" in result.stdout.rsplit("received", 1)[1]
