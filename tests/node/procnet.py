@@ -34,7 +34,9 @@ from kofo.wire.codec import decode, encode
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PASS = "procnet test passphrase"
-WAIT = 120.0
+WAIT = 300.0
+"""Bound on a process reaching a state (seconds each when the machine is idle; minutes when
+a 2-core machine runs many things at once)."""
 TERMINAL = ("redeemed", "refunded", "failed", "cancelled")
 
 
@@ -232,10 +234,20 @@ class Network:
     def wait_ready(self, name: str, *, ledger: bool = True) -> None:
         """The node's API answers and (``ledger``) the ledger knows it."""
         n = self.nodes[name]
-        if not ledger:  # /v1/info needs the ledger; /v1/health answers "degraded" without it
-            until(lambda: n.sdk.health(), f"{name}'s API to answer", WAIT)
-            return
-        info = until(lambda: n.sdk.info(), f"{name}'s API to answer", WAIT)
+
+        def answers(call: Callable[[], Any]) -> Any:
+            if n.proc is not None and not n.proc.alive():
+                pytest.fail(f"{name} exited {n.proc.proc.returncode}:\n{n.proc.tail()}")
+            return call()
+
+        try:
+            if not ledger:  # /v1/info needs the ledger; /v1/health answers without it
+                until(lambda: answers(n.sdk.health), f"{name}'s API to answer", WAIT)
+                return
+            info = until(lambda: answers(n.sdk.info), f"{name}'s API to answer", WAIT)
+        except pytest.fail.Exception:
+            tail = n.proc.tail() if n.proc is not None else ""
+            raise AssertionError(f"{name}'s API never answered; its output:\n{tail}") from None
         n.node_id = info.node_id
         until(lambda: self.registered(info.node_id), f"{name} registered on the ledger", WAIT)
 
