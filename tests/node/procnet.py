@@ -285,7 +285,7 @@ class Network:
         out: dict[str, int] = {}
         for n in self.nodes.values():
             for b in n.sdk.balances():
-                out[b.asset.lower()] = out.get(b.asset.lower(), 0) + b.available + b.reserved
+                out[b.asset] = out.get(b.asset, 0) + b.available + b.reserved
         return out
 
     def pause_ledger(self) -> None:
@@ -335,12 +335,13 @@ class Network:
         out: dict[str, Any] = decode(self.ledger.abci_query("/params"))
         return out
 
-    def asset(self, name: str) -> str:
-        """The ledger's asset id for a config name (``DUSD`` -> ``eth:0x<token>``)."""
-        if name in ("btc", "eth", "ltc"):
-            return name
-        token = self.desc["chains"]["eth"]["tokens"][name]
-        return f"eth:{token.lower()}"
+    def asset(self, name: str, node: str = "taker") -> str:
+        """The asset id orders and the ledger use for a config name (``DUSD`` ->
+        ``eth:0x<token>``), as the node names it."""
+        for b in self.nodes[node].sdk.balances():
+            if name.lower() in (b.asset.lower(), b.symbol.lower()):
+                return b.asset
+        raise AssertionError(f"{node} has no asset {name!r}")
 
     # -- trades -----------------------------------------------------------------------------------
 

@@ -49,11 +49,11 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 
 
 def _fees(net: Network, name: str) -> dict[str, int]:
-    return {f.asset.lower(): f.amount for f in net.nodes[name].sdk.fee_shares()}
+    return {f.asset: f.amount for f in net.nodes[name].sdk.fee_shares()}
 
 
 def _balances(net: Network, name: str) -> dict[str, int]:
-    return {b.asset.lower(): b.available + b.reserved for b in net.nodes[name].sdk.balances()}
+    return {b.asset: b.available + b.reserved for b in net.nodes[name].sdk.balances()}
 
 
 @pytest.mark.parametrize(
@@ -95,6 +95,9 @@ def test_routed_pair_settles_with_fee_shares(
     # the ledger: settled once, both legs redeemed, the fee split by the rule
     order = net.settled("taker", done.order_id)
     assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+    leg0 = order.legs[0]
+    token = leg0.get("token")
+    assert sell_id == (leg0["chain"] if token is None else f"{leg0['chain']}:{token}")
     assert order.height == done.height
     assert [o.order_id for o in taker.ledger_orders(limit=200)].count(done.order_id) == 1
     params = net.params()
