@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PRICE = 10**10  # wei per satoshi
 SATS = 1_000_000
+MIN = SATS * PRICE * 98 // 100  # the route's fees come out of the maker's price
 OFFER = {"buy": "btc", "sell": "eth", "price_num": PRICE, "price_den": 1,
          "min_in": 10_000, "max_in": 10**7}  # fmt: skip
 FEE_CAP = {"btc": 200_000, "eth": 2 * 10**16}  # all the chain fees of one swap, both sides
@@ -67,7 +68,7 @@ def test_ledger_down_delays_a_trade_it_never_loses_or_doubles_one(net: Network) 
     maker_swaps = {s.swap_id for s in maker.swaps(limit=500)}
     net.pause_ledger()
     try:
-        view = taker.create_trade(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE)
+        view = taker.create_trade(sell="btc", amount=SATS, buy="eth", min_receive=MIN)
         # the route co-signs (no ledger needed), the taker cannot submit: it waits it out
         sub = until(
             lambda: (t := taker.trade(view.trade_id)).state == "submitted" and t,
@@ -121,7 +122,7 @@ def test_sigkill_at_a_phase_boundary_then_restart_is_atomic(
     net.restart(victim, crash_at=point)
     net.wait_offer("taker", "btc", "eth")
     before = net.holdings()
-    view = taker.create_trade(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE)
+    view = taker.create_trade(sell="btc", amount=SATS, buy="eth", min_receive=MIN)
     net.wait_killed(victim, point)
     net.restart(victim)  # same home, no crash point
 
