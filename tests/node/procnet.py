@@ -250,6 +250,15 @@ class Network:
             raise AssertionError(f"{name}'s API never answered; its output:\n{tail}") from None
         n.node_id = info.node_id
         until(lambda: self.registered(info.node_id), f"{name} registered on the ledger", WAIT)
+        # and the node knows it (it trades only then)
+        until(
+            lambda: any(
+                "registered on the ledger" in line or "registered at height" in line
+                for line in (n.proc.drain() if n.proc is not None else [])
+            ),
+            f"{name} to see its registration",
+            WAIT,
+        )
 
     def registered(self, node_id: str) -> bool:
         try:

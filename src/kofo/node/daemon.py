@@ -102,8 +102,10 @@ REFRESH_INTERVAL = 1.0
 """Seconds between chain reads (tips, balances) that the synchronous exchange hooks use."""
 WATCH_INTERVAL = 1.0
 """Seconds between looks at the ledger for signed-but-uncommitted orders and lock deadlines."""
-DIRECT_TIMEOUT = 10.0
-"""Seconds a swap message to the counterparty may take (the engine's request transport)."""
+DIRECT_TIMEOUT = 30.0
+"""Seconds a swap message to the counterparty may take (the engine's request transport). The
+first proposal of a trade dials the maker and has it read the order back from the ledger: on
+a loaded machine that took more than 10 s, and the committed trade was given up unlocked."""
 HEIGHT_TOLERANCE = 3
 """Blocks a Bitcoin-like leg's height may differ from what this node derives for its
 expiry_time: the parties' tips differ by a block or two at the moment of the order."""
