@@ -404,3 +404,29 @@ async def _outage_after_commit(tmp_path: Path) -> None:
         assert done.error == ""
         order = await until(lambda: _settled(taker, done.order_id), "the order settled")
         assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+
+
+def test_a_committed_trade_whose_proposal_the_maker_rejects_ends_failed_with_nothing_locked(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_rejected(tmp_path))
+
+
+async def _rejected(tmp_path: Path) -> None:
+    from kofo.settlement.terms import TermsRefused
+
+    async with network(tmp_path) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        assert maker.engine is not None
+
+        def refuse(terms: Any) -> None:
+            raise TermsRefused("refused by the test", code="terms_not_offered")
+
+        maker.engine.accept_policy = refuse
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        # it stayed "committed" for ever before (the rejected swap was not seen as unlocked)
+        done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 120)
+        assert done.state == "failed" and "refused by the test" in done.error, done
+        assert done.order_id is not None and done.height is not None  # it was committed
+        assert taker.engine is not None and taker.engine.unfinished() == []

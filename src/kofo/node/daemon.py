@@ -921,7 +921,8 @@ class Node:
             rec = self.engine.journal.get(oid)
         except UnknownSwap:
             return True
-        return rec.state in (State.PROPOSED, State.ABORTED)
+        # rejected: the maker refused the proposal, nothing of ours was ever locked
+        return rec.state in (State.PROPOSED, State.ABORTED, State.REJECTED)
 
     async def _quotes(self, request: TradeRequest) -> tuple[list[Quote], bytes]:
         assert self.exchange is not None and self.chains is not None
