@@ -61,48 +61,13 @@ def _on_ledger_once(net: Network, order_id: str) -> list[str]:
     return sorted(set(order.outcomes.values()))
 
 
-def test_ledger_down_delays_a_trade_it_never_loses_or_doubles_one(net: Network) -> None:
-    taker, maker = net.nodes["taker"].sdk, net.nodes["maker"].sdk
-    net.wait_offer("taker", "btc", "eth")
-    before = net.holdings()
-    maker_swaps = {s.swap_id for s in maker.swaps(limit=500)}
-    net.pause_ledger()
-    try:
-        view = taker.create_trade(sell="btc", amount=SATS, buy="eth", min_receive=MIN)
-        # the route co-signs (no ledger needed), the taker cannot submit: it waits it out
-        sub = until(
-            lambda: (t := taker.trade(view.trade_id)).state == "submitted" and t,
-            "the trade submitted while the ledger is down",
-        )
-        log = net.nodes["taker"]
-        until(
-            lambda: log.log().count(f"trade {view.trade_id}: ledger not reached") >= 2,
-            "the taker retrying the submit",
-        )
-        # nothing locks before a commit is seen: no swap on either side
-        assert {s.swap_id for s in maker.swaps(limit=500)} == maker_swaps
-        assert sub.order_id not in {s.swap_id for s in taker.swaps(limit=500)}
-        # the taker dies during the outage and comes back while the ledger is still down
-        net.kill("taker")
-        net.restart("taker", ledger=False)
-        assert taker.trade(view.trade_id).state == "submitted"
-    finally:
-        net.resume_ledger()
-    done = net.trade_end("taker", view.trade_id, timeout=400)
-    assert done.state == "redeemed", (done.state, done.error)
-    assert done.order_id == sub.order_id
-    made = net.trade_end("maker", net.maker_trade("maker", done.order_id).trade_id, timeout=400)
-    assert made.state == "redeemed", made.error
-    assert _on_ledger_once(net, done.order_id) == ["redeemed"]
-    assert [t.trade_id for t in taker.trades(limit=500)].count(view.trade_id) == 1
-    _conserved(before, until(net.holdings, "balances"))
-
-
 # (victim, crash point); the trade is always taker -> relay -> maker, BTC -> ETH
+# The relay's case runs first, on the fresh line: after a swap the taker and the maker keep
+# the direct link of its messages, and later claims may take it instead of the relay.
 CASES = [
+    ("relay", "relay_signed"),  # the relay dies before its co-signature leaves
     ("taker", "trade_committed"),  # committed, swap not started
     ("maker", "enter:locked"),  # the maker's ETH lock buried
-    ("relay", "relay_signed"),  # the relay dies before its co-signature leaves
     ("taker", "trade_submitted"),  # "submitted" journaled, not broadcast
     ("maker", "maker_committed"),  # the maker saw the commit
     ("taker", "after_broadcast:redeem"),  # the taker's ETH redeem sent: the secret is out
@@ -156,4 +121,41 @@ def test_sigkill_at_a_phase_boundary_then_restart_is_atomic(
     assert [t.order_id for t in taker.trades(limit=500)].count(done.order_id) == 1
     maker_rows = net.nodes["maker"].sdk.trades(limit=500)
     assert [t.order_id for t in maker_rows].count(done.order_id) == 1
+    _conserved(before, until(net.holdings, "balances"))
+
+
+def test_ledger_down_delays_a_trade_it_never_loses_or_doubles_one(net: Network) -> None:
+    taker, maker = net.nodes["taker"].sdk, net.nodes["maker"].sdk
+    net.wait_offer("taker", "btc", "eth")
+    before = net.holdings()
+    maker_swaps = {s.swap_id for s in maker.swaps(limit=500)}
+    net.pause_ledger()
+    try:
+        view = taker.create_trade(sell="btc", amount=SATS, buy="eth", min_receive=MIN)
+        # the route co-signs (no ledger needed), the taker cannot submit: it waits it out
+        sub = until(
+            lambda: (t := taker.trade(view.trade_id)).state == "submitted" and t,
+            "the trade submitted while the ledger is down",
+        )
+        log = net.nodes["taker"]
+        until(
+            lambda: log.log().count(f"trade {view.trade_id}: ledger not reached") >= 2,
+            "the taker retrying the submit",
+        )
+        # nothing locks before a commit is seen: no swap on either side
+        assert {s.swap_id for s in maker.swaps(limit=500)} == maker_swaps
+        assert sub.order_id not in {s.swap_id for s in taker.swaps(limit=500)}
+        # the taker dies during the outage and comes back while the ledger is still down
+        net.kill("taker")
+        net.restart("taker", ledger=False)
+        assert taker.trade(view.trade_id).state == "submitted"
+    finally:
+        net.resume_ledger()
+    done = net.trade_end("taker", view.trade_id, timeout=400)
+    assert done.state == "redeemed", (done.state, done.error)
+    assert done.order_id == sub.order_id
+    made = net.trade_end("maker", net.maker_trade("maker", done.order_id).trade_id, timeout=400)
+    assert made.state == "redeemed", made.error
+    assert _on_ledger_once(net, done.order_id) == ["redeemed"]
+    assert [t.trade_id for t in taker.trades(limit=500)].count(view.trade_id) == 1
     _conserved(before, until(net.holdings, "balances"))
