@@ -6,8 +6,8 @@ ledger with both outcomes, the protocol fee is split as the ledger's rule says (
 by its legs and no more than the chain fees. The devnet has no LTC chain: LTC pairs need the
 real-node test (not built yet).
 
-About 1.5 minutes when the machine is idle, 6-7 on a loaded 2-core machine (one network for
-the module, four trades)."""
+One network for the module, four trades: 7-8 minutes on this 2-core machine at load ~20
+(setup ~4 min)."""
 
 from __future__ import annotations
 
