@@ -378,3 +378,75 @@ async def _restart(tmp_path: Path) -> None:
         # one trade, one order, committed once at the first height
         assert [t.trade_id for t in await taker.trades()] == [view.trade_id]
         assert order.height == dead.height
+
+
+class PauseLedgerAt(CrashHook):
+    """At ``target`` the devnet's ledger goes down (its RPC refuses connections) instead of
+    the process dying."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.devnet: Devnet | None = None
+        self.paused = False
+
+    def hit(self, point: str) -> None:
+        if point == self.target and self.devnet is not None and not self.paused:
+            self.paused = True
+            self.devnet.ledger.pause()
+
+
+def test_a_ledger_outage_right_after_the_commit_delays_the_swap_start_and_never_strands_it(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_outage_after_commit(tmp_path))
+
+
+async def _outage_after_commit(tmp_path: Path) -> None:
+    hook = PauseLedgerAt("trade_committed")
+    async with network(tmp_path, {"taker": hook}) as net:
+        hook.devnet = net.devnet
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+
+        def waiting():
+            v = taker.store.find(view.trade_id)
+            return v if v is not None and v.state == "committed" and "ledger" in v.error else None
+
+        await until(waiting, "the swap start to meet the outage")
+        # committed, the committed order not readable: nothing locks on either side
+        assert maker.engine is not None and maker.engine.unfinished() == []
+        assert taker.engine is not None and taker.engine.unfinished() == []
+        await asyncio.to_thread(net.devnet.ledger.resume)
+        # the trade goes on by itself (it stayed "committed" forever before: no restart here)
+        done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 180)
+        assert done.state == "redeemed", (done.error, [p.phase for p in done.phases])
+        assert done.error == ""
+        order = await until(lambda: _settled(taker, done.order_id), "the order settled")
+        assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
+
+
+def test_a_committed_trade_whose_proposal_the_maker_rejects_ends_failed_with_nothing_locked(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_rejected(tmp_path))
+
+
+async def _rejected(tmp_path: Path) -> None:
+    from kofo.settlement.terms import TermsRefused
+
+    async with network(tmp_path) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        assert maker.engine is not None
+
+        def refuse(terms: Any) -> None:
+            raise TermsRefused("refused by the test", code="terms_not_offered")
+
+        maker.engine.accept_policy = refuse
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        # it stayed "committed" for ever before (the rejected swap was not seen as unlocked)
+        done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 120)
+        assert done.state == "failed" and "refused by the test" in done.error, done
+        assert done.order_id is not None and done.height is not None  # it was committed
+        assert taker.engine is not None and taker.engine.unfinished() == []

@@ -88,6 +88,9 @@ def _config(**tables):
         ({"p2p": {"listen": "127.0.0.1"}}, r"\[p2p\] listen must be host:port"),
         ({"p2p": {"bootstrap": [7]}}, r"\[p2p\] bootstrap\[0\] must be a string"),
         ({"p2p": {"discover": "no"}}, r"\[p2p\] discover must be"),
+        ({"p2p": {"target_degree": 0}}, r"\[p2p\] target_degree must be in 1..16, got 0"),
+        ({"p2p": {"target_degree": True}}, r"\[p2p\] target_degree must be an integer"),
+        ({"p2p": {"feeler_s": -1}}, r"\[p2p\] feeler_s must be in 0..3600 seconds"),
         ({"node": {"log_level": "loud"}}, r"\[node\] log_level must be one of"),
         ({"chains": {"doge": {}}}, r"\[chains.doge\] is not a chain KOFO settles"),
         (

@@ -341,3 +341,29 @@ def test_solo_rpc_stop_commits_what_the_mempool_holds():
     finally:
         rpc.stop()
     assert app.height == 1 and app.node(Party.make(3).id) is not None
+
+
+def test_a_paused_solo_ledger_is_unreachable_then_resumes_with_its_state_on_the_same_url():
+    """``SoloLedgerRpc.pause()`` (``kofo devnet``'s SIGUSR1): connections refused, no block
+    made; ``resume()`` serves the same state on the same URL and commits what was sent."""
+    app = LedgerApp(MerkleStore(), ledger_params())
+    with SoloLedgerRpc(SoloChain(app), block_interval=0.05) as rpc:
+        client = LedgerClient(rpc.url, timeout=5)
+        alice, bob = Party.make(0), Party.make(1)
+        first = client.commit(alice.register_tx(ts=_now()), timeout=WAIT)
+        url, height = rpc.url, client.status().height
+        rpc.pause()
+        assert rpc.paused and rpc.url == url
+        with pytest.raises(LedgerUnreachable) as down:
+            client.status()
+        assert down.value.code == "ledger_unreachable" and down.value.retryable
+        tx = bob.register_tx(ts=_now())
+        with pytest.raises(LedgerUnreachable):
+            client.broadcast_tx_sync(tx)
+        assert app.height == height  # no block while paused
+        rpc.resume()
+        assert not rpc.paused and rpc.url == url
+        assert client.tx(first.hash) is not None  # the state survived
+        done = client.commit(tx, timeout=WAIT)
+        assert done.result.ok and done.height > height
+        rpc.pause()  # and again: stop() after a pause still shuts down cleanly

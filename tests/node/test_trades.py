@@ -26,7 +26,7 @@ from kofo.clearance.consensus.solo import SoloChain
 from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
 from kofo.clearance.store import MerkleStore
 from kofo.exchange.route import RouteParty, build_settlement_order
-from kofo.node.ledger_client import LedgerClient, tx_hash
+from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
 from kofo.node.registration import ensure_registered, load_or_create_paillier, registered
 from kofo.node.trades import (
     OrderUnfit,
@@ -341,6 +341,41 @@ def test_refused_order_starts_nothing_and_differing_terms_are_refused(
         reply = maker.node.engine.handle(Propose(other), taker.node.node_id)
     assert reply is not None and "payment_hash" in getattr(reply, "message", "")
     assert maker.node.engine.unfinished() == []
+
+    # each other field an order fixes: a recipient (the maker's payout address, the taker's
+    # own) or an expiry that differs from the committed order is refused, named, logged
+    variants = [
+        ("initiator_leg", "recipient", "bcrt1qsomeoneelse"),
+        ("participant_leg", "recipient", "0x" + "ab" * 20),
+        ("initiator_leg", "expiry", _later(terms.initiator_leg.expiry)),
+        ("participant_leg", "expiry", _later(terms.participant_leg.expiry)),
+    ]
+    for leg_name, field, value in variants:
+        leg = replace(getattr(terms, leg_name), **{field: value})
+        with net.lock, caplog.at_level(logging.WARNING, logger="kofo.node.trades"):
+            reply = maker.node.engine.handle(Propose(replace(terms, **{leg_name: leg})),
+                                             taker.node.node_id)  # fmt: skip
+        assert reply is not None and getattr(reply, "code", "") == "terms_not_offered"
+        assert f"{leg_name}.{field}" in getattr(reply, "message", ""), reply
+        assert any(f"{leg_name}.{field}" in r.getMessage() for r in caplog.records)
+        assert maker.node.engine.unfinished() == [] and maker.node.engine.reserved("eth") == 0
+
+    # a replayed commit: the same bytes are found by hash (never sent twice); a new commit of
+    # the same order (signed again) is refused by the ledger; nothing starts on either side
+    commit = _commit_tx(order, taker, maker)
+    height = taker.pipe.submit(commit)
+    assert taker.pipe.submit(commit) == height
+    sigs = (order.sign(taker.node.key), order.sign(maker.node.key))
+    again = sign_tx(taker.node.key, CommitOrder(order, sigs), ts=int(time.time()) + 1)
+    assert tx_hash(again) != tx_hash(commit)
+    with pytest.raises(LedgerRefused) as replayed:
+        taker.pipe.ledger.commit(again, timeout=30)
+    assert replayed.value.code == "already_exists", replayed.value
+    assert taker.node.engine.unfinished() == [] and maker.node.engine.unfinished() == []
+
+
+def _later(expiry):
+    return replace(expiry, value=expiry.value + 7)
 
 
 def test_order_expiries_that_do_not_fit_the_engine_margins_are_refused(

@@ -171,7 +171,8 @@ def devnet_command(
     ] = False,
 ) -> None:
     """Start the embedded chains and the solo ledger on 127.0.0.1, fund --fund addresses,
-    print what a node config needs; run until Ctrl-C."""
+    print what a node config needs; run until Ctrl-C. SIGUSR1 pauses the ledger (an outage:
+    its RPC refuses connections, no blocks), SIGUSR2 resumes it."""
     from kofo.node.devnet import run_until_signal, start_devnet, toml_snippet
 
     def progress(line: str) -> None:
@@ -198,7 +199,7 @@ def devnet_command(
         typer.echo(toml_snippet(desc))
     typer.echo("devnet running; Ctrl-C stops it", err=True)
     sys.stdout.flush()
-    run_until_signal(net)
+    run_until_signal(net, progress)
     typer.echo("devnet stopped", err=True)
 
 

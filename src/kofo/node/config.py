@@ -140,6 +140,12 @@ class NodeConfig:
     discover: bool = True
     """``[p2p] discover``: learn peers from peers and keep a target degree (the default);
     false links only the ``bootstrap`` peers and those that dial in (a fixed topology)."""
+    target_degree: int = 4
+    """``[p2p] target_degree``: links the exchange node dials and keeps (1..16)."""
+    feeler_s: float = 2.0
+    """``[p2p] feeler_s``: seconds between feeler dials to peers it has no link to, once at
+    ``target_degree`` (0: none; with ``target_degree = 1`` a node keeps its one bootstrap link:
+    a fixed topology, e.g. a node reached only through relays)."""
 
     @property
     def config_path(self) -> Path:
@@ -383,6 +389,12 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         except ConfigError:
             raise p2p.fail(f"bootstrap[{i}]", f"must be host:port, got {peer!r}") from None
     discover: bool = p2p.get("discover", bool, True)
+    target_degree = p2p.get("target_degree", int, 4)
+    if not 1 <= target_degree <= 16:
+        raise p2p.fail("target_degree", f"must be in 1..16, got {target_degree}")
+    feeler_s = p2p.get("feeler_s", (int, float), 2.0)
+    if not 0 <= feeler_s <= 3_600:
+        raise p2p.fail("feeler_s", f"must be in 0..3600 seconds, got {feeler_s}")
     p2p.done()
 
     api_t = top.sub("api")
@@ -444,6 +456,8 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         offers=offers,
         api_tls=api_tls,
         bond=bond,
+        target_degree=target_degree,
+        feeler_s=float(feeler_s),
     )
 
 
@@ -486,6 +500,8 @@ def render_config(
         f"listen = {_toml_str(p2p_listen)}",
         "bootstrap = []",
         "discover = true     # false: link only the bootstrap peers (a fixed topology)",
+        "target_degree = 4    # links this node dials and keeps (1..16)",
+        "feeler_s = 2.0       # seconds between dials to new peers once at target (0: none)",
         "",
         "[api]",
         "# The node's REST + WebSocket API (docs/api.md). Clients authenticate with the",

@@ -114,8 +114,10 @@ REFRESH_INTERVAL = 1.0
 """Seconds between chain reads (tips, balances) that the synchronous exchange hooks use."""
 WATCH_INTERVAL = 1.0
 """Seconds between looks at the ledger for signed-but-uncommitted orders and lock deadlines."""
-DIRECT_TIMEOUT = 10.0
-"""Seconds a swap message to the counterparty may take (the engine's request transport)."""
+DIRECT_TIMEOUT = 30.0
+"""Seconds a swap message to the counterparty may take (the engine's request transport). The
+first proposal of a trade dials the maker and has it read the order back from the ledger: on
+a loaded machine that took more than 10 s, and the committed trade was given up unlocked."""
 HEIGHT_TOLERANCE = 3
 """Blocks a Bitcoin-like leg's height may differ from what this node derives for its
 expiry_time: the parties' tips differ by a block or two at the moment of the order."""
@@ -250,6 +252,7 @@ class Node:
             node_key=self.key,
             phases=self.phases,
             send=self._request,
+            crash=self.crash.hit,
         )
         self.engine.accept_policy = self.pipeline.accept_policy
         await self._refresh_chains()
@@ -376,6 +379,8 @@ class Node:
             # a fixed topology: dial the bootstrap peers only, no feelers to learned addresses
             options.setdefault("target_degree", len(self.config.bootstrap))
             options.setdefault("feeler_s", 0.0)
+        options.setdefault("target_degree", self.config.target_degree)
+        options.setdefault("feeler_s", self.config.feeler_s)
         cfg = ExchangeConfig(
             host=self.config.p2p_listen.host,
             port=self.config.p2p_listen.port,
@@ -475,6 +480,7 @@ class Node:
         journals the order (``TradePipeline.expect``) before its signature leaves."""
         if role != "provider":
             log.info("co-signing order %s as a relay", order.order_id.hex()[:16])
+            self.crash.hit("relay_signed")
             return
         assert self.pipeline is not None
         if len(order.legs) != 2 or order.legs[1].sender != self.node_id:
@@ -517,6 +523,7 @@ class Node:
         if self.store.find(oid) is None:
             self.store.create(oid, "maker", asset, mine.amount, _asset(order.legs[0]))
             self.store.update(oid, state="ordering", order_id=oid, receive=order.legs[0].amount)
+        self.crash.hit("maker_signed")
         self._trade_event(oid, "order_signed", {"order_id": oid, "amount": mine.amount})
         self._rotate_addresses()
 
@@ -784,6 +791,7 @@ class Node:
             return
         self.store.update(trade.trade_id, state="committed", height=com.height)
         self._trade_event(trade.trade_id, "committed", {"height": com.height})
+        self.crash.hit("maker_committed")
 
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
@@ -932,9 +940,13 @@ class Node:
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
         self.crash.hit("trade_committed")
         deadline = time.monotonic() + PROPOSE_RETRY_S
+        waited = False
         while True:
             try:
                 await self._thread(self.pipeline.start_as_taker, oid)
+                if waited:
+                    self.store.update(trade_id, error="")
+                    waited = False
             except (TradeRefused, TermsRefused) as exc:
                 if self._unlocked(oid):
                     # committed, but the swap cannot start (or the maker refused it): nothing
@@ -944,6 +956,21 @@ class Node:
                     self.store.update(trade_id, state="failed", error=reason)
                     return
                 raise
+            except LedgerError as exc:
+                # the committed order could not be read back (the ledger's only call, before
+                # any side effect): wait the outage out, as for the submit; it does not count
+                # against the proposal's retry time
+                if isinstance(exc, LedgerRefused):
+                    raise
+                waited = True
+                error = self._redact(f"waiting for the ledger: {exc}")[:500]
+                log.warning("trade %s: ledger not reached; retrying: %s", trade_id, error)
+                self.store.update(trade_id, error=error)
+                if self._stop.is_set():
+                    return  # the restart's recovery starts the swap
+                await asyncio.sleep(HEALTH_INTERVAL)
+                deadline = time.monotonic() + PROPOSE_RETRY_S
+                continue
             except KofoError as exc:  # the maker not reached (down, restarting): ask again
                 if time.monotonic() > deadline or self._stop.is_set():
                     raise
@@ -973,7 +1000,8 @@ class Node:
             rec = self.engine.journal.get(oid)
         except UnknownSwap:
             return True
-        return rec.state in (State.PROPOSED, State.ABORTED)
+        # rejected: the maker refused the proposal, nothing of ours was ever locked
+        return rec.state in (State.PROPOSED, State.ABORTED, State.REJECTED)
 
     async def _quotes(self, request: TradeRequest) -> tuple[list[Quote], bytes]:
         assert self.exchange is not None and self.chains is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import signal
 import threading
@@ -288,15 +289,27 @@ def toml_snippet(desc: dict[str, Any]) -> str:
     return "\n".join(keep).strip() + "\n"
 
 
-def run_until_signal(net: Devnet) -> None:
-    """Block until SIGINT or SIGTERM, then stop ``net``."""
+def run_until_signal(net: Devnet, progress: Callable[[str], None] = lambda _line: None) -> None:
+    """Block until SIGINT or SIGTERM, then stop ``net``. SIGUSR1 pauses the ledger (its RPC
+    refuses connections, no blocks), SIGUSR2 resumes it: an outage on demand, for tests and
+    demos; the chains go on."""
     done = threading.Event()
+    toggles: queue.SimpleQueue[bool] = queue.SimpleQueue()
     previous = {
         sig: signal.signal(sig, lambda _s, _f: done.set())
         for sig in (signal.SIGINT, signal.SIGTERM)
     }
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda _s, _f: toggles.put(True))
+    previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, lambda _s, _f: toggles.put(False))
     try:
-        done.wait()
+        while not done.wait(0.1):
+            while not toggles.empty():
+                if toggles.get():
+                    net.ledger.pause()
+                    progress(f"ledger paused ({net.ledger.url} refuses connections)")
+                else:
+                    net.ledger.resume()
+                    progress(f"ledger resumed on {net.ledger.url}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

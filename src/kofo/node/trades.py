@@ -355,7 +355,9 @@ class TradePipeline:
         phases: PhaseJournal,
         send: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         commit_timeout: float = 30.0,
+        crash: Callable[[str], None] = lambda _point: None,
     ) -> None:
+        self.crash = crash  # fault injection (tests): the engine's CrashHook.hit
         self.ledger = ledger
         self.engine = engine
         self.node_id = public_key_bytes(node_key)
@@ -436,6 +438,7 @@ class TradePipeline:
             self.engine.journal.store_preimage(order.order_id, preimage)
         digest = tx_hash(commit_tx)
         self.phases.record(order.order_id, "submitted", {"tx": digest})
+        self.crash("trade_submitted")
         try:
             included = self.ledger.commit(commit_tx, timeout=self.commit_timeout)
         except LedgerRefused as exc:

@@ -155,6 +155,9 @@ class SoloLedgerRpc:
         self._last_hash = ""
         self._producer = threading.Thread(target=self._produce, name="kofo-solo-blocks")
         self._http = LoopbackHttpServer(self._serve_http, port=port)
+        self._port = self._http.port  # kept across pause()/resume()
+        self._serving = threading.Event()  # cleared while paused: no RPC, no blocks
+        self._serving.set()
         self._methods = {
             "broadcast_tx_sync": self._broadcast_tx_sync,
             "abci_query": self._abci_query,
@@ -166,11 +169,33 @@ class SoloLedgerRpc:
 
     @property
     def url(self) -> str:
-        return self._http.url
+        return f"http://127.0.0.1:{self._port}"
 
     @property
     def port(self) -> int:
-        return self._http.port
+        return self._port
+
+    @property
+    def paused(self) -> bool:
+        return not self._serving.is_set()
+
+    def pause(self) -> None:
+        """An outage, as clients and the chain see it (tests and ``kofo devnet``): the RPC
+        port is closed (connections refused) and no block is made until :meth:`resume`;
+        nothing of the state or the mempool is lost."""
+        if self.paused:
+            return
+        self._serving.clear()
+        self._http.stop()
+        _log.warning("solo ledger: paused (RPC closed, no blocks)")
+
+    def resume(self) -> None:
+        """Serve again on the same port and make blocks again."""
+        if not self.paused:
+            return
+        self._http = LoopbackHttpServer(self._serve_http, port=self._port).start()
+        self._serving.set()
+        _log.warning("solo ledger: resumed on %s", self.url)
 
     def start(self) -> SoloLedgerRpc:
         self._producer.start()
@@ -179,7 +204,9 @@ class SoloLedgerRpc:
 
     def stop(self) -> None:
         """Stop serving, then let the producer commit what the mempool holds."""
-        self._http.stop()
+        if not self.paused:
+            self._http.stop()
+        self._serving.set()
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
@@ -225,6 +252,9 @@ class SoloLedgerRpc:
                     # Let a batch gather: one block per interval, not one per transaction.
                     self._wake.wait(self._interval)
                     stopping = self._stopping
+            if not stopping and not self._serving.is_set():
+                self._serving.wait()  # paused: no blocks until resume() (or stop())
+                continue
             if self.chain.pending or (due and not stopping):
                 try:
                     self.produce_block()
