@@ -407,7 +407,9 @@ async def _outage_after_commit(tmp_path: Path) -> None:
         hook.devnet = net.devnet
         taker, maker = net.nodes["taker"], net.nodes["maker"]
         await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
-        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        view = await taker.create_trade(
+            TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+        )
 
         def waiting():
             v = taker.store.find(view.trade_id)
@@ -444,7 +446,9 @@ async def _rejected(tmp_path: Path) -> None:
 
         maker.engine.accept_policy = refuse
         await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
-        view = await taker.create_trade(TradeRequest(sell="btc", amount=SATS, buy="eth"))
+        view = await taker.create_trade(
+            TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+        )
         # it stayed "committed" for ever before (the rejected swap was not seen as unlocked)
         done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 120)
         assert done.state == "failed" and "refused by the test" in done.error, done
