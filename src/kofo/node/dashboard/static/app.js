@@ -516,11 +516,6 @@ function tradeView(root, tradeId) {
     let req;
     try {
       req = readForm();
-      if (req.min_receive === 0n) {
-        // The node refuses a trade without a price floor (a lone maker could quote 1 unit).
-        if (bestReceive <= 0n) throw new Error("Receive at least: ask for quotes first, or set it");
-        req.min_receive = (bestReceive * 99n) / 100n;
-      }
     } catch (err) {
       formError.textContent = err.message;
       return;
@@ -528,6 +523,17 @@ function tradeView(root, tradeId) {
     tradeBtn.disabled = true;
     tradeBtn.textContent = "Placing…";
     try {
+      if (req.min_receive === 0n) {
+        // The node refuses a trade without a price floor (a lone maker could quote 1 unit):
+        // an empty "Receive at least" takes the best quote less 1 % (asked now if none is in).
+        let best = bestReceive;
+        if (best <= 0n) {
+          const qs = items(await api("/quotes", { method: "POST", body: req }));
+          for (const q of qs) if (big(q.receive) > best) best = big(q.receive);
+        }
+        if (best <= 0n) throw new Error("Receive at least: no maker answered; set it yourself");
+        req.min_receive = (best * 99n) / 100n;
+      }
       const trade = await api("/trades", { method: "POST", body: req });
       current = trade.trade_id;
       history.replaceState(null, "", `#/trade/${encodeURIComponent(current)}`);
@@ -541,12 +547,19 @@ function tradeView(root, tradeId) {
     }
   });
 
+  let shown = null; // the trade view on screen: a read that started earlier must not replace it
   function renderCurrent(t) {
     if (!t) {
+      shown = null;
       currentSlot.replaceChildren();
       return;
     }
     const done = ["redeemed", "refunded", "failed", "cancelled"].includes(t.state);
+    const at = Number(t.updated_at);
+    if (shown && shown.id === t.trade_id && (at < shown.at || (shown.done && !done))) {
+      return; // a stale answer (an event's read overtaken by the cancel's reply): keep the newer
+    }
+    shown = { id: t.trade_id, at, done };
     const cancel = !done && ["quoting", "ordering"].includes(t.state)
       ? h("button", { type: "button", class: "ghost danger", onclick: async () => {
         try {
