@@ -4,6 +4,8 @@ default whenever its config names chain RPC URLs (issue 17 item: no `--observe` 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +61,37 @@ def test_the_config_names_chains_so_the_observer_is_wired_by_default(
         monkeypatch.setattr(server, "serve", fake_serve)
         validator.main(["--db", str(tmp_path / "l.db"), "--config", str(path)])
         observer = seen["observer"]
-        assert isinstance(observer, AdapterObserver)
-        assert set(observer.adapters) == {"btc", "eth"}
+        # the chain watchers, read off the ABCI loop (no chain RPC on the caller's thread)
+        assert isinstance(observer, validator.PrefetchingObserver)
+        inner = observer.inner
+        assert isinstance(inner, AdapterObserver)
+        assert set(inner.adapters) == {"btc", "eth"}
         assert seen["signer"] == bytes.fromhex("11" * 32)
-        # the observer reads the real vault: a deposit is seen, at its confirmed height
-        node = os.urandom(32)
-        w3 = Web3(Web3.HTTPProvider(net.eth_server.url))
-        ensure_bond(home=tmp_path, w3=w3, account=key, vault=net.vault, node_id=node, amount=10**17)
-        seen_bond = observer.observe_bond(node)
-        assert seen_bond is not None and seen_bond.amount == 10**17
+        assert inner.vault is not None
+        readers: set[int] = set()
+        real_read = inner.vault.observe_bond
+
+        def recorded(node: bytes, *args: Any) -> Any:
+            readers.add(threading.get_ident())
+            return real_read(node, *args)
+
+        inner.vault.observe_bond = recorded  # type: ignore[method-assign]
+        try:
+            # the observer reads the real vault: a deposit is seen, at its confirmed height,
+            # once the worker has read it (asked again, as each vote extension asks)
+            node = os.urandom(32)
+            w3 = Web3(Web3.HTTPProvider(net.eth_server.url))
+            ensure_bond(
+                home=tmp_path, w3=w3, account=key, vault=net.vault, node_id=node, amount=10**17
+            )
+            deadline = time.monotonic() + 60
+            while (seen_bond := observer.observe_bond(node)) is None:
+                assert time.monotonic() < deadline, "the bond never observed"
+                time.sleep(0.05)
+            assert seen_bond.amount == 10**17
+            assert readers and threading.get_ident() not in readers
+        finally:
+            observer.close()
         # --no-observe: nothing wired; no chains in the config: nothing either
         validator.main(["--db", str(tmp_path / "l.db"), "--config", str(path), "--no-observe"])
         assert seen["observer"] is None
