@@ -22,10 +22,12 @@ going (geth --dev --dev.period 0 makes a block per transaction only, and an Ethe
 expiry is in unix time). The chains stay short (a node indexes its Bitcoin-like chain from
 genesis over RPC): redeem paths only, so CLTV's activation height does not matter here.
 
-Measured on the shared 2-core machine: the module in 165 s (setup 52 s: geth, btcd,
-litecoind, four validators and their apps; each trade ~50 s with its three daemons' start and
-registration) under a load average of 24 (`uptime`; other jobs running); each test alone
-100-114 s at load 13-15. Not measured on an idle machine.
+Measured on the shared 2-core machine, never idle (`uptime` load averages from other jobs):
+the module in 165 s at load 24 (setup 52 s: geth, btcd, litecoind, four validators and their
+apps; each test ~50 s, most of it its three daemons' start and registration; the trade itself
+~20 s from create_trade to both sides redeemed), 270 s at load 29-35, 410 s at load 27-38;
+each test alone 100-114 s at load 13-15. Not measured on an idle machine; the ~4 min budget
+holds only below a load of ~25.
 """
 
 from __future__ import annotations
@@ -317,8 +319,7 @@ async def network(
     if offer.sell == TOKEN:
         await asyncio.to_thread(_mint, c, nodes["maker"].wallet.eth_account().address, 10**9)
     try:
-        for node in nodes.values():
-            await node.start()
+        await asyncio.gather(*(node.start() for node in nodes.values()))
         for a, b in itertools.pairwise([nodes[n] for n in names]):
             assert a.exchange is not None and b.exchange is not None
             await a.exchange.connect("127.0.0.1", b.exchange.port)
