@@ -25,7 +25,8 @@ genesis over RPC): redeem paths only, so CLTV's activation height does not matte
 Measured on the shared 2-core machine, never idle (`uptime` load averages from other jobs):
 the module in 165 s at load 24 (setup 52 s: geth, btcd, litecoind, four validators and their
 apps; each test ~50 s, most of it its three daemons' start and registration; the trade itself
-~20 s from create_trade to both sides redeemed), 270 s at load 29-35, 410 s at load 27-38;
+~20 s from create_trade to both sides redeemed), 185 s at load 12-32, 270 s at load 29-35,
+410 s at load 27-38;
 each test alone 100-114 s at load 13-15. Not measured on an idle machine; the ~4 min budget
 holds only below a load of ~25.
 """
