@@ -41,6 +41,7 @@ from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import InvalidInput, KofoError
+from kofo.node.validator import PrefetchingObserver
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
@@ -129,6 +130,10 @@ class Devnet:
         self._stop.set()
         if self._miner is not None:
             self._miner.join()
+
+        observer = self.ledger.chain.app.observer
+        if isinstance(observer, PrefetchingObserver):
+            observer.close()
         self.ledger.stop()
         self.eth_server.stop()
         self.btc_server.stop()
@@ -221,7 +226,9 @@ def start_devnet(
             progress(f"funded {to}: {FUND_WEI // 10**18} ETH, {FUND_DUSD // 10**6} DUSD")
         # The solo ledger is its own validator: it attests leg outcomes from its own view of
         # the chains, read over the same RPC a node uses (docs/clearance.md).
-        app.observer = _observer(net, eth_server.url)
+        # Read off the producer's lock (which every RPC query takes too): a slow chain read
+        # never holds up the ledger's blocks or queries (kofo.node.validator).
+        app.observer = PrefetchingObserver(_observer(net, eth_server.url))
         burn = _burn_script()
         for address, script in btc_targets:
             btc.mine(1, script)

@@ -65,6 +65,21 @@ class TradeRefused(KofoError):
     code = "trade_refused"
 
 
+class NotCommitted(TradeRefused):
+    """The ledger (this node's validator) does not show the order committed: not yet, or never."""
+
+
+VALIDATOR_LAG_S = 5.0
+"""Seconds a maker keeps re-reading an order its taker's proposal says is committed while its
+own validator does not show it. The validators of one CometBFT network commit a height within
+moments of each other, but the taker may read the commit from a validator that applied the
+block before the maker's did (a block at most apart, on a loaded machine up to seconds), and
+a refusal is final (the taker gives the committed trade up). Well within the direct message's
+30 s answer budget; an order that is truly not committed is still refused, only later (and
+the proposals that could make a maker wait are rate-limited per node by the engine)."""
+LAG_POLL_S = 0.25
+
+
 class OrderUnfit(TradeRefused):
     """An order leg's expiry is not in its chain's unit (Bitcoin-like chains: block heights;
     Ethereum: unix time): the engine cannot lock it as written."""
@@ -379,9 +394,8 @@ class TradePipeline:
         try:
             raw = self.ledger.abci_query("/order", encode(order_id))
         except LedgerRefused as exc:
-            raise TradeRefused(
-                f"order {order_id.hex()} is not committed on the ledger: {exc.log}"
-            ) from exc
+            kind = NotCommitted if exc.code == "not_found" else TradeRefused
+            raise kind(f"order {order_id.hex()} is not committed on the ledger: {exc.log}") from exc
         rec = decode(raw)
         order = SettlementOrder.from_map(rec["order"])
         if order.order_id != order_id:
@@ -491,11 +505,25 @@ class TradePipeline:
 
     # -- the maker --------------------------------------------------------------------------------
 
-    def watch_commit(self, order_id: bytes) -> Committed:
+    def watch_commit(self, order_id: bytes, *, lag_s: float = 0.0) -> Committed:
         """The maker's step once the order is committed: read it back from the ledger and check
         it equals what this node co-signed. From then on (and only then) the accept policy
-        accepts the taker's proposal for it."""
-        com = self.committed(order_id)
+        accepts the taker's proposal for it. ``lag_s``: seconds to keep re-reading an order
+        the ledger does not show yet (:data:`VALIDATOR_LAG_S`, for a proposal that says it is
+        committed), then :class:`TradeRefused` as without; only for an order this node
+        co-signed as its maker (a proposal for any other order makes it wait for nothing)."""
+        mine = self.phases.order(order_id)
+        if mine is None or mine[0] != "maker":
+            lag_s = 0.0
+        deadline = time.monotonic() + lag_s
+        while True:
+            try:
+                com = self.committed(order_id)
+                break
+            except NotCommitted:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LAG_POLL_S)
         role = self._check_against_signed(com.order)
         if com.status != "committed":
             raise TradeRefused(f"order {order_id.hex()} is {com.status} on the ledger: no swap")
@@ -519,7 +547,7 @@ class TradePipeline:
         if self.phases.phase(oid, "committed") is None:
             # not yet seen committed: ask the ledger now (the proposal may beat our watcher)
             try:
-                self.watch_commit(oid)
+                self.watch_commit(oid, lag_s=VALIDATOR_LAG_S)
             except KofoError as exc:
                 raise TermsRefused(
                     f"order {oid.hex()}: not seen committed on the ledger ({exc})",
