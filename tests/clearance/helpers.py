@@ -46,11 +46,15 @@ T0 = 1_700_000_000
 
 TEST_WORK_BITS = 2
 """Registration work in tests: a few scrypt tries, not the default's ~4,000."""
+TEST_PREWORK_BITS = 4
+"""Registration pre-work in tests: a few hashes, not the default's 65,536."""
 
 
 @functools.cache
-def registration_work(node: bytes, n: bytes, bits: int = TEST_WORK_BITS) -> int:
-    return admission.solve_registration_work(node, n, bits)
+def registration_work(
+    node: bytes, n: bytes, bits: int = TEST_WORK_BITS, prework_bits: int = TEST_PREWORK_BITS
+) -> int:
+    return admission.solve_registration_work(node, n, bits, prework_bits)
 
 
 @functools.cache
@@ -70,6 +74,7 @@ def ledger_params(**overrides: object) -> LedgerParams:
     base: dict[str, object] = {
         "paillier_bits": (PAILLIER_BITS,),
         "registration_work_bits": TEST_WORK_BITS,
+        "registration_prework_bits": TEST_PREWORK_BITS,
         "max_registrations_per_block": 20,  # tests register many parties in one block
     }
     base.update(overrides)

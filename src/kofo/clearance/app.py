@@ -447,6 +447,8 @@ class LedgerApp:
         # signatures while the GIL is released); only the cache is shared between them.
         self._verified_lock = threading.Lock()
         self._verified_bytes = 0
+        self._work = admission.WorkChecks()
+        """Memo of registration work checks (also CheckTx's one-scrypt-per-pre-work policy)."""
         self.rate_limit = rate_limit
         """This node's per-sender CheckTx limit (None: none, e.g. the embedded solo ledger)."""
         self.require_registered = require_registered
@@ -555,11 +557,24 @@ class LedgerApp:
             and self.store.get_committed(_node_key(env.sender)) is None
         ):
             raise UnknownNode(f"sender {env.sender.hex()} is not a registered node; register first")
+        registration = body if isinstance(body, RegisterNode) else None
+        if registration is not None:
+            self._check_prework(env.sender, registration)  # one SHA-256, before any charge
         if self.rate_limit is not None:
             self.rate_limit.charge(env.sender)
-        if self.registration_limit is not None and isinstance(body, RegisterNode):
-            # New keys are free, so a per-sender limit alone does not bound registrations.
-            self.registration_limit.charge(b"registrations")
+        if registration is not None:
+            # The work before the shared registration bucket: a flood of unworked registrations
+            # (fresh keys, free) emptied that bucket and shut honest registrations out. Each
+            # scrypt evaluated here needed its own pre-work (above): one pre-work buys one
+            # evaluation at this node, whatever the low bits of the nonce.
+            if self._work.spent(env.sender, registration.paillier_n, registration.pow_nonce):
+                raise BadMessage(
+                    "register_node.pow_nonce: this pre-work was already spent on another nonce"
+                )
+            self._check_registration_work(env.sender, registration)
+            if self.registration_limit is not None:
+                # New keys are free, so a per-sender limit alone does not bound registrations.
+                self.registration_limit.charge(b"registrations")
 
     def _decode_verified(
         self,
@@ -602,11 +617,20 @@ class LedgerApp:
                 self._verified_bytes -= self._verified.popitem(last=False)[1][2]
         return msg.envelope, body
 
+    def _check_prework(self, sender: bytes, tx: RegisterNode) -> None:
+        """One SHA-256: a registration without its pre-work costs nothing more, anywhere."""
+        bits = self._params.registration_prework_bits
+        if not admission.check_prework(sender, tx.paillier_n, tx.pow_nonce, bits):
+            raise BadMessage(
+                f"register_node.pow_nonce: its top 32 bits are not pre-work of {bits} bits"
+            )
+
     def _check_registration_work(self, sender: bytes, tx: RegisterNode) -> None:
-        """One scrypt evaluation: cheap enough to run before the block's registration slots
-        are charged, so that registrations without their work cannot fill them."""
+        """One scrypt evaluation (memoized): cheap enough to run before the block's
+        registration slots are charged, so that registrations without their work cannot fill
+        them."""
         bits = self._params.registration_work_bits
-        if not admission.check_registration_work(sender, tx.paillier_n, tx.pow_nonce, bits):
+        if not self._work.check(sender, tx.paillier_n, tx.pow_nonce, bits):
             raise BadMessage(
                 f"register_node.pow_nonce is not work of {bits} bits for this sender and modulus"
             )
@@ -704,10 +728,12 @@ class LedgerApp:
             _withdrawal_applies(get, env.sender, body)
         if isinstance(body, RegisterNode):
             # Before the block's registration slots are charged: a registration without its
-            # work must not take the slot of one with it. (CheckTx charges its rate limits
-            # first instead: there the work check is what a flood would make it pay for.)
+            # work must not take the slot of one with it (CheckTx likewise checks the work
+            # before its shared registration bucket, see _admit).
             # The checks themselves are capped per block: only a hostile proposer includes
             # registrations without work, and each costs every validator one scrypt.
+            # The pre-work first (one hash): without it nothing is charged, not even a check.
+            self._check_prework(env.sender, body)
             budget.charge_work_check()
             self._check_registration_work(env.sender, body)
         budget.charge(env.sender, body)

@@ -77,6 +77,10 @@ class LedgerParams:
     registration_work_bits: int = 12
     """Leading zero bits of a registration's memory-hard work (``kofo.clearance.admission``):
     ~4,000 scrypt tries (~10 s of one core) per registration, one try (~2 ms) to check."""
+    registration_prework_bits: int = 16
+    """Leading zero bits of a registration's cheap pre-work: SHA-256 over the top 32 bits of
+    ``pow_nonce`` (``kofo.clearance.admission.check_prework``), checked in ~1 us before the
+    scrypt and before any shared budget is charged; 65,536 hashes (~0.1 s) once per node."""
     max_withdrawals_per_block: int = 50
     """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
     the ledger credited can get that far, at most one each per block, and 50 in all."""
@@ -109,6 +113,11 @@ class LedgerParams:
         if not 0 <= self.registration_work_bits <= 32:
             raise InvalidInput(
                 f"registration_work_bits must be within 0..32, got {self.registration_work_bits}"
+            )
+        if not 0 <= self.registration_prework_bits <= 24:
+            raise InvalidInput(
+                "registration_prework_bits must be within 0..24, got "
+                f"{self.registration_prework_bits}"
             )
         for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
             if getattr(self, name) < 0:
