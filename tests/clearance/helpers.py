@@ -75,6 +75,7 @@ def ledger_params(**overrides: object) -> LedgerParams:
         "paillier_bits": (PAILLIER_BITS,),
         "registration_work_bits": TEST_WORK_BITS,
         "registration_prework_bits": TEST_PREWORK_BITS,
+        "bond_height_step": 1,  # fakes report exact heights; the rounding has its own test
         "max_registrations_per_block": 20,  # tests register many parties in one block
     }
     base.update(overrides)
@@ -212,7 +213,7 @@ class SeenChains:
         """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""
         self.bonds[node] = BondObservation(node, amount, height)
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         return self.bonds.get(node)
 
     def see(

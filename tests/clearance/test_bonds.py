@@ -279,3 +279,53 @@ def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_t
     # the old request, replayed by anyone, does not start another unbonding
     assert _codes(ledger.block(unbond)) == ["order_invalid"]
     assert ledger.app.bond(node.id) == 6 * 10**17
+
+
+class _VaultOnly:
+    """A validator's observer that watches only the bond vault (a real VaultWatcher)."""
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+
+    def observe(self, ref):
+        return None
+
+    def observe_bond(self, node, step=1):
+        return self.watcher.observe_bond(node, step)
+
+
+@pytest.mark.parametrize("step", [1, 8])
+def test_validators_with_different_tips_agree_on_the_vault_height(step):
+    # Issue 17 (review): each validator read the vault at its own tip - confirmations + 1, so
+    # validators with different confirmation settings (or tips) attested the same balance at
+    # different heights, no exact fact reached > 2/3 and the bond was never counted. They now
+    # read at the highest confirmed multiple of bond_height_step. step=1 is the old rule: the
+    # bond stalls; step=8: it is attested.
+    from kofo.settlement.observer import VaultWatcher
+
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    vault_addr = deploy(
+        w3, "BondVault", w3.eth.accounts[0], [Web3.to_checksum_address("0x" + "11" * 20)], [1]
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    vals = Validators(params=ledger_params(bond_height_step=step))
+    for i, a in enumerate(vals.apps):  # confirmations 1, 2, 3, 4: four different tips
+        a.app.observer = _VaultOnly(VaultWatcher(w3, vault_addr, confirmations=i + 1))
+    p = Party.make(0)
+    vals.step(p.register_tx())
+    owner = chain.new_account(10**20)
+    chain.send(vault.functions.lock(p.id), owner, value=10**18)
+    locked_at = w3.eth.block_number
+    # every validator's confirmed tip past the same multiple of 8, itself after the lock
+    while w3.eth.block_number % 8 != 6 or w3.eth.block_number < locked_at + 8:
+        chain.tester.mine_blocks(1)
+    seen = {a.app.observer.observe_bond(p.id, step).chain_height for a in vals.apps}
+    for _ in range(3):
+        vals.step()
+    if step == 1:
+        assert len(seen) == 4  # four heights, four different facts
+        assert {a.app.bond(p.id) for a in vals.apps} == {0}
+    else:
+        assert len(seen) == 1
+        assert {a.app.bond(p.id) for a in vals.apps} == {10**18}

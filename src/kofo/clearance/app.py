@@ -1470,7 +1470,7 @@ class LedgerApp:
             if raw is None:
                 continue
             try:
-                seen = observe(node)
+                seen = observe(node, self._params.bond_height_step)
             except Exception:  # an observer failing is "saw nothing", never a crash
                 seen = None
             if not isinstance(seen, BondObservation) or seen.node != node:

@@ -257,6 +257,6 @@ class FileObserver:
         self._load()
         return self._legs.get((ref.order_id, ref.index))
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         self._load()
         return self._bonds.get(node)

@@ -93,6 +93,11 @@ class LedgerParams:
     unbond_delay: int = 604_800
     """Seconds (block time) between an unbond request and its release decision: a week for
     evidence of what the node did before to be filed and slash the bond it is taking back."""
+    bond_height_step: int = 16
+    """Validators observe the bond vault at the highest confirmed height that is a multiple of
+    this (``ChainObserver.observe_bond``): validators with different tips or confirmation
+    settings then attest the same ``(amount, height)`` and reach > 2/3, where exact heights
+    never agreed (16 Ethereum blocks: ~3 minutes; 1 for a chain with a single validator)."""
     power_unit: int = 10**15
     """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
     validator_bond_deadline: int = 0
@@ -122,6 +127,10 @@ class LedgerParams:
         for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 1 <= self.bond_height_step <= 1_000_000:
+            raise InvalidInput(
+                f"bond_height_step must be within 1..1000000, got {self.bond_height_step}"
+            )
         if self.power_unit <= 0:
             raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
         if self.bond_vault_address and len(self.bond_vault_address.removeprefix("0x")) != 40:

@@ -197,6 +197,7 @@ def start_devnet(
             bond_vault_chain_id=int(w3.eth.chain_id),
             bond_vault_address=vault,
             slash_recipient=foundation,
+            bond_height_step=1,  # one validator: nothing to agree on, bonds count at once
         )
         app = LedgerApp(MerkleStore(), params, vault_signer=signer)
         ledger = SoloLedgerRpc(SoloChain(app, clock=ledger_clock), port=ledger_port).start()

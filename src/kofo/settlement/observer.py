@@ -88,10 +88,10 @@ class AdapterObserver:
                 txid, confs = status.spend_txid, status.spend_confirmations
         return Observation(ref.order_id, ref.index, outcome, txid, tip - confs + 1)
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
-        """The bond vault's confirmed balance for ``node`` (None without a vault or when the
-        vault's chain cannot be read now)."""
-        return None if self.vault is None else self.vault.observe_bond(node)
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        """The bond vault's confirmed balance for ``node`` at a multiple of ``step`` (None
+        without a vault or when the vault's chain cannot be read now)."""
+        return None if self.vault is None else self.vault.observe_bond(node, step)
 
 
 class VaultWatcher:
@@ -105,10 +105,14 @@ class VaultWatcher:
             address=self.address, abi=load_artifact("BondVault").abi
         )
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        """The vault's balance for ``node`` at the highest confirmed height that is a multiple
+        of ``step``: validators whose tips or confirmation settings differ read the same height
+        (at exact heights their facts never matched, and a bond was never attested)."""
         try:
-            height = int(self.w3.eth.block_number) - self.confirmations + 1
-            if height < 0:
+            confirmed = int(self.w3.eth.block_number) - self.confirmations + 1
+            height = confirmed - confirmed % max(1, step)
+            if confirmed < 0:
                 return None
             amount = int(self._contract.functions.bonds(node).call(block_identifier=height))
         except Exception as exc:  # a node down or lagging: nothing seen this time

@@ -119,8 +119,10 @@ class ChainObserver(Protocol):
 
     def observe(self, ref: LegRef) -> Observation | None: ...
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
-        """The bond vault's confirmed balance for ``node``; None if no vault is watched."""
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        """The bond vault's balance for ``node`` at the highest confirmed height that is a
+        multiple of ``step`` (the ledger's ``bond_height_step``, so that validators with other
+        tips or confirmation settings report the same height); None if no vault is watched."""
         ...
 
 
