@@ -329,3 +329,80 @@ def test_validators_with_different_tips_agree_on_the_vault_height(step):
     else:
         assert len(seen) == 1
         assert {a.app.bond(p.id) for a in vals.apps} == {10**18}
+
+
+def _updates(res):
+    return [(u.pub_key.ed25519, u.power) for u in res.validator_updates]
+
+
+def test_a_validator_joins_after_genesis_through_a_bond_and_leaves_by_unbonding():
+    # Issue 17: powers changed only for the genesis validators. A node that locks a bond in
+    # the vault (attested) and registers a consensus key outside the set now joins: CometBFT
+    # gets the update, the ledger counts its vote (and its weight) from height + 2.
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=1)
+    node, other = Party.make(5), Party.make(6)
+    vals.step(node.register_tx(), other.register_tx())
+    res = vals.step(_valkey_tx(vals, 4, node))  # no bond yet: not a validator
+    assert [r.code for r in res.tx_results] == [0, 10]  # not_authorised
+    for c in vals.chains:
+        c.see_bond(node.id, 20 * 10**15, 3)  # power 20 at 10^15 wei a unit
+    vals.step()
+    vals.step()
+    assert vals.apps[0].app.bond(node.id) == 20 * 10**15
+    res = vals.step(_valkey_tx(vals, 4, node))
+    assert [r.code for r in res.tx_results] == [0, 0]
+    assert _updates(res) == [(vals.pubs[4], 20)]
+    joined_at = vals.height
+    app = vals.apps[0].app
+    assert vals.address(4) not in app.validators_at(joined_at + 1)
+    assert app.validators_at(joined_at + 2)[vals.address(4)].power == 20
+    vals.step()
+    vals.step()  # the joiner now extends its votes
+    # its weight counts: three genesis validators (30 of 60) no longer make > 2/3 ...
+    for c in vals.chains[:3]:
+        c.see_bond(other.id, 7 * 10**17, 4)
+    vals.step()
+    vals.step()
+    assert {a.app.bond(other.id) for a in vals.apps} == {0}
+    # ... and its vote counts: with it, 50 of 60
+    vals.chains[4].see_bond(other.id, 7 * 10**17, 4)
+    vals.step()
+    vals.step()
+    assert {a.app.bond(other.id) for a in vals.apps} == {7 * 10**17}
+    # it leaves by unbonding: its power goes to 0 at once (CometBFT removes it)
+    res = vals.step(
+        sign_tx(node.key, Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20)))
+    )
+    assert [r.code for r in res.tx_results] == [0, 0]
+    assert _updates(res) == [(vals.pubs[4], 0)]
+    for _ in range(3):
+        vals.step()
+    assert vals.address(4) not in app.validators_at(vals.height)
+
+
+def test_a_joined_validators_key_enters_the_vaults_signer_set():
+    vals = Validators(powers=(10,), params=ledger_params(validator_min_power=10), joiners=1)
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    for c in vals.chains:
+        c.see_bond(node.id, 30 * 10**15, 3)
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 1, node))
+    assert _updates(res) == [(vals.pubs[1], 30)]
+    decision = vals.apps[0].app.valset_decision(1)
+    assert decision["validators"] == [_eth(_secp(1))]
+    assert decision["powers"] == [30] and decision["unkeyed_power"] == 10
+
+
+def test_a_new_validator_needs_the_minimum_bond_and_a_free_slot():
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=1)
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    for c in vals.chains:
+        c.see_bond(node.id, 9 * 10**15, 3)  # power 9 < 10
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 4, node))
+    assert [r.code for r in res.tx_results] == [0, 10]
+    assert "below the 10" in res.tx_results[1].log

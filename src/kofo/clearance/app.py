@@ -154,6 +154,8 @@ so a relayer pages through them (query ``/decisions``) without a scan of the sta
 MAX_DECISIONS_PAGE = 256
 """The last validator set (Ethereum keys, powers) recorded for the vault."""
 _K_GENESIS_VALIDATORS = b"meta/genesis_validators"
+_K_JOINED_VALIDATORS = b"meta/joined_validators"
+"""Validators that joined after genesis through a bond: ``[pub_key, ...]`` in join order."""
 """Every validator that may hold power: the genesis set (one that lost its power to a missing
 bond regains it when its bond is attested)."""
 _K_CHAIN_ID = b"meta/chain_id"
@@ -850,14 +852,21 @@ class LedgerApp:
         sets = _dec(raw)
         latest = attest.validators_from_state(sets[-1][1])
         genesis = attest.validators_from_state(_dec(view.get(_K_GENESIS_VALIDATORS) or _enc([])))
+        joined = {
+            attest.validator_address(bytes(k)): Validator(bytes(k), 0)
+            for k in _dec(view.get(_K_JOINED_VALIDATORS) or _enc([]))
+        }
         p = self._params
         new: dict[bytes, int] = {}
-        current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in genesis.items()}
-        for addr, val in genesis.items():
+        everyone = {**joined, **genesis}
+        current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in everyone.items()}
+        for addr, val in everyone.items():
             node = view.get(b"valnode/" + addr)
             if node is not None:
                 rec = view.get_map(_node_key(node))
                 power = 0 if rec is None else _effective_bond(rec) // p.power_unit
+                if addr not in genesis and power < p.validator_min_power:
+                    power = 0  # a joined validator whose bond fell below the minimum leaves
             elif p.validator_bond_deadline and height >= p.validator_bond_deadline:
                 power = 0
             else:
@@ -1239,13 +1248,32 @@ class LedgerApp:
     def _register_validator_key(
         self, view: _View, ctx: _Ctx, sender: bytes, tx: RegisterValidatorKey
     ) -> None:
-        validators = _validators_at(view.get(_K_VALIDATORS), ctx.height + 2) or {}
-        self._node(view, sender, "validator's node")
+        raw_sets = view.get(_K_VALIDATORS)
+        validators = _validators_at(raw_sets, ctx.height + 2) or {}
+        rec = self._node(view, sender, "validator's node")
         addr = attest.validator_address(tx.consensus_key)
         if view.get(b"valkey/" + addr) is not None:
             raise AlreadyExists(f"validator {addr.hex()} already registered its key")
-        if addr not in validators or validators[addr].pub_key != tx.consensus_key:
+        genesis = attest.validators_from_state(_dec(view.get(_K_GENESIS_VALIDATORS) or _enc([])))
+        known = genesis.get(addr) or validators.get(addr)
+        joining = known is None  # (a genesis validator whose power fell to 0 is no joiner)
+        if known is not None and known.pub_key != tx.consensus_key:
             raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
+        joined: list[bytes] = [bytes(k) for k in _dec(view.get(_K_JOINED_VALIDATORS) or _enc([]))]
+        if joining:
+            # A new validator, through its node's bond: only where a validator set exists
+            # (CometBFT; solo has none), with at least validator_min_power of attested bond,
+            # and within the set's bound (genesis and joined together).
+            p = self._params
+            power = _effective_bond(rec) // p.power_unit
+            if raw_sets is None or power < p.validator_min_power:
+                raise NotAuthorised(
+                    f"{tx.consensus_key.hex()} is not a validator's consensus key, and the "
+                    f"node's attested bond gives power {power}, below the "
+                    f"{p.validator_min_power} a new validator needs"
+                )
+            if len(genesis) + len(joined) >= attest.MAX_VALIDATORS:
+                raise RateLimited(f"the validator set is full ({attest.MAX_VALIDATORS})")
         if view.get(b"nodeval/" + sender) is not None:
             # one bond backs one validator: two validators on one node would count it twice
             raise AlreadyExists(f"node {sender.hex()} already backs a validator")
@@ -1263,6 +1291,9 @@ class LedgerApp:
             tx.eth_address
         ):
             raise NotAuthorised("register_validator_key.eth_sig is not by eth_address's key")
+        if joining:
+            view.set(_K_JOINED_VALIDATORS, _enc([*joined, tx.consensus_key]))
+            ctx.events.append(("validator_joined", (("address", addr.hex()),)))
         view.set(b"valkey/" + addr, tx.eth_address)
         view.set(b"valnode/" + addr, sender)
         view.set(b"nodeval/" + sender, addr)

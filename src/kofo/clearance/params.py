@@ -100,6 +100,10 @@ class LedgerParams:
     never agreed (16 Ethereum blocks: ~3 minutes; 1 for a chain with a single validator)."""
     power_unit: int = 10**15
     """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
+    validator_min_power: int = 1_000
+    """Voting power (attested bond // ``power_unit``) a node's bond must give for a new
+    validator to join after genesis (``register_validator_key`` with a consensus key outside the
+    set), and to stay in the set: 1,000 units, 1 ETH at the default ``power_unit``."""
     validator_bond_deadline: int = 0
     """Height from which a validator that bound no bonded node has no voting power (0: genesis
     powers stand for validators that never bind; set it so that a chain bootstraps first)."""
@@ -130,6 +134,10 @@ class LedgerParams:
         if not 1 <= self.bond_height_step <= 1_000_000:
             raise InvalidInput(
                 f"bond_height_step must be within 1..1000000, got {self.bond_height_step}"
+            )
+        if not 1 <= self.validator_min_power <= 2**50:
+            raise InvalidInput(
+                f"validator_min_power must be within 1..2^50, got {self.validator_min_power}"
             )
         if self.power_unit <= 0:
             raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
