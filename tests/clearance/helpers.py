@@ -17,7 +17,7 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.wire.attest import BondObservation, LegRef, Observation
+from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.orders import (
     CommitOrder,
@@ -208,6 +208,7 @@ class SeenChains:
         self.facts: dict[tuple[bytes, int], Observation] = {}
         self.asked: list[LegRef] = []
         self.bonds: dict[bytes, BondObservation] = {}
+        self.executed: dict[bytes, ExecutedDecision] = {}
 
     def see_bond(self, node: bytes, amount: int, height: int = 1) -> None:
         """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""
@@ -215,6 +216,13 @@ class SeenChains:
 
     def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         return self.bonds.get(node)
+
+    def see_executed(self, decision: bytes, height: int = 1) -> None:
+        """The bond vault executed ledger decision ``decision`` (as of ``height``)."""
+        self.executed[decision] = ExecutedDecision(decision, height)
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        return self.executed.get(decision)
 
     def see(
         self,

@@ -170,9 +170,17 @@ def test_evidence_slashes_the_vault_through_a_decision_signed_by_the_validators(
         relayer,
     )
     assert w3.eth.get_balance(Web3.to_checksum_address(foundation)) == slash
-    # the watchers now see the lower balance: the pending slash is paid off, not counted twice
+    # the watchers see the lower balance: a fall alone is not read as the execution (anything
+    # could cause it), so the slash stays pending and the bond is not counted lower twice ...
     for c in vals.chains:
         c.see_bond(m1.id, vault.functions.bonds(m1.id).call(), w3.eth.block_number)
+    vals.step()
+    vals.step()
+    rec = vals.apps[0].app.node(m1.id)
+    assert (rec["bond_locked"], rec["slash_pending"]) == (10**18 - slash, slash)
+    # ... until they see the vault's executed decision, matched to the ledger's id
+    for c in vals.chains:
+        c.see_executed(did, w3.eth.block_number)
     vals.step()
     vals.step()
     rec = vals.apps[0].app.node(m1.id)
@@ -273,6 +281,7 @@ def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_t
     )
     assert w3.eth.get_balance(checksum) == 4 * 10**17
     ledger.chains.see_bond(node.id, vault.functions.bonds(node.id).call(), w3.eth.block_number)
+    ledger.chains.see_executed(did, w3.eth.block_number)
     ledger.attested()
     assert ledger.app.bond(node.id) == 6 * 10**17
     assert ledger.app.node(node.id)["slash_pending"] == 0
@@ -406,3 +415,61 @@ def test_a_new_validator_needs_the_minimum_bond_and_a_free_slot():
     res = vals.step(_valkey_tx(vals, 4, node))
     assert [r.code for r in res.tx_results] == [0, 10]
     assert "below the 10" in res.tx_results[1].log
+
+
+def test_a_top_up_hiding_an_executed_release_is_not_misread():
+    # Issue 17 (review): the ledger read any fall of a vault balance as an executed slash or
+    # release, and nothing else as one. A top-up between two attested views hid an executed
+    # release (the balance rose), so the release stayed "pending" for good and the node's
+    # bond was counted short by it forever; a fall from anything else would be misread the
+    # other way. Executions are now attested by decision id (the vault's executed record).
+    ledger = Ledger(params=ledger_params(unbond_delay=1_000))
+    node = Party.make(3)
+    ledger.ok(node.register_tx())
+    ledger.chains.see_bond(node.id, 10**18, 10)
+    ledger.attested()
+    payout = bytes.fromhex("00" * 19 + "cd")
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0, payout))
+    start = ledger.time
+    ledger.ok(unbond)
+    res = ledger.block(unbond, time=start + 1_000)
+    event = next(e for e in res.results[0].events if e[0] == "bond_decision")
+    did = bytes.fromhex(dict(event[1])["id"])
+    assert ledger.app.bond(node.id) == 6 * 10**17
+    # the vault: the release executes (-4e17), the owner tops up 5e17: the balance rises
+    ledger.chains.see_bond(node.id, 10**18 - 4 * 10**17 + 5 * 10**17, 20)
+    ledger.attested()
+    # no execution attested yet: the release stays pending (the bond is not over-counted)
+    assert ledger.app.bond(node.id) == 11 * 10**17 - 4 * 10**17
+    ledger.chains.see_executed(did, 20)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 11 * 10**17  # the top-up counts in full
+    assert ledger.app.node(node.id)["slash_pending"] == 0
+    assert ledger.app.decision(did)["executed_at"] == 20
+
+
+def test_an_execution_counts_only_with_a_balance_that_shows_it():
+    # The executed decision is attested before the lower balance: the pending amount is paid
+    # off only once a balance from that vault height on is attested (never the execution
+    # without the balance, which would count the bond twice).
+    ledger = Ledger(params=ledger_params(unbond_delay=1_000))
+    node = Party.make(3)
+    ledger.ok(node.register_tx())
+    ledger.chains.see_bond(node.id, 10**18, 10)
+    ledger.attested()
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0, bytes.fromhex("00" * 19 + "cd")))
+    start = ledger.time
+    ledger.ok(unbond)
+    res = ledger.block(unbond, time=start + 1_000)
+    did = bytes.fromhex(
+        dict(next(e for e in res.results[0].events if e[0] == "bond_decision")[1])["id"]
+    )
+    del ledger.chains.bonds[node.id]  # the watcher lags on the balance
+    ledger.chains.see_executed(did, 30)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 6 * 10**17  # not 10**18: not counted twice
+    # a top-up equal to the release leaves the amount unchanged: still re-attested at 30
+    ledger.chains.see_bond(node.id, 10**18, 30)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 10**18
+    assert ledger.app.node(node.id)["slash_pending"] == 0

@@ -51,6 +51,7 @@ from kofo.wire.attest import (
     MAX_OBSERVATIONS,
     BondObservation,
     ChainObserver,
+    ExecutedDecision,
     LegRef,
     Observation,
     decode_extension,
@@ -149,6 +150,8 @@ _K_VALIDATORS = b"meta/validators"
 _K_VALSET_NONCE = b"meta/valset_nonce"
 _K_VAULT_SET = b"meta/vault_set"
 _K_DECISIONS = b"meta/decisions"
+_K_OPEN_DECISIONS = b"meta/open_decisions"
+"""Sorted ids of the bond decisions the vault has not been attested to execute yet."""
 """How many bond decisions were recorded; ``decision_seq/<u64>`` holds each one's id, in order,
 so a relayer pages through them (query ``/decisions``) without a scan of the state."""
 MAX_DECISIONS_PAGE = 256
@@ -406,6 +409,26 @@ def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:
     view.set(_K_DECISIONS, _enc(seq + 1))
     view.set(b"decision_seq/" + seq.to_bytes(8, "big"), did)
     view.set_map(b"decision/" + did, rec)
+    open_ids = [bytes(d) for d in _dec(view.get(_K_OPEN_DECISIONS) or _enc([]))]
+    _insort(open_ids, did)
+    view.set(_K_OPEN_DECISIONS, _enc(open_ids))
+
+
+def _settle_executed(rec: dict[str, Any]) -> None:
+    """Pay off ``slash_pending`` with the node's executed decisions that its attested vault
+    balance already shows (executed as of a vault height <= ``bond_height``): the balance and
+    the execution then count together, never one without the other."""
+    waiting = rec.get("executed_unseen", [])
+    if not waiting:
+        return
+    height = rec.get("bond_height", 0)
+    seen = [w for w in waiting if w[0] <= height]
+    rest = [w for w in waiting if w[0] > height]
+    rec["slash_pending"] = max(0, rec.get("slash_pending", 0) - sum(w[1] for w in seen))
+    if rest:
+        rec["executed_unseen"] = rest
+    else:
+        rec.pop("executed_unseen", None)
 
 
 def _internal_error(exc: Exception, where: str) -> TxResult:
@@ -1220,27 +1243,56 @@ class LedgerApp:
             votes = [(validators[v.validator].power, v.extension) for v in tx.votes]
             total = sum(v.power for v in validators.values())
         view.set(b"meta/attested", _enc(ctx.height))
-        facts, bond_facts = attest.tally(votes, total)
+        facts, bond_facts, executed = attest.tally(votes, total)
         for fact in facts:
             self._set_outcome(view, ctx, fact)
         for bond in bond_facts:
             self._set_bond(view, ctx, bond)
+        for done in executed:
+            self._set_executed(view, ctx, done)
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
-        """An attested bond-vault balance: the only bond importance counts. A balance lower
-        than the last one (a slash or release executed on the vault) first pays off the
-        slashes the ledger decided but the vault had not executed yet."""
+        """An attested bond-vault balance: the only bond importance counts. A fall in it is
+        *not* read as an executed slash or release (anything else could cause it): only the
+        vault's executed decisions, attested by id (:meth:`_set_executed`), pay off
+        ``slash_pending``, once the balance shows them (:func:`_settle_executed`)."""
         rec = view.get_map(_node_key(fact.node))
         if rec is None or fact.chain_height < rec.get("bond_height", 0):
             return  # unknown node, or a view older than the one already counted
-        prev = rec.get("bond_locked", 0)
-        if fact.amount < prev:
-            rec["slash_pending"] = max(0, rec.get("slash_pending", 0) - (prev - fact.amount))
         rec["bond_locked"] = fact.amount
         rec["bond_height"] = fact.chain_height
+        _settle_executed(rec)
         view.set_map(_node_key(fact.node), rec)
         ctx.events.append(
             ("bond_attested", (("node", fact.node.hex()), ("amount", str(fact.amount))))
+        )
+
+    def _set_executed(self, view: _View, ctx: _Ctx, fact: ExecutedDecision) -> None:
+        """The vault executed ledger decision ``fact.decision`` (attested by > 2/3): its amount
+        stops being pending once the node's attested balance is from that vault height on."""
+        key = b"decision/" + fact.decision
+        dec = view.get_map(key)
+        if dec is None or "executed_at" in dec:
+            return  # not this ledger's decision, or already counted
+        dec["executed_at"] = fact.chain_height
+        view.set_map(key, dec)
+        open_ids = [bytes(d) for d in _dec(view.get(_K_OPEN_DECISIONS) or _enc([]))]
+        _remove_sorted(open_ids, fact.decision)
+        view.set(_K_OPEN_DECISIONS, _enc(open_ids))
+        node = bytes(dec["node"])
+        rec = view.get_map(_node_key(node))
+        if rec is not None:
+            rec["executed_unseen"] = [
+                *rec.get("executed_unseen", []),
+                [fact.chain_height, int(dec["amount"])],
+            ]
+            _settle_executed(rec)
+            view.set_map(_node_key(node), rec)
+        ctx.events.append(
+            (
+                "bond_decision_executed",
+                (("id", fact.decision.hex()), ("node", node.hex()), ("amount", str(dec["amount"]))),
+            )
         )
 
     # -- validator keys and bond decisions -----------------------------------------------------
@@ -1479,12 +1531,32 @@ class LedgerApp:
             seen.append(obs)
             if len(seen) >= MAX_OBSERVATIONS:
                 break
-        return encode_extension(seen, self._bond_observations())
+        return encode_extension(seen, self._bond_observations(), self._executed_observations())
 
     def bonds_to_attest(self) -> bool:
-        """Whether this validator's observer sees a vault balance the ledger does not hold
-        (what the next vote extension would attest)."""
-        return bool(self._bond_observations())
+        """Whether this validator's observer sees a vault balance the ledger does not hold,
+        or a decision the vault executed that the ledger holds open (what the next vote
+        extension would attest)."""
+        return bool(self._bond_observations()) or bool(self._executed_observations())
+
+    def _executed_observations(self) -> list[ExecutedDecision]:
+        """The open decisions the vault has executed, for a window of them rotating with the
+        height, read at the same rounded vault height as the balances."""
+        observe = getattr(self.observer, "observe_decision", None)
+        if observe is None:
+            return []
+        open_ids = [bytes(d) for d in _dec(self.store.get_committed(_K_OPEN_DECISIONS) or _enc([]))]
+        out: list[ExecutedDecision] = []
+        for did in _window(open_ids, self.store.height):
+            try:
+                seen = observe(did, self._params.bond_height_step)
+            except Exception:  # an observer failing is "saw nothing", never a crash
+                seen = None
+            if isinstance(seen, ExecutedDecision) and seen.decision == did:
+                out.append(seen)
+                if len(out) >= MAX_OBSERVATIONS:
+                    break
+        return out
 
     def _bond_observations(self) -> list[BondObservation]:
         """Vault balances that differ from the ledger's attested record, for a window of
@@ -1507,8 +1579,14 @@ class LedgerApp:
             if not isinstance(seen, BondObservation) or seen.node != node:
                 continue
             rec = _dec(raw)
-            if seen.amount == rec.get("bond_locked", 0) or seen.chain_height < rec.get(
-                "bond_height", 0
+            if seen.chain_height < rec.get("bond_height", 0):
+                continue
+            # an executed decision the recorded balance does not show yet: re-attest the
+            # balance at a newer height even if the amount looks unchanged (a top-up may
+            # have matched the slash)
+            unseen = any(w[0] > rec.get("bond_height", 0) for w in rec.get("executed_unseen", []))
+            if seen.amount == rec.get("bond_locked", 0) and not (
+                unseen and seen.chain_height > rec.get("bond_height", 0)
             ):
                 continue
             out.append(seen)

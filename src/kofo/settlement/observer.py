@@ -19,7 +19,7 @@ from web3 import Web3
 from kofo.errors import KofoError
 from kofo.settlement.chain import ChainAdapter, HtlcState, HtlcTerms
 from kofo.settlement.chains.ethereum.contract import load_artifact
-from kofo.wire.attest import BondObservation, LegRef, Observation
+from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.orders import LegOutcome
 
 log = logging.getLogger("kofo.settlement.observer")
@@ -93,6 +93,10 @@ class AdapterObserver:
         without a vault or when the vault's chain cannot be read now)."""
         return None if self.vault is None else self.vault.observe_bond(node, step)
 
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        """Whether the vault executed ledger decision ``decision`` (see VaultWatcher)."""
+        return None if self.vault is None else self.vault.observe_decision(decision, step)
+
 
 class VaultWatcher:
     """A validator's read-only view of the bond vault over Ethereum JSON-RPC."""
@@ -119,3 +123,22 @@ class VaultWatcher:
             log.info("observing the bond of %s: %s", node.hex()[:16], exc)
             return None
         return BondObservation(node, amount, height)
+
+    def _height(self, step: int) -> int:
+        confirmed = int(self.w3.eth.block_number) - self.confirmations + 1
+        return confirmed - confirmed % max(1, step) if confirmed >= 0 else -1
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        """Whether the vault had executed ledger decision ``decision`` (its ``executed``
+        record, set with the ``BondSlashed``/``BondReleased`` event of the same call) as of the
+        same rounded height :meth:`observe_bond` reads, so the ledger counts the execution and
+        the lower balance together; None if not (yet) or unreadable."""
+        try:
+            height = self._height(step)
+            if height < 0:
+                return None
+            done = bool(self._contract.functions.executed(decision).call(block_identifier=height))
+        except Exception as exc:  # a node down or lagging: nothing seen this time
+            log.info("observing decision %s: %s", decision.hex()[:16], exc)
+            return None
+        return ExecutedDecision(decision, height) if done else None
