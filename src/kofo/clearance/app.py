@@ -1075,6 +1075,7 @@ class LedgerApp:
             {
                 "status": "committed",
                 "height": ctx.height,
+                "time": ctx.time,
                 "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
             },
         )
@@ -1508,7 +1509,7 @@ class LedgerApp:
             order = SettlementOrder.from_map(_dec(raw))
             for i, leg in enumerate(order.legs):
                 if state["legs"][i]["outcome"] in (None, "locked"):
-                    refs.append(LegRef(oid, i, leg, order.payment_hash))
+                    refs.append(LegRef(oid, i, leg, order.payment_hash, int(state.get("time", 0))))
         return refs
 
     def extend_vote(self) -> bytes:

@@ -31,12 +31,25 @@ _OUTCOME = {
 }
 
 
+LOCK_TIME_SKEW = {"eth": 120}
+"""Seconds a lock's block timestamp may lie before its order's ledger commit time and still be
+the leg's lock, per chain (``DEFAULT_LOCK_TIME_SKEW`` for the others): Ethereum's slots keep
+block times within seconds; a Bitcoin-like block's time may be up to two hours off."""
+DEFAULT_LOCK_TIME_SKEW = 7_200
+
+
 class AdapterObserver:
     """``observe(leg)`` for the ledger: the leg's HTLC state on its chain, once confirmed.
 
     ``confirmations`` per chain (default 1); ``spent_since`` per chain: the lowest block height
     a routed lock can be in (the ledger's orders are newer), so a spent lock is found without
-    scanning the chain's whole history."""
+    scanning the chain's whole history.
+
+    A lock counts for a leg only if its block is not older than the order's ledger commit
+    (``LegRef.committed_at``, less ``lock_time_skew`` for the chain): nothing locks before its
+    order is committed (the node's rule), and an HTLC already on a chain when a sybil order
+    copying its terms was committed belongs to another swap (issue 17: such copies were
+    settled by someone else's HTLCs)."""
 
     def __init__(
         self,
@@ -45,8 +58,10 @@ class AdapterObserver:
         confirmations: Mapping[str, int] | None = None,
         spent_since: Mapping[str, int] | None = None,
         vault: VaultWatcher | None = None,
+        lock_time_skew: Mapping[str, int] | None = None,
     ) -> None:
         self.adapters = dict(adapters)
+        self.lock_time_skew = {**LOCK_TIME_SKEW, **(lock_time_skew or {})}
         self.confirmations = dict(confirmations or {})
         self.spent_since = dict(spent_since or {})
         self.vault = vault
@@ -71,12 +86,25 @@ class AdapterObserver:
                 return None
             status = adapter.status(found)
             tip = adapter.tip().height
+            need = max(1, self.confirmations.get(leg.chain, 1))
+            outcome = _OUTCOME.get(status.state)
+            if outcome is None or status.confirmations < need:
+                return None
+            if ref.committed_at:
+                lock_block = adapter.block_at(tip - status.confirmations + 1)
+                skew = self.lock_time_skew.get(leg.chain, DEFAULT_LOCK_TIME_SKEW)
+                if lock_block.time < ref.committed_at - skew:
+                    log.info(
+                        "observing %s leg %d: the matching lock (block time %d) predates the "
+                        "order's commit (%d): another swap's HTLC",
+                        ref.order_id.hex(),
+                        ref.index,
+                        lock_block.time,
+                        ref.committed_at,
+                    )
+                    return None
         except KofoError as exc:  # a node down or lagging: nothing seen this time
             log.info("observing %s leg %d: %s", ref.order_id.hex(), ref.index, exc)
-            return None
-        need = max(1, self.confirmations.get(leg.chain, 1))
-        outcome = _OUTCOME.get(status.state)
-        if outcome is None or status.confirmations < need:
             return None
         if outcome is LegOutcome.LOCKED:
             txid, confs = found.lock_txid, status.confirmations

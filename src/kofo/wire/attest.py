@@ -48,6 +48,10 @@ class LegRef:
     index: int
     leg: Leg
     payment_hash: bytes
+    committed_at: int = 0
+    """Ledger block time (unix seconds) the order was committed at; 0: unknown. Nothing locks
+    before its order is committed, so a lock in a chain block older than this (less the
+    chain's timestamp tolerance) is someone else's HTLC with the same terms, not this leg."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
