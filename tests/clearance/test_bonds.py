@@ -473,3 +473,30 @@ def test_an_execution_counts_only_with_a_balance_that_shows_it():
     ledger.attested()
     assert ledger.app.bond(node.id) == 10**18
     assert ledger.app.node(node.id)["slash_pending"] == 0
+
+
+def test_a_joined_validator_that_unbonded_gives_its_slot_to_the_next(monkeypatch):
+    # Attacker's pass on the join rule: slots were never freed, so bonding briefly, joining
+    # and unbonding held the set's slots for good. A full set now reclaims the slot of a
+    # joined validator whose bond fell below the minimum.
+    from kofo.clearance import attest
+
+    monkeypatch.setattr(attest, "MAX_VALIDATORS", 5)  # four genesis validators, one slot
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=2)
+    squatter, honest = Party.make(5), Party.make(6)
+    vals.step(squatter.register_tx(), honest.register_tx())
+    for c in vals.chains:
+        c.see_bond(squatter.id, 20 * 10**15, 3)
+        c.see_bond(honest.id, 20 * 10**15, 3)
+    vals.step()
+    vals.step()
+    assert [r.code for r in vals.step(_valkey_tx(vals, 4, squatter)).tx_results] == [0, 0]
+    res = vals.step(_valkey_tx(vals, 5, honest))
+    assert [r.code for r in res.tx_results] == [0, 17]  # rate_limited: the set is full
+    unbond = Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20))
+    vals.step(sign_tx(squatter.key, unbond))  # the squatter's power goes to 0
+    res = vals.step(_valkey_tx(vals, 5, honest))
+    assert [r.code for r in res.tx_results] == [0, 0]
+    assert _updates(res) == [(vals.pubs[5], 20)]
+    keys = vals.apps[0].app.validator_keys()
+    assert vals.address(5) in keys and vals.address(4) not in keys

@@ -409,9 +409,10 @@ def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:
     view.set(_K_DECISIONS, _enc(seq + 1))
     view.set(b"decision_seq/" + seq.to_bytes(8, "big"), did)
     view.set_map(b"decision/" + did, rec)
-    open_ids = [bytes(d) for d in _dec(view.get(_K_OPEN_DECISIONS) or _enc([]))]
-    _insort(open_ids, did)
-    view.set(_K_OPEN_DECISIONS, _enc(open_ids))
+    if rec["recipient"]:  # without one the vault can never execute it: never watched
+        open_ids = [bytes(d) for d in _dec(view.get(_K_OPEN_DECISIONS) or _enc([]))]
+        _insort(open_ids, did)
+        view.set(_K_OPEN_DECISIONS, _enc(open_ids))
 
 
 def _settle_executed(rec: dict[str, Any]) -> None:
@@ -1326,7 +1327,14 @@ class LedgerApp:
                     f"{p.validator_min_power} a new validator needs"
                 )
             if len(genesis) + len(joined) >= attest.MAX_VALIDATORS:
-                raise RateLimited(f"the validator set is full ({attest.MAX_VALIDATORS})")
+                # A slot held by a joined validator whose bond no longer gives the minimum
+                # is reclaimed: otherwise bonding briefly, joining and unbonding would hold
+                # the set's slots for good and shut every later validator out.
+                idle = next((k for k in joined if self._joined_idle(view, k)), None)
+                if idle is None:
+                    raise RateLimited(f"the validator set is full ({attest.MAX_VALIDATORS})")
+                joined.remove(idle)
+                self._forget_validator_key(view, attest.validator_address(idle))
         if view.get(b"nodeval/" + sender) is not None:
             # one bond backs one validator: two validators on one node would count it twice
             raise AlreadyExists(f"node {sender.hex()} already backs a validator")
@@ -1351,6 +1359,25 @@ class LedgerApp:
         view.set(b"valnode/" + addr, sender)
         view.set(b"nodeval/" + sender, addr)
         view.set(b"valeth/" + tx.eth_address, addr)
+
+    def _joined_idle(self, view: _View, pub_key: bytes) -> bool:
+        """Whether a joined validator's node bond gives less than ``validator_min_power`` (the
+        same rule that takes its power to 0 in :meth:`_update_validators`)."""
+        node = view.get(b"valnode/" + attest.validator_address(pub_key))
+        rec = None if node is None else view.get_map(_node_key(node))
+        power = 0 if rec is None else _effective_bond(rec) // self._params.power_unit
+        return power < self._params.validator_min_power
+
+    @staticmethod
+    def _forget_validator_key(view: _View, addr: bytes) -> None:
+        node = view.get(b"valnode/" + addr)
+        eth = view.get(b"valkey/" + addr)
+        for key in (b"valkey/" + addr, b"valnode/" + addr):
+            view.delete(key)
+        if node is not None:
+            view.delete(b"nodeval/" + node)
+        if eth is not None:
+            view.delete(b"valeth/" + eth)
 
     def _unbond(self, view: _View, ctx: _Ctx, sender: bytes, tx: Unbond) -> None:
         rec = self._node(view, sender, "unbonding node")
@@ -2021,11 +2048,15 @@ class LedgerApp:
     def validator_keys(self) -> dict[bytes, bytes]:
         """Registered secp256k1 keys: validator address -> Ethereum address, by address.
 
-        One read per genesis validator (only they can register a key), never a scan of the
-        state: this answers a public query on the loop that also runs consensus."""
+        One read per genesis or joined validator (only they can register a key; 128 at most),
+        never a scan of the state: this answers a public query on the loop that also runs
+        consensus."""
         raw = self.store.get_committed(_K_GENESIS_VALIDATORS)
+        addrs = set(attest.validators_from_state(_dec(raw)) if raw is not None else ())
+        joined = self.store.get_committed(_K_JOINED_VALIDATORS)
+        addrs |= {attest.validator_address(bytes(k)) for k in _dec(joined or _enc([]))}
         out = {}
-        for addr in sorted(attest.validators_from_state(_dec(raw)) if raw is not None else ()):
+        for addr in sorted(addrs):
             eth = self.store.get_committed(b"valkey/" + addr)
             if eth is not None:
                 out[addr] = eth
