@@ -140,7 +140,8 @@ def test_a_prime_modulus_is_refused_at_registration() -> None:
     proof = privacy.prove_zero_with(p, seed, r, zctx, s_values)
     privacy.verify_zero(p, seed, proof, zctx, "prime")  # the zero proof verifies too
     app = LedgerApp(
-        MerkleStore(":memory:"), LedgerParams(paillier_bits=(1024,), registration_work_bits=0)
+        MerkleStore(":memory:"),
+        LedgerParams(paillier_bits=(1024,), registration_work_bits=0, registration_prework_bits=0),
     )
     body = RegisterNode(
         addresses={},

@@ -106,15 +106,16 @@ MAX_OBSERVED_ORDERS = 1_024
 height however many orders are open; with more, a window rotates over them height by height."""
 
 
-def _window(ids: list[bytes], height: int) -> list[bytes]:
-    """``MAX_OBSERVED_ORDERS`` of the sorted ``ids`` from a start rotating with ``height``:
-    O(window), the same on every validator with the same state."""
+def _window(ids: list[bytes], height: int, size: int | None = None) -> list[bytes]:
+    """``size`` (default ``MAX_OBSERVED_ORDERS``) of the sorted ``ids`` from a start rotating
+    with ``height``: O(window), the same on every validator with the same state."""
+    size = MAX_OBSERVED_ORDERS if size is None else size
     n = len(ids)
-    if n <= MAX_OBSERVED_ORDERS:
+    if n <= size:
         return list(ids)
-    start = height * MAX_OBSERVED_ORDERS % n
-    out = ids[start : start + MAX_OBSERVED_ORDERS]
-    return out + ids[: MAX_OBSERVED_ORDERS - len(out)]
+    start = height * size % n
+    out = ids[start : start + size]
+    return out + ids[: size - len(out)]
 
 
 def _insort(ids: list[bytes], item: bytes) -> None:
@@ -1575,7 +1576,8 @@ class LedgerApp:
             return []
         open_ids = [bytes(d) for d in _dec(self.store.get_committed(_K_OPEN_DECISIONS) or _enc([]))]
         out: list[ExecutedDecision] = []
-        for did in _window(open_ids, self.store.height):
+        # one vault read each: MAX_OBSERVATIONS a height (the most an extension carries)
+        for did in _window(open_ids, self.store.height, MAX_OBSERVATIONS):
             try:
                 seen = observe(did, self._params.bond_height_step)
             except Exception:  # an observer failing is "saw nothing", never a crash
