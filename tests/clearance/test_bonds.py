@@ -500,3 +500,30 @@ def test_a_joined_validator_that_unbonded_gives_its_slot_to_the_next(monkeypatch
     assert _updates(res) == [(vals.pubs[5], 20)]
     keys = vals.apps[0].app.validator_keys()
     assert vals.address(5) in keys and vals.address(4) not in keys
+
+
+def test_a_slot_reclaimed_in_the_block_its_holder_unbonds_removes_it_from_the_set(monkeypatch):
+    # Attacker's pass: the holder unbonds and the next joiner takes its slot in the same
+    # block; the holder was still in the set with its old power and, forgotten by the ledger,
+    # would have kept it in CometBFT's set for good.
+    from kofo.clearance import attest
+
+    monkeypatch.setattr(attest, "MAX_VALIDATORS", 5)
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=2)
+    squatter, honest = Party.make(5), Party.make(6)
+    vals.step(squatter.register_tx(), honest.register_tx())
+    for c in vals.chains:
+        c.see_bond(squatter.id, 20 * 10**15, 3)
+        c.see_bond(honest.id, 30 * 10**15, 3)
+    vals.step()
+    vals.step()
+    vals.step(_valkey_tx(vals, 4, squatter))
+    vals.step()
+    unbond = Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20))
+    res = vals.step(sign_tx(squatter.key, unbond), _valkey_tx(vals, 5, honest))
+    assert [r.code for r in res.tx_results] == [0, 0, 0]
+    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 0), (vals.pubs[5], 30)])
+    for _ in range(3):
+        vals.step()
+    active = vals.apps[0].app.validators_at(vals.height)
+    assert vals.address(4) not in active and active[vals.address(5)].power == 30

@@ -897,6 +897,10 @@ class LedgerApp:
             else:
                 power = val.power
             new[addr] = min(power, MAX_POWER)
+        for addr, val in latest.items():
+            if addr not in everyone:  # a joined validator whose slot was reclaimed: it leaves
+                current[addr] = val
+                new[addr] = 0
         updates: tuple[tuple[bytes, int], ...] = ()
         # unchanged, or it would leave no validator at all: no update
         if not (all(new[a] == v.power for a, v in current.items()) or not any(new.values())):
