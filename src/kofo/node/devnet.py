@@ -195,10 +195,14 @@ def start_devnet(
         vault = deploy(w3, "BondVault", faucet, [signer_addr], [1])
         foundation = Web3.to_checksum_address(keccak(b"KOFO devnet foundation")[12:])
         params = replace(
-            ledger_params or LedgerParams(registration_work_bits=DEVNET_WORK_BITS),
+            ledger_params
+            or LedgerParams(
+                registration_work_bits=DEVNET_WORK_BITS, registration_prework_bits=DEVNET_WORK_BITS
+            ),
             bond_vault_chain_id=int(w3.eth.chain_id),
             bond_vault_address=vault,
             slash_recipient=foundation,
+            bond_height_step=1,  # one validator: nothing to agree on, bonds count at once
         )
         app = LedgerApp(MerkleStore(), params, vault_signer=signer)
         ledger = SoloLedgerRpc(SoloChain(app, clock=ledger_clock), port=ledger_port).start()
