@@ -7,6 +7,7 @@ bounds, the real ledger app's commit, the evidence window)."""
 from __future__ import annotations
 
 import os
+import time
 import tomllib
 from dataclasses import replace
 from itertools import permutations
@@ -185,3 +186,26 @@ def test_the_devnet_writes_its_timing_into_the_ledger_and_the_node_configs(
         assert "timing" not in plain.describe()
     finally:
         plain.stop()
+
+
+@pytest.mark.timeout(120)
+def test_with_the_devnet_timing_the_evm_clock_follows_the_wall_clock() -> None:
+    # A node reads an EVM chain's "now" from its latest block: with margins of seconds an EVM
+    # that mines only on transactions would look minutes behind, and the maker's guard refuses
+    # every order (T_B looks far off while T_A, in blocks, does not).
+    from web3 import Web3
+
+    net = start_devnet(block_interval=1, timing=T)
+    try:
+        w3 = Web3(Web3.HTTPProvider(net.eth_server.url))
+        first = int(w3.eth.get_block("latest")["number"])
+        start = int(time.time())
+        for _ in range(600):  # bounded: about a minute
+            block = w3.eth.get_block("latest")
+            if int(block["number"]) >= first + 2 and int(block["timestamp"]) >= start + 1:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("no EVM block stamped after the start within a minute")
+    finally:
+        net.stop()

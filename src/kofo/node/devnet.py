@@ -25,6 +25,7 @@ import queue
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,7 +53,7 @@ from kofo.settlement.chains.bitcoin.tx import p2wpkh_script_pubkey
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.contract import deploy
-from kofo.settlement.chains.ethereum.devnet import DevnetServer
+from kofo.settlement.chains.ethereum.devnet import DevnetServer, EmbeddedEvm
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.observer import AdapterObserver, VaultWatcher
 
@@ -290,8 +291,12 @@ def start_devnet(
         for address, _ in btc_targets:
             progress(f"funded {address}: a 50 BTC coinbase (matured)")
         if block_interval > 0:
+            # With the devnet's timing the EVM's clock (its latest block's time, what a node
+            # reads as the chain's "now") must follow the wall clock: its margins are seconds,
+            # and an EVM that mines only on transactions lags by minutes between them.
+            evm = eth_server.evm if timing is not None else None
             net._miner = threading.Thread(
-                target=_mine_loop, args=(btc, burn, block_interval, net._stop), daemon=True
+                target=_mine_loop, args=(btc, burn, block_interval, net._stop, evm), daemon=True
             )
             net._miner.start()
         return net
@@ -301,13 +306,32 @@ def start_devnet(
         raise
 
 
-def _mine_loop(chain: EmbeddedChain, script: bytes, interval: float, stop: threading.Event) -> None:
+def _mine_loop(
+    chain: EmbeddedChain,
+    script: bytes,
+    interval: float,
+    stop: threading.Event,
+    evm: EmbeddedEvm | None = None,
+) -> None:
     ensure_thread_params()  # python-bitcointx keeps its chain params per thread
     while not stop.wait(interval):
         try:
             chain.mine(1, script)
         except KofoError:
             log.exception("devnet: mining a regtest block failed; trying again next interval")
+        if evm is not None:
+            _evm_tick(evm)
+
+
+def _evm_tick(evm: EmbeddedEvm) -> None:
+    """An empty EVM block stamped now, unless the latest block is already this second's."""
+    now = int(time.time())
+    try:
+        latest = int(evm.handle("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+        if now > latest:
+            evm.handle("evm_setNextBlockTimestamp", [now])
+    except Exception:  # a block mined between the two calls: the clock moved anyway
+        log.debug("devnet: EVM clock block skipped", exc_info=True)
 
 
 def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
