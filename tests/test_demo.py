@@ -1,6 +1,7 @@
 """``make demo``'s entry point (``kofo demo``): ``kofo devnet`` and six ``kofo node`` processes,
 a routed trade driven through the nodes' APIs, the ledger's outcome and fee shares, exact
-balances. The test runs the real command and checks its exit code and the lines it must show."""
+balances; then a second trade whose maker is killed after the commit (the taker's refund, the
+evidence, the slash executed on the bond vault). The test runs the real command and checks its exit code and the lines it must show."""
 
 from __future__ import annotations
 
@@ -49,6 +50,20 @@ def test_kofo_demo_runs_the_network_and_every_check_holds() -> None:
     # the balance table fits an 80-column terminal
     table = out[out.index("BTC change (sat)") - 10 :].splitlines()[:8]
     assert all(len(line) <= 80 for line in table), table
+    # trade 2: the chosen maker killed after the commit, the taker's lock, evidence, slash,
+    # the vault executing it, the refund on chain and on the ledger
+    second = " ".join(out[out.index("trade 2:") :].split())  # rich wraps at 80 columns
+    assert re.search(r"maker_b SIGKILLed .* exit -9", second)
+    assert re.search(r"taker +locked", second)
+    assert re.search(r"evidence +kind=leg_not_locked leg=1", second)
+    assert re.search(r"evidence_committed height=\d+", second)
+    assert re.search(r"maker_b slashed 0\.05 ETH", second)
+    assert "relays the validators' slash of 0.05 ETH" in second
+    assert re.search(r"maker_b's bond 0\.95 ETH, the foundation received 0\.05 ETH", second)
+    assert re.search(r"taker +refunded", second)
+    assert "outcomes {'0': 'refunded'}" in second
+    # the phase times, with the load they were measured under
+    assert "where the time went" in out and "load average" in out
 
 
 def _result(ok: bool) -> DemoResult:
