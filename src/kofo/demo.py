@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,11 +104,38 @@ class DemoResult:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
 
+_TAKEN: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, never handed out twice in this run.
+
+    ``bind(0)`` hands out ports from the ephemeral range, and may hand the same one out again
+    once it is closed: between its choice and the node binding it (seconds, on a loaded
+    machine) another of the demo's ports or an outgoing connection could take it. Seen once
+    under a load average of 40: relay2 linked to relay3 instead of maker_a."""
+    import random
+
+    top = _ephemeral_floor()
+    for _ in range(1000):  # bounded
+        port = random.randrange(20_000, top if top > 21_000 else 32_768)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
         return port
+    raise DemoFailed("no free port below the ephemeral range")
 
 
 def _until(pred: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
@@ -127,10 +155,140 @@ def _kofo(*args: str) -> list[str]:
     return [sys.executable, "-c", launcher, *args]
 
 
+_ZYGOTE = r"""
+import json, os, sys, traceback
+from kofo.cli import app
+import kofo.node.daemon  # the heavy imports (web3, the chains, the layers), paid once here
+
+def reap(exits):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        exits[str(pid)] = os.waitstatus_to_exitcode(status)
+
+exits = {}
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["cmd"] == "status":
+        reap(exits)
+        print(json.dumps({"exits": exits}), flush=True)
+        continue
+    pid = os.fork()
+    if pid == 0:  # the node: its own session, log and environment, then `kofo node`
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
+            os.environ.clear()
+            os.environ.update(req["env"])
+            sys.argv = ["kofo", *req["args"]]
+            app()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+"""
+"""A parent that imports the node's code once and forks each ``kofo node`` from it: six
+imports of web3 and the layers (~5 s of a core each) become one. Each node is still its own
+process, in its own session, running the real command; the parent reaps them and reports
+their exit codes (a SIGKILL is -9, as for a child of the demo)."""
+
+
+class Zygote:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("ab"),
+            env=env,
+            start_new_session=True,
+        )
+        self._lock = threading.Lock()
+        self.exits: dict[int, int] = {}
+        if self._ask(None) != {"ready": True}:
+            raise DemoFailed(f"the node launcher did not start:\n{log.read_text()[-2000:]}")
+
+    def _ask(self, req: dict[str, Any] | None) -> dict[str, Any]:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        with self._lock:
+            if req is not None:
+                self.popen.stdin.write((json.dumps(req) + "\n").encode())
+                self.popen.stdin.flush()
+            line = self.popen.stdout.readline()  # bounded: EOF if the launcher died
+        if not line:
+            raise DemoFailed("the node launcher exited")
+        got: dict[str, Any] = json.loads(line)
+        return got
+
+    def spawn(self, args: list[str], env: dict[str, str], log: Path) -> int:
+        pid = int(self._ask({"cmd": "spawn", "args": args, "env": env, "log": str(log)})["pid"])
+        return pid
+
+    def poll(self, pid: int) -> int | None:
+        if pid not in self.exits and self.popen.poll() is None:
+            got = self._ask({"cmd": "status"})["exits"]
+            self.exits.update({int(k): int(v) for k, v in got.items()})
+        return self.exits.get(pid)
+
+    def close(self) -> None:
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
+class Forked:
+    """A node forked by the :class:`Zygote`, with the part of ``Popen`` the demo uses."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        self.zygote = zygote
+        self.pid = pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.zygote.exits.get(self.pid)
+
+    def poll(self) -> int | None:
+        return self.zygote.poll(self.pid)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"node {self.pid}", timeout)
+            time.sleep(0.05)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | Forked
     log: Path
 
 
@@ -142,6 +300,7 @@ class Network:
         self.console = console
         self.env = dict(os.environ, KOFO_PASSPHRASE=PASSPHRASE, PYTHONUNBUFFERED="1")
         self.devnet: Proc | None = None
+        self.zygote: Zygote | None = None
         self.desc: dict[str, Any] = {}
         self.nodes: dict[str, Proc] = {}
         self.homes = {n: root / n for n in NAMES}
@@ -182,13 +341,20 @@ class Network:
             start_new_session=True,
         )
         self.devnet = Proc("devnet", popen, log)
-        with ThreadPoolExecutor(max_workers=len(NAMES)) as pool:
+        with ThreadPoolExecutor(max_workers=len(NAMES) + 1) as pool:
+            launcher = (
+                pool.submit(Zygote, self.env, self.root / "launcher.log")
+                if hasattr(os, "fork") and os.environ.get("KOFO_DEMO_FORK", "1") != "0"
+                else None
+            )
             homes = [
                 pool.submit(init_home, self.homes[n], PASSPHRASE, name=n, seed=seeds[n])
                 for n in NAMES
             ]
             for f in homes:
                 f.result()
+            if launcher is not None:
+                self.zygote = launcher.result()
         _phase("6 homes and wallets, the devnet starting")
         assert popen.stdout is not None
         line = popen.stdout.readline()  # bounded: the devnet exits (EOF) if it cannot start
@@ -285,8 +451,13 @@ class Network:
 
     def _spawn(self, n: str, env: dict[str, str] | None = None) -> None:
         log = self.root / f"{n}.log"
+        args = ["node", "--home", str(self.homes[n])]
+        if self.zygote is not None:
+            pid = self.zygote.spawn(args, env or self.env, log)
+            self.nodes[n] = Proc(n, Forked(self.zygote, pid), log)
+            return
         popen = subprocess.Popen(
-            _kofo("node", "--home", str(self.homes[n])),
+            _kofo(*args),
             stdout=subprocess.DEVNULL,
             stderr=log.open("ab"),
             env=env or self.env,
@@ -396,6 +567,8 @@ class Network:
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait(timeout=10)
+        if self.zygote is not None:
+            self.zygote.close()
 
 
 def _sats(value: Any) -> int:
