@@ -14,7 +14,11 @@ the SDK (:class:`kofo.sdk.Client`), the ledger through its public RPC and the ch
 their public JSON-RPC (to read fees and balances it prints). It shows the offers spreading,
 the quotes (route length only, never relay identities) and the one chosen, the order committed
 (ledger height, app hash), each settlement step, the outcome on the ledger with every fee share
-and an exact balance table, and exits non-zero unless every check holds.
+and an exact balance table. Then a second trade whose chosen maker (maker_b, bonded) is killed
+after the order commits: the taker refunds, its ``leg_not_locked`` evidence is committed, the
+bond is slashed on the ledger and on the bond vault, the maker's importance falls. It prints
+where its time went and exits non-zero unless every check holds. The devnet runs with its own
+timing (``kofo devnet --fast-timing``: seconds, not minutes; docs/node.md, "Timing").
 """
 
 from __future__ import annotations
