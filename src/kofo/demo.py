@@ -82,6 +82,9 @@ CRASHING = "maker_b"
 has accepted the swap, just before its lock would leave: the taker's lock is on chain, the
 maker's never comes."""
 CRASH_AT = "before_broadcast:lock"
+QUOTE_WINDOW_S = 3.0
+"""How long the taker collects quotes for a trade (1 s by default): on a machine loaded by
+other jobs a route's fulfils took longer than a second (a trade found no quote once)."""
 WAIT = 120.0
 """Bound of each wait; reaching it fails the demo (it never hangs)."""
 
@@ -767,7 +770,9 @@ def _trade(net: Network, console: Console, result: DemoResult) -> None:
     _check(result, console, "two quotes (one per maker)", len(quotes) >= 2, str(len(quotes)))
     best = max(q.receive for q in quotes) if quotes else 0
     seqs = {n: net.client(n).last_event_seq() for n in FOLLOWED}
-    view = taker.create_trade(sell="btc", amount=SELL_SATS, buy="eth", min_receive=best)
+    view = taker.create_trade(
+        sell="btc", amount=SELL_SATS, buy="eth", min_receive=best, window_s=QUOTE_WINDOW_S
+    )
     console.print(f"  trade {view.trade_id[:16]} created (state {view.state})")
     seen: set[str] = set()
     done = _follow(net, view.trade_id, seqs, console, seen)
@@ -1104,7 +1109,9 @@ def _trade2(net: Network, console: Console, result: DemoResult) -> None:
     q = quotes[0]
     console.print(f"  quote: {_amount('eth', q.receive)} for 0.01 BTC over {q.hops} hops")
     seq = taker.last_event_seq()
-    view = taker.create_trade(sell="btc", amount=SELL_SATS, buy="eth", min_receive=q.receive)
+    view = taker.create_trade(
+        sell="btc", amount=SELL_SATS, buy="eth", min_receive=q.receive, window_s=QUOTE_WINDOW_S
+    )
     console.print(f"  trade {view.trade_id[:16]} created (state {view.state})")
     proc = net.nodes[CRASHING].popen
     oid = ""

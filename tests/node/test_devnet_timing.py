@@ -209,3 +209,15 @@ def test_with_the_devnet_timing_the_evm_clock_follows_the_wall_clock() -> None:
             pytest.fail("no EVM block stamped after the start within a minute")
     finally:
         net.stop()
+
+
+def test_evidence_is_filed_by_the_ledgers_clock_not_in_the_boundary_second() -> None:
+    # The ledger refuses leg_not_locked in a block whose time is lock_by + attest_grace itself
+    # (seen in the demo under load: filed by the node's wall clock in that second, refused,
+    # and never filed again). The node now files once the ledger's latest block is past it.
+    from kofo.node.daemon import evidence_due
+
+    lock_by, grace = 1_000, T.attest_grace_s
+    assert not evidence_due(lock_by, grace, lock_by + grace - 5)
+    assert not evidence_due(lock_by, grace, lock_by + grace)
+    assert evidence_due(lock_by, grace, lock_by + grace + 1)

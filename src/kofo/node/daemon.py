@@ -131,6 +131,13 @@ locked) if the maker never comes back. With another accept window (``[timing]``)
 :func:`propose_retry_s`."""
 
 
+def evidence_due(lock_by: int, attest_grace: int, ledger_time: int) -> bool:
+    """Whether ``leg_not_locked`` evidence on a leg is valid in the ledger's next block: the
+    ledger accepts it only in a block whose time is after ``lock_by + attest_grace``, and a
+    block's time is never before the latest one's (``ledger_time``)."""
+    return ledger_time > lock_by + attest_grace
+
+
 def propose_retry_s(accept_window_s: int) -> int:
     """:data:`PROPOSE_RETRY_S` for an accept window: a fifth of it (at most 60 s) is kept
     for the last proposal's round trip and the lock."""
@@ -838,6 +845,16 @@ class Node:
         if time.time() < leg.lock_by + grace:
             return
         tx = self.store.raw(trade.trade_id, "evidence_tx")
+        if tx is None:
+            # The ledger judges by its block time, not this node's clock: filed in the second of
+            # lock_by + grace (or with the ledger's clock behind ours) the evidence was refused
+            # as early, once and for all. File once the ledger's latest block is past it.
+            try:
+                status = await asyncio.to_thread(self.ledger.status)
+            except LedgerError:
+                return
+            if not evidence_due(leg.lock_by, grace, status.block_time):
+                return
         if tx is None:
             rec = await asyncio.to_thread(self._ledger_order_raw, order.order_id)
             outcome = str(rec["legs"][1].get("outcome", "")) if rec else ""
