@@ -764,7 +764,15 @@ def _trade(net: Network, console: Console, result: DemoResult) -> None:
     taker = net.client("taker")
     before = _settled_balances(net)
     _rule(console, "trade 1: the taker sells 0.01 BTC for ETH")
-    quotes = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth")
+
+    def both() -> list[Any] | None:
+        qs = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth", window_s=QUOTE_WINDOW_S)
+        return qs if len(qs) >= 2 else None
+
+    try:
+        quotes = _until(both, "a quote from each maker", timeout=60.0)
+    except DemoFailed:
+        quotes = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth", window_s=QUOTE_WINDOW_S)
     for q in sorted(quotes, key=lambda q: -q.receive):
         console.print(f"  quote: {_amount('eth', q.receive)} for 0.01 BTC over {q.hops} hops")
     _check(result, console, "two quotes (one per maker)", len(quotes) >= 2, str(len(quotes)))
@@ -1102,7 +1110,7 @@ def _trade2(net: Network, console: Console, result: DemoResult) -> None:
     console.print(f"  maker_a withdraws its offer: the quote left is {CRASHING}'s")
 
     def one_quote() -> list[Any] | None:
-        qs = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth")
+        qs = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth", window_s=QUOTE_WINDOW_S)
         return qs if len(qs) == 1 else None
 
     quotes = _until(one_quote, f"one quote (from {CRASHING} only)")
