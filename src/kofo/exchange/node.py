@@ -25,6 +25,7 @@ from kofo.errors import InvalidInput, KofoError, NotDelivered
 from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
+    LOCK_WINDOW_S,
     ExpiryCheck,
     ExpiryFit,
     OrderPolicy,
@@ -251,6 +252,10 @@ class ExchangeConfig:
     # out expiry)``, link protocol v4; the daemon passes ``kofo.node.trades.plan_order_times``
     # of its policies). None: ``route.derived_times`` (embedded chains, tests).
     plan_times: PlanTimes | None = None
+    # The network's lock window (link protocol v4: ``legs[0].lock_by`` is the order's time
+    # plus it): ``route.LOCK_WINDOW_S`` on the production network; every node of a network
+    # must use the same value (a devnet writes its own into the configs it funds).
+    lock_window_s: int = LOCK_WINDOW_S
     # chain -> "height" | "unix": the HTLC clock of chains this node knows (a chain missing
     # here is judged by what ``expiry_fit`` gives for it, else not at all).
     chain_clocks: dict[str, str] = field(default_factory=dict)
@@ -1396,6 +1401,7 @@ class ExchangeNode:
                 protocol_fee_bps=self.config.protocol_fee_bps,
                 expiry_fit=self.config.expiry_fit,
                 times=times,
+                lock_window_s=self.config.lock_window_s,
             )
         except Exception as exc:  # the composer's plan or fit (or a chain it cannot fit)
             raise RouteFailed(f"the order could not be built: {exc}") from None
@@ -1610,6 +1616,7 @@ class ExchangeNode:
                 expiry_check=(self.config.expiry_check or _no_height_view)
                 if down is None
                 else None,
+                lock_window_s=self.config.lock_window_s,
             )
         except OrderPolicy as exc:
             # Our own limit or clock: an honest relay before us may allow what we refuse (a

@@ -127,7 +127,23 @@ side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLE
 PROPOSE_RETRY_S = ACCEPT_WINDOW_SECONDS - 60
 """Seconds a taker keeps re-sending its proposal to a maker it cannot reach (or that did not
 answer) after the commit: within the engine's accept window, so the swap ends aborted (nothing
-locked) if the maker never comes back."""
+locked) if the maker never comes back. With another accept window (``[timing]``):
+:func:`propose_retry_s`."""
+
+
+def evidence_due(lock_by: int, attest_grace: int, ledger_time: int) -> bool:
+    """Whether ``leg_not_locked`` evidence on a leg is valid in the ledger's next block: the
+    ledger accepts it only in a block whose time is after ``lock_by + attest_grace``, and a
+    block's time is never before the latest one's (``ledger_time``)."""
+    return ledger_time > lock_by + attest_grace
+
+
+def propose_retry_s(accept_window_s: int) -> int:
+    """:data:`PROPOSE_RETRY_S` for an accept window: a fifth of it (at most 60 s) is kept
+    for the last proposal's round trip and the lock."""
+    return accept_window_s - min(60, accept_window_s // 5)
+
+
 PROPOSE_RETRY_INTERVAL = 5.0
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
@@ -253,6 +269,7 @@ class Node:
             phases=self.phases,
             send=self._request,
             crash=self.crash.hit,
+            accept_window_s=self.config.timing.accept_window_s,
         )
         self.engine.accept_policy = self.pipeline.accept_policy
         await self._refresh_chains()
@@ -387,6 +404,7 @@ class Node:
             bootstrap=[(e.host, e.port) for e in self.config.bootstrap],
             addresses=self._fresh_addresses(),
             protocol_fee_bps=int(self.state.params.get("protocol_fee_bps", 0)),
+            lock_window_s=self.config.timing.lock_window_s,
             **options,
         )
         hooks: dict[str, Any] = {
@@ -439,7 +457,16 @@ class Node:
     def _plan_times(self, have_chain: str, want_chain: str, now_s: int) -> OrderTimes:
         """The taker's plan of an order's deadlines from its engine's margins (link v4)."""
         assert self.chains is not None
-        return plan_order_times(self.chains.policies, have_chain, want_chain, now_s)
+        t = self.config.timing
+        return plan_order_times(
+            self.chains.policies,
+            have_chain,
+            want_chain,
+            now_s,
+            lock_window_s=t.lock_window_s,
+            accept_window_s=t.accept_window_s,
+            leg_expiry_step_s=t.leg_expiry_step_s,
+        )
 
     def _expiry_check(self, chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
         """Refuse a leg whose expiry is not in its chain's unit, or whose height is more than
@@ -493,7 +520,13 @@ class Node:
         assert self.chains is not None
         # the swap the taker's engine will propose for this order must pass this node's
         # participant check (the gap between the legs), before the signature binds it
-        check_order_as_maker(order, self.chains.policies, self.state.tips, maker_node=self.node_id)
+        check_order_as_maker(
+            order,
+            self.chains.policies,
+            self.state.tips,
+            maker_node=self.node_id,
+            accept_window_s=self.config.timing.accept_window_s,
+        )
         with self._holds_lock:
             # the fill's quote hold becomes this order's hold (same amount, until lock_by)
             quote = next(
@@ -643,6 +676,15 @@ class Node:
             if not self.state.params:
                 raw = await asyncio.to_thread(self.ledger.abci_query, "/params")
                 self.state.params = dict(decode(raw))
+                gap = int(self.state.params.get("min_expiry_gap", 0))
+                if gap > self.config.timing.leg_expiry_step_s:
+                    log.error(
+                        "the ledger's min_expiry_gap %d s exceeds [timing] leg_expiry_step_s "
+                        "%d s: the ledger will refuse this node's orders (another network's "
+                        "timing? see docs/node.md, Timing)",
+                        gap,
+                        self.config.timing.leg_expiry_step_s,
+                    )
                 if self.exchange is not None:
                     fee = int(self.state.params.get("protocol_fee_bps", 0))
                     self.exchange.config.protocol_fee_bps = fee
@@ -804,6 +846,16 @@ class Node:
             return
         tx = self.store.raw(trade.trade_id, "evidence_tx")
         if tx is None:
+            # The ledger judges by its block time, not this node's clock: filed in the second of
+            # lock_by + grace (or with the ledger's clock behind ours) the evidence was refused
+            # as early, once and for all. File once the ledger's latest block is past it.
+            try:
+                status = await asyncio.to_thread(self.ledger.status)
+            except LedgerError:
+                return
+            if not evidence_due(leg.lock_by, grace, status.block_time):
+                return
+        if tx is None:
             rec = await asyncio.to_thread(self._ledger_order_raw, order.order_id)
             outcome = str(rec["legs"][1].get("outcome", "")) if rec else ""
             if outcome in ("locked", "redeemed", "refunded"):
@@ -939,7 +991,8 @@ class Node:
         self.store.update(trade_id, state="committed", height=height)
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
         self.crash.hit("trade_committed")
-        deadline = time.monotonic() + PROPOSE_RETRY_S
+        retry_s = propose_retry_s(self.config.timing.accept_window_s)
+        deadline = time.monotonic() + retry_s
         waited = False
         while True:
             try:
@@ -969,7 +1022,7 @@ class Node:
                 if self._stop.is_set():
                     return  # the restart's recovery starts the swap
                 await asyncio.sleep(HEALTH_INTERVAL)
-                deadline = time.monotonic() + PROPOSE_RETRY_S
+                deadline = time.monotonic() + retry_s
                 continue
             except KofoError as exc:  # the maker not reached (down, restarting): ask again
                 if time.monotonic() > deadline or self._stop.is_set():

@@ -222,7 +222,14 @@ def engine_legs(
 
 
 def plan_order_times(
-    policies: Mapping[str, ChainPolicy], have_chain: str, want_chain: str, now_s: int
+    policies: Mapping[str, ChainPolicy],
+    have_chain: str,
+    want_chain: str,
+    now_s: int,
+    *,
+    lock_window_s: int = LOCK_WINDOW_S,
+    accept_window_s: int = ACCEPT_WINDOW_SECONDS,
+    leg_expiry_step_s: int = LEG_EXPIRY_STEP_S,
 ) -> OrderTimes:
     """The taker's plan of a routed order's deadlines for the chain pair (the exchange's
     ``plan_times``; link protocol v4), in unix seconds from the order's time ``t``: the
@@ -243,7 +250,12 @@ def plan_order_times(
     * ``T_A`` (``legs[0]``): ``T_B`` at its slowest + the maker's margin (``notice(c2) +
       settle(c1)``) reached by chain 1's units at their fastest, plus chain 1's progress before
       the proposal; at least ``LEG_EXPIRY_STEP_S`` after ``T_B`` (the ledger's default
-      ``min_expiry_gap``)."""
+      ``min_expiry_gap``).
+
+    ``lock_window_s``, ``accept_window_s`` and ``leg_expiry_step_s`` are the network's timing
+    (``[timing]``; the production constants by default, a devnet's own with
+    ``kofo devnet --fast-timing``): ``LOCK_WINDOW_S``, ``ACCEPT_WINDOW_SECONDS`` and
+    ``LEG_EXPIRY_STEP_S`` above stand for them."""
     for chain in (have_chain, want_chain):
         if chain not in policies:
             raise OrderUnfit(f"chain {chain!r} is not served here: no plan for it")
@@ -262,12 +274,12 @@ def plan_order_times(
             s += 1
         return s
 
-    out_lock = LOCK_WINDOW_S
+    out_lock = lock_window_s
     blocks1 = p1.inclusion_blocks + p1.confirmations
     buried1 = p1.late_seconds(blocks1) if p1.height_clock else p1.late_seconds(p1.settle_seconds())
     back_lock = out_lock + max(buried1, p1.settle_seconds()) + p1.notice_seconds
     layout = (
-        ACCEPT_WINDOW_SECONDS
+        accept_window_s
         + p1.settle_seconds()
         + p1.notice_seconds
         + 2 * p2.settle_seconds()
@@ -276,14 +288,14 @@ def plan_order_times(
     # ... and from the maker's lock deadline on the ledger: the taker's reveal and its redeem
     # buried on chain 2 still fit before T_B after a maker lock at that deadline.
     after_lock = back_lock + 2 * p2.settle_seconds() + p2.notice_seconds
-    units_b = max(p2.to_units(LOCK_WINDOW_S) + p2.to_units(layout), p2.to_units(after_lock))
+    units_b = max(p2.to_units(lock_window_s) + p2.to_units(layout), p2.to_units(after_lock))
     t_b = seconds_for(p2, units_b)
     need = p2.late_seconds(units(p2, t_b)) + p2.notice_seconds + p1.settle_seconds()
     units_a = p1.to_units(need)
     while p1.early_seconds(units_a) < need:
         units_a += 1
-    t_a = seconds_for(p1, units_a + p1.to_units(LOCK_WINDOW_S))
-    t_a = max(t_a, t_b + LEG_EXPIRY_STEP_S)
+    t_a = seconds_for(p1, units_a + p1.to_units(lock_window_s))
+    t_a = max(t_a, t_b + leg_expiry_step_s)
     return now_s + out_lock, now_s + back_lock, now_s + t_b, now_s + t_a
 
 
@@ -293,6 +305,7 @@ def check_order_as_maker(
     now: Mapping[str, Expiry],
     *,
     maker_node: bytes,
+    accept_window_s: int = ACCEPT_WINDOW_SECONDS,
 ) -> None:
     """The maker's check before it co-signs a routed order (the exchange's ``order_guard``,
     role ``"provider"``): the swap its engine will be asked to accept for this order is safe
@@ -334,6 +347,7 @@ def check_order_as_maker(
         now=now,
         initiator_node=order.legs[0].sender,
         participant_node=maker_node,
+        accept_window=accept_window_s,
     )
     terms = replace(
         laid,
@@ -371,8 +385,10 @@ class TradePipeline:
         send: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         commit_timeout: float = 30.0,
         crash: Callable[[str], None] = lambda _point: None,
+        accept_window_s: int = ACCEPT_WINDOW_SECONDS,
     ) -> None:
         self.crash = crash  # fault injection (tests): the engine's CrashHook.hit
+        self.accept_window_s = accept_window_s  # the network's ([timing]) proposal window
         self.ledger = ledger
         self.engine = engine
         self.node_id = public_key_bytes(node_key)
@@ -486,6 +502,7 @@ class TradePipeline:
             swap_id=order_id,
             preimage=preimage,
             participant_node=com.order.legs[1].sender,
+            accept_window=self.accept_window_s,
         )
         self.phases.record(order_id, "swap_started")
         state = self.engine.journal.get(order_id).state
