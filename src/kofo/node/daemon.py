@@ -771,6 +771,8 @@ class Node:
             role, order = found
             if role == "maker" and self.phases.phase(oid, "committed") is None:
                 await self._watch_signed(trade, order)
+            elif role == "maker" and trade.state == "committed":
+                await self._maker_from_order(trade, order)
             elif role == "taker" and trade.state in ("settling", "committed"):
                 await self._check_lock_deadline(trade, order)
 
@@ -792,6 +794,42 @@ class Node:
         self.store.update(trade.trade_id, state="committed", height=com.height)
         self._trade_event(trade.trade_id, "committed", {"height": com.height})
         self.crash.hit("maker_committed")
+
+    async def _maker_from_order(self, trade: TradeView, order: SettlementOrder) -> None:
+        """A committed order with no swap in the engine yet (no proposal came): once the
+        taker's leg is locked on the chain, the maker locks its own from the committed order
+        (``TradePipeline.start_as_maker``), so a taker that locks and never proposes cannot
+        get it slashed. Past ``legs[1].lock_by`` with nothing started, the trade has failed
+        (the taker never locked): its hold is released."""
+        assert self.pipeline is not None
+        try:
+            terms = await self._thread(self.pipeline.start_as_maker, order.order_id)
+        except TermsRefused as exc:
+            # some refusals pass (a rate limit, funds in flight): again next time, until the
+            # maker's lock deadline has gone by
+            log.warning("order %s: not started: %s", order.order_id.hex()[:16], exc)
+            if time.time() > order.legs[1].lock_by:
+                self._maker_lapsed(trade, order, f"{exc.code}: {exc}")
+            return
+        except KofoError as exc:  # a chain read failed: look again next time
+            log.info("order %s: %s", order.order_id.hex()[:16], self._redact(str(exc)))
+            return
+        if terms is not None:
+            self._trade_event(
+                trade.trade_id, "started_from_order", {"order_id": order.order_id.hex()}
+            )
+        elif time.time() > order.legs[1].lock_by and self._unlocked(order.order_id):
+            self._maker_lapsed(trade, order, "the taker's leg was not locked by legs[1].lock_by")
+
+    def _maker_lapsed(self, trade: TradeView, order: SettlementOrder, reason: str) -> None:
+        with self._holds_lock:
+            self._holds = [h for h in self._holds if h.order_id != order.order_id]
+        if self.store.get(trade.trade_id).state in TERMINAL_TRADE_STATES:
+            return
+        reason = self._redact(reason)[:500]
+        log.info("order %s: nothing started: %s", order.order_id.hex()[:16], reason)
+        self._trade_event(trade.trade_id, "failed", {"reason": reason})
+        self.store.update(trade.trade_id, state="failed", error=reason)
 
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
