@@ -13,6 +13,7 @@ pipelines in-process on the embedded chains and the solo ledger (``test_trades``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from kofo.errors import KofoError
 from kofo.node.ledger_client import LedgerClient
+from kofo.node.service import TradeRequest
 from kofo.node.trades import engine_legs
 from kofo.settlement.chain import HtlcState
 from kofo.settlement.journal import UnknownSwap
@@ -125,3 +127,54 @@ def test_a_maker_whose_ledger_does_not_answer_says_not_yet_and_accepts_later(
         taker.pipe.start_as_taker(oid)
     assert _state(taker, oid) is State.ACCEPTED
     assert _state(maker, oid) is State.ACCEPTED
+
+
+def test_the_makers_daemon_locks_from_the_committed_order_when_no_proposal_comes(
+    tmp_path,
+) -> None:
+    """The same through the daemons (the watcher's wiring): a taker whose proposals never
+    leave it, and who locks its leg by hand; the maker's daemon locks its own leg."""
+    asyncio.run(_daemon_no_proposal(tmp_path))
+
+
+async def _daemon_no_proposal(tmp_path) -> None:
+    from tests.node.test_daemon import PRICE, SATS, network, until
+
+    async with network(tmp_path) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        assert taker.pipeline is not None and maker.engine is not None
+        taker.pipeline.send = None  # its proposals never leave it
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(
+            TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+        )
+        got = await until(
+            lambda: (v := taker.store.find(view.trade_id)) and v.height and v, "the commit"
+        )
+        oid = bytes.fromhex(got.order_id)
+        found = taker.phases.order(oid)
+        assert found is not None
+        order = found[1]
+        a, _b = engine_legs(order, taker.chains.policies)  # type: ignore[union-attr]
+        await asyncio.sleep(2)  # the maker's watcher has seen the commit, and no proposal
+        assert _engine_state(maker, oid) is None
+        await asyncio.to_thread(
+            taker.chains.adapters["btc"].lock,  # type: ignore[union-attr]
+            a.htlc(order.payment_hash),
+        )
+        await until(lambda: _engine_state(maker, oid) is State.LOCKED, "the maker's lock", 120)
+        row = maker.store.by_order(oid.hex())
+        assert row is not None and "started_from_order" in [p.phase for p in row.phases]
+
+        async def both_locked():
+            rec = await taker.ledger_order(oid.hex())
+            return rec.outcomes == {"0": "locked", "1": "locked"}
+
+        await until(both_locked, "both legs attested locked", 120)
+
+
+def _engine_state(node, oid: bytes) -> State | None:
+    try:
+        return node.engine.journal.get(oid).state
+    except UnknownSwap:
+        return None
