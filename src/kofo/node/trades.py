@@ -394,11 +394,18 @@ def maker_terms(
     else:
         by = UnixTime(order.legs[1].lock_by)
     lock_b = laid.participant_lock_by if laid.participant_lock_by.value <= by.value else by
+    # The initiator's reveal deadline is laid from now, and a maker that saw the lock late
+    # would find it past T_B and refuse terms it must honour: it is only the initiator's
+    # bound, so it is kept within the order's T_B less a redeem's settling (never before our
+    # own lock deadline).
+    room = b.expiry.value - p2.to_units(p2.settle_seconds())
+    redeem_a = min(laid.initiator_redeem_by.value, max(lock_b.value, room))
     return replace(
         laid,
         initiator_leg=replace(laid.initiator_leg, expiry=a.expiry),
         participant_leg=replace(laid.participant_leg, expiry=b.expiry),
         participant_lock_by=lock_b,
+        initiator_redeem_by=p2.expiry(redeem_a),
     )
 
 
