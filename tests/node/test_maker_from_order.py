@@ -149,7 +149,7 @@ async def _daemon_no_proposal(tmp_path) -> None:
             TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
         )
         got = await until(
-            lambda: (v := taker.store.find(view.trade_id)) and v.height and v, "the commit"
+            lambda: (v := taker.store.find(view.trade_id)) and v.height and v, "the commit", 180
         )
         oid = bytes.fromhex(got.order_id)
         found = taker.phases.order(oid)
