@@ -607,6 +607,11 @@ class ExchangeNode:
             link.swap_only = True
             old_swap = self.swap_links.get(peer)
             if old_swap is not None and not old_swap.closed:
+                if link.outbound:
+                    # two of our own dials raced: keep the live one (messages may be on it)
+                    link.close()
+                    return
+                # the peer dialled again: its old link is dead on its side (a restart)
                 old_swap.close()
             self.swap_links[peer] = link
             self._spawn(self._run_link(link))
