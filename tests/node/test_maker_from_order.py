@@ -129,6 +129,7 @@ def test_a_maker_whose_ledger_does_not_answer_says_not_yet_and_accepts_later(
     assert _state(maker, oid) is State.ACCEPTED
 
 
+@pytest.mark.timeout(600)
 def test_the_makers_daemon_locks_from_the_committed_order_when_no_proposal_comes(
     tmp_path,
 ) -> None:
