@@ -179,6 +179,17 @@ def info_command(home: HomeOption = _DEFAULT_HOME, as_json: JsonOption = False) 
     rows.append(("peers", info.peers))
     for chain, address in info.addresses.items():
         rows.append((f"{chain} address", address))
+    bond = info.bond
+    if bond is not None and (bond.configured or bond.min_bond):
+        rows.append(
+            (
+                "bond (wei)",
+                f"{bond.configured} configured, vault {bond.vault}, "
+                f"ledger {bond.attested}" + ("" if bond.quoting else ", NOT QUOTING"),
+            )
+        )
+        if bond.error:
+            rows.append(("bond error", bond.error))
     _record(_console(), f"node {info.name}", rows)
 
 

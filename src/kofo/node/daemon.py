@@ -44,6 +44,7 @@ from kofo.clearance import privacy
 from kofo.errors import InvalidInput, KofoError
 from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed, now_ms
 from kofo.exchange.route import OrderPolicy, OrderTimes
+from kofo.node.bonds import ensure_bond, vault_bond
 from kofo.node.chains import Chains, build_chains
 from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_config
 from kofo.node.events import EventLog
@@ -53,6 +54,7 @@ from kofo.node.redact import Redactor, public_url
 from kofo.node.registration import ensure_registered, load_or_create_paillier
 from kofo.node.service import (
     BalanceView,
+    BondView,
     BookView,
     ChainView,
     Conflict,
@@ -170,6 +172,9 @@ class NodeState:
     balances: dict[str, int] = field(default_factory=dict)  # asset -> wallet balance
     fee_reserve: dict[str, int] = field(default_factory=dict)  # asset -> kept for spends
     params: dict[str, Any] = field(default_factory=dict)  # the ledger's /params
+    bond_vault: int | None = None  # wei the bond vault holds under this node id (as last read)
+    bond_attested: int | None = None  # the ledger's count of it (attested less slashes pending)
+    bond_error: str = ""  # why the configured bond is not locked yet
 
 
 @dataclass
@@ -285,6 +290,7 @@ class Node:
         self._tasks = [
             asyncio.ensure_future(self._health_loop()),
             asyncio.ensure_future(self._register_loop()),
+            asyncio.ensure_future(self._bond_loop()),
             asyncio.ensure_future(self._tick_loop()),
             asyncio.ensure_future(self._refresh_loop()),
             asyncio.ensure_future(self._watch_loop()),
@@ -411,7 +417,7 @@ class Node:
             "expiry_fit": self._expiry_fit,
             "expiry_check": self._expiry_check,
             "order_guard": self._order_guard,
-            "liquidity": self.liquidity,
+            "liquidity": self._quotable,
             "on_fill": self._on_fill,
             "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
             "on_direct": self._on_direct,
@@ -497,6 +503,21 @@ class Node:
             held = sum(h.amount for h in self._holds if h.asset == asset and h.until > now)
         return max(0, balance - reserved - fee - held)
 
+    def bond_ok(self) -> bool:
+        """Whether this node may quote as a maker: the bond it is configured with (``[bond]
+        amount``) is in the vault, and the ledger counts at least its ``min_bond`` (when the
+        ledger asks for one). A maker short of either quotes nothing and co-signs nothing."""
+        want = self.config.bond.amount
+        if want > 0 and (self.state.bond_vault or 0) < want:
+            return False
+        min_bond = int(self.state.params.get("min_bond", 0) or 0)
+        return not (min_bond > 0 and (self.state.bond_attested or 0) < min_bond)
+
+    def _quotable(self, asset: str) -> int:
+        """The exchange's ``liquidity`` hook: :meth:`liquidity`, or 0 while the bond is
+        missing (no quote, no order)."""
+        return self.liquidity(asset) if self.bond_ok() else 0
+
     def _on_fill(self, asset: str, amount_out: int, valid_until_ms: int) -> None:
         with self._holds_lock:
             self._holds.append(_Hold(asset, amount_out, valid_until_ms / 1000))
@@ -512,6 +533,8 @@ class Node:
         assert self.pipeline is not None
         if len(order.legs) != 2 or order.legs[1].sender != self.node_id:
             raise TradeRefused(f"order {order.order_id.hex()}: this node sends no second leg")
+        if not self.bond_ok():
+            raise TradeRefused(f"order {order.order_id.hex()}: this maker's bond is not locked")
         mine = order.legs[1]
         asset = mine.chain if mine.token is None else f"{mine.chain}:{mine.token}"
         now_s = int(time.time())
@@ -702,6 +725,19 @@ class Node:
                 status.height,
             )
         self.state.ledger, self.state.ledger_error = status, ""
+        if self.state.registered and (
+            self.config.bond.amount > 0 or int(self.state.params.get("min_bond", 0) or 0) > 0
+        ):
+            await self._read_attested_bond()
+
+    async def _read_attested_bond(self) -> None:
+        try:
+            raw = await asyncio.to_thread(self.ledger.abci_query, "/node", encode(self.node_id))
+        except LedgerError:
+            return
+        rec = decode(raw)
+        locked = int(rec.get("bond_locked", 0) or 0)
+        self.state.bond_attested = max(0, locked - int(rec.get("slash_pending", 0) or 0))
 
     async def _register_loop(self) -> None:
         """Register once (idempotent); retried every health interval while the ledger is down
@@ -716,6 +752,51 @@ class Node:
                 log.warning("registration not done yet (%s); retrying", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), HEALTH_INTERVAL)
+
+    async def _bond_loop(self) -> None:
+        """A maker's bond (``[bond] amount`` > 0): locked in the vault at start by
+        ``ensure_bond`` (reads the vault first, journals the signed deposit in ``bond.tx``
+        before sending it, re-sends those bytes after a restart: once across restarts),
+        retried every health interval until it is there; offers are not quoted before."""
+        bond = self.config.bond
+        if bond.amount <= 0:
+            return
+        while not self._stop.is_set():
+            try:
+                await self._thread(self._ensure_bond)
+                self.state.bond_error = ""
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = self._redact(f"{type(exc).__name__}: {exc}")[:500]
+                if error != self.state.bond_error:
+                    log.warning("bond not locked yet (%s); retrying, no quotes meanwhile", error)
+                self.state.bond_error = error
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), HEALTH_INTERVAL)
+
+    def _ensure_bond(self) -> None:
+        assert self.chains is not None
+        bond = self.config.bond
+        adapter: Any = self.chains.adapters.get(bond.chain)
+        if adapter is None or not hasattr(adapter, "w3"):
+            raise KofoError(f"[bond] chain {bond.chain!r} is not a configured Ethereum chain")
+        sent = ensure_bond(
+            home=self.config.home,
+            w3=adapter.w3,
+            account=adapter.account,
+            vault=bond.vault,
+            node_id=self.node_id,
+            amount=bond.amount,
+            nonces=getattr(adapter, "nonces", None),
+        )
+        self.state.bond_vault = vault_bond(adapter.w3, bond.vault, self.node_id)
+        if sent is not None:
+            self.event_log.append(
+                "node", {"event": "bond_locked", "amount": bond.amount, "tx": sent}
+            )
+        log.info("bond: the vault holds %d wei under this node", self.state.bond_vault)
 
     def _register(self) -> None:
         assert self.chains is not None
@@ -813,6 +894,8 @@ class Node:
             role, order = found
             if role == "maker" and self.phases.phase(oid, "committed") is None:
                 await self._watch_signed(trade, order)
+            elif role == "maker" and trade.state == "committed":
+                await self._maker_from_order(trade, order)
             elif role == "taker" and trade.state in ("settling", "committed"):
                 await self._check_lock_deadline(trade, order)
 
@@ -834,6 +917,42 @@ class Node:
         self.store.update(trade.trade_id, state="committed", height=com.height)
         self._trade_event(trade.trade_id, "committed", {"height": com.height})
         self.crash.hit("maker_committed")
+
+    async def _maker_from_order(self, trade: TradeView, order: SettlementOrder) -> None:
+        """A committed order with no swap in the engine yet (no proposal came): once the
+        taker's leg is locked on the chain, the maker locks its own from the committed order
+        (``TradePipeline.start_as_maker``), so a taker that locks and never proposes cannot
+        get it slashed. Past ``legs[1].lock_by`` with nothing started, the trade has failed
+        (the taker never locked): its hold is released."""
+        assert self.pipeline is not None
+        try:
+            terms = await self._thread(self.pipeline.start_as_maker, order.order_id)
+        except TermsRefused as exc:
+            # some refusals pass (a rate limit, funds in flight): again next time, until the
+            # maker's lock deadline has gone by
+            log.warning("order %s: not started: %s", order.order_id.hex()[:16], exc)
+            if time.time() > order.legs[1].lock_by:
+                self._maker_lapsed(trade, order, f"{exc.code}: {exc}")
+            return
+        except KofoError as exc:  # a chain read failed: look again next time
+            log.info("order %s: %s", order.order_id.hex()[:16], self._redact(str(exc)))
+            return
+        if terms is not None:
+            self._trade_event(
+                trade.trade_id, "started_from_order", {"order_id": order.order_id.hex()}
+            )
+        elif time.time() > order.legs[1].lock_by and self._unlocked(order.order_id):
+            self._maker_lapsed(trade, order, "the taker's leg was not locked by legs[1].lock_by")
+
+    def _maker_lapsed(self, trade: TradeView, order: SettlementOrder, reason: str) -> None:
+        with self._holds_lock:
+            self._holds = [h for h in self._holds if h.order_id != order.order_id]
+        if self.store.get(trade.trade_id).state in TERMINAL_TRADE_STATES:
+            return
+        reason = self._redact(reason)[:500]
+        log.info("order %s: nothing started: %s", order.order_id.hex()[:16], reason)
+        self._trade_event(trade.trade_id, "failed", {"reason": reason})
+        self.store.update(trade.trade_id, state="failed", error=reason)
 
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
@@ -1137,6 +1256,14 @@ class Node:
                 name: addr
                 for name, addr in (self.exchange.config.addresses if self.exchange else {}).items()
             },
+            bond=BondView(
+                configured=self.config.bond.amount,
+                vault=self.state.bond_vault,
+                attested=self.state.bond_attested,
+                min_bond=int(self.state.params.get("min_bond", 0) or 0),
+                quoting=self.bond_ok(),
+                error=self.state.bond_error,
+            ),
         )
 
     async def balances(self) -> list[BalanceView]:

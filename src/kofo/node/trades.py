@@ -34,9 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.errors import KofoError
 from kofo.exchange.route import LEG_EXPIRY_STEP_S, LOCK_WINDOW_S, OrderTimes
-from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
+from kofo.node.ledger_client import LedgerClient, LedgerError, LedgerRefused, tx_hash
 from kofo.private_files import check_private_file
+from kofo.settlement.chain import HtlcState
 from kofo.settlement.engine import SwapEngine
+from kofo.settlement.journal import UnknownSwap
 from kofo.settlement.swap import State
 from kofo.settlement.terms import (
     ACCEPT_WINDOW_SECONDS,
@@ -78,6 +80,27 @@ a refusal is final (the taker gives the committed trade up). Well within the dir
 30 s answer budget; an order that is truly not committed is still refused, only later (and
 the proposals that could make a maker wait are rate-limited per node by the engine)."""
 LAG_POLL_S = 0.25
+
+
+class LedgerNotYet(KofoError):
+    """The maker could not read the order from the ledger now (unreachable, slow): not a
+    refusal. Sent back as the proposal's answer (code ``ledger_not_yet``); the taker keeps its
+    swap proposed and asks again."""
+
+    code = "ledger_not_yet"
+    retryable = True
+
+
+class ProposalNotYet(KofoError):
+    """The maker answered the proposal "not yet" (its ledger read failed): asked again later;
+    nothing changed on either side."""
+
+    code = "proposal_not_yet"
+    retryable = True
+
+
+NOT_YET_CODES = frozenset({LedgerNotYet.code})
+"""Error codes in a proposal's answer that mean "ask again", never a refusal."""
 
 
 class OrderUnfit(TradeRefused):
@@ -359,6 +382,62 @@ def check_order_as_maker(
     )
 
 
+def maker_terms(
+    order: SettlementOrder,
+    policies: Mapping[str, ChainPolicy],
+    now: Mapping[str, Expiry],
+    *,
+    maker_node: bytes,
+    wall_now: int,
+) -> SwapTerms:
+    """The swap terms the maker's engine runs for a committed ``order`` that no proposal
+    brought (:meth:`TradePipeline.start_as_maker`): the legs, hash, nodes and expiries of the
+    order, the deadlines laid out from ``now`` as the taker's engine would, and the maker's
+    own lock deadline no later than the order's ``legs[1].lock_by`` (on a height-clocked
+    chain, the last height that comes before it even at the slowest block rate), so the
+    maker's engine never locks later than the ledger judges. Raises :class:`TermsRefused`
+    when that deadline has passed."""
+    a, b = engine_legs(order, policies)
+    laid = propose_terms(
+        swap_id=order.order_id,
+        payment_hash=order.payment_hash,
+        initiator_leg=a,
+        participant_leg=b,
+        policies=policies,
+        now=now,
+        initiator_node=order.legs[0].sender,
+        participant_node=maker_node,
+    )
+    p2 = policies[b.chain]
+    left = order.legs[1].lock_by - wall_now
+    if left <= 0:
+        raise TermsRefused(
+            f"order {order.order_id.hex()}: legs[1].lock_by {order.legs[1].lock_by} has passed",
+            code="terms_deadline_passed",
+        )
+    if p2.height_clock:
+        units = p2.to_units(left)
+        while units > 0 and p2.late_seconds(units) > left:
+            units -= 1
+        by: Expiry = BlockHeight(now[b.chain].value + units)
+    else:
+        by = UnixTime(order.legs[1].lock_by)
+    lock_b = laid.participant_lock_by if laid.participant_lock_by.value <= by.value else by
+    # The initiator's reveal deadline is laid from now, and a maker that saw the lock late
+    # would find it past T_B and refuse terms it must honour: it is only the initiator's
+    # bound, so it is kept within the order's T_B less a redeem's settling (never before our
+    # own lock deadline).
+    room = b.expiry.value - p2.to_units(p2.settle_seconds())
+    redeem_a = min(laid.initiator_redeem_by.value, max(lock_b.value, room))
+    return replace(
+        laid,
+        initiator_leg=replace(laid.initiator_leg, expiry=a.expiry),
+        participant_leg=replace(laid.participant_leg, expiry=b.expiry),
+        participant_lock_by=lock_b,
+        initiator_redeem_by=p2.expiry(redeem_a),
+    )
+
+
 # -- the pipeline -------------------------------------------------------------------------------
 
 
@@ -510,6 +589,12 @@ class TradePipeline:
             reply = self.send(order_id, Propose(terms))
             if isinstance(reply, Accept):
                 self.engine.handle(reply, com.order.legs[1].sender)
+            elif isinstance(reply, Error) and reply.code in NOT_YET_CODES:
+                # not a refusal: the maker's ledger read failed; the swap stays proposed
+                log.info("order %s: the maker says not yet: %s", order_id.hex(), reply.message)
+                raise ProposalNotYet(
+                    f"order {order_id.hex()}: the maker cannot read the order yet: {reply.message}"
+                )
             elif isinstance(reply, Error):
                 log.warning(
                     "order %s: the maker refused: %s %s", order_id.hex(), reply.code, reply.message
@@ -549,6 +634,52 @@ class TradePipeline:
         self.phases.record(order_id, "committed", {"height": com.height})
         return com
 
+    def start_as_maker(self, order_id: bytes) -> SwapTerms | None:
+        """The maker acts from the committed order itself, with or without a proposal.
+
+        A taker may lock its leg (the HTLC is fixed by the order) and never propose, or
+        propose late; the ledger's ``leg_not_locked`` would then blame the maker, whose engine
+        never heard of the swap. So once the order is seen committed (``watch_commit``) and no
+        swap for it is in this node's engine, the maker looks for leg 0's lock on its own view
+        of the chain (the order's full terms); when it is there, the engine accepts the terms
+        derived from the order (:func:`maker_terms`: the order's expiries, the maker's lock
+        deadline no later than ``legs[1].lock_by``) and locks leg 1 as for any proposal.
+        Returns those terms, or None (a swap exists, the order is not seen committed, or leg
+        0 is not locked yet). Raises :class:`TermsRefused` when the order can no longer be
+        started (``legs[1].lock_by`` passed, margins gone)."""
+        try:
+            self.engine.journal.get(order_id)
+            return None  # the proposal came (or we started before): the engine drives it
+        except UnknownSwap:
+            pass
+        if self.phases.phase(order_id, "committed") is None:
+            return None
+        found = self.phases.order(order_id)
+        if found is None or found[0] != "maker":
+            return None
+        order = found[1]
+        a, b = engine_legs(order, self.engine.policies)
+        adapter = self.engine.adapters[a.chain]
+        ref = adapter.find_htlc(a.htlc(order.payment_hash))
+        if ref is None:
+            return None
+        status = adapter.status(ref)
+        if status.state is not HtlcState.LOCKED:
+            return None
+        tip = adapter.tip().height
+        lock_height = tip - status.confirmations + 1 if status.confirmations else tip
+        now = self.engine.now((a.chain, b.chain))
+        terms = maker_terms(
+            order, self.engine.policies, now, maker_node=self.node_id, wall_now=int(time.time())
+        )
+        log.warning(
+            "order %s: the taker locked leg 0 without a proposal; locking leg 1 from the "
+            "committed order",
+            order_id.hex(),
+        )
+        self.engine.accept(terms, scan_from={a.chain: lock_height})
+        return terms
+
     def accept_policy(self, terms: SwapTerms) -> None:
         """The maker's engine policy: accept exactly the terms derived from a committed order
         this node is the maker of and that equals the order it co-signed. Every refusal is
@@ -565,6 +696,28 @@ class TradePipeline:
             # not yet seen committed: ask the ledger now (the proposal may beat our watcher)
             try:
                 self.watch_commit(oid, lag_s=VALIDATOR_LAG_S)
+            except LedgerError as exc:
+                if isinstance(exc, LedgerRefused):
+                    raise TermsRefused(
+                        f"order {oid.hex()}: not seen committed on the ledger ({exc})",
+                        code="terms_not_offered",
+                    ) from exc
+                # No answer is no refusal: "not yet", while the order may still start (its
+                # taker's lock deadline is ahead); only a definite answer, or that deadline
+                # passed, refuses.
+                mine = self.phases.order(oid)
+                if (
+                    mine is not None
+                    and mine[0] == "maker"
+                    and time.time() < mine[1].legs[0].lock_by
+                ):
+                    raise LedgerNotYet(
+                        f"order {oid.hex()}: the ledger did not answer ({exc.code}); ask again"
+                    ) from exc
+                raise TermsRefused(
+                    f"order {oid.hex()}: not seen committed on the ledger ({exc})",
+                    code="terms_not_offered",
+                ) from exc
             except KofoError as exc:
                 raise TermsRefused(
                     f"order {oid.hex()}: not seen committed on the ledger ({exc})",
