@@ -247,6 +247,14 @@ class HtlcMachine(RuleBasedStateMachine):
             self._assert_settled_for_good(swap)
         self._assert_live(swap)
 
+    @rule(swap=swaps)
+    def short_redeem_by_another(self, swap):
+        """The short redeem (recipient left out) names msg.sender as the recipient: sent by
+        anyone but the recipient it never matches a swap, whatever the swap's state."""
+        short = self.htlc.functions.redeem(swap.preimage, *swap.terms[:3])
+        assert not self._transact(short, {"from": self.watchtower})
+        self._assert_live(swap)
+
     def _assert_settled_for_good(self, swap: ModelSwap) -> None:
         """Right after a payout, neither a second redeem nor a refund may pay again."""
         redeem = self.htlc.functions.redeem(swap.preimage, *swap.terms)
