@@ -26,6 +26,7 @@ from kofo.wire.exchange import (
     sign_fee,
     sign_hop,
 )
+from tests.nodes import free_port
 
 from .helpers import link, start_nodes, stop_all, wait_until
 
@@ -217,14 +218,6 @@ def test_fulfils_to_a_taker_and_a_relays_state_are_capped():
     run(go())
 
 
-def _dead_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.timeout(60)
 def test_an_announced_dead_address_is_dialled_with_backoff_and_then_forgotten():
     """Issue 19.6: an address a peer announced was re-dialled forever (136 dials to one dead
@@ -238,7 +231,7 @@ def test_an_announced_dead_address_is_dialled_with_backoff_and_then_forgotten():
         victim, peer = nodes
         try:
             await link(peer, victim)
-            dead = ("127.0.0.1", _dead_port())
+            dead = ("127.0.0.1", free_port())
             tries = []
             real_dial = victim._dial
 
