@@ -389,10 +389,29 @@ def start_geth(datadir: Path, *, gas_limit: int | None = None) -> GethNode:
         if not accounts:
             raise NodeError("geth --dev reported no accounts; expected the dev account")
         node.dev_account = accounts[0]
+        _wait_tx_indexed(node)
     except BaseException:
         node.stop()
         raise
     return node
+
+
+def _wait_tx_indexed(node: GethNode, timeout: float = 60.0) -> None:
+    """Mine geth's first block (a 0-wei transfer from the dev account to itself) and wait until
+    its transaction indexer reports done (``eth_syncing`` false).
+
+    A fresh ``--dev`` chain stays at block 0 with one block left to index until a block is
+    mined, and until then geth answers ``eth_getTransactionReceipt`` of any transaction not yet
+    mined with the error "transaction indexing is in progress" instead of null: a client that
+    polls for a receipt right after sending the chain's first transaction (ethers'
+    ``waitForDeployment``, ``wait_for_receipt`` here) failed whenever the block came after its
+    first poll, as on a loaded machine."""
+    node.rpc("eth_sendTransaction", {"from": node.dev_account, "to": node.dev_account})
+    deadline = time.monotonic() + timeout
+    while node.rpc("eth_syncing") is not False:
+        if time.monotonic() >= deadline:
+            raise NodeError(f"geth: transaction indexing not done within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------
