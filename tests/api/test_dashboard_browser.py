@@ -360,6 +360,8 @@ def test_the_dashboard_trades_on_a_real_daemon_and_follows_the_swap_to_redeemed(
     card_text = text(d, card)
     txids = [t for leg in swap.legs for t in (leg.lock_txid, leg.spend_txid) if t]
     assert txids and all(t in card_text for t in txids), "every txid shown whole"
+    assert len(txids) == 4, "both legs' locks and redeems, read from their chains"
+    assert "you pay" in card_text and "you receive" in card_text
     shot(d, "desktop-swaps")
     go(d, "trade", "#trade-form")
     wait_for(d, "the trade redeemed", lambda d: "redeemed" in text(d, "#trades").lower())

@@ -747,10 +747,14 @@ function deadlineOf(leg, ls) {
 }
 
 function swapCard(s) {
+  // which leg is ours follows from the role (the initiator pays the first leg); the addresses
+  // only as a fallback (a Bitcoin leg names HTLC keys, not the wallet's address)
+  const two = (s.legs || []).length === 2 && (s.role === "initiator" || s.role === "participant");
+  const ownLeg = s.role === "participant" ? 1 : 0;
   const legs = deriveLegs(s).map((leg, i) => {
     const ls = leg.state;
-    const receiving = ownAddress(leg.recipient);
-    const paying = ownAddress(leg.sender);
+    const receiving = two ? i !== ownLeg : ownAddress(leg.recipient);
+    const paying = two ? i === ownLeg : ownAddress(leg.sender);
     const asset = leg.token ? `${leg.chain}:${leg.token}` : leg.chain;
     const step = (label, done, txid, extra) => h("li", { class: done ? "done" : "todo" },
       h("div", { class: "step-head" }, h("strong", {}, label), extra),
