@@ -1,10 +1,14 @@
 """The dashboard in a real browser: Debian's chromium, driven by Selenium through chromedriver.
 
-The page is served by a FastAPI app on 127.0.0.1 (the real ``kofo.node.dashboard.mount`` and
-a minimal /v1 surface over an in-memory node, ``tests/api/dashboard_fixture.py``). The test
-opens every view, places a trade from the form, and watches the swap timeline reach
-"redeemed" on both legs as the node's events arrive on the WebSocket. Screenshots of each
-view, desktop (1280x800) and phone (390x844), light and dark, go to ``tests/artifacts/``.
+The main test runs over the real thing: the embedded devnet and three real daemons (taker ->
+relay -> maker, ``tests/api/daemon_net.py``, one network for the module), the taker's own
+``kofo.node.api`` app and dashboard on 127.0.0.1. It opens every view, places a trade from the
+form, and watches the swap timeline reach "redeemed" on both legs as the node's events arrive
+on the WebSocket. Screenshots of each view, desktop (1280x800) and phone (390x844), light and
+dark, go to ``tests/artifacts/`` (``double-*`` for those of the double).
+
+The double (``tests/api/dashboard_fixture.py``) stays only for what a live devnet does not
+produce on demand; each such test says why.
 
 Install the browser with ``scripts/install-nodes.sh chromium``; without it the test skips
 (and fails in CI, like every real-binary test).
@@ -431,7 +435,7 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
     go(d, "node", "dl.facts")
     wanted = (ME, MY_BTC, "5.25", "1.2", "BTC")  # the node id and an address whole
     wait_for(d, "identity and balances", lambda d: all(w in text(d, "#view-node") for w in wanted))
-    shot(d, "desktop-node")
+    shot(d, "double-desktop-node")
 
     # Order book: both sides and a drawn depth chart.
     go(d, "book", "canvas#depth")
@@ -449,10 +453,10 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
         "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;"
     )
     assert painted > 5_000, f"the depth chart drew only {painted} pixels"
-    shot(d, "desktop-book")
+    shot(d, "double-desktop-book")
     # the crosshair: price and depth under the pointer (left of the middle: the bid side)
     ActionChains(d).move_to_element_with_offset(d.find_element(By.ID, "depth"), -300, 0).perform()
-    shot(d, "desktop-book-hover")
+    shot(d, "double-desktop-book-hover")
 
     # Trade: an amount with too many decimals is refused in the form, naming the field.
     go(d, "trade", "#trade-form")
@@ -476,7 +480,7 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
     assert "0.312345678901234567 ETH" in text(d, "#chosen-quote")
     assert text(d, "#chosen-hops") == "direct · 1 hop"
     assert "2" in text(d, "#quotes tbody"), "the two-hop route is listed too"
-    shot(d, "desktop-trade-quotes")
+    shot(d, "double-desktop-trade-quotes")
     place = d.find_element(By.ID, "place-trade")
     wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
     place.click()
@@ -494,7 +498,7 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
         )
     assert "committed at ledger height 8813" in text(d, "#current-trade")
     assert "1 hop" in text(d, "#current-trade")
-    shot(d, "desktop-trade")
+    shot(d, "double-desktop-trade")
 
     assert node.advance() == "settling"
     go(d, "swaps", "article.swap")
@@ -522,7 +526,7 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
     d.execute_script(
         "document.querySelector(arguments[0]).click()", f"{card} details.history summary"
     )
-    shot(d, "desktop-swaps-locked")
+    shot(d, "double-desktop-swaps-locked")
     assert node.advance() == "redeem_counter"
     wait_for(d, "the counter leg redeemed", lambda d: leg_states(d, sid) == ["locked", "redeemed"])
     assert node.advance() == "done"
@@ -542,7 +546,7 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
         d.find_element(By.CSS_SELECTOR, f"{card} details.history").get_attribute("open") is not None
     ), "a fold the user opened stays open through live updates"
     assert "both buried" in text(d, f"{card} details.history")
-    shot(d, "desktop-swaps")
+    shot(d, "double-desktop-swaps")
 
     # Ledger: the committed order with its outcomes, fee shares (beyond 2^53: exact), ranking.
     go(d, "ledger", "#view-ledger table")
@@ -553,13 +557,13 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
         "late lock",  # the evidence
     )
     wait_for(d, "the ledger", lambda d: all(w in text(d, "#view-ledger").lower() for w in wanted))
-    shot(d, "desktop-ledger")
+    shot(d, "double-desktop-ledger")
 
     # Peers: a peer-chosen string is text, not markup.
     go(d, "peers", "#view-peers table")
     assert "<img src=x onerror=alert(1)>:9743" in text(d, "#view-peers")
     assert not d.find_elements(By.CSS_SELECTOR, "#view-peers img")
-    shot(d, "desktop-peers")
+    shot(d, "double-desktop-peers")
 
     # Nothing came from anywhere but the node, and the page logged no error.
     foreign = d.execute_script(
@@ -583,12 +587,12 @@ def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, 
             go(d, view, ready)
             time.sleep(0.2)  # let the depth chart redraw at the new size before the picture
             assert no_horizontal_overflow(d), f"{view} scrolls sideways at phone width"
-            shot(d, f"phone-{'dark' if dark else 'light'}-{view}")
+            shot(d, f"double-phone-{'dark' if dark else 'light'}-{view}")
     viewport(d, 1280, 800, mobile=False, dark=True)
     for view, ready in (("book", "canvas#depth"), ("swaps", "article.swap")):
         go(d, view, ready)
         time.sleep(0.2)
-        shot(d, f"desktop-dark-{view}")
+        shot(d, f"double-desktop-dark-{view}")
     assert severe_console_errors(d) == []
 
 
@@ -671,6 +675,8 @@ def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(brow
 
 
 def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, server, node):
+    """Over the double: a ledger that stops answering and comes back on cue (the module's real
+    ledger serves every other test)."""
     d = browser
     node.info_fails = True
     d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
@@ -678,7 +684,7 @@ def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, se
     wait_for(d, "the node's reason", lambda d: wanted in text(d, "#banner"))
     wait_for(d, "the reason in the view", lambda d: "does not answer" in text(d, "#view-node"))
     wait_for(d, "the balances all the same", lambda d: "5.25" in text(d, "#view-node"))
-    shot(d, "desktop-node-unavailable")
+    shot(d, "double-desktop-node-unavailable")
     node.info_fails = False
     wait_for(d, "the node after recovery", lambda d: text(d, "#node-name") == "alice")
     wait_for(d, "the banner gone", lambda d: not d.find_element(By.ID, "banner").is_displayed())
@@ -686,6 +692,8 @@ def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, se
 
 
 def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, server, node):
+    """Over the double: a trade held before its commit (a real one commits within a second or
+    two, so a cancel from the page would race it)."""
     d = browser
     d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
     wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
@@ -709,6 +717,8 @@ def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, 
 
 
 def test_older_swaps_and_trades_page_in_on_demand(browser, node):
+    """Over the double's own app: a node serving one item a page (the real API pages by the
+    client's ``limit``; the page asks for 20 and 50)."""
     d = browser
     node.page_size = 1  # one swap per page: the two the node holds take two pages
     with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:

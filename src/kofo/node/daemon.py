@@ -85,7 +85,7 @@ from kofo.node.trades import (
 from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
-from kofo.settlement.swap import Role, State
+from kofo.settlement.swap import TERMINAL, Role, State
 from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, TermsRefused
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
@@ -1231,8 +1231,9 @@ class Node:
     def _chain_legs(self, rec: StoredSwap) -> list[dict[str, Any]]:
         """Each leg's HTLC as its chain shows it now (lock and spend txids, state,
         confirmations), the initiator's first: the journal alone does not say that the
-        counterparty redeemed our leg. Legs both spent are read once and remembered; a chain
-        that does not answer leaves its leg to the journal's history."""
+        counterparty redeemed our leg. Legs both spent, or a finished swap with no leg still
+        locked, are read once and remembered; a chain that does not answer leaves its leg to
+        the journal's history."""
         known = self._settled_legs.get(rec.swap_id)
         if known is not None:
             return known
@@ -1258,7 +1259,9 @@ class Node:
             except Exception as exc:
                 log.debug("swap %s: leg on %s not read: %s", rec.swap_id.hex()[:8], htlc.chain, exc)
             out.append(got)
-        if all(x["state"] in ("redeemed", "refunded") for x in out):
+        if all(x["state"] in ("redeemed", "refunded") for x in out) or (
+            rec.state in TERMINAL and not any(x["state"] == "locked" for x in out)
+        ):  # nothing on these legs can move any more: a swap list reads no chain for it
             self._settled_legs[rec.swap_id] = out
         return out
 
