@@ -1292,7 +1292,7 @@ class Node:
         events = tuple(
             SwapEventView(
                 e.state.value if hasattr(e.state, "value") else str(e.state),
-                str(e.payload.get("reason", "")),
+                self._redact(str(e.payload.get("reason", ""))),  # may quote a peer
                 str((e.payload.get("txids") or [""])[-1]),
                 float(e.at),
             )
