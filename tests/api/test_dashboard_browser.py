@@ -346,12 +346,14 @@ def test_the_dashboard_trades_on_a_real_daemon_and_follows_the_swap_to_redeemed(
     d.execute_script(
         "document.querySelector(arguments[0]).click()", f"{card} details.history summary"
     )
-    wait_for(
-        d,
-        "both legs redeemed",
-        lambda d: leg_states(d, trade.order_id) == ["redeemed", "redeemed"],
-        wait=TRADE_WAIT,
-    )
+
+    def redeemed(d: Any) -> bool:
+        ended = d.find_element(By.CSS_SELECTOR, card).get_attribute("data-swap-state")
+        if ended in ("rejected", "aborted", "refunded", "lost"):  # fail now, saying why
+            raise AssertionError(f"the swap ended {ended}: {text(d, f'{card} details.history')}")
+        return leg_states(d, trade.order_id) == ["redeemed", "redeemed"]
+
+    wait_for(d, "both legs redeemed", redeemed, wait=TRADE_WAIT)
     wait_for(
         d,
         "the swap redeemed",

@@ -728,8 +728,14 @@ function chainHeight(chain) {
   return c ? c.height : null;
 }
 
-function deadlineOf(leg, ls) {
+const ENDED = ["redeemed", "refunded", "aborted", "rejected", "lost"];
+
+function deadlineOf(leg, ls, swapState) {
   const exp = leg.expiry || {};
+  // a leg never locked in a swap that ended has no deadline to count down to
+  if (ls === "pending" && ENDED.includes(swapState)) {
+    return h("span", { class: "muted" }, "never locked");
+  }
   const done = ls === "redeemed" || ls === "refunded";
   if (exp.unit === "unix") {
     if (done) return h("span", { class: "muted" }, `expiry was ${when(exp.value)}`);
@@ -776,7 +782,7 @@ function swapCard(s) {
           ls === "redeemed" || ls === "refunded", leg.spend_txid,
           ls === "redeemed" && !leg.spend_txid
             ? h("span", { class: "muted small" }, "by the counterparty") : null)),
-      h("div", { class: "leg-foot small" }, deadlineOf(leg, ls)),
+      h("div", { class: "leg-foot small" }, deadlineOf(leg, ls, s.state)),
       h("details", { class: "addresses", "data-key": `${s.swap_id}/${i}` },
         h("summary", {}, "Addresses"),
         h("div", { class: "kv" }, h("span", { class: "muted" }, "From"), copyable(leg.sender, "sender")),
