@@ -816,9 +816,16 @@ function swapsView(root, swapId) {
     if (key && ev.target.open) open.add(key);
     else if (key) open.delete(key);
   }, true);
+  // A leg still locked may be spent by the counterparty with no event at this node (the
+  // maker redeeming our leg after our swap ended): re-read every 5 s while one is on screen.
+  let poll = null;
   const render = async () => {
+    clearTimeout(poll);
     await load();
     for (const el of slot.querySelectorAll("details")) if (open.has(el.dataset.key)) el.open = true;
+    if (slot.isConnected && slot.querySelector('.leg[data-leg-state="locked"]')) {
+      poll = setTimeout(render, 5000);
+    }
   };
   // The newest page re-read on each event; older pages the user asked for kept below it.
   let older = [];
@@ -857,7 +864,10 @@ function swapsView(root, swapId) {
     render();
   });
   render();
-  return { refresh: (kinds) => { if (kinds.has("swap") || kinds.has("trade")) render(); } };
+  return {
+    refresh: (kinds) => { if (kinds.has("swap") || kinds.has("trade")) render(); },
+    leave: () => clearTimeout(poll),
+  };
 }
 
 // -- Ledger -----------------------------------------------------------------------------
