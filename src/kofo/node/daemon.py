@@ -87,7 +87,7 @@ from kofo.node.trades import (
 from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
-from kofo.settlement.swap import State
+from kofo.settlement.swap import TERMINAL, Role, State
 from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, TermsRefused
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
@@ -168,6 +168,7 @@ class NodeState:
     ledger_error: str = ""
     registered: bool = False
     tips: dict[str, Expiry] = field(default_factory=dict)
+    heights: dict[str, int] = field(default_factory=dict)  # chain -> block height (info)
     chain_errors: dict[str, str] = field(default_factory=dict)
     balances: dict[str, int] = field(default_factory=dict)  # asset -> wallet balance
     fee_reserve: dict[str, int] = field(default_factory=dict)  # asset -> kept for spends
@@ -239,6 +240,8 @@ class Node:
         self._contacts: dict[bytes, str] = {}
         self._started_at = int(time.time())
         self._reserved: dict[str, int] = {}
+        self._funding: dict[str, str] = {}  # chain -> the wallet's address (info)
+        self._settled_legs: dict[bytes, list[dict[str, Any]]] = {}  # both spent: read once
         self._ticking = threading.Lock()
         self.event_log = EventLog(config.home / EVENTS_FILE)
         self.phases = PhaseJournal(config.home / TRADES_FILE)
@@ -806,14 +809,7 @@ class Node:
             bits = int(allowed[0])
         pub, priv = load_or_create_paillier(self.config.home, self._passphrase, bits=bits)
         self._paillier = priv
-        addresses = {}
-        for name, adapter in self.chains.adapters.items():
-            cfg = self.config.chains.get(name)
-            if isinstance(cfg, BitcoinChainConfig):
-                hd = self.wallet.bitcoin(cfg.chain, cfg.network, home=self.config.home)
-                addresses[name] = hd.address()
-            else:
-                addresses[name] = adapter.address()
+        addresses = self._funding_addresses()
         height = ensure_registered(
             home=self.config.home,
             ledger=self.ledger,
@@ -851,6 +847,7 @@ class Node:
             try:
                 if asset.token is None:
                     self.state.tips[asset.chain] = adapter.expiry_now()
+                    self.state.heights[asset.chain] = adapter.tip().height
                 self.state.balances[asset.asset] = adapter.balance(asset.token)
                 self.state.chain_errors.pop(asset.chain, None)
             except Exception as exc:
@@ -1230,12 +1227,26 @@ class Node:
 
     # -- NodeService ------------------------------------------------------------------------------
 
+    def _funding_addresses(self) -> dict[str, str]:
+        """The wallet's address per chain (the one funds are sent to), not the fresh HTLC key
+        the exchange hands out per order (a public key on Bitcoin-like chains)."""
+        assert self.chains is not None
+        if not self._funding:
+            for name, adapter in self.chains.adapters.items():
+                cfg = self.config.chains.get(name)
+                if isinstance(cfg, BitcoinChainConfig):
+                    hd = self.wallet.bitcoin(cfg.chain, cfg.network, home=self.config.home)
+                    self._funding[name] = hd.address()
+                else:
+                    self._funding[name] = adapter.address()
+        return dict(self._funding)
+
     async def info(self) -> NodeInfo:
         assert self.chains is not None
         chains = tuple(
             ChainView(
                 name,
-                _tip_value(self.state.tips.get(name)),
+                self.state.heights.get(name),  # a block height, not the chain's expiry clock
                 self.state.chain_errors.get(name, ""),
             )
             for name in self.chains.adapters
@@ -1252,10 +1263,7 @@ class Node:
             chains=chains,
             peers=0 if self.exchange is None else len(self.exchange.links),
             started_at=self._started_at,
-            addresses={
-                name: addr
-                for name, addr in (self.exchange.config.addresses if self.exchange else {}).items()
-            },
+            addresses=self._funding_addresses(),
             bond=BondView(
                 configured=self.config.bond.amount,
                 vault=self.state.bond_vault,
@@ -1400,10 +1408,50 @@ class Node:
             self.store.update(trade_id, state="cancelled")
         return self.store.get(trade_id)
 
+    def _chain_legs(self, rec: StoredSwap) -> list[dict[str, Any]]:
+        """Each leg's HTLC as its chain shows it now (lock and spend txids, state,
+        confirmations), the initiator's first: the journal alone does not say that the
+        counterparty redeemed our leg. Legs both spent, or a finished swap with no leg still
+        locked, are read once and remembered; a chain that does not answer leaves its leg to
+        the journal's history."""
+        known = self._settled_legs.get(rec.swap_id)
+        if known is not None:
+            return known
+        assert self.engine is not None and self.chains is not None
+        out: list[dict[str, Any]] = []
+        for leg, ours in (
+            (rec.terms.initiator_leg, rec.role is Role.INITIATOR),
+            (rec.terms.participant_leg, rec.role is Role.PARTICIPANT),
+        ):
+            htlc = leg.htlc(rec.terms.payment_hash)
+            got: dict[str, Any] = {"lock_txid": "", "spend_txid": "", "state": "", "confs": None}
+            try:
+                engine = self.engine
+                ref = engine._own_ref(rec, htlc) if ours else engine._counter_ref(rec, htlc)
+                if ref is not None:
+                    st = self.chains.adapters[htlc.chain].status(ref)
+                    got = {
+                        "lock_txid": ref.lock_txid,
+                        "spend_txid": st.spend_txid or "",
+                        "state": st.state.value,
+                        "confs": st.confirmations,
+                    }
+            except Exception as exc:
+                log.debug("swap %s: leg on %s not read: %s", rec.swap_id.hex()[:8], htlc.chain, exc)
+            out.append(got)
+        if all(x["state"] in ("redeemed", "refunded") for x in out) or (
+            rec.state in TERMINAL and not any(x["state"] == "locked" for x in out)
+        ):  # nothing on these legs can move any more: a swap list reads no chain for it
+            self._settled_legs[rec.swap_id] = out
+        return out
+
     def _swap_view(self, rec: StoredSwap) -> SwapView:
         assert self.engine is not None
         legs = []
-        for leg in (rec.terms.initiator_leg, rec.terms.participant_leg):
+        chain = self._chain_legs(rec)
+        for leg, seen in zip(
+            (rec.terms.initiator_leg, rec.terms.participant_leg), chain, strict=True
+        ):
             legs.append(
                 SwapLegView(
                     chain=leg.chain,
@@ -1415,16 +1463,17 @@ class Node:
                         "unit": "height" if isinstance(leg.expiry, BlockHeight) else "unix",
                         "value": leg.expiry.value,
                     },
-                    lock_txid="",
-                    spend_txid="",
-                    confirmations=None,
+                    lock_txid=seen["lock_txid"],
+                    spend_txid=seen["spend_txid"],
+                    confirmations=seen["confs"],
+                    state=seen["state"],
                 )
             )
         events = tuple(
             SwapEventView(
                 e.state.value if hasattr(e.state, "value") else str(e.state),
-                str(getattr(e, "reason", "")),
-                str(getattr(e, "txid", "") or ""),
+                self._redact(str(e.payload.get("reason", ""))),  # may quote a peer
+                str((e.payload.get("txids") or [""])[-1]),
                 float(e.at),
             )
             for e in self.engine.journal.events(rec.swap_id)
@@ -1437,14 +1486,16 @@ class Node:
         assert self.engine is not None
         recs = [r for r in self.engine.journal.swaps() if before is None or r.updated_at < before]
         recs.sort(key=lambda r: r.updated_at, reverse=True)
-        return [self._swap_view(r) for r in recs[: max(1, limit)]]
+        # the legs are read from their chains: off the event loop
+        return await asyncio.to_thread(lambda: [self._swap_view(r) for r in recs[: max(1, limit)]])
 
     async def swap(self, swap_id: str) -> SwapView:
         assert self.engine is not None
         try:
-            return self._swap_view(self.engine.journal.get(bytes.fromhex(swap_id)))
+            rec = self.engine.journal.get(bytes.fromhex(swap_id))
         except (UnknownSwap, ValueError):
             raise NotFound(f"no swap {swap_id}") from None
+        return await asyncio.to_thread(self._swap_view, rec)
 
     def _ledger_order_raw(self, order_id: bytes) -> dict[str, Any] | None:
         try:
@@ -1639,10 +1690,6 @@ def _asset(leg: Any) -> str:
 
 def _asset_of(leg: Any) -> str:
     return _asset(leg)
-
-
-def _tip_value(tip: Expiry | None) -> int | None:
-    return None if tip is None else tip.value
 
 
 def _jsonable(x: Any) -> Any:
