@@ -64,6 +64,7 @@ def litecoind() -> Iterator[LitecoindNode]:
     """litecoind -regtest, shared by the session: heights only grow; compare by delta."""
     require_binary("litecoind")
     with kept_or_removed(_node_dir("litecoind")) as datadir, start_litecoind(datadir) as node:
+        node.setup_faucet()
         yield node
 
 

@@ -536,6 +536,45 @@ class LitecoindNode(_BitcoinDialectNode):
     def generate_to_address(self, blocks: int, address: str) -> list[str]:
         return list(self.rpc("generatetoaddress", blocks, address))
 
+    FAUCET_WALLET = "kofo-faucet"
+
+    def _faucet(self, method: str, *params: Any) -> Any:
+        return json_rpc(
+            f"{self.rpc_url}/wallet/{self.FAUCET_WALLET}",
+            method,
+            list(params),
+            auth=(self.rpc_user, self.rpc_password),
+            jsonrpc="1.0",
+        )
+
+    def setup_faucet(self) -> None:
+        """A litecoind wallet funded while the chain is young, for every test of a session.
+
+        Litecoin regtest halves the subsidy every 150 blocks and a shared node's chain grows
+        with each test (thousands of blocks by the end of a session: CLTV needs height 1,351,
+        refunds mine to their expiry), so coins mined late are worth almost nothing: a test
+        that mined its own coins after a long neighbour was short of funds. The faucet mines
+        its coinbases first, at 50 LTC each, and pays tests out with ``fund``."""
+        wallets = self.rpc("listwallets")
+        if self.FAUCET_WALLET not in wallets:
+            try:
+                self.rpc("loadwallet", self.FAUCET_WALLET)
+            except NodeRpcError:
+                self.rpc("createwallet", self.FAUCET_WALLET)
+        if int(self._faucet("getbalance")) >= 1_000:  # whole LTC
+            return
+        if self.block_count() > 100:
+            raise NodeError("litecoind: fund the faucet before the chain is 100 blocks long")
+        address = self._faucet("getnewaddress", "", "bech32")
+        self.generate_to_address(20, address)
+        self.generate_to_address(100, LITECOIN_REGTEST_BURN_ADDRESS)  # matures the 20
+
+    def fund(self, address: str, sats: int) -> str:
+        """Pay ``sats`` to ``address`` from the faucet and mine it; return the txid."""
+        txid = str(self._faucet("sendtoaddress", address, f"{sats // 10**8}.{sats % 10**8:08d}"))
+        self.generate_to_address(1, LITECOIN_REGTEST_BURN_ADDRESS)
+        return txid
+
     def activate_soft_forks(self, address: str | None = None, *, batch: int = 200) -> int:
         """Mine until every buried soft fork (BIP34/65/66, CSV) is enforced; return blocks mined.
 
@@ -667,9 +706,16 @@ class CometNode(_Node):
     def height(self) -> int:
         return int(self.rpc("status")["sync_info"]["latest_block_height"])
 
+    def app_height(self) -> int:
+        """The height the app last committed (``abci_info``). CometBFT saves a block to its
+        store, which ``status`` reports, before the app executes and commits it, so a query
+        right after ``status`` shows height H may still read the state of H - 1."""
+        return int(self.rpc("abci_info")["response"].get("last_block_height", 0))
+
     def wait_for_height(self, height: int, timeout: float = 30.0) -> int:
+        """Wait until the block at ``height`` is stored and the app has committed it."""
         deadline = time.monotonic() + timeout
-        while (current := self.height()) < height:
+        while (current := min(self.height(), self.app_height())) < height:
             if time.monotonic() >= deadline:
                 raise NodeError(
                     f"cometbft at {self.rpc_url}: height {current} < {height} after {timeout:.0f} s"

@@ -385,8 +385,8 @@ def test_litecoind_lock_claim_and_lock_refund(litecoind):
     client = RpcClient(litecoind.rpc_url, litecoind.rpc_user, litecoind.rpc_password)
     alice = BitcoinAdapter(RpcBackend(client), HdWallet(os.urandom(32), params))
     bob = BitcoinAdapter(RpcBackend(client), HdWallet(os.urandom(32), params))
-    litecoind.generate_to_address(110, alice.wallet.address())
     litecoind.activate_soft_forks()
+    litecoind.fund(alice.wallet.address(), 10 * 10**8)
     assert litecoind.block_count() >= CLTV_HEIGHT - 1  # enforced from the next block on
     assert alice.balance() > 0
 
