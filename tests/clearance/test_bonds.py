@@ -302,6 +302,9 @@ class _VaultOnly:
     def observe_bond(self, node, step=1):
         return self.watcher.observe_bond(node, step)
 
+    def observe_decision(self, decision, step=1):
+        return self.watcher.observe_decision(decision, step)
+
 
 @pytest.mark.parametrize("step", [1, 8])
 def test_validators_with_different_tips_agree_on_the_vault_height(step):
@@ -527,3 +530,36 @@ def test_a_slot_reclaimed_in_the_block_its_holder_unbonds_removes_it_from_the_se
         vals.step()
     active = vals.apps[0].app.validators_at(vals.height)
     assert vals.address(4) not in active and active[vals.address(5)].power == 30
+
+
+class _WithoutDecisions:
+    """The shape of the devnet's and the validator's observer wrapper before the fix: it
+    forwarded leg and bond reads only, and the app (which asked for ``observe_decision`` with
+    ``getattr``) then never attested a vault execution: a relayed slash stayed pending."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def observe(self, ref):
+        return self.inner.observe(ref)
+
+    def observe_bond(self, node, step=1):
+        return self.inner.observe_bond(node, step)
+
+
+def test_an_observer_lacking_a_chain_observer_method_is_refused_naming_it():
+    from kofo.clearance.app import LedgerApp
+    from kofo.clearance.store import MerkleStore
+    from kofo.errors import ConfigError
+
+    from .helpers import SeenChains
+
+    chains = SeenChains()
+    with pytest.raises(ConfigError, match="_WithoutDecisions lacks observe_decision"):
+        LedgerApp(MerkleStore(), ledger_params(), observer=_WithoutDecisions(chains))
+    app = LedgerApp(MerkleStore(), ledger_params(), observer=chains)
+    with pytest.raises(ConfigError, match="observe_decision"):
+        app.observer = _WithoutDecisions(chains)  # attached later, as the devnet does
+    assert app.observer is chains  # the complete one is kept
+    app.observer = None  # no observer at all is allowed (a validator that sees nothing)
+    assert app.observer is None

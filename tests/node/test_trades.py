@@ -40,7 +40,7 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.observer import AdapterObserver
 from kofo.settlement.swap import State
 from kofo.settlement.terms import TermsRefused
-from kofo.wire.attest import BondObservation, LegRef, Observation
+from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import CommitOrder, sign_tx, with_derived_id
@@ -75,6 +75,9 @@ class LockedObserver:
             self.lock.release()
 
     def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        return None
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
         return None
 
 

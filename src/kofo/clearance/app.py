@@ -46,9 +46,10 @@ from kofo.clearance.importance import NodeStats, decay, rank_routes, score
 from kofo.clearance.params import FOUNDATION, LedgerParams
 from kofo.clearance.ranking import MAX_RANKED, Ranking
 from kofo.clearance.store import MerkleStore
-from kofo.errors import InvalidInput, KofoError
+from kofo.errors import ConfigError, InvalidInput, KofoError
 from kofo.wire.attest import (
     MAX_OBSERVATIONS,
+    OBSERVER_METHODS,
     BondObservation,
     ChainObserver,
     ExecutedDecision,
@@ -456,8 +457,8 @@ class LedgerApp:
         vault_signer: bytes | None = None,
     ) -> None:
         self.store = store
+        self._observer: ChainObserver | None = None
         self.observer = observer
-        """This validator's own view of the chains: what its vote extensions attest."""
         self.vault_signer = vault_signer
         """This validator's registered secp256k1 key (32 bytes), if it signs bond decisions:
         ``/decision`` (and :meth:`valset_decision`) then carry its signature of the vault digest of
@@ -1544,6 +1545,23 @@ class LedgerApp:
                     refs.append(LegRef(oid, i, leg, order.payment_hash, int(state.get("time", 0))))
         return refs
 
+    @property
+    def observer(self) -> ChainObserver | None:
+        """This validator's own view of the chains: what its vote extensions attest."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: ChainObserver | None) -> None:
+        # Every method is required (kofo.wire.attest.ChainObserver): one missing was once
+        # skipped in silence, and the validator never attested what only it would read.
+        missing = [m for m in OBSERVER_METHODS if not callable(getattr(observer, m, None))]
+        if observer is not None and missing:
+            raise ConfigError(
+                f"the ledger's chain observer {type(observer).__name__} lacks "
+                f"{', '.join(missing)}: every ChainObserver method is required"
+            )
+        self._observer = observer
+
     def extend_vote(self) -> bytes:
         """This validator's vote extension: what its observer sees of pending legs that
         differs from the ledger's record (at most ``MAX_OBSERVATIONS``, in order-id order, so
@@ -1575,9 +1593,9 @@ class LedgerApp:
     def _executed_observations(self) -> list[ExecutedDecision]:
         """The open decisions the vault has executed, for a window of them rotating with the
         height, read at the same rounded vault height as the balances."""
-        observe = getattr(self.observer, "observe_decision", None)
-        if observe is None:
+        if self.observer is None:
             return []
+        observe = self.observer.observe_decision
         open_ids = [bytes(d) for d in _dec(self.store.get_committed(_K_OPEN_DECISIONS) or _enc([]))]
         out: list[ExecutedDecision] = []
         # one vault read each: MAX_OBSERVATIONS a height (the most an extension carries)
@@ -1599,9 +1617,9 @@ class LedgerApp:
             self._nodes = [k[len(b"node/") :] for k, _ in self.store.scan_committed(b"node/")]
         nodes = _window(self._nodes, self.store.height)
         out: list[BondObservation] = []
-        observe = getattr(self.observer, "observe_bond", None)
-        if observe is None:
+        if self.observer is None:
             return out
+        observe = self.observer.observe_bond
         for node in nodes:
             raw = self.store.get_committed(_node_key(node))
             if raw is None:

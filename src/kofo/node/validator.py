@@ -67,7 +67,13 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.observer import AdapterObserver, VaultWatcher
-from kofo.wire.attest import BondObservation, ChainObserver, LegRef, Observation
+from kofo.wire.attest import (
+    BondObservation,
+    ChainObserver,
+    ExecutedDecision,
+    LegRef,
+    Observation,
+)
 
 log = logging.getLogger("kofo.node.validator")
 
@@ -163,9 +169,10 @@ class _Watch:
 
 
 class PrefetchingObserver:
-    """The validator's chain observer, answered from memory: ``observe`` and ``observe_bond``
-    return what a worker thread last read for that fact and ask it to read again; no chain RPC
-    runs on the caller's thread.
+    """The validator's chain observer, answered from memory: ``observe``, ``observe_bond`` and
+    ``observe_decision`` (every :class:`~kofo.wire.attest.ChainObserver` method) return what a
+    worker thread last read for that fact and ask it to read again; no chain RPC runs on the
+    caller's thread.
 
     The ABCI server answers CometBFT's connections (consensus, mempool, queries) on one event
     loop, and the app asks its observer from ``ExtendVote``: reading the chains there (a lock
@@ -191,10 +198,17 @@ class PrefetchingObserver:
         )
         return seen
 
-    def observe_bond(self, node: bytes, *args: Any) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         seen: BondObservation | None = self._ask(
-            ("bond", node, *args),
-            lambda: self.inner.observe_bond(node, *args),
+            ("bond", node, step),
+            lambda: self.inner.observe_bond(node, step),
+        )
+        return seen
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        seen: ExecutedDecision | None = self._ask(
+            ("decision", decision, step),
+            lambda: self.inner.observe_decision(decision, step),
         )
         return seen
 

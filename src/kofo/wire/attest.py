@@ -122,6 +122,11 @@ class ChainObserver(Protocol):
     leg's terms (chain, token, payment hash, amount, recipient, expiry) is confirmed. It must
     only answer with confirmed facts (the chain's safe depth), and must never raise for a leg
     it cannot see: an unknown chain is None.
+
+    Every method is required, also of an observer that wraps another (a cache, a lock): the
+    app refuses an observer lacking one (:data:`OBSERVER_METHODS`). They were optional once,
+    asked for with ``getattr``, and a wrapper written without ``observe_decision`` made a
+    validator silently never attest a vault execution: a relayed slash stayed pending forever.
     """
 
     def observe(self, ref: LegRef) -> Observation | None: ...
@@ -132,10 +137,16 @@ class ChainObserver(Protocol):
         tips or confirmation settings report the same height); None if no vault is watched."""
         ...
 
-    # Optional (the app asks only observers that have it):
-    # ``observe_decision(decision: bytes, step: int) -> ExecutedDecision | None``: whether the
-    # vault had executed the ledger decision ``decision`` as of the same rounded height as
-    # ``observe_bond`` reads (``ExecutedDecision(decision, that height)``), else None.
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        """Whether the vault had executed the ledger decision ``decision`` as of the same
+        rounded height :meth:`observe_bond` reads: ``ExecutedDecision(decision, that height)``,
+        else None (also when no vault is watched)."""
+        ...
+
+
+OBSERVER_METHODS = ("observe", "observe_bond", "observe_decision")
+"""The methods of :class:`ChainObserver`, every one required: the app checks an observer it is
+given has them all (a type checker sees only typed code)."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
