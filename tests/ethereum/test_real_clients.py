@@ -3,9 +3,10 @@
 The same ethers v6 script (``js/ethers_client.cjs``: fund a fresh wallet, deploy a contract
 with ``waitForDeployment``, ``contract.on``, ``queryFilter``, ``getLogs`` by range and by block
 hash, a block with its transactions, and the refusals ethers classifies by geth's error
-wording) and the same ``geth attach`` console session run against both; the results must be
-equal. ethers is installed from ``js/package.json`` (pinned) into the git-ignored
-``js/node_modules`` on first use.
+wording; ``contract.on`` awaits its ``eth_newFilter`` and gives a mine-on-demand chain the next
+block ethers polls on, see the script) and the same ``geth attach`` console session run
+against both; the results must be equal. ethers is installed from ``js/package.json``
+(pinned) into the git-ignored ``js/node_modules`` on first use.
 """
 
 from __future__ import annotations

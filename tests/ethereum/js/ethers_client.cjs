@@ -4,10 +4,25 @@
 const { ethers } = require("ethers");
 const fs = require("fs");
 
+// ethers v6 `contract.on` (FilterIdEventSubscriber) starts its subscription without awaiting it:
+// `eth_newFilter` goes out after `contract.on` returns, and the node's filter only sees logs of
+// blocks mined after it is installed. A dApp that must not miss its own next event waits for
+// the filter to be installed; this provider tells when the node has answered `eth_newFilter`.
+class FilterAwareProvider extends ethers.JsonRpcProvider {
+  nextFilter() {
+    return new Promise((resolve) => { this.onFilterInstalled = resolve; });
+  }
+  async send(method, params) {
+    const result = await super.send(method, params);
+    if (method === "eth_newFilter" && this.onFilterInstalled) this.onFilterInstalled(result);
+    return result;
+  }
+}
+
 async function main() {
   const [url, artifactPath] = process.argv.slice(2);
   const artifact = JSON.parse(fs.readFileSync(artifactPath, "utf8"));
-  const provider = new ethers.JsonRpcProvider(url, undefined, { pollingInterval: 100, cacheTimeout: -1 });
+  const provider = new FilterAwareProvider(url, undefined, { pollingInterval: 100, cacheTimeout: -1 });
   const out = {};
   const accounts = await provider.listAccounts();
   const signer = accounts[0];
@@ -26,17 +41,38 @@ async function main() {
   out.deployed = (await provider.getCode(address)).length > 2;
 
   const seen = [];
-  const heard = new Promise((resolve) => {
-    contract.on("Ping", (who, n) => {
-      seen.push(Number(n));
-      if (seen.length === 2) resolve();
-    });
+  let onHeard = () => {};
+  const filterInstalled = provider.nextFilter();
+  await contract.on("Ping", (who, n) => {
+    seen.push(Number(n));
+    onHeard();
   });
+  await filterInstalled;
+  // ethers polls `eth_getFilterChanges` once per "block" event, and re-arms for the next block
+  // only after that poll returns: a block mined while a poll is in flight is not polled for,
+  // its logs wait in the node's filter for the block after. A live chain always has one; geth
+  // --dev and the devnet mine only on a transaction, so the dApp gives the chain its next
+  // block (a 0-value transfer from the node's account, which no result below reads) until the
+  // event is heard. Bounded: each round mines a block that ethers polls unless it was still
+  // busy with the previous one.
+  async function hear(count) {
+    for (let round = 0; round < 40; round++) {
+      const heard = new Promise((resolve) => {
+        onHeard = () => { if (seen.length >= count) resolve(true); };
+        onHeard();
+        setTimeout(() => resolve(false), 500);
+      });
+      if (await heard) return;
+      await (await signer.sendTransaction({ to: signer.address, value: 0 })).wait();
+    }
+    throw new Error("contract.on heard " + JSON.stringify(seen));
+  }
   const tx1 = await contract.ping(7);
   const r1 = await tx1.wait();
+  await hear(1);
   const tx2 = await contract.ping(8);
   await tx2.wait();
-  await Promise.race([heard, new Promise((_, no) => setTimeout(() => no(new Error("contract.on heard " + JSON.stringify(seen))), 20000))]);
+  await hear(2);
   await contract.removeAllListeners();
   out.heard = seen;
 
