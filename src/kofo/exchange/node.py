@@ -561,11 +561,7 @@ class ExchangeNode:
             return
         # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
         # nothing) must not take every slot and leave us no link of our own choosing.
-        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
-        if (
-            len(self.links) >= self.config.max_degree
-            or inbound >= self.config.max_degree - self.config.target_degree
-        ):
+        if not self._mesh_slot_free():
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
@@ -621,6 +617,15 @@ class ExchangeNode:
             self.swap_links[peer] = link
             self._spawn(self._run_link(link))
             return
+        if self._enter_mesh(link, host, dialled):
+            self._spawn(self._run_link(link))
+            self._ask_peers(link)
+            self._send_book(link)
+
+    def _enter_mesh(self, link: Link, host: str, dialled: int | None) -> bool:
+        """Make ``link`` the mesh link to its peer (False: a live one is kept instead and
+        ``link`` is closed)."""
+        peer = link.peer_id
         old = self.links.get(peer)
         if old is not None and not old.closed:
             # Both ends apply the same rule to a simultaneous dial: keep the link dialled by the
@@ -630,7 +635,7 @@ class ExchangeNode:
 
             if dialer(old) <= dialer(link):
                 link.close()
-                return
+                return False
             old.close()
         self.links[peer] = link
         if link.outbound and dialled:
@@ -654,9 +659,64 @@ class ExchangeNode:
             ):
                 self._known[addr] = peer
                 self._source[addr] = src
-        self._spawn(self._run_link(link))
-        self._ask_peers(link)
-        self._send_book(link)
+        return True
+
+    def _mesh_slot_free(self) -> bool:
+        """Whether an inbound mesh link may be taken: ``target_degree`` slots stay for links
+        we dial (peers linking in with fresh keys must not take every slot)."""
+        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
+        return (
+            len(self.links) < self.config.max_degree
+            and inbound < self.config.max_degree - self.config.target_degree
+        )
+
+    def _settle_role(self, link: Link, frame: Frame) -> bool:
+        """Agree on an inbound link's role with its dialer by its first frame (False: the
+        frame is not to be handled). The dialer of a mesh link sends ``peers_req`` first
+        (``_attach``), a swap link's dialer a ``dm``. We took the link as a swap link (its
+        peer is the initiator of an order we co-signed) but the peer asks for our peers: it
+        dialled us as a neighbour (a restart, its bootstrap) and takes the link for one; left
+        a swap link, it would never get our book or gossip, nor dial us again (it is linked).
+        It becomes a mesh link if the mesh has an inbound slot, else it is closed (refused,
+        as ``_accept`` refuses a neighbour: the peer dials again later, and its direct
+        messages over a swap link of its own). The converse: a link taken for the mesh whose
+        first frame is a ``dm`` was dialled for direct messages: it becomes a swap link (our
+        book and peers request over it are dropped by the peer, unscored), if a swap slot is
+        free, else it is closed."""
+        peer = link.peer_id
+        host = (link.writer.get_extra_info("peername") or (self.config.host,))[0]
+        if link.swap_only and frame.type == "peers_req":
+            if self.swap_links.get(peer) is link:
+                del self.swap_links[peer]
+            link.swap_only = False
+            if not self._mesh_slot_free():
+                log.info("refusing %s as a neighbour: no inbound slot", peer.hex()[:12])
+                link.close()
+                return False
+            if not self._enter_mesh(link, host, None):
+                return False
+            log.info("link from %s is a neighbour's (it asked for peers)", peer.hex()[:12])
+            self._ask_peers(link)
+            self._send_book(link)
+            return True
+        if not link.swap_only and frame.type == "dm" and self.links.get(peer) is link:
+            del self.links[peer]
+            self._claim_buckets.pop(peer, None)
+            self._fwd.pop(peer, None)
+            self._asked.pop(link, None)
+            self._feelers.discard(link)
+            link.swap_only = True
+            swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
+            if len(swap) >= self.config.direct_slots:
+                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+                link.close()
+                return False
+            old_swap = self.swap_links.get(peer)
+            if old_swap is not None and old_swap is not link:
+                old_swap.close()
+            self.swap_links[peer] = link
+            log.info("link from %s is a swap link (its first frame is a dm)", peer.hex()[:12])
+        return True
 
     def _send_book(self, link: Link) -> None:
         """Send a new link our book: built by concatenation, at most the link's write buffer,
@@ -869,6 +929,8 @@ class ExchangeNode:
 
     def _on_frame(self, link: Link, frame: Frame) -> None:
         self.stats.frames_in += 1
+        if link.frames_in == 1 and not link.outbound and not self._settle_role(link, frame):
+            return
         if link.swap_only and frame.type not in SWAP_LINK_FRAMES:
             # A swap link is no mesh link: an offer, claim or route part sent over it is
             # dropped (unscored: a peer that took it for a neighbour is not hostile).
