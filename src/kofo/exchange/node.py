@@ -435,6 +435,9 @@ class ExchangeNode:
         self._rng = random.Random()
         self.on_offer: Callable[[SignedOffer], None] | None = None
         self._dump_bucket = self._new_dump_bucket()
+        # Mesh links whose book dump waits for the dump budget, oldest first (at most one
+        # entry per mesh link: bounded by ``max_degree``).
+        self._dump_wait: dict[Link, None] = {}
         # Contacts of providers learned from the joins of routes this node settled.
         self.contacts: dict[bytes, str] = {}
         # Direct messages, per link: our requests awaiting a reply, the peer's requests
@@ -705,6 +708,7 @@ class ExchangeNode:
             self._fwd.pop(peer, None)
             self._asked.pop(link, None)
             self._feelers.discard(link)
+            self._dump_wait.pop(link, None)
             link.swap_only = True
             swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
             if len(swap) >= self.config.direct_slots:
@@ -721,14 +725,37 @@ class ExchangeNode:
     def _send_book(self, link: Link) -> None:
         """Send a new link our book: built by concatenation, at most the link's write buffer,
         and at most ``book_dump_burst`` dumps node-wide refilled at ``book_dump_rate``/s (a
-        peer linking in with fresh keys must not make us encode 50,000 offers each time; a
-        link beyond that learns offers from gossip)."""
+        peer linking in with fresh keys must not make us encode 50,000 offers each time).
+        A link beyond the budget waits for its dump, in arrival order (``_send_waiting_books``):
+        skipped, it would learn an offer only when its maker re-announced it (at half its
+        ttl), so a node (re)joining while others link in missed the live offers."""
+        if link in self._dump_wait:
+            return
+        if not self.book.all(now_ms()):
+            return
+        if self._dump_wait or not self._dump_bucket.take():
+            self.stats.book_dumps_skipped += 1
+            self._dump_wait[link] = None
+            log.info("book dump for %s waits: dump budget spent", link.peer_id.hex()[:12])
+            return
+        self._dump_book(link)
+
+    def _send_waiting_books(self) -> None:
+        """Dump the book to the links waiting for it, oldest first, as the budget allows
+        (links closed or no longer in the mesh meanwhile are dropped from the queue)."""
+        while self._dump_wait:
+            link = next(iter(self._dump_wait))
+            if link.closed or self.links.get(link.peer_id) is not link:
+                del self._dump_wait[link]
+                continue
+            if not self._dump_bucket.take():
+                return
+            del self._dump_wait[link]
+            self._dump_book(link)
+
+    def _dump_book(self, link: Link) -> None:
         offers = self.book.all(now_ms())
         if not offers:
-            return
-        if not self._dump_bucket.take():
-            self.stats.book_dumps_skipped += 1
-            log.info("no book dump for %s: dump budget spent", link.peer_id.hex()[:12])
             return
         parts, size = [], 0
         for so in offers:
@@ -745,6 +772,7 @@ class ExchangeNode:
             await link.run(self._on_frame, self._abuse)
         finally:
             self._feelers.discard(link)
+            self._dump_wait.pop(link, None)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
             self._dm_buckets.pop(link, None)
@@ -837,6 +865,7 @@ class ExchangeNode:
         mono = time.monotonic()
         now = now_ms()
         self.book.sweep(now)
+        self._send_waiting_books()
         self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
         horizon = MAX_CLAIM_HORIZON_MS + int(self.config.settle_timeout_s * 1000) * 2
