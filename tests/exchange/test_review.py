@@ -508,3 +508,27 @@ def test_links_beyond_the_dump_budget_get_the_book_once_it_refills():
             await stop_all([maker, *peers])
 
     run(go())
+
+
+@pytest.mark.timeout(90)
+def test_a_book_larger_than_a_links_write_buffer_reaches_a_newcomer_whole(monkeypatch):
+    """A book dump stopped at the link's write buffer (4 MiB, ~16,000 of up to 50,000 offers)
+    and the rest was dropped: a newcomer missed those offers until their makers re-announced
+    them. The dump now goes on in parts as the buffer drains (here the buffer is made small)."""
+    import kofo.exchange.node as node_mod
+
+    monkeypatch.setattr(node_mod, "WRITE_BUFFER_LIMIT", 2_000)
+
+    async def go() -> None:
+        (maker,) = await start_nodes(1, target_degree=0)
+        for i in range(40):
+            maker.publish_offer("btc", "eth", (30 + i, 1), max_in=10**6)
+        (peer,) = await start_nodes(1, target_degree=0)
+        try:
+            await link(peer, maker)
+            await wait_until(lambda: len(peer.book) == 40, 30, state=lambda: f"{len(peer.book)}")
+            assert maker.stats.book_dumps == 1 and not maker._dump_rest
+        finally:
+            await stop_all([maker, peer])
+
+    run(go())

@@ -438,6 +438,8 @@ class ExchangeNode:
         # Mesh links whose book dump waits for the dump budget, oldest first (at most one
         # entry per mesh link: bounded by ``max_degree``).
         self._dump_wait: dict[Link, None] = {}
+        # Book dumps larger than a link's write buffer: the offers and the next one to send.
+        self._dump_rest: dict[Link, tuple[list[SignedOffer], int]] = {}
         # Contacts of providers learned from the joins of routes this node settled.
         self.contacts: dict[bytes, str] = {}
         # Direct messages, per link: our requests awaiting a reply, the peer's requests
@@ -709,6 +711,7 @@ class ExchangeNode:
             self._asked.pop(link, None)
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
+            self._dump_rest.pop(link, None)
             link.swap_only = True
             swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
             if len(swap) >= self.config.direct_slots:
@@ -757,15 +760,40 @@ class ExchangeNode:
         offers = self.book.all(now_ms())
         if not offers:
             return
-        parts, size = [], 0
-        for so in offers:
+        self.stats.book_dumps += 1
+        self._dump_rest[link] = (offers, 0)
+        self._dump_more(link)
+
+    def _dump_more(self, link: Link) -> None:
+        """Send the next part of ``link``'s book dump, as much as its write buffer has room
+        for (a book beyond one buffer goes out over several maintenance ticks, as the peer
+        reads: before, the rest was dropped and a newcomer missed those offers). Offers that
+        left the book meanwhile are skipped."""
+        offers, pos = self._dump_rest.pop(link)
+        if link.closed or self.links.get(link.peer_id) is not link:
+            return
+        room = WRITE_BUFFER_LIMIT - link.writer.transport.get_write_buffer_size()
+        if room < WRITE_BUFFER_LIMIT // 2:
+            self._dump_rest[link] = (offers, pos)
+            return
+        now = now_ms()
+        parts: list[bytes] = []
+        size = 0
+        while pos < len(offers):
+            so = offers[pos]
+            if so.offer.expiry_ms <= now or (so.maker, so.offer.offer_id) not in self.book:
+                pos += 1
+                continue
             framed = encode_frame(offer_frame_bytes(so.raw))
-            size += len(framed)
-            if size > WRITE_BUFFER_LIMIT:
+            if parts and size + len(framed) > room:
                 break
             parts.append(framed)
-        self.stats.book_dumps += 1
-        link.send_raw(b"".join(parts))
+            size += len(framed)
+            pos += 1
+        if parts:
+            link.send_raw(b"".join(parts))
+        if pos < len(offers):
+            self._dump_rest[link] = (offers, pos)
 
     async def _run_link(self, link: Link) -> None:
         try:
@@ -773,6 +801,7 @@ class ExchangeNode:
         finally:
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
+            self._dump_rest.pop(link, None)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
             self._dm_buckets.pop(link, None)
@@ -865,6 +894,8 @@ class ExchangeNode:
         mono = time.monotonic()
         now = now_ms()
         self.book.sweep(now)
+        for link in list(self._dump_rest):
+            self._dump_more(link)
         self._send_waiting_books()
         self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
