@@ -298,6 +298,9 @@ def test_a_link_dialled_for_direct_messages_is_a_swap_link_on_both_ends():
             assert b.node_id in a.swap_links and b.node_id not in a.links
             assert a.node_id in b.swap_links and a.node_id not in b.links
             assert not b._scores.get(a.node_id)
+            # a stranger's swap link holds the inbound mesh slot it came in by, never one of
+            # the swap slots kept for initiators of orders b co-signed
+            assert b._swap_slots_used(b"") == 0 and len(b._stranger_swaps) == 1
         finally:
             await stop_all(nodes)
 

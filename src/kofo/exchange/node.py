@@ -440,6 +440,9 @@ class ExchangeNode:
         self._dump_wait: dict[Link, None] = {}
         # Book dumps larger than a link's write buffer: the offers and the next one to send.
         self._dump_rest: dict[Link, tuple[list[SignedOffer], int]] = {}
+        # Swap links from peers we expect no direct messages from (dialled for them by a
+        # stranger): each holds the inbound mesh slot it came in by.
+        self._stranger_swaps: set[Link] = set()
         # Contacts of providers learned from the joins of routes this node settled.
         self.contacts: dict[bytes, str] = {}
         # Direct messages, per link: our requests awaiting a reply, the peer's requests
@@ -556,9 +559,9 @@ class ExchangeNode:
         # The initiator of an order we co-signed links in for its swap messages: a swap link,
         # outside the mesh (unless it is our mesh neighbour already: that link carries them).
         if peer not in self.links and self._direct_peer(peer):
-            swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
-            if len(swap) >= self.config.direct_slots:
-                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+            swap = self._swap_slots_used(peer)
+            if swap >= self.config.direct_slots:
+                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], swap)
                 writer.close()
                 return
             link = Link(reader, writer, peer, port, False, self.config.limits)
@@ -666,10 +669,19 @@ class ExchangeNode:
                 self._source[addr] = src
         return True
 
+    def _swap_slots_used(self, peer: bytes) -> int:
+        """Live swap links of expected initiators (``direct_slots``), ``peer``'s own aside."""
+        return sum(
+            1
+            for p, lk in self.swap_links.items()
+            if p != peer and not lk.closed and lk not in self._stranger_swaps
+        )
+
     def _mesh_slot_free(self) -> bool:
         """Whether an inbound mesh link may be taken: ``target_degree`` slots stay for links
         we dial (peers linking in with fresh keys must not take every slot)."""
         inbound = sum(1 for lk in self.links.values() if not lk.outbound)
+        inbound += sum(1 for lk in self._stranger_swaps if not lk.closed)
         return (
             len(self.links) < self.config.max_degree
             and inbound < self.config.max_degree - self.config.target_degree
@@ -713,9 +725,13 @@ class ExchangeNode:
             self._dump_wait.pop(link, None)
             self._dump_rest.pop(link, None)
             link.swap_only = True
-            swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
-            if len(swap) >= self.config.direct_slots:
-                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+            if not self._direct_peer(peer):
+                # A stranger's swap link keeps the inbound mesh slot it was accepted in (it
+                # is counted there, never against ``direct_slots``: fresh keys must not take
+                # the slots kept for the initiators of orders we co-signed).
+                self._stranger_swaps.add(link)
+            elif self._swap_slots_used(peer) >= self.config.direct_slots:
+                log.info("refusing %s: no swap link slot", peer.hex()[:12])
                 link.close()
                 return False
             old_swap = self.swap_links.get(peer)
@@ -802,6 +818,7 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
             self._dump_rest.pop(link, None)
+            self._stranger_swaps.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
             self._dm_buckets.pop(link, None)
