@@ -10,7 +10,13 @@ import os
 import pytest
 
 from kofo.errors import InvalidInput, NotDelivered
-from kofo.exchange.node import MAX_DM_BYTES, DirectBusy, PeerNotReached
+from kofo.exchange.node import (
+    MAX_DM_BYTES,
+    DirectBusy,
+    ExchangeConfig,
+    ExchangeNode,
+    PeerNotReached,
+)
 from kofo.wire.codec import decode
 from kofo.wire.envelope import BadMessage
 from kofo.wire.exchange import FRAME_VERSION, Frame, Join
@@ -233,3 +239,69 @@ def test_link_protocol_v3_refuses_older_frames_and_joins_without_a_contact():
         with pytest.raises(BadMessage, match="contact"):
             Join.from_body({**body, "contact": bad})
     assert Join.from_body({**body, "contact": "[::1]:9735"}).contact == "[::1]:9735"
+
+
+def test_an_initiator_that_restarts_and_dials_its_provider_as_a_neighbour_gets_its_book():
+    """A node that restarts (same key) and dials, for the mesh, the provider of an order it
+    initiated: the provider notes it as a direct peer, so it used to take the link as a swap
+    link while the dialer took it as a neighbour. The dialer then never got the provider's book
+    nor its gossip (and never redialled: it was 'linked'); found by the multi-process test
+    (``test_daemon_processes``: the offer never reached the restarted taker). A mesh dialer's
+    first frame is its ``peers_req``: over a link taken as a swap link it makes it a neighbour."""
+
+    async def go():
+        nodes = await line(3, addresses=ADDR, dummy_hops=0)
+        taker, relay, maker = nodes
+        maker.config.contact = f"127.0.0.1:{maker.port}"
+        maker.config.on_direct = echo
+        reborn = None
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            await taker.settle(cid, quotes[0], os.urandom(32))
+            assert maker._direct_peer(taker.node_id)  # the maker co-signed: it expects the taker
+            await taker.stop()
+            await wait_until(lambda: taker.node_id not in relay.links)
+            reborn = ExchangeNode(taker._key, ExchangeConfig(target_degree=0, addresses=ADDR))
+            await reborn.start()
+            await reborn.connect("127.0.0.1", maker.port)  # its bootstrap: a mesh dial
+            await wait_until(
+                lambda: len(reborn.book) == 1,
+                state=lambda: f"maker links {list(maker.links)} swap {list(maker.swap_links)}",
+            )
+            assert reborn.node_id in maker.links and reborn.node_id not in maker.swap_links
+            # and gossip flows over it: a new offer reaches the reborn taker too
+            maker.publish_offer("btc", "eth", (31, 1), max_in=10**8)
+            await wait_until(lambda: len(reborn.book) == 2)
+            # its direct messages still reach the maker (over the neighbour link)
+            assert await reborn.direct(maker.node_id, b"hi") == b"re:" + taker.node_id[:4] + b"hi"
+        finally:
+            await stop_all(nodes + ([reborn] if reborn else []))
+
+    run(go())
+
+
+def test_a_link_dialled_for_direct_messages_is_a_swap_link_on_both_ends():
+    """The converse: a node dials another for direct messages (``direct()`` with a contact)
+    that does not expect it (no order co-signed): the acceptor used to take the link as a
+    neighbour (it sent its book and claims into a link the dialer drops them from, and counted
+    a neighbour that never was one). Its first frame, a ``dm``, makes it a swap link there too."""
+
+    async def go():
+        nodes = await start_nodes(2, target_degree=0, addresses=ADDR)
+        a, b = nodes
+        b.config.on_direct = echo
+        try:
+            reply = await a.direct(b.node_id, b"x", contact=f"127.0.0.1:{b.port}")
+            assert reply == b"re:" + a.node_id[:4] + b"x"
+            assert b.node_id in a.swap_links and b.node_id not in a.links
+            assert a.node_id in b.swap_links and a.node_id not in b.links
+            assert not b._scores.get(a.node_id)
+            # a stranger's swap link holds the inbound mesh slot it came in by, never one of
+            # the swap slots kept for initiators of orders b co-signed
+            assert b._swap_slots_used(b"") == 0 and len(b._stranger_swaps) == 1
+        finally:
+            await stop_all(nodes)
+
+    run(go())

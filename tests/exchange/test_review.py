@@ -451,7 +451,7 @@ def test_fresh_key_connections_get_a_bounded_number_of_book_dumps():
     connection, which a peer linking in with fresh keys could repeat at will. The dump is now
     built by concatenation (no encoder per offer), capped at the link's write buffer, and
     node-wide at most ``book_dump_burst`` dumps at once refilled at ``book_dump_rate``/s;
-    a link beyond that learns offers from gossip."""
+    a link beyond that waits for its dump (see the next test)."""
 
     async def go() -> None:
         (victim,) = await start_nodes(1, target_degree=0)
@@ -475,5 +475,60 @@ def test_fresh_key_connections_get_a_bounded_number_of_book_dumps():
             assert dumped <= 3, f"{dumped} of 8 fresh links got the whole book"
         finally:
             await stop_all([victim, *peers])
+
+    run(go())
+
+
+@pytest.mark.timeout(90)
+def test_links_beyond_the_dump_budget_get_the_book_once_it_refills():
+    """A link that came up while the dump budget was spent used to get no book at all: it
+    learnt a live offer only when its maker re-announced it (the daemon does at half its ttl),
+    so a node (re)joining the mesh while others linked in missed the offers. Such links now
+    wait for their dump, oldest first, as the budget refills (``_send_waiting_books``)."""
+
+    async def go() -> None:
+        (maker,) = await start_nodes(1, target_degree=0)
+        maker.config.book_dump_rate = 2.0
+        maker.config.book_dump_burst = 1.0
+        maker._dump_bucket = maker._new_dump_bucket()
+        maker.publish_offer("btc", "eth", (30, 1), max_in=10**6)
+        peers = await start_nodes(4, target_degree=0)
+        try:
+            for p in peers:
+                await link(p, maker)
+            # no new offer, no re-announcement: each peer learns the offer from its dump
+            await wait_until(
+                lambda: all(len(p.book) == 1 for p in peers),
+                30,
+                state=lambda: f"books {[len(p.book) for p in peers]} stats {maker.stats}",
+            )
+            assert maker.stats.book_dumps == 4 and maker.stats.book_dumps_skipped >= 1
+            assert not maker._dump_wait
+        finally:
+            await stop_all([maker, *peers])
+
+    run(go())
+
+
+@pytest.mark.timeout(90)
+def test_a_book_larger_than_a_links_write_buffer_reaches_a_newcomer_whole(monkeypatch):
+    """A book dump stopped at the link's write buffer (4 MiB, ~16,000 of up to 50,000 offers)
+    and the rest was dropped: a newcomer missed those offers until their makers re-announced
+    them. The dump now goes on in parts as the buffer drains (here the buffer is made small)."""
+    import kofo.exchange.node as node_mod
+
+    monkeypatch.setattr(node_mod, "WRITE_BUFFER_LIMIT", 2_000)
+
+    async def go() -> None:
+        (maker,) = await start_nodes(1, target_degree=0)
+        for i in range(40):
+            maker.publish_offer("btc", "eth", (30 + i, 1), max_in=10**6)
+        (peer,) = await start_nodes(1, target_degree=0)
+        try:
+            await link(peer, maker)
+            await wait_until(lambda: len(peer.book) == 40, 30, state=lambda: f"{len(peer.book)}")
+            assert maker.stats.book_dumps == 1 and not maker._dump_rest
+        finally:
+            await stop_all([maker, peer])
 
     run(go())

@@ -435,6 +435,14 @@ class ExchangeNode:
         self._rng = random.Random()
         self.on_offer: Callable[[SignedOffer], None] | None = None
         self._dump_bucket = self._new_dump_bucket()
+        # Mesh links whose book dump waits for the dump budget, oldest first (at most one
+        # entry per mesh link: bounded by ``max_degree``).
+        self._dump_wait: dict[Link, None] = {}
+        # Book dumps larger than a link's write buffer: the offers and the next one to send.
+        self._dump_rest: dict[Link, tuple[list[SignedOffer], int]] = {}
+        # Swap links from peers we expect no direct messages from (dialled for them by a
+        # stranger): each holds the inbound mesh slot it came in by.
+        self._stranger_swaps: set[Link] = set()
         # Contacts of providers learned from the joins of routes this node settled.
         self.contacts: dict[bytes, str] = {}
         # Direct messages, per link: our requests awaiting a reply, the peer's requests
@@ -551,9 +559,9 @@ class ExchangeNode:
         # The initiator of an order we co-signed links in for its swap messages: a swap link,
         # outside the mesh (unless it is our mesh neighbour already: that link carries them).
         if peer not in self.links and self._direct_peer(peer):
-            swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
-            if len(swap) >= self.config.direct_slots:
-                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+            swap = self._swap_slots_used(peer)
+            if swap >= self.config.direct_slots:
+                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], swap)
                 writer.close()
                 return
             link = Link(reader, writer, peer, port, False, self.config.limits)
@@ -561,11 +569,7 @@ class ExchangeNode:
             return
         # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
         # nothing) must not take every slot and leave us no link of our own choosing.
-        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
-        if (
-            len(self.links) >= self.config.max_degree
-            or inbound >= self.config.max_degree - self.config.target_degree
-        ):
+        if not self._mesh_slot_free():
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
@@ -621,6 +625,15 @@ class ExchangeNode:
             self.swap_links[peer] = link
             self._spawn(self._run_link(link))
             return
+        if self._enter_mesh(link, host, dialled):
+            self._spawn(self._run_link(link))
+            self._ask_peers(link)
+            self._send_book(link)
+
+    def _enter_mesh(self, link: Link, host: str, dialled: int | None) -> bool:
+        """Make ``link`` the mesh link to its peer (False: a live one is kept instead and
+        ``link`` is closed)."""
+        peer = link.peer_id
         old = self.links.get(peer)
         if old is not None and not old.closed:
             # Both ends apply the same rule to a simultaneous dial: keep the link dialled by the
@@ -630,7 +643,7 @@ class ExchangeNode:
 
             if dialer(old) <= dialer(link):
                 link.close()
-                return
+                return False
             old.close()
         self.links[peer] = link
         if link.outbound and dialled:
@@ -654,37 +667,158 @@ class ExchangeNode:
             ):
                 self._known[addr] = peer
                 self._source[addr] = src
-        self._spawn(self._run_link(link))
-        self._ask_peers(link)
-        self._send_book(link)
+        return True
+
+    def _swap_slots_used(self, peer: bytes) -> int:
+        """Live swap links of expected initiators (``direct_slots``), ``peer``'s own aside."""
+        return sum(
+            1
+            for p, lk in self.swap_links.items()
+            if p != peer and not lk.closed and lk not in self._stranger_swaps
+        )
+
+    def _mesh_slot_free(self) -> bool:
+        """Whether an inbound mesh link may be taken: ``target_degree`` slots stay for links
+        we dial (peers linking in with fresh keys must not take every slot)."""
+        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
+        inbound += sum(1 for lk in self._stranger_swaps if not lk.closed)
+        return (
+            len(self.links) < self.config.max_degree
+            and inbound < self.config.max_degree - self.config.target_degree
+        )
+
+    def _settle_role(self, link: Link, frame: Frame) -> bool:
+        """Agree on an inbound link's role with its dialer by its first frame (False: the
+        frame is not to be handled). The dialer of a mesh link sends ``peers_req`` first
+        (``_attach``), a swap link's dialer a ``dm``. We took the link as a swap link (its
+        peer is the initiator of an order we co-signed) but the peer asks for our peers: it
+        dialled us as a neighbour (a restart, its bootstrap) and takes the link for one; left
+        a swap link, it would never get our book or gossip, nor dial us again (it is linked).
+        It becomes a mesh link if the mesh has an inbound slot, else it is closed (refused,
+        as ``_accept`` refuses a neighbour: the peer dials again later, and its direct
+        messages over a swap link of its own). The converse: a link taken for the mesh whose
+        first frame is a ``dm`` was dialled for direct messages: it becomes a swap link (our
+        book and peers request over it are dropped by the peer, unscored), if a swap slot is
+        free, else it is closed."""
+        peer = link.peer_id
+        host = (link.writer.get_extra_info("peername") or (self.config.host,))[0]
+        if link.swap_only and frame.type == "peers_req":
+            if self.swap_links.get(peer) is link:
+                del self.swap_links[peer]
+            link.swap_only = False
+            if not self._mesh_slot_free():
+                log.info("refusing %s as a neighbour: no inbound slot", peer.hex()[:12])
+                link.close()
+                return False
+            if not self._enter_mesh(link, host, None):
+                return False
+            log.info("link from %s is a neighbour's (it asked for peers)", peer.hex()[:12])
+            self._ask_peers(link)
+            self._send_book(link)
+            return True
+        if not link.swap_only and frame.type == "dm" and self.links.get(peer) is link:
+            del self.links[peer]
+            self._claim_buckets.pop(peer, None)
+            self._fwd.pop(peer, None)
+            self._asked.pop(link, None)
+            self._feelers.discard(link)
+            self._dump_wait.pop(link, None)
+            self._dump_rest.pop(link, None)
+            link.swap_only = True
+            if not self._direct_peer(peer):
+                # A stranger's swap link keeps the inbound mesh slot it was accepted in (it
+                # is counted there, never against ``direct_slots``: fresh keys must not take
+                # the slots kept for the initiators of orders we co-signed).
+                self._stranger_swaps.add(link)
+            elif self._swap_slots_used(peer) >= self.config.direct_slots:
+                log.info("refusing %s: no swap link slot", peer.hex()[:12])
+                link.close()
+                return False
+            old_swap = self.swap_links.get(peer)
+            if old_swap is not None and old_swap is not link:
+                old_swap.close()
+            self.swap_links[peer] = link
+            log.info("link from %s is a swap link (its first frame is a dm)", peer.hex()[:12])
+        return True
 
     def _send_book(self, link: Link) -> None:
         """Send a new link our book: built by concatenation, at most the link's write buffer,
         and at most ``book_dump_burst`` dumps node-wide refilled at ``book_dump_rate``/s (a
-        peer linking in with fresh keys must not make us encode 50,000 offers each time; a
-        link beyond that learns offers from gossip)."""
+        peer linking in with fresh keys must not make us encode 50,000 offers each time).
+        A link beyond the budget waits for its dump, in arrival order (``_send_waiting_books``):
+        skipped, it would learn an offer only when its maker re-announced it (at half its
+        ttl), so a node (re)joining while others link in missed the live offers."""
+        if link in self._dump_wait:
+            return
+        if not self.book.all(now_ms()):
+            return
+        if self._dump_wait or not self._dump_bucket.take():
+            self.stats.book_dumps_skipped += 1
+            self._dump_wait[link] = None
+            log.info("book dump for %s waits: dump budget spent", link.peer_id.hex()[:12])
+            return
+        self._dump_book(link)
+
+    def _send_waiting_books(self) -> None:
+        """Dump the book to the links waiting for it, oldest first, as the budget allows
+        (links closed or no longer in the mesh meanwhile are dropped from the queue)."""
+        while self._dump_wait:
+            link = next(iter(self._dump_wait))
+            if link.closed or self.links.get(link.peer_id) is not link:
+                del self._dump_wait[link]
+                continue
+            if not self._dump_bucket.take():
+                return
+            del self._dump_wait[link]
+            self._dump_book(link)
+
+    def _dump_book(self, link: Link) -> None:
         offers = self.book.all(now_ms())
         if not offers:
             return
-        if not self._dump_bucket.take():
-            self.stats.book_dumps_skipped += 1
-            log.info("no book dump for %s: dump budget spent", link.peer_id.hex()[:12])
+        self.stats.book_dumps += 1
+        self._dump_rest[link] = (offers, 0)
+        self._dump_more(link)
+
+    def _dump_more(self, link: Link) -> None:
+        """Send the next part of ``link``'s book dump, as much as its write buffer has room
+        for (a book beyond one buffer goes out over several maintenance ticks, as the peer
+        reads: before, the rest was dropped and a newcomer missed those offers). Offers that
+        left the book meanwhile are skipped."""
+        offers, pos = self._dump_rest.pop(link)
+        if link.closed or self.links.get(link.peer_id) is not link:
             return
-        parts, size = [], 0
-        for so in offers:
+        room = WRITE_BUFFER_LIMIT - link.writer.transport.get_write_buffer_size()
+        if room < WRITE_BUFFER_LIMIT // 2:
+            self._dump_rest[link] = (offers, pos)
+            return
+        now = now_ms()
+        parts: list[bytes] = []
+        size = 0
+        while pos < len(offers):
+            so = offers[pos]
+            if so.offer.expiry_ms <= now or (so.maker, so.offer.offer_id) not in self.book:
+                pos += 1
+                continue
             framed = encode_frame(offer_frame_bytes(so.raw))
-            size += len(framed)
-            if size > WRITE_BUFFER_LIMIT:
+            if parts and size + len(framed) > room:
                 break
             parts.append(framed)
-        self.stats.book_dumps += 1
-        link.send_raw(b"".join(parts))
+            size += len(framed)
+            pos += 1
+        if parts:
+            link.send_raw(b"".join(parts))
+        if pos < len(offers):
+            self._dump_rest[link] = (offers, pos)
 
     async def _run_link(self, link: Link) -> None:
         try:
             await link.run(self._on_frame, self._abuse)
         finally:
             self._feelers.discard(link)
+            self._dump_wait.pop(link, None)
+            self._dump_rest.pop(link, None)
+            self._stranger_swaps.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
             self._dm_buckets.pop(link, None)
@@ -777,6 +911,9 @@ class ExchangeNode:
         mono = time.monotonic()
         now = now_ms()
         self.book.sweep(now)
+        for link in list(self._dump_rest):
+            self._dump_more(link)
+        self._send_waiting_books()
         self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
         horizon = MAX_CLAIM_HORIZON_MS + int(self.config.settle_timeout_s * 1000) * 2
@@ -869,6 +1006,8 @@ class ExchangeNode:
 
     def _on_frame(self, link: Link, frame: Frame) -> None:
         self.stats.frames_in += 1
+        if link.frames_in == 1 and not link.outbound and not self._settle_role(link, frame):
+            return
         if link.swap_only and frame.type not in SWAP_LINK_FRAMES:
             # A swap link is no mesh link: an offer, claim or route part sent over it is
             # dropped (unscored: a peer that took it for a neighbour is not hostile).
