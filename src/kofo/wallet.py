@@ -103,6 +103,7 @@ class NodeWallet:
         *,
         replace_passphrase: str | None = None,
         seed: bytes | None = None,
+        scrypt_n: int = keystore.SCRYPT_N,
     ) -> NodeWallet:
         """A new seed (or ``seed``: one restored from its words, :func:`words_to_seed`),
         stored encrypted at ``path`` (directory 0700, file 0600).
@@ -124,7 +125,7 @@ class NodeWallet:
             seed = os.urandom(SEED_BYTES)
         elif len(seed) != SEED_BYTES:
             raise WalletError(f"a wallet seed has {SEED_BYTES} bytes, not {len(seed)}")
-        keystore.save_secret(path, seed, passphrase)
+        keystore.save_secret(path, seed, passphrase, n=scrypt_n)
         if backup is not None:
             log.warning("replaced the wallet at %s; the previous one is kept at %s", path, backup)
         return cls(seed)
