@@ -79,11 +79,13 @@ DEMO_SCRYPT_N = 2**17
 store's floor for its version (:data:`kofo.settlement.keystore.MIN_N`, what the tests use), not
 the operator's default 2^18. A demo-only setting: these are throwaway devnet wallets under a
 passphrase printed in this file; each scrypt at 2^18 is 256 MiB and ~1 s of a core, and the
-demo pays three per node (its wallet written, opened by the node, the Paillier key file opened
-at registration). The nodes log that their wallet uses weaker parameters than today's."""
+demo pays two per node (its wallet written, then opened by the node; the Paillier key file is
+under the wallet's file key, no scrypt). The nodes log that their wallet uses weaker
+parameters than today's."""
 PAILLIER_BITS = 2048
-"""The Paillier key the demo writes in each home: the ledger's first allowed size (the size a
-node generates itself at registration from ``/params``)."""
+"""The Paillier key the demo writes in each home (in parallel with the devnet's start): the
+ledger's first allowed size (the size a node generates itself at registration from
+``/params``)."""
 BOND = 10**18
 """Each maker locks 1 ETH in the bond vault (``ensure_bond``) before its node starts."""
 CRASHING = "maker_b"
@@ -589,14 +591,17 @@ class Network:
 
 
 def _write_home(home: Path, name: str, seed: bytes) -> None:
-    """A node home (``kofo init``'s files) with its wallet from ``seed`` and its Paillier key
-    file, both written under the key store's floor cost (:data:`DEMO_SCRYPT_N`): the node
-    opens them at start instead of writing the Paillier file at its registration."""
+    """A node home (``kofo init``'s files) with its wallet from ``seed`` at the key store's
+    floor cost (:data:`DEMO_SCRYPT_N`) and its Paillier key file under the wallet's file key
+    (as the node writes it): the node opens it at registration instead of generating it."""
     from kofo.node.home import init_home
     from kofo.node.registration import load_or_create_paillier
 
     init_home(home, PASSPHRASE, name=name, seed=seed, scrypt_n=DEMO_SCRYPT_N)
-    load_or_create_paillier(home, PASSPHRASE, bits=PAILLIER_BITS, scrypt_n=DEMO_SCRYPT_N)
+    from kofo.wallet import NodeWallet
+
+    file_key = NodeWallet(seed).file_key("paillier")  # the node's own (``_register``)
+    load_or_create_paillier(home, PASSPHRASE, bits=PAILLIER_BITS, file_key=file_key)
 
 
 def _sats(value: Any) -> int:

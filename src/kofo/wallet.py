@@ -184,6 +184,17 @@ class NodeWallet:
         ).derive(self._seed)
         return Ed25519PrivateKey.from_private_bytes(raw)
 
+    def file_key(self, purpose: str) -> bytes:
+        """A 32-byte AES key for one of the home's private files (``purpose`` names it), HKDF-
+        SHA256 of the seed in its own domain: the file is then as safe at rest as the wallet
+        (the seed is under the passphrase's scrypt) without a second scrypt of its own."""
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"kofo file key v1: " + purpose.encode(),
+        ).derive(self._seed)
+
     def eth_account(self, index: int = 0) -> LocalAccount:
         return account_from_seed(self._seed, index)
 
