@@ -103,3 +103,31 @@ def test_the_node_launcher_forks_the_real_command_and_reports_its_exit(tmp_path)
     finally:
         zygote.close()
     assert zygote.popen.returncode == 0
+
+
+def test_demo_homes_use_the_key_store_floor_and_hold_the_paillier_key(tmp_path):
+    """make demo writes each home's wallet at the key store's floor N (demo-only, as the tests
+    do) and its Paillier key file under the wallet's file key, and the node then opens both:
+    its wallet with the passphrase, its Paillier key instead of generating one at
+    registration."""
+    import os
+
+    from kofo.demo import DEMO_SCRYPT_N, PASSPHRASE, _write_home
+    from kofo.node.registration import PAILLIER_FILE, load_or_create_paillier
+    from kofo.settlement import keystore
+    from kofo.wallet import NodeWallet
+
+    assert DEMO_SCRYPT_N == keystore.MIN_N == 2**17 < keystore.SCRYPT_N
+    seed = os.urandom(32)
+    home = tmp_path / "maker"
+    _write_home(home, "maker", seed)
+    assert keystore.read_document(home / "wallet.json")["n"] == DEMO_SCRYPT_N
+    assert not (home / PAILLIER_FILE).exists()  # under the wallet's file key: no scrypt
+    assert (
+        NodeWallet.open(home / "wallet.json", PASSPHRASE).mnemonic() == NodeWallet(seed).mnemonic()
+    )
+    blob = (home / "paillier.key").read_bytes()
+    file_key = NodeWallet(seed).file_key("paillier")
+    pub, _ = load_or_create_paillier(home, PASSPHRASE, file_key=file_key)  # the node's open
+    assert (home / "paillier.key").read_bytes() == blob  # opened, not generated again
+    assert pub.n.bit_length() == 2048

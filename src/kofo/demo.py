@@ -74,6 +74,18 @@ BLOCK_INTERVAL = 1.0
 """Seconds between regtest blocks on the devnet: the devnet timing's (``kofo devnet
 --fast-timing``, :data:`kofo.node.devnet.DEVNET_TIMING`), the block interval the nodes'
 policies count (a faster chain would shorten their block-height margins)."""
+DEMO_SCRYPT_N = 2**17
+"""The KDF cost of the demo's key files (each node's wallet and Paillier key file): the key
+store's floor for its version (:data:`kofo.settlement.keystore.MIN_N`, what the tests use), not
+the operator's default 2^18. A demo-only setting: these are throwaway devnet wallets under a
+passphrase printed in this file; each scrypt at 2^18 is 256 MiB and ~1 s of a core, and the
+demo pays two per node (its wallet written, then opened by the node; the Paillier key file is
+under the wallet's file key, no scrypt). The nodes log that their wallet uses weaker
+parameters than today's."""
+PAILLIER_BITS = 2048
+"""The Paillier key the demo writes in each home (in parallel with the devnet's start): the
+ledger's first allowed size (the size a node generates itself at registration from
+``/params``)."""
 BOND = 10**18
 """Each maker locks 1 ETH in the bond vault (``ensure_bond``) before its node starts."""
 CRASHING = "maker_b"
@@ -323,7 +335,6 @@ class Network:
     def start(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from kofo.node.home import init_home
         from kofo.wallet import SEED_BYTES, NodeWallet
 
         # Each wallet's seed first: the devnet funds its addresses while the homes are written
@@ -348,20 +359,19 @@ class Network:
             start_new_session=True,
         )
         self.devnet = Proc("devnet", popen, log)
+        _PIDS[popen.pid] = "devnet"
         with ThreadPoolExecutor(max_workers=len(NAMES) + 1) as pool:
             launcher = (
                 pool.submit(Zygote, self.env, self.root / "launcher.log")
                 if hasattr(os, "fork") and os.environ.get("KOFO_DEMO_FORK", "1") != "0"
                 else None
             )
-            homes = [
-                pool.submit(init_home, self.homes[n], PASSPHRASE, name=n, seed=seeds[n])
-                for n in NAMES
-            ]
+            homes = [pool.submit(_write_home, self.homes[n], n, seeds[n]) for n in NAMES]
             for f in homes:
                 f.result()
             if launcher is not None:
                 self.zygote = launcher.result()
+                _PIDS[self.zygote.popen.pid] = "nodes"
         _phase("6 homes and wallets, the devnet starting")
         assert popen.stdout is not None
         line = popen.stdout.readline()  # bounded: the devnet exits (EOF) if it cannot start
@@ -462,6 +472,7 @@ class Network:
         if self.zygote is not None:
             pid = self.zygote.spawn(args, env or self.env, log)
             self.nodes[n] = Proc(n, Forked(self.zygote, pid), log)
+            _PIDS[pid] = "nodes"
             return
         popen = subprocess.Popen(
             _kofo(*args),
@@ -471,6 +482,7 @@ class Network:
             start_new_session=True,
         )
         self.nodes[n] = Proc(n, popen, log)
+        _PIDS[popen.pid] = "nodes"
 
     def _wait_up(self, n: str) -> None:
         from kofo.sdk import Client, KofoApiError
@@ -578,6 +590,20 @@ class Network:
             self.zygote.close()
 
 
+def _write_home(home: Path, name: str, seed: bytes) -> None:
+    """A node home (``kofo init``'s files) with its wallet from ``seed`` at the key store's
+    floor cost (:data:`DEMO_SCRYPT_N`) and its Paillier key file under the wallet's file key
+    (as the node writes it): the node opens it at registration instead of generating it."""
+    from kofo.node.home import init_home
+    from kofo.node.registration import load_or_create_paillier
+
+    init_home(home, PASSPHRASE, name=name, seed=seed, scrypt_n=DEMO_SCRYPT_N)
+    from kofo.wallet import NodeWallet
+
+    file_key = NodeWallet(seed).file_key("paillier")  # the node's own (``_register``)
+    load_or_create_paillier(home, PASSPHRASE, bits=PAILLIER_BITS, file_key=file_key)
+
+
 def _sats(value: Any) -> int:
     from decimal import Decimal
 
@@ -625,6 +651,9 @@ def run_demo(console: Console, workdir: Path | None = None) -> DemoResult:
     started = time.monotonic()
     _T0[0] = started
     _PHASES.clear()
+    _PIDS.clear()
+    _CPU_BASE.clear()
+    _CPU_BASE.update(_cpu())
     console.print(f"start: {_load()}")
     root = Path(tempfile.mkdtemp(prefix="kofo-demo-", dir=workdir))
     result = DemoResult()
@@ -658,12 +687,48 @@ def run_demo(console: Console, workdir: Path | None = None) -> DemoResult:
 
 
 _T0 = [time.monotonic()]
-_PHASES: list[tuple[str, float]] = []
-"""(what, seconds since the start) at the end of each phase of the demo (printed at its end)."""
+_PHASES: list[tuple[str, float, dict[str, float]]] = []
+"""(what, seconds since the start, CPU seconds so far per group) at the end of each phase of
+the demo (printed at its end)."""
+_PIDS: dict[int, str] = {}
+"""The processes the demo started, by group ("devnet", "nodes": the launcher and the nodes it
+forked, whose CPU is counted in the launcher's once it reaps them)."""
+_CPU_BASE: dict[str, float] = {}
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a live (or not yet reaped) process and of its reaped children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # after the ")": state is field 3, utime..cstime are fields 14..17 (1-based)
+    return sum(int(f) for f in fields[11:15]) / _TICK
+
+
+def _cpu() -> dict[str, float]:
+    """CPU seconds spent so far (user + system, every core) by the demo itself, the devnet
+    and the nodes: load-independent, unlike the wall time. The demo's own reaped children (the
+    devnet and the launcher, at the end) count under their group once gone from /proc."""
+    t = os.times()
+    got = {"demo": t.user + t.system, "devnet": 0.0, "nodes": 0.0}
+    live = 0.0
+    for pid, group in _PIDS.items():
+        cpu = _proc_cpu(pid)
+        got[group] += cpu
+        live += cpu
+    reaped = t.children_user + t.children_system
+    if reaped and not live:  # the end: everything reaped; split as last seen
+        last = _PHASES[-1][2] if _PHASES else {}
+        seen = last.get("devnet", 0.0) + last.get("nodes", 0.0)
+        for g in ("devnet", "nodes"):
+            got[g] = reaped * (last.get(g, 0.0) / seen) if seen else 0.0
+    return {g: v - _CPU_BASE.get(g, 0.0) for g, v in got.items()}
 
 
 def _phase(what: str) -> None:
-    _PHASES.append((what, time.monotonic() - _T0[0]))
+    _PHASES.append((what, time.monotonic() - _T0[0], _cpu()))
 
 
 def _load() -> str:
@@ -674,9 +739,21 @@ def _load() -> str:
 def _phase_table(console: Console) -> None:
     _rule(console, "where the time went")
     last = 0.0
-    for what, at in _PHASES:
-        console.print(f"  {what:<46} {at - last:6.1f} s  (at {at:5.1f} s)")
-        last = at
+    last_cpu: dict[str, float] = {}
+    console.print(f"  {'phase':<40} {'wall':>6}  {'CPU: demo devnet nodes':>24}")
+    for what, at, cpu in _PHASES:
+        used = {g: cpu[g] - last_cpu.get(g, 0.0) for g in cpu}
+        console.print(
+            f"  {what[:40]:<40} {at - last:5.1f}s  {sum(used.values()):5.1f}s ="
+            f" {used['demo']:4.1f} {used['devnet']:5.1f} {used['nodes']:5.1f}"
+        )
+        last, last_cpu = at, cpu
+    if _PHASES:
+        total = _PHASES[-1][2]
+        console.print(
+            f"  {'in all':<40} {_PHASES[-1][1]:5.1f}s  {sum(total.values()):5.1f}s ="
+            f" {total['demo']:4.1f} {total['devnet']:5.1f} {total['nodes']:5.1f}"
+        )
     console.print(f"  {_load()}")
 
 

@@ -103,6 +103,7 @@ class NodeWallet:
         *,
         replace_passphrase: str | None = None,
         seed: bytes | None = None,
+        scrypt_n: int = keystore.SCRYPT_N,
     ) -> NodeWallet:
         """A new seed (or ``seed``: one restored from its words, :func:`words_to_seed`),
         stored encrypted at ``path`` (directory 0700, file 0600).
@@ -124,7 +125,7 @@ class NodeWallet:
             seed = os.urandom(SEED_BYTES)
         elif len(seed) != SEED_BYTES:
             raise WalletError(f"a wallet seed has {SEED_BYTES} bytes, not {len(seed)}")
-        keystore.save_secret(path, seed, passphrase)
+        keystore.save_secret(path, seed, passphrase, n=scrypt_n)
         if backup is not None:
             log.warning("replaced the wallet at %s; the previous one is kept at %s", path, backup)
         return cls(seed)
@@ -182,6 +183,17 @@ class NodeWallet:
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"kofo node key v1"
         ).derive(self._seed)
         return Ed25519PrivateKey.from_private_bytes(raw)
+
+    def file_key(self, purpose: str) -> bytes:
+        """A 32-byte AES key for one of the home's private files (``purpose`` names it), HKDF-
+        SHA256 of the seed in its own domain: the file is then as safe at rest as the wallet
+        (the seed is under the passphrase's scrypt) without a second scrypt of its own."""
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"kofo file key v1: " + purpose.encode(),
+        ).derive(self._seed)
 
     def eth_account(self, index: int = 0) -> LocalAccount:
         return account_from_seed(self._seed, index)

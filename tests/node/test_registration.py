@@ -84,3 +84,49 @@ class AnswerLost(LedgerClient):
     def commit(self, tx: bytes, *, timeout: float) -> IncludedTx:
         self.broadcast_tx_sync(tx)
         raise LedgerUnreachable("the answer was lost")
+
+
+def test_paillier_key_under_the_wallets_file_key_costs_no_scrypt(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The node's Paillier key file is encrypted under a key derived from its wallet's seed:
+    written and opened with no scrypt of its own (the wallet's passphrase scrypt already
+    guards the seed), 0600, never readable under another wallet's key; a home written before
+    (``paillier.json`` under the passphrase) still opens."""
+    import os
+
+    from kofo.node import registration
+    from kofo.node.registration import RegistrationError
+    from kofo.wallet import NodeWallet
+
+    scrypts: list[int] = []
+    real = registration.keystore._derive
+
+    def counting(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+        scrypts.append(n)
+        return real(passphrase, salt, n, r, p)
+
+    monkeypatch.setattr(registration.keystore, "_derive", counting)
+    wallet = NodeWallet(os.urandom(32))
+    key = wallet.file_key("paillier")
+    assert key == NodeWallet(wallet._seed).file_key("paillier") != wallet.file_key("other")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    pub, priv = load_or_create_paillier(home, PASS, bits=1024, file_key=key)
+    assert not (home / PAILLIER_FILE).exists()
+    assert stat.S_IMODE((home / PAILLIER_BLOB).stat().st_mode) == 0o600
+    blob = (home / PAILLIER_BLOB).read_bytes()
+    again_pub, again_priv = load_or_create_paillier(home, PASS, bits=1024, file_key=key)
+    assert (again_pub.n, again_priv.p) == (pub.n, priv.p)
+    assert scrypts == []  # neither the write nor the open ran a KDF
+    with pytest.raises(RegistrationError, match="does not decrypt"):
+        load_or_create_paillier(
+            home, PASS, bits=1024, file_key=NodeWallet(os.urandom(32)).file_key("paillier")
+        )
+    assert (home / PAILLIER_BLOB).read_bytes() == blob  # refused, never replaced
+
+    old = tmp_path / "old"  # a home from before: paillier.json under the passphrase
+    old.mkdir(mode=0o700)
+    old_pub, _ = load_or_create_paillier(old, PASS, bits=1024, scrypt_n=N)
+    got_pub, _ = load_or_create_paillier(old, PASS, bits=1024, scrypt_n=N, file_key=key)
+    assert got_pub.n == old_pub.n and scrypts == [N, N]  # written (one KDF), opened (one)

@@ -807,7 +807,12 @@ class Node:
         if bits is None:
             allowed = decode(self.ledger.abci_query("/params")).get("paillier_bits") or [2048]
             bits = int(allowed[0])
-        pub, priv = load_or_create_paillier(self.config.home, self._passphrase, bits=bits)
+        pub, priv = load_or_create_paillier(
+            self.config.home,
+            self._passphrase,
+            bits=bits,
+            file_key=self.wallet.file_key("paillier"),
+        )
         self._paillier = priv
         addresses = self._funding_addresses()
         height = ensure_registered(

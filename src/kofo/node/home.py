@@ -24,6 +24,7 @@ from kofo.node.config import (
     parse_config,
     render_config,
 )
+from kofo.settlement import keystore
 from kofo.settlement.journal import Journal
 from kofo.wallet import NodeWallet
 
@@ -57,13 +58,16 @@ def init_home(
     timing: dict[str, int] | None = None,
     force: bool = False,
     seed: bytes | None = None,
+    scrypt_n: int = keystore.SCRYPT_N,
 ) -> tuple[NodeConfig, bool]:
     """Write a node home; returns its config and whether a new wallet was created.
 
     An existing home is refused unless ``force``; with ``force`` the config is rewritten and
     an existing wallet is kept (and must open with ``passphrase``): a wallet is never
     overwritten, its seed may hold funds. ``seed``: the new wallet's seed (restored from its
-    words); a home that already holds a wallet is then refused."""
+    words); a home that already holds a wallet is then refused. ``scrypt_n``: the wallet's KDF
+    cost, the key store's default; only the tests and ``make demo`` (throwaway devnet wallets)
+    pass the version's floor, ``kofo init`` never does."""
     home = home.expanduser().absolute()
     config_path, wallet_path = home / CONFIG_FILE, home / WALLET_FILE
     if home.exists() and not home.is_dir():
@@ -86,7 +90,7 @@ def init_home(
         NodeWallet.open(wallet_path, passphrase)  # the kept wallet must be this operator's
         created = False
     else:
-        NodeWallet.create(wallet_path, passphrase, seed=seed)
+        NodeWallet.create(wallet_path, passphrase, seed=seed, scrypt_n=scrypt_n)
         created = True
     os.chmod(wallet_path, 0o600)
     _write_private(config_path, text)

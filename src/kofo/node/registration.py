@@ -42,6 +42,7 @@ log = logging.getLogger("kofo.node.registration")
 PAILLIER_FILE = "paillier.json"
 PAILLIER_BLOB = "paillier.key"
 _AAD = b"kofo paillier key v1"
+_AAD_SEED = b"kofo paillier key v2: under the wallet's file key"
 REGISTER_TX_FILE = "register.tx"
 MAX_TX_BYTES = 1 << 20
 
@@ -51,17 +52,29 @@ class RegistrationError(KofoError):
 
 
 def load_or_create_paillier(
-    home: Path, passphrase: str, *, bits: int = 2048, scrypt_n: int = keystore.SCRYPT_N
+    home: Path,
+    passphrase: str,
+    *,
+    bits: int = 2048,
+    scrypt_n: int = keystore.SCRYPT_N,
+    file_key: bytes | None = None,
 ) -> tuple[paillier.PaillierPublicKey, paillier.PaillierPrivateKey]:
-    """The node's Paillier key pair, created once and kept encrypted in the home: a random
-    32-byte file key in ``paillier.json`` (the wallet's key store format, under the
-    passphrase) and the primes in ``paillier.key`` (AES-256-GCM under that key), both 0600."""
+    """The node's Paillier key pair, created once and kept encrypted in the home: the primes in
+    ``paillier.key`` (AES-256-GCM, 0600).
+
+    With ``file_key`` (the node's: :meth:`kofo.wallet.NodeWallet.file_key` ``("paillier")``,
+    derived from the wallet's seed) the blob is encrypted under it directly: no scrypt of its
+    own at creation or at each start. Without it (and for a home written so before: a
+    ``paillier.json`` next to the blob) a random 32-byte file key is kept in ``paillier.json``
+    in the wallet's key store format under the passphrase (one scrypt per open)."""
     key_path, blob_path = home / PAILLIER_FILE, home / PAILLIER_BLOB
-    if key_path.exists() and blob_path.exists():
-        file_key = keystore.load_secret(key_path, passphrase)
+    if blob_path.exists() and (key_path.exists() or file_key is not None):
+        legacy = key_path.exists()
+        key = keystore.load_secret(key_path, passphrase) if legacy else file_key
+        assert key is not None
         blob = read_private_file(blob_path, max_size=MAX_TX_BYTES)
         try:
-            plain = AESGCM(file_key).decrypt(blob[:12], blob[12:], _AAD)
+            plain = AESGCM(key).decrypt(blob[:12], blob[12:], _AAD if legacy else _AAD_SEED)
         except InvalidTag:
             raise RegistrationError(f"{blob_path} does not decrypt with its key") from None
         raw = decode(plain)
@@ -69,11 +82,13 @@ def load_or_create_paillier(
         pub = paillier.PaillierPublicKey(p * q)
         return pub, paillier.PaillierPrivateKey(pub, p, q)
     pub, priv = privacy.generate_keypair(bits)
-    file_key = os.urandom(32)
+    key = file_key if file_key is not None else os.urandom(32)
     nonce = os.urandom(12)
     plain = encode({"p": _int_bytes(priv.p), "q": _int_bytes(priv.q)})
-    write_private_file(blob_path, nonce + AESGCM(file_key).encrypt(nonce, plain, _AAD))
-    keystore.save_secret(key_path, file_key, passphrase, n=scrypt_n)
+    aad = _AAD if file_key is None else _AAD_SEED
+    write_private_file(blob_path, nonce + AESGCM(key).encrypt(nonce, plain, aad))
+    if file_key is None:
+        keystore.save_secret(key_path, key, passphrase, n=scrypt_n)
     return pub, priv
 
 

@@ -52,6 +52,9 @@ _VERSIONS = {
     1: _Limits(b"kofo-keystore-v1", 2**15),
     2: _Limits(b"kofo-keystore-v2", 2**17),
 }
+MIN_N = _VERSIONS[FORMAT_VERSION].min_n
+"""Today's version's floor (2^17, 128 MiB, ~0.5 s): what the tests and ``make demo`` write their
+throwaway key files with (``n=MIN_N``); an operator's wallet always gets :data:`SCRYPT_N`."""
 MAX_N = 2**20
 """The ceiling: 1 GiB of memory at r=8 (4x the standard), a few seconds. Anything above is a
 file meant to exhaust the node, not a key store we wrote."""
