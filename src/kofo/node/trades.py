@@ -677,7 +677,8 @@ class TradePipeline:
             "committed order",
             order_id.hex(),
         )
-        self.engine.accept(terms, scan_from={a.chain: lock_height})
+        # no proposal token: a taker keeping its own bucket empty would stall this path
+        self.engine.accept(terms, scan_from={a.chain: lock_height}, proposed=False)
         return terms
 
     def accept_policy(self, terms: SwapTerms) -> None:
