@@ -154,6 +154,39 @@ def test_a_taker_that_drains_its_proposal_budget_still_gets_the_makers_lock(
     assert isinstance(reply, Error) and reply.code == "peer_rate_limited"
 
 
+def test_a_taker_at_its_open_swap_limit_still_gets_the_makers_lock(net: Net, tmp_path) -> None:
+    # The same class: the open-swap limits bound what accepted *proposals* make the maker
+    # watch. A taker holding open_swaps_per_peer accepted swaps with the maker (proposed,
+    # never locked) that locks another committed order's leg 0 without proposing had the
+    # order path refused (peer_limit) until legs[1].lock_by: leg_not_locked against the
+    # maker. Each committed order is one the maker co-signed (its liquidity holds bound
+    # them): the order path no longer counts against these limits.
+    taker, maker = _party("taker", tmp_path, net), _party("maker", tmp_path, net)
+    link(taker.node, maker.node)
+    taker.pipe.send = taker.node.engine._request
+    engine = maker.node.engine
+    engine.limits = replace(engine.limits, open_swaps_per_peer=1)
+    orders = []
+    for _ in range(2):
+        preimage = os.urandom(32)
+        order = _order(taker, maker, net, payment_hash=hashlib.sha256(preimage).digest())
+        maker.pipe.expect(order)
+        taker.pipe.submit(_commit_tx(order, taker, maker), preimage=preimage)
+        assert maker.pipe.watch_commit(order.order_id).status == "committed"
+        orders.append(order)
+    first, second = orders
+    with net.lock:
+        taker.pipe.start_as_taker(first.order_id)  # accepted, then never locked
+    assert _state(maker, first.order_id) is State.ACCEPTED
+    a, _b = engine_legs(second, taker.node.engine.policies)
+    with net.lock:
+        taker.node.engine.adapters["btc"].lock(a.htlc(second.payment_hash))
+        net.btc.mine(1)
+        terms = maker.pipe.start_as_maker(second.order_id)
+    assert terms is not None and terms.swap_id == second.order_id
+    assert _state(maker, second.order_id) is State.ACCEPTED
+
+
 def test_a_maker_whose_ledger_does_not_answer_says_not_yet_and_accepts_later(
     net: Net, tmp_path
 ) -> None:

@@ -578,7 +578,10 @@ class SwapEngine:
         committed order without a proposal) passes the lock's height. ``proposed=False``:
         terms this node derived itself (that maker, from an order it co-signed, with the lock
         on the chain) take no token from the counterparty's proposal bucket, which the
-        counterparty can keep empty with junk proposals of its own.
+        counterparty can keep empty with junk proposals of its own, and do not count against
+        the open-swap limits, which it can fill with accepted proposals it never locks (the
+        orders a maker co-signs are bounded by its own liquidity holds); refusing them would
+        leave the maker's committed leg unlocked.
 
         Cheapest first, so a flood costs little: the proposer's rate (per node), the payment
         hash, the accept policy (pure); then what reads the chains (dust, the build of each
@@ -616,7 +619,8 @@ class SwapEngine:
             if chain in heights:
                 heights[chain] = max(0, min(int(heights[chain]), int(height)))
         with self._lock:
-            self._check_open_limits(terms.initiator_node)
+            if proposed:
+                self._check_open_limits(terms.initiator_node)
             self._check_funds(terms, Role.PARTICIPANT)
             # The scan start in the swap's own first transaction: a crash after the accept
             # never leaves a swap without it (a search of the counter leg from genesis).
