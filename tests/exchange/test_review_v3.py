@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 import pytest
 
@@ -134,6 +135,41 @@ def test_strangers_filling_the_makers_inbound_slots_do_not_keep_the_taker_from_i
             assert late.node_id not in maker.links
         finally:
             await stop_all(nodes + strangers)
+
+    run(go())
+
+
+def test_a_swap_link_whose_order_ended_gives_its_slot_to_a_new_orders_initiator():
+    # Attacker's pass (session 5): swap links are never closed when their swaps end, and a
+    # full set of them refused every newcomer: takers that settled routes once (fresh keys)
+    # and kept their swap links open (pings) after their orders' last expiry held every
+    # ``direct_slots`` slot for good, and the initiator of a new order the maker co-signed
+    # could not reach it (its swap messages never arrived). A full set now gives the slot of
+    # an inbound swap link whose peer is no longer an order's initiator to the newcomer.
+    async def go():
+        nodes = await line(3, addresses=ADDR, dummy_hops=0)
+        first, relay, maker = nodes
+        (second,) = await start_nodes(1, target_degree=0, addresses=ADDR, dummy_hops=0)
+        await link(second, relay)
+        maker.config.contact = f"127.0.0.1:{maker.port}"
+        maker.config.on_direct = echo
+        maker.config.direct_slots = 1
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(first.book) == 1 and len(second.book) == 1)
+            cid, quotes = await first.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            await first.settle(cid, quotes[0], os.urandom(32))
+            assert await first.direct(maker.node_id, b"propose") == b"re:propose"
+            assert first.node_id in maker.swap_links
+            # the first order's last expiry passes (its link stays open)
+            maker._direct_peers[first.node_id] = time.monotonic() - 1
+            cid, quotes = await second.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            await second.settle(cid, quotes[0], os.urandom(32))
+            assert await second.direct(maker.node_id, b"propose") == b"re:propose"
+            assert second.node_id in maker.swap_links
+            await wait_until(lambda: first.node_id not in maker.swap_links)
+        finally:
+            await stop_all([*nodes, second])
 
     run(go())
 

@@ -553,9 +553,21 @@ class ExchangeNode:
         if peer not in self.links and self._direct_peer(peer):
             swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
             if len(swap) >= self.config.direct_slots:
-                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
-                writer.close()
-                return
+                # Swap links stay open when their swaps end: a full set gives the slot of an
+                # inbound one whose peer is no longer an order's initiator to this one
+                # (otherwise past initiators keeping their links open hold every slot).
+                stale = next(
+                    (lk for lk in swap if not lk.outbound and not self._direct_peer(lk.peer_id)),
+                    None,
+                )
+                if stale is None:
+                    log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+                    writer.close()
+                    return
+                log.info(
+                    "closing the ended swap link of %s for a new one", stale.peer_id.hex()[:12]
+                )
+                stale.close()
             link = Link(reader, writer, peer, port, False, self.config.limits)
             self._attach(link, host, swap_only=True)
             return
