@@ -174,6 +174,35 @@ def test_a_swap_link_whose_order_ended_gives_its_slot_to_a_new_orders_initiator(
     run(go())
 
 
+def test_an_order_planned_with_devnet_timing_is_not_signed_by_a_production_maker(caplog):
+    # Attacker's pass (session 5), an attack that fails: a taker plans its order with the
+    # devnet's lock window (20 s, ``kofo devnet --fast-timing``) to hurry a production maker
+    # (600 s). Every co-signer plans the order's time from ``legs[0].lock_by`` and its own
+    # lock window, and refuses a time that far off its clock: the maker's guard never sees it.
+    caplog.set_level(logging.INFO, logger="kofo.exchange.node")
+
+    async def go():
+        nodes = await line(3, addresses=ADDR, settle_timeout_s=1.5, dummy_hops=0)
+        taker, _relay, maker = nodes
+        taker.config.lock_window_s = 20
+        guarded = []
+        maker.config.order_guard = lambda order, role: guarded.append(order)
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            with pytest.raises(RouteFailed):
+                await taker.settle(cid, quotes[0], os.urandom(32))
+            # its lock_by, 600 s after the time each co-signer plans from, puts that time
+            # 580 s in the past: refused (and the taker scored by the relay)
+            assert "deadlines are planned from time" in caplog.text
+            assert guarded == []
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
 def test_relinking_does_not_reset_the_budget_of_direct_messages_being_handled():
     # Before the fix the count of a peer's requests in the handler was kept per link object
     # and dropped when the link closed, while the handlers ran on (up to dm_handler_s): a
