@@ -357,33 +357,33 @@ def test_a_validator_joins_after_genesis_through_a_bond_and_leaves_by_unbonding(
     res = vals.step(_valkey_tx(vals, 4, node))  # no bond yet: not a validator
     assert [r.code for r in res.tx_results] == [0, 10]  # not_authorised
     for c in vals.chains:
-        c.see_bond(node.id, 20 * 10**15, 3)  # power 20 at 10^15 wei a unit
+        c.see_bond(node.id, 19 * 10**15, 3)  # power 19 at 10^15 wei a unit (< 1/3 of 59)
     vals.step()
     vals.step()
-    assert vals.apps[0].app.bond(node.id) == 20 * 10**15
+    assert vals.apps[0].app.bond(node.id) == 19 * 10**15
     res = vals.step(_valkey_tx(vals, 4, node))
     assert [r.code for r in res.tx_results] == [0, 0]
-    assert _updates(res) == [(vals.pubs[4], 20)]
+    assert _updates(res) == [(vals.pubs[4], 19)]
     joined_at = vals.height
     app = vals.apps[0].app
     assert vals.address(4) not in app.validators_at(joined_at + 1)
-    assert app.validators_at(joined_at + 2)[vals.address(4)].power == 20
+    assert app.validators_at(joined_at + 2)[vals.address(4)].power == 19
     vals.step()
     vals.step()  # the joiner now extends its votes
-    # its weight counts: three genesis validators (30 of 60) no longer make > 2/3 ...
+    # its weight counts: three genesis validators (30 of 59) no longer make > 2/3 ...
     for c in vals.chains[:3]:
         c.see_bond(other.id, 7 * 10**17, 4)
     vals.step()
     vals.step()
     assert {a.app.bond(other.id) for a in vals.apps} == {0}
-    # ... and its vote counts: with it, 50 of 60
+    # ... and its vote counts: with it, 49 of 59
     vals.chains[4].see_bond(other.id, 7 * 10**17, 4)
     vals.step()
     vals.step()
     assert {a.app.bond(other.id) for a in vals.apps} == {7 * 10**17}
     # it leaves by unbonding: its power goes to 0 at once (CometBFT removes it)
     res = vals.step(
-        sign_tx(node.key, Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20)))
+        sign_tx(node.key, Unbond(amount=19 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20)))
     )
     assert [r.code for r in res.tx_results] == [0, 0]
     assert _updates(res) == [(vals.pubs[4], 0)]
@@ -393,18 +393,24 @@ def test_a_validator_joins_after_genesis_through_a_bond_and_leaves_by_unbonding(
 
 
 def test_a_joined_validators_key_enters_the_vaults_signer_set():
+    # The genesis validator votes with its own bond (no stand-in power: the joiner is not
+    # capped below 1/3), bound first; the joiner's key then enters the vault's set with it.
     vals = Validators(powers=(10,), params=ledger_params(validator_min_power=10), joiners=1)
-    node = Party.make(5)
-    vals.step(node.register_tx())
+    node, own = Party.make(5), Party.make(6)
+    vals.step(node.register_tx(), own.register_tx())
     for c in vals.chains:
         c.see_bond(node.id, 30 * 10**15, 3)
+        c.see_bond(own.id, 70 * 10**15, 3)
     vals.step()
     vals.step()
+    res = vals.step(_valkey_tx(vals, 0, own))
+    assert _updates(res) == [(vals.pubs[0], 70)]
     res = vals.step(_valkey_tx(vals, 1, node))
     assert _updates(res) == [(vals.pubs[1], 30)]
-    decision = vals.apps[0].app.valset_decision(1)
-    assert decision["validators"] == [_eth(_secp(1))]
-    assert decision["powers"] == [30] and decision["unkeyed_power"] == 10
+    decision = vals.apps[0].app.valset_decision(2)
+    by_eth = dict(zip(decision["validators"], decision["powers"], strict=True))
+    assert by_eth == {_eth(_secp(0)): 70, _eth(_secp(1)): 30}
+    assert decision["unkeyed_power"] == 0
 
 
 def test_a_new_validator_needs_the_minimum_bond_and_a_free_slot():
@@ -500,7 +506,8 @@ def test_a_joined_validator_that_unbonded_gives_its_slot_to_the_next(monkeypatch
     vals.step(sign_tx(squatter.key, unbond))  # the squatter's power goes to 0
     res = vals.step(_valkey_tx(vals, 5, honest))
     assert [r.code for r in res.tx_results] == [0, 0]
-    assert _updates(res) == [(vals.pubs[5], 20)]
+    # 20 capped to 19: joiners stay below 1/3 of the genesis stand-in powers (40)
+    assert _updates(res) == [(vals.pubs[5], 19)]
     keys = vals.apps[0].app.validator_keys()
     assert vals.address(5) in keys and vals.address(4) not in keys
 
@@ -525,11 +532,12 @@ def test_a_slot_reclaimed_in_the_block_its_holder_unbonds_removes_it_from_the_se
     unbond = Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20))
     res = vals.step(sign_tx(squatter.key, unbond), _valkey_tx(vals, 5, honest))
     assert [r.code for r in res.tx_results] == [0, 0, 0]
-    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 0), (vals.pubs[5], 30)])
+    # 30 capped to 19: joiners stay below 1/3 of the genesis stand-in powers (40)
+    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 0), (vals.pubs[5], 19)])
     for _ in range(3):
         vals.step()
     active = vals.apps[0].app.validators_at(vals.height)
-    assert vals.address(4) not in active and active[vals.address(5)].power == 30
+    assert vals.address(4) not in active and active[vals.address(5)].power == 19
 
 
 class _WithoutDecisions:
@@ -563,3 +571,30 @@ def test_an_observer_lacking_a_chain_observer_method_is_refused_naming_it():
     assert app.observer is chains  # the complete one is kept
     app.observer = None  # no observer at all is allowed (a validator that sees nothing)
     assert app.observer is None
+
+
+def test_a_bonded_joiner_cannot_outvote_the_genesis_stand_in_powers():
+    # Attacker's pass (session 4): an unbound genesis validator votes with its genesis power
+    # (10 here, CometBFT's default), a bound one with its bond // power_unit (1,000 per ETH).
+    # A joiner bonding the minimum (1 ETH at the default params) got 1,000 against 40: more
+    # than 2/3 of the votes (the chain is its), and being the only keyed validator the next
+    # valset decision made it the vault's sole signer (every bond its to release). While a
+    # genesis validator votes with its stand-in power, the joiners together now stay below
+    # 1/3 of the total, and the vault gets no set they control.
+    vals = Validators(joiners=1)  # default params: validator_min_power 1,000 (1 ETH)
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    for c in vals.chains:
+        c.see_bond(node.id, 10**18, 3)
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 4, node))
+    assert {r.code for r in res.tx_results} == {0}
+    (update,) = _updates(res)
+    assert update[0] == vals.pubs[4] and update[1] > 0  # it joins ...
+    app = vals.apps[0].app
+    powers = app.validators_at(vals.height + 2)
+    total = sum(v.power for v in powers.values())
+    assert 3 * powers[vals.address(4)].power < total  # ... below 1/3 of the votes
+    with pytest.raises(NotFound):
+        app.valset_decision(1)  # and the vault keeps its set

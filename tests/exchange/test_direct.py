@@ -300,7 +300,7 @@ def test_a_link_dialled_for_direct_messages_is_a_swap_link_on_both_ends():
             assert not b._scores.get(a.node_id)
             # a stranger's swap link holds the inbound mesh slot it came in by, never one of
             # the swap slots kept for initiators of orders b co-signed
-            assert b._swap_slots_used(b"") == 0 and len(b._stranger_swaps) == 1
+            assert b._swap_slots_used(b"") == [] and len(b._stranger_swaps) == 1
         finally:
             await stop_all(nodes)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 import pytest
 
@@ -134,6 +135,70 @@ def test_strangers_filling_the_makers_inbound_slots_do_not_keep_the_taker_from_i
             assert late.node_id not in maker.links
         finally:
             await stop_all(nodes + strangers)
+
+    run(go())
+
+
+def test_a_swap_link_whose_order_ended_gives_its_slot_to_a_new_orders_initiator():
+    # Attacker's pass (session 5): swap links are never closed when their swaps end, and a
+    # full set of them refused every newcomer: takers that settled routes once (fresh keys)
+    # and kept their swap links open (pings) after their orders' last expiry held every
+    # ``direct_slots`` slot for good, and the initiator of a new order the maker co-signed
+    # could not reach it (its swap messages never arrived). A full set now gives the slot of
+    # an inbound swap link whose peer is no longer an order's initiator to the newcomer.
+    async def go():
+        nodes = await line(3, addresses=ADDR, dummy_hops=0)
+        first, relay, maker = nodes
+        (second,) = await start_nodes(1, target_degree=0, addresses=ADDR, dummy_hops=0)
+        await link(second, relay)
+        maker.config.contact = f"127.0.0.1:{maker.port}"
+        maker.config.on_direct = echo
+        maker.config.direct_slots = 1
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(first.book) == 1 and len(second.book) == 1)
+            cid, quotes = await first.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            await first.settle(cid, quotes[0], os.urandom(32))
+            assert await first.direct(maker.node_id, b"propose") == b"re:propose"
+            assert first.node_id in maker.swap_links
+            # the first order's last expiry passes (its link stays open)
+            maker._direct_peers[first.node_id] = time.monotonic() - 1
+            cid, quotes = await second.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            await second.settle(cid, quotes[0], os.urandom(32))
+            assert await second.direct(maker.node_id, b"propose") == b"re:propose"
+            assert second.node_id in maker.swap_links
+            await wait_until(lambda: first.node_id not in maker.swap_links)
+        finally:
+            await stop_all([*nodes, second])
+
+    run(go())
+
+
+def test_an_order_planned_with_devnet_timing_is_not_signed_by_a_production_maker(caplog):
+    # Attacker's pass (session 5), an attack that fails: a taker plans its order with the
+    # devnet's lock window (20 s, ``kofo devnet --fast-timing``) to hurry a production maker
+    # (600 s). Every co-signer plans the order's time from ``legs[0].lock_by`` and its own
+    # lock window, and refuses a time that far off its clock: the maker's guard never sees it.
+    caplog.set_level(logging.INFO, logger="kofo.exchange.node")
+
+    async def go():
+        nodes = await line(3, addresses=ADDR, settle_timeout_s=1.5, dummy_hops=0)
+        taker, _relay, maker = nodes
+        taker.config.lock_window_s = 20
+        guarded = []
+        maker.config.order_guard = lambda order, role: guarded.append(order)
+        try:
+            maker.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 1)
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            with pytest.raises(RouteFailed):
+                await taker.settle(cid, quotes[0], os.urandom(32))
+            # its lock_by, 600 s after the time each co-signer plans from, puts that time
+            # 580 s in the past: refused (and the taker scored by the relay)
+            assert "deadlines are planned from time" in caplog.text
+            assert guarded == []
+        finally:
+            await stop_all(nodes)
 
     run(go())
 

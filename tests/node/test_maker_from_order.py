@@ -17,16 +17,18 @@ import asyncio
 import hashlib
 import os
 import time
+from dataclasses import replace
 
 import pytest
 
 from kofo.errors import KofoError
 from kofo.node.ledger_client import LedgerClient
 from kofo.node.service import TradeRequest
-from kofo.node.trades import engine_legs
+from kofo.node.trades import engine_legs, maker_terms
 from kofo.settlement.chain import HtlcState
 from kofo.settlement.journal import UnknownSwap
 from kofo.settlement.swap import State
+from kofo.wire.swap import Error, Propose
 from tests.node.test_trades import Net, _commit_tx, _order, _party
 from tests.node.test_trades import net as net  # the fixture
 from tests.swap.helpers import link
@@ -97,6 +99,92 @@ def test_a_taker_that_locks_and_never_proposes_gets_the_makers_lock(net: Net, tm
     rec = net.app.order(oid)
     assert rec is not None and [x["outcome"] for x in rec["legs"]] == ["locked", "locked"]
     assert rec["legs"][1]["locked_at"] <= order.legs[1].lock_by
+
+
+def test_a_taker_that_drains_its_proposal_budget_still_gets_the_makers_lock(
+    net: Net, tmp_path
+) -> None:
+    # Attacker's pass (session 5): the order path ran the maker's engine.accept, which takes
+    # a proposal token from the taker's bucket first. A taker that locks leg 0 and keeps its
+    # own bucket empty with junk proposals (20 at once, then one as each token comes back)
+    # had every start_as_maker refused (peer_rate_limited) until legs[1].lock_by passed:
+    # the maker never locked, and the taker could file leg_not_locked against it. The
+    # bucket bounds what proposals cost; a committed order with its lock on the chain is no
+    # proposal, so the order path no longer takes a token.
+    taker, maker = _party("taker", tmp_path, net), _party("maker", tmp_path, net)
+    link(taker.node, maker.node)
+    preimage = os.urandom(32)
+    order = _order(taker, maker, net, payment_hash=hashlib.sha256(preimage).digest())
+    oid = order.order_id
+    maker.pipe.expect(order)
+    taker.pipe.submit(_commit_tx(order, taker, maker), preimage=preimage)
+    assert maker.pipe.watch_commit(oid).status == "committed"
+    a, _b = engine_legs(order, taker.node.engine.policies)
+    # the bucket refills at one token a second; the taker spends each as it comes back
+    # (modelled without a race: no refill)
+    engine = maker.node.engine
+    engine.limits = replace(engine.limits, proposals_per_minute=0)
+    with net.lock:
+        taker.node.engine.adapters["btc"].lock(a.htlc(order.payment_hash))
+        net.btc.mine(1)
+        junk = replace(
+            maker_terms(
+                order,
+                engine.policies,
+                engine.now(("btc", "eth")),
+                maker_node=maker.node.node_id,
+                wall_now=int(time.time()),
+            ),
+            swap_id=os.urandom(16),
+        )
+        codes = set()
+        for _ in range(engine.limits.proposal_burst + 1):
+            reply = engine.handle(
+                Propose(replace(junk, swap_id=os.urandom(16))), taker.node.node_id
+            )
+            assert isinstance(reply, Error)
+            codes.add(reply.code)
+        assert "peer_rate_limited" in codes  # the taker's own bucket is empty
+        terms = maker.pipe.start_as_maker(oid)
+    assert terms is not None and terms.swap_id == oid
+    assert _state(maker, oid) is State.ACCEPTED
+    # proposals stay rate limited
+    with net.lock:
+        reply = engine.handle(Propose(replace(junk, swap_id=os.urandom(16))), taker.node.node_id)
+    assert isinstance(reply, Error) and reply.code == "peer_rate_limited"
+
+
+def test_a_taker_at_its_open_swap_limit_still_gets_the_makers_lock(net: Net, tmp_path) -> None:
+    # The same class: the open-swap limits bound what accepted *proposals* make the maker
+    # watch. A taker holding open_swaps_per_peer accepted swaps with the maker (proposed,
+    # never locked) that locks another committed order's leg 0 without proposing had the
+    # order path refused (peer_limit) until legs[1].lock_by: leg_not_locked against the
+    # maker. Each committed order is one the maker co-signed (its liquidity holds bound
+    # them): the order path no longer counts against these limits.
+    taker, maker = _party("taker", tmp_path, net), _party("maker", tmp_path, net)
+    link(taker.node, maker.node)
+    taker.pipe.send = taker.node.engine._request
+    engine = maker.node.engine
+    engine.limits = replace(engine.limits, open_swaps_per_peer=1)
+    orders = []
+    for _ in range(2):
+        preimage = os.urandom(32)
+        order = _order(taker, maker, net, payment_hash=hashlib.sha256(preimage).digest())
+        maker.pipe.expect(order)
+        taker.pipe.submit(_commit_tx(order, taker, maker), preimage=preimage)
+        assert maker.pipe.watch_commit(order.order_id).status == "committed"
+        orders.append(order)
+    first, second = orders
+    with net.lock:
+        taker.pipe.start_as_taker(first.order_id)  # accepted, then never locked
+    assert _state(maker, first.order_id) is State.ACCEPTED
+    a, _b = engine_legs(second, taker.node.engine.policies)
+    with net.lock:
+        taker.node.engine.adapters["btc"].lock(a.htlc(second.payment_hash))
+        net.btc.mine(1)
+        terms = maker.pipe.start_as_maker(second.order_id)
+    assert terms is not None and terms.swap_id == second.order_id
+    assert _state(maker, second.order_id) is State.ACCEPTED
 
 
 def test_a_maker_whose_ledger_does_not_answer_says_not_yet_and_accepts_later(

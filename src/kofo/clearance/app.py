@@ -18,7 +18,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -291,6 +291,24 @@ def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str
     if raw is None or state is None:
         raise NotFound(f"order {order_id.hex()} is not committed")
     return SettlementOrder.from_map(_dec(raw)), state
+
+
+def _cap_joined_power(new: dict[bytes, int], genesis: Mapping[bytes, Validator]) -> None:
+    """Scale the joined validators' powers in ``new`` (in place) so that together they hold
+    less than 1/3 of the total while a genesis validator still votes with its genesis power.
+    That power is a bootstrap stand-in, not stake: measured against it, a bond of any size
+    (1 ETH against four genesis validators of 10) bought the joiner more than 2/3 of the
+    votes, hence the chain and, through the next valset decision, the bond vault. Capped, the
+    joiners can neither halt the chain (1/3) nor decide alone; once every genesis validator
+    votes with its own bond (or ``validator_bond_deadline`` passed), power is bond alone."""
+    joined = sorted(a for a in new if a not in genesis)
+    total_joined = sum(new[a] for a in joined)
+    others = sum(v for a, v in new.items() if a in genesis)
+    cap = max(0, (others - 1) // 2)  # 2 * joined < others: joined < 1/3 of the total
+    if total_joined <= cap:
+        return
+    for a in joined:
+        new[a] = new[a] * cap // total_joined
 
 
 def _validators_at(raw: bytes | None, height: int) -> dict[bytes, Validator] | None:
@@ -884,6 +902,7 @@ class LedgerApp:
         }
         p = self._params
         new: dict[bytes, int] = {}
+        stand_in = False  # a genesis validator votes with its genesis power, not a bond
         everyone = {**joined, **genesis}
         current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in everyone.items()}
         for addr, val in everyone.items():
@@ -897,7 +916,10 @@ class LedgerApp:
                 power = 0
             else:
                 power = val.power
+                stand_in = True
             new[addr] = min(power, MAX_POWER)
+        if stand_in:
+            _cap_joined_power(new, genesis)
         for addr, val in latest.items():
             if addr not in everyone:  # a joined validator whose slot was reclaimed: it leaves
                 current[addr] = val

@@ -559,9 +559,7 @@ class ExchangeNode:
         # The initiator of an order we co-signed links in for its swap messages: a swap link,
         # outside the mesh (unless it is our mesh neighbour already: that link carries them).
         if peer not in self.links and self._direct_peer(peer):
-            swap = self._swap_slots_used(peer)
-            if swap >= self.config.direct_slots:
-                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], swap)
+            if not self._swap_slot_for(peer):
                 writer.close()
                 return
             link = Link(reader, writer, peer, port, False, self.config.limits)
@@ -669,13 +667,32 @@ class ExchangeNode:
                 self._source[addr] = src
         return True
 
-    def _swap_slots_used(self, peer: bytes) -> int:
+    def _swap_slots_used(self, peer: bytes) -> list[Link]:
         """Live swap links of expected initiators (``direct_slots``), ``peer``'s own aside."""
-        return sum(
-            1
+        return [
+            lk
             for p, lk in self.swap_links.items()
             if p != peer and not lk.closed and lk not in self._stranger_swaps
+        ]
+
+    def _swap_slot_for(self, peer: bytes) -> bool:
+        """Whether ``peer`` (an initiator of an order we co-signed) may take a swap link
+        slot (``direct_slots`` live links of expected initiators, ``peer``'s own aside).
+        Swap links stay open when their swaps end: a full set gives up the slot of an inbound
+        one whose peer is no longer an order's initiator (otherwise past initiators keeping
+        their links open would hold every slot)."""
+        swap = self._swap_slots_used(peer)
+        if len(swap) < self.config.direct_slots:
+            return True
+        stale = next(
+            (lk for lk in swap if not lk.outbound and not self._direct_peer(lk.peer_id)), None
         )
+        if stale is None:
+            log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+            return False
+        log.info("closing the ended swap link of %s for a new one", stale.peer_id.hex()[:12])
+        stale.close()
+        return True
 
     def _mesh_slot_free(self) -> bool:
         """Whether an inbound mesh link may be taken: ``target_degree`` slots stay for links
@@ -730,8 +747,7 @@ class ExchangeNode:
                 # is counted there, never against ``direct_slots``: fresh keys must not take
                 # the slots kept for the initiators of orders we co-signed).
                 self._stranger_swaps.add(link)
-            elif self._swap_slots_used(peer) >= self.config.direct_slots:
-                log.info("refusing %s: no swap link slot", peer.hex()[:12])
+            elif not self._swap_slot_for(peer):
                 link.close()
                 return False
             old_swap = self.swap_links.get(peer)

@@ -677,7 +677,9 @@ class TradePipeline:
             "committed order",
             order_id.hex(),
         )
-        self.engine.accept(terms, scan_from={a.chain: lock_height})
+        # not a proposal: no token, no open-swap limit (a taker keeping its own bucket empty,
+        # or its open swaps at the limit, would stall this path)
+        self.engine.accept(terms, scan_from={a.chain: lock_height}, proposed=False)
         return terms
 
     def accept_policy(self, terms: SwapTerms) -> None:

@@ -564,13 +564,24 @@ class SwapEngine:
         return terms
 
     def accept(
-        self, terms: SwapTerms, *, peer: str = "", scan_from: Mapping[str, int] | None = None
+        self,
+        terms: SwapTerms,
+        *,
+        peer: str = "",
+        scan_from: Mapping[str, int] | None = None,
+        proposed: bool = True,
     ) -> Accept:
         """The participant's answer to a proposal: check it is safe, allowed and funded,
         journal it, ACCEPTED. Raises :class:`TermsRefused` with the reason's code otherwise.
         ``scan_from`` (per chain, a block height) lowers where the search for the counter
         lock starts: a caller that already saw the initiator's lock (a maker acting from a
-        committed order without a proposal) passes the lock's height.
+        committed order without a proposal) passes the lock's height. ``proposed=False``:
+        terms this node derived itself (that maker, from an order it co-signed, with the lock
+        on the chain) take no token from the counterparty's proposal bucket, which the
+        counterparty can keep empty with junk proposals of its own, and do not count against
+        the open-swap limits, which it can fill with accepted proposals it never locks (the
+        orders a maker co-signs are bounded by its own liquidity holds); refusing them would
+        leave the maker's committed leg unlocked.
 
         Cheapest first, so a flood costs little: the proposer's rate (per node), the payment
         hash, the accept policy (pure); then what reads the chains (dust, the build of each
@@ -581,7 +592,8 @@ class SwapEngine:
         for leg in (terms.initiator_leg, terms.participant_leg):
             if leg.chain not in self.adapters:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
-        self._take_proposal_token(terms.initiator_node)
+        if proposed:
+            self._take_proposal_token(terms.initiator_node)
         self._check_new_hash(terms)
         self.accept_policy(terms)
         chains = self._chains(terms)
@@ -607,7 +619,8 @@ class SwapEngine:
             if chain in heights:
                 heights[chain] = max(0, min(int(heights[chain]), int(height)))
         with self._lock:
-            self._check_open_limits(terms.initiator_node)
+            if proposed:
+                self._check_open_limits(terms.initiator_node)
             self._check_funds(terms, Role.PARTICIPANT)
             # The scan start in the swap's own first transaction: a crash after the accept
             # never leaves a swap without it (a search of the counter leg from genesis).
