@@ -19,6 +19,9 @@ from kofo.node.config import load_config
 from kofo.node.daemon import Node
 from kofo.node.home import init_home
 from kofo.node.trade_store import TradeStore
+from kofo.settlement.engine import SwapEngine, SwapUpdate
+from kofo.settlement.journal import Journal
+from kofo.settlement.swap import Role, State
 from kofo.wallet import NodeWallet
 from tests.node.event_order import watch_trade_events
 
@@ -72,3 +75,43 @@ def test_the_store_records_a_phase_and_its_state_at_once_and_an_end_is_final(
         assert [p.phase for p in store.get("t").phases][-1] == "swap"  # rolled back, whole
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("swap_state", "trade_state"),
+    [
+        (State.REDEEMED, "redeemed"),
+        (State.REFUNDED, "refunded"),
+        (State.ABORTED, "failed"),
+        (State.LOST, "failed"),
+    ],
+)
+def test_a_swap_end_is_stored_before_the_trade_event_that_announces_it(
+    tmp_path: Path, swap_state: State, trade_state: str
+) -> None:
+    """The case that hung the SDK test: the swap engine reports the swap's end; the trade's
+    ``redeemed`` event used to be published while the trade still read ``settling``. A swap
+    that ends ``lost`` used to leave its trade ``settling`` for ever."""
+    node = _node(tmp_path)
+    node.engine = SwapEngine(
+        Journal(node.config.journal_path), {}, {}, node.key, publish=node._on_swap_update
+    )
+    seen = watch_trade_events(node)
+    try:
+        swap_id = bytes(range(32))
+        node.store.create("t", "taker", "btc", 1_000, "eth", min_receive=1)
+        node.store.update("t", state="committed", order_id=swap_id.hex(), height=3)
+        update = SwapUpdate(swap_id, Role.INITIATOR, State.LOCKED, "own lock buried")
+        node._on_swap_update(update)
+        node._on_swap_update(SwapUpdate(swap_id, Role.INITIATOR, swap_state, "the end"))
+        node._on_swap_update(update)  # late: an ended trade stays ended
+        assert [s[:2] for s in seen] == [("swap", "settling"), (trade_state, trade_state)]
+        assert [s[2] for s in seen] == [None, None], seen
+        assert node.store.get("t").state == trade_state
+        kinds = [(e.kind, e.data.get("phase")) for e in node.event_log.after(0)]
+        assert kinds[-1] == ("swap", None) and ("trade", trade_state) in kinds
+    finally:
+        node.engine.journal.close()
+        node.event_log.close()
+        node.store.close()
+        node.phases.close()

@@ -157,6 +157,9 @@ TRADE_STATE_OF_SWAP = {
     State.REDEEMED: "redeemed",
     State.REFUNDED: "refunded",
     State.ABORTED: "failed",
+    # the counterparty refunded after our leg was redeemed: the swap is over, so is the trade
+    # (left "settling", a client following the trade would wait for an end that never comes)
+    State.LOST: "failed",
 }
 
 
@@ -646,12 +649,15 @@ class Node:
         detail = {k: v for k, v in data.items() if k in ("state", "txid", "reason")}
         if end is not None:
             detail.update(self._amounts(u.swap_id, u.state))
-            self._trade_event(trade.trade_id, end, detail, state=end)
+            fields: dict[str, Any] = {"state": end}
+            if end == "failed":
+                fields["error"] = self._redact(f"swap {u.state.value}: {u.reason}")[:500]
+            self._trade_event(trade.trade_id, end, detail, **fields)
             with self._holds_lock:
                 self._holds = [h for h in self._holds if h.order_id != u.swap_id]
         else:
-            fields = {} if trade.state == "settling" else {"state": "settling"}
-            self._trade_event(trade.trade_id, "swap", detail, **fields)
+            settling = {} if trade.state == "settling" else {"state": "settling"}
+            self._trade_event(trade.trade_id, "swap", detail, **settling)
 
     def _amounts(self, swap_id: bytes, state: State) -> dict[str, Any]:
         assert self.engine is not None
