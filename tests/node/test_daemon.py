@@ -36,6 +36,7 @@ from kofo.wire.exchange import Claim
 from kofo.wire.expiry import BlockHeight
 from kofo.wire.orders import SettlementOrder, with_derived_id
 from tests.clearance.helpers import ledger_params
+from tests.node.event_order import watch_trade_events
 from tests.swap.btc_helpers import expected_after, fees_paid, holdings
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -130,11 +131,15 @@ async def network(tmp_path: Path, crash: dict[str, CrashHook] | None = None) -> 
     devnet, nodes = await _make_nodes(
         tmp_path, ["taker", "relay", "maker"], {"maker": [offer]}, crash
     )
+    # every trade event of every test on this network: its state stored before it is published
+    published = {name: watch_trade_events(node) for name, node in nodes.items()}
     try:
         await _line([nodes["taker"], nodes["relay"], nodes["maker"]])
         for node in nodes.values():
             await until(lambda node=node: node.state.registered, "registration")
         yield Net(devnet, nodes)
+        broken = {n: [s for s in seen if s[2]] for n, seen in published.items()}
+        assert not any(broken.values()), f"events visible before their state: {broken}"
     finally:
         for node in nodes.values():
             await node.stop()

@@ -157,6 +157,9 @@ TRADE_STATE_OF_SWAP = {
     State.REDEEMED: "redeemed",
     State.REFUNDED: "refunded",
     State.ABORTED: "failed",
+    # the counterparty refunded after our leg was redeemed: the swap is over, so is the trade
+    # (left "settling", a client following the trade would wait for an end that never comes)
+    State.LOST: "failed",
 }
 
 
@@ -646,14 +649,15 @@ class Node:
         detail = {k: v for k, v in data.items() if k in ("state", "txid", "reason")}
         if end is not None:
             detail.update(self._amounts(u.swap_id, u.state))
-            self._trade_event(trade.trade_id, end, detail)  # the phase before the state:
-            self.store.update(trade.trade_id, state=end)  # a reader of the end sees it
+            fields: dict[str, Any] = {"state": end}
+            if end == "failed":
+                fields["error"] = self._redact(f"swap {u.state.value}: {u.reason}")[:500]
+            self._trade_event(trade.trade_id, end, detail, **fields)
             with self._holds_lock:
                 self._holds = [h for h in self._holds if h.order_id != u.swap_id]
         else:
-            if trade.state != "settling":
-                self.store.update(trade.trade_id, state="settling")
-            self._trade_event(trade.trade_id, "swap", detail)
+            settling = {} if trade.state == "settling" else {"state": "settling"}
+            self._trade_event(trade.trade_id, "swap", detail, **settling)
 
     def _amounts(self, swap_id: bytes, state: State) -> dict[str, Any]:
         assert self.engine is not None
@@ -675,9 +679,16 @@ class Node:
             return {"refunded": own.amount, "refunded_asset": _asset_of(own)}
         return {}
 
-    def _trade_event(self, trade_id: str, phase: str, detail: dict[str, Any]) -> None:
+    def _trade_event(
+        self, trade_id: str, phase: str, detail: dict[str, Any], **fields: Any
+    ) -> None:
+        """Record a trade's phase with the row's new ``fields`` (``state=``, ``height=`` ...)
+        in one store transaction, THEN publish its event: an event is never visible before
+        the state it announces (a client re-reading the trade on the event that ends it finds
+        it ended; reading it first, it would wait for an event that never comes). Every trade
+        state change that has an event goes through here."""
         detail = self._redact.deep(detail)
-        self.store.phase(trade_id, phase, detail)
+        self.store.record(trade_id, phase, detail, **fields)
         self.event_log.append("trade", {"trade_id": trade_id, "phase": phase, **detail})
 
     # -- background loops -------------------------------------------------------------------------
@@ -910,14 +921,24 @@ class Node:
                 with self._holds_lock:
                     self._holds = [h for h in self._holds if h.order_id != order.order_id]
                 log.info("order %s never committed: hold released", order.order_id.hex()[:16])
-                self._trade_event(trade.trade_id, "failed", {"reason": "not committed"})
                 error = self._redact(str(exc))[:500]
-                self.store.update(trade.trade_id, state="failed", error=error)
+                self._trade_event(
+                    trade.trade_id,
+                    "failed",
+                    {"reason": "not committed"},
+                    state="failed",
+                    error=error,
+                )
             return
         except LedgerError:
             return
-        self.store.update(trade.trade_id, state="committed", height=com.height)
-        self._trade_event(trade.trade_id, "committed", {"height": com.height})
+        self._trade_event(
+            trade.trade_id,
+            "committed",
+            {"height": com.height},
+            state="committed",
+            height=com.height,
+        )
         self.crash.hit("maker_committed")
 
     async def _maker_from_order(self, trade: TradeView, order: SettlementOrder) -> None:
@@ -953,8 +974,9 @@ class Node:
             return
         reason = self._redact(reason)[:500]
         log.info("order %s: nothing started: %s", order.order_id.hex()[:16], reason)
-        self._trade_event(trade.trade_id, "failed", {"reason": reason})
-        self.store.update(trade.trade_id, state="failed", error=reason)
+        self._trade_event(
+            trade.trade_id, "failed", {"reason": reason}, state="failed", error=reason
+        )
 
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
@@ -982,8 +1004,9 @@ class Node:
             if outcome in ("locked", "redeemed", "refunded"):
                 return
             tx = sign_tx(self.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
-            self.store.update(trade.trade_id, evidence_tx=tx)
-            self._trade_event(trade.trade_id, "evidence", {"kind": "leg_not_locked", "leg": 1})
+            self._trade_event(
+                trade.trade_id, "evidence", {"kind": "leg_not_locked", "leg": 1}, evidence_tx=tx
+            )
         try:
             included = await asyncio.to_thread(self.ledger.commit, bytes(tx), timeout=30.0)
             self._trade_event(trade.trade_id, "evidence_committed", {"height": included.height})
@@ -1021,8 +1044,7 @@ class Node:
         except asyncio.CancelledError:
             view = self.store.find(trade_id)
             if view is not None and view.state in ("quoting", "ordering"):
-                self._trade_event(trade_id, "cancelled", {})
-                self.store.update(trade_id, state="cancelled")
+                self._trade_event(trade_id, "cancelled", {}, state="cancelled")
             raise
         except TimeoutError:
             self._fail(trade_id, f"no commit within the deadline of {request.deadline_s}s")
@@ -1053,8 +1075,9 @@ class Node:
             log.warning("trade %s: %s (kept: it may be committed)", trade_id, reason)
             self.store.update(trade_id, error=reason[:500])
             return
-        self._trade_event(trade_id, "failed", {"reason": reason[:500]})
-        self.store.update(trade_id, state="failed", error=reason[:500])
+        self._trade_event(
+            trade_id, "failed", {"reason": reason[:500]}, state="failed", error=reason[:500]
+        )
 
     async def _take(self, trade_id: str, request: TradeRequest) -> None:
         assert self.exchange is not None and self.pipeline is not None and self.engine is not None
@@ -1073,8 +1096,14 @@ class Node:
             )
         best = quotes[0]
         hops = len(best.fees) + 1
-        self.store.update(trade_id, state="ordering", receive=best.delivered, hops=hops)
-        self._trade_event(trade_id, "ordering", {"receive": best.delivered, "hops": hops})
+        self._trade_event(
+            trade_id,
+            "ordering",
+            {"receive": best.delivered, "hops": hops},
+            state="ordering",
+            receive=best.delivered,
+            hops=hops,
+        )
         preimage = os.urandom(32)
         payment_hash = hashlib.sha256(preimage).digest()
         # the secret is journaled before its hash leaves this node
@@ -1091,8 +1120,14 @@ class Node:
         self.pipeline.expect(order)
         self.engine.journal.store_preimage(oid, preimage)
         tx = sign_tx(self.key, commit)
-        self.store.update(trade_id, state="submitted", order_id=oid.hex(), commit_tx=tx)
-        self._trade_event(trade_id, "submitted", {"order_id": oid.hex(), "tx": tx_hash(tx)})
+        self._trade_event(
+            trade_id,
+            "submitted",
+            {"order_id": oid.hex(), "tx": tx_hash(tx)},
+            state="submitted",
+            order_id=oid.hex(),
+            commit_tx=tx,
+        )
         self.crash.hit("trade_signed")
         await self._commit_and_start(trade_id, tx, oid)
 
@@ -1109,8 +1144,13 @@ class Node:
                 if self._stop.is_set():
                     return  # the restart's recovery submits the same bytes again
                 await asyncio.sleep(HEALTH_INTERVAL)
-        self.store.update(trade_id, state="committed", height=height)
-        self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
+        self._trade_event(
+            trade_id,
+            "committed",
+            {"order_id": oid.hex(), "height": height},
+            state="committed",
+            height=height,
+        )
         self.crash.hit("trade_committed")
         retry_s = propose_retry_s(self.config.timing.accept_window_s)
         deadline = time.monotonic() + retry_s
@@ -1126,8 +1166,9 @@ class Node:
                     # committed, but the swap cannot start (or the maker refused it): nothing
                     # of ours is locked, so the trade ends here; the order lapses on the ledger
                     reason = self._redact(f"{exc.code}: {exc}")[:500]
-                    self._trade_event(trade_id, "failed", {"reason": reason})
-                    self.store.update(trade_id, state="failed", error=reason)
+                    self._trade_event(
+                        trade_id, "failed", {"reason": reason}, state="failed", error=reason
+                    )
                     return
                 raise
             except LedgerError as exc:
@@ -1156,8 +1197,7 @@ class Node:
             await asyncio.sleep(PROPOSE_RETRY_INTERVAL)  # no answer yet: propose again
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
-            self.store.update(trade_id, state="settling")
-            self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()})
+            self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()}, state="settling")
         self.crash.hit("trade_swap_started")
 
     def _proposed(self, oid: bytes) -> bool:
@@ -1223,8 +1263,9 @@ class Node:
             view = self.store.get(trade_id)
             if view.state == "submitted":
                 error = self._redact(str(exc))[:500]
-                self._trade_event(trade_id, "failed", {"reason": error})
-                self.store.update(trade_id, state="failed", error=error)
+                self._trade_event(
+                    trade_id, "failed", {"reason": error}, state="failed", error=error
+                )
             else:
                 self._fail(trade_id, f"{exc.code}: {exc}")
         finally:
@@ -1409,8 +1450,7 @@ class Node:
                 await task
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
-            self._trade_event(trade_id, "cancelled", {})
-            self.store.update(trade_id, state="cancelled")
+            self._trade_event(trade_id, "cancelled", {}, state="cancelled")
         return self.store.get(trade_id)
 
     def _chain_legs(self, rec: StoredSwap) -> list[dict[str, Any]]:

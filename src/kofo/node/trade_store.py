@@ -84,36 +84,63 @@ class TradeStore:
         return self.get(trade_id)
 
     def update(self, trade_id: str, **fields: Any) -> TradeView:
+        if fields:
+            with self._lock:
+                self._update(trade_id, fields)
+        return self.get(trade_id)
+
+    def phase(self, trade_id: str, phase: str, detail: dict[str, Any] | None = None) -> None:
+        self.record(trade_id, phase, detail)
+
+    def record(
+        self, trade_id: str, phase: str, detail: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
+        """Append a phase and set ``fields`` (``state=`` ...) in ONE transaction: a reader sees
+        both or neither. The node publishes the phase's event only after this returns, so a
+        client that re-reads the trade on the event always finds the state it announces."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM trade_phases WHERE trade_id=?", (trade_id,)
+                ).fetchone()
+                self._db.execute(
+                    "INSERT INTO trade_phases VALUES (?,?,?,?,?)",
+                    (
+                        trade_id,
+                        int(row[0]) + 1,
+                        phase,
+                        time.time(),
+                        json.dumps(detail or {}, sort_keys=True),
+                    ),
+                )
+                if fields:
+                    self._update(trade_id, fields)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _update(self, trade_id: str, fields: dict[str, Any]) -> None:
+        """The UPDATE of ``fields``; the caller holds the lock."""
         allowed = {"state", "receive", "order_id", "height", "hops", "error", "commit_tx"}
         allowed |= {"evidence_tx"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown trade fields {sorted(unknown)}")
         if fields.get("receive") is not None:
-            fields["receive"] = str(fields["receive"])  # amounts as decimal text: wei > 2^63
-        sets = ", ".join(f"{k}=?" for k in fields)
-        with self._lock:
-            self._db.execute(
-                f"UPDATE trades SET {sets}, updated_at=? WHERE trade_id=?",
-                (*fields.values(), time.time(), trade_id),
-            )
-        return self.get(trade_id)
-
-    def phase(self, trade_id: str, phase: str, detail: dict[str, Any] | None = None) -> None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM trade_phases WHERE trade_id=?", (trade_id,)
-            ).fetchone()
-            self._db.execute(
-                "INSERT INTO trade_phases VALUES (?,?,?,?,?)",
-                (
-                    trade_id,
-                    int(row[0]) + 1,
-                    phase,
-                    time.time(),
-                    json.dumps(detail or {}, sort_keys=True),
-                ),
-            )
+            fields = {**fields, "receive": str(fields["receive"])}  # decimal text: wei > 2^63
+        # a terminal state is final: a late writer (another engine thread that read the row
+        # before it ended) never moves an ended trade back to ``settling``
+        final = "state IN (" + ",".join(f"'{t}'" for t in sorted(TERMINAL_TRADE_STATES)) + ")"
+        sets = ", ".join(
+            f"state=CASE WHEN {final} THEN state ELSE ? END" if k == "state" else f"{k}=?"
+            for k in fields
+        )
+        self._db.execute(
+            f"UPDATE trades SET {sets}, updated_at=? WHERE trade_id=?",
+            (*fields.values(), time.time(), trade_id),
+        )
 
     def save_contact(self, node_id: bytes, contact: str) -> None:
         """Where a counterparty accepts links (its signed join's contact): a restarted taker

@@ -665,7 +665,11 @@ class AsyncClient:
         end. When the connection drops it reconnects from the last seq it yielded: nothing is
         lost or repeated. After ``max_retries`` failed reconnects in a row (default: never give
         up) it raises :class:`Unavailable`; a refused subscription (bad token, bad kinds)
-        raises at once."""
+        raises at once.
+
+        The node never publishes an event before the state it announces is readable: to
+        follow a trade, re-read it (:meth:`trade`) on each event and stop at a state in
+        :data:`TERMINAL_TRADE_STATES` (docs/api.md, "Ordering guarantee")."""
         stream = _Stream(self.base_url, self._token, self._verify, kinds, max_retries)
         while True:
             try:
