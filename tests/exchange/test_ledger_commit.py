@@ -13,12 +13,15 @@ from kofo.clearance import privacy
 from kofo.clearance.fees import split_fee
 from kofo.clearance.params import LedgerParams
 from kofo.exchange.node import ExchangeNode
-from kofo.wire.orders import LegOutcome, RegisterNode, sign_tx
+from kofo.wire.legkeys import sign_leg_key
+from kofo.wire.orders import LegOutcome, RegisterNode, leg_roles_of, sign_tx
 
 from ..clearance.helpers import (
+    LEG_KEYS,
     Ledger,
     _paillier,
     ledger_params,
+    leg_address,
     modulus_proof,
     registration_work,
 )
@@ -44,6 +47,16 @@ def _register(node: ExchangeNode, i: int, ts: int) -> bytes:
     return sign_tx(node._key, body, ts=ts)
 
 
+def _prover(node_id: bytes):
+    def prove(order):
+        return {
+            (i, role): sign_leg_key(LEG_KEYS[address], address, order.order_id, i, role)
+            for i, role, address in leg_roles_of(order, node_id)
+        }
+
+    return prove
+
+
 @pytest.mark.timeout(120)
 # (relays, the seed of the taker's dummy-hop draw, the dummy hops it gives)
 @pytest.mark.parametrize(("relays", "seed", "dummies"), [(0, 1, 0), (1, 0, 1), (3, 5, 2)])
@@ -55,6 +68,9 @@ def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_rela
 
     async def go():
         nodes = await line(relays + 2, protocol_fee_bps=BPS, addresses=ADDR)
+        for i, n in enumerate(nodes):  # each node's own leg keys, and its proofs of them
+            n.config.addresses = {c: leg_address(c, f"x{i}-{c}") for c in ("btc", "eth")}
+            n.config.prove_legs = _prover(n.node_id)
         # Seeded: the claim starts with 0, 1 or 2 of the taker's dummy hops (not relays).
         nodes[0]._rng = random.Random(seed)
         try:
