@@ -1773,9 +1773,16 @@ class ExchangeNode:
         if not verify_ed25519(pending.owners[pos - 1], sig, pending.order_data):
             raise BadSignature(f"osig: position {pos} did not sign the order")
         if pending.order is not None:
-            pending.lproofs.update(
-                _leg_proofs_of(body.get("lp", []), pending.order, pending.owners[pos - 1], pos)
-            )
+            # Bad proofs fail only this route (settle() finds them missing): the relays that
+            # carried the frame cannot tell, so nobody on the link is scored for them.
+            try:
+                pending.lproofs.update(
+                    _leg_proofs_of(body.get("lp", []), pending.order, pending.owners[pos - 1], pos)
+                )
+            except (BadMessage, BadSignature) as exc:
+                log.info(
+                    "claim %s: position %d's leg-key proofs refused: %s", cid.hex()[:12], pos, exc
+                )
         pending.osigs[pos] = sig
         pending.changed.set()
 
