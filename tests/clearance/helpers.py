@@ -201,6 +201,13 @@ def leg_address(chain: str, label: str) -> str:
     return address
 
 
+def hold_keys(*accounts: object) -> None:
+    """The tests hold these Ethereum accounts' keys (``LocalAccount``s): ``prove_legs`` signs
+    with them."""
+    for acct in accounts:
+        LEG_KEYS[acct.address] = bytes(acct.key)  # type: ignore[attr-defined]
+
+
 def prove_legs(commit: CommitOrder, *, skip: bytes | None = None) -> CommitOrder:
     """``commit`` with the proofs of control of every leg key the tests hold (those of node
     ``skip`` left out), as the route's parties add them."""
