@@ -19,6 +19,7 @@ from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
 from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
+from kofo.wire.legkeys import KeyKind, LegRole, address_of, sign_leg_key
 from kofo.wire.orders import (
     CommitOrder,
     EvidenceKind,
@@ -157,8 +158,8 @@ def make_order(
                 token=None,
                 sender=route[i].id,
                 recipient=route[(i + 1) % n].id,
-                sender_address=f"{chain}-addr-{i}",
-                recipient_address=f"{chain}-addr-{i + 1}",
+                sender_address=leg_address(chain, f"{chain}-addr-{i}"),
+                recipient_address=leg_address(chain, f"{chain}-addr-{i + 1}"),
                 amount=amount + i,
                 expiry=UnixTime(expiry_time) if chain == "eth" else BlockHeight(800_000 + n - i),
                 expiry_time=expiry_time,
@@ -187,11 +188,51 @@ def make_order(
     return order if order_id is not None else with_derived_id(order)
 
 
+LEG_KEYS: dict[str, bytes] = {}
+"""Test leg keys by the address a leg names (``leg_address``): what ``prove_legs`` signs with."""
+
+
+def leg_address(chain: str, label: str) -> str:
+    """A deterministic chain address for ``label`` whose key the tests hold: an Ethereum
+    account on ``eth``, a compressed secp256k1 public key (an HTLC key) elsewhere."""
+    key = hashlib.sha256(b"kofo-test-leg-key/" + label.encode()).digest()
+    address = address_of(key, KeyKind.ETHEREUM if chain == "eth" else KeyKind.SECP256K1)
+    LEG_KEYS[address] = key
+    return address
+
+
+def hold_keys(*accounts: object) -> None:
+    """The tests hold these Ethereum accounts' keys (``LocalAccount``s): ``prove_legs`` signs
+    with them."""
+    for acct in accounts:
+        LEG_KEYS[acct.address] = bytes(acct.key)  # type: ignore[attr-defined]
+
+
+def prove_legs(commit: CommitOrder, *, skip: bytes | None = None) -> CommitOrder:
+    """``commit`` with the proofs of control of every leg key the tests hold (those of node
+    ``skip`` left out), as the route's parties add them."""
+    order = commit.order
+    proofs = {}
+    for i, leg in enumerate(order.legs):
+        for role, node, address in (
+            (LegRole.SENDER, leg.sender, leg.sender_address),
+            (LegRole.RECIPIENT, leg.recipient, leg.recipient_address),
+        ):
+            key = LEG_KEYS.get(address)
+            if key is not None and node != skip:
+                proofs[(i, role)] = sign_leg_key(key, address, order.order_id, i, role)
+    return commit.with_leg_proofs(proofs)
+
+
+def signed_commit(order: SettlementOrder, signers: list[Party]) -> CommitOrder:
+    """``order`` signed by ``signers``, with every leg key's proof."""
+    return prove_legs(CommitOrder(order, tuple(order.sign(p.key) for p in signers)))
+
+
 def commit_tx(
     order: SettlementOrder, signers: list[Party], submitter: Party, ts: int = T0
 ) -> bytes:
-    sigs = tuple(order.sign(p.key) for p in signers)
-    return sign_tx(submitter.key, CommitOrder(order, sigs), ts=ts)
+    return sign_tx(submitter.key, signed_commit(order, signers), ts=ts)
 
 
 def all_parties(route: list[Party], relays: list[Party] = ()) -> list[Party]:  # type: ignore[assignment]
@@ -310,7 +351,8 @@ def take_order(
     if not any(q.node == provider.id for q in quotes):
         quotes += (FeeQuote(provider.id, QuoteRole.PROVIDER, quote.quote_id),)
     order = with_derived_id(dataclasses.replace(order, quotes=quotes))
-    return CommitOrder(order, tuple(order.sign(p.key) for p in route if p is not provider))
+    commit = CommitOrder(order, tuple(order.sign(p.key) for p in route if p is not provider))
+    return prove_legs(commit, skip=provider.id)
 
 
 def take_evidence(

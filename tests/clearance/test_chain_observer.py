@@ -13,7 +13,9 @@ from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.observer import AdapterObserver
 from kofo.wire.expiry import UnixTime
+from kofo.wire.legkeys import KeyKind, LegRole, address_of, sign_leg_key
 from kofo.wire.orders import (
+    CommitOrder,
     EvidenceKind,
     FileEvidence,
     Leg,
@@ -24,13 +26,16 @@ from kofo.wire.orders import (
 )
 from tests.ethereum.conftest import EmbeddedChain
 
-from .helpers import Ledger, Party, commit_tx
+from .helpers import LEG_KEYS, Ledger, Party, commit_tx
 
 pytestmark = pytest.mark.timeout(120)
 ETHER = 10**18
 
 
-def _leg(sender, recipient, s_adapter, r_adapter, amount, expiry, lock_by):
+def _leg(sender, recipient, s_adapter, r_adapter, amount, expiry, lock_by, *, keys=True):
+    if keys:  # the parties hold their accounts' keys: commit_tx proves their control
+        for adapter in (s_adapter, r_adapter):
+            LEG_KEYS[adapter.address()] = bytes(adapter.account.key)
     return Leg(
         chain="eth",
         token=None,
@@ -112,9 +117,12 @@ def test_htlcs_of_a_swap_never_committed_here_do_not_settle_a_sybil_copy():
     # sybils then commit an order copying the HTLCs' chain terms (payment hash, amounts,
     # addresses, expiries) under their own node ids. The observer matched the legs by chain
     # terms alone, so the strangers' locks and redeems settled the copy (volume, settled
-    # count, importance; fee shares for a routed copy). A lock now counts for a leg only if
-    # its block is not older than the order's commit (nothing locks before its order is
-    # committed), less the chain's timestamp tolerance.
+    # count, importance; fee shares for a routed copy). Since the proofs of control of the
+    # leg keys, a copier cannot commit such an order at all (next test); the time rule stays
+    # as defence in depth: a lock counts for a leg only if its block is not older than the
+    # order's commit (nothing locks before its order is committed), less the chain's
+    # timestamp tolerance. Here the order's keys are proven (as by the strangers themselves,
+    # committing long after locking), and still the old locks do not settle it.
     chain = EmbeddedChain()
     w3 = chain.w3
     htlc = deploy(w3, "HTLC", chain.new_account(ETHER))
@@ -158,3 +166,64 @@ def test_htlcs_of_a_swap_never_committed_here_do_not_settle_a_sybil_copy():
     assert rec["status"] == "committed"
     assert [x["outcome"] for x in rec["legs"]] == [None, None]
     assert ledger.app.node(s1.id)["settled"] == 0
+
+
+def test_a_copier_racing_a_strangers_swap_cannot_commit_its_terms():
+    # Issue 17, the hole the time rule left open: a sybil sees a stranger's lock (in the
+    # mempool, or just mined: within the chain's timestamp tolerance) of a swap that never
+    # uses this ledger, and commits an order copying its terms at once. Validators match legs
+    # by chain terms, so the stranger's locks and redeems settled the copy. Now every leg's
+    # sender and recipient keys must sign the order id: the copier holds neither.
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    htlc = deploy(w3, "HTLC", chain.new_account(ETHER))
+    a = EthereumAdapter(w3, chain.new_account(5 * ETHER), htlc)
+    b = EthereumAdapter(w3, chain.new_account(5 * ETHER), htlc)
+    s1, s2 = Party.make(2), Party.make(3)
+    now = a.expiry_now().value
+    preimage = os.urandom(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    leg0 = _leg(s1, s2, a, b, ETHER // 10, now + 7_200, now + 600, keys=False)
+    leg1 = _leg(s2, s1, b, a, ETHER // 5, now + 3_600, now + 660, keys=False)
+    copy = with_derived_id(SettlementOrder(bytes(16), OrderKind.DIRECT, payment_hash, (leg0, leg1)))
+    ledger = Ledger(chains=AdapterObserver({"eth": a}))
+    ledger.time = now
+    ledger.ok(s1.register_tx(), s2.register_tx())
+    ref0 = a.lock(_terms(leg0, payment_hash))  # the stranger's first lock
+    sigs = (copy.sign(s1.key), copy.sign(s2.key))
+    # the copier's best: proofs by keys it holds, or none
+    own = hashlib.sha256(b"copier").digest()
+    own_addr = address_of(own, KeyKind.ETHEREUM)
+    forged = {
+        (i, role): sign_leg_key(own, own_addr, copy.order_id, i, role)
+        for i in range(2)
+        for role in LegRole
+    }
+    attempts = [
+        CommitOrder(copy, sigs).with_leg_proofs(forged),
+        CommitOrder(copy, sigs).with_leg_proofs({}),
+        # a proof by the right key for another order (or leg) does not carry over
+        CommitOrder(copy, sigs).with_leg_proofs(
+            {
+                (i, role): sign_leg_key(bytes(a.account.key), a.address(), bytes(16), i, role)
+                for i in range(2)
+                for role in LegRole
+            }
+        ),
+    ]
+    for ts, commit in enumerate(attempts):
+        res = ledger.block(sign_tx(s1.key, commit, ts=now + ts)).results[0]
+        assert res.error == "leg_key_unproven", res.log
+        assert "legs[0] sender" in res.log
+        check = ledger.app.check_tx(sign_tx(s1.key, commit, ts=now + 10 + ts))
+        assert check.error == "leg_key_unproven"
+    assert ledger.app.order(copy.order_id) is None
+    # the stranger's swap completes; nothing on the ledger moved
+    ref1 = b.lock(_terms(leg1, payment_hash))
+    for adapter, ref in ((a, ref1), (b, ref0)):
+        tx = adapter.prepare_redeem(ref, preimage)
+        adapter.broadcast(tx)
+        adapter.wait(tx.txid)
+    ledger.attested()
+    assert ledger.app.node(s1.id)["settled"] == 0
+    assert ledger.app.node(s2.id)["settled"] == 0

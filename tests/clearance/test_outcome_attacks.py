@@ -26,7 +26,16 @@ from kofo.wire.orders import (
     with_derived_id,
 )
 
-from .helpers import T0, Ledger, Party, commit_tx, make_order, take_evidence, take_order
+from .helpers import (
+    T0,
+    Ledger,
+    Party,
+    commit_tx,
+    make_order,
+    prove_legs,
+    take_evidence,
+    take_order,
+)
 
 
 @pytest.fixture
@@ -255,10 +264,12 @@ def test_a_named_taker_that_never_co_signs_cannot_record_a_take(net):
     quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
     quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
     good = take_order(quote, m1, alice)
-    unsigned = CommitOrder(good.order, ())
-    wrong_signer = CommitOrder(good.order, (good.order.sign(m2.key),))
+    unsigned = CommitOrder(good.order, (), leg_proofs=good.leg_proofs)
+    wrong_signer = CommitOrder(good.order, (good.order.sign(m2.key),), leg_proofs=good.leg_proofs)
     forged = CommitOrder(
-        good.order, (OrderSignature(alice.id, m2.key.sign(good.order.signing_bytes())),)
+        good.order,
+        (OrderSignature(alice.id, m2.key.sign(good.order.signing_bytes())),),
+        leg_proofs=good.leg_proofs,
     )
     other = take_order(quote, m1, alice, t0=T0 + 1)  # signed, but not the order the take names
     for order, code in (
@@ -283,7 +294,9 @@ def test_a_named_taker_that_never_co_signs_cannot_record_a_take(net):
     assert _codes(ledger.block(mismatched)) == ["evidence_invalid"]
     # an order that does not use the quote cannot carry a take of it
     plain = make_order([alice, m1], amount=1_000)
-    ev = take_evidence(quote, m1, alice, order=CommitOrder(plain, (plain.sign(alice.key),)))
+    ev = take_evidence(
+        quote, m1, alice, order=prove_legs(CommitOrder(plain, (plain.sign(alice.key),)))
+    )
     assert _codes(ledger.block(ev)) == ["evidence_invalid"]
     # after the window none of them is evidence: no take was recorded
     late = quote.valid_until + ledger.app.params.honour_grace + 1
@@ -300,7 +313,7 @@ def test_a_recorded_take_lets_the_provider_commit_the_order_alone_and_escape_the
     ev = take_evidence(quote, m1, alice, order=commit)
     ledger.ok(ev)
     # the taker goes silent; the provider adds its own signature to what the take carried
-    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    full = prove_legs(CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key))))
     ledger.ok(sign_tx(m1.key, full))
     late = quote.valid_until + ledger.app.params.honour_grace + 1
     assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]
@@ -319,7 +332,7 @@ def test_a_taker_that_blocks_its_own_takes_order_cannot_have_the_provider_slashe
     blocker = make_order([alice, sybil], amount=777)
     blocker = with_derived_id(dataclasses.replace(blocker, payment_hash=commit.order.payment_hash))
     ledger.ok(commit_tx(blocker, [alice, sybil], alice))
-    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    full = prove_legs(CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key))))
     assert _codes(ledger.block(sign_tx(m1.key, full))) == ["already_exists"]
     late = quote.valid_until + ledger.app.params.honour_grace + 1
     result = ledger.block(ev, time=late)
@@ -355,7 +368,7 @@ def test_a_take_whose_order_stays_committable_through_the_honour_window_is_recor
     commit = take_order(quote, m1, alice, t0=t0)  # legs[0].lock_by = end of the honour window
     assert _codes(ledger.block(take_evidence(quote, m1, alice, order=commit))) == [""]
     # the provider can still commit it at the last second of its window
-    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    full = prove_legs(CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key))))
     end = quote.valid_until + ledger.app.params.honour_grace
     assert _codes(ledger.block(sign_tx(m1.key, full), time=end)) == [""]
 
@@ -376,7 +389,7 @@ def test_a_taker_that_spends_another_partys_quote_of_its_take_cannot_have_the_pr
     blocker = make_order([alice, sybil], amount=777)
     blocker = with_derived_id(dataclasses.replace(blocker, quotes=(sybil_quote,)))
     ledger.ok(commit_tx(blocker, [alice, sybil], alice))
-    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key)))
+    full = prove_legs(CommitOrder(commit.order, (*commit.signatures, commit.order.sign(m1.key))))
     assert _codes(ledger.block(sign_tx(m1.key, full))) == ["already_exists"]
     late = quote.valid_until + ledger.app.params.honour_grace + 1
     result = ledger.block(ev, time=late)
@@ -399,6 +412,7 @@ def test_evidence_with_a_bad_signature_is_refused_at_check_tx_and_left_out_of_bl
     bad = CommitOrder(
         commit.order,
         (*commit.signatures[:-1], OrderSignature(forged.signer, bad_sig)),
+        leg_proofs=commit.leg_proofs,
     )
     bad_ev = take_evidence(quote, m1, alice, order=bad)
     res = ledger.app.check_tx(bad_ev)

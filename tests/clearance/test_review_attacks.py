@@ -15,7 +15,7 @@ from kofo.wire.orders import (
     sign_tx,
 )
 
-from .helpers import Ledger, Party, commit_tx, make_order
+from .helpers import LEG_KEYS, Ledger, Party, commit_tx, make_order
 from .test_bonds import _eth, _secp, _valkey_tx
 from .test_vote_extensions import Validators
 
@@ -205,6 +205,9 @@ def test_sybils_cannot_copy_an_honest_orders_legs_to_be_settled_by_its_htlcs():
     preimage = hashlib.sha256(b"alice's secret").digest()
     payment_hash = hashlib.sha256(preimage).digest()
 
+    for adapter in (a, b):  # alice's and bob's accounts: their proofs of control
+        LEG_KEYS[adapter.address()] = bytes(adapter.account.key)
+
     def leg(sender, recipient, s_adapter, r_adapter, amount, expiry, lock_by):
         return Leg(
             "eth",
@@ -233,6 +236,8 @@ def test_sybils_cannot_copy_an_honest_orders_legs_to_be_settled_by_its_htlcs():
         )
 
     honest, copy = order_of(alice, bob), order_of(s1, s2)
+    # (the copy is given the keys' proofs here, to test the payment-hash rule alone: a real
+    # copier has none and is refused as leg_key_unproven, test_chain_observer.py)
     ledger = Ledger(chains=AdapterObserver({"eth": a}))
     ledger.time = now
     ledger.ok(*(p.register_tx() for p in (alice, bob, s1, s2)))

@@ -264,7 +264,7 @@ def test_garbage_osigs_from_a_neighbour_off_the_route_do_not_stop_settlement():
                     )
                 await asyncio.sleep(0.005)
             commit = await settling
-            commit.verify_signatures()
+            commit.verify_party_signatures()
             assert taker._scores.get(outsider.node_id, 0) > 0 or outsider.node_id in taker._banned
         finally:
             await stop_all(nodes)

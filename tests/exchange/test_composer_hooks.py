@@ -74,7 +74,7 @@ def test_routed_order_with_block_heights_on_btc_is_cosigned_by_all():
         try:
             cid, quote = await quoted(nodes)
             commit = await taker.settle(cid, quote, os.urandom(32))
-            commit.verify_signatures()
+            commit.verify_party_signatures()
             order = commit.order
             assert set(order.parties()) == {n.node_id for n in nodes}
             out, back = order.legs
@@ -411,7 +411,7 @@ def test_a_provider_whose_addresses_rotate_after_its_join_still_signs_the_order(
         try:
             cid, quote = await quoted(nodes)
             commit = await taker.settle(cid, quote, os.urandom(32))
-            commit.verify_signatures()
+            commit.verify_party_signatures()
             assert commit.order.legs[0].recipient_address == "btc-addr"
             assert maker.config.addresses["btc"] == "btc-addr-next"
         finally:

@@ -12,13 +12,16 @@ import pytest
 from kofo.clearance import privacy
 from kofo.clearance.fees import split_fee
 from kofo.clearance.params import LedgerParams
-from kofo.exchange.node import ExchangeNode
-from kofo.wire.orders import LegOutcome, RegisterNode, sign_tx
+from kofo.exchange.node import ExchangeNode, RouteFailed
+from kofo.wire.legkeys import sign_leg_key
+from kofo.wire.orders import LegOutcome, RegisterNode, leg_roles_of, sign_tx
 
 from ..clearance.helpers import (
+    LEG_KEYS,
     Ledger,
     _paillier,
     ledger_params,
+    leg_address,
     modulus_proof,
     registration_work,
 )
@@ -44,6 +47,16 @@ def _register(node: ExchangeNode, i: int, ts: int) -> bytes:
     return sign_tx(node._key, body, ts=ts)
 
 
+def _prover(node_id: bytes):
+    def prove(order):
+        return {
+            (i, role): sign_leg_key(LEG_KEYS[address], address, order.order_id, i, role)
+            for i, role, address in leg_roles_of(order, node_id)
+        }
+
+    return prove
+
+
 @pytest.mark.timeout(120)
 # (relays, the seed of the taker's dummy-hop draw, the dummy hops it gives)
 @pytest.mark.parametrize(("relays", "seed", "dummies"), [(0, 1, 0), (1, 0, 1), (3, 5, 2)])
@@ -55,6 +68,9 @@ def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_rela
 
     async def go():
         nodes = await line(relays + 2, protocol_fee_bps=BPS, addresses=ADDR)
+        for i, n in enumerate(nodes):  # each node's own leg keys, and its proofs of them
+            n.config.addresses = {c: leg_address(c, f"x{i}-{c}") for c in ("btc", "eth")}
+            n.config.prove_legs = _prover(n.node_id)
         # Seeded: the claim starts with 0, 1 or 2 of the taker's dummy hops (not relays).
         nodes[0]._rng = random.Random(seed)
         try:
@@ -95,3 +111,38 @@ def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_rela
         _, priv = _paillier(i % 6)
         ct = ledger.app.balance_ciphertext(n.node_id, order.fee_asset)
         assert ct is not None and privacy.decrypt(priv, ct) == shares[n.node_id] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_provider_whose_leg_proofs_are_bad_fails_only_its_own_route():
+    """Issue 17: the ledger commits an order only with proofs of control of every leg key.
+    A provider that sends proofs by keys other than those it joined with (or none) gets no
+    order committed: the initiator refuses to build the commit, and the relay that carried
+    the frame is not blamed (it could not tell)."""
+
+    async def go():
+        nodes = await line(3, protocol_fee_bps=BPS, addresses=ADDR)
+        for i, n in enumerate(nodes):
+            n.config.addresses = {c: leg_address(c, f"y{i}-{c}") for c in ("btc", "eth")}
+            n.config.prove_legs = _prover(n.node_id)
+        honest = _prover(nodes[-1].node_id)
+
+        def wrong_keys(order):  # valid proofs, by another key than the one the leg names
+            other = leg_address("eth", "not-the-providers")
+            return {
+                k: sign_leg_key(LEG_KEYS[other], other, order.order_id, k[0], k[1])
+                for k in honest(order)
+            }
+
+        nodes[-1].config.prove_legs = wrong_keys
+        try:
+            nodes[-1].publish_offer("btc", "eth", (30, 1), max_in=10**8)
+            await wait_until(lambda: len(nodes[0].book) == 1)
+            cid, quotes = await nodes[0].request_quotes("btc", "eth", 10**6, window_s=5, enough=1)
+            with pytest.raises(RouteFailed, match=r"leg keys are not all proven.*legs\[\d\]"):
+                await nodes[0].settle(cid, quotes[0], os.urandom(32))
+            assert nodes[0]._scores.get(nodes[1].node_id, 0.0) == 0.0  # the relay: not blamed
+        finally:
+            await stop_all(nodes)
+
+    asyncio.run(asyncio.wait_for(go(), 60))

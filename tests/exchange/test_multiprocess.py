@@ -163,7 +163,7 @@ class Net:
             (entry,) = entries
             assert "order" in entry, f"initiator {i} got no settlement order: {entry}"
             commit = CommitOrder.from_map(decode(bytes.fromhex(entry["order"])))
-            commit.verify_signatures()  # every route party signed, nobody else
+            commit.verify_party_signatures()  # every route party signed, nobody else
             order = commit.order
             assert order.initiator == self.ids[i]
             provider = order.legs[0].recipient

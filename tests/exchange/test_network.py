@@ -38,7 +38,7 @@ def test_claim_over_five_hops_yields_quote_net_of_protocol_fee_and_order_every_p
             # nothing from the delivered amount.
             assert quotes[0].delivered == 30 * (10**6 - 1_000)
             commit = await nodes[0].settle(cid, quotes[0], os.urandom(32))
-            commit.verify_signatures()
+            commit.verify_party_signatures()
             order = commit.order
             assert order.parties() == [n.node_id for n in (nodes[0], nodes[5], *nodes[1:5])]
             assert order.legs[1].amount == quotes[0].delivered

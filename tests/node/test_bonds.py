@@ -36,7 +36,7 @@ from kofo.wire.orders import (
     sign_tx,
     with_derived_id,
 )
-from tests.clearance.helpers import Party, commit_tx, ledger_params
+from tests.clearance.helpers import Party, commit_tx, hold_keys, ledger_params
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -203,6 +203,7 @@ def test_a_bonded_maker_that_does_not_lock_is_slashed_and_the_relayer_moves_its_
     n = _Net(3)
     try:
         taker_key, maker_key, relayer_key = n.keys
+        hold_keys(taker_key, maker_key)  # the parties prove their accounts in the commit
         taker, maker = Party.make(0), Party.make(1)
         for p in (taker, maker):
             n.client.commit(p.register_tx(ts=n.now), timeout=30)

@@ -19,7 +19,7 @@ from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.wire.codec import decode, encode
 from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import Leg, OrderKind, SettlementOrder, with_derived_id
-from tests.clearance.helpers import Party, commit_tx, ledger_params
+from tests.clearance.helpers import Party, commit_tx, hold_keys, ledger_params
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,6 +49,7 @@ def _leg(
 
 def test_devnet_ledger_attests_a_real_lock_without_any_report() -> None:
     keys = [account_from_seed(os.urandom(32)) for _ in range(2)]
+    hold_keys(*keys)  # alice and bob prove their accounts' control in the commit
     net = start_devnet(
         fund=[k.address for k in keys], block_interval=0, ledger_params=ledger_params()
     )

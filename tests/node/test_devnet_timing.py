@@ -32,7 +32,7 @@ from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, ChainPolicy, devnet_pol
 from kofo.wire.codec import decode
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
-from tests.clearance.helpers import T0, Ledger, commit_tx, ledger_params
+from tests.clearance.helpers import T0, Ledger, commit_tx, ledger_params, leg_address
 from tests.clearance.helpers import Party as LedgerParty
 
 TIPS = {"btc": 800_000, "ltc": 2_700_000}
@@ -74,9 +74,9 @@ def fitted(have: str, want: str, now_s: int, taker: bytes, maker: bytes):
         fulfil_id=os.urandom(32),
         amount_in=10**6,
         delivered=30 * 10**6,
-        initiator=RouteParty(taker, {c: f"t-{c}" for c in POLICIES}),
+        initiator=RouteParty(taker, {c: leg_address(c, f"t-{c}") for c in POLICIES}),
         relays=[],
-        provider=RouteParty(maker, {c: f"m-{c}" for c in POLICIES}),
+        provider=RouteParty(maker, {c: leg_address(c, f"m-{c}") for c in POLICIES}),
         provider_position=1,
         payment_hash=os.urandom(32),
         now_s=now_s,

@@ -29,7 +29,7 @@ from kofo.settlement.terms import DEFAULT_POLICIES, ChainPolicy, TermsRefused, d
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
 from kofo.wire.orders import with_derived_id
-from tests.clearance.helpers import T0, Ledger, commit_tx
+from tests.clearance.helpers import T0, Ledger, commit_tx, leg_address
 from tests.clearance.helpers import Party as LedgerParty
 from tests.exchange.helpers import line, stop_all, wait_until
 
@@ -74,9 +74,9 @@ def planned_order(policies, have: str, want: str, times=None, now_s: int = NOW_S
         fulfil_id=b"\x05" * 32,
         amount_in=10**6,
         delivered=30 * 10**6,
-        initiator=RouteParty(TAKER, {c: f"t-{c}" for c in ("btc", "ltc", "eth")}),
+        initiator=RouteParty(TAKER, {c: leg_address(c, f"t-{c}") for c in ("btc", "ltc", "eth")}),
         relays=[],
-        provider=RouteParty(MAKER, {c: f"m-{c}" for c in ("btc", "ltc", "eth")}),
+        provider=RouteParty(MAKER, {c: leg_address(c, f"m-{c}") for c in ("btc", "ltc", "eth")}),
         provider_position=1,
         payment_hash=b"\x08" * 32,
         now_s=now_s,
@@ -264,9 +264,11 @@ def test_the_real_ledger_app_commits_a_planned_order_for_every_production_pair(h
         fulfil_id=os.urandom(32),
         amount_in=10**6,
         delivered=30 * 10**6,
-        initiator=RouteParty(taker.id, {c: f"t-{c}" for c in ("btc", "ltc", "eth")}),
+        initiator=RouteParty(
+            taker.id, {c: leg_address(c, f"t-{c}") for c in ("btc", "ltc", "eth")}
+        ),
         relays=[],
-        provider=RouteParty(maker.id, {c: f"m-{c}" for c in ("btc", "ltc", "eth")}),
+        provider=RouteParty(maker.id, {c: leg_address(c, f"m-{c}") for c in ("btc", "ltc", "eth")}),
         provider_position=1,
         payment_hash=os.urandom(32),
         now_s=T0,

@@ -43,7 +43,7 @@ from kofo.settlement.terms import TermsRefused
 from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import UnixTime
-from kofo.wire.orders import CommitOrder, sign_tx, with_derived_id
+from kofo.wire.orders import CommitOrder, leg_roles_of, sign_tx, with_derived_id
 from kofo.wire.swap import Propose
 from tests.clearance.helpers import ledger_params
 from tests.swap.btc_helpers import Btc, expected_after, fees_paid, holdings
@@ -178,11 +178,21 @@ def _order(taker: Party, maker: Party, net: Net, *, payment_hash: bytes):
     return with_derived_id(replace(order, legs=legs))
 
 
+def _prove(commit: CommitOrder, *parties: Party) -> CommitOrder:
+    """``commit`` with each party's proofs of its leg keys, by its settlement wallet."""
+    proofs = {}
+    for p in parties:
+        for i, role, address in leg_roles_of(commit.order, p.node.node_id):
+            adapter = p.node.engine.adapters[commit.order.legs[i].chain]
+            proofs[(i, role)] = adapter.prove_leg_key(address, commit.order.order_id, i, role)
+    return commit.with_leg_proofs(proofs)
+
+
 def _commit_tx(order, taker: Party, maker: Party, *, sign_maker: bool = True) -> bytes:
     sigs = [order.sign(taker.node.key)]
     if sign_maker:
         sigs.append(order.sign(maker.node.key))
-    return sign_tx(taker.node.key, CommitOrder(order, tuple(sigs)))
+    return sign_tx(taker.node.key, _prove(CommitOrder(order, tuple(sigs)), taker, maker))
 
 
 def _drive(net: Net, parties: list[Party], swap_id: bytes, rounds: int = 60) -> dict[str, State]:
@@ -369,7 +379,9 @@ def test_refused_order_starts_nothing_and_differing_terms_are_refused(
     height = taker.pipe.submit(commit)
     assert taker.pipe.submit(commit) == height
     sigs = (order.sign(taker.node.key), order.sign(maker.node.key))
-    again = sign_tx(taker.node.key, CommitOrder(order, sigs), ts=int(time.time()) + 1)
+    again = sign_tx(
+        taker.node.key, _prove(CommitOrder(order, sigs), taker, maker), ts=int(time.time()) + 1
+    )
     assert tx_hash(again) != tx_hash(commit)
     with pytest.raises(LedgerRefused) as replayed:
         taker.pipe.ledger.commit(again, timeout=30)

@@ -8,6 +8,7 @@ Regenerate the document section with ``python -m tests.wire.test_protocol_vector
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import sys
@@ -22,6 +23,7 @@ from kofo.wire import orders as od
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import open_message, public_key_bytes, sign
 from kofo.wire.expiry import BlockHeight, UnixTime
+from kofo.wire.legkeys import KeyKind, LegRole, address_of, sign_leg_key
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 BEGIN, END = "<!-- vectors:begin -->", "<!-- vectors:end -->"
@@ -35,6 +37,7 @@ def _key(label: str) -> Ed25519PrivateKey:
 
 
 ALICE, BOB, EPH = _key("alice"), _key("bob"), _key("ephemeral")
+LEG_KEY_LABELS = ("alice-btc-leg", "bob-btc-leg", "bob-eth-leg", "alice-eth-leg")
 PREIMAGE = bytes(32)  # the all-zero preimage: fine for a vector, never for a swap
 PAYMENT_HASH = hashlib.sha256(PREIMAGE).digest()
 
@@ -74,9 +77,42 @@ def _signed(key: Ed25519PrivateKey, msg_type: str, body: dict) -> bytes:
     return sign(key, msg_type, body, ts=TS, nonce=NONCE).to_bytes()
 
 
+LEG_KEYS = {label: hashlib.sha256(label.encode()).digest() for label in LEG_KEY_LABELS}
+
+
 def _commit_order() -> bytes:
+    # commit_order sv 2: each leg's addresses are keys whose proofs of control it carries
+    # (kofo.wire.legkeys; BIP340 with 32 zero bytes of aux randomness, for a fixed vector).
     order = _order()
-    body = od.CommitOrder(order, (order.sign(ALICE), order.sign(BOB)))
+    addr = {
+        "alice-btc-leg": address_of(LEG_KEYS["alice-btc-leg"], KeyKind.SECP256K1),
+        "bob-btc-leg": address_of(LEG_KEYS["bob-btc-leg"], KeyKind.SECP256K1),
+        "bob-eth-leg": address_of(LEG_KEYS["bob-eth-leg"], KeyKind.ETHEREUM),
+        "alice-eth-leg": address_of(LEG_KEYS["alice-eth-leg"], KeyKind.ETHEREUM),
+    }
+    legs = (
+        dataclasses.replace(
+            order.legs[0],
+            sender_address=addr["alice-btc-leg"],
+            recipient_address=addr["bob-btc-leg"],
+        ),
+        dataclasses.replace(
+            order.legs[1],
+            sender_address=addr["bob-eth-leg"],
+            recipient_address=addr["alice-eth-leg"],
+        ),
+    )
+    order = dataclasses.replace(order, legs=legs)
+    labels = (("alice-btc-leg", "bob-btc-leg"), ("bob-eth-leg", "alice-eth-leg"))
+    proofs = {
+        (i, role): sign_leg_key(
+            LEG_KEYS[labels[i][role]], addr[labels[i][role]], order.order_id, i, role, aux=bytes(32)
+        )
+        for i in range(2)
+        for role in LegRole
+    }
+    body = od.CommitOrder(order, (order.sign(ALICE), order.sign(BOB))).with_leg_proofs(proofs)
+    body.verify_signatures()
     return _signed(ALICE, od.TX_COMMIT_ORDER, body.as_map())
 
 

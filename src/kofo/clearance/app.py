@@ -421,6 +421,10 @@ def _verify_evidence_signatures(tx: FileEvidence) -> None:
         msg = tx.order.signed_bytes or tx.order.order.signing_bytes()
         for sig in tx.order.signatures:
             verify_ed25519(sig.signer, sig.signature, msg, "take order")
+        # Every leg key but the provider's proved its control: the provider can commit the
+        # order alone by adding its own proofs (a taker that left one out could otherwise have
+        # it slashed for an order nobody could commit).
+        tx.order.verify_leg_proofs(absent_for=tx.quote.provider)
 
 
 def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:

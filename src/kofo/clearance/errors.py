@@ -83,6 +83,7 @@ ABCI_CODES: dict[str, int] = {
     "invalid_input": 15,
     "internal_error": 16,
     "rate_limited": 17,
+    "leg_key_unproven": 18,
     "ledger_rejected": 1,
 }
 """ABCI result code per error code; 0 is success. Never renumber: results are in the chain."""

@@ -89,7 +89,14 @@ from kofo.wire.exchange import (
     verify_path,
 )
 from kofo.wire.expiry import BlockHeight, Expiry
-from kofo.wire.orders import CommitOrder, OrderSignature, SettlementOrder
+from kofo.wire.legkeys import LegRole, verify_leg_key
+from kofo.wire.orders import (
+    MAX_LEGS,
+    CommitOrder,
+    OrderSignature,
+    SettlementOrder,
+    leg_roles_of,
+)
 
 log = logging.getLogger("kofo.exchange.node")
 
@@ -97,6 +104,11 @@ Importance = Callable[[bytes], float]
 """Node id -> importance score (from the clearance ledger, supplied by the composer)."""
 
 Liquidity = Callable[[Claim], tuple[int, int] | None]
+"""Extra liquidity beyond published offers: a claim -> ``(amount_in, amount_out)`` or None."""
+
+ProveLegs = Callable[[SettlementOrder], dict[tuple[int, LegRole], bytes]]
+"""The composer's proofs of control of this node's leg keys in an order (every (leg, role)
+whose node is this one; ``kofo.wire.legkeys``): made with its settlement wallet's keys."""
 """Extra liquidity beyond published offers: a claim -> ``(amount_in, amount_out)`` or None."""
 
 
@@ -254,6 +266,10 @@ class ExchangeConfig:
     # out expiry)``, link protocol v4; the daemon passes ``kofo.node.trades.plan_order_times``
     # of its policies). None: ``route.derived_times`` (embedded chains, tests).
     plan_times: PlanTimes | None = None
+    # Proofs of control of this node's leg keys in an order it signs (link protocol v5: the
+    # provider's ``osig`` carries them, the initiator adds its own). None: no proofs (the
+    # ledger then refuses the order: only for tests of the exchange alone).
+    prove_legs: ProveLegs | None = None
     # The network's lock window (link protocol v4: ``legs[0].lock_by`` is the order's time
     # plus it): ``route.LOCK_WINDOW_S`` on the production network; every node of a network
     # must use the same value (a devnet writes its own into the configs it funds).
@@ -336,8 +352,10 @@ class _Pending:
     per_via: dict[bytes, int] = field(default_factory=dict)
     joins: dict[int, Join] = field(default_factory=dict)
     osigs: dict[int, bytes] = field(default_factory=dict)
+    lproofs: dict[tuple[int, LegRole], bytes] = field(default_factory=dict)
     chosen: Quote | None = None
     order_data: bytes | None = None
+    order: SettlementOrder | None = None
     owners: list[bytes] = field(default_factory=list)  # node id per position, once ordered
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -1611,6 +1629,7 @@ class ExchangeNode:
             self._learn_contact(joins[-1].node_id, joins[-1].contact)
         my_sig = order.sign(self._key)
         pending.order_data = order.signing_bytes()
+        pending.order = order
         pending.owners = [j.node_id for j in joins]
         link.send(
             Frame(
@@ -1631,7 +1650,19 @@ class ExchangeNode:
         ]
         by_signer = {s.signer: s for s in sigs}
         commit = CommitOrder(order, tuple(by_signer[nid] for nid in order.parties()))
-        commit.verify_signatures()
+        prove = self.config.prove_legs
+        if prove is not None:
+            try:
+                own = prove(order)
+            except Exception as exc:  # the wallet lacks a key it handed out: a composer bug
+                raise RouteFailed(f"this node cannot prove its leg keys: {exc}") from None
+            commit = commit.with_leg_proofs({**pending.lproofs, **own})
+            try:
+                commit.verify_signatures()
+            except BadSignature as exc:  # a party sent no proof of a key (or ours is bad)
+                raise RouteFailed(f"the order's leg keys are not all proven: {exc}") from None
+        else:
+            commit.verify_party_signatures()
         del self._pending[claim_id]
         return commit
 
@@ -1845,8 +1876,19 @@ class ExchangeNode:
         st.owners = [j.node_id for j in joins]
         if down is None:
             self._expect_direct(order.initiator, max(leg.expiry_time for leg in order.legs))
+        lp: list[list[Any]] = []
+        if down is None and self.config.prove_legs is not None:
+            try:
+                proofs = self.config.prove_legs(order)
+            except Exception as exc:  # our wallet cannot sign for the addresses we joined with
+                st.order_refused = True
+                log.warning(
+                    "order for claim %s: no proofs of our leg keys: %s", cid.hex()[:12], exc
+                )
+                return
+            lp = [[i, int(role), proof] for (i, role), proof in sorted(proofs.items())]
         sig = self._key.sign(data)
-        link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig}))
+        link.send(Frame("osig", {"claim_id": cid, "position": me, "sig": sig, "lp": lp}))
         if down is not None and down.peer in self.links:
             self.links[down.peer].send(Frame("order", body))
 
@@ -1885,6 +1927,17 @@ class ExchangeNode:
             raise BadMessage(f"osig: position {pos} already signed")
         if not verify_ed25519(pending.owners[pos - 1], sig, pending.order_data):
             raise BadSignature(f"osig: position {pos} did not sign the order")
+        if pending.order is not None:
+            # Bad proofs fail only this route (settle() finds them missing): the relays that
+            # carried the frame cannot tell, so nobody on the link is scored for them.
+            try:
+                pending.lproofs.update(
+                    _leg_proofs_of(body.get("lp", []), pending.order, pending.owners[pos - 1], pos)
+                )
+            except (BadMessage, BadSignature) as exc:
+                log.info(
+                    "claim %s: position %d's leg-key proofs refused: %s", cid.hex()[:12], pos, exc
+                )
         pending.osigs[pos] = sig
         pending.changed.set()
 
@@ -2155,3 +2208,33 @@ def _guarded_importance(importance: Importance) -> Importance:
             return 0.0
 
     return imp
+
+
+def _leg_proofs_of(
+    raw: Any, order: SettlementOrder, node: bytes, pos: int
+) -> dict[tuple[int, LegRole], bytes]:
+    """A route party's ``lp`` (its leg-key proofs, link protocol v5): exactly its own roles
+    in ``order``, each verified, else :class:`BadMessage` / :class:`BadSignature` (a party that
+    cannot prove its keys fails its own route)."""
+    if not isinstance(raw, list) or len(raw) > 2 * MAX_LEGS:
+        raise BadMessage(f"osig: lp of position {pos} must be a list of at most {2 * MAX_LEGS}")
+    want = {(i, role): address for i, role, address in leg_roles_of(order, node)}
+    got: dict[tuple[int, LegRole], bytes] = {}
+    for item in raw:
+        if (
+            not isinstance(item, list)
+            or len(item) != 3
+            or type(item[0]) is not int
+            or item[1] not in (0, 1)
+            or not isinstance(item[2], bytes)
+        ):
+            raise BadMessage(f"osig: lp of position {pos}: items are [leg, role, proof]")
+        key = (item[0], LegRole(item[1]))
+        if key not in want or key in got:
+            raise BadMessage(f"osig: lp of position {pos} names a role that is not its own")
+        if not verify_leg_key(want[key], item[2], order.order_id, key[0], key[1]):
+            raise BadSignature(
+                f"osig: position {pos}: legs[{key[0]}] {key[1].name.lower()} proof does not verify"
+            )
+        got[key] = item[2]
+    return got

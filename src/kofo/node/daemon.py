@@ -94,12 +94,14 @@ from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import ReplayGuard
 from kofo.wire.exchange import Quote, SignedOffer
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+from kofo.wire.legkeys import LegRole
 from kofo.wire.orders import (
     CommitOrder,
     EvidenceKind,
     FileEvidence,
     SettlementOrder,
     WithdrawFees,
+    leg_roles_of,
     sign_tx,
 )
 from kofo.wire.swap import SwapBody, open_swap, sign_swap
@@ -428,6 +430,7 @@ class Node:
             "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
             "on_direct": self._on_direct,
             "plan_times": self._plan_times,
+            "prove_legs": self._prove_legs,
             "chain_clocks": {
                 name: "height" if p.height_clock else "unix"
                 for name, p in (self.chains.policies.items() if self.chains else ())
@@ -447,6 +450,19 @@ class Node:
         chains (no two swaps share a key), the account on Ethereum."""
         assert self.chains is not None
         return {name: a.address() for name, a in self.chains.adapters.items()}
+
+    def _prove_legs(self, order: SettlementOrder) -> dict[tuple[int, LegRole], bytes]:
+        """Proofs of control of this node's leg keys in ``order`` (the exchange's
+        ``prove_legs``): each signed by the settlement wallet's key behind the address, so the
+        ledger commits the order (a copier of a stranger's HTLC terms has no such keys)."""
+        assert self.chains is not None
+        out = {}
+        for i, role, address in leg_roles_of(order, self.node_id):
+            adapter = self.chains.adapters.get(order.legs[i].chain)
+            if adapter is None:
+                raise OrderPolicy(f"chain {order.legs[i].chain!r} is not served by this node")
+            out[(i, role)] = adapter.prove_leg_key(address, order.order_id, i, role)
+        return out
 
     def _rotate_addresses(self) -> None:
         if self.exchange is not None:

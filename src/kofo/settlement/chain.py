@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from kofo.errors import InvalidInput
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+from kofo.wire.legkeys import LegRole
 
 # The plain terms types are protocol data (messages carry them): defined in ``wire``, re-exported
 # here so every chain adapter keeps importing them from the chain standard.
@@ -173,6 +174,12 @@ class ChainAdapter(Protocol):
     def owns(self, address: str) -> bool:
         """Whether ``address`` (a sender or recipient in terms) is this node's: one that
         :meth:`address` handed out. Cheap and derivation-free (asked for every proposal)."""
+        ...
+
+    def prove_leg_key(self, address: str, order_id: bytes, leg: int, role: LegRole) -> bytes:
+        """The proof that this wallet holds the key behind ``address`` (one it handed out) as
+        leg ``leg``'s ``role`` of ledger order ``order_id`` (:mod:`kofo.wire.legkeys`); raises
+        for an address that is not its own."""
         ...
 
     def balance(self, token: str | None = None) -> int:

@@ -41,17 +41,19 @@ from kofo.wire.envelope import (
     verify_ed25519,
 )
 
-FRAME_VERSION = 4
-"""Exchange link protocol version. 4 (this): an order's four deadlines are the initiator's plan
-for the chain pair (co-signers check only their order and bounds, the provider its own margins),
-no longer one fixed derivation. 3: a join carries the party's signed ``contact``
-(``"host:port"`` where it accepts links, or ``""``; signed under ``KOFO/join/v2``), an order's
-leg expiry may be a block height (``expiry_time`` stays the unix estimate), and the ``dm`` /
-``dm_reply`` frames carry direct messages between two nodes. 2: an offer's ``seq`` is per maker
-(its signing time in ms, strictly increasing over all the maker's offers), a claim's path may
-start with the initiator's own dummy hops, and an ``order`` frame carries every position's join
-so each party checks who carried the claim. Older nodes are refused at the handshake
-(``frame: unsupported link protocol version``)."""
+FRAME_VERSION = 5
+"""Exchange link protocol version. 5 (this): the provider's ``osig`` frame carries ``lp``, its
+proofs of control of its leg keys (``[[leg, role, proof], ...]``, :mod:`kofo.wire.legkeys`),
+which the initiator checks and puts in the ``commit_order`` with its own. 4: an order's four
+deadlines are the initiator's plan for the chain pair (co-signers check only their order and
+bounds, the provider its own margins), no longer one fixed derivation. 3: a join carries the
+party's signed ``contact`` (``"host:port"`` where it accepts links, or ``""``; signed under
+``KOFO/join/v2``), an order's leg expiry may be a block height (``expiry_time`` stays the unix
+estimate), and the ``dm`` / ``dm_reply`` frames carry direct messages between two nodes. 2: an
+offer's ``seq`` is per maker (its signing time in ms, strictly increasing over all the maker's
+offers), a claim's path may start with the initiator's own dummy hops, and an ``order`` frame
+carries every position's join so each party checks who carried the claim. Older nodes are
+refused at the handshake (``frame: unsupported link protocol version``)."""
 
 MAX_FRAME_BYTES = 256 * 1024
 """The biggest exchange frame is a fulfil with a full path and fees (a few KiB) or a peer list;

@@ -26,6 +26,7 @@ from kofo.wire import envelope
 from kofo.wire.codec import encode
 from kofo.wire.envelope import BadMessage, BadSignature, SignedMessage, public_key_bytes, sign
 from kofo.wire.expiry import BlockHeight, Expiry, UnixTime
+from kofo.wire.legkeys import LegKeyUnproven, LegRole, key_kind, verify_leg_key
 
 ORDER_DOMAIN = b"KOFO/order/v1\x00"
 """Prefix of what every route party signs, so an order signature is never valid for anything
@@ -537,22 +538,43 @@ def _schema_version(m: Any, where: str) -> None:
         )
 
 
+COMMIT_SCHEMA_VERSION = 2
+"""``sv`` of ``commit_order`` bodies. Version 2 added ``leg_proofs``: for every leg, the proofs
+that its sender and recipient chain keys signed the order id (:mod:`kofo.wire.legkeys`).
+Version 1 bodies are refused (a sybil could commit an order copying a stranger's HTLC terms
+and have it settled by the stranger's locks)."""
+
+LegProofs = tuple[tuple[bytes | None, bytes | None], ...]
+"""Per leg ``(sender proof, recipient proof)``; None only in a take evidence's order, for the
+roles of the provider (who adds its own when it commits)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CommitOrder:
     order: SettlementOrder
     signatures: tuple[OrderSignature, ...]
     signed_bytes: bytes | None = field(default=None, compare=False, repr=False)
     """``order.signing_bytes()`` as received, when parsed from the wire (saves re-encoding)."""
+    leg_proofs: LegProofs = ()
 
     def as_map(self) -> dict[str, Any]:
         return {
+            "sv": COMMIT_SCHEMA_VERSION,
             "order": self.order.as_map(),
             "signatures": [s.as_map() for s in self.signatures],
+            # none yet: one null pair per leg (refused at commit as unproven, by leg and role)
+            "leg_proofs": [list(p) for p in self.leg_proofs]
+            or [[None, None] for _ in self.order.legs],
         }
 
     @classmethod
     def from_map(cls, m: Any, where: str = "commit_order") -> CommitOrder:
-        _exact_keys(m, {"order", "signatures"}, where)
+        if type(m) is dict and m.get("sv") != COMMIT_SCHEMA_VERSION:
+            raise BadMessage(
+                f"{where}.sv must be {COMMIT_SCHEMA_VERSION} (older orders carry no proofs "
+                "of control of their leg keys)"
+            )
+        _exact_keys(m, {"sv", "order", "signatures", "leg_proofs"}, where)
         sigs = []
         for i, s in enumerate(_list(m, "signatures", where, MAX_LEGS + MAX_RELAYS)):
             w = f"{where}.signatures[{i}]"
@@ -561,12 +583,28 @@ class CommitOrder:
                 OrderSignature(_bytes(s, "signer", w, NODE_ID_SIZE), _bytes(s, "sig", w, 64))
             )
         order = SettlementOrder.from_map(m["order"], f"{where}.order")
+        n = len(order.legs)
+        proofs: list[tuple[bytes | None, bytes | None]] = []
+        for i, p in enumerate(_list(m, "leg_proofs", where, n, min_len=n)):
+            w = f"{where}.leg_proofs[{i}]"
+            if not isinstance(p, list) or len(p) != 2:
+                raise BadMessage(f"{w} must be a list [sender proof, recipient proof]")
+            for role, v in zip(("sender", "recipient"), p, strict=True):
+                if v is not None and (not isinstance(v, bytes) or len(v) not in (64, 65)):
+                    raise BadMessage(f"{w} ({role}) must be a 64- or 65-byte proof or null")
+            proofs.append((p[0], p[1]))
         # from_map accepted exactly the schema's fields with their exact types, so the received
         # map re-encodes to what the parties signed; cbor2 directly avoids a second type walk.
         signed = ORDER_DOMAIN + cbor2.dumps(m["order"], canonical=True)
-        return cls(order, tuple(sigs), signed)
+        return cls(order, tuple(sigs), signed, tuple(proofs))
 
     def verify_signatures(self) -> None:
+        """Every party signed, nobody else did, and every signature verifies; and every leg
+        key proved its control (:meth:`verify_leg_proofs`)."""
+        self.verify_party_signatures()
+        self.verify_leg_proofs()
+
+    def verify_party_signatures(self) -> None:
         """Every party signed, nobody else did, and every signature verifies."""
         parties = self.order.parties()
         signers = [s.signer for s in self.signatures]
@@ -578,6 +616,60 @@ class CommitOrder:
         msg = self.signed_bytes or self.order.signing_bytes()
         for s in self.signatures:
             verify_ed25519(s.signer, s.signature, msg, "order")
+
+    def verify_leg_proofs(self, *, absent_for: bytes | None = None) -> None:
+        """Every leg's sender and recipient keys signed the order id (:mod:`kofo.wire.legkeys`):
+        at most ``2 * MAX_LEGS`` secp256k1 operations. ``absent_for``: a node whose roles may
+        lack their proof (a take evidence's provider); a proof present is checked anyway."""
+        order = self.order
+        if len(self.leg_proofs) != len(order.legs):
+            raise LegKeyUnproven(
+                f"order {order.order_id.hex()}: leg_proofs must have one entry per leg "
+                f"({len(order.legs)}), got {len(self.leg_proofs)}"
+            )
+        for i, (leg, pair) in enumerate(zip(order.legs, self.leg_proofs, strict=True)):
+            for role, node, address, proof in (
+                (LegRole.SENDER, leg.sender, leg.sender_address, pair[0]),
+                (LegRole.RECIPIENT, leg.recipient, leg.recipient_address, pair[1]),
+            ):
+                name = role.name.lower()
+                if proof is None:
+                    if absent_for is not None and node == absent_for:
+                        continue
+                    raise LegKeyUnproven(
+                        f"order {order.order_id.hex()} legs[{i}] {name}: no proof of control "
+                        f"of {name}_address {address}"
+                    )
+                if key_kind(address) is None:
+                    raise LegKeyUnproven(
+                        f"order {order.order_id.hex()} legs[{i}] {name}: {name}_address "
+                        f"{address!r} is neither an Ethereum address nor a compressed "
+                        "secp256k1 public key: its control cannot be proven"
+                    )
+                if not verify_leg_key(address, proof, order.order_id, i, role):
+                    raise LegKeyUnproven(
+                        f"order {order.order_id.hex()} legs[{i}] {name}: the proof is not by "
+                        f"the key of {name}_address {address}"
+                    )
+
+    def with_leg_proofs(self, proofs: Mapping[tuple[int, LegRole], bytes]) -> CommitOrder:
+        """This commit with ``proofs`` (by (leg, role)) added to those it carries."""
+        current = list(self.leg_proofs) or [(None, None)] * len(self.order.legs)
+        for (i, role), proof in proofs.items():
+            s, r = current[i]
+            current[i] = (proof, r) if role is LegRole.SENDER else (s, proof)
+        return dataclasses.replace(self, leg_proofs=tuple(current))
+
+
+def leg_roles_of(order: SettlementOrder, node: bytes) -> list[tuple[int, LegRole, str]]:
+    """The (leg, role, address) whose key ``node`` holds in ``order``: what it must prove."""
+    out = []
+    for i, leg in enumerate(order.legs):
+        if leg.sender == node:
+            out.append((i, LegRole.SENDER, leg.sender_address))
+        if leg.recipient == node:
+            out.append((i, LegRole.RECIPIENT, leg.recipient_address))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,7 @@ from kofo.settlement.chains.bitcoin.tx import (
     vsize,
 )
 from kofo.settlement.chains.bitcoin.wallet import CHANGE, HTLC, RECEIVE, HdWallet
+from kofo.wire.legkeys import LegRole, sign_leg_key
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,15 @@ class BitcoinAdapter:
         except ValueError:
             return False
         return self.wallet.owns_pubkey(pubkey)
+
+    def prove_leg_key(self, address: str, order_id: bytes, leg: int, role: LegRole) -> bytes:
+        """The proof that this wallet holds the HTLC key ``address`` as leg ``leg``'s ``role``
+        of ledger order ``order_id`` (:mod:`kofo.wire.legkeys`: BIP340 over its x-only key)."""
+        if not self.owns(address):
+            raise InvalidInput(f"HTLC key {address} is not a key of this wallet")
+        ensure_thread_params()
+        key = self.wallet.key_for_pubkey(bytes.fromhex(address))
+        return sign_leg_key(key.secret_bytes, address, order_id, leg, role)
 
     def expiry_now(self) -> Expiry:
         """Tip height, or (for time expiries) the tip's median time past -- the clock CLTV uses.

@@ -52,6 +52,7 @@ from kofo.settlement.chain import (
 from kofo.settlement.chains.ethereum.contract import load_artifact
 from kofo.settlement.chains.ethereum.event_index import HtlcEvent, HtlcEventIndex, decode_log
 from kofo.settlement.chains.ethereum.nonces import NonceManager
+from kofo.wire.legkeys import LegRole, sign_leg_key
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,13 @@ class EthereumAdapter:
     def owns(self, address: str) -> bool:
         # One account per node: see docs/swap.md, "Keys and secrets at rest", for why.
         return address == self.account.address
+
+    def prove_leg_key(self, address: str, order_id: bytes, leg: int, role: LegRole) -> bytes:
+        """The proof that this node controls ``address`` (its account) as leg ``leg``'s
+        ``role`` of ledger order ``order_id`` (:mod:`kofo.wire.legkeys`)."""
+        if not self.owns(address):
+            raise InvalidInput(f"{address} is not this node's account")
+        return sign_leg_key(bytes(self.account.key), address, order_id, leg, role)
 
     def _token(self, token: str) -> Contract:
         contract = self._tokens.get(token)
