@@ -463,3 +463,88 @@ async def _rejected(tmp_path: Path) -> None:
         assert done.state == "failed" and "refused by the test" in done.error, done
         assert done.order_id is not None and done.height is not None  # it was committed
         assert taker.engine is not None and taker.engine.unfinished() == []
+
+
+@pytest.mark.timeout(900)
+def test_a_maker_down_right_after_the_commit_gets_the_proposal_again_after_its_restart(
+    tmp_path: Path,
+) -> None:
+    """The crash matrix's ``maker_committed`` case: the maker stops once it has seen the order
+    committed, the taker's proposal finds it down, and the maker comes back (same home, same
+    address) only after the taker's trade deadline. The proposal used to run under that
+    deadline: cancelled there, never sent again; the restarted maker waited for the taker's
+    lock, the taker for the accept, and the swap aborted. Now the taker re-sends it (with
+    backoff) within the swap's accept window and the trade is redeemed on both sides."""
+    asyncio.run(_maker_down_after_commit(tmp_path))
+
+
+async def _maker_down_after_commit(tmp_path: Path) -> None:
+    import threading
+
+    from kofo.settlement.journal import UnknownSwap
+
+    deadline_s = 40
+    async with network(tmp_path) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        assert taker.pipeline is not None and maker.exchange is not None
+        port = maker.exchange.port
+        real = taker.pipeline.send
+        assert real is not None
+        down = threading.Event()
+        attempts: list[str] = []
+
+        def send(swap_id: bytes, body: Any) -> Any:
+            if not attempts:
+                # the first proposal waits (bounded) until the maker is down
+                assert down.wait(300), "the maker was not stopped"
+            try:
+                reply = real(swap_id, body)
+            except Exception as exc:
+                attempts.append(type(exc).__name__)
+                raise
+            attempts.append("answered")
+            return reply
+
+        taker.pipeline.send = send
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        started = time.monotonic()
+        view = await taker.create_trade(
+            TradeRequest(
+                sell="btc",
+                amount=SATS,
+                buy="eth",
+                min_receive=SATS * PRICE // 2,
+                deadline_s=deadline_s,
+            )
+        )
+        got = await until(
+            lambda: (v := taker.store.find(view.trade_id)) and v.order_id and v, "the order", 120
+        )
+        oid = bytes.fromhex(got.order_id)
+        await until(lambda: maker.phases.phase(oid, "committed") is not None, "the maker's commit")
+        await maker.stop()
+        down.set()
+        await until(lambda: attempts, "the taker's first proposal attempt", 120)
+        assert attempts[0] != "answered", attempts
+        # back only after the taker's trade deadline has gone by
+        await until(lambda: time.monotonic() - started > deadline_s + 1, "the deadline", 120)
+        maker = _node(replace(maker.config, p2p_listen=Endpoint("127.0.0.1", port)), maker.wallet)
+        net.nodes["maker"] = maker
+        await maker.start()
+
+        def accepted() -> bool:
+            assert maker.engine is not None
+            try:
+                maker.engine.journal.get(oid)
+            except UnknownSwap:
+                return False
+            return True
+
+        await until(accepted, "the maker's accept of the re-sent proposal", 150)
+        done = await until(lambda: _ended(taker, view.trade_id), "the trade to end", 240)
+        assert done.state == "redeemed", (done.error, [p.phase for p in done.phases])
+        m = await until(lambda: _by_order(maker, done.order_id), "the maker's trade row")
+        m = await until(lambda: _ended(maker, m.trade_id), "the maker's trade to end", 120)
+        assert m.state == "redeemed", (m.error, [p.phase for p in m.phases])
+        order = await until(lambda: _settled(taker, done.order_id), "the order settled")
+        assert order.outcomes == {"0": "redeemed", "1": "redeemed"}

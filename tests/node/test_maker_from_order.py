@@ -267,3 +267,51 @@ def _engine_state(node, oid: bytes) -> State | None:
         return node.engine.journal.get(oid).state
     except UnknownSwap:
         return None
+
+
+def test_a_proposal_resent_after_a_lost_accept_is_accepted_again(net: Net, tmp_path) -> None:
+    """The maker accepted, its answer never reached the taker (a restart, a dropped link):
+    the taker proposes again. The same terms get the same accept (idempotent by swap id and
+    terms digest), not ``terms_payment_hash_known`` (which rejected the taker's swap and
+    failed the committed trade while the maker waited for a lock). A different proposal under
+    the same id is still refused as new, and the re-send takes no proposal token."""
+    taker, maker = _party("taker", tmp_path, net), _party("maker", tmp_path, net)
+    link(taker.node, maker.node)
+    real = taker.node.engine._request
+    lost = [True]
+
+    def send(swap_id, body):
+        reply = real(swap_id, body)
+        if lost[0]:
+            lost[0] = False
+            return None  # delivered, handled; the answer lost on the way back
+        return reply
+
+    taker.pipe.send = send
+    preimage = os.urandom(32)
+    order = _order(taker, maker, net, payment_hash=hashlib.sha256(preimage).digest())
+    oid = order.order_id
+    maker.pipe.expect(order)
+    taker.pipe.submit(_commit_tx(order, taker, maker), preimage=preimage)
+    with net.lock:
+        taker.pipe.start_as_taker(oid)
+    assert _state(taker, oid) is State.PROPOSED and _state(maker, oid) is State.ACCEPTED
+
+    maker.node.engine.limits = replace(maker.node.engine.limits, proposal_burst=0)
+    with net.lock:
+        taker.pipe.start_as_taker(oid)  # the daemon's re-send: the same proposal
+    assert _state(taker, oid) is State.ACCEPTED
+    assert _state(maker, oid) is State.ACCEPTED
+
+    # another proposal under the accepted id is no re-send
+    terms = taker.node.engine.terms_of(oid)
+    other = replace(terms, initiator_lock_by=replace(terms.initiator_lock_by, value=1))
+    sender = taker.node.engine.node_id
+    reply = maker.node.engine.handle(Propose(other), sender)
+    assert isinstance(reply, Error) and reply.code == "peer_rate_limited", reply  # the limits
+    maker.node.engine.limits = replace(maker.node.engine.limits, proposal_burst=5)
+    maker.node.engine._buckets.pop(sender, None)  # a full bucket again
+    reply = maker.node.engine.handle(Propose(other), sender)
+    assert isinstance(reply, Error) and reply.code == "terms_payment_hash_known", reply
+    assert _state(maker, oid) is State.ACCEPTED
+    assert maker.node.engine.terms_of(oid) == terms

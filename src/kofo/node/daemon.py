@@ -149,6 +149,9 @@ def propose_retry_s(accept_window_s: int) -> int:
 
 
 PROPOSE_RETRY_INTERVAL = 5.0
+"""Seconds before the first re-send of an unanswered proposal; doubled after each, up to
+:data:`PROPOSE_RETRY_MAX_INTERVAL` (the maker answers an identical re-send idempotently)."""
+PROPOSE_RETRY_MAX_INTERVAL = 20.0
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
 WITHDRAWALS_FILE = "withdrawals.json"
@@ -1056,7 +1059,13 @@ class Node:
 
     async def _run_trade(self, trade_id: str, request: TradeRequest) -> None:
         try:
-            await asyncio.wait_for(self._take(trade_id, request), request.deadline_s)
+            signed = await asyncio.wait_for(self._take(trade_id, request), request.deadline_s)
+            # Past the signature the deadline no longer applies: the order may be on the
+            # ledger, so its submit and the proposal (re-sent while the maker is down or
+            # restarting, within the swap's accept window) run to their own ends. Cancelling
+            # them at the deadline left a committed order's proposal unsent: the maker waited
+            # for the taker's lock, the taker for the accept, and the swap aborted.
+            await self._commit_and_start(trade_id, *signed)
         except asyncio.CancelledError:
             view = self.store.find(trade_id)
             if view is not None and view.state in ("quoting", "ordering"):
@@ -1095,7 +1104,9 @@ class Node:
             trade_id, "failed", {"reason": reason[:500]}, state="failed", error=reason[:500]
         )
 
-    async def _take(self, trade_id: str, request: TradeRequest) -> None:
+    async def _take(self, trade_id: str, request: TradeRequest) -> tuple[bytes, bytes]:
+        """Quotes, the route's co-signature and the signed commit tx: what ``deadline_s``
+        bounds. Returns the tx and the order id for :meth:`_commit_and_start`."""
         assert self.exchange is not None and self.pipeline is not None and self.engine is not None
         if not self.state.registered:
             raise Unavailable("this node is not registered on the ledger yet")
@@ -1145,7 +1156,7 @@ class Node:
             commit_tx=tx,
         )
         self.crash.hit("trade_signed")
-        await self._commit_and_start(trade_id, tx, oid)
+        return tx, oid
 
     async def _commit_and_start(self, trade_id: str, tx: bytes, oid: bytes) -> None:
         assert self.pipeline is not None
@@ -1171,6 +1182,7 @@ class Node:
         retry_s = propose_retry_s(self.config.timing.accept_window_s)
         deadline = time.monotonic() + retry_s
         waited = False
+        interval = PROPOSE_RETRY_INTERVAL
         while True:
             try:
                 await self._thread(self.pipeline.start_as_taker, oid)
@@ -1202,15 +1214,24 @@ class Node:
                 await asyncio.sleep(HEALTH_INTERVAL)
                 deadline = time.monotonic() + retry_s
                 continue
-            except KofoError as exc:  # the maker not reached (down, restarting): ask again
+            except Exception as exc:
+                # the maker not reached (down, restarting), no answer in time (a transport
+                # timeout of any kind): ask again while the swap waits for the accept
                 if time.monotonic() > deadline or self._stop.is_set():
                     raise
-                log.info("trade %s: proposal not delivered (%s); retrying", trade_id, exc)
-                await asyncio.sleep(PROPOSE_RETRY_INTERVAL)
+                log.info(
+                    "trade %s: proposal not delivered (%s); again in %gs",
+                    trade_id,
+                    self._redact(f"{type(exc).__name__}: {exc}"),
+                    interval,
+                )
+                await asyncio.sleep(interval)
+                interval = min(interval * 2, PROPOSE_RETRY_MAX_INTERVAL)
                 continue
             if not self._proposed(oid) or time.monotonic() > deadline or self._stop.is_set():
                 break
-            await asyncio.sleep(PROPOSE_RETRY_INTERVAL)  # no answer yet: propose again
+            await asyncio.sleep(interval)  # no answer yet: propose again
+            interval = min(interval * 2, PROPOSE_RETRY_MAX_INTERVAL)
         view = self.store.get(trade_id)
         if view.state not in TERMINAL_TRADE_STATES:
             self._trade_event(trade_id, "swap_started", {"order_id": oid.hex()}, state="settling")

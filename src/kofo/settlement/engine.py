@@ -792,6 +792,9 @@ class SwapEngine:
         if isinstance(body, Propose):
             if sender != body.terms.initiator_node:
                 return Error(body.terms.swap_id, "wrong_sender", "sender is not initiator_node")
+            again = self._accepted_again(body.terms)
+            if again is not None:
+                return again
             try:
                 return self.accept(body.terms, peer=peer)
             except KofoError as exc:
@@ -841,6 +844,29 @@ class SwapEngine:
             elif isinstance(body, CosignClaim):
                 return self._cosign(rec, body)
         return None
+
+    def _accepted_again(self, terms: SwapTerms) -> Accept | None:
+        """A proposal re-sent because our accept did not reach its sender (lost reply, a
+        restart on either side): the same answer again, idempotently. Only for the very terms
+        this node accepted (same swap id, same terms digest: a different proposal under a
+        known id or hash is still refused as new) from the same initiator, while our swap
+        still waits for its lock (``accepted``); it takes no proposal token and commits
+        nothing new, so the limits are not bypassed by re-sending."""
+        try:
+            rec = self.journal.get(terms.swap_id)
+        except KofoError:
+            return None
+        if (
+            rec.role is not Role.PARTICIPANT
+            or rec.state is not State.ACCEPTED
+            or rec.terms.initiator_node != terms.initiator_node
+        ):
+            return None
+        digest = terms_digest(terms)
+        if digest != terms_digest(rec.terms):
+            return None
+        log.info("swap %s: proposal received again; accept re-sent", terms.swap_id.hex()[:16])
+        return Accept(terms.swap_id, digest)
 
     # -- the cooperative claim of a Taproot leg ------------------------------------------------
 
