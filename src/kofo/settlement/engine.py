@@ -382,6 +382,25 @@ class SwapEngine:
         self._tick_budget = threading.local()
         """Per thread, inside :meth:`tick`: the monotonic time until which it may still wait
         on peers (:meth:`_peer_wait`)."""
+        self._hold_journaled()
+
+    def _hold_journaled(self) -> None:
+        """Every transaction the unfinished swaps journaled (sent or not) keeps what it uses
+        from any new one (``ChainAdapter.hold``): a lock signed before a restart and not yet
+        seen on chain still owns its coins, so no other lock is built from them."""
+        for rec in self.journal.swaps(unfinished=True):
+            self._for_each_chain(rec.swap_id, "hold")
+
+    def _for_each_chain(self, swap_id: bytes, what: str) -> None:
+        txs = [
+            tx
+            for kind in (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND)
+            for tx, _ in self.journal.versions(swap_id, kind)
+        ]
+        for chain, adapter in self.adapters.items():
+            mine = [tx for tx in txs if tx.chain == chain]
+            if mine:
+                (adapter.hold if what == "hold" else adapter.release)(mine)
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -1279,6 +1298,10 @@ class SwapEngine:
         if txids:
             payload["txids"] = txids
         self.journal.transition(rec.swap_id, to, payload)
+        if to in (State.ABORTED, State.REJECTED):
+            # Nothing of ours was locked and nothing will be sent: a lock signed for it gives
+            # its coins back to the wallet.
+            self._for_each_chain(rec.swap_id, "release")
         self.crash.hit(f"enter:{to.value}")
         log.info(
             "swap %s %s: %s -> %s (%s)", rec.swap_id.hex()[:8], rec.role, rec.state, to, reason
