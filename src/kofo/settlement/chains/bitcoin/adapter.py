@@ -533,7 +533,9 @@ class BitcoinAdapter:
     def balance(self, token: str | None = None) -> int:
         if token is not None:
             raise InvalidInput(f"{self.chain} has no tokens, got token {token!r}")
-        return sum(u.amount for u in self.spendable())
+        # Coins held by a signed, unsent lock are still counted: the engine already keeps the
+        # amount of every swap not yet locked aside (``SwapEngine.reserved``).
+        return sum(u.amount for u in self._unspent())
 
     # ---- HTLC --------------------------------------------------------------------------------
 
@@ -821,6 +823,13 @@ class BitcoinAdapter:
         spk = bytes(tail.vout[out].scriptPubKey)
         own = Utxo(b2lx(tail.GetTxid()), out, int(tail.vout[out].nValue), spk)
         with self._coins:  # the coins a child adds are held like a lock's
+            # An earlier child of this package never sent (a node refused it): it spends the
+            # same output as this one, so at most one of them can ever confirm, and the coins
+            # it added may pay for this one.
+            rival = self._held.get((own.txid, own.vout))
+            if rival is not None:
+                for outpoint in [o for o, txid in self._held.items() if txid == rival]:
+                    del self._held[outpoint]
             try:
                 child = build_child_spend(
                     own, self.wallet.key_for_script, child_fee, self.params, self._free_coins()
