@@ -28,6 +28,7 @@ from kofo.settlement.engine import CrashHook, SwapEngine
 from kofo.settlement.journal import Journal
 from kofo.settlement.swap import State
 from kofo.settlement.terms import Leg
+from kofo.wire.swap import Propose, open_swap, sign_swap
 from tests.swap.btc_helpers import Btc, addr
 from tests.swap.helpers import ETHER, Evm, link, make_node, start_swap
 
@@ -173,3 +174,40 @@ def test_a_lock_signed_before_a_restart_keeps_its_coin_from_a_new_lock(btc, tmp_
     assert adapter.tx_confirmations(signed[0].txid) == 1
     assert adapter.tx_confirmations(other.txid) == 1
     assert engine.journal.get(sid).state is State.LOCK_SENT
+
+
+def test_a_swap_that_aborts_with_its_lock_never_sent_gives_the_coin_back(btc, tmp_path):
+    evm = Evm()
+    wallet = btc.account(coins=1)
+    alice = make_node(
+        "alice",
+        tmp_path,
+        {"btc": btc, "eth": evm},  # type: ignore[dict-item]
+        accounts={"btc": wallet, "eth": evm.account()},  # type: ignore[dict-item]
+        crash=_StopAt("before_broadcast:lock"),  # every send of the lock fails
+    )
+    bob = make_node("bob", tmp_path, {"btc": btc, "eth": evm})  # type: ignore[dict-item]
+    link(alice, bob)
+    give = Leg("btc", AMOUNT, addr(alice, "btc"), addr(bob, "btc"), BlockHeight(0))
+    get = Leg("eth", ETHER, addr(bob, "eth"), addr(alice, "eth"), UnixTime(0))
+    terms = alice.engine.propose(give, get, participant_node=bob.node_id, accept_window=30)
+    body, sender = open_swap(sign_swap(alice.key, Propose(terms)).to_bytes(), bob.guard)
+    reply = bob.engine.handle(body, sender)
+    assert reply is not None
+    body, sender = open_swap(sign_swap(bob.key, reply).to_bytes(), alice.guard)
+    assert alice.engine.handle(body, sender) is None
+    sid = terms.swap_id
+    adapter = alice.engine.adapters["btc"]
+    assert isinstance(adapter, BitcoinAdapter)
+    alice.engine.tick()
+    (lock,) = alice.engine.journal.txs(sid, TxKind.LOCK)
+    assert set(adapter.held()) == _inputs(lock)
+    for _ in range(200):  # bounded: past the lock deadline and the leg's expiry
+        if alice.engine.journal.get(sid).state is State.ABORTED:
+            break
+        btc.mine(1)
+        alice.engine.tick()
+    assert alice.engine.journal.get(sid).state is State.ABORTED
+    assert adapter.held() == {}
+    again = adapter.prepare_lock(_terms(adapter))[0]  # the one coin locks something else
+    assert _inputs(again) == _inputs(lock)
