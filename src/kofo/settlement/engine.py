@@ -389,18 +389,17 @@ class SwapEngine:
         from any new one (``ChainAdapter.hold``): a lock signed before a restart and not yet
         seen on chain still owns its coins, so no other lock is built from them."""
         for rec in self.journal.swaps(unfinished=True):
-            self._for_each_chain(rec.swap_id, "hold")
+            for chain, txs in self._journaled(rec.swap_id).items():
+                self.adapters[chain].hold(txs)
 
-    def _for_each_chain(self, swap_id: bytes, what: str) -> None:
-        txs = [
-            tx
-            for kind in (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND)
-            for tx, _ in self.journal.versions(swap_id, kind)
-        ]
-        for chain, adapter in self.adapters.items():
-            mine = [tx for tx in txs if tx.chain == chain]
-            if mine:
-                (adapter.hold if what == "hold" else adapter.release)(mine)
+    def _journaled(self, swap_id: bytes) -> dict[str, list[SignedTx]]:
+        """The swap's stored transactions but dropped children, per chain (of ours)."""
+        out: dict[str, list[SignedTx]] = {}
+        for kind in (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND):
+            for tx, _ in self.journal.versions(swap_id, kind):
+                if tx.chain in self.adapters:
+                    out.setdefault(tx.chain, []).append(tx)
+        return out
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -1301,7 +1300,8 @@ class SwapEngine:
         if to in (State.ABORTED, State.REJECTED):
             # Nothing of ours was locked and nothing will be sent: a lock signed for it gives
             # its coins back to the wallet.
-            self._for_each_chain(rec.swap_id, "release")
+            for chain, txs in self._journaled(rec.swap_id).items():
+                self.adapters[chain].release(txs)
         self.crash.hit(f"enter:{to.value}")
         log.info(
             "swap %s %s: %s -> %s (%s)", rec.swap_id.hex()[:8], rec.role, rec.state, to, reason
