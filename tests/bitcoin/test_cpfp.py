@@ -79,6 +79,10 @@ def _fee(tx: SignedTx, spent: int) -> tuple[int, int]:
     return spent - sum(o.nValue for o in parsed.vout), parsed.get_virtual_size()
 
 
+def _inputs(tx: SignedTx) -> set[tuple[str, int]]:
+    return {(b2lx(i.prevout.hash), i.prevout.n) for i in CTransaction.deserialize(tx.raw).vin}
+
+
 def _value(tx: SignedTx) -> int:
     return int(CTransaction.deserialize(tx.raw).vout[0].nValue)
 
@@ -236,7 +240,9 @@ def test_a_lock_whose_change_cannot_pay_gets_a_child_that_adds_a_wallet_coin(ltc
     alice.backend.mine(1, alice.wallet.address())
     change_left = dust_limit(carol.wallet.identity.script_pubkey, LTC) + 1_000
     # Size the lock so that its change is ``change_left``: a trial lock shows the fee.
-    trial = CTransaction.deserialize(carol.prepare_lock(_terms(carol, bob, 250_000))[0].raw)
+    trial_lock = carol.prepare_lock(_terms(carol, bob, 250_000))
+    carol.release(trial_lock)  # never sent: its coin goes back to the wallet
+    trial = CTransaction.deserialize(trial_lock[0].raw)
     (trial_change,) = [o.nValue for o in trial.vout if o.nValue != 250_000]
     amount = 250_000 + trial_change - change_left
     ref = carol.lock(_terms(carol, bob, amount))
@@ -256,7 +262,11 @@ def test_a_lock_whose_change_cannot_pay_gets_a_child_that_adds_a_wallet_coin(ltc
     pay(alice, carol.wallet.identity.script_pubkey, [500_000], 20 * carol.params.fallback_fee_rate)
     alice.backend.mine(1, alice.wallet.address())
     assert carol.status(ref).confirmations == 0 and carol.balance() == 500_000
+    refused = carol.prepare_bump(ref, [lock])
+    # That child was never sent (say a node refused it): the next one may add the same coin
+    # (both spend the lock's change, so at most one of them can ever confirm).
     child = carol.prepare_bump(ref, [lock])
+    assert _inputs(child) == _inputs(refused)
     parsed = CTransaction.deserialize(child.raw)
     spent = [(b2lx(i.prevout.hash), i.prevout.n) for i in parsed.vin]
     assert spent[0][0] == ref.lock_txid and len(spent) == 2

@@ -227,6 +227,19 @@ class ChainAdapter(Protocol):
         would eat more of the HTLC than this adapter allows)."""
         ...
 
+    def hold(self, txs: Sequence[SignedTx]) -> None:
+        """Keep what ``txs`` (signed by this wallet, maybe never sent) use from being used by
+        any other transaction this adapter prepares: on a Bitcoin-like chain the wallet coins
+        they spend (until that spend is buried or :meth:`release`\\ d). Every ``prepare_*``
+        holds what it chose itself; the engine calls this at start for every journaled
+        transaction of its unfinished swaps. (Ethereum: nothing to do, its nonce store is
+        durable and already keeps every signed nonce reserved.)"""
+        ...
+
+    def release(self, txs: Sequence[SignedTx]) -> None:
+        """Give up what :meth:`hold` kept for ``txs``: they will never be sent."""
+        ...
+
     def broadcast(self, tx: SignedTx) -> str:
         """Send ``tx``; idempotent (a tx the chain already has is not an error). Returns txid.
         A refusal for the fee alone raises :class:`kofo.errors.FeeTooLow` (the same spend at a

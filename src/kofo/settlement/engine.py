@@ -382,6 +382,24 @@ class SwapEngine:
         self._tick_budget = threading.local()
         """Per thread, inside :meth:`tick`: the monotonic time until which it may still wait
         on peers (:meth:`_peer_wait`)."""
+        self._hold_journaled()
+
+    def _hold_journaled(self) -> None:
+        """Every transaction the unfinished swaps journaled (sent or not) keeps what it uses
+        from any new one (``ChainAdapter.hold``): a lock signed before a restart and not yet
+        seen on chain still owns its coins, so no other lock is built from them."""
+        for rec in self.journal.swaps(unfinished=True):
+            for chain, txs in self._journaled(rec.swap_id).items():
+                self.adapters[chain].hold(txs)
+
+    def _journaled(self, swap_id: bytes) -> dict[str, list[SignedTx]]:
+        """The swap's stored transactions but dropped children, per chain (of ours)."""
+        out: dict[str, list[SignedTx]] = {}
+        for kind in (TxKind.LOCK, TxKind.REDEEM, TxKind.REFUND):
+            for tx, _ in self.journal.versions(swap_id, kind):
+                if tx.chain in self.adapters:
+                    out.setdefault(tx.chain, []).append(tx)
+        return out
 
     # -- starting swaps -----------------------------------------------------------------------
 
@@ -1305,6 +1323,11 @@ class SwapEngine:
         if txids:
             payload["txids"] = txids
         self.journal.transition(rec.swap_id, to, payload)
+        if to in (State.ABORTED, State.REJECTED):
+            # Nothing of ours was locked and nothing will be sent: a lock signed for it gives
+            # its coins back to the wallet.
+            for chain, txs in self._journaled(rec.swap_id).items():
+                self.adapters[chain].release(txs)
         self.crash.hit(f"enter:{to.value}")
         log.info(
             "swap %s %s: %s -> %s (%s)", rec.swap_id.hex()[:8], rec.role, rec.state, to, reason

@@ -294,6 +294,12 @@ class FeeBumpRefused(ChainError):
     code = "fee_bump_refused"
 
 
+HELD_UNTIL_DEPTH = 6
+"""A coin held by a wallet transaction (:meth:`BitcoinAdapter.hold`) is forgotten once that
+transaction is this deep on chain: a reorganisation shallower than this puts it back in the
+mempool (still spending the coin), never frees the coin for another transaction."""
+
+
 class BitcoinAdapter:
     """ChainAdapter for a Bitcoin-like chain (``chain`` is ``"btc"`` or ``"ltc"``).
 
@@ -331,6 +337,10 @@ class BitcoinAdapter:
         self._check_network()
         self.index = ChainIndex(backend, start_height, self.params)
         self._pin = HeadPin()  # inside observe(), the index is not re-synced per read
+        self._coins = threading.Lock()  # coin selection + its reservation, one at a time
+        self._held: dict[tuple[str, int], str] = {}
+        """Wallet coins (outpoints) spent by a transaction this wallet signed (-> its txid),
+        until that spend is buried on chain or the caller :meth:`release`\\ s it."""
 
     def __repr__(self) -> str:
         return f"BitcoinAdapter({self.chain}/{self.params.network})"
@@ -451,7 +461,58 @@ class BitcoinAdapter:
 
     # ---- wallet ------------------------------------------------------------------------------
 
+    def hold(self, txs: Sequence[SignedTx]) -> None:
+        """Reserve the coins that ``txs`` (transactions this wallet signed on this chain: a
+        lock, a child) spend: no other transaction of this adapter selects them until the
+        spend is buried (:data:`HELD_UNTIL_DEPTH`) or :meth:`release`\\ d. Every transaction
+        this adapter builds from wallet coins holds them itself at selection; this is for
+        the ones signed before a restart (the engine holds every journaled one at start): a
+        signed, unsent lock keeps its coins, so nothing else signs a double spend of them."""
+        with self._coins:
+            for signed in txs:
+                if signed.chain == self.chain:
+                    self._hold_tx(CTransaction.deserialize(signed.raw))
+
+    def release(self, txs: Sequence[SignedTx]) -> None:
+        """Give up the reservations of ``txs`` (abandoned: they will never be sent)."""
+        gone = {t.txid for t in txs if t.chain == self.chain}
+        with self._coins:
+            for outpoint in [o for o, txid in self._held.items() if txid in gone]:
+                del self._held[outpoint]
+
+    def held(self) -> dict[tuple[str, int], str]:
+        """The reserved coins: outpoint -> txid of the wallet transaction spending it."""
+        with self._coins:
+            return dict(self._held)
+
+    def _hold_tx(self, tx: CTransaction) -> None:
+        txid = b2lx(tx.GetTxid())
+        for txin in tx.vin:
+            self._held[(b2lx(txin.prevout.hash), txin.prevout.n)] = txid
+
+    def _prune_held(self) -> None:
+        """Forget reservations whose coin is spent by a transaction buried
+        :data:`HELD_UNTIL_DEPTH` deep (the chain itself keeps it from being selected)."""
+        for outpoint in list(self._held):
+            spender = self.index.spends.get(outpoint)
+            if spender is not None and self.index.confirmations(spender) >= HELD_UNTIL_DEPTH:
+                del self._held[outpoint]
+
     def spendable(self) -> list[Utxo]:
+        """Confirmed, mature wallet outputs not spent on chain or in the mempool, nor held by
+        a transaction this wallet signed (:meth:`hold`: a lock signed but not yet sent or
+        seen, one being built in another thread)."""
+        with self._coins:
+            return self._free_coins()
+
+    def _free_coins(self) -> list[Utxo]:
+        """:meth:`spendable`; the caller holds ``_coins`` (so that a coin it selects can be
+        held before any other thread selects)."""
+        unspent = self._unspent()
+        self._prune_held()
+        return [u for u in unspent if (u.txid, u.vout) not in self._held]
+
+    def _unspent(self) -> list[Utxo]:
         """Confirmed, mature wallet outputs not spent on chain or in the mempool."""
         self.index.sync()
         mempool_spent = {
@@ -482,7 +543,9 @@ class BitcoinAdapter:
     def balance(self, token: str | None = None) -> int:
         if token is not None:
             raise InvalidInput(f"{self.chain} has no tokens, got token {token!r}")
-        return sum(u.amount for u in self.spendable())
+        # Coins held by a signed, unsent lock are still counted: the engine already keeps the
+        # amount of every swap not yet locked aside (``SwapEngine.reserved``).
+        return sum(u.amount for u in self._unspent())
 
     # ---- HTLC --------------------------------------------------------------------------------
 
@@ -553,15 +616,20 @@ class BitcoinAdapter:
                 code="amount_too_small",
             )
         rate = self._rate(fee)
-        utxos = self.spendable()
-        tx = build_funding_tx(
-            utxos,
-            self.wallet.key_for_script,
-            [(spk, terms.amount)],
-            self.wallet.next_key(CHANGE).script_pubkey,  # a new change address per lock
-            rate,
-            self.params,
-        )
+        with self._coins:  # select and hold in one step: no other thread picks these coins
+            utxos = self._free_coins()
+            try:
+                tx = build_funding_tx(
+                    utxos,
+                    self.wallet.key_for_script,
+                    [(spk, terms.amount)],
+                    self.wallet.next_key(CHANGE).script_pubkey,  # a new change address per lock
+                    rate,
+                    self.params,
+                )
+            except InsufficientFunds as exc:
+                raise self._short(exc) from None
+            self._hold_tx(tx)
         return [SignedTx(self.chain, TxKind.LOCK, b2lx(tx.GetTxid()), tx.serialize())]
 
     def htlc_ref(self, terms: HtlcTerms, lock_tx: SignedTx) -> HtlcRef:
@@ -764,9 +832,21 @@ class BitcoinAdapter:
         tail, out = txs[-1], outs[-1]
         spk = bytes(tail.vout[out].scriptPubKey)
         own = Utxo(b2lx(tail.GetTxid()), out, int(tail.vout[out].nValue), spk)
-        child = build_child_spend(
-            own, self.wallet.key_for_script, child_fee, self.params, self.spendable()
-        )
+        with self._coins:  # the coins a child adds are held like a lock's
+            # An earlier child of this package never sent (a node refused it): it spends the
+            # same output as this one, so at most one of them can ever confirm, and the coins
+            # it added may pay for this one.
+            rival = self._held.get((own.txid, own.vout))
+            if rival is not None:
+                for outpoint in [o for o, txid in self._held.items() if txid == rival]:
+                    del self._held[outpoint]
+            try:
+                child = build_child_spend(
+                    own, self.wallet.key_for_script, child_fee, self.params, self._free_coins()
+                )
+            except InsufficientFunds as exc:
+                raise self._short(exc) from None
+            self._hold_tx(child)
         return SignedTx(self.chain, TxKind.CHILD, b2lx(child.GetTxid()), child.serialize())
 
     def _package_head(self, ref: HtlcRef, signed: SignedTx, tx: CTransaction) -> tuple[int, int]:
@@ -1185,6 +1265,18 @@ class BitcoinAdapter:
     def tx_confirmations(self, txid: str) -> int:
         self._sync()
         return self.index.confirmations(txid)
+
+    def _short(self, exc: InsufficientFunds) -> InsufficientFunds:
+        """``exc``, saying which coins are held by this wallet's own unconfirmed transactions
+        (their change becomes spendable once they confirm: a retry then may succeed)."""
+        held = set(self._held.values())
+        if not held:
+            return exc
+        return InsufficientFunds(
+            f"{exc}; {len(self._held)} more coin(s) are held by {len(held)} transaction(s) "
+            "this wallet signed that are not yet confirmed (their change is spendable once "
+            "they are)"
+        )
 
     def require_funds(self, amount: int) -> None:
         if self.balance() < amount:

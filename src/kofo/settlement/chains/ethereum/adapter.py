@@ -484,6 +484,13 @@ class EthereumAdapter:
         self.nonces.record(nonce, bytes(signed.raw_transaction))
         return SignedTx(self.chain, kind, _hex(signed.hash), bytes(signed.raw_transaction)), gas
 
+    def hold(self, txs: Sequence[SignedTx]) -> None:
+        """Nothing to do: every signed nonce (and lock slot) stays reserved in the durable
+        nonce store until it is mined or released (:mod:`.nonces`)."""
+
+    def release(self, txs: Sequence[SignedTx]) -> None:
+        """Nothing to do here: see :meth:`hold`."""
+
     def prepare_lock(self, terms: HtlcTerms, fee: FeeEstimate | None = None) -> list[SignedTx]:
         self._check_terms(terms)
         if to_checksum_address(terms.sender) != self.account.address:
