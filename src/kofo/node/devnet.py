@@ -102,6 +102,7 @@ class Devnet:
     funded: list[dict[str, Any]] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _miner: threading.Thread | None = None
+    _evm_clock: threading.Thread | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -129,6 +130,8 @@ class Devnet:
         self._stop.set()
         if self._miner is not None:
             self._miner.join()
+        if self._evm_clock is not None:
+            self._evm_clock.join()
         self.ledger.stop()
         self.eth_server.stop()
         self.btc_server.stop()
@@ -234,6 +237,12 @@ def start_devnet(
                 target=_mine_loop, args=(btc, burn, block_interval, net._stop), daemon=True
             )
             net._miner.start()
+            net._evm_clock = threading.Thread(
+                target=_evm_clock_loop,
+                args=(eth_server.url, max(block_interval, EVM_CLOCK_S), net._stop),
+                daemon=True,
+            )
+            net._evm_clock.start()
         return net
     except BaseException:
         for stop in reversed(started):
@@ -248,6 +257,25 @@ def _mine_loop(chain: EmbeddedChain, script: bytes, interval: float, stop: threa
             chain.mine(1, script)
         except KofoError:
             log.exception("devnet: mining a regtest block failed; trying again next interval")
+
+
+EVM_CLOCK_S = 1.0
+"""Least seconds between the devnet EVM's empty blocks. The embedded EVM mines only for a
+transaction, so an idle devnet's latest block time (an Ethereum chain's clock, which the
+engine lays unix deadlines from) stood still: after ~5 idle minutes a swap's deadlines, laid
+from that stale time, had passed before the first lock (seen: ``participant_lock_by ... has
+already passed``, ``no correct initiator lock by participant_lock_by``). A real chain has a
+block every 12 s; the devnet's clock now keeps within this of wall time (at 1 s resolution,
+so not faster)."""
+
+
+def _evm_clock_loop(url: str, interval: float, stop: threading.Event) -> None:
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
+    while not stop.wait(interval):
+        try:
+            w3.provider.make_request("evm_mine", [1])  # type: ignore[arg-type]
+        except Exception:  # a busy or stopping server: the next interval tries again
+            log.debug("devnet: mining an EVM clock block failed", exc_info=True)
 
 
 def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
