@@ -275,6 +275,8 @@ def _relay_lane(net: Network) -> None:
 
 def _maker_lane(net: Network) -> None:
     taker, maker = net.nodes["taker"].sdk, net.nodes["maker2"]
+    net.restart("maker2", crash_at="maker_signed")
+    net.wait_offer("taker", "eth", "btc")
     view = taker.create_trade(sell="eth", amount=WEI, buy="btc", min_receive=WEI_MIN)
     _crash_chain(net, "maker2", ["maker_signed"], then=CHAIN_MAKER[0])
     done = net.trade_end("taker", view.trade_id, timeout=400)
