@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# pytest-xdist: two workers for the 2-core CI machine; idle tests steal from busy ones (the
+# slowest tests run for minutes, so a fixed split would leave one worker idle at the end).
+# PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST   := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist worksteal)
 
 .PHONY: demo test test-fast lint bench nodes install clean
 
@@ -27,11 +32,11 @@ nodes:
 
 ## test: dev dependencies + real nodes, then the whole suite (real-node tests included)
 test: $(STAMP) nodes
-	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m pytest
+	PATH="$(CURDIR)/.nodes/bin:$$PATH" $(PY) -m pytest $(PYTEST_XDIST) --durations=20
 
 ## test-fast: the suite without real nodes
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not realnode"
+	$(PY) -m pytest $(PYTEST_XDIST) -m "not realnode"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

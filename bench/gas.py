@@ -184,7 +184,10 @@ class Bench:
         return [secret, t["token"], t["amount"], _word(t["sender"], t), t["recipient"]]
 
     def redeem(self, t: Terms, by: LocalAccount) -> int:
-        return self.chain.send(self.htlc.functions.redeem(*self._args(t, t["preimage"])), by)
+        args = self._args(t, t["preimage"])
+        if by.address == t["recipient"]:
+            args = args[:-1]  # the recipient redeems its own swap: msg.sender, as the adapter does
+        return self.chain.send(self.htlc.functions.redeem(*args), by)
 
     def lock_many(self, token: str, slots: list[int]) -> tuple[int, list[Terms]]:
         items = [self.terms(token, self.sender, slot, i) for i, slot in enumerate(slots)]
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             "swap": f"fresh swap id per measurement; median of {RUNS}",
             "slot": "steady: the sender's slot holds FREE from an earlier swap (see the doc)",
             "sender": "holds ETH and tokens already",
-            "recipient": "holds tokens already; redeems its own swap unless 'by_watchtower'",
+            "recipient": "holds tokens already; redeems its own swap (recipient left out: "
+            "msg.sender) unless 'by_watchtower' (recipient named)",
             "contract": "already holds other swaps' ETH and tokens",
             "erc20_lock": "excludes the approve transaction; approve is exactly the amount",
             "batch": f"lock_many of {BATCH} (10 recipients) + redeem_many by a third party",

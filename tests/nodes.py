@@ -97,23 +97,46 @@ def binary(name: str) -> Path:
     return path
 
 
-_handed_out_ports: set[int] = set()
+_PORT_LOW, _PORT_HIGH = 10_000, 32_000
+"""Ports the tests hand out: below Linux's ephemeral range (32768-60999, see
+/proc/sys/net/ipv4/ip_local_port_range), so no ``bind(0)`` and no outgoing connection of any
+process can take one between the test picking it and its node binding it."""
+_PORTS_PER_WORKER = 1_000
+_next_port: list[int] = []
+
+
+def _port_block() -> tuple[int, int]:
+    """This process's own block of ports: pytest-xdist worker ``gwN`` gets the N-th block, so
+    two workers never hand out the same port (the single-process run is worker 0)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    blocks = (_PORT_HIGH - _PORT_LOW) // _PORTS_PER_WORKER
+    low = _PORT_LOW + (index % blocks) * _PORTS_PER_WORKER
+    return low, low + _PORTS_PER_WORKER
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
+    """A TCP port on 127.0.0.1 that nothing listens on right now and no other test process of
+    this run hands out.
 
-    The kernel picks it; ports already handed out by this process are skipped, so the several
-    ports one node needs are distinct even before the node binds them.
+    Taken in turn from this worker's block (below the ephemeral range: see ``_PORT_LOW``),
+    starting at a random place in it, and a port that does not bind is skipped: the ports one
+    node needs are distinct even before the node binds them, and a port comes round again
+    only after the whole block was handed out.
     """
-    for _ in range(100):
+    low, high = _port_block()
+    if not _next_port:
+        _next_port.append(low + secrets.randbelow(high - low))
+    for _ in range(high - low):
+        port = _next_port[0]
+        _next_port[0] = low + (port + 1 - low) % (high - low)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _handed_out_ports:
-            _handed_out_ports.add(port)
-            return port
-    raise NodeError("no free TCP port found on 127.0.0.1")
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise NodeError(f"no free TCP port found on 127.0.0.1 in {low}-{high - 1}")
 
 
 def _die_with_parent() -> None:
@@ -366,10 +389,29 @@ def start_geth(datadir: Path, *, gas_limit: int | None = None) -> GethNode:
         if not accounts:
             raise NodeError("geth --dev reported no accounts; expected the dev account")
         node.dev_account = accounts[0]
+        _wait_tx_indexed(node)
     except BaseException:
         node.stop()
         raise
     return node
+
+
+def _wait_tx_indexed(node: GethNode, timeout: float = 60.0) -> None:
+    """Mine geth's first block (a 0-wei transfer from the dev account to itself) and wait until
+    its transaction indexer reports done (``eth_syncing`` false).
+
+    A fresh ``--dev`` chain stays at block 0 with one block left to index until a block is
+    mined, and until then geth answers ``eth_getTransactionReceipt`` of any transaction not yet
+    mined with the error "transaction indexing is in progress" instead of null: a client that
+    polls for a receipt right after sending the chain's first transaction (ethers'
+    ``waitForDeployment``, ``wait_for_receipt`` here) failed whenever the block came after its
+    first poll, as on a loaded machine."""
+    node.rpc("eth_sendTransaction", {"from": node.dev_account, "to": node.dev_account})
+    deadline = time.monotonic() + timeout
+    while node.rpc("eth_syncing") is not False:
+        if time.monotonic() >= deadline:
+            raise NodeError(f"geth: transaction indexing not done within {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """``make demo``'s entry point (``kofo demo``): ``kofo devnet`` and six ``kofo node`` processes,
 a routed trade driven through the nodes' APIs, the ledger's outcome and fee shares, exact
-balances. The test runs the real command and checks its exit code and the lines it must show."""
+balances; then a second trade whose maker is killed after the commit (the taker's refund, the
+evidence, the slash executed on the bond vault). The test runs the real command and checks its
+exit code and the lines it must show."""
 
 from __future__ import annotations
 
@@ -49,6 +51,20 @@ def test_kofo_demo_runs_the_network_and_every_check_holds() -> None:
     # the balance table fits an 80-column terminal
     table = out[out.index("BTC change (sat)") - 10 :].splitlines()[:8]
     assert all(len(line) <= 80 for line in table), table
+    # trade 2: the chosen maker killed after the commit, the taker's lock, evidence, slash,
+    # the vault executing it, the refund on chain and on the ledger
+    second = " ".join(out[out.index("trade 2:") :].split())  # rich wraps at 80 columns
+    assert re.search(r"maker_b SIGKILLed .* exit -9", second)
+    assert re.search(r"taker +locked", second)
+    assert re.search(r"evidence +kind=leg_not_locked leg=1", second)
+    assert re.search(r"evidence_committed height=\d+", second)
+    assert re.search(r"maker_b slashed 0\.05 ETH", second)
+    assert "relays the validators' slash of 0.05 ETH" in second
+    assert re.search(r"maker_b's bond 0\.95 ETH, the foundation received 0\.05 ETH", second)
+    assert re.search(r"taker +refunded", second)
+    assert "outcomes {'0': 'refunded'}" in second
+    # the phase times, with the load they were measured under
+    assert "where the time went" in out and "load average" in out
 
 
 def _result(ok: bool) -> DemoResult:
@@ -66,3 +82,24 @@ def test_kofo_demo_exits_non_zero_when_a_check_fails(monkeypatch: pytest.MonkeyP
     assert CliRunner().invoke(app, ["demo"]).exit_code == 1
     monkeypatch.setattr(kofo.demo, "run_demo", lambda _console: _result(True))
     assert CliRunner().invoke(app, ["demo"]).exit_code == 0
+
+
+@pytest.mark.timeout(300)
+def test_the_node_launcher_forks_the_real_command_and_reports_its_exit(tmp_path) -> None:
+    # The demo forks each `kofo node` from one parent that imported the node's code once: the
+    # child runs the real command in its own session with its own log and environment, and
+    # its exit code comes back as a child's would.
+    import os
+
+    log = tmp_path / "node.log"
+    zygote = kofo.demo.Zygote(dict(os.environ), tmp_path / "launcher.log")
+    try:
+        env = dict(os.environ, KOFO_PASSPHRASE=kofo.demo.PASSPHRASE)
+        pid = zygote.spawn(["node", "--home", str(tmp_path / "no-home")], env, log)
+        child = kofo.demo.Forked(zygote, pid)
+        assert child.wait(timeout=120) == 1
+        assert child.returncode == 1 and child.poll() == 1
+        assert "no-home" in log.read_text()  # the command's own error, in the node's log
+    finally:
+        zygote.close()
+    assert zygote.popen.returncode == 0

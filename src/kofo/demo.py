@@ -14,7 +14,11 @@ the SDK (:class:`kofo.sdk.Client`), the ledger through its public RPC and the ch
 their public JSON-RPC (to read fees and balances it prints). It shows the offers spreading,
 the quotes (route length only, never relay identities) and the one chosen, the order committed
 (ledger height, app hash), each settlement step, the outcome on the ledger with every fee share
-and an exact balance table, and exits non-zero unless every check holds.
+and an exact balance table. Then a second trade whose chosen maker (maker_b, bonded) is killed
+after the order commits: the taker refunds, its ``leg_not_locked`` evidence is committed, the
+bond is slashed on the ledger and on the bond vault, the maker's importance falls. It prints
+where its time went and exits non-zero unless every check holds. The devnet runs with its own
+timing (``kofo devnet --fast-timing``: seconds, not minutes; docs/node.md, "Timing").
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,8 +70,21 @@ PRICE_A = 10_100_000_000
 PRICE_B = 10_000_000_000
 """maker_b pays 10^10 wei per satoshi: 0.01 ETH for 0.01 BTC."""
 
-BLOCK_INTERVAL = 0.5
-"""Seconds between regtest blocks on the devnet."""
+BLOCK_INTERVAL = 1.0
+"""Seconds between regtest blocks on the devnet: the devnet timing's (``kofo devnet
+--fast-timing``, :data:`kofo.node.devnet.DEVNET_TIMING`), the block interval the nodes'
+policies count (a faster chain would shorten their block-height margins)."""
+BOND = 10**18
+"""Each maker locks 1 ETH in the bond vault (``ensure_bond``) before its node starts."""
+CRASHING = "maker_b"
+"""The maker of the second trade: started with the engine's fault-injection point
+``KOFO_CRASH_AT=before_broadcast:lock``, it SIGKILLs itself after the order committed, once it
+has accepted the swap, just before its lock would leave: the taker's lock is on chain, the
+maker's never comes."""
+CRASH_AT = "before_broadcast:lock"
+QUOTE_WINDOW_S = 3.0
+"""How long the taker collects quotes for a trade (1 s by default): on a machine loaded by
+other jobs a route's fulfils took longer than a second (a trade found no quote once)."""
 WAIT = 120.0
 """Bound of each wait; reaching it fails the demo (it never hangs)."""
 
@@ -93,11 +111,38 @@ class DemoResult:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
 
+_TAKEN: set[int] = set()
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, never handed out twice in this run.
+
+    ``bind(0)`` hands out ports from the ephemeral range, and may hand the same one out again
+    once it is closed: between its choice and the node binding it (seconds, on a loaded
+    machine) another of the demo's ports or an outgoing connection could take it. Seen once
+    under a load average of 40: relay2 linked to relay3 instead of maker_a."""
+    import random
+
+    top = _ephemeral_floor()
+    for _ in range(1000):  # bounded
+        port = random.randrange(20_000, top if top > 21_000 else 32_768)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
         return port
+    raise DemoFailed("no free port below the ephemeral range")
 
 
 def _until(pred: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
@@ -117,10 +162,140 @@ def _kofo(*args: str) -> list[str]:
     return [sys.executable, "-c", launcher, *args]
 
 
+_ZYGOTE = r"""
+import json, os, sys, traceback
+from kofo.cli import app
+import kofo.node.daemon  # the heavy imports (web3, the chains, the layers), paid once here
+
+def reap(exits):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        exits[str(pid)] = os.waitstatus_to_exitcode(status)
+
+exits = {}
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["cmd"] == "status":
+        reap(exits)
+        print(json.dumps({"exits": exits}), flush=True)
+        continue
+    pid = os.fork()
+    if pid == 0:  # the node: its own session, log and environment, then `kofo node`
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            os.dup2(os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), 2)
+            os.environ.clear()
+            os.environ.update(req["env"])
+            sys.argv = ["kofo", *req["args"]]
+            app()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+"""
+"""A parent that imports the node's code once and forks each ``kofo node`` from it: six
+imports of web3 and the layers (~5 s of a core each) become one. Each node is still its own
+process, in its own session, running the real command; the parent reaps them and reports
+their exit codes (a SIGKILL is -9, as for a child of the demo)."""
+
+
+class Zygote:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("ab"),
+            env=env,
+            start_new_session=True,
+        )
+        self._lock = threading.Lock()
+        self.exits: dict[int, int] = {}
+        if self._ask(None) != {"ready": True}:
+            raise DemoFailed(f"the node launcher did not start:\n{log.read_text()[-2000:]}")
+
+    def _ask(self, req: dict[str, Any] | None) -> dict[str, Any]:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        with self._lock:
+            if req is not None:
+                self.popen.stdin.write((json.dumps(req) + "\n").encode())
+                self.popen.stdin.flush()
+            line = self.popen.stdout.readline()  # bounded: EOF if the launcher died
+        if not line:
+            raise DemoFailed("the node launcher exited")
+        got: dict[str, Any] = json.loads(line)
+        return got
+
+    def spawn(self, args: list[str], env: dict[str, str], log: Path) -> int:
+        pid = int(self._ask({"cmd": "spawn", "args": args, "env": env, "log": str(log)})["pid"])
+        return pid
+
+    def poll(self, pid: int) -> int | None:
+        if pid not in self.exits and self.popen.poll() is None:
+            got = self._ask({"cmd": "status"})["exits"]
+            self.exits.update({int(k): int(v) for k, v in got.items()})
+        return self.exits.get(pid)
+
+    def close(self) -> None:
+        if self.popen.stdin is not None:
+            self.popen.stdin.close()
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
+class Forked:
+    """A node forked by the :class:`Zygote`, with the part of ``Popen`` the demo uses."""
+
+    def __init__(self, zygote: Zygote, pid: int) -> None:
+        self.zygote = zygote
+        self.pid = pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.zygote.exits.get(self.pid)
+
+    def poll(self) -> int | None:
+        return self.zygote.poll(self.pid)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"node {self.pid}", timeout)
+            time.sleep(0.05)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | Forked
     log: Path
 
 
@@ -132,26 +307,36 @@ class Network:
         self.console = console
         self.env = dict(os.environ, KOFO_PASSPHRASE=PASSPHRASE, PYTHONUNBUFFERED="1")
         self.devnet: Proc | None = None
+        self.zygote: Zygote | None = None
         self.desc: dict[str, Any] = {}
         self.nodes: dict[str, Proc] = {}
         self.homes = {n: root / n for n in NAMES}
         self.p2p = {n: _free_port() for n in NAMES}
         self.clients: dict[str, Any] = {}
         self.ids: dict[str, str] = {}
+        self.accounts: dict[str, Any] = {}
+        """Each node's Ethereum account (its wallet's): the makers' bond deposits, a relayer."""
+        self.node_ids: dict[str, bytes] = {}
 
     # -- start ------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from kofo.node.home import init_home
-        from kofo.wallet import NodeWallet
+        from concurrent.futures import ThreadPoolExecutor
 
+        from kofo.node.home import init_home
+        from kofo.wallet import SEED_BYTES, NodeWallet
+
+        # Each wallet's seed first: the devnet funds its addresses while the homes are written
+        # (each encrypted wallet costs its scrypt, ~1 s of a core, twice: written, read back).
+        seeds = {n: os.urandom(SEED_BYTES) for n in NAMES}
         fund = []
-        for n, home in self.homes.items():
-            init_home(home, PASSPHRASE, name=n)
-            wallet = NodeWallet.open(home / "wallet.json", PASSPHRASE)
-            fund += [wallet.bitcoin("btc", "regtest", home=home).address()]
-            fund += [str(wallet.eth_account().address)]
-        args = ["devnet", "--json", "--block-interval", str(BLOCK_INTERVAL)]
+        for n in NAMES:
+            wallet = NodeWallet(seeds[n])
+            fund += [wallet.bitcoin("btc", "regtest").address()]  # the funding key (index 0)
+            self.accounts[n] = wallet.eth_account()
+            fund += [str(self.accounts[n].address)]
+            self.node_ids[n] = wallet.node_key().public_key().public_bytes_raw()
+        args = ["devnet", "--json", "--fast-timing", "--block-interval", str(BLOCK_INTERVAL)]
         for a in fund:
             args += ["--fund", a]
         log = self.root / "devnet.log"
@@ -163,22 +348,80 @@ class Network:
             start_new_session=True,
         )
         self.devnet = Proc("devnet", popen, log)
+        with ThreadPoolExecutor(max_workers=len(NAMES) + 1) as pool:
+            launcher = (
+                pool.submit(Zygote, self.env, self.root / "launcher.log")
+                if hasattr(os, "fork") and os.environ.get("KOFO_DEMO_FORK", "1") != "0"
+                else None
+            )
+            homes = [
+                pool.submit(init_home, self.homes[n], PASSPHRASE, name=n, seed=seeds[n])
+                for n in NAMES
+            ]
+            for f in homes:
+                f.result()
+            if launcher is not None:
+                self.zygote = launcher.result()
+        _phase("6 homes and wallets, the devnet starting")
         assert popen.stdout is not None
         line = popen.stdout.readline()  # bounded: the devnet exits (EOF) if it cannot start
         if not line:
             raise DemoFailed(f"kofo devnet did not start:\n{log.read_text()[-2000:]}")
         self.desc = json.loads(line)
+        _phase("devnet serving")
         self.console.print(f"devnet up [{time.monotonic() - _T0[0]:.0f} s]")
         self.console.print(
             f"devnet: bitcoin regtest {self.desc['chains']['btc']['rpc_url']}, "
             f"EVM {self.desc['chains']['eth']['rpc_url']}, ledger {self.desc['ledger']['url']}"
         )
+        timing = self.desc.get("timing", {})
+        self.console.print(
+            "devnet timing: "
+            + ", ".join(f"{k} {v}" for k, v in timing.items())
+            + f", ledger attest_grace {_ledger_params(self).get('attest_grace')} s"
+        )
+        self._bond_makers()
+        _phase("makers' bonds deposited")
         for n in NAMES:
             self._configure(n)
-            self._spawn(n)
+            env = dict(self.env, KOFO_CRASH_AT=CRASH_AT) if n == CRASHING else None
+            self._spawn(n, env)
         for n in NAMES:
             self._wait_up(n)
+        _phase("6 nodes serving")
         self.console.print(f"6 nodes serving [{time.monotonic() - _T0[0]:.0f} s]")
+
+    def w3(self) -> Any:
+        from web3 import Web3
+
+        url = self.desc["chains"]["eth"]["rpc_url"]
+        return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
+
+    def vault(self) -> Any:
+        from web3 import Web3
+
+        from kofo.settlement.chains.ethereum.contract import load_artifact
+
+        address = Web3.to_checksum_address(self.desc["bond"]["vault"])
+        return self.w3().eth.contract(address=address, abi=load_artifact("BondVault").abi)
+
+    def _bond_makers(self) -> None:
+        """Each maker's bond in the vault under its node id, before its node starts (as the
+        node's own ``[bond] amount`` does at start: ``ensure_bond`` sends nothing when the
+        vault already holds it)."""
+        from kofo.node.bonds import ensure_bond
+
+        w3 = self.w3()
+        for n in ("maker_a", "maker_b"):
+            ensure_bond(
+                home=self.homes[n],
+                w3=w3,
+                account=self.accounts[n],
+                vault=self.desc["bond"]["vault"],
+                node_id=self.node_ids[n],
+                amount=BOND,
+            )
+        self.console.print(f"bonds: maker_a and maker_b each lock {_amount('eth', BOND)}")
 
     def _configure(self, n: str) -> None:
         """The node's config.toml for this devnet (as ``kofo init --devnet --force`` writes it,
@@ -187,17 +430,21 @@ class Network:
 
         home = self.homes[n]
         path = home / "config.toml"
+        bond = dict(self.desc["bond"], amount=BOND if n.startswith("maker") else 0)
         text = render_config(
             name=n,
             ledger_url=self.desc["ledger"]["url"],
             chains=self.desc["chains"],
+            bond=bond,
+            timing=self.desc.get("timing"),
             p2p_listen=f"127.0.0.1:{self.p2p[n]}",
             api_bind=f"127.0.0.1:{_free_port()}",
         )
         peers = ", ".join(f'"127.0.0.1:{self.p2p[p]}"' for p in LINKS.get(n, ()))
         text = text.replace("bootstrap = []", f"bootstrap = [{peers}]")
         text = text.replace("discover = true ", "discover = false")
-        text = text.replace('log_level = "info"', 'log_level = "warning"')
+        level = os.environ.get("KOFO_DEMO_LOG_LEVEL", "warning")
+        text = text.replace('log_level = "info"', f"log_level = {json.dumps(level)}")
         price = {"maker_a": PRICE_A, "maker_b": PRICE_B}.get(n)
         if price is not None:
             text += (
@@ -211,8 +458,13 @@ class Network:
 
     def _spawn(self, n: str, env: dict[str, str] | None = None) -> None:
         log = self.root / f"{n}.log"
+        args = ["node", "--home", str(self.homes[n])]
+        if self.zygote is not None:
+            pid = self.zygote.spawn(args, env or self.env, log)
+            self.nodes[n] = Proc(n, Forked(self.zygote, pid), log)
+            return
         popen = subprocess.Popen(
-            _kofo("node", "--home", str(self.homes[n])),
+            _kofo(*args),
             stdout=subprocess.DEVNULL,
             stderr=log.open("ab"),
             env=env or self.env,
@@ -322,6 +574,8 @@ class Network:
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait(timeout=10)
+        if self.zygote is not None:
+            self.zygote.close()
 
 
 def _sats(value: Any) -> int:
@@ -351,11 +605,11 @@ def _balances(net: Network) -> dict[str, dict[str, int]]:
     return out
 
 
-def _settled_balances(net: Network) -> dict[str, dict[str, int]]:
+def _settled_balances(net: Network, names: tuple[str, ...] = NAMES) -> dict[str, dict[str, int]]:
     """Balances once every node holds nothing reserved (its wallet view is refreshed)."""
 
     def calm() -> dict[str, dict[str, int]] | None:
-        views = {n: net.client(n).balances() for n in NAMES}
+        views = {n: net.client(n).balances() for n in names}
         if any(b.reserved for v in views.values() for b in v):
             return None
         return {n: {b.asset: b.available for b in v} for n, v in views.items()}
@@ -370,6 +624,8 @@ def run_demo(console: Console, workdir: Path | None = None) -> DemoResult:
     """Run the network demo; ``result.ok`` tells whether every check held."""
     started = time.monotonic()
     _T0[0] = started
+    _PHASES.clear()
+    console.print(f"start: {_load()}")
     root = Path(tempfile.mkdtemp(prefix="kofo-demo-", dir=workdir))
     result = DemoResult()
     net = Network(root, console)
@@ -385,9 +641,14 @@ def run_demo(console: Console, workdir: Path | None = None) -> DemoResult:
     finally:
         closing = time.monotonic()
         net.close()
+        _phase("network stopped")
         console.print(f"network stopped in {time.monotonic() - closing:.1f} s")
+        _phase_table(console)
         result.seconds = time.monotonic() - started
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("KOFO_DEMO_KEEP"):
+            console.print(f"kept the network's homes and logs in {root} (KOFO_DEMO_KEEP)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     bad = [c for c in result.checks if not c.ok]
     for c in bad:
         console.print(f"[red]check failed[/]: {c.what} {c.detail}")
@@ -397,6 +658,26 @@ def run_demo(console: Console, workdir: Path | None = None) -> DemoResult:
 
 
 _T0 = [time.monotonic()]
+_PHASES: list[tuple[str, float]] = []
+"""(what, seconds since the start) at the end of each phase of the demo (printed at its end)."""
+
+
+def _phase(what: str) -> None:
+    _PHASES.append((what, time.monotonic() - _T0[0]))
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def _phase_table(console: Console) -> None:
+    _rule(console, "where the time went")
+    last = 0.0
+    for what, at in _PHASES:
+        console.print(f"  {what:<46} {at - last:6.1f} s  (at {at:5.1f} s)")
+        last = at
+    console.print(f"  {_load()}")
 
 
 def _rule(console: Console, title: str) -> None:
@@ -416,7 +697,11 @@ def _demo(net: Network, console: Console, result: DemoResult) -> None:
         console.print(f"  {n:<8} node {net.ids[n][:16]}  p2p 127.0.0.1:{net.p2p[n]}")
     _topology(net, console, result)
     _spreading(net, console, result)
+    _phase("links, offers spread, registrations")
     _trade(net, console, result)
+    _phase("trade 1 (routed, redeemed, fees, balances)")
+    _trade2(net, console, result)
+    _phase("trade 2 (maker killed, evidence, slash, refund)")
 
 
 def _topology(net: Network, console: Console, result: DemoResult) -> None:
@@ -427,11 +712,21 @@ def _topology(net: Network, console: Console, result: DemoResult) -> None:
             want[b].add(a)
     by_id = {v: k for k, v in net.ids.items()}
 
+    last: dict[str, set[str]] = {}
+
     def linked() -> dict[str, set[str]] | None:
         got = {n: {by_id.get(p.node_id, "?") for p in net.client(n).peers()} for n in NAMES}
+        last.update(got)
         return got if got == want else None
 
-    got = _until(linked, "the topology's links")
+    try:
+        got = _until(linked, "the topology's links")
+    except DemoFailed:
+        diff = {
+            n: (sorted(want[n] - last.get(n, set())), sorted(last.get(n, set()) - want[n]))
+            for n in NAMES
+        }
+        raise DemoFailed(f"the links never became the topology: (missing, extra) {diff}") from None
     console.print("links: " + ", ".join(f"{a}-{b}" for a, bs in LINKS.items() for b in bs))
     _check(result, console, "the links are exactly the topology", got == want)
 
@@ -469,13 +764,23 @@ def _trade(net: Network, console: Console, result: DemoResult) -> None:
     taker = net.client("taker")
     before = _settled_balances(net)
     _rule(console, "trade 1: the taker sells 0.01 BTC for ETH")
-    quotes = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth")
+
+    def both() -> list[Any] | None:
+        qs = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth", window_s=QUOTE_WINDOW_S)
+        return qs if len(qs) >= 2 else None
+
+    try:
+        quotes = _until(both, "a quote from each maker", timeout=60.0)
+    except DemoFailed:
+        quotes = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth", window_s=QUOTE_WINDOW_S)
     for q in sorted(quotes, key=lambda q: -q.receive):
         console.print(f"  quote: {_amount('eth', q.receive)} for 0.01 BTC over {q.hops} hops")
     _check(result, console, "two quotes (one per maker)", len(quotes) >= 2, str(len(quotes)))
     best = max(q.receive for q in quotes) if quotes else 0
     seqs = {n: net.client(n).last_event_seq() for n in FOLLOWED}
-    view = taker.create_trade(sell="btc", amount=SELL_SATS, buy="eth", min_receive=best)
+    view = taker.create_trade(
+        sell="btc", amount=SELL_SATS, buy="eth", min_receive=best, window_s=QUOTE_WINDOW_S
+    )
     console.print(f"  trade {view.trade_id[:16]} created (state {view.state})")
     seen: set[str] = set()
     done = _follow(net, view.trade_id, seqs, console, seen)
@@ -721,11 +1026,13 @@ def _balance_table(
         _check(result, console, f"{n}'s wallet did not move", after[n] == before[n])
 
 
-def _swap_fees(net: Network, oid: str) -> dict[str, dict[str, int]]:
+def _swap_fees(
+    net: Network, oid: str, names: tuple[str, ...] = ("taker", "maker_a")
+) -> dict[str, dict[str, int]]:
     """Each party's chain fees for the order's swap: the transactions its event stream says it
     sent (lock, redeem, refund, fee bumps), those that confirmed, priced by the chain."""
     out: dict[str, dict[str, int]] = {}
-    for n in ("taker", "maker_a"):
+    for n in names:
         client = net.client(n)
         swap = client.swap(oid)
         first = 0 if swap.role == "initiator" else 1
@@ -751,3 +1058,264 @@ def _swap_fees(net: Network, oid: str) -> dict[str, dict[str, int]]:
                 fees[chain] = fees.get(chain, 0) + paid
         out[n] = fees
     return out
+
+
+# -- trade 2: the chosen maker killed after the commit --------------------------------------------
+
+WAIT2 = 240.0
+"""Bound of the second trade, commit to refund (the devnet timing's evidence comes ~35 s after
+the order's time; the refund once the taker's leg expires)."""
+
+
+def _ledger_node(net: Network, n: str) -> dict[str, Any]:
+    """The ledger's record of node ``n`` (bond, slash, importance), from its public RPC."""
+    from kofo.wire.codec import decode, encode
+
+    return dict(decode(net.ledger().abci_query("/node", encode(net.node_ids[n]))))
+
+
+def _throwaway_regtest_address() -> str:
+    """A P2WPKH address nobody holds the key of: blocks mined on demand pay it."""
+    from bitcointx.wallet import P2WPKHBitcoinRegtestAddress
+
+    return str(P2WPKHBitcoinRegtestAddress.from_bytes(os.urandom(20)))
+
+
+def _trade2(net: Network, console: Console, result: DemoResult) -> None:
+    from kofo.sdk import TERMINAL_TRADE_STATES
+
+    _rule(console, f"trade 2: {CRASHING} is chosen and killed after the order commits")
+    taker = net.client("taker")
+    params = _ledger_params(net)
+
+    def bonded() -> dict[str, Any] | None:
+        rec = _ledger_node(net, CRASHING)
+        return rec if int(rec.get("bond_locked", 0)) == BOND else None
+
+    before = _until(bonded, f"{CRASHING}'s bond attested on the ledger")
+    console.print(
+        f"  {CRASHING} on the ledger: bond {_amount('eth', BOND)} (attested from the vault), "
+        f"importance {before['importance']}, penalties {before.get('penalty_points', 0)}"
+    )
+    vault = net.vault()
+    w3 = net.w3()
+    foundation = w3.to_checksum_address(params["slash_recipient"])
+    foundation_before = int(w3.eth.get_balance(foundation))
+    maker_eth = net.accounts[CRASHING].address
+    maker_eth_before = int(w3.eth.get_balance(maker_eth))
+    balances_before = {"taker": _settled_balances(net)["taker"]}
+    maker_a = net.client("maker_a")
+    for o in maker_a.offers(own=True):
+        maker_a.withdraw_offer(o.offer_id)
+    console.print(f"  maker_a withdraws its offer: the quote left is {CRASHING}'s")
+
+    def one_quote() -> list[Any] | None:
+        qs = taker.quotes(sell="btc", amount=SELL_SATS, buy="eth", window_s=QUOTE_WINDOW_S)
+        return qs if len(qs) == 1 else None
+
+    quotes = _until(one_quote, f"one quote (from {CRASHING} only)")
+    q = quotes[0]
+    console.print(f"  quote: {_amount('eth', q.receive)} for 0.01 BTC over {q.hops} hops")
+    seq = taker.last_event_seq()
+    view = taker.create_trade(
+        sell="btc", amount=SELL_SATS, buy="eth", min_receive=q.receive, window_s=QUOTE_WINDOW_S
+    )
+    console.print(f"  trade {view.trade_id[:16]} created (state {view.state})")
+    proc = net.nodes[CRASHING].popen
+    oid = ""
+    committed = killed = slashed = mined = False
+    evidence_height = 0
+    seen: set[str] = set()
+    t0 = time.monotonic()
+    deadline = t0 + WAIT2
+    ended: Any = None
+    while ended is None:
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"trade 2 did not end within {WAIT2:.0f} s")
+        for e in taker.events_page(after=seq, limit=200):
+            seq = e.seq
+            d = e.data
+            at = f"  t+{time.monotonic() - t0:4.1f} s"
+            if e.kind == "trade" and d.get("trade_id") == view.trade_id:
+                oid = d.get("order_id") or oid
+                phase = str(d.get("phase", ""))
+                seen.add(phase)
+                if phase != "swap":
+                    console.print(f"{at}  {_describe(d)}")
+                if phase == "committed":
+                    committed = True
+                if phase == "evidence_committed":
+                    evidence_height = int(d.get("height", 0))
+            elif e.kind == "swap" and oid and d.get("swap_id") == oid:
+                state = str(d.get("state", ""))
+                seen.add(f"taker {state}")
+                console.print(f"{at}  taker    {state:<16}" + _txid_note(d))
+        if committed and not killed and proc.poll() is not None:
+            killed = True
+            console.print(
+                f"  {CRASHING} SIGKILLed (its fault point {CRASH_AT}): exit {proc.returncode}, "
+                "after the order committed; its lock never leaves"
+            )
+        if evidence_height and not slashed:
+            slashed = True
+            _slash(net, console, result, before, params, evidence_height)
+            _relay(net, console, result, vault, foundation, foundation_before, params)
+        if slashed and not mined and oid:
+            mined = True
+            _fast_forward(net, console, oid)
+        v = taker.trade(view.trade_id)
+        if v.state in TERMINAL_TRADE_STATES:
+            ended = v
+        time.sleep(0.2)
+    _check(
+        result,
+        console,
+        f"{CRASHING} was killed (SIGKILL) after the commit",
+        killed and proc.returncode == -signal.SIGKILL,
+        f"exit {proc.returncode}",
+    )
+    _check(result, console, "the taker locked its BTC", "taker lock_sent" in seen, str(seen))
+    _check(
+        result,
+        console,
+        "the taker filed leg_not_locked evidence and the ledger committed it",
+        evidence_height > 0,
+        str(sorted(seen)),
+    )
+    _check(result, console, "the taker's trade refunded", ended.state == "refunded", ended.error)
+    if ended.state != "refunded" or not oid:
+        return
+
+    def outcome() -> Any:
+        o = taker.ledger_order(oid)
+        return o if o.outcomes.get("0") == "refunded" else None
+
+    order = _until(outcome, "the taker's refund on the ledger")
+    console.print(f"  ledger: order {order.status}, outcomes {order.outcomes}")
+    _check(
+        result,
+        console,
+        "the ledger shows the taker's leg refunded, the maker's never locked",
+        order.outcomes.get("0") == "refunded" and order.outcomes.get("1") in (None, "", "absent"),
+        str(order.outcomes),
+    )
+    # value: the taker is back to its BTC less the two chain fees; maker_b's ETH never moved
+    after = _settled_balances(net, ("taker",))["taker"]
+    fees = _swap_fees(net, oid, ("taker",))["taker"]
+    change = after.get("btc", 0) - balances_before["taker"].get("btc", 0)
+    console.print(
+        f"  taker: BTC {change:+,} sat (its lock and refund fees: {fees.get('btc', 0)} sat), "
+        f"ETH {after.get('eth', 0) - balances_before['taker'].get('eth', 0):+,} wei"
+    )
+    _check(
+        result,
+        console,
+        "the taker got its BTC back, less exactly its chain fees",
+        change == -fees.get("btc", 0) and after.get("eth") == balances_before["taker"].get("eth"),
+        f"{change} vs -{fees.get('btc', 0)}",
+    )
+    _check(
+        result,
+        console,
+        f"{CRASHING}'s ETH never left its wallet",
+        int(w3.eth.get_balance(maker_eth)) == maker_eth_before,
+    )
+
+
+def _txid_note(d: dict[str, Any]) -> str:
+    txid = str(d.get("txid") or "")
+    return f" btc tx {_norm(txid)[:16]}..." if txid else ""
+
+
+def _slash(
+    net: Network,
+    console: Console,
+    result: DemoResult,
+    before: dict[str, Any],
+    params: dict[str, Any],
+    height: int,
+) -> None:
+    rec = _ledger_node(net, CRASHING)
+    slash = BOND * int(params.get("slash_bps_not_locked", 0)) // 10_000
+    console.print(
+        f"  ledger at height {height}: {CRASHING} slashed {_amount('eth', int(rec['slashed']))} "
+        f"({params.get('slash_bps_not_locked')} bps of its bond), importance "
+        f"{before['importance']} -> {rec['importance']}, penalties "
+        f"{before.get('penalty_points', 0)} -> {rec.get('penalty_points', 0)}"
+    )
+    _check(
+        result,
+        console,
+        f"the ledger slashed {CRASHING}'s bond",
+        int(rec.get("slashed", 0)) - int(before.get("slashed", 0)) == slash > 0,
+        str(rec.get("slashed")),
+    )
+    points = int(params.get("penalty_points_not_locked", 0))
+    _check(
+        result,
+        console,
+        f"{CRASHING} got the penalty points for a leg not locked",
+        int(rec.get("penalty_points", 0)) - int(before.get("penalty_points", 0)) == points > 0,
+        str(rec.get("penalty_points")),
+    )
+    _check(
+        result,
+        console,
+        f"{CRASHING}'s importance fell",
+        int(rec["importance"]) < int(before["importance"]),
+        f"{before['importance']} -> {rec['importance']}",
+    )
+
+
+def _relay(
+    net: Network,
+    console: Console,
+    result: DemoResult,
+    vault: Any,
+    foundation: str,
+    foundation_before: int,
+    params: dict[str, Any],
+) -> None:
+    """Anyone may carry the validators' signed decision to the vault: relay3's account does."""
+    from kofo.node.bonds import relay_decisions
+
+    slash = BOND * int(params.get("slash_bps_not_locked", 0)) // 10_000
+    sent, _next = relay_decisions(
+        validators=[net.ledger()], w3=net.w3(), account=net.accounts["relay3"], vault=vault.address
+    )
+    for r in sent:
+        console.print(
+            f"  vault: relay3 relays the validators' {r.kind} of {_amount('eth', r.amount)}"
+        )
+    left = int(vault.functions.bonds(net.node_ids[CRASHING]).call())
+    paid = int(net.w3().eth.get_balance(foundation)) - foundation_before
+    console.print(
+        f"  vault: {CRASHING}'s bond {_amount('eth', left)}, "
+        f"the foundation received {_amount('eth', paid)}"
+    )
+    _check(
+        result,
+        console,
+        "the bond vault executed the slash (bond down, foundation paid)",
+        [(r.kind, r.amount) for r in sent] == [("slash", slash)]
+        and left == BOND - slash
+        and paid == slash,
+        f"{[(r.kind, r.amount) for r in sent]}, bond {left}, paid {paid}",
+    )
+
+
+def _fast_forward(net: Network, console: Console, oid: str) -> None:
+    """The taker's refund waits for its leg's expiry height T_A; the devnet's regtest chain
+    mines on demand, so the demo mines the blocks up to it now (on a real chain: a wait)."""
+    swap = net.client("taker").swap(oid)
+    expiry = swap.legs[0].expiry
+    if expiry.get("unit") != "height":
+        return
+    tip = int(net.btc_rpc("getblockcount"))
+    n = int(expiry["value"]) - tip
+    if n > 0:
+        net.btc_rpc("generatetoaddress", n, _throwaway_regtest_address())
+        console.print(
+            f"  regtest: {n} blocks mined on demand to the taker's refund height "
+            f"{expiry['value']} (about {n} s at the devnet's block a second)"
+        )

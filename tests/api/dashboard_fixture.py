@@ -5,8 +5,14 @@
 moves forward one step each time the test calls :meth:`FixtureNode.advance` (from the test's
 thread, like the daemon's swap engine publishing from its workers). ``fixture_app`` serves it
 with the routes, the bearer token, problem+json errors and the WebSocket the dashboard uses;
-it mounts the real dashboard. It is a test double for the page, not the node's API
-(``kofo.node.api``), which replaces it once both land.
+it mounts the real dashboard.
+
+The browser test's main case runs over the real daemon (``tests/api/daemon_net.py``); this
+double stays only for what a live devnet does not produce on demand: a swap held at each
+intermediate step, yesterday's refunded swap, a journal-only swap, fee shares beyond 2^53,
+evidence, a peer named with markup, a node whose ledger does not answer, a trade still open
+when the user cancels it, a node serving one item a page; and, through ``fixture_app`` only,
+a WebSocket the node drops or refuses when told to.
 """
 
 from __future__ import annotations

@@ -139,14 +139,16 @@ class MemService:
         book = await self.book(request.sell, request.buy)
         out = []
         for o in book.offers:
-            if o.spec.min_in <= request.amount <= o.spec.max_in:
-                receive = request.amount * o.spec.price_num // o.spec.price_den - o.spec.fee
+            if o.spec.min_in <= request.amount:
+                # like the daemon's exchange: a maker short of the amount fills a part of it
+                n = min(request.amount, o.spec.max_in)
+                receive = n * o.spec.price_num // o.spec.price_den - o.spec.fee
                 if receive >= request.min_receive:
                     out.append(
                         QuoteView(
                             self._id(),
                             request.sell,
-                            request.amount,
+                            n,
                             request.buy,
                             receive,
                             1,

@@ -187,6 +187,18 @@ def test_trade_without_a_floor_and_without_quotes_says_so_and_starts_nothing(
     assert not served.service.trades_by_id
 
 
+def test_trade_without_a_floor_takes_none_from_a_quote_for_part_of_the_amount(
+    served: Served, home: Path
+) -> None:
+    # A maker good for 0.1 BTC quotes 1.5 ETH for 0.1 of the 1 BTC asked: that quote less the
+    # slippage as the floor of the whole 1 BTC would let any maker take it all for ~1.5 ETH.
+    served.service.add_foreign_offer(OfferSpec("btc", "eth", 150_000_000_000, 1, 1, 10**7))
+    code, _, err = run("trade", "--sell", "BTC:1", "--buy", "ETH", "--home", str(home))
+    assert code == 1, err
+    assert "no_quote" in err and "fill only 0.1 BTC of 1 BTC" in err and "--min-receive" in err
+    assert not served.service.trades_by_id
+
+
 def test_trade_no_wait_json(served: Served, home: Path) -> None:
     code, out, _ = run(
         "trade",

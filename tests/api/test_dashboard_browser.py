@@ -1,10 +1,14 @@
 """The dashboard in a real browser: Debian's chromium, driven by Selenium through chromedriver.
 
-The page is served by a FastAPI app on 127.0.0.1 (the real ``kofo.node.dashboard.mount`` and
-a minimal /v1 surface over an in-memory node, ``tests/api/dashboard_fixture.py``). The test
-opens every view, places a trade from the form, and watches the swap timeline reach
-"redeemed" on both legs as the node's events arrive on the WebSocket. Screenshots of each
-view, desktop (1280x800) and phone (390x844), light and dark, go to ``tests/artifacts/``.
+The main test runs over the real thing: the embedded devnet and three real daemons (taker ->
+relay -> maker, ``tests/api/daemon_net.py``, one network for the module), the taker's own
+``kofo.node.api`` app and dashboard on 127.0.0.1. It opens every view, places a trade from the
+form, and watches the swap timeline reach "redeemed" on both legs as the node's events arrive
+on the WebSocket. Screenshots of each view, desktop (1280x800) and phone (390x844), light and
+dark, go to ``tests/artifacts/`` (``double-*`` for those of the double).
+
+The double (``tests/api/dashboard_fixture.py``) stays only for what a live devnet does not
+produce on demand; each such test says why.
 
 Install the browser with ``scripts/install-nodes.sh chromium``; without it the test skips
 (and fails in CI, like every real-binary test).
@@ -12,7 +16,7 @@ Install the browser with ``scripts/install-nodes.sh chromium``; without it the t
 
 from __future__ import annotations
 
-import importlib.util
+import asyncio
 import os
 import socket
 import threading
@@ -30,6 +34,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 TOKEN = "7f" * 32
 READONLY_TOKEN = "3c" * 32
 WAIT = 30  # seconds any one thing may take to show up in the page (a bound, not a goal)
+TRADE_WAIT = 240  # seconds a real routed trade may take to commit, or to settle (a bound)
 
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     reason = "chromium/chromedriver not installed (scripts/install-nodes.sh chromium)"
@@ -48,6 +53,8 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
+from kofo.node.service import OfferSpec  # noqa: E402
+from tests.api.daemon_net import DaemonNet  # noqa: E402
 from tests.api.dashboard_fixture import (  # noqa: E402
     BTC,
     ETH,
@@ -60,7 +67,7 @@ from tests.api.dashboard_fixture import (  # noqa: E402
     hexid,
 )
 
-pytestmark = [pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(600)]
 
 
 class _Server:
@@ -89,25 +96,28 @@ class _Server:
         self.sock.close()
 
 
-# The page against the test's minimal /v1 app and, where the node's API is in the tree, against
-# kofo.node.api itself over the same in-memory node: what the dashboard relies on, the API serves.
-APPS = ["fixture"] + (["api"] if importlib.util.find_spec("kofo.node.api") else [])
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonNet]:
+    """The real daemons on the embedded devnet, the taker's real API app on 127.0.0.1: one
+    network for the module (it takes most of its time)."""
+    with DaemonNet(tmp_path_factory.mktemp("daemons")) as n:
+        yield n
 
 
-@pytest.fixture(params=APPS)
-def app(request: pytest.FixtureRequest, node: FixtureNode) -> Any:
-    if request.param == "api":
-        from kofo.node.api import create_app
-
-        return create_app(node, token=TOKEN, readonly_token=READONLY_TOKEN)
-    return fixture_app(node, TOKEN, READONLY_TOKEN)
-
-
+# The double (tests/api/dashboard_fixture.py), served by the real kofo.node.api app where the
+# test needs no knob of the double's own app: only for what a live devnet does not produce.
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[FixtureNode]:
     n = FixtureNode(tmp_path)
     yield n
     n.log.close()
+
+
+@pytest.fixture
+def app(node: FixtureNode) -> Any:
+    from kofo.node.api import create_app
+
+    return create_app(node, token=TOKEN, readonly_token=READONLY_TOKEN)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -143,11 +153,11 @@ def browser() -> Iterator[Any]:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def wait_for(driver: Any, what: str, predicate: Any) -> Any:
+def wait_for(driver: Any, what: str, predicate: Any, wait: float = WAIT) -> Any:
     try:
         # the page re-renders live: an element read while replaced is read again next poll
         return WebDriverWait(
-            driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+            driver, wait, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
         ).until(lambda d: predicate(d))
     except TimeoutException:
         shot(driver, f"FAILED-{what}")
@@ -234,7 +244,183 @@ def severe_console_errors(driver: Any) -> list[str]:
 # -- the tests -------------------------------------------------------------------------------
 
 
-def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browser, server, node):
+def test_the_dashboard_trades_on_a_real_daemon_and_follows_the_swap_to_redeemed(browser, net):
+    """The real thing: the taker daemon's own API app and dashboard, its trade routed through
+    the relay to the maker on the embedded devnet's chains and ledger."""
+    d = browser
+    info = net.run(net.taker.info())
+    # the wallet's own addresses (not the per-order HTLC key) and block heights (not the
+    # Ethereum leg's time clock)
+    assert info.addresses["btc"].startswith("bcrt1") and info.addresses["eth"].startswith("0x")
+    heights = {c.chain: c.height for c in info.chains}
+    eth_tip = net.run(asyncio.to_thread(net.taker.chains.adapters["eth"].tip))
+    assert heights["eth"] is not None and 0 < heights["eth"] <= eth_tip.height, heights
+    relay_id = net.nodes["relay"].node_id.hex()
+    viewport(d, 1280, 800, mobile=False)
+
+    # The CLI's link: / redirects to the page, the token rides in the fragment and is then
+    # removed from the address bar.
+    d.get(f"{net.url}/#token={net.token}")
+    wait_for(d, "the node's name", lambda d: text(d, "#node-name") == "taker")
+    assert net.token not in d.current_url
+    assert d.current_url.startswith(f"{net.url}/dashboard/")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+
+    # Node: identity and addresses whole, balances per asset, the ledger's height.
+    go(d, "node", "dl.facts")
+    wanted = (info.node_id, *info.addresses.values(), "BTC", "ETH")
+    wait_for(d, "identity and balances", lambda d: all(w in text(d, "#view-node") for w in wanted))
+    assert "unreachable" not in text(d, "#view-node")
+    shot(d, "desktop-node")
+
+    # Order book: the maker's offer (1 ETH per BTC) as heard over the relay, and its depth.
+    go(d, "book", "canvas#depth")
+    wait_for(
+        d, "the maker's offer", lambda d: d.find_elements(By.CSS_SELECTOR, "#view-book tbody tr")
+    )
+    assert "1" in text(d, ".book-summary strong")
+    painted = d.execute_script(
+        "const c = document.getElementById('depth');"
+        "const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;"
+    )
+    assert painted > 5_000, f"the depth chart drew only {painted} pixels"
+    shot(d, "desktop-book")
+
+    # Trade: too many decimals is refused in the form; more than the balance by the node.
+    go(d, "trade", "#trade-form")
+    Select(d.find_element(By.ID, "trade-sell")).select_by_value(BTC)
+    Select(d.find_element(By.ID, "trade-buy")).select_by_value(ETH)
+    amount = d.find_element(By.ID, "trade-amount")
+    amount.send_keys("0.123456789")
+    wait_for(
+        d, "the precision error", lambda d: "at most 8 decimal places" in text(d, ".form-error")
+    )
+    amount.clear()
+    amount.send_keys("5000")
+    wait_for(d, "the balance error", lambda d: "available" in text(d, ".form-error"))
+    assert "You pay: more than the 50 BTC available" in text(d, ".form-error")
+    # 1 BTC: the maker takes at most 0.1 BTC. The quote says it fills only part, priced on
+    # what it fills; an empty floor is not taken from it (1 % less than a part's price would
+    # floor the whole amount at nothing).
+    amount.clear()
+    amount.send_keys("1")
+    wait_for(d, "the partial quote", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    assert "for 0.1 BTC (only part of the 1 BTC asked)" in text(d, "#chosen-quote")
+    assert "ETH per BTC" in text(d, "#chosen-quote")
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
+    place.click()
+    wait_for(d, "the floor refused", lambda d: "fills only 0.1 BTC of" in text(d, ".form-error"))
+    assert "/trade/" not in d.current_url
+    shot(d, "desktop-trade-partial")
+    # 0.01 BTC: live quotes from the network, the chosen route (via the relay), then the trade.
+    amount.clear()
+    amount.send_keys("0.01")
+    wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    assert " ETH" in text(d, "#chosen-quote")
+    assert "hop" in text(d, "#chosen-hops")
+    shot(d, "desktop-trade-quotes")
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
+    marker = d.execute_script("window.__same_page = 1; return 1;")
+    place.click()
+    wait_for(d, "the new trade", lambda d: "/trade/" in d.current_url)
+    trade_id = d.current_url.rsplit("/trade/", 1)[1].split("&")[0]
+    wait_for(
+        d,
+        "the order committed",
+        lambda d: "committed at ledger height" in text(d, "#current-trade"),
+        wait=TRADE_WAIT,
+    )
+    trade = net.run(net.taker.trade(trade_id))
+    assert trade.order_id, trade
+
+    # The swap's timeline, live from the event stream, to both legs redeemed.
+    # (the engine starts the swap a moment after the commit: the card appears live)
+    d.find_element(By.CSS_SELECTOR, '#tabs a[data-view="swaps"]').click()
+    card = f"#swap-{trade.order_id}"
+    wait_for(
+        d, "the swap's card", lambda d: d.find_elements(By.CSS_SELECTOR, card), wait=TRADE_WAIT
+    )
+    d.execute_script(
+        "document.querySelector(arguments[0]).click()", f"{card} details.history summary"
+    )
+
+    def redeemed(d: Any) -> bool:
+        ended = d.find_element(By.CSS_SELECTOR, card).get_attribute("data-swap-state")
+        if ended in ("rejected", "aborted", "refunded", "lost"):  # fail now, saying why
+            raise AssertionError(f"the swap ended {ended}: {text(d, f'{card} details.history')}")
+        return leg_states(d, trade.order_id) == ["redeemed", "redeemed"]
+
+    wait_for(d, "both legs redeemed", redeemed, wait=TRADE_WAIT)
+    wait_for(
+        d,
+        "the swap redeemed",
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, card).get_attribute("data-swap-state") == "redeemed"
+        ),
+    )
+    assert d.execute_script("return window.__same_page") == marker, "the page was reloaded"
+    swap = net.run(net.taker.swap(trade.order_id))
+    card_text = text(d, card)
+    txids = [t for leg in swap.legs for t in (leg.lock_txid, leg.spend_txid) if t]
+    assert txids and all(t in card_text for t in txids), "every txid shown whole"
+    assert len(txids) == 4, "both legs' locks and redeems, read from their chains"
+    assert "you pay" in card_text and "you receive" in card_text
+    shot(d, "desktop-swaps")
+    go(d, "trade", "#trade-form")
+    wait_for(d, "the trade redeemed", lambda d: "redeemed" in text(d, "#trades").lower())
+    shot(d, "desktop-trade")
+
+    # Ledger: the committed order; peers: the relay, our only link.
+    go(d, "ledger", "#view-ledger table")
+    wait_for(d, "the order in the ledger", lambda d: trade.order_id in text(d, "#view-ledger"))
+    shot(d, "desktop-ledger")
+    go(d, "peers", "#view-peers table")
+    wait_for(d, "the relay", lambda d: relay_id in text(d, "#view-peers"))
+    shot(d, "desktop-peers")
+
+    # Nothing came from anywhere but the node, and the page logged no error.
+    foreign = d.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => !n.startsWith(location.origin) && !n.startsWith('ws://' + location.host))"
+    )
+    assert foreign == []
+    assert severe_console_errors(d) == []
+
+    # Phone width (390x844), light and dark: every view fits without sideways scrolling.
+    for dark in (False, True):
+        viewport(d, 390, 844, mobile=True, dark=dark)
+        for view, ready in VIEWS:
+            go(d, view, ready)
+            time.sleep(0.2)  # let the depth chart redraw at the new size before the picture
+            assert no_horizontal_overflow(d), f"{view} scrolls sideways at phone width"
+            shot(d, f"phone-{'dark' if dark else 'light'}-{view}")
+    viewport(d, 1280, 800, mobile=False, dark=True)
+    for view, ready in (("book", "canvas#depth"), ("swaps", "article.swap")):
+        go(d, view, ready)
+        time.sleep(0.2)
+        shot(d, f"desktop-dark-{view}")
+    assert severe_console_errors(d) == []
+
+
+VIEWS = (
+    ("node", "dl.facts"),
+    ("book", "canvas#depth"),
+    ("trade", "#trade-form"),
+    ("swaps", "article.swap"),
+    ("ledger", "#view-ledger table"),
+    ("peers", "#view-peers table"),
+)
+
+
+def test_each_step_of_a_swap_and_what_a_devnet_never_shows_render_live(browser, server, node):
+    """Over the double (served by the real API app): a trade that moves one step each time the
+    test says, so every intermediate state (locked legs with their confirmations and deadline
+    countdowns) can be looked at; and what a fresh devnet does not produce: yesterday's refunded
+    swap, a swap known only from the engine's journal, fee shares beyond 2^53, evidence, a
+    peer whose name is markup."""
     d = browser
     base = f"http://127.0.0.1:{server.port}"
     viewport(d, 1280, 800, mobile=False)
@@ -251,7 +437,7 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     go(d, "node", "dl.facts")
     wanted = (ME, MY_BTC, "5.25", "1.2", "BTC")  # the node id and an address whole
     wait_for(d, "identity and balances", lambda d: all(w in text(d, "#view-node") for w in wanted))
-    shot(d, "desktop-node")
+    shot(d, "double-desktop-node")
 
     # Order book: both sides and a drawn depth chart.
     go(d, "book", "canvas#depth")
@@ -269,10 +455,10 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
         "let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) n++; return n;"
     )
     assert painted > 5_000, f"the depth chart drew only {painted} pixels"
-    shot(d, "desktop-book")
+    shot(d, "double-desktop-book")
     # the crosshair: price and depth under the pointer (left of the middle: the bid side)
     ActionChains(d).move_to_element_with_offset(d.find_element(By.ID, "depth"), -300, 0).perform()
-    shot(d, "desktop-book-hover")
+    shot(d, "double-desktop-book-hover")
 
     # Trade: an amount with too many decimals is refused in the form, naming the field.
     go(d, "trade", "#trade-form")
@@ -283,13 +469,11 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     wait_for(
         d, "the precision error", lambda d: "at most 8 decimal places" in text(d, ".form-error")
     )
-    # More than the balance: the node's problem+json detail is shown as it is.
+    # More than the balance: refused in the form, naming the field and the balance.
     amount.clear()
     amount.send_keys("7")
-    wait_for(
-        d, "the node's refusal", lambda d: "exceeds the 120000000 available" in text(d, "#quotes")
-    )
-    assert "insufficient_funds" in text(d, "#quotes")
+    wanted = "You pay: more than the 1.2 BTC available"
+    wait_for(d, "the balance error", lambda d: wanted in text(d, ".form-error"))
     # A good amount: live quotes, the chosen route, then the trade.
     amount.clear()
     amount.send_keys("0.01")
@@ -298,7 +482,7 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     assert "0.312345678901234567 ETH" in text(d, "#chosen-quote")
     assert text(d, "#chosen-hops") == "direct · 1 hop"
     assert "2" in text(d, "#quotes tbody"), "the two-hop route is listed too"
-    shot(d, "desktop-trade-quotes")
+    shot(d, "double-desktop-trade-quotes")
     place = d.find_element(By.ID, "place-trade")
     wait_for(d, "the trade button enabled", lambda d: place.is_enabled())
     place.click()
@@ -316,7 +500,7 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
         )
     assert "committed at ledger height 8813" in text(d, "#current-trade")
     assert "1 hop" in text(d, "#current-trade")
-    shot(d, "desktop-trade")
+    shot(d, "double-desktop-trade")
 
     assert node.advance() == "settling"
     go(d, "swaps", "article.swap")
@@ -344,7 +528,7 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
     d.execute_script(
         "document.querySelector(arguments[0]).click()", f"{card} details.history summary"
     )
-    shot(d, "desktop-swaps-locked")
+    shot(d, "double-desktop-swaps-locked")
     assert node.advance() == "redeem_counter"
     wait_for(d, "the counter leg redeemed", lambda d: leg_states(d, sid) == ["locked", "redeemed"])
     assert node.advance() == "done"
@@ -364,7 +548,7 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
         d.find_element(By.CSS_SELECTOR, f"{card} details.history").get_attribute("open") is not None
     ), "a fold the user opened stays open through live updates"
     assert "both buried" in text(d, f"{card} details.history")
-    shot(d, "desktop-swaps")
+    shot(d, "double-desktop-swaps")
 
     # Ledger: the committed order with its outcomes, fee shares (beyond 2^53: exact), ranking.
     go(d, "ledger", "#view-ledger table")
@@ -375,13 +559,13 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
         "late lock",  # the evidence
     )
     wait_for(d, "the ledger", lambda d: all(w in text(d, "#view-ledger").lower() for w in wanted))
-    shot(d, "desktop-ledger")
+    shot(d, "double-desktop-ledger")
 
     # Peers: a peer-chosen string is text, not markup.
     go(d, "peers", "#view-peers table")
     assert "<img src=x onerror=alert(1)>:9743" in text(d, "#view-peers")
     assert not d.find_elements(By.CSS_SELECTOR, "#view-peers img")
-    shot(d, "desktop-peers")
+    shot(d, "double-desktop-peers")
 
     # Nothing came from anywhere but the node, and the page logged no error.
     foreign = d.execute_script(
@@ -405,23 +589,23 @@ def test_the_dashboard_trades_and_follows_the_swap_live_in_a_real_browser(browse
             go(d, view, ready)
             time.sleep(0.2)  # let the depth chart redraw at the new size before the picture
             assert no_horizontal_overflow(d), f"{view} scrolls sideways at phone width"
-            shot(d, f"phone-{'dark' if dark else 'light'}-{view}")
+            shot(d, f"double-phone-{'dark' if dark else 'light'}-{view}")
     viewport(d, 1280, 800, mobile=False, dark=True)
     for view, ready in (("book", "canvas#depth"), ("swaps", "article.swap")):
         go(d, view, ready)
         time.sleep(0.2)
-        shot(d, f"desktop-dark-{view}")
+        shot(d, f"double-desktop-dark-{view}")
     assert severe_console_errors(d) == []
 
 
-def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser, server):
+def test_a_wrong_token_is_refused_with_the_nodes_reason_and_a_login_form(browser, net):
     d = browser
-    d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={'00' * 32}")
+    d.get(f"{net.url}/dashboard/#token={'00' * 32}")
     wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
     wait_for(d, "the refusal", lambda d: "wrong bearer token" in text(d, "#banner"))
-    d.find_element(By.ID, "token-input").send_keys(TOKEN)
+    d.find_element(By.ID, "token-input").send_keys(net.token)
     d.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    wait_for(d, "the node after login", lambda d: text(d, "#node-name") == "alice")
+    wait_for(d, "the node after login", lambda d: text(d, "#node-name") == "taker")
     assert not d.find_element(By.ID, "login").is_displayed()
 
 
@@ -431,7 +615,8 @@ def feed_ids(driver: Any) -> list[str]:
 
 
 def test_events_are_neither_lost_nor_repeated_across_a_dropped_socket_and_polling(browser, node):
-    # the fixture app: its WebSocket can be dropped (kick) and refused on demand
+    # the double's own app: its WebSocket can be dropped (kick) and refused on demand, which a
+    # real node's API does not do on request
     with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
         _drop_and_poll(browser, server, node)
 
@@ -467,23 +652,33 @@ def _drop_and_poll(browser: Any, server: _Server, node: FixtureNode) -> None:
     assert severe_console_errors(d) == []
 
 
-def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(browser, node, app):
+def test_the_page_rides_out_a_node_restart_and_gets_what_happened_meanwhile(browser, net):
+    """The daemon's API goes down and comes back on the same port while the daemon runs on;
+    an offer the node published meanwhile reaches the page once, from the event log."""
     d = browser
-    with _Server(app) as first:
-        port = first.port
-        d.get(f"http://127.0.0.1:{port}/#token={TOKEN}")
-        wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
-        go(d, "node", "dl.facts")
-    wait_for(d, "the node offline", lambda d: text(d, "#live") == "offline")
-    node.log.append("offer", {"offer_id": "o1", "state": "added"})  # while the API is down
-    with _Server(app, port=port):
-        wait_for(d, "the event from the downtime", lambda d: feed_ids(d) == ["o1"])
+    d.get(f"{net.url}/#token={net.token}")
+    wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+    go(d, "node", "dl.facts")
+    net.stop_api()
+    try:
+        wait_for(d, "the node offline", lambda d: text(d, "#live") == "offline")
+        spec = OfferSpec(BTC, ETH, 10**10, 1, 10_000, 20_000)  # published while the API is down
+        offer = net.run(net.taker.add_offer(spec))
+    finally:
+        net.start_api()
+    try:
+        wait_for(d, "the event from the downtime", lambda d: offer.offer_id in feed_ids(d))
+        assert feed_ids(d).count(offer.offer_id) == 1
         wait_for(d, "the stream back", lambda d: text(d, "#live") in ("live", "polling"))
         assert not d.find_element(By.ID, "banner").is_displayed()
-        assert "alice" in text(d, "#view-node")
+        assert "taker" in text(d, "#view-node")
+    finally:
+        net.run(net.taker.withdraw_offer(offer.offer_id))
 
 
 def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, server, node):
+    """Over the double: a ledger that stops answering and comes back on cue (the module's real
+    ledger serves every other test)."""
     d = browser
     node.info_fails = True
     d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
@@ -491,7 +686,7 @@ def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, se
     wait_for(d, "the node's reason", lambda d: wanted in text(d, "#banner"))
     wait_for(d, "the reason in the view", lambda d: "does not answer" in text(d, "#view-node"))
     wait_for(d, "the balances all the same", lambda d: "5.25" in text(d, "#view-node"))
-    shot(d, "desktop-node-unavailable")
+    shot(d, "double-desktop-node-unavailable")
     node.info_fails = False
     wait_for(d, "the node after recovery", lambda d: text(d, "#node-name") == "alice")
     wait_for(d, "the banner gone", lambda d: not d.find_element(By.ID, "banner").is_displayed())
@@ -499,6 +694,8 @@ def test_a_failing_node_is_explained_and_the_page_recovers_by_itself(browser, se
 
 
 def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, server, node):
+    """Over the double: a trade held before its commit (a real one commits within a second or
+    two, so a cancel from the page would race it)."""
     d = browser
     d.get(f"http://127.0.0.1:{server.port}/#token={TOKEN}")
     wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
@@ -522,6 +719,8 @@ def test_a_trade_cancelled_from_the_page_before_commit_frees_its_funds(browser, 
 
 
 def test_older_swaps_and_trades_page_in_on_demand(browser, node):
+    """Over the double's own app: a node serving one item a page (the real API pages by the
+    client's ``limit``; the page asks for 20 and 50)."""
     d = browser
     node.page_size = 1  # one swap per page: the two the node holds take two pages
     with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
@@ -573,10 +772,10 @@ def test_older_swaps_and_trades_page_in_on_demand(browser, node):
         wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-trades"))
 
 
-def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, server):
+def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, net):
     d = browser
-    d.get(f"http://127.0.0.1:{server.port}/#token={READONLY_TOKEN}")
-    wait_for(d, "the node", lambda d: text(d, "#node-name") == "alice")
+    d.get(f"{net.url}/#token={net.readonly_token}")
+    wait_for(d, "the node", lambda d: text(d, "#node-name") == "taker")
     wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
     go(d, "trade", "#trade-form")
     d.find_element(By.ID, "trade-amount").send_keys("0.01")
@@ -584,9 +783,9 @@ def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, serv
     assert not d.find_element(By.ID, "place-trade").is_enabled()
 
 
-def test_amounts_beyond_two_to_the_53_survive_parsing_formatting_and_sending(browser, server):
+def test_amounts_beyond_two_to_the_53_survive_parsing_formatting_and_sending(browser, net):
     d = browser
-    d.get(f"http://127.0.0.1:{server.port}/dashboard/")
+    d.get(f"{net.url}/dashboard/")
     wait_for(d, "the login form", lambda d: d.find_element(By.ID, "login").is_displayed())
     got = d.execute_async_script(
         """
@@ -639,8 +838,8 @@ def test_amounts_beyond_two_to_the_53_survive_parsing_formatting_and_sending(bro
     assert got["sent"] == '{"amount":1000000000000000000000000000001,"n":3,"s":"x"}'
 
 
-def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(server):
-    base = f"http://127.0.0.1:{server.port}"
+def test_the_dashboard_is_served_with_a_policy_that_forbids_anything_foreign(net):
+    base = net.url
     with urllib.request.urlopen(f"{base}/dashboard/") as r:
         csp = r.headers["content-security-policy"]
         body = r.read().decode()

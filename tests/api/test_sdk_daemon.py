@@ -8,6 +8,9 @@ tests.node.test_daemon harness); skipped until that branch is merged with this o
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from kofo.node.api import app_for_home, load_tokens
+from kofo.node.service import OfferSpec
 from kofo.sdk import TERMINAL_TRADE_STATES, AsyncClient
 
 harness = pytest.importorskip(
@@ -48,6 +52,7 @@ async def _main(tmp_path: Path) -> None:
             port = server.servers[0].sockets[0].getsockname()[1]
             await _sdk_trade(taker, f"http://127.0.0.1:{port}")
             await _cli_trade(taker.config.home, port)
+            await _readme(net, port)
         finally:
             server.should_exit = True
             await serving
@@ -128,3 +133,62 @@ async def _cli_trade(home: Path, port: int) -> None:
     for text in ("claim sent", "quote(s) in", "order committed at height", "both legs redeemed"):
         assert text in result.stdout, (text, result.stdout)
     assert "\nreceived " in result.stdout and " ETH" in result.stdout.rsplit("received", 1)[1]
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_blocks(lang: str) -> list[str]:
+    """The README's fenced ``lang`` blocks in its API section."""
+    text = README.read_text()
+    section = text.split("## Using a node: the API, the SDK, the dashboard", 1)[1].split("\n## ")[0]
+    return re.findall(rf"```{lang}\n(.*?)```", section, re.S)
+
+
+async def _readme(net: object, port: int) -> None:
+    """The README's curl lines and its ten-line SDK trade, run as written against this node:
+    only its home (``~/.kofo``) and, for curl, the default port differ. A maker offering the
+    README's price (15 ETH per BTC) joins first, so its ``min_receive`` of 0.14 ETH is met."""
+    taker, maker = net.nodes["taker"], net.nodes["maker"]  # type: ignore[attr-defined]
+    home = str(taker.config.home)
+    config = taker.config.home / "config.toml"  # the API is where this test serves it
+    config.write_text(
+        re.sub(r'bind = "127\.0\.0\.1:\d+"', f'bind = "127.0.0.1:{port}"', config.read_text())
+    )
+    await maker.add_offer(OfferSpec("btc", "eth", 15 * harness.PRICE, 1, 10_000, 10 * harness.SATS))
+    url = f"http://127.0.0.1:{port}"
+    async with AsyncClient(url, load_tokens(taker.config.home).token, timeout=60) as node:
+
+        async def priced() -> object:
+            book = await node.book("BTC", "ETH")
+            return any(o.spec.price_num == 15 * harness.PRICE for o in book.offers)
+
+        await harness.until(priced, "the README's maker in the taker's book")
+
+    (curl,) = _readme_blocks("sh")
+    assert "~/.kofo" in curl and "9731" in curl
+    script = curl.replace("~/.kofo", home).replace("9731", str(port))
+    out = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script.replace("curl -s ", "curl -sf ")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "NO_PROXY": "127.0.0.1"},
+    )
+    assert out.returncode == 0, out.stderr
+    balances, trade = out.stdout.replace("}{", "}\n{").splitlines()
+    assert '"items"' in balances and '"asset":"btc"' in balances.replace(" ", "")
+    assert '"trade_id"' in trade, trade
+
+    (sdk,) = _readme_blocks("python")
+    api_doc = (README.parent / "docs" / "api.md").read_text()
+    assert curl in api_doc and sdk in api_doc, "docs/api.md shows the same curl and SDK lines"
+    assert len([line for line in sdk.splitlines() if line.strip()]) <= 12
+    assert 'from_home("~/.kofo")' in sdk
+    code = sdk.replace('from_home("~/.kofo")', f"from_home({home!r})")
+    printed: list[tuple[object, ...]] = []
+    env = {"__name__": "readme", "print": lambda *a: printed.append(a)}
+    await asyncio.to_thread(exec, compile(code, "README.md", "exec"), env)  # asyncio.run(main())
+    assert printed and printed[-1][0] == "redeemed", printed
+    assert isinstance(printed[-1][1], int) and printed[-1][1] >= 14 * 10**16, printed

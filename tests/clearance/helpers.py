@@ -17,7 +17,7 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.wire.attest import BondObservation, LegRef, Observation
+from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.orders import (
     CommitOrder,
@@ -46,11 +46,15 @@ T0 = 1_700_000_000
 
 TEST_WORK_BITS = 2
 """Registration work in tests: a few scrypt tries, not the default's ~4,000."""
+TEST_PREWORK_BITS = 4
+"""Registration pre-work in tests: a few hashes, not the default's 65,536."""
 
 
 @functools.cache
-def registration_work(node: bytes, n: bytes, bits: int = TEST_WORK_BITS) -> int:
-    return admission.solve_registration_work(node, n, bits)
+def registration_work(
+    node: bytes, n: bytes, bits: int = TEST_WORK_BITS, prework_bits: int = TEST_PREWORK_BITS
+) -> int:
+    return admission.solve_registration_work(node, n, bits, prework_bits)
 
 
 @functools.cache
@@ -70,6 +74,8 @@ def ledger_params(**overrides: object) -> LedgerParams:
     base: dict[str, object] = {
         "paillier_bits": (PAILLIER_BITS,),
         "registration_work_bits": TEST_WORK_BITS,
+        "registration_prework_bits": TEST_PREWORK_BITS,
+        "bond_height_step": 1,  # fakes report exact heights; the rounding has its own test
         "max_registrations_per_block": 20,  # tests register many parties in one block
     }
     base.update(overrides)
@@ -202,13 +208,21 @@ class SeenChains:
         self.facts: dict[tuple[bytes, int], Observation] = {}
         self.asked: list[LegRef] = []
         self.bonds: dict[bytes, BondObservation] = {}
+        self.executed: dict[bytes, ExecutedDecision] = {}
 
     def see_bond(self, node: bytes, amount: int, height: int = 1) -> None:
         """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""
         self.bonds[node] = BondObservation(node, amount, height)
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         return self.bonds.get(node)
+
+    def see_executed(self, decision: bytes, height: int = 1) -> None:
+        """The bond vault executed ledger decision ``decision`` (as of ``height``)."""
+        self.executed[decision] = ExecutedDecision(decision, height)
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        return self.executed.get(decision)
 
     def see(
         self,

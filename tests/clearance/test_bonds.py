@@ -170,9 +170,17 @@ def test_evidence_slashes_the_vault_through_a_decision_signed_by_the_validators(
         relayer,
     )
     assert w3.eth.get_balance(Web3.to_checksum_address(foundation)) == slash
-    # the watchers now see the lower balance: the pending slash is paid off, not counted twice
+    # the watchers see the lower balance: a fall alone is not read as the execution (anything
+    # could cause it), so the slash stays pending and the bond is not counted lower twice ...
     for c in vals.chains:
         c.see_bond(m1.id, vault.functions.bonds(m1.id).call(), w3.eth.block_number)
+    vals.step()
+    vals.step()
+    rec = vals.apps[0].app.node(m1.id)
+    assert (rec["bond_locked"], rec["slash_pending"]) == (10**18 - slash, slash)
+    # ... until they see the vault's executed decision, matched to the ledger's id
+    for c in vals.chains:
+        c.see_executed(did, w3.eth.block_number)
     vals.step()
     vals.step()
     rec = vals.apps[0].app.node(m1.id)
@@ -273,9 +281,249 @@ def test_unbonding_stops_counting_at_once_stays_slashable_and_releases_through_t
     )
     assert w3.eth.get_balance(checksum) == 4 * 10**17
     ledger.chains.see_bond(node.id, vault.functions.bonds(node.id).call(), w3.eth.block_number)
+    ledger.chains.see_executed(did, w3.eth.block_number)
     ledger.attested()
     assert ledger.app.bond(node.id) == 6 * 10**17
     assert ledger.app.node(node.id)["slash_pending"] == 0
     # the old request, replayed by anyone, does not start another unbonding
     assert _codes(ledger.block(unbond)) == ["order_invalid"]
     assert ledger.app.bond(node.id) == 6 * 10**17
+
+
+class _VaultOnly:
+    """A validator's observer that watches only the bond vault (a real VaultWatcher)."""
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+
+    def observe(self, ref):
+        return None
+
+    def observe_bond(self, node, step=1):
+        return self.watcher.observe_bond(node, step)
+
+
+@pytest.mark.parametrize("step", [1, 8])
+def test_validators_with_different_tips_agree_on_the_vault_height(step):
+    # Issue 17 (review): each validator read the vault at its own tip - confirmations + 1, so
+    # validators with different confirmation settings (or tips) attested the same balance at
+    # different heights, no exact fact reached > 2/3 and the bond was never counted. They now
+    # read at the highest confirmed multiple of bond_height_step. step=1 is the old rule: the
+    # bond stalls; step=8: it is attested.
+    from kofo.settlement.observer import VaultWatcher
+
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    vault_addr = deploy(
+        w3, "BondVault", w3.eth.accounts[0], [Web3.to_checksum_address("0x" + "11" * 20)], [1]
+    )
+    vault = w3.eth.contract(address=vault_addr, abi=load_artifact("BondVault").abi)
+    vals = Validators(params=ledger_params(bond_height_step=step))
+    for i, a in enumerate(vals.apps):  # confirmations 1, 2, 3, 4: four different tips
+        a.app.observer = _VaultOnly(VaultWatcher(w3, vault_addr, confirmations=i + 1))
+    p = Party.make(0)
+    vals.step(p.register_tx())
+    owner = chain.new_account(10**20)
+    chain.send(vault.functions.lock(p.id), owner, value=10**18)
+    locked_at = w3.eth.block_number
+    # every validator's confirmed tip past the same multiple of 8, itself after the lock
+    while w3.eth.block_number % 8 != 6 or w3.eth.block_number < locked_at + 8:
+        chain.tester.mine_blocks(1)
+    seen = {a.app.observer.observe_bond(p.id, step).chain_height for a in vals.apps}
+    for _ in range(3):
+        vals.step()
+    if step == 1:
+        assert len(seen) == 4  # four heights, four different facts
+        assert {a.app.bond(p.id) for a in vals.apps} == {0}
+    else:
+        assert len(seen) == 1
+        assert {a.app.bond(p.id) for a in vals.apps} == {10**18}
+
+
+def _updates(res):
+    return [(u.pub_key.ed25519, u.power) for u in res.validator_updates]
+
+
+def test_a_validator_joins_after_genesis_through_a_bond_and_leaves_by_unbonding():
+    # Issue 17: powers changed only for the genesis validators. A node that locks a bond in
+    # the vault (attested) and registers a consensus key outside the set now joins: CometBFT
+    # gets the update, the ledger counts its vote (and its weight) from height + 2.
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=1)
+    node, other = Party.make(5), Party.make(6)
+    vals.step(node.register_tx(), other.register_tx())
+    res = vals.step(_valkey_tx(vals, 4, node))  # no bond yet: not a validator
+    assert [r.code for r in res.tx_results] == [0, 10]  # not_authorised
+    for c in vals.chains:
+        c.see_bond(node.id, 20 * 10**15, 3)  # power 20 at 10^15 wei a unit
+    vals.step()
+    vals.step()
+    assert vals.apps[0].app.bond(node.id) == 20 * 10**15
+    res = vals.step(_valkey_tx(vals, 4, node))
+    assert [r.code for r in res.tx_results] == [0, 0]
+    assert _updates(res) == [(vals.pubs[4], 20)]
+    joined_at = vals.height
+    app = vals.apps[0].app
+    assert vals.address(4) not in app.validators_at(joined_at + 1)
+    assert app.validators_at(joined_at + 2)[vals.address(4)].power == 20
+    vals.step()
+    vals.step()  # the joiner now extends its votes
+    # its weight counts: three genesis validators (30 of 60) no longer make > 2/3 ...
+    for c in vals.chains[:3]:
+        c.see_bond(other.id, 7 * 10**17, 4)
+    vals.step()
+    vals.step()
+    assert {a.app.bond(other.id) for a in vals.apps} == {0}
+    # ... and its vote counts: with it, 50 of 60
+    vals.chains[4].see_bond(other.id, 7 * 10**17, 4)
+    vals.step()
+    vals.step()
+    assert {a.app.bond(other.id) for a in vals.apps} == {7 * 10**17}
+    # it leaves by unbonding: its power goes to 0 at once (CometBFT removes it)
+    res = vals.step(
+        sign_tx(node.key, Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20)))
+    )
+    assert [r.code for r in res.tx_results] == [0, 0]
+    assert _updates(res) == [(vals.pubs[4], 0)]
+    for _ in range(3):
+        vals.step()
+    assert vals.address(4) not in app.validators_at(vals.height)
+
+
+def test_a_joined_validators_key_enters_the_vaults_signer_set():
+    vals = Validators(powers=(10,), params=ledger_params(validator_min_power=10), joiners=1)
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    for c in vals.chains:
+        c.see_bond(node.id, 30 * 10**15, 3)
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 1, node))
+    assert _updates(res) == [(vals.pubs[1], 30)]
+    decision = vals.apps[0].app.valset_decision(1)
+    assert decision["validators"] == [_eth(_secp(1))]
+    assert decision["powers"] == [30] and decision["unkeyed_power"] == 10
+
+
+def test_a_new_validator_needs_the_minimum_bond_and_a_free_slot():
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=1)
+    node = Party.make(5)
+    vals.step(node.register_tx())
+    for c in vals.chains:
+        c.see_bond(node.id, 9 * 10**15, 3)  # power 9 < 10
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 4, node))
+    assert [r.code for r in res.tx_results] == [0, 10]
+    assert "below the 10" in res.tx_results[1].log
+
+
+def test_a_top_up_hiding_an_executed_release_is_not_misread():
+    # Issue 17 (review): the ledger read any fall of a vault balance as an executed slash or
+    # release, and nothing else as one. A top-up between two attested views hid an executed
+    # release (the balance rose), so the release stayed "pending" for good and the node's
+    # bond was counted short by it forever; a fall from anything else would be misread the
+    # other way. Executions are now attested by decision id (the vault's executed record).
+    ledger = Ledger(params=ledger_params(unbond_delay=1_000))
+    node = Party.make(3)
+    ledger.ok(node.register_tx())
+    ledger.chains.see_bond(node.id, 10**18, 10)
+    ledger.attested()
+    payout = bytes.fromhex("00" * 19 + "cd")
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0, payout))
+    start = ledger.time
+    ledger.ok(unbond)
+    res = ledger.block(unbond, time=start + 1_000)
+    event = next(e for e in res.results[0].events if e[0] == "bond_decision")
+    did = bytes.fromhex(dict(event[1])["id"])
+    assert ledger.app.bond(node.id) == 6 * 10**17
+    # the vault: the release executes (-4e17), the owner tops up 5e17: the balance rises
+    ledger.chains.see_bond(node.id, 10**18 - 4 * 10**17 + 5 * 10**17, 20)
+    ledger.attested()
+    # no execution attested yet: the release stays pending (the bond is not over-counted)
+    assert ledger.app.bond(node.id) == 11 * 10**17 - 4 * 10**17
+    ledger.chains.see_executed(did, 20)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 11 * 10**17  # the top-up counts in full
+    assert ledger.app.node(node.id)["slash_pending"] == 0
+    assert ledger.app.decision(did)["executed_at"] == 20
+
+
+def test_an_execution_counts_only_with_a_balance_that_shows_it():
+    # The executed decision is attested before the lower balance: the pending amount is paid
+    # off only once a balance from that vault height on is attested (never the execution
+    # without the balance, which would count the bond twice).
+    ledger = Ledger(params=ledger_params(unbond_delay=1_000))
+    node = Party.make(3)
+    ledger.ok(node.register_tx())
+    ledger.chains.see_bond(node.id, 10**18, 10)
+    ledger.attested()
+    unbond = sign_tx(node.key, Unbond(4 * 10**17, 0, bytes.fromhex("00" * 19 + "cd")))
+    start = ledger.time
+    ledger.ok(unbond)
+    res = ledger.block(unbond, time=start + 1_000)
+    did = bytes.fromhex(
+        dict(next(e for e in res.results[0].events if e[0] == "bond_decision")[1])["id"]
+    )
+    del ledger.chains.bonds[node.id]  # the watcher lags on the balance
+    ledger.chains.see_executed(did, 30)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 6 * 10**17  # not 10**18: not counted twice
+    # a top-up equal to the release leaves the amount unchanged: still re-attested at 30
+    ledger.chains.see_bond(node.id, 10**18, 30)
+    ledger.attested()
+    assert ledger.app.bond(node.id) == 10**18
+    assert ledger.app.node(node.id)["slash_pending"] == 0
+
+
+def test_a_joined_validator_that_unbonded_gives_its_slot_to_the_next(monkeypatch):
+    # Attacker's pass on the join rule: slots were never freed, so bonding briefly, joining
+    # and unbonding held the set's slots for good. A full set now reclaims the slot of a
+    # joined validator whose bond fell below the minimum.
+    from kofo.clearance import attest
+
+    monkeypatch.setattr(attest, "MAX_VALIDATORS", 5)  # four genesis validators, one slot
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=2)
+    squatter, honest = Party.make(5), Party.make(6)
+    vals.step(squatter.register_tx(), honest.register_tx())
+    for c in vals.chains:
+        c.see_bond(squatter.id, 20 * 10**15, 3)
+        c.see_bond(honest.id, 20 * 10**15, 3)
+    vals.step()
+    vals.step()
+    assert [r.code for r in vals.step(_valkey_tx(vals, 4, squatter)).tx_results] == [0, 0]
+    res = vals.step(_valkey_tx(vals, 5, honest))
+    assert [r.code for r in res.tx_results] == [0, 17]  # rate_limited: the set is full
+    unbond = Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20))
+    vals.step(sign_tx(squatter.key, unbond))  # the squatter's power goes to 0
+    res = vals.step(_valkey_tx(vals, 5, honest))
+    assert [r.code for r in res.tx_results] == [0, 0]
+    assert _updates(res) == [(vals.pubs[5], 20)]
+    keys = vals.apps[0].app.validator_keys()
+    assert vals.address(5) in keys and vals.address(4) not in keys
+
+
+def test_a_slot_reclaimed_in_the_block_its_holder_unbonds_removes_it_from_the_set(monkeypatch):
+    # Attacker's pass: the holder unbonds and the next joiner takes its slot in the same
+    # block; the holder was still in the set with its old power and, forgotten by the ledger,
+    # would have kept it in CometBFT's set for good.
+    from kofo.clearance import attest
+
+    monkeypatch.setattr(attest, "MAX_VALIDATORS", 5)
+    vals = Validators(params=ledger_params(validator_min_power=10), joiners=2)
+    squatter, honest = Party.make(5), Party.make(6)
+    vals.step(squatter.register_tx(), honest.register_tx())
+    for c in vals.chains:
+        c.see_bond(squatter.id, 20 * 10**15, 3)
+        c.see_bond(honest.id, 30 * 10**15, 3)
+    vals.step()
+    vals.step()
+    vals.step(_valkey_tx(vals, 4, squatter))
+    vals.step()
+    unbond = Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20))
+    res = vals.step(sign_tx(squatter.key, unbond), _valkey_tx(vals, 5, honest))
+    assert [r.code for r in res.tx_results] == [0, 0, 0]
+    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 0), (vals.pubs[5], 30)])
+    for _ in range(3):
+        vals.step()
+    active = vals.apps[0].app.validators_at(vals.height)
+    assert vals.address(4) not in active and active[vals.address(5)].power == 30

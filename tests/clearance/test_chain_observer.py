@@ -2,6 +2,7 @@
 embedded EVM (py-evm via eth-tester) is the solo validator's view of the chain. A lock that
 differs from the leg's terms is not the leg; the real lock and redeems settle the order."""
 
+import dataclasses
 import hashlib
 import os
 
@@ -104,3 +105,56 @@ def test_real_locks_and_redeems_are_attested_and_a_mismatched_lock_is_not():
     rec = ledger.app.order(order.order_id)
     assert rec["status"] == "settled"
     assert all(x["outcome"] == "redeemed" for x in rec["legs"])
+
+
+def test_htlcs_of_a_swap_never_committed_here_do_not_settle_a_sybil_copy():
+    # Issue 17: a swap between two parties that never used this ledger locks its HTLCs; two
+    # sybils then commit an order copying the HTLCs' chain terms (payment hash, amounts,
+    # addresses, expiries) under their own node ids. The observer matched the legs by chain
+    # terms alone, so the strangers' locks and redeems settled the copy (volume, settled
+    # count, importance; fee shares for a routed copy). A lock now counts for a leg only if
+    # its block is not older than the order's commit (nothing locks before its order is
+    # committed), less the chain's timestamp tolerance.
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    htlc = deploy(w3, "HTLC", chain.new_account(ETHER))
+    a = EthereumAdapter(w3, chain.new_account(5 * ETHER), htlc)
+    b = EthereumAdapter(w3, chain.new_account(5 * ETHER), htlc)
+    s1, s2 = Party.make(2), Party.make(3)
+    now = a.expiry_now().value
+    preimage = os.urandom(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    expiries = (now + 7_200, now + 3_600)
+    leg0 = _leg(s1, s2, a, b, ETHER // 10, expiries[0], now + 6_000)
+    leg1 = _leg(s2, s1, b, a, ETHER // 5, expiries[1], now + 3_000)
+    # the strangers' swap, on chain, with no ledger order
+    ref0 = a.lock(_terms(leg0, payment_hash))
+    ref1 = b.lock(_terms(leg1, payment_hash))
+    chain.advance_time(600)  # the copy is committed later (10 minutes: past Ethereum's 120 s)
+    later = a.expiry_now().value
+    copy = with_derived_id(
+        SettlementOrder(
+            order_id=bytes(16),
+            kind=OrderKind.DIRECT,
+            payment_hash=payment_hash,
+            legs=(
+                dataclasses.replace(leg0, lock_by=later + 600),
+                dataclasses.replace(leg1, lock_by=later + 660),
+            ),
+        )
+    )
+    ledger = Ledger(chains=AdapterObserver({"eth": a}))
+    ledger.time = later
+    ledger.ok(s1.register_tx(), s2.register_tx())
+    ledger.ok(commit_tx(copy, [s1, s2], s1))
+    ledger.attested()
+    assert [x["outcome"] for x in ledger.app.order(copy.order_id)["legs"]] == [None, None]
+    for adapter, ref in ((a, ref1), (b, ref0)):
+        tx = adapter.prepare_redeem(ref, preimage)
+        adapter.broadcast(tx)
+        adapter.wait(tx.txid)
+    ledger.attested()
+    rec = ledger.app.order(copy.order_id)
+    assert rec["status"] == "committed"
+    assert [x["outcome"] for x in rec["legs"]] == [None, None]
+    assert ledger.app.node(s1.id)["settled"] == 0

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import gmpy2
+import pytest
 
 from kofo.clearance import privacy
 
@@ -63,8 +64,30 @@ def render() -> str:
         *_field("challenges", " ".join(str(e) for e in es)),
         *_field("seed_proof", proof.hex()),
         "```",
+        "",
+        "A prime is refused as a modulus (`bad_ciphertext`): its certificate verifies",
+        "(`gcd(p, p - 1) = 1`), but the ledger's Miller-Rabin test, with bases",
+        '`2 + SHAKE-256("KOFO/modulus-not-prime/v1\\0" ‖ n ‖ i)[:len(n)+16] mod (n − 3)`, i = 0, 1',
+        "(4 bytes), must find `n` composite. `n = p` above, certificate",
+        "`σ_i = ρ_i^(n⁻¹ mod (p − 1)) mod p` (context as above):",
+        "",
+        "```",
+        *_field("n", f"{p:x}"),
+        *_field("modulus_proof", prime_certificate(p, mod_ctx).hex()),
+        *_field("base_0", f"{privacy._mr_base(p, 0):x}"),
+        "```",
     ]
     return "\n".join(lines)
+
+
+def prime_certificate(p: int, context: bytes) -> bytes:
+    """The modulus certificate a prime ``p`` can make (it verifies: ``gcd(p, p - 1) = 1``)."""
+    d = pow(p, -1, p - 1)
+    size = (p.bit_length() + 7) // 8
+    return b"".join(
+        pow(privacy._rho(p, context, i), d, p).to_bytes(size, "big")
+        for i in range(privacy.MODULUS_CHALLENGES)
+    )
 
 
 def _field(name: str, value: str, width: int = 64) -> list[str]:
@@ -76,6 +99,62 @@ def _field(name: str, value: str, width: int = 64) -> list[str]:
 def _documented() -> str:
     text = DOC.read_text()
     return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip("\n")
+
+
+def test_a_prime_modulus_is_refused() -> None:
+    """Issue 17: a prime ``n`` passed the certificate (it was accepted as a modulus)."""
+    p = _prime("kofo-vector-p")
+    ctx = privacy.modulus_context(hashlib.sha256(b"alice").digest())
+    certificate = prime_certificate(p, ctx)
+    # the certificate itself verifies for a prime: only the primality test stops it
+    for i in range(privacy.MODULUS_CHALLENGES):
+        size = (p.bit_length() + 7) // 8
+        sigma = privacy.from_bytes(certificate[size * i : size * (i + 1)])
+        assert pow(sigma, p, p) == privacy._rho(p, ctx, i)
+    with pytest.raises(privacy.BadCiphertext, match="is a prime"):
+        privacy.check_modulus(p, certificate, ctx, "vector")
+    # an honest p q still passes, and is called composite
+    q = _prime("kofo-vector-q")
+    assert not privacy.is_probable_prime(p * q)
+    assert privacy.is_probable_prime(p) and privacy.is_probable_prime(q)
+
+
+def test_a_prime_modulus_is_refused_at_registration() -> None:
+    """The same through the ledger: a 1024-bit prime with its certificate, a seed and a zero
+    proof that verify under it, and the registration's work: refused (``bad_ciphertext``)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from kofo.clearance.app import LedgerApp
+    from kofo.clearance.params import LedgerParams
+    from kofo.clearance.store import MerkleStore
+    from kofo.wire.orders import RegisterNode, sign_tx
+
+    key = Ed25519PrivateKey.generate()
+    node = key.public_key().public_bytes_raw()
+    p = int(gmpy2.next_prime(_h("kofo-1024-prime") << 768 | 1 << 1023))
+    assert p.bit_length() == 1024
+    r = _h("kofo-vector-r") % p
+    seed = privacy.to_bytes(pow(r, p, p * p))
+    zctx = privacy.register_context(node)
+    s_values = [_h(f"kofo-vector-s{i}") % p for i in range(privacy.ZERO_PROOF_REPS)]
+    proof = privacy.prove_zero_with(p, seed, r, zctx, s_values)
+    privacy.verify_zero(p, seed, proof, zctx, "prime")  # the zero proof verifies too
+    app = LedgerApp(
+        MerkleStore(":memory:"),
+        LedgerParams(paillier_bits=(1024,), registration_work_bits=0, registration_prework_bits=0),
+    )
+    body = RegisterNode(
+        addresses={},
+        bond=0,
+        paillier_n=privacy.to_bytes(p),
+        balance_seed=seed,
+        seed_proof=proof,
+        modulus_proof=prime_certificate(p, privacy.modulus_context(node)),
+        pow_nonce=0,
+    )
+    result = app.check_tx(sign_tx(key, body))
+    assert result.error == "bad_ciphertext", result
+    assert "prime" in result.log
 
 
 def test_proof_vectors_match_the_document() -> None:

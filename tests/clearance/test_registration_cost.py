@@ -15,20 +15,31 @@ from kofo.wire.codec import decode
 from kofo.wire.envelope import open_message
 from kofo.wire.orders import RegisterNode, sign_tx
 
-from .helpers import T0, Ledger, Party, ledger_params
+from .helpers import T0, TEST_PREWORK_BITS, Ledger, Party, ledger_params
 
 pytestmark = pytest.mark.timeout(120)
 
 BITS = 8
 
 
-def _unworked(tx: bytes, party: Party) -> bytes:
-    """The same registration with a nonce that is not work of ``BITS`` bits."""
+def _unworked(tx: bytes, party: Party, *, prework: bool = True) -> bytes:
+    """The same registration with a nonce that is not work of ``BITS`` bits (with its
+    pre-work, the costliest junk for a validator, unless ``prework`` is False)."""
     body = RegisterNode.from_map(open_message(tx).envelope.body)
-    nonce = 0
-    while admission.check_registration_work(party.id, body.paillier_n, nonce, BITS):
+    n = body.paillier_n
+    pre = 0
+    while admission.check_prework(party.id, n, pre << 32, TEST_PREWORK_BITS) != prework:
+        pre += 1
+    nonce = pre << 32
+    while admission.check_registration_work(party.id, n, nonce, BITS):
         nonce += 1
     return sign_tx(party.key, dataclasses.replace(body, pow_nonce=nonce))
+
+
+def _worked(party: Party) -> bytes:
+    body = RegisterNode.from_map(open_message(party.register_tx()).envelope.body)
+    work = admission.solve_registration_work(party.id, body.paillier_n, BITS, TEST_PREWORK_BITS)
+    return sign_tx(party.key, dataclasses.replace(body, pow_nonce=work))
 
 
 def test_a_registration_flood_without_work_is_refused_and_an_honest_node_registers():
@@ -40,7 +51,7 @@ def test_a_registration_flood_without_work_is_refused_and_an_honest_node_registe
         assert res.error == "bad_message" and "pow_nonce" in res.log
     honest = Party.make(1)
     body = RegisterNode.from_map(open_message(honest.register_tx()).envelope.body)
-    work = admission.solve_registration_work(honest.id, body.paillier_n, BITS)
+    work = admission.solve_registration_work(honest.id, body.paillier_n, BITS, TEST_PREWORK_BITS)
     honest_tx = sign_tx(honest.key, dataclasses.replace(body, pow_nonce=work))
     result = ledger.block(*flood, honest_tx)
     assert [r.error for r in result.results] == ["bad_message"] * 30 + [""]
@@ -52,7 +63,7 @@ def test_work_is_bound_to_the_sender_and_the_modulus():
     ledger = Ledger(params=ledger_params(registration_work_bits=BITS))
     a, b = Party.make(1), Party.make(2)
     body = RegisterNode.from_map(open_message(a.register_tx()).envelope.body)
-    work = admission.solve_registration_work(a.id, body.paillier_n, BITS)
+    work = admission.solve_registration_work(a.id, body.paillier_n, BITS, TEST_PREWORK_BITS)
     # b reuses a's work for its own registration: refused (the digest names the sender)
     b_body = RegisterNode.from_map(open_message(b.register_tx()).envelope.body)
     if not admission.check_registration_work(b.id, b_body.paillier_n, work, BITS):
@@ -73,17 +84,79 @@ def test_the_default_difficulty_is_in_the_params_and_bounded():
     )
 
 
-def test_check_tx_charges_its_rate_limits_before_checking_the_work():
-    # A flood of registrations with bad work must still spend the registration bucket at
-    # CheckTx: otherwise each costs a validator an uncharged scrypt evaluation.
+def _counting(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = admission.registration_work
+
+    def counted(sender: bytes, n: bytes, nonce: int) -> bytes:
+        calls.append(nonce)
+        return real(sender, n, nonce)
+
+    monkeypatch.setattr(admission, "registration_work", counted)
+    return calls
+
+
+def test_a_flood_of_unworked_registrations_no_longer_empties_the_registration_bucket(
+    monkeypatch,
+):
+    # Issue 17 (review): CheckTx charged the shared registration bucket (all senders) before
+    # checking the work, so a flood of unworked registrations from fresh keys (free) emptied
+    # it and every honest registration was refused rate_limited. The work (behind a one-hash
+    # pre-work) is now checked first: only worked registrations spend the bucket.
     app = LedgerApp(
         MerkleStore(),
         ledger_params(registration_work_bits=BITS),
         registration_limit=SenderRateLimit(0.0001, 3, clock=lambda: 0.0),
     )
     sybils = [Party.make(200 + i) for i in range(5)]
-    errors = [app.check_tx(_unworked(s.register_tx(), s)).error for s in sybils]
-    assert errors == ["bad_message"] * 3 + ["rate_limited"] * 2
+    bare_txs = [_unworked(s.register_tx(), s, prework=False) for s in sybils]
+    junk_txs = [_unworked(s.register_tx(), s) for s in sybils]
+    honest = [_worked(Party.make(i)) for i in (1, 2, 3, 4)]
+    scrypts = _counting(monkeypatch)
+    bare = [app.check_tx(tx) for tx in bare_txs]
+    assert [r.error for r in bare] == ["bad_message"] * 5
+    assert all("pre-work" in r.log for r in bare)
+    assert scrypts == []  # no pre-work: not one scrypt evaluated
+    junk = [app.check_tx(tx) for tx in junk_txs]
+    assert [r.error for r in junk] == ["bad_message"] * 5
+    assert len(scrypts) == 5  # one scrypt each, and nothing charged to the shared bucket
+    assert [app.check_tx(tx).error for tx in honest[:3]] == [""] * 3
+    # the bucket (burst 3) is spent by worked registrations only
+    assert app.check_tx(honest[3]).error == "rate_limited"
+
+
+def test_one_pre_work_buys_one_scrypt_at_check_tx(monkeypatch):
+    # A flood that found one pre-work and varies the nonce's low bits: without the memo each
+    # nonce cost the validator a scrypt (~2-10 ms) for a few microseconds of the sender's.
+    app = LedgerApp(MerkleStore(), ledger_params(registration_work_bits=BITS))
+    sybil = Party.make(200)
+    first = _unworked(sybil.register_tx(), sybil)
+    body = RegisterNode.from_map(open_message(first).envelope.body)
+    scrypts = _counting(monkeypatch)
+    assert app.check_tx(first).error == "bad_message"
+    for low in range(1, 40):
+        tx = sign_tx(sybil.key, dataclasses.replace(body, pow_nonce=body.pow_nonce + low))
+        res = app.check_tx(tx)
+        assert res.error == "bad_message", res
+    assert len(scrypts) == 1
+    # the block still judges each on its own (consensus has no memo policy): real work passes
+    ledger = Ledger(params=ledger_params(registration_work_bits=BITS))
+    ledger.ok(_worked(sybil))
+
+
+def test_a_proposer_cannot_charge_work_checks_with_registrations_lacking_pre_work(monkeypatch):
+    ledger = Ledger(
+        params=ledger_params(registration_work_bits=BITS, max_registrations_per_block=5)
+    )
+    sybils = [Party.make(400 + i) for i in range(60)]
+    flood = [_unworked(s.register_tx(), s, prework=False) for s in sybils]
+    honest = Party.make(1)
+    honest_tx = _worked(honest)
+    scrypts = _counting(monkeypatch)
+    result = ledger.block(*flood, honest_tx)
+    assert [r.error for r in result.results] == ["bad_message"] * 60 + [""]
+    assert len(scrypts) == 1  # the honest one's
+    assert ledger.app.node(honest.id) is not None
 
 
 def test_the_solo_producer_defers_registrations_over_the_blocks_cap_instead_of_refusing():
@@ -134,6 +207,6 @@ def test_a_hostile_proposers_block_of_unworked_registrations_costs_a_bounded_num
     # the next block (an honest proposer's) registers an honest node as before
     honest = Party.make(1)
     body = RegisterNode.from_map(open_message(honest.register_tx()).envelope.body)
-    work = admission.solve_registration_work(honest.id, body.paillier_n, BITS)
+    work = admission.solve_registration_work(honest.id, body.paillier_n, BITS, TEST_PREWORK_BITS)
     ledger.ok(sign_tx(honest.key, dataclasses.replace(body, pow_nonce=work)))
     assert ledger.app.node(honest.id) is not None

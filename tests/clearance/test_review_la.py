@@ -198,3 +198,25 @@ def test_an_honest_vote_extension_always_fits_the_size_every_validator_accepts()
         assert got_legs == sorted(o)[: len(got_legs)] and got_bonds == sorted(b)[: len(got_bonds)]
         assert len(got_legs) == len(o) or not got_bonds  # bonds give way to legs
     assert decode_extension_full(encode_extension(legs[:10], bonds)) == (legs[:10], bonds)
+
+
+def test_executed_decisions_in_the_extension_round_trip_and_keep_to_the_size():
+    from kofo.wire.attest import ExecutedDecision, decode_extension_all
+
+    legs = [
+        Observation(bytes([i]) * 16, 255, LegOutcome.REDEEMED, "f" * 128, 2**63 - 1)
+        for i in range(64)
+    ]
+    bonds = [BondObservation(bytes([i]) * 32, 2**128 - 1, 2**63 - 1) for i in range(64)]
+    done = [ExecutedDecision(bytes([i]) * 32, 2**63 - 1) for i in range(64)]
+    for o, b, d in ((legs, bonds, done), ([], [], done), ([], bonds, done), (legs[:5], [], done)):
+        raw = encode_extension(o, b, d)
+        assert len(raw) <= MAX_EXTENSION_BYTES and LedgerApp.verify_vote_extension(raw)
+        got_legs, got_bonds, got_done = decode_extension_all(raw)
+        assert got_legs == sorted(o)[: len(got_legs)]
+        assert got_done == sorted(d)[: len(got_done)]
+        assert len(got_bonds) == len(b) or not got_done  # executed give way to bonds
+    assert decode_extension_all(encode_extension([], [], done)) == ([], [], done)
+    # unsorted, repeated or empty lists are refused
+    bad = encode_extension([], [], done[:2])
+    assert not LedgerApp.verify_vote_extension(bad.replace(done[0].decision, done[1].decision))

@@ -30,21 +30,23 @@ ACCEPT = abci.ResponseProcessProposal.ACCEPT
 
 
 class Validators:
-    def __init__(self, powers=(10, 10, 10, 10), params=None):
+    def __init__(self, powers=(10, 10, 10, 10), params=None, joiners=0):
+        """``len(powers)`` genesis validators, plus ``joiners`` nodes running a validator's app
+        with a consensus key outside the genesis set (they vote once the ledger lets them)."""
         params = params or ledger_params()
         self.keys = [
             Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"val%d" % i).digest())
-            for i in range(len(powers))
+            for i in range(len(powers) + joiners)
         ]
         self.powers = list(powers)
         self.pubs = [public_key_bytes(k) for k in self.keys]
-        self.chains = [SeenChains() for _ in powers]
+        self.chains = [SeenChains() for _ in self.keys]
         self.apps = [AbciApp(LedgerApp(MerkleStore(), params, observer=c)) for c in self.chains]
         init = abci.RequestInitChain(
             chain_id=CHAIN_ID,
             validators=[
                 abci.ValidatorUpdate(pub_key=keys_pb2.PublicKey(ed25519=pk), power=p)
-                for pk, p in zip(self.pubs, powers, strict=True)
+                for pk, p in zip(self.pubs[: len(powers)], powers, strict=True)
             ],
             consensus_params=params_pb2.ConsensusParams(
                 abci=params_pb2.ABCIParams(vote_extensions_enable_height=1)

@@ -388,6 +388,28 @@ def test_a_redeem_replacement_keeps_the_nonce_and_call_and_raises_both_fees(env)
     assert status.state is HtlcState.REDEEMED and status.spend_txid == bumped.txid
 
 
+def test_the_recipients_own_redeem_leaves_the_recipient_out_and_either_form_is_replaced(env):
+    # The contract pays msg.sender when the recipient is left out: 4 words after the selector
+    # instead of 5 (368 gas of calldata). A redeem signed with the recipient named (a watchtower's
+    # form, or one signed before this change) is still recognised as the same call.
+    terms, preimage = _terms(env)
+    ref = env.alice.lock(terms)
+    own = env.bob.prepare_redeem(ref, preimage)
+    data = bytes(TypedTransaction.from_bytes(HexBytes(own.raw)).as_dict()["data"])
+    assert len(data) == 4 + 4 * 32
+    name, args = env.bob._spend_call(ref, preimage)
+    named = env.bob._sign(TxKind.REDEEM, env.bob.htlc.functions[name](*args), None)
+    assert len(bytes(TypedTransaction.from_bytes(HexBytes(named.raw)).as_dict()["data"])) == 164
+    assert _fees(env.bob.prepare_replacement(ref, named, preimage))[0] == _fees(named)[0]
+    bumped = env.bob.prepare_replacement(ref, own, preimage)
+    assert _fees(bumped)[0] == _fees(own)[0]
+    bob_before = env.bob.balance()
+    env.bob.broadcast(bumped)
+    env.bob.wait(bumped.txid)
+    assert env.bob.balance() == bob_before + terms.amount - _gas_paid(env.w3, bumped.txid)
+    assert env.alice.status(ref).state is HtlcState.REDEEMED
+
+
 @pytest.mark.realnode
 def test_a_redeem_priced_under_the_base_fee_waits_until_its_replacement_is_mined(geth_env):
     """A node keeps a transaction whose fee cap is under the base fee pending; the replacement

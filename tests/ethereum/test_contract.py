@@ -297,6 +297,22 @@ def test_redeem_by_anyone_pays_the_recipient_not_the_caller(env):
     assert env.eth(env.carol.address) == carol_before - fee
 
 
+@pytest.mark.parametrize("asset", ["eth", "token"])
+def test_the_short_redeem_pays_only_a_recipient_redeeming_its_own_swap(env, asset):
+    # redeem(preimage, token, amount, word): the recipient is msg.sender, part of the swap id.
+    token = env.deploy("TestToken", "T", "T", 6) if asset == "token" else None
+    swap = env.lock_eth() if token is None else env.lock_token(token, amount=500)
+    short = env.htlc.functions.redeem(swap.preimage, *swap.terms[:3])
+    with env.chain.reverts("no swap"):
+        env.chain.send(short, env.carol)  # anyone else misses the slot
+    assert env.live(swap)
+    receipt = env.chain.send(short, env.bob)
+    assert logs_of(env, receipt) == [(swap.swap_id, "Redeemed", None, swap.preimage)]
+    assert not env.live(swap)
+    if token is not None:
+        assert token.functions.balanceOf(env.bob.address).call() == 500
+
+
 def test_redeem_after_expiry_is_allowed_until_refunded(env):
     swap = env.lock_eth(lifetime=SHORT)
     env.chain.advance_time(SHORT + 1)

@@ -66,6 +66,7 @@ def test_htlc_abi_is_the_one_the_adapter_is_written_against():
         "lock_token_with_permit(address,uint256,bytes32,uint256,uint256,uint8,bytes32,bytes32)",
         "lock_many((bytes32,address,uint256,uint256)[])",
         "redeem(bytes32,address,uint256,uint256,address)",
+        "redeem(bytes32,address,uint256,uint256)",  # the recipient redeems: it is msg.sender
         "refund(bytes32,address,uint256,uint256,address)",
         "redeem_many((bytes32,address,uint256,uint256,address)[])",
         "refund_many((bytes32,address,uint256,uint256,address)[])",

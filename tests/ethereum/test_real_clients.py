@@ -10,6 +10,7 @@ equal. ethers is installed from ``js/package.json`` (pinned) into the git-ignore
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -46,17 +47,34 @@ CACHE = str(JS / ".npm-cache")
 
 def _ethers() -> Path:
     modules = JS / "node_modules"
-    if not (modules / "ethers" / "package.json").exists():
-        npm = shutil.which("npm")
-        assert npm is not None, "npm is needed to install ethers v6 for this test"
-        subprocess.run(
-            # npm's download cache stays in the repo (git-ignored): CI caches nothing outside
-            # the repository but Go's and pip's own caches.
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(JS), "--cache", CACHE],
-            check=True,
-            capture_output=True,
-            timeout=240,
-        )
+    # Under pytest-xdist two workers may get here at once: the first installs, holding an
+    # exclusive lock on a git-ignored file, the other waits for it and then finds ethers there
+    # (two concurrent `npm install`s into one folder corrupt it).
+    with (JS / ".npm-install.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (modules / "ethers" / "package.json").exists():
+                npm = shutil.which("npm")
+                assert npm is not None, "npm is needed to install ethers v6 for this test"
+                subprocess.run(
+                    # npm's download cache stays in the repo (git-ignored): CI caches nothing
+                    # outside the repository but Go's and pip's own caches.
+                    [
+                        npm,
+                        "install",
+                        "--no-audit",
+                        "--no-fund",
+                        "--prefix",
+                        str(JS),
+                        "--cache",
+                        CACHE,
+                    ],
+                    check=True,
+                    capture_output=True,
+                    timeout=240,
+                )
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return modules
 
 

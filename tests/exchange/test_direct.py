@@ -49,13 +49,25 @@ def test_taker_learns_the_makers_contact_from_the_route_and_messages_it_directly
             assert maker.node_id not in taker.links
             reply = await taker.direct(maker.node_id, b"propose")
             assert reply == b"re:" + taker.node_id[:4] + b"propose"
-            assert maker.node_id in taker.links and taker.node_id in maker.links
+            # A swap link on both sides, outside the mesh (before: an ordinary neighbour)
+            assert maker.node_id in taker.swap_links and taker.node_id in maker.swap_links
+            assert maker.node_id not in taker.links and taker.node_id not in maker.links
             # The link is reused both ways: the maker answers the taker on it.
             taker.config.on_direct = echo
             assert await maker.direct(taker.node_id, b"notice") == (
                 b"re:" + maker.node_id[:4] + b"notice"
             )
             assert await taker.direct(maker.node_id, b"none") is None
+            assert len(taker.swap_links) == 1  # one link, reused
+
+            # A later claim goes through the mesh: the relay is on every route (before, the
+            # swap link carried it and the maker quoted over it directly: hops 1, no relay)
+            _cid, again = await taker.request_quotes("btc", "eth", 10**6, window_s=2)
+            assert again and [len(q.fees) + 1 for q in again] == [2] * len(again), again
+            # Anything but direct messages over a swap link is dropped, unanswered
+            taker.swap_links[maker.node_id].send(Frame("peers_req", {}))
+            await wait_until(lambda: maker.stats.rejected.get("swap_link", 0) == 1)
+            assert not maker._scores.get(taker.node_id)
         finally:
             await stop_all(nodes)
 

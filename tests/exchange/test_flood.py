@@ -26,6 +26,7 @@ from kofo.wire.exchange import (
     sign_fee,
     sign_hop,
 )
+from tests.nodes import free_port
 
 from .helpers import link, start_nodes, stop_all, wait_until
 
@@ -186,7 +187,7 @@ class FulfilFlooder(ExchangeNode):
     _handlers: ClassVar[dict[str, Any]] = {**ExchangeNode._handlers, "claim": _h_claim}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_fulfils_to_a_taker_and_a_relays_state_are_capped():
     """Case 10: a neighbour answering a claim with 500 valid fulfils made the taker hold 500
     quotes and every relay 500 entries. Now both keep a bounded number per claim per link
@@ -203,26 +204,28 @@ def test_fulfils_to_a_taker_and_a_relays_state_are_capped():
             await link(taker, relay)
             await link(relay, behind)
             await link(taker, direct)
-            cid, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=3)
             cap = 32  # ExchangeConfig.max_fulfils_per_claim
-            by_via = [q.via for q in quotes]
+            # Until a quote came through each link, not for a fixed window: two floods of 500
+            # fresh keys and signatures took more than the 3 s window this used on a loaded
+            # machine (no quote from the direct flooder yet: seen under pytest-xdist).
+            cid, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=25, enough=2)
+            assert {q.via for q in quotes} == {direct.node_id, relay.node_id}
+
+            def scored() -> bool:  # a fulfil beyond what is kept reached each and was scored
+                return (
+                    taker._scores.get(direct.node_id, 0) > 0 or direct.node_id in taker._banned
+                ) and (relay._scores.get(behind.node_id, 0) > 0 or behind.node_id in relay._banned)
+
+            await wait_until(scored, timeout=30)
+            # What the taker holds for the claim once the floods were refused: bounded per link.
+            by_via = [q.via for q in taker._pending[cid].quotes]
             assert 0 < by_via.count(direct.node_id) <= cap
             assert 0 < by_via.count(relay.node_id) <= cap
             assert len(relay._relay[cid].downstream) <= cap
-            assert taker._scores.get(direct.node_id, 0) > 0 or direct.node_id in taker._banned
-            assert relay._scores.get(behind.node_id, 0) > 0 or behind.node_id in relay._banned
         finally:
             await stop_all(nodes)
 
     run(go())
-
-
-def _dead_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.timeout(60)
@@ -238,7 +241,7 @@ def test_an_announced_dead_address_is_dialled_with_backoff_and_then_forgotten():
         victim, peer = nodes
         try:
             await link(peer, victim)
-            dead = ("127.0.0.1", _dead_port())
+            dead = ("127.0.0.1", free_port())
             tries = []
             real_dial = victim._dial
 

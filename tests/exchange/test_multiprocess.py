@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.wire.codec import decode
 from kofo.wire.orders import CommitOrder
+from tests.nodes import free_port
 
 N = 20
 PROC = Path(__file__).with_name("node_proc.py")
@@ -24,16 +24,6 @@ MAKERS = {5: 29, 8: 31, 11: 33, 14: 30, 17: 32}  # node index -> ETH base units 
 AMOUNT = 1_000_000
 FEE_BPS = 10  # the ledger's default protocol fee: providers quote net of it
 FEELER_S = 0.5  # faster than the default 2 s, so a split heals within the test's budget
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait(cond, timeout: float, what: str) -> None:
@@ -55,7 +45,7 @@ class Net:
     def __init__(self, d: Path, seed: int) -> None:
         rng = random.Random(seed)
         self.dir = d
-        self.ports = _free_ports(N)
+        self.ports = [free_port() for _ in range(N)]
         self.keys = [Ed25519PrivateKey.generate() for _ in range(N)]
         self.ids = [k.public_key().public_bytes_raw() for k in self.keys]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}

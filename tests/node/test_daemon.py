@@ -106,7 +106,11 @@ def _node(cfg: NodeConfig, wallet: NodeWallet, crash: CrashHook | None = None) -
         wallet,
         passphrase=PASS,
         paillier_bits=1024,
-        exchange_options={"target_degree": 0},
+        # settle_timeout_s: the route's co-signatures cross three nodes, the devnet's chains
+        # and the ledger, all in this one process; under load the default 5 s ran out (the
+        # SDK trade failed 'timed out waiting for the route's signatures' under pytest-xdist
+        # at load ~40). No test here waits for that timeout: a bound, not a timing goal.
+        exchange_options={"target_degree": 0, "settle_timeout_s": 60.0},
         crash=crash or CrashHook(),
     )
 

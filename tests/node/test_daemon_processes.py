@@ -7,7 +7,6 @@ swap not started) and restarted: the trade still ends redeemed on both sides."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,17 +16,12 @@ import pytest
 from kofo.sdk import Client
 from kofo.wallet import NodeWallet
 from tests.node.test_devnet_and_node import PASS, Proc
+from tests.nodes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SATS = 1_000_000
 WAIT = 120.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _until(pred, what: str, timeout: float = WAIT):
@@ -76,13 +70,13 @@ def test_kofo_trade_between_node_processes_and_a_taker_killed_after_the_commit(
         line = devnet.wait_line(lambda s: s.startswith("{"), "the devnet's JSON")
         (tmp_path / "devnet.json").write_text(line)
         json.loads(line)
-        mp, tp = _port(), _port()
+        mp, tp = free_port(), free_port()
         maker = _home(
-            tmp_path, "maker", tmp_path / "devnet.json", mp, _port(),
+            tmp_path, "maker", tmp_path / "devnet.json", mp, free_port(),
             '\n[[offers]]\nbuy = "btc"\nsell = "eth"\nprice_num = 10_000_000_000\n'
             "price_den = 1\nmin_in = 10_000\nmax_in = 100_000_000\n",
         )  # fmt: skip
-        taker = _home(tmp_path, "taker", tmp_path / "devnet.json", tp, _port(), "")
+        taker = _home(tmp_path, "taker", tmp_path / "devnet.json", tp, free_port(), "")
         text = (taker / "config.toml").read_text()
         (taker / "config.toml").write_text(
             text.replace("bootstrap = []", f'bootstrap = ["127.0.0.1:{mp}"]')

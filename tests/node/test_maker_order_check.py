@@ -143,3 +143,34 @@ def test_a_maker_guarded_by_its_engines_check_does_not_cosign_a_shaved_height(ca
             await stop_all(nodes)
 
     run(go())
+
+
+def test_the_makers_terms_from_the_order_hold_until_its_lock_deadline():
+    """``maker_terms`` (the maker acting from a committed order with no proposal): at any
+    time from the commit until ``legs[1].lock_by`` the terms pass the engine's participant
+    check and never let the maker lock later than ``legs[1].lock_by``; after it, refused.
+    Before the reveal deadline was capped by T_B, a maker that saw the taker's lock late
+    refused terms it had to honour (and the ledger would have slashed it)."""
+    from kofo.node.trades import maker_terms
+    from kofo.settlement.terms import check_terms_as_participant
+
+    order, start = _order(POLICIES, 0)
+    t0 = order.legs[0].lock_by - LOCK_WINDOW_S
+    maker = b"\x07" * 32
+    last = order.legs[1].lock_by - t0 - POLICIES["btc"].settle_seconds() // 2
+    for dt in (0, LOCK_WINDOW_S // 2, LOCK_WINDOW_S, LOCK_WINDOW_S + 600, last):
+        now = {
+            "btc": BlockHeight(start["btc"].value + dt // 600),
+            "eth": UnixTime(start["eth"].value + dt),
+        }
+        terms = maker_terms(order, POLICIES, now, maker_node=maker, wall_now=t0 + dt)
+        check_terms_as_participant(
+            terms, POLICIES, now, my_address={"btc": "m-btc", "eth": "m-eth"}
+        )
+        assert terms.participant_lock_by.value <= order.legs[1].lock_by, dt
+        assert terms.participant_leg.expiry == order.legs[1].expiry
+        assert terms.initiator_leg.expiry == order.legs[0].expiry
+    late = {"btc": BlockHeight(TIP + 100), "eth": UnixTime(order.legs[1].lock_by + 1)}
+    with pytest.raises(TermsRefused) as exc:
+        maker_terms(order, POLICIES, late, maker_node=maker, wall_now=order.legs[1].lock_by + 1)
+    assert exc.value.code == "terms_deadline_passed"

@@ -74,7 +74,7 @@ class LockedObserver:
         finally:
             self.lock.release()
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         return None
 
 

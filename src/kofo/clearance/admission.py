@@ -21,10 +21,12 @@ enforced at two places:
   runs) only a registered sender's txs, or a registration, are admitted at all, so fresh sybil
   keys cannot spend a validator's CheckTx on order signatures: they must register first, and
   registrations are capped per block; registrations from all senders together share one more
-  bucket (new keys are free). A tx the node already checked is not charged again (anyone can
-  resend a victim's tx bytes; that must not spend the victim's budget). The buckets read a
-  clock, which is fine there: CheckTx only decides what this node gossips, never what a block
-  means.
+  bucket (new keys are free), charged only after the registration's pre-work (one hash) and
+  work (one scrypt per pre-work at this node, :class:`WorkChecks`) passed, so a flood of
+  unworked registrations cannot empty it. A tx the node already checked is not charged
+  again (anyone can resend a victim's tx bytes; that must not spend the victim's budget).
+  The buckets read a clock, which is fine there: CheckTx only decides what this node gossips,
+  never what a block means.
 
 **Registration costs work** (:func:`check_registration_work`): a registration carries a
 ``pow_nonce`` such that ``scrypt(n=1024, r=8, p=1)`` (1 MiB of memory per try) of
@@ -160,9 +162,70 @@ def check_registration_work(sender: bytes, paillier_n: bytes, nonce: int, bits: 
     return bits == 0 or _meets(registration_work(sender, paillier_n, nonce), bits)
 
 
-def solve_registration_work(sender: bytes, paillier_n: bytes, bits: int) -> int:
-    """The first nonce meeting ``bits`` (expected ``2^bits`` tries)."""
-    nonce = 0
+PREWORK_DOMAIN = b"KOFO/register-prework/v1\x00"
+
+
+def prework_digest(sender: bytes, paillier_n: bytes, nonce: int) -> bytes:
+    """SHA-256 of the pre-work: the top 32 bits of ``nonce`` (its "pre" part) for this sender
+    and modulus. The scrypt work covers the whole nonce."""
+    return hashlib.sha256(
+        PREWORK_DOMAIN + sender + paillier_n + (nonce >> 32).to_bytes(4, "big")
+    ).digest()
+
+
+def check_prework(sender: bytes, paillier_n: bytes, nonce: int, bits: int) -> bool:
+    """Whether the top 32 bits of ``nonce`` are pre-work of ``bits`` bits (one SHA-256, ~1 us):
+    what a registration must show before a validator evaluates its scrypt or charges a shared
+    budget for it, so that junk registrations cost their sender ``2^bits`` hashes each."""
+    return bits == 0 or _meets(prework_digest(sender, paillier_n, nonce), bits)
+
+
+def solve_registration_work(
+    sender: bytes, paillier_n: bytes, bits: int, prework_bits: int = 0
+) -> int:
+    """The first nonce meeting both: a pre part (top 32 bits) of ``prework_bits`` (expected
+    ``2^prework_bits`` hashes), then a low part meeting ``bits`` (``2^bits`` scrypt tries)."""
+    pre = 0
+    while not check_prework(sender, paillier_n, pre << 32, prework_bits):
+        pre += 1
+    nonce = pre << 32
     while not check_registration_work(sender, paillier_n, nonce, bits):
         nonce += 1
     return nonce
+
+
+class WorkChecks:
+    """This node's memo of scrypt work checks, keyed by (sender, modulus, pre part), bounded
+    (least recently used first out). The result of a check is a pure function of the tx, so
+    a memo never changes what a block means; CheckTx also uses it as policy: one pre-work buys
+    at most one scrypt evaluation at this node (:meth:`spent`), so a flood that found one
+    pre-work and varies the low bits of the nonce costs the validator nothing more."""
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        self._max = max_entries
+        self._seen: OrderedDict[bytes, tuple[int, bool]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(sender: bytes, paillier_n: bytes, nonce: int) -> bytes:
+        return hashlib.sha256(sender + paillier_n + (nonce >> 32).to_bytes(4, "big")).digest()
+
+    def spent(self, sender: bytes, paillier_n: bytes, nonce: int) -> bool:
+        """Whether this pre-work was already spent on a check of another nonce here."""
+        with self._lock:
+            hit = self._seen.get(self._key(sender, paillier_n, nonce))
+        return hit is not None and hit[0] != nonce
+
+    def check(self, sender: bytes, paillier_n: bytes, nonce: int, bits: int) -> bool:
+        key = self._key(sender, paillier_n, nonce)
+        with self._lock:
+            hit = self._seen.get(key)
+            if hit is not None and hit[0] == nonce:
+                self._seen.move_to_end(key)
+                return hit[1]
+        ok = check_registration_work(sender, paillier_n, nonce, bits)
+        with self._lock:
+            self._seen[key] = (nonce, ok)
+            while len(self._seen) > self._max:
+                self._seen.popitem(last=False)
+        return ok

@@ -51,6 +51,7 @@ from kofo.wire.attest import (
     MAX_OBSERVATIONS,
     BondObservation,
     ChainObserver,
+    ExecutedDecision,
     LegRef,
     Observation,
     decode_extension,
@@ -105,15 +106,16 @@ MAX_OBSERVED_ORDERS = 1_024
 height however many orders are open; with more, a window rotates over them height by height."""
 
 
-def _window(ids: list[bytes], height: int) -> list[bytes]:
-    """``MAX_OBSERVED_ORDERS`` of the sorted ``ids`` from a start rotating with ``height``:
-    O(window), the same on every validator with the same state."""
+def _window(ids: list[bytes], height: int, size: int | None = None) -> list[bytes]:
+    """``size`` (default ``MAX_OBSERVED_ORDERS``) of the sorted ``ids`` from a start rotating
+    with ``height``: O(window), the same on every validator with the same state."""
+    size = MAX_OBSERVED_ORDERS if size is None else size
     n = len(ids)
-    if n <= MAX_OBSERVED_ORDERS:
+    if n <= size:
         return list(ids)
-    start = height * MAX_OBSERVED_ORDERS % n
-    out = ids[start : start + MAX_OBSERVED_ORDERS]
-    return out + ids[: MAX_OBSERVED_ORDERS - len(out)]
+    start = height * size % n
+    out = ids[start : start + size]
+    return out + ids[: size - len(out)]
 
 
 def _insort(ids: list[bytes], item: bytes) -> None:
@@ -149,11 +151,15 @@ _K_VALIDATORS = b"meta/validators"
 _K_VALSET_NONCE = b"meta/valset_nonce"
 _K_VAULT_SET = b"meta/vault_set"
 _K_DECISIONS = b"meta/decisions"
+_K_OPEN_DECISIONS = b"meta/open_decisions"
+"""Sorted ids of the bond decisions the vault has not been attested to execute yet."""
 """How many bond decisions were recorded; ``decision_seq/<u64>`` holds each one's id, in order,
 so a relayer pages through them (query ``/decisions``) without a scan of the state."""
 MAX_DECISIONS_PAGE = 256
 """The last validator set (Ethereum keys, powers) recorded for the vault."""
 _K_GENESIS_VALIDATORS = b"meta/genesis_validators"
+_K_JOINED_VALIDATORS = b"meta/joined_validators"
+"""Validators that joined after genesis through a bond: ``[pub_key, ...]`` in join order."""
 """Every validator that may hold power: the genesis set (one that lost its power to a missing
 bond regains it when its bond is attested)."""
 _K_CHAIN_ID = b"meta/chain_id"
@@ -404,6 +410,27 @@ def _record_decision(view: _View, did: bytes, rec: dict[str, Any]) -> None:
     view.set(_K_DECISIONS, _enc(seq + 1))
     view.set(b"decision_seq/" + seq.to_bytes(8, "big"), did)
     view.set_map(b"decision/" + did, rec)
+    if rec["recipient"]:  # without one the vault can never execute it: never watched
+        open_ids = [bytes(d) for d in _dec(view.get(_K_OPEN_DECISIONS) or _enc([]))]
+        _insort(open_ids, did)
+        view.set(_K_OPEN_DECISIONS, _enc(open_ids))
+
+
+def _settle_executed(rec: dict[str, Any]) -> None:
+    """Pay off ``slash_pending`` with the node's executed decisions that its attested vault
+    balance already shows (executed as of a vault height <= ``bond_height``): the balance and
+    the execution then count together, never one without the other."""
+    waiting = rec.get("executed_unseen", [])
+    if not waiting:
+        return
+    height = rec.get("bond_height", 0)
+    seen = [w for w in waiting if w[0] <= height]
+    rest = [w for w in waiting if w[0] > height]
+    rec["slash_pending"] = max(0, rec.get("slash_pending", 0) - sum(w[1] for w in seen))
+    if rest:
+        rec["executed_unseen"] = rest
+    else:
+        rec.pop("executed_unseen", None)
 
 
 def _internal_error(exc: Exception, where: str) -> TxResult:
@@ -447,6 +474,8 @@ class LedgerApp:
         # signatures while the GIL is released); only the cache is shared between them.
         self._verified_lock = threading.Lock()
         self._verified_bytes = 0
+        self._work = admission.WorkChecks()
+        """Memo of registration work checks (also CheckTx's one-scrypt-per-pre-work policy)."""
         self.rate_limit = rate_limit
         """This node's per-sender CheckTx limit (None: none, e.g. the embedded solo ledger)."""
         self.require_registered = require_registered
@@ -555,11 +584,24 @@ class LedgerApp:
             and self.store.get_committed(_node_key(env.sender)) is None
         ):
             raise UnknownNode(f"sender {env.sender.hex()} is not a registered node; register first")
+        registration = body if isinstance(body, RegisterNode) else None
+        if registration is not None:
+            self._check_prework(env.sender, registration)  # one SHA-256, before any charge
         if self.rate_limit is not None:
             self.rate_limit.charge(env.sender)
-        if self.registration_limit is not None and isinstance(body, RegisterNode):
-            # New keys are free, so a per-sender limit alone does not bound registrations.
-            self.registration_limit.charge(b"registrations")
+        if registration is not None:
+            # The work before the shared registration bucket: a flood of unworked registrations
+            # (fresh keys, free) emptied that bucket and shut honest registrations out. Each
+            # scrypt evaluated here needed its own pre-work (above): one pre-work buys one
+            # evaluation at this node, whatever the low bits of the nonce.
+            if self._work.spent(env.sender, registration.paillier_n, registration.pow_nonce):
+                raise BadMessage(
+                    "register_node.pow_nonce: this pre-work was already spent on another nonce"
+                )
+            self._check_registration_work(env.sender, registration)
+            if self.registration_limit is not None:
+                # New keys are free, so a per-sender limit alone does not bound registrations.
+                self.registration_limit.charge(b"registrations")
 
     def _decode_verified(
         self,
@@ -602,11 +644,20 @@ class LedgerApp:
                 self._verified_bytes -= self._verified.popitem(last=False)[1][2]
         return msg.envelope, body
 
+    def _check_prework(self, sender: bytes, tx: RegisterNode) -> None:
+        """One SHA-256: a registration without its pre-work costs nothing more, anywhere."""
+        bits = self._params.registration_prework_bits
+        if not admission.check_prework(sender, tx.paillier_n, tx.pow_nonce, bits):
+            raise BadMessage(
+                f"register_node.pow_nonce: its top 32 bits are not pre-work of {bits} bits"
+            )
+
     def _check_registration_work(self, sender: bytes, tx: RegisterNode) -> None:
-        """One scrypt evaluation: cheap enough to run before the block's registration slots
-        are charged, so that registrations without their work cannot fill them."""
+        """One scrypt evaluation (memoized): cheap enough to run before the block's
+        registration slots are charged, so that registrations without their work cannot fill
+        them."""
         bits = self._params.registration_work_bits
-        if not admission.check_registration_work(sender, tx.paillier_n, tx.pow_nonce, bits):
+        if not self._work.check(sender, tx.paillier_n, tx.pow_nonce, bits):
             raise BadMessage(
                 f"register_node.pow_nonce is not work of {bits} bits for this sender and modulus"
             )
@@ -704,10 +755,12 @@ class LedgerApp:
             _withdrawal_applies(get, env.sender, body)
         if isinstance(body, RegisterNode):
             # Before the block's registration slots are charged: a registration without its
-            # work must not take the slot of one with it. (CheckTx charges its rate limits
-            # first instead: there the work check is what a flood would make it pay for.)
+            # work must not take the slot of one with it (CheckTx likewise checks the work
+            # before its shared registration bucket, see _admit).
             # The checks themselves are capped per block: only a hostile proposer includes
             # registrations without work, and each costs every validator one scrypt.
+            # The pre-work first (one hash): without it nothing is charged, not even a check.
+            self._check_prework(env.sender, body)
             budget.charge_work_check()
             self._check_registration_work(env.sender, body)
         budget.charge(env.sender, body)
@@ -824,19 +877,30 @@ class LedgerApp:
         sets = _dec(raw)
         latest = attest.validators_from_state(sets[-1][1])
         genesis = attest.validators_from_state(_dec(view.get(_K_GENESIS_VALIDATORS) or _enc([])))
+        joined = {
+            attest.validator_address(bytes(k)): Validator(bytes(k), 0)
+            for k in _dec(view.get(_K_JOINED_VALIDATORS) or _enc([]))
+        }
         p = self._params
         new: dict[bytes, int] = {}
-        current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in genesis.items()}
-        for addr, val in genesis.items():
+        everyone = {**joined, **genesis}
+        current = {a: latest.get(a, Validator(v.pub_key, 0)) for a, v in everyone.items()}
+        for addr, val in everyone.items():
             node = view.get(b"valnode/" + addr)
             if node is not None:
                 rec = view.get_map(_node_key(node))
                 power = 0 if rec is None else _effective_bond(rec) // p.power_unit
+                if addr not in genesis and power < p.validator_min_power:
+                    power = 0  # a joined validator whose bond fell below the minimum leaves
             elif p.validator_bond_deadline and height >= p.validator_bond_deadline:
                 power = 0
             else:
                 power = val.power
             new[addr] = min(power, MAX_POWER)
+        for addr, val in latest.items():
+            if addr not in everyone:  # a joined validator whose slot was reclaimed: it leaves
+                current[addr] = val
+                new[addr] = 0
         updates: tuple[tuple[bytes, int], ...] = ()
         # unchanged, or it would leave no validator at all: no update
         if not (all(new[a] == v.power for a, v in current.items()) or not any(new.values())):
@@ -1017,6 +1081,7 @@ class LedgerApp:
             {
                 "status": "committed",
                 "height": ctx.height,
+                "time": ctx.time,
                 "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
             },
         )
@@ -1185,27 +1250,56 @@ class LedgerApp:
             votes = [(validators[v.validator].power, v.extension) for v in tx.votes]
             total = sum(v.power for v in validators.values())
         view.set(b"meta/attested", _enc(ctx.height))
-        facts, bond_facts = attest.tally(votes, total)
+        facts, bond_facts, executed = attest.tally(votes, total)
         for fact in facts:
             self._set_outcome(view, ctx, fact)
         for bond in bond_facts:
             self._set_bond(view, ctx, bond)
+        for done in executed:
+            self._set_executed(view, ctx, done)
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
-        """An attested bond-vault balance: the only bond importance counts. A balance lower
-        than the last one (a slash or release executed on the vault) first pays off the
-        slashes the ledger decided but the vault had not executed yet."""
+        """An attested bond-vault balance: the only bond importance counts. A fall in it is
+        *not* read as an executed slash or release (anything else could cause it): only the
+        vault's executed decisions, attested by id (:meth:`_set_executed`), pay off
+        ``slash_pending``, once the balance shows them (:func:`_settle_executed`)."""
         rec = view.get_map(_node_key(fact.node))
         if rec is None or fact.chain_height < rec.get("bond_height", 0):
             return  # unknown node, or a view older than the one already counted
-        prev = rec.get("bond_locked", 0)
-        if fact.amount < prev:
-            rec["slash_pending"] = max(0, rec.get("slash_pending", 0) - (prev - fact.amount))
         rec["bond_locked"] = fact.amount
         rec["bond_height"] = fact.chain_height
+        _settle_executed(rec)
         view.set_map(_node_key(fact.node), rec)
         ctx.events.append(
             ("bond_attested", (("node", fact.node.hex()), ("amount", str(fact.amount))))
+        )
+
+    def _set_executed(self, view: _View, ctx: _Ctx, fact: ExecutedDecision) -> None:
+        """The vault executed ledger decision ``fact.decision`` (attested by > 2/3): its amount
+        stops being pending once the node's attested balance is from that vault height on."""
+        key = b"decision/" + fact.decision
+        dec = view.get_map(key)
+        if dec is None or "executed_at" in dec:
+            return  # not this ledger's decision, or already counted
+        dec["executed_at"] = fact.chain_height
+        view.set_map(key, dec)
+        open_ids = [bytes(d) for d in _dec(view.get(_K_OPEN_DECISIONS) or _enc([]))]
+        _remove_sorted(open_ids, fact.decision)
+        view.set(_K_OPEN_DECISIONS, _enc(open_ids))
+        node = bytes(dec["node"])
+        rec = view.get_map(_node_key(node))
+        if rec is not None:
+            rec["executed_unseen"] = [
+                *rec.get("executed_unseen", []),
+                [fact.chain_height, int(dec["amount"])],
+            ]
+            _settle_executed(rec)
+            view.set_map(_node_key(node), rec)
+        ctx.events.append(
+            (
+                "bond_decision_executed",
+                (("id", fact.decision.hex()), ("node", node.hex()), ("amount", str(dec["amount"]))),
+            )
         )
 
     # -- validator keys and bond decisions -----------------------------------------------------
@@ -1213,13 +1307,39 @@ class LedgerApp:
     def _register_validator_key(
         self, view: _View, ctx: _Ctx, sender: bytes, tx: RegisterValidatorKey
     ) -> None:
-        validators = _validators_at(view.get(_K_VALIDATORS), ctx.height + 2) or {}
-        self._node(view, sender, "validator's node")
+        raw_sets = view.get(_K_VALIDATORS)
+        validators = _validators_at(raw_sets, ctx.height + 2) or {}
+        rec = self._node(view, sender, "validator's node")
         addr = attest.validator_address(tx.consensus_key)
         if view.get(b"valkey/" + addr) is not None:
             raise AlreadyExists(f"validator {addr.hex()} already registered its key")
-        if addr not in validators or validators[addr].pub_key != tx.consensus_key:
+        genesis = attest.validators_from_state(_dec(view.get(_K_GENESIS_VALIDATORS) or _enc([])))
+        known = genesis.get(addr) or validators.get(addr)
+        joining = known is None  # (a genesis validator whose power fell to 0 is no joiner)
+        if known is not None and known.pub_key != tx.consensus_key:
             raise NotAuthorised(f"{tx.consensus_key.hex()} is not a validator's consensus key")
+        joined: list[bytes] = [bytes(k) for k in _dec(view.get(_K_JOINED_VALIDATORS) or _enc([]))]
+        if joining:
+            # A new validator, through its node's bond: only where a validator set exists
+            # (CometBFT; solo has none), with at least validator_min_power of attested bond,
+            # and within the set's bound (genesis and joined together).
+            p = self._params
+            power = _effective_bond(rec) // p.power_unit
+            if raw_sets is None or power < p.validator_min_power:
+                raise NotAuthorised(
+                    f"{tx.consensus_key.hex()} is not a validator's consensus key, and the "
+                    f"node's attested bond gives power {power}, below the "
+                    f"{p.validator_min_power} a new validator needs"
+                )
+            if len(genesis) + len(joined) >= attest.MAX_VALIDATORS:
+                # A slot held by a joined validator whose bond no longer gives the minimum
+                # is reclaimed: otherwise bonding briefly, joining and unbonding would hold
+                # the set's slots for good and shut every later validator out.
+                idle = next((k for k in joined if self._joined_idle(view, k)), None)
+                if idle is None:
+                    raise RateLimited(f"the validator set is full ({attest.MAX_VALIDATORS})")
+                joined.remove(idle)
+                self._forget_validator_key(view, attest.validator_address(idle))
         if view.get(b"nodeval/" + sender) is not None:
             # one bond backs one validator: two validators on one node would count it twice
             raise AlreadyExists(f"node {sender.hex()} already backs a validator")
@@ -1237,10 +1357,32 @@ class LedgerApp:
             tx.eth_address
         ):
             raise NotAuthorised("register_validator_key.eth_sig is not by eth_address's key")
+        if joining:
+            view.set(_K_JOINED_VALIDATORS, _enc([*joined, tx.consensus_key]))
+            ctx.events.append(("validator_joined", (("address", addr.hex()),)))
         view.set(b"valkey/" + addr, tx.eth_address)
         view.set(b"valnode/" + addr, sender)
         view.set(b"nodeval/" + sender, addr)
         view.set(b"valeth/" + tx.eth_address, addr)
+
+    def _joined_idle(self, view: _View, pub_key: bytes) -> bool:
+        """Whether a joined validator's node bond gives less than ``validator_min_power`` (the
+        same rule that takes its power to 0 in :meth:`_update_validators`)."""
+        node = view.get(b"valnode/" + attest.validator_address(pub_key))
+        rec = None if node is None else view.get_map(_node_key(node))
+        power = 0 if rec is None else _effective_bond(rec) // self._params.power_unit
+        return power < self._params.validator_min_power
+
+    @staticmethod
+    def _forget_validator_key(view: _View, addr: bytes) -> None:
+        node = view.get(b"valnode/" + addr)
+        eth = view.get(b"valkey/" + addr)
+        for key in (b"valkey/" + addr, b"valnode/" + addr):
+            view.delete(key)
+        if node is not None:
+            view.delete(b"nodeval/" + node)
+        if eth is not None:
+            view.delete(b"valeth/" + eth)
 
     def _unbond(self, view: _View, ctx: _Ctx, sender: bytes, tx: Unbond) -> None:
         rec = self._node(view, sender, "unbonding node")
@@ -1399,7 +1541,7 @@ class LedgerApp:
             order = SettlementOrder.from_map(_dec(raw))
             for i, leg in enumerate(order.legs):
                 if state["legs"][i]["outcome"] in (None, "locked"):
-                    refs.append(LegRef(oid, i, leg, order.payment_hash))
+                    refs.append(LegRef(oid, i, leg, order.payment_hash, int(state.get("time", 0))))
         return refs
 
     def extend_vote(self) -> bytes:
@@ -1422,12 +1564,33 @@ class LedgerApp:
             seen.append(obs)
             if len(seen) >= MAX_OBSERVATIONS:
                 break
-        return encode_extension(seen, self._bond_observations())
+        return encode_extension(seen, self._bond_observations(), self._executed_observations())
 
     def bonds_to_attest(self) -> bool:
-        """Whether this validator's observer sees a vault balance the ledger does not hold
-        (what the next vote extension would attest)."""
-        return bool(self._bond_observations())
+        """Whether this validator's observer sees a vault balance the ledger does not hold,
+        or a decision the vault executed that the ledger holds open (what the next vote
+        extension would attest)."""
+        return bool(self._bond_observations()) or bool(self._executed_observations())
+
+    def _executed_observations(self) -> list[ExecutedDecision]:
+        """The open decisions the vault has executed, for a window of them rotating with the
+        height, read at the same rounded vault height as the balances."""
+        observe = getattr(self.observer, "observe_decision", None)
+        if observe is None:
+            return []
+        open_ids = [bytes(d) for d in _dec(self.store.get_committed(_K_OPEN_DECISIONS) or _enc([]))]
+        out: list[ExecutedDecision] = []
+        # one vault read each: MAX_OBSERVATIONS a height (the most an extension carries)
+        for did in _window(open_ids, self.store.height, MAX_OBSERVATIONS):
+            try:
+                seen = observe(did, self._params.bond_height_step)
+            except Exception:  # an observer failing is "saw nothing", never a crash
+                seen = None
+            if isinstance(seen, ExecutedDecision) and seen.decision == did:
+                out.append(seen)
+                if len(out) >= MAX_OBSERVATIONS:
+                    break
+        return out
 
     def _bond_observations(self) -> list[BondObservation]:
         """Vault balances that differ from the ledger's attested record, for a window of
@@ -1444,14 +1607,20 @@ class LedgerApp:
             if raw is None:
                 continue
             try:
-                seen = observe(node)
+                seen = observe(node, self._params.bond_height_step)
             except Exception:  # an observer failing is "saw nothing", never a crash
                 seen = None
             if not isinstance(seen, BondObservation) or seen.node != node:
                 continue
             rec = _dec(raw)
-            if seen.amount == rec.get("bond_locked", 0) or seen.chain_height < rec.get(
-                "bond_height", 0
+            if seen.chain_height < rec.get("bond_height", 0):
+                continue
+            # an executed decision the recorded balance does not show yet: re-attest the
+            # balance at a newer height even if the amount looks unchanged (a top-up may
+            # have matched the slash)
+            unseen = any(w[0] > rec.get("bond_height", 0) for w in rec.get("executed_unseen", []))
+            if seen.amount == rec.get("bond_locked", 0) and not (
+                unseen and seen.chain_height > rec.get("bond_height", 0)
             ):
                 continue
             out.append(seen)
@@ -1885,11 +2054,15 @@ class LedgerApp:
     def validator_keys(self) -> dict[bytes, bytes]:
         """Registered secp256k1 keys: validator address -> Ethereum address, by address.
 
-        One read per genesis validator (only they can register a key), never a scan of the
-        state: this answers a public query on the loop that also runs consensus."""
+        One read per genesis or joined validator (only they can register a key; 128 at most),
+        never a scan of the state: this answers a public query on the loop that also runs
+        consensus."""
         raw = self.store.get_committed(_K_GENESIS_VALIDATORS)
+        addrs = set(attest.validators_from_state(_dec(raw)) if raw is not None else ())
+        joined = self.store.get_committed(_K_JOINED_VALIDATORS)
+        addrs |= {attest.validator_address(bytes(k)) for k in _dec(joined or _enc([]))}
         out = {}
-        for addr in sorted(attest.validators_from_state(_dec(raw)) if raw is not None else ()):
+        for addr in sorted(addrs):
             eth = self.store.get_committed(b"valkey/" + addr)
             if eth is not None:
                 out[addr] = eth

@@ -26,9 +26,10 @@ from kofo.wire import envelope
 from kofo.wire.attest import (
     MAX_EXTENSION_BYTES,
     BondObservation,
+    ExecutedDecision,
     LegRef,
     Observation,
-    decode_extension_full,
+    decode_extension_all,
 )
 from kofo.wire.codec import EncodingError, decode, encode
 from kofo.wire.envelope import BadMessage
@@ -177,26 +178,30 @@ def check_attest_tx(
 
 def tally(
     votes: Iterable[tuple[int, bytes]], total_power: int
-) -> tuple[list[Observation], list[BondObservation]]:
-    """The facts attested by more than two thirds of ``total_power``, sorted: leg outcomes and
-    bond balances.
+) -> tuple[list[Observation], list[BondObservation], list[ExecutedDecision]]:
+    """The facts attested by more than two thirds of ``total_power``, sorted: leg outcomes,
+    bond balances and bond decisions the vault executed.
 
     ``votes`` are ``(power, extension)``; a malformed extension counts for nothing (an honest
     validator's never is: its structure is what VerifyVoteExtension checks)."""
     weight: dict[Observation, int] = {}
     bond_weight: dict[BondObservation, int] = {}
+    done_weight: dict[ExecutedDecision, int] = {}
     for power, ext in votes:
         try:
-            obs, bonds = decode_extension_full(ext)
+            obs, bonds, done = decode_extension_all(ext)
         except (BadMessage, EncodingError):
             continue
         for o in obs:
             weight[o] = weight.get(o, 0) + power
         for b in bonds:
             bond_weight[b] = bond_weight.get(b, 0) + power
+        for d in done:
+            done_weight[d] = done_weight.get(d, 0) + power
     return (
         sorted(o for o, w in weight.items() if 3 * w > 2 * total_power),
         sorted(b for b, w in bond_weight.items() if 3 * w > 2 * total_power),
+        sorted(d for d, w in done_weight.items() if 3 * w > 2 * total_power),
     )
 
 
@@ -215,7 +220,8 @@ class FileObserver:
     inject the settlement layer's chain watchers instead (clearance never imports them).
 
     ``{"legs": [[order_id hex, leg, outcome, txid, chain_height], ...],
-    "bonds": [[node hex, amount, chain_height], ...]}``; a missing or unreadable file is an
+    "bonds": [[node hex, amount, chain_height], ...], "done": [[decision hex, chain_height],
+    ...]}``; a missing or unreadable file is an
     observer that sees nothing."""
 
     def __init__(self, path: str) -> None:
@@ -223,6 +229,7 @@ class FileObserver:
         self._stamp: tuple[int, int] | None = None
         self._legs: dict[tuple[bytes, int], Observation] = {}
         self._bonds: dict[bytes, BondObservation] = {}
+        self._done: dict[bytes, ExecutedDecision] = {}
 
     def _load(self) -> None:
         import json
@@ -231,7 +238,7 @@ class FileObserver:
         try:
             st = os.stat(self._path)
         except OSError:
-            self._legs, self._bonds, self._stamp = {}, {}, None
+            self._legs, self._bonds, self._done, self._stamp = {}, {}, {}, None
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
@@ -249,14 +256,22 @@ class FileObserver:
             for node, amount, height in data.get("bonds", []):
                 b = BondObservation.from_list([bytes.fromhex(node), amount, height], "bond")
                 bonds[b.node] = b
+            done = {}
+            for decision, height in data.get("done", []):
+                d = ExecutedDecision.from_list([bytes.fromhex(decision), height], "done")
+                done[d.decision] = d
         except (OSError, ValueError, TypeError, BadMessage):
             return  # a half-written file: keep the last good view
-        self._legs, self._bonds, self._stamp = legs, bonds, stamp
+        self._legs, self._bonds, self._done, self._stamp = legs, bonds, done, stamp
 
     def observe(self, ref: LegRef) -> Observation | None:
         self._load()
         return self._legs.get((ref.order_id, ref.index))
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
         self._load()
         return self._bonds.get(node)
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        self._load()
+        return self._done.get(decision)

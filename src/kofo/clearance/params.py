@@ -77,6 +77,10 @@ class LedgerParams:
     registration_work_bits: int = 12
     """Leading zero bits of a registration's memory-hard work (``kofo.clearance.admission``):
     ~4,000 scrypt tries (~10 s of one core) per registration, one try (~2 ms) to check."""
+    registration_prework_bits: int = 16
+    """Leading zero bits of a registration's cheap pre-work: SHA-256 over the top 32 bits of
+    ``pow_nonce`` (``kofo.clearance.admission.check_prework``), checked in ~1 us before the
+    scrypt and before any shared budget is charged; 65,536 hashes (~0.1 s) once per node."""
     max_withdrawals_per_block: int = 50
     """A withdrawal that gets past its cheap checks costs two modular powers mod n^2; only nodes
     the ledger credited can get that far, at most one each per block, and 50 in all."""
@@ -89,8 +93,17 @@ class LedgerParams:
     unbond_delay: int = 604_800
     """Seconds (block time) between an unbond request and its release decision: a week for
     evidence of what the node did before to be filed and slash the bond it is taking back."""
+    bond_height_step: int = 16
+    """Validators observe the bond vault at the highest confirmed height that is a multiple of
+    this (``ChainObserver.observe_bond``): validators with different tips or confirmation
+    settings then attest the same ``(amount, height)`` and reach > 2/3, where exact heights
+    never agreed (16 Ethereum blocks: ~3 minutes; 1 for a chain with a single validator)."""
     power_unit: int = 10**15
     """Wei of attested bond per unit of a bound validator's voting power (0.001 ETH)."""
+    validator_min_power: int = 1_000
+    """Voting power (attested bond // ``power_unit``) a node's bond must give for a new
+    validator to join after genesis (``register_validator_key`` with a consensus key outside the
+    set), and to stay in the set: 1,000 units, 1 ETH at the default ``power_unit``."""
     validator_bond_deadline: int = 0
     """Height from which a validator that bound no bonded node has no voting power (0: genesis
     powers stand for validators that never bind; set it so that a chain bootstraps first)."""
@@ -110,9 +123,22 @@ class LedgerParams:
             raise InvalidInput(
                 f"registration_work_bits must be within 0..32, got {self.registration_work_bits}"
             )
+        if not 0 <= self.registration_prework_bits <= 24:
+            raise InvalidInput(
+                "registration_prework_bits must be within 0..24, got "
+                f"{self.registration_prework_bits}"
+            )
         for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 1 <= self.bond_height_step <= 1_000_000:
+            raise InvalidInput(
+                f"bond_height_step must be within 1..1000000, got {self.bond_height_step}"
+            )
+        if not 1 <= self.validator_min_power <= 2**50:
+            raise InvalidInput(
+                f"validator_min_power must be within 1..2^50, got {self.validator_min_power}"
+            )
         if self.power_unit <= 0:
             raise InvalidInput(f"power_unit must be positive, got {self.power_unit}")
         if self.bond_vault_address and len(self.bond_vault_address.removeprefix("0x")) != 40:

@@ -30,7 +30,8 @@ Special soundness needs every challenge difference to be prime to ``n``: two acc
 to one ``a`` then give an n-th root of ``c``. Nothing about a modulus the node chose can be
 assumed, so **every modulus is certified at registration** (:func:`prove_modulus`,
 :func:`check_modulus`): it has no prime factor below ``SIEVE_BOUND`` = 2^20 (one gcd with the
-product of those primes), and it is square-free and prime to phi(n), by the proof of
+product of those primes), it is not a prime (Miller-Rabin with bases hashed from ``n``), and it
+is square-free and prime to phi(n), by the proof of
 Goldberg, Reyzin, Sagga and Baldimtsi ("Efficient noninteractive certification of RSA moduli
 and beyond", ASIACRYPT 2019, the ``N``-th root protocol with a small-prime sieve): for
 ``MODULUS_CHALLENGES`` (4) values ``rho_i`` derived by hash from ``n`` and the node id, the node
@@ -190,6 +191,11 @@ SIEVE_BOUND = 1 << 20
 MODULUS_CHALLENGES = 4
 """Values ``rho_i`` of the modulus proof: soundness ``(1/SIEVE_BOUND)^4 = 2^-80``."""
 MODULUS_DOMAIN = b"KOFO/paillier-modulus/v1\x00"
+PRIME_TEST_DOMAIN = b"KOFO/modulus-not-prime/v1\x00"
+PRIME_TEST_ROUNDS = 2
+"""Miller-Rabin rounds that must find ``n`` composite. A prime passes every round for every
+base, so one round already refuses every prime; the second guards an honest ``p q`` against
+the (negligible) chance that the one base is a strong liar for it."""
 
 
 def _challenges(n: int, c: int, a_values: list[int], context: bytes) -> list[int]:
@@ -279,11 +285,47 @@ def prove_modulus(priv: paillier.PaillierPrivateKey, context: bytes) -> bytes:
     )
 
 
+def _mr_base(n: int, i: int) -> int:
+    size = _size(n)
+    digest = hashlib.shake_256(
+        PRIME_TEST_DOMAIN + n.to_bytes(size, "big") + i.to_bytes(4, "big")
+    ).digest(size + 16)
+    return 2 + int.from_bytes(digest, "big") % (n - 3)
+
+
+def is_probable_prime(n: int) -> bool:
+    """Miller-Rabin with ``PRIME_TEST_ROUNDS`` bases hashed from ``n`` (odd ``n > 3``):
+    deterministic, so every validator gives the same answer, whatever its GMP version (GMP's own
+    test changed between versions). A composite ``p q`` fails at the first round (one modular
+    power); a prime passes every round."""
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for i in range(PRIME_TEST_ROUNDS):
+        x = _powmod(_mr_base(n, i), d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
 def check_modulus(n: int, proof: bytes, context: bytes, what: str) -> None:
-    """Raise :class:`BadCiphertext` unless ``n`` has no prime factor below ``SIEVE_BOUND`` and
-    ``proof`` certifies it square-free and prime to phi(n) (see module doc)."""
+    """Raise :class:`BadCiphertext` unless ``n`` has no prime factor below ``SIEVE_BOUND``, is
+    not a prime, and ``proof`` certifies it square-free and prime to phi(n) (see module doc).
+
+    A prime ``n`` passes the certificate (``gcd(p, p - 1) = 1``) yet is no Paillier modulus (it
+    harms only its own balance, but it is a wrong acceptance): refused by a public, cheap
+    probable-prime test. Perfect powers ``p^k`` (``k >= 2``) need no test of their own: ``p``
+    divides both ``n`` and ``phi(n)``, which the certificate refuses."""
     if n < SIEVE_BOUND or gcd(n, _small_primorial()) != 1:
         raise BadCiphertext(f"{what}: the modulus has a prime factor below {SIEVE_BOUND}")
+    if is_probable_prime(n):
+        raise BadCiphertext(f"{what}: the modulus is a prime, not a product of two primes")
     size = _size(n)
     if len(proof) != modulus_proof_size(n):
         raise BadCiphertext(

@@ -25,6 +25,7 @@ from kofo.errors import InvalidInput, KofoError, NotDelivered
 from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.route import (
+    LOCK_WINDOW_S,
     ExpiryCheck,
     ExpiryFit,
     OrderPolicy,
@@ -121,6 +122,8 @@ MAX_DM_BYTES = min(MAX_MESSAGE_BYTES, MAX_FRAME_BYTES - 1024)
 swap messages it carries are a few KiB; the frame limit (256 KiB) is kept, not raised to the
 swap layer's 1 MiB cap, so one peer still makes us buffer at most one such frame per link."""
 
+SWAP_LINK_FRAMES = frozenset({"dm", "dm_reply", "ping"})
+"""Frames a swap link carries (``ExchangeNode.swap_links``); anything else over one is dropped."""
 DM_REPLY_GRACE_S = 5.0
 """After a ``direct()`` timeout the request still counts as outstanding on the link for the
 handler budget (``dm_handler_s``, the peer's being the protocol's default) and this grace: the
@@ -251,6 +254,10 @@ class ExchangeConfig:
     # out expiry)``, link protocol v4; the daemon passes ``kofo.node.trades.plan_order_times``
     # of its policies). None: ``route.derived_times`` (embedded chains, tests).
     plan_times: PlanTimes | None = None
+    # The network's lock window (link protocol v4: ``legs[0].lock_by`` is the order's time
+    # plus it): ``route.LOCK_WINDOW_S`` on the production network; every node of a network
+    # must use the same value (a devnet writes its own into the configs it funds).
+    lock_window_s: int = LOCK_WINDOW_S
     # chain -> "height" | "unix": the HTLC clock of chains this node knows (a chain missing
     # here is judged by what ``expiry_fit`` gives for it, else not at all).
     chain_clocks: dict[str, str] = field(default_factory=dict)
@@ -275,10 +282,11 @@ class ExchangeConfig:
     # Inbound direct messages in the handler at once over all peers (each holds its payload):
     # beyond it a dm gets a null reply, unscored (the peer kept within its own budget).
     dm_inflight_max: int = 128
-    # Links beyond ``max_degree`` (and the inbound share) kept for the initiators of orders
-    # this node co-signed as provider, until the order's last expiry: strangers filling the
-    # inbound slots must not keep a taker from delivering its swap messages.
-    direct_slots: int = 8
+    # Swap links (outside the mesh and its ``max_degree``) this node accepts at once from the
+    # initiators of orders it co-signed as provider, until the order's last expiry:
+    # strangers filling the inbound slots must not keep a taker from delivering its swap
+    # messages. A swap link carries direct messages only (see ``ExchangeNode.direct``).
+    direct_slots: int = 32
 
 
 @dataclass(slots=True)
@@ -383,6 +391,11 @@ class ExchangeNode:
         self._liquidity = liquidity
         self._tls = tls_identity(key)
         self.links: dict[bytes, Link] = {}
+        # Swap links: opened by ``direct()`` (or accepted from an order's initiator) for the
+        # two traders' direct messages only; kept out of ``links``, so no book, gossip, claim
+        # or route ever crosses one (a later trade between the two still goes through the
+        # mesh and pays its relays).
+        self.swap_links: dict[bytes, Link] = {}
         self._known: dict[tuple[str, int], bytes | None] = {}
         self._backoff: dict[tuple[str, int], tuple[int, float]] = {}
         self._dialing: set[tuple[str, int]] = set()
@@ -470,7 +483,7 @@ class ExchangeNode:
         self._stopped = True
         if self._server is not None:
             self._server.close()
-        for link in list(self.links.values()):
+        for link in [*self.links.values(), *self.swap_links.values()]:
             link.close()
         for task in list(self._tasks):
             task.cancel()
@@ -535,20 +548,34 @@ class ExchangeNode:
             return  # displaced by a newer handshake
         writer = made[0]
         host = (writer.get_extra_info("peername") or (self.config.host,))[0]
+        # The initiator of an order we co-signed links in for its swap messages: a swap link,
+        # outside the mesh (unless it is our mesh neighbour already: that link carries them).
+        if peer not in self.links and self._direct_peer(peer):
+            swap = [lk for p, lk in self.swap_links.items() if p != peer and not lk.closed]
+            if len(swap) >= self.config.direct_slots:
+                log.info("refusing %s: no swap link slot (%d)", peer.hex()[:12], len(swap))
+                writer.close()
+                return
+            link = Link(reader, writer, peer, port, False, self.config.limits)
+            self._attach(link, host, swap_only=True)
+            return
         # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
         # nothing) must not take every slot and leave us no link of our own choosing.
         inbound = sum(1 for lk in self.links.values() if not lk.outbound)
         if (
             len(self.links) >= self.config.max_degree
             or inbound >= self.config.max_degree - self.config.target_degree
-        ) and not self._direct_slot_for(peer):
+        ):
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
         self._attach(Link(reader, writer, peer, port, False, self.config.limits), host)
 
-    async def connect(self, host: str, port: int, expect: bytes | None = None) -> bytes:
-        """Dial a peer and keep the link; return its node id."""
+    async def connect(
+        self, host: str, port: int, expect: bytes | None = None, *, swap_only: bool = False
+    ) -> bytes:
+        """Dial a peer and keep the link; return its node id. ``swap_only``: a swap link for
+        direct messages (``direct()``), kept out of the mesh."""
         if self._stopped:
             raise LinkError(f"cannot dial {host}:{port}: this node is stopped")
         reader, writer = await asyncio.wait_for(
@@ -563,10 +590,13 @@ class ExchangeNode:
         except BaseException:
             writer.close()
             raise
-        self._attach(Link(reader, writer, peer, peer_port, True, self.config.limits), host, port)
+        link = Link(reader, writer, peer, peer_port, True, self.config.limits)
+        self._attach(link, host, port, swap_only=swap_only)
         return peer
 
-    def _attach(self, link: Link, host: str, dialled: int | None = None) -> None:
+    def _attach(
+        self, link: Link, host: str, dialled: int | None = None, *, swap_only: bool = False
+    ) -> None:
         peer = link.peer_id
         if self._stopped:
             log.info("dropping link to %s: this node is stopped", peer.hex()[:12])
@@ -575,6 +605,21 @@ class ExchangeNode:
         if self._banned.get(peer, 0.0) > time.monotonic():
             log.info("refusing banned peer %s", peer.hex()[:12])
             link.close()
+            return
+        if swap_only:
+            # Direct messages only: not a neighbour (no book, no peers asked, no gossip, no
+            # claims), its address not learned for the mesh.
+            link.swap_only = True
+            old_swap = self.swap_links.get(peer)
+            if old_swap is not None and not old_swap.closed:
+                if link.outbound:
+                    # two of our own dials raced: keep the live one (messages may be on it)
+                    link.close()
+                    return
+                # the peer dialled again: its old link is dead on its side (a restart)
+                old_swap.close()
+            self.swap_links[peer] = link
+            self._spawn(self._run_link(link))
             return
         old = self.links.get(peer)
         if old is not None and not old.closed:
@@ -654,6 +699,8 @@ class ExchangeNode:
                     fut.set_exception(
                         PeerNotReached(f"link to {link.peer_id.hex()[:16]} closed before a reply")
                     )
+            if self.swap_links.get(link.peer_id) is link:
+                del self.swap_links[link.peer_id]
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
                 self._claim_buckets.pop(link.peer_id, None)
@@ -822,6 +869,11 @@ class ExchangeNode:
 
     def _on_frame(self, link: Link, frame: Frame) -> None:
         self.stats.frames_in += 1
+        if link.swap_only and frame.type not in SWAP_LINK_FRAMES:
+            # A swap link is no mesh link: an offer, claim or route part sent over it is
+            # dropped (unscored: a peer that took it for a neighbour is not hostile).
+            self.stats.rejected["swap_link"] = self.stats.rejected.get("swap_link", 0) + 1
+            return
         handler = self._handlers.get(frame.type)
         if handler is None:
             self._abuse(link, f"unknown frame type {frame.type!r:.40}", 5)
@@ -1396,6 +1448,7 @@ class ExchangeNode:
                 protocol_fee_bps=self.config.protocol_fee_bps,
                 expiry_fit=self.config.expiry_fit,
                 times=times,
+                lock_window_s=self.config.lock_window_s,
             )
         except Exception as exc:  # the composer's plan or fit (or a chain it cannot fit)
             raise RouteFailed(f"the order could not be built: {exc}") from None
@@ -1610,6 +1663,7 @@ class ExchangeNode:
                 expiry_check=(self.config.expiry_check or _no_height_view)
                 if down is None
                 else None,
+                lock_window_s=self.config.lock_window_s,
             )
         except OrderPolicy as exc:
             # Our own limit or clock: an honest relay before us may allow what we refuse (a
@@ -1688,16 +1742,16 @@ class ExchangeNode:
         while len(self._direct_peers) > MAX_CONTACTS:
             del self._direct_peers[next(iter(self._direct_peers))]
 
-    def _direct_slot_for(self, peer: bytes) -> bool:
-        """Whether ``peer`` may link in beyond the inbound slots: it is the initiator of an
-        order we co-signed (still running) and fewer than ``direct_slots`` links are extra."""
+    def _direct_peer(self, peer: bytes) -> bool:
+        """Whether ``peer`` is the initiator of an order we co-signed as provider (still
+        running): it links in for its swap messages, over a swap link."""
         until = self._direct_peers.get(peer)
         if until is None:
             return False
         if until <= time.monotonic():
             del self._direct_peers[peer]
             return False
-        return len(self.links) < self.config.max_degree + self.config.direct_slots
+        return True
 
     def _chain_clock(self, chain: str, expiry_time: int, now_s: int) -> bool | None:
         """Whether ``chain``'s HTLCs expire by block height (None: unknown here)."""
@@ -1734,6 +1788,8 @@ class ExchangeNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         link = self.links.get(node_id)
+        if link is None or link.closed:
+            link = self.swap_links.get(node_id)
         if link is None or link.closed:
             # The dial counts against ``timeout`` too: a contact that accepts and then stalls
             # the handshake must not hold the caller past its deadline.
@@ -1797,12 +1853,12 @@ class ExchangeNode:
         if addr is None:
             raise PeerNotReached(f"no link to node {node_id.hex()[:16]} and no contact for it")
         try:
-            await self.connect(*addr, expect=node_id)
+            await self.connect(*addr, expect=node_id, swap_only=True)
         except Exception as exc:
             raise PeerNotReached(
                 f"node {node_id.hex()[:16]} not reached at {where}: {type(exc).__name__}: {exc}"
             ) from None
-        link = self.links.get(node_id)
+        link = self.swap_links.get(node_id) or self.links.get(node_id)
         if link is None or link.closed:
             raise PeerNotReached(f"node {node_id.hex()[:16]} at {where} did not keep the link")
         return link

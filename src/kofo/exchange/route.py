@@ -50,7 +50,8 @@ the initiator's leg's expiry (T_A)."""
 PlanTimes = Callable[[str, str, int], OrderTimes]
 """``(have_chain, want_chain, now_s) -> OrderTimes``: the initiator's plan of an order's
 deadlines from its own engine's margins for the chain pair (``kofo.node.trades.
-plan_order_times``); the first must be ``now_s + LOCK_WINDOW_S``."""
+plan_order_times``); the first must be ``now_s`` + the network's lock window
+(``ExchangeConfig.lock_window_s``)."""
 
 ChainClock = Callable[[str, int, int], bool | None]
 """``(chain, expiry_time, now_s) ->`` True when the chain's HTLCs expire by block height, False
@@ -59,7 +60,10 @@ when by unix time, None when this node does not know the chain."""
 LOCK_WINDOW_S = 600
 """The initiator must lock within ten minutes of the order, the provider ten minutes after that:
 enough for a Bitcoin block on average plus propagation, short enough that a quote's price is
-still meaningful when the funds are locked."""
+still meaningful when the funds are locked. The production network's value: every co-signer
+checks an order against its ``ExchangeConfig.lock_window_s`` (this by default), so a network
+agrees on one value; a local devnet (block a second, no reorganisations) uses a shorter one
+(``kofo.node.config.Timing``, docs/node.md)."""
 
 LEG_EXPIRY_STEP_S = 3600
 """The provider's leg (paid to the initiator) expires an hour before the initiator's leg: after
@@ -116,25 +120,28 @@ class RouteParty:
     addresses: dict[str, str]
 
 
-def derived_times(now_s: int) -> OrderTimes:
+def derived_times(now_s: int, lock_window_s: int = LOCK_WINDOW_S) -> OrderTimes:
     """``(out lock_by, back lock_by, back expiry, out expiry)`` of an order built at
     ``now_s`` when the initiator plans nothing of its own (``ExchangeConfig.plan_times`` is
     None: embedded chains and tests). Too short for production Bitcoin-like margins: a node on
     real chains plans per chain pair (``kofo.node.trades.plan_order_times``)."""
-    short = now_s + FIRST_EXPIRY_MARGIN_S
-    return now_s + LOCK_WINDOW_S, now_s + 2 * LOCK_WINDOW_S, short, short + LEG_EXPIRY_STEP_S
+    short = now_s + 2 * lock_window_s + FIRST_EXPIRY_MARGIN_S - 2 * LOCK_WINDOW_S
+    return now_s + lock_window_s, now_s + 2 * lock_window_s, short, short + LEG_EXPIRY_STEP_S
 
 
-def order_times_problem(times: OrderTimes, t: int) -> str | None:
+def order_times_problem(
+    times: OrderTimes, t: int, lock_window_s: int = LOCK_WINDOW_S
+) -> str | None:
     """What is wrong with an order's deadlines planned from time ``t`` (None: nothing). The
     protocol's only rules on them (link protocol v4), the same for every co-signer: the
-    initiator locks within :data:`LOCK_WINDOW_S` of ``t``, the provider after it, its leg
+    initiator locks within the network's lock window (``lock_window_s``, :data:`LOCK_WINDOW_S`
+    on the production network) of ``t``, the provider after it, its leg
     expires before the initiator's, and nothing expires beyond :data:`MAX_ORDER_HORIZON_S`.
     Whether the gaps are safe for the provider is the provider's own judgement
     (``ExchangeConfig.order_guard``)."""
     out_lock, back_lock, back_expiry, out_expiry = times
-    if out_lock != t + LOCK_WINDOW_S:
-        return f"legs[0].lock_by {out_lock} is not {LOCK_WINDOW_S}s after the order's time {t}"
+    if out_lock != t + lock_window_s:
+        return f"legs[0].lock_by {out_lock} is not {lock_window_s}s after the order's time {t}"
     if not out_lock < back_lock < back_expiry < out_expiry:
         return (
             f"deadlines out of order: need legs[0].lock_by {out_lock} < legs[1].lock_by "
@@ -164,6 +171,7 @@ def build_settlement_order(
     protocol_fee_bps: int = 0,
     expiry_fit: ExpiryFit | None = None,
     times: OrderTimes | None = None,
+    lock_window_s: int = LOCK_WINDOW_S,
 ) -> SettlementOrder:
     """The order for a chosen quote. ``relays`` are ``(position,
     node id)`` of the hops that carried the claim (the initiator's own dummy hops excluded).
@@ -184,8 +192,8 @@ def build_settlement_order(
         if chain not in party.addresses:
             raise BadMessage(f"order: {who} has no address on chain {chain!r}")
     if times is None:
-        times = derived_times(now_s)
-    problem = order_times_problem(times, now_s)
+        times = derived_times(now_s, lock_window_s)
+    problem = order_times_problem(times, now_s, lock_window_s)
     if problem is not None:
         raise KofoError(f"order: {problem}", code="invalid_input")
     out_lock, back_lock, short, long = times
@@ -305,12 +313,13 @@ def check_order(
     max_protocol_fee_bps: int,
     chain_clock: ChainClock | None = None,
     expiry_check: ExpiryCheck | None = None,
+    lock_window_s: int = LOCK_WINDOW_S,
 ) -> None:
     """What a party checks before co-signing: the order equals the one the protocol derives
     from what this party quoted or carried. Only the initiator's own choices are free: the
     payment hash, its addresses and (link protocol v4) the deadlines it planned for the chain
     pair, which must only keep the protocol's order and bounds (:func:`order_times_problem`);
-    the time they are planned from (``legs[0].lock_by - LOCK_WINDOW_S``) must lie within
+    the time they are planned from (``legs[0].lock_by - lock_window_s``) must lie within
     :data:`ORDER_CLOCK_SKEW_S` of ours. Whether the gaps are safe is the provider's judgement
     (its ``order_guard``); a relay holds no leg. Exactly the hops that carried the claim are the
     relays, each bound to its path key by a join, and this party's link neighbours are the
@@ -374,9 +383,9 @@ def check_order(
     provider = RouteParty(owners[-1], addresses)
     have_chain, _ = split_asset(view.claim.have)
     want_chain, _ = split_asset(view.claim.want)
-    t = out.lock_by - LOCK_WINDOW_S
+    t = out.lock_by - lock_window_s
     times = (out.lock_by, back.lock_by, back.expiry_time, out.expiry_time)
-    problem = order_times_problem(times, t)
+    problem = order_times_problem(times, t, lock_window_s)
     if problem is not None:  # the same for every co-signer: the upstream forwarded it
         raise BadMessage(f"order: {problem}")
     expected = build_settlement_order(
@@ -395,6 +404,7 @@ def check_order(
         now_s=t,
         protocol_fee_bps=order.protocol_fee_bps,
         times=times,
+        lock_window_s=lock_window_s,
     )
     if compared != expected:
         diff = _first_difference(compared, expected)

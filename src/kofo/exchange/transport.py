@@ -161,6 +161,9 @@ class Link:
         self._bucket = TokenBucket(limits.frames_per_s, limits.burst)
         self._decoder = FrameDecoder()
         self.closed = False
+        # A swap link (set by the node): opened for direct messages between the two traders
+        # of an order, never a mesh link (no book, gossip, claims or routes cross it).
+        self.swap_only = False
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_out = 0

@@ -915,6 +915,14 @@ def create_app(
                 "peers": 3,
                 "started_at": 1_795_000_000,
                 "addresses": {"btc": "bcrt1q0000000000000000000000000000000000000"},
+                "bond": {
+                    "configured": 10**18,
+                    "vault": 10**18,
+                    "attested": 10**18,
+                    "min_bond": 0,
+                    "quoting": True,
+                    "error": "",
+                },
             }
         ),
     )

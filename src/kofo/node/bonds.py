@@ -58,6 +58,15 @@ class BondError(KofoError):
     code = "bond_failed"
 
 
+class Nonces(Protocol):
+    """What a deposit needs of the wallet's nonce store (the Ethereum adapter's
+    ``NonceManager``), so the bond's transaction never takes a nonce the swap engine holds."""
+
+    def allocate(self) -> int: ...
+
+    def record(self, nonce: int, raw: bytes) -> None: ...
+
+
 class ValidatorQuery(Protocol):
     """What the relayer needs of a validator: its ABCI query (a :class:`LedgerClient`)."""
 
@@ -106,9 +115,12 @@ def ensure_bond(
     node_id: bytes,
     amount: int,
     timeout: float = 120.0,
+    nonces: Nonces | None = None,
 ) -> str | None:
     """Make the vault hold at least ``amount`` wei under ``node_id``; returns the hash of the
-    deposit this call sent (or re-sent), None when the vault already held enough."""
+    deposit this call sent (or re-sent), None when the vault already held enough. ``nonces``:
+    the wallet's nonce store when other code (the swap engine) signs with the same account;
+    the deposit's nonce is then reserved there and its bytes recorded."""
     if amount < 0 or len(node_id) != 32:
         raise InvalidInput("a bond is a non-negative amount under a 32-byte node id")
     contract = _vault(w3, vault)
@@ -140,10 +152,14 @@ def ensure_bond(
                 node_id=node_id,
                 amount=amount,
                 timeout=timeout,
+                nonces=nonces,
             )
         path.unlink(missing_ok=True)
         return tx_hash
-    nonce = w3.eth.get_transaction_count(account.address, "pending")
+    if nonces is not None:
+        nonce = nonces.allocate()
+    else:
+        nonce = w3.eth.get_transaction_count(account.address, "pending")
     tx = contract.functions.lock(node_id).build_transaction(
         {
             "from": account.address,
@@ -154,6 +170,8 @@ def ensure_bond(
         }
     )
     raw = bytes(account.sign_transaction(tx).raw_transaction)
+    if nonces is not None:
+        nonces.record(nonce, raw)
     write_private_file(path, nonce.to_bytes(8, "big") + raw)  # the intent, before its effect
     tx_hash = _send_raw(w3, raw, timeout)
     path.unlink(missing_ok=True)
@@ -161,6 +179,11 @@ def ensure_bond(
         "bond: locked %d wei under node %s (tx %s)", amount - locked, node_id.hex()[:16], tx_hash
     )
     return tx_hash
+
+
+def vault_bond(w3: Web3, vault: str, node_id: bytes) -> int:
+    """Wei the bond vault holds under ``node_id`` now."""
+    return int(_vault(w3, vault).functions.bonds(node_id).call())
 
 
 def _receipt(w3: Web3, raw: bytes) -> Any:

@@ -28,7 +28,7 @@ from pathlib import Path
 from web3 import Web3
 
 from kofo.errors import ConfigError
-from kofo.node.config import BitcoinChainConfig, EthereumChainConfig, NodeConfig
+from kofo.node.config import BitcoinChainConfig, EthereumChainConfig, NodeConfig, Timing
 from kofo.node.redact import public_url
 from kofo.settlement.chain import ChainAdapter
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
@@ -125,9 +125,22 @@ def _ethereum(cfg: EthereumChainConfig, wallet: NodeWallet, home: Path) -> Ether
     )
 
 
-def policy_for(cfg: BitcoinChainConfig | EthereumChainConfig, *, dev: bool) -> ChainPolicy:
+def policy_for(
+    cfg: BitcoinChainConfig | EthereumChainConfig, *, dev: bool, timing: Timing | None = None
+) -> ChainPolicy:
+    """The chain's policy: a development chain's from ``timing`` (``[timing]``
+    ``dev_block_interval_s`` and ``dev_confirmations``), a public chain's production one."""
     height = isinstance(cfg, BitcoinChainConfig)
-    base = devnet_policy(cfg.chain, height_clock=height) if dev else DEFAULT_POLICIES[cfg.chain]
+    timing = timing or Timing()
+    base = (
+        replace(
+            devnet_policy(cfg.chain, height_clock=height),
+            block_interval=timing.dev_block_interval_s,
+            confirmations=timing.dev_confirmations,
+        )
+        if dev
+        else DEFAULT_POLICIES[cfg.chain]
+    )
     if cfg.confirmations > base.confirmations:
         base = replace(base, confirmations=cfg.confirmations)
     return base
@@ -143,13 +156,14 @@ def build_chains(config: NodeConfig, wallet: NodeWallet) -> Chains:
     for name, cfg in config.chains.items():
         if isinstance(cfg, BitcoinChainConfig):
             adapters[name] = _bitcoin(cfg, wallet, config.home)
-            policies[name] = policy_for(cfg, dev=cfg.network == "regtest")
+            policies[name] = policy_for(cfg, dev=cfg.network == "regtest", timing=config.timing)
             assets[name] = Asset(name, name, None, name.upper(), 8)
         else:
             eth = _ethereum(cfg, wallet, config.home)
             adapters[name] = eth
             chain_id = int(eth.w3.eth.chain_id)
-            policies[name] = policy_for(cfg, dev=chain_id not in PUBLIC_ETH_CHAIN_IDS)
+            dev = chain_id not in PUBLIC_ETH_CHAIN_IDS
+            policies[name] = policy_for(cfg, dev=dev, timing=config.timing)
             assets[name] = Asset(name, name, None, name.upper(), 18)
             for symbol, address in cfg.tokens.items():
                 token = Web3.to_checksum_address(address)

@@ -179,6 +179,17 @@ def info_command(home: HomeOption = _DEFAULT_HOME, as_json: JsonOption = False) 
     rows.append(("peers", info.peers))
     for chain, address in info.addresses.items():
         rows.append((f"{chain} address", address))
+    bond = info.bond
+    if bond is not None and (bond.configured or bond.min_bond):
+        rows.append(
+            (
+                "bond (wei)",
+                f"{bond.configured} configured, vault {bond.vault}, "
+                f"ledger {bond.attested}" + ("" if bond.quoting else ", NOT QUOTING"),
+            )
+        )
+        if bond.error:
+            rows.append(("bond error", bond.error))
     _record(_console(), f"node {info.name}", rows)
 
 
@@ -559,6 +570,16 @@ def ledger_importance(
 # -- trade ------------------------------------------------------------------------------------
 
 
+def _base_units(units: _Units, asset: str, amount: str) -> int:
+    """``amount`` (a decimal in the asset's unit, as ``--sell`` takes it) in base units."""
+    from kofo.money import parse_decimal
+
+    b = units.by_asset.get(asset) or units.by_asset.get(asset.lower())
+    if b is None:
+        raise KofoError(f"--sell: unknown asset {asset!r}", code="invalid_input")
+    return parse_decimal(amount, b.decimals)
+
+
 def _split_side(text: str, option: str) -> tuple[str, str]:
     asset, sep, amount = text.partition(":")
     if not sep or not asset or not amount:
@@ -689,7 +710,19 @@ def trade_command(
                     "or give --min-receive)",
                     code="no_quote",
                 )
-            best = max(q.receive for q in quotes)
+            # Only a quote for the whole amount may set the floor: one filling a part (a
+            # maker's max_in) less the slippage would floor the whole amount at a part's
+            # price, which any maker could then fill for almost nothing.
+            full = [q for q in quotes if q.amount_in >= _base_units(units, sell_asset, amount)]
+            if not full:
+                most = max(quotes, key=lambda q: q.amount_in)
+                raise KofoError(
+                    f"the best quotes fill only {units.show(most.amount_in, most.sell)} of "
+                    f"{amount} {units.symbol(sell_asset)}: sell less, or give --min-receive "
+                    "for the whole amount",
+                    code="no_quote",
+                )
+            best = max(q.receive for q in full)
             floor = best * (10_000 - slippage_bps) // 10_000
             if floor <= 0:
                 raise KofoError(

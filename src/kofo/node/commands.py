@@ -107,11 +107,13 @@ def init_command(
         keep = force and not restore and (home.expanduser() / WALLET_FILE).exists()
         chains: dict[str, dict[str, Any]] | None = None
         bond: dict[str, Any] | None = None
+        timing: dict[str, int] | None = None
         if devnet is not None:
             try:
                 desc = json.loads(devnet.read_text())
                 ledger_url, chains = desc["ledger"]["url"], desc["chains"]
                 bond = desc.get("bond")
+                timing = desc.get("timing")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"--devnet {devnet}: not `kofo devnet --json` output: {exc}"
@@ -123,6 +125,7 @@ def init_command(
             ledger_url=ledger_url,
             chains=chains,
             bond=bond,
+            timing=timing,
             force=force,
             seed=None if keep else seed,
         )
@@ -166,6 +169,14 @@ def devnet_command(
     block_interval: Annotated[
         float, typer.Option(help="seconds between regtest blocks (0: none)")
     ] = 1.0,
+    fast_timing: Annotated[
+        bool,
+        typer.Option(
+            "--fast-timing",
+            help="the devnet's short time constants (lock window, leg expiry step, attest "
+            "grace: seconds, not minutes) for the ledger and every node config it prints",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="print one JSON line for `kofo init --devnet`")
     ] = False,
@@ -173,7 +184,7 @@ def devnet_command(
     """Start the embedded chains and the solo ledger on 127.0.0.1, fund --fund addresses,
     print what a node config needs; run until Ctrl-C. SIGUSR1 pauses the ledger (an outage:
     its RPC refuses connections, no blocks), SIGUSR2 resumes it."""
-    from kofo.node.devnet import run_until_signal, start_devnet, toml_snippet
+    from kofo.node.devnet import DEVNET_TIMING, run_until_signal, start_devnet, toml_snippet
 
     def progress(line: str) -> None:
         typer.echo(line, err=True)
@@ -185,6 +196,7 @@ def devnet_command(
             ledger_port=ledger_port,
             fund=fund,
             block_interval=block_interval,
+            timing=DEVNET_TIMING if fast_timing else None,
             progress=progress,
         )
     except KofoError as exc:

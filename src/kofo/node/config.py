@@ -125,6 +125,32 @@ class BondConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Timing:
+    """The network's time constants (``[timing]``). Without the table a node keeps the
+    production values (the exchange's :data:`~kofo.exchange.route.LOCK_WINDOW_S` and
+    :data:`~kofo.exchange.route.LEG_EXPIRY_STEP_S`, the engine's
+    :data:`~kofo.settlement.terms.ACCEPT_WINDOW_SECONDS`); ``kofo devnet --fast-timing``
+    writes its own (``kofo.node.devnet.DEVNET_TIMING``) into the configs it funds, with the
+    ledger's ``attest_grace`` and ``min_expiry_gap`` at genesis from the same place.
+    ``lock_window_s`` is a protocol value every co-signer checks orders against (link protocol
+    v4): all nodes of one network must agree on it. docs/node.md ("Timing") gives the
+    arithmetic that keeps each safety relation with the devnet values."""
+
+    lock_window_s: int = 600
+    """The taker locks within this of the order's time; the maker's ``lock_by`` follows."""
+    leg_expiry_step_s: int = 3_600
+    """The taker's leg expires at least this after the maker's (``T_A - T_B``); the ledger's
+    ``min_expiry_gap`` must not exceed it."""
+    accept_window_s: int = 300
+    """The engine's proposal window: the maker answers and the taker locks within it."""
+    dev_block_interval_s: int = 1
+    """Seconds a block of a development chain (regtest, a non-public EVM) takes in this node's
+    policy (``kofo.settlement.terms.devnet_policy``); public chains keep their own."""
+    dev_confirmations: int = 1
+    """Confirmations on a development chain (a ``[chains.*] confirmations`` may ask more)."""
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     home: Path
     name: str
@@ -136,6 +162,7 @@ class NodeConfig:
     chains: dict[str, ChainConfig]
     offers: tuple[OfferConfig, ...]
     bond: BondConfig = field(default_factory=BondConfig)
+    timing: Timing = field(default_factory=Timing)
     api_tls: ApiTlsConfig | None = None
     discover: bool = True
     """``[p2p] discover``: learn peers from peers and keep a target degree (the default);
@@ -431,6 +458,30 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         raise bond_t.fail("amount", "must be below 2^256 wei")
     bond_t.done()
 
+    timing_t = top.sub("timing")
+    default = Timing()
+    timing = Timing(
+        lock_window_s=_positive_int(timing_t, "lock_window_s", default.lock_window_s),
+        leg_expiry_step_s=_positive_int(timing_t, "leg_expiry_step_s", default.leg_expiry_step_s),
+        accept_window_s=_positive_int(timing_t, "accept_window_s", default.accept_window_s),
+        dev_block_interval_s=_positive_int(
+            timing_t, "dev_block_interval_s", default.dev_block_interval_s
+        ),
+        dev_confirmations=_positive_int(timing_t, "dev_confirmations", default.dev_confirmations),
+    )
+    if timing.dev_confirmations > MAX_CONFIRMATIONS:
+        raise timing_t.fail(
+            "dev_confirmations",
+            f"must be at most {MAX_CONFIRMATIONS}, got {timing.dev_confirmations}",
+        )
+    if timing.accept_window_s > timing.lock_window_s:
+        raise timing_t.fail(
+            "accept_window_s",
+            f"must not exceed lock_window_s {timing.lock_window_s} (the taker proposes after "
+            f"the commit and must lock within the lock window), got {timing.accept_window_s}",
+        )
+    timing_t.done()
+
     assets = set(chains)
     for c in chains.values():
         if isinstance(c, EthereumChainConfig):
@@ -456,6 +507,7 @@ def parse_config(home: Path, raw: dict[str, Any], path: Path | None = None) -> N
         offers=offers,
         api_tls=api_tls,
         bond=bond,
+        timing=timing,
         target_degree=target_degree,
         feeler_s=float(feeler_s),
     )
@@ -474,6 +526,7 @@ def render_config(
     ledger_url: str,
     chains: dict[str, dict[str, Any]] | None = None,
     bond: dict[str, Any] | None = None,
+    timing: dict[str, int] | None = None,
     p2p_listen: str = f"127.0.0.1:{DEFAULT_P2P_PORT}",
     api_bind: str = f"127.0.0.1:{DEFAULT_API_PORT}",
 ) -> str:
@@ -558,6 +611,15 @@ def render_config(
         f"vault = {_toml_str(str(bond.get('vault', '')))}",
         f"amount = {int(bond.get('amount', 0))}",
     ]
+    if timing:
+        lines += [
+            "",
+            "[timing]",
+            "# The network's time constants, written by `kofo devnet --fast-timing` (seconds).",
+            "# Every node of one network uses the same values; without this table a node",
+            "# keeps the production ones (lock window 600, leg expiry step 3600, accept 300).",
+        ]
+        lines += [f"{k} = {int(v)}" for k, v in timing.items()]
     lines += [
         "",
         "# Standing offers (maker). For n base units of `buy` the node pays",

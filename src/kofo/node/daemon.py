@@ -44,6 +44,7 @@ from kofo.clearance import privacy
 from kofo.errors import InvalidInput, KofoError
 from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed, now_ms
 from kofo.exchange.route import OrderPolicy, OrderTimes
+from kofo.node.bonds import ensure_bond, vault_bond
 from kofo.node.chains import Chains, build_chains
 from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_config
 from kofo.node.events import EventLog
@@ -53,6 +54,7 @@ from kofo.node.redact import Redactor, public_url
 from kofo.node.registration import ensure_registered, load_or_create_paillier
 from kofo.node.service import (
     BalanceView,
+    BondView,
     BookView,
     ChainView,
     Conflict,
@@ -85,7 +87,7 @@ from kofo.node.trades import (
 from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
-from kofo.settlement.swap import State
+from kofo.settlement.swap import TERMINAL, Role, State
 from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, TermsRefused
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
@@ -127,7 +129,23 @@ side, plus the order's round trip): their blocks are added to :data:`HEIGHT_TOLE
 PROPOSE_RETRY_S = ACCEPT_WINDOW_SECONDS - 60
 """Seconds a taker keeps re-sending its proposal to a maker it cannot reach (or that did not
 answer) after the commit: within the engine's accept window, so the swap ends aborted (nothing
-locked) if the maker never comes back."""
+locked) if the maker never comes back. With another accept window (``[timing]``):
+:func:`propose_retry_s`."""
+
+
+def evidence_due(lock_by: int, attest_grace: int, ledger_time: int) -> bool:
+    """Whether ``leg_not_locked`` evidence on a leg is valid in the ledger's next block: the
+    ledger accepts it only in a block whose time is after ``lock_by + attest_grace``, and a
+    block's time is never before the latest one's (``ledger_time``)."""
+    return ledger_time > lock_by + attest_grace
+
+
+def propose_retry_s(accept_window_s: int) -> int:
+    """:data:`PROPOSE_RETRY_S` for an accept window: a fifth of it (at most 60 s) is kept
+    for the last proposal's round trip and the lock."""
+    return accept_window_s - min(60, accept_window_s // 5)
+
+
 PROPOSE_RETRY_INTERVAL = 5.0
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
@@ -150,10 +168,14 @@ class NodeState:
     ledger_error: str = ""
     registered: bool = False
     tips: dict[str, Expiry] = field(default_factory=dict)
+    heights: dict[str, int] = field(default_factory=dict)  # chain -> block height (info)
     chain_errors: dict[str, str] = field(default_factory=dict)
     balances: dict[str, int] = field(default_factory=dict)  # asset -> wallet balance
     fee_reserve: dict[str, int] = field(default_factory=dict)  # asset -> kept for spends
     params: dict[str, Any] = field(default_factory=dict)  # the ledger's /params
+    bond_vault: int | None = None  # wei the bond vault holds under this node id (as last read)
+    bond_attested: int | None = None  # the ledger's count of it (attested less slashes pending)
+    bond_error: str = ""  # why the configured bond is not locked yet
 
 
 @dataclass
@@ -218,6 +240,8 @@ class Node:
         self._contacts: dict[bytes, str] = {}
         self._started_at = int(time.time())
         self._reserved: dict[str, int] = {}
+        self._funding: dict[str, str] = {}  # chain -> the wallet's address (info)
+        self._settled_legs: dict[bytes, list[dict[str, Any]]] = {}  # both spent: read once
         self._ticking = threading.Lock()
         self.event_log = EventLog(config.home / EVENTS_FILE)
         self.phases = PhaseJournal(config.home / TRADES_FILE)
@@ -253,6 +277,7 @@ class Node:
             phases=self.phases,
             send=self._request,
             crash=self.crash.hit,
+            accept_window_s=self.config.timing.accept_window_s,
         )
         self.engine.accept_policy = self.pipeline.accept_policy
         await self._refresh_chains()
@@ -268,6 +293,7 @@ class Node:
         self._tasks = [
             asyncio.ensure_future(self._health_loop()),
             asyncio.ensure_future(self._register_loop()),
+            asyncio.ensure_future(self._bond_loop()),
             asyncio.ensure_future(self._tick_loop()),
             asyncio.ensure_future(self._refresh_loop()),
             asyncio.ensure_future(self._watch_loop()),
@@ -387,13 +413,14 @@ class Node:
             bootstrap=[(e.host, e.port) for e in self.config.bootstrap],
             addresses=self._fresh_addresses(),
             protocol_fee_bps=int(self.state.params.get("protocol_fee_bps", 0)),
+            lock_window_s=self.config.timing.lock_window_s,
             **options,
         )
         hooks: dict[str, Any] = {
             "expiry_fit": self._expiry_fit,
             "expiry_check": self._expiry_check,
             "order_guard": self._order_guard,
-            "liquidity": self.liquidity,
+            "liquidity": self._quotable,
             "on_fill": self._on_fill,
             "contact": str(self.config.p2p_listen) if self.config.p2p_listen.port else "",
             "on_direct": self._on_direct,
@@ -439,7 +466,16 @@ class Node:
     def _plan_times(self, have_chain: str, want_chain: str, now_s: int) -> OrderTimes:
         """The taker's plan of an order's deadlines from its engine's margins (link v4)."""
         assert self.chains is not None
-        return plan_order_times(self.chains.policies, have_chain, want_chain, now_s)
+        t = self.config.timing
+        return plan_order_times(
+            self.chains.policies,
+            have_chain,
+            want_chain,
+            now_s,
+            lock_window_s=t.lock_window_s,
+            accept_window_s=t.accept_window_s,
+            leg_expiry_step_s=t.leg_expiry_step_s,
+        )
 
     def _expiry_check(self, chain: str, expiry: Expiry, expiry_time: int, now_s: int) -> None:
         """Refuse a leg whose expiry is not in its chain's unit, or whose height is more than
@@ -470,6 +506,21 @@ class Node:
             held = sum(h.amount for h in self._holds if h.asset == asset and h.until > now)
         return max(0, balance - reserved - fee - held)
 
+    def bond_ok(self) -> bool:
+        """Whether this node may quote as a maker: the bond it is configured with (``[bond]
+        amount``) is in the vault, and the ledger counts at least its ``min_bond`` (when the
+        ledger asks for one). A maker short of either quotes nothing and co-signs nothing."""
+        want = self.config.bond.amount
+        if want > 0 and (self.state.bond_vault or 0) < want:
+            return False
+        min_bond = int(self.state.params.get("min_bond", 0) or 0)
+        return not (min_bond > 0 and (self.state.bond_attested or 0) < min_bond)
+
+    def _quotable(self, asset: str) -> int:
+        """The exchange's ``liquidity`` hook: :meth:`liquidity`, or 0 while the bond is
+        missing (no quote, no order)."""
+        return self.liquidity(asset) if self.bond_ok() else 0
+
     def _on_fill(self, asset: str, amount_out: int, valid_until_ms: int) -> None:
         with self._holds_lock:
             self._holds.append(_Hold(asset, amount_out, valid_until_ms / 1000))
@@ -485,6 +536,8 @@ class Node:
         assert self.pipeline is not None
         if len(order.legs) != 2 or order.legs[1].sender != self.node_id:
             raise TradeRefused(f"order {order.order_id.hex()}: this node sends no second leg")
+        if not self.bond_ok():
+            raise TradeRefused(f"order {order.order_id.hex()}: this maker's bond is not locked")
         mine = order.legs[1]
         asset = mine.chain if mine.token is None else f"{mine.chain}:{mine.token}"
         now_s = int(time.time())
@@ -493,7 +546,13 @@ class Node:
         assert self.chains is not None
         # the swap the taker's engine will propose for this order must pass this node's
         # participant check (the gap between the legs), before the signature binds it
-        check_order_as_maker(order, self.chains.policies, self.state.tips, maker_node=self.node_id)
+        check_order_as_maker(
+            order,
+            self.chains.policies,
+            self.state.tips,
+            maker_node=self.node_id,
+            accept_window_s=self.config.timing.accept_window_s,
+        )
         with self._holds_lock:
             # the fill's quote hold becomes this order's hold (same amount, until lock_by)
             quote = next(
@@ -643,6 +702,15 @@ class Node:
             if not self.state.params:
                 raw = await asyncio.to_thread(self.ledger.abci_query, "/params")
                 self.state.params = dict(decode(raw))
+                gap = int(self.state.params.get("min_expiry_gap", 0))
+                if gap > self.config.timing.leg_expiry_step_s:
+                    log.error(
+                        "the ledger's min_expiry_gap %d s exceeds [timing] leg_expiry_step_s "
+                        "%d s: the ledger will refuse this node's orders (another network's "
+                        "timing? see docs/node.md, Timing)",
+                        gap,
+                        self.config.timing.leg_expiry_step_s,
+                    )
                 if self.exchange is not None:
                     fee = int(self.state.params.get("protocol_fee_bps", 0))
                     self.exchange.config.protocol_fee_bps = fee
@@ -660,6 +728,19 @@ class Node:
                 status.height,
             )
         self.state.ledger, self.state.ledger_error = status, ""
+        if self.state.registered and (
+            self.config.bond.amount > 0 or int(self.state.params.get("min_bond", 0) or 0) > 0
+        ):
+            await self._read_attested_bond()
+
+    async def _read_attested_bond(self) -> None:
+        try:
+            raw = await asyncio.to_thread(self.ledger.abci_query, "/node", encode(self.node_id))
+        except LedgerError:
+            return
+        rec = decode(raw)
+        locked = int(rec.get("bond_locked", 0) or 0)
+        self.state.bond_attested = max(0, locked - int(rec.get("slash_pending", 0) or 0))
 
     async def _register_loop(self) -> None:
         """Register once (idempotent); retried every health interval while the ledger is down
@@ -675,6 +756,51 @@ class Node:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), HEALTH_INTERVAL)
 
+    async def _bond_loop(self) -> None:
+        """A maker's bond (``[bond] amount`` > 0): locked in the vault at start by
+        ``ensure_bond`` (reads the vault first, journals the signed deposit in ``bond.tx``
+        before sending it, re-sends those bytes after a restart: once across restarts),
+        retried every health interval until it is there; offers are not quoted before."""
+        bond = self.config.bond
+        if bond.amount <= 0:
+            return
+        while not self._stop.is_set():
+            try:
+                await self._thread(self._ensure_bond)
+                self.state.bond_error = ""
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = self._redact(f"{type(exc).__name__}: {exc}")[:500]
+                if error != self.state.bond_error:
+                    log.warning("bond not locked yet (%s); retrying, no quotes meanwhile", error)
+                self.state.bond_error = error
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), HEALTH_INTERVAL)
+
+    def _ensure_bond(self) -> None:
+        assert self.chains is not None
+        bond = self.config.bond
+        adapter: Any = self.chains.adapters.get(bond.chain)
+        if adapter is None or not hasattr(adapter, "w3"):
+            raise KofoError(f"[bond] chain {bond.chain!r} is not a configured Ethereum chain")
+        sent = ensure_bond(
+            home=self.config.home,
+            w3=adapter.w3,
+            account=adapter.account,
+            vault=bond.vault,
+            node_id=self.node_id,
+            amount=bond.amount,
+            nonces=getattr(adapter, "nonces", None),
+        )
+        self.state.bond_vault = vault_bond(adapter.w3, bond.vault, self.node_id)
+        if sent is not None:
+            self.event_log.append(
+                "node", {"event": "bond_locked", "amount": bond.amount, "tx": sent}
+            )
+        log.info("bond: the vault holds %d wei under this node", self.state.bond_vault)
+
     def _register(self) -> None:
         assert self.chains is not None
         bits = self._paillier_bits
@@ -683,14 +809,7 @@ class Node:
             bits = int(allowed[0])
         pub, priv = load_or_create_paillier(self.config.home, self._passphrase, bits=bits)
         self._paillier = priv
-        addresses = {}
-        for name, adapter in self.chains.adapters.items():
-            cfg = self.config.chains.get(name)
-            if isinstance(cfg, BitcoinChainConfig):
-                hd = self.wallet.bitcoin(cfg.chain, cfg.network, home=self.config.home)
-                addresses[name] = hd.address()
-            else:
-                addresses[name] = adapter.address()
+        addresses = self._funding_addresses()
         height = ensure_registered(
             home=self.config.home,
             ledger=self.ledger,
@@ -728,6 +847,7 @@ class Node:
             try:
                 if asset.token is None:
                     self.state.tips[asset.chain] = adapter.expiry_now()
+                    self.state.heights[asset.chain] = adapter.tip().height
                 self.state.balances[asset.asset] = adapter.balance(asset.token)
                 self.state.chain_errors.pop(asset.chain, None)
             except Exception as exc:
@@ -771,6 +891,8 @@ class Node:
             role, order = found
             if role == "maker" and self.phases.phase(oid, "committed") is None:
                 await self._watch_signed(trade, order)
+            elif role == "maker" and trade.state == "committed":
+                await self._maker_from_order(trade, order)
             elif role == "taker" and trade.state in ("settling", "committed"):
                 await self._check_lock_deadline(trade, order)
 
@@ -793,6 +915,42 @@ class Node:
         self._trade_event(trade.trade_id, "committed", {"height": com.height})
         self.crash.hit("maker_committed")
 
+    async def _maker_from_order(self, trade: TradeView, order: SettlementOrder) -> None:
+        """A committed order with no swap in the engine yet (no proposal came): once the
+        taker's leg is locked on the chain, the maker locks its own from the committed order
+        (``TradePipeline.start_as_maker``), so a taker that locks and never proposes cannot
+        get it slashed. Past ``legs[1].lock_by`` with nothing started, the trade has failed
+        (the taker never locked): its hold is released."""
+        assert self.pipeline is not None
+        try:
+            terms = await self._thread(self.pipeline.start_as_maker, order.order_id)
+        except TermsRefused as exc:
+            # some refusals pass (a rate limit, funds in flight): again next time, until the
+            # maker's lock deadline has gone by
+            log.warning("order %s: not started: %s", order.order_id.hex()[:16], exc)
+            if time.time() > order.legs[1].lock_by:
+                self._maker_lapsed(trade, order, f"{exc.code}: {exc}")
+            return
+        except KofoError as exc:  # a chain read failed: look again next time
+            log.info("order %s: %s", order.order_id.hex()[:16], self._redact(str(exc)))
+            return
+        if terms is not None:
+            self._trade_event(
+                trade.trade_id, "started_from_order", {"order_id": order.order_id.hex()}
+            )
+        elif time.time() > order.legs[1].lock_by and self._unlocked(order.order_id):
+            self._maker_lapsed(trade, order, "the taker's leg was not locked by legs[1].lock_by")
+
+    def _maker_lapsed(self, trade: TradeView, order: SettlementOrder, reason: str) -> None:
+        with self._holds_lock:
+            self._holds = [h for h in self._holds if h.order_id != order.order_id]
+        if self.store.get(trade.trade_id).state in TERMINAL_TRADE_STATES:
+            return
+        reason = self._redact(reason)[:500]
+        log.info("order %s: nothing started: %s", order.order_id.hex()[:16], reason)
+        self._trade_event(trade.trade_id, "failed", {"reason": reason})
+        self.store.update(trade.trade_id, state="failed", error=reason)
+
     async def _check_lock_deadline(self, trade: TradeView, order: SettlementOrder) -> None:
         """Item 9: the maker's leg not attested locked by its ``lock_by`` + the ledger's
         attest grace -> ``file_evidence(leg_not_locked)``, once (journaled before the send)."""
@@ -803,6 +961,16 @@ class Node:
         if time.time() < leg.lock_by + grace:
             return
         tx = self.store.raw(trade.trade_id, "evidence_tx")
+        if tx is None:
+            # The ledger judges by its block time, not this node's clock: filed in the second of
+            # lock_by + grace (or with the ledger's clock behind ours) the evidence was refused
+            # as early, once and for all. File once the ledger's latest block is past it.
+            try:
+                status = await asyncio.to_thread(self.ledger.status)
+            except LedgerError:
+                return
+            if not evidence_due(leg.lock_by, grace, status.block_time):
+                return
         if tx is None:
             rec = await asyncio.to_thread(self._ledger_order_raw, order.order_id)
             outcome = str(rec["legs"][1].get("outcome", "")) if rec else ""
@@ -939,7 +1107,8 @@ class Node:
         self.store.update(trade_id, state="committed", height=height)
         self._trade_event(trade_id, "committed", {"order_id": oid.hex(), "height": height})
         self.crash.hit("trade_committed")
-        deadline = time.monotonic() + PROPOSE_RETRY_S
+        retry_s = propose_retry_s(self.config.timing.accept_window_s)
+        deadline = time.monotonic() + retry_s
         waited = False
         while True:
             try:
@@ -969,7 +1138,7 @@ class Node:
                 if self._stop.is_set():
                     return  # the restart's recovery starts the swap
                 await asyncio.sleep(HEALTH_INTERVAL)
-                deadline = time.monotonic() + PROPOSE_RETRY_S
+                deadline = time.monotonic() + retry_s
                 continue
             except KofoError as exc:  # the maker not reached (down, restarting): ask again
                 if time.monotonic() > deadline or self._stop.is_set():
@@ -1058,12 +1227,26 @@ class Node:
 
     # -- NodeService ------------------------------------------------------------------------------
 
+    def _funding_addresses(self) -> dict[str, str]:
+        """The wallet's address per chain (the one funds are sent to), not the fresh HTLC key
+        the exchange hands out per order (a public key on Bitcoin-like chains)."""
+        assert self.chains is not None
+        if not self._funding:
+            for name, adapter in self.chains.adapters.items():
+                cfg = self.config.chains.get(name)
+                if isinstance(cfg, BitcoinChainConfig):
+                    hd = self.wallet.bitcoin(cfg.chain, cfg.network, home=self.config.home)
+                    self._funding[name] = hd.address()
+                else:
+                    self._funding[name] = adapter.address()
+        return dict(self._funding)
+
     async def info(self) -> NodeInfo:
         assert self.chains is not None
         chains = tuple(
             ChainView(
                 name,
-                _tip_value(self.state.tips.get(name)),
+                self.state.heights.get(name),  # a block height, not the chain's expiry clock
                 self.state.chain_errors.get(name, ""),
             )
             for name in self.chains.adapters
@@ -1080,10 +1263,15 @@ class Node:
             chains=chains,
             peers=0 if self.exchange is None else len(self.exchange.links),
             started_at=self._started_at,
-            addresses={
-                name: addr
-                for name, addr in (self.exchange.config.addresses if self.exchange else {}).items()
-            },
+            addresses=self._funding_addresses(),
+            bond=BondView(
+                configured=self.config.bond.amount,
+                vault=self.state.bond_vault,
+                attested=self.state.bond_attested,
+                min_bond=int(self.state.params.get("min_bond", 0) or 0),
+                quoting=self.bond_ok(),
+                error=self.state.bond_error,
+            ),
         )
 
     async def balances(self) -> list[BalanceView]:
@@ -1220,10 +1408,50 @@ class Node:
             self.store.update(trade_id, state="cancelled")
         return self.store.get(trade_id)
 
+    def _chain_legs(self, rec: StoredSwap) -> list[dict[str, Any]]:
+        """Each leg's HTLC as its chain shows it now (lock and spend txids, state,
+        confirmations), the initiator's first: the journal alone does not say that the
+        counterparty redeemed our leg. Legs both spent, or a finished swap with no leg still
+        locked, are read once and remembered; a chain that does not answer leaves its leg to
+        the journal's history."""
+        known = self._settled_legs.get(rec.swap_id)
+        if known is not None:
+            return known
+        assert self.engine is not None and self.chains is not None
+        out: list[dict[str, Any]] = []
+        for leg, ours in (
+            (rec.terms.initiator_leg, rec.role is Role.INITIATOR),
+            (rec.terms.participant_leg, rec.role is Role.PARTICIPANT),
+        ):
+            htlc = leg.htlc(rec.terms.payment_hash)
+            got: dict[str, Any] = {"lock_txid": "", "spend_txid": "", "state": "", "confs": None}
+            try:
+                engine = self.engine
+                ref = engine._own_ref(rec, htlc) if ours else engine._counter_ref(rec, htlc)
+                if ref is not None:
+                    st = self.chains.adapters[htlc.chain].status(ref)
+                    got = {
+                        "lock_txid": ref.lock_txid,
+                        "spend_txid": st.spend_txid or "",
+                        "state": st.state.value,
+                        "confs": st.confirmations,
+                    }
+            except Exception as exc:
+                log.debug("swap %s: leg on %s not read: %s", rec.swap_id.hex()[:8], htlc.chain, exc)
+            out.append(got)
+        if all(x["state"] in ("redeemed", "refunded") for x in out) or (
+            rec.state in TERMINAL and not any(x["state"] == "locked" for x in out)
+        ):  # nothing on these legs can move any more: a swap list reads no chain for it
+            self._settled_legs[rec.swap_id] = out
+        return out
+
     def _swap_view(self, rec: StoredSwap) -> SwapView:
         assert self.engine is not None
         legs = []
-        for leg in (rec.terms.initiator_leg, rec.terms.participant_leg):
+        chain = self._chain_legs(rec)
+        for leg, seen in zip(
+            (rec.terms.initiator_leg, rec.terms.participant_leg), chain, strict=True
+        ):
             legs.append(
                 SwapLegView(
                     chain=leg.chain,
@@ -1235,16 +1463,17 @@ class Node:
                         "unit": "height" if isinstance(leg.expiry, BlockHeight) else "unix",
                         "value": leg.expiry.value,
                     },
-                    lock_txid="",
-                    spend_txid="",
-                    confirmations=None,
+                    lock_txid=seen["lock_txid"],
+                    spend_txid=seen["spend_txid"],
+                    confirmations=seen["confs"],
+                    state=seen["state"],
                 )
             )
         events = tuple(
             SwapEventView(
                 e.state.value if hasattr(e.state, "value") else str(e.state),
-                str(getattr(e, "reason", "")),
-                str(getattr(e, "txid", "") or ""),
+                self._redact(str(e.payload.get("reason", ""))),  # may quote a peer
+                str((e.payload.get("txids") or [""])[-1]),
                 float(e.at),
             )
             for e in self.engine.journal.events(rec.swap_id)
@@ -1257,14 +1486,16 @@ class Node:
         assert self.engine is not None
         recs = [r for r in self.engine.journal.swaps() if before is None or r.updated_at < before]
         recs.sort(key=lambda r: r.updated_at, reverse=True)
-        return [self._swap_view(r) for r in recs[: max(1, limit)]]
+        # the legs are read from their chains: off the event loop
+        return await asyncio.to_thread(lambda: [self._swap_view(r) for r in recs[: max(1, limit)]])
 
     async def swap(self, swap_id: str) -> SwapView:
         assert self.engine is not None
         try:
-            return self._swap_view(self.engine.journal.get(bytes.fromhex(swap_id)))
+            rec = self.engine.journal.get(bytes.fromhex(swap_id))
         except (UnknownSwap, ValueError):
             raise NotFound(f"no swap {swap_id}") from None
+        return await asyncio.to_thread(self._swap_view, rec)
 
     def _ledger_order_raw(self, order_id: bytes) -> dict[str, Any] | None:
         try:
@@ -1459,10 +1690,6 @@ def _asset(leg: Any) -> str:
 
 def _asset_of(leg: Any) -> str:
     return _asset(leg)
-
-
-def _tip_value(tip: Expiry | None) -> int | None:
-    return None if tip is None else tip.value
 
 
 def _jsonable(x: Any) -> Any:

@@ -25,6 +25,7 @@ import queue
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +42,7 @@ from kofo.clearance.consensus.solo_rpc import SoloLedgerRpc
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import InvalidInput, KofoError
+from kofo.node.validator import PrefetchingObserver
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
@@ -52,7 +54,7 @@ from kofo.settlement.chains.bitcoin.tx import p2wpkh_script_pubkey
 from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.contract import deploy
-from kofo.settlement.chains.ethereum.devnet import DevnetServer
+from kofo.settlement.chains.ethereum.devnet import DevnetServer, EmbeddedEvm
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.observer import AdapterObserver, VaultWatcher
 
@@ -65,6 +67,51 @@ DEVNET_WORK_BITS = 4
 """Registration work on the devnet (default params): 16 scrypt tries, not ~4,000 -- a local
 network of several nodes registers in well under a second; the work is a price for sybils on a
 public ledger, not here."""
+
+
+@dataclass(frozen=True, slots=True)
+class DevnetTiming:
+    """The devnet's time constants, in one place (``kofo devnet --fast-timing``): the solo
+    ledger's genesis takes ``attest_grace_s`` and ``min_expiry_gap`` (= ``leg_expiry_step_s``)
+    from it, and every node config the devnet describes gets its ``[timing]`` table
+    (:meth:`node_table`: the exchange's lock window, the plan's leg expiry step, the engine's
+    accept window, the development chains' block interval and confirmations). The production
+    network keeps its defaults (600 s, 3,600 s, 300 s, ``attest_grace`` 1,800 s); these are for
+    one machine, where a block comes each ``block_interval_s`` and never reorganises.
+    docs/node.md ("Timing") gives the arithmetic: every relation the engine, the exchange and
+    the ledger check still holds with these values."""
+
+    lock_window_s: int = 20
+    """The taker locks within 20 s of the order's time (a commit and a proposal take ~1 s)."""
+    accept_window_s: int = 15
+    """The maker answers the proposal and the taker signs its lock within 15 s of it."""
+    leg_expiry_step_s: int = 10
+    """``T_A - T_B`` at least 10 s (the engine's own margin, 5 s on the devnet, fits in it)."""
+    attest_grace_s: int = 10
+    """A lock is judged late 10 s after its ``lock_by``: a block of the chain (1 s) and two of
+    the ledger's are in it."""
+    block_interval_s: int = 1
+    """The devnet mines a regtest block a second; the nodes' policy counts one a second."""
+    confirmations: int = 1
+
+    def node_table(self) -> dict[str, int]:
+        """The ``[timing]`` table of a node config (:class:`kofo.node.config.Timing`)."""
+        return {
+            "lock_window_s": self.lock_window_s,
+            "leg_expiry_step_s": self.leg_expiry_step_s,
+            "accept_window_s": self.accept_window_s,
+            "dev_block_interval_s": self.block_interval_s,
+            "dev_confirmations": self.confirmations,
+        }
+
+    def ledger_params(self, base: LedgerParams) -> LedgerParams:
+        return replace(
+            base, attest_grace=self.attest_grace_s, min_expiry_gap=self.leg_expiry_step_s
+        )
+
+
+DEVNET_TIMING = DevnetTiming()
+
 FUND_WEI = 100 * 10**18
 FUND_DUSD = 1_000_000 * 10**6
 COINBASE_MATURITY = 100
@@ -100,9 +147,10 @@ class Devnet:
     vault_signer: bytes = field(default=b"", repr=False)
     """The solo validator's secp256k1 key: the vault's one signer."""
     funded: list[dict[str, Any]] = field(default_factory=list)
+    timing: DevnetTiming | None = None
+    """The devnet's time constants (``--fast-timing``); None: the production defaults."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _miner: threading.Thread | None = None
-    _evm_clock: threading.Thread | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -124,14 +172,17 @@ class Devnet:
             },
             "bond": {"chain": "eth", "vault": self.vault, "amount": 0},
             "funded": self.funded,
+            **({"timing": self.timing.node_table()} if self.timing else {}),
         }
 
     def stop(self) -> None:
         self._stop.set()
         if self._miner is not None:
             self._miner.join()
-        if self._evm_clock is not None:
-            self._evm_clock.join()
+
+        observer = self.ledger.chain.app.observer
+        if isinstance(observer, PrefetchingObserver):
+            observer.close()
         self.ledger.stop()
         self.eth_server.stop()
         self.btc_server.stop()
@@ -168,12 +219,22 @@ def start_devnet(
     block_interval: float = BLOCK_INTERVAL,
     ledger_params: LedgerParams | None = None,
     ledger_clock: Callable[[], int] | None = None,
+    timing: DevnetTiming | None = None,
     progress: Callable[[str], None] = lambda _line: None,
 ) -> Devnet:
     """Start everything (ports 0 = free ones), fund ``fund``; the caller calls ``stop()``.
-    ``ledger_clock`` gives the solo ledger's block times (unix seconds; tests move it)."""
+    ``ledger_clock`` gives the solo ledger's block times (unix seconds; tests move it).
+    ``timing``: the devnet's short time constants for the ledger and the node configs
+    (:data:`DEVNET_TIMING`); None keeps the production ones."""
     if block_interval < 0:
         raise InvalidInput(f"block_interval must be >= 0 seconds, got {block_interval}")
+    if timing is not None and 0 < block_interval < timing.block_interval_s:
+        # Blocks faster than the nodes' policy counts would shorten every block-height margin
+        # (a leg's T_A could pass before the other leg's T_B): refused, not silently unsafe.
+        raise InvalidInput(
+            f"block_interval {block_interval} s is below the timing's block interval "
+            f"{timing.block_interval_s} s: the nodes' block-height margins would not hold"
+        )
     btc_targets, eth_targets = _split_fund(fund or [])
     btc = EmbeddedChain(params=_REGTEST)
     user, password = "kofo-devnet", secrets.token_hex(16)
@@ -192,17 +253,22 @@ def start_devnet(
         )
         vault = deploy(w3, "BondVault", faucet, [signer_addr], [1])
         foundation = Web3.to_checksum_address(keccak(b"KOFO devnet foundation")[12:])
+        base = ledger_params or LedgerParams(
+            registration_work_bits=DEVNET_WORK_BITS, registration_prework_bits=DEVNET_WORK_BITS
+        )
         params = replace(
-            ledger_params or LedgerParams(registration_work_bits=DEVNET_WORK_BITS),
+            base if timing is None else timing.ledger_params(base),
             bond_vault_chain_id=int(w3.eth.chain_id),
             bond_vault_address=vault,
             slash_recipient=foundation,
+            bond_height_step=1,  # one validator: nothing to agree on, bonds count at once
         )
         app = LedgerApp(MerkleStore(), params, vault_signer=signer)
         ledger = SoloLedgerRpc(SoloChain(app, clock=ledger_clock), port=ledger_port).start()
         started.append(ledger.stop)
         net = Devnet(btc, btc_server, user, password, eth_server, ledger)
         net.vault, net.foundation, net.vault_signer = vault, foundation, signer
+        net.timing = timing
         progress(f"bitcoin regtest (Core JSON-RPC) at {btc_server.url}")
         progress(f"EVM (Ethereum JSON-RPC) at {eth_server.url}")
         progress(f"solo ledger (CometBFT RPC) at {ledger.url}")
@@ -224,7 +290,9 @@ def start_devnet(
             progress(f"funded {to}: {FUND_WEI // 10**18} ETH, {FUND_DUSD // 10**6} DUSD")
         # The solo ledger is its own validator: it attests leg outcomes from its own view of
         # the chains, read over the same RPC a node uses (docs/clearance.md).
-        app.observer = _observer(net, eth_server.url)
+        # Read off the producer's lock (which every RPC query takes too): a slow chain read
+        # never holds up the ledger's blocks or queries (kofo.node.validator).
+        app.observer = PrefetchingObserver(_observer(net, eth_server.url))
         burn = _burn_script()
         for address, script in btc_targets:
             btc.mine(1, script)
@@ -233,16 +301,15 @@ def start_devnet(
         for address, _ in btc_targets:
             progress(f"funded {address}: a 50 BTC coinbase (matured)")
         if block_interval > 0:
+            # With blocks on, the EVM's clock (its latest block's time, what a node reads as
+            # the chain's "now") must follow the wall clock, with or without the devnet's
+            # timing: an EVM that mines only on transactions stands still between them, and a
+            # swap laid out after a few idle minutes had its deadlines already past.
+            evm = eth_server.evm
             net._miner = threading.Thread(
-                target=_mine_loop, args=(btc, burn, block_interval, net._stop), daemon=True
+                target=_mine_loop, args=(btc, burn, block_interval, net._stop, evm), daemon=True
             )
             net._miner.start()
-            net._evm_clock = threading.Thread(
-                target=_evm_clock_loop,
-                args=(eth_server.url, max(block_interval, EVM_CLOCK_S), net._stop),
-                daemon=True,
-            )
-            net._evm_clock.start()
         return net
     except BaseException:
         for stop in reversed(started):
@@ -250,32 +317,32 @@ def start_devnet(
         raise
 
 
-def _mine_loop(chain: EmbeddedChain, script: bytes, interval: float, stop: threading.Event) -> None:
+def _mine_loop(
+    chain: EmbeddedChain,
+    script: bytes,
+    interval: float,
+    stop: threading.Event,
+    evm: EmbeddedEvm | None = None,
+) -> None:
     ensure_thread_params()  # python-bitcointx keeps its chain params per thread
     while not stop.wait(interval):
         try:
             chain.mine(1, script)
         except KofoError:
             log.exception("devnet: mining a regtest block failed; trying again next interval")
+        if evm is not None:
+            _evm_tick(evm)
 
 
-EVM_CLOCK_S = 1.0
-"""Least seconds between the devnet EVM's empty blocks. The embedded EVM mines only for a
-transaction, so an idle devnet's latest block time (an Ethereum chain's clock, which the
-engine lays unix deadlines from) stood still: after ~5 idle minutes a swap's deadlines, laid
-from that stale time, had passed before the first lock (seen: ``participant_lock_by ... has
-already passed``, ``no correct initiator lock by participant_lock_by``). A real chain has a
-block every 12 s; the devnet's clock now keeps within this of wall time (at 1 s resolution,
-so not faster)."""
-
-
-def _evm_clock_loop(url: str, interval: float, stop: threading.Event) -> None:
-    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
-    while not stop.wait(interval):
-        try:
-            w3.provider.make_request("evm_mine", [1])  # type: ignore[arg-type]
-        except Exception:  # a busy or stopping server: the next interval tries again
-            log.debug("devnet: mining an EVM clock block failed", exc_info=True)
+def _evm_tick(evm: EmbeddedEvm) -> None:
+    """An empty EVM block stamped now, unless the latest block is already this second's."""
+    now = int(time.time())
+    try:
+        latest = int(evm.handle("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+        if now > latest:
+            evm.handle("evm_setNextBlockTimestamp", [now])
+    except Exception:  # a block mined between the two calls: the clock moved anyway
+        log.debug("devnet: EVM clock block skipped", exc_info=True)
 
 
 def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
@@ -300,16 +367,21 @@ def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
 
 
 def toml_snippet(desc: dict[str, Any]) -> str:
-    """The ``[ledger]``, ``[chains.*]`` and ``[bond]`` tables of a node config for this devnet."""
+    """The ``[ledger]``, ``[chains.*]``, ``[bond]`` (and ``[timing]``) tables of a node config
+    for this devnet."""
     from kofo.node.config import render_config
 
     full = render_config(
-        name="kofo", ledger_url=desc["ledger"]["url"], chains=desc["chains"], bond=desc["bond"]
+        name="kofo",
+        ledger_url=desc["ledger"]["url"],
+        chains=desc["chains"],
+        bond=desc["bond"],
+        timing=desc.get("timing"),
     )
     keep, on = [], False
     for line in full.splitlines():
         if line.startswith("["):
-            on = line.startswith(("[ledger]", "[chains.", "[bond]"))
+            on = line.startswith(("[ledger]", "[chains.", "[bond]", "[timing]"))
         elif line.startswith("# Standing offers"):
             on = False
         if on:

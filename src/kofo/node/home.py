@@ -54,6 +54,7 @@ def init_home(
     ledger_url: str = "http://127.0.0.1:26657",
     chains: dict[str, dict[str, Any]] | None = None,
     bond: dict[str, Any] | None = None,
+    timing: dict[str, int] | None = None,
     force: bool = False,
     seed: bytes | None = None,
 ) -> tuple[NodeConfig, bool]:
@@ -77,7 +78,7 @@ def init_home(
             f"{wallet_path} already holds a wallet; restore into a new home (a wallet is "
             "never overwritten)"
         )
-    text = render_config(name=name, ledger_url=ledger_url, chains=chains, bond=bond)
+    text = render_config(name=name, ledger_url=ledger_url, chains=chains, bond=bond, timing=timing)
     config = parse_config(home, tomllib.loads(text), config_path)  # what we write must load
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(home, 0o700)

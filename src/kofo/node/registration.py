@@ -97,6 +97,7 @@ def registration_body(
     addresses: Mapping[str, str],
     *,
     work_bits: int,
+    prework_bits: int = 0,
 ) -> RegisterNode:
     """A complete ``register_node`` body: a fresh zero seed and its proof, the modulus
     certificate and the work, all bound to ``node_id``."""
@@ -110,7 +111,7 @@ def registration_body(
         bond=0,
         seed_proof=proof,
         modulus_proof=privacy.prove_modulus(paillier_priv, privacy.modulus_context(node_id)),
-        pow_nonce=admission.solve_registration_work(node_id, n_bytes, work_bits),
+        pow_nonce=admission.solve_registration_work(node_id, n_bytes, work_bits, prework_bits),
     )
 
 
@@ -140,6 +141,7 @@ def ensure_registered(
             paillier_priv,
             addresses,
             work_bits=int(params.get("registration_work_bits", 0)),
+            prework_bits=int(params.get("registration_prework_bits", 0)),
         )
         tx = sign_tx(node_key, body)
         write_private_file(path, tx)

@@ -52,6 +52,18 @@ class ChainView:
 
 
 @dataclass(frozen=True, slots=True)
+class BondView:
+    """The maker's bond (``[bond]``), in wei."""
+
+    configured: int  # [bond] amount; 0: none
+    vault: int | None = None  # what the bond vault holds under this node id (None: not read)
+    attested: int | None = None  # what the ledger counts (attested less slashes pending)
+    min_bond: int = 0  # the ledger's minimum (params); a maker below it does not quote
+    quoting: bool = True  # False: offers are not quoted (the bond is not there yet)
+    error: str = ""  # why the deposit is not done yet
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInfo:
     name: str
     node_id: str  # hex Ed25519 public key
@@ -64,6 +76,7 @@ class NodeInfo:
     peers: int
     started_at: int
     addresses: dict[str, str] = field(default_factory=dict)  # chain -> this node's address
+    bond: BondView | None = None
 
 
 @dataclass(frozen=True, slots=True)

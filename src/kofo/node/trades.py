@@ -34,9 +34,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.errors import KofoError
 from kofo.exchange.route import LEG_EXPIRY_STEP_S, LOCK_WINDOW_S, OrderTimes
-from kofo.node.ledger_client import LedgerClient, LedgerRefused, tx_hash
+from kofo.node.ledger_client import LedgerClient, LedgerError, LedgerRefused, tx_hash
 from kofo.private_files import check_private_file
+from kofo.settlement.chain import HtlcState
 from kofo.settlement.engine import SwapEngine
+from kofo.settlement.journal import UnknownSwap
 from kofo.settlement.swap import State
 from kofo.settlement.terms import (
     ACCEPT_WINDOW_SECONDS,
@@ -63,6 +65,42 @@ class TradeRefused(KofoError):
     ledger, expiries that do not fit the chains): nothing was locked."""
 
     code = "trade_refused"
+
+
+class NotCommitted(TradeRefused):
+    """The ledger (this node's validator) does not show the order committed: not yet, or never."""
+
+
+VALIDATOR_LAG_S = 5.0
+"""Seconds a maker keeps re-reading an order its taker's proposal says is committed while its
+own validator does not show it. The validators of one CometBFT network commit a height within
+moments of each other, but the taker may read the commit from a validator that applied the
+block before the maker's did (a block at most apart, on a loaded machine up to seconds), and
+a refusal is final (the taker gives the committed trade up). Well within the direct message's
+30 s answer budget; an order that is truly not committed is still refused, only later (and
+the proposals that could make a maker wait are rate-limited per node by the engine)."""
+LAG_POLL_S = 0.25
+
+
+class LedgerNotYet(KofoError):
+    """The maker could not read the order from the ledger now (unreachable, slow): not a
+    refusal. Sent back as the proposal's answer (code ``ledger_not_yet``); the taker keeps its
+    swap proposed and asks again."""
+
+    code = "ledger_not_yet"
+    retryable = True
+
+
+class ProposalNotYet(KofoError):
+    """The maker answered the proposal "not yet" (its ledger read failed): asked again later;
+    nothing changed on either side."""
+
+    code = "proposal_not_yet"
+    retryable = True
+
+
+NOT_YET_CODES = frozenset({LedgerNotYet.code})
+"""Error codes in a proposal's answer that mean "ask again", never a refusal."""
 
 
 class OrderUnfit(TradeRefused):
@@ -207,7 +245,14 @@ def engine_legs(
 
 
 def plan_order_times(
-    policies: Mapping[str, ChainPolicy], have_chain: str, want_chain: str, now_s: int
+    policies: Mapping[str, ChainPolicy],
+    have_chain: str,
+    want_chain: str,
+    now_s: int,
+    *,
+    lock_window_s: int = LOCK_WINDOW_S,
+    accept_window_s: int = ACCEPT_WINDOW_SECONDS,
+    leg_expiry_step_s: int = LEG_EXPIRY_STEP_S,
 ) -> OrderTimes:
     """The taker's plan of a routed order's deadlines for the chain pair (the exchange's
     ``plan_times``; link protocol v4), in unix seconds from the order's time ``t``: the
@@ -228,7 +273,12 @@ def plan_order_times(
     * ``T_A`` (``legs[0]``): ``T_B`` at its slowest + the maker's margin (``notice(c2) +
       settle(c1)``) reached by chain 1's units at their fastest, plus chain 1's progress before
       the proposal; at least ``LEG_EXPIRY_STEP_S`` after ``T_B`` (the ledger's default
-      ``min_expiry_gap``)."""
+      ``min_expiry_gap``).
+
+    ``lock_window_s``, ``accept_window_s`` and ``leg_expiry_step_s`` are the network's timing
+    (``[timing]``; the production constants by default, a devnet's own with
+    ``kofo devnet --fast-timing``): ``LOCK_WINDOW_S``, ``ACCEPT_WINDOW_SECONDS`` and
+    ``LEG_EXPIRY_STEP_S`` above stand for them."""
     for chain in (have_chain, want_chain):
         if chain not in policies:
             raise OrderUnfit(f"chain {chain!r} is not served here: no plan for it")
@@ -247,12 +297,12 @@ def plan_order_times(
             s += 1
         return s
 
-    out_lock = LOCK_WINDOW_S
+    out_lock = lock_window_s
     blocks1 = p1.inclusion_blocks + p1.confirmations
     buried1 = p1.late_seconds(blocks1) if p1.height_clock else p1.late_seconds(p1.settle_seconds())
     back_lock = out_lock + max(buried1, p1.settle_seconds()) + p1.notice_seconds
     layout = (
-        ACCEPT_WINDOW_SECONDS
+        accept_window_s
         + p1.settle_seconds()
         + p1.notice_seconds
         + 2 * p2.settle_seconds()
@@ -261,14 +311,14 @@ def plan_order_times(
     # ... and from the maker's lock deadline on the ledger: the taker's reveal and its redeem
     # buried on chain 2 still fit before T_B after a maker lock at that deadline.
     after_lock = back_lock + 2 * p2.settle_seconds() + p2.notice_seconds
-    units_b = max(p2.to_units(LOCK_WINDOW_S) + p2.to_units(layout), p2.to_units(after_lock))
+    units_b = max(p2.to_units(lock_window_s) + p2.to_units(layout), p2.to_units(after_lock))
     t_b = seconds_for(p2, units_b)
     need = p2.late_seconds(units(p2, t_b)) + p2.notice_seconds + p1.settle_seconds()
     units_a = p1.to_units(need)
     while p1.early_seconds(units_a) < need:
         units_a += 1
-    t_a = seconds_for(p1, units_a + p1.to_units(LOCK_WINDOW_S))
-    t_a = max(t_a, t_b + LEG_EXPIRY_STEP_S)
+    t_a = seconds_for(p1, units_a + p1.to_units(lock_window_s))
+    t_a = max(t_a, t_b + leg_expiry_step_s)
     return now_s + out_lock, now_s + back_lock, now_s + t_b, now_s + t_a
 
 
@@ -278,6 +328,7 @@ def check_order_as_maker(
     now: Mapping[str, Expiry],
     *,
     maker_node: bytes,
+    accept_window_s: int = ACCEPT_WINDOW_SECONDS,
 ) -> None:
     """The maker's check before it co-signs a routed order (the exchange's ``order_guard``,
     role ``"provider"``): the swap its engine will be asked to accept for this order is safe
@@ -319,6 +370,7 @@ def check_order_as_maker(
         now=now,
         initiator_node=order.legs[0].sender,
         participant_node=maker_node,
+        accept_window=accept_window_s,
     )
     terms = replace(
         laid,
@@ -327,6 +379,62 @@ def check_order_as_maker(
     )
     check_terms_as_participant(
         terms, policies, now, my_address={a.chain: a.recipient, b.chain: b.sender}
+    )
+
+
+def maker_terms(
+    order: SettlementOrder,
+    policies: Mapping[str, ChainPolicy],
+    now: Mapping[str, Expiry],
+    *,
+    maker_node: bytes,
+    wall_now: int,
+) -> SwapTerms:
+    """The swap terms the maker's engine runs for a committed ``order`` that no proposal
+    brought (:meth:`TradePipeline.start_as_maker`): the legs, hash, nodes and expiries of the
+    order, the deadlines laid out from ``now`` as the taker's engine would, and the maker's
+    own lock deadline no later than the order's ``legs[1].lock_by`` (on a height-clocked
+    chain, the last height that comes before it even at the slowest block rate), so the
+    maker's engine never locks later than the ledger judges. Raises :class:`TermsRefused`
+    when that deadline has passed."""
+    a, b = engine_legs(order, policies)
+    laid = propose_terms(
+        swap_id=order.order_id,
+        payment_hash=order.payment_hash,
+        initiator_leg=a,
+        participant_leg=b,
+        policies=policies,
+        now=now,
+        initiator_node=order.legs[0].sender,
+        participant_node=maker_node,
+    )
+    p2 = policies[b.chain]
+    left = order.legs[1].lock_by - wall_now
+    if left <= 0:
+        raise TermsRefused(
+            f"order {order.order_id.hex()}: legs[1].lock_by {order.legs[1].lock_by} has passed",
+            code="terms_deadline_passed",
+        )
+    if p2.height_clock:
+        units = p2.to_units(left)
+        while units > 0 and p2.late_seconds(units) > left:
+            units -= 1
+        by: Expiry = BlockHeight(now[b.chain].value + units)
+    else:
+        by = UnixTime(order.legs[1].lock_by)
+    lock_b = laid.participant_lock_by if laid.participant_lock_by.value <= by.value else by
+    # The initiator's reveal deadline is laid from now, and a maker that saw the lock late
+    # would find it past T_B and refuse terms it must honour: it is only the initiator's
+    # bound, so it is kept within the order's T_B less a redeem's settling (never before our
+    # own lock deadline).
+    room = b.expiry.value - p2.to_units(p2.settle_seconds())
+    redeem_a = min(laid.initiator_redeem_by.value, max(lock_b.value, room))
+    return replace(
+        laid,
+        initiator_leg=replace(laid.initiator_leg, expiry=a.expiry),
+        participant_leg=replace(laid.participant_leg, expiry=b.expiry),
+        participant_lock_by=lock_b,
+        initiator_redeem_by=p2.expiry(redeem_a),
     )
 
 
@@ -356,8 +464,10 @@ class TradePipeline:
         send: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         commit_timeout: float = 30.0,
         crash: Callable[[str], None] = lambda _point: None,
+        accept_window_s: int = ACCEPT_WINDOW_SECONDS,
     ) -> None:
         self.crash = crash  # fault injection (tests): the engine's CrashHook.hit
+        self.accept_window_s = accept_window_s  # the network's ([timing]) proposal window
         self.ledger = ledger
         self.engine = engine
         self.node_id = public_key_bytes(node_key)
@@ -379,9 +489,8 @@ class TradePipeline:
         try:
             raw = self.ledger.abci_query("/order", encode(order_id))
         except LedgerRefused as exc:
-            raise TradeRefused(
-                f"order {order_id.hex()} is not committed on the ledger: {exc.log}"
-            ) from exc
+            kind = NotCommitted if exc.code == "not_found" else TradeRefused
+            raise kind(f"order {order_id.hex()} is not committed on the ledger: {exc.log}") from exc
         rec = decode(raw)
         order = SettlementOrder.from_map(rec["order"])
         if order.order_id != order_id:
@@ -472,6 +581,7 @@ class TradePipeline:
             swap_id=order_id,
             preimage=preimage,
             participant_node=com.order.legs[1].sender,
+            accept_window=self.accept_window_s,
         )
         self.phases.record(order_id, "swap_started")
         state = self.engine.journal.get(order_id).state
@@ -479,6 +589,12 @@ class TradePipeline:
             reply = self.send(order_id, Propose(terms))
             if isinstance(reply, Accept):
                 self.engine.handle(reply, com.order.legs[1].sender)
+            elif isinstance(reply, Error) and reply.code in NOT_YET_CODES:
+                # not a refusal: the maker's ledger read failed; the swap stays proposed
+                log.info("order %s: the maker says not yet: %s", order_id.hex(), reply.message)
+                raise ProposalNotYet(
+                    f"order {order_id.hex()}: the maker cannot read the order yet: {reply.message}"
+                )
             elif isinstance(reply, Error):
                 log.warning(
                     "order %s: the maker refused: %s %s", order_id.hex(), reply.code, reply.message
@@ -491,11 +607,25 @@ class TradePipeline:
 
     # -- the maker --------------------------------------------------------------------------------
 
-    def watch_commit(self, order_id: bytes) -> Committed:
+    def watch_commit(self, order_id: bytes, *, lag_s: float = 0.0) -> Committed:
         """The maker's step once the order is committed: read it back from the ledger and check
         it equals what this node co-signed. From then on (and only then) the accept policy
-        accepts the taker's proposal for it."""
-        com = self.committed(order_id)
+        accepts the taker's proposal for it. ``lag_s``: seconds to keep re-reading an order
+        the ledger does not show yet (:data:`VALIDATOR_LAG_S`, for a proposal that says it is
+        committed), then :class:`TradeRefused` as without; only for an order this node
+        co-signed as its maker (a proposal for any other order makes it wait for nothing)."""
+        mine = self.phases.order(order_id)
+        if mine is None or mine[0] != "maker":
+            lag_s = 0.0
+        deadline = time.monotonic() + lag_s
+        while True:
+            try:
+                com = self.committed(order_id)
+                break
+            except NotCommitted:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LAG_POLL_S)
         role = self._check_against_signed(com.order)
         if com.status != "committed":
             raise TradeRefused(f"order {order_id.hex()} is {com.status} on the ledger: no swap")
@@ -503,6 +633,52 @@ class TradePipeline:
             raise TradeRefused(f"order {order_id.hex()}: this node is not its maker")
         self.phases.record(order_id, "committed", {"height": com.height})
         return com
+
+    def start_as_maker(self, order_id: bytes) -> SwapTerms | None:
+        """The maker acts from the committed order itself, with or without a proposal.
+
+        A taker may lock its leg (the HTLC is fixed by the order) and never propose, or
+        propose late; the ledger's ``leg_not_locked`` would then blame the maker, whose engine
+        never heard of the swap. So once the order is seen committed (``watch_commit``) and no
+        swap for it is in this node's engine, the maker looks for leg 0's lock on its own view
+        of the chain (the order's full terms); when it is there, the engine accepts the terms
+        derived from the order (:func:`maker_terms`: the order's expiries, the maker's lock
+        deadline no later than ``legs[1].lock_by``) and locks leg 1 as for any proposal.
+        Returns those terms, or None (a swap exists, the order is not seen committed, or leg
+        0 is not locked yet). Raises :class:`TermsRefused` when the order can no longer be
+        started (``legs[1].lock_by`` passed, margins gone)."""
+        try:
+            self.engine.journal.get(order_id)
+            return None  # the proposal came (or we started before): the engine drives it
+        except UnknownSwap:
+            pass
+        if self.phases.phase(order_id, "committed") is None:
+            return None
+        found = self.phases.order(order_id)
+        if found is None or found[0] != "maker":
+            return None
+        order = found[1]
+        a, b = engine_legs(order, self.engine.policies)
+        adapter = self.engine.adapters[a.chain]
+        ref = adapter.find_htlc(a.htlc(order.payment_hash))
+        if ref is None:
+            return None
+        status = adapter.status(ref)
+        if status.state is not HtlcState.LOCKED:
+            return None
+        tip = adapter.tip().height
+        lock_height = tip - status.confirmations + 1 if status.confirmations else tip
+        now = self.engine.now((a.chain, b.chain))
+        terms = maker_terms(
+            order, self.engine.policies, now, maker_node=self.node_id, wall_now=int(time.time())
+        )
+        log.warning(
+            "order %s: the taker locked leg 0 without a proposal; locking leg 1 from the "
+            "committed order",
+            order_id.hex(),
+        )
+        self.engine.accept(terms, scan_from={a.chain: lock_height})
+        return terms
 
     def accept_policy(self, terms: SwapTerms) -> None:
         """The maker's engine policy: accept exactly the terms derived from a committed order
@@ -519,7 +695,29 @@ class TradePipeline:
         if self.phases.phase(oid, "committed") is None:
             # not yet seen committed: ask the ledger now (the proposal may beat our watcher)
             try:
-                self.watch_commit(oid)
+                self.watch_commit(oid, lag_s=VALIDATOR_LAG_S)
+            except LedgerError as exc:
+                if isinstance(exc, LedgerRefused):
+                    raise TermsRefused(
+                        f"order {oid.hex()}: not seen committed on the ledger ({exc})",
+                        code="terms_not_offered",
+                    ) from exc
+                # No answer is no refusal: "not yet", while the order may still start (its
+                # taker's lock deadline is ahead); only a definite answer, or that deadline
+                # passed, refuses.
+                mine = self.phases.order(oid)
+                if (
+                    mine is not None
+                    and mine[0] == "maker"
+                    and time.time() < mine[1].legs[0].lock_by
+                ):
+                    raise LedgerNotYet(
+                        f"order {oid.hex()}: the ledger did not answer ({exc.code}); ask again"
+                    ) from exc
+                raise TermsRefused(
+                    f"order {oid.hex()}: not seen committed on the ledger ({exc})",
+                    code="terms_not_offered",
+                ) from exc
             except KofoError as exc:
                 raise TermsRefused(
                     f"order {oid.hex()}: not seen committed on the ledger ({exc})",

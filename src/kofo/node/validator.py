@@ -35,11 +35,15 @@ The config is TOML::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import threading
+import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from web3 import Web3
 
@@ -63,6 +67,20 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.observer import AdapterObserver, VaultWatcher
+from kofo.wire.attest import BondObservation, ChainObserver, LegRef, Observation
+
+log = logging.getLogger("kofo.node.validator")
+
+REFRESH_S = 0.25
+"""Seconds the observer's worker rests between rounds over the facts asked for: a fact reaches
+the next vote extension a round or two after the chain shows it (CometBFT makes a block every
+few hundred milliseconds at the least), at a bounded cost in chain reads."""
+FORGET_S = 120.0
+"""Seconds a fact nobody asked for stays watched: the app asks for every pending leg at each
+height, so a leg not asked for this long is settled (or its order gone)."""
+MAX_WATCHED = 16_384
+"""Facts watched at once (the app asks for at most ``MAX_OBSERVED_ORDERS`` orders of 8 legs
+and a window of nodes per height): bounds the memory whatever the ledger holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +155,90 @@ def build_observer(config: ValidatorConfig) -> AdapterObserver | None:
     return AdapterObserver(adapters, confirmations=confirmations, spent_since=since, vault=vault)
 
 
+@dataclass
+class _Watch:
+    read: Callable[[], Any]
+    asked: float
+    seen: Any = None
+
+
+class PrefetchingObserver:
+    """The validator's chain observer, answered from memory: ``observe`` and ``observe_bond``
+    return what a worker thread last read for that fact and ask it to read again; no chain RPC
+    runs on the caller's thread.
+
+    The ABCI server answers CometBFT's connections (consensus, mempool, queries) on one event
+    loop, and the app asks its observer from ``ExtendVote``: reading the chains there (a lock
+    search over RPC, a node slow to answer) held up every block and every ``abci_query`` of the
+    validator -- seen as >10 s query timeouts on a loaded 4-validator network. A fact now
+    reaches a vote extension a round later; a read that fails keeps the last fact (each is
+    confirmed at the chain's depth) and is logged."""
+
+    def __init__(self, inner: ChainObserver, *, refresh_s: float = REFRESH_S) -> None:
+        self.inner = inner
+        self.refresh_s = refresh_s
+        self._watches: dict[Hashable, _Watch] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chain-observer", daemon=True)
+        self._thread.start()
+
+    def observe(self, ref: LegRef) -> Observation | None:
+        seen: Observation | None = self._ask(
+            ("leg", ref.order_id, ref.index),  # a committed order's leg never changes
+            lambda: self.inner.observe(ref),
+        )
+        return seen
+
+    def observe_bond(self, node: bytes, *args: Any) -> BondObservation | None:
+        seen: BondObservation | None = self._ask(
+            ("bond", node, *args),
+            lambda: self.inner.observe_bond(node, *args),
+        )
+        return seen
+
+    def _ask(self, key: Hashable, read: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            watch = self._watches.get(key)
+            if watch is None:
+                if len(self._watches) >= MAX_WATCHED:
+                    oldest = min(self._watches, key=lambda k: self._watches[k].asked)
+                    del self._watches[oldest]
+                watch = self._watches[key] = _Watch(read, now)
+            watch.read, watch.asked = read, now
+            seen = watch.seen
+        self._wake.set()
+        return seen
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()  # asked (each vote extension asks), or closing
+            self._wake.clear()
+            with self._lock:
+                cutoff = time.monotonic() - FORGET_S
+                for key in [k for k, w in self._watches.items() if w.asked < cutoff]:
+                    del self._watches[key]
+                watches = list(self._watches.values())
+            for watch in watches:
+                if self._stop.is_set():
+                    return
+                try:
+                    seen = watch.read()
+                except Exception as exc:  # a chain down or odd: keep the last fact
+                    log.info("observing the chains: %s: %s", type(exc).__name__, exc)
+                    continue
+                with self._lock:
+                    watch.seen = seen
+            self._stop.wait(self.refresh_s)  # at most a round per refresh_s
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+
 def vault_signer(config: ValidatorConfig) -> bytes | None:
     if config.vault_key is None:
         return None
@@ -167,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = load_validator_config(args.config) if args.config else ValidatorConfig()
     observer = None
     if not args.no_observe and not args.observe:
-        observer = build_observer(config)  # by default whenever chains are named
+        chains = build_observer(config)  # by default whenever chains are named
+        # read off the ABCI loop: a slow chain never holds up blocks and queries
+        observer = None if chains is None else PrefetchingObserver(chains)
     server.serve(args, observer=observer, vault_signer=vault_signer(config))
 
 

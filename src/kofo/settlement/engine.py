@@ -563,9 +563,14 @@ class SwapEngine:
         self._emit(terms.swap_id, Role.INITIATOR, State.PROPOSED, "proposed")
         return terms
 
-    def accept(self, terms: SwapTerms, *, peer: str = "") -> Accept:
+    def accept(
+        self, terms: SwapTerms, *, peer: str = "", scan_from: Mapping[str, int] | None = None
+    ) -> Accept:
         """The participant's answer to a proposal: check it is safe, allowed and funded,
         journal it, ACCEPTED. Raises :class:`TermsRefused` with the reason's code otherwise.
+        ``scan_from`` (per chain, a block height) lowers where the search for the counter
+        lock starts: a caller that already saw the initiator's lock (a maker acting from a
+        committed order without a proposal) passes the lock's height.
 
         Cheapest first, so a flood costs little: the proposer's rate (per node), the payment
         hash, the accept policy (pure); then what reads the chains (dust, the build of each
@@ -596,7 +601,11 @@ class SwapEngine:
             check_terms_as_participant(terms, self.policies, self.now(chains), my_address=mine)
         self._check_legs(terms)
         with self._observing(chains):
-            scan_from = self._scan_from(terms)
+            scan = self._scan_from(terms)
+        heights = scan[_SCAN_FROM]
+        for chain, height in (scan_from or {}).items():
+            if chain in heights:
+                heights[chain] = max(0, min(int(heights[chain]), int(height)))
         with self._lock:
             self._check_open_limits(terms.initiator_node)
             self._check_funds(terms, Role.PARTICIPANT)
@@ -608,7 +617,7 @@ class SwapEngine:
                 State.ACCEPTED,
                 peer=peer,
                 payload={"reason": "accepted"},
-                notices=scan_from,
+                notices=scan,
             )
         self._emit(terms.swap_id, Role.PARTICIPANT, State.ACCEPTED, "accepted")
         return Accept(terms.swap_id, terms_digest(terms))

@@ -19,7 +19,7 @@ from web3 import Web3
 from kofo.errors import KofoError
 from kofo.settlement.chain import ChainAdapter, HtlcState, HtlcTerms
 from kofo.settlement.chains.ethereum.contract import load_artifact
-from kofo.wire.attest import BondObservation, LegRef, Observation
+from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
 from kofo.wire.orders import LegOutcome
 
 log = logging.getLogger("kofo.settlement.observer")
@@ -31,12 +31,25 @@ _OUTCOME = {
 }
 
 
+LOCK_TIME_SKEW = {"eth": 120}
+"""Seconds a lock's block timestamp may lie before its order's ledger commit time and still be
+the leg's lock, per chain (``DEFAULT_LOCK_TIME_SKEW`` for the others): Ethereum's slots keep
+block times within seconds; a Bitcoin-like block's time may be up to two hours off."""
+DEFAULT_LOCK_TIME_SKEW = 7_200
+
+
 class AdapterObserver:
     """``observe(leg)`` for the ledger: the leg's HTLC state on its chain, once confirmed.
 
     ``confirmations`` per chain (default 1); ``spent_since`` per chain: the lowest block height
     a routed lock can be in (the ledger's orders are newer), so a spent lock is found without
-    scanning the chain's whole history."""
+    scanning the chain's whole history.
+
+    A lock counts for a leg only if its block is not older than the order's ledger commit
+    (``LegRef.committed_at``, less ``lock_time_skew`` for the chain): nothing locks before its
+    order is committed (the node's rule), and an HTLC already on a chain when a sybil order
+    copying its terms was committed belongs to another swap (issue 17: such copies were
+    settled by someone else's HTLCs)."""
 
     def __init__(
         self,
@@ -45,8 +58,10 @@ class AdapterObserver:
         confirmations: Mapping[str, int] | None = None,
         spent_since: Mapping[str, int] | None = None,
         vault: VaultWatcher | None = None,
+        lock_time_skew: Mapping[str, int] | None = None,
     ) -> None:
         self.adapters = dict(adapters)
+        self.lock_time_skew = {**LOCK_TIME_SKEW, **(lock_time_skew or {})}
         self.confirmations = dict(confirmations or {})
         self.spent_since = dict(spent_since or {})
         self.vault = vault
@@ -71,12 +86,25 @@ class AdapterObserver:
                 return None
             status = adapter.status(found)
             tip = adapter.tip().height
+            need = max(1, self.confirmations.get(leg.chain, 1))
+            outcome = _OUTCOME.get(status.state)
+            if outcome is None or status.confirmations < need:
+                return None
+            if ref.committed_at:
+                lock_block = adapter.block_at(tip - status.confirmations + 1)
+                skew = self.lock_time_skew.get(leg.chain, DEFAULT_LOCK_TIME_SKEW)
+                if lock_block.time < ref.committed_at - skew:
+                    log.info(
+                        "observing %s leg %d: the matching lock (block time %d) predates the "
+                        "order's commit (%d): another swap's HTLC",
+                        ref.order_id.hex(),
+                        ref.index,
+                        lock_block.time,
+                        ref.committed_at,
+                    )
+                    return None
         except KofoError as exc:  # a node down or lagging: nothing seen this time
             log.info("observing %s leg %d: %s", ref.order_id.hex(), ref.index, exc)
-            return None
-        need = max(1, self.confirmations.get(leg.chain, 1))
-        outcome = _OUTCOME.get(status.state)
-        if outcome is None or status.confirmations < need:
             return None
         if outcome is LegOutcome.LOCKED:
             txid, confs = found.lock_txid, status.confirmations
@@ -88,10 +116,14 @@ class AdapterObserver:
                 txid, confs = status.spend_txid, status.spend_confirmations
         return Observation(ref.order_id, ref.index, outcome, txid, tip - confs + 1)
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
-        """The bond vault's confirmed balance for ``node`` (None without a vault or when the
-        vault's chain cannot be read now)."""
-        return None if self.vault is None else self.vault.observe_bond(node)
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        """The bond vault's confirmed balance for ``node`` at a multiple of ``step`` (None
+        without a vault or when the vault's chain cannot be read now)."""
+        return None if self.vault is None else self.vault.observe_bond(node, step)
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        """Whether the vault executed ledger decision ``decision`` (see VaultWatcher)."""
+        return None if self.vault is None else self.vault.observe_decision(decision, step)
 
 
 class VaultWatcher:
@@ -105,13 +137,36 @@ class VaultWatcher:
             address=self.address, abi=load_artifact("BondVault").abi
         )
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        """The vault's balance for ``node`` at the highest confirmed height that is a multiple
+        of ``step``: validators whose tips or confirmation settings differ read the same height
+        (at exact heights their facts never matched, and a bond was never attested)."""
         try:
-            height = int(self.w3.eth.block_number) - self.confirmations + 1
-            if height < 0:
+            confirmed = int(self.w3.eth.block_number) - self.confirmations + 1
+            height = confirmed - confirmed % max(1, step)
+            if confirmed < 0:
                 return None
             amount = int(self._contract.functions.bonds(node).call(block_identifier=height))
         except Exception as exc:  # a node down or lagging: nothing seen this time
             log.info("observing the bond of %s: %s", node.hex()[:16], exc)
             return None
         return BondObservation(node, amount, height)
+
+    def _height(self, step: int) -> int:
+        confirmed = int(self.w3.eth.block_number) - self.confirmations + 1
+        return confirmed - confirmed % max(1, step) if confirmed >= 0 else -1
+
+    def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
+        """Whether the vault had executed ledger decision ``decision`` (its ``executed``
+        record, set with the ``BondSlashed``/``BondReleased`` event of the same call) as of the
+        same rounded height :meth:`observe_bond` reads, so the ledger counts the execution and
+        the lower balance together; None if not (yet) or unreadable."""
+        try:
+            height = self._height(step)
+            if height < 0:
+                return None
+            done = bool(self._contract.functions.executed(decision).call(block_identifier=height))
+        except Exception as exc:  # a node down or lagging: nothing seen this time
+            log.info("observing decision %s: %s", decision.hex()[:16], exc)
+            return None
+        return ExecutedDecision(decision, height) if done else None

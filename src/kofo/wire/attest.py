@@ -9,7 +9,10 @@ test) hands one to the ledger app. Neither layer imports the other: they share t
 Vote-extension bytes are canonical CBOR ``{"v": 1, "obs": [[order_id, leg, outcome, txid,
 chain_height], ...]}``, at most :data:`MAX_OBSERVATIONS` entries, sorted and without repeats,
 plus, when the validator saw bond balances differ from the ledger's record, ``"bonds":
-[[node_id, amount, chain_height], ...]`` (the bond vault's balance per node, same limits).
+[[node_id, amount, chain_height], ...]`` (the bond vault's balance per node, same limits),
+and, when the vault executed bond decisions the ledger still holds open, ``"done":
+[[decision_id, chain_height], ...]`` (``executed(decision_id)`` is true in the vault as of
+``chain_height``; sorted by id, same limits). Both keys are present only when non-empty.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class LegRef:
     index: int
     leg: Leg
     payment_hash: bytes
+    committed_at: int = 0
+    """Ledger block time (unix seconds) the order was committed at; 0: unknown. Nothing locks
+    before its order is committed, so a lock in a chain block older than this (less the
+    chain's timestamp tolerance) is someone else's HTLC with the same terms, not this leg."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -119,17 +126,54 @@ class ChainObserver(Protocol):
 
     def observe(self, ref: LegRef) -> Observation | None: ...
 
-    def observe_bond(self, node: bytes) -> BondObservation | None:
-        """The bond vault's confirmed balance for ``node``; None if no vault is watched."""
+    def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:
+        """The bond vault's balance for ``node`` at the highest confirmed height that is a
+        multiple of ``step`` (the ledger's ``bond_height_step``, so that validators with other
+        tips or confirmation settings report the same height); None if no vault is watched."""
         ...
+
+    # Optional (the app asks only observers that have it):
+    # ``observe_decision(decision: bytes, step: int) -> ExecutedDecision | None``: whether the
+    # vault had executed the ledger decision ``decision`` as of the same rounded height as
+    # ``observe_bond`` reads (``ExecutedDecision(decision, that height)``), else None.
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ExecutedDecision:
+    """The bond vault had executed ledger decision ``decision`` (a slash or a release) as of
+    its block ``chain_height`` (confirmed; the same rounded height bonds are read at)."""
+
+    decision: bytes
+    chain_height: int
+
+    def as_list(self) -> list[Any]:
+        return [self.decision, self.chain_height]
+
+    @classmethod
+    def from_list(cls, v: Any, where: str) -> ExecutedDecision:
+        if not isinstance(v, list) or len(v) != 2:
+            raise BadMessage(f"{where} must be a list of 2 items")
+        decision, height = v
+        if not isinstance(decision, bytes) or len(decision) != DECISION_ID_SIZE:
+            raise BadMessage(f"{where}[0] (decision) must be {DECISION_ID_SIZE} bytes")
+        if isinstance(height, bool) or not isinstance(height, int):
+            raise BadMessage(f"{where} chain_height must be an integer")
+        if not 0 <= height <= MAX_CHAIN_HEIGHT:
+            raise BadMessage(f"{where} chain_height must be in 0..{MAX_CHAIN_HEIGHT}")
+        return cls(decision, height)
+
+
+DECISION_ID_SIZE = 32
 
 
 def encode_extension(
     observations: list[Observation],
     bond_observations: list[BondObservation] = (),  # type: ignore[assignment]
+    executed: list[ExecutedDecision] = (),  # type: ignore[assignment]
 ) -> bytes:
     obs = sorted(set(observations))[:MAX_OBSERVATIONS]
     bonds = sorted(set(bond_observations))[:MAX_OBSERVATIONS]
+    done = sorted(set(executed))[:MAX_OBSERVATIONS]
     # Within MAX_EXTENSION_BYTES, which every validator's VerifyVoteExtension enforces: 64 leg
     # facts and 64 bond facts can take ~9.5 KB, and an extension every validator refuses
     # counts no precommit, so the chain would stop while those facts stay pending. Leg facts
@@ -139,13 +183,17 @@ def encode_extension(
         body: dict[str, Any] = {"v": EXTENSION_VERSION, "obs": [o.as_list() for o in obs]}
         if bonds:
             body["bonds"] = [b.as_list() for b in bonds]
+        if done:
+            body["done"] = [d.as_list() for d in done]
         raw = encode(body)
         if len(raw) <= MAX_EXTENSION_BYTES:
             return raw
-        # drop no more entries than the excess needs (an encoded bond fact is at most ~62
-        # bytes, a leg fact ~170), at least one, bonds first
+        # drop no more entries than the excess needs (an encoded executed decision is at
+        # most ~45 bytes, a bond fact ~62, a leg fact ~170), at least one, executed first
         excess = len(raw) - MAX_EXTENSION_BYTES
-        if bonds:
+        if done:
+            done = done[: max(0, len(done) - max(1, excess // 46))]
+        elif bonds:
             bonds = bonds[: max(0, len(bonds) - max(1, excess // 64))]
         else:
             obs = obs[: max(0, len(obs) - max(1, excess // 180))]
@@ -157,22 +205,31 @@ def decode_extension(raw: bytes) -> list[Observation]:
 
 
 def decode_extension_full(raw: bytes) -> tuple[list[Observation], list[BondObservation]]:
+    """The leg and bond observations of a vote extension (see :func:`decode_extension_all`)."""
+    obs, bonds, _ = decode_extension_all(raw)
+    return obs, bonds
+
+
+def decode_extension_all(
+    raw: bytes,
+) -> tuple[list[Observation], list[BondObservation], list[ExecutedDecision]]:
     """The observations of a vote extension; :class:`BadMessage` for anything but the
     canonical, bounded, sorted form (an empty extension means "nothing to report")."""
     if not raw:
-        return [], []
+        return [], [], []
     if len(raw) > MAX_EXTENSION_BYTES:
         raise BadMessage(f"vote extension is {len(raw)} bytes, more than {MAX_EXTENSION_BYTES}")
     m = decode(raw)
     if (
         not isinstance(m, dict)
-        or set(m) - {"bonds"} != {"v", "obs"}
+        or set(m) - {"bonds", "done"} != {"v", "obs"}
         or m["v"] != EXTENSION_VERSION
         or m.get("bonds", 1) == []
+        or m.get("done", 1) == []
     ):
         raise BadMessage(
             f"vote extension must be {{'v': {EXTENSION_VERSION}, 'obs': [...]}} and, if any, "
-            "a non-empty 'bonds': [...]"
+            "a non-empty 'bonds': [...] and a non-empty 'done': [...]"
         )
     items = m["obs"]
     if not isinstance(items, list) or len(items) > MAX_OBSERVATIONS:
@@ -191,4 +248,12 @@ def decode_extension_full(raw: bytes) -> tuple[list[Observation], list[BondObser
     ]
     if any(a.node >= b.node for a, b in itertools.pairwise(bonds)):
         raise BadMessage("vote extension bonds must be sorted by node, one each")
-    return obs, bonds
+    raw_done = m.get("done", [])
+    if not isinstance(raw_done, list) or len(raw_done) > MAX_OBSERVATIONS:
+        raise BadMessage(f"vote extension done must be a list of at most {MAX_OBSERVATIONS}")
+    done = [
+        ExecutedDecision.from_list(x, f"vote extension done[{i}]") for i, x in enumerate(raw_done)
+    ]
+    if any(a.decision >= b.decision for a, b in itertools.pairwise(done)):
+        raise BadMessage("vote extension done must be sorted by decision, one each")
+    return obs, bonds, done

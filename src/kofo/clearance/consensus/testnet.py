@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,13 +114,23 @@ class LocalTestnet:
         vote_extensions_height: int = 0,
         observe: bool = False,
         tx_index: bool = False,
+        app_module: str = "kofo.clearance.abci.server",
+        app_args: Sequence[str] = (),
+        full_nodes: int = 0,
     ) -> None:
         """``vote_extensions_height`` > 0 turns on CometBFT's vote extensions from that height
         (the ledger's leg and bond attestations); ``observe`` gives each validator's app a
         :class:`~kofo.clearance.attest.FileObserver` over ``observed_path(i)``; ``tx_index``
         keeps CometBFT's ``kv`` transaction index, so the RPC's ``tx`` (and ``tx_search``)
         answer -- what the node's ledger client looks a committed transaction up with. Off by
-        default: the benchmark measures the chain without the indexer's work."""
+        default: the benchmark measures the chain without the indexer's work. ``full_nodes``
+        more nodes (indexes after the validators) run the same app and genesis with their own
+        consensus key outside the genesis set: a validator that joins later (through a bond).
+
+        ``app_module`` is the module each validator's ABCI app runs as (``python -m``), with
+        ``app_args`` after the server's own flags: ``kofo.node.validator`` with ``--config
+        FILE`` gives every validator an observer of real chains over their RPC (named here
+        as a module, not imported: the clearance layer never imports the node)."""
         if validators < 1:
             raise TestnetError(f"validators must be at least 1, got {validators}")
         if app not in ("kofo", "kvstore"):
@@ -134,6 +145,9 @@ class LocalTestnet:
         self.vote_extensions_height = vote_extensions_height
         self.observe = observe
         self.tx_index = tx_index
+        self.app_module = app_module
+        self.app_args = list(app_args)
+        self.full_nodes = full_nodes
         self.cometbft = find_cometbft()
         self.validators = [
             Validator(
@@ -143,7 +157,7 @@ class LocalTestnet:
                 base_port + 10 * i + 1,
                 base_port + 10 * i + 2,
             )
-            for i in range(validators)
+            for i in range(validators + full_nodes)
         ]
 
     def observed_path(self, index: int) -> Path:
@@ -157,7 +171,8 @@ class LocalTestnet:
         n = len(self.validators)
         if self.root.exists():
             shutil.rmtree(self.root)
-        argv = [str(self.cometbft), "testnet", "--v", str(n), "--o", str(self.root)]
+        argv = [str(self.cometbft), "testnet", "--v", str(n - self.full_nodes)]
+        argv += ["--n", str(self.full_nodes), "--o", str(self.root)]
         argv += ["--hostname", "127.0.0.1"] * n
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
         for v in self.validators:
@@ -215,12 +230,13 @@ class LocalTestnet:
                     [
                         sys.executable,
                         "-m",
-                        "kofo.clearance.abci.server",
+                        self.app_module,
                         "--db",
                         str(v.home / "ledger.db"),
                         "--addr",
                         f"127.0.0.1:{v.abci_port}",
                         *(["--observe", str(self.observed_path(index))] if self.observe else []),
+                        *self.app_args,
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=log,

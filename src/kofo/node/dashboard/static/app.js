@@ -419,6 +419,7 @@ function tradeView(root, tradeId) {
 
   let request = null;
   let bestReceive = 0n; // the best live quote: an empty "Receive at least" takes it less 1 %
+  let bestPartial = null; // the best quote fills less than asked: "n of m" (no floor from it)
   let quoteTimer = null;
   let quoteSeq = 0;
   let current = tradeId || "";
@@ -433,6 +434,11 @@ function tradeView(root, tradeId) {
     if (sell.value === buy.value) throw new Error("You pay and You receive must be different assets");
     const amt = parseUnits(amountIn.value, decimalsOf(sell.value), "You pay");
     if (amt <= 0n) throw new Error("You pay: the amount must be more than zero");
+    const have = state.balances.find((b) => b.asset === sell.value);
+    if (have && amt > big(have.available)) {
+      throw new Error(`You pay: more than the ${units(have.available, have.decimals)} `
+        + `${have.symbol} available`);
+    }
     const min = minRecv.value.trim() ? parseUnits(minRecv.value, decimalsOf(buy.value),
       "Receive at least") : 0n;
     const dl = Number(deadline.value);
@@ -461,6 +467,9 @@ function tradeView(root, tradeId) {
         .sort((a, b) => (big(b.receive) > big(a.receive) ? 1 : big(b.receive) < big(a.receive) ? -1 : 0));
       if (mine !== quoteSeq) return;
       bestReceive = quotes.length ? big(quotes[0].receive) : 0n;
+      bestPartial = quotes.length && big(quotes[0].amount_in) < request.amount
+        ? `${amount(quotes[0].amount_in, request.sell)} of the ${amount(request.amount, request.sell)}`
+        : null;
       quotesSlot.replaceChildren(...[renderQuotes(quotes, request)].flat());
       tradeBtn.disabled = !quotes.length;
     } catch (err) {
@@ -482,18 +491,23 @@ function tradeView(root, tradeId) {
     const best = quotes[0];
     const hops = Number(best.hops);
     const scale = 10 ** (decimalsOf(req.sell) - decimalsOf(req.buy));
+    // a quote may fill less than asked (the maker's liquidity): say so, price what it fills
+    const filled = big(best.amount_in);
+    const part = filled < req.amount;
     return [
       h("div", { class: "chosen", id: "chosen-quote" },
         h("div", { class: "big" }, amount(best.receive, req.buy)),
-        h("div", { class: "muted" }, `for ${amount(req.amount, req.sell)} · `
-          + `${price(ratio(best.receive, req.amount) * scale)} ${symbolOf(req.buy)} per ${symbolOf(req.sell)}`),
+        h("div", { class: "muted" }, `for ${amount(filled, req.sell)}`
+          + `${part ? ` (only part of the ${amount(req.amount, req.sell)} asked)` : ""} · `
+          + `${price(ratio(best.receive, filled) * scale)} ${symbolOf(req.buy)} per ${symbolOf(req.sell)}`),
         h("div", { class: "route" }, h("span", { class: "route-label" }, "Chosen route"),
           h("span", { class: "hops", id: "chosen-hops" },
             hops <= 1 ? "direct · 1 hop" : `${hops} hops through relays`),
           h("span", { class: "muted small", "data-deadline": Number(best.valid_until_ms) / 1000,
             "data-prefix": "valid for ", "data-expired": "expired, refreshing…" }, ""))),
-      table(["Receive", "Hops", "Valid for"], quotes.map((q, i) => [
+      table(["Receive", "For", "Hops", "Valid for"], quotes.map((q, i) => [
         h("span", { class: `num${i === 0 ? " best" : ""}` }, amount(q.receive, req.buy)),
+        h("span", { class: "num" }, amount(q.amount_in, req.sell)),
         String(q.hops),
         h("span", { "data-deadline": Number(q.valid_until_ms) / 1000, "data-expired": "expired" }, ""),
       ]), ""),
@@ -532,6 +546,11 @@ function tradeView(root, tradeId) {
           for (const q of qs) if (big(q.receive) > best) best = big(q.receive);
         }
         if (best <= 0n) throw new Error("Receive at least: no maker answered; set it yourself");
+        if (bestPartial) {
+          // its 1 % less would floor the whole amount at the price of a part: refuse
+          throw new Error(`Receive at least: the best quote fills only ${bestPartial}; `
+            + "pay less, or set the least you accept for the whole amount yourself");
+        }
         req.min_receive = (best * 99n) / 100n;
       }
       const trade = await api("/trades", { method: "POST", body: req });
@@ -709,8 +728,14 @@ function chainHeight(chain) {
   return c ? c.height : null;
 }
 
-function deadlineOf(leg, ls) {
+const ENDED = ["redeemed", "refunded", "aborted", "rejected", "lost"];
+
+function deadlineOf(leg, ls, swapState) {
   const exp = leg.expiry || {};
+  // a leg never locked in a swap that ended has no deadline to count down to
+  if (ls === "pending" && ENDED.includes(swapState)) {
+    return h("span", { class: "muted" }, "never locked");
+  }
   const done = ls === "redeemed" || ls === "refunded";
   if (exp.unit === "unix") {
     if (done) return h("span", { class: "muted" }, `expiry was ${when(exp.value)}`);
@@ -728,10 +753,14 @@ function deadlineOf(leg, ls) {
 }
 
 function swapCard(s) {
+  // which leg is ours follows from the role (the initiator pays the first leg); the addresses
+  // only as a fallback (a Bitcoin leg names HTLC keys, not the wallet's address)
+  const two = (s.legs || []).length === 2 && (s.role === "initiator" || s.role === "participant");
+  const ownLeg = s.role === "participant" ? 1 : 0;
   const legs = deriveLegs(s).map((leg, i) => {
     const ls = leg.state;
-    const receiving = ownAddress(leg.recipient);
-    const paying = ownAddress(leg.sender);
+    const receiving = two ? i !== ownLeg : ownAddress(leg.recipient);
+    const paying = two ? i === ownLeg : ownAddress(leg.sender);
     const asset = leg.token ? `${leg.chain}:${leg.token}` : leg.chain;
     const step = (label, done, txid, extra) => h("li", { class: done ? "done" : "todo" },
       h("div", { class: "step-head" }, h("strong", {}, label), extra),
@@ -753,7 +782,7 @@ function swapCard(s) {
           ls === "redeemed" || ls === "refunded", leg.spend_txid,
           ls === "redeemed" && !leg.spend_txid
             ? h("span", { class: "muted small" }, "by the counterparty") : null)),
-      h("div", { class: "leg-foot small" }, deadlineOf(leg, ls)),
+      h("div", { class: "leg-foot small" }, deadlineOf(leg, ls, s.state)),
       h("details", { class: "addresses", "data-key": `${s.swap_id}/${i}` },
         h("summary", {}, "Addresses"),
         h("div", { class: "kv" }, h("span", { class: "muted" }, "From"), copyable(leg.sender, "sender")),
@@ -787,9 +816,16 @@ function swapsView(root, swapId) {
     if (key && ev.target.open) open.add(key);
     else if (key) open.delete(key);
   }, true);
+  // A leg still locked may be spent by the counterparty with no event at this node (the
+  // maker redeeming our leg after our swap ended): re-read every 5 s while one is on screen.
+  let poll = null;
   const render = async () => {
+    clearTimeout(poll);
     await load();
     for (const el of slot.querySelectorAll("details")) if (open.has(el.dataset.key)) el.open = true;
+    if (slot.isConnected && slot.querySelector('.leg[data-leg-state="locked"]')) {
+      poll = setTimeout(render, 5000);
+    }
   };
   // The newest page re-read on each event; older pages the user asked for kept below it.
   let older = [];
@@ -828,7 +864,10 @@ function swapsView(root, swapId) {
     render();
   });
   render();
-  return { refresh: (kinds) => { if (kinds.has("swap") || kinds.has("trade")) render(); } };
+  return {
+    refresh: (kinds) => { if (kinds.has("swap") || kinds.has("trade")) render(); },
+    leave: () => clearTimeout(poll),
+  };
 }
 
 // -- Ledger -----------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from bitcointx.wallet import CBitcoinExtKey
 from kofo.errors import InvalidInput, KofoError, WalletError
 from kofo.private_files import read_private_file, write_private_file
 from kofo.settlement import keystore
+from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.params import ChainParams
 from kofo.settlement.chains.bitcoin.tx import p2wpkh_script_pubkey
 
@@ -126,6 +127,7 @@ class HdWallet:
         if not isinstance(seed, bytes) or not 16 <= len(seed) <= 64:
             raise InvalidInput("seed must be 16..64 bytes (BIP32)")
         self.params = params
+        ensure_thread_params()  # python-bitcointx's dispatch is per thread; a wallet opens in any
         self._base = f"m/84'/{params.bip44_coin_type}'/{account}'"
         root = CBitcoinExtKey.from_seed(seed)
         self._branch = {b: root.derive_path(f"{self._base}/{b}") for b in BRANCHES}
@@ -173,6 +175,7 @@ class HdWallet:
             self._derived[branch] = max(self._derived[branch], count)
 
     def _register(self, branch: int, index: int) -> WalletKey:
+        ensure_thread_params()  # derivation runs in whichever thread needs a key
         ext = self._branch[branch].derive(index)
         wk = WalletKey(f"{self._base}/{branch}/{index}", CKey(ext.priv.secret_bytes), branch, index)
         self._keys[wk.script_pubkey] = wk
