@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from kofo.sdk.errors import KofoApiError
 from kofo.settlement import keystore
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
+from tests.nodes import free_port
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PASS = "procnet test passphrase"
@@ -44,12 +44,6 @@ TEST_SCRYPT_N = 2**17
 """scrypt cost of the test homes' wallet and Paillier key files: the key store format's floor
 (version 2), half the default's (2^18, 256 MiB). Every node start unlocks both files: at 2^18 one
 unlock took ~14 s on the 2-core machine at load 28, the largest part of a restart."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:
@@ -171,9 +165,14 @@ class NodeProc:
 class Network:
     """``kofo devnet`` plus named ``kofo node`` processes; use as a context manager."""
 
-    def __init__(self, tmp: Path, *, block_interval: float = 0.2) -> None:
+    def __init__(
+        self, tmp: Path, *, block_interval: float = 0.2, fast_timing: bool = False
+    ) -> None:
+        """``fast_timing``: ``kofo devnet --fast-timing`` (the ledger's and every node's
+        ``[timing]``: windows of seconds, one confirmation)."""
         self.tmp = tmp
         self.block_interval = block_interval
+        self.fast_timing = fast_timing
         self.nodes: dict[str, NodeProc] = {}
         self.devnet: Proc | None = None
         self.desc: dict[str, Any] = {}
@@ -209,6 +208,8 @@ class Network:
             fund.append(n.wallet.bitcoin("btc", "regtest", home=n.home).address())
             fund.append(n.wallet.eth_account().address)
         args = ["devnet", "--json", "--block-interval", str(self.block_interval)]
+        if self.fast_timing:
+            args.append("--fast-timing")
         for a in fund:
             args += ["--fund", a]
         self.devnet = Proc(*args, cwd=self.tmp)
@@ -234,6 +235,7 @@ class Network:
             name=n.name,
             ledger_url=self.desc["ledger"]["url"],
             chains=self.desc["chains"],
+            timing=self.desc.get("timing"),
             p2p_listen=f"127.0.0.1:{n.p2p}",
             api_bind=f"127.0.0.1:{n.api}",
         )
