@@ -200,8 +200,10 @@ def test_every_pair_routed_through_a_relay_settles_with_its_fees(net: Network) -
     link to a maker): each routed taker -> relay -> maker, then the ledger checked per order
     and the fee shares per sold asset.
 
-    Found failing once (not fixed, docs/node.md "Found by these tests"): the taker's two BTC
-    locks, signed at once, spent the same outpoint; the second was never broadcast."""
+    Found failing once in two runs (not fixed, docs/node.md "Found by these tests"): the
+    taker's two BTC locks, signed at once, spent the same outpoint; the second was rejected
+    (``bad-txns-inputs-missingorspent``) and retried, never sent. That run's matrix failed
+    with it: ``_nothing_committed`` found that stuck swap of the shared ``taker`` still live."""
     taker = net.nodes["taker"].sdk
     params = net.params()
     bps, foundation_bps = int(params["protocol_fee_bps"]), int(params["foundation_bps"])
