@@ -301,10 +301,11 @@ def start_devnet(
         for address, _ in btc_targets:
             progress(f"funded {address}: a 50 BTC coinbase (matured)")
         if block_interval > 0:
-            # With the devnet's timing the EVM's clock (its latest block's time, what a node
-            # reads as the chain's "now") must follow the wall clock: its margins are seconds,
-            # and an EVM that mines only on transactions lags by minutes between them.
-            evm = eth_server.evm if timing is not None else None
+            # With blocks on, the EVM's clock (its latest block's time, what a node reads as
+            # the chain's "now") must follow the wall clock, with or without the devnet's
+            # timing: an EVM that mines only on transactions stands still between them, and a
+            # swap laid out after a few idle minutes had its deadlines already past.
+            evm = eth_server.evm
             net._miner = threading.Thread(
                 target=_mine_loop, args=(btc, burn, block_interval, net._stop, evm), daemon=True
             )
