@@ -346,6 +346,13 @@ class EthereumAdapter:
         mined = self._mined_at(txid)
         return 0 if mined is None else int(self.w3.eth.block_number) - mined + 1
 
+    def lock_unminable(self, ref: HtlcRef, txs: Sequence[SignedTx], depth: int) -> bool:
+        """The contract refuses a lock whose expiry is not after its block's timestamp
+        (``expiry past``), and every block after the head is later than it: from the head's
+        clock at the expiry on, a late lock (or its nonce's replacement) only reverts."""
+        del txs, depth
+        return self.expiry_now().value >= ref.terms.expiry.value
+
     def _mined_at(self, txid: str) -> int | None:
         """The height of the best-chain block holding ``txid``; None if unmined or unknown."""
         try:
