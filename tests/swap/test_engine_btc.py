@@ -18,7 +18,7 @@ from bitcointx.core import CBitcoinTransaction as CTransaction
 from bitcointx.core import b2lx
 
 from kofo.errors import ChainError
-from kofo.settlement.chain import BlockHeight, SignedTx, TxKind, UnixTime
+from kofo.settlement.chain import BlockHeight, HtlcState, SignedTx, TxKind, UnixTime
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
@@ -984,3 +984,48 @@ def test_a_lock_made_unminable_by_a_buried_conflict_ends_the_swap_aborted(world_
     assert states == {"alice": State.ABORTED}
     with pytest.raises(ChainError):  # the lock can never be mined now
         send(dropped[-1])
+
+
+def test_an_eth_lock_hidden_until_its_expiry_can_only_revert_so_the_swap_aborts(world_factory):
+    """On Ethereum the contract refuses a lock whose expiry has passed (``expiry past``): once
+    the head's clock reaches the expiry, a late lock (or anything taking its nonce) can never
+    create the HTLC, so ``aborted`` is safe there; mined late, the lock reverts and the wallet
+    loses only its gas."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    give = _leg(w, alice, bob, "eth", ETHER)
+    get = _leg(w, bob, alice, "btc", BTC_AMOUNT)
+    sid = _start(w, give, get)
+    terms = alice.engine.terms_of(sid)
+    adapter = alice.engine.adapters["eth"]
+    send = adapter.broadcast
+    dropped: list[SignedTx] = []
+
+    def dropping(tx: SignedTx) -> str:
+        if tx.kind is TxKind.LOCK:
+            dropped.append(tx)
+            return tx.txid
+        return send(tx)
+
+    adapter.broadcast = dropping  # type: ignore[method-assign]
+    alice.engine.tick()
+    assert dropped, "the lock was signed and sent"
+    before = adapter.balance()
+    evm.advance_to(terms.initiator_leg.expiry.value)
+    states = drive([alice], sid, rounds=10, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.ABORTED}
+
+    adapter.broadcast = send  # type: ignore[method-assign]
+    try:
+        send(dropped[-1])
+    except ChainError:
+        pass  # refused outright: it can never create the HTLC either
+    assert (
+        adapter.status(
+            adapter.htlc_ref(terms.initiator_leg.htlc(terms.payment_hash), dropped[-1])
+        ).state
+        is HtlcState.ABSENT
+    )
+    assert before - adapter.balance() < ETHER // 100  # gas at most, never the amount

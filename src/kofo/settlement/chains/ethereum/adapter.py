@@ -1130,6 +1130,9 @@ class EthereumAdapter:
             spent = self._indexed_spend(sid)
             if spent is not None:
                 return spent
+            if self._reverted(ref.lock_txid):
+                # Mined but reverted (a lock sent late: "expiry past"): it locked nothing.
+                return HtlcStatus(HtlcState.ABSENT)
             lock_block = self._tx_block(ref.lock_txid)
             if lock_block is None:
                 return HtlcStatus(HtlcState.ABSENT)
@@ -1181,6 +1184,18 @@ class EthereumAdapter:
                     preimage=event.preimage,
                 )
         return None
+
+    def _reverted(self, txid: str) -> bool:
+        """Whether the node answers a receipt of ``txid`` that failed (status 0)."""
+        try:
+            receipt = self.w3.eth.get_transaction_receipt(HexBytes(txid))
+        except TransactionNotFound:
+            return False
+        return (
+            receipt is not None
+            and receipt.get("blockNumber") is not None
+            and receipt.get("status") == 0
+        )
 
     def _tx_block(self, txid: str) -> int | None:
         """The best-chain height the node gives for transaction ``txid``, if any."""
