@@ -387,8 +387,13 @@ class SwapEngine:
     def _hold_journaled(self) -> None:
         """Every transaction the unfinished swaps journaled (sent or not) keeps what it uses
         from any new one (``ChainAdapter.hold``): a lock signed before a restart and not yet
-        seen on chain still owns its coins, so no other lock is built from them."""
-        for rec in self.journal.swaps(unfinished=True):
+        seen on chain still owns its coins, so no other lock is built from them. Swaps in
+        ``refund_wait`` go first: past the expiry their lock's coins were given back to the
+        wallet (``_lock_dead``), and a later transaction that spends one keeps it held."""
+        swaps = sorted(
+            self.journal.swaps(unfinished=True), key=lambda r: r.state is not State.REFUND_WAIT
+        )
+        for rec in swaps:
             for chain, txs in self._journaled(rec.swap_id).items():
                 self.adapters[chain].hold(txs)
 
