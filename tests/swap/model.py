@@ -97,7 +97,10 @@ class World:
         chain = self.chains[leg.chain]
         conf = chain.blocks - leg.locked_at + 1 if leg.state is not HtlcState.ABSENT else 0
         spend = chain.blocks - leg.spent_at + 1 if leg.spent_at else 0
-        return LegFacts(leg.state, conf, spend, leg.preimage)
+        # The model's chains refuse a lock at or after its expiry (as the Ethereum contract
+        # does): an absent lock is dead from then on.
+        dead = leg.state is HtlcState.ABSENT and chain.clock >= leg.expiry
+        return LegFacts(leg.state, conf, spend, leg.preimage, lock_dead=dead)
 
     def record(self, role: Role) -> SwapRecord:
         p = self.parties[role]

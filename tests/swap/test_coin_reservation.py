@@ -176,7 +176,13 @@ def test_a_lock_signed_before_a_restart_keeps_its_coin_from_a_new_lock(btc, tmp_
     assert engine.journal.get(sid).state is State.LOCK_SENT
 
 
-def test_a_swap_that_aborts_with_its_lock_never_sent_gives_the_coin_back(btc, tmp_path):
+def test_a_swap_whose_lock_never_got_out_gives_the_coin_back_and_ends_once_it_is_spent(
+    btc, tmp_path
+):
+    """Every send of the lock fails, so the swap gives up; but a signed lock may have reached
+    a node all the same, so past the leg's expiry the swap keeps watching for it
+    (``refund_wait``) with its coin back in the wallet. The wallet's next lock spends that
+    coin; once that is buried, the old lock can never be mined and the swap is aborted."""
     evm = Evm()
     wallet = btc.account(coins=1)
     alice = make_node(
@@ -202,12 +208,21 @@ def test_a_swap_that_aborts_with_its_lock_never_sent_gives_the_coin_back(btc, tm
     alice.engine.tick()
     (lock,) = alice.engine.journal.txs(sid, TxKind.LOCK)
     assert set(adapter.held()) == _inputs(lock)
+    expiry = alice.engine.terms_of(sid).initiator_leg.expiry.value
     for _ in range(200):  # bounded: past the lock deadline and the leg's expiry
+        if btc.height() > expiry + 3:
+            break
+        btc.mine(1)
+        alice.engine.tick()
+    assert btc.height() > expiry + 3
+    assert alice.engine.journal.get(sid).state is State.REFUND_WAIT
+    assert adapter.held() == {}
+    again = adapter.prepare_lock(_terms(adapter))[0]  # the one coin locks something else
+    assert _inputs(again) == _inputs(lock)
+    adapter.broadcast(again)
+    for _ in range(10):  # bounded: the conflict buried at the leg's depth
         if alice.engine.journal.get(sid).state is State.ABORTED:
             break
         btc.mine(1)
         alice.engine.tick()
     assert alice.engine.journal.get(sid).state is State.ABORTED
-    assert adapter.held() == {}
-    again = adapter.prepare_lock(_terms(adapter))[0]  # the one coin locks something else
-    assert _inputs(again) == _inputs(lock)

@@ -15,9 +15,12 @@ from dataclasses import dataclass, replace
 
 import pytest
 from bitcointx.core import CBitcoinTransaction as CTransaction
+from bitcointx.core import b2lx
 
-from kofo.settlement.chain import BlockHeight, TxKind, UnixTime
+from kofo.errors import ChainError
+from kofo.settlement.chain import BlockHeight, HtlcState, SignedTx, TxKind, UnixTime
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
+from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.engine import SECRET_SHARED, CrashHook
 from kofo.settlement.peer_http import PeerError, PeerNotReached
@@ -883,3 +886,146 @@ def test_a_redeem_whose_bump_the_fee_cap_refuses_is_sent_again_once_fees_fall(
     assert len(versions) >= 2 and len(mined) == 1
     assert btc_fee(adapter, mined[0].txid) <= amount // 2
     _assert_exact_holdings(w, give, get, assets, before, sid)
+
+
+def test_a_lock_hidden_until_after_the_swap_gave_up_is_refunded_once_mined(world_factory):
+    """Alice's BTC lock is signed and sent, but the node drops it (so her engine never sees it
+    by its deadline, nor by the leg's expiry); later someone relays the very same lock and it
+    is mined. Her swap must still be watching it, refund it after expiry, and leave her whole
+    minus fees. (Before, ``refund_wait`` declared the swap ``aborted`` at the expiry, and the
+    late lock sat in an HTLC nobody watched.)"""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    get = _leg(w, bob, alice, "eth", ETHER)
+    before = holdings(alice, {("btc", None)})
+    sid = _start(w, give, get)  # bob accepts, then is never heard of again
+    terms = alice.engine.terms_of(sid)
+    adapter = alice.engine.adapters["btc"]
+    send = adapter.broadcast
+    dropped: list[SignedTx] = []
+
+    def dropping(tx: SignedTx) -> str:  # a node that takes the lock and relays nothing
+        if tx.kind is TxKind.LOCK:
+            dropped.append(tx)
+            return tx.txid
+        return send(tx)
+
+    adapter.broadcast = dropping  # type: ignore[method-assign]
+
+    def time_passes(_r: int) -> None:
+        btc.mine(3)
+        evm.advance(5)
+
+    # Well past the leg's expiry, the lock still unseen.
+    for r in range(60):
+        alice.engine.tick()
+        if btc.height() > terms.initiator_leg.expiry.value + 6:
+            break
+        time_passes(r)
+    assert btc.height() > terms.initiator_leg.expiry.value + 6
+    assert dropped, "the lock was signed and sent"
+
+    # The same lock reaches a miner late (relayed by whoever held it).
+    adapter.broadcast = send  # type: ignore[method-assign]
+    send(dropped[-1])
+    btc.mine(1)
+    states = drive([alice], sid, rounds=20, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.REFUNDED}
+    assert holdings(alice, {("btc", None)}) == expected_after(
+        before, gives=give, gets=get, fees=fees_paid(alice, sid), refunded=True
+    )
+    assert fees_paid(alice, sid)["btc"] > 0  # both the lock and its refund were mined
+
+
+def test_a_lock_made_unminable_by_a_buried_conflict_ends_the_swap_aborted(world_factory):
+    """The same hidden lock, but the wallet spends one of its coins elsewhere (its coins went
+    back to the wallet at the expiry): once that conflict is buried, the lock can never be
+    mined and the swap is ``aborted``."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    get = _leg(w, bob, alice, "eth", ETHER)
+    sid = _start(w, give, get)
+    terms = alice.engine.terms_of(sid)
+    adapter = alice.engine.adapters["btc"]
+    assert isinstance(adapter, BitcoinAdapter)
+    send = adapter.broadcast
+    dropped: list[SignedTx] = []
+
+    def dropping(tx: SignedTx) -> str:
+        if tx.kind is TxKind.LOCK:
+            dropped.append(tx)
+            return tx.txid
+        return send(tx)
+
+    adapter.broadcast = dropping  # type: ignore[method-assign]
+
+    def time_passes(_r: int) -> None:
+        btc.mine(3)
+        evm.advance(5)
+
+    drive([alice], sid, rounds=60, between=time_passes)
+    assert alice.engine.journal.get(sid).state is State.REFUND_WAIT
+    lock = CTransaction.deserialize(dropped[-1].raw)
+    spent = {(b2lx(i.prevout.hash), i.prevout.n) for i in lock.vin}
+    # The lock's coins are free again: the wallet's next payment takes them.
+    assert spent <= {(u.txid, u.vout) for u in adapter.spendable()}
+    (conflict,) = adapter.prepare_lock(terms.initiator_leg.htlc(b"\x42" * 32))
+    assert spent & {
+        (b2lx(i.prevout.hash), i.prevout.n) for i in CTransaction.deserialize(conflict.raw).vin
+    }
+    send(conflict)
+    states = drive([alice], sid, rounds=20, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.ABORTED}
+    with pytest.raises(ChainError):  # the lock can never be mined now
+        send(dropped[-1])
+
+
+def test_an_eth_lock_hidden_until_its_expiry_can_only_revert_so_the_swap_aborts(world_factory):
+    """On Ethereum the contract refuses a lock whose expiry has passed (``expiry past``): once
+    the head's clock reaches the expiry, a late lock (or anything taking its nonce) can never
+    create the HTLC, so ``aborted`` is safe there; mined late, the lock reverts and the wallet
+    loses only its gas."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    give = _leg(w, alice, bob, "eth", ETHER)
+    get = _leg(w, bob, alice, "btc", BTC_AMOUNT)
+    sid = _start(w, give, get)
+    terms = alice.engine.terms_of(sid)
+    adapter = alice.engine.adapters["eth"]
+    send = adapter.broadcast
+    dropped: list[SignedTx] = []
+
+    def dropping(tx: SignedTx) -> str:
+        if tx.kind is TxKind.LOCK:
+            dropped.append(tx)
+            return tx.txid
+        return send(tx)
+
+    adapter.broadcast = dropping  # type: ignore[method-assign]
+    alice.engine.tick()
+    assert dropped, "the lock was signed and sent"
+    before = adapter.balance()
+    evm.advance_to(terms.initiator_leg.expiry.value)
+    states = drive([alice], sid, rounds=10, between=lambda _r: btc.mine(1))
+    assert states == {"alice": State.ABORTED}
+
+    adapter.broadcast = send  # type: ignore[method-assign]
+    try:
+        send(dropped[-1])
+    except ChainError:
+        pass  # refused outright: it can never create the HTLC either
+    assert (
+        adapter.status(
+            adapter.htlc_ref(terms.initiator_leg.htlc(terms.payment_hash), dropped[-1])
+        ).state
+        is HtlcState.ABSENT
+    )
+    assert before - adapter.balance() < ETHER // 100  # gas at most, never the amount

@@ -32,6 +32,7 @@ leg_facts = st.builds(
     audit_error=st.sampled_from([None, "audit_amount"]),
     spend_stuck=st.booleans(),
     lock_stuck=st.booleans(),
+    lock_dead=st.booleans(),
 )
 # Clocks around every deadline of the terms, so each comparison is exercised on both sides.
 c1_clock = st.integers(TERMS.initiator_lock_by.value - 3, A_LEG.expiry.value + 3)
@@ -118,6 +119,24 @@ def test_no_state_and_no_facts_lead_to_an_unsafe_action(situation):
             )
     if action.kind is ActionKind.TRANSITION and action.to is State.REDEEMED:
         assert facts.counter.state is HtlcState.REDEEMED
+    # Once a lock of ours was signed, the swap is aborted (stops watching) only once that
+    # lock can never be mined: a late one is still refunded.
+    signed_lock = rec.state not in (State.PROPOSED, State.ACCEPTED, State.COUNTER_AUDITED)
+    if action.to is State.ABORTED and signed_lock:
+        assert facts.own.state is HtlcState.ABSENT and facts.own.lock_dead
+
+
+def test_a_signed_lock_not_on_chain_at_expiry_is_watched_until_it_can_never_be_mined():
+    """A lock signed and sent but hidden (a node that dropped it, a slow mempool, a lying RPC)
+    may still be mined after the swap gave up: ``refund_wait`` keeps watching past the expiry
+    until a conflict rules the lock out, and refunds it if it appears."""
+    rec = SwapRecord(TERMS.swap_id, Role.INITIATOR, TERMS, State.REFUND_WAIT, True)
+    now = {"c1": A_LEG.expiry, "c2": UnixTime(B_LEG.expiry.value + 1)}
+    assert next_action(rec, ChainFacts(), now).kind is ActionKind.WAIT
+    late = ChainFacts(LegFacts(HtlcState.LOCKED, 1))
+    assert next_action(rec, late, now).kind is ActionKind.SIGN_REFUND
+    dead = ChainFacts(LegFacts(lock_dead=True))
+    assert next_action(rec, dead, now).to is State.ABORTED
 
 
 def test_participant_aborts_with_no_lock_evidence_when_the_initiator_never_locks():

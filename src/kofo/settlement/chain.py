@@ -291,6 +291,14 @@ class ChainAdapter(Protocol):
         """Confirmations of ``txid`` on the best chain; 0 if in mempool or unknown."""
         ...
 
+    def lock_unminable(self, ref: HtlcRef, txs: Sequence[SignedTx], depth: int) -> bool:
+        """Whether ``txs`` (our signed lock of ``ref``, with any approve or child), not on
+        chain, can never create the HTLC any more: a coin the lock spends is spent by another
+        transaction buried ``depth`` deep (Bitcoin-like), or the chain's clock has reached the
+        HTLC's expiry and the contract refuses such a lock (Ethereum). False while the lock
+        could still be mined, by anyone holding it."""
+        ...
+
     def estimate_fee(self) -> FeeEstimate:
         """A fee level likely to confirm within a few blocks; never below the relay minimum."""
         ...

@@ -387,8 +387,13 @@ class SwapEngine:
     def _hold_journaled(self) -> None:
         """Every transaction the unfinished swaps journaled (sent or not) keeps what it uses
         from any new one (``ChainAdapter.hold``): a lock signed before a restart and not yet
-        seen on chain still owns its coins, so no other lock is built from them."""
-        for rec in self.journal.swaps(unfinished=True):
+        seen on chain still owns its coins, so no other lock is built from them. Swaps in
+        ``refund_wait`` go first: past the expiry their lock's coins were given back to the
+        wallet (``_lock_dead``), and a later transaction that spends one keeps it held."""
+        swaps = sorted(
+            self.journal.swaps(unfinished=True), key=lambda r: r.state is not State.REFUND_WAIT
+        )
+        for rec in swaps:
             for chain, txs in self._journaled(rec.swap_id).items():
                 self.adapters[chain].hold(txs)
 
@@ -1181,14 +1186,36 @@ class SwapEngine:
         """What ``chain`` says about the HTLC at ``ref``; ``spend`` is the kind of our own
         spend of it (the redeem of the counter leg, the refund of the own leg)."""
         if ref is None:
-            return LegFacts()
+            # No lock of ours signed: none can appear on the own leg.
+            return LegFacts(lock_dead=spend is TxKind.REFUND)
         st = self.adapters[chain].status(ref)
         facts = LegFacts(st.state, st.confirmations, st.spend_confirmations, st.preimage)
+        if spend is TxKind.REFUND and st.state is HtlcState.ABSENT:
+            facts = replace(facts, lock_dead=self._lock_dead(rec, chain, ref))
         if self._spend_stuck(rec, chain, spend, facts):
             facts = replace(facts, spend_stuck=True)
         if spend is TxKind.REFUND and self._lock_stuck(rec, chain, facts):
             facts = replace(facts, lock_stuck=True)
         return facts
+
+    def _lock_dead(self, rec: StoredSwap, chain: str, ref: HtlcRef) -> bool:
+        """Whether our signed lock, not on chain, can never be mined any more (read only in
+        ``refund_wait`` past the own expiry, where the swap would otherwise end). While it can,
+        its coins go back to the wallet, as an abort gives them: the wallet's next spend of
+        one of them is the conflict that ends the watch (unless the lock is mined first, and
+        then refunded)."""
+        if rec.state is not State.REFUND_WAIT:
+            return False
+        adapter = self.adapters[chain]
+        clock, expiry = adapter.expiry_now(), ref.terms.expiry
+        if type(clock) is not type(expiry) or clock.value < expiry.value:
+            return False
+        txs = self.journal.txs(rec.swap_id, TxKind.LOCK)
+        depth = self._view(rec).own_leg.confirmations
+        if adapter.lock_unminable(ref, txs, depth):
+            return True
+        adapter.release(txs)
+        return False
 
     def _bump_after(self, chain: str, kind: TxKind) -> int | None:
         """Blocks our ``kind`` transaction on ``chain`` may wait unconfirmed before it is

@@ -23,7 +23,10 @@ state and any facts):
 5. a redeem or refund is fee-bumped (replaced, or paid for by a child) only where it would be
    (re-)sent, and only once a version of it was sent: a bump never reveals the secret where a
    first send would not. A lock is bumped (a child paying for it) only while it waits
-   unconfirmed and before ``lock_by`` (rule 1).
+   unconfirmed and before ``lock_by`` (rule 1);
+6. once a lock of ours was signed, the swap ends only in a state that leaves nothing of ours
+   on chain: ``aborted`` only once that lock can never be mined (``lock_dead``); until then a
+   late lock is watched for, and refunded.
 """
 
 from __future__ import annotations
@@ -109,6 +112,11 @@ class LegFacts:
     """Own leg only: our lock was sent but is still unconfirmed after this node's fee-bump
     wait (on a chain whose locks are bumped), or a child paying for it is stored but not yet
     sent."""
+    lock_dead: bool = False
+    """Own leg only, read while it is not on chain past its expiry: no lock of ours for it can
+    ever be mined any more (none was signed; one of its inputs is spent by another transaction
+    buried at the leg's depth; or the chain refuses a lock once the expiry has passed, as the
+    Ethereum contract does). Until then a late lock may still appear, and must be refunded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +347,11 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
             return _wait("waiting for the own leg's expiry")
         if own.state is HtlcState.LOCKED:
             return Action(ActionKind.SIGN_REFUND, to=State.REFUND_SIGNED, reason="expiry reached")
-        return _go(State.ABORTED, "expiry reached and the own lock is not on chain")
+        if own.lock_dead:
+            return _go(State.ABORTED, "expiry reached and our lock can never be mined")
+        # A lock signed (and maybe sent) but hidden until now may still be mined: watch for
+        # it (then refund) until a conflict makes it unminable.
+        return _wait("expiry reached; our lock is not on chain but may still be mined")
 
     if s is State.REFUND_SIGNED or s is State.REFUND_SENT:
         if own.state is HtlcState.ABSENT:

@@ -1266,6 +1266,23 @@ class BitcoinAdapter:
         self._sync()
         return self.index.confirmations(txid)
 
+    def lock_unminable(self, ref: HtlcRef, txs: Sequence[SignedTx], depth: int) -> bool:
+        """A lock can be mined as long as every coin it spends is unspent (or spent by it):
+        only another transaction spending one of them, buried ``depth`` deep, rules it out."""
+        self._sync()
+        lock = next((t for t in txs if t.txid == ref.lock_txid and t.chain == self.chain), None)
+        if lock is None:
+            return False  # not ours to judge: keep watching
+        for txin in CTransaction.deserialize(lock.raw).vin:
+            spender = self.index.spends.get((b2lx(txin.prevout.hash), txin.prevout.n))
+            if (
+                spender is not None
+                and spender != lock.txid
+                and self.index.confirmations(spender) >= max(depth, 1)
+            ):
+                return True
+        return False
+
     def _short(self, exc: InsufficientFunds) -> InsufficientFunds:
         """``exc``, saying which coins are held by this wallet's own unconfirmed transactions
         (their change becomes spendable once they confirm: a retry then may succeed)."""

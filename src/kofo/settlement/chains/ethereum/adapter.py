@@ -346,6 +346,13 @@ class EthereumAdapter:
         mined = self._mined_at(txid)
         return 0 if mined is None else int(self.w3.eth.block_number) - mined + 1
 
+    def lock_unminable(self, ref: HtlcRef, txs: Sequence[SignedTx], depth: int) -> bool:
+        """The contract refuses a lock whose expiry is not after its block's timestamp
+        (``expiry past``), and every block after the head is later than it: from the head's
+        clock at the expiry on, a late lock (or its nonce's replacement) only reverts."""
+        del txs, depth
+        return self.expiry_now().value >= ref.terms.expiry.value
+
     def _mined_at(self, txid: str) -> int | None:
         """The height of the best-chain block holding ``txid``; None if unmined or unknown."""
         try:
@@ -1123,6 +1130,9 @@ class EthereumAdapter:
             spent = self._indexed_spend(sid)
             if spent is not None:
                 return spent
+            if self._reverted(ref.lock_txid):
+                # Mined but reverted (a lock sent late: "expiry past"): it locked nothing.
+                return HtlcStatus(HtlcState.ABSENT)
             lock_block = self._tx_block(ref.lock_txid)
             if lock_block is None:
                 return HtlcStatus(HtlcState.ABSENT)
@@ -1174,6 +1184,18 @@ class EthereumAdapter:
                     preimage=event.preimage,
                 )
         return None
+
+    def _reverted(self, txid: str) -> bool:
+        """Whether the node answers a receipt of ``txid`` that failed (status 0)."""
+        try:
+            receipt = self.w3.eth.get_transaction_receipt(HexBytes(txid))
+        except TransactionNotFound:
+            return False
+        return (
+            receipt is not None
+            and receipt.get("blockNumber") is not None
+            and receipt.get("status") == 0
+        )
 
     def _tx_block(self, txid: str) -> int | None:
         """The best-chain height the node gives for transaction ``txid``, if any."""
