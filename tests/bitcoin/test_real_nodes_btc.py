@@ -263,6 +263,7 @@ def _child_pays_for_parent(alice: BitcoinAdapter, bob: BitcoinAdapter, mine) -> 
     trial, _ = _terms(carol.chain, carol, bob, expiry, amount=2_000_000)
     (trial_lock,) = carol.prepare_lock(trial)
     trial_fee = 3_000_000 - sum(o.nValue for o in CTx.deserialize(trial_lock.raw).vout)
+    carol.release([trial_lock])  # a trial, never sent: its coin may be chosen again
     terms, _ = _terms(carol.chain, carol, bob, expiry, 3_000_000 - trial_fee - change_left)
     (lock,) = carol.prepare_lock(terms)
     assert sorted(o.nValue for o in CTx.deserialize(lock.raw).vout) == [change_left, terms.amount]
