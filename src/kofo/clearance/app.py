@@ -341,6 +341,16 @@ def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
     return b"quote_used/" + node + quote_id
 
 
+def _take_key(provider: bytes, quote_id: bytes, taker: bytes) -> bytes:
+    """One take per taker of a quote: the first take never squats an open quote for others."""
+    return b"take/" + provider + quote_id + taker
+
+
+def _takes_key(provider: bytes, quote_id: bytes) -> bytes:
+    """How many takes of a quote were recorded: each take's ``seq`` (first come, first served)."""
+    return b"takes/" + provider + quote_id
+
+
 def _bal_key(node: bytes, asset: str) -> bytes:
     return b"bal/" + node + b"/" + asset.encode()
 
@@ -839,9 +849,12 @@ class LedgerApp:
                 assert body.quote is not None
                 quote = body.quote
                 eid = b"evidence/qnh/" + quote.provider + quote.quote_id
-                taken = get(b"take/" + quote.provider + quote.quote_id)
+                assert body.take is not None
+                taken = get(_take_key(quote.provider, quote.quote_id, body.take.taker))
                 if taken is not None and time is not None and time <= quote.valid_until:
-                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+                    raise AlreadyExists(
+                        f"quote {quote.quote_id.hex()} was already taken by this taker"
+                    )
             if get(eid) is not None:
                 raise AlreadyExists("this evidence was already filed")
 
@@ -1837,18 +1850,25 @@ class LedgerApp:
                 raise EvidenceInvalid(
                     f"take at {take.ts} came after the quote expired at {quote.valid_until}"
                 )
-            take_key = b"take/" + quote.provider + quote.quote_id
+            take_key = _take_key(quote.provider, quote.quote_id, take.taker)
             recorded = view.get_map(take_key)
             if ctx.time <= quote.valid_until:
                 # The take's time is the block's, never the taker's word: recorded now, judged
                 # after the honour grace (so a back-dated take of an expired quote is refused).
+                # Each taker's take is its own record, numbered in arrival order: the first
+                # take (a provider's own sybil, say) never shuts the others out (issue 17).
                 if recorded is not None:
-                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+                    raise AlreadyExists(
+                        f"quote {quote.quote_id.hex()} was already taken by this taker"
+                    )
                 self._check_take_order(view, ctx, quote, take, tx.order)
+                seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
+                view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
                     take_key,
                     {
                         "taker": take.taker,
+                        "seq": seq,
                         "at": ctx.time,
                         "order_id": take.order_id,
                         "payment_hash": tx.order.order.payment_hash if tx.order else b"",
@@ -1863,11 +1883,16 @@ class LedgerApp:
                 ctx.events.append(
                     (
                         "take_recorded",
-                        (("provider", quote.provider.hex()), ("quote_id", quote.quote_id.hex())),
+                        (
+                            ("provider", quote.provider.hex()),
+                            ("quote_id", quote.quote_id.hex()),
+                            ("taker", take.taker.hex()),
+                            ("seq", str(seq)),
+                        ),
                     )
                 )
                 return
-            if recorded is None or recorded["taker"] != take.taker:
+            if recorded is None:
                 raise EvidenceInvalid(
                     "no take of this quote by this taker was recorded on the ledger before "
                     f"the quote expired at {quote.valid_until}"
@@ -1878,11 +1903,16 @@ class LedgerApp:
                 )
             used = view.get(_quote_used_key(quote.provider, quote.quote_id))
             if used is not None:
-                honoured, _ = _load_order(view, used)
+                honoured, state = _load_order(view, used)
                 if take.taker in honoured.parties():
                     raise EvidenceInvalid(
                         f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
                     )
+                # First come, first served: the quote fills one order, so an order that took
+                # an EARLIER recorded take excuses the provider towards this one, but only if
+                # it really filled it (see _filled_earlier_take): committing a sybil's take
+                # alone costs nothing and proves no price.
+                self._filled_earlier_take(view, ctx, quote, recorded, honoured, state)
             # The taker (or another party of the taken order, its sybil) could make the taken
             # order uncommittable by committing another order first with its payment hash or
             # with a quote of a party other than the provider: then the provider failed nobody.
@@ -1908,11 +1938,12 @@ class LedgerApp:
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
         if view.get(eid) is not None:
             raise AlreadyExists("this evidence was already filed")
-        view.set(eid, encode({"height": ctx.height, "reporter": sender}))
         rec = self._node(view, offender, "offender")
         # The bond is what validators attested locked in the vault, less slashes already
         # decided; the slash becomes a decision executed on the vault by their signatures.
         slash = _slashable_bond(rec) * slash_bps // 10_000
+        # (the slash is kept: a taker's default excuses a provider only if it cost as much)
+        view.set(eid, encode({"height": ctx.height, "reporter": sender, "slash": slash}))
         rec["slash_pending"] = rec.get("slash_pending", 0) + slash
         rec["slashed"] += slash
         if slash:
@@ -1961,6 +1992,90 @@ class LedgerApp:
                 f"of the provider's honour window {honour_end} (quote valid_until + "
                 "honour_grace): the provider could not commit it in time"
             )
+        if quote.taker == bytes(NODE_ID_SIZE):
+            # An open quote serves its takes first come, first served: a later taker waits to
+            # learn whether the provider filled an earlier take (locked its legs in time), so
+            # that wait is bounded by the take's own order.
+            last = honour_end + self._params.take_fill_window
+            late = [i for i, leg in enumerate(order.legs) if leg.lock_by > last]
+            if late:
+                raise EvidenceInvalid(
+                    f"the taken order's legs[{late[0]}].lock_by {order.legs[late[0]].lock_by} is "
+                    f"after {last} (the open quote's honour window + take_fill_window): a "
+                    "later taker could not learn in time whether the provider filled it"
+                )
+
+    def _filled_earlier_take(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        quote: Quote,
+        recorded: dict[str, Any],
+        used: SettlementOrder,
+        state: dict[str, Any],
+    ) -> None:
+        """Judge a take against the order ``used`` that spent the quote without its taker.
+
+        Returns (the provider is not excused) unless ``used`` is the order of a take recorded
+        before this one. Then it raises ``EvidenceInvalid`` (excused) if the provider really
+        filled that take: the order settled, or each leg the provider sends in it was attested
+        locked in time, or could not be (a leg before it was not: a default), the default
+        having cost its sender a ``leg_not_locked`` slash at least as large as this one would
+        be. An order committed with the provider's own sybil, which nobody then locks, proves
+        nothing and excuses nothing. Before the provider's last deadline in that order (plus
+        the graces), the evidence is refused as early."""
+        p = self._params
+        provider = quote.provider
+        earlier = False
+        for node in used.parties():
+            if node == provider or node == recorded["taker"]:
+                continue
+            other = view.get_map(_take_key(provider, quote.quote_id, node))
+            if (
+                other is not None
+                and other["seq"] < recorded["seq"]
+                and bytes(other["order_id"]) == used.order_id
+            ):
+                earlier = True
+                break
+        if not earlier:
+            return  # the quote went to a sybil, or to a later taker: not honoured
+        oid = used.order_id.hex()
+        if state["status"] == "settled":
+            raise EvidenceInvalid(
+                f"quote {quote.quote_id.hex()} filled an earlier take (order {oid}, settled)"
+            )
+        grace = p.attest_grace
+        legs = state["legs"]
+
+        def in_time(j: int) -> bool:
+            at = legs[j].get("locked_at")
+            return at is not None and at <= used.legs[j].lock_by + grace
+
+        # (a provider that sends no leg, a relay quoting, is judged on the whole route)
+        mine = [i for i, leg in enumerate(used.legs) if leg.sender == provider] or list(
+            range(len(used.legs))
+        )
+        due = _slashable_bond(self._node(view, provider, "provider")) * p.slash_bps_quote // 10_000
+        deadline = max(used.legs[i].lock_by for i in mine) + grace + p.honour_grace
+        for i in mine:
+            if in_time(i):
+                continue
+            default = next((j for j in range(i) if not in_time(j)), None)
+            if default is not None:
+                raw = view.get(b"evidence/lnl/" + used.order_id + default.to_bytes(1, "big"))
+                if raw is not None and int(_dec(raw).get("slash", 0)) >= due:
+                    continue
+            if ctx.time <= deadline:
+                raise EvidenceInvalid(
+                    f"the quote went to an earlier take (order {oid}); whether the provider "
+                    f"filled it is judged after {deadline}"
+                )
+            return  # the provider never filled the earlier take: this one was wronged
+        raise EvidenceInvalid(
+            f"quote {quote.quote_id.hex()} filled an earlier take (order {oid}: the provider "
+            "locked its legs in time)"
+        )
 
     # -- WithdrawFees --------------------------------------------------------------------------
 
