@@ -203,3 +203,17 @@ def test_an_open_quotes_take_order_must_be_due_within_the_fill_window(net):
     named = _open_quote(ledger, m1, taker=alice.id)
     commit = take_order(named, m1, alice, t0=t0)
     assert _codes(ledger.block(take_evidence(named, m1, alice, order=commit))) == [""]
+
+
+def test_a_provider_locking_its_leg_to_its_sybil_that_never_paid_in_fills_nothing(net):
+    ledger, m1, alice, _, sybil = net
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, sybil)
+    ledger.ok(take_evidence(quote, m1, sybil, order=first))
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]  # old code: already_exists
+    ledger.ok(_honour(m1, first))
+    ledger.chains.see(first.order, 1, LegOutcome.LOCKED)  # m1 locks to its sybil; leg 0 never
+    ledger.attested(time=first.order.legs[1].lock_by)
+    assert _codes(ledger.block(ev, time=_deadline(ledger, first, m1) + 1)) == [""]
+    assert _slashed(ledger, m1)

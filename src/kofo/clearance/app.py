@@ -2019,7 +2019,8 @@ class LedgerApp:
         Returns (the provider is not excused) unless ``used`` is the order of a take recorded
         before this one. Then it raises ``EvidenceInvalid`` (excused) if the provider really
         filled that take: the order settled, or each leg the provider sends in it was attested
-        locked in time, or could not be (a leg before it was not: a default), the default
+        locked in time after every leg before it (the taker paid in, the provider paid out),
+        or a leg before it was not locked in time (a default), the default
         having cost its sender a ``leg_not_locked`` slash at least as large as this one would
         be. An order committed with the provider's own sybil, which nobody then locks, proves
         nothing and excuses nothing. Before the provider's last deadline in that order (plus
@@ -2059,9 +2060,11 @@ class LedgerApp:
         due = _slashable_bond(self._node(view, provider, "provider")) * p.slash_bps_quote // 10_000
         deadline = max(used.legs[i].lock_by for i in mine) + grace + p.honour_grace
         for i in mine:
-            if in_time(i):
-                continue
+            # Filled: the legs paying the provider were locked, and then its own, in time (a
+            # provider locking to its sybil alone, the sybil never paying in, fills nothing).
             default = next((j for j in range(i) if not in_time(j)), None)
+            if default is None and in_time(i):
+                continue
             if default is not None:
                 raw = view.get(b"evidence/lnl/" + used.order_id + default.to_bytes(1, "big"))
                 if raw is not None and int(_dec(raw).get("slash", 0)) >= due:
