@@ -217,3 +217,42 @@ def test_a_provider_locking_its_leg_to_its_sybil_that_never_paid_in_fills_nothin
     ledger.attested(time=first.order.legs[1].lock_by)
     assert _codes(ledger.block(ev, time=_deadline(ledger, first, m1) + 1)) == [""]
     assert _slashed(ledger, m1)
+
+
+def _spend(ledger, provider, other, quote):
+    """``provider`` spends ``quote`` in a direct-priced order with ``other`` (no take): the
+    order an exchange would commit, signed by both."""
+    commit = take_order(quote, provider, other)
+    full = CommitOrder(commit.order, (*commit.signatures, commit.order.sign(provider.key)))
+    ledger.ok(sign_tx(provider.key, prove_legs(full)))
+    return commit
+
+
+def test_a_provider_spending_its_quote_in_a_sham_order_ahead_of_a_take_is_still_judged(net):
+    # The provider sees a take in the mempool and gets a sham order with its sybil (no take)
+    # committed first: the quote was spent, the take's order uncommittable, and the take was
+    # refused (already_exists), a squat as the first take was.
+    ledger, m1, alice, _, sybil = net
+    quote = _open_quote(ledger, m1)
+    sham = _spend(ledger, m1, sybil, quote)
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]  # old code: already_exists (quote already used)
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]  # not yet
+    assert _codes(ledger.block(ev, time=_deadline(ledger, sham, m1) + 1)) == [""]
+    assert _slashed(ledger, m1)
+
+
+def test_a_quote_filled_in_a_real_trade_before_the_take_excuses_the_provider(net):
+    ledger, m1, alice, bob, _ = net
+    quote = _open_quote(ledger, m1)
+    trade = _spend(ledger, m1, bob, quote)  # bob traded first, without a take
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]  # old code: already_exists
+    ledger.chains.see(trade.order, 0, LegOutcome.LOCKED)
+    ledger.chains.see(trade.order, 1, LegOutcome.LOCKED)
+    ledger.attested(time=trade.order.legs[1].lock_by)
+    result = ledger.block(ev, time=_deadline(ledger, trade, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "filled an earlier take" in result.results[0].log
+    assert _untouched(ledger, m1)

@@ -1127,8 +1127,16 @@ class LedgerApp:
         )
         ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
 
-    def _check_committable(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
-        """Every state check of ``commit_order`` on ``order`` (its signatures aside)."""
+    def _check_committable(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        order: SettlementOrder,
+        *,
+        spent_ok: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """Every state check of ``commit_order`` on ``order`` (its signatures aside); the
+        quote ``spent_ok`` (node, quote id) may already be used (see ``_check_take_order``)."""
         parties = order.parties()
         if order.order_id != derive_order_id(order):
             raise OrderInvalid(
@@ -1149,7 +1157,7 @@ class LedgerApp:
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
-        self._check_fees(view, order)
+        self._check_fees(view, order, spent_ok)
 
     def _check_route(self, order: SettlementOrder, ctx: _Ctx) -> None:
         legs = order.legs
@@ -1193,7 +1201,9 @@ class LedgerApp:
                 f"order {oid}: block time {ctx.time} is past legs[0].lock_by {legs[0].lock_by}"
             )
 
-    def _check_fees(self, view: _View, order: SettlementOrder) -> None:
+    def _check_fees(
+        self, view: _View, order: SettlementOrder, spent_ok: tuple[bytes, bytes] | None = None
+    ) -> None:
         oid = order.order_id.hex()
         if order.kind is OrderKind.DIRECT:
             if len(order.legs) != 2 or order.relays or order.quotes:
@@ -1236,7 +1246,9 @@ class LedgerApp:
         # carrier: a stranger who copies one into its own order uses its own namespace and
         # cannot block the honest order.
         for q in order.quotes:
-            if view.get(_quote_used_key(q.node, q.quote_id)) is not None:
+            if (q.node, q.quote_id) == spent_ok:
+                pass
+            elif view.get(_quote_used_key(q.node, q.quote_id)) is not None:
                 raise AlreadyExists(
                     f"quote {q.quote_id.hex()} of {q.node.hex()} was already used by an order"
                 )
@@ -1862,6 +1874,7 @@ class LedgerApp:
                         f"quote {quote.quote_id.hex()} was already taken by this taker"
                     )
                 self._check_take_order(view, ctx, quote, take, tx.order)
+                spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
                 seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
                 view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
@@ -1869,6 +1882,8 @@ class LedgerApp:
                     {
                         "taker": take.taker,
                         "seq": seq,
+                        # the order that had spent the quote when the take came, if any
+                        "spent_by": spent_by or b"",
                         "at": ctx.time,
                         "order_id": take.order_id,
                         "payment_hash": tx.order.order.payment_hash if tx.order else b"",
@@ -1979,7 +1994,11 @@ class LedgerApp:
                 "the order must be signed by every party but the provider, the taker included"
             )
         # (each signature was verified with the tx's stateless checks)
-        self._check_committable(view, ctx, order)
+        # The provider's own quote may be spent already: by an order of an earlier take, or by
+        # an order the provider committed as the take came (a sham fill with its sybil, sent
+        # ahead of the take it saw in the mempool, squatted the quote as a first take did).
+        # The take is then recorded anyway, and judged on whether that order was filled.
+        self._check_committable(view, ctx, order, spent_ok=(quote.provider, quote.quote_id))
         # Committable now is not enough: an order is refused once block time passes its first
         # leg's lock_by, so a taker could sign one due in the take's own block and have the
         # provider slashed for an order nobody could commit after it. The taken order must
@@ -2017,18 +2036,21 @@ class LedgerApp:
         """Judge a take against the order ``used`` that spent the quote without its taker.
 
         Returns (the provider is not excused) unless ``used`` is the order of a take recorded
-        before this one. Then it raises ``EvidenceInvalid`` (excused) if the provider really
-        filled that take: the order settled, or each leg the provider sends in it was attested
-        locked in time after every leg before it (the taker paid in, the provider paid out),
-        or a leg before it was not locked in time (a default), the default
-        having cost its sender a ``leg_not_locked`` slash at least as large as this one would
-        be. An order committed with the provider's own sybil, which nobody then locks, proves
-        nothing and excuses nothing. Before the provider's last deadline in that order (plus
-        the graces), the evidence is refused as early."""
+        before this one, or had spent the quote when this take was recorded. Then it raises
+        ``EvidenceInvalid`` (excused) if the provider really filled that order: it settled, or
+        each leg the provider sends in it was attested locked in time after every leg before
+        it (the taker paid in, the provider paid out), or a leg before it was not locked in
+        time (a default) and the default cost its sender a ``leg_not_locked`` slash at least
+        as large as this one would be. An order committed with the provider's own sybil, which
+        nobody then locks, proves nothing and excuses nothing. Before the provider's last
+        deadline in that order plus the graces (at most the fill window's), the evidence is
+        refused as early."""
         p = self._params
         provider = quote.provider
-        earlier = False
+        earlier = bytes(recorded.get("spent_by", b"")) == used.order_id
         for node in used.parties():
+            if earlier:
+                break
             if node == provider or node == recorded["taker"]:
                 continue
             other = view.get_map(_take_key(provider, quote.quote_id, node))
@@ -2058,7 +2080,10 @@ class LedgerApp:
             range(len(used.legs))
         )
         due = _slashable_bond(self._node(view, provider, "provider")) * p.slash_bps_quote // 10_000
-        deadline = max(used.legs[i].lock_by for i in mine) + grace + p.honour_grace
+        # (capped as an open quote's take orders are: an order that spent the quote without a
+        # take may be due years later, and would put the evidence off for good)
+        cap = quote.valid_until + p.honour_grace + p.take_fill_window + grace + p.honour_grace
+        deadline = min(cap, max(used.legs[i].lock_by for i in mine) + grace + p.honour_grace)
         for i in mine:
             # Filled: the legs paying the provider were locked, and then its own, in time (a
             # provider locking to its sybil alone, the sybil never paying in, fills nothing).
