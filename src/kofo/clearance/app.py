@@ -341,6 +341,16 @@ def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
     return b"quote_used/" + node + quote_id
 
 
+def _take_key(provider: bytes, quote_id: bytes, taker: bytes) -> bytes:
+    """One take per taker of a quote: the first take never squats an open quote for others."""
+    return b"take/" + provider + quote_id + taker
+
+
+def _takes_key(provider: bytes, quote_id: bytes) -> bytes:
+    """How many takes of a quote were recorded: each take's ``seq`` (first come, first served)."""
+    return b"takes/" + provider + quote_id
+
+
 def _bal_key(node: bytes, asset: str) -> bytes:
     return b"bal/" + node + b"/" + asset.encode()
 
@@ -839,9 +849,12 @@ class LedgerApp:
                 assert body.quote is not None
                 quote = body.quote
                 eid = b"evidence/qnh/" + quote.provider + quote.quote_id
-                taken = get(b"take/" + quote.provider + quote.quote_id)
+                assert body.take is not None
+                taken = get(_take_key(quote.provider, quote.quote_id, body.take.taker))
                 if taken is not None and time is not None and time <= quote.valid_until:
-                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+                    raise AlreadyExists(
+                        f"quote {quote.quote_id.hex()} was already taken by this taker"
+                    )
             if get(eid) is not None:
                 raise AlreadyExists("this evidence was already filed")
 
@@ -1114,8 +1127,16 @@ class LedgerApp:
         )
         ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
 
-    def _check_committable(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
-        """Every state check of ``commit_order`` on ``order`` (its signatures aside)."""
+    def _check_committable(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        order: SettlementOrder,
+        *,
+        spent_ok: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """Every state check of ``commit_order`` on ``order`` (its signatures aside); the
+        quote ``spent_ok`` (node, quote id) may already be used (see ``_check_take_order``)."""
         parties = order.parties()
         if order.order_id != derive_order_id(order):
             raise OrderInvalid(
@@ -1136,7 +1157,7 @@ class LedgerApp:
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
-        self._check_fees(view, order)
+        self._check_fees(view, order, spent_ok)
 
     def _check_route(self, order: SettlementOrder, ctx: _Ctx) -> None:
         legs = order.legs
@@ -1180,7 +1201,9 @@ class LedgerApp:
                 f"order {oid}: block time {ctx.time} is past legs[0].lock_by {legs[0].lock_by}"
             )
 
-    def _check_fees(self, view: _View, order: SettlementOrder) -> None:
+    def _check_fees(
+        self, view: _View, order: SettlementOrder, spent_ok: tuple[bytes, bytes] | None = None
+    ) -> None:
         oid = order.order_id.hex()
         if order.kind is OrderKind.DIRECT:
             if len(order.legs) != 2 or order.relays or order.quotes:
@@ -1223,7 +1246,9 @@ class LedgerApp:
         # carrier: a stranger who copies one into its own order uses its own namespace and
         # cannot block the honest order.
         for q in order.quotes:
-            if view.get(_quote_used_key(q.node, q.quote_id)) is not None:
+            if (q.node, q.quote_id) == spent_ok:
+                pass
+            elif view.get(_quote_used_key(q.node, q.quote_id)) is not None:
                 raise AlreadyExists(
                     f"quote {q.quote_id.hex()} of {q.node.hex()} was already used by an order"
                 )
@@ -1837,18 +1862,28 @@ class LedgerApp:
                 raise EvidenceInvalid(
                     f"take at {take.ts} came after the quote expired at {quote.valid_until}"
                 )
-            take_key = b"take/" + quote.provider + quote.quote_id
+            take_key = _take_key(quote.provider, quote.quote_id, take.taker)
             recorded = view.get_map(take_key)
             if ctx.time <= quote.valid_until:
                 # The take's time is the block's, never the taker's word: recorded now, judged
                 # after the honour grace (so a back-dated take of an expired quote is refused).
+                # Each taker's take is its own record, numbered in arrival order: the first
+                # take (a provider's own sybil, say) never shuts the others out (issue 17).
                 if recorded is not None:
-                    raise AlreadyExists(f"quote {quote.quote_id.hex()} was already taken")
+                    raise AlreadyExists(
+                        f"quote {quote.quote_id.hex()} was already taken by this taker"
+                    )
                 self._check_take_order(view, ctx, quote, take, tx.order)
+                spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
+                seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
+                view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
                     take_key,
                     {
                         "taker": take.taker,
+                        "seq": seq,
+                        # the order that had spent the quote when the take came, if any
+                        "spent_by": spent_by or b"",
                         "at": ctx.time,
                         "order_id": take.order_id,
                         "payment_hash": tx.order.order.payment_hash if tx.order else b"",
@@ -1863,11 +1898,16 @@ class LedgerApp:
                 ctx.events.append(
                     (
                         "take_recorded",
-                        (("provider", quote.provider.hex()), ("quote_id", quote.quote_id.hex())),
+                        (
+                            ("provider", quote.provider.hex()),
+                            ("quote_id", quote.quote_id.hex()),
+                            ("taker", take.taker.hex()),
+                            ("seq", str(seq)),
+                        ),
                     )
                 )
                 return
-            if recorded is None or recorded["taker"] != take.taker:
+            if recorded is None:
                 raise EvidenceInvalid(
                     "no take of this quote by this taker was recorded on the ledger before "
                     f"the quote expired at {quote.valid_until}"
@@ -1878,11 +1918,16 @@ class LedgerApp:
                 )
             used = view.get(_quote_used_key(quote.provider, quote.quote_id))
             if used is not None:
-                honoured, _ = _load_order(view, used)
+                honoured, state = _load_order(view, used)
                 if take.taker in honoured.parties():
                     raise EvidenceInvalid(
                         f"quote {quote.quote_id.hex()} was honoured by order {used.hex()}"
                     )
+                # First come, first served: the quote fills one order, so an order that took
+                # an EARLIER recorded take excuses the provider towards this one, but only if
+                # it really filled it (see _filled_earlier_take): committing a sybil's take
+                # alone costs nothing and proves no price.
+                self._filled_earlier_take(view, ctx, quote, recorded, honoured, state)
             # The taker (or another party of the taken order, its sybil) could make the taken
             # order uncommittable by committing another order first with its payment hash or
             # with a quote of a party other than the provider: then the provider failed nobody.
@@ -1908,11 +1953,12 @@ class LedgerApp:
             slash_bps, points = p.slash_bps_quote, p.penalty_points_quote
         if view.get(eid) is not None:
             raise AlreadyExists("this evidence was already filed")
-        view.set(eid, encode({"height": ctx.height, "reporter": sender}))
         rec = self._node(view, offender, "offender")
         # The bond is what validators attested locked in the vault, less slashes already
         # decided; the slash becomes a decision executed on the vault by their signatures.
         slash = _slashable_bond(rec) * slash_bps // 10_000
+        # (the slash is kept: a taker's default excuses a provider only if it cost as much)
+        view.set(eid, encode({"height": ctx.height, "reporter": sender, "slash": slash}))
         rec["slash_pending"] = rec.get("slash_pending", 0) + slash
         rec["slashed"] += slash
         if slash:
@@ -1948,7 +1994,11 @@ class LedgerApp:
                 "the order must be signed by every party but the provider, the taker included"
             )
         # (each signature was verified with the tx's stateless checks)
-        self._check_committable(view, ctx, order)
+        # The provider's own quote may be spent already: by an order of an earlier take, or by
+        # an order the provider committed as the take came (a sham fill with its sybil, sent
+        # ahead of the take it saw in the mempool, squatted the quote as a first take did).
+        # The take is then recorded anyway, and judged on whether that order was filled.
+        self._check_committable(view, ctx, order, spent_ok=(quote.provider, quote.quote_id))
         # Committable now is not enough: an order is refused once block time passes its first
         # leg's lock_by, so a taker could sign one due in the take's own block and have the
         # provider slashed for an order nobody could commit after it. The taken order must
@@ -1961,6 +2011,99 @@ class LedgerApp:
                 f"of the provider's honour window {honour_end} (quote valid_until + "
                 "honour_grace): the provider could not commit it in time"
             )
+        if quote.taker == bytes(NODE_ID_SIZE):
+            # An open quote serves its takes first come, first served: a later taker waits to
+            # learn whether the provider filled an earlier take (locked its legs in time), so
+            # that wait is bounded by the take's own order.
+            last = honour_end + self._params.take_fill_window
+            late = [i for i, leg in enumerate(order.legs) if leg.lock_by > last]
+            if late:
+                raise EvidenceInvalid(
+                    f"the taken order's legs[{late[0]}].lock_by {order.legs[late[0]].lock_by} is "
+                    f"after {last} (the open quote's honour window + take_fill_window): a "
+                    "later taker could not learn in time whether the provider filled it"
+                )
+
+    def _filled_earlier_take(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        quote: Quote,
+        recorded: dict[str, Any],
+        used: SettlementOrder,
+        state: dict[str, Any],
+    ) -> None:
+        """Judge a take against the order ``used`` that spent the quote without its taker.
+
+        Returns (the provider is not excused) unless ``used`` is the order of a take recorded
+        before this one, or had spent the quote when this take was recorded. Then it raises
+        ``EvidenceInvalid`` (excused) if the provider really filled that order: it settled, or
+        each leg the provider sends in it was attested locked in time after every leg before
+        it (the taker paid in, the provider paid out), or a leg before it was not locked in
+        time (a default) and the default cost its sender a ``leg_not_locked`` slash at least
+        as large as this one would be. An order committed with the provider's own sybil, which
+        nobody then locks, proves nothing and excuses nothing. Before the provider's last
+        deadline in that order plus the graces (at most the fill window's), the evidence is
+        refused as early."""
+        p = self._params
+        provider = quote.provider
+        earlier = bytes(recorded.get("spent_by", b"")) == used.order_id
+        for node in used.parties():
+            if earlier:
+                break
+            if node == provider or node == recorded["taker"]:
+                continue
+            other = view.get_map(_take_key(provider, quote.quote_id, node))
+            if (
+                other is not None
+                and other["seq"] < recorded["seq"]
+                and bytes(other["order_id"]) == used.order_id
+            ):
+                earlier = True
+                break
+        if not earlier:
+            return  # the quote went to a sybil, or to a later taker: not honoured
+        oid = used.order_id.hex()
+        if state["status"] == "settled":
+            raise EvidenceInvalid(
+                f"quote {quote.quote_id.hex()} filled an earlier take (order {oid}, settled)"
+            )
+        grace = p.attest_grace
+        legs = state["legs"]
+
+        def in_time(j: int) -> bool:
+            at = legs[j].get("locked_at")
+            return at is not None and at <= used.legs[j].lock_by + grace
+
+        # (a provider that sends no leg, a relay quoting, is judged on the whole route)
+        mine = [i for i, leg in enumerate(used.legs) if leg.sender == provider] or list(
+            range(len(used.legs))
+        )
+        due = _slashable_bond(self._node(view, provider, "provider")) * p.slash_bps_quote // 10_000
+        # (capped as an open quote's take orders are: an order that spent the quote without a
+        # take may be due years later, and would put the evidence off for good)
+        cap = quote.valid_until + p.honour_grace + p.take_fill_window + grace + p.honour_grace
+        deadline = min(cap, max(used.legs[i].lock_by for i in mine) + grace + p.honour_grace)
+        for i in mine:
+            # Filled: the legs paying the provider were locked, and then its own, in time (a
+            # provider locking to its sybil alone, the sybil never paying in, fills nothing).
+            default = next((j for j in range(i) if not in_time(j)), None)
+            if default is None and in_time(i):
+                continue
+            if default is not None:
+                raw = view.get(b"evidence/lnl/" + used.order_id + default.to_bytes(1, "big"))
+                if raw is not None and int(_dec(raw).get("slash", 0)) >= due:
+                    continue
+            if ctx.time <= deadline:
+                raise EvidenceInvalid(
+                    f"the quote went to an earlier take (order {oid}); whether the provider "
+                    f"filled it is judged after {deadline}"
+                )
+            return  # the provider never filled the earlier take: this one was wronged
+        raise EvidenceInvalid(
+            f"quote {quote.quote_id.hex()} filled an earlier take (order {oid}: the provider "
+            "locked its legs in time)"
+        )
 
     # -- WithdrawFees --------------------------------------------------------------------------
 

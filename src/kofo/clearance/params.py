@@ -59,6 +59,12 @@ class LedgerParams:
     honour_grace: int = 300
     """A provider has five minutes (block time) after its quote's validity to get the order
     committed before a take of it counts as not honoured: room for a few rounds of signing."""
+    take_fill_window: int = 21_600
+    """An open quote (taker zero) is taken first come, first served: a take's order must have
+    every ``lock_by`` within six hours after the provider's honour window, so whether the
+    provider really filled an earlier take (locked its legs in time) is known by then, and a
+    later taker's evidence waits for it at most that long (plus ``attest_grace`` and
+    ``honour_grace``)."""
     importance_half_life: int = 100_000
     """Settled volume halves in weight every 100k blocks (about a day at 1 s blocks)."""
     penalty_weight: int = 10
@@ -128,7 +134,13 @@ class LedgerParams:
                 "registration_prework_bits must be within 0..24, got "
                 f"{self.registration_prework_bits}"
             )
-        for name in ("attest_grace", "honour_grace", "unbond_delay", "min_expiry_gap"):
+        for name in (
+            "attest_grace",
+            "honour_grace",
+            "take_fill_window",
+            "unbond_delay",
+            "min_expiry_gap",
+        ):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must not be negative, got {getattr(self, name)}")
         if not 1 <= self.bond_height_step <= 1_000_000:
