@@ -168,22 +168,38 @@ def test_unsolicited_peer_lists_are_refused_and_scored():
     nothing."""
 
     async def go() -> None:
-        victim, attacker = await line(2)
+        victim, attacker = await line(2)  # the victim dials the attacker
         blamed = _record_blame(victim)
         lk = attacker.links[victim.node_id]
-        inbound = victim.links[attacker.node_id]
+        to_attacker = victim.links[attacker.node_id]
+        dialled = ("127.0.0.1", attacker.port)
         try:
             # The victim asked once when the link came up: wait for that answer (the
-            # attacker's first two frames are its own peers_req and that answer).
-            await wait_until(lambda: inbound.frames_in >= 2, 10)
-            start = inbound.frames_in
+            # attacker's first two frames are its own peers_req and that answer, an empty
+            # list: it has no other link).
+            await wait_until(
+                lambda: to_attacker.frames_in >= 2 and not victim._asked.get(to_attacker), 10
+            )
+            assert victim._known == {dialled: attacker.node_id}
+            start = to_attacker.frames_in
+            fake_ids = set()
             for i in range(3):
                 fake = [[os.urandom(32), 41000 + 64 * i + j] for j in range(64)]
+                fake_ids.update(nid for nid, _ in fake)
                 lk.send(Frame("peers", {"peers": fake}))
-            await wait_until(lambda: inbound.frames_in >= start + 3, 10)
-            learned = [a for a in victim._known if 41000 <= a[1] < 41000 + 3 * 64]
+            await wait_until(lambda: to_attacker.frames_in >= start + 3, 10)
+            # The whole table is still the one address the victim dialled itself (the
+            # attacker's listening port, which the OS may well pick in the fake lists' port
+            # range: the old check by port range counted it, 1 run in ~60), verified by the
+            # handshake. No entry names a fake id or has the attacker as its source.
+            learned = [a for a, nid in victim._known.items() if nid in fake_ids]
             assert learned == [], f"{len(learned)} addresses learned from unasked peer lists"
-            assert blamed.get(attacker.node_id)
+            assert victim._known == {dialled: attacker.node_id}
+            assert victim._source == {dialled: None}
+            assert (
+                blamed.get(attacker.node_id)
+                == ["[bad_message] peers: not an answer to a peers_req"] * 3
+            )
         finally:
             await stop_all([victim, attacker])
 
