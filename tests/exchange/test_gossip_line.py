@@ -1,0 +1,231 @@
+"""A maker's offer reaches every node of a fixed line, whatever order its links come up in.
+
+Found by the node's crash matrix (``tests/node/test_network_crash.py``, docs/node.md): in the
+fixed line ``t_relay -- relay2 -- maker`` (``[p2p] discover = false``), ``t_relay`` never got the
+maker's offer. Real nodes on loopback; the first two tests failed before their fixes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.exchange.frames import encode_frame
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.exchange.transport import handshake, node_id_of, tls_identity
+from kofo.wire.exchange import Frame
+
+from .helpers import degrees, link, start_nodes, stop_all, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _has(node: ExchangeNode, maker: ExchangeNode) -> bool:
+    return node.book.maker_count(maker.node_id) > 0
+
+
+async def _node(key: Ed25519PrivateKey, **cfg: object) -> ExchangeNode:
+    node = ExchangeNode(key, ExchangeConfig(maintain_s=0.05, **cfg))  # type: ignore[arg-type]
+    await node.start()
+    return node
+
+
+def test_a_fixed_topology_node_keeps_dialling_its_bootstrap_peer_not_a_learned_address():
+    """The crash matrix's miss: the maker (``discover = false``: target degree = its two
+    bootstrap peers, no feelers) came up before ``relay2``; its dial there failed, and it dialled
+    an address ``relay`` had announced instead (a taker). At its target degree it never dialled
+    ``relay2`` again: ``relay2`` and ``t_relay`` behind it never got the offer (and the taker,
+    now the maker's neighbour, routed to it directly, no relay paid). A node with
+    ``discover = False`` now dials only its bootstrap addresses, each until it is linked,
+    whatever its degree."""
+
+    async def go() -> None:
+        (relay,) = await start_nodes(1, target_degree=0, maintain_s=0.05)
+        taker = await _node(
+            Ed25519PrivateKey.generate(),
+            target_degree=1,
+            feeler_s=0,
+            bootstrap=[("127.0.0.1", relay.port)],
+        )
+        # relay2 is not up yet when the maker starts (a free port, nothing listening)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            relay2_port = s.getsockname()[1]
+        maker = await _node(
+            Ed25519PrivateKey.generate(),
+            target_degree=2,
+            feeler_s=0,
+            discover=False,
+            backoff_base_s=1.0,
+            backoff_max_s=2.0,
+            bootstrap=[("127.0.0.1", relay.port), ("127.0.0.1", relay2_port)],
+        )
+        maker.publish_offer("btc", "eth", (30, 1), max_in=10**6)
+        nodes = [relay, taker, maker]
+        try:
+            await wait_until(lambda: taker.node_id in relay.links)
+            # the maker linked relay, learnt the taker's address from it, and relay2 refused
+            # it twice (the old code dialled the taker at its next tick after the first, and
+            # at its target degree never dialled relay2 again)
+            await wait_until(
+                lambda: (
+                    relay.node_id in maker.links
+                    and taker.node_id in maker._known.values()
+                    and (
+                        maker._backoff.get(("127.0.0.1", relay2_port), (0, 0.0))[0] >= 2
+                        or len(maker.links) >= 2
+                    )
+                ),
+                15,
+                state=lambda: f"{degrees(nodes)} backoff {maker._backoff}",
+            )
+            relay2 = await _node(Ed25519PrivateKey.generate(), target_degree=0, port=relay2_port)
+            t_relay = await _node(
+                Ed25519PrivateKey.generate(),
+                target_degree=1,
+                feeler_s=0,
+                bootstrap=[("127.0.0.1", relay2_port)],
+            )
+            nodes += [relay2, t_relay]
+            await wait_until(
+                lambda: _has(t_relay, maker) and _has(relay2, maker),
+                30,
+                state=lambda: degrees(nodes),
+            )
+            # the maker is a neighbour of its bootstrap peers only: no direct link to a taker
+            assert set(maker.links) == {relay.node_id, relay2.node_id}, degrees(nodes)
+        finally:
+            await stop_all(nodes)
+
+    run(go())
+
+
+async def _half_open_link(key: Ed25519PrivateKey, port: int) -> asyncio.StreamWriter:
+    """A mesh link from ``key``'s node to ``port`` that its end no longer reads or closes:
+    what a peer that crashed (or lost its network) leaves at the other end, the socket still
+    open there."""
+    ident = tls_identity(key)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ident.client)
+    await handshake(reader, writer, key, 1, outbound=True)
+    writer.write(encode_frame(Frame("peers_req", {}).to_bytes()))
+    await writer.drain()
+    return writer
+
+
+def test_a_restarted_node_relinks_though_its_old_link_is_still_open_at_the_relay():
+    """A restarted node dials its relay again while the relay still holds its old link
+    (not yet read to its end, or left half open by a crash): the relay kept the old link and
+    closed every new one (same dialer: 'keep the old'), so the restarted node never got the
+    book, nor any offer gossiped later. A peer that dials in again replaces its old inbound
+    link (its end of that one is gone), as it already did for swap links."""
+
+    async def go() -> None:
+        (relay2,) = await start_nodes(1, target_degree=0, maintain_s=0.05)
+        maker = await _node(Ed25519PrivateKey.generate(), target_degree=0)
+        await link(maker, relay2)
+        maker.publish_offer("btc", "eth", (30, 1), max_in=10**6)
+        await wait_until(lambda: _has(relay2, maker))
+        t_key = Ed25519PrivateKey.generate()
+        old = await _half_open_link(t_key, relay2.port)
+        t_id = node_id_of(t_key)
+        await wait_until(lambda: t_id in relay2.links)
+        t_relay = await _node(
+            t_key, target_degree=1, feeler_s=0, bootstrap=[("127.0.0.1", relay2.port)]
+        )
+        nodes = [relay2, maker, t_relay]
+        try:
+            await wait_until(lambda: _has(t_relay, maker), 15, state=lambda: degrees(nodes))
+            # and what the maker announces later reaches it too
+            maker.publish_offer("btc", "eth", (31, 1), max_in=10**6)
+            await wait_until(
+                lambda: t_relay.book.maker_count(maker.node_id) == 2,
+                15,
+                state=lambda: degrees(nodes),
+            )
+        finally:
+            old.close()
+            await stop_all(nodes)
+
+    run(go())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_node_of_a_line_gets_every_live_offer_through_restarts_and_flaps(seed: int):
+    """``t_relay -- relay2 -- maker``, fixed (``discover = False``): offers published before
+    any link, while relay2 is down, while its links come back, and relay2 and t_relay each
+    restarted (same key and port) or their links cut, in an order the seed shuffles. Each time
+    every node ends with every live offer of the maker, from book dumps on link-up and gossip,
+    with no re-announcement."""
+    import random
+
+    rng = random.Random(seed)
+
+    async def go() -> None:
+        fast = {"feeler_s": 0, "discover": False, "backoff_base_s": 0.05, "backoff_max_s": 0.3}
+        r_key, t_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        relay2 = await _node(r_key, target_degree=0)
+        port = relay2.port
+        addr = [("127.0.0.1", port)]
+        maker = await _node(Ed25519PrivateKey.generate(), target_degree=1, bootstrap=addr, **fast)
+        t_relay = await _node(t_key, target_degree=1, bootstrap=addr, **fast)
+        live: dict[str, ExchangeNode] = {"relay2": relay2, "t_relay": t_relay}
+        offers = 0
+
+        def publish() -> None:
+            nonlocal offers
+            maker.publish_offer("btc", "eth", (30 + offers, 1), max_in=10**6)
+            offers += 1
+
+        def nodes() -> list[ExchangeNode]:
+            return [maker, *live.values()]
+
+        async def restart(name: str) -> None:
+            await live[name].stop()
+            if rng.random() < 0.5:
+                publish()  # announced while it is down
+            key, cfg = (
+                (r_key, {"target_degree": 0, "port": port})
+                if name == "relay2"
+                else (t_key, {"target_degree": 1, "bootstrap": addr, **fast})
+            )
+            live[name] = await _node(key, **cfg)
+
+        async def flap() -> None:
+            link = relay2_now().links.get(rng.choice([maker.node_id, t_key_id]))
+            if link is not None:
+                link.close()
+            if rng.random() < 0.5:
+                publish()
+
+        def relay2_now() -> ExchangeNode:
+            return live["relay2"]
+
+        t_key_id = node_id_of(t_key)
+        try:
+            publish()
+            for _ in range(6):
+                await [lambda: restart("relay2"), lambda: restart("t_relay"), flap][
+                    rng.randrange(3)
+                ]()
+                if rng.random() < 0.5:
+                    publish()
+                if rng.random() < 0.5:
+                    await asyncio.sleep(rng.random() * 0.3)
+            await wait_until(
+                lambda: all(n.book.maker_count(maker.node_id) == offers for n in live.values()),
+                30,
+                state=lambda: (
+                    f"{degrees(nodes())} books "
+                    f"{[n.book.maker_count(maker.node_id) for n in nodes()]} of {offers}"
+                ),
+            )
+        finally:
+            await stop_all(nodes())
+
+    run(go())
