@@ -12,6 +12,7 @@ import socket
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kofo.exchange import node as node_module
 from kofo.exchange.frames import encode_frame
 from kofo.exchange.node import ExchangeConfig, ExchangeNode
 from kofo.exchange.transport import handshake, node_id_of, tls_identity
@@ -227,5 +228,43 @@ def test_every_node_of_a_line_gets_every_live_offer_through_restarts_and_flaps(s
             )
         finally:
             await stop_all(nodes())
+
+    run(go())
+
+
+def test_offers_gossiped_while_a_neighbours_write_buffer_is_full_reach_it_later(monkeypatch):
+    """Gossip to a neighbour whose write buffer is full (it reads slowly: a large book dump,
+    a loaded machine) was dropped: the neighbour learnt those offers only when their maker
+    re-announced them, at half their ttl. Such a link now gets the book again once its
+    buffer has drained. Real backpressure: the neighbour stops reading, small socket buffers."""
+    import socket as sk
+
+    import kofo.exchange.transport as transport_mod
+
+    monkeypatch.setattr(transport_mod, "WRITE_BUFFER_LIMIT", 20_000)
+    monkeypatch.setattr(node_module, "WRITE_BUFFER_LIMIT", 20_000)
+    n = 3_000
+
+    async def go() -> None:
+        maker, peer = await start_nodes(2, target_degree=0, offers_per_maker=n)
+        try:
+            await link(peer, maker)
+            theirs, ours = peer.links[maker.node_id], maker.links[peer.node_id]
+            theirs.writer.get_extra_info("socket").setsockopt(sk.SOL_SOCKET, sk.SO_RCVBUF, 4096)
+            ours.writer.get_extra_info("socket").setsockopt(sk.SOL_SOCKET, sk.SO_SNDBUF, 4096)
+            theirs.writer.transport.pause_reading()
+            for i in range(n):
+                maker.publish_offer("btc", "eth", (30 + i, 1), max_in=10**6)
+                await asyncio.sleep(0)
+            assert ours.dropped_out > 0  # the buffer did fill: some gossip was dropped
+            theirs.writer.transport.resume_reading()
+            await wait_until(
+                lambda: peer.book.maker_count(maker.node_id) == n,
+                60,
+                state=lambda: f"{peer.book.maker_count(maker.node_id)} of {n}, {maker.stats}",
+            )
+            assert maker.stats.book_redumps >= 1
+        finally:
+            await stop_all([maker, peer])
 
     run(go())

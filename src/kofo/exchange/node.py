@@ -374,6 +374,7 @@ class NodeStats:
     claims_late: int = 0  # expired on their way or just beyond the horizon: unscored
     book_dumps: int = 0
     book_dumps_skipped: int = 0
+    book_redumps: int = 0  # links given the book again: gossip to them was dropped (full buffer)
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
 
 
@@ -462,6 +463,9 @@ class ExchangeNode:
         self._dump_wait: dict[Link, None] = {}
         # Book dumps larger than a link's write buffer: the offers and the next one to send.
         self._dump_rest: dict[Link, tuple[list[SignedOffer], int]] = {}
+        # Mesh links that missed a gossiped offer (their write buffer was full: a slow
+        # reader): each gets the book again once its buffer has drained (``_redump_missed``).
+        self._missed: dict[Link, None] = {}
         # Swap links from peers we expect no direct messages from (dialled for them by a
         # stranger): each holds the inbound mesh slot it came in by.
         self._stranger_swaps: set[Link] = set()
@@ -776,6 +780,7 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
             self._dump_rest.pop(link, None)
+            self._missed.pop(link, None)
             link.swap_only = True
             if not self._direct_peer(peer):
                 # A stranger's swap link keeps the inbound mesh slot it was accepted in (it
@@ -823,6 +828,23 @@ class ExchangeNode:
             del self._dump_wait[link]
             self._dump_book(link)
 
+    def _redump_missed(self) -> None:
+        """Links that missed gossip at a full write buffer get the book again (the dump
+        budget and queue apply) once the buffer is half drained and a dump under way has
+        ended (its offers were taken before the missed one); one queued but not started
+        will carry it."""
+        for link in list(self._missed):
+            if link.closed or self.links.get(link.peer_id) is not link or link in self._dump_wait:
+                del self._missed[link]
+                continue
+            if link in self._dump_rest:
+                continue
+            if link.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT // 2:
+                continue
+            del self._missed[link]
+            self.stats.book_redumps += 1
+            self._send_book(link)
+
     def _dump_book(self, link: Link) -> None:
         offers = self.book.all(now_ms())
         if not offers:
@@ -869,6 +891,7 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
             self._dump_rest.pop(link, None)
+            self._missed.pop(link, None)
             self._stranger_swaps.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
@@ -970,6 +993,7 @@ class ExchangeNode:
         self.book.sweep(now)
         for link in list(self._dump_rest):
             self._dump_more(link)
+        self._redump_missed()
         self._send_waiting_books()
         self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
@@ -1255,7 +1279,10 @@ class ExchangeNode:
             return
         framed = encode_frame(Frame("offer", {"m": so.raw}).to_bytes())
         for link in targets:
-            link.send_raw(framed)
+            if not link.send_raw(framed) and not link.closed:
+                # Dropped at a full write buffer (a peer reading slowly, e.g. through a large
+                # book dump): it would learn the offer only at its maker's re-announcement.
+                self._missed[link] = None
 
     def _h_offer(self, link: Link, body: dict[str, Any]) -> None:
         raw = body.get("m")
