@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -266,5 +267,33 @@ def test_offers_gossiped_while_a_neighbours_write_buffer_is_full_reach_it_later(
             assert maker.stats.book_redumps >= 1
         finally:
             await stop_all([maker, peer])
+
+    run(go())
+
+
+def test_a_fixed_node_dials_its_restarted_bootstrap_peer_again_within_seconds():
+    """A bootstrap peer down a while (a restart under load: 30-120 s) had pushed the backoff
+    to its 300 s cap, jitter taking it to 450 s: the fixed line stayed cut that long after
+    the peer was back. A fixed topology's bootstrap peers are its only neighbours: the wait
+    between their dials is capped at ``FIXED_BACKOFF_MAX_S`` (jitter included)."""
+
+    async def go() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        addr = ("127.0.0.1", port)
+        fixed = await _node(
+            Ed25519PrivateKey.generate(), target_degree=1, feeler_s=0, discover=False,
+            bootstrap=[addr],
+        )  # fmt: skip
+        try:
+            for _ in range(5):
+                # as after many failed dials (the peer down for minutes): due now, once more
+                fixed._backoff[addr] = (30, 0.0)
+                await wait_until(lambda: fixed._backoff[addr][0] == 31, 15)
+                wait = fixed._backoff[addr][1] - time.monotonic()
+                assert wait <= node_module.FIXED_BACKOFF_MAX_S, wait
+        finally:
+            await stop_all([fixed])
 
     run(go())

@@ -124,6 +124,9 @@ clock drift between honest nodes): dropped without scoring the neighbour that re
 PEERS_ANSWER_S = 0.5
 """A node answers at most one ``peers_req`` per link this often (it asks at most once a second)."""
 
+FIXED_BACKOFF_MAX_S = 10.0
+"""Longest wait between dials of a bootstrap peer of a fixed topology (``discover = False``)."""
+
 INBOUND_SOURCE = b"inbound:"
 """The source recorded for an inbound peer's claimed address, followed by the host it linked
 from (never a node id: those are 32 bytes)."""
@@ -970,10 +973,15 @@ class ExchangeNode:
                 if source is not None and source in self.links:
                     self._abuse(self.links[source], "peers: announced an address that is dead", 2)
                 return
-            delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempts)
-            delay *= (
-                0.5 + self._rng.random()
-            )  # jitter keeps a healing network from dialling in step
+            cap = self.config.backoff_max_s
+            if bootstrap and not self.config.discover:
+                # A fixed topology's bootstrap peers are its only neighbours: one that
+                # restarted (a minute or two under load) is dialled again within seconds of
+                # its return, not after up to 450 s (a refused dial costs next to nothing).
+                cap = min(cap, FIXED_BACKOFF_MAX_S)
+            delay = min(cap, self.config.backoff_base_s * 2**attempts)
+            # jitter keeps a healing network from dialling in step; never beyond the cap
+            delay = min(cap, delay * (0.5 + self._rng.random()))
             self._backoff[addr] = (attempts + 1, time.monotonic() + delay)
             log.info("dial %s:%d failed (%s); retry in %.2fs", *addr, type(exc).__name__, delay)
         finally:
