@@ -297,3 +297,50 @@ def test_a_fixed_node_dials_its_restarted_bootstrap_peer_again_within_seconds():
             await stop_all([fixed])
 
     run(go())
+
+
+def test_a_peer_known_under_two_addresses_ends_with_one_steady_link():
+    """A peer dialling in again replaces its old inbound link, while a dialer keeps the
+    older of two links it dialled itself: two dials to one node at once (two addresses for
+    it, ids unknown yet) end with each side keeping a different link, both closed. That can
+    happen once (the ids are learnt by it); after, a node never dials an address of a node it
+    is dialling or linked to, and the two end with one link, kept, and the book."""
+
+    async def go() -> None:
+        (peer,) = await start_nodes(1, target_degree=0, maintain_s=0.05)
+        peer.publish_offer("btc", "eth", (30, 1), max_in=10**6)
+        fixed = await _node(
+            Ed25519PrivateKey.generate(), target_degree=2, feeler_s=0, discover=False,
+            backoff_base_s=0.05, backoff_max_s=0.2,
+            bootstrap=[("127.0.0.1", peer.port), ("localhost", peer.port)],
+        )  # fmt: skip
+        try:
+
+            def same_link() -> bool:
+                a, b = fixed.links.get(peer.node_id), peer.links.get(fixed.node_id)
+                return (
+                    a is not None
+                    and b is not None
+                    and not a.closed
+                    and not b.closed
+                    and a.writer.get_extra_info("sockname") == b.writer.get_extra_info("peername")
+                )
+
+            await wait_until(
+                lambda: (
+                    fixed._known.get(("localhost", peer.port)) == peer.node_id
+                    and fixed._known.get(("127.0.0.1", peer.port)) == peer.node_id
+                    and same_link()
+                ),
+                15,
+                state=lambda: degrees([peer, fixed]),
+            )
+            kept = fixed.links[peer.node_id]
+            await wait_until(lambda: _has(fixed, peer), 15)
+            # it stays: no more dials to a node linked under either address
+            await asyncio.sleep(0.5)
+            assert fixed.links.get(peer.node_id) is kept and same_link()
+        finally:
+            await stop_all([peer, fixed])
+
+    run(go())

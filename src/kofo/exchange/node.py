@@ -1095,15 +1095,23 @@ class ExchangeNode:
             room -= 1
 
     def _dial_candidates(self, mono: float, linked: set[bytes]) -> list[tuple[str, int]]:
-        return [
-            addr
-            for addr, nid in self._known.items()
-            if addr not in self._dialing
-            and nid not in linked
-            and nid != self.node_id
-            and (nid is None or self._banned.get(nid, 0.0) <= mono)
-            and self._backoff.get(addr, (0, 0.0))[1] <= mono
-        ]
+        """Known addresses to dial: one per node id, and none of a node being dialled (two
+        links dialled to one peer at once would each be kept by a different end: a peer
+        dialling in again replaces its old link, while the dialer keeps its older one)."""
+        busy = {self._known.get(a) for a in self._dialing}
+        out: list[tuple[str, int]] = []
+        for addr, nid in self._known.items():
+            if (
+                addr not in self._dialing
+                and nid not in linked
+                and nid != self.node_id
+                and (nid is None or (nid not in busy and self._banned.get(nid, 0.0) <= mono))
+                and self._backoff.get(addr, (0, 0.0))[1] <= mono
+            ):
+                out.append(addr)
+                if nid is not None:
+                    busy.add(nid)
+        return out
 
     def _feel(self, mono: float, linked: set[bytes]) -> None:
         """Dial one feeler: the known, unlinked address tried least recently (never tried
