@@ -122,14 +122,14 @@ def test_p2p_discover_false_dials_only_the_bootstrap_peers(tmp_path):
     node = Node(cfg, NodeWallet.open(home / "wallet.json", PASS), passphrase=PASS)
     node._fresh_addresses = dict  # no chains in this test: the addresses do not matter
     ex = node._exchange_config()
-    assert ex.target_degree == 2 and ex.feeler_s == 0
+    assert ex.target_degree == 2 and ex.feeler_s == 0 and ex.discover is False
     assert ex.bootstrap == [("127.0.0.1", 7001), ("127.0.0.1", 7002)]
     other = Node(
         parse_config(home, _config(p2p={"bootstrap": peers})), node.wallet, passphrase=PASS
     )
     other._fresh_addresses = dict
     default = other._exchange_config()
-    assert default.target_degree == 4 and default.feeler_s > 0
+    assert default.target_degree == 4 and default.feeler_s > 0 and default.discover is True
 
 
 def test_offers_are_checked_against_the_configured_chains(tmp_path):

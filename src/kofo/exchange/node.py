@@ -124,6 +124,9 @@ clock drift between honest nodes): dropped without scoring the neighbour that re
 PEERS_ANSWER_S = 0.5
 """A node answers at most one ``peers_req`` per link this often (it asks at most once a second)."""
 
+FIXED_BACKOFF_MAX_S = 10.0
+"""Longest wait between dials of a bootstrap peer of a fixed topology (``discover = False``)."""
+
 INBOUND_SOURCE = b"inbound:"
 """The source recorded for an inbound peer's claimed address, followed by the host it linked
 from (never a node id: those are 32 bytes)."""
@@ -223,6 +226,10 @@ class ExchangeConfig:
     # A feeler link is kept up to twice the target degree, beyond that only while the peer has
     # fewer than ``target_degree`` other links. 0 turns feelers off (so does target_degree 0).
     feeler_s: float = 2.0
+    # False: a fixed topology (the daemon's ``[p2p] discover = false``): dial only the
+    # bootstrap addresses, each one until it is linked whatever the degree, never an address
+    # learned from peers, no feelers.
+    discover: bool = True
     settle_timeout_s: float = 5.0
     # Claim budgets (per upstream peer): live relay states its claims may hold, and a token
     # bucket of new claims per second; over budget a claim is dropped unforwarded and costs
@@ -370,6 +377,7 @@ class NodeStats:
     claims_late: int = 0  # expired on their way or just beyond the horizon: unscored
     book_dumps: int = 0
     book_dumps_skipped: int = 0
+    book_redumps: int = 0  # links given the book again: gossip to them was dropped (full buffer)
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
 
 
@@ -458,6 +466,9 @@ class ExchangeNode:
         self._dump_wait: dict[Link, None] = {}
         # Book dumps larger than a link's write buffer: the offers and the next one to send.
         self._dump_rest: dict[Link, tuple[list[SignedOffer], int]] = {}
+        # Mesh links that missed a gossiped offer (their write buffer was full: a slow
+        # reader): each gets the book again once its buffer has drained (``_redump_missed``).
+        self._missed: dict[Link, None] = {}
         # Swap links from peers we expect no direct messages from (dialled for them by a
         # stranger): each holds the inbound mesh slot it came in by.
         self._stranger_swaps: set[Link] = set()
@@ -585,7 +596,7 @@ class ExchangeNode:
             return
         # ``target_degree`` slots stay for links we dial: peers linking in (fresh keys cost
         # nothing) must not take every slot and leave us no link of our own choosing.
-        if not self._mesh_slot_free():
+        if not self._mesh_slot_free(again=peer):
             log.info("refusing %s: no inbound slot (%d links)", peer.hex()[:12], len(self.links))
             writer.close()
             return
@@ -650,27 +661,36 @@ class ExchangeNode:
         """Make ``link`` the mesh link to its peer (False: a live one is kept instead and
         ``link`` is closed)."""
         peer = link.peer_id
-        old = self.links.get(peer)
-        if old is not None and not old.closed:
-            # Both ends apply the same rule to a simultaneous dial: keep the link dialled by the
-            # smaller node id, so they never each close a different one.
-            def dialer(lk: Link) -> bytes:
-                return self.node_id if lk.outbound else lk.peer_id
-
-            if dialer(old) <= dialer(link):
-                link.close()
-                return False
-            old.close()
-        self.links[peer] = link
         if link.outbound and dialled:
             # We dialled this address and the handshake proved the id: this binding is
-            # verified (the port the peer claims is not: it could name another node's).
+            # verified (the port the peer claims is not: it could name another node's). Kept
+            # even if an older link to the peer stays instead (below): the address is linked.
             addr = (host, dialled)
             self._known[addr] = peer
             self._source.setdefault(addr, None)
             self._verified.add(addr)
             self._backoff.pop(addr, None)
-        elif link.peer_port and not link.outbound and (host, link.peer_port) not in self._known:
+        old = self.links.get(peer)
+        if old is not None and not old.closed:
+            if not old.outbound and not link.outbound:
+                # The peer dialled us again: its end of the old link is gone (it restarted,
+                # or crashed and left the old one half open here, unread). Keeping the old
+                # one refused every new link, so the restarted node got no book nor gossip.
+                log.info("%s linked in again: its new link replaces the old", peer.hex()[:12])
+                old.close()
+            else:
+                # Both ends apply the same rule to a simultaneous dial: keep the link dialled
+                # by the smaller node id, so they never each close a different one (two of
+                # our own dials: the older stays).
+                def dialer(lk: Link) -> bytes:
+                    return self.node_id if lk.outbound else lk.peer_id
+
+                if dialer(old) <= dialer(link):
+                    link.close()
+                    return False
+                old.close()
+        self.links[peer] = link
+        if not link.outbound and link.peer_port and (host, link.peer_port) not in self._known:
             # An inbound peer's claimed port is only a hint: it never overwrites a binding,
             # and a dial that reaches another id drops it. Hints count as announced by their
             # host (peers with fresh keys could otherwise fill the table for good): capped
@@ -712,13 +732,17 @@ class ExchangeNode:
         stale.close()
         return True
 
-    def _mesh_slot_free(self) -> bool:
+    def _mesh_slot_free(self, again: bytes | None = None) -> bool:
         """Whether an inbound mesh link may be taken: ``target_degree`` slots stay for links
-        we dial (peers linking in with fresh keys must not take every slot)."""
-        inbound = sum(1 for lk in self.links.values() if not lk.outbound)
+        we dial (peers linking in with fresh keys must not take every slot). ``again``: the
+        peer linking in, whose own inbound link (it replaces it: ``_enter_mesh``) holds no
+        slot."""
+        old = self.links.get(again) if again is not None else None
+        freed = 1 if old is not None and not old.outbound and not old.closed else 0
+        inbound = sum(1 for lk in self.links.values() if not lk.outbound) - freed
         inbound += sum(1 for lk in self._stranger_swaps if not lk.closed)
         return (
-            len(self.links) < self.config.max_degree
+            len(self.links) - freed < self.config.max_degree
             and inbound < self.config.max_degree - self.config.target_degree
         )
 
@@ -741,7 +765,7 @@ class ExchangeNode:
             if self.swap_links.get(peer) is link:
                 del self.swap_links[peer]
             link.swap_only = False
-            if not self._mesh_slot_free():
+            if not self._mesh_slot_free(again=peer):
                 log.info("refusing %s as a neighbour: no inbound slot", peer.hex()[:12])
                 link.close()
                 return False
@@ -759,6 +783,7 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
             self._dump_rest.pop(link, None)
+            self._missed.pop(link, None)
             link.swap_only = True
             if not self._direct_peer(peer):
                 # A stranger's swap link keeps the inbound mesh slot it was accepted in (it
@@ -806,6 +831,23 @@ class ExchangeNode:
             del self._dump_wait[link]
             self._dump_book(link)
 
+    def _redump_missed(self) -> None:
+        """Links that missed gossip at a full write buffer get the book again (the dump
+        budget and queue apply) once the buffer is half drained and a dump under way has
+        ended (its offers were taken before the missed one); one queued but not started
+        will carry it."""
+        for link in list(self._missed):
+            if link.closed or self.links.get(link.peer_id) is not link or link in self._dump_wait:
+                del self._missed[link]
+                continue
+            if link in self._dump_rest:
+                continue
+            if link.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT // 2:
+                continue
+            del self._missed[link]
+            self.stats.book_redumps += 1
+            self._send_book(link)
+
     def _dump_book(self, link: Link) -> None:
         offers = self.book.all(now_ms())
         if not offers:
@@ -852,6 +894,7 @@ class ExchangeNode:
             self._feelers.discard(link)
             self._dump_wait.pop(link, None)
             self._dump_rest.pop(link, None)
+            self._missed.pop(link, None)
             self._stranger_swaps.discard(link)
             self._asked.pop(link, None)
             self._answered.pop(link, None)
@@ -916,6 +959,12 @@ class ExchangeNode:
                 if source is not None and source in self.links:
                     self._abuse(self.links[source], "peers: announced a wrong node id", 5)
                 return
+            if isinstance(exc, LinkError) and "expected peer" in str(exc):
+                # A bootstrap address (configured without an id) now answers with another
+                # key: the next dial takes whoever answers there (the binding expected the old
+                # key forever, so a bootstrap peer that changed its key was never linked again).
+                self._known[addr] = None
+                self._verified.discard(addr)
             attempts, _ = self._backoff.get(addr, (0, 0.0))
             if attempts + 1 >= self.config.max_dial_failures and not bootstrap:
                 source = self._source.get(addr)
@@ -924,10 +973,15 @@ class ExchangeNode:
                 if source is not None and source in self.links:
                     self._abuse(self.links[source], "peers: announced an address that is dead", 2)
                 return
-            delay = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempts)
-            delay *= (
-                0.5 + self._rng.random()
-            )  # jitter keeps a healing network from dialling in step
+            cap = self.config.backoff_max_s
+            if bootstrap and not self.config.discover:
+                # A fixed topology's bootstrap peers are its only neighbours: one that
+                # restarted (a minute or two under load) is dialled again within seconds of
+                # its return, not after up to 450 s (a refused dial costs next to nothing).
+                cap = min(cap, FIXED_BACKOFF_MAX_S)
+            delay = min(cap, self.config.backoff_base_s * 2**attempts)
+            # jitter keeps a healing network from dialling in step; never beyond the cap
+            delay = min(cap, delay * (0.5 + self._rng.random()))
             self._backoff[addr] = (attempts + 1, time.monotonic() + delay)
             log.info("dial %s:%d failed (%s); retry in %.2fs", *addr, type(exc).__name__, delay)
         finally:
@@ -947,6 +1001,7 @@ class ExchangeNode:
         self.book.sweep(now)
         for link in list(self._dump_rest):
             self._dump_more(link)
+        self._redump_missed()
         self._send_waiting_books()
         self._sweep_relay(now)
         # An initiator's state outlives its claim by the time settling may take.
@@ -961,6 +1016,9 @@ class ExchangeNode:
             if self._scores[peer] < 1:
                 del self._scores[peer]
         linked = set(self.links)
+        if not self.config.discover:
+            self._dial_fixed(mono, linked)
+            return
         want = self.config.target_degree - len(self.links) - len(self._dialing)
         # However many peers linked in, keep half the target degree of links we dialled
         # ourselves (from our own table): inbound links alone cannot eclipse us.
@@ -1011,16 +1069,49 @@ class ExchangeNode:
             else:
                 self._claims_by_peer.pop(st.upstream, None)
 
+    def _dial_fixed(self, mono: float, linked: set[bytes]) -> None:
+        """A fixed topology (``discover = False``): dial each bootstrap address whose node
+        is not linked (backoff applies), whatever the degree, and nothing else. Before, the
+        node kept only a degree: a bootstrap peer not up yet was replaced by any address a
+        peer had announced, and at its degree the node never dialled that peer again (the
+        crash matrix's maker linked a taker instead of ``relay2``: the node behind ``relay2``
+        never got its offers, and the taker routed to it directly, no relay paid)."""
+        room = self.config.max_degree - len(self.links) - len(self._dialing)
+        dialing = {self._known.get(a) for a in self._dialing}
+        for addr in self.config.bootstrap:
+            if room <= 0:
+                return
+            nid = self._known.get(addr)
+            if (
+                addr in self._dialing
+                or (nid is not None and (nid in linked or nid in dialing or nid == self.node_id))
+                or (nid is not None and self._banned.get(nid, 0.0) > mono)
+                or self._backoff.get(addr, (0, 0.0))[1] > mono
+            ):
+                continue
+            self._dialing.add(addr)
+            dialing.add(nid)
+            self._spawn(self._dial(addr))
+            room -= 1
+
     def _dial_candidates(self, mono: float, linked: set[bytes]) -> list[tuple[str, int]]:
-        return [
-            addr
-            for addr, nid in self._known.items()
-            if addr not in self._dialing
-            and nid not in linked
-            and nid != self.node_id
-            and (nid is None or self._banned.get(nid, 0.0) <= mono)
-            and self._backoff.get(addr, (0, 0.0))[1] <= mono
-        ]
+        """Known addresses to dial: one per node id, and none of a node being dialled (two
+        links dialled to one peer at once would each be kept by a different end: a peer
+        dialling in again replaces its old link, while the dialer keeps its older one)."""
+        busy = {self._known.get(a) for a in self._dialing}
+        out: list[tuple[str, int]] = []
+        for addr, nid in self._known.items():
+            if (
+                addr not in self._dialing
+                and nid not in linked
+                and nid != self.node_id
+                and (nid is None or (nid not in busy and self._banned.get(nid, 0.0) <= mono))
+                and self._backoff.get(addr, (0, 0.0))[1] <= mono
+            ):
+                out.append(addr)
+                if nid is not None:
+                    busy.add(nid)
+        return out
 
     def _feel(self, mono: float, linked: set[bytes]) -> None:
         """Dial one feeler: the known, unlinked address tried least recently (never tried
@@ -1204,7 +1295,10 @@ class ExchangeNode:
             return
         framed = encode_frame(Frame("offer", {"m": so.raw}).to_bytes())
         for link in targets:
-            link.send_raw(framed)
+            if not link.send_raw(framed) and not link.closed:
+                # Dropped at a full write buffer (a peer reading slowly, e.g. through a large
+                # book dump): it would learn the offer only at its maker's re-announcement.
+                self._missed[link] = None
 
     def _h_offer(self, link: Link, body: dict[str, Any]) -> None:
         raw = body.get("m")

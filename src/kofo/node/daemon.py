@@ -410,7 +410,9 @@ class Node:
     def _exchange_config(self) -> ExchangeConfig:
         options = dict(self._exchange_options)
         if not self.config.discover:
-            # a fixed topology: dial the bootstrap peers only, no feelers to learned addresses
+            # a fixed topology: dial the bootstrap peers only (each until it is linked, never a
+            # learned address), no feelers
+            options.setdefault("discover", False)
             options.setdefault("target_degree", len(self.config.bootstrap))
             options.setdefault("feeler_s", 0.0)
         options.setdefault("target_degree", self.config.target_degree)
