@@ -351,6 +351,31 @@ def _takes_key(provider: bytes, quote_id: bytes) -> bytes:
     return b"takes/" + provider + quote_id
 
 
+def _quote_terms_mismatch(quote: Quote, order: SettlementOrder) -> str | None:
+    """Why ``order`` does not trade ``quote``'s terms (None if it does): the provider is paid
+    exactly ``take_amount`` of ``take_asset`` on its one incoming leg and pays exactly
+    ``give_amount`` of ``give_asset`` on its one outgoing leg. Without it a taker's order could
+    ask a price the provider never quoted (an honest provider refusing it was slashed), and a
+    provider could "fill" its quote with dust legs locked to its own sybil."""
+    ins = [i for i, leg in enumerate(order.legs) if leg.recipient == quote.provider]
+    outs = [i for i, leg in enumerate(order.legs) if leg.sender == quote.provider]
+    if len(ins) != 1 or len(outs) != 1:
+        return "the provider holds no leg of the order: a quote prices a trade it is on"
+    (i,), (o,) = ins, outs
+    pay_in, pay_out = order.legs[i], order.legs[o]
+    if (pay_in.asset, pay_in.amount) != (quote.take_asset, quote.take_amount):
+        return (
+            f"legs[{i}] pays the provider {pay_in.amount} {pay_in.asset}, the quote takes "
+            f"{quote.take_amount} {quote.take_asset}"
+        )
+    if (pay_out.asset, pay_out.amount) != (quote.give_asset, quote.give_amount):
+        return (
+            f"legs[{o}] has the provider pay {pay_out.amount} {pay_out.asset}, the quote gives "
+            f"{quote.give_amount} {quote.give_asset}"
+        )
+    return None
+
+
 def _bal_key(node: bytes, asset: str) -> bytes:
     return b"bal/" + node + b"/" + asset.encode()
 
@@ -1987,6 +2012,28 @@ class LedgerApp:
             raise EvidenceInvalid("the taker and the provider must both be parties of the order")
         if not any(q.node == quote.provider and q.quote_id == quote.quote_id for q in order.quotes):
             raise EvidenceInvalid("the order does not use the provider's quote")
+        # The taker writes the whole order, the provider's side included: it must be one an
+        # honest provider can commit and fill, or refusing it would be "not honouring" it.
+        mismatch = _quote_terms_mismatch(quote, order)
+        if mismatch is not None:
+            raise EvidenceInvalid(f"the taken order does not trade the quote's terms: {mismatch}")
+        # The provider's leg keys are the only ones the taken order carries no proof for: they
+        # must be the chain addresses it registered, or a taker could name an address the
+        # provider does not hold and have it slashed for an order it could never commit.
+        registered = self._node(view, quote.provider, "provider").get("addresses", {})
+        for i, leg in enumerate(order.legs):
+            for role, node, address in (
+                ("sender", leg.sender, leg.sender_address),
+                ("recipient", leg.recipient, leg.recipient_address),
+            ):
+                known = registered.get(leg.chain)
+                if node == quote.provider and (
+                    not isinstance(known, str) or known.lower() != address.lower()
+                ):
+                    raise EvidenceInvalid(
+                        f"the taken order's legs[{i}].{role}_address is not the provider's "
+                        f"registered {leg.chain} address"
+                    )
         signers = [sig.signer for sig in commit.signatures]
         wanted = [p for p in parties if p != quote.provider]
         if sorted(signers) != sorted(wanted) or len(set(signers)) != len(signers):
@@ -2063,6 +2110,8 @@ class LedgerApp:
                 break
         if not earlier:
             return  # the quote went to a sybil, or to a later taker: not honoured
+        if _quote_terms_mismatch(quote, used) is not None:
+            return  # an order at another price or size (dust legs, say) fills nothing
         oid = used.order_id.hex()
         if state["status"] == "settled":
             raise EvidenceInvalid(

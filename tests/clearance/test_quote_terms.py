@@ -1,0 +1,140 @@
+"""Issue 17, attacker-briefed review of the open-quote rules: a taken order must trade the
+quote's own terms at the provider's own addresses.
+
+The ledger checked that a take's order used the provider's quote id, but never that it traded
+the quote's price: the taker writes the whole order, the provider's legs included. So a taker
+had an honest provider slashed for refusing a price it never quoted (or an order paying an
+address it does not hold, which it could not even commit), and a provider "filled" its open
+quote with dust legs locked to its own sybil, excusing itself towards every real taker. Real
+ledger app, in process (solo attestations).
+"""
+
+import dataclasses
+
+import pytest
+
+from kofo.wire.orders import (
+    CommitOrder,
+    LegOutcome,
+    Quote,
+    derive_quote_id,
+    sign_tx,
+    with_derived_id,
+)
+
+from .helpers import Ledger, Party, leg_address, prove_legs, take_evidence, take_order
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def net():
+    ledger = Ledger()
+    m1 = Party.make(1)  # the honest (or, below, cheating) provider
+    alice, sybil = Party.make(2), Party.make(4)
+    ledger.ok(*(p.register_tx() for p in (m1, alice, sybil)))
+    ledger.bonded(m1, alice, sybil)
+    return ledger, m1, alice, sybil
+
+
+def _codes(result):
+    return [r.error for r in result.results]
+
+
+def _quote(ledger, provider, *, taker=bytes(32)):
+    quote = Quote(bytes(16), provider.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, taker)
+    return dataclasses.replace(quote, quote_id=derive_quote_id(quote))
+
+
+def _untouched(ledger, party):
+    return ledger.app.node(party.id)["penalty_points"] == 0 and ledger.app.bond(party.id) == (
+        party.bond
+    )
+
+
+def _resign(commit, provider, route, **leg_changes):
+    """``commit``'s order with legs changed (``{index: {field: value}}``), re-derived and
+    signed again by everyone on ``route`` but the provider."""
+    legs = list(commit.order.legs)
+    for i, changes in leg_changes.items():
+        legs[int(i)] = dataclasses.replace(legs[int(i)], **changes)
+    order = with_derived_id(dataclasses.replace(commit.order, legs=tuple(legs)))
+    signed = CommitOrder(order, tuple(order.sign(p.key) for p in route if p is not provider))
+    return prove_legs(signed, skip=provider.id)
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [
+        {"give_amount": 10_000},  # the provider pays ten times what it quoted
+        {"take_amount": 5_000},  # the taker pays a tenth of the quote
+        {"give_amount": 1, "take_amount": 1},  # another size
+    ],
+)
+@pytest.mark.parametrize("named", [True, False])
+def test_a_take_at_a_price_the_provider_never_quoted_is_refused(net, terms, named):
+    ledger, m1, alice, _ = net
+    quote = _quote(ledger, m1, taker=alice.id if named else bytes(32))
+    other_price = take_order(dataclasses.replace(quote, **terms), m1, alice)
+    ev = take_evidence(quote, m1, alice, order=other_price)
+    result = ledger.block(ev)
+    # old code: "" (recorded), and after the honour window the honest provider, which never
+    # committed an order at that price, was slashed
+    assert _codes(result) == ["evidence_invalid"]
+    assert "does not trade the quote's terms" in result.results[0].log
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]
+    assert _untouched(ledger, m1)
+
+
+def test_a_take_paying_the_provider_at_an_address_it_never_registered_is_refused(net):
+    # The provider's leg keys are the only ones a take's order carries no proof for: a taker
+    # naming its own address as the provider's receiving one left the provider an order it
+    # could not commit (leg_key_unproven), slashed for "not honouring" it.
+    ledger, m1, alice, _ = net
+    quote = _quote(ledger, m1, taker=alice.id)
+    honest = take_order(quote, m1, alice)
+    paid_in = next(i for i, leg in enumerate(honest.order.legs) if leg.recipient == m1.id)
+    chain = honest.order.legs[paid_in].chain
+    stolen = _resign(
+        honest,
+        m1,
+        [alice, m1],
+        **{str(paid_in): {"recipient_address": leg_address(chain, "alice-own")}},
+    )
+    result = ledger.block(take_evidence(quote, m1, alice, order=stolen))
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (recorded)
+    assert "registered" in result.results[0].log
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(take_evidence(quote, m1, alice, order=stolen), time=late)) == [
+        "evidence_invalid"
+    ]
+    assert _untouched(ledger, m1)
+    # the same take at the provider's registered addresses is recorded
+    again = _quote(ledger, m1, taker=alice.id)
+    assert _codes(ledger.block(take_evidence(again, m1, alice))) == [""]
+
+
+def test_a_provider_filling_its_open_quote_with_dust_locked_to_its_sybil_is_still_slashed(net):
+    ledger, m1, alice, sybil = net
+    quote = _quote(ledger, m1)
+    dust = take_order(dataclasses.replace(quote, give_amount=1, take_amount=1), m1, sybil)
+    # The sybil's take of a dust order is no take of this quote (old code: recorded first).
+    assert _codes(ledger.block(take_evidence(quote, m1, sybil, order=dust))) == ["evidence_invalid"]
+    # The provider commits the dust order itself, spending the quote ahead of alice's take.
+    full = CommitOrder(dust.order, (*dust.signatures, dust.order.sign(m1.key)))
+    ledger.ok(sign_tx(m1.key, prove_legs(full)))
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]  # recorded: the quote was spent by the dust order
+    # sybil and provider lock their dust legs, in time and in order
+    ledger.chains.see(dust.order, 0, LegOutcome.LOCKED)
+    ledger.chains.see(dust.order, 1, LegOutcome.LOCKED)
+    ledger.attested(time=dust.order.legs[1].lock_by)
+    p = ledger.app.params
+    judged = max(leg.lock_by for leg in dust.order.legs) + p.attest_grace + p.honour_grace + 1
+    result = ledger.block(ev, time=max(judged, ledger.time))
+    # old code: evidence_invalid, "filled an earlier take" (two dust locks excused the provider
+    # towards every real taker)
+    assert _codes(result) == [""]
+    assert ledger.app.node(m1.id)["penalty_points"] == 50
+    assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 200 // 10_000
