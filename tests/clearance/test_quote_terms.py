@@ -138,3 +138,24 @@ def test_a_provider_filling_its_open_quote_with_dust_locked_to_its_sybil_is_stil
     assert _codes(result) == [""]
     assert ledger.app.node(m1.id)["penalty_points"] == 50
     assert ledger.app.bond(m1.id) == m1.bond - m1.bond * 200 // 10_000
+
+
+def test_a_named_quote_filled_with_the_providers_sybil_does_not_excuse_the_provider(net):
+    # A quote named to alice is alice's alone: no first come, first served. The provider spent
+    # it in an order with its own sybil (at the quote's terms, its own money both ways) ahead
+    # of alice's take, locked both legs in time, and was excused as if it had filled an
+    # earlier take.
+    ledger, m1, alice, sybil = net
+    quote = _quote(ledger, m1, taker=alice.id)
+    sham = take_order(quote, m1, sybil)
+    full = CommitOrder(sham.order, (*sham.signatures, sham.order.sign(m1.key)))
+    ledger.ok(sign_tx(m1.key, prove_legs(full)))
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]
+    ledger.chains.see(sham.order, 0, LegOutcome.LOCKED)
+    ledger.chains.see(sham.order, 1, LegOutcome.LOCKED)
+    ledger.attested(time=sham.order.legs[1].lock_by)
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    result = ledger.block(ev, time=max(late, ledger.time))
+    assert _codes(result) == [""]  # old code: evidence_invalid, "filled an earlier take"
+    assert ledger.app.node(m1.id)["penalty_points"] == 50

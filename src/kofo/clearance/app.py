@@ -2094,6 +2094,11 @@ class LedgerApp:
         refused as early."""
         p = self._params
         provider = quote.provider
+        if quote.taker != bytes(NODE_ID_SIZE):
+            # A named quote is its taker's alone (no first come, first served): an order that
+            # spent it without the taker (the provider's own sybil, filled with its own money
+            # both ways) honoured nobody.
+            return
         earlier = bytes(recorded.get("spent_by", b"")) == used.order_id
         for node in used.parties():
             if earlier:
