@@ -241,6 +241,14 @@ def quote_legs(order: SettlementOrder, quote: Quote) -> SettlementOrder:
                 else BlockHeight(800_000 + n - i),
             )
         )
+    # the provider's own leg is due attest_grace after the leg paying it in (the ledger's rule:
+    # it may lock only once paid in), and the legs after it no earlier
+    grace = LedgerParams().attest_grace
+    pays = next(i for i, leg in enumerate(legs) if leg.sender == quote.provider)
+    for i in range(max(pays, 1), n):
+        least = legs[i - 1].lock_by + (grace if i == pays else 0)
+        if legs[i].lock_by < least:
+            legs[i] = dataclasses.replace(legs[i], lock_by=least)
     fee = protocol_fee(legs[0].amount, order.protocol_fee_bps) if order.protocol_fee_bps else 0
     return dataclasses.replace(order, legs=tuple(legs), protocol_fee=fee)
 

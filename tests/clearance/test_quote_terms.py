@@ -159,3 +159,23 @@ def test_a_named_quote_filled_with_the_providers_sybil_does_not_excuse_the_provi
     result = ledger.block(ev, time=max(late, ledger.time))
     assert _codes(result) == [""]  # old code: evidence_invalid, "filled an earlier take"
     assert ledger.app.node(m1.id)["penalty_points"] == 50
+
+
+def test_a_take_order_leaving_the_provider_no_time_to_lock_after_the_taker_is_refused(net):
+    # The taker writes the lock_by of every leg: with the provider's leg due when its own is
+    # (the route rule allows equal lock_by), it locks at the last in-time moment and the
+    # provider, who may lock only after being paid in, cannot be attested in time. It was
+    # slashed for not locking (5 %) if it honoured the take, for not honouring it (2 %) if not.
+    ledger, m1, alice, _ = net
+    quote = _quote(ledger, m1, taker=alice.id)
+    honest = take_order(quote, m1, alice)
+    squeezed = _resign(honest, m1, [alice, m1], **{"1": {"lock_by": honest.order.legs[0].lock_by}})
+    result = ledger.block(take_evidence(quote, m1, alice, order=squeezed))
+    # old code: "" (recorded); the provider honoured it, alice locked at lock_by + attest_grace
+    # and the provider's lock, attested a block later, was "late": leg_not_locked slashed it
+    assert _codes(result) == ["evidence_invalid"]
+    assert "attest_grace" in result.results[0].log
+    # the helper's take order gives the provider attest_grace after the taker's leg: recorded
+    assert _codes(ledger.block(take_evidence(quote, m1, alice, order=honest))) == [""]
+    legs = honest.order.legs
+    assert legs[1].lock_by - legs[0].lock_by >= ledger.app.params.attest_grace

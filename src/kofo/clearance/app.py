@@ -2017,6 +2017,19 @@ class LedgerApp:
         mismatch = _quote_terms_mismatch(quote, order)
         if mismatch is not None:
             raise EvidenceInvalid(f"the taken order does not trade the quote's terms: {mismatch}")
+        # The provider may lock only once paid in, and the leg paying it in counts as in time if
+        # attested by its lock_by + attest_grace: its own leg must then leave it as long again,
+        # or a taker locking at the last in-time moment had an honest provider slashed
+        # (leg_not_locked if it honoured the take, quote_not_honoured if not).
+        paid_in = next(i for i, leg in enumerate(order.legs) if leg.recipient == quote.provider)
+        pays = next(i for i, leg in enumerate(order.legs) if leg.sender == quote.provider)
+        gap = order.legs[pays].lock_by - order.legs[paid_in].lock_by
+        if gap < self._params.attest_grace:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}].lock_by (the provider's) is {gap}s after "
+                f"legs[{paid_in}].lock_by (paying it in), less than attest_grace "
+                f"{self._params.attest_grace}: the provider could not lock in time after it"
+            )
         # The provider's leg keys are the only ones the taken order carries no proof for: they
         # must be the chain addresses it registered, or a taker could name an address the
         # provider does not hold and have it slashed for an order it could never commit.
