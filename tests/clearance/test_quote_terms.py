@@ -16,13 +16,23 @@ import pytest
 from kofo.wire.orders import (
     CommitOrder,
     LegOutcome,
+    OrderKind,
     Quote,
     derive_quote_id,
     sign_tx,
     with_derived_id,
 )
 
-from .helpers import Ledger, Party, leg_address, prove_legs, take_evidence, take_order
+from .helpers import (
+    Ledger,
+    Party,
+    commit_tx,
+    leg_address,
+    make_order,
+    prove_legs,
+    take_evidence,
+    take_order,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -179,3 +189,41 @@ def test_a_take_order_leaving_the_provider_no_time_to_lock_after_the_taker_is_re
     assert _codes(ledger.block(take_evidence(quote, m1, alice, order=honest))) == [""]
     legs = honest.order.legs
     assert legs[1].lock_by - legs[0].lock_by >= ledger.app.params.attest_grace
+
+
+def test_a_providers_sybil_using_a_recorded_takes_payment_hash_does_not_excuse_it(net):
+    # The payment hash of a recorded take's order is public (in the block). Anyone could
+    # commit another order with it; the ledger then excused the provider ("the provider could
+    # not commit the taken order"), a rule meant for a taker sabotaging its own take. The
+    # provider's sybils did it with a junk direct order of their own and escaped.
+    ledger, m1, alice, sybil = net
+    sybil2 = Party.make(5)
+    ledger.ok(sybil2.register_tx())
+    quote = _quote(ledger, m1, taker=alice.id)
+    taken = take_order(quote, m1, alice)
+    ev = take_evidence(quote, m1, alice, order=taken)
+    ledger.ok(ev)
+    junk = make_order([sybil, sybil2], kind=OrderKind.DIRECT, t0=ledger.time)
+    junk = with_derived_id(dataclasses.replace(junk, payment_hash=taken.order.payment_hash))
+    result = ledger.block(commit_tx(junk, [sybil, sybil2], sybil, ts=ledger.time))
+    assert _codes(result) == ["already_exists"]  # old code: "" (committed)
+    # the provider can still commit the taken order itself, until its window ends
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == [""]  # old code: evidence_invalid
+    assert ledger.app.node(m1.id)["penalty_points"] == 50
+
+
+def test_the_provider_can_commit_a_recorded_take_whose_payment_hash_is_reserved(net):
+    ledger, m1, alice, _ = net
+    quote = _quote(ledger, m1, taker=alice.id)
+    taken = take_order(quote, m1, alice)
+    ev = take_evidence(quote, m1, alice, order=taken)
+    ledger.ok(ev)
+    full = CommitOrder(taken.order, (*taken.signatures, taken.order.sign(m1.key)))
+    commit = sign_tx(m1.key, prove_legs(full))
+    ledger.ok(commit)
+    assert ledger.app.order(taken.order.order_id)["status"] == "committed"
+    assert _codes(ledger.block(commit)) == ["already_exists"]  # and only once
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]  # honoured
+    assert _untouched(ledger, m1)

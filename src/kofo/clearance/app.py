@@ -853,7 +853,11 @@ class LedgerApp:
         elif isinstance(body, CommitOrder):
             # (a committed order's replay: its id is derived from its content, payment hash
             # included, and a payment hash serves one order ever)
-            if get(b"payhash/" + body.order.payment_hash) is not None:
+            # (a recorded take reserves its order's payment hash for that order alone)
+            used = get(b"payhash/" + body.order.payment_hash)
+            if used is not None and (
+                used != body.order.order_id or get(_order_key(used)) is not None
+            ):
                 raise AlreadyExists(
                     f"payment hash {body.order.payment_hash.hex()} is already used by another order"
                 )
@@ -1174,7 +1178,8 @@ class LedgerApp:
         # an honest order's legs under other node ids would be settled by the honest swap's
         # locks and redeems (volume, importance and fee shares for nobody's money). One order
         # per payment hash, ever (an honest swap never reuses one: its preimage is public).
-        if view.get(b"payhash/" + order.payment_hash) is not None:
+        # (a recorded take reserved its order's payment hash: that order may still use it)
+        if view.get(b"payhash/" + order.payment_hash) not in (None, order.order_id):
             raise AlreadyExists(
                 f"payment hash {order.payment_hash.hex()} is already used by another order"
             )
@@ -1900,6 +1905,11 @@ class LedgerApp:
                     )
                 self._check_take_order(view, ctx, quote, take, tx.order)
                 spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
+                # The take's order keeps its payment hash: anyone (the provider's sybil) could
+                # otherwise commit another order with it, public in this block, and the taken
+                # order became uncommittable, excusing the provider (judged below).
+                assert tx.order is not None  # (_check_take_order)
+                view.set(b"payhash/" + tx.order.order.payment_hash, take.order_id)
                 seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
                 view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
