@@ -108,11 +108,13 @@ class Party:
         pub, priv = _paillier(i % 6)
         return cls(Ed25519PrivateKey.from_private_bytes(seed), pub, priv, bond, monitor)
 
-    def register_tx(self, ts: int = T0) -> bytes:
+    def register_tx(self, ts: int = T0, *, addresses: dict[str, str] | None = None) -> bytes:
         seed, proof = privacy.zero_seed(self.paillier_pub, privacy.register_context(self.id))
         n = privacy.public_modulus(self.paillier_pub)
         body = RegisterNode(
-            addresses={c: node_address(self.id, c) for c in ("btc", "eth")},
+            addresses={c: node_address(self.id, c) for c in ("btc", "eth")}
+            if addresses is None
+            else addresses,
             paillier_n=n,
             balance_seed=seed,
             bond=self.bond,

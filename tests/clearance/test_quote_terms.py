@@ -29,6 +29,7 @@ from .helpers import (
     commit_tx,
     leg_address,
     make_order,
+    node_address,
     prove_legs,
     take_evidence,
     take_order,
@@ -227,3 +228,21 @@ def test_the_provider_can_commit_a_recorded_take_whose_payment_hash_is_reserved(
     late = quote.valid_until + ledger.app.params.honour_grace + 1
     assert _codes(ledger.block(ev, time=late)) == ["evidence_invalid"]  # honoured
     assert _untouched(ledger, m1)
+
+
+@pytest.mark.parametrize("chains", [(), ("btc",)])
+def test_a_provider_that_registered_no_address_for_a_quoted_chain_is_still_accountable(chains):
+    # The provider's leg addresses must be its registered ones: a provider registering none for
+    # a chain it quotes on must not thereby make every take of its quotes unrecordable (and its
+    # false prices unpunishable). Without one, the taker's order names the provider's address.
+    ledger = Ledger()
+    m1, alice = Party.make(1), Party.make(2)
+    registered = {c: node_address(m1.id, c) for c in chains}
+    ledger.ok(m1.register_tx(addresses=registered), alice.register_tx())
+    ledger.bonded(m1, alice)
+    quote = _quote(ledger, m1, taker=alice.id)
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]  # old code: evidence_invalid (no take possible)
+    late = quote.valid_until + ledger.app.params.honour_grace + 1
+    assert _codes(ledger.block(ev, time=late)) == [""]
+    assert ledger.app.node(m1.id)["penalty_points"] == 50

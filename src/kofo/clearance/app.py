@@ -2049,9 +2049,14 @@ class LedgerApp:
                 ("sender", leg.sender, leg.sender_address),
                 ("recipient", leg.recipient, leg.recipient_address),
             ):
+                # (none registered for the chain: the taker's order names it; otherwise a
+                # provider registering no address would make every take of its quotes
+                # unrecordable, and its false prices unpunishable)
                 known = registered.get(leg.chain)
-                if node == quote.provider and (
-                    not isinstance(known, str) or known.lower() != address.lower()
+                if (
+                    node == quote.provider
+                    and isinstance(known, str)
+                    and known.lower() != address.lower()
                 ):
                     raise EvidenceInvalid(
                         f"the taken order's legs[{i}].{role}_address is not the provider's "
