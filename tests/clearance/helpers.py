@@ -108,11 +108,13 @@ class Party:
         pub, priv = _paillier(i % 6)
         return cls(Ed25519PrivateKey.from_private_bytes(seed), pub, priv, bond, monitor)
 
-    def register_tx(self, ts: int = T0) -> bytes:
+    def register_tx(self, ts: int = T0, *, addresses: dict[str, str] | None = None) -> bytes:
         seed, proof = privacy.zero_seed(self.paillier_pub, privacy.register_context(self.id))
         n = privacy.public_modulus(self.paillier_pub)
         body = RegisterNode(
-            addresses={"btc": "02" + self.id.hex()[:64], "eth": "0x" + self.id.hex()[:40]},
+            addresses={c: node_address(self.id, c) for c in ("btc", "eth")}
+            if addresses is None
+            else addresses,
             paillier_n=n,
             balance_seed=seed,
             bond=self.bond,
@@ -199,6 +201,58 @@ def leg_address(chain: str, label: str) -> str:
     address = address_of(key, KeyKind.ETHEREUM if chain == "eth" else KeyKind.SECP256K1)
     LEG_KEYS[address] = key
     return address
+
+
+def node_address(node: bytes, chain: str) -> str:
+    """The ``chain`` address node ``node`` registers (its key held by the tests)."""
+    return leg_address(chain, f"node-{node.hex()}")
+
+
+def quote_legs(order: SettlementOrder, quote: Quote) -> SettlementOrder:
+    """``order`` with the provider's legs trading ``quote``'s terms (its incoming leg pays
+    ``take_amount`` of ``take_asset``, its outgoing leg ``give_amount`` of ``give_asset``) at
+    the provider's registered addresses, as the ledger requires of a taken order."""
+    n = len(order.legs)
+    legs = []
+    for i, leg in enumerate(order.legs):
+        if leg.recipient == quote.provider:
+            asset, amount = quote.take_asset, quote.take_amount
+        elif leg.sender == quote.provider:
+            asset, amount = quote.give_asset, quote.give_amount
+        else:
+            legs.append(leg)
+            continue
+        chain = asset.split(":", 1)[0]
+        token = asset.split(":", 1)[1] if ":" in asset else None
+
+        def addr(node: bytes, label: int, chain: str = chain) -> str:
+            if node == quote.provider:
+                return node_address(node, chain)
+            return leg_address(chain, f"{chain}-addr-{label}")
+
+        legs.append(
+            dataclasses.replace(
+                leg,
+                chain=chain,
+                token=token,
+                amount=amount,
+                sender_address=addr(leg.sender, i),
+                recipient_address=addr(leg.recipient, i + 1),
+                expiry=UnixTime(leg.expiry_time)
+                if chain == "eth"
+                else BlockHeight(800_000 + n - i),
+            )
+        )
+    # the provider's own leg is due attest_grace after the leg paying it in (the ledger's rule:
+    # it may lock only once paid in), and the legs after it no earlier
+    grace = LedgerParams().attest_grace
+    pays = next(i for i, leg in enumerate(legs) if leg.sender == quote.provider)
+    for i in range(max(pays, 1), n):
+        least = legs[i - 1].lock_by + (grace if i == pays else 0)
+        if legs[i].lock_by < least:
+            legs[i] = dataclasses.replace(legs[i], lock_by=least)
+    fee = protocol_fee(legs[0].amount, order.protocol_fee_bps) if order.protocol_fee_bps else 0
+    return dataclasses.replace(order, legs=tuple(legs), protocol_fee=fee)
 
 
 def hold_keys(*accounts: object) -> None:
@@ -350,7 +404,7 @@ def take_order(
     )
     if not any(q.node == provider.id for q in quotes):
         quotes += (FeeQuote(provider.id, QuoteRole.PROVIDER, quote.quote_id),)
-    order = with_derived_id(dataclasses.replace(order, quotes=quotes))
+    order = with_derived_id(quote_legs(dataclasses.replace(order, quotes=quotes), quote))
     commit = CommitOrder(order, tuple(order.sign(p.key) for p in route if p is not provider))
     return prove_legs(commit, skip=provider.id)
 

@@ -351,6 +351,31 @@ def _takes_key(provider: bytes, quote_id: bytes) -> bytes:
     return b"takes/" + provider + quote_id
 
 
+def _quote_terms_mismatch(quote: Quote, order: SettlementOrder) -> str | None:
+    """Why ``order`` does not trade ``quote``'s terms (None if it does): the provider is paid
+    exactly ``take_amount`` of ``take_asset`` on its one incoming leg and pays exactly
+    ``give_amount`` of ``give_asset`` on its one outgoing leg. Without it a taker's order could
+    ask a price the provider never quoted (an honest provider refusing it was slashed), and a
+    provider could "fill" its quote with dust legs locked to its own sybil."""
+    ins = [i for i, leg in enumerate(order.legs) if leg.recipient == quote.provider]
+    outs = [i for i, leg in enumerate(order.legs) if leg.sender == quote.provider]
+    if len(ins) != 1 or len(outs) != 1:
+        return "the provider holds no leg of the order: a quote prices a trade it is on"
+    (i,), (o,) = ins, outs
+    pay_in, pay_out = order.legs[i], order.legs[o]
+    if (pay_in.asset, pay_in.amount) != (quote.take_asset, quote.take_amount):
+        return (
+            f"legs[{i}] pays the provider {pay_in.amount} {pay_in.asset}, the quote takes "
+            f"{quote.take_amount} {quote.take_asset}"
+        )
+    if (pay_out.asset, pay_out.amount) != (quote.give_asset, quote.give_amount):
+        return (
+            f"legs[{o}] has the provider pay {pay_out.amount} {pay_out.asset}, the quote gives "
+            f"{quote.give_amount} {quote.give_asset}"
+        )
+    return None
+
+
 def _bal_key(node: bytes, asset: str) -> bytes:
     return b"bal/" + node + b"/" + asset.encode()
 
@@ -828,7 +853,11 @@ class LedgerApp:
         elif isinstance(body, CommitOrder):
             # (a committed order's replay: its id is derived from its content, payment hash
             # included, and a payment hash serves one order ever)
-            if get(b"payhash/" + body.order.payment_hash) is not None:
+            # (a recorded take reserves its order's payment hash for that order alone)
+            used = get(b"payhash/" + body.order.payment_hash)
+            if used is not None and (
+                used != body.order.order_id or get(_order_key(used)) is not None
+            ):
                 raise AlreadyExists(
                     f"payment hash {body.order.payment_hash.hex()} is already used by another order"
                 )
@@ -1149,7 +1178,8 @@ class LedgerApp:
         # an honest order's legs under other node ids would be settled by the honest swap's
         # locks and redeems (volume, importance and fee shares for nobody's money). One order
         # per payment hash, ever (an honest swap never reuses one: its preimage is public).
-        if view.get(b"payhash/" + order.payment_hash) is not None:
+        # (a recorded take reserved its order's payment hash: that order may still use it)
+        if view.get(b"payhash/" + order.payment_hash) not in (None, order.order_id):
             raise AlreadyExists(
                 f"payment hash {order.payment_hash.hex()} is already used by another order"
             )
@@ -1875,6 +1905,11 @@ class LedgerApp:
                     )
                 self._check_take_order(view, ctx, quote, take, tx.order)
                 spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
+                # The take's order keeps its payment hash: anyone (the provider's sybil) could
+                # otherwise commit another order with it, public in this block, and the taken
+                # order became uncommittable, excusing the provider (judged below).
+                assert tx.order is not None  # (_check_take_order)
+                view.set(b"payhash/" + tx.order.order.payment_hash, take.order_id)
                 seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
                 view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
@@ -1987,6 +2022,46 @@ class LedgerApp:
             raise EvidenceInvalid("the taker and the provider must both be parties of the order")
         if not any(q.node == quote.provider and q.quote_id == quote.quote_id for q in order.quotes):
             raise EvidenceInvalid("the order does not use the provider's quote")
+        # The taker writes the whole order, the provider's side included: it must be one an
+        # honest provider can commit and fill, or refusing it would be "not honouring" it.
+        mismatch = _quote_terms_mismatch(quote, order)
+        if mismatch is not None:
+            raise EvidenceInvalid(f"the taken order does not trade the quote's terms: {mismatch}")
+        # The provider may lock only once paid in, and the leg paying it in counts as in time if
+        # attested by its lock_by + attest_grace: its own leg must then leave it as long again,
+        # or a taker locking at the last in-time moment had an honest provider slashed
+        # (leg_not_locked if it honoured the take, quote_not_honoured if not).
+        paid_in = next(i for i, leg in enumerate(order.legs) if leg.recipient == quote.provider)
+        pays = next(i for i, leg in enumerate(order.legs) if leg.sender == quote.provider)
+        gap = order.legs[pays].lock_by - order.legs[paid_in].lock_by
+        if gap < self._params.attest_grace:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}].lock_by (the provider's) is {gap}s after "
+                f"legs[{paid_in}].lock_by (paying it in), less than attest_grace "
+                f"{self._params.attest_grace}: the provider could not lock in time after it"
+            )
+        # The provider's leg keys are the only ones the taken order carries no proof for: they
+        # must be the chain addresses it registered, or a taker could name an address the
+        # provider does not hold and have it slashed for an order it could never commit.
+        registered = self._node(view, quote.provider, "provider").get("addresses", {})
+        for i, leg in enumerate(order.legs):
+            for role, node, address in (
+                ("sender", leg.sender, leg.sender_address),
+                ("recipient", leg.recipient, leg.recipient_address),
+            ):
+                # (none registered for the chain: the taker's order names it; otherwise a
+                # provider registering no address would make every take of its quotes
+                # unrecordable, and its false prices unpunishable)
+                known = registered.get(leg.chain)
+                if (
+                    node == quote.provider
+                    and isinstance(known, str)
+                    and known.lower() != address.lower()
+                ):
+                    raise EvidenceInvalid(
+                        f"the taken order's legs[{i}].{role}_address is not the provider's "
+                        f"registered {leg.chain} address"
+                    )
         signers = [sig.signer for sig in commit.signatures]
         wanted = [p for p in parties if p != quote.provider]
         if sorted(signers) != sorted(wanted) or len(set(signers)) != len(signers):
@@ -2047,6 +2122,11 @@ class LedgerApp:
         refused as early."""
         p = self._params
         provider = quote.provider
+        if quote.taker != bytes(NODE_ID_SIZE):
+            # A named quote is its taker's alone (no first come, first served): an order that
+            # spent it without the taker (the provider's own sybil, filled with its own money
+            # both ways) honoured nobody.
+            return
         earlier = bytes(recorded.get("spent_by", b"")) == used.order_id
         for node in used.parties():
             if earlier:
@@ -2063,6 +2143,8 @@ class LedgerApp:
                 break
         if not earlier:
             return  # the quote went to a sybil, or to a later taker: not honoured
+        if _quote_terms_mismatch(quote, used) is not None:
+            return  # an order at another price or size (dust legs, say) fills nothing
         oid = used.order_id.hex()
         if state["status"] == "settled":
             raise EvidenceInvalid(
