@@ -172,6 +172,10 @@ class FixtureNode:
         self.refuse_sockets = False
         self.info_fails = False
         self.page_size = 50
+        # a slow read on demand: the next newest-page trade list read answers with what it read
+        # only once this event is set (trade_list_held says it is waiting)
+        self.hold_trade_list: threading.Event | None = None
+        self.trade_list_held = threading.Event()
 
     def kick(self) -> int:
         """Close every event WebSocket from the server side (from the test's thread), as a
@@ -621,6 +625,11 @@ def fixture_app(node: FixtureNode, token: str, readonly_token: str) -> FastAPI:
     @app.get("/v1/trades")
     async def trades(limit: int = 50, before: float | None = None) -> JSONResponse:
         found = await node.trades(limit=min(limit, node.page_size) + 1, before=before)
+        gate = node.hold_trade_list if before is None else None
+        if gate is not None:
+            node.hold_trade_list = None
+            node.trade_list_held.set()
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 60)
         page = found[: min(limit, node.page_size)]
         more = len(found) > len(page)
         return JSONResponse(

@@ -53,7 +53,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-from kofo.node.service import OfferSpec  # noqa: E402
+from kofo.node.service import OfferSpec, TradeRequest  # noqa: E402
 from tests.api.daemon_net import DaemonNet  # noqa: E402
 from tests.api.dashboard_fixture import (  # noqa: E402
     BTC,
@@ -239,6 +239,33 @@ def severe_console_errors(driver: Any) -> list[str]:
         and "Failed to load resource" not in e["message"]
         and "WebSocket connection to" not in e["message"]
     ]
+
+
+def place_and_cancel(driver: Any) -> str:
+    """Place a 0.01 trade from the trade view's form and cancel it (the double holds it before
+    commit, in "quoting"); returns its id."""
+    d = driver
+    d.find_element(By.ID, "trade-amount").clear()
+    d.find_element(By.ID, "trade-amount").send_keys("0.01")
+    wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
+    place = d.find_element(By.ID, "place-trade")
+    wait_for(d, "the trade button enabled", lambda d, p=place: p.is_enabled())
+    place.click()
+    wait_for(d, "the new trade", lambda d: text(d, "#current-trade .badge").lower() == "quoting")
+    trade_id = str(d.execute_script("return decodeURIComponent(location.hash.split('/')[2])"))
+    d.execute_script("document.querySelector('#current-trade button.danger').click()")
+    wait_for(d, "cancelled", lambda d: "cancelled" in text(d, "#current-trade .badge").lower())
+    return trade_id
+
+
+def listed_trades(driver: Any) -> list[str]:
+    """The trade ids in the trade view's list, top to bottom, read in one step."""
+    return list(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll('#trades tbody tr a'))"
+            ".map(a => a.textContent.trim())"
+        )
+    )
 
 
 # -- the tests -------------------------------------------------------------------------------
@@ -749,27 +776,91 @@ def test_older_swaps_and_trades_page_in_on_demand(browser, node):
 
         # the same for trades: two trades (one cancelled), one per page
         go(d, "trade", "#trade-form")
-        for _ in range(2):
-            d.find_element(By.ID, "trade-amount").clear()
-            d.find_element(By.ID, "trade-amount").send_keys("0.01")
-            wait_for(d, "quotes", lambda d: d.find_elements(By.ID, "chosen-quote"))
-            place = d.find_element(By.ID, "place-trade")
-            wait_for(d, "the trade button enabled", lambda d, p=place: p.is_enabled())
-            place.click()
+        place_and_cancel(d)
+        second = place_and_cancel(d)
+        # The list is re-read on the second trade's events, after its panel shows it: wait for
+        # that read (its one row is the second trade; one row alone was the list of the first
+        # trade too, with no older page yet). The same answer says there is an older page.
+        wait_for(d, "the second trade listed", lambda d: listed_trades(d) == [second])
+        d.find_element(By.ID, "older-trades").click()
+        wait_for(d, "the older trade", lambda d: len(listed_trades(d)) == 2)
+        wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-trades"))
+
+
+def test_a_list_read_that_ends_after_a_newer_one_does_not_replace_it(browser, node):
+    """Over the double's own app (a read held on demand): a user's list re-read on an event can
+    still be on its way when the next event's read starts and ends (a slow node, a busy
+    browser). The older answer, landing last, must not replace the newer one: here it would
+    drop the second trade and the *Show older trades* button, and no further event comes to
+    put them back."""
+    d = browser
+    node.page_size = 1
+    # count the page's newest-page trade list reads, started and answered (read in full)
+    d.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": """
+            window.__listReads = { started: 0, ended: 0 };
+            const fetch0 = window.fetch.bind(window);
+            window.fetch = async (url, opts) => {
+              if (!/^\\/v1\\/trades\\?limit=\\d+$/.test(String(url))) return fetch0(url, opts);
+              window.__listReads.started += 1;
+              let res;
+              try { res = await fetch0(url, opts); }
+              catch (err) { window.__listReads.ended += 1; throw err; }
+              const body = res.text.bind(res);
+              res.text = async () => {
+                try { return await body(); } finally { window.__listReads.ended += 1; }
+              };
+              return res;
+            };"""
+        },
+    )
+    with _Server(fixture_app(node, TOKEN, READONLY_TOKEN)) as server:
+        d.get(f"http://127.0.0.1:{server.port}/dashboard/#token={TOKEN}&view=trade")
+        wait_for(d, "the live event stream", lambda d: text(d, "#live") == "live")
+        go(d, "trade", "#trade-form")
+        first = place_and_cancel(d)
+        wait_for(d, "the first trade listed", lambda d: listed_trades(d) == [first])
+        assert not d.find_elements(By.ID, "older-trades")
+        # a re-read the node answers slowly: it read the list before the second trade existed
+        release = threading.Event()
+        node.hold_trade_list = release
+        try:
+            node.log.append("trade", {"trade_id": first, "state": "cancelled"})
+            assert node.trade_list_held.wait(WAIT), "the page did not re-read the list"
+            # meanwhile a second trade, placed by another client of the API (the CLI, the SDK):
+            # its one event, one re-read, answered and shown
+            second = asyncio.run(node.create_trade(TradeRequest(BTC, 1_000_000, ETH, 1))).trade_id
             wait_for(
                 d,
-                "the new trade",
-                lambda d: text(d, "#current-trade .badge").lower() == "quoting",
+                "the newer read shown",
+                lambda d: listed_trades(d) == [second] and d.find_elements(By.ID, "older-trades"),
             )
-            d.execute_script("document.querySelector('#current-trade button.danger').click()")
             wait_for(
-                d, "cancelled", lambda d: "cancelled" in text(d, "#current-trade .badge").lower()
+                d,
+                "only the held read out",
+                lambda d: d.execute_script(
+                    "const r = window.__listReads; return r.ended === r.started - 1"
+                ),
             )
-        rows = "#trades tbody tr"
-        wait_for(d, "one trade a page", lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 1)
+            reads = d.execute_script("return window.__listReads")
+        finally:
+            release.set()
+        # the held read answered and read, last (the page's handling of an answer runs to its
+        # end before the browser runs this test's next script)
+        wait_for(
+            d,
+            "the held read answered",
+            lambda d: d.execute_script("return window.__listReads")["ended"] == reads["started"],
+        )
+        assert d.execute_script("return window.__listReads")["started"] == reads["started"], (
+            "the page re-read the list after the held read: it cannot show what that read did"
+        )
+        assert listed_trades(d) == [second]
+        assert d.find_elements(By.ID, "older-trades")
         d.find_element(By.ID, "older-trades").click()
-        wait_for(d, "the older trade", lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == 2)
-        wait_for(d, "no more pages", lambda d: not d.find_elements(By.ID, "older-trades"))
+        wait_for(d, "the older trade", lambda d: listed_trades(d) == [second, first])
 
 
 def test_the_read_only_token_looks_and_is_told_why_it_cannot_trade(browser, net):

@@ -85,15 +85,25 @@ function needLogin(message) {
   $("#token-input").focus();
 }
 
+// Reads overlap (each event batch, each view): a read that lands after a later-started one did
+// is not kept (it would show the balances from before a trade reserved them, with no event left
+// to correct them); its caller finds the newer state in place.
+let basicsStarted = 0;
+const basicsKept = { info: 0, balances: 0 };
+
 async function loadBasics() {
+  const seq = ++basicsStarted;
   // Each on its own: a node that cannot say its chain heights can still say its balances.
   const [info, balances] = await Promise.allSettled([api("/info"), api("/balances")]);
-  if (balances.status === "fulfilled") {
+  if (balances.status === "fulfilled" && seq > basicsKept.balances) {
+    basicsKept.balances = seq;
     state.balances = items(balances.value);
     setAssets(state.balances);
   }
   if (info.status === "rejected") throw info.reason;
   if (balances.status === "rejected") throw balances.reason;
+  if (seq < basicsKept.info) return;
+  basicsKept.info = seq;
   state.info = info.value;
   const i = state.info;
   $("#node-name").textContent = i.name || "";
@@ -178,12 +188,22 @@ function route() {
 }
 
 // Run an async load into a slot, showing a spinner first and the problem's detail on failure.
+// Loads into one slot overlap (an event arrives while a read is on its way; a slow read): only
+// the last one started is shown. One that ends after a later one started is dropped, so a read
+// begun before a change (a new trade, a swap step, another pair) never replaces one made after
+// it, which no further event would correct. `load(latest)`: a load that keeps state of its own
+// (a paging cursor, the chart) sets it only while latest() is true.
+const fillSeq = new WeakMap();
 async function fill(slot, load) {
+  const seq = (fillSeq.get(slot) || 0) + 1;
+  fillSeq.set(slot, seq);
+  const latest = () => fillSeq.get(slot) === seq;
   if (!slot.childElementCount) slot.replaceChildren(h("p", { class: "loading" }, "Loading…"));
   try {
-    const content = await load();
-    slot.replaceChildren(...[content].flat());
+    const content = await load(latest);
+    if (latest()) slot.replaceChildren(...[content].flat());
   } catch (err) {
+    if (!latest()) return;
     if (err.status === 401) {
       clearToken();
       needLogin(`The node refused the token: ${err.message}`);
@@ -324,12 +344,14 @@ function bookView(root) {
       draw();
       return;
     }
-    await fill(tables, async () => {
+    await fill(tables, async (latest) => {
       // bids: makers buying the base, paying the quote; asks: makers selling the base.
       const [bidBook, askBook] = await Promise.all([
         api(`/book?buy=${encodeURIComponent(base)}&sell=${encodeURIComponent(quote)}`),
         api(`/book?buy=${encodeURIComponent(quote)}&sell=${encodeURIComponent(base)}`),
       ]);
+      // a book read for the pair shown before a switch must not be drawn under the new pair
+      if (!latest()) return [];
       const scaleBQ = 10 ** (decimalsOf(base) - decimalsOf(quote));
       const bids = items(bidBook.offers ?? bidBook).map((o) => {
         const p = ratio(o.spec.price_num, o.spec.price_den) * scaleBQ; // quote per base
@@ -632,10 +654,10 @@ function tradeView(root, tradeId) {
   });
 
   function renderList() {
-    return fill(listSlot, async () => {
+    return fill(listSlot, async (latest) => {
       const page = await api("/trades?limit=20");
       let trades = items(page);
-      if (!olderTrades.length) nextTrades = page && page.next !== undefined ? page.next : null;
+      if (latest() && !olderTrades.length) nextTrades = page && page.next !== undefined ? page.next : null;
       const ids = new Set(trades.map((t) => t.trade_id));
       trades = trades.concat(olderTrades.filter((t) => !ids.has(t.trade_id)));
       const more = nextTrades !== null && nextTrades !== undefined ? moreTrades : null;
@@ -832,14 +854,14 @@ function swapsView(root, swapId) {
   let next = null;
   const moreBtn = h("button", { type: "button", class: "ghost more", id: "older-swaps" },
     "Show older swaps");
-  const load = () => fill(slot, async () => {
+  const load = () => fill(slot, async (latest) => {
     let swaps;
     if (swapId) {
       swaps = [await api(`/swaps/${encodeURIComponent(swapId)}`)];
     } else {
       const page = await api("/swaps?limit=50");
       swaps = items(page);
-      if (!older.length) next = page && page.next !== undefined ? page.next : null;
+      if (latest() && !older.length) next = page && page.next !== undefined ? page.next : null;
       const ids = new Set(swaps.map((x) => x.swap_id));
       swaps = swaps.concat(older.filter((x) => !ids.has(x.swap_id)));
     }
