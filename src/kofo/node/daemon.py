@@ -78,6 +78,7 @@ from kofo.node.service import (
 from kofo.node.service import Event as ServiceEvent
 from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
 from kofo.node.trades import (
+    NOT_YET_CODES,
     PhaseJournal,
     TradePipeline,
     TradeRefused,
@@ -104,7 +105,7 @@ from kofo.wire.orders import (
     leg_roles_of,
     sign_tx,
 )
-from kofo.wire.swap import SwapBody, open_swap, sign_swap
+from kofo.wire.swap import Error, Propose, SwapBody, open_swap, sign_swap
 
 log = logging.getLogger("kofo.node")
 
@@ -117,6 +118,8 @@ TICK_INTERVAL = 0.5
 REFRESH_INTERVAL = 1.0
 """Seconds between chain reads (tips, balances) that the synchronous exchange hooks use."""
 WATCH_INTERVAL = 1.0
+MAX_REFUSALS_RECORDED = 3
+"""Refused proposals recorded per maker trade row (the first ones; the log has them all)."""
 """Seconds between looks at the ledger for signed-but-uncommitted orders and lock deadlines."""
 DIRECT_TIMEOUT = 30.0
 """Seconds a swap message to the counterparty may take (the engine's request transport). The
@@ -162,6 +165,9 @@ TRADE_STATE_OF_SWAP = {
     State.REDEEMED: "redeemed",
     State.REFUNDED: "refunded",
     State.ABORTED: "failed",
+    # terms refused or declined: nothing of ours was locked and the swap never goes on (left
+    # out, a taker whose maker called the proposal off later stayed "settling" for ever)
+    State.REJECTED: "failed",
     # the counterparty refunded after our leg was redeemed: the swap is over, so is the trade
     # (left "settling", a client following the trade would wait for an end that never comes)
     State.LOST: "failed",
@@ -616,7 +622,26 @@ class Node:
             raise InvalidInput("a swap message signed by another node than the link's")
         assert self.engine is not None
         reply = await self._thread(self.engine.handle, body, signer)
+        if isinstance(body, Propose) and isinstance(reply, Error):
+            self._proposal_refused(body.terms.swap_id, reply)
         return None if reply is None else sign_swap(self.key, reply).to_bytes()
+
+    def _proposal_refused(self, swap_id: bytes, reply: Error) -> None:
+        """The maker refused a proposal for one of its orders: the trade row says so (its
+        code and reason), a few times at most (a taker re-proposing junk cannot flood it).
+        The refusal ends nothing: the order is committed and co-signed, so the maker still
+        locks from it if the taker's leg is locked on the chain (:meth:`_maker_from_order`:
+        otherwise a taker could propose junk, lock its leg and file ``leg_not_locked``), and
+        the row ends ``failed`` with this reason once ``legs[1].lock_by`` passes unlocked."""
+        if reply.code in NOT_YET_CODES:
+            return  # not a refusal: the taker asks again
+        trade = self.store.by_order(swap_id.hex())
+        if trade is None or trade.role != "maker" or trade.state in TERMINAL_TRADE_STATES:
+            return  # a proposal for no order of ours: nothing to record (or to start)
+        if sum(p.phase == "proposal_refused" for p in trade.phases) >= MAX_REFUSALS_RECORDED:
+            return
+        reason = self._redact(f"{reply.code}: {reply.message}")[:300]
+        self._trade_event(trade.trade_id, "proposal_refused", {"reason": reason})
 
     # -- the engine's transports (called from engine threads) -----------------------------------
 
@@ -924,8 +949,22 @@ class Node:
             if found is None:
                 continue
             role, order = found
-            if role == "maker" and self.phases.phase(oid, "committed") is None:
+            committed = self.phases.phase(oid, "committed")
+            if role == "maker" and committed is None:
                 await self._watch_signed(trade, order)
+            elif role == "maker" and trade.state == "ordering":
+                # seen committed by the accept policy (a proposal came before this watcher
+                # read the ledger) and that proposal refused, so no swap moved the row on:
+                # it stayed "ordering" for ever and the maker never locked from the order
+                height = int(str(committed.get("height", 0)))
+                self._trade_event(
+                    trade.trade_id,
+                    "committed",
+                    {"height": height},
+                    state="committed",
+                    height=height,
+                )
+                await self._maker_from_order(self.store.get(trade.trade_id), order)
             elif role == "maker" and trade.state == "committed":
                 await self._maker_from_order(trade, order)
             elif role == "taker" and trade.state in ("settling", "committed"):
@@ -984,7 +1023,11 @@ class Node:
                 trade.trade_id, "started_from_order", {"order_id": order.order_id.hex()}
             )
         elif time.time() > order.legs[1].lock_by and self._unlocked(order.order_id):
-            self._maker_lapsed(trade, order, "the taker's leg was not locked by legs[1].lock_by")
+            reason = "the taker's leg was not locked by legs[1].lock_by"
+            refused = [p for p in trade.phases if p.phase == "proposal_refused"]
+            if refused:
+                reason += f" (its proposal was refused: {refused[-1].detail.get('reason', '')})"
+            self._maker_lapsed(trade, order, reason)
 
     def _maker_lapsed(self, trade: TradeView, order: SettlementOrder, reason: str) -> None:
         with self._holds_lock:
@@ -1193,10 +1236,12 @@ class Node:
                 if self._unlocked(oid):
                     # committed, but the swap cannot start (or the maker refused it): nothing
                     # of ours is locked, so the trade ends here; the order lapses on the ledger
-                    reason = self._redact(f"{exc.code}: {exc}")[:500]
-                    self._trade_event(
-                        trade_id, "failed", {"reason": reason}, state="failed", error=reason
-                    )
+                    # (a refusal the swap took as ``rejected`` has ended the trade already)
+                    if self.store.get(trade_id).state not in TERMINAL_TRADE_STATES:
+                        reason = self._redact(f"{exc.code}: {exc}")[:500]
+                        self._trade_event(
+                            trade_id, "failed", {"reason": reason}, state="failed", error=reason
+                        )
                     return
                 raise
             except LedgerError as exc:

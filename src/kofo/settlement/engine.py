@@ -860,7 +860,11 @@ class SwapEngine:
                     rec.swap_id, TxKind.LOCK
                 ):
                     to = State.REJECTED if rec.state is State.PROPOSED else State.ABORTED
-                    reason = body.reason if isinstance(body, Cancel) else body.code
+                    reason = (
+                        body.reason
+                        if isinstance(body, Cancel)
+                        else f"{body.code}: {body.message[:200]}"
+                    )
                     self._transition(rec, to, f"counterparty called off: {reason}")
             elif isinstance(body, Redeemed | Refunded):
                 self.journal.store_notice(rec.swap_id, type(body).__name__.lower(), {})
