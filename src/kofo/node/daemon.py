@@ -952,7 +952,7 @@ class Node:
             committed = self.phases.phase(oid, "committed")
             if role == "maker" and committed is None:
                 await self._watch_signed(trade, order)
-            elif role == "maker" and trade.state == "ordering":
+            elif role == "maker" and trade.state == "ordering" and committed is not None:
                 # seen committed by the accept policy (a proposal came before this watcher
                 # read the ledger) and that proposal refused, so no swap moved the row on:
                 # it stayed "ordering" for ever and the maker never locked from the order
