@@ -208,6 +208,12 @@ class _OwnOffer:
     signed: SignedOffer
 
 
+class StartCancelled(KofoError):
+    """A SIGINT/SIGTERM came during the node's start: it stops there."""
+
+    code = "start_cancelled"
+
+
 class Node:
     """One participant's daemon. ``chains`` may be given (tests); otherwise built from the
     config at :meth:`start` (which checks each chain's network)."""
@@ -261,6 +267,8 @@ class Node:
         self.phases = PhaseJournal(config.home / TRADES_FILE)
         self.store = TradeStore(config.home / TRADES_FILE)
         self._contacts.update(self.store.contacts())
+        self.stopped_in_start = False  # a SIGINT/SIGTERM came before the start ended
+        self.stop_signal = 0  # the first SIGINT/SIGTERM :meth:`run` received
         self.engine: SwapEngine | None = None
         self.pipeline: TradePipeline | None = None
         self.exchange: ExchangeNode | None = None
@@ -271,8 +279,10 @@ class Node:
         """Build and start everything; returns once the node serves (trades may still wait
         for the ledger: registration is retried in the background)."""
         self._loop = asyncio.get_running_loop()
+        log.info("starting node %r (home %s)", self.config.name, self.config.home)
         if self.chains is None:
-            self.chains = await asyncio.to_thread(build_chains, self.config, self.wallet)
+            log.info("connecting to the chains")
+            self.chains = await self._detached(build_chains, self.config, self.wallet)
         chains = self.chains
         self.engine = SwapEngine(
             Journal(self.config.journal_path),
@@ -301,7 +311,11 @@ class Node:
         if not self.config.p2p_listen.port and hasattr(self.exchange.config, "contact"):
             # listening on a free port (tests): the contact is known now
             self.exchange.config.contact = f"{self.config.p2p_listen.host}:{self.exchange.port}"
-        await asyncio.to_thread(self.engine.resume)
+        # the journal's re-sends: waited for by a stop (in _inflight), which it checks between
+        # swaps, so the journal closes only after it
+        await self._thread(self.engine.resume, self._stop.is_set)
+        if self._stop.is_set():
+            raise StartCancelled("stopped during the start")
         for offer in self.config.offers:
             self._publish(_spec_of(offer))
         self._tasks = [
@@ -362,13 +376,34 @@ class Node:
             self._ticking.release()
         log.info("node %r stopped", self.config.name)
 
-    async def run(self) -> None:
+    async def run(self, stop: threading.Event | None = None) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop. A signal during the start stops it there
+        (:attr:`stopped_in_start`): its blocking steps run in threads a stop does not wait for
+        (reads, atomic writes: as a SIGKILL there), the journal's re-sends check for it
+        between swaps. ``stop``: set by a signal before this loop ran (``run_node``)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        if stop is not None and stop.is_set():
+            self._stop.set()
         try:
-            await self.start()
-            await self._serve_api()
+            start = asyncio.ensure_future(self.start())
+            stopped = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if self._stop.is_set() and (
+                not start.done()
+                or start.cancelled()
+                or (isinstance(start.exception(), StartCancelled))
+            ):
+                self.stopped_in_start = True
+                log.warning("stop requested during the start: stopping")
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StartCancelled):
+                    await start
+            else:
+                start.result()  # a start that failed raises here
+                await self._serve_api()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -403,6 +438,39 @@ class Node:
 
     def stop_soon(self) -> None:
         self._stop.set()
+
+    def _on_signal(self, sig: int) -> None:
+        self.stop_signal = self.stop_signal or sig
+        if not self._stop.is_set():
+            log.info("%s received: stopping", signal.Signals(sig).name)
+        self._stop.set()
+
+    async def _detached(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking work that only reads, or writes atomically (a chain or ledger RPC, the
+        start's connections, a Paillier key), in a daemon thread: a stop abandons it (as a
+        SIGKILL there would) instead of waiting for an RPC timeout or a key generation; the
+        process exits without joining it."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not fut.done():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+        def work() -> None:
+            try:
+                value: Any = fn(*args)
+                ok = True
+            except BaseException as exc:  # handed to the awaiting task
+                value, ok = exc, False
+            with contextlib.suppress(RuntimeError):  # the loop is gone: abandoned
+                loop.call_soon_threadsafe(settle, ok, value)
+
+        threading.Thread(target=work, name="kofo-node-detached", daemon=True).start()
+        return await fut
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (ledger, chains, the engine) off the loop; a stop waits for it."""
@@ -753,9 +821,9 @@ class Node:
 
     async def check_ledger(self) -> None:
         try:
-            status = await asyncio.to_thread(self.ledger.status)
+            status = await self._detached(self.ledger.status)
             if not self.state.params:
-                raw = await asyncio.to_thread(self.ledger.abci_query, "/params")
+                raw = await self._detached(self.ledger.abci_query, "/params")
                 self.state.params = dict(decode(raw))
                 gap = int(self.state.params.get("min_expiry_gap", 0))
                 if gap > self.config.timing.leg_expiry_step_s:
@@ -790,7 +858,7 @@ class Node:
 
     async def _read_attested_bond(self) -> None:
         try:
-            raw = await asyncio.to_thread(self.ledger.abci_query, "/node", encode(self.node_id))
+            raw = await self._detached(self.ledger.abci_query, "/node", encode(self.node_id))
         except LedgerError:
             return
         rec = decode(raw)
@@ -802,7 +870,7 @@ class Node:
         or refuses, never fatal."""
         while not self._stop.is_set() and not self.state.registered:
             try:
-                await asyncio.to_thread(self._register)
+                await self._detached(self._register)  # idempotent, journaled: abandonable
                 self.state.registered = True
             except asyncio.CancelledError:
                 raise
@@ -897,7 +965,7 @@ class Node:
         await self._every(REFRESH_INTERVAL, self._refresh_chains)
 
     async def _refresh_chains(self) -> None:
-        await asyncio.to_thread(self._refresh_sync)
+        await self._detached(self._refresh_sync)
 
     def _refresh_sync(self) -> None:
         assert self.chains is not None and self.engine is not None
@@ -1835,9 +1903,38 @@ def _spec_of(o: OfferConfig) -> OfferSpec:
     )
 
 
-def run_node(home: Path, passphrase: str) -> None:
+def _cancellable(fn: Callable[..., T], stop: threading.Event, *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread (an scrypt of the wallet: seconds on a loaded
+    machine, not interruptible), given up when ``stop`` is set: :class:`StartCancelled`."""
+    done = threading.Event()
+    out: list[Any] = []
+
+    def work() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:
+            out.append((False, exc))
+        done.set()
+
+    threading.Thread(target=work, name="kofo-node-start", daemon=True).start()
+    while not done.wait(0.05):
+        if stop.is_set():
+            raise StartCancelled("stopped during the start")
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def run_node(home: Path, passphrase: str, stop: threading.Event | None = None) -> int | None:
     """Lock the home, load config and wallet, run until SIGINT/SIGTERM. Raises
-    :class:`~kofo.node.home.NodeAlreadyRunning`, ``ConfigError`` or ``WalletError``."""
+    :class:`~kofo.node.home.NodeAlreadyRunning`, ``ConfigError`` or ``WalletError``.
+    ``stop``: set by the caller's signal handlers, installed before this is called, so a
+    signal during the start (the wallet's scrypt, connecting to the chains, the ledger, the
+    journal's re-sends) stops it promptly. Returns None, or when the node stopped during its
+    start (the home unlocked, nothing left running) the signal the daemon's loop received
+    (0: none, the caller's handlers had it)."""
+    stop = stop or threading.Event()
     home = home.expanduser().absolute()
     config = load_config(home)
     logging.basicConfig(
@@ -1846,8 +1943,19 @@ def run_node(home: Path, passphrase: str) -> None:
         force=True,
     )
     with HomeLock(home):
-        wallet = NodeWallet.open(config.wallet_path, passphrase)
-        asyncio.run(Node(config, wallet, passphrase=passphrase).run())
+        try:
+            if stop.is_set():
+                raise StartCancelled("stopped during the start")
+            log.info("unlocking the wallet")
+            wallet = _cancellable(NodeWallet.open, stop, config.wallet_path, passphrase)
+            if stop.is_set():
+                raise StartCancelled("stopped during the start")
+        except StartCancelled:
+            log.warning("stop requested during the start (unlocking the wallet): stopping")
+            return 0
+        node = Node(config, wallet, passphrase=passphrase)
+        asyncio.run(node.run(stop))
+        return node.stop_signal if node.stopped_in_start else None
 
 
-__all__ = ["Node", "NodeState", "RouteFailed", "run_node"]
+__all__ = ["Node", "NodeState", "RouteFailed", "StartCancelled", "run_node"]

@@ -1701,10 +1701,15 @@ class SwapEngine:
         except KofoError:
             return State.REJECTED, False
 
-    def resume(self) -> None:
+    def resume(self, should_stop: Callable[[], bool] | None = None) -> None:
         """At start: re-send every journaled transaction the machine wants sent *before* any new
-        signature, so no freshly signed transaction can take a stored one's nonce."""
+        signature, so no freshly signed transaction can take a stored one's nonce.
+        ``should_stop`` is asked between swaps (a node stopped during its start): the rest
+        are re-sent at the next start, or by :meth:`tick`."""
         for rec in self.journal.swaps(unfinished=True):
+            if should_stop is not None and should_stop():
+                log.info("resume stopped before swap %s", rec.swap_id.hex()[:8])
+                return
             try:
                 chains = self._chains(rec.terms)
                 with self._observing(chains):
