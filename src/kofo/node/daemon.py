@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -1123,13 +1124,13 @@ class Node:
             # lock_by + grace (or with the ledger's clock behind ours) the evidence was refused
             # as early, once and for all. File once the ledger's latest block is past it.
             try:
-                status = await asyncio.to_thread(self.ledger.status)
+                status = await self._detached(self.ledger.status)
             except LedgerError:
                 return
             if not evidence_due(leg.lock_by, grace, status.block_time):
                 return
         if tx is None:
-            rec = await asyncio.to_thread(self._ledger_order_raw, order.order_id)
+            rec = await self._detached(self._ledger_order_raw, order.order_id)
             outcome = str(rec["legs"][1].get("outcome", "")) if rec else ""
             if outcome in ("locked", "redeemed", "refunded"):
                 return
@@ -1138,7 +1139,10 @@ class Node:
                 trade.trade_id, "evidence", {"kind": "leg_not_locked", "leg": 1}, evidence_tx=tx
             )
         try:
-            included = await asyncio.to_thread(self.ledger.commit, bytes(tx), timeout=30.0)
+            # journaled before, looked up by hash first: a stop may abandon it
+            included = await self._detached(
+                functools.partial(self.ledger.commit, timeout=30.0), bytes(tx)
+            )
             self._trade_event(trade.trade_id, "evidence_committed", {"height": included.height})
         except LedgerRefused as exc:
             log.info("evidence for %s refused: %s", order.order_id.hex()[:16], exc.log)
@@ -1731,7 +1735,7 @@ class Node:
 
     async def _ledger_call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await self._detached(fn, *args)
         except LedgerError as exc:
             if isinstance(exc, LedgerRefused):
                 raise
