@@ -463,6 +463,16 @@ async def _rejected(tmp_path: Path) -> None:
         assert done.state == "failed" and "refused by the test" in done.error, done
         assert done.order_id is not None and done.height is not None  # it was committed
         assert taker.engine is not None and taker.engine.unfinished() == []
+        # the maker's row says it refused, and why; it stays bound by the committed order (it
+        # would lock from it if the taker's leg appeared) until legs[1].lock_by, then fails
+        # naming the refusal; nothing is started from the refused proposal
+        row = await until(
+            lambda: (r := _by_order(maker, done.order_id)) and r.state == "committed" and r,
+            "the maker's row committed",
+        )
+        refused = [p for p in row.phases if p.phase == "proposal_refused"]
+        assert refused and "refused by the test" in refused[0].detail["reason"], row.phases
+        assert maker.engine.unfinished() == []
 
 
 @pytest.mark.timeout(900)
