@@ -399,6 +399,21 @@ class SwapEngine:
         for rec in swaps:
             for chain, txs in self._journaled(rec.swap_id).items():
                 self.adapters[chain].hold(txs)
+            cancel = self._lock_cancel_tx(rec)
+            if cancel is not None:
+                # our self-spend ending a lock never mined keeps its coin: a new lock built
+                # from it would be replaced by the self-spend's re-send
+                self.adapters[cancel.chain].hold([cancel])
+
+    def _lock_cancel_tx(self, rec: StoredSwap) -> SignedTx | None:
+        """The journaled self-spend that ends the swap's lock never mined (:meth:`_cancel_lock`)."""
+        kept = self.journal.notice(rec.swap_id, _LOCK_CANCEL)
+        if kept is None:
+            return None
+        chain = self._view_plain(rec).own_leg.chain
+        if chain not in self.adapters:
+            return None
+        return SignedTx(chain, TxKind.TRANSFER, str(kept["txid"]), bytes.fromhex(kept["raw"]))
 
     def _journaled(self, swap_id: bytes) -> dict[str, list[SignedTx]]:
         """The swap's stored transactions but dropped children, per chain (of ours)."""
@@ -1240,9 +1255,8 @@ class SwapEngine:
         if prepare is None:
             return
         kept = self.journal.notice(rec.swap_id, _LOCK_CANCEL)
-        prev: SignedTx | None = None
-        if kept is not None:
-            prev = SignedTx(chain, TxKind.TRANSFER, str(kept["txid"]), bytes.fromhex(kept["raw"]))
+        prev = self._lock_cancel_tx(rec)
+        if kept is not None and prev is not None:
             if adapter.tx_confirmations(prev.txid) > 0:
                 return  # mined: lock_unminable counts its depth
             wait = self._bump_after(chain, TxKind.REFUND)
