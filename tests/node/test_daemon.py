@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import time
+import time as time_module
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order
+from kofo.node import daemon as daemon_module
 from kofo.node.chains import ChainMismatch, build_chains
 from kofo.node.config import Endpoint, NodeConfig, OfferConfig, load_config
 from kofo.node.daemon import HEIGHT_TOLERANCE, Node
@@ -463,6 +465,37 @@ async def _rejected(tmp_path: Path) -> None:
         assert done.state == "failed" and "refused by the test" in done.error, done
         assert done.order_id is not None and done.height is not None  # it was committed
         assert taker.engine is not None and taker.engine.unfinished() == []
+        # the maker's row says it refused, and why; it stays bound by the committed order (it
+        # would lock from it if the taker's leg appeared) until legs[1].lock_by, then fails
+        # naming the refusal; nothing is started from the refused proposal
+        row = await until(
+            lambda: (r := _by_order(maker, done.order_id)) and r.state == "committed" and r,
+            "the maker's row committed",
+        )
+        refused = [p for p in row.phases if p.phase == "proposal_refused"]
+        assert refused and "refused by the test" in refused[0].detail["reason"], row.phases
+        assert maker.engine.unfinished() == []
+        # legs[1].lock_by passes with the taker's leg never locked: the row ends, naming it
+        found = maker.phases.order(bytes.fromhex(done.order_id))
+        assert found is not None
+        order = found[1]
+
+        class Later:  # the daemon's clock past legs[1].lock_by (for this one call)
+            @staticmethod
+            def time() -> float:
+                return float(order.legs[1].lock_by + 1)
+
+            monotonic = staticmethod(time_module.monotonic)
+
+        daemon_module.time = Later  # type: ignore[assignment]
+        try:
+            await maker._maker_from_order(row, order)
+        finally:
+            daemon_module.time = time_module  # type: ignore[assignment]
+        end = maker.store.get(row.trade_id)
+        assert end.state == "failed", end
+        assert "not locked by legs[1].lock_by" in end.error, end.error
+        assert "its proposal was refused" in end.error and "refused by the test" in end.error
 
 
 @pytest.mark.timeout(900)

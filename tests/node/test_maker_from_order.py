@@ -262,6 +262,72 @@ async def _daemon_no_proposal(tmp_path) -> None:
         await until(both_locked, "both legs attested locked", 120)
 
 
+@pytest.mark.timeout(600)
+def test_a_maker_that_refuses_a_junk_proposal_still_locks_from_the_committed_order(
+    tmp_path,
+) -> None:
+    """Issue 14 (session 6, bug 1): a taker's proposal that does not match the committed
+    order reached the maker before its watcher had read the commit. The accept policy read
+    the order (phase ``committed``) and refused; no swap moved the maker's trade row on, so it
+    stayed ``ordering`` for ever and the watcher, which starts the maker from the order only
+    for a ``committed`` row, never did: that taker could lock its leg and file
+    ``leg_not_locked``. Now the refusal is on the row with its reason, nothing starts from
+    the junk terms, the row becomes ``committed`` and the maker locks from the order once the
+    taker's leg is on the chain. The taker's own swap, rejected, ends its trade ``failed``."""
+    asyncio.run(_daemon_junk_proposal(tmp_path))
+
+
+async def _daemon_junk_proposal(tmp_path) -> None:
+    from tests.node.test_daemon import PRICE, SATS, _ended, network, until
+
+    async with network(tmp_path) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        assert taker.pipeline is not None and maker.engine is not None
+        send = taker.pipeline.send
+        assert send is not None
+
+        def junk(swap_id: bytes, body):
+            if isinstance(body, Propose):  # one base unit more than the order's leg 1
+                t = body.terms
+                leg = replace(t.participant_leg, amount=t.participant_leg.amount + 1)
+                body = Propose(replace(t, participant_leg=leg))
+            return send(swap_id, body)
+
+        taker.pipeline.send = junk
+
+        async def ledger_not_read_yet(trade, order) -> None:
+            return None  # the maker's watcher has not read the commit (a slow ledger)
+
+        maker._watch_signed = ledger_not_read_yet  # type: ignore[method-assign]
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        view = await taker.create_trade(
+            TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+        )
+        done = await until(lambda: _ended(taker, view.trade_id), "the taker's trade to end", 240)
+        # the taker's swap was rejected: its trade ends (nothing of its own locked)
+        assert done.state == "failed" and "terms_not_offered" in done.error, done
+        oid = bytes.fromhex(done.order_id)
+        assert _engine_state(taker, oid) is State.REJECTED
+        # nothing started at the maker from the refused terms
+        assert _engine_state(maker, oid) is None
+        order = taker.phases.order(oid)[1]  # type: ignore[index]
+        a, _b = engine_legs(order, taker.chains.policies)  # type: ignore[union-attr]
+        # the taker locks its leg as the order fixes it: the maker locks its own from the order
+        await asyncio.to_thread(
+            taker.chains.adapters["btc"].lock,  # type: ignore[union-attr]
+            a.htlc(order.payment_hash),
+        )
+        await until(lambda: _engine_state(maker, oid) is State.LOCKED, "the maker's lock", 180)
+        row = maker.store.by_order(oid.hex())
+        assert row is not None
+        phases = [p.phase for p in row.phases]
+        for want in ("committed", "proposal_refused", "started_from_order"):
+            assert want in phases, phases
+        refused = next(p for p in row.phases if p.phase == "proposal_refused")
+        assert "terms_not_offered" in refused.detail["reason"], refused
+        assert "participant_leg.amount" in refused.detail["reason"], refused
+
+
 def _engine_state(node, oid: bytes) -> State | None:
     try:
         return node.engine.journal.get(oid).state

@@ -182,7 +182,10 @@ def test_a_swap_whose_lock_never_got_out_gives_the_coin_back_and_ends_once_it_is
     """Every send of the lock fails, so the swap gives up; but a signed lock may have reached
     a node all the same, so past the leg's expiry the swap keeps watching for it
     (``refund_wait``) with its coin back in the wallet. The wallet's next lock spends that
-    coin; once that is buried, the old lock can never be mined and the swap is aborted."""
+    coin; once that is buried, the old lock can never be mined and the swap is aborted.
+    (The engine's own self-spend that ends such a lock past its expiry is off here, so the
+    wallet's next lock is the conflict: ``test_engine_btc.py::test_a_lock_never_mined_...``
+    has the self-spend.)"""
     evm = Evm()
     wallet = btc.account(coins=1)
     alice = make_node(
@@ -205,6 +208,7 @@ def test_a_swap_whose_lock_never_got_out_gives_the_coin_back_and_ends_once_it_is
     sid = terms.swap_id
     adapter = alice.engine.adapters["btc"]
     assert isinstance(adapter, BitcoinAdapter)
+    adapter.prepare_lock_cancel = lambda *_a, **_k: None  # type: ignore[method-assign]
     alice.engine.tick()
     (lock,) = alice.engine.journal.txs(sid, TxKind.LOCK)
     assert set(adapter.held()) == _inputs(lock)
@@ -226,3 +230,68 @@ def test_a_swap_whose_lock_never_got_out_gives_the_coin_back_and_ends_once_it_is
         btc.mine(1)
         alice.engine.tick()
     assert alice.engine.journal.get(sid).state is State.ABORTED
+
+
+def test_the_self_spend_ending_a_lock_never_sent_keeps_its_coin_across_a_restart(btc, tmp_path):
+    """Past the leg's expiry the engine ends the never-sent lock with a self-spend of its
+    coin (journaled before it is sent). The node restarts before that self-spend is out: the
+    new engine holds its coin, so no new lock is built from it (the self-spend's re-send would
+    replace that lock), then sends it; buried, the swap is ``aborted``."""
+    evm = Evm()
+    wallet = btc.account(coins=1)
+    alice = make_node(
+        "alice",
+        tmp_path,
+        {"btc": btc, "eth": evm},  # type: ignore[dict-item]
+        accounts={"btc": wallet, "eth": evm.account()},  # type: ignore[dict-item]
+        crash=_StopAt("before_broadcast:lock"),  # every send of the lock fails
+    )
+    bob = make_node("bob", tmp_path, {"btc": btc, "eth": evm})  # type: ignore[dict-item]
+    link(alice, bob)
+    give = Leg("btc", AMOUNT, addr(alice, "btc"), addr(bob, "btc"), BlockHeight(0))
+    get = Leg("eth", ETHER, addr(bob, "eth"), addr(alice, "eth"), UnixTime(0))
+    terms = alice.engine.propose(give, get, participant_node=bob.node_id, accept_window=30)
+    body, sender = open_swap(sign_swap(alice.key, Propose(terms)).to_bytes(), bob.guard)
+    reply = bob.engine.handle(body, sender)
+    assert reply is not None
+    body, sender = open_swap(sign_swap(bob.key, reply).to_bytes(), alice.guard)
+    assert alice.engine.handle(body, sender) is None
+    sid = terms.swap_id
+    adapter = alice.engine.adapters["btc"]
+    assert isinstance(adapter, BitcoinAdapter)
+    adapter.broadcast = lambda tx: tx.txid  # type: ignore[method-assign]  # nothing gets out
+    expiry = alice.engine.terms_of(sid).initiator_leg.expiry.value
+    for _ in range(200):  # bounded: past the leg's expiry, the self-spend signed
+        if alice.engine.journal.notice(sid, "lock_cancel") is not None:
+            break
+        btc.mine(1)
+        alice.engine.tick()
+    kept = alice.engine.journal.notice(sid, "lock_cancel")
+    assert kept is not None and btc.height() >= expiry
+    (lock,) = alice.engine.journal.txs(sid, TxKind.LOCK)
+    cancel = SignedTx("btc", TxKind.TRANSFER, kept["txid"], bytes.fromhex(kept["raw"]))
+    assert _inputs(cancel) <= _inputs(lock)
+
+    # The node restarts: a new engine and adapter over the same journal and wallet.
+    adapter = btc.adapter(wallet)
+    engine = SwapEngine(
+        Journal(tmp_path / "alice.sqlite"),
+        {"btc": adapter, "eth": evm.adapter(alice.accounts["eth"])},
+        {"btc": btc.policy(), "eth": evm.policy()},
+        alice.key,
+    )
+    send = adapter.broadcast
+    adapter.broadcast = lambda tx: tx.txid  # type: ignore[method-assign]  # still not out
+    engine.resume()
+    engine.tick()  # the lock's coins go back to the wallet (not unminable yet) but this one
+    assert _inputs(cancel) <= set(adapter.held())
+    with pytest.raises(InsufficientFunds):  # the one coin is the self-spend's
+        adapter.prepare_lock(_terms(adapter))
+    adapter.broadcast = send  # type: ignore[method-assign]
+    for _ in range(20):  # bounded: re-sent, buried at the leg's depth
+        engine.tick()
+        if engine.journal.get(sid).state is State.ABORTED:
+            break
+        btc.mine(1)
+    assert engine.journal.get(sid).state is State.ABORTED
+    assert adapter.tx_confirmations(cancel.txid) >= 1

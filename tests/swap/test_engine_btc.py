@@ -24,7 +24,7 @@ from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.embedded import EmbeddedChain
 from kofo.settlement.engine import SECRET_SHARED, CrashHook
 from kofo.settlement.peer_http import PeerError, PeerNotReached
-from kofo.settlement.swap import State
+from kofo.settlement.swap import TERMINAL, State
 from kofo.settlement.terms import Leg, TermsRefused
 from kofo.wire.swap import (
     Accept,
@@ -911,6 +911,8 @@ def test_a_lock_hidden_until_after_the_swap_gave_up_is_refunded_once_mined(world
         if tx.kind is TxKind.LOCK:
             dropped.append(tx)
             return tx.txid
+        if tx.kind is TxKind.TRANSFER:
+            return tx.txid  # nor the engine's self-spend ending the lock past its expiry
         return send(tx)
 
     adapter.broadcast = dropping  # type: ignore[method-assign]
@@ -943,7 +945,8 @@ def test_a_lock_hidden_until_after_the_swap_gave_up_is_refunded_once_mined(world
 def test_a_lock_made_unminable_by_a_buried_conflict_ends_the_swap_aborted(world_factory):
     """The same hidden lock, but the wallet spends one of its coins elsewhere (its coins went
     back to the wallet at the expiry): once that conflict is buried, the lock can never be
-    mined and the swap is ``aborted``."""
+    mined and the swap is ``aborted``. (The engine's own self-spend, which ends such a lock
+    past its expiry, is off here: ``test_a_lock_never_mined_is_ended_by_...`` has it.)"""
     w = world_factory("btc")
     alice, bob = w.alice, w.bob
     btc, evm = w.chains["btc"], w.chains["eth"]
@@ -954,6 +957,7 @@ def test_a_lock_made_unminable_by_a_buried_conflict_ends_the_swap_aborted(world_
     terms = alice.engine.terms_of(sid)
     adapter = alice.engine.adapters["btc"]
     assert isinstance(adapter, BitcoinAdapter)
+    adapter.prepare_lock_cancel = lambda *_a, **_k: None  # type: ignore[method-assign]
     send = adapter.broadcast
     dropped: list[SignedTx] = []
 
@@ -982,6 +986,75 @@ def test_a_lock_made_unminable_by_a_buried_conflict_ends_the_swap_aborted(world_
     send(conflict)
     states = drive([alice], sid, rounds=20, between=lambda _r: btc.mine(1))
     assert states == {"alice": State.ABORTED}
+    with pytest.raises(ChainError):  # the lock can never be mined now
+        send(dropped[-1])
+
+
+def test_a_lock_never_mined_is_ended_by_a_self_spend_past_its_expiry(world_factory):
+    """Issue 14 (session 6, bug 3): our BTC lock was signed but never reached a miner (every
+    send dropped). The swap waited in ``refund_wait`` until the wallet happened to spend one
+    of the lock's coins again, for ever in a wallet that never pays anything else. Now, past
+    the own leg's expiry (never before: until then the lock is still wanted), the engine
+    spends one of the lock's coins back to the wallet; that first self-spend is dropped too,
+    so after the policy's ``bump_after_blocks`` it is replaced at a higher fee; once buried
+    the lock can never be mined and the swap is ``aborted``: the wallet is down by exactly
+    the replacement's fee, Bob's by nothing."""
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc, evm = w.chains["btc"], w.chains["eth"]
+    assert isinstance(btc, Btc) and isinstance(evm, Evm)
+    adapter = alice.engine.adapters["btc"]
+    assert isinstance(adapter, BitcoinAdapter)
+    before = adapter.balance()
+    bob_before = bob.engine.adapters["eth"].balance()
+    give = _leg(w, alice, bob, "btc", BTC_AMOUNT)
+    get = _leg(w, bob, alice, "eth", ETHER)
+    sid = _start(w, give, get)
+    expiry = alice.engine.terms_of(sid).initiator_leg.expiry.value
+    send = adapter.broadcast
+    dropped: list[SignedTx] = []
+
+    def dropping(tx: SignedTx) -> str:
+        if tx.kind is TxKind.LOCK or (tx.kind is TxKind.TRANSFER and not dropped_cancel):
+            (dropped if tx.kind is TxKind.LOCK else dropped_cancel).append(tx)
+            return tx.txid
+        return send(tx)
+
+    dropped_cancel: list[SignedTx] = []
+    adapter.broadcast = dropping  # type: ignore[method-assign]
+    waited_before_expiry = 0
+    state = State.PROPOSED
+    for _ in range(200):
+        alice.engine.tick()
+        bob.engine.tick()
+        state = alice.engine.journal.get(sid).state
+        if state in TERMINAL:
+            break
+        if state is State.REFUND_WAIT and adapter.expiry_now().value < expiry:
+            # before the abort point: the lock may still be wanted, nothing spends its coins
+            waited_before_expiry += 1
+            assert alice.engine.journal.notice(sid, "lock_cancel") is None
+            assert not dropped_cancel
+        btc.mine(3)
+        evm.advance(5)
+    assert state is State.ABORTED, state
+    assert waited_before_expiry > 0 and dropped and len(dropped_cancel) == 1
+    kept = alice.engine.journal.notice(sid, "lock_cancel")
+    assert kept is not None and kept["txid"] != dropped_cancel[0].txid  # the fee-bumped one
+    cancel = CTransaction.deserialize(bytes.fromhex(kept["raw"]))
+    first = CTransaction.deserialize(dropped_cancel[0].raw)
+    lock = CTransaction.deserialize(dropped[-1].raw)
+    (coin,) = [(b2lx(i.prevout.hash), i.prevout.n) for i in cancel.vin]
+    assert coin in {(b2lx(i.prevout.hash), i.prevout.n) for i in lock.vin}
+    assert coin == (b2lx(first.vin[0].prevout.hash), first.vin[0].prevout.n)
+    assert cancel.vout[0].nValue < first.vout[0].nValue  # a higher fee
+    assert adapter.tx_confirmations(kept["txid"]) >= 1
+    coin_value = adapter.index.txs[coin[0]].tx.vout[coin[1]].nValue
+    fee = coin_value - sum(o.nValue for o in cancel.vout)
+    assert adapter.balance() == before - fee
+    assert bob.engine.journal.get(sid).state in TERMINAL
+    assert bob.engine.adapters["eth"].balance() == bob_before
+    adapter.broadcast = send  # type: ignore[method-assign]
     with pytest.raises(ChainError):  # the lock can never be mined now
         send(dropped[-1])
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,12 +152,31 @@ def node_command(
 ) -> None:
     """Run the node daemon on HOME until SIGINT/SIGTERM: offers, quotes, trades and swaps on
     the configured chains, cleared on the ledger (docs/node.md)."""
+    passphrase = _passphrase(confirm=False)
+    # before the daemon's (slow) import and its start: a SIGINT/SIGTERM during the start
+    # (the wallet's scrypt, the chains, the ledger) stops it promptly, exit 0
+    stop = threading.Event()
+    got: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        got.append(signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     from kofo.node.daemon import run_node
 
     try:
-        run_node(home, _passphrase(confirm=False))
+        in_start = run_node(home, passphrase, stop)
     except KofoError as exc:
         raise _fail(exc) from None
+    if in_start is not None:
+        first = got[0] if got else in_start
+        name = signal.Signals(first).name if first else "a signal"
+        typer.echo(
+            f"kofo node: stopped by {name} during its start; nothing left running, {home} unlocked",
+            err=True,
+        )
 
 
 def devnet_command(

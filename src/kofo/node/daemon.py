@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -78,6 +79,7 @@ from kofo.node.service import (
 from kofo.node.service import Event as ServiceEvent
 from kofo.node.trade_store import TERMINAL_TRADE_STATES, TradeStore
 from kofo.node.trades import (
+    NOT_YET_CODES,
     PhaseJournal,
     TradePipeline,
     TradeRefused,
@@ -104,7 +106,7 @@ from kofo.wire.orders import (
     leg_roles_of,
     sign_tx,
 )
-from kofo.wire.swap import SwapBody, open_swap, sign_swap
+from kofo.wire.swap import Error, Propose, SwapBody, open_swap, sign_swap
 
 log = logging.getLogger("kofo.node")
 
@@ -117,6 +119,8 @@ TICK_INTERVAL = 0.5
 REFRESH_INTERVAL = 1.0
 """Seconds between chain reads (tips, balances) that the synchronous exchange hooks use."""
 WATCH_INTERVAL = 1.0
+MAX_REFUSALS_RECORDED = 3
+"""Refused proposals recorded per maker trade row (the first ones; the log has them all)."""
 """Seconds between looks at the ledger for signed-but-uncommitted orders and lock deadlines."""
 DIRECT_TIMEOUT = 30.0
 """Seconds a swap message to the counterparty may take (the engine's request transport). The
@@ -162,6 +166,9 @@ TRADE_STATE_OF_SWAP = {
     State.REDEEMED: "redeemed",
     State.REFUNDED: "refunded",
     State.ABORTED: "failed",
+    # terms refused or declined: nothing of ours was locked and the swap never goes on (left
+    # out, a taker whose maker called the proposal off later stayed "settling" for ever)
+    State.REJECTED: "failed",
     # the counterparty refunded after our leg was redeemed: the swap is over, so is the trade
     # (left "settling", a client following the trade would wait for an end that never comes)
     State.LOST: "failed",
@@ -200,6 +207,12 @@ class _Hold:
 class _OwnOffer:
     spec: OfferSpec
     signed: SignedOffer
+
+
+class StartCancelled(KofoError):
+    """A SIGINT/SIGTERM came during the node's start: it stops there."""
+
+    code = "start_cancelled"
 
 
 class Node:
@@ -255,6 +268,8 @@ class Node:
         self.phases = PhaseJournal(config.home / TRADES_FILE)
         self.store = TradeStore(config.home / TRADES_FILE)
         self._contacts.update(self.store.contacts())
+        self.stopped_in_start = False  # a SIGINT/SIGTERM came before the start ended
+        self.stop_signal = 0  # the first SIGINT/SIGTERM :meth:`run` received
         self.engine: SwapEngine | None = None
         self.pipeline: TradePipeline | None = None
         self.exchange: ExchangeNode | None = None
@@ -265,8 +280,10 @@ class Node:
         """Build and start everything; returns once the node serves (trades may still wait
         for the ledger: registration is retried in the background)."""
         self._loop = asyncio.get_running_loop()
+        log.info("starting node %r (home %s)", self.config.name, self.config.home)
         if self.chains is None:
-            self.chains = await asyncio.to_thread(build_chains, self.config, self.wallet)
+            log.info("connecting to the chains")
+            self.chains = await self._detached(build_chains, self.config, self.wallet)
         chains = self.chains
         self.engine = SwapEngine(
             Journal(self.config.journal_path),
@@ -295,7 +312,11 @@ class Node:
         if not self.config.p2p_listen.port and hasattr(self.exchange.config, "contact"):
             # listening on a free port (tests): the contact is known now
             self.exchange.config.contact = f"{self.config.p2p_listen.host}:{self.exchange.port}"
-        await asyncio.to_thread(self.engine.resume)
+        # the journal's re-sends: waited for by a stop (in _inflight), which it checks between
+        # swaps, so the journal closes only after it
+        await self._thread(self.engine.resume, self._stop.is_set)
+        if self._stop.is_set():
+            raise StartCancelled("stopped during the start")
         for offer in self.config.offers:
             self._publish(_spec_of(offer))
         self._tasks = [
@@ -356,13 +377,34 @@ class Node:
             self._ticking.release()
         log.info("node %r stopped", self.config.name)
 
-    async def run(self) -> None:
+    async def run(self, stop: threading.Event | None = None) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop. A signal during the start stops it there
+        (:attr:`stopped_in_start`): its blocking steps run in threads a stop does not wait for
+        (reads, atomic writes: as a SIGKILL there), the journal's re-sends check for it
+        between swaps. ``stop``: set by a signal before this loop ran (``run_node``)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        if stop is not None and stop.is_set():
+            self._stop.set()
         try:
-            await self.start()
-            await self._serve_api()
+            start = asyncio.ensure_future(self.start())
+            stopped = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if self._stop.is_set() and (
+                not start.done()
+                or start.cancelled()
+                or (isinstance(start.exception(), StartCancelled))
+            ):
+                self.stopped_in_start = True
+                log.warning("stop requested during the start: stopping")
+                start.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StartCancelled):
+                    await start
+            else:
+                start.result()  # a start that failed raises here
+                await self._serve_api()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -397,6 +439,39 @@ class Node:
 
     def stop_soon(self) -> None:
         self._stop.set()
+
+    def _on_signal(self, sig: int) -> None:
+        self.stop_signal = self.stop_signal or sig
+        if not self._stop.is_set():
+            log.info("%s received: stopping", signal.Signals(sig).name)
+        self._stop.set()
+
+    async def _detached(self, fn: Callable[..., T], *args: Any) -> T:
+        """Blocking work that only reads, or writes atomically (a chain or ledger RPC, the
+        start's connections, a Paillier key), in a daemon thread: a stop abandons it (as a
+        SIGKILL there would) instead of waiting for an RPC timeout or a key generation; the
+        process exits without joining it."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not fut.done():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+        def work() -> None:
+            try:
+                value: Any = fn(*args)
+                ok = True
+            except BaseException as exc:  # handed to the awaiting task
+                value, ok = exc, False
+            with contextlib.suppress(RuntimeError):  # the loop is gone: abandoned
+                loop.call_soon_threadsafe(settle, ok, value)
+
+        threading.Thread(target=work, name="kofo-node-detached", daemon=True).start()
+        return await fut
 
     async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking work (ledger, chains, the engine) off the loop; a stop waits for it."""
@@ -618,7 +693,26 @@ class Node:
             raise InvalidInput("a swap message signed by another node than the link's")
         assert self.engine is not None
         reply = await self._thread(self.engine.handle, body, signer)
+        if isinstance(body, Propose) and isinstance(reply, Error):
+            self._proposal_refused(body.terms.swap_id, reply)
         return None if reply is None else sign_swap(self.key, reply).to_bytes()
+
+    def _proposal_refused(self, swap_id: bytes, reply: Error) -> None:
+        """The maker refused a proposal for one of its orders: the trade row says so (its
+        code and reason), a few times at most (a taker re-proposing junk cannot flood it).
+        The refusal ends nothing: the order is committed and co-signed, so the maker still
+        locks from it if the taker's leg is locked on the chain (:meth:`_maker_from_order`:
+        otherwise a taker could propose junk, lock its leg and file ``leg_not_locked``), and
+        the row ends ``failed`` with this reason once ``legs[1].lock_by`` passes unlocked."""
+        if reply.code in NOT_YET_CODES:
+            return  # not a refusal: the taker asks again
+        trade = self.store.by_order(swap_id.hex())
+        if trade is None or trade.role != "maker" or trade.state in TERMINAL_TRADE_STATES:
+            return  # a proposal for no order of ours: nothing to record (or to start)
+        if sum(p.phase == "proposal_refused" for p in trade.phases) >= MAX_REFUSALS_RECORDED:
+            return
+        reason = self._redact(f"{reply.code}: {reply.message}")[:300]
+        self._trade_event(trade.trade_id, "proposal_refused", {"reason": reason})
 
     # -- the engine's transports (called from engine threads) -----------------------------------
 
@@ -730,9 +824,9 @@ class Node:
 
     async def check_ledger(self) -> None:
         try:
-            status = await asyncio.to_thread(self.ledger.status)
+            status = await self._detached(self.ledger.status)
             if not self.state.params:
-                raw = await asyncio.to_thread(self.ledger.abci_query, "/params")
+                raw = await self._detached(self.ledger.abci_query, "/params")
                 self.state.params = dict(decode(raw))
                 gap = int(self.state.params.get("min_expiry_gap", 0))
                 if gap > self.config.timing.leg_expiry_step_s:
@@ -767,7 +861,7 @@ class Node:
 
     async def _read_attested_bond(self) -> None:
         try:
-            raw = await asyncio.to_thread(self.ledger.abci_query, "/node", encode(self.node_id))
+            raw = await self._detached(self.ledger.abci_query, "/node", encode(self.node_id))
         except LedgerError:
             return
         rec = decode(raw)
@@ -779,7 +873,7 @@ class Node:
         or refuses, never fatal."""
         while not self._stop.is_set() and not self.state.registered:
             try:
-                await asyncio.to_thread(self._register)
+                await self._detached(self._register)  # idempotent, journaled: abandonable
                 self.state.registered = True
             except asyncio.CancelledError:
                 raise
@@ -874,7 +968,7 @@ class Node:
         await self._every(REFRESH_INTERVAL, self._refresh_chains)
 
     async def _refresh_chains(self) -> None:
-        await asyncio.to_thread(self._refresh_sync)
+        await self._detached(self._refresh_sync)
 
     def _refresh_sync(self) -> None:
         assert self.chains is not None and self.engine is not None
@@ -926,8 +1020,22 @@ class Node:
             if found is None:
                 continue
             role, order = found
-            if role == "maker" and self.phases.phase(oid, "committed") is None:
+            committed = self.phases.phase(oid, "committed")
+            if role == "maker" and committed is None:
                 await self._watch_signed(trade, order)
+            elif role == "maker" and trade.state == "ordering" and committed is not None:
+                # seen committed by the accept policy (a proposal came before this watcher
+                # read the ledger) and that proposal refused, so no swap moved the row on:
+                # it stayed "ordering" for ever and the maker never locked from the order
+                height = int(str(committed.get("height", 0)))
+                self._trade_event(
+                    trade.trade_id,
+                    "committed",
+                    {"height": height},
+                    state="committed",
+                    height=height,
+                )
+                await self._maker_from_order(self.store.get(trade.trade_id), order)
             elif role == "maker" and trade.state == "committed":
                 await self._maker_from_order(trade, order)
             elif role == "taker" and trade.state in ("settling", "committed"):
@@ -986,7 +1094,11 @@ class Node:
                 trade.trade_id, "started_from_order", {"order_id": order.order_id.hex()}
             )
         elif time.time() > order.legs[1].lock_by and self._unlocked(order.order_id):
-            self._maker_lapsed(trade, order, "the taker's leg was not locked by legs[1].lock_by")
+            reason = "the taker's leg was not locked by legs[1].lock_by"
+            refused = [p for p in trade.phases if p.phase == "proposal_refused"]
+            if refused:
+                reason += f" (its proposal was refused: {refused[-1].detail.get('reason', '')})"
+            self._maker_lapsed(trade, order, reason)
 
     def _maker_lapsed(self, trade: TradeView, order: SettlementOrder, reason: str) -> None:
         with self._holds_lock:
@@ -1014,13 +1126,13 @@ class Node:
             # lock_by + grace (or with the ledger's clock behind ours) the evidence was refused
             # as early, once and for all. File once the ledger's latest block is past it.
             try:
-                status = await asyncio.to_thread(self.ledger.status)
+                status = await self._detached(self.ledger.status)
             except LedgerError:
                 return
             if not evidence_due(leg.lock_by, grace, status.block_time):
                 return
         if tx is None:
-            rec = await asyncio.to_thread(self._ledger_order_raw, order.order_id)
+            rec = await self._detached(self._ledger_order_raw, order.order_id)
             outcome = str(rec["legs"][1].get("outcome", "")) if rec else ""
             if outcome in ("locked", "redeemed", "refunded"):
                 return
@@ -1029,7 +1141,10 @@ class Node:
                 trade.trade_id, "evidence", {"kind": "leg_not_locked", "leg": 1}, evidence_tx=tx
             )
         try:
-            included = await asyncio.to_thread(self.ledger.commit, bytes(tx), timeout=30.0)
+            # journaled before, looked up by hash first: a stop may abandon it
+            included = await self._detached(
+                functools.partial(self.ledger.commit, timeout=30.0), bytes(tx)
+            )
             self._trade_event(trade.trade_id, "evidence_committed", {"height": included.height})
         except LedgerRefused as exc:
             log.info("evidence for %s refused: %s", order.order_id.hex()[:16], exc.log)
@@ -1195,10 +1310,12 @@ class Node:
                 if self._unlocked(oid):
                     # committed, but the swap cannot start (or the maker refused it): nothing
                     # of ours is locked, so the trade ends here; the order lapses on the ledger
-                    reason = self._redact(f"{exc.code}: {exc}")[:500]
-                    self._trade_event(
-                        trade_id, "failed", {"reason": reason}, state="failed", error=reason
-                    )
+                    # (a refusal the swap took as ``rejected`` has ended the trade already)
+                    if self.store.get(trade_id).state not in TERMINAL_TRADE_STATES:
+                        reason = self._redact(f"{exc.code}: {exc}")[:500]
+                        self._trade_event(
+                            trade_id, "failed", {"reason": reason}, state="failed", error=reason
+                        )
                     return
                 raise
             except LedgerError as exc:
@@ -1620,7 +1737,7 @@ class Node:
 
     async def _ledger_call(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await self._detached(fn, *args)
         except LedgerError as exc:
             if isinstance(exc, LedgerRefused):
                 raise
@@ -1792,9 +1909,38 @@ def _spec_of(o: OfferConfig) -> OfferSpec:
     )
 
 
-def run_node(home: Path, passphrase: str) -> None:
+def _cancellable(fn: Callable[..., T], stop: threading.Event, *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread (an scrypt of the wallet: seconds on a loaded
+    machine, not interruptible), given up when ``stop`` is set: :class:`StartCancelled`."""
+    done = threading.Event()
+    out: list[Any] = []
+
+    def work() -> None:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as exc:
+            out.append((False, exc))
+        done.set()
+
+    threading.Thread(target=work, name="kofo-node-start", daemon=True).start()
+    while not done.wait(0.05):
+        if stop.is_set():
+            raise StartCancelled("stopped during the start")
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def run_node(home: Path, passphrase: str, stop: threading.Event | None = None) -> int | None:
     """Lock the home, load config and wallet, run until SIGINT/SIGTERM. Raises
-    :class:`~kofo.node.home.NodeAlreadyRunning`, ``ConfigError`` or ``WalletError``."""
+    :class:`~kofo.node.home.NodeAlreadyRunning`, ``ConfigError`` or ``WalletError``.
+    ``stop``: set by the caller's signal handlers, installed before this is called, so a
+    signal during the start (the wallet's scrypt, connecting to the chains, the ledger, the
+    journal's re-sends) stops it promptly. Returns None, or when the node stopped during its
+    start (the home unlocked, nothing left running) the signal the daemon's loop received
+    (0: none, the caller's handlers had it)."""
+    stop = stop or threading.Event()
     home = home.expanduser().absolute()
     config = load_config(home)
     logging.basicConfig(
@@ -1803,8 +1949,19 @@ def run_node(home: Path, passphrase: str) -> None:
         force=True,
     )
     with HomeLock(home):
-        wallet = NodeWallet.open(config.wallet_path, passphrase)
-        asyncio.run(Node(config, wallet, passphrase=passphrase).run())
+        try:
+            if stop.is_set():
+                raise StartCancelled("stopped during the start")
+            log.info("unlocking the wallet")
+            wallet = _cancellable(NodeWallet.open, stop, config.wallet_path, passphrase)
+            if stop.is_set():
+                raise StartCancelled("stopped during the start")
+        except StartCancelled:
+            log.warning("stop requested during the start (unlocking the wallet): stopping")
+            return 0
+        node = Node(config, wallet, passphrase=passphrase)
+        asyncio.run(node.run(stop))
+        return node.stop_signal if node.stopped_in_start else None
 
 
-__all__ = ["Node", "NodeState", "RouteFailed", "run_node"]
+__all__ = ["Node", "NodeState", "RouteFailed", "StartCancelled", "run_node"]

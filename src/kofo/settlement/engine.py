@@ -49,6 +49,7 @@ from kofo.settlement.chain import (
 )
 from kofo.settlement.journal import EvidenceRecord, Journal, StoredSwap
 from kofo.settlement.swap import (
+    LOCK_MAY_STILL_BE_MINED,
     TERMINAL,
     Action,
     ActionKind,
@@ -98,6 +99,8 @@ the clocks until something takes time (a signature: ``None`` then, read them aga
 
 _COUNTER_REF = "counter_ref"
 """Journal notice kind under which the counterparty's lock reference is remembered."""
+_LOCK_CANCEL = "lock_cancel"
+"""Journal notice kind: the self-spend that ends our lock never mined (:meth:`_cancel_lock`)."""
 _SCAN_FROM = "scan_from"
 """Journal notice kind: per chain, the height from which a lock of the swap is searched."""
 
@@ -396,6 +399,21 @@ class SwapEngine:
         for rec in swaps:
             for chain, txs in self._journaled(rec.swap_id).items():
                 self.adapters[chain].hold(txs)
+            cancel = self._lock_cancel_tx(rec)
+            if cancel is not None:
+                # our self-spend ending a lock never mined keeps its coin: a new lock built
+                # from it would be replaced by the self-spend's re-send
+                self.adapters[cancel.chain].hold([cancel])
+
+    def _lock_cancel_tx(self, rec: StoredSwap) -> SignedTx | None:
+        """The journaled self-spend that ends the swap's lock never mined (:meth:`_cancel_lock`)."""
+        kept = self.journal.notice(rec.swap_id, _LOCK_CANCEL)
+        if kept is None:
+            return None
+        chain = self._view_plain(rec).own_leg.chain
+        if chain not in self.adapters:
+            return None
+        return SignedTx(chain, TxKind.TRANSFER, str(kept["txid"]), bytes.fromhex(kept["raw"]))
 
     def _journaled(self, swap_id: bytes) -> dict[str, list[SignedTx]]:
         """The swap's stored transactions but dropped children, per chain (of ours)."""
@@ -860,7 +878,11 @@ class SwapEngine:
                     rec.swap_id, TxKind.LOCK
                 ):
                     to = State.REJECTED if rec.state is State.PROPOSED else State.ABORTED
-                    reason = body.reason if isinstance(body, Cancel) else body.code
+                    reason = (
+                        body.reason
+                        if isinstance(body, Cancel)
+                        else f"{body.code}: {body.message[:200]}"
+                    )
                     self._transition(rec, to, f"counterparty called off: {reason}")
             elif isinstance(body, Redeemed | Refunded):
                 self.journal.store_notice(rec.swap_id, type(body).__name__.lower(), {})
@@ -1216,6 +1238,60 @@ class SwapEngine:
             return True
         adapter.release(txs)
         return False
+
+    def _cancel_lock(self, rec: StoredSwap, ref: HtlcRef) -> None:
+        """End our signed lock that never reached the chain, once the swap is past its own
+        leg's expiry (the state machine's :data:`LOCK_MAY_STILL_BE_MINED` wait: the lock is no
+        longer wanted, and mined now it would be refunded at once). On a Bitcoin-like chain a
+        self-spend of one of its coins (``prepare_lock_cancel``), journaled (notice
+        ``lock_cancel``) before it is sent, re-sent while unconfirmed and replaced at a higher
+        fee after the chain's ``bump_after_blocks``; buried at the leg's depth it makes the
+        lock unminable and the swap ``aborted`` (safety rule 6). Without it the swap waited
+        until the wallet happened to spend one of those coins again. Ethereum needs none: its
+        clock past the expiry ends the lock."""
+        chain = self._view(rec).own_leg.chain
+        adapter: Any = self.adapters[chain]
+        prepare = getattr(adapter, "prepare_lock_cancel", None)
+        if prepare is None:
+            return
+        kept = self.journal.notice(rec.swap_id, _LOCK_CANCEL)
+        prev = self._lock_cancel_tx(rec)
+        if kept is not None and prev is not None:
+            if adapter.tx_confirmations(prev.txid) > 0:
+                return  # mined: lock_unminable counts its depth
+            wait = self._bump_after(chain, TxKind.REFUND)
+            if wait is None or adapter.tip().height - int(kept["height"]) < wait:
+                self._send_cancel(adapter, rec, prev)
+                return
+        try:
+            new = prepare(ref, self.journal.txs(rec.swap_id, TxKind.LOCK), prev)
+        except KofoError as exc:
+            log.warning("swap %s: lock not cancelled yet: %s", rec.swap_id.hex()[:8], exc)
+            if prev is not None:
+                self._send_cancel(adapter, rec, prev)
+            return
+        if new is None:
+            return
+        self.journal.store_notice(
+            rec.swap_id,
+            _LOCK_CANCEL,
+            {"txid": new.txid, "raw": new.raw.hex(), "height": adapter.tip().height},
+        )
+        log.info(
+            "swap %s: our lock %s never mined, past its expiry: %s %s spends one of its coins "
+            "back to the wallet",
+            rec.swap_id.hex()[:8],
+            ref.lock_txid,
+            "replacement" if prev is not None else "self-spend",
+            new.txid,
+        )
+        self._send_cancel(adapter, rec, new)
+
+    def _send_cancel(self, adapter: ChainAdapter, rec: StoredSwap, tx: SignedTx) -> None:
+        try:
+            adapter.broadcast(tx)
+        except KofoError as exc:  # refused or already known: the next step looks again
+            log.info("swap %s: lock cancel %s not sent: %s", rec.swap_id.hex()[:8], tx.txid, exc)
 
     def _bump_after(self, chain: str, kind: TxKind) -> int | None:
         """Blocks our ``kind`` transaction on ``chain`` may wait unconfirmed before it is
@@ -1592,6 +1668,8 @@ class SwapEngine:
                 action = next_action(view, facts, now)
         if action.evidence is not None:
             self._evidence(rec, action.evidence, detail)
+        if action.reason == LOCK_MAY_STILL_BE_MINED and own_ref is not None:
+            self._cancel_lock(rec, own_ref)
         if action.kind in (ActionKind.WAIT, ActionKind.DONE):
             return False, None, None
         assert action.to is not None
@@ -1697,10 +1775,15 @@ class SwapEngine:
         except KofoError:
             return State.REJECTED, False
 
-    def resume(self) -> None:
+    def resume(self, should_stop: Callable[[], bool] | None = None) -> None:
         """At start: re-send every journaled transaction the machine wants sent *before* any new
-        signature, so no freshly signed transaction can take a stored one's nonce."""
+        signature, so no freshly signed transaction can take a stored one's nonce.
+        ``should_stop`` is asked between swaps (a node stopped during its start): the rest
+        are re-sent at the next start, or by :meth:`tick`."""
         for rec in self.journal.swaps(unfinished=True):
+            if should_stop is not None and should_stop():
+                log.info("resume stopped before swap %s", rec.swap_id.hex()[:8])
+                return
             try:
                 chains = self._chains(rec.terms)
                 with self._observing(chains):

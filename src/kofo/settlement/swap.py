@@ -63,6 +63,10 @@ class State(enum.StrEnum):
     LOST = "lost"  # terminal: the counterparty refunded after our leg was redeemed (margin broken)
 
 
+LOCK_MAY_STILL_BE_MINED = "expiry reached; our lock is not on chain but may still be mined"
+"""The wait of ``refund_wait`` past the own leg's expiry with our signed lock unseen and not
+yet unminable: the one point where the engine may end that lock with a conflict of its own."""
+
 TERMINAL = frozenset({State.REDEEMED, State.REFUNDED, State.ABORTED, State.REJECTED, State.LOST})
 
 
@@ -350,8 +354,9 @@ def next_action(rec: SwapRecord, facts: ChainFacts, now: Mapping[str, Expiry]) -
         if own.lock_dead:
             return _go(State.ABORTED, "expiry reached and our lock can never be mined")
         # A lock signed (and maybe sent) but hidden until now may still be mined: watch for
-        # it (then refund) until a conflict makes it unminable.
-        return _wait("expiry reached; our lock is not on chain but may still be mined")
+        # it (then refund) until a conflict makes it unminable (the engine makes one: a
+        # self-spend of one of its coins, past this expiry only).
+        return _wait(LOCK_MAY_STILL_BE_MINED)
 
     if s is State.REFUND_SIGNED or s is State.REFUND_SENT:
         if own.state is HtlcState.ABSENT:

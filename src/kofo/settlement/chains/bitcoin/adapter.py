@@ -87,9 +87,11 @@ from kofo.settlement.chains.bitcoin.tx import (
     build_child_spend,
     build_funding_tx,
     build_htlc_spend,
+    build_self_spend,
     effective_fee_rate,
     min_htlc_amount,
     read_htlc_spend,
+    self_spend_vsize,
     vsize,
 )
 from kofo.settlement.chains.bitcoin.wallet import CHANGE, HTLC, RECEIVE, HdWallet
@@ -1282,6 +1284,68 @@ class BitcoinAdapter:
             ):
                 return True
         return False
+
+    def prepare_lock_cancel(
+        self,
+        ref: HtlcRef,
+        txs: Sequence[SignedTx],
+        prev: SignedTx | None = None,
+        fee: FeeEstimate | None = None,
+    ) -> SignedTx | None:
+        """A self-spend that ends our signed lock of ``ref`` (in ``txs``), never seen on chain:
+        the lock's largest input spent whole back to this wallet, at a fee that replaces the
+        lock wherever it may still wait (BIP125: a higher rate, and the lock's fee plus the
+        relay fee for its own size) and, given ``prev`` (an earlier version not mined), bumps
+        that one by a quarter of its rate at least. Buried, it makes the lock unminable
+        (:meth:`lock_unminable`). None when nothing is to be done: the lock is on chain, or a
+        coin of it is already spent by another transaction (on chain, or in the mempool other
+        than ``prev``): that conflict ends the lock by itself. The caller decides that the lock
+        is no longer wanted (the engine: past its HTLC's expiry)."""
+        self._sync()
+        lock = next((t for t in txs if t.txid == ref.lock_txid and t.chain == self.chain), None)
+        if lock is None or self.index.confirmations(lock.txid) > 0:
+            return None
+        ltx = CTransaction.deserialize(lock.raw)
+        in_pool = {
+            (b2lx(i.prevout.hash), i.prevout.n): b2lx(t.GetTxid())
+            for t in self._mempool()
+            for i in t.vin
+        }
+        coins: list[Utxo] = []
+        for txin in ltx.vin:
+            outpoint = (b2lx(txin.prevout.hash), txin.prevout.n)
+            if self.index.spends.get(outpoint) is not None:
+                return None  # mined by the lock or a conflict: nothing to cancel
+            other = in_pool.get(outpoint)
+            if other is not None and other != lock.txid and (prev is None or other != prev.txid):
+                return None  # the wallet spends it elsewhere already
+            found = self.index.txs.get(outpoint[0])
+            if found is not None:
+                out = found.tx.vout[outpoint[1]]
+                coins.append(Utxo(*outpoint, int(out.nValue), bytes(out.scriptPubKey)))
+        if not coins:
+            raise ChainError(f"lock {lock.txid} spends no confirmed coin of this wallet")
+        coin = max(coins, key=lambda u: (u.amount, u.txid, u.vout))
+        relay = self.params.min_relay_fee_rate
+        dest = self.wallet.next_key(CHANGE).script_pubkey
+        size = self_spend_vsize(dest)
+        lock_fee = self._inputs_value(ltx) - _paid_out(ltx)
+        floor_rate = -(-lock_fee // vsize(ltx)) + 1
+        floor_fee = lock_fee + relay * size
+        if prev is not None:
+            ptx = CTransaction.deserialize(prev.raw)
+            prev_fee = coin.amount - _paid_out(ptx)
+            prev_rate = -(-prev_fee // vsize(ptx))
+            floor_rate = max(floor_rate, prev_rate + max(relay, prev_rate // 4))
+            floor_fee = max(floor_fee, prev_fee + relay * size)
+        rate = min(max(self._rate(fee), floor_rate), self.params.max_fee_rate)
+        amount = max(rate * size, floor_fee)
+        with self._coins:
+            tx = build_self_spend(
+                coin, self.wallet.key_for_script(coin.script_pubkey), dest, amount, self.params
+            )
+            self._hold_tx(tx)
+        return SignedTx(self.chain, TxKind.TRANSFER, b2lx(tx.GetTxid()), tx.serialize())
 
     def _short(self, exc: InsufficientFunds) -> InsufficientFunds:
         """``exc``, saying which coins are held by this wallet's own unconfirmed transactions

@@ -209,6 +209,33 @@ def build_funding_tx(
     return CTransaction.from_tx(tx)
 
 
+def self_spend_vsize(destination_script_pubkey: bytes) -> int:
+    """The virtual size of :func:`build_self_spend`'s transaction at its largest."""
+    return _estimate_funding_vsize(1, [], destination_script_pubkey)
+
+
+def build_self_spend(
+    utxo: Utxo, key: CKey, destination_script_pubkey: bytes, fee: int, params: ChainParams
+) -> CTransaction:
+    """Spend one wallet P2WPKH coin whole to ``destination_script_pubkey`` less ``fee``
+    (signals BIP125): a conflict that makes another transaction spending the coin (a lock
+    that was never mined) unminable once it is buried."""
+    value = utxo.amount - fee
+    if fee < 0 or value < dust_limit(destination_script_pubkey, params):
+        raise InsufficientFunds(
+            f"coin {utxo.txid}:{utxo.vout} of {utxo.amount} cannot pay a fee of {fee} and "
+            "keep an output above the dust limit"
+        )
+    tx = CMutableTransaction(
+        [CTxIn(COutPoint(lx(utxo.txid), utxo.vout), nSequence=RBF_SEQUENCE)],
+        [CTxOut(value, CScript(destination_script_pubkey))],
+        nLockTime=0,
+        nVersion=2,
+    )
+    tx.wit = CTxWitness([_p2wpkh_witness(tx, 0, key, utxo.amount)])
+    return CTransaction.from_tx(tx)
+
+
 def _estimate_funding_vsize(
     n_inputs: int, outputs: Sequence[tuple[bytes, int]], change: bytes | None
 ) -> int:
