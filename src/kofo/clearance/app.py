@@ -60,7 +60,7 @@ from kofo.wire.attest import (
 )
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
-from kofo.wire.expiry import UnixTime
+from kofo.wire.expiry import BlockHeight, UnixTime
 from kofo.wire.orders import (
     MAX_LEGS,
     NODE_ID_SIZE,
@@ -1550,6 +1550,9 @@ class LedgerApp:
             return
         if leg["outcome"] is None or fact.outcome is LegOutcome.LOCKED:
             leg["locked_at"] = ctx.time
+            # the lock's block on its chain, for height expiries (a spend's if no lock was seen
+            # first: at or after the lock, so it errs towards excusing the next leg's sender)
+            leg["locked_height"] = fact.chain_height
         leg["outcome"] = fact.outcome.value
         leg["txid"] = fact.txid
         leg["at"] = ctx.time
@@ -1869,6 +1872,7 @@ class LedgerApp:
                         f"{order.legs[j].lock_by} + attest_grace {grace}: legs[{tx.leg}]'s "
                         "sender was right not to lock"
                     )
+            self._check_paid_in_safely(order, rec, tx.leg)
             offender = leg.sender
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
@@ -2098,6 +2102,32 @@ class LedgerApp:
                     f"after {last} (the open quote's honour window + take_fill_window): a "
                     "later taker could not learn in time whether the provider filled it"
                 )
+
+    def _check_paid_in_safely(
+        self, order: SettlementOrder, rec: dict[str, Any], index: int
+    ) -> None:
+        """Raise ``EvidenceInvalid`` if the leg paying ``legs[index]``'s sender has a block-height
+        expiry and was attested locked at a height leaving fewer than ``height_expiry_margin``
+        blocks of its chain before that expiry: the sender could not lock its own leg and still
+        be sure to redeem the leg paying it (a taker writes both legs of a take's order, and the
+        ledger cannot relate a height to time), so it was right not to lock."""
+        if index == 0:
+            return  # the initiator locks first: nothing pays it in before
+        paid_in = order.legs[index - 1]
+        if not isinstance(paid_in.expiry, BlockHeight):
+            return  # a unix expiry is ordered by expiry_time (min_expiry_gap)
+        margin = self._params.height_expiry_margin.get(paid_in.chain)
+        height = rec["legs"][index - 1].get("locked_height")
+        if margin is None or height is None:
+            return
+        left = paid_in.expiry.value - height
+        if left < margin:
+            raise EvidenceInvalid(
+                f"legs[{index - 1}] (paying legs[{index}]'s sender) was attested locked at "
+                f"{paid_in.chain} height {height}, {left} blocks before its expiry height "
+                f"{paid_in.expiry.value}, less than height_expiry_margin {margin}: "
+                f"legs[{index}]'s sender was right not to lock"
+            )
 
     def _filled_earlier_take(
         self,

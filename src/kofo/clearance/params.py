@@ -17,6 +17,18 @@ def _default_volume_units() -> dict[str, int]:
     return {"btc": 10_000, "ltc": 1_000_000, "eth": 10**14}
 
 
+def _default_height_expiry_margin() -> dict[str, int]:
+    # Blocks a leg with a height expiry must still have, counted from the block of its
+    # attested lock, for its recipient to lock its own leg and still redeem this one: the lock
+    # buried (confirmations) and then, at 60 % of the nominal block interval (docs/swap.md's
+    # 40 % tolerance), the settlement engine's margin for the slowest own leg we route (btc):
+    # settle(btc) + notice(btc) for its own lock to be buried and seen, notice(btc) for the
+    # reveal, settle(this chain) for its redeem here. btc: 6 + ceil(14,640 / 360) = 47 (the
+    # engine lays out 47 blocks between a BTC lock and its expiry, docs/swap.md); ltc: 12 +
+    # ceil(10,080 / 90) = 124.
+    return {"btc": 47, "ltc": 124}
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerParams:
     protocol_fee_bps: int = 10
@@ -70,6 +82,12 @@ class LedgerParams:
     penalty_weight: int = 10
     """Importance lost per penalty point, in volume units."""
     volume_units: dict[str, int] = field(default_factory=_default_volume_units)
+    height_expiry_margin: dict[str, int] = field(default_factory=_default_height_expiry_margin)
+    """Per chain whose legs expire at a block height: blocks that must remain between the
+    block of a leg's attested lock and its expiry height for the leg's recipient to be bound
+    to lock its own leg (``leg_not_locked``). The ledger cannot relate a height to time, so a
+    taker could name a near or past height for the leg paying a provider, which must not lock
+    against it. A chain not listed gets no such excuse: list every height chain routed."""
     max_txs_per_sender_per_block: int = 1_000
     """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
     few orders a second; a thousand per block is far above that and still bounds a spammer."""
@@ -143,6 +161,11 @@ class LedgerParams:
         ):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"{name} must not be negative, got {getattr(self, name)}")
+        for chain, blocks in self.height_expiry_margin.items():
+            if type(blocks) is not int or not 0 <= blocks <= 1_000_000:
+                raise InvalidInput(
+                    f"height_expiry_margin[{chain!r}] must be within 0..1000000, got {blocks!r}"
+                )
         if not 1 <= self.bond_height_step <= 1_000_000:
             raise InvalidInput(
                 f"bond_height_step must be within 1..1000000, got {self.bond_height_step}"
