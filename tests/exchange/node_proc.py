@@ -95,6 +95,7 @@ async def main(cfg: dict) -> None:
                 except KofoError as exc:  # RouteFailed, an out-of-range window, ...
                     entry["error"] = f"{type(exc).__name__}: {exc}"
                 entry["ms"] = int((time.monotonic() - t0) * 1000)
+                entry["quotes_late"] = node.stats.quotes_late  # all claims' so far
                 results.append(entry)
             _write(d / f"result_{i}_{k}.json", results)
         await asyncio.sleep(0.1)

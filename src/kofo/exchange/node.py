@@ -1542,11 +1542,6 @@ class ExchangeNode:
         )
 
     def _collect(self, pending: _Pending, link: Link, sf: Any, fees: list[Any]) -> None:
-        if pending.closed or now_ms() > pending.sc.claim.deadline_ms:
-            # After our quote window: an honest relay's latency, not scored, not collected.
-            self.stats.quotes_late += 1
-            log.info("quote after the window dropped")
-            return
         via = link.peer_id
         first = len(pending.dummies) + 1
         if sf.fulfil.position == first and any(
@@ -1556,6 +1551,13 @@ class ExchangeNode:
         if pending.per_via.get(via, 0) >= self.config.max_fulfils_per_claim:
             # An honest relay never sends more (it forwards at most this many per claim).
             raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
+        if pending.closed or now_ms() > pending.sc.claim.deadline_ms:
+            # After our quote window: an honest relay's latency, not scored, not collected
+            # (one over its cap still costs it, as above: it counts towards the cap).
+            pending.per_via[via] = pending.per_via.get(via, 0) + 1
+            self.stats.quotes_late += 1
+            log.info("quote after the window dropped")
+            return
         if len(pending.quotes) >= self.config.max_quotes:
             log.info("quote dropped: %d quotes held for this claim", len(pending.quotes))
             return
