@@ -2,7 +2,9 @@
 
 Usage: ``python node_proc.py CONFIG.json``. The node writes ``status_<i>.json`` (its links, the
 peers' node ids, the size of its book) every 100 ms; for every ``go_<k>`` file that appears it
-runs its claims and writes ``result_<i>_<k>.json``.
+runs its claims and writes ``result_<i>_<k>.json``: per claim, the quotes the node received in
+its window (best first, as ``request_quotes`` returned them), the window's end, and the signed
+order for the first, or the error (a failing round never kills the process silently).
 It exits on a ``stop`` file or when its lifetime runs out, whichever comes first.
 """
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed
+from kofo.errors import KofoError
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
 from kofo.wire.codec import encode
 
 
@@ -40,6 +43,8 @@ async def main(cfg: dict) -> None:
             target_degree=cfg["target_degree"],
             feeler_s=cfg["feeler_s"],
             protocol_fee_bps=cfg.get("protocol_fee_bps", 0),
+            settle_timeout_s=cfg.get("settle_timeout_s", 5.0),
+            quote_valid_ms=cfg.get("quote_valid_ms", 10_000),
             addresses={"btc": f"btc-addr-{i}", "eth": f"eth-addr-{i}"},
         ),
     )
@@ -64,21 +69,33 @@ async def main(cfg: dict) -> None:
                 continue
             done_rounds.add(k)
             results = []
-            enough = json.loads(go.read_text() or "{}").get("enough")
+            go_cfg = json.loads(go.read_text() or "{}")
             for have, want, amount in cfg["claims"]:
                 t0 = time.monotonic()
-                cid, quotes = await node.request_quotes(
-                    have, want, amount, window_s=4.0, enough=enough
-                )
-                entry: dict[str, object] = {"quotes": len(quotes), "ms": 0}
-                if quotes:
-                    try:
+                entry: dict[str, object] = {"ms": 0}
+                try:
+                    cid, quotes = await node.request_quotes(
+                        have, want, amount, window_s=go_cfg["window_s"], enough=go_cfg["enough"]
+                    )
+                    entry["window_end_ms"] = node._pending[cid].sc.claim.deadline_ms
+                    entry["quotes"] = [
+                        {
+                            "amount_in": q.amount_in,
+                            "delivered": q.delivered,
+                            "received_ms": q.received_ms,
+                            "hops": q.fulfil.fulfil.position,
+                        }
+                        for q in quotes
+                    ]
+                    entry["quotes_ms"] = int((time.monotonic() - t0) * 1000)
+                    if quotes:
                         commit = await node.settle(cid, quotes[0], os.urandom(32))
                         entry["order"] = encode(commit.as_map()).hex()
                         entry["delivered"] = quotes[0].delivered
-                    except RouteFailed as exc:
-                        entry["error"] = str(exc)
+                except KofoError as exc:  # RouteFailed, an out-of-range window, ...
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
                 entry["ms"] = int((time.monotonic() - t0) * 1000)
+                entry["quotes_late"] = node.stats.quotes_late  # all claims' so far
                 results.append(entry)
             _write(d / f"result_{i}_{k}.json", results)
         await asyncio.sleep(0.1)
@@ -86,5 +103,5 @@ async def main(cfg: dict) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.ERROR)
+    logging.basicConfig(level=os.environ.get("KOFO_NODE_PROC_LOG", "ERROR"))
     asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))

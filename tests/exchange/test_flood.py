@@ -410,8 +410,25 @@ def test_a_relay_never_forwards_more_fulfils_than_its_upstream_takes_so_it_is_ne
             await link(taker, relay)
             for n in flooders:
                 await link(relay, n)
-            _, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=3)
-            assert 0 < len(quotes) <= 32  # ExchangeConfig.max_fulfils_per_claim
+            # The end of the flood is when the relay handled every flooder's fulfil and the
+            # taker every one the relay sent, not a window (3 s could end mid-flood under load,
+            # checking the scores before the fulfils that would cost them had come).
+            handled = [0]
+            real = ExchangeNode._handlers["fulfil"]
+
+            def counting(node: ExchangeNode, lk: Any, body: dict[str, Any]) -> None:
+                handled[0] += 1
+                real(node, lk, body)
+
+            relay._handlers = {**ExchangeNode._handlers, "fulfil": counting}  # type: ignore[misc]
+            cid, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=25, enough=1)
+            await wait_until(lambda: handled[0] == DeepFulfilFlooder.n * len(flooders), 40)
+            st, pending = relay._relay[cid], taker._pending[cid]
+            sent = len(st.downstream)
+            assert 0 < sent <= 32  # ExchangeConfig.max_fulfils_per_claim
+            # Each one the taker handled (collected, or after its window: counted, dropped).
+            await wait_until(lambda: pending.per_via.get(relay.node_id) == sent, 40)
+            assert len(quotes) >= 1
             assert taker._scores.get(relay.node_id, 0) == 0
             assert relay.node_id in taker.links
         finally:

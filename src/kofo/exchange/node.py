@@ -361,6 +361,9 @@ class _Pending:
     osigs: dict[int, bytes] = field(default_factory=dict)
     lproofs: dict[tuple[int, LegRole], bytes] = field(default_factory=dict)
     chosen: Quote | None = None
+    # Set when request_quotes returns: the collection is what it returned (a fulfil arriving
+    # later, even one the event loop had queued before the window's end, is dropped).
+    closed: bool = False
     order_data: bytes | None = None
     order: SettlementOrder | None = None
     owners: list[bytes] = field(default_factory=list)  # node id per position, once ordered
@@ -379,6 +382,7 @@ class NodeStats:
     book_dumps_skipped: int = 0
     book_redumps: int = 0  # links given the book again: gossip to them was dropped (full buffer)
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
+    quotes_late: int = 0  # fulfils for our own claim after its quote window closed: unscored
 
 
 class _Inbound(asyncio.Protocol):
@@ -1558,9 +1562,10 @@ class ExchangeNode:
     ) -> tuple[bytes, list[Quote]]:
         """Send a claim and collect quotes for ``window_s`` (or until ``enough`` arrived).
 
-        Returns the claim id and the quotes, best first: full fills before partial ones, then
-        the best delivered-per-input rate net of every fee, then the importance of the
-        neighbour the quote came through.
+        Returns the claim id and the quotes received within the window, best first (see
+        :meth:`rank`). The window is the claim's own ``deadline_ms`` (sent + ``window_s``):
+        a quote received after it, or after this returns (``enough``), is not collected: the
+        list is exactly what :meth:`settle` accepts for this claim.
         """
         if not 0 < window_s * 1000 <= MAX_CLAIM_HORIZON_MS:
             raise KofoError(f"window_s {window_s} is out of range", code="invalid_input")
@@ -1604,22 +1609,30 @@ class ExchangeNode:
             pending.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pending.changed.wait(), left)
+        # Close the collection: under load the loop may resume well after the window, with
+        # fulfils read meanwhile; _collect dropped those past deadline_ms, nothing more joins.
+        pending.closed = True
+        pending.quotes = [q for q in pending.quotes if q.received_ms <= claim.deadline_ms]
         return sc.claim_id, self.rank(pending.sc.claim, pending.quotes)
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
+        """Best first, a total order (the same quotes rank the same whatever their arrival
+        order): a full fill, then the higher net rate (exact, a fraction), then fewer hops,
+        then the more important neighbour it came through, then the earlier received, then
+        the lower ``fulfil_id``."""
         imp = self._importance or (lambda _p: 0.0)
         # At equal price the shorter route wins: a relay that pads a route with hops of its
         # own loses the trade to any equally priced shorter route.
         return sorted(
             quotes,
             key=lambda q: (
-                q.amount_in == claim.amount,
-                q.rate,
-                -q.fulfil.fulfil.position,
-                imp(q.via),
-                -q.received_ms,
+                q.amount_in != claim.amount,
+                -q.rate,
+                q.fulfil.fulfil.position,
+                -imp(q.via),
+                q.received_ms,
+                q.fulfil_id,
             ),
-            reverse=True,
         )
 
     def _collect(self, pending: _Pending, link: Link, sf: Any, fees: list[Any]) -> None:
@@ -1632,6 +1645,13 @@ class ExchangeNode:
         if pending.per_via.get(via, 0) >= self.config.max_fulfils_per_claim:
             # An honest relay never sends more (it forwards at most this many per claim).
             raise BadMessage(f"fulfil: more than {self.config.max_fulfils_per_claim} for one claim")
+        if pending.closed or now_ms() > pending.sc.claim.deadline_ms:
+            # After our quote window: an honest relay's latency, not scored, not collected
+            # (one over its cap still costs it, as above: it counts towards the cap).
+            pending.per_via[via] = pending.per_via.get(via, 0) + 1
+            self.stats.quotes_late += 1
+            log.info("quote after the window dropped")
+            return
         if len(pending.quotes) >= self.config.max_quotes:
             log.info("quote dropped: %d quotes held for this claim", len(pending.quotes))
             return
