@@ -4,12 +4,18 @@ that worked, each failing before its fix. Real nodes on loopback, real backpress
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket as sk
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import kofo.exchange.transport as transport_mod
 from kofo.exchange import node as node_module
+from kofo.exchange.frames import encode_frame
+from kofo.exchange.transport import handshake, node_id_of, tls_identity
+from kofo.wire.exchange import Frame
 
 from .helpers import link, start_nodes, stop_all, wait_until
 
@@ -61,5 +67,81 @@ def test_gossip_missed_at_a_full_buffer_is_sent_again_not_the_whole_book(monkeyp
             assert maker.stats.book_dumps == 1
         finally:
             await stop_all([maker, peer])
+
+    asyncio.run(go())
+
+
+async def _link_in(key: Ed25519PrivateKey, port: int) -> asyncio.StreamWriter:
+    """A mesh link from ``key``'s node to ``port`` that this end never reads (as an attacker
+    dialling in again and again leaves them)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls_identity(key).client)
+    await handshake(reader, writer, key, 1, outbound=True)
+    writer.write(encode_frame(Frame("peers_req", {}).to_bytes()))
+    await writer.drain()
+    return writer
+
+
+async def _impersonate(victim_id: bytes, port: int) -> None:
+    """Dial in claiming ``victim_id`` without its key: hello with its id, an auth signed by
+    another key (the channel binding is this TLS session's: a signature relayed from the
+    real peer's own session would not verify either)."""
+    other = Ed25519PrivateKey.generate()
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls_identity(other).client
+    )
+    try:
+        hello = {"node": victim_id, "port": 1, "nonce": os.urandom(32)}
+        writer.write(encode_frame(Frame("hello", hello).to_bytes()))
+        writer.write(encode_frame(Frame("auth", {"sig": other.sign(b"x" * 32)}).to_bytes()))
+        await writer.drain()
+        with contextlib.suppress(Exception):
+            while await asyncio.wait_for(reader.read(65536), 5):
+                pass  # until the node closes it
+    finally:
+        writer.close()
+
+
+def test_relinking_in_a_loop_or_without_the_key_never_touches_other_links():
+    """(a) A stranger claiming a linked peer's id without its key is refused at the
+    handshake: the peer's link stays. (b) A peer dialling in again and again (each new link
+    replaces its old one) only churns its own link: honest links stay, the node holds one
+    link for it, and an honest newcomer still gets the book (one dump queue entry per link,
+    oldest first). Passed before the review too: the attacks fail."""
+
+    async def go() -> None:
+        victim, honest, newcomer = await start_nodes(
+            3, target_degree=0, maintain_s=0.05, offers_per_maker=200
+        )
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            for i in range(200):
+                honest.publish_offer("btc", "eth", (30 + i, 1), max_in=10**6)
+            await link(honest, victim)
+            await wait_until(lambda: victim.book.maker_count(honest.node_id) == 200, 15)
+            kept = victim.links[honest.node_id]
+            await _impersonate(honest.node_id, victim.port)
+            assert victim.links[honest.node_id] is kept and not kept.closed
+            churn = Ed25519PrivateKey.generate()
+            churn_id = node_id_of(churn)
+            for _ in range(40):
+                w = await _link_in(churn, victim.port)
+                writers.append(w)
+                await wait_until(lambda: victim.links.get(churn_id) is not None, 5)
+            await link(newcomer, victim)
+            for _ in range(20):
+                writers.append(await _link_in(churn, victim.port))
+            await wait_until(
+                lambda: newcomer.book.maker_count(honest.node_id) == 200,
+                30,
+                state=lambda: f"{newcomer.book.maker_count(honest.node_id)}, {victim.stats}",
+            )
+            assert victim.links[honest.node_id] is kept and not kept.closed
+            await wait_until(lambda: sum(not lk.closed for lk in victim.links.values()) <= 3, 10)
+            assert set(victim.links) <= {honest.node_id, newcomer.node_id, churn_id}
+            assert len(victim._dump_wait) <= 1
+        finally:
+            for w in writers:
+                w.close()
+            await stop_all([victim, honest, newcomer])
 
     asyncio.run(go())
