@@ -145,3 +145,44 @@ def test_relinking_in_a_loop_or_without_the_key_never_touches_other_links():
             await stop_all([victim, honest, newcomer])
 
     asyncio.run(go())
+
+
+def test_peers_linking_in_cannot_keep_a_fixed_node_from_its_bootstrap_peers():
+    """A fixed node (``discover = False``) dials each bootstrap peer "whatever the degree",
+    but only while it has room under ``max_degree``, and peers linking in (fresh keys cost
+    nothing) could take every slot left above ``target_degree``: with fewer target links
+    than bootstrap peers (a library config; the daemon sets one per bootstrap peer), a
+    bootstrap peer that came up after them was never dialled: the node was eclipsed from it.
+    A fixed node keeps a slot for each bootstrap peer."""
+
+    async def go() -> None:
+        with sk.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            late_port = s.getsockname()[1]
+        (first,) = await start_nodes(1, target_degree=0)
+        fixed = await start_nodes(
+            1, target_degree=1, max_degree=3, feeler_s=0, discover=False, maintain_s=0.05,
+            backoff_base_s=0.05, backoff_max_s=0.2,
+            bootstrap=[("127.0.0.1", first.port), ("127.0.0.1", late_port)],
+        )  # fmt: skip
+        node = fixed[0]
+        nodes = [first, node]
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            await wait_until(lambda: first.node_id in node.links, 10)
+            for _ in range(2):  # linking in while the late bootstrap peer is down
+                with contextlib.suppress(Exception):
+                    writers.append(await _link_in(Ed25519PrivateKey.generate(), node.port))
+            late = (await start_nodes(1, target_degree=0, port=late_port))[0]
+            nodes.append(late)
+            await wait_until(
+                lambda: late.node_id in node.links,
+                15,
+                state=lambda: f"{len(node.links)} links, {len(node._dialing)} dialling",
+            )
+        finally:
+            for w in writers:
+                w.close()
+            await stop_all(nodes)
+
+    asyncio.run(go())

@@ -748,9 +748,14 @@ class ExchangeNode:
         freed = 1 if old is not None and not old.outbound and not old.closed else 0
         inbound = sum(1 for lk in self.links.values() if not lk.outbound) - freed
         inbound += sum(1 for lk in self._stranger_swaps if not lk.closed)
-        return (
-            len(self.links) - freed < self.config.max_degree
-            and inbound < self.config.max_degree - self.config.target_degree
+        kept = self.config.target_degree
+        if not self.config.discover:
+            # A fixed node dials every bootstrap peer whatever its target degree: a slot
+            # each (peers linking in took the slots above the target, and a bootstrap peer
+            # up after them was never dialled).
+            kept = max(kept, len(self.config.bootstrap))
+        return len(self.links) - freed < self.config.max_degree and inbound < (
+            self.config.max_degree - kept
         )
 
     def _settle_role(self, link: Link, frame: Frame) -> bool:
