@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import kofo.exchange.transport as transport_mod
 from kofo.exchange import node as node_module
 from kofo.exchange.frames import encode_frame
-from kofo.exchange.transport import handshake, node_id_of, tls_identity
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.exchange.transport import _read_frame, handshake, node_id_of, tls_identity
 from kofo.wire.exchange import Frame
 
 from .helpers import link, start_nodes, stop_all, wait_until
@@ -183,6 +184,69 @@ def test_peers_linking_in_cannot_keep_a_fixed_node_from_its_bootstrap_peers():
         finally:
             for w in writers:
                 w.close()
+            await stop_all(nodes)
+
+    asyncio.run(go())
+
+
+def test_addresses_announced_with_a_peers_id_never_keep_the_node_from_its_verified_one():
+    """A node dials one address per node id at a time (two links at once to one node are
+    each kept by a different end). It took the first address of an id in its table: an
+    attacker announcing tarpits under an honest peer's id (listeners that never finish a
+    handshake, 5 s each) ahead of the peer's verified address kept the node from ever dialling
+    the peer back after a restart, one tarpit after another. An address verified by a
+    handshake now goes first, and the rest in random order."""
+
+    async def go() -> None:
+        (honest,) = await start_nodes(1, target_degree=0)
+        honest_key, honest_port = honest._key, honest.port
+        node = (
+            await start_nodes(
+                1,
+                target_degree=1,
+                feeler_s=0,
+                maintain_s=0.05,
+                backoff_base_s=0.05,
+                backoff_max_s=0.2,
+            )
+        )[0]
+        stalled: list[asyncio.StreamWriter] = []
+
+        async def tarpit(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            stalled.append(w)  # accepts, never answers
+
+        pits = [await asyncio.start_server(tarpit, "127.0.0.1", 0) for _ in range(8)]
+        attacker = Ed25519PrivateKey.generate()
+        nodes = [honest, node]
+        try:
+            # the attacker links in and answers the node's peers_req with the tarpits,
+            # each under the honest node's id
+            ident = tls_identity(attacker)
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.port, ssl=ident.client)
+            await handshake(reader, writer, attacker, 1, outbound=True)
+            while (await _read_frame(reader)).type != "peers_req":
+                pass
+            listed = [[honest.node_id, p.sockets[0].getsockname()[1]] for p in pits]
+            writer.write(encode_frame(Frame("peers", {"peers": listed}).to_bytes()))
+            await writer.drain()
+            await wait_until(lambda: len(node._known) >= len(pits), 5)
+            # the node links the honest peer (verified address), which then restarts
+            await node.connect("127.0.0.1", honest_port)
+            await honest.stop()
+            await wait_until(lambda: honest.node_id not in node.links, 5)
+            honest = ExchangeNode(honest_key, ExchangeConfig(target_degree=0, port=honest_port))
+            await honest.start()
+            nodes.append(honest)
+            await wait_until(
+                lambda: honest.node_id in node.links,
+                20,
+                state=lambda: f"dialling {sorted(node._dialing)}",
+            )
+        finally:
+            for w in stalled:
+                w.close()
+            for p in pits:
+                p.close()
             await stop_all(nodes)
 
     asyncio.run(go())

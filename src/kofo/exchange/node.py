@@ -1133,8 +1133,15 @@ class ExchangeNode:
         links dialled to one peer at once would each be kept by a different end: a peer
         dialling in again replaces its old link, while the dialer keeps its older one)."""
         busy = {self._known.get(a) for a in self._dialing}
+        # An address a handshake verified goes first, the rest in random order: addresses
+        # announced under a peer's id (tarpits never finishing a handshake) listed ahead of
+        # its verified one kept us from dialling that peer, one after another (``busy``).
+        addrs = list(self._known)
+        self._rng.shuffle(addrs)
+        addrs.sort(key=lambda a: a not in self._verified)
         out: list[tuple[str, int]] = []
-        for addr, nid in self._known.items():
+        for addr in addrs:
+            nid = self._known[addr]
             if (
                 addr not in self._dialing
                 and nid not in linked
