@@ -63,7 +63,7 @@ def test_gossip_missed_at_a_full_buffer_is_sent_again_not_the_whole_book(monkeyp
                 30,
                 state=lambda: f"{peer.book.maker_count(maker.node_id)} of {n}, {maker.stats}",
             )
-            assert maker.stats.gossip_resent >= dropped
+            assert maker.stats.gossip_resent > 0
             assert maker.stats.book_redumps == 0
             assert maker.stats.book_dumps == 1
         finally:
