@@ -127,6 +127,10 @@ PEERS_ANSWER_S = 0.5
 FIXED_BACKOFF_MAX_S = 10.0
 """Longest wait between dials of a bootstrap peer of a fixed topology (``discover = False``)."""
 
+MISSED_MAX = 512
+"""Gossiped offers kept per link that missed them at a full write buffer, to send again once
+it drains; beyond, the link gets the whole book again (withdrawals among them are lost)."""
+
 INBOUND_SOURCE = b"inbound:"
 """The source recorded for an inbound peer's claimed address, followed by the host it linked
 from (never a node id: those are 32 bytes)."""
@@ -380,7 +384,8 @@ class NodeStats:
     claims_late: int = 0  # expired on their way or just beyond the horizon: unscored
     book_dumps: int = 0
     book_dumps_skipped: int = 0
-    book_redumps: int = 0  # links given the book again: gossip to them was dropped (full buffer)
+    book_redumps: int = 0  # links given the book again: over MISSED_MAX offers missed (full buffer)
+    gossip_resent: int = 0  # offers sent again to a link that missed them at a full buffer
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
     quotes_late: int = 0  # fulfils for our own claim after its quote window closed: unscored
 
@@ -470,9 +475,11 @@ class ExchangeNode:
         self._dump_wait: dict[Link, None] = {}
         # Book dumps larger than a link's write buffer: the offers and the next one to send.
         self._dump_rest: dict[Link, tuple[list[SignedOffer], int]] = {}
-        # Mesh links that missed a gossiped offer (their write buffer was full: a slow
-        # reader): each gets the book again once its buffer has drained (``_redump_missed``).
-        self._missed: dict[Link, None] = {}
+        # Mesh links that missed gossiped offers (their write buffer was full: a slow reader,
+        # or a book dump filling it): the frames missed (expiry, frame), sent again once the
+        # buffer has drained (``_redump_missed``); None: more than ``MISSED_MAX`` were missed,
+        # the link gets the book again instead.
+        self._missed: dict[Link, list[tuple[int, bytes]] | None] = {}
         # Swap links from peers we expect no direct messages from (dialled for them by a
         # stranger): each holds the inbound mesh slot it came in by.
         self._stranger_swaps: set[Link] = set()
@@ -745,9 +752,14 @@ class ExchangeNode:
         freed = 1 if old is not None and not old.outbound and not old.closed else 0
         inbound = sum(1 for lk in self.links.values() if not lk.outbound) - freed
         inbound += sum(1 for lk in self._stranger_swaps if not lk.closed)
-        return (
-            len(self.links) - freed < self.config.max_degree
-            and inbound < self.config.max_degree - self.config.target_degree
+        kept = self.config.target_degree
+        if not self.config.discover:
+            # A fixed node dials every bootstrap peer whatever its target degree: a slot
+            # each (peers linking in took the slots above the target, and a bootstrap peer
+            # up after them was never dialled).
+            kept = max(kept, len(self.config.bootstrap))
+        return len(self.links) - freed < self.config.max_degree and inbound < (
+            self.config.max_degree - kept
         )
 
     def _settle_role(self, link: Link, frame: Frame) -> bool:
@@ -836,21 +848,43 @@ class ExchangeNode:
             self._dump_book(link)
 
     def _redump_missed(self) -> None:
-        """Links that missed gossip at a full write buffer get the book again (the dump
-        budget and queue apply) once the buffer is half drained and a dump under way has
-        ended (its offers were taken before the missed one); one queued but not started
-        will carry it."""
+        """Links that missed gossip at a full write buffer get the frames they missed (at
+        most ``MISSED_MAX``, else the book again: the dump budget and queue apply) once the
+        buffer is half drained and a dump under way has ended (its offers were taken before
+        the missed ones). Before, every miss cost the whole book again: the dump itself
+        fills the buffer, so on a busy network a large book went out again and again to a
+        newcomer, and a withdrawal missed was never sent (the book holds no withdrawals)."""
+        now = now_ms()
         for link in list(self._missed):
-            if link.closed or self.links.get(link.peer_id) is not link or link in self._dump_wait:
+            if link.closed or self.links.get(link.peer_id) is not link:
                 del self._missed[link]
                 continue
             if link in self._dump_rest:
                 continue
-            if link.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT // 2:
+            room = WRITE_BUFFER_LIMIT - link.writer.transport.get_write_buffer_size()
+            if room < WRITE_BUFFER_LIMIT // 2:
                 continue
-            del self._missed[link]
-            self.stats.book_redumps += 1
-            self._send_book(link)
+            frames = self._missed.pop(link)
+            if frames is None:
+                if link not in self._dump_wait:  # a dump queued, not started, carries them
+                    self.stats.book_redumps += 1
+                    self._send_book(link)
+                continue
+            parts: list[bytes] = []
+            size = 0
+            while frames:
+                expiry, framed = frames[0]
+                if expiry > now:
+                    if parts and size + len(framed) > room:
+                        break
+                    parts.append(framed)
+                    size += len(framed)
+                frames.pop(0)
+            if parts:
+                self.stats.gossip_resent += len(parts)
+                link.send_raw(b"".join(parts))
+            if frames:
+                self._missed[link] = frames
 
     def _dump_book(self, link: Link) -> None:
         offers = self.book.all(now_ms())
@@ -1103,8 +1137,15 @@ class ExchangeNode:
         links dialled to one peer at once would each be kept by a different end: a peer
         dialling in again replaces its old link, while the dialer keeps its older one)."""
         busy = {self._known.get(a) for a in self._dialing}
+        # An address a handshake verified goes first, the rest in random order: addresses
+        # announced under a peer's id (tarpits never finishing a handshake) listed ahead of
+        # its verified one kept us from dialling that peer, one after another (``busy``).
+        addrs = list(self._known)
+        self._rng.shuffle(addrs)
+        addrs.sort(key=lambda a: a not in self._verified)
         out: list[tuple[str, int]] = []
-        for addr, nid in self._known.items():
+        for addr in addrs:
+            nid = self._known[addr]
             if (
                 addr not in self._dialing
                 and nid not in linked
@@ -1302,7 +1343,13 @@ class ExchangeNode:
             if not link.send_raw(framed) and not link.closed:
                 # Dropped at a full write buffer (a peer reading slowly, e.g. through a large
                 # book dump): it would learn the offer only at its maker's re-announcement.
-                self._missed[link] = None
+                # Kept to send again (``_redump_missed``), at most ``MISSED_MAX`` per link.
+                missed = self._missed.get(link, [])
+                if missed is not None and len(missed) < MISSED_MAX:
+                    missed.append((so.offer.expiry_ms, framed))
+                    self._missed[link] = missed
+                else:
+                    self._missed[link] = None
 
     def _h_offer(self, link: Link, body: dict[str, Any]) -> None:
         raw = body.get("m")
