@@ -720,6 +720,7 @@ def run_demo(console: Console, workdir: Path | None = None) -> DemoResult:
     started = time.monotonic()
     _T0[0] = started
     _PHASES.clear()
+    _MARKS.clear()
     _PIDS.clear()
     _CPU_BASE.clear()
     _CPU_BASE.update(_cpu())
@@ -759,6 +760,8 @@ _T0 = [time.monotonic()]
 _PHASES: list[tuple[str, float, dict[str, float]]] = []
 """(what, seconds since the start, CPU seconds so far per group) at the end of each phase of
 the demo (printed at its end)."""
+_MARKS: dict[str, float] = {}
+"""Seconds since the start of trade 2's steps (its own thread): the demo's critical path."""
 _PIDS: dict[int, str] = {}
 """The processes the demo started, by group ("devnet", "nodes": the launcher and the nodes it
 forked, whose CPU is counted in the launcher's once it reaps them)."""
@@ -822,6 +825,13 @@ def _phase_table(console: Console) -> None:
         console.print(
             f"  {'in all':<40} {_PHASES[-1][1]:5.1f}s  {sum(total.values()):5.1f}s ="
             f" {total['demo']:4.1f} {total['devnet']:5.1f} {total['nodes']:5.1f}"
+        )
+    if _MARKS:
+        m = {k: round(v) for k, v in _MARKS.items()}
+        console.print(
+            f"  trade 2, the critical path: asked at {m.get('asked', '-')} s, committed "
+            f"{m.get('committed', '-')} s,\n  evidence {m.get('evidence', '-')} s, refunded "
+            f"{m.get('refunded', '-')} s, checked {m.get('checked', '-')} s"
         )
     console.print(f"  {_load()}")
 
@@ -1400,6 +1410,7 @@ def _trade2(
         f"({_amount('btc', MIN_IN_A)}), so {CRASHING}'s is the one quote"
     )
     proc = net.nodes[CRASHING].popen
+    reporting: Future[None] | None = None
     floor = SELL2_SATS * PRICE_B * 9 // 10  # maker_b's price less at most 10 % of fees
 
     def ready() -> bool:
@@ -1413,6 +1424,7 @@ def _trade2(
     _until(ready, f"the taker to see {CRASHING}'s offer, the parties registered")
     seq = taker.last_event_seq()
     t0 = time.monotonic()
+    _MARKS["asked"] = t0 - _T0[0]
     # A 1 s window first (the one quote comes in well under it on an idle machine: trade 2 is
     # the demo's critical path), then QUOTE_WINDOW_S if a loaded machine missed it.
     for window in (1.0, QUOTE_WINDOW_S, QUOTE_WINDOW_S):  # bounded
@@ -1443,8 +1455,10 @@ def _trade2(
                         console.print(f"{at}  {_describe(d)}")
                     if phase == "committed":
                         committed = True
+                        _MARKS["committed"] = time.monotonic() - _T0[0]
                     if phase == "evidence_committed":
                         evidence_height = int(d.get("height", 0))
+                        _MARKS["evidence"] = time.monotonic() - _T0[0]
                 elif e.kind == "swap" and oid and d.get("swap_id") == oid:
                     state = str(d.get("state", ""))
                     seen.add(f"taker {state}")
@@ -1462,13 +1476,21 @@ def _trade2(
                 sync.frozen.set()  # trade 1 may run: nothing here moves a wallet until released
             if evidence_height and not slashed and sync.released.is_set():
                 slashed = True
-                # the refund first (it is what the taker waits for), then the slash's report
+                # the refund first (it is what the taker waits for); the slash's report and
+                # its relay to the vault meanwhile (two threads' lines may interleave)
                 _fast_forward(net, console, oid)
-                _slash(net, console, result, before, params, evidence_height)
-                _relay(net, console, result, vault, foundation, foundation_before, params)
+
+                def report(height: int = evidence_height) -> None:
+                    _slash(net, console, result, before, params, height)
+                    _relay(net, console, result, vault, foundation, foundation_before, params)
+
+                reporter = ThreadPoolExecutor(max_workers=1)
+                reporting = reporter.submit(report)
+                reporter.shutdown(wait=False)
             v = taker.trade(view.trade_id)
             if v.state in TERMINAL_TRADE_STATES and (slashed or v.state != "refunded"):
                 ended = v
+                _MARKS["refunded"] = time.monotonic() - _T0[0]
             time.sleep(0.2)
         if committed or ended.state not in ("failed", "cancelled"):
             break
@@ -1489,6 +1511,8 @@ def _trade2(
         str(sorted(seen)),
     )
     _check(result, console, "the taker's trade refunded", ended.state == "refunded", ended.error)
+    if reporting is not None:
+        reporting.result(timeout=WAIT)  # the slash's checks, its errors raised here
     if ended.state != "refunded" or not oid:
         return
 
@@ -1530,6 +1554,7 @@ def _trade2(
         f"{CRASHING}'s ETH never left its wallet",
         int(w3.eth.get_balance(maker_eth)) == maker_eth_before,
     )
+    _MARKS["checked"] = time.monotonic() - _T0[0]
 
 
 def _txid_note(d: dict[str, Any]) -> str:
