@@ -895,6 +895,8 @@ class _Sync:
     frozen: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
+    checked: threading.Event = field(default_factory=threading.Event)
+    """The links and offers checked (every node asked, maker_b too): trade 2 may kill it."""
     window: dict[str, int] = field(default_factory=dict)
     """The taker's balance change over trade 1's window (trade 2 frozen), per asset."""
     error: BaseException | None = None
@@ -932,6 +934,7 @@ def _trades(net: Network, console: Console, result: DemoResult) -> None:
     try:
         _topology(net, console, result)
         _spreading(net, console, result)
+        sync.checked.set()
         _phase("links, offers spread, registrations")
         _trade(net, console, result, sync, before0, started2, quoted)
         sync.released.set()
@@ -1426,6 +1429,11 @@ def _trade2(
         return parties <= listed and net.ids[CRASHING] in book
 
     _until(ready, f"the taker to see {CRASHING}'s offer, the parties registered")
+    # the demo asks every node (maker_b too) for its links and book first: ~1 s on an idle
+    # machine, mostly the offers spreading that this trade waits for anyway
+    _until(lambda: sync.checked.is_set() or sync.stop.is_set(), "the network checked")
+    if sync.stop.is_set():
+        return
     seq = taker.last_event_seq()
     t0 = time.monotonic()
     _MARKS["asked"] = t0 - _T0[0]
