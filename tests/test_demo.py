@@ -53,7 +53,7 @@ def test_kofo_demo_runs_the_network_and_every_check_holds() -> None:
     assert all(len(line) <= 80 for line in table), table
     # trade 2: the chosen maker killed after the commit, the taker's lock, evidence, slash,
     # the vault executing it, the refund on chain and on the ledger
-    second = " ".join(out[out.index("trade 2:") :].split())  # rich wraps at 80 columns
+    second = " ".join(out[out.index("trade 2: maker_b") :].split())  # rich wraps at 80 columns
     assert re.search(r"maker_b SIGKILLed .* exit -9", second)
     assert re.search(r"taker +locked", second)
     assert re.search(r"evidence +kind=leg_not_locked leg=1", second)
@@ -63,6 +63,15 @@ def test_kofo_demo_runs_the_network_and_every_check_holds() -> None:
     assert re.search(r"maker_b's bond 0\.95 ETH, the foundation received 0\.05 ETH", second)
     assert re.search(r"taker +refunded", second)
     assert "outcomes {'0': 'refunded'}" in second
+    # the two trades overlap in time (trade 2 first: its evidence is the critical path) but
+    # not on the screen: trade 2's section follows trade 1's balance table, whole
+    started = re.search(r"trade 2, below, started at (\d+) s", out)
+    assert started, out[:3000]
+    assert out.index("BTC change (sat)") < out.index("trade 2: maker_b"), out
+    rule2 = re.search(r"trade 2: maker_b is chosen.*\[(\d+) s\]", out)
+    assert rule2 and abs(int(rule2.group(1)) - int(started.group(1))) <= 1, out
+    assert re.search(r"maker_b\* +\+0 +\+0", out), out  # dead by then: read from the chains
+    assert re.search(r"the taker sells 0\.005 BTC: below maker_a's minimum", second), out
     # the phase times, with the load they were measured under
     assert "where the time went" in out and "load average" in out
 
@@ -131,3 +140,23 @@ def test_demo_homes_use_the_key_store_floor_and_hold_the_paillier_key(tmp_path):
     pub, _ = load_or_create_paillier(home, PASSPHRASE, file_key=file_key)  # the node's open
     assert (home / "paillier.key").read_bytes() == blob  # opened, not generated again
     assert pub.n.bit_length() == 2048
+
+
+def test_trade_2s_output_is_held_until_trade_1s_section_ends() -> None:
+    # The trades run at once; trade 2 writes to a held stream that is printed whole after
+    # trade 1's section, then passes straight through.
+    import io
+
+    from kofo.demo import _Held
+
+    out = io.StringIO()
+    held = _Held(out)
+    held.write("trade 2: first\n")
+    held.write("t+ 1.0 s  committed\n")
+    assert out.getvalue() == ""  # nothing of trade 2 among trade 1's lines
+    out.write("trade 1: balances\n")
+    held.release()
+    held.write("t+40.0 s  refunded\n")
+    assert out.getvalue() == (
+        "trade 1: balances\ntrade 2: first\nt+ 1.0 s  committed\nt+40.0 s  refunded\n"
+    )
