@@ -15,8 +15,8 @@ peers and those dialling in, never an address learned from peers), driven throug
   each restart, so one trade passes several: ``t_a`` at trade_signed, trade_submitted,
   trade_committed; ``t_b`` at trade_swap_started, enter:locked (its BTC lock buried),
   after_broadcast:redeem (its ETH redeem sent); ``maker2`` at maker_signed (that trade fails,
-  nothing committed), then on the next trade at enter:locked, after_broadcast:redeem
-  (maker_committed: see ``CHAIN_MAKER``); ``relay2`` at relay_signed (the route's only
+  nothing committed), then on the next trade at maker_committed, after_broadcast:lock
+  (its BTC lock sent), after_broadcast:redeem; ``relay2`` at relay_signed (the route's only
   relay: ``t_relay`` and the maker have no other link, so the restart cannot be bypassed;
   the trade fails, nothing committed). Each trade ends atomically (both sides redeemed, or
   failed with nothing committed or locked), the ledger shows each order once with one outcome
@@ -81,14 +81,14 @@ CHAIN_A = ["trade_signed", "trade_submitted", "trade_committed"]
 not broadcast; committed, the swap not started."""
 CHAIN_B = ["trade_swap_started", "enter:locked", "after_broadcast:redeem"]
 """``t_b``'s: the swap proposed and accepted; its BTC lock buried; its ETH redeem sent."""
-CHAIN_MAKER = ["enter:locked", "after_broadcast:redeem"]
-"""``maker2``'s on its second trade (the first kills it at maker_signed): its BTC lock buried;
-its ETH redeem sent. Not ``maker_committed`` (the order seen committed, nothing proposed yet):
-found failing by this module, not fixed (docs/node.md, "Found by these tests"): the taker
-proposes ~20 s after the commit, into the link of a maker that is down (a restart takes
-30-120 s under load); the proposal is never sent again and the restarted maker waits for the
-taker's lock (``_maker_from_order``), so both wait until ``initiator_lock_by`` and the swap
-aborts with nothing locked: atomic, but the trade fails. Seen at load 27."""
+CHAIN_MAKER = ["maker_committed", "after_broadcast:lock", "after_broadcast:redeem"]
+"""``maker2``'s on its second trade (the first kills it at maker_signed): the order seen
+committed, nothing proposed yet (the taker proposes into the link of a maker that is down and
+re-sends the proposal until the restarted maker accepts it: docs/node.md, "Found by the crash
+matrix, fixed since"); its BTC lock broadcast, the state not yet ``lock_sent``; its ETH redeem
+sent. Not ``enter:locked``: a participant passes ``locked`` only if it sees its own lock
+buried before the taker's redeem reveals the secret (seen skipped: ``lock_sent`` ->
+``redeem_signed``, the crash point never reached)."""
 BLOCK_INTERVAL = 1.0
 """Seconds between the devnet's Bitcoin blocks: the devnet policy's own ``block_interval``, so
 heights expire at the pace the margins assume. Not faster: every node start indexes every
