@@ -30,12 +30,11 @@ load 28). Now 1 s blocks (the devnet policy's own pace) and the key store's floo
 (``procnet.TEST_SCRYPT_N``), and the cases share one network and run concurrently.
 
 Measured on the 2-core machine shared with seven other jobs (no idle machine was available),
-after the merge with main (production timing, 1 s blocks): 225 s for the whole module at
-uptime load 11-12 (devnet + eight nodes up 87 s, the four pairs 18 s, the outage 36 s, the
-matrix 75 s: a restart ~5-15 s), inside the CI's spare ~4 min of one worker, so every case
-stays in the default run (``slow`` is only a label: ``make test`` runs it). At load 16-27 the
-same module took 840 s (network up 159 s, matrix ~6.5 min: a restart 30-120 s, two scrypt
-unlocks, the chain index, the registration seen); before the merge, at load 20-32, ~16 min."""
+the whole module in one process: 642 s at load 23-56 and 993 s at load 23-44, green (a
+restart 30-120 s); with two CPU burners beside it as well (load 19-49) a restart took up to
+3.5 min and ``t_b``'s swap passed its redeem deadline: an atomic refund, which the lane counts
+as a failure (docs/node.md, "Multi-process tests"). Before the merge with main: 225 s at load
+11-12. Every case stays in the default run (``slow`` is only a label: ``make test`` runs it)."""
 
 from __future__ import annotations
 
