@@ -15,13 +15,14 @@ peers and those dialling in, never an address learned from peers), driven throug
   each restart, so one trade passes several: ``t_a`` at trade_signed, trade_submitted,
   trade_committed; ``t_b`` at trade_swap_started, enter:locked (its BTC lock buried),
   after_broadcast:redeem (its ETH redeem sent); ``maker2`` at maker_signed (that trade fails,
-  nothing committed), then on the next trade at maker_committed, after_broadcast:lock
-  (its BTC lock sent), after_broadcast:redeem; ``relay2`` at relay_signed (the route's only
-  relay: ``t_relay`` and the maker have no other link, so the restart cannot be bypassed;
-  the trade fails, nothing committed). Each trade ends atomically (both sides redeemed, or
-  failed with nothing committed or locked), the ledger shows each order once with one outcome
-  per leg, and per asset all wallets together lose at most the chain fees. (Every point after
-  trade_signed runs the same code on a restart as on the first run: ``_commit_and_start``.)
+  nothing committed), then on the next trade at after_broadcast:lock (its BTC lock sent),
+  after_broadcast:redeem (``CHAIN_MAKER``: why not maker_committed); ``relay2`` at
+  relay_signed (the route's only relay: ``t_relay`` and the maker have no other link, so the
+  restart cannot be bypassed; the trade fails, nothing committed). Each trade ends atomically
+  (both sides redeemed, or failed with nothing committed or locked), the ledger shows each
+  order once with one outcome per leg, and per asset all wallets together lose at most the
+  chain fees. (Every point after trade_signed runs the same code on a restart as on the first
+  run: ``_commit_and_start``.)
 
 What made a crash case cost minutes before (measured): the devnet's 0.2 s Bitcoin blocks, which
 every node start indexes from genesis (``ChainIndex``: two RPCs and a full check per block),
@@ -82,14 +83,17 @@ CHAIN_A = ["trade_signed", "trade_submitted", "trade_committed"]
 not broadcast; committed, the swap not started."""
 CHAIN_B = ["trade_swap_started", "enter:locked", "after_broadcast:redeem"]
 """``t_b``'s: the swap proposed and accepted; its BTC lock buried; its ETH redeem sent."""
-CHAIN_MAKER = ["maker_committed", "after_broadcast:lock", "after_broadcast:redeem"]
-"""``maker2``'s on its second trade (the first kills it at maker_signed): the order seen
-committed, nothing proposed yet (the taker proposes into the link of a maker that is down and
-re-sends the proposal until the restarted maker accepts it: docs/node.md, "Found by the crash
-matrix, fixed since"); its BTC lock broadcast, the state not yet ``lock_sent``; its ETH redeem
-sent. Not ``enter:locked``: a participant passes ``locked`` only if it sees its own lock
-buried before the taker's redeem reveals the secret (seen skipped: ``lock_sent`` ->
-``redeem_signed``, the crash point never reached)."""
+CHAIN_MAKER = ["after_broadcast:lock", "after_broadcast:redeem"]
+"""``maker2``'s on its second trade (the first kills it at maker_signed): its BTC lock
+broadcast, the state not yet ``lock_sent``; its ETH redeem sent. Not ``enter:locked``: a
+participant passes ``locked`` only if it sees its own lock buried before the taker's redeem
+reveals the secret (seen skipped: ``lock_sent`` -> ``redeem_signed``). Not ``maker_committed``
+either: the daemon hits it only when its watcher sees the commit before the taker's proposal
+comes; when the proposal comes first the accept path reads the commit and the point is never
+passed (seen in one run of five: the lane waited 400 s for a kill that could not come). The
+recovery it was to test (the proposal re-sent until the restarted maker accepts) passed in
+the four runs that reached it and is tested in process
+(``test_a_maker_down_right_after_the_commit_gets_the_proposal_again_after_its_restart``)."""
 BLOCK_INTERVAL = 1.0
 """Seconds between the devnet's Bitcoin blocks: the devnet policy's own ``block_interval``, so
 heights expire at the pace the margins assume. Not faster: every node start indexes every
