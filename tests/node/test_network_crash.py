@@ -34,8 +34,9 @@ Measured on the 2-core machine shared with seven other jobs (no idle machine was
 the whole module in one process: 642 s at load 23-56 and 993 s at load 23-44, green (a
 restart 30-120 s); with two CPU burners beside it as well (load 19-49) a restart took up to
 3.5 min and ``t_b``'s swap passed its redeem deadline: an atomic refund, which the lane counts
-as a failure (docs/node.md, "Multi-process tests"). Before the merge with main: 225 s at load
-11-12. Every case stays in the default run (``slow`` is only a label: ``make test`` runs it)."""
+as a failure (docs/node.md, "Multi-process tests"); the final chains with burners (load
+13-26): 708 s, green. Before the merge with main: 225 s at load 11-12. Every case stays in
+the default run (``slow`` is only a label: ``make test`` runs it)."""
 
 from __future__ import annotations
 
