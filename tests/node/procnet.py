@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,23 +26,24 @@ import pytest
 from kofo.node.config import render_config
 from kofo.node.home import init_home
 from kofo.node.ledger_client import LedgerClient, LedgerRefused
+from kofo.node.registration import load_or_create_paillier
 from kofo.sdk.client import Client
 from kofo.sdk.errors import KofoApiError
+from kofo.settlement import keystore
 from kofo.wallet import NodeWallet
 from kofo.wire.codec import decode, encode
+from tests.nodes import free_port
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 PASS = "procnet test passphrase"
-WAIT = 300.0
+WAIT = 450.0
 """Bound on a process reaching a state (seconds each when the machine is idle; minutes when
 a 2-core machine runs many things at once)."""
 TERMINAL = ("redeemed", "refunded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+TEST_SCRYPT_N = 2**17
+"""scrypt cost of the test homes' wallet and Paillier key files: the key store format's floor
+(version 2), half the default's (2^18, 256 MiB). Every node start unlocks both files: at 2^18 one
+unlock took ~14 s on the 2-core machine at load 28, the largest part of a restart."""
 
 
 class Proc:
@@ -145,6 +145,9 @@ class NodeProc:
     api: int
     bootstrap: list[str]
     offers: list[dict[str, Any]]
+    discover: bool = True
+    crash_at: str | None = None
+    """The crash point of the node's first start (``KOFO_CRASH_AT``)."""
     proc: Proc | None = None
     node_id: str = ""
     client: Client | None = None
@@ -162,22 +165,42 @@ class NodeProc:
 class Network:
     """``kofo devnet`` plus named ``kofo node`` processes; use as a context manager."""
 
-    def __init__(self, tmp: Path, *, block_interval: float = 0.2) -> None:
+    def __init__(
+        self, tmp: Path, *, block_interval: float = 0.2, fast_timing: bool = False
+    ) -> None:
+        """``fast_timing``: ``kofo devnet --fast-timing`` (the ledger's and every node's
+        ``[timing]``: windows of seconds, one confirmation)."""
         self.tmp = tmp
         self.block_interval = block_interval
+        self.fast_timing = fast_timing
         self.nodes: dict[str, NodeProc] = {}
         self.devnet: Proc | None = None
         self.desc: dict[str, Any] = {}
 
     # -- setup ----------------------------------------------------------------------------------
 
-    def add(self, name: str, *, bootstrap: Iterable[str] = (), offers: Iterable[dict] = ()) -> None:
+    def add(
+        self,
+        name: str,
+        *,
+        bootstrap: Iterable[str] = (),
+        offers: Iterable[dict] = (),
+        discover: bool = True,
+        crash_at: str | None = None,
+    ) -> None:
+        """A node to start with the network. ``discover=False``: it links only its bootstrap
+        peers and those dialling in (``[p2p] discover = false``), never an address learned
+        from peers, so a restart of a relay cannot be bypassed by a direct link."""
         home = self.tmp / name
         home.mkdir(mode=0o700)
-        wallet = NodeWallet.create(home / "wallet.json", PASS)
+        seed = os.urandom(32)
+        keystore.save_secret(home / "wallet.json", seed, PASS, n=TEST_SCRYPT_N)
+        wallet = NodeWallet(seed)
+        load_or_create_paillier(home, PASS, scrypt_n=TEST_SCRYPT_N)  # else the node makes it
         self.nodes[name] = NodeProc(
-            name, home, wallet, free_port(), free_port(), list(bootstrap), list(offers)
-        )
+            name, home, wallet, free_port(), free_port(), list(bootstrap), list(offers),
+            discover, crash_at,
+        )  # fmt: skip
 
     def start(self) -> None:
         fund: list[str] = []
@@ -185,6 +208,8 @@ class Network:
             fund.append(n.wallet.bitcoin("btc", "regtest", home=n.home).address())
             fund.append(n.wallet.eth_account().address)
         args = ["devnet", "--json", "--block-interval", str(self.block_interval)]
+        if self.fast_timing:
+            args.append("--fast-timing")
         for a in fund:
             args += ["--fund", a]
         self.devnet = Proc(*args, cwd=self.tmp)
@@ -193,7 +218,7 @@ class Network:
         for n in self.nodes.values():
             self._write_config(n)
         for n in self.nodes.values():
-            self.start_node(n.name)
+            self.start_node(n.name, n.crash_at)
         for n in self.nodes.values():
             self.wait_ready(n.name)
 
@@ -210,6 +235,7 @@ class Network:
             name=n.name,
             ledger_url=self.desc["ledger"]["url"],
             chains=self.desc["chains"],
+            timing=self.desc.get("timing"),
             p2p_listen=f"127.0.0.1:{n.p2p}",
             api_bind=f"127.0.0.1:{n.api}",
         )
@@ -218,6 +244,8 @@ class Network:
         # one link each (its bootstrap peer), no feelers: the line the test draws
         text = text.replace("target_degree = 4", "target_degree = 1", 1)
         text = text.replace("feeler_s = 2.0", "feeler_s = 0", 1)
+        if not n.discover:
+            text = text.replace("discover = true ", "discover = false", 1)
         for o in n.offers:
             text += "\n[[offers]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in o.items())
         (n.home / "config.toml").write_text(text)
@@ -225,7 +253,7 @@ class Network:
     def start_node(self, name: str, crash_at: str | None = None) -> None:
         n = self.nodes[name]
         assert n.proc is None or not n.proc.alive(), f"{name} is running"
-        env = {"KOFO_CRASH_AT": crash_at} if crash_at else {"KOFO_CRASH_AT": ""}
+        env = {"KOFO_CRASH_AT": crash_at or "", "KOFO_CRASH_LOG": str(n.home / "crash.log")}
         n.proc = Proc("node", "--home", str(n.home), cwd=self.tmp, env=env)
         n.runs.append(n.proc)
         if n.client is None:
@@ -307,6 +335,11 @@ class Network:
         self.devnet.proc.send_signal(signal.SIGUSR2)
         self.devnet.wait_line(lambda s: "ledger resumed" in s, "the ledger resumed")
 
+    def crashes(self, name: str) -> list[str]:
+        """The crash points the node passed, in order, over all its runs (``KOFO_CRASH_LOG``)."""
+        path = self.nodes[name].home / "crash.log"
+        return path.read_text().split() if path.exists() else []
+
     def close(self) -> None:
         for n in self.nodes.values():
             if n.client is not None:
@@ -319,6 +352,8 @@ class Network:
                         pass
         if self.devnet is not None and self.devnet.alive():
             self.devnet.stop()
+        for n in self.nodes.values():  # for a post-mortem: each node's output, all its runs
+            (self.tmp / f"{n.name}.log").write_text(n.log())
 
     def __enter__(self) -> Network:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import stat
 import tomllib
@@ -130,6 +132,61 @@ def test_p2p_discover_false_dials_only_the_bootstrap_peers(tmp_path):
     other._fresh_addresses = dict
     default = other._exchange_config()
     assert default.target_degree == 4 and default.feeler_s > 0 and default.discover is True
+
+
+def test_p2p_discover_false_keeps_the_line_when_its_relay_goes_down(tmp_path):
+    """taker - relay - maker, taker and maker with ``[p2p] discover = false``: the relay's
+    answer to the taker's peers request names the maker, yet with the relay down neither end
+    dials the other to make up its degree (the line is the topology: a taker linked to its
+    maker gets a direct quote, 1 hop, no relay share). Before, the learned address was
+    dialled as soon as the bootstrap link dropped: the crash module's pairs case saw a trade
+    go direct after ``relay2`` restarted and the maker linked the taker."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from kofo.exchange.node import ExchangeConfig, ExchangeNode
+    from kofo.node.daemon import Node
+    from tests.exchange.helpers import stop_all, wait_until
+
+    home = tmp_path / "h"
+    init_home(home, PASS, name="n")
+
+    async def main() -> None:
+        relay = ExchangeNode(Ed25519PrivateKey.generate(), ExchangeConfig(target_degree=0))
+        await relay.start()
+        nodes = [relay]
+        try:
+            at = ("127.0.0.1", relay.port)
+            raw = _config(p2p={"bootstrap": [f"{at[0]}:{at[1]}"], "discover": False})
+            node = Node(parse_config(home, raw), NodeWallet.open(home / "wallet.json", PASS),
+                        passphrase=PASS)  # fmt: skip
+            node._fresh_addresses = dict  # no chains in this test
+            cfg = node._exchange_config()
+            cfg.port, cfg.maintain_s, cfg.backoff_max_s = 0, 0.05, 0.5
+            maker = ExchangeNode(Ed25519PrivateKey.generate(), dataclasses.replace(cfg))
+            await maker.start()
+            nodes.append(maker)
+            await wait_until(lambda: maker.node_id in relay.links, 10)
+            taker = ExchangeNode(Ed25519PrivateKey.generate(), dataclasses.replace(cfg))
+            await taker.start()
+            nodes.append(taker)
+            # linked, and the relay's peers answer (naming the maker) handled
+            await wait_until(lambda: relay.node_id in taker.links, 10)
+            link = taker.links[relay.node_id]
+            await wait_until(lambda: link not in taker._asked, 10)
+            assert relay.links[maker.node_id].peer_port  # the relay could name the maker
+            await relay.stop()
+            # each end retries its relay several times (or, the bug, links the other end)
+            await wait_until(
+                lambda: all(
+                    n._backoff.get(at, (0, 0.0))[0] >= 3 or n.links for n in (taker, maker)
+                ),
+                30,
+            )
+            assert not taker.links and not maker.links, (taker.links, maker.links)
+        finally:
+            await stop_all(nodes)
+
+    asyncio.run(main())
 
 
 def test_offers_are_checked_against_the_configured_chains(tmp_path):

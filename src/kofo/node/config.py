@@ -166,7 +166,8 @@ class NodeConfig:
     api_tls: ApiTlsConfig | None = None
     discover: bool = True
     """``[p2p] discover``: learn peers from peers and keep a target degree (the default);
-    false links only the ``bootstrap`` peers and those that dial in (a fixed topology)."""
+    false links only the ``bootstrap`` peers and those that dial in (a fixed topology): no
+    address is learned, so a dropped bootstrap link is redialled, never replaced."""
     target_degree: int = 4
     """``[p2p] target_degree``: links the exchange node dials and keeps (1..16)."""
     feeler_s: float = 2.0

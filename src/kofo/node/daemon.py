@@ -485,11 +485,15 @@ class Node:
     def _exchange_config(self) -> ExchangeConfig:
         options = dict(self._exchange_options)
         if not self.config.discover:
-            # a fixed topology: dial the bootstrap peers only (each until it is linked, never a
-            # learned address), no feelers
+            # A fixed topology: dial the bootstrap peers only (each until it is linked), no
+            # feelers, and learn no address (neither from peers' lists nor an inbound peer's
+            # hint): with learned addresses in the table, a node whose bootstrap link dropped
+            # (a relay restarting) dialled one of them to make up its degree, e.g. a taker its
+            # maker, bypassing the relay.
             options.setdefault("discover", False)
             options.setdefault("target_degree", len(self.config.bootstrap))
             options.setdefault("feeler_s", 0.0)
+            options.setdefault("max_known_per_source", 0)
         options.setdefault("target_degree", self.config.target_degree)
         options.setdefault("feeler_s", self.config.feeler_s)
         cfg = ExchangeConfig(
