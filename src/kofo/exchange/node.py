@@ -222,6 +222,14 @@ class ExchangeConfig:
     ban_score: int = 100
     ban_s: float = 30.0
     maintain_s: float = 0.25
+    # Liveness of every link (mesh and swap): a ``ping`` goes on a link this node has sent
+    # nothing on for ``keepalive_s``; a link nothing at all was read from for
+    # ``idle_timeout_s`` is dropped (a peer gone without closing: host down, NAT state lost,
+    # process frozen), so its slot frees and a fixed node dials its bootstrap peer again.
+    # ``idle_timeout_s`` must be at least twice ``keepalive_s + maintain_s`` (a ping missed
+    # or late once is no loss of the link).
+    keepalive_s: float = 15.0
+    idle_timeout_s: float = 45.0
     backoff_base_s: float = 0.2
     backoff_max_s: float = 300.0
     # Feelers: at or above ``target_degree`` a node still dials, every ``feeler_s`` (jittered),
@@ -419,6 +427,15 @@ class ExchangeNode:
             parse_contact(self.config.contact)
         except BadMessage as exc:
             raise InvalidInput(f"ExchangeConfig.contact: {exc}") from None
+        cfg = self.config
+        if not cfg.keepalive_s > 0 or not cfg.idle_timeout_s >= 2 * (
+            cfg.keepalive_s + cfg.maintain_s
+        ):
+            raise InvalidInput(
+                f"ExchangeConfig.idle_timeout_s ({cfg.idle_timeout_s}) must be at least twice "
+                f"keepalive_s + maintain_s ({cfg.keepalive_s} + {cfg.maintain_s}), and "
+                "keepalive_s above 0: a peer's ping late once must not drop the link"
+            )
         bad = {c: u for c, u in self.config.chain_clocks.items() if u not in ("height", "unix")}
         if bad:
             raise InvalidInput(f"ExchangeConfig.chain_clocks: units must be height or unix: {bad}")
@@ -441,6 +458,7 @@ class ExchangeNode:
         self._source: dict[tuple[str, int], bytes | None] = {}
         self._verified: set[tuple[str, int]] = set()
         self._next_feeler = 0.0
+        self._last_liveness = 0.0  # monotonic time of the last liveness check (0: none yet)
         self._feelers: set[Link] = set()  # feeler links whose peer list is still to come
         self._handshaking: dict[asyncio.Task[Any], None] = {}  # inbound, oldest first
         # Per link: our peers_req still unanswered (a peers frame is taken only as an answer),
@@ -1036,6 +1054,7 @@ class ExchangeNode:
     def _maintain_once(self, tick: int) -> None:
         mono = time.monotonic()
         now = now_ms()
+        self._liveness(mono)
         self.book.sweep(now)
         for link in list(self._dump_rest):
             self._dump_more(link)
@@ -1203,7 +1222,33 @@ class ExchangeNode:
             log.exception("handler for %s failed", frame.type)
 
     def _h_ping(self, link: Link, body: dict[str, Any]) -> None:
+        # Nothing to do: reading it (any byte read) is the peer's sign of life. Unscored and
+        # under the link rate like every frame, so a peer pinging gains nothing: staying
+        # linked was always free to it.
         return None
+
+    def _liveness(self, mono: float) -> None:
+        """Ping each link (mesh and swap) this node sent nothing on for ``keepalive_s``, and
+        drop each one nothing was read from for ``idle_timeout_s``: a peer gone without
+        closing (host down, NAT state lost, process frozen) otherwise held its link, and the
+        slot, until TCP gave up hours later, and a fixed node never dialled it again."""
+        cfg = self.config
+        stalled = self._last_liveness and mono - self._last_liveness > cfg.keepalive_s
+        self._last_liveness = mono
+        for link in [*self.links.values(), *self.swap_links.values()]:
+            if link.closed:
+                continue
+            # After a stall of our own loop (a long GC, a suspended host) the peers' bytes may
+            # sit unread in our socket: the check waits a tick for the read loops to run.
+            if not stalled and mono - link.last_read > cfg.idle_timeout_s:
+                log.info(
+                    "dropping link to %s: nothing read for %.0f s",
+                    link.peer_id.hex()[:12],
+                    mono - link.last_read,
+                )
+                link.abort()
+            elif mono - link.last_sent >= cfg.keepalive_s:
+                link.send(Frame("ping", {}))
 
     def _ask_peers(self, link: Link) -> None:
         self._asked[link] = self._asked.get(link, 0) + 1

@@ -167,6 +167,10 @@ class Link:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped_out = 0
+        # Liveness (monotonic): when a byte was last read from the peer and when a frame was
+        # last written to it (the node pings a link it has sent nothing on for a while and
+        # drops one it has read nothing from for longer: ``ExchangeConfig.keepalive_s``).
+        self.last_read = self.last_sent = time.monotonic()
 
     def __repr__(self) -> str:
         return f"Link({self.peer_id.hex()[:12]}, {'out' if self.outbound else 'in'})"
@@ -183,6 +187,7 @@ class Link:
             return False
         self.writer.write(framed)
         self.frames_out += 1
+        self.last_sent = time.monotonic()
         return True
 
     async def run(self, on_frame: FrameHandler, on_abuse: AbuseHandler) -> None:
@@ -193,6 +198,7 @@ class Link:
                 data = await self.reader.read(65536)
                 if not data:
                     return
+                self.last_read = time.monotonic()
                 try:
                     payloads = self._decoder.feed(data)
                 except FrameTooLarge as exc:
@@ -220,6 +226,12 @@ class Link:
         if not self.closed:
             self.closed = True
             self.writer.close()
+
+    def abort(self) -> None:
+        """Close at once, unsent data dropped: for a peer that reads nothing, where a clean
+        close would wait on a TLS shutdown (and the read loop on its end) it never answers."""
+        self.closed = True
+        self.writer.transport.abort()
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Frame:
