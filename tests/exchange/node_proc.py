@@ -65,6 +65,7 @@ async def main(cfg: dict) -> None:
                 # quote can be lost"): read these when a round misses a live maker.
                 "flood": {
                     "claims_shadowed": node.stats.claims_shadowed,
+                    "claims_readopted": node.stats.claims_readopted,
                     "claims_unsent": node.stats.claims_unsent,
                     "fulfils_lost": node.stats.fulfils_lost,
                 },

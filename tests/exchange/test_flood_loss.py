@@ -109,3 +109,40 @@ def test_a_quote_arriving_after_settle_is_counted_late_and_costs_its_sender_noth
             await stop_all([taker, fast, slow])
 
     run(go())
+
+
+@pytest.mark.timeout(60)
+def test_a_copy_that_arrived_with_no_hops_left_does_not_shadow_a_later_one_with_hops():
+    """Taker T linked to A and to R; A - B - R; R - maker M; max_hops 3. R reads T's link
+    only after the long copy (T-A-B-R, no hops left) arrived: before, R took that copy, could
+    not forward it, and dropped T's direct copy as a duplicate, so M (two hops from T) never
+    saw the claim and never quoted. Now R takes the later copy (it is a dead end on the first:
+    nothing forwarded, no fill) and forwards it: M quotes, through R."""
+
+    async def go():
+        t, a, b, r, m = await start_nodes(5, target_degree=0, addresses=ADDR)
+        t.config.dummy_hops = 0
+        for x, y in ((t, a), (a, b), (b, r), (t, r), (r, m)):
+            await link(x, y)
+        m.publish_offer("btc", "eth", (30, 1), max_in=10**8)
+        try:
+            await wait_until(lambda: len(t.book) == 1)
+            r.links[t.node_id].writer.transport.pause_reading()
+            task = asyncio.ensure_future(
+                t.request_quotes("btc", "eth", 10**6, window_s=5, max_hops=3, enough=1)
+            )
+            # The long copy reaches R first, with no hops left.
+            await wait_until(lambda: len(r._relay) == 1)
+            (st,) = r._relay.values()
+            assert st.position == st.sc.claim.max_hops == 3
+            r.links[t.node_id].writer.transport.resume_reading()
+            cid, quotes = await task
+            assert [q.delivered for q in quotes] == [30 * 10**6]
+            assert quotes[0].fulfil.fulfil.position == 2  # T -> R -> M
+            assert r.stats.claims_readopted == 1
+            assert r._relay[cid].upstream == t.node_id
+            assert not any(r._scores.values()) and not any(m._scores.values())
+        finally:
+            await stop_all([t, a, b, r, m])
+
+    run(go())

@@ -391,8 +391,12 @@ class NodeStats:
     # Where a claim's flood or its answers can be lost without any error (counted so a
     # multi-process run can say which; see docs/exchange.md "Where a quote can be lost"):
     # a copy of a held claim that arrived later with more hops left than the copy we took
-    # (first-copy dedupe: the nodes beyond our reach on that copy never see it from us);
+    # and forwarded or filled on, so kept (first-copy dedupe: the nodes beyond our reach on
+    # that copy never see it from us);
     claims_shadowed: int = 0
+    # a claim first taken with no hops left (a dead end: nothing forwarded, no fill), taken
+    # again from a later copy with hops left, and forwarded
+    claims_readopted: int = 0
     claims_unsent: int = 0  # a claim not written to a link chosen for it (closing, full buffer)
     # a fill of ours or a fulfil we relay that could not go upstream (its link closed or its
     # buffer was full): that quote never reaches the taker.
@@ -1116,11 +1120,14 @@ class ExchangeNode:
     def _sweep_relay(self, now: int) -> None:
         for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
             st = self._relay.pop(cid)
-            left = self._claims_by_peer.get(st.upstream, 1) - 1
-            if left > 0:
-                self._claims_by_peer[st.upstream] = left
-            else:
-                self._claims_by_peer.pop(st.upstream, None)
+            self._release_claim_slot(st.upstream)
+
+    def _release_claim_slot(self, upstream: bytes) -> None:
+        left = self._claims_by_peer.get(upstream, 1) - 1
+        if left > 0:
+            self._claims_by_peer[upstream] = left
+        else:
+            self._claims_by_peer.pop(upstream, None)
 
     def _dial_fixed(self, mono: float, linked: set[bytes]) -> None:
         """A fixed topology (``discover = False``): dial each bootstrap address whose node
@@ -1412,14 +1419,29 @@ class ExchangeNode:
         # The claim id is the hash of its bytes, so copies are recognised before any
         # signature is checked.
         cid = digest(raw)
+        dead_end: _RelayState | None = None
         if cid in self._relay or cid in self._pending:
-            self.stats.claims_dup += 1  # a loop or a second path: drop quietly
             held_st = self._relay.get(cid)
             raw_path = body.get("path")
-            if held_st is not None and isinstance(raw_path, list):
-                if len(raw_path) + 1 < held_st.position:
-                    self.stats.claims_shadowed += 1
-            return
+            if (
+                held_st is None
+                or not isinstance(raw_path, list)
+                or len(raw_path) + 1 >= held_st.position
+            ):
+                self.stats.claims_dup += 1  # a loop or a second path: drop quietly
+                return
+            # A copy with more hops left than the one we took (first-copy dedupe: under load
+            # the long way can arrive first).
+            if held_st.position < held_st.sc.claim.max_hops or held_st.filled is not None:
+                # We forwarded (or filled) on the first copy: routes already run through its
+                # path, so it stays, and the nodes beyond its reach miss this claim from us.
+                self.stats.claims_dup += 1
+                self.stats.claims_shadowed += 1
+                return
+            # The first copy made us a dead end (no hops left: nothing forwarded, no fill), so
+            # nothing depends on it: take this copy instead, once it passes every check below
+            # (at most once per claim: the copy taken then has hops left to forward).
+            dead_end = held_st
         peer = link.peer_id
         # Budgets before any signature: a peer's claims hold at most ``claims_per_peer`` live
         # states here and arrive at most at ``claim_rate``; the node holds a bounded total.
@@ -1469,8 +1491,11 @@ class ExchangeNode:
             path=path,
             expires_ms=claim.deadline_ms + self.config.quote_valid_ms,
         )
+        if dead_end is not None:
+            self._release_claim_slot(dead_end.upstream)
+            self.stats.claims_readopted += 1
         self._relay[cid] = st
-        self._claims_by_peer[peer] = held + 1
+        self._claims_by_peer[peer] = self._claims_by_peer.get(peer, 0) + 1
         fill = self._best_fill(claim)
         valid_until = now + self.config.quote_valid_ms
         if fill is not None and self.config.on_fill is not None:
