@@ -61,6 +61,14 @@ async def main(cfg: dict) -> None:
                 "peers": [peer.hex() for peer in node.links],
                 "book": len(node.book),
                 "port": node.port,
+                # Where a claim or its answer was lost silently (docs/exchange.md, "Where a
+                # quote can be lost"): read these when a round misses a live maker.
+                "flood": {
+                    "claims_shadowed": node.stats.claims_shadowed,
+                    "claims_readopted": node.stats.claims_readopted,
+                    "claims_unsent": node.stats.claims_unsent,
+                    "fulfils_lost": node.stats.fulfils_lost,
+                },
             },
         )
         for go in sorted(d.glob("go_*")):

@@ -25,8 +25,10 @@ AMOUNT = 1_000_000
 FEE_BPS = 10  # the ledger's default protocol fee: providers quote net of it
 FEELER_S = 0.5  # faster than the default 2 s, so a split heals within the test's budget
 # The takers' quote window: each returns as soon as every live maker answered (``enough``), so
-# this bounds only a round whose makers do not all answer (the claim flood is best effort: under
-# load a copy that came the long way first can leave a maker out of reach of max_hops). It must
+# this bounds only a round whose makers do not all answer (the claim flood is best effort: a
+# node that forwarded a copy come the long way keeps its shorter reach, and a quote whose link
+# closed is lost; each counted in the nodes' status, "flood", see docs/exchange.md "Where a
+# quote can be lost"). It must
 # lie within the claim horizon (MAX_CLAIM_HORIZON_MS, 30 s): a longer one is refused by
 # request_quotes, which is what killed the node processes when this was set to 40.
 WINDOW_S = 8.0

@@ -396,6 +396,19 @@ class NodeStats:
     gossip_resent: int = 0  # offers sent again to a link that missed them at a full buffer
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
     quotes_late: int = 0  # fulfils for our own claim after its quote window closed: unscored
+    # Where a claim's flood or its answers can be lost without any error (counted so a
+    # multi-process run can say which; see docs/exchange.md "Where a quote can be lost"):
+    # a copy of a held claim that arrived later with more hops left than the copy we took
+    # and forwarded or filled on, so kept (first-copy dedupe: the nodes beyond our reach on
+    # that copy never see it from us);
+    claims_shadowed: int = 0
+    # a claim first taken with no hops left (a dead end: nothing forwarded, no fill), taken
+    # again from a later copy with hops left, and forwarded
+    claims_readopted: int = 0
+    claims_unsent: int = 0  # a claim not written to a link chosen for it (closing, full buffer)
+    # a fill of ours or a fulfil we relay that could not go upstream (its link closed or its
+    # buffer was full): that quote never reaches the taker.
+    fulfils_lost: int = 0
 
 
 class _Inbound(asyncio.Protocol):
@@ -480,6 +493,10 @@ class ExchangeNode:
         # Claims we sent each peer: expiry times still live there, and a token bucket.
         self._fwd: dict[bytes, tuple[list[int], TokenBucket]] = {}
         self._pending: dict[bytes, _Pending] = {}
+        # Own claims settled (their state dropped), until the initiator's horizon: a quote
+        # for one still arriving is late, not unknown (it used to cost its honest relay 1 and
+        # was counted nowhere, so a taker could not tell a late maker from a lost one).
+        self._settled: dict[bytes, int] = {}
         self.stats = NodeStats()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -1065,6 +1082,8 @@ class ExchangeNode:
         horizon = MAX_CLAIM_HORIZON_MS + int(self.config.settle_timeout_s * 1000) * 2
         for cid in [c for c, pd in self._pending.items() if pd.sent_ms + horizon <= now]:
             del self._pending[cid]
+        for cid in [c for c, until in self._settled.items() if until <= now]:
+            del self._settled[cid]
         for peer in [p for p, until in self._banned.items() if until <= mono]:
             del self._banned[peer]
         for peer in list(self._scores):
@@ -1120,11 +1139,14 @@ class ExchangeNode:
     def _sweep_relay(self, now: int) -> None:
         for cid in [c for c, st in self._relay.items() if st.expires_ms <= now]:
             st = self._relay.pop(cid)
-            left = self._claims_by_peer.get(st.upstream, 1) - 1
-            if left > 0:
-                self._claims_by_peer[st.upstream] = left
-            else:
-                self._claims_by_peer.pop(st.upstream, None)
+            self._release_claim_slot(st.upstream)
+
+    def _release_claim_slot(self, upstream: bytes) -> None:
+        left = self._claims_by_peer.get(upstream, 1) - 1
+        if left > 0:
+            self._claims_by_peer[upstream] = left
+        else:
+            self._claims_by_peer.pop(upstream, None)
 
     def _dial_fixed(self, mono: float, linked: set[bytes]) -> None:
         """A fixed topology (``discover = False``): dial each bootstrap address whose node
@@ -1442,9 +1464,29 @@ class ExchangeNode:
         # The claim id is the hash of its bytes, so copies are recognised before any
         # signature is checked.
         cid = digest(raw)
+        dead_end: _RelayState | None = None
         if cid in self._relay or cid in self._pending:
-            self.stats.claims_dup += 1  # a loop or a second path: drop quietly
-            return
+            held_st = self._relay.get(cid)
+            raw_path = body.get("path")
+            if (
+                held_st is None
+                or not isinstance(raw_path, list)
+                or len(raw_path) + 1 >= held_st.position
+            ):
+                self.stats.claims_dup += 1  # a loop or a second path: drop quietly
+                return
+            # A copy with more hops left than the one we took (first-copy dedupe: under load
+            # the long way can arrive first).
+            if held_st.position < held_st.sc.claim.max_hops or held_st.filled is not None:
+                # We forwarded (or filled) on the first copy: routes already run through its
+                # path, so it stays, and the nodes beyond its reach miss this claim from us.
+                self.stats.claims_dup += 1
+                self.stats.claims_shadowed += 1
+                return
+            # The first copy made us a dead end (no hops left: nothing forwarded, no fill), so
+            # nothing depends on it: take this copy instead, once it passes every check below
+            # (at most once per claim: the copy taken then has hops left to forward).
+            dead_end = held_st
         peer = link.peer_id
         # Budgets before any signature: a peer's claims hold at most ``claims_per_peer`` live
         # states here and arrive at most at ``claim_rate``; the node holds a bounded total.
@@ -1494,8 +1536,11 @@ class ExchangeNode:
             path=path,
             expires_ms=claim.deadline_ms + self.config.quote_valid_ms,
         )
+        if dead_end is not None:
+            self._release_claim_slot(dead_end.upstream)
+            self.stats.claims_readopted += 1
         self._relay[cid] = st
-        self._claims_by_peer[peer] = held + 1
+        self._claims_by_peer[peer] = self._claims_by_peer.get(peer, 0) + 1
         fill = self._best_fill(claim)
         valid_until = now + self.config.quote_valid_ms
         if fill is not None and self.config.on_fill is not None:
@@ -1510,7 +1555,9 @@ class ExchangeNode:
             f = Fulfil(cid, st.position, fill[0], fill[1], valid_until, path)
             sf = make_fulfil(eph, f)
             st.filled = (sf.fulfil_id, fill[0], fill[1])
-            link.send(Frame("fulfil", {"f": sf.raw, "fees": []}))
+            if not link.send(Frame("fulfil", {"f": sf.raw, "fees": []})):
+                self.stats.fulfils_lost += 1
+                log.info("own fill for claim %s lost: its link is closing", cid.hex()[:12])
         if st.position < claim.max_hops:
             hop = sign_hop(eph, sc, path)
             out = Frame("claim", {"c": raw, "path": [h.to_wire() for h in [*path, hop]]})
@@ -1533,6 +1580,8 @@ class ExchangeNode:
                 live, bucket = self._fwd[p]
                 bucket.take()
                 live.append(expires_ms)
+            else:
+                self.stats.claims_unsent += 1
 
     def _fwd_room(self, peer: bytes, now: int) -> bool:
         entry = self._fwd.get(peer)
@@ -1600,6 +1649,11 @@ class ExchangeNode:
         if pending is not None:
             self._collect(pending, link, sf, fees)
             return
+        if cid in self._settled:
+            # Our own claim, settled: a quote after the window, unscored like any late one.
+            self.stats.quotes_late += 1
+            log.info("quote after the claim was settled dropped")
+            return
         st = self._relay.get(cid)
         if st is None:
             raise UnknownClaim(f"fulfil for a claim this node does not hold: {cid.hex()[:12]}")
@@ -1614,8 +1668,12 @@ class ExchangeNode:
             raise BadMessage("fulfil: fee positions do not match the hops after this one")
         if any(fee.fee for fee in fees):
             raise BadMessage("fulfil: hop fees must be 0 (relays are paid from the protocol fee)")
+        if sf.fulfil_id in st.downstream:
+            return
         upstream = self.links.get(st.upstream)
-        if upstream is None or sf.fulfil_id in st.downstream:
+        if upstream is None:
+            self.stats.fulfils_lost += 1
+            log.info("fulfil for claim %s lost: its upstream link is gone", cid.hex()[:12])
             return
         from_peer = [d for d in st.downstream.values() if d.peer == link.peer_id]
         if f.position == me + 1 and any(len(d.keys) == me + 1 for d in from_peer):
@@ -1637,7 +1695,9 @@ class ExchangeNode:
         # The entry is this hop's signed acknowledgement that it carried the fulfil (the
         # relay's FeeQuote in the order names it); the ledger pays the relay, not the route.
         fees.append(sign_fee(st.eph, sf.fulfil_id, me, 0))
-        upstream.send(Frame("fulfil", {"f": raw, "fees": [x.to_wire() for x in fees]}))
+        if not upstream.send(Frame("fulfil", {"f": raw, "fees": [x.to_wire() for x in fees]})):
+            self.stats.fulfils_lost += 1
+            log.info("fulfil for claim %s lost: its upstream link is closing", cid.hex()[:12])
 
     # ------------------------------------------------------------------ claims (initiator)
 
@@ -1870,6 +1930,8 @@ class ExchangeNode:
         else:
             commit.verify_party_signatures()
         del self._pending[claim_id]
+        horizon = MAX_CLAIM_HORIZON_MS + int(self.config.settle_timeout_s * 1000) * 2
+        self._settled[claim_id] = pending.sent_ms + horizon
         return commit
 
     def _learn_contact(self, node_id: bytes, contact: str) -> None:
