@@ -2,9 +2,12 @@
 it, slashed only through a ledger decision that > 2/3 of the validators sign for the vault."""
 
 import hashlib
+import itertools
 
 import coincurve
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from web3 import Web3
 
 from kofo.clearance import bonds
@@ -198,10 +201,15 @@ def test_voting_power_follows_the_attested_bond_of_the_validators_node():
     with pytest.raises(NotFound):  # no vault set while validators with power have no key
         vals.apps[0].app.valset_decision(1)
     for c in vals.chains:
-        c.see_bond(node.id, 25 * 10**15, 3)  # 0.025 ETH at 10^15 wei per unit: power 25
+        c.see_bond(node.id, 7 * 10**15, 3)  # 0.007 ETH at 10^15 wei per unit: power 7
     vals.step()
     res = vals.step()
-    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 25)]
+    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 7)]
+    for c in vals.chains:
+        c.see_bond(node.id, 25 * 10**15, 4)  # 25, but the others still stand in with 10 each:
+    vals.step()  # a bound genesis validator votes with no more than its genesis power
+    res = vals.step()
+    assert [(u.pub_key.ed25519, u.power) for u in res.validator_updates] == [(vals.pubs[0], 10)]
     with pytest.raises(NotFound):  # the other three still have no key
         vals.apps[0].app.valset_decision(1)
     # the ledger keeps verifying attestations with the set that signed them, block after block
@@ -351,45 +359,48 @@ def test_a_validator_joins_after_genesis_through_a_bond_and_leaves_by_unbonding(
     # Issue 17: powers changed only for the genesis validators. A node that locks a bond in
     # the vault (attested) and registers a consensus key outside the set now joins: CometBFT
     # gets the update, the ledger counts its vote (and its weight) from height + 2.
-    vals = Validators(params=ledger_params(validator_min_power=10), joiners=1)
+    # Three genesis validators (a set of three tolerates no fault, so the joiners may hold up
+    # to (30 - 1) // 2 = 14: with four or more, joiners and the genesis validators the set
+    # tolerates as faulty stay below 1/3, and the joiner's weight could never show).
+    vals = Validators(powers=(10, 10, 10), params=ledger_params(validator_min_power=10), joiners=1)
     node, other = Party.make(5), Party.make(6)
     vals.step(node.register_tx(), other.register_tx())
-    res = vals.step(_valkey_tx(vals, 4, node))  # no bond yet: not a validator
+    res = vals.step(_valkey_tx(vals, 3, node))  # no bond yet: not a validator
     assert [r.code for r in res.tx_results] == [0, 10]  # not_authorised
     for c in vals.chains:
-        c.see_bond(node.id, 19 * 10**15, 3)  # power 19 at 10^15 wei a unit (< 1/3 of 59)
+        c.see_bond(node.id, 14 * 10**15, 3)  # power 14 at 10^15 wei a unit (< 1/3 of 44)
     vals.step()
     vals.step()
-    assert vals.apps[0].app.bond(node.id) == 19 * 10**15
-    res = vals.step(_valkey_tx(vals, 4, node))
+    assert vals.apps[0].app.bond(node.id) == 14 * 10**15
+    res = vals.step(_valkey_tx(vals, 3, node))
     assert [r.code for r in res.tx_results] == [0, 0]
-    assert _updates(res) == [(vals.pubs[4], 19)]
+    assert _updates(res) == [(vals.pubs[3], 14)]
     joined_at = vals.height
     app = vals.apps[0].app
-    assert vals.address(4) not in app.validators_at(joined_at + 1)
-    assert app.validators_at(joined_at + 2)[vals.address(4)].power == 19
+    assert vals.address(3) not in app.validators_at(joined_at + 1)
+    assert app.validators_at(joined_at + 2)[vals.address(3)].power == 14
     vals.step()
     vals.step()  # the joiner now extends its votes
-    # its weight counts: three genesis validators (30 of 59) no longer make > 2/3 ...
-    for c in vals.chains[:3]:
+    # its weight counts: two genesis validators (20 of 44) no longer make > 2/3 ...
+    for c in vals.chains[:2]:
         c.see_bond(other.id, 7 * 10**17, 4)
     vals.step()
     vals.step()
     assert {a.app.bond(other.id) for a in vals.apps} == {0}
-    # ... and its vote counts: with it, 49 of 59
-    vals.chains[4].see_bond(other.id, 7 * 10**17, 4)
+    # ... and its vote counts: with it, 34 of 44
+    vals.chains[3].see_bond(other.id, 7 * 10**17, 4)
     vals.step()
     vals.step()
     assert {a.app.bond(other.id) for a in vals.apps} == {7 * 10**17}
     # it leaves by unbonding: its power goes to 0 at once (CometBFT removes it)
     res = vals.step(
-        sign_tx(node.key, Unbond(amount=19 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20)))
+        sign_tx(node.key, Unbond(amount=14 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20)))
     )
     assert [r.code for r in res.tx_results] == [0, 0]
-    assert _updates(res) == [(vals.pubs[4], 0)]
+    assert _updates(res) == [(vals.pubs[3], 0)]
     for _ in range(3):
         vals.step()
-    assert vals.address(4) not in app.validators_at(vals.height)
+    assert vals.address(3) not in app.validators_at(vals.height)
 
 
 def test_a_joined_validators_key_enters_the_vaults_signer_set():
@@ -506,8 +517,8 @@ def test_a_joined_validator_that_unbonded_gives_its_slot_to_the_next(monkeypatch
     vals.step(sign_tx(squatter.key, unbond))  # the squatter's power goes to 0
     res = vals.step(_valkey_tx(vals, 5, honest))
     assert [r.code for r in res.tx_results] == [0, 0]
-    # 20 capped to 19: joiners stay below 1/3 of the genesis stand-in powers (40)
-    assert _updates(res) == [(vals.pubs[5], 19)]
+    # 20 capped to 4: joiners and one genesis validator stay below 1/3 (14 of 44)
+    assert _updates(res) == [(vals.pubs[5], 4)]
     keys = vals.apps[0].app.validator_keys()
     assert vals.address(5) in keys and vals.address(4) not in keys
 
@@ -532,12 +543,12 @@ def test_a_slot_reclaimed_in_the_block_its_holder_unbonds_removes_it_from_the_se
     unbond = Unbond(amount=20 * 10**15, seq=0, payout=bytes.fromhex("ab" * 20))
     res = vals.step(sign_tx(squatter.key, unbond), _valkey_tx(vals, 5, honest))
     assert [r.code for r in res.tx_results] == [0, 0, 0]
-    # 30 capped to 19: joiners stay below 1/3 of the genesis stand-in powers (40)
-    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 0), (vals.pubs[5], 19)])
+    # 30 capped to 4: joiners and one genesis validator stay below 1/3 (14 of 44)
+    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 0), (vals.pubs[5], 4)])
     for _ in range(3):
         vals.step()
     active = vals.apps[0].app.validators_at(vals.height)
-    assert vals.address(4) not in active and active[vals.address(5)].power == 19
+    assert vals.address(4) not in active and active[vals.address(5)].power == 4
 
 
 class _WithoutDecisions:
@@ -598,3 +609,148 @@ def test_a_bonded_joiner_cannot_outvote_the_genesis_stand_in_powers():
     assert 3 * powers[vals.address(4)].power < total  # ... below 1/3 of the votes
     with pytest.raises(NotFound):
         app.valset_decision(1)  # and the vault keeps its set
+
+
+def _bond(vals, node, eth, height=3):
+    for c in vals.chains:
+        c.see_bond(node.id, eth * 10**18, height)
+    vals.step()
+    vals.step()
+
+
+def test_joiners_and_one_dishonest_genesis_validator_stay_below_a_third():
+    # Attacker's pass (session 7): joiners were capped just below 1/3 of the total (19 against
+    # four genesis validators of 10). A set of four tolerates one faulty validator; joiners
+    # (one attacker bonding far above the minimum, under two nodes) and that one genesis
+    # validator then held 29 of 59, more than 1/3: the chain halts at their will. Now
+    # J + F < (G + J) / 3 (F: the power of the genesis validators the set tolerates as
+    # faulty, 10): J < (40 - 30) / 2, at most 4 together.
+    vals = Validators(joiners=2)  # default params: validator_min_power 1,000 (1 ETH)
+    a, b = Party.make(5), Party.make(6)
+    vals.step(a.register_tx(), b.register_tx())
+    _bond(vals, a, 50)
+    _bond(vals, b, 30)
+    res = vals.step(_valkey_tx(vals, 4, a), _valkey_tx(vals, 5, b))
+    assert {r.code for r in res.tx_results} == {0}
+    assert sorted(_updates(res)) == sorted([(vals.pubs[4], 2), (vals.pubs[5], 1)])  # floor
+    for _ in range(3):
+        vals.step()
+    powers = {a: v.power for a, v in vals.apps[0].app.validators_at(vals.height).items()}
+    joined = powers[vals.address(4)] + powers[vals.address(5)]
+    total = sum(powers.values())
+    assert 0 < joined < 5
+    assert 3 * (joined + max(powers[vals.address(i)] for i in range(4))) < total
+    # the vault's > 2/3 is out of their reach with fewer than three genesis keys of four
+    assert 3 * (joined + 20) <= 2 * total
+    # and the ledger still runs with the joiners voting
+    assert len({x.app.app_hash for x in vals.apps}) == 1
+
+
+def test_joiners_stay_out_while_unequal_genesis_powers_leave_no_room():
+    # With genesis powers 11, 10, 10, 10, 10, 10 (61) two validators of 10 (20 < 61 / 3) are
+    # a coalition the set tolerates; a joiner of any power would push them past 1/3 with
+    # it, so it gets none while the genesis validators stand in (before: 30 of 91).
+    vals = Validators(powers=(11, 10, 10, 10, 10, 10), joiners=1)
+    node = Party.make(7)
+    vals.step(node.register_tx())
+    _bond(vals, node, 5)
+    res = vals.step(_valkey_tx(vals, 6, node))
+    assert {r.code for r in res.tx_results} == {0}  # its key is recorded ...
+    assert _updates(res) == []  # ... but it gets no power
+    vals.step()
+    vals.step()
+    assert vals.address(6) not in vals.apps[0].app.validators_at(vals.height)
+
+
+def test_a_bound_genesis_validator_cannot_outvote_the_ones_still_standing_in():
+    # The same class for a genesis validator: bound to a bond of 1 ETH (1,000) against three
+    # stand-ins of 10 it held 1,000 of 1,030, the chain and (keyed alone) the vault. While
+    # others stand in, a bound genesis validator votes with no more than its genesis power;
+    # once all four are bound, power is bond alone and joiners are no longer capped.
+    vals = Validators(joiners=1)
+    gen = [Party.make(10 + i) for i in range(4)]
+    joiner = Party.make(9)
+    vals.step(*(p.register_tx() for p in [*gen, joiner]))
+    for c in vals.chains:
+        for i, p in enumerate(gen):
+            c.see_bond(p.id, (1 + i) * 10**18, 3)
+        c.see_bond(joiner.id, 10**18, 3)
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 0, gen[0]))
+    assert _updates(res) == []  # 1,000 by bond, 10 while the others stand in: no change
+    res = vals.step(_valkey_tx(vals, 4, joiner))
+    assert _updates(res) == [(vals.pubs[4], 4)]  # capped as above
+    app = vals.apps[0].app
+    with pytest.raises(NotFound):  # keyed 14 of 44: the vault keeps its set
+        app.valset_decision(1)
+    res = vals.step(*(_valkey_tx(vals, i, gen[i]) for i in range(1, 4)))
+    # all genesis validators bound: bond-only power, the joiner's 1,000 uncapped
+    assert sorted(_updates(res)) == sorted(
+        [
+            (vals.pubs[0], 1000),
+            (vals.pubs[1], 2000),
+            (vals.pubs[2], 3000),
+            (vals.pubs[3], 4000),
+            (vals.pubs[4], 1000),
+        ]
+    )
+    for _ in range(3):
+        vals.step()
+    decision = app.valset_decision(1)
+    assert sorted(decision["powers"]) == [1000, 1000, 2000, 3000, 4000]
+    assert decision["unkeyed_power"] == 0
+
+
+def test_unbound_genesis_validators_stop_standing_in_at_the_bond_deadline():
+    # validator_bond_deadline: from that height the unbound genesis validators have no power,
+    # nobody stands in, and the joiners' powers are their bonds, no longer capped.
+    vals = Validators(params=ledger_params(validator_bond_deadline=12), joiners=1)
+    gen = [Party.make(10 + i) for i in range(2)]
+    joiner = Party.make(9)
+    vals.step(*(p.register_tx() for p in [*gen, joiner]))
+    for c in vals.chains:
+        for p in gen:
+            c.see_bond(p.id, 2 * 10**18, 3)
+        c.see_bond(joiner.id, 10**18, 3)
+    vals.step()
+    vals.step()
+    res = vals.step(_valkey_tx(vals, 0, gen[0]), _valkey_tx(vals, 1, gen[1]))
+    assert _updates(res) == []  # 2,000 by bond, 10 while two others stand in
+    res = vals.step(_valkey_tx(vals, 4, joiner))
+    assert _updates(res) == [(vals.pubs[4], 4)]
+    while vals.height < 11:
+        assert _updates(vals.step()) == []
+    res = vals.step()  # height 12: the deadline
+    assert sorted(_updates(res)) == sorted(
+        [
+            (vals.pubs[0], 2000),
+            (vals.pubs[1], 2000),
+            (vals.pubs[2], 0),
+            (vals.pubs[3], 0),
+            (vals.pubs[4], 1000),
+        ]
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    genesis=st.lists(st.integers(0, 60), min_size=1, max_size=8),
+    joined=st.lists(st.integers(1, 10**6), min_size=1, max_size=4),
+)
+def test_the_joiners_cap_keeps_every_tolerated_genesis_coalition_below_a_third(genesis, joined):
+    # Against every coalition of genesis validators the genesis set tolerates (any f =
+    # (n - 1) // 3 of them, or any below 1/3 of their power; all subsets, brute force), the
+    # capped joiners and that coalition hold less than 1/3 of the total.
+    from kofo.clearance.app import Validator, _cap_joined_power
+
+    g = {b"g%d" % i: p for i, p in enumerate(genesis)}
+    new = {**g, **{b"j%d" % i: p for i, p in enumerate(joined)}}
+    _cap_joined_power(new, {a: Validator(a, p) for a, p in g.items()})
+    total_g, f = sum(genesis), (len(genesis) - 1) // 3
+    j = sum(new[b"j%d" % i] for i in range(len(joined)))
+    assert all(new[a] == p for a, p in g.items())  # genesis powers untouched
+    for r in range(len(genesis) + 1):
+        for coalition in itertools.combinations(genesis, r):
+            if r <= f or 3 * sum(coalition) < total_g:
+                assert 3 * (sum(coalition) + j) < total_g + j or j == 0

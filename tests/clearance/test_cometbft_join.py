@@ -1,6 +1,7 @@
 """A fifth validator joins a real 4-validator CometBFT v0.38 network through a bond (issue 17):
 its node's bond is attested by the validators (FileObserver), it registers its consensus key and
-its vault key, the app returns the validator update and CometBFT lets it sign blocks."""
+its vault key, the app returns the validator update (capped while the genesis validators stand
+in) and CometBFT lets it sign blocks."""
 
 import base64
 import hashlib
@@ -42,6 +43,14 @@ def test_a_fifth_validator_joins_through_a_bond_and_signs_blocks(tmp_path):
         full_nodes=1,
     )
     net.create()
+    # Genesis powers of 10 (cometbft testnet writes 1): the four genesis validators stand in,
+    # and joiners plus the one faulty genesis validator a set of four tolerates must stay
+    # below 1/3, so joiners may hold (40 - 3 * 10 - 1) // 2 = 4 (against four of 1: none).
+    genesis = json.loads((net.validators[0].home / "config" / "genesis.json").read_text())
+    for val in genesis["validators"]:
+        val["power"] = "10"
+    for v in net.validators:
+        (v.home / "config" / "genesis.json").write_text(json.dumps(genesis, indent=2))
     key_file = json.loads(
         (net.validators[4].home / "config" / "priv_validator_key.json").read_text()
     )
@@ -82,9 +91,9 @@ def test_a_fifth_validator_joins_through_a_bond_and_signs_blocks(tmp_path):
 
         def in_set() -> bool:
             vals = net.rpc(0, "validators")["validators"]
-            # its bond gives 20, capped to 1: the four genesis validators still vote with their
-            # stand-in power (1 each here), and joiners stay below 1/3 of the total
-            return any(v["address"] == address and int(v["voting_power"]) == 1 for v in vals)
+            # its bond gives 20, capped to 4: the four genesis validators still vote with their
+            # stand-in power (10 each here); with one of them it holds 14 of 44, below 1/3
+            return any(v["address"] == address and int(v["voting_power"]) == 4 for v in vals)
 
         _wait(in_set, what="CometBFT's validator set to hold the joiner")
 

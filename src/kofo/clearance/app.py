@@ -293,18 +293,49 @@ def _load_order(view: _View, order_id: bytes) -> tuple[SettlementOrder, dict[str
     return SettlementOrder.from_map(_dec(raw)), state
 
 
+def _genesis_fault_power(powers: Sequence[int]) -> int:
+    """The most power the faulty genesis validators can hold while the genesis set still
+    tolerates them, from the genesis validators' current ``powers``: the larger of
+
+    * by count: the ``f = (n - 1) // 3`` largest powers (``n`` genesis validators, counting
+      any at 0: a BFT set of ``n`` tolerates ``f`` faults);
+    * by weight: any coalition below 1/3 of ``G = sum(powers)``, bounded without a subset
+      search by ``min(sum of the k largest, (G - 1) // 3)``, ``k`` the most validators whose
+      ``k`` smallest powers stay below ``G / 3`` (no coalition below 1/3 has more members).
+
+    Equal powers give ``f * power`` both ways; the weight bound covers unequal ones (of 11, 10,
+    10, 10, 10, 10, two of 10 are 20 < 61 / 3, more than the largest alone)."""
+    ordered = sorted(powers)
+    n, total = len(ordered), sum(ordered)
+    f = (n - 1) // 3 if n else 0
+    by_count = sum(ordered[n - f :]) if f else 0
+    k = small = 0
+    while k < n and 3 * (small + ordered[k]) < total:
+        small += ordered[k]
+        k += 1
+    by_weight = min(sum(ordered[n - k :]) if k else 0, max(0, (total - 1) // 3))
+    return max(by_count, by_weight)
+
+
 def _cap_joined_power(new: dict[bytes, int], genesis: Mapping[bytes, Validator]) -> None:
-    """Scale the joined validators' powers in ``new`` (in place) so that together they hold
-    less than 1/3 of the total while a genesis validator still votes with its genesis power.
-    That power is a bootstrap stand-in, not stake: measured against it, a bond of any size
-    (1 ETH against four genesis validators of 10) bought the joiner more than 2/3 of the
-    votes, hence the chain and, through the next valset decision, the bond vault. Capped, the
-    joiners can neither halt the chain (1/3) nor decide alone; once every genesis validator
-    votes with its own bond (or ``validator_bond_deadline`` passed), power is bond alone."""
+    """Scale the joined validators' powers in ``new`` (in place) while a genesis validator
+    still votes with its genesis power, so that joining never lowers the fault tolerance the
+    genesis set had. That power is a bootstrap stand-in, not stake: measured against it, a
+    bond of any size (1 ETH against four genesis validators of 10) bought the joiner more than
+    2/3 of the votes, hence the chain and, through the next valset decision, the bond vault.
+
+    Every joiner may be one attacker, allied with the genesis validators the set tolerates as
+    faulty (at most ``F`` power, :func:`_genesis_fault_power`); with ``G`` the genesis power
+    and ``J`` the joined total, a BFT set needs ``J + F < (G + J) / 3``, i.e. ``2 * J < G -
+    3 * F``: ``J <= (G - 3 * F - 1) // 2`` (0 when ``G <= 3 * F``). Four genesis validators of
+    10 (``F`` 10) leave the joiners 4 of 44, so joiners and one genesis validator hold 14 <
+    44 / 3. Scaled together by integer floor (the same on every validator); once every genesis
+    validator votes with its own bond (or ``validator_bond_deadline`` passed), power is bond
+    alone."""
     joined = sorted(a for a in new if a not in genesis)
     total_joined = sum(new[a] for a in joined)
-    others = sum(v for a, v in new.items() if a in genesis)
-    cap = max(0, (others - 1) // 2)  # 2 * joined < others: joined < 1/3 of the total
+    powers = [v for a, v in new.items() if a in genesis]
+    cap = max(0, (sum(powers) - 3 * _genesis_fault_power(powers) - 1) // 2)
     if total_joined <= cap:
         return
     for a in joined:
@@ -933,8 +964,10 @@ class LedgerApp:
         """Voting power from attested bonds: a validator bound to a node (by
         ``register_validator_key``) votes with its node's effective bond // ``power_unit``;
         an unbound one keeps its genesis power until ``validator_bond_deadline`` (0: always),
-        then has none. Changes go to CometBFT (effective at ``height + 2``), into the ledger's
-        own set history, and (see :meth:`_record_vault_set`) into a vault valset decision."""
+        then has none. While one stands in, a bound genesis validator votes with no more than
+        its genesis power and the joiners are capped (:func:`_cap_joined_power`). Changes go
+        to CometBFT (effective at ``height + 2``), into the ledger's own set history, and (see
+        :meth:`_record_vault_set`) into a vault valset decision."""
         view = _View(self.store)
         raw = view.get(_K_VALIDATORS)
         if raw is None:
@@ -965,6 +998,11 @@ class LedgerApp:
                 stand_in = True
             new[addr] = min(power, MAX_POWER)
         if stand_in:
+            # A bound genesis validator votes with its bond, but not above its genesis power
+            # while others stand in: a bond of 1 ETH (1,000) against three stand-ins of 10
+            # made one genesis validator of four more than 2/3 of the chain.
+            for addr, val in genesis.items():
+                new[addr] = min(new[addr], val.power)
             _cap_joined_power(new, genesis)
         for addr, val in latest.items():
             if addr not in everyone:  # a joined validator whose slot was reclaimed: it leaves
