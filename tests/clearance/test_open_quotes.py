@@ -156,14 +156,13 @@ def test_a_provider_that_fills_a_later_take_first_is_slashed_by_the_earlier_take
     assert _slashed(ledger, m1)
 
 
-@pytest.mark.parametrize(("sybil_bond", "excused"), [(1_000_000, True), (100_000, False)])
-def test_an_earlier_takers_default_excuses_the_provider_only_if_it_cost_as_much(
-    sybil_bond, excused
-):
+@pytest.mark.parametrize(("sybil_bond", "lost"), [(1_000_000, 50_000), (100_000, 20_000)])
+def test_an_earlier_takers_default_excuses_the_provider_only_if_it_cost_as_much(sybil_bond, lost):
     # An honest provider cannot lock before the legs paying it are locked. If the earlier
-    # taker defaults, its leg_not_locked slash stands in for the fill, but only if it cost at
-    # least what the provider's slash would (5 % of 1,000,000 >= 2 % of 1,000,000; 5 % of
-    # 100,000 is not): a bondless sybil's default is free and excuses nothing.
+    # taker defaults, its leg_not_locked slash stands in for the fill: its take reserved the
+    # provider's quote slash (2 % of 1,000,000) of its bond, and the default costs at least
+    # that (5 % of 1,000,000; the reservation, above 5 % of 100,000), so it excuses the
+    # provider. A bondless sybil cannot take at all (test_take_bond.py).
     ledger = Ledger()
     m1, alice, sybil = Party.make(1), Party.make(2), Party.make(4, bond=sybil_bond)
     ledger.ok(*(p.register_tx() for p in (m1, alice, sybil)))
@@ -176,8 +175,29 @@ def test_an_earlier_takers_default_excuses_the_provider_only_if_it_cost_as_much(
     ledger.ok(_honour(m1, first))
     lnl = sign_tx(m1.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, first.order.order_id, 0))
     ledger.ok(lnl, time=first.order.legs[0].lock_by + ledger.app.params.attest_grace + 1)
-    assert ledger.app.bond(sybil.id) == sybil_bond - sybil_bond * 500 // 10_000
+    assert ledger.app.bond(sybil.id) == sybil_bond - lost
     result = ledger.block(ev, time=_deadline(ledger, first, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]
+    assert _untouched(ledger, m1)
+
+
+@pytest.mark.parametrize(("other_bond", "excused"), [(1_000_000, True), (100_000, False)])
+def test_a_default_in_a_trade_without_a_take_excuses_only_if_it_cost_as_much(other_bond, excused):
+    # A trade the provider itself signed spent the quote before the take (no take, so no
+    # reservation): its counterparty's default excuses the provider only if its leg_not_locked
+    # slash took at least the quote slash (5 % of 1,000,000 does; 5 % of 100,000 does not).
+    ledger = Ledger()
+    m1, alice, other = Party.make(1), Party.make(2), Party.make(4, bond=other_bond)
+    ledger.ok(*(p.register_tx() for p in (m1, alice, other)))
+    ledger.bonded(m1, alice, other)
+    quote = _open_quote(ledger, m1)
+    trade = _spend(ledger, m1, other, quote)
+    ev = take_evidence(quote, m1, alice)
+    assert _codes(ledger.block(ev)) == [""]
+    lnl = sign_tx(m1.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, trade.order.order_id, 0))
+    ledger.ok(lnl, time=trade.order.legs[0].lock_by + ledger.app.params.attest_grace + 1)
+    assert ledger.app.bond(other.id) == other_bond - other_bond * 500 // 10_000
+    result = ledger.block(ev, time=_deadline(ledger, trade, m1) + 1)
     if excused:
         assert _codes(result) == ["evidence_invalid"]
         assert _untouched(ledger, m1)

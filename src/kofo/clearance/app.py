@@ -382,6 +382,23 @@ def _takes_key(provider: bytes, quote_id: bytes) -> bytes:
     return b"takes/" + provider + quote_id
 
 
+def _reserve_key(order_id: bytes) -> bytes:
+    """The takes of open quotes whose order is ``order_id`` and that hold reserved bond:
+    ``[[taker, provider, amount, until], ...]`` (one per provider quote the order uses)."""
+    return b"reserve/" + order_id
+
+
+def _live_reserved(rec: dict[str, Any], time: int) -> list[list[Any]]:
+    """A node's reservations still held at ``time``: ``[order_id, provider, amount, until]``
+    each, bond reserved for a take of an open quote until its order resolves or ``until`` (the
+    end of the take's fill window) passes."""
+    return [e for e in rec.get("reserved", []) if time <= int(e[3])]
+
+
+def _reserved(rec: dict[str, Any], time: int) -> int:
+    return sum(int(e[2]) for e in _live_reserved(rec, time))
+
+
 def _quote_terms_mismatch(quote: Quote, order: SettlementOrder) -> str | None:
     """Why ``order`` does not trade ``quote``'s terms (None if it does): the provider is paid
     exactly ``take_amount`` of ``take_asset`` on its one incoming leg and pays exactly
@@ -1510,10 +1527,15 @@ class LedgerApp:
         pending = view.get_map(key)
         if tx.seq != rec.get("unbonds", 0):
             raise OrderInvalid(f"unbond.seq must be {rec.get('unbonds', 0)}, got {tx.seq}")
+        # Bond reserved for takes of open quotes stays until they resolve (issue 17): it is
+        # what a default on them costs, and a provider's excuse rests on it.
+        reserved = _reserved(rec, ctx.time)
         if pending is None:
-            if tx.amount > _effective_bond(rec):
+            free = max(0, _effective_bond(rec) - reserved)
+            if tx.amount > free:
                 raise OrderInvalid(
-                    f"unbond.amount {tx.amount} exceeds the attested bond {_effective_bond(rec)}"
+                    f"unbond.amount {tx.amount} exceeds the attested bond not reserved for takes "
+                    f"{free} (reserved {reserved})"
                 )
             view.set_map(key, {"amount": tx.amount, "at": ctx.time, "payout": tx.payout})
             rec["unbonding"] = tx.amount
@@ -1528,7 +1550,8 @@ class LedgerApp:
             )
         if ctx.time < ready:
             raise OrderInvalid(f"the unbond of {tx.amount} can be released from {ready}")
-        amount = min(tx.amount, _slashable_bond(rec))  # slashes in the meantime come first
+        # slashes in the meantime come first, and bond reserved for takes is not released
+        amount = min(tx.amount, max(0, _slashable_bond(rec) - reserved))
         rec["unbonding"] = 0
         rec["unbonds"] = rec.get("unbonds", 0) + 1
         rec["slash_pending"] = rec.get("slash_pending", 0) + amount
@@ -1610,9 +1633,11 @@ class LedgerApp:
         if all(o == "redeemed" for o in outcomes):
             rec["status"] = "settled"
             self._settle(view, ctx, order)
+            self._release_takes(view, ctx, order, rec)
         elif fact.outcome is LegOutcome.REFUNDED:
             rec["status"] = "failed"
             self._fail(view, ctx, order)
+            self._release_takes(view, ctx, order, rec)
         view.set_map(_order_state_key(fact.order_id), rec)
 
     def _note_events(self, events: list[tuple[str, tuple[tuple[str, str], ...]]]) -> None:
@@ -1883,6 +1908,7 @@ class LedgerApp:
         # only matters for takes (the taker's own); the "monitor" flag carries no power.
         self._node(view, sender, "evidence reporter")
         p = self._params
+        unsafe_for: bytes | None = None  # (a provider paid in too near an expiry height)
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
             assert tx.order_id is not None and tx.leg is not None  # guaranteed by the parser
             order, rec = _load_order(view, tx.order_id)
@@ -1910,8 +1936,18 @@ class LedgerApp:
                         f"{order.legs[j].lock_by} + attest_grace {grace}: legs[{tx.leg}]'s "
                         "sender was right not to lock"
                     )
-            self._check_paid_in_safely(order, rec, tx.leg)
             offender = leg.sender
+            try:
+                self._check_paid_in_safely(order, rec, tx.leg)
+            except EvidenceInvalid:
+                # The sender was right not to lock. If it is the provider of a take whose taker
+                # wrote the order and reserved bond for it, the taker paid it in too near the
+                # expiry height: that is the taker's default, its reservation is forfeited (so
+                # a later taker's evidence does not slash the provider for it either).
+                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender)
+                if taker is None:
+                    raise
+                offender, unsafe_for = taker, leg.sender
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
             assert tx.quote is not None and tx.take is not None
@@ -1946,6 +1982,11 @@ class LedgerApp:
                         f"quote {quote.quote_id.hex()} was already taken by this taker"
                     )
                 self._check_take_order(view, ctx, quote, take, tx.order)
+                # An open quote's take reserves the taker's bond for the provider's quote slash:
+                # its default then costs it that much, and excuses the provider (issue 17).
+                reserve = 0
+                if quote.taker == bytes(NODE_ID_SIZE):
+                    reserve = self._reserve_take(view, ctx, quote, take.taker, take.order_id)
                 spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
                 # The take's order keeps its payment hash: anyone (the provider's sybil) could
                 # otherwise commit another order with it, public in this block, and the taken
@@ -1963,6 +2004,8 @@ class LedgerApp:
                         "spent_by": spent_by or b"",
                         "at": ctx.time,
                         "order_id": take.order_id,
+                        # bond reserved for it (an open quote's take; 0: none)
+                        "reserve": reserve,
                         "payment_hash": tx.order.order.payment_hash if tx.order else b"",
                         # the other parties' quotes it uses: spent elsewhere, they block it too
                         "quotes": [
@@ -2034,8 +2077,32 @@ class LedgerApp:
         # The bond is what validators attested locked in the vault, less slashes already
         # decided; the slash becomes a decision executed on the vault by their signatures.
         slash = _slashable_bond(rec) * slash_bps // 10_000
-        # (the slash is kept: a taker's default excuses a provider only if it cost as much)
-        view.set(eid, encode({"height": ctx.height, "reporter": sender, "slash": slash}))
+        forfeit: list[bytes] = []
+        if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
+            assert tx.order_id is not None
+            # A default on a take's order costs the bond reserved for the take (the quote
+            # slash of each provider whose open quote it took), a fixed amount whatever else
+            # the taker owes; it is what excuses those providers towards later takers.
+            held, forfeit = self._forfeit_takes(view, ctx, offender, rec, tx.order_id, unsafe_for)
+            if unsafe_for is not None:
+                if not forfeit:  # (the index and the taker's record agree: never)
+                    raise EvidenceInvalid("the take's reservation is no longer held")
+                slash = 0  # not a missed lock: only the reservation
+            slash = min(_slashable_bond(rec), max(slash, held))
+        # (the slash is kept: a taker's default excuses a provider only if it cost as much, or
+        # forfeited the bond the take reserved for that provider's quote)
+        view.set(
+            eid,
+            encode(
+                {
+                    "height": ctx.height,
+                    "reporter": sender,
+                    "slash": slash,
+                    "offender": offender,
+                    "forfeit": forfeit,
+                }
+            ),
+        )
         rec["slash_pending"] = rec.get("slash_pending", 0) + slash
         rec["slashed"] += slash
         if slash:
@@ -2047,6 +2114,148 @@ class LedgerApp:
         ctx.events.append(
             ("penalty", (("node", offender.hex()), ("kind", tx.kind.value), ("slash", str(slash))))
         )
+
+    def _reserve_take(
+        self, view: _View, ctx: _Ctx, quote: Quote, taker: bytes, order_id: bytes
+    ) -> int:
+        """Reserve ``taker``'s bond for its take of the open ``quote`` (order ``order_id``):
+        the provider's quote slash now (``slash_bps_quote`` of its slashable bond), out of the
+        taker's attested bond not yet reserved nor unbonding, until the order settles, fails
+        with the provider's legs locked in time, or the take's fill window passes. Returns the
+        amount (0 when the provider has no bond: nothing to cover). A bondless taker could
+        otherwise take, default for free and leave the provider to be slashed by a second
+        taker; and one bond could back many takes at once (a percentage slash shrinks)."""
+        p = self._params
+        amount = _slashable_bond(self._node(view, quote.provider, "provider")) * p.slash_bps_quote
+        amount //= 10_000
+        if amount == 0:
+            return 0
+        key = _reserve_key(order_id)
+        raw = view.get(key)
+        held = [e for e in ([] if raw is None else _dec(raw)) if ctx.time <= int(e[3])]
+        if any(bytes(e[1]) == quote.provider for e in held):
+            raise AlreadyExists(
+                f"order {order_id.hex()} already backs a take of this quote: an order backs "
+                "one take of each quote"
+            )
+        rec = self._node(view, taker, "taker")
+        live = _live_reserved(rec, ctx.time)  # (expired entries are dropped here)
+        if len(live) >= p.max_open_takes:
+            raise EvidenceInvalid(
+                f"the taker holds bond reserved for {len(live)} takes of open quotes already "
+                f"(max_open_takes {p.max_open_takes})"
+            )
+        free = _effective_bond(rec) - sum(int(e[2]) for e in live)
+        if free < amount:
+            raise EvidenceInvalid(
+                f"taking an open quote reserves the provider's quote slash, {amount}, of the "
+                f"taker's attested bond until the take resolves; its unreserved bond is "
+                f"{max(0, free)}"
+            )
+        until = quote.valid_until + p.honour_grace + p.take_fill_window
+        until += p.attest_grace + p.honour_grace  # (when a later taker's evidence is judged)
+        rec["reserved"] = [*live, [order_id, quote.provider, amount, until]]
+        view.set_map(_node_key(taker), rec)
+        view.set(key, _enc([*held, [taker, quote.provider, amount, until]]))
+        ctx.events.append(
+            (
+                "take_bond_reserved",
+                (
+                    ("taker", taker.hex()),
+                    ("order_id", order_id.hex()),
+                    ("amount", str(amount)),
+                    ("until", str(until)),
+                ),
+            )
+        )
+        return amount
+
+    def _reserving_taker(
+        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes
+    ) -> bytes | None:
+        """The taker holding bond reserved for its take of ``provider``'s open quote with
+        order ``order_id``, if any (still held)."""
+        raw = view.get(_reserve_key(order_id))
+        for e in [] if raw is None else _dec(raw):
+            if bytes(e[1]) == provider and ctx.time <= int(e[3]):
+                return bytes(e[0])
+        return None
+
+    def _forfeit_takes(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        node: bytes,
+        rec: dict[str, Any],
+        order_id: bytes,
+        provider: bytes | None,
+    ) -> tuple[int, list[bytes]]:
+        """Take out of ``rec`` (``node``'s record, saved by the caller) the bond it
+        holds reserved for takes with order ``order_id`` (only that of ``provider``'s quote
+        if given): returns the amount and the providers whose quotes those takes were of."""
+        key = _reserve_key(order_id)
+        raw = view.get(key)
+        if raw is None:
+            return 0, []
+        live = _live_reserved(rec, ctx.time)
+        took = [
+            e
+            for e in live
+            if bytes(e[0]) == order_id and (provider is None or bytes(e[1]) == provider)
+        ]
+        if not took:
+            return 0, []
+        providers = [bytes(e[1]) for e in took]
+        rec["reserved"] = [e for e in live if e not in took]
+        rest = [e for e in _dec(raw) if not (bytes(e[1]) in providers and bytes(e[0]) == node)]
+        if rest:
+            view.set(key, _enc(rest))
+        else:
+            view.delete(key)
+        return sum(int(e[2]) for e in took), providers
+
+    def _release_takes(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, state: dict[str, Any]
+    ) -> None:
+        """Release the bond reserved for takes with ``order`` once it resolved: settled, or
+        failed with the provider's legs attested locked in time (it filled the take; the
+        taker can no longer default on it). A failed order where the provider did not lock
+        keeps the reservation until the fill window passes: the taker may have paid it in too
+        near an expiry height and refunded at once, and that evidence is still to come."""
+        key = _reserve_key(order.order_id)
+        raw = view.get(key)
+        if raw is None:
+            return
+        grace = self._params.attest_grace
+        keep = []
+        for e in _dec(raw):
+            taker, provider = bytes(e[0]), bytes(e[1])
+            if state["status"] != "settled":
+                mine = [i for i, leg in enumerate(order.legs) if leg.sender == provider]
+                locked = [state["legs"][i].get("locked_at") for i in mine]
+                if not mine or any(
+                    at is None or at > order.legs[i].lock_by + grace
+                    for i, at in zip(mine, locked, strict=True)
+                ):
+                    keep.append(e)
+                    continue
+            rec = self._node(view, taker, "taker")
+            rec["reserved"] = [
+                r
+                for r in rec.get("reserved", [])
+                if not (bytes(r[0]) == order.order_id and bytes(r[1]) == provider)
+            ]
+            view.set_map(_node_key(taker), rec)
+            ctx.events.append(
+                (
+                    "take_bond_released",
+                    (("taker", taker.hex()), ("order_id", order.order_id.hex())),
+                )
+            )
+        if keep:
+            view.set(key, _enc(keep))
+        else:
+            view.delete(key)
 
     def _check_take_order(
         self, view: _View, ctx: _Ctx, quote: Quote, take: Take, commit: CommitOrder | None
@@ -2240,9 +2449,18 @@ class LedgerApp:
             default = next((j for j in range(i) if not in_time(j)), None)
             if default is None and in_time(i):
                 continue
-            if default is not None:
-                raw = view.get(b"evidence/lnl/" + used.order_id + default.to_bytes(1, "big"))
-                if raw is not None and int(_dec(raw).get("slash", 0)) >= due:
+            # A default (a leg before the provider's not locked in time), or the provider's
+            # own leg not locked because the taker paid it in too near an expiry height: the
+            # evidence of it excuses the provider if it forfeited the bond the earlier take
+            # reserved for this quote, or (no reservation: an order without a take) cost its
+            # sender at least this slash.
+            blamed = i if default is None else default
+            raw = view.get(b"evidence/lnl/" + used.order_id + blamed.to_bytes(1, "big"))
+            if raw is not None:
+                ev = _dec(raw)
+                if provider in [bytes(f) for f in ev.get("forfeit", [])]:
+                    continue
+                if default is not None and int(ev.get("slash", 0)) >= due:
                     continue
             if ctx.time <= deadline:
                 raise EvidenceInvalid(

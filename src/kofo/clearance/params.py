@@ -77,6 +77,10 @@ class LedgerParams:
     provider really filled an earlier take (locked its legs in time) is known by then, and a
     later taker's evidence waits for it at most that long (plus ``attest_grace`` and
     ``honour_grace``)."""
+    max_open_takes: int = 64
+    """Takes of open quotes a taker may hold reserved bond for at once (each reservation is an
+    entry of its node record until its order resolves or its fill window passes): a bound on
+    that record, far above what one taker fills in a take's window."""
     importance_half_life: int = 100_000
     """Settled volume halves in weight every 100k blocks (about a day at 1 s blocks)."""
     penalty_weight: int = 10
@@ -166,6 +170,8 @@ class LedgerParams:
                 raise InvalidInput(
                     f"height_expiry_margin[{chain!r}] must be within 0..1000000, got {blocks!r}"
                 )
+        if not 1 <= self.max_open_takes <= 1_024:
+            raise InvalidInput(f"max_open_takes must be within 1..1024, got {self.max_open_takes}")
         if not 1 <= self.bond_height_step <= 1_000_000:
             raise InvalidInput(
                 f"bond_height_step must be within 1..1000000, got {self.bond_height_step}"
