@@ -11,7 +11,8 @@ one link carries its own Ed25519 signature inside the body:
   own per-claim ephemeral key over ``(claim_id, i, sig_{i-1})``. Each signature covers the one
   before it, so no hop can be removed, inserted or reordered, and no key in the path is linked to a
   node identity;
-* a **fulfil** is a signed message by the filler's ephemeral key; on the way back each hop adds a
+* a **fulfil** is a signed message by the filler's ephemeral key (v6: carrying the maker's
+  offer proof sealed to the initiator, see :func:`make_offer_proof`); on the way back each hop adds a
   :class:`HopFee` signed by its ephemeral key for that claim: its acknowledgement that it
   carried the fulfil. The fee in it is always 0 in protocol v1: relays are paid their share of
   the protocol fee by the clearance ledger, as no leg of the route pays them.
