@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import kofo.exchange.node as exnode
 from kofo.exchange.node import ExchangeConfig, ExchangeNode
 from kofo.exchange.sealed import open_sealed
-from kofo.wire.exchange import NO_OFFER_ID, Claim, OfferProof, check_offer_proof
+from kofo.wire.envelope import BadMessage
+from kofo.wire.exchange import (
+    MAX_OFFER_PROOF_BYTES,
+    NO_OFFER_ID,
+    Claim,
+    Fulfil,
+    OfferProof,
+    check_offer_proof,
+)
 
 from .helpers import link, start_nodes, stop_all, wait_until
 
@@ -173,3 +181,15 @@ def test_an_offer_proof_binds_the_claim_and_the_filler_key():
         check_offer_proof(plain, cid, os.urandom(32))
     with pytest.raises(Exception, match="offer proof"):
         check_offer_proof(plain[:-1], cid, eph)
+
+
+def test_a_fulfil_op_is_bounded_and_absent_when_empty():
+    """``op`` is optional (a fulfil without one encodes as in v5) but never empty or
+    oversized when present: a filler cannot pad fulfils through it."""
+    base = Fulfil(bytes(32), 1, 10, 20, 1, [], b"")
+    body = base.to_body()
+    assert "op" not in body and Fulfil.from_body(body) == base
+    assert Fulfil.from_body(Fulfil(bytes(32), 1, 10, 20, 1, [], b"x" * 165).to_body()).op
+    for bad in (b"", b"x" * (MAX_OFFER_PROOF_BYTES + 1)):
+        with pytest.raises(BadMessage, match="'op' must be"):
+            Fulfil.from_body({**body, "op": bad})
