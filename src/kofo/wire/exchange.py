@@ -12,10 +12,10 @@ one link carries its own Ed25519 signature inside the body:
   before it, so no hop can be removed, inserted or reordered, and no key in the path is linked to a
   node identity;
 * a **fulfil** is a signed message by the filler's ephemeral key (v6: carrying the maker's
-  offer proof sealed to the initiator, see :func:`make_offer_proof`); on the way back each hop adds a
-  :class:`HopFee` signed by its ephemeral key for that claim: its acknowledgement that it
-  carried the fulfil. The fee in it is always 0 in protocol v1: relays are paid their share of
-  the protocol fee by the clearance ledger, as no leg of the route pays them.
+  offer proof sealed to the initiator, see :func:`make_offer_proof`); on the way back each
+  hop adds a :class:`HopFee` signed by its ephemeral key for that claim: its acknowledgement
+  that it carried the fulfil. The fee in it is always 0 in protocol v1: relays are paid their
+  share of the protocol fee by the clearance ledger, as no leg of the route pays them.
 
 Only the parties of the chosen route reveal their node keys, inside a sealed *join* the initiator
 alone can open, and then co-sign a :class:`kofo.wire.orders.SettlementOrder`.
