@@ -105,7 +105,9 @@ def test_a_maker_that_does_not_answer_keeps_the_window_open_and_an_outsider_is_c
         out = await outsider(taker, 32)
         try:
             taker.links[silent.node_id].writer.transport.pause_reading()
-            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=1.5)
+            # A window long enough for two loopback quotes on a loaded machine (it runs to
+            # its end here: that is the point).
+            cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=10)
             w = taker.quote_window(cid)
             assert (w.ended, w.expected, w.answered) == ("window", 2, 1)
             assert {q.maker for q in quotes} == {makers[0].node_id, out.node_id}
@@ -124,8 +126,9 @@ def test_a_forged_or_replayed_offer_proof_does_not_end_the_window(monkeypatch):
     for: it seals into its own fulfil (a) a proof naming that maker with a made-up
     signature, (b) that maker's genuine proof of an earlier claim, re-sealed to the new
     claim's reply key, (c) a genuine proof by that maker for this very claim, bound to the
-    maker's own fulfil key (moved into the forger's fulfil). None counts: the window runs to
-    its end, the forger's quote is still collected (a valid quote), its proof counted bad."""
+    maker's own fulfil key (moved into the forger's fulfil). None counts: the silent maker is
+    never "answered" (the collection ends only at ``enough``, the two quotes that can come),
+    the forger's quote is still collected (a valid quote), its proof counted bad."""
 
     async def go():
         taker, makers = await star([29, 33])
@@ -154,9 +157,13 @@ def test_a_forged_or_replayed_offer_proof_does_not_end_the_window(monkeypatch):
         try:
             taker.links[victim.node_id].writer.transport.pause_reading()
             for case in "abc":
-                cid, quotes = await taker.request_quotes("btc", "eth", 10**6, window_s=1.5)
+                # Until the two quotes that can come (the honest maker's, the forger's) are
+                # in: had the forged proof counted, both makers would be "answered".
+                cid, quotes = await taker.request_quotes(
+                    "btc", "eth", 10**6, window_s=LONG_WINDOW_S, enough=2
+                )
                 w = taker.quote_window(cid)
-                assert (w.ended, w.expected, w.answered) == ("window", 2, 1), case
+                assert (w.ended, w.expected, w.answered) == ("enough", 2, 1), case
                 assert {q.maker for q in quotes} == {honest.node_id, None}, case
                 assert sorted(q.delivered for q in quotes) == [29 * 10**6, 30 * 10**6], case
             assert taker.stats.offer_proofs_bad == 3
