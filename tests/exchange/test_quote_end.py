@@ -82,11 +82,11 @@ def test_the_window_ends_as_soon_as_every_maker_of_the_book_has_quoted():
             # What settle relies on is unchanged: the collection is closed, its quotes settle.
             commit = await taker.settle(cid, quotes[0], os.urandom(32))
             assert commit.order.legs[1].amount == quotes[0].delivered
-            # Without the early end (the caller's choice) the same claim runs to its window.
-            cid2, quotes2 = await taker.request_quotes(
-                "btc", "eth", 10**6, window_s=0.5, early_end=False
-            )
-            assert taker.quote_window(cid2).ended == "window" and len(quotes2) == 3
+            # Without the early end (the caller's choice) the claim runs to its window, and
+            # awaits nobody (how many quotes it gets in 0.5 s depends on the load: not asserted).
+            cid2, _ = await taker.request_quotes("btc", "eth", 10**6, window_s=0.5, early_end=False)
+            w2 = taker.quote_window(cid2)
+            assert (w2.ended, w2.expected) == ("window", 0)
         finally:
             await stop_all([taker, *makers])
 
