@@ -12,7 +12,8 @@ default: a maker's engine keeps at most 16 open swaps with one counterparty
 (``PeerLimits.open_swaps_per_peer``), and the best price takes every trade.
 Per trade, from its phase timestamps:
 
-* ``quote``: ``claim_sent`` -> ``quotes`` (the claim's round trip, the quote window),
+* ``quote``: ``claim_sent`` -> ``quotes`` (the claim's round trip and the quote window, which
+  ends once every maker of the taker's book has quoted: ``windows_ended``),
 * ``commit``: ``quotes`` -> ``committed`` (route co-signing, ``commit_order`` in a block),
 * ``settle``: ``committed`` -> both sides ``redeemed`` (the swap engine's work: proposal,
   both HTLC legs locked and redeemed).
@@ -148,9 +149,19 @@ def _phase_at(view: TradeView, phase: str) -> float | None:
     return next((p.at for p in view.phases if p.phase == phase), None)
 
 
+def _windows_ended(takers: list[Node]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in takers:
+        if t.exchange is not None:
+            for k, v in t.exchange.stats.windows_ended.items():
+                out[k] = out.get(k, 0) + v
+    return out
+
+
 async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
     takers = [node for name, node in nodes.items() if name.startswith("taker")]
     makers = [node for name, node in nodes.items() if name.startswith("maker")]
+    before = _windows_ended(takers)
     t0 = time.time()
     views = []
     for i in range(n):
@@ -205,6 +216,13 @@ async def _batch(nodes: dict[str, Node], n: int) -> dict[str, Any]:
         "failed": [f"{d.state}: {d.error[:120]}" for d in failed],
         "wall_s": round(wall, 3),
         "trades_per_s": round((n - len(failed)) / wall, 3),
+        # How the takers' quote windows ended (exchange v6): "all_quoted" when every maker of
+        # the book answered before window_s, "window" when one did not.
+        "windows_ended": {
+            k: v - before.get(k, 0)
+            for k, v in _windows_ended(takers).items()
+            if v > before.get(k, 0)
+        },
     }
     for name, values in phases.items():
         out[f"{name}_p50_s"] = _pct(values, 0.5)

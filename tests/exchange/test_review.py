@@ -346,7 +346,10 @@ def test_a_relay_that_also_fills_never_sends_more_quotes_than_its_upstream_takes
                 real(node, lk, body)
 
             relay._handlers = {**ExchangeNode._handlers, "fulfil": counting}  # type: ignore[misc]
-            cid, quotes = await taker.request_quotes("btc", "eth", 1000, window_s=25, enough=32)
+            # The flooders are no makers of the book: collect until 32, not until the relay quoted.
+            cid, quotes = await taker.request_quotes(
+                "btc", "eth", 1000, window_s=25, enough=32, early_end=False
+            )
             await wait_until(lambda: handled[0] == DeepFulfilFlooder.n * len(flooders), 50)
             st = relay._relay[cid]
             # What the relay sent up: its cap (ExchangeConfig.max_fulfils_per_claim), its own

@@ -193,6 +193,40 @@ def _fulfil() -> bytes:
     return _signed(_key("maker-ephemeral"), ex.MSG_FULFIL, fulfil.to_body())
 
 
+SEAL_EPH = hashlib.sha256(b"kofo-seal-eph").digest()  # the box's X25519 key (vectors only)
+
+
+def _offer_proof_plain() -> bytes:
+    """v6: Alice (the offer vector's maker, offer id 00..00) proves she answered the claim
+    vector with the fulfil signed by ``maker-ephemeral``."""
+    filler = public_key_bytes(_key("maker-ephemeral"))
+    return ex.make_offer_proof(ALICE, _claim_message().claim_id, filler, bytes(16))
+
+
+def _offer_proof_signed_bytes() -> bytes:
+    filler = public_key_bytes(_key("maker-ephemeral"))
+    cid = _claim_message().claim_id
+    return ex.offer_proof_message(cid, filler, public_key_bytes(ALICE), bytes(16))
+
+
+def _offer_proof_op() -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from kofo.exchange.sealed import seal
+
+    eph = X25519PrivateKey.from_private_bytes(SEAL_EPH)
+    return seal(_claim_message().claim.reply_key, _offer_proof_plain(), eph=eph)
+
+
+def _fulfil_with_proof() -> bytes:
+    claim = _claim_message()
+    hop = ex.sign_hop(_key("hop1"), claim, [])
+    fulfil = ex.Fulfil(
+        claim.claim_id, 2, 100_000, 2_997_000, TS * 1000 + 4_000, [hop], _offer_proof_op()
+    )
+    return _signed(_key("maker-ephemeral"), ex.MSG_FULFIL, fulfil.to_body())
+
+
 def _accept() -> bytes:
     claim = _claim_message()
     body = ex.Accept(claim.claim_id, hashlib.sha256(_fulfil()).digest())
@@ -235,6 +269,7 @@ VECTORS: dict[str, tuple[str, Callable[[], bytes], Callable[[bytes], object]]] =
     "exchange offer": (ex.MSG_OFFER, _offer, ex.open_offer),
     "exchange claim": (ex.MSG_CLAIM, _claim, ex.open_claim),
     "exchange fulfil": (ex.MSG_FULFIL, _fulfil, ex.open_fulfil),
+    "exchange fulfil with offer proof (v6)": (ex.MSG_FULFIL, _fulfil_with_proof, ex.open_fulfil),
     "exchange accept": (
         ex.MSG_ACCEPT,
         _accept,
@@ -287,6 +322,9 @@ DERIVED: dict[str, Callable[[], bytes]] = {
     "exchange join: body": lambda: encode(_join().to_body()),
     "exchange join: provider body with contact (v3)": lambda: encode(_provider_join().to_body()),
     "exchange quote ids: relay at 1 (bob), provider at 2 (maker)": _quote_ids,
+    "exchange offer proof: signed bytes (v6)": _offer_proof_signed_bytes,
+    "exchange offer proof: plaintext (v6)": _offer_proof_plain,
+    "exchange offer proof: sealed op (v6)": _offer_proof_op,
 }
 DBEGIN, DEND = "<!-- derived-vectors:begin -->", "<!-- derived-vectors:end -->"
 
@@ -314,6 +352,13 @@ def test_derived_exchange_vectors_match_the_document(name):
     if name == "exchange join: provider body with contact (v3)":
         j = ex.Join.from_body(decode(DERIVED[name]()))
         assert j == _provider_join() and j.contact == "127.0.0.1:9735"
+    if name == "exchange offer proof: plaintext (v6)":
+        filler = public_key_bytes(_key("maker-ephemeral"))
+        p = ex.check_offer_proof(DERIVED[name](), _claim_message().claim_id, filler)
+        assert p.maker == public_key_bytes(ALICE) and p.offer_id == bytes(16)
+    if name == "exchange offer proof: sealed op (v6)":
+        f = ex.open_fulfil(_fulfil_with_proof()).fulfil
+        assert f.op == DERIVED[name]()
 
 
 def _render() -> str:

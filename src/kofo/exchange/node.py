@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -57,6 +58,7 @@ from kofo.wire.exchange import (
     MAX_HOPS,
     MAX_PEERS_IN_LIST,
     MSG_ACCEPT,
+    NO_OFFER_ID,
     Accept,
     Claim,
     Frame,
@@ -66,14 +68,17 @@ from kofo.wire.exchange import (
     PathHop,
     Quote,
     SignedClaim,
+    SignedFulfil,
     SignedOffer,
     check_fulfil,
     check_offer,
+    check_offer_proof,
     digest,
     join_message,
     make_claim,
     make_fulfil,
     make_offer,
+    make_offer_proof,
     offer_frame_bytes,
     open_accept,
     open_claim,
@@ -373,6 +378,11 @@ class _Pending:
     osigs: dict[int, bytes] = field(default_factory=dict)
     lproofs: dict[tuple[int, LegRole], bytes] = field(default_factory=dict)
     chosen: Quote | None = None
+    # v6 early end: the makers of our book that can fill this claim (when it was sent), and
+    # those of them whose offer proof arrived in a verified fulfil; the window ends once the
+    # first set is non-empty and within the second ("all_quoted").
+    expected: frozenset[bytes] = frozenset()
+    answered: set[bytes] = field(default_factory=set)
     # Set when request_quotes returns: the collection is what it returned (a fulfil arriving
     # later, even one the event loop had queued before the window's end, is dropped).
     closed: bool = False
@@ -380,6 +390,23 @@ class _Pending:
     order: SettlementOrder | None = None
     owners: list[bytes] = field(default_factory=list)  # node id per position, once ordered
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteWindow:
+    """How an own claim's quote collection ended (``ExchangeNode.quote_window``): ``ended`` is
+    ``"all_quoted"`` (every expected maker's offer proof arrived), ``"enough"`` (the caller's
+    count reached) or ``"window"`` (``window_s`` ran out)."""
+
+    ended: str
+    expected: int  # makers of our book able to fill the claim when it was sent
+    answered: int  # of them, those whose offer proof arrived in the window
+    quotes: int  # quotes collected
+    elapsed_ms: int
+
+
+QUOTE_WINDOWS_KEPT = 256
+"""``ExchangeNode.quote_window`` remembers this many own claims' collections, newest kept."""
 
 
 @dataclass(slots=True)
@@ -396,6 +423,10 @@ class NodeStats:
     gossip_resent: int = 0  # offers sent again to a link that missed them at a full buffer
     offers_late: int = 0  # expired on their way (or just outside the clock window): unscored
     quotes_late: int = 0  # fulfils for our own claim after its quote window closed: unscored
+    # How our quote windows ended ("all_quoted", "enough", "window"), and offer proofs in
+    # fulfils that did not open or verify (the filler's fault: the quote is kept, unscored).
+    windows_ended: dict[str, int] = field(default_factory=dict)
+    offer_proofs_bad: int = 0
     # Where a claim's flood or its answers can be lost without any error (counted so a
     # multi-process run can say which; see docs/exchange.md "Where a quote can be lost"):
     # a copy of a held claim that arrived later with more hops left than the copy we took
@@ -497,6 +528,7 @@ class ExchangeNode:
         # for one still arriving is late, not unknown (it used to cost its honest relay 1 and
         # was counted nowhere, so a taker could not tell a late maker from a lost one).
         self._settled: dict[bytes, int] = {}
+        self._windows: OrderedDict[bytes, QuoteWindow] = OrderedDict()
         self.stats = NodeStats()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -1552,7 +1584,11 @@ class ExchangeNode:
                 log.warning("no fill for claim %s: on_fill failed: %s", cid.hex()[:12], exc)
                 fill = None
         if fill is not None:
-            f = Fulfil(cid, st.position, fill[0], fill[1], valid_until, path)
+            # v6: the offer proof, sealed to the claim's reply key (relays see a box): the
+            # taker learns we answered, and stops waiting once every maker it knows has.
+            proof = make_offer_proof(self._key, cid, eph.public_key().public_bytes_raw(), fill[2])
+            op = seal(claim.reply_key, proof)
+            f = Fulfil(cid, st.position, fill[0], fill[1], valid_until, path, op)
             sf = make_fulfil(eph, f)
             st.filled = (sf.fulfil_id, fill[0], fill[1])
             if not link.send(Frame("fulfil", {"f": sf.raw, "fees": []})):
@@ -1594,10 +1630,11 @@ class ExchangeNode:
             live[:] = [t for t in live if t > now]
         return len(live) < self.config.claims_per_peer * 3 // 4 and bucket.peek() >= 1
 
-    def _best_fill(self, claim: Claim) -> tuple[int, int] | None:
-        """``(amount_in, amount_out)`` this node quotes for ``claim``, the output net of the
-        protocol fee the provider owes on the input (see :mod:`kofo.exchange.route`)."""
-        best: tuple[int, int] | None = None
+    def _best_fill(self, claim: Claim) -> tuple[int, int, bytes] | None:
+        """``(amount_in, amount_out, offer_id)`` this node quotes for ``claim``, the output net
+        of the protocol fee the provider owes on the input (see :mod:`kofo.exchange.route`);
+        ``offer_id`` names the own offer it comes from (:data:`NO_OFFER_ID`: extra liquidity)."""
+        best: tuple[int, int, bytes] | None = None
         now = now_ms()
         cap = None
         if self.config.liquidity is not None:
@@ -1608,8 +1645,8 @@ class ExchangeNode:
                 return None
             if cap <= 0:
                 return None
-        candidates = [
-            _capped_offer_fill(so.offer, claim.amount, cap)
+        candidates: list[tuple[tuple[int, int] | None, bytes]] = [
+            (_capped_offer_fill(so.offer, claim.amount, cap), so.offer.offer_id)
             for so in self._own_offers.values()
             if so.offer.buy == claim.have
             and so.offer.sell == claim.want
@@ -1621,15 +1658,15 @@ class ExchangeNode:
                 # Scaled down at the same price (floored: never more out than the cap).
                 scaled_in = extra[0] * cap // extra[1]
                 extra = (scaled_in, extra[1] * scaled_in // extra[0]) if scaled_in > 0 else None
-            candidates.append(extra)
-        for c in candidates:
+            candidates.append((extra, NO_OFFER_ID))
+        for c, oid in candidates:
             # Fuller fills first, then more output.
-            if c is not None and (best is None or (c[0], c[1]) > best):
-                best = c
+            if c is not None and (best is None or (c[0], c[1]) > best[:2]):
+                best = (c[0], c[1], oid)
         if best is None:
             return None
         out = net_of_protocol_fee(best[0], best[1], self.config.protocol_fee_bps)
-        return (best[0], out) if out > 0 else None
+        return (best[0], out, best[2]) if out > 0 else None
 
     def _h_fulfil(self, link: Link, body: dict[str, Any]) -> None:
         raw = body.get("f")
@@ -1711,13 +1748,17 @@ class ExchangeNode:
         window_s: float = 0.5,
         max_hops: int = 6,
         enough: int | None = None,
+        early_end: bool = True,
     ) -> tuple[bytes, list[Quote]]:
-        """Send a claim and collect quotes for ``window_s`` (or until ``enough`` arrived).
+        """Send a claim and collect quotes for at most ``window_s``: until ``enough`` arrived,
+        or (``early_end``, protocol v6) once every maker of our book able to fill the claim has
+        answered with a verified offer proof, whichever comes first.
 
         Returns the claim id and the quotes received within the window, best first (see
         :meth:`rank`). The window is the claim's own ``deadline_ms`` (sent + ``window_s``):
-        a quote received after it, or after this returns (``enough``), is not collected: the
-        list is exactly what :meth:`settle` accepts for this claim.
+        a quote received after it, or after this returns (``enough``, every maker answered),
+        is not collected: the list is exactly what :meth:`settle` accepts for this claim.
+        :meth:`quote_window` says how the collection ended.
         """
         if not 0 < window_s * 1000 <= MAX_CLAIM_HORIZON_MS:
             raise KofoError(f"window_s {window_s} is out of range", code="invalid_input")
@@ -1745,6 +1786,8 @@ class ExchangeNode:
         Claim.from_body(claim.to_body())
         sc = make_claim(eph, claim)
         pending = _Pending(sc, eph, reply, sent)
+        if early_end:
+            pending.expected = self._makers_for(claim, sent)
         for _ in range(d):
             key = Ed25519PrivateKey.generate()
             pending.dummies.append(key)
@@ -1754,7 +1797,14 @@ class ExchangeNode:
         expires = claim.deadline_ms + self.config.quote_valid_ms
         self._fan_out(Frame("claim", {"c": sc.raw, "path": path}), exclude=None, expires_ms=expires)
         deadline = time.monotonic() + window_s
-        while enough is None or len(pending.quotes) < enough:
+        ended = "window"
+        while True:
+            if enough is not None and len(pending.quotes) >= enough:
+                ended = "enough"
+                break
+            if pending.expected and pending.expected <= pending.answered:
+                ended = "all_quoted"
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -1765,7 +1815,31 @@ class ExchangeNode:
         # fulfils read meanwhile; _collect dropped those past deadline_ms, nothing more joins.
         pending.closed = True
         pending.quotes = [q for q in pending.quotes if q.received_ms <= claim.deadline_ms]
+        self.stats.windows_ended[ended] = self.stats.windows_ended.get(ended, 0) + 1
+        self._windows[sc.claim_id] = QuoteWindow(
+            ended,
+            len(pending.expected),
+            len(pending.expected & pending.answered),
+            len(pending.quotes),
+            max(0, now_ms() - sent),
+        )
+        while len(self._windows) > QUOTE_WINDOWS_KEPT:
+            self._windows.popitem(last=False)
         return sc.claim_id, self.rank(pending.sc.claim, pending.quotes)
+
+    def quote_window(self, claim_id: bytes) -> QuoteWindow | None:
+        """How the collection of an own recent claim ended (None: unknown or forgotten)."""
+        return self._windows.get(claim_id)
+
+    def _makers_for(self, claim: Claim, now: int) -> frozenset[bytes]:
+        """The makers whose live offers in our book would fill ``claim`` (they take ``have``,
+        pay ``want`` and accept ``amount``, whole or, if partial, in part): the quotes the
+        window waits for. Not ourselves: a node never fills its own claim."""
+        return frozenset(
+            so.maker
+            for so in self.book.pair(claim.have, claim.want, now)
+            if so.maker != self.node_id and so.offer.fill(claim.amount) is not None
+        )
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         """Best first, a total order (the same quotes rank the same whatever their arrival
@@ -1812,13 +1886,37 @@ class ExchangeNode:
         check_fulfil(sf)
         verify_fulfil(pending.sc, sf, fees, pending.dummy_path)
         pending.per_via[via] = pending.per_via.get(via, 0) + 1
-        q = Quote(pending.sc.claim_id, sf, fees, via, now_ms())
+        maker = self._offer_proof(pending, sf)
+        q = Quote(pending.sc.claim_id, sf, fees, via, now_ms(), maker)
         claim = pending.sc.claim
+        if maker is not None and maker in pending.expected:
+            # This maker has answered (a node fills a claim once): nothing better from it can
+            # come, even when this quote misses the limit below.
+            pending.answered.add(maker)
+            pending.changed.set()
         if q.amount_in > claim.amount or not claim.accepts(q.amount_in, q.delivered):
             log.info("quote below the limit price dropped")
             return
         pending.quotes.append(q)
         pending.changed.set()
+
+    def _offer_proof(self, pending: _Pending, sf: SignedFulfil) -> bytes | None:
+        """The maker a verified fulfil's sealed offer proof names, or None (no proof, or a bad
+        one: the filler's own fault, since the fulfil's signature covers the box; counted, not
+        scored against the link, the quote kept). The proof's signature covers the claim id
+        and the filler's key, so no relay can forge one, move one to another fulfil or replay
+        one from another claim."""
+        op = sf.fulfil.op
+        if not op:
+            return None
+        try:
+            plain = open_sealed(pending.reply, op)
+            proof = check_offer_proof(plain, pending.sc.claim_id, sf.filler_eph)
+        except (BadMessage, BadSignature) as exc:
+            self.stats.offer_proofs_bad += 1
+            log.info("offer proof in a fulfil ignored: %s", exc)
+            return None
+        return proof.maker
 
     # ------------------------------------------------------------------ settlement order
 

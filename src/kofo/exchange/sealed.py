@@ -24,8 +24,10 @@ def _key(shared: bytes, eph_pub: bytes, recipient_pub: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, eph_pub + recipient_pub, _INFO).derive(shared)
 
 
-def seal(recipient_pub: bytes, plaintext: bytes) -> bytes:
-    eph = X25519PrivateKey.generate()
+def seal(recipient_pub: bytes, plaintext: bytes, *, eph: X25519PrivateKey | None = None) -> bytes:
+    """``eph`` is the box's one-time key: fresh unless given (only test vectors give one; a
+    reused key would reuse the nonce)."""
+    eph = eph or X25519PrivateKey.generate()
     eph_pub = eph.public_key().public_bytes_raw()
     shared = eph.exchange(X25519PublicKey.from_public_bytes(recipient_pub))
     return eph_pub + ChaCha20Poly1305(_key(shared, eph_pub, recipient_pub)).encrypt(

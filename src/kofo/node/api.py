@@ -1089,7 +1089,8 @@ def create_app(
         "/quotes",
         summary="Ask for quotes",
         description="Ask the network what it would deliver for this trade (collects quotes for "
-        "`window_s` seconds); best first. Nothing is committed.",
+        "at most `window_s` seconds, less once every maker of the node's book has answered); "
+        "best first. Nothing is committed.",
         responses=_ok({"items": [_quote]}),
     )
     async def post_quotes(body: TradeIn) -> QuotePage:

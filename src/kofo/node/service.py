@@ -133,7 +133,9 @@ class TradeRequest:
     buy: str
     min_receive: int = 0
     deadline_s: int = 60
-    window_s: float = 1.0  # how long quotes are collected
+    # How long quotes are collected at most: the taker stops earlier once every maker of its
+    # book able to fill the trade has quoted (exchange protocol v6).
+    window_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,11 @@ one link carries its own Ed25519 signature inside the body:
   own per-claim ephemeral key over ``(claim_id, i, sig_{i-1})``. Each signature covers the one
   before it, so no hop can be removed, inserted or reordered, and no key in the path is linked to a
   node identity;
-* a **fulfil** is a signed message by the filler's ephemeral key; on the way back each hop adds a
-  :class:`HopFee` signed by its ephemeral key for that claim: its acknowledgement that it
-  carried the fulfil. The fee in it is always 0 in protocol v1: relays are paid their share of
-  the protocol fee by the clearance ledger, as no leg of the route pays them.
+* a **fulfil** is a signed message by the filler's ephemeral key (v6: carrying the maker's
+  offer proof sealed to the initiator, see :func:`make_offer_proof`); on the way back each
+  hop adds a :class:`HopFee` signed by its ephemeral key for that claim: its acknowledgement
+  that it carried the fulfil. The fee in it is always 0 in protocol v1: relays are paid their
+  share of the protocol fee by the clearance ledger, as no leg of the route pays them.
 
 Only the parties of the chosen route reveal their node keys, inside a sealed *join* the initiator
 alone can open, and then co-sign a :class:`kofo.wire.orders.SettlementOrder`.
@@ -41,8 +42,12 @@ from kofo.wire.envelope import (
     verify_ed25519,
 )
 
-FRAME_VERSION = 5
-"""Exchange link protocol version. 5 (this): the provider's ``osig`` frame carries ``lp``, its
+FRAME_VERSION = 6
+"""Exchange link protocol version. 6 (this): a fulfil may carry ``op``, the filler's *offer
+proof* sealed to the claim's ``reply_key`` (:func:`make_offer_proof`): the maker's node key
+signs ``(claim_id, filler key, maker, offer_id)``, so the taker knows which makers of its book
+have answered and ends its quote window once all have (docs/exchange.md, "The taker's quote
+window"); relays see only a sealed box. 5: the provider's ``osig`` frame carries ``lp``, its
 proofs of control of its leg keys (``[[leg, role, proof], ...]``, :mod:`kofo.wire.legkeys`),
 which the initiator checks and puts in the ``commit_order`` with its own. 4: an order's four
 deadlines are the initiator's plan for the chain pair (co-signers check only their order and
@@ -79,6 +84,12 @@ MAX_CONTACT_LEN = 262
 """A contact is ``host:port``: a DNS name (at most 253 characters) or an IP address, a colon,
 and a port."""
 QUOTE_ID_DOMAIN = b"KOFO/quote-id/v1\x00"
+OFFER_PROOF_DOMAIN = b"KOFO/offer-proof/v1\x00"
+MAX_OFFER_PROOF_BYTES = 256
+"""A sealed offer proof is 32 + 16 + 117 bytes (X25519 key, AEAD tag, CBOR of maker, offer id
+and signature); 256 leaves room without letting a filler pad fulfils."""
+NO_OFFER_ID = bytes(16)
+"""The offer id an offer proof names for a fill from the maker's extra liquidity (no offer)."""
 
 MSG_OFFER = "offer"
 MSG_CLAIM = "claim"
@@ -459,7 +470,9 @@ class Fulfil:
     """A quote for a claim by the hop at ``position`` (its ephemeral key signs the fulfil).
 
     ``path`` repeats the claim's path as the filler received it, so the initiator can check the
-    whole route. ``valid_until_ms`` bounds how long the filler holds the quote.
+    whole route. ``valid_until_ms`` bounds how long the filler holds the quote. ``op`` (v6,
+    optional: ``b""`` is sent as no field) is the filler's offer proof sealed to the claim's
+    ``reply_key`` (:func:`make_offer_proof`); only the initiator can open it.
     """
 
     claim_id: bytes
@@ -468,9 +481,10 @@ class Fulfil:
     amount_out: int
     valid_until_ms: int
     path: list[PathHop]
+    op: bytes = b""
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "claim_id": self.claim_id,
             "position": self.position,
             "amount_in": self.amount_in,
@@ -478,12 +492,20 @@ class Fulfil:
             "valid_until_ms": self.valid_until_ms,
             "path": [h.to_wire() for h in self.path],
         }
+        if self.op:
+            body["op"] = self.op
+        return body
 
     @staticmethod
     def from_body(b: Any) -> Fulfil:
         w = "fulfil"
-        keys = "claim_id position amount_in amount_out valid_until_ms path".split()
-        b = _exact_keys(b, set(keys), w)
+        keys = set("claim_id position amount_in amount_out valid_until_ms path".split())
+        if isinstance(b, dict) and "op" in b:
+            keys.add("op")
+        b = _exact_keys(b, keys, w)
+        op: bytes = _get(b, "op", bytes, where=w) if "op" in b else b""
+        if "op" in b and not 0 < len(op) <= MAX_OFFER_PROOF_BYTES:
+            raise BadMessage(f"fulfil: field 'op' must be 1..{MAX_OFFER_PROOF_BYTES} bytes")
         f = Fulfil(
             claim_id=_bytes(b, "claim_id", 32, where=w),
             position=_nonneg(b, "position", where=w, positive=True),
@@ -491,6 +513,7 @@ class Fulfil:
             amount_out=_nonneg(b, "amount_out", where=w, positive=True),
             valid_until_ms=_nonneg(b, "valid_until_ms", where=w),
             path=parse_path(b.get("path")),
+            op=op,
         )
         if f.position != len(f.path) + 1:
             raise BadMessage(f"fulfil: position {f.position} but path has {len(f.path)} hops")
@@ -531,6 +554,64 @@ def open_fulfil(raw: bytes) -> SignedFulfil:
     if msg.envelope.type != MSG_FULFIL:
         raise BadMessage(f"fulfil: envelope type is {msg.envelope.type!r}")
     return SignedFulfil(msg.envelope.sender, Fulfil.from_body(msg.envelope.body), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferProof:
+    """What a fulfil's sealed ``op`` says once opened: the maker ``maker`` (its node key, the
+    key that signs its offers) answered claim ``claim_id`` with the fulfil signed by
+    ``filler_eph``, from its offer ``offer_id`` (:data:`NO_OFFER_ID`: from extra liquidity).
+    ``sig`` is by ``maker`` over :func:`offer_proof_message`."""
+
+    maker: bytes
+    offer_id: bytes
+    sig: bytes
+
+    def to_bytes(self) -> bytes:
+        return encode([self.maker, self.offer_id, self.sig])
+
+    @staticmethod
+    def from_bytes(data: bytes) -> OfferProof:
+        try:
+            m = decode(data)
+        except EncodingError as exc:
+            raise BadMessage(f"offer proof: {exc}") from None
+        if (
+            not isinstance(m, list)
+            or len(m) != 3
+            or not all(isinstance(x, bytes) for x in m)
+            or [len(x) for x in m] != [32, 16, 64]
+        ):
+            raise BadMessage("offer proof: must be [32-byte maker, 16-byte offer id, signature]")
+        return OfferProof(m[0], m[1], m[2])
+
+
+def offer_proof_message(claim_id: bytes, filler_eph: bytes, maker: bytes, offer_id: bytes) -> bytes:
+    """What an offer proof's signature covers: ``KOFO/offer-proof/v1 0x00 || cbor([claim_id,
+    filler_eph, maker, offer_id])``. The claim id and the filler's per-claim key bind it to one
+    fulfil: it cannot be moved to another fulfil (another key) or replayed for another claim."""
+    return OFFER_PROOF_DOMAIN + encode([claim_id, filler_eph, maker, offer_id])
+
+
+def make_offer_proof(
+    maker_key: Ed25519PrivateKey, claim_id: bytes, filler_eph: bytes, offer_id: bytes
+) -> bytes:
+    """The plaintext of a fulfil's ``op``: the proof signed by the maker's node key. The
+    filler seals it to the claim's ``reply_key`` (``kofo.exchange.sealed.seal``), so relays
+    carry it unread."""
+    maker = maker_key.public_key().public_bytes_raw()
+    sig = maker_key.sign(offer_proof_message(claim_id, filler_eph, maker, offer_id))
+    return OfferProof(maker, offer_id, sig).to_bytes()
+
+
+def check_offer_proof(plain: bytes, claim_id: bytes, filler_eph: bytes) -> OfferProof:
+    """An opened offer proof, checked against the fulfil it came in; raises
+    :class:`BadMessage` / :class:`BadSignature` naming what is wrong."""
+    p = OfferProof.from_bytes(plain)
+    data = offer_proof_message(claim_id, filler_eph, p.maker, p.offer_id)
+    if not verify_ed25519(p.maker, p.sig, data):
+        raise BadSignature("offer proof: signature does not verify for this claim and filler")
+    return p
 
 
 @dataclass(frozen=True, slots=True)
@@ -585,6 +666,9 @@ class Quote:
     fees: list[HopFee]
     via: bytes  # the initiator's neighbour it arrived from (known to it anyway)
     received_ms: int
+    # v6: the maker named by the fulfil's offer proof once opened and verified (None: no
+    # proof, or one that did not check out). Not used by rank.
+    maker: bytes | None = None
 
     @property
     def fulfil_id(self) -> bytes:
