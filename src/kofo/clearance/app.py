@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import cbor2
 import coincurve
@@ -213,12 +213,19 @@ class _Ctx:
     events: list[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=list)
 
 
+class _Backing(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def set(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> None: ...
+
+
 class _View:
-    """A transaction's writes, buffered until the transaction has passed every rule."""
+    """A transaction's writes, buffered until the transaction has passed every rule. A view
+    over another view (one attested fact inside the attestation tx) flushes into it."""
 
     __slots__ = ("_store", "_writes")
 
-    def __init__(self, store: MerkleStore) -> None:
+    def __init__(self, store: MerkleStore | _View) -> None:
         self._store = store
         self._writes: dict[bytes, bytes | None] = {}
 
@@ -1334,11 +1341,34 @@ class LedgerApp:
         view.set(b"meta/attested", _enc(ctx.height))
         facts, bond_facts, executed = attest.tally(votes, total)
         for fact in facts:
-            self._set_outcome(view, ctx, fact)
+            self._apply_fact(view, ctx, fact, self._set_outcome)
         for bond in bond_facts:
-            self._set_bond(view, ctx, bond)
+            self._apply_fact(view, ctx, bond, self._set_bond)
         for done in executed:
-            self._set_executed(view, ctx, done)
+            self._apply_fact(view, ctx, done, self._set_executed)
+
+    def _apply_fact(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        fact: Observation | BondObservation | ExecutedDecision,
+        apply: Callable[[_View, _Ctx, Any], None],
+    ) -> None:
+        """Apply one attested fact in its own overlay: one whose application raises (a bug hit
+        by some state) is dropped alone, its writes and events with it, the same way on every
+        validator; the height's other facts still apply. (All the facts of a height travel in
+        one attestation tx: before, one raising fact refused the tx and lost them all.)"""
+        sub = _View(view)
+        mark = len(ctx.events)
+        try:
+            apply(sub, ctx, fact)
+        except Exception as exc:
+            del ctx.events[mark:]
+            what = type(fact).__name__
+            log.error("attested %s dropped after an internal error: %r", what, fact, exc_info=exc)
+            ctx.events.append(("attested_fact_dropped", (("kind", what),)))
+            return
+        sub.flush()
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
         """An attested bond-vault balance: the only bond importance counts. A fall in it is
