@@ -61,6 +61,7 @@ from kofo.wire.attest import (
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.expiry import BlockHeight, UnixTime
+from kofo.wire.legkeys import KeyKind, key_kind
 from kofo.wire.orders import (
     MAX_LEGS,
     NODE_ID_SIZE,
@@ -342,6 +343,55 @@ def _slashable_bond(rec: dict[str, Any]) -> int:
 def _effective_bond(rec: dict[str, Any]) -> int:
     """The bond importance and voting power count: the slashable bond less what is unbonding."""
     return max(0, _slashable_bond(rec) - int(rec.get("unbonding", 0)))
+
+
+def _htlc_address(address: str) -> str:
+    # One form per key: hex case folded, and a compressed public key by its x coordinate
+    # alone (a BIP340 leg-key proof binds the x-only key, so 02x and 03x would both prove).
+    folded = address.lower()
+    return folded[2:] if key_kind(folded) is KeyKind.SECP256K1 else folded
+
+
+def _htlc_keys(order: SettlementOrder) -> list[bytes]:
+    """One state key per leg: the HTLC the validators' observers match that leg by (payment
+    hash, chain, token, sender and recipient keys; amount and expiry left out, so the rule is
+    stricter than the match). An HTLC serves one order leg, ever: two legs sharing one would
+    both be settled by one lock and redeem (issue 17's copies, volume and fee shares for
+    nobody's money). A payment hash itself is not unique: another order may reuse a hash it
+    saw (a take's, in the mempool) without blocking it, since its legs need keys of its own."""
+    return [
+        b"htlc/"
+        + hashlib.sha256(
+            _enc(
+                [
+                    order.payment_hash,
+                    leg.chain,
+                    leg.token,
+                    _htlc_address(leg.sender_address),
+                    _htlc_address(leg.recipient_address),
+                ]
+            )
+        ).digest()
+        for leg in order.legs
+    ]
+
+
+def _check_htlcs_free(get: Callable[[bytes], bytes | None], order: SettlementOrder) -> None:
+    """Raise ``AlreadyExists`` if a leg's HTLC serves another order (or a take's order), and
+    ``OrderInvalid`` if two legs of ``order`` are one HTLC."""
+    keys = _htlc_keys(order)
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise OrderInvalid(
+                f"order {order.order_id.hex()}: legs[{keys.index(key)}] and legs[{i}] are one "
+                "HTLC (same payment hash, chain, token and keys): one lock would pay both"
+            )
+        if get(key) not in (None, order.order_id):
+            leg = order.legs[i]
+            raise AlreadyExists(
+                f"legs[{i}]: an HTLC with payment hash {order.payment_hash.hex()} between these "
+                f"{leg.chain} keys already serves another order"
+            )
 
 
 def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
@@ -858,16 +908,16 @@ class LedgerApp:
             if body.seq < unbonds:
                 raise OrderInvalid(f"unbond.seq {body.seq} was already used (now {unbonds})")
         elif isinstance(body, CommitOrder):
-            # (a committed order's replay: its id is derived from its content, payment hash
-            # included, and a payment hash serves one order ever)
-            # (a recorded take reserves its order's payment hash for that order alone)
-            used = get(b"payhash/" + body.order.payment_hash)
-            if used is not None and (
-                used != body.order.order_id or get(_order_key(used)) is not None
-            ):
-                raise AlreadyExists(
-                    f"payment hash {body.order.payment_hash.hex()} is already used by another order"
-                )
+            # (a committed order's replay; an HTLC serves one order leg ever, and a recorded
+            # take reserves its order's HTLCs for that order alone)
+            order = body.order
+            for key in _htlc_keys(order):
+                used = get(key)
+                if used is not None and (used != order.order_id or get(_order_key(used))):
+                    raise AlreadyExists(
+                        f"an HTLC of order {order.order_id.hex()} (payment hash "
+                        f"{order.payment_hash.hex()}) already serves a committed order"
+                    )
         elif isinstance(body, RegisterValidatorKey):
             addr = attest.validator_address(body.consensus_key)
             if get(b"valkey/" + addr) is not None:
@@ -1150,7 +1200,8 @@ class LedgerApp:
         self._check_committable(view, ctx, order)
         for q in order.quotes:
             view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
-        view.set(b"payhash/" + order.payment_hash, order.order_id)
+        for key in _htlc_keys(order):
+            view.set(key, order.order_id)
         view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
             _order_state_key(order.order_id),
@@ -1184,12 +1235,8 @@ class LedgerApp:
         # Validators find a leg's HTLC by its chain terms, which name no ledger node: a copy of
         # an honest order's legs under other node ids would be settled by the honest swap's
         # locks and redeems (volume, importance and fee shares for nobody's money). One order
-        # per payment hash, ever (an honest swap never reuses one: its preimage is public).
-        # (a recorded take reserved its order's payment hash: that order may still use it)
-        if view.get(b"payhash/" + order.payment_hash) not in (None, order.order_id):
-            raise AlreadyExists(
-                f"payment hash {order.payment_hash.hex()} is already used by another order"
-            )
+        # leg per HTLC, ever (a recorded take reserved its order's: that order may use them).
+        _check_htlcs_free(view.get, order)
         self._check_route(order, ctx)
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
@@ -1939,11 +1986,14 @@ class LedgerApp:
                     )
                 self._check_take_order(view, ctx, quote, take, tx.order)
                 spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
-                # The take's order keeps its payment hash: anyone (the provider's sybil) could
-                # otherwise commit another order with it, public in this block, and the taken
-                # order became uncommittable, excusing the provider (judged below).
+                # The take's order keeps its HTLCs: its parties (the taker and a sybil it put on
+                # the route) could otherwise commit another order with one of them and make the
+                # taken order uncommittable, excusing the provider. Nobody else can: a leg's
+                # HTLC needs both its keys' proofs, so its payment hash alone, public since the
+                # take was in the mempool, blocks nothing.
                 assert tx.order is not None  # (_check_take_order)
-                view.set(b"payhash/" + tx.order.order.payment_hash, take.order_id)
+                for key in _htlc_keys(tx.order.order):
+                    view.set(key, take.order_id)
                 seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
                 view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
@@ -1955,7 +2005,6 @@ class LedgerApp:
                         "spent_by": spent_by or b"",
                         "at": ctx.time,
                         "order_id": take.order_id,
-                        "payment_hash": tx.order.order.payment_hash if tx.order else b"",
                         # the other parties' quotes it uses: spent elsewhere, they block it too
                         "quotes": [
                             [q.node, q.quote_id]
@@ -1998,19 +2047,10 @@ class LedgerApp:
                 # alone costs nothing and proves no price.
                 self._filled_earlier_take(view, ctx, quote, recorded, honoured, state)
             # The taker (or another party of the taken order, its sybil) could make the taken
-            # order uncommittable by committing another order first with its payment hash or
-            # with a quote of a party other than the provider: then the provider failed nobody.
-            # (Time cannot block it: its legs[0].lock_by is past the window, see
-            # _check_take_order; parties are never deregistered.)
-            taken_hash = recorded.get("payment_hash", b"")
-            if taken_hash and view.get(b"payhash/" + taken_hash) not in (
-                None,
-                recorded["order_id"],
-            ):
-                raise EvidenceInvalid(
-                    "the take's payment hash was used by another order: the provider could "
-                    "not commit the taken order"
-                )
+            # order uncommittable by committing another order first with a quote of a party
+            # other than the provider: then the provider failed nobody. (Its HTLCs are reserved
+            # when the take is recorded; time cannot block it: its legs[0].lock_by is past the
+            # window, see _check_take_order; parties are never deregistered.)
             for node, quote_id in recorded.get("quotes", []):
                 if view.get(_quote_used_key(node, quote_id)) not in (None, recorded["order_id"]):
                     raise EvidenceInvalid(
