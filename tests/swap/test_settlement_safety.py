@@ -296,7 +296,7 @@ def test_a_participant_serves_two_initiators_that_share_a_payment_hash(evm_world
     tokens_before = tokens.balance(evm.token)
     _lock(alice, one.initiator_leg.htlc(h))
     _lock(carol, two.initiator_leg.htlc(h))
-    for r in range(20):
+    for _r in range(20):
         bob.engine.tick()
         states = {bob.engine.journal.get(t.swap_id).state for t in (one, two)}
         if states == {State.LOCKED}:
