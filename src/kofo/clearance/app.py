@@ -61,7 +61,6 @@ from kofo.wire.attest import (
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.expiry import BlockHeight, UnixTime
-from kofo.wire.legkeys import KeyKind, key_kind
 from kofo.wire.orders import (
     MAX_LEGS,
     NODE_ID_SIZE,
@@ -349,7 +348,7 @@ def _htlc_address(address: str) -> str:
     # One form per key: hex case folded, and a compressed public key by its x coordinate
     # alone (a BIP340 leg-key proof binds the x-only key, so 02x and 03x would both prove).
     folded = address.lower()
-    return folded[2:] if key_kind(folded) is KeyKind.SECP256K1 else folded
+    return folded[2:] if len(folded) == 66 and folded[:2] in ("02", "03") else folded
 
 
 def _htlc_keys(order: SettlementOrder) -> list[bytes]:
@@ -359,21 +358,19 @@ def _htlc_keys(order: SettlementOrder) -> list[bytes]:
     both be settled by one lock and redeem (issue 17's copies, volume and fee shares for
     nobody's money). A payment hash itself is not unique: another order may reuse a hash it
     saw (a take's, in the mempool) without blocking it, since its legs need keys of its own."""
-    return [
-        b"htlc/"
-        + hashlib.sha256(
-            _enc(
-                [
-                    order.payment_hash,
-                    leg.chain,
-                    leg.token,
-                    _htlc_address(leg.sender_address),
-                    _htlc_address(leg.recipient_address),
-                ]
-            )
-        ).digest()
-        for leg in order.legs
-    ]
+    keys = []
+    for leg in order.legs:
+        h = hashlib.sha256(order.payment_hash)
+        for part in (
+            leg.chain,
+            "" if leg.token is None else "t" + leg.token,
+            _htlc_address(leg.sender_address),
+            _htlc_address(leg.recipient_address),
+        ):
+            raw = part.encode()
+            h.update(len(raw).to_bytes(4, "big") + raw)  # length-prefixed: unambiguous
+        keys.append(b"htlc/" + h.digest())
+    return keys
 
 
 def _check_htlcs_free(get: Callable[[bytes], bytes | None], order: SettlementOrder) -> None:
