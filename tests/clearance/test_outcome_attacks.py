@@ -322,13 +322,14 @@ def test_a_recorded_take_lets_the_provider_commit_the_order_alone_and_escape_the
 
 def test_a_taker_that_blocks_its_own_takes_order_cannot_have_the_provider_slashed(net):
     # After recording its take, the taker commits another order with the taken order's payment
-    # hash (with a sybil): the provider could no longer commit the taken order. A recorded take
-    # now reserves its order's payment hash (review 6: the provider's sybil did the same to
-    # escape), so the blocker is refused and the provider honours the take.
+    # hash (with a sybil): the provider could no longer commit the taken order. A payment hash
+    # is no longer unique, but an HTLC is: the blocker needs a leg of the taken order, both of
+    # whose keys the taker holds only with a sybil on its route. A recorded take reserves its
+    # order's HTLCs, so the blocker is refused and the provider honours the take.
     ledger, alice, m1, _, _, _, sybil, _ = net
     quote = Quote(bytes(16), m1.id, "btc", 1_000, "eth", 50_000, ledger.time + 100, alice.id)
     quote = dataclasses.replace(quote, quote_id=derive_quote_id(quote))
-    commit = take_order(quote, m1, alice)
+    commit = take_order(quote, m1, alice, route=[alice, sybil, m1])
     ev = take_evidence(quote, m1, alice, order=commit)
     ledger.ok(ev)
     blocker = make_order([alice, sybil], amount=777)

@@ -187,7 +187,10 @@ def test_sybils_cannot_copy_an_honest_orders_legs_to_be_settled_by_its_htlcs():
     order from the mempool with their own node ids as the route parties and committed it too:
     the honest swap's real locks and redeems were then attested for the copy as well, which
     settled with the honest order's volume (settled count, importance; a routed copy would
-    also be credited fee shares nobody paid). A payment hash now serves one order, ever."""
+    also be credited fee shares nobody paid). An HTLC (payment hash, chain, token and both
+    keys) now serves one order leg, ever. (Uniqueness scoped to the initiator's node, which
+    would also stop a take's hash being squatted, would let this copy in: its initiator is
+    another node.)"""
     from kofo.settlement.chain import HtlcTerms
     from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
     from kofo.settlement.chains.ethereum.contract import deploy

@@ -165,15 +165,15 @@ def test_one_client_registers_commits_queries_and_reports_refusals(ledger_url):
     assert (again.height, again.index) == (done.height, done.index)
 
     # CheckTx refuses: a party's signature is missing (on a new order: a copy of the committed
-    # one is refused first, as a replay of its payment hash)
+    # one is refused first, as a replay of its HTLCs)
     bad = commit_tx(make_order([alice, m1, m2], t0=_now()), [alice, m1], m1, ts=_now())
     with pytest.raises(LedgerRefused) as refused:
         client.broadcast_tx_sync(bad)
     assert refused.value.abci_code != 0 and "signature" in refused.value.log
     assert client.tx(tx_hash(bad)) is None
 
-    # the same order again in a new envelope (new tx bytes): refused as a replay of its payment
-    # hash before it reaches a block
+    # the same order again in a new envelope (new tx bytes): refused as a replay of its HTLCs
+    # before it reaches a block
     dup = commit_tx(order, [alice, m1, m2], alice, ts=_now() + 1)
     with pytest.raises(LedgerRefused) as replay:
         client.commit(dup, timeout=WAIT)

@@ -270,6 +270,51 @@ def test_a_payment_hash_of_our_own_proposal_is_refused_when_offered_back(evm_wor
     assert isinstance(reply, Error) and reply.code == "terms_payment_hash_known", reply
 
 
+def test_a_participant_serves_two_initiators_that_share_a_payment_hash(evm_world, tmp_path):
+    """The ledger lets an order reuse a payment hash it saw (a taker's, in the mempool) with
+    keys of its own, so that nobody can squat a taker's hash (docs/clearance.md); a maker can
+    then be drawn into two orders under one hash by two initiators. It accepts both, and each
+    swap pays it from its own counterparty's lock. Before, the second was refused
+    (terms_payment_hash_known) and the maker failed that order: an honest provider slashed."""
+    import hashlib
+
+    evm, alice, bob = evm_world
+    carol = make_node("carol", tmp_path, {"eth": evm})
+    secret = os.urandom(32)
+    h = hashlib.sha256(secret).digest()
+    one = _terms(alice, bob, *_eth_for_tokens(evm, alice, bob), h)
+    two = _terms(carol, bob, *_eth_for_tokens(evm, carol, bob, amount=ETHER // 2), h)
+    assert isinstance(_offer(alice, bob, one), Accept)
+    reply = _offer(carol, bob, two)
+    assert isinstance(reply, Accept), reply
+    # carol copying alice's lock (her own leg's keys) is still refused: twins
+    twin = _terms(carol, bob, one.initiator_leg, two.participant_leg, h)
+    reply = _offer(carol, bob, twin)
+    assert isinstance(reply, Error) and reply.code == "terms_payment_hash_known", reply
+
+    tokens = bob.engine.adapters["eth"]
+    tokens_before = tokens.balance(evm.token)
+    _lock(alice, one.initiator_leg.htlc(h))
+    _lock(carol, two.initiator_leg.htlc(h))
+    for _r in range(20):
+        bob.engine.tick()
+        states = {bob.engine.journal.get(t.swap_id).state for t in (one, two)}
+        if states == {State.LOCKED}:
+            break
+        evm.advance(10)
+    assert states == {State.LOCKED}
+    assert _own_lock_count(bob, one.swap_id) == _own_lock_count(bob, two.swap_id) == 1
+    _redeem_as_attacker(alice, one, secret)
+    _redeem_as_attacker(carol, two, secret)
+    for t in (one, two):
+        states = drive([bob], t.swap_id, rounds=20, between=lambda _r: evm.advance(10))
+        assert states["bob"] is State.REDEEMED
+    # bob paid each swap's tokens once and was paid each swap's ETH
+    assert tokens_before - tokens.balance(evm.token) == (
+        one.participant_leg.amount + two.participant_leg.amount
+    )
+
+
 @pytest.mark.parametrize("kind", ["eth", "btc"])
 def test_one_lock_is_bound_to_one_swap_even_in_a_journal_holding_two_under_its_hash(
     kind, evm_world, btc_world_factory

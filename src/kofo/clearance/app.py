@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import cbor2
 import coincurve
@@ -213,12 +213,19 @@ class _Ctx:
     events: list[tuple[str, tuple[tuple[str, str], ...]]] = field(default_factory=list)
 
 
+class _Backing(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def set(self, key: bytes, value: bytes) -> None: ...
+    def delete(self, key: bytes) -> None: ...
+
+
 class _View:
-    """A transaction's writes, buffered until the transaction has passed every rule."""
+    """A transaction's writes, buffered until the transaction has passed every rule. A view
+    over another view (one attested fact inside the attestation tx) flushes into it."""
 
     __slots__ = ("_store", "_writes")
 
-    def __init__(self, store: MerkleStore) -> None:
+    def __init__(self, store: MerkleStore | _View) -> None:
         self._store = store
         self._writes: dict[bytes, bytes | None] = {}
 
@@ -366,6 +373,53 @@ def _slashable_bond(rec: dict[str, Any]) -> int:
 def _effective_bond(rec: dict[str, Any]) -> int:
     """The bond importance and voting power count: the slashable bond less what is unbonding."""
     return max(0, _slashable_bond(rec) - int(rec.get("unbonding", 0)))
+
+
+def _htlc_address(address: str) -> str:
+    # One form per key: hex case folded, and a compressed public key by its x coordinate
+    # alone (a BIP340 leg-key proof binds the x-only key, so 02x and 03x would both prove).
+    folded = address.lower()
+    return folded[2:] if len(folded) == 66 and folded[:2] in ("02", "03") else folded
+
+
+def _htlc_keys(order: SettlementOrder) -> list[bytes]:
+    """One state key per leg: the HTLC the validators' observers match that leg by (payment
+    hash, chain, token, sender and recipient keys; amount and expiry left out, so the rule is
+    stricter than the match). An HTLC serves one order leg, ever: two legs sharing one would
+    both be settled by one lock and redeem (issue 17's copies, volume and fee shares for
+    nobody's money). A payment hash itself is not unique: another order may reuse a hash it
+    saw (a take's, in the mempool) without blocking it, since its legs need keys of its own."""
+    keys = []
+    for leg in order.legs:
+        h = hashlib.sha256(order.payment_hash)
+        for part in (
+            leg.chain,
+            "" if leg.token is None else "t" + leg.token,
+            _htlc_address(leg.sender_address),
+            _htlc_address(leg.recipient_address),
+        ):
+            raw = part.encode()
+            h.update(len(raw).to_bytes(4, "big") + raw)  # length-prefixed: unambiguous
+        keys.append(b"htlc/" + h.digest())
+    return keys
+
+
+def _check_htlcs_free(get: Callable[[bytes], bytes | None], order: SettlementOrder) -> None:
+    """Raise ``AlreadyExists`` if a leg's HTLC serves another order (or a take's order), and
+    ``OrderInvalid`` if two legs of ``order`` are one HTLC."""
+    keys = _htlc_keys(order)
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise OrderInvalid(
+                f"order {order.order_id.hex()}: legs[{keys.index(key)}] and legs[{i}] are one "
+                "HTLC (same payment hash, chain, token and keys): one lock would pay both"
+            )
+        if get(key) not in (None, order.order_id):
+            leg = order.legs[i]
+            raise AlreadyExists(
+                f"legs[{i}]: an HTLC with payment hash {order.payment_hash.hex()} between these "
+                f"{leg.chain} keys already serves another order"
+            )
 
 
 def _quote_used_key(node: bytes, quote_id: bytes) -> bytes:
@@ -899,16 +953,16 @@ class LedgerApp:
             if body.seq < unbonds:
                 raise OrderInvalid(f"unbond.seq {body.seq} was already used (now {unbonds})")
         elif isinstance(body, CommitOrder):
-            # (a committed order's replay: its id is derived from its content, payment hash
-            # included, and a payment hash serves one order ever)
-            # (a recorded take reserves its order's payment hash for that order alone)
-            used = get(b"payhash/" + body.order.payment_hash)
-            if used is not None and (
-                used != body.order.order_id or get(_order_key(used)) is not None
-            ):
-                raise AlreadyExists(
-                    f"payment hash {body.order.payment_hash.hex()} is already used by another order"
-                )
+            # (a committed order's replay; an HTLC serves one order leg ever, and a recorded
+            # take reserves its order's HTLCs for that order alone)
+            order = body.order
+            for key in _htlc_keys(order):
+                used = get(key)
+                if used is not None and (used != order.order_id or get(_order_key(used))):
+                    raise AlreadyExists(
+                        f"an HTLC of order {order.order_id.hex()} (payment hash "
+                        f"{order.payment_hash.hex()}) already serves a committed order"
+                    )
         elif isinstance(body, RegisterValidatorKey):
             addr = attest.validator_address(body.consensus_key)
             if get(b"valkey/" + addr) is not None:
@@ -1198,7 +1252,8 @@ class LedgerApp:
         self._check_committable(view, ctx, order)
         for q in order.quotes:
             view.set(_quote_used_key(q.node, q.quote_id), order.order_id)
-        view.set(b"payhash/" + order.payment_hash, order.order_id)
+        for key in _htlc_keys(order):
+            view.set(key, order.order_id)
         view.set(_order_key(order.order_id), _order_bytes(tx))
         view.set_map(
             _order_state_key(order.order_id),
@@ -1232,12 +1287,8 @@ class LedgerApp:
         # Validators find a leg's HTLC by its chain terms, which name no ledger node: a copy of
         # an honest order's legs under other node ids would be settled by the honest swap's
         # locks and redeems (volume, importance and fee shares for nobody's money). One order
-        # per payment hash, ever (an honest swap never reuses one: its preimage is public).
-        # (a recorded take reserved its order's payment hash: that order may still use it)
-        if view.get(b"payhash/" + order.payment_hash) not in (None, order.order_id):
-            raise AlreadyExists(
-                f"payment hash {order.payment_hash.hex()} is already used by another order"
-            )
+        # leg per HTLC, ever (a recorded take reserved its order's: that order may use them).
+        _check_htlcs_free(view.get, order)
         self._check_route(order, ctx)
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
@@ -1389,11 +1440,34 @@ class LedgerApp:
         view.set(b"meta/attested", _enc(ctx.height))
         facts, bond_facts, executed = attest.tally(votes, total)
         for fact in facts:
-            self._set_outcome(view, ctx, fact)
+            self._apply_fact(view, ctx, fact, self._set_outcome)
         for bond in bond_facts:
-            self._set_bond(view, ctx, bond)
+            self._apply_fact(view, ctx, bond, self._set_bond)
         for done in executed:
-            self._set_executed(view, ctx, done)
+            self._apply_fact(view, ctx, done, self._set_executed)
+
+    def _apply_fact(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        fact: Observation | BondObservation | ExecutedDecision,
+        apply: Callable[[_View, _Ctx, Any], None],
+    ) -> None:
+        """Apply one attested fact in its own overlay: one whose application raises (a bug hit
+        by some state) is dropped alone, its writes and events with it, the same way on every
+        validator; the height's other facts still apply. (All the facts of a height travel in
+        one attestation tx: before, one raising fact refused the tx and lost them all.)"""
+        sub = _View(view)
+        mark = len(ctx.events)
+        try:
+            apply(sub, ctx, fact)
+        except Exception as exc:
+            del ctx.events[mark:]
+            what = type(fact).__name__
+            log.error("attested %s dropped after an internal error: %r", what, fact, exc_info=exc)
+            ctx.events.append(("attested_fact_dropped", (("kind", what),)))
+            return
+        sub.flush()
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
         """An attested bond-vault balance: the only bond importance counts. A fall in it is
@@ -1988,11 +2062,14 @@ class LedgerApp:
                 if quote.taker == bytes(NODE_ID_SIZE):
                     reserve = self._reserve_take(view, ctx, quote, take.taker, take.order_id)
                 spent_by = view.get(_quote_used_key(quote.provider, quote.quote_id))
-                # The take's order keeps its payment hash: anyone (the provider's sybil) could
-                # otherwise commit another order with it, public in this block, and the taken
-                # order became uncommittable, excusing the provider (judged below).
+                # The take's order keeps its HTLCs: its parties (the taker and a sybil it put on
+                # the route) could otherwise commit another order with one of them and make the
+                # taken order uncommittable, excusing the provider. Nobody else can: a leg's
+                # HTLC needs both its keys' proofs, so its payment hash alone, public since the
+                # take was in the mempool, blocks nothing.
                 assert tx.order is not None  # (_check_take_order)
-                view.set(b"payhash/" + tx.order.order.payment_hash, take.order_id)
+                for key in _htlc_keys(tx.order.order):
+                    view.set(key, take.order_id)
                 seq = _int_get(view, _takes_key(quote.provider, quote.quote_id))
                 view.set(_takes_key(quote.provider, quote.quote_id), _enc(seq + 1))
                 view.set_map(
@@ -2006,7 +2083,6 @@ class LedgerApp:
                         "order_id": take.order_id,
                         # bond reserved for it (an open quote's take; 0: none)
                         "reserve": reserve,
-                        "payment_hash": tx.order.order.payment_hash if tx.order else b"",
                         # the other parties' quotes it uses: spent elsewhere, they block it too
                         "quotes": [
                             [q.node, q.quote_id]
@@ -2049,19 +2125,10 @@ class LedgerApp:
                 # alone costs nothing and proves no price.
                 self._filled_earlier_take(view, ctx, quote, recorded, honoured, state)
             # The taker (or another party of the taken order, its sybil) could make the taken
-            # order uncommittable by committing another order first with its payment hash or
-            # with a quote of a party other than the provider: then the provider failed nobody.
-            # (Time cannot block it: its legs[0].lock_by is past the window, see
-            # _check_take_order; parties are never deregistered.)
-            taken_hash = recorded.get("payment_hash", b"")
-            if taken_hash and view.get(b"payhash/" + taken_hash) not in (
-                None,
-                recorded["order_id"],
-            ):
-                raise EvidenceInvalid(
-                    "the take's payment hash was used by another order: the provider could "
-                    "not commit the taken order"
-                )
+            # order uncommittable by committing another order first with a quote of a party
+            # other than the provider: then the provider failed nobody. (Its HTLCs are reserved
+            # when the take is recorded; time cannot block it: its legs[0].lock_by is past the
+            # window, see _check_take_order; parties are never deregistered.)
             for node, quote_id in recorded.get("quotes", []):
                 if view.get(_quote_used_key(node, quote_id)) not in (None, recorded["order_id"]):
                     raise EvidenceInvalid(

@@ -486,7 +486,7 @@ class SwapEngine:
         # participant's margin check counts from its own clocks when the proposal arrives.
         with self._observing(chains):
             draft = lay_out()
-        self._check_new_hash(draft)
+        self._check_new_hash(draft, Role.INITIATOR)
         self._check_legs(draft)
         with self._lock:  # the funds check and the swap that commits them, as one
             self._check_funds(draft, Role.INITIATOR)
@@ -581,7 +581,7 @@ class SwapEngine:
 
         with self._observing(chains):
             draft = lay_out()
-        self._check_new_hash(draft)
+        self._check_new_hash(draft, Role.INITIATOR)
         self._check_legs(draft)
         with self._lock:
             self._check_funds(draft, Role.INITIATOR)
@@ -635,7 +635,7 @@ class SwapEngine:
                 raise TermsRefused(f"chain {leg.chain!r} is not served here", code="terms_chain")
         if proposed:
             self._take_proposal_token(terms.initiator_node)
-        self._check_new_hash(terms)
+        self._check_new_hash(terms, Role.PARTICIPANT)
         self.accept_policy(terms)
         chains = self._chains(terms)
         # Our side's keys in the terms: the ones this node handed out for the swap (fresh per
@@ -779,11 +779,12 @@ class SwapEngine:
     def _view_plain(rec: StoredSwap) -> SwapRecord:
         return SwapRecord(rec.swap_id, rec.role, rec.terms, rec.state, False)
 
-    def _check_new_hash(self, terms: SwapTerms) -> None:
-        """A payment hash this journal already knows (any swap, any role, finished or not) is
-        never used again: two swaps under one hash could be paid by one lock, and a hash
-        whose secret we hold or learned is no secret to bind a new swap to."""
-        if self.journal.knows_payment_hash(terms.payment_hash):
+    def _check_new_hash(self, terms: SwapTerms, role: Role) -> None:
+        """A payment hash this journal already knows (any swap, finished or not) is not used
+        again: two swaps under one hash could be paid by one lock, and a hash whose secret we
+        hold is no secret to bind a new swap to. The one exception is a participant swap with
+        another initiator and other counterparty keys (:func:`hash_shared_safely`)."""
+        if self.journal.hash_taken(role, terms):
             raise TermsRefused(
                 f"payment hash {terms.payment_hash.hex()} is already used by a swap here",
                 code="terms_payment_hash_known",

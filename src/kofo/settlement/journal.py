@@ -178,6 +178,30 @@ def _private_sidecars(path: Path) -> None:
 _TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
+def hash_shared_safely(role: Role, terms: SwapTerms, others: list[tuple[Role, SwapTerms]]) -> bool:
+    """Whether a new swap may use a payment hash that ``others`` (this journal's swaps) use.
+
+    Only as a participant, beside participant swaps only, each with another initiator node and
+    other counterparty keys on both legs: then every swap pays and is paid by HTLCs of its own
+    (and a counterparty lock is bound to one swap anyway, ``claim_fact``), and a participant's
+    safety never rests on the secret being unknown (it locks only once paid in, and redeems with
+    whatever reveal it sees). A hash whose secret we hold (any swap of ours as initiator) is
+    never shared, and twins from one initiator (issue 16, case 1) stay refused. Why share at
+    all: the ledger lets an order reuse a payment hash it saw (a taker's, in the mempool) with
+    keys of its own, so that nobody can squat a taker's hash (docs/clearance.md); a maker drawn
+    into two such orders must be able to serve both."""
+    if role is not Role.PARTICIPANT:
+        return False
+    for other_role, other in others:
+        if other_role is not Role.PARTICIPANT or other.initiator_node == terms.initiator_node:
+            return False
+        if terms.initiator_leg.sender.lower() == other.initiator_leg.sender.lower():
+            return False
+        if terms.participant_leg.recipient.lower() == other.participant_leg.recipient.lower():
+            return False
+    return True
+
+
 class Journal:
     """One node's swap journal. Thread-safe (one connection behind a lock)."""
 
@@ -285,13 +309,19 @@ class Journal:
 
     # -- swaps and events -------------------------------------------------------------------
 
-    def knows_payment_hash(self, payment_hash: bytes) -> bool:
-        """Whether any swap in the journal (finished or not, either role) has this hash."""
+    def hash_taken(self, role: Role, terms: SwapTerms) -> bool:
+        """Whether a new swap (``role``, ``terms``) may not use its payment hash here: see
+        :func:`hash_shared_safely`."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT 1 FROM swaps WHERE payment_hash=? LIMIT 1", (payment_hash,)
-            ).fetchone()
-        return row is not None
+            return self._hash_taken(self._db, role, terms)
+
+    @staticmethod
+    def _hash_taken(db: sqlite3.Connection, role: Role, terms: SwapTerms) -> bool:
+        rows = db.execute(
+            "SELECT role, terms FROM swaps WHERE payment_hash=?", (terms.payment_hash,)
+        ).fetchall()
+        others = [(Role(r), terms_from_wire(decode(bytes(t)))) for r, t in rows]
+        return bool(others) and not hash_shared_safely(role, terms, others)
 
     def claim_fact(self, swap_id: bytes, chain: str, fact: str) -> bool:
         """Bind a chain fact (a lock's locator, say) to ``swap_id``: True if it is now, or
@@ -323,9 +353,7 @@ class Journal:
                 raise JournalError(f"swap {terms.swap_id.hex()} already exists", code="swap_exists")
             # Checked in the same transaction as the insert: two proposals with one hash that
             # arrive together cannot both get in.
-            if db.execute(
-                "SELECT 1 FROM swaps WHERE payment_hash=?", (terms.payment_hash,)
-            ).fetchone():
+            if self._hash_taken(db, role, terms):
                 raise JournalError(
                     f"payment hash {terms.payment_hash.hex()} belongs to another swap "
                     "in this journal",
