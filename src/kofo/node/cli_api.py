@@ -41,7 +41,7 @@ HomeOption = Annotated[
     typer.Option(
         "--home",
         envvar="KOFO_HOME",
-        help="the node home (its config.toml has [api] bind; api.token is the token)",
+        help="the node home (its config.toml has \\[api] bind; api.token is the token)",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
