@@ -252,3 +252,19 @@ def test_ledger_order_prints_each_leg_with_addresses_whole(served: Served, home:
         assert text in out, text
     code, out, _ = run("ledger", "orders", "--home", str(home), "--json")
     assert json.loads(out)[0]["legs"][0]["sender_address"] == BTC_ADDRESS
+
+
+def test_ledger_fees_shows_the_daemons_per_asset_balance(served: Served, home: Path) -> None:
+    """The daemon answers one decrypted balance per asset (the ledger keeps no per-order
+    split: order_id "", role "fees"); the command printed it as ``order `` with an empty id
+    and ``role fees``."""
+    from kofo.node.service import FeeShareView
+
+    async def balances() -> list[FeeShareView]:
+        return [FeeShareView("", "fees", "btc", 900)]
+
+    served.service.fee_shares = balances  # type: ignore[method-assign]
+    code, out, _ = run("ledger", "fees", "--home", str(home))
+    assert code == 0, out
+    lines = [line.split() for line in out.splitlines() if line.strip()]
+    assert lines == [["fee", "balance", "BTC"], ["amount", "0.000009", "BTC"]], out

@@ -534,11 +534,18 @@ def ledger_fees(home: HomeOption = _DEFAULT_HOME, as_json: JsonOption = False) -
     if not shares:
         console.print("no fee shares")
     for f in shares:
-        _record(
-            console,
-            f"order {f.order_id}",
-            [("role", f.role), ("amount", units.show(f.amount, f.asset))],
-        )
+        if f.order_id:
+            _record(
+                console,
+                f"order {f.order_id}",
+                [("role", f.role), ("amount", units.show(f.amount, f.asset))],
+            )
+        else:  # the daemon's answer: one balance per asset (the ledger keeps no per-order split)
+            _record(
+                console,
+                f"fee balance {units.symbol(f.asset)}",
+                [("amount", units.show(f.amount, f.asset))],
+            )
 
 
 @ledger_app.command("importance")
