@@ -391,6 +391,60 @@ async def _restart(tmp_path: Path) -> None:
         assert order.height == dead.height
 
 
+def test_a_restarted_maker_announces_the_same_offers_under_the_same_ids(tmp_path: Path) -> None:
+    asyncio.run(_offers_restart(tmp_path))
+
+
+async def _offers_restart(tmp_path: Path) -> None:
+    """Offers added with ``kofo offer add`` were kept in memory only: a restarted maker had
+    none of them, while peers kept the old announcements for their ttl (an hour by default)
+    and takers' claims found no maker; a config offer came back under a new random id beside
+    its stale copy. Now the added offers are kept in the home until withdrawn, and every
+    offer is announced again under its id, superseding the copy peers hold."""
+    async with network(tmp_path) as net:
+        taker, relay, maker = net.nodes["taker"], net.nodes["relay"], net.nodes["maker"]
+        added = await maker.add_offer(OfferSpec("btc", "eth", PRICE - 1, 1, 10_000, SATS))
+        gone = await maker.add_offer(OfferSpec("btc", "eth", PRICE - 2, 1, 10_000, SATS))
+        await maker.withdraw_offer(gone.offer_id)
+        own = {o.offer_id for o in await maker.offers(own_only=True)}
+        assert added.offer_id in own and gone.offer_id not in own and len(own) == 2
+
+        async def seen_by_taker() -> set[str]:
+            return {o.offer_id for o in await taker.offers() if o.maker == maker.node_id.hex()}
+
+        await until(lambda: _eq(seen_by_taker(), own), "the taker's book holding both offers")
+        await maker.stop()
+        maker = _node(maker.config, maker.wallet)
+        net.nodes["maker"] = maker
+        await maker.start()
+        assert {o.offer_id for o in await maker.offers(own_only=True)} == own
+        await _line([relay, maker])
+        # the book: the same two offers, re-announced (newer expiry), no stale copy beside them
+        expiry = {o.offer_id: o.expires_at for o in await maker.offers(own_only=True)}
+        await until(
+            lambda: _eq(
+                _expiries(taker, maker.node_id.hex()),
+                expiry,
+            ),
+            "the taker's book holding the restarted maker's offers",
+        )
+        await maker.withdraw_offer(added.offer_id)
+        await maker.stop()
+        maker = _node(maker.config, maker.wallet)
+        net.nodes["maker"] = maker
+        await maker.start()
+        left = {o.offer_id for o in await maker.offers(own_only=True)}
+        assert left == own - {added.offer_id}  # a withdrawn offer stays withdrawn
+
+
+async def _eq(got: Any, want: Any) -> bool:
+    return bool(await got == want)
+
+
+async def _expiries(node: Node, maker: str) -> dict[str, int]:
+    return {o.offer_id: o.expires_at for o in await node.offers() if o.maker == maker}
+
+
 class PauseLedgerAt(CrashHook):
     """At ``target`` the devnet's ledger goes down (its RPC refuses connections) instead of
     the process dying."""
