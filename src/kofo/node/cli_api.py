@@ -548,6 +548,28 @@ def ledger_fees(home: HomeOption = _DEFAULT_HOME, as_json: JsonOption = False) -
             )
 
 
+@ledger_app.command("withdraw")
+def ledger_withdraw(
+    asset: Annotated[str, typer.Argument(help="the asset of the fee balance (BTC, ETH, ...)")],
+    to: Annotated[str, typer.Option("--to", help="the payout address for the ledger's record")],
+    home: HomeOption = _DEFAULT_HOME,
+    as_json: JsonOption = False,
+) -> None:
+    """Withdraw this node's whole fee balance in ASSET (`kofo ledger fees`): revealed to the
+    ledger with a proof, recorded once, to be paid to --to."""
+    with _client(home) as client:
+        done = client.withdraw_fees(asset, to)
+        units = _units(client) if not as_json else _Units([])
+    if as_json:
+        _print_json(done)
+        return
+    _record(
+        _console(),
+        f"withdrew fees in {units.symbol(done.asset)}",
+        [("amount", units.show(done.amount, done.asset)), ("payout", done.payout_address)],
+    )
+
+
 @ledger_app.command("importance")
 def ledger_importance(
     home: HomeOption = _DEFAULT_HOME,
