@@ -107,3 +107,29 @@ def test_listing_a_journal_reads_it_without_writing(tmp_path):
     assert path.read_bytes() == before
     wal = tmp_path / "swaps.sqlite-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def _commands(command, path):
+    out = [(path, command)]
+    for name, sub in getattr(command, "commands", {}).items():
+        out += _commands(sub, [*path, name])
+    return out
+
+
+def test_help_shows_config_table_names_in_brackets():
+    """Help texts name config tables (``[api] bind``, ``[ledger]``): rich markup read them as
+    style tags and dropped them (``kofo init --help`` said "fills , and"). Every bracketed
+    name in a command's or option's help must reach ``--help`` as written."""
+    import re
+
+    import typer
+
+    checked = 0
+    for path, command in _commands(typer.main.get_command(app), []):
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        shown = " ".join(runner.invoke(app, [*path, "--help"], terminal_width=200).output.split())
+        for text in texts:
+            for name in re.findall(r"\\?\[([^\]\s]+)\]", text):
+                checked += 1
+                assert f"[{name}]" in shown, (path, name)
+    assert checked >= 4  # [api] (every node command), [ledger], [chains.*], [bond]

@@ -48,6 +48,7 @@ ETH_ADDRESS = "0x" + "5a" * 20
 class MemService:
     def __init__(self, home: Path) -> None:
         self.events_log = EventLog(home / "events.sqlite")
+        self.withdrawn: dict[str, int] = {}
         self.assets = {
             "btc": BalanceView("btc", "BTC", 8, 150_000_000, 0),
             "ltc": BalanceView("ltc", "LTC", 8, 900_000_000, 0),
@@ -281,6 +282,14 @@ class MemService:
     async def fee_shares(self) -> list[FeeShareView]:
         self._check()
         return [FeeShareView(o, "relay", "btc", 300) for o in self.orders]
+
+    async def withdraw_fees(self, asset: str, payout_address: str) -> int:
+        self._check()
+        amount = sum(s.amount for s in await self.fee_shares() if s.asset == asset)
+        if amount - self.withdrawn.get(asset, 0) <= 0:
+            raise Conflict(f"no fee balance in {asset!r} to withdraw")
+        self.withdrawn[asset] = amount
+        return amount
 
     async def importance(self, *, limit: int = 50) -> list[ImportanceView]:
         self._check()

@@ -252,3 +252,38 @@ def test_ledger_order_prints_each_leg_with_addresses_whole(served: Served, home:
         assert text in out, text
     code, out, _ = run("ledger", "orders", "--home", str(home), "--json")
     assert json.loads(out)[0]["legs"][0]["sender_address"] == BTC_ADDRESS
+
+
+def test_ledger_fees_shows_the_daemons_per_asset_balance(served: Served, home: Path) -> None:
+    """The daemon answers one decrypted balance per asset (the ledger keeps no per-order
+    split: order_id "", role "fees"); the command printed it as ``order `` with an empty id
+    and ``role fees``."""
+    from kofo.node.service import FeeShareView
+
+    async def balances() -> list[FeeShareView]:
+        return [FeeShareView("", "fees", "btc", 900)]
+
+    served.service.fee_shares = balances  # type: ignore[method-assign]
+    code, out, _ = run("ledger", "fees", "--home", str(home))
+    assert code == 0, out
+    lines = [line.split() for line in out.splitlines() if line.strip()]
+    assert lines == [["fee", "balance", "BTC"], ["amount", "0.000009", "BTC"]], out
+
+
+def test_ledger_withdraw_takes_the_whole_fee_balance_once(served: Served, home: Path) -> None:
+    """Issue 14 item 8: the node decrypts and withdraws its own share. The daemon could
+    (``Node.withdraw_fees``) but no route, SDK call or command reached it."""
+    from kofo.node.service import LedgerOrderView
+
+    for oid in ("c4" * 32, "c5" * 32):  # two orders: a 300 sat share each
+        served.service.orders[oid] = LedgerOrderView(oid, "settled", 4, (), {})
+    code, out, err = run("ledger", "withdraw", "BTC", "--to", BTC_ADDRESS, "--home", str(home))
+    assert code == 0, out + err
+    assert "withdrew fees in BTC" in out and "0.000006 BTC" in out and BTC_ADDRESS in out
+    # nothing left: a clear conflict, exit 1
+    code, out, err = run("ledger", "withdraw", "BTC", "--to", BTC_ADDRESS, "--home", str(home))
+    assert code == 1 and "conflict" in err and "no fee balance" in err, out + err
+    code, _, err = run("ledger", "withdraw", "XYZ", "--to", BTC_ADDRESS, "--home", str(home))
+    assert code == 1 and "body.asset" in err
+    code, _, err = run("ledger", "withdraw", "BTC", "--to", "", "--home", str(home))
+    assert code == 1 and "body.payout_address" in err

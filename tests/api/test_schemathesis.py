@@ -26,7 +26,13 @@ EXAMPLES = 10  # per operation and mode: the whole run stays well under a minute
 # Operations whose valid input depends on more than the spec can say: the node's assets (and
 # their decimals), buy != sell, min_in <= max_in, amount > 0. Schema-valid input may get a 422
 # here (checked to be a problem naming the field); every other check still applies.
-SEMANTIC = {"POST /v1/offers", "POST /v1/quotes", "POST /v1/trades", "GET /v1/book"}
+SEMANTIC = {
+    "POST /v1/offers",
+    "POST /v1/quotes",
+    "POST /v1/trades",
+    "GET /v1/book",
+    "POST /v1/ledger/fees/withdraw",
+}
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from kofo.node.api import app_for_home, load_tokens
 from kofo.node.service import OfferSpec
 from kofo.sdk import TERMINAL_TRADE_STATES, AsyncClient
+from kofo.sdk.errors import KofoApiError
 
 harness = pytest.importorskip(
     "tests.node.test_daemon", reason="needs the node daemon (h/daemon) merged"
@@ -100,6 +101,11 @@ async def _sdk_trade(taker: object, url: str) -> None:
             node.peers,
         ):
             await call()  # a view the API cannot serve would be a 500 (ServerError)
+        # the taker earned no fee share: the daemon's withdrawal says so (the maker's own
+        # withdrawal, decrypted and committed once, is tests/node/test_daemon.py's)
+        with pytest.raises(KofoApiError) as none:
+            await node.withdraw_fees("BTC", "bcrt1qpayout")
+        assert none.value.status == 409 and "no fee balance" in str(none.value), none.value
 
 
 async def _nonempty(book_call):  # type: ignore[no-untyped-def]

@@ -15,19 +15,20 @@ import logging
 import os
 import time
 import time as time_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kofo.errors import KofoError
 from kofo.exchange.route import OrderPolicy, RouteParty, build_settlement_order
 from kofo.node import daemon as daemon_module
 from kofo.node.chains import ChainMismatch, build_chains
 from kofo.node.config import Endpoint, NodeConfig, OfferConfig, load_config
 from kofo.node.daemon import HEIGHT_TOLERANCE, Node
-from kofo.node.devnet import Devnet, start_devnet
+from kofo.node.devnet import DEVNET_TIMING, Devnet, start_devnet
 from kofo.node.home import init_home
 from kofo.node.service import Conflict, OfferSpec, TradeRequest
 from kofo.node.trades import TradeRefused, engine_legs
@@ -79,6 +80,7 @@ async def _make_nodes(
     names: list[str],
     offers: dict[str, list[OfferConfig]],
     crash: dict[str, CrashHook] | None = None,
+    timing: dict[str, int] | None = None,
 ) -> tuple[Devnet, dict[str, Node]]:
     wallets = {n: _wallet(tmp_path / n) for n in names}
     fund = []
@@ -93,7 +95,13 @@ async def _make_nodes(
     for n in names:
         home = tmp_path / n
         init_home(
-            home, PASS, name=n, ledger_url=desc["ledger"]["url"], chains=desc["chains"], force=True
+            home,
+            PASS,
+            name=n,
+            ledger_url=desc["ledger"]["url"],
+            chains=desc["chains"],
+            timing=timing,
+            force=True,
         )
         cfg = load_config(home)
         cfg = replace(cfg, p2p_listen=Endpoint("127.0.0.1", 0), offers=tuple(offers.get(n, [])))
@@ -126,12 +134,16 @@ async def _line(nodes: list[Node]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def network(tmp_path: Path, crash: dict[str, CrashHook] | None = None) -> AsyncIterator[Net]:
+async def network(
+    tmp_path: Path,
+    crash: dict[str, CrashHook] | None = None,
+    timing: dict[str, int] | None = None,
+) -> AsyncIterator[Net]:
     offer = OfferConfig(
         buy="btc", sell="eth", price_num=PRICE, price_den=1, min_in=10_000, max_in=10 * SATS
     )
     devnet, nodes = await _make_nodes(
-        tmp_path, ["taker", "relay", "maker"], {"maker": [offer]}, crash
+        tmp_path, ["taker", "relay", "maker"], {"maker": [offer]}, crash, timing
     )
     # every trade event of every test on this network: its state stored before it is published
     published = {name: watch_trade_events(node) for name, node in nodes.items()}
@@ -389,6 +401,136 @@ async def _restart(tmp_path: Path) -> None:
         # one trade, one order, committed once at the first height
         assert [t.trade_id for t in await taker.trades()] == [view.trade_id]
         assert order.height == dead.height
+
+
+def test_a_restarted_maker_announces_the_same_offers_under_the_same_ids(tmp_path: Path) -> None:
+    asyncio.run(_offers_restart(tmp_path))
+
+
+async def _offers_restart(tmp_path: Path) -> None:
+    """Offers added with ``kofo offer add`` were kept in memory only: a restarted maker had
+    none of them, while peers kept the old announcements for their ttl (an hour by default)
+    and takers' claims found no maker; a config offer came back under a new random id beside
+    its stale copy. Now the added offers are kept in the home until withdrawn, and every
+    offer is announced again under its id, superseding the copy peers hold."""
+    async with network(tmp_path) as net:
+        taker, relay, maker = net.nodes["taker"], net.nodes["relay"], net.nodes["maker"]
+        added = await maker.add_offer(OfferSpec("btc", "eth", PRICE - 1, 1, 10_000, SATS))
+        gone = await maker.add_offer(OfferSpec("btc", "eth", PRICE - 2, 1, 10_000, SATS))
+        await maker.withdraw_offer(gone.offer_id)
+        own = {o.offer_id for o in await maker.offers(own_only=True)}
+        assert added.offer_id in own and gone.offer_id not in own and len(own) == 2
+
+        async def seen_by_taker() -> set[str]:
+            return {o.offer_id for o in await taker.offers() if o.maker == maker.node_id.hex()}
+
+        await until(lambda: _eq(seen_by_taker(), own), "the taker's book holding both offers")
+        await maker.stop()
+        maker = _node(maker.config, maker.wallet)
+        net.nodes["maker"] = maker
+        await maker.start()
+        assert {o.offer_id for o in await maker.offers(own_only=True)} == own
+        await _line([relay, maker])
+        # the book: the same two offers, re-announced (newer expiry), no stale copy beside them
+        expiry = {o.offer_id: o.expires_at for o in await maker.offers(own_only=True)}
+        await until(
+            lambda: _eq(
+                _expiries(taker, maker.node_id.hex()),
+                expiry,
+            ),
+            "the taker's book holding the restarted maker's offers",
+        )
+        await maker.withdraw_offer(added.offer_id)
+        await maker.stop()
+        maker = _node(maker.config, maker.wallet)
+        net.nodes["maker"] = maker
+        await maker.start()
+        left = {o.offer_id for o in await maker.offers(own_only=True)}
+        assert left == own - {added.offer_id}  # a withdrawn offer stays withdrawn
+
+
+async def _eq(got: Any, want: Any) -> bool:
+    return bool(await got == want)
+
+
+async def _expiries(node: Node, maker: str) -> dict[str, int]:
+    return {o.offer_id: o.expires_at for o in await node.offers() if o.maker == maker}
+
+
+def test_an_order_co_signed_and_never_submitted_ends_failed_and_frees_the_makers_hold(
+    tmp_path: Path,
+) -> None:
+    asyncio.run(_never_submitted(tmp_path))
+
+
+async def _never_submitted(tmp_path: Path) -> None:
+    """Issue 14, bad input from the network: a counterparty that signs but never submits.
+    The taker gets the route's co-signatures and never sends ``commit_order``: the maker's
+    row (and the amount its leg held from its liquidity) lasts until ``legs[0].lock_by``,
+    then the row ends ``failed`` naming why, the hold is released, nothing is on the ledger
+    and no wallet moved. (The devnet timing: a 20 s lock window instead of 600 s.)"""
+    async with network(tmp_path, timing=DEVNET_TIMING.node_table()) as net:
+        taker, maker = net.nodes["taker"], net.nodes["maker"]
+        assert taker.exchange is not None
+        await until(lambda: len(taker.exchange.book.pair("btc", "eth", 0)), "the offer")  # type: ignore[union-attr]
+        assets = [("btc", None), ("eth", None)]
+        before = {
+            n: await asyncio.to_thread(holdings, node, assets) for n, node in net.nodes.items()
+        }
+        free = await until(lambda: maker.liquidity("eth"), "the maker's balance read")
+        request = TradeRequest(sell="btc", amount=SATS, buy="eth", min_receive=SATS * PRICE // 2)
+        quotes, claim_id = await taker._quotes(request)
+        assert quotes
+        commit = await taker.exchange.settle(claim_id, quotes[0], os.urandom(32))
+        order = commit.order
+        oid = order.order_id.hex()
+        assert len(commit.signatures) >= 2  # the route co-signed; nobody submits it
+        row = await until(lambda: _by_order(maker, oid), "the maker's trade row")
+        assert row.state == "ordering"
+        held = order.legs[1].amount
+        assert maker.liquidity("eth") <= free - held  # its leg is held while it may commit
+        with caplog_at(logging.INFO, "kofo.node") as records:
+            row = await until(
+                lambda: (r := maker.store.get(row.trade_id)).state == "failed" and r,
+                "the maker's row to fail after lock_by",
+                timeout=WAIT + DEVNET_TIMING.lock_window_s,
+            )
+        assert time.time() > order.legs[0].lock_by
+        assert "not committed" in (row.error or ""), row.error
+        assert any("never committed: hold released" in r.getMessage() for r in records)
+        await until(lambda: maker.liquidity("eth") >= free, "the hold released")
+        assert maker.engine is not None and maker.engine.unfinished() == []
+        assert await _ledger_has_no_order(taker, oid)
+        for name, node in net.nodes.items():
+            assert await asyncio.to_thread(holdings, node, assets) == before[name], name
+
+
+async def _ledger_has_no_order(node: Node, order_id: str) -> bool:
+    try:
+        await node.ledger_order(order_id)
+    except KofoError as exc:
+        return exc.code == "not_found" or "not found" in str(exc)
+    return False
+
+
+@contextlib.contextmanager
+def caplog_at(level: int, logger: str) -> Iterator[list[logging.LogRecord]]:
+    """The records ``logger`` emits at ``level`` and above while the block runs."""
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler, log = _Keep(level), logging.getLogger(logger)
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(min(level, old) if old else level)
+    try:
+        yield records
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
 
 
 class PauseLedgerAt(CrashHook):

@@ -75,6 +75,7 @@ from kofo.node.service import (
     BookView,
     EvidenceView,
     FeeShareView,
+    FeeWithdrawalView,
     ImportanceView,
     LedgerOrderView,
     NodeInfo,
@@ -314,6 +315,17 @@ class OfferIn(BaseModel):
     fee: AmountIn = 0
     partial: StrictBool = True
     ttl: Annotated[StrictInt, Field(gt=0, le=30 * 86_400)] = 3_600
+
+
+class FeeWithdrawalIn(BaseModel):
+    """Withdraw this node's whole fee balance in ``asset``, to be paid to ``payout_address``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"asset": "BTC", "payout_address": "bcrt1q..."}]},
+    )
+    asset: AssetName
+    payout_address: Annotated[StrictStr, Field(min_length=1, max_length=256)]
 
 
 class TradeIn(BaseModel):
@@ -1191,6 +1203,19 @@ def create_app(
     )
     async def ledger_fees() -> FeeSharePage:
         return FeeSharePage(items=await service.fee_shares())
+
+    @v1.post(
+        "/ledger/fees/withdraw",
+        summary="Withdraw own fees",
+        description="Withdraw this node's whole fee balance in `asset` (decrypted with its "
+        "key, revealed to the ledger with a proof; each withdrawal once); 409 when there is "
+        "none.",
+        responses=_ok({"asset": "btc", "amount": 630, "payout_address": "bcrt1q..."}),
+    )
+    async def withdraw_fees(body: FeeWithdrawalIn) -> FeeWithdrawalView:
+        asset = await assets.resolve("body.asset", body.asset)
+        amount = await service.withdraw_fees(asset.asset, body.payout_address)
+        return FeeWithdrawalView(asset.asset, amount, body.payout_address)
 
     @v1.get(
         "/ledger/importance",

@@ -41,7 +41,7 @@ HomeOption = Annotated[
     typer.Option(
         "--home",
         envvar="KOFO_HOME",
-        help="the node home (its config.toml has [api] bind; api.token is the token)",
+        help="the node home (its config.toml has \\[api] bind; api.token is the token)",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
@@ -534,11 +534,40 @@ def ledger_fees(home: HomeOption = _DEFAULT_HOME, as_json: JsonOption = False) -
     if not shares:
         console.print("no fee shares")
     for f in shares:
-        _record(
-            console,
-            f"order {f.order_id}",
-            [("role", f.role), ("amount", units.show(f.amount, f.asset))],
-        )
+        if f.order_id:
+            _record(
+                console,
+                f"order {f.order_id}",
+                [("role", f.role), ("amount", units.show(f.amount, f.asset))],
+            )
+        else:  # the daemon's answer: one balance per asset (the ledger keeps no per-order split)
+            _record(
+                console,
+                f"fee balance {units.symbol(f.asset)}",
+                [("amount", units.show(f.amount, f.asset))],
+            )
+
+
+@ledger_app.command("withdraw")
+def ledger_withdraw(
+    asset: Annotated[str, typer.Argument(help="the asset of the fee balance (BTC, ETH, ...)")],
+    to: Annotated[str, typer.Option("--to", help="the payout address for the ledger's record")],
+    home: HomeOption = _DEFAULT_HOME,
+    as_json: JsonOption = False,
+) -> None:
+    """Withdraw this node's whole fee balance in ASSET (`kofo ledger fees`): revealed to the
+    ledger with a proof, recorded once, to be paid to --to."""
+    with _client(home) as client:
+        done = client.withdraw_fees(asset, to)
+        units = _units(client) if not as_json else _Units([])
+    if as_json:
+        _print_json(done)
+        return
+    _record(
+        _console(),
+        f"withdrew fees in {units.symbol(done.asset)}",
+        [("amount", units.show(done.amount, done.asset)), ("payout", done.payout_address)],
+    )
 
 
 @ledger_app.command("importance")

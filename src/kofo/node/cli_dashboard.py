@@ -41,7 +41,7 @@ def dashboard_command(
         bool, typer.Option("--open", help="open the link in the default browser")
     ] = False,
 ) -> None:
-    """Print the link to this node's dashboard (served by `kofo node` on its [api] bind).
+    """Print the link to this node's dashboard (served by `kofo node` on its \\[api] bind).
     The link carries the API token: treat it as a password."""
     from kofo.node.config import load_config
     from kofo.node.dashboard import dashboard_url

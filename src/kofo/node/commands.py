@@ -71,7 +71,9 @@ def init_command(
     ] = "http://127.0.0.1:26657",
     devnet: Annotated[
         Path | None,
-        typer.Option(help="JSON from `kofo devnet --json`: fills [ledger], [chains.*] and [bond]"),
+        typer.Option(
+            help="JSON from `kofo devnet --json`: fills \\[ledger], \\[chains.*] and \\[bond]"
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="rewrite the config of an existing home")

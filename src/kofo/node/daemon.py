@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from kofo import __version__
 from kofo.clearance import privacy
-from kofo.errors import InvalidInput, KofoError
+from kofo.errors import ConfigError, InvalidInput, KofoError
 from kofo.exchange.node import ExchangeConfig, ExchangeNode, RouteFailed, now_ms
 from kofo.exchange.route import OrderPolicy, OrderTimes
 from kofo.node.bonds import ensure_bond, vault_bond
@@ -158,6 +158,10 @@ PROPOSE_RETRY_INTERVAL = 5.0
 PROPOSE_RETRY_MAX_INTERVAL = 20.0
 STOP_WAIT = 60.0
 """Seconds a stop waits for thread work in progress (a ledger commit is bounded by 30 s)."""
+OFFERS_FILE = "offers.json"
+"""The offers added through the API (``kofo offer add``), kept until withdrawn: a restart
+announces them again under their ids (a config offer's id is derived from the node and its
+place in ``[[offers]]``), so peers' books hold the live offer, never a stale copy."""
 WITHDRAWALS_FILE = "withdrawals.json"
 """Per asset, the ``seq`` of this node's next fee withdrawal (the ledger's count, kept)."""
 EVENTS_FILE = "events.sqlite"
@@ -317,8 +321,13 @@ class Node:
         await self._thread(self.engine.resume, self._stop.is_set)
         if self._stop.is_set():
             raise StartCancelled("stopped during the start")
-        for offer in self.config.offers:
-            self._publish(_spec_of(offer))
+        for i, offer in enumerate(self.config.offers):
+            self._publish(_spec_of(offer), offer_id=self._config_offer_id(i))
+        for oid, spec in self._saved_offers().items():
+            try:
+                self._publish(spec, offer_id=oid)
+            except KofoError as exc:  # a chain or token no longer configured
+                log.warning("offer %s from %s not announced: %s", oid.hex(), OFFERS_FILE, exc)
         self._tasks = [
             asyncio.ensure_future(self._health_loop()),
             asyncio.ensure_future(self._register_loop()),
@@ -1525,8 +1534,37 @@ class Node:
         if spec.price_num <= 0 or spec.price_den <= 0 or spec.fee < 0 or spec.ttl <= 0:
             raise InvalidInput("price_num, price_den and ttl must be > 0, fee >= 0")
         so = self._publish(spec)
+        saved = self._saved_offers()
+        saved[so.offer.offer_id] = spec
+        self._save_offers(saved)
         self.event_log.append("offer", {"event": "added", "offer_id": so.offer.offer_id.hex()})
         return self._offer_view(so, spec)
+
+    def _config_offer_id(self, index: int) -> bytes:
+        """The id of ``[[offers]]`` number ``index``: the same at every start, so the restarted
+        node's announcement supersedes (a newer ``seq``) the one peers hold from before."""
+        return hashlib.sha256(b"kofo/config-offer/v1" + self.node_id + index.to_bytes(4)).digest()[
+            :16
+        ]
+
+    def _saved_offers(self) -> dict[bytes, OfferSpec]:
+        path = self.config.home / OFFERS_FILE
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(read_private_file(path, max_size=1 << 20))
+            return {bytes.fromhex(oid): OfferSpec(**spec) for oid, spec in data.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{path}: not a KOFO offers file ({exc})") from None
+
+    def _save_offers(self, offers: dict[bytes, OfferSpec]) -> None:
+        data = {
+            oid.hex(): {f.name: getattr(spec, f.name) for f in fields(spec)}
+            for oid, spec in offers.items()
+        }
+        write_private_file(
+            self.config.home / OFFERS_FILE, json.dumps(data, sort_keys=True).encode()
+        )
 
     async def withdraw_offer(self, offer_id: str) -> None:
         assert self.exchange is not None
@@ -1537,6 +1575,9 @@ class Node:
         if oid not in self._own_offers:
             raise NotFound(f"no own offer {offer_id}")
         self._own_offers.pop(oid)
+        saved = self._saved_offers()
+        if saved.pop(oid, None) is not None:
+            self._save_offers(saved)
         self.exchange.withdraw_offer(oid)
         self.event_log.append("offer", {"event": "withdrawn", "offer_id": offer_id})
 

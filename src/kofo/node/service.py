@@ -239,6 +239,13 @@ class FeeShareView:
 
 
 @dataclass(frozen=True, slots=True)
+class FeeWithdrawalView:
+    asset: str
+    amount: int  # base units withdrawn: the node's whole fee balance in the asset
+    payout_address: str
+
+
+@dataclass(frozen=True, slots=True)
 class ImportanceView:
     node_id: str
     importance: int
@@ -316,6 +323,11 @@ class NodeService(Protocol):
     async def ledger_order(self, order_id: str) -> LedgerOrderView: ...
 
     async def fee_shares(self) -> list[FeeShareView]: ...
+
+    async def withdraw_fees(self, asset: str, payout_address: str) -> int:
+        """Withdraw this node's whole fee balance in ``asset`` on the ledger (to be paid to
+        ``payout_address``); the amount. ``Conflict`` when there is none."""
+        ...
 
     async def importance(self, *, limit: int = 50) -> list[ImportanceView]: ...
 

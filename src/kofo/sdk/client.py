@@ -28,6 +28,7 @@ from kofo.node.service import (
     Event,
     EvidenceView,
     FeeShareView,
+    FeeWithdrawalView,
     ImportanceView,
     LedgerOrderView,
     NodeInfo,
@@ -228,6 +229,10 @@ class _Calls:
     @staticmethod
     def fee_shares() -> _Call[list[FeeShareView]]:
         return _Call("GET", "/v1/ledger/fees", _items(FeeShareView))
+
+    @staticmethod
+    def withdraw_fees(body: dict[str, Any]) -> _Call[FeeWithdrawalView]:
+        return _Call("POST", "/v1/ledger/fees/withdraw", _one(FeeWithdrawalView), body=body)
 
     @staticmethod
     def importance(limit: int) -> _Call[list[ImportanceView]]:
@@ -451,6 +456,10 @@ class Client:
     def fee_shares(self) -> list[FeeShareView]:
         return self._do(_Calls.fee_shares())
 
+    def withdraw_fees(self, asset: str, payout_address: str) -> FeeWithdrawalView:
+        """Withdraw this node's whole fee balance in ``asset`` (``KofoApiError`` 409: none)."""
+        return self._do(_Calls.withdraw_fees({"asset": asset, "payout_address": payout_address}))
+
     def importance(self, *, limit: int = 50) -> list[ImportanceView]:
         return self._do(_Calls.importance(limit))
 
@@ -637,6 +646,11 @@ class AsyncClient:
 
     async def fee_shares(self) -> list[FeeShareView]:
         return await self._do(_Calls.fee_shares())
+
+    async def withdraw_fees(self, asset: str, payout_address: str) -> FeeWithdrawalView:
+        """Withdraw this node's whole fee balance in ``asset`` (``KofoApiError`` 409: none)."""
+        body = {"asset": asset, "payout_address": payout_address}
+        return await self._do(_Calls.withdraw_fees(body))
 
     async def importance(self, *, limit: int = 50) -> list[ImportanceView]:
         return await self._do(_Calls.importance(limit))
