@@ -81,6 +81,9 @@ class OrderBook:
         self._makers: dict[bytes, _Maker] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()  # makers with no live offer
         self._live = 0
+        # When an offer was last refused for room (``max_offers`` or ``max_makers``): the book
+        # may miss a live offer until then plus an offer's lifetime (see :meth:`complete`).
+        self._refused_room_ms: int | None = None
 
     # ------------------------------------------------------------------ standing
 
@@ -115,6 +118,7 @@ class OrderBook:
         m = self._makers.get(so.maker)
         if m is None or (m.seq_of(o.offer_id) is None and not o.withdrawn):
             if self._live >= self._max and self._rank(so.maker) <= (False, 0.0):
+                self._refused_room_ms = now_ms
                 return BookVerdict(False, "order book is full")
         if m is None:
             floor = self._floors.get(so.maker)
@@ -139,6 +143,7 @@ class OrderBook:
         m = self._makers.get(so.maker)
         if m is None:
             if len(self._makers) >= self._max_makers and not self._drop_idle_maker(now_ms):
+                self._refused_room_ms = now_ms
                 return BookVerdict(False, "maker table is full")
             m = self._new_maker(so.maker)
         oid = o.offer_id
@@ -151,6 +156,7 @@ class OrderBook:
         elif self._live >= self._max:
             self.sweep(now_ms)
             if self._live >= self._max and not self._evict_for(so.maker):
+                self._refused_room_ms = now_ms
                 return BookVerdict(False, "order book is full")
         m.tombs.pop(oid, None)
         m.live[oid] = so
@@ -246,6 +252,13 @@ class OrderBook:
         return stale
 
     # ------------------------------------------------------------------ reads
+
+    def complete(self, now_ms: int) -> bool:
+        """Whether the book refused no offer for room (``max_offers``, ``max_makers``) within
+        the last offer lifetime: only then may it be taken to hold every live offer that
+        reached it (a refused one could still be live, its maker unknown here)."""
+        t = self._refused_room_ms
+        return t is None or now_ms - t > MAX_OFFER_LIFETIME_MS + MAX_SEQ_AHEAD_MS
 
     def pair(self, buy: str, sell: str, now_ms: int) -> list[SignedOffer]:
         """Live offers that take ``buy`` and pay ``sell``, best price (most ``sell`` per unit of

@@ -1834,7 +1834,12 @@ class ExchangeNode:
     def _makers_for(self, claim: Claim, now: int) -> frozenset[bytes]:
         """The makers whose live offers in our book would fill ``claim`` (they take ``have``,
         pay ``want`` and accept ``amount``, whole or, if partial, in part): the quotes the
-        window waits for. Not ourselves: a node never fills its own claim."""
+        window waits for. Not ourselves: a node never fills its own claim. None at all while
+        the book is not :meth:`~kofo.exchange.book.OrderBook.complete` (it refused an offer
+        for room: a flood of offers would otherwise keep a better maker out of the set, and
+        the window would end on the rival's answer alone)."""
+        if not self.book.complete(now):
+            return frozenset()
         return frozenset(
             so.maker
             for so in self.book.pair(claim.have, claim.want, now)

@@ -1,0 +1,68 @@
+"""Attacker review of exchange v6's early end of the taker's quote window (offer proofs,
+docs/exchange.md "The taker's quote window"): real nodes on loopback, each case an attack
+that worked on the v6 merge, now refused."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from .helpers import link, start_nodes, stop_all, wait_until
+
+ADDR = {"btc": "btc-addr", "eth": "eth-addr", "ltc": "ltc-addr"}
+LONG_WINDOW_S = 20.0
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+@pytest.mark.timeout(90)
+def test_a_full_book_does_not_end_the_window_before_a_maker_it_refused():
+    """A rival maker fills the taker's book (here with its own second offer; any flood of
+    fresh keys' offers does it at 50 000), so a newcomer's better offer is refused ("order
+    book is full") and the rival is the only maker the taker waits for. Before: the window
+    ended ("all_quoted") on the rival's answer, and the newcomer's quote, which a v5 taker
+    collected in its window, was lost (it arrives a moment later: held back here). Now a
+    book that refused an offer for room is not a complete view of the market: no early end,
+    the window runs as before v6 and the better quote is taken."""
+
+    async def go():
+        (taker,) = await start_nodes(1, target_degree=0, addresses=ADDR, max_offers=2)
+        rival, victim = await start_nodes(2, target_degree=0, addresses=ADDR)
+        taker.config.dummy_hops = 0
+        refused: list[str] = []
+        precheck = taker.book.precheck
+
+        def spy(so, now):
+            v = precheck(so, now)
+            if v is not None:
+                refused.append(v.reason)
+            return v
+
+        taker.book.precheck = spy  # type: ignore[method-assign]
+        try:
+            await link(taker, rival)
+            await link(taker, victim)
+            rival.publish_offer("btc", "eth", (29, 1), max_in=10**8)
+            rival.publish_offer("ltc", "eth", (1, 1), max_in=10**8)
+            await wait_until(lambda: len(taker.book) == 2)
+            victim.publish_offer("btc", "eth", (33, 1), max_in=10**8)
+            await wait_until(lambda: "order book is full" in refused)
+            taker.links[victim.node_id].writer.transport.pause_reading()
+            task = asyncio.ensure_future(
+                taker.request_quotes("btc", "eth", 10**6, window_s=LONG_WINDOW_S, enough=2)
+            )
+            await wait_until(
+                lambda: task.done() or any(p.quotes for p in taker._pending.values()), 30
+            )
+            taker.links[victim.node_id].writer.transport.resume_reading()
+            cid, quotes = await task
+            assert [q.delivered for q in quotes][:1] == [33 * 10**6], taker.quote_window(cid)
+            assert taker.quote_window(cid).ended == "enough"
+        finally:
+            taker.links[victim.node_id].writer.transport.resume_reading()
+            await stop_all([taker, rival, victim])
+
+    run(go())
