@@ -5,8 +5,13 @@ that worked on the v6 merge, now refused."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
+from kofo.wire.exchange import Offer, SignedOffer, make_offer
 
 from .helpers import link, start_nodes, stop_all, wait_until
 
@@ -66,3 +71,30 @@ def test_a_full_book_does_not_end_the_window_before_a_maker_it_refused():
             await stop_all([taker, rival, victim])
 
     run(go())
+
+
+def _offer(key: Ed25519PrivateKey, now: int) -> SignedOffer:
+    o = Offer(os.urandom(16), "btc", "eth", 2, 1, 1, 10**6, True, 0, now + 60_000, now)
+    return make_offer(key, o)
+
+
+def test_a_book_that_evicted_or_refused_an_offer_for_room_is_not_complete():
+    """The early end trusts the book to hold every live offer that reached it. An offer
+    evicted for a better-standing maker's (a rival that has answered trades) leaves as
+    surely as one refused: before, eviction left the book "complete" and the evicted
+    maker unawaited."""
+    honest, rival = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    rival_id = rival.public_key().public_bytes_raw()
+    now = 10**12
+    book = OrderBook(1, max_makers=4, standing=lambda m: 1.0 if m == rival_id else 0.0)
+    assert book.add(_offer(honest, now), now).accepted and book.complete(now)
+    # Evicted: the rival (standing 1) takes the only slot from the honest maker (0).
+    assert book.add(_offer(rival, now + 1), now + 1).accepted
+    assert len(book) == 1 and not book.complete(now + 1)
+    # Refused: a maker with no standing finds the book full.
+    book2 = OrderBook(1)
+    assert book2.add(_offer(rival, now), now).accepted and book2.complete(now)
+    assert not book2.add(_offer(honest, now), now).accepted
+    assert not book2.complete(now)
+    # Complete again once any refused offer must have expired.
+    assert book2.complete(now + MAX_OFFER_LIFETIME_MS + MAX_SEQ_AHEAD_MS + 1)

@@ -81,8 +81,8 @@ class OrderBook:
         self._makers: dict[bytes, _Maker] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()  # makers with no live offer
         self._live = 0
-        # When an offer was last refused for room (``max_offers`` or ``max_makers``): the book
-        # may miss a live offer until then plus an offer's lifetime (see :meth:`complete`).
+        # When an offer was last refused or evicted for room (``max_offers``, ``max_makers``):
+        # the book may miss a live offer until then plus an offer's lifetime (:meth:`complete`).
         self._refused_room_ms: int | None = None
 
     # ------------------------------------------------------------------ standing
@@ -155,9 +155,12 @@ class OrderBook:
                 return BookVerdict(True, "withdrawn")
         elif self._live >= self._max:
             self.sweep(now_ms)
-            if self._live >= self._max and not self._evict_for(so.maker):
+            if self._live >= self._max:
+                # An offer leaves for room (evicted) or is refused: either way the book no
+                # longer holds every live offer that reached it.
                 self._refused_room_ms = now_ms
-                return BookVerdict(False, "order book is full")
+                if not self._evict_for(so.maker):
+                    return BookVerdict(False, "order book is full")
         m.tombs.pop(oid, None)
         m.live[oid] = so
         self._live += 1
@@ -254,9 +257,9 @@ class OrderBook:
     # ------------------------------------------------------------------ reads
 
     def complete(self, now_ms: int) -> bool:
-        """Whether the book refused no offer for room (``max_offers``, ``max_makers``) within
-        the last offer lifetime: only then may it be taken to hold every live offer that
-        reached it (a refused one could still be live, its maker unknown here)."""
+        """Whether the book refused or evicted no offer for room (``max_offers``,
+        ``max_makers``) within the last offer lifetime: only then may it be taken to hold every
+        live offer that reached it (a refused one could still be live, its maker unknown)."""
         t = self._refused_room_ms
         return t is None or now_ms - t > MAX_OFFER_LIFETIME_MS + MAX_SEQ_AHEAD_MS
 
