@@ -11,7 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
-from kofo.wire.exchange import Offer, SignedOffer, make_offer
+from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.exchange.sealed import open_sealed
+from kofo.wire.exchange import Claim, Offer, SignedOffer, make_offer
 
 from .helpers import link, start_nodes, stop_all, wait_until
 
@@ -98,3 +100,49 @@ def test_a_book_that_evicted_or_refused_an_offer_for_room_is_not_complete():
     assert not book2.complete(now)
     # Complete again once any refused offer must have expired.
     assert book2.complete(now + MAX_OFFER_LIFETIME_MS + MAX_SEQ_AHEAD_MS + 1)
+
+
+@pytest.mark.timeout(90)
+def test_a_fill_from_unpublished_liquidity_stays_anonymous_to_the_taker():
+    """A rival maker sends claims to learn who quotes what. A maker that fills only from its
+    extra liquidity (no public offer for the pair: its prices were never signed publicly,
+    and no taker awaits it) was anonymous to every taker that did not choose its route
+    before v6; the v6 proof named it (and signed it) to every claim's sender. Now such a
+    fill's ``op`` is the anonymous proof, sealed, of the same length: the taker learns no
+    maker (and counts no bad proof), relays still see one box length for every fill; a
+    maker with a public offer filling the claim is still named (the early end needs it)."""
+
+    async def go():
+        (taker, published) = await start_nodes(2, target_degree=0, addresses=ADDR)
+        taker.config.dummy_hops = 0
+        await link(taker, published)
+        published.publish_offer("btc", "eth", (29, 1), max_in=10**8)
+        await wait_until(lambda: len(taker.book) == 1)
+
+        def liquidity(claim: Claim) -> tuple[int, int] | None:
+            return (claim.amount, claim.amount * 32)
+
+        hidden = ExchangeNode(
+            Ed25519PrivateKey.generate(),
+            ExchangeConfig(target_degree=0, addresses=ADDR),
+            liquidity=liquidity,
+        )
+        await hidden.start()
+        await link(taker, hidden)
+        try:
+            cid, quotes = await taker.request_quotes(
+                "btc", "eth", 10**6, window_s=LONG_WINDOW_S, enough=2
+            )
+            assert sorted(q.delivered for q in quotes) == [29 * 10**6, 32 * 10**6]
+            by = {q.delivered: q for q in quotes}
+            assert by[29 * 10**6].maker == published.node_id
+            anon = by[32 * 10**6]
+            assert anon.maker is None
+            plain = open_sealed(taker._pending[cid].reply, anon.fulfil.fulfil.op)
+            assert hidden.node_id not in plain
+            assert len(anon.fulfil.fulfil.op) == len(by[29 * 10**6].fulfil.fulfil.op)
+            assert taker.stats.offer_proofs_bad == 0
+        finally:
+            await stop_all([taker, published, hidden])
+
+    run(go())
