@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kofo.exchange.book import MAX_OFFER_LIFETIME_MS, MAX_SEQ_AHEAD_MS, OrderBook
-from kofo.exchange.node import ExchangeConfig, ExchangeNode
+from kofo.exchange.node import MAX_AWAITED_MAKERS, ExchangeConfig, ExchangeNode, now_ms
 from kofo.exchange.sealed import open_sealed
 from kofo.wire.exchange import Claim, Offer, SignedOffer, make_offer
 
@@ -144,5 +144,47 @@ def test_a_fill_from_unpublished_liquidity_stays_anonymous_to_the_taker():
             assert taker.stats.offer_proofs_bad == 0
         finally:
             await stop_all([taker, published, hidden])
+
+    run(go())
+
+
+@pytest.mark.timeout(90)
+def test_a_flooded_pair_costs_the_taker_one_short_pass_per_claim_and_is_not_awaited():
+    """An attacker floods the taker's book (below ``max_offers``: the book stays complete)
+    with offers of fresh keys for the pair it trades, none of which ever answers. Before:
+    each claim the taker sent sorted every live offer of the book by exact price
+    (``OrderBook.pair``, Fractions: measured 2-3 s on this machine for 49 000 offers, the
+    event loop blocked, every link stalled) and then awaited all the sybils. Now one pass,
+    no sort, stops past ``MAX_AWAITED_MAKERS``: more than that fill the claim, nobody is
+    awaited (the window runs as before v6) and ``pair`` is never called on a claim."""
+
+    async def go():
+        taker, honest = await start_nodes(2, target_degree=0, addresses=ADDR)
+        taker.config.dummy_hops = 0
+        await link(taker, honest)
+        honest.publish_offer("btc", "eth", (29, 1), max_in=10**8)
+        await wait_until(lambda: len(taker.book) == 1)
+        now = now_ms()
+        for _ in range(MAX_AWAITED_MAKERS + 1):
+            # Signed by fresh keys as a flooder would (the book takes verified offers).
+            assert taker.book.add(_offer(Ed25519PrivateKey.generate(), now), now).accepted
+        sorted_scans = []
+        pair = taker.book.pair
+
+        def spy(*a, **kw):
+            sorted_scans.append(a)
+            return pair(*a, **kw)
+
+        taker.book.pair = spy  # type: ignore[method-assign]
+        try:
+            cid, quotes = await taker.request_quotes(
+                "btc", "eth", 10**5, window_s=LONG_WINDOW_S, enough=1
+            )
+            assert [q.delivered for q in quotes] == [29 * 10**5]
+            w = taker.quote_window(cid)
+            assert (w.ended, w.expected) == ("enough", 0)
+            assert sorted_scans == []
+        finally:
+            await stop_all([taker, honest])
 
     run(go())

@@ -274,6 +274,25 @@ class OrderBook:
         live.sort(key=lambda so: Fraction(so.offer.price_num, so.offer.price_den), reverse=True)
         return live
 
+    def makers_filling(
+        self, buy: str, sell: str, amount: int, now_ms: int, limit: int
+    ) -> frozenset[bytes] | None:
+        """The makers with a live offer taking ``buy``, paying ``sell`` and filling ``amount``
+        (:meth:`~kofo.wire.exchange.Offer.fill`), or None once more than ``limit`` do. One
+        pass, no sort (:meth:`pair` sorts by exact price: seconds for a flooded book, too
+        slow for every claim a taker sends); a maker is skipped once found."""
+        found: set[bytes] = set()
+        for maker, m in self._makers.items():
+            for so in m.live.values():
+                o = so.offer
+                if o.buy == buy and o.sell == sell and o.expiry_ms > now_ms:
+                    if o.fill(amount) is not None:
+                        found.add(maker)
+                        if len(found) > limit:
+                            return None
+                        break
+        return frozenset(found)
+
     def all(self, now_ms: int) -> list[SignedOffer]:
         return [
             so

@@ -406,6 +406,12 @@ class QuoteWindow:
     elapsed_ms: int
 
 
+MAX_AWAITED_MAKERS = 64
+"""A taker awaits (v6 early end) at most this many makers of its book for one claim; when more
+fill it, it awaits none (the window runs to its end): a relay forwards at most
+``max_fulfils_per_claim`` (32) fulfils per claim, so beyond a few neighbours' worth every maker
+answering is unlikely, and finding them must stay one short pass per claim sent."""
+
 QUOTE_WINDOWS_KEPT = 256
 """``ExchangeNode.quote_window`` remembers this many own claims' collections, newest kept."""
 
@@ -1857,14 +1863,18 @@ class ExchangeNode:
         window waits for. Not ourselves: a node never fills its own claim. None at all while
         the book is not :meth:`~kofo.exchange.book.OrderBook.complete` (it refused an offer
         for room: a flood of offers would otherwise keep a better maker out of the set, and
-        the window would end on the rival's answer alone)."""
+        the window would end on the rival's answer alone), nor when more than
+        :data:`MAX_AWAITED_MAKERS` would (a flooded pair: awaiting them all is hopeless, and
+        one pass over the book, no sort, stops there)."""
         if not self.book.complete(now):
             return frozenset()
-        return frozenset(
-            so.maker
-            for so in self.book.pair(claim.have, claim.want, now)
-            if so.maker != self.node_id and so.offer.fill(claim.amount) is not None
+        found = self.book.makers_filling(
+            claim.have, claim.want, claim.amount, now, MAX_AWAITED_MAKERS + 1
         )
+        if found is None:
+            return frozenset()
+        found -= {self.node_id}
+        return found if len(found) <= MAX_AWAITED_MAKERS else frozenset()
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         """Best first, a total order (the same quotes rank the same whatever their arrival
