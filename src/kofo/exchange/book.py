@@ -81,6 +81,9 @@ class OrderBook:
         self._makers: dict[bytes, _Maker] = {}
         self._idle: OrderedDict[bytes, None] = OrderedDict()  # makers with no live offer
         self._live = 0
+        # When an offer was last refused or evicted for room (``max_offers``, ``max_makers``):
+        # the book may miss a live offer until then plus an offer's lifetime (:meth:`complete`).
+        self._refused_room_ms: int | None = None
 
     # ------------------------------------------------------------------ standing
 
@@ -115,6 +118,7 @@ class OrderBook:
         m = self._makers.get(so.maker)
         if m is None or (m.seq_of(o.offer_id) is None and not o.withdrawn):
             if self._live >= self._max and self._rank(so.maker) <= (False, 0.0):
+                self._refused_room_ms = now_ms
                 return BookVerdict(False, "order book is full")
         if m is None:
             floor = self._floors.get(so.maker)
@@ -139,6 +143,7 @@ class OrderBook:
         m = self._makers.get(so.maker)
         if m is None:
             if len(self._makers) >= self._max_makers and not self._drop_idle_maker(now_ms):
+                self._refused_room_ms = now_ms
                 return BookVerdict(False, "maker table is full")
             m = self._new_maker(so.maker)
         oid = o.offer_id
@@ -150,8 +155,12 @@ class OrderBook:
                 return BookVerdict(True, "withdrawn")
         elif self._live >= self._max:
             self.sweep(now_ms)
-            if self._live >= self._max and not self._evict_for(so.maker):
-                return BookVerdict(False, "order book is full")
+            if self._live >= self._max:
+                # An offer leaves for room (evicted) or is refused: either way the book no
+                # longer holds every live offer that reached it.
+                self._refused_room_ms = now_ms
+                if not self._evict_for(so.maker):
+                    return BookVerdict(False, "order book is full")
         m.tombs.pop(oid, None)
         m.live[oid] = so
         self._live += 1
@@ -247,6 +256,13 @@ class OrderBook:
 
     # ------------------------------------------------------------------ reads
 
+    def complete(self, now_ms: int) -> bool:
+        """Whether the book refused or evicted no offer for room (``max_offers``,
+        ``max_makers``) within the last offer lifetime: only then may it be taken to hold every
+        live offer that reached it (a refused one could still be live, its maker unknown)."""
+        t = self._refused_room_ms
+        return t is None or now_ms - t > MAX_OFFER_LIFETIME_MS + MAX_SEQ_AHEAD_MS
+
     def pair(self, buy: str, sell: str, now_ms: int) -> list[SignedOffer]:
         """Live offers that take ``buy`` and pay ``sell``, best price (most ``sell`` per unit of
         ``buy``) first."""
@@ -257,6 +273,25 @@ class OrderBook:
         ]
         live.sort(key=lambda so: Fraction(so.offer.price_num, so.offer.price_den), reverse=True)
         return live
+
+    def makers_filling(
+        self, buy: str, sell: str, amount: int, now_ms: int, limit: int
+    ) -> frozenset[bytes] | None:
+        """The makers with a live offer taking ``buy``, paying ``sell`` and filling ``amount``
+        (:meth:`~kofo.wire.exchange.Offer.fill`), or None once more than ``limit`` do. One
+        pass, no sort (:meth:`pair` sorts by exact price: seconds for a flooded book, too
+        slow for every claim a taker sends); a maker is skipped once found."""
+        found: set[bytes] = set()
+        for maker, m in self._makers.items():
+            for so in m.live.values():
+                o = so.offer
+                if o.buy == buy and o.sell == sell and o.expiry_ms > now_ms:
+                    if o.fill(amount) is not None:
+                        found.add(maker)
+                        if len(found) > limit:
+                            return None
+                        break
+        return frozenset(found)
 
     def all(self, now_ms: int) -> list[SignedOffer]:
         return [

@@ -53,6 +53,7 @@ from kofo.exchange.transport import (
 from kofo.wire.codec import MAX_MESSAGE_BYTES, EncodingError, decode, encode
 from kofo.wire.envelope import BadMessage, BadSignature, sign, verify_ed25519
 from kofo.wire.exchange import (
+    ANONYMOUS_OFFER_PROOF,
     MAX_CLAIM_HORIZON_MS,
     MAX_FRAME_BYTES,
     MAX_HOPS,
@@ -404,6 +405,12 @@ class QuoteWindow:
     quotes: int  # quotes collected
     elapsed_ms: int
 
+
+MAX_AWAITED_MAKERS = 64
+"""A taker awaits (v6 early end) at most this many makers of its book for one claim; when more
+fill it, it awaits none (the window runs to its end): a relay forwards at most
+``max_fulfils_per_claim`` (32) fulfils per claim, so beyond a few neighbours' worth every maker
+answering is unlikely, and finding them must stay one short pass per claim sent."""
 
 QUOTE_WINDOWS_KEPT = 256
 """``ExchangeNode.quote_window`` remembers this many own claims' collections, newest kept."""
@@ -1585,8 +1592,15 @@ class ExchangeNode:
                 fill = None
         if fill is not None:
             # v6: the offer proof, sealed to the claim's reply key (relays see a box): the
-            # taker learns we answered, and stops waiting once every maker it knows has.
-            proof = make_offer_proof(self._key, cid, eph.public_key().public_bytes_raw(), fill[2])
+            # taker learns we answered, and stops waiting once every maker it knows has. Only
+            # if a public offer of ours fills the claim (the taker may await us, and knows our
+            # price from it); otherwise the anonymous proof, of the same length: a fill from
+            # unpublished liquidity names nobody, as before v6.
+            if self._offer_fills(claim, now):
+                eph_pub = eph.public_key().public_bytes_raw()
+                proof = make_offer_proof(self._key, cid, eph_pub, fill[2])
+            else:
+                proof = ANONYMOUS_OFFER_PROOF
             op = seal(claim.reply_key, proof)
             f = Fulfil(cid, st.position, fill[0], fill[1], valid_until, path, op)
             sf = make_fulfil(eph, f)
@@ -1629,6 +1643,18 @@ class ExchangeNode:
         if live and live[0] <= now:
             live[:] = [t for t in live if t > now]
         return len(live) < self.config.claims_per_peer * 3 // 4 and bucket.peek() >= 1
+
+    def _offer_fills(self, claim: Claim, now: int) -> bool:
+        """Whether a live public offer of ours fills ``claim`` as a taker's book sees it (the
+        rule of :meth:`_makers_for`): only then does our fill name us (its offer proof)."""
+        return any(
+            so.offer.buy == claim.have
+            and so.offer.sell == claim.want
+            and not so.offer.withdrawn
+            and so.offer.expiry_ms > now
+            and so.offer.fill(claim.amount) is not None
+            for so in self._own_offers.values()
+        )
 
     def _best_fill(self, claim: Claim) -> tuple[int, int, bytes] | None:
         """``(amount_in, amount_out, offer_id)`` this node quotes for ``claim``, the output net
@@ -1834,12 +1860,21 @@ class ExchangeNode:
     def _makers_for(self, claim: Claim, now: int) -> frozenset[bytes]:
         """The makers whose live offers in our book would fill ``claim`` (they take ``have``,
         pay ``want`` and accept ``amount``, whole or, if partial, in part): the quotes the
-        window waits for. Not ourselves: a node never fills its own claim."""
-        return frozenset(
-            so.maker
-            for so in self.book.pair(claim.have, claim.want, now)
-            if so.maker != self.node_id and so.offer.fill(claim.amount) is not None
+        window waits for. Not ourselves: a node never fills its own claim. None at all while
+        the book is not :meth:`~kofo.exchange.book.OrderBook.complete` (it refused an offer
+        for room: a flood of offers would otherwise keep a better maker out of the set, and
+        the window would end on the rival's answer alone), nor when more than
+        :data:`MAX_AWAITED_MAKERS` would (a flooded pair: awaiting them all is hopeless, and
+        one pass over the book, no sort, stops there)."""
+        if not self.book.complete(now):
+            return frozenset()
+        found = self.book.makers_filling(
+            claim.have, claim.want, claim.amount, now, MAX_AWAITED_MAKERS + 1
         )
+        if found is None:
+            return frozenset()
+        found -= {self.node_id}
+        return found if len(found) <= MAX_AWAITED_MAKERS else frozenset()
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         """Best first, a total order (the same quotes rank the same whatever their arrival
@@ -1911,6 +1946,8 @@ class ExchangeNode:
             return None
         try:
             plain = open_sealed(pending.reply, op)
+            if plain == ANONYMOUS_OFFER_PROOF:
+                return None  # a fill from unpublished liquidity: it names no maker
             proof = check_offer_proof(plain, pending.sc.claim_id, sf.filler_eph)
         except (BadMessage, BadSignature) as exc:
             self.stats.offer_proofs_bad += 1

@@ -586,6 +586,12 @@ class OfferProof:
         return OfferProof(m[0], m[1], m[2])
 
 
+ANONYMOUS_OFFER_PROOF = OfferProof(bytes(32), NO_OFFER_ID, bytes(64)).to_bytes()
+"""The plaintext of the ``op`` of a fill that names no maker: one from liquidity no public
+offer of the filler covers (no taker awaits it, and its maker stays as anonymous to the taker
+as before v6). Sealed like a proof, of the same length, so relays cannot tell the two apart."""
+
+
 def offer_proof_message(claim_id: bytes, filler_eph: bytes, maker: bytes, offer_id: bytes) -> bytes:
     """What an offer proof's signature covers: ``KOFO/offer-proof/v1 0x00 || cbor([claim_id,
     filler_eph, maker, offer_id])``. The claim id and the filler's per-claim key bind it to one
