@@ -2079,7 +2079,7 @@ class LedgerApp:
         slash = _slashable_bond(rec) * slash_bps // 10_000
         forfeit: list[bytes] = []
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
-            assert tx.order_id is not None
+            assert tx.order_id is not None and tx.leg is not None
             # A default on a take's order costs the bond reserved for the take (the quote
             # slash of each provider whose open quote it took), a fixed amount whatever else
             # the taker owes; it is what excuses those providers towards later takers.
@@ -2088,6 +2088,12 @@ class LedgerApp:
                 if not forfeit:  # (the index and the taker's record agree: never)
                     raise EvidenceInvalid("the take's reservation is no longer held")
                 slash = 0  # not a missed lock: only the reservation
+            else:
+                # The taker writes the whole order: a default by another party before the
+                # provider's leg (its bondless sybil paying the provider in, say) is its too,
+                # for what the defaulter's own slash does not cover.
+                paid = min(_slashable_bond(rec), slash)
+                forfeit += self._forfeit_for_order(view, ctx, eid, order, tx.leg, offender, paid)
             slash = min(_slashable_bond(rec), max(slash, held))
         # (the slash is kept: a taker's default excuses a provider only if it cost as much, or
         # forfeited the bond the take reserved for that provider's quote)
@@ -2128,8 +2134,9 @@ class LedgerApp:
         p = self._params
         amount = _slashable_bond(self._node(view, quote.provider, "provider")) * p.slash_bps_quote
         amount //= 10_000
-        if amount == 0:
-            return 0
+        # (a zero reservation, the provider's bond not yet attested, is recorded too: its
+        # default then forfeits all the quote promised when taken, and excuses the provider
+        # even once its bond is attested; else a bondless griefer's default excused nothing)
         key = _reserve_key(order_id)
         raw = view.get(key)
         held = [e for e in ([] if raw is None else _dec(raw)) if ctx.time <= int(e[3])]
@@ -2146,7 +2153,7 @@ class LedgerApp:
                 f"(max_open_takes {p.max_open_takes})"
             )
         free = _effective_bond(rec) - sum(int(e[2]) for e in live)
-        if free < amount:
+        if max(0, free) < amount:
             raise EvidenceInvalid(
                 f"taking an open quote reserves the provider's quote slash, {amount}, of the "
                 f"taker's attested bond until the take resolves; its unreserved bond is "
@@ -2169,6 +2176,62 @@ class LedgerApp:
             )
         )
         return amount
+
+    def _forfeit_for_order(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        eid: bytes,
+        order: SettlementOrder,
+        leg: int,
+        offender: bytes,
+        paid: int,
+    ) -> list[bytes]:
+        """``leg_not_locked`` on ``order.legs[leg]`` (sender ``offender``, slashed ``paid``
+        for it) is a default before the leg of each provider sending a later leg: a taker (not
+        the offender) holding bond reserved for its take of such a provider's open quote with
+        this order forfeits it (it wrote the order and chose its parties; its own bondless
+        sybil paying the provider in would otherwise default for free), less what ``paid``
+        already covers (a well-bonded defaulter, another provider say, costs the honest taker
+        nothing). Each forfeit is slashed (decision id from ``eid`` and the taker) and goes to
+        the foundation; the pair paid at least the reservation. Returns those providers."""
+        key = _reserve_key(order.order_id)
+        raw = view.get(key)
+        if raw is None:
+            return []
+        later = {lg.sender for lg in order.legs[leg + 1 :]}
+        keep, providers = [], []
+        for e in _dec(raw):
+            taker, provider = bytes(e[0]), bytes(e[1])
+            if taker == offender or provider not in later or ctx.time > int(e[3]):
+                keep.append(e)
+                continue
+            rec = self._node(view, taker, "taker")
+            live = _live_reserved(rec, ctx.time)
+            took = [r for r in live if bytes(r[0]) == order.order_id and bytes(r[1]) == provider]
+            if not took:  # (the index and the taker's record agree: never)
+                keep.append(e)
+                continue
+            rec["reserved"] = [r for r in live if r not in took]
+            slash = min(_slashable_bond(rec), max(0, sum(int(r[2]) for r in took) - paid))
+            rec["slash_pending"] = rec.get("slash_pending", 0) + slash
+            rec["slashed"] += slash
+            view.set_map(_node_key(taker), rec)
+            if slash:
+                self._decide_slash(view, ctx, eid + taker, taker, slash)
+            _int_add(view, b"foundation_bond", slash)
+            providers.append(provider)
+            ctx.events.append(
+                (
+                    "penalty",
+                    (("node", taker.hex()), ("kind", "take_forfeit"), ("slash", str(slash))),
+                )
+            )
+        if keep:
+            view.set(key, _enc(keep))
+        else:
+            view.delete(key)
+        return providers
 
     def _reserving_taker(
         self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes

@@ -1,0 +1,76 @@
+"""Attacker review of the bond reserved per take (issue 17): the attacks that worked.
+
+Real ledger app, in process (solo attestations); setup as in ``test_take_bond.py``.
+"""
+
+import pytest
+
+from .helpers import Ledger, Party, ledger_params, take_evidence, take_order
+from .test_take_bond import (
+    PROVIDER_BOND,
+    QUOTE_SLASH,
+    _codes,
+    _deadline,
+    _honour,
+    _not_locked,
+    _open_quote,
+    _setup,
+    _untouched,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.mark.parametrize("sybil_bond", [0, 100_000, 1_000_000])
+def test_another_party_of_the_take_order_defaulting_for_the_taker_still_forfeits(sybil_bond):
+    # The taker writes the whole order: it routes it through its sybil s, who pays the provider
+    # in (legs[0] s -> m1) and never locks. The default was s's alone (5 % of little or
+    # nothing), the taker's reservation untouched, and nothing excused the provider: a second
+    # node of the griefer then slashed the honest provider, the griefing the reservation was
+    # to close. Now the taker forfeits what s's slash does not cover (a well-bonded defaulter
+    # costs an honest taker nothing: 5 % of 1,000,000 covers the 20,000 reserved).
+    ledger, m1, _, (g1, g2, s) = _setup(QUOTE_SLASH, QUOTE_SLASH, sybil_bond)
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, g1, route=[s, m1, g1])
+    assert first.order.legs[0].sender == s.id and first.order.legs[0].recipient == m1.id
+    ledger.ok(take_evidence(quote, m1, g1, order=first))
+    second = take_evidence(quote, m1, g2)
+    assert _codes(ledger.block(second)) == [""]
+    ledger.ok(_honour(m1, first))
+    result = _not_locked(ledger, m1, first, 0)  # s never paid the provider in
+    assert _codes(result) == [""]
+    paid = sybil_bond * 500 // 10_000
+    assert ledger.app.node(s.id)["slashed"] == paid
+    # the taker answers for its order (old code: g1 whole, its reservation kept)
+    assert ledger.app.node(g1.id)["slashed"] == max(0, QUOTE_SLASH - paid)
+    assert ledger.app.node(g1.id)["reserved"] == []
+    result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
+    assert _untouched(ledger, m1)
+
+
+def test_a_take_while_the_providers_bond_is_not_yet_attested_still_excuses_its_default():
+    # The provider quotes as it bonds (its deposit not yet attested): a bondless griefer takes
+    # first (the quote slash, hence the reservation, is 0 at that moment) and defaults; the
+    # bond is attested; the griefer's second node files after the deadline. The first take's
+    # default forfeited its (zero) reservation: that is all the quote promised when it was
+    # taken (old code: no reservation recorded, so the default excused nothing and the
+    # provider lost 2 % of the bond attested since).
+    ledger = Ledger(params=ledger_params())
+    m1 = Party.make(1, bond=PROVIDER_BOND)
+    g1, g2 = Party.make(10), Party.make(11, bond=QUOTE_SLASH)
+    ledger.ok(*(p.register_tx() for p in (m1, g1, g2)))
+    ledger.bonded(g2)
+    assert ledger.app.bond(m1.id) == 0
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, g1)
+    assert _codes(ledger.block(take_evidence(quote, m1, g1, order=first))) == [""]
+    second = take_evidence(quote, m1, g2)
+    assert _codes(ledger.block(second)) == [""]
+    ledger.bonded(m1)
+    assert ledger.app.bond(m1.id) == PROVIDER_BOND
+    ledger.ok(_honour(m1, first))
+    assert _codes(_not_locked(ledger, m1, first, 0)) == [""]
+    result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
+    assert _untouched(ledger, m1)
