@@ -5,6 +5,8 @@ Real ledger app, in process (solo attestations); setup as in ``test_take_bond.py
 
 import pytest
 
+from kofo.wire.orders import LegOutcome
+
 from .helpers import Ledger, Party, ledger_params, take_evidence, take_order
 from .test_take_bond import (
     PROVIDER_BOND,
@@ -71,6 +73,40 @@ def test_a_take_while_the_providers_bond_is_not_yet_attested_still_excuses_its_d
     assert ledger.app.bond(m1.id) == PROVIDER_BOND
     ledger.ok(_honour(m1, first))
     assert _codes(_not_locked(ledger, m1, first, 0)) == [""]
+    result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
+    assert _untouched(ledger, m1)
+
+
+def test_a_late_pay_in_keeps_the_reservation_when_the_provider_still_locked():
+    # The griefer pays the provider in late (legs[0] attested after lock_by + attest_grace),
+    # the honest provider still locks its own leg in time (it was paid), the griefer never
+    # redeems and both legs refund. The order failed with the provider's leg locked in time,
+    # which released the reservation; but a late pay-in is a default (the provider's lock
+    # after it fills nothing, as for a sybil's take), so its leg_not_locked forfeited nothing
+    # and a later taker slashed the provider. The reservation is now released on a failed
+    # order only if the provider really filled it (every leg before its own in time too).
+    ledger, m1, _, (g1, g2) = _setup(QUOTE_SLASH, QUOTE_SLASH)
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, g1)
+    order = first.order
+    ledger.ok(take_evidence(quote, m1, g1, order=first))
+    second = take_evidence(quote, m1, g2)
+    assert _codes(ledger.block(second)) == [""]
+    ledger.ok(_honour(m1, first))
+    grace = ledger.app.params.attest_grace
+    late = order.legs[0].lock_by + grace + 1
+    assert late <= order.legs[1].lock_by + grace  # the provider can still lock in time
+    ledger.chains.see(order, 0, LegOutcome.LOCKED)
+    ledger.chains.see(order, 1, LegOutcome.LOCKED)
+    ledger.attested(time=late)
+    ledger.chains.see(order, 1, LegOutcome.REFUNDED)
+    ledger.chains.see(order, 0, LegOutcome.REFUNDED)
+    ledger.attested()
+    assert ledger.app.order(order.order_id)["status"] == "failed"
+    assert len(ledger.app.node(g1.id)["reserved"]) == 1  # old code: [] (released)
+    assert _codes(_not_locked(ledger, m1, first, 0)) == [""]
+    assert ledger.app.node(g1.id)["slashed"] == QUOTE_SLASH  # old code: 1,000 (5 %)
     result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
     assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
     assert _untouched(ledger, m1)

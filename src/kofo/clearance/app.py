@@ -2281,8 +2281,8 @@ class LedgerApp:
         self, view: _View, ctx: _Ctx, order: SettlementOrder, state: dict[str, Any]
     ) -> None:
         """Release the bond reserved for takes with ``order`` once it resolved: settled, or
-        failed with the provider's legs attested locked in time (it filled the take; the
-        taker can no longer default on it). A failed order where the provider did not lock
+        failed with the provider's legs and every leg before them attested locked in time (it
+        filled the take; the taker can no longer default on it). A failed order where the provider did not lock
         keeps the reservation until the fill window passes: the taker may have paid it in too
         near an expiry height and refunded at once, and that evidence is still to come."""
         key = _reserve_key(order.order_id)
@@ -2294,11 +2294,14 @@ class LedgerApp:
         for e in _dec(raw):
             taker, provider = bytes(e[0]), bytes(e[1])
             if state["status"] != "settled":
+                # Filled as _filled_earlier_take judges it: every leg up to each of the
+                # provider's own was attested locked in time (a late pay-in is a default, and
+                # the provider's lock after it fills nothing: its evidence may still come).
                 mine = [i for i, leg in enumerate(order.legs) if leg.sender == provider]
-                locked = [state["legs"][i].get("locked_at") for i in mine]
                 if not mine or any(
-                    at is None or at > order.legs[i].lock_by + grace
-                    for i, at in zip(mine, locked, strict=True)
+                    state["legs"][j].get("locked_at") is None
+                    or state["legs"][j]["locked_at"] > order.legs[j].lock_by + grace
+                    for j in range(max(mine) + 1)
                 ):
                     keep.append(e)
                     continue
