@@ -2282,9 +2282,10 @@ class LedgerApp:
     ) -> None:
         """Release the bond reserved for takes with ``order`` once it resolved: settled, or
         failed with the provider's legs and every leg before them attested locked in time (it
-        filled the take; the taker can no longer default on it). A failed order where the provider did not lock
-        keeps the reservation until the fill window passes: the taker may have paid it in too
-        near an expiry height and refunded at once, and that evidence is still to come."""
+        filled the take; the taker can no longer default on it). A failed order where the
+        provider did not lock (or was paid in late) keeps the reservation until the fill window
+        passes: the taker may have paid it in too near an expiry height, or late, and refunded
+        at once, and that evidence is still to come."""
         key = _reserve_key(order.order_id)
         raw = view.get(key)
         if raw is None:
