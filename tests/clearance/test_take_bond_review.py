@@ -5,6 +5,7 @@ Real ledger app, in process (solo attestations); setup as in ``test_take_bond.py
 
 import pytest
 
+from kofo.settlement.chain import BlockHeight
 from kofo.wire.orders import LegOutcome
 
 from .helpers import Ledger, Party, ledger_params, take_evidence, take_order
@@ -107,6 +108,37 @@ def test_a_late_pay_in_keeps_the_reservation_when_the_provider_still_locked():
     assert len(ledger.app.node(g1.id)["reserved"]) == 1  # old code: [] (released)
     assert _codes(_not_locked(ledger, m1, first, 0)) == [""]
     assert ledger.app.node(g1.id)["slashed"] == QUOTE_SLASH  # old code: 1,000 (5 %)
+    result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
+    assert _untouched(ledger, m1)
+
+
+def test_a_pay_in_too_near_its_height_expiry_before_an_intermediary_forfeits_the_reservation():
+    # Route [g1, s, m1]: the taker g1 pays its intermediary s (legs[0], btc) in time but 10
+    # blocks before the leg's expiry height, and refunds at once; s is right not to lock
+    # legs[1] (paying the provider in), so no leg_not_locked could be filed on any leg (s was
+    # excused by the margin rule and holds no reservation): the default excused nothing and
+    # g1's second node slashed the provider. The taker wrote the heights: that evidence now
+    # forfeits its reservation for the provider's quote (s is not slashed) and excuses m1.
+    ledger, m1, _, (g1, g2, s) = _setup(QUOTE_SLASH, QUOTE_SLASH, 0)
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, g1, route=[g1, s, m1])
+    order = first.order
+    assert order.legs[1].sender == s.id and order.legs[1].recipient == m1.id
+    expiry = order.legs[0].expiry
+    assert isinstance(expiry, BlockHeight)
+    ledger.ok(take_evidence(quote, m1, g1, order=first))
+    second = take_evidence(quote, m1, g2)
+    assert _codes(ledger.block(second)) == [""]
+    ledger.ok(_honour(m1, first))
+    ledger.chains.see(order, 0, LegOutcome.LOCKED, height=expiry.value - 10)
+    ledger.attested(time=order.legs[0].lock_by)
+    ledger.chains.see(order, 0, LegOutcome.REFUNDED, height=expiry.value + 1)
+    ledger.attested()
+    result = _not_locked(ledger, m1, first, 1)
+    assert _codes(result) == [""]  # old code: evidence_invalid (height_expiry_margin)
+    assert ledger.app.node(s.id)["slashed"] == 0 and ledger.app.node(s.id)["penalty_points"] == 0
+    assert ledger.app.node(g1.id)["slashed"] == QUOTE_SLASH
     result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
     assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
     assert _untouched(ledger, m1)

@@ -1908,7 +1908,8 @@ class LedgerApp:
         # only matters for takes (the taker's own); the "monitor" flag carries no power.
         self._node(view, sender, "evidence reporter")
         p = self._params
-        unsafe_for: bytes | None = None  # (a provider paid in too near an expiry height)
+        # (providers whose take's taker paid a leg in too near its expiry height)
+        unsafe_for: set[bytes] | None = None
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
             assert tx.order_id is not None and tx.leg is not None  # guaranteed by the parser
             order, rec = _load_order(view, tx.order_id)
@@ -1941,13 +1942,16 @@ class LedgerApp:
                 self._check_paid_in_safely(order, rec, tx.leg)
             except EvidenceInvalid:
                 # The sender was right not to lock. If it is the provider of a take whose taker
-                # wrote the order and reserved bond for it, the taker paid it in too near the
-                # expiry height: that is the taker's default, its reservation is forfeited (so
-                # a later taker's evidence does not slash the provider for it either).
-                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender)
+                # wrote the order and reserved bond for it, or an intermediary paying such a
+                # provider further on, the taker's order had it paid in too near the expiry
+                # height: that is the taker's default, its reservation is forfeited (so a later
+                # taker's evidence does not slash the provider for it either).
+                later = {lg.sender for lg in order.legs[tx.leg + 1 :]}
+                unsafe_for = {leg.sender} | later
+                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender, later)
                 if taker is None:
                     raise
-                offender, unsafe_for = taker, leg.sender
+                offender = taker
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
             assert tx.quote is not None and tx.take is not None
@@ -2088,6 +2092,8 @@ class LedgerApp:
                 if not forfeit:  # (the index and the taker's record agree: never)
                     raise EvidenceInvalid("the take's reservation is no longer held")
                 slash = 0  # not a missed lock: only the reservation
+                # (other takers' reservations for providers further on: theirs too)
+                forfeit += self._forfeit_for_order(view, ctx, eid, order, tx.leg, offender, 0)
             else:
                 # The taker writes the whole order: a default by another party before the
                 # provider's leg (its bondless sybil paying the provider in, say) is its too,
@@ -2234,14 +2240,17 @@ class LedgerApp:
         return providers
 
     def _reserving_taker(
-        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes
+        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes, later: set[bytes]
     ) -> bytes | None:
         """The taker holding bond reserved for its take of ``provider``'s open quote with
-        order ``order_id``, if any (still held)."""
+        order ``order_id`` (still held), else of the quote of a provider in ``later`` (the
+        senders of the legs after), if any."""
         raw = view.get(_reserve_key(order_id))
-        for e in [] if raw is None else _dec(raw):
-            if bytes(e[1]) == provider and ctx.time <= int(e[3]):
-                return bytes(e[0])
+        held = [e for e in ([] if raw is None else _dec(raw)) if ctx.time <= int(e[3])]
+        for wanted in ({provider}, later):
+            for e in held:
+                if bytes(e[1]) in wanted:
+                    return bytes(e[0])
         return None
 
     def _forfeit_takes(
@@ -2251,10 +2260,10 @@ class LedgerApp:
         node: bytes,
         rec: dict[str, Any],
         order_id: bytes,
-        provider: bytes | None,
+        providers: set[bytes] | None,
     ) -> tuple[int, list[bytes]]:
         """Take out of ``rec`` (``node``'s record, saved by the caller) the bond it
-        holds reserved for takes with order ``order_id`` (only that of ``provider``'s quote
+        holds reserved for takes with order ``order_id`` (only those of ``providers``' quotes
         if given): returns the amount and the providers whose quotes those takes were of."""
         key = _reserve_key(order_id)
         raw = view.get(key)
@@ -2264,18 +2273,18 @@ class LedgerApp:
         took = [
             e
             for e in live
-            if bytes(e[0]) == order_id and (provider is None or bytes(e[1]) == provider)
+            if bytes(e[0]) == order_id and (providers is None or bytes(e[1]) in providers)
         ]
         if not took:
             return 0, []
-        providers = [bytes(e[1]) for e in took]
+        gone = [bytes(e[1]) for e in took]
         rec["reserved"] = [e for e in live if e not in took]
-        rest = [e for e in _dec(raw) if not (bytes(e[1]) in providers and bytes(e[0]) == node)]
+        rest = [e for e in _dec(raw) if not (bytes(e[1]) in gone and bytes(e[0]) == node)]
         if rest:
             view.set(key, _enc(rest))
         else:
             view.delete(key)
-        return sum(int(e[2]) for e in took), providers
+        return sum(int(e[2]) for e in took), gone
 
     def _release_takes(
         self, view: _View, ctx: _Ctx, order: SettlementOrder, state: dict[str, Any]
