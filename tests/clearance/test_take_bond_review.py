@@ -142,3 +142,55 @@ def test_a_pay_in_too_near_its_height_expiry_before_an_intermediary_forfeits_the
     result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
     assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 20,000)
     assert _untouched(ledger, m1)
+
+
+def _fail_early(ledger, order, leg):
+    """``order.legs[leg]`` (a btc leg, height expiry) is seen refunded at once (locked at a
+    height just before its expiry, written short): the order fails while legs[0] is in time."""
+    expiry = order.legs[leg].expiry
+    assert isinstance(expiry, BlockHeight)
+    ledger.chains.see(order, 0, LegOutcome.LOCKED)
+    ledger.chains.see(order, leg, LegOutcome.REFUNDED, height=expiry.value + 1)
+    ledger.attested(time=order.legs[0].lock_by)
+    assert ledger.app.order(order.order_id)["status"] == "failed"
+
+
+def test_an_order_failed_early_by_a_later_leg_does_not_slash_the_provider():
+    # Route [g1, m1, s]: g1 pays the provider in, in time; its sybil s (legs[2], a btc leg
+    # whose expiry height the taker wrote short) refunds at once, and the order fails before
+    # the provider's leg is due. No lock is attested after that: the provider was judged "not
+    # locked" and slashed 5 %, then 2 % by g1's second node (old code: 69,000 in all). The
+    # provider was right not to lock; its evidence now forfeits the taker's reservation.
+    ledger, m1, _, (g1, g2, s) = _setup(QUOTE_SLASH, QUOTE_SLASH, 0)
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, g1, route=[g1, m1, s])
+    order = first.order
+    ledger.ok(take_evidence(quote, m1, g1, order=first))
+    second = take_evidence(quote, m1, g2)
+    assert _codes(ledger.block(second)) == [""]
+    ledger.ok(_honour(m1, first))
+    _fail_early(ledger, order, 2)
+    ledger.chains.see(order, 1, LegOutcome.LOCKED)  # (too late to be attested)
+    ledger.attested(time=order.legs[1].lock_by)
+    assert ledger.app.order(order.order_id)["legs"][1]["outcome"] is None
+    result = _not_locked(ledger, m1, first, 1)
+    assert _codes(result) == [""]
+    penalty = dict(next(e for e in result.results[0].events if e[0] == "penalty")[1])
+    assert penalty["node"] == g1.id.hex()  # old code: m1, slashed 50,000
+    assert ledger.app.node(g1.id)["slashed"] == QUOTE_SLASH
+    result = ledger.block(second, time=_deadline(ledger, first, m1) + 1)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 19,000 more)
+    assert _untouched(ledger, m1)
+
+
+def test_an_order_failed_early_slashes_nobody_for_the_legs_not_yet_due():
+    # The same early failure in an order without a take: its sender is not slashed (old code:
+    # 5 %): nobody reserved anything, so nobody is blamed.
+    ledger, m1, _, (a, c) = _setup(QUOTE_SLASH, 0)
+    commit = take_order(_open_quote(ledger, m1), m1, a, route=[a, m1, c])
+    ledger.ok(_honour(m1, commit))  # committed as a trade: no take recorded
+    _fail_early(ledger, commit.order, 2)
+    result = _not_locked(ledger, a, commit, 1)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 50,000)
+    assert "the order failed at" in result.results[0].log
+    assert _untouched(ledger, m1)

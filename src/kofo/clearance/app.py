@@ -1636,6 +1636,8 @@ class LedgerApp:
             self._release_takes(view, ctx, order, rec)
         elif fact.outcome is LegOutcome.REFUNDED:
             rec["status"] = "failed"
+            # (from then on no lock is attested: a leg before it not yet due is not judged)
+            rec["failed_at"], rec["failed_by"] = ctx.time, fact.leg
             self._fail(view, ctx, order)
             self._release_takes(view, ctx, order, rec)
         view.set_map(_order_state_key(fact.order_id), rec)
@@ -1939,13 +1941,24 @@ class LedgerApp:
                     )
             offender = leg.sender
             try:
+                # An order failed by a refund of a leg after this one (one with a height expiry
+                # written short can refund at once) before this leg was due: no lock of it is
+                # attested any more, and its sender, the route broken downstream, was right not
+                # to lock. (A refund of a leg paying it in is judged by the margin rule.)
+                failed_at, failed_by = int(rec.get("failed_at", 0)), int(rec.get("failed_by", -1))
+                if failed_by > tx.leg and failed_at <= leg.lock_by + grace:
+                    raise EvidenceInvalid(
+                        f"the order failed at {failed_at} (legs[{failed_by}] refunded), before "
+                        f"legs[{tx.leg}] was due (lock_by {leg.lock_by} + attest_grace {grace}): "
+                        "its sender was right not to lock"
+                    )
                 self._check_paid_in_safely(order, rec, tx.leg)
             except EvidenceInvalid:
                 # The sender was right not to lock. If it is the provider of a take whose taker
-                # wrote the order and reserved bond for it, or an intermediary paying such a
-                # provider further on, the taker's order had it paid in too near the expiry
-                # height: that is the taker's default, its reservation is forfeited (so a later
-                # taker's evidence does not slash the provider for it either).
+                # wrote the order and reserved bond for it, or another party before such a
+                # provider, the taker's order had it paid in too near the expiry height, or
+                # failed early: that is the taker's default, its reservation is forfeited (so a
+                # later taker's evidence does not slash the provider for it either).
                 later = {lg.sender for lg in order.legs[tx.leg + 1 :]}
                 unsafe_for = {leg.sender} | later
                 taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender, later)
