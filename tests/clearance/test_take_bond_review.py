@@ -194,3 +194,28 @@ def test_an_order_failed_early_slashes_nobody_for_the_legs_not_yet_due():
     assert _codes(result) == ["evidence_invalid"]  # old code: "" (m1 slashed 50,000)
     assert "the order failed at" in result.results[0].log
     assert _untouched(ledger, m1)
+
+
+def test_a_provider_failing_its_own_take_order_early_is_not_excused_by_it():
+    # The other way round: the provider locks its own leg (btc, legs[1]) out of turn and
+    # refunds it at once, failing the order before the taker's leg is due; the taker, right
+    # not to lock, is not slashed, and the provider is not excused towards a later taker.
+    ledger, m1, _, (g1, g2) = _setup(QUOTE_SLASH, QUOTE_SLASH)
+    quote = _open_quote(ledger, m1)
+    first = take_order(quote, m1, g1)
+    order = first.order
+    expiry = order.legs[1].expiry
+    assert order.legs[1].sender == m1.id and isinstance(expiry, BlockHeight)
+    ledger.ok(take_evidence(quote, m1, g1, order=first))
+    second = take_evidence(quote, m1, g2)
+    assert _codes(ledger.block(second)) == [""]
+    ledger.ok(_honour(m1, first))
+    ledger.chains.see(order, 1, LegOutcome.REFUNDED, height=expiry.value + 1)
+    ledger.attested(time=order.legs[0].lock_by - 1)
+    assert ledger.app.order(order.order_id)["status"] == "failed"
+    result = _not_locked(ledger, m1, first, 0)
+    assert _codes(result) == ["evidence_invalid"]  # old code: "" (g1 forfeited 20,000)
+    assert "the order failed at" in result.results[0].log
+    assert ledger.app.node(g1.id)["slashed"] == 0
+    assert _codes(ledger.block(second, time=_deadline(ledger, first, m1) + 1)) == [""]
+    assert ledger.app.node(m1.id)["slashed"] == QUOTE_SLASH  # (old code: excused)

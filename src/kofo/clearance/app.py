@@ -1946,7 +1946,8 @@ class LedgerApp:
                 # attested any more, and its sender, the route broken downstream, was right not
                 # to lock. (A refund of a leg paying it in is judged by the margin rule.)
                 failed_at, failed_by = int(rec.get("failed_at", 0)), int(rec.get("failed_by", -1))
-                if failed_by > tx.leg and failed_at <= leg.lock_by + grace:
+                early = failed_by > tx.leg and failed_at <= leg.lock_by + grace
+                if early:
                     raise EvidenceInvalid(
                         f"the order failed at {failed_at} (legs[{failed_by}] refunded), before "
                         f"legs[{tx.leg}] was due (lock_by {leg.lock_by} + attest_grace {grace}): "
@@ -1959,9 +1960,12 @@ class LedgerApp:
                 # provider, the taker's order had it paid in too near the expiry height, or
                 # failed early: that is the taker's default, its reservation is forfeited (so a
                 # later taker's evidence does not slash the provider for it either).
-                later = {lg.sender for lg in order.legs[tx.leg + 1 :]}
-                unsafe_for = {leg.sender} | later
-                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender, later)
+                unsafe_for = {lg.sender for lg in order.legs[tx.leg :]}
+                if early:
+                    # (a provider that failed its own take's order, its leg locked out of turn
+                    # and refunded at once, is not excused by that: the taker forfeits nothing)
+                    unsafe_for.discard(order.legs[failed_by].sender)
+                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender, unsafe_for)
                 if taker is None:
                     raise
                 offender = taker
@@ -2106,7 +2110,9 @@ class LedgerApp:
                     raise EvidenceInvalid("the take's reservation is no longer held")
                 slash = 0  # not a missed lock: only the reservation
                 # (other takers' reservations for providers further on: theirs too)
-                forfeit += self._forfeit_for_order(view, ctx, eid, order, tx.leg, offender, 0)
+                forfeit += self._forfeit_for_order(
+                    view, ctx, eid, order, tx.leg, offender, 0, unsafe_for
+                )
             else:
                 # The taker writes the whole order: a default by another party before the
                 # provider's leg (its bondless sybil paying the provider in, say) is its too,
@@ -2205,6 +2211,7 @@ class LedgerApp:
         leg: int,
         offender: bytes,
         paid: int,
+        providers: set[bytes] | None = None,
     ) -> list[bytes]:
         """``leg_not_locked`` on ``order.legs[leg]`` (sender ``offender``, slashed ``paid``
         for it) is a default before the leg of each provider sending a later leg: a taker (not
@@ -2213,13 +2220,14 @@ class LedgerApp:
         sybil paying the provider in would otherwise default for free), less what ``paid``
         already covers (a well-bonded defaulter, another provider say, costs the honest taker
         nothing). Each forfeit is slashed (decision id from ``eid`` and the taker) and goes to
-        the foundation; the pair paid at least the reservation. Returns those providers."""
+        the foundation; the pair paid at least the reservation. Only ``providers``' quotes if
+        given. Returns those providers."""
         key = _reserve_key(order.order_id)
         raw = view.get(key)
         if raw is None:
             return []
-        later = {lg.sender for lg in order.legs[leg + 1 :]}
-        keep, providers = [], []
+        later = {lg.sender for lg in order.legs[leg + 1 :]} if providers is None else providers
+        keep, gone = [], []
         for e in _dec(raw):
             taker, provider = bytes(e[0]), bytes(e[1])
             if taker == offender or provider not in later or ctx.time > int(e[3]):
@@ -2239,7 +2247,7 @@ class LedgerApp:
             if slash:
                 self._decide_slash(view, ctx, eid + taker, taker, slash)
             _int_add(view, b"foundation_bond", slash)
-            providers.append(provider)
+            gone.append(provider)
             ctx.events.append(
                 (
                     "penalty",
@@ -2250,19 +2258,19 @@ class LedgerApp:
             view.set(key, _enc(keep))
         else:
             view.delete(key)
-        return providers
+        return gone
 
     def _reserving_taker(
-        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes, later: set[bytes]
+        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes, wanted: set[bytes]
     ) -> bytes | None:
         """The taker holding bond reserved for its take of ``provider``'s open quote with
-        order ``order_id`` (still held), else of the quote of a provider in ``later`` (the
-        senders of the legs after), if any."""
+        order ``order_id`` (still held), else of the quote of another provider in ``wanted``
+        (the senders of the legs after), if any (only providers in ``wanted``)."""
         raw = view.get(_reserve_key(order_id))
         held = [e for e in ([] if raw is None else _dec(raw)) if ctx.time <= int(e[3])]
-        for wanted in ({provider}, later):
+        for only in ({provider} & wanted, wanted):
             for e in held:
-                if bytes(e[1]) in wanted:
+                if bytes(e[1]) in only:
                     return bytes(e[0])
         return None
 
