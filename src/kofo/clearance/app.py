@@ -1710,6 +1710,8 @@ class LedgerApp:
             self._release_takes(view, ctx, order, rec)
         elif fact.outcome is LegOutcome.REFUNDED:
             rec["status"] = "failed"
+            # (from then on no lock is attested: a leg before it not yet due is not judged)
+            rec["failed_at"], rec["failed_by"] = ctx.time, fact.leg
             self._fail(view, ctx, order)
             self._release_takes(view, ctx, order, rec)
         view.set_map(_order_state_key(fact.order_id), rec)
@@ -1982,7 +1984,8 @@ class LedgerApp:
         # only matters for takes (the taker's own); the "monitor" flag carries no power.
         self._node(view, sender, "evidence reporter")
         p = self._params
-        unsafe_for: bytes | None = None  # (a provider paid in too near an expiry height)
+        # (providers whose take's taker paid a leg in too near its expiry height)
+        unsafe_for: set[bytes] | None = None
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
             assert tx.order_id is not None and tx.leg is not None  # guaranteed by the parser
             order, rec = _load_order(view, tx.order_id)
@@ -2012,16 +2015,34 @@ class LedgerApp:
                     )
             offender = leg.sender
             try:
+                # An order failed by a refund of a leg after this one (one with a height expiry
+                # written short can refund at once) before this leg was due: no lock of it is
+                # attested any more, and its sender, the route broken downstream, was right not
+                # to lock. (A refund of a leg paying it in is judged by the margin rule.)
+                failed_at, failed_by = int(rec.get("failed_at", 0)), int(rec.get("failed_by", -1))
+                early = failed_by > tx.leg and failed_at <= leg.lock_by + grace
+                if early:
+                    raise EvidenceInvalid(
+                        f"the order failed at {failed_at} (legs[{failed_by}] refunded), before "
+                        f"legs[{tx.leg}] was due (lock_by {leg.lock_by} + attest_grace {grace}): "
+                        "its sender was right not to lock"
+                    )
                 self._check_paid_in_safely(order, rec, tx.leg)
             except EvidenceInvalid:
                 # The sender was right not to lock. If it is the provider of a take whose taker
-                # wrote the order and reserved bond for it, the taker paid it in too near the
-                # expiry height: that is the taker's default, its reservation is forfeited (so
-                # a later taker's evidence does not slash the provider for it either).
-                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender)
+                # wrote the order and reserved bond for it, or another party before such a
+                # provider, the taker's order had it paid in too near the expiry height, or
+                # failed early: that is the taker's default, its reservation is forfeited (so a
+                # later taker's evidence does not slash the provider for it either).
+                unsafe_for = {lg.sender for lg in order.legs[tx.leg :]}
+                if early:
+                    # (a provider that failed its own take's order, its leg locked out of turn
+                    # and refunded at once, is not excused by that: the taker forfeits nothing)
+                    unsafe_for.discard(order.legs[failed_by].sender)
+                taker = self._reserving_taker(view, ctx, tx.order_id, leg.sender, unsafe_for)
                 if taker is None:
                     raise
-                offender, unsafe_for = taker, leg.sender
+                offender = taker
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
             assert tx.quote is not None and tx.take is not None
@@ -2146,7 +2167,7 @@ class LedgerApp:
         slash = _slashable_bond(rec) * slash_bps // 10_000
         forfeit: list[bytes] = []
         if tx.kind is EvidenceKind.LEG_NOT_LOCKED:
-            assert tx.order_id is not None
+            assert tx.order_id is not None and tx.leg is not None
             # A default on a take's order costs the bond reserved for the take (the quote
             # slash of each provider whose open quote it took), a fixed amount whatever else
             # the taker owes; it is what excuses those providers towards later takers.
@@ -2155,6 +2176,16 @@ class LedgerApp:
                 if not forfeit:  # (the index and the taker's record agree: never)
                     raise EvidenceInvalid("the take's reservation is no longer held")
                 slash = 0  # not a missed lock: only the reservation
+                # (other takers' reservations for providers further on: theirs too)
+                forfeit += self._forfeit_for_order(
+                    view, ctx, eid, order, tx.leg, offender, 0, unsafe_for
+                )
+            else:
+                # The taker writes the whole order: a default by another party before the
+                # provider's leg (its bondless sybil paying the provider in, say) is its too,
+                # for what the defaulter's own slash does not cover.
+                paid = min(_slashable_bond(rec), slash)
+                forfeit += self._forfeit_for_order(view, ctx, eid, order, tx.leg, offender, paid)
             slash = min(_slashable_bond(rec), max(slash, held))
         # (the slash is kept: a taker's default excuses a provider only if it cost as much, or
         # forfeited the bond the take reserved for that provider's quote)
@@ -2195,8 +2226,9 @@ class LedgerApp:
         p = self._params
         amount = _slashable_bond(self._node(view, quote.provider, "provider")) * p.slash_bps_quote
         amount //= 10_000
-        if amount == 0:
-            return 0
+        # (a zero reservation, the provider's bond not yet attested, is recorded too: its
+        # default then forfeits all the quote promised when taken, and excuses the provider
+        # even once its bond is attested; else a bondless griefer's default excused nothing)
         key = _reserve_key(order_id)
         raw = view.get(key)
         held = [e for e in ([] if raw is None else _dec(raw)) if ctx.time <= int(e[3])]
@@ -2213,7 +2245,7 @@ class LedgerApp:
                 f"(max_open_takes {p.max_open_takes})"
             )
         free = _effective_bond(rec) - sum(int(e[2]) for e in live)
-        if free < amount:
+        if max(0, free) < amount:
             raise EvidenceInvalid(
                 f"taking an open quote reserves the provider's quote slash, {amount}, of the "
                 f"taker's attested bond until the take resolves; its unreserved bond is "
@@ -2237,15 +2269,76 @@ class LedgerApp:
         )
         return amount
 
+    def _forfeit_for_order(
+        self,
+        view: _View,
+        ctx: _Ctx,
+        eid: bytes,
+        order: SettlementOrder,
+        leg: int,
+        offender: bytes,
+        paid: int,
+        providers: set[bytes] | None = None,
+    ) -> list[bytes]:
+        """``leg_not_locked`` on ``order.legs[leg]`` (sender ``offender``, slashed ``paid``
+        for it) is a default before the leg of each provider sending a later leg: a taker (not
+        the offender) holding bond reserved for its take of such a provider's open quote with
+        this order forfeits it (it wrote the order and chose its parties; its own bondless
+        sybil paying the provider in would otherwise default for free), less what ``paid``
+        already covers (a well-bonded defaulter, another provider say, costs the honest taker
+        nothing). Each forfeit is slashed (decision id from ``eid`` and the taker) and goes to
+        the foundation; the pair paid at least the reservation. Only ``providers``' quotes if
+        given. Returns those providers."""
+        key = _reserve_key(order.order_id)
+        raw = view.get(key)
+        if raw is None:
+            return []
+        later = {lg.sender for lg in order.legs[leg + 1 :]} if providers is None else providers
+        keep, gone = [], []
+        for e in _dec(raw):
+            taker, provider = bytes(e[0]), bytes(e[1])
+            if taker == offender or provider not in later or ctx.time > int(e[3]):
+                keep.append(e)
+                continue
+            rec = self._node(view, taker, "taker")
+            live = _live_reserved(rec, ctx.time)
+            took = [r for r in live if bytes(r[0]) == order.order_id and bytes(r[1]) == provider]
+            if not took:  # (the index and the taker's record agree: never)
+                keep.append(e)
+                continue
+            rec["reserved"] = [r for r in live if r not in took]
+            slash = min(_slashable_bond(rec), max(0, sum(int(r[2]) for r in took) - paid))
+            rec["slash_pending"] = rec.get("slash_pending", 0) + slash
+            rec["slashed"] += slash
+            view.set_map(_node_key(taker), rec)
+            if slash:
+                self._decide_slash(view, ctx, eid + taker, taker, slash)
+            _int_add(view, b"foundation_bond", slash)
+            gone.append(provider)
+            ctx.events.append(
+                (
+                    "penalty",
+                    (("node", taker.hex()), ("kind", "take_forfeit"), ("slash", str(slash))),
+                )
+            )
+        if keep:
+            view.set(key, _enc(keep))
+        else:
+            view.delete(key)
+        return gone
+
     def _reserving_taker(
-        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes
+        self, view: _View, ctx: _Ctx, order_id: bytes, provider: bytes, wanted: set[bytes]
     ) -> bytes | None:
         """The taker holding bond reserved for its take of ``provider``'s open quote with
-        order ``order_id``, if any (still held)."""
+        order ``order_id`` (still held), else of the quote of another provider in ``wanted``
+        (the senders of the legs after), if any (only providers in ``wanted``)."""
         raw = view.get(_reserve_key(order_id))
-        for e in [] if raw is None else _dec(raw):
-            if bytes(e[1]) == provider and ctx.time <= int(e[3]):
-                return bytes(e[0])
+        held = [e for e in ([] if raw is None else _dec(raw)) if ctx.time <= int(e[3])]
+        for only in ({provider} & wanted, wanted):
+            for e in held:
+                if bytes(e[1]) in only:
+                    return bytes(e[0])
         return None
 
     def _forfeit_takes(
@@ -2255,10 +2348,10 @@ class LedgerApp:
         node: bytes,
         rec: dict[str, Any],
         order_id: bytes,
-        provider: bytes | None,
+        providers: set[bytes] | None,
     ) -> tuple[int, list[bytes]]:
         """Take out of ``rec`` (``node``'s record, saved by the caller) the bond it
-        holds reserved for takes with order ``order_id`` (only that of ``provider``'s quote
+        holds reserved for takes with order ``order_id`` (only those of ``providers``' quotes
         if given): returns the amount and the providers whose quotes those takes were of."""
         key = _reserve_key(order_id)
         raw = view.get(key)
@@ -2268,27 +2361,28 @@ class LedgerApp:
         took = [
             e
             for e in live
-            if bytes(e[0]) == order_id and (provider is None or bytes(e[1]) == provider)
+            if bytes(e[0]) == order_id and (providers is None or bytes(e[1]) in providers)
         ]
         if not took:
             return 0, []
-        providers = [bytes(e[1]) for e in took]
+        gone = [bytes(e[1]) for e in took]
         rec["reserved"] = [e for e in live if e not in took]
-        rest = [e for e in _dec(raw) if not (bytes(e[1]) in providers and bytes(e[0]) == node)]
+        rest = [e for e in _dec(raw) if not (bytes(e[1]) in gone and bytes(e[0]) == node)]
         if rest:
             view.set(key, _enc(rest))
         else:
             view.delete(key)
-        return sum(int(e[2]) for e in took), providers
+        return sum(int(e[2]) for e in took), gone
 
     def _release_takes(
         self, view: _View, ctx: _Ctx, order: SettlementOrder, state: dict[str, Any]
     ) -> None:
         """Release the bond reserved for takes with ``order`` once it resolved: settled, or
-        failed with the provider's legs attested locked in time (it filled the take; the
-        taker can no longer default on it). A failed order where the provider did not lock
-        keeps the reservation until the fill window passes: the taker may have paid it in too
-        near an expiry height and refunded at once, and that evidence is still to come."""
+        failed with the provider's legs and every leg before them attested locked in time (it
+        filled the take; the taker can no longer default on it). A failed order where the
+        provider did not lock (or was paid in late) keeps the reservation until the fill window
+        passes: the taker may have paid it in too near an expiry height, or late, and refunded
+        at once, and that evidence is still to come."""
         key = _reserve_key(order.order_id)
         raw = view.get(key)
         if raw is None:
@@ -2298,11 +2392,14 @@ class LedgerApp:
         for e in _dec(raw):
             taker, provider = bytes(e[0]), bytes(e[1])
             if state["status"] != "settled":
+                # Filled as _filled_earlier_take judges it: every leg up to each of the
+                # provider's own was attested locked in time (a late pay-in is a default, and
+                # the provider's lock after it fills nothing: its evidence may still come).
                 mine = [i for i, leg in enumerate(order.legs) if leg.sender == provider]
-                locked = [state["legs"][i].get("locked_at") for i in mine]
                 if not mine or any(
-                    at is None or at > order.legs[i].lock_by + grace
-                    for i, at in zip(mine, locked, strict=True)
+                    state["legs"][j].get("locked_at") is None
+                    or state["legs"][j]["locked_at"] > order.legs[j].lock_by + grace
+                    for j in range(max(mine) + 1)
                 ):
                     keep.append(e)
                     continue
