@@ -652,7 +652,9 @@ class LedgerApp:
             # A tx this node already checked is not charged again: anyone can resend a victim's
             # tx bytes, and that must not spend the victim's rate budget.
             env, body = self._decode_verified(
-                raw, None if recheck else self._admit, gate_on_hit=False
+                raw,
+                None if recheck else lambda e, b: self._admit(e, b, len(raw)),
+                gate_on_hit=False,
             )
             # Every time, cache hit or recheck included: a tx applied meanwhile (or an old one
             # resent by anyone) can never apply again and leaves the mempool.
@@ -663,7 +665,7 @@ class LedgerApp:
             return _internal_error(exc, "check_tx")
         return TxResult()
 
-    def _admit(self, env: Envelope, body: TxBody) -> None:
+    def _admit(self, env: Envelope, body: TxBody, size: int) -> None:
         """This node's own mempool policy for a new tx (see :mod:`kofo.clearance.admission`)."""
         # A replay is refused before it is charged: it must not spend its sender's budget.
         self._refuse_replay(self.store.get_committed, env.sender, body, None)
@@ -677,7 +679,8 @@ class LedgerApp:
         if registration is not None:
             self._check_prework(env.sender, registration)  # one SHA-256, before any charge
         if self.rate_limit is not None:
-            self.rate_limit.charge(env.sender)
+            # weighted: a 24-party order costs its sender as much as the checks it buys
+            self.rate_limit.charge(env.sender, admission.check_cost(body, size))
         if registration is not None:
             # The work before the shared registration bucket: a flood of unworked registrations
             # (fresh keys, free) emptied that bucket and shut honest registrations out. Each
