@@ -11,9 +11,9 @@ from kofo.clearance import admission
 from kofo.clearance.admission import SenderRateLimit
 from kofo.clearance.app import LedgerApp
 from kofo.clearance.store import MerkleStore
-from kofo.wire.orders import sign_tx
+from kofo.wire.orders import EvidenceKind, FileEvidence, LegOutcome, OrderKind, sign_tx
 
-from .helpers import T0, Party, ledger_params, make_order, signed_commit
+from .helpers import T0, Ledger, Party, commit_tx, ledger_params, make_order, signed_commit
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,3 +52,50 @@ def test_checktx_charges_a_heavy_tx_by_the_checks_it_buys() -> None:
     # and the bucket refills at its rate, in tokens
     now[0] = 7.0
     assert app.check_tx(sign_tx(sender.key, heavy, ts=T0 + 99)).ok
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: a flood of never-locked orders slows the observation window past "
+    "attest_grace, and an honest lock attested late is slashed (needs locks judged by "
+    "attested chain time, or open orders bounded; see docs/clearance.md, review 17)",
+)
+def test_a_flood_of_never_locked_orders_cannot_get_an_honest_sender_slashed(monkeypatch):
+    """ExtendVote observes at most MAX_OBSERVED_ORDERS (1,024) open orders a height, in a
+    window rotating over all of them; orders nobody locks stay open for good. Two registered
+    sybils commit enough never-locked direct orders between themselves (free: no bond, no fee)
+    that the window comes round to an honest order only after its legs' ``lock_by +
+    attest_grace``: its senders locked at once, but their locks are attested late, and any
+    node files ``leg_not_locked``: the honest initiator loses 5 % of its bond. At the defaults
+    that takes 1,024 x 1,800 heights (1 s blocks): ~1.8 M orders, ~10 minutes of full 4 MB
+    blocks. Scaled down here: a window of 2 orders, a grace of 60 s, blocks 30 s apart."""
+    import kofo.clearance.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_OBSERVED_ORDERS", 2)
+    ledger = Ledger(params=ledger_params(attest_grace=60))
+    alice, bob, x, y = (Party.make(i) for i in (0, 1, 7, 8))
+    ledger.ok(*(p.register_tx() for p in (alice, bob, x, y)))
+    ledger.bonded(alice, bob)
+    junk = [
+        make_order([x, y], kind=OrderKind.DIRECT, amount=1_000 + i, t0=ledger.time + 3_600)
+        for i in range(40)
+    ]
+    ledger.ok(*(commit_tx(o, [x, y], x) for o in junk))
+    step, grace = 30, 60
+    commit_height = ledger.app.height + 1
+    while True:  # an honest order the window reaches late (most are: 20 heights a round)
+        honest = make_order([alice, bob], kind=OrderKind.DIRECT, t0=ledger.time - 540)
+        ids = sorted([o.order_id for o in junk] + [honest.order_id])
+        heights = range(commit_height, commit_height + grace // step + 2)
+        if not any(honest.order_id in app_module._window(ids, h) for h in heights):
+            break
+    ledger.ok(commit_tx(honest, [alice, bob], alice), time=ledger.time + step)
+    ledger.chains.see(honest, 0, LegOutcome.LOCKED)  # both lock at once, in time
+    ledger.chains.see(honest, 1, LegOutcome.LOCKED)
+    deadline = honest.legs[0].lock_by + grace
+    while ledger.time + step <= deadline:
+        ledger.attested(time=ledger.time + step)
+    ev = sign_tx(x.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, honest.order_id, 0))
+    result = ledger.block(ev, time=deadline + 1)
+    assert ledger.app.node(alice.id)["penalty_points"] == 0, result.results[0].log
+    assert ledger.app.bond(alice.id) == alice.bond
