@@ -99,3 +99,38 @@ def test_a_flood_of_never_locked_orders_cannot_get_an_honest_sender_slashed(monk
     result = ledger.block(ev, time=deadline + 1)
     assert ledger.app.node(alice.id)["penalty_points"] == 0, result.results[0].log
     assert ledger.app.bond(alice.id) == alice.bond
+
+
+def test_a_fact_that_cannot_be_applied_does_not_drop_every_other_fact(monkeypatch):
+    """All facts of a height travel in one attestation tx, and a fact whose application raised
+    refused the whole tx. The fact stayed pending, so the validators attested it again at the
+    next height, and the next: from then on no leg outcome, bond or vault execution was ever
+    applied again (a halt of everything the ledger learns from the chains). No input is known
+    to make a fact raise; here one order's settlement is made to, standing for such a bug.
+    Now each fact is applied in its own overlay and a failing one is skipped alone."""
+    from kofo.clearance.app import LedgerApp
+
+    ledger = Ledger()
+    alice, m1, m2 = (Party.make(i) for i in range(3))
+    ledger.ok(*(p.register_tx() for p in (alice, m1, m2)))
+    bad, good = (make_order([alice, m1, m2], t0=ledger.time) for _ in range(2))
+    ledger.ok(*(commit_tx(o, [alice, m1, m2], alice) for o in (bad, good)))
+    settle = LedgerApp._settle
+
+    def buggy(self, view, ctx, order):  # type: ignore[no-untyped-def]
+        if order.order_id == bad.order_id:
+            raise ZeroDivisionError("a bug this order hits")
+        settle(self, view, ctx, order)
+
+    monkeypatch.setattr(LedgerApp, "_settle", buggy)
+    for o in (bad, good):
+        for leg in range(3):
+            ledger.chains.see(o, leg, LegOutcome.REDEEMED)
+    for _ in range(3):  # the attestation tx itself is accepted (Ledger.block checks it)
+        ledger.attested()
+    assert ledger.app.order(good.order_id)["status"] == "settled"
+    assert ledger.app.order(bad.order_id)["status"] == "committed"
+    # a bond seen later still counts: nothing else is held up by the failing fact
+    ledger.chains.see_bond(m1.id, 5_000)
+    ledger.attested()
+    assert ledger.app.bond(m1.id) == 5_000

@@ -214,11 +214,12 @@ class _Ctx:
 
 
 class _View:
-    """A transaction's writes, buffered until the transaction has passed every rule."""
+    """A transaction's writes, buffered until the transaction has passed every rule (over the
+    store, or over another view: one attested fact's writes within the attestation tx)."""
 
     __slots__ = ("_store", "_writes")
 
-    def __init__(self, store: MerkleStore) -> None:
+    def __init__(self, store: MerkleStore | _View) -> None:
         self._store = store
         self._writes: dict[bytes, bytes | None] = {}
 
@@ -1374,12 +1375,25 @@ class LedgerApp:
             total = sum(v.power for v in validators.values())
         view.set(b"meta/attested", _enc(ctx.height))
         facts, bond_facts, executed = attest.tally(votes, total)
-        for fact in facts:
-            self._set_outcome(view, ctx, fact)
-        for bond in bond_facts:
-            self._set_bond(view, ctx, bond)
-        for done in executed:
-            self._set_executed(view, ctx, done)
+        applies: list[tuple[Callable[[_View, _Ctx, Any], None], Any]] = [
+            *((self._set_outcome, f) for f in facts),
+            *((self._set_bond, b) for b in bond_facts),
+            *((self._set_executed, d) for d in executed),
+        ]
+        for apply, fact in applies:
+            # Each fact in its own overlay: one whose application raised (a bug some order or
+            # record hits) is skipped, the same way on every validator. Before, it refused the
+            # whole attestation tx, and since the fact stayed pending and was attested again,
+            # every later height's facts (all outcomes, bonds, executions) were dropped too.
+            sub, sub_ctx = _View(view), _Ctx(ctx.height, ctx.time)
+            try:
+                apply(sub, sub_ctx, fact)
+            except Exception as exc:
+                log.error("an attested fact was skipped after an error", exc_info=exc)
+                ctx.events.append(("fact_skipped", (("error", type(exc).__name__),)))
+                continue
+            sub.flush()
+            ctx.events += sub_ctx.events
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
         """An attested bond-vault balance: the only bond importance counts. A fall in it is
