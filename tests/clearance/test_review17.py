@@ -134,3 +134,35 @@ def test_a_fact_that_cannot_be_applied_does_not_drop_every_other_fact(monkeypatc
     ledger.chains.see_bond(m1.id, 5_000)
     ledger.attested()
     assert ledger.app.bond(m1.id) == 5_000
+
+
+def test_junk_of_many_tiny_items_is_refused_before_it_is_decoded(monkeypatch):
+    """Anyone, without a key or a registration, sent 64 KiB of one-byte CBOR items (``[[], [],
+    ...]``) as a tx: CheckTx decoded, type-checked and re-encoded all 65,000 of them before the
+    envelope check refused it, ~60-90 ms of each validator's CPU for bytes that cost nothing
+    to resend (CometBFT drops refused txs from its cache, so the same bytes are checked again).
+    A query argument of 500 KB of them cost ~1 s of the loop that also runs consensus. Both
+    are now refused from the item headers, before anything is decoded."""
+    import cbor2
+
+    from kofo.errors import KofoError
+
+    app = LedgerApp(MerkleStore(), ledger_params(), require_registered=True)
+    app.init_chain()
+    junk = cbor2.dumps([[]] * 65_000, canonical=True)
+    big_query = cbor2.dumps([[]] * 500_000, canonical=True)
+    decoded: list[int] = []
+    loads = cbor2.loads
+    monkeypatch.setattr(cbor2, "loads", lambda data: decoded.append(len(data)) or loads(data))
+    result = app.check_tx(junk)
+    assert result.error == "bad_message" and "CBOR items" in result.log, result.log
+    with pytest.raises(KofoError, match="CBOR items") as refused:
+        app.query("/node", big_query)
+    assert refused.value.code == "invalid_input"
+    assert decoded == []
+    # the heaviest valid tx and a full /rank_routes query still pass
+    sender = Party.make(1)
+    # (refused past its decoding: its sender is not registered on this public validator)
+    assert app.check_tx(sign_tx(sender.key, _heavy_commit())).error == "unknown_node"
+    routes = [[Party.make(i).id] * 8 for i in range(64)]
+    assert app.query("/rank_routes", cbor2.dumps(routes, canonical=True))

@@ -58,7 +58,7 @@ from kofo.wire.attest import (
     decode_extension,
     encode_extension,
 )
-from kofo.wire.codec import decode, encode
+from kofo.wire.codec import count_items, decode, encode
 from kofo.wire.envelope import BadMessage, Envelope, open_message
 from kofo.wire.expiry import BlockHeight, UnixTime
 from kofo.wire.orders import (
@@ -100,6 +100,17 @@ of the txs a spammer sends."""
 MAX_TX_BYTES = 64 << 10
 """The largest ledger tx: an 8-leg order with every quote carrying a 3072-bit ciphertext is
 ~30 KiB. Bigger ones are refused before they are even decoded."""
+
+
+MAX_TX_ITEMS = 2_048
+"""CBOR items in a ledger tx, counted from the headers before anything is decoded (the heaviest
+valid tx, an 8-leg order with 16 relays and every fee ciphertext, holds ~610): 64 KiB of
+one-byte items (``[[], [], ...]``) from anyone, without a key, cost every validator's CheckTx
+60-90 ms to decode and refuse; now under a millisecond."""
+MAX_QUERY_BYTES = 32 << 10
+"""A query's argument (the largest, ``/rank_routes`` of 64 routes of 8 ids, is ~17.5 KB)."""
+MAX_QUERY_ITEMS = 1_024
+"""...and its CBOR items (``/rank_routes`` at most ~580)."""
 
 
 MAX_OBSERVED_ORDERS = 1_024
@@ -719,6 +730,8 @@ class LedgerApp:
             return env, body
         if len(raw) > MAX_TX_BYTES:
             raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
+        if count_items(raw, MAX_TX_ITEMS) > MAX_TX_ITEMS:
+            raise BadMessage(f"a ledger tx holds at most {MAX_TX_ITEMS} CBOR items")
         msg = open_message(raw)
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
         if gate is not None:
@@ -2477,6 +2490,12 @@ class LedgerApp:
         """The ABCI query face: ``path`` names the query, ``data`` is its canonical-CBOR
         argument; the answer is canonical CBOR. Raises :class:`NotFound` (unknown path or
         nothing there) or :class:`InvalidInput` (an argument of the wrong shape, named)."""
+        if len(data) > MAX_QUERY_BYTES or count_items(data, MAX_QUERY_ITEMS) > MAX_QUERY_ITEMS:
+            # before decoding: 500 KB of one-byte items cost ~1 s of the loop that runs consensus
+            raise InvalidInput(
+                f"a query argument is at most {MAX_QUERY_BYTES} bytes and {MAX_QUERY_ITEMS} "
+                "CBOR items"
+            )
         arg = decode(data) if data else None
         if path == "/node":
             node = _arg_bytes(arg, NODE_ID_SIZE, "/node: the node id")
