@@ -166,3 +166,27 @@ def test_junk_of_many_tiny_items_is_refused_before_it_is_decoded(monkeypatch):
     assert app.check_tx(sign_tx(sender.key, _heavy_commit())).error == "unknown_node"
     routes = [[Party.make(i).id] * 8 for i in range(64)]
     assert app.query("/rank_routes", cbor2.dumps(routes, canonical=True))
+
+
+def test_a_proposers_junk_attestation_tx_is_refused_before_it_is_decoded(monkeypatch):
+    """A hostile proposer put 1 MB of one-byte CBOR items after the attestation prefix: every
+    validator's ProcessProposal decoded all of them (~1.5 s) before refusing the block, every
+    round it proposed. Now the item headers are counted first."""
+    import cbor2
+
+    from kofo.clearance import attest
+
+    from .test_vote_extensions import Validators
+
+    vals = Validators()
+    vals.step()
+    honest = vals.propose()
+    junk = attest.ATTEST_TX_PREFIX + cbor2.dumps([[]] * 1_000_000, canonical=True)
+    decoded: list[int] = []
+    loads = cbor2.loads
+    monkeypatch.setattr(cbor2, "loads", lambda data: decoded.append(len(data)) or loads(data))
+    why = vals.apps[0].app.check_proposal(vals.height + 1, [junk, *honest[1:]])
+    assert why is not None and "CBOR items" in why, why
+    assert max(decoded, default=0) < 1_000  # (the state's own small records only)
+    monkeypatch.setattr(cbor2, "loads", loads)
+    assert vals.apps[0].app.check_proposal(vals.height + 1, honest) is None
