@@ -190,3 +190,28 @@ def test_a_proposers_junk_attestation_tx_is_refused_before_it_is_decoded(monkeyp
     assert max(decoded, default=0) < 1_000  # (the state's own small records only)
     monkeypatch.setattr(cbor2, "loads", loads)
     assert vals.apps[0].app.check_proposal(vals.height + 1, honest) is None
+
+
+def test_an_unsigned_tx_is_refused_before_it_is_decoded(monkeypatch):
+    """Under the item bound, junk from anyone still cost a decode of up to 2,048 items (~4 ms)
+    before its envelope signature was checked. The signature is now verified first, from the
+    canonical layout (the sender's 32 bytes sit right before the ``sig`` entry)."""
+    import cbor2
+
+    from kofo.wire.envelope import signed_sender
+
+    app = LedgerApp(MerkleStore(), ledger_params(), require_registered=True)
+    app.init_chain()
+    someone = Party.make(5)
+    good = someone.register_tx()
+    assert signed_sender(good) == someone.id
+    forged = good[:-64] + bytes(64)  # a valid tx's layout, a signature that does not verify
+    junk = cbor2.dumps([b"x" * 28] * 2_000, canonical=True)
+    decoded: list[int] = []
+    loads = cbor2.loads
+    monkeypatch.setattr(cbor2, "loads", lambda data: decoded.append(len(data)) or loads(data))
+    assert app.check_tx(forged).error == "bad_signature"
+    assert app.check_tx(junk).error == "bad_encoding"
+    assert decoded == []
+    monkeypatch.setattr(cbor2, "loads", loads)
+    assert app.check_tx(good).ok

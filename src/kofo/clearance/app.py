@@ -58,8 +58,14 @@ from kofo.wire.attest import (
     decode_extension,
     encode_extension,
 )
-from kofo.wire.codec import count_items, decode, encode
-from kofo.wire.envelope import BadMessage, Envelope, open_message
+from kofo.wire.codec import EncodingError, count_items, decode, encode
+from kofo.wire.envelope import (
+    BadMessage,
+    Envelope,
+    check_signature,
+    read_message,
+    signed_sender,
+)
 from kofo.wire.expiry import BlockHeight, UnixTime
 from kofo.wire.orders import (
     MAX_LEGS,
@@ -732,7 +738,15 @@ class LedgerApp:
             raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
         if count_items(raw, MAX_TX_ITEMS) > MAX_TX_ITEMS:
             raise BadMessage(f"a ledger tx holds at most {MAX_TX_ITEMS} CBOR items")
-        msg = open_message(raw)
+        # The signature first, from the canonical layout (one verification, ~55 us): junk from
+        # anyone cost a decode of up to 2,048 items (~4 ms) before it was refused.
+        signer = signed_sender(raw)
+        if signer is None:
+            raise EncodingError("a ledger tx is a signed envelope in canonical CBOR")
+        check_signature(signer, raw)
+        msg = read_message(raw)
+        if msg.envelope.sender != signer:  # (canonical bytes put the sender there)
+            raise BadMessage("the envelope's sender is not where its canonical form puts it")
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
         if gate is not None:
             gate(msg.envelope, body)
