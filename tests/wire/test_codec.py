@@ -79,3 +79,37 @@ def test_integers_beyond_256_bits_are_refused_on_both_paths_and_at_decode():
         with pytest.raises(EncodingError, match="256 bits"):
             decode(cbor2.dumps(value, canonical=True))
     assert decode(cbor2.dumps([MAX_INT, -MAX_INT], canonical=True)) == [MAX_INT, -MAX_INT]
+
+
+def _items(v: object) -> int:
+    """The CBOR items of ``v`` as the encoder writes them (a bignum is a tag and its bytes)."""
+    if isinstance(v, list):
+        return 1 + sum(_items(x) for x in v)
+    if isinstance(v, dict):
+        return 1 + sum(1 + _items(x) for x in v.values())
+    if type(v) is int and not -(2**64) <= v < 2**64:
+        return 2
+    return 1
+
+
+_WIRE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**256) + 1, 2**256 - 1)
+    | st.binary(max_size=300)
+    | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_WIRE, st.integers(0, 60))
+def test_count_items_reads_the_item_headers_exactly(value: object, limit: int) -> None:
+    """count_items (the ledger's bound before decoding) counts exactly the items encode wrote,
+    and stops as soon as the count passes the limit."""
+    from kofo.wire.codec import count_items, encode
+
+    data = encode(value)  # type: ignore[arg-type]
+    assert count_items(data, 10**6) == _items(value)
+    assert count_items(data, limit) == min(_items(value), limit + 1)

@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kofo.clearance.errors import RateLimited
-from kofo.wire.orders import RegisterNode, TxBody, WithdrawFees
+from kofo.wire.orders import CommitOrder, FileEvidence, RegisterNode, TxBody, WithdrawFees
 
 WORK_CHECKS_PER_REGISTRATION_SLOT = 4
 """Registration work checks a block may cost per registration slot (:class:`BlockBudget`)."""
@@ -120,19 +120,54 @@ class SenderRateLimit:
         self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def charge(self, sender: bytes) -> None:
+    def charge(self, sender: bytes, cost: int = 1) -> None:
+        """Take ``cost`` tokens (:func:`check_cost`: a heavy tx costs several) from the
+        sender's bucket, or raise :class:`RateLimited` and take none."""
         now = self._clock()
         with self._lock:
             tokens, last = self._buckets.pop(sender, (float(self._burst), now))
             tokens = min(float(self._burst), tokens + (now - last) * self._rate)
-            if tokens < 1.0:
+            if tokens < cost:
                 self._buckets[sender] = (tokens, now)
                 raise RateLimited(
-                    f"sender {sender.hex()} is over {self._rate:g} txs/s at this node; retry later"
+                    f"sender {sender.hex()} is over {self._rate:g} txs/s at this node (this tx "
+                    f"costs {cost}); retry later"
                 )
-            self._buckets[sender] = (tokens - 1.0, now)
+            self._buckets[sender] = (tokens - cost, now)
             while len(self._buckets) > self._max:
                 self._buckets.popitem(last=False)
+
+
+VERIFICATIONS_PER_TOKEN = 6
+"""Signature checks one CheckTx token pays for: a two-leg order's (2 Ed25519 party signatures,
+4 secp256k1 leg-key proofs), so an ordinary order still costs one token."""
+BYTES_PER_TOKEN = 8192
+"""Tx bytes one CheckTx token pays for (decoding and parsing cost ~0.25 ms per KiB)."""
+
+
+def verifications(body: TxBody) -> int:
+    """The signature checks (Ed25519 or secp256k1) a tx's stateless checks make beyond its
+    envelope's: up to 24 party signatures and 16 leg-key proofs for an order, 2 more for a
+    quote evidence. (A registration's proofs have their own caps: work, the shared bucket.)"""
+    extra = 0
+    if isinstance(body, FileEvidence) and body.order is not None:
+        body, extra = body.order, 2  # the quote's and the take's signatures
+    if not isinstance(body, CommitOrder):
+        return extra
+    proofs = sum(p is not None for pair in body.leg_proofs for p in pair)
+    return extra + len(body.signatures) + proofs
+
+
+def check_cost(body: TxBody, size: int) -> int:
+    """What a new tx costs in CheckTx tokens: one, or more for a tx that makes the node verify
+    more than a plain order's signatures or decode more than ``BYTES_PER_TOKEN`` bytes.
+
+    A flat token per tx let a registered sender buy ~7x an honest sender's CPU per token with
+    24-party, 8-leg orders (or quote evidence) and resend the same signed content in fresh
+    envelopes (one Ed25519 signature each, ~50 us, for ~7-14 ms of verification at every
+    validator, 50 a second per sybil: about half a core of each validator per registration)."""
+    units = -(-verifications(body) // VERIFICATIONS_PER_TOKEN)
+    return max(1, units, -(-size // BYTES_PER_TOKEN))
 
 
 REGISTRATION_WORK_DOMAIN = b"KOFO/register-work/v1\x00"

@@ -58,8 +58,14 @@ from kofo.wire.attest import (
     decode_extension,
     encode_extension,
 )
-from kofo.wire.codec import decode, encode
-from kofo.wire.envelope import BadMessage, Envelope, open_message
+from kofo.wire.codec import EncodingError, count_items, decode, encode
+from kofo.wire.envelope import (
+    BadMessage,
+    Envelope,
+    check_signature,
+    read_message,
+    signed_sender,
+)
 from kofo.wire.expiry import BlockHeight, UnixTime
 from kofo.wire.orders import (
     MAX_LEGS,
@@ -100,6 +106,17 @@ of the txs a spammer sends."""
 MAX_TX_BYTES = 64 << 10
 """The largest ledger tx: an 8-leg order with every quote carrying a 3072-bit ciphertext is
 ~30 KiB. Bigger ones are refused before they are even decoded."""
+
+
+MAX_TX_ITEMS = 2_048
+"""CBOR items in a ledger tx, counted from the headers before anything is decoded (the heaviest
+valid tx, an 8-leg order with 16 relays and every fee ciphertext, holds ~610): 64 KiB of
+one-byte items (``[[], [], ...]``) from anyone, without a key, cost every validator's CheckTx
+60-90 ms to decode and refuse; now under a millisecond."""
+MAX_QUERY_BYTES = 32 << 10
+"""A query's argument (the largest, ``/rank_routes`` of 64 routes of 8 ids, is ~17.5 KB)."""
+MAX_QUERY_ITEMS = 1_024
+"""...and its CBOR items (``/rank_routes`` at most ~580)."""
 
 
 MAX_OBSERVED_ORDERS = 1_024
@@ -723,7 +740,9 @@ class LedgerApp:
             # A tx this node already checked is not charged again: anyone can resend a victim's
             # tx bytes, and that must not spend the victim's rate budget.
             env, body = self._decode_verified(
-                raw, None if recheck else self._admit, gate_on_hit=False
+                raw,
+                None if recheck else lambda e, b: self._admit(e, b, len(raw)),
+                gate_on_hit=False,
             )
             # Every time, cache hit or recheck included: a tx applied meanwhile (or an old one
             # resent by anyone) can never apply again and leaves the mempool.
@@ -734,7 +753,7 @@ class LedgerApp:
             return _internal_error(exc, "check_tx")
         return TxResult()
 
-    def _admit(self, env: Envelope, body: TxBody) -> None:
+    def _admit(self, env: Envelope, body: TxBody, size: int) -> None:
         """This node's own mempool policy for a new tx (see :mod:`kofo.clearance.admission`)."""
         # A replay is refused before it is charged: it must not spend its sender's budget.
         self._refuse_replay(self.store.get_committed, env.sender, body, None)
@@ -748,7 +767,8 @@ class LedgerApp:
         if registration is not None:
             self._check_prework(env.sender, registration)  # one SHA-256, before any charge
         if self.rate_limit is not None:
-            self.rate_limit.charge(env.sender)
+            # weighted: a 24-party order costs its sender as much as the checks it buys
+            self.rate_limit.charge(env.sender, admission.check_cost(body, size))
         if registration is not None:
             # The work before the shared registration bucket: a flood of unworked registrations
             # (fresh keys, free) emptied that bucket and shut honest registrations out. Each
@@ -786,7 +806,17 @@ class LedgerApp:
             return env, body
         if len(raw) > MAX_TX_BYTES:
             raise BadMessage(f"a ledger tx is at most {MAX_TX_BYTES} bytes, got {len(raw)}")
-        msg = open_message(raw)
+        if count_items(raw, MAX_TX_ITEMS) > MAX_TX_ITEMS:
+            raise BadMessage(f"a ledger tx holds at most {MAX_TX_ITEMS} CBOR items")
+        # The signature first, from the canonical layout (one verification, ~55 us): junk from
+        # anyone cost a decode of up to 2,048 items (~4 ms) before it was refused.
+        signer = signed_sender(raw)
+        if signer is None:
+            raise EncodingError("a ledger tx is a signed envelope in canonical CBOR")
+        check_signature(signer, raw)
+        msg = read_message(raw)
+        if msg.envelope.sender != signer:  # (canonical bytes put the sender there)
+            raise BadMessage("the envelope's sender is not where its canonical form puts it")
         body = parse_tx_body(msg.envelope.type, msg.envelope.body)
         if gate is not None:
             gate(msg.envelope, body)
@@ -2842,6 +2872,12 @@ class LedgerApp:
         """The ABCI query face: ``path`` names the query, ``data`` is its canonical-CBOR
         argument; the answer is canonical CBOR. Raises :class:`NotFound` (unknown path or
         nothing there) or :class:`InvalidInput` (an argument of the wrong shape, named)."""
+        if len(data) > MAX_QUERY_BYTES or count_items(data, MAX_QUERY_ITEMS) > MAX_QUERY_ITEMS:
+            # before decoding: 500 KB of one-byte items cost ~1 s of the loop that runs consensus
+            raise InvalidInput(
+                f"a query argument is at most {MAX_QUERY_BYTES} bytes and {MAX_QUERY_ITEMS} "
+                "CBOR items"
+            )
         arg = decode(data) if data else None
         if path == "/node":
             node = _arg_bytes(arg, NODE_ID_SIZE, "/node: the node id")

@@ -31,13 +31,16 @@ from kofo.wire.attest import (
     Observation,
     decode_extension_all,
 )
-from kofo.wire.codec import EncodingError, decode, encode
+from kofo.wire.codec import EncodingError, count_items, decode, encode
 from kofo.wire.envelope import BadMessage
 
 ATTEST_TX_PREFIX = b"KOFO/attest/v1\x00"
 """Marks the attestation tx; not valid CBOR of an envelope, so no user tx can look like one."""
 VALIDATOR_ADDRESS_SIZE = 20
 MAX_VALIDATORS = 128
+ATTEST_TX_ITEMS = 8 + 4 * MAX_VALIDATORS
+"""CBOR items of an attestation tx: its map, height, round and one [address, extension,
+signature] per validator."""
 SOLO_ADDRESS = b""
 """The single vote of solo mode (no consensus keys)."""
 
@@ -122,7 +125,12 @@ def is_attest_tx(raw: bytes) -> bool:
 def decode_attest_tx(raw: bytes) -> AttestTx:
     if not is_attest_tx(raw):
         raise BadMessage("not an attestation tx")
-    m = decode(raw[len(ATTEST_TX_PREFIX) :])
+    body = raw[len(ATTEST_TX_PREFIX) :]
+    # Counted from the headers before decoding: a hostile proposer's 1 MB of one-byte items
+    # cost every validator ~1.5 s of ProcessProposal (the extensions themselves are bytes).
+    if count_items(body, ATTEST_TX_ITEMS) > ATTEST_TX_ITEMS:
+        raise BadMessage(f"an attestation tx holds at most {ATTEST_TX_ITEMS} CBOR items")
+    m = decode(body)
     if not isinstance(m, dict) or set(m) != {"height", "round", "votes"}:
         raise BadMessage("attestation tx must be {'height', 'round', 'votes'}")
     height, round_, votes = m["height"], m["round"], m["votes"]

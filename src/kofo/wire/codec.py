@@ -109,6 +109,47 @@ def encode(value: WireValue) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
+def count_items(data: bytes, limit: int) -> int:
+    """The number of CBOR data items in ``data`` (every array element, map key and value, tag
+    content, at any depth), read from the item headers alone, without decoding anything; it
+    stops as soon as the count passes ``limit`` (and returns it). Malformed input is left to
+    :func:`decode` to name: the count is then whatever was read.
+
+    Decoding costs ~1.5 us of Python per item (``cbor2.loads``, the type walk, the canonical
+    re-encoding), so a receiver that bounds only a message's bytes pays ~60-90 ms for 64 KiB of
+    one-byte items (``[[], [], ...]``) from anyone, before any signature or rate limit can
+    apply. This walk costs well under a microsecond an item and stops at the limit."""
+    n = len(data)
+    pos = 0
+    pending = 1  # items still to read
+    count = 0
+    while pending and pos < n:
+        pending -= 1
+        count += 1
+        if count > limit:
+            return count
+        head = data[pos]
+        major, info = head >> 5, head & 0x1F
+        pos += 1
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            size = 1 << (info - 24)
+            arg = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        else:
+            return count  # reserved or indefinite length: never canonical, decode refuses it
+        if major in (2, 3):
+            pos += arg
+        elif major == 4:
+            pending += arg
+        elif major == 5:
+            pending += 2 * arg
+        elif major == 6:
+            pending += 1
+    return count
+
+
 def decode(data: bytes) -> Any:
     """Decode canonical bytes; refuses oversize input and any non-canonical encoding."""
     if len(data) > MAX_MESSAGE_BYTES:

@@ -177,6 +177,25 @@ def check_signature(sender: bytes, data: bytes) -> None:
         raise BadSignature(f"signature does not verify for sender {sender.hex()}")
 
 
+_SENDER_ENTRY = b"\x66sender\x58\x20"
+"""The envelope's last entry in canonical order (keys by length, then bytes): ``sender``, a
+32-byte string, right before the outer map's ``sig`` entry."""
+
+
+def signed_sender(data: bytes) -> bytes | None:
+    """The sender of a signed message, read from its canonical layout without decoding it (None
+    if the layout is not a signed message's). Lets a receiver verify the signature before it
+    pays for decoding: only a message whose signature verifies is decoded."""
+    if (
+        len(data) < 5 + 111
+        or data[:5] != _SIGNED_HEAD
+        or data[-70:-64] != _SIGNED_SIG
+        or data[-111:-102] != _SENDER_ENTRY
+    ):
+        return None
+    return data[-102:-70]
+
+
 def open_message(data: bytes) -> SignedMessage:
     """Parse and verify the signature of a signed message (not its freshness: see
     :class:`ReplayGuard`). Raises :class:`BadMessage` or :class:`BadSignature`."""

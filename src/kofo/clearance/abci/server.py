@@ -387,10 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--sender-rate",
         type=float,
         default=50.0,
-        help="CheckTx: new txs per second admitted per sender (0: no limit)",
+        help="CheckTx: tokens per second per sender (a tx costs 1, a heavy one more; 0: no limit)",
     )
     parser.add_argument(
-        "--sender-burst", type=int, default=500, help="CheckTx: txs a sender may send at once"
+        "--sender-burst", type=int, default=500, help="CheckTx: tokens a sender may spend at once"
     )
     parser.add_argument(
         "--observe",
