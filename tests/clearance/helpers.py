@@ -17,7 +17,7 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
+from kofo.wire.attest import BondObservation, ChainTip, ExecutedDecision, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.legkeys import KeyKind, LegRole, address_of, sign_leg_key
 from kofo.wire.orders import (
@@ -304,6 +304,11 @@ class SeenChains:
         self.asked: list[LegRef] = []
         self.bonds: dict[bytes, BondObservation] = {}
         self.executed: dict[bytes, ExecutedDecision] = {}
+        self.tips: dict[str, int] = {}
+        """chain -> its tip at the confirmation depth (the chain clock this validator attests)"""
+
+    def observe_tips(self) -> list[ChainTip]:
+        return [ChainTip(c, h) for c, h in sorted(self.tips.items())]
 
     def see_bond(self, node: bytes, amount: int, height: int = 1) -> None:
         """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""
