@@ -39,6 +39,7 @@ from .helpers import (
     Ledger,
     Party,
     commit_tx,
+    leg_address,
     make_order,
     prove_legs,
     take_evidence,
@@ -117,15 +118,16 @@ def test_an_order_whose_provider_leg_expires_far_later_is_refused_at_commit(net,
     ledger, m1, alice = net
     give, take, pay, own = FAR_LATER[case]
     quote, taken = _take(ledger, m1, alice, give, take, pay, own)
-    # the take is not recorded: its order is not committable (old code: "", then the provider
-    # was slashed 2 % for refusing to commit it, or 5 % for not locking once it did)
+    # the take is not recorded: the provider could not fill its order safely (old code: "",
+    # then the provider was slashed 2 % for refusing to commit it, or 5 % for not locking)
     result = ledger.block(take_evidence(quote, m1, alice, order=taken))
-    assert _codes(result) == ["order_invalid"]
-    assert "attested chain clocks" in result.results[0].log
-    # ...nor can anyone commit it
+    assert _codes(result) == ["evidence_invalid"]
+    assert "could not fill it safely" in result.results[0].log
+    # ...nor can anyone commit the order: wrong whatever the blocks do
     full = CommitOrder(taken.order, (*taken.signatures, taken.order.sign(m1.key)))
     result = ledger.block(sign_tx(m1.key, prove_legs(full)))
     assert _codes(result) == ["order_invalid"]
+    assert "attested chain clocks" in result.results[0].log
     assert ledger.app.order(taken.order.order_id) is None
 
 
@@ -135,6 +137,24 @@ def _commit_take(ledger, m1, alice, quote, taken):
     ledger.ok(sign_tx(m1.key, prove_legs(full)))
     assert ledger.app.order(taken.order.order_id)["status"] == "committed"
     return taken.order
+
+
+def _routed(ledger, alice, m1, ltc_blocks):
+    """alice -> m1 -> alice, both signing: alice pays btc (100 blocks out), m1 pays ltc
+    (``ltc_blocks`` out on ltc's clock)."""
+    order = make_order([alice, m1], t0=ledger.time)
+    legs = list(order.legs)
+    legs[0] = dataclasses.replace(legs[0], expiry=BlockHeight(BTC_TIP + 100))
+    legs[1] = dataclasses.replace(
+        legs[1],
+        chain="ltc",
+        sender_address=leg_address("ltc", "m1-ltc"),
+        recipient_address=leg_address("ltc", "alice-ltc"),
+        expiry=BlockHeight(LTC_TIP + ltc_blocks),
+    )
+    order = with_derived_id(dataclasses.replace(order, legs=tuple(legs)))
+    ledger.ok(commit_tx(order, [alice, m1], alice, ts=ledger.time))
+    return order
 
 
 def _judge(ledger, m1, alice, order, lock_height):
@@ -149,38 +169,68 @@ def _judge(ledger, m1, alice, order, lock_height):
 
 
 @pytest.mark.parametrize("blocks", [300, 800])
-def test_a_provider_leg_too_close_on_the_clocks_of_the_paying_lock_is_excused(net, blocks):
-    # The commit rule reads the clocks in the order's favour (refuses only what is wrong
-    # whatever the blocks do); an ltc leg 300 or 800 blocks out against 100 btc blocks passes
-    # it but, read strictly when the paying leg is locked (btc as fast and ltc as slow as the
-    # 40 % tolerance lets them), may expire less than notice(ltc) + settle(btc) = 7,260 s
-    # before the leg paying the provider: it was right not to lock.
+def test_a_take_the_provider_could_not_fill_safely_is_not_recorded(net, blocks):
+    # An ltc leg 300 or 800 blocks out against 100 btc blocks passes commit_order's reading
+    # (in the order's favour) but, read strictly (btc as fast and ltc as slow as the 40 %
+    # tolerance lets them), may expire less than notice(ltc) + settle(btc) = 7,260 s before the
+    # leg paying the provider: its engine refuses it (terms_margin_too_small), so the take is
+    # not recorded (old code: recorded; the provider slashed 2 % for not honouring it).
     ledger, m1, alice = net
     quote, taken = _take(ledger, m1, alice, "ltc", "btc", None, BlockHeight(LTC_TIP + blocks))
-    order = _commit_take(ledger, m1, alice, quote, taken)
-    result = _judge(ledger, m1, alice, order, BTC_SAFE)
-    # old code: "" (the provider slashed 5 % and 100 points)
+    result = ledger.block(take_evidence(quote, m1, alice, order=taken))
     assert _codes(result) == ["evidence_invalid"]
-    assert (
-        "right not to lock" in result.results[0].log and "notice + settle" in result.results[0].log
-    )
+    assert "notice + settle" in result.results[0].log
+
+
+@pytest.mark.parametrize("blocks", [300, 800])
+def test_a_sender_whose_leg_is_too_close_on_the_clocks_of_the_paying_lock_is_excused(net, blocks):
+    # The same legs in an order both parties signed: committed (not wrong whatever the blocks
+    # do), but judged strictly on the clocks of the paying lock the provider was right not to
+    # lock: excused (old code: slashed 5 % and 100 points).
+    ledger, m1, alice = net
+    order = _routed(ledger, alice, m1, blocks)
+    result = _judge(ledger, m1, alice, order, BTC_SAFE)
+    assert _codes(result) == ["evidence_invalid"]
+    log = result.results[0].log
+    assert "right not to lock" in log and "notice + settle" in log
     assert ledger.app.node(m1.id)["penalty_points"] == 0
     assert ledger.app.bond(m1.id) == m1.bond
 
 
-def test_the_clock_of_the_paying_lock_counts_not_the_commit_s():
-    # No ltc clock is attested when the order is committed (validators not watching it yet):
-    # the order is accepted; by the time the taker locks, ltc's clock shows the provider's leg
-    # expiring far later: excused. Had no ltc clock been attested by then either, the ledger
-    # could not judge the leg safe: excused as well.
+def test_the_clocks_at_the_paying_lock_count_not_the_takes():
+    # A take whose provider leg (ltc, 100 blocks) is safe on the clocks when it is recorded;
+    # by the taker's lock btc has run 40 blocks on while ltc stalled: the provider's leg may
+    # now expire after the leg paying it. Judged on the clocks of the paying lock: excused.
+    ledger = Ledger()
+    ledger.chains.tips.update(btc=BTC_SAFE, ltc=LTC_SAFE)
+    m1, alice = Party.make(1), Party.make(2)
+    ledger.ok(*(p.register_tx() for p in (m1, alice)))
+    ledger.bonded(m1, alice)
+    quote, taken = _take(ledger, m1, alice, "ltc", "btc", None, BlockHeight(LTC_TIP + 100))
+    order = _commit_take(ledger, m1, alice, quote, taken)
+    # (65 blocks still left on the paying leg: the height margin, 47, does not excuse it)
+    ledger.chains.tips["btc"] = BTC_SAFE + 40
+    result = _judge(ledger, m1, alice, order, BTC_SAFE + 40)
+    assert _codes(result) == ["evidence_invalid"]
+    assert "right not to lock" in result.results[0].log
+    assert ledger.app.node(m1.id)["penalty_points"] == 0
+
+
+def test_without_a_clock_an_order_is_accepted_and_its_sender_never_slashed():
+    # No ltc clock when the order is committed (validators not watching ltc yet): accepted
+    # (the ledger cannot say it is wrong). If ltc's clock is attested by the paying lock, it
+    # judges (here: far later, excused); if not, the ledger cannot say the provider's leg was
+    # safe: excused as well. A take needs the clocks: refused without one.
     for attested_by_lock in (True, False):
         ledger = Ledger()
         ledger.chains.tips.update(btc=BTC_SAFE)
         m1, alice = Party.make(1), Party.make(2)
         ledger.ok(*(p.register_tx() for p in (m1, alice)))
         ledger.bonded(m1, alice)
-        quote, taken = _take(ledger, m1, alice, "ltc", "btc", None, BlockHeight(LTC_TIP + 2_000))
-        order = _commit_take(ledger, m1, alice, quote, taken)
+        quote, taken = _take(ledger, m1, alice, "ltc", "btc", None, BlockHeight(LTC_TIP + 100))
+        result = ledger.block(take_evidence(quote, m1, alice, order=taken))
+        assert _codes(result) == ["evidence_invalid"] and "no clock" in result.results[0].log
+        order = _routed(ledger, alice, m1, 2_000)
         if attested_by_lock:
             ledger.chains.tips["ltc"] = LTC_SAFE
             ledger.attested()
@@ -295,9 +345,10 @@ def test_the_conversion_arithmetic():
     pay = dataclasses.replace(pay, expiry=BlockHeight(1_000 + 5 + 100))
     own = dataclasses.replace(pay, chain="ltc", expiry=BlockHeight(50_000 + 11 + 100))
     tips = {"btc": 1_000, "ltc": 50_000}
-    # strict: btc (100 - 1) blocks x 600 x 60 % = 35,640; ltc (100 + 1) x 150 x 140 % = 21,210
-    assert clocks.expiry_gap(pay, own, 0, tips, p, strict=True) == 35_640 - 21_210
-    # lenient: btc 101 x 600 x 140 % = 84,840; ltc 99 x 150 x 60 % = 8,910
-    assert clocks.expiry_gap(pay, own, 0, tips, p, strict=False) == 84_840 - 8_910
+    # strict: btc (100 - 1) blocks x 600 x 60 % = 35,640 (the tip may be a block further on);
+    # ltc 100 x 150 x 140 % = 21,000 (the attested tip is a lower bound)
+    assert clocks.expiry_gap(pay, own, 0, tips, p, strict=True) == 35_640 - 21_000
+    # lenient: btc 100 x 600 x 140 % = 84,000; ltc (100 - 1) x 150 x 60 % = 8,910
+    assert clocks.expiry_gap(pay, own, 0, tips, p, strict=False) == 84_000 - 8_910
     assert clocks.margin(pay, own, p) == 60 + 7_200
     assert clocks.expiry_gap(pay, own, 0, {"btc": 1_000}, p, strict=True) is None

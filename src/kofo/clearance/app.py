@@ -2123,6 +2123,11 @@ class LedgerApp:
                 f"legs[{paid_in}].lock_by (paying it in), less than attest_grace "
                 f"{self._params.attest_grace}: the provider could not lock in time after it"
             )
+        # The provider must be able to fill the order safely now: its own leg expiring enough
+        # before the leg paying it on the chain clocks in the strict reading (the one its
+        # engine applies), not only in the lenient one commit_order refuses by. A take of an
+        # order an honest provider's engine refuses (terms_margin_too_small) had it slashed 2 %.
+        self._check_take_clocks(view, ctx, order, paid_in, pays)
         # The provider's leg keys are the only ones the taken order carries no proof for: they
         # must be the chain addresses it registered, or a taker could name an address the
         # provider does not hold and have it slashed for an order it could never commit.
@@ -2181,6 +2186,33 @@ class LedgerApp:
                     f"after {last} (the open quote's honour window + take_fill_window): a "
                     "later taker could not learn in time whether the provider filled it"
                 )
+
+    def _check_take_clocks(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, paid_in: int, pays: int
+    ) -> None:
+        """Raise ``EvidenceInvalid`` unless the provider's own leg ``legs[pays]`` expires at
+        least ``notice + settle`` before ``legs[paid_in]`` paying it, in the strict reading of
+        the chain clocks attested now; a clock it needs that is not attested refuses the take
+        too (the ledger cannot tell that an honest provider could fill it)."""
+        pay, own = order.legs[paid_in], order.legs[pays]
+        if pays != paid_in + 1 or not clocks.crosses_clocks(pay, own):
+            return  # (pays == paid_in + 1 in every route: the provider sends the next leg)
+        tips = self._fresh_tips(view, ctx.time)
+        gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True)
+        need = clocks.margin(pay, own, self._params)
+        if gap is None:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}] ({own.chain} {own.expiry}) and legs[{paid_in}] "
+                f"({pay.chain} {pay.expiry}) cannot be compared: no clock of a chain they need "
+                f"is attested (attested: {tips}); the provider could not judge it safe"
+            )
+        if gap < need:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}] (the provider's, {own.chain} {own.expiry}) may "
+                f"expire as little as {gap}s before legs[{paid_in}] ({pay.chain} {pay.expiry}) "
+                f"paying it, on the attested chain clocks {tips}; it needs {need}s (notice + "
+                "settle): the provider could not fill it safely"
+            )
 
     def _check_paid_in_safely(
         self, order: SettlementOrder, rec: dict[str, Any], index: int

@@ -9,10 +9,12 @@ keeps per chain the attested height (``clock/<chain>``: the highest height backe
 thirds of the power, with the block time it was attested at).
 
 The conversion is the settlement engine's (docs/swap.md §2), in integers: the chain's tip is
-estimated as ``attested + confirmations - 1`` (validators attest ``tip - confirmations + 1``),
-with one block of error either way (a block found between two reads); ``n`` blocks last between
-``(100 - tol) %`` and ``(100 + tol) %`` of ``n x block_interval`` seconds. The margin a sender
-needs is the engine's participant margin ``notice(own chain) + settle(paying chain)``.
+estimated as ``attested + confirmations - 1`` (validators attest ``tip - confirmations + 1``).
+That is a lower bound of the real tip (honest validators report only blocks that exist; the
+attested height is at most the highest honest report); it may lag by a block found since the
+reads, so a reading that needs the tip as high as it may be adds one block. ``n`` blocks last
+between ``(100 - tol) %`` and ``(100 + tol) %`` of ``n x block_interval`` seconds. The margin a
+sender needs is the engine's participant margin ``notice(own chain) + settle(paying chain)``.
 
 Two readings of one pair of legs:
 
@@ -62,8 +64,10 @@ def _span(blocks: int, interval: int, pct: int) -> tuple[int, int]:
 def seconds_left(
     leg: Leg, at: int, tips: Mapping[str, int], params: LedgerParams, *, late: bool
 ) -> int | None:
-    """Seconds from block time ``at`` until ``leg`` expires: the most it may be if ``late``,
-    else the least; None if its chain has no clock (``tips``: attested height per chain)."""
+    """Seconds from block time ``at`` until ``leg`` expires: the most it may be if ``late``
+    (the tip at its lower bound, blocks at their slowest), else the least (the tip a block
+    further on, blocks at their fastest); None if its chain has no clock (``tips``: attested
+    height per chain)."""
     if not isinstance(leg.expiry, BlockHeight):
         return leg.expiry.value - at
     cfg = params.chain_clock.get(leg.chain)
@@ -71,7 +75,8 @@ def seconds_left(
     if cfg is None or tip is None:
         return None
     blocks = leg.expiry.value - (tip + cfg["confirmations"] - 1)
-    blocks += 1 if late else -1  # the tip may be a block off either way
+    if not late:
+        blocks -= 1  # a block may have been found since the validators read the tip
     lo, hi = _span(blocks, cfg["block_interval"], params.clock_tolerance_pct)
     return hi if late else lo
 

@@ -107,8 +107,10 @@ class LedgerParams:
     and the engine's ``notice`` and ``settle`` (s). The validators attest each chain's tip (its
     clock, docs/clearance.md "Chain clocks"); with these the ledger converts a height expiry
     into seconds and checks that each leg a party sends expires at least ``notice(own chain) +
-    settle(paying chain)`` before the leg paying it (the engine's participant margin). Only
-    chains listed here get a clock; a height leg on another chain is never judged safe."""
+    settle(paying chain)`` before the leg paying it (the engine's participant margin): at
+    commit (refusing what fails in any case), at a take and when judging ``leg_not_locked``
+    (excusing what might fail). Only chains listed here get a clock; a height leg on another
+    chain is never judged safe."""
     clock_tolerance_pct: int = 40
     """``n`` blocks take between (100 - this) % and (100 + this) % of ``n`` nominal intervals
     (the engine's ``rate_tolerance_pct``: 12 Bitcoin blocks come in under 60 % of their nominal
