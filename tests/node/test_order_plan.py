@@ -277,6 +277,9 @@ def test_the_real_ledger_app_commits_a_planned_order_for_every_production_pair(h
         times=plan_order_times(policies, have, want, T0),
     )
     ledger = Ledger()
+    # its validators see the chains where the plan does (tips at 6 and 12 confirmations): the
+    # ledger's chain-clock check reads the planned expiries on the same clocks
+    ledger.chains.tips.update(btc=TIPS["btc"] - 5, ltc=TIPS["ltc"] - 11)
     ledger.ok(taker.register_tx(), maker.register_tx())
     ledger.bonded(taker, maker)
     ledger.ok(commit_tx(order, [taker, maker], taker), time=T0 + 30)

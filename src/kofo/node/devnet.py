@@ -127,7 +127,7 @@ def devnet_chain_clock(timing: DevnetTiming | None = None) -> dict[str, dict[str
     interval = timing.block_interval_s if timing is not None else 1
     confirmations = timing.confirmations if timing is not None else 1
     out = {}
-    for chain, height in (("btc", True), ("eth", False)):
+    for chain, height in (("btc", True), ("ltc", True), ("eth", False)):
         p = replace(
             devnet_policy(chain, height_clock=height),
             block_interval=interval,
