@@ -284,3 +284,11 @@ def test_the_real_ledger_app_commits_a_planned_order_for_every_production_pair(h
     ledger.bonded(taker, maker)
     ledger.ok(commit_tx(order, [taker, maker], taker), time=T0 + 30)
     assert ledger.app.order(order.order_id)["status"] == "committed"
+    # and the provider's leg leaves its margin in the strict reading too (the one a take and a
+    # leg_not_locked judgement use): a default on a planned order is slashed, not excused
+    from kofo.clearance import clocks
+
+    tips = {c: ledger.app.chain_clock(c)["height"] for c in ("btc", "ltc")}
+    pay, own = order.legs
+    gap = clocks.expiry_gap(pay, own, T0 + 30, tips, ledger.app.params, strict=True)
+    assert gap is not None and gap >= clocks.margin(pay, own, ledger.app.params)
