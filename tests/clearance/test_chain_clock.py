@@ -352,3 +352,38 @@ def test_the_conversion_arithmetic():
     assert clocks.expiry_gap(pay, own, 0, tips, p, strict=False) == 84_000 - 8_910
     assert clocks.margin(pay, own, p) == 60 + 7_200
     assert clocks.expiry_gap(pay, own, 0, {"btc": 1_000}, p, strict=True) is None
+
+
+def test_a_block_with_clocks_and_a_lock_re_executes_to_the_same_app_hash():
+    # FinalizeBlock run again on the same block (a CometBFT restart) and a fresh replica
+    # replaying the blocks reach the same app hash: the clocks, the lock's clock snapshot and
+    # the commit check are functions of the committed state and the block.
+    from kofo.clearance.app import Block
+
+    def replica():
+        ledger = Ledger()
+        ledger.chains.tips.update(btc=BTC_SAFE, ltc=LTC_SAFE)
+        return ledger
+
+    first = replica()
+    m1, alice = Party.make(1), Party.make(2)
+    blocks = [Block(1, first.time, (m1.register_tx(), alice.register_tx()))]
+    first.app.apply_block(blocks[0])
+    order = make_order([alice, m1], t0=first.time)
+    first.chains.see(order, 0, LegOutcome.LOCKED, height=BTC_SAFE)
+    for height, txs in ((2, (commit_tx(order, [alice, m1], alice),)), (3, ()), (4, ())):
+        att = first.app.solo_attestation(height)
+        blk = Block(height, first.time + height, (att, *txs))
+        once = first.app.finalize_block(blk)
+        again = first.app.finalize_block(blk)
+        assert once.app_hash == again.app_hash
+        assert [r.code for r in once.results] == [0] * len(blk.txs)
+        first.app.commit()
+        blocks.append(blk)
+    leg = first.app.order(order.order_id)["legs"][0]
+    assert leg["outcome"] == "locked" and leg["clocks"] == {"btc": BTC_SAFE}
+    fresh = replica()
+    for blk in blocks:
+        fresh.app.apply_block(blk)
+    assert fresh.app.app_hash == first.app.app_hash
+    assert fresh.app.chain_clock("ltc") == {"height": LTC_SAFE, "time": first.time + 4}
