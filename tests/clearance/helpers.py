@@ -17,7 +17,7 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
+from kofo.wire.attest import BondObservation, ChainTip, ExecutedDecision, LegRef, Observation
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.legkeys import KeyKind, LegRole, address_of, sign_leg_key
 from kofo.wire.orders import (
@@ -43,6 +43,8 @@ PAILLIER_BITS = 1024
 
 T0 = 1_700_000_000
 """Block time of the first test block; orders' deadlines are set relative to it."""
+BTC_TIP_SEEN = 799_000
+"""The btc tip (at 6 confirmations) every test validator sees unless a test says otherwise."""
 
 
 TEST_WORK_BITS = 2
@@ -135,6 +137,16 @@ class Party:
         return dataclasses.replace(body, **overrides)  # type: ignore[arg-type]
 
 
+def _btc_expiry(i: int, n: int, t0: int, expiry_time: int) -> BlockHeight:
+    """A test order's btc expiry: the initiator's leg (legs[0], paying legs[1]) far out, as
+    before (800,00x: any own leg after it is safe); a later btc leg, paid by an eth leg, at its
+    ``expiry_time`` on the test validators' btc clock (``BTC_TIP_SEEN``, nominal 600 s blocks),
+    so that ``commit_order``'s chain-clock check accepts it."""
+    if i == 0:
+        return BlockHeight(800_000 + n - i)
+    return BlockHeight(BTC_TIP_SEEN + 5 + -(-(expiry_time - t0) // 600))
+
+
 def make_order(
     route: list[Party],
     *,
@@ -163,7 +175,9 @@ def make_order(
                 sender_address=leg_address(chain, f"{chain}-addr-{i}"),
                 recipient_address=leg_address(chain, f"{chain}-addr-{i + 1}"),
                 amount=amount + i,
-                expiry=UnixTime(expiry_time) if chain == "eth" else BlockHeight(800_000 + n - i),
+                expiry=UnixTime(expiry_time)
+                if chain == "eth"
+                else _btc_expiry(i, n, t0, expiry_time),
                 expiry_time=expiry_time,
                 lock_by=t0 + 600 + i * 60,
             )
@@ -240,6 +254,10 @@ def quote_legs(order: SettlementOrder, quote: Quote) -> SettlementOrder:
                 recipient_address=addr(leg.recipient, i + 1),
                 expiry=UnixTime(leg.expiry_time)
                 if chain == "eth"
+                # the provider's own btc leg 10 blocks out on the test validators' btc clock
+                # (safe against the eth leg paying it); a btc leg paying it far out
+                else BlockHeight(BTC_TIP_SEEN + 5 + 10)
+                if leg.sender == quote.provider
                 else BlockHeight(800_000 + n - i),
             )
         )
@@ -304,6 +322,13 @@ class SeenChains:
         self.asked: list[LegRef] = []
         self.bonds: dict[bytes, BondObservation] = {}
         self.executed: dict[bytes, ExecutedDecision] = {}
+        self.tips: dict[str, int] = {"btc": BTC_TIP_SEEN}
+        """chain -> its tip at the confirmation depth (the chain clock this validator attests);
+        btc's by default, far enough below the test orders' btc expiries (800,00x) for a
+        leg paying in btc to leave any own leg its margin (a take needs the clocks)"""
+
+    def observe_tips(self) -> list[ChainTip]:
+        return [ChainTip(c, h) for c, h in sorted(self.tips.items())]
 
     def see_bond(self, node: bytes, amount: int, height: int = 1) -> None:
         """The bond vault holds ``amount`` for ``node`` (as of the vault chain's ``height``)."""

@@ -313,6 +313,9 @@ class _VaultOnly:
     def observe_decision(self, decision, step=1):
         return self.watcher.observe_decision(decision, step)
 
+    def observe_tips(self):
+        return []
+
 
 @pytest.mark.parametrize("step", [1, 8])
 def test_validators_with_different_tips_agree_on_the_vault_height(step):

@@ -1,6 +1,8 @@
 """Leg outcomes by vote extension on a real 4-validator CometBFT v0.38 network: each validator's
 app reads what it "sees" on the chains from its own file (FileObserver); three honest validators
-see a leg locked, the fourth lies that it was refunded, and the network records it locked."""
+see a leg locked, the fourth lies that it was refunded, and the network records it locked; the
+same three see btc's tip near 799,000, the liar claims 10^12, and every validator keeps an
+attested btc clock within the honest reports (chain clocks, issue 17)."""
 
 import json
 import os
@@ -24,10 +26,10 @@ def _wait(pred, timeout=60.0, what="condition"):
         time.sleep(0.2)
 
 
-def _see(net, index, legs):
+def _see(net, index, legs, tips=()):
     path = net.observed_path(index)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"legs": legs}))
+    tmp.write_text(json.dumps({"legs": legs, "tips": list(tips)}))
     os.replace(tmp, path)
 
 
@@ -64,8 +66,13 @@ def test_four_cometbft_validators_attest_a_lock_and_outvote_a_liar(tmp_path):
         _wait(lambda: record(0) is not None, what="the order committed")
         oid = order.order_id.hex()
         for v in range(3):
-            _see(net, v, [[oid, 0, "locked", "aa" * 32, 100]])
-        _see(net, 3, [[oid, 0, "refunded", "bb" * 32, 100], [oid, 1, "redeemed", "cc" * 32, 9]])
+            _see(net, v, [[oid, 0, "locked", "aa" * 32, 100]], [["btc", 799_000 + v]])
+        _see(
+            net,
+            3,
+            [[oid, 0, "refunded", "bb" * 32, 100], [oid, 1, "redeemed", "cc" * 32, 9]],
+            [["btc", 10**12]],
+        )
         _wait(
             lambda: all((record(v) or {}).get("legs", [{}])[0].get("outcome") for v in range(4)),
             what="the attested lock on every validator",
@@ -77,5 +84,13 @@ def test_four_cometbft_validators_attest_a_lock_and_outvote_a_liar(tmp_path):
                 ("locked", "aa" * 32),
                 (None, None),
             ]
+
+        def clock(v):
+            code, value = net.query(v, "/clock", encode("btc"))
+            return decode(value)["height"] if code == 0 else None
+
+        _wait(lambda: all(clock(v) for v in range(4)), what="the btc clock on every validator")
+        # the highest height > 2/3 of the power report at least: an honest one, never the lie
+        assert all(799_000 <= clock(v) <= 799_002 for v in range(4))
         height = min(net.height(v) for v in range(4)) - 1  # its app hash is in height + 1
         assert len({net.app_hash_at(v, height) for v in range(4)}) == 1

@@ -111,7 +111,11 @@ def test_a_provider_paid_in_too_close_to_a_height_expiry_is_not_slashed_for_not_
 
 
 @pytest.mark.parametrize("how", ["take", "route"])
-@pytest.mark.parametrize("left", [47, 5_000])
+# (47 blocks, the height margin, no longer suffice here: the provider's own eth leg expires
+# ~13,000 s after the lock, and 47 btc blocks may pass in 47 x 360 = 16,920 s, leaving less
+# than notice(eth) + settle(btc) = 7,260 s between the two expiries: the chain-clock rule,
+# test_chain_clock.py, excuses it)
+@pytest.mark.parametrize("left", [70, 5_000])
 def test_a_provider_paid_in_with_the_margin_left_that_does_not_lock_is_still_slashed(
     net, how, left
 ):
@@ -140,14 +144,24 @@ def test_the_lock_height_counts_not_a_later_spend_height(net):
     assert ledger.app.node(m1.id)["penalty_points"] == 100
 
 
-def test_a_height_chain_without_a_margin_gets_no_excuse():
-    # The margin is a genesis parameter per chain, in that chain's blocks: a chain left out of
-    # it is judged as before (documented: list every height chain routed).
-    ledger = Ledger(params=dataclasses.replace(Ledger().app.params, height_expiry_margin={}))
+@pytest.mark.parametrize("clock", [True, False])
+def test_a_height_chain_without_a_margin_is_judged_by_its_clock(clock):
+    # The margin is a genesis parameter per chain, in that chain's blocks. A chain left out of
+    # it was judged as if safe (slashed); now the chain clock judges it (test_chain_clock.py):
+    # with btc's clock params the lock one block before its expiry excuses the provider; with
+    # none (the ledger cannot convert a btc height at all) the provider is excused too: an
+    # unknown clock never slashes the sender it could not protect.
+    params = dataclasses.replace(Ledger().app.params, height_expiry_margin={})
+    if not clock:
+        params = dataclasses.replace(params, chain_clock={})
+    ledger = Ledger(params=params)
     m1, alice = Party.make(1), Party.make(2)
     ledger.ok(*(p.register_tx() for p in (m1, alice)))
     ledger.bonded(m1, alice)
     order = _routed(ledger, [alice, m1])
     ledger.chains.see(order, 0, LegOutcome.LOCKED, height=EXPIRY - 1)
     ledger.attested(time=order.legs[0].lock_by)
-    assert _codes(_not_locked(ledger, order, alice)) == [""]
+    result = _not_locked(ledger, order, alice)
+    assert _codes(result) == ["evidence_invalid"]
+    assert ("before" if clock else "no clock of btc") in result.results[0].log
+    assert ledger.app.node(m1.id)["penalty_points"] == 0

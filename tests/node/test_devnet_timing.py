@@ -147,6 +147,7 @@ def test_the_devnet_timing_keeps_every_relation_the_engine_exchange_and_ledger_c
         )
     # the real ledger app with the devnet's genesis params commits it
     ledger = Ledger(params=T.ledger_params(ledger_params()))
+    ledger.chains.tips.update(TIPS)  # the devnet's clocks (1 confirmation) where the plan is
     ledger.ok(taker.register_tx(), maker.register_tx())
     ledger.bonded(taker, maker)
     ledger.ok(commit_tx(order, [taker, maker], taker), time=T0 + 2)

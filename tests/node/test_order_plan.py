@@ -277,7 +277,18 @@ def test_the_real_ledger_app_commits_a_planned_order_for_every_production_pair(h
         times=plan_order_times(policies, have, want, T0),
     )
     ledger = Ledger()
+    # its validators see the chains where the plan does (tips at 6 and 12 confirmations): the
+    # ledger's chain-clock check reads the planned expiries on the same clocks
+    ledger.chains.tips.update(btc=TIPS["btc"] - 5, ltc=TIPS["ltc"] - 11)
     ledger.ok(taker.register_tx(), maker.register_tx())
     ledger.bonded(taker, maker)
     ledger.ok(commit_tx(order, [taker, maker], taker), time=T0 + 30)
     assert ledger.app.order(order.order_id)["status"] == "committed"
+    # and the provider's leg leaves its margin in the strict reading too (the one a take and a
+    # leg_not_locked judgement use): a default on a planned order is slashed, not excused
+    from kofo.clearance import clocks
+
+    tips = {c: ledger.app.chain_clock(c)["height"] for c in ("btc", "ltc")}
+    pay, own = order.legs
+    gap = clocks.expiry_gap(pay, own, T0 + 30, tips, ledger.app.params, strict=True)
+    assert gap is not None and gap >= clocks.margin(pay, own, ledger.app.params)

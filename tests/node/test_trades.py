@@ -40,7 +40,7 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.observer import AdapterObserver
 from kofo.settlement.swap import State
 from kofo.settlement.terms import TermsRefused
-from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
+from kofo.wire.attest import BondObservation, ChainTip, ExecutedDecision, LegRef, Observation
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import CommitOrder, leg_roles_of, sign_tx, with_derived_id
@@ -79,6 +79,14 @@ class LockedObserver:
 
     def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
         return None
+
+    def observe_tips(self) -> list[ChainTip]:
+        if not self.lock.acquire(timeout=0.2):
+            return []
+        try:
+            return self.inner.observe_tips()
+        finally:
+            self.lock.release()
 
 
 @dataclass

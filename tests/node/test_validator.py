@@ -27,6 +27,7 @@ from kofo.settlement.observer import AdapterObserver
 from kofo.wire.attest import (
     OBSERVER_METHODS,
     BondObservation,
+    ChainTip,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -202,6 +203,10 @@ class _Recorded:
         seen: ExecutedDecision | None = self._read("observe_decision", decision, step)
         return seen
 
+    def observe_tips(self) -> list[ChainTip]:
+        seen: list[ChainTip] = self._read("observe_tips")
+        return seen
+
 
 def test_the_prefetching_observer_answers_every_chain_observer_method_off_the_callers_thread() -> (
     None
@@ -221,20 +226,22 @@ def test_the_prefetching_observer_answers_every_chain_observer_method_off_the_ca
     inner.chains.see(order, 0, LegOutcome.LOCKED, height=7)
     inner.chains.see_bond(node, 10**17, 8)
     inner.chains.see_executed(decision, 8)
+    inner.chains.tips["btc"] = 9
     asks: dict[str, tuple[Any, ...]] = {
         "observe": (ref,),
         "observe_bond": (node, 1),
         "observe_decision": (decision, 1),
+        "observe_tips": (),
     }
     assert set(asks) == set(OBSERVER_METHODS)
     observer = validator.PrefetchingObserver(inner, refresh_s=0.01)
     try:
         for method, args in asks.items():
             want = getattr(inner.chains, method)(*args)
-            assert want is not None
+            assert want
             for _ in range(6_000):  # bounded: the worker reads each round (0.01 s apart)
                 got = getattr(observer, method)(*args)
-                if got is not None:
+                if got:
                     break
                 time.sleep(0.01)
             assert got == want, method

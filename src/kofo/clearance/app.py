@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 import cbor2
 import coincurve
 
-from kofo.clearance import admission, attest, bonds, privacy
+from kofo.clearance import admission, attest, bonds, clocks, privacy
 from kofo.clearance.admission import BlockBudget, SenderRateLimit
 from kofo.clearance.attest import Validator
 from kofo.clearance.errors import (
@@ -52,6 +52,7 @@ from kofo.wire.attest import (
     OBSERVER_METHODS,
     BondObservation,
     ChainObserver,
+    ChainTip,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -1320,6 +1321,7 @@ class LedgerApp:
         # leg per HTLC, ever (a recorded take reserved its order's: that order may use them).
         _check_htlcs_free(view.get, order)
         self._check_route(order, ctx)
+        self._check_clock_order(view, ctx, order)
         for p in parties:  # existence only: decoding four node records is wasted work here
             if view.get(_node_key(p)) is None:
                 raise UnknownNode(f"order party {p.hex()} is not a registered node")
@@ -1366,6 +1368,29 @@ class LedgerApp:
             raise OrderInvalid(
                 f"order {oid}: block time {ctx.time} is past legs[0].lock_by {legs[0].lock_by}"
             )
+
+    def _check_clock_order(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
+        """Refuse an order in which a leg expires later than (or too close to) the leg paying its
+        sender, on the validators' attested chain clocks, even in the reading most favourable
+        to the order (``kofo.clearance.clocks``): ``expiry_time`` is the parties' word, a height
+        expiry is what the HTLC enforces. A chain with no clock attested yet leaves the pair to
+        be judged when the paying leg is locked (``leg_not_locked`` then excuses the sender)."""
+        tips: dict[str, int] | None = None
+        for i in range(len(order.legs) - 1):
+            pay, own = order.legs[i], order.legs[i + 1]
+            if not clocks.crosses_clocks(pay, own):
+                continue
+            if tips is None:
+                tips = self._fresh_tips(view, ctx.time)
+            gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=False)
+            need = clocks.margin(pay, own, self._params)
+            if gap is not None and gap < need:
+                raise OrderInvalid(
+                    f"order {order.order_id.hex()}: legs[{i + 1}] ({own.chain} {own.expiry}) "
+                    f"expires at most {gap}s before legs[{i}] ({pay.chain} {pay.expiry}) paying "
+                    f"its sender, on the attested chain clocks {tips}; it needs {need}s "
+                    "(notice + settle)"
+                )
 
     def _check_fees(
         self, view: _View, order: SettlementOrder, spent_ok: tuple[bytes, bytes] | None = None
@@ -1468,7 +1493,10 @@ class LedgerApp:
             votes = [(validators[v.validator].power, v.extension) for v in tx.votes]
             total = sum(v.power for v in validators.values())
         view.set(b"meta/attested", _enc(ctx.height))
-        facts, bond_facts, executed = attest.tally(votes, total)
+        tallied = attest.tally_all(votes, total)
+        facts, bond_facts, executed = tallied.facts, tallied.bonds, tallied.executed
+        # the clocks first: a lock attested in this block is judged with them
+        self._set_clocks(view, ctx, tallied.clocks)
         for fact in facts:
             self._apply_fact(view, ctx, fact, self._set_outcome)
         for bond in bond_facts:
@@ -1498,6 +1526,27 @@ class LedgerApp:
             ctx.events.append(("attested_fact_dropped", (("kind", what),)))
             return
         sub.flush()
+
+    def _set_clocks(self, view: _View, ctx: _Ctx, heights: Mapping[str, int]) -> None:
+        """Each chain's attested height (the highest > 2/3 of the power report at least), kept
+        with this block's time; never lowered (a proposer leaving out honest votes could
+        otherwise set it back). Chains without ``chain_clock`` params are not kept."""
+        for chain, height in heights.items():
+            if chain not in self._params.chain_clock:
+                continue
+            prev = view.get_map(clocks.clock_key(chain))
+            if prev is not None:
+                height = max(height, int(prev["height"]))
+            view.set_map(clocks.clock_key(chain), {"height": height, "time": ctx.time})
+
+    def _fresh_tips(self, view: _View, at: int) -> dict[str, int]:
+        """The chains' attested heights usable at block time ``at`` (see ``clock_max_age``)."""
+        found = {}
+        for chain in sorted(self._params.chain_clock):
+            c = view.get_map(clocks.clock_key(chain))
+            if c is not None:
+                found[chain] = c
+        return clocks.fresh_tips(found, at, self._params)
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
         """An attested bond-vault balance: the only bond importance counts. A fall in it is
@@ -1718,6 +1767,14 @@ class LedgerApp:
             # the lock's block on its chain, for height expiries (a spend's if no lock was seen
             # first: at or after the lock, so it errs towards excusing the next leg's sender)
             leg["locked_height"] = fact.chain_height
+            # the chain clocks when the leg was locked, for judging its recipient's own leg
+            # (only the height chains of this order: at most one entry per leg)
+            tips = self._fresh_tips(view, ctx.time)
+            leg["clocks"] = {
+                c: tips[c]
+                for c in sorted({x.chain for x in order.legs if isinstance(x.expiry, BlockHeight)})
+                if c in tips
+            }
         leg["outcome"] = fact.outcome.value
         leg["txid"] = fact.txid
         leg["at"] = ctx.time
@@ -1835,7 +1892,28 @@ class LedgerApp:
             seen.append(obs)
             if len(seen) >= MAX_OBSERVATIONS:
                 break
-        return encode_extension(seen, self._bond_observations(), self._executed_observations())
+        return encode_extension(
+            seen, self._bond_observations(), self._executed_observations(), self._tips()
+        )
+
+    def _tips(self) -> list[ChainTip]:
+        """This validator's chain clocks: its observer's tips, for the chains the ledger keeps
+        a clock of (``chain_clock``)."""
+        if self.observer is None:
+            return []
+        try:
+            seen = self.observer.observe_tips()
+        except Exception:  # an observer failing is "saw nothing", never a crash
+            return []
+        out = []
+        for t in seen:
+            if not isinstance(t, ChainTip) or t.chain not in self._params.chain_clock:
+                continue
+            try:  # what every validator's VerifyVoteExtension will accept
+                out.append(ChainTip.from_list(t.as_list(), "tip"))
+            except BadMessage:
+                continue
+        return out
 
     def bonds_to_attest(self) -> bool:
         """Whether this validator's observer sees a vault balance the ledger does not hold,
@@ -2058,6 +2136,7 @@ class LedgerApp:
                         "its sender was right not to lock"
                     )
                 self._check_paid_in_safely(order, rec, tx.leg)
+                self._check_paid_in_clock(order, rec, tx.leg)
             except EvidenceInvalid:
                 # The sender was right not to lock. If it is the provider of a take whose taker
                 # wrote the order and reserved bond for it, or another party before such a
@@ -2485,6 +2564,11 @@ class LedgerApp:
                 f"legs[{paid_in}].lock_by (paying it in), less than attest_grace "
                 f"{self._params.attest_grace}: the provider could not lock in time after it"
             )
+        # The provider must be able to fill the order safely now: its own leg expiring enough
+        # before the leg paying it on the chain clocks in the strict reading (the one its
+        # engine applies), not only in the lenient one commit_order refuses by. A take of an
+        # order an honest provider's engine refuses (terms_margin_too_small) had it slashed 2 %.
+        self._check_take_clocks(view, ctx, order, paid_in, pays)
         # The provider's leg keys are the only ones the taken order carries no proof for: they
         # must be the chain addresses it registered, or a taker could name an address the
         # provider does not hold and have it slashed for an order it could never commit.
@@ -2544,6 +2628,33 @@ class LedgerApp:
                     "later taker could not learn in time whether the provider filled it"
                 )
 
+    def _check_take_clocks(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, paid_in: int, pays: int
+    ) -> None:
+        """Raise ``EvidenceInvalid`` unless the provider's own leg ``legs[pays]`` expires at
+        least ``notice + settle`` before ``legs[paid_in]`` paying it, in the strict reading of
+        the chain clocks attested now; a clock it needs that is not attested refuses the take
+        too (the ledger cannot tell that an honest provider could fill it)."""
+        pay, own = order.legs[paid_in], order.legs[pays]
+        if pays != paid_in + 1 or not clocks.crosses_clocks(pay, own):
+            return  # (pays == paid_in + 1 in every route: the provider sends the next leg)
+        tips = self._fresh_tips(view, ctx.time)
+        gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True)
+        need = clocks.margin(pay, own, self._params)
+        if gap is None:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}] ({own.chain} {own.expiry}) and legs[{paid_in}] "
+                f"({pay.chain} {pay.expiry}) cannot be compared: no clock of a chain they need "
+                f"is attested (attested: {tips}); the provider could not judge it safe"
+            )
+        if gap < need:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}] (the provider's, {own.chain} {own.expiry}) may "
+                f"expire as little as {gap}s before legs[{paid_in}] ({pay.chain} {pay.expiry}) "
+                f"paying it, on the attested chain clocks {tips}; it needs {need}s (notice + "
+                "settle): the provider could not fill it safely"
+            )
+
     def _check_paid_in_safely(
         self, order: SettlementOrder, rec: dict[str, Any], index: int
     ) -> None:
@@ -2568,6 +2679,41 @@ class LedgerApp:
                 f"{paid_in.chain} height {height}, {left} blocks before its expiry height "
                 f"{paid_in.expiry.value}, less than height_expiry_margin {margin}: "
                 f"legs[{index}]'s sender was right not to lock"
+            )
+
+    def _check_paid_in_clock(self, order: SettlementOrder, rec: dict[str, Any], index: int) -> None:
+        """Raise ``EvidenceInvalid`` if ``legs[index]`` (the sender's own) would expire later
+        than, or too close to, the leg paying its sender, in the strict reading of the chain
+        clocks attested when that leg was locked (``kofo.clearance.clocks``): the paying party
+        could refund its leg and then redeem the sender's, so the sender was right not to lock.
+        A clock the judgement needs that was not attested then also excuses it."""
+        if index == 0:
+            return
+        pay, own = order.legs[index - 1], order.legs[index]
+        if not clocks.crosses_clocks(pay, own):
+            return
+        paid = rec["legs"][index - 1]
+        at = paid.get("locked_at")
+        if at is None:
+            return  # not locked: judged above
+        tips = {str(c): int(h) for c, h in (paid.get("clocks") or {}).items()}
+        if isinstance(pay.expiry, BlockHeight) and paid.get("locked_height") is not None:
+            # its lock was seen at the confirmation depth: the attested tip is at least there
+            tips[pay.chain] = max(tips.get(pay.chain, 0), int(paid["locked_height"]))
+        gap = clocks.expiry_gap(pay, own, int(at), tips, self._params, strict=True)
+        need = clocks.margin(pay, own, self._params)
+        if gap is None:
+            raise EvidenceInvalid(
+                f"no clock of {own.chain if isinstance(own.expiry, BlockHeight) else pay.chain} "
+                f"was attested when legs[{index - 1}] was locked: legs[{index}]'s sender could "
+                "not know its leg expires before the leg paying it, and was right not to lock"
+            )
+        if gap < need:
+            raise EvidenceInvalid(
+                f"on the chain clocks attested when legs[{index - 1}] was locked, legs[{index}] "
+                f"({own.chain} {own.expiry}) could expire as little as {gap}s before "
+                f"legs[{index - 1}] ({pay.chain} {pay.expiry}) paying its sender, less than "
+                f"notice + settle {need}s: legs[{index}]'s sender was right not to lock"
             )
 
     def _filled_earlier_take(
@@ -2868,6 +3014,13 @@ class LedgerApp:
         nodes = {n for route in routes for n in route}
         return rank_routes(routes, {n: self.importance(n) for n in nodes})
 
+    def chain_clock(self, chain: str) -> dict[str, Any] | None:
+        """``chain``'s attested clock: ``{"height", "time"}`` (the highest height validators
+        with > 2/3 of the power report at least, and the block time it was last attested at),
+        or None if none was."""
+        raw = self.store.get_committed(clocks.clock_key(chain))
+        return None if raw is None else dict(_dec(raw))
+
     def query(self, path: str, data: bytes) -> bytes:
         """The ABCI query face: ``path`` names the query, ``data`` is its canonical-CBOR
         argument; the answer is canonical CBOR. Raises :class:`NotFound` (unknown path or
@@ -2925,6 +3078,12 @@ class LedgerApp:
             if type(start) is not int or not 0 <= start < 2**63:
                 raise InvalidInput("/decisions: the argument is the first decision number, >= 0")
             return encode([[seq, did] for seq, did in self.decisions(start)])
+        if path == "/clock":
+            chain = _arg_str(arg, "/clock: the chain")
+            clock = self.chain_clock(chain)
+            if clock is None:
+                raise NotFound(f"no clock of {chain[:16]!r} was attested")
+            return encode(clock)
         if path == "/validator_keys":
             if arg is not None:
                 raise InvalidInput("/validator_keys takes no argument")

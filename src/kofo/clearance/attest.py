@@ -25,11 +25,13 @@ from typing import Any
 from kofo.wire import envelope
 from kofo.wire.attest import (
     MAX_EXTENSION_BYTES,
+    MAX_TIPS,
     BondObservation,
+    ChainTip,
     ExecutedDecision,
     LegRef,
     Observation,
-    decode_extension_all,
+    decode_extension_every,
 )
 from kofo.wire.codec import EncodingError, count_items, decode, encode
 from kofo.wire.envelope import BadMessage
@@ -187,17 +189,48 @@ def check_attest_tx(
 def tally(
     votes: Iterable[tuple[int, bytes]], total_power: int
 ) -> tuple[list[Observation], list[BondObservation], list[ExecutedDecision]]:
+    """The facts attested by more than two thirds of ``total_power`` (see :func:`tally_all`)."""
+    t = tally_all(votes, total_power)
+    return t.facts, t.bonds, t.executed
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    facts: list[Observation]
+    bonds: list[BondObservation]
+    executed: list[ExecutedDecision]
+    clocks: dict[str, int]
+    """Per chain, the attested height: see :func:`attested_height`."""
+
+
+def attested_height(reports: Iterable[tuple[int, int]], total_power: int) -> int | None:
+    """The highest height ``h`` that validators holding more than two thirds of
+    ``total_power`` report at least (``reports`` are ``(power, height)``), or None when the
+    reports hold no more than two thirds. With less than a third of the power lying, more than
+    a third of the power behind ``h`` is honest, so ``h`` is at most the highest honest report
+    (liars cannot push it up); when the honest power present exceeds two thirds, ``h`` is at
+    least the lowest honest report (liars cannot push it down either)."""
+    behind = 0
+    for power, height in sorted(reports, key=lambda r: -r[1]):
+        behind += power
+        if 3 * behind > 2 * total_power:
+            return height
+    return None
+
+
+def tally_all(votes: Iterable[tuple[int, bytes]], total_power: int) -> Tally:
     """The facts attested by more than two thirds of ``total_power``, sorted: leg outcomes,
-    bond balances and bond decisions the vault executed.
+    bond balances, bond decisions the vault executed, and each chain's clock.
 
     ``votes`` are ``(power, extension)``; a malformed extension counts for nothing (an honest
     validator's never is: its structure is what VerifyVoteExtension checks)."""
     weight: dict[Observation, int] = {}
     bond_weight: dict[BondObservation, int] = {}
     done_weight: dict[ExecutedDecision, int] = {}
+    tips: dict[str, list[tuple[int, int]]] = {}
     for power, ext in votes:
         try:
-            obs, bonds, done = decode_extension_all(ext)
+            obs, bonds, done, seen_tips = decode_extension_every(ext)
         except (BadMessage, EncodingError):
             continue
         for o in obs:
@@ -206,10 +239,19 @@ def tally(
             bond_weight[b] = bond_weight.get(b, 0) + power
         for d in done:
             done_weight[d] = done_weight.get(d, 0) + power
-    return (
+        for t in seen_tips:
+            tips.setdefault(t.chain, []).append((power, t.height))
+    clocks = {}
+    # (<= MAX_VALIDATORS votes of <= MAX_TIPS tips each: bounded work)
+    for chain in sorted(tips):
+        h = attested_height(tips[chain], total_power)
+        if h is not None:
+            clocks[chain] = h
+    return Tally(
         sorted(o for o, w in weight.items() if 3 * w > 2 * total_power),
         sorted(b for b, w in bond_weight.items() if 3 * w > 2 * total_power),
         sorted(d for d, w in done_weight.items() if 3 * w > 2 * total_power),
+        clocks,
     )
 
 
@@ -229,7 +271,7 @@ class FileObserver:
 
     ``{"legs": [[order_id hex, leg, outcome, txid, chain_height], ...],
     "bonds": [[node hex, amount, chain_height], ...], "done": [[decision hex, chain_height],
-    ...]}``; a missing or unreadable file is an
+    ...], "tips": [[chain, safe_height], ...]}``; a missing or unreadable file is an
     observer that sees nothing."""
 
     def __init__(self, path: str) -> None:
@@ -238,6 +280,7 @@ class FileObserver:
         self._legs: dict[tuple[bytes, int], Observation] = {}
         self._bonds: dict[bytes, BondObservation] = {}
         self._done: dict[bytes, ExecutedDecision] = {}
+        self._tips: list[ChainTip] = []
 
     def _load(self) -> None:
         import json
@@ -247,6 +290,7 @@ class FileObserver:
             st = os.stat(self._path)
         except OSError:
             self._legs, self._bonds, self._done, self._stamp = {}, {}, {}, None
+            self._tips = []
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
@@ -268,9 +312,14 @@ class FileObserver:
             for decision, height in data.get("done", []):
                 d = ExecutedDecision.from_list([bytes.fromhex(decision), height], "done")
                 done[d.decision] = d
+            tips = [
+                ChainTip.from_list([chain, height], "tip")
+                for chain, height in data.get("tips", [])[:MAX_TIPS]
+            ]
         except (OSError, ValueError, TypeError, BadMessage):
             return  # a half-written file: keep the last good view
         self._legs, self._bonds, self._done, self._stamp = legs, bonds, done, stamp
+        self._tips = tips
 
     def observe(self, ref: LegRef) -> Observation | None:
         self._load()
@@ -283,3 +332,7 @@ class FileObserver:
     def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
         self._load()
         return self._done.get(decision)
+
+    def observe_tips(self) -> list[ChainTip]:
+        self._load()
+        return list(self._tips)

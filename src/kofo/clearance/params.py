@@ -29,6 +29,20 @@ def _default_height_expiry_margin() -> dict[str, int]:
     return {"btc": 47, "ltc": 124}
 
 
+def _default_chain_clock() -> dict[str, dict[str, int]]:
+    # The settlement engine's production policies (docs/swap.md §2, kofo.settlement.terms):
+    # nominal block interval (s), the confirmations validators attest tips at, notice(c) and
+    # settle(c) = (inclusion + confirmations) x interval, in seconds.
+    return {
+        "btc": {"block_interval": 600, "confirmations": 6, "notice": 120, "settle": 7_200},
+        "ltc": {"block_interval": 150, "confirmations": 12, "notice": 60, "settle": 2_700},
+        "eth": {"block_interval": 12, "confirmations": 64, "notice": 60, "settle": 1_068},
+    }
+
+
+CHAIN_CLOCK_KEYS = ("block_interval", "confirmations", "notice", "settle")
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerParams:
     protocol_fee_bps: int = 10
@@ -92,6 +106,22 @@ class LedgerParams:
     to lock its own leg (``leg_not_locked``). The ledger cannot relate a height to time, so a
     taker could name a near or past height for the leg paying a provider, which must not lock
     against it. A chain not listed gets no such excuse: list every height chain routed."""
+    chain_clock: dict[str, dict[str, int]] = field(default_factory=_default_chain_clock)
+    """Per chain: ``block_interval`` (s), the ``confirmations`` validators attest its tip at,
+    and the engine's ``notice`` and ``settle`` (s). The validators attest each chain's tip (its
+    clock, docs/clearance.md "Chain clocks"); with these the ledger converts a height expiry
+    into seconds and checks that each leg a party sends expires at least ``notice(own chain) +
+    settle(paying chain)`` before the leg paying it (the engine's participant margin): at
+    commit (refusing what fails in any case), at a take and when judging ``leg_not_locked``
+    (excusing what might fail). Only chains listed here get a clock; a height leg on another
+    chain is never judged safe."""
+    clock_tolerance_pct: int = 40
+    """``n`` blocks take between (100 - this) % and (100 + this) % of ``n`` nominal intervals
+    (the engine's ``rate_tolerance_pct``: 12 Bitcoin blocks come in under 60 % of their nominal
+    time with probability ~2 %)."""
+    clock_max_age: int = 900
+    """Seconds (block time) an attested chain clock stays usable: an older one (validators no
+    longer attest that chain) counts as no clock."""
     max_txs_per_sender_per_block: int = 1_000
     """One sender's share of a block (see ``kofo.clearance.admission``): a busy maker commits a
     few orders a second; a thousand per block is far above that and still bounds a spammer."""
@@ -172,6 +202,24 @@ class LedgerParams:
                 )
         if not 1 <= self.max_open_takes <= 1_024:
             raise InvalidInput(f"max_open_takes must be within 1..1024, got {self.max_open_takes}")
+        for chain, cfg in self.chain_clock.items():
+            if (
+                not isinstance(cfg, dict)
+                or set(cfg) != set(CHAIN_CLOCK_KEYS)
+                or any(type(v) is not int or not 0 <= v <= 10**7 for v in cfg.values())
+                or cfg["block_interval"] < 1
+                or cfg["confirmations"] < 1
+            ):
+                raise InvalidInput(
+                    f"chain_clock[{chain!r}] must map {', '.join(CHAIN_CLOCK_KEYS)} to integers "
+                    f"within 0..10^7 (block_interval and confirmations >= 1), got {cfg!r}"
+                )
+        if not 0 <= self.clock_tolerance_pct < 100:
+            raise InvalidInput(
+                f"clock_tolerance_pct must be within 0..99, got {self.clock_tolerance_pct}"
+            )
+        if not 0 <= self.clock_max_age <= 86_400:
+            raise InvalidInput(f"clock_max_age must be within 0..86400, got {self.clock_max_age}")
         if not 1 <= self.bond_height_step <= 1_000_000:
             raise InvalidInput(
                 f"bond_height_step must be within 1..1000000, got {self.bond_height_step}"

@@ -57,6 +57,7 @@ from kofo.settlement.chains.ethereum.contract import deploy
 from kofo.settlement.chains.ethereum.devnet import DevnetServer, EmbeddedEvm
 from kofo.settlement.chains.ethereum.keys import account_from_seed
 from kofo.settlement.observer import AdapterObserver, VaultWatcher
+from kofo.settlement.terms import devnet_policy
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,40 @@ class DevnetTiming:
 
     def ledger_params(self, base: LedgerParams) -> LedgerParams:
         return replace(
-            base, attest_grace=self.attest_grace_s, min_expiry_gap=self.leg_expiry_step_s
+            base,
+            attest_grace=self.attest_grace_s,
+            min_expiry_gap=self.leg_expiry_step_s,
+            chain_clock=devnet_chain_clock(self),
+            clock_tolerance_pct=0,
         )
 
 
 DEVNET_TIMING = DevnetTiming()
+
+
+def devnet_chain_clock(timing: DevnetTiming | None = None) -> dict[str, dict[str, int]]:
+    """The solo ledger's ``chain_clock`` for the devnet's chains: the nodes' development policy
+    there (``devnet_policy`` with ``[timing]``'s block interval and confirmations), so the
+    ledger reads a regtest height as the nodes' engines do (with ``clock_tolerance_pct`` 0, the
+    policy's ``rate_tolerance_pct``); the production defaults (btc 600 s a block, 40 %) would
+    refuse every devnet order whose btc leg a unix leg pays."""
+    interval = timing.block_interval_s if timing is not None else 1
+    confirmations = timing.confirmations if timing is not None else 1
+    out = {}
+    for chain, height in (("btc", True), ("ltc", True), ("eth", False)):
+        p = replace(
+            devnet_policy(chain, height_clock=height),
+            block_interval=interval,
+            confirmations=confirmations,
+        )
+        out[chain] = {
+            "block_interval": p.block_interval,
+            "confirmations": p.confirmations,
+            "notice": p.notice_seconds,
+            "settle": p.settle_seconds(),
+        }
+    return out
+
 
 FUND_WEI = 100 * 10**18
 FUND_DUSD = 1_000_000 * 10**6
@@ -262,6 +292,10 @@ def start_devnet(
             bond_vault_address=vault,
             slash_recipient=foundation,
             bond_height_step=1,  # one validator: nothing to agree on, bonds count at once
+            # the devnet's chains run on the nodes' development policy (no rate tolerance: its
+            # blocks come on a clock), whatever timing the rest of the devnet has
+            chain_clock=devnet_chain_clock(timing),
+            clock_tolerance_pct=0,
         )
         app = LedgerApp(MerkleStore(), params, vault_signer=signer)
         ledger = SoloLedgerRpc(SoloChain(app, clock=ledger_clock), port=ledger_port).start()

@@ -70,6 +70,7 @@ from kofo.settlement.observer import AdapterObserver, VaultWatcher
 from kofo.wire.attest import (
     BondObservation,
     ChainObserver,
+    ChainTip,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -169,10 +170,10 @@ class _Watch:
 
 
 class PrefetchingObserver:
-    """The validator's chain observer, answered from memory: ``observe``, ``observe_bond`` and
-    ``observe_decision`` (every :class:`~kofo.wire.attest.ChainObserver` method) return what a
-    worker thread last read for that fact and ask it to read again; no chain RPC runs on the
-    caller's thread.
+    """The validator's chain observer, answered from memory: ``observe``, ``observe_bond``,
+    ``observe_decision`` and ``observe_tips`` (every :class:`~kofo.wire.attest.ChainObserver`
+    method) return what a worker thread last read for that fact and ask it to read again; no
+    chain RPC runs on the caller's thread.
 
     The ABCI server answers CometBFT's connections (consensus, mempool, queries) on one event
     loop, and the app asks its observer from ``ExtendVote``: reading the chains there (a lock
@@ -211,6 +212,10 @@ class PrefetchingObserver:
             lambda: self.inner.observe_decision(decision, step),
         )
         return seen
+
+    def observe_tips(self) -> list[ChainTip]:
+        seen: list[ChainTip] | None = self._ask(("tips",), self.inner.observe_tips)
+        return list(seen or [])
 
     def _ask(self, key: Hashable, read: Callable[[], Any]) -> Any:
         now = time.monotonic()

@@ -19,7 +19,14 @@ from web3 import Web3
 from kofo.errors import KofoError
 from kofo.settlement.chain import ChainAdapter, HtlcState, HtlcTerms
 from kofo.settlement.chains.ethereum.contract import load_artifact
-from kofo.wire.attest import BondObservation, ExecutedDecision, LegRef, Observation
+from kofo.wire.attest import (
+    MAX_TIPS,
+    BondObservation,
+    ChainTip,
+    ExecutedDecision,
+    LegRef,
+    Observation,
+)
 from kofo.wire.orders import LegOutcome
 
 log = logging.getLogger("kofo.settlement.observer")
@@ -124,6 +131,21 @@ class AdapterObserver:
     def observe_decision(self, decision: bytes, step: int = 1) -> ExecutedDecision | None:
         """Whether the vault executed ledger decision ``decision`` (see VaultWatcher)."""
         return None if self.vault is None else self.vault.observe_decision(decision, step)
+
+    def observe_tips(self) -> list[ChainTip]:
+        """Each watched chain's tip at its confirmation depth (``tip - confirmations + 1``):
+        the chain clock this validator attests (a chain that cannot be read now is left out)."""
+        out = []
+        for chain in sorted(self.adapters)[:MAX_TIPS]:
+            try:
+                tip = self.adapters[chain].tip().height
+            except KofoError as exc:
+                log.info("reading %s's tip: %s", chain, exc)
+                continue
+            safe = tip - max(1, self.confirmations.get(chain, 1)) + 1
+            if safe >= 0:
+                out.append(ChainTip(chain, safe))
+        return out
 
 
 class VaultWatcher:

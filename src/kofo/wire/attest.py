@@ -12,7 +12,10 @@ plus, when the validator saw bond balances differ from the ledger's record, ``"b
 [[node_id, amount, chain_height], ...]`` (the bond vault's balance per node, same limits),
 and, when the vault executed bond decisions the ledger still holds open, ``"done":
 [[decision_id, chain_height], ...]`` (``executed(decision_id)`` is true in the vault as of
-``chain_height``; sorted by id, same limits). Both keys are present only when non-empty.
+``chain_height``; sorted by id, same limits), and, when the validator watches chains, ``"tips":
+[[chain, safe_height], ...]`` (each watched chain's tip at the validator's confirmation depth:
+the chain's clock, sorted by chain, at most :data:`MAX_TIPS`). These keys are present only
+when non-empty.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ attestation tx."""
 MAX_TXID_LEN = 128
 MAX_CHAIN_HEIGHT = 2**63 - 1
 MAX_LEG_INDEX = 255
+MAX_TIPS = 16
+"""Chains one validator may report a tip for (a few bytes each)."""
+MAX_CHAIN_NAME = 16
 MAX_BOND = 2**128 - 1
 """Wei; far above all the ether there is, far below anything that costs to print or compare."""
 
@@ -115,6 +121,36 @@ class BondObservation:
         return cls(node, amount, height)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class ChainTip:
+    """``chain``'s highest block at the validator's confirmation depth is ``height``: what the
+    ledger reads as that chain's clock (docs/clearance.md, "Chain clocks")."""
+
+    chain: str
+    height: int
+
+    def as_list(self) -> list[Any]:
+        return [self.chain, self.height]
+
+    @classmethod
+    def from_list(cls, v: Any, where: str) -> ChainTip:
+        if not isinstance(v, list) or len(v) != 2:
+            raise BadMessage(f"{where} must be a list of 2 items")
+        chain, height = v
+        if (
+            not isinstance(chain, str)
+            or not 0 < len(chain) <= MAX_CHAIN_NAME
+            or not chain.isascii()
+            or not all(c.islower() or c.isdigit() for c in chain)
+        ):
+            raise BadMessage(f"{where}[0] (chain) must be 1..{MAX_CHAIN_NAME} of [a-z0-9]")
+        if isinstance(height, bool) or not isinstance(height, int):
+            raise BadMessage(f"{where} height must be an integer")
+        if not 0 <= height <= MAX_CHAIN_HEIGHT:
+            raise BadMessage(f"{where} height must be in 0..{MAX_CHAIN_HEIGHT}")
+        return cls(chain, height)
+
+
 class ChainObserver(Protocol):
     """A validator's own view of the chains (implemented over the settlement watchers).
 
@@ -143,8 +179,13 @@ class ChainObserver(Protocol):
         else None (also when no vault is watched)."""
         ...
 
+    def observe_tips(self) -> list[ChainTip]:
+        """Each watched chain's highest block at this validator's confirmation depth (the
+        ledger's clock of that chain); empty if none is watched or none answers."""
+        ...
 
-OBSERVER_METHODS = ("observe", "observe_bond", "observe_decision")
+
+OBSERVER_METHODS = ("observe", "observe_bond", "observe_decision", "observe_tips")
 """The methods of :class:`ChainObserver`, every one required: the app checks an observer it is
 given has them all (a type checker sees only typed code)."""
 
@@ -181,7 +222,14 @@ def encode_extension(
     observations: list[Observation],
     bond_observations: list[BondObservation] = (),  # type: ignore[assignment]
     executed: list[ExecutedDecision] = (),  # type: ignore[assignment]
+    tips: list[ChainTip] = (),  # type: ignore[assignment]
 ) -> bytes:
+    # one tip per chain (the highest, should an observer name a chain twice), at most MAX_TIPS
+    best: dict[str, ChainTip] = {}
+    for t in tips:
+        if t.chain not in best or t.height > best[t.chain].height:
+            best[t.chain] = t
+    clock = [best[c].as_list() for c in sorted(best)][:MAX_TIPS]
     obs = sorted(set(observations))[:MAX_OBSERVATIONS]
     bonds = sorted(set(bond_observations))[:MAX_OBSERVATIONS]
     done = sorted(set(executed))[:MAX_OBSERVATIONS]
@@ -196,6 +244,8 @@ def encode_extension(
             body["bonds"] = [b.as_list() for b in bonds]
         if done:
             body["done"] = [d.as_list() for d in done]
+        if clock:  # at most 16 x ~27 bytes: always kept
+            body["tips"] = clock
         raw = encode(body)
         if len(raw) <= MAX_EXTENSION_BYTES:
             return raw
@@ -224,23 +274,33 @@ def decode_extension_full(raw: bytes) -> tuple[list[Observation], list[BondObser
 def decode_extension_all(
     raw: bytes,
 ) -> tuple[list[Observation], list[BondObservation], list[ExecutedDecision]]:
+    """The leg, bond and decision observations of a vote extension (see
+    :func:`decode_extension_every`)."""
+    obs, bonds, done, _ = decode_extension_every(raw)
+    return obs, bonds, done
+
+
+def decode_extension_every(
+    raw: bytes,
+) -> tuple[list[Observation], list[BondObservation], list[ExecutedDecision], list[ChainTip]]:
     """The observations of a vote extension; :class:`BadMessage` for anything but the
     canonical, bounded, sorted form (an empty extension means "nothing to report")."""
     if not raw:
-        return [], [], []
+        return [], [], [], []
     if len(raw) > MAX_EXTENSION_BYTES:
         raise BadMessage(f"vote extension is {len(raw)} bytes, more than {MAX_EXTENSION_BYTES}")
     m = decode(raw)
     if (
         not isinstance(m, dict)
-        or set(m) - {"bonds", "done"} != {"v", "obs"}
+        or set(m) - {"bonds", "done", "tips"} != {"v", "obs"}
         or m["v"] != EXTENSION_VERSION
         or m.get("bonds", 1) == []
         or m.get("done", 1) == []
+        or m.get("tips", 1) == []
     ):
         raise BadMessage(
             f"vote extension must be {{'v': {EXTENSION_VERSION}, 'obs': [...]}} and, if any, "
-            "a non-empty 'bonds': [...] and a non-empty 'done': [...]"
+            "a non-empty 'bonds': [...], 'done': [...] and 'tips': [...]"
         )
     items = m["obs"]
     if not isinstance(items, list) or len(items) > MAX_OBSERVATIONS:
@@ -267,4 +327,10 @@ def decode_extension_all(
     ]
     if any(a.decision >= b.decision for a, b in itertools.pairwise(done)):
         raise BadMessage("vote extension done must be sorted by decision, one each")
-    return obs, bonds, done
+    raw_tips = m.get("tips", [])
+    if not isinstance(raw_tips, list) or len(raw_tips) > MAX_TIPS:
+        raise BadMessage(f"vote extension tips must be a list of at most {MAX_TIPS}")
+    tips = [ChainTip.from_list(x, f"vote extension tips[{i}]") for i, x in enumerate(raw_tips)]
+    if any(a.chain >= b.chain for a, b in itertools.pairwise(tips)):
+        raise BadMessage("vote extension tips must be sorted by chain, one each")
+    return obs, bonds, done, tips
