@@ -216,3 +216,90 @@ def test_a_sham_order_sharing_an_honest_orders_hash_is_settled_only_by_its_own_h
     assert rec["status"] == "committed"
     assert [x["outcome"] for x in rec["legs"]] == [None, None]
     assert ledger.app.node(s1.id)["settled"] == ledger.app.node(s2.id)["settled"] == 0
+
+
+def _mint(chain, token, to, amount):
+    abi = [
+        {
+            "name": "mint",
+            "type": "function",
+            "stateMutability": "nonpayable",
+            "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}],
+            "outputs": [],
+        }
+    ]
+    tok = chain.w3.eth.contract(address=token, abi=abi)
+    chain.send(tok.functions.mint(to, amount), chain.new_account(10**17))
+
+
+def test_one_token_swap_never_settles_two_orders_through_token_spellings():
+    """Self-dealing sybils (they hold both keys of every leg, so they prove them) commit one
+    ERC-20 swap several times, the token address spelled differently each time: checksummed,
+    lower case, upper case, without its 0x. The chain (and the observer, through the adapter)
+    reads all of them as one token, so one real lock and redeem per leg settled every copy
+    (volume, settled count and importance several times for one swap). On the old code all
+    four committed and all four settled; now an HTLC's token is compared as the chain reads
+    it, and the copies are one HTLC (``already_exists``)."""
+    from kofo.settlement.chain import HtlcTerms
+    from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
+    from kofo.settlement.chains.ethereum.contract import deploy
+    from kofo.settlement.observer import AdapterObserver
+    from kofo.wire.expiry import UnixTime
+    from kofo.wire.orders import Leg, SettlementOrder
+    from tests.ethereum.conftest import EmbeddedChain
+
+    from .helpers import LEG_KEYS
+
+    chain = EmbeddedChain()
+    deployer = chain.new_account(10**18)
+    htlc = deploy(chain.w3, "HTLC", deployer)
+    token = deploy(chain.w3, "TestToken", deployer, "Test", "TST", 6)
+    c, d = (EthereumAdapter(chain.w3, chain.new_account(5 * 10**18), htlc) for _ in range(2))
+    for adapter in (c, d):
+        LEG_KEYS[adapter.address()] = bytes(adapter.account.key)
+        _mint(chain, token, adapter.address(), 10**9)
+    s1, s2 = Party.make(7), Party.make(8)
+    now = c.expiry_now().value
+    preimage = hashlib.sha256(b"sybil's secret").digest()
+    payment_hash = hashlib.sha256(preimage).digest()
+    spellings = [str(token), str(token).lower(), "0x" + str(token)[2:].upper(), str(token)[2:]]
+
+    def order_of(tok):
+        def leg(x, y, xa, ya, amount, expiry, lock_by):
+            return Leg("eth", tok, x.id, y.id, xa.address(), ya.address(), amount,
+                       UnixTime(expiry), expiry, lock_by)  # fmt: skip
+
+        return with_derived_id(
+            SettlementOrder(
+                order_id=bytes(16),
+                kind=OrderKind.DIRECT,
+                payment_hash=payment_hash,
+                legs=(
+                    leg(s1, s2, c, d, 10**6, now + 7_200, now + 600),
+                    leg(s2, s1, d, c, 2 * 10**6, now + 3_600, now + 660),
+                ),
+            )
+        )
+
+    orders = [order_of(t) for t in spellings]
+    ledger = Ledger(chains=AdapterObserver({"eth": c}))
+    ledger.time = now
+    ledger.ok(*(p.register_tx() for p in (s1, s2)))
+    result = ledger.block(*(commit_tx(o, [s1, s2], s1) for o in orders))
+    # old code: ["", "", "", ""]
+    assert _codes(result) == ["", "already_exists", "already_exists", "already_exists"]
+    refs = []
+    for adapter, lg in ((c, orders[0].legs[0]), (d, orders[0].legs[1])):
+        terms = HtlcTerms(
+            "eth", payment_hash, lg.amount, lg.sender_address, lg.recipient_address, lg.expiry,
+            token=lg.token,
+        )  # fmt: skip
+        refs.append(adapter.lock(terms))
+    ledger.attested()
+    for adapter, ref in ((c, refs[1]), (d, refs[0])):
+        tx = adapter.prepare_redeem(ref, preimage)
+        adapter.broadcast(tx)
+        adapter.wait(tx.txid)
+    ledger.attested()
+    assert ledger.app.order(orders[0].order_id)["status"] == "settled"
+    assert ledger.app.node(s1.id)["settled"] == 1  # old code: 4
