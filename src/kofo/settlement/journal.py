@@ -178,26 +178,37 @@ def _private_sidecars(path: Path) -> None:
 _TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
+def _counterparty(role: Role, terms: SwapTerms) -> tuple[bytes, set[str]]:
+    """The other node of a swap of ours in ``role``, and the chain keys it uses in it."""
+    if role is Role.PARTICIPANT:
+        keys = {terms.initiator_leg.sender, terms.participant_leg.recipient}
+        return terms.initiator_node, {k.lower() for k in keys}
+    keys = {terms.participant_leg.sender, terms.initiator_leg.recipient}
+    return terms.participant_node, {k.lower() for k in keys}
+
+
 def hash_shared_safely(role: Role, terms: SwapTerms, others: list[tuple[Role, SwapTerms]]) -> bool:
     """Whether a new swap may use a payment hash that ``others`` (this journal's swaps) use.
 
-    Only as a participant, beside participant swaps only, each with another initiator node and
-    other counterparty keys on both legs: then every swap pays and is paid by HTLCs of its own
-    (and a counterparty lock is bound to one swap anyway, ``claim_fact``), and a participant's
-    safety never rests on the secret being unknown (it locks only once paid in, and redeems with
-    whatever reveal it sees). A hash whose secret we hold (any swap of ours as initiator) is
-    never shared, and twins from one initiator (issue 16, case 1) stay refused. Why share at
-    all: the ledger lets an order reuse a payment hash it saw (a taker's, in the mempool) with
-    keys of its own, so that nobody can squat a taker's hash (docs/clearance.md); a maker drawn
-    into two such orders must be able to serve both."""
+    Only a new **participant** swap, and only beside swaps (either role) each with another
+    counterparty node using other chain keys (its keys on both legs compared with the new
+    initiator's, hex case folded): then every swap pays and is paid by HTLCs of its own (and a
+    counterparty lock is bound to one swap anyway, ``claim_fact``), and a participant's safety
+    never rests on the secret being unknown (it locks only once paid in, and redeems with
+    whatever reveal it sees). Beside a swap of ours as **initiator** (our own secret: a griefer
+    copied our public hash into a take of our quote) the participant swap never holds the
+    secret (it is kept per swap id), so it reveals nothing before our initiator swap is paid
+    in. A new initiator swap never shares (the secret must be ours and unknown), and twins from
+    one initiator (issue 16, case 1) stay refused. Why share at all: the ledger lets an order
+    reuse a payment hash it saw (any order's, public) with keys of its own, so that nobody can
+    squat a taker's hash (docs/clearance.md); a maker drawn into such an order must be able to
+    serve it or be slashed."""
     if role is not Role.PARTICIPANT:
         return False
+    node, keys = _counterparty(role, terms)
     for other_role, other in others:
-        if other_role is not Role.PARTICIPANT or other.initiator_node == terms.initiator_node:
-            return False
-        if terms.initiator_leg.sender.lower() == other.initiator_leg.sender.lower():
-            return False
-        if terms.participant_leg.recipient.lower() == other.participant_leg.recipient.lower():
+        other_node, other_keys = _counterparty(other_role, other)
+        if other_node == node or keys & other_keys:
             return False
     return True
 
