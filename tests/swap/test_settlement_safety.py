@@ -315,6 +315,45 @@ def test_a_participant_serves_two_initiators_that_share_a_payment_hash(evm_world
     )
 
 
+def test_a_maker_serves_one_taker_twice_under_one_hash_with_other_keys(evm_world, tmp_path):
+    """Any taker, no sybil needed: it takes two of a maker's quotes with one payment hash and
+    other chain keys in each order (the ledger allows it: other keys, other HTLCs), locks both
+    legs 0, and the maker's engine refused the second proposal (same initiator node), never
+    locked it, and was slashed 5 % for it. The node id adds nothing to the maker's safety:
+    the keys differ, so each swap is paid by its own lock (bound by ``claims``). Served now;
+    the same keys (issue 16's twins) stay refused."""
+    evm, alice, bob = evm_world
+    other = make_node("alice-2", tmp_path, {"eth": evm})  # alice's second account's keys
+    secret = os.urandom(32)
+    h = __import__("hashlib").sha256(secret).digest()
+    one = _terms(alice, bob, *_eth_for_tokens(evm, alice, bob), h)
+    two = _terms(alice, bob, *_eth_for_tokens(evm, other, bob, amount=ETHER // 2), h)
+    assert isinstance(_offer(alice, bob, one), Accept)
+    reply = _offer(alice, bob, two)
+    assert isinstance(reply, Accept), reply  # old code: Error terms_payment_hash_known
+
+    tokens = bob.engine.adapters["eth"]
+    tokens_before = tokens.balance(evm.token)
+    _lock(alice, one.initiator_leg.htlc(h))
+    _lock(other, two.initiator_leg.htlc(h))
+    for _r in range(20):
+        bob.engine.tick()
+        states = {bob.engine.journal.get(t.swap_id).state for t in (one, two)}
+        if states == {State.LOCKED}:
+            break
+        evm.advance(10)
+    assert states == {State.LOCKED}
+    assert _own_lock_count(bob, one.swap_id) == _own_lock_count(bob, two.swap_id) == 1
+    _redeem_as_attacker(alice, one, secret)
+    _redeem_as_attacker(other, two, secret)
+    for t in (one, two):
+        states = drive([bob], t.swap_id, rounds=20, between=lambda _r: evm.advance(10))
+        assert states["bob"] is State.REDEEMED
+    assert tokens_before - tokens.balance(evm.token) == (
+        one.participant_leg.amount + two.participant_leg.amount
+    )
+
+
 def test_a_maker_serves_a_griefer_that_reuses_the_makers_own_payment_hash(evm_world, tmp_path):
     """A node that both takes (initiator, its own secret) and quotes (participant): its taker
     order's payment hash is public on the ledger, and the ledger lets another order reuse it

@@ -178,39 +178,44 @@ def _private_sidecars(path: Path) -> None:
 _TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
-def _counterparty(role: Role, terms: SwapTerms) -> tuple[bytes, set[str]]:
-    """The other node of a swap of ours in ``role``, and the chain keys it uses in it."""
+def _key_form(key: str) -> str:
+    # One form per key: hex case folded, a compressed secp256k1 key by its x coordinate (a
+    # Taproot HTLC names x-only keys: 02x and 03x lock to one output).
+    folded = key.lower()
+    return folded[2:] if len(folded) == 66 and folded[:2] in ("02", "03") else folded
+
+
+def _counterparty_keys(role: Role, terms: SwapTerms) -> set[str]:
+    """The chain keys the other node uses in a swap of ours in ``role``."""
     if role is Role.PARTICIPANT:
         keys = {terms.initiator_leg.sender, terms.participant_leg.recipient}
-        return terms.initiator_node, {k.lower() for k in keys}
-    keys = {terms.participant_leg.sender, terms.initiator_leg.recipient}
-    return terms.participant_node, {k.lower() for k in keys}
+    else:
+        keys = {terms.participant_leg.sender, terms.initiator_leg.recipient}
+    return {_key_form(k) for k in keys}
 
 
 def hash_shared_safely(role: Role, terms: SwapTerms, others: list[tuple[Role, SwapTerms]]) -> bool:
     """Whether a new swap may use a payment hash that ``others`` (this journal's swaps) use.
 
-    Only a new **participant** swap, and only beside swaps (either role) each with another
-    counterparty node using other chain keys (its keys on both legs compared with the new
-    initiator's, hex case folded): then every swap pays and is paid by HTLCs of its own (and a
+    Only a new **participant** swap, and only beside swaps (either role) whose counterparty
+    uses none of the new initiator's chain keys (either leg; hex case folded, a compressed key
+    by its x coordinate): then every swap pays and is paid by HTLCs of its own (and a
     counterparty lock is bound to one swap anyway, ``claim_fact``), and a participant's safety
     never rests on the secret being unknown (it locks only once paid in, and redeems with
-    whatever reveal it sees). Beside a swap of ours as **initiator** (our own secret: a griefer
-    copied our public hash into a take of our quote) the participant swap never holds the
-    secret (it is kept per swap id), so it reveals nothing before our initiator swap is paid
-    in. A new initiator swap never shares (the secret must be ours and unknown), and twins from
-    one initiator (issue 16, case 1) stay refused. Why share at all: the ledger lets an order
-    reuse a payment hash it saw (any order's, public) with keys of its own, so that nobody can
-    squat a taker's hash (docs/clearance.md); a maker drawn into such an order must be able to
-    serve it or be slashed."""
+    whatever reveal it sees). The counterparty's node id adds nothing to that: one taker may
+    take two of our quotes under one hash with other keys (the ledger allows it), and refusing
+    the second got us slashed. Beside a swap of ours as **initiator** (our own secret: a
+    griefer copied our public hash into a take of our quote) the participant swap never holds
+    the secret (it is kept per swap id), so it reveals nothing before our initiator swap is
+    paid in. A new initiator swap never shares (the secret must be ours and unknown), and
+    twins (issue 16, case 1: one lock for two swaps) stay refused by their shared keys. Why
+    share at all: the ledger lets an order reuse a payment hash it saw (any order's, public)
+    with keys of its own, so that nobody can squat a taker's hash (docs/clearance.md); a maker
+    drawn into such an order must be able to serve it or be slashed."""
     if role is not Role.PARTICIPANT:
         return False
-    node, keys = _counterparty(role, terms)
-    for other_role, other in others:
-        other_node, other_keys = _counterparty(other_role, other)
-        if other_node == node or keys & other_keys:
-            return False
-    return True
+    keys = _counterparty_keys(role, terms)
+    return not any(keys & _counterparty_keys(r, other) for r, other in others)
 
 
 class Journal:
