@@ -303,3 +303,40 @@ def test_one_token_swap_never_settles_two_orders_through_token_spellings():
     ledger.attested()
     assert ledger.app.order(orders[0].order_id)["status"] == "settled"
     assert ledger.app.node(s1.id)["settled"] == 1  # old code: 4
+
+
+def test_one_taker_can_take_two_quotes_of_a_provider_under_one_payment_hash(net):
+    """What the maker's engine must then serve (docs/swap.md §6): a taker takes two of the
+    provider's quotes with one payment hash and its own other keys in the second order. The
+    ledger records both takes and the provider can commit both orders: both are its duty, so
+    its engine refusing the second swap (one initiator node) got it slashed."""
+    ledger, m1, alice, _, _ = net
+    q1 = _quote(ledger, m1, taker=alice.id)
+    q2 = dataclasses.replace(q1, valid_until=q1.valid_until + 1)
+    q2 = dataclasses.replace(q2, quote_id=derive_quote_id(q2))
+    first = take_order(q1, m1, alice)
+    base = take_order(q2, m1, alice).order
+
+    def own(leg, i, field, node):  # alice's second set of keys, proven as the first
+        value = getattr(leg, field)
+        return leg_address(leg.chain, f"alice-second-{i}-{field}") if node == alice.id else value
+
+    legs = tuple(
+        dataclasses.replace(
+            leg,
+            sender_address=own(leg, i, "sender_address", leg.sender),
+            recipient_address=own(leg, i, "recipient_address", leg.recipient),
+        )
+        for i, leg in enumerate(base.legs)
+    )
+    order = with_derived_id(
+        dataclasses.replace(base, payment_hash=first.order.payment_hash, legs=legs)
+    )
+    second = prove_legs(CommitOrder(order, (order.sign(alice.key),)), skip=m1.id)
+    ev1 = take_evidence(q1, m1, alice, order=first)
+    ev2 = take_evidence(q2, m1, alice, order=second)
+    assert _codes(ledger.block(ev1, ev2)) == ["", ""]  # both takes recorded
+    for taken in (first, second):
+        full = CommitOrder(taken.order, (*taken.signatures, taken.order.sign(m1.key)))
+        ledger.ok(sign_tx(m1.key, prove_legs(full)))
+        assert ledger.app.order(taken.order.order_id)["status"] == "committed"
