@@ -216,3 +216,127 @@ def test_a_sham_order_sharing_an_honest_orders_hash_is_settled_only_by_its_own_h
     assert rec["status"] == "committed"
     assert [x["outcome"] for x in rec["legs"]] == [None, None]
     assert ledger.app.node(s1.id)["settled"] == ledger.app.node(s2.id)["settled"] == 0
+
+
+def _mint(chain, token, to, amount):
+    abi = [
+        {
+            "name": "mint",
+            "type": "function",
+            "stateMutability": "nonpayable",
+            "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}],
+            "outputs": [],
+        }
+    ]
+    tok = chain.w3.eth.contract(address=token, abi=abi)
+    chain.send(tok.functions.mint(to, amount), chain.new_account(10**17))
+
+
+def test_one_token_swap_never_settles_two_orders_through_token_spellings():
+    """Self-dealing sybils (they hold both keys of every leg, so they prove them) commit one
+    ERC-20 swap several times, the token address spelled differently each time: checksummed,
+    lower case, upper case, without its 0x. The chain (and the observer, through the adapter)
+    reads all of them as one token, so one real lock and redeem per leg settled every copy
+    (volume, settled count and importance several times for one swap). On the old code all
+    four committed and all four settled; now an HTLC's token is compared as the chain reads
+    it, and the copies are one HTLC (``already_exists``)."""
+    from kofo.settlement.chain import HtlcTerms
+    from kofo.settlement.chains.ethereum.adapter import EthereumAdapter
+    from kofo.settlement.chains.ethereum.contract import deploy
+    from kofo.settlement.observer import AdapterObserver
+    from kofo.wire.expiry import UnixTime
+    from kofo.wire.orders import Leg, SettlementOrder
+    from tests.ethereum.conftest import EmbeddedChain
+
+    from .helpers import LEG_KEYS
+
+    chain = EmbeddedChain()
+    deployer = chain.new_account(10**18)
+    htlc = deploy(chain.w3, "HTLC", deployer)
+    token = deploy(chain.w3, "TestToken", deployer, "Test", "TST", 6)
+    c, d = (EthereumAdapter(chain.w3, chain.new_account(5 * 10**18), htlc) for _ in range(2))
+    for adapter in (c, d):
+        LEG_KEYS[adapter.address()] = bytes(adapter.account.key)
+        _mint(chain, token, adapter.address(), 10**9)
+    s1, s2 = Party.make(7), Party.make(8)
+    now = c.expiry_now().value
+    preimage = hashlib.sha256(b"sybil's secret").digest()
+    payment_hash = hashlib.sha256(preimage).digest()
+    spellings = [str(token), str(token).lower(), "0x" + str(token)[2:].upper(), str(token)[2:]]
+
+    def order_of(tok):
+        def leg(x, y, xa, ya, amount, expiry, lock_by):
+            return Leg("eth", tok, x.id, y.id, xa.address(), ya.address(), amount,
+                       UnixTime(expiry), expiry, lock_by)  # fmt: skip
+
+        return with_derived_id(
+            SettlementOrder(
+                order_id=bytes(16),
+                kind=OrderKind.DIRECT,
+                payment_hash=payment_hash,
+                legs=(
+                    leg(s1, s2, c, d, 10**6, now + 7_200, now + 600),
+                    leg(s2, s1, d, c, 2 * 10**6, now + 3_600, now + 660),
+                ),
+            )
+        )
+
+    orders = [order_of(t) for t in spellings]
+    ledger = Ledger(chains=AdapterObserver({"eth": c}))
+    ledger.time = now
+    ledger.ok(*(p.register_tx() for p in (s1, s2)))
+    result = ledger.block(*(commit_tx(o, [s1, s2], s1) for o in orders))
+    # old code: ["", "", "", ""]
+    assert _codes(result) == ["", "already_exists", "already_exists", "already_exists"]
+    refs = []
+    for adapter, lg in ((c, orders[0].legs[0]), (d, orders[0].legs[1])):
+        terms = HtlcTerms(
+            "eth", payment_hash, lg.amount, lg.sender_address, lg.recipient_address, lg.expiry,
+            token=lg.token,
+        )  # fmt: skip
+        refs.append(adapter.lock(terms))
+    ledger.attested()
+    for adapter, ref in ((c, refs[1]), (d, refs[0])):
+        tx = adapter.prepare_redeem(ref, preimage)
+        adapter.broadcast(tx)
+        adapter.wait(tx.txid)
+    ledger.attested()
+    assert ledger.app.order(orders[0].order_id)["status"] == "settled"
+    assert ledger.app.node(s1.id)["settled"] == 1  # old code: 4
+
+
+def test_one_taker_can_take_two_quotes_of_a_provider_under_one_payment_hash(net):
+    """What the maker's engine must then serve (docs/swap.md §6): a taker takes two of the
+    provider's quotes with one payment hash and its own other keys in the second order. The
+    ledger records both takes and the provider can commit both orders: both are its duty, so
+    its engine refusing the second swap (one initiator node) got it slashed."""
+    ledger, m1, alice, _, _ = net
+    q1 = _quote(ledger, m1, taker=alice.id)
+    q2 = dataclasses.replace(q1, valid_until=q1.valid_until + 1)
+    q2 = dataclasses.replace(q2, quote_id=derive_quote_id(q2))
+    first = take_order(q1, m1, alice)
+    base = take_order(q2, m1, alice).order
+
+    def own(leg, i, field, node):  # alice's second set of keys, proven as the first
+        value = getattr(leg, field)
+        return leg_address(leg.chain, f"alice-second-{i}-{field}") if node == alice.id else value
+
+    legs = tuple(
+        dataclasses.replace(
+            leg,
+            sender_address=own(leg, i, "sender_address", leg.sender),
+            recipient_address=own(leg, i, "recipient_address", leg.recipient),
+        )
+        for i, leg in enumerate(base.legs)
+    )
+    order = with_derived_id(
+        dataclasses.replace(base, payment_hash=first.order.payment_hash, legs=legs)
+    )
+    second = prove_legs(CommitOrder(order, (order.sign(alice.key),)), skip=m1.id)
+    ev1 = take_evidence(q1, m1, alice, order=first)
+    ev2 = take_evidence(q2, m1, alice, order=second)
+    assert _codes(ledger.block(ev1, ev2)) == ["", ""]  # both takes recorded
+    for taken in (first, second):
+        full = CommitOrder(taken.order, (*taken.signatures, taken.order.sign(m1.key)))
+        ledger.ok(sign_tx(m1.key, prove_legs(full)))
+        assert ledger.app.order(taken.order.order_id)["status"] == "committed"

@@ -315,6 +315,101 @@ def test_a_participant_serves_two_initiators_that_share_a_payment_hash(evm_world
     )
 
 
+def test_a_maker_serves_one_taker_twice_under_one_hash_with_other_keys(evm_world, tmp_path):
+    """Any taker, no sybil needed: it takes two of a maker's quotes with one payment hash and
+    other chain keys in each order (the ledger allows it: other keys, other HTLCs), locks both
+    legs 0, and the maker's engine refused the second proposal (same initiator node), never
+    locked it, and was slashed 5 % for it. The node id adds nothing to the maker's safety:
+    the keys differ, so each swap is paid by its own lock (bound by ``claims``). Served now;
+    the same keys (issue 16's twins) stay refused."""
+    evm, alice, bob = evm_world
+    other = make_node("alice-2", tmp_path, {"eth": evm})  # alice's second account's keys
+    secret = os.urandom(32)
+    h = __import__("hashlib").sha256(secret).digest()
+    one = _terms(alice, bob, *_eth_for_tokens(evm, alice, bob), h)
+    two = _terms(alice, bob, *_eth_for_tokens(evm, other, bob, amount=ETHER // 2), h)
+    assert isinstance(_offer(alice, bob, one), Accept)
+    reply = _offer(alice, bob, two)
+    assert isinstance(reply, Accept), reply  # old code: Error terms_payment_hash_known
+
+    tokens = bob.engine.adapters["eth"]
+    tokens_before = tokens.balance(evm.token)
+    _lock(alice, one.initiator_leg.htlc(h))
+    _lock(other, two.initiator_leg.htlc(h))
+    for _r in range(20):
+        bob.engine.tick()
+        states = {bob.engine.journal.get(t.swap_id).state for t in (one, two)}
+        if states == {State.LOCKED}:
+            break
+        evm.advance(10)
+    assert states == {State.LOCKED}
+    assert _own_lock_count(bob, one.swap_id) == _own_lock_count(bob, two.swap_id) == 1
+    _redeem_as_attacker(alice, one, secret)
+    _redeem_as_attacker(other, two, secret)
+    for t in (one, two):
+        states = drive([bob], t.swap_id, rounds=20, between=lambda _r: evm.advance(10))
+        assert states["bob"] is State.REDEEMED
+    assert tokens_before - tokens.balance(evm.token) == (
+        one.participant_leg.amount + two.participant_leg.amount
+    )
+
+
+def test_a_maker_serves_a_griefer_that_reuses_the_makers_own_payment_hash(evm_world, tmp_path):
+    """A node that both takes (initiator, its own secret) and quotes (participant): its taker
+    order's payment hash is public on the ledger, and the ledger lets another order reuse it
+    with other keys. A griefer takes the node's quote with that hash and locks its leg: the
+    node's engine refused the proposal (the hash is its own initiator swap's), never locked,
+    and was slashed for the order (leg_not_locked, 5 %; or 2 % had it not committed). Serving
+    it is safe: the participant swap never holds the secret (the journal keeps it per swap),
+    so it reveals nothing before the node's own initiator swap is paid in, and a participant's
+    safety never rests on the secret anyway."""
+    evm, alice, bob = evm_world
+    carol = make_node("carol", tmp_path, {"eth": evm})
+    bob_gives, bob_gets = _eth_for_tokens(evm, bob, alice)
+    sid1 = start_swap(bob, alice, bob_gives, bob_gets)
+    one = bob.engine.journal.get(sid1).terms
+    h = one.payment_hash
+    two = _terms(carol, bob, *_eth_for_tokens(evm, carol, bob, amount=ETHER // 2), h)
+    reply = _offer(carol, bob, two)
+    assert isinstance(reply, Accept), reply  # old code: Error terms_payment_hash_known
+    # the griefer copying the counterparty keys of bob's own swap (alice's) is still refused
+    twin = _terms(
+        carol, bob, replace(two.initiator_leg, sender=one.participant_leg.sender),
+        two.participant_leg, h,
+    )  # fmt: skip
+    reply = _offer(carol, bob, twin)
+    assert isinstance(reply, Error) and reply.code == "terms_payment_hash_known", reply
+
+    tokens = bob.engine.adapters["eth"]
+    tokens_before = tokens.balance(evm.token)
+    _lock(carol, two.initiator_leg.htlc(h))
+    for _r in range(20):  # alice does nothing yet: bob's own swap is not paid in
+        bob.engine.tick()
+        if bob.engine.journal.get(two.swap_id).state is State.LOCKED:
+            break
+        evm.advance(10)
+    assert bob.engine.journal.get(two.swap_id).state is State.LOCKED
+    # the secret stayed in bob's initiator swap: nothing of swap two used or showed it
+    assert bob.engine.journal.preimage(two.swap_id) is None
+    ad = carol.engine.adapters["eth"]
+    carol_lock = ad.find_htlc(two.initiator_leg.htlc(h))
+    assert carol_lock is not None and ad.status(carol_lock).state is HtlcState.LOCKED
+    ours = ad.find_htlc(one.initiator_leg.htlc(h))  # bob's own lock, not yet redeemable
+    assert ours is not None and ad.status(ours).state is HtlcState.LOCKED
+
+    states = drive([bob, alice], sid1, rounds=30, between=lambda _r: evm.advance(10))
+    assert states == {"bob": State.REDEEMED, "alice": State.REDEEMED}
+    secret = bob.engine.journal.preimage(sid1)
+    assert secret is not None
+    _redeem_as_attacker(carol, two, secret)  # public now: bob's redeem showed it
+    states = drive([bob], two.swap_id, rounds=20, between=lambda _r: evm.advance(10))
+    assert states["bob"] is State.REDEEMED
+    # bob was paid each swap's tokens and paid carol's once
+    assert tokens.balance(evm.token) - tokens_before == (
+        one.participant_leg.amount - two.participant_leg.amount
+    )
+
+
 @pytest.mark.parametrize("kind", ["eth", "btc"])
 def test_one_lock_is_bound_to_one_swap_even_in_a_journal_holding_two_under_its_hash(
     kind, evm_world, btc_world_factory

@@ -400,6 +400,16 @@ def _htlc_address(address: str) -> str:
     return folded[2:] if len(folded) == 66 and folded[:2] in ("02", "03") else folded
 
 
+def _htlc_token(token: str | None) -> str:
+    # A token as the chain reads it: an Ethereum adapter takes a token address in any case,
+    # with or without its 0x (eth_utils), so every spelling of one token is one HTLC (issue 17
+    # review: four spellings of one ERC-20 let one real swap settle four orders).
+    if token is None:
+        return ""
+    folded = token.lower()
+    return "t" + (folded[2:] if folded.startswith("0x") else folded)
+
+
 def _htlc_keys(order: SettlementOrder) -> list[bytes]:
     """One state key per leg: the HTLC the validators' observers match that leg by (payment
     hash, chain, token, sender and recipient keys; amount and expiry left out, so the rule is
@@ -412,7 +422,7 @@ def _htlc_keys(order: SettlementOrder) -> list[bytes]:
         h = hashlib.sha256(order.payment_hash)
         for part in (
             leg.chain,
-            "" if leg.token is None else "t" + leg.token,
+            _htlc_token(leg.token),
             _htlc_address(leg.sender_address),
             _htlc_address(leg.recipient_address),
         ):

@@ -782,8 +782,9 @@ class SwapEngine:
     def _check_new_hash(self, terms: SwapTerms, role: Role) -> None:
         """A payment hash this journal already knows (any swap, finished or not) is not used
         again: two swaps under one hash could be paid by one lock, and a hash whose secret we
-        hold is no secret to bind a new swap to. The one exception is a participant swap with
-        another initiator and other counterparty keys (:func:`hash_shared_safely`)."""
+        hold is no secret to bind a new swap to. The one exception is a participant swap whose
+        counterparty uses none of the other swaps' counterparty keys
+        (:func:`hash_shared_safely`)."""
         if self.journal.hash_taken(role, terms):
             raise TermsRefused(
                 f"payment hash {terms.payment_hash.hex()} is already used by a swap here",

@@ -178,28 +178,44 @@ def _private_sidecars(path: Path) -> None:
 _TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
+def _key_form(key: str) -> str:
+    # One form per key: hex case folded, a compressed secp256k1 key by its x coordinate (a
+    # Taproot HTLC names x-only keys: 02x and 03x lock to one output).
+    folded = key.lower()
+    return folded[2:] if len(folded) == 66 and folded[:2] in ("02", "03") else folded
+
+
+def _counterparty_keys(role: Role, terms: SwapTerms) -> set[str]:
+    """The chain keys the other node uses in a swap of ours in ``role``."""
+    if role is Role.PARTICIPANT:
+        keys = {terms.initiator_leg.sender, terms.participant_leg.recipient}
+    else:
+        keys = {terms.participant_leg.sender, terms.initiator_leg.recipient}
+    return {_key_form(k) for k in keys}
+
+
 def hash_shared_safely(role: Role, terms: SwapTerms, others: list[tuple[Role, SwapTerms]]) -> bool:
     """Whether a new swap may use a payment hash that ``others`` (this journal's swaps) use.
 
-    Only as a participant, beside participant swaps only, each with another initiator node and
-    other counterparty keys on both legs: then every swap pays and is paid by HTLCs of its own
-    (and a counterparty lock is bound to one swap anyway, ``claim_fact``), and a participant's
-    safety never rests on the secret being unknown (it locks only once paid in, and redeems with
-    whatever reveal it sees). A hash whose secret we hold (any swap of ours as initiator) is
-    never shared, and twins from one initiator (issue 16, case 1) stay refused. Why share at
-    all: the ledger lets an order reuse a payment hash it saw (a taker's, in the mempool) with
-    keys of its own, so that nobody can squat a taker's hash (docs/clearance.md); a maker drawn
-    into two such orders must be able to serve both."""
+    Only a new **participant** swap, and only beside swaps (either role) whose counterparty
+    uses none of the new initiator's chain keys (either leg; hex case folded, a compressed key
+    by its x coordinate): then every swap pays and is paid by HTLCs of its own (and a
+    counterparty lock is bound to one swap anyway, ``claim_fact``), and a participant's safety
+    never rests on the secret being unknown (it locks only once paid in, and redeems with
+    whatever reveal it sees). The counterparty's node id adds nothing to that: one taker may
+    take two of our quotes under one hash with other keys (the ledger allows it), and refusing
+    the second got us slashed. Beside a swap of ours as **initiator** (our own secret: a
+    griefer copied our public hash into a take of our quote) the participant swap never holds
+    the secret (it is kept per swap id), so it reveals nothing before our initiator swap is
+    paid in. A new initiator swap never shares (the secret must be ours and unknown), and
+    twins (issue 16, case 1: one lock for two swaps) stay refused by their shared keys. Why
+    share at all: the ledger lets an order reuse a payment hash it saw (any order's, public)
+    with keys of its own, so that nobody can squat a taker's hash (docs/clearance.md); a maker
+    drawn into such an order must be able to serve it or be slashed."""
     if role is not Role.PARTICIPANT:
         return False
-    for other_role, other in others:
-        if other_role is not Role.PARTICIPANT or other.initiator_node == terms.initiator_node:
-            return False
-        if terms.initiator_leg.sender.lower() == other.initiator_leg.sender.lower():
-            return False
-        if terms.participant_leg.recipient.lower() == other.participant_leg.recipient.lower():
-            return False
-    return True
+    keys = _counterparty_keys(role, terms)
+    return not any(keys & _counterparty_keys(r, other) for r, other in others)
 
 
 class Journal:
