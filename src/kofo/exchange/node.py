@@ -1878,17 +1878,31 @@ class ExchangeNode:
 
     def rank(self, claim: Claim, quotes: list[Quote]) -> list[Quote]:
         """Best first, a total order (the same quotes rank the same whatever their arrival
-        order): a full fill, then the higher net rate (exact, a fraction), then fewer hops,
-        then the more important neighbour it came through, then the earlier received, then
-        the lower ``fulfil_id``."""
+        order): a full fill, then the higher net rate (exact, a fraction), then the more
+        important maker (its ledger importance; a quote whose maker no verified offer proof
+        names counts 0), then fewer hops, then the more important neighbour it came through,
+        then the earlier received, then the lower ``fulfil_id``.
+
+        The maker is the one the fulfil's offer proof names (``Quote.maker``): the proof is
+        signed by the maker's node key over the claim id and the filler's key, sealed to our
+        reply key, so no relay or other filler can claim an important maker's name (a forged,
+        moved or replayed proof names nobody, see :meth:`_offer_proof`), and :meth:`settle`
+        refuses a route whose provider is not that maker. The neighbour's importance stays a
+        later tie-break: between routes to the same maker at the same length it prefers the
+        better-standing first hop (the one the taker's order and fee depend on)."""
         imp = self._importance or (lambda _p: 0.0)
-        # At equal price the shorter route wins: a relay that pads a route with hops of its
-        # own loses the trade to any equally priced shorter route.
+
+        def maker_importance(q: Quote) -> float:
+            return 0.0 if q.maker is None else imp(q.maker)
+
+        # At equal price and maker the shorter route wins: a relay that pads a route with hops
+        # of its own loses the trade to any equally priced shorter route to the same maker.
         return sorted(
             quotes,
             key=lambda q: (
                 q.amount_in != claim.amount,
                 -q.rate,
+                -maker_importance(q),
                 q.fulfil.fulfil.position,
                 -imp(q.via),
                 q.received_ms,
@@ -1992,6 +2006,12 @@ class ExchangeNode:
         route = [self.node_id] + [j.node_id for j in joins[d:]]
         if len(set(route)) != len(route):
             raise RouteFailed("a node appears twice on the route")
+        if quote.maker is not None and joins[-1].node_id != quote.maker:
+            # The offer proof named another maker than the provider that joined: rank gave
+            # this quote that maker's importance. Only the named maker can have signed the
+            # proof (for this filler key), so it lent its name: refused, nobody scored (the
+            # neighbour may be an honest relay).
+            raise RouteFailed("the route's provider is not the maker its offer proof names")
         if joins[d].node_id != quote.via:
             self._abuse(link, "route: the first hop is not the neighbour the quote came by", 25)
             raise RouteFailed("the first hop of the route is not the neighbour it came through")

@@ -50,6 +50,7 @@ from kofo.node.chains import Chains, build_chains
 from kofo.node.config import BitcoinChainConfig, NodeConfig, OfferConfig, load_config
 from kofo.node.events import EventLog
 from kofo.node.home import HomeLock
+from kofo.node.importance import ImportanceCache
 from kofo.node.ledger_client import LedgerClient, LedgerError, LedgerRefused, Status, tx_hash
 from kofo.node.redact import Redactor, public_url
 from kofo.node.registration import ensure_registered, load_or_create_paillier
@@ -119,6 +120,9 @@ TICK_INTERVAL = 0.5
 REFRESH_INTERVAL = 1.0
 """Seconds between chain reads (tips, balances) that the synchronous exchange hooks use."""
 WATCH_INTERVAL = 1.0
+IMPORTANCE_INTERVAL = 10.0
+"""Seconds between reads of the ledger's importance ranking into the exchange's lookup
+(:mod:`kofo.node.importance`): never read on the quote path."""
 MAX_REFUSALS_RECORDED = 3
 """Refused proposals recorded per maker trade row (the first ones; the log has them all)."""
 """Seconds between looks at the ledger for signed-but-uncommitted orders and lock deadlines."""
@@ -277,6 +281,8 @@ class Node:
         self.engine: SwapEngine | None = None
         self.pipeline: TradePipeline | None = None
         self.exchange: ExchangeNode | None = None
+        # the exchange's importance lookup (rank, book standing, fan-out): memory only
+        self.importance_cache = ImportanceCache()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -311,7 +317,9 @@ class Node:
         self.engine.accept_policy = self.pipeline.accept_policy
         await self._refresh_chains()
         await self.check_ledger()  # the ledger's params (protocol fee) if it is up
-        self.exchange = ExchangeNode(self.key, self._exchange_config())
+        self.exchange = ExchangeNode(
+            self.key, self._exchange_config(), importance=self.importance_cache
+        )
         await self.exchange.start()
         if not self.config.p2p_listen.port and hasattr(self.exchange.config, "contact"):
             # listening on a free port (tests): the contact is known now
@@ -336,6 +344,7 @@ class Node:
             asyncio.ensure_future(self._refresh_loop()),
             asyncio.ensure_future(self._watch_loop()),
             asyncio.ensure_future(self._offer_loop()),
+            asyncio.ensure_future(self._importance_loop()),
         ]
         self._recover()
         for line in self.identity_lines():
@@ -871,6 +880,26 @@ class Node:
             self.config.bond.amount > 0 or int(self.state.params.get("min_bond", 0) or 0) > 0
         ):
             await self._read_attested_bond()
+
+    async def _importance_loop(self) -> None:
+        await self._every(IMPORTANCE_INTERVAL, self.refresh_importance)
+
+    async def refresh_importance(self) -> None:
+        """Read the ledger's importance ranking into :attr:`importance_cache`. The ledger down
+        (or a bad answer): the last known values stay, the exchange never waits for it."""
+        cache = self.importance_cache
+        try:
+            raw = await self._detached(self.ledger.abci_query, "/importance", encode(cache.size))
+            ranking = [(bytes(node), int(score)) for node, score in decode(raw)]
+        except (KofoError, ValueError, TypeError) as exc:  # down, or an answer not a ranking
+            if not cache.failures:
+                log.info(
+                    "ledger importance not read (last known values kept): %s",
+                    self._redact(str(exc)),
+                )
+            cache.failed()
+            return
+        cache.update(ranking)
 
     async def _read_attested_bond(self) -> None:
         try:

@@ -673,7 +673,7 @@ class Quote:
     via: bytes  # the initiator's neighbour it arrived from (known to it anyway)
     received_ms: int
     # v6: the maker named by the fulfil's offer proof once opened and verified (None: no
-    # proof, or one that did not check out). Not used by rank.
+    # proof, or one that did not check out). Rank reads its ledger importance (None: 0).
     maker: bytes | None = None
 
     @property
