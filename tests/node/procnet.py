@@ -148,6 +148,8 @@ class NodeProc:
     discover: bool = True
     crash_at: str | None = None
     """The crash point of the node's first start (``KOFO_CRASH_AT``)."""
+    ltc: bool = False
+    """The node serves the devnet's LTC chain (``[chains.ltc]``, its address funded)."""
     proc: Proc | None = None
     node_id: str = ""
     client: Client | None = None
@@ -187,10 +189,13 @@ class Network:
         offers: Iterable[dict] = (),
         discover: bool = True,
         crash_at: str | None = None,
+        ltc: bool = False,
     ) -> None:
         """A node to start with the network. ``discover=False``: it links only its bootstrap
         peers and those dialling in (``[p2p] discover = false``), never an address learned
-        from peers, so a restart of a relay cannot be bypassed by a direct link."""
+        from peers, so a restart of a relay cannot be bypassed by a direct link. ``ltc``: it
+        also serves the devnet's Litecoin chain (the devnet starts one only if a node does:
+        every node serving it would index and poll one more chain at each start)."""
         home = self.tmp / name
         home.mkdir(mode=0o700)
         seed = os.urandom(32)
@@ -199,7 +204,7 @@ class Network:
         load_or_create_paillier(home, PASS, scrypt_n=TEST_SCRYPT_N)  # else the node makes it
         self.nodes[name] = NodeProc(
             name, home, wallet, free_port(), free_port(), list(bootstrap), list(offers),
-            discover, crash_at,
+            discover, crash_at, ltc,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -207,7 +212,11 @@ class Network:
         for n in self.nodes.values():
             fund.append(n.wallet.bitcoin("btc", "regtest", home=n.home).address())
             fund.append(n.wallet.eth_account().address)
+            if n.ltc:
+                fund.append(n.wallet.bitcoin("ltc", "regtest", home=n.home).address())
+        ltc = any(n.ltc for n in self.nodes.values())
         args = ["devnet", "--json", "--block-interval", str(self.block_interval)]
+        args.append("--ltc" if ltc else "--no-ltc")
         if self.fast_timing:
             args.append("--fast-timing")
         for a in fund:
@@ -223,18 +232,19 @@ class Network:
             self.wait_ready(n.name)
 
     def _write_config(self, n: NodeProc) -> None:
+        chains = {k: v for k, v in self.desc["chains"].items() if k != "ltc" or n.ltc}
         init_home(
             n.home,
             PASS,
             name=n.name,
             ledger_url=self.desc["ledger"]["url"],
-            chains=self.desc["chains"],
+            chains=chains,
             force=True,
         )
         text = render_config(
             name=n.name,
             ledger_url=self.desc["ledger"]["url"],
-            chains=self.desc["chains"],
+            chains=chains,
             timing=self.desc.get("timing"),
             p2p_listen=f"127.0.0.1:{n.p2p}",
             api_bind=f"127.0.0.1:{n.api}",

@@ -94,10 +94,12 @@ class Proc:
 
 
 def test_devnet_serves_funded_chains_and_a_ledger_and_a_node_runs_on_it(tmp_path):
+    """BTC, LTC (``kofo devnet``'s default) and the EVM, each funded; a node on all three."""
     btc_address = HdWallet(os.urandom(32), chain_params("btc", "regtest")).address()
+    ltc_address = HdWallet(os.urandom(32), chain_params("ltc", "regtest")).address()
     eth_address = account_from_seed(os.urandom(32)).address
     devnet = Proc(
-        "devnet", "--json", "--fund", btc_address, "--fund", eth_address,
+        "devnet", "--json", "--fund", btc_address, "--fund", ltc_address, "--fund", eth_address,
         "--block-interval", "0.2", cwd=tmp_path,
     )  # fmt: skip
     node = second = None
@@ -122,6 +124,22 @@ def test_devnet_serves_funded_chains_and_a_ledger_and_a_node_runs_on_it(tmp_path
         deadline = time.monotonic() + WAIT
         while core.call("getblockcount") <= height:  # the devnet keeps mining
             assert time.monotonic() < deadline, "no new regtest block"
+            time.sleep(0.1)
+
+        # the Litecoin regtest chain: its own Core RPC port, the LTC address's matured coinbase
+        l_ = desc["chains"]["ltc"]
+        assert l_["rpc_url"] != b["rpc_url"] and l_["network"] == "regtest"
+        lcore = RpcClient(l_["rpc_url"], l_["rpc_user"], l_["rpc_password"])
+        linfo = lcore.call("getblockchaininfo")
+        assert linfo["chain"] == "regtest" and linfo["blocks"] >= 101
+        lfirst = lcore.call("getblock", lcore.call("getblockhash", 1), 2)
+        assert lfirst["tx"][0]["vout"][0]["scriptPubKey"]["address"] == ltc_address
+        assert lfirst["tx"][0]["vout"][0]["value"] == 50
+        assert lfirst["hash"] != first["hash"]  # two chains, not one served twice
+        assert {"chain": "ltc", "address": ltc_address, "sats": 50 * 10**8} in desc["funded"]
+        lheight = linfo["blocks"]
+        while lcore.call("getblockcount") <= lheight:  # mined as the BTC chain is
+            assert time.monotonic() < deadline + WAIT, "no new litecoin regtest block"
             time.sleep(0.1)
 
         e = desc["chains"]["eth"]
@@ -151,6 +169,8 @@ def test_devnet_serves_funded_chains_and_a_ledger_and_a_node_runs_on_it(tmp_path
         config = load_config(home)
         assert config.ledger.url == desc["ledger"]["url"]
         assert config.chains["eth"].htlc_contract == e["htlc_contract"]  # type: ignore[union-attr]
+        assert config.chains["ltc"].rpc_url == l_["rpc_url"]
+        assert config.chains["ltc"].network == "regtest"  # type: ignore[union-attr]
         # the devnet's bond vault is in the config; no bond unless the maker sets an amount
         assert Web3.is_address(desc["bond"]["vault"])
         assert (config.bond.vault, config.bond.amount) == (desc["bond"]["vault"], 0)
@@ -161,8 +181,12 @@ def test_devnet_serves_funded_chains_and_a_ledger_and_a_node_runs_on_it(tmp_path
         node = Proc("node", "--home", str(home), cwd=tmp_path)
         node.wait_line(lambda s: "ledger reachable" in s and "kofo-solo" in s, "ledger reachable")
         node.wait_line(lambda s: "node 'alice' started" in s, "the daemon started")
-        address = NodeWallet.open(home / "wallet.json", PASS).eth_account().address
+        wallet = NodeWallet.open(home / "wallet.json", PASS)
+        address = wallet.eth_account().address
         assert any(address in s for s in node.seen)  # logged before "started"
+        # the node built its LTC adapter on the devnet's chain (it refuses a wrong network)
+        ltc_own = wallet.bitcoin("ltc", "regtest").address()
+        assert any(f"ltc (regtest) address {ltc_own}" in s for s in node.seen)
 
         second = Proc("node", "--home", str(home), cwd=tmp_path)
         assert second.proc.wait(timeout=WAIT) == 1
@@ -179,3 +203,16 @@ def test_devnet_serves_funded_chains_and_a_ledger_and_a_node_runs_on_it(tmp_path
         for p in (devnet, node, second):
             if p is not None and p.proc.poll() is None:
                 p.stop()
+
+
+def test_a_litecoin_address_is_refused_by_a_devnet_without_ltc_naming_it():
+    """``--no-ltc`` (the demo's devnet) serves no LTC chain: a Litecoin address to fund is
+    refused before anything starts, naming it, never silently left unfunded."""
+    from kofo.errors import InvalidInput
+    from kofo.node.devnet import start_devnet
+
+    ltc_address = HdWallet(os.urandom(32), chain_params("ltc", "regtest")).address()
+    with pytest.raises(InvalidInput, match=ltc_address):
+        start_devnet(fund=[ltc_address], block_interval=0)
+    with pytest.raises(InvalidInput, match="rltc1"):
+        start_devnet(fund=["ltc1qnotaregtestaddress"], block_interval=0, ltc=True)

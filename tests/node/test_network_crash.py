@@ -2,12 +2,15 @@
 daemons in a fixed topology (``[p2p] discover = false``: each node links only its bootstrap
 peers and those dialling in, never an address learned from peers), driven through the SDK::
 
-    taker, t_a, t_b -- relay -- maker (BTC->ETH, BTC->DUSD), maker2 (ETH->BTC, DUSD->ETH)
+    taker, t_a, t_b -- relay -- maker (BTC->ETH, BTC->DUSD, LTC->ETH, DUSD->LTC),
+                                maker2 (ETH->BTC, DUSD->ETH)
     t_relay -- relay2 -- maker
 
-- Every pair the devnet supports, routed through the relay, four trades at once: each ends
-  redeemed on both sides, the order settled with one outcome per leg, and per sold asset the
-  relay's and the makers' fee shares and the foundation's 10 % add up to the protocol fees.
+- Every pair the devnet supports, routed through the relay, six trades at once (each of BTC,
+  LTC, ETH and DUSD sold and bought at least once; LTC is served by the taker, the relay and
+  the maker only, the nodes no crash lane restarts): each ends redeemed on both sides, the
+  order settled with one outcome per leg, and per sold asset the relay's and the makers' fee
+  shares and the foundation's 10 % add up to the protocol fees.
 - The ledger down (the devnet's solo ledger paused) while a trade is submitted, the taker
   SIGKILLed and restarted during the outage: nothing locks before the commit is seen; once the
   ledger is back the trade commits once and settles.
@@ -71,6 +74,10 @@ MAKER_OFFERS = [
      "min_in": 10_000, "max_in": 10**8, "ttl": OFFER_TTL},
     {"buy": "btc", "sell": "DUSD", "price_num": DUSD_PER_SAT, "price_den": 1,
      "min_in": 10_000, "max_in": 10**8, "ttl": OFFER_TTL},
+    {"buy": "ltc", "sell": "eth", "price_num": PRICE, "price_den": 1,
+     "min_in": 10_000, "max_in": 10**8, "ttl": OFFER_TTL},
+    {"buy": "DUSD", "sell": "ltc", "price_num": 1, "price_den": DUSD_PER_SAT,
+     "min_in": 10**6, "max_in": 10**10, "ttl": OFFER_TTL},
 ]  # fmt: skip
 MAKER2_OFFERS = [
     {"buy": "eth", "sell": "btc", "price_num": 1, "price_den": PRICE,
@@ -78,7 +85,8 @@ MAKER2_OFFERS = [
     {"buy": "DUSD", "sell": "eth", "price_num": WEI_PER_DUSD, "price_den": 1,
      "min_in": 10**6, "max_in": 10**10, "ttl": OFFER_TTL},
 ]  # fmt: skip
-FEE_CAP = {"btc": 200_000, "eth": 2 * 10**16}  # all the chain fees of one swap, both sides
+# all the chain fees of one swap, both sides
+FEE_CAP = {"btc": 200_000, "ltc": 200_000, "eth": 2 * 10**16}
 CHAIN_A = ["trade_signed", "trade_submitted", "trade_committed"]
 """``t_a``'s crash points, one per start: signed and kept, not sent; ``submitted`` journaled,
 not broadcast; committed, the swap not started."""
@@ -120,11 +128,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     network = Network(
         tmp_path_factory.mktemp("crash"), block_interval=BLOCK_INTERVAL, fast_timing=FAST_TIMING
     )
-    network.add("relay", discover=False)
+    network.add("relay", discover=False, ltc=True)
     network.add("relay2", discover=False, crash_at="relay_signed")
-    network.add("maker", bootstrap=["relay", "relay2"], offers=MAKER_OFFERS, discover=False)
+    network.add(
+        "maker", bootstrap=["relay", "relay2"], offers=MAKER_OFFERS, discover=False, ltc=True
+    )
     network.add("maker2", bootstrap=["relay"], offers=MAKER2_OFFERS, discover=False)
-    network.add("taker", bootstrap=["relay"], discover=False)
+    network.add("taker", bootstrap=["relay"], discover=False, ltc=True)
     network.add("t_a", bootstrap=["relay"], discover=False, crash_at=CHAIN_A[0])
     network.add("t_b", bootstrap=["relay"], discover=False, crash_at=CHAIN_B[0])
     network.add("t_relay", bootstrap=["relay2"], discover=False)
@@ -198,11 +208,14 @@ PAIRS = [  # sell, amount, buy, the maker's gross price for it, the maker
     ("eth", WEI, "btc", WEI // PRICE, "maker2"),
     ("btc", SATS, "DUSD", SATS * DUSD_PER_SAT, "maker"),
     ("DUSD", DUSD_IN, "eth", DUSD_IN * WEI_PER_DUSD, "maker2"),
+    # LTC both ways (the devnet's embedded Litecoin regtest chain), the fewest trades that do
+    ("ltc", SATS, "eth", SATS * PRICE, "maker"),
+    ("DUSD", DUSD_IN, "ltc", DUSD_IN // DUSD_PER_SAT, "maker"),
 ]
 
 
 def test_every_pair_routed_through_a_relay_settles_with_its_fees(net: Network) -> None:
-    """The four pairs at once from one taker (claims all out before any swap opens a direct
+    """The six pairs at once from one taker (claims all out before any swap opens a direct
     link to a maker): each routed taker -> relay -> maker, then the ledger checked per order
     and the fee shares per sold asset.
 

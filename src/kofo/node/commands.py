@@ -185,9 +185,18 @@ def devnet_command(
     btc_port: Annotated[int, typer.Option(help="Bitcoin Core RPC port (0: any free)")] = 0,
     eth_port: Annotated[int, typer.Option(help="Ethereum JSON-RPC port (0: any free)")] = 0,
     ledger_port: Annotated[int, typer.Option(help="ledger RPC port (0: any free)")] = 0,
+    ltc: Annotated[
+        bool,
+        typer.Option(
+            "--ltc/--no-ltc",
+            help="also the embedded Litecoin regtest chain over Core RPC (--no-ltc: BTC, ETH "
+            "and the ledger only, as `make demo` runs it)",
+        ),
+    ] = True,
+    ltc_port: Annotated[int, typer.Option(help="Litecoin Core RPC port (0: any free)")] = 0,
     fund: Annotated[
         list[str] | None,
-        typer.Option(help="an address to fund (bcrt1... or 0x...); repeatable"),
+        typer.Option(help="an address to fund (bcrt1..., rltc1... or 0x...); repeatable"),
     ] = None,
     block_interval: Annotated[
         float, typer.Option(help="seconds between regtest blocks (0: none)")
@@ -217,6 +226,8 @@ def devnet_command(
             btc_port=btc_port,
             eth_port=eth_port,
             ledger_port=ledger_port,
+            ltc=ltc,
+            ltc_port=ltc_port,
             fund=fund,
             block_interval=block_interval,
             timing=DEVNET_TIMING if fast_timing else None,

@@ -4,6 +4,9 @@ One process starts, on 127.0.0.1:
 
 - the embedded Bitcoin regtest chain over Bitcoin Core's JSON-RPC (basic auth, a fresh random
   password each run), with a block every ``block_interval`` seconds so confirmations come;
+- (``ltc=True``, the default of ``kofo devnet``; ``--no-ltc`` leaves it out) a second embedded
+  chain with Litecoin's regtest parameters (``rltc1...`` addresses), served over Core's
+  JSON-RPC on its own port with the same user and password, mined at the same pace;
 - the embedded EVM (py-evm) over Ethereum JSON-RPC, with the HTLC contract and a test ERC-20
   (``DUSD``, 6 decimals) deployed;
 - the solo clearance ledger over CometBFT's RPC subset, with the bond vault
@@ -12,9 +15,10 @@ One process starts, on 127.0.0.1:
   the vault (nobody declares one) and signs its slash and release decisions for a relayer
   (:func:`kofo.node.bonds.relay_decisions`) to execute on the vault.
 
-It funds the addresses it is given (``bcrt1...`` a 50 BTC coinbase each, matured; ``0x...``
-ETH and DUSD) and prints what a node's ``config.toml`` needs: as TOML, or as one JSON line
-(``--json``) that ``kofo init --devnet FILE`` reads. It runs until SIGINT/SIGTERM.
+It funds the addresses it is given (``bcrt1...`` a 50 BTC coinbase each, ``rltc1...`` a 50 LTC
+one, matured; ``0x...`` ETH and DUSD) and prints what a node's ``config.toml`` needs: as TOML,
+or as one JSON line (``--json``) that ``kofo init --devnet FILE`` reads. It runs until
+SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.errors import InvalidInput, KofoError
 from kofo.node.validator import PrefetchingObserver
+from kofo.settlement.chain import ChainAdapter
 from kofo.settlement.chains.bitcoin._secp import ensure_thread_params
 from kofo.settlement.chains.bitcoin.adapter import BitcoinAdapter
 from kofo.settlement.chains.bitcoin.backend import RpcBackend
@@ -147,6 +152,7 @@ FUND_DUSD = 1_000_000 * 10**6
 COINBASE_MATURITY = 100
 """Bitcoin's rule: a coinbase output is spendable 100 blocks after its own."""
 _REGTEST = chain_params("btc", "regtest")
+_LTC_REGTEST = chain_params("ltc", "regtest")
 _MINT_ABI = [
     {
         "name": "mint",
@@ -179,20 +185,27 @@ class Devnet:
     funded: list[dict[str, Any]] = field(default_factory=list)
     timing: DevnetTiming | None = None
     """The devnet's time constants (``--fast-timing``); None: the production defaults."""
+    ltc: EmbeddedChain | None = None
+    """The embedded Litecoin regtest chain (None: the devnet runs without LTC)."""
+    ltc_server: RegtestRpcServer | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _miner: threading.Thread | None = None
+
+    def _core_table(self, server: RegtestRpcServer) -> dict[str, Any]:
+        return {
+            "rpc_url": server.url.rstrip("/"),
+            "rpc_user": self.btc_user,
+            "rpc_password": self.btc_password,
+            "network": "regtest",
+            "dialect": "core",
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
             "ledger": {"url": self.ledger.url},
             "chains": {
-                "btc": {
-                    "rpc_url": self.btc_server.url.rstrip("/"),
-                    "rpc_user": self.btc_user,
-                    "rpc_password": self.btc_password,
-                    "network": "regtest",
-                    "dialect": "core",
-                },
+                "btc": self._core_table(self.btc_server),
+                **({"ltc": self._core_table(self.ltc_server)} if self.ltc_server else {}),
                 "eth": {
                     "rpc_url": self.eth_server.url,
                     "htlc_contract": self.htlc,
@@ -215,6 +228,10 @@ class Devnet:
             observer.close()
         self.ledger.stop()
         self.eth_server.stop()
+        if self.ltc_server is not None:
+            self.ltc_server.stop()
+        if self.ltc is not None:
+            self.ltc.close()
         self.btc_server.stop()
         self.btc.close()
 
@@ -228,15 +245,20 @@ def _observer(net: Devnet, eth_url: str) -> AdapterObserver:
     )
     w3 = Web3(Web3.HTTPProvider(eth_url, request_kwargs={"timeout": 10}))
     eth = EthereumAdapter(w3, account_from_seed(os.urandom(32)), net.htlc)
-    return AdapterObserver(
-        {"btc": btc, "eth": eth},
-        spent_since={"btc": net.btc.height(), "eth": int(w3.eth.block_number)},
-        vault=VaultWatcher(w3, net.vault),
-    )
+    adapters: dict[str, ChainAdapter] = {"btc": btc, "eth": eth}
+    since = {"btc": net.btc.height(), "eth": int(w3.eth.block_number)}
+    if net.ltc is not None and net.ltc_server is not None:
+        adapters["ltc"] = BitcoinAdapter(
+            RpcBackend(RpcClient(net.ltc_server.url, net.btc_user, net.btc_password)),
+            HdWallet(os.urandom(32), _LTC_REGTEST),
+        )
+        since["ltc"] = net.ltc.height()
+    return AdapterObserver(adapters, spent_since=since, vault=VaultWatcher(w3, net.vault))
 
 
 def _burn_script() -> bytes:
-    # Clock-only blocks pay a key nobody keeps, so no funded balance moves with them.
+    # Clock-only blocks pay a key nobody keeps, so no funded balance moves with them (the same
+    # P2WPKH script on either chain: only the address's HRP differs).
     return p2wpkh_script_pubkey(HdWallet(os.urandom(32), _REGTEST).identity.pubkey)
 
 
@@ -245,6 +267,8 @@ def start_devnet(
     btc_port: int = 0,
     eth_port: int = 0,
     ledger_port: int = 0,
+    ltc: bool = False,
+    ltc_port: int = 0,
     fund: list[str] | None = None,
     block_interval: float = BLOCK_INTERVAL,
     ledger_params: LedgerParams | None = None,
@@ -255,7 +279,9 @@ def start_devnet(
     """Start everything (ports 0 = free ones), fund ``fund``; the caller calls ``stop()``.
     ``ledger_clock`` gives the solo ledger's block times (unix seconds; tests move it).
     ``timing``: the devnet's short time constants for the ledger and the node configs
-    (:data:`DEVNET_TIMING`); None keeps the production ones."""
+    (:data:`DEVNET_TIMING`); None keeps the production ones. ``ltc``: also the embedded
+    Litecoin regtest chain (``kofo devnet`` starts it unless ``--no-ltc``; off here so an
+    in-process devnet pays for it only when asked)."""
     if block_interval < 0:
         raise InvalidInput(f"block_interval must be >= 0 seconds, got {block_interval}")
     if timing is not None and 0 < block_interval < timing.block_interval_s:
@@ -265,13 +291,24 @@ def start_devnet(
             f"block_interval {block_interval} s is below the timing's block interval "
             f"{timing.block_interval_s} s: the nodes' block-height margins would not hold"
         )
-    btc_targets, eth_targets = _split_fund(fund or [])
+    btc_targets, ltc_targets, eth_targets = _split_fund(fund or [])
+    if ltc_targets and not ltc:
+        raise InvalidInput(
+            f"--fund {ltc_targets[0][0]!r}: a Litecoin address, but the devnet runs without LTC"
+        )
     btc = EmbeddedChain(params=_REGTEST)
     user, password = "kofo-devnet", secrets.token_hex(16)
     started: list[Callable[[], None]] = [btc.close]
+    ltc_chain: EmbeddedChain | None = None
+    ltc_server: RegtestRpcServer | None = None
     try:
         btc_server = RegtestRpcServer(btc, user, password, port=btc_port).start()
         started.append(btc_server.stop)
+        if ltc:
+            ltc_chain = EmbeddedChain(params=_LTC_REGTEST)
+            started.append(ltc_chain.close)
+            ltc_server = RegtestRpcServer(ltc_chain, user, password, port=ltc_port).start()
+            started.append(ltc_server.stop)
         eth_server = DevnetServer(port=eth_port).start()
         started.append(eth_server.stop)
         w3 = Web3(Web3.HTTPProvider(eth_server.url, request_kwargs={"timeout": 30}))
@@ -303,7 +340,10 @@ def start_devnet(
         net = Devnet(btc, btc_server, user, password, eth_server, ledger)
         net.vault, net.foundation, net.vault_signer = vault, foundation, signer
         net.timing = timing
+        net.ltc, net.ltc_server = ltc_chain, ltc_server
         progress(f"bitcoin regtest (Core JSON-RPC) at {btc_server.url}")
+        if ltc_server is not None:
+            progress(f"litecoin regtest (Core JSON-RPC) at {ltc_server.url}")
         progress(f"EVM (Ethereum JSON-RPC) at {eth_server.url}")
         progress(f"solo ledger (CometBFT RPC) at {ledger.url}")
 
@@ -334,14 +374,22 @@ def start_devnet(
         btc.mine(COINBASE_MATURITY, burn)  # coinbase outputs mature after 100 blocks
         for address, _ in btc_targets:
             progress(f"funded {address}: a 50 BTC coinbase (matured)")
+        if ltc_chain is not None:
+            for address, script in ltc_targets:
+                ltc_chain.mine(1, script)
+                net.funded.append({"chain": "ltc", "address": address, "sats": 50 * 10**8})
+            ltc_chain.mine(COINBASE_MATURITY, burn)
+            for address, _ in ltc_targets:
+                progress(f"funded {address}: a 50 LTC coinbase (matured)")
         if block_interval > 0:
             # With blocks on, the EVM's clock (its latest block's time, what a node reads as
             # the chain's "now") must follow the wall clock, with or without the devnet's
             # timing: an EVM that mines only on transactions stands still between them, and a
             # swap laid out after a few idle minutes had its deadlines already past.
             evm = eth_server.evm
+            chains = [btc] if ltc_chain is None else [btc, ltc_chain]
             net._miner = threading.Thread(
-                target=_mine_loop, args=(btc, burn, block_interval, net._stop, evm), daemon=True
+                target=_mine_loop, args=(chains, burn, block_interval, net._stop, evm), daemon=True
             )
             net._miner.start()
         return net
@@ -352,7 +400,7 @@ def start_devnet(
 
 
 def _mine_loop(
-    chain: EmbeddedChain,
+    chains: list[EmbeddedChain],
     script: bytes,
     interval: float,
     stop: threading.Event,
@@ -360,10 +408,14 @@ def _mine_loop(
 ) -> None:
     ensure_thread_params()  # python-bitcointx keeps its chain params per thread
     while not stop.wait(interval):
-        try:
-            chain.mine(1, script)
-        except KofoError:
-            log.exception("devnet: mining a regtest block failed; trying again next interval")
+        for chain in chains:
+            try:
+                chain.mine(1, script)
+            except KofoError:
+                log.exception(
+                    "devnet: mining a %s regtest block failed; trying again next interval",
+                    chain.params.chain,
+                )
         if evm is not None:
             _evm_tick(evm)
 
@@ -379,25 +431,33 @@ def _evm_tick(evm: EmbeddedEvm) -> None:
         log.debug("devnet: EVM clock block skipped", exc_info=True)
 
 
-def _split_fund(fund: list[str]) -> tuple[list[tuple[str, bytes]], list[str]]:
+def _split_fund(
+    fund: list[str],
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]], list[str]]:
+    """``fund`` split by chain: Bitcoin and Litecoin regtest (address, scriptPubKey) pairs,
+    Ethereum addresses. Anything else is refused, naming the address."""
     btc: list[tuple[str, bytes]] = []
+    ltc: list[tuple[str, bytes]] = []
     eth: list[str] = []
     for address in fund:
         if address.startswith("0x"):
             if not Web3.is_address(address):
                 raise InvalidInput(f"--fund {address!r} is not an Ethereum address")
             eth.append(address)
-        elif address.lower().startswith(_REGTEST.bech32_hrp + "1"):
-            try:
-                btc.append((address, address_to_script(address, hrp=_REGTEST.bech32_hrp)))
-            except InvalidInput as exc:
-                raise InvalidInput(f"--fund {address!r}: {exc}") from None
+            continue
+        for params, out in ((_REGTEST, btc), (_LTC_REGTEST, ltc)):
+            if address.lower().startswith(params.bech32_hrp + "1"):
+                try:
+                    out.append((address, address_to_script(address, hrp=params.bech32_hrp)))
+                except InvalidInput as exc:
+                    raise InvalidInput(f"--fund {address!r}: {exc}") from None
+                break
         else:
             raise InvalidInput(
-                f"--fund {address!r}: give a regtest bech32 address (bcrt1...) or an "
-                "Ethereum address (0x...)"
+                f"--fund {address!r}: give a regtest bech32 address (bcrt1... or rltc1...) "
+                "or an Ethereum address (0x...)"
             )
-    return btc, eth
+    return btc, ltc, eth
 
 
 def toml_snippet(desc: dict[str, Any]) -> str:
