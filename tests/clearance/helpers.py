@@ -222,6 +222,17 @@ def node_address(node: bytes, chain: str) -> str:
     return leg_address(chain, f"node-{node.hex()}")
 
 
+def _blocks_for_margin(chain: str) -> int:
+    """The fewest blocks of height chain ``chain`` two legs on it must be apart for
+    ``commit_order`` (its lenient reading: the gap's blocks at their slowest) to leave the
+    sender of the earlier-expiring one its margin (notice + settle), at the default params."""
+    p = LedgerParams()
+    cfg = p.chain_clock[chain]
+    need = cfg["notice"] + cfg["settle"]
+    slowest = cfg["block_interval"] * (100 + p.clock_tolerance_pct)
+    return -(-need * 100 // slowest)
+
+
 def quote_legs(order: SettlementOrder, quote: Quote) -> SettlementOrder:
     """``order`` with the provider's legs trading ``quote``'s terms (its incoming leg pays
     ``take_amount`` of ``take_asset``, its outgoing leg ``give_amount`` of ``give_asset``) at
@@ -261,10 +272,21 @@ def quote_legs(order: SettlementOrder, quote: Quote) -> SettlementOrder:
                 else BlockHeight(800_000 + n - i),
             )
         )
+    pays = next(i for i, leg in enumerate(legs) if leg.sender == quote.provider)
+    # a btc leg right after the provider's own btc leg (route [taker, provider, x]: x is paid by
+    # the provider) expires the least number of blocks under it that commit_order's chain-clock
+    # check accepts (notice + settle within n blocks at their slowest): written short, as a taker
+    # may write it, it sits a block above the test validators' estimated tip
+    own = legs[pays]
+    if pays + 1 < n and isinstance(own.expiry, BlockHeight):
+        nxt = legs[pays + 1]
+        if isinstance(nxt.expiry, BlockHeight) and nxt.chain == own.chain:
+            legs[pays + 1] = dataclasses.replace(
+                nxt, expiry=BlockHeight(own.expiry.value - _blocks_for_margin(own.chain))
+            )
     # the provider's own leg is due attest_grace after the leg paying it in (the ledger's rule:
     # it may lock only once paid in), and the legs after it no earlier
     grace = LedgerParams().attest_grace
-    pays = next(i for i, leg in enumerate(legs) if leg.sender == quote.provider)
     for i in range(max(pays, 1), n):
         least = legs[i - 1].lock_by + (grace if i == pays else 0)
         if legs[i].lock_by < least:
