@@ -152,16 +152,17 @@ def _ids_in_range(ids: list[bytes], first: bytes, last: bytes) -> list[bytes]:
     return ids[lo:hi] if first <= last else ids[lo:] + ids[:hi]
 
 
-def _lock_seen(leg: Mapping[str, Any]) -> str:
-    """How the ledger knows a leg's lock: ``"in_time"`` (attested before any observation
-    after its deadline saw it missing: a flood slowing the window only delays it), ``"late"``
-    (attested after one, or never), ``"missed"`` (seen missing after its deadline and not
-    attested since) or ``"unseen"`` (no lock attested, and not yet observed after its
+def _lock_seen(leg: Mapping[str, Any], status: str) -> str:
+    """How the ledger knows a leg's lock (``status``: its order's): ``"in_time"`` (attested
+    before any observation after its deadline saw it missing: a flood slowing the window only
+    delays it), ``"late"`` (attested after one), ``"missed"`` (seen missing after its deadline
+    and not attested since; or, the order failed, never attested: no lock is attested after a
+    failure, as before) or ``"unseen"`` (open, no lock attested, and not yet observed after its
     deadline: nothing is known yet)."""
     missed = "missed_at" in leg
     if leg.get("locked_at") is not None:
         return "late" if missed else "in_time"
-    return "missed" if missed else "unseen"
+    return "missed" if missed or status != "committed" else "unseen"
 
 
 def _insort(ids: list[bytes], item: bytes) -> None:
@@ -1554,27 +1555,33 @@ class LedgerApp:
         # extensions were made a height or two before it, which attest_grace allows for.
         height, at = int(seen[0]), ctx.time
         grace = self._params.attest_grace
-        for oid in _ids_in_range(ids, bytes(seen[1]), bytes(seen[2])):
-            key = _order_state_key(oid)
-            state = view.get_map(key)
-            if state is None or state["status"] != "committed" or state["height"] > height:
-                continue  # settled or failed since, or committed after the observed state
-            if int(state.get("due", 0)) + grace > at:
-                continue
-            raw_order = view.get(_order_key(oid))
-            if raw_order is None:
-                continue
-            order = SettlementOrder.from_map(_dec(raw_order))
-            due = _NOT_DUE
-            for leg, rec in zip(order.legs, state["legs"], strict=True):
-                if rec["outcome"] is not None or "missed_at" in rec:
+        sub = _View(view)  # (in its own overlay, as a fact: a bug here drops only the marks)
+        try:
+            for oid in _ids_in_range(ids, bytes(seen[1]), bytes(seen[2])):
+                key = _order_state_key(oid)
+                state = sub.get_map(key)
+                if state is None or state["status"] != "committed" or state["height"] > height:
+                    continue  # settled or failed since, or committed after the observed state
+                if int(state.get("due", 0)) + grace > at:
                     continue
-                if leg.lock_by + grace <= at:
-                    rec["missed_at"] = at
-                else:
-                    due = min(due, leg.lock_by)
-            state["due"] = due
-            view.set_map(key, state)
+                raw_order = sub.get(_order_key(oid))
+                if raw_order is None:
+                    continue
+                order = SettlementOrder.from_map(_dec(raw_order))
+                due = _NOT_DUE
+                for leg, rec in zip(order.legs, state["legs"], strict=True):
+                    if rec["outcome"] is not None or "missed_at" in rec:
+                        continue
+                    if leg.lock_by + grace <= at:
+                        rec["missed_at"] = at
+                    else:
+                        due = min(due, leg.lock_by)
+                state["due"] = due
+                sub.set_map(key, state)
+        except Exception as exc:
+            log.error("observed window marks dropped after an internal error", exc_info=exc)
+            return
+        sub.flush()
 
     def _apply_fact(
         self,
@@ -2135,12 +2142,12 @@ class LedgerApp:
                     f"legs[{tx.leg}] is judged after lock_by {leg.lock_by} + attest_grace "
                     f"{grace} (block time {ctx.time})"
                 )
-            seen = _lock_seen(rec["legs"][tx.leg])
+            seen = _lock_seen(rec["legs"][tx.leg], rec["status"])
             if seen == "in_time":
                 locked_at = rec["legs"][tx.leg]["locked_at"]
                 raise EvidenceInvalid(f"legs[{tx.leg}] was attested locked at {locked_at}")
             for j in range(tx.leg):
-                before = _lock_seen(rec["legs"][j])
+                before = _lock_seen(rec["legs"][j], rec["status"])
                 if before == "unseen":
                     raise EvidenceInvalid(
                         f"legs[{j}] was not yet observed after its lock_by "
@@ -2541,7 +2548,8 @@ class LedgerApp:
                 # the provider's lock after it fills nothing: its evidence may still come).
                 mine = [i for i, leg in enumerate(order.legs) if leg.sender == provider]
                 if not mine or any(
-                    _lock_seen(state["legs"][j]) != "in_time" for j in range(max(mine) + 1)
+                    _lock_seen(state["legs"][j], state["status"]) != "in_time"
+                    for j in range(max(mine) + 1)
                 ):
                     keep.append(e)
                     continue
@@ -2737,7 +2745,7 @@ class LedgerApp:
         legs = state["legs"]
 
         def in_time(j: int) -> bool:
-            seen = _lock_seen(legs[j])
+            seen = _lock_seen(legs[j], state["status"])
             if seen == "unseen" and used.legs[j].lock_by + grace < ctx.time:
                 # due, but not yet observed since (a flood slowing the window): not a default
                 raise EvidenceInvalid(
