@@ -263,3 +263,32 @@ def test_an_unsigned_tx_is_refused_before_it_is_decoded(monkeypatch):
     assert decoded == []
     monkeypatch.setattr(cbor2, "loads", loads)
     assert app.check_tx(good).ok
+
+
+def test_a_window_not_read_whole_marks_nothing(monkeypatch):
+    """ExtendVote stops at MAX_OBSERVATIONS facts and encoding drops leg facts past the size
+    cap: an extension that full may not have looked at every order of its window, so the
+    orders left unread must not count as seen without a lock. Scaled down: an extension with
+    one leg fact or more counts as incomplete."""
+    import kofo.clearance.app as app_module
+
+    monkeypatch.setattr(app_module, "COMPLETE_EXTENSION_OBS", 1)
+    ledger = Ledger(params=ledger_params(attest_grace=60))
+    alice, bob, x, y = (Party.make(i) for i in (0, 1, 7, 8))
+    ledger.ok(*(p.register_tx() for p in (alice, bob, x, y)))
+    ledger.bonded(alice, bob)
+    order = make_order([alice, bob], kind=OrderKind.DIRECT, t0=ledger.time)
+    other = make_order([x, y], kind=OrderKind.DIRECT, t0=ledger.time + 3_600)
+    ledger.ok(commit_tx(order, [alice, bob], alice), commit_tx(other, [x, y], x))
+    ledger.chains.see(order, 0, LegOutcome.LOCKED)
+    ledger.attested()
+    deadline = order.legs[1].lock_by + 60
+    ledger.chains.see(other, 0, LegOutcome.LOCKED)  # the look after the deadline is full
+    ledger.attested(time=deadline)
+    assert ledger.app.order(other.order_id)["legs"][0]["outcome"] == "locked"
+    assert "missed_at" not in ledger.app.order(order.order_id)["legs"][1]
+    ledger.attested(time=deadline + 1)  # a whole look: bob's leg is seen missed
+    assert ledger.app.order(order.order_id)["legs"][1]["missed_at"] == deadline + 1
+    ev = sign_tx(x.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))
+    assert ledger.block(ev, time=deadline + 2).results[0].ok
+    assert ledger.app.node(bob.id)["penalty_points"] == 100
