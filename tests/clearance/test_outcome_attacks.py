@@ -118,6 +118,9 @@ def test_a_lock_attested_after_the_deadline_does_not_clear_the_sender(net):
     ledger.ok(commit_tx(order, [alice, m1, m2], alice))
     ledger.chains.see(order, 0, LegOutcome.LOCKED)
     ledger.attested()
+    # the validators look after the deadline and see no lock (at one block a second they
+    # look every block; a lock first seen at the first look after it would be in time)
+    ledger.attested(time=order.legs[1].lock_by + ledger.app.params.attest_grace)
     ledger.chains.see(order, 1, LegOutcome.LOCKED)
     ledger.attested(time=order.legs[1].lock_by + ledger.app.params.attest_grace + 5)
     ev = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1))

@@ -137,6 +137,35 @@ def _window(ids: list[bytes], height: int, size: int | None = None) -> list[byte
     return out + ids[: size - len(out)]
 
 
+COMPLETE_EXTENSION_OBS = 32
+"""A vote extension with fewer leg facts than this looked at its validator's whole order window:
+ExtendVote stops at ``MAX_OBSERVATIONS`` (64) facts, and encoding drops leg facts only past
+``MAX_EXTENSION_BYTES`` (7,680 bytes: more than 40 leg facts of at most ~180 bytes). Only then
+does the window count as observed (see :meth:`LedgerApp._observed_window`)."""
+
+_NOT_DUE = 1 << 62
+"""An order state's ``due`` once every leg is attested or already seen missed."""
+
+
+def _ids_in_range(ids: list[bytes], first: bytes, last: bytes) -> list[bytes]:
+    """The sorted ``ids`` in ``first..last`` (inclusive; wrapping round if ``first > last``)."""
+    lo, hi = bisect.bisect_left(ids, first), bisect.bisect_right(ids, last)
+    return ids[lo:hi] if first <= last else ids[lo:] + ids[:hi]
+
+
+def _lock_seen(leg: Mapping[str, Any], status: str) -> str:
+    """How the ledger knows a leg's lock (``status``: its order's): ``"in_time"`` (attested
+    before any observation after its deadline saw it missing: a flood slowing the window only
+    delays it), ``"late"`` (attested after one), ``"missed"`` (seen missing after its deadline
+    and not attested since; or, the order failed, never attested: no lock is attested after a
+    failure, as before) or ``"unseen"`` (open, no lock attested, and not yet observed after its
+    deadline: nothing is known yet)."""
+    missed = "missed_at" in leg
+    if leg.get("locked_at") is not None:
+        return "late" if missed else "in_time"
+    return "missed" if missed or status != "committed" else "unseen"
+
+
 def _insort(ids: list[bytes], item: bytes) -> None:
     i = bisect.bisect_left(ids, item)
     if i == len(ids) or ids[i] != item:
@@ -163,6 +192,9 @@ def _dec(raw: bytes) -> Any:
 
 _K_PARAMS = b"meta/params"
 _K_LAST = b"meta/last"
+_K_WINDOW = b"meta/window"
+"""[height, first id, last id] of the order window ExtendVote observes on the
+state committed at ``height`` (CometBFT: its attestation tx lands two blocks later)."""
 _K_TXCOUNT = b"meta/txcount"
 _K_VALIDATORS = b"meta/validators"
 """The validator sets (Ed25519 consensus keys and powers) whose vote extensions count, as
@@ -1303,6 +1335,8 @@ class LedgerApp:
                 "height": ctx.height,
                 "time": ctx.time,
                 "legs": [{"outcome": None, "txid": None, "at": None} for _ in order.legs],
+                # the earliest lock_by of a leg not yet attested nor seen missed
+                "due": min(leg.lock_by for leg in order.legs),
             },
         )
         ctx.events.append(("order_committed", (("order_id", order.order_id.hex()),)))
@@ -1513,6 +1547,79 @@ class LedgerApp:
             self._apply_fact(view, ctx, bond, self._set_bond)
         for done in executed:
             self._apply_fact(view, ctx, done, self._set_executed)
+        self._observed_window(view, ctx, votes, total, solo=validators is None)
+
+    def _observed_window(
+        self, view: _View, ctx: _Ctx, votes: list[tuple[int, bytes]], total: int, *, solo: bool
+    ) -> None:
+        """Mark the legs the validators looked at after their deadline without seeing a lock.
+
+        ExtendVote observes a window of at most ``MAX_OBSERVED_ORDERS`` open orders, a pure
+        function of the committed state and height it extends (:func:`_window`); so the app
+        knows which orders a counted attestation looked at. When validators with > 2/3 of the
+        power sent complete extensions (fewer than ``COMPLETE_EXTENSION_OBS`` leg facts: the
+        whole window read), each order of that window whose leg has no lock attested (after
+        this tx's facts) and whose ``lock_by + attest_grace`` is at or before this block's time
+        gets ``missed_at``: only then is the leg "not locked in time"
+        (``leg_not_locked``, take fills). A lock attested before that is in time however late
+        a flood of open orders made the window reach it. Work: the window's order states (and
+        an order itself only when one of its legs fell due), one write per leg at most once."""
+        ids = self._open_orders()
+        window = _window(ids, self.store.height)
+        here: list[Any] | None = None
+        if window:
+            here = [self.store.height, window[0], window[-1]]
+        seen: list[Any] | None
+        if solo:  # the producer's extension was built on this committed state
+            seen = here
+        else:  # ExtendVote(H) ran on the state committed at H - 1: recorded by the last block
+            raw = view.get(_K_WINDOW)
+            seen = None if raw is None else _dec(raw)
+            view.set(_K_WINDOW, _enc(here))
+            if seen is not None and int(seen[0]) != self.store.height - 1:
+                seen = None
+        if seen is None:
+            return
+        complete = 0
+        for power, ext in votes:
+            try:
+                if len(decode_extension(ext)) < COMPLETE_EXTENSION_OBS:
+                    complete += power
+            except KofoError:
+                continue
+        if 3 * complete <= 2 * total:
+            return  # the window was not read whole: nothing is known of it (a delay only)
+        # The time of the look: this block's, as for every attested fact (``locked_at``); the
+        # extensions were made a height or two before it, which attest_grace allows for.
+        height, at = int(seen[0]), ctx.time
+        grace = self._params.attest_grace
+        sub = _View(view)  # (in its own overlay, as a fact: a bug here drops only the marks)
+        try:
+            for oid in _ids_in_range(ids, bytes(seen[1]), bytes(seen[2])):
+                key = _order_state_key(oid)
+                state = sub.get_map(key)
+                if state is None or state["status"] != "committed" or state["height"] > height:
+                    continue  # settled or failed since, or committed after the observed state
+                if int(state.get("due", 0)) + grace > at:
+                    continue
+                raw_order = sub.get(_order_key(oid))
+                if raw_order is None:
+                    continue
+                order = SettlementOrder.from_map(_dec(raw_order))
+                due = _NOT_DUE
+                for leg, rec in zip(order.legs, state["legs"], strict=True):
+                    if rec["outcome"] is not None or "missed_at" in rec:
+                        continue
+                    if leg.lock_by + grace <= at:
+                        rec["missed_at"] = at
+                    else:
+                        due = min(due, leg.lock_by)
+                state["due"] = due
+                sub.set_map(key, state)
+        except Exception as exc:
+            log.error("observed window marks dropped after an internal error", exc_info=exc)
+            return
+        sub.flush()
 
     def _apply_fact(
         self,
@@ -2111,21 +2218,30 @@ class LedgerApp:
                 raise EvidenceInvalid(f"leg {tx.leg} does not exist")
             eid = b"evidence/lnl/" + tx.order_id + tx.leg.to_bytes(1, "big")
             leg = order.legs[tx.leg]
-            # A lock is "in time" if the validators attested it by lock_by + attest_grace: the
+            # A lock is "in time" unless the validators, looking at the order at or after
+            # lock_by + attest_grace, saw none (_observed_window: the leg's missed_at). The
             # ledger sees a lock only after its confirmations and a height, so judging by
-            # lock_by itself would slash a sender who locked just before it.
+            # lock_by itself would slash a sender who locked just before it; and judging by the
+            # block that counted the lock let a flood of open orders, slowing the window that
+            # observes them, make an honest lock late.
             grace = p.attest_grace
             if ctx.time <= leg.lock_by + grace:
                 raise EvidenceInvalid(
                     f"legs[{tx.leg}] is judged after lock_by {leg.lock_by} + attest_grace "
                     f"{grace} (block time {ctx.time})"
                 )
-            locked_at = rec["legs"][tx.leg].get("locked_at")
-            if locked_at is not None and locked_at <= leg.lock_by + grace:
+            seen = _lock_seen(rec["legs"][tx.leg], rec["status"])
+            if seen == "in_time":
+                locked_at = rec["legs"][tx.leg]["locked_at"]
                 raise EvidenceInvalid(f"legs[{tx.leg}] was attested locked at {locked_at}")
             for j in range(tx.leg):
-                before = rec["legs"][j].get("locked_at")
-                if before is None or before > order.legs[j].lock_by + grace:
+                before = _lock_seen(rec["legs"][j], rec["status"])
+                if before == "unseen":
+                    raise EvidenceInvalid(
+                        f"legs[{j}] was not yet observed after its lock_by "
+                        f"{order.legs[j].lock_by} + attest_grace {grace}: file again later"
+                    )
+                if before != "in_time":
                     raise EvidenceInvalid(
                         f"legs[{j}] was not attested locked by its lock_by "
                         f"{order.legs[j].lock_by} + attest_grace {grace}: legs[{tx.leg}]'s "
@@ -2162,6 +2278,12 @@ class LedgerApp:
                 if taker is None:
                     raise
                 offender = taker
+            if offender == leg.sender and seen == "unseen":
+                # (only the sender's own default needs it: a taker's forfeit rests on its order)
+                raise EvidenceInvalid(
+                    f"legs[{tx.leg}] was not yet observed after its lock_by {leg.lock_by} + "
+                    f"attest_grace {grace}: file again later"
+                )
             slash_bps, points = p.slash_bps_not_locked, p.penalty_points_not_locked
         else:
             assert tx.quote is not None and tx.take is not None
@@ -2506,7 +2628,6 @@ class LedgerApp:
         raw = view.get(key)
         if raw is None:
             return
-        grace = self._params.attest_grace
         keep = []
         for e in _dec(raw):
             taker, provider = bytes(e[0]), bytes(e[1])
@@ -2516,8 +2637,7 @@ class LedgerApp:
                 # the provider's lock after it fills nothing: its evidence may still come).
                 mine = [i for i, leg in enumerate(order.legs) if leg.sender == provider]
                 if not mine or any(
-                    state["legs"][j].get("locked_at") is None
-                    or state["legs"][j]["locked_at"] > order.legs[j].lock_by + grace
+                    _lock_seen(state["legs"][j], state["status"]) != "in_time"
                     for j in range(max(mine) + 1)
                 ):
                     keep.append(e)
@@ -2781,8 +2901,14 @@ class LedgerApp:
         legs = state["legs"]
 
         def in_time(j: int) -> bool:
-            at = legs[j].get("locked_at")
-            return at is not None and at <= used.legs[j].lock_by + grace
+            seen = _lock_seen(legs[j], state["status"])
+            if seen == "unseen" and used.legs[j].lock_by + grace < ctx.time:
+                # due, but not yet observed since (a flood slowing the window): not a default
+                raise EvidenceInvalid(
+                    f"order {oid}'s legs[{j}] was not yet observed after its lock_by "
+                    f"{used.legs[j].lock_by} + attest_grace {grace}: file again later"
+                )
+            return seen == "in_time"
 
         # (a provider that sends no leg, a relay quoting, is judged on the whole route)
         mine = [i for i, leg in enumerate(used.legs) if leg.sender == provider] or list(

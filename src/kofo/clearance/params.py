@@ -78,10 +78,11 @@ class LedgerParams:
     attest_grace: int = 1_800
     """Seconds (block time) after a leg's ``lock_by`` for its lock to be confirmed on its chain
     and attested by the validators (a height or two): ``leg_not_locked`` is judged only after
-    ``lock_by + attest_grace``, and a lock attested by then counts as in time. Without it an
-    honest sender who locked just before ``lock_by`` was slashed by evidence filed in the first
-    block after it, before its lock could be attested. Set it above the slowest routed chain's
-    confirmation time plus a few ledger heights."""
+    ``lock_by + attest_grace``, and a lock attested before the validators' first look at the
+    order from then on (a look that saw no lock marks the leg ``missed_at``) counts as in time.
+    Without it an honest sender who locked just before ``lock_by`` was slashed by evidence filed
+    in the first block after it, before its lock could be attested. Set it above the slowest
+    routed chain's confirmation time plus a few ledger heights."""
     honour_grace: int = 300
     """A provider has five minutes (block time) after its quote's validity to get the order
     committed before a take of it counts as not honoured: room for a few rounds of signing."""
