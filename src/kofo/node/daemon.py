@@ -1137,7 +1137,10 @@ class Node:
             )
         elif time.time() > order.legs[1].lock_by and self._unlocked(order.order_id):
             reason = "the taker's leg was not locked by legs[1].lock_by"
-            refused = [p for p in trade.phases if p.phase == "proposal_refused"]
+            # the row as it is now: ``trade`` may have been read before a proposal came and
+            # was refused (the watcher's list is read before ``start_as_maker``'s chain reads)
+            now = self.store.get(trade.trade_id)
+            refused = [p for p in now.phases if p.phase == "proposal_refused"]
             if refused:
                 reason += f" (its proposal was refused: {refused[-1].detail.get('reason', '')})"
             self._maker_lapsed(trade, order, reason)
