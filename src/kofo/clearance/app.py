@@ -1350,6 +1350,14 @@ class LedgerApp:
                 raise OrderInvalid(
                     f"order {oid}: legs[{i}].recipient must pay the next leg (route is a cycle)"
                 )
+            unit = self._params.expiry_unit.get(leg.chain)
+            if unit is not None and unit != (
+                "height" if isinstance(leg.expiry, BlockHeight) else "unix"
+            ):
+                raise OrderInvalid(
+                    f"order {oid}: legs[{i}] ({leg.chain} {leg.expiry}) must expire in "
+                    f"{leg.chain}'s unit, a {unit} (its HTLC's; expiry_unit)"
+                )
             if isinstance(leg.expiry, UnixTime) and leg.expiry.value != leg.expiry_time:
                 raise OrderInvalid(
                     f"order {oid}: legs[{i}].expiry_time {leg.expiry_time} differs from its "

@@ -1,0 +1,83 @@
+"""Attacker review of the chain clocks (issue 17): a leg whose expiry is not in its chain's unit.
+
+The clock rules compare a height expiry with a chain's attested clock and take a unix expiry
+as exact against the ledger's block time. Neither held for a leg written in the *other* unit:
+a ``btc`` leg with a unix expiry is a CLTV time lock, judged by Bitcoin's median time past
+(about an hour behind the wall clock), which the ledger read as exact; an ``eth`` leg with a
+height expiry is one no Ethereum HTLC enforces. The engine refuses both
+(``terms_expiry_unit``), yet a taker could write the provider's leg that way: two unix legs
+need no clock, so the take was recorded and the honest provider, whose engine cannot fill
+the order, was slashed for not honouring it; any order could be committed with such legs.
+Real ledger app in process.
+"""
+
+import dataclasses
+
+import pytest
+
+from kofo.clearance.params import LedgerParams
+from kofo.errors import InvalidInput
+from kofo.wire.expiry import BlockHeight, UnixTime
+from kofo.wire.orders import CommitOrder, sign_tx, with_derived_id
+
+from .helpers import commit_tx, make_order, prove_legs, take_evidence
+from .test_chain_clock import BTC_TIP, _codes, _take, net  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.mark.parametrize(
+    "give,take,pay,own",
+    [
+        # eth pays the provider; its btc leg is written as a unix (CLTV time) lock at its
+        # expiry_time: two unix legs, no clock consulted (old code: take recorded)
+        ("btc", "eth", None, "unix"),
+        # btc pays the provider with a unix expiry, its ltc leg by height
+        ("ltc", "btc", "unix", None),
+    ],
+)
+def test_a_take_with_a_leg_in_the_wrong_unit_is_not_recorded(net, give, take, pay, own):  # noqa: F811
+    ledger, m1, alice = net
+    quote, honest = _take(ledger, m1, alice, give, take, None, None)
+    legs = honest.order.legs
+    pay_e = UnixTime(legs[0].expiry_time) if pay == "unix" else None
+    own_e = UnixTime(legs[1].expiry_time) if own == "unix" else None
+    quote, taken = _take(ledger, m1, alice, give, take, pay_e, own_e)
+    result = ledger.block(take_evidence(quote, m1, alice, order=taken))
+    assert _codes(result) == ["order_invalid"]
+    assert "unit" in result.results[0].log
+    full = CommitOrder(taken.order, (*taken.signatures, taken.order.sign(m1.key)))
+    result = ledger.block(sign_tx(m1.key, prove_legs(full)))
+    assert _codes(result) == ["order_invalid"] and "unit" in result.results[0].log
+    assert ledger.app.order(taken.order.order_id) is None
+
+
+def test_an_eth_leg_with_a_height_expiry_is_refused_at_commit(net):  # noqa: F811
+    ledger, m1, alice = net
+    order = make_order([alice, m1], t0=ledger.time)
+    assert [leg.chain for leg in order.legs] == ["btc", "eth"]
+    legs = list(order.legs)
+    legs[1] = dataclasses.replace(legs[1], expiry=BlockHeight(20_000_000))
+    order = dataclasses.replace(order, legs=tuple(legs))
+    order = with_derived_id(order)
+    result = ledger.block(commit_tx(order, [alice, m1], alice, ts=ledger.time))
+    assert _codes(result) == ["order_invalid"]
+    assert "legs[1]" in result.results[0].log and "unit" in result.results[0].log
+    # the honest order (btc by height, eth by unix time) is still accepted
+    honest = make_order([alice, m1], t0=ledger.time)
+    honest = with_derived_id(
+        dataclasses.replace(
+            honest,
+            legs=(
+                dataclasses.replace(honest.legs[0], expiry=BlockHeight(BTC_TIP + 100)),
+                *honest.legs[1:],
+            ),
+        )
+    )
+    ledger.ok(commit_tx(honest, [alice, m1], alice, ts=ledger.time))
+
+
+def test_expiry_units_params_are_checked():
+    assert LedgerParams().expiry_unit == {"btc": "height", "ltc": "height", "eth": "unix"}
+    with pytest.raises(InvalidInput, match="expiry_unit"):
+        LedgerParams(expiry_unit={"btc": "blocks"})
