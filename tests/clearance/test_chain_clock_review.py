@@ -21,7 +21,7 @@ from kofo.wire.expiry import BlockHeight, UnixTime
 from kofo.wire.orders import CommitOrder, sign_tx, with_derived_id
 
 from .helpers import commit_tx, make_order, prove_legs, take_evidence
-from .test_chain_clock import BTC_TIP, _codes, _take, net  # noqa: F401 (fixture)
+from .test_chain_clock import BTC_SAFE, BTC_TIP, LTC_TIP, _codes, _take, net  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,3 +81,38 @@ def test_expiry_units_params_are_checked():
     assert LedgerParams().expiry_unit == {"btc": "height", "ltc": "height", "eth": "unix"}
     with pytest.raises(InvalidInput, match="expiry_unit"):
         LedgerParams(expiry_unit={"btc": "blocks"})
+
+
+# -- a clock that stopped moving ---------------------------------------------------------------
+
+
+def _aged_take(ledger, m1, alice, age):
+    """Validators keep attesting the btc tip they saw ``age`` seconds ago (more than a third of
+    the power behind: the kept height stays, its ``time`` refreshed, so it counts as fresh);
+    the taker writes a take whose provider ltc leg sits at the ledger's strict boundary on that
+    clock: btc pays in 100 blocks, ltc expires in 135 (``99 x 360 - 135 x 210 = 7,290 >=
+    7,260`` s)."""
+    for _ in range(3):
+        ledger.attested(time=ledger.time + age // 3)
+    clock = ledger.app.chain_clock("btc")
+    assert clock["height"] == BTC_SAFE and ledger.time - clock["time"] <= 1
+    return _take(ledger, m1, alice, "ltc", "btc", None, BlockHeight(LTC_TIP + 135))
+
+
+def test_a_take_on_a_clock_stuck_for_long_is_not_recorded_at_its_boundary(net):  # noqa: F811
+    # 900 s after btc's kept height was reached, btc may be 2 blocks further than the kept
+    # height plus one (900 s / 360 s at the fast rate): the leg paying the provider may then
+    # expire 720 s sooner, under the margin; the provider's engine, reading the real tip,
+    # refuses it. Old code: the take was recorded (the kept height read as "the tip but a
+    # block"), and the honest provider slashed 2 % for not committing it.
+    ledger, m1, alice = net
+    quote, taken = _aged_take(ledger, m1, alice, 900)
+    result = ledger.block(take_evidence(quote, m1, alice, order=taken))
+    assert _codes(result) == ["evidence_invalid"]
+    assert "notice + settle" in result.results[0].log
+
+
+def test_a_take_on_a_clock_just_reached_is_recorded_at_its_boundary(net):  # noqa: F811
+    ledger, m1, alice = net
+    quote, taken = _aged_take(ledger, m1, alice, 0)
+    assert _codes(ledger.block(take_evidence(quote, m1, alice, order=taken))) == [""]

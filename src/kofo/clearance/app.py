@@ -1553,18 +1553,26 @@ class LedgerApp:
             if chain not in self._params.chain_clock:
                 continue
             prev = view.get_map(clocks.clock_key(chain))
-            if prev is not None:
-                height = max(height, int(prev["height"]))
-            view.set_map(clocks.clock_key(chain), {"height": height, "time": ctx.time})
+            since = ctx.time
+            if prev is not None and height <= int(prev["height"]):
+                # unchanged (or a lower tally, never kept): since when the height was reached
+                height = int(prev["height"])
+                since = int(prev.get("since", prev["time"]))
+            view.set_map(
+                clocks.clock_key(chain), {"height": height, "since": since, "time": ctx.time}
+            )
 
     def _fresh_tips(self, view: _View, at: int) -> dict[str, int]:
         """The chains' attested heights usable at block time ``at`` (see ``clock_max_age``)."""
+        return clocks.fresh_tips(self._clocks(view), at, self._params)
+
+    def _clocks(self, view: _View) -> dict[str, dict[str, Any]]:
         found = {}
         for chain in sorted(self._params.chain_clock):
             c = view.get_map(clocks.clock_key(chain))
             if c is not None:
                 found[chain] = c
-        return clocks.fresh_tips(found, at, self._params)
+        return found
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
         """An attested bond-vault balance: the only bond importance counts. A fall in it is
@@ -1787,12 +1795,12 @@ class LedgerApp:
             leg["locked_height"] = fact.chain_height
             # the chain clocks when the leg was locked, for judging its recipient's own leg
             # (only the height chains of this order: at most one entry per leg)
-            tips = self._fresh_tips(view, ctx.time)
-            leg["clocks"] = {
-                c: tips[c]
-                for c in sorted({x.chain for x in order.legs if isinstance(x.expiry, BlockHeight)})
-                if c in tips
-            }
+            kept = self._clocks(view)
+            tips = clocks.fresh_tips(kept, ctx.time, self._params)
+            since = clocks.fresh_since(kept, ctx.time, self._params)
+            chains = sorted({x.chain for x in order.legs if isinstance(x.expiry, BlockHeight)})
+            leg["clocks"] = {c: tips[c] for c in chains if c in tips}
+            leg["clock_since"] = {c: since[c] for c in chains if c in since}
         leg["outcome"] = fact.outcome.value
         leg["txid"] = fact.txid
         leg["at"] = ctx.time
@@ -2656,8 +2664,10 @@ class LedgerApp:
         pay, own = order.legs[paid_in], order.legs[pays]
         if pays != paid_in + 1 or not clocks.crosses_clocks(pay, own):
             return  # (pays == paid_in + 1 in every route: the provider sends the next leg)
-        tips = self._fresh_tips(view, ctx.time)
-        gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True)
+        kept = self._clocks(view)
+        tips = clocks.fresh_tips(kept, ctx.time, self._params)
+        since = clocks.fresh_since(kept, ctx.time, self._params)
+        gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True, since=since)
         need = clocks.margin(pay, own, self._params)
         if gap is None:
             raise EvidenceInvalid(
@@ -2715,10 +2725,13 @@ class LedgerApp:
         if at is None:
             return  # not locked: judged above
         tips = {str(c): int(h) for c, h in (paid.get("clocks") or {}).items()}
+        since = {str(c): int(t) for c, t in (paid.get("clock_since") or {}).items()}
         if isinstance(pay.expiry, BlockHeight) and paid.get("locked_height") is not None:
             # its lock was seen at the confirmation depth: the attested tip is at least there
-            tips[pay.chain] = max(tips.get(pay.chain, 0), int(paid["locked_height"]))
-        gap = clocks.expiry_gap(pay, own, int(at), tips, self._params, strict=True)
+            if int(paid["locked_height"]) > tips.get(pay.chain, 0):
+                tips[pay.chain] = int(paid["locked_height"])
+                since.pop(pay.chain, None)  # seen at the lock's attestation
+        gap = clocks.expiry_gap(pay, own, int(at), tips, self._params, strict=True, since=since)
         need = clocks.margin(pay, own, self._params)
         if gap is None:
             raise EvidenceInvalid(
