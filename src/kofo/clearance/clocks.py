@@ -97,10 +97,13 @@ def seconds_left(
         return None
     blocks = leg.expiry.value - (tip + cfg["confirmations"] - 1)
     if not late:
-        blocks -= 1  # a block may have been found since the validators read the tip
+        # a block may have been found since the validators read the tip; more if the kept
+        # height was reached long ago (as many as the fastest rate fits in since then)
+        extra = 1
         if since is not None and leg.chain in since:
             fast = cfg["block_interval"] * (100 - params.clock_tolerance_pct)
-            blocks -= max(0, at - since[leg.chain]) * 100 // fast
+            extra = max(1, max(0, at - since[leg.chain]) * 100 // fast)
+        blocks -= extra
     lo, hi = _span(blocks, cfg["block_interval"], params.clock_tolerance_pct)
     return hi if late else lo
 
