@@ -102,9 +102,10 @@ def _aged_take(ledger, m1, alice, age):
 def test_a_take_on_a_clock_stuck_for_long_is_not_recorded_at_its_boundary(net):  # noqa: F811
     # 900 s after btc's kept height was reached, btc may be 2 blocks past it (900 s / 360 s
     # at the fast rate), not one: the leg paying the provider may then expire 360 s sooner
-    # than read (7,290 - 360 = 6,930 < 7,260 s), under the margin; the provider's engine, reading the real tip,
-    # refuses it. Old code: the take was recorded (the kept height read as "the tip but a
-    # block"), and the honest provider slashed 2 % for not committing it.
+    # than read (7,290 - 360 = 6,930 < 7,260 s), under the margin; the provider's engine,
+    # reading the real tip, refuses it. Old code: the take was recorded (the kept height
+    # read as "the tip but a block"), and the honest provider slashed 2 % for not
+    # committing it.
     ledger, m1, alice = net
     quote, taken = _aged_take(ledger, m1, alice, 900)
     result = ledger.block(take_evidence(quote, m1, alice, order=taken))
