@@ -117,3 +117,26 @@ def test_a_take_on_a_clock_just_reached_is_recorded_at_its_boundary(net):  # noq
     ledger, m1, alice = net
     quote, taken = _aged_take(ledger, m1, alice, 0)
     assert _codes(ledger.block(take_evidence(quote, m1, alice, order=taken))) == [""]
+
+
+# -- a provider leg held longer than any engine locks funds ------------------------------------
+
+
+def test_a_take_whose_provider_leg_outlasts_max_lock_seconds_is_not_recorded(net):  # noqa: F811
+    # btc pays in 800 blocks, the provider's ltc leg expires in 1,300 (up to 273,000 s, past
+    # the engine's 3 days): ordered safely on the clocks (gap 14,640 s). The engine refuses a
+    # leg that may hold its funds longer than max_lock_seconds (terms_expiry_too_long); the
+    # ledger bounded no expiry, so a taker pinned a provider's funds for weeks or, the
+    # provider refusing, had it slashed 2 % for an honest refusal. Old code: take recorded.
+    ledger, m1, alice = net
+    quote, taken = _take(
+        ledger, m1, alice, "ltc", "btc", BlockHeight(BTC_TIP + 800), BlockHeight(LTC_TIP + 1_300)
+    )
+    result = ledger.block(take_evidence(quote, m1, alice, order=taken))
+    assert _codes(result) == ["evidence_invalid"]
+    assert "max_lock_seconds" in result.results[0].log
+    # within the bound (ltc in 1,100 blocks: up to 231,000 s) the same take is recorded
+    quote, taken = _take(
+        ledger, m1, alice, "ltc", "btc", BlockHeight(BTC_TIP + 800), BlockHeight(LTC_TIP + 1_100)
+    )
+    assert _codes(ledger.block(take_evidence(quote, m1, alice, order=taken))) == [""]

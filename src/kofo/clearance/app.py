@@ -2595,6 +2595,7 @@ class LedgerApp:
         # engine applies), not only in the lenient one commit_order refuses by. A take of an
         # order an honest provider's engine refuses (terms_margin_too_small) had it slashed 2 %.
         self._check_take_clocks(view, ctx, order, paid_in, pays)
+        self._check_take_lock_time(view, ctx, order, pays)
         # The provider's leg keys are the only ones the taken order carries no proof for: they
         # must be the chain addresses it registered, or a taker could name an address the
         # provider does not hold and have it slashed for an order it could never commit.
@@ -2654,6 +2655,23 @@ class LedgerApp:
                     "later taker could not learn in time whether the provider filled it"
                 )
 
+    def _check_take_lock_time(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, pays: int
+    ) -> None:
+        """Raise ``EvidenceInvalid`` if the provider's own leg ``legs[pays]`` may hold its funds
+        longer than ``max_lock_seconds`` (read late on the clocks attested now)."""
+        own = order.legs[pays]
+        tips = self._fresh_tips(view, ctx.time)
+        # No engine locks funds for longer than its max_lock_seconds: a take of a leg that may
+        # last longer is one the honest provider refuses (or pins its funds for weeks).
+        held = clocks.seconds_left(own, ctx.time, tips, self._params, late=True)
+        if held is not None and held > self._params.max_lock_seconds:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}] (the provider's, {own.chain} {own.expiry}) may "
+                f"hold its funds {held}s, more than max_lock_seconds "
+                f"{self._params.max_lock_seconds}: the provider could not fill it"
+            )
+
     def _check_take_clocks(
         self, view: _View, ctx: _Ctx, order: SettlementOrder, paid_in: int, pays: int
     ) -> None:
@@ -2662,11 +2680,11 @@ class LedgerApp:
         the chain clocks attested now; a clock it needs that is not attested refuses the take
         too (the ledger cannot tell that an honest provider could fill it)."""
         pay, own = order.legs[paid_in], order.legs[pays]
-        if pays != paid_in + 1 or not clocks.crosses_clocks(pay, own):
-            return  # (pays == paid_in + 1 in every route: the provider sends the next leg)
         kept = self._clocks(view)
         tips = clocks.fresh_tips(kept, ctx.time, self._params)
         since = clocks.fresh_since(kept, ctx.time, self._params)
+        if pays != paid_in + 1 or not clocks.crosses_clocks(pay, own):
+            return  # (pays == paid_in + 1 in every route: the provider sends the next leg)
         gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True, since=since)
         need = clocks.margin(pay, own, self._params)
         if gap is None:

@@ -130,6 +130,11 @@ class LedgerParams:
     as a unix (CLTV time) lock runs on Bitcoin's median time past, about an hour late, and an
     eth leg written as a height is one no Ethereum HTLC enforces. ``commit_order`` and a take
     refuse a leg on a listed chain in the other unit."""
+    max_lock_seconds: int = 3 * 24 * 3_600 - 600
+    """A take is recorded only if the provider's own leg may hold its funds (its leg's expiry
+    read late on the chain clocks, from the take's block) at most this long: the engine
+    refuses a longer one (``max_lock_seconds``, 3 days in production, ``terms_expiry_too_long``);
+    10 minutes under it for clock skew (a unix leg is read against the ledger's block time)."""
     clock_tolerance_pct: int = 40
     """``n`` blocks take between (100 - this) % and (100 + this) % of ``n`` nominal intervals
     (the engine's ``rate_tolerance_pct``: 12 Bitcoin blocks come in under 60 % of their nominal
@@ -237,6 +242,10 @@ class LedgerParams:
         if not 0 <= self.clock_tolerance_pct < 100:
             raise InvalidInput(
                 f"clock_tolerance_pct must be within 0..99, got {self.clock_tolerance_pct}"
+            )
+        if not 1 <= self.max_lock_seconds <= 10**8:
+            raise InvalidInput(
+                f"max_lock_seconds must be within 1..10^8, got {self.max_lock_seconds}"
             )
         if not 0 <= self.clock_max_age <= 86_400:
             raise InvalidInput(f"clock_max_age must be within 0..86400, got {self.clock_max_age}")
