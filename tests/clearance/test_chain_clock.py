@@ -63,7 +63,11 @@ def net():
     m1, alice = Party.make(1), Party.make(2)  # the provider, the taker
     ledger.ok(*(p.register_tx() for p in (m1, alice)))
     ledger.bonded(m1, alice)
-    assert ledger.app.chain_clock("btc") == {"height": BTC_SAFE, "time": ledger.time}
+    assert ledger.app.chain_clock("btc") == {
+        "height": BTC_SAFE,
+        "since": ledger.time,
+        "time": ledger.time,
+    }
     return ledger, m1, alice
 
 
@@ -386,4 +390,9 @@ def test_a_block_with_clocks_and_a_lock_re_executes_to_the_same_app_hash():
     for blk in blocks:
         fresh.app.apply_block(blk)
     assert fresh.app.app_hash == first.app.app_hash
-    assert fresh.app.chain_clock("ltc") == {"height": LTC_SAFE, "time": first.time + 4}
+    # (attested since block 2, refreshed by block 4)
+    assert fresh.app.chain_clock("ltc") == {
+        "height": LTC_SAFE,
+        "since": first.time + 2,
+        "time": first.time + 4,
+    }

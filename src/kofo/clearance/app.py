@@ -1384,6 +1384,14 @@ class LedgerApp:
                 raise OrderInvalid(
                     f"order {oid}: legs[{i}].recipient must pay the next leg (route is a cycle)"
                 )
+            unit = self._params.expiry_unit.get(leg.chain)
+            if unit is not None and unit != (
+                "height" if isinstance(leg.expiry, BlockHeight) else "unix"
+            ):
+                raise OrderInvalid(
+                    f"order {oid}: legs[{i}] ({leg.chain} {leg.expiry}) must expire in "
+                    f"{leg.chain}'s unit, a {unit} (its HTLC's; expiry_unit)"
+                )
             if isinstance(leg.expiry, UnixTime) and leg.expiry.value != leg.expiry_time:
                 raise OrderInvalid(
                     f"order {oid}: legs[{i}].expiry_time {leg.expiry_time} differs from its "
@@ -1652,18 +1660,26 @@ class LedgerApp:
             if chain not in self._params.chain_clock:
                 continue
             prev = view.get_map(clocks.clock_key(chain))
-            if prev is not None:
-                height = max(height, int(prev["height"]))
-            view.set_map(clocks.clock_key(chain), {"height": height, "time": ctx.time})
+            since = ctx.time
+            if prev is not None and height <= int(prev["height"]):
+                # unchanged (or a lower tally, never kept): since when the height was reached
+                height = int(prev["height"])
+                since = int(prev.get("since", prev["time"]))
+            view.set_map(
+                clocks.clock_key(chain), {"height": height, "since": since, "time": ctx.time}
+            )
 
     def _fresh_tips(self, view: _View, at: int) -> dict[str, int]:
         """The chains' attested heights usable at block time ``at`` (see ``clock_max_age``)."""
+        return clocks.fresh_tips(self._clocks(view), at, self._params)
+
+    def _clocks(self, view: _View) -> dict[str, dict[str, Any]]:
         found = {}
         for chain in sorted(self._params.chain_clock):
             c = view.get_map(clocks.clock_key(chain))
             if c is not None:
                 found[chain] = c
-        return clocks.fresh_tips(found, at, self._params)
+        return found
 
     def _set_bond(self, view: _View, ctx: _Ctx, fact: BondObservation) -> None:
         """An attested bond-vault balance: the only bond importance counts. A fall in it is
@@ -1886,12 +1902,12 @@ class LedgerApp:
             leg["locked_height"] = fact.chain_height
             # the chain clocks when the leg was locked, for judging its recipient's own leg
             # (only the height chains of this order: at most one entry per leg)
-            tips = self._fresh_tips(view, ctx.time)
-            leg["clocks"] = {
-                c: tips[c]
-                for c in sorted({x.chain for x in order.legs if isinstance(x.expiry, BlockHeight)})
-                if c in tips
-            }
+            kept = self._clocks(view)
+            tips = clocks.fresh_tips(kept, ctx.time, self._params)
+            since = clocks.fresh_since(kept, ctx.time, self._params)
+            chains = sorted({x.chain for x in order.legs if isinstance(x.expiry, BlockHeight)})
+            leg["clocks"] = {c: tips[c] for c in chains if c in tips}
+            leg["clock_since"] = {c: since[c] for c in chains if c in since}
         leg["outcome"] = fact.outcome.value
         leg["txid"] = fact.txid
         leg["at"] = ctx.time
@@ -2699,6 +2715,7 @@ class LedgerApp:
         # engine applies), not only in the lenient one commit_order refuses by. A take of an
         # order an honest provider's engine refuses (terms_margin_too_small) had it slashed 2 %.
         self._check_take_clocks(view, ctx, order, paid_in, pays)
+        self._check_take_lock_time(view, ctx, order, pays)
         # The provider's leg keys are the only ones the taken order carries no proof for: they
         # must be the chain addresses it registered, or a taker could name an address the
         # provider does not hold and have it slashed for an order it could never commit.
@@ -2758,6 +2775,23 @@ class LedgerApp:
                     "later taker could not learn in time whether the provider filled it"
                 )
 
+    def _check_take_lock_time(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, pays: int
+    ) -> None:
+        """Raise ``EvidenceInvalid`` if the provider's own leg ``legs[pays]`` may hold its funds
+        longer than ``max_lock_seconds`` (read late on the clocks attested now)."""
+        own = order.legs[pays]
+        tips = self._fresh_tips(view, ctx.time)
+        # No engine locks funds for longer than its max_lock_seconds: a take of a leg that may
+        # last longer is one the honest provider refuses (or pins its funds for weeks).
+        held = clocks.seconds_left(own, ctx.time, tips, self._params, late=True)
+        if held is not None and held > self._params.max_lock_seconds:
+            raise EvidenceInvalid(
+                f"the taken order's legs[{pays}] (the provider's, {own.chain} {own.expiry}) may "
+                f"hold its funds {held}s, more than max_lock_seconds "
+                f"{self._params.max_lock_seconds}: the provider could not fill it"
+            )
+
     def _check_take_clocks(
         self, view: _View, ctx: _Ctx, order: SettlementOrder, paid_in: int, pays: int
     ) -> None:
@@ -2766,10 +2800,12 @@ class LedgerApp:
         the chain clocks attested now; a clock it needs that is not attested refuses the take
         too (the ledger cannot tell that an honest provider could fill it)."""
         pay, own = order.legs[paid_in], order.legs[pays]
+        kept = self._clocks(view)
+        tips = clocks.fresh_tips(kept, ctx.time, self._params)
+        since = clocks.fresh_since(kept, ctx.time, self._params)
         if pays != paid_in + 1 or not clocks.crosses_clocks(pay, own):
             return  # (pays == paid_in + 1 in every route: the provider sends the next leg)
-        tips = self._fresh_tips(view, ctx.time)
-        gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True)
+        gap = clocks.expiry_gap(pay, own, ctx.time, tips, self._params, strict=True, since=since)
         need = clocks.margin(pay, own, self._params)
         if gap is None:
             raise EvidenceInvalid(
@@ -2827,10 +2863,13 @@ class LedgerApp:
         if at is None:
             return  # not locked: judged above
         tips = {str(c): int(h) for c, h in (paid.get("clocks") or {}).items()}
+        since = {str(c): int(t) for c, t in (paid.get("clock_since") or {}).items()}
         if isinstance(pay.expiry, BlockHeight) and paid.get("locked_height") is not None:
             # its lock was seen at the confirmation depth: the attested tip is at least there
-            tips[pay.chain] = max(tips.get(pay.chain, 0), int(paid["locked_height"]))
-        gap = clocks.expiry_gap(pay, own, int(at), tips, self._params, strict=True)
+            if int(paid["locked_height"]) > tips.get(pay.chain, 0):
+                tips[pay.chain] = int(paid["locked_height"])
+                since.pop(pay.chain, None)  # seen at the lock's attestation
+        gap = clocks.expiry_gap(pay, own, int(at), tips, self._params, strict=True, since=since)
         need = clocks.margin(pay, own, self._params)
         if gap is None:
             raise EvidenceInvalid(

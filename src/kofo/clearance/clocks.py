@@ -53,6 +53,18 @@ def fresh_tips(
     }
 
 
+def fresh_since(
+    clocks: Mapping[str, Mapping[str, Any]], at: int, params: LedgerParams
+) -> dict[str, int]:
+    """For the fresh clocks (see :func:`fresh_tips`), the block time their height was first
+    attested at (``since``; a clock kept before it was recorded: its ``time``)."""
+    return {
+        chain: int(c.get("since", c["time"]))
+        for chain, c in clocks.items()
+        if at - int(c["time"]) <= params.clock_max_age
+    }
+
+
 def _span(blocks: int, interval: int, pct: int) -> tuple[int, int]:
     """(least, most) seconds ``blocks`` blocks may take; for a negative count (an expiry already
     past) the same bounds, mirrored."""
@@ -62,12 +74,21 @@ def _span(blocks: int, interval: int, pct: int) -> tuple[int, int]:
 
 
 def seconds_left(
-    leg: Leg, at: int, tips: Mapping[str, int], params: LedgerParams, *, late: bool
+    leg: Leg,
+    at: int,
+    tips: Mapping[str, int],
+    params: LedgerParams,
+    *,
+    late: bool,
+    since: Mapping[str, int] | None = None,
 ) -> int | None:
     """Seconds from block time ``at`` until ``leg`` expires: the most it may be if ``late``
     (the tip at its lower bound, blocks at their slowest), else the least (the tip a block
     further on, blocks at their fastest); None if its chain has no clock (``tips``: attested
-    height per chain)."""
+    height per chain). ``since`` (per chain, the block time the attested height was first
+    reached): in the early reading, the blocks that may have come since then at the fastest
+    rate count too (a kept height unchanged for long, e.g. validators with more than a third
+    of the power behind, is no longer "the tip but a block")."""
     if not isinstance(leg.expiry, BlockHeight):
         return leg.expiry.value - at
     cfg = params.chain_clock.get(leg.chain)
@@ -76,7 +97,13 @@ def seconds_left(
         return None
     blocks = leg.expiry.value - (tip + cfg["confirmations"] - 1)
     if not late:
-        blocks -= 1  # a block may have been found since the validators read the tip
+        # a block may have been found since the validators read the tip; more if the kept
+        # height was reached long ago (as many as the fastest rate fits in since then)
+        extra = 1
+        if since is not None and leg.chain in since:
+            fast = cfg["block_interval"] * (100 - params.clock_tolerance_pct)
+            extra = max(1, max(0, at - since[leg.chain]) * 100 // fast)
+        blocks -= extra
     lo, hi = _span(blocks, cfg["block_interval"], params.clock_tolerance_pct)
     return hi if late else lo
 
@@ -90,7 +117,14 @@ def margin(pay: Leg, own: Leg, params: LedgerParams) -> int:
 
 
 def expiry_gap(
-    pay: Leg, own: Leg, at: int, tips: Mapping[str, int], params: LedgerParams, *, strict: bool
+    pay: Leg,
+    own: Leg,
+    at: int,
+    tips: Mapping[str, int],
+    params: LedgerParams,
+    *,
+    strict: bool,
+    since: Mapping[str, int] | None = None,
 ) -> int | None:
     """Seconds by which ``pay`` (the leg paying ``own``'s sender) expires after ``own``, in the
     strict reading (pay as early, own as late as they may) or the lenient one; None when a chain
@@ -107,8 +141,8 @@ def expiry_gap(
             pay.expiry.value - own.expiry.value, cfg["block_interval"], params.clock_tolerance_pct
         )
         return lo if strict else hi
-    pay_left = seconds_left(pay, at, tips, params, late=not strict)
-    own_left = seconds_left(own, at, tips, params, late=strict)
+    pay_left = seconds_left(pay, at, tips, params, late=not strict, since=since)
+    own_left = seconds_left(own, at, tips, params, late=strict, since=since)
     if pay_left is None or own_left is None:
         return None
     return pay_left - own_left

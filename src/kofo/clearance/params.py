@@ -43,6 +43,14 @@ def _default_chain_clock() -> dict[str, dict[str, int]]:
 CHAIN_CLOCK_KEYS = ("block_interval", "confirmations", "notice", "settle")
 
 
+def _default_expiry_unit() -> dict[str, str]:
+    # The unit each chain's HTLC expiry is in (the engine's ChainPolicy.height_clock).
+    return {"btc": "height", "ltc": "height", "eth": "unix"}
+
+
+EXPIRY_UNITS = ("height", "unix")
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerParams:
     protocol_fee_bps: int = 10
@@ -116,6 +124,18 @@ class LedgerParams:
     commit (refusing what fails in any case), at a take and when judging ``leg_not_locked``
     (excusing what might fail). Only chains listed here get a clock; a height leg on another
     chain is never judged safe."""
+    expiry_unit: dict[str, str] = field(default_factory=_default_expiry_unit)
+    """Per chain, the unit its legs' expiry must be in (``height`` or ``unix``), as its HTLC
+    and the engine use it (``terms_expiry_unit``). The clock rules read a height against the
+    chain's attested clock and a unix expiry as exact against block time: a btc leg written
+    as a unix (CLTV time) lock runs on Bitcoin's median time past, about an hour late, and an
+    eth leg written as a height is one no Ethereum HTLC enforces. ``commit_order`` and a take
+    refuse a leg on a listed chain in the other unit."""
+    max_lock_seconds: int = 3 * 24 * 3_600 - 600
+    """A take is recorded only if the provider's own leg may hold its funds (its leg's expiry
+    read late on the chain clocks, from the take's block) at most this long: the engine
+    refuses a longer one (``max_lock_seconds``, 3 days in production, ``terms_expiry_too_long``);
+    10 minutes under it for clock skew (a unix leg is read against the ledger's block time)."""
     clock_tolerance_pct: int = 40
     """``n`` blocks take between (100 - this) % and (100 + this) % of ``n`` nominal intervals
     (the engine's ``rate_tolerance_pct``: 12 Bitcoin blocks come in under 60 % of their nominal
@@ -215,9 +235,18 @@ class LedgerParams:
                     f"chain_clock[{chain!r}] must map {', '.join(CHAIN_CLOCK_KEYS)} to integers "
                     f"within 0..10^7 (block_interval and confirmations >= 1), got {cfg!r}"
                 )
+        for chain, unit in self.expiry_unit.items():
+            if unit not in EXPIRY_UNITS:
+                raise InvalidInput(
+                    f"expiry_unit[{chain!r}] must be one of {', '.join(EXPIRY_UNITS)}, got {unit!r}"
+                )
         if not 0 <= self.clock_tolerance_pct < 100:
             raise InvalidInput(
                 f"clock_tolerance_pct must be within 0..99, got {self.clock_tolerance_pct}"
+            )
+        if not 1 <= self.max_lock_seconds <= 10**8:
+            raise InvalidInput(
+                f"max_lock_seconds must be within 1..10^8, got {self.max_lock_seconds}"
             )
         if not 0 <= self.clock_max_age <= 86_400:
             raise InvalidInput(f"clock_max_age must be within 0..86400, got {self.clock_max_age}")

@@ -117,6 +117,8 @@ class DevnetTiming:
             min_expiry_gap=self.leg_expiry_step_s,
             chain_clock=devnet_chain_clock(self),
             clock_tolerance_pct=0,
+            # the development policy's engines lock for at most a day (devnet_policy)
+            max_lock_seconds=devnet_policy("btc", height_clock=True).max_lock_seconds - 600,
         )
 
 
