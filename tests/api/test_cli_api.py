@@ -166,6 +166,47 @@ def test_trade_follows_to_redeemed(served: Served, home: Path) -> None:
     assert trade.amount == 1_000_000
 
 
+def test_trade_shows_each_lock_and_redeem_with_its_confirmations(
+    served: Served, home: Path
+) -> None:
+    served.service.add_foreign_offer(OfferSpec("btc", "eth", 150_000_000_000, 1, 1, 10**9))
+    lock, redeem = "ab" * 32, "0x" + "cd" * 32
+
+    def confirms(by: str, tx: str, chain: str, txid: str, n: int) -> tuple[str, dict[str, object]]:
+        detail = {"tx": tx, "by": by, "chain": chain, "txid": txid, "required": 2}
+        return ("phase:confirms", {**detail, "confirmations": n})
+
+    thread = drive(
+        served,
+        [
+            ("ordering", {"receive": 15 * 10**16, "hops": 2}),
+            ("committed", {"height": 1204}),
+            ("settling", {}),
+            confirms("taker", "lock", "btc", lock, 0),
+            confirms("taker", "lock", "btc", lock, 1),
+            confirms("taker", "lock", "btc", lock, 2),
+            confirms("taker", "redeem", "eth", redeem, 2),
+            ("redeemed", {}),
+        ],
+    )
+    code, out, err = run(
+        "trade", "--sell", "BTC:0.01", "--buy", "ETH", "--min-receive", "0.1", "--home", str(home)
+    )
+    thread.join(10)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    for text in (
+        "taker lock btc tx abababab… 0/2 confirmations",
+        "taker lock btc tx abababab… 1/2 confirmations",
+        "taker lock btc tx abababab… 2/2 confirmations",
+        "taker redeem eth tx cdcdcdcd… 2/2 confirmations",
+    ):
+        (line,) = [x for x in lines if text in x]  # one line each, not wrapped
+        assert "confirms" in line and len(line) <= 80, line
+    assert "txid=" not in out and lock not in out  # the detail is all in the words
+    assert "received 0.15 ETH" in out
+
+
 def test_trade_that_fails_exits_non_zero(served: Served, home: Path) -> None:
     thread = drive(served, [("failed", {"error": "no quote"})])
     code, out, _ = run(

@@ -193,6 +193,12 @@ async def _routed_trade_on(net: Net) -> None:
     m = await until(lambda: _by_order(maker, done.order_id), "the maker's trade row")
     m = await until(lambda: _ended(maker, m.trade_id), "the maker's trade to end")
     assert m.state == "redeemed"
+    # each lock and redeem shows its confirmations as they grow to the leg's depth, once per
+    # count (never once per engine tick), and never a secret
+    _assert_confirms(done, (("lock", "taker"), ("lock", "maker"), ("redeem", "taker")))
+    _assert_confirms(m, (("lock", "maker"), ("redeem", "maker")))
+    preimage = taker.engine.journal.preimage(bytes.fromhex(done.order_id))  # type: ignore[union-attr]
+    assert preimage is not None and preimage.hex() not in repr(done.phases + m.phases)
     order = await until(lambda: _settled(taker, done.order_id), "the order settled on the ledger")
     assert order.outcomes == {"0": "redeemed", "1": "redeemed"}
     # exact balances: each side gave its leg, got the other's, paid its own chain fees; the
@@ -228,6 +234,19 @@ async def _routed_trade_on(net: Net) -> None:
     # the trade is in the event stream, and survives in the trade rows
     kinds = [e.data.get("phase") for e in await taker.events(limit=1000) if e.kind == "trade"]
     assert "committed" in kinds and "redeemed" in kinds
+
+
+def _assert_confirms(trade: Any, want: tuple[tuple[str, str], ...]) -> None:
+    """``trade``'s ``confirms`` phases show each (tx, by) in ``want`` reaching its required
+    depth, one phase per count, growing."""
+    confirms = [p.detail for p in trade.phases if p.phase == "confirms"]
+    for tx, by in want:
+        seen = [c for c in confirms if (c["tx"], c["by"]) == (tx, by)]
+        assert seen, (tx, by, confirms)
+        assert len({c["txid"] for c in seen}) == 1, seen
+        counts = [c["confirmations"] for c in seen]
+        assert counts == sorted(set(counts)), seen  # deduplicated and growing
+        assert counts[-1] == seen[-1]["required"] >= 1, seen
 
 
 def _by_order(node: Node, order_id: str | None):

@@ -1102,3 +1102,54 @@ def test_an_eth_lock_hidden_until_its_expiry_can_only_revert_so_the_swap_aborts(
         is HtlcState.ABSENT
     )
     assert before - adapter.balance() < ETHER // 100  # gas at most, never the amount
+
+
+def test_each_lock_and_redeem_depth_is_published_once_per_count_up_to_its_required_depth(
+    world_factory,
+):
+    """The engine publishes the depth of each lock and spend from the facts its steps read:
+    a lock stuck unconfirmed through many ticks is published once (0/n), then once per new
+    block up to the leg's required depth, never beyond it; the redeems likewise."""
+    from kofo.settlement.engine import TxDepth
+
+    w = world_factory("btc")
+    alice, bob = w.alice, w.bob
+    btc = w.chains["btc"]
+    assert isinstance(btc, Btc)
+    seen: dict[str, list[TxDepth]] = {"alice": [], "bob": []}
+    for node in (alice, bob):  # a depth that grows over several blocks (devnet's is 1)
+        node.engine.policies["btc"] = replace(node.engine.policies["btc"], confirmations=3)
+    alice.engine._publish_depth = seen["alice"].append
+    bob.engine._publish_depth = seen["bob"].append
+    _give, _get, _assets, _before, sid = _start_btc_for_eth(w)
+    required = alice.engine.terms_of(sid).initiator_leg.confirmations
+    assert required == 3
+    for _ in range(30):  # many ticks, no block: the lock stays at 0 confirmations
+        alice.engine.tick()
+    assert alice.engine.journal.get(sid).state is State.LOCK_SENT
+    [lock] = seen["alice"]
+    assert (lock.leg, lock.kind, lock.mine, lock.chain) == ("own", "lock", True, "btc")
+    assert (lock.confirmations, lock.required, lock.swap_id) == (0, required, sid)
+    for _ in range(required + 3):  # past the required depth: no more events
+        btc.mine(1)
+        for _ in range(3):
+            alice.engine.tick()
+    own = [(d.txid, d.confirmations) for d in seen["alice"] if (d.leg, d.kind) == ("own", "lock")]
+    assert own == [(lock.txid, n) for n in range(required + 1)]
+
+    states = drive([alice, bob], sid, between=w.mine)
+    assert states == {"alice": State.REDEEMED, "bob": State.REDEEMED}
+    for name, leg, by_me in (
+        ("alice", "counter", True),  # alice's redeem of bob's eth lock
+        ("bob", "counter", True),  # bob's redeem of alice's btc lock
+        ("bob", "own", False),  # alice's redeem of bob's lock, as bob sees it
+    ):
+        redeems = [d for d in seen[name] if (d.leg, d.kind) == (leg, "redeem")]
+        assert redeems and all(d.mine is by_me for d in redeems), (name, seen[name])
+        counts = [d.confirmations for d in redeems]
+        assert counts == sorted(set(counts)) and counts[-1] <= redeems[-1].required, redeems
+        if by_me:  # its own redeem: the engine waits for its depth before it ends
+            assert counts[-1] == redeems[-1].required, redeems
+    # bob saw alice's lock (his counter leg) reach its depth before he locked
+    theirs = [d for d in seen["bob"] if (d.leg, d.kind) == ("counter", "lock")]
+    assert theirs and not theirs[-1].mine and theirs[-1].confirmations == required

@@ -724,6 +724,10 @@ _OFFER = {
     "expires_at": 1_796_000_000,
     "own": True,
 }
+_TRADE_PHASES: list[dict[str, Any]] = [
+    {"phase": "quoting", "at": 1_795_000_000.5, "detail": {}},
+    {"phase": "committed", "at": 1_795_000_004.1, "detail": {"height": 1_204}},
+]
 _TRADE = {
     "trade_id": "7e" * 16,
     "role": "taker",
@@ -738,9 +742,27 @@ _TRADE = {
     "error": "",
     "created_at": 1_795_000_000.5,
     "updated_at": 1_795_000_004.1,
+    "phases": _TRADE_PHASES,
+}
+_TRADE_SETTLING = {
+    **_TRADE,
+    "state": "settling",
+    "updated_at": 1_795_000_031.0,
     "phases": [
-        {"phase": "quoting", "at": 1_795_000_000.5, "detail": {}},
-        {"phase": "committed", "at": 1_795_000_004.1, "detail": {"height": 1_204}},
+        *_TRADE_PHASES,
+        {"phase": "swap_started", "at": 1_795_000_004.2, "detail": {"order_id": "c4" * 32}},
+        {
+            "phase": "confirms",
+            "at": 1_795_000_031.0,
+            "detail": {
+                "tx": "lock",
+                "by": "taker",
+                "chain": "btc",
+                "txid": "ab" * 32,
+                "confirmations": 1,
+                "required": 2,
+            },
+        },
     ],
 }
 _SWAP = {
@@ -1134,8 +1156,11 @@ def create_app(
     @v1.get(
         "/trades/{trade_id}",
         summary="Show a trade",
-        description="One trade with every phase it went through.",
-        responses=_ok(_TRADE),
+        description="One trade with every phase it went through. A settling trade's "
+        "`confirms` phases give each lock and redeem (`tx`: lock, redeem or refund; `by`: "
+        "taker or maker) on its `chain` with its `txid` and its `confirmations` of the "
+        "`required` depth, one phase per new count (docs/node.md, Taker).",
+        responses=_ok(_TRADE_SETTLING),
     )
     async def get_trade(trade_id: TradeId) -> TradeView:
         return await service.trade(trade_id)

@@ -64,6 +64,7 @@ _PHASE_TEXT = {
     "quotes": "quotes in",
     "swap_started": "swap started from the committed order",
     "swap": "swap step",
+    "confirms": "transaction confirmations",
     "evidence": "evidence filed against the counterparty",
     "evidence_committed": "evidence committed",
     "evidence_refused": "evidence refused by the ledger",
@@ -657,6 +658,16 @@ async def _follow(
             await pumper
 
 
+def _confirms_text(d: dict[str, Any]) -> str:
+    """``taker lock btc tx ab12cd34… 1/2 confirmations`` from a ``confirms`` phase's detail
+    (its keys popped); the txid shortened so the line stays under 80 columns."""
+    by, tx, chain = d.pop("by", "?"), d.pop("tx", "tx"), d.pop("chain", "?")
+    txid = str(d.pop("txid", ""))
+    count, required = d.pop("confirmations"), d.pop("required", "?")
+    short = txid.removeprefix("0x")[:8] + ("…" if len(txid) > 8 else "")
+    return f"{by} {tx} {str(chain)[:12]} tx {short} {count}/{required} confirmations"
+
+
 def _phase_line(phase: PhaseView, t: TradeView, units: _Units) -> tuple[str, str]:
     """One progress line for a trade phase: the words, then the rest of its detail (whole)."""
     d = dict(phase.detail)
@@ -679,6 +690,8 @@ def _phase_line(phase: PhaseView, t: TradeView, units: _Units) -> tuple[str, str
     elif phase.phase == "swap" and "state" in d:
         state, reason = d.pop("state"), d.pop("reason", "")
         text = f"swap {state}" + (f": {reason}" if reason and reason != state else "")
+    elif phase.phase == "confirms" and "confirmations" in d:
+        text = _confirms_text(d)
     elif phase.phase in ("redeemed", "refunded"):
         d.pop("state", None)
         reason = d.pop("reason", "")

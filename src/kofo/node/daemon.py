@@ -88,7 +88,7 @@ from kofo.node.trades import (
     plan_order_times,
 )
 from kofo.private_files import read_private_file, write_private_file
-from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate
+from kofo.settlement.engine import CrashHook, SwapEngine, SwapUpdate, TxDepth
 from kofo.settlement.journal import Journal, StoredSwap, UnknownSwap
 from kofo.settlement.swap import TERMINAL, Role, State
 from kofo.settlement.terms import ACCEPT_WINDOW_SECONDS, TermsRefused
@@ -303,6 +303,7 @@ class Node:
             notify=self._notify,
             request=self._request,
             publish=self._on_swap_update,
+            depth=self._on_swap_depth,
             crash=self.crash,
         )
         self.pipeline = TradePipeline(
@@ -795,6 +796,24 @@ class Node:
         else:
             settling = {} if trade.state == "settling" else {"state": "settling"}
             self._trade_event(trade.trade_id, "swap", detail, **settling)
+
+    def _on_swap_depth(self, d: TxDepth) -> None:
+        """A lock or spend of a trade's swap went deeper: phase ``confirms`` (the engine
+        publishes each count once, capped at the leg's required depth). ``by`` names the
+        party that sent it (this node's trade role, or the other one)."""
+        trade = self.store.by_order(d.swap_id.hex())
+        if trade is None or trade.state in TERMINAL_TRADE_STATES:
+            return
+        other = "maker" if trade.role == "taker" else "taker"
+        detail = {
+            "tx": d.kind,
+            "by": trade.role if d.mine else other,
+            "chain": d.chain,
+            "txid": d.txid,
+            "confirmations": d.confirmations,
+            "required": d.required,
+        }
+        self._trade_event(trade.trade_id, "confirms", detail)
 
     def _amounts(self, swap_id: bytes, state: State) -> dict[str, Any]:
         assert self.engine is not None

@@ -307,6 +307,27 @@ class SwapUpdate:
     at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class TxDepth:
+    """How deep one transaction of a swap is, as a step of the engine read it: a lock or a
+    spend (``redeem``/``refund``) of either leg. ``mine`` says whether this node sent it
+    (its own lock, redeem of the counter leg, refund of its own leg) or the counterparty
+    did. ``confirmations`` is capped at ``required`` (the leg's depth, what the engine
+    waits for): published once per change of the capped count (:meth:`SwapEngine._depths`),
+    never once per tick. Only public data (a txid, counts), never a secret."""
+
+    swap_id: bytes
+    role: Role
+    leg: str  # "own" or "counter"
+    kind: str  # "lock", "redeem" or "refund"
+    mine: bool
+    chain: str
+    txid: str
+    confirmations: int
+    required: int
+    at: float = 0.0
+
+
 SECRET_SHARED = "secret_shared"
 """Journal notice: the secret went from the initiator to the participant off chain, in a
 request to co-sign a cooperative claim (see ``SwapRecord.secret_shared``)."""
@@ -334,6 +355,7 @@ class SwapEngine:
         notify: Callable[[bytes, SwapBody], None] | None = None,
         request: Callable[[bytes, SwapBody], SwapBody | None] | None = None,
         publish: Callable[[SwapUpdate], None] | None = None,
+        depth: Callable[[TxDepth], None] | None = None,
         crash: CrashHook | None = None,
         cosign_wait: float = COSIGN_WAIT,
         accept_policy: AcceptPolicy = deny_all,
@@ -355,6 +377,8 @@ class SwapEngine:
         self._notify = notify
         self._request = request
         self._publish = publish
+        self._publish_depth = depth
+        self._depths_seen: dict[bytes, dict[tuple[str, str], tuple[str, int]]] = {}
         self.crash = crash or CrashHook.from_env()
         self._lock = threading.RLock()
         self._counter_refs: dict[bytes, HtlcRef] = {}
@@ -1213,7 +1237,13 @@ class SwapEngine:
             # No lock of ours signed: none can appear on the own leg.
             return LegFacts(lock_dead=spend is TxKind.REFUND)
         st = self.adapters[chain].status(ref)
-        facts = LegFacts(st.state, st.confirmations, st.spend_confirmations, st.preimage)
+        facts = LegFacts(
+            st.state,
+            st.confirmations,
+            st.spend_confirmations,
+            st.preimage,
+            spend_txid=st.spend_txid,
+        )
         if spend is TxKind.REFUND and st.state is HtlcState.ABSENT:
             facts = replace(facts, lock_dead=self._lock_dead(rec, chain, ref))
         if self._spend_stuck(rec, chain, spend, facts):
@@ -1414,6 +1444,53 @@ class SwapEngine:
             ctr = LegFacts(audit_error=audit_code)
         facts = ChainFacts(self._leg_facts(rec, own_htlc.chain, own_ref, TxKind.REFUND), ctr)
         return facts, own_ref, ctr_ref, {"audit": audit_code, **where}
+
+    def _depths(
+        self, rec: StoredSwap, facts: ChainFacts, own_ref: HtlcRef | None, ctr_ref: HtlcRef | None
+    ) -> None:
+        """Publish the depth of each lock and spend of the swap the step just read (the facts
+        it decides on: no extra chain read), each only when its count, capped at the leg's
+        required depth, or its txid changed since last published: a transaction stuck at 0
+        is published once, not once per tick, and a buried one stops being published."""
+        if self._publish_depth is None:
+            return
+        view = self._view(rec)
+        seen = self._depths_seen.setdefault(rec.swap_id, {})
+        for leg, terms, ref, lf in (
+            ("own", view.own_leg, own_ref, facts.own),
+            ("counter", view.counter_leg, ctr_ref, facts.counter),
+        ):
+            if ref is None or lf.state is HtlcState.ABSENT:
+                continue
+            found = [("lock", ref.lock_txid, lf.confirmations)]
+            if lf.state in (HtlcState.REDEEMED, HtlcState.REFUNDED) and lf.spend_txid:
+                kind = "redeem" if lf.state is HtlcState.REDEEMED else "refund"
+                found.append((kind, lf.spend_txid, lf.spend_confirmations))
+            for kind, txid, count in found:
+                required = terms.confirmations
+                shown = (txid, min(max(count, 0), required))
+                if seen.get((leg, kind)) == shown:
+                    continue
+                seen[(leg, kind)] = shown
+                # mine: our lock, our redeem of the counter leg, our refund of our own leg
+                mine = leg == ("counter" if kind == "redeem" else "own")
+                try:
+                    self._publish_depth(
+                        TxDepth(
+                            rec.swap_id,
+                            rec.role,
+                            leg,
+                            kind,
+                            mine,
+                            terms.chain,
+                            txid,
+                            shown[1],
+                            required,
+                            time.time(),
+                        )
+                    )
+                except Exception:  # a subscriber's failure must not stop the swap
+                    log.exception("swap %s: depth not published", rec.swap_id.hex()[:8])
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -1648,6 +1725,7 @@ class SwapEngine:
         if rec.state in TERMINAL:
             self._cosigned.pop(swap_id, None)
             self._cosign_asked.pop(swap_id, None)
+            self._depths_seen.pop(swap_id, None)
             return False, None, None
         if seen is None:
             try:
@@ -1659,6 +1737,7 @@ class SwapEngine:
                     return True, None, None
                 raise
         (facts, own_ref, ctr_ref, detail), clocks = seen
+        self._depths(rec, facts, own_ref, ctr_ref)
         now = clocks if clocks is not None else self.now(self._chains(rec.terms))
         view = self._view(rec)
         action = next_action(view, facts, now)

@@ -107,6 +107,8 @@ class LegFacts:
     confirmations: int = 0
     spend_confirmations: int = 0
     preimage: bytes | None = field(default=None, repr=False)
+    spend_txid: str | None = None
+    """The spend (redeem or refund) of this HTLC the chain shows, if any (for progress)."""
     audit_error: str | None = None
     spend_stuck: bool = False
     """Our own spend of this HTLC (the redeem of the counter leg, the refund of the own leg)
