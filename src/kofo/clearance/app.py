@@ -48,6 +48,7 @@ from kofo.clearance.ranking import MAX_RANKED, Ranking
 from kofo.clearance.store import MerkleStore
 from kofo.errors import ConfigError, InvalidInput, KofoError
 from kofo.wire.attest import (
+    MAX_BLIND,
     MAX_OBSERVATIONS,
     OBSERVER_METHODS,
     BondObservation,
@@ -57,6 +58,7 @@ from kofo.wire.attest import (
     LegRef,
     Observation,
     decode_extension,
+    decode_extension_with_blind,
     encode_extension,
 )
 from kofo.wire.codec import EncodingError, count_items, decode, encode
@@ -1589,14 +1591,28 @@ class LedgerApp:
         if seen is None:
             return
         complete = 0
+        looks: list[tuple[int, frozenset[str]]] = []  # per complete extension: power, blind
         for power, ext in votes:
             try:
-                if len(decode_extension(ext)) < COMPLETE_EXTENSION_OBS:
-                    complete += power
+                obs, _, _, _, blind = decode_extension_with_blind(ext)
             except KofoError:
                 continue
+            if len(obs) < COMPLETE_EXTENSION_OBS and len(blind) < MAX_BLIND:
+                complete += power
+                looks.append((power, frozenset(blind)))
         if 3 * complete <= 2 * total:
             return  # the window was not read whole: nothing is known of it (a delay only)
+        # A look counts only for the chains it read: a leg on a chain that validators with
+        # > 1/3 of the power could not read this height (their node down, a shared RPC
+        # provider out, a DoS on the backends) is not marked; a later look decides.
+        read: dict[str, bool] = {}
+
+        def was_read(chain: str) -> bool:
+            if chain not in read:
+                power = sum(p for p, blind in looks if chain not in blind)
+                read[chain] = 3 * power > 2 * total
+            return read[chain]
+
         # The time of the look: this block's, as for every attested fact (``locked_at``); the
         # extensions were made a height or two before it, which attest_grace allows for.
         height, at = int(seen[0]), ctx.time
@@ -1618,7 +1634,7 @@ class LedgerApp:
                 for leg, rec in zip(order.legs, state["legs"], strict=True):
                     if rec["outcome"] is not None or "missed_at" in rec:
                         continue
-                    if leg.lock_by + grace <= at:
+                    if leg.lock_by + grace <= at and was_read(leg.chain):
                         rec["missed_at"] = at
                     else:
                         due = min(due, leg.lock_by)
@@ -2012,11 +2028,15 @@ class LedgerApp:
         if self.observer is None:
             return b""
         seen: list[Observation] = []
+        blind: set[str] = set()
         for ref in self.pending_legs():
             try:
                 obs = self.observer.observe(ref)
-            except Exception:  # an observer failing is "saw nothing", never a crash
-                obs = None
+            except Exception:  # a read that failed is "not read", never "no lock", nor a crash
+                # (an observer's ChainUnreadable or anything else: this height's look at the
+                # leg's chain does not count, see _observed_window)
+                blind.add(ref.leg.chain)
+                continue
             if obs is None or (obs.order_id, obs.leg) != (ref.order_id, ref.index):
                 continue
             state = _dec(self.store.get_committed(_order_state_key(ref.order_id)) or _enc({}))
@@ -2026,7 +2046,11 @@ class LedgerApp:
             if len(seen) >= MAX_OBSERVATIONS:
                 break
         return encode_extension(
-            seen, self._bond_observations(), self._executed_observations(), self._tips()
+            seen,
+            self._bond_observations(),
+            self._executed_observations(),
+            self._tips(),
+            blind=blind,
         )
 
     def _tips(self) -> list[ChainTip]:
