@@ -140,3 +140,22 @@ def test_an_extension_blind_to_every_chain_counts_as_no_look(monkeypatch):
         vals.step(time=vals.time + 30)
     assert all("missed_at" not in leg for leg in vals.order(order.order_id)["legs"])
     assert ChainUnreadable("btc").code == "chain_unreadable"
+
+
+def test_the_file_observer_reports_its_blind_chains_as_unreadable(tmp_path):
+    """The testnets' FileObserver (tests/clearance/test_cometbft_attest.py) makes a validator
+    blind to the chains its file lists: their legs raise ChainUnreadable, the others read."""
+    import json
+
+    from kofo.clearance.attest import FileObserver
+    from kofo.wire.attest import LegRef
+
+    order = make_order([Party.make(i) for i in range(3)])
+    path = tmp_path / "seen.json"
+    path.write_text(json.dumps({"legs": [], "blind": ["eth"]}))
+    obs = FileObserver(str(path))
+    ref = [LegRef(order.order_id, i, leg, order.payment_hash) for i, leg in enumerate(order.legs)]
+    assert [leg.chain for leg in order.legs] == ["btc", "eth", "btc"]
+    assert obs.observe(ref[0]) is None
+    with pytest.raises(ChainUnreadable):
+        obs.observe(ref[1])
