@@ -111,7 +111,8 @@ class AdapterObserver:
                         ref.committed_at,
                     )
                     return None
-        except KofoError as exc:  # a node down or lagging: not read (never "no lock")
+        except Exception as exc:  # a node down or lagging: not read (never "no lock")
+            # (web3's and requests' own errors too, not only the adapters' ChainError)
             log.info("observing %s leg %d: %s", ref.order_id.hex(), ref.index, exc)
             raise ChainUnreadable(leg.chain, type(exc).__name__) from exc
         if outcome is LegOutcome.LOCKED:
