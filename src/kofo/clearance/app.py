@@ -1618,6 +1618,7 @@ class LedgerApp:
         height, at = int(seen[0]), ctx.time
         grace = self._params.attest_grace
         sub = _View(view)  # (in its own overlay, as a fact: a bug here drops only the marks)
+        mark = len(ctx.events)
         try:
             for oid in _ids_in_range(ids, bytes(seen[1]), bytes(seen[2])):
                 key = _order_state_key(oid)
@@ -1639,8 +1640,19 @@ class LedgerApp:
                     else:
                         due = min(due, leg.lock_by)
                 state["due"] = due
+                first = state["legs"][0]
+                if first["outcome"] is None and "missed_at" in first:
+                    # The initiator never paid in: nobody locks after an unpaid-in leg, so the
+                    # order can never settle. It fails now (out of the open set and the
+                    # window); legs locked out of turn refund on their chains at expiry, and
+                    # leg_not_locked against legs[0] still slashes (its lock is "missed").
+                    state["status"] = "failed"
+                    state["failed_at"], state["failed_unpaid"] = at, 0
+                    self._fail(sub, ctx, order, initiator_only=True)
+                    self._release_takes(sub, ctx, order, state)
                 sub.set_map(key, state)
         except Exception as exc:
+            del ctx.events[mark:]
             log.error("observed window marks dropped after an internal error", exc_info=exc)
             return
         sub.flush()
@@ -2236,8 +2248,13 @@ class LedgerApp:
                 prev = view.get(key)
                 view.set(key, q.fee_ct if prev is None else privacy.add(n, prev, q.fee_ct))
 
-    def _fail(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
-        for node in [order.initiator, *order.intermediaries()]:
+    def _fail(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, *, initiator_only: bool = False
+    ) -> None:
+        """Count the failure against the initiator and the intermediaries (a refunded leg),
+        or against the initiator alone (``initiator_only``: it never paid in)."""
+        blamed = [order.initiator] if initiator_only else [order.initiator, *order.intermediaries()]
+        for node in blamed:
             self._bump_stats(view, ctx, node, settled=False, volume=0)
         ctx.events.append(("order_failed", (("order_id", order.order_id.hex()),)))
 
