@@ -159,3 +159,20 @@ def test_the_file_observer_reports_its_blind_chains_as_unreadable(tmp_path):
     assert obs.observe(ref[0]) is None
     with pytest.raises(ChainUnreadable):
         obs.observe(ref[1])
+
+
+def test_blind_chains_never_crowd_out_the_leg_facts_a_complete_extension_needs():
+    """An extension counts as a whole look only below COMPLETE_EXTENSION_OBS leg facts, on
+    the grounds that encoding drops none that few: still true with the largest leg facts, 16
+    tips and 16 blind chains of the longest names."""
+    from kofo.wire.attest import ChainTip, Observation, decode_extension
+
+    obs = [
+        Observation(bytes([i]) * 16, 255, LegOutcome.REFUNDED, "f" * 128, 2**63 - 1)
+        for i in range(COMPLETE_EXTENSION_OBS + 1)
+    ]
+    tips = [ChainTip(f"c{i:02d}" + "x" * 13, 2**63 - 1) for i in range(16)]
+    blind = [f"b{i:02d}" + "y" * 13 for i in range(MAX_BLIND)]
+    ext = encode_extension(obs, tips=tips, blind=blind)
+    assert decode_extension(ext) == obs
+    assert decode_extension_with_blind(ext)[4] == blind

@@ -142,8 +142,10 @@ def _window(ids: list[bytes], height: int, size: int | None = None) -> list[byte
 COMPLETE_EXTENSION_OBS = 32
 """A vote extension with fewer leg facts than this looked at its validator's whole order window:
 ExtendVote stops at ``MAX_OBSERVATIONS`` (64) facts, and encoding drops leg facts only past
-``MAX_EXTENSION_BYTES`` (7,680 bytes: more than 40 leg facts of at most ~180 bytes). Only then
-does the window count as observed (see :meth:`LedgerApp._observed_window`)."""
+``MAX_EXTENSION_BYTES`` (7,680 bytes: more than 38 leg facts of at most ~180 bytes beside 16
+tips and 16 ``blind`` chains, always kept). Only then does the window count as observed, and
+only for the chains the extension does not name as ``blind`` (see
+:meth:`LedgerApp._observed_window`)."""
 
 _NOT_DUE = 1 << 62
 """An order state's ``due`` once every leg is attested or already seen missed."""
