@@ -17,7 +17,14 @@ from kofo.clearance.fees import protocol_fee
 from kofo.clearance.params import LedgerParams
 from kofo.clearance.store import MerkleStore
 from kofo.settlement.chain import BlockHeight, UnixTime
-from kofo.wire.attest import BondObservation, ChainTip, ExecutedDecision, LegRef, Observation
+from kofo.wire.attest import (
+    BondObservation,
+    ChainTip,
+    ChainUnreadable,
+    ExecutedDecision,
+    LegRef,
+    Observation,
+)
 from kofo.wire.envelope import public_key_bytes
 from kofo.wire.legkeys import KeyKind, LegRole, address_of, sign_leg_key
 from kofo.wire.orders import (
@@ -344,6 +351,9 @@ class SeenChains:
         self.asked: list[LegRef] = []
         self.bonds: dict[bytes, BondObservation] = {}
         self.executed: dict[bytes, ExecutedDecision] = {}
+        self.blind: set[str] = set()
+        """chains whose reads fail now (the validator's node down, a timeout): ``observe``
+        raises :class:`~kofo.wire.attest.ChainUnreadable` for their legs"""
         self.tips: dict[str, int] = {"btc": BTC_TIP_SEEN}
         """chain -> its tip at the confirmation depth (the chain clock this validator attests);
         btc's by default, far enough below the test orders' btc expiries (800,00x) for a
@@ -379,6 +389,8 @@ class SeenChains:
 
     def observe(self, ref: LegRef) -> Observation | None:
         self.asked.append(ref)
+        if ref.leg.chain in self.blind:
+            raise ChainUnreadable(ref.leg.chain, "its node is down")
         return self.facts.get((ref.order_id, ref.index))
 
 

@@ -227,3 +227,63 @@ def test_a_copier_racing_a_strangers_swap_cannot_commit_its_terms():
     ledger.attested()
     assert ledger.app.node(s1.id)["settled"] == 0
     assert ledger.app.node(s2.id)["settled"] == 0
+
+
+def test_a_node_that_cannot_be_read_is_not_a_look_that_saw_no_lock():
+    """The solo validator's Ethereum node stops answering (its RPC now a closed loopback port)
+    for the heights after the legs' ``lock_by + attest_grace``: alice had locked in time, bob
+    never does. Before, the failed reads counted as looks that saw no lock: alice's leg got
+    ``missed_at`` and her lock, attested once the node answered again, was "late" (evidence
+    slashed her). Now the observer raises ChainUnreadable, the extension names eth as
+    "blind", nothing is marked while it lasts; then alice's lock counts in time and bob's leg
+    is marked missed. (Fails on the old code: alice's leg is marked missed.) A chain the
+    validator does not watch is unreadable too, never "no lock"."""
+    from web3 import Web3
+
+    from kofo.wire.attest import ChainUnreadable, LegRef
+
+    from .helpers import ledger_params
+
+    chain = EmbeddedChain()
+    w3 = chain.w3
+    htlc = deploy(w3, "HTLC", chain.new_account(ETHER))
+    a = EthereumAdapter(w3, chain.new_account(5 * ETHER), htlc)
+    b = EthereumAdapter(w3, chain.new_account(5 * ETHER), htlc)
+    alice, bob = Party.make(0), Party.make(1)
+    now = a.expiry_now().value
+    payment_hash = hashlib.sha256(os.urandom(32)).digest()
+    order = with_derived_id(
+        SettlementOrder(
+            order_id=bytes(16),
+            kind=OrderKind.DIRECT,
+            payment_hash=payment_hash,
+            legs=(
+                _leg(alice, bob, a, b, ETHER // 10, now + 7_200, now + 600),
+                _leg(bob, alice, b, a, ETHER // 5, now + 3_600, now + 660),
+            ),
+        )
+    )
+    observer = AdapterObserver({"eth": a})
+    ledger = Ledger(params=ledger_params(attest_grace=60), chains=observer)
+    ledger.time = now
+    ledger.ok(alice.register_tx(), bob.register_tx())
+    ledger.ok(commit_tx(order, [alice, bob], alice))
+    a.lock(_terms(order.legs[0], payment_hash))  # in time
+    up = w3.provider
+    w3.provider = Web3.HTTPProvider("http://127.0.0.1:9", request_kwargs={"timeout": 2})
+    ref = LegRef(order.order_id, 0, order.legs[0], order.payment_hash)
+    with pytest.raises(ChainUnreadable):
+        observer.observe(ref)
+    for t in range(now + 800, now + 1_000, 60):  # every height after both deadlines
+        ledger.attested(time=t)
+    legs = ledger.app.order(order.order_id)["legs"]
+    assert all("missed_at" not in leg for leg in legs), legs
+    w3.provider = up  # the node answers again
+    ledger.attested(time=now + 1_060)
+    legs = ledger.app.order(order.order_id)["legs"]
+    assert legs[0]["outcome"] == "locked" and "missed_at" not in legs[0]
+    assert legs[1]["outcome"] is None and legs[1]["missed_at"] == now + 1_060
+    ev = sign_tx(bob.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 0))
+    assert "attested locked" in ledger.block(ev, time=now + 1_100).results[0].log
+    with pytest.raises(ChainUnreadable):  # a chain this validator does not watch
+        AdapterObserver({}).observe(ref)

@@ -2,7 +2,8 @@
 app reads what it "sees" on the chains from its own file (FileObserver); three honest validators
 see a leg locked, the fourth lies that it was refunded, and the network records it locked; the
 same three see btc's tip near 799,000, the liar claims 10^12, and every validator keeps an
-attested btc clock within the honest reports (chain clocks, issue 17)."""
+attested btc clock within the honest reports (chain clocks, issue 17); two of them cannot read
+eth and say so in their extensions ("blind"), which every validator accepts."""
 
 import json
 import os
@@ -26,10 +27,10 @@ def _wait(pred, timeout=60.0, what="condition"):
         time.sleep(0.2)
 
 
-def _see(net, index, legs, tips=()):
+def _see(net, index, legs, tips=(), blind=()):
     path = net.observed_path(index)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"legs": legs, "tips": list(tips)}))
+    tmp.write_text(json.dumps({"legs": legs, "tips": list(tips), "blind": list(blind)}))
     os.replace(tmp, path)
 
 
@@ -65,13 +66,17 @@ def test_four_cometbft_validators_attest_a_lock_and_outvote_a_liar(tmp_path):
 
         _wait(lambda: record(0) is not None, what="the order committed")
         oid = order.order_id.hex()
+        # validators 0 and 3 cannot read eth (their extensions name it in "blind"): every
+        # validator must accept those extensions, or fewer than 2/3 precommit and nothing moves
         for v in range(3):
-            _see(net, v, [[oid, 0, "locked", "aa" * 32, 100]], [["btc", 799_000 + v]])
+            blind = ["eth"] if v == 0 else []
+            _see(net, v, [[oid, 0, "locked", "aa" * 32, 100]], [["btc", 799_000 + v]], blind)
         _see(
             net,
             3,
             [[oid, 0, "refunded", "bb" * 32, 100], [oid, 1, "redeemed", "cc" * 32, 9]],
             [["btc", 10**12]],
+            ["eth"],
         )
         _wait(
             lambda: all((record(v) or {}).get("legs", [{}])[0].get("outcome") for v in range(4)),

@@ -40,7 +40,14 @@ from kofo.settlement.chains.bitcoin.wallet import HdWallet
 from kofo.settlement.observer import AdapterObserver
 from kofo.settlement.swap import State
 from kofo.settlement.terms import TermsRefused
-from kofo.wire.attest import BondObservation, ChainTip, ExecutedDecision, LegRef, Observation
+from kofo.wire.attest import (
+    BondObservation,
+    ChainTip,
+    ChainUnreadable,
+    ExecutedDecision,
+    LegRef,
+    Observation,
+)
 from kofo.wire.exchange import Claim
 from kofo.wire.expiry import UnixTime
 from kofo.wire.orders import CommitOrder, leg_roles_of, sign_tx, with_derived_id
@@ -66,9 +73,9 @@ class LockedObserver:
     def observe(self, ref: LegRef) -> Observation | None:
         # The test thread may hold the lock while it waits on the ledger (whose producer is
         # here, holding the app lock): not getting the chains now is "saw nothing this time",
-        # as for a lagging node; the next block looks again.
+        # as for a lagging node (not read: never "no lock"); the next block looks again.
         if not self.lock.acquire(timeout=0.2):
-            return None
+            raise ChainUnreadable(ref.leg.chain, "the test holds the chains")
         try:
             return self.inner.observe(ref)
         finally:

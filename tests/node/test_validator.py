@@ -28,6 +28,7 @@ from kofo.wire.attest import (
     OBSERVER_METHODS,
     BondObservation,
     ChainTip,
+    ChainUnreadable,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -240,11 +241,58 @@ def test_the_prefetching_observer_answers_every_chain_observer_method_off_the_ca
             want = getattr(inner.chains, method)(*args)
             assert want
             for _ in range(6_000):  # bounded: the worker reads each round (0.01 s apart)
-                got = getattr(observer, method)(*args)
+                try:
+                    got = getattr(observer, method)(*args)
+                except ChainUnreadable:  # a leg not read yet
+                    got = None
                 if got:
                     break
                 time.sleep(0.01)
             assert got == want, method
             assert inner.readers[method] and threading.get_ident() not in inner.readers[method]
+    finally:
+        observer.close()
+
+
+def _until(read: Any) -> Any:
+    """``read()`` once the prefetching worker has read it (bounded: 60 s of 0.01 s rounds)."""
+    for _ in range(6_000):
+        try:
+            return read()
+        except ChainUnreadable:
+            time.sleep(0.01)
+    raise AssertionError("never read")
+
+
+def test_the_prefetching_observer_tells_a_failed_or_pending_read_from_no_lock() -> None:
+    """A validator's failed chain read is not a look that saw no lock (issue 17): the wrapper
+    answered None for a leg it had not read yet and kept None when its reads failed, and the
+    ledger counted that as "looked after the deadline, no lock" (``missed_at``: the sender
+    slashed though it locked in time). Now it raises ChainUnreadable until a read succeeds and
+    again once one fails, and still gives a fact it read before the failure. Fails on main:
+    the first ask answers None."""
+    from tests.clearance.helpers import make_order
+
+    inner = _Recorded()
+    order = make_order([Party.make(i) for i in range(3)])
+    empty = LegRef(order.order_id, 0, order.legs[0], order.payment_hash)  # btc, no lock
+    locked = LegRef(order.order_id, 2, order.legs[2], order.payment_hash)  # btc, locked
+    inner.chains.see(order, 2, LegOutcome.LOCKED, height=7)
+    observer = validator.PrefetchingObserver(inner, refresh_s=0.01)
+    try:
+        with pytest.raises(ChainUnreadable):
+            observer.observe(empty)  # not read yet: nothing is known
+        assert _until(lambda: observer.observe(empty)) is None  # read: no lock there
+        assert _until(lambda: observer.observe(locked)) == inner.chains.facts[(order.order_id, 2)]
+        inner.chains.blind.add("btc")  # btc's node goes down
+        for _ in range(6_000):  # bounded: until a failed read is recorded
+            try:
+                observer.observe(empty)
+            except ChainUnreadable:
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("a failed read still answered 'no lock'")
+        assert observer.observe(locked) == inner.chains.facts[(order.order_id, 2)]
     finally:
         observer.close()

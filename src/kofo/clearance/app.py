@@ -48,6 +48,7 @@ from kofo.clearance.ranking import MAX_RANKED, Ranking
 from kofo.clearance.store import MerkleStore
 from kofo.errors import ConfigError, InvalidInput, KofoError
 from kofo.wire.attest import (
+    MAX_BLIND,
     MAX_OBSERVATIONS,
     OBSERVER_METHODS,
     BondObservation,
@@ -57,6 +58,7 @@ from kofo.wire.attest import (
     LegRef,
     Observation,
     decode_extension,
+    decode_extension_with_blind,
     encode_extension,
 )
 from kofo.wire.codec import EncodingError, count_items, decode, encode
@@ -140,8 +142,10 @@ def _window(ids: list[bytes], height: int, size: int | None = None) -> list[byte
 COMPLETE_EXTENSION_OBS = 32
 """A vote extension with fewer leg facts than this looked at its validator's whole order window:
 ExtendVote stops at ``MAX_OBSERVATIONS`` (64) facts, and encoding drops leg facts only past
-``MAX_EXTENSION_BYTES`` (7,680 bytes: more than 40 leg facts of at most ~180 bytes). Only then
-does the window count as observed (see :meth:`LedgerApp._observed_window`)."""
+``MAX_EXTENSION_BYTES`` (7,680 bytes: more than 38 leg facts of at most ~180 bytes beside 16
+tips and 16 ``blind`` chains, always kept). Only then does the window count as observed, and
+only for the chains the extension does not name as ``blind`` (see
+:meth:`LedgerApp._observed_window`)."""
 
 _NOT_DUE = 1 << 62
 """An order state's ``due`` once every leg is attested or already seen missed."""
@@ -1589,19 +1593,34 @@ class LedgerApp:
         if seen is None:
             return
         complete = 0
+        looks: list[tuple[int, frozenset[str]]] = []  # per complete extension: power, blind
         for power, ext in votes:
             try:
-                if len(decode_extension(ext)) < COMPLETE_EXTENSION_OBS:
-                    complete += power
+                obs, _, _, _, blind = decode_extension_with_blind(ext)
             except KofoError:
                 continue
+            if len(obs) < COMPLETE_EXTENSION_OBS and len(blind) < MAX_BLIND:
+                complete += power
+                looks.append((power, frozenset(blind)))
         if 3 * complete <= 2 * total:
             return  # the window was not read whole: nothing is known of it (a delay only)
+        # A look counts only for the chains it read: a leg on a chain that validators with
+        # > 1/3 of the power could not read this height (their node down, a shared RPC
+        # provider out, a DoS on the backends) is not marked; a later look decides.
+        read: dict[str, bool] = {}
+
+        def was_read(chain: str) -> bool:
+            if chain not in read:
+                power = sum(p for p, blind in looks if chain not in blind)
+                read[chain] = 3 * power > 2 * total
+            return read[chain]
+
         # The time of the look: this block's, as for every attested fact (``locked_at``); the
         # extensions were made a height or two before it, which attest_grace allows for.
         height, at = int(seen[0]), ctx.time
         grace = self._params.attest_grace
         sub = _View(view)  # (in its own overlay, as a fact: a bug here drops only the marks)
+        mark = len(ctx.events)
         try:
             for oid in _ids_in_range(ids, bytes(seen[1]), bytes(seen[2])):
                 key = _order_state_key(oid)
@@ -1618,13 +1637,24 @@ class LedgerApp:
                 for leg, rec in zip(order.legs, state["legs"], strict=True):
                     if rec["outcome"] is not None or "missed_at" in rec:
                         continue
-                    if leg.lock_by + grace <= at:
+                    if leg.lock_by + grace <= at and was_read(leg.chain):
                         rec["missed_at"] = at
                     else:
                         due = min(due, leg.lock_by)
                 state["due"] = due
+                first = state["legs"][0]
+                if first["outcome"] is None and "missed_at" in first:
+                    # The initiator never paid in: nobody locks after an unpaid-in leg, so the
+                    # order can never settle. It fails now (out of the open set and the
+                    # window); legs locked out of turn refund on their chains at expiry, and
+                    # leg_not_locked against legs[0] still slashes (its lock is "missed").
+                    state["status"] = "failed"
+                    state["failed_at"], state["failed_unpaid"] = at, 0
+                    self._fail(sub, ctx, order, initiator_only=True)
+                    self._release_takes(sub, ctx, order, state)
                 sub.set_map(key, state)
         except Exception as exc:
+            del ctx.events[mark:]
             log.error("observed window marks dropped after an internal error", exc_info=exc)
             return
         sub.flush()
@@ -2012,11 +2042,15 @@ class LedgerApp:
         if self.observer is None:
             return b""
         seen: list[Observation] = []
+        blind: set[str] = set()
         for ref in self.pending_legs():
             try:
                 obs = self.observer.observe(ref)
-            except Exception:  # an observer failing is "saw nothing", never a crash
-                obs = None
+            except Exception:  # a read that failed is "not read", never "no lock", nor a crash
+                # (an observer's ChainUnreadable or anything else: this height's look at the
+                # leg's chain does not count, see _observed_window)
+                blind.add(ref.leg.chain)
+                continue
             if obs is None or (obs.order_id, obs.leg) != (ref.order_id, ref.index):
                 continue
             state = _dec(self.store.get_committed(_order_state_key(ref.order_id)) or _enc({}))
@@ -2026,7 +2060,11 @@ class LedgerApp:
             if len(seen) >= MAX_OBSERVATIONS:
                 break
         return encode_extension(
-            seen, self._bond_observations(), self._executed_observations(), self._tips()
+            seen,
+            self._bond_observations(),
+            self._executed_observations(),
+            self._tips(),
+            blind=blind,
         )
 
     def _tips(self) -> list[ChainTip]:
@@ -2212,8 +2250,13 @@ class LedgerApp:
                 prev = view.get(key)
                 view.set(key, q.fee_ct if prev is None else privacy.add(n, prev, q.fee_ct))
 
-    def _fail(self, view: _View, ctx: _Ctx, order: SettlementOrder) -> None:
-        for node in [order.initiator, *order.intermediaries()]:
+    def _fail(
+        self, view: _View, ctx: _Ctx, order: SettlementOrder, *, initiator_only: bool = False
+    ) -> None:
+        """Count the failure against the initiator and the intermediaries (a refunded leg),
+        or against the initiator alone (``initiator_only``: it never paid in)."""
+        blamed = [order.initiator] if initiator_only else [order.initiator, *order.intermediaries()]
+        for node in blamed:
             self._bump_stats(view, ctx, node, settled=False, volume=0)
         ctx.events.append(("order_failed", (("order_id", order.order_id.hex()),)))
 

@@ -28,6 +28,7 @@ from kofo.wire.attest import (
     MAX_TIPS,
     BondObservation,
     ChainTip,
+    ChainUnreadable,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -271,8 +272,9 @@ class FileObserver:
 
     ``{"legs": [[order_id hex, leg, outcome, txid, chain_height], ...],
     "bonds": [[node hex, amount, chain_height], ...], "done": [[decision hex, chain_height],
-    ...], "tips": [[chain, safe_height], ...]}``; a missing or unreadable file is an
-    observer that sees nothing."""
+    ...], "tips": [[chain, safe_height], ...], "blind": [chain, ...]}`` (``blind``: chains
+    whose reads fail, :class:`ChainUnreadable`); a missing or unreadable file is an observer
+    that sees nothing."""
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -281,6 +283,7 @@ class FileObserver:
         self._bonds: dict[bytes, BondObservation] = {}
         self._done: dict[bytes, ExecutedDecision] = {}
         self._tips: list[ChainTip] = []
+        self._blind: frozenset[str] = frozenset()
 
     def _load(self) -> None:
         import json
@@ -290,7 +293,7 @@ class FileObserver:
             st = os.stat(self._path)
         except OSError:
             self._legs, self._bonds, self._done, self._stamp = {}, {}, {}, None
-            self._tips = []
+            self._tips, self._blind = [], frozenset()
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
@@ -316,13 +319,16 @@ class FileObserver:
                 ChainTip.from_list([chain, height], "tip")
                 for chain, height in data.get("tips", [])[:MAX_TIPS]
             ]
+            blind = frozenset(str(c) for c in data.get("blind", []))
         except (OSError, ValueError, TypeError, BadMessage):
             return  # a half-written file: keep the last good view
         self._legs, self._bonds, self._done, self._stamp = legs, bonds, done, stamp
-        self._tips = tips
+        self._tips, self._blind = tips, blind
 
     def observe(self, ref: LegRef) -> Observation | None:
         self._load()
+        if ref.leg.chain in self._blind:
+            raise ChainUnreadable(ref.leg.chain, "listed as blind in the observer file")
         return self._legs.get((ref.order_id, ref.index))
 
     def observe_bond(self, node: bytes, step: int = 1) -> BondObservation | None:

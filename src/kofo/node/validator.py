@@ -71,6 +71,7 @@ from kofo.wire.attest import (
     BondObservation,
     ChainObserver,
     ChainTip,
+    ChainUnreadable,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -167,6 +168,9 @@ class _Watch:
     read: Callable[[], Any]
     asked: float
     seen: Any = None
+    known: bool = False
+    """Whether ``seen`` is what the last read returned: False before the first read and
+    after a read that failed (``seen`` is then older, or nothing)."""
 
 
 class PrefetchingObserver:
@@ -193,9 +197,14 @@ class PrefetchingObserver:
         self._thread.start()
 
     def observe(self, ref: LegRef) -> Observation | None:
+        """The leg's last fact read; :class:`ChainUnreadable` when there is none and the leg
+        was not read yet or its last read failed: only a read that succeeded can say "no lock"
+        (the ledger counts that against the leg's sender once its deadline passed). A fact read
+        before a failing read is still given (facts are confirmed at the chain's depth)."""
         seen: Observation | None = self._ask(
             ("leg", ref.order_id, ref.index),  # a committed order's leg never changes
             lambda: self.inner.observe(ref),
+            need_known=ref.leg.chain,
         )
         return seen
 
@@ -217,7 +226,10 @@ class PrefetchingObserver:
         seen: list[ChainTip] | None = self._ask(("tips",), self.inner.observe_tips)
         return list(seen or [])
 
-    def _ask(self, key: Hashable, read: Callable[[], Any]) -> Any:
+    def _ask(self, key: Hashable, read: Callable[[], Any], need_known: str | None = None) -> Any:
+        """What the worker last read for ``key`` (and ask it to read again); with
+        ``need_known`` (a leg's chain), :class:`ChainUnreadable` instead of None unless the
+        last read succeeded."""
         now = time.monotonic()
         with self._lock:
             watch = self._watches.get(key)
@@ -227,8 +239,10 @@ class PrefetchingObserver:
                     del self._watches[oldest]
                 watch = self._watches[key] = _Watch(read, now)
             watch.read, watch.asked = read, now
-            seen = watch.seen
+            seen, known = watch.seen, watch.known
         self._wake.set()
+        if need_known is not None and seen is None and not known:
+            raise ChainUnreadable(need_known, "not read yet, or its last read failed")
         return seen
 
     def _run(self) -> None:
@@ -247,9 +261,11 @@ class PrefetchingObserver:
                     seen = watch.read()
                 except Exception as exc:  # a chain down or odd: keep the last fact
                     log.info("observing the chains: %s: %s", type(exc).__name__, exc)
+                    with self._lock:
+                        watch.known = False
                     continue
                 with self._lock:
-                    watch.seen = seen
+                    watch.seen, watch.known = seen, True
             self._stop.wait(self.refresh_s)  # at most a round per refresh_s
 
     def close(self) -> None:

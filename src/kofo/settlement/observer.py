@@ -23,6 +23,7 @@ from kofo.wire.attest import (
     MAX_TIPS,
     BondObservation,
     ChainTip,
+    ChainUnreadable,
     ExecutedDecision,
     LegRef,
     Observation,
@@ -76,8 +77,8 @@ class AdapterObserver:
     def observe(self, ref: LegRef) -> Observation | None:
         leg = ref.leg
         adapter = self.adapters.get(leg.chain)
-        if adapter is None:
-            return None
+        if adapter is None:  # a chain this validator does not watch: it cannot say "no lock"
+            raise ChainUnreadable(leg.chain, "not watched by this validator")
         try:
             terms = HtlcTerms(
                 chain=leg.chain,
@@ -110,9 +111,10 @@ class AdapterObserver:
                         ref.committed_at,
                     )
                     return None
-        except KofoError as exc:  # a node down or lagging: nothing seen this time
+        except Exception as exc:  # a node down or lagging: not read (never "no lock")
+            # (web3's and requests' own errors too, not only the adapters' ChainError)
             log.info("observing %s leg %d: %s", ref.order_id.hex(), ref.index, exc)
-            return None
+            raise ChainUnreadable(leg.chain, type(exc).__name__) from exc
         if outcome is LegOutcome.LOCKED:
             txid, confs = found.lock_txid, status.confirmations
         else:

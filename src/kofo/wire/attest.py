@@ -14,16 +14,21 @@ and, when the vault executed bond decisions the ledger still holds open, ``"done
 [[decision_id, chain_height], ...]`` (``executed(decision_id)`` is true in the vault as of
 ``chain_height``; sorted by id, same limits), and, when the validator watches chains, ``"tips":
 [[chain, safe_height], ...]`` (each watched chain's tip at the validator's confirmation depth:
-the chain's clock, sorted by chain, at most :data:`MAX_TIPS`). These keys are present only
-when non-empty.
+the chain's clock, sorted by chain, at most :data:`MAX_TIPS`), and, when the validator could
+not read some legs of its order window this height, ``"blind": [chain, ...]`` (the chains of
+those legs, sorted, at most :data:`MAX_BLIND`; a full list means "could not read at all"): its
+look at the window counts only for legs on the other chains. These keys are present only when
+non-empty.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from kofo.errors import KofoError
 from kofo.wire.codec import decode, encode
 from kofo.wire.envelope import BadMessage
 from kofo.wire.orders import NODE_ID_SIZE, ORDER_ID_SIZE, Leg, LegOutcome
@@ -42,6 +47,9 @@ MAX_LEG_INDEX = 255
 MAX_TIPS = 16
 """Chains one validator may report a tip for (a few bytes each)."""
 MAX_CHAIN_NAME = 16
+MAX_BLIND = 16
+"""Chains one extension may name as unread; an extension naming this many counts as having
+read no chain (a validator blind to more chains than this says so by naming the first 16)."""
 MAX_BOND = 2**128 - 1
 """Wei; far above all the ether there is, far below anything that costs to print or compare."""
 
@@ -151,13 +159,27 @@ class ChainTip:
         return cls(chain, height)
 
 
+class ChainUnreadable(KofoError):
+    """A chain observer could not read a leg's chain now (its node down or lagging, a
+    timeout, a chain it does not watch): not "no lock there", which only a read can say."""
+
+    code = "chain_unreadable"
+
+    def __init__(self, chain: str, why: str = "") -> None:
+        super().__init__(f"chain {chain!r} cannot be read now" + (f": {why}" if why else ""))
+        self.chain = chain
+
+
 class ChainObserver(Protocol):
     """A validator's own view of the chains (implemented over the settlement watchers).
 
     ``observe`` returns the leg's current state on its chain, or None when no HTLC matching the
     leg's terms (chain, token, payment hash, amount, recipient, expiry) is confirmed. It must
-    only answer with confirmed facts (the chain's safe depth), and must never raise for a leg
-    it cannot see: an unknown chain is None.
+    only answer with confirmed facts (the chain's safe depth). When it could not read the leg's
+    chain (a failed or timed-out read, a chain it does not watch, nothing read yet) it raises
+    :class:`ChainUnreadable`: None would say "read, and no lock there", which the ledger counts
+    against the leg's sender once its deadline passed (any other exception counts the same as
+    :class:`ChainUnreadable`).
 
     Every method is required, also of an observer that wraps another (a cache, a lock): the
     app refuses an observer lacking one (:data:`OBSERVER_METHODS`). They were optional once,
@@ -223,7 +245,13 @@ def encode_extension(
     bond_observations: list[BondObservation] = (),  # type: ignore[assignment]
     executed: list[ExecutedDecision] = (),  # type: ignore[assignment]
     tips: list[ChainTip] = (),  # type: ignore[assignment]
+    blind: Iterable[str] = (),
 ) -> bytes:
+    """The canonical extension; ``blind``: the chains of window legs this validator could not
+    read this height (at most :data:`MAX_BLIND` kept: a full list reads as blind to all)."""
+    unread = sorted(set(blind))[:MAX_BLIND]
+    for c in unread:
+        _check_chain_name(c, "blind chain")
     # one tip per chain (the highest, should an observer name a chain twice), at most MAX_TIPS
     best: dict[str, ChainTip] = {}
     for t in tips:
@@ -246,6 +274,8 @@ def encode_extension(
             body["done"] = [d.as_list() for d in done]
         if clock:  # at most 16 x ~27 bytes: always kept
             body["tips"] = clock
+        if unread:  # at most 16 x ~17 bytes: always kept (dropping one would be a false look)
+            body["blind"] = unread
         raw = encode(body)
         if len(raw) <= MAX_EXTENSION_BYTES:
             return raw
@@ -285,22 +315,39 @@ def decode_extension_every(
 ) -> tuple[list[Observation], list[BondObservation], list[ExecutedDecision], list[ChainTip]]:
     """The observations of a vote extension; :class:`BadMessage` for anything but the
     canonical, bounded, sorted form (an empty extension means "nothing to report")."""
+    obs, bonds, done, tips, _ = decode_extension_with_blind(raw)
+    return obs, bonds, done, tips
+
+
+def _check_chain_name(chain: Any, where: str) -> None:
+    # a leg's chain (kofo.wire.orders.Leg): a string of 1..16 characters
+    if not isinstance(chain, str) or not 0 < len(chain) <= MAX_CHAIN_NAME:
+        raise BadMessage(f"{where} must be a chain name of 1..{MAX_CHAIN_NAME} characters")
+
+
+def decode_extension_with_blind(
+    raw: bytes,
+) -> tuple[
+    list[Observation], list[BondObservation], list[ExecutedDecision], list[ChainTip], list[str]
+]:
+    """:func:`decode_extension_every` and the extension's ``"blind"`` chains."""
     if not raw:
-        return [], [], [], []
+        return [], [], [], [], []
     if len(raw) > MAX_EXTENSION_BYTES:
         raise BadMessage(f"vote extension is {len(raw)} bytes, more than {MAX_EXTENSION_BYTES}")
     m = decode(raw)
     if (
         not isinstance(m, dict)
-        or set(m) - {"bonds", "done", "tips"} != {"v", "obs"}
+        or set(m) - {"bonds", "done", "tips", "blind"} != {"v", "obs"}
         or m["v"] != EXTENSION_VERSION
         or m.get("bonds", 1) == []
         or m.get("done", 1) == []
         or m.get("tips", 1) == []
+        or m.get("blind", 1) == []
     ):
         raise BadMessage(
             f"vote extension must be {{'v': {EXTENSION_VERSION}, 'obs': [...]}} and, if any, "
-            "a non-empty 'bonds': [...], 'done': [...] and 'tips': [...]"
+            "a non-empty 'bonds': [...], 'done': [...], 'tips': [...] and 'blind': [...]"
         )
     items = m["obs"]
     if not isinstance(items, list) or len(items) > MAX_OBSERVATIONS:
@@ -333,4 +380,11 @@ def decode_extension_every(
     tips = [ChainTip.from_list(x, f"vote extension tips[{i}]") for i, x in enumerate(raw_tips)]
     if any(a.chain >= b.chain for a, b in itertools.pairwise(tips)):
         raise BadMessage("vote extension tips must be sorted by chain, one each")
-    return obs, bonds, done, tips
+    blind = m.get("blind", [])
+    if not isinstance(blind, list) or len(blind) > MAX_BLIND:
+        raise BadMessage(f"vote extension blind must be a list of at most {MAX_BLIND}")
+    for i, c in enumerate(blind):
+        _check_chain_name(c, f"vote extension blind[{i}]")
+    if any(a >= b for a, b in itertools.pairwise(blind)):
+        raise BadMessage("vote extension blind must be sorted, one each")
+    return obs, bonds, done, tips, list(blind)
