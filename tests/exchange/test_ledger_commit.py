@@ -86,7 +86,9 @@ def test_exchange_built_orders_commit_to_the_ledger_and_settle_paying_every_rela
     nodes, commit = asyncio.run(asyncio.wait_for(go(), 60))
     order = commit.order
     assert list(order.relays) == [n.node_id for n in nodes[1:-1]]
-    ledger = Ledger(params=ledger_params())
+    # The exchange alone plans every leg's expiry in unix time (the node's composer gives a
+    # Bitcoin leg a height): this ledger takes both chains' expiries in unix time.
+    ledger = Ledger(params=ledger_params(expiry_unit={"btc": "unix", "eth": "unix"}))
     now = int(time.time())
     ledger.ok(*(_register(n, i, now) for i, n in enumerate(nodes)), time=now)
     submit = sign_tx(nodes[0]._key, commit, ts=now)
