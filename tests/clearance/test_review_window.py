@@ -1,0 +1,80 @@
+"""Attacker review of "a leg is late only if the validators looked" (issue 17, session 7).
+
+A leg gets ``missed_at`` when validators with > 2/3 of the power looked at its order after
+its ``lock_by + attest_grace``; each such look used to count as "saw no lock" for every leg on
+a chain it read, whether or not it reported a lock there. A byzantine validator (< 1/3 of the
+power) sending a complete extension that reports nothing then tipped the balance against an
+honest sender whenever some honest validators saw the lock and others could not read its chain:
+a "no lock" decided by the liar and the honest validators that saw the lock. A leg is now
+marked only when validators with > 2/3 of the power read its chain and reported no lock for
+it (an observation of the leg, any outcome, is "saw something")."""
+
+from __future__ import annotations
+
+import pytest
+
+from kofo.wire.attest import encode_extension
+from kofo.wire.orders import EvidenceKind, FileEvidence, LegOutcome, sign_tx
+
+from .helpers import T0, Party, ledger_params
+from .test_blind_reads import _order
+from .test_vote_extensions import Validators
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_liar_below_a_third_and_a_blind_honest_validator_do_not_make_a_lock_missed():
+    """Bob locks his eth leg in time; validators 0 and 1 see it, validator 2 cannot read eth
+    for now, validator 3 (a quarter of the power, byzantine) claims a complete read that saw
+    nothing. No fact reaches 2/3 (the lock has half the power). Before: eth counted as read by
+    3/4 of the power, bob's leg got ``missed_at``, the lock attested once validator 2 read
+    again was "late" and ``leg_not_locked`` slashed bob. Now only the liar said "no lock": the
+    leg is not marked, and the lock counts in time. (Fails on the old code.)"""
+    parties = [Party.make(i) for i in range(3)]
+    alice, bob, _carol = parties
+    vals = Validators(params=ledger_params(attest_grace=60))
+    order = _order(vals, parties)
+    for c in vals.chains[:3]:
+        c.see(order, 0, LegOutcome.LOCKED, txid="00" * 32)
+    for c in vals.chains[:2]:
+        c.see(order, 1, LegOutcome.LOCKED, txid="11" * 32)
+    vals.chains[2].blind.add("eth")
+    vals.lies[3] = encode_extension([])  # "I read everything and saw no lock"
+    deadline = max(leg.lock_by for leg in order.legs) + 60
+    while vals.time <= deadline + 120:
+        vals.step(time=vals.time + 30)
+    for i in range(4):
+        legs = vals.order(order.order_id, i)["legs"]
+        assert legs[0]["outcome"] == "locked"
+        assert legs[1]["outcome"] is None
+        assert "missed_at" not in legs[1], "the liar's empty look marked an attested-by-half lock"
+    vals.chains[2].blind.clear()
+    vals.chains[2].see(order, 1, LegOutcome.LOCKED, txid="11" * 32)
+    vals.step(time=vals.time + 30)
+    vals.step(time=vals.time + 30)
+    legs = vals.order(order.order_id)["legs"]
+    assert legs[1]["outcome"] == "locked" and "missed_at" not in legs[1]
+    tx = sign_tx(alice.key, FileEvidence(EvidenceKind.LEG_NOT_LOCKED, order.order_id, 1), ts=T0)
+    result = vals.step(tx).tx_results[1]
+    assert result.code != 0 and "attested locked" in result.log, result.log
+    assert vals.apps[0].app.node(bob.id)["penalty_points"] == 0
+
+
+def test_a_real_default_is_still_marked_with_the_liar_reporting_a_lock():
+    """The other direction: the defaulter's sybil validator (< 1/3) reports a fake lock of
+    the never-locked leg; the three honest validators read eth and saw none: marked."""
+    parties = [Party.make(i) for i in range(3)]
+    vals = Validators(params=ledger_params(attest_grace=60))
+    order = _order(vals, parties)
+    for c in vals.chains[:3]:
+        c.see(order, 0, LegOutcome.LOCKED, txid="00" * 32)
+    fake = vals.chains[0].facts[(order.order_id, 0)]
+    from kofo.wire.attest import Observation
+
+    lie = Observation(order.order_id, 1, LegOutcome.LOCKED, "ff" * 32, fake.chain_height)
+    vals.lies[3] = encode_extension([lie])
+    deadline = max(leg.lock_by for leg in order.legs) + 60
+    while vals.time <= deadline + 120:
+        vals.step(time=vals.time + 30)
+    legs = vals.order(order.order_id)["legs"]
+    assert legs[1]["outcome"] is None and "missed_at" in legs[1]
