@@ -78,3 +78,34 @@ def test_a_real_default_is_still_marked_with_the_liar_reporting_a_lock():
         vals.step(time=vals.time + 30)
     legs = vals.order(order.order_id)["legs"]
     assert legs[1]["outcome"] is None and "missed_at" in legs[1]
+
+
+def test_with_more_open_orders_than_the_window_marks_follow_the_window_looked_at(monkeypatch):
+    """Eleven honest orders, a window of 2 (scaled down from 1,024), every leg locked just
+    before the deadlines and seen by every validator, heights well past every deadline (the
+    window needs 6 heights, 180 s, to come round; the grace is 60 s): each order's locks are
+    attested when the rotating window reaches it, and no look the validators did not make
+    marks anything (the app marks the window of ``meta/window``, recorded by the block
+    before; ExtendVote(H) runs before FinalizeBlock(H), on the state committed at H - 1)."""
+    import kofo.clearance.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_OBSERVED_ORDERS", 2)
+    vals = Validators(params=ledger_params(attest_grace=60))
+    orders = []
+    for k in range(11):
+        parties = [Party.make(10 + 3 * k + i) for i in range(3)]
+        orders.append(_order(vals, parties))
+    first = min(leg.lock_by for o in orders for leg in o.legs)
+    while vals.time + 30 < first:
+        vals.step(time=vals.time + 30)
+    for c in vals.chains:  # every leg locked just before the first deadline
+        for order in orders:
+            for leg in range(3):
+                c.see(order, leg, LegOutcome.LOCKED, txid=f"{leg:02d}" * 32)
+    deadline = max(leg.lock_by for o in orders for leg in o.legs) + 60
+    while vals.time <= deadline + 600:
+        vals.step(time=vals.time + 30)
+    for order in orders:
+        legs = vals.order(order.order_id)["legs"]
+        assert [leg["outcome"] for leg in legs] == ["locked"] * 3
+        assert not any("missed_at" in leg for leg in legs), legs
