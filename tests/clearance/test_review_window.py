@@ -109,3 +109,32 @@ def test_with_more_open_orders_than_the_window_marks_follow_the_window_looked_at
         legs = vals.order(order.order_id)["legs"]
         assert [leg["outcome"] for leg in legs] == ["locked"] * 3
         assert not any("missed_at" in leg for leg in legs), legs
+
+
+def test_an_order_on_a_chain_no_validator_reads_is_refused():
+    """A never-paid-in order fails once a look sees legs[0] missed, and a defaulter is
+    slashed once a look sees its leg missed; but a look counts only for chains read. Two
+    sybils committed a direct order on a chain the ledger does not route ("zzz": every
+    validator's observer raises ChainUnreadable, "not watched"): it was accepted, never
+    marked, never failed, and stayed in the open set and the observation window for good
+    (the flood of never-paid-in orders back, and a defaulter on such a leg never judged).
+    Now a leg must be on a chain the ledger routes (listed in ``expiry_unit``), refused at
+    commit with a clear error. (Fails on the old code: the order was committed and open.)"""
+    import dataclasses
+
+    from kofo.wire.orders import OrderKind, with_derived_id
+
+    from .helpers import commit_tx, make_order
+
+    vals = Validators(params=ledger_params(attest_grace=60))
+    x, y = Party.make(7), Party.make(8)
+    vals.step(*(p.register_tx() for p in (x, y)))
+    base = make_order([x, y], kind=OrderKind.DIRECT, t0=vals.time)
+    legs = tuple(dataclasses.replace(leg, chain="zzz") for leg in base.legs)
+    order = with_derived_id(dataclasses.replace(base, legs=legs))
+    for c in vals.chains:
+        c.blind.add("zzz")
+    result = vals.step(commit_tx(order, [x, y], x)).tx_results[1]
+    assert result.code != 0 and "zzz" in result.log and "routes" in result.log, result.log
+    assert vals.order(order.order_id) is None
+    assert not vals.apps[0].app.pending_legs()

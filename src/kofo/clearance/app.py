@@ -1389,9 +1389,17 @@ class LedgerApp:
                     f"order {oid}: legs[{i}].recipient must pay the next leg (route is a cycle)"
                 )
             unit = self._params.expiry_unit.get(leg.chain)
-            if unit is not None and unit != (
-                "height" if isinstance(leg.expiry, BlockHeight) else "unix"
-            ):
+            if unit is None:
+                # A leg on a chain the validators do not watch is never read: never attested
+                # locked, never seen missed (a look counts only for chains read), so its order
+                # never failed nor settled and stayed open and in the window for good, and a
+                # defaulter on it was never judged (review of issue 17).
+                raise OrderInvalid(
+                    f"order {oid}: legs[{i}] is on chain {leg.chain!r}, which this ledger does not "
+                    f"route (it routes {', '.join(sorted(self._params.expiry_unit))}: "
+                    "expiry_unit)"
+                )
+            if unit != ("height" if isinstance(leg.expiry, BlockHeight) else "unix"):
                 raise OrderInvalid(
                     f"order {oid}: legs[{i}] ({leg.chain} {leg.expiry}) must expire in "
                     f"{leg.chain}'s unit, a {unit} (its HTLC's; expiry_unit)"
