@@ -80,6 +80,14 @@ class Validators:
         block_txs = self.propose(txs, proposer)
         assert self.process(block_txs) == [ACCEPT] * len(self.apps)
         self.height += 1
+        # CometBFT calls ExtendVote(H) when precommitting block H: before FinalizeBlock(H), on
+        # the state committed at H - 1 (as the app's window record assumes)
+        active = self.apps[0].app.validators_at(self.height)  # who CometBFT lets vote now
+        exts = {
+            i: a.extend_vote(abci.RequestExtendVote(height=self.height)).extend_vote
+            for i, a in enumerate(self.apps)
+            if self.address(i) in active
+        }
         fin = abci.RequestFinalizeBlock(txs=block_txs, height=self.height)
         fin.time.seconds = self.time
         results = [a.finalize_block(fin).finalize_block for a in self.apps]
@@ -87,11 +95,10 @@ class Validators:
         for a in self.apps:
             a.commit(abci.RequestCommit())
         votes = []
-        active = self.apps[0].app.validators_at(self.height)  # who CometBFT lets vote now
-        for i, a in enumerate(self.apps):
-            if self.address(i) not in active:
+        for i, _a in enumerate(self.apps):
+            if i not in exts:
                 continue
-            ext = a.extend_vote(abci.RequestExtendVote(height=self.height)).extend_vote
+            ext = exts[i]
             ext = self.lies.get(i, ext.vote_extension)
             for other in self.apps:
                 req = abci.RequestVerifyVoteExtension(

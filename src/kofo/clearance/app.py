@@ -1389,9 +1389,17 @@ class LedgerApp:
                     f"order {oid}: legs[{i}].recipient must pay the next leg (route is a cycle)"
                 )
             unit = self._params.expiry_unit.get(leg.chain)
-            if unit is not None and unit != (
-                "height" if isinstance(leg.expiry, BlockHeight) else "unix"
-            ):
+            if unit is None:
+                # A leg on a chain the validators do not watch is never read: never attested
+                # locked, never seen missed (a look counts only for chains read), so its order
+                # never failed nor settled and stayed open and in the window for good, and a
+                # defaulter on it was never judged (review of issue 17).
+                raise OrderInvalid(
+                    f"order {oid}: legs[{i}] is on chain {leg.chain!r}, which this ledger does not "
+                    f"route (it routes {', '.join(sorted(self._params.expiry_unit))}: "
+                    "expiry_unit)"
+                )
+            if unit != ("height" if isinstance(leg.expiry, BlockHeight) else "unix"):
                 raise OrderInvalid(
                     f"order {oid}: legs[{i}] ({leg.chain} {leg.expiry}) must expire in "
                     f"{leg.chain}'s unit, a {unit} (its HTLC's; expiry_unit)"
@@ -1594,6 +1602,7 @@ class LedgerApp:
             return
         complete = 0
         looks: list[tuple[int, frozenset[str]]] = []  # per complete extension: power, blind
+        reports: dict[tuple[bytes, int], list[int]] = {}  # leg -> its reporters (looks index)
         for power, ext in votes:
             try:
                 obs, _, _, _, blind = decode_extension_with_blind(ext)
@@ -1601,19 +1610,29 @@ class LedgerApp:
                 continue
             if len(obs) < COMPLETE_EXTENSION_OBS and len(blind) < MAX_BLIND:
                 complete += power
+                for o in {(o.order_id, o.leg) for o in obs}:
+                    reports.setdefault(o, []).append(len(looks))
                 looks.append((power, frozenset(blind)))
         if 3 * complete <= 2 * total:
             return  # the window was not read whole: nothing is known of it (a delay only)
         # A look counts only for the chains it read: a leg on a chain that validators with
         # > 1/3 of the power could not read this height (their node down, a shared RPC
-        # provider out, a DoS on the backends) is not marked; a later look decides.
-        read: dict[str, bool] = {}
+        # provider out, a DoS on the backends) is not marked; a later look decides. And it
+        # says "no lock" only for a leg it reported nothing of: a leg is marked when
+        # validators with > 2/3 of the power read its chain AND saw nothing there. (Counting
+        # every reader as "no lock" let a byzantine validator's empty extension, with the
+        # honest ones that saw the lock, outweigh those that could not read: an honest lock
+        # seen by half the power marked missed.) Work: a pass over the looks per chain, and
+        # per leg over its reporters (< COMPLETE_EXTENSION_OBS facts per look in all).
+        read: dict[str, int] = {}
 
-        def was_read(chain: str) -> bool:
+        def saw_no_lock(oid: bytes, index: int, chain: str) -> bool:
             if chain not in read:
-                power = sum(p for p, blind in looks if chain not in blind)
-                read[chain] = 3 * power > 2 * total
-            return read[chain]
+                read[chain] = sum(p for p, blind in looks if chain not in blind)
+            seen = sum(
+                looks[k][0] for k in reports.get((oid, index), ()) if chain not in looks[k][1]
+            )
+            return 3 * (read[chain] - seen) > 2 * total
 
         # The time of the look: this block's, as for every attested fact (``locked_at``); the
         # extensions were made a height or two before it, which attest_grace allows for.
@@ -1634,10 +1653,10 @@ class LedgerApp:
                     continue
                 order = SettlementOrder.from_map(_dec(raw_order))
                 due = _NOT_DUE
-                for leg, rec in zip(order.legs, state["legs"], strict=True):
+                for i, (leg, rec) in enumerate(zip(order.legs, state["legs"], strict=True)):
                     if rec["outcome"] is not None or "missed_at" in rec:
                         continue
-                    if leg.lock_by + grace <= at and was_read(leg.chain):
+                    if leg.lock_by + grace <= at and saw_no_lock(oid, i, leg.chain):
                         rec["missed_at"] = at
                     else:
                         due = min(due, leg.lock_by)
